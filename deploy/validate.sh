@@ -1,0 +1,352 @@
+#!/usr/bin/env bash
+# Render and validate scopegate's Kubernetes manifests.
+#
+#   deploy/validate.sh                          # render + validate every kustomization
+#   SCOPEGATE_BIN=target/release/scopegate deploy/validate.sh
+#                                               # ... and `scopegate inject` each sample
+#
+# For every kustomization (deploy/kubernetes/base and each
+# deploy/kubernetes/overlays/<name>) it:
+#   1. renders it with `kubectl kustomize` to target/k8s-rendered/<name>.yaml
+#      (`base` for the base);
+#   2. validates every object against the Kubernetes OpenAPI schemas with
+#      kubernetes-validate (strict: unknown fields are errors), for each version
+#      in K8S_VERSIONS;
+#   3. checks what the schemas cannot: custom resources (PodMonitor) are checked
+#      structurally and against the pod template they select, any other kind the
+#      schemas do not know is an error, and the scopegate native sidecar is wired
+#      as documented;
+#   4. writes the rendered ConfigMap's `scopegate.yaml` to
+#      target/k8s-rendered/<name>.scopegate.yaml, for `scopegate check`.
+#
+# With SCOPEGATE_BIN set, it also runs `$SCOPEGATE_BIN inject -f <sample>` for
+# each deploy/inject-samples/*.yaml into target/k8s-rendered/inject/<sample>,
+# validates the output the same way, checks every pod template got the sidecar,
+# and checks that injecting the output again changes nothing.
+#
+# Environment:
+#   KUBECTL        kubectl to use (default: kubectl on PATH)
+#   PYTHON         python3 to use (default: python3 on PATH)
+#   K8S_VERSIONS   space-separated Kubernetes versions to validate against;
+#                  `latest` means the newest schema kubernetes-validate ships.
+#                  Default: "1.30.0 latest". 1.30 is the oldest supported: native
+#                  sidecars are on by default from 1.29, preStop `sleep` from 1.30.
+#   SCOPEGATE_BIN  optional scopegate binary for the inject step.
+#
+# Exits non-zero, naming what failed, on any failure.
+set -euo pipefail
+
+here="$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd -- "$here/.." && pwd)"
+k8s_dir="$root/deploy/kubernetes"
+samples_dir="$root/deploy/inject-samples"
+out="$root/target/k8s-rendered"
+
+KUBECTL="${KUBECTL:-kubectl}"
+PYTHON="${PYTHON:-python3}"
+K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 latest}"
+
+step="starting"
+failed_reported=0
+fail() {
+    echo "validate.sh: FAILED ($step): $*" >&2
+    failed_reported=1
+    exit 1
+}
+on_exit() {
+    local rc=$?
+    if [ "$rc" -ne 0 ] && [ "$failed_reported" -eq 0 ]; then
+        echo "validate.sh: FAILED during: $step (exit $rc)" >&2
+    fi
+}
+trap on_exit EXIT
+
+# --- tools -------------------------------------------------------------------
+step="checking tools"
+command -v "$KUBECTL" >/dev/null 2>&1 ||
+    fail "kubectl not found (set KUBECTL=/path/to/kubectl); it is needed for 'kubectl kustomize'"
+command -v "$PYTHON" >/dev/null 2>&1 || fail "python3 not found (set PYTHON=/path/to/python3)"
+
+step="installing kubernetes-validate"
+if ! "$PYTHON" -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
+    echo "==> installing kubernetes-validate from PyPI"
+    "$PYTHON" -m pip install --quiet --disable-pip-version-check kubernetes-validate ||
+        "$PYTHON" -m pip install --quiet --disable-pip-version-check --user --break-system-packages kubernetes-validate ||
+        fail "could not install kubernetes-validate (pip install kubernetes-validate)"
+fi
+kv_version="$("$PYTHON" -c 'import kubernetes_validate; print(kubernetes_validate.__version__)')"
+kv_latest="$("$PYTHON" -c 'import kubernetes_validate; print(kubernetes_validate.latest_version())')"
+
+versions=()
+for v in $K8S_VERSIONS; do
+    if [ "$v" = latest ]; then v="$kv_latest"; fi
+    versions+=("$v")
+done
+kv_args=(--strict --quiet --no-warn)
+for v in "${versions[@]}"; do kv_args+=(-k "$v"); done
+echo "==> kubernetes-validate $kv_version, Kubernetes ${versions[*]}, strict"
+
+mkdir -p "$out"
+
+# --- helpers -----------------------------------------------------------------
+
+# schema_validate FILE: kubernetes-validate, strict, every version. Objects of
+# kinds it has no schema for (CRDs such as PodMonitor) are skipped by it with a
+# warning, which --no-warn hides: `checks` fails on any such kind except the
+# known CRDs, which it checks itself.
+schema_validate() {
+    local file="$1"
+    "$PYTHON" -m kubernetes_validate "${kv_args[@]}" "$file" ||
+        fail "kubernetes-validate rejected $file (see the errors above)"
+}
+
+# checks MODE FILE [EXTRACT_TO]: what the schemas cannot check.
+#   MODE=kustomize: exactly one scopegate sidecar; PodMonitors match the pod
+#                   template; the ConfigMap's scopegate.yaml goes to EXTRACT_TO.
+#   MODE=inject:    every pod template got the scopegate sidecar.
+checks() {
+    "$PYTHON" - "$@" <<'PY'
+import sys
+
+import kubernetes_validate
+import yaml
+
+mode, path = sys.argv[1], sys.argv[2]
+extract_to = sys.argv[3] if len(sys.argv) > 3 else None
+versions = sys.argv[4].split() if len(sys.argv) > 4 else [kubernetes_validate.latest_version()]
+errors = []
+
+
+def err(msg):
+    errors.append(msg)
+
+
+def kn(doc):
+    return "%s/%s" % (doc.get("kind"), (doc.get("metadata") or {}).get("name"))
+
+
+with open(path) as f:
+    docs = [d for d in yaml.safe_load_all(f) if d is not None]
+if not docs:
+    err("no objects in %s" % path)
+
+
+def flatten(docs):
+    for d in docs:
+        if isinstance(d, dict) and d.get("kind") == "List":
+            yield from flatten(d.get("items") or [])
+        else:
+            yield d
+
+
+docs = list(flatten(docs))
+KNOWN_CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+
+# 1. Kinds with no schema: known CRDs are checked below, anything else fails.
+for d in docs:
+    if not isinstance(d, dict):
+        err("document is not a mapping: %r" % (d,))
+        continue
+    try:
+        kubernetes_validate.validate(d, versions[-1], strict=True)
+    except kubernetes_validate.SchemaNotFoundError:
+        if (d.get("apiVersion"), d.get("kind")) in KNOWN_CRDS:
+            print("    %s: custom resource, checked below instead of by schema" % kn(d))
+        else:
+            err("%s: unknown kind %s/%s (no schema, not a known CRD)"
+                % (kn(d), d.get("apiVersion"), d.get("kind")))
+    except kubernetes_validate.ValidationError:
+        pass  # already reported by the kubernetes-validate run
+
+POD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "CronJob", "Pod"}
+
+
+def pod_template(d):
+    """(labels, podspec) of a workload or Pod."""
+    kind = d.get("kind")
+    spec = d.get("spec") or {}
+    if kind == "Pod":
+        return (d.get("metadata") or {}).get("labels") or {}, spec
+    if kind == "CronJob":
+        spec = ((spec.get("jobTemplate") or {}).get("spec")) or {}
+    tpl = spec.get("template") or {}
+    return (tpl.get("metadata") or {}).get("labels") or {}, tpl.get("spec") or {}
+
+
+def check_sidecar(d, ps):
+    inits = ps.get("initContainers") or []
+    sg = [c for c in inits if c.get("name") == "scopegate"]
+    if len(sg) != 1:
+        err("%s: expected exactly one scopegate init container, found %d" % (kn(d), len(sg)))
+        return None
+    c = sg[0]
+    if inits[0].get("name") != "scopegate":
+        err("%s: scopegate must be the first init container" % kn(d))
+    if c.get("restartPolicy") != "Always":
+        err("%s: scopegate init container needs restartPolicy: Always (native sidecar)" % kn(d))
+    for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+        if probe not in c:
+            err("%s: scopegate has no %s" % (kn(d), probe))
+    sc = c.get("securityContext") or {}
+    want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+    for k, v in want.items():
+        if sc.get(k) != v:
+            err("%s: scopegate securityContext.%s must be %r" % (kn(d), k, v))
+    if (sc.get("capabilities") or {}).get("drop") != ["ALL"]:
+        err("%s: scopegate must drop ALL capabilities" % kn(d))
+    mounts = {m.get("mountPath"): m for m in c.get("volumeMounts") or []}
+    m = mounts.get("/etc/scopegate")
+    if m is None:
+        err("%s: scopegate has no volume mount at /etc/scopegate" % kn(d))
+    else:
+        if "subPath" in m or "subPathExpr" in m:
+            err("%s: /etc/scopegate must be a directory mount (subPath breaks hot reload)" % kn(d))
+        vols = {v.get("name"): v for v in ps.get("volumes") or []}
+        if "configMap" not in (vols.get(m.get("name")) or {}):
+            err("%s: volume %r for /etc/scopegate is not a ConfigMap volume" % (kn(d), m.get("name")))
+    return c
+
+
+workloads = [d for d in docs if isinstance(d, dict) and d.get("kind") in POD_KINDS]
+
+if mode == "kustomize":
+    sidecars = []
+    for d in workloads:
+        labels, ps = pod_template(d)
+        c = check_sidecar(d, ps)
+        if c is not None:
+            sidecars.append((d, labels, ps, c))
+    if len(sidecars) != 1:
+        err("expected exactly one workload with the scopegate sidecar, found %d" % len(sidecars))
+
+    # Names the pod references must exist in the rendered output (generators
+    # add hash suffixes; kustomize must have rewritten the references).
+    names = {(d.get("kind"), (d.get("metadata") or {}).get("name")) for d in docs if isinstance(d, dict)}
+    for d, _labels, ps, _c in sidecars:
+        for v in ps.get("volumes") or []:
+            if "configMap" in v and ("ConfigMap", v["configMap"].get("name")) not in names:
+                err("%s: volume %s references missing ConfigMap %s" % (kn(d), v.get("name"), v["configMap"].get("name")))
+            if "secret" in v and ("Secret", v["secret"].get("secretName")) not in names:
+                err("%s: volume %s references missing Secret %s" % (kn(d), v.get("name"), v["secret"].get("secretName")))
+
+    # PodMonitor: structure, selector matches the pod template, port exists.
+    for pm in (d for d in docs if isinstance(d, dict) and d.get("kind") == "PodMonitor"):
+        spec = pm.get("spec") or {}
+        sel = (spec.get("selector") or {}).get("matchLabels") or {}
+        eps = spec.get("podMetricsEndpoints") or []
+        if not (pm.get("metadata") or {}).get("name"):
+            err("PodMonitor without metadata.name")
+        if not sel:
+            err("%s: spec.selector.matchLabels is empty" % kn(pm))
+        if not eps:
+            err("%s: spec.podMetricsEndpoints is empty" % kn(pm))
+        matched = [(d, labels, ps) for d, labels, ps, _c in sidecars
+                   if all(labels.get(k) == v for k, v in sel.items())]
+        if not matched:
+            err("%s: selector %r matches no scopegate pod template" % (kn(pm), sel))
+        for ep in eps:
+            if ep.get("path", "/metrics") != "/metrics":
+                err("%s: endpoint path must be /metrics" % kn(pm))
+            for d, _labels, ps in matched:
+                ports = {p.get("name") for c in (ps.get("containers") or []) + (ps.get("initContainers") or [])
+                         for p in c.get("ports") or []}
+                if ep.get("port") not in ports:
+                    err("%s: port %r is not a container port of %s" % (kn(pm), ep.get("port"), kn(d)))
+
+    # Extract the route map for `scopegate check`.
+    cms = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ConfigMap"
+           and "scopegate.yaml" in (d.get("data") or {})]
+    if len(cms) != 1:
+        err("expected exactly one ConfigMap with a scopegate.yaml key, found %d" % len(cms))
+    else:
+        text = cms[0]["data"]["scopegate.yaml"]
+        try:
+            cfg = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            err("%s: scopegate.yaml is not valid YAML: %s" % (kn(cms[0]), e))
+            cfg = None
+        allowed = {"server", "admin", "issuers", "upstreams", "forward", "cache", "routes"}
+        if not isinstance(cfg, dict):
+            err("%s: scopegate.yaml is not a mapping" % kn(cms[0]))
+        else:
+            unknown = set(cfg) - allowed
+            if unknown:
+                err("%s: scopegate.yaml has unknown top-level keys %s" % (kn(cms[0]), sorted(unknown)))
+            for key in ("server", "admin", "issuers", "upstreams", "routes"):
+                if key not in cfg:
+                    err("%s: scopegate.yaml lacks %r" % (kn(cms[0]), key))
+        if extract_to:
+            with open(extract_to, "w") as f:
+                f.write(text)
+
+elif mode == "inject":
+    if not workloads:
+        err("no workloads in %s" % path)
+    for d in workloads:
+        _labels, ps = pod_template(d)
+        check_sidecar(d, ps)
+else:
+    err("unknown mode %s" % mode)
+
+if errors:
+    for e in errors:
+        print("  ERROR %s: %s" % (path, e), file=sys.stderr)
+    sys.exit(1)
+PY
+}
+
+# --- 1. kustomizations -------------------------------------------------------
+targets=("base:$k8s_dir/base")
+for d in "$k8s_dir"/overlays/*/; do
+    [ -f "$d/kustomization.yaml" ] || continue
+    name="$(basename "$d")"
+    targets+=("$name:${d%/}")
+done
+
+for t in "${targets[@]}"; do
+    name="${t%%:*}"
+    dir="${t#*:}"
+    rendered="$out/$name.yaml"
+    step="rendering $name ($dir)"
+    echo "==> $name: kubectl kustomize ${dir#"$root"/}"
+    "$KUBECTL" kustomize "$dir" >"$rendered" || fail "kubectl kustomize $dir failed"
+    step="validating $name"
+    schema_validate "$rendered"
+    step="checking $name"
+    checks kustomize "$rendered" "$out/$name.scopegate.yaml" "${versions[*]}" ||
+        fail "checks failed for $rendered"
+    echo "    ok: ${rendered#"$root"/}, ${out#"$root"/}/$name.scopegate.yaml"
+done
+
+# --- 2. optional: scopegate inject on the samples ----------------------------
+if [ -n "${SCOPEGATE_BIN:-}" ]; then
+    [ -x "$SCOPEGATE_BIN" ] || fail "SCOPEGATE_BIN=$SCOPEGATE_BIN is not an executable"
+    mkdir -p "$out/inject"
+    found=0
+    for sample in "$samples_dir"/*.yaml; do
+        [ -f "$sample" ] || continue
+        found=1
+        base="$(basename "$sample")"
+        injected="$out/inject/$base"
+        step="injecting $base"
+        echo "==> inject: ${sample#"$root"/}"
+        "$SCOPEGATE_BIN" inject -f "$sample" >"$injected" ||
+            fail "'$SCOPEGATE_BIN inject -f $sample' failed"
+        step="validating injected $base"
+        schema_validate "$injected"
+        checks inject "$injected" "" "${versions[*]}" || fail "checks failed for injected $base"
+        step="re-injecting $base"
+        "$SCOPEGATE_BIN" inject -f - <"$injected" >"$injected.again" ||
+            fail "'$SCOPEGATE_BIN inject -f -' failed on its own output for $base"
+        cmp -s "$injected" "$injected.again" ||
+            fail "inject is not idempotent for $base: diff $injected $injected.again"
+        rm -f "$injected.again"
+        echo "    ok: ${injected#"$root"/}"
+    done
+    [ "$found" -eq 1 ] || fail "no samples in $samples_dir"
+else
+    echo "==> inject samples skipped (set SCOPEGATE_BIN to a scopegate binary to check them)"
+fi
+
+step="done"
+echo "validate.sh: all manifests valid"

@@ -1,0 +1,4 @@
+//! The admin side: Prometheus metrics and the admin listener's endpoints.
+
+pub mod health;
+pub mod metrics;

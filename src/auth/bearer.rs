@@ -1,0 +1,125 @@
+//! Extracting the one bearer token from a request (RFC 6750 section 2.1).
+
+use http::header::AUTHORIZATION;
+use http::HeaderMap;
+
+use crate::error::GatewayError;
+
+/// Longest token accepted; real access tokens are a few kilobytes at most.
+pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+
+/// Returns the token of the request's single `Authorization: Bearer` header.
+///
+/// No header is [`GatewayError::MissingToken`] (401 without an error code); any
+/// other shape — two headers, another scheme, bad characters — is a 400
+/// `invalid_request`, as RFC 6750 section 3.1 asks.
+pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Err(GatewayError::MissingToken);
+    };
+    if values.next().is_some() {
+        return Err(GatewayError::InvalidRequest(
+            "more than one Authorization header",
+        ));
+    }
+    parse(value.as_bytes())
+}
+
+/// Parses one `Authorization` header value as `Bearer <b64token>`.
+pub fn parse(value: &[u8]) -> Result<&str, GatewayError> {
+    const SCHEME: &[u8] = b"bearer ";
+    let is_bearer = value
+        .get(..SCHEME.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME));
+    if !is_bearer {
+        return Err(GatewayError::InvalidRequest(
+            "the Authorization header must use the Bearer scheme",
+        ));
+    }
+    let token = value.get(SCHEME.len()..).unwrap_or_default();
+    if token.is_empty() {
+        return Err(GatewayError::InvalidRequest("the bearer token is empty"));
+    }
+    if token.len() > MAX_TOKEN_LEN {
+        return Err(GatewayError::InvalidRequest("the bearer token is too long"));
+    }
+    if !is_b64token(token) {
+        return Err(GatewayError::InvalidRequest(
+            "the bearer token has characters outside RFC 6750 b64token",
+        ));
+    }
+    // b64token characters are ASCII, so this cannot fail; map it anyway.
+    std::str::from_utf8(token)
+        .map_err(|_| GatewayError::InvalidRequest("the bearer token is not ASCII"))
+}
+
+/// `1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`
+fn is_b64token(token: &[u8]) -> bool {
+    let body_len = token.len() - token.iter().rev().take_while(|&&b| b == b'=').count();
+    body_len > 0
+        && token[..body_len].iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(values: &[&str]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for v in values {
+            h.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn accepts_one_bearer_token_in_any_scheme_case() {
+        for v in ["Bearer abc.def-_~+/=", "bearer abc", "BEARER abc=="] {
+            let h = headers(&[v]);
+            assert!(extract(&h).is_ok(), "{v}");
+        }
+        assert_eq!(extract(&headers(&["Bearer a.b.c"])).unwrap(), "a.b.c");
+    }
+
+    #[test]
+    fn missing_header_is_missing_token() {
+        assert!(matches!(
+            extract(&HeaderMap::new()),
+            Err(GatewayError::MissingToken)
+        ));
+    }
+
+    #[test]
+    fn malformed_headers_are_invalid_requests() {
+        let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
+        for v in [
+            "Basic dXNlcjpwYXNz",
+            "Bearer",
+            "Bearer ",
+            "Bearer  abc",
+            "Bearer\tabc",
+            "Bearer a b",
+            "Bearer a,b",
+            "Bearer ===",
+            "Bearer a=b",
+            "Bearerabc",
+            "Token abc",
+            long.as_str(),
+        ] {
+            let h = headers(&[v]);
+            assert!(
+                matches!(extract(&h), Err(GatewayError::InvalidRequest(_))),
+                "{v:?}"
+            );
+        }
+        let two = headers(&["Bearer a", "Bearer b"]);
+        assert!(matches!(
+            extract(&two),
+            Err(GatewayError::InvalidRequest(_))
+        ));
+    }
+}

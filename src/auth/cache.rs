@@ -1,0 +1,77 @@
+//! The verified-token cache: SHA-256 digests of tokens to verified results,
+//! bounded in size, and no entry outlives its token.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use moka::future::Cache;
+use moka::Expiry;
+
+use crate::auth::VerifiedToken;
+
+/// A token digest: the cache key (raw tokens are never stored).
+pub type TokenDigest = [u8; 32];
+
+/// SHA-256 of a token.
+pub fn digest(token: &str) -> TokenDigest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+/// Verified tokens by digest.
+#[derive(Clone)]
+pub struct TokenCache {
+    inner: Cache<TokenDigest, Arc<VerifiedToken>>,
+}
+
+struct UntilTokenExpiry;
+
+impl Expiry<TokenDigest, Arc<VerifiedToken>> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &TokenDigest,
+        value: &Arc<VerifiedToken>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.cache_until.saturating_duration_since(created_at))
+    }
+}
+
+impl TokenCache {
+    /// A cache holding at most `max_entries` tokens.
+    pub fn new(max_entries: u64) -> Self {
+        Self {
+            inner: Cache::builder()
+                .max_capacity(max_entries)
+                .expire_after(UntilTokenExpiry)
+                .build(),
+        }
+    }
+
+    /// A cached, still-valid verification result.
+    pub async fn get(&self, key: &TokenDigest) -> Option<Arc<VerifiedToken>> {
+        let hit = self.inner.get(key).await?;
+        // moka expires lazily but never returns an expired entry; check anyway
+        // so a clock edge cannot serve a token past its expiry.
+        (hit.cache_until > Instant::now()).then_some(hit)
+    }
+
+    /// Stores a result unless it is already at its expiry.
+    pub async fn insert(&self, key: TokenDigest, token: Arc<VerifiedToken>) {
+        if token.cache_until > Instant::now() {
+            self.inner.insert(key, token).await;
+        }
+    }
+
+    /// Entries currently held (approximate, for tests and metrics).
+    pub fn entry_count(&self) -> u64 {
+        self.inner.entry_count()
+    }
+
+    /// Runs pending evictions (tests and benchmarks want exact counts).
+    pub async fn run_pending_tasks(&self) {
+        self.inner.run_pending_tasks().await;
+    }
+}

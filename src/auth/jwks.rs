@@ -1,0 +1,500 @@
+//! Issuer key sets: parsing JWKS documents, fetching and refreshing them, and
+//! refetching on unknown `kid`s without letting a flood of kids flood the IdP.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::{Algorithm, DecodingKey};
+use serde::Deserialize;
+
+use crate::admin::metrics::Metrics;
+use crate::proxy::client::{build_https_client, HttpsClient};
+
+/// Largest JWKS document accepted.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// Keys kept from one document at most.
+pub const MAX_KEYS: usize = 64;
+/// Refresh interval bounds applied to `Cache-Control: max-age`.
+pub const MIN_REFRESH: Duration = Duration::from_secs(60);
+/// See [`MIN_REFRESH`].
+pub const MAX_REFRESH: Duration = Duration::from_secs(24 * 3600);
+
+/// Why a JWKS document could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum JwksError {
+    /// Not a JSON object with a `keys` array.
+    #[error("not a JWKS document: {0}")]
+    Invalid(String),
+    /// No key in it is usable for signature verification.
+    #[error("no usable signature verification keys")]
+    NoUsableKeys,
+}
+
+/// One public key and the algorithms it may verify.
+pub struct VerificationKey {
+    kid: Option<String>,
+    kind: KeyKind,
+    alg: Option<Algorithm>,
+    key: DecodingKey,
+}
+
+impl std::fmt::Debug for VerificationKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VerificationKey")
+            .field("kid", &self.kid)
+            .field("kind", &self.kind)
+            .field("alg", &self.alg)
+            .finish()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyKind {
+    Rsa,
+    P256,
+    P384,
+    Ed25519,
+}
+
+impl VerificationKey {
+    /// Whether this key may verify `alg`: the key type must fit and, when the
+    /// JWK names an `alg`, it must be that one.
+    pub fn fits(&self, alg: Algorithm) -> bool {
+        let kind_fits = match self.kind {
+            KeyKind::Rsa => matches!(
+                alg,
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ),
+            KeyKind::P256 => alg == Algorithm::ES256,
+            KeyKind::P384 => alg == Algorithm::ES384,
+            KeyKind::Ed25519 => alg == Algorithm::EdDSA,
+        };
+        kind_fits && self.alg.is_none_or(|a| a == alg)
+    }
+
+    /// Verifies `signature` (base64url) over `signing_input` with `alg`.
+    pub fn verify(&self, signing_input: &str, signature: &str, alg: Algorithm) -> bool {
+        self.fits(alg)
+            && jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &self.key, alg)
+                .unwrap_or(false)
+    }
+
+    /// The key id, if the JWK had one.
+    pub fn kid(&self) -> Option<&str> {
+        self.kid.as_deref()
+    }
+}
+
+/// A parsed, immutable set of verification keys.
+#[derive(Debug, Default)]
+pub struct KeySet {
+    keys: Vec<VerificationKey>,
+}
+
+#[derive(Deserialize)]
+struct RawJwks {
+    keys: Vec<serde_json::Value>,
+}
+
+impl KeySet {
+    /// Parses a JWKS document, keeping the signature keys it can use and
+    /// skipping the rest (encryption keys, symmetric keys, unknown curves).
+    pub fn from_json(bytes: &[u8]) -> Result<Self, JwksError> {
+        let raw: RawJwks =
+            serde_json::from_slice(bytes).map_err(|e| JwksError::Invalid(e.to_string()))?;
+        let mut keys = Vec::new();
+        for value in raw.keys.into_iter().take(MAX_KEYS) {
+            let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
+                continue;
+            };
+            if let Some(key) = Self::usable(&jwk) {
+                keys.push(key);
+            }
+        }
+        if keys.is_empty() {
+            return Err(JwksError::NoUsableKeys);
+        }
+        Ok(Self { keys })
+    }
+
+    fn usable(jwk: &Jwk) -> Option<VerificationKey> {
+        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            return None;
+        }
+        let kind = match &jwk.algorithm {
+            AlgorithmParameters::RSA(_) => KeyKind::Rsa,
+            AlgorithmParameters::EllipticCurve(p) => match p.curve {
+                EllipticCurve::P256 => KeyKind::P256,
+                EllipticCurve::P384 => KeyKind::P384,
+                _ => return None,
+            },
+            AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+                EllipticCurve::Ed25519 => KeyKind::Ed25519,
+                _ => return None,
+            },
+            // Symmetric keys never verify tokens here: no HMAC with published keys.
+            _ => return None,
+        };
+        let alg = match jwk.common.key_algorithm {
+            None => None,
+            Some(a) => Some(key_algorithm(a)?),
+        };
+        let key = DecodingKey::from_jwk(jwk).ok()?;
+        Some(VerificationKey {
+            kid: jwk.common.key_id.clone(),
+            kind,
+            alg,
+            key,
+        })
+    }
+
+    /// The keys that may verify a token with this `kid` and `alg`: the one key
+    /// with that id, or, for a token without `kid`, every key that fits.
+    pub fn candidates<'a>(
+        &'a self,
+        kid: Option<&'a str>,
+        alg: Algorithm,
+    ) -> impl Iterator<Item = &'a VerificationKey> + 'a {
+        self.keys
+            .iter()
+            .filter(move |k| match kid {
+                Some(kid) => k.kid.as_deref() == Some(kid),
+                None => true,
+            })
+            .filter(move |k| k.fits(alg))
+    }
+
+    /// Whether a key with this id exists.
+    pub fn has_kid(&self, kid: &str) -> bool {
+        self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
+    }
+
+    /// Number of usable keys.
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    /// True when no key is usable.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+fn key_algorithm(a: jsonwebtoken::jwk::KeyAlgorithm) -> Option<Algorithm> {
+    use jsonwebtoken::jwk::KeyAlgorithm as K;
+    Some(match a {
+        K::RS256 => Algorithm::RS256,
+        K::RS384 => Algorithm::RS384,
+        K::RS512 => Algorithm::RS512,
+        K::PS256 => Algorithm::PS256,
+        K::PS384 => Algorithm::PS384,
+        K::PS512 => Algorithm::PS512,
+        K::ES256 => Algorithm::ES256,
+        K::ES384 => Algorithm::ES384,
+        K::EdDSA => Algorithm::EdDSA,
+        _ => return None,
+    })
+}
+
+/// The live key set of one issuer, with its fetch machinery.
+pub struct IssuerKeys {
+    issuer_name: Arc<str>,
+    current: ArcSwapOption<KeySet>,
+    remote: Option<RemoteSource>,
+}
+
+struct RemoteSource {
+    uri: Uri,
+    client: HttpsClient<Empty<Bytes>>,
+    timeout: Duration,
+    cooldown: Duration,
+    default_refresh: Duration,
+    /// Serialises fetches so that concurrent triggers share one.
+    fetch_lock: tokio::sync::Mutex<()>,
+    /// Counts finished fetch attempts; waiters compare it to skip a refetch.
+    attempts: AtomicU64,
+    /// When the last fetch started (cooldown for unknown kids).
+    last_attempt: Mutex<Option<Instant>>,
+}
+
+/// Outcome of one fetch, for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FetchResult {
+    /// New keys installed.
+    Success,
+    /// The IdP answered with a non-200 status.
+    HttpError,
+    /// Connection failure.
+    NetworkError,
+    /// No answer within the timeout.
+    Timeout,
+    /// The body was too large or not a usable JWKS.
+    Invalid,
+}
+
+impl FetchResult {
+    /// Metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Success => "success",
+            Self::HttpError => "http_error",
+            Self::NetworkError => "network_error",
+            Self::Timeout => "timeout",
+            Self::Invalid => "invalid",
+        }
+    }
+}
+
+impl IssuerKeys {
+    /// Keys that never change (a `jwks_file`).
+    pub fn fixed(issuer_name: Arc<str>, keys: Arc<KeySet>) -> Self {
+        Self {
+            issuer_name,
+            current: ArcSwapOption::new(Some(keys)),
+            remote: None,
+        }
+    }
+
+    /// Keys fetched from `uri`; empty until the first successful fetch.
+    pub fn remote(
+        issuer_name: Arc<str>,
+        uri: Uri,
+        ca_file: Option<&std::path::Path>,
+        timeout: Duration,
+        cooldown: Duration,
+        default_refresh: Duration,
+    ) -> Result<Self, String> {
+        let client = build_https_client(ca_file, timeout, 4, false)?;
+        Ok(Self {
+            issuer_name,
+            current: ArcSwapOption::empty(),
+            remote: Some(RemoteSource {
+                uri,
+                client,
+                timeout,
+                cooldown,
+                default_refresh,
+                fetch_lock: tokio::sync::Mutex::new(()),
+                attempts: AtomicU64::new(0),
+                last_attempt: Mutex::new(None),
+            }),
+        })
+    }
+
+    /// The current key set, if any has been loaded.
+    pub fn current(&self) -> Option<Arc<KeySet>> {
+        self.current.load_full()
+    }
+
+    /// True once keys are available.
+    pub fn is_loaded(&self) -> bool {
+        self.current.load().is_some()
+    }
+
+    /// Whether the keys come from a URL (and so need a refresher).
+    pub fn is_remote(&self) -> bool {
+        self.remote.is_some()
+    }
+
+    /// Called when a token names a `kid` we do not have: refetches unless a
+    /// fetch happened within the cooldown, sharing a fetch already under way.
+    /// Returns true when a (possibly other caller's) fetch ran.
+    pub async fn refetch_for_unknown_kid(&self, metrics: &Metrics) -> bool {
+        let Some(remote) = &self.remote else {
+            return false;
+        };
+        let seen = remote.attempts.load(Ordering::Acquire);
+        let _guard = remote.fetch_lock.lock().await;
+        if remote.attempts.load(Ordering::Acquire) != seen {
+            return true; // someone fetched while we waited
+        }
+        if remote.in_cooldown() {
+            return false;
+        }
+        self.fetch_now(remote, metrics).await;
+        true
+    }
+
+    /// Fetches now (refresher path), regardless of cooldown; returns the delay
+    /// until the next refresh.
+    pub async fn refresh(&self, metrics: &Metrics) -> (FetchResult, Duration) {
+        let Some(remote) = &self.remote else {
+            return (FetchResult::Success, MAX_REFRESH);
+        };
+        let _guard = remote.fetch_lock.lock().await;
+        self.fetch_now(remote, metrics).await
+    }
+
+    async fn fetch_now(&self, remote: &RemoteSource, metrics: &Metrics) -> (FetchResult, Duration) {
+        if let Ok(mut last) = remote.last_attempt.lock() {
+            *last = Some(Instant::now());
+        }
+        let (result, max_age) = match self.fetch(remote).await {
+            Ok((set, max_age)) => {
+                tracing::info!(issuer = %self.issuer_name, keys = set.len(), "JWKS loaded");
+                self.current.store(Some(Arc::new(set)));
+                (FetchResult::Success, max_age)
+            }
+            Err(result) => {
+                tracing::warn!(
+                    issuer = %self.issuer_name,
+                    result = result.label(),
+                    keeping_previous = self.is_loaded(),
+                    "JWKS fetch failed"
+                );
+                (result, None)
+            }
+        };
+        remote.attempts.fetch_add(1, Ordering::AcqRel);
+        metrics
+            .jwks_fetches
+            .with_label_values(&[&self.issuer_name, result.label()])
+            .inc();
+        let next = max_age
+            .unwrap_or(remote.default_refresh)
+            .clamp(MIN_REFRESH, MAX_REFRESH);
+        (result, next)
+    }
+
+    async fn fetch(
+        &self,
+        remote: &RemoteSource,
+    ) -> Result<(KeySet, Option<Duration>), FetchResult> {
+        let request = Request::get(remote.uri.clone())
+            .header(
+                http::header::ACCEPT,
+                "application/jwk-set+json, application/json",
+            )
+            .body(Empty::<Bytes>::new())
+            .map_err(|_| FetchResult::Invalid)?;
+        let work = async {
+            let response = remote
+                .client
+                .request(request)
+                .await
+                .map_err(|_| FetchResult::NetworkError)?;
+            if response.status() != StatusCode::OK {
+                return Err(FetchResult::HttpError);
+            }
+            let max_age = response
+                .headers()
+                .get(http::header::CACHE_CONTROL)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_max_age);
+            let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
+                .collect()
+                .await
+                .map_err(|_| FetchResult::Invalid)?
+                .to_bytes();
+            let set = KeySet::from_json(&body).map_err(|_| FetchResult::Invalid)?;
+            Ok((set, max_age))
+        };
+        tokio::time::timeout(remote.timeout, work)
+            .await
+            .map_err(|_| FetchResult::Timeout)?
+    }
+}
+
+impl RemoteSource {
+    fn in_cooldown(&self) -> bool {
+        self.last_attempt
+            .lock()
+            .ok()
+            .and_then(|last| *last)
+            .is_some_and(|t| t.elapsed() < self.cooldown)
+    }
+}
+
+/// Reads `max-age` from a Cache-Control value (`no-store`/`no-cache` mean 0).
+pub fn parse_max_age(value: &str) -> Option<Duration> {
+    let mut max_age = None;
+    for directive in value.split(',').map(str::trim) {
+        let lower = directive.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(secs) = lower.strip_prefix("max-age=") {
+            max_age = secs
+                .trim_matches('"')
+                .parse::<u64>()
+                .ok()
+                .map(Duration::from_secs);
+        }
+    }
+    max_age
+}
+
+/// Keeps one remote issuer's keys fresh until `shutdown` fires: retries with
+/// backoff while the IdP fails, then follows its Cache-Control.
+pub async fn run_refresher(
+    keys: Arc<IssuerKeys>,
+    metrics: Arc<Metrics>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    let mut backoff = Duration::from_millis(250);
+    loop {
+        let (result, next) = keys.refresh(&metrics).await;
+        let delay = if result == FetchResult::Success {
+            backoff = Duration::from_millis(250);
+            next
+        } else {
+            let d = backoff;
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+            d
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn max_age_parsing() {
+        assert_eq!(
+            parse_max_age("public, max-age=300"),
+            Some(Duration::from_secs(300))
+        );
+        assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(parse_max_age("private"), None);
+        assert_eq!(parse_max_age("max-age=abc"), None);
+    }
+
+    #[test]
+    fn rejects_documents_without_usable_keys() {
+        assert!(KeySet::from_json(b"{}").is_err());
+        assert!(KeySet::from_json(b"not json").is_err());
+        assert!(KeySet::from_json(br#"{"keys":[]}"#).is_err());
+        let oct = br#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#;
+        assert!(matches!(
+            KeySet::from_json(oct),
+            Err(JwksError::NoUsableKeys)
+        ));
+    }
+
+    #[test]
+    fn keys_fit_only_their_algorithms() {
+        let ec = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let set = KeySet::from_json(ec).unwrap();
+        assert_eq!(set.candidates(Some("e"), Algorithm::ES256).count(), 1);
+        assert_eq!(set.candidates(Some("e"), Algorithm::ES384).count(), 0);
+        assert_eq!(set.candidates(Some("e"), Algorithm::RS256).count(), 0);
+        assert_eq!(set.candidates(Some("x"), Algorithm::ES256).count(), 0);
+        assert_eq!(set.candidates(None, Algorithm::ES256).count(), 1);
+    }
+}

@@ -1,0 +1,210 @@
+//! Scope checks and the [`Permit`]: the only value that lets a request reach an
+//! upstream, and only this module can create it.
+
+use http::HeaderValue;
+
+use crate::auth::VerifiedToken;
+use crate::config::{Access, Route};
+use crate::error::{insufficient_scope_challenge, GatewayError};
+use std::sync::Arc;
+
+/// The scopes a route requires.
+#[derive(Debug, Clone)]
+pub struct ScopeRequirement {
+    all: Box<[Box<str>]>,
+    any: Box<[Box<str>]>,
+    challenge: HeaderValue,
+}
+
+impl ScopeRequirement {
+    /// `all`: every one is required; `any`: at least one is required. Scope
+    /// tokens are checked against RFC 6749 3.3 (`NQCHAR`, no spaces).
+    pub fn new(all: Vec<String>, any: Vec<String>) -> Result<Self, String> {
+        for scope in all.iter().chain(&any) {
+            if scope.is_empty()
+                || !scope
+                    .bytes()
+                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+            {
+                return Err(format!(
+                    "`{scope}` is not a valid scope token (RFC 6749 3.3: printable ASCII without space, `\"` or `\\`)"
+                ));
+            }
+        }
+        let listed = if any.is_empty() {
+            all.join(" ")
+        } else {
+            all.iter()
+                .chain(&any)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let challenge = insufficient_scope_challenge(&listed)
+            .ok_or_else(|| "scopes do not fit in a header".to_owned())?;
+        Ok(Self {
+            all: all.into_iter().map(String::into_boxed_str).collect(),
+            any: any.into_iter().map(String::into_boxed_str).collect(),
+            challenge,
+        })
+    }
+
+    /// Exact, case-sensitive set membership: `read` never satisfies `read:all`.
+    pub fn is_satisfied_by(&self, granted: &Scopes) -> bool {
+        self.all.iter().all(|s| granted.contains(s))
+            && (self.any.is_empty() || self.any.iter().any(|s| granted.contains(s)))
+    }
+
+    /// The scopes, space-separated, for `scopegate check`.
+    pub fn describe(&self) -> String {
+        let mut out = self.all.join(" ");
+        if !self.any.is_empty() {
+            if !out.is_empty() {
+                out.push_str(" + ");
+            }
+            out.push_str("one of: ");
+            out.push_str(&self.any.join(" "));
+        }
+        out
+    }
+}
+
+/// The scopes a token grants.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scopes(Box<[Box<str>]>);
+
+impl Scopes {
+    /// From a space-separated `scope` string (RFC 6749 3.3).
+    pub fn from_space_separated(s: &str) -> Self {
+        Self(
+            s.split(' ')
+                .filter(|t| !t.is_empty())
+                .map(Box::from)
+                .collect(),
+        )
+    }
+
+    /// From a list of scope strings (`scp` arrays); entries are split on spaces too.
+    pub fn from_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
+        Self(
+            items
+                .into_iter()
+                .flat_map(|s| s.split(' '))
+                .filter(|t| !t.is_empty())
+                .map(Box::from)
+                .collect(),
+        )
+    }
+
+    /// Exact membership.
+    pub fn contains(&self, scope: &str) -> bool {
+        self.0.iter().any(|s| &**s == scope)
+    }
+
+    /// Space-separated, for identity headers.
+    pub fn joined(&self) -> String {
+        self.0.join(" ")
+    }
+
+    /// Number of scopes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// True when no scope is granted.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// Proof that a request passed its route's check. Forwarding requires one, and
+/// only [`authorize`] can make one.
+#[derive(Debug)]
+pub struct Permit<'r> {
+    route: &'r Route,
+    identity: Option<Arc<VerifiedToken>>,
+}
+
+impl<'r> Permit<'r> {
+    /// The route that was matched and checked.
+    pub fn route(&self) -> &'r Route {
+        self.route
+    }
+
+    /// The verified token, for a bearer route.
+    pub fn identity(&self) -> Option<&VerifiedToken> {
+        self.identity.as_deref()
+    }
+}
+
+/// Checks a route's access rule against the authenticated identity (`None` for
+/// a public route, where no token was looked at).
+pub fn authorize(
+    route: &Route,
+    identity: Option<Arc<VerifiedToken>>,
+) -> Result<Permit<'_>, GatewayError> {
+    match &route.access {
+        Access::Public => Ok(Permit {
+            route,
+            identity: None,
+        }),
+        Access::Bearer { scopes, .. } => {
+            let Some(token) = identity else {
+                return Err(GatewayError::MissingToken);
+            };
+            if !scopes.is_satisfied_by(&token.scopes) {
+                return Err(GatewayError::InsufficientScope {
+                    challenge: scopes.challenge.clone(),
+                });
+            }
+            Ok(Permit {
+                route,
+                identity: Some(token),
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(all: &[&str], any: &[&str]) -> ScopeRequirement {
+        ScopeRequirement::new(
+            all.iter().map(|s| s.to_string()).collect(),
+            any.iter().map(|s| s.to_string()).collect(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn membership_is_exact() {
+        let granted = Scopes::from_space_separated("read orders:read  Admin");
+        assert!(req(&["read"], &[]).is_satisfied_by(&granted));
+        assert!(req(&["orders:read", "read"], &[]).is_satisfied_by(&granted));
+        assert!(!req(&["read:all"], &[]).is_satisfied_by(&granted));
+        assert!(!req(&["admin"], &[]).is_satisfied_by(&granted));
+        assert!(!req(&["orders"], &[]).is_satisfied_by(&granted));
+        assert!(req(&[], &[]).is_satisfied_by(&Scopes::default()));
+        let commas = Scopes::from_space_separated("read,write");
+        assert!(!req(&["read"], &[]).is_satisfied_by(&commas));
+    }
+
+    #[test]
+    fn any_of() {
+        let r = req(&[], &["orders:write", "orders:admin"]);
+        assert!(r.is_satisfied_by(&Scopes::from_space_separated("orders:admin")));
+        assert!(!r.is_satisfied_by(&Scopes::from_space_separated("orders:read")));
+        let both = req(&["a"], &["b", "c"]);
+        assert!(!both.is_satisfied_by(&Scopes::from_space_separated("b")));
+        assert!(both.is_satisfied_by(&Scopes::from_space_separated("a c")));
+    }
+
+    #[test]
+    fn scope_tokens_are_validated() {
+        assert!(ScopeRequirement::new(vec!["a b".into()], vec![]).is_err());
+        assert!(ScopeRequirement::new(vec!["".into()], vec![]).is_err());
+        assert!(ScopeRequirement::new(vec!["a\"b".into()], vec![]).is_err());
+        assert!(ScopeRequirement::new(vec!["orders:read".into()], vec![]).is_ok());
+    }
+}

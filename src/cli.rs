@@ -1,0 +1,278 @@
+//! The command line: `run`, `check`, `demo`, `inject`.
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::config::{self, Access, Config};
+
+/// scopegate: an OAuth 2.0 bearer-token gateway.
+#[derive(Debug, Parser)]
+#[command(name = "scopegate", version, about)]
+pub struct Cli {
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "SCOPEGATE_LOG_FORMAT"
+    )]
+    pub log_format: LogFormat,
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the gateway.
+    Run {
+        /// Configuration file.
+        #[arg(
+            long,
+            short,
+            env = "SCOPEGATE_CONFIG",
+            default_value = "config/scopegate.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Validate a configuration file and print its route table (exit 1 on errors).
+    Check {
+        /// Configuration file.
+        #[arg(
+            long,
+            short,
+            env = "SCOPEGATE_CONFIG",
+            default_value = "config/scopegate.yaml"
+        )]
+        config: PathBuf,
+    },
+    /// Run a self-contained demo: keys, JWKS, an echo upstream, and tokens to try.
+    Demo {
+        /// Proxy listen address.
+        #[arg(long, default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin listen address.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+    /// Add the scopegate sidecar to Kubernetes manifests.
+    Inject {
+        /// Manifest file, or `-` for standard input.
+        #[arg(long, short = 'f', default_value = "-")]
+        file: String,
+        /// Sidecar image.
+        #[arg(long)]
+        image: Option<String>,
+        /// ConfigMap holding scopegate.yaml.
+        #[arg(long)]
+        config_map: Option<String>,
+        /// scopegate's proxy port.
+        #[arg(long)]
+        proxy_port: Option<u16>,
+        /// scopegate's admin port.
+        #[arg(long)]
+        admin_port: Option<u16>,
+        /// The app's port on loopback.
+        #[arg(long)]
+        upstream_port: Option<u16>,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Run { config } => match config::load_file(&config) {
+            Ok(config) => run_gateway(config),
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Check { config } => check(&config),
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => with_runtime(0, crate::demo::run(listen, admin_listen)),
+        Command::Inject {
+            file,
+            image,
+            config_map,
+            proxy_port,
+            admin_port,
+            upstream_port,
+        } => {
+            let mut opts = crate::inject::InjectOptions::default();
+            if let Some(v) = image {
+                opts.image = v;
+            }
+            if let Some(v) = config_map {
+                opts.config_map = v;
+            }
+            if let Some(v) = proxy_port {
+                opts.proxy_port = v;
+            }
+            if let Some(v) = admin_port {
+                opts.admin_port = v;
+            }
+            if let Some(v) = upstream_port {
+                opts.upstream_port = v;
+            }
+            inject(&file, &opts)
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+    };
+}
+
+/// Installs aws-lc-rs as the process-wide rustls provider (idempotent).
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+fn with_runtime<F>(workers: usize, future: F) -> ExitCode
+where
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    install_crypto_provider();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    if workers > 0 {
+        builder.worker_threads(workers);
+    }
+    let runtime = match builder.build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(future) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("scopegate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_gateway(config: Config) -> ExitCode {
+    let workers = config.server.workers;
+    with_runtime(workers, async move {
+        let listener = tokio::net::TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+        let admin = tokio::net::TcpListener::bind(config.admin_listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
+        crate::server::run(config, listener, admin, crate::server::shutdown_signal())
+            .await
+            .map_err(|e| e.to_string())
+    })
+}
+
+fn check(path: &Path) -> ExitCode {
+    match config::load_file(path) {
+        Ok(config) => {
+            let mut out = std::io::stdout().lock();
+            let _ = writeln!(out, "{}: configuration OK", path.display());
+            let _ = write!(out, "{}", describe_routes(&config));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The route table as `scopegate check` prints it.
+pub fn describe_routes(config: &Config) -> String {
+    let mut out = String::new();
+    for (path, methods, route) in config.routes.iter() {
+        let methods = methods.map_or_else(
+            || "*".to_owned(),
+            |m| m.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(","),
+        );
+        let upstream = config
+            .upstreams
+            .get(route.upstream)
+            .map_or("?", |u| &u.name);
+        let access = match &route.access {
+            Access::Public => "public".to_owned(),
+            Access::Bearer { scopes, issuers } => {
+                let mut s = format!("bearer [{}]", scopes.describe());
+                if let Some(issuers) = issuers {
+                    let names: Vec<&str> = issuers
+                        .iter()
+                        .filter_map(|i| config.issuers.get(*i).map(|x| &*x.name))
+                        .collect();
+                    s.push_str(&format!(" issuers={}", names.join(",")));
+                }
+                s
+            }
+        };
+        out.push_str(&format!(
+            "  {methods:<16} {path:<32} -> {upstream:<12} {access}  ({})\n",
+            route.name
+        ));
+    }
+    out
+}
+
+fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
+    let input = if file == "-" {
+        let mut s = String::new();
+        match std::io::stdin().read_to_string(&mut s) {
+            Ok(_) => s,
+            Err(e) => {
+                eprintln!("stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        match std::fs::read_to_string(file) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{file}: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    };
+    match crate::inject::inject(&input, opts) {
+        Ok(out) => {
+            let _ = std::io::stdout().lock().write_all(out.as_bytes());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("{file}: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The YAML file as written by people: every key checked, every default explicit.
+//!
+//! These types only exist between parsing and validation; the rest of scopegate
+//! sees the validated types in [`super::validate`].
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_saphyr::Spanned;
+
+/// The whole configuration file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// The proxy listener.
+    #[serde(default)]
+    pub server: RawServer,
+    /// The admin listener (metrics and probes).
+    #[serde(default)]
+    pub admin: RawAdmin,
+    /// Token issuers whose tokens routes accept.
+    #[serde(default)]
+    pub issuers: Vec<Spanned<RawIssuer>>,
+    /// Named upstream resource servers.
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, Spanned<RawUpstream>>,
+    /// Default forwarding behaviour; routes may override it.
+    #[serde(default)]
+    pub forward: RawForward,
+    /// The verified-token cache.
+    #[serde(default)]
+    pub cache: RawCache,
+    /// The route → scope map.
+    #[serde(default)]
+    pub routes: Vec<Spanned<RawRoute>>,
+}
+
+/// `server:`: the proxy listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    /// Address the proxy listens on.
+    #[serde(default = "default_listen")]
+    pub listen: Spanned<String>,
+    /// Optional inbound TLS.
+    #[serde(default)]
+    pub tls: Option<Spanned<RawTls>>,
+    /// Largest accepted request head; larger ones get 431.
+    #[serde(default = "default_max_header_bytes")]
+    pub max_header_bytes: Spanned<usize>,
+    /// Runtime worker threads; 0 means one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// How long in-flight requests may take to finish at shutdown.
+    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    pub shutdown_grace: Duration,
+    /// How long to keep serving (unready) after SIGTERM before draining.
+    #[serde(default = "default_shutdown_delay", with = "humantime_serde")]
+    pub shutdown_delay: Duration,
+    /// How long a client may take to send a request head (slowloris guard).
+    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
+    pub header_read_timeout: Duration,
+    /// Open client connections at most; further ones wait in the accept queue.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: Spanned<usize>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            listen: default_listen(),
+            tls: None,
+            max_header_bytes: default_max_header_bytes(),
+            workers: 0,
+            shutdown_grace: default_shutdown_grace(),
+            shutdown_delay: default_shutdown_delay(),
+            header_read_timeout: default_header_read_timeout(),
+            max_connections: default_max_connections(),
+        }
+    }
+}
+
+/// `server.tls`: certificate chain and key, PEM files.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// PEM certificate chain.
+    pub cert_file: String,
+    /// PEM private key.
+    pub key_file: String,
+}
+
+/// `admin:`: the admin listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    /// Address for `/metrics`, `/healthz`, `/readyz`.
+    #[serde(default = "default_admin_listen")]
+    pub listen: Spanned<String>,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: default_admin_listen(),
+        }
+    }
+}
+
+/// One entry of `issuers:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIssuer {
+    /// Short name used by routes and metrics.
+    pub name: Spanned<String>,
+    /// Exact value of the `iss` claim.
+    pub issuer: Spanned<String>,
+    /// `aud` must contain one of these.
+    #[serde(default)]
+    pub audiences: Vec<String>,
+    /// Where the issuer publishes its keys.
+    #[serde(default)]
+    pub jwks_uri: Option<Spanned<String>>,
+    /// A local JWKS file instead of `jwks_uri`.
+    #[serde(default)]
+    pub jwks_file: Option<Spanned<String>>,
+    /// Extra CA bundle (PEM) for the JWKS endpoint.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Allowed signature algorithms.
+    #[serde(default = "default_algorithms")]
+    pub algorithms: Spanned<Vec<String>>,
+    /// Clock skew allowed on `exp`, `nbf` and `iat`.
+    #[serde(default = "default_leeway", with = "humantime_serde")]
+    pub leeway: Duration,
+    /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
+    #[serde(default)]
+    pub require_typ: Option<String>,
+    /// Claim that carries the scopes: `scope` or `scp`.
+    #[serde(default = "default_scope_claim")]
+    pub scope_claim: Spanned<String>,
+    /// How often keys are refreshed when the IdP sends no Cache-Control.
+    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    pub jwks_refresh_interval: Duration,
+    /// Least time between two fetches caused by unknown `kid`s.
+    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    pub jwks_refetch_cooldown: Duration,
+    /// Timeout of one JWKS fetch.
+    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    pub jwks_timeout: Duration,
+}
+
+/// One entry of `upstreams:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    /// Base URL: `http://` or `https://`.
+    pub url: Spanned<String>,
+    /// Timeout to establish a connection.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Timeout until the upstream's response head arrives.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Extra CA bundle (PEM) for an https upstream.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+    /// Speak HTTP/2 without TLS (h2c) to this upstream.
+    #[serde(default)]
+    pub http2_only: bool,
+    /// Idle pooled connections kept per host.
+    #[serde(default = "default_pool_idle")]
+    pub pool_max_idle_per_host: usize,
+}
+
+/// `forward:` and a route's `forward:` override.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawForward {
+    /// Remove the `Authorization` header before forwarding.
+    #[serde(default)]
+    pub strip_authorization: Option<bool>,
+    /// Header name → claim name, set from the verified token.
+    #[serde(default)]
+    pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// `cache:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Verified tokens kept at most.
+    #[serde(default = "default_cache_entries")]
+    pub max_entries: u64,
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        Self {
+            max_entries: default_cache_entries(),
+        }
+    }
+}
+
+/// One entry of `routes:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    /// Name used in metrics and logs; defaults to the methods and path.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Path pattern: `/orders/{id}`, `/orders/{*rest}`.
+    pub path: Spanned<String>,
+    /// Allowed methods; absent means any.
+    #[serde(default)]
+    pub methods: Option<Spanned<Vec<String>>>,
+    /// Name of an entry of `upstreams:`.
+    pub upstream: Spanned<String>,
+    /// Every listed scope is required.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// At least one listed scope is required.
+    #[serde(default)]
+    pub any_scopes: Vec<String>,
+    /// `bearer` (default) or `none` for a public route.
+    #[serde(default)]
+    pub auth: Option<Spanned<String>>,
+    /// Accept tokens only from these issuers.
+    #[serde(default)]
+    pub issuers: Option<Spanned<Vec<String>>>,
+    /// Per-route forwarding override.
+    #[serde(default)]
+    pub forward: Option<RawForward>,
+}
+
+fn default_listen() -> Spanned<String> {
+    unspanned("0.0.0.0:8080".to_owned())
+}
+fn default_admin_listen() -> Spanned<String> {
+    unspanned("127.0.0.1:9090".to_owned())
+}
+fn default_max_header_bytes() -> Spanned<usize> {
+    unspanned(16 * 1024)
+}
+fn default_max_connections() -> Spanned<usize> {
+    unspanned(10_000)
+}
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_shutdown_delay() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_header_read_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_algorithms() -> Spanned<Vec<String>> {
+    unspanned(vec!["RS256".to_owned(), "ES256".to_owned()])
+}
+fn default_leeway() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_scope_claim() -> Spanned<String> {
+    unspanned("scope".to_owned())
+}
+fn default_jwks_refresh() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_pool_idle() -> usize {
+    64
+}
+fn default_cache_entries() -> u64 {
+    100_000
+}
+
+fn unspanned<T>(value: T) -> Spanned<T> {
+    Spanned::new(
+        value,
+        serde_saphyr::Location::UNKNOWN,
+        serde_saphyr::Location::UNKNOWN,
+    )
+}

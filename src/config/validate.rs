@@ -1,0 +1,740 @@
+//! Turns the raw schema into validated runtime types: parsed addresses, URLs,
+//! algorithms, compiled routes and resolved references. Every error points at
+//! the YAML node it is about.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method, Uri};
+use jsonwebtoken::Algorithm;
+use serde_saphyr::{Location, Spanned};
+
+use super::load::ConfigError;
+use super::schema::{RawConfig, RawForward, RawIssuer, RawRoute, RawUpstream};
+use crate::auth::jwks::KeySet;
+use crate::auth::scope::ScopeRequirement;
+use crate::routes::{RouteSpec, RouteTable};
+
+/// The validated configuration the gateway runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// Where it was loaded from (for messages).
+    pub source: String,
+    /// Proxy listener settings.
+    pub server: ServerSettings,
+    /// Admin listener address.
+    pub admin_listen: SocketAddr,
+    /// Issuers, referenced by index from routes and tokens.
+    pub issuers: Vec<Issuer>,
+    /// Upstreams, referenced by index from routes.
+    pub upstreams: Vec<Upstream>,
+    /// The compiled route table.
+    pub routes: RouteTable<Route>,
+    /// Verified tokens kept at most.
+    pub cache_max_entries: u64,
+    /// Claim names referenced by any identity header, in slot order.
+    pub identity_claims: Vec<String>,
+}
+
+/// `server:` after validation.
+#[derive(Debug, Clone)]
+pub struct ServerSettings {
+    /// Proxy listen address.
+    pub listen: SocketAddr,
+    /// Inbound TLS files, if any.
+    pub tls: Option<TlsFiles>,
+    /// Largest request head accepted.
+    pub max_header_bytes: usize,
+    /// Worker threads (0: one per core).
+    pub workers: usize,
+    /// Drain time for in-flight requests at shutdown.
+    pub shutdown_grace: Duration,
+    /// Unready-but-serving time after SIGTERM.
+    pub shutdown_delay: Duration,
+    /// Time allowed to send a request head.
+    pub header_read_timeout: Duration,
+    /// Concurrent client connections at most.
+    pub max_connections: usize,
+}
+
+/// Certificate chain and key for inbound TLS.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    /// PEM certificate chain.
+    pub cert_file: PathBuf,
+    /// PEM private key.
+    pub key_file: PathBuf,
+}
+
+/// A trusted token issuer.
+#[derive(Debug)]
+pub struct Issuer {
+    /// Short name (metrics, logs, route references).
+    pub name: Arc<str>,
+    /// Exact `iss` value.
+    pub issuer: String,
+    /// Accepted `aud` values.
+    pub audiences: Vec<String>,
+    /// Where its keys come from.
+    pub keys: KeySource,
+    /// Allowed algorithms.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew allowance in seconds.
+    pub leeway_secs: u64,
+    /// Required `typ` (lower case, without `application/`).
+    pub require_typ: Option<String>,
+    /// Which claim carries scopes.
+    pub scope_claim: ScopeClaim,
+    /// Default JWKS refresh interval.
+    pub jwks_refresh_interval: Duration,
+    /// Least time between unknown-`kid` refetches.
+    pub jwks_refetch_cooldown: Duration,
+    /// Timeout of one JWKS fetch.
+    pub jwks_timeout: Duration,
+    /// Extra CA bundle for the JWKS endpoint.
+    pub ca_file: Option<PathBuf>,
+}
+
+/// Where an issuer's verification keys come from.
+#[derive(Debug)]
+pub enum KeySource {
+    /// Fetched and refreshed from a JWKS URL.
+    Remote(Uri),
+    /// Loaded once from a local JWKS file.
+    Static(Arc<KeySet>),
+}
+
+/// The claim that carries granted scopes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeClaim {
+    /// `scope`: one space-separated string (RFC 8693, RFC 9068).
+    Scope,
+    /// `scp`: an array of strings, or a space-separated string.
+    Scp,
+}
+
+/// An upstream resource server.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    /// Name from the config (metrics label).
+    pub name: Arc<str>,
+    /// Scheme and authority requests are sent to.
+    pub scheme: http::uri::Scheme,
+    /// `host:port` of the upstream.
+    pub authority: http::uri::Authority,
+    /// Path prefix prepended to forwarded paths ("" for none).
+    pub base_path: String,
+    /// Connect timeout.
+    pub connect_timeout: Duration,
+    /// Time until the response head.
+    pub request_timeout: Duration,
+    /// Extra CA bundle for https.
+    pub ca_file: Option<PathBuf>,
+    /// h2c to a plain-http upstream.
+    pub http2_only: bool,
+    /// Idle pooled connections per host.
+    pub pool_max_idle_per_host: usize,
+}
+
+/// A compiled route.
+#[derive(Debug)]
+pub struct Route {
+    /// Metrics and log label.
+    pub name: Arc<str>,
+    /// Index into [`Config::upstreams`].
+    pub upstream: usize,
+    /// Who may pass.
+    pub access: Access,
+    /// How allowed requests are forwarded.
+    pub forward: Arc<ForwardPolicy>,
+}
+
+/// A route's access rule.
+#[derive(Debug)]
+pub enum Access {
+    /// `auth: none`: no token needed.
+    Public,
+    /// A valid bearer token with the required scopes.
+    Bearer {
+        /// Scopes the token must grant.
+        scopes: ScopeRequirement,
+        /// Issuer indexes accepted; `None` means any configured issuer.
+        issuers: Option<Vec<usize>>,
+    },
+}
+
+/// Header handling for forwarded requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardPolicy {
+    /// Remove `Authorization` before forwarding.
+    pub strip_authorization: bool,
+    /// Headers set from claims: name and index into [`Config::identity_claims`].
+    pub identity_headers: Vec<(HeaderName, usize)>,
+    /// Client-sent headers always removed (identity names and underscore variants).
+    pub remove_headers: Vec<HeaderName>,
+}
+
+/// Validates a parsed file into a [`Config`]; `base_dir` resolves relative paths.
+pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    let v = Validator { source, base_dir };
+    let server = v.server(&raw)?;
+    let admin_listen = v.socket_addr(&raw.admin.listen)?;
+    let issuers = raw
+        .issuers
+        .iter()
+        .map(|i| v.issuer(i))
+        .collect::<Result<Vec<_>, _>>()?;
+    v.unique(raw.issuers.iter().map(|i| &i.value.name), "issuer name")?;
+    v.unique(raw.issuers.iter().map(|i| &i.value.issuer), "issuer")?;
+
+    let mut upstream_index = HashMap::new();
+    let mut upstreams = Vec::new();
+    for (name, up) in &raw.upstreams {
+        upstream_index.insert(name.as_str(), upstreams.len());
+        upstreams.push(v.upstream(name, up)?);
+    }
+
+    let mut identity_claims = Vec::new();
+    let default_forward = v.forward(&raw.forward, None, &mut identity_claims)?;
+    let default_forward = Arc::new(default_forward);
+
+    let issuer_index: HashMap<&str, usize> = raw
+        .issuers
+        .iter()
+        .enumerate()
+        .map(|(i, iss)| (iss.value.name.value.as_str(), i))
+        .collect();
+
+    let mut specs = Vec::with_capacity(raw.routes.len());
+    for route in &raw.routes {
+        let methods = v.methods(route)?;
+        let compiled = v.route(
+            route,
+            &methods,
+            &upstream_index,
+            &issuer_index,
+            &default_forward,
+            &mut identity_claims,
+        )?;
+        specs.push(RouteSpec {
+            path: route.value.path.value.clone(),
+            methods,
+            value: compiled,
+        });
+    }
+    let routes = RouteTable::build(specs).map_err(|e| {
+        let location = raw
+            .routes
+            .get(e.index)
+            .map_or(Location::UNKNOWN, |r| r.value.path.referenced);
+        v.err(location, format!("route: {}", e.message))
+    })?;
+
+    let routes_need_issuer = routes
+        .iter()
+        .any(|(_, _, r)| matches!(r.access, Access::Bearer { .. }));
+    if routes_need_issuer && issuers.is_empty() {
+        return Err(v.err(
+            Location::UNKNOWN,
+            "routes require bearer tokens but no issuers are configured",
+        ));
+    }
+
+    Ok(Config {
+        source: source.to_owned(),
+        server,
+        admin_listen,
+        issuers,
+        upstreams,
+        routes,
+        cache_max_entries: raw.cache.max_entries,
+        identity_claims,
+    })
+}
+
+/// Signature algorithms a resource server may accept from an issuer's public keys.
+const ASYMMETRIC_ALGORITHMS: &[(&str, Algorithm)] = &[
+    ("RS256", Algorithm::RS256),
+    ("RS384", Algorithm::RS384),
+    ("RS512", Algorithm::RS512),
+    ("PS256", Algorithm::PS256),
+    ("PS384", Algorithm::PS384),
+    ("PS512", Algorithm::PS512),
+    ("ES256", Algorithm::ES256),
+    ("ES384", Algorithm::ES384),
+    ("EdDSA", Algorithm::EdDSA),
+];
+
+/// Hop-by-hop and gateway-owned headers that identity headers may not name.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+    "content-length",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+];
+
+struct Validator<'a> {
+    source: &'a str,
+    base_dir: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, location: Location, message: impl Into<String>) -> ConfigError {
+        ConfigError::at(self.source, location, message)
+    }
+
+    fn path(&self, value: &str) -> PathBuf {
+        let p = Path::new(value);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base_dir.join(p)
+        }
+    }
+
+    fn socket_addr(&self, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {
+        value.value.parse().map_err(|_| {
+            self.err(
+                value.referenced,
+                format!(
+                    "`{}` is not a socket address (expected IP:PORT such as 0.0.0.0:8080)",
+                    value.value
+                ),
+            )
+        })
+    }
+
+    fn unique<'s>(
+        &self,
+        values: impl Iterator<Item = &'s Spanned<String>>,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        let mut seen = HashSet::new();
+        for value in values {
+            if !seen.insert(value.value.as_str()) {
+                return Err(self.err(
+                    value.referenced,
+                    format!("duplicate {what} `{}`", value.value),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn positive(&self, d: Duration, location: Location, what: &str) -> Result<(), ConfigError> {
+        if d.is_zero() {
+            return Err(self.err(location, format!("{what} must be greater than zero")));
+        }
+        Ok(())
+    }
+
+    fn server(&self, raw: &RawConfig) -> Result<ServerSettings, ConfigError> {
+        let s = &raw.server;
+        let listen = self.socket_addr(&s.listen)?;
+        let tls = s.tls.as_ref().map(|t| TlsFiles {
+            cert_file: self.path(&t.value.cert_file),
+            key_file: self.path(&t.value.key_file),
+        });
+        if let (Some(tls), Some(spanned)) = (&tls, &s.tls) {
+            for file in [&tls.cert_file, &tls.key_file] {
+                if !file.is_file() {
+                    return Err(self.err(
+                        spanned.referenced,
+                        format!("TLS file {} does not exist", file.display()),
+                    ));
+                }
+            }
+        }
+        let max_header_bytes = s.max_header_bytes.value;
+        if !(8192..=1024 * 1024).contains(&max_header_bytes) {
+            return Err(self.err(
+                s.max_header_bytes.referenced,
+                "max_header_bytes must be between 8192 and 1048576",
+            ));
+        }
+        if s.max_connections.value == 0 {
+            return Err(self.err(
+                s.max_connections.referenced,
+                "max_connections must be at least 1",
+            ));
+        }
+        self.positive(
+            s.header_read_timeout,
+            Location::UNKNOWN,
+            "server.header_read_timeout",
+        )?;
+        Ok(ServerSettings {
+            listen,
+            tls,
+            max_header_bytes,
+            workers: s.workers,
+            shutdown_grace: s.shutdown_grace,
+            shutdown_delay: s.shutdown_delay,
+            header_read_timeout: s.header_read_timeout,
+            max_connections: s.max_connections.value,
+        })
+    }
+
+    fn issuer(&self, spanned: &Spanned<RawIssuer>) -> Result<Issuer, ConfigError> {
+        let raw = &spanned.value;
+        let here = spanned.referenced;
+        if raw.name.value.is_empty() {
+            return Err(self.err(raw.name.referenced, "issuer name must not be empty"));
+        }
+        if raw.issuer.value.is_empty() {
+            return Err(self.err(raw.issuer.referenced, "issuer must not be empty"));
+        }
+        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+            return Err(self.err(
+                here,
+                format!(
+                    "issuer `{}` needs at least one non-empty entry in `audiences` (tokens must be meant for this API)",
+                    raw.name.value
+                ),
+            ));
+        }
+        let keys = match (&raw.jwks_uri, &raw.jwks_file) {
+            (Some(uri), None) => KeySource::Remote(self.http_uri(uri)?),
+            (None, Some(file)) => {
+                let path = self.path(&file.value);
+                let text = std::fs::read(&path).map_err(|e| {
+                    self.err(
+                        file.referenced,
+                        format!("cannot read jwks_file {}: {e}", path.display()),
+                    )
+                })?;
+                let set = KeySet::from_json(&text).map_err(|e| {
+                    self.err(
+                        file.referenced,
+                        format!("jwks_file {}: {e}", path.display()),
+                    )
+                })?;
+                KeySource::Static(Arc::new(set))
+            }
+            (Some(_), Some(file)) => {
+                return Err(self.err(
+                    file.referenced,
+                    "set either `jwks_uri` or `jwks_file`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    here,
+                    format!(
+                        "issuer `{}` needs `jwks_uri` or `jwks_file`",
+                        raw.name.value
+                    ),
+                ))
+            }
+        };
+        let mut algorithms = Vec::new();
+        for name in &raw.algorithms.value {
+            let alg = ASYMMETRIC_ALGORITHMS
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, a)| *a)
+                .ok_or_else(|| {
+                    let hint = if name.eq_ignore_ascii_case("none") || name.starts_with("HS") {
+                        " (only asymmetric algorithms can be verified with an issuer's public keys)"
+                    } else {
+                        ""
+                    };
+                    self.err(
+                        raw.algorithms.referenced,
+                        format!(
+                            "unsupported algorithm `{name}`{hint}; choose from RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
+                        ),
+                    )
+                })?;
+            if !algorithms.contains(&alg) {
+                algorithms.push(alg);
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(self.err(raw.algorithms.referenced, "algorithms must not be empty"));
+        }
+        let scope_claim = match raw.scope_claim.value.as_str() {
+            "scope" => ScopeClaim::Scope,
+            "scp" => ScopeClaim::Scp,
+            other => {
+                return Err(self.err(
+                    raw.scope_claim.referenced,
+                    format!("scope_claim must be `scope` or `scp`, not `{other}`"),
+                ))
+            }
+        };
+        self.positive(raw.jwks_refresh_interval, here, "jwks_refresh_interval")?;
+        self.positive(raw.jwks_timeout, here, "jwks_timeout")?;
+        Ok(Issuer {
+            name: Arc::from(raw.name.value.as_str()),
+            issuer: raw.issuer.value.clone(),
+            audiences: raw.audiences.clone(),
+            keys,
+            algorithms,
+            leeway_secs: raw.leeway.as_secs(),
+            require_typ: raw.require_typ.as_deref().map(normalize_typ),
+            scope_claim,
+            jwks_refresh_interval: raw.jwks_refresh_interval,
+            jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
+            jwks_timeout: raw.jwks_timeout,
+            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+        })
+    }
+
+    fn http_uri(&self, value: &Spanned<String>) -> Result<Uri, ConfigError> {
+        let uri: Uri = value.value.parse().map_err(|e| {
+            self.err(
+                value.referenced,
+                format!("`{}` is not a URL: {e}", value.value),
+            )
+        })?;
+        match uri.scheme_str() {
+            Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
+            _ => Err(self.err(
+                value.referenced,
+                format!(
+                    "`{}` must be an absolute http:// or https:// URL",
+                    value.value
+                ),
+            )),
+        }
+    }
+
+    fn upstream(
+        &self,
+        name: &str,
+        spanned: &Spanned<RawUpstream>,
+    ) -> Result<Upstream, ConfigError> {
+        let raw = &spanned.value;
+        let uri = self.http_uri(&raw.url)?;
+        if uri.query().is_some() {
+            return Err(self.err(raw.url.referenced, "upstream url must not have a query"));
+        }
+        let (Some(scheme), Some(authority)) = (uri.scheme().cloned(), uri.authority().cloned())
+        else {
+            return Err(self.err(raw.url.referenced, "upstream url needs scheme and host"));
+        };
+        let base_path = uri.path().trim_end_matches('/').to_owned();
+        self.positive(raw.connect_timeout, spanned.referenced, "connect_timeout")?;
+        self.positive(raw.request_timeout, spanned.referenced, "request_timeout")?;
+        Ok(Upstream {
+            name: Arc::from(name),
+            scheme,
+            authority,
+            base_path,
+            connect_timeout: raw.connect_timeout,
+            request_timeout: raw.request_timeout,
+            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+            http2_only: raw.http2_only,
+            pool_max_idle_per_host: raw.pool_max_idle_per_host,
+        })
+    }
+
+    fn forward(
+        &self,
+        raw: &RawForward,
+        parent: Option<&ForwardPolicy>,
+        claims: &mut Vec<String>,
+    ) -> Result<ForwardPolicy, ConfigError> {
+        let strip_authorization = raw
+            .strip_authorization
+            .or(parent.map(|p| p.strip_authorization))
+            .unwrap_or(false);
+        let (identity_headers, remove_headers) = match (&raw.identity_headers, parent) {
+            (Some(map), _) => self.identity_headers(map, claims)?,
+            (None, Some(p)) => (p.identity_headers.clone(), p.remove_headers.clone()),
+            (None, None) => {
+                let defaults: BTreeMap<String, String> = [
+                    ("X-Auth-Subject", "sub"),
+                    ("X-Auth-Client-Id", "client_id"),
+                    ("X-Auth-Scopes", "scope"),
+                ]
+                .into_iter()
+                .map(|(h, c)| (h.to_owned(), c.to_owned()))
+                .collect();
+                let spanned = Spanned::new(defaults, Location::UNKNOWN, Location::UNKNOWN);
+                self.identity_headers(&spanned, claims)?
+            }
+        };
+        Ok(ForwardPolicy {
+            strip_authorization,
+            identity_headers,
+            remove_headers,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn identity_headers(
+        &self,
+        map: &Spanned<BTreeMap<String, String>>,
+        claims: &mut Vec<String>,
+    ) -> Result<(Vec<(HeaderName, usize)>, Vec<HeaderName>), ConfigError> {
+        let mut set = Vec::new();
+        let mut remove = Vec::new();
+        for (header, claim) in &map.value {
+            let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                self.err(
+                    map.referenced,
+                    format!("`{header}` is not a valid header name"),
+                )
+            })?;
+            if RESERVED_HEADERS.contains(&name.as_str()) {
+                return Err(self.err(
+                    map.referenced,
+                    format!("`{header}` cannot be an identity header"),
+                ));
+            }
+            if claim.is_empty() {
+                return Err(self.err(map.referenced, format!("`{header}` needs a claim name")));
+            }
+            let slot = match claims.iter().position(|c| c == claim) {
+                Some(slot) => slot,
+                None => {
+                    claims.push(claim.clone());
+                    claims.len() - 1
+                }
+            };
+            let underscore = name.as_str().replace('-', "_");
+            if let Ok(variant) = HeaderName::from_bytes(underscore.as_bytes()) {
+                if variant != name {
+                    remove.push(variant);
+                }
+            }
+            remove.push(name.clone());
+            set.push((name, slot));
+        }
+        Ok((set, remove))
+    }
+
+    fn methods(&self, route: &Spanned<RawRoute>) -> Result<Option<Vec<Method>>, ConfigError> {
+        let Some(methods) = &route.value.methods else {
+            return Ok(None);
+        };
+        if methods.value.is_empty() {
+            return Err(self.err(
+                methods.referenced,
+                "methods must not be empty (omit it to allow every method)",
+            ));
+        }
+        let mut parsed: Vec<Method> = Vec::with_capacity(methods.value.len());
+        for m in &methods.value {
+            let method = Method::from_bytes(m.as_bytes())
+                .ok()
+                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                .ok_or_else(|| {
+                    self.err(
+                        methods.referenced,
+                        format!("`{m}` is not an HTTP method (use upper case, e.g. GET)"),
+                    )
+                })?;
+            if parsed.contains(&method) {
+                return Err(self.err(methods.referenced, format!("method `{m}` listed twice")));
+            }
+            parsed.push(method);
+        }
+        Ok(Some(parsed))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn route(
+        &self,
+        spanned: &Spanned<RawRoute>,
+        methods: &Option<Vec<Method>>,
+        upstreams: &HashMap<&str, usize>,
+        issuers: &HashMap<&str, usize>,
+        default_forward: &Arc<ForwardPolicy>,
+        claims: &mut Vec<String>,
+    ) -> Result<Route, ConfigError> {
+        let raw = &spanned.value;
+        let upstream = *upstreams.get(raw.upstream.value.as_str()).ok_or_else(|| {
+            self.err(
+                raw.upstream.referenced,
+                format!("unknown upstream `{}`", raw.upstream.value),
+            )
+        })?;
+        let public = match raw.auth.as_ref().map(|a| a.value.as_str()) {
+            None | Some("bearer") => false,
+            Some("none") => true,
+            Some(other) => {
+                return Err(self.err(
+                    raw.auth
+                        .as_ref()
+                        .map_or(spanned.referenced, |a| a.referenced),
+                    format!("auth must be `bearer` or `none`, not `{other}`"),
+                ))
+            }
+        };
+        let access = if public {
+            if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
+                return Err(self.err(
+                    spanned.referenced,
+                    "a route with `auth: none` cannot list scopes, any_scopes or issuers",
+                ));
+            }
+            Access::Public
+        } else {
+            let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
+                .map_err(|e| self.err(spanned.referenced, e))?;
+            let issuers = match &raw.issuers {
+                None => None,
+                Some(list) => {
+                    if list.value.is_empty() {
+                        return Err(self.err(list.referenced, "issuers must not be empty"));
+                    }
+                    let mut idx = Vec::new();
+                    for name in &list.value {
+                        let i = *issuers.get(name.as_str()).ok_or_else(|| {
+                            self.err(list.referenced, format!("unknown issuer `{name}`"))
+                        })?;
+                        idx.push(i);
+                    }
+                    Some(idx)
+                }
+            };
+            Access::Bearer { scopes, issuers }
+        };
+        let forward = match &raw.forward {
+            None => Arc::clone(default_forward),
+            Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),
+        };
+        let name = match &raw.name {
+            Some(n) if !n.is_empty() => n.clone(),
+            Some(_) => return Err(self.err(spanned.referenced, "route name must not be empty")),
+            None => match methods {
+                Some(m) => format!(
+                    "{} {}",
+                    m.iter().map(Method::as_str).collect::<Vec<_>>().join(","),
+                    raw.path.value
+                ),
+                None => raw.path.value.clone(),
+            },
+        };
+        Ok(Route {
+            name: Arc::from(name),
+            upstream,
+            access,
+            forward,
+        })
+    }
+}
+
+/// `typ` values compare case-insensitively and may omit `application/` (RFC 7515 4.1.9).
+pub fn normalize_typ(typ: &str) -> String {
+    let lower = typ.to_ascii_lowercase();
+    match lower.strip_prefix("application/") {
+        Some(rest) => rest.to_owned(),
+        None => lower,
+    }
+}

@@ -1,0 +1,190 @@
+//! Every way a request can fail inside scopegate, and the one HTTP response each
+//! maps to. `reason()` is the bounded label used in logs and metrics.
+
+use std::borrow::Cow;
+
+use bytes::Bytes;
+use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Response, StatusCode};
+use http_body_util::{Either, Full};
+
+use crate::auth::jwt::TokenError;
+use crate::proxy::Body;
+use crate::routes::PathError;
+
+/// The realm scopegate names in its challenges.
+pub const REALM: &str = "scopegate";
+
+/// A request scopegate answers itself instead of forwarding.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The path is malformed or dangerous (encoded slash, NUL, ...).
+    #[error("bad path: {0}")]
+    BadPath(PathError),
+    /// Missing, repeated or malformed `Host`.
+    #[error("bad Host header")]
+    BadHost,
+    /// Ambiguous message framing (request smuggling attempt).
+    #[error("ambiguous message framing")]
+    AmbiguousFraming,
+    /// No route has this path.
+    #[error("no route for this path")]
+    RouteNotFound,
+    /// A route has this path but not this method.
+    #[error("method not allowed")]
+    MethodNotAllowed {
+        /// Precomputed `Allow` header value.
+        allow: HeaderValue,
+    },
+    /// No `Authorization` header (RFC 6750 3.1: no error code).
+    #[error("no bearer token")]
+    MissingToken,
+    /// The `Authorization` header is not one well-formed bearer token.
+    #[error("invalid request: {0}")]
+    InvalidRequest(&'static str),
+    /// The token is not valid for this gateway.
+    #[error("invalid token: {0}")]
+    InvalidToken(TokenError),
+    /// The token is valid but lacks the route's scopes.
+    #[error("insufficient scope")]
+    InsufficientScope {
+        /// Precomputed `WWW-Authenticate` value with the required scopes.
+        challenge: HeaderValue,
+    },
+    /// The issuer's keys are not available yet (startup, IdP down before first fetch).
+    #[error("issuer keys unavailable")]
+    KeysUnavailable,
+    /// The upstream refused or dropped the connection.
+    #[error("upstream unavailable")]
+    UpstreamUnavailable,
+    /// The upstream did not answer in time.
+    #[error("upstream timed out")]
+    UpstreamTimeout,
+}
+
+impl GatewayError {
+    /// A short, bounded label for logs and metrics.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::BadPath(e) => e.reason(),
+            Self::BadHost => "bad_host",
+            Self::AmbiguousFraming => "ambiguous_framing",
+            Self::RouteNotFound => "route_not_found",
+            Self::MethodNotAllowed { .. } => "method_not_allowed",
+            Self::MissingToken => "missing_token",
+            Self::InvalidRequest(_) => "invalid_request",
+            Self::InvalidToken(e) => e.reason(),
+            Self::InsufficientScope { .. } => "insufficient_scope",
+            Self::KeysUnavailable => "keys_unavailable",
+            Self::UpstreamUnavailable => "upstream_unavailable",
+            Self::UpstreamTimeout => "upstream_timeout",
+        }
+    }
+
+    /// The status code this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::BadPath(_) | Self::BadHost | Self::AmbiguousFraming | Self::InvalidRequest(_) => {
+                StatusCode::BAD_REQUEST
+            }
+            Self::RouteNotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
+            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
+            Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The OAuth/JSON `error` code and a short description for the body.
+    fn code_and_description(&self) -> (&'static str, Cow<'static, str>) {
+        let (code, description): (&'static str, &'static str) = match self {
+            Self::BadPath(e) => return ("invalid_request", Cow::Owned(e.to_string())),
+            other => other.static_code_and_description(),
+        };
+        (code, Cow::Borrowed(description))
+    }
+
+    fn static_code_and_description(&self) -> (&'static str, &'static str) {
+        match self {
+            Self::BadPath(_) => ("invalid_request", "the request path is not allowed"),
+            Self::BadHost => ("invalid_request", "missing or malformed Host header"),
+            Self::AmbiguousFraming => (
+                "invalid_request",
+                "both Content-Length and Transfer-Encoding are present",
+            ),
+            Self::RouteNotFound => ("not_found", "no route matches this path"),
+            Self::MethodNotAllowed { .. } => {
+                ("method_not_allowed", "the route does not allow this method")
+            }
+            Self::MissingToken => ("invalid_token", "a bearer token is required"),
+            Self::InvalidRequest(d) => ("invalid_request", d),
+            Self::InvalidToken(e) => ("invalid_token", e.description()),
+            Self::InsufficientScope { .. } => (
+                "insufficient_scope",
+                "the token does not grant the scopes this route requires",
+            ),
+            Self::KeysUnavailable => (
+                "temporarily_unavailable",
+                "the token issuer's keys are not available yet",
+            ),
+            Self::UpstreamUnavailable => ("bad_gateway", "the upstream is unavailable"),
+            Self::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
+        }
+    }
+
+    /// Renders the response: status, JSON body, and the RFC 6750 challenge where
+    /// the failure is about the bearer token.
+    pub fn into_response(self) -> Response<Body> {
+        let status = self.status();
+        let (code, description) = self.code_and_description();
+        let body = serde_json::json!({ "error": code, "error_description": description });
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        *response.status_mut() = status;
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            http::header::CACHE_CONTROL,
+            HeaderValue::from_static("no-store"),
+        );
+        match &self {
+            Self::MissingToken => {
+                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(BARE_CHALLENGE));
+            }
+            Self::InvalidRequest(_) | Self::InvalidToken(_) => {
+                let challenge = format!(
+                    "Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{description}\""
+                );
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
+            }
+            Self::InsufficientScope { challenge } => {
+                headers.insert(WWW_AUTHENTICATE, challenge.clone());
+            }
+            Self::MethodNotAllowed { allow } => {
+                headers.insert(ALLOW, allow.clone());
+            }
+            Self::KeysUnavailable => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            }
+            Self::AmbiguousFraming | Self::BadHost => {
+                headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// The challenge for a request without credentials (RFC 6750 3.1).
+pub const BARE_CHALLENGE: &str = "Bearer realm=\"scopegate\"";
+
+/// Builds the `insufficient_scope` challenge for a set of required scopes.
+pub fn insufficient_scope_challenge(scopes: &str) -> Option<HeaderValue> {
+    HeaderValue::from_str(&format!(
+        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"the token does not grant the scopes this route requires\", scope=\"{scopes}\""
+    ))
+    .ok()
+}

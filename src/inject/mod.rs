@@ -1,0 +1,1297 @@
+//! `scopegate inject`: add the scopegate native sidecar to Kubernetes manifests.
+//!
+//! Like `linkerd inject`, [`inject`] reads one or more YAML documents (separated
+//! by `---`) and returns them with every pod template changed to run scopegate
+//! in front of the app:
+//!
+//! - the sidecar goes first in `initContainers`, with `restartPolicy: Always`
+//!   (a Kubernetes >= 1.29 *native sidecar*: it starts before the app
+//!   containers and stops after them), the proxy and admin ports, startup,
+//!   readiness and liveness probes on the admin port, resource requests and
+//!   limits, a locked-down `securityContext`, and the config mounted as a
+//!   directory at `/etc/scopegate` (so ConfigMap updates reach it and hot reload
+//!   works: no `subPath`);
+//! - a `scopegate-config` volume from the ConfigMap named in
+//!   [`InjectOptions::config_map`] is added;
+//! - the pod template is annotated with `scopegate.io/inject: injected` and
+//!   `scopegate.io/upstream-port`.
+//!
+//! Pod templates are found in `Deployment`, `StatefulSet`, `DaemonSet`,
+//! `ReplicaSet`, `Job` (`spec.template.spec`), `CronJob`
+//! (`spec.jobTemplate.spec.template.spec`) and `Pod` (`spec`); the items of a
+//! `List` are handled one by one. Every other kind passes through unchanged.
+//!
+//! Injection is idempotent: a pod spec that already has a container or init
+//! container named `scopegate` is left exactly as it is, so injecting the output
+//! again changes nothing.
+//!
+//! YAML is read with the YAML 1.2 core schema for booleans (`on`, `yes`, `n`
+//! stay strings) and quoted scalars stay strings (`"8080"`), but integers with a
+//! leading `0` are octal, as Kubernetes' own YAML reader has them
+//! (`defaultMode: 0644` means 420). The output quotes every string that a
+//! YAML 1.1 reader (such as kubectl's) could take for a number, boolean or null.
+//! Comments, anchors and key order are not kept: keys come out sorted unless
+//! `serde_json`'s `preserve_order` feature is on.
+
+use std::fmt;
+
+use serde_json::{json, Map, Value};
+
+/// Name of the injected sidecar container; its presence makes injection a no-op.
+pub const SIDECAR_NAME: &str = "scopegate";
+/// Name of the pod volume holding scopegate's config.
+pub const CONFIG_VOLUME: &str = "scopegate-config";
+/// Directory where the config volume is mounted in the sidecar.
+pub const CONFIG_DIR: &str = "/etc/scopegate";
+/// Path of the config file the sidecar is started with.
+pub const CONFIG_PATH: &str = "/etc/scopegate/scopegate.yaml";
+/// Pod annotation set on injected pod templates, with the value `injected`.
+pub const INJECT_ANNOTATION: &str = "scopegate.io/inject";
+/// Pod annotation recording the app port scopegate forwards to.
+pub const UPSTREAM_PORT_ANNOTATION: &str = "scopegate.io/upstream-port";
+/// The uid and gid the sidecar runs as (distroless `nonroot`).
+pub const SIDECAR_UID: u32 = 65532;
+
+/// Container port name of the proxy listener (at most 15 characters).
+const PROXY_PORT_NAME: &str = "scopegate-http";
+/// Container port name of the admin listener (at most 15 characters).
+const ADMIN_PORT_NAME: &str = "scopegate-admin";
+
+/// What [`inject`] adds to each pod template.
+///
+/// The ports must match the `server.listen` and `admin.listen` ports in the
+/// route map held by the ConfigMap, and `upstream_port` the app's port there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectOptions {
+    /// Container image of the sidecar.
+    pub image: String,
+    /// Name of the ConfigMap holding `scopegate.yaml`, mounted at `/etc/scopegate`.
+    pub config_map: String,
+    /// Port scopegate's proxy listens on (the port Services should target).
+    pub proxy_port: u16,
+    /// Port of scopegate's admin listener (`/metrics`, `/healthz`, `/readyz`); probed by kubelet.
+    pub admin_port: u16,
+    /// Port the app listens on (on loopback) and scopegate forwards to.
+    pub upstream_port: u16,
+}
+
+impl Default for InjectOptions {
+    /// `ghcr.io/scopegate/scopegate:0.1.0`, ConfigMap `scopegate-config`, ports 8080, 9090 and 3000.
+    fn default() -> Self {
+        Self {
+            image: "ghcr.io/scopegate/scopegate:0.1.0".to_owned(),
+            config_map: "scopegate-config".to_owned(),
+            proxy_port: 8080,
+            admin_port: 9090,
+            upstream_port: 3000,
+        }
+    }
+}
+
+/// Where in the input a problem is: the document, and the `List` item if any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocRef {
+    /// 1-based position of the document in the input (empty documents count).
+    pub document: usize,
+    /// 1-based position within `items` when the document is a `List`.
+    pub item: Option<usize>,
+    /// `Kind/name` of the object, when it has them.
+    pub object: String,
+}
+
+impl fmt::Display for DocRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "document {}", self.document)?;
+        if let Some(item) = self.item {
+            write!(f, ", item {item}")?;
+        }
+        if !self.object.is_empty() {
+            write!(f, " ({})", self.object)?;
+        }
+        Ok(())
+    }
+}
+
+/// Why [`inject`] failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InjectError {
+    /// The input is not valid YAML.
+    #[error("document {document}: invalid YAML{}: {message}", fmt_position(*.line, *.column))]
+    Parse {
+        /// 1-based position of the document in the input (empty documents count).
+        document: usize,
+        /// 1-based line in the whole input, when known.
+        line: Option<u64>,
+        /// 1-based column, when known.
+        column: Option<u64>,
+        /// What the YAML parser said.
+        message: String,
+    },
+    /// A document is YAML but not a Kubernetes object that can be injected.
+    #[error("{at}: {message}")]
+    InvalidManifest {
+        /// The offending document.
+        at: DocRef,
+        /// What is wrong with it.
+        message: String,
+    },
+    /// An existing container already declares a port the sidecar needs; both
+    /// share the pod's network namespace, so one of them could not bind it.
+    #[error(
+        "{at}: container {container:?} already uses port {port}, which the scopegate sidecar \
+         needs as its {purpose} port; choose another one (--proxy-port / --admin-port, and the \
+         same port in the route map's listen address)"
+    )]
+    PortConflict {
+        /// The offending document.
+        at: DocRef,
+        /// The container declaring the port.
+        container: String,
+        /// The port number.
+        port: u16,
+        /// `proxy` or `admin`.
+        purpose: &'static str,
+    },
+    /// The [`InjectOptions`] are unusable.
+    #[error("invalid inject options: {0}")]
+    InvalidOptions(String),
+    /// A document could not be written back as YAML.
+    #[error("document {document}: cannot write YAML: {message}")]
+    Serialize {
+        /// 1-based position of the document in the input.
+        document: usize,
+        /// What the YAML writer said.
+        message: String,
+    },
+}
+
+fn fmt_position(line: Option<u64>, column: Option<u64>) -> String {
+    match (line, column) {
+        (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
+        (Some(l), None) => format!(" at line {l}"),
+        _ => String::new(),
+    }
+}
+
+/// Add the scopegate sidecar to every pod template in `input`.
+///
+/// `input` holds one or more YAML documents separated by `---`. The result holds
+/// the non-empty documents, in order, each ending in a newline, joined by
+/// `---\n`. See the [module documentation](self) for what is changed.
+///
+/// # Errors
+///
+/// [`InjectError::Parse`] for invalid YAML (with the document and, where the
+/// parser knows it, line and column), [`InjectError::InvalidManifest`] for a
+/// document that is not a mapping or a workload whose pod spec is malformed,
+/// [`InjectError::PortConflict`] when a container already declares the proxy or
+/// admin port, and [`InjectError::InvalidOptions`] for unusable `opts`.
+pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
+    validate_options(opts)?;
+    let mut out = String::with_capacity(input.len() + 2048);
+    let mut first = true;
+    for (index, chunk) in split_documents(input).iter().enumerate() {
+        let document = index + 1;
+        if !chunk.has_content {
+            continue;
+        }
+        let mut value = parse_chunk(chunk, document)?;
+        if value.is_null() {
+            continue;
+        }
+        inject_document(&mut value, document, opts)?;
+        let yaml = serde_saphyr::to_string(&value).map_err(|e| InjectError::Serialize {
+            document,
+            message: e.to_string(),
+        })?;
+        if !first {
+            out.push_str("---\n");
+        }
+        first = false;
+        out.push_str(&yaml);
+        if !yaml.ends_with('\n') {
+            out.push('\n');
+        }
+    }
+    Ok(out)
+}
+
+fn validate_options(opts: &InjectOptions) -> Result<(), InjectError> {
+    let bad = |m: String| Err(InjectError::InvalidOptions(m));
+    if opts.image.trim().is_empty() || opts.image.chars().any(char::is_whitespace) {
+        return bad(format!(
+            "image {:?} is empty or contains whitespace",
+            opts.image
+        ));
+    }
+    if !is_dns_subdomain(&opts.config_map) {
+        return bad(format!(
+            "config map name {:?} is not a valid Kubernetes name (lowercase letters, digits, '-' \
+             and '.', starting and ending with a letter or digit, at most 253 characters)",
+            opts.config_map
+        ));
+    }
+    let ports = [
+        ("proxy", opts.proxy_port),
+        ("admin", opts.admin_port),
+        ("upstream", opts.upstream_port),
+    ];
+    for (name, port) in ports {
+        if port == 0 {
+            return bad(format!("{name} port must be between 1 and 65535"));
+        }
+    }
+    for (i, (a, pa)) in ports.iter().enumerate() {
+        for (b, pb) in ports.iter().skip(i + 1) {
+            if pa == pb {
+                return bad(format!("{a} and {b} ports are both {pa}; they must differ"));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn is_dns_subdomain(s: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.';
+    let alnum = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    !s.is_empty()
+        && s.len() <= 253
+        && s.chars().all(ok_char)
+        && alnum(s.chars().next())
+        && alnum(s.chars().last())
+}
+
+// ---------------------------------------------------------------------------
+// Splitting and parsing
+
+/// One `---`-separated document of the input.
+#[derive(Debug)]
+struct Chunk<'a> {
+    text: &'a str,
+    /// 1-based line of the input on which `text` starts.
+    first_line: u64,
+    /// Whether it has anything besides blank lines, comments, directives and markers.
+    has_content: bool,
+}
+
+/// Whether `line` starts with the three-character marker `m` followed by
+/// whitespace or the end of the line (`---`, `--- |`, but not `----`).
+fn is_marker(line: &str, m: &str) -> bool {
+    line.strip_prefix(m)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\r', '\n']))
+}
+
+/// Split a YAML stream at its document markers, keeping line numbers.
+///
+/// A `---` line starts a new document unless the current one holds only
+/// comments, blank lines and directives (a leading marker); a `...` line ends
+/// the current document. Markers only count at column 0, where YAML forbids them
+/// inside a document, so block and quoted scalars cannot contain them.
+fn split_documents(input: &str) -> Vec<Chunk<'_>> {
+    let mut chunks = Vec::new();
+    let mut start = 0usize;
+    let mut start_line = 1u64;
+    let mut has_content = false;
+    let mut has_marker = false;
+    let mut offset = 0usize;
+    for (line_no, line) in (1u64..).zip(input.split_inclusive('\n')) {
+        if is_marker(line, "---") {
+            if has_content || has_marker {
+                chunks.push(Chunk {
+                    text: &input[start..offset],
+                    first_line: start_line,
+                    has_content,
+                });
+                start = offset;
+                start_line = line_no;
+                has_content = false;
+            }
+            has_marker = true;
+            // Content on the marker line itself: `--- {a: 1}`, `--- !tag`, `--- |`.
+            let rest = line[3..].trim();
+            if !rest.is_empty() && !rest.starts_with('#') {
+                has_content = true;
+            }
+        } else if is_marker(line, "...") {
+            let end = offset + line.len();
+            chunks.push(Chunk {
+                text: &input[start..end],
+                first_line: start_line,
+                has_content,
+            });
+            start = end;
+            start_line = line_no + 1;
+            has_content = false;
+            has_marker = false;
+        } else {
+            let t = line.trim();
+            let directive = !has_marker && !has_content && line.starts_with('%');
+            if !t.is_empty() && !t.starts_with('#') && !directive {
+                has_content = true;
+            }
+        }
+        offset += line.len();
+    }
+    if start < input.len() || chunks.is_empty() {
+        chunks.push(Chunk {
+            text: &input[start..],
+            first_line: start_line,
+            has_content,
+        });
+    }
+    chunks
+}
+
+fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError> {
+    let options = serde_saphyr::options! {
+        // YAML 1.2 core booleans: `on`, `yes`, `y` are strings.
+        strict_booleans: true,
+        // Kubernetes (go-yaml) reads `0644` as octal; keep that meaning.
+        legacy_octal_numbers: true,
+        with_snippet: false,
+    };
+    serde_saphyr::from_str_with_options::<Value>(chunk.text, options).map_err(|e| {
+        let location = e.location().filter(|l| l.line() > 0);
+        let line = location.map(|l| l.line() + chunk.first_line - 1);
+        let column = location.map(|l| l.column()).filter(|c| *c > 0);
+        let mut message = e.to_string();
+        // The parser appends its own (chunk-relative) position; ours replaces it.
+        if let Some(l) = location {
+            let suffix = format!(" at line {}, column {}", l.line(), l.column());
+            if let Some(stripped) = message.strip_suffix(&suffix) {
+                message = stripped.to_owned();
+            }
+        }
+        // Advice aimed at programs using the parser, not at people writing YAML.
+        if let Some((head, _)) = message.split_once(", set DuplicateKeyPolicy") {
+            message = head.to_owned();
+        }
+        InjectError::Parse {
+            document,
+            line,
+            column,
+            message,
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Injection
+
+/// Kinds whose pod spec is at `spec.template.spec`.
+const TEMPLATE_KINDS: [&str; 5] = [
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+];
+
+fn object_name(obj: &Map<String, Value>) -> String {
+    let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
+    let name = obj
+        .get("metadata")
+        .and_then(|m| m.get("name").or_else(|| m.get("generateName")))
+        .and_then(Value::as_str)
+        .unwrap_or("");
+    match (kind.is_empty(), name.is_empty()) {
+        (true, _) => String::new(),
+        (false, true) => kind.to_owned(),
+        (false, false) => format!("{kind}/{name}"),
+    }
+}
+
+fn inject_document(
+    value: &mut Value,
+    document: usize,
+    opts: &InjectOptions,
+) -> Result<(), InjectError> {
+    let Value::Object(obj) = value else {
+        return Err(InjectError::InvalidManifest {
+            at: DocRef {
+                document,
+                item: None,
+                object: String::new(),
+            },
+            message: "not a Kubernetes object (expected a mapping with apiVersion and kind)"
+                .to_owned(),
+        });
+    };
+    if obj.get("kind").and_then(Value::as_str) == Some("List") {
+        let at = DocRef {
+            document,
+            item: None,
+            object: object_name(obj),
+        };
+        let items = match obj.get_mut("items") {
+            None | Some(Value::Null) => return Ok(()),
+            Some(Value::Array(items)) => items,
+            Some(_) => {
+                return Err(InjectError::InvalidManifest {
+                    at,
+                    message: "`items` of a List must be a sequence".to_owned(),
+                })
+            }
+        };
+        for (i, item) in items.iter_mut().enumerate() {
+            let mut at = DocRef {
+                document,
+                item: Some(i + 1),
+                object: String::new(),
+            };
+            let Value::Object(item) = item else {
+                return Err(InjectError::InvalidManifest {
+                    at,
+                    message: "List item is not a Kubernetes object".to_owned(),
+                });
+            };
+            at.object = object_name(item);
+            inject_object(item, &at, opts)?;
+        }
+        return Ok(());
+    }
+    let at = DocRef {
+        document,
+        item: None,
+        object: object_name(obj),
+    };
+    inject_object(obj, &at, opts)
+}
+
+/// Inject one object (not a List). Other kinds are left alone.
+fn inject_object(
+    obj: &mut Map<String, Value>,
+    at: &DocRef,
+    opts: &InjectOptions,
+) -> Result<(), InjectError> {
+    let kind = obj
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    let path: &[&str] = match kind.as_str() {
+        "Pod" => &[],
+        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
+        k if TEMPLATE_KINDS.contains(&k) => &["spec", "template"],
+        _ => return Ok(()),
+    };
+    // `template` is the object holding `metadata` and `spec` of the pod: the
+    // Pod itself, or the workload's pod template.
+    let mut template = obj;
+    let mut walked = String::new();
+    for key in path {
+        if !walked.is_empty() {
+            walked.push('.');
+        }
+        walked.push_str(key);
+        template = match template.get_mut(*key) {
+            Some(Value::Object(next)) => next,
+            _ => {
+                return Err(invalid(at, format!("{kind} has no `{walked}` mapping")));
+            }
+        };
+    }
+    let spec_path = if walked.is_empty() {
+        "spec".to_owned()
+    } else {
+        format!("{walked}.spec")
+    };
+    let Some(Value::Object(pod_spec)) = template.get_mut("spec") else {
+        return Err(invalid(at, format!("{kind} has no `{spec_path}` mapping")));
+    };
+    if !inject_pod_spec(pod_spec, at, &spec_path, opts)? {
+        return Ok(());
+    }
+    annotate(template, at, opts)
+}
+
+fn invalid(at: &DocRef, message: String) -> InjectError {
+    InjectError::InvalidManifest {
+        at: at.clone(),
+        message,
+    }
+}
+
+/// Get `key` of `map` as a sequence, creating it if absent.
+fn sequence<'a>(
+    map: &'a mut Map<String, Value>,
+    key: &str,
+    at: &DocRef,
+    path: &str,
+) -> Result<&'a mut Vec<Value>, InjectError> {
+    let slot = map.entry(key.to_owned()).or_insert(Value::Null);
+    if slot.is_null() {
+        *slot = Value::Array(Vec::new());
+    }
+    match slot {
+        Value::Array(items) => Ok(items),
+        _ => Err(invalid(at, format!("`{path}.{key}` must be a sequence"))),
+    }
+}
+
+/// Add the sidecar and its volume. Returns false when the sidecar was already there.
+fn inject_pod_spec(
+    pod_spec: &mut Map<String, Value>,
+    at: &DocRef,
+    path: &str,
+    opts: &InjectOptions,
+) -> Result<bool, InjectError> {
+    // Check everything before changing anything.
+    for key in ["containers", "initContainers"] {
+        let containers = match pod_spec.get(key) {
+            None | Some(Value::Null) => continue,
+            Some(Value::Array(c)) => c,
+            Some(_) => return Err(invalid(at, format!("`{path}.{key}` must be a sequence"))),
+        };
+        for c in containers {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+            if name == SIDECAR_NAME {
+                return Ok(false);
+            }
+        }
+    }
+    for key in ["containers", "initContainers"] {
+        let Some(Value::Array(containers)) = pod_spec.get(key) else {
+            continue;
+        };
+        for c in containers {
+            let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+            let Some(Value::Array(ports)) = c.get("ports") else {
+                continue;
+            };
+            for p in ports {
+                let port = p.get("containerPort").and_then(Value::as_u64);
+                for (purpose, wanted) in [("proxy", opts.proxy_port), ("admin", opts.admin_port)] {
+                    if port == Some(u64::from(wanted)) {
+                        return Err(InjectError::PortConflict {
+                            at: at.clone(),
+                            container: name.to_owned(),
+                            port: wanted,
+                            purpose,
+                        });
+                    }
+                }
+            }
+        }
+    }
+    let mut add_volume = true;
+    if let Some(v) = pod_spec.get("volumes") {
+        match v {
+            Value::Null => {}
+            Value::Array(volumes) => {
+                for vol in volumes {
+                    if vol.get("name").and_then(Value::as_str) == Some(CONFIG_VOLUME) {
+                        if vol.get("configMap").is_none() {
+                            return Err(invalid(
+                                at,
+                                format!(
+                                    "volume {CONFIG_VOLUME:?} already exists and is not a \
+                                     ConfigMap volume"
+                                ),
+                            ));
+                        }
+                        // An existing ConfigMap volume of that name is the user's choice: keep it.
+                        add_volume = false;
+                    }
+                }
+            }
+            _ => return Err(invalid(at, format!("`{path}.volumes` must be a sequence"))),
+        }
+    }
+
+    sequence(pod_spec, "initContainers", at, path)?.insert(0, sidecar(opts));
+    if add_volume {
+        sequence(pod_spec, "volumes", at, path)?.push(json!({
+            "name": CONFIG_VOLUME,
+            "configMap": { "name": opts.config_map },
+        }));
+    }
+    Ok(true)
+}
+
+/// Annotate the pod template (or Pod) so the injection is visible.
+fn annotate(
+    template: &mut Map<String, Value>,
+    at: &DocRef,
+    opts: &InjectOptions,
+) -> Result<(), InjectError> {
+    let metadata = template.entry("metadata".to_owned()).or_insert(Value::Null);
+    if metadata.is_null() {
+        *metadata = Value::Object(Map::new());
+    }
+    let Value::Object(metadata) = metadata else {
+        return Err(invalid(at, "pod `metadata` must be a mapping".to_owned()));
+    };
+    let annotations = metadata
+        .entry("annotations".to_owned())
+        .or_insert(Value::Null);
+    if annotations.is_null() {
+        *annotations = Value::Object(Map::new());
+    }
+    let Value::Object(annotations) = annotations else {
+        return Err(invalid(
+            at,
+            "pod `metadata.annotations` must be a mapping".to_owned(),
+        ));
+    };
+    annotations.insert(INJECT_ANNOTATION.to_owned(), json!("injected"));
+    annotations.insert(
+        UPSTREAM_PORT_ANNOTATION.to_owned(),
+        Value::String(opts.upstream_port.to_string()),
+    );
+    Ok(())
+}
+
+/// The sidecar container.
+fn sidecar(opts: &InjectOptions) -> Value {
+    let probe = |path: &str, period: u32, timeout: u32, failures: u32| {
+        json!({
+            "httpGet": { "path": path, "port": opts.admin_port },
+            "periodSeconds": period,
+            "timeoutSeconds": timeout,
+            "failureThreshold": failures,
+        })
+    };
+    json!({
+        "name": SIDECAR_NAME,
+        "image": opts.image,
+        "restartPolicy": "Always",
+        "args": ["run", "--config", CONFIG_PATH],
+        "ports": [
+            { "name": PROXY_PORT_NAME, "containerPort": opts.proxy_port, "protocol": "TCP" },
+            { "name": ADMIN_PORT_NAME, "containerPort": opts.admin_port, "protocol": "TCP" },
+        ],
+        "startupProbe": probe("/healthz", 1, 1, 30),
+        "readinessProbe": probe("/readyz", 5, 1, 2),
+        "livenessProbe": probe("/healthz", 10, 2, 3),
+        "resources": {
+            "requests": { "cpu": "50m", "memory": "64Mi" },
+            "limits": { "cpu": "1", "memory": "256Mi" },
+        },
+        "securityContext": {
+            "runAsNonRoot": true,
+            "runAsUser": SIDECAR_UID,
+            "runAsGroup": SIDECAR_UID,
+            "readOnlyRootFilesystem": true,
+            "allowPrivilegeEscalation": false,
+            "capabilities": { "drop": ["ALL"] },
+            "seccompProfile": { "type": "RuntimeDefault" },
+        },
+        "volumeMounts": [
+            { "name": CONFIG_VOLUME, "mountPath": CONFIG_DIR, "readOnly": true },
+        ],
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::expect_used, clippy::unwrap_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn parse_all(yaml: &str) -> Vec<Value> {
+        let opts = serde_saphyr::options! { strict_booleans: true, legacy_octal_numbers: true };
+        serde_saphyr::from_multiple_with_options(yaml, opts).expect("test YAML parses")
+    }
+
+    fn inject_default(yaml: &str) -> String {
+        inject(yaml, &InjectOptions::default()).expect("inject succeeds")
+    }
+
+    fn pointer<'a>(v: &'a Value, p: &str) -> &'a Value {
+        v.pointer(p)
+            .unwrap_or_else(|| panic!("missing {p} in {v:#}"))
+    }
+
+    /// Asserts the pod spec at `p` got exactly one sidecar, first, and the volume.
+    fn assert_injected(doc: &Value, p: &str) {
+        let spec = pointer(doc, p);
+        let inits = spec["initContainers"].as_array().expect("initContainers");
+        assert_eq!(inits[0]["name"], "scopegate");
+        assert_eq!(inits[0]["restartPolicy"], "Always");
+        assert_eq!(
+            inits.iter().filter(|c| c["name"] == "scopegate").count(),
+            1,
+            "one sidecar"
+        );
+        let c = &inits[0];
+        assert_eq!(c["image"], "ghcr.io/scopegate/scopegate:0.1.0");
+        assert_eq!(
+            c["args"],
+            json!(["run", "--config", "/etc/scopegate/scopegate.yaml"])
+        );
+        assert_eq!(c["ports"][0]["containerPort"], 8080);
+        assert_eq!(c["ports"][1]["containerPort"], 9090);
+        for probe in ["startupProbe", "readinessProbe", "livenessProbe"] {
+            assert_eq!(c[probe]["httpGet"]["port"], 9090, "{probe}");
+        }
+        assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+        assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
+        let sc = &c["securityContext"];
+        assert_eq!(sc["runAsNonRoot"], true);
+        assert_eq!(sc["runAsUser"], 65532);
+        assert_eq!(sc["readOnlyRootFilesystem"], true);
+        assert_eq!(sc["allowPrivilegeEscalation"], false);
+        assert_eq!(sc["capabilities"]["drop"], json!(["ALL"]));
+        assert_eq!(sc["seccompProfile"]["type"], "RuntimeDefault");
+        assert_eq!(
+            c["volumeMounts"],
+            json!([{ "name": "scopegate-config", "mountPath": "/etc/scopegate", "readOnly": true }])
+        );
+        assert!(c["volumeMounts"][0].get("subPath").is_none());
+        let vols = spec["volumes"].as_array().expect("volumes");
+        let cfg: Vec<_> = vols
+            .iter()
+            .filter(|v| v["name"] == "scopegate-config")
+            .collect();
+        assert_eq!(cfg.len(), 1);
+        assert_eq!(cfg[0]["configMap"]["name"], "scopegate-config");
+    }
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+        - name: app
+          image: example/web:1.2.3
+          ports:
+            - containerPort: 3000
+          volumeMounts:
+            - name: data
+              mountPath: /data
+      volumes:
+        - name: data
+          emptyDir: {}
+"#;
+
+    #[test]
+    fn deployment_gets_sidecar_volume_and_annotations() {
+        let out = inject_default(DEPLOYMENT);
+        let docs = parse_all(&out);
+        assert_eq!(docs.len(), 1);
+        let d = &docs[0];
+        assert_injected(d, "/spec/template/spec");
+        // Existing content is kept.
+        assert_eq!(d["spec"]["replicas"], 2);
+        assert_eq!(
+            d["spec"]["template"]["spec"]["containers"][0]["name"],
+            "app"
+        );
+        assert_eq!(d["spec"]["template"]["spec"]["volumes"][0]["name"], "data");
+        assert_eq!(
+            d["spec"]["template"]["spec"]["volumes"]
+                .as_array()
+                .map(Vec::len),
+            Some(2)
+        );
+        let ann = &d["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(ann["scopegate.io/inject"], "injected");
+        assert_eq!(ann["scopegate.io/upstream-port"], "3000");
+        assert!(ann["scopegate.io/upstream-port"].is_string());
+        // Nothing is added outside the pod template.
+        assert!(d["metadata"].get("annotations").is_none());
+    }
+
+    #[test]
+    fn statefulset_daemonset_replicaset_job() {
+        for kind in ["StatefulSet", "DaemonSet", "ReplicaSet", "Job"] {
+            let yaml = format!(
+                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec:\n  template:\n    \
+                 spec:\n      containers:\n        - name: app\n          image: app:1\n"
+            );
+            let docs = parse_all(&inject_default(&yaml));
+            assert_injected(&docs[0], "/spec/template/spec");
+        }
+    }
+
+    #[test]
+    fn statefulset_keeps_existing_init_containers_after_the_sidecar() {
+        let yaml = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: db}
+spec:
+  serviceName: db
+  selector: {matchLabels: {app: db}}
+  template:
+    metadata: {labels: {app: db}}
+    spec:
+      initContainers:
+        - name: migrate
+          image: db-migrate:1
+      containers:
+        - name: app
+          image: db:1
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec:
+        accessModes: [ReadWriteOnce]
+        resources: {requests: {storage: 1Gi}}
+"#;
+        let docs = parse_all(&inject_default(yaml));
+        assert_injected(&docs[0], "/spec/template/spec");
+        let inits = pointer(&docs[0], "/spec/template/spec/initContainers");
+        assert_eq!(inits[1]["name"], "migrate");
+        assert_eq!(
+            pointer(
+                &docs[0],
+                "/spec/volumeClaimTemplates/0/spec/resources/requests/storage"
+            ),
+            "1Gi"
+        );
+    }
+
+    #[test]
+    fn daemonset_with_host_network() {
+        let yaml = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  \
+                    selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: \
+                    {app: agent}}\n    spec:\n      hostNetwork: true\n      containers: [{name: \
+                    agent, image: agent:1}]\n";
+        let docs = parse_all(&inject_default(yaml));
+        assert_injected(&docs[0], "/spec/template/spec");
+        assert_eq!(pointer(&docs[0], "/spec/template/spec/hostNetwork"), true);
+    }
+
+    #[test]
+    fn pod_is_injected_at_spec_and_annotated_in_its_metadata() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    \
+                    - name: app\n      image: app:1\n";
+        let docs = parse_all(&inject_default(yaml));
+        assert_injected(&docs[0], "/spec");
+        assert_eq!(
+            pointer(&docs[0], "/metadata/annotations/scopegate.io~1inject"),
+            "injected"
+        );
+    }
+
+    #[test]
+    fn cronjob_is_injected_in_its_job_template() {
+        let yaml = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata:
+  name: nightly
+spec:
+  schedule: "0 3 * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec:
+          restartPolicy: OnFailure
+          containers:
+            - name: job
+              image: job:1
+"#;
+        let docs = parse_all(&inject_default(yaml));
+        assert_injected(&docs[0], "/spec/jobTemplate/spec/template/spec");
+        assert_eq!(pointer(&docs[0], "/spec/schedule"), "0 3 * * *");
+        assert!(docs[0]["spec"].get("template").is_none());
+    }
+
+    #[test]
+    fn service_and_other_kinds_pass_through_unchanged() {
+        let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  annotations:
+    example.com/port: "8080"
+spec:
+  selector: {app: web}
+  ports:
+    - name: http
+      port: 80
+      targetPort: 8080
+"#;
+        let out = inject_default(yaml);
+        assert_eq!(parse_all(&out), parse_all(yaml));
+        assert!(!out.contains("scopegate"));
+        // ConfigMaps, CRDs and kind-less mappings too.
+        let other = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\ndata: {a: b}\n---\n\
+                     apiVersion: example.com/v1\nkind: Widget\nspec: {template: {spec: {}}}\n\
+                     ---\nfoo: bar\n";
+        assert_eq!(parse_all(&inject_default(other)), parse_all(other));
+    }
+
+    #[test]
+    fn multi_document_input_keeps_order_and_skips_empty_documents() {
+        let yaml = format!(
+            "# leading comment\n---\napiVersion: v1\nkind: Service\nmetadata: {{name: web}}\n\
+             spec: {{ports: [{{port: 80}}]}}\n---\n---\n# only a comment\n---\n{DEPLOYMENT}\n\
+             ---\napiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: \
+             [{{name: app, image: app:1}}]\n...\n"
+        );
+        let out = inject_default(&yaml);
+        let docs = parse_all(&out);
+        assert_eq!(docs.len(), 3);
+        assert_eq!(docs[0]["kind"], "Service");
+        assert_eq!(docs[1]["kind"], "Deployment");
+        assert_eq!(docs[2]["kind"], "Pod");
+        assert_injected(&docs[1], "/spec/template/spec");
+        assert_injected(&docs[2], "/spec");
+        assert_eq!(out.matches("---\n").count(), 2, "joined by ---:\n{out}");
+        assert!(!out.starts_with("---"));
+        assert!(out.ends_with('\n'));
+    }
+
+    #[test]
+    fn list_items_are_injected() {
+        let yaml = format!(
+            "apiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: Service\n    \
+             metadata: {{name: s}}\n  - {}\n",
+            serde_json::to_string(&parse_all(DEPLOYMENT)[0]).expect("json")
+        );
+        let docs = parse_all(&inject_default(&yaml));
+        assert_eq!(docs[0]["items"][0]["kind"], "Service");
+        assert!(docs[0]["items"][0].get("spec").is_none());
+        assert_injected(&docs[0]["items"][1], "/spec/template/spec");
+    }
+
+    #[test]
+    fn injecting_twice_equals_injecting_once() {
+        let inputs = [
+            DEPLOYMENT.to_owned(),
+            format!("{DEPLOYMENT}---\napiVersion: v1\nkind: Service\nmetadata: {{name: s}}\n"),
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec: {containers: [{name: a, \
+             image: a}]}\n"
+                .to_owned(),
+        ];
+        for input in inputs {
+            let once = inject_default(&input);
+            let twice = inject_default(&once);
+            assert_eq!(once, twice);
+            let thrice = inject_default(&twice);
+            assert_eq!(once, thrice);
+        }
+    }
+
+    #[test]
+    fn existing_scopegate_container_leaves_document_untouched() {
+        // A hand-written sidecar (even a classic one in `containers`) wins.
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    \
+                    - name: app\n      image: app:1\n    - name: scopegate\n      image: \
+                    mine:2\n      ports: [{containerPort: 8080}]\n";
+        let out = inject_default(yaml);
+        assert_eq!(parse_all(&out), parse_all(yaml));
+    }
+
+    #[test]
+    fn quoted_strings_and_scalar_types_survive() {
+        let yaml = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  annotations:
+    prometheus.io/port: "8080"
+    example.com/enabled: "true"
+    example.com/mode: on
+    example.com/answer: yes
+    example.com/no: n
+    example.com/null: "null"
+    example.com/tilde: "~"
+    example.com/octal: "0755"
+    example.com/float: "1.5"
+    example.com/date: 2024-01-02
+    example.com/empty: ""
+    example.com/text: |
+      line one
+      line two
+spec:
+  replicas: 3
+  progressDeadlineSeconds: 600
+  paused: false
+  template:
+    metadata:
+      labels:
+        version: "1.0"
+        track: "123"
+    spec:
+      containers:
+        - name: app
+          image: app:1
+          args: ["--port", "3000", "--debug", "true", "--ratio", "0.5"]
+          env:
+            - name: PORT
+              value: "3000"
+            - name: FLAG
+              value: "off"
+          resources:
+            limits: {cpu: 500m, memory: 128Mi}
+            requests: {cpu: 0.25}
+      volumes:
+        - name: cfg
+          configMap:
+            name: cfg
+            defaultMode: 0644
+"#;
+        let out = inject_default(yaml);
+        let before = &parse_all(yaml)[0];
+        let after = &parse_all(&out)[0];
+        // Everything that was there is unchanged, types included.
+        assert_eq!(before["metadata"], after["metadata"]);
+        assert_eq!(before["spec"]["replicas"], after["spec"]["replicas"]);
+        assert_eq!(
+            before["spec"]["template"]["spec"]["containers"],
+            after["spec"]["template"]["spec"]["containers"]
+        );
+        let ann = &after["metadata"]["annotations"];
+        assert_eq!(ann["prometheus.io/port"], json!("8080"));
+        assert_eq!(ann["example.com/enabled"], json!("true"));
+        assert_eq!(ann["example.com/mode"], json!("on"));
+        assert_eq!(ann["example.com/answer"], json!("yes"));
+        assert_eq!(ann["example.com/no"], json!("n"));
+        assert_eq!(ann["example.com/null"], json!("null"));
+        assert_eq!(ann["example.com/tilde"], json!("~"));
+        assert_eq!(ann["example.com/octal"], json!("0755"));
+        assert_eq!(ann["example.com/float"], json!("1.5"));
+        assert_eq!(ann["example.com/date"], json!("2024-01-02"));
+        assert_eq!(ann["example.com/empty"], json!(""));
+        assert_eq!(ann["example.com/text"], json!("line one\nline two\n"));
+        assert_eq!(after["spec"]["replicas"], json!(3));
+        assert_eq!(after["spec"]["paused"], json!(false));
+        assert_eq!(
+            pointer(after, "/spec/template/metadata/labels/version"),
+            &json!("1.0")
+        );
+        assert_eq!(
+            pointer(after, "/spec/template/metadata/labels/track"),
+            &json!("123")
+        );
+        let env = pointer(after, "/spec/template/spec/containers/0/env");
+        assert_eq!(env[0]["value"], json!("3000"));
+        assert_eq!(env[1]["value"], json!("off"));
+        assert_eq!(
+            pointer(
+                after,
+                "/spec/template/spec/containers/0/resources/requests/cpu"
+            ),
+            &json!(0.25)
+        );
+        // Kubernetes reads 0644 as octal: 420.
+        assert_eq!(
+            pointer(after, "/spec/template/spec/volumes/0/configMap/defaultMode"),
+            &json!(420)
+        );
+        // In the text, strings a YAML 1.1 reader (kubectl) would retype are quoted.
+        for needle in [
+            r#"prometheus.io/port: "8080""#,
+            r#"example.com/enabled: "true""#,
+            r#"example.com/mode: "on""#,
+            r#"example.com/answer: "yes""#,
+            r#"example.com/null: "null""#,
+            r#"example.com/octal: "0755""#,
+            r#"example.com/date: "2024-01-02""#,
+            r#"value: "off""#,
+            r#"scopegate.io/upstream-port: "3000""#,
+        ] {
+            assert!(out.contains(needle), "missing {needle} in:\n{out}");
+        }
+    }
+
+    #[test]
+    fn bad_yaml_reports_document_line_and_column() {
+        let yaml = "apiVersion: v1\nkind: Service\nmetadata: {name: ok}\n---\napiVersion: v1\n\
+                    kind: Pod\nspec:\n  containers: [a, b\n  x: 1\n";
+        let err = inject(yaml, &InjectOptions::default()).expect_err("invalid YAML");
+        match &err {
+            InjectError::Parse {
+                document,
+                line,
+                column,
+                message,
+            } => {
+                assert_eq!(*document, 2);
+                let line = line.expect("line known");
+                assert!((8..=10).contains(&line), "line {line}");
+                assert!(column.is_some());
+                assert!(!message.is_empty());
+            }
+            other => panic!("expected a parse error, got {other:?}"),
+        }
+        let text = err.to_string();
+        assert!(
+            text.starts_with("document 2: invalid YAML at line "),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn bad_yaml_in_first_document_and_duplicate_keys() {
+        let err = inject("a: [1\n", &InjectOptions::default()).expect_err("invalid");
+        assert!(
+            matches!(err, InjectError::Parse { document: 1, .. }),
+            "{err:?}"
+        );
+        let err = inject("kind: Pod\nkind: Service\n", &InjectOptions::default())
+            .expect_err("duplicate key");
+        assert!(
+            matches!(
+                err,
+                InjectError::Parse {
+                    document: 1,
+                    line: Some(2),
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn non_mapping_document_and_malformed_workloads_are_errors() {
+        let err = inject("- a\n- b\n", &InjectOptions::default()).expect_err("a sequence");
+        assert!(
+            matches!(err, InjectError::InvalidManifest { .. }),
+            "{err:?}"
+        );
+        let err = inject(
+            "kind: Service\n---\nkind: Deployment\nmetadata: {name: d}\nspec: {replicas: 1}\n",
+            &InjectOptions::default(),
+        )
+        .expect_err("no template");
+        assert_eq!(
+            err.to_string(),
+            "document 2 (Deployment/d): Deployment has no `spec.template` mapping"
+        );
+        let err = inject(
+            "kind: Pod\nmetadata: {name: p}\nspec: {containers: {name: a}}\n",
+            &InjectOptions::default(),
+        )
+        .expect_err("containers not a list");
+        assert!(
+            err.to_string()
+                .contains("`spec.containers` must be a sequence"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn port_conflicts_are_reported() {
+        let yaml = "kind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - name: app\n      \
+                    image: a\n      ports: [{containerPort: 8080}]\n";
+        let err = inject(yaml, &InjectOptions::default()).expect_err("conflict");
+        assert!(
+            matches!(&err, InjectError::PortConflict { port: 8080, purpose: "proxy", container, .. } if container == "app"),
+            "{err:?}"
+        );
+        // With another proxy port it works, and the sidecar uses that port.
+        let opts = InjectOptions {
+            proxy_port: 8443,
+            ..InjectOptions::default()
+        };
+        let docs = parse_all(&inject(yaml, &opts).expect("no conflict"));
+        assert_eq!(
+            pointer(&docs[0], "/spec/initContainers/0/ports/0/containerPort"),
+            8443
+        );
+    }
+
+    #[test]
+    fn options_are_used_and_validated() {
+        let opts = InjectOptions {
+            image: "registry.example.com/scopegate:9".to_owned(),
+            config_map: "orders-scopegate".to_owned(),
+            proxy_port: 18080,
+            admin_port: 19090,
+            upstream_port: 5000,
+        };
+        let docs = parse_all(&inject(DEPLOYMENT, &opts).expect("inject"));
+        let spec = pointer(&docs[0], "/spec/template/spec");
+        let c = &spec["initContainers"][0];
+        assert_eq!(c["image"], "registry.example.com/scopegate:9");
+        assert_eq!(c["ports"][0]["containerPort"], 18080);
+        assert_eq!(c["readinessProbe"]["httpGet"]["port"], 19090);
+        assert_eq!(spec["volumes"][1]["configMap"]["name"], "orders-scopegate");
+        assert_eq!(
+            pointer(
+                &docs[0],
+                "/spec/template/metadata/annotations/scopegate.io~1upstream-port"
+            ),
+            "5000"
+        );
+
+        let bad = [
+            InjectOptions {
+                image: " ".to_owned(),
+                ..InjectOptions::default()
+            },
+            InjectOptions {
+                config_map: "Not_Valid".to_owned(),
+                ..InjectOptions::default()
+            },
+            InjectOptions {
+                admin_port: 8080,
+                ..InjectOptions::default()
+            },
+            InjectOptions {
+                upstream_port: 0,
+                ..InjectOptions::default()
+            },
+        ];
+        for opts in bad {
+            let err = inject(DEPLOYMENT, &opts).expect_err("invalid options");
+            assert!(matches!(err, InjectError::InvalidOptions(_)), "{err:?}");
+        }
+    }
+
+    #[test]
+    fn existing_config_volume_is_reused_or_rejected() {
+        let with = |vol: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers: [{{name: a, image: a}}]\n  \
+                 volumes: [{vol}]\n"
+            )
+        };
+        let docs = parse_all(&inject_default(&with(
+            "{name: scopegate-config, configMap: {name: custom}}",
+        )));
+        let vols = pointer(&docs[0], "/spec/volumes")
+            .as_array()
+            .expect("volumes");
+        assert_eq!(vols.len(), 1);
+        assert_eq!(vols[0]["configMap"]["name"], "custom");
+        let err = inject(
+            &with("{name: scopegate-config, emptyDir: {}}"),
+            &InjectOptions::default(),
+        )
+        .expect_err("not a configmap");
+        assert!(
+            matches!(err, InjectError::InvalidManifest { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn empty_input_gives_empty_output() {
+        assert_eq!(inject_default(""), "");
+        assert_eq!(inject_default("---\n# nothing\n---\n"), "");
+    }
+
+    #[test]
+    fn split_documents_tracks_lines() {
+        let chunks = split_documents("a: 1\n---\nb: 2\n--- |\n  text\n...\n%YAML 1.2\n---\nc: 3\n");
+        let summary: Vec<_> = chunks
+            .iter()
+            .map(|c| (c.first_line, c.has_content))
+            .collect();
+        assert_eq!(summary, vec![(1, true), (2, true), (4, true), (7, true)]);
+        assert_eq!(chunks[3].text, "%YAML 1.2\n---\nc: 3\n");
+        // `----` and `---x` are not markers.
+        assert_eq!(split_documents("a: |\n  ----\nb: ---x\n").len(), 1);
+    }
+}

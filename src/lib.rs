@@ -1,0 +1,39 @@
+//! scopegate: a small, strict OAuth 2.0 bearer-token gateway.
+//!
+//! Every request walks one pipeline (see [`server::pipeline`]): canonicalise the
+//! path, match a route, authenticate the bearer token, authorize the route's
+//! scopes, and only then forward to the upstream. Forwarding needs an
+//! [`auth::Permit`], which only authorization can create, so an unchecked request
+//! cannot reach an upstream.
+//!
+//! # Layout
+//!
+//! - [`config`]: the YAML schema (`schema`), loading with file:line:column errors
+//!   (`load`), and validation into runtime types (`validate`). Nothing past this
+//!   module sees raw YAML.
+//! - [`routes`]: path canonicalisation (`canonical`) and the route table (`table`).
+//! - [`auth`]: bearer extraction (`bearer`), JWT verification (`jwt`), issuer key
+//!   sets (`jwks`), the verified-token cache (`cache`), and scope checks (`scope`),
+//!   which mint the [`auth::Permit`].
+//! - [`proxy`]: the pooled upstream clients (`forward`) and header hygiene
+//!   (`headers`).
+//! - [`admin`]: Prometheus metrics (`metrics`) and the admin listener with
+//!   `/metrics`, `/healthz`, `/readyz` (`health`).
+//! - [`error`]: every way a request can fail, mapped to one HTTP response.
+//! - [`server`]: listeners, TLS, graceful shutdown, and the request pipeline.
+//! - [`demo`]: `scopegate demo`, a self-contained playground.
+//! - [`inject`]: `scopegate inject`, adds the sidecar to Kubernetes manifests.
+//! - [`cli`]: the command line; `main.rs` only calls it.
+
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod error;
+pub mod inject;
+pub mod proxy;
+pub mod routes;
+pub mod server;

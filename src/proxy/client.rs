@@ -1,0 +1,73 @@
+//! Building the pooled HTTP/1.1 + h2 clients (rustls for https) used for
+//! upstreams and for the IdP (JWKS).
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use rustls::RootCertStore;
+
+/// A pooled client speaking http and https.
+pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+
+/// Builds a client trusting the Mozilla roots plus `ca_file` (PEM), if given.
+pub fn build_https_client<B>(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+    pool_max_idle_per_host: usize,
+    http2_only: bool,
+) -> Result<HttpsClient<B>, String>
+where
+    B: http_body::Body + Send + 'static,
+    B::Data: Send,
+{
+    let mut roots = RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        let pem =
+            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        let mut reader = pem.as_slice();
+        let mut added = 0;
+        for cert in rustls_pemfile::certs(&mut reader) {
+            let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("{}: bad certificate: {e}", path.display()))?;
+            added += 1;
+        }
+        if added == 0 {
+            return Err(format!("{}: no certificates found", path.display()));
+        }
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let tls = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("TLS setup: {e}"))?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(connect_timeout));
+    http.set_keepalive(Some(Duration::from_secs(60)));
+
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .enable_http2()
+        .wrap_connector(http);
+
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(pool_max_idle_per_host)
+        .http2_only(http2_only)
+        .build(connector))
+}

@@ -1,0 +1,520 @@
+//! Request-path canonicalisation.
+//!
+//! The gateway authorises and forwards the *canonical* form of the request
+//! path, so that two spellings of the same resource (`/a/./b`, `/a//b`,
+//! `/a/%62`) can never be routed or scoped differently, and so that
+//! spellings that backends disagree about (`%2F`, `\`, `%00`) are refused
+//! outright instead of being interpreted.
+
+use std::borrow::Cow;
+
+/// Why a request path was refused by [`canonicalize`].
+///
+/// Every variant is a client error; [`PathError::reason`] gives a stable
+/// label for logs and metrics and `Display` a short description that is safe
+/// to send back (it never echoes the path).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    /// The path is empty, `*`, or does not start with `/`.
+    #[error("path must be absolute (start with '/')")]
+    NotAbsolute,
+    /// The path contains `#`, i.e. a fragment leaked into the request target.
+    #[error("path must not contain a fragment ('#')")]
+    Fragment,
+    /// The path contains a control character, raw or percent-encoded.
+    #[error("path contains a control character")]
+    ControlChar,
+    /// The path contains a raw non-ASCII byte.
+    #[error("path contains a non-ASCII character")]
+    NonAscii,
+    /// A `%` is not followed by two hexadecimal digits.
+    #[error("path contains an invalid percent-encoding")]
+    InvalidPercentEncoding,
+    /// The path contains `%2F`, which backends disagree on splitting.
+    #[error("path contains an encoded slash (%2F)")]
+    EncodedSlash,
+    /// The path contains `%5C`, which some backends treat as a separator.
+    #[error("path contains an encoded backslash (%5C)")]
+    EncodedBackslash,
+    /// The path contains `%00`, which can truncate strings in backends.
+    #[error("path contains an encoded NUL byte (%00)")]
+    EncodedNul,
+    /// The path contains a raw `\`, which some backends treat as `/`.
+    #[error("path contains a backslash")]
+    Backslash,
+}
+
+impl PathError {
+    /// Short, stable `snake_case` label for log fields and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PathError::NotAbsolute => "not_absolute",
+            PathError::Fragment => "fragment",
+            PathError::ControlChar => "control_char",
+            PathError::NonAscii => "non_ascii",
+            PathError::InvalidPercentEncoding => "invalid_percent_encoding",
+            PathError::EncodedSlash => "encoded_slash",
+            PathError::EncodedBackslash => "encoded_backslash",
+            PathError::EncodedNul => "encoded_nul",
+            PathError::Backslash => "backslash",
+        }
+    }
+
+    /// Precedence when a path has several problems (lower wins), following
+    /// the order in which the rules are documented on [`canonicalize`].
+    fn rank(self) -> u8 {
+        match self {
+            PathError::NotAbsolute => 0,
+            PathError::Fragment => 1,
+            PathError::ControlChar => 2,
+            PathError::NonAscii => 3,
+            PathError::InvalidPercentEncoding
+            | PathError::EncodedSlash
+            | PathError::EncodedBackslash
+            | PathError::EncodedNul => 4,
+            PathError::Backslash => 5,
+        }
+    }
+}
+
+/// Returns the canonical form of a request path, or why it is refused.
+///
+/// `path` is the path component of the request target (no query). Rules:
+///
+/// 1. it must start with `/` ([`PathError::NotAbsolute`]);
+/// 2. `#` is refused ([`PathError::Fragment`]), as are raw control bytes
+///    ([`PathError::ControlChar`]) and raw non-ASCII bytes
+///    ([`PathError::NonAscii`]);
+/// 3. every `%` must start a `%XX` escape; `%2F`, `%5C`, `%00` and other
+///    encoded control characters are refused; escapes of unreserved
+///    characters (`A-Z a-z 0-9 - . _ ~`) are decoded, all other escapes are
+///    kept with upper-case hex digits (the first bad escape wins);
+/// 4. a raw `\` is refused ([`PathError::Backslash`]);
+/// 5. runs of `/` are merged, then dot segments are removed as in
+///    RFC 3986 §5.2.4 (a final `.` or `..` segment leaves a trailing `/`).
+///
+/// Case, `;` and a trailing `/` are preserved. The result starts with `/`,
+/// contains no `//` and no `.`/`..` segment, and canonicalising it again
+/// returns it unchanged. A path that is already canonical is returned as
+/// [`Cow::Borrowed`] without allocating.
+pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
+    let bytes = path.as_bytes();
+    if bytes.first() != Some(&b'/') {
+        return Err(PathError::NotAbsolute);
+    }
+
+    let mut error: Option<PathError> = None;
+    let mut note = |e: PathError| match error {
+        Some(old) if old.rank() <= e.rank() => {}
+        _ => error = Some(e),
+    };
+    let mut rewrite = false;
+    // Start of the current segment (just after its leading '/').
+    let mut seg_start = 1;
+    let mut i = 1;
+    while i <= bytes.len() {
+        let Some(&b) = bytes.get(i) else {
+            // End of input: close the last segment (empty = trailing slash).
+            rewrite |= is_raw_dot_segment(bytes.get(seg_start..i));
+            break;
+        };
+        match b {
+            b'/' => {
+                let seg = bytes.get(seg_start..i);
+                rewrite |= seg.is_some_and(<[u8]>::is_empty) || is_raw_dot_segment(seg);
+                seg_start = i + 1;
+            }
+            b'#' => note(PathError::Fragment),
+            0x00..=0x1F | 0x7F => note(PathError::ControlChar),
+            0x80..=0xFF => note(PathError::NonAscii),
+            b'\\' => note(PathError::Backslash),
+            b'%' => match escape_at(bytes, i) {
+                Some((value, lower)) => {
+                    match classify_escape(value) {
+                        Escape::Refused(e) => note(e),
+                        Escape::Decode => rewrite = true,
+                        Escape::Keep => rewrite |= lower,
+                    }
+                    i += 2;
+                }
+                None => note(PathError::InvalidPercentEncoding),
+            },
+            _ => {}
+        }
+        i += 1;
+    }
+
+    if let Some(e) = error {
+        return Err(e);
+    }
+    if !rewrite {
+        return Ok(Cow::Borrowed(path));
+    }
+    Ok(Cow::Owned(rebuild(path)))
+}
+
+/// What to do with a syntactically valid `%XX` escape.
+enum Escape {
+    /// Refuse the whole path.
+    Refused(PathError),
+    /// Replace by the literal (unreserved) character.
+    Decode,
+    /// Keep encoded, with upper-case hex digits.
+    Keep,
+}
+
+fn classify_escape(value: u8) -> Escape {
+    match value {
+        b'/' => Escape::Refused(PathError::EncodedSlash),
+        b'\\' => Escape::Refused(PathError::EncodedBackslash),
+        0x00 => Escape::Refused(PathError::EncodedNul),
+        0x01..=0x1F | 0x7F => Escape::Refused(PathError::ControlChar),
+        v if is_unreserved(v) => Escape::Decode,
+        _ => Escape::Keep,
+    }
+}
+
+/// RFC 3986 `unreserved`.
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+fn hex_value(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+/// Upper-case hex digit for a nibble (`n < 16`).
+fn upper_hex_digit(n: u8) -> char {
+    char::from_digit(u32::from(n), 16).map_or('0', |c| c.to_ascii_uppercase())
+}
+
+/// Decodes the escape whose `%` is at `i`: (byte value, uses lower-case hex).
+fn escape_at(bytes: &[u8], i: usize) -> Option<(u8, bool)> {
+    let hi = *bytes.get(i + 1)?;
+    let lo = *bytes.get(i + 2)?;
+    let value = hex_value(hi)? << 4 | hex_value(lo)?;
+    Some((value, hi.is_ascii_lowercase() || lo.is_ascii_lowercase()))
+}
+
+fn is_raw_dot_segment(seg: Option<&[u8]>) -> bool {
+    matches!(seg, Some(b".") | Some(b".."))
+}
+
+/// Builds the canonical form of a path that passed validation.
+fn rebuild(path: &str) -> String {
+    // `out` holds "/seg1/seg2" without the trailing slash; `starts` records
+    // where each pushed segment begins so that ".." can truncate it.
+    let mut out = String::with_capacity(path.len());
+    let mut starts: Vec<usize> = Vec::new();
+    let mut seg = String::new();
+    let mut trailing_slash = false;
+    let rest = path.get(1..).unwrap_or_default();
+    let mut raw_segments = rest.split('/').peekable();
+    while let Some(raw) = raw_segments.next() {
+        let last = raw_segments.peek().is_none();
+        seg.clear();
+        decode_segment(raw, &mut seg);
+        match seg.as_str() {
+            "" | "." => {}
+            ".." => {
+                if let Some(start) = starts.pop() {
+                    out.truncate(start);
+                }
+            }
+            s => {
+                starts.push(out.len());
+                out.push('/');
+                out.push_str(s);
+            }
+        }
+        if last {
+            trailing_slash = matches!(seg.as_str(), "" | "." | "..");
+        }
+    }
+    if trailing_slash || out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+/// Appends `raw` to `out`, decoding unreserved escapes and upper-casing the
+/// hex digits of the others. `raw` has already been validated.
+fn decode_segment(raw: &str, out: &mut String) {
+    let bytes = raw.as_bytes();
+    let mut copied = 0;
+    let mut i = 0;
+    while let Some(pos) = bytes
+        .get(i..)
+        .and_then(|b| b.iter().position(|&c| c == b'%'))
+    {
+        let at = i + pos;
+        out.push_str(raw.get(copied..at).unwrap_or_default());
+        match escape_at(bytes, at) {
+            Some((value, _)) if is_unreserved(value) => out.push(char::from(value)),
+            Some((value, _)) => {
+                out.push('%');
+                out.push(upper_hex_digit(value >> 4));
+                out.push(upper_hex_digit(value & 0x0F));
+            }
+            // Unreachable after validation; keep the byte rather than panic.
+            None => {
+                out.push('%');
+                copied = at + 1;
+                i = at + 1;
+                continue;
+            }
+        }
+        copied = at + 3;
+        i = at + 3;
+    }
+    out.push_str(raw.get(copied..).unwrap_or_default());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    use PathError::*;
+
+    /// (input, expected canonical form or error)
+    const CASES: &[(&str, Result<&str, PathError>)] = &[
+        // Already canonical.
+        ("/", Ok("/")),
+        ("/a", Ok("/a")),
+        ("/a/b/c", Ok("/a/b/c")),
+        ("/a/", Ok("/a/")),
+        ("/admin", Ok("/admin")),
+        ("/administrator", Ok("/administrator")),
+        ("/Admin", Ok("/Admin")),
+        ("/a;b=c/d;e", Ok("/a;b=c/d;e")),
+        ("/a/%3A", Ok("/a/%3A")),
+        ("/a/%25", Ok("/a/%25")),
+        ("/a/...", Ok("/a/...")),
+        ("/a/.b/c.", Ok("/a/.b/c.")),
+        ("/a/..b", Ok("/a/..b")),
+        ("/~user/a-b_c.d", Ok("/~user/a-b_c.d")),
+        ("/a+b/c=d", Ok("/a+b/c=d")),
+        // Slash merging.
+        ("//", Ok("/")),
+        ("///", Ok("/")),
+        ("//a///b", Ok("/a/b")),
+        ("/a//", Ok("/a/")),
+        ("//admin", Ok("/admin")),
+        // Dot segments.
+        ("/.", Ok("/")),
+        ("/./", Ok("/")),
+        ("/..", Ok("/")),
+        ("/../", Ok("/")),
+        ("/../..", Ok("/")),
+        ("/a/..", Ok("/")),
+        ("/a/../", Ok("/")),
+        ("/a/./b/../c", Ok("/a/c")),
+        ("/a/b/..", Ok("/a/")),
+        ("/a/b/.", Ok("/a/b/")),
+        ("/a/b/../../../c", Ok("/c")),
+        ("/a//../b", Ok("/b")),
+        ("/../admin", Ok("/admin")),
+        ("/public/../admin", Ok("/admin")),
+        // Percent-encoded dots and unreserved characters.
+        ("/%2e%2e", Ok("/")),
+        ("/a/%2e%2e/b", Ok("/b")),
+        ("/a/b/%2E%2e/", Ok("/a/")),
+        ("/a/%2e/b", Ok("/a/b")),
+        ("/a/.%2E/b", Ok("/b")),
+        ("/%2e%2e%2e", Ok("/...")),
+        ("/%41dmin", Ok("/Admin")),
+        ("/%61dmin", Ok("/admin")),
+        ("/a%2Db%5Fc%7Ed%30", Ok("/a-b_c~d0")),
+        // Other escapes are kept, upper-cased.
+        ("/a/%3a", Ok("/a/%3A")),
+        ("/a/%c3%a9", Ok("/a/%C3%A9")),
+        ("/a%20b", Ok("/a%20b")),
+        ("/%2525", Ok("/%2525")),
+        ("/%252e%252e", Ok("/%252e%252e")),
+        // Refusals.
+        ("", Err(NotAbsolute)),
+        ("*", Err(NotAbsolute)),
+        ("a/b", Err(NotAbsolute)),
+        ("%2Fa", Err(NotAbsolute)),
+        ("/a#b", Err(Fragment)),
+        ("/a\nb", Err(ControlChar)),
+        ("/a\tb", Err(ControlChar)),
+        ("/a\u{7f}", Err(ControlChar)),
+        ("/caf\u{e9}", Err(NonAscii)),
+        ("/a%zz", Err(InvalidPercentEncoding)),
+        ("/a%4", Err(InvalidPercentEncoding)),
+        ("/a%", Err(InvalidPercentEncoding)),
+        ("/a%%41", Err(InvalidPercentEncoding)),
+        ("/a%2fb", Err(EncodedSlash)),
+        ("/a%2Fb", Err(EncodedSlash)),
+        ("/..%2f..%2fetc", Err(EncodedSlash)),
+        ("/a%5cb", Err(EncodedBackslash)),
+        ("/a%5Cb", Err(EncodedBackslash)),
+        ("/a%00", Err(EncodedNul)),
+        ("/a%0a", Err(ControlChar)),
+        ("/a%7F", Err(ControlChar)),
+        ("/a%1f", Err(ControlChar)),
+        ("/a\\b", Err(Backslash)),
+        ("/..\\admin", Err(Backslash)),
+        // Precedence between several problems.
+        ("/a\\#", Err(Fragment)),
+        ("/%2f#", Err(Fragment)),
+        ("/\\%2f", Err(EncodedSlash)),
+        ("/%zz%2f", Err(InvalidPercentEncoding)),
+        ("/%2f%zz", Err(EncodedSlash)),
+        ("/\u{e9}\n", Err(ControlChar)),
+    ];
+
+    #[test]
+    fn table() {
+        assert!(CASES.len() >= 40);
+        for (input, expected) in CASES {
+            let got = canonicalize(input);
+            assert_eq!(got.as_deref(), expected.as_deref(), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn borrowed_exactly_when_unchanged() {
+        for (input, expected) in CASES {
+            if let Ok(c) = canonicalize(input) {
+                let unchanged = Ok(*input) == *expected;
+                assert_eq!(matches!(c, Cow::Borrowed(_)), unchanged, "input {input:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn canonical_output_is_fixed_point() {
+        for (input, _) in CASES {
+            if let Ok(c) = canonicalize(input) {
+                let again = canonicalize(&c);
+                assert!(
+                    matches!(again, Ok(Cow::Borrowed(s)) if s == c),
+                    "input {input:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn reasons_are_distinct_snake_case() {
+        let all = [
+            NotAbsolute,
+            Fragment,
+            ControlChar,
+            NonAscii,
+            InvalidPercentEncoding,
+            EncodedSlash,
+            EncodedBackslash,
+            EncodedNul,
+            Backslash,
+        ];
+        let mut seen = std::collections::HashSet::new();
+        for e in all {
+            let r = e.reason();
+            assert!(r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'));
+            assert!(seen.insert(r));
+            assert!(!e.to_string().is_empty());
+        }
+        assert_eq!(EncodedSlash.reason(), "encoded_slash");
+    }
+
+    fn assert_canonical_shape(c: &str) {
+        assert!(c.starts_with('/'), "{c:?}");
+        assert!(!c.contains("//"), "{c:?}");
+        assert!(!c.contains("/./"), "{c:?}");
+        assert!(!c.contains("/../"), "{c:?}");
+        assert!(!c.ends_with("/."), "{c:?}");
+        assert!(!c.ends_with("/.."), "{c:?}");
+    }
+
+    /// Paths built from the characters that matter to canonicalisation.
+    fn interesting_path() -> impl Strategy<Value = String> {
+        let piece = prop_oneof![
+            Just("/".to_string()),
+            Just(".".to_string()),
+            Just("..".to_string()),
+            Just("%2e".to_string()),
+            Just("%2E".to_string()),
+            Just("%41".to_string()),
+            Just("%3a".to_string()),
+            Just("%25".to_string()),
+            Just("%".to_string()),
+            Just(";".to_string()),
+            "[a-zA-Z0-9._~-]{1,3}",
+            "%[0-9a-fA-F]{2}",
+        ];
+        proptest::collection::vec(piece, 0..12).prop_map(|v| format!("/{}", v.concat()))
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in any::<String>()) {
+            let _ = canonicalize(&s);
+        }
+
+        #[test]
+        fn never_panics_on_slash_prefixed(s in "/[\\x00-\\x7f]{0,40}") {
+            let _ = canonicalize(&s);
+        }
+
+        #[test]
+        fn idempotent_and_well_formed(p in interesting_path()) {
+            if let Ok(c) = canonicalize(&p) {
+                assert_canonical_shape(&c);
+                let again = canonicalize(&c);
+                prop_assert_eq!(again.as_deref(), Ok(c.as_ref()));
+                prop_assert!(matches!(again, Ok(Cow::Borrowed(_))));
+            }
+        }
+
+        #[test]
+        fn idempotent_on_arbitrary_ascii(p in "/[ -~]{0,40}") {
+            if let Ok(c) = canonicalize(&p) {
+                assert_canonical_shape(&c);
+                let again = canonicalize(&c);
+                prop_assert_eq!(again.as_deref(), Ok(c.as_ref()));
+            }
+        }
+
+        /// Percent-encoding any non-'/' characters never changes the result.
+        #[test]
+        fn encoding_is_transparent(p in "(/[a-zA-Z0-9._~:@!$&'()*+,;=-]{0,6}){1,6}/?") {
+            let encoded: String = p
+                .split('/')
+                .map(|seg| {
+                    percent_encoding::utf8_percent_encode(seg, percent_encoding::NON_ALPHANUMERIC)
+                        .to_string()
+                })
+                .collect::<Vec<_>>()
+                .join("/");
+            let plain = canonicalize(&p).map(Cow::into_owned);
+            let via_escapes = canonicalize(&encoded).map(Cow::into_owned);
+            // Reserved characters stay encoded, so compare after encoding
+            // those in the plain form too.
+            let plain = plain.map(|c| {
+                c.split('/')
+                    .map(|seg| {
+                        percent_encoding::utf8_percent_encode(seg, RESERVED_SUBSET).to_string()
+                    })
+                    .collect::<Vec<_>>()
+                    .join("/")
+            });
+            prop_assert_eq!(plain, via_escapes);
+        }
+    }
+
+    /// Every printable ASCII character that is not unreserved.
+    const RESERVED_SUBSET: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'.')
+        .remove(b'_')
+        .remove(b'~');
+}

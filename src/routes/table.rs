@@ -1,0 +1,1397 @@
+//! The route table: (method, canonical path) → route payload.
+//!
+//! Patterns use matchit syntax (`/orders/{id}`, `/files/{*rest}`) and match
+//! whole segments, exactly and case-sensitively. Several routes may share a
+//! pattern with disjoint method sets, and patterns may overlap (`/users/me`
+//! and `/users/{id}`, `/orders/{id}` and `/orders/{*rest}`): a request goes
+//! to the most specific pattern that matches its path *and* allows its
+//! method, and `405` lists the methods of every pattern matching the path.
+//!
+//! # How it works
+//!
+//! At build time the set of patterns is closed under intersection (the
+//! intersection of `/a/{x}/c` and `/a/b/{y}` is `/a/b/c`). For any path, the
+//! most specific matching pattern of that closure is the intersection of all
+//! declared patterns matching the path, so the answer for every method (and
+//! the `Allow` header) can be precomputed per closure pattern.
+//!
+//! The closure patterns are spread over a few matchit routers ("layers") so
+//! that within a layer no two patterns overlap and no tree node has both a
+//! literal and a wildcard child. That sidesteps matchit's param/catch-all
+//! conflicts and means matchit never has to backtrack, which is also where
+//! it would otherwise allocate. matchit also allocates for a match with more
+//! than three parameters, so the rare patterns with four or more wildcards
+//! are served by a small segment trie instead. A lookup asks every layer
+//! (typically one or two) and that trie, and keeps the most specific hit: no
+//! scan over routes, no allocation.
+
+use std::cmp::Ordering;
+use std::collections::HashMap;
+use std::fmt;
+
+use http::{HeaderValue, Method};
+
+use super::canonical::canonicalize;
+
+/// One declared route: a path pattern, the methods it accepts and its payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RouteSpec<T> {
+    /// matchit-style pattern, e.g. `/orders/{id}` or `/files/{*rest}`; must
+    /// be a canonical path (see [`canonicalize`]).
+    pub path: String,
+    /// Accepted methods; `None` accepts any method (and then the pattern may
+    /// not be shared with another route).
+    pub methods: Option<Vec<Method>>,
+    /// Payload returned by [`RouteTable::lookup`] (e.g. the route's scopes).
+    pub value: T,
+}
+
+/// Why [`RouteTable::build`] rejected the route list.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("route {index}: {message}")]
+pub struct RouteError {
+    /// Position of the offending spec in the list given to `build`, so the
+    /// config loader can point at the right entry.
+    pub index: usize,
+    /// Human-readable explanation.
+    pub message: String,
+}
+
+/// Result of [`RouteTable::lookup`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Lookup<'a, T> {
+    /// A route matches the path and accepts the method.
+    Matched(&'a T),
+    /// Routes match the path but none accepts the method; `allow` is the
+    /// ready-made `Allow` header value (e.g. `DELETE, POST, PUT`).
+    MethodNotAllowed {
+        /// Sorted, comma-separated methods of every route matching the path.
+        allow: &'a HeaderValue,
+    },
+    /// No route matches the path.
+    NotFound,
+}
+
+impl<T> Clone for Lookup<'_, T> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<T> Copy for Lookup<'_, T> {}
+
+/// Immutable routing table built once from the config and shared by all
+/// requests; see the module docs for the matching rules.
+pub struct RouteTable<T> {
+    /// Declared routes, in declaration order.
+    routes: Vec<RouteSpec<T>>,
+    /// Precomputed answers, one per closure pattern, most specific first.
+    nodes: Vec<Node>,
+    /// matchit routers mapping a path to an index into `nodes`.
+    layers: Vec<matchit::Router<usize>>,
+    /// Patterns with too many wildcards for matchit to match without
+    /// allocating, mapping to an index into `nodes`.
+    wide: Trie,
+}
+
+/// Precomputed answer for the paths whose most specific closure pattern is
+/// this one.
+struct Node {
+    /// Method → index into `routes`, for every method some matching route
+    /// lists explicitly.
+    methods: Box<[(Method, usize)]>,
+    /// Route taking every other method, if a matching route accepts any.
+    any: Option<usize>,
+    /// `Allow` header for the 405 answer (empty when `any` is set).
+    allow: HeaderValue,
+}
+
+impl<T: fmt::Debug> fmt::Debug for RouteTable<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RouteTable")
+            .field("routes", &self.routes)
+            .field("patterns", &self.nodes.len())
+            .field("layers", &self.layers.len())
+            .field("wide", &!self.wide.is_empty())
+            .finish()
+    }
+}
+
+impl<T> RouteTable<T> {
+    /// Builds the table; rejects bad patterns and conflicts.
+    ///
+    /// A pattern is rejected if it is not canonical, has a parameter that
+    /// does not span a whole segment, or a catch-all that is not last. Two
+    /// routes conflict when their patterns match the same paths (parameter
+    /// names do not matter) and their method sets overlap, `None` overlapping
+    /// everything. The error's `index` is the later route's.
+    pub fn build(specs: Vec<RouteSpec<T>>) -> Result<Self, RouteError> {
+        let groups = group_routes(&specs)?;
+        let closure = Closure::compute(&groups)?;
+
+        // Most specific first, so that a node's index is its priority.
+        let mut order: Vec<usize> = (0..closure.patterns.len()).collect();
+        order.sort_by(|&a, &b| by_specificity(&closure.patterns, a, b));
+        let mut rank = vec![0; order.len()];
+        for (r, &id) in order.iter().enumerate() {
+            if let Some(slot) = rank.get_mut(id) {
+                *slot = r;
+            }
+        }
+
+        let mut allow_cache: HashMap<String, HeaderValue> = HashMap::new();
+        let mut nodes = Vec::with_capacity(order.len());
+        let mut layers = Layers::default();
+        let mut wide = Trie::default();
+        let mut members = Vec::new();
+        for (r, &id) in order.iter().enumerate() {
+            let (Some(pattern), Some(&blame)) = (closure.patterns.get(id), closure.blame.get(id))
+            else {
+                continue;
+            };
+            // Declared patterns that contain this one, most specific first.
+            members.clear();
+            closure.trie.overlapping(pattern, &mut members);
+            members.retain(|&g| {
+                closure
+                    .patterns
+                    .get(g)
+                    .is_some_and(|p| g < groups.len() && contains(p, pattern))
+            });
+            members.sort_by_key(|&g| rank.get(g).copied().unwrap_or(usize::MAX));
+            let node =
+                make_node(&specs, &groups, &members, &mut allow_cache).map_err(|message| {
+                    RouteError {
+                        index: blame,
+                        message,
+                    }
+                })?;
+            nodes.push(node);
+            let wildcards = pattern.iter().filter(|s| class(s) != 0).count();
+            if wildcards > MATCHIT_INLINE_PARAMS {
+                wide.insert(pattern, r);
+            } else {
+                layers.insert(pattern, r).map_err(|message| RouteError {
+                    index: blame,
+                    message,
+                })?;
+            }
+        }
+
+        Ok(RouteTable {
+            routes: specs,
+            nodes,
+            layers: layers.routers,
+            wide,
+        })
+    }
+
+    /// Finds the route for a request. `canonical_path` must be the output
+    /// of [`canonicalize`]. Does not allocate.
+    pub fn lookup(&self, method: &Method, canonical_path: &str) -> Lookup<'_, T> {
+        let mut best: Option<usize> = None;
+        for layer in &self.layers {
+            if let Ok(hit) = layer.at(canonical_path) {
+                let node = *hit.value;
+                if best.is_none_or(|b| node < b) {
+                    best = Some(node);
+                }
+            }
+        }
+        if !self.wide.is_empty() {
+            if let Some(node) = self.wide.find(canonical_path) {
+                if best.is_none_or(|b| node < b) {
+                    best = Some(node);
+                }
+            }
+        }
+        let Some(node) = best.and_then(|n| self.nodes.get(n)) else {
+            return Lookup::NotFound;
+        };
+        let route = node
+            .methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|&(_, r)| r)
+            .or(node.any);
+        match route.and_then(|r| self.routes.get(r)) {
+            Some(spec) => Lookup::Matched(&spec.value),
+            None => Lookup::MethodNotAllowed { allow: &node.allow },
+        }
+    }
+
+    /// Number of declared routes.
+    pub fn len(&self) -> usize {
+        self.routes.len()
+    }
+
+    /// Whether no route was declared (every lookup is `NotFound`).
+    pub fn is_empty(&self) -> bool {
+        self.routes.is_empty()
+    }
+
+    /// (path pattern, methods or None for any, &T) in declaration order, for `scopegate check` to print.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, Option<&[Method]>, &T)> {
+        self.routes
+            .iter()
+            .map(|r| (r.path.as_str(), r.methods.as_deref(), &r.value))
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Patterns
+
+/// One segment of a parsed pattern. Parameter names are dropped: two
+/// patterns differing only in names match the same paths.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Seg {
+    /// Literal segment text (`""` only as the last segment: trailing slash).
+    Static(String),
+    /// `{name}`: any non-empty segment.
+    Param,
+    /// `{*name}` (last only): one or more remaining characters.
+    CatchAll,
+}
+
+type Pattern = Vec<Seg>;
+
+/// Specificity class of a segment: literal beats parameter beats catch-all.
+fn class(seg: &Seg) -> u8 {
+    match seg {
+        Seg::Static(_) => 0,
+        Seg::Param => 1,
+        Seg::CatchAll => 2,
+    }
+}
+
+/// Orders pattern ids most specific first (matchit's priority: at the first
+/// difference a literal wins over a parameter, which wins over a catch-all).
+/// Two different patterns matching the same path never compare equal.
+fn by_specificity(patterns: &[Pattern], a: usize, b: usize) -> Ordering {
+    match (patterns.get(a), patterns.get(b)) {
+        (Some(pa), Some(pb)) => pa
+            .iter()
+            .map(class)
+            .cmp(pb.iter().map(class))
+            .then_with(|| pa.cmp(pb)),
+        _ => a.cmp(&b),
+    }
+}
+
+/// Parses and validates a route pattern.
+fn parse_pattern(path: &str) -> Result<Pattern, String> {
+    if !path.starts_with('/') {
+        return Err(format!("path pattern `{path}` must start with '/'"));
+    }
+    match canonicalize(path) {
+        Err(e) => return Err(format!("path pattern `{path}` is not a valid path: {e}")),
+        Ok(c) if c != path => {
+            return Err(format!(
+                "path pattern `{path}` is not canonical (it would match requests for `{c}`)"
+            ))
+        }
+        Ok(_) => {}
+    }
+    let raw: Vec<&str> = path.get(1..).unwrap_or_default().split('/').collect();
+    let count = raw.len();
+    raw.into_iter()
+        .enumerate()
+        .map(|(i, seg)| {
+            parse_segment(seg, i + 1 == count)
+                .map_err(|why| format!("path pattern `{path}`, segment `{seg}`: {why}"))
+        })
+        .collect()
+}
+
+fn parse_segment(seg: &str, last: bool) -> Result<Seg, &'static str> {
+    const WHOLE: &str =
+        "a parameter must span a whole segment (write `{{` and `}}` for literal braces)";
+    if seg.starts_with('{') && !seg.starts_with("{{") {
+        let name = seg
+            .strip_prefix('{')
+            .and_then(|s| s.strip_suffix('}'))
+            .filter(|name| !name.contains(['{', '}']))
+            .ok_or(WHOLE)?;
+        return match name.strip_prefix('*') {
+            Some("") => Err("a catch-all parameter needs a name, e.g. `{*rest}`"),
+            Some(_) if !last => Err("a catch-all parameter must be the last segment"),
+            Some(rest) if rest.contains('*') => Err("`*` is not allowed in a parameter name"),
+            Some(_) => Ok(Seg::CatchAll),
+            None if name.is_empty() => Err("a parameter needs a name, e.g. `{id}`"),
+            None => Ok(Seg::Param),
+        };
+    }
+    let mut literal = String::with_capacity(seg.len());
+    let mut chars = seg.chars().peekable();
+    while let Some(c) = chars.next() {
+        // `{{` and `}}` stand for one literal brace.
+        if (c == '{' || c == '}') && chars.next_if_eq(&c).is_none() {
+            return Err(WHOLE);
+        }
+        literal.push(c);
+    }
+    Ok(Seg::Static(literal))
+}
+
+/// The matchit route for a parsed pattern (names normalised by position).
+fn matchit_route(pattern: &[Seg]) -> String {
+    let mut route = String::new();
+    for (i, seg) in pattern.iter().enumerate() {
+        route.push('/');
+        match seg {
+            Seg::Static(literal) => {
+                for c in literal.chars() {
+                    if c == '{' || c == '}' {
+                        route.push(c);
+                    }
+                    route.push(c);
+                }
+            }
+            Seg::Param => route.push_str(&format!("{{p{i}}}")),
+            Seg::CatchAll => route.push_str("{*rest}"),
+        }
+    }
+    route
+}
+
+/// The pattern matching exactly the paths matched by both `a` and `b`, or
+/// `None` if no path matches both.
+fn intersect(a: &[Seg], b: &[Seg]) -> Option<Pattern> {
+    /// `rest` as matched by a catch-all: it must match a non-empty remainder.
+    fn under_catch_all(rest: &[Seg]) -> Option<&[Seg]> {
+        match rest {
+            [] => None,
+            [Seg::Static(s)] if s.is_empty() => None,
+            _ => Some(rest),
+        }
+    }
+    let mut out = Vec::with_capacity(a.len().max(b.len()));
+    let mut i = 0;
+    loop {
+        let (sa, sb) = (a.get(i), b.get(i));
+        let seg = match (sa, sb) {
+            (None, None) => return Some(out),
+            (Some(Seg::CatchAll), Some(Seg::CatchAll)) => Seg::CatchAll,
+            (Some(Seg::CatchAll), Some(_)) => {
+                out.extend_from_slice(under_catch_all(b.get(i..)?)?);
+                return Some(out);
+            }
+            (Some(_), Some(Seg::CatchAll)) => {
+                out.extend_from_slice(under_catch_all(a.get(i..)?)?);
+                return Some(out);
+            }
+            (Some(Seg::Static(x)), Some(Seg::Static(y))) if x == y => Seg::Static(x.clone()),
+            (Some(Seg::Static(s)), Some(Seg::Param)) | (Some(Seg::Param), Some(Seg::Static(s)))
+                if !s.is_empty() =>
+            {
+                Seg::Static(s.clone())
+            }
+            (Some(Seg::Param), Some(Seg::Param)) => Seg::Param,
+            _ => return None,
+        };
+        out.push(seg);
+        i += 1;
+    }
+}
+
+/// Whether every path matched by `inner` is matched by `outer`.
+fn contains(outer: &[Seg], inner: &[Seg]) -> bool {
+    intersect(outer, inner).is_some_and(|i| i == inner)
+}
+
+// ---------------------------------------------------------------------------
+// Declared routes grouped by pattern
+
+/// Declared routes sharing one pattern (with disjoint method sets).
+struct Group {
+    pattern: Pattern,
+    /// Indices into the specs, in declaration order.
+    routes: Vec<usize>,
+}
+
+fn group_routes<T>(specs: &[RouteSpec<T>]) -> Result<Vec<Group>, RouteError> {
+    let mut groups: Vec<Group> = Vec::new();
+    let mut by_pattern: HashMap<Pattern, usize> = HashMap::new();
+    for (index, spec) in specs.iter().enumerate() {
+        let err = |message: String| RouteError { index, message };
+        let pattern = parse_pattern(&spec.path).map_err(err)?;
+        if spec.methods.as_ref().is_some_and(Vec::is_empty) {
+            return Err(err(
+                "empty method list (omit `methods` to accept any method)".to_string(),
+            ));
+        }
+        let Some(&g) = by_pattern.get(&pattern) else {
+            by_pattern.insert(pattern.clone(), groups.len());
+            groups.push(Group {
+                pattern,
+                routes: vec![index],
+            });
+            continue;
+        };
+        let Some(group) = groups.get_mut(g) else {
+            continue;
+        };
+        for &earlier in &group.routes {
+            let Some(other) = specs.get(earlier) else {
+                continue;
+            };
+            let clash = match (&spec.methods, &other.methods) {
+                (None, _) | (_, None) => Some("any method".to_string()),
+                (Some(mine), Some(theirs)) => {
+                    let mut common: Vec<&str> = mine
+                        .iter()
+                        .filter(|m| theirs.contains(m))
+                        .map(Method::as_str)
+                        .collect();
+                    common.sort_unstable();
+                    common.dedup();
+                    (!common.is_empty()).then(|| common.join(", "))
+                }
+            };
+            if let Some(clash) = clash {
+                return Err(err(format!(
+                    "path `{}` with {clash} is already routed by route {earlier} (`{}`); \
+                     routes sharing a path need disjoint methods",
+                    spec.path, other.path
+                )));
+            }
+        }
+        group.routes.push(index);
+    }
+    Ok(groups)
+}
+
+/// Computes the answer for paths whose most specific closure pattern is
+/// contained in exactly the groups `members` (most specific first).
+fn make_node<T>(
+    specs: &[RouteSpec<T>],
+    groups: &[Group],
+    members: &[usize],
+    allow_cache: &mut HashMap<String, HeaderValue>,
+) -> Result<Node, String> {
+    let member_routes = || {
+        members
+            .iter()
+            .filter_map(|&g| groups.get(g))
+            .flat_map(|group| group.routes.iter())
+            .filter_map(|&r| specs.get(r).map(|spec| (r, spec)))
+    };
+    let accepts =
+        |spec: &RouteSpec<T>, m: &Method| spec.methods.as_ref().is_none_or(|ms| ms.contains(m));
+
+    let any = member_routes().find_map(|(r, spec)| spec.methods.is_none().then_some(r));
+    let mut listed: Vec<&Method> = member_routes()
+        .filter_map(|(_, spec)| spec.methods.as_ref())
+        .flatten()
+        .collect();
+    listed.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
+    listed.dedup();
+    let methods = listed
+        .iter()
+        .filter_map(|&m| {
+            member_routes()
+                .find(|(_, spec)| accepts(spec, m))
+                .map(|(r, _)| (m.clone(), r))
+        })
+        .collect();
+
+    let allow_text = if any.is_some() {
+        String::new()
+    } else {
+        listed
+            .iter()
+            .map(|m| m.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let allow = match allow_cache.get(&allow_text) {
+        Some(v) => v.clone(),
+        None => {
+            let v = HeaderValue::from_str(&allow_text)
+                .map_err(|e| format!("cannot build Allow header `{allow_text}`: {e}"))?;
+            allow_cache.insert(allow_text, v.clone());
+            v
+        }
+    };
+    Ok(Node {
+        methods,
+        any,
+        allow,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Closure under intersection
+
+/// Above this many derived patterns per declared pattern (plus a constant),
+/// the build gives up rather than use unbounded memory.
+const CLOSURE_FACTOR: usize = 8;
+const CLOSURE_SLACK: usize = 4096;
+
+struct Closure {
+    /// Declared patterns first (ids = group ids), then derived ones.
+    patterns: Vec<Pattern>,
+    /// For each pattern, the spec index to report errors against.
+    blame: Vec<usize>,
+    /// All patterns, for overlap queries.
+    trie: Trie,
+}
+
+impl Closure {
+    fn compute(groups: &[Group]) -> Result<Self, RouteError> {
+        let mut closure = Closure {
+            patterns: Vec::with_capacity(groups.len()),
+            blame: Vec::with_capacity(groups.len()),
+            trie: Trie::default(),
+        };
+        let mut known: HashMap<Pattern, usize> = HashMap::with_capacity(groups.len());
+        for (id, group) in groups.iter().enumerate() {
+            closure.trie.insert(&group.pattern, id);
+            closure.patterns.push(group.pattern.clone());
+            closure
+                .blame
+                .push(group.routes.iter().copied().max().unwrap_or_default());
+            known.insert(group.pattern.clone(), id);
+        }
+        let limit = groups
+            .len()
+            .saturating_mul(CLOSURE_FACTOR)
+            .saturating_add(CLOSURE_SLACK);
+
+        let mut work: Vec<usize> = (0..groups.len()).collect();
+        let mut hits = Vec::new();
+        while let Some(x) = work.pop() {
+            let Some(px) = closure.patterns.get(x).cloned() else {
+                continue;
+            };
+            let bx = closure.blame.get(x).copied().unwrap_or_default();
+            hits.clear();
+            closure.trie.overlapping(&px, &mut hits);
+            for &y in &hits {
+                let Some(py) = closure.patterns.get(y) else {
+                    continue;
+                };
+                let Some(meet) = intersect(&px, py) else {
+                    continue;
+                };
+                if known.contains_key(&meet) {
+                    continue;
+                }
+                let blame = bx.max(closure.blame.get(y).copied().unwrap_or_default());
+                let id = closure.patterns.len();
+                if id >= limit {
+                    return Err(RouteError {
+                        index: blame,
+                        message: format!(
+                            "route patterns overlap in too many combinations \
+                             (more than {limit} distinct intersections)"
+                        ),
+                    });
+                }
+                closure.trie.insert(&meet, id);
+                known.insert(meet.clone(), id);
+                closure.patterns.push(meet);
+                closure.blame.push(blame);
+                work.push(id);
+            }
+        }
+        Ok(closure)
+    }
+}
+
+/// Segment trie over patterns. At build time it answers "which patterns may
+/// match a path that `q` matches" without scanning them all; at lookup time
+/// it serves the patterns matchit cannot match without allocating.
+#[derive(Default)]
+struct Trie {
+    statics: HashMap<String, Trie>,
+    param: Option<Box<Trie>>,
+    /// Pattern ending with a catch-all here.
+    catch_all: Option<usize>,
+    /// Pattern ending here.
+    end: Option<usize>,
+}
+
+impl Trie {
+    fn insert(&mut self, pattern: &[Seg], id: usize) {
+        let mut node = self;
+        for seg in pattern {
+            node = match seg {
+                Seg::Static(s) => node.statics.entry(s.clone()).or_default(),
+                Seg::Param => node.param.get_or_insert_with(Box::default),
+                Seg::CatchAll => {
+                    node.catch_all = Some(id);
+                    return;
+                }
+            };
+        }
+        node.end = Some(id);
+    }
+
+    /// Pushes (a superset of) the ids of patterns overlapping `q`.
+    fn overlapping(&self, q: &[Seg], out: &mut Vec<usize>) {
+        match q.split_first() {
+            None => out.extend(self.end),
+            Some((Seg::CatchAll, _)) => {
+                // Anything below that matches a non-empty remainder.
+                for (key, child) in &self.statics {
+                    if !key.is_empty() {
+                        child.all(out);
+                    }
+                }
+                if let Some(child) = &self.param {
+                    child.all(out);
+                }
+                out.extend(self.catch_all);
+            }
+            Some((Seg::Static(s), rest)) => {
+                if let Some(child) = self.statics.get(s) {
+                    child.overlapping(rest, out);
+                }
+                if !s.is_empty() {
+                    if let Some(child) = &self.param {
+                        child.overlapping(rest, out);
+                    }
+                    out.extend(self.catch_all);
+                }
+            }
+            Some((Seg::Param, rest)) => {
+                for (key, child) in &self.statics {
+                    if !key.is_empty() {
+                        child.overlapping(rest, out);
+                    }
+                }
+                if let Some(child) = &self.param {
+                    child.overlapping(rest, out);
+                }
+                out.extend(self.catch_all);
+            }
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.statics.is_empty()
+            && self.param.is_none()
+            && self.catch_all.is_none()
+            && self.end.is_none()
+    }
+
+    /// The id of the most specific pattern matching `path` (literal before
+    /// parameter before catch-all, segment by segment), like matchit.
+    /// Recursion depth is bounded by the trie's, not the path's.
+    fn find(&self, path: &str) -> Option<usize> {
+        self.find_after_slash(path.strip_prefix('/')?)
+    }
+
+    fn find_after_slash(&self, rest: &str) -> Option<usize> {
+        let (seg, tail) = match rest.split_once('/') {
+            Some((seg, tail)) => (seg, Some(tail)),
+            None => (rest, None),
+        };
+        let descend = |child: &Trie| match tail {
+            None => child.end,
+            Some(tail) => child.find_after_slash(tail),
+        };
+        if let Some(hit) = self.statics.get(seg).and_then(descend) {
+            return Some(hit);
+        }
+        if !seg.is_empty() {
+            if let Some(hit) = self.param.as_deref().and_then(descend) {
+                return Some(hit);
+            }
+        }
+        self.catch_all.filter(|_| !rest.is_empty())
+    }
+
+    fn all(&self, out: &mut Vec<usize>) {
+        out.extend(self.end);
+        out.extend(self.catch_all);
+        for child in self.statics.values() {
+            child.all(out);
+        }
+        if let Some(child) = &self.param {
+            child.all(out);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Layers of matchit routers
+
+/// matchit keeps up to this many parameters inline; a match with more
+/// allocates (matchit 0.8 and 0.9 alike).
+const MATCHIT_INLINE_PARAMS: usize = 3;
+
+#[derive(Default)]
+struct Layers {
+    routers: Vec<matchit::Router<usize>>,
+    shapes: Vec<Shape>,
+}
+
+/// Shape of the patterns in one layer, to keep literal and wildcard segments
+/// from ever sharing a parent (matchit would then need to backtrack).
+#[derive(Default)]
+struct Shape {
+    statics: HashMap<String, Shape>,
+    param: Option<Box<Shape>>,
+    catch_all: bool,
+}
+
+impl Shape {
+    fn accepts(&self, pattern: &[Seg]) -> bool {
+        match pattern.split_first() {
+            None => true,
+            Some((Seg::Static(s), _)) if s.is_empty() => true,
+            Some((Seg::Static(s), rest)) => {
+                self.param.is_none()
+                    && !self.catch_all
+                    && self.statics.get(s).is_none_or(|c| c.accepts(rest))
+            }
+            Some((Seg::Param, rest)) => {
+                self.statics.is_empty()
+                    && !self.catch_all
+                    && self.param.as_ref().is_none_or(|c| c.accepts(rest))
+            }
+            Some((Seg::CatchAll, _)) => self.statics.is_empty() && self.param.is_none(),
+        }
+    }
+
+    fn insert(&mut self, pattern: &[Seg]) {
+        let mut node = self;
+        for seg in pattern {
+            node = match seg {
+                Seg::Static(s) if s.is_empty() => return,
+                Seg::Static(s) => node.statics.entry(s.clone()).or_default(),
+                Seg::Param => node.param.get_or_insert_with(Box::default),
+                Seg::CatchAll => {
+                    node.catch_all = true;
+                    return;
+                }
+            };
+        }
+    }
+}
+
+impl Layers {
+    fn insert(&mut self, pattern: &[Seg], node: usize) -> Result<(), String> {
+        let route = matchit_route(pattern);
+        for (router, shape) in self.routers.iter_mut().zip(self.shapes.iter_mut()) {
+            if !shape.accepts(pattern) {
+                continue;
+            }
+            match router.insert(route.as_str(), node) {
+                Ok(()) => {
+                    shape.insert(pattern);
+                    return Ok(());
+                }
+                Err(matchit::InsertError::Conflict { .. }) => continue,
+                Err(e) => return Err(format!("invalid path pattern `{route}`: {e}")),
+            }
+        }
+        let mut router = matchit::Router::new();
+        router
+            .insert(route.as_str(), node)
+            .map_err(|e| format!("invalid path pattern `{route}`: {e}"))?;
+        let mut shape = Shape::default();
+        shape.insert(pattern);
+        self.routers.push(router);
+        self.shapes.push(shape);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn spec(path: &str, methods: Option<&[Method]>, value: usize) -> RouteSpec<usize> {
+        RouteSpec {
+            path: path.to_string(),
+            methods: methods.map(<[Method]>::to_vec),
+            value,
+        }
+    }
+
+    fn table(specs: &[(&str, Option<&[Method]>)]) -> RouteTable<usize> {
+        let specs = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, m))| spec(p, *m, i))
+            .collect();
+        match RouteTable::build(specs) {
+            Ok(t) => t,
+            Err(e) => panic!("build failed: {e}"),
+        }
+    }
+
+    fn build_err(specs: &[(&str, Option<&[Method]>)]) -> RouteError {
+        let specs = specs
+            .iter()
+            .enumerate()
+            .map(|(i, (p, m))| spec(p, *m, i))
+            .collect();
+        match RouteTable::build(specs) {
+            Ok(_) => panic!("build unexpectedly succeeded"),
+            Err(e) => e,
+        }
+    }
+
+    fn matched(t: &RouteTable<usize>, m: &Method, path: &str) -> Option<usize> {
+        match t.lookup(m, path) {
+            Lookup::Matched(v) => Some(*v),
+            _ => None,
+        }
+    }
+
+    fn allow(t: &RouteTable<usize>, m: &Method, path: &str) -> Option<String> {
+        match t.lookup(m, path) {
+            Lookup::MethodNotAllowed { allow } => allow.to_str().ok().map(str::to_string),
+            _ => None,
+        }
+    }
+
+    const GET: &[Method] = &[Method::GET];
+    const POST: &[Method] = &[Method::POST];
+    const DELETE: &[Method] = &[Method::DELETE];
+    const WRITE: &[Method] = &[Method::POST, Method::PUT, Method::DELETE];
+
+    #[test]
+    fn example_config_param_and_catch_all() {
+        for reversed in [false, true] {
+            let mut specs = vec![
+                ("/orders/{id}", Some(GET)),
+                ("/orders/{*rest}", Some(WRITE)),
+            ];
+            if reversed {
+                specs.reverse();
+            }
+            let t = table(&specs);
+            let (get_route, write_route) = if reversed { (1, 0) } else { (0, 1) };
+            assert_eq!(matched(&t, &Method::GET, "/orders/42"), Some(get_route));
+            assert_eq!(matched(&t, &Method::POST, "/orders/42"), Some(write_route));
+            assert_eq!(
+                matched(&t, &Method::DELETE, "/orders/42"),
+                Some(write_route)
+            );
+            assert_eq!(
+                matched(&t, &Method::PUT, "/orders/42/items"),
+                Some(write_route)
+            );
+            assert_eq!(
+                allow(&t, &Method::GET, "/orders/42/items").as_deref(),
+                Some("DELETE, POST, PUT")
+            );
+            assert_eq!(
+                allow(&t, &Method::PATCH, "/orders/42").as_deref(),
+                Some("DELETE, GET, POST, PUT")
+            );
+            assert_eq!(t.lookup(&Method::GET, "/orders"), Lookup::NotFound);
+            assert_eq!(t.lookup(&Method::POST, "/orders/"), Lookup::NotFound);
+            assert_eq!(t.lookup(&Method::GET, "/order/42"), Lookup::NotFound);
+        }
+    }
+
+    #[test]
+    fn disjoint_methods_share_a_path() {
+        let t = table(&[
+            ("/orders/{id}", Some(GET)),
+            ("/orders/{order_id}", Some(DELETE)),
+        ]);
+        assert_eq!(matched(&t, &Method::GET, "/orders/1"), Some(0));
+        assert_eq!(matched(&t, &Method::DELETE, "/orders/1"), Some(1));
+        assert_eq!(
+            allow(&t, &Method::PUT, "/orders/1").as_deref(),
+            Some("DELETE, GET")
+        );
+        assert_eq!(t.lookup(&Method::GET, "/orders/1/x"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn overlapping_methods_on_same_path_conflict() {
+        let e = build_err(&[
+            ("/a", Some(GET)),
+            ("/orders/{id}", Some(&[Method::GET, Method::PUT])),
+            ("/orders/{oid}", Some(&[Method::PUT, Method::POST])),
+        ]);
+        assert_eq!(e.index, 2);
+        assert!(e.message.contains("route 1"), "{e}");
+        assert!(e.message.contains("/orders/{id}"), "{e}");
+        assert!(e.message.contains("PUT"), "{e}");
+        assert_eq!(e.to_string(), format!("route 2: {}", e.message));
+    }
+
+    #[test]
+    fn any_method_conflicts_with_same_path() {
+        let e = build_err(&[("/x", Some(GET)), ("/x", None)]);
+        assert_eq!(e.index, 1);
+        assert!(e.message.contains("route 0"), "{e}");
+        let e = build_err(&[("/x", None), ("/y", None), ("/x", Some(POST))]);
+        assert_eq!(e.index, 2);
+        assert!(e.message.contains("route 0"), "{e}");
+        let e = build_err(&[("/x/{a}", None), ("/x/{b}", None)]);
+        assert_eq!(e.index, 1);
+    }
+
+    #[test]
+    fn any_method_routes() {
+        let t = table(&[
+            ("/health", None),
+            ("/files/{*p}", None),
+            ("/files/special", Some(POST)),
+        ]);
+        assert_eq!(matched(&t, &Method::GET, "/health"), Some(0));
+        assert_eq!(
+            matched(
+                &t,
+                &Method::from_bytes(b"PURGE").ok().unwrap_or_default(),
+                "/health"
+            ),
+            Some(0)
+        );
+        assert_eq!(matched(&t, &Method::POST, "/files/special"), Some(2));
+        // Falls back to the catch-all for other methods.
+        assert_eq!(matched(&t, &Method::GET, "/files/special"), Some(1));
+        assert_eq!(matched(&t, &Method::GET, "/files/a/b"), Some(1));
+    }
+
+    #[test]
+    fn empty_method_list_rejected() {
+        let e = build_err(&[("/x", Some(&[]))]);
+        assert_eq!(e.index, 0);
+        assert!(e.message.contains("empty"), "{e}");
+    }
+
+    #[test]
+    fn whole_segments_case_and_trailing_slash() {
+        let t = table(&[("/admin", Some(GET)), ("/api/{v}", Some(GET))]);
+        assert_eq!(matched(&t, &Method::GET, "/admin"), Some(0));
+        for path in [
+            "/administrator",
+            "/admin/",
+            "/Admin",
+            "/ADMIN",
+            "/admin/x",
+            "/adm",
+            "/",
+            "/api",
+            "/api/",
+            "/api/v1/",
+            "/api/v1/x",
+            "/API/v1",
+        ] {
+            assert_eq!(t.lookup(&Method::GET, path), Lookup::NotFound, "{path}");
+        }
+        assert_eq!(matched(&t, &Method::GET, "/api/v1"), Some(1));
+
+        let t = table(&[("/a/", Some(GET)), ("/", Some(POST))]);
+        assert_eq!(matched(&t, &Method::GET, "/a/"), Some(0));
+        assert_eq!(t.lookup(&Method::GET, "/a"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::POST, "/"), Some(1));
+        assert_eq!(allow(&t, &Method::GET, "/").as_deref(), Some("POST"));
+    }
+
+    #[test]
+    fn catch_all_needs_at_least_one_char() {
+        let t = table(&[("/files/{*path}", Some(GET)), ("/{*all}", Some(POST))]);
+        assert_eq!(matched(&t, &Method::GET, "/files/a"), Some(0));
+        assert_eq!(matched(&t, &Method::GET, "/files/a/b/c/"), Some(0));
+        assert_eq!(matched(&t, &Method::GET, "/files/a/"), Some(0));
+        assert_eq!(allow(&t, &Method::GET, "/files/").as_deref(), Some("POST"));
+        assert_eq!(allow(&t, &Method::GET, "/files").as_deref(), Some("POST"));
+        assert_eq!(matched(&t, &Method::POST, "/files/x"), Some(1));
+        assert_eq!(t.lookup(&Method::POST, "/"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn most_specific_pattern_wins() {
+        let t = table(&[
+            ("/users/{id}", Some(GET)),
+            ("/users/me", Some(GET)),
+            ("/users/{*rest}", Some(GET)),
+            ("/users/{id}/posts", Some(GET)),
+        ]);
+        assert_eq!(matched(&t, &Method::GET, "/users/me"), Some(1));
+        assert_eq!(matched(&t, &Method::GET, "/users/42"), Some(0));
+        assert_eq!(matched(&t, &Method::GET, "/users/me/posts"), Some(3));
+        assert_eq!(matched(&t, &Method::GET, "/users/me/likes"), Some(2));
+        assert_eq!(matched(&t, &Method::GET, "/users/42/"), Some(2));
+        assert_eq!(
+            allow(&t, &Method::POST, "/users/me").as_deref(),
+            Some("GET")
+        );
+    }
+
+    #[test]
+    fn partially_overlapping_patterns() {
+        let t = table(&[("/a/{x}/c", Some(GET)), ("/a/b/{y}", Some(POST))]);
+        assert_eq!(matched(&t, &Method::GET, "/a/b/c"), Some(0));
+        assert_eq!(matched(&t, &Method::POST, "/a/b/c"), Some(1));
+        assert_eq!(
+            allow(&t, &Method::PUT, "/a/b/c").as_deref(),
+            Some("GET, POST")
+        );
+        assert_eq!(allow(&t, &Method::PUT, "/a/b/d").as_deref(), Some("POST"));
+        assert_eq!(allow(&t, &Method::PUT, "/a/z/c").as_deref(), Some("GET"));
+        assert_eq!(t.lookup(&Method::GET, "/a/z/d"), Lookup::NotFound);
+
+        // Same method on both: the literal-first pattern is more specific.
+        let t = table(&[("/a/{x}/c", Some(GET)), ("/a/b/{y}", Some(GET))]);
+        assert_eq!(matched(&t, &Method::GET, "/a/b/c"), Some(1));
+        assert_eq!(matched(&t, &Method::GET, "/a/q/c"), Some(0));
+    }
+
+    #[test]
+    fn literal_braces() {
+        let t = table(&[("/x/{{id}}", Some(GET)), ("/x/{id}/y", Some(GET))]);
+        assert_eq!(matched(&t, &Method::GET, "/x/{id}"), Some(0));
+        assert_eq!(t.lookup(&Method::GET, "/x/42"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::GET, "/x/{id}/y"), Some(1));
+    }
+
+    #[test]
+    fn other_punctuation_is_literal() {
+        let t = table(&[
+            ("/a*b", Some(GET)),
+            ("/:id", Some(GET)),
+            ("/s/*", Some(GET)),
+            ("/m;v=1/x", Some(GET)),
+            ("/e/%3A", Some(GET)),
+        ]);
+        assert_eq!(matched(&t, &Method::GET, "/a*b"), Some(0));
+        assert_eq!(t.lookup(&Method::GET, "/axb"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::GET, "/:id"), Some(1));
+        assert_eq!(t.lookup(&Method::GET, "/42"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::GET, "/s/*"), Some(2));
+        assert_eq!(t.lookup(&Method::GET, "/s/x"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::GET, "/m;v=1/x"), Some(3));
+        assert_eq!(t.lookup(&Method::GET, "/m/x"), Lookup::NotFound);
+        assert_eq!(matched(&t, &Method::GET, "/e/%3A"), Some(4));
+    }
+
+    #[test]
+    fn bad_patterns_rejected() {
+        for (pattern, needle) in [
+            ("orders", "start with '/'"),
+            ("", "start with '/'"),
+            ("*", "start with '/'"),
+            ("/a//b", "not canonical"),
+            ("/a/./b", "not canonical"),
+            ("/a/../b", "not canonical"),
+            ("/a/%2e/b", "not canonical"),
+            ("/%41", "not canonical"),
+            ("/a/%3a", "not canonical"),
+            ("/a/%2F", "encoded slash"),
+            ("/a\\b", "backslash"),
+            ("/a#b", "fragment"),
+            ("/a/{id}x", "whole segment"),
+            ("/a/x{id}", "whole segment"),
+            ("/a/{a}{b}", "whole segment"),
+            ("/a/{id", "whole segment"),
+            ("/a/id}", "whole segment"),
+            ("/a/{}", "needs a name"),
+            ("/a/{*}", "needs a name"),
+            ("/a/{*rest}/b", "last segment"),
+            ("/a/{*rest}/", "last segment"),
+        ] {
+            let e = build_err(&[("/ok", Some(GET)), (pattern, Some(GET))]);
+            assert_eq!(e.index, 1, "{pattern}");
+            assert!(e.message.contains(needle), "{pattern}: {e}");
+        }
+    }
+
+    #[test]
+    fn many_wildcards_use_the_trie() {
+        let t = table(&[
+            ("/o/{a}/r/{b}/i/{c}/c/{d}", Some(GET)),
+            ("/o/{a}/r/{b}/i/{c}/{*rest}", Some(POST)),
+            ("/o/{a}/r/{b}/i/{c}/c/me", Some(GET)),
+            ("/o/{a}/r/{b}/i/{c}", Some(GET)),
+        ]);
+        assert!(!t.wide.is_empty());
+        assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/4"), Some(0));
+        assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/me"), Some(2));
+        assert_eq!(matched(&t, &Method::POST, "/o/1/r/2/i/3/c/4"), Some(1));
+        assert_eq!(matched(&t, &Method::POST, "/o/1/r/2/i/3/x/y/"), Some(1));
+        assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3"), Some(3));
+        assert_eq!(
+            allow(&t, &Method::PUT, "/o/1/r/2/i/3/c/4").as_deref(),
+            Some("GET, POST")
+        );
+        assert_eq!(t.lookup(&Method::GET, "/o/1/r/2/i/3/"), Lookup::NotFound);
+        assert_eq!(t.lookup(&Method::GET, "/o/1/r//i/3/c/4"), Lookup::NotFound);
+        assert_eq!(t.lookup(&Method::GET, "o/1/r/2/i/3/c/4"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn table_is_shareable_across_threads() {
+        fn assert_send_sync<X: Send + Sync>() {}
+        assert_send_sync::<RouteTable<String>>();
+        assert_send_sync::<RouteError>();
+    }
+
+    #[test]
+    fn iter_len_and_empty() {
+        let t = table(&[("/b", None), ("/a/{id}", Some(&[Method::PUT, Method::GET]))]);
+        assert_eq!(t.len(), 2);
+        assert!(!t.is_empty());
+        let listed: Vec<_> = t.iter().collect();
+        assert_eq!(
+            listed,
+            vec![
+                ("/b", None, &0),
+                ("/a/{id}", Some(&[Method::PUT, Method::GET][..]), &1),
+            ]
+        );
+        let empty = table(&[]);
+        assert!(empty.is_empty());
+        assert_eq!(empty.len(), 0);
+        assert_eq!(empty.lookup(&Method::GET, "/"), Lookup::NotFound);
+    }
+
+    #[test]
+    fn ten_thousand_routes() {
+        let mut specs = Vec::new();
+        for i in 0..10_000 {
+            let path = match i % 4 {
+                0 => format!("/svc{i}/items"),
+                1 => format!("/svc{i}/items/{{id}}"),
+                2 => format!("/api/v1/thing{i}/{{id}}/sub/{{sub}}"),
+                _ => format!("/static{i}/{{*rest}}"),
+            };
+            specs.push(spec(&path, Some(GET), i));
+        }
+        // Plus some overlapping ones that force extra layers.
+        specs.push(spec("/api/v1/{kind}/{id}/sub/{sub}", Some(POST), 10_000));
+        specs.push(spec("/{*fallback}", Some(DELETE), 10_001));
+        let t = match RouteTable::build(specs) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        assert!(t.layers.len() <= 3, "{} layers", t.layers.len());
+        for i in 0..10_000 {
+            let path = match i % 4 {
+                0 => format!("/svc{i}/items"),
+                1 => format!("/svc{i}/items/42"),
+                2 => format!("/api/v1/thing{i}/7/sub/8"),
+                _ => format!("/static{i}/a/b/"),
+            };
+            assert_eq!(matched(&t, &Method::GET, &path), Some(i), "{path}");
+            assert_eq!(matched(&t, &Method::DELETE, &path), Some(10_001), "{path}");
+            if i % 4 == 2 {
+                assert_eq!(matched(&t, &Method::POST, &path), Some(10_000), "{path}");
+            } else {
+                assert_eq!(
+                    allow(&t, &Method::POST, &path).as_deref(),
+                    Some("DELETE, GET")
+                );
+            }
+        }
+        assert_eq!(
+            matched(&t, &Method::POST, "/api/v1/other/1/sub/2"),
+            Some(10_000)
+        );
+        assert_eq!(allow(&t, &Method::GET, "/nope").as_deref(), Some("DELETE"));
+    }
+
+    #[test]
+    fn too_many_intersections_is_an_error_not_a_hang() {
+        // Every `/{p}/.../lit_i/...` crossed with every `/lit_j/{p}/...`.
+        let mut specs = Vec::new();
+        for i in 0..100 {
+            specs.push(spec(&format!("/{{a}}/{{b}}/x{i}"), Some(GET), i));
+            specs.push(spec(&format!("/y{i}/{{a}}/{{b}}"), Some(GET), i));
+            specs.push(spec(&format!("/{{a}}/z{i}/{{b}}"), Some(GET), i));
+        }
+        match RouteTable::build(specs) {
+            Ok(t) => assert!(t.nodes.len() > 300),
+            Err(e) => assert!(e.message.contains("too many"), "{e}"),
+        }
+    }
+
+    // ---- reference model -------------------------------------------------
+
+    /// Independent matcher: does `pattern` (matchit syntax) match `path`?
+    fn model_matches(pattern: &str, path: &str) -> bool {
+        let p: Vec<&str> = pattern[1..].split('/').collect();
+        let s: Vec<&str> = path[1..].split('/').collect();
+        fn go(p: &[&str], s: &[&str]) -> bool {
+            match (p.first(), s.first()) {
+                (Some(ps), _) if ps.starts_with("{*") => !s.join("/").is_empty(),
+                (None, None) => true,
+                (Some(ps), Some(ss)) if ps.starts_with('{') => {
+                    !ss.is_empty() && go(&p[1..], &s[1..])
+                }
+                (Some(ps), Some(ss)) => ps == ss && go(&p[1..], &s[1..]),
+                _ => false,
+            }
+        }
+        go(&p, &s)
+    }
+
+    fn model_key(pattern: &str) -> Vec<u8> {
+        pattern[1..]
+            .split('/')
+            .map(|seg| {
+                if seg.starts_with("{*") {
+                    2
+                } else if seg.starts_with('{') {
+                    1
+                } else {
+                    0
+                }
+            })
+            .collect()
+    }
+
+    #[derive(Debug, PartialEq)]
+    enum Expect {
+        Matched(usize),
+        NotAllowed(String),
+        NotFound,
+    }
+
+    fn model_lookup(specs: &[RouteSpec<usize>], method: &Method, path: &str) -> Expect {
+        let mut hits: Vec<&RouteSpec<usize>> = specs
+            .iter()
+            .filter(|s| model_matches(&s.path, path))
+            .collect();
+        if hits.is_empty() {
+            return Expect::NotFound;
+        }
+        hits.sort_by_key(|s| model_key(&s.path));
+        if let Some(s) = hits
+            .iter()
+            .find(|s| s.methods.as_ref().is_none_or(|ms| ms.contains(method)))
+        {
+            return Expect::Matched(s.value);
+        }
+        let mut names: Vec<&str> = hits
+            .iter()
+            .flat_map(|s| s.methods.iter().flatten())
+            .map(Method::as_str)
+            .collect();
+        names.sort_unstable();
+        names.dedup();
+        Expect::NotAllowed(names.join(", "))
+    }
+
+    fn pattern_strategy() -> impl Strategy<Value = String> {
+        let seg = prop_oneof![
+            3 => Just("a"),
+            2 => Just("b"),
+            3 => Just("{x}"),
+        ];
+        (
+            proptest::collection::vec(seg, 0..6),
+            prop_oneof![Just(""), Just("/"), Just("/{*r}")],
+        )
+            .prop_map(|(segs, tail)| {
+                let body: String = segs.iter().map(|s| format!("/{s}")).collect();
+                if body.is_empty() && tail.is_empty() {
+                    "/".to_string()
+                } else {
+                    format!("{body}{tail}")
+                }
+            })
+    }
+
+    fn methods_strategy() -> impl Strategy<Value = Option<Vec<Method>>> {
+        prop_oneof![
+            1 => Just(None),
+            4 => proptest::sample::subsequence(vec![Method::GET, Method::POST, Method::PUT], 1..=2)
+                .prop_map(Some),
+        ]
+    }
+
+    fn path_strategy() -> impl Strategy<Value = String> {
+        (
+            proptest::collection::vec(prop_oneof![Just("a"), Just("b"), Just("c")], 0..7),
+            any::<bool>(),
+        )
+            .prop_map(|(segs, slash)| {
+                let body: String = segs.iter().map(|s| format!("/{s}")).collect();
+                if body.is_empty() || slash {
+                    format!("{body}/")
+                } else {
+                    body
+                }
+            })
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// The table answers exactly like a brute-force scan over all routes.
+        #[test]
+        fn agrees_with_reference_model(
+            candidates in proptest::collection::vec((pattern_strategy(), methods_strategy()), 1..10),
+            paths in proptest::collection::vec(path_strategy(), 1..20),
+        ) {
+            // Keep the candidates that do not conflict with earlier ones.
+            let mut specs: Vec<RouteSpec<usize>> = Vec::new();
+            for (path, methods) in candidates {
+                let mut trial = specs.clone();
+                trial.push(RouteSpec { path, methods, value: specs.len() });
+                if RouteTable::build(trial.clone()).is_ok() {
+                    specs = trial;
+                }
+            }
+            let t = match RouteTable::build(specs.clone()) {
+                Ok(t) => t,
+                Err(e) => return Err(TestCaseError::fail(e.to_string())),
+            };
+            for path in &paths {
+                for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                    let got = match t.lookup(&method, path) {
+                        Lookup::Matched(v) => Expect::Matched(*v),
+                        Lookup::MethodNotAllowed { allow } => {
+                            Expect::NotAllowed(allow.to_str().unwrap_or("<bad>").to_string())
+                        }
+                        Lookup::NotFound => Expect::NotFound,
+                    };
+                    let want = model_lookup(&specs, &method, path);
+                    prop_assert_eq!(got, want, "{} {} with {:?}", method, path, specs);
+                }
+            }
+        }
+
+        /// Conflicts are exactly "same normalised pattern, overlapping methods".
+        #[test]
+        fn conflicts_agree_with_model(
+            candidates in proptest::collection::vec((pattern_strategy(), methods_strategy()), 1..8),
+        ) {
+            let specs: Vec<RouteSpec<usize>> = candidates
+                .into_iter()
+                .enumerate()
+                .map(|(value, (path, methods))| RouteSpec { path, methods, value })
+                .collect();
+            let norm = |p: &str| p.replace("{x}", "{}").replace("{*r}", "{*}");
+            let first_conflict = specs.iter().enumerate().find_map(|(j, later)| {
+                specs[..j]
+                    .iter()
+                    .any(|earlier| {
+                        norm(&earlier.path) == norm(&later.path)
+                            && match (&earlier.methods, &later.methods) {
+                                (Some(a), Some(b)) => a.iter().any(|m| b.contains(m)),
+                                _ => true,
+                            }
+                    })
+                    .then_some(j)
+            });
+            let got = RouteTable::build(specs).err().map(|e| e.index);
+            prop_assert_eq!(got, first_conflict);
+        }
+
+        /// Intersection is exact: p ∩ q matches a path iff both p and q do.
+        #[test]
+        fn intersection_is_exact(p in pattern_strategy(), q in pattern_strategy(), path in path_strategy()) {
+            let (Ok(pp), Ok(pq)) = (parse_pattern(&p), parse_pattern(&q)) else {
+                return Err(TestCaseError::fail("pattern failed to parse"));
+            };
+            let both = model_matches(&p, &path) && model_matches(&q, &path);
+            let via = intersect(&pp, &pq).is_some_and(|i| model_matches(&matchit_route(&i), &path));
+            prop_assert_eq!(both, via);
+        }
+    }
+}

@@ -1,0 +1,204 @@
+//! Listeners and lifecycle: accepting connections (plain or TLS), the admin
+//! listener, key refreshers, and a shutdown that loses no request.
+
+pub mod pipeline;
+pub mod tls;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper::Request;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use crate::admin::metrics::Metrics;
+use crate::config::{Config, ServerSettings};
+use crate::proxy::ClientInfo;
+pub use pipeline::Gateway;
+
+/// Why the server could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// Metrics registration failed (a bug).
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    /// Runtime setup failed (CA or TLS files, ...).
+    #[error("{0}")]
+    Setup(String),
+    /// A listener could not be bound or inspected.
+    #[error("listener: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Runs the gateway on the given listeners until `shutdown` resolves, then
+/// turns unready, keeps serving for `shutdown_delay`, stops accepting, and
+/// drains in-flight requests for up to `shutdown_grace`.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let settings = config.server.clone();
+    let tls = match &settings.tls {
+        Some(files) => Some(tls::acceptor(files).map_err(ServerError::Setup)?),
+        None => None,
+    };
+    let gateway = Arc::new(Gateway::new(config, Arc::clone(&metrics)).map_err(ServerError::Setup)?);
+
+    let (stop_background, background) = tokio::sync::watch::channel(false);
+    gateway.authenticator().spawn_refreshers(&background);
+
+    let draining = Arc::new(AtomicBool::new(false));
+    let ready = {
+        let gateway = Arc::clone(&gateway);
+        let draining = Arc::clone(&draining);
+        Arc::new(move || !draining.load(Ordering::Acquire) && gateway.authenticator().is_ready())
+    };
+    let admin = tokio::spawn(crate::admin::health::serve(
+        admin_listener,
+        Arc::clone(&metrics),
+        ready,
+        background.clone(),
+    ));
+
+    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "scopegate serving");
+    let builder = Arc::new(connection_builder(&settings));
+    let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(settings.max_connections));
+
+    let stop = async {
+        shutdown.await;
+        draining.store(true, Ordering::Release);
+        tracing::info!(delay = ?settings.shutdown_delay, "shutdown requested: unready, still serving");
+        tokio::time::sleep(settings.shutdown_delay).await;
+    };
+    tokio::pin!(stop);
+
+    loop {
+        let permit = tokio::select! {
+            permit = Arc::clone(&connections).acquire_owned() => permit,
+            () = &mut stop => break,
+        };
+        let Ok(permit) = permit else { break };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = &mut stop => break,
+        };
+        let (stream, peer) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                // EMFILE and friends: keep serving the connections we have.
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let gateway = Arc::clone(&gateway);
+        let builder = Arc::clone(&builder);
+        let watcher = graceful.watcher();
+        let metrics = Arc::clone(&metrics);
+        let tls = tls.clone();
+        let handshake_timeout = settings.header_read_timeout;
+        tokio::spawn(async move {
+            let _permit = permit;
+            metrics.open_connections.inc();
+            match tls {
+                Some(acceptor) => {
+                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => {
+                            serve_connection(stream, peer, true, gateway, &builder, watcher).await;
+                        }
+                        _ => tracing::debug!(%peer, "TLS handshake failed"),
+                    }
+                }
+                None => serve_connection(stream, peer, false, gateway, &builder, watcher).await,
+            }
+            metrics.open_connections.dec();
+        });
+    }
+
+    drop(listener);
+    tracing::info!(grace = ?settings.shutdown_grace, "draining in-flight requests");
+    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!("shutdown grace expired with requests still in flight");
+    }
+    let _ = stop_background.send(true);
+    let _ = admin.await;
+    Ok(())
+}
+
+fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(settings.header_read_timeout)
+        .max_buf_size(settings.max_header_bytes)
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    builder
+}
+
+async fn serve_connection<I>(
+    io: I,
+    peer: SocketAddr,
+    tls: bool,
+    gateway: Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    watcher: hyper_util::server::graceful::Watcher,
+) where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let client = ClientInfo { ip: peer.ip(), tls };
+    let service = service_fn(move |request: Request<Incoming>| {
+        let gateway = Arc::clone(&gateway);
+        async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+    });
+    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    if let Err(e) = watcher.watch(connection.into_owned()).await {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

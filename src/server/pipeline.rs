@@ -1,0 +1,213 @@
+//! The request path, top to bottom: canonicalise → match route → authenticate
+//! → authorize → forward. Each phase either hands the next one what it needs or
+//! ends the request with a [`GatewayError`].
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::{Method, Request, Response, Version};
+use hyper::body::Incoming;
+
+use crate::admin::metrics::Metrics;
+use crate::auth::{authorize, Authenticator, VerifiedToken};
+use crate::config::{Access, Config, Route};
+use crate::error::GatewayError;
+use crate::proxy::{Body, ClientInfo, Forwarder};
+use crate::routes::{canonicalize, Lookup, RouteTable};
+
+/// Everything a request needs, built once from a validated [`Config`].
+pub struct Gateway {
+    routes: RouteTable<Route>,
+    auth: Authenticator,
+    forwarder: Forwarder,
+    metrics: Arc<Metrics>,
+}
+
+/// Route label for requests that matched no route.
+const UNMATCHED: &str = "unmatched";
+
+impl Gateway {
+    /// Builds the runtime from a config (no network I/O happens here).
+    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let auth = Authenticator::new(
+            config.issuers,
+            config.identity_claims,
+            config.cache_max_entries,
+            Arc::clone(&metrics),
+        )?;
+        let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
+        Ok(Self {
+            routes: config.routes,
+            auth,
+            forwarder,
+            metrics,
+        })
+    }
+
+    /// The authenticator (readiness, refreshers, tests).
+    pub fn authenticator(&self) -> &Authenticator {
+        &self.auth
+    }
+
+    /// Handles one request end to end, and records its metrics and access log.
+    pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> Response<Body> {
+        let started = Instant::now();
+        let method = method_label(request.method());
+        let (route, outcome) = self.pipeline(request, client).await;
+        let (response, reason) = match outcome {
+            Ok(response) => (response, "ok"),
+            Err(error) => {
+                let reason = error.reason();
+                (error.into_response(), reason)
+            }
+        };
+        let route_name = route.map_or(UNMATCHED, |r| &r.name);
+        let status = response.status();
+        let elapsed = started.elapsed();
+        self.metrics
+            .requests
+            .with_label_values(&[route_name, method, status.as_str()])
+            .inc();
+        self.metrics
+            .request_duration
+            .with_label_values(&[route_name])
+            .observe(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "scopegate::access",
+            route = route_name,
+            method,
+            status = status.as_u16(),
+            reason,
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
+        response
+    }
+
+    /// The phases. Returns the matched route (for labels) and the outcome.
+    async fn pipeline<'a>(
+        &'a self,
+        request: Request<Incoming>,
+        client: ClientInfo,
+    ) -> (Option<&'a Route>, Result<Response<Body>, GatewayError>) {
+        if let Err(e) = check_framing(&request) {
+            return (None, Err(e));
+        }
+
+        // 1. Canonicalise the path.
+        let path = match canonicalize(request.uri().path()) {
+            Ok(path) => path,
+            Err(e) => return (None, Err(GatewayError::BadPath(e))),
+        };
+
+        // 2. Match a route.
+        let route = match self.routes.lookup(request.method(), &path) {
+            Lookup::Matched(route) => route,
+            Lookup::MethodNotAllowed { allow } => {
+                return (
+                    None,
+                    Err(GatewayError::MethodNotAllowed {
+                        allow: allow.clone(),
+                    }),
+                )
+            }
+            Lookup::NotFound => return (None, Err(GatewayError::RouteNotFound)),
+        };
+
+        // 3. Authenticate (bearer routes only).
+        let identity = match self.authenticate(route, &request).await {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.decision("-", "deny", e.reason());
+                return (Some(route), Err(e));
+            }
+        };
+
+        // 4. Authorize: the only way to obtain a Permit.
+        let issuer = identity
+            .as_ref()
+            .map_or("-", |t| self.auth.issuer_name(t.issuer));
+        let permit = match authorize(route, identity.clone()) {
+            Ok(permit) => permit,
+            Err(e) => {
+                self.decision(issuer, "deny", e.reason());
+                return (Some(route), Err(e));
+            }
+        };
+        self.decision(
+            issuer,
+            "allow",
+            if identity.is_some() { "ok" } else { "public" },
+        );
+
+        // 5. Forward.
+        let path = path.into_owned();
+        let result = self.forwarder.forward(permit, request, &path, client).await;
+        (Some(route), result)
+    }
+
+    async fn authenticate(
+        &self,
+        route: &Route,
+        request: &Request<Incoming>,
+    ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
+        match &route.access {
+            Access::Public => Ok(None),
+            Access::Bearer { issuers, .. } => self
+                .auth
+                .authenticate(request.headers(), issuers.as_deref())
+                .await
+                .map(Some),
+        }
+    }
+
+    fn decision(&self, issuer: &str, decision: &str, reason: &str) {
+        self.metrics
+            .auth_decisions
+            .with_label_values(&[issuer, decision, reason])
+            .inc();
+    }
+}
+
+/// Refuses requests whose framing or target is ambiguous: both Content-Length
+/// and Transfer-Encoding, repeated Content-Length, or a missing, repeated or
+/// malformed Host on HTTP/1.1.
+fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
+    let headers = request.headers();
+    let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
+    if lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
+        return Err(GatewayError::AmbiguousFraming);
+    }
+    let mut hosts = headers.get_all(HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => return Err(GatewayError::BadHost),
+        (Some(host), None) => {
+            let valid = std::str::from_utf8(host.as_bytes())
+                .ok()
+                .and_then(|h| h.parse::<http::uri::Authority>().ok())
+                .is_some_and(|a| a.as_str().find('@').is_none() && !a.host().is_empty());
+            if !valid {
+                return Err(GatewayError::BadHost);
+            }
+        }
+        (None, None) if request.version() == Version::HTTP_11 => return Err(GatewayError::BadHost),
+        _ => {}
+    }
+    Ok(())
+}
+
+/// A bounded label for the method: extension methods are "other".
+fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        Method::CONNECT => "CONNECT",
+        Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}

@@ -1,0 +1,470 @@
+//! Shared helpers for integration tests: an in-process recording upstream, a
+//! controllable JWKS server, token minting, and a gateway on port-0 listeners.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use scopegate::demo::SigningKey;
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+
+pub const ISSUER: &str = "https://idp.test";
+pub const AUDIENCE: &str = "orders-api";
+
+/// One request as the upstream saw it.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: HeaderMap,
+    pub body_len: usize,
+}
+
+/// How the upstream answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamMode {
+    /// 200 with a small JSON echo.
+    Echo,
+    /// Never answers (for timeouts).
+    Hang,
+}
+
+/// A recording upstream on 127.0.0.1:0.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    mode: Arc<Mutex<UpstreamMode>>,
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let mode = Arc::new(Mutex::new(UpstreamMode::Echo));
+        let (s, m) = (Arc::clone(&seen), Arc::clone(&mode));
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (seen, mode) = (Arc::clone(&s), Arc::clone(&m));
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<Incoming>| {
+                        let (seen, mode) = (Arc::clone(&seen), Arc::clone(&mode));
+                        async move {
+                            let (parts, body) = req.into_parts();
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            let record = Seen {
+                                method: parts.method.to_string(),
+                                path_and_query: parts
+                                    .uri
+                                    .path_and_query()
+                                    .map_or("/".into(), |p| p.to_string()),
+                                headers: parts.headers.clone(),
+                                body_len: body.len(),
+                            };
+                            seen.lock().unwrap().push(record.clone());
+                            let current = *mode.lock().unwrap();
+                            if current == UpstreamMode::Hang {
+                                tokio::time::sleep(Duration::from_secs(3600)).await;
+                            }
+                            let echo = serde_json::json!({
+                                "path": record.path_and_query,
+                                "body_len": record.body_len,
+                            });
+                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
+                                echo.to_string(),
+                            ))))
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self { addr, seen, mode }
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("the upstream saw no request")
+    }
+
+    pub fn set_mode(&self, mode: UpstreamMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+/// How the JWKS server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksMode {
+    /// 200 with the current document.
+    Serve,
+    /// 500.
+    Fail,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// Never answers.
+    Hang,
+}
+
+/// A JWKS endpoint whose document and behaviour tests can change.
+pub struct JwksServer {
+    pub addr: SocketAddr,
+    document: Arc<Mutex<String>>,
+    mode: Arc<Mutex<JwksMode>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+impl JwksServer {
+    pub async fn start(document: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let document = Arc::new(Mutex::new(document.to_owned()));
+        let mode = Arc::new(Mutex::new(JwksMode::Serve));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (d, m, f) = (
+            Arc::clone(&document),
+            Arc::clone(&mode),
+            Arc::clone(&fetches),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (d, m, f) = (Arc::clone(&d), Arc::clone(&m), Arc::clone(&f));
+                tokio::spawn(async move {
+                    let service = service_fn(move |_req: Request<Incoming>| {
+                        let (d, m, f) = (Arc::clone(&d), Arc::clone(&m), Arc::clone(&f));
+                        async move {
+                            f.fetch_add(1, Ordering::SeqCst);
+                            let mode = m.lock().unwrap().clone();
+                            let (status, body) = match mode {
+                                JwksMode::Serve => (StatusCode::OK, d.lock().unwrap().clone()),
+                                JwksMode::Fail => {
+                                    (StatusCode::INTERNAL_SERVER_ERROR, "oops".to_owned())
+                                }
+                                JwksMode::Garbage => (StatusCode::OK, "<html>not json".to_owned()),
+                                JwksMode::Hang => {
+                                    tokio::time::sleep(Duration::from_secs(3600)).await;
+                                    (StatusCode::OK, String::new())
+                                }
+                            };
+                            let mut r = Response::new(Full::new(Bytes::from(body)));
+                            *r.status_mut() = status;
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+        Self {
+            addr,
+            document,
+            mode,
+            fetches,
+        }
+    }
+
+    pub fn uri(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    pub fn set_document(&self, document: &str) {
+        *self.document.lock().unwrap() = document.to_owned();
+    }
+
+    pub fn set_mode(&self, mode: JwksMode) {
+        *self.mode.lock().unwrap() = mode;
+    }
+
+    pub fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+/// Merges the `keys` arrays of several JWKS documents.
+pub fn merge_jwks(documents: &[&str]) -> String {
+    let mut keys = Vec::new();
+    for d in documents {
+        let v: serde_json::Value = serde_json::from_str(d).unwrap();
+        keys.extend(v["keys"].as_array().unwrap().iter().cloned());
+    }
+    serde_json::json!({ "keys": keys }).to_string()
+}
+
+pub fn now() -> u64 {
+    scopegate::auth::jwt::now_unix()
+}
+
+/// Standard valid claims with the given scope.
+pub fn claims(scope: &str) -> serde_json::Value {
+    let now = now();
+    serde_json::json!({
+        "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "client_id": "billing",
+        "scope": scope, "iat": now, "exp": now + 600,
+    })
+}
+
+/// A running gateway with its shutdown trigger.
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: tokio::task::JoinHandle<Result<(), scopegate::server::ServerError>>,
+}
+
+impl Gateway {
+    /// Starts scopegate with this YAML (listen addresses are replaced by port 0).
+    pub async fn start(yaml: &str) -> Self {
+        Self::try_start(yaml).await.unwrap()
+    }
+
+    pub async fn try_start(yaml: &str) -> Result<Self, scopegate::config::ConfigError> {
+        scopegate::cli::install_crypto_provider();
+        let config = scopegate::config::load_str("test.yaml", Path::new("."), yaml)?;
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(scopegate::server::run(
+            config,
+            listener,
+            admin_listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        let gateway = Self {
+            addr,
+            admin,
+            stop: Some(stop),
+            task,
+        };
+        gateway.wait_ready().await;
+        Ok(gateway)
+    }
+
+    /// Polls /readyz until it answers 200 (bounded).
+    pub async fn wait_ready(&self) {
+        for _ in 0..200 {
+            if let Ok(r) = get(&format!("http://{}/readyz", self.admin), &[]).await {
+                if r.status == 200 {
+                    return;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway never became ready");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{}", self.addr, path)
+    }
+
+    /// Triggers shutdown (SIGTERM equivalent).
+    pub fn trigger_shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+
+    pub async fn metrics(&self) -> String {
+        get(&format!("http://{}/metrics", self.admin), &[])
+            .await
+            .unwrap()
+            .text()
+    }
+}
+
+/// A response, fully read.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl Reply {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or(serde_json::Value::Null)
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    pub fn www_authenticate(&self) -> String {
+        self.header("www-authenticate").unwrap_or_default()
+    }
+}
+
+pub async fn send(
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Result<Reply, String> {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let mut builder = Request::builder().method(method).uri(url);
+    for (k, v) in headers {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(Full::new(body)).map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .map_err(|_| "client timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    let status = response.status().as_u16();
+    let headers = response.headers().clone();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok(Reply {
+        status,
+        headers,
+        body,
+    })
+}
+
+pub async fn get(url: &str, headers: &[(&str, &str)]) -> Result<Reply, String> {
+    send("GET", url, headers, Bytes::new()).await
+}
+
+/// GET with `Authorization: Bearer <token>`.
+pub async fn get_with_token(url: &str, token: &str) -> Reply {
+    let auth = format!("Bearer {token}");
+    get(url, &[("authorization", &auth)]).await.unwrap()
+}
+
+/// Sends raw bytes and reads until the server closes or `limit` bytes arrive.
+pub async fn raw(addr: SocketAddr, request: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// A standard test setup: one ES256 key, its JWKS server, a recording upstream.
+pub struct World {
+    pub key: SigningKey,
+    pub jwks: JwksServer,
+    pub upstream: Upstream,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        let key = SigningKey::generate("key-1").unwrap();
+        let jwks = JwksServer::start(key.jwks()).await;
+        let upstream = Upstream::start().await;
+        Self {
+            key,
+            jwks,
+            upstream,
+        }
+    }
+
+    pub fn token(&self, scope: &str) -> String {
+        self.key.mint(&claims(scope)).unwrap()
+    }
+
+    /// The standard config: `/orders/{id}` (GET, orders:read), `/orders/{*rest}`
+    /// (POST/PUT/DELETE, any of orders:write/orders:admin), `/status` public,
+    /// `/admin` (admin), `/admin/{*rest}` (admin).
+    pub fn config(&self) -> String {
+        self.config_with("")
+    }
+
+    /// The standard config with extra top-level YAML appended to the issuer
+    /// (indented 4 spaces, e.g. "    jwks_refetch_cooldown: 1h\n").
+    pub fn config_with(&self, issuer_extra: &str) -> String {
+        format!(
+            r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+admin:
+  listen: 127.0.0.1:0
+issuers:
+  - name: test
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {jwks}
+    algorithms: [ES256]
+    leeway: 30s
+{issuer_extra}upstreams:
+  app:
+    url: http://{upstream}
+    connect_timeout: 1s
+    request_timeout: 2s
+routes:
+  - path: /orders/{{id}}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /orders/{{*rest}}
+    methods: [POST, PUT, DELETE]
+    upstream: app
+    any_scopes: [orders:write, orders:admin]
+  - path: /status
+    upstream: app
+    auth: none
+  - path: /admin
+    upstream: app
+    scopes: [admin]
+  - path: /admin/{{*rest}}
+    upstream: app
+    scopes: [admin]
+"#,
+            jwks = self.jwks.uri(),
+            upstream = self.upstream.addr,
+        )
+    }
+}
