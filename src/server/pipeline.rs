@@ -85,11 +85,11 @@ impl Gateway {
     }
 
     /// The phases. Returns the matched route (for labels) and the outcome.
-    async fn pipeline<'a>(
-        &'a self,
+    async fn pipeline(
+        &self,
         request: Request<Incoming>,
         client: ClientInfo,
-    ) -> (Option<&'a Route>, Result<Response<Body>, GatewayError>) {
+    ) -> (Option<&Route>, Result<Response<Body>, GatewayError>) {
         if let Err(e) = check_framing(&request) {
             return (None, Err(e));
         }
