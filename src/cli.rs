@@ -226,7 +226,9 @@ pub fn describe_routes(config: &Config) -> String {
             .map_or("?", |u| &u.name);
         let access = match &route.access {
             Access::Public => "public".to_owned(),
-            Access::Bearer { scopes, issuers } => {
+            Access::Bearer {
+                scopes, issuers, ..
+            } => {
                 let mut s = format!("bearer [{}]", scopes.describe());
                 if let Some(issuers) = issuers {
                     let names: Vec<&str> = issuers

@@ -2,6 +2,7 @@
 //! maps to. `reason()` is the bounded label used in logs and metrics.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
@@ -48,12 +49,15 @@ pub enum GatewayError {
     /// The token is valid but lacks the route's scopes.
     #[error("insufficient scope")]
     InsufficientScope {
-        /// Precomputed `WWW-Authenticate` value with the required scopes.
-        challenge: HeaderValue,
+        /// The required scopes, space-separated, for the challenge.
+        scopes: Arc<str>,
     },
     /// The issuer's keys are not available yet (startup, IdP down before first fetch).
     #[error("issuer keys unavailable")]
     KeysUnavailable,
+    /// The introspection endpoint gave no usable answer (fail closed).
+    #[error("introspection unavailable")]
+    IntrospectionUnavailable,
     /// The upstream refused or dropped the connection.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -76,6 +80,7 @@ impl GatewayError {
             Self::InvalidToken(e) => e.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::KeysUnavailable => "keys_unavailable",
+            Self::IntrospectionUnavailable => "introspection_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
@@ -91,7 +96,9 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -129,6 +136,10 @@ impl GatewayError {
                 "temporarily_unavailable",
                 "the token issuer's keys are not available yet",
             ),
+            Self::IntrospectionUnavailable => (
+                "temporarily_unavailable",
+                "the token could not be checked with its issuer; retry later",
+            ),
             Self::UpstreamUnavailable => ("bad_gateway", "the upstream is unavailable"),
             Self::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
         }
@@ -136,7 +147,7 @@ impl GatewayError {
 
     /// Renders the response: status, JSON body, and the RFC 6750 challenge where
     /// the failure is about the bearer token.
-    pub fn into_response(self) -> Response<Body> {
+    pub fn into_response(self, challenge: &ChallengeContext) -> Response<Body> {
         let status = self.status();
         let (code, description) = self.code_and_description();
         let body = serde_json::json!({ "error": code, "error_description": description });
@@ -150,23 +161,30 @@ impl GatewayError {
         );
         match &self {
             Self::MissingToken => {
-                headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(BARE_CHALLENGE));
+                headers.insert(WWW_AUTHENTICATE, challenge.bare.clone());
             }
             Self::InvalidRequest(_) | Self::InvalidToken(_) => {
-                let challenge = format!(
-                    "Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{description}\""
+                let value = format!(
+                    "Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{description}\"{}",
+                    challenge.suffix
                 );
-                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                if let Ok(v) = HeaderValue::from_str(&value) {
                     headers.insert(WWW_AUTHENTICATE, v);
                 }
             }
-            Self::InsufficientScope { challenge } => {
-                headers.insert(WWW_AUTHENTICATE, challenge.clone());
+            Self::InsufficientScope { scopes } => {
+                let value = format!(
+                    "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{scopes}\"{}",
+                    challenge.suffix
+                );
+                if let Ok(v) = HeaderValue::from_str(&value) {
+                    headers.insert(WWW_AUTHENTICATE, v);
+                }
             }
             Self::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow.clone());
             }
-            Self::KeysUnavailable => {
+            Self::KeysUnavailable | Self::IntrospectionUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Self::AmbiguousFraming | Self::BadHost => {
@@ -178,13 +196,30 @@ impl GatewayError {
     }
 }
 
-/// The challenge for a request without credentials (RFC 6750 3.1).
-pub const BARE_CHALLENGE: &str = "Bearer realm=\"scopegate\"";
+/// What every `WWW-Authenticate` challenge carries besides the error: the
+/// realm and, when configured, RFC 9728's `resource_metadata` URL.
+#[derive(Debug, Clone)]
+pub struct ChallengeContext {
+    /// `Bearer realm="scopegate"[, resource_metadata="..."]`.
+    bare: HeaderValue,
+    /// `, resource_metadata="..."` or empty.
+    suffix: String,
+}
 
-/// Builds the `insufficient_scope` challenge for a set of required scopes.
-pub fn insufficient_scope_challenge(scopes: &str) -> Option<HeaderValue> {
-    HeaderValue::from_str(&format!(
-        "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"the token does not grant the scopes this route requires\", scope=\"{scopes}\""
-    ))
-    .ok()
+impl ChallengeContext {
+    /// Challenges that name a protected resource metadata URL, if any.
+    pub fn new(resource_metadata_url: Option<&str>) -> Self {
+        let suffix = resource_metadata_url
+            .map(|url| format!(", resource_metadata=\"{url}\""))
+            .unwrap_or_default();
+        let bare = HeaderValue::from_str(&format!("Bearer realm=\"{REALM}\"{suffix}"))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer realm=\"scopegate\""));
+        Self { bare, suffix }
+    }
+}
+
+impl Default for ChallengeContext {
+    fn default() -> Self {
+        Self::new(None)
+    }
 }

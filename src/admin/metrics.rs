@@ -16,10 +16,18 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     /// `scopegate_auth_decisions_total{issuer,decision,reason}`.
     pub auth_decisions: IntCounterVec,
-    /// `scopegate_token_cache_requests_total{result="hit"}`.
+    /// `scopegate_token_cache_requests_total{kind="jwt",result="hit"}`.
     pub token_cache_hits: IntCounter,
-    /// `scopegate_token_cache_requests_total{result="miss"}`.
+    /// `scopegate_token_cache_requests_total{kind="jwt",result="miss"}`.
     pub token_cache_misses: IntCounter,
+    /// `scopegate_token_cache_requests_total{kind="introspection",result="hit"}`.
+    pub token_cache_introspection_hits: IntCounter,
+    /// `scopegate_token_cache_requests_total{kind="introspection",result="miss"}`.
+    pub token_cache_introspection_misses: IntCounter,
+    /// `scopegate_introspection_requests_total{issuer,result}`.
+    pub introspection_requests: IntCounterVec,
+    /// `scopegate_introspection_duration_seconds{issuer}`.
+    pub introspection_duration: HistogramVec,
     /// `scopegate_jwks_fetches_total{issuer,result}`.
     pub jwks_fetches: IntCounterVec,
     /// `scopegate_upstream_errors_total{upstream,kind}`.
@@ -60,9 +68,26 @@ impl Metrics {
         let cache = IntCounterVec::new(
             Opts::new(
                 "scopegate_token_cache_requests_total",
-                "Verified-token cache lookups by result",
+                "Verified-token cache lookups by token kind and result",
             ),
-            &["result"],
+            &["kind", "result"],
+        )?;
+        let introspection_requests = IntCounterVec::new(
+            Opts::new(
+                "scopegate_introspection_requests_total",
+                "Introspection calls by issuer and result",
+            ),
+            &["issuer", "result"],
+        )?;
+        let introspection_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "scopegate_introspection_duration_seconds",
+                "Introspection call latency by issuer",
+            )
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+            ]),
+            &["issuer"],
         )?;
         let jwks_fetches = IntCounterVec::new(
             Opts::new(
@@ -87,9 +112,15 @@ impl Metrics {
         registry.register(Box::new(jwks_fetches.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(introspection_requests.clone()))?;
+        registry.register(Box::new(introspection_duration.clone()))?;
         Ok(Self {
-            token_cache_hits: cache.with_label_values(&["hit"]),
-            token_cache_misses: cache.with_label_values(&["miss"]),
+            token_cache_hits: cache.with_label_values(&["jwt", "hit"]),
+            token_cache_misses: cache.with_label_values(&["jwt", "miss"]),
+            token_cache_introspection_hits: cache.with_label_values(&["introspection", "hit"]),
+            token_cache_introspection_misses: cache.with_label_values(&["introspection", "miss"]),
+            introspection_requests,
+            introspection_duration,
             registry,
             requests,
             request_duration,

@@ -1,7 +1,7 @@
 //! Issuer key sets: parsing JWKS documents, fetching and refreshing them, and
 //! refetching on unknown `kid`s without letting a flood of kids flood the IdP.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -212,10 +212,13 @@ pub struct IssuerKeys {
     issuer_name: Arc<str>,
     current: ArcSwapOption<KeySet>,
     remote: Option<RemoteSource>,
+    /// False when the issuer has no keys at all (introspection only).
+    needed: AtomicBool,
 }
 
 struct RemoteSource {
-    uri: Uri,
+    /// Set from the config, or later by discovery.
+    uri: ArcSwapOption<Uri>,
     client: HttpsClient<Empty<Bytes>>,
     timeout: Duration,
     cooldown: Duration,
@@ -263,13 +266,25 @@ impl IssuerKeys {
             issuer_name,
             current: ArcSwapOption::new(Some(keys)),
             remote: None,
+            needed: AtomicBool::new(true),
         }
     }
 
-    /// Keys fetched from `uri`; empty until the first successful fetch.
+    /// No keys: the issuer's tokens are only introspected.
+    pub fn absent(issuer_name: Arc<str>) -> Self {
+        Self {
+            issuer_name,
+            current: ArcSwapOption::empty(),
+            remote: None,
+            needed: AtomicBool::new(false),
+        }
+    }
+
+    /// Keys fetched from `uri` (or from a URL discovery sets later); empty
+    /// until the first successful fetch.
     pub fn remote(
         issuer_name: Arc<str>,
-        uri: Uri,
+        uri: Option<Uri>,
         ca_file: Option<&std::path::Path>,
         timeout: Duration,
         cooldown: Duration,
@@ -279,8 +294,9 @@ impl IssuerKeys {
         Ok(Self {
             issuer_name,
             current: ArcSwapOption::empty(),
+            needed: AtomicBool::new(true),
             remote: Some(RemoteSource {
-                uri,
+                uri: ArcSwapOption::new(uri.map(Arc::new)),
                 client,
                 timeout,
                 cooldown,
@@ -300,6 +316,37 @@ impl IssuerKeys {
     /// True once keys are available.
     pub fn is_loaded(&self) -> bool {
         self.current.load().is_some()
+    }
+
+    /// True when keys are loaded or not needed.
+    pub fn is_ready(&self) -> bool {
+        !self.needed.load(Ordering::Acquire) || self.is_loaded()
+    }
+
+    /// Sets the JWKS URL found by discovery; `None` means the issuer publishes
+    /// no keys, so none are needed.
+    pub fn set_discovered_uri(&self, uri: Option<Uri>) {
+        match (&self.remote, uri) {
+            (Some(remote), Some(uri)) => {
+                if remote.uri.load().is_none() {
+                    remote.uri.store(Some(Arc::new(uri)));
+                }
+            }
+            (Some(remote), None) if remote.uri.load().is_none() => {
+                self.needed.store(false, Ordering::Release);
+            }
+            _ => {}
+        }
+    }
+
+    /// True when the issuer has (or will have) keys to verify JWTs with.
+    pub fn publishes_keys(&self) -> bool {
+        self.needed.load(Ordering::Acquire)
+    }
+
+    /// Whether a JWKS URL is known (so the refresher has work).
+    pub fn has_uri(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.uri.load().is_some())
     }
 
     /// Whether the keys come from a URL (and so need a refresher).
@@ -371,7 +418,8 @@ impl IssuerKeys {
         &self,
         remote: &RemoteSource,
     ) -> Result<(KeySet, Option<Duration>), FetchResult> {
-        let request = Request::get(remote.uri.clone())
+        let uri = remote.uri.load_full().ok_or(FetchResult::NetworkError)?;
+        let request = Request::get((*uri).clone())
             .header(
                 http::header::ACCEPT,
                 "application/jwk-set+json, application/json",

@@ -7,6 +7,8 @@
 
 pub mod bearer;
 pub mod cache;
+pub mod discovery;
+pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
@@ -23,6 +25,7 @@ use crate::admin::metrics::Metrics;
 use crate::config::{Issuer, KeySource, ScopeClaim};
 use crate::error::GatewayError;
 use cache::TokenCache;
+use introspect::{Introspector, IssuerFacts};
 use jwks::{IssuerKeys, KeySet};
 use jwt::TokenError;
 pub use scope::{authorize, Permit, Scopes};
@@ -47,6 +50,10 @@ pub struct VerifiedToken {
 
 struct IssuerRuntime {
     name: Arc<str>,
+    issuer: String,
+    discovery: bool,
+    discovered: std::sync::atomic::AtomicBool,
+    introspector: Option<Arc<Introspector>>,
     audiences: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway_secs: u64,
@@ -60,7 +67,7 @@ pub struct Authenticator {
     issuers: Vec<IssuerRuntime>,
     by_iss: HashMap<String, usize>,
     cache: TokenCache,
-    identity_claims: Vec<String>,
+    identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
 }
 
@@ -72,23 +79,44 @@ impl Authenticator {
         cache_max_entries: u64,
         metrics: Arc<Metrics>,
     ) -> Result<Self, String> {
+        let identity_claims: Arc<[String]> = identity_claims.into();
         let mut runtime = Vec::with_capacity(issuers.len());
         let mut by_iss = HashMap::new();
         for (index, issuer) in issuers.into_iter().enumerate() {
-            let keys = match issuer.keys {
-                KeySource::Static(set) => IssuerKeys::fixed(Arc::clone(&issuer.name), set),
-                KeySource::Remote(uri) => IssuerKeys::remote(
-                    Arc::clone(&issuer.name),
-                    uri,
-                    issuer.ca_file.as_deref(),
-                    issuer.jwks_timeout,
-                    issuer.jwks_refetch_cooldown,
-                    issuer.jwks_refresh_interval,
-                )
-                .map_err(|e| format!("issuer {}: {e}", issuer.name))?,
+            let keys = match &issuer.keys {
+                KeySource::Static(set) => {
+                    IssuerKeys::fixed(Arc::clone(&issuer.name), Arc::clone(set))
+                }
+                KeySource::None => IssuerKeys::absent(Arc::clone(&issuer.name)),
+                KeySource::Remote(uri) => remote_keys(&issuer, Some(uri.clone()))?,
+                KeySource::Discovered => remote_keys(&issuer, None)?,
+            };
+            let introspector = match issuer.introspection {
+                Some(settings) => Some(Arc::new(
+                    Introspector::new(
+                        IssuerFacts {
+                            index,
+                            name: Arc::clone(&issuer.name),
+                            issuer: issuer.issuer.clone(),
+                            audiences: issuer.audiences.clone(),
+                            leeway_secs: issuer.leeway_secs,
+                            scope_claim: issuer.scope_claim,
+                        },
+                        settings,
+                        cache_max_entries,
+                        Arc::clone(&identity_claims),
+                        Arc::clone(&metrics),
+                    )
+                    .map_err(|e| format!("issuer {}: {e}", issuer.name))?,
+                )),
+                None => None,
             };
             by_iss.insert(issuer.issuer.clone(), index);
             runtime.push(IssuerRuntime {
+                issuer: issuer.issuer,
+                discovery: issuer.discovery,
+                discovered: std::sync::atomic::AtomicBool::new(false),
+                introspector,
                 name: issuer.name,
                 audiences: issuer.audiences,
                 algorithms: issuer.algorithms,
@@ -107,22 +135,87 @@ impl Authenticator {
         })
     }
 
-    /// Starts one key refresher per remote issuer; they stop when `shutdown` changes.
-    pub fn spawn_refreshers(&self, shutdown: &tokio::sync::watch::Receiver<bool>) {
-        for issuer in &self.issuers {
-            if issuer.keys.is_remote() {
-                tokio::spawn(jwks::run_refresher(
-                    Arc::clone(&issuer.keys),
-                    Arc::clone(&self.metrics),
-                    shutdown.clone(),
-                ));
-            }
+    /// Starts the background work: discovery (retried with backoff until it
+    /// succeeds) and one key refresher per remote issuer. Everything stops
+    /// when `shutdown` changes.
+    pub fn spawn_background(self: &Arc<Self>, shutdown: &tokio::sync::watch::Receiver<bool>) {
+        for index in 0..self.issuers.len() {
+            let this = Arc::clone(self);
+            let mut stop = shutdown.clone();
+            tokio::spawn(async move {
+                let Some(issuer) = this.issuers.get(index) else {
+                    return;
+                };
+                if issuer.discovery && !this.discover_until_done(issuer, &mut stop).await {
+                    return;
+                }
+                if issuer.keys.has_uri() {
+                    jwks::run_refresher(Arc::clone(&issuer.keys), Arc::clone(&this.metrics), stop)
+                        .await;
+                }
+            });
         }
     }
 
-    /// True when every issuer has keys.
+    async fn discover_until_done(
+        &self,
+        issuer: &IssuerRuntime,
+        stop: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> bool {
+        let client = match crate::proxy::client::build_https_client(
+            None,
+            Duration::from_secs(5),
+            1,
+            false,
+        ) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(issuer = %issuer.name, error = %e, "discovery client setup failed");
+                return false;
+            }
+        };
+        let mut backoff = Duration::from_millis(250);
+        loop {
+            let attempt = tokio::time::timeout(
+                Duration::from_secs(10),
+                discovery::discover(&issuer.issuer, &client),
+            )
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+            match attempt {
+                Ok(metadata) => {
+                    tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
+                    issuer.keys.set_discovered_uri(metadata.jwks_uri);
+                    if let (Some(introspector), Some(endpoint)) =
+                        (&issuer.introspector, metadata.introspection_endpoint)
+                    {
+                        introspector.set_discovered_endpoint(endpoint);
+                    }
+                    issuer
+                        .discovered
+                        .store(true, std::sync::atomic::Ordering::Release);
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(issuer = %issuer.name, error = %e, retry_in = ?backoff, "issuer discovery failed; not ready");
+                }
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = stop.changed() => return false,
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(30));
+        }
+    }
+
+    /// True when every issuer is usable: discovered, keys loaded, and an
+    /// introspection endpoint known, as configured.
     pub fn is_ready(&self) -> bool {
-        self.issuers.iter().all(|i| i.keys.is_loaded())
+        self.issuers.iter().all(|i| {
+            (!i.discovery || i.discovered.load(std::sync::atomic::Ordering::Acquire))
+                && i.keys.is_ready()
+                && i.introspector.as_ref().is_none_or(|x| x.is_ready())
+        })
     }
 
     /// Name of an issuer by index (metrics).
@@ -142,6 +235,7 @@ impl Authenticator {
         &self,
         headers: &HeaderMap,
         accepted: Option<&[usize]>,
+        introspector: Option<usize>,
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
         let token = bearer::extract(headers)?;
         let key = cache::digest(token);
@@ -150,12 +244,15 @@ impl Authenticator {
                 self.metrics.token_cache_hits.inc();
                 hit
             }
-            None => {
-                self.metrics.token_cache_misses.inc();
-                let fresh = Arc::new(self.verify(token).await?);
-                self.cache.insert(key, Arc::clone(&fresh)).await;
-                fresh
-            }
+            None => match self.verify_or_introspect(token, key, introspector).await? {
+                Verified::Jwt(fresh) => {
+                    self.metrics.token_cache_misses.inc();
+                    let fresh = Arc::new(fresh);
+                    self.cache.insert(key, Arc::clone(&fresh)).await;
+                    fresh
+                }
+                Verified::Introspected(token) => token,
+            },
         };
         if let Some(accepted) = accepted {
             if !accepted.contains(&verified.issuer) {
@@ -165,9 +262,59 @@ impl Authenticator {
         Ok(verified)
     }
 
+    /// JWTs are verified locally; anything that is not a compact JWS, and JWTs
+    /// of an issuer that has no keys, go to the route's introspecting issuer.
+    async fn verify_or_introspect(
+        &self,
+        token: &str,
+        digest: cache::TokenDigest,
+        route_introspector: Option<usize>,
+    ) -> Result<Verified, GatewayError> {
+        let introspect_with = |index: usize| {
+            self.issuers
+                .get(index)
+                .and_then(|i| i.introspector.as_ref())
+                .map(Arc::clone)
+        };
+        let jwt = match jwt::parse_compact(token) {
+            Ok(jwt) => jwt,
+            Err(e) => {
+                return match route_introspector.and_then(introspect_with) {
+                    Some(introspector) => Ok(Verified::Introspected(
+                        introspector.introspect(token, digest).await?,
+                    )),
+                    None => Err(GatewayError::InvalidToken(e)),
+                };
+            }
+        };
+        if let Some(Value::String(iss)) = jwt.claims.get("iss") {
+            if let Some(&index) = self.by_iss.get(iss.as_str()) {
+                let keyless = self
+                    .issuers
+                    .get(index)
+                    .is_some_and(|i| !i.keys.publishes_keys() && i.introspector.is_some());
+                if keyless && route_introspector == Some(index) {
+                    if let Some(introspector) = introspect_with(index) {
+                        return Ok(Verified::Introspected(
+                            introspector.introspect(token, digest).await?,
+                        ));
+                    }
+                }
+            }
+        }
+        self.verify_parsed(jwt).await.map(Verified::Jwt)
+    }
+
     /// Verifies a compact JWS from scratch (no cache).
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, GatewayError> {
         let jwt = jwt::parse_compact(token).map_err(GatewayError::InvalidToken)?;
+        self.verify_parsed(jwt).await
+    }
+
+    async fn verify_parsed(
+        &self,
+        jwt: jwt::UnverifiedJwt<'_>,
+    ) -> Result<VerifiedToken, GatewayError> {
         let invalid = GatewayError::InvalidToken;
         let index = match jwt.claims.get("iss") {
             Some(Value::String(iss)) => *self
@@ -205,19 +352,54 @@ impl Authenticator {
             jwt::check_lifetime(&jwt.claims, now, issuer.leeway_secs).map_err(invalid)?;
         jwt::check_audience(&jwt.claims, &issuer.audiences).map_err(invalid)?;
         let scopes = read_scopes(&jwt.claims, issuer.scope_claim).map_err(invalid)?;
-        let identity_values = self
-            .identity_claims
-            .iter()
-            .map(|claim| identity_value(&jwt.claims, claim, &scopes))
-            .collect();
         let remaining = Duration::from_secs(lifetime.expires_at.saturating_sub(now));
-        Ok(VerifiedToken {
-            issuer: index,
+        Ok(build_verified(
+            index,
+            &jwt.claims,
             scopes,
-            expires_at: lifetime.expires_at,
-            cache_until: Instant::now() + remaining,
-            identity_values,
-        })
+            lifetime.expires_at,
+            Instant::now() + remaining,
+            &self.identity_claims,
+        ))
+    }
+}
+
+fn remote_keys(issuer: &Issuer, uri: Option<http::Uri>) -> Result<IssuerKeys, String> {
+    IssuerKeys::remote(
+        Arc::clone(&issuer.name),
+        uri,
+        issuer.ca_file.as_deref(),
+        issuer.jwks_timeout,
+        issuer.jwks_refetch_cooldown,
+        issuer.jwks_refresh_interval,
+    )
+    .map_err(|e| format!("issuer {}: {e}", issuer.name))
+}
+
+enum Verified {
+    Jwt(VerifiedToken),
+    Introspected(Arc<VerifiedToken>),
+}
+
+/// Builds the cached result from checked claims.
+pub(crate) fn build_verified(
+    issuer: usize,
+    claims: &Map<String, Value>,
+    scopes: Scopes,
+    expires_at: u64,
+    cache_until: Instant,
+    identity_claims: &[String],
+) -> VerifiedToken {
+    let identity_values = identity_claims
+        .iter()
+        .map(|claim| identity_value(claims, claim, &scopes))
+        .collect();
+    VerifiedToken {
+        issuer,
+        scopes,
+        expires_at,
+        cache_until,
+        identity_values,
     }
 }
 
@@ -247,7 +429,10 @@ fn check_signature(
 
 /// Reads granted scopes: `scope` must be a string; `scp` a string or an array
 /// of strings. Absent means no scopes.
-fn read_scopes(claims: &Map<String, Value>, claim: ScopeClaim) -> Result<Scopes, TokenError> {
+pub(crate) fn read_scopes(
+    claims: &Map<String, Value>,
+    claim: ScopeClaim,
+) -> Result<Scopes, TokenError> {
     let name = match claim {
         ScopeClaim::Scope => "scope",
         ScopeClaim::Scp => "scp",

@@ -1,11 +1,9 @@
 //! Scope checks and the [`Permit`]: the only value that lets a request reach an
 //! upstream, and only this module can create it.
 
-use http::HeaderValue;
-
 use crate::auth::VerifiedToken;
 use crate::config::{Access, Route};
-use crate::error::{insufficient_scope_challenge, GatewayError};
+use crate::error::GatewayError;
 use std::sync::Arc;
 
 /// The scopes a route requires.
@@ -13,7 +11,8 @@ use std::sync::Arc;
 pub struct ScopeRequirement {
     all: Box<[Box<str>]>,
     any: Box<[Box<str>]>,
-    challenge: HeaderValue,
+    /// The scopes named in an `insufficient_scope` challenge.
+    listed: Arc<str>,
 }
 
 impl ScopeRequirement {
@@ -40,12 +39,10 @@ impl ScopeRequirement {
                 .collect::<Vec<_>>()
                 .join(" ")
         };
-        let challenge = insufficient_scope_challenge(&listed)
-            .ok_or_else(|| "scopes do not fit in a header".to_owned())?;
         Ok(Self {
             all: all.into_iter().map(String::into_boxed_str).collect(),
             any: any.into_iter().map(String::into_boxed_str).collect(),
-            challenge,
+            listed: Arc::from(listed),
         })
     }
 
@@ -154,7 +151,7 @@ pub fn authorize(
             };
             if !scopes.is_satisfied_by(&token.scopes) {
                 return Err(GatewayError::InsufficientScope {
-                    challenge: scopes.challenge.clone(),
+                    scopes: Arc::clone(&scopes.listed),
                 });
             }
             Ok(Permit {

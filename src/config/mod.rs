@@ -9,8 +9,8 @@ use std::path::Path;
 
 pub use load::ConfigError;
 pub use validate::{
-    Access, Config, ForwardPolicy, Issuer, KeySource, Route, ScopeClaim, ServerSettings, TlsFiles,
-    Upstream,
+    Access, ClientAuth, Config, ForwardPolicy, Introspection, Issuer, KeySource, ResourceMetadata,
+    Route, ScopeClaim, Secret, ServerSettings, TlsFiles, Upstream,
 };
 
 /// Reads, parses and validates a configuration file.

@@ -34,6 +34,9 @@ pub struct RawConfig {
     /// The route → scope map.
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
+    /// RFC 9728 protected resource metadata, served and advertised in challenges.
+    #[serde(default)]
+    pub resource: Option<Spanned<RawResource>>,
 }
 
 /// `server:`: the proxy listener.
@@ -149,6 +152,64 @@ pub struct RawIssuer {
     /// Timeout of one JWKS fetch.
     #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
     pub jwks_timeout: Duration,
+    /// RFC 7662 introspection for opaque tokens.
+    #[serde(default)]
+    pub introspection: Option<Spanned<RawIntrospection>>,
+    /// Fetch RFC 8414 / OpenID metadata for `jwks_uri` and the introspection endpoint.
+    #[serde(default)]
+    pub discovery: bool,
+}
+
+/// `issuers[].introspection`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawIntrospection {
+    /// The introspection endpoint; may come from discovery instead.
+    #[serde(default)]
+    pub endpoint: Option<Spanned<String>>,
+    /// scopegate's client id at the authorization server.
+    pub client_id: Spanned<String>,
+    /// File holding the client secret (a mounted Secret).
+    #[serde(default)]
+    pub client_secret_file: Option<Spanned<String>>,
+    /// Environment variable holding the client secret.
+    #[serde(default)]
+    pub client_secret_env: Option<Spanned<String>>,
+    /// `client_secret_basic` (default) or `client_secret_post`.
+    #[serde(default = "default_auth_method")]
+    pub auth_method: Spanned<String>,
+    /// Timeout of one introspection call.
+    #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    pub timeout: Duration,
+    /// Upper bound on how long an active answer is cached (never past `exp`).
+    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    pub cache_ttl: Duration,
+    /// How long an inactive answer is cached; 0 turns it off.
+    #[serde(default = "default_negative_cache_ttl", with = "humantime_serde")]
+    pub negative_cache_ttl: Duration,
+    /// Extra CA bundle (PEM) for the endpoint.
+    #[serde(default)]
+    pub ca_file: Option<Spanned<String>>,
+}
+
+/// `resource:`: RFC 9728 protected resource metadata.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawResource {
+    /// The resource identifier (an https URL).
+    pub resource: Spanned<String>,
+    /// Authorization servers (issuer identifiers) clients should use.
+    #[serde(default)]
+    pub authorization_servers: Vec<String>,
+    /// Scopes the resource understands.
+    #[serde(default)]
+    pub scopes_supported: Vec<String>,
+    /// Human-readable name.
+    #[serde(default)]
+    pub resource_name: Option<String>,
+    /// Documentation URL.
+    #[serde(default)]
+    pub resource_documentation: Option<String>,
 }
 
 /// One entry of `upstreams:`.
@@ -271,6 +332,18 @@ fn default_jwks_cooldown() -> Duration {
     Duration::from_secs(30)
 }
 fn default_jwks_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_auth_method() -> Spanned<String> {
+    unspanned("client_secret_basic".to_owned())
+}
+fn default_introspection_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_cache_ttl() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_negative_cache_ttl() -> Duration {
     Duration::from_secs(5)
 }
 fn default_connect_timeout() -> Duration {

@@ -13,7 +13,9 @@ use jsonwebtoken::Algorithm;
 use serde_saphyr::{Location, Spanned};
 
 use super::load::ConfigError;
-use super::schema::{RawConfig, RawForward, RawIssuer, RawRoute, RawUpstream};
+use super::schema::{
+    RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource, RawRoute, RawUpstream,
+};
 use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
 use crate::routes::{RouteSpec, RouteTable};
@@ -37,6 +39,19 @@ pub struct Config {
     pub cache_max_entries: u64,
     /// Claim names referenced by any identity header, in slot order.
     pub identity_claims: Vec<String>,
+    /// RFC 9728 protected resource metadata, if configured.
+    pub resource: Option<ResourceMetadata>,
+}
+
+/// RFC 9728 metadata, rendered once.
+#[derive(Debug, Clone)]
+pub struct ResourceMetadata {
+    /// Absolute URL of the metadata document (advertised in challenges).
+    pub url: String,
+    /// Path on the proxy listener that serves it.
+    pub path: String,
+    /// The JSON document.
+    pub document: bytes::Bytes,
 }
 
 /// `server:` after validation.
@@ -80,6 +95,10 @@ pub struct Issuer {
     pub audiences: Vec<String>,
     /// Where its keys come from.
     pub keys: KeySource,
+    /// RFC 7662 introspection for opaque tokens.
+    pub introspection: Option<Introspection>,
+    /// Fetch RFC 8414 / OpenID metadata at start.
+    pub discovery: bool,
     /// Allowed algorithms.
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowance in seconds.
@@ -105,6 +124,62 @@ pub enum KeySource {
     Remote(Uri),
     /// Loaded once from a local JWKS file.
     Static(Arc<KeySet>),
+    /// The `jwks_uri` of the issuer's discovered metadata.
+    Discovered,
+    /// This issuer's tokens are only introspected.
+    None,
+}
+
+/// A secret read from a file or the environment; never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret value.
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+
+    /// The secret itself, for the one place that sends it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+/// How scopegate authenticates to the introspection endpoint (RFC 6749 2.3.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// HTTP Basic.
+    Basic,
+    /// `client_id` and `client_secret` in the form body.
+    Post,
+}
+
+/// `issuers[].introspection` after validation.
+#[derive(Debug, Clone)]
+pub struct Introspection {
+    /// The endpoint; `None` until discovery supplies it.
+    pub endpoint: Option<Uri>,
+    /// scopegate's client id.
+    pub client_id: String,
+    /// scopegate's client secret.
+    pub client_secret: Secret,
+    /// Client authentication method.
+    pub auth: ClientAuth,
+    /// Timeout of one call.
+    pub timeout: Duration,
+    /// Upper bound for caching an active answer.
+    pub cache_ttl: Duration,
+    /// Caching of inactive answers (zero: off).
+    pub negative_cache_ttl: Duration,
+    /// Extra CA bundle.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// The claim that carries granted scopes.
@@ -163,6 +238,8 @@ pub enum Access {
         scopes: ScopeRequirement,
         /// Issuer indexes accepted; `None` means any configured issuer.
         issuers: Option<Vec<usize>>,
+        /// The one issuer that introspects opaque tokens for this route.
+        introspector: Option<usize>,
     },
 }
 
@@ -208,6 +285,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         .map(|(i, iss)| (iss.value.name.value.as_str(), i))
         .collect();
 
+    let introspecting: Vec<bool> = issuers.iter().map(|i| i.introspection.is_some()).collect();
     let mut specs = Vec::with_capacity(raw.routes.len());
     for route in &raw.routes {
         let methods = v.methods(route)?;
@@ -216,6 +294,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
             &methods,
             &upstream_index,
             &issuer_index,
+            &introspecting,
             &default_forward,
             &mut identity_claims,
         )?;
@@ -243,7 +322,10 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         ));
     }
 
+    let resource = raw.resource.as_ref().map(|r| v.resource(r)).transpose()?;
+
     Ok(Config {
+        resource,
         source: source.to_owned(),
         server,
         admin_listen,
@@ -396,7 +478,19 @@ impl Validator<'_> {
         if raw.issuer.value.is_empty() {
             return Err(self.err(raw.issuer.referenced, "issuer must not be empty"));
         }
-        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        let has_local_keys = raw.jwks_uri.is_some() || raw.jwks_file.is_some();
+        if !has_local_keys && raw.introspection.is_none() && !raw.discovery {
+            return Err(self.err(
+                here,
+                format!(
+                    "issuer `{}` needs `jwks_uri`, `jwks_file`, `introspection` or `discovery: true`",
+                    raw.name.value
+                ),
+            ));
+        }
+        let verifies_jwts = has_local_keys || raw.discovery;
+        if raw.audiences.iter().any(String::is_empty) || (verifies_jwts && raw.audiences.is_empty())
+        {
             return Err(self.err(
                 here,
                 format!(
@@ -429,16 +523,14 @@ impl Validator<'_> {
                     "set either `jwks_uri` or `jwks_file`, not both",
                 ))
             }
-            (None, None) => {
-                return Err(self.err(
-                    here,
-                    format!(
-                        "issuer `{}` needs `jwks_uri` or `jwks_file`",
-                        raw.name.value
-                    ),
-                ))
-            }
+            (None, None) if raw.discovery => KeySource::Discovered,
+            (None, None) => KeySource::None,
         };
+        let introspection = raw
+            .introspection
+            .as_ref()
+            .map(|i| self.introspection(i, raw.discovery))
+            .transpose()?;
         let mut algorithms = Vec::new();
         for name in &raw.algorithms.value {
             let alg = ASYMMETRIC_ALGORITHMS
@@ -482,6 +574,8 @@ impl Validator<'_> {
             issuer: raw.issuer.value.clone(),
             audiences: raw.audiences.clone(),
             keys,
+            introspection,
+            discovery: raw.discovery,
             algorithms,
             leeway_secs: raw.leeway.as_secs(),
             require_typ: raw.require_typ.as_deref().map(normalize_typ),
@@ -490,6 +584,123 @@ impl Validator<'_> {
             jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
             jwks_timeout: raw.jwks_timeout,
             ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+        })
+    }
+
+    fn introspection(
+        &self,
+        spanned: &Spanned<RawIntrospection>,
+        discovery: bool,
+    ) -> Result<Introspection, ConfigError> {
+        let raw = &spanned.value;
+        let here = spanned.referenced;
+        let endpoint = match &raw.endpoint {
+            Some(e) => Some(self.http_uri(e)?),
+            None if discovery => None,
+            None => {
+                return Err(self.err(
+                    here,
+                    "introspection needs `endpoint` (or `discovery: true` on the issuer)",
+                ))
+            }
+        };
+        if raw.client_id.value.is_empty() {
+            return Err(self.err(raw.client_id.referenced, "client_id must not be empty"));
+        }
+        let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
+            (Some(file), None) => {
+                let path = self.path(&file.value);
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    self.err(
+                        file.referenced,
+                        format!("cannot read client_secret_file {}: {e}", path.display()),
+                    )
+                })?;
+                text.trim_end_matches(['\n', '\r']).to_owned()
+            }
+            (None, Some(var)) => std::env::var(&var.value).map_err(|_| {
+                self.err(
+                    var.referenced,
+                    format!("environment variable `{}` is not set", var.value),
+                )
+            })?,
+            (Some(_), Some(var)) => {
+                return Err(self.err(
+                    var.referenced,
+                    "set either client_secret_file or client_secret_env, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    here,
+                    "introspection needs client_secret_file or client_secret_env",
+                ))
+            }
+        };
+        if secret.is_empty() {
+            return Err(self.err(here, "the introspection client secret is empty"));
+        }
+        let auth = match raw.auth_method.value.as_str() {
+            "client_secret_basic" => ClientAuth::Basic,
+            "client_secret_post" => ClientAuth::Post,
+            other => return Err(self.err(
+                raw.auth_method.referenced,
+                format!(
+                    "auth_method must be client_secret_basic or client_secret_post, not `{other}`"
+                ),
+            )),
+        };
+        self.positive(raw.timeout, here, "introspection timeout")?;
+        Ok(Introspection {
+            endpoint,
+            client_id: raw.client_id.value.clone(),
+            client_secret: Secret::new(secret),
+            auth,
+            timeout: raw.timeout,
+            cache_ttl: raw.cache_ttl,
+            negative_cache_ttl: raw.negative_cache_ttl,
+            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+        })
+    }
+
+    fn resource(&self, spanned: &Spanned<RawResource>) -> Result<ResourceMetadata, ConfigError> {
+        let raw = &spanned.value;
+        let uri = self.http_uri(&raw.resource)?;
+        if uri.query().is_some() || raw.resource.value.contains('#') {
+            return Err(self.err(
+                raw.resource.referenced,
+                "the resource identifier must not have a query or fragment (RFC 9728 1.2)",
+            ));
+        }
+        let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+            return Err(self.err(
+                raw.resource.referenced,
+                "the resource needs scheme and host",
+            ));
+        };
+        let suffix = uri.path().trim_end_matches('/');
+        let path = format!("/.well-known/oauth-protected-resource{suffix}");
+        let url = format!("{scheme}://{authority}{path}");
+        let mut document = serde_json::json!({
+            "resource": raw.resource.value,
+            "bearer_methods_supported": ["header"],
+        });
+        if !raw.authorization_servers.is_empty() {
+            document["authorization_servers"] = raw.authorization_servers.clone().into();
+        }
+        if !raw.scopes_supported.is_empty() {
+            document["scopes_supported"] = raw.scopes_supported.clone().into();
+        }
+        if let Some(name) = &raw.resource_name {
+            document["resource_name"] = name.clone().into();
+        }
+        if let Some(doc) = &raw.resource_documentation {
+            document["resource_documentation"] = doc.clone().into();
+        }
+        Ok(ResourceMetadata {
+            url,
+            path,
+            document: bytes::Bytes::from(document.to_string()),
         })
     }
 
@@ -654,6 +865,7 @@ impl Validator<'_> {
         methods: &Option<Vec<Method>>,
         upstreams: &HashMap<&str, usize>,
         issuers: &HashMap<&str, usize>,
+        introspecting: &[bool],
         default_forward: &Arc<ForwardPolicy>,
         claims: &mut Vec<String>,
     ) -> Result<Route, ConfigError> {
@@ -676,35 +888,54 @@ impl Validator<'_> {
                 ))
             }
         };
-        let access = if public {
-            if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
-                return Err(self.err(
-                    spanned.referenced,
-                    "a route with `auth: none` cannot list scopes, any_scopes or issuers",
+        let access =
+            if public {
+                if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
+                    return Err(self.err(
+                        spanned.referenced,
+                        "a route with `auth: none` cannot list scopes, any_scopes or issuers",
+                    ));
+                }
+                Access::Public
+            } else {
+                let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
+                    .map_err(|e| self.err(spanned.referenced, e))?;
+                let issuers = match &raw.issuers {
+                    None => None,
+                    Some(list) => {
+                        if list.value.is_empty() {
+                            return Err(self.err(list.referenced, "issuers must not be empty"));
+                        }
+                        let mut idx = Vec::new();
+                        for name in &list.value {
+                            let i = *issuers.get(name.as_str()).ok_or_else(|| {
+                                self.err(list.referenced, format!("unknown issuer `{name}`"))
+                            })?;
+                            idx.push(i);
+                        }
+                        Some(idx)
+                    }
+                };
+                let serving: Vec<usize> = match &issuers {
+                    Some(list) => list.clone(),
+                    None => (0..introspecting.len()).collect(),
+                };
+                let mut introspectors = serving
+                    .into_iter()
+                    .filter(|i| introspecting.get(*i).copied().unwrap_or(false));
+                let introspector = introspectors.next();
+                if introspectors.next().is_some() {
+                    return Err(self.err(
+                    raw.issuers.as_ref().map_or(spanned.referenced, |l| l.referenced),
+                    "more than one introspecting issuer serves this route; list one in `issuers:`",
                 ));
-            }
-            Access::Public
-        } else {
-            let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
-                .map_err(|e| self.err(spanned.referenced, e))?;
-            let issuers = match &raw.issuers {
-                None => None,
-                Some(list) => {
-                    if list.value.is_empty() {
-                        return Err(self.err(list.referenced, "issuers must not be empty"));
-                    }
-                    let mut idx = Vec::new();
-                    for name in &list.value {
-                        let i = *issuers.get(name.as_str()).ok_or_else(|| {
-                            self.err(list.referenced, format!("unknown issuer `{name}`"))
-                        })?;
-                        idx.push(i);
-                    }
-                    Some(idx)
+                }
+                Access::Bearer {
+                    scopes,
+                    issuers,
+                    introspector,
                 }
             };
-            Access::Bearer { scopes, issuers }
-        };
         let forward = match &raw.forward {
             None => Arc::clone(default_forward),
             Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),

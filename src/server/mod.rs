@@ -58,7 +58,7 @@ pub async fn run(
     let gateway = Arc::new(Gateway::new(config, Arc::clone(&metrics)).map_err(ServerError::Setup)?);
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
-    gateway.authenticator().spawn_refreshers(&background);
+    gateway.authenticator().spawn_background(&background);
 
     let draining = Arc::new(AtomicBool::new(false));
     let ready = {

@@ -5,23 +5,27 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::HeaderValue;
 use http::{Method, Request, Response, Version};
+use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::admin::metrics::Metrics;
 use crate::auth::{authorize, Authenticator, VerifiedToken};
-use crate::config::{Access, Config, Route};
-use crate::error::GatewayError;
+use crate::config::{Access, Config, ResourceMetadata, Route};
+use crate::error::{ChallengeContext, GatewayError};
 use crate::proxy::{Body, ClientInfo, Forwarder};
 use crate::routes::{canonicalize, Lookup, RouteTable};
 
 /// Everything a request needs, built once from a validated [`Config`].
 pub struct Gateway {
     routes: RouteTable<Route>,
-    auth: Authenticator,
+    auth: Arc<Authenticator>,
     forwarder: Forwarder,
     metrics: Arc<Metrics>,
+    challenge: ChallengeContext,
+    resource: Option<ResourceMetadata>,
 }
 
 /// Route label for requests that matched no route.
@@ -39,14 +43,16 @@ impl Gateway {
         let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
         Ok(Self {
             routes: config.routes,
-            auth,
+            auth: Arc::new(auth),
             forwarder,
             metrics,
+            challenge: ChallengeContext::new(config.resource.as_ref().map(|r| r.url.as_str())),
+            resource: config.resource,
         })
     }
 
     /// The authenticator (readiness, refreshers, tests).
-    pub fn authenticator(&self) -> &Authenticator {
+    pub fn authenticator(&self) -> &Arc<Authenticator> {
         &self.auth
     }
 
@@ -59,7 +65,7 @@ impl Gateway {
             Ok(response) => (response, "ok"),
             Err(error) => {
                 let reason = error.reason();
-                (error.into_response(), reason)
+                (error.into_response(&self.challenge), reason)
             }
         };
         let route_name = route.map_or(UNMATCHED, |r| &r.name);
@@ -99,6 +105,11 @@ impl Gateway {
             Ok(path) => path,
             Err(e) => return (None, Err(GatewayError::BadPath(e))),
         };
+        if let Some(resource) = &self.resource {
+            if *path == *resource.path && request.method() == Method::GET {
+                return (None, Ok(resource_metadata_response(resource)));
+            }
+        }
 
         // 2. Match a route.
         let route = match self.routes.lookup(request.method(), &path) {
@@ -153,9 +164,13 @@ impl Gateway {
     ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
         match &route.access {
             Access::Public => Ok(None),
-            Access::Bearer { issuers, .. } => self
+            Access::Bearer {
+                issuers,
+                introspector,
+                ..
+            } => self
                 .auth
-                .authenticate(request.headers(), issuers.as_deref())
+                .authenticate(request.headers(), issuers.as_deref(), *introspector)
                 .await
                 .map(Some),
         }
@@ -194,6 +209,15 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         _ => {}
     }
     Ok(())
+}
+
+/// The RFC 9728 document (public, cacheable).
+fn resource_metadata_response(resource: &ResourceMetadata) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(resource.document.clone())));
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+    response
 }
 
 /// A bounded label for the method: extension methods are "other".

@@ -1,0 +1,122 @@
+//! Authorization server metadata discovery: RFC 8414, then OpenID Connect
+//! Discovery, refusing metadata for another issuer (RFC 8414 3.3).
+
+use bytes::Bytes;
+use http::{Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Limited};
+use serde::Deserialize;
+
+use crate::proxy::client::HttpsClient;
+
+/// Largest metadata document accepted.
+const MAX_METADATA_BYTES: usize = 256 * 1024;
+
+/// The endpoints scopegate takes from metadata.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Metadata {
+    /// Where the issuer publishes its keys.
+    pub jwks_uri: Option<Uri>,
+    /// The RFC 7662 introspection endpoint.
+    pub introspection_endpoint: Option<Uri>,
+}
+
+#[derive(Deserialize)]
+struct RawMetadata {
+    issuer: String,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    introspection_endpoint: Option<String>,
+}
+
+/// The metadata URLs to try, in order: RFC 8414 inserts the well-known path
+/// between host and path; OpenID Connect appends it.
+pub fn metadata_urls(issuer: &str) -> Result<Vec<Uri>, String> {
+    let uri: Uri = issuer
+        .parse()
+        .map_err(|e| format!("issuer is not a URL: {e}"))?;
+    let (Some(scheme), Some(authority)) = (uri.scheme_str(), uri.authority()) else {
+        return Err("issuer is not an absolute URL".to_owned());
+    };
+    let path = uri.path().trim_end_matches('/');
+    let rfc8414 = format!("{scheme}://{authority}/.well-known/oauth-authorization-server{path}");
+    let oidc = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    [rfc8414, oidc]
+        .into_iter()
+        .map(|u| u.parse::<Uri>().map_err(|e| format!("{u}: {e}")))
+        .collect()
+}
+
+/// Fetches and checks the issuer's metadata.
+pub async fn discover(
+    issuer: &str,
+    client: &HttpsClient<Empty<Bytes>>,
+) -> Result<Metadata, String> {
+    let mut last_error = String::from("no metadata URL");
+    for url in metadata_urls(issuer)? {
+        match fetch(&url, client).await {
+            Ok(raw) => {
+                if raw.issuer != issuer {
+                    // RFC 8414 3.3: MUST NOT be used. Do not try the next URL either.
+                    return Err(format!(
+                        "metadata at {url} is for issuer `{}`, not `{issuer}`",
+                        raw.issuer
+                    ));
+                }
+                let parse = |s: Option<String>| -> Result<Option<Uri>, String> {
+                    s.map(|s| s.parse::<Uri>().map_err(|e| format!("{s}: {e}")))
+                        .transpose()
+                };
+                return Ok(Metadata {
+                    jwks_uri: parse(raw.jwks_uri)?,
+                    introspection_endpoint: parse(raw.introspection_endpoint)?,
+                });
+            }
+            Err(e) => last_error = format!("{url}: {e}"),
+        }
+    }
+    Err(last_error)
+}
+
+async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetadata, String> {
+    let request = Request::get(url.clone())
+        .header(http::header::ACCEPT, "application/json")
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    if response.status() != StatusCode::OK {
+        return Err(format!("status {}", response.status()));
+    }
+    let body = Limited::new(response.into_body(), MAX_METADATA_BYTES)
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    serde_json::from_slice(&body).map_err(|e| format!("bad metadata: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn well_known_urls() {
+        let urls = metadata_urls("https://idp.example.com/realms/corp").unwrap();
+        assert_eq!(
+            urls[0].to_string(),
+            "https://idp.example.com/.well-known/oauth-authorization-server/realms/corp"
+        );
+        assert_eq!(
+            urls[1].to_string(),
+            "https://idp.example.com/realms/corp/.well-known/openid-configuration"
+        );
+        let root = metadata_urls("https://idp.example.com").unwrap();
+        assert_eq!(
+            root[0].to_string(),
+            "https://idp.example.com/.well-known/oauth-authorization-server"
+        );
+    }
+}

@@ -1,0 +1,307 @@
+//! RFC 7662 token introspection for opaque tokens, with a cache keyed by token
+//! digest (per issuer) that merges concurrent lookups and never outlives the
+//! token. Any failure to get an answer fails closed (503), uncached.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwapOption;
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use bytes::Bytes;
+use http::header::{ACCEPT, AUTHORIZATION, CONTENT_TYPE};
+use http::{HeaderValue, Request, StatusCode, Uri};
+use http_body_util::{BodyExt, Full, Limited};
+use moka::future::Cache;
+use moka::Expiry;
+use serde_json::Value;
+
+use super::cache::TokenDigest;
+use super::jwt::{self, TokenError};
+use super::VerifiedToken;
+use crate::admin::metrics::Metrics;
+use crate::config::{ClientAuth, Introspection, ScopeClaim};
+use crate::error::GatewayError;
+use crate::proxy::client::{build_https_client, HttpsClient};
+
+/// Largest introspection answer accepted.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// A cached introspection answer.
+#[derive(Clone)]
+enum Answer {
+    Active(Arc<VerifiedToken>),
+    Inactive { until: Instant },
+}
+
+struct AnswerExpiry;
+
+impl Expiry<TokenDigest, Answer> for AnswerExpiry {
+    fn expire_after_create(
+        &self,
+        _: &TokenDigest,
+        value: &Answer,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        let until = match value {
+            Answer::Active(token) => token.cache_until,
+            Answer::Inactive { until } => *until,
+        };
+        Some(until.saturating_duration_since(created_at))
+    }
+}
+
+/// Why one introspection call failed (all fail closed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallError {
+    Timeout,
+    Network,
+    Status,
+    Body,
+    NoEndpoint,
+}
+
+impl CallError {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Timeout => "timeout",
+            Self::Network => "network_error",
+            Self::Status => "http_error",
+            Self::Body => "invalid_response",
+            Self::NoEndpoint => "no_endpoint",
+        }
+    }
+}
+
+/// Introspects opaque tokens for one issuer.
+pub struct Introspector {
+    issuer_index: usize,
+    issuer_name: Arc<str>,
+    issuer: String,
+    audiences: Vec<String>,
+    leeway_secs: u64,
+    scope_claim: ScopeClaim,
+    settings: Introspection,
+    endpoint: ArcSwapOption<Uri>,
+    authorization: Option<HeaderValue>,
+    client: HttpsClient<Full<Bytes>>,
+    cache: Cache<TokenDigest, Answer>,
+    identity_claims: Arc<[String]>,
+    metrics: Arc<Metrics>,
+}
+
+/// The issuer facts an [`Introspector`] checks answers against.
+pub struct IssuerFacts {
+    /// Index in the config's issuers.
+    pub index: usize,
+    /// Metrics name.
+    pub name: Arc<str>,
+    /// Expected `iss` when the answer has one.
+    pub issuer: String,
+    /// Accepted `aud` values when the answer has one (empty: any).
+    pub audiences: Vec<String>,
+    /// Clock skew allowance.
+    pub leeway_secs: u64,
+    /// Where scopes are.
+    pub scope_claim: ScopeClaim,
+}
+
+impl Introspector {
+    /// Sets up the client, credentials and cache.
+    pub fn new(
+        facts: IssuerFacts,
+        settings: Introspection,
+        cache_max_entries: u64,
+        identity_claims: Arc<[String]>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
+        let client = build_https_client(settings.ca_file.as_deref(), settings.timeout, 16, false)?;
+        let authorization = match settings.auth {
+            ClientAuth::Basic => {
+                // RFC 6749 2.3.1: form-urlencode both parts before Basic.
+                let user = form_encode(&settings.client_id);
+                let pass = form_encode(settings.client_secret.expose());
+                let mut value = HeaderValue::from_str(&format!(
+                    "Basic {}",
+                    STANDARD.encode(format!("{user}:{pass}"))
+                ))
+                .map_err(|_| "client credentials do not fit in a header".to_owned())?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            ClientAuth::Post => None,
+        };
+        Ok(Self {
+            issuer_index: facts.index,
+            issuer_name: facts.name,
+            issuer: facts.issuer,
+            audiences: facts.audiences,
+            leeway_secs: facts.leeway_secs,
+            scope_claim: facts.scope_claim,
+            endpoint: ArcSwapOption::new(settings.endpoint.clone().map(Arc::new)),
+            settings,
+            authorization,
+            client,
+            cache: Cache::builder()
+                .max_capacity(cache_max_entries)
+                .expire_after(AnswerExpiry)
+                .build(),
+            identity_claims,
+            metrics,
+        })
+    }
+
+    /// Sets the endpoint found by discovery (explicit configuration wins).
+    pub fn set_discovered_endpoint(&self, endpoint: Uri) {
+        if self.settings.endpoint.is_none() {
+            self.endpoint.store(Some(Arc::new(endpoint)));
+        }
+    }
+
+    /// True once an endpoint is known.
+    pub fn is_ready(&self) -> bool {
+        self.endpoint.load().is_some()
+    }
+
+    /// Introspects a token, from the cache when possible. Concurrent requests
+    /// with the same uncached token share one call.
+    pub async fn introspect(
+        &self,
+        token: &str,
+        digest: TokenDigest,
+    ) -> Result<Arc<VerifiedToken>, GatewayError> {
+        let cached = self.cache.get(&digest).await;
+        let answer = match cached {
+            Some(answer) => {
+                self.metrics.token_cache_introspection_hits.inc();
+                answer
+            }
+            None => {
+                self.metrics.token_cache_introspection_misses.inc();
+                self.cache
+                    .try_get_with(digest, self.call(token))
+                    .await
+                    .map_err(|_| GatewayError::IntrospectionUnavailable)?
+            }
+        };
+        match answer {
+            // An entry never outlives the token's `exp` (see `interpret`).
+            Answer::Active(token) => Ok(token),
+            Answer::Inactive { .. } => Err(GatewayError::InvalidToken(TokenError::Inactive)),
+        }
+    }
+
+    async fn call(&self, token: &str) -> Result<Answer, CallError> {
+        let started = Instant::now();
+        let result = self.call_inner(token).await;
+        self.metrics
+            .introspection_duration
+            .with_label_values(&[&self.issuer_name])
+            .observe(started.elapsed().as_secs_f64());
+        let label = match &result {
+            Ok(Answer::Active(_)) => "active",
+            Ok(Answer::Inactive { .. }) => "inactive",
+            Err(e) => e.label(),
+        };
+        self.metrics
+            .introspection_requests
+            .with_label_values(&[&self.issuer_name, label])
+            .inc();
+        if let Err(e) = &result {
+            tracing::warn!(issuer = %self.issuer_name, result = e.label(), "introspection failed");
+        }
+        result
+    }
+
+    async fn call_inner(&self, token: &str) -> Result<Answer, CallError> {
+        let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
+        let body = {
+            let mut form = url::form_urlencoded::Serializer::new(String::new());
+            form.append_pair("token", token);
+            form.append_pair("token_type_hint", "access_token");
+            if self.settings.auth == ClientAuth::Post {
+                form.append_pair("client_id", &self.settings.client_id);
+                form.append_pair("client_secret", self.settings.client_secret.expose());
+            }
+            form.finish()
+        };
+        let mut request = Request::post((*endpoint).clone())
+            .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(ACCEPT, "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| CallError::Network)?;
+        if let Some(auth) = &self.authorization {
+            request.headers_mut().insert(AUTHORIZATION, auth.clone());
+        }
+        let work = async {
+            let response = self
+                .client
+                .request(request)
+                .await
+                .map_err(|_| CallError::Network)?;
+            if response.status() != StatusCode::OK {
+                return Err(CallError::Status);
+            }
+            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+                .collect()
+                .await
+                .map_err(|_| CallError::Body)?
+                .to_bytes();
+            let object = jwt::strict_object(&body).ok_or(CallError::Body)?;
+            Ok(self.interpret(&object))
+        };
+        tokio::time::timeout(self.settings.timeout, work)
+            .await
+            .map_err(|_| CallError::Timeout)?
+    }
+
+    /// Turns an answer into a cache entry: only `"active": true` (a JSON
+    /// boolean) with matching `iss`/`aud`/`exp` is active.
+    fn interpret(&self, answer: &serde_json::Map<String, Value>) -> Answer {
+        let now = jwt::now_unix();
+        let inactive = Answer::Inactive {
+            until: Instant::now() + self.settings.negative_cache_ttl,
+        };
+        if answer.get("active") != Some(&Value::Bool(true)) {
+            return inactive;
+        }
+        match answer.get("iss") {
+            None => {}
+            Some(Value::String(iss)) if *iss == self.issuer => {}
+            Some(_) => return inactive,
+        }
+        if answer.contains_key("aud")
+            && !self.audiences.is_empty()
+            && jwt::check_audience(answer, &self.audiences).is_err()
+        {
+            return inactive;
+        }
+        let expires_at = if answer.contains_key("exp") {
+            match jwt::check_lifetime(answer, now, self.leeway_secs) {
+                Ok(lifetime) => Some(lifetime.expires_at),
+                Err(_) => return inactive,
+            }
+        } else {
+            None
+        };
+        let Ok(scopes) = super::read_scopes(answer, self.scope_claim) else {
+            return inactive;
+        };
+        let ttl = match expires_at {
+            Some(exp) => Duration::from_secs(exp.saturating_sub(now)).min(self.settings.cache_ttl),
+            None => self.settings.cache_ttl,
+        };
+        Answer::Active(Arc::new(super::build_verified(
+            self.issuer_index,
+            answer,
+            scopes,
+            expires_at.unwrap_or(u64::MAX),
+            Instant::now() + ttl,
+            &self.identity_claims,
+        )))
+    }
+}
+
+fn form_encode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

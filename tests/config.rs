@@ -1,0 +1,298 @@
+//! Configuration: every shipped file passes `scopegate check`, and every kind
+//! of mistake is refused with `file:line:column: message` and exit status 1.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn scopegate() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_scopegate"))
+}
+
+fn check(path: &Path) -> (bool, String, String) {
+    let out = scopegate()
+        .args(["check", "--config"])
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn yaml_files(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+        .collect();
+    files.sort();
+    files
+}
+
+#[test]
+fn every_shipped_config_passes_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let mut files = yaml_files(&root.join("config"));
+    assert!(files.len() >= 2, "config/ should hold the examples");
+    for overlay in ["base", "overlays/jwt", "overlays/introspection"] {
+        let file = root
+            .join("deploy/kubernetes")
+            .join(overlay)
+            .join("scopegate.yaml");
+        if file.exists() {
+            files.push(file);
+        }
+    }
+    // Kubernetes mounts the introspection secret; stand in for it here.
+    let secrets = tempfile::tempdir().unwrap();
+    let secret = secrets.path().join("introspection-client-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    for file in files {
+        let text = std::fs::read_to_string(&file).unwrap();
+        let file = if text.contains("/var/run/secrets/scopegate/") {
+            let copy = secrets.path().join(file.file_name().unwrap());
+            let text = text.replace(
+                "/var/run/secrets/scopegate/introspection-client-secret",
+                secret.to_str().unwrap(),
+            );
+            std::fs::write(&copy, text).unwrap();
+            copy
+        } else {
+            file
+        };
+        let (ok, stdout, stderr) = check(&file);
+        assert!(ok, "{}: {stderr}", file.display());
+        assert!(stdout.contains("configuration OK"), "{stdout}");
+        assert!(
+            stdout.contains("->"),
+            "the route table is printed: {stdout}"
+        );
+    }
+}
+
+const ISSUER: &str = "issuers:
+  - name: corp
+    issuer: https://idp.example.com
+    audiences: [api]
+    jwks_uri: https://idp.example.com/jwks
+";
+const UPSTREAM: &str = "upstreams:
+  app:
+    url: http://127.0.0.1:3000
+";
+
+/// (name, yaml, expected "line:column", expected message fragment)
+fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
+    let base = format!("{ISSUER}{UPSTREAM}");
+    vec![
+        (
+            "unknown key",
+            "server:\n  listen: 0.0.0.0:8080\n  lisen: x\n".into(),
+            "3:3",
+            "unknown field `lisen`",
+        ),
+        (
+            "unknown top-level key",
+            format!("{base}rootes: []\n"),
+            "9:1",
+            "unknown field `rootes`",
+        ),
+        (
+            "syntax error",
+            format!("{base}routes:\n  - path: /a\n    upstream: [app\n"),
+            "11:15",
+            "",
+        ),
+        (
+            "unknown upstream",
+            format!("{base}routes:\n  - path: /a\n    upstream: nope\n"),
+            "11:15",
+            "unknown upstream `nope`",
+        ),
+        (
+            "unknown issuer on a route",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: [other]\n"),
+            "12:14",
+            "unknown issuer `other`",
+        ),
+        (
+            "conflicting routes",
+            format!(
+                "{base}routes:\n  - path: /a\n    methods: [GET]\n    upstream: app\n  - path: /a\n    methods: [GET, POST]\n    upstream: app\n"
+            ),
+            "13:11",
+            "route",
+        ),
+        (
+            "non-canonical route path",
+            format!("{base}routes:\n  - path: /a/../b\n    upstream: app\n"),
+            "10:11",
+            "route",
+        ),
+        (
+            "lower-case method",
+            format!("{base}routes:\n  - path: /a\n    methods: [get]\n    upstream: app\n"),
+            "11:14",
+            "not an HTTP method",
+        ),
+        (
+            "public route with scopes",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    auth: none\n    scopes: [x]\n"),
+            "10:5",
+            "auth: none",
+        ),
+        (
+            "bad scope token",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    scopes: [\"a b\"]\n"),
+            "10:5",
+            "not a valid scope token",
+        ),
+        (
+            "bad duration",
+            "server:\n  shutdown_grace: 5 parsecs\n".into(),
+            "2:3",
+            "duration",
+        ),
+        (
+            "bad listen address",
+            "server:\n  listen: localhost\n".into(),
+            "2:11",
+            "not a socket address",
+        ),
+        (
+            "max_header_bytes too small",
+            "server:\n  max_header_bytes: 100\n".into(),
+            "2:21",
+            "max_header_bytes",
+        ),
+        (
+            "alg none",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms: [none]\n".into(),
+            "6:17",
+            "unsupported algorithm `none`",
+        ),
+        (
+            "HMAC algorithm",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms: [HS256]\n".into(),
+            "6:17",
+            "only asymmetric algorithms",
+        ),
+        (
+            "issuer without audiences",
+            "issuers:\n  - name: a\n    issuer: https://a\n    jwks_uri: https://a/k\n".into(),
+            "2:5",
+            "audiences",
+        ),
+        (
+            "both jwks_uri and jwks_file",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    jwks_file: k.json\n".into(),
+            "6:16",
+            "not both",
+        ),
+        (
+            "jwks_uri not http",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: file:///etc/passwd\n".into(),
+            "5:15",
+            "URL",
+        ),
+        (
+            "duplicate issuer names",
+            format!("{ISSUER}  - name: corp\n    issuer: https://other\n    audiences: [api]\n    jwks_uri: https://o/k\n"),
+            "6:11",
+            "duplicate issuer name `corp`",
+        ),
+        (
+            "reserved identity header",
+            "forward:\n  identity_headers: { Authorization: sub }\n".into(),
+            "2:21",
+            "cannot be an identity header",
+        ),
+        (
+            "bearer routes without issuers",
+            format!("{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "",
+            "no issuers",
+        ),
+        (
+            "scope_claim other than scope or scp",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    scope_claim: roles\n".into(),
+            "6:18",
+            "scope_claim",
+        ),
+    ]
+}
+
+#[test]
+fn config_errors_name_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut failures = Vec::new();
+    for (name, yaml, position, fragment) in bad_configs() {
+        let file = dir.path().join("bad.yaml");
+        std::fs::write(&file, &yaml).unwrap();
+        let (ok, _, stderr) = check(&file);
+        if ok {
+            failures.push(format!("{name}: accepted"));
+            continue;
+        }
+        let expected_prefix = if position.is_empty() {
+            format!("{}: ", file.display())
+        } else {
+            format!("{}:{position}: ", file.display())
+        };
+        if !stderr.starts_with(&expected_prefix)
+            || !stderr.contains(fragment)
+            || stderr.lines().count() != 1
+        {
+            failures.push(format!(
+                "{name}: expected {expected_prefix:?} and {fragment:?}, got {stderr:?}"
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+#[test]
+fn missing_file_is_an_error_not_a_panic() {
+    let (ok, _, stderr) = check(Path::new("/nonexistent/scopegate.yaml"));
+    assert!(!ok);
+    assert!(
+        stderr.starts_with("/nonexistent/scopegate.yaml: cannot read"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn run_with_a_bad_config_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "routes: 5\n").unwrap();
+    let out = scopegate()
+        .args(["run", "--config"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with(&format!("{}:1:9: ", file.display())),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn config_from_environment_variable() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = scopegate()
+        .arg("check")
+        .env("SCOPEGATE_CONFIG", root.join("config/scopegate.yaml"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
