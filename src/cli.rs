@@ -98,8 +98,8 @@ pub fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
-        Command::Run { config } => match config::load_file(&config) {
-            Ok(config) => run_gateway(config),
+        Command::Run { config: path } => match config::load_file(&path) {
+            Ok(config) => run_gateway(path, config),
             Err(e) => {
                 eprintln!("{e}");
                 ExitCode::FAILURE
@@ -182,7 +182,7 @@ where
     }
 }
 
-fn run_gateway(config: Config) -> ExitCode {
+fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
     let workers = config.server.workers;
     with_runtime(workers, async move {
         let listener = tokio::net::TcpListener::bind(config.server.listen)
@@ -191,9 +191,15 @@ fn run_gateway(config: Config) -> ExitCode {
         let admin = tokio::net::TcpListener::bind(config.admin_listen)
             .await
             .map_err(|e| format!("cannot listen on {}: {e}", config.admin_listen))?;
-        crate::server::run(config, listener, admin, crate::server::shutdown_signal())
-            .await
-            .map_err(|e| e.to_string())
+        crate::server::run_with_reload(
+            path,
+            config,
+            listener,
+            admin,
+            crate::server::shutdown_signal(),
+        )
+        .await
+        .map_err(|e| e.to_string())
     })
 }
 

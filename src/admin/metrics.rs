@@ -34,6 +34,10 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     /// `scopegate_open_connections`.
     pub open_connections: IntGauge,
+    /// `scopegate_config_reloads_total{result}`.
+    pub config_reloads: IntCounterVec,
+    /// `scopegate_config_last_reload_success` (1 or 0).
+    pub config_last_reload_success: IntGauge,
 }
 
 impl Metrics {
@@ -105,6 +109,17 @@ impl Metrics {
         )?;
         let open_connections =
             IntGauge::new("scopegate_open_connections", "Open client connections")?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "scopegate_config_reloads_total",
+                "Configuration reloads by result",
+            ),
+            &["result"],
+        )?;
+        let config_last_reload_success = IntGauge::new(
+            "scopegate_config_last_reload_success",
+            "1 if the last configuration reload succeeded, else 0",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
@@ -112,6 +127,8 @@ impl Metrics {
         registry.register(Box::new(jwks_fetches.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(introspection_requests.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         Ok(Self {
@@ -128,6 +145,8 @@ impl Metrics {
             jwks_fetches,
             upstream_errors,
             open_connections,
+            config_reloads,
+            config_last_reload_success,
         })
     }
 

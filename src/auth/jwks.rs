@@ -327,10 +327,8 @@ impl IssuerKeys {
     /// no keys, so none are needed.
     pub fn set_discovered_uri(&self, uri: Option<Uri>) {
         match (&self.remote, uri) {
-            (Some(remote), Some(uri)) => {
-                if remote.uri.load().is_none() {
-                    remote.uri.store(Some(Arc::new(uri)));
-                }
+            (Some(remote), Some(uri)) if remote.uri.load().is_none() => {
+                remote.uri.store(Some(Arc::new(uri)));
             }
             (Some(remote), None) if remote.uri.load().is_none() => {
                 self.needed.store(false, Ordering::Release);

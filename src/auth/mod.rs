@@ -69,6 +69,9 @@ pub struct Authenticator {
     cache: TokenCache,
     identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
+    /// Stops this authenticator's background tasks (on shutdown or when a
+    /// reload replaces it).
+    background_stop: tokio::sync::watch::Sender<bool>,
 }
 
 impl Authenticator {
@@ -132,16 +135,17 @@ impl Authenticator {
             cache: TokenCache::new(cache_max_entries),
             identity_claims,
             metrics,
+            background_stop: tokio::sync::watch::channel(false).0,
         })
     }
 
     /// Starts the background work: discovery (retried with backoff until it
-    /// succeeds) and one key refresher per remote issuer. Everything stops
-    /// when `shutdown` changes.
-    pub fn spawn_background(self: &Arc<Self>, shutdown: &tokio::sync::watch::Receiver<bool>) {
+    /// succeeds) and one key refresher per remote issuer, until
+    /// [`Self::stop_background`].
+    pub fn spawn_background(self: &Arc<Self>) {
         for index in 0..self.issuers.len() {
             let this = Arc::clone(self);
-            let mut stop = shutdown.clone();
+            let mut stop = self.background_stop.subscribe();
             tokio::spawn(async move {
                 let Some(issuer) = this.issuers.get(index) else {
                     return;
@@ -206,6 +210,11 @@ impl Authenticator {
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }
+    }
+
+    /// Stops discovery and key refreshers started by [`Self::spawn_background`].
+    pub fn stop_background(&self) {
+        let _ = self.background_stop.send(true);
     }
 
     /// True when every issuer is usable: discovered, keys loaded, and an

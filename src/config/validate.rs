@@ -43,6 +43,25 @@ pub struct Config {
     pub resource: Option<ResourceMetadata>,
 }
 
+impl Config {
+    /// Identifies everything the authenticator is built from (issuers, their
+    /// secrets, identity claims, cache size): equal fingerprints mean a reload
+    /// can keep the running key sets and caches.
+    pub fn auth_fingerprint(&self) -> String {
+        let mut out = format!(
+            "{:?}|{:?}|{}",
+            self.issuers, self.identity_claims, self.cache_max_entries
+        );
+        for issuer in &self.issuers {
+            if let Some(i) = &issuer.introspection {
+                let digest = crate::auth::cache::digest(i.client_secret.expose());
+                out.push_str(&format!("|{digest:?}"));
+            }
+        }
+        out
+    }
+}
+
 /// RFC 9728 metadata, rendered once.
 #[derive(Debug, Clone)]
 pub struct ResourceMetadata {
@@ -643,12 +662,14 @@ impl Validator<'_> {
         let auth = match raw.auth_method.value.as_str() {
             "client_secret_basic" => ClientAuth::Basic,
             "client_secret_post" => ClientAuth::Post,
-            other => return Err(self.err(
-                raw.auth_method.referenced,
-                format!(
+            other => {
+                return Err(self.err(
+                    raw.auth_method.referenced,
+                    format!(
                     "auth_method must be client_secret_basic or client_secret_post, not `{other}`"
                 ),
-            )),
+                ))
+            }
         };
         self.positive(raw.timeout, here, "introspection timeout")?;
         Ok(Introspection {

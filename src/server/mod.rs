@@ -2,15 +2,18 @@
 //! listener, key refreshers, and a shutdown that loses no request.
 
 pub mod pipeline;
+pub mod reload;
 pub mod tls;
 
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::Request;
@@ -49,22 +52,69 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    serve(config, None, listener, admin_listener, shutdown).await
+}
+
+/// Like [`run`], and reloads `config_path` when it changes (directory watch,
+/// SIGHUP, slow poll). `config` must be what `config_path` held at start.
+pub async fn run_with_reload(
+    config_path: PathBuf,
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    serve(
+        config,
+        Some(config_path),
+        listener,
+        admin_listener,
+        shutdown,
+    )
+    .await
+}
+
+async fn serve(
+    config: Config,
+    config_path: Option<PathBuf>,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new()?);
     let settings = config.server.clone();
+    let running = reload::RunningSettings {
+        server: settings.clone(),
+        admin_listen: config.admin_listen,
+    };
     let tls = match &settings.tls {
         Some(files) => Some(tls::acceptor(files).map_err(ServerError::Setup)?),
         None => None,
     };
-    let gateway = Arc::new(Gateway::new(config, Arc::clone(&metrics)).map_err(ServerError::Setup)?);
+    let first = Gateway::new(config, Arc::clone(&metrics)).map_err(ServerError::Setup)?;
+    first.authenticator().spawn_background();
+    let current = Arc::new(ArcSwap::from_pointee(first));
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
-    gateway.authenticator().spawn_background(&background);
+    if let Some(path) = config_path {
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        let reloader = reload::Reloader::new(
+            path,
+            Arc::clone(&current),
+            Arc::clone(&metrics),
+            running,
+            text,
+        );
+        tokio::spawn(reloader.run(background.clone()));
+    }
 
     let draining = Arc::new(AtomicBool::new(false));
     let ready = {
-        let gateway = Arc::clone(&gateway);
+        let current = Arc::clone(&current);
         let draining = Arc::clone(&draining);
-        Arc::new(move || !draining.load(Ordering::Acquire) && gateway.authenticator().is_ready())
+        Arc::new(move || {
+            !draining.load(Ordering::Acquire) && current.load().authenticator().is_ready()
+        })
     };
     let admin = tokio::spawn(crate::admin::health::serve(
         admin_listener,
@@ -106,7 +156,7 @@ pub async fn run(
             }
         };
         let _ = stream.set_nodelay(true);
-        let gateway = Arc::clone(&gateway);
+        let gateway = Arc::clone(&current);
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let metrics = Arc::clone(&metrics);
@@ -139,6 +189,7 @@ pub async fn run(
         tracing::warn!("shutdown grace expired with requests still in flight");
     }
     let _ = stop_background.send(true);
+    current.load().authenticator().stop_background();
     let _ = admin.await;
     Ok(())
 }
@@ -163,7 +214,7 @@ async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     tls: bool,
-    gateway: Arc<Gateway>,
+    gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
 ) where
@@ -171,7 +222,8 @@ async fn serve_connection<I>(
 {
     let client = ClientInfo { ip: peer.ip(), tls };
     let service = service_fn(move |request: Request<Incoming>| {
-        let gateway = Arc::clone(&gateway);
+        // Each request runs on the config that was current when it arrived.
+        let gateway = gateway.load_full();
         async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);

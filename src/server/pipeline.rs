@@ -26,6 +26,7 @@ pub struct Gateway {
     metrics: Arc<Metrics>,
     challenge: ChallengeContext,
     resource: Option<ResourceMetadata>,
+    auth_fingerprint: String,
 }
 
 /// Route label for requests that matched no route.
@@ -34,21 +35,41 @@ const UNMATCHED: &str = "unmatched";
 impl Gateway {
     /// Builds the runtime from a config (no network I/O happens here).
     pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let auth = Authenticator::new(
-            config.issuers,
-            config.identity_claims,
-            config.cache_max_entries,
-            Arc::clone(&metrics),
-        )?;
+        Self::reusing(config, metrics, None)
+    }
+
+    /// Like [`Self::new`], but keeps `auth` (its key sets and caches) when the
+    /// reloaded config describes the same issuers.
+    pub fn reusing(
+        config: Config,
+        metrics: Arc<Metrics>,
+        auth: Option<Arc<Authenticator>>,
+    ) -> Result<Self, String> {
+        let auth_fingerprint = config.auth_fingerprint();
+        let auth = match auth {
+            Some(auth) => auth,
+            None => Arc::new(Authenticator::new(
+                config.issuers,
+                config.identity_claims,
+                config.cache_max_entries,
+                Arc::clone(&metrics),
+            )?),
+        };
         let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
         Ok(Self {
             routes: config.routes,
-            auth: Arc::new(auth),
+            auth,
             forwarder,
             metrics,
             challenge: ChallengeContext::new(config.resource.as_ref().map(|r| r.url.as_str())),
             resource: config.resource,
+            auth_fingerprint,
         })
+    }
+
+    /// Identifies the issuer setup this gateway's authenticator was built from.
+    pub fn auth_fingerprint(&self) -> &str {
+        &self.auth_fingerprint
     }
 
     /// The authenticator (readiness, refreshers, tests).

@@ -468,3 +468,20 @@ routes:
         )
     }
 }
+
+impl Gateway {
+    /// Wraps a server the test started itself (e.g. with `run_with_reload`).
+    pub fn from_parts(
+        addr: SocketAddr,
+        admin: SocketAddr,
+        stop: oneshot::Sender<()>,
+        task: tokio::task::JoinHandle<Result<(), scopegate::server::ServerError>>,
+    ) -> Self {
+        Self {
+            addr,
+            admin,
+            stop: Some(stop),
+            task,
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Hot reload: watch the config file's directory (a Kubernetes ConfigMap update
+//! is a `..data` symlink swap, which a watch on the file itself would miss),
+//! SIGHUP, and a slow poll as a fallback. A new config is fully validated and
+//! ready before it replaces the old one; a bad one is refused and the old one
+//! keeps serving.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use notify::Watcher;
+use tokio::sync::{mpsc, watch};
+
+use super::pipeline::Gateway;
+use crate::admin::metrics::Metrics;
+use crate::config::{self, Config, ServerSettings};
+
+/// How long file events are collected before one reload.
+const DEBOUNCE: Duration = Duration::from_millis(200);
+/// Fallback poll interval (filesystem events can be lost).
+const POLL: Duration = Duration::from_secs(30);
+/// How long a reload waits for new issuers' keys before giving up.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a reload did not take effect.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The file is unreadable or invalid (message has file:line:column).
+    #[error("{0}")]
+    Invalid(config::ConfigError),
+    /// The new runtime could not be built (CA files, ...).
+    #[error("{0}")]
+    Setup(String),
+    /// New issuers did not become ready in time.
+    #[error("new issuers did not become ready within {0:?}")]
+    NotReady(Duration),
+}
+
+impl ReloadError {
+    fn label(&self) -> &'static str {
+        match self {
+            Self::Invalid(_) => "invalid",
+            Self::Setup(_) => "setup_failed",
+            Self::NotReady(_) => "not_ready",
+        }
+    }
+}
+
+/// The file-backed reloader for one running server.
+pub struct Reloader {
+    path: PathBuf,
+    current: Arc<ArcSwap<Gateway>>,
+    metrics: Arc<Metrics>,
+    running: RunningSettings,
+    last_text: String,
+}
+
+/// Settings the running server was started with; they change only on restart.
+#[derive(Debug, Clone)]
+pub struct RunningSettings {
+    /// `server:` as started.
+    pub server: ServerSettings,
+    /// `admin.listen` as started.
+    pub admin_listen: std::net::SocketAddr,
+}
+
+impl Reloader {
+    /// `running` is the config the server started with (for restart-only
+    /// settings); `text` the file content it was loaded from.
+    pub fn new(
+        path: PathBuf,
+        current: Arc<ArcSwap<Gateway>>,
+        metrics: Arc<Metrics>,
+        running: RunningSettings,
+        text: String,
+    ) -> Self {
+        metrics.config_last_reload_success.set(1);
+        Self {
+            path,
+            current,
+            metrics,
+            running,
+            last_text: text,
+        }
+    }
+
+    /// Watches and reloads until `stop` changes.
+    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+        let (events, mut event_rx) = mpsc::channel::<()>(64);
+        let _watcher = watch_directory(&self.path, events);
+        let mut hangup = hangup_signal();
+        let mut poll = tokio::time::interval(POLL);
+        poll.tick().await;
+        loop {
+            let forced = tokio::select! {
+                Some(()) = event_rx.recv() => {
+                    tokio::time::sleep(DEBOUNCE).await;
+                    while event_rx.try_recv().is_ok() {}
+                    false
+                }
+                () = next_hangup(&mut hangup) => true,
+                _ = poll.tick() => false,
+                _ = stop.changed() => return,
+            };
+            self.reload(forced).await;
+        }
+    }
+
+    /// Reloads if the file changed (or always, when `forced`).
+    pub async fn reload(&mut self, forced: bool) {
+        let text = match std::fs::read_to_string(&self.path) {
+            Ok(text) => text,
+            Err(e) => {
+                self.failed(&ReloadError::Invalid(config::ConfigError::whole_file(
+                    &self.path.display().to_string(),
+                    format!("cannot read: {e}"),
+                )));
+                return;
+            }
+        };
+        if !forced && text == self.last_text {
+            return;
+        }
+        match self.apply(&text).await {
+            Ok(()) => {
+                self.last_text = text;
+                self.metrics
+                    .config_reloads
+                    .with_label_values(&["success"])
+                    .inc();
+                self.metrics.config_last_reload_success.set(1);
+                tracing::info!(file = %self.path.display(), "configuration reloaded");
+            }
+            Err(e) => {
+                // Do not retry the same bad text on every poll.
+                self.last_text = text;
+                self.failed(&e);
+            }
+        }
+    }
+
+    fn failed(&self, error: &ReloadError) {
+        self.metrics
+            .config_reloads
+            .with_label_values(&[error.label()])
+            .inc();
+        self.metrics.config_last_reload_success.set(0);
+        tracing::error!(error = %error, "configuration reload refused; the previous configuration keeps serving");
+    }
+
+    async fn apply(&mut self, text: &str) -> Result<(), ReloadError> {
+        let base = self.path.parent().unwrap_or_else(|| Path::new("."));
+        let config = config::load_str(&self.path.display().to_string(), base, text)
+            .map_err(ReloadError::Invalid)?;
+        for setting in restart_required(&self.running, &config) {
+            tracing::warn!(setting, "changed setting needs a restart to take effect");
+        }
+        let old = self.current.load_full();
+        let reuse = (old.auth_fingerprint() == config.auth_fingerprint())
+            .then(|| Arc::clone(old.authenticator()));
+        let reused = reuse.is_some();
+        let gateway = Gateway::reusing(config, Arc::clone(&self.metrics), reuse)
+            .map_err(ReloadError::Setup)?;
+        let gateway = Arc::new(gateway);
+        if !reused {
+            gateway.authenticator().spawn_background();
+            let ready = async {
+                while !gateway.authenticator().is_ready() {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            };
+            if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
+                gateway.authenticator().stop_background();
+                return Err(ReloadError::NotReady(READY_TIMEOUT));
+            }
+        }
+        self.current.store(gateway);
+        if !reused {
+            old.authenticator().stop_background();
+        }
+        Ok(())
+    }
+}
+
+/// Names the settings that differ but only take effect after a restart.
+fn restart_required(running: &RunningSettings, new: &Config) -> Vec<&'static str> {
+    let (a, b) = (&running.server, &new.server);
+    let mut changed = Vec::new();
+    if a.listen != b.listen {
+        changed.push("server.listen");
+    }
+    if running.admin_listen != new.admin_listen {
+        changed.push("admin.listen");
+    }
+    if a.tls.as_ref().map(|t| (&t.cert_file, &t.key_file))
+        != b.tls.as_ref().map(|t| (&t.cert_file, &t.key_file))
+    {
+        changed.push("server.tls");
+    }
+    if a.workers != b.workers {
+        changed.push("server.workers");
+    }
+    if a.max_connections != b.max_connections {
+        changed.push("server.max_connections");
+    }
+    if a.max_header_bytes != b.max_header_bytes {
+        changed.push("server.max_header_bytes");
+    }
+    if a.header_read_timeout != b.header_read_timeout {
+        changed.push("server.header_read_timeout");
+    }
+    if a.shutdown_delay != b.shutdown_delay || a.shutdown_grace != b.shutdown_grace {
+        changed.push("server.shutdown_delay/shutdown_grace");
+    }
+    changed
+}
+
+/// Watches the directory holding `path`; every event becomes a nudge.
+fn watch_directory(path: &Path, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    let dir = path
+        .parent()
+        .filter(|d| !d.as_os_str().is_empty())
+        .unwrap_or_else(|| Path::new("."));
+    let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = events.try_send(());
+        }
+    });
+    match watcher {
+        Ok(mut w) => match w.watch(dir, notify::RecursiveMode::NonRecursive) {
+            Ok(()) => Some(w),
+            Err(e) => {
+                tracing::warn!(dir = %dir.display(), error = %e, "cannot watch the config directory; relying on SIGHUP and polling");
+                None
+            }
+        },
+        Err(e) => {
+            tracing::warn!(error = %e, "no filesystem watcher; relying on SIGHUP and polling");
+            None
+        }
+    }
+}
+
+#[cfg(unix)]
+type Hangup = Option<tokio::signal::unix::Signal>;
+#[cfg(not(unix))]
+type Hangup = ();
+
+#[cfg(unix)]
+fn hangup_signal() -> Hangup {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
+}
+#[cfg(not(unix))]
+fn hangup_signal() -> Hangup {}
+
+#[cfg(unix)]
+async fn next_hangup(signal: &mut Hangup) {
+    match signal {
+        Some(s) => {
+            if s.recv().await.is_none() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+#[cfg(not(unix))]
+async fn next_hangup(_: &mut Hangup) {
+    std::future::pending::<()>().await
+}

@@ -1,0 +1,387 @@
+//! Hot reload and shutdown: a kubelet-style `..data` swap, SIGHUP, a bad
+//! config that is refused, a reload under load with no failed request, and
+//! SIGTERM letting in-flight requests finish.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::net::TcpListener;
+
+fn yaml(upstream: std::net::SocketAddr, public_path: &str, extra_issuer: &str) -> String {
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 10s
+admin:
+  listen: 127.0.0.1:0
+{extra_issuer}upstreams:
+  app:
+    url: http://{upstream}
+routes:
+  - path: {public_path}
+    upstream: app
+    auth: none
+"#
+    )
+}
+
+/// Writes `text` as a new ConfigMap revision and swaps `..data` to it,
+/// exactly as the kubelet does (new timestamped dir, symlink renamed over).
+fn kubelet_write(dir: &Path, revision: u32, text: &str) {
+    let rev = dir.join(format!("..2026_11_22_{revision:02}"));
+    std::fs::create_dir(&rev).unwrap();
+    std::fs::write(rev.join("scopegate.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(rev.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("scopegate.yaml").exists() {
+        std::os::unix::fs::symlink("..data/scopegate.yaml", dir.join("scopegate.yaml")).unwrap();
+    }
+}
+
+struct Reloading {
+    gateway: Gateway,
+}
+
+async fn start_reloading(path: PathBuf) -> Reloading {
+    scopegate::cli::install_crypto_provider();
+    let config = scopegate::config::load_file(&path).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scopegate::server::run_with_reload(
+        path,
+        config,
+        listener,
+        admin_listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let gateway = Gateway::from_parts(addr, admin, stop, task);
+    gateway.wait_ready().await;
+    Reloading { gateway }
+}
+
+async fn wait_for_status(url: &str, status: u16) -> bool {
+    for _ in 0..400 {
+        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+#[tokio::test]
+async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+    assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
+
+    kubelet_write(dir.path(), 2, &yaml(upstream.addr, "/two", ""));
+    assert!(
+        wait_for_status(&gw.url("/two"), 200).await,
+        "new route never appeared"
+    );
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 404);
+
+    // And a second swap after the first (a watch on the file itself would be lost by now).
+    kubelet_write(dir.path(), 3, &yaml(upstream.addr, "/three", ""));
+    assert!(
+        wait_for_status(&gw.url("/three"), 200).await,
+        "second swap missed"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("scopegate_config_reloads_total{result=\"success\"} 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("scopegate_config_last_reload_success 1"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+
+    kubelet_write(
+        dir.path(),
+        2,
+        "routes:\n  - path: /two\n    upstream: nowhere\n",
+    );
+    let mut refused = false;
+    for _ in 0..400 {
+        if gw
+            .metrics()
+            .await
+            .contains("scopegate_config_reloads_total{result=\"invalid\"} 1")
+        {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(refused, "the bad config was not reported");
+    assert!(gw
+        .metrics()
+        .await
+        .contains("scopegate_config_last_reload_success 0"));
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+    assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
+
+    kubelet_write(dir.path(), 3, &yaml(upstream.addr, "/two", ""));
+    assert!(wait_for_status(&gw.url("/two"), 200).await);
+    assert!(gw
+        .metrics()
+        .await
+        .contains("scopegate_config_last_reload_success 1"));
+}
+
+#[tokio::test]
+async fn reload_in_the_middle_of_a_burst_fails_no_request() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let base = world.config();
+    kubelet_write(dir.path(), 1, &base);
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let token = world.token("orders:read");
+
+    let url = gw.url("/orders/7");
+    let mut clients = Vec::new();
+    for _ in 0..8 {
+        let (url, token) = (url.clone(), token.clone());
+        clients.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..40 {
+                statuses.push(get_with_token(&url, &token).await.status);
+            }
+            statuses
+        }));
+    }
+    // Five reloads while the burst runs: each adds a route, so each is a real change.
+    for revision in 2..7 {
+        let text = format!("{base}  - path: /extra{revision}\n    upstream: app\n    auth: none\n");
+        kubelet_write(dir.path(), revision, &text);
+        assert!(wait_for_status(&gw.url(&format!("/extra{revision}")), 200).await);
+    }
+    let mut total = 0;
+    for client in clients {
+        let statuses = client.await.unwrap();
+        total += statuses.len();
+        assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    }
+    assert_eq!(total, 320);
+    // The issuers did not change, so keys were kept: one JWKS fetch in all.
+    assert_eq!(world.jwks.fetches(), 1);
+}
+
+// ---- the real binary: SIGHUP and SIGTERM ----
+
+struct Process {
+    child: Child,
+    addr: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([format!("-{name}"), child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+async fn spawn_binary(config: &Path, text_with_ports: impl Fn(u16, u16) -> String) -> Process {
+    let (port, admin_port) = (free_port(), free_port());
+    std::fs::write(config, text_with_ports(port, admin_port)).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["run", "--config"])
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = Process {
+        child,
+        addr: format!("127.0.0.1:{port}").parse().unwrap(),
+        admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+    };
+    assert!(
+        wait_for_status(&format!("http://{}/readyz", process.admin), 200).await,
+        "the binary never became ready"
+    );
+    process
+}
+
+#[tokio::test]
+async fn sighup_reloads_files_the_watch_cannot_see() {
+    let upstream = Upstream::start().await;
+    let key1 = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let key2 = scopegate::demo::SigningKey::generate("key-2").unwrap();
+    let config_dir = tempfile::tempdir().unwrap();
+    let keys_dir = tempfile::tempdir().unwrap();
+    let jwks = keys_dir.path().join("jwks.json");
+    std::fs::write(&jwks, key1.jwks()).unwrap();
+    let config = config_dir.path().join("scopegate.yaml");
+    let process = spawn_binary(&config, |port, admin| {
+        format!(
+            r#"server:
+  listen: 127.0.0.1:{port}
+  shutdown_delay: 0s
+admin:
+  listen: 127.0.0.1:{admin}
+issuers:
+  - name: test
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_file: {jwks}
+    algorithms: [ES256]
+upstreams:
+  app:
+    url: http://{upstream}
+routes:
+  - path: /orders/{{id}}
+    upstream: app
+    scopes: [orders:read]
+"#,
+            jwks = jwks.display(),
+            upstream = upstream.addr,
+        )
+    })
+    .await;
+    let url = format!("http://{}/orders/1", process.addr);
+    let token2 = key2.mint(&claims("orders:read")).unwrap();
+    assert_eq!(
+        get_with_token(&url, &key1.mint(&claims("orders:read")).unwrap())
+            .await
+            .status,
+        200
+    );
+    assert_eq!(get_with_token(&url, &token2).await.status, 401);
+
+    // Rotate the key file (outside the watched directory), then SIGHUP.
+    std::fs::write(&jwks, key2.jwks()).unwrap();
+    signal(&process.child, "HUP");
+    let mut accepted = false;
+    for _ in 0..400 {
+        if get_with_token(&url, &token2).await.status == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(accepted, "SIGHUP did not reload the key file");
+}
+
+/// An upstream whose responses wait until the test releases them.
+async fn gated_upstream() -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+    use hyper::service::service_fn;
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (release, gate) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let gate = gate.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+                    let mut gate = gate.clone();
+                    async move {
+                        let _ = gate.wait_for(|open| *open).await;
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"done")),
+                        ))
+                    }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, release)
+}
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_requests_finish() {
+    let (upstream, release) = gated_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let mut process = spawn_binary(&config, |port, admin| {
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\n  shutdown_delay: 1s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:{admin}\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+        )
+    })
+    .await;
+    let url = format!("http://{}/slow", process.addr);
+    let in_flight: Vec<_> = (0..5)
+        .map(|_| {
+            let url = url.clone();
+            tokio::spawn(async move { get(&url, &[]).await })
+        })
+        .collect();
+    // Let the requests reach the upstream before the signal.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    signal(&process.child, "TERM");
+    // Unready at once, while still serving during shutdown_delay.
+    assert!(wait_for_status(&format!("http://{}/readyz", process.admin), 503).await);
+    release.send(true).unwrap();
+    for request in in_flight {
+        let reply = request.await.unwrap().unwrap();
+        assert_eq!(reply.status, 200);
+        assert_eq!(reply.text(), "done");
+    }
+    let mut exited = None;
+    for _ in 0..400 {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "scopegate did not exit cleanly: {exited:?}"
+    );
+}
