@@ -11,6 +11,7 @@ fn scopegate() -> Command {
 
 fn check(path: &Path) -> (bool, String, String) {
     let out = scopegate()
+        .env("SCOPEGATE_INTROSPECTION_SECRET", "example-secret")
         .args(["check", "--config"])
         .arg(path)
         .output()
