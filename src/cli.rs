@@ -70,6 +70,9 @@ pub enum Command {
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
     },
+    /// Print an argon2 hash of a client secret or password read from standard
+    /// input (for `client_secret_hash` / `password_hash`).
+    HashSecret,
     /// Add the scopegate sidecar to Kubernetes manifests.
     Inject {
         /// Manifest file, or `-` for standard input.
@@ -106,6 +109,7 @@ pub fn main() -> ExitCode {
             }
         },
         Command::Check { config } => check(&config),
+        Command::HashSecret => hash_secret(),
         Command::Demo {
             listen,
             admin_listen,
@@ -252,6 +256,29 @@ pub fn describe_routes(config: &Config) -> String {
         ));
     }
     out
+}
+
+fn hash_secret() -> ExitCode {
+    let mut secret = String::new();
+    if let Err(e) = std::io::stdin().read_to_string(&mut secret) {
+        eprintln!("stdin: {e}");
+        return ExitCode::FAILURE;
+    }
+    let secret = secret.trim_end_matches(['\n', '\r']);
+    if secret.is_empty() {
+        eprintln!("usage: printf '%s' \"$SECRET\" | scopegate hash-secret");
+        return ExitCode::FAILURE;
+    }
+    match crate::issuer::clients::hash_secret(secret) {
+        Ok(hash) => {
+            println!("{hash}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("hashing failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {

@@ -7,17 +7,12 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use aws_lc_rs::rand::SystemRandom;
-use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::Bytes;
 use http::{header, Request, Response};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use tokio::net::TcpListener;
 
 /// The demo issuer's `iss`.
@@ -25,51 +20,7 @@ pub const DEMO_ISSUER: &str = "https://demo.scopegate.local";
 /// The demo audience.
 pub const DEMO_AUDIENCE: &str = "demo-api";
 
-/// An ES256 signing key with its public JWKS.
-pub struct SigningKey {
-    kid: String,
-    encoding: EncodingKey,
-    jwks: String,
-}
-
-impl SigningKey {
-    /// Generates a fresh P-256 key.
-    pub fn generate(kid: &str) -> Result<Self, String> {
-        let rng = SystemRandom::new();
-        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
-            .map_err(|_| "key generation failed".to_owned())?;
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref())
-            .map_err(|_| "key generation failed".to_owned())?;
-        let public = pair.public_key().as_ref();
-        let (x, y) = match public {
-            [4, rest @ ..] if rest.len() == 64 => rest.split_at(32),
-            _ => return Err("unexpected public key encoding".to_owned()),
-        };
-        let jwks = serde_json::json!({ "keys": [{
-            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
-            "x": URL_SAFE_NO_PAD.encode(x), "y": URL_SAFE_NO_PAD.encode(y),
-        }]})
-        .to_string();
-        Ok(Self {
-            kid: kid.to_owned(),
-            encoding: EncodingKey::from_ec_der(pkcs8.as_ref()),
-            jwks,
-        })
-    }
-
-    /// The JWKS document with the public key.
-    pub fn jwks(&self) -> &str {
-        &self.jwks
-    }
-
-    /// Signs claims as an RFC 9068 access token (`typ: at+jwt`).
-    pub fn mint(&self, claims: &serde_json::Value) -> Result<String, String> {
-        let mut header = Header::new(Algorithm::ES256);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some("at+jwt".to_owned());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
-    }
-}
+pub use crate::issuer::keys::SigningKey;
 
 /// Serves a fixed JSON body on every path (a stand-in IdP's JWKS endpoint).
 pub async fn serve_static_json(listener: TcpListener, body: Arc<str>) {
@@ -146,13 +97,18 @@ where
     }
 }
 
-/// The demo configuration for a JWKS and an upstream on the given addresses.
+/// The demo client's id (API key) and secret.
+pub const DEMO_CLIENT: (&str, &str) = ("demo-app", "demo-secret");
+
+/// The demo configuration: the built-in authorization server with the seed's
+/// token path, and an echo upstream.
 pub fn demo_config_yaml(
     listen: SocketAddr,
     admin: SocketAddr,
-    jwks: SocketAddr,
     upstream: SocketAddr,
+    secret_hash: &str,
 ) -> String {
+    let (client_id, _) = DEMO_CLIENT;
     format!(
         r#"server:
   listen: {listen}
@@ -160,13 +116,17 @@ pub fn demo_config_yaml(
   shutdown_grace: 5s
 admin:
   listen: {admin}
-issuers:
-  - name: demo
-    issuer: {DEMO_ISSUER}
-    audiences: [{DEMO_AUDIENCE}]
-    jwks_uri: http://{jwks}/jwks.json
-    algorithms: [ES256]
-    require_typ: at+jwt
+authorization_server:
+  issuer: http://{listen}
+  token_path: /auth/v2/accesstoken
+  access_token_ttl: 1h
+  refresh_token_ttl: 30m
+  clients:
+    - client_id: {client_id}
+      client_secret_hash: "{secret_hash}"
+      grants: [client_credentials, refresh_token]
+      scopes: [orders:read]
+      audience: {DEMO_AUDIENCE}
 upstreams:
   echo:
     url: http://{upstream}
@@ -191,21 +151,11 @@ routes:
 
 /// Runs the demo until Ctrl-C.
 pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
-    let key = SigningKey::generate("demo-1")?;
-    let jwks_listener = TcpListener::bind("127.0.0.1:0")
-        .await
-        .map_err(|e| e.to_string())?;
     let upstream_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
-    let jwks_addr = jwks_listener.local_addr().map_err(|e| e.to_string())?;
     let upstream_addr = upstream_listener.local_addr().map_err(|e| e.to_string())?;
-    tokio::spawn(serve_static_json(jwks_listener, Arc::from(key.jwks())));
     tokio::spawn(serve_echo(upstream_listener));
-
-    let yaml = demo_config_yaml(listen, admin, jwks_addr, upstream_addr);
-    let config =
-        crate::config::load_str("<demo>", Path::new("."), &yaml).map_err(|e| e.to_string())?;
     let listener = TcpListener::bind(listen)
         .await
         .map_err(|e| format!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
@@ -215,25 +165,33 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
 
-    let now = crate::auth::jwt::now_unix();
-    let claims = |scope: &str| {
-        serde_json::json!({
-            "iss": DEMO_ISSUER, "aud": DEMO_AUDIENCE, "sub": "alice", "client_id": "demo-client",
-            "scope": scope, "iat": now, "exp": now + 3600,
-        })
-    };
-    let reader = key.mint(&claims("orders:read"))?;
+    let (client_id, client_secret) = DEMO_CLIENT;
+    let hash = crate::issuer::clients::hash_secret(client_secret)?;
+    let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash);
+    let config =
+        crate::config::load_str("<demo>", Path::new("."), &yaml).map_err(|e| e.to_string())?;
+    let field = |name: &str| format!("sed -n 's/.*\"{name}\":\"\\([^\"]*\\)\".*/\\1/p'");
     println!(
         "\nscopegate demo is running on http://{listen} (admin: http://{admin}/metrics)\n\n\
-         # 200: a public route, no token needed\n\
+         # 1. Get a token exactly as the seed's client credentials example does:\n\
+         curl -s -X POST 'http://{listen}/auth/v2/accesstoken?grant_type=client_credentials' \\\n\
+         \x20    -H 'Content-Type: application/x-www-form-urlencoded' -H 'Cache-Control: no-cache' \\\n\
+         \x20    -d 'client_id={client_id}&client_secret={client_secret}' | tee /tmp/scopegate-token.json\n\
+         TOKEN=$({token} /tmp/scopegate-token.json); REFRESH=$({refresh} /tmp/scopegate-token.json)\n\n\
+         # 2. 200: call a protected route that requires orders:read\n\
+         curl -i -H \"Authorization: Bearer $TOKEN\" http://{listen}/orders/42\n\n\
+         # 3. Refresh the token (refresh_count goes to 1; the old refresh token is now spent)\n\
+         curl -s -X POST http://{listen}/auth/v2/accesstoken -u {client_id}:{client_secret} \\\n\
+         \x20    -d grant_type=refresh_token -d \"refresh_token=$REFRESH\"\n\n\
+         # 4. 403: the token lacks the `admin` scope\n\
+         curl -i -H \"Authorization: Bearer $TOKEN\" http://{listen}/admin\n\n\
+         # 5. 401: no token at all; 200: a public route\n\
+         curl -i http://{listen}/orders/42\n\
          curl -i http://{listen}/public\n\n\
-         # 200: a token with orders:read on a route that requires it\n\
-         curl -i -H 'Authorization: Bearer {reader}' http://{listen}/orders/42\n\n\
-         # 401: no token on a protected route\n\
-         curl -i http://{listen}/orders/42\n\n\
-         # 403: the same token lacks the `admin` scope\n\
-         curl -i -H 'Authorization: Bearer {reader}' http://{listen}/admin\n\n\
-         Press Ctrl-C to stop.\n"
+         Metadata: http://{listen}/.well-known/oauth-authorization-server  Keys: http://{listen}/.well-known/jwks.json\n\
+         Press Ctrl-C to stop.\n",
+        token = field("access_token"),
+        refresh = field("refresh_token"),
     );
     crate::server::run(
         config,

@@ -58,6 +58,9 @@ pub enum GatewayError {
     /// The introspection endpoint gave no usable answer (fail closed).
     #[error("introspection unavailable")]
     IntrospectionUnavailable,
+    /// The authorization server's store could not answer a revocation check.
+    #[error("state store unavailable")]
+    StoreUnavailable,
     /// The upstream refused or dropped the connection.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -81,6 +84,7 @@ impl GatewayError {
             Self::InsufficientScope { .. } => "insufficient_scope",
             Self::KeysUnavailable => "keys_unavailable",
             Self::IntrospectionUnavailable => "introspection_unavailable",
+            Self::StoreUnavailable => "store_unavailable",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
@@ -96,7 +100,7 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+            Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
@@ -139,6 +143,10 @@ impl GatewayError {
             Self::IntrospectionUnavailable => (
                 "temporarily_unavailable",
                 "the token could not be checked with its issuer; retry later",
+            ),
+            Self::StoreUnavailable => (
+                "temporarily_unavailable",
+                "the token's revocation state could not be checked; retry later",
             ),
             Self::UpstreamUnavailable => ("bad_gateway", "the upstream is unavailable"),
             Self::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
@@ -184,7 +192,7 @@ impl GatewayError {
             Self::MethodNotAllowed { allow } => {
                 headers.insert(ALLOW, allow.clone());
             }
-            Self::KeysUnavailable | Self::IntrospectionUnavailable => {
+            Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
             Self::AmbiguousFraming | Self::BadHost => {

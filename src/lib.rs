@@ -21,6 +21,10 @@
 //!   `/metrics`, `/healthz`, `/readyz` (`health`).
 //! - [`error`]: every way a request can fail, mapped to one HTTP response.
 //! - [`server`]: listeners, TLS, graceful shutdown, and the request pipeline.
+//! - [`issuer`]: the built-in authorization server: token endpoint and grants
+//!   (`token`), client authentication (`clients`), signing keys (`keys`),
+//!   metadata, JWKS, introspection and revocation (`endpoints`), and the state
+//!   store (`store`: memory, redb file, redis).
 //! - [`demo`]: `scopegate demo`, a self-contained playground.
 //! - [`inject`]: `scopegate inject`, adds the sidecar to Kubernetes manifests.
 //! - [`cli`]: the command line; `main.rs` only calls it.
@@ -34,6 +38,7 @@ pub mod config;
 pub mod demo;
 pub mod error;
 pub mod inject;
+pub mod issuer;
 pub mod proxy;
 pub mod routes;
 pub mod server;

@@ -9,7 +9,7 @@ use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
-use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, PublicKeyUse};
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 
@@ -130,6 +130,15 @@ impl KeySet {
 
     fn usable(jwk: &Jwk) -> Option<VerificationKey> {
         if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+            return None;
+        }
+        // RFC 7517 4.3: `key_ops` without "verify" is not a verification key.
+        if jwk
+            .common
+            .key_operations
+            .as_ref()
+            .is_some_and(|ops| !ops.contains(&KeyOperations::Verify))
+        {
             return None;
         }
         let kind = match &jwk.algorithm {

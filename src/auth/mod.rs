@@ -46,6 +46,10 @@ pub struct VerifiedToken {
     pub cache_until: Instant,
     /// Identity header values by claim slot (see `Config::identity_claims`).
     pub identity_values: Box<[Option<HeaderValue>]>,
+    /// `jti`, for revocation checks of the built-in issuer's tokens.
+    pub jti: Option<Box<str>>,
+    /// `sid`: the grant (refresh family) the token belongs to.
+    pub session: Option<Box<str>>,
 }
 
 struct IssuerRuntime {
@@ -403,12 +407,15 @@ pub(crate) fn build_verified(
         .iter()
         .map(|claim| identity_value(claims, claim, &scopes))
         .collect();
+    let text = |name: &str| claims.get(name).and_then(Value::as_str).map(Box::from);
     VerifiedToken {
         issuer,
         scopes,
         expires_at,
         cache_until,
         identity_values,
+        jti: text("jti"),
+        session: text("sid"),
     }
 }
 

@@ -9,8 +9,9 @@ use std::path::Path;
 
 pub use load::ConfigError;
 pub use validate::{
-    Access, ClientAuth, Config, ForwardPolicy, Introspection, Issuer, KeySource, ResourceMetadata,
-    Route, ScopeClaim, Secret, ServerSettings, TlsFiles, Upstream,
+    Access, AuthorizationServerPaths, AuthorizationServerSettings, Client, ClientAuth, Config,
+    ForwardPolicy, Grant, Introspection, Issuer, KeySource, ResourceMetadata, ResponseStyle, Route,
+    ScopeClaim, Secret, ServerSettings, TlsFiles, Upstream, User,
 };
 
 /// Reads, parses and validates a configuration file.

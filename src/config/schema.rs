@@ -37,6 +37,127 @@ pub struct RawConfig {
     /// RFC 9728 protected resource metadata, served and advertised in challenges.
     #[serde(default)]
     pub resource: Option<Spanned<RawResource>>,
+    /// The built-in authorization server.
+    #[serde(default)]
+    pub authorization_server: Option<Spanned<RawAuthorizationServer>>,
+}
+
+/// `authorization_server:`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAuthorizationServer {
+    /// Issuer identifier (`iss` of its tokens); it becomes an accepted issuer.
+    pub issuer: Spanned<String>,
+    /// Issuer name used by routes and metrics.
+    #[serde(default = "default_as_name")]
+    pub name: Spanned<String>,
+    /// Token endpoint path, e.g. `/oauth2/token` or `/auth/v2/accesstoken`.
+    #[serde(default = "default_token_path")]
+    pub token_path: Spanned<String>,
+    /// Authorization endpoint path (authorization code grant).
+    #[serde(default = "default_authorize_path")]
+    pub authorize_path: Spanned<String>,
+    /// Introspection endpoint path (RFC 7662).
+    #[serde(default = "default_introspection_path")]
+    pub introspection_path: Spanned<String>,
+    /// Revocation endpoint path (RFC 7009).
+    #[serde(default = "default_revocation_path")]
+    pub revocation_path: Spanned<String>,
+    /// JWKS path.
+    #[serde(default = "default_jwks_path")]
+    pub jwks_path: Spanned<String>,
+    /// PEM signing keys; the first signs, all verify.
+    #[serde(default)]
+    pub signing_keys: Vec<Spanned<RawSigningKey>>,
+    /// Access token lifetime.
+    #[serde(default = "default_access_ttl", with = "humantime_serde")]
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime (each rotation starts a new one).
+    #[serde(default = "default_refresh_ttl", with = "humantime_serde")]
+    pub refresh_token_ttl: Duration,
+    /// Rotation never extends a refresh family past this age.
+    #[serde(default = "default_family_age", with = "humantime_serde")]
+    pub refresh_family_max_age: Duration,
+    /// `standard` (RFC 6749) or `apigee` (the seeds' sample).
+    #[serde(default = "default_response_style")]
+    pub response_style: Spanned<String>,
+    /// `memory`, `{ file: path }` or `{ redis: url }`.
+    #[serde(default)]
+    pub store: Option<Spanned<RawStore>>,
+    /// Registered clients.
+    #[serde(default)]
+    pub clients: Vec<Spanned<RawClient>>,
+    /// Resource owners for the password and authorization code grants.
+    #[serde(default)]
+    pub users: Vec<Spanned<RawUser>>,
+}
+
+/// A signing key file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSigningKey {
+    /// Key id published in the JWKS and the token header.
+    pub kid: String,
+    /// `ES256`, `RS256` or `EdDSA`.
+    pub alg: String,
+    /// PKCS#8 PEM private key.
+    pub private_key_file: String,
+}
+
+/// The state store.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum RawStore {
+    /// `memory`.
+    Name(String),
+    /// `{ file: path }`.
+    File {
+        /// The redb file.
+        file: String,
+    },
+    /// `{ redis: url }`.
+    Redis {
+        /// `redis://host:port/db`.
+        redis: String,
+    },
+}
+
+/// A registered client.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClient {
+    /// The client id (API key).
+    pub client_id: Spanned<String>,
+    /// Argon2 PHC hash of the secret (`scopegate hash-secret`); absent for public clients.
+    #[serde(default)]
+    pub client_secret_hash: Option<Spanned<String>>,
+    /// Allowed grants.
+    #[serde(default = "default_grants")]
+    pub grants: Spanned<Vec<String>>,
+    /// Scopes the client may request.
+    #[serde(default)]
+    pub scopes: Vec<String>,
+    /// `aud` of its access tokens.
+    pub audience: Spanned<String>,
+    /// Registered redirect URIs (authorization code grant).
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
+    /// Display name on the consent page.
+    #[serde(default)]
+    pub name: Option<String>,
+}
+
+/// A resource owner.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUser {
+    /// Sign-in name (becomes `sub`).
+    pub username: Spanned<String>,
+    /// Argon2 PHC hash of the password.
+    pub password_hash: Spanned<String>,
+    /// Scopes this user may grant (absent: any the client may request).
+    #[serde(default)]
+    pub scopes: Option<Vec<String>>,
 }
 
 /// `server:`: the proxy listener.
@@ -333,6 +454,39 @@ fn default_jwks_cooldown() -> Duration {
 }
 fn default_jwks_timeout() -> Duration {
     Duration::from_secs(5)
+}
+fn default_as_name() -> Spanned<String> {
+    unspanned("local".to_owned())
+}
+fn default_token_path() -> Spanned<String> {
+    unspanned("/oauth2/token".to_owned())
+}
+fn default_authorize_path() -> Spanned<String> {
+    unspanned("/oauth2/authorize".to_owned())
+}
+fn default_introspection_path() -> Spanned<String> {
+    unspanned("/oauth2/introspect".to_owned())
+}
+fn default_revocation_path() -> Spanned<String> {
+    unspanned("/oauth2/revoke".to_owned())
+}
+fn default_jwks_path() -> Spanned<String> {
+    unspanned("/.well-known/jwks.json".to_owned())
+}
+fn default_access_ttl() -> Duration {
+    Duration::from_secs(3600)
+}
+fn default_refresh_ttl() -> Duration {
+    Duration::from_secs(1800)
+}
+fn default_family_age() -> Duration {
+    Duration::from_secs(30 * 24 * 3600)
+}
+fn default_response_style() -> Spanned<String> {
+    unspanned("standard".to_owned())
+}
+fn default_grants() -> Spanned<Vec<String>> {
+    unspanned(vec!["client_credentials".to_owned()])
 }
 fn default_auth_method() -> Spanned<String> {
     unspanned("client_secret_basic".to_owned())

@@ -14,10 +14,13 @@ use serde_saphyr::{Location, Spanned};
 
 use super::load::ConfigError;
 use super::schema::{
-    RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource, RawRoute, RawUpstream,
+    RawAuthorizationServer, RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource,
+    RawRoute, RawStore, RawUpstream,
 };
 use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
+use crate::issuer::keys::SigningKey;
+use crate::issuer::store::StoreConfig;
 use crate::routes::{RouteSpec, RouteTable};
 
 /// The validated configuration the gateway runs on.
@@ -41,6 +44,140 @@ pub struct Config {
     pub identity_claims: Vec<String>,
     /// RFC 9728 protected resource metadata, if configured.
     pub resource: Option<ResourceMetadata>,
+    /// The built-in authorization server, if configured.
+    pub authorization_server: Option<AuthorizationServerSettings>,
+}
+
+/// The built-in authorization server after validation.
+#[derive(Debug)]
+pub struct AuthorizationServerSettings {
+    /// Issuer identifier.
+    pub issuer: String,
+    /// Index of its entry in [`Config::issuers`].
+    pub issuer_index: usize,
+    /// Endpoint paths on the proxy listener.
+    pub paths: AuthorizationServerPaths,
+    /// Signing keys; the first signs.
+    pub keys: Arc<Vec<SigningKey>>,
+    /// Access token lifetime.
+    pub access_token_ttl: Duration,
+    /// Refresh token lifetime.
+    pub refresh_token_ttl: Duration,
+    /// Longest life of a refresh family.
+    pub refresh_family_max_age: Duration,
+    /// Response rendering.
+    pub response_style: ResponseStyle,
+    /// Where refresh families, codes and revocations live.
+    pub store: StoreConfig,
+    /// Registered clients.
+    pub clients: Vec<Client>,
+    /// Resource owners.
+    pub users: Vec<User>,
+}
+
+/// Endpoint paths of the built-in authorization server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuthorizationServerPaths {
+    /// Token endpoint.
+    pub token: String,
+    /// Authorization endpoint.
+    pub authorize: String,
+    /// Introspection endpoint.
+    pub introspection: String,
+    /// Revocation endpoint.
+    pub revocation: String,
+    /// JWKS.
+    pub jwks: String,
+    /// RFC 8414 metadata.
+    pub metadata: String,
+}
+
+impl AuthorizationServerPaths {
+    fn all(&self) -> [&str; 6] {
+        [
+            &self.token,
+            &self.authorize,
+            &self.introspection,
+            &self.revocation,
+            &self.jwks,
+            &self.metadata,
+        ]
+    }
+}
+
+/// How token responses are rendered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseStyle {
+    /// RFC 6749 5.1 plus the seed fields.
+    Standard,
+    /// Apigee's shape: `BearerToken`, numbers as strings, issue time in ms.
+    Apigee,
+}
+
+/// OAuth grant types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// `client_credentials`.
+    ClientCredentials,
+    /// `refresh_token`.
+    RefreshToken,
+    /// `password` (resource owner credentials).
+    Password,
+    /// `authorization_code`.
+    AuthorizationCode,
+}
+
+impl Grant {
+    /// Parses a `grant_type` value.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "client_credentials" => Some(Self::ClientCredentials),
+            "refresh_token" => Some(Self::RefreshToken),
+            "password" => Some(Self::Password),
+            "authorization_code" => Some(Self::AuthorizationCode),
+            _ => None,
+        }
+    }
+
+    /// The `grant_type` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ClientCredentials => "client_credentials",
+            Self::RefreshToken => "refresh_token",
+            Self::Password => "password",
+            Self::AuthorizationCode => "authorization_code",
+        }
+    }
+}
+
+/// A registered client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    /// Client id.
+    pub client_id: String,
+    /// Argon2 PHC string; `None` for a public client.
+    pub secret_hash: Option<String>,
+    /// Allowed grants.
+    pub grants: Vec<Grant>,
+    /// Scopes it may request.
+    pub scopes: Vec<String>,
+    /// `aud` of its tokens.
+    pub audience: String,
+    /// Registered redirect URIs.
+    pub redirect_uris: Vec<String>,
+    /// Display name.
+    pub name: String,
+}
+
+/// A resource owner.
+#[derive(Debug, Clone)]
+pub struct User {
+    /// Sign-in name.
+    pub username: String,
+    /// Argon2 PHC string.
+    pub password_hash: String,
+    /// Scopes the user may grant (`None`: any).
+    pub scopes: Option<Vec<String>>,
 }
 
 impl Config {
@@ -278,7 +415,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let v = Validator { source, base_dir };
     let server = v.server(&raw)?;
     let admin_listen = v.socket_addr(&raw.admin.listen)?;
-    let issuers = raw
+    let mut issuers = raw
         .issuers
         .iter()
         .map(|i| v.issuer(i))
@@ -297,12 +434,29 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let default_forward = v.forward(&raw.forward, None, &mut identity_claims)?;
     let default_forward = Arc::new(default_forward);
 
-    let issuer_index: HashMap<&str, usize> = raw
+    let mut issuer_index: HashMap<&str, usize> = raw
         .issuers
         .iter()
         .enumerate()
         .map(|(i, iss)| (iss.value.name.value.as_str(), i))
         .collect();
+    let authorization_server = match &raw.authorization_server {
+        Some(spanned) => {
+            let (settings, issuer) = v.authorization_server(spanned, issuers.len())?;
+            if issuer_index.contains_key(spanned.value.name.value.as_str())
+                || issuers.iter().any(|i| i.issuer == issuer.issuer)
+            {
+                return Err(v.err(
+                    spanned.value.name.referenced,
+                    "the authorization server's name or issuer is already used by an issuer",
+                ));
+            }
+            issuer_index.insert(spanned.value.name.value.as_str(), issuers.len());
+            issuers.push(issuer);
+            Some(settings)
+        }
+        None => None,
+    };
 
     let introspecting: Vec<bool> = issuers.iter().map(|i| i.introspection.is_some()).collect();
     let mut specs = Vec::with_capacity(raw.routes.len());
@@ -342,8 +496,22 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     }
 
     let resource = raw.resource.as_ref().map(|r| v.resource(r)).transpose()?;
+    if let (Some(settings), Some(spanned)) = (&authorization_server, &raw.authorization_server) {
+        for path in settings.paths.all() {
+            let taken = [Method::GET, Method::POST]
+                .iter()
+                .any(|m| !matches!(routes.lookup(m, path), crate::routes::Lookup::NotFound));
+            if taken {
+                return Err(v.err(
+                    spanned.referenced,
+                    format!("authorization server path `{path}` is also matched by a route"),
+                ));
+            }
+        }
+    }
 
     Ok(Config {
+        authorization_server,
         resource,
         source: source.to_owned(),
         server,
@@ -682,6 +850,209 @@ impl Validator<'_> {
             negative_cache_ttl: raw.negative_cache_ttl,
             ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
         })
+    }
+
+    fn authorization_server(
+        &self,
+        spanned: &Spanned<RawAuthorizationServer>,
+        issuer_index: usize,
+    ) -> Result<(AuthorizationServerSettings, Issuer), ConfigError> {
+        let raw = &spanned.value;
+        let here = spanned.referenced;
+        let issuer_uri = self.http_uri(&raw.issuer)?;
+        let path_of = |p: &Spanned<String>| -> Result<String, ConfigError> {
+            match crate::routes::canonicalize(&p.value) {
+                Ok(c) if c == p.value.as_str() && p.value.starts_with('/') => Ok(p.value.clone()),
+                _ => Err(self.err(
+                    p.referenced,
+                    format!("`{}` is not a canonical path", p.value),
+                )),
+            }
+        };
+        let issuer_path = issuer_uri.path().trim_end_matches('/');
+        let paths = AuthorizationServerPaths {
+            token: path_of(&raw.token_path)?,
+            authorize: path_of(&raw.authorize_path)?,
+            introspection: path_of(&raw.introspection_path)?,
+            revocation: path_of(&raw.revocation_path)?,
+            jwks: path_of(&raw.jwks_path)?,
+            metadata: format!("/.well-known/oauth-authorization-server{issuer_path}"),
+        };
+        let mut keys = Vec::new();
+        for key in &raw.signing_keys {
+            let alg = match key.value.alg.as_str() {
+                "ES256" => Algorithm::ES256,
+                "RS256" => Algorithm::RS256,
+                "PS256" => Algorithm::PS256,
+                "EdDSA" => Algorithm::EdDSA,
+                other => {
+                    return Err(self.err(
+                        key.referenced,
+                        format!("signing alg must be ES256, RS256, PS256 or EdDSA, not `{other}`"),
+                    ))
+                }
+            };
+            let path = self.path(&key.value.private_key_file);
+            let pem = std::fs::read(&path).map_err(|e| {
+                self.err(
+                    key.referenced,
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            let signing = SigningKey::from_pem(&key.value.kid, alg, &pem)
+                .map_err(|e| self.err(key.referenced, format!("{}: {e}", path.display())))?;
+            if keys.iter().any(|k: &SigningKey| k.kid() == signing.kid()) {
+                return Err(self.err(key.referenced, format!("duplicate kid `{}`", signing.kid())));
+            }
+            keys.push(signing);
+        }
+        if keys.is_empty() {
+            tracing::warn!("authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
+            keys.push(SigningKey::generate("ephemeral").map_err(|e| self.err(here, e))?);
+        }
+        let jwks = crate::issuer::keys::jwks_document(&keys);
+        let key_set =
+            KeySet::from_json(jwks.as_bytes()).map_err(|e| self.err(here, e.to_string()))?;
+        let response_style = match raw.response_style.value.as_str() {
+            "standard" => ResponseStyle::Standard,
+            "apigee" => ResponseStyle::Apigee,
+            other => {
+                return Err(self.err(
+                    raw.response_style.referenced,
+                    format!("response_style must be `standard` or `apigee`, not `{other}`"),
+                ))
+            }
+        };
+        let store = match raw.store.as_ref().map(|s| (&s.value, s.referenced)) {
+            None => StoreConfig::Memory,
+            Some((RawStore::Name(name), _)) if name == "memory" => StoreConfig::Memory,
+            Some((RawStore::Name(name), at)) => {
+                return Err(self.err(
+                    at,
+                    format!("store must be `memory`, `{{ file: PATH }}` or `{{ redis: URL }}`, not `{name}`"),
+                ))
+            }
+            Some((RawStore::File { file }, _)) => StoreConfig::File(self.path(file)),
+            Some((RawStore::Redis { redis }, at)) => {
+                if !redis.starts_with("redis://") && !redis.starts_with("rediss://") {
+                    return Err(self.err(at, "redis store URL must start with redis:// or rediss://"));
+                }
+                StoreConfig::Redis(redis.clone())
+            }
+        };
+        let mut clients: Vec<Client> = Vec::new();
+        for client in &raw.clients {
+            let c = &client.value;
+            if c.client_id.value.is_empty()
+                || clients.iter().any(|x| x.client_id == c.client_id.value)
+            {
+                return Err(self.err(
+                    c.client_id.referenced,
+                    format!("client_id `{}` is empty or used twice", c.client_id.value),
+                ));
+            }
+            if let Some(hash) = &c.client_secret_hash {
+                argon2::PasswordHash::new(&hash.value).map_err(|_| {
+                    self.err(
+                        hash.referenced,
+                        "client_secret_hash is not an argon2 PHC string (make one with `scopegate hash-secret`)",
+                    )
+                })?;
+            }
+            let mut grants = Vec::new();
+            for g in &c.grants.value {
+                let grant = Grant::parse(g).ok_or_else(|| {
+                    self.err(
+                        c.grants.referenced,
+                        format!("unknown grant `{g}` (client_credentials, refresh_token, password, authorization_code)"),
+                    )
+                })?;
+                if grant != Grant::AuthorizationCode
+                    && grant != Grant::RefreshToken
+                    && c.client_secret_hash.is_none()
+                {
+                    return Err(self.err(
+                        c.grants.referenced,
+                        format!("a public client (no client_secret_hash) cannot use `{g}`"),
+                    ));
+                }
+                grants.push(grant);
+            }
+            ScopeRequirement::new(c.scopes.clone(), Vec::new())
+                .map_err(|e| self.err(client.referenced, e))?;
+            if c.audience.value.is_empty() {
+                return Err(self.err(c.audience.referenced, "audience must not be empty"));
+            }
+            clients.push(Client {
+                client_id: c.client_id.value.clone(),
+                secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
+                grants,
+                scopes: c.scopes.clone(),
+                audience: c.audience.value.clone(),
+                redirect_uris: c.redirect_uris.clone(),
+                name: c.name.clone().unwrap_or_else(|| c.client_id.value.clone()),
+            });
+        }
+        let mut users: Vec<User> = Vec::new();
+        for user in &raw.users {
+            let u = &user.value;
+            argon2::PasswordHash::new(&u.password_hash.value).map_err(|_| {
+                self.err(
+                    u.password_hash.referenced,
+                    "password_hash is not an argon2 PHC string",
+                )
+            })?;
+            if u.username.value.is_empty() || users.iter().any(|x| x.username == u.username.value) {
+                return Err(self.err(u.username.referenced, "username is empty or used twice"));
+            }
+            users.push(User {
+                username: u.username.value.clone(),
+                password_hash: u.password_hash.value.clone(),
+                scopes: u.scopes.clone(),
+            });
+        }
+        self.positive(raw.access_token_ttl, here, "access_token_ttl")?;
+        self.positive(raw.refresh_token_ttl, here, "refresh_token_ttl")?;
+        let mut audiences: Vec<String> = clients.iter().map(|c| c.audience.clone()).collect();
+        audiences.sort();
+        audiences.dedup();
+        if audiences.is_empty() {
+            audiences.push(raw.issuer.value.clone());
+        }
+        let mut algorithms: Vec<Algorithm> = keys.iter().map(SigningKey::algorithm).collect();
+        algorithms.dedup();
+        let issuer = Issuer {
+            name: Arc::from(raw.name.value.as_str()),
+            issuer: raw.issuer.value.clone(),
+            audiences,
+            keys: KeySource::Static(Arc::new(key_set)),
+            introspection: None,
+            discovery: false,
+            algorithms,
+            leeway_secs: 30,
+            require_typ: Some("at+jwt".to_owned()),
+            scope_claim: ScopeClaim::Scope,
+            jwks_refresh_interval: Duration::from_secs(3600),
+            jwks_refetch_cooldown: Duration::from_secs(3600),
+            jwks_timeout: Duration::from_secs(5),
+            ca_file: None,
+        };
+        Ok((
+            AuthorizationServerSettings {
+                issuer: raw.issuer.value.clone(),
+                issuer_index,
+                paths,
+                keys: Arc::new(keys),
+                access_token_ttl: raw.access_token_ttl,
+                refresh_token_ttl: raw.refresh_token_ttl,
+                refresh_family_max_age: raw.refresh_family_max_age,
+                response_style,
+                store,
+                clients,
+                users,
+            },
+            issuer,
+        ))
     }
 
     fn resource(&self, spanned: &Spanned<RawResource>) -> Result<ResourceMetadata, ConfigError> {

@@ -1,6 +1,7 @@
 //! Listeners and lifecycle: accepting connections (plain or TLS), the admin
 //! listener, key refreshers, and a shutdown that loses no request.
 
+mod framing;
 pub mod pipeline;
 pub mod reload;
 pub mod tls;
@@ -91,7 +92,9 @@ async fn serve(
         Some(files) => Some(tls::acceptor(files).map_err(ServerError::Setup)?),
         None => None,
     };
-    let first = Gateway::new(config, Arc::clone(&metrics)).map_err(ServerError::Setup)?;
+    let first = Gateway::new(config, Arc::clone(&metrics))
+        .await
+        .map_err(ServerError::Setup)?;
     first.authenticator().spawn_background();
     let current = Arc::new(ArcSwap::from_pointee(first));
 
@@ -221,7 +224,12 @@ async fn serve_connection<I>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ClientInfo { ip: peer.ip(), tls };
-    let service = service_fn(move |request: Request<Incoming>| {
+    let (io, requests) = framing::FramingWatch::new(io);
+    let service = service_fn(move |mut request: Request<Incoming>| {
+        // hyper hides a Content-Length sent next to Transfer-Encoding.
+        if requests.next() {
+            request.extensions_mut().insert(framing::SmuggledLength);
+        }
         // Each request runs on the config that was current when it arrived.
         let gateway = gateway.load_full();
         async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }

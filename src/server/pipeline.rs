@@ -12,9 +12,12 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 
 use crate::admin::metrics::Metrics;
+use crate::auth::jwt::TokenError;
 use crate::auth::{authorize, Authenticator, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{ChallengeContext, GatewayError};
+use crate::issuer::store::Store;
+use crate::issuer::AuthorizationServer;
 use crate::proxy::{Body, ClientInfo, Forwarder};
 use crate::routes::{canonicalize, Lookup, RouteTable};
 
@@ -27,20 +30,56 @@ pub struct Gateway {
     challenge: ChallengeContext,
     resource: Option<ResourceMetadata>,
     auth_fingerprint: String,
+    authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
 }
 
 /// Route label for requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
 impl Gateway {
-    /// Builds the runtime from a config (no network I/O happens here).
-    pub fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, String> {
-        Self::reusing(config, metrics, None)
+    /// Builds the runtime from a config. Opens the authorization server's
+    /// store (a redis connection, a file) when one is configured.
+    pub async fn new(config: Config, metrics: Arc<Metrics>) -> Result<Self, String> {
+        Self::build(config, metrics, None).await
     }
 
-    /// Like [`Self::new`], but keeps `auth` (its key sets and caches) when the
-    /// reloaded config describes the same issuers.
-    pub fn reusing(
+    /// Like [`Self::new`], keeping from `previous` what did not change: the
+    /// authenticator (key sets, caches) when the issuers are the same, and the
+    /// authorization server's store when its configuration is the same.
+    pub async fn build(
+        mut config: Config,
+        metrics: Arc<Metrics>,
+        previous: Option<&Gateway>,
+    ) -> Result<Self, String> {
+        let authorization_server = match config.authorization_server.take() {
+            Some(settings) => {
+                let reusable = previous
+                    .and_then(|p| p.authorization_server.as_ref())
+                    .filter(|(_, s)| s.settings().store == settings.store)
+                    .map(|(_, s)| s.store().clone());
+                let store = match reusable {
+                    Some(store) => store,
+                    None => Store::open(&settings.store)
+                        .await
+                        .map_err(|e| format!("authorization server store: {e}"))?,
+                };
+                Some((
+                    settings.issuer_index,
+                    Arc::new(AuthorizationServer::new(settings, store)),
+                ))
+            }
+            None => None,
+        };
+        let auth = previous
+            .filter(|p| p.auth_fingerprint == config.auth_fingerprint())
+            .map(|p| Arc::clone(&p.auth));
+        let mut gateway = Self::reusing(config, metrics, auth)?;
+        gateway.authorization_server = authorization_server;
+        Ok(gateway)
+    }
+
+    /// Builds from a config with no authorization server, keeping `auth`.
+    fn reusing(
         config: Config,
         metrics: Arc<Metrics>,
         auth: Option<Arc<Authenticator>>,
@@ -64,6 +103,7 @@ impl Gateway {
             challenge: ChallengeContext::new(config.resource.as_ref().map(|r| r.url.as_str())),
             resource: config.resource,
             auth_fingerprint,
+            authorization_server: None,
         })
     }
 
@@ -126,6 +166,12 @@ impl Gateway {
             Ok(path) => path,
             Err(e) => return (None, Err(GatewayError::BadPath(e))),
         };
+        if let Some((_, server)) = &self.authorization_server {
+            if server.owns(&path) {
+                let path = path.into_owned();
+                return (None, Ok(server.handle(request, &path).await));
+            }
+        }
         if let Some(resource) = &self.resource {
             if *path == *resource.path && request.method() == Method::GET {
                 return (None, Ok(resource_metadata_response(resource)));
@@ -183,6 +229,27 @@ impl Gateway {
         route: &Route,
         request: &Request<Incoming>,
     ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
+        let token = self.authenticate_token(route, request).await?;
+        // Tokens of the built-in issuer can be revoked; check on every request.
+        if let (Some(token), Some((index, server))) = (&token, &self.authorization_server) {
+            if token.issuer == *index {
+                let revoked = server
+                    .revoked_ids(token.jti.as_deref(), token.session.as_deref())
+                    .await
+                    .map_err(|_| GatewayError::StoreUnavailable)?;
+                if revoked {
+                    return Err(GatewayError::InvalidToken(TokenError::Inactive));
+                }
+            }
+        }
+        Ok(token)
+    }
+
+    async fn authenticate_token(
+        &self,
+        route: &Route,
+        request: &Request<Incoming>,
+    ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
         match &route.access {
             Access::Public => Ok(None),
             Access::Bearer {
@@ -211,7 +278,13 @@ impl Gateway {
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
-    if lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
+    if lengths > 1
+        || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING))
+        || request
+            .extensions()
+            .get::<super::framing::SmuggledLength>()
+            .is_some()
+    {
         return Err(GatewayError::AmbiguousFraming);
     }
     let mut hosts = headers.get_all(HOST).iter();

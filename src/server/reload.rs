@@ -157,11 +157,10 @@ impl Reloader {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
         let old = self.current.load_full();
-        let reuse = (old.auth_fingerprint() == config.auth_fingerprint())
-            .then(|| Arc::clone(old.authenticator()));
-        let reused = reuse.is_some();
-        let gateway = Gateway::reusing(config, Arc::clone(&self.metrics), reuse)
+        let gateway = Gateway::build(config, Arc::clone(&self.metrics), Some(&old))
+            .await
             .map_err(ReloadError::Setup)?;
+        let reused = Arc::ptr_eq(gateway.authenticator(), old.authenticator());
         let gateway = Arc::new(gateway);
         if !reused {
             gateway.authenticator().spawn_background();

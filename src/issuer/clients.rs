@@ -1,0 +1,253 @@
+//! Client authentication for the token, introspection and revocation
+//! endpoints (RFC 6749 2.3.1): HTTP Basic or form body, argon2-hashed secrets
+//! checked off the runtime, successful checks cached, failures rate-limited.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+use http::HeaderMap;
+
+use super::OAuthError;
+use crate::config::Client;
+
+/// Failed attempts allowed per key within [`FAILURE_WINDOW`].
+const MAX_FAILURES: u32 = 5;
+/// The failure counting window.
+const FAILURE_WINDOW: Duration = Duration::from_secs(60);
+/// Keys tracked by the limiter at most (oldest windows are dropped first).
+const MAX_TRACKED: usize = 10_000;
+/// How long a successful secret check is remembered.
+const SUCCESS_TTL: Duration = Duration::from_secs(600);
+
+/// Credentials as presented.
+#[derive(Debug, Clone)]
+pub struct Presented {
+    /// The client id.
+    pub client_id: String,
+    /// The secret, if any (public clients send none).
+    pub secret: Option<String>,
+    /// Whether HTTP Basic was used (a failure then gets a Basic challenge).
+    pub basic: bool,
+}
+
+/// Reads client credentials from the Basic header or the form, refusing both
+/// at once and credentials in the query string.
+pub fn presented(
+    headers: &HeaderMap,
+    form: &HashMap<String, String>,
+    query_has_credentials: bool,
+) -> Result<Option<Presented>, OAuthError> {
+    if query_has_credentials {
+        return Err(OAuthError::invalid_request(
+            "client credentials must not be sent in the query string (RFC 6749 section 2.3.1)",
+        ));
+    }
+    let basic = match headers.get(http::header::AUTHORIZATION) {
+        Some(value) => {
+            let value = value
+                .to_str()
+                .map_err(|_| OAuthError::invalid_client_basic())?;
+            let encoded = value
+                .get(..6)
+                .filter(|s| s.eq_ignore_ascii_case("basic "))
+                .and_then(|_| value.get(6..))
+                .ok_or_else(|| OAuthError::invalid_request("unsupported Authorization scheme"))?;
+            let decoded = STANDARD
+                .decode(encoded.trim())
+                .map_err(|_| OAuthError::invalid_client_basic())?;
+            let decoded =
+                String::from_utf8(decoded).map_err(|_| OAuthError::invalid_client_basic())?;
+            let (id, secret) = decoded
+                .split_once(':')
+                .ok_or_else(OAuthError::invalid_client_basic)?;
+            let id = form_decode(id).ok_or_else(OAuthError::invalid_client_basic)?;
+            let secret = form_decode(secret).ok_or_else(OAuthError::invalid_client_basic)?;
+            Some(Presented {
+                client_id: id,
+                secret: Some(secret),
+                basic: true,
+            })
+        }
+        None => None,
+    };
+    let in_form = form.get("client_id").map(|id| Presented {
+        client_id: id.clone(),
+        secret: form.get("client_secret").cloned(),
+        basic: false,
+    });
+    match (basic, in_form) {
+        (Some(_), Some(_)) => Err(OAuthError::invalid_request(
+            "use one client authentication method, not Basic and the form body together",
+        )),
+        (Some(b), None) => Ok(Some(b)),
+        (None, f) => Ok(f),
+    }
+}
+
+fn form_decode(s: &str) -> Option<String> {
+    let with_spaces = s.replace('+', " ");
+    percent_encoding::percent_decode_str(&with_spaces)
+        .decode_utf8()
+        .ok()
+        .map(|c| c.into_owned())
+}
+
+/// Checks secrets, caching successes and limiting failures.
+pub struct ClientAuthenticator {
+    clients: HashMap<String, Client>,
+    verified: moka::sync::Cache<[u8; 32], ()>,
+    failures: Mutex<HashMap<String, (u32, Instant)>>,
+}
+
+impl ClientAuthenticator {
+    /// Indexes the registered clients.
+    pub fn new(clients: &[Client]) -> Self {
+        Self {
+            clients: clients
+                .iter()
+                .map(|c| (c.client_id.clone(), c.clone()))
+                .collect(),
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(SUCCESS_TTL)
+                .build(),
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A registered client by id.
+    pub fn client(&self, client_id: &str) -> Option<&Client> {
+        self.clients.get(client_id)
+    }
+
+    /// Authenticates a confidential client (or identifies a public one when
+    /// `allow_public` and it sent no secret).
+    pub async fn authenticate(
+        &self,
+        presented: Option<Presented>,
+        allow_public: bool,
+    ) -> Result<Arc<Client>, OAuthError> {
+        let Some(p) = presented else {
+            return Err(OAuthError::invalid_client(
+                false,
+                "client authentication is required",
+            ));
+        };
+        if self.is_limited(&p.client_id) {
+            return Err(OAuthError::too_many_attempts());
+        }
+        let Some(client) = self.clients.get(&p.client_id) else {
+            self.record_failure(&p.client_id);
+            return Err(OAuthError::invalid_client(
+                p.basic,
+                "unknown client or wrong secret",
+            ));
+        };
+        match (&client.secret_hash, &p.secret) {
+            (None, None) if allow_public => Ok(Arc::new(client.clone())),
+            (None, _) => Err(OAuthError::invalid_client(
+                p.basic,
+                "this client cannot authenticate here",
+            )),
+            (Some(_), None) => {
+                self.record_failure(&p.client_id);
+                Err(OAuthError::invalid_client(p.basic, "client secret missing"))
+            }
+            (Some(hash), Some(secret)) => {
+                if self.check_secret(&p.client_id, hash, secret).await {
+                    Ok(Arc::new(client.clone()))
+                } else {
+                    self.record_failure(&p.client_id);
+                    Err(OAuthError::invalid_client(
+                        p.basic,
+                        "unknown client or wrong secret",
+                    ))
+                }
+            }
+        }
+    }
+
+    /// Verifies a secret against its argon2 hash off the runtime, remembering
+    /// successes so the endpoint is not a CPU sink.
+    pub async fn check_secret(&self, id: &str, hash: &str, secret: &str) -> bool {
+        let key = cache_key(id, hash, secret);
+        if self.verified.get(&key).is_some() {
+            return true;
+        }
+        let ok = verify_hash(hash.to_owned(), secret.to_owned()).await;
+        if ok {
+            self.verified.insert(key, ());
+        }
+        ok
+    }
+
+    /// True when `key` (a client id or user name) failed too often recently.
+    pub fn is_limited(&self, key: &str) -> bool {
+        let Ok(failures) = self.failures.lock() else {
+            return true;
+        };
+        failures
+            .get(key)
+            .is_some_and(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
+    }
+
+    /// Counts a failed attempt for `key`.
+    pub fn record_failure(&self, key: &str) {
+        let Ok(mut failures) = self.failures.lock() else {
+            return;
+        };
+        if failures.len() >= MAX_TRACKED {
+            failures.retain(|_, (_, start)| start.elapsed() < FAILURE_WINDOW);
+            if failures.len() >= MAX_TRACKED {
+                failures.clear();
+            }
+        }
+        let entry = failures
+            .entry(key.to_owned())
+            .or_insert((0, Instant::now()));
+        if entry.1.elapsed() >= FAILURE_WINDOW {
+            *entry = (0, Instant::now());
+        }
+        entry.0 += 1;
+    }
+}
+
+fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
+    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for part in [id, hash, secret] {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
+/// Argon2 verification on the blocking pool.
+pub async fn verify_hash(hash: String, secret: String) -> bool {
+    tokio::task::spawn_blocking(move || {
+        PasswordHash::new(&hash)
+            .map(|parsed| {
+                Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok()
+            })
+            .unwrap_or(false)
+    })
+    .await
+    .unwrap_or(false)
+}
+
+/// Hashes a secret for the config (`scopegate hash-secret`).
+pub fn hash_secret(secret: &str) -> Result<String, String> {
+    use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(secret.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| e.to_string())
+}

@@ -1,0 +1,278 @@
+//! JWKS, RFC 8414 metadata, RFC 7662 introspection and RFC 7009 revocation.
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::clients;
+use super::keys::jwks_document;
+use super::{json_response, read_form, AuthorizationServer, OAuthError};
+use crate::auth::cache::digest;
+use crate::auth::jwks::KeySet;
+use crate::auth::jwt::{self, now_unix};
+use crate::proxy::Body;
+
+impl AuthorizationServer {
+    pub(crate) fn jwks(&self) -> Response<Body> {
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(jwks_document(
+            &self.settings.keys,
+        )))));
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("application/jwk-set+json"),
+        );
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        response
+    }
+
+    /// RFC 8414 authorization server metadata.
+    pub(crate) fn metadata(&self) -> Response<Body> {
+        let s = &self.settings;
+        let base = origin(&s.issuer);
+        let url = |path: &str| format!("{base}{path}");
+        let mut scopes: Vec<&str> = s
+            .clients
+            .iter()
+            .flat_map(|c| c.scopes.iter().map(String::as_str))
+            .collect();
+        scopes.sort_unstable();
+        scopes.dedup();
+        let mut grants: Vec<&str> = s
+            .clients
+            .iter()
+            .flat_map(|c| c.grants.iter().map(|g| g.as_str()))
+            .collect();
+        grants.sort_unstable();
+        grants.dedup();
+        let body = json!({
+            "issuer": s.issuer,
+            "token_endpoint": url(&s.paths.token),
+            "authorization_endpoint": url(&s.paths.authorize),
+            "jwks_uri": url(&s.paths.jwks),
+            "introspection_endpoint": url(&s.paths.introspection),
+            "revocation_endpoint": url(&s.paths.revocation),
+            "grant_types_supported": grants,
+            "response_types_supported": ["code"],
+            "scopes_supported": scopes,
+            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "code_challenge_methods_supported": ["S256"],
+            "authorization_response_iss_parameter_supported": true,
+        });
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=300"),
+        );
+        response
+    }
+
+    /// RFC 7662: for authenticated clients; access tokens (JWT) and refresh tokens.
+    pub(crate) async fn introspect(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, OAuthError> {
+        let req = read_form(request).await?;
+        let presented = clients::presented(
+            &req.headers,
+            &req.form,
+            req.query.contains_key("client_secret"),
+        )?;
+        self.clients.authenticate(presented, false).await?;
+        let token = req
+            .form
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        let answer = match self.active_access_token(token).await? {
+            Some(claims) => {
+                let mut answer = json!({ "active": true, "token_type": "Bearer" });
+                for field in [
+                    "scope",
+                    "client_id",
+                    "sub",
+                    "aud",
+                    "iss",
+                    "exp",
+                    "iat",
+                    "jti",
+                ] {
+                    if let Some(v) = claims.get(field) {
+                        answer[field] = v.clone();
+                    }
+                }
+                answer
+            }
+            None => self.refresh_token_answer(token).await?,
+        };
+        Ok(json_response(StatusCode::OK, answer.to_string()))
+    }
+
+    async fn refresh_token_answer(&self, token: &str) -> Result<Value, OAuthError> {
+        let inactive = json!({ "active": false });
+        let Some((record, used)) = self
+            .store
+            .get_refresh(&digest(token))
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        else {
+            return Ok(inactive);
+        };
+        let revoked = self
+            .store
+            .is_family_revoked(&record.family)
+            .await
+            .map_err(|e| self.store_failed(&e))?;
+        if used || revoked || record.expires_at <= now_unix() {
+            return Ok(inactive);
+        }
+        Ok(json!({
+            "active": true,
+            "token_type": "refresh_token",
+            "scope": record.scope,
+            "client_id": record.client_id,
+            "sub": record.subject,
+            "aud": record.audience,
+            "iss": self.settings.issuer,
+            "iat": record.issued_at,
+            "exp": record.expires_at,
+        }))
+    }
+
+    /// The claims of a valid, unrevoked access token signed by this server.
+    async fn active_access_token(
+        &self,
+        token: &str,
+    ) -> Result<Option<serde_json::Map<String, Value>>, OAuthError> {
+        let Ok(parsed) = jwt::parse_compact(token) else {
+            return Ok(None);
+        };
+        let keys = KeySet::from_json(jwks_document(&self.settings.keys).as_bytes())
+            .map_err(|e| OAuthError::server_error(e.to_string()))?;
+        let Some(alg) = jwt::allowed_algorithm(
+            &parsed.alg,
+            &self
+                .settings
+                .keys
+                .iter()
+                .map(|k| k.algorithm())
+                .collect::<Vec<_>>(),
+        ) else {
+            return Ok(None);
+        };
+        let verified = keys
+            .candidates(parsed.kid.as_deref(), alg)
+            .any(|k| k.verify(parsed.signing_input, parsed.signature, alg));
+        if !verified
+            || parsed.claims.get("iss").and_then(Value::as_str)
+                != Some(self.settings.issuer.as_str())
+            || jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_err()
+        {
+            return Ok(None);
+        }
+        if self.is_revoked(&parsed.claims).await? {
+            return Ok(None);
+        }
+        Ok(Some(parsed.claims))
+    }
+
+    /// Whether an access token's `jti` or grant (`sid`) was revoked.
+    pub async fn is_revoked(
+        &self,
+        claims: &serde_json::Map<String, Value>,
+    ) -> Result<bool, OAuthError> {
+        let jti = claims.get("jti").and_then(Value::as_str);
+        let sid = claims.get("sid").and_then(Value::as_str);
+        self.revoked_ids(jti, sid)
+            .await
+            .map_err(|e| self.store_failed(&e))
+    }
+
+    /// Revocation check by ids (the gateway's hot path uses this for tokens
+    /// of the built-in issuer).
+    pub async fn revoked_ids(
+        &self,
+        jti: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<bool, super::store::StoreError> {
+        if let Some(jti) = jti {
+            if self.store.is_access_revoked(jti).await? {
+                return Ok(true);
+            }
+        }
+        if let Some(sid) = sid {
+            if self.store.is_family_revoked(sid).await? {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
+    /// RFC 7009: revokes refresh tokens (their whole grant) and access tokens
+    /// issued to the calling client; unknown tokens are not an error.
+    pub(crate) async fn revoke(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, OAuthError> {
+        let req = read_form(request).await?;
+        let presented = clients::presented(
+            &req.headers,
+            &req.form,
+            req.query.contains_key("client_secret"),
+        )?;
+        let client = self.clients.authenticate(presented, true).await?;
+        let token = req
+            .form
+            .get("token")
+            .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
+        if let Some((record, _)) = self
+            .store
+            .get_refresh(&digest(token))
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        {
+            if record.client_id == client.client_id {
+                self.store
+                    .revoke_family(&record.family, record.family_expires_at)
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
+            }
+        } else if let Some(claims) = self.active_access_token(token).await? {
+            let owner = claims.get("client_id").and_then(Value::as_str);
+            let jti = claims.get("jti").and_then(Value::as_str);
+            let exp = claims
+                .get("exp")
+                .and_then(Value::as_u64)
+                .unwrap_or_else(now_unix);
+            if let (Some(owner), Some(jti)) = (owner, jti) {
+                if owner == client.client_id {
+                    self.store
+                        .revoke_access(jti, exp)
+                        .await
+                        .map_err(|e| self.store_failed(&e))?;
+                }
+            }
+        }
+        Ok(json_response(StatusCode::OK, String::new()))
+    }
+}
+
+/// `scheme://authority` of the issuer, where its endpoints live.
+fn origin(issuer: &str) -> String {
+    match issuer.parse::<http::Uri>() {
+        Ok(uri) => match (uri.scheme_str(), uri.authority()) {
+            (Some(s), Some(a)) => format!("{s}://{a}"),
+            _ => issuer.trim_end_matches('/').to_owned(),
+        },
+        Err(_) => issuer.trim_end_matches('/').to_owned(),
+    }
+}

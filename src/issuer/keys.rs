@@ -1,0 +1,157 @@
+//! Signing keys of the built-in authorization server (and the demo): loading
+//! PKCS#8 PEM files, generating keys, publishing the public JWKS, and signing
+//! RFC 9068 access tokens.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{
+    EcdsaKeyPair, Ed25519KeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{json, Value};
+
+/// A private signing key with its public JWK.
+pub struct SigningKey {
+    kid: String,
+    alg: Algorithm,
+    encoding: EncodingKey,
+    public_jwk: Value,
+    jwks: String,
+}
+
+impl std::fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SigningKey")
+            .field("kid", &self.kid)
+            .field("alg", &self.alg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SigningKey {
+    /// Generates a fresh ES256 (P-256) key.
+    pub fn generate(kid: &str) -> Result<Self, String> {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
+            .map_err(|_| "key generation failed".to_owned())?;
+        Self::from_pkcs8(kid, Algorithm::ES256, pkcs8.as_ref())
+    }
+
+    /// Loads a PKCS#8 PEM private key (`-----BEGIN PRIVATE KEY-----`).
+    pub fn from_pem(kid: &str, alg: Algorithm, pem: &[u8]) -> Result<Self, String> {
+        let key = rustls_pemfile::private_key(&mut &pem[..])
+            .map_err(|e| format!("bad PEM: {e}"))?
+            .ok_or_else(|| "no private key in the PEM file".to_owned())?;
+        match key {
+            rustls_pki_types::PrivateKeyDer::Pkcs8(der) => {
+                Self::from_pkcs8(kid, alg, der.secret_pkcs8_der())
+            }
+            _ => Err("the key must be PKCS#8 (`-----BEGIN PRIVATE KEY-----`); convert it with `openssl pkcs8 -topk8 -nocrypt`".to_owned()),
+        }
+    }
+
+    /// From PKCS#8 DER.
+    pub fn from_pkcs8(kid: &str, alg: Algorithm, der: &[u8]) -> Result<Self, String> {
+        let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
+        let (encoding, public_jwk) = match alg {
+            Algorithm::ES256 => {
+                let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
+                    .map_err(|_| "not a P-256 PKCS#8 key".to_owned())?;
+                let (x, y) = match pair.public_key().as_ref() {
+                    [4, rest @ ..] if rest.len() == 64 => rest.split_at(32),
+                    _ => return Err("unexpected EC public key encoding".to_owned()),
+                };
+                (
+                    EncodingKey::from_ec_der(der),
+                    json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}),
+                )
+            }
+            Algorithm::EdDSA => {
+                let pair = Ed25519KeyPair::from_pkcs8(der)
+                    .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
+                    .map_err(|_| "not an Ed25519 PKCS#8 key".to_owned())?;
+                (
+                    EncodingKey::from_ed_der(der),
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
+                )
+            }
+            Algorithm::RS256 | Algorithm::PS256 => {
+                let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
+                    .map_err(|_| "not an RSA PKCS#8 key (2048 bits or more)".to_owned())?;
+                let public = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(
+                    pair.public_key(),
+                );
+                (
+                    EncodingKey::from_rsa_der(der),
+                    json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
+                )
+            }
+            other => return Err(format!("unsupported signing algorithm {other:?}")),
+        };
+        let mut public_jwk = public_jwk;
+        public_jwk["kid"] = kid.into();
+        public_jwk["use"] = "sig".into();
+        public_jwk["alg"] = algorithm_name(alg).into();
+        let jwks = json!({ "keys": [public_jwk.clone()] }).to_string();
+        Ok(Self {
+            kid: kid.to_owned(),
+            alg,
+            encoding,
+            public_jwk,
+            jwks,
+        })
+    }
+
+    /// The key id.
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The signing algorithm.
+    pub fn algorithm(&self) -> Algorithm {
+        self.alg
+    }
+
+    /// The public key as a JWK.
+    pub fn public_jwk(&self) -> &Value {
+        &self.public_jwk
+    }
+
+    /// A JWKS document holding only this key.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    /// Signs claims as an RFC 9068 access token (`typ: at+jwt`).
+    pub fn mint(&self, claims: &Value) -> Result<String, String> {
+        let mut header = Header::new(self.alg);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".to_owned());
+        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
+    }
+}
+
+/// The JOSE name of an algorithm.
+pub fn algorithm_name(alg: Algorithm) -> &'static str {
+    match alg {
+        Algorithm::HS256 => "HS256",
+        Algorithm::HS384 => "HS384",
+        Algorithm::HS512 => "HS512",
+        Algorithm::ES256 => "ES256",
+        Algorithm::ES384 => "ES384",
+        Algorithm::RS256 => "RS256",
+        Algorithm::RS384 => "RS384",
+        Algorithm::RS512 => "RS512",
+        Algorithm::PS256 => "PS256",
+        Algorithm::PS384 => "PS384",
+        Algorithm::PS512 => "PS512",
+        Algorithm::EdDSA => "EdDSA",
+        _ => "unknown",
+    }
+}
+
+/// A JWKS document with every key's public part.
+pub fn jwks_document(keys: &[SigningKey]) -> String {
+    json!({ "keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>() }).to_string()
+}

@@ -1,0 +1,330 @@
+//! The built-in authorization server, so a new user gets real tokens without
+//! any other system, and a team migrating off a gateway with a built-in token
+//! endpoint (Apigee, Kong) keeps its clients working.
+//!
+//! Endpoints (paths configurable, served on the proxy listener before routes):
+//! token (`token`), JWKS, RFC 8414 metadata, RFC 7662 introspection and RFC
+//! 7009 revocation (`endpoints`). Access tokens are RFC 9068 JWTs verified by
+//! the gateway in-process with the same keys.
+
+pub mod clients;
+pub mod endpoints;
+pub mod keys;
+pub mod store;
+pub mod token;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+
+use crate::config::{AuthorizationServerSettings, User};
+use crate::proxy::Body;
+use clients::ClientAuthenticator;
+use store::Store;
+
+/// Largest form body accepted by the endpoints.
+const MAX_FORM_BYTES: usize = 64 * 1024;
+
+/// An RFC 6749 5.2 error response.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// The `error` code.
+    pub code: &'static str,
+    /// `error_description`.
+    pub description: String,
+    /// Add `WWW-Authenticate: Basic` (a failed Basic client authentication).
+    pub basic_challenge: bool,
+}
+
+impl OAuthError {
+    fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            description: description.into(),
+            basic_challenge: false,
+        }
+    }
+
+    /// `invalid_request` (400).
+    pub fn invalid_request(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    /// `invalid_client` (401, with a Basic challenge when Basic was used).
+    pub fn invalid_client(basic: bool, description: impl Into<String>) -> Self {
+        Self {
+            basic_challenge: basic,
+            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+        }
+    }
+
+    /// A malformed Basic header.
+    pub fn invalid_client_basic() -> Self {
+        Self::invalid_client(true, "malformed Basic credentials")
+    }
+
+    /// `invalid_grant` (400).
+    pub fn invalid_grant(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_grant", description)
+    }
+
+    /// `invalid_scope` (400).
+    pub fn invalid_scope(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_scope", description)
+    }
+
+    /// `unauthorized_client` (400).
+    pub fn unauthorized_client(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "unauthorized_client", description)
+    }
+
+    /// `unsupported_grant_type` (400).
+    pub fn unsupported_grant_type() -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "this grant type is not supported",
+        )
+    }
+
+    /// Too many failed attempts (429 with `Retry-After`).
+    pub fn too_many_attempts() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_client",
+            "too many failed attempts; retry later",
+        )
+    }
+
+    /// The state store failed (503).
+    pub fn unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "the authorization server's state store is unavailable",
+        )
+    }
+
+    /// `server_error` (500).
+    pub fn server_error(description: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "server_error",
+            description,
+        )
+    }
+
+    /// Renders the JSON error with `Cache-Control: no-store`.
+    pub fn into_response(self) -> Response<Body> {
+        let body = serde_json::json!({ "error": self.code, "error_description": self.description });
+        let mut response = json_response(self.status, body.to_string());
+        if self.basic_challenge {
+            response.headers_mut().insert(
+                WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"scopegate\""),
+            );
+        }
+        if self.status == StatusCode::TOO_MANY_REQUESTS
+            || self.status == StatusCode::SERVICE_UNAVAILABLE
+        {
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("60"));
+        }
+        response
+    }
+}
+
+/// A JSON response that must not be cached (RFC 6749 5.1).
+pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
+    let mut response = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(PRAGMA, HeaderValue::from_static("no-cache"));
+    response
+}
+
+/// The running authorization server.
+pub struct AuthorizationServer {
+    settings: AuthorizationServerSettings,
+    store: Store,
+    clients: ClientAuthenticator,
+    users: HashMap<String, User>,
+}
+
+impl AuthorizationServer {
+    /// Builds the server on an opened store.
+    pub fn new(settings: AuthorizationServerSettings, store: Store) -> Self {
+        let clients = ClientAuthenticator::new(&settings.clients);
+        let users = settings
+            .users
+            .iter()
+            .map(|u| (u.username.clone(), u.clone()))
+            .collect();
+        Self {
+            settings,
+            store,
+            clients,
+            users,
+        }
+    }
+
+    /// The state store (shared with the gateway's revocation checks).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The settings it runs with.
+    pub fn settings(&self) -> &AuthorizationServerSettings {
+        &self.settings
+    }
+
+    /// Whether `path` is one of its endpoints.
+    pub fn owns(&self, path: &str) -> bool {
+        let p = &self.settings.paths;
+        path == p.token
+            || path == p.jwks
+            || path == p.metadata
+            || path == p.introspection
+            || path == p.revocation
+    }
+
+    /// Answers a request for one of its endpoints.
+    pub async fn handle(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
+        let p = &self.settings.paths;
+        let method = request.method().clone();
+        let result = if path == p.jwks {
+            only(&method, &[Method::GET, Method::HEAD]).map(|()| self.jwks())
+        } else if path == p.metadata {
+            only(&method, &[Method::GET, Method::HEAD]).map(|()| self.metadata())
+        } else if path == p.token {
+            match only(&method, &[Method::POST]) {
+                Ok(()) => self.token(request).await,
+                Err(e) => Err(e),
+            }
+        } else if path == p.introspection {
+            match only(&method, &[Method::POST]) {
+                Ok(()) => self.introspect(request).await,
+                Err(e) => Err(e),
+            }
+        } else if path == p.revocation {
+            match only(&method, &[Method::POST]) {
+                Ok(()) => self.revoke(request).await,
+                Err(e) => Err(e),
+            }
+        } else {
+            Err(OAuthError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                "no such endpoint",
+            ))
+        };
+        result.unwrap_or_else(OAuthError::into_response)
+    }
+}
+
+fn only(method: &Method, allowed: &[Method]) -> Result<(), OAuthError> {
+    if allowed.contains(method) {
+        Ok(())
+    } else {
+        Err(OAuthError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "invalid_request",
+            format!("use {}", allowed.first().map_or("POST", Method::as_str)),
+        ))
+    }
+}
+
+/// A decoded form request: body parameters, query parameters and headers.
+pub struct FormRequest {
+    /// Body parameters (duplicates refused, RFC 6749 3.1).
+    pub form: HashMap<String, String>,
+    /// Query parameters.
+    pub query: HashMap<String, String>,
+    /// Request headers.
+    pub headers: http::HeaderMap,
+}
+
+/// Reads an `application/x-www-form-urlencoded` body (bounded) and the query.
+pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthError> {
+    let (parts, body) = request.into_parts();
+    let query = match parts.uri.query() {
+        Some(q) => parse_params(q.as_bytes())?,
+        None => HashMap::new(),
+    };
+    let is_form = parts
+        .headers
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .is_some_and(|v| v == "application/x-www-form-urlencoded");
+    let bytes = Limited::new(body, MAX_FORM_BYTES)
+        .collect()
+        .await
+        .map_err(|_| OAuthError::invalid_request("the request body is too large or unreadable"))?
+        .to_bytes();
+    let form = if bytes.is_empty() {
+        HashMap::new()
+    } else if is_form {
+        parse_params(&bytes)?
+    } else {
+        return Err(OAuthError::invalid_request(
+            "the body must be application/x-www-form-urlencoded",
+        ));
+    };
+    Ok(FormRequest {
+        form,
+        query,
+        headers: parts.headers,
+    })
+}
+
+fn parse_params(bytes: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
+    let mut out = HashMap::new();
+    for (k, v) in url::form_urlencoded::parse(bytes) {
+        if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+            return Err(OAuthError::invalid_request(format!(
+                "parameter `{k}` is repeated"
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// 32 random bytes, base64url: refresh tokens, codes, ids.
+pub fn random_token() -> String {
+    use aws_lc_rs::rand::SecureRandom;
+    use base64::Engine;
+    let mut bytes = [0u8; 32];
+    // The system RNG does not fail on supported platforms; an all-zero token
+    // would still be unique per process only, so fall back to time-salted bytes.
+    if aws_lc_rs::rand::SystemRandom::new()
+        .fill(&mut bytes)
+        .is_err()
+    {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
+    }
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// Shared handle used by the pipeline.
+pub type SharedAuthorizationServer = Arc<AuthorizationServer>;

@@ -1,0 +1,402 @@
+//! The file backend: one [redb](https://www.redb.org) database file, so a
+//! restart loses nothing. redb locks the file, so exactly one process (one
+//! replica) can have it open.
+//!
+//! redb is synchronous, so every operation runs on tokio's blocking pool
+//! (`spawn_blocking`), never on a runtime worker. Each `use_*` is one write
+//! transaction: redb serialises write transactions, which is what makes
+//! consuming a value atomic. Commits are durable (fsync) before returning.
+//!
+//! Besides the data tables, an `expiry` table is keyed by
+//! `keep-until (u64 big-endian) ‖ table tag ‖ id`, so every write can purge a
+//! bounded batch of expired entries with one range scan.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use super::{
+    decide, now_secs, CodeRecord, Decision, Digest, Expiring, Kind, RefreshRecord, StoreError, Use,
+};
+
+/// A table of single-use entries: digest → JSON [`Stored`] record.
+type Slots = TableDefinition<'static, &'static [u8; 32], &'static [u8]>;
+/// A table of revocations: id → until (unix seconds).
+type Revocations = TableDefinition<'static, &'static str, u64>;
+
+/// Refresh tokens: digest → JSON [`Stored<RefreshRecord>`].
+const REFRESH: Slots = TableDefinition::new("refresh");
+/// Authorization codes: digest → JSON [`Stored<CodeRecord>`].
+const CODES: Slots = TableDefinition::new("codes");
+/// Revoked families: family → until.
+const FAMILIES: Revocations = TableDefinition::new("revoked_families");
+/// Revoked access tokens: jti → until.
+const ACCESS: Revocations = TableDefinition::new("revoked_access");
+/// The expiry index: `keep-until ‖ tag ‖ id` → ().
+const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
+
+/// Expiry-index tags, one per data table.
+const TAG_REFRESH: u8 = 0;
+const TAG_CODE: u8 = 1;
+const TAG_FAMILY: u8 = 2;
+const TAG_ACCESS: u8 = 3;
+
+/// How many expired entries one write purges at most, so no write grows large.
+const PURGE_BATCH: usize = 256;
+
+/// The page cache redb may use; the store is small, the default (1 GiB) is not.
+const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// A single-use entry as stored: the record and whether it was used.
+#[derive(Serialize, Deserialize)]
+struct Stored<T> {
+    record: T,
+    used: bool,
+}
+
+/// Maps any redb error to [`StoreError::Backend`].
+trait OrBackend<T> {
+    /// The value, or the error as a backend failure.
+    fn db(self) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrBackend<T> for Result<T, E> {
+    fn db(self) -> Result<T, StoreError> {
+        self.map_err(|e| StoreError::Backend(format!("database file: {}", e.into())))
+    }
+}
+
+/// JSON bytes of a stored entry.
+fn encode<T: Serialize>(value: &Stored<T>) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(value).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// A stored entry from JSON bytes.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<Stored<T>, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// The expiry-index key of one entry.
+fn expiry_key(retain: u64, tag: u8, id: &[u8]) -> Vec<u8> {
+    let mut key = Vec::with_capacity(9 + id.len());
+    key.extend_from_slice(&retain.to_be_bytes());
+    key.push(tag);
+    key.extend_from_slice(id);
+    key
+}
+
+/// The revocation table of one kind, and its expiry tag.
+fn revocations(kind: Kind) -> (Revocations, u8) {
+    match kind {
+        Kind::Family => (FAMILIES, TAG_FAMILY),
+        Kind::Access => (ACCESS, TAG_ACCESS),
+    }
+}
+
+/// The file backend.
+pub(super) struct FileStore {
+    db: Arc<Database>,
+}
+
+impl FileStore {
+    /// Creates or opens the database file, checks its integrity, and makes
+    /// sure every table exists (so read transactions never miss one).
+    pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
+        let db = tokio::task::spawn_blocking(move || {
+            let db = Database::builder()
+                .set_cache_size(CACHE_BYTES)
+                .set_check_integrity_on_open(true)
+                .create(&path)
+                .map_err(|e| {
+                    StoreError::Backend(format!("opening database file {}: {e}", path.display()))
+                })?;
+            let txn = db.begin_write().db()?;
+            txn.open_table(REFRESH).db()?;
+            txn.open_table(CODES).db()?;
+            txn.open_table(FAMILIES).db()?;
+            txn.open_table(ACCESS).db()?;
+            txn.open_table(EXPIRY).db()?;
+            txn.commit().db()?;
+            Ok::<_, StoreError>(db)
+        })
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))??;
+        Ok(FileStore { db: Arc::new(db) })
+    }
+
+    /// Runs `f` on the blocking pool with the database.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+    {
+        let db = Arc::clone(&self.db);
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+    }
+
+    /// See [`super::Store::put_refresh`].
+    pub(super) async fn put_refresh(
+        &self,
+        digest: &Digest,
+        record: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        put(self, REFRESH, TAG_REFRESH, *digest, record.clone()).await
+    }
+
+    /// See [`super::Store::use_refresh`].
+    pub(super) async fn use_refresh(
+        &self,
+        digest: &Digest,
+    ) -> Result<Use<RefreshRecord>, StoreError> {
+        consume(self, REFRESH, *digest).await
+    }
+
+    /// See [`super::Store::get_refresh`].
+    pub(super) async fn get_refresh(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
+        let digest = *digest;
+        self.run(move |db| {
+            let now = now_secs();
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(REFRESH).db()?;
+            let Some(bytes) = table.get(&digest).db()? else {
+                return Ok(None);
+            };
+            let stored: Stored<RefreshRecord> = decode(bytes.value())?;
+            let live = now < stored.record.expires_at && now < stored.record.retain();
+            Ok(live.then_some((stored.record, stored.used)))
+        })
+        .await
+    }
+
+    /// See [`super::Store::put_code`].
+    pub(super) async fn put_code(
+        &self,
+        digest: &Digest,
+        record: &CodeRecord,
+    ) -> Result<(), StoreError> {
+        put(self, CODES, TAG_CODE, *digest, record.clone()).await
+    }
+
+    /// See [`super::Store::use_code`].
+    pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
+        consume(self, CODES, *digest).await
+    }
+
+    /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
+    pub(super) async fn revoke(&self, kind: Kind, id: &str, until: u64) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let now = now_secs();
+            if until <= now {
+                return Ok(());
+            }
+            let (def, tag) = revocations(kind);
+            let txn = db.begin_write().db()?;
+            {
+                let mut table = txn.open_table(def).db()?;
+                let old = table.get(id.as_str()).db()?.map(|g| g.value());
+                let mut expiry = txn.open_table(EXPIRY).db()?;
+                match old {
+                    Some(old) if old >= until => {}
+                    _ => {
+                        if let Some(old) = old {
+                            expiry
+                                .remove(expiry_key(old, tag, id.as_bytes()).as_slice())
+                                .db()?;
+                        }
+                        table.insert(id.as_str(), until).db()?;
+                        expiry
+                            .insert(expiry_key(until, tag, id.as_bytes()).as_slice(), ())
+                            .db()?;
+                    }
+                }
+            }
+            purge(&txn, now)?;
+            txn.commit().db()
+        })
+        .await
+    }
+
+    /// See [`super::Store::is_family_revoked`] and [`super::Store::is_access_revoked`].
+    pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.run(move |db| {
+            let now = now_secs();
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(revocations(kind).0).db()?;
+            let until = table.get(id.as_str()).db()?.map(|g| g.value());
+            Ok(until.is_some_and(|until| now < until))
+        })
+        .await
+    }
+}
+
+/// Stores a single-use entry (unused, unless it is being overwritten while
+/// used), and purges a batch of expired entries, in one write transaction.
+async fn put<T>(
+    store: &FileStore,
+    def: Slots,
+    tag: u8,
+    digest: Digest,
+    record: T,
+) -> Result<(), StoreError>
+where
+    T: Expiring + Serialize + DeserializeOwned + Send + 'static,
+{
+    store
+        .run(move |db| {
+            let now = now_secs();
+            let retain = record.retain();
+            if retain <= now {
+                return Ok(());
+            }
+            let txn = db.begin_write().db()?;
+            {
+                let mut table = txn.open_table(def).db()?;
+                let mut expiry = txn.open_table(EXPIRY).db()?;
+                let old = table
+                    .get(&digest)
+                    .db()?
+                    .map(|bytes| decode::<T>(bytes.value()));
+                let used = match old {
+                    // Keep a used marker used; move its index entry.
+                    Some(Ok(old)) => {
+                        let key = expiry_key(old.record.retain(), tag, &digest);
+                        expiry.remove(key.as_slice()).db()?;
+                        old.used
+                    }
+                    // An undecodable old entry is replaced; its index entry
+                    // stays and is dropped harmlessly when it comes due.
+                    Some(Err(_)) | None => false,
+                };
+                let bytes = encode(&Stored { record, used })?;
+                table.insert(&digest, bytes.as_slice()).db()?;
+                expiry
+                    .insert(expiry_key(retain, tag, &digest).as_slice(), ())
+                    .db()?;
+            }
+            purge(&txn, now)?;
+            txn.commit().db()
+        })
+        .await
+}
+
+/// Consumes a single-use entry in one write transaction. Commits only when
+/// it marks the entry used, so a replay or a miss costs no disk write.
+async fn consume<T>(store: &FileStore, def: Slots, digest: Digest) -> Result<Use<T>, StoreError>
+where
+    T: Expiring + Serialize + DeserializeOwned + Send + 'static,
+{
+    store
+        .run(move |db| {
+            let now = now_secs();
+            let txn = db.begin_write().db()?;
+            let outcome = {
+                let mut table = txn.open_table(def).db()?;
+                let stored = match table.get(&digest).db()? {
+                    Some(bytes) => Some(decode::<T>(bytes.value())?),
+                    None => None,
+                };
+                match stored {
+                    None => Use::NotFound,
+                    Some(mut stored) => {
+                        let r = &stored.record;
+                        match decide(now, r.expires_at(), r.retain(), stored.used) {
+                            Decision::NotFound => Use::NotFound,
+                            Decision::Reused => Use::Reused(stored.record),
+                            Decision::MarkFresh => {
+                                stored.used = true;
+                                let bytes = encode(&stored)?;
+                                table.insert(&digest, bytes.as_slice()).db()?;
+                                Use::Fresh(stored.record)
+                            }
+                        }
+                    }
+                }
+            };
+            if matches!(outcome, Use::Fresh(_)) {
+                txn.commit().db()?;
+            } else {
+                txn.abort().db()?;
+            }
+            Ok(outcome)
+        })
+        .await
+}
+
+/// Removes up to [`PURGE_BATCH`] entries whose keep-until is at or before `now`.
+fn purge(txn: &WriteTransaction, now: u64) -> Result<(), StoreError> {
+    let mut expiry = txn.open_table(EXPIRY).db()?;
+    let upper = now.saturating_add(1).to_be_bytes();
+    let due: Vec<Vec<u8>> = expiry
+        .range::<&[u8]>(..upper.as_slice())
+        .db()?
+        .take(PURGE_BATCH)
+        .map(|entry| entry.map(|(key, _)| key.value().to_vec()).db())
+        .collect::<Result<_, _>>()?;
+    for key in due {
+        expiry.remove(key.as_slice()).db()?;
+        let Some((head, id)) = key.split_at_checked(9) else {
+            continue;
+        };
+        let mut retain = [0u8; 8];
+        retain.copy_from_slice(&head[..8]);
+        let retain = u64::from_be_bytes(retain);
+        match head[8] {
+            TAG_REFRESH => purge_slot::<RefreshRecord>(txn, REFRESH, id, retain)?,
+            TAG_CODE => purge_slot::<CodeRecord>(txn, CODES, id, retain)?,
+            TAG_FAMILY => purge_revocation(txn, FAMILIES, id, retain)?,
+            TAG_ACCESS => purge_revocation(txn, ACCESS, id, retain)?,
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Removes a single-use entry whose index entry came due, if it still has
+/// that keep-until (or cannot be decoded at all).
+fn purge_slot<T: Expiring + DeserializeOwned>(
+    txn: &WriteTransaction,
+    def: Slots,
+    id: &[u8],
+    retain: u64,
+) -> Result<(), StoreError> {
+    let Ok(digest) = <&[u8; 32]>::try_from(id) else {
+        return Ok(());
+    };
+    let mut table = txn.open_table(def).db()?;
+    let due = match table.get(digest).db()? {
+        Some(bytes) => decode::<T>(bytes.value()).map_or(true, |s| s.record.retain() == retain),
+        None => false,
+    };
+    if due {
+        table.remove(digest).db()?;
+    }
+    Ok(())
+}
+
+/// Removes a revocation whose index entry came due, if it still ends then.
+fn purge_revocation(
+    txn: &WriteTransaction,
+    def: Revocations,
+    id: &[u8],
+    until: u64,
+) -> Result<(), StoreError> {
+    let Ok(id) = std::str::from_utf8(id) else {
+        return Ok(());
+    };
+    let mut table = txn.open_table(def).db()?;
+    let current = table.get(id).db()?.map(|g| g.value());
+    if current == Some(until) {
+        table.remove(id).db()?;
+    }
+    Ok(())
+}

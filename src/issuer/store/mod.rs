@@ -1,0 +1,449 @@
+//! The authorization server's state: refresh tokens, authorization codes and
+//! revocations, in one of three backends behind one [`Store`] handle.
+//!
+//! - **memory**: a mutex-guarded map in this process. Lost on restart; one
+//!   replica only. Bounded to [`MEMORY_CAPACITY`] entries.
+//! - **file**: an embedded [redb](https://www.redb.org) database file. Survives
+//!   restarts; one replica only (the file is locked while open).
+//! - **redis**: a shared Redis (7.0 or newer). Survives restarts and is shared by
+//!   every replica, which is what makes single-use checks hold across replicas.
+//!
+//! # What is stored
+//!
+//! Keys are SHA-256 [`Digest`]s of refresh tokens and authorization codes, never
+//! the raw values, so a copy of the store (or a log line about it) cannot be
+//! replayed. Every entry expires:
+//!
+//! - a refresh token is usable until its `expires_at`; once used, the used-marker
+//!   is kept until `family_expires_at`, so that a replay of a rotated token is
+//!   still recognised as [`Use::Reused`] for as long as its family could live;
+//! - an authorization code is usable until its `expires_at`; once used, the
+//!   used-marker is kept [`CODE_REPLAY_GRACE_SECS`] longer, so a late replay is
+//!   still recognised;
+//! - a revocation is in force until its `until`.
+//!
+//! Expired entries behave as absent and are purged (memory and file: a bounded
+//! amount on every write; redis: key TTLs).
+//!
+//! # Single use
+//!
+//! [`Store::use_refresh`] and [`Store::use_code`] are atomic: of any number of
+//! concurrent callers presenting the same value (on any replica sharing the
+//! store), exactly one gets [`Use::Fresh`]. The memory backend uses a mutex,
+//! the file backend one write transaction per call, the redis backend
+//! `SET ... NX`.
+
+mod file;
+mod memory;
+mod redis;
+
+use std::fmt;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Serialize};
+
+use self::file::FileStore;
+use self::memory::MemoryStore;
+use self::redis::RedisStore;
+
+/// SHA-256 digest of a refresh token or authorization code (raw values are never stored).
+pub type Digest = [u8; 32];
+
+/// How long (seconds) a used authorization code's marker outlives the code, so
+/// that a replay shortly after expiry is still recognised as [`Use::Reused`]
+/// (and the tokens issued from it can be revoked) instead of looking unknown.
+pub const CODE_REPLAY_GRACE_SECS: u64 = 600;
+
+/// The most entries (refresh tokens, codes and revocations together) the memory
+/// backend holds, so a flood of grants cannot exhaust the process's memory.
+/// Expired entries are purged first; past this, writes fail with
+/// [`StoreError::Full`].
+pub const MEMORY_CAPACITY: usize = 1_000_000;
+
+/// One issued refresh token, stored under the digest of the token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefreshRecord {
+    /// Random id shared by all refresh tokens of one grant; revoking it ends the grant.
+    pub family: String,
+    /// The client the token was issued to.
+    pub client_id: String,
+    /// The user name, or the client id for `client_credentials`.
+    pub subject: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The audience of the access tokens minted from this grant.
+    pub audience: String,
+    /// When this token was issued (unix seconds).
+    pub issued_at: u64,
+    /// When this token stops being usable (unix seconds).
+    pub expires_at: u64,
+    /// When the whole family ends (unix seconds); rotation never extends past this.
+    pub family_expires_at: u64,
+    /// How many rotations led to this token (0 for the first).
+    pub refresh_count: u32,
+}
+
+/// One issued authorization code, stored under the digest of the code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CodeRecord {
+    /// The client the code was issued to.
+    pub client_id: String,
+    /// The redirect URI of the authorization request (must match at redemption).
+    pub redirect_uri: String,
+    /// Granted scopes, space-separated.
+    pub scope: String,
+    /// The user who approved the request.
+    pub subject: String,
+    /// The PKCE S256 code challenge, if the request carried one.
+    pub code_challenge: Option<String>,
+    /// When the code stops being redeemable (unix seconds).
+    pub expires_at: u64,
+    /// The refresh family the code's tokens will belong to, so a replayed code
+    /// can revoke what the first redemption issued.
+    pub family: String,
+}
+
+/// Outcome of consuming a single-use value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Use<T> {
+    /// Unknown, or expired (an expired value that was never used is simply gone).
+    NotFound,
+    /// It was unused and is now marked used (atomically): the caller may honour it.
+    Fresh(T),
+    /// It had been used before: a replay. The caller should refuse it and
+    /// revoke what the first use produced.
+    Reused(T),
+}
+
+/// A store operation failed. Messages never contain tokens, codes or
+/// credentials (keys are digests; URLs are not echoed).
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The configuration cannot be used (for example an unparsable Redis URL).
+    #[error("state store configuration: {0}")]
+    Config(String),
+    /// The backend failed (I/O, database, network, Redis error).
+    #[error("state store backend: {0}")]
+    Backend(String),
+    /// A stored entry could not be decoded (written by an incompatible version,
+    /// or damaged).
+    #[error("state store entry is corrupt: {0}")]
+    Corrupt(String),
+    /// The memory backend is at [`MEMORY_CAPACITY`] even after purging expired
+    /// entries; the write was refused rather than evicting live state.
+    #[error("state store is full ({0} entries)")]
+    Full(usize),
+}
+
+/// Which backend to open, and where.
+#[derive(Clone, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// In-process memory: lost on restart, not shared between replicas.
+    Memory,
+    /// A redb database file (created if missing): survives restarts, one replica only.
+    File(PathBuf),
+    /// A Redis URL, `redis://[:password@]host:port/db`: shared by all replicas.
+    Redis(String),
+}
+
+impl fmt::Debug for StoreConfig {
+    /// Prints the configuration with any password in a Redis URL redacted, so
+    /// the config can be logged.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Memory => f.write_str("Memory"),
+            Self::File(path) => f.debug_tuple("File").field(path).finish(),
+            Self::Redis(url) => f.debug_tuple("Redis").field(&redact_url(url)).finish(),
+        }
+    }
+}
+
+/// `url` without its userinfo (`user:password@`), for logging.
+fn redact_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return "<redacted>".to_owned();
+    };
+    let authority_end = rest.find('/').unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{scheme}://<redacted>@{}", &rest[at + 1..]),
+        None => url.to_owned(),
+    }
+}
+
+/// The opened backend.
+enum Backend {
+    /// Boxed: the mutex-guarded maps are far larger than the other handles.
+    Memory(Box<MemoryStore>),
+    File(FileStore),
+    Redis(RedisStore),
+}
+
+/// A handle to the state store; cheap to clone (all clones share one backend).
+#[derive(Clone)]
+pub struct Store {
+    backend: Arc<Backend>,
+}
+
+impl fmt::Debug for Store {
+    /// Names the backend only; the contents are secret-adjacent and large.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store").field("kind", &self.kind()).finish()
+    }
+}
+
+impl Store {
+    /// Opens the configured backend. File: creates or opens the redb file (and
+    /// verifies its integrity). Redis: connects and PINGs, so a wrong URL or an
+    /// unreachable server fails at startup rather than at the first grant.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let backend = match config {
+            StoreConfig::Memory => Backend::Memory(Box::new(MemoryStore::new(MEMORY_CAPACITY))),
+            StoreConfig::File(path) => Backend::File(FileStore::open(path.clone()).await?),
+            StoreConfig::Redis(url) => Backend::Redis(RedisStore::open(url).await?),
+        };
+        Ok(Store {
+            backend: Arc::new(backend),
+        })
+    }
+
+    /// The backend's name, for logs and metrics: `"memory"`, `"file"` or `"redis"`.
+    pub fn kind(&self) -> &'static str {
+        match &*self.backend {
+            Backend::Memory(_) => "memory",
+            Backend::File(_) => "file",
+            Backend::Redis(_) => "redis",
+        }
+    }
+
+    /// Stores a newly issued refresh token (unused). Writing a digest that is
+    /// already marked used keeps it used. A record whose family has already
+    /// ended is not stored.
+    pub async fn put_refresh(
+        &self,
+        digest: &Digest,
+        record: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.put_refresh(digest, record),
+            Backend::File(s) => s.put_refresh(digest, record).await,
+            Backend::Redis(s) => s.put_refresh(digest, record).await,
+        }
+    }
+
+    /// Atomically marks the refresh token used; concurrent callers: exactly one gets Fresh.
+    ///
+    /// An expired token that was never used is [`Use::NotFound`]; a used one is
+    /// [`Use::Reused`] until its family would have ended.
+    pub async fn use_refresh(&self, digest: &Digest) -> Result<Use<RefreshRecord>, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.use_refresh(digest),
+            Backend::File(s) => s.use_refresh(digest).await,
+            Backend::Redis(s) => s.use_refresh(digest).await,
+        }
+    }
+
+    /// Reads without changing state (introspection). `None` if unknown or past
+    /// its `expires_at`; otherwise the record and whether it has been used.
+    pub async fn get_refresh(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.get_refresh(digest),
+            Backend::File(s) => s.get_refresh(digest).await,
+            Backend::Redis(s) => s.get_refresh(digest).await,
+        }
+    }
+
+    /// Revokes a refresh family (every token of one grant) until `until` (unix
+    /// seconds). Revoking again keeps the later of the two ends; an `until` in
+    /// the past changes nothing.
+    pub async fn revoke_family(&self, family: &str, until: u64) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.revoke(Kind::Family, family, until),
+            Backend::File(s) => s.revoke(Kind::Family, family, until).await,
+            Backend::Redis(s) => s.revoke(Kind::Family, family, until).await,
+        }
+    }
+
+    /// Whether a revocation of this family is in force now.
+    pub async fn is_family_revoked(&self, family: &str) -> Result<bool, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.is_revoked(Kind::Family, family),
+            Backend::File(s) => s.is_revoked(Kind::Family, family).await,
+            Backend::Redis(s) => s.is_revoked(Kind::Family, family).await,
+        }
+    }
+
+    /// Revokes one access token by its `jti` until `until` (unix seconds; its
+    /// `exp` suffices). Revoking again keeps the later end; an `until` in the
+    /// past changes nothing.
+    pub async fn revoke_access(&self, jti: &str, until: u64) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.revoke(Kind::Access, jti, until),
+            Backend::File(s) => s.revoke(Kind::Access, jti, until).await,
+            Backend::Redis(s) => s.revoke(Kind::Access, jti, until).await,
+        }
+    }
+
+    /// Whether a revocation of this access token `jti` is in force now.
+    pub async fn is_access_revoked(&self, jti: &str) -> Result<bool, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.is_revoked(Kind::Access, jti),
+            Backend::File(s) => s.is_revoked(Kind::Access, jti).await,
+            Backend::Redis(s) => s.is_revoked(Kind::Access, jti).await,
+        }
+    }
+
+    /// Stores a newly issued authorization code (unused). Writing a digest
+    /// that is already marked used keeps it used.
+    pub async fn put_code(&self, digest: &Digest, record: &CodeRecord) -> Result<(), StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.put_code(digest, record),
+            Backend::File(s) => s.put_code(digest, record).await,
+            Backend::Redis(s) => s.put_code(digest, record).await,
+        }
+    }
+
+    /// Atomically consumes an authorization code; exactly one caller gets Fresh.
+    ///
+    /// An expired code that was never used is [`Use::NotFound`]; a used one is
+    /// [`Use::Reused`] for [`CODE_REPLAY_GRACE_SECS`] past its expiry.
+    pub async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.use_code(digest),
+            Backend::File(s) => s.use_code(digest).await,
+            Backend::Redis(s) => s.use_code(digest).await,
+        }
+    }
+}
+
+/// Which kind of revocation: the two live in separate namespaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+enum Kind {
+    /// A refresh family (`revoke_family`).
+    Family,
+    /// An access token `jti` (`revoke_access`).
+    Access,
+}
+
+/// The current time in unix seconds (0 if the clock is before 1970).
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// A single-use record's lifetimes, so backends can handle both kinds alike.
+trait Expiring {
+    /// When it stops being usable (unix seconds).
+    fn expires_at(&self) -> u64;
+    /// Until when (unix seconds) its entry, and so its used-marker, is kept.
+    fn retain(&self) -> u64;
+}
+
+impl Expiring for RefreshRecord {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    fn retain(&self) -> u64 {
+        refresh_retain(self)
+    }
+}
+
+impl Expiring for CodeRecord {
+    fn expires_at(&self) -> u64 {
+        self.expires_at
+    }
+    fn retain(&self) -> u64 {
+        code_retain(self)
+    }
+}
+
+/// Until when (unix seconds) a refresh entry must be kept: its used-marker
+/// must outlive the token until the family ends.
+fn refresh_retain(record: &RefreshRecord) -> u64 {
+    record.expires_at.max(record.family_expires_at)
+}
+
+/// Until when (unix seconds) a code entry must be kept: its used-marker
+/// outlives the code by the replay grace.
+fn code_retain(record: &CodeRecord) -> u64 {
+    record.expires_at.saturating_add(CODE_REPLAY_GRACE_SECS)
+}
+
+/// What consuming a single-use entry does, given its state now. Shared by all
+/// backends so they agree exactly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Decision {
+    /// Report NotFound (unknown or expired and never used).
+    NotFound,
+    /// Mark it used and report Fresh.
+    MarkFresh,
+    /// Report Reused.
+    Reused,
+}
+
+/// The decision for an entry that exists, with its `expires_at`, `retain`
+/// horizon and used flag, at `now`.
+fn decide(now: u64, expires_at: u64, retain: u64, used: bool) -> Decision {
+    if now >= retain {
+        Decision::NotFound
+    } else if used {
+        Decision::Reused
+    } else if now >= expires_at {
+        Decision::NotFound
+    } else {
+        Decision::MarkFresh
+    }
+}
+
+/// Lower-case hex of a digest, for Redis keys (a digest is not a secret).
+fn hex(digest: &Digest) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(64);
+    for b in digest {
+        let _ = write!(out, "{b:02x}");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decisions() {
+        assert_eq!(decide(5, 10, 20, false), Decision::MarkFresh);
+        assert_eq!(decide(5, 10, 20, true), Decision::Reused);
+        assert_eq!(decide(10, 10, 20, false), Decision::NotFound);
+        assert_eq!(decide(15, 10, 20, true), Decision::Reused);
+        assert_eq!(decide(20, 10, 20, true), Decision::NotFound);
+    }
+
+    #[test]
+    fn redacts_redis_password() {
+        let c = StoreConfig::Redis("redis://:hunter2@cache:6379/0".into());
+        let s = format!("{c:?}");
+        assert!(!s.contains("hunter2"), "{s}");
+        assert!(s.contains("cache:6379/0"), "{s}");
+        let c = StoreConfig::Redis("redis://user:pw@h/1?x=a@b".into());
+        assert!(!format!("{c:?}").contains("pw"));
+        let c = StoreConfig::Redis("redis://cache:6379".into());
+        assert_eq!(format!("{c:?}"), "Redis(\"redis://cache:6379\")");
+    }
+
+    #[test]
+    fn hex_is_lowercase_64() {
+        let mut d = [0u8; 32];
+        d[0] = 0xab;
+        d[31] = 0x01;
+        let h = hex(&d);
+        assert_eq!(h.len(), 64);
+        assert!(h.starts_with("ab00"));
+        assert!(h.ends_with("01"));
+    }
+}

@@ -1,0 +1,286 @@
+//! The redis backend: state shared by every replica through one Redis (7.0 or
+//! newer, or a compatible server such as Valkey).
+//!
+//! Keys (all under `scopegate:`; digests in lower-case hex):
+//!
+//! | key                              | value               | expires at (`EXAT`)        |
+//! |----------------------------------|---------------------|----------------------------|
+//! | `scopegate:rt:<digest>`          | refresh record JSON | `max(expires_at, family_expires_at)` |
+//! | `scopegate:rt:used:<digest>`     | `1`                 | same                       |
+//! | `scopegate:ac:<digest>`          | code record JSON    | `expires_at` + replay grace |
+//! | `scopegate:ac:used:<digest>`     | `1`                 | same                       |
+//! | `scopegate:revoked:family:<id>`  | until               | until                      |
+//! | `scopegate:revoked:jti:<jti>`    | until               | until                      |
+//!
+//! Consuming a value is `SET <used key> 1 NX EXAT ...`: Redis executes it
+//! atomically, so of any number of callers on any number of replicas exactly
+//! one creates the marker and gets [`Use::Fresh`]. Records never change after
+//! being written, so reading one before setting the marker is race-free.
+//! Expiry is Redis's own key TTLs; nothing needs purging here.
+
+use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use ::redis::{Client, RedisError};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use std::time::Duration;
+
+use super::{hex, now_secs, CodeRecord, Digest, Expiring, Kind, RefreshRecord, StoreError, Use};
+
+/// The prefix of every key scopegate writes.
+const PREFIX: &str = "scopegate:";
+
+/// The latest expiry Redis is given (9999-12-31T23:59:59Z): later ones would
+/// overflow its millisecond clock and be rejected.
+const MAX_EXAT: u64 = 253_402_300_799;
+
+/// How long connecting, and each command, may take before failing.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reconnection attempts before a command fails (with exponential backoff).
+const RETRIES: usize = 3;
+
+/// Redis errors as backend failures. Redis error texts carry no values of
+/// ours (keys are digests), so they are safe to report.
+fn backend(e: RedisError) -> StoreError {
+    StoreError::Backend(format!("redis: {e}"))
+}
+
+/// The key namespace of one kind of single-use entry.
+#[derive(Clone, Copy)]
+enum Space {
+    Refresh,
+    Code,
+}
+
+impl Space {
+    /// The record key and the used-marker key of a digest.
+    fn keys(self, digest: &Digest) -> (String, String) {
+        let name = match self {
+            Space::Refresh => "rt",
+            Space::Code => "ac",
+        };
+        let hex = hex(digest);
+        (
+            format!("{PREFIX}{name}:{hex}"),
+            format!("{PREFIX}{name}:used:{hex}"),
+        )
+    }
+}
+
+/// The key of a revocation.
+fn revocation_key(kind: Kind, id: &str) -> String {
+    match kind {
+        Kind::Family => format!("{PREFIX}revoked:family:{id}"),
+        Kind::Access => format!("{PREFIX}revoked:jti:{id}"),
+    }
+}
+
+/// The redis backend. The connection manager multiplexes commands over one
+/// connection and reconnects on failure; cloning it is cheap.
+pub(super) struct RedisStore {
+    conn: ConnectionManager,
+}
+
+impl RedisStore {
+    /// Connects to `url` and PINGs. Errors never echo the URL (it may carry a
+    /// password).
+    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
+        let client = Client::open(url)
+            .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(TIMEOUT))
+            .set_response_timeout(Some(TIMEOUT))
+            .set_number_of_retries(RETRIES);
+        let mut conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(backend)?;
+        let pong: String = ::redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        if pong != "PONG" {
+            return Err(StoreError::Backend(
+                "redis: unexpected reply to PING".to_owned(),
+            ));
+        }
+        Ok(RedisStore { conn })
+    }
+
+    /// A connection handle for one operation.
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// See [`super::Store::put_refresh`].
+    pub(super) async fn put_refresh(
+        &self,
+        digest: &Digest,
+        record: &RefreshRecord,
+    ) -> Result<(), StoreError> {
+        self.put(Space::Refresh, digest, record).await
+    }
+
+    /// See [`super::Store::use_refresh`].
+    pub(super) async fn use_refresh(
+        &self,
+        digest: &Digest,
+    ) -> Result<Use<RefreshRecord>, StoreError> {
+        self.consume(Space::Refresh, digest).await
+    }
+
+    /// See [`super::Store::get_refresh`].
+    pub(super) async fn get_refresh(
+        &self,
+        digest: &Digest,
+    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
+        let (key, used_key) = Space::Refresh.keys(digest);
+        let (bytes, used): (Option<Vec<u8>>, bool) = ::redis::pipe()
+            .cmd("GET")
+            .arg(&key)
+            .cmd("EXISTS")
+            .arg(&used_key)
+            .query_async(&mut self.conn())
+            .await
+            .map_err(backend)?;
+        let Some(bytes) = bytes else {
+            return Ok(None);
+        };
+        let record: RefreshRecord = decode(&bytes)?;
+        let now = now_secs();
+        let live = now < record.expires_at && now < record.retain();
+        Ok(live.then_some((record, used)))
+    }
+
+    /// See [`super::Store::put_code`].
+    pub(super) async fn put_code(
+        &self,
+        digest: &Digest,
+        record: &CodeRecord,
+    ) -> Result<(), StoreError> {
+        self.put(Space::Code, digest, record).await
+    }
+
+    /// See [`super::Store::use_code`].
+    pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
+        self.consume(Space::Code, digest).await
+    }
+
+    /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
+    ///
+    /// `SET NX` creates the revocation if absent; `EXPIREAT GT` extends an
+    /// existing one but never shortens it. Both run in one MULTI/EXEC.
+    pub(super) async fn revoke(&self, kind: Kind, id: &str, until: u64) -> Result<(), StoreError> {
+        if until <= now_secs() {
+            return Ok(());
+        }
+        let until = until.min(MAX_EXAT);
+        let key = revocation_key(kind, id);
+        ::redis::pipe()
+            .atomic()
+            .cmd("SET")
+            .arg(&key)
+            .arg(until)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(until)
+            .ignore()
+            .cmd("EXPIREAT")
+            .arg(&key)
+            .arg(until)
+            .arg("GT")
+            .ignore()
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(backend)
+    }
+
+    /// See [`super::Store::is_family_revoked`] and [`super::Store::is_access_revoked`].
+    /// The key's TTL is the revocation's end, so existing means in force.
+    pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
+        ::redis::cmd("EXISTS")
+            .arg(revocation_key(kind, id))
+            .query_async(&mut self.conn())
+            .await
+            .map_err(backend)
+    }
+
+    /// Writes a record (its used-marker, if any, is a separate key and stays).
+    async fn put<T: Expiring + Serialize>(
+        &self,
+        space: Space,
+        digest: &Digest,
+        record: &T,
+    ) -> Result<(), StoreError> {
+        let retain = record.retain();
+        if retain <= now_secs() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (key, _) = space.keys(digest);
+        ::redis::cmd("SET")
+            .arg(&key)
+            .arg(bytes)
+            .arg("EXAT")
+            .arg(retain.min(MAX_EXAT))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(backend)
+    }
+
+    /// Consumes a single-use entry: the record decides whether it is still
+    /// usable; `SET NX` on the used-marker decides who used it first.
+    async fn consume<T: Expiring + DeserializeOwned>(
+        &self,
+        space: Space,
+        digest: &Digest,
+    ) -> Result<Use<T>, StoreError> {
+        let (key, used_key) = space.keys(digest);
+        let mut conn = self.conn();
+        let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        let Some(bytes) = bytes else {
+            return Ok(Use::NotFound);
+        };
+        let record: T = decode(&bytes)?;
+        let now = now_secs();
+        let retain = record.retain();
+        if now >= retain {
+            return Ok(Use::NotFound);
+        }
+        if now >= record.expires_at() {
+            // Past its use-by time: a used one is a replay, an unused one is gone.
+            let used: bool = ::redis::cmd("EXISTS")
+                .arg(&used_key)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend)?;
+            return Ok(if used {
+                Use::Reused(record)
+            } else {
+                Use::NotFound
+            });
+        }
+        let set: Option<String> = ::redis::cmd("SET")
+            .arg(&used_key)
+            .arg(1)
+            .arg("NX")
+            .arg("EXAT")
+            .arg(retain.min(MAX_EXAT))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend)?;
+        Ok(if set.is_some() {
+            Use::Fresh(record)
+        } else {
+            Use::Reused(record)
+        })
+    }
+}
+
+/// A record from its JSON bytes.
+fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}

@@ -1,0 +1,443 @@
+//! The token endpoint: client credentials, refresh token (rotated on every
+//! use, replay revokes the family: RFC 9700 4.14.2), password, and
+//! authorization code with PKCE.
+
+use std::collections::HashMap;
+
+use http::StatusCode;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::clients::{self, verify_hash};
+use super::store::{RefreshRecord, Use};
+use super::{json_response, random_token, read_form, AuthorizationServer, OAuthError};
+use crate::auth::cache::digest;
+use crate::auth::jwt::now_unix;
+use crate::config::{Client, Grant, ResponseStyle};
+use crate::proxy::Body;
+
+/// What a successful grant yields before rendering.
+struct Issued {
+    access_token: String,
+    expires_in: u64,
+    scope: String,
+    refresh: Option<IssuedRefresh>,
+}
+
+struct IssuedRefresh {
+    token: String,
+    expires_in: u64,
+    issued_at: u64,
+    refresh_count: u32,
+}
+
+/// Whether and how a refresh token accompanies the access token.
+pub(crate) enum RefreshPlan {
+    /// No refresh token.
+    None,
+    /// No refresh token, but the access token belongs to a revocable grant.
+    SessionOnly(String),
+    /// A new family.
+    NewFamily(String),
+    /// Rotation within an existing family.
+    Rotate(RefreshRecord),
+}
+
+impl AuthorizationServer {
+    pub(crate) async fn token(
+        &self,
+        request: Request<Incoming>,
+    ) -> Result<Response<Body>, OAuthError> {
+        let req = read_form(request).await?;
+        let query_credentials =
+            req.query.contains_key("client_secret") || req.query.contains_key("client_id");
+        let grant_type = match (req.form.get("grant_type"), req.query.get("grant_type")) {
+            (Some(a), Some(b)) if a != b => {
+                return Err(OAuthError::invalid_request(
+                    "grant_type differs between the query and the body",
+                ))
+            }
+            (Some(g), _) | (None, Some(g)) => g.clone(),
+            (None, None) => return Err(OAuthError::invalid_request("grant_type is required")),
+        };
+        let presented = clients::presented(&req.headers, &req.form, query_credentials)?;
+        let grant = Grant::parse(&grant_type).ok_or_else(OAuthError::unsupported_grant_type)?;
+        let allow_public = matches!(grant, Grant::AuthorizationCode | Grant::RefreshToken);
+        let client = self.clients.authenticate(presented, allow_public).await?;
+        if !client.grants.contains(&grant) {
+            return Err(OAuthError::unauthorized_client(format!(
+                "this client may not use the {} grant",
+                grant.as_str()
+            )));
+        }
+        let issued = match grant {
+            Grant::ClientCredentials => self.client_credentials(&client, &req.form).await?,
+            Grant::RefreshToken => self.refresh(&client, &req.form).await?,
+            Grant::Password => self.password(&client, &req.form).await?,
+            Grant::AuthorizationCode => self.authorization_code(&client, &req.form).await?,
+        };
+        Ok(self.render(issued))
+    }
+
+    async fn client_credentials(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<Issued, OAuthError> {
+        let scope = requested_scope(form.get("scope"), &client.scopes, None)?;
+        let plan = if client.grants.contains(&Grant::RefreshToken) {
+            RefreshPlan::NewFamily(random_token())
+        } else {
+            RefreshPlan::None
+        };
+        self.issue(client, &client.client_id, &scope, plan).await
+    }
+
+    async fn password(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<Issued, OAuthError> {
+        let (Some(username), Some(password)) = (form.get("username"), form.get("password")) else {
+            return Err(OAuthError::invalid_request(
+                "username and password are required",
+            ));
+        };
+        let limiter_key = format!("user:{username}");
+        if self.clients.is_limited(&limiter_key) {
+            return Err(OAuthError::too_many_attempts());
+        }
+        let user = self.users.get(username.as_str());
+        let ok = match user {
+            Some(u) => verify_hash(u.password_hash.clone(), password.clone()).await,
+            None => false,
+        };
+        let Some(user) = user.filter(|_| ok) else {
+            self.clients.record_failure(&limiter_key);
+            return Err(OAuthError::invalid_grant("wrong username or password"));
+        };
+        let scope = requested_scope(form.get("scope"), &client.scopes, user.scopes.as_deref())?;
+        let plan = if client.grants.contains(&Grant::RefreshToken) {
+            RefreshPlan::NewFamily(random_token())
+        } else {
+            RefreshPlan::None
+        };
+        self.issue(client, &user.username, &scope, plan).await
+    }
+
+    async fn refresh(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<Issued, OAuthError> {
+        let token = form
+            .get("refresh_token")
+            .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
+        let key = digest(token);
+        let record = match self
+            .store
+            .use_refresh(&key)
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        {
+            Use::NotFound => {
+                return Err(OAuthError::invalid_grant(
+                    "unknown or expired refresh token",
+                ))
+            }
+            Use::Reused(record) => {
+                // RFC 9700 4.14.2: a rotated token used again means theft; end the grant.
+                self.store
+                    .revoke_family(&record.family, record.family_expires_at)
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
+                tracing::warn!(client_id = %record.client_id, "refresh token replayed; grant revoked");
+                return Err(OAuthError::invalid_grant(
+                    "refresh token already used; the grant has been revoked",
+                ));
+            }
+            Use::Fresh(record) => record,
+        };
+        if record.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant(
+                "refresh token was issued to another client",
+            ));
+        }
+        let now = now_unix();
+        if record.expires_at <= now || record.family_expires_at <= now {
+            return Err(OAuthError::invalid_grant("refresh token expired"));
+        }
+        if self
+            .store
+            .is_family_revoked(&record.family)
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        {
+            return Err(OAuthError::invalid_grant("the grant has been revoked"));
+        }
+        let granted: Vec<String> = record
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let scope = requested_scope(form.get("scope"), &granted, None)?;
+        let subject = record.subject.clone();
+        self.issue(client, &subject, &scope, RefreshPlan::Rotate(record))
+            .await
+    }
+
+    async fn authorization_code(
+        &self,
+        client: &Client,
+        form: &HashMap<String, String>,
+    ) -> Result<Issued, OAuthError> {
+        let code = form
+            .get("code")
+            .ok_or_else(|| OAuthError::invalid_request("code is required"))?;
+        let now = now_unix();
+        let record = match self
+            .store
+            .use_code(&digest(code))
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        {
+            Use::NotFound => return Err(OAuthError::invalid_grant("unknown or expired code")),
+            Use::Reused(record) => {
+                // RFC 6749 4.1.2: a code used twice revokes what it issued.
+                self.store
+                    .revoke_family(
+                        &record.family,
+                        now + self.settings.refresh_family_max_age.as_secs(),
+                    )
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
+                tracing::warn!(client_id = %record.client_id, "authorization code replayed; its tokens are revoked");
+                return Err(OAuthError::invalid_grant(
+                    "code already used; the tokens issued from it are revoked",
+                ));
+            }
+            Use::Fresh(record) => record,
+        };
+        if record.client_id != client.client_id {
+            return Err(OAuthError::invalid_grant(
+                "code was issued to another client",
+            ));
+        }
+        if form.get("redirect_uri") != Some(&record.redirect_uri) {
+            return Err(OAuthError::invalid_grant(
+                "redirect_uri does not match the authorization request",
+            ));
+        }
+        if record.expires_at <= now {
+            return Err(OAuthError::invalid_grant("code expired"));
+        }
+        match (&record.code_challenge, form.get("code_verifier")) {
+            (Some(challenge), Some(verifier)) => {
+                if !pkce_verifier_ok(verifier) {
+                    return Err(OAuthError::invalid_grant(
+                        "code_verifier must be 43-128 characters of [A-Za-z0-9-._~]",
+                    ));
+                }
+                if s256(verifier) != *challenge {
+                    return Err(OAuthError::invalid_grant(
+                        "code_verifier does not match the challenge",
+                    ));
+                }
+            }
+            (Some(_), None) => return Err(OAuthError::invalid_grant("code_verifier is required")),
+            (None, Some(_)) => {
+                return Err(OAuthError::invalid_grant(
+                    "code_verifier sent for a code issued without a challenge (no PKCE downgrade)",
+                ))
+            }
+            (None, None) if client.secret_hash.is_none() => {
+                return Err(OAuthError::invalid_grant("public clients must use PKCE"))
+            }
+            (None, None) => {}
+        }
+        let plan = if client.grants.contains(&Grant::RefreshToken) {
+            RefreshPlan::NewFamily(record.family.clone())
+        } else {
+            RefreshPlan::SessionOnly(record.family.clone())
+        };
+        self.issue(client, &record.subject, &record.scope, plan)
+            .await
+    }
+
+    async fn issue(
+        &self,
+        client: &Client,
+        subject: &str,
+        scope: &str,
+        plan: RefreshPlan,
+    ) -> Result<Issued, OAuthError> {
+        let now = now_unix();
+        let settings = &self.settings;
+        let expires_in = settings.access_token_ttl.as_secs();
+        let family = match &plan {
+            RefreshPlan::None => None,
+            RefreshPlan::SessionOnly(f) | RefreshPlan::NewFamily(f) => Some(f.clone()),
+            RefreshPlan::Rotate(r) => Some(r.family.clone()),
+        };
+        let mut claims = json!({
+            "iss": settings.issuer,
+            "sub": subject,
+            "aud": client.audience,
+            "client_id": client.client_id,
+            "scope": scope,
+            "iat": now,
+            "exp": now + expires_in,
+            "jti": random_token(),
+        });
+        if let Some(family) = &family {
+            claims["sid"] = Value::String(family.clone());
+        }
+        let key = settings
+            .keys
+            .first()
+            .ok_or_else(|| OAuthError::server_error("no signing key"))?;
+        let access_token = key.mint(&claims).map_err(OAuthError::server_error)?;
+
+        let refresh = match plan {
+            RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,
+            RefreshPlan::NewFamily(family) => {
+                let family_expires_at = now + settings.refresh_family_max_age.as_secs();
+                Some(RefreshRecord {
+                    family,
+                    client_id: client.client_id.clone(),
+                    subject: subject.to_owned(),
+                    scope: scope.to_owned(),
+                    audience: client.audience.clone(),
+                    issued_at: now,
+                    expires_at: (now + settings.refresh_token_ttl.as_secs()).min(family_expires_at),
+                    family_expires_at,
+                    refresh_count: 0,
+                })
+            }
+            RefreshPlan::Rotate(previous) => Some(RefreshRecord {
+                scope: scope.to_owned(),
+                issued_at: now,
+                expires_at: (now + settings.refresh_token_ttl.as_secs())
+                    .min(previous.family_expires_at),
+                refresh_count: previous.refresh_count.saturating_add(1),
+                ..previous
+            }),
+        };
+        let refresh = match refresh {
+            Some(record) => {
+                let token = random_token();
+                self.store
+                    .put_refresh(&digest(&token), &record)
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
+                Some(IssuedRefresh {
+                    token,
+                    expires_in: record.expires_at.saturating_sub(now),
+                    issued_at: now,
+                    refresh_count: record.refresh_count,
+                })
+            }
+            None => None,
+        };
+        Ok(Issued {
+            access_token,
+            expires_in,
+            scope: scope.to_owned(),
+            refresh,
+        })
+    }
+
+    fn render(&self, issued: Issued) -> Response<Body> {
+        let body = match self.settings.response_style {
+            ResponseStyle::Standard => {
+                let mut body = json!({
+                    "token_type": "Bearer",
+                    "access_token": issued.access_token,
+                    "expires_in": issued.expires_in,
+                    "scope": issued.scope,
+                    "status": "approved",
+                });
+                if let Some(r) = issued.refresh {
+                    body["refresh_token"] = r.token.into();
+                    body["refresh_token_expires_in"] = r.expires_in.into();
+                    body["refresh_token_issued_at"] = r.issued_at.into();
+                    body["refresh_count"] = r.refresh_count.into();
+                }
+                body
+            }
+            ResponseStyle::Apigee => {
+                // The seed's sample: BearerToken, numbers as strings, issue time in ms.
+                let mut body = json!({
+                    "token_type": "BearerToken",
+                    "access_token": issued.access_token,
+                    "scope": issued.scope,
+                    "status": "approved",
+                    "expires_in": issued.expires_in.to_string(),
+                });
+                if let Some(r) = issued.refresh {
+                    body["refresh_token"] = r.token.into();
+                    body["refresh_token_expires_in"] = r.expires_in.to_string().into();
+                    body["refresh_token_issued_at"] = (r.issued_at * 1000).to_string().into();
+                    body["refresh_count"] = r.refresh_count.to_string().into();
+                }
+                body
+            }
+        };
+        json_response(StatusCode::OK, body.to_string())
+    }
+
+    pub(crate) fn store_failed(&self, error: &super::store::StoreError) -> OAuthError {
+        tracing::error!(store = self.store.kind(), error = %error, "authorization server store failed");
+        OAuthError::unavailable()
+    }
+}
+
+/// RFC 7636 4.1: 43-128 characters of the unreserved set.
+pub(crate) fn pkce_verifier_ok(v: &str) -> bool {
+    (43..=128).contains(&v.len())
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
+}
+
+/// `BASE64URL(SHA256(verifier))` (RFC 7636 4.2).
+pub(crate) fn s256(verifier: &str) -> String {
+    use base64::Engine;
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
+}
+
+/// The granted scope: the requested one (a subset of what is allowed), or
+/// everything allowed when none is requested.
+pub(crate) fn requested_scope(
+    requested: Option<&String>,
+    allowed: &[String],
+    also_allowed: Option<&[String]>,
+) -> Result<String, OAuthError> {
+    let permitted = |s: &str| {
+        allowed.iter().any(|a| a == s) && also_allowed.is_none_or(|x| x.iter().any(|a| a == s))
+    };
+    match requested {
+        Some(requested) => {
+            let mut out: Vec<&str> = Vec::new();
+            for scope in requested.split(' ').filter(|s| !s.is_empty()) {
+                if !permitted(scope) {
+                    return Err(OAuthError::invalid_scope(format!(
+                        "scope `{scope}` is not allowed for this client"
+                    )));
+                }
+                if !out.contains(&scope) {
+                    out.push(scope);
+                }
+            }
+            Ok(out.join(" "))
+        }
+        None => Ok(allowed
+            .iter()
+            .filter(|s| permitted(s))
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(" ")),
+    }
+}

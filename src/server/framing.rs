@@ -1,0 +1,397 @@
+//! Spots HTTP/1 requests that carry both `Content-Length` and
+//! `Transfer-Encoding`, which hyper hides from the service.
+//!
+//! hyper settles that ambiguity on its own (Transfer-Encoding wins and the
+//! connection is closed after the response) and drops the `Content-Length`
+//! header before the request reaches the service, so the check in
+//! [`super::pipeline`] never sees both. [`FramingWatch`] wraps a client
+//! connection and follows the bytes hyper reads: request heads, then
+//! `Content-Length` or chunked bodies, so it knows where every head starts. A
+//! head with both headers is remembered by its position on the connection and
+//! [`Requests::next`] marks that request with [`SmuggledLength`]; the pipeline
+//! refuses it with 400. When the stream stops being plain HTTP/1 (the HTTP/2
+//! preface, an upgrade or `CONNECT`, anything it cannot follow, an oversized
+//! head) the watch stops: hyper's own handling still applies to the rest.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Request extension: this request's head had both `Content-Length` and
+/// `Transfer-Encoding`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SmuggledLength;
+
+/// Largest request head followed; hyper refuses far smaller ones.
+const HEAD_LIMIT: usize = 2 * 1024 * 1024;
+/// Bytes of a line kept for inspection (header names, lengths, chunk sizes).
+const LINE_KEEP: usize = 256;
+/// No request has been found ambiguous.
+const NONE: usize = usize::MAX;
+
+/// Counts the requests of one connection in the order hyper dispatches them.
+#[derive(Debug, Default)]
+pub(crate) struct Requests {
+    ambiguous: AtomicUsize,
+    next: AtomicUsize,
+}
+
+impl Requests {
+    /// Called once per request, in order: true if its head was ambiguous.
+    pub(crate) fn next(&self) -> bool {
+        let index = self.next.fetch_add(1, Ordering::AcqRel);
+        self.ambiguous.load(Ordering::Acquire) == index
+    }
+}
+
+/// A client connection whose request framing is watched.
+pub(crate) struct FramingWatch<I> {
+    inner: I,
+    tracker: Tracker,
+    requests: Arc<Requests>,
+}
+
+impl<I> FramingWatch<I> {
+    /// Wraps `inner`; the returned [`Requests`] goes to the connection's service.
+    pub(crate) fn new(inner: I) -> (Self, Arc<Requests>) {
+        let requests = Arc::new(Requests {
+            ambiguous: AtomicUsize::new(NONE),
+            next: AtomicUsize::new(0),
+        });
+        let watch = Self {
+            inner,
+            tracker: Tracker::default(),
+            requests: Arc::clone(&requests),
+        };
+        (watch, requests)
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = result {
+            if let Some(index) = buf
+                .filled()
+                .get(before..)
+                .and_then(|new| this.tracker.feed(new))
+            {
+                this.requests.ambiguous.store(index, Ordering::Release);
+            }
+        }
+        result
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for FramingWatch<I> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}
+
+/// Where in the request stream the next byte belongs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+enum State {
+    /// A request head, line by line.
+    #[default]
+    Head,
+    /// A `Content-Length` body: bytes left.
+    Body(u64),
+    /// A chunk-size line.
+    ChunkSize,
+    /// Chunk data: bytes left.
+    ChunkData(u64),
+    /// The line break after chunk data.
+    ChunkEnd,
+    /// Trailer lines up to the empty line.
+    Trailers,
+    /// Not following any more.
+    Stopped,
+}
+
+/// What the current head said about framing.
+#[derive(Debug, Default)]
+struct HeadFacts {
+    request_line: bool,
+    bytes: usize,
+    content_length: Option<Option<u64>>,
+    transfer_encoding: bool,
+    upgrade: bool,
+}
+
+#[derive(Debug, Default)]
+struct Tracker {
+    state: State,
+    /// The current line, at most [`LINE_KEEP`] bytes of it.
+    line: Vec<u8>,
+    /// The current line was longer than what `line` keeps.
+    truncated: bool,
+    head: HeadFacts,
+    /// Complete heads seen so far.
+    heads: usize,
+}
+
+impl Tracker {
+    /// Follows `bytes`; returns the index of a request whose head had both
+    /// `Content-Length` and `Transfer-Encoding`.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<usize> {
+        while !bytes.is_empty() {
+            match self.state {
+                State::Stopped => return None,
+                State::Body(left) | State::ChunkData(left) => {
+                    let take = usize::try_from(left).unwrap_or(usize::MAX).min(bytes.len());
+                    bytes = bytes.get(take..).unwrap_or_default();
+                    let left = left - take as u64;
+                    self.state = match (self.state, left) {
+                        (State::Body(_), 0) => State::Head,
+                        (State::Body(_), n) => State::Body(n),
+                        (_, 0) => State::ChunkEnd,
+                        (_, n) => State::ChunkData(n),
+                    };
+                }
+                State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
+                    let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                        Some(at) => (
+                            bytes.get(..at).unwrap_or_default(),
+                            bytes.get(at + 1..).unwrap_or_default(),
+                            true,
+                        ),
+                        None => (bytes, &[][..], false),
+                    };
+                    bytes = rest;
+                    if self.state == State::Head {
+                        self.head.bytes += part.len() + 1;
+                        if self.head.bytes > HEAD_LIMIT {
+                            self.state = State::Stopped;
+                            return None;
+                        }
+                    }
+                    let room = LINE_KEEP.saturating_sub(self.line.len());
+                    self.line
+                        .extend_from_slice(part.get(..room.min(part.len())).unwrap_or_default());
+                    self.truncated |= part.len() > room;
+                    if complete {
+                        if let Some(index) = self.end_of_line() {
+                            return Some(index);
+                        }
+                        self.line.clear();
+                        self.truncated = false;
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Handles the complete line in `self.line`.
+    fn end_of_line(&mut self) -> Option<usize> {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        match self.state {
+            State::Head => return self.head_line(),
+            State::ChunkSize => {
+                let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+                let size = std::str::from_utf8(line.get(..digits).unwrap_or_default())
+                    .ok()
+                    .and_then(|s| u64::from_str_radix(s, 16).ok());
+                self.state = match size {
+                    _ if self.truncated => State::Stopped,
+                    Some(0) => State::Trailers,
+                    Some(n) => State::ChunkData(n),
+                    None => State::Stopped,
+                };
+            }
+            State::ChunkEnd if line.is_empty() => self.state = State::ChunkSize,
+            State::Trailers if line.is_empty() => self.state = State::Head,
+            State::Trailers => {}
+            _ => self.state = State::Stopped,
+        }
+        None
+    }
+
+    fn head_line(&mut self) -> Option<usize> {
+        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+        if !self.head.request_line {
+            if line.is_empty() {
+                // Empty lines before a request line are skipped.
+                return None;
+            }
+            self.head.request_line = true;
+            if line.starts_with(b"PRI * HTTP/2") {
+                self.state = State::Stopped;
+            } else if line.starts_with(b"CONNECT ") {
+                self.head.upgrade = true;
+            }
+            return None;
+        }
+        if !line.is_empty() {
+            let (name, value) = match line.iter().position(|&b| b == b':') {
+                Some(at) => (
+                    line.get(..at).unwrap_or_default(),
+                    line.get(at + 1..).unwrap_or_default(),
+                ),
+                None => (line, &[][..]),
+            };
+            if name.eq_ignore_ascii_case(b"content-length") {
+                let value = value.trim_ascii();
+                let parsed =
+                    (!self.truncated && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                        .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
+                        .flatten();
+                if self.head.content_length.is_none() {
+                    self.head.content_length = Some(parsed);
+                }
+            } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                self.head.transfer_encoding = true;
+            } else if name.eq_ignore_ascii_case(b"upgrade") {
+                self.head.upgrade = true;
+            }
+            return None;
+        }
+
+        // End of the head.
+        let index = self.heads;
+        self.heads += 1;
+        let head = std::mem::take(&mut self.head);
+        if head.content_length.is_some() && head.transfer_encoding {
+            // hyper closes the connection after this request.
+            self.state = State::Stopped;
+            return Some(index);
+        }
+        self.state = if head.upgrade {
+            State::Stopped
+        } else if head.transfer_encoding {
+            State::ChunkSize
+        } else {
+            match head.content_length {
+                None | Some(Some(0)) => State::Head,
+                Some(Some(n)) => State::Body(n),
+                Some(None) => State::Stopped,
+            }
+        };
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `stream` in pieces of `step` bytes; returns the ambiguous index.
+    fn run(stream: &[u8], step: usize) -> (Option<usize>, Tracker) {
+        let mut tracker = Tracker::default();
+        let mut found = None;
+        for piece in stream.chunks(step) {
+            if let Some(i) = tracker.feed(piece) {
+                found = Some(i);
+            }
+        }
+        (found, tracker)
+    }
+
+    fn all_steps(stream: &[u8]) -> Option<usize> {
+        let (first, _) = run(stream, stream.len().max(1));
+        for step in 1..stream.len().max(1) {
+            assert_eq!(run(stream, step).0, first, "step {step}");
+        }
+        first
+    }
+
+    #[test]
+    fn both_headers_are_found_in_either_order() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length:5\r\n\r\n",
+            b"\r\nPOST / HTTP/1.1\nTRANSFER-ENCODING: gzip, chunked\ncontent-length: 0\n\n",
+        ] {
+            assert_eq!(all_steps(head), Some(0), "{}", String::from_utf8_lossy(head));
+        }
+    }
+
+    #[test]
+    fn later_requests_are_found_after_bodies_of_both_kinds() {
+        let stream = b"POST /a HTTP/1.1\r\nContent-Length: 31\r\n\r\n\
+            Content-Length: 1\r\nTransfer-E\r\n\
+            POST /b HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+            1a;ext=1\r\nTransfer-Encoding: chunked\r\n\
+            0\r\nX-Trailer: 1\r\n\r\n\
+            GET /c HTTP/1.1\r\n\r\n\
+            POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(all_steps(stream), Some(3));
+    }
+
+    #[test]
+    fn ordinary_requests_are_not_flagged() {
+        let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
+            POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+            GET / HTTP/1.1\r\n\r\n";
+        let (found, tracker) = run(stream, stream.len());
+        assert_eq!(found, None);
+        assert_eq!(tracker.heads, 4);
+        assert_eq!(tracker.state, State::Head);
+        assert_eq!(all_steps(stream), None);
+    }
+
+    #[test]
+    fn stops_where_it_cannot_follow() {
+        for stream in [
+            &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"CONNECT a:1 HTTP/1.1\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+        ] {
+            let (found, tracker) = run(stream, stream.len());
+            assert_eq!(found, None, "{}", String::from_utf8_lossy(stream));
+            assert_eq!(tracker.state, State::Stopped);
+        }
+    }
+
+    #[test]
+    fn requests_are_matched_by_position() {
+        let requests = Requests {
+            ambiguous: AtomicUsize::new(2),
+            next: AtomicUsize::new(0),
+        };
+        assert!(!requests.next());
+        assert!(!requests.next());
+        assert!(requests.next());
+        assert!(!requests.next());
+    }
+}
