@@ -99,6 +99,10 @@ where
 
 /// The demo client's id (API key) and secret.
 pub const DEMO_CLIENT: (&str, &str) = ("demo-app", "demo-secret");
+/// The demo user's name and password (authorization code flow).
+pub const DEMO_USER: (&str, &str) = ("alice", "wonderland");
+/// The demo public client (a browser app using PKCE).
+pub const DEMO_PUBLIC_CLIENT: &str = "demo-spa";
 
 /// The demo configuration: the built-in authorization server with the seed's
 /// token path, and an echo upstream.
@@ -107,8 +111,10 @@ pub fn demo_config_yaml(
     admin: SocketAddr,
     upstream: SocketAddr,
     secret_hash: &str,
+    password_hash: &str,
 ) -> String {
     let (client_id, _) = DEMO_CLIENT;
+    let (username, _) = DEMO_USER;
     format!(
         r#"server:
   listen: {listen}
@@ -127,11 +133,23 @@ authorization_server:
       grants: [client_credentials, refresh_token]
       scopes: [orders:read]
       audience: {DEMO_AUDIENCE}
+    - client_id: {DEMO_PUBLIC_CLIENT}
+      name: Demo single-page app
+      grants: [authorization_code, refresh_token]
+      scopes: [orders:read]
+      audience: {DEMO_AUDIENCE}
+      redirect_uris: [http://{listen}/callback]
+  users:
+    - username: {username}
+      password_hash: "{password_hash}"
 upstreams:
   echo:
     url: http://{upstream}
 routes:
   - path: /public
+    upstream: echo
+    auth: none
+  - path: /callback
     upstream: echo
     auth: none
   - path: /orders
@@ -167,7 +185,14 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
 
     let (client_id, client_secret) = DEMO_CLIENT;
     let hash = crate::issuer::clients::hash_secret(client_secret)?;
-    let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash);
+    let (username, password) = DEMO_USER;
+    let password_hash = crate::issuer::clients::hash_secret(password)?;
+    let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash, &password_hash);
+    let verifier = crate::issuer::random_token();
+    let challenge = crate::issuer::token::s256(&verifier);
+    let authorize_url = format!(
+        "http://{listen}/oauth2/authorize?response_type=code&client_id={DEMO_PUBLIC_CLIENT}&redirect_uri=http%3A%2F%2F{listen}%2Fcallback&scope=orders%3Aread&state=demo-state&code_challenge={challenge}&code_challenge_method=S256"
+    );
     let config =
         crate::config::load_str("<demo>", Path::new("."), &yaml).map_err(|e| e.to_string())?;
     let field = |name: &str| format!("sed -n 's/.*\"{name}\":\"\\([^\"]*\\)\".*/\\1/p'");
@@ -188,6 +213,11 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
          # 5. 401: no token at all; 200: a public route\n\
          curl -i http://{listen}/orders/42\n\
          curl -i http://{listen}/public\n\n\
+         # 6. Authorization code + PKCE in a browser: open this URL, sign in as {username} / {password},\n\
+         #    allow access; the echo upstream at /callback shows the code. Then exchange it:\n\
+         {authorize_url}\n\
+         curl -s -X POST http://{listen}/auth/v2/accesstoken -d grant_type=authorization_code -d client_id={DEMO_PUBLIC_CLIENT} \\\n\
+         \x20    -d redirect_uri=http://{listen}/callback -d code_verifier={verifier} -d code=PASTE_CODE_HERE\n\n\
          Metadata: http://{listen}/.well-known/oauth-authorization-server  Keys: http://{listen}/.well-known/jwks.json\n\
          Press Ctrl-C to stop.\n",
         token = field("access_token"),

@@ -125,9 +125,15 @@ impl SigningKey {
 
     /// Signs claims as an RFC 9068 access token (`typ: at+jwt`).
     pub fn mint(&self, claims: &Value) -> Result<String, String> {
+        self.sign_typed("at+jwt", claims)
+    }
+
+    /// Signs claims with an explicit `typ`, so tokens of different purposes
+    /// can never be mistaken for each other.
+    pub fn sign_typed(&self, typ: &str, claims: &Value) -> Result<String, String> {
         let mut header = Header::new(self.alg);
         header.kid = Some(self.kid.clone());
-        header.typ = Some("at+jwt".to_owned());
+        header.typ = Some(typ.to_owned());
         jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
     }
 }

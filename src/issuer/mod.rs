@@ -7,6 +7,7 @@
 //! 7009 revocation (`endpoints`). Access tokens are RFC 9068 JWTs verified by
 //! the gateway in-process with the same keys.
 
+pub mod authorize;
 pub mod clients;
 pub mod endpoints;
 pub mod keys;
@@ -193,6 +194,7 @@ impl AuthorizationServer {
     pub fn owns(&self, path: &str) -> bool {
         let p = &self.settings.paths;
         path == p.token
+            || path == p.authorize
             || path == p.jwks
             || path == p.metadata
             || path == p.introspection
@@ -203,6 +205,9 @@ impl AuthorizationServer {
     pub async fn handle(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
         let p = &self.settings.paths;
         let method = request.method().clone();
+        if path == p.authorize {
+            return self.authorize(request).await;
+        }
         let result = if path == p.jwks {
             only(&method, &[Method::GET, Method::HEAD]).map(|()| self.jwks())
         } else if path == p.metadata {

@@ -401,8 +401,8 @@ pub(crate) fn pkce_verifier_ok(v: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~'))
 }
 
-/// `BASE64URL(SHA256(verifier))` (RFC 7636 4.2).
-pub(crate) fn s256(verifier: &str) -> String {
+/// `BASE64URL(SHA256(verifier))` (RFC 7636 4.2): the PKCE S256 challenge.
+pub fn s256(verifier: &str) -> String {
     use base64::Engine;
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())

@@ -278,13 +278,13 @@ impl Gateway {
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
-    if lengths > 1
-        || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING))
-        || request
-            .extensions()
-            .get::<super::framing::SmuggledLength>()
-            .is_some()
-    {
+    // hyper drops a Content-Length sent with Transfer-Encoding; the connection
+    // watch (`super::framing`) marks such requests.
+    let smuggled = request
+        .extensions()
+        .get::<super::framing::SmuggledLength>()
+        .is_some();
+    if smuggled || lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
         return Err(GatewayError::AmbiguousFraming);
     }
     let mut hosts = headers.get_all(HOST).iter();

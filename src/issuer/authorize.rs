@@ -1,0 +1,661 @@
+//! The authorization endpoint (RFC 6749 4.1 with PKCE, RFC 7636, and RFC 9207
+//! `iss`): sign-in and consent pages, then a redirect with a single-use code.
+//!
+//! No server-side session table: the sign-in session is a short-lived JWT in
+//! an `HttpOnly; Secure; SameSite=Lax` cookie, signed with the server's key,
+//! so any replica sharing the keys and the store can continue the flow. Every
+//! form carries a CSRF token (double-submit before sign-in, bound to the
+//! session after it).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+
+use bytes::Bytes;
+use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
+use http_body_util::{Either, Full};
+use hyper::body::Incoming;
+use serde_json::{json, Value};
+
+use super::clients::verify_hash;
+use super::keys::jwks_document;
+use super::store::CodeRecord;
+use super::token::requested_scope;
+use super::{random_token, read_form, AuthorizationServer};
+use crate::auth::cache::digest;
+use crate::auth::jwks::KeySet;
+use crate::auth::jwt::{self, now_unix};
+use crate::config::{Client, Grant};
+use crate::proxy::Body;
+
+/// Lifetime of an authorization code (seconds).
+const CODE_TTL: u64 = 60;
+/// Lifetime of a sign-in session (seconds).
+const SESSION_TTL: u64 = 600;
+const SESSION_COOKIE: &str = "sg_session";
+const CSRF_COOKIE: &str = "sg_csrf";
+const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a}h1{font-size:1.4rem}label{display:block;margin-top:1rem}input{display:block;width:100%;padding:.5rem;margin-top:.25rem;font-size:1rem;box-sizing:border-box}button{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}ul{padding-left:1.2rem}.error{color:#a40000}";
+
+/// A validated authorization request.
+#[derive(Debug, Clone)]
+struct AuthRequest {
+    client: Client,
+    redirect_uri: String,
+    scope: String,
+    state: Option<String>,
+    code_challenge: Option<String>,
+}
+
+/// Failure before the redirect URI is trusted: an error page, never a redirect.
+struct PageError(StatusCode, String);
+
+impl AuthorizationServer {
+    /// `GET` shows sign-in or consent; `POST` handles their forms.
+    pub(crate) async fn authorize(&self, request: Request<Incoming>) -> Response<Body> {
+        let method = request.method().clone();
+        let headers = request.headers().clone();
+        let params = if method == Method::GET {
+            request
+                .uri()
+                .query()
+                .map(|q| {
+                    url::form_urlencoded::parse(q.as_bytes())
+                        .into_owned()
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        } else if method == Method::POST {
+            match read_form(request).await {
+                Ok(form) => form.form.into_iter().collect(),
+                Err(e) => {
+                    return self.page(
+                        StatusCode::BAD_REQUEST,
+                        "Invalid request",
+                        &e.description,
+                        None,
+                    )
+                }
+            }
+        } else {
+            return self.page(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "Method not allowed",
+                "Use GET or POST.",
+                None,
+            );
+        };
+        let mut map = HashMap::new();
+        for (k, v) in params {
+            if map.insert(k.clone(), v).is_some() {
+                return self.page(
+                    StatusCode::BAD_REQUEST,
+                    "Invalid request",
+                    &format!("The parameter {k} is repeated."),
+                    None,
+                );
+            }
+        }
+        // 1. Client and redirect URI first: until they check out, never redirect.
+        let (client, redirect_uri) = match self.client_and_redirect(&map) {
+            Ok(pair) => pair,
+            Err(PageError(status, message)) => {
+                return self.page(status, "This sign-in link is not valid", &message, None)
+            }
+        };
+        let state = map.get("state").cloned();
+        // 2. The rest is reported to the client at its redirect URI.
+        let request = match self.validate_rest(client, redirect_uri.clone(), state.clone(), &map) {
+            Ok(r) => r,
+            Err((code, description)) => {
+                return self.redirect_error(&redirect_uri, code, description, state.as_deref())
+            }
+        };
+        let session = self.session(&headers);
+        if method == Method::GET {
+            return match session {
+                Some((user, csrf)) => self.consent_page(&request, &user, &csrf),
+                None => self.login_page(&request, None, StatusCode::OK),
+            };
+        }
+        match map.get("action").map(String::as_str) {
+            Some("login") => self.login(&request, &map, &headers).await,
+            Some("approve") | Some("deny") => {
+                let Some((user, csrf)) = session else {
+                    return self.login_page(
+                        &request,
+                        Some("Your session ended. Sign in again."),
+                        StatusCode::OK,
+                    );
+                };
+                if map.get("csrf") != Some(&csrf) {
+                    return self.page(
+                        StatusCode::FORBIDDEN,
+                        "Request refused",
+                        "The form expired or was not sent by this page.",
+                        None,
+                    );
+                }
+                if map.get("action").map(String::as_str) == Some("deny") {
+                    return self.redirect_error(
+                        &request.redirect_uri,
+                        "access_denied",
+                        "the user denied the request",
+                        request.state.as_deref(),
+                    );
+                }
+                self.approve(&request, &user).await
+            }
+            _ => self.page(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                "Unknown action.",
+                None,
+            ),
+        }
+    }
+
+    fn client_and_redirect(
+        &self,
+        map: &HashMap<String, String>,
+    ) -> Result<(Client, String), PageError> {
+        let bad = |m: &str| PageError(StatusCode::BAD_REQUEST, m.to_owned());
+        let client_id = map
+            .get("client_id")
+            .ok_or_else(|| bad("The request names no client."))?;
+        let client = self
+            .clients
+            .client(client_id)
+            .filter(|c| c.grants.contains(&Grant::AuthorizationCode))
+            .ok_or_else(|| bad("The application is not registered for sign-in."))?;
+        let redirect_uri = match map.get("redirect_uri") {
+            Some(uri) => uri.clone(),
+            None if client.redirect_uris.len() == 1 => {
+                client.redirect_uris.first().cloned().unwrap_or_default()
+            }
+            None => return Err(bad("The request names no redirect URI.")),
+        };
+        if !client
+            .redirect_uris
+            .iter()
+            .any(|r| redirect_matches(r, &redirect_uri))
+        {
+            return Err(bad(
+                "The redirect URI is not registered for this application.",
+            ));
+        }
+        Ok((client.clone(), redirect_uri))
+    }
+
+    fn validate_rest(
+        &self,
+        client: Client,
+        redirect_uri: String,
+        state: Option<String>,
+        map: &HashMap<String, String>,
+    ) -> Result<AuthRequest, (&'static str, &'static str)> {
+        match map.get("response_type").map(String::as_str) {
+            Some("code") => {}
+            Some(_) => {
+                return Err((
+                    "unsupported_response_type",
+                    "only response_type=code is supported (no implicit grant)",
+                ))
+            }
+            None => return Err(("invalid_request", "response_type is required")),
+        }
+        let scope = requested_scope(map.get("scope"), &client.scopes, None).map_err(|_| {
+            (
+                "invalid_scope",
+                "a requested scope is not allowed for this client",
+            )
+        })?;
+        let code_challenge = match (
+            map.get("code_challenge"),
+            map.get("code_challenge_method").map(String::as_str),
+        ) {
+            (Some(challenge), Some("S256")) => Some(challenge.clone()),
+            (Some(_), Some(_)) | (None, Some(_)) => {
+                return Err((
+                    "invalid_request",
+                    "code_challenge_method must be S256 (plain is not allowed)",
+                ))
+            }
+            (Some(_), None) => {
+                return Err(("invalid_request", "code_challenge_method=S256 is required"))
+            }
+            (None, None) => None,
+        };
+        if let Some(c) = &code_challenge {
+            let ok = c.len() == 43
+                && c.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+            if !ok {
+                return Err((
+                    "invalid_request",
+                    "code_challenge is not a base64url SHA-256",
+                ));
+            }
+        }
+        if client.secret_hash.is_none() && code_challenge.is_none() {
+            return Err((
+                "invalid_request",
+                "public clients must use PKCE (code_challenge)",
+            ));
+        }
+        Ok(AuthRequest {
+            client,
+            redirect_uri,
+            scope,
+            state,
+            code_challenge,
+        })
+    }
+
+    async fn login(
+        &self,
+        request: &AuthRequest,
+        map: &HashMap<String, String>,
+        headers: &HeaderMap,
+    ) -> Response<Body> {
+        let csrf_cookie = cookie(headers, CSRF_COOKIE);
+        if csrf_cookie.is_none() || map.get("csrf") != csrf_cookie.as_ref() {
+            return self.page(
+                StatusCode::FORBIDDEN,
+                "Request refused",
+                "The form expired or was not sent by this page.",
+                None,
+            );
+        }
+        let username = map.get("username").cloned().unwrap_or_default();
+        let password = map.get("password").cloned().unwrap_or_default();
+        let limiter_key = format!("user:{username}");
+        if self.clients.is_limited(&limiter_key) {
+            return self.login_page(
+                request,
+                Some("Too many failed sign-ins. Wait a minute and try again."),
+                StatusCode::TOO_MANY_REQUESTS,
+            );
+        }
+        let user = self.users.get(&username);
+        let ok = match user {
+            Some(u) => verify_hash(u.password_hash.clone(), password).await,
+            None => false,
+        };
+        let Some(user) = user.filter(|_| ok) else {
+            self.clients.record_failure(&limiter_key);
+            return self.login_page(
+                request,
+                Some("Wrong user name or password."),
+                StatusCode::UNAUTHORIZED,
+            );
+        };
+        let csrf = random_token();
+        let now = now_unix();
+        let Some(key) = self.settings.keys.first() else {
+            return self.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "No signing key.",
+                None,
+            );
+        };
+        let session = match key.sign_typed(
+            "session+jwt",
+            &json!({ "iss": self.settings.issuer, "sub": user.username, "csrf": csrf, "iat": now, "exp": now + SESSION_TTL }),
+        ) {
+            Ok(s) => s,
+            Err(_) => return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "Could not start a session.", None),
+        };
+        let mut response = self.consent_page(request, &user.username, &csrf);
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{SESSION_COOKIE}={session}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={SESSION_TTL}",
+            self.settings.paths.authorize
+        )) {
+            response.headers_mut().append(SET_COOKIE, v);
+        }
+        response
+    }
+
+    /// The signed-in user and the session's CSRF token, from the cookie.
+    fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
+        let token = cookie(headers, SESSION_COOKIE)?;
+        let parsed = jwt::parse_compact(&token).ok()?;
+        if parsed.typ.as_deref() != Some("session+jwt") {
+            return None;
+        }
+        let keys = KeySet::from_json(jwks_document(&self.settings.keys).as_bytes()).ok()?;
+        let algs: Vec<_> = self.settings.keys.iter().map(|k| k.algorithm()).collect();
+        let alg = jwt::allowed_algorithm(&parsed.alg, &algs)?;
+        let valid = keys
+            .candidates(parsed.kid.as_deref(), alg)
+            .any(|k| k.verify(parsed.signing_input, parsed.signature, alg));
+        if !valid
+            || parsed.claims.get("iss").and_then(Value::as_str)
+                != Some(self.settings.issuer.as_str())
+            || jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_err()
+        {
+            return None;
+        }
+        let user = parsed.claims.get("sub")?.as_str()?.to_owned();
+        let csrf = parsed.claims.get("csrf")?.as_str()?.to_owned();
+        self.users.contains_key(&user).then_some((user, csrf))
+    }
+
+    async fn approve(&self, request: &AuthRequest, user: &str) -> Response<Body> {
+        let code = random_token();
+        let record = CodeRecord {
+            client_id: request.client.client_id.clone(),
+            redirect_uri: request.redirect_uri.clone(),
+            scope: request.scope.clone(),
+            subject: user.to_owned(),
+            code_challenge: request.code_challenge.clone(),
+            expires_at: now_unix() + CODE_TTL,
+            family: random_token(),
+        };
+        if let Err(e) = self.store.put_code(&digest(&code), &record).await {
+            tracing::error!(error = %e, "could not store an authorization code");
+            return self.page(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "Try again later",
+                "The sign-in service is temporarily unavailable.",
+                None,
+            );
+        }
+        let mut params = vec![("code", code.as_str())];
+        if let Some(state) = &request.state {
+            params.push(("state", state));
+        }
+        params.push(("iss", &self.settings.issuer));
+        redirect(&request.redirect_uri, &params)
+    }
+
+    fn redirect_error(
+        &self,
+        redirect_uri: &str,
+        code: &str,
+        description: &str,
+        state: Option<&str>,
+    ) -> Response<Body> {
+        let mut params = vec![("error", code), ("error_description", description)];
+        if let Some(state) = state {
+            params.push(("state", state));
+        }
+        params.push(("iss", &self.settings.issuer));
+        redirect(redirect_uri, &params)
+    }
+
+    fn login_page(
+        &self,
+        request: &AuthRequest,
+        error: Option<&str>,
+        status: StatusCode,
+    ) -> Response<Body> {
+        let csrf = random_token();
+        let mut body = String::new();
+        let _ = write!(
+            body,
+            "<h1>Sign in</h1><p><strong>{}</strong> wants to access your account.</p>",
+            esc(&request.client.name)
+        );
+        if let Some(error) = error {
+            let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(error));
+        }
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><input type=\"hidden\" name=\"action\" value=\"login\">\
+             <label for=\"username\">User name<input id=\"username\" name=\"username\" autocomplete=\"username\" required autofocus></label>\
+             <label for=\"password\">Password<input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required></label>\
+             <button type=\"submit\">Sign in</button></form>",
+            action = esc(&self.settings.paths.authorize),
+            hidden = hidden_fields(request),
+        );
+        let mut response = self.page(status, "Sign in", "", Some((&body, &request.redirect_uri)));
+        if let Ok(v) = HeaderValue::from_str(&format!(
+            "{CSRF_COOKIE}={csrf}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={SESSION_TTL}",
+            self.settings.paths.authorize
+        )) {
+            response.headers_mut().append(SET_COOKIE, v);
+        }
+        response
+    }
+
+    fn consent_page(&self, request: &AuthRequest, user: &str, csrf: &str) -> Response<Body> {
+        let mut scopes = String::new();
+        for scope in request.scope.split(' ').filter(|s| !s.is_empty()) {
+            let _ = write!(scopes, "<li>{}</li>", esc(&describe_scope(scope)));
+        }
+        if scopes.is_empty() {
+            scopes.push_str("<li>Know who you are</li>");
+        }
+        let body = format!(
+            "<h1>Allow access?</h1><p>Signed in as <strong>{user}</strong>.</p>\
+             <p><strong>{client}</strong> asks to:</p><ul>{scopes}</ul>\
+             <form method=\"post\" action=\"{action}\">{hidden}<input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" name=\"action\" value=\"approve\">Allow</button>\
+             <button type=\"submit\" name=\"action\" value=\"deny\">Deny</button></form>",
+            user = esc(user),
+            client = esc(&request.client.name),
+            action = esc(&self.settings.paths.authorize),
+            hidden = hidden_fields(request),
+            csrf = esc(csrf),
+        );
+        self.page(
+            StatusCode::OK,
+            "Allow access?",
+            "",
+            Some((&body, &request.redirect_uri)),
+        )
+    }
+
+    /// A complete page with the security headers; `content` is trusted HTML
+    /// plus the redirect URI the page's forms may lead to.
+    fn page(
+        &self,
+        status: StatusCode,
+        title: &str,
+        message: &str,
+        content: Option<(&str, &str)>,
+    ) -> Response<Body> {
+        let (body, form_target) = match content {
+            Some((html, redirect)) => (html.to_owned(), origin_of(redirect)),
+            None => (
+                format!("<h1>{}</h1><p>{}</p>", esc(title), esc(message)),
+                None,
+            ),
+        };
+        let html = format!(
+            "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width,initial-scale=1\"><title>{}</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>",
+            esc(title)
+        );
+        let mut response = Response::new(Either::Right(Full::new(Bytes::from(html))));
+        *response.status_mut() = status;
+        let style_hash = {
+            use base64::Engine;
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, STYLE.as_bytes());
+            base64::engine::general_purpose::STANDARD.encode(d.as_ref())
+        };
+        let form_action = match form_target {
+            Some(origin) => format!("'self' {origin}"),
+            None => "'self'".to_owned(),
+        };
+        let csp = format!(
+            "default-src 'none'; style-src 'sha256-{style_hash}'; form-action {form_action}; frame-ancestors 'none'; base-uri 'none'"
+        );
+        let headers = response.headers_mut();
+        headers.insert(
+            CONTENT_TYPE,
+            HeaderValue::from_static("text/html; charset=utf-8"),
+        );
+        headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+        headers.insert(
+            "x-content-type-options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+        if let Ok(v) = HeaderValue::from_str(&csp) {
+            headers.insert("content-security-policy", v);
+        }
+        response
+    }
+}
+
+/// Exact match, except that a loopback redirect URI may use any port (RFC 8252 7.3).
+pub fn redirect_matches(registered: &str, presented: &str) -> bool {
+    if registered == presented {
+        return true;
+    }
+    let (Ok(r), Ok(p)) = (
+        registered.parse::<http::Uri>(),
+        presented.parse::<http::Uri>(),
+    ) else {
+        return false;
+    };
+    let loopback =
+        |u: &http::Uri| matches!(u.host(), Some("127.0.0.1") | Some("[::1]") | Some("::1"));
+    loopback(&r)
+        && r.scheme_str() == Some("http")
+        && p.scheme_str() == Some("http")
+        && r.host() == p.host()
+        && r.path_and_query() == p.path_and_query()
+}
+
+fn origin_of(uri: &str) -> Option<String> {
+    let u = uri.parse::<http::Uri>().ok()?;
+    Some(format!("{}://{}", u.scheme_str()?, u.authority()?))
+}
+
+fn redirect(base: &str, params: &[(&str, &str)]) -> Response<Body> {
+    let mut query = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in params {
+        query.append_pair(k, v);
+    }
+    let separator = if base.contains('?') { '&' } else { '?' };
+    let location = format!("{base}{separator}{}", query.finish());
+    let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(LOCATION, v);
+    }
+    response
+        .headers_mut()
+        .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    response
+}
+
+fn hidden_fields(request: &AuthRequest) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| {
+        let _ = write!(
+            out,
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            esc(value)
+        );
+    };
+    field("response_type", "code");
+    field("client_id", &request.client.client_id);
+    field("redirect_uri", &request.redirect_uri);
+    field("scope", &request.scope);
+    if let Some(state) = &request.state {
+        field("state", state);
+    }
+    if let Some(challenge) = &request.code_challenge {
+        field("code_challenge", challenge);
+        field("code_challenge_method", "S256");
+    }
+    out
+}
+
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
+    headers
+        .get_all(COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v.to_owned())
+}
+
+/// `orders:read` → "Read your orders"; anything else is shown as is.
+fn describe_scope(scope: &str) -> String {
+    let verb = |v: &str| match v {
+        "read" => Some("Read"),
+        "write" => Some("Change"),
+        "admin" => Some("Administer"),
+        "delete" => Some("Delete"),
+        _ => None,
+    };
+    match scope.split_once(':') {
+        Some((resource, action)) => match verb(action) {
+            Some(v) => format!("{v} your {resource} ({scope})"),
+            None => format!("Use {scope}"),
+        },
+        None => format!("Use {scope}"),
+    }
+}
+
+/// Escapes text for HTML content and attribute values.
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redirect_uri_matching() {
+        assert!(redirect_matches(
+            "https://app.example/cb",
+            "https://app.example/cb"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example/cb",
+            "https://app.example/cb/"
+        ));
+        assert!(!redirect_matches(
+            "https://app.example/cb",
+            "https://app.example:444/cb"
+        ));
+        assert!(redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:53123/cb"
+        ));
+        assert!(redirect_matches(
+            "http://127.0.0.1:8000/cb",
+            "http://127.0.0.1:9/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:9/other"
+        ));
+        assert!(!redirect_matches(
+            "http://localhost/cb",
+            "http://localhost:9/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.2:9/cb"
+        ));
+    }
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            esc("<a href=\"x\">&'"),
+            "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
+        );
+    }
+}
