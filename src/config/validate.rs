@@ -840,6 +840,14 @@ impl Validator<'_> {
             }
         };
         self.positive(raw.timeout, here, "introspection timeout")?;
+        if raw.cache_ttl > Duration::from_secs(24 * 3600)
+            || raw.negative_cache_ttl > Duration::from_secs(3600)
+        {
+            return Err(self.err(
+                here,
+                "cache_ttl may be at most 24h and negative_cache_ttl at most 1h",
+            ));
+        }
         Ok(Introspection {
             endpoint,
             client_id: raw.client_id.value.clone(),
@@ -1013,6 +1021,16 @@ impl Validator<'_> {
         }
         self.positive(raw.access_token_ttl, here, "access_token_ttl")?;
         self.positive(raw.refresh_token_ttl, here, "refresh_token_ttl")?;
+        let year = Duration::from_secs(366 * 24 * 3600);
+        if raw.access_token_ttl > year
+            || raw.refresh_token_ttl > year
+            || raw.refresh_family_max_age > year * 10
+        {
+            return Err(self.err(
+                here,
+                "token lifetimes may be at most a year (refresh_family_max_age: ten years)",
+            ));
+        }
         let mut audiences: Vec<String> = clients.iter().map(|c| c.audience.clone()).collect();
         audiences.sort();
         audiences.dedup();
