@@ -485,3 +485,150 @@ impl Gateway {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Helpers for tests/proxy.rs: scripted upstreams, streamed bodies, raw replies.
+// ---------------------------------------------------------------------------
+
+/// A boxed body for scripted upstreams and clients.
+pub type TestBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+/// A complete body.
+pub fn full_body(bytes: impl Into<Bytes>) -> TestBody {
+    Full::new(bytes.into()).boxed()
+}
+
+/// A body fed one data frame per message through a channel; it ends when the
+/// sender is dropped.
+pub struct ChannelBody {
+    rx: tokio::sync::mpsc::Receiver<Bytes>,
+}
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.rx
+            .poll_recv(cx)
+            .map(|chunk| chunk.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+/// A streamed body and the sender that feeds it.
+pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
+    let (tx, rx) = tokio::sync::mpsc::channel(16);
+    (tx, ChannelBody { rx })
+}
+
+/// An upstream on 127.0.0.1:0 (HTTP/1.1 with upgrades, and h2c) whose every
+/// request is answered by `handler`.
+pub async fn serve_fn<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// A raw HTTP/1.1 response as text: status, head and body.
+#[derive(Debug, Clone)]
+pub struct RawReply {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+impl RawReply {
+    /// Parses what [`raw`] returned (one response; empty input gives status 0).
+    pub fn parse(text: &str) -> Self {
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((text, ""));
+        let status = head
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        Self {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
+    }
+
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| v.trim().to_owned())
+        })
+    }
+
+    /// The JSON `error` field of the body, if the body is JSON.
+    pub fn error(&self) -> Option<String> {
+        let v: serde_json::Value = serde_json::from_str(&self.body).ok()?;
+        v["error"].as_str().map(str::to_owned)
+    }
+}
+
+/// [`raw`] and [`RawReply::parse`].
+pub async fn raw_reply(addr: SocketAddr, request: &[u8]) -> RawReply {
+    RawReply::parse(&raw(addr, request).await)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers for tests/introspection.rs: gateways that may stay unready.
+// ---------------------------------------------------------------------------
+
+impl Gateway {
+    /// Starts scopegate with this YAML without waiting for /readyz (for setups
+    /// that must stay unready, e.g. refused discovery).
+    pub async fn start_unready(yaml: &str) -> Self {
+        scopegate::cli::install_crypto_provider();
+        let config = scopegate::config::load_str("test.yaml", Path::new("."), yaml).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin = admin_listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(scopegate::server::run(
+            config,
+            listener,
+            admin_listener,
+            async move {
+                let _ = stopped.await;
+            },
+        ));
+        Self::from_parts(addr, admin, stop, task)
+    }
+
+    /// The status of `GET /readyz` on the admin listener (0 if it does not answer).
+    pub async fn readyz(&self) -> u16 {
+        get(&format!("http://{}/readyz", self.admin), &[])
+            .await
+            .map_or(0, |r| r.status)
+    }
+}

@@ -1,0 +1,1161 @@
+//! The proxy end to end over real sockets: path canonicalisation and matching,
+//! header hygiene, framing and Host checks, upstream failures, streaming bodies
+//! both ways, protocol upgrades, HTTP/2 on both sides, graceful shutdown and
+//! the request metrics.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, Notify};
+
+/// Every scope the standard world's routes ask for.
+const ALL_SCOPES: &str = "orders:read orders:write admin";
+
+/// Generous bound for anything that should happen promptly; a hang fails the
+/// test instead of blocking it.
+const BOUND: Duration = Duration::from_secs(20);
+
+/// A raw HTTP/1.1 request with `Host: gw.test` and `Connection: close` (so the
+/// gateway ends the connection after answering and [`raw`] returns).
+fn request(method: &str, target: &str, headers: &[(&str, &str)]) -> Vec<u8> {
+    let mut text = format!("{method} {target} HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n");
+    for (name, value) in headers {
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    text.into_bytes()
+}
+
+fn bearer(token: &str) -> String {
+    format!("Bearer {token}")
+}
+
+/// The standard world's config with its upstream replaced by `addr`.
+fn config_for(world: &World, addr: SocketAddr) -> String {
+    world
+        .config()
+        .replace(&world.upstream.addr.to_string(), &addr.to_string())
+}
+
+/// Polls `check` until it holds (bounded: panics after [`BOUND`]).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+/// The value of one sample line (`name{labels} value`) of the metrics text.
+fn sample(metrics: &str, series: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// 64-bit FNV-1a, to compare bodies without keeping them.
+fn fnv1a(hash: u64, bytes: &[u8]) -> u64 {
+    bytes.iter().fold(hash, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+// ---------------------------------------------------------------------------
+// 1. Paths
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn equivalent_spellings_are_forwarded_in_canonical_form() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+
+    // (request target, what the upstream must see)
+    let cases = [
+        ("/orders/42", "/orders/42"),
+        ("/orders/%34%32", "/orders/42"),
+        ("/%6Frders/42", "/orders/42"),
+        ("/orders/42?a=%2F&b=..", "/orders/42?a=%2F&b=.."),
+        ("/status/../orders/42?a=%2F&b=..", "/orders/42?a=%2F&b=.."),
+        ("/x/%2e%2e/orders/42?a=%2F&b=..", "/orders/42?a=%2F&b=.."),
+        ("/x/%2E%2E/orders/42", "/orders/42"),
+        ("/x/.%2e/orders/42", "/orders/42"),
+        ("//orders//42", "/orders/42"),
+        ("/orders/./42", "/orders/42"),
+        ("/a/b/../../orders/42", "/orders/42"),
+        ("/orders/%7e42", "/orders/~42"),
+        ("/orders/a%3ab", "/orders/a%3Ab"),
+        ("/orders/a%20b", "/orders/a%20b"),
+    ];
+    for (i, (target, forwarded)) in cases.iter().enumerate() {
+        let reply = raw_reply(
+            gw.addr,
+            &request("GET", target, &[("Authorization", &auth)]),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{target}: {reply:?}");
+        assert_eq!(world.upstream.count(), i + 1, "{target}");
+        let seen = world.upstream.last();
+        assert_eq!(seen.method, "GET", "{target}");
+        assert_eq!(seen.path_and_query, *forwarded, "{target}");
+    }
+}
+
+#[tokio::test]
+async fn ambiguous_paths_are_refused_with_400() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token(ALL_SCOPES));
+
+    // (request target, JSON `error`, or None where hyper refuses the request
+    // line itself and answers with an empty body)
+    let cases: &[(&str, Option<&str>)] = &[
+        ("/orders/a%2Fb", Some("invalid_request")),
+        ("/orders/a%2fb", Some("invalid_request")),
+        ("/orders/..%2f..%2fadmin", Some("invalid_request")),
+        ("/orders/a%5Cb", Some("invalid_request")),
+        ("/orders/a%5cb", Some("invalid_request")),
+        ("/orders/a%00", Some("invalid_request")),
+        ("/orders/a%0Ab", Some("invalid_request")),
+        ("/orders/a%1fb", Some("invalid_request")),
+        ("/orders/a%7F", Some("invalid_request")),
+        ("/orders/a%zz", Some("invalid_request")),
+        ("/orders/a%4", Some("invalid_request")),
+        ("/orders/a\\b", Some("invalid_request")),
+        ("/status\\..\\admin", Some("invalid_request")),
+        ("/orders/a\x01b", None),
+        ("/orders/a\x7fb", None),
+        ("/orders/a\tb", None),
+    ];
+    for (target, error) in cases {
+        let reply = raw_reply(
+            gw.addr,
+            &request("GET", target, &[("Authorization", &auth)]),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{target:?}: {reply:?}");
+        match error {
+            Some(code) => {
+                assert_eq!(reply.error().as_deref(), Some(*code), "{target:?}");
+                // The description never echoes the path.
+                assert!(!reply.body.contains("orders"), "{target:?}: {}", reply.body);
+            }
+            None => assert_eq!(reply.error(), None, "{target:?}: {reply:?}"),
+        }
+    }
+    assert_eq!(world.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn prefix_tricks_unknown_paths_and_wrong_methods() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+
+    // No token anywhere. Not a route: 404 whatever the token would be.
+    let not_found = [
+        "/administrator",
+        "/Admin",
+        "/ADMIN/x",
+        "/admin/",
+        "/status/",
+        "/status;x",
+        "/status%3Bx",
+        "/status%3bx",
+        "/Status",
+        "/nope",
+        "/",
+        "/orders",
+        "/orders/",
+    ];
+    for target in not_found {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(reply.status, 404, "{target}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some("not_found"), "{target}");
+    }
+
+    // Protected routes, however spelled: 401 with the bare challenge.
+    let needs_token = [
+        ("GET", "/admin"),
+        ("GET", "/admin/x"),
+        ("DELETE", "/admin/x"),
+        ("GET", "/%61dmin"),
+        ("GET", "//admin"),
+        ("GET", "/status/../admin"),
+        ("GET", "/status/%2e%2e/admin/users"),
+        ("GET", "/orders/42"),
+        ("POST", "/orders/42"),
+    ];
+    for (method, target) in needs_token {
+        let reply = raw_reply(gw.addr, &request(method, target, &[])).await;
+        assert_eq!(reply.status, 401, "{method} {target}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some("invalid_token"));
+        assert_eq!(
+            reply.header("www-authenticate").as_deref(),
+            Some("Bearer realm=\"scopegate\""),
+            "{method} {target}"
+        );
+    }
+
+    // A route has the path but not the method: 405 listing every method of
+    // every pattern that matches.
+    let wrong_method = [
+        ("PATCH", "/orders/42", "DELETE, GET, POST, PUT"),
+        ("GET", "/orders/42/items", "DELETE, POST, PUT"),
+        ("PATCH", "/orders/42/items", "DELETE, POST, PUT"),
+    ];
+    for (method, target, allow) in wrong_method {
+        let reply = raw_reply(gw.addr, &request(method, target, &[])).await;
+        assert_eq!(reply.status, 405, "{method} {target}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some("method_not_allowed"));
+        assert_eq!(reply.header("allow").as_deref(), Some(allow));
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    // With an admin token the trailing-slash spelling is still not a route,
+    // and a token without `admin` cannot reach /admin through a detour.
+    let admin = bearer(&world.token("admin"));
+    let reply = raw_reply(
+        gw.addr,
+        &request("GET", "/admin/", &[("Authorization", &admin)]),
+    )
+    .await;
+    assert_eq!(reply.status, 404, "{reply:?}");
+    assert_eq!(reply.error().as_deref(), Some("not_found"));
+    let reader = bearer(&world.token("orders:read"));
+    let reply = raw_reply(
+        gw.addr,
+        &request("GET", "/orders/../admin", &[("Authorization", &reader)]),
+    )
+    .await;
+    assert_eq!(reply.status, 403, "{reply:?}");
+    assert_eq!(reply.error().as_deref(), Some("insufficient_scope"));
+    assert_eq!(world.upstream.count(), 0);
+
+    // The public route itself is forwarded as spelled.
+    let reply = raw_reply(gw.addr, &request("GET", "/status", &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(world.upstream.last().path_and_query, "/status");
+}
+
+// ---------------------------------------------------------------------------
+// 2. Headers
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn client_sent_identity_headers_never_reach_the_upstream() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+
+    let spoofs: &[(&str, &str)] = &[
+        ("X-Auth-Subject", "mallory"),
+        ("x-auth-subject", "mallory2"),
+        ("X_Auth_Subject", "mallory3"),
+        ("x_auth_scopes", "admin"),
+        ("X-Auth-Scopes", "admin"),
+        ("X-Auth-Client-Id", "evil"),
+        ("X_AUTH_CLIENT_ID", "evil2"),
+    ];
+    let mut headers = vec![("Authorization", auth.as_str())];
+    headers.extend_from_slice(spoofs);
+    let reply = raw_reply(gw.addr, &request("GET", "/orders/42", &headers)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    let all = |name: &str| -> Vec<String> {
+        seen.headers
+            .get_all(name)
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(all("x-auth-subject"), ["alice"]);
+    assert_eq!(all("x-auth-scopes"), ["orders:read"]);
+    assert_eq!(all("x-auth-client-id"), ["billing"]);
+    for underscored in ["x_auth_subject", "x_auth_scopes", "x_auth_client_id"] {
+        assert!(all(underscored).is_empty(), "{underscored}: {seen:?}");
+    }
+
+    // A public route has no identity, and strips the spoofs all the same.
+    let reply = raw_reply(gw.addr, &request("GET", "/status", spoofs)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.path_and_query, "/status");
+    for (name, _) in spoofs {
+        assert!(!seen.headers.contains_key(*name), "{name}: {seen:?}");
+    }
+    assert_eq!(world.upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn connection_header_cannot_remove_scopegate_identity_headers() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "/orders/42",
+            &[
+                ("Authorization", &auth),
+                ("Connection", "X-Auth-Subject, X-Auth-Scopes"),
+                ("Connection", "x-auth-client-id"),
+                ("X-Auth-Subject", "mallory"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.headers["x-auth-subject"], "alice");
+    assert_eq!(seen.headers["x-auth-scopes"], "orders:read");
+    assert_eq!(seen.headers["x-auth-client-id"], "billing");
+    assert_eq!(seen.headers.get_all("x-auth-subject").iter().count(), 1);
+}
+
+#[tokio::test]
+async fn hop_by_hop_headers_are_not_forwarded() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "/orders/42",
+            &[
+                ("Authorization", &auth),
+                ("Connection", "X-Named-One, keep-alive"),
+                ("Connection", "x-named-two"),
+                ("X-Named-One", "1"),
+                ("X-Named-Two", "2"),
+                ("Keep-Alive", "timeout=5"),
+                ("TE", "trailers"),
+                ("Trailer", "X-Checksum"),
+                ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+                ("Proxy-Connection", "keep-alive"),
+                ("Upgrade", "h2c"),
+                ("X-Kept", "yes"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    for name in [
+        "x-named-one",
+        "x-named-two",
+        "keep-alive",
+        "te",
+        "trailer",
+        "proxy-authorization",
+        "proxy-connection",
+        "upgrade",
+    ] {
+        assert!(!seen.headers.contains_key(name), "{name}: {seen:?}");
+    }
+    // Whatever Connection the upstream sees is the client library's own, never
+    // one naming the client's headers.
+    for v in seen.headers.get_all("connection") {
+        let v = v.to_str().unwrap().to_ascii_lowercase();
+        assert!(!v.contains("x-named") && !v.contains("upgrade"), "{v}");
+    }
+    assert_eq!(seen.headers["x-kept"], "yes");
+    assert_eq!(seen.headers["authorization"], auth.as_str());
+}
+
+#[tokio::test]
+async fn forwarding_headers_are_set() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+
+    // No prior X-Forwarded-*: the gateway sets them; client spoofs of Proto and
+    // Host are replaced, not appended to.
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "/orders/42",
+            &[
+                ("Authorization", &auth),
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "evil.example"),
+            ],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
+    assert_eq!(seen.headers.get_all("x-forwarded-proto").iter().count(), 1);
+    assert_eq!(seen.headers.get_all("x-forwarded-host").iter().count(), 1);
+
+    // A client-sent X-Forwarded-For is appended to.
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "/orders/42",
+            &[("Authorization", &auth), ("X-Forwarded-For", "203.0.113.7")],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
+    assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+
+    // Through the ordinary client, the original Host is the gateway's address.
+    let reply = get_with_token(&gw.url("/orders/42"), &world.token("orders:read")).await;
+    assert_eq!(reply.status, 200);
+    let seen = world.upstream.last();
+    assert_eq!(
+        seen.headers["x-forwarded-host"],
+        gw.addr.to_string().as_str()
+    );
+    assert_eq!(
+        seen.headers["host"],
+        world.upstream.addr.to_string().as_str()
+    );
+}
+
+#[tokio::test]
+async fn strip_authorization_default_global_and_per_route() {
+    let world = World::new().await;
+    let base = world.config();
+    let global = base.replace(
+        "routes:\n",
+        "forward:\n  strip_authorization: true\nroutes:\n",
+    );
+    let route_strip = base.replace(
+        "    scopes: [orders:read]\n",
+        "    scopes: [orders:read]\n    forward:\n      strip_authorization: true\n",
+    );
+    let route_keep = global.replace(
+        "    scopes: [orders:read]\n",
+        "    scopes: [orders:read]\n    forward:\n      strip_authorization: false\n",
+    );
+    assert_ne!(global, base);
+    assert_ne!(route_strip, base);
+    assert_ne!(route_keep, global);
+
+    let token = world.token(ALL_SCOPES);
+    let auth = bearer(&token);
+    // (config, Authorization on GET /orders/42, on DELETE /orders/42)
+    let cases = [
+        ("default", &base, true, true),
+        ("global strip", &global, false, false),
+        ("route strip", &route_strip, false, true),
+        ("route keeps over global strip", &route_keep, true, false),
+    ];
+    for (name, yaml, get_keeps, delete_keeps) in cases {
+        let gw = Gateway::start(yaml).await;
+        for (method, keeps) in [("GET", get_keeps), ("DELETE", delete_keeps)] {
+            let before = world.upstream.count();
+            let reply = raw_reply(
+                gw.addr,
+                &request(method, "/orders/42", &[("Authorization", &auth)]),
+            )
+            .await;
+            assert_eq!(reply.status, 200, "{name} {method}: {reply:?}");
+            assert_eq!(world.upstream.count(), before + 1);
+            let seen = world.upstream.last();
+            assert_eq!(seen.method, method);
+            let forwarded = seen
+                .headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap());
+            assert_eq!(forwarded, keeps.then_some(auth.as_str()), "{name} {method}");
+            // Identity headers are set whatever happens to Authorization.
+            assert_eq!(seen.headers["x-auth-subject"], "alice", "{name} {method}");
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Host and framing
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bad_host_is_refused_and_the_connection_closed() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+
+    // All on the public route, so anything not refused would be forwarded.
+    let cases: &[(&str, &[u8])] = &[
+        (
+            "userinfo in Host",
+            b"GET /status HTTP/1.1\r\nHost: a@b\r\n\r\n",
+        ),
+        (
+            "two Host headers",
+            b"GET /status HTTP/1.1\r\nHost: a.test\r\nHost: b.test\r\n\r\n",
+        ),
+        (
+            "two equal Host headers",
+            b"GET /status HTTP/1.1\r\nHost: a.test\r\nHost: a.test\r\n\r\n",
+        ),
+        ("no Host on HTTP/1.1", b"GET /status HTTP/1.1\r\n\r\n"),
+        ("empty Host", b"GET /status HTTP/1.1\r\nHost:\r\n\r\n"),
+        (
+            "Host with a path",
+            b"GET /status HTTP/1.1\r\nHost: a.test/x\r\n\r\n",
+        ),
+    ];
+    for (name, bytes) in cases {
+        // No `Connection: close` from the client: the gateway must close.
+        let reply = raw_reply(gw.addr, bytes).await;
+        assert_eq!(reply.status, 400, "{name}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some("invalid_request"), "{name}");
+        assert_eq!(
+            reply.header("connection").as_deref(),
+            Some("close"),
+            "{name}"
+        );
+    }
+    assert_eq!(world.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn ambiguous_framing_is_refused() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+
+    // (name, bytes, JSON error or None where hyper refuses the head itself)
+    let cases: &[(&str, &[u8], Option<&str>)] = &[
+        (
+            "Content-Length then Transfer-Encoding",
+            b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            Some("invalid_request"),
+        ),
+        (
+            "Transfer-Encoding then Content-Length",
+            b"POST /status HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\nGET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            Some("invalid_request"),
+        ),
+        (
+            "two differing Content-Length",
+            b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+            None,
+        ),
+        (
+            "Transfer-Encoding not ending in chunked",
+            b"POST /status HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n",
+            None,
+        ),
+    ];
+    for (name, bytes, error) in cases {
+        let text = raw(gw.addr, bytes).await;
+        let reply = RawReply::parse(&text);
+        assert_eq!(reply.status, 400, "{name}: {text}");
+        assert_eq!(reply.error().as_deref(), *error, "{name}: {text}");
+        // One response only: the smuggled second request is never answered.
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn oversize_header_block_is_refused_with_431() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let big = "a".repeat(20 * 1024);
+    let reply = raw_reply(gw.addr, &request("GET", "/status", &[("X-Big", &big)])).await;
+    assert_eq!(reply.status, 431, "{}", reply.head);
+    assert_eq!(world.upstream.count(), 0);
+
+    // Just under the limit is fine.
+    let fits = "a".repeat(12 * 1024);
+    let reply = raw_reply(gw.addr, &request("GET", "/status", &[("X-Big", &fits)])).await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(world.upstream.count(), 1);
+    assert_eq!(world.upstream.last().headers["x-big"].len(), fits.len());
+}
+
+// ---------------------------------------------------------------------------
+// 4. Upstream failures
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
+    let world = World::new().await;
+    let dead = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let live = Upstream::start().await;
+    let yaml = config_for(&world, dead).replace(
+        "routes:\n",
+        &format!(
+            "  live:\n    url: http://{}\nroutes:\n  - path: /live\n    upstream: live\n    auth: none\n",
+            live.addr
+        ),
+    );
+    let gw = Gateway::start(&yaml).await;
+
+    let reply = get_with_token(&gw.url("/orders/42"), &world.token("orders:read")).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "bad_gateway");
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "bad_gateway");
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "scopegate_upstream_errors_total{kind=\"connect\",upstream=\"app\"}"
+        ),
+        Some(2.0),
+        "{metrics}"
+    );
+
+    // Still serving: another upstream answers through the same gateway.
+    let reply = get(&gw.url("/live"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(live.last().path_and_query, "/live");
+    assert_eq!(world.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn hanging_upstream_is_504_and_the_gateway_keeps_serving() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    world.upstream.set_mode(UpstreamMode::Hang);
+
+    // request_timeout is 2s; the client's own bound is 30s.
+    let reply = get_with_token(&gw.url("/orders/42"), &world.token("orders:read")).await;
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "gateway_timeout");
+    assert_eq!(
+        world.upstream.count(),
+        1,
+        "the upstream did get the request"
+    );
+
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        sample(
+            &metrics,
+            "scopegate_upstream_errors_total{kind=\"timeout\",upstream=\"app\"}"
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+
+    world.upstream.set_mode(UpstreamMode::Echo);
+    let reply = get_with_token(&gw.url("/orders/43"), &world.token("orders:read")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(world.upstream.last().path_and_query, "/orders/43");
+}
+
+// ---------------------------------------------------------------------------
+// 5. Bodies
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn large_request_body_arrives_intact() {
+    let world = World::new().await;
+    // Answers with the length and checksum of what it received.
+    let upstream = serve_fn(|req: Request<Incoming>| async move {
+        let mut body = req.into_body();
+        let (mut len, mut hash) = (0usize, FNV_OFFSET);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                len += data.len();
+                hash = fnv1a(hash, &data);
+            }
+        }
+        Response::new(full_body(format!("{len} {hash:016x}")))
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let body: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let expected = format!("{} {:016x}", body.len(), fnv1a(FNV_OFFSET, &body));
+    let auth = bearer(&world.token("orders:write"));
+    let reply = send(
+        "POST",
+        &gw.url("/orders/new"),
+        &[("authorization", &auth)],
+        Bytes::from(body),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), expected);
+
+    // The recording upstream agrees on the length.
+    let gw = Gateway::start(&world.config()).await;
+    let reply = send(
+        "PUT",
+        &gw.url("/orders/7"),
+        &[("authorization", &auth)],
+        Bytes::from(vec![b'x'; 5 * 1024 * 1024]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.json()["body_len"], 5 * 1024 * 1024);
+    assert_eq!(world.upstream.last().body_len, 5 * 1024 * 1024);
+}
+
+#[tokio::test]
+async fn response_bodies_stream_through() {
+    let world = World::new().await;
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    // Sends the head and "first", then waits for the test before "second".
+    let upstream = serve_fn(move |_req: Request<Incoming>| {
+        let gate = Arc::clone(&gate);
+        async move {
+            let (tx, body) = channel_body();
+            tx.send(Bytes::from_static(b"first")).await.unwrap();
+            tokio::spawn(async move {
+                gate.notified().await;
+                let _ = tx.send(Bytes::from_static(b"second")).await;
+            });
+            Response::new(body.boxed())
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let outcome = tokio::time::timeout(BOUND, async {
+        let client: Client<_, Full<Bytes>> =
+            Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+        let request = Request::get(gw.url("/status"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let mut body = response.into_body();
+        let mut received = Vec::new();
+        // If the gateway buffered whole bodies, this would never complete.
+        while received.len() < 5 {
+            let frame = body.frame().await.expect("body ended early").unwrap();
+            received.extend_from_slice(&frame.into_data().unwrap());
+        }
+        assert_eq!(received, b"first");
+        release.notify_one();
+        while let Some(frame) = body.frame().await {
+            received.extend_from_slice(&frame.unwrap().into_data().unwrap());
+        }
+        received
+    })
+    .await;
+    let received = outcome.expect("the first chunk never arrived: response body was buffered");
+    assert_eq!(received, b"firstsecond");
+}
+
+#[tokio::test]
+async fn request_bodies_stream_through() {
+    let world = World::new().await;
+    let (first_seen, mut first_seen_rx) = mpsc::unbounded_channel::<Bytes>();
+    // Reports the first chunk as soon as it arrives, then reads the rest.
+    let upstream = serve_fn(move |req: Request<Incoming>| {
+        let first_seen = first_seen.clone();
+        async move {
+            let mut body = req.into_body();
+            let mut received = Vec::new();
+            let mut reported = false;
+            while let Some(frame) = body.frame().await {
+                if let Ok(data) = frame.unwrap().into_data() {
+                    received.extend_from_slice(&data);
+                    if !reported {
+                        reported = true;
+                        let _ = first_seen.send(Bytes::copy_from_slice(&received));
+                    }
+                }
+            }
+            Response::new(full_body(received))
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let (tx, body) = channel_body();
+    let client: Client<_, ChannelBody> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = Request::post(gw.url("/orders/new"))
+        .header("authorization", bearer(&world.token("orders:write")))
+        .body(body)
+        .unwrap();
+    let in_flight = tokio::spawn(async move {
+        let response = client.request(request).await.unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        (status, body)
+    });
+
+    tx.send(Bytes::from_static(b"first-")).await.unwrap();
+    // If the gateway buffered whole request bodies, the upstream would not see
+    // anything before the client finished sending.
+    let first = tokio::time::timeout(BOUND, first_seen_rx.recv())
+        .await
+        .expect("the upstream never saw the first chunk: request body was buffered")
+        .unwrap();
+    assert!(b"first-".starts_with(&first), "{first:?}");
+    tx.send(Bytes::from_static(b"rest")).await.unwrap();
+    drop(tx);
+    let (status, body) = tokio::time::timeout(BOUND, in_flight)
+        .await
+        .expect("no response")
+        .unwrap();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(&body[..], b"first-rest");
+}
+
+// ---------------------------------------------------------------------------
+// 6. Upgrades
+// ---------------------------------------------------------------------------
+
+/// An upstream answering upgrade requests with 101 and then echoing bytes;
+/// it records the headers it saw.
+async fn echo_upgrade_upstream(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> SocketAddr {
+    serve_fn(move |mut req: Request<Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            seen.lock().unwrap().push(req.headers().clone());
+            if !req.headers().contains_key("upgrade") {
+                return Response::new(full_body("no upgrade"));
+            }
+            let on_upgrade = hyper::upgrade::on(&mut req);
+            tokio::spawn(async move {
+                let Ok(upgraded) = on_upgrade.await else {
+                    return;
+                };
+                let mut io = TokioIo::new(upgraded);
+                let mut buf = [0u8; 1024];
+                loop {
+                    match io.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if io.write_all(&buf[..n]).await.is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+            Response::builder()
+                .status(StatusCode::SWITCHING_PROTOCOLS)
+                .header("connection", "upgrade")
+                .header("upgrade", "websocket")
+                .body(full_body(Bytes::new()))
+                .unwrap()
+        }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn websocket_upgrade_is_tunnelled() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+
+    let outcome = tokio::time::timeout(BOUND, async {
+        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+        let head = format!(
+            "GET /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
+             Connection: Upgrade\r\nUpgrade: websocket\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = Vec::new();
+        let mut byte = [0u8; 1];
+        while !response.ends_with(b"\r\n\r\n") {
+            let n = stream.read(&mut byte).await.unwrap();
+            assert_eq!(n, 1, "closed before the response head ended: {response:?}");
+            response.push(byte[0]);
+        }
+        let response = String::from_utf8(response).unwrap();
+        assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+        let reply = RawReply::parse(&response);
+        assert_eq!(reply.header("upgrade").as_deref(), Some("websocket"));
+
+        for message in [&b"hello over the tunnel"[..], &b"and again"[..]] {
+            stream.write_all(message).await.unwrap();
+            let mut echoed = vec![0u8; message.len()];
+            stream.read_exact(&mut echoed).await.unwrap();
+            assert_eq!(echoed, message);
+        }
+    })
+    .await;
+    outcome.expect("the upgraded connection did not echo");
+
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0]["upgrade"], "websocket");
+    assert!(seen[0]["connection"]
+        .to_str()
+        .unwrap()
+        .eq_ignore_ascii_case("upgrade"));
+    assert_eq!(seen[0]["x-auth-subject"], "alice");
+    assert_eq!(seen[0]["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+}
+
+#[tokio::test]
+async fn upgrade_without_token_is_refused_before_the_upstream() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "/orders/42",
+            &[("Upgrade", "websocket"), ("Connection", "Upgrade")],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    assert_eq!(reply.error().as_deref(), Some("invalid_token"));
+    assert!(seen.lock().unwrap().is_empty());
+}
+
+// ---------------------------------------------------------------------------
+// 7. HTTP/2
+// ---------------------------------------------------------------------------
+
+/// An upstream that reports the HTTP version it was spoken to with.
+async fn version_upstream(versions: Arc<Mutex<Vec<http::Version>>>) -> SocketAddr {
+    serve_fn(move |req: Request<Incoming>| {
+        let versions = Arc::clone(&versions);
+        async move {
+            versions.lock().unwrap().push(req.version());
+            let body = format!(
+                "{:?} {} {}",
+                req.version(),
+                req.uri().path(),
+                req.headers()
+                    .get("x-auth-subject")
+                    .map_or("-", |v| v.to_str().unwrap())
+            );
+            Response::new(full_body(body))
+        }
+    })
+    .await
+}
+
+async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let request = Request::get(url)
+        .header("authorization", bearer(token))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .expect("h2 request timed out")
+        .unwrap();
+    let version = response.version();
+    let status = response.status();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (version, status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn h2c_client_to_http1_upstream() {
+    let world = World::new().await;
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let upstream = version_upstream(Arc::clone(&versions)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let (version, status, body) =
+        h2_get(&gw.url("/orders/%34%32"), &world.token("orders:read")).await;
+    assert_eq!(version, http::Version::HTTP_2);
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body, "HTTP/1.1 /orders/42 alice");
+    assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_11]);
+
+    // Refusals over h2 are the same JSON answers, and nothing is forwarded.
+    let (_, status, body) = h2_get(&gw.url("/admin"), &world.token("orders:read")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "insufficient_scope");
+    assert_eq!(versions.lock().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn h2c_upstream() {
+    let world = World::new().await;
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let upstream = version_upstream(Arc::clone(&versions)).await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    assert!(yaml.contains("http2_only: true"));
+    let gw = Gateway::start(&yaml).await;
+
+    let token = world.token("orders:read");
+    let reply = get_with_token(&gw.url("/orders/42"), &token).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "HTTP/2.0 /orders/42 alice");
+    let (version, status, body) = h2_get(&gw.url("/orders/43"), &token).await;
+    assert_eq!((version, status), (http::Version::HTTP_2, StatusCode::OK));
+    assert_eq!(body, "HTTP/2.0 /orders/43 alice");
+    assert_eq!(
+        *versions.lock().unwrap(),
+        [http::Version::HTTP_2, http::Version::HTTP_2]
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 8. Graceful shutdown
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn shutdown_lets_the_in_flight_request_finish() {
+    let world = World::new().await;
+    let (arrived, mut arrived_rx) = mpsc::unbounded_channel::<()>();
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let upstream = serve_fn(move |_req: Request<Incoming>| {
+        let (arrived, gate) = (arrived.clone(), Arc::clone(&gate));
+        async move {
+            let _ = arrived.send(());
+            gate.notified().await;
+            Response::new(full_body("finished"))
+        }
+    })
+    .await;
+    let mut gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let url = gw.url("/status");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    tokio::time::timeout(BOUND, arrived_rx.recv())
+        .await
+        .expect("the request never reached the upstream")
+        .unwrap();
+
+    gw.trigger_shutdown();
+    let admin = gw.admin;
+    eventually("readyz turns 503", || async move {
+        get(&format!("http://{admin}/readyz"), &[])
+            .await
+            .is_ok_and(|r| r.status == 503)
+    })
+    .await;
+    let addr = gw.addr;
+    eventually("the listener closes", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
+    assert!(!gw.task.is_finished(), "stopped with a request in flight");
+    assert!(!in_flight.is_finished());
+
+    release.notify_one();
+    let reply = tokio::time::timeout(BOUND, in_flight)
+        .await
+        .expect("the in-flight request never finished")
+        .unwrap()
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), "finished");
+
+    let result = tokio::time::timeout(BOUND, &mut gw.task)
+        .await
+        .expect("the gateway did not stop after draining")
+        .unwrap();
+    assert!(result.is_ok(), "{result:?}");
+    assert!(TcpStream::connect(gw.addr).await.is_err());
+    assert!(get(&gw.url("/status"), &[]).await.is_err());
+}
+
+// ---------------------------------------------------------------------------
+// 9. Metrics
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn request_metrics_have_bounded_labels() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let token = world.token("orders:read");
+
+    for id in ["42", "43"] {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!(reply.status, 200);
+    }
+    let reply = get(&gw.url("/secret-path-4711/x"), &[]).await.unwrap();
+    assert_eq!(reply.status, 404);
+    assert_eq!(reply.json()["error"], "not_found");
+    let reply = get(&gw.url("/orders/99"), &[]).await.unwrap();
+    assert_eq!(reply.status, 401);
+    let reply = send("FOOBAR", &gw.url("/status"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(world.upstream.last().method, "FOOBAR");
+    let reply = send("FOOBAR", &gw.url("/orders/42"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 405);
+
+    let metrics = gw.metrics().await;
+    let expected = [
+        (
+            r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="200"}"#,
+            2.0,
+        ),
+        (
+            r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"scopegate_requests_total{method="GET",route="unmatched",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"scopegate_requests_total{method="other",route="/status",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"scopegate_requests_total{method="other",route="unmatched",status="405"}"#,
+            1.0,
+        ),
+    ];
+    for (series, value) in expected {
+        assert_eq!(sample(&metrics, series), Some(value), "{series}\n{metrics}");
+    }
+    assert!(!metrics.contains("FOOBAR"), "{metrics}");
+    assert!(!metrics.contains("secret-path-4711"), "{metrics}");
+    assert!(!metrics.contains("/orders/42"), "{metrics}");
+    assert!(!metrics.contains(&token), "token in metrics");
+    assert!(!metrics.contains(token.split('.').nth(1).unwrap()));
+    assert!(!metrics.contains("alice"), "{metrics}");
+}
