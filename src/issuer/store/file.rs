@@ -400,3 +400,75 @@ fn purge_revocation(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use redb::ReadableTableMetadata;
+
+    use super::*;
+
+    fn record(expires_at: u64, family_expires_at: u64) -> RefreshRecord {
+        RefreshRecord {
+            family: "f".into(),
+            client_id: "c".into(),
+            subject: "s".into(),
+            scope: "a".into(),
+            audience: "api".into(),
+            issued_at: 0,
+            expires_at,
+            family_expires_at,
+            refresh_count: 0,
+        }
+    }
+
+    /// Entry counts of (refresh, codes, families, access, expiry index).
+    fn counts(db: &Database) -> [u64; 5] {
+        let txn = db.begin_read().unwrap();
+        [
+            txn.open_table(REFRESH).unwrap().len().unwrap(),
+            txn.open_table(CODES).unwrap().len().unwrap(),
+            txn.open_table(FAMILIES).unwrap().len().unwrap(),
+            txn.open_table(ACCESS).unwrap().len().unwrap(),
+            txn.open_table(EXPIRY).unwrap().len().unwrap(),
+        ]
+    }
+
+    #[tokio::test]
+    async fn writes_purge_expired_entries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let t = now_secs();
+        store
+            .put_refresh(&[1; 32], &record(t + 1, t + 1))
+            .await
+            .unwrap();
+        let code = CodeRecord {
+            client_id: "c".into(),
+            redirect_uri: "https://app/cb".into(),
+            scope: "a".into(),
+            subject: "s".into(),
+            code_challenge: None,
+            // Already expired, but its marker is kept for the replay grace.
+            expires_at: t + 1 - super::super::CODE_REPLAY_GRACE_SECS,
+            family: "f".into(),
+        };
+        store.put_code(&[2; 32], &code).await.unwrap();
+        store.revoke(Kind::Family, "f", t + 1).await.unwrap();
+        store.revoke(Kind::Access, "j", t + 1).await.unwrap();
+        // Extending a revocation moves its index entry rather than adding one.
+        store.revoke(Kind::Access, "j2", t + 1).await.unwrap();
+        store.revoke(Kind::Access, "j2", t + 3600).await.unwrap();
+        assert_eq!(counts(&store.db), [1, 1, 1, 2, 5]);
+
+        while now_secs() < t + 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        store
+            .put_refresh(&[3; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        assert_eq!(counts(&store.db), [1, 0, 0, 1, 2]);
+        assert!(store.get_refresh(&[3; 32]).await.unwrap().is_some());
+        assert!(store.is_revoked(Kind::Access, "j2").await.unwrap());
+    }
+}

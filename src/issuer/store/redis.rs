@@ -263,10 +263,7 @@ impl RedisStore {
                 Use::NotFound
             });
         }
-        let was: bool = ::redis::cmd("EXISTS").arg(&used_key).query_async(&mut conn).await.map_err(backend)?;
-        tokio::task::yield_now().await;
-        let set: Option<String> = if was { None } else { Some(String::new()) };
-        let _: Option<String> = ::redis::cmd("SET")
+        let set: Option<String> = ::redis::cmd("SET")
             .arg(&used_key)
             .arg(1)
             .arg("NX")

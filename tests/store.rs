@@ -1,0 +1,618 @@
+//! The issuer's state store: one suite of behaviours, run against every
+//! backend (memory, file, redis).
+//!
+//! The redis variant starts its own `redis-server` (Debian package
+//! `redis-server`) on a free loopback port, with persistence off, and kills it
+//! afterwards. Without `redis-server` on `PATH` it is skipped with a message,
+//! unless `CI` is set, in which case it fails.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use scopegate::issuer::store::{
+    CodeRecord, Digest, RefreshRecord, Store, StoreConfig, StoreError, Use,
+};
+use tempfile::TempDir;
+use tokio::sync::Barrier;
+
+// ---------------------------------------------------------------- helpers
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A digest for a test label (the store never sees raw tokens either).
+fn digest(label: &str) -> Digest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, label.as_bytes());
+    d.as_ref().try_into().unwrap()
+}
+
+fn refresh(family: &str, expires_at: u64, family_expires_at: u64) -> RefreshRecord {
+    RefreshRecord {
+        family: family.to_owned(),
+        client_id: "web".to_owned(),
+        subject: "alice".to_owned(),
+        scope: "orders:read orders:write".to_owned(),
+        audience: "orders-api".to_owned(),
+        issued_at: now(),
+        expires_at,
+        family_expires_at,
+        refresh_count: 2,
+    }
+}
+
+fn code(family: &str, expires_at: u64) -> CodeRecord {
+    CodeRecord {
+        client_id: "web".to_owned(),
+        redirect_uri: "https://app.test/cb".to_owned(),
+        scope: "orders:read".to_owned(),
+        subject: "alice".to_owned(),
+        code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned()),
+        expires_at,
+        family: family.to_owned(),
+    }
+}
+
+fn is_fresh<T>(u: &Use<T>) -> bool {
+    matches!(u, Use::Fresh(_))
+}
+
+fn is_reused<T>(u: &Use<T>) -> bool {
+    matches!(u, Use::Reused(_))
+}
+
+// ---------------------------------------------------------------- backends
+
+/// A `redis-server` child on a free loopback port, killed on drop.
+struct RedisServer {
+    child: Child,
+    url: String,
+    _dir: TempDir,
+}
+
+impl RedisServer {
+    /// Starts a server, or `None` (after saying why) if `redis-server` is not
+    /// installed and `CI` is unset.
+    fn start() -> Option<RedisServer> {
+        let installed = Command::new("redis-server")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok();
+        if !installed {
+            let msg = "redis-server is not installed (Debian: apt-get install redis-server); \
+                       the redis state-store tests cannot run";
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "{msg} (CI is set, so this fails)"
+            );
+            eprintln!("SKIPPED: {msg}");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Retry on the (unlikely) chance another process takes the port first.
+        for _ in 0..5 {
+            let port = TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("spawn redis-server");
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break; // exited: port taken? try another
+                }
+                if ping(port) {
+                    return Some(RedisServer {
+                        child,
+                        url: format!("redis://127.0.0.1:{port}/0"),
+                        _dir: dir,
+                    });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server did not start answering PING");
+    }
+}
+
+/// Whether a Redis on `port` answers PING.
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A backend under test: two handles that must behave as replicas sharing
+/// state (for memory and file: clones of one store; for redis: two separate
+/// connections), plus whatever keeps the backend alive.
+struct Harness {
+    a: Store,
+    b: Store,
+    kind: &'static str,
+    redis_server: Option<RedisServer>,
+    _dir: Option<TempDir>,
+}
+
+async fn memory() -> Option<Harness> {
+    let a = Store::open(&StoreConfig::Memory).await.unwrap();
+    Some(Harness {
+        b: a.clone(),
+        a,
+        kind: "memory",
+        redis_server: None,
+        _dir: None,
+    })
+}
+
+async fn file() -> Option<Harness> {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(&StoreConfig::File(dir.path().join("state.redb")))
+        .await
+        .unwrap();
+    Some(Harness {
+        b: a.clone(),
+        a,
+        kind: "file",
+        redis_server: None,
+        _dir: Some(dir),
+    })
+}
+
+async fn redis() -> Option<Harness> {
+    let server = RedisServer::start()?;
+    let config = StoreConfig::Redis(server.url.clone());
+    let a = Store::open(&config).await.unwrap();
+    let b = Store::open(&config).await.unwrap();
+    Some(Harness {
+        a,
+        b,
+        kind: "redis",
+        redis_server: Some(server),
+        _dir: None,
+    })
+}
+
+// ---------------------------------------------------------------- the suite
+
+async fn kind_is_reported(h: &Harness) {
+    assert_eq!(h.a.kind(), h.kind);
+    assert_eq!(
+        format!("{:?}", h.a),
+        format!("Store {{ kind: {:?} }}", h.kind)
+    );
+}
+
+async fn refresh_is_single_use(h: &Harness) {
+    let t = now();
+    let d = digest("rt-1");
+    let rec = refresh("fam-1", t + 3600, t + 86_400);
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
+    h.a.put_refresh(&d, &rec).await.unwrap();
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Fresh(rec.clone()));
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Reused(rec.clone()));
+    // The other replica sees it used too.
+    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::Reused(rec.clone()));
+    assert_eq!(
+        h.a.use_refresh(&digest("never-issued")).await.unwrap(),
+        Use::NotFound
+    );
+    // Writing a used digest again does not make it usable again.
+    h.a.put_refresh(&d, &rec).await.unwrap();
+    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::Reused(rec));
+}
+
+async fn get_refresh_does_not_consume(h: &Harness) {
+    let t = now();
+    let d = digest("rt-get");
+    let rec = refresh("fam-get", t + 3600, t + 86_400);
+    assert_eq!(h.a.get_refresh(&d).await.unwrap(), None);
+    h.a.put_refresh(&d, &rec).await.unwrap();
+    for _ in 0..3 {
+        assert_eq!(
+            h.b.get_refresh(&d).await.unwrap(),
+            Some((rec.clone(), false))
+        );
+    }
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Fresh(rec.clone()));
+    assert_eq!(h.b.get_refresh(&d).await.unwrap(), Some((rec, true)));
+}
+
+/// 16 tasks (alternating between the two replicas) present the same token at
+/// once; exactly one may win. Repeated to give races a chance.
+async fn concurrent_refresh_use_has_one_winner(h: &Harness) {
+    let t = now();
+    for round in 0..10 {
+        let d = digest(&format!("rt-race-{round}"));
+        let rec = refresh("fam-race", t + 3600, t + 86_400);
+        h.a.put_refresh(&d, &rec).await.unwrap();
+        let barrier = Arc::new(Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = if i % 2 == 0 { h.a.clone() } else { h.b.clone() };
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.use_refresh(&d).await.unwrap()
+                })
+            })
+            .collect();
+        let mut fresh = 0;
+        let mut reused = 0;
+        for task in tasks {
+            let outcome = task.await.unwrap();
+            fresh += usize::from(is_fresh(&outcome));
+            reused += usize::from(is_reused(&outcome));
+        }
+        assert_eq!((fresh, reused), (1, 15), "{} round {round}", h.kind);
+    }
+}
+
+async fn family_revocation(h: &Harness) {
+    let t = now();
+    assert!(!h.a.is_family_revoked("fam-r").await.unwrap());
+    h.a.revoke_family("fam-r", t + 3600).await.unwrap();
+    assert!(h.a.is_family_revoked("fam-r").await.unwrap());
+    assert!(h.b.is_family_revoked("fam-r").await.unwrap());
+    // Families and access tokens are separate namespaces.
+    assert!(!h.b.is_access_revoked("fam-r").await.unwrap());
+    assert!(!h.b.is_family_revoked("fam-other").await.unwrap());
+    // Revoking again with an earlier end does not shorten it.
+    h.b.revoke_family("fam-r", t + 1).await.unwrap();
+    h.b.revoke_family("fam-r", t.saturating_sub(10))
+        .await
+        .unwrap();
+    assert!(h.a.is_family_revoked("fam-r").await.unwrap());
+}
+
+async fn access_revocation(h: &Harness) {
+    let t = now();
+    assert!(!h.a.is_access_revoked("jti-1").await.unwrap());
+    h.a.revoke_access("jti-1", t + 900).await.unwrap();
+    assert!(h.a.is_access_revoked("jti-1").await.unwrap());
+    assert!(h.b.is_access_revoked("jti-1").await.unwrap());
+    assert!(!h.b.is_access_revoked("jti-2").await.unwrap());
+    assert!(!h.b.is_family_revoked("jti-1").await.unwrap());
+}
+
+async fn code_is_single_use(h: &Harness) {
+    let t = now();
+    let d = digest("code-1");
+    let rec = code("fam-c", t + 60);
+    assert_eq!(h.a.use_code(&d).await.unwrap(), Use::NotFound);
+    h.a.put_code(&d, &rec).await.unwrap();
+    assert_eq!(h.b.use_code(&d).await.unwrap(), Use::Fresh(rec.clone()));
+    assert_eq!(h.a.use_code(&d).await.unwrap(), Use::Reused(rec.clone()));
+    assert_eq!(h.b.use_code(&d).await.unwrap(), Use::Reused(rec));
+    // Codes and refresh tokens are separate namespaces.
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
+}
+
+async fn concurrent_code_use_has_one_winner(h: &Harness) {
+    let t = now();
+    for round in 0..10 {
+        let d = digest(&format!("code-race-{round}"));
+        let rec = code("fam-code-race", t + 60);
+        h.b.put_code(&d, &rec).await.unwrap();
+        let barrier = Arc::new(Barrier::new(16));
+        let tasks: Vec<_> = (0..16)
+            .map(|i| {
+                let store = if i % 2 == 0 { h.a.clone() } else { h.b.clone() };
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    store.use_code(&d).await.unwrap()
+                })
+            })
+            .collect();
+        let mut outcomes = Vec::new();
+        for task in tasks {
+            outcomes.push(task.await.unwrap());
+        }
+        let fresh: Vec<_> = outcomes.iter().filter(|u| is_fresh(u)).collect();
+        assert_eq!(
+            fresh,
+            [&Use::Fresh(rec.clone())],
+            "{} round {round}",
+            h.kind
+        );
+        assert_eq!(outcomes.iter().filter(|u| is_reused(u)).count(), 15);
+    }
+}
+
+/// Records already past their end behave as absent; revocations ending in
+/// the past are not in force.
+async fn expired_entries_are_absent(h: &Harness) {
+    let t = now();
+    // Refresh token expired, family too.
+    let d = digest("rt-expired");
+    h.a.put_refresh(&d, &refresh("fam-x", t - 100, t - 50))
+        .await
+        .unwrap();
+    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
+    assert_eq!(h.a.get_refresh(&d).await.unwrap(), None);
+    // Refresh token expired but its family still running: unused, so absent.
+    let d = digest("rt-expired-family-live");
+    h.a.put_refresh(&d, &refresh("fam-x", t - 100, t + 3600))
+        .await
+        .unwrap();
+    assert_eq!(h.b.get_refresh(&d).await.unwrap(), None);
+    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::NotFound);
+    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::NotFound);
+    // Expired code (within the replay grace, but never used): absent.
+    let d = digest("code-expired");
+    h.a.put_code(&d, &code("fam-x", t - 1)).await.unwrap();
+    assert_eq!(h.a.use_code(&d).await.unwrap(), Use::NotFound);
+    assert_eq!(h.a.use_code(&d).await.unwrap(), Use::NotFound);
+    let d = digest("code-long-expired");
+    h.a.put_code(&d, &code("fam-x", t - 3600)).await.unwrap();
+    assert_eq!(h.a.use_code(&d).await.unwrap(), Use::NotFound);
+    // Revocations that already ended.
+    h.a.revoke_family("fam-ended", t - 1).await.unwrap();
+    assert!(!h.b.is_family_revoked("fam-ended").await.unwrap());
+    h.a.revoke_access("jti-ended", t - 1).await.unwrap();
+    assert!(!h.b.is_access_revoked("jti-ended").await.unwrap());
+    h.a.revoke_access("jti-now", t).await.unwrap();
+    assert!(!h.b.is_access_revoked("jti-now").await.unwrap());
+}
+
+/// A used value stays recognisable as a replay after it expires: a rotated
+/// refresh token until its family ends, a code for the replay grace. Unused
+/// ones simply disappear. (Waits ~2 s for the clock.)
+async fn replays_are_detected_after_expiry(h: &Harness) {
+    let t = now();
+    let used_rt = digest("rt-short-used");
+    let unused_rt = digest("rt-short-unused");
+    let used_code = digest("code-short-used");
+    let rec = refresh("fam-short", t + 2, t + 3600);
+    h.a.put_refresh(&used_rt, &rec).await.unwrap();
+    h.a.put_refresh(&unused_rt, &rec).await.unwrap();
+    let crec = code("fam-short", t + 2);
+    h.a.put_code(&used_code, &crec).await.unwrap();
+    assert!(is_fresh(&h.a.use_refresh(&used_rt).await.unwrap()));
+    assert!(is_fresh(&h.b.use_code(&used_code).await.unwrap()));
+
+    while now() < t + 2 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    assert_eq!(h.b.use_refresh(&used_rt).await.unwrap(), Use::Reused(rec));
+    assert_eq!(h.b.get_refresh(&used_rt).await.unwrap(), None);
+    assert_eq!(h.b.use_refresh(&unused_rt).await.unwrap(), Use::NotFound);
+    assert_eq!(h.a.use_code(&used_code).await.unwrap(), Use::Reused(crec));
+}
+
+/// Runs every behaviour against one backend, one `#[tokio::test]` each.
+macro_rules! suite {
+    ($backend:ident: $($behaviour:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+                async fn $behaviour() {
+                    let Some(h) = super::$backend().await else { return };
+                    super::$behaviour(&h).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! all_backends {
+    ($($behaviour:ident),* $(,)?) => {
+        suite!(memory: $($behaviour),*);
+        suite!(file: $($behaviour),*);
+        suite!(redis: $($behaviour),*);
+    };
+}
+
+all_backends!(
+    kind_is_reported,
+    refresh_is_single_use,
+    get_refresh_does_not_consume,
+    concurrent_refresh_use_has_one_winner,
+    family_revocation,
+    access_revocation,
+    code_is_single_use,
+    concurrent_code_use_has_one_winner,
+    expired_entries_are_absent,
+    replays_are_detected_after_expiry,
+);
+
+// ---------------------------------------------------------------- backend-specific
+
+/// A restart loses nothing: state written through one store is all there
+/// after the store is dropped and the file reopened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn file_store_survives_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("state.redb");
+    let t = now();
+    let used = digest("persist-used");
+    let unused = digest("persist-unused");
+    let used_code = digest("persist-code-used");
+    let unused_code = digest("persist-code-unused");
+    let rec = refresh("fam-p", t + 3600, t + 86_400);
+    let crec = code("fam-p", t + 60);
+    {
+        let store = Store::open(&StoreConfig::File(path.clone())).await.unwrap();
+        store.put_refresh(&used, &rec).await.unwrap();
+        store.put_refresh(&unused, &rec).await.unwrap();
+        assert!(is_fresh(&store.use_refresh(&used).await.unwrap()));
+        store.put_code(&used_code, &crec).await.unwrap();
+        store.put_code(&unused_code, &crec).await.unwrap();
+        assert!(is_fresh(&store.use_code(&used_code).await.unwrap()));
+        store.revoke_family("fam-p", t + 3600).await.unwrap();
+        store.revoke_access("jti-p", t + 900).await.unwrap();
+        // While open, the file is locked against a second opener.
+        let second = Store::open(&StoreConfig::File(path.clone())).await;
+        assert!(matches!(second, Err(StoreError::Backend(_))), "{second:?}");
+    }
+    let store = Store::open(&StoreConfig::File(path.clone())).await.unwrap();
+    assert_eq!(store.kind(), "file");
+    assert_eq!(
+        store.use_refresh(&used).await.unwrap(),
+        Use::Reused(rec.clone())
+    );
+    assert_eq!(
+        store.get_refresh(&unused).await.unwrap(),
+        Some((rec.clone(), false))
+    );
+    assert_eq!(store.use_refresh(&unused).await.unwrap(), Use::Fresh(rec));
+    assert_eq!(
+        store.use_code(&used_code).await.unwrap(),
+        Use::Reused(crec.clone())
+    );
+    assert_eq!(
+        store.use_code(&unused_code).await.unwrap(),
+        Use::Fresh(crec)
+    );
+    assert!(store.is_family_revoked("fam-p").await.unwrap());
+    assert!(store.is_access_revoked("jti-p").await.unwrap());
+    assert!(!store.is_access_revoked("jti-q").await.unwrap());
+}
+
+/// The memory store is private to its process: a second one shares nothing.
+#[tokio::test]
+async fn memory_stores_are_separate() {
+    let t = now();
+    let a = Store::open(&StoreConfig::Memory).await.unwrap();
+    let b = Store::open(&StoreConfig::Memory).await.unwrap();
+    let d = digest("mem-sep");
+    a.put_refresh(&d, &refresh("f", t + 60, t + 600))
+        .await
+        .unwrap();
+    assert_eq!(b.use_refresh(&d).await.unwrap(), Use::NotFound);
+}
+
+/// Bad configuration fails at open, and errors never echo a Redis password.
+#[tokio::test]
+async fn open_errors_do_not_leak_secrets() {
+    let err = Store::open(&StoreConfig::Redis("redis://:hunter2@127.0.0.1:1/0".into()))
+        .await
+        .unwrap_err();
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    let err = Store::open(&StoreConfig::Redis("not a url :hunter2@".into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Config(_)), "{err:?}");
+    assert!(!err.to_string().contains("hunter2"), "{err}");
+    let config = StoreConfig::Redis("redis://:hunter2@cache:6379/0".into());
+    assert!(!format!("{config:?}").contains("hunter2"));
+    let dir = tempfile::tempdir().unwrap();
+    let err = Store::open(&StoreConfig::File(
+        dir.path().join("missing/dir/state.redb"),
+    ))
+    .await
+    .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+}
+
+/// Every key the redis backend writes is namespaced and carries a TTL, so
+/// Redis itself bounds the state; keys hold digests, never raw values.
+#[tokio::test]
+async fn redis_keys_are_prefixed_and_expire() {
+    let Some(h) = redis().await else { return };
+    let t = now();
+    let rt = digest("raw-refresh-token");
+    let ac = digest("raw-code");
+    h.a.put_refresh(&rt, &refresh("fam-k", t + 60, t + 600))
+        .await
+        .unwrap();
+    assert!(is_fresh(&h.a.use_refresh(&rt).await.unwrap()));
+    h.a.put_code(&ac, &code("fam-k", t + 60)).await.unwrap();
+    assert!(is_fresh(&h.b.use_code(&ac).await.unwrap()));
+    h.a.revoke_family("fam-k", t + 600).await.unwrap();
+    h.a.revoke_access("jti-k", t + 60).await.unwrap();
+
+    let url = &h.redis_server.as_ref().unwrap().url;
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    keys.sort();
+    let hex = |d: &Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
+    let mut expected = vec![
+        format!("scopegate:rt:{}", hex(&rt)),
+        format!("scopegate:rt:used:{}", hex(&rt)),
+        format!("scopegate:ac:{}", hex(&ac)),
+        format!("scopegate:ac:used:{}", hex(&ac)),
+        "scopegate:revoked:family:fam-k".to_owned(),
+        "scopegate:revoked:jti:jti-k".to_owned(),
+    ];
+    expected.sort();
+    assert_eq!(keys, expected);
+    for key in &keys {
+        let at: i64 = ::redis::cmd("EXPIRETIME")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        assert!(at > t as i64, "{key} has no expiry ({at})");
+        assert!(
+            at <= (t + 600 + 600) as i64,
+            "{key} expires too late ({at})"
+        );
+    }
+    // Refresh markers live until the family ends; code markers for the grace.
+    let at: i64 = ::redis::cmd("EXPIRETIME")
+        .arg(format!("scopegate:rt:used:{}", hex(&rt)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at, (t + 600) as i64);
+    let at: i64 = ::redis::cmd("EXPIRETIME")
+        .arg(format!("scopegate:ac:used:{}", hex(&ac)))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at, (t + 60 + 600) as i64);
+    // A later, longer revocation extends the key; a shorter one does not cut it.
+    h.b.revoke_access("jti-k", t + 120).await.unwrap();
+    h.b.revoke_access("jti-k", t + 30).await.unwrap();
+    let at: i64 = ::redis::cmd("EXPIRETIME")
+        .arg("scopegate:revoked:jti:jti-k")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at, (t + 120) as i64);
+}
