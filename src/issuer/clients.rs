@@ -137,11 +137,12 @@ impl ClientAuthenticator {
                 "client authentication is required",
             ));
         };
-        if self.is_limited(&p.client_id) {
+        let limiter_key = format!("client:{}", p.client_id);
+        if self.is_limited(&limiter_key) {
             return Err(OAuthError::too_many_attempts());
         }
         let Some(client) = self.clients.get(&p.client_id) else {
-            self.record_failure(&p.client_id);
+            self.record_failure(&limiter_key);
             return Err(OAuthError::invalid_client(
                 p.basic,
                 "unknown client or wrong secret",
@@ -154,14 +155,14 @@ impl ClientAuthenticator {
                 "this client cannot authenticate here",
             )),
             (Some(_), None) => {
-                self.record_failure(&p.client_id);
+                self.record_failure(&limiter_key);
                 Err(OAuthError::invalid_client(p.basic, "client secret missing"))
             }
             (Some(hash), Some(secret)) => {
                 if self.check_secret(&p.client_id, hash, secret).await {
                     Ok(Arc::new(client.clone()))
                 } else {
-                    self.record_failure(&p.client_id);
+                    self.record_failure(&limiter_key);
                     Err(OAuthError::invalid_client(
                         p.basic,
                         "unknown client or wrong secret",

@@ -96,12 +96,21 @@ impl OAuthError {
         )
     }
 
-    /// Too many failed attempts (429 with `Retry-After`).
+    /// Too many failed client authentications (429 with `Retry-After`).
     pub fn too_many_attempts() -> Self {
         Self::new(
             StatusCode::TOO_MANY_REQUESTS,
             "invalid_client",
             "too many failed attempts; retry later",
+        )
+    }
+
+    /// Too many failed sign-ins for one user (429 with `Retry-After`).
+    pub fn too_many_user_attempts() -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "invalid_grant",
+            "too many failed sign-ins for this user; retry later",
         )
     }
 

@@ -106,7 +106,7 @@ impl AuthorizationServer {
         };
         let limiter_key = format!("user:{username}");
         if self.clients.is_limited(&limiter_key) {
-            return Err(OAuthError::too_many_attempts());
+            return Err(OAuthError::too_many_user_attempts());
         }
         let user = self.users.get(username.as_str());
         let ok = match user {
@@ -135,6 +135,21 @@ impl AuthorizationServer {
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
         let key = digest(token);
+        // Check the binding before consuming: a request by the wrong client
+        // must not burn the owner's token (its next use would look like a
+        // replay and revoke the owner's grant).
+        if let Some((record, _)) = self
+            .store
+            .get_refresh(&key)
+            .await
+            .map_err(|e| self.store_failed(&e))?
+        {
+            if record.client_id != client.client_id {
+                return Err(OAuthError::invalid_grant(
+                    "refresh token was issued to another client",
+                ));
+            }
+        }
         let record = match self
             .store
             .use_refresh(&key)

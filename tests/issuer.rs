@@ -1,0 +1,1368 @@
+//! The built-in authorization server, end to end through the gateway's
+//! listener: every grant, error and response field of the token endpoint
+//! (seed 000's client credentials request and sample response), JWKS and RFC
+//! 8414 metadata, RFC 7662 introspection, RFC 7009 revocation, signing keys
+//! from PEM files, and the memory, file and redis stores.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
+use base64::Engine;
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+/// The built-in server's `iss`.
+const ISS: &str = "https://as.test";
+/// The seed's token path.
+const TOKEN: &str = "/auth/v2/accesstoken";
+const INTROSPECT: &str = "/oauth2/introspect";
+const REVOKE: &str = "/oauth2/revoke";
+const JWKS: &str = "/.well-known/jwks.json";
+const METADATA: &str = "/.well-known/oauth-authorization-server";
+/// Every client's secret (one argon2 hash keeps the suite fast).
+const SECRET: &str = "s3cret-value";
+/// Every user's password.
+const PASSWORD: &str = "wonderland";
+
+fn secret_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(SECRET).unwrap())
+}
+
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(PASSWORD).unwrap())
+}
+
+/// A gateway config with the built-in authorization server. `extra` is more
+/// of the `authorization_server:` block (indented two spaces).
+///
+/// Clients: `svc` (client_credentials + refresh_token; orders:read
+/// reports:read), `plain` (client_credentials only; orders:read), `other`
+/// (like svc; orders:read), `pw` (password + refresh_token; orders:read
+/// admin), `web` (authorization_code + refresh_token). Users: `alice`
+/// (limited to orders:read) and `bob`. Routes: `/orders/{id}` (GET,
+/// orders:read), `/reports` (reports:read), `/admin` (admin), `/local-only`
+/// (orders:read, issuer `local` only).
+fn config(upstream: SocketAddr, extra: &str) -> String {
+    let h = secret_hash();
+    let p = password_hash();
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+admin:
+  listen: 127.0.0.1:0
+authorization_server:
+  issuer: {ISS}
+  token_path: {TOKEN}
+  access_token_ttl: 1h
+  refresh_token_ttl: 30m
+{extra}  clients:
+    - client_id: svc
+      client_secret_hash: "{h}"
+      grants: [client_credentials, refresh_token]
+      scopes: [orders:read, reports:read]
+      audience: orders-api
+    - client_id: plain
+      client_secret_hash: "{h}"
+      scopes: [orders:read]
+      audience: orders-api
+    - client_id: other
+      client_secret_hash: "{h}"
+      grants: [client_credentials, refresh_token]
+      scopes: [orders:read]
+      audience: orders-api
+    - client_id: pw
+      client_secret_hash: "{h}"
+      grants: [password, refresh_token]
+      scopes: [orders:read, admin]
+      audience: orders-api
+    - client_id: web
+      client_secret_hash: "{h}"
+      grants: [authorization_code, refresh_token]
+      scopes: [orders:read]
+      audience: orders-api
+      redirect_uris: [https://app.test/cb]
+  users:
+    - username: alice
+      password_hash: "{p}"
+      scopes: [orders:read]
+    - username: bob
+      password_hash: "{p}"
+upstreams:
+  app:
+    url: http://{upstream}
+    connect_timeout: 1s
+    request_timeout: 5s
+routes:
+  - path: /orders/{{id}}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /reports
+    upstream: app
+    scopes: [reports:read]
+  - path: /admin
+    upstream: app
+    scopes: [admin]
+  - path: /local-only
+    upstream: app
+    scopes: [orders:read]
+    issuers: [local]
+"#
+    )
+}
+
+/// An upstream and a gateway on the standard config plus `extra`.
+async fn start(extra: &str) -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(upstream.addr, extra)).await;
+    (upstream, gw)
+}
+
+fn enc(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// The form-body credentials of a client (client_secret_post).
+fn creds(client: &str) -> String {
+    format!("client_id={client}&client_secret={}", enc(SECRET))
+}
+
+/// An `Authorization: Basic` value.
+fn basic(client: &str, secret: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{client}:{secret}")))
+}
+
+/// POSTs a form body.
+async fn post_form(url: &str, headers: &[(&str, &str)], body: &str) -> Reply {
+    let mut all = vec![("content-type", "application/x-www-form-urlencoded")];
+    all.extend_from_slice(headers);
+    send("POST", url, &all, Bytes::from(body.to_owned()))
+        .await
+        .unwrap()
+}
+
+/// POSTs a form body to the token endpoint.
+async fn token_request(gw: &Gateway, body: &str) -> Reply {
+    post_form(&gw.url(TOKEN), &[], body).await
+}
+
+/// A client credentials grant (form credentials); asserts 200.
+async fn client_credentials(gw: &Gateway, client: &str) -> Value {
+    let r = token_request(
+        gw,
+        &format!("grant_type=client_credentials&{}", creds(client)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()
+}
+
+/// A refresh grant by `client` (form credentials).
+async fn refresh(gw: &Gateway, client: &str, refresh_token: &str) -> Reply {
+    token_request(
+        gw,
+        &format!(
+            "grant_type=refresh_token&refresh_token={}&{}",
+            enc(refresh_token),
+            creds(client)
+        ),
+    )
+    .await
+}
+
+/// A password grant by `pw`.
+async fn password(gw: &Gateway, username: &str, password: &str) -> Reply {
+    token_request(
+        gw,
+        &format!(
+            "grant_type=password&username={}&password={}&{}",
+            enc(username),
+            enc(password),
+            creds("pw")
+        ),
+    )
+    .await
+}
+
+async fn introspect(gw: &Gateway, client: &str, token: &str) -> Reply {
+    post_form(
+        &gw.url(INTROSPECT),
+        &[],
+        &format!("token={}&{}", enc(token), creds(client)),
+    )
+    .await
+}
+
+async fn revoke(gw: &Gateway, client: &str, token: &str) -> Reply {
+    post_form(
+        &gw.url(REVOKE),
+        &[],
+        &format!("token={}&{}", enc(token), creds(client)),
+    )
+    .await
+}
+
+fn s(v: &Value, field: &str) -> String {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is not a string in {v}"))
+        .to_owned()
+}
+
+/// Decodes part `index` (0 header, 1 payload) of a compact JWT.
+fn jwt_part(token: &str, index: usize) -> Value {
+    let part = token.split('.').nth(index).expect("not a compact JWT");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).unwrap()).unwrap()
+}
+
+/// An OAuth error response: status, `error`, and no caching.
+#[track_caller]
+fn assert_oauth_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.json()["error"], code, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    assert!(
+        r.json()["error_description"].is_string(),
+        "no description: {}",
+        r.text()
+    );
+}
+
+/// The gateway accepts `token` on `/orders/{id}`.
+async fn assert_accepted(gw: &Gateway, token: &str) {
+    let r = get_with_token(&gw.url("/orders/7"), token).await;
+    assert_eq!(r.status, 200, "{} {}", r.text(), r.www_authenticate());
+}
+
+/// The gateway refuses `token` on `/orders/{id}` as an invalid token.
+async fn assert_refused(gw: &Gateway, token: &str) {
+    let r = get_with_token(&gw.url("/orders/7"), token).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.www_authenticate().contains("error=\"invalid_token\""),
+        "{}",
+        r.www_authenticate()
+    );
+}
+
+/// A PKCS#8 P-256 private key as PEM.
+fn p256_pem() -> String {
+    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+    let rng = aws_lc_rs::rand::SystemRandom::new();
+    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+    let b64 = STANDARD.encode(pkcs8.as_ref());
+    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).unwrap());
+        pem.push('\n');
+    }
+    pem.push_str("-----END PRIVATE KEY-----\n");
+    pem
+}
+
+/// Writes a fresh P-256 PEM key into `dir`; returns its path and contents.
+fn write_key(dir: &Path, name: &str) -> (PathBuf, String) {
+    let pem = p256_pem();
+    let path = dir.join(name);
+    std::fs::write(&path, &pem).unwrap();
+    (path, pem)
+}
+
+/// `signing_keys:` with one ES256 key file.
+fn signing_key_yaml(kid: &str, path: &Path) -> String {
+    format!(
+        "  signing_keys:\n    - kid: \"{kid}\"\n      alg: ES256\n      private_key_file: \"{}\"\n",
+        path.display()
+    )
+}
+
+/// Stops a gateway and waits (bounded) for its task to end.
+async fn stop(mut gw: Gateway) {
+    gw.trigger_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(30), &mut gw.task)
+        .await
+        .expect("the gateway did not stop");
+    ended.unwrap().unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// client_credentials
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn client_credentials_exactly_as_seed_000() {
+    let (upstream, gw) = start("").await;
+    // The seed's request: grant_type in the query, credentials in the form body.
+    let r = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials"),
+        &[("cache-control", "no-cache")],
+        &creds("svc"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    assert_eq!(r.header("pragma").as_deref(), Some("no-cache"));
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let body = r.json();
+    assert_eq!(body["token_type"], "Bearer", "{body}");
+    assert_eq!(body["status"], "approved", "{body}");
+    assert_eq!(body["scope"], "orders:read reports:read", "{body}");
+    assert_eq!(body["expires_in"].as_u64(), Some(3600), "{body}");
+    // The client may refresh: the seed's refresh fields are all there.
+    let refresh_token = s(&body, "refresh_token");
+    assert!(refresh_token.len() >= 32, "{body}");
+    assert_eq!(
+        body["refresh_token_expires_in"].as_u64(),
+        Some(1800),
+        "{body}"
+    );
+    let issued_at = body["refresh_token_issued_at"]
+        .as_u64()
+        .expect("refresh_token_issued_at is a number");
+    assert!(
+        issued_at.abs_diff(now()) <= 60,
+        "refresh_token_issued_at {issued_at} is not seconds since epoch near {}",
+        now()
+    );
+    assert_eq!(body["refresh_count"].as_u64(), Some(0), "{body}");
+
+    // The access token is an RFC 9068 JWT.
+    let access = s(&body, "access_token");
+    assert_ne!(access, refresh_token);
+    let header = jwt_part(&access, 0);
+    assert_eq!(header["typ"], "at+jwt", "{header}");
+    assert_eq!(header["alg"], "ES256", "{header}");
+    assert!(header["kid"].is_string(), "{header}");
+    let claims = jwt_part(&access, 1);
+    assert_eq!(claims["iss"], ISS, "{claims}");
+    assert_eq!(claims["sub"], "svc", "{claims}");
+    assert_eq!(claims["aud"], "orders-api", "{claims}");
+    assert_eq!(claims["client_id"], "svc", "{claims}");
+    assert_eq!(claims["scope"], "orders:read reports:read", "{claims}");
+    let iat = claims["iat"].as_u64().expect("iat");
+    let exp = claims["exp"].as_u64().expect("exp");
+    assert!(iat.abs_diff(now()) <= 60, "{claims}");
+    assert_eq!(exp, iat + 3600, "{claims}");
+    assert!(!s(&claims, "jti").is_empty(), "{claims}");
+
+    // The gateway accepts it where its scope suffices, and only there.
+    assert_accepted(&gw, &access).await;
+    let seen = upstream.last();
+    assert_eq!(seen.path_and_query, "/orders/7");
+    assert_eq!(seen.headers["x-auth-subject"], "svc");
+    let reports = get_with_token(&gw.url("/reports"), &access).await;
+    assert_eq!(reports.status, 200, "{}", reports.text());
+    let local = get_with_token(&gw.url("/local-only"), &access).await;
+    assert_eq!(local.status, 200, "the built-in issuer is named `local`");
+    let admin = get_with_token(&gw.url("/admin"), &access).await;
+    assert_eq!(admin.status, 403, "{}", admin.text());
+    assert!(
+        admin
+            .www_authenticate()
+            .contains("error=\"insufficient_scope\""),
+        "{}",
+        admin.www_authenticate()
+    );
+    assert_eq!(upstream.count(), 3);
+}
+
+#[tokio::test]
+async fn basic_auth_scope_subset_and_no_refresh_without_the_grant() {
+    let (_upstream, gw) = start("").await;
+    // client_secret_basic, grant_type in the body, a subset of the scopes.
+    let auth = basic("svc", SECRET);
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("authorization", &auth)],
+        "grant_type=client_credentials&scope=orders:read",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["scope"], "orders:read", "{body}");
+    let access = s(&body, "access_token");
+    assert_eq!(jwt_part(&access, 1)["scope"], "orders:read");
+    assert_accepted(&gw, &access).await;
+    let reports = get_with_token(&gw.url("/reports"), &access).await;
+    assert_eq!(
+        reports.status, 403,
+        "the subset must not carry reports:read"
+    );
+
+    // A client without the refresh_token grant gets no refresh fields.
+    let body = client_credentials(&gw, "plain").await;
+    assert_eq!(body["scope"], "orders:read", "{body}");
+    for field in [
+        "refresh_token",
+        "refresh_token_expires_in",
+        "refresh_token_issued_at",
+        "refresh_count",
+    ] {
+        assert!(body.get(field).is_none(), "{field} in {body}");
+    }
+    assert!(jwt_part(&s(&body, "access_token"), 1).get("sid").is_none());
+    assert_accepted(&gw, &s(&body, "access_token")).await;
+}
+
+#[tokio::test]
+async fn scope_outside_the_clients_is_invalid_scope() {
+    let (_upstream, gw) = start("").await;
+    for scope in ["admin", "orders:read admin", "nonsense"] {
+        let r = token_request(
+            &gw,
+            &format!(
+                "grant_type=client_credentials&scope={}&{}",
+                enc(scope),
+                creds("svc")
+            ),
+        )
+        .await;
+        assert_oauth_error(&r, 400, "invalid_scope");
+    }
+}
+
+#[tokio::test]
+async fn apigee_response_style_matches_the_seed_sample() {
+    let (_upstream, gw) = start("  response_style: apigee\n").await;
+    let r = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials"),
+        &[("cache-control", "no-cache")],
+        &creds("svc"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let body = r.json();
+    assert_eq!(body["token_type"], "BearerToken", "{body}");
+    assert_eq!(body["status"], "approved", "{body}");
+    assert_eq!(body["scope"], "orders:read reports:read", "{body}");
+    assert_eq!(body["expires_in"], "3600", "{body}");
+    assert_eq!(body["refresh_token_expires_in"], "1800", "{body}");
+    assert_eq!(body["refresh_count"], "0", "{body}");
+    let issued_ms = s(&body, "refresh_token_issued_at");
+    assert_eq!(issued_ms.len(), 13, "milliseconds expected: {issued_ms}");
+    let issued_ms: u64 = issued_ms.parse().unwrap();
+    assert!(issued_ms.abs_diff(now() * 1000) <= 60_000, "{issued_ms}");
+    let access = s(&body, "access_token");
+    assert_accepted(&gw, &access).await;
+
+    // Refreshing keeps the style.
+    let r = refresh(&gw, "svc", &s(&body, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["token_type"], "BearerToken", "{body}");
+    assert_eq!(body["refresh_count"], "1", "{body}");
+    assert_eq!(body["expires_in"], "3600", "{body}");
+}
+
+// ---------------------------------------------------------------------------
+// refresh_token
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn refresh_rotates_and_counts() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let r0 = s(&first, "refresh_token");
+
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let second = r.json();
+    let r1 = s(&second, "refresh_token");
+    assert_ne!(r1, r0, "the refresh token must rotate");
+    assert_eq!(second["refresh_count"].as_u64(), Some(1), "{second}");
+    assert_eq!(second["scope"], first["scope"], "{second}");
+    assert_eq!(second["token_type"], "Bearer");
+    assert_eq!(second["refresh_token_expires_in"].as_u64(), Some(1800));
+    let a1 = s(&second, "access_token");
+    assert_ne!(a1, s(&first, "access_token"));
+    let c1 = jwt_part(&a1, 1);
+    assert_eq!(c1["sub"], "svc");
+    assert_eq!(c1["scope"], "orders:read reports:read");
+    assert_eq!(
+        c1["sid"],
+        jwt_part(&s(&first, "access_token"), 1)["sid"],
+        "one grant, one family"
+    );
+    assert_accepted(&gw, &a1).await;
+
+    let r = refresh(&gw, "svc", &r1).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let third = r.json();
+    assert_eq!(third["refresh_count"].as_u64(), Some(2), "{third}");
+    assert_eq!(third["scope"], first["scope"], "{third}");
+    let r2 = s(&third, "refresh_token");
+    assert!(r2 != r1 && r2 != r0);
+    assert_accepted(&gw, &s(&third, "access_token")).await;
+
+    // Narrowing on refresh is allowed; widening is not.
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=refresh_token&refresh_token={}&scope=admin&{}",
+            enc(&r2),
+            creds("svc")
+        ),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+}
+
+#[tokio::test]
+async fn refresh_replay_revokes_the_whole_family() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let (a0, r0) = (s(&first, "access_token"), s(&first, "refresh_token"));
+    // Another grant of the same client, which must survive.
+    let unrelated = client_credentials(&gw, "svc").await;
+    let unrelated_access = s(&unrelated, "access_token");
+
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a1, r1) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    // Both access tokens work (and are now in the gateway's cache).
+    assert_accepted(&gw, &a0).await;
+    assert_accepted(&gw, &a1).await;
+
+    // The rotated token is replayed: refused, and the grant ends.
+    let replay = refresh(&gw, "svc", &r0).await;
+    assert_oauth_error(&replay, 400, "invalid_grant");
+    let newest = refresh(&gw, "svc", &r1).await;
+    assert_oauth_error(&newest, 400, "invalid_grant");
+    assert_refused(&gw, &a0).await;
+    assert_refused(&gw, &a1).await;
+    // Other grants are untouched.
+    assert_accepted(&gw, &unrelated_access).await;
+    let r = refresh(&gw, "svc", &s(&unrelated, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn refresh_token_of_another_client_or_unknown_is_invalid_grant() {
+    let (_upstream, gw) = start("").await;
+    let svc = client_credentials(&gw, "svc").await;
+    let r = refresh(&gw, "other", &s(&svc, "refresh_token")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The refused attempt did not spend the owner's token nor end its grant.
+    assert_accepted(&gw, &s(&svc, "access_token")).await;
+    let owner = refresh(&gw, "svc", &s(&svc, "refresh_token")).await;
+    assert_eq!(owner.status, 200, "{}", owner.text());
+    assert_eq!(owner.json()["refresh_count"].as_u64(), Some(1));
+    assert_accepted(&gw, &s(&svc, "access_token")).await;
+    let svc = owner.json();
+
+    let r = refresh(&gw, "svc", "bm90LWEtcmVhbC1yZWZyZXNoLXRva2VuLWF0LWFsbC0hIQ").await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // An access token is not a refresh token.
+    let r = refresh(&gw, "svc", &s(&svc, "access_token")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    let r = token_request(&gw, &format!("grant_type=refresh_token&{}", creds("svc"))).await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    // A client without the refresh_token grant may not refresh.
+    let r = refresh(&gw, "plain", &s(&svc, "refresh_token")).await;
+    assert_oauth_error(&r, 400, "unauthorized_client");
+}
+
+// ---------------------------------------------------------------------------
+// password
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn password_grant_is_off_unless_the_client_has_it() {
+    let (_upstream, gw) = start("").await;
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=password&username=alice&password={}&{}",
+            enc(PASSWORD),
+            creds("svc")
+        ),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "unauthorized_client");
+}
+
+#[tokio::test]
+async fn password_grant_issues_a_user_token() {
+    let (upstream, gw) = start("").await;
+    let r = password(&gw, "alice", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let body = r.json();
+    // alice is limited to orders:read although the client may also ask for admin.
+    assert_eq!(body["scope"], "orders:read", "{body}");
+    assert_eq!(body["refresh_count"].as_u64(), Some(0), "{body}");
+    let access = s(&body, "access_token");
+    let claims = jwt_part(&access, 1);
+    assert_eq!(claims["sub"], "alice", "{claims}");
+    assert_eq!(claims["client_id"], "pw", "{claims}");
+    assert_accepted(&gw, &access).await;
+    assert_eq!(upstream.last().headers["x-auth-subject"], "alice");
+    let admin = get_with_token(&gw.url("/admin"), &access).await;
+    assert_eq!(admin.status, 403);
+
+    // Asking alice for admin is refused; bob (no user limit) gets it.
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=password&username=alice&password={}&scope=admin&{}",
+            enc(PASSWORD),
+            creds("pw")
+        ),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+    let r = password(&gw, "bob", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read admin");
+    let admin = get_with_token(&gw.url("/admin"), &s(&r.json(), "access_token")).await;
+    assert_eq!(admin.status, 200, "{}", admin.text());
+
+    // The user's grant refreshes with the user as subject.
+    let r = refresh(&gw, "pw", &s(&body, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(jwt_part(&s(&r.json(), "access_token"), 1)["sub"], "alice");
+    assert_eq!(r.json()["scope"], "orders:read");
+
+    let wrong = password(&gw, "alice", "not-the-password").await;
+    assert_oauth_error(&wrong, 400, "invalid_grant");
+    let unknown = password(&gw, "mallory", PASSWORD).await;
+    assert_oauth_error(&unknown, 400, "invalid_grant");
+    let r = token_request(
+        &gw,
+        &format!("grant_type=password&username=alice&{}", creds("pw")),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+}
+
+#[tokio::test]
+async fn password_failures_are_rate_limited_per_user() {
+    let (_upstream, gw) = start("").await;
+    for attempt in 1..=5 {
+        let r = password(&gw, "alice", &format!("guess-{attempt}")).await;
+        assert_oauth_error(&r, 400, "invalid_grant");
+    }
+    // Locked now, even with the right password.
+    let r = password(&gw, "alice", PASSWORD).await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    // Another user, and the client itself, are not locked.
+    let r = password(&gw, "bob", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// ---------------------------------------------------------------------------
+// authorization_code (the exchange; codes come from an authorization endpoint)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn authorization_code_exchange_refuses_what_it_cannot_honour() {
+    let (_upstream, gw) = start("").await;
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=authorization_code&code=never-issued&redirect_uri={}&code_verifier={}&{}",
+            enc("https://app.test/cb"),
+            "a".repeat(43),
+            creds("web")
+        ),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    let r = token_request(
+        &gw,
+        &format!("grant_type=authorization_code&{}", creds("web")),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    let r = token_request(
+        &gw,
+        &format!("grant_type=authorization_code&code=x&{}", creds("svc")),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "unauthorized_client");
+}
+
+// ---------------------------------------------------------------------------
+// Request and client authentication errors
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn token_endpoint_request_errors() {
+    let (upstream, gw) = start("").await;
+    let r = token_request(&gw, &creds("svc")).await;
+    assert_oauth_error(&r, 400, "invalid_request");
+
+    let r = token_request(
+        &gw,
+        &format!("grant_type=urn:example:magic&{}", creds("svc")),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "unsupported_grant_type");
+
+    // RFC 6749 2.3.1: never in the query string.
+    let r = post_form(
+        &gw.url(&format!(
+            "{TOKEN}?grant_type=client_credentials&client_id=svc&client_secret={}",
+            enc(SECRET)
+        )),
+        &[],
+        "",
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    assert!(
+        s(&r.json(), "error_description").contains("2.3.1"),
+        "{}",
+        r.text()
+    );
+    let r = post_form(
+        &gw.url(&format!("{TOKEN}?client_secret={}", enc(SECRET))),
+        &[],
+        "grant_type=client_credentials&client_id=svc",
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    assert!(s(&r.json(), "error_description").contains("2.3.1"));
+
+    // Basic and the form body together.
+    let auth = basic("svc", SECRET);
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("authorization", &auth)],
+        &format!("grant_type=client_credentials&{}", creds("svc")),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+
+    // Repeated parameters are refused (RFC 6749 3.1).
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=client_credentials&grant_type=client_credentials&{}",
+            creds("svc")
+        ),
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
+
+    // No credentials at all.
+    let r = token_request(&gw, "grant_type=client_credentials").await;
+    assert_oauth_error(&r, 401, "invalid_client");
+
+    // Only POST.
+    let r = get(&gw.url(TOKEN), &[]).await.unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+    let r = get(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials&client_id=svc"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+
+    // A JSON body instead of a form.
+    let body =
+        json!({"grant_type": "client_credentials", "client_id": "svc", "client_secret": SECRET});
+    let r = send(
+        "POST",
+        &gw.url(TOKEN),
+        &[("content-type", "application/json")],
+        Bytes::from(body.to_string()),
+    )
+    .await
+    .unwrap();
+    assert_oauth_error(&r, 400, "invalid_request");
+
+    // The endpoint never reached the upstream.
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() {
+    let (_upstream, gw) = start("").await;
+    let auth = basic("svc", "wrong-secret");
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("authorization", &auth)],
+        "grant_type=client_credentials",
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    let challenge = r.www_authenticate();
+    assert!(challenge.starts_with("Basic realm="), "{challenge}");
+
+    let r = token_request(
+        &gw,
+        "grant_type=client_credentials&client_id=other&client_secret=wrong-secret",
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert!(
+        !r.www_authenticate().starts_with("Basic"),
+        "{}",
+        r.www_authenticate()
+    );
+
+    // An unknown client looks the same as a wrong secret.
+    let r = token_request(
+        &gw,
+        &format!("grant_type=client_credentials&client_id=ghost&client_secret={SECRET}"),
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+}
+
+#[tokio::test]
+async fn repeated_client_authentication_failures_are_rate_limited() {
+    let (_upstream, gw) = start("").await;
+    for attempt in 1..=5 {
+        let r = token_request(
+            &gw,
+            &format!("grant_type=client_credentials&client_id=svc&client_secret=guess-{attempt}"),
+        )
+        .await;
+        assert_oauth_error(&r, 401, "invalid_client");
+    }
+    // Locked, even with the right secret.
+    let r = token_request(
+        &gw,
+        &format!("grant_type=client_credentials&{}", creds("svc")),
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let retry: u64 = r
+        .header("retry-after")
+        .expect("Retry-After")
+        .parse()
+        .unwrap();
+    assert!(retry > 0);
+    // The lock also covers introspection and Basic, and only this client.
+    let r = introspect(&gw, "svc", "x").await;
+    assert_eq!(r.status, 429, "{}", r.text());
+    let body = client_credentials(&gw, "other").await;
+    assert_eq!(body["status"], "approved");
+}
+
+// ---------------------------------------------------------------------------
+// JWKS, metadata, signing keys
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn jwks_and_authorization_server_metadata() {
+    let (_upstream, gw) = start("").await;
+    let body = client_credentials(&gw, "svc").await;
+    let kid = s(&jwt_part(&s(&body, "access_token"), 0), "kid");
+
+    let r = get(&gw.url(JWKS), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let jwks = r.json();
+    let keys = jwks["keys"].as_array().expect("keys");
+    assert_eq!(keys.len(), 1, "{jwks}");
+    assert_eq!(keys[0]["kid"], kid.as_str(), "{jwks}");
+    assert_eq!(keys[0]["kty"], "EC");
+    assert_eq!(keys[0]["crv"], "P-256");
+    assert_eq!(keys[0]["alg"], "ES256");
+    for k in keys {
+        for private in ["d", "p", "q", "dp", "dq", "qi"] {
+            assert!(k.get(private).is_none(), "private `{private}` in {k}");
+        }
+    }
+
+    let r = get(&gw.url(METADATA), &[]).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    let m = r.json();
+    assert_eq!(m["issuer"], ISS, "{m}");
+    assert_eq!(m["token_endpoint"], format!("{ISS}{TOKEN}"), "{m}");
+    assert_eq!(m["jwks_uri"], format!("{ISS}{JWKS}"), "{m}");
+    assert_eq!(m["introspection_endpoint"], format!("{ISS}{INTROSPECT}"));
+    assert_eq!(m["revocation_endpoint"], format!("{ISS}{REVOKE}"));
+    let grants: Vec<&str> = m["grant_types_supported"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(Value::as_str)
+        .collect();
+    for g in [
+        "client_credentials",
+        "refresh_token",
+        "password",
+        "authorization_code",
+    ] {
+        assert!(grants.contains(&g), "{g} missing from {m}");
+    }
+
+    // Read-only documents.
+    let r = send("POST", &gw.url(JWKS), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn signing_keys_from_pem_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, first_pem) = write_key(dir.path(), "2026-11.pem");
+    let (second, second_pem) = write_key(dir.path(), "2026-05.pem");
+    let extra = format!(
+        "{}    - kid: \"2026-05\"\n      alg: ES256\n      private_key_file: \"{}\"\n",
+        signing_key_yaml("2026-11", &first),
+        second.display()
+    );
+    let (_upstream, gw) = start(&extra).await;
+
+    // Only the first key signs.
+    let body = client_credentials(&gw, "svc").await;
+    let access = s(&body, "access_token");
+    assert_eq!(jwt_part(&access, 0)["kid"], "2026-11");
+    assert_accepted(&gw, &access).await;
+
+    // Both are published, and they are the keys of the files.
+    let jwks = get(&gw.url(JWKS), &[]).await.unwrap().json();
+    let keys = jwks["keys"].as_array().unwrap();
+    let kids: Vec<&str> = keys.iter().filter_map(|k| k["kid"].as_str()).collect();
+    assert_eq!(kids, ["2026-11", "2026-05"], "{jwks}");
+    let es256 = jsonwebtoken::Algorithm::ES256;
+    let key1 =
+        scopegate::demo::SigningKey::from_pem("2026-11", es256, first_pem.as_bytes()).unwrap();
+    let key2 =
+        scopegate::demo::SigningKey::from_pem("2026-05", es256, second_pem.as_bytes()).unwrap();
+    assert_eq!(&keys[0], key1.public_jwk(), "{jwks}");
+    assert_eq!(&keys[1], key2.public_jwk(), "{jwks}");
+    assert!(keys.iter().all(|k| k.get("d").is_none()));
+
+    // A token signed by the second key (say, before a rotation) still verifies.
+    let t = now();
+    let claims = json!({
+        "iss": ISS, "sub": "svc", "aud": "orders-api", "client_id": "svc",
+        "scope": "orders:read", "iat": t, "exp": t + 600, "jti": "minted-by-key-2",
+    });
+    assert_accepted(&gw, &key2.mint(&claims).unwrap()).await;
+    // A key that is not listed, claiming a listed kid, does not.
+    let impostor =
+        scopegate::demo::SigningKey::from_pem("2026-05", es256, p256_pem().as_bytes()).unwrap();
+    assert_refused(&gw, &impostor.mint(&claims).unwrap()).await;
+}
+
+// ---------------------------------------------------------------------------
+// Introspection (RFC 7662)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn introspection_requires_client_auth_and_reports_token_state() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let (a0, r0) = (s(&first, "access_token"), s(&first, "refresh_token"));
+
+    // No client authentication.
+    let r = post_form(&gw.url(INTROSPECT), &[], &format!("token={}", enc(&a0))).await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    let r = post_form(
+        &gw.url(INTROSPECT),
+        &[],
+        &format!("token={}&client_id=svc&client_secret=nope", enc(&a0)),
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+
+    // An access token (any registered client may ask; Basic works too).
+    let auth = basic("other", SECRET);
+    let r = post_form(
+        &gw.url(INTROSPECT),
+        &[("authorization", &auth)],
+        &format!("token={}", enc(&a0)),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let v = r.json();
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["scope"], "orders:read reports:read", "{v}");
+    assert_eq!(v["client_id"], "svc", "{v}");
+    assert_eq!(v["sub"], "svc", "{v}");
+    assert_eq!(v["exp"], jwt_part(&a0, 1)["exp"], "{v}");
+    assert_eq!(v["iss"], ISS, "{v}");
+
+    // A refresh token.
+    let v = introspect(&gw, "svc", &r0).await.json();
+    assert_eq!(v["active"], true, "{v}");
+    assert_eq!(v["token_type"], "refresh_token", "{v}");
+    assert_eq!(v["client_id"], "svc", "{v}");
+    assert_eq!(v["scope"], "orders:read reports:read", "{v}");
+
+    // Once used (rotated), it is inactive; its successor is active.
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r1 = s(&r.json(), "refresh_token");
+    let v = introspect(&gw, "svc", &r0).await.json();
+    assert_eq!(v, json!({"active": false}));
+    let v = introspect(&gw, "svc", &r1).await.json();
+    assert_eq!(v["active"], true, "{v}");
+
+    // A revoked access token is inactive.
+    let plain = s(&client_credentials(&gw, "plain").await, "access_token");
+    assert_eq!(
+        introspect(&gw, "plain", &plain).await.json()["active"],
+        true
+    );
+    assert_eq!(revoke(&gw, "plain", &plain).await.status, 200);
+    let v = introspect(&gw, "plain", &plain).await.json();
+    assert_eq!(v, json!({"active": false}));
+
+    // Garbage, and a JWT that is not ours.
+    for junk in [
+        "garbage",
+        "a.b.c",
+        World::new().await.token("orders:read").as_str(),
+    ] {
+        let r = introspect(&gw, "svc", junk).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), json!({"active": false}), "{junk}");
+    }
+    let r = post_form(&gw.url(INTROSPECT), &[], &creds("svc")).await;
+    assert_oauth_error(&r, 400, "invalid_request");
+}
+
+// ---------------------------------------------------------------------------
+// Revocation (RFC 7009)
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn revoking_an_access_token_takes_effect_at_once() {
+    let (upstream, gw) = start("").await;
+    let access = s(&client_credentials(&gw, "plain").await, "access_token");
+    // Accepted twice: the second time from the gateway's verification cache.
+    assert_accepted(&gw, &access).await;
+    assert_accepted(&gw, &access).await;
+    assert_eq!(upstream.count(), 2);
+
+    // Only its own client may revoke it (and the answer does not tell).
+    let r = revoke(&gw, "other", &access).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_accepted(&gw, &access).await;
+
+    // Revocation needs client authentication.
+    let r = post_form(&gw.url(REVOKE), &[], &format!("token={}", enc(&access))).await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert_accepted(&gw, &access).await;
+
+    let r = revoke(&gw, "plain", &access).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refused(&gw, &access).await;
+    assert_eq!(
+        upstream.count(),
+        4,
+        "the refused request reached the upstream"
+    );
+    // A new token of the same client is fine.
+    assert_accepted(
+        &gw,
+        &s(&client_credentials(&gw, "plain").await, "access_token"),
+    )
+    .await;
+
+    // Unknown tokens are not an error (RFC 7009 2.2).
+    let r = revoke(&gw, "plain", "never-issued").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = get(&gw.url(REVOKE), &[]).await.unwrap();
+    assert_eq!(r.status, 405);
+}
+
+#[tokio::test]
+async fn revoking_a_refresh_token_ends_its_grant() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let a0 = s(&first, "access_token");
+    let r = refresh(&gw, "svc", &s(&first, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a1, r1) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    let unrelated = s(&client_credentials(&gw, "svc").await, "access_token");
+    assert_accepted(&gw, &a0).await;
+    assert_accepted(&gw, &a1).await;
+
+    // Another client cannot revoke it.
+    assert_eq!(revoke(&gw, "other", &r1).await.status, 200);
+    assert_accepted(&gw, &a1).await;
+
+    let r = revoke(&gw, "svc", &r1).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = refresh(&gw, "svc", &r1).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_refused(&gw, &a0).await;
+    assert_refused(&gw, &a1).await;
+    assert_eq!(introspect(&gw, "svc", &a1).await.json()["active"], false);
+    assert_accepted(&gw, &unrelated).await;
+}
+
+// ---------------------------------------------------------------------------
+// Stores
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn file_store_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = write_key(dir.path(), "signing.pem");
+    let db = dir.path().join("state.redb");
+    let extra = format!(
+        "{}  store: {{ file: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        db.display()
+    );
+    let upstream = Upstream::start().await;
+    let yaml = config(upstream.addr, &extra);
+
+    let gw = Gateway::start(&yaml).await;
+    let first = client_credentials(&gw, "svc").await;
+    let (a0, r0) = (s(&first, "access_token"), s(&first, "refresh_token"));
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a1, r1) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    let revoked = s(&client_credentials(&gw, "plain").await, "access_token");
+    assert_eq!(revoke(&gw, "plain", &revoked).await.status, 200);
+    assert_refused(&gw, &revoked).await;
+    stop(gw).await;
+    assert!(db.exists());
+
+    let gw = Gateway::start(&yaml).await;
+    // Same key: the old access tokens verify; the revocation held.
+    assert_accepted(&gw, &a0).await;
+    assert_accepted(&gw, &a1).await;
+    assert_refused(&gw, &revoked).await;
+    // The refresh token issued before the restart still works, and counts on.
+    let r = refresh(&gw, "svc", &r1).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["refresh_count"].as_u64(), Some(2), "{}", r.text());
+    let r2 = s(&r.json(), "refresh_token");
+    // The used-marker survived too: replaying the first token ends the grant.
+    let replay = refresh(&gw, "svc", &r0).await;
+    assert_oauth_error(&replay, 400, "invalid_grant");
+    assert_oauth_error(&refresh(&gw, "svc", &r2).await, 400, "invalid_grant");
+    assert_refused(&gw, &a0).await;
+    stop(gw).await;
+}
+
+/// A `redis-server` child on a free loopback port, killed on drop.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (with a message) when `redis-server` is not
+    /// installed; on CI (env `CI` set) a missing server fails the test.
+    async fn start() -> Option<Self> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "redis-server is not installed, and CI is set: install it to run the redis store test"
+            );
+            eprintln!("SKIPPED: redis-server is not installed; the redis store test did not run");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Another process may take the free port first: then try another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..400 {
+                if ping(port).await {
+                    return Some(Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server never answered PING");
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// Whether a Redis on `port` answers PING (bounded).
+async fn ping(port: u16) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut buf = [0u8; 7];
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut buf)).await,
+        Ok(Ok(_))
+    ) && &buf == b"+PONG\r\n"
+}
+
+#[tokio::test]
+async fn redis_store_is_shared_by_replicas() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = write_key(dir.path(), "signing.pem");
+    let extra = format!(
+        "{}  store: {{ redis: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        redis.url()
+    );
+    let upstream = Upstream::start().await;
+    let yaml = config(upstream.addr, &extra);
+    let a = Gateway::start(&yaml).await;
+    let b = Gateway::start(&yaml).await;
+
+    let first = client_credentials(&a, "svc").await;
+    let (a0, r0) = (s(&first, "access_token"), s(&first, "refresh_token"));
+    // Tokens from A are accepted by B, and B can introspect A's refresh token.
+    assert_accepted(&b, &a0).await;
+    assert_eq!(introspect(&b, "svc", &r0).await.json()["active"], true);
+
+    // Rotated on A ...
+    let r = refresh(&a, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a1, r1) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    assert_eq!(r.json()["refresh_count"].as_u64(), Some(1));
+    assert_accepted(&a, &a1).await;
+    assert_accepted(&b, &a1).await;
+    // ... replayed on B: refused, and the family is revoked everywhere.
+    let replay = refresh(&b, "svc", &r0).await;
+    assert_oauth_error(&replay, 400, "invalid_grant");
+    assert_oauth_error(&refresh(&a, "svc", &r1).await, 400, "invalid_grant");
+    assert_oauth_error(&refresh(&b, "svc", &r1).await, 400, "invalid_grant");
+    for gw in [&a, &b] {
+        assert_refused(gw, &a0).await;
+        assert_refused(gw, &a1).await;
+    }
+
+    // An access token revoked on B is refused by A.
+    let plain = s(&client_credentials(&a, "plain").await, "access_token");
+    assert_accepted(&a, &plain).await;
+    assert_eq!(revoke(&b, "plain", &plain).await.status, 200);
+    assert_refused(&a, &plain).await;
+
+    stop(a).await;
+    stop(b).await;
+    drop(redis);
+}
+
+// ---------------------------------------------------------------------------
+// The demo
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn demo_config_runs_the_seed_flow() {
+    let upstream = Upstream::start().await;
+    let (client_id, client_secret) = scopegate::demo::DEMO_CLIENT;
+    let hash = scopegate::issuer::clients::hash_secret(client_secret).unwrap();
+    let (_, password) = scopegate::demo::DEMO_USER;
+    let password_hash = scopegate::issuer::clients::hash_secret(password).unwrap();
+    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+    let yaml = scopegate::demo::demo_config_yaml(any, any, upstream.addr, &hash, &password_hash);
+    let gw = Gateway::start(&yaml).await;
+
+    // 1. The seed's request.
+    let r = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials"),
+        &[("cache-control", "no-cache")],
+        &format!(
+            "client_id={}&client_secret={}",
+            enc(client_id),
+            enc(client_secret)
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["status"], "approved", "{body}");
+    assert_eq!(body["refresh_count"].as_u64(), Some(0), "{body}");
+    let access = s(&body, "access_token");
+    assert_eq!(jwt_part(&access, 1)["aud"], scopegate::demo::DEMO_AUDIENCE);
+
+    // 2. A protected route.
+    let r = get_with_token(&gw.url("/orders/42"), &access).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.last().path_and_query, "/orders/42");
+
+    // 3. Refresh with Basic credentials.
+    let auth = basic(client_id, client_secret);
+    let r = post_form(
+        &gw.url("/auth/v2/accesstoken"),
+        &[("authorization", &auth)],
+        &format!(
+            "grant_type=refresh_token&refresh_token={}",
+            enc(&s(&body, "refresh_token"))
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["refresh_count"].as_u64(), Some(1), "{}", r.text());
+
+    // 4. The token lacks `admin`.
+    let r = get_with_token(&gw.url("/admin"), &access).await;
+    assert_eq!(r.status, 403, "{}", r.text());
+
+    // 5. No token, and a public route.
+    assert_eq!(get(&gw.url("/orders/42"), &[]).await.unwrap().status, 401);
+    assert_eq!(get(&gw.url("/public"), &[]).await.unwrap().status, 200);
+    // The metadata and keys the demo advertises.
+    assert_eq!(get(&gw.url(METADATA), &[]).await.unwrap().status, 200);
+    assert_eq!(get(&gw.url(JWKS), &[]).await.unwrap().status, 200);
+}
