@@ -1,0 +1,160 @@
+//! Kubernetes packaging: every kustomization renders, its ConfigMap's route map
+//! passes `scopegate check`, and `scopegate inject` is idempotent on the samples.
+//! (Schema validation of the rendered objects runs in `deploy/validate.sh`.)
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn root() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn kubectl_available() -> bool {
+    let found = Command::new("kubectl")
+        .arg("version")
+        .arg("--client")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !found {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is required in CI"
+        );
+        eprintln!("SKIPPED: kubectl not installed");
+    }
+    found
+}
+
+/// The `scopegate.yaml` entries of every ConfigMap in a rendered stream.
+fn configmap_route_maps(rendered: &str) -> Vec<String> {
+    let mut maps = Vec::new();
+    for doc in rendered.split("\n---\n") {
+        let value: serde_json::Value = match serde_saphyr::from_str(doc) {
+            Ok(v) => v,
+            Err(e) => panic!("rendered YAML does not parse: {e}\n{doc}"),
+        };
+        if value["kind"] == "ConfigMap" {
+            if let Some(text) = value["data"]["scopegate.yaml"].as_str() {
+                maps.push(text.to_owned());
+            }
+        }
+    }
+    maps
+}
+
+#[test]
+fn every_kustomization_renders_and_its_route_map_passes_check() {
+    if !kubectl_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("introspection-client-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let targets = ["base", "overlays/jwt", "overlays/introspection"];
+    for target in targets {
+        let out = Command::new("kubectl")
+            .args(["kustomize"])
+            .arg(root().join("deploy/kubernetes").join(target))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let rendered = String::from_utf8(out.stdout).unwrap();
+        assert!(
+            rendered.contains("restartPolicy: Always"),
+            "{target}: native sidecar missing"
+        );
+        let maps = configmap_route_maps(&rendered);
+        assert_eq!(maps.len(), 1, "{target}: one route map ConfigMap expected");
+        let text = maps[0].replace(
+            "/var/run/secrets/scopegate/introspection-client-secret",
+            secret.to_str().unwrap(),
+        );
+        let file = dir
+            .path()
+            .join(format!("{}.yaml", target.replace('/', "-")));
+        std::fs::write(&file, text).unwrap();
+        let check = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(
+            check.status.success(),
+            "{target}: {}",
+            String::from_utf8_lossy(&check.stderr)
+        );
+    }
+}
+
+fn inject(input: &[u8]) -> Vec<u8> {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(input).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+#[test]
+fn inject_adds_the_sidecar_once_to_every_sample() {
+    let samples = root().join("deploy/inject-samples");
+    let mut count = 0;
+    for entry in std::fs::read_dir(samples).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_none_or(|e| e != "yaml") {
+            continue;
+        }
+        count += 1;
+        let original = std::fs::read(&path).unwrap();
+        let once = inject(&original);
+        let text = String::from_utf8(once.clone()).unwrap();
+        assert!(
+            text.contains("name: scopegate"),
+            "{}: no sidecar",
+            path.display()
+        );
+        assert!(text.contains("restartPolicy: Always"), "{}", path.display());
+        let twice = inject(&once);
+        assert_eq!(once, twice, "{}: inject is not idempotent", path.display());
+    }
+    assert!(count >= 4, "samples missing");
+}
+
+#[test]
+fn inject_reports_bad_yaml_with_a_location() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["inject", "-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: v1\nkind: Pod\nspec: [unclosed\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("line"), "{stderr}");
+}
