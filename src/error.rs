@@ -129,7 +129,8 @@ impl GatewayError {
             Self::MethodNotAllowed { .. } => {
                 ("method_not_allowed", "the route does not allow this method")
             }
-            Self::MissingToken => ("invalid_token", "a bearer token is required"),
+            // RFC 6750 3.1: no error code in the challenge; the body says why.
+            Self::MissingToken => ("unauthorized", "a bearer token is required"),
             Self::InvalidRequest(d) => ("invalid_request", d),
             Self::InvalidToken(e) => ("invalid_token", e.description()),
             Self::InsufficientScope { .. } => (

@@ -32,6 +32,8 @@ pub use scope::{authorize, Permit, Scopes};
 
 /// Keys tried at most for a token without `kid`.
 const MAX_KID_LESS_CANDIDATES: usize = 8;
+/// A verified token is re-verified at least this often, however late its `exp`.
+const MAX_CACHE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
 
 /// What a verified token says, kept in the cache.
 #[derive(Debug)]
@@ -365,7 +367,9 @@ impl Authenticator {
             jwt::check_lifetime(&jwt.claims, now, issuer.leeway_secs).map_err(invalid)?;
         jwt::check_audience(&jwt.claims, &issuer.audiences).map_err(invalid)?;
         let scopes = read_scopes(&jwt.claims, issuer.scope_claim).map_err(invalid)?;
-        let remaining = Duration::from_secs(lifetime.expires_at.saturating_sub(now));
+        // Capped: a far-future `exp` (up to u64::MAX) must not overflow `Instant`.
+        let remaining =
+            Duration::from_secs(lifetime.expires_at.saturating_sub(now)).min(MAX_CACHE_LIFETIME);
         Ok(build_verified(
             index,
             &jwt.claims,

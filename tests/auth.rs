@@ -1,0 +1,1991 @@
+//! Authentication and authorization end to end: bearer extraction (RFC 6750),
+//! strict JWS/JWT checks (RFC 7515, 7519, 9068) and the classic JWT attacks,
+//! scope look-alikes, per-route issuer restriction, the verified-token cache,
+//! key rotation, unknown-`kid` floods, JWKS outages, readiness without keys,
+//! and what the metrics say (and never say).
+//!
+//! Every request goes through a real gateway on 127.0.0.1:0; every rejected
+//! request is checked for its exact status, `WWW-Authenticate` challenge, JSON
+//! `error`, and for never having reached the upstream.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::time::Duration;
+
+use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use scopegate::auth::jwt::TokenError;
+use scopegate::demo::SigningKey;
+use serde_json::{json, Value};
+
+// ---------------------------------------------------------------------------
+// Keys that can sign anything (arbitrary headers, raw segments).
+// ---------------------------------------------------------------------------
+
+fn b64(bytes: impl AsRef<[u8]>) -> String {
+    URL_SAFE_NO_PAD.encode(bytes)
+}
+
+/// A P-256 key that signs raw JWS signing inputs, so tests control every byte
+/// of the header and payload segments.
+struct Signer {
+    kid: String,
+    der: Vec<u8>,
+    pair: EcdsaKeyPair,
+}
+
+impl Signer {
+    fn generate(kid: &str) -> Self {
+        let pkcs8 =
+            EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+                .unwrap();
+        let der = pkcs8.as_ref().to_vec();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der).unwrap();
+        Self {
+            kid: kid.to_owned(),
+            der,
+            pair,
+        }
+    }
+
+    /// The same key as a `SigningKey` (for `World`).
+    fn signing_key(&self) -> SigningKey {
+        SigningKey::from_pkcs8(&self.kid, Algorithm::ES256, &self.der).unwrap()
+    }
+
+    fn jwks(&self) -> String {
+        self.signing_key().jwks().to_owned()
+    }
+
+    fn public_jwk(&self) -> Value {
+        self.signing_key().public_jwk().clone()
+    }
+
+    /// Raw `r || s` (64 bytes) over `input`.
+    fn signature(&self, input: &str) -> Vec<u8> {
+        self.pair
+            .sign(&SystemRandom::new(), input.as_bytes())
+            .unwrap()
+            .as_ref()
+            .to_vec()
+    }
+
+    /// The standard header: ES256, `typ: at+jwt`, this key's `kid`.
+    fn header(&self) -> Value {
+        json!({"alg": "ES256", "typ": "at+jwt", "kid": self.kid})
+    }
+
+    /// Signs already-encoded segments exactly as given.
+    fn sign_segments(&self, header: &str, payload: &str) -> String {
+        let input = format!("{header}.{payload}");
+        let signature = b64(self.signature(&input));
+        format!("{input}.{signature}")
+    }
+
+    /// Signs raw JSON texts (duplicate keys and all).
+    fn sign_json(&self, header: &str, payload: &str) -> String {
+        self.sign_segments(&b64(header), &b64(payload))
+    }
+
+    fn sign(&self, header: &Value, claims: &Value) -> String {
+        self.sign_json(&header.to_string(), &claims.to_string())
+    }
+
+    fn mint(&self, claims: &Value) -> String {
+        self.sign(&self.header(), claims)
+    }
+}
+
+/// A world whose key is a [`Signer`] (so tests can also hand-craft tokens).
+async fn lab() -> (Signer, World) {
+    let signer = Signer::generate("key-1");
+    let world = World {
+        key: signer.signing_key(),
+        jwks: JwksServer::start(&signer.jwks()).await,
+        upstream: Upstream::start().await,
+    };
+    (signer, world)
+}
+
+/// `claims` with `key` set to `value`.
+fn with(mut claims: Value, key: &str, value: Value) -> Value {
+    claims[key] = value;
+    claims
+}
+
+/// `claims` without `key`.
+fn without(mut claims: Value, key: &str) -> Value {
+    claims.as_object_mut().unwrap().remove(key);
+    claims
+}
+
+/// A random hex string (unique kids and jtis).
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    SystemRandom::new().fill(&mut buf).unwrap();
+    buf.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Standard claims with a fresh `jti`, so every token is a different string.
+fn fresh_claims(scope: &str) -> Value {
+    with(claims(scope), "jti", json!(random_hex(8)))
+}
+
+/// A DER INTEGER from a big-endian unsigned value.
+fn der_integer(value: &[u8]) -> Vec<u8> {
+    let first = value
+        .iter()
+        .position(|&b| b != 0)
+        .unwrap_or(value.len() - 1);
+    let mut digits = value[first..].to_vec();
+    if digits[0] & 0x80 != 0 {
+        digits.insert(0, 0);
+    }
+    let mut out = vec![0x02, u8::try_from(digits.len()).unwrap()];
+    out.extend(digits);
+    out
+}
+
+/// The ASN.1 DER form (`SEQUENCE { INTEGER r, INTEGER s }`) of a raw ECDSA
+/// P-256 signature `r || s`.
+fn raw_to_der(raw: &[u8]) -> Vec<u8> {
+    assert_eq!(raw.len(), 64);
+    let mut body = der_integer(&raw[..32]);
+    body.extend(der_integer(&raw[32..]));
+    let mut out = vec![0x30, u8::try_from(body.len()).unwrap()];
+    out.extend(body);
+    out
+}
+
+/// Replaces the signature segment of a compact token.
+fn with_signature(token: &str, signature: &str) -> String {
+    let (input, _) = token.rsplit_once('.').unwrap();
+    format!("{input}.{signature}")
+}
+
+/// The decoded signature bytes of a compact token.
+fn signature_of(token: &str) -> Vec<u8> {
+    URL_SAFE_NO_PAD
+        .decode(token.rsplit_once('.').unwrap().1)
+        .unwrap()
+}
+
+// ---------------------------------------------------------------------------
+// Expected outcomes and their exact shapes.
+// ---------------------------------------------------------------------------
+
+/// Not a real certificate: the gateway must not even look at `x5c`.
+const FAKE_CERT: &str = "MIIBszCCAVmgAwIBAgIUbm90LWEtcmVhbC1jZXJ0aWZpY2F0ZTAKBggqhkjOPQQDAjA=";
+const REALM_CHALLENGE: &str = "Bearer realm=\"scopegate\"";
+const INSUFFICIENT: &str = "the token does not grant the scopes this route requires";
+
+#[derive(Debug, Clone, Copy)]
+enum Want {
+    /// 200, forwarded once.
+    Allow,
+    /// 401, bare challenge.
+    NoToken,
+    /// 400 `invalid_request`.
+    BadRequest,
+    /// 401 `invalid_token` with this error's description.
+    Invalid(TokenError),
+    /// 403 `insufficient_scope` naming these scopes.
+    Forbidden(&'static str),
+    /// 503 with `Retry-After`.
+    Unavailable,
+}
+
+/// Checks a reply against what was wanted; `forwarded` is how many requests
+/// the upstream saw while this one was handled.
+fn check(reply: &Reply, forwarded: usize, want: Want, label: &str) {
+    let body = reply.json();
+    let www = reply.www_authenticate();
+    let ctx = format!(
+        "{label}: got {} www-authenticate={www:?} body={}",
+        reply.status,
+        reply.text()
+    );
+    let error = body["error"].as_str().unwrap_or_default();
+    match want {
+        Want::Allow => {
+            assert_eq!(reply.status, 200, "{ctx}");
+            assert_eq!(forwarded, 1, "{ctx}: not forwarded exactly once");
+            return;
+        }
+        Want::NoToken => {
+            assert_eq!(reply.status, 401, "{ctx}");
+            assert_eq!(www, REALM_CHALLENGE, "{ctx}");
+            assert_eq!(error, "unauthorized", "{ctx}");
+        }
+        Want::BadRequest => {
+            assert_eq!(reply.status, 400, "{ctx}");
+            let prefix =
+                "Bearer realm=\"scopegate\", error=\"invalid_request\", error_description=\"";
+            let description = www
+                .strip_prefix(prefix)
+                .and_then(|rest| rest.strip_suffix('"'))
+                .unwrap_or_else(|| panic!("{ctx}: challenge shape"));
+            assert!(
+                !description.is_empty() && !description.contains('"'),
+                "{ctx}"
+            );
+            assert_eq!(error, "invalid_request", "{ctx}");
+            assert_eq!(body["error_description"], description, "{ctx}");
+        }
+        Want::Invalid(reason) => {
+            assert_eq!(reply.status, 401, "{ctx}");
+            let expected = format!(
+                "Bearer realm=\"scopegate\", error=\"invalid_token\", error_description=\"{}\"",
+                reason.description()
+            );
+            assert_eq!(www, expected, "{ctx}: expected {reason:?}");
+            assert_eq!(error, "invalid_token", "{ctx}");
+            assert_eq!(body["error_description"], reason.description(), "{ctx}");
+        }
+        Want::Forbidden(scope) => {
+            assert_eq!(reply.status, 403, "{ctx}");
+            let expected = format!(
+                "Bearer realm=\"scopegate\", error=\"insufficient_scope\", error_description=\"{INSUFFICIENT}\", scope=\"{scope}\""
+            );
+            assert_eq!(www, expected, "{ctx}");
+            assert_eq!(error, "insufficient_scope", "{ctx}");
+        }
+        Want::Unavailable => {
+            assert_eq!(reply.status, 503, "{ctx}");
+            assert_eq!(reply.header("retry-after").as_deref(), Some("5"), "{ctx}");
+            assert_eq!(reply.header("www-authenticate"), None, "{ctx}");
+            assert_eq!(error, "temporarily_unavailable", "{ctx}");
+        }
+    }
+    assert_eq!(
+        reply.header("cache-control").as_deref(),
+        Some("no-store"),
+        "{ctx}"
+    );
+    assert_eq!(
+        forwarded, 0,
+        "{ctx}: a rejected request reached the upstream"
+    );
+}
+
+/// Sends a request and returns the reply and how many requests the upstream
+/// saw meanwhile.
+async fn request(
+    world: &World,
+    method: &str,
+    url: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (Reply, usize) {
+    let before = world.upstream.count();
+    let reply = send(
+        method,
+        url,
+        headers,
+        Bytes::copy_from_slice(body.as_bytes()),
+    )
+    .await
+    .unwrap();
+    (reply, world.upstream.count() - before)
+}
+
+/// `method path` with `Authorization: Bearer <token>`, checked against `want`.
+async fn expect(
+    world: &World,
+    gw: &Gateway,
+    method: &str,
+    path: &str,
+    token: &str,
+    want: Want,
+    label: &str,
+) {
+    let auth = format!("Bearer {token}");
+    let (reply, forwarded) = request(
+        world,
+        method,
+        &gw.url(path),
+        &[("authorization", &auth)],
+        "",
+    )
+    .await;
+    check(&reply, forwarded, want, label);
+}
+
+/// The sum of a metric's samples whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+fn cache_hits(text: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_token_cache_requests_total",
+        &[("kind", "jwt"), ("result", "hit")],
+    )
+}
+
+fn jwks_fetch_results(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_jwks_fetches_total",
+        &[("issuer", "test"), ("result", result)],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 1. Bearer extraction (RFC 6750 2.1).
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn bearer_header_extraction() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let valid = world.token("orders:read");
+
+    let long = "a".repeat(8 * 1024 + 1);
+    let at_limit = "a".repeat(8 * 1024);
+    let rows: Vec<(&str, Vec<String>, Want)> = vec![
+        ("no Authorization header", vec![], Want::NoToken),
+        (
+            "Basic scheme",
+            vec!["Basic dXNlcjpwYXNz".into()],
+            Want::BadRequest,
+        ),
+        ("scheme only", vec!["Bearer".into()], Want::BadRequest),
+        ("empty token", vec!["Bearer ".into()], Want::BadRequest),
+        (
+            "two spaces",
+            vec![format!("Bearer  {valid}")],
+            Want::BadRequest,
+        ),
+        (
+            "tab separator",
+            vec![format!("Bearer\t{valid}")],
+            Want::BadRequest,
+        ),
+        (
+            "no separator",
+            vec![format!("Bearer{valid}")],
+            Want::BadRequest,
+        ),
+        (
+            "comma in token",
+            vec![format!("Bearer {valid},x")],
+            Want::BadRequest,
+        ),
+        (
+            "space in token",
+            vec![format!("Bearer {valid} x")],
+            Want::BadRequest,
+        ),
+        (
+            "quoted token",
+            vec![format!("Bearer \"{valid}\"")],
+            Want::BadRequest,
+        ),
+        (
+            "token over 8 KiB",
+            vec![format!("Bearer {long}")],
+            Want::BadRequest,
+        ),
+        (
+            "token of exactly 8 KiB reaches the JWT parser",
+            vec![format!("Bearer {at_limit}")],
+            Want::Invalid(TokenError::Malformed),
+        ),
+        (
+            "two Authorization headers",
+            vec![format!("Bearer {valid}"), format!("Bearer {valid}")],
+            Want::BadRequest,
+        ),
+        (
+            "second header is not bearer",
+            vec![format!("Bearer {valid}"), "Basic dXNlcjpwYXNz".into()],
+            Want::BadRequest,
+        ),
+        (
+            "padding after the signature is b64token but not base64url",
+            vec![format!("Bearer {valid}=")],
+            Want::Invalid(TokenError::BadEncoding),
+        ),
+        (
+            "lower-case scheme",
+            vec![format!("bearer {valid}")],
+            Want::Allow,
+        ),
+        (
+            "upper-case scheme",
+            vec![format!("BEARER {valid}")],
+            Want::Allow,
+        ),
+        (
+            "mixed-case scheme",
+            vec![format!("bEaReR {valid}")],
+            Want::Allow,
+        ),
+    ];
+    for (label, values, want) in rows {
+        let headers: Vec<(&str, &str)> = values
+            .iter()
+            .map(|v| ("authorization", v.as_str()))
+            .collect();
+        let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &headers, "").await;
+        check(&reply, forwarded, want, label);
+    }
+
+    // Tokens anywhere but the header are never accepted (RFC 6750 2.2/2.3 are
+    // not supported): the request counts as carrying no token at all.
+    let query = format!("/orders/1?access_token={valid}");
+    let (reply, forwarded) = request(&world, "GET", &gw.url(&query), &[], "").await;
+    check(
+        &reply,
+        forwarded,
+        Want::NoToken,
+        "token in the query string",
+    );
+
+    let form = format!("access_token={valid}");
+    let (reply, forwarded) = request(
+        &world,
+        "POST",
+        &gw.url("/orders/1"),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        &form,
+    )
+    .await;
+    check(&reply, forwarded, Want::NoToken, "token in a form body");
+}
+
+// ---------------------------------------------------------------------------
+// 2. JWT rows.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn jwt_time_issuer_and_audience_claims() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    let now = now();
+    let base = || fresh_claims("orders:read");
+
+    let rows: Vec<(&str, Value, Want)> = vec![
+        ("valid", base(), Want::Allow),
+        (
+            "expired beyond leeway",
+            with(base(), "exp", json!(now - 120)),
+            Want::Invalid(TokenError::Expired),
+        ),
+        (
+            "expired within leeway",
+            with(
+                with(base(), "exp", json!(now - 10)),
+                "iat",
+                json!(now - 600),
+            ),
+            Want::Allow,
+        ),
+        (
+            "fractional exp",
+            with(base(), "exp", json!(now as f64 + 600.5)),
+            Want::Allow,
+        ),
+        (
+            "nbf in the future beyond leeway",
+            with(base(), "nbf", json!(now + 120)),
+            Want::Invalid(TokenError::NotYetValid),
+        ),
+        (
+            "nbf in the future within leeway",
+            with(base(), "nbf", json!(now + 10)),
+            Want::Allow,
+        ),
+        (
+            "iat far in the future",
+            with(base(), "iat", json!(now + 3600)),
+            Want::Invalid(TokenError::IssuedInFuture),
+        ),
+        (
+            "exp at u64::MAX",
+            with(base(), "exp", json!(u64::MAX)),
+            Want::Allow,
+        ),
+        (
+            "exp as a huge float",
+            with(base(), "exp", json!(1e300)),
+            Want::Allow,
+        ),
+        (
+            "missing exp",
+            without(base(), "exp"),
+            Want::Invalid(TokenError::MissingExpiry),
+        ),
+        (
+            "exp as a string",
+            with(base(), "exp", json!("9999999999")),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "negative exp",
+            with(base(), "exp", json!(-1)),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "nbf as a string",
+            with(base(), "nbf", json!("0")),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "wrong iss",
+            with(base(), "iss", json!("https://evil.test")),
+            Want::Invalid(TokenError::UnknownIssuer),
+        ),
+        (
+            "iss with a trailing slash",
+            with(base(), "iss", json!(format!("{ISSUER}/"))),
+            Want::Invalid(TokenError::UnknownIssuer),
+        ),
+        (
+            "iss not a string",
+            with(base(), "iss", json!(["https://idp.test"])),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "iss a number",
+            with(base(), "iss", json!(123)),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "missing iss",
+            without(base(), "iss"),
+            Want::Invalid(TokenError::UnknownIssuer),
+        ),
+        (
+            "wrong aud",
+            with(base(), "aud", json!("other-api")),
+            Want::Invalid(TokenError::WrongAudience),
+        ),
+        (
+            "aud prefix look-alike",
+            with(base(), "aud", json!(format!("{AUDIENCE}x"))),
+            Want::Invalid(TokenError::WrongAudience),
+        ),
+        (
+            "aud array containing the audience",
+            with(base(), "aud", json!(["other-api", AUDIENCE])),
+            Want::Allow,
+        ),
+        (
+            "aud array without the audience",
+            with(base(), "aud", json!(["other-api", "third"])),
+            Want::Invalid(TokenError::WrongAudience),
+        ),
+        (
+            "aud array with a non-string",
+            with(base(), "aud", json!([AUDIENCE, 1])),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "aud an object",
+            with(base(), "aud", json!({ "aud": AUDIENCE })),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "missing aud",
+            without(base(), "aud"),
+            Want::Invalid(TokenError::WrongAudience),
+        ),
+    ];
+    for (label, claims, want) in rows {
+        let token = signer.mint(&claims);
+        expect(&world, &gw, "GET", "/orders/1", &token, want, label).await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_algorithm_and_signature_attacks() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    let claims = fresh_claims("orders:read");
+    let valid = signer.mint(&claims);
+    let payload = b64(claims.to_string());
+    let valid_signature = signature_of(&valid);
+    let mut rows: Vec<(String, String, Want)> = Vec::new();
+
+    // alg: none in every spelling, with an empty signature (not a compact JWS)
+    // and with a non-empty one (the valid ES256 signature bytes).
+    for alg in ["none", "None", "NONE", "nOnE"] {
+        let header = b64(json!({"alg": alg, "typ": "at+jwt", "kid": "key-1"}).to_string());
+        rows.push((
+            format!("alg {alg}, empty signature"),
+            format!("{header}.{payload}."),
+            Want::Invalid(TokenError::Malformed),
+        ));
+        rows.push((
+            format!("alg {alg}, non-empty signature"),
+            format!("{header}.{payload}.{}", b64(&valid_signature)),
+            Want::Invalid(TokenError::AlgorithmNotAllowed),
+        ));
+        rows.push((
+            format!("alg {alg} without kid, non-empty signature"),
+            format!(
+                "{}.{payload}.{}",
+                b64(json!({ "alg": alg }).to_string()),
+                b64("x")
+            ),
+            Want::Invalid(TokenError::AlgorithmNotAllowed),
+        ));
+    }
+
+    // Algorithms off the allow-list, signed by the right key where possible.
+    for alg in ["es256", "ES384", "RS256", "EdDSA", ""] {
+        let header = json!({"alg": alg, "typ": "at+jwt", "kid": "key-1"});
+        rows.push((
+            format!("alg {alg:?} signed by the issuer key"),
+            signer.sign(&header, &claims),
+            Want::Invalid(TokenError::AlgorithmNotAllowed),
+        ));
+    }
+    rows.push((
+        "alg missing".into(),
+        signer.sign(&json!({"typ": "at+jwt", "kid": "key-1"}), &claims),
+        Want::Invalid(TokenError::BadHeader),
+    ));
+    rows.push((
+        "alg not a string".into(),
+        signer.sign(&json!({"alg": ["ES256"], "kid": "key-1"}), &claims),
+        Want::Invalid(TokenError::BadHeader),
+    ));
+
+    // Algorithm confusion: HS256 with the issuer's public key material as the
+    // HMAC secret.
+    let jwk = signer.public_jwk();
+    let x = jwk["x"].as_str().unwrap().to_owned();
+    let y = jwk["y"].as_str().unwrap().to_owned();
+    let mut point = vec![4u8];
+    point.extend(URL_SAFE_NO_PAD.decode(&x).unwrap());
+    point.extend(URL_SAFE_NO_PAD.decode(&y).unwrap());
+    let secrets: Vec<(&str, Vec<u8>)> = vec![
+        ("the JWKS text", signer.jwks().into_bytes()),
+        ("the JWK text", jwk.to_string().into_bytes()),
+        ("x (base64url text)", x.clone().into_bytes()),
+        ("x (decoded)", URL_SAFE_NO_PAD.decode(&x).unwrap()),
+        ("y (base64url text)", y.into_bytes()),
+        ("the uncompressed point", point),
+    ];
+    for (what, secret) in &secrets {
+        for kid in [Some("key-1"), None] {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = kid.map(str::to_owned);
+            header.typ = Some("at+jwt".into());
+            let token =
+                jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(secret)).unwrap();
+            rows.push((
+                format!("HS256 keyed with {what}, kid {kid:?}"),
+                token,
+                Want::Invalid(TokenError::AlgorithmNotAllowed),
+            ));
+        }
+    }
+
+    // Signature bytes.
+    rows.push((
+        "signature of zeros (r = s = 0)".into(),
+        with_signature(&valid, &b64([0u8; 64])),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "signature of 0xff".into(),
+        with_signature(&valid, &b64([0xffu8; 64])),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "DER-encoded ECDSA signature".into(),
+        with_signature(&valid, &b64(raw_to_der(&valid_signature))),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "signature truncated to 63 bytes".into(),
+        with_signature(&valid, &b64(&valid_signature[..63])),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "signature truncated to r only".into(),
+        with_signature(&valid, &b64(&valid_signature[..32])),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    let mut extended = valid_signature.clone();
+    extended.push(0);
+    rows.push((
+        "signature with a trailing byte".into(),
+        with_signature(&valid, &b64(&extended)),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    let mut flipped = valid_signature.clone();
+    flipped[10] ^= 1;
+    rows.push((
+        "signature with one bit flipped".into(),
+        with_signature(&valid, &b64(&flipped)),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "empty signature segment".into(),
+        with_signature(&valid, ""),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    let other = Signer::generate("key-1");
+    rows.push((
+        "signed by another ES256 key with the same kid".into(),
+        other.mint(&claims),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    rows.push((
+        "signed by another key, no kid".into(),
+        other.sign(&json!({"alg": "ES256", "typ": "at+jwt"}), &claims),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    let tampered = with(claims.clone(), "scope", json!("orders:read admin"));
+    rows.push((
+        "payload changed after signing".into(),
+        format!(
+            "{}.{}.{}",
+            valid.split('.').next().unwrap(),
+            b64(tampered.to_string()),
+            b64(&valid_signature)
+        ),
+        Want::Invalid(TokenError::BadSignature),
+    ));
+    // Positive controls: the same key without kid, and the valid token itself.
+    rows.push((
+        "valid, no kid".into(),
+        signer.sign(&json!({"alg": "ES256", "typ": "at+jwt"}), &claims),
+        Want::Allow,
+    ));
+    rows.push(("valid".into(), valid.clone(), Want::Allow));
+
+    for (label, token, want) in &rows {
+        expect(&world, &gw, "GET", "/orders/1", token, *want, label).await;
+    }
+}
+
+#[tokio::test]
+async fn jwt_header_attacks_crit_embedded_keys_and_kids() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    let claims = fresh_claims("orders:read");
+    let attacker = Signer::generate("key-1");
+    let evil = Signer::generate("evil");
+    // An attacker-run JWKS endpoint with the attacker's keys; it must never be
+    // contacted.
+    let attacker_jwks = JwksServer::start(&merge_jwks(&[&attacker.jwks(), &evil.jwks()])).await;
+    let fetches_at_ready = world.jwks.fetches();
+    let mut rows: Vec<(String, String, Want)> = Vec::new();
+
+    // crit: nothing is understood, so any crit (even empty) is refused, even
+    // when the rest of the token is perfectly valid.
+    for (what, header) in [
+        (
+            "unknown crit",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": ["x-custom"], "x-custom": true}),
+        ),
+        (
+            "empty crit",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": []}),
+        ),
+        (
+            "crit naming a registered header",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": ["exp"]}),
+        ),
+        (
+            "crit not an array",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": "b64"}),
+        ),
+    ] {
+        rows.push((
+            what.into(),
+            signer.sign(&header, &claims),
+            Want::Invalid(TokenError::UnsupportedCritical),
+        ));
+    }
+
+    // Embedded or referenced keys, signed by the attacker's key.
+    let attacker_jwk = attacker.public_jwk();
+    let evil_jwk = evil.public_jwk();
+    let embedded = [
+        (
+            "jwk header, kid of the issuer's key",
+            &attacker,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "jwk": attacker_jwk}),
+            TokenError::BadSignature,
+        ),
+        (
+            "jwk header, no kid",
+            &attacker,
+            json!({"alg": "ES256", "typ": "at+jwt", "jwk": attacker_jwk}),
+            TokenError::BadSignature,
+        ),
+        (
+            "jwk header, attacker kid",
+            &evil,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "evil", "jwk": evil_jwk}),
+            TokenError::UnknownKey,
+        ),
+        (
+            "jku header, kid of the issuer's key",
+            &attacker,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "jku": attacker_jwks.uri()}),
+            TokenError::BadSignature,
+        ),
+        (
+            "jku header, attacker kid",
+            &evil,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "evil", "jku": attacker_jwks.uri()}),
+            TokenError::UnknownKey,
+        ),
+        (
+            "x5u header",
+            &evil,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "evil", "x5u": attacker_jwks.uri()}),
+            TokenError::UnknownKey,
+        ),
+        (
+            "x5c header",
+            &attacker,
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "x5c": [FAKE_CERT]}),
+            TokenError::BadSignature,
+        ),
+    ];
+    for (what, key, header, reason) in embedded {
+        rows.push((
+            what.into(),
+            key.sign(&header, &claims),
+            Want::Invalid(reason),
+        ));
+    }
+
+    // Odd kids, signed by the issuer's real key: the kid is a lookup key, nothing
+    // more, and a kid that matches no key is refused even with a good signature.
+    let long_kid = "k".repeat(3000);
+    for kid in [
+        "../../etc/passwd",
+        "' OR 1=1--",
+        "key-1 ",
+        "KEY-1",
+        "key-1\u{0}",
+        "",
+        "*",
+        long_kid.as_str(),
+    ] {
+        let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+        rows.push((
+            format!("kid {:?}", kid.chars().take(24).collect::<String>()),
+            signer.sign(&header, &claims),
+            Want::Invalid(TokenError::UnknownKey),
+        ));
+    }
+    rows.push((
+        "kid not a string".into(),
+        signer.sign(&json!({"alg": "ES256", "typ": "at+jwt", "kid": 1}), &claims),
+        Want::Invalid(TokenError::BadHeader),
+    ));
+    rows.push(("valid".into(), signer.mint(&claims), Want::Allow));
+
+    for (label, token, want) in &rows {
+        expect(&world, &gw, "GET", "/orders/1", token, *want, label).await;
+    }
+    assert_eq!(
+        attacker_jwks.fetches(),
+        0,
+        "the gateway followed a key URL from a token header"
+    );
+    assert!(
+        world.jwks.fetches() <= fetches_at_ready + 1,
+        "unknown kids caused more than one refetch within the cooldown"
+    );
+}
+
+/// A claims object with a padding claim adjusted until the payload's base64url
+/// length is not a multiple of 4 (so it has trailing bits and needs padding).
+fn unaligned_payload(claims: &Value, remainder: usize) -> String {
+    for n in 0..4 {
+        let payload = b64(with(claims.clone(), "pad", json!("a".repeat(n))).to_string());
+        if payload.len() % 4 == remainder {
+            return payload;
+        }
+    }
+    unreachable!("no padding length gives remainder {remainder}")
+}
+
+#[tokio::test]
+async fn jwt_encoding_and_json_strictness() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    let claims = fresh_claims("orders:read");
+    let header = b64(signer.header().to_string());
+    let claims_text = claims.to_string();
+    let mut rows: Vec<(String, String, Want)> = Vec::new();
+
+    // Duplicate members, each token properly signed by the issuer's key.
+    let header_text = signer.header().to_string();
+    let dup_headers = [
+        r#"{"alg":"ES256","alg":"ES256","typ":"at+jwt","kid":"key-1"}"#.to_owned(),
+        r#"{"alg":"ES256","typ":"at+jwt","kid":"key-1","alg":"none"}"#.to_owned(),
+        r#"{"alg":"ES256","typ":"at+jwt","kid":"nope","kid":"key-1"}"#.to_owned(),
+    ];
+    for dup in &dup_headers {
+        rows.push((
+            format!("duplicate header member {dup}"),
+            signer.sign_json(dup, &claims_text),
+            Want::Invalid(TokenError::BadHeader),
+        ));
+    }
+    let body = claims_text.strip_prefix('{').unwrap();
+    for extra in [
+        r#""sub":"mallory","#.to_owned(),
+        format!(r#""iss":"{ISSUER}","#),
+        r#""scope":"admin","#.to_owned(),
+        r#""exp":1,"#.to_owned(),
+    ] {
+        rows.push((
+            format!("duplicate claim {extra}"),
+            signer.sign_json(&header_text, &format!("{{{extra}{body}")),
+            Want::Invalid(TokenError::BadClaims),
+        ));
+    }
+    for (what, payload) in [
+        ("payload an array", "[]".to_owned()),
+        ("payload a string", "\"claims\"".to_owned()),
+        ("payload with trailing data", format!("{claims_text} x")),
+        ("payload with a second object", format!("{claims_text}{{}}")),
+        ("payload not JSON", "not json".to_owned()),
+    ] {
+        rows.push((
+            what.into(),
+            signer.sign_json(&header_text, &payload),
+            Want::Invalid(TokenError::BadClaims),
+        ));
+    }
+    rows.push((
+        "header an array".into(),
+        signer.sign_json("[\"ES256\"]", &claims_text),
+        Want::Invalid(TokenError::BadHeader),
+    ));
+    // Whitespace inside the JSON is fine (it is still one object).
+    rows.push((
+        "pretty-printed JSON".into(),
+        signer.sign_json(
+            &serde_json::to_string_pretty(&signer.header()).unwrap(),
+            &serde_json::to_string_pretty(&claims).unwrap(),
+        ),
+        Want::Allow,
+    ));
+
+    // Padding. RFC 6750's b64token allows '=' only at the very end, so a padded
+    // header or payload is refused by the bearer syntax check (400) before any
+    // JWS parsing; a padded signature (the last segment) is b64token-valid and
+    // refused by the strict base64url decoder (401). Each is signed over the
+    // padded text, so the padding alone is what is wrong.
+    let unaligned = unaligned_payload(&claims, 2);
+    let unaligned3 = unaligned_payload(&claims, 3);
+    let valid = signer.mint(&claims);
+    let mut parts: Vec<String> = valid.split('.').map(str::to_owned).collect();
+    if parts[0].len().is_multiple_of(4) {
+        // Make the header need padding too.
+        parts[0] =
+            b64(json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "p": "a"}).to_string());
+        if parts[0].len().is_multiple_of(4) {
+            parts[0] = b64(
+                json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "p": "ab"}).to_string(),
+            );
+        }
+    }
+    assert_ne!(parts[0].len() % 4, 0);
+    let header_padding = "=".repeat(4 - parts[0].len() % 4);
+    let padded_rows = [
+        (
+            "padded payload (==)",
+            signer.sign_segments(&header, &format!("{unaligned}==")),
+            Want::BadRequest,
+        ),
+        (
+            "half-padded payload (=)",
+            signer.sign_segments(&header, &format!("{unaligned}=")),
+            Want::BadRequest,
+        ),
+        (
+            "padded payload (=)",
+            signer.sign_segments(&header, &format!("{unaligned3}=")),
+            Want::BadRequest,
+        ),
+        (
+            "padded header",
+            signer.sign_segments(&format!("{}{header_padding}", parts[0]), &parts[1]),
+            Want::BadRequest,
+        ),
+        (
+            "padded signature (==)",
+            format!("{valid}=="),
+            Want::Invalid(TokenError::BadEncoding),
+        ),
+        (
+            "padded signature (=)",
+            format!("{valid}="),
+            Want::Invalid(TokenError::BadEncoding),
+        ),
+    ];
+    for (label, token, want) in padded_rows {
+        rows.push((label.into(), token, want));
+    }
+    // Control: the unpadded forms of the same segments verify.
+    rows.push((
+        "unpadded header variant".into(),
+        signer.sign_segments(&parts[0], &parts[1]),
+        Want::Allow,
+    ));
+
+    // Non-canonical base64url: unused trailing bits set in the last character.
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    for remainder in [2, 3] {
+        let canonical = unaligned_payload(&claims, remainder);
+        let last = *canonical.as_bytes().last().unwrap();
+        let index = ALPHABET.iter().position(|&c| c == last).unwrap();
+        let noncanonical_char = ALPHABET[index ^ 1] as char;
+        let noncanonical = format!("{}{noncanonical_char}", &canonical[..canonical.len() - 1]);
+        // The canonical form verifies, the non-canonical one must not.
+        rows.push((
+            format!("canonical payload, {remainder} trailing chars"),
+            signer.sign_segments(&header, &canonical),
+            Want::Allow,
+        ));
+        rows.push((
+            format!("non-canonical payload, {remainder} trailing chars"),
+            signer.sign_segments(&header, &noncanonical),
+            Want::Invalid(TokenError::BadEncoding),
+        ));
+    }
+
+    // The standard base64 alphabet ('+' and '/') is not base64url.
+    let tilde_claims = with(claims.clone(), "note", json!("~~~~~~~~~~~~"));
+    let mut standard = None;
+    for n in 0..3 {
+        let payload = b64(with(tilde_claims.clone(), "pad", json!("a".repeat(n))).to_string());
+        if payload.contains('-') || payload.contains('_') {
+            standard = Some(payload.replace('-', "+").replace('_', "/"));
+            break;
+        }
+    }
+    let standard = standard.expect("no '-' or '_' in the encoded payload");
+    rows.push((
+        "standard base64 alphabet in the payload".into(),
+        signer.sign_segments(&header, &standard),
+        Want::Invalid(TokenError::BadEncoding),
+    ));
+    rows.push((
+        "not base64 at all".into(),
+        signer.sign_segments("~~~~", &b64(&claims_text)),
+        Want::Invalid(TokenError::BadEncoding),
+    ));
+
+    // Shapes that are not a compact JWS.
+    let jwe_header = b64(r#"{"alg":"RSA-OAEP","enc":"A256GCM","kid":"key-1"}"#);
+    rows.push((
+        "JWE (five segments)".into(),
+        format!(
+            "{jwe_header}.{}.{}.{}.{}",
+            b64([1u8; 256]),
+            b64([2u8; 12]),
+            b64(&claims_text),
+            b64([3u8; 16])
+        ),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    rows.push((
+        "four segments".into(),
+        format!("{valid}.{}", b64("x")),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    rows.push((
+        "two segments".into(),
+        valid.rsplit_once('.').unwrap().0.to_owned(),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    rows.push((
+        "empty header segment".into(),
+        format!(".{}", valid.split_once('.').unwrap().1),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    rows.push((
+        "opaque token".into(),
+        "2YotnFZFEjr1zCsicMWpAA".into(),
+        Want::Invalid(TokenError::Malformed),
+    ));
+    rows.push(("valid".into(), valid.clone(), Want::Allow));
+
+    for (label, token, want) in &rows {
+        expect(&world, &gw, "GET", "/orders/1", token, *want, label).await;
+    }
+
+    // JWS JSON serialization: '{', '"' and ':' are not b64token characters, so
+    // it never gets past the bearer syntax check.
+    let parts: Vec<&str> = valid.split('.').collect();
+    let json_serialization = json!({
+        "payload": parts[1],
+        "signatures": [{"protected": parts[0], "signature": parts[2]}],
+    })
+    .to_string();
+    let flattened = json!({
+        "payload": parts[1], "protected": parts[0], "signature": parts[2],
+    })
+    .to_string();
+    for (label, token) in [
+        ("JWS JSON serialization", json_serialization),
+        ("flattened JWS JSON serialization", flattened),
+    ] {
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            Want::BadRequest,
+            label,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn required_typ() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config_with("    require_typ: at+jwt\n")).await;
+    let claims = fresh_claims("orders:read");
+    let header = |typ: Option<&str>| match typ {
+        Some(typ) => json!({"alg": "ES256", "kid": "key-1", "typ": typ}),
+        None => json!({"alg": "ES256", "kid": "key-1"}),
+    };
+    let wrong = Want::Invalid(TokenError::WrongType);
+    let rows = [
+        (Some("at+jwt"), Want::Allow),
+        (Some("application/at+jwt"), Want::Allow),
+        (Some("AT+JWT"), Want::Allow),
+        (Some("Application/AT+JWT"), Want::Allow),
+        (Some("JWT"), wrong),
+        (Some("jwt"), wrong),
+        (Some("at+jwt "), wrong),
+        (Some("application/jwt"), wrong),
+        (Some("text/at+jwt"), wrong),
+        (Some(""), wrong),
+        (None, wrong),
+    ];
+    for (typ, want) in rows {
+        let token = signer.sign(&header(typ), &claims);
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            want,
+            &format!("typ {typ:?}"),
+        )
+        .await;
+    }
+    let numeric = signer.sign(&json!({"alg": "ES256", "kid": "key-1", "typ": 1}), &claims);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &numeric,
+        Want::Invalid(TokenError::BadHeader),
+        "typ not a string",
+    )
+    .await;
+
+    // Without require_typ, typ is not checked (any value, or none, passes).
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    for typ in [Some("JWT"), None] {
+        let token = signer.sign(&header(typ), &claims);
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            Want::Allow,
+            &format!("typ {typ:?} without require_typ"),
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn scope_look_alikes_and_scope_claim_types() {
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config()).await;
+    let admin = Want::Forbidden("admin");
+    let rows: Vec<(&str, Value, Want)> = vec![
+        ("admin", json!("admin"), Want::Allow),
+        (
+            "admin among others",
+            json!("orders:read admin x"),
+            Want::Allow,
+        ),
+        ("admin:read", json!("admin:read"), admin),
+        ("Admin", json!("Admin"), admin),
+        ("ADMIN", json!("ADMIN"), admin),
+        ("administrator", json!("administrator"), admin),
+        ("adm", json!("adm"), admin),
+        ("comma-separated", json!("admin,orders:read"), admin),
+        ("tab-separated", json!("admin\torders:read"), admin),
+        ("quoted", json!("\"admin\""), admin),
+        ("empty scope", json!(""), admin),
+        (
+            "scope as a JSON array",
+            json!(["admin"]),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "scope as an object",
+            json!({"admin": true}),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "scope as a boolean",
+            json!(true),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+    ];
+    for (label, scope, want) in rows {
+        let token = signer.mint(&with(fresh_claims(""), "scope", scope));
+        expect(&world, &gw, "GET", "/admin", &token, want, label).await;
+    }
+    // `scp` is ignored when the issuer reads `scope`.
+    let scp_only = without(with(fresh_claims(""), "scp", json!(["admin"])), "scope");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/admin",
+        &signer.mint(&scp_only),
+        admin,
+        "scp with scope_claim scope",
+    )
+    .await;
+    let no_scope = without(fresh_claims(""), "scope");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/admin",
+        &signer.mint(&no_scope),
+        admin,
+        "no scope claim at all",
+    )
+    .await;
+
+    // An issuer that reads `scp`.
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config_with("    scope_claim: scp\n")).await;
+    let scp = |value: Value| without(with(fresh_claims(""), "scp", value), "scope");
+    let rows: Vec<(&str, Value, Want)> = vec![
+        ("scp array", scp(json!(["admin"])), Want::Allow),
+        ("scp string", scp(json!("admin other")), Want::Allow),
+        (
+            "scp array of several",
+            scp(json!(["x", "admin"])),
+            Want::Allow,
+        ),
+        ("scp look-alike", scp(json!(["Admin", "admin:read"])), admin),
+        ("scp empty array", scp(json!([])), admin),
+        (
+            "scope claim ignored when scp is read",
+            with(fresh_claims("admin"), "scp", json!(["orders:read"])),
+            admin,
+        ),
+        (
+            "scp with a non-string",
+            scp(json!(["admin", 1])),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "scp an object",
+            scp(json!({"0": "admin"})),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+    ];
+    for (label, claims, want) in rows {
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/admin",
+            &signer.mint(&claims),
+            want,
+            label,
+        )
+        .await;
+    }
+}
+
+#[tokio::test]
+async fn any_scopes_route() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let any = Want::Forbidden("orders:write orders:admin");
+    for (scope, want) in [
+        ("orders:write", Want::Allow),
+        ("orders:admin", Want::Allow),
+        ("orders:write orders:admin", Want::Allow),
+        ("orders:read orders:write", Want::Allow),
+        ("orders:read", any),
+        ("orders:writer", any),
+        ("orders", any),
+        ("", any),
+    ] {
+        let auth = format!("Bearer {}", world.key.mint(&fresh_claims(scope)).unwrap());
+        let (reply, forwarded) = request(
+            &world,
+            "POST",
+            &gw.url("/orders/1"),
+            &[("authorization", &auth)],
+            "{}",
+        )
+        .await;
+        check(
+            &reply,
+            forwarded,
+            want,
+            &format!("POST with scope {scope:?}"),
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 3. Route issuer restriction.
+// ---------------------------------------------------------------------------
+
+const SECOND_ISSUER: &str = "https://idp2.test";
+
+#[tokio::test]
+async fn route_issuer_restriction_holds_on_cache_hits() {
+    let world = World::new().await;
+    // The second issuer's key has the same kid as the first's: key sets must
+    // be per issuer.
+    let second = SigningKey::generate("key-1").unwrap();
+    let second_jwks = JwksServer::start(second.jwks()).await;
+    let second_issuer = format!(
+        "  - name: second\n    issuer: {SECOND_ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n",
+        second_jwks.uri()
+    );
+    let yaml = format!(
+        "{}  - path: /second\n    upstream: app\n    scopes: [orders:read]\n    issuers: [second]\n",
+        world.config_with(&second_issuer)
+    );
+    let gw = Gateway::start(&yaml).await;
+
+    let second_claims = || with(fresh_claims("orders:read"), "iss", json!(SECOND_ISSUER));
+    let first_token = world.key.mint(&fresh_claims("orders:read")).unwrap();
+    let second_token = second.mint(&second_claims()).unwrap();
+    let not_accepted = Want::Invalid(TokenError::IssuerNotAccepted);
+
+    let rows: Vec<(&str, &str, String, Want)> = vec![
+        (
+            "first issuer on a second-only route (not cached yet)",
+            "/second",
+            world.token("orders:read"),
+            not_accepted,
+        ),
+        (
+            "second issuer on its route",
+            "/second",
+            second_token.clone(),
+            Want::Allow,
+        ),
+        (
+            "second issuer on an unrestricted route",
+            "/orders/1",
+            second_token.clone(),
+            Want::Allow,
+        ),
+        (
+            "second issuer's claims signed by the first issuer's key",
+            "/second",
+            world.key.mint(&second_claims()).unwrap(),
+            Want::Invalid(TokenError::BadSignature),
+        ),
+        (
+            "first issuer's claims signed by the second issuer's key",
+            "/orders/1",
+            second.mint(&fresh_claims("orders:read")).unwrap(),
+            Want::Invalid(TokenError::BadSignature),
+        ),
+        (
+            "first issuer on an unrestricted route (caches it)",
+            "/orders/1",
+            first_token.clone(),
+            Want::Allow,
+        ),
+    ];
+    for (label, path, token, want) in &rows {
+        expect(&world, &gw, "GET", path, token, *want, label).await;
+    }
+
+    // The first issuer's token is now cached; the restriction still holds.
+    let hits_before = cache_hits(&gw.metrics().await);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/second",
+        &first_token,
+        not_accepted,
+        "cached first-issuer token on the second-only route",
+    )
+    .await;
+    let hits_after = cache_hits(&gw.metrics().await);
+    assert_eq!(
+        hits_after,
+        hits_before + 1.0,
+        "the restricted request did not take the cache-hit path"
+    );
+    // And the cached token still works where it is accepted.
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/2",
+        &first_token,
+        Want::Allow,
+        "cached first-issuer token on an unrestricted route",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 4. The verified-token cache.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn cache_hits_are_counted_and_scopes_still_checked() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let token = world.key.mint(&fresh_claims("orders:read")).unwrap();
+
+    let start = cache_hits(&gw.metrics().await);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "first use",
+    )
+    .await;
+    let after_first = cache_hits(&gw.metrics().await);
+    assert_eq!(after_first, start, "the first use cannot be a cache hit");
+    let misses = metric(
+        &gw.metrics().await,
+        "scopegate_token_cache_requests_total",
+        &[("kind", "jwt"), ("result", "miss")],
+    );
+    assert!(misses >= 1.0, "the first use was not counted as a miss");
+
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/2",
+        &token,
+        Want::Allow,
+        "second use",
+    )
+    .await;
+    let after_second = cache_hits(&gw.metrics().await);
+    assert_eq!(
+        after_second,
+        after_first + 1.0,
+        "the second use was not a cache hit"
+    );
+
+    // Same cached token on a route it lacks the scope for.
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/admin",
+        &token,
+        Want::Forbidden("admin"),
+        "cached token without the admin scope",
+    )
+    .await;
+    let after_third = cache_hits(&gw.metrics().await);
+    assert_eq!(
+        after_third,
+        after_second + 1.0,
+        "the /admin request missed the cache"
+    );
+
+    // A far-future exp is cached (bounded) and served from the cache too.
+    let forever = world
+        .key
+        .mint(&with(fresh_claims("orders:read"), "exp", json!(u64::MAX)))
+        .unwrap();
+    for attempt in ["first", "second"] {
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &forever,
+            Want::Allow,
+            &format!("exp u64::MAX, {attempt} use"),
+        )
+        .await;
+    }
+    assert_eq!(
+        cache_hits(&gw.metrics().await),
+        after_third + 1.0,
+        "the far-future token was not served from the cache"
+    );
+
+    // A rejected token is not cached as valid: the same bad token stays bad.
+    let expired = world
+        .key
+        .mint(&with(
+            fresh_claims("orders:read"),
+            "exp",
+            json!(now() - 120),
+        ))
+        .unwrap();
+    for attempt in ["first", "second"] {
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &expired,
+            Want::Invalid(TokenError::Expired),
+            &format!("expired token, {attempt} attempt"),
+        )
+        .await;
+    }
+}
+
+// ---------------------------------------------------------------------------
+// 5. Key rotation.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn key_rotation_refetches_on_unknown_kid() {
+    let (key1, world) = lab().await;
+    let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+    let key2 = Signer::generate("key-2");
+    let old_token = key1.mint(&fresh_claims("orders:read"));
+    let new_token = key2.mint(&fresh_claims("orders:read"));
+
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &old_token,
+        Want::Allow,
+        "key-1 before rotation",
+    )
+    .await;
+    let fetches = world.jwks.fetches();
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &new_token,
+        Want::Invalid(TokenError::UnknownKey),
+        "key-2 before it is published",
+    )
+    .await;
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches + 1,
+        "an unknown kid did not refetch"
+    );
+
+    world
+        .jwks
+        .set_document(&merge_jwks(&[&key1.jwks(), &key2.jwks()]));
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &new_token,
+        Want::Allow,
+        "key-2 after it is published (the earlier refusal was not cached)",
+    )
+    .await;
+    assert_eq!(world.jwks.fetches(), fetches + 2);
+    let fresh_old = key1.mint(&fresh_claims("orders:read"));
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &fresh_old,
+        Want::Allow,
+        "key-1 still published",
+    )
+    .await;
+
+    // key-1 retired: once a refetch has happened, new key-1 tokens fail.
+    world.jwks.set_document(&key2.jwks());
+    let stranger = Signer::generate("key-3");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &stranger.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::UnknownKey),
+        "unknown key-3 (triggers a refetch)",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &key1.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::UnknownKey),
+        "key-1 after it was retired",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &key2.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "key-2 after key-1 was retired",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 6. Unknown-kid flood.
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_kid_flood_is_bounded_by_the_cooldown() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let fetches_at_ready = world.jwks.fetches();
+    assert!(fetches_at_ready >= 1);
+    let attacker = Signer::generate("unused");
+    let before = world.upstream.count();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let kid = format!("flood-{i}-{}", random_hex(8));
+        let token = attacker.sign(
+            &json!({"alg": "ES256", "typ": "at+jwt", "kid": kid}),
+            &fresh_claims("orders:read"),
+        );
+        let url = gw.url("/orders/1");
+        tasks.spawn(async move {
+            let auth = format!("Bearer {token}");
+            (kid, get(&url, &[("authorization", &auth)]).await.unwrap())
+        });
+    }
+    let mut answered = 0;
+    while let Some(done) = tasks.join_next().await {
+        let (kid, reply) = done.unwrap();
+        check(&reply, 0, Want::Invalid(TokenError::UnknownKey), &kid);
+        answered += 1;
+    }
+    assert_eq!(answered, 50);
+    assert_eq!(
+        world.upstream.count(),
+        before,
+        "a flood request reached the upstream"
+    );
+    assert!(
+        world.jwks.fetches() <= fetches_at_ready + 1,
+        "50 unknown kids caused {} JWKS fetches",
+        world.jwks.fetches() - fetches_at_ready
+    );
+    // The real key still works after the flood.
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &world.token("orders:read"),
+        Want::Allow,
+        "valid token after the flood",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 7. JWKS outage at runtime.
+// ---------------------------------------------------------------------------
+
+/// Keys already loaded keep working while the JWKS endpoint misbehaves in
+/// `mode`; a refetch forced by an unknown kid fails with `result` in
+/// `scopegate_jwks_fetches_total` and does not drop the loaded keys.
+async fn outage(mode: JwksMode, result: &str) {
+    let (signer, world) = lab().await;
+    let gw =
+        Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_timeout: 1s\n"))
+            .await;
+    let label = |what: &str| format!("{mode:?}: {what}");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        &label("before the outage"),
+    )
+    .await;
+    assert_eq!(jwks_fetch_results(&gw.metrics().await, result), 0.0);
+
+    world.jwks.set_mode(mode.clone());
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        &label("new token during the outage"),
+    )
+    .await;
+
+    // An unknown kid forces a refetch, which fails.
+    let fetches = world.jwks.fetches();
+    let stranger = Signer::generate("not-published");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &stranger.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::UnknownKey),
+        &label("unknown kid during the outage"),
+    )
+    .await;
+    assert_eq!(world.jwks.fetches(), fetches + 1, "{}", label("no refetch"));
+    let text = gw.metrics().await;
+    assert_eq!(
+        jwks_fetch_results(&text, result),
+        1.0,
+        "{}: {text}",
+        label("fetch result metric")
+    );
+
+    // The failed fetch did not drop the keys we had.
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        &label("new token after the failed refetch"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn jwks_outage_http_error_keeps_cached_keys() {
+    outage(JwksMode::Fail, "http_error").await;
+}
+
+#[tokio::test]
+async fn jwks_outage_garbage_keeps_cached_keys() {
+    outage(JwksMode::Garbage, "invalid").await;
+}
+
+#[tokio::test]
+async fn jwks_outage_hang_keeps_cached_keys() {
+    outage(JwksMode::Hang, "timeout").await;
+}
+
+// ---------------------------------------------------------------------------
+// 8. JWKS unavailable at start.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unready_until_keys_arrive() {
+    let world = World::new().await;
+    world.jwks.set_mode(JwksMode::Fail);
+    let gw = Gateway::start_unready(&world.config()).await;
+
+    // Wait (bounded) until the gateway has tried and failed at least once.
+    let mut tried = false;
+    for _ in 0..200 {
+        if world.jwks.fetches() >= 1 && gw.readyz().await != 0 {
+            tried = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(tried, "the gateway never tried to fetch its keys");
+    assert_eq!(gw.readyz().await, 503, "ready without keys");
+
+    let token = world.token("orders:read");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Unavailable,
+        "valid token while no keys are loaded",
+    )
+    .await;
+    // Syntax problems and missing tokens are still answered as such.
+    let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &[], "").await;
+    check(&reply, forwarded, Want::NoToken, "no token while unready");
+    // Public routes do not need keys.
+    let (reply, forwarded) = request(&world, "GET", &gw.url("/status"), &[], "").await;
+    check(&reply, forwarded, Want::Allow, "public route while unready");
+
+    world.jwks.set_mode(JwksMode::Serve);
+    let mut ready = false;
+    // The refresher backs off (250 ms doubling); 40 s bounds it generously.
+    for _ in 0..400 {
+        if gw.readyz().await == 200 {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ready, "never became ready after the JWKS came back");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "same token once keys are loaded",
+    )
+    .await;
+}
+
+// ---------------------------------------------------------------------------
+// 9. Metrics.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn decision_metrics_without_secrets() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let subject = format!("subject-{}", random_hex(6));
+    let client = format!("client-{}", random_hex(6));
+    let personal = |scope: &str| {
+        with(
+            with(fresh_claims(scope), "sub", json!(subject)),
+            "client_id",
+            json!(client),
+        )
+    };
+    let allowed = world.key.mint(&personal("orders:read")).unwrap();
+    let expired = world
+        .key
+        .mint(&with(personal("orders:read"), "exp", json!(now() - 120)))
+        .unwrap();
+
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &allowed,
+        Want::Allow,
+        "allowed",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &expired,
+        Want::Invalid(TokenError::Expired),
+        "expired",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/admin",
+        &allowed,
+        Want::Forbidden("admin"),
+        "insufficient scope",
+    )
+    .await;
+    let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &[], "").await;
+    check(&reply, forwarded, Want::NoToken, "no token");
+
+    let text = gw.metrics().await;
+    let decisions =
+        |labels: &[(&str, &str)]| metric(&text, "scopegate_auth_decisions_total", labels);
+    assert_eq!(
+        decisions(&[("issuer", "test"), ("decision", "allow"), ("reason", "ok")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        decisions(&[("decision", "deny"), ("reason", "expired")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        decisions(&[
+            ("issuer", "test"),
+            ("decision", "deny"),
+            ("reason", "insufficient_scope")
+        ]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        decisions(&[("decision", "deny"), ("reason", "missing_token")]),
+        1.0,
+        "{text}"
+    );
+
+    for secret in [&subject, &client, &allowed, &expired] {
+        assert!(!text.contains(secret.as_str()), "metrics leak {secret}");
+    }
+    for segment in allowed.split('.').chain(expired.split('.')) {
+        assert!(!text.contains(segment), "metrics leak a token segment");
+    }
+}
