@@ -265,6 +265,15 @@ impl Introspector {
         if answer.get("active") != Some(&Value::Bool(true)) {
             return inactive;
         }
+        // A refresh token reported active is still not an access token.
+        if let Some(kind) = answer.get("token_type") {
+            let is_access = kind
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token"));
+            if !is_access {
+                return inactive;
+            }
+        }
         match answer.get("iss") {
             None => {}
             Some(Value::String(iss)) if *iss == self.issuer => {}
@@ -282,6 +291,13 @@ impl Introspector {
                 Err(_) => return inactive,
             }
         } else {
+            // No `exp`, but `nbf` and `iat` still count: check them with an
+            // expiry that never passes.
+            let mut unbounded = answer.clone();
+            unbounded.insert("exp".to_owned(), Value::from(u64::MAX));
+            if jwt::check_lifetime(&unbounded, now, self.leeway_secs).is_err() {
+                return inactive;
+            }
             None
         };
         let Ok(scopes) = super::read_scopes(answer, self.scope_claim) else {

@@ -57,6 +57,7 @@ pub struct VerifiedToken {
 struct IssuerRuntime {
     name: Arc<str>,
     issuer: String,
+    ca_file: Option<std::path::PathBuf>,
     discovery: bool,
     discovered: std::sync::atomic::AtomicBool,
     introspector: Option<Arc<Introspector>>,
@@ -122,6 +123,7 @@ impl Authenticator {
             };
             by_iss.insert(issuer.issuer.clone(), index);
             runtime.push(IssuerRuntime {
+                ca_file: issuer.ca_file.clone(),
                 issuer: issuer.issuer,
                 discovery: issuer.discovery,
                 discovered: std::sync::atomic::AtomicBool::new(false),
@@ -173,7 +175,7 @@ impl Authenticator {
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
         let client = match crate::proxy::client::build_https_client(
-            None,
+            issuer.ca_file.as_deref(),
             Duration::from_secs(5),
             1,
             false,
@@ -196,10 +198,15 @@ impl Authenticator {
                 Ok(metadata) => {
                     tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
                     issuer.keys.set_discovered_uri(metadata.jwks_uri);
-                    if let (Some(introspector), Some(endpoint)) =
-                        (&issuer.introspector, metadata.introspection_endpoint)
-                    {
-                        introspector.set_discovered_endpoint(endpoint);
+                    if let Some(introspector) = &issuer.introspector {
+                        match metadata.introspection_endpoint {
+                            Some(endpoint) => introspector.set_discovered_endpoint(endpoint),
+                            None if !introspector.is_ready() => tracing::error!(
+                                issuer = %issuer.name,
+                                "discovered metadata has no introspection_endpoint; set introspection.endpoint (not ready until then)"
+                            ),
+                            None => {}
+                        }
                     }
                     issuer
                         .discovered

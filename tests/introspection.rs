@@ -1,0 +1,1598 @@
+//! Opaque tokens end to end: RFC 7662 introspection (client authentication,
+//! answer checks, caching, failing closed), issuers with both JWKS and
+//! introspection, RFC 8414 / OpenID discovery, and RFC 9728 resource metadata.
+//! Every server here is real and listens on 127.0.0.1:0.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::Engine;
+use bytes::Bytes;
+use http::{HeaderMap, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::{json, Value};
+use tokio::net::TcpListener;
+
+/// `iss` of the introspecting issuer.
+const OPAQUE_ISSUER: &str = "https://opaque.test";
+/// scopegate's client id at the introspection endpoint.
+const CLIENT_ID: &str = "scopegate";
+/// scopegate's client secret at the introspection endpoint.
+const CLIENT_SECRET: &str = "s3cret-introspection-value";
+/// The description of `TokenError::Inactive`.
+const NOT_ACTIVE: &str = "the token is not active";
+
+// ---------------------------------------------------------------------------
+// A tiny HTTP server on 127.0.0.1:0.
+// ---------------------------------------------------------------------------
+
+async fn spawn_server<F, Fut>(handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let service = service_fn(move |req: Request<Incoming>| {
+                    let handler = handler.clone();
+                    async move { Ok::<_, Infallible>(handler(req).await) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(http::header::CONTENT_TYPE, content_type.parse().unwrap());
+    r
+}
+
+// ---------------------------------------------------------------------------
+// The introspection endpoint.
+// ---------------------------------------------------------------------------
+
+/// How the introspection endpoint answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// 200 with the token's answer (`{"active":false}` for unknown tokens).
+    Serve,
+    /// 500.
+    Status500,
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// Holds the call until the mode changes.
+    Hang,
+}
+
+/// Which client authentication the endpoint insists on (401 otherwise).
+#[derive(Debug, Clone)]
+enum ClientCheck {
+    Off,
+    Basic { id: String, secret: String },
+    Post { id: String, secret: String },
+}
+
+/// One introspection call as the endpoint saw it.
+#[derive(Debug, Clone)]
+struct Call {
+    method: String,
+    path: String,
+    headers: HeaderMap,
+    form: Vec<(String, String)>,
+}
+
+impl Call {
+    fn header(&self, name: &str) -> Option<String> {
+        self.headers
+            .get(name)
+            .map(|v| v.to_str().unwrap().to_owned())
+    }
+
+    fn param(&self, name: &str) -> Option<String> {
+        self.form
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+}
+
+struct IdpState {
+    answers: HashMap<String, Value>,
+    mode: Mode,
+    delay: Duration,
+    check: ClientCheck,
+    calls: Vec<Call>,
+}
+
+/// An RFC 7662 endpoint that records calls and answers from a token map.
+struct IntrospectionServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<IdpState>>,
+}
+
+impl IntrospectionServer {
+    async fn start() -> Self {
+        let state = Arc::new(Mutex::new(IdpState {
+            answers: HashMap::new(),
+            mode: Mode::Serve,
+            delay: Duration::ZERO,
+            check: ClientCheck::Off,
+            calls: Vec::new(),
+        }));
+        let shared = Arc::clone(&state);
+        let addr = spawn_server(move |req| introspection_answer(Arc::clone(&shared), req)).await;
+        Self { addr, state }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}/introspect", self.addr)
+    }
+
+    fn answer(&self, token: &str, answer: Value) {
+        self.state
+            .lock()
+            .unwrap()
+            .answers
+            .insert(token.to_owned(), answer);
+    }
+
+    fn set_mode(&self, mode: Mode) {
+        self.state.lock().unwrap().mode = mode;
+    }
+
+    fn set_delay(&self, delay: Duration) {
+        self.state.lock().unwrap().delay = delay;
+    }
+
+    fn require_client(&self, check: ClientCheck) {
+        self.state.lock().unwrap().check = check;
+    }
+
+    fn calls(&self) -> Vec<Call> {
+        self.state.lock().unwrap().calls.clone()
+    }
+
+    fn count(&self) -> usize {
+        self.state.lock().unwrap().calls.len()
+    }
+
+    /// Waits (bounded) until at least `n` calls arrived.
+    async fn wait_for_calls(&self, n: usize) {
+        for _ in 0..500 {
+            if self.count() >= n {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("the introspection endpoint never saw {n} call(s)");
+    }
+}
+
+async fn introspection_answer(
+    state: Arc<Mutex<IdpState>>,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = req.into_parts();
+    let body = body
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let call = Call {
+        method: parts.method.to_string(),
+        path: parts.uri.path().to_owned(),
+        headers: parts.headers,
+        form: url::form_urlencoded::parse(&body).into_owned().collect(),
+    };
+    let delay = {
+        let mut s = state.lock().unwrap();
+        s.calls.push(call.clone());
+        s.delay
+    };
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    // Hang: hold the call until the test changes the mode (bounded: an hour).
+    for _ in 0..180_000 {
+        if state.lock().unwrap().mode != Mode::Hang {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let s = state.lock().unwrap();
+    match s.mode {
+        Mode::Status500 => reply(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "application/json",
+            r#"{"error":"server_error"}"#.to_owned(),
+        ),
+        Mode::Garbage => reply(
+            StatusCode::OK,
+            "application/json",
+            "<html>not json</html>".to_owned(),
+        ),
+        Mode::Serve | Mode::Hang => {
+            if !client_authenticated(&s.check, &call) {
+                return reply(
+                    StatusCode::UNAUTHORIZED,
+                    "application/json",
+                    r#"{"error":"invalid_client"}"#.to_owned(),
+                );
+            }
+            let token = call.param("token").unwrap_or_default();
+            let answer = s
+                .answers
+                .get(&token)
+                .cloned()
+                .unwrap_or_else(|| json!({ "active": false }));
+            reply(StatusCode::OK, "application/json", answer.to_string())
+        }
+    }
+}
+
+/// Undoes `application/x-www-form-urlencoded` for one component.
+fn form_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(&s.replace('+', " "))
+        .decode_utf8()
+        .unwrap()
+        .into_owned()
+}
+
+/// RFC 6749 2.3.1: exactly one method, with matching credentials.
+fn client_authenticated(check: &ClientCheck, call: &Call) -> bool {
+    match check {
+        ClientCheck::Off => true,
+        ClientCheck::Basic { id, secret } => {
+            if call.param("client_id").is_some() || call.param("client_secret").is_some() {
+                return false;
+            }
+            let Some(encoded) = call
+                .header("authorization")
+                .and_then(|h| h.strip_prefix("Basic ").map(str::to_owned))
+            else {
+                return false;
+            };
+            let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded) else {
+                return false;
+            };
+            let decoded = String::from_utf8(decoded).unwrap_or_default();
+            let Some((user, pass)) = decoded.split_once(':') else {
+                return false;
+            };
+            form_decode(user) == *id && form_decode(pass) == *secret
+        }
+        ClientCheck::Post { id, secret } => {
+            call.header("authorization").is_none()
+                && call.param("client_id").as_deref() == Some(id)
+                && call.param("client_secret").as_deref() == Some(secret)
+        }
+    }
+}
+
+fn basic_check() -> ClientCheck {
+    ClientCheck::Basic {
+        id: CLIENT_ID.to_owned(),
+        secret: CLIENT_SECRET.to_owned(),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Authorization server metadata.
+// ---------------------------------------------------------------------------
+
+/// Serves metadata documents by path (404 elsewhere) and records the paths asked.
+struct MetadataServer {
+    addr: SocketAddr,
+    documents: Arc<Mutex<HashMap<String, String>>>,
+    hits: Arc<Mutex<Vec<String>>>,
+}
+
+impl MetadataServer {
+    async fn start() -> Self {
+        let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let hits: Arc<Mutex<Vec<String>>> = Arc::default();
+        let (d, h) = (Arc::clone(&documents), Arc::clone(&hits));
+        let addr = spawn_server(move |req: Request<Incoming>| {
+            let (d, h) = (Arc::clone(&d), Arc::clone(&h));
+            async move {
+                let path = req.uri().path().to_owned();
+                h.lock().unwrap().push(path.clone());
+                match d.lock().unwrap().get(&path) {
+                    Some(doc) => reply(StatusCode::OK, "application/json", doc.clone()),
+                    None => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
+                }
+            }
+        })
+        .await;
+        Self {
+            addr,
+            documents,
+            hits,
+        }
+    }
+
+    /// The issuer identifier this server speaks for.
+    fn base(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    fn set(&self, path: &str, document: &Value) {
+        self.documents
+            .lock()
+            .unwrap()
+            .insert(path.to_owned(), document.to_string());
+    }
+
+    fn hits(&self) -> Vec<String> {
+        self.hits.lock().unwrap().clone()
+    }
+}
+
+const RFC8414_PATH: &str = "/.well-known/oauth-authorization-server";
+const OIDC_PATH: &str = "/.well-known/openid-configuration";
+
+// ---------------------------------------------------------------------------
+// Configuration.
+// ---------------------------------------------------------------------------
+
+/// A client secret in a temporary file.
+struct SecretFile {
+    _dir: tempfile::TempDir,
+    path: String,
+}
+
+impl SecretFile {
+    fn new(secret: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("introspection-secret");
+        std::fs::write(&path, format!("{secret}\n")).unwrap();
+        Self {
+            path: path.display().to_string(),
+            _dir: dir,
+        }
+    }
+
+    /// `client_id` and `client_secret_file` lines of an `introspection:` block.
+    fn credentials(&self) -> String {
+        format!(
+            "      client_id: {CLIENT_ID}\n      client_secret_file: {}\n",
+            self.path
+        )
+    }
+}
+
+/// The introspecting issuer `opaque`. `credentials` and `extra` are lines of
+/// its `introspection:` block (6 spaces in).
+fn opaque_issuer(endpoint: &str, credentials: &str, extra: &str) -> String {
+    format!(
+        "  - name: opaque
+    issuer: {OPAQUE_ISSUER}
+    audiences: [{AUDIENCE}]
+    introspection:
+      endpoint: {endpoint}
+{credentials}{extra}"
+    )
+}
+
+/// The JWT issuer `test` of the support World.
+fn jwt_issuer(jwks_uri: &str) -> String {
+    format!(
+        "  - name: test
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {jwks_uri}
+    algorithms: [ES256]
+"
+    )
+}
+
+/// A gateway config with these `issuers:` entries and the standard routes:
+/// `/orders/{id}` (GET, orders:read), `/orders/{*rest}` (POST..., any of
+/// orders:write/orders:admin), `/status` (public), `/admin` (admin).
+/// `top_extra` is appended at the top level.
+fn gateway_yaml(upstream: SocketAddr, issuers: &str, top_extra: &str) -> String {
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+admin:
+  listen: 127.0.0.1:0
+issuers:
+{issuers}upstreams:
+  app:
+    url: http://{upstream}
+    connect_timeout: 1s
+    request_timeout: 2s
+routes:
+  - path: /orders/{{id}}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /orders/{{*rest}}
+    methods: [POST, PUT, DELETE]
+    upstream: app
+    any_scopes: [orders:write, orders:admin]
+  - path: /status
+    upstream: app
+    auth: none
+  - path: /admin
+    upstream: app
+    scopes: [admin]
+{top_extra}"#
+    )
+}
+
+/// An introspection answer for an active token of the `opaque` issuer.
+fn active(scope: &str) -> Value {
+    json!({
+        "active": true,
+        "iss": OPAQUE_ISSUER,
+        "aud": AUDIENCE,
+        "sub": "bob",
+        "client_id": "reports",
+        "scope": scope,
+        "token_type": "Bearer",
+        "iat": now(),
+        "exp": now() + 600,
+    })
+}
+
+/// The usual setup: one introspecting issuer (client_secret_basic, checked by
+/// the endpoint), a recording upstream, and a ready gateway.
+struct Opaque {
+    idp: IntrospectionServer,
+    upstream: Upstream,
+    gw: Gateway,
+    _secret: SecretFile,
+}
+
+impl Opaque {
+    /// `extra`: lines of the `introspection:` block (6 spaces in).
+    async fn start(extra: &str) -> Self {
+        Self::start_with(extra, "").await
+    }
+
+    async fn start_with(extra: &str, top_extra: &str) -> Self {
+        let idp = IntrospectionServer::start().await;
+        idp.require_client(basic_check());
+        let upstream = Upstream::start().await;
+        let secret = SecretFile::new(CLIENT_SECRET);
+        let issuers = opaque_issuer(&idp.endpoint(), &secret.credentials(), extra);
+        let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, top_extra)).await;
+        Self {
+            idp,
+            upstream,
+            gw,
+            _secret: secret,
+        }
+    }
+
+    async fn get(&self, path: &str, token: &str) -> Reply {
+        get_with_token(&self.gw.url(path), token).await
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Assertions.
+// ---------------------------------------------------------------------------
+
+fn assert_invalid_token(reply: &Reply, description: &str) {
+    assert_eq!(reply.status, 401, "{}", reply.text());
+    assert_eq!(
+        reply.www_authenticate(),
+        format!(
+            "Bearer realm=\"scopegate\", error=\"invalid_token\", \
+             error_description=\"{description}\""
+        )
+    );
+    assert_eq!(reply.json()["error"], "invalid_token");
+}
+
+fn assert_insufficient_scope(reply: &Reply, scope: &str) {
+    assert_eq!(reply.status, 403, "{}", reply.text());
+    assert_eq!(
+        reply.www_authenticate(),
+        format!(
+            "Bearer realm=\"scopegate\", error=\"insufficient_scope\", \
+             error_description=\"the token does not grant the scopes this route requires\", \
+             scope=\"{scope}\""
+        )
+    );
+    assert_eq!(reply.json()["error"], "insufficient_scope");
+}
+
+fn assert_unavailable(reply: &Reply) {
+    assert_eq!(reply.status, 503, "{}", reply.text());
+    let retry = reply
+        .header("retry-after")
+        .expect("503 without Retry-After");
+    assert!(retry.parse::<u64>().is_ok(), "Retry-After: {retry}");
+    assert_eq!(reply.json()["error"], "temporarily_unavailable");
+    assert!(reply.header("www-authenticate").is_none());
+}
+
+/// The value of one sample in Prometheus text output (0 when absent).
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| {
+            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
+        })
+        .filter(|line| {
+            labels
+                .iter()
+                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
+        .sum()
+}
+
+fn introspection_results(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_introspection_requests_total",
+        &[("issuer", "opaque"), ("result", result)],
+    )
+}
+
+// ---------------------------------------------------------------------------
+// 1. Active tokens and client authentication.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn active_opaque_token_is_forwarded_with_identity_from_the_answer() {
+    let s = Opaque::start("").await;
+    s.idp.answer("opaque-1", active("orders:read orders:write"));
+
+    let ok = s.get("/orders/42?x=1", "opaque-1").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let seen = s.upstream.last();
+    assert_eq!(seen.path_and_query, "/orders/42?x=1");
+    assert_eq!(seen.headers["x-auth-subject"], "bob");
+    assert_eq!(seen.headers["x-auth-client-id"], "reports");
+    assert_eq!(seen.headers["x-auth-scopes"], "orders:read orders:write");
+
+    let calls = s.idp.calls();
+    assert_eq!(calls.len(), 1);
+    let call = &calls[0];
+    assert_eq!(call.method, "POST");
+    assert_eq!(call.path, "/introspect");
+    assert_eq!(
+        call.header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    // client_secret_basic: credentials only in the header, never in the form.
+    assert_eq!(
+        call.form,
+        vec![
+            ("token".to_owned(), "opaque-1".to_owned()),
+            ("token_type_hint".to_owned(), "access_token".to_owned()),
+        ]
+    );
+    let expected =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    assert_eq!(
+        call.header("authorization"),
+        Some(format!("Basic {expected}"))
+    );
+}
+
+#[tokio::test]
+async fn client_secret_basic_form_encodes_id_and_secret_from_env() {
+    let id = "scope gate:1";
+    let secret = "p@ss:w/rd+&=\u{e9}";
+    let var = "SCOPEGATE_TEST_INTROSPECTION_SECRET_BASIC_ENCODING";
+    std::env::set_var(var, secret);
+
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(ClientCheck::Basic {
+        id: id.to_owned(),
+        secret: secret.to_owned(),
+    });
+    idp.answer("opaque-enc", active("orders:read"));
+    let upstream = Upstream::start().await;
+    let credentials = format!(
+        "      client_id: '{id}'
+      client_secret_env: {var}
+      auth_method: client_secret_basic
+"
+    );
+    let issuers = opaque_issuer(&idp.endpoint(), &credentials, "");
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    let ok = get_with_token(&gw.url("/orders/1"), "opaque-enc").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // RFC 6749 2.3.1: application/x-www-form-urlencoded, then Basic.
+    let expected = base64::engine::general_purpose::STANDARD
+        .encode("scope+gate%3A1:p%40ss%3Aw%2Frd%2B%26%3D%C3%A9");
+    assert_eq!(
+        idp.calls()[0].header("authorization"),
+        Some(format!("Basic {expected}"))
+    );
+}
+
+#[tokio::test]
+async fn client_secret_post_sends_credentials_in_the_form() {
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(ClientCheck::Post {
+        id: CLIENT_ID.to_owned(),
+        secret: CLIENT_SECRET.to_owned(),
+    });
+    idp.answer("opaque-post", active("orders:read"));
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = opaque_issuer(
+        &idp.endpoint(),
+        &secret.credentials(),
+        "      auth_method: client_secret_post\n",
+    );
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    let ok = get_with_token(&gw.url("/orders/1"), "opaque-post").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let call = &idp.calls()[0];
+    assert_eq!(call.header("authorization"), None);
+    assert_eq!(
+        call.header("content-type").as_deref(),
+        Some("application/x-www-form-urlencoded")
+    );
+    assert_eq!(call.param("token").as_deref(), Some("opaque-post"));
+    assert_eq!(
+        call.param("token_type_hint").as_deref(),
+        Some("access_token")
+    );
+    assert_eq!(call.param("client_id").as_deref(), Some(CLIENT_ID));
+    assert_eq!(call.param("client_secret").as_deref(), Some(CLIENT_SECRET));
+}
+
+#[tokio::test]
+async fn rejected_client_credentials_fail_closed() {
+    let s = Opaque::start("").await;
+    s.idp.require_client(ClientCheck::Basic {
+        id: CLIENT_ID.to_owned(),
+        secret: "another-secret".to_owned(),
+    });
+    s.idp.answer("opaque-cred", active("orders:read"));
+
+    let refused = s.get("/orders/1", "opaque-cred").await;
+    assert_unavailable(&refused);
+    assert_eq!(s.upstream.count(), 0);
+    assert_eq!(
+        introspection_results(&s.gw.metrics().await, "http_error"),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn jwt_shaped_token_of_a_keyless_issuer_is_introspected() {
+    let s = Opaque::start("").await;
+    let key = scopegate::demo::SigningKey::generate("k").unwrap();
+    let mut claims = claims("orders:read");
+    claims["iss"] = OPAQUE_ISSUER.into();
+    let token = key.mint(&claims).unwrap();
+    s.idp.answer(&token, active("orders:read"));
+
+    let ok = s.get("/orders/1", &token).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.idp.count(), 1);
+    assert_eq!(s.idp.calls()[0].param("token"), Some(token));
+}
+
+// ---------------------------------------------------------------------------
+// 2. Scopes.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn missing_scope_is_403_on_miss_and_on_cache_hit() {
+    let s = Opaque::start("").await;
+    s.idp.answer("reader", active("orders:read"));
+    s.idp.answer("reader-2", active("orders:read"));
+
+    // Cache miss straight to a route needing another scope.
+    let denied = s.get("/admin", "reader-2").await;
+    assert_insufficient_scope(&denied, "admin");
+    assert_eq!(s.idp.count(), 1);
+
+    // Cached as active on an allowed route, then refused elsewhere without a call.
+    let ok = s.get("/orders/1", "reader").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.idp.count(), 2);
+    let denied = s.get("/admin", "reader").await;
+    assert_insufficient_scope(&denied, "admin");
+    let post = send(
+        "POST",
+        &s.gw.url("/orders/1/items"),
+        &[("authorization", "Bearer reader")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_insufficient_scope(&post, "orders:write orders:admin");
+    assert_eq!(s.idp.count(), 2, "scope checks must not introspect again");
+    assert_eq!(s.upstream.count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 3. What counts as active.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn only_a_matching_boolean_active_answer_is_accepted() {
+    let s = Opaque::start("").await;
+    let with = |changes: Value| {
+        let mut answer = active("orders:read");
+        for (k, v) in changes.as_object().unwrap() {
+            answer[k] = v.clone();
+        }
+        answer
+    };
+    let refused = [
+        ("inactive", json!({ "active": false })),
+        ("string-true", with(json!({ "active": "true" }))),
+        ("number-one", with(json!({ "active": 1 }))),
+        ("wrong-iss", with(json!({ "iss": "https://evil.test" }))),
+        ("wrong-aud", with(json!({ "aud": "another-api" }))),
+        (
+            "wrong-aud-list",
+            with(json!({ "aud": ["another-api", "third-api"] })),
+        ),
+        ("expired", with(json!({ "exp": now() - 3600 }))),
+        (
+            "string-exp",
+            with(json!({ "exp": (now() + 600).to_string() })),
+        ),
+    ];
+    for (token, answer) in &refused {
+        s.idp.answer(token, answer.clone());
+    }
+    for (token, _) in &refused {
+        let reply = s.get("/orders/1", token).await;
+        assert_invalid_token(&reply, NOT_ACTIVE);
+    }
+    // Unknown to the endpoint: it answers inactive.
+    assert_invalid_token(&s.get("/orders/1", "never-issued").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), refused.len() + 1);
+    assert_eq!(s.upstream.count(), 0);
+
+    s.idp.answer(
+        "good",
+        with(json!({ "aud": ["another-api", AUDIENCE], "exp": now() + 300 })),
+    );
+    let ok = s.get("/orders/1", "good").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.upstream.count(), 1);
+}
+
+#[tokio::test]
+async fn answer_not_valid_yet_is_refused_with_or_without_exp() {
+    let s = Opaque::start("").await;
+    let mut with_exp = active("orders:read");
+    with_exp["nbf"] = (now() + 3600).into();
+    let mut without_exp = with_exp.clone();
+    without_exp.as_object_mut().unwrap().remove("exp");
+    s.idp.answer("nbf-and-exp", with_exp);
+    s.idp.answer("nbf-only", without_exp);
+    assert_invalid_token(&s.get("/orders/1", "nbf-and-exp").await, NOT_ACTIVE);
+    assert_invalid_token(&s.get("/orders/1", "nbf-only").await, NOT_ACTIVE);
+
+    let mut started = active("orders:read");
+    started.as_object_mut().unwrap().remove("exp");
+    started["nbf"] = (now() - 60).into();
+    s.idp.answer("started", started);
+    let ok = s.get("/orders/1", "started").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.upstream.count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 4. Caching.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn active_answer_is_cached() {
+    let s = Opaque::start("").await;
+    s.idp.answer("cached", active("orders:read"));
+    for _ in 0..3 {
+        let ok = s.get("/orders/1", "cached").await;
+        assert_eq!(ok.status, 200, "{}", ok.text());
+    }
+    assert_eq!(s.idp.count(), 1);
+    assert_eq!(s.upstream.count(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_requests_with_one_uncached_token_share_one_call() {
+    let s = Opaque::start("").await;
+    s.idp.answer("popular", active("orders:read"));
+    s.idp.set_delay(Duration::from_millis(200));
+
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let url = s.gw.url(&format!("/orders/{i}"));
+        set.spawn(async move { get_with_token(&url, "popular").await.status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = set.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(statuses, vec![200; 20]);
+    assert_eq!(s.idp.count(), 1, "concurrent lookups must be merged");
+    assert_eq!(s.upstream.count(), 20);
+}
+
+#[tokio::test]
+async fn inactive_answer_is_cached_for_negative_cache_ttl() {
+    let s = Opaque::start("      negative_cache_ttl: 1h\n").await;
+    s.idp.answer("later-active", json!({ "active": false }));
+    assert_invalid_token(&s.get("/orders/1", "later-active").await, NOT_ACTIVE);
+    // The endpoint would now say active, but the inactive answer is cached.
+    s.idp.answer("later-active", active("orders:read"));
+    assert_invalid_token(&s.get("/orders/1", "later-active").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 1);
+    assert_eq!(s.upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn zero_negative_cache_ttl_asks_every_time() {
+    let s = Opaque::start("      negative_cache_ttl: 0s\n").await;
+    s.idp.answer("later-active", json!({ "active": false }));
+    for n in 1..=3 {
+        assert_invalid_token(&s.get("/orders/1", "later-active").await, NOT_ACTIVE);
+        assert_eq!(s.idp.count(), n);
+    }
+    s.idp.answer("later-active", active("orders:read"));
+    let ok = s.get("/orders/1", "later-active").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.idp.count(), 4);
+}
+
+// ---------------------------------------------------------------------------
+// 5. Revocation.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn revocation_takes_effect_when_the_cache_entry_expires() {
+    let s = Opaque::start("      cache_ttl: 2s\n      negative_cache_ttl: 0s\n").await;
+    // One answer with a far `exp`, one without `exp`: cache_ttl bounds both.
+    let mut no_exp = active("orders:read");
+    no_exp.as_object_mut().unwrap().remove("exp");
+    let tokens = [("revoked-soon", active("orders:read")), ("no-exp", no_exp)];
+    for (token, answer) in &tokens {
+        s.idp.answer(token, answer.clone());
+        assert_eq!(s.get("/orders/1", token).await.status, 200);
+    }
+
+    for (token, _) in &tokens {
+        s.idp.answer(token, json!({ "active": false }));
+        let cached = s.get("/orders/1", token).await;
+        assert_eq!(cached.status, 200, "still cached: {}", cached.text());
+    }
+    assert_eq!(s.idp.count(), 2);
+
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for (token, _) in &tokens {
+        assert_invalid_token(&s.get("/orders/1", token).await, NOT_ACTIVE);
+    }
+    assert_eq!(s.idp.count(), 4);
+    assert_eq!(s.upstream.count(), 4);
+}
+
+#[tokio::test]
+async fn zero_cache_ttl_makes_revocation_immediate() {
+    let s = Opaque::start("      cache_ttl: 0s\n").await;
+    s.idp.answer("revoked-now", active("orders:read"));
+    assert_eq!(s.get("/orders/1", "revoked-now").await.status, 200);
+    assert_eq!(s.get("/orders/1", "revoked-now").await.status, 200);
+    assert_eq!(s.idp.count(), 2, "cache_ttl: 0s must not cache");
+
+    s.idp.answer("revoked-now", json!({ "active": false }));
+    assert_invalid_token(&s.get("/orders/1", "revoked-now").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 3);
+    assert_eq!(s.upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn cache_entry_never_outlives_the_answers_exp() {
+    let s = Opaque::start("      cache_ttl: 1h\n      negative_cache_ttl: 0s\n").await;
+    // exp one second ahead, leeway 30s: active now; the entry must expire with exp.
+    let mut answer = active("orders:read");
+    answer["exp"] = (now() + 1).into();
+    s.idp.answer("short-lived", answer);
+    assert_eq!(s.get("/orders/1", "short-lived").await.status, 200);
+
+    s.idp.answer("short-lived", json!({ "active": false }));
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_invalid_token(&s.get("/orders/1", "short-lived").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 2);
+}
+
+// ---------------------------------------------------------------------------
+// 6. Failures fail closed and are not cached.
+// ---------------------------------------------------------------------------
+
+/// One request fails with 503 in `mode`, is counted as `label`, and the same
+/// token works as soon as the endpoint answers again.
+async fn fails_closed_then_recovers(mode: Mode, extra: &str, label: &str) {
+    let s = Opaque::start(extra).await;
+    s.idp.answer("flaky", active("orders:read"));
+    s.idp.set_mode(mode);
+
+    let failed = s.get("/orders/1", "flaky").await;
+    assert_unavailable(&failed);
+    assert_eq!(s.upstream.count(), 0);
+    assert_eq!(s.idp.count(), 1);
+    let metrics = s.gw.metrics().await;
+    assert_eq!(introspection_results(&metrics, label), 1.0, "{metrics}");
+    assert_eq!(introspection_results(&metrics, "active"), 0.0);
+
+    s.idp.set_mode(Mode::Serve);
+    let ok = s.get("/orders/1", "flaky").await;
+    assert_eq!(
+        ok.status,
+        200,
+        "the failure must not be cached: {}",
+        ok.text()
+    );
+    assert_eq!(s.idp.count(), 2);
+    assert_eq!(s.upstream.count(), 1);
+    let metrics = s.gw.metrics().await;
+    assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
+}
+
+#[tokio::test]
+async fn status_500_fails_closed_uncached() {
+    fails_closed_then_recovers(Mode::Status500, "", "http_error").await;
+}
+
+#[tokio::test]
+async fn non_json_answer_fails_closed_uncached() {
+    fails_closed_then_recovers(Mode::Garbage, "", "invalid_response").await;
+}
+
+#[tokio::test]
+async fn hanging_endpoint_times_out_closed_uncached() {
+    fails_closed_then_recovers(Mode::Hang, "      timeout: 1s\n", "timeout").await;
+}
+
+#[tokio::test]
+async fn refused_connection_fails_closed_uncached() {
+    let dropped = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}/introspect", dropped.local_addr().unwrap());
+    drop(dropped);
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = opaque_issuer(&endpoint, &secret.credentials(), "      timeout: 2s\n");
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    for n in 1..=2 {
+        let failed = get_with_token(&gw.url("/orders/1"), "nowhere").await;
+        assert_unavailable(&failed);
+        // Not cached: every request tries again.
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            introspection_results(&metrics, "network_error"),
+            f64::from(n),
+            "{metrics}"
+        );
+    }
+    assert_eq!(upstream.count(), 0);
+}
+
+#[tokio::test]
+async fn other_routes_answer_while_introspection_hangs() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.answer("slow", active("orders:read"));
+    idp.set_mode(Mode::Hang);
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = format!(
+        "{}{}",
+        jwt_issuer(&world.jwks.uri()),
+        opaque_issuer(
+            &idp.endpoint(),
+            &secret.credentials(),
+            "      timeout: 30s\n"
+        )
+    );
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    let url = gw.url("/orders/1");
+    let hanging = tokio::spawn(async move { get_with_token(&url, "slow").await });
+    idp.wait_for_calls(1).await;
+
+    let public = tokio::time::timeout(Duration::from_secs(10), get(&gw.url("/status"), &[]))
+        .await
+        .expect("public route blocked by a hanging introspection")
+        .unwrap();
+    assert_eq!(public.status, 200);
+    let jwt = tokio::time::timeout(
+        Duration::from_secs(10),
+        get_with_token(&gw.url("/orders/2"), &world.token("orders:read")),
+    )
+    .await
+    .expect("JWT route blocked by a hanging introspection");
+    assert_eq!(jwt.status, 200, "{}", jwt.text());
+    assert!(
+        !hanging.is_finished(),
+        "the introspection call should still hang"
+    );
+    assert_eq!(idp.count(), 1, "a JWT must not be introspected");
+
+    // Release the endpoint: the waiting request completes with its answer.
+    idp.set_mode(Mode::Serve);
+    let released = tokio::time::timeout(Duration::from_secs(10), hanging)
+        .await
+        .expect("request still hanging after the endpoint answered")
+        .unwrap();
+    assert_eq!(released.status, 200, "{}", released.text());
+    assert_eq!(world.upstream.count(), 3);
+}
+
+// ---------------------------------------------------------------------------
+// 7. One issuer with both JWKS and introspection.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn mixed_issuer_verifies_jwts_locally_and_introspects_the_rest() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = format!(
+        "  - name: both
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {}
+    algorithms: [ES256]
+    introspection:
+      endpoint: {}
+{}",
+        world.jwks.uri(),
+        idp.endpoint(),
+        secret.credentials()
+    );
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    let jwt = get_with_token(&gw.url("/orders/1"), &world.token("orders:read")).await;
+    assert_eq!(jwt.status, 200, "{}", jwt.text());
+    assert_eq!(world.upstream.last().headers["x-auth-subject"], "alice");
+    assert_eq!(idp.count(), 0, "a JWT must be verified locally");
+
+    let mut answer = active("orders:read");
+    answer["iss"] = ISSUER.into();
+    idp.answer("opaque-mixed", answer);
+    let opaque = get_with_token(&gw.url("/orders/2"), "opaque-mixed").await;
+    assert_eq!(opaque.status, 200, "{}", opaque.text());
+    assert_eq!(world.upstream.last().headers["x-auth-subject"], "bob");
+    assert_eq!(idp.count(), 1);
+
+    // A JWT that fails verification is refused, not introspected.
+    let mut expired = claims("orders:read");
+    expired["exp"] = (now() - 3600).into();
+    let expired = world.key.mint(&expired).unwrap();
+    let refused = get_with_token(&gw.url("/orders/3"), &expired).await;
+    assert_invalid_token(&refused, "the token has expired");
+    assert_eq!(idp.count(), 1);
+    assert_eq!(world.upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn opaque_token_on_a_route_without_an_introspecting_issuer_is_401() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.answer("opaque-elsewhere", active("orders:read"));
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = format!(
+        "{}{}",
+        jwt_issuer(&world.jwks.uri()),
+        opaque_issuer(&idp.endpoint(), &secret.credentials(), "")
+    );
+    let extra_route =
+        "  - path: /jwt-only\n    upstream: app\n    scopes: [orders:read]\n    issuers: [test]\n";
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, extra_route)).await;
+
+    let refused = get_with_token(&gw.url("/jwt-only"), "opaque-elsewhere").await;
+    assert_invalid_token(&refused, "the token is not a compact JWS");
+    assert_eq!(idp.count(), 0);
+    let ok = get_with_token(&gw.url("/orders/1"), "opaque-elsewhere").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    // A cached introspection result still respects the route's `issuers:`.
+    let refused = get_with_token(&gw.url("/jwt-only"), "opaque-elsewhere").await;
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(world.upstream.count(), 1);
+}
+
+// ---------------------------------------------------------------------------
+// 8. Configuration.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_route_served_by_two_introspecting_issuers_must_name_one() {
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuer = |name: &str| {
+        format!(
+            "  - name: {name}
+    issuer: https://{name}.test
+    introspection:
+      endpoint: http://127.0.0.1:9/introspect
+{}",
+            secret.credentials()
+        )
+    };
+    let yaml = |route_issuers: &str| {
+        format!(
+            "issuers:
+{}{}upstreams:
+  app:
+    url: http://127.0.0.1:9
+routes:
+  - path: /orders
+    upstream: app
+    scopes: [orders:read]
+{route_issuers}  - path: /status
+    upstream: app
+    auth: none
+",
+            issuer("one"),
+            issuer("two")
+        )
+    };
+    let load = |text: &str| scopegate::config::load_str("test.yaml", Path::new("."), text);
+    let ambiguous = "more than one introspecting issuer serves this route; list one in `issuers:`";
+
+    let error =
+        load(&yaml("")).expect_err("two introspecting issuers on one route must be refused");
+    assert_eq!(error.message, ambiguous);
+    assert_eq!(error.file, "test.yaml");
+    assert!(error.line.is_some(), "{error}");
+
+    let error = load(&yaml("    issuers: [one, two]\n"))
+        .expect_err("listing both introspecting issuers is still ambiguous");
+    assert_eq!(error.message, ambiguous);
+
+    for name in ["one", "two"] {
+        load(&yaml(&format!("    issuers: [{name}]\n")))
+            .unwrap_or_else(|e| panic!("issuers: [{name}] must load: {e}"));
+    }
+}
+
+#[test]
+fn introspection_block_is_validated() {
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let empty = SecretFile::new("");
+    let var = "SCOPEGATE_TEST_INTROSPECTION_SECRET_VALIDATION_UNSET";
+    std::env::remove_var(var);
+    let file = format!("      client_secret_file: {}\n", secret.path);
+    let yaml = |issuer_extra: &str, introspection: &str| {
+        format!(
+            "issuers:
+  - name: opaque
+    issuer: {OPAQUE_ISSUER}
+    audiences: [{AUDIENCE}]
+{issuer_extra}    introspection:
+{introspection}upstreams:
+  app:
+    url: http://127.0.0.1:9
+routes:
+  - path: /orders
+    upstream: app
+    scopes: [orders:read]
+"
+        )
+    };
+    let endpoint = "      endpoint: http://127.0.0.1:9/introspect\n";
+    let id = "      client_id: scopegate\n";
+    let cases = [
+        (
+            yaml("", &format!("{id}{file}")),
+            "introspection needs `endpoint` (or `discovery: true` on the issuer)".to_owned(),
+        ),
+        (
+            yaml(
+                "",
+                &format!("      endpoint: ftp://127.0.0.1/introspect\n{id}{file}"),
+            ),
+            "`ftp://127.0.0.1/introspect` must be an absolute http:// or https:// URL".to_owned(),
+        ),
+        (
+            yaml("", &format!("{endpoint}      client_id: ''\n{file}")),
+            "client_id must not be empty".to_owned(),
+        ),
+        (
+            yaml("", &format!("{endpoint}{id}")),
+            "introspection needs client_secret_file or client_secret_env".to_owned(),
+        ),
+        (
+            yaml(
+                "",
+                &format!("{endpoint}{id}{file}      client_secret_env: {var}\n"),
+            ),
+            "set either client_secret_file or client_secret_env, not both".to_owned(),
+        ),
+        (
+            yaml(
+                "",
+                &format!("{endpoint}{id}      client_secret_env: {var}\n"),
+            ),
+            format!("environment variable `{var}` is not set"),
+        ),
+        (
+            yaml(
+                "",
+                &format!("{endpoint}{id}      client_secret_file: {}\n", empty.path),
+            ),
+            "the introspection client secret is empty".to_owned(),
+        ),
+        (
+            yaml(
+                "",
+                &format!("{endpoint}{id}{file}      auth_method: private_key_jwt\n"),
+            ),
+            "auth_method must be client_secret_basic or client_secret_post, not `private_key_jwt`"
+                .to_owned(),
+        ),
+        (
+            yaml("", &format!("{endpoint}{id}{file}      timeout: 0s\n")),
+            "introspection timeout must be greater than zero".to_owned(),
+        ),
+        (
+            yaml("", &format!("{endpoint}{id}{file}      cache_ttl: 25h\n")),
+            "cache_ttl may be at most 24h and negative_cache_ttl at most 1h".to_owned(),
+        ),
+        (
+            yaml(
+                "",
+                &format!("{endpoint}{id}{file}      negative_cache_ttl: 300000000000y\n"),
+            ),
+            "cache_ttl may be at most 24h and negative_cache_ttl at most 1h".to_owned(),
+        ),
+    ];
+    for (text, message) in &cases {
+        let error = scopegate::config::load_str("test.yaml", Path::new("."), text)
+            .err()
+            .unwrap_or_else(|| panic!("must be refused ({message}):\n{text}"));
+        assert_eq!(error.message, *message, "{text}");
+        assert!(error.line.is_some(), "{error}");
+    }
+
+    // Inline secrets are not part of the schema.
+    let inline = yaml("", &format!("{endpoint}{id}      client_secret: hunter2\n"));
+    let error = scopegate::config::load_str("test.yaml", Path::new("."), &inline)
+        .expect_err("an inline client_secret must be refused");
+    assert!(error.message.contains("client_secret"), "{error}");
+    assert!(!error.message.contains("hunter2"), "{error}");
+
+    // A missing secret file names the file.
+    let missing = yaml(
+        "",
+        &format!("{endpoint}{id}      client_secret_file: /nonexistent/scopegate-secret\n"),
+    );
+    let error = scopegate::config::load_str("test.yaml", Path::new("."), &missing)
+        .expect_err("a missing secret file must be refused");
+    assert!(
+        error
+            .message
+            .starts_with("cannot read client_secret_file /nonexistent/scopegate-secret"),
+        "{error}"
+    );
+
+    // Discovery may supply the endpoint.
+    scopegate::config::load_str(
+        "test.yaml",
+        Path::new("."),
+        &yaml("    discovery: true\n", &format!("{id}{file}")),
+    )
+    .unwrap_or_else(|e| panic!("discovery: true without endpoint must load: {e}"));
+}
+
+// ---------------------------------------------------------------------------
+// 9. Discovery.
+// ---------------------------------------------------------------------------
+
+/// An issuer found by discovery, with introspection but no endpoint.
+fn discovered_issuer(issuer: &str, secret: &SecretFile) -> String {
+    format!(
+        "  - name: found
+    issuer: {issuer}
+    audiences: [{AUDIENCE}]
+    discovery: true
+    algorithms: [ES256]
+    introspection:
+{}",
+        secret.credentials()
+    )
+}
+
+/// JWT and opaque token both work against an issuer set up by discovery.
+async fn discovered_issuer_works(
+    world: &World,
+    idp: &IntrospectionServer,
+    issuer: &str,
+    gw: &Gateway,
+) {
+    let mut claims = claims("orders:read");
+    claims["iss"] = issuer.into();
+    let jwt = world.key.mint(&claims).unwrap();
+    let ok = get_with_token(&gw.url("/orders/1"), &jwt).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        idp.count(),
+        0,
+        "a JWT must be verified with the discovered keys"
+    );
+    assert!(world.jwks.fetches() >= 1);
+
+    let mut answer = active("orders:read");
+    answer["iss"] = issuer.into();
+    idp.answer("opaque-found", answer);
+    let ok = get_with_token(&gw.url("/orders/2"), "opaque-found").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(
+        idp.count(),
+        1,
+        "the discovered introspection endpoint must be used"
+    );
+    assert_eq!(world.upstream.count(), 2);
+}
+
+#[tokio::test]
+async fn discovery_via_rfc8414_metadata() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let meta = MetadataServer::start().await;
+    meta.set(
+        RFC8414_PATH,
+        &json!({
+            "issuer": meta.base(),
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": idp.endpoint(),
+        }),
+    );
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+    assert_eq!(meta.hits().first().map(String::as_str), Some(RFC8414_PATH));
+    assert!(!meta.hits().iter().any(|p| p == OIDC_PATH));
+}
+
+#[tokio::test]
+async fn discovery_falls_back_to_openid_configuration() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let meta = MetadataServer::start().await;
+    meta.set(
+        OIDC_PATH,
+        &json!({
+            "issuer": meta.base(),
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": idp.endpoint(),
+            "authorization_endpoint": format!("{}/authorize", meta.base()),
+        }),
+    );
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+    let hits = meta.hits();
+    let first_oidc = hits.iter().position(|p| p == OIDC_PATH).unwrap();
+    assert!(
+        hits[..first_oidc].iter().any(|p| p == RFC8414_PATH),
+        "RFC 8414 must be tried first: {hits:?}"
+    );
+}
+
+#[tokio::test]
+async fn discovery_refuses_metadata_for_another_issuer() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.answer("opaque-wrong", active("orders:read"));
+    let meta = MetadataServer::start().await;
+    let impostor = json!({
+        "issuer": "https://impostor.test",
+        "jwks_uri": world.jwks.uri(),
+        "introspection_endpoint": idp.endpoint(),
+    });
+    meta.set(RFC8414_PATH, &impostor);
+    meta.set(OIDC_PATH, &impostor);
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    for _ in 0..500 {
+        if !meta.hits().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !meta.hits().is_empty(),
+        "discovery never asked for metadata"
+    );
+    for _ in 0..20 {
+        assert_eq!(
+            gw.readyz().await,
+            503,
+            "metadata of another issuer was accepted"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // Nothing from the refused metadata is used.
+    let mut claims = claims("orders:read");
+    claims["iss"] = meta.base().into();
+    let jwt = get_with_token(&gw.url("/orders/1"), &world.key.mint(&claims).unwrap()).await;
+    assert_unavailable(&jwt);
+    let opaque = get_with_token(&gw.url("/orders/1"), "opaque-wrong").await;
+    assert_unavailable(&opaque);
+    assert_eq!(idp.count(), 0);
+    assert_eq!(world.jwks.fetches(), 0);
+    assert_eq!(world.upstream.count(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 10. RFC 9728 protected resource metadata.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn resource_metadata_is_served_and_named_in_every_challenge() {
+    let resource = "resource:
+  resource: https://api.example.com/orders
+  authorization_servers: [https://opaque.test]
+  scopes_supported: [orders:read, orders:write]
+";
+    let s = Opaque::start_with("", resource).await;
+    let metadata_url = "https://api.example.com/.well-known/oauth-protected-resource/orders";
+    let suffix = format!(", resource_metadata=\"{metadata_url}\"");
+
+    let doc = get(
+        &s.gw.url("/.well-known/oauth-protected-resource/orders"),
+        &[],
+    )
+    .await
+    .unwrap();
+    assert_eq!(doc.status, 200, "{}", doc.text());
+    assert_eq!(
+        doc.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    let doc = doc.json();
+    assert_eq!(doc["resource"], "https://api.example.com/orders");
+    assert_eq!(doc["authorization_servers"], json!(["https://opaque.test"]));
+    assert_eq!(
+        doc["scopes_supported"],
+        json!(["orders:read", "orders:write"])
+    );
+    assert_eq!(s.upstream.count(), 0);
+
+    let missing = get(&s.gw.url("/orders/1"), &[]).await.unwrap();
+    assert_eq!(missing.status, 401);
+    assert_eq!(
+        missing.www_authenticate(),
+        format!("Bearer realm=\"scopegate\"{suffix}")
+    );
+
+    s.idp.answer("reader", active("orders:read"));
+    let inactive = s.get("/orders/1", "inactive-token").await;
+    assert_eq!(inactive.status, 401);
+    assert_eq!(
+        inactive.www_authenticate(),
+        format!(
+            "Bearer realm=\"scopegate\", error=\"invalid_token\", \
+             error_description=\"{NOT_ACTIVE}\"{suffix}"
+        )
+    );
+
+    let unknown_jwt = World::new().await.token("orders:read");
+    let foreign = s.get("/orders/1", &unknown_jwt).await;
+    assert_eq!(foreign.status, 401);
+    assert!(
+        foreign
+            .www_authenticate()
+            .starts_with("Bearer realm=\"scopegate\", error=\"invalid_token\"")
+            && foreign.www_authenticate().ends_with(&suffix),
+        "{}",
+        foreign.www_authenticate()
+    );
+
+    let forbidden = s.get("/admin", "reader").await;
+    assert_eq!(forbidden.status, 403);
+    assert!(
+        forbidden
+            .www_authenticate()
+            .starts_with("Bearer realm=\"scopegate\", error=\"insufficient_scope\"")
+            && forbidden.www_authenticate().contains("scope=\"admin\"")
+            && forbidden.www_authenticate().ends_with(&suffix),
+        "{}",
+        forbidden.www_authenticate()
+    );
+    assert_eq!(s.upstream.count(), 0);
+}
+
+// ---------------------------------------------------------------------------
+// 11. Metrics.
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn metrics_count_cache_hits_and_never_show_tokens_or_secrets() {
+    let s = Opaque::start("").await;
+    let token = "opaque-metrics-token-4b1d";
+    s.idp.answer(token, active("orders:read"));
+    let hits = |text: &str| {
+        metric(
+            text,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "introspection"), ("result", "hit")],
+        )
+    };
+    let misses = |text: &str| {
+        metric(
+            text,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "introspection"), ("result", "miss")],
+        )
+    };
+
+    assert_eq!(s.get("/orders/1", token).await.status, 200);
+    let before = s.gw.metrics().await;
+    assert_eq!(misses(&before), 1.0, "{before}");
+    assert_eq!(s.get("/orders/1", token).await.status, 200);
+    assert_eq!(s.get("/orders/2", token).await.status, 200);
+    let after = s.gw.metrics().await;
+    assert_eq!(hits(&after), hits(&before) + 2.0, "{after}");
+    assert_eq!(misses(&after), 1.0);
+    assert_eq!(introspection_results(&after, "active"), 1.0);
+    assert_eq!(
+        metric(
+            &after,
+            "scopegate_introspection_duration_seconds_count",
+            &[("issuer", "opaque")]
+        ),
+        1.0
+    );
+
+    // A failing and an inactive token too, then look for leaks.
+    s.idp.set_mode(Mode::Status500);
+    let failing = "opaque-failing-token-9c2e";
+    assert_eq!(s.get("/orders/1", failing).await.status, 503);
+    s.idp.set_mode(Mode::Serve);
+    let inactive = "opaque-inactive-token-77aa";
+    assert_eq!(s.get("/orders/1", inactive).await.status, 401);
+    let text = s.gw.metrics().await;
+    let basic =
+        base64::engine::general_purpose::STANDARD.encode(format!("{CLIENT_ID}:{CLIENT_SECRET}"));
+    for secret in [token, failing, inactive, CLIENT_SECRET, basic.as_str()] {
+        assert!(!text.contains(secret), "metrics leak `{secret}`");
+    }
+    assert_eq!(introspection_results(&text, "inactive"), 1.0, "{text}");
+    assert_eq!(introspection_results(&text, "http_error"), 1.0, "{text}");
+}
