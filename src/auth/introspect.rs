@@ -267,9 +267,9 @@ impl Introspector {
         }
         // A refresh token reported active is still not an access token.
         if let Some(kind) = answer.get("token_type") {
-            let is_access = kind
-                .as_str()
-                .is_some_and(|t| t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token"));
+            let is_access = kind.as_str().is_some_and(|t| {
+                t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token")
+            });
             if !is_access {
                 return inactive;
             }

@@ -346,7 +346,7 @@ impl AuthorizationServer {
         let record = CodeRecord {
             client_id: request.client.client_id.clone(),
             redirect_uri: request.redirect_uri.clone(),
-            scope: request.scope.clone(),
+            scope: self.user_scope(request, user),
             subject: user.to_owned(),
             code_challenge: request.code_challenge.clone(),
             expires_at: now_unix() + CODE_TTL,
@@ -367,6 +367,18 @@ impl AuthorizationServer {
         }
         params.push(("iss", &self.settings.issuer));
         redirect(&request.redirect_uri, &params)
+    }
+
+    /// The requested scopes that `user` may grant (their `scopes`; all when
+    /// unset), as the password grant limits them.
+    fn user_scope(&self, request: &AuthRequest, user: &str) -> String {
+        let allowed = self.users.get(user).and_then(|u| u.scopes.as_deref());
+        request
+            .scope
+            .split(' ')
+            .filter(|s| !s.is_empty() && allowed.is_none_or(|a| a.iter().any(|x| x == s)))
+            .collect::<Vec<_>>()
+            .join(" ")
     }
 
     fn redirect_error(
@@ -421,7 +433,11 @@ impl AuthorizationServer {
 
     fn consent_page(&self, request: &AuthRequest, user: &str, csrf: &str) -> Response<Body> {
         let mut scopes = String::new();
-        for scope in request.scope.split(' ').filter(|s| !s.is_empty()) {
+        for scope in self
+            .user_scope(request, user)
+            .split(' ')
+            .filter(|s| !s.is_empty())
+        {
             let _ = write!(scopes, "<li>{}</li>", esc(&describe_scope(scope)));
         }
         if scopes.is_empty() {

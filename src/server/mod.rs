@@ -164,20 +164,40 @@ async fn serve(
         let watcher = graceful.watcher();
         let metrics = Arc::clone(&metrics);
         let tls = tls.clone();
-        let handshake_timeout = settings.header_read_timeout;
+        let head_timeout = settings.header_read_timeout;
         tokio::spawn(async move {
             let _permit = permit;
             metrics.open_connections.inc();
             match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(handshake_timeout, acceptor.accept(stream)).await {
+                    match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
-                            serve_connection(stream, peer, true, gateway, &builder, watcher).await;
+                            serve_connection(
+                                stream,
+                                peer,
+                                true,
+                                gateway,
+                                &builder,
+                                watcher,
+                                head_timeout,
+                            )
+                            .await;
                         }
                         _ => tracing::debug!(%peer, "TLS handshake failed"),
                     }
                 }
-                None => serve_connection(stream, peer, false, gateway, &builder, watcher).await,
+                None => {
+                    serve_connection(
+                        stream,
+                        peer,
+                        false,
+                        gateway,
+                        &builder,
+                        watcher,
+                        head_timeout,
+                    )
+                    .await;
+                }
             }
             metrics.open_connections.dec();
         });
@@ -220,12 +240,16 @@ async fn serve_connection<I>(
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
+    first_request_timeout: Duration,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let client = ClientInfo { ip: peer.ip(), tls };
     let (io, requests) = framing::FramingWatch::new(io);
+    let first_request = Arc::new(tokio::sync::Notify::new());
+    let arrived = Arc::clone(&first_request);
     let service = service_fn(move |mut request: Request<Incoming>| {
+        arrived.notify_one();
         // hyper hides a Content-Length sent next to Transfer-Encoding.
         if requests.next() {
             request.extensions_mut().insert(framing::SmuggledLength);
@@ -235,8 +259,28 @@ async fn serve_connection<I>(
         async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-    if let Err(e) = watcher.watch(connection.into_owned()).await {
-        tracing::debug!(%peer, error = %e, "connection ended with an error");
+    // hyper's header_read_timeout only starts once hyper-util has told HTTP/1
+    // from HTTP/2 by the first bytes, and HTTP/2 has none: a connection that
+    // sends nothing, or dribbles the HTTP/2 preface, would hold its
+    // `max_connections` slot forever. So the first request must arrive in time.
+    let no_first_request = async {
+        let notified = first_request.notified();
+        if tokio::time::timeout(first_request_timeout, notified)
+            .await
+            .is_ok()
+        {
+            std::future::pending::<()>().await;
+        }
+    };
+    tokio::select! {
+        result = watcher.watch(connection.into_owned()) => {
+            if let Err(e) = result {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        }
+        () = no_first_request => {
+            tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
+        }
     }
 }
 

@@ -1,0 +1,508 @@
+#!/usr/bin/env bash
+# Load benchmark: scopegate against nginx and HAProxy, on loopback only.
+#
+#   benches/load/run.sh            full run (writes benches/RESULTS.md)
+#   benches/load/run.sh --smoke    1-2 s per contender, few connections; checks
+#                                  that everything starts and answers 2xx, and
+#                                  asserts nothing about speed
+#
+# Contenders, each with one worker thread, all in front of the same nginx
+# `return 200` upstream and loaded by wrk with the same connections/duration:
+#   direct          wrk -> upstream
+#   nginx-proxy     plain reverse proxy, keep-alive upstream pool
+#   haproxy-jwt     HAProxy jwt_verify (ES256) + iss/aud/exp/scope checks
+#   scopegate-warm  one token repeated (verified-token cache hits)
+#   scopegate-cold  a different valid token on every request (all misses)
+#   scopegate-introspect  one opaque token, RFC 7662 introspection answered
+#                   by the upstream nginx, cached after the first request
+#
+# Environment overrides (defaults: full / smoke):
+#   BENCH_CONNECTIONS   wrk connections        64 / 8
+#   BENCH_THREADS       wrk threads            2 / 1
+#   BENCH_DURATION      per contender          10s / 2s
+#   BENCH_TOKENS        pre-minted tokens      200000 / 20000
+#   BENCH_FILL_TOKENS   distinct tokens the cache must have seen before the
+#                       "cached tokens" RSS is read (full mode) 100000
+#   BENCH_PROFILE       cargo profile          release
+#   BENCH_SCOPEGATE_LOG RUST_LOG for scopegate (access log is info) warn
+#   BENCH_KEEP=1        keep the temp directory (configs, logs, wrk output)
+#   BENCH_NO_INSTALL=1  never apt-get install missing tools
+#
+# Exits non-zero if a contender fails to start, fails its pre-flight request,
+# or answers anything but 2xx under load.
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+
+SMOKE=0
+for arg in "$@"; do
+    case "$arg" in
+        --smoke) SMOKE=1 ;;
+        -h | --help)
+            sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
+            exit 0
+            ;;
+        *)
+            echo "run.sh: unknown argument: $arg (try --help)" >&2
+            exit 2
+            ;;
+    esac
+done
+
+if [ "$SMOKE" = 1 ]; then
+    CONNECTIONS=${BENCH_CONNECTIONS:-8}
+    THREADS=${BENCH_THREADS:-1}
+    DURATION=${BENCH_DURATION:-2s}
+    TOKENS=${BENCH_TOKENS:-20000}
+else
+    CONNECTIONS=${BENCH_CONNECTIONS:-64}
+    THREADS=${BENCH_THREADS:-2}
+    DURATION=${BENCH_DURATION:-10s}
+    TOKENS=${BENCH_TOKENS:-200000}
+fi
+FILL_TOKENS=${BENCH_FILL_TOKENS:-100000}
+PROFILE=${BENCH_PROFILE:-release}
+SCOPEGATE_LOG=${BENCH_SCOPEGATE_LOG:-warn}
+
+ISSUER=https://issuer.bench.local
+AUDIENCE=bench-api
+SCOPE=orders:read
+REQUEST_PATH=/api/orders/42
+
+log() { printf '[load] %s\n' "$*" >&2; }
+die() {
+    printf '[load] FAILED: %s\n' "$*" >&2
+    exit 1
+}
+
+# --------------------------------------------------------------------------
+# Tools
+
+need_tools() {
+    local missing=()
+    command -v nginx >/dev/null || missing+=(nginx)
+    command -v haproxy >/dev/null || missing+=(haproxy)
+    command -v wrk >/dev/null || missing+=(wrk)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v ss >/dev/null || missing+=(iproute2)
+    if [ "${#missing[@]}" -gt 0 ]; then
+        if [ "${BENCH_NO_INSTALL:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            log "installing ${missing[*]} (Debian packages)"
+            DEBIAN_FRONTEND=noninteractive apt-get update -qq >/dev/null
+            DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+        else
+            die "missing tools: ${missing[*]} (apt-get install ${missing[*]})"
+        fi
+    fi
+    local version
+    version=$(haproxy -v | sed -n 's/^HAProxy version \([0-9]*\.[0-9]*\).*/\1/p' | head -1)
+    case "$version" in
+        1.* | 2.[0-4] | "") die "HAProxy $version has no jwt_verify (needs >= 2.5)" ;;
+    esac
+}
+
+# --------------------------------------------------------------------------
+# Processes (every one we start is recorded and stopped on exit)
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/scopegate-load.XXXXXX")
+PIDS=()
+
+cleanup() {
+    local status=$?
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        for _ in $(seq 50); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+    if [ "${BENCH_KEEP:-0}" = 1 ]; then
+        log "kept $WORK"
+    else
+        rm -rf "$WORK"
+    fi
+    exit "$status"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+# start NAME CMD...: runs CMD in the background, output to $WORK/NAME.log;
+# the pid is left in $STARTED.
+start() {
+    local name=$1
+    shift
+    "$@" >"$WORK/$name.log" 2>&1 &
+    STARTED=$!
+    PIDS+=("$STARTED")
+}
+
+# stop PID: stops one process we started and forgets it.
+stop() {
+    local pid=$1 rest=() p
+    kill -TERM "$pid" 2>/dev/null || true
+    for _ in $(seq 100); do
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.05
+    done
+    kill -KILL "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    for p in "${PIDS[@]}"; do
+        [ "$p" = "$pid" ] || rest+=("$p")
+    done
+    PIDS=("${rest[@]}")
+}
+
+# wait_http NAME PID URL: until URL answers at all (bounded, 15 s).
+wait_http() {
+    local name=$1 pid=$2 url=$3
+    for _ in $(seq 150); do
+        kill -0 "$pid" 2>/dev/null || {
+            tail -n 20 "$WORK/$name.log" >&2 || true
+            die "$name exited during start-up"
+        }
+        if curl -s -o /dev/null --max-time 1 "$url"; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    tail -n 20 "$WORK/$name.log" >&2 || true
+    die "$name did not start listening ($url)"
+}
+
+# free_port VAR: sets VAR to a loopback port nothing listens on (and that
+# this run has not handed out yet).
+USED_PORTS=" "
+free_port() {
+    local port
+    for _ in $(seq 200); do
+        port=$((20000 + RANDOM % 40000))
+        case "$USED_PORTS" in *" $port "*) continue ;; esac
+        if [ -z "$(ss -Htln "sport = :$port")" ]; then
+            USED_PORTS="$USED_PORTS$port "
+            printf -v "$1" '%s' "$port"
+            return 0
+        fi
+    done
+    die "no free loopback port"
+}
+
+# render TEMPLATE OUT: replaces @VARS@ in a benches/load template.
+render() {
+    sed -e "s|@WORK@|$WORK|g" \
+        -e "s|@KEYS@|$WORK/keys|g" \
+        -e "s|@UPSTREAM_PORT@|$UPSTREAM_PORT|g" \
+        -e "s|@PROXY_PORT@|${PROXY_PORT:-0}|g" \
+        -e "s|@ADMIN_PORT@|${ADMIN_PORT:-0}|g" \
+        -e "s|@ISSUER@|$ISSUER|g" \
+        -e "s|@AUDIENCE@|$AUDIENCE|g" \
+        -e "s|@SCOPE@|$SCOPE|g" \
+        -e "s|@USER@|$NGINX_USER|g" \
+        "$HERE/$1" >"$2"
+}
+
+# expect_status NAME URL STATUS [TOKEN]: one pre-flight request.
+expect_status() {
+    local name=$1 url=$2 want=$3 token=${4:-} got
+    if [ -n "$token" ]; then
+        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 -H "Authorization: Bearer $token" "$url" || true)
+    else
+        got=$(curl -s -o /dev/null -w '%{http_code}' --max-time 5 "$url" || true)
+    fi
+    [ "$got" = "$want" ] || die "$name: pre-flight GET $url answered $got, expected $want"
+}
+
+# --------------------------------------------------------------------------
+# wrk and its output
+
+# to_ms VALUE: wrk latency ("812.00us", "1.23ms", "2.01s") in milliseconds.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0
+        if (v ~ /us$/) n = n / 1000
+        else if (v ~ /ms$/) n = n
+        else if (v ~ /m$/) n = n * 60000
+        else if (v ~ /s$/) n = n * 1000
+        printf "%.3f", n
+    }'
+}
+
+declare -A RPS P50 P99 REQS
+ORDER=()
+
+# load NAME URL [wrk args...]: runs wrk, checks it, records the numbers.
+load() {
+    local name=$1 url=$2
+    shift 2
+    local out="$WORK/wrk-$name.txt" secs
+    secs=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; print int(n) + 30 }')
+    log "$name: wrk -t$THREADS -c$CONNECTIONS -d$DURATION $url"
+    if ! timeout "$secs" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency "$@" "$url" >"$out" 2>&1; then
+        cat "$out" >&2
+        die "$name: wrk failed"
+    fi
+    local non2xx connect requests
+    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$out")
+    connect=$(sed -n 's/.*Socket errors: connect \([0-9]*\),.*/\1/p' "$out")
+    requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out")
+    if [ -n "$non2xx" ] && [ "$non2xx" != 0 ]; then
+        cat "$out" >&2
+        die "$name: $non2xx non-2xx responses"
+    fi
+    if [ -n "$connect" ] && [ "$connect" != 0 ]; then
+        cat "$out" >&2
+        die "$name: $connect connect errors"
+    fi
+    if [ -z "$requests" ] || [ "$requests" = 0 ]; then
+        cat "$out" >&2
+        die "$name: no requests completed"
+    fi
+    if grep -q 'Socket errors' "$out"; then
+        log "$name: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
+    fi
+    RPS[$name]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
+    REQS[$name]=$requests
+    ORDER+=("$name")
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms ($requests requests)"
+}
+
+# --------------------------------------------------------------------------
+# scopegate helpers
+
+status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
+mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
+
+cache_misses() {
+    curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+        awk '/^scopegate_token_cache_requests_total/ && /kind="jwt"/ && /result="miss"/ { print int($2) }'
+}
+
+# start_scopegate NAME TEMPLATE GOOD_TOKEN [BAD_TOKEN]: starts scopegate on
+# fresh ports; sets SG_PID, PROXY_PORT, ADMIN_PORT and records the idle RSS.
+start_scopegate() {
+    local name=$1 template=$2 good=$3 bad=${4:-}
+    free_port PROXY_PORT
+    free_port ADMIN_PORT
+    render "$template" "$WORK/$name.yaml"
+    RUST_LOG=$SCOPEGATE_LOG start "$name" "$SCOPEGATE" run --config "$WORK/$name.yaml"
+    SG_PID=$STARTED
+    wait_http "$name" "$SG_PID" "http://127.0.0.1:$ADMIN_PORT/readyz"
+    expect_status "$name" "http://127.0.0.1:$ADMIN_PORT/readyz" 200
+    sleep 0.5
+    IDLE_KB[$name]=$(status_kb "$SG_PID" VmRSS)
+    expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
+    if [ -n "$bad" ]; then
+        expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$bad"
+    fi
+    expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$good"
+}
+
+declare -A IDLE_KB HWM_KB
+
+# ==========================================================================
+
+need_tools
+ulimit -n 65536 2>/dev/null || true
+cd "$ROOT"
+
+if [ "$PROFILE" = release ]; then
+    BUILD_ARGS=(--release)
+    OUT_DIR=release
+else
+    BUILD_ARGS=(--profile "$PROFILE")
+    OUT_DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+fi
+log "building scopegate and examples/mint.rs ($PROFILE)"
+cargo build "${BUILD_ARGS[@]}" --bin scopegate --example mint >&2
+TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+SCOPEGATE=$TARGET_DIR/$OUT_DIR/scopegate
+MINT=$TARGET_DIR/$OUT_DIR/examples/mint
+if [ ! -x "$SCOPEGATE" ] || [ ! -x "$MINT" ]; then
+    die "built binaries not found under $TARGET_DIR/$OUT_DIR"
+fi
+
+STARTED_AT=$(date +%s)
+log "minting $TOKENS ES256 tokens into $WORK/keys"
+"$MINT" --out "$WORK/keys" --count "$TOKENS" --issuer "$ISSUER" --audience "$AUDIENCE" \
+    --scope "$SCOPE profile" >&2
+TOKENS_FILE=$WORK/keys/tokens.txt
+FIRST_TOKEN=$(head -n 1 "$TOKENS_FILE")
+# Same header and claims, signature of another token: must be refused.
+BAD_TOKEN="${FIRST_TOKEN%.*}.$(sed -n 2p "$TOKENS_FILE" | sed 's/.*\.//')"
+# Not a compact JWS, so scopegate introspects it.
+OPAQUE_TOKEN=opaque-$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')
+
+NGINX_USER=""
+[ "$(id -u)" = 0 ] && NGINX_USER="user root;"
+mkdir -p "$WORK"/nginx-{upstream,proxy}-tmp
+
+# --- upstream ---------------------------------------------------------------
+free_port UPSTREAM_PORT
+render nginx-upstream.conf "$WORK/nginx-upstream.conf"
+start nginx-upstream nginx -p "$WORK" -e "$WORK/nginx-upstream.error.log" -c "$WORK/nginx-upstream.conf"
+UPSTREAM_PID=$STARTED
+wait_http nginx-upstream "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/"
+expect_status nginx-upstream "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" 200
+
+# --- 1. direct --------------------------------------------------------------
+load direct "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
+
+# --- 2. nginx plain reverse proxy --------------------------------------------
+free_port PROXY_PORT
+render nginx-proxy.conf "$WORK/nginx-proxy.conf"
+start nginx-proxy nginx -p "$WORK" -e "$WORK/nginx-proxy.error.log" -c "$WORK/nginx-proxy.conf"
+pid=$STARTED
+wait_http nginx-proxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
+expect_status nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
+load nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
+stop "$pid"
+
+# --- 3. HAProxy jwt_verify ------------------------------------------------------
+free_port PROXY_PORT
+render haproxy.cfg "$WORK/haproxy.cfg"
+haproxy -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 || {
+    cat "$WORK/haproxy-check.log" >&2
+    die "haproxy rejected its configuration"
+}
+start haproxy haproxy -db -f "$WORK/haproxy.cfg"
+pid=$STARTED
+wait_http haproxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
+expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
+expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$BAD_TOKEN"
+expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$FIRST_TOKEN"
+export BENCH_TOKENS_FILE=$TOKENS_FILE BENCH_WRK_THREADS=$THREADS BENCH_TOKENS_START=0
+load haproxy-jwt "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -s "$HERE/rotate.lua"
+stop "$pid"
+
+# --- 4. scopegate, warm cache --------------------------------------------------
+start_scopegate scopegate-warm scopegate.yaml "$FIRST_TOKEN" "$BAD_TOKEN"
+load scopegate-warm "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
+HWM_KB[scopegate-warm]=$(status_kb "$SG_PID" VmHWM)
+stop "$SG_PID"
+
+# --- 5. scopegate, every token new -------------------------------------------
+start_scopegate scopegate-cold scopegate.yaml "$FIRST_TOKEN" "$BAD_TOKEN"
+BENCH_TOKENS_START=1 # token 0 was the pre-flight request
+load scopegate-cold "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -s "$HERE/rotate.lua"
+HWM_KB[scopegate-cold]=$(status_kb "$SG_PID" VmHWM)
+COLD_RSS_KB=$(status_kb "$SG_PID" VmRSS)
+MISSES=$(cache_misses)
+log "scopegate-cold: $MISSES distinct tokens verified, VmRSS $(mb "$COLD_RSS_KB") MB"
+
+# Memory with FILL_TOKENS distinct cached tokens (full mode): keep sending
+# fresh tokens until the cache has verified that many.
+FILL_NOTE=""
+if [ "$SMOKE" = 0 ] && [ "${MISSES:-0}" -lt "$FILL_TOKENS" ]; then
+    if [ "$TOKENS" -lt $((FILL_TOKENS + 1000)) ]; then
+        die "BENCH_TOKENS=$TOKENS is too few to fill the cache with $FILL_TOKENS tokens"
+    fi
+    next=$((1 + REQS[scopegate-cold]))
+    for _ in 1 2 3 4 5 6; do
+        [ "$MISSES" -lt "$FILL_TOKENS" ] || break
+        log "cache fill: $MISSES < $FILL_TOKENS distinct tokens, sending more from token $next"
+        BENCH_TOKENS_START=$next timeout 60 wrk -t"$THREADS" -c"$CONNECTIONS" -d5s --timeout 5s \
+            -s "$HERE/rotate.lua" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" >"$WORK/wrk-fill.txt" 2>&1 ||
+            die "cache fill: wrk failed"
+        if grep -q 'Non-2xx' "$WORK/wrk-fill.txt"; then
+            cat "$WORK/wrk-fill.txt" >&2
+            die "cache fill: non-2xx responses"
+        fi
+        next=$((next + $(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$WORK/wrk-fill.txt")))
+        MISSES=$(cache_misses)
+    done
+    [ "$MISSES" -ge "$FILL_TOKENS" ] || die "cache fill: only $MISSES distinct tokens verified"
+    FILL_NOTE=" (cold run plus a top-up load)"
+fi
+FILLED_RSS_KB=$(status_kb "$SG_PID" VmRSS)
+FILLED_HWM_KB=$(status_kb "$SG_PID" VmHWM)
+stop "$SG_PID"
+
+# --- 6. scopegate, opaque token, cached introspection ------------------------
+printf 'bench-introspection-secret\n' >"$WORK/introspection-secret"
+start_scopegate scopegate-introspect scopegate-introspect.yaml "$OPAQUE_TOKEN"
+load scopegate-introspect "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $OPAQUE_TOKEN"
+HWM_KB[scopegate-introspect]=$(status_kb "$SG_PID" VmHWM)
+INTROSPECTIONS=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    awk '/^scopegate_introspection_requests_total/ { n += $2 } END { print int(n) }')
+log "scopegate-introspect: $INTROSPECTIONS introspection call(s) for ${REQS[scopegate-introspect]} requests"
+stop "$SG_PID"
+
+ELAPSED=$(($(date +%s) - STARTED_AT))
+
+# --------------------------------------------------------------------------
+# Report
+
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
+
+TABLE=$(
+    echo "| contender | requests/s | p50 (ms) | p99 (ms) | peak RSS (MB) |"
+    echo "|---|---:|---:|---:|---:|"
+    for name in "${ORDER[@]}"; do
+        peak="-"
+        [ -n "${HWM_KB[$name]:-}" ] && peak=$(mb "${HWM_KB[$name]}")
+        echo "| $name | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | $peak |"
+    done
+    echo
+    echo "- scopegate-warm / nginx-proxy throughput: **$(ratio "${RPS[scopegate-warm]}" "${RPS[nginx-proxy]}")x**;" \
+        "p99 $(ratio "${P99[scopegate-warm]}" "${P99[nginx-proxy]}")x nginx-proxy's" \
+        "(${P99[scopegate-warm]} vs ${P99[nginx-proxy]} ms)"
+    echo "- scopegate-cold / haproxy-jwt throughput: **$(ratio "${RPS[scopegate-cold]}" "${RPS[haproxy-jwt]}")x**;" \
+        "p99 ${P99[scopegate-cold]} vs ${P99[haproxy-jwt]} ms"
+    echo "- scopegate-warm / haproxy-jwt throughput: $(ratio "${RPS[scopegate-warm]}" "${RPS[haproxy-jwt]}")x;" \
+        "scopegate-introspect / nginx-proxy: $(ratio "${RPS[scopegate-introspect]}" "${RPS[nginx-proxy]}")x" \
+        "($INTROSPECTIONS introspection call(s) for ${REQS[scopegate-introspect]} requests)"
+    echo "- scopegate RSS: idle $(mb "${IDLE_KB[scopegate-warm]}") MB;" \
+        "peak (VmHWM) warm run $(mb "${HWM_KB[scopegate-warm]}") MB," \
+        "cold run $(mb "${HWM_KB[scopegate-cold]}") MB," \
+        "introspection run $(mb "${HWM_KB[scopegate-introspect]}") MB"
+    echo "- scopegate with $MISSES distinct verified tokens$FILL_NOTE (cache max_entries 100000):" \
+        "VmRSS $(mb "$FILLED_RSS_KB") MB, VmHWM $(mb "$FILLED_HWM_KB") MB"
+)
+
+echo
+echo "$TABLE"
+echo
+log "done in ${ELAPSED}s (after the build)"
+
+[ "$SMOKE" = 1 ] && exit 0
+
+cpu=$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)
+SECTION=$(
+    echo "## Latest run"
+    echo
+    echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`benches/load/run.sh\`" \
+        "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $TOKENS pre-minted tokens;" \
+        "scopegate RUST_LOG=$SCOPEGATE_LOG, profile $PROFILE; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
+        "with local changes: $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l | tr -d ' ') files)."
+    echo
+    echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r);" \
+        "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | awk '{ print "HAProxy " $3 }')," \
+        "$(wrk -v 2>&1 | head -1 | awk '{ print "wrk " $2 }'), $(rustc --version | awk '{ print $1 " " $2 }')."
+    echo "wrk, the upstream, and the contender share the machine's CPUs."
+    echo
+    echo "$TABLE"
+    echo
+)
+RESULTS=$ROOT/benches/RESULTS.md
+if [ ! -f "$RESULTS" ]; then
+    printf '# Benchmark results\n\n' >"$RESULTS"
+fi
+# Replace the "## Latest run" section (up to the next "## " heading), or
+# append one.
+SECTION_FILE=$WORK/section.md
+printf '%s\n' "$SECTION" >"$SECTION_FILE"
+awk -v section="$SECTION_FILE" '
+    function emit() { while ((getline line < section) > 0) print line; done = 1 }
+    /^## Latest run/ { emit(); skipping = 1; next }
+    skipping && /^## / { skipping = 0 }
+    !skipping { print }
+    END { if (!done) { print ""; emit() } }
+' "$RESULTS" >"$WORK/RESULTS.md"
+cp "$WORK/RESULTS.md" "$RESULTS"
+log "wrote $RESULTS"

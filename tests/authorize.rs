@@ -1,0 +1,1352 @@
+//! The authorization endpoint (authorization code + PKCE) over real sockets,
+//! driven like a browser would, without a browser: pages are fetched, their
+//! forms' hidden fields are read back and posted with the cookies the server
+//! set. Every error case of the endpoint, the pages' security headers and
+//! cookies, and the code exchange at the token endpoint (PKCE, bindings,
+//! single use with revocation on replay, no PKCE downgrade, expiry).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use bytes::Bytes;
+use scopegate::issuer::token::s256;
+use serde_json::Value;
+
+/// The built-in server's `iss`.
+const ISS: &str = "https://as.test";
+const AUTHORIZE: &str = "/oauth2/authorize";
+const TOKEN: &str = "/oauth2/token";
+/// `spa`'s registered redirect URIs (it has three, so it must name one).
+const APP_CB: &str = "https://app.test/cb";
+const APP_CB2: &str = "https://app.test/cb2";
+const LOOPBACK_CB: &str = "http://127.0.0.1/callback";
+/// `web`'s only redirect URI.
+const WEB_CB: &str = "https://web.test/cb";
+/// Every user's password.
+const PASSWORD: &str = "correct horse battery";
+/// The confidential clients' secret.
+const SECRET: &str = "web-s3cret";
+/// A `state` with characters that need encoding, and HTML metacharacters.
+const NASTY_STATE: &str = "a b&c=d/é?#%+\"'<x>;,~";
+
+fn password_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(PASSWORD).unwrap())
+}
+
+fn secret_hash() -> &'static str {
+    static HASH: OnceLock<String> = OnceLock::new();
+    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(SECRET).unwrap())
+}
+
+/// Clients: `spa` (public; authorization_code + refresh_token; orders:read
+/// reports:read; three redirect URIs incl. a loopback one), `spa2` (public;
+/// orders:read; APP_CB), `web` (confidential; orders:read; WEB_CB), `wide`
+/// (public; orders:read admin; APP_CB), `svc` (confidential,
+/// client_credentials only). Users: `alice`, `bob` (any scope), `carol`
+/// (orders:read only). Routes: `/orders/{id}` (GET, orders:read), `/admin`
+/// (admin). `extra` is more of the `authorization_server:` block.
+fn config(upstream: SocketAddr, extra: &str) -> String {
+    let p = password_hash();
+    let h = secret_hash();
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+admin:
+  listen: 127.0.0.1:0
+authorization_server:
+  issuer: {ISS}
+  access_token_ttl: 1h
+  refresh_token_ttl: 30m
+{extra}  clients:
+    - client_id: spa
+      name: Orders <SPA>
+      grants: [authorization_code, refresh_token]
+      scopes: [orders:read, reports:read]
+      audience: orders-api
+      redirect_uris: [{APP_CB}, {APP_CB2}, {LOOPBACK_CB}]
+    - client_id: spa2
+      grants: [authorization_code]
+      scopes: [orders:read]
+      audience: orders-api
+      redirect_uris: [{APP_CB}]
+    - client_id: web
+      client_secret_hash: "{h}"
+      grants: [authorization_code]
+      scopes: [orders:read]
+      audience: orders-api
+      redirect_uris: [{WEB_CB}]
+    - client_id: wide
+      grants: [authorization_code]
+      scopes: [orders:read, admin]
+      audience: orders-api
+      redirect_uris: [{APP_CB}]
+    - client_id: svc
+      client_secret_hash: "{h}"
+      grants: [client_credentials]
+      scopes: [orders:read]
+      audience: orders-api
+  users:
+    - username: alice
+      password_hash: "{p}"
+    - username: bob
+      password_hash: "{p}"
+    - username: carol
+      password_hash: "{p}"
+      scopes: [orders:read]
+upstreams:
+  app:
+    url: http://{upstream}
+    connect_timeout: 1s
+    request_timeout: 5s
+routes:
+  - path: /orders/{{id}}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /admin
+    upstream: app
+    scopes: [admin]
+"#
+    )
+}
+
+async fn start() -> (Upstream, Gateway) {
+    start_with("").await
+}
+
+async fn start_with(extra: &str) -> (Upstream, Gateway) {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config(upstream.addr, extra)).await;
+    (upstream, gw)
+}
+
+// ---------------------------------------------------------------------------
+// Helpers: parameters, forms, cookies, redirects
+// ---------------------------------------------------------------------------
+
+type Params = Vec<(String, String)>;
+
+/// A PKCE pair: a 43-character verifier and its S256 challenge.
+struct Pkce {
+    verifier: String,
+    challenge: String,
+}
+
+fn pkce() -> Pkce {
+    let verifier = scopegate::issuer::random_token();
+    assert_eq!(verifier.len(), 43);
+    Pkce {
+        challenge: s256(&verifier),
+        verifier,
+    }
+}
+
+/// A valid authorization request for `client` (with S256 PKCE when given).
+fn params(client: &str, redirect_uri: &str, scope: &str, challenge: Option<&str>) -> Params {
+    let mut p: Params = vec![
+        ("response_type".into(), "code".into()),
+        ("client_id".into(), client.into()),
+        ("redirect_uri".into(), redirect_uri.into()),
+        ("scope".into(), scope.into()),
+        ("state".into(), NASTY_STATE.into()),
+    ];
+    if let Some(c) = challenge {
+        p.push(("code_challenge".into(), c.into()));
+        p.push(("code_challenge_method".into(), "S256".into()));
+    }
+    p
+}
+
+/// Replaces (or adds) a parameter.
+fn with(mut p: Params, key: &str, value: &str) -> Params {
+    p.retain(|(k, _)| k != key);
+    p.push((key.into(), value.into()));
+    p
+}
+
+/// Removes a parameter.
+fn without(mut p: Params, key: &str) -> Params {
+    p.retain(|(k, _)| k != key);
+    p
+}
+
+fn encode<K: AsRef<str>, V: AsRef<str>>(p: &[(K, V)]) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in p {
+        s.append_pair(k.as_ref(), v.as_ref());
+    }
+    s.finish()
+}
+
+fn authorize_url(gw: &Gateway, p: &Params) -> String {
+    gw.url(&format!("{AUTHORIZE}?{}", encode(p)))
+}
+
+/// GET the authorization endpoint, with an optional `Cookie` header.
+async fn get_authorize(gw: &Gateway, p: &Params, cookie: Option<&str>) -> Reply {
+    let headers: Vec<(&str, &str)> = cookie.map(|c| ("cookie", c)).into_iter().collect();
+    get(&authorize_url(gw, p), &headers).await.unwrap()
+}
+
+/// POST a form to the authorization endpoint, with an optional `Cookie` header.
+async fn post_authorize(gw: &Gateway, form: &Params, cookie: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some(c) = cookie {
+        headers.push(("cookie", c));
+    }
+    send(
+        "POST",
+        &gw.url(AUTHORIZE),
+        &headers,
+        Bytes::from(encode(form)),
+    )
+    .await
+    .unwrap()
+}
+
+fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The page's hidden form fields, unescaped, in document order.
+fn hidden_fields(html: &str) -> Params {
+    const OPEN: &str = "<input type=\"hidden\" name=\"";
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find(OPEN) {
+        rest = &rest[i + OPEN.len()..];
+        let end = rest.find('"').unwrap();
+        let name = rest[..end].to_owned();
+        rest = &rest[end..];
+        let v = rest.find("value=\"").unwrap() + "value=\"".len();
+        rest = &rest[v..];
+        let end = rest.find('"').unwrap();
+        out.push((name, unescape(&rest[..end])));
+        rest = &rest[end..];
+    }
+    out
+}
+
+fn field(fields: &Params, name: &str) -> String {
+    fields
+        .iter()
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| panic!("the form has no `{name}` field: {fields:?}"))
+}
+
+/// The whole `Set-Cookie` header for cookie `name`, if set.
+fn set_cookie(r: &Reply, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+/// `name=value` of a cookie the reply set (for a `Cookie` header).
+fn cookie_pair(r: &Reply, name: &str) -> String {
+    let header = set_cookie(r, name).unwrap_or_else(|| {
+        panic!(
+            "no {name} cookie set (status {}): {:?}",
+            r.status, r.headers
+        )
+    });
+    header.split(';').next().unwrap().trim().to_owned()
+}
+
+/// The redirect's target without its query, and its query parameters.
+#[track_caller]
+fn redirect(r: &Reply) -> (String, HashMap<String, String>) {
+    assert_eq!(r.status, 303, "not a redirect: {}", r.text());
+    let location = r.header("location").expect("a redirect without Location");
+    let url = url::Url::parse(&location).unwrap();
+    let mut pairs = HashMap::new();
+    for (k, v) in url.query_pairs() {
+        assert!(
+            pairs.insert(k.to_string(), v.into_owned()).is_none(),
+            "repeated `{k}` in {location}"
+        );
+    }
+    let base = location.split('?').next().unwrap().to_owned();
+    (base, pairs)
+}
+
+/// An error redirect to `base` with `error`, the state echoed exactly, `iss`, and no code.
+#[track_caller]
+fn assert_error_redirect(r: &Reply, base: &str, error: &str) {
+    let (to, q) = redirect(r);
+    assert_eq!(to, base, "{:?}", r.header("location"));
+    assert_eq!(q.get("error").map(String::as_str), Some(error), "{q:?}");
+    assert!(q.contains_key("error_description"), "{q:?}");
+    assert_eq!(
+        q.get("state").map(String::as_str),
+        Some(NASTY_STATE),
+        "{q:?}"
+    );
+    assert_eq!(q.get("iss").map(String::as_str), Some(ISS), "{q:?}");
+    assert!(!q.contains_key("code"), "{q:?}");
+}
+
+/// An HTML page (never a redirect) with `status`.
+#[track_caller]
+fn assert_page(r: &Reply, status: u16) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert!(
+        r.header("location").is_none(),
+        "must not redirect: {:?}",
+        r.header("location")
+    );
+    assert_eq!(
+        r.header("content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert_security_headers(r);
+}
+
+/// CSP with `frame-ancestors 'none'`, `X-Frame-Options: DENY`, no caching.
+#[track_caller]
+fn assert_security_headers(r: &Reply) {
+    let csp = r
+        .header("content-security-policy")
+        .expect("no Content-Security-Policy");
+    let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+    assert!(directives.contains(&"frame-ancestors 'none'"), "{csp}");
+    assert!(directives.contains(&"default-src 'none'"), "{csp}");
+    assert_eq!(r.header("x-frame-options").as_deref(), Some("DENY"));
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+}
+
+/// A cookie set with `HttpOnly`, `Secure`, `SameSite=Lax` and the endpoint's path.
+#[track_caller]
+fn assert_cookie_attributes(r: &Reply, name: &str) {
+    let header = set_cookie(r, name).unwrap_or_else(|| panic!("no {name} cookie"));
+    let attrs: Vec<String> = header
+        .split(';')
+        .skip(1)
+        .map(|a| a.trim().to_ascii_lowercase())
+        .collect();
+    for want in ["httponly", "secure", "samesite=lax"] {
+        assert!(attrs.iter().any(|a| a == want), "{name}: {header}");
+    }
+    assert!(
+        attrs.iter().any(|a| *a == format!("path={AUTHORIZE}")),
+        "{header}"
+    );
+}
+
+/// Fetches the sign-in page for `p` and posts it back with these
+/// credentials, as a browser would (the page's hidden fields and its CSRF
+/// cookie). Returns the login page and the reply to the post.
+async fn sign_in(gw: &Gateway, p: &Params, username: &str, password: &str) -> (Reply, Reply) {
+    let page = get_authorize(gw, p, None).await;
+    assert_page(&page, 200);
+    assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
+    let mut form = hidden_fields(&page.text());
+    assert_eq!(field(&form, "action"), "login");
+    form.push(("username".into(), username.into()));
+    form.push(("password".into(), password.into()));
+    let csrf = cookie_pair(&page, "sg_csrf");
+    let reply = post_authorize(gw, &form, Some(&csrf)).await;
+    (page, reply)
+}
+
+/// Signs in successfully; returns the consent page and the session cookie pair.
+async fn consent(gw: &Gateway, p: &Params, username: &str) -> (Reply, String) {
+    let (_, reply) = sign_in(gw, p, username, PASSWORD).await;
+    assert_page(&reply, 200);
+    assert!(
+        reply.text().contains("<h1>Allow access?</h1>"),
+        "{}",
+        reply.text()
+    );
+    let session = cookie_pair(&reply, "sg_session");
+    (reply, session)
+}
+
+/// Posts the consent page's form with `action` (approve or deny).
+async fn decide(gw: &Gateway, consent_page: &Reply, session: &str, action: &str) -> Reply {
+    let mut form = hidden_fields(&consent_page.text());
+    form.push(("action".into(), action.into()));
+    post_authorize(gw, &form, Some(session)).await
+}
+
+/// With an existing session: GET shows consent at once; approve; the code.
+async fn code_with_session(gw: &Gateway, p: &Params, session: &str) -> String {
+    let page = get_authorize(gw, p, Some(session)).await;
+    assert_page(&page, 200);
+    assert!(page.text().contains("Allow access?"), "{}", page.text());
+    let r = decide(gw, &page, session, "approve").await;
+    let (_, q) = redirect(&r);
+    q.get("code").cloned().expect("no code")
+}
+
+/// Token request parameters for an authorization code.
+struct Exchange<'a> {
+    client: &'a str,
+    secret: Option<&'a str>,
+    code: &'a str,
+    redirect_uri: Option<&'a str>,
+    verifier: Option<&'a str>,
+}
+
+async fn exchange(gw: &Gateway, e: Exchange<'_>) -> Reply {
+    let mut form: Vec<(&str, &str)> = vec![
+        ("grant_type", "authorization_code"),
+        ("code", e.code),
+        ("client_id", e.client),
+    ];
+    if let Some(s) = e.secret {
+        form.push(("client_secret", s));
+    }
+    if let Some(r) = e.redirect_uri {
+        form.push(("redirect_uri", r));
+    }
+    if let Some(v) = e.verifier {
+        form.push(("code_verifier", v));
+    }
+    send(
+        "POST",
+        &gw.url(TOKEN),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Bytes::from(encode(&form)),
+    )
+    .await
+    .unwrap()
+}
+
+/// `spa` exchanging `code` at APP_CB with `verifier`.
+async fn spa_exchange(gw: &Gateway, code: &str, verifier: Option<&str>) -> Reply {
+    exchange(
+        gw,
+        Exchange {
+            client: "spa",
+            secret: None,
+            code,
+            redirect_uri: Some(APP_CB),
+            verifier,
+        },
+    )
+    .await
+}
+
+#[track_caller]
+fn assert_oauth_error(r: &Reply, status: u16, code: &str) {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.json()["error"], code, "{}", r.text());
+    assert!(r.json().get("access_token").is_none(), "{}", r.text());
+}
+
+fn s(v: &Value, field: &str) -> String {
+    v[field]
+        .as_str()
+        .unwrap_or_else(|| panic!("`{field}` is not a string in {v}"))
+        .to_owned()
+}
+
+async fn orders_status(gw: &Gateway, token: &str) -> Reply {
+    get_with_token(&gw.url("/orders/7"), token).await
+}
+
+// ---------------------------------------------------------------------------
+// Client and redirect URI: an error page, never a redirect
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn unknown_or_missing_client_is_an_error_page_not_a_redirect() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    // A request that would otherwise redirect an error (response_type=token):
+    // the client is checked first, so nothing may go to the redirect URI.
+    let base = with(
+        params("spa", APP_CB, "orders:read", Some(&c.challenge)),
+        "response_type",
+        "token",
+    );
+    for (what, p) in [
+        ("unknown client", with(base.clone(), "client_id", "nobody")),
+        ("missing client_id", without(base.clone(), "client_id")),
+        (
+            "client without the authorization_code grant",
+            with(base.clone(), "client_id", "svc"),
+        ),
+    ] {
+        let r = get_authorize(&gw, &p, None).await;
+        assert_page(&r, 400);
+        assert!(
+            r.text().contains("This sign-in link is not valid"),
+            "{what}: {}",
+            r.text()
+        );
+        assert!(set_cookie(&r, "sg_csrf").is_none(), "{what}");
+        // The same through POST.
+        let r = post_authorize(&gw, &with(p, "action", "login"), None).await;
+        assert_page(&r, 400);
+    }
+}
+
+#[tokio::test]
+async fn redirect_uri_must_be_registered_exactly() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let base = with(
+        params("spa", APP_CB, "orders:read", Some(&c.challenge)),
+        "response_type",
+        "token",
+    );
+    for (what, p) in [
+        (
+            "unregistered",
+            with(base.clone(), "redirect_uri", "https://evil.test/cb"),
+        ),
+        (
+            "extra path",
+            with(base.clone(), "redirect_uri", "https://app.test/cb/extra"),
+        ),
+        (
+            "trailing slash",
+            with(base.clone(), "redirect_uri", "https://app.test/cb/"),
+        ),
+        (
+            "extra query",
+            with(base.clone(), "redirect_uri", "https://app.test/cb?next=/x"),
+        ),
+        (
+            "different port (not loopback)",
+            with(base.clone(), "redirect_uri", "https://app.test:8443/cb"),
+        ),
+        (
+            "other scheme",
+            with(base.clone(), "redirect_uri", "http://app.test/cb"),
+        ),
+        (
+            "another client's URI",
+            with(base.clone(), "redirect_uri", WEB_CB),
+        ),
+        (
+            "loopback with another path",
+            with(base.clone(), "redirect_uri", "http://127.0.0.1:5000/other"),
+        ),
+        (
+            "localhost is not the registered 127.0.0.1",
+            with(
+                base.clone(),
+                "redirect_uri",
+                "http://localhost:5000/callback",
+            ),
+        ),
+        (
+            "missing, with several registered",
+            without(base.clone(), "redirect_uri"),
+        ),
+    ] {
+        let r = get_authorize(&gw, &p, None).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_page(&r, 400);
+        assert!(
+            r.text().contains("not registered") || r.text().contains("no redirect URI"),
+            "{what}: {}",
+            r.text()
+        );
+    }
+    // The control: the registered URI is accepted (the sign-in page).
+    let r = get_authorize(
+        &gw,
+        &params("spa", APP_CB, "orders:read", Some(&c.challenge)),
+        None,
+    )
+    .await;
+    assert_page(&r, 200);
+}
+
+#[tokio::test]
+async fn loopback_redirect_uri_may_use_another_port() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let presented = "http://127.0.0.1:53999/callback";
+    let p = params("spa", presented, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    // The code goes to the port the request named ...
+    let r = decide(&gw, &page, &session, "approve").await;
+    let (to, q) = redirect(&r);
+    assert_eq!(to, presented);
+    let code = q.get("code").expect("no code");
+    // ... and is bound to that exact URI, not the registered one.
+    let r = exchange(
+        &gw,
+        Exchange {
+            client: "spa",
+            secret: None,
+            code,
+            redirect_uri: Some(presented),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Errors after the client check go to the presented loopback URI too.
+    let r = get_authorize(&gw, &with(p, "response_type", "token"), None).await;
+    assert_error_redirect(&r, presented, "unsupported_response_type");
+}
+
+#[tokio::test]
+async fn a_single_registered_redirect_uri_may_be_omitted() {
+    // RFC 6749 3.1.2.3: with one registered URI the request may leave it out;
+    // the code is then bound to the registered one.
+    let (_upstream, gw) = start().await;
+    let p = without(params("web", WEB_CB, "orders:read", None), "redirect_uri");
+    let (page, session) = consent(&gw, &p, "alice").await;
+    let r = decide(&gw, &page, &session, "approve").await;
+    let (to, q) = redirect(&r);
+    assert_eq!(to, WEB_CB);
+    let r = exchange(
+        &gw,
+        Exchange {
+            client: "web",
+            secret: Some(SECRET),
+            code: &q["code"],
+            redirect_uri: Some(WEB_CB),
+            verifier: None,
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+// ---------------------------------------------------------------------------
+// Errors reported at the redirect URI
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn response_type_token_is_unsupported_and_state_comes_back_untouched() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let r = get_authorize(&gw, &with(p.clone(), "response_type", "token"), None).await;
+    assert_error_redirect(&r, APP_CB, "unsupported_response_type");
+    // Percent-encoded on the wire (no raw space, quote, '<' or second '#').
+    let location = r.header("location").unwrap();
+    assert!(
+        !location.contains(' ') && !location.contains('<') && !location.contains('"'),
+        "{location}"
+    );
+    assert_eq!(location.matches('#').count(), 0, "{location}");
+    assert!(set_cookie(&r, "sg_csrf").is_none());
+    // Without response_type at all: invalid_request.
+    let r = get_authorize(&gw, &without(p.clone(), "response_type"), None).await;
+    assert_error_redirect(&r, APP_CB, "invalid_request");
+    // Without state, none comes back (and iss still does).
+    let r = get_authorize(
+        &gw,
+        &without(with(p, "response_type", "token"), "state"),
+        None,
+    )
+    .await;
+    let (_, q) = redirect(&r);
+    assert!(!q.contains_key("state"), "{q:?}");
+    assert_eq!(q.get("iss").map(String::as_str), Some(ISS));
+}
+
+#[tokio::test]
+async fn state_is_escaped_in_the_pages() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = with(
+        params("spa", APP_CB, "orders:read", Some(&c.challenge)),
+        "state",
+        "\"><script>alert(1)</script>",
+    );
+    let r = get_authorize(&gw, &p, None).await;
+    assert_page(&r, 200);
+    assert!(!r.text().contains("<script>"), "{}", r.text());
+    assert_eq!(
+        field(&hidden_fields(&r.text()), "state"),
+        "\"><script>alert(1)</script>"
+    );
+    // The client's display name is escaped too.
+    assert!(r.text().contains("Orders &lt;SPA&gt;"), "{}", r.text());
+}
+
+#[tokio::test]
+async fn scope_outside_the_clients_is_invalid_scope() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    for scope in ["orders:read admin", "admin", "orders:write"] {
+        let r = get_authorize(&gw, &params("spa", APP_CB, scope, Some(&c.challenge)), None).await;
+        assert_error_redirect(&r, APP_CB, "invalid_scope");
+    }
+    // The control: a subset is fine.
+    let r = get_authorize(
+        &gw,
+        &params("spa", APP_CB, "reports:read", Some(&c.challenge)),
+        None,
+    )
+    .await;
+    assert_page(&r, 200);
+}
+
+#[tokio::test]
+async fn public_clients_must_use_s256_pkce() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    for (what, p) in [
+        (
+            "no code_challenge",
+            without(
+                without(p.clone(), "code_challenge"),
+                "code_challenge_method",
+            ),
+        ),
+        ("plain", with(p.clone(), "code_challenge_method", "plain")),
+        (
+            "plain with a verifier-shaped challenge",
+            with(
+                with(p.clone(), "code_challenge_method", "plain"),
+                "code_challenge",
+                &c.verifier,
+            ),
+        ),
+        (
+            "method missing (defaults to plain)",
+            without(p.clone(), "code_challenge_method"),
+        ),
+        (
+            "method without challenge",
+            without(p.clone(), "code_challenge"),
+        ),
+        (
+            "challenge not a SHA-256",
+            with(p.clone(), "code_challenge", "too-short"),
+        ),
+    ] {
+        let r = get_authorize(&gw, &p, None).await;
+        assert_eq!(r.status, 303, "{what}: {}", r.text());
+        assert_error_redirect(&r, APP_CB, "invalid_request");
+    }
+    // plain is refused for a confidential client too.
+    let r = get_authorize(
+        &gw,
+        &with(
+            params("web", WEB_CB, "orders:read", Some(&c.challenge)),
+            "code_challenge_method",
+            "plain",
+        ),
+        None,
+    )
+    .await;
+    assert_error_redirect(&r, WEB_CB, "invalid_request");
+    // The control.
+    let r = get_authorize(&gw, &p, None).await;
+    assert_page(&r, 200);
+}
+
+// ---------------------------------------------------------------------------
+// Sign-in
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn sign_in_requires_the_double_submit_csrf_cookie() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let page = get_authorize(&gw, &p, None).await;
+    assert_page(&page, 200);
+    let mut form = hidden_fields(&page.text());
+    form.push(("username".into(), "alice".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let cookie = cookie_pair(&page, "sg_csrf");
+    assert_eq!(cookie, format!("sg_csrf={}", field(&form, "csrf")));
+
+    let refused = |r: &Reply, what: &str| {
+        assert_page(r, 403);
+        assert!(set_cookie(r, "sg_session").is_none(), "{what}");
+        assert!(r.text().contains("Request refused"), "{what}: {}", r.text());
+    };
+    // No cookie.
+    refused(&post_authorize(&gw, &form, None).await, "no cookie");
+    // A cookie that does not match the form.
+    let other = format!("sg_csrf={}", scopegate::issuer::random_token());
+    refused(
+        &post_authorize(&gw, &form, Some(&other)).await,
+        "mismatched cookie",
+    );
+    // The right cookie, the form's token changed.
+    refused(
+        &post_authorize(&gw, &with(form.clone(), "csrf", "forged"), Some(&cookie)).await,
+        "mismatched form token",
+    );
+    // The form's token missing, the cookie present.
+    refused(
+        &post_authorize(&gw, &without(form.clone(), "csrf"), Some(&cookie)).await,
+        "no form token",
+    );
+    // The control: the page's own cookie and form succeed.
+    let r = post_authorize(&gw, &form, Some(&cookie)).await;
+    assert_page(&r, 200);
+    assert!(set_cookie(&r, "sg_session").is_some());
+}
+
+#[tokio::test]
+async fn wrong_password_is_401_and_five_failures_lock_the_user() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    for attempt in 1..=5 {
+        let (_, r) = sign_in(&gw, &p, "bob", "wrong password").await;
+        assert_page(&r, 401);
+        assert!(
+            r.text().contains("Wrong user name or password."),
+            "attempt {attempt}: {}",
+            r.text()
+        );
+        assert!(r.text().contains("<h1>Sign in</h1>"));
+        assert!(set_cookie(&r, "sg_session").is_none());
+        // The page can be submitted again (a fresh CSRF cookie).
+        assert!(set_cookie(&r, "sg_csrf").is_some());
+    }
+    // The sixth attempt is refused even with the right password.
+    let (_, r) = sign_in(&gw, &p, "bob", PASSWORD).await;
+    assert_page(&r, 429);
+    assert!(
+        r.text().contains("Too many failed sign-ins"),
+        "{}",
+        r.text()
+    );
+    assert!(set_cookie(&r, "sg_session").is_none());
+    // Per user: alice is not affected.
+    let (r, _) = consent(&gw, &p, "alice").await;
+    assert_eq!(r.status, 200);
+    // An unknown user is a wrong password, not a different answer.
+    let (_, r) = sign_in(&gw, &p, "nobody", PASSWORD).await;
+    assert_page(&r, 401);
+}
+
+// ---------------------------------------------------------------------------
+// Consent
+// ---------------------------------------------------------------------------
+
+#[tokio::test]
+async fn approve_without_a_valid_session_shows_the_sign_in_page() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+
+    // A session issued by another server (same issuer, other key).
+    let (_other_upstream, other) = start().await;
+    let (_, foreign) = consent(&other, &p, "alice").await;
+    // A tampered one: the payload's last character changed.
+    let value = session.trim_start_matches("sg_session=");
+    let mut parts: Vec<String> = value.split('.').map(str::to_owned).collect();
+    let last = parts[1].pop().unwrap();
+    parts[1].push(if last == 'A' { 'B' } else { 'A' });
+    let tampered = format!("sg_session={}", parts.join("."));
+
+    for (what, cookie) in [
+        ("no session", None),
+        ("garbage", Some("sg_session=not-a-jwt")),
+        ("foreign key", Some(foreign.as_str())),
+        ("tampered", Some(tampered.as_str())),
+    ] {
+        for action in ["approve", "deny"] {
+            let mut form = hidden_fields(&page.text());
+            form.push(("action".into(), action.into()));
+            let r = post_authorize(&gw, &form, cookie).await;
+            assert_page(&r, 200);
+            assert!(
+                r.text().contains("<h1>Sign in</h1>") && r.text().contains("Your session ended"),
+                "{what}/{action}: {}",
+                r.text()
+            );
+        }
+        // And GET shows the sign-in page, not consent.
+        let r = get_authorize(&gw, &p, cookie).await;
+        assert!(r.text().contains("<h1>Sign in</h1>"), "{what}");
+    }
+    // The control: the real session approves.
+    let r = decide(&gw, &page, &session, "approve").await;
+    assert!(redirect(&r).1.contains_key("code"));
+}
+
+#[tokio::test]
+async fn consent_with_a_wrong_csrf_token_is_forbidden() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (login_page, _) = sign_in(&gw, &p, "alice", "wrong").await;
+    let (page, session) = consent(&gw, &p, "alice").await;
+    let form = hidden_fields(&page.text());
+    let login_csrf = field(&hidden_fields(&login_page.text()), "csrf");
+    for action in ["approve", "deny"] {
+        for (what, csrf) in [
+            ("forged", Some("forged")),
+            ("the sign-in form's token", Some(login_csrf.as_str())),
+            ("missing", None),
+        ] {
+            let f = match csrf {
+                Some(v) => with(form.clone(), "csrf", v),
+                None => without(form.clone(), "csrf"),
+            };
+            let r = post_authorize(&gw, &with(f, "action", action), Some(&session)).await;
+            assert_page(&r, 403);
+            assert!(
+                r.text().contains("Request refused"),
+                "{action}/{what}: {}",
+                r.text()
+            );
+        }
+    }
+    // Another session's token does not fit this session either.
+    let (other_page, _) = consent(&gw, &p, "bob").await;
+    let r = decide(&gw, &other_page, &session, "approve").await;
+    assert_page(&r, 403);
+    // The control.
+    let r = decide(&gw, &page, &session, "approve").await;
+    assert!(redirect(&r).1.contains_key("code"));
+}
+
+#[tokio::test]
+async fn deny_redirects_access_denied_with_state_and_iss() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB2, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    let r = decide(&gw, &page, &session, "deny").await;
+    assert_error_redirect(&r, APP_CB2, "access_denied");
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    // An unknown action is neither.
+    let r = decide(&gw, &page, &session, "maybe").await;
+    assert_page(&r, 400);
+}
+
+#[tokio::test]
+async fn approve_redirects_with_code_state_and_iss_and_the_token_works() {
+    let (upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    // The consent page names the client, the user and the scope in words.
+    let text = page.text();
+    assert!(
+        text.contains("Signed in as <strong>alice</strong>"),
+        "{text}"
+    );
+    assert!(text.contains("Orders &lt;SPA&gt;"), "{text}");
+    assert!(text.contains("Read your orders (orders:read)"), "{text}");
+    assert!(text.contains(">Allow</button>") && text.contains(">Deny</button>"));
+
+    let r = decide(&gw, &page, &session, "approve").await;
+    let (to, q) = redirect(&r);
+    assert_eq!(to, APP_CB);
+    assert_eq!(q.get("state").map(String::as_str), Some(NASTY_STATE));
+    assert_eq!(q.get("iss").map(String::as_str), Some(ISS));
+    let code = q.get("code").expect("no code").clone();
+    assert!(code.len() >= 43, "{code}");
+    assert!(!q.contains_key("error"));
+
+    let r = spa_exchange(&gw, &code, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let body = r.json();
+    assert_eq!(body["token_type"], "Bearer");
+    assert_eq!(body["scope"], "orders:read");
+    assert!(body["refresh_token"].is_string(), "{body}");
+    let access = s(&body, "access_token");
+    let r = orders_status(&gw, &access).await;
+    assert_eq!(r.status, 200, "{} {}", r.text(), r.www_authenticate());
+    assert_eq!(upstream.last().path_and_query, "/orders/7");
+    // The token carries the user, not the client.
+    let claims = access.split('.').nth(1).unwrap();
+    use base64::Engine;
+    let claims: Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(claims)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["client_id"], "spa");
+    assert_eq!(claims["iss"], ISS);
+}
+
+#[tokio::test]
+async fn pages_carry_security_headers_and_cookie_attributes() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    // Sign-in page and its CSRF cookie.
+    let page = get_authorize(&gw, &p, None).await;
+    assert_page(&page, 200);
+    assert_cookie_attributes(&page, "sg_csrf");
+    assert_eq!(
+        page.header("x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_eq!(
+        page.header("referrer-policy").as_deref(),
+        Some("no-referrer")
+    );
+    let csp = page.header("content-security-policy").unwrap();
+    // The forms may post to the endpoint and be redirected to the client only.
+    assert!(
+        csp.contains("form-action 'self' https://app.test;"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+    // Consent page and the session cookie.
+    let (consent_page, _) = consent(&gw, &p, "alice").await;
+    assert_page(&consent_page, 200);
+    assert_cookie_attributes(&consent_page, "sg_session");
+    // Error pages.
+    let r = get_authorize(&gw, &with(p.clone(), "client_id", "nobody"), None).await;
+    assert_page(&r, 400);
+    let (_, r) = sign_in(&gw, &p, "alice", "wrong").await;
+    assert_page(&r, 401);
+    let r = post_authorize(&gw, &with(p.clone(), "action", "login"), None).await;
+    assert_page(&r, 403);
+    // Other methods.
+    let r = send("PUT", &authorize_url(&gw, &p), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_page(&r, 405);
+}
+
+// ---------------------------------------------------------------------------
+// The code exchange
+// ---------------------------------------------------------------------------
+
+/// A gateway, a signed-in `alice` session for `spa`, and a way to get codes.
+struct Codes {
+    _upstream: Upstream,
+    gw: Gateway,
+    session: String,
+}
+
+impl Codes {
+    async fn start() -> Self {
+        let (upstream, gw) = start().await;
+        let c = pkce();
+        let (_, session) = consent(
+            &gw,
+            &params("spa", APP_CB, "orders:read", Some(&c.challenge)),
+            "alice",
+        )
+        .await;
+        Self {
+            _upstream: upstream,
+            gw,
+            session,
+        }
+    }
+
+    /// A code for `client` at `redirect_uri` with this challenge.
+    async fn code(&self, client: &str, redirect_uri: &str, challenge: Option<&str>) -> String {
+        code_with_session(
+            &self.gw,
+            &params(client, redirect_uri, "orders:read", challenge),
+            &self.session,
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn exchange_with_a_wrong_verifier_is_invalid_grant() {
+    let t = Codes::start().await;
+    let c = pkce();
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = spa_exchange(&t.gw, &code, Some(&pkce().verifier)).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The failed attempt spent the code.
+    let r = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn verifier_must_be_43_to_128_unreserved_characters() {
+    let t = Codes::start().await;
+    // Each verifier matches its challenge: only its shape refuses it.
+    for (what, verifier) in [
+        ("42 characters", "a".repeat(42)),
+        ("129 characters", "b".repeat(129)),
+        ("a reserved character", format!("{}!", "c".repeat(42))),
+        ("a space", format!("{} ", "d".repeat(42))),
+    ] {
+        let code = t.code("spa", APP_CB, Some(&s256(&verifier))).await;
+        let r = spa_exchange(&t.gw, &code, Some(&verifier)).await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text());
+        assert_oauth_error(&r, 400, "invalid_grant");
+    }
+    // The bounds themselves are fine.
+    for verifier in ["e".repeat(43), "f~._-".repeat(25) + "gh1"] {
+        assert!(verifier.len() == 43 || verifier.len() == 128);
+        let code = t.code("spa", APP_CB, Some(&s256(&verifier))).await;
+        let r = spa_exchange(&t.gw, &code, Some(&verifier)).await;
+        assert_eq!(r.status, 200, "{}: {}", verifier.len(), r.text());
+    }
+}
+
+#[tokio::test]
+async fn missing_verifier_is_invalid_grant() {
+    let t = Codes::start().await;
+    let c = pkce();
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = spa_exchange(&t.gw, &code, None).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // An empty one too (a fresh code).
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = spa_exchange(&t.gw, &code, Some("")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+}
+
+#[tokio::test]
+async fn code_is_bound_to_its_client_and_redirect_uri() {
+    let t = Codes::start().await;
+    let c = pkce();
+    // Another client (public, same redirect URI, right verifier).
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "spa2",
+            secret: None,
+            code: &code,
+            redirect_uri: Some(APP_CB),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // Another registered redirect URI of the same client.
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "spa",
+            secret: None,
+            code: &code,
+            redirect_uri: Some(APP_CB2),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // No redirect URI at all (the request named one).
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "spa",
+            secret: None,
+            code: &code,
+            redirect_uri: None,
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The control.
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let r = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[tokio::test]
+async fn code_replay_is_invalid_grant_and_revokes_what_it_issued() {
+    let t = Codes::start().await;
+    let c = pkce();
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let first = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let access = s(&first.json(), "access_token");
+    let refresh = s(&first.json(), "refresh_token");
+    assert_eq!(orders_status(&t.gw, &access).await.status, 200);
+    // An unrelated grant, to show the revocation is targeted.
+    let other = pkce();
+    let other_code = t.code("spa", APP_CB, Some(&other.challenge)).await;
+    let r = spa_exchange(&t.gw, &other_code, Some(&other.verifier)).await;
+    let other_access = s(&r.json(), "access_token");
+
+    let replay = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
+    assert_oauth_error(&replay, 400, "invalid_grant");
+    // The first exchange's access token is refused now ...
+    let r = orders_status(&t.gw, &access).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert!(
+        r.www_authenticate().contains("error=\"invalid_token\""),
+        "{}",
+        r.www_authenticate()
+    );
+    // ... and so is its refresh token.
+    let r = send(
+        "POST",
+        &t.gw.url(TOKEN),
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Bytes::from(encode(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh.as_str()),
+            ("client_id", "spa"),
+        ])),
+    )
+    .await
+    .unwrap();
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The other grant still works.
+    assert_eq!(orders_status(&t.gw, &other_access).await.status, 200);
+}
+
+#[tokio::test]
+async fn verifier_for_a_code_issued_without_a_challenge_is_refused() {
+    // A confidential client may skip PKCE; a code issued without a challenge
+    // must then not be redeemable with a verifier (no PKCE downgrade).
+    let t = Codes::start().await;
+    let code = t.code("web", WEB_CB, None).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "web",
+            secret: Some(SECRET),
+            code: &code,
+            redirect_uri: Some(WEB_CB),
+            verifier: Some(&pkce().verifier),
+        },
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // The control: the same kind of code without a verifier.
+    let code = t.code("web", WEB_CB, None).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "web",
+            secret: Some(SECRET),
+            code: &code,
+            redirect_uri: Some(WEB_CB),
+            verifier: None,
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    // A confidential client's code is useless without its secret.
+    let code = t.code("web", WEB_CB, None).await;
+    let r = exchange(
+        &t.gw,
+        Exchange {
+            client: "web",
+            secret: None,
+            code: &code,
+            redirect_uri: Some(WEB_CB),
+            verifier: None,
+        },
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+}
+
+#[tokio::test]
+async fn expired_code_is_invalid_grant() {
+    // A code lives 60 s. Instead of waiting, two codes are written into a
+    // file store before the gateway opens it: one expired a second ago, one
+    // live. Both are then redeemed through the token endpoint.
+    use scopegate::auth::cache::digest;
+    use scopegate::issuer::store::{CodeRecord, Store, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.redb");
+    let c = pkce();
+    let now = now();
+    let record = |expires_at: u64| CodeRecord {
+        client_id: "spa".into(),
+        redirect_uri: APP_CB.into(),
+        scope: "orders:read".into(),
+        subject: "alice".into(),
+        code_challenge: Some(c.challenge.clone()),
+        expires_at,
+        family: scopegate::issuer::random_token(),
+    };
+    let (expired, live) = ("expired-code", "live-code");
+    {
+        let store = Store::open(&StoreConfig::File(db.clone())).await.unwrap();
+        store
+            .put_code(&digest(expired), &record(now - 1))
+            .await
+            .unwrap();
+        store
+            .put_code(&digest(live), &record(now + 60))
+            .await
+            .unwrap();
+    }
+    let (_upstream, gw) = start_with(&format!("  store: {{ file: \"{}\" }}\n", db.display())).await;
+    let r = spa_exchange(&gw, expired, Some(&c.verifier)).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    let r = spa_exchange(&gw, live, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        orders_status(&gw, &s(&r.json(), "access_token"))
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test]
+async fn a_code_grants_no_more_than_the_user_may() {
+    // carol may grant orders:read only; the `wide` client may ask for admin.
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("wide", APP_CB, "orders:read admin", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "carol").await;
+    assert!(
+        !page.text().contains("Administer") && !page.text().contains("Use admin"),
+        "consent offers a scope carol cannot grant: {}",
+        page.text()
+    );
+    let r = decide(&gw, &page, &session, "approve").await;
+    let (_, q) = redirect(&r);
+    let r = exchange(
+        &gw,
+        Exchange {
+            client: "wide",
+            secret: None,
+            code: &q["code"],
+            redirect_uri: Some(APP_CB),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read", "{}", r.text());
+    let access = s(&r.json(), "access_token");
+    assert_eq!(get_with_token(&gw.url("/admin"), &access).await.status, 403);
+    assert_eq!(orders_status(&gw, &access).await.status, 200);
+    // alice (no limit) gets both.
+    let (page, session) = consent(&gw, &p, "alice").await;
+    assert!(page.text().contains("Use admin"), "{}", page.text());
+    let r = decide(&gw, &page, &session, "approve").await;
+    let (_, q) = redirect(&r);
+    let r = exchange(
+        &gw,
+        Exchange {
+            client: "wide",
+            secret: None,
+            code: &q["code"],
+            redirect_uri: Some(APP_CB),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_eq!(r.json()["scope"], "orders:read admin", "{}", r.text());
+}

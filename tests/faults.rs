@@ -1,0 +1,954 @@
+//! Faults through real loopback sockets: oversized and trickling JWKS
+//! documents, upstreams that die mid-body, slowloris clients, more idle
+//! connections than `max_connections`, file-descriptor exhaustion in the real
+//! binary, and a flood of well-formed JWTs with bad signatures.
+//!
+//! Covered elsewhere and not repeated here: a JWKS endpoint that hangs, fails
+//! or answers garbage (`tests/auth.rs`, `jwks_outage_*`), a flood of unknown
+//! `kid`s (`tests/auth.rs`, `unknown_kid_flood_is_bounded_by_the_cooldown`),
+//! a hanging or failing introspection endpoint (`tests/introspection.rs`),
+//! and unreachable or hanging upstreams (`tests/proxy.rs`).
+//!
+//! Every wait is bounded; nothing asserts how long something took.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use scopegate::demo::SigningKey;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+// ---------------------------------------------------------------------------
+// Shared pieces
+// ---------------------------------------------------------------------------
+
+/// A gateway config: one JWKS issuer, one upstream, `/orders/{id}` needing
+/// `orders:read`, and public `/status` and `/files/{*rest}`. `server_extra`
+/// and `issuer_extra` are YAML lines indented 2 and 4 spaces.
+fn yaml(jwks_uri: &str, upstream: SocketAddr, server_extra: &str, issuer_extra: &str) -> String {
+    format!(
+        r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+{server_extra}admin:
+  listen: 127.0.0.1:0
+issuers:
+  - name: test
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_uri: {jwks_uri}
+    algorithms: [ES256]
+    leeway: 30s
+{issuer_extra}upstreams:
+  app:
+    url: http://{upstream}
+    connect_timeout: 1s
+    request_timeout: 5s
+routes:
+  - path: /orders/{{id}}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /status
+    upstream: app
+    auth: none
+  - path: /files/{{*rest}}
+    upstream: app
+    auth: none
+"#
+    )
+}
+
+/// The sum of a metric's samples whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            if !(rest.is_empty() || rest.starts_with('{')) {
+                return None;
+            }
+            labels
+                .iter()
+                .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+        .sum()
+}
+
+fn jwks_fetches(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_jwks_fetches_total",
+        &[("issuer", "test"), ("result", result)],
+    )
+}
+
+/// Reads a request head (bounded in size and time); `None` if the peer never
+/// sends a complete one.
+async fn read_head(stream: &mut TcpStream) -> Option<String> {
+    let mut head = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 64 * 1024 {
+            let n = stream.read(&mut buf).await.ok()?;
+            if n == 0 {
+                return None;
+            }
+            head.extend_from_slice(buf.get(..n)?);
+        }
+        Some(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .ok()??;
+    Some(String::from_utf8_lossy(&head).into_owned())
+}
+
+/// Reads until the peer closes, at most `bound`; also says whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> (Vec<u8>, bool) {
+    let mut out = Vec::new();
+    let closed = tokio::time::timeout(bound, stream.read_to_end(&mut out))
+        .await
+        .is_ok();
+    (out, closed)
+}
+
+/// Resident set size of this process, from /proc (None elsewhere).
+fn rss_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// This process's soft open-files limit, from /proc (None elsewhere).
+fn open_files_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))?
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
+}
+
+/// Opens up to `count` TCP connections to `addr` that never send a byte;
+/// each connect is bounded, so a full accept queue costs time, not a hang.
+async fn open_idle(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..count {
+        tasks.spawn(async move {
+            tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(addr))
+                .await
+                .ok()
+                .and_then(Result::ok)
+        });
+    }
+    let mut open = Vec::with_capacity(count);
+    while let Some(done) = tasks.join_next().await {
+        if let Some(stream) = done.unwrap() {
+            open.push(stream);
+        }
+    }
+    open
+}
+
+// ---------------------------------------------------------------------------
+// 1. JWKS documents that are too big or never finish
+// ---------------------------------------------------------------------------
+
+/// How [`RawJwks`] answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JwksReply {
+    /// 200 with the document and its Content-Length.
+    Serve,
+    /// The document padded past 1 MiB, with its Content-Length.
+    HugeWithLength,
+    /// The document padded past 1 MiB, chunked (no length up front).
+    HugeChunked,
+    /// The document with its Content-Length, one byte every 100 ms.
+    Trickle,
+}
+
+/// A JWKS endpoint written on raw sockets, so it can misbehave in the body.
+struct RawJwks {
+    addr: SocketAddr,
+    reply: Arc<Mutex<JwksReply>>,
+    document: Arc<Mutex<String>>,
+    fetches: Arc<AtomicUsize>,
+}
+
+/// Padding that makes a document larger than scopegate's 1 MiB JWKS limit.
+const PADDING: usize = 2 * 1024 * 1024;
+
+impl RawJwks {
+    async fn start(document: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reply = Arc::new(Mutex::new(JwksReply::Serve));
+        let document = Arc::new(Mutex::new(document.to_owned()));
+        let fetches = Arc::new(AtomicUsize::new(0));
+        let (r, d, f) = (
+            Arc::clone(&reply),
+            Arc::clone(&document),
+            Arc::clone(&fetches),
+        );
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (r, d, f) = (Arc::clone(&r), Arc::clone(&d), Arc::clone(&f));
+                tokio::spawn(async move {
+                    if read_head(&mut stream).await.is_none() {
+                        return;
+                    }
+                    f.fetch_add(1, Ordering::SeqCst);
+                    let mode = *r.lock().unwrap();
+                    let document = d.lock().unwrap().clone();
+                    // Write errors are expected: the gateway stops reading.
+                    let _ = Self::answer(&mut stream, mode, &document).await;
+                });
+            }
+        });
+        Self {
+            addr,
+            reply,
+            document,
+            fetches,
+        }
+    }
+
+    async fn answer(
+        stream: &mut TcpStream,
+        mode: JwksReply,
+        document: &str,
+    ) -> std::io::Result<()> {
+        const JSON: &str = "Content-Type: application/json\r\nConnection: close";
+        match mode {
+            JwksReply::Serve => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\n{JSON}\r\nContent-Length: {}\r\n\r\n",
+                    document.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                stream.write_all(document.as_bytes()).await?;
+            }
+            JwksReply::HugeWithLength | JwksReply::HugeChunked => {
+                // A usable document plus an unknown member; only its size is wrong.
+                let padded = format!(
+                    "{{\"padding\":\"{}\",{}",
+                    "x".repeat(PADDING),
+                    document.trim_start().strip_prefix('{').unwrap()
+                );
+                if mode == JwksReply::HugeWithLength {
+                    let head = format!(
+                        "HTTP/1.1 200 OK\r\n{JSON}\r\nContent-Length: {}\r\n\r\n",
+                        padded.len()
+                    );
+                    stream.write_all(head.as_bytes()).await?;
+                    stream.write_all(padded.as_bytes()).await?;
+                } else {
+                    let head =
+                        format!("HTTP/1.1 200 OK\r\n{JSON}\r\nTransfer-Encoding: chunked\r\n\r\n");
+                    stream.write_all(head.as_bytes()).await?;
+                    for chunk in padded.as_bytes().chunks(64 * 1024) {
+                        stream
+                            .write_all(format!("{:x}\r\n", chunk.len()).as_bytes())
+                            .await?;
+                        stream.write_all(chunk).await?;
+                        stream.write_all(b"\r\n").await?;
+                    }
+                    stream.write_all(b"0\r\n\r\n").await?;
+                }
+            }
+            JwksReply::Trickle => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\n{JSON}\r\nContent-Length: {}\r\n\r\n",
+                    document.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                // Bounded: at most 100 bytes (10 s), far past jwks_timeout.
+                for byte in document.as_bytes().iter().take(100) {
+                    stream.write_all(&[*byte]).await?;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        }
+        stream.flush().await
+    }
+
+    fn uri(&self) -> String {
+        format!("http://{}/jwks.json", self.addr)
+    }
+
+    fn set(&self, reply: JwksReply, document: &str) {
+        *self.reply.lock().unwrap() = reply;
+        *self.document.lock().unwrap() = document.to_owned();
+    }
+
+    fn fetches(&self) -> usize {
+        self.fetches.load(Ordering::SeqCst)
+    }
+}
+
+#[tokio::test]
+async fn oversized_or_trickling_jwks_is_refused_and_loaded_keys_keep_working() {
+    let key1 = SigningKey::generate("key-1").unwrap();
+    let key2 = SigningKey::generate("key-2").unwrap();
+    let jwks = RawJwks::start(key1.jwks()).await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&yaml(
+        &jwks.uri(),
+        upstream.addr,
+        "",
+        "    jwks_refetch_cooldown: 0s\n    jwks_timeout: 1s\n",
+    ))
+    .await;
+    let url = gw.url("/orders/1");
+    let reply = get_with_token(&url, &key1.mint(&claims("orders:read")).unwrap()).await;
+    assert_eq!(reply.status, 200, "key-1 at start: {}", reply.text());
+
+    // Each document names key-2 and would be accepted if it were not too big
+    // or too slow; a key-2 token forces a refetch that must fail.
+    let both = merge_jwks(&[key1.jwks(), key2.jwks()]);
+    for (mode, result) in [
+        (JwksReply::HugeWithLength, "invalid"),
+        (JwksReply::HugeChunked, "invalid"),
+        (JwksReply::Trickle, "timeout"),
+    ] {
+        jwks.set(mode, &both);
+        let fetches = jwks.fetches();
+        let failed_before = jwks_fetches(&gw.metrics().await, result);
+        let reply = get_with_token(&url, &key2.mint(&claims("orders:read")).unwrap()).await;
+        assert_eq!(reply.status, 401, "{mode:?}: key-2: {}", reply.text());
+        assert!(
+            reply.www_authenticate().contains("invalid_token"),
+            "{mode:?}: {}",
+            reply.www_authenticate()
+        );
+        assert_eq!(jwks.fetches(), fetches + 1, "{mode:?}: no refetch happened");
+        let text = gw.metrics().await;
+        assert_eq!(
+            jwks_fetches(&text, result),
+            failed_before + 1.0,
+            "{mode:?}: fetch result metric: {text}"
+        );
+        // The keys loaded before still verify new tokens.
+        let reply = get_with_token(&url, &key1.mint(&claims("orders:read")).unwrap()).await;
+        assert_eq!(reply.status, 200, "{mode:?}: key-1 after: {}", reply.text());
+    }
+    assert_eq!(gw.readyz().await, 200, "a refused document made it unready");
+
+    // The same document, served normally, is accepted: only size and speed
+    // were wrong with it.
+    jwks.set(JwksReply::Serve, &both);
+    let reply = get_with_token(&url, &key2.mint(&claims("orders:read")).unwrap()).await;
+    assert_eq!(
+        reply.status,
+        200,
+        "key-2 once served normally: {}",
+        reply.text()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 2. An upstream that dies in the middle of a response body
+// ---------------------------------------------------------------------------
+
+/// Body bytes the broken upstream sends before dying.
+const SENT: usize = 16 * 1024;
+/// What its Content-Length promises.
+const PROMISED: usize = 1_000_000;
+
+/// An upstream that, by path, sends a head and part of the body then closes
+/// (`/files/length`: Content-Length; `/files/chunked`: chunked without the
+/// last chunk; `/files/reset`: Content-Length, then a TCP reset), or answers
+/// `ok` in full (anything else).
+async fn dying_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&requests);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut stream).await else {
+                    return;
+                };
+                counter.fetch_add(1, Ordering::SeqCst);
+                let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
+                let body = vec![b'x'; SENT];
+                let _ = match path.as_str() {
+                    "/files/length" | "/files/reset" => {
+                        let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n");
+                        stream.write_all(head.as_bytes()).await.ok();
+                        stream.write_all(&body).await.ok();
+                        stream.flush().await.ok();
+                        if path == "/files/reset" {
+                            // Let the head get through, then reset instead of closing.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            stream.set_zero_linger().ok();
+                        }
+                        Some(())
+                    }
+                    "/files/chunked" => {
+                        let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                        stream.write_all(head.as_bytes()).await.ok();
+                        let chunk = format!("{:x}\r\n", body.len());
+                        stream.write_all(chunk.as_bytes()).await.ok();
+                        stream.write_all(&body).await.ok();
+                        stream.write_all(b"\r\n").await.ok();
+                        stream.flush().await.ok()
+                    }
+                    _ => stream
+                        .write_all(
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                        )
+                        .await
+                        .ok(),
+                };
+                drop(stream);
+            });
+        }
+    });
+    (addr, requests)
+}
+
+#[tokio::test]
+async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_serving() {
+    let world = World::new().await;
+    let (upstream, requests) = dying_upstream().await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+
+    for round in 0..2 {
+        for path in ["/files/length", "/files/chunked", "/files/reset"] {
+            let label = format!("round {round}, {path}");
+            let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+            // Keep-alive: only a gateway that gives up on the broken response
+            // closes this connection.
+            let request = format!("GET {path} HTTP/1.1\r\nHost: gw.test\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let (bytes, closed) = read_until_closed(&mut stream, Duration::from_secs(15)).await;
+            assert!(closed, "{label}: the gateway kept the broken response open");
+            let text = String::from_utf8_lossy(&bytes).into_owned();
+            let reply = RawReply::parse(&text);
+            match reply.status {
+                200 => {
+                    // The head went through; the body must visibly fall short.
+                    let body_len = bytes.len() - (reply.head.len() + 4).min(bytes.len());
+                    match reply.header("content-length") {
+                        Some(length) => {
+                            assert_eq!(length, PROMISED.to_string(), "{label}");
+                            assert!(body_len < PROMISED, "{label}: complete body");
+                        }
+                        None => {
+                            assert!(
+                                reply.header("transfer-encoding").is_some(),
+                                "{label}: {}",
+                                reply.head
+                            );
+                            assert!(
+                                !text.ends_with("0\r\n\r\n"),
+                                "{label}: chunked body was terminated as if complete"
+                            );
+                        }
+                    }
+                    assert!(body_len <= SENT + 1024, "{label}: {body_len} body bytes");
+                }
+                // The gateway saw the failure before answering: an error, not data.
+                502 => assert_eq!(reply.error().as_deref(), Some("bad_gateway"), "{label}"),
+                other => panic!("{label}: status {other}: {}", reply.head),
+            }
+
+            // Still serving, on the same upstream.
+            let ok = get(&gw.url("/files/ok"), &[]).await.unwrap();
+            assert_eq!(ok.status, 200, "{label}: {}", ok.text());
+            assert_eq!(ok.text(), "ok", "{label}");
+        }
+    }
+    // 2 rounds x (3 broken + 3 ok): no request was retried or lost.
+    assert_eq!(requests.load(Ordering::SeqCst), 12);
+    assert!(!gw.task.is_finished(), "the gateway stopped");
+    let text = gw.metrics().await;
+    assert!(
+        metric(
+            &text,
+            "scopegate_requests_total",
+            &[("route", "/files/{*rest}")]
+        ) >= 12.0,
+        "requests were not counted: {text}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 3. Slowloris
+// ---------------------------------------------------------------------------
+
+/// How a dribbling client ended.
+#[derive(Debug)]
+enum Dribble {
+    /// The gateway closed the connection after `sent` bytes; `reply` is what
+    /// it sent back first (if anything).
+    Closed { sent: usize, reply: Vec<u8> },
+    /// The whole head got through.
+    Completed { reply: Vec<u8> },
+}
+
+/// Sends `head` one byte per `gap`, watching for the gateway to answer or
+/// close. Bounded by the head's length.
+async fn dribble(addr: SocketAddr, head: &[u8], gap: Duration) -> Dribble {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let mut reply = Vec::new();
+    let mut buf = [0u8; 1024];
+    for (i, byte) in head.iter().enumerate() {
+        if stream.write_all(&[*byte]).await.is_err() {
+            return Dribble::Closed { sent: i, reply };
+        }
+        let pause = tokio::time::sleep(gap);
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                () = &mut pause => break,
+                read = stream.read(&mut buf) => match read {
+                    Ok(0) | Err(_) => return Dribble::Closed { sent: i + 1, reply },
+                    Ok(n) => reply.extend_from_slice(&buf[..n]),
+                },
+            }
+        }
+    }
+    let (rest, _) = read_until_closed(&mut stream, Duration::from_secs(3)).await;
+    reply.extend_from_slice(&rest);
+    Dribble::Completed { reply }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slowloris_is_cut_off_while_other_clients_are_served() {
+    let world = World::new().await;
+    let gw = Gateway::start(&yaml(
+        &world.jwks.uri(),
+        world.upstream.addr,
+        "  header_read_timeout: 1s\n",
+        "",
+    ))
+    .await;
+    // ~30 s each at 500 ms a byte if nobody cuts them off.
+    let http1 =
+        b"GET /status HTTP/1.1\r\nHost: gw.test\r\nX-Slow: 0123456789abcdef\r\n\r\n".to_vec();
+    // The HTTP/2 preface and an empty SETTINGS frame (~16 s).
+    let mut http2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    http2.extend_from_slice(&[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+
+    let mut slow = tokio::task::JoinSet::new();
+    for i in 0..8 {
+        let head = if i % 2 == 0 {
+            http1.clone()
+        } else {
+            http2.clone()
+        };
+        let addr = gw.addr;
+        slow.spawn(async move {
+            let outcome = dribble(addr, &head, Duration::from_millis(500)).await;
+            (i, head.len(), outcome)
+        });
+    }
+
+    // Meanwhile a normal client is served.
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(
+        reply.status,
+        200,
+        "normal client during slowloris: {}",
+        reply.text()
+    );
+
+    while let Some(done) = slow.join_next().await {
+        let (i, len, outcome) = done.unwrap();
+        let kind = if i % 2 == 0 {
+            "HTTP/1.1"
+        } else {
+            "HTTP/2 preface"
+        };
+        match outcome {
+            Dribble::Closed { sent, reply } => {
+                assert!(sent < len, "{kind} #{i}: closed only after the whole head");
+                let reply = String::from_utf8_lossy(&reply);
+                if i % 2 == 0 {
+                    assert!(
+                        reply.is_empty() || reply.starts_with("HTTP/1.1 408"),
+                        "{kind} #{i}: {reply:?}"
+                    );
+                }
+            }
+            Dribble::Completed { reply } => panic!(
+                "{kind} #{i}: the whole head was accepted one byte per 500 ms: {:?}",
+                String::from_utf8_lossy(&reply)
+            ),
+        }
+    }
+    assert_eq!(
+        world.upstream.count(),
+        1,
+        "only the normal request was forwarded"
+    );
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "normal client after slowloris");
+}
+
+// ---------------------------------------------------------------------------
+// 4. More idle connections than max_connections
+// ---------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_connections_beyond_max_connections_neither_crash_nor_starve_the_gateway() {
+    // Client and (in-process) gateway ends share this process's descriptors.
+    let limit = open_files_limit().unwrap_or(1024);
+    let idle = 2_000usize.min(usize::try_from(limit.saturating_sub(400) / 2).unwrap_or(0));
+    let max_connections = 500usize.min(idle / 4);
+    assert!(
+        max_connections >= 50,
+        "open-files limit {limit} is too low for this test"
+    );
+
+    let world = World::new().await;
+    let gw = Gateway::start(&yaml(
+        &world.jwks.uri(),
+        world.upstream.addr,
+        &format!("  header_read_timeout: 1s\n  max_connections: {max_connections}\n"),
+        "",
+    ))
+    .await;
+    let open_gauge = |text: &str| metric(text, "scopegate_open_connections", &[]);
+
+    let sockets = open_idle(gw.addr, idle).await;
+    eprintln!("{} of {idle} idle connections opened", sockets.len());
+    assert!(
+        sockets.len() > max_connections,
+        "only {} of {idle} connections opened",
+        sockets.len()
+    );
+    let text = gw.metrics().await;
+    assert!(
+        open_gauge(&text) <= max_connections as f64,
+        "{} connections open, max {max_connections}",
+        open_gauge(&text)
+    );
+
+    // With every slot taken by connections that never send a byte, a real
+    // client must still get through: idle connections are closed after
+    // header_read_timeout (the client's own bound is 30 s).
+    let reply = get(&gw.url("/status"), &[]).await;
+    let reply = reply.unwrap_or_else(|e| {
+        panic!(
+            "a normal client was starved by {} idle connections: {e}",
+            sockets.len()
+        )
+    });
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let text = gw.metrics().await;
+    assert!(open_gauge(&text) <= max_connections as f64, "{text}");
+
+    // The gateway closed the idle connections it accepted (bounded check on a
+    // sample: each read is EOF, or a reset, once the gateway gave up on it).
+    let mut closed = 0;
+    for mut socket in sockets.into_iter().take(50) {
+        let mut buf = [0u8; 64];
+        match tokio::time::timeout(Duration::from_secs(10), socket.read(&mut buf)).await {
+            Ok(Ok(0) | Err(_)) => closed += 1,
+            _ => break,
+        }
+    }
+    assert_eq!(closed, 50, "idle connections were left open");
+
+    // Everything dropped: the gateway serves normally and is still running.
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert!(!gw.task.is_finished(), "the gateway stopped");
+}
+
+// ---------------------------------------------------------------------------
+// 5. File-descriptor exhaustion in the real binary
+// ---------------------------------------------------------------------------
+
+struct Child(std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Retries `GET url` until it answers 200 or `bound` has passed.
+async fn served_within(url: &str, bound: Duration) -> bool {
+    let deadline = tokio::time::Instant::now() + bound;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        if let Ok(Ok(reply)) = tokio::time::timeout(left, get(url, &[])).await {
+            if reply.status == 200 {
+                return true;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fd_exhaustion_in_the_binary_is_survived() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let config = yaml(
+        &world.jwks.uri(),
+        world.upstream.addr,
+        "  header_read_timeout: 1s\n",
+        "",
+    )
+    .replacen(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{port}"),
+        1,
+    )
+    .replacen(
+        "listen: 127.0.0.1:0",
+        &format!("listen: 127.0.0.1:{admin_port}"),
+        1,
+    );
+    let config_path = dir.path().join("scopegate.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    // Only the child's limit is lowered, by its shell, before exec.
+    let mut child = Child(
+        std::process::Command::new("sh")
+            .args([
+                "-c",
+                "ulimit -n 128 && exec \"$0\" run --config \"$1\"",
+                env!("CARGO_BIN_EXE_scopegate"),
+            ])
+            .arg(&config_path)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let admin = format!("http://127.0.0.1:{admin_port}/readyz");
+    let mut ready = false;
+    for _ in 0..200 {
+        if get(&admin, &[]).await.is_ok_and(|r| r.status == 200) {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the binary never became ready");
+
+    // Far more connections than descriptors: accept must fail with EMFILE.
+    let sockets = open_idle(addr, 400).await;
+    eprintln!("{} of 400 idle connections opened", sockets.len());
+    assert!(
+        sockets.len() > 128,
+        "only {} connections opened",
+        sockets.len()
+    );
+    // While the client ends stay open, and after they are gone, a normal
+    // client gets through: the gateway closes connections that send nothing
+    // within header_read_timeout, which frees its descriptors.
+    let status = format!("http://{addr}/status");
+    assert!(
+        served_within(&status, Duration::from_secs(40)).await,
+        "a normal client was never served while {} idle connections were held",
+        sockets.len()
+    );
+    drop(sockets);
+    assert!(
+        served_within(&status, Duration::from_secs(20)).await,
+        "not serving after the idle connections closed"
+    );
+    assert!(
+        child.0.try_wait().unwrap().is_none(),
+        "the binary exited under descriptor exhaustion"
+    );
+    let log = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        log.contains("accept failed"),
+        "the descriptor limit was never reached (the test proved nothing): {log}"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 6. A flood of well-formed JWTs with bad signatures
+// ---------------------------------------------------------------------------
+
+const FLOOD: usize = 20_000;
+const FLOOD_WORKERS: usize = 16;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_signature_flood_is_refused_without_growing_the_cache() {
+    use aws_lc_rs::rand::{SecureRandom, SystemRandom};
+
+    let world = World::new().await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
+    let url = gw.url("/orders/1");
+
+    // Warm up (and cache one valid token), then take the baseline.
+    let valid = world.token("orders:read");
+    assert_eq!(get_with_token(&url, &valid).await.status, 200);
+    let before = gw.metrics().await;
+    let cache = |text: &str, result: &str| {
+        metric(
+            text,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "jwt"), ("result", result)],
+        )
+    };
+    let (hits0, misses0) = (cache(&before, "hit"), cache(&before, "miss"));
+    let fetches0 = world.jwks.fetches();
+    let forwarded0 = world.upstream.count();
+    let rss0 = rss_kib();
+
+    // Same header and claims as a real token, known kid, random signature.
+    let header = URL_SAFE_NO_PAD.encode(
+        serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": world.key.kid()}).to_string(),
+    );
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let next = Arc::new(AtomicUsize::new(0));
+    let mut workers = tokio::task::JoinSet::new();
+    for _ in 0..FLOOD_WORKERS {
+        let (client, next, url, header) = (
+            client.clone(),
+            Arc::clone(&next),
+            url.clone(),
+            header.clone(),
+        );
+        workers.spawn(async move {
+            let random = SystemRandom::new();
+            let mut statuses: Vec<(u16, String)> = Vec::new();
+            let mut refused = 0usize;
+            loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                if i >= FLOOD {
+                    break;
+                }
+                let mut claims = claims("orders:read");
+                claims["jti"] = serde_json::json!(format!("flood-{i}"));
+                let mut signature = [0u8; 64];
+                random.fill(&mut signature).unwrap();
+                let token = format!(
+                    "{header}.{}.{}",
+                    URL_SAFE_NO_PAD.encode(claims.to_string()),
+                    URL_SAFE_NO_PAD.encode(signature)
+                );
+                let request = http::Request::get(&url)
+                    .header("authorization", format!("Bearer {token}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                let response =
+                    tokio::time::timeout(Duration::from_secs(30), client.request(request))
+                        .await
+                        .expect("a flood request timed out")
+                        .expect("a flood request failed");
+                let status = response.status().as_u16();
+                let challenge = response
+                    .headers()
+                    .get("www-authenticate")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                let _ = response.into_body().collect().await;
+                if status == 401 && challenge.contains("invalid_token") {
+                    refused += 1;
+                } else if statuses.len() < 5 {
+                    statuses.push((status, challenge));
+                }
+            }
+            (refused, statuses)
+        });
+    }
+    let mut refused = 0;
+    let mut unexpected = Vec::new();
+    while let Some(done) = workers.join_next().await {
+        let (n, odd) = done.unwrap();
+        refused += n;
+        unexpected.extend(odd);
+    }
+    assert_eq!(
+        refused, FLOOD,
+        "not all refused as invalid_token: {unexpected:?}"
+    );
+
+    let after = gw.metrics().await;
+    assert_eq!(cache(&after, "miss"), misses0, "a bad token was cached");
+    assert_eq!(cache(&after, "hit"), hits0, "a bad token hit the cache");
+    assert_eq!(
+        metric(
+            &after,
+            "scopegate_auth_decisions_total",
+            &[("reason", "bad_signature")]
+        ),
+        FLOOD as f64,
+        "{after}"
+    );
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches0,
+        "bad signatures with a known kid caused JWKS fetches"
+    );
+    assert_eq!(
+        world.upstream.count(),
+        forwarded0,
+        "a flood request was forwarded"
+    );
+    if let (Some(rss0), Some(rss1)) = (rss0, rss_kib()) {
+        let grown = rss1.saturating_sub(rss0);
+        eprintln!("RSS {rss0} KiB -> {rss1} KiB (+{grown} KiB) over {FLOOD} bad tokens");
+        assert!(grown < 256 * 1024, "RSS grew by {grown} KiB");
+    }
+
+    // The cached valid token still works, from the cache.
+    assert_eq!(get_with_token(&url, &valid).await.status, 200);
+    let text = gw.metrics().await;
+    assert_eq!(cache(&text, "hit"), hits0 + 1.0, "{text}");
+}
