@@ -165,9 +165,15 @@ where
     F: std::future::Future<Output = Result<(), String>>,
 {
     install_crypto_provider();
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    // One worker: a current-thread runtime does the same work without the
+    // work-stealing scheduler's cross-thread bookkeeping.
+    let mut builder = if workers == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     builder.enable_all();
-    if workers > 0 {
+    if workers > 1 {
         builder.worker_threads(workers);
     }
     let runtime = match builder.build() {

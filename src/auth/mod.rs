@@ -240,7 +240,12 @@ impl Authenticator {
         })
     }
 
-    /// Name of an issuer by index (metrics).
+    /// How many issuers are configured (indexes run below it).
+    pub fn issuer_count(&self) -> usize {
+        self.issuers.len()
+    }
+
+    /// The configured name of issuer `index` ("-" if out of range).
     pub fn issuer_name(&self, index: usize) -> &str {
         self.issuers.get(index).map_or("-", |i| &i.name)
     }

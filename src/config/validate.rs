@@ -375,6 +375,8 @@ pub struct Upstream {
 pub struct Route {
     /// Metrics and log label.
     pub name: Arc<str>,
+    /// Position in `routes:`; keys per-route runtime state such as metrics.
+    pub index: usize,
     /// Index into [`Config::upstreams`].
     pub upstream: usize,
     /// Who may pass.
@@ -462,7 +464,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let mut specs = Vec::with_capacity(raw.routes.len());
     for route in &raw.routes {
         let methods = v.methods(route)?;
-        let compiled = v.route(
+        let mut compiled = v.route(
             route,
             &methods,
             &upstream_index,
@@ -471,6 +473,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
             &default_forward,
             &mut identity_claims,
         )?;
+        compiled.index = specs.len();
         specs.push(RouteSpec {
             path: route.value.path.value.clone(),
             methods,
@@ -1364,6 +1367,7 @@ impl Validator<'_> {
         };
         Ok(Route {
             name: Arc::from(name),
+            index: 0,
             upstream,
             access,
             forward,

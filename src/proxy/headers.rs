@@ -3,6 +3,8 @@
 
 use std::net::IpAddr;
 
+use std::fmt::Write as _;
+
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE,
     PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
@@ -94,12 +96,16 @@ pub fn prepare_upstream_request(
     }
     headers.remove(HOST);
 
-    let xff = match headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prior) => HeaderValue::from_str(&format!("{prior}, {}", client.ip)),
-        None => HeaderValue::from_str(&client.ip.to_string()),
-    };
+    // Only the first X-Forwarded-For line is kept (as before); the client's
+    // address is appended without going through `format!`.
+    let mut xff = String::with_capacity(64);
+    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        xff.push_str(prior);
+        xff.push_str(", ");
+    }
+    let _ = write!(xff, "{}", client.ip);
     headers.remove(&X_FORWARDED_FOR);
-    if let Ok(xff) = xff {
+    if let Ok(xff) = HeaderValue::try_from(xff) {
         headers.insert(X_FORWARDED_FOR.clone(), xff);
     }
     headers.insert(

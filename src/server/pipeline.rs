@@ -2,14 +2,15 @@
 //! → authorize → forward. Each phase either hands the next one what it needs or
 //! ends the request with a [`GatewayError`].
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::HeaderValue;
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
+use prometheus::{Histogram, IntCounter};
 
 use crate::admin::metrics::Metrics;
 use crate::auth::jwt::TokenError;
@@ -31,6 +32,29 @@ pub struct Gateway {
     resource: Option<ResourceMetadata>,
     auth_fingerprint: String,
     authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
+    hot_metrics: HotMetrics,
+}
+
+/// Label lookups for the common outcomes, resolved once and then reused, so
+/// an allowed request does not hash its labels into the registry's maps.
+/// Series are still created on first use, like `with_label_values`.
+struct HotMetrics {
+    /// Per route (by [`Route::index`]): its latency histogram and its
+    /// `status="200"` counter per method (by [`method_slot`]).
+    routes: Vec<(OnceLock<Histogram>, [OnceLock<IntCounter>; METHOD_SLOTS])>,
+    /// `decision="allow", reason="ok"` per issuer index.
+    allowed: Vec<OnceLock<IntCounter>>,
+}
+
+impl HotMetrics {
+    fn new(routes: usize, issuers: usize) -> Self {
+        Self {
+            routes: (0..routes)
+                .map(|_| (OnceLock::new(), std::array::from_fn(|_| OnceLock::new())))
+                .collect(),
+            allowed: (0..issuers).map(|_| OnceLock::new()).collect(),
+        }
+    }
 }
 
 /// Route label for requests that matched no route.
@@ -95,7 +119,9 @@ impl Gateway {
             )?),
         };
         let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
+        let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
         Ok(Self {
+            hot_metrics,
             routes: config.routes,
             auth,
             forwarder,
@@ -132,14 +158,7 @@ impl Gateway {
         let route_name = route.map_or(UNMATCHED, |r| &r.name);
         let status = response.status();
         let elapsed = started.elapsed();
-        self.metrics
-            .requests
-            .with_label_values(&[route_name, method, status.as_str()])
-            .inc();
-        self.metrics
-            .request_duration
-            .with_label_values(&[route_name])
-            .observe(elapsed.as_secs_f64());
+        self.record(route, method, status, elapsed.as_secs_f64());
         tracing::info!(
             target: "scopegate::access",
             route = route_name,
@@ -212,11 +231,10 @@ impl Gateway {
                 return (Some(route), Err(e));
             }
         };
-        self.decision(
-            issuer,
-            "allow",
-            if identity.is_some() { "ok" } else { "public" },
-        );
+        match &identity {
+            Some(token) => self.allowed(token.issuer),
+            None => self.decision(issuer, "allow", "public"),
+        }
 
         // 5. Forward.
         let path = path.into_owned();
@@ -261,6 +279,56 @@ impl Gateway {
                 .authenticate(request.headers(), issuers.as_deref(), *introspector)
                 .await
                 .map(Some),
+        }
+    }
+
+    /// Counts a finished request and observes its latency.
+    fn record(&self, route: Option<&Route>, method: &'static str, status: StatusCode, secs: f64) {
+        let hot = route.and_then(|r| self.hot_metrics.routes.get(r.index));
+        let (Some(route), Some((histogram, by_method))) = (route, hot) else {
+            self.metrics
+                .requests
+                .with_label_values(&[UNMATCHED, method, status.as_str()])
+                .inc();
+            self.metrics
+                .request_duration
+                .with_label_values(&[UNMATCHED])
+                .observe(secs);
+            return;
+        };
+        let name: &str = &route.name;
+        histogram
+            .get_or_init(|| self.metrics.request_duration.with_label_values(&[name]))
+            .observe(secs);
+        match by_method.get(method_slot(method)) {
+            Some(slot) if status == StatusCode::OK => slot
+                .get_or_init(|| {
+                    self.metrics
+                        .requests
+                        .with_label_values(&[name, method, "200"])
+                })
+                .inc(),
+            _ => self
+                .metrics
+                .requests
+                .with_label_values(&[name, method, status.as_str()])
+                .inc(),
+        }
+    }
+
+    /// Counts an allowed request of a token of issuer `index`.
+    fn allowed(&self, index: usize) {
+        match self.hot_metrics.allowed.get(index) {
+            Some(slot) => slot
+                .get_or_init(|| {
+                    self.metrics.auth_decisions.with_label_values(&[
+                        self.auth.issuer_name(index),
+                        "allow",
+                        "ok",
+                    ])
+                })
+                .inc(),
+            None => self.decision(self.auth.issuer_name(index), "allow", "ok"),
         }
     }
 
@@ -312,6 +380,25 @@ fn resource_metadata_response(resource: &ResourceMetadata) -> Response<Body> {
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
     response
+}
+
+/// How many methods [`method_slot`] tells apart.
+const METHOD_SLOTS: usize = 10;
+
+/// The index of a [`method_label`] value, below [`METHOD_SLOTS`].
+fn method_slot(label: &str) -> usize {
+    match label {
+        "GET" => 0,
+        "HEAD" => 1,
+        "POST" => 2,
+        "PUT" => 3,
+        "DELETE" => 4,
+        "PATCH" => 5,
+        "OPTIONS" => 6,
+        "CONNECT" => 7,
+        "TRACE" => 8,
+        _ => 9,
+    }
 }
 
 /// A bounded label for the method: extension methods are "other".
