@@ -1271,6 +1271,7 @@ async fn expired_code_is_invalid_grant() {
     let record = |expires_at: u64| CodeRecord {
         client_id: "spa".into(),
         redirect_uri: APP_CB.into(),
+        redirect_uri_sent: true,
         scope: "orders:read".into(),
         subject: "alice".into(),
         code_challenge: Some(c.challenge.clone()),
@@ -1349,4 +1350,37 @@ async fn a_code_grants_no_more_than_the_user_may() {
     )
     .await;
     assert_eq!(r.json()["scope"], "orders:read admin", "{}", r.text());
+}
+
+/// RFC 6749 4.1.3: `redirect_uri` is required at the token endpoint only if
+/// the authorization request named it; if sent anyway it must still match.
+#[tokio::test]
+async fn redirect_uri_omitted_at_authorize_may_be_omitted_at_the_token_endpoint() {
+    let t = Codes::start().await;
+    let c = pkce();
+    let unnamed = without(
+        params("spa2", APP_CB, "orders:read", Some(&c.challenge)),
+        "redirect_uri",
+    );
+    let spa2 = |code, redirect_uri| Exchange {
+        client: "spa2",
+        secret: None,
+        code,
+        redirect_uri,
+        verifier: Some(&c.verifier),
+    };
+    let code = code_with_session(&t.gw, &unnamed, &t.session).await;
+    let r = exchange(&t.gw, spa2(&code, None)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = code_with_session(&t.gw, &unnamed, &t.session).await;
+    let r = exchange(&t.gw, spa2(&code, Some(APP_CB))).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let code = code_with_session(&t.gw, &unnamed, &t.session).await;
+    let r = exchange(&t.gw, spa2(&code, Some(APP_CB2))).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    // Named at authorize: required at the token endpoint.
+    let named = params("spa2", APP_CB, "orders:read", Some(&c.challenge));
+    let code = code_with_session(&t.gw, &named, &t.session).await;
+    let r = exchange(&t.gw, spa2(&code, None)).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
 }

@@ -54,6 +54,7 @@ fn code(family: &str, expires_at: u64) -> CodeRecord {
     CodeRecord {
         client_id: "web".to_owned(),
         redirect_uri: "https://app.test/cb".to_owned(),
+        redirect_uri_sent: true,
         scope: "orders:read".to_owned(),
         subject: "alice".to_owned(),
         code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned()),

@@ -41,6 +41,9 @@ const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margi
 struct AuthRequest {
     client: Client,
     redirect_uri: String,
+    /// The request named `redirect_uri` (RFC 6749 4.1.3: then, and only
+    /// then, the token request must repeat it).
+    redirect_uri_sent: bool,
     scope: String,
     state: Option<String>,
     code_challenge: Option<String>,
@@ -245,6 +248,7 @@ impl AuthorizationServer {
         Ok(AuthRequest {
             client,
             redirect_uri,
+            redirect_uri_sent: map.contains_key("redirect_uri"),
             scope,
             state,
             code_challenge,
@@ -346,6 +350,7 @@ impl AuthorizationServer {
         let record = CodeRecord {
             client_id: request.client.client_id.clone(),
             redirect_uri: request.redirect_uri.clone(),
+            redirect_uri_sent: request.redirect_uri_sent,
             scope: self.user_scope(request, user),
             subject: user.to_owned(),
             code_challenge: request.code_challenge.clone(),
@@ -570,7 +575,9 @@ fn hidden_fields(request: &AuthRequest) -> String {
     };
     field("response_type", "code");
     field("client_id", &request.client.client_id);
-    field("redirect_uri", &request.redirect_uri);
+    if request.redirect_uri_sent {
+        field("redirect_uri", &request.redirect_uri);
+    }
     field("scope", &request.scope);
     if let Some(state) = &request.state {
         field("state", state);

@@ -240,7 +240,8 @@ impl AuthorizationServer {
                 "code was issued to another client",
             ));
         }
-        if form.get("redirect_uri") != Some(&record.redirect_uri) {
+        let sent = form.get("redirect_uri");
+        if (record.redirect_uri_sent || sent.is_some()) && sent != Some(&record.redirect_uri) {
             return Err(OAuthError::invalid_grant(
                 "redirect_uri does not match the authorization request",
             ));

@@ -184,7 +184,7 @@ impl Tracker {
                     };
                 }
                 State::Head | State::ChunkSize | State::ChunkEnd | State::Trailers => {
-                    let (part, rest, complete) = match bytes.iter().position(|&b| b == b'\n') {
+                    let (part, rest, complete) = match memchr::memchr(b'\n', bytes) {
                         Some(at) => (
                             bytes.get(..at).unwrap_or_default(),
                             bytes.get(at + 1..).unwrap_or_default(),
@@ -200,16 +200,29 @@ impl Tracker {
                             return None;
                         }
                     }
+                    if complete && self.line.is_empty() {
+                        // The whole line is in this read: no copy needed.
+                        // Lines over LINE_KEEP count as truncated either way.
+                        let truncated = part.len() > LINE_KEEP;
+                        let kept = part.get(..LINE_KEEP.min(part.len())).unwrap_or_default();
+                        if let Some(index) = self.end_of_line(kept, truncated) {
+                            return Some(index);
+                        }
+                        continue;
+                    }
                     let room = LINE_KEEP.saturating_sub(self.line.len());
                     self.line
                         .extend_from_slice(part.get(..room.min(part.len())).unwrap_or_default());
                     self.truncated |= part.len() > room;
                     if complete {
-                        if let Some(index) = self.end_of_line() {
-                            return Some(index);
-                        }
+                        let line = std::mem::take(&mut self.line);
+                        let found = self.end_of_line(&line, self.truncated);
+                        self.line = line;
                         self.line.clear();
                         self.truncated = false;
+                        if let Some(index) = found {
+                            return Some(index);
+                        }
                     }
                 }
             }
@@ -217,18 +230,19 @@ impl Tracker {
         None
     }
 
-    /// Handles the complete line in `self.line`.
-    fn end_of_line(&mut self) -> Option<usize> {
-        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+    /// Handles one complete line (`truncated`: only its first
+    /// [`LINE_KEEP`] bytes are in `line`).
+    fn end_of_line(&mut self, line: &[u8], truncated: bool) -> Option<usize> {
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
         match self.state {
-            State::Head => return self.head_line(),
+            State::Head => return self.head_line(line, truncated),
             State::ChunkSize => {
                 let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
                 let size = std::str::from_utf8(line.get(..digits).unwrap_or_default())
                     .ok()
                     .and_then(|s| u64::from_str_radix(s, 16).ok());
                 self.state = match size {
-                    _ if self.truncated => State::Stopped,
+                    _ if truncated => State::Stopped,
                     Some(0) => State::Trailers,
                     Some(n) => State::ChunkData(n),
                     None => State::Stopped,
@@ -242,8 +256,7 @@ impl Tracker {
         None
     }
 
-    fn head_line(&mut self) -> Option<usize> {
-        let line = self.line.strip_suffix(b"\r").unwrap_or(&self.line);
+    fn head_line(&mut self, line: &[u8], truncated: bool) -> Option<usize> {
         if !self.head.request_line {
             if line.is_empty() {
                 // Empty lines before a request line are skipped.
@@ -268,7 +281,7 @@ impl Tracker {
             if name.eq_ignore_ascii_case(b"content-length") {
                 let value = value.trim_ascii();
                 let parsed =
-                    (!self.truncated && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
+                    (!truncated && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
                         .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
                         .flatten();
                 if self.head.content_length.is_none() {
@@ -351,6 +364,28 @@ mod tests {
             GET /c HTTP/1.1\r\n\r\n\
             POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(all_steps(stream), Some(3));
+    }
+
+    #[test]
+    fn long_lines_read_the_same_whole_or_in_pieces() {
+        // A Content-Length padded past LINE_KEEP is unparseable however the
+        // bytes arrive, so the tracker stops after it instead of skipping a body.
+        let padded = format!(
+            "POST / HTTP/1.1\r\nX-Long: {}\r\nContent-Length: {}3\r\n\r\nabc\
+             POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "v".repeat(1000),
+            "0".repeat(400),
+        );
+        assert_eq!(all_steps(padded.as_bytes()), None);
+        let (_, tracker) = run(padded.as_bytes(), padded.len());
+        assert_eq!(tracker.state, State::Stopped);
+        // A long header that is not a length changes nothing.
+        let long = format!(
+            "GET / HTTP/1.1\r\nX-Long: {}\r\n\r\n\
+             POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "v".repeat(1000)
+        );
+        assert_eq!(all_steps(long.as_bytes()), Some(1));
     }
 
     #[test]

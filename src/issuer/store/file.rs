@@ -445,6 +445,7 @@ mod tests {
         let code = CodeRecord {
             client_id: "c".into(),
             redirect_uri: "https://app/cb".into(),
+            redirect_uri_sent: true,
             scope: "a".into(),
             subject: "s".into(),
             code_challenge: None,

@@ -92,6 +92,11 @@ pub struct CodeRecord {
     pub client_id: String,
     /// The redirect URI of the authorization request (must match at redemption).
     pub redirect_uri: String,
+    /// Whether the authorization request named `redirect_uri`; if so the
+    /// token request must repeat it (RFC 6749 4.1.3). Records written before
+    /// this field existed count as named, the strict reading.
+    #[serde(default = "named")]
+    pub redirect_uri_sent: bool,
     /// Granted scopes, space-separated.
     pub scope: String,
     /// The user who approved the request.
@@ -352,6 +357,10 @@ impl Expiring for RefreshRecord {
     fn retain(&self) -> u64 {
         refresh_retain(self)
     }
+}
+
+fn named() -> bool {
+    true
 }
 
 impl Expiring for CodeRecord {
