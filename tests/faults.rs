@@ -58,6 +58,7 @@ issuers:
     url: http://{upstream}
     connect_timeout: 1s
     request_timeout: 5s
+    body_idle_timeout: 1s
 routes:
   - path: /orders/{{id}}
     methods: [GET]
@@ -386,8 +387,9 @@ const PROMISED: usize = 1_000_000;
 
 /// An upstream that, by path, sends a head and part of the body then closes
 /// (`/files/length`: Content-Length; `/files/chunked`: chunked without the
-/// last chunk; `/files/reset`: Content-Length, then a TCP reset), or answers
-/// `ok` in full (anything else).
+/// last chunk; `/files/reset`: Content-Length, then a TCP reset;
+/// `/files/stall`: Content-Length, then silence with the connection open), or
+/// answers `ok` in full (anything else).
 async fn dying_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -407,7 +409,7 @@ async fn dying_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                 let path = head.split(' ').nth(1).unwrap_or("/").to_owned();
                 let body = vec![b'x'; SENT];
                 let _ = match path.as_str() {
-                    "/files/length" | "/files/reset" => {
+                    "/files/length" | "/files/reset" | "/files/stall" => {
                         let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {PROMISED}\r\n\r\n");
                         stream.write_all(head.as_bytes()).await.ok();
                         stream.write_all(&body).await.ok();
@@ -416,6 +418,10 @@ async fn dying_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
                             // Let the head get through, then reset instead of closing.
                             tokio::time::sleep(Duration::from_millis(200)).await;
                             stream.set_zero_linger().ok();
+                        }
+                        if path == "/files/stall" {
+                            // Far past body_idle_timeout, well within the test.
+                            tokio::time::sleep(Duration::from_secs(20)).await;
                         }
                         Some(())
                     }
@@ -448,8 +454,15 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
     let (upstream, requests) = dying_upstream().await;
     let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
 
+    let mut cut_off = 0;
+    let mut stalled = 0;
     for round in 0..2 {
-        for path in ["/files/length", "/files/chunked", "/files/reset"] {
+        for path in [
+            "/files/length",
+            "/files/chunked",
+            "/files/reset",
+            "/files/stall",
+        ] {
             let label = format!("round {round}, {path}");
             let mut stream = TcpStream::connect(gw.addr).await.unwrap();
             // Keep-alive: only a gateway that gives up on the broken response
@@ -482,6 +495,11 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
                         }
                     }
                     assert!(body_len <= SENT + 1024, "{label}: {body_len} body bytes");
+                    if path == "/files/stall" {
+                        stalled += 1;
+                    } else {
+                        cut_off += 1;
+                    }
                 }
                 // The gateway saw the failure before answering: an error, not data.
                 502 => assert_eq!(reply.error().as_deref(), Some("bad_gateway"), "{label}"),
@@ -494,8 +512,8 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
             assert_eq!(ok.text(), "ok", "{label}");
         }
     }
-    // 2 rounds x (3 broken + 3 ok): no request was retried or lost.
-    assert_eq!(requests.load(Ordering::SeqCst), 12);
+    // 2 rounds x (4 broken + 4 ok): no request was retried or lost.
+    assert_eq!(requests.load(Ordering::SeqCst), 16);
     assert!(!gw.task.is_finished(), "the gateway stopped");
     let text = gw.metrics().await;
     assert!(
@@ -503,9 +521,20 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
             &text,
             "scopegate_requests_total",
             &[("route", "/files/{*rest}")]
-        ) >= 12.0,
+        ) >= 16.0,
         "requests were not counted: {text}"
     );
+    // Each body that broke after its head went out is counted by kind.
+    let body_failures = |kind| {
+        metric(
+            &text,
+            "scopegate_upstream_errors_total",
+            &[("upstream", "app"), ("kind", kind)],
+        )
+    };
+    assert_eq!(stalled, 2, "the stalled upstream's head never came through");
+    assert_eq!(body_failures("body_timeout"), f64::from(stalled), "{text}");
+    assert_eq!(body_failures("body"), f64::from(cut_off), "{text}");
 }
 
 // ---------------------------------------------------------------------------

@@ -345,6 +345,10 @@ pub struct RawUpstream {
     /// Timeout until the upstream's response head arrives.
     #[serde(default = "default_request_timeout", with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Longest silence allowed between parts of the upstream's response body;
+    /// past it the response is cut off (the client sees it end early).
+    #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
+    pub body_idle_timeout: Duration,
     /// Extra CA bundle (PEM) for an https upstream.
     #[serde(default)]
     pub ca_file: Option<Spanned<String>>,
@@ -503,6 +507,10 @@ fn default_negative_cache_ttl() -> Duration {
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(2)
 }
+fn default_body_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }

@@ -362,6 +362,8 @@ pub struct Upstream {
     pub connect_timeout: Duration,
     /// Time until the response head.
     pub request_timeout: Duration,
+    /// Longest silence between parts of the response body.
+    pub body_idle_timeout: Duration,
     /// Extra CA bundle for https.
     pub ca_file: Option<PathBuf>,
     /// h2c to a plain-http upstream.
@@ -1153,6 +1155,11 @@ impl Validator<'_> {
         let base_path = uri.path().trim_end_matches('/').to_owned();
         self.positive(raw.connect_timeout, spanned.referenced, "connect_timeout")?;
         self.positive(raw.request_timeout, spanned.referenced, "request_timeout")?;
+        self.positive(
+            raw.body_idle_timeout,
+            spanned.referenced,
+            "body_idle_timeout",
+        )?;
         Ok(Upstream {
             name: Arc::from(name),
             scheme,
@@ -1160,6 +1167,7 @@ impl Validator<'_> {
             base_path,
             connect_timeout: raw.connect_timeout,
             request_timeout: raw.request_timeout,
+            body_idle_timeout: raw.body_idle_timeout,
             ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
             http2_only: raw.http2_only,
             pool_max_idle_per_host: raw.pool_max_idle_per_host,

@@ -11,6 +11,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
+use super::body::{BodyFailures, UpstreamBody};
 use super::client::{build_https_client, HttpsClient};
 use super::headers::{prepare_upstream_request, remove_hop_by_hop, ClientInfo};
 use super::Body;
@@ -22,6 +23,7 @@ use crate::error::GatewayError;
 struct UpstreamClient {
     config: Upstream,
     client: HttpsClient<Incoming>,
+    body_failures: BodyFailures,
 }
 
 /// One pooled client per upstream.
@@ -43,7 +45,20 @@ impl Forwarder {
                     config.http2_only,
                 )
                 .map_err(|e| format!("upstream {}: {e}", config.name))?;
-                Ok(UpstreamClient { config, client })
+                let failures = |kind: &str| {
+                    metrics
+                        .upstream_errors
+                        .with_label_values(&[config.name.as_ref(), kind])
+                };
+                let body_failures = BodyFailures {
+                    broken: failures("body"),
+                    idle: failures("body_timeout"),
+                };
+                Ok(UpstreamClient {
+                    config,
+                    client,
+                    body_failures,
+                })
             })
             .collect::<Result<_, String>>()?;
         Ok(Self { upstreams, metrics })
@@ -125,7 +140,9 @@ impl Forwarder {
         } else {
             remove_hop_by_hop(response.headers_mut());
         }
-        Ok(response.map(Either::Left))
+        let idle_timeout = upstream.config.body_idle_timeout;
+        let failures = upstream.body_failures.clone();
+        Ok(response.map(|body| Either::Left(UpstreamBody::new(body, idle_timeout, failures))))
     }
 
     fn upstream_error(&self, upstream: &Upstream, kind: &str) {

@@ -1,16 +1,17 @@
 //! Forwarding permitted requests upstream: pooled clients, header hygiene, and
 //! streaming bodies both ways.
 
+pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::Incoming;
 
 /// Response bodies: streamed from an upstream, or a small one scopegate made.
-pub type Body = Either<Incoming, Full<Bytes>>;
+pub type Body = Either<UpstreamBody, Full<Bytes>>;
 
+pub use body::UpstreamBody;
 pub use forward::Forwarder;
 pub use headers::ClientInfo;

@@ -1,0 +1,102 @@
+//! The upstream's response body on its way to the client: streamed as it
+//! comes, cut off if the upstream goes quiet for longer than the upstream's
+//! `body_idle_timeout`, and counted when it fails part-way.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use pin_project_lite::pin_project;
+use prometheus::IntCounter;
+use tokio::time::{Instant, Sleep};
+
+/// Counters of one upstream's mid-body failures.
+#[derive(Clone)]
+pub struct BodyFailures {
+    /// The upstream's body broke (reset, early close, bad framing).
+    pub broken: IntCounter,
+    /// The upstream sent nothing for longer than `body_idle_timeout`.
+    pub idle: IntCounter,
+}
+
+/// Why a response body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum BodyError {
+    /// The upstream connection failed while streaming.
+    #[error("upstream body failed: {0}")]
+    Upstream(#[source] hyper::Error),
+    /// The upstream went quiet mid-body.
+    #[error("upstream body idle for more than {0:?}")]
+    Idle(Duration),
+}
+
+pin_project! {
+    /// An upstream response body with an idle timeout between frames.
+    pub struct UpstreamBody {
+        #[pin]
+        inner: Incoming,
+        idle_timeout: Duration,
+        // Armed only when the upstream makes us wait, so bodies that arrive
+        // with their head cost no timer.
+        idle: Option<Pin<Box<Sleep>>>,
+        failures: BodyFailures,
+    }
+}
+
+impl UpstreamBody {
+    /// Wraps `inner`; `failures` counts how it ends badly.
+    pub fn new(inner: Incoming, idle_timeout: Duration, failures: BodyFailures) -> Self {
+        Self {
+            inner,
+            idle_timeout,
+            idle: None,
+            failures,
+        }
+    }
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        let this = self.project();
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => {
+                this.failures.broken.inc();
+                Poll::Ready(Some(Err(BodyError::Upstream(e))))
+            }
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = *this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(idle.as_mut().poll(cx));
+                this.failures.idle.inc();
+                Poll::Ready(Some(Err(BodyError::Idle(timeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
