@@ -981,3 +981,77 @@ async fn bad_signature_flood_is_refused_without_growing_the_cache() {
     let text = gw.metrics().await;
     assert_eq!(cache(&text, "hit"), hits0 + 1.0, "{text}");
 }
+
+// ---------------------------------------------------------------------------
+// Idle connections after their last request
+// ---------------------------------------------------------------------------
+
+/// An HTTP/2 client that goes quiet after its requests is disconnected after
+/// `server.idle_timeout`, but never while a response is still streaming,
+/// however long that takes.
+#[tokio::test]
+async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |request: hyper::Request<hyper::body::Incoming>| async move {
+            if request.uri().path() == "/files/slow" {
+                // Quiet for longer than the gateway's idle_timeout, mid-response.
+                let (tx, body) = channel_body();
+                tokio::spawn(async move {
+                    let _ = tx.send(Bytes::from_static(b"first,")).await;
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    let _ = tx.send(Bytes::from_static(b"last")).await;
+                });
+                hyper::Response::new(body.boxed())
+            } else {
+                hyper::Response::new(full_body("ok"))
+            }
+        },
+    )
+    .await;
+    // The upstream's own pause must stay within body_idle_timeout.
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 1s\n", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 30s");
+    assert!(config.contains("body_idle_timeout: 30s"));
+    let gw = Gateway::start(&config).await;
+
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(
+        TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let closed = Arc::new(tokio::sync::Notify::new());
+    let closed_tx = Arc::clone(&closed);
+    let driver = tokio::spawn(async move {
+        let _ = connection.await;
+        closed_tx.notify_one();
+    });
+
+    let request = |path: &str| {
+        hyper::Request::get(format!("http://gw.test{path}"))
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    // A response that pauses 2.5 s (past idle_timeout) arrives whole.
+    let response = sender.send_request(request("/files/slow")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"first,last");
+    // The connection is still usable right after.
+    let response = sender.send_request(request("/files/ok")).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    // Then it sits idle, and the gateway hangs up.
+    tokio::time::timeout(Duration::from_secs(15), closed.notified())
+        .await
+        .expect("the gateway kept an idle HTTP/2 connection open");
+    driver.await.unwrap();
+    assert!(sender.send_request(request("/files/ok")).await.is_err());
+
+    // New connections are served as before.
+    let ok = get(&gw.url("/files/ok"), &[]).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}

@@ -188,6 +188,9 @@ pub struct RawServer {
     /// Open client connections at most; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
+    /// How long a client connection may stay open with no request in flight.
+    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
+    pub idle_timeout: Duration,
 }
 
 impl Default for RawServer {
@@ -201,6 +204,7 @@ impl Default for RawServer {
             shutdown_delay: default_shutdown_delay(),
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
+            idle_timeout: default_idle_timeout(),
         }
     }
 }
@@ -429,6 +433,10 @@ fn default_admin_listen() -> Spanned<String> {
 fn default_max_header_bytes() -> Spanned<usize> {
     unspanned(16 * 1024)
 }
+fn default_idle_timeout() -> Duration {
+    Duration::from_secs(60)
+}
+
 fn default_max_connections() -> Spanned<usize> {
     unspanned(10_000)
 }

@@ -229,6 +229,8 @@ pub struct ServerSettings {
     pub header_read_timeout: Duration,
     /// Concurrent client connections at most.
     pub max_connections: usize,
+    /// Longest time a client connection stays open with nothing in flight.
+    pub idle_timeout: Duration,
 }
 
 /// Certificate chain and key for inbound TLS.
@@ -649,6 +651,7 @@ impl Validator<'_> {
             Location::UNKNOWN,
             "server.header_read_timeout",
         )?;
+        self.positive(s.idle_timeout, Location::UNKNOWN, "server.idle_timeout")?;
         Ok(ServerSettings {
             listen,
             tls,
@@ -657,6 +660,7 @@ impl Validator<'_> {
             shutdown_grace: s.shutdown_grace,
             shutdown_delay: s.shutdown_delay,
             header_read_timeout: s.header_read_timeout,
+            idle_timeout: s.idle_timeout,
             max_connections: s.max_connections.value,
         })
     }

@@ -2,6 +2,7 @@
 //! listener, key refreshers, and a shutdown that loses no request.
 
 mod framing;
+mod idle;
 pub mod pipeline;
 pub mod reload;
 pub mod tls;
@@ -165,6 +166,10 @@ async fn serve(
         let metrics = Arc::clone(&metrics);
         let tls = tls.clone();
         let head_timeout = settings.header_read_timeout;
+        let timeouts = ConnectionTimeouts {
+            first_request: head_timeout,
+            idle: settings.idle_timeout,
+        };
         tokio::spawn(async move {
             let _permit = permit;
             metrics.open_connections.inc();
@@ -173,13 +178,7 @@ async fn serve(
                     match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream,
-                                peer,
-                                true,
-                                gateway,
-                                &builder,
-                                watcher,
-                                head_timeout,
+                                stream, peer, true, gateway, &builder, watcher, timeouts,
                             )
                             .await;
                         }
@@ -187,16 +186,8 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(
-                        stream,
-                        peer,
-                        false,
-                        gateway,
-                        &builder,
-                        watcher,
-                        head_timeout,
-                    )
-                    .await;
+                    serve_connection(stream, peer, false, gateway, &builder, watcher, timeouts)
+                        .await;
                 }
             }
             metrics.open_connections.dec();
@@ -233,6 +224,15 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
     builder
 }
 
+/// Per-connection time limits.
+#[derive(Debug, Clone, Copy)]
+struct ConnectionTimeouts {
+    /// Until the first request head is complete.
+    first_request: Duration,
+    /// With nothing in flight, after the first request.
+    idle: Duration,
+}
+
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
@@ -240,7 +240,7 @@ async fn serve_connection<I>(
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
-    first_request_timeout: Duration,
+    timeouts: ConnectionTimeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
@@ -248,15 +248,21 @@ async fn serve_connection<I>(
     let (io, requests) = framing::FramingWatch::new(io);
     let first_request = Arc::new(tokio::sync::Notify::new());
     let arrived = Arc::clone(&first_request);
+    let activity = idle::Activity::new();
+    let requests_activity = Arc::clone(&activity);
     let service = service_fn(move |mut request: Request<Incoming>| {
         arrived.notify_one();
+        let in_flight = requests_activity.start();
         // hyper hides a Content-Length sent next to Transfer-Encoding.
         if requests.next() {
             request.extensions_mut().insert(framing::SmuggledLength);
         }
         // Each request runs on the config that was current when it arrived.
         let gateway = gateway.load_full();
-        async move { Ok::<_, Infallible>(gateway.handle(request, client).await) }
+        async move {
+            let response = gateway.handle(request, client).await;
+            Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
+        }
     });
     let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
     // hyper's header_read_timeout only starts once hyper-util has told HTTP/1
@@ -265,7 +271,7 @@ async fn serve_connection<I>(
     // `max_connections` slot forever. So the first request must arrive in time.
     let no_first_request = async {
         let notified = first_request.notified();
-        if tokio::time::timeout(first_request_timeout, notified)
+        if tokio::time::timeout(timeouts.first_request, notified)
             .await
             .is_ok()
         {
@@ -280,6 +286,9 @@ async fn serve_connection<I>(
         }
         () = no_first_request => {
             tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
+        }
+        () = activity.idle_for_at_least(timeouts.idle) => {
+            tracing::debug!(%peer, "nothing in flight for idle_timeout; connection closed");
         }
     }
 }
