@@ -13,14 +13,18 @@
 //!   module sees raw YAML.
 //! - [`routes`]: path canonicalisation (`canonical`) and the route table (`table`).
 //! - [`auth`]: bearer extraction (`bearer`), JWT verification (`jwt`), issuer key
-//!   sets (`jwks`), the verified-token cache (`cache`), and scope checks (`scope`),
-//!   which mint the [`auth::Permit`].
-//! - [`proxy`]: the pooled upstream clients (`forward`) and header hygiene
-//!   (`headers`).
+//!   sets (`jwks`), the verified-token cache (`cache`), RFC 7662 introspection
+//!   (`introspect`), RFC 8414 discovery (`discovery`), and scope checks
+//!   (`scope`), which mint the [`auth::Permit`].
+//! - [`proxy`]: the pooled upstream clients (`client`, `forward`), header
+//!   hygiene (`headers`), and the streamed upstream response body with its idle
+//!   timeout (`body`).
 //! - [`admin`]: Prometheus metrics (`metrics`) and the admin listener with
 //!   `/metrics`, `/healthz`, `/readyz` (`health`).
 //! - [`error`]: every way a request can fail, mapped to one HTTP response.
-//! - [`server`]: listeners, TLS, graceful shutdown, and the request pipeline.
+//! - [`server`]: listeners, connection limits and timeouts (`idle`), TLS
+//!   (`tls`), request-smuggling detection (`framing`), hot reload (`reload`),
+//!   graceful shutdown, and the request pipeline (`pipeline`).
 //! - [`issuer`]: the built-in authorization server: token endpoint and grants
 //!   (`token`), client authentication (`clients`), signing keys (`keys`),
 //!   metadata, JWKS, introspection and revocation (`endpoints`), and the state

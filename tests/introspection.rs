@@ -537,21 +537,6 @@ fn assert_unavailable(reply: &Reply) {
     assert!(reply.header("www-authenticate").is_none());
 }
 
-/// The value of one sample in Prometheus text output (0 when absent).
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|line| {
-            line.starts_with(&format!("{name}{{")) || line.starts_with(&format!("{name} "))
-        })
-        .filter(|line| {
-            labels
-                .iter()
-                .all(|(k, v)| line.contains(&format!("{k}=\"{v}\"")))
-        })
-        .map(|line| line.rsplit(' ').next().unwrap().parse::<f64>().unwrap())
-        .sum()
-}
-
 fn introspection_results(text: &str, result: &str) -> f64 {
     metric(
         text,
