@@ -11,7 +11,6 @@ use support::*;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::OnceLock;
 
 use bytes::Bytes;
 use scopegate::issuer::token::s256;
@@ -34,14 +33,12 @@ const SECRET: &str = "web-s3cret";
 /// A `state` with characters that need encoding, and HTML metacharacters.
 const NASTY_STATE: &str = "a b&c=d/é?#%+\"'<x>;,~";
 
-fn password_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(PASSWORD).unwrap())
+fn password_hash() -> String {
+    argon2_hash(PASSWORD)
 }
 
-fn secret_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(SECRET).unwrap())
+fn secret_hash() -> String {
+    argon2_hash(SECRET)
 }
 
 /// Clients: `spa` (public; authorization_code + refresh_token; orders:read
@@ -1116,48 +1113,28 @@ async fn missing_verifier_is_invalid_grant() {
 async fn code_is_bound_to_its_client_and_redirect_uri() {
     let t = Codes::start().await;
     let c = pkce();
-    // Another client (public, same redirect URI, right verifier).
-    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
-    let r = exchange(
-        &t.gw,
-        Exchange {
-            client: "spa2",
+    // Each with a fresh code issued to `spa` at APP_CB, and the right verifier.
+    for (label, client, redirect_uri) in [
+        (
+            "another client (public, same redirect URI)",
+            "spa2",
+            Some(APP_CB),
+        ),
+        ("another registered redirect URI", "spa", Some(APP_CB2)),
+        ("no redirect URI (the request named one)", "spa", None),
+    ] {
+        let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+        let exchange_as = Exchange {
+            client,
             secret: None,
             code: &code,
-            redirect_uri: Some(APP_CB),
+            redirect_uri,
             verifier: Some(&c.verifier),
-        },
-    )
-    .await;
-    assert_oauth_error(&r, 400, "invalid_grant");
-    // Another registered redirect URI of the same client.
-    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
-    let r = exchange(
-        &t.gw,
-        Exchange {
-            client: "spa",
-            secret: None,
-            code: &code,
-            redirect_uri: Some(APP_CB2),
-            verifier: Some(&c.verifier),
-        },
-    )
-    .await;
-    assert_oauth_error(&r, 400, "invalid_grant");
-    // No redirect URI at all (the request named one).
-    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
-    let r = exchange(
-        &t.gw,
-        Exchange {
-            client: "spa",
-            secret: None,
-            code: &code,
-            redirect_uri: None,
-            verifier: Some(&c.verifier),
-        },
-    )
-    .await;
-    assert_oauth_error(&r, 400, "invalid_grant");
+        };
+        let r = exchange(&t.gw, exchange_as).await;
+        assert_eq!(r.status, 400, "{label}: {}", r.text());
+        assert_oauth_error(&r, 400, "invalid_grant");
+    }
     // The control.
     let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
     let r = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;

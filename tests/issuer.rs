@@ -10,7 +10,6 @@ use support::*;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
 use std::time::Duration;
 
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -31,14 +30,12 @@ const SECRET: &str = "s3cret-value";
 /// Every user's password.
 const PASSWORD: &str = "wonderland";
 
-fn secret_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(SECRET).unwrap())
+fn secret_hash() -> String {
+    argon2_hash(SECRET)
 }
 
-fn password_hash() -> &'static str {
-    static HASH: OnceLock<String> = OnceLock::new();
-    HASH.get_or_init(|| scopegate::issuer::clients::hash_secret(PASSWORD).unwrap())
+fn password_hash() -> String {
+    argon2_hash(PASSWORD)
 }
 
 /// A gateway config with the built-in authorization server. `extra` is more

@@ -651,3 +651,22 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .sum()
 }
+
+/// The argon2 PHC hash of `secret`, computed once per secret and test binary
+/// (hashing is slow on purpose, and configs are built many times).
+pub fn argon2_hash(secret: &str) -> String {
+    static HASHES: std::sync::OnceLock<
+        std::sync::Mutex<std::collections::HashMap<String, String>>,
+    > = std::sync::OnceLock::new();
+    let hashes = HASHES.get_or_init(Default::default);
+    if let Some(hash) = hashes.lock().unwrap().get(secret) {
+        return hash.clone();
+    }
+    let hash = scopegate::issuer::clients::hash_secret(secret).unwrap();
+    hashes
+        .lock()
+        .unwrap()
+        .entry(secret.to_owned())
+        .or_insert(hash)
+        .clone()
+}
