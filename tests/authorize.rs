@@ -503,52 +503,32 @@ async fn redirect_uri_must_be_registered_exactly() {
         "response_type",
         "token",
     );
-    for (what, p) in [
-        (
-            "unregistered",
-            with(base.clone(), "redirect_uri", "https://evil.test/cb"),
-        ),
-        (
-            "extra path",
-            with(base.clone(), "redirect_uri", "https://app.test/cb/extra"),
-        ),
-        (
-            "trailing slash",
-            with(base.clone(), "redirect_uri", "https://app.test/cb/"),
-        ),
-        (
-            "extra query",
-            with(base.clone(), "redirect_uri", "https://app.test/cb?next=/x"),
-        ),
+    // `None`: no redirect_uri at all (spa has several registered).
+    for (what, redirect_uri) in [
+        ("unregistered", Some("https://evil.test/cb")),
+        ("extra path", Some("https://app.test/cb/extra")),
+        ("trailing slash", Some("https://app.test/cb/")),
+        ("extra query", Some("https://app.test/cb?next=/x")),
         (
             "different port (not loopback)",
-            with(base.clone(), "redirect_uri", "https://app.test:8443/cb"),
+            Some("https://app.test:8443/cb"),
         ),
-        (
-            "other scheme",
-            with(base.clone(), "redirect_uri", "http://app.test/cb"),
-        ),
-        (
-            "another client's URI",
-            with(base.clone(), "redirect_uri", WEB_CB),
-        ),
+        ("other scheme", Some("http://app.test/cb")),
+        ("another client's URI", Some(WEB_CB)),
         (
             "loopback with another path",
-            with(base.clone(), "redirect_uri", "http://127.0.0.1:5000/other"),
+            Some("http://127.0.0.1:5000/other"),
         ),
         (
             "localhost is not the registered 127.0.0.1",
-            with(
-                base.clone(),
-                "redirect_uri",
-                "http://localhost:5000/callback",
-            ),
+            Some("http://localhost:5000/callback"),
         ),
-        (
-            "missing, with several registered",
-            without(base.clone(), "redirect_uri"),
-        ),
+        ("missing, with several registered", None),
     ] {
+        let p = match redirect_uri {
+            Some(uri) => with(base.clone(), "redirect_uri", uri),
+            None => without(base.clone(), "redirect_uri"),
+        };
         let r = get_authorize(&gw, &p, None).await;
         assert_eq!(r.status, 400, "{what}: {}", r.text());
         assert_page(&r, 400);

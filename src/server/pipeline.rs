@@ -146,7 +146,8 @@ impl Gateway {
     /// Handles one request end to end, and records its metrics and access log.
     pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> Response<Body> {
         let started = Instant::now();
-        let method = method_label(request.method());
+        let slot = method_slot(request.method());
+        let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
         let (route, outcome) = self.pipeline(request, client).await;
         let (response, reason) = match outcome {
             Ok(response) => (response, "ok"),
@@ -158,7 +159,7 @@ impl Gateway {
         let route_name = route.map_or(UNMATCHED, |r| &r.name);
         let status = response.status();
         let elapsed = started.elapsed();
-        self.record(route, method, status, elapsed.as_secs_f64());
+        self.record(route, slot, method, status, elapsed.as_secs_f64());
         tracing::info!(
             target: "scopegate::access",
             route = route_name,
@@ -282,8 +283,16 @@ impl Gateway {
         }
     }
 
-    /// Counts a finished request and observes its latency.
-    fn record(&self, route: Option<&Route>, method: &'static str, status: StatusCode, secs: f64) {
+    /// Counts a finished request and observes its latency. `method` is the
+    /// label of `slot`.
+    fn record(
+        &self,
+        route: Option<&Route>,
+        slot: usize,
+        method: &'static str,
+        status: StatusCode,
+        secs: f64,
+    ) {
         let hot = route.and_then(|r| self.hot_metrics.routes.get(r.index));
         let (Some(route), Some((histogram, by_method))) = (route, hot) else {
             self.metrics
@@ -300,7 +309,7 @@ impl Gateway {
         histogram
             .get_or_init(|| self.metrics.request_duration.with_label_values(&[name]))
             .observe(secs);
-        match by_method.get(method_slot(method)) {
+        match by_method.get(slot) {
             Some(slot) if status == StatusCode::OK => slot
                 .get_or_init(|| {
                     self.metrics
@@ -382,37 +391,27 @@ fn resource_metadata_response(resource: &ResourceMetadata) -> Response<Body> {
     response
 }
 
+/// Method labels, bounded: extension methods are "other". A method's index
+/// here ([`method_slot`]) also keys its per-route counters.
+const METHOD_LABELS: [&str; 10] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "CONNECT", "TRACE", "other",
+];
+
 /// How many methods [`method_slot`] tells apart.
-const METHOD_SLOTS: usize = 10;
+const METHOD_SLOTS: usize = METHOD_LABELS.len();
 
-/// The index of a [`method_label`] value, below [`METHOD_SLOTS`].
-fn method_slot(label: &str) -> usize {
-    match label {
-        "GET" => 0,
-        "HEAD" => 1,
-        "POST" => 2,
-        "PUT" => 3,
-        "DELETE" => 4,
-        "PATCH" => 5,
-        "OPTIONS" => 6,
-        "CONNECT" => 7,
-        "TRACE" => 8,
-        _ => 9,
-    }
-}
-
-/// A bounded label for the method: extension methods are "other".
-fn method_label(method: &Method) -> &'static str {
+/// The method's index in [`METHOD_LABELS`].
+fn method_slot(method: &Method) -> usize {
     match *method {
-        Method::GET => "GET",
-        Method::HEAD => "HEAD",
-        Method::POST => "POST",
-        Method::PUT => "PUT",
-        Method::DELETE => "DELETE",
-        Method::PATCH => "PATCH",
-        Method::OPTIONS => "OPTIONS",
-        Method::CONNECT => "CONNECT",
-        Method::TRACE => "TRACE",
-        _ => "other",
+        Method::GET => 0,
+        Method::HEAD => 1,
+        Method::POST => 2,
+        Method::PUT => 3,
+        Method::DELETE => 4,
+        Method::PATCH => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
     }
 }
