@@ -16,9 +16,9 @@
 //!   sets (`jwks`), the verified-token cache (`cache`), RFC 7662 introspection
 //!   (`introspect`), RFC 8414 discovery (`discovery`), and scope checks
 //!   (`scope`), which mint the [`auth::Permit`].
-//! - [`proxy`]: the pooled upstream clients (`client`, `forward`), header
-//!   hygiene (`headers`), and the streamed upstream response body with its idle
-//!   timeout (`body`).
+//! - [`proxy`]: forwarding (`forward`) over one connection pool per upstream
+//!   (`pool`, on the connectors of `client`), header hygiene (`headers`), and
+//!   the streamed upstream response body with its idle timeout (`body`).
 //! - [`admin`]: Prometheus metrics (`metrics`) and the admin listener with
 //!   `/metrics`, `/healthz`, `/readyz` (`health`).
 //! - [`error`]: every way a request can fail, mapped to one HTTP response.

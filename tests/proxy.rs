@@ -8,6 +8,7 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -1158,4 +1159,163 @@ async fn request_metrics_have_bounded_labels() {
     assert!(!metrics.contains(&token), "token in metrics");
     assert!(!metrics.contains(token.split('.').nth(1).unwrap()));
     assert!(!metrics.contains("alice"), "{metrics}");
+}
+
+// ---------------------------------------------------------------------------
+// 10. Upstream connections
+// ---------------------------------------------------------------------------
+
+/// A raw HTTP/1.1 upstream answering every request with 200 "ok" (keep-alive
+/// framing), counting the connections it accepted. With `close_after_reply`
+/// it closes each connection right after its first answer without saying so,
+/// as an upstream that drops idle keep-alive connections does.
+async fn counting_upstream(close_after_reply: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            counter.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buffer = Vec::new();
+                let mut chunk = [0u8; 4096];
+                loop {
+                    let Ok(n) = stream.read(&mut chunk).await else {
+                        return;
+                    };
+                    if n == 0 {
+                        return;
+                    }
+                    buffer.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buffer.drain(..end + 4);
+                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        if stream.write_all(reply).await.is_err() || close_after_reply {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let world = World::new().await;
+    let (upstream, accepted) = counting_upstream(false).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+
+    for id in 0..5 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+}
+
+#[tokio::test]
+async fn upstream_closing_idle_connections_costs_no_request() {
+    let world = World::new().await;
+    let (upstream, accepted) = counting_upstream(true).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+
+    for id in 0..5 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        5,
+        "a new connection each time"
+    );
+    let metrics = gw.metrics().await;
+    for kind in ["connect", "protocol", "timeout"] {
+        let failures = metric(
+            &metrics,
+            "scopegate_upstream_errors_total",
+            &[("kind", kind)],
+        );
+        assert_eq!(failures, 0.0, "{kind}: {metrics}");
+    }
+}
+
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
+fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let acceptor = scopegate::server::tls::acceptor(&scopegate::config::TlsFiles {
+        cert_file: cert.clone(),
+        key_file: key,
+    })
+    .unwrap();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let seen = Arc::clone(&versions);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
+            tokio::spawn(async move {
+                let Ok(stream) = acceptor.accept(stream).await else {
+                    return;
+                };
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    seen.lock().unwrap().push(req.version());
+                    async { Ok::<_, std::convert::Infallible>(Response::new(full_body("tls"))) }
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let https = config_for(&world, upstream).replace(
+        &format!("url: http://{upstream}"),
+        &format!("url: https://{upstream}"),
+    );
+    let token = world.token("orders:read");
+
+    // Without the CA the upstream's certificate is refused: 502, counted.
+    let gw = Gateway::start(&https).await;
+    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_upstream_errors_total",
+            &[("kind", "connect")]
+        ),
+        1.0,
+        "{metrics}"
+    );
+    assert!(versions.lock().unwrap().is_empty());
+
+    // With it: TLS, and HTTP/2 because the upstream offers h2 first.
+    let trusted = https.replace(
+        "    request_timeout: 2s\n",
+        &format!("    request_timeout: 2s\n    ca_file: {}\n", cert.display()),
+    );
+    assert!(trusted.contains("ca_file"));
+    let gw = Gateway::start(&trusted).await;
+    for id in 0..3 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "tls"));
+    }
+    assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2; 3]);
 }

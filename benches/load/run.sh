@@ -10,6 +10,8 @@
 # `return 200` upstream and loaded by wrk with the same connections/duration:
 #   direct          wrk -> upstream
 #   nginx-proxy     plain reverse proxy, keep-alive upstream pool
+#   hyper-floor     examples/hyper_floor.rs: a bare hyper proxy (no auth, no
+#                   header hygiene), what hyper and tokio alone cost
 #   haproxy-jwt     HAProxy jwt_verify (ES256) + iss/aud/exp/scope checks
 #   scopegate-warm  one token repeated (verified-token cache hits)
 #   scopegate-cold  a different valid token on every request (all misses)
@@ -318,12 +320,13 @@ else
     BUILD_ARGS=(--profile "$PROFILE")
     OUT_DIR=$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
 fi
-log "building scopegate and examples/mint.rs ($PROFILE)"
-cargo build "${BUILD_ARGS[@]}" --bin scopegate --example mint >&2
+log "building scopegate, examples/mint.rs and examples/hyper_floor.rs ($PROFILE)"
+cargo build "${BUILD_ARGS[@]}" --bin scopegate --example mint --example hyper_floor >&2
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
 SCOPEGATE=$TARGET_DIR/$OUT_DIR/scopegate
 MINT=$TARGET_DIR/$OUT_DIR/examples/mint
-if [ ! -x "$SCOPEGATE" ] || [ ! -x "$MINT" ]; then
+HYPER_FLOOR=$TARGET_DIR/$OUT_DIR/examples/hyper_floor
+if [ ! -x "$SCOPEGATE" ] || [ ! -x "$MINT" ] || [ ! -x "$HYPER_FLOOR" ]; then
     die "built binaries not found under $TARGET_DIR/$OUT_DIR"
 fi
 
@@ -361,6 +364,15 @@ pid=$STARTED
 wait_http nginx-proxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
 load nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
+stop "$pid"
+
+# --- 2b. bare hyper proxy (the HTTP engine's floor) ----------------------------
+free_port PROXY_PORT
+start hyper-floor "$HYPER_FLOOR" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$UPSTREAM_PORT"
+pid=$STARTED
+wait_http hyper-floor "$pid" "http://127.0.0.1:$PROXY_PORT/"
+expect_status hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
+load hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
 stop "$pid"
 
 # --- 3. HAProxy jwt_verify ------------------------------------------------------
@@ -452,6 +464,8 @@ TABLE=$(
     echo "- scopegate-warm / nginx-proxy throughput: **$(ratio "${RPS[scopegate-warm]}" "${RPS[nginx-proxy]}")x**;" \
         "p99 $(ratio "${P99[scopegate-warm]}" "${P99[nginx-proxy]}")x nginx-proxy's" \
         "(${P99[scopegate-warm]} vs ${P99[nginx-proxy]} ms)"
+    echo "- hyper-floor / nginx-proxy throughput: $(ratio "${RPS[hyper-floor]}" "${RPS[nginx-proxy]}")x;" \
+        "scopegate-warm / hyper-floor: $(ratio "${RPS[scopegate-warm]}" "${RPS[hyper-floor]}")x"
     echo "- scopegate-cold / haproxy-jwt throughput: **$(ratio "${RPS[scopegate-cold]}" "${RPS[haproxy-jwt]}")x**;" \
         "p99 ${P99[scopegate-cold]} vs ${P99[haproxy-jwt]} ms"
     echo "- scopegate-warm / haproxy-jwt throughput: $(ratio "${RPS[scopegate-warm]}" "${RPS[haproxy-jwt]}")x;" \

@@ -1,6 +1,8 @@
 //! The upstream's response body on its way to the client: streamed as it
 //! comes, cut off if the upstream goes quiet for longer than the upstream's
-//! `body_idle_timeout`, and counted when it fails part-way.
+//! `body_idle_timeout`, and counted when it fails part-way. Its HTTP/1.1
+//! connection goes back to the pool when the body has ended, and is closed if
+//! the body is dropped before.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -13,6 +15,8 @@ use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
+
+use super::pool::Lease;
 
 /// Counters of one upstream's mid-body failures.
 #[derive(Clone)]
@@ -44,18 +48,36 @@ pin_project! {
         // with their head cost no timer.
         idle: Option<Pin<Box<Sleep>>>,
         failures: BodyFailures,
+        lease: Option<Lease>,
     }
 }
 
 impl UpstreamBody {
-    /// Wraps `inner`; `failures` counts how it ends badly.
-    pub fn new(inner: Incoming, idle_timeout: Duration, failures: BodyFailures) -> Self {
-        Self {
+    /// Wraps `inner`; `failures` counts how it ends badly; `lease` is the
+    /// connection it arrives on, given back once it has ended.
+    pub fn new(
+        inner: Incoming,
+        idle_timeout: Duration,
+        failures: BodyFailures,
+        lease: Option<Lease>,
+    ) -> Self {
+        let mut body = Self {
             inner,
             idle_timeout,
             idle: None,
             failures,
+            lease,
+        };
+        if body.inner.is_end_stream() {
+            give_back(&mut body.lease);
         }
+        body
+    }
+}
+
+fn give_back(lease: &mut Option<Lease>) {
+    if let Some(lease) = lease.take() {
+        lease.give_back();
     }
 }
 
@@ -67,19 +89,26 @@ impl Body for UpstreamBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
-        let this = self.project();
-        match this.inner.poll_frame(cx) {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(idle) = this.idle.as_mut() {
                     idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                }
+                if this.inner.is_end_stream() {
+                    give_back(this.lease);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
                 this.failures.broken.inc();
+                *this.lease = None;
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                give_back(this.lease);
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 let timeout = *this.idle_timeout;
                 let idle = this
@@ -87,6 +116,7 @@ impl Body for UpstreamBody {
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
                 ready!(idle.as_mut().poll(cx));
                 this.failures.idle.inc();
+                *this.lease = None;
                 Poll::Ready(Some(Err(BodyError::Idle(timeout))))
             }
         }

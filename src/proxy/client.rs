@@ -25,6 +25,22 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    let connector = build_https_connector(ca_file, connect_timeout)?;
+    Ok(Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
+        .timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(pool_max_idle_per_host)
+        .http2_only(http2_only)
+        .build(connector))
+}
+
+/// Builds a connector for http and https (HTTP/1.1 and h2 by ALPN) trusting
+/// the Mozilla roots plus `ca_file` (PEM), if given.
+pub fn build_https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -56,18 +72,10 @@ where
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
         .enable_http1()
         .enable_http2()
-        .wrap_connector(http);
-
-    Ok(Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(90))
-        .pool_max_idle_per_host(pool_max_idle_per_host)
-        .http2_only(http2_only)
-        .build(connector))
+        .wrap_connector(http))
 }

@@ -5,15 +5,16 @@ use std::sync::Arc;
 
 use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri, Version};
+use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
 use super::body::{BodyFailures, UpstreamBody};
-use super::client::{build_https_client, HttpsClient};
+use super::client::build_https_connector;
 use super::headers::{prepare_upstream_request, remove_hop_by_hop, ClientInfo};
+use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::Body;
 use crate::admin::metrics::Metrics;
 use crate::auth::Permit;
@@ -22,11 +23,11 @@ use crate::error::GatewayError;
 
 struct UpstreamClient {
     config: Upstream,
-    client: HttpsClient<Incoming>,
+    pool: Arc<UpstreamPool>,
     body_failures: BodyFailures,
 }
 
-/// One pooled client per upstream.
+/// One connection pool per upstream.
 pub struct Forwarder {
     upstreams: Vec<UpstreamClient>,
     metrics: Arc<Metrics>,
@@ -38,13 +39,18 @@ impl Forwarder {
         let upstreams = upstreams
             .into_iter()
             .map(|config| {
-                let client = build_https_client(
-                    config.ca_file.as_deref(),
-                    config.connect_timeout,
-                    config.pool_max_idle_per_host,
-                    config.http2_only,
-                )
-                .map_err(|e| format!("upstream {}: {e}", config.name))?;
+                let connector =
+                    build_https_connector(config.ca_file.as_deref(), config.connect_timeout)
+                        .map_err(|e| format!("upstream {}: {e}", config.name))?;
+                let pool = UpstreamPool::new(
+                    connector,
+                    PoolSettings {
+                        scheme: config.scheme.clone(),
+                        authority: config.authority.clone(),
+                        http2_only: config.http2_only,
+                        max_idle: config.pool_max_idle_per_host,
+                    },
+                );
                 let failures = |kind: &str| {
                     metrics
                         .upstream_errors
@@ -56,7 +62,7 @@ impl Forwarder {
                 };
                 Ok(UpstreamClient {
                     config,
-                    client,
+                    pool,
                     body_failures,
                 })
             })
@@ -97,20 +103,15 @@ impl Forwarder {
             None
         };
         parts.uri = upstream_uri(&upstream.config, canonical_path, parts.uri.query())?;
-        parts.version = if upstream.config.http2_only {
-            Version::HTTP_2
-        } else {
-            Version::HTTP_11
-        };
         let outbound = Request::from_parts(parts, body);
 
         let sent = tokio::time::timeout(
             upstream.config.request_timeout,
-            upstream.client.request(outbound),
+            upstream.pool.send(outbound),
         )
         .await;
-        let mut response = match sent {
-            Ok(Ok(response)) => response,
+        let (mut response, lease) = match sent {
+            Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 let (kind, error) = classify(&e);
                 self.upstream_error(&upstream.config, kind);
@@ -142,7 +143,10 @@ impl Forwarder {
         }
         let idle_timeout = upstream.config.body_idle_timeout;
         let failures = upstream.body_failures.clone();
-        Ok(response.map(|body| Either::Left(UpstreamBody::new(body, idle_timeout, failures))))
+        // An upgraded connection is the tunnel's now, never pooled again.
+        let lease = lease.filter(|_| !switching);
+        Ok(response
+            .map(|body| Either::Left(UpstreamBody::new(body, idle_timeout, failures, lease))))
     }
 
     fn upstream_error(&self, upstream: &Upstream, kind: &str) {
@@ -153,7 +157,8 @@ impl Forwarder {
     }
 }
 
-/// `scheme://authority{base_path}{canonical_path}[?query]`.
+/// `{base_path}{canonical_path}[?query]` (origin form; the pool sets the
+/// target for HTTP/2).
 fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
     let mut pq = String::with_capacity(
         upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
@@ -166,17 +171,12 @@ fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<
     }
     let pq = PathAndQuery::try_from(pq)
         .map_err(|_| GatewayError::BadPath(crate::routes::PathError::InvalidPercentEncoding))?;
-    Uri::builder()
-        .scheme(upstream.scheme.clone())
-        .authority(upstream.authority.clone())
-        .path_and_query(pq)
-        .build()
-        .map_err(|_| GatewayError::UpstreamUnavailable)
+    Ok(Uri::from(pq))
 }
 
-/// Maps a client error to a metric kind and the response: connect timeouts are
+/// Maps a send error to a metric kind and the response: connect timeouts are
 /// 504, everything else 502.
-fn classify(error: &hyper_util::client::legacy::Error) -> (&'static str, GatewayError) {
+fn classify(error: &SendError) -> (&'static str, GatewayError) {
     let mut source = error.source();
     while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
@@ -186,9 +186,8 @@ fn classify(error: &hyper_util::client::legacy::Error) -> (&'static str, Gateway
         }
         source = e.source();
     }
-    if error.is_connect() {
-        ("connect", GatewayError::UpstreamUnavailable)
-    } else {
-        ("protocol", GatewayError::UpstreamUnavailable)
+    match error {
+        SendError::Connect(_) => ("connect", GatewayError::UpstreamUnavailable),
+        SendError::Protocol(_) => ("protocol", GatewayError::UpstreamUnavailable),
     }
 }

@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;
+pub mod pool;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

@@ -1,0 +1,289 @@
+//! Connections to one upstream, kept open between requests.
+//!
+//! A lean pool over hyper's connection API instead of hyper-util's general
+//! client: the forwarder already knows which upstream a request goes to, so
+//! there is no per-request URI parsing, pool-key hashing or locking. Idle
+//! HTTP/1.1 connections wait in a bounded lock-free queue and are taken back
+//! only once their response body has ended; an HTTP/2 connection (h2c, or
+//! `h2` negotiated by ALPN) is shared by all requests. A request that a
+//! pooled connection could not even start (the upstream closed it while
+//! idle) is sent again once on a new connection.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use crossbeam_queue::ArrayQueue;
+use http::header::HOST;
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderValue, Request, Response, Uri, Version};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tower_service::Service as _;
+
+/// How long an idle connection is kept, at least (and at most twice that).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
+
+/// Why a request got no response from the upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// No connection could be opened (refused, unreachable, TLS, timeout).
+    #[error("connect: {0}")]
+    Connect(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// The connection failed while sending or before the response head.
+    #[error("{0}")]
+    Protocol(#[from] hyper::Error),
+}
+
+/// Where and how to reach one upstream.
+pub struct PoolSettings {
+    /// `http` or `https`.
+    pub scheme: Scheme,
+    /// `host:port`.
+    pub authority: Authority,
+    /// Speak HTTP/2 without TLS (h2c).
+    pub http2_only: bool,
+    /// Idle HTTP/1.1 connections kept (0: a new connection per request).
+    pub max_idle: usize,
+}
+
+/// The pool of one upstream. Shared (`Arc`) with the response bodies that
+/// give their connection back.
+pub struct UpstreamPool {
+    connector: HttpsConnector<HttpConnector>,
+    /// `scheme://authority/`: what the connector dials.
+    target: Uri,
+    scheme: Scheme,
+    authority: Authority,
+    /// `Host` for HTTP/1.1 requests (the port only when not the default).
+    host: HeaderValue,
+    http2_only: bool,
+    idle: Option<ArrayQueue<Idle>>,
+    shared_h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    /// Ticks of the idle sweep; an idle connection remembers the tick it was
+    /// parked in, so no clock is read per request.
+    tick: AtomicU64,
+    sweeping: AtomicBool,
+}
+
+struct Idle {
+    sender: http1::SendRequest<Incoming>,
+    parked_at: u64,
+}
+
+/// A connection lent to one request: an HTTP/1.1 one goes back to its pool
+/// when [`Lease::give_back`] is called after the response body ended, and is
+/// closed if the lease is dropped instead.
+pub struct Lease {
+    sender: http1::SendRequest<Incoming>,
+    pool: Arc<UpstreamPool>,
+}
+
+impl Lease {
+    /// Parks the connection for the next request (if there is room and it is
+    /// still usable).
+    pub fn give_back(self) {
+        self.pool.park(self.sender);
+    }
+}
+
+enum Sender {
+    Http1(http1::SendRequest<Incoming>),
+    Http2(http2::SendRequest<Incoming>),
+}
+
+impl UpstreamPool {
+    /// A pool with no connections yet.
+    pub fn new(connector: HttpsConnector<HttpConnector>, settings: PoolSettings) -> Arc<Self> {
+        let PoolSettings {
+            scheme,
+            authority,
+            http2_only,
+            max_idle,
+        } = settings;
+        let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
+        let host = match authority.port_u16() {
+            Some(port) if port == default_port => HeaderValue::from_str(authority.host()),
+            _ => HeaderValue::from_str(authority.as_str()),
+        }
+        .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        let target = Uri::builder()
+            .scheme(scheme.clone())
+            .authority(authority.clone())
+            .path_and_query("/")
+            .build()
+            .unwrap_or_default();
+        Arc::new(Self {
+            connector,
+            target,
+            scheme,
+            authority,
+            host,
+            http2_only,
+            idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
+            shared_h2: ArcSwapOption::empty(),
+            tick: AtomicU64::new(0),
+            sweeping: AtomicBool::new(false),
+        })
+    }
+
+    /// Sends `request` (whose URI is the origin-form path and query) and
+    /// returns the response head, with the lease of its HTTP/1.1 connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        mut request: Request<Incoming>,
+    ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
+        let mut fresh = false;
+        loop {
+            let sender = match self.checkout() {
+                Some(sender) => sender,
+                None => {
+                    fresh = true;
+                    self.connect().await?
+                }
+            };
+            match sender {
+                Sender::Http2(mut sender) => {
+                    self.for_http2(&mut request);
+                    let response = sender.send_request(request).await?;
+                    return Ok((response, None));
+                }
+                Sender::Http1(mut sender) => {
+                    request.headers_mut().insert(HOST, self.host.clone());
+                    *request.version_mut() = Version::HTTP_11;
+                    match sender.try_send_request(request).await {
+                        Ok(response) => {
+                            let lease = Lease {
+                                sender,
+                                pool: Arc::clone(self),
+                            };
+                            return Ok((response, Some(lease)));
+                        }
+                        Err(mut failed) => match failed.take_message() {
+                            // A pooled connection that closed before the
+                            // request went out: once more, on a new one.
+                            Some(unsent) if !fresh => request = unsent,
+                            _ => return Err(SendError::Protocol(failed.into_error())),
+                        },
+                    }
+                }
+            }
+        }
+    }
+
+    /// An open connection that can take a request now, if one is at hand.
+    fn checkout(&self) -> Option<Sender> {
+        if let Some(shared) = &*self.shared_h2.load() {
+            if !shared.is_closed() {
+                return Some(Sender::Http2(http2::SendRequest::clone(shared)));
+            }
+        }
+        let idle = self.idle.as_ref()?;
+        let oldest_usable = self.tick.load(Ordering::Relaxed).saturating_sub(1);
+        // Bounded: a connection that is not ready yet goes to the back.
+        for _ in 0..idle.len() {
+            let parked = idle.pop()?;
+            if parked.sender.is_closed() || parked.parked_at < oldest_usable {
+                continue;
+            }
+            if parked.sender.is_ready() {
+                return Some(Sender::Http1(parked.sender));
+            }
+            let _ = idle.push(parked);
+        }
+        None
+    }
+
+    fn park(self: &Arc<Self>, sender: http1::SendRequest<Incoming>) {
+        let Some(idle) = &self.idle else { return };
+        if sender.is_closed() {
+            return;
+        }
+        let parked_at = self.tick.load(Ordering::Relaxed);
+        // Full: the connection is closed by dropping it.
+        let _ = idle.push(Idle { sender, parked_at });
+    }
+
+    /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`.
+    async fn connect(self: &Arc<Self>) -> Result<Sender, SendError> {
+        self.start_sweeping();
+        let io = self
+            .connector
+            .clone()
+            .call(self.target.clone())
+            .await
+            .map_err(SendError::Connect)?;
+        if self.http2_only || io.connected().is_negotiated_h2() {
+            let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .handshake(io)
+                .await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.await {
+                    tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
+                }
+            });
+            self.shared_h2.store(Some(Arc::new(sender.clone())));
+            Ok(Sender::Http2(sender))
+        } else {
+            let (sender, connection) = http1::Builder::new().handshake(io).await?;
+            tokio::spawn(async move {
+                if let Err(e) = connection.with_upgrades().await {
+                    tracing::debug!(error = %e, "upstream connection ended");
+                }
+            });
+            Ok(Sender::Http1(sender))
+        }
+    }
+
+    /// HTTP/2 takes the target from the URI (`:scheme`, `:authority`).
+    fn for_http2(&self, request: &mut Request<Incoming>) {
+        let path = request
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        let mut parts = http::uri::Parts::default();
+        parts.scheme = Some(self.scheme.clone());
+        parts.authority = Some(self.authority.clone());
+        parts.path_and_query = Some(path);
+        if let Ok(uri) = Uri::from_parts(parts) {
+            *request.uri_mut() = uri;
+        }
+        *request.version_mut() = Version::HTTP_2;
+    }
+
+    /// Closes connections idle for a whole sweep period; runs while the pool
+    /// lives, started with its first connection.
+    fn start_sweeping(self: &Arc<Self>) {
+        if self.idle.is_none() || self.sweeping.swap(true, Ordering::Relaxed) {
+            return;
+        }
+        let pool: Weak<Self> = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(IDLE_TIMEOUT);
+            every.tick().await;
+            loop {
+                every.tick().await;
+                let Some(pool) = pool.upgrade() else { return };
+                pool.sweep();
+            }
+        });
+    }
+
+    fn sweep(&self) {
+        let Some(idle) = &self.idle else { return };
+        let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        let oldest_usable = tick.saturating_sub(1);
+        for _ in 0..idle.len() {
+            let Some(parked) = idle.pop() else { break };
+            if !parked.sender.is_closed() && parked.parked_at >= oldest_usable {
+                let _ = idle.push(parked);
+            }
+        }
+    }
+}
