@@ -1202,37 +1202,31 @@ async fn counting_upstream(close_after_reply: bool) -> (SocketAddr, Arc<AtomicUs
     (addr, accepted)
 }
 
-#[tokio::test]
-async fn upstream_connections_are_reused() {
+/// Sends five sequential requests through a gateway in front of
+/// [`counting_upstream`]; all must be answered 200 "ok". Returns how many
+/// upstream connections were opened, and the gateway's metrics.
+async fn five_requests(close_after_reply: bool) -> (usize, String) {
     let world = World::new().await;
-    let (upstream, accepted) = counting_upstream(false).await;
+    let (upstream, accepted) = counting_upstream(close_after_reply).await;
     let gw = Gateway::start(&config_for(&world, upstream)).await;
     let token = world.token("orders:read");
-
     for id in 0..5 {
         let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
         assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
     }
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one pooled connection");
+    (accepted.load(Ordering::SeqCst), gw.metrics().await)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused() {
+    let (connections, _) = five_requests(false).await;
+    assert_eq!(connections, 1, "one pooled connection");
 }
 
 #[tokio::test]
 async fn upstream_closing_idle_connections_costs_no_request() {
-    let world = World::new().await;
-    let (upstream, accepted) = counting_upstream(true).await;
-    let gw = Gateway::start(&config_for(&world, upstream)).await;
-    let token = world.token("orders:read");
-
-    for id in 0..5 {
-        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
-        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
-    }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        5,
-        "a new connection each time"
-    );
-    let metrics = gw.metrics().await;
+    let (connections, metrics) = five_requests(true).await;
+    assert_eq!(connections, 5, "a new connection each time");
     for kind in ["connect", "protocol", "timeout"] {
         let failures = metric(
             &metrics,
