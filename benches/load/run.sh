@@ -88,6 +88,7 @@ need_tools() {
     command -v wrk >/dev/null || missing+=(wrk)
     command -v curl >/dev/null || missing+=(curl)
     command -v ss >/dev/null || missing+=(iproute2)
+    command -v pgrep >/dev/null || missing+=(procps)
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "${BENCH_NO_INSTALL:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             log "installing ${missing[*]} (Debian packages)"
@@ -233,20 +234,38 @@ to_ms() {
     }'
 }
 
-declare -A RPS P50 P99 REQS
+declare -A RPS P50 P99 REQS CPU_US
 ORDER=()
+CLK_TCK=$(getconf CLK_TCK)
 
-# load NAME URL [wrk args...]: runs wrk, checks it, records the numbers.
+# cpu_ticks PID...: user + system CPU ticks the processes have used so far.
+cpu_ticks() {
+    local pid total=0
+    for pid in "$@"; do
+        total=$((total + $(awk '{ print $14 + $15 }' "/proc/$pid/stat")))
+    done
+    echo "$total"
+}
+
+# load NAME URL [wrk args...]: runs wrk, checks it, records the numbers. The
+# CPU time of the processes in $CONTENDER_PIDS (the contender's own, not
+# wrk's or the upstream's) is divided by the requests served.
+CONTENDER_PIDS=""
 load() {
     local name=$1 url=$2
     shift 2
-    local out="$WORK/wrk-$name.txt" secs
+    local out="$WORK/wrk-$name.txt" secs ticks_before=""
+    # shellcheck disable=SC2086 # a list of pids
+    [ -n "$CONTENDER_PIDS" ] && ticks_before=$(cpu_ticks $CONTENDER_PIDS)
     secs=$(awk -v d="$DURATION" 'BEGIN { n = d + 0; if (d ~ /m$/) n *= 60; print int(n) + 30 }')
     log "$name: wrk -t$THREADS -c$CONNECTIONS -d$DURATION $url"
     if ! timeout "$secs" wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --timeout 5s --latency "$@" "$url" >"$out" 2>&1; then
         cat "$out" >&2
         die "$name: wrk failed"
     fi
+    local ticks_used=""
+    # shellcheck disable=SC2086
+    [ -n "$ticks_before" ] && ticks_used=$(($(cpu_ticks $CONTENDER_PIDS) - ticks_before))
     local non2xx connect requests
     non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$out")
     connect=$(sed -n 's/.*Socket errors: connect \([0-9]*\),.*/\1/p' "$out")
@@ -270,8 +289,14 @@ load() {
     P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
     P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
     REQS[$name]=$requests
+    CPU_US[$name]="-"
+    if [ -n "$ticks_used" ]; then
+        CPU_US[$name]=$(awk -v t="$ticks_used" -v hz="$CLK_TCK" -v n="$requests" \
+            'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
+    fi
+    CONTENDER_PIDS=""
     ORDER+=("$name")
-    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms ($requests requests)"
+    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms, CPU ${CPU_US[$name]} µs/request ($requests requests)"
 }
 
 # --------------------------------------------------------------------------
@@ -303,6 +328,7 @@ start_scopegate() {
         expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$bad"
     fi
     expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$good"
+    CONTENDER_PIDS=$SG_PID
 }
 
 declare -A IDLE_KB HWM_KB
@@ -363,6 +389,7 @@ start nginx-proxy nginx -p "$WORK" -e "$WORK/nginx-proxy.error.log" -c "$WORK/ng
 pid=$STARTED
 wait_http nginx-proxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
+CONTENDER_PIDS=$(pgrep -P "$pid" | tr '\n' ' ')
 load nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
 stop "$pid"
 
@@ -372,6 +399,7 @@ start hyper-floor "$HYPER_FLOOR" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$UPSTREAM_PO
 pid=$STARTED
 wait_http hyper-floor "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
+CONTENDER_PIDS=$pid
 load hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
 stop "$pid"
 
@@ -389,6 +417,7 @@ expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$BAD_TOKEN"
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$FIRST_TOKEN"
 export BENCH_TOKENS_FILE=$TOKENS_FILE BENCH_WRK_THREADS=$THREADS BENCH_TOKENS_START=0
+CONTENDER_PIDS=$pid
 load haproxy-jwt "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -s "$HERE/rotate.lua"
 stop "$pid"
 
@@ -453,12 +482,12 @@ ELAPSED=$(($(date +%s) - STARTED_AT))
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b + 0 == 0) print "n/a"; else printf "%.2f", a / b }'; }
 
 TABLE=$(
-    echo "| contender | requests/s | p50 (ms) | p99 (ms) | peak RSS (MB) |"
-    echo "|---|---:|---:|---:|---:|"
+    echo "| contender | requests/s | p50 (ms) | p99 (ms) | CPU µs/request | peak RSS (MB) |"
+    echo "|---|---:|---:|---:|---:|---:|"
     for name in "${ORDER[@]}"; do
         peak="-"
         [ -n "${HWM_KB[$name]:-}" ] && peak=$(mb "${HWM_KB[$name]}")
-        echo "| $name | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | $peak |"
+        echo "| $name | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | ${CPU_US[$name]} | $peak |"
     done
     echo
     echo "- scopegate-warm / nginx-proxy throughput: **$(ratio "${RPS[scopegate-warm]}" "${RPS[nginx-proxy]}")x**;" \
@@ -498,7 +527,8 @@ SECTION=$(
     echo "Machine: $(nproc) CPUs, ${cpu:-unknown CPU}, Linux $(uname -r);" \
         "$(nginx -v 2>&1 | sed 's/^nginx version: //'), $(haproxy -v | head -1 | awk '{ print "HAProxy " $3 }')," \
         "$(wrk -v 2>&1 | head -1 | awk '{ print "wrk " $2 }'), $(rustc --version | awk '{ print $1 " " $2 }')."
-    echo "wrk, the upstream, and the contender share the machine's CPUs."
+    echo "wrk, the upstream, and the contender share the machine's CPUs. CPU µs/request is the"
+    echo "contender's own user + system time (from /proc) divided by the requests it served."
     echo
     echo "$TABLE"
     echo
