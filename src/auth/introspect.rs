@@ -178,8 +178,8 @@ impl Introspector {
             }
             None => {
                 self.metrics.token_cache_introspection_misses.inc();
-                self.cache
-                    .try_get_with(digest, self.call(token))
+                // Boxed: the HTTP call is large and rare.
+                Box::pin(self.cache.try_get_with(digest, self.call(token)))
                     .await
                     .map_err(|_| GatewayError::IntrospectionUnavailable)?
             }

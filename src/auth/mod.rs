@@ -271,11 +271,13 @@ impl Authenticator {
                 self.metrics.token_cache_hits.inc();
                 hit
             }
-            None => match self.verify_or_introspect(token, key, introspector).await? {
+            // Boxed: verification and introspection futures are large and
+            // would otherwise be carried (and moved) by every cache hit.
+            None => match Box::pin(self.verify_or_introspect(token, key, introspector)).await? {
                 Verified::Jwt(fresh) => {
                     self.metrics.token_cache_misses.inc();
                     let fresh = Arc::new(fresh);
-                    self.cache.insert(key, Arc::clone(&fresh)).await;
+                    Box::pin(self.cache.insert(key, Arc::clone(&fresh))).await;
                     fresh
                 }
                 Verified::Introspected(token) => token,

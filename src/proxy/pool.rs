@@ -143,7 +143,9 @@ impl UpstreamPool {
                 Some(sender) => sender,
                 None => {
                     fresh = true;
-                    self.connect().await?
+                    // Boxed: the connect and handshake futures are large, and
+                    // inline they would be moved with every request's future.
+                    Box::pin(self.connect()).await?
                 }
             };
             match sender {

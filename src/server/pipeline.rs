@@ -189,7 +189,9 @@ impl Gateway {
         if let Some((_, server)) = &self.authorization_server {
             if server.owns(&path) {
                 let path = path.into_owned();
-                return (None, Ok(server.handle(request, &path).await));
+                // Boxed: the endpoints' futures are large, and inline they
+                // would be moved with every proxied request's future.
+                return (None, Ok(Box::pin(server.handle(request, &path)).await));
             }
         }
         if let Some(resource) = &self.resource {
@@ -252,10 +254,12 @@ impl Gateway {
         // Tokens of the built-in issuer can be revoked; check on every request.
         if let (Some(token), Some((index, server))) = (&token, &self.authorization_server) {
             if token.issuer == *index {
-                let revoked = server
-                    .revoked_ids(token.jti.as_deref(), token.session.as_deref())
-                    .await
-                    .map_err(|_| GatewayError::StoreUnavailable)?;
+                // Boxed: store futures (redis) are large; only this issuer's
+                // tokens pay for the allocation.
+                let revoked =
+                    Box::pin(server.revoked_ids(token.jti.as_deref(), token.session.as_deref()))
+                        .await
+                        .map_err(|_| GatewayError::StoreUnavailable)?;
                 if revoked {
                     return Err(GatewayError::InvalidToken(TokenError::Inactive));
                 }
