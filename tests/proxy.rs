@@ -1165,18 +1165,31 @@ async fn request_metrics_have_bounded_labels() {
 // 10. Upstream connections
 // ---------------------------------------------------------------------------
 
-/// A raw HTTP/1.1 upstream answering every request with 200 "ok" (keep-alive
-/// framing), counting the connections it accepted. With `close_after_reply`
-/// it closes each connection right after its first answer without saying so,
-/// as an upstream that drops idle keep-alive connections does.
-async fn counting_upstream(close_after_reply: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+/// How [`counting_upstream`] treats its connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Behaviour {
+    /// Answers every request, keeps the connection open.
+    KeepAlive,
+    /// Closes each connection right after its first answer without saying
+    /// so, as an upstream that drops idle keep-alive connections does.
+    CloseAfterReply,
+    /// Answers the first connection's request with bytes that are not HTTP,
+    /// then behaves.
+    GarbageFirst,
+}
+
+/// A raw HTTP/1.1 upstream answering requests with 200 "ok" (keep-alive
+/// framing) as `behaviour` says, counting the connections it accepted.
+async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&accepted);
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
-            counter.fetch_add(1, Ordering::SeqCst);
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            let garbage = first && behaviour == Behaviour::GarbageFirst;
+            let close_after_reply = garbage || behaviour == Behaviour::CloseAfterReply;
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -1190,7 +1203,11 @@ async fn counting_upstream(close_after_reply: bool) -> (SocketAddr, Arc<AtomicUs
                     buffer.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                         buffer.drain(..end + 4);
-                        let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+                        let reply: &[u8] = if garbage {
+                            b"HTCPCP/1.0 418 \x01\x02\r\n\r\n"
+                        } else {
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                        };
                         if stream.write_all(reply).await.is_err() || close_after_reply {
                             return;
                         }
@@ -1205,9 +1222,9 @@ async fn counting_upstream(close_after_reply: bool) -> (SocketAddr, Arc<AtomicUs
 /// Sends five sequential requests through a gateway in front of
 /// [`counting_upstream`]; all must be answered 200 "ok". Returns how many
 /// upstream connections were opened, and the gateway's metrics.
-async fn five_requests(close_after_reply: bool) -> (usize, String) {
+async fn five_requests(behaviour: Behaviour) -> (usize, String) {
     let world = World::new().await;
-    let (upstream, accepted) = counting_upstream(close_after_reply).await;
+    let (upstream, accepted) = counting_upstream(behaviour).await;
     let gw = Gateway::start(&config_for(&world, upstream)).await;
     let token = world.token("orders:read");
     for id in 0..5 {
@@ -1219,13 +1236,13 @@ async fn five_requests(close_after_reply: bool) -> (usize, String) {
 
 #[tokio::test]
 async fn upstream_connections_are_reused() {
-    let (connections, _) = five_requests(false).await;
+    let (connections, _) = five_requests(Behaviour::KeepAlive).await;
     assert_eq!(connections, 1, "one pooled connection");
 }
 
 #[tokio::test]
 async fn upstream_closing_idle_connections_costs_no_request() {
-    let (connections, metrics) = five_requests(true).await;
+    let (connections, metrics) = five_requests(Behaviour::CloseAfterReply).await;
     assert_eq!(connections, 5, "a new connection each time");
     for kind in ["connect", "protocol", "timeout"] {
         let failures = metric(
@@ -1235,6 +1252,34 @@ async fn upstream_closing_idle_connections_costs_no_request() {
         );
         assert_eq!(failures, 0.0, "{kind}: {metrics}");
     }
+}
+
+#[tokio::test]
+async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
+    let world = World::new().await;
+    let (upstream, accepted) = counting_upstream(Behaviour::GarbageFirst).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+
+    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let metrics = gw.metrics().await;
+    let protocol = metric(
+        &metrics,
+        "scopegate_upstream_errors_total",
+        &[("kind", "protocol")],
+    );
+    assert_eq!(protocol, 1.0, "{metrics}");
+
+    for id in 2..5 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        2,
+        "the broken one, then one pooled"
+    );
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
