@@ -137,16 +137,15 @@ impl UpstreamPool {
         self: &Arc<Self>,
         mut request: Request<Incoming>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
-        let mut fresh = false;
+        let mut pooled_failed = false;
         loop {
-            let sender = match self.checkout() {
+            let pooled = if pooled_failed { None } else { self.checkout() };
+            let fresh = pooled.is_none();
+            let sender = match pooled {
                 Some(sender) => sender,
-                None => {
-                    fresh = true;
-                    // Boxed: the connect and handshake futures are large, and
-                    // inline they would be moved with every request's future.
-                    Box::pin(self.connect()).await?
-                }
+                // Boxed: the connect and handshake futures are large, and
+                // inline they would be moved with every request's future.
+                None => Box::pin(self.connect()).await?,
             };
             match sender {
                 Sender::Http2(mut sender) => {
@@ -168,7 +167,10 @@ impl UpstreamPool {
                         Err(mut failed) => match failed.take_message() {
                             // A pooled connection that closed before the
                             // request went out: once more, on a new one.
-                            Some(unsent) if !fresh => request = unsent,
+                            Some(unsent) if !fresh => {
+                                request = unsent;
+                                pooled_failed = true;
+                            }
                             _ => return Err(SendError::Protocol(failed.into_error())),
                         },
                     }
