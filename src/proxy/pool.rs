@@ -62,6 +62,9 @@ pub struct UpstreamPool {
     /// `Host` for HTTP/1.1 requests (the port only when not the default).
     host: HeaderValue,
     http2_only: bool,
+    /// h2c, or https (ALPN may pick h2): only then is there a shared
+    /// HTTP/2 connection to look for.
+    may_use_h2: bool,
     idle: Option<ArrayQueue<Idle>>,
     shared_h2: ArcSwapOption<http2::SendRequest<Incoming>>,
     /// Ticks of the idle sweep; an idle connection remembers the tick it was
@@ -117,9 +120,11 @@ impl UpstreamPool {
             .path_and_query("/")
             .build()
             .unwrap_or_default();
+        let may_use_h2 = http2_only || scheme == Scheme::HTTPS;
         Arc::new(Self {
             connector,
             target,
+            may_use_h2,
             scheme,
             authority,
             host,
@@ -181,9 +186,11 @@ impl UpstreamPool {
 
     /// An open connection that can take a request now, if one is at hand.
     fn checkout(&self) -> Option<Sender> {
-        if let Some(shared) = &*self.shared_h2.load() {
-            if !shared.is_closed() {
-                return Some(Sender::Http2(http2::SendRequest::clone(shared)));
+        if self.may_use_h2 {
+            if let Some(shared) = &*self.shared_h2.load() {
+                if !shared.is_closed() {
+                    return Some(Sender::Http2(http2::SendRequest::clone(shared)));
+                }
             }
         }
         let idle = self.idle.as_ref()?;
