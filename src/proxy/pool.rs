@@ -55,10 +55,9 @@ pub struct PoolSettings {
 /// give their connection back.
 pub struct UpstreamPool {
     connector: HttpsConnector<HttpConnector>,
-    /// `scheme://authority/`: what the connector dials.
+    /// `scheme://authority/`: what the connector dials, and the target of
+    /// HTTP/2 requests.
     target: Uri,
-    scheme: Scheme,
-    authority: Authority,
     /// `Host` for HTTP/1.1 requests (the port only when not the default).
     host: HeaderValue,
     http2_only: bool,
@@ -76,6 +75,13 @@ pub struct UpstreamPool {
 struct Idle {
     sender: http1::SendRequest<Incoming>,
     parked_at: u64,
+}
+
+impl Idle {
+    /// Still open, and not idle through a whole sweep period before `tick`.
+    fn usable(&self, tick: u64) -> bool {
+        !self.sender.is_closed() && self.parked_at.saturating_add(1) >= tick
+    }
 }
 
 /// A connection lent to one request: an HTTP/1.1 one goes back to its pool
@@ -125,8 +131,6 @@ impl UpstreamPool {
             connector,
             target,
             may_use_h2,
-            scheme,
-            authority,
             host,
             http2_only,
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
@@ -194,11 +198,11 @@ impl UpstreamPool {
             }
         }
         let idle = self.idle.as_ref()?;
-        let oldest_usable = self.tick.load(Ordering::Relaxed).saturating_sub(1);
+        let tick = self.tick.load(Ordering::Relaxed);
         // Bounded: a connection that is not ready yet goes to the back.
         for _ in 0..idle.len() {
             let parked = idle.pop()?;
-            if parked.sender.is_closed() || parked.parked_at < oldest_usable {
+            if !parked.usable(tick) {
                 continue;
             }
             if parked.sender.is_ready() {
@@ -259,8 +263,8 @@ impl UpstreamPool {
             .cloned()
             .unwrap_or_else(|| PathAndQuery::from_static("/"));
         let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(self.scheme.clone());
-        parts.authority = Some(self.authority.clone());
+        parts.scheme = self.target.scheme().cloned();
+        parts.authority = self.target.authority().cloned();
         parts.path_and_query = Some(path);
         if let Ok(uri) = Uri::from_parts(parts) {
             *request.uri_mut() = uri;
@@ -289,10 +293,9 @@ impl UpstreamPool {
     fn sweep(&self) {
         let Some(idle) = &self.idle else { return };
         let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
-        let oldest_usable = tick.saturating_sub(1);
         for _ in 0..idle.len() {
             let Some(parked) = idle.pop() else { break };
-            if !parked.sender.is_closed() && parked.parked_at >= oldest_usable {
+            if parked.usable(tick) {
                 let _ = idle.push(parked);
             }
         }
