@@ -350,7 +350,7 @@ async fn hop_by_hop_headers_are_not_forwarded() {
             &[
                 ("Authorization", &auth),
                 ("Connection", "X-Named-One, keep-alive"),
-                ("Connection", "x-named-two"),
+                ("Connection", "x-named-two, Host"),
                 ("X-Named-One", "1"),
                 ("X-Named-Two", "2"),
                 ("Keep-Alive", "timeout=5"),
@@ -386,6 +386,8 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     }
     assert_eq!(seen.headers["x-kept"], "yes");
     assert_eq!(seen.headers["authorization"], auth.as_str());
+    // A Connection header naming Host does not hide the original host.
+    assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
 }
 
 #[tokio::test]
@@ -524,6 +526,10 @@ async fn bad_host_is_refused_and_the_connection_closed() {
         ),
         ("no Host on HTTP/1.1", b"GET /status HTTP/1.1\r\n\r\n"),
         ("empty Host", b"GET /status HTTP/1.1\r\nHost:\r\n\r\n"),
+        (
+            "Host with a port and no host",
+            b"GET /status HTTP/1.1\r\nHost: :8080\r\n\r\n",
+        ),
         (
             "Host with a path",
             b"GET /status HTTP/1.1\r\nHost: a.test/x\r\n\r\n",

@@ -12,9 +12,9 @@ use crate::auth::VerifiedToken;
 /// A token digest: the cache key (raw tokens are never stored).
 pub type TokenDigest = [u8; 32];
 
-/// SHA-256 of a token.
-pub fn digest(token: &str) -> TokenDigest {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+/// SHA-256 of a token (or of another secret kept only by digest).
+pub fn digest(token: impl AsRef<[u8]>) -> TokenDigest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_ref());
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

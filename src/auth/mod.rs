@@ -264,16 +264,24 @@ impl Authenticator {
         accepted: Option<&[usize]>,
         introspector: Option<usize>,
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
-        let token = bearer::extract(headers)?;
-        let key = cache::digest(token);
+        let raw = bearer::extract_unchecked(headers)?;
+        let key = cache::digest(raw);
         let verified = match self.cache.get(&key).await {
+            // A hit is for these exact bytes, whose characters were checked
+            // before their verdict was cached.
             Some(hit) => {
                 self.metrics.token_cache_hits.inc();
                 hit
             }
             // Boxed: verification and introspection futures are large and
             // would otherwise be carried (and moved) by every cache hit.
-            None => match Box::pin(self.verify_or_introspect(token, key, introspector)).await? {
+            None => match Box::pin(self.verify_or_introspect(
+                bearer::check_characters(raw)?,
+                key,
+                introspector,
+            ))
+            .await?
+            {
                 Verified::Jwt(fresh) => {
                     self.metrics.token_cache_misses.inc();
                     let fresh = Arc::new(fresh);

@@ -3,7 +3,6 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::header::{HeaderValue, HOST};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
@@ -71,38 +70,33 @@ impl Forwarder {
     }
 
     /// Forwards a request that passed its route's check. The [`Permit`] is the
-    /// proof; `canonical_path` is what the route matched.
+    /// proof; `canonical_path` is what the route matched when canonicalisation
+    /// changed the request's path (`None`: the path as received).
     pub async fn forward(
         &self,
         permit: Permit<'_>,
         request: Request<Incoming>,
-        canonical_path: &str,
-        client: ClientInfo,
+        canonical_path: Option<&str>,
+        client: &ClientInfo,
     ) -> Result<Response<Body>, GatewayError> {
         let route = permit.route();
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
         let (mut parts, body) = request.into_parts();
-        let original_host = parts.headers.get(HOST).cloned().or_else(|| {
-            parts
-                .uri
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
         let upgrade = prepare_upstream_request(
             &mut parts.headers,
             &route.forward,
             permit.identity(),
             client,
-            original_host,
+            parts.uri.authority(),
         );
         let client_upgrade = if upgrade {
             parts.extensions.remove::<OnUpgrade>()
         } else {
             None
         };
-        parts.uri = upstream_uri(&upstream.config, canonical_path, parts.uri.query())?;
+        parts.uri = upstream_uri(&upstream.config, &parts.uri, canonical_path)?;
         let outbound = Request::from_parts(parts, body);
 
         let sent = tokio::time::timeout(
@@ -157,9 +151,23 @@ impl Forwarder {
     }
 }
 
-/// `{base_path}{canonical_path}[?query]` (origin form; the pool sets the
-/// target for HTTP/2).
-fn upstream_uri(upstream: &Upstream, path: &str, query: Option<&str>) -> Result<Uri, GatewayError> {
+/// `{base_path}{path}[?query]` in origin form (the pool sets the target for
+/// HTTP/2), where `path` is `canonical_path` or else the received one.
+fn upstream_uri(
+    upstream: &Upstream,
+    received: &Uri,
+    canonical_path: Option<&str>,
+) -> Result<Uri, GatewayError> {
+    if let (None, true, Some(pq)) = (
+        canonical_path,
+        upstream.base_path.is_empty(),
+        received.path_and_query(),
+    ) {
+        // Shares the received bytes: no copy, no second parse.
+        return Ok(Uri::from(pq.clone()));
+    }
+    let path = canonical_path.unwrap_or(received.path());
+    let query = received.query();
     let mut pq = String::with_capacity(
         upstream.base_path.len() + path.len() + query.map_or(0, |q| q.len() + 1),
     );
@@ -189,5 +197,49 @@ fn classify(error: &SendError) -> (&'static str, GatewayError) {
     match error {
         SendError::Connect(_) => ("connect", GatewayError::UpstreamUnavailable),
         SendError::Protocol(_) => ("protocol", GatewayError::UpstreamUnavailable),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn upstream(base_path: &str) -> Upstream {
+        Upstream {
+            name: "app".into(),
+            scheme: http::uri::Scheme::HTTP,
+            authority: "127.0.0.1:8080".parse().unwrap(),
+            base_path: base_path.to_owned(),
+            connect_timeout: Duration::from_secs(1),
+            request_timeout: Duration::from_secs(1),
+            body_idle_timeout: Duration::from_secs(1),
+            ca_file: None,
+            http2_only: false,
+            pool_max_idle_per_host: 1,
+        }
+    }
+
+    #[test]
+    fn upstream_uri_joins_base_path_canonical_path_and_query() {
+        // (base path, received target, canonical path, expected)
+        let cases = [
+            ("", "/orders/42?a=%2F", None, "/orders/42?a=%2F"),
+            ("", "http://gw.test/orders/42?a=1", None, "/orders/42?a=1"),
+            (
+                "",
+                "/x/../orders/42?a=1",
+                Some("/orders/42"),
+                "/orders/42?a=1",
+            ),
+            ("/v1", "/orders/42?a=1", None, "/v1/orders/42?a=1"),
+            ("/v1", "//orders/42", Some("/orders/42"), "/v1/orders/42"),
+        ];
+        for (base, received, canonical, expected) in cases {
+            let received: Uri = received.parse().unwrap();
+            let uri = upstream_uri(&upstream(base), &received, canonical).unwrap();
+            assert_eq!(uri.to_string(), expected, "{base} {received} {canonical:?}");
+            assert!(uri.scheme().is_none() && uri.authority().is_none());
+        }
     }
 }

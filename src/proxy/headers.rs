@@ -3,12 +3,8 @@
 
 use std::net::IpAddr;
 
-use std::fmt::Write as _;
-
-use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, PROXY_AUTHENTICATE,
-    PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING, UPGRADE,
-};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, UPGRADE};
+use http::uri::Authority;
 use http::HeaderMap;
 
 use crate::auth::VerifiedToken;
@@ -20,94 +16,176 @@ pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-fo
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 /// `X-Forwarded-Host`.
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+
+/// Hop-by-hop headers (RFC 9110 7.6.1 and the legacy ones). Header `i` is bit
+/// `1 << i` of a presence mask ([`hop_by_hop_bit`]): one pass over a message's
+/// header names tells which are present, and absent ones cost no lookup.
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+const CONNECTION_BIT: u16 = 1 << 0;
+const UPGRADE_BIT: u16 = 1 << 8;
+
+/// The bit of a hop-by-hop header name (lower case, as [`HeaderName`]s are),
+/// 0 for any other name.
+fn hop_by_hop_bit(name: &str) -> u16 {
+    match name {
+        "connection" => 1 << 0,
+        "keep-alive" => 1 << 1,
+        "proxy-connection" => 1 << 2,
+        "proxy-authenticate" => 1 << 3,
+        "proxy-authorization" => 1 << 4,
+        "te" => 1 << 5,
+        "trailer" => 1 << 6,
+        "transfer-encoding" => 1 << 7,
+        "upgrade" => 1 << 8,
+        _ => 0,
+    }
+}
 
 /// Removes hop-by-hop headers and every header the `Connection` header names.
 /// Returns true if the message asked for a protocol upgrade, in which case the
 /// `Upgrade` header is kept and `Connection: upgrade` restored.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    let present = headers
+        .keys()
+        .fold(0, |mask, name| mask | hop_by_hop_bit(name.as_str()));
+    if present == 0 {
+        return false;
+    }
     let mut upgrade_requested = false;
-    if headers.contains_key(CONNECTION) {
-        let named: Vec<HeaderName> = headers
-            .get_all(CONNECTION)
+    if present & CONNECTION_BIT != 0 {
+        let mut values = headers.get_all(CONNECTION).iter();
+        // Owned copies (reference-counted), so the named headers can be
+        // removed while their names are read; almost always just one.
+        let first = values.next().cloned();
+        let rest: Vec<HeaderValue> = values.cloned().collect();
+        headers.remove(CONNECTION);
+        let tokens = first
             .iter()
+            .chain(&rest)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|token| {
-                let token = token.trim();
-                if token.eq_ignore_ascii_case("upgrade") {
-                    upgrade_requested = true;
-                }
-                HeaderName::from_bytes(token.as_bytes()).ok()
-            })
-            .collect();
-        for name in named {
-            if name != UPGRADE || !upgrade_requested {
-                headers.remove(&name);
+            .map(str::trim);
+        for token in tokens {
+            if token.eq_ignore_ascii_case("upgrade") {
+                upgrade_requested = true;
+            } else if token.is_empty()
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name))
+            {
+                // Hop-by-hop names are removed below, if present.
+            } else {
+                // A token that is no valid header name names nothing.
+                headers.remove(token);
             }
         }
-        headers.remove(CONNECTION);
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &PROXY_AUTHENTICATE,
-        &PROXY_AUTHORIZATION,
-        &TE,
-        &TRAILER,
-        &TRANSFER_ENCODING,
-    ] {
-        headers.remove(name);
+    for (index, name) in HOP_BY_HOP.into_iter().enumerate() {
+        let bit = 1 << index;
+        if present & bit & !(CONNECTION_BIT | UPGRADE_BIT) != 0 {
+            headers.remove(name);
+        }
     }
-    let upgrade = upgrade_requested && headers.contains_key(UPGRADE);
+    let upgrade = upgrade_requested && present & UPGRADE_BIT != 0;
     if upgrade {
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    } else {
+    } else if present & UPGRADE_BIT != 0 {
         headers.remove(UPGRADE);
     }
     upgrade
 }
 
-/// Where a request came from, for the forwarding headers.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientInfo {
-    /// Peer address of the client connection.
-    pub ip: IpAddr,
-    /// Whether the client connection used TLS.
-    pub tls: bool,
+/// Removes every header named in `names`. A request has a few headers and
+/// usually none of these, so when the comparisons are few the names present
+/// are found by comparing first, and only they are looked up.
+fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
+    const MAX_COMPARISONS: usize = 64;
+    if names.len() > u64::BITS as usize || headers.keys_len() * names.len() > MAX_COMPARISONS {
+        for name in names {
+            headers.remove(name);
+        }
+        return;
+    }
+    let present = headers.keys().fold(0u64, |mask, key| {
+        names
+            .iter()
+            .position(|name| name == key)
+            .map_or(mask, |index| mask | 1 << index)
+    });
+    for (index, name) in names.iter().enumerate() {
+        if present & 1 << index != 0 {
+            headers.remove(name);
+        }
+    }
 }
 
-/// Rewrites a permitted request's headers for the upstream. `original_host` is
-/// the client's `Host` (or `:authority`).
+/// Where a request came from, for the forwarding headers.
+#[derive(Debug, Clone)]
+pub struct ClientInfo {
+    /// Whether the client connection used TLS.
+    tls: bool,
+    /// The peer address, rendered once per connection for `X-Forwarded-For`.
+    address: HeaderValue,
+}
+
+impl ClientInfo {
+    /// A client connection from `ip`, over TLS or not.
+    pub fn new(ip: IpAddr, tls: bool) -> Self {
+        // An IP address renders to ASCII digits, dots, colons and hex letters.
+        let address = HeaderValue::try_from(ip.to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
+        Self { tls, address }
+    }
+}
+
+/// Rewrites a permitted request's headers for the upstream. `authority` is
+/// the request target's authority, which stands for the client's `Host` in
+/// `X-Forwarded-Host` when there is none (HTTP/2 `:authority`).
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
     policy: &ForwardPolicy,
     identity: Option<&VerifiedToken>,
-    client: ClientInfo,
-    original_host: Option<HeaderValue>,
+    client: &ClientInfo,
+    authority: Option<&Authority>,
 ) -> bool {
+    // Taken before hop-by-hop removal: `Connection: host` must not hide it.
+    let original_host = headers
+        .remove(HOST)
+        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
     let upgrade = remove_hop_by_hop(headers);
-    for name in &policy.remove_headers {
-        headers.remove(name);
-    }
+    remove_all(headers, &policy.remove_headers);
     if policy.strip_authorization {
         headers.remove(AUTHORIZATION);
     }
-    headers.remove(HOST);
 
-    // Only the first X-Forwarded-For line is kept (as before); the client's
-    // address is appended without going through `format!`.
-    let mut xff = String::with_capacity(64);
-    if let Some(prior) = headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        xff.push_str(prior);
-        xff.push_str(", ");
-    }
-    let _ = write!(xff, "{}", client.ip);
-    headers.remove(&X_FORWARDED_FOR);
-    if let Ok(xff) = HeaderValue::try_from(xff) {
-        headers.insert(X_FORWARDED_FOR.clone(), xff);
-    }
+    // Only the first X-Forwarded-For line is kept, with the client's address
+    // appended.
+    let forwarded_for = match headers.remove(&X_FORWARDED_FOR) {
+        Some(prior) => prior
+            .to_str()
+            .ok()
+            .and_then(|prior| {
+                let address = client.address.to_str().unwrap_or_default();
+                let mut line = String::with_capacity(prior.len() + 2 + address.len());
+                line.push_str(prior);
+                line.push_str(", ");
+                line.push_str(address);
+                HeaderValue::try_from(line).ok()
+            })
+            .unwrap_or_else(|| client.address.clone()),
+        None => client.address.clone(),
+    };
+    headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
         HeaderValue::from_static(if client.tls { "https" } else { "http" }),
@@ -130,6 +208,7 @@ pub fn prepare_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::header::TE;
 
     #[test]
     fn connection_named_headers_and_hop_by_hop_are_removed() {
@@ -147,6 +226,14 @@ mod tests {
         assert!(!remove_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn hop_by_hop_bits_follow_the_name_list() {
+        for (index, name) in HOP_BY_HOP.into_iter().enumerate() {
+            assert_eq!(hop_by_hop_bit(name), 1 << index, "{name}");
+        }
+        assert_eq!(hop_by_hop_bit("x-keep"), 0);
     }
 
     #[test]

@@ -244,7 +244,7 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let client = ClientInfo { ip: peer.ip(), tls };
+    let client = Arc::new(ClientInfo::new(peer.ip(), tls));
     let (io, requests) = framing::FramingWatch::new(io);
     let first_request = Arc::new(tokio::sync::Notify::new());
     let arrived = Arc::clone(&first_request);
@@ -259,8 +259,9 @@ async fn serve_connection<I>(
         }
         // Each request runs on the config that was current when it arrived.
         let gateway = gateway.load_full();
+        let client = Arc::clone(&client);
         async move {
-            let response = gateway.handle(request, client).await;
+            let response = gateway.handle(request, &client).await;
             Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
         }
     });

@@ -2,6 +2,7 @@
 //! → authorize → forward. Each phase either hands the next one what it needs or
 //! ends the request with a [`GatewayError`].
 
+use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
@@ -144,7 +145,7 @@ impl Gateway {
     }
 
     /// Handles one request end to end, and records its metrics and access log.
-    pub async fn handle(&self, request: Request<Incoming>, client: ClientInfo) -> Response<Body> {
+    pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<Body> {
         let started = Instant::now();
         let slot = method_slot(request.method());
         let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
@@ -175,7 +176,7 @@ impl Gateway {
     async fn pipeline(
         &self,
         request: Request<Incoming>,
-        client: ClientInfo,
+        client: &ClientInfo,
     ) -> (Option<&Route>, Result<Response<Body>, GatewayError>) {
         if let Err(e) = check_framing(&request) {
             return (None, Err(e));
@@ -239,9 +240,16 @@ impl Gateway {
             None => self.decision(issuer, "allow", "public"),
         }
 
-        // 5. Forward.
-        let path = path.into_owned();
-        let result = self.forwarder.forward(permit, request, &path, client).await;
+        // 5. Forward. A path that canonicalisation left as it was goes
+        // upstream as received.
+        let rewritten = match path {
+            Cow::Borrowed(_) => None,
+            Cow::Owned(path) => Some(path),
+        };
+        let result = self
+            .forwarder
+            .forward(permit, request, rewritten.as_deref(), client)
+            .await;
         (Some(route), result)
     }
 
@@ -372,10 +380,12 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(GatewayError::BadHost),
         (Some(host), None) => {
+            // With no userinfo (`@`), the host is empty exactly when the
+            // authority starts with the port's colon.
             let valid = std::str::from_utf8(host.as_bytes())
                 .ok()
                 .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| a.as_str().find('@').is_none() && !a.host().is_empty());
+                .is_some_and(|a| !a.as_str().contains('@') && !a.as_str().starts_with(':'));
             if !valid {
                 return Err(GatewayError::BadHost);
             }
