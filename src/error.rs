@@ -61,6 +61,13 @@ pub enum GatewayError {
     /// The authorization server's store could not answer a revocation check.
     #[error("state store unavailable")]
     StoreUnavailable,
+    /// The client stopped sending its request body for longer than
+    /// `body_idle_timeout`.
+    #[error("request body timed out")]
+    RequestBodyTimeout,
+    /// The client's request body broke off (connection reset, bad chunking).
+    #[error("request body broke off")]
+    RequestBodyBroken,
     /// The upstream refused or dropped the connection.
     #[error("upstream unavailable")]
     UpstreamUnavailable,
@@ -85,6 +92,8 @@ impl GatewayError {
             Self::KeysUnavailable => "keys_unavailable",
             Self::IntrospectionUnavailable => "introspection_unavailable",
             Self::StoreUnavailable => "store_unavailable",
+            Self::RequestBodyTimeout => "request_body_timeout",
+            Self::RequestBodyBroken => "request_body_broken",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
         }
@@ -93,9 +102,12 @@ impl GatewayError {
     /// The status code this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
-            Self::BadPath(_) | Self::BadHost | Self::AmbiguousFraming | Self::InvalidRequest(_) => {
-                StatusCode::BAD_REQUEST
-            }
+            Self::BadPath(_)
+            | Self::BadHost
+            | Self::AmbiguousFraming
+            | Self::InvalidRequest(_)
+            | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
+            Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
@@ -149,6 +161,11 @@ impl GatewayError {
                 "temporarily_unavailable",
                 "the token's revocation state could not be checked; retry later",
             ),
+            Self::RequestBodyTimeout => (
+                "request_timeout",
+                "the request body stopped arriving for longer than the gateway waits",
+            ),
+            Self::RequestBodyBroken => ("invalid_request", "the request body broke off"),
             Self::UpstreamUnavailable => ("bad_gateway", "the upstream is unavailable"),
             Self::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
         }
@@ -196,7 +213,12 @@ impl GatewayError {
             Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            Self::AmbiguousFraming | Self::BadHost => {
+            // Framing that can't be trusted, or a body whose rest can't be
+            // skipped: the connection ends with this response.
+            Self::AmbiguousFraming
+            | Self::BadHost
+            | Self::RequestBodyTimeout
+            | Self::RequestBodyBroken => {
                 headers.insert(CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

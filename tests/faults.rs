@@ -1,5 +1,6 @@
 //! Faults through real loopback sockets: oversized and trickling JWKS
-//! documents, upstreams that die mid-body, slowloris clients, more idle
+//! documents, upstreams that die mid-body, clients that stall mid-upload,
+//! slowloris clients, more idle
 //! connections than `max_connections`, file-descriptor exhaustion in the real
 //! binary, and a flood of well-formed JWTs with bad signatures.
 //!
@@ -516,6 +517,94 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
     assert_eq!(stalled, 2, "the stalled upstream's head never came through");
     assert_eq!(body_failures("body_timeout"), f64::from(stalled), "{text}");
     assert_eq!(body_failures("body"), f64::from(cut_off), "{text}");
+}
+
+/// An upstream that answers `ok` as soon as it has a request head, without
+/// reading the body, then reports whether the gateway closed the connection
+/// (within `bound`) or kept it open.
+async fn early_answering_upstream(
+    bound: Duration,
+) -> (SocketAddr, tokio::sync::oneshot::Receiver<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        read_head(&mut stream).await.unwrap();
+        stream
+            .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            .await
+            .unwrap();
+        let (_, closed) = read_until_closed(&mut stream, bound).await;
+        let _ = tx.send(closed);
+    });
+    (addr, rx)
+}
+
+/// Sends a request head promising 10 body bytes and 2 of them, then nothing
+/// (the connection stays open).
+async fn stall_mid_upload(addr: SocketAddr) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"POST /files/upload HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab")
+        .await
+        .unwrap();
+    stream
+}
+
+#[tokio::test]
+async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection() {
+    // 1. The upstream waits for the whole body: the gateway answers 408
+    // after body_idle_timeout (1 s) instead of waiting for the upstream's
+    // request_timeout (5 s, a 504), and closes the connection.
+    let world = World::new().await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
+    let mut client = stall_mid_upload(gw.addr).await;
+    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(15)).await;
+    assert!(closed, "the gateway kept the stalled upload open");
+    let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    assert_eq!(reply.error().as_deref(), Some("request_timeout"));
+    assert!(
+        world.upstream.seen().iter().all(|s| s.body_len != 10),
+        "the upstream got a complete body"
+    );
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "scopegate_requests_total",
+            &[("route", "/files/{*rest}"), ("status", "408")]
+        ),
+        1.0,
+        "{text}"
+    );
+    // Not the upstream's failure.
+    assert_eq!(
+        metric(
+            &text,
+            "scopegate_upstream_errors_total",
+            &[("upstream", "app")]
+        ),
+        0.0,
+        "{text}"
+    );
+    let ok = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    // 2. The upstream answers before reading the body: the client gets the
+    // answer, and the stalled body no longer holds the upstream connection.
+    let (upstream, closed) = early_answering_upstream(Duration::from_secs(15)).await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    let mut client = stall_mid_upload(gw.addr).await;
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    assert!(
+        closed.await.unwrap(),
+        "the upstream connection was held open by a stalled client body"
+    );
+    drop(client);
 }
 
 // ---------------------------------------------------------------------------

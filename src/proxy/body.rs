@@ -1,8 +1,12 @@
-//! The upstream's response body on its way to the client: streamed as it
-//! comes, cut off if the upstream goes quiet for longer than the upstream's
-//! `body_idle_timeout`, and counted when it fails part-way. Its HTTP/1.1
-//! connection goes back to the pool when the body has ended, and is closed if
-//! the body is dropped before.
+//! Bodies in flight through the gateway, both cut off when their sender goes
+//! quiet for longer than the upstream's `body_idle_timeout`:
+//!
+//! - [`UpstreamBody`]: the upstream's response on its way to the client,
+//!   counted when it fails part-way. Its HTTP/1.1 connection goes back to the
+//!   pool when the body has ended, and is closed if the body is dropped before.
+//! - [`ClientBody`]: the client's request body on its way to the upstream, so
+//!   that a client that stops sending mid-upload cannot hold an upstream
+//!   connection for ever.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -118,6 +122,78 @@ impl Body for UpstreamBody {
                 this.failures.idle.inc();
                 *this.lease = None;
                 Poll::Ready(Some(Err(BodyError::Idle(timeout))))
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// Why a client's request body stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// The client connection failed mid-body (reset, early close, bad framing).
+    #[error("request body broke off: {0}")]
+    Broken(#[source] hyper::Error),
+    /// The client sent nothing for longer than `body_idle_timeout`.
+    #[error("request body idle for more than {0:?}")]
+    Idle(Duration),
+}
+
+pin_project! {
+    /// A client's request body with an idle timeout between frames.
+    pub struct ClientBody {
+        #[pin]
+        inner: Incoming,
+        idle_timeout: Duration,
+        // Armed only when the client makes us wait: bodiless requests and
+        // bodies that arrive with their head cost no timer.
+        idle: Option<Pin<Box<Sleep>>>,
+    }
+}
+
+impl ClientBody {
+    /// Wraps a request body; `idle_timeout` bounds each wait for more of it.
+    pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
+        Self {
+            inner,
+            idle_timeout,
+            idle: None,
+        }
+    }
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        let mut this = self.project();
+        match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(idle) = this.idle.as_mut() {
+                    idle.as_mut().reset(Instant::now() + *this.idle_timeout);
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                let timeout = *this.idle_timeout;
+                let idle = this
+                    .idle
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+                ready!(idle.as_mut().poll(cx));
+                Poll::Ready(Some(Err(ClientBodyError::Idle(timeout))))
             }
         }
     }

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::body::{BodyFailures, UpstreamBody};
+use super::body::{BodyFailures, ClientBody, ClientBodyError, UpstreamBody};
 use super::client::build_https_connector;
 use super::headers::{prepare_upstream_request, remove_hop_by_hop, ClientInfo};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
@@ -97,6 +97,7 @@ impl Forwarder {
             None
         };
         parts.uri = upstream_uri(&upstream.config, &parts.uri, canonical_path)?;
+        let body = ClientBody::new(body, upstream.config.body_idle_timeout);
         let outbound = Request::from_parts(parts, body);
 
         let sent = tokio::time::timeout(
@@ -107,6 +108,11 @@ impl Forwarder {
         let (mut response, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
+                if let Some(error) = client_body_failure(&e) {
+                    // The client's fault, not the upstream's.
+                    tracing::debug!(upstream = %upstream.config.name, error = %e, "request body failed");
+                    return Err(error);
+                }
                 let (kind, error) = classify(&e);
                 self.upstream_error(&upstream.config, kind);
                 tracing::warn!(upstream = %upstream.config.name, kind, error = %e, "upstream request failed");
@@ -180,6 +186,20 @@ fn upstream_uri(
     let pq = PathAndQuery::try_from(pq)
         .map_err(|_| GatewayError::BadPath(crate::routes::PathError::InvalidPercentEncoding))?;
     Ok(Uri::from(pq))
+}
+
+/// The error to answer with when a send failed because the client's request
+/// body did (stalled or broke off), not the upstream.
+fn client_body_failure(error: &SendError) -> Option<GatewayError> {
+    let mut source = error.source();
+    while let Some(e) = source {
+        match e.downcast_ref::<ClientBodyError>() {
+            Some(ClientBodyError::Idle(_)) => return Some(GatewayError::RequestBodyTimeout),
+            Some(ClientBodyError::Broken(_)) => return Some(GatewayError::RequestBodyBroken),
+            None => source = e.source(),
+        }
+    }
+    None
 }
 
 /// Maps a send error to a metric kind and the response: connect timeouts are

@@ -25,6 +25,8 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service as _;
 
+use super::body::ClientBody;
+
 /// How long an idle connection is kept, at least (and at most twice that).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -65,7 +67,7 @@ pub struct UpstreamPool {
     /// HTTP/2 connection to look for.
     may_use_h2: bool,
     idle: Option<ArrayQueue<Idle>>,
-    shared_h2: ArcSwapOption<http2::SendRequest<Incoming>>,
+    shared_h2: ArcSwapOption<http2::SendRequest<ClientBody>>,
     /// Ticks of the idle sweep; an idle connection remembers the tick it was
     /// parked in, so no clock is read per request.
     tick: AtomicU64,
@@ -73,7 +75,7 @@ pub struct UpstreamPool {
 }
 
 struct Idle {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ClientBody>,
     parked_at: u64,
 }
 
@@ -88,7 +90,7 @@ impl Idle {
 /// when [`Lease::give_back`] is called after the response body ended, and is
 /// closed if the lease is dropped instead.
 pub struct Lease {
-    sender: http1::SendRequest<Incoming>,
+    sender: http1::SendRequest<ClientBody>,
     pool: Arc<UpstreamPool>,
 }
 
@@ -101,8 +103,8 @@ impl Lease {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<Incoming>),
-    Http2(http2::SendRequest<Incoming>),
+    Http1(http1::SendRequest<ClientBody>),
+    Http2(http2::SendRequest<ClientBody>),
 }
 
 impl UpstreamPool {
@@ -144,7 +146,7 @@ impl UpstreamPool {
     /// returns the response head, with the lease of its HTTP/1.1 connection.
     pub async fn send(
         self: &Arc<Self>,
-        mut request: Request<Incoming>,
+        mut request: Request<ClientBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
         loop {
@@ -213,7 +215,7 @@ impl UpstreamPool {
         None
     }
 
-    fn park(self: &Arc<Self>, sender: http1::SendRequest<Incoming>) {
+    fn park(self: &Arc<Self>, sender: http1::SendRequest<ClientBody>) {
         let Some(idle) = &self.idle else { return };
         if sender.is_closed() {
             return;
@@ -256,7 +258,7 @@ impl UpstreamPool {
     }
 
     /// HTTP/2 takes the target from the URI (`:scheme`, `:authority`).
-    fn for_http2(&self, request: &mut Request<Incoming>) {
+    fn for_http2(&self, request: &mut Request<ClientBody>) {
         let path = request
             .uri()
             .path_and_query()
