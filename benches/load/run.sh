@@ -5,6 +5,12 @@
 #   benches/load/run.sh --smoke    1-2 s per contender, few connections; checks
 #                                  that everything starts and answers 2xx, and
 #                                  asserts nothing about speed
+#   benches/load/run.sh --instructions
+#                                  user-space instructions per proxied request
+#                                  (valgrind callgrind, one keep-alive client)
+#                                  of hyper-floor and scopegate-warm: repeatable
+#                                  where requests/s on a shared VM are not;
+#                                  prints them and writes nothing
 #
 # Contenders, each with one worker thread, all in front of the same nginx
 # `return 200` upstream and loaded by wrk with the same connections/duration:
@@ -38,9 +44,11 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 
 SMOKE=0
+INSTRUCTIONS=0
 for arg in "$@"; do
     case "$arg" in
         --smoke) SMOKE=1 ;;
+        --instructions) INSTRUCTIONS=1 ;;
         -h | --help)
             sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'
             exit 0
@@ -63,6 +71,7 @@ else
     DURATION=${BENCH_DURATION:-10s}
     TOKENS=${BENCH_TOKENS:-200000}
 fi
+[ "$INSTRUCTIONS" = 0 ] || TOKENS=${BENCH_TOKENS:-10}
 FILL_TOKENS=${BENCH_FILL_TOKENS:-100000}
 PROFILE=${BENCH_PROFILE:-release}
 SCOPEGATE_LOG=${BENCH_SCOPEGATE_LOG:-warn}
@@ -89,6 +98,7 @@ need_tools() {
     command -v curl >/dev/null || missing+=(curl)
     command -v ss >/dev/null || missing+=(iproute2)
     command -v pgrep >/dev/null || missing+=(procps)
+    [ "$INSTRUCTIONS" = 0 ] || command -v callgrind_control >/dev/null || missing+=(valgrind)
     if [ "${#missing[@]}" -gt 0 ]; then
         if [ "${BENCH_NO_INSTALL:-0}" != 1 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
             log "installing ${missing[*]} (Debian packages)"
@@ -333,6 +343,74 @@ start_scopegate() {
 
 declare -A IDLE_KB HWM_KB
 
+# --------------------------------------------------------------------------
+# --instructions: callgrind counts instead of wrk
+
+INSTRUCTION_REQUESTS=${BENCH_INSTRUCTION_REQUESTS:-5000}
+
+# count_instructions NAME URL CMD...: runs CMD under callgrind, sends 200
+# warm-up requests and then INSTRUCTION_REQUESTS counted ones over one
+# keep-alive connection (curl reuses it for a list of URLs), and records the
+# instructions executed per counted request in INSTR[NAME].
+declare -A INSTR
+count_instructions() {
+    local name=$1 url=$2
+    shift 2
+    local out="$WORK/callgrind-$name"
+    start "$name" valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$@"
+    local pid=$STARTED
+    for _ in $(seq 600); do
+        curl -s -o /dev/null --max-time 2 "$url" && break
+        kill -0 "$pid" 2>/dev/null || die "$name exited under valgrind"
+        sleep 0.2
+    done
+    requests() {
+        awk -v n="$1" -v u="$url" 'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\noutput = \"/dev/null\"\n", u }' >"$WORK/urls.txt"
+        curl -s --fail -H "Authorization: Bearer $FIRST_TOKEN" -K "$WORK/urls.txt" ||
+            die "$name: a request failed"
+    }
+    requests 200
+    callgrind_control -z "$pid" >/dev/null 2>&1
+    requests "$INSTRUCTION_REQUESTS"
+    callgrind_control -d "$pid" >/dev/null 2>&1
+    local dump
+    for _ in $(seq 50); do
+        dump=$(ls "$out.$pid".* 2>/dev/null | head -n 1 || true)
+        [ -n "$dump" ] && grep -q '^totals:' "$dump" && break
+        sleep 0.2
+    done
+    [ -n "$dump" ] || die "$name: no callgrind dump"
+    stop "$pid"
+    local total
+    total=$(awk '/^totals:/ { print $2 }' "$dump")
+    log "$name: $total instructions for $INSTRUCTION_REQUESTS requests"
+    INSTR[$name]=$(awk -v t="$total" -v n="$INSTRUCTION_REQUESTS" 'BEGIN { printf "%.0f", t / n }')
+}
+
+instructions_report() {
+    export RUST_LOG=$SCOPEGATE_LOG
+    free_port PROXY_PORT
+    count_instructions hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" \
+        "$HYPER_FLOOR" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$UPSTREAM_PORT"
+    free_port PROXY_PORT
+    free_port ADMIN_PORT
+    render scopegate.yaml "$WORK/scopegate-warm.yaml"
+    count_instructions scopegate-warm "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" \
+        "$SCOPEGATE" run --config "$WORK/scopegate-warm.yaml"
+    local floor=${INSTR[hyper-floor]} scopegate=${INSTR[scopegate-warm]}
+    echo
+    echo "User-space instructions per proxied request (valgrind callgrind, $INSTRUCTION_REQUESTS"
+    echo "requests on one keep-alive connection after 200 warm-up ones; commit $(git -C "$ROOT" rev-parse --short HEAD)):"
+    echo
+    echo "| contender | instructions/request |"
+    echo "|---|---:|"
+    echo "| hyper-floor | $floor |"
+    echo "| scopegate-warm | $scopegate |"
+    echo
+    echo "scopegate-warm / hyper-floor: $(awk -v a="$scopegate" -v b="$floor" 'BEGIN { printf "%.2f", a / b }')x." \
+        "valgrind hides SHA-NI, so the token digest runs aws-lc's AVX code here."
+}
+
 # ==========================================================================
 
 need_tools
@@ -378,6 +456,11 @@ start nginx-upstream nginx -p "$WORK" -e "$WORK/nginx-upstream.error.log" -c "$W
 UPSTREAM_PID=$STARTED
 wait_http nginx-upstream "$UPSTREAM_PID" "http://127.0.0.1:$UPSTREAM_PORT/"
 expect_status nginx-upstream "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" 200
+
+if [ "$INSTRUCTIONS" = 1 ]; then
+    instructions_report
+    exit 0
+fi
 
 # --- 1. direct --------------------------------------------------------------
 load direct "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
