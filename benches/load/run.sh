@@ -187,15 +187,21 @@ wait_http() {
     die "$name did not start listening ($url)"
 }
 
-# free_port VAR: sets VAR to a loopback port nothing listens on (and that
-# this run has not handed out yet).
+# free_port VAR: sets VAR to a loopback port no socket uses (and that this
+# run has not handed out yet), below the kernel's ephemeral range so that no
+# outgoing connection of the run can take it before the listener binds.
 USED_PORTS=" "
+EPHEMERAL_LOW=32768
+if [ -r /proc/sys/net/ipv4/ip_local_port_range ]; then
+    read -r EPHEMERAL_LOW _ </proc/sys/net/ipv4/ip_local_port_range
+fi
+[ "$EPHEMERAL_LOW" -gt 12000 ] || EPHEMERAL_LOW=12000
 free_port() {
     local port
     for _ in $(seq 200); do
-        port=$((20000 + RANDOM % 40000))
+        port=$((EPHEMERAL_LOW - 1 - RANDOM % 10000))
         case "$USED_PORTS" in *" $port "*) continue ;; esac
-        if [ -z "$(ss -Htln "sport = :$port")" ]; then
+        if [ -z "$(ss -Htan "sport = :$port")" ]; then
             USED_PORTS="$USED_PORTS$port "
             printf -v "$1" '%s' "$port"
             return 0
