@@ -31,6 +31,39 @@ pub struct BodyFailures {
     pub idle: IntCounter,
 }
 
+/// The longest wait for a body's next frame. The timer is armed only when a
+/// body makes us wait, so bodies that arrive with their head (and bodiless
+/// messages) cost none.
+struct IdleTimer {
+    timeout: Duration,
+    sleep: Option<Pin<Box<Sleep>>>,
+}
+
+impl IdleTimer {
+    fn new(timeout: Duration) -> Self {
+        Self {
+            timeout,
+            sleep: None,
+        }
+    }
+
+    /// A frame arrived: the next wait gets the whole timeout again.
+    fn restart(&mut self) {
+        if let Some(sleep) = self.sleep.as_mut() {
+            sleep.as_mut().reset(Instant::now() + self.timeout);
+        }
+    }
+
+    /// The body is waiting: ready once it has waited too long.
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let timeout = self.timeout;
+        self.sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)))
+            .as_mut()
+            .poll(cx)
+    }
+}
+
 /// Why a response body stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum BodyError {
@@ -47,10 +80,7 @@ pin_project! {
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
-        idle_timeout: Duration,
-        // Armed only when the upstream makes us wait, so bodies that arrive
-        // with their head cost no timer.
-        idle: Option<Pin<Box<Sleep>>>,
+        idle: IdleTimer,
         failures: BodyFailures,
         lease: Option<Lease>,
     }
@@ -67,8 +97,7 @@ impl UpstreamBody {
     ) -> Self {
         let mut body = Self {
             inner,
-            idle_timeout,
-            idle: None,
+            idle: IdleTimer::new(idle_timeout),
             failures,
             lease,
         };
@@ -96,9 +125,7 @@ impl Body for UpstreamBody {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                }
+                this.idle.restart();
                 if this.inner.is_end_stream() {
                     give_back(this.lease);
                 }
@@ -114,14 +141,10 @@ impl Body for UpstreamBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
-                let timeout = *this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(idle.as_mut().poll(cx));
+                ready!(this.idle.poll_expired(cx));
                 this.failures.idle.inc();
                 *this.lease = None;
-                Poll::Ready(Some(Err(BodyError::Idle(timeout))))
+                Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
             }
         }
     }
@@ -151,10 +174,7 @@ pin_project! {
     pub struct ClientBody {
         #[pin]
         inner: Incoming,
-        idle_timeout: Duration,
-        // Armed only when the client makes us wait: bodiless requests and
-        // bodies that arrive with their head cost no timer.
-        idle: Option<Pin<Box<Sleep>>>,
+        idle: IdleTimer,
     }
 }
 
@@ -163,8 +183,7 @@ impl ClientBody {
     pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
         Self {
             inner,
-            idle_timeout,
-            idle: None,
+            idle: IdleTimer::new(idle_timeout),
         }
     }
 }
@@ -180,20 +199,14 @@ impl Body for ClientBody {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
-                if let Some(idle) = this.idle.as_mut() {
-                    idle.as_mut().reset(Instant::now() + *this.idle_timeout);
-                }
+                this.idle.restart();
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
             Poll::Ready(None) => Poll::Ready(None),
             Poll::Pending => {
-                let timeout = *this.idle_timeout;
-                let idle = this
-                    .idle
-                    .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
-                ready!(idle.as_mut().poll(cx));
-                Poll::Ready(Some(Err(ClientBodyError::Idle(timeout))))
+                ready!(this.idle.poll_expired(cx));
+                Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.timeout))))
             }
         }
     }
