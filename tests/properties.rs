@@ -1,5 +1,6 @@
 //! Property tests through the public API: the bearer parser against an
-//! independent RFC 6750 reference, path spellings that must converge (or be
+//! independent RFC 6750 reference, hop-by-hop header removal against an
+//! independent RFC 9110 reference, path spellings that must converge (or be
 //! refused), and token lifetimes: a token accepted once stays accepted until
 //! `exp` (plus leeway) and is never accepted after, both in
 //! `auth::jwt::check_lifetime` and through a real `Authenticator`.
@@ -20,6 +21,7 @@ use scopegate::auth::jwt::{check_lifetime, TokenError};
 use scopegate::auth::Authenticator;
 use scopegate::demo::SigningKey;
 use scopegate::error::GatewayError;
+use scopegate::proxy::headers::remove_hop_by_hop;
 use scopegate::routes::canonicalize;
 use serde_json::{json, Map, Value};
 
@@ -166,6 +168,133 @@ proptest! {
                 ));
             }
         }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Hop-by-hop headers (RFC 9110 7.6.1).
+// ---------------------------------------------------------------------------
+
+/// Always hop-by-hop, named or not (with the legacy `Proxy-Connection`).
+const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+/// The reference: what must be left of `headers`, as (name, value) pairs in
+/// order, and whether an upgrade was asked for. Every header named by a
+/// `Connection` token goes, and every hop-by-hop header; `Upgrade` stays (with
+/// `Connection: upgrade`) only when a token says `upgrade` and it is present.
+fn hop_by_hop_reference(headers: &[(String, String)]) -> (Vec<(String, String)>, bool) {
+    let tokens: Vec<String> = headers
+        .iter()
+        .filter(|(n, _)| n.eq_ignore_ascii_case("connection"))
+        .flat_map(|(_, v)| v.split(',').map(|t| t.trim().to_ascii_lowercase()))
+        .collect();
+    let upgrade = tokens.iter().any(|t| t == "upgrade")
+        && headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("upgrade"));
+    let mut kept: Vec<(String, String)> = headers
+        .iter()
+        .filter(|(n, _)| {
+            let n = n.to_ascii_lowercase();
+            if n == "upgrade" {
+                return upgrade;
+            }
+            !HOP_BY_HOP.contains(&n.as_str()) && !tokens.contains(&n)
+        })
+        .cloned()
+        .collect();
+    if upgrade {
+        kept.push(("connection".into(), "upgrade".into()));
+    }
+    (kept, upgrade)
+}
+
+/// Header names, hop-by-hop or not, in mixed case.
+fn header_name() -> impl Strategy<Value = String> {
+    prop_oneof![
+        proptest::sample::select(HOP_BY_HOP.to_vec()).prop_map(str::to_owned),
+        proptest::sample::select(vec![
+            "Connection",
+            "Keep-Alive",
+            "TE",
+            "Upgrade",
+            "x-a",
+            "X-B",
+            "x-c",
+            "accept"
+        ])
+        .prop_map(str::to_owned),
+    ]
+}
+
+/// A header value; for `Connection`, a token list with odd spacing.
+fn header_value(name: &str) -> BoxedStrategy<String> {
+    if name.eq_ignore_ascii_case("connection") {
+        proptest::collection::vec(
+            prop_oneof![
+                header_name(),
+                Just("close".to_owned()),
+                Just(String::new()),
+                Just("bad name".to_owned()),
+            ],
+            0..4,
+        )
+        .prop_map(|tokens| tokens.join(" , "))
+        .boxed()
+    } else {
+        "[a-z0-9=]{0,6}".boxed()
+    }
+}
+
+fn message_headers() -> impl Strategy<Value = Vec<(String, String)>> {
+    proptest::collection::vec(
+        header_name().prop_flat_map(|n| {
+            let value = header_value(&n);
+            (Just(n), value)
+        }),
+        0..8,
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    /// What is left (names, values and their order) and the upgrade verdict
+    /// agree with the reference.
+    #[test]
+    fn hop_by_hop_removal_agrees_with_reference(headers in message_headers()) {
+        let mut map = HeaderMap::new();
+        for (name, value) in &headers {
+            map.append(
+                http::HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_str(value).unwrap(),
+            );
+        }
+        let upgrade = remove_hop_by_hop(&mut map);
+        let (mut expected, expected_upgrade) = hop_by_hop_reference(&headers);
+        prop_assert_eq!(upgrade, expected_upgrade);
+        // HeaderMap groups values by name in first-seen order of the names.
+        let mut got: Vec<(String, String)> = map
+            .iter()
+            .map(|(n, v)| (n.as_str().to_owned(), v.to_str().unwrap().to_owned()))
+            .collect();
+        let key = |(n, _): &(String, String)| n.to_ascii_lowercase();
+        for pair in &mut expected {
+            pair.0 = pair.0.to_ascii_lowercase();
+        }
+        got.sort_by_key(key);
+        expected.sort_by_key(key);
+        prop_assert_eq!(got, expected);
     }
 }
 
