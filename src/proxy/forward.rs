@@ -108,14 +108,17 @@ impl Forwarder {
         let (mut response, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
-                if let Some(error) = client_body_failure(&e) {
-                    // The client's fault, not the upstream's.
-                    tracing::debug!(upstream = %upstream.config.name, error = %e, "request body failed");
-                    return Err(error);
-                }
                 let (kind, error) = classify(&e);
-                self.upstream_error(&upstream.config, kind);
-                tracing::warn!(upstream = %upstream.config.name, kind, error = %e, "upstream request failed");
+                match kind {
+                    Some(kind) => {
+                        self.upstream_error(&upstream.config, kind);
+                        tracing::warn!(upstream = %upstream.config.name, kind, error = %e, "upstream request failed");
+                    }
+                    // The client's request body failed, not the upstream.
+                    None => {
+                        tracing::debug!(upstream = %upstream.config.name, error = %e, "request body failed");
+                    }
+                }
                 return Err(error);
             }
             Err(_) => {
@@ -188,35 +191,28 @@ fn upstream_uri(
     Ok(Uri::from(pq))
 }
 
-/// The error to answer with when a send failed because the client's request
-/// body did (stalled or broke off), not the upstream.
-fn client_body_failure(error: &SendError) -> Option<GatewayError> {
+/// Maps a send error to the response and, when the upstream is to blame, a
+/// metric kind: connect timeouts are 504, other upstream failures 502; a
+/// request body the client let stall is 408, one that broke off 400 (`None`:
+/// not the upstream's failure).
+fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
     while let Some(e) = source {
         match e.downcast_ref::<ClientBodyError>() {
-            Some(ClientBodyError::Idle(_)) => return Some(GatewayError::RequestBodyTimeout),
-            Some(ClientBodyError::Broken(_)) => return Some(GatewayError::RequestBodyBroken),
-            None => source = e.source(),
+            Some(ClientBodyError::Idle(_)) => return (None, GatewayError::RequestBodyTimeout),
+            Some(ClientBodyError::Broken(_)) => return (None, GatewayError::RequestBodyBroken),
+            None => {}
         }
-    }
-    None
-}
-
-/// Maps a send error to a metric kind and the response: connect timeouts are
-/// 504, everything else 502.
-fn classify(error: &SendError) -> (&'static str, GatewayError) {
-    let mut source = error.source();
-    while let Some(e) = source {
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return ("connect_timeout", GatewayError::UpstreamTimeout);
+                return (Some("connect_timeout"), GatewayError::UpstreamTimeout);
             }
         }
         source = e.source();
     }
     match error {
-        SendError::Connect(_) => ("connect", GatewayError::UpstreamUnavailable),
-        SendError::Protocol(_) => ("protocol", GatewayError::UpstreamUnavailable),
+        SendError::Connect(_) => (Some("connect"), GatewayError::UpstreamUnavailable),
+        SendError::Protocol(_) => (Some("protocol"), GatewayError::UpstreamUnavailable),
     }
 }
 
