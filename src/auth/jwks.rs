@@ -6,11 +6,16 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
+use aws_lc_rs::signature::{
+    ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
+};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::Bytes;
 use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
-use jsonwebtoken::{Algorithm, DecodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
 use serde::Deserialize;
 
 use crate::admin::metrics::Metrics;
@@ -41,7 +46,12 @@ pub struct VerificationKey {
     kid: Option<String>,
     kind: KeyKind,
     alg: Option<Algorithm>,
-    key: DecodingKey,
+    /// The key parsed once for each algorithm it fits, so that checking a
+    /// token never re-parses it (an RSA key's parse is ~15 % of a verify).
+    /// An algorithm the key fits but could not be parsed for (a point off
+    /// the curve, an RSA modulus out of range) has no entry and verifies
+    /// nothing.
+    verifiers: Vec<(Algorithm, ParsedPublicKey)>,
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -85,9 +95,16 @@ impl VerificationKey {
 
     /// Verifies `signature` (base64url) over `signing_input` with `alg`.
     pub fn verify(&self, signing_input: &str, signature: &str, alg: Algorithm) -> bool {
-        self.fits(alg)
-            && jsonwebtoken::crypto::verify(signature, signing_input.as_bytes(), &self.key, alg)
-                .unwrap_or(false)
+        let Some((_, key)) = self.verifiers.iter().find(|(a, _)| *a == alg) else {
+            return false;
+        };
+        let mut raw = [0u8; MAX_SIGNATURE_BYTES];
+        match URL_SAFE_NO_PAD.decode_slice(signature, &mut raw) {
+            Ok(len) => raw
+                .get(..len)
+                .is_some_and(|raw| key.verify_sig(signing_input.as_bytes(), raw).is_ok()),
+            Err(_) => false,
+        }
     }
 
     /// The key id, if the JWK had one.
@@ -159,13 +176,31 @@ impl KeySet {
             None => None,
             Some(a) => Some(key_algorithm(a)?),
         };
-        let key = DecodingKey::from_jwk(jwk).ok()?;
-        Some(VerificationKey {
+        let decoded = DecodingKey::from_jwk(jwk).ok()?;
+        let mut key = VerificationKey {
             kid: jwk.common.key_id.clone(),
             kind,
             alg,
-            key,
-        })
+            verifiers: Vec::new(),
+        };
+        for candidate in VERIFIABLE {
+            if !key.fits(candidate) {
+                continue;
+            }
+            let parsed = match (decoded.kind(), verification_algorithm(candidate)) {
+                (DecodingKeyKind::SecretOrDer(bytes), Some(Verification::Raw(algorithm))) => {
+                    ParsedPublicKey::new(algorithm, bytes)
+                }
+                (DecodingKeyKind::RsaModulusExponent { n, e }, Some(Verification::Rsa(params))) => {
+                    RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
+                }
+                _ => continue,
+            };
+            if let Ok(parsed) = parsed {
+                key.verifiers.push((candidate, parsed));
+            }
+        }
+        Some(key)
     }
 
     /// The keys that may verify a token with this `kid` and `alg`: the one key
@@ -198,6 +233,48 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }
+}
+
+/// Every algorithm a key can verify here.
+const VERIFIABLE: [Algorithm; 9] = [
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// Largest signature of any algorithm in [`VERIFIABLE`]: RSA with an
+/// 8 192-bit modulus, aws-lc-rs's upper bound.
+const MAX_SIGNATURE_BYTES: usize = 1024;
+
+/// How aws-lc-rs checks one JWS algorithm (RFC 7518 3.1, RFC 8037).
+enum Verification {
+    /// From the key's raw bytes (EC point, Ed25519 key).
+    Raw(&'static dyn VerificationAlgorithm),
+    /// From the RSA modulus and exponent.
+    Rsa(&'static RsaParameters),
+}
+
+fn verification_algorithm(alg: Algorithm) -> Option<Verification> {
+    use aws_lc_rs::signature as sig;
+    Some(match alg {
+        Algorithm::RS256 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+        Algorithm::RS384 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+        Algorithm::RS512 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+        Algorithm::PS256 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+        Algorithm::PS384 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+        Algorithm::PS512 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+        Algorithm::ES256 => Verification::Raw(&sig::ECDSA_P256_SHA256_FIXED),
+        Algorithm::ES384 => Verification::Raw(&sig::ECDSA_P384_SHA384_FIXED),
+        Algorithm::EdDSA => Verification::Raw(&sig::ED25519),
+        // HMAC: no published key verifies tokens here.
+        _ => return None,
+    })
 }
 
 fn key_algorithm(a: jsonwebtoken::jwk::KeyAlgorithm) -> Option<Algorithm> {
@@ -551,5 +628,61 @@ mod tests {
         assert_eq!(set.candidates(Some("e"), Algorithm::RS256).count(), 0);
         assert_eq!(set.candidates(Some("x"), Algorithm::ES256).count(), 0);
         assert_eq!(set.candidates(None, Algorithm::ES256).count(), 1);
+    }
+
+    #[test]
+    fn keys_are_parsed_once_for_each_algorithm_they_fit() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{KeyPair, RsaKeyPair, RSA_PKCS1_SHA256};
+
+        let algorithms = |set: &KeySet| -> Vec<Algorithm> {
+            set.keys[0].verifiers.iter().map(|(a, _)| *a).collect()
+        };
+        let ec = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        assert_eq!(
+            algorithms(&KeySet::from_json(ec).unwrap()),
+            [Algorithm::ES256]
+        );
+
+        // A point off the curve is kept (its kid is known, so a token naming it
+        // is a bad signature, not an unknown key) but verifies nothing.
+        let off_curve = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let set = KeySet::from_json(off_curve).unwrap();
+        assert!(algorithms(&set).is_empty());
+        assert!(set.has_kid("e"));
+
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let components: RsaPublicKeyComponents<Vec<u8>> = rsa.public_key().into();
+        let jwk = |alg: Option<&str>| {
+            let mut jwk = serde_json::json!({
+                "kty": "RSA",
+                "n": URL_SAFE_NO_PAD.encode(&components.n),
+                "e": URL_SAFE_NO_PAD.encode(&components.e),
+            });
+            if let Some(alg) = alg {
+                jwk["alg"] = alg.into();
+            }
+            serde_json::json!({ "keys": [jwk] }).to_string()
+        };
+        let any = KeySet::from_json(jwk(None).as_bytes()).unwrap();
+        assert_eq!(algorithms(&any), &VERIFIABLE[..6]);
+        let pinned = KeySet::from_json(jwk(Some("PS384")).as_bytes()).unwrap();
+        assert_eq!(algorithms(&pinned), [Algorithm::PS384]);
+
+        // The parsed key verifies a real signature, with its algorithm only.
+        let message = "eyJhbGciOiJSUzI1NiJ9.e30";
+        let mut signature = vec![0; rsa.public_modulus_len()];
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        rsa.sign(&RSA_PKCS1_SHA256, &rng, message.as_bytes(), &mut signature)
+            .unwrap();
+        let signature = URL_SAFE_NO_PAD.encode(&signature);
+        assert!(any.keys[0].verify(message, &signature, Algorithm::RS256));
+        assert!(!any.keys[0].verify(message, &signature, Algorithm::RS384));
+        assert!(!pinned.keys[0].verify(message, &signature, Algorithm::RS256));
+        assert!(!any.keys[0].verify("eyJhbGciOiJSUzI1NiJ9.e31", &signature, Algorithm::RS256));
+        // Not base64url, or longer than any signature: refused, no panic.
+        assert!(!any.keys[0].verify(message, "*", Algorithm::RS256));
+        let huge = URL_SAFE_NO_PAD.encode([0u8; MAX_SIGNATURE_BYTES + 1]);
+        assert!(!any.keys[0].verify(message, &huge, Algorithm::RS256));
     }
 }

@@ -2,7 +2,8 @@
 //!
 //! We parse the header and claims ourselves, strictly (canonical base64url,
 //! duplicate-free JSON objects, typed claims), choose the issuer from `iss`, and
-//! hand the signature check to `jsonwebtoken`'s crypto with that issuer's keys.
+//! check the signature with that issuer's keys, which `jsonwebtoken` decoded
+//! from the JWKS and aws-lc-rs parsed once per algorithm (see `jwks`).
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
