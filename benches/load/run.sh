@@ -13,7 +13,12 @@
 #                                  prints them and writes nothing
 #
 # Contenders, each with one worker thread, all in front of the same nginx
-# `return 200` upstream and loaded by wrk with the same connections/duration:
+# `return 200` upstream and loaded by wrk with the same connections/duration.
+# All are started first; then each round loads every contender once, in
+# turn, and the table reports each one's median over the rounds, so that a
+# machine whose speed drifts (a shared VM) moves all contenders alike instead
+# of favouring whichever ran in a fast minute. Ratios are of the medians,
+# with the range of the per-round ratios beside them:
 #   direct          wrk -> upstream
 #   nginx-proxy     plain reverse proxy, keep-alive upstream pool
 #   hyper-floor     examples/hyper_floor.rs: a bare hyper proxy (no auth, no
@@ -27,8 +32,9 @@
 # Environment overrides (defaults: full / smoke):
 #   BENCH_CONNECTIONS   wrk connections        64 / 8
 #   BENCH_THREADS       wrk threads            2 / 1
-#   BENCH_DURATION      per contender          10s / 2s
-#   BENCH_TOKENS        pre-minted tokens      200000 / 20000
+#   BENCH_DURATION      per contender & round  10s / 2s
+#   BENCH_ROUNDS        rounds                 3 / 1
+#   BENCH_TOKENS        pre-minted tokens      200000 x rounds / 20000
 #   BENCH_FILL_TOKENS   distinct tokens the cache must have seen before the
 #                       "cached tokens" RSS is read (full mode) 100000
 #   BENCH_PROFILE       cargo profile          release
@@ -64,12 +70,16 @@ if [ "$SMOKE" = 1 ]; then
     CONNECTIONS=${BENCH_CONNECTIONS:-8}
     THREADS=${BENCH_THREADS:-1}
     DURATION=${BENCH_DURATION:-2s}
+    ROUNDS=${BENCH_ROUNDS:-1}
     TOKENS=${BENCH_TOKENS:-20000}
 else
     CONNECTIONS=${BENCH_CONNECTIONS:-64}
     THREADS=${BENCH_THREADS:-2}
     DURATION=${BENCH_DURATION:-10s}
-    TOKENS=${BENCH_TOKENS:-200000}
+    ROUNDS=${BENCH_ROUNDS:-3}
+    # The all-cold contender needs a fresh token for every request of every
+    # round (about 10 000/s here); a reused one would be a cache hit.
+    TOKENS=${BENCH_TOKENS:-$((200000 * ROUNDS))}
 fi
 [ "$INSTRUCTIONS" = 0 ] || TOKENS=${BENCH_TOKENS:-10}
 FILL_TOKENS=${BENCH_FILL_TOKENS:-100000}
@@ -250,8 +260,9 @@ to_ms() {
     }'
 }
 
-declare -A RPS P50 P99 REQS CPU_US
+declare -A RPS P50 P99 REQS CPU_US RPS_ROUNDS P50_ROUNDS P99_ROUNDS CPU_ROUNDS
 ORDER=()
+LAST_REQUESTS=0
 CLK_TCK=$(getconf CLK_TCK)
 
 # cpu_ticks PID...: user + system CPU ticks the processes have used so far.
@@ -301,18 +312,51 @@ load() {
     if grep -q 'Socket errors' "$out"; then
         log "$name: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
     fi
-    RPS[$name]=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
-    P50[$name]=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
-    P99[$name]=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
-    REQS[$name]=$requests
-    CPU_US[$name]="-"
+    local rps p50 p99 cpu="-"
+    rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
+    p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
+    p99=$(to_ms "$(awk '$1 == "99%" { print $2 }' "$out")")
     if [ -n "$ticks_used" ]; then
-        CPU_US[$name]=$(awk -v t="$ticks_used" -v hz="$CLK_TCK" -v n="$requests" \
+        cpu=$(awk -v t="$ticks_used" -v hz="$CLK_TCK" -v n="$requests" \
             'BEGIN { printf "%.1f", t * 1000000 / hz / n }')
     fi
+    RPS_ROUNDS[$name]="${RPS_ROUNDS[$name]:-}$rps "
+    P50_ROUNDS[$name]="${P50_ROUNDS[$name]:-}$p50 "
+    P99_ROUNDS[$name]="${P99_ROUNDS[$name]:-}$p99 "
+    CPU_ROUNDS[$name]="${CPU_ROUNDS[$name]:-}$cpu "
+    REQS[$name]=$((${REQS[$name]:-0} + requests))
+    LAST_REQUESTS=$requests
     CONTENDER_PIDS=""
-    ORDER+=("$name")
-    log "$name: ${RPS[$name]} req/s, p50 ${P50[$name]} ms, p99 ${P99[$name]} ms, CPU ${CPU_US[$name]} µs/request ($requests requests)"
+    case " ${ORDER[*]} " in *" $name "*) ;; *) ORDER+=("$name") ;; esac
+    log "$name: $rps req/s, p50 $p50 ms, p99 $p99 ms, CPU $cpu µs/request ($requests requests)"
+}
+
+# median "V1 V2 ...": the middle value (mean of the two middle ones for an
+# even count), or "-" when there are no numbers.
+median() {
+    # shellcheck disable=SC2086 # a list of numbers
+    printf '%s\n' $1 | { grep -v '^-$' || true; } | sort -g | awk '
+        { v[NR] = $1 }
+        END {
+            if (NR == 0) print "-"
+            else if (NR % 2) print v[(NR + 1) / 2]
+            else printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2
+        }'
+}
+
+# round_ratios "A1 A2 ..." "B1 B2 ...": "min-max" of the per-round A/B.
+round_ratios() {
+    awk -v a="$1" -v b="$2" 'BEGIN {
+        n = split(a, x, " "); split(b, y, " ")
+        for (i = 1; i <= n; i++) {
+            if (y[i] + 0 == 0) continue
+            r = x[i] / y[i]
+            if (!seen || r < lo) lo = r
+            if (!seen || r > hi) hi = r
+            seen = 1
+        }
+        if (!seen) print "n/a"; else if (n == 1) printf "%.2f", lo; else printf "%.2f-%.2f", lo, hi
+    }'
 }
 
 # --------------------------------------------------------------------------
@@ -321,8 +365,9 @@ load() {
 status_kb() { awk -v k="$2:" '$1 == k { print $2 }' "/proc/$1/status"; }
 mb() { awk -v kb="$1" 'BEGIN { printf "%.1f", kb / 1024 }'; }
 
+# cache_misses ADMIN_PORT: tokens the verified-token cache did not have.
 cache_misses() {
-    curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+    curl -s --max-time 5 "http://127.0.0.1:$1/metrics" |
         awk '/^scopegate_token_cache_requests_total/ && /kind="jwt"/ && /result="miss"/ { print int($2) }'
 }
 
@@ -468,31 +513,32 @@ if [ "$INSTRUCTIONS" = 1 ]; then
     exit 0
 fi
 
-# --- 1. direct --------------------------------------------------------------
-load direct "http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
+# --- start the contenders ------------------------------------------------------
+declare -A URL_OF PIDS_OF ADMIN_OF
 
-# --- 2. nginx plain reverse proxy --------------------------------------------
+# 1. direct: wrk -> upstream
+URL_OF[direct]="http://127.0.0.1:$UPSTREAM_PORT$REQUEST_PATH"
+
+# 2. nginx plain reverse proxy (CPU: its worker)
 free_port PROXY_PORT
 render nginx-proxy.conf "$WORK/nginx-proxy.conf"
 start nginx-proxy nginx -p "$WORK" -e "$WORK/nginx-proxy.error.log" -c "$WORK/nginx-proxy.conf"
 pid=$STARTED
 wait_http nginx-proxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
-CONTENDER_PIDS=$(pgrep -P "$pid" | tr '\n' ' ')
-load nginx-proxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
-stop "$pid"
+URL_OF[nginx-proxy]="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
+PIDS_OF[nginx-proxy]=$(pgrep -P "$pid" | tr '\n' ' ')
 
-# --- 2b. bare hyper proxy (the HTTP engine's floor) ----------------------------
+# 2b. bare hyper proxy (the HTTP engine's floor)
 free_port PROXY_PORT
 start hyper-floor "$HYPER_FLOOR" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$UPSTREAM_PORT"
 pid=$STARTED
 wait_http hyper-floor "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200
-CONTENDER_PIDS=$pid
-load hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
-stop "$pid"
+URL_OF[hyper-floor]="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
+PIDS_OF[hyper-floor]=$pid
 
-# --- 3. HAProxy jwt_verify ------------------------------------------------------
+# 3. HAProxy jwt_verify
 free_port PROXY_PORT
 render haproxy.cfg "$WORK/haproxy.cfg"
 haproxy -c -q -f "$WORK/haproxy.cfg" >"$WORK/haproxy-check.log" 2>&1 || {
@@ -505,63 +551,99 @@ wait_http haproxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$BAD_TOKEN"
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$FIRST_TOKEN"
+URL_OF[haproxy-jwt]="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
+PIDS_OF[haproxy-jwt]=$pid
+
+# 4.-6. scopegate: warm cache, every token new, cached introspection
+printf 'bench-introspection-secret\n' >"$WORK/introspection-secret"
+for name in scopegate-warm scopegate-cold scopegate-introspect; do
+    case $name in
+        scopegate-introspect) start_scopegate "$name" scopegate-introspect.yaml "$OPAQUE_TOKEN" ;;
+        *) start_scopegate "$name" scopegate.yaml "$FIRST_TOKEN" "$BAD_TOKEN" ;;
+    esac
+    URL_OF[$name]="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
+    PIDS_OF[$name]=$SG_PID
+    ADMIN_OF[$name]=$ADMIN_PORT
+done
+CONTENDER_PIDS=""
+
+# --- rounds: every contender once per round, in turn --------------------------
 export BENCH_TOKENS_FILE=$TOKENS_FILE BENCH_WRK_THREADS=$THREADS BENCH_TOKENS_START=0
-CONTENDER_PIDS=$pid
-load haproxy-jwt "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -s "$HERE/rotate.lua"
-stop "$pid"
+COLD_NEXT=1 # token 0 was scopegate-cold's pre-flight request
+for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for name in direct nginx-proxy hyper-floor haproxy-jwt scopegate-warm scopegate-cold scopegate-introspect; do
+        CONTENDER_PIDS=${PIDS_OF[$name]:-}
+        case $name in
+            haproxy-jwt)
+                # HAProxy caches nothing: the same tokens every round.
+                BENCH_TOKENS_START=0
+                load "$name" "${URL_OF[$name]}" -s "$HERE/rotate.lua"
+                ;;
+            scopegate-cold)
+                BENCH_TOKENS_START=$COLD_NEXT
+                load "$name" "${URL_OF[$name]}" -s "$HERE/rotate.lua"
+                # wrk's threads take alternate tokens and may not finish
+                # level: leave a margin so that no round reuses a token.
+                COLD_NEXT=$((COLD_NEXT + LAST_REQUESTS * 5 / 4 + 1000))
+                ;;
+            scopegate-introspect)
+                load "$name" "${URL_OF[$name]}" -H "Authorization: Bearer $OPAQUE_TOKEN"
+                ;;
+            *)
+                load "$name" "${URL_OF[$name]}" -H "Authorization: Bearer $FIRST_TOKEN"
+                ;;
+        esac
+    done
+done
+for name in "${ORDER[@]}"; do
+    RPS[$name]=$(median "${RPS_ROUNDS[$name]}")
+    P50[$name]=$(median "${P50_ROUNDS[$name]}")
+    P99[$name]=$(median "${P99_ROUNDS[$name]}")
+    CPU_US[$name]=$(median "${CPU_ROUNDS[$name]}")
+done
+for name in scopegate-warm scopegate-cold scopegate-introspect; do
+    HWM_KB[$name]=$(status_kb "${PIDS_OF[$name]}" VmHWM)
+done
 
-# --- 4. scopegate, warm cache --------------------------------------------------
-start_scopegate scopegate-warm scopegate.yaml "$FIRST_TOKEN" "$BAD_TOKEN"
-load scopegate-warm "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $FIRST_TOKEN"
-HWM_KB[scopegate-warm]=$(status_kb "$SG_PID" VmHWM)
-stop "$SG_PID"
-
-# --- 5. scopegate, every token new -------------------------------------------
-start_scopegate scopegate-cold scopegate.yaml "$FIRST_TOKEN" "$BAD_TOKEN"
-BENCH_TOKENS_START=1 # token 0 was the pre-flight request
-load scopegate-cold "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -s "$HERE/rotate.lua"
-HWM_KB[scopegate-cold]=$(status_kb "$SG_PID" VmHWM)
-COLD_RSS_KB=$(status_kb "$SG_PID" VmRSS)
-MISSES=$(cache_misses)
-log "scopegate-cold: $MISSES distinct tokens verified, VmRSS $(mb "$COLD_RSS_KB") MB"
+# The all-cold figures are only that if no token came round twice.
+COLD_ADMIN=${ADMIN_OF[scopegate-cold]}
+MISSES=$(cache_misses "$COLD_ADMIN")
+COLD_RSS_KB=$(status_kb "${PIDS_OF[scopegate-cold]}" VmRSS)
+log "scopegate-cold: $MISSES distinct tokens verified for ${REQS[scopegate-cold]} requests, VmRSS $(mb "$COLD_RSS_KB") MB"
+[ "$MISSES" -ge "${REQS[scopegate-cold]}" ] ||
+    die "scopegate-cold: only $MISSES of ${REQS[scopegate-cold]} requests were cache misses (too few tokens: raise BENCH_TOKENS)"
 
 # Memory with FILL_TOKENS distinct cached tokens (full mode): keep sending
 # fresh tokens until the cache has verified that many.
 FILL_NOTE=""
 if [ "$SMOKE" = 0 ] && [ "${MISSES:-0}" -lt "$FILL_TOKENS" ]; then
-    if [ "$TOKENS" -lt $((FILL_TOKENS + 1000)) ]; then
+    if [ "$TOKENS" -lt $((COLD_NEXT + FILL_TOKENS - MISSES + 1000)) ]; then
         die "BENCH_TOKENS=$TOKENS is too few to fill the cache with $FILL_TOKENS tokens"
     fi
-    next=$((1 + REQS[scopegate-cold]))
+    next=$COLD_NEXT
     for _ in 1 2 3 4 5 6; do
         [ "$MISSES" -lt "$FILL_TOKENS" ] || break
         log "cache fill: $MISSES < $FILL_TOKENS distinct tokens, sending more from token $next"
         BENCH_TOKENS_START=$next timeout 60 wrk -t"$THREADS" -c"$CONNECTIONS" -d5s --timeout 5s \
-            -s "$HERE/rotate.lua" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" >"$WORK/wrk-fill.txt" 2>&1 ||
+            -s "$HERE/rotate.lua" "${URL_OF[scopegate-cold]}" >"$WORK/wrk-fill.txt" 2>&1 ||
             die "cache fill: wrk failed"
         if grep -q 'Non-2xx' "$WORK/wrk-fill.txt"; then
             cat "$WORK/wrk-fill.txt" >&2
             die "cache fill: non-2xx responses"
         fi
         next=$((next + $(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$WORK/wrk-fill.txt")))
-        MISSES=$(cache_misses)
+        MISSES=$(cache_misses "$COLD_ADMIN")
     done
     [ "$MISSES" -ge "$FILL_TOKENS" ] || die "cache fill: only $MISSES distinct tokens verified"
-    FILL_NOTE=" (cold run plus a top-up load)"
+    FILL_NOTE=" (cold rounds plus a top-up load)"
 fi
-FILLED_RSS_KB=$(status_kb "$SG_PID" VmRSS)
-FILLED_HWM_KB=$(status_kb "$SG_PID" VmHWM)
-stop "$SG_PID"
+FILLED_RSS_KB=$(status_kb "${PIDS_OF[scopegate-cold]}" VmRSS)
+FILLED_HWM_KB=$(status_kb "${PIDS_OF[scopegate-cold]}" VmHWM)
 
-# --- 6. scopegate, opaque token, cached introspection ------------------------
-printf 'bench-introspection-secret\n' >"$WORK/introspection-secret"
-start_scopegate scopegate-introspect scopegate-introspect.yaml "$OPAQUE_TOKEN"
-load scopegate-introspect "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" -H "Authorization: Bearer $OPAQUE_TOKEN"
-HWM_KB[scopegate-introspect]=$(status_kb "$SG_PID" VmHWM)
-INTROSPECTIONS=$(curl -s --max-time 5 "http://127.0.0.1:$ADMIN_PORT/metrics" |
+INTROSPECTIONS=$(curl -s --max-time 5 "http://127.0.0.1:${ADMIN_OF[scopegate-introspect]}/metrics" |
     awk '/^scopegate_introspection_requests_total/ { n += $2 } END { print int(n) }')
 log "scopegate-introspect: $INTROSPECTIONS introspection call(s) for ${REQS[scopegate-introspect]} requests"
-stop "$SG_PID"
 
 ELAPSED=$(($(date +%s) - STARTED_AT))
 
@@ -579,20 +661,23 @@ TABLE=$(
         echo "| $name | ${RPS[$name]} | ${P50[$name]} | ${P99[$name]} | ${CPU_US[$name]} | $peak |"
     done
     echo
-    echo "- scopegate-warm / nginx-proxy throughput: **$(ratio "${RPS[scopegate-warm]}" "${RPS[nginx-proxy]}")x**;" \
+    echo "- scopegate-warm / nginx-proxy throughput: **$(ratio "${RPS[scopegate-warm]}" "${RPS[nginx-proxy]}")x**" \
+        "(rounds $(round_ratios "${RPS_ROUNDS[scopegate-warm]}" "${RPS_ROUNDS[nginx-proxy]}")x);" \
         "p99 $(ratio "${P99[scopegate-warm]}" "${P99[nginx-proxy]}")x nginx-proxy's" \
-        "(${P99[scopegate-warm]} vs ${P99[nginx-proxy]} ms)"
-    echo "- hyper-floor / nginx-proxy throughput: $(ratio "${RPS[hyper-floor]}" "${RPS[nginx-proxy]}")x;" \
+        "(${P99[scopegate-warm]} vs ${P99[nginx-proxy]} ms; rounds $(round_ratios "${P99_ROUNDS[scopegate-warm]}" "${P99_ROUNDS[nginx-proxy]}")x)"
+    echo "- hyper-floor / nginx-proxy throughput: $(ratio "${RPS[hyper-floor]}" "${RPS[nginx-proxy]}")x" \
+        "(rounds $(round_ratios "${RPS_ROUNDS[hyper-floor]}" "${RPS_ROUNDS[nginx-proxy]}")x);" \
         "scopegate-warm / hyper-floor: $(ratio "${RPS[scopegate-warm]}" "${RPS[hyper-floor]}")x"
-    echo "- scopegate-cold / haproxy-jwt throughput: **$(ratio "${RPS[scopegate-cold]}" "${RPS[haproxy-jwt]}")x**;" \
+    echo "- scopegate-cold / haproxy-jwt throughput: **$(ratio "${RPS[scopegate-cold]}" "${RPS[haproxy-jwt]}")x**" \
+        "(rounds $(round_ratios "${RPS_ROUNDS[scopegate-cold]}" "${RPS_ROUNDS[haproxy-jwt]}")x);" \
         "p99 ${P99[scopegate-cold]} vs ${P99[haproxy-jwt]} ms"
     echo "- scopegate-warm / haproxy-jwt throughput: $(ratio "${RPS[scopegate-warm]}" "${RPS[haproxy-jwt]}")x;" \
         "scopegate-introspect / nginx-proxy: $(ratio "${RPS[scopegate-introspect]}" "${RPS[nginx-proxy]}")x" \
         "($INTROSPECTIONS introspection call(s) for ${REQS[scopegate-introspect]} requests)"
     echo "- scopegate RSS: idle $(mb "${IDLE_KB[scopegate-warm]}") MB;" \
-        "peak (VmHWM) warm run $(mb "${HWM_KB[scopegate-warm]}") MB," \
-        "cold run $(mb "${HWM_KB[scopegate-cold]}") MB," \
-        "introspection run $(mb "${HWM_KB[scopegate-introspect]}") MB"
+        "peak (VmHWM) warm $(mb "${HWM_KB[scopegate-warm]}") MB," \
+        "cold $(mb "${HWM_KB[scopegate-cold]}") MB," \
+        "introspection $(mb "${HWM_KB[scopegate-introspect]}") MB (after all rounds)"
     echo "- scopegate with $MISSES distinct verified tokens$FILL_NOTE (cache max_entries 100000):" \
         "VmRSS $(mb "$FILLED_RSS_KB") MB, VmHWM $(mb "$FILLED_HWM_KB") MB"
 )
@@ -609,7 +694,7 @@ SECTION=$(
     echo "## Latest run"
     echo
     echo "$(date -u '+%Y-%m-%d %H:%M UTC'), \`benches/load/run.sh\`" \
-        "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency; $TOKENS pre-minted tokens;" \
+        "(wrk -t$THREADS -c$CONNECTIONS -d$DURATION --latency per contender and round, $ROUNDS interleaved rounds, medians; $TOKENS pre-minted tokens;" \
         "scopegate RUST_LOG=$SCOPEGATE_LOG, profile $PROFILE; commit $(git -C "$ROOT" rev-parse --short HEAD 2>/dev/null || echo '?')" \
         "with local changes: $(git -C "$ROOT" status --porcelain 2>/dev/null | wc -l | tr -d ' ') files)."
     echo
