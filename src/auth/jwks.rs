@@ -685,4 +685,91 @@ mod tests {
         let huge = URL_SAFE_NO_PAD.encode([0u8; MAX_SIGNATURE_BYTES + 1]);
         assert!(!any.keys[0].verify(message, &huge, Algorithm::RS256));
     }
+
+    /// Each algorithm is checked with its own hash and padding: a signature
+    /// made with one verifies as that algorithm and as no other.
+    #[test]
+    fn every_algorithm_verifies_its_own_signatures_only() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{self as sig, EcdsaKeyPair, KeyPair, RsaKeyPair};
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let message = "eyJhbGciOiJub25lIn0.e30";
+        let mut made: Vec<(Algorithm, String, String)> = Vec::new();
+
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let components: RsaPublicKeyComponents<Vec<u8>> = rsa.public_key().into();
+        let rsa_jwk = serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&components.n),
+            "e": URL_SAFE_NO_PAD.encode(&components.e),
+        });
+        let paddings: [(Algorithm, &'static dyn sig::RsaEncoding); 6] = [
+            (Algorithm::RS256, &sig::RSA_PKCS1_SHA256),
+            (Algorithm::RS384, &sig::RSA_PKCS1_SHA384),
+            (Algorithm::RS512, &sig::RSA_PKCS1_SHA512),
+            (Algorithm::PS256, &sig::RSA_PSS_SHA256),
+            (Algorithm::PS384, &sig::RSA_PSS_SHA384),
+            (Algorithm::PS512, &sig::RSA_PSS_SHA512),
+        ];
+        for (alg, padding) in paddings {
+            let mut signature = vec![0; rsa.public_modulus_len()];
+            rsa.sign(padding, &rng, message.as_bytes(), &mut signature)
+                .unwrap();
+            made.push((alg, rsa_jwk.to_string(), URL_SAFE_NO_PAD.encode(&signature)));
+        }
+
+        let curves = [
+            (
+                Algorithm::ES256,
+                "P-256",
+                &sig::ECDSA_P256_SHA256_FIXED_SIGNING,
+            ),
+            (
+                Algorithm::ES384,
+                "P-384",
+                &sig::ECDSA_P384_SHA384_FIXED_SIGNING,
+            ),
+        ];
+        for (alg, curve, signing) in curves {
+            let pkcs8 = EcdsaKeyPair::generate_pkcs8(signing, &rng).unwrap();
+            let pair = EcdsaKeyPair::from_pkcs8(signing, pkcs8.as_ref()).unwrap();
+            // Uncompressed point: 0x04 || x || y.
+            let point = pair.public_key().as_ref();
+            let half = (point.len() - 1) / 2;
+            let jwk = serde_json::json!({
+                "kty": "EC",
+                "crv": curve,
+                "x": URL_SAFE_NO_PAD.encode(&point[1..=half]),
+                "y": URL_SAFE_NO_PAD.encode(&point[1 + half..]),
+            });
+            let signature = pair.sign(&rng, message.as_bytes()).unwrap();
+            made.push((alg, jwk.to_string(), URL_SAFE_NO_PAD.encode(signature)));
+        }
+
+        let pkcs8 = sig::Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = sig::Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let jwk = serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+        });
+        let signature = pair.sign(message.as_bytes());
+        made.push((
+            Algorithm::EdDSA,
+            jwk.to_string(),
+            URL_SAFE_NO_PAD.encode(signature),
+        ));
+
+        for (alg, jwk, signature) in &made {
+            let set = KeySet::from_json(format!(r#"{{"keys":[{jwk}]}}"#).as_bytes()).unwrap();
+            for other in VERIFIABLE {
+                assert_eq!(
+                    set.keys[0].verify(message, signature, other),
+                    other == *alg,
+                    "signed as {alg:?}, checked as {other:?}"
+                );
+            }
+        }
+    }
 }
