@@ -72,25 +72,30 @@ enum KeyKind {
     Ed25519,
 }
 
+impl KeyKind {
+    /// The algorithms a key of this kind can verify.
+    fn algorithms(self) -> &'static [Algorithm] {
+        match self {
+            Self::Rsa => &[
+                Algorithm::RS256,
+                Algorithm::RS384,
+                Algorithm::RS512,
+                Algorithm::PS256,
+                Algorithm::PS384,
+                Algorithm::PS512,
+            ],
+            Self::P256 => &[Algorithm::ES256],
+            Self::P384 => &[Algorithm::ES384],
+            Self::Ed25519 => &[Algorithm::EdDSA],
+        }
+    }
+}
+
 impl VerificationKey {
     /// Whether this key may verify `alg`: the key type must fit and, when the
     /// JWK names an `alg`, it must be that one.
     pub fn fits(&self, alg: Algorithm) -> bool {
-        let kind_fits = match self.kind {
-            KeyKind::Rsa => matches!(
-                alg,
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512
-            ),
-            KeyKind::P256 => alg == Algorithm::ES256,
-            KeyKind::P384 => alg == Algorithm::ES384,
-            KeyKind::Ed25519 => alg == Algorithm::EdDSA,
-        };
-        kind_fits && self.alg.is_none_or(|a| a == alg)
+        self.kind.algorithms().contains(&alg) && self.alg.is_none_or(|a| a == alg)
     }
 
     /// Verifies `signature` (base64url) over `signing_input` with `alg`.
@@ -183,7 +188,7 @@ impl KeySet {
             alg,
             verifiers: Vec::new(),
         };
-        for candidate in VERIFIABLE {
+        for &candidate in kind.algorithms() {
             if !key.fits(candidate) {
                 continue;
             }
@@ -235,21 +240,8 @@ impl KeySet {
     }
 }
 
-/// Every algorithm a key can verify here.
-const VERIFIABLE: [Algorithm; 9] = [
-    Algorithm::RS256,
-    Algorithm::RS384,
-    Algorithm::RS512,
-    Algorithm::PS256,
-    Algorithm::PS384,
-    Algorithm::PS512,
-    Algorithm::ES256,
-    Algorithm::ES384,
-    Algorithm::EdDSA,
-];
-
-/// Largest signature of any algorithm in [`VERIFIABLE`]: RSA with an
-/// 8 192-bit modulus, aws-lc-rs's upper bound.
+/// Largest signature of any algorithm a key verifies: RSA with an 8 192-bit
+/// modulus, aws-lc-rs's upper bound.
 const MAX_SIGNATURE_BYTES: usize = 1024;
 
 /// How aws-lc-rs checks one JWS algorithm (RFC 7518 3.1, RFC 8037).
@@ -665,7 +657,7 @@ mod tests {
             serde_json::json!({ "keys": [jwk] }).to_string()
         };
         let any = KeySet::from_json(jwk(None).as_bytes()).unwrap();
-        assert_eq!(algorithms(&any), &VERIFIABLE[..6]);
+        assert_eq!(algorithms(&any), KeyKind::Rsa.algorithms());
         let pinned = KeySet::from_json(jwk(Some("PS384")).as_bytes()).unwrap();
         assert_eq!(algorithms(&pinned), [Algorithm::PS384]);
 
@@ -761,9 +753,10 @@ mod tests {
             URL_SAFE_NO_PAD.encode(signature),
         ));
 
+        let every_kind = [KeyKind::Rsa, KeyKind::P256, KeyKind::P384, KeyKind::Ed25519];
         for (alg, jwk, signature) in &made {
             let set = KeySet::from_json(format!(r#"{{"keys":[{jwk}]}}"#).as_bytes()).unwrap();
-            for other in VERIFIABLE {
+            for &other in every_kind.iter().flat_map(|kind| kind.algorithms()) {
                 assert_eq!(
                     set.keys[0].verify(message, signature, other),
                     other == *alg,
