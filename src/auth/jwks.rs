@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use aws_lc_rs::signature::{
-    ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
+    self as sig, ParsedPublicKey, RsaParameters, RsaPublicKeyComponents, VerificationAlgorithm,
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
@@ -73,29 +73,69 @@ enum KeyKind {
 }
 
 impl KeyKind {
-    /// The algorithms a key of this kind can verify.
-    fn algorithms(self) -> &'static [Algorithm] {
+    /// The algorithms a key of this kind can verify, and how aws-lc-rs
+    /// checks each (RFC 7518 3.1, RFC 8037).
+    fn algorithms(self) -> &'static [(Algorithm, Verification)] {
         match self {
-            Self::Rsa => &[
-                Algorithm::RS256,
-                Algorithm::RS384,
-                Algorithm::RS512,
-                Algorithm::PS256,
-                Algorithm::PS384,
-                Algorithm::PS512,
-            ],
-            Self::P256 => &[Algorithm::ES256],
-            Self::P384 => &[Algorithm::ES384],
-            Self::Ed25519 => &[Algorithm::EdDSA],
+            Self::Rsa => &RSA_ALGORITHMS,
+            Self::P256 => &P256_ALGORITHMS,
+            Self::P384 => &P384_ALGORITHMS,
+            Self::Ed25519 => &ED25519_ALGORITHMS,
         }
     }
 }
+
+/// How aws-lc-rs checks one JWS algorithm.
+#[derive(Clone, Copy)]
+enum Verification {
+    /// From the key's raw bytes (EC point, Ed25519 key).
+    Raw(&'static dyn VerificationAlgorithm),
+    /// From the RSA modulus and exponent.
+    Rsa(&'static RsaParameters),
+}
+
+static RSA_ALGORITHMS: [(Algorithm, Verification); 6] = [
+    (
+        Algorithm::RS256,
+        Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
+    ),
+    (
+        Algorithm::RS384,
+        Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
+    ),
+    (
+        Algorithm::RS512,
+        Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
+    ),
+    (
+        Algorithm::PS256,
+        Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
+    ),
+    (
+        Algorithm::PS384,
+        Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
+    ),
+    (
+        Algorithm::PS512,
+        Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
+    ),
+];
+static P256_ALGORITHMS: [(Algorithm, Verification); 1] = [(
+    Algorithm::ES256,
+    Verification::Raw(&sig::ECDSA_P256_SHA256_FIXED),
+)];
+static P384_ALGORITHMS: [(Algorithm, Verification); 1] = [(
+    Algorithm::ES384,
+    Verification::Raw(&sig::ECDSA_P384_SHA384_FIXED),
+)];
+static ED25519_ALGORITHMS: [(Algorithm, Verification); 1] =
+    [(Algorithm::EdDSA, Verification::Raw(&sig::ED25519))];
 
 impl VerificationKey {
     /// Whether this key may verify `alg`: the key type must fit and, when the
     /// JWK names an `alg`, it must be that one.
     pub fn fits(&self, alg: Algorithm) -> bool {
-        self.kind.algorithms().contains(&alg) && self.alg.is_none_or(|a| a == alg)
+        self.kind.algorithms().iter().any(|(a, _)| *a == alg) && self.alg.is_none_or(|a| a == alg)
     }
 
     /// Verifies `signature` (base64url) over `signing_input` with `alg`.
@@ -188,15 +228,15 @@ impl KeySet {
             alg,
             verifiers: Vec::new(),
         };
-        for &candidate in kind.algorithms() {
+        for &(candidate, verification) in kind.algorithms() {
             if !key.fits(candidate) {
                 continue;
             }
-            let parsed = match (decoded.kind(), verification_algorithm(candidate)) {
-                (DecodingKeyKind::SecretOrDer(bytes), Some(Verification::Raw(algorithm))) => {
+            let parsed = match (decoded.kind(), verification) {
+                (DecodingKeyKind::SecretOrDer(bytes), Verification::Raw(algorithm)) => {
                     ParsedPublicKey::new(algorithm, bytes)
                 }
-                (DecodingKeyKind::RsaModulusExponent { n, e }, Some(Verification::Rsa(params))) => {
+                (DecodingKeyKind::RsaModulusExponent { n, e }, Verification::Rsa(params)) => {
                     RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
                 }
                 _ => continue,
@@ -243,31 +283,6 @@ impl KeySet {
 /// Largest signature of any algorithm a key verifies: RSA with an 8 192-bit
 /// modulus, aws-lc-rs's upper bound.
 const MAX_SIGNATURE_BYTES: usize = 1024;
-
-/// How aws-lc-rs checks one JWS algorithm (RFC 7518 3.1, RFC 8037).
-enum Verification {
-    /// From the key's raw bytes (EC point, Ed25519 key).
-    Raw(&'static dyn VerificationAlgorithm),
-    /// From the RSA modulus and exponent.
-    Rsa(&'static RsaParameters),
-}
-
-fn verification_algorithm(alg: Algorithm) -> Option<Verification> {
-    use aws_lc_rs::signature as sig;
-    Some(match alg {
-        Algorithm::RS256 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA256),
-        Algorithm::RS384 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA384),
-        Algorithm::RS512 => Verification::Rsa(&sig::RSA_PKCS1_2048_8192_SHA512),
-        Algorithm::PS256 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA256),
-        Algorithm::PS384 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA384),
-        Algorithm::PS512 => Verification::Rsa(&sig::RSA_PSS_2048_8192_SHA512),
-        Algorithm::ES256 => Verification::Raw(&sig::ECDSA_P256_SHA256_FIXED),
-        Algorithm::ES384 => Verification::Raw(&sig::ECDSA_P384_SHA384_FIXED),
-        Algorithm::EdDSA => Verification::Raw(&sig::ED25519),
-        // HMAC: no published key verifies tokens here.
-        _ => return None,
-    })
-}
 
 fn key_algorithm(a: jsonwebtoken::jwk::KeyAlgorithm) -> Option<Algorithm> {
     use jsonwebtoken::jwk::KeyAlgorithm as K;
@@ -657,7 +672,9 @@ mod tests {
             serde_json::json!({ "keys": [jwk] }).to_string()
         };
         let any = KeySet::from_json(jwk(None).as_bytes()).unwrap();
-        assert_eq!(algorithms(&any), KeyKind::Rsa.algorithms());
+        let rsa_algorithms: Vec<Algorithm> =
+            KeyKind::Rsa.algorithms().iter().map(|(a, _)| *a).collect();
+        assert_eq!(algorithms(&any), rsa_algorithms);
         let pinned = KeySet::from_json(jwk(Some("PS384")).as_bytes()).unwrap();
         assert_eq!(algorithms(&pinned), [Algorithm::PS384]);
 
@@ -756,7 +773,7 @@ mod tests {
         let every_kind = [KeyKind::Rsa, KeyKind::P256, KeyKind::P384, KeyKind::Ed25519];
         for (alg, jwk, signature) in &made {
             let set = KeySet::from_json(format!(r#"{{"keys":[{jwk}]}}"#).as_bytes()).unwrap();
-            for &other in every_kind.iter().flat_map(|kind| kind.algorithms()) {
+            for &(other, _) in every_kind.iter().flat_map(|kind| kind.algorithms()) {
                 assert_eq!(
                     set.keys[0].verify(message, signature, other),
                     other == *alg,
