@@ -64,15 +64,13 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     }
     let mut upgrade_requested = false;
     if present & CONNECTION_BIT != 0 {
-        let mut values = headers.get_all(CONNECTION).iter();
-        // Owned copies (reference-counted), so the named headers can be
-        // removed while their names are read; almost always just one.
-        let first = values.next().cloned();
-        let rest: Vec<HeaderValue> = values.cloned().collect();
-        headers.remove(CONNECTION);
-        let tokens = first
+        // The names are collected first (the header cannot be removed while
+        // it is read). Usually the header lists only hop-by-hop names
+        // (`keep-alive`) and nothing is allocated.
+        let mut named: Vec<HeaderName> = Vec::new();
+        let tokens = headers
+            .get_all(CONNECTION)
             .iter()
-            .chain(&rest)
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
             .map(str::trim);
@@ -85,10 +83,14 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
                     .any(|name| token.eq_ignore_ascii_case(name))
             {
                 // Hop-by-hop names are removed below, if present.
-            } else {
+            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 // A token that is no valid header name names nothing.
-                headers.remove(token);
+                named.push(name);
             }
+        }
+        headers.remove(CONNECTION);
+        for name in named {
+            headers.remove(name);
         }
     }
     for (index, name) in HOP_BY_HOP.into_iter().enumerate() {
