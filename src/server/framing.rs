@@ -322,6 +322,7 @@ impl Tracker {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     /// Feeds `stream` in pieces of `step` bytes; returns the ambiguous index.
     fn run(stream: &[u8], step: usize) -> (Option<usize>, Tracker) {
@@ -415,6 +416,125 @@ mod tests {
             let (found, tracker) = run(stream, stream.len());
             assert_eq!(found, None, "{}", String::from_utf8_lossy(stream));
             assert_eq!(tracker.state, State::Stopped);
+        }
+    }
+
+    /// Feeds `stream` cut at `cuts` (positions, any order, wrapped into
+    /// range), as [`run`] does with equal pieces.
+    fn run_cut(stream: &[u8], cuts: &[usize]) -> (Option<usize>, Tracker) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
+        let mut tracker = Tracker::default();
+        let mut found = None;
+        let mut start = 0;
+        for end in cuts.into_iter().chain([stream.len()]) {
+            if let Some(i) = stream.get(start..end).and_then(|piece| tracker.feed(piece)) {
+                found = Some(i);
+            }
+            start = start.max(end);
+        }
+        (found, tracker)
+    }
+
+    /// One generated request: its bytes, and whether its head carries both
+    /// framing headers.
+    fn request() -> impl Strategy<Value = (Vec<u8>, bool)> {
+        let eol = prop_oneof![Just("\r\n"), Just("\n")];
+        let name_case = |name: &'static str| {
+            prop_oneof![
+                Just(name.to_owned()),
+                Just(name.to_ascii_uppercase()),
+                Just(name.to_ascii_lowercase()),
+            ]
+        };
+        // Body text that looks like framing, to prove bodies are skipped.
+        let body_bytes = prop::collection::vec(
+            prop_oneof![
+                Just(b"\r\n".to_vec()),
+                Just(b"Content-Length: 1\r\n".to_vec()),
+                Just(b"Transfer-Encoding: chunked\r\n\r\n".to_vec()),
+                prop::collection::vec(any::<u8>(), 0..8),
+            ],
+            0..6,
+        )
+        .prop_map(|parts| parts.concat());
+        (
+            prop::collection::vec(eol.clone(), 0..2),
+            prop_oneof![Just("GET"), Just("POST"), Just("PUT")],
+            eol,
+            prop::collection::vec(0..300usize, 0..3),
+            prop::option::of(name_case("Content-Length")),
+            prop::option::of(name_case("Transfer-Encoding")),
+            any::<bool>(),
+            prop::collection::vec(body_bytes, 1..4),
+        )
+            .prop_map(
+                |(blank, method, eol, pads, length, chunked, length_first, bodies)| {
+                    let mut head = blank.concat();
+                    head.push_str(&format!("{method} /x HTTP/1.1{eol}Host: a{eol}"));
+                    for pad in pads {
+                        head.push_str(&format!("X-Pad: {}{eol}", "v".repeat(pad)));
+                    }
+                    let content: Vec<u8> = bodies.concat();
+                    let length_line = length
+                        .as_ref()
+                        .map(|name| format!("{name}: {}{eol}", content.len()));
+                    let chunked_line = chunked.as_ref().map(|name| format!("{name}: chunked{eol}"));
+                    let (first, second) = if length_first {
+                        (length_line, chunked_line)
+                    } else {
+                        (chunked_line, length_line)
+                    };
+                    head.extend(first);
+                    head.extend(second);
+                    head.push_str(eol);
+                    let mut bytes = head.into_bytes();
+                    if chunked.is_some() {
+                        for part in &bodies {
+                            if !part.is_empty() {
+                                bytes.extend(format!("{:x};ext=1\r\n", part.len()).bytes());
+                                bytes.extend(part);
+                                bytes.extend(b"\r\n");
+                            }
+                        }
+                        bytes.extend(b"0\r\nX-Trailer: 1\r\n\r\n");
+                    } else if length.is_some() {
+                        bytes.extend(&content);
+                    }
+                    (bytes, length.is_some() && chunked.is_some())
+                },
+            )
+    }
+
+    proptest::proptest! {
+        /// On generated request streams the first head with both headers is
+        /// found, wherever the reads split the bytes; with none, every head
+        /// is counted and the tracker ends waiting for the next one.
+        #[test]
+        fn first_ambiguous_request_is_found_however_the_stream_is_read(
+            requests in prop::collection::vec(request(), 1..6),
+            cuts in prop::collection::vec(any::<usize>(), 0..12),
+        ) {
+            let expected = requests.iter().position(|(_, ambiguous)| *ambiguous);
+            let count = requests.len();
+            let stream: Vec<u8> = requests.into_iter().flat_map(|(bytes, _)| bytes).collect();
+            for cuts in [&[][..], &cuts] {
+                let (found, tracker) = run_cut(&stream, cuts);
+                prop_assert_eq!(found, expected);
+                if expected.is_none() {
+                    prop_assert_eq!(tracker.heads, count);
+                    prop_assert_eq!(tracker.state, State::Head);
+                }
+            }
+        }
+
+        /// Arbitrary bytes: no panic, and the same answer in any pieces.
+        #[test]
+        fn arbitrary_bytes_read_the_same_in_any_pieces(
+            stream in prop::collection::vec(any::<u8>(), 0..2048),
+            cuts in prop::collection::vec(any::<usize>(), 0..16),
+        ) {
+            prop_assert_eq!(run_cut(&stream, &cuts).0, run_cut(&stream, &[]).0);
         }
     }
 
