@@ -324,16 +324,27 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    /// Feeds `stream` in pieces of `step` bytes; returns the ambiguous index.
-    fn run(stream: &[u8], step: usize) -> (Option<usize>, Tracker) {
+    /// Feeds `stream` cut at `cuts` (positions, any order, wrapped into
+    /// range); returns the ambiguous index and the tracker.
+    fn run_cut(stream: &[u8], cuts: &[usize]) -> (Option<usize>, Tracker) {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
+        cuts.sort_unstable();
         let mut tracker = Tracker::default();
         let mut found = None;
-        for piece in stream.chunks(step) {
-            if let Some(i) = tracker.feed(piece) {
+        let mut start = 0;
+        for end in cuts.into_iter().chain([stream.len()]) {
+            if let Some(i) = stream.get(start..end).and_then(|piece| tracker.feed(piece)) {
                 found = Some(i);
             }
+            start = start.max(end);
         }
         (found, tracker)
+    }
+
+    /// Feeds `stream` in pieces of `step` (at least 1) bytes.
+    fn run(stream: &[u8], step: usize) -> (Option<usize>, Tracker) {
+        let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
+        run_cut(stream, &cuts)
     }
 
     fn all_steps(stream: &[u8]) -> Option<usize> {
@@ -417,23 +428,6 @@ mod tests {
             assert_eq!(found, None, "{}", String::from_utf8_lossy(stream));
             assert_eq!(tracker.state, State::Stopped);
         }
-    }
-
-    /// Feeds `stream` cut at `cuts` (positions, any order, wrapped into
-    /// range), as [`run`] does with equal pieces.
-    fn run_cut(stream: &[u8], cuts: &[usize]) -> (Option<usize>, Tracker) {
-        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
-        cuts.sort_unstable();
-        let mut tracker = Tracker::default();
-        let mut found = None;
-        let mut start = 0;
-        for end in cuts.into_iter().chain([stream.len()]) {
-            if let Some(i) = stream.get(start..end).and_then(|piece| tracker.feed(piece)) {
-                found = Some(i);
-            }
-            start = start.max(end);
-        }
-        (found, tracker)
     }
 
     /// One generated request: its bytes, and whether its head carries both
