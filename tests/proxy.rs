@@ -586,6 +586,51 @@ async fn ambiguous_framing_is_refused() {
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text}");
     }
     assert_eq!(world.upstream.count(), 0);
+
+    // The watch follows the connection as hyper does, so a request with
+    // both headers is refused after: an upgrade that did not happen (the
+    // upstream answered 200, or the gateway refused it; the connection stays
+    // HTTP/1), and a long chunk extension.
+    let token = world.token("orders:read");
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let upgrade = "Connection: upgrade\r\nUpgrade: websocket\r\n";
+    let extension = "x".repeat(400);
+    let firsts = [
+        (
+            "upgrade the upstream declines",
+            format!("GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\n{auth}{upgrade}\r\n"),
+            "200",
+        ),
+        (
+            "upgrade without a token",
+            format!("GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\n{upgrade}\r\n"),
+            "401",
+        ),
+        (
+            "long chunk extension",
+            format!(
+                "POST /status HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n\
+                 3;x={extension}\r\nabc\r\n0\r\n\r\n"
+            ),
+            "200",
+        ),
+    ];
+    for (name, first, status) in firsts {
+        let stream = format!(
+            "{first}GET /orders/2 HTTP/1.1\r\nHost: gw.test\r\n{auth}\
+             Content-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+        );
+        let before = world.upstream.count();
+        let text = raw(gw.addr, stream.as_bytes()).await;
+        let statuses: Vec<&str> = text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| text.get(at + 9..at + 12))
+            .collect();
+        assert_eq!(statuses, [status, "400"], "{name}: {text}");
+        assert!(text.contains("invalid_request"), "{name}: {text}");
+        let forwarded = world.upstream.count() - before;
+        assert_eq!(forwarded, usize::from(status == "200"), "{name}");
+    }
 }
 
 #[tokio::test]

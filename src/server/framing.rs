@@ -10,12 +10,15 @@
 //! head with both headers is remembered by its position on the connection and
 //! [`Requests::next`] marks that request with [`SmuggledLength`]; the pipeline
 //! refuses it with 400. When the stream stops being plain HTTP/1 (the HTTP/2
-//! preface, an upgrade or `CONNECT`, anything it cannot follow, an oversized
-//! head) the watch stops: hyper's own handling still applies to the rest.
+//! preface, a protocol switch the service answered, anything it cannot
+//! follow, an oversized head) the watch stops: hyper's own handling still
+//! applies to the rest. A request that only asks for a switch (`Upgrade`,
+//! `CONNECT`) is followed like any other, since the connection stays HTTP/1
+//! unless the answer is `101` (or a `CONNECT` succeeds).
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -38,6 +41,8 @@ const NONE: usize = usize::MAX;
 pub(crate) struct Requests {
     ambiguous: AtomicUsize,
     next: AtomicUsize,
+    /// The connection switched protocols: its bytes are no longer requests.
+    switched: AtomicBool,
 }
 
 impl Requests {
@@ -45,6 +50,13 @@ impl Requests {
     pub(crate) fn next(&self) -> bool {
         let index = self.next.fetch_add(1, Ordering::AcqRel);
         self.ambiguous.load(Ordering::Acquire) == index
+    }
+
+    /// Called when a request's answer switched the connection to another
+    /// protocol (before hyper writes that answer), so the watch stops reading
+    /// the tunnel's bytes as requests.
+    pub(crate) fn switched(&self) {
+        self.switched.store(true, Ordering::Release);
     }
 }
 
@@ -61,6 +73,7 @@ impl<I> FramingWatch<I> {
         let requests = Arc::new(Requests {
             ambiguous: AtomicUsize::new(NONE),
             next: AtomicUsize::new(0),
+            switched: AtomicBool::new(false),
         });
         let watch = Self {
             inner,
@@ -81,7 +94,9 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
         let before = buf.filled().len();
         let result = Pin::new(&mut this.inner).poll_read(cx, buf);
         if let Poll::Ready(Ok(())) = result {
-            if let Some(index) = buf
+            if this.requests.switched.load(Ordering::Acquire) {
+                this.tracker.state = State::Stopped;
+            } else if let Some(index) = buf
                 .filled()
                 .get(before..)
                 .and_then(|new| this.tracker.feed(new))
@@ -150,7 +165,6 @@ struct HeadFacts {
     bytes: usize,
     content_length: Option<Option<u64>>,
     transfer_encoding: bool,
-    upgrade: bool,
 }
 
 #[derive(Debug, Default)]
@@ -242,7 +256,8 @@ impl Tracker {
                     .ok()
                     .and_then(|s| u64::from_str_radix(s, 16).ok());
                 self.state = match size {
-                    _ if truncated => State::Stopped,
+                    // Long chunk extensions are fine once the size is read.
+                    _ if truncated && digits == line.len() => State::Stopped,
                     Some(0) => State::Trailers,
                     Some(n) => State::ChunkData(n),
                     None => State::Stopped,
@@ -265,8 +280,6 @@ impl Tracker {
             self.head.request_line = true;
             if line.starts_with(b"PRI * HTTP/2") {
                 self.state = State::Stopped;
-            } else if line.starts_with(b"CONNECT ") {
-                self.head.upgrade = true;
             }
             return None;
         }
@@ -280,6 +293,8 @@ impl Tracker {
             };
             if name.eq_ignore_ascii_case(b"content-length") {
                 let value = value.trim_ascii();
+                // Digits only, as hyper's server reads it (it refuses lists
+                // such as `5, 5` and signs).
                 let parsed =
                     (!truncated && !value.is_empty() && value.iter().all(u8::is_ascii_digit))
                         .then(|| std::str::from_utf8(value).ok()?.parse::<u64>().ok())
@@ -289,8 +304,6 @@ impl Tracker {
                 }
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 self.head.transfer_encoding = true;
-            } else if name.eq_ignore_ascii_case(b"upgrade") {
-                self.head.upgrade = true;
             }
             return None;
         }
@@ -304,9 +317,7 @@ impl Tracker {
             self.state = State::Stopped;
             return Some(index);
         }
-        self.state = if head.upgrade {
-            State::Stopped
-        } else if head.transfer_encoding {
+        self.state = if head.transfer_encoding {
             State::ChunkSize
         } else {
             match head.content_length {
@@ -417,17 +428,61 @@ mod tests {
     fn stops_where_it_cannot_follow() {
         for stream in [
             &b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\nContent-Length: 1\r\nTransfer-Encoding: x\r\n\r\n"[..],
-            b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n\
-              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"CONNECT a:1 HTTP/1.1\r\n\r\n\
-              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             b"POST / HTTP/1.1\r\nContent-Length: x\r\n\r\n\
+              GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc\
               GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
         ] {
             let (found, tracker) = run(stream, stream.len());
             assert_eq!(found, None, "{}", String::from_utf8_lossy(stream));
             assert_eq!(tracker.state, State::Stopped);
         }
+    }
+
+    /// A request that asks for a protocol switch is followed like any
+    /// other (the connection stays HTTP/1 unless the answer switches it), as
+    /// are long chunk extensions.
+    #[test]
+    fn switch_requests_and_long_chunk_extensions_are_followed() {
+        let ambiguous = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let long_extension = format!(
+            "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3;ext={}\r\nabc\r\n0\r\n\r\n",
+            "x".repeat(400)
+        );
+        for first in [
+            "GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+            "CONNECT a:1 HTTP/1.1\r\n\r\n",
+            "POST / HTTP/1.1\r\ncontent-length:  03 \r\n\r\nabc",
+            &long_extension,
+        ] {
+            let stream = format!("{first}{ambiguous}");
+            assert_eq!(all_steps(stream.as_bytes()), Some(1), "{first}");
+        }
+    }
+
+    /// Once the service says the connection switched, nothing more is read
+    /// as requests.
+    #[tokio::test]
+    async fn a_switched_connection_is_not_watched() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (mut client, server) = tokio::io::duplex(1024);
+        let (mut watch, requests) = FramingWatch::new(server);
+        let mut buf = [0u8; 512];
+        client
+            .write_all(b"GET / HTTP/1.1\r\nUpgrade: x\r\nConnection: upgrade\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = watch.read(&mut buf).await.unwrap();
+        assert_eq!(watch.tracker.state, State::Head);
+        requests.switched();
+        client
+            .write_all(b"GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n")
+            .await
+            .unwrap();
+        let _ = watch.read(&mut buf).await.unwrap();
+        assert_eq!(watch.tracker.state, State::Stopped);
+        assert!(!requests.next());
+        assert!(!requests.next());
     }
 
     /// One generated request: its bytes, and whether its head carries both
@@ -461,11 +516,29 @@ mod tests {
             prop::option::of(name_case("Transfer-Encoding")),
             any::<bool>(),
             prop::collection::vec(body_bytes, 1..4),
+            // Chunk extensions, up to past the bytes of a line kept.
+            0..300usize,
+            // Asks for a protocol switch (that the answer does not make).
+            any::<bool>(),
         )
             .prop_map(
-                |(blank, method, eol, pads, length, chunked, length_first, bodies)| {
+                |(
+                    blank,
+                    method,
+                    eol,
+                    pads,
+                    length,
+                    chunked,
+                    length_first,
+                    bodies,
+                    extension,
+                    upgrade,
+                )| {
                     let mut head = blank.concat();
                     head.push_str(&format!("{method} /x HTTP/1.1{eol}Host: a{eol}"));
+                    if upgrade {
+                        head.push_str(&format!("Upgrade: websocket{eol}Connection: upgrade{eol}"));
+                    }
                     for pad in pads {
                         head.push_str(&format!("X-Pad: {}{eol}", "v".repeat(pad)));
                     }
@@ -486,7 +559,8 @@ mod tests {
                     if chunked.is_some() {
                         for part in &bodies {
                             if !part.is_empty() {
-                                bytes.extend(format!("{:x};ext=1\r\n", part.len()).bytes());
+                                let ext = "e".repeat(extension);
+                                bytes.extend(format!("{:x};x={ext}\r\n", part.len()).bytes());
                                 bytes.extend(part);
                                 bytes.extend(b"\r\n");
                             }
@@ -536,7 +610,7 @@ mod tests {
     fn requests_are_matched_by_position() {
         let requests = Requests {
             ambiguous: AtomicUsize::new(2),
-            next: AtomicUsize::new(0),
+            ..Requests::default()
         };
         assert!(!requests.next());
         assert!(!requests.next());

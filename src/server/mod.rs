@@ -18,7 +18,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper::Request;
+use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
@@ -257,11 +257,23 @@ async fn serve_connection<I>(
         if requests.next() {
             request.extensions_mut().insert(framing::SmuggledLength);
         }
+        // A request that may switch protocols (hyper marks it): if the
+        // answer does, the watch must stop reading the tunnel as requests.
+        let may_switch = request
+            .extensions()
+            .get::<hyper::upgrade::OnUpgrade>()
+            .map(|_| (request.method() == Method::CONNECT, Arc::clone(&requests)));
         // Each request runs on the config that was current when it arrived.
         let gateway = gateway.load_full();
         let client = Arc::clone(&client);
         async move {
             let response = gateway.handle(request, &client).await;
+            if let Some((connect, requests)) = may_switch {
+                let status = response.status();
+                if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
+                    requests.switched();
+                }
+            }
             Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
         }
     });
