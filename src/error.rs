@@ -40,6 +40,10 @@ pub enum GatewayError {
     /// No `Authorization` header (RFC 6750 3.1: no error code).
     #[error("no bearer token")]
     MissingToken,
+    /// An `Authorization` header of another scheme (`Basic`, ...): no bearer
+    /// credentials either (RFC 6750 3.1: no error code).
+    #[error("another authentication scheme")]
+    OtherScheme,
     /// The `Authorization` header is not one well-formed bearer token.
     #[error("invalid request: {0}")]
     InvalidRequest(&'static str),
@@ -86,6 +90,7 @@ impl GatewayError {
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::MissingToken => "missing_token",
+            Self::OtherScheme => "other_scheme",
             Self::InvalidRequest(_) => "invalid_request",
             Self::InvalidToken(e) => e.reason(),
             Self::InsufficientScope { .. } => "insufficient_scope",
@@ -110,7 +115,9 @@ impl GatewayError {
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            Self::MissingToken | Self::InvalidToken(_) => StatusCode::UNAUTHORIZED,
+            Self::MissingToken | Self::OtherScheme | Self::InvalidToken(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
             Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -143,6 +150,10 @@ impl GatewayError {
             }
             // RFC 6750 3.1: no error code in the challenge; the body says why.
             Self::MissingToken => ("unauthorized", "a bearer token is required"),
+            Self::OtherScheme => (
+                "unauthorized",
+                "a bearer token is required; other authentication schemes are not accepted",
+            ),
             Self::InvalidRequest(d) => ("invalid_request", d),
             Self::InvalidToken(e) => ("invalid_token", e.description()),
             Self::InsufficientScope { .. } => (
@@ -186,7 +197,7 @@ impl GatewayError {
             HeaderValue::from_static("no-store"),
         );
         match &self {
-            Self::MissingToken => {
+            Self::MissingToken | Self::OtherScheme => {
                 headers.insert(WWW_AUTHENTICATE, challenge.bare.clone());
             }
             Self::InvalidRequest(_) | Self::InvalidToken(_) => {

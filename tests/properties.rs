@@ -64,11 +64,30 @@ fn reference(value: &[u8]) -> Option<&[u8]> {
     (token_chars >= 1).then_some(token)
 }
 
+/// The reference for refusals: a value whose scheme (up to the first space
+/// or tab) is an RFC 9110 token other than `bearer` is another scheme, not
+/// bearer credentials (RFC 6750 3.1); any other refusal is malformed.
+fn other_scheme(value: &[u8]) -> bool {
+    let scheme: Vec<u8> = value
+        .iter()
+        .copied()
+        .take_while(|&b| b != b' ' && b != b'\t')
+        .collect();
+    let tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
+    !scheme.is_empty()
+        && !scheme.eq_ignore_ascii_case(b"bearer")
+        && scheme.iter().all(|&b| tchar(b))
+}
+
 fn assert_matches_reference(value: &[u8]) -> Result<(), TestCaseError> {
     match (bearer::parse(value), reference(value)) {
         (Ok(token), Some(expected)) => prop_assert_eq!(token.as_bytes(), expected),
         (Err(e), None) => prop_assert!(
-            matches!(e, GatewayError::InvalidRequest(_)),
+            if other_scheme(value) {
+                matches!(e, GatewayError::OtherScheme)
+            } else {
+                matches!(e, GatewayError::InvalidRequest(_))
+            },
             "{:?}: {:?}",
             value,
             e
@@ -92,6 +111,9 @@ fn bearer_like() -> impl Strategy<Value = Vec<u8>> {
         Just(b"Bearer=".to_vec()),
         Just(b"Basic ".to_vec()),
         Just(b"Bearerx".to_vec()),
+        Just(b"DPoP ".to_vec()),
+        Just(b"Basic".to_vec()),
+        Just(b"B@sic ".to_vec()),
         Just(b" Bearer ".to_vec()),
         Just(Vec::new()),
     ];

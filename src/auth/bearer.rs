@@ -10,9 +10,11 @@ pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Returns the token of the request's single `Authorization: Bearer` header.
 ///
-/// No header is [`GatewayError::MissingToken`] (401 without an error code); any
-/// other shape — two headers, another scheme, bad characters — is a 400
-/// `invalid_request`, as RFC 6750 section 3.1 asks.
+/// No header is [`GatewayError::MissingToken`] and a header of another
+/// scheme (`Basic`, ...) is [`GatewayError::OtherScheme`]: both a 401 without
+/// an error code, since RFC 6750 section 3.1 counts an unsupported method as
+/// no authentication information. Any other shape (two headers, a malformed
+/// `Bearer` header, bad characters) is a 400 `invalid_request`.
 pub fn extract(headers: &HeaderMap) -> Result<&str, GatewayError> {
     extract_unchecked(headers).and_then(check_characters)
 }
@@ -45,9 +47,7 @@ fn parse_unchecked(value: &[u8]) -> Result<&[u8], GatewayError> {
         .get(..SCHEME.len())
         .is_some_and(|s| s.eq_ignore_ascii_case(SCHEME));
     if !is_bearer {
-        return Err(GatewayError::InvalidRequest(
-            "the Authorization header must use the Bearer scheme",
-        ));
+        return Err(not_bearer(value));
     }
     let token = value.get(SCHEME.len()..).unwrap_or_default();
     if token.is_empty() {
@@ -57,6 +57,30 @@ fn parse_unchecked(value: &[u8]) -> Result<&[u8], GatewayError> {
         return Err(GatewayError::InvalidRequest("the bearer token is too long"));
     }
     Ok(token)
+}
+
+/// Why a value that does not start with `Bearer SP` is refused: another
+/// well-formed scheme (its name, an RFC 9110 token, ends at the first space
+/// or tab) has no bearer credentials; anything else is malformed.
+fn not_bearer(value: &[u8]) -> GatewayError {
+    let scheme_len = value
+        .iter()
+        .position(|&b| b == b' ' || b == b'\t')
+        .unwrap_or(value.len());
+    let scheme = value.get(..scheme_len).unwrap_or_default();
+    let other_scheme = !scheme.is_empty()
+        && !scheme.eq_ignore_ascii_case(b"bearer")
+        && scheme.iter().all(|&b| is_tchar(b));
+    if other_scheme {
+        GatewayError::OtherScheme
+    } else {
+        GatewayError::InvalidRequest("the Authorization header is not a well-formed Bearer header")
+    }
+}
+
+/// RFC 9110 `tchar`.
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 
 /// Checks that a token from [`extract_unchecked`] is an RFC 6750 b64token.
@@ -124,10 +148,30 @@ mod tests {
     }
 
     #[test]
+    fn other_schemes_carry_no_bearer_credentials() {
+        for v in [
+            "Basic dXNlcjpwYXNz",
+            "Token abc",
+            "Bearerabc",
+            "Digest",
+            "DPoP abc",
+        ] {
+            let h = headers(&[v]);
+            assert!(
+                matches!(extract(&h), Err(GatewayError::OtherScheme)),
+                "{v:?}"
+            );
+        }
+    }
+
+    #[test]
     fn malformed_headers_are_invalid_requests() {
         let long = format!("Bearer {}", "a".repeat(MAX_TOKEN_LEN + 1));
         for v in [
-            "Basic dXNlcjpwYXNz",
+            "",
+            " Bearer abc",
+            "Bas/ic abc",
+            "Bearer=abc",
             "Bearer",
             "Bearer ",
             "Bearer  abc",
@@ -136,8 +180,6 @@ mod tests {
             "Bearer a,b",
             "Bearer ===",
             "Bearer a=b",
-            "Bearerabc",
-            "Token abc",
             long.as_str(),
         ] {
             let h = headers(&[v]);
@@ -146,7 +188,7 @@ mod tests {
                 "{v:?}"
             );
         }
-        let two = headers(&["Bearer a", "Bearer b"]);
+        let two = headers(&["Bearer a", "Basic b"]);
         assert!(matches!(
             extract(&two),
             Err(GatewayError::InvalidRequest(_))
