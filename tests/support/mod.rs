@@ -111,6 +111,16 @@ impl Upstream {
         self.seen.lock().unwrap().len()
     }
 
+    /// The requests after the first `skip` (what arrived since a count).
+    pub fn seen_since(&self, skip: usize) -> Vec<Seen> {
+        self.seen
+            .lock()
+            .unwrap()
+            .get(skip..)
+            .map(<[Seen]>::to_vec)
+            .unwrap_or_default()
+    }
+
     pub fn last(&self) -> Seen {
         self.seen
             .lock()

@@ -1,0 +1,1068 @@
+//! Hostile HTTP/1.1 end to end: generated request streams (one to four
+//! requests, pipelined on one connection, then a `Connection: close` sentinel)
+//! written as raw bytes to a running gateway. Paths are spelled every way
+//! that has fooled a gateway (dot segments, encoded slashes, absolute form,
+//! matrix parameters), tokens are valid, expired, forged, for another
+//! audience, duplicated or badly framed, and requests carry spoofed identity
+//! headers, odd framing (both `Content-Length` and `Transfer-Encoding`, list
+//! or signed lengths, unusual codings), requests hidden in their bodies,
+//! folded or broken header lines, and protocol switches.
+//!
+//! Whatever the bytes, the gateway must fail closed and stay well:
+//! - every request the upstream receives is one the client sent as a request
+//!   (never one hidden in a body, never one with both framing headers, never
+//!   twice), and it presented exactly one valid bearer token whose scopes
+//!   satisfy the route of the path and method *as forwarded*, which must be
+//!   in canonical form;
+//! - the identity headers the upstream gets are the token's own, never the
+//!   client's;
+//! - the answers parse as HTTP/1.1 responses, in request order; each 2xx is
+//!   exactly a request the upstream got; 401 carries `WWW-Authenticate:
+//!   Bearer`, 403 `error="insufficient_scope"` (RFC 6750); nothing is a
+//!   gateway failure (500, 502-504) with a healthy upstream; none of the
+//!   gateway's own answers contains a token's signature;
+//! - a plain, allowed request is answered 200 wherever it falls in a stream;
+//! - a fresh client is served after every case.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of streams (default 512) for a
+//! longer campaign.
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
+use support::*;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// How long a stream may take to be answered and closed; every generated
+/// request is complete, so only a gateway that hangs reaches it.
+const BOUND: Duration = Duration::from_secs(10);
+
+/// The header that carries each request's case id to the upstream.
+const CASE: &str = "x-case";
+
+/// Identity values no token has: seeing one upstream means a spoof passed.
+const SPOOFED: &str = "spoofed";
+
+// ---------------------------------------------------------------------------
+// Tokens.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Tok {
+    Read,
+    Write,
+    Admin,
+    Other,
+    Expired,
+    BadSignature,
+    WrongAudience,
+    Garbage,
+}
+
+impl Tok {
+    const ALL: [Tok; 8] = [
+        Tok::Read,
+        Tok::Write,
+        Tok::Admin,
+        Tok::Other,
+        Tok::Expired,
+        Tok::BadSignature,
+        Tok::WrongAudience,
+        Tok::Garbage,
+    ];
+
+    /// The scope of a token that must be accepted; `None` for the others.
+    fn valid_scope(self) -> Option<&'static str> {
+        match self {
+            Tok::Read => Some("orders:read"),
+            Tok::Write => Some("orders:write"),
+            Tok::Admin => Some("admin"),
+            Tok::Other => Some("profile"),
+            _ => None,
+        }
+    }
+
+    fn sub(self) -> String {
+        format!("sub-{self:?}").to_lowercase()
+    }
+}
+
+/// The serialised token of every kind.
+struct Tokens(HashMap<Tok, String>);
+
+impl Tokens {
+    fn mint(world: &World) -> Self {
+        let now = now();
+        let claims = |tok: Tok, scope: &str, aud: &str, iat: u64, exp: u64| {
+            serde_json::json!({
+                "iss": ISSUER, "aud": aud, "sub": tok.sub(), "client_id": "hostile",
+                "scope": scope, "iat": iat, "exp": exp,
+            })
+        };
+        let mut tokens = HashMap::new();
+        for tok in Tok::ALL {
+            let token = match tok {
+                Tok::Expired => world
+                    .key
+                    .mint(&claims(tok, "admin", AUDIENCE, now - 7200, now - 3600))
+                    .unwrap(),
+                Tok::WrongAudience => world
+                    .key
+                    .mint(&claims(tok, "admin", "another-api", now, now + 7200))
+                    .unwrap(),
+                Tok::BadSignature => {
+                    let token = world
+                        .key
+                        .mint(&claims(tok, "admin", AUDIENCE, now, now + 7200))
+                        .unwrap();
+                    // Change a character in the middle of the signature (the
+                    // last one may only carry padding bits).
+                    let mut bytes = token.into_bytes();
+                    let at = bytes.len() - 10;
+                    bytes[at] = if bytes[at] == b'A' { b'B' } else { b'A' };
+                    String::from_utf8(bytes).unwrap()
+                }
+                Tok::Garbage => "not.a.jwt".to_owned(),
+                _ => world
+                    .key
+                    .mint(&claims(
+                        tok,
+                        tok.valid_scope().unwrap(),
+                        AUDIENCE,
+                        now,
+                        now + 7200,
+                    ))
+                    .unwrap(),
+            };
+            tokens.insert(tok, token);
+        }
+        Self(tokens)
+    }
+
+    fn get(&self, tok: Tok) -> &str {
+        &self.0[&tok]
+    }
+
+    /// The signature segments of the real tokens: no answer may contain one.
+    fn signatures(&self) -> Vec<&str> {
+        self.0
+            .values()
+            .filter_map(|t| t.rsplit_once('.').map(|(_, sig)| sig))
+            .filter(|sig| sig.len() > 20)
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Generated requests.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+enum Auth {
+    Absent,
+    Bearer(Tok),
+    /// `bearer`: the scheme is case-insensitive (RFC 9110 11.1).
+    LowerScheme(Tok),
+    TwoSpaces(Tok),
+    Empty,
+    Basic,
+    Twice(Tok, Tok),
+    InQuery(Tok),
+}
+
+impl Auth {
+    /// The token this request must be treated as presenting, if any: one
+    /// valid token in one well-formed `Authorization` header.
+    fn presented(&self) -> Option<Tok> {
+        match self {
+            Auth::Bearer(t) | Auth::LowerScheme(t) if t.valid_scope().is_some() => Some(*t),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Body {
+    None,
+    /// `Content-Length`, written as one of several spellings of the same number.
+    Length {
+        bytes: Vec<u8>,
+        spelling: u8,
+    },
+    /// `Transfer-Encoding` with the given value, body in two chunks.
+    Chunked {
+        bytes: Vec<u8>,
+        coding: &'static str,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    SpoofIdentity,
+    ConnectionNamesIdentity,
+    ConnectionClose,
+    EvilHost,
+    NoHost,
+    TwoHosts,
+    ExpectContinue,
+    Upgrade,
+    ForwardedFor,
+    ObsFold,
+    NoColon,
+    NulInValue,
+    TwoLengths,
+    /// A `Content-Length` besides `Transfer-Encoding` (the smuggler's pair).
+    BothFramings,
+    /// Chunk extensions longer than a line a reader may keep.
+    LongChunkExtension,
+    LongHeader,
+}
+
+#[derive(Debug, Clone)]
+struct Req {
+    method: &'static str,
+    target: String,
+    auth: Auth,
+    body: Body,
+    /// A request with a valid admin token for `/admin` inside the body.
+    hides_request: bool,
+    extras: Vec<Extra>,
+    /// Built from a known-good (method, path, token) with nothing odd: must
+    /// be answered 200 if it is answered at all.
+    plain: bool,
+}
+
+/// (method, path, token) the standard world's routes allow.
+const ALLOWED: &[(&str, &str, Option<Tok>)] = &[
+    ("GET", "/orders/7", Some(Tok::Read)),
+    ("POST", "/orders/7/items", Some(Tok::Write)),
+    ("PUT", "/orders/7/items", Some(Tok::Write)),
+    ("DELETE", "/orders/9/x", Some(Tok::Write)),
+    ("GET", "/admin", Some(Tok::Admin)),
+    ("GET", "/admin/users/3", Some(Tok::Admin)),
+    ("GET", "/status", None),
+    ("POST", "/status", Some(Tok::Read)),
+];
+
+const METHODS: &[&str] = &[
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get",
+];
+
+const TARGETS: &[&str] = &[
+    "/orders/7",
+    "/orders/7/items",
+    "/admin",
+    "/admin/users/3",
+    "/status",
+    "/",
+    "/orders",
+    "/orders/",
+    "/orders/./7",
+    "//orders/7",
+    "/orders//7",
+    "/orders/7/",
+    "/orders/%37",
+    "/ORDERS/7",
+    "/orders/7?x=1",
+    "/orders/7?next=../../admin",
+    "/orders/7;x=1",
+    "/ordersX/7",
+    "/orders/../admin",
+    "/orders/7/..",
+    "/orders/%2e%2e/admin",
+    "/orders/%2E%2E%2Fadmin",
+    "/orders/..%2fadmin",
+    "/orders/7%2f8",
+    "/orders/7%00",
+    "/orders/%ZZ",
+    "/orders/%20",
+    "/orders/\\..\\admin",
+    "/status/../admin",
+    "/status/..;/admin",
+    "/status;/../admin",
+    "/status%2f..%2fadmin",
+    "/status/.%2e/admin",
+    "/status#/../admin",
+    "/%61dmin",
+    "/admin%2f",
+    "/admin/..",
+    "/admin/%2e%2e/orders/7",
+    "http://evil.example/admin",
+    "http://gw.test/orders/7",
+    "http://gw.test:80/status/../admin",
+    "*",
+    "gw.test:443",
+];
+
+fn tok() -> impl Strategy<Value = Tok> {
+    prop::sample::select(Tok::ALL.to_vec())
+}
+
+fn auth() -> impl Strategy<Value = Auth> {
+    prop_oneof![
+        2 => Just(Auth::Absent),
+        8 => tok().prop_map(Auth::Bearer),
+        1 => tok().prop_map(Auth::LowerScheme),
+        1 => tok().prop_map(Auth::TwoSpaces),
+        1 => Just(Auth::Empty),
+        1 => Just(Auth::Basic),
+        1 => (tok(), tok()).prop_map(|(a, b)| Auth::Twice(a, b)),
+        1 => tok().prop_map(Auth::InQuery),
+    ]
+}
+
+fn body_bytes() -> impl Strategy<Value = Vec<u8>> {
+    prop_oneof![
+        proptest::collection::vec(any::<u8>(), 0..48),
+        Just(b"0\r\n\r\nGET /admin HTTP/1.1\r\nHost: gw.test\r\n\r\n".to_vec()),
+    ]
+}
+
+fn body() -> impl Strategy<Value = Body> {
+    prop_oneof![
+        2 => Just(Body::None),
+        2 => (body_bytes(), 0u8..5).prop_map(|(bytes, spelling)| Body::Length { bytes, spelling }),
+        2 => (
+            body_bytes(),
+            prop::sample::select(vec![
+                "chunked",
+                "chunked",
+                "chunked",
+                "CHUNKED",
+                "gzip, chunked",
+                "chunked, identity",
+                "xchunked",
+                "chunked;q=1",
+            ])
+        )
+            .prop_map(|(bytes, coding)| Body::Chunked { bytes, coding }),
+    ]
+}
+
+/// Mostly extras a request may carry and still be served; now and then one
+/// that breaks the head (the connection then ends).
+fn extra() -> impl Strategy<Value = Extra> {
+    prop_oneof![
+        4 => prop::sample::select(vec![
+            Extra::SpoofIdentity,
+            Extra::ConnectionNamesIdentity,
+            Extra::ConnectionClose,
+            Extra::EvilHost,
+            Extra::ExpectContinue,
+            Extra::Upgrade,
+            Extra::ForwardedFor,
+            Extra::BothFramings,
+            Extra::LongChunkExtension,
+        ]),
+        1 => prop::sample::select(vec![
+            Extra::NoHost,
+            Extra::TwoHosts,
+            Extra::ObsFold,
+            Extra::NoColon,
+            Extra::NulInValue,
+            Extra::TwoLengths,
+            Extra::LongHeader,
+        ]),
+    ]
+}
+
+fn hostile() -> impl Strategy<Value = Req> {
+    (
+        prop_oneof![
+            3 => prop::sample::select(vec!["GET", "POST", "PUT", "DELETE"]),
+            1 => prop::sample::select(METHODS.to_vec()),
+        ],
+        prop_oneof![
+            1 => prop::sample::select(ALLOWED.iter().map(|a| a.1).collect::<Vec<_>>()),
+            2 => prop::sample::select(TARGETS.to_vec()),
+        ],
+        auth(),
+        body(),
+        any::<bool>(),
+        proptest::collection::vec(extra(), 0..=2),
+    )
+        .prop_map(|(method, target, auth, body, hides, extras)| Req {
+            method,
+            target: target.to_owned(),
+            auth,
+            hides_request: hides && !matches!(body, Body::None),
+            body,
+            extras,
+            plain: false,
+        })
+}
+
+/// Other spellings of an allowed path: some mean the same path, some
+/// another one, some must be refused.
+fn respell(path: &str, how: u8) -> String {
+    let (first, rest) = path[1..].split_once('/').unwrap_or((&path[1..], ""));
+    let rest = if rest.is_empty() {
+        String::new()
+    } else {
+        format!("/{rest}")
+    };
+    match how {
+        0 => format!("{path}%2f8"),
+        1 => format!("{path}/%2e%2e/admin"),
+        2 => format!("/{first}/.{rest}"),
+        3 => format!("/{path}"),
+        4 => format!("{path}/.."),
+        5 => format!("{path}/../../admin/x"),
+        6 => format!("{path}?q=%2f..%2f"),
+        7 => format!("{path};x=1"),
+        8 => path.replacen('/', "%2F", 2).replacen("%2F", "/", 1),
+        9 => format!("{path}%00"),
+        10 => format!("{path}%"),
+        11 => format!("/{}{rest}", first.to_uppercase()),
+        12 => format!("/{first}/%2E{rest}"),
+        13 => format!("/status/..{path}"),
+        14 => format!("/{first}%2f..%2fadmin{rest}"),
+        _ => format!("{path}/"),
+    }
+}
+
+/// An allowed request with one or two odd things about it: the cases where
+/// a slip lets something through.
+fn tweaked() -> impl Strategy<Value = Req> {
+    (
+        prop::sample::select(ALLOWED.to_vec()),
+        prop_oneof![2 => Just(None), 1 => (0u8..16).prop_map(Some)],
+        prop_oneof![3 => Just(None), 1 => auth().prop_map(Some)],
+        body(),
+        any::<bool>(),
+        proptest::collection::vec(extra(), 0..=2),
+    )
+        .prop_map(
+            |((method, target, tok), spelling, auth, body, hides, extras)| Req {
+                method,
+                target: spelling.map_or_else(|| target.to_owned(), |how| respell(target, how)),
+                auth: auth.unwrap_or(tok.map_or(Auth::Absent, Auth::Bearer)),
+                hides_request: hides && !matches!(body, Body::None),
+                body,
+                extras,
+                plain: false,
+            },
+        )
+}
+
+fn plain() -> impl Strategy<Value = Req> {
+    (
+        prop::sample::select(ALLOWED.to_vec()),
+        any::<bool>(),
+        proptest::collection::vec(any::<u8>(), 0..32),
+        any::<bool>(),
+    )
+        .prop_map(|((method, target, tok), lower, bytes, with_body)| Req {
+            method,
+            target: target.to_owned(),
+            auth: match tok {
+                Some(t) if lower => Auth::LowerScheme(t),
+                Some(t) => Auth::Bearer(t),
+                None => Auth::Absent,
+            },
+            body: if with_body {
+                Body::Length { bytes, spelling: 0 }
+            } else {
+                Body::None
+            },
+            hides_request: false,
+            extras: Vec::new(),
+            plain: true,
+        })
+}
+
+fn stream() -> impl Strategy<Value = Vec<Req>> {
+    proptest::collection::vec(
+        prop_oneof![2 => plain(), 2 => tweaked(), 2 => hostile()],
+        1..=4,
+    )
+}
+
+// ---------------------------------------------------------------------------
+// Rendering, and what the oracle remembers of each request id.
+// ---------------------------------------------------------------------------
+
+/// What was sent under one case id.
+#[derive(Debug, Clone)]
+struct Sent {
+    method: String,
+    presented: Option<Tok>,
+    /// Hidden in a body, or carrying both framing headers: never forwardable.
+    never: Option<&'static str>,
+}
+
+#[derive(Default)]
+struct Ledger {
+    next_id: u64,
+    sent: HashMap<u64, Sent>,
+    /// Upstream records already checked.
+    checked: usize,
+}
+
+impl Ledger {
+    fn id(&mut self, sent: Sent) -> u64 {
+        self.next_id += 1;
+        self.sent.insert(self.next_id, sent);
+        self.next_id
+    }
+}
+
+fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
+    let ambiguous = matches!(req.body, Body::Chunked { .. })
+        && req
+            .extras
+            .iter()
+            .any(|e| matches!(e, Extra::BothFramings | Extra::TwoLengths));
+    let id = ledger.id(Sent {
+        method: req.method.to_owned(),
+        presented: req.auth.presented(),
+        never: ambiguous.then_some("with both Content-Length and Transfer-Encoding"),
+    });
+    let mut target = req.target.to_owned();
+    if let Auth::InQuery(t) = req.auth {
+        let glue = if target.contains('?') { '&' } else { '?' };
+        target = format!("{target}{glue}access_token={}", tokens.get(t));
+    }
+    let mut head = format!("{} {target} HTTP/1.1\r\n", req.method);
+    let host = |head: &mut String| head.push_str("Host: gw.test\r\n");
+    let extras = &req.extras;
+    if extras.contains(&Extra::EvilHost) {
+        head.push_str("Host: evil.example\r\n");
+    } else if !extras.contains(&Extra::NoHost) {
+        host(&mut head);
+    }
+    if extras.contains(&Extra::TwoHosts) {
+        head.push_str("Host: other.example\r\n");
+    }
+    head.push_str(&format!("{CASE}: {id}\r\n"));
+    match &req.auth {
+        Auth::Absent | Auth::InQuery(_) => {}
+        Auth::Bearer(t) => head.push_str(&format!("Authorization: Bearer {}\r\n", tokens.get(*t))),
+        Auth::LowerScheme(t) => {
+            head.push_str(&format!("authorization: bearer {}\r\n", tokens.get(*t)))
+        }
+        Auth::TwoSpaces(t) => {
+            head.push_str(&format!("Authorization: Bearer  {}\r\n", tokens.get(*t)))
+        }
+        Auth::Empty => head.push_str("Authorization: Bearer \r\n"),
+        Auth::Basic => head.push_str("Authorization: Basic YWxpY2U6c2VjcmV0\r\n"),
+        Auth::Twice(a, b) => head.push_str(&format!(
+            "Authorization: Bearer {}\r\nAuthorization: Bearer {}\r\n",
+            tokens.get(*a),
+            tokens.get(*b)
+        )),
+    }
+    for extra in extras {
+        match extra {
+            Extra::SpoofIdentity => head.push_str(&format!(
+                "X-Auth-Subject: {SPOOFED}\r\nX-Auth-Scopes: admin {SPOOFED}\r\nX-Auth-Client-Id: {SPOOFED}\r\n"
+            )),
+            Extra::ConnectionNamesIdentity => {
+                head.push_str("Connection: X-Auth-Subject, X-Auth-Scopes\r\n")
+            }
+            Extra::ConnectionClose => head.push_str("Connection: close\r\n"),
+            Extra::ExpectContinue => head.push_str("Expect: 100-continue\r\n"),
+            Extra::Upgrade => head.push_str("Connection: upgrade\r\nUpgrade: websocket\r\n"),
+            Extra::ForwardedFor => {
+                head.push_str(&format!("X-Forwarded-For: 10.0.0.1\r\nX-Auth-Subject: {SPOOFED}\r\n"))
+            }
+            Extra::ObsFold => head.push_str("X-Folded: a\r\n b\r\n"),
+            Extra::NoColon => head.push_str("X-No-Colon\r\n"),
+            Extra::NulInValue => head.push_str("X-Nul: a\0b\r\n"),
+            Extra::LongHeader => head.push_str(&format!("X-Long: {}\r\n", "a".repeat(70_000))),
+            Extra::EvilHost
+            | Extra::NoHost
+            | Extra::TwoHosts
+            | Extra::TwoLengths
+            | Extra::BothFramings
+            | Extra::LongChunkExtension => {}
+        }
+    }
+
+    // The body, maybe with a request hidden in it that would be forwarded
+    // (valid admin token, allowed path) if it were ever read as a request.
+    let mut payload = match &req.body {
+        Body::None => Vec::new(),
+        Body::Length { bytes, .. } | Body::Chunked { bytes, .. } => bytes.clone(),
+    };
+    if req.hides_request {
+        let hidden = ledger.id(Sent {
+            method: "GET".to_owned(),
+            presented: Some(Tok::Admin),
+            never: Some("hidden in a request body"),
+        });
+        payload.extend_from_slice(
+            format!(
+                "GET /admin HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {hidden}\r\nAuthorization: Bearer {}\r\n\r\n",
+                tokens.get(Tok::Admin)
+            )
+            .as_bytes(),
+        );
+    }
+    let mut body = Vec::new();
+    match &req.body {
+        Body::None => {
+            if extras.contains(&Extra::TwoLengths) {
+                head.push_str("Content-Length: 0\r\nContent-Length: 1\r\n");
+            }
+        }
+        Body::Length { spelling, .. } => {
+            let n = payload.len();
+            let value = match spelling {
+                0 => format!("{n}"),
+                1 => format!("+{n}"),
+                2 => format!("{n}, {n}"),
+                3 => format!("0{n}"),
+                _ => format!(" {n} "),
+            };
+            head.push_str(&format!("Content-Length: {value}\r\n"));
+            if extras.contains(&Extra::TwoLengths) {
+                head.push_str(&format!("Content-Length: {}\r\n", n + 1));
+            }
+            body = payload;
+        }
+        Body::Chunked { coding, .. } => {
+            head.push_str(&format!("Transfer-Encoding: {coding}\r\n"));
+            let (a, b) = payload.split_at(payload.len() / 2);
+            let extension = if extras.contains(&Extra::LongChunkExtension) {
+                format!(";x={}", "e".repeat(300))
+            } else {
+                String::new()
+            };
+            for chunk in [a, b] {
+                if !chunk.is_empty() {
+                    body.extend_from_slice(format!("{:x}{extension}\r\n", chunk.len()).as_bytes());
+                    body.extend_from_slice(chunk);
+                    body.extend_from_slice(b"\r\n");
+                }
+            }
+            body.extend_from_slice(b"0\r\n\r\n");
+            if extras.contains(&Extra::BothFramings) {
+                // Covers only the first chunk: a server reading the length
+                // would take the rest for the next request.
+                head.push_str(&format!("Content-Length: {}\r\n", body.len().min(5)));
+            }
+            if extras.contains(&Extra::TwoLengths) {
+                head.push_str("Content-Length: 3\r\nContent-Length: 4\r\n");
+            }
+        }
+    }
+    head.push_str("\r\n");
+    let mut bytes = head.into_bytes();
+    bytes.extend_from_slice(&body);
+    (bytes, id)
+}
+
+// ---------------------------------------------------------------------------
+// Reading the answers.
+// ---------------------------------------------------------------------------
+
+#[derive(Debug)]
+struct Answer {
+    status: u16,
+    head: String,
+    body: Vec<u8>,
+}
+
+impl Answer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (k, v) = line.split_once(':')?;
+            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Splits the bytes the gateway sent into responses, the n-th final one for
+/// the n-th request (`methods`, for HEAD). A response cut short is an error
+/// only when the gateway closed cleanly (`clean`); after a reset it ends the
+/// list.
+fn answers(bytes: &[u8], methods: &[&str], clean: bool) -> Result<Vec<Answer>, String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    let cut = |what: &str| -> Result<(), String> {
+        if clean {
+            Err(format!("{what}: {:?}", String::from_utf8_lossy(bytes)))
+        } else {
+            Ok(())
+        }
+    };
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let Some(end) = find(rest, b"\r\n\r\n") else {
+            cut("a response head cut short")?;
+            break;
+        };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status: u16 = head
+            .strip_prefix("HTTP/1.1 ")
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP/1.1 status line: {head:?}"))?;
+        pos += end + 4;
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        let mut answer = Answer {
+            status,
+            head,
+            body: Vec::new(),
+        };
+        let method = methods.get(out.len()).copied().unwrap_or("GET");
+        let chunked = answer
+            .header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = answer
+            .header("content-length")
+            .map(|v| v.parse::<usize>().map_err(|_| format!("bad length {v:?}")))
+            .transpose()?;
+        if method == "HEAD" || status == 204 || status == 304 {
+        } else if chunked {
+            loop {
+                let Some(line_end) = find(&bytes[pos..], b"\r\n") else {
+                    cut("a chunk size cut short")?;
+                    return Ok(out);
+                };
+                let size_text = String::from_utf8_lossy(&bytes[pos..pos + line_end]).into_owned();
+                let size = usize::from_str_radix(size_text.trim(), 16)
+                    .map_err(|_| format!("bad chunk size {size_text:?}"))?;
+                pos += line_end + 2;
+                if size == 0 {
+                    let Some(trailer_end) = find(&bytes[pos..], b"\r\n") else {
+                        cut("a last chunk cut short")?;
+                        return Ok(out);
+                    };
+                    pos += trailer_end + 2;
+                    break;
+                }
+                if bytes.len() < pos + size + 2 {
+                    cut("a chunk cut short")?;
+                    return Ok(out);
+                }
+                answer.body.extend_from_slice(&bytes[pos..pos + size]);
+                pos += size + 2;
+            }
+        } else if let Some(n) = length {
+            if bytes.len() < pos + n {
+                cut("a body cut short")?;
+                break;
+            }
+            answer.body = bytes[pos..pos + n].to_vec();
+            pos += n;
+        } else {
+            answer.body = bytes[pos..].to_vec();
+            pos = bytes.len();
+        }
+        out.push(answer);
+    }
+    Ok(out)
+}
+
+/// Writes the stream and reads until the gateway closes (or resets) the
+/// connection. `Err` if it does neither within [`BOUND`].
+async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<(Vec<u8>, bool), String> {
+    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    // The gateway may answer and close before reading everything (a refused
+    // head): a failed write is not the test's business, the answers are.
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let read = tokio::time::timeout(BOUND, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return true,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(clean) => Ok((out, clean)),
+        Err(_) => Err(format!(
+            "the gateway neither answered nor closed within {BOUND:?}; got {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The upstream side of the oracle.
+// ---------------------------------------------------------------------------
+
+/// What the standard world's routes require of `method path`, or `Err` when
+/// no route may match it.
+enum Need {
+    Public,
+    All(&'static str),
+    Any(&'static [&'static str]),
+}
+
+fn need(method: &str, path: &str) -> Result<Need, String> {
+    if path == "/status" {
+        return Ok(Need::Public);
+    }
+    if path == "/admin" || path.starts_with("/admin/") {
+        return Ok(Need::All("admin"));
+    }
+    if let Some(rest) = path.strip_prefix("/orders/").filter(|r| !r.is_empty()) {
+        if method == "GET" && !rest.contains('/') {
+            return Ok(Need::All("orders:read"));
+        }
+        if matches!(method, "POST" | "PUT" | "DELETE") {
+            return Ok(Need::Any(&["orders:write", "orders:admin"]));
+        }
+    }
+    Err(format!("no route allows {method} {path}"))
+}
+
+/// A forwarded path must be canonical: no empty, `.` or `..` segment, no
+/// backslash, no refused escape.
+fn canonical(path: &str) -> bool {
+    path.starts_with('/')
+        && !path[1..].split('/').any(|s| s == "." || s == "..")
+        && !path.contains("//")
+        && !path.contains('\\')
+        && !["%2f", "%5c", "%00", "%2e"]
+            .iter()
+            .any(|e| path.to_ascii_lowercase().contains(e))
+}
+
+fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
+    headers
+        .get_all(name)
+        .iter()
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+        .collect()
+}
+
+/// Checks every upstream record not checked yet; returns how often each
+/// case id was seen in them.
+fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usize>, String> {
+    // Each record is judged once, so that a failing case shrinks on its own
+    // records.
+    let fresh = world.upstream.seen_since(ledger.checked);
+    ledger.checked += fresh.len();
+    let mut counts = HashMap::new();
+    for record in &fresh {
+        let id: u64 = record
+            .headers
+            .get(CASE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .ok_or_else(|| format!("the upstream got a request without a case id: {record:?}"))?;
+        let sent = ledger
+            .sent
+            .get(&id)
+            .ok_or_else(|| format!("the upstream got an unknown case id {id}"))?;
+        let count = counts.entry(id).or_insert(0usize);
+        *count += 1;
+        let what = format!("{} {} (case {id})", record.method, record.path_and_query);
+        if *count > 1 {
+            return Err(format!("forwarded twice: {what}"));
+        }
+        if let Some(reason) = sent.never {
+            return Err(format!("forwarded a request {reason}: {what}"));
+        }
+        if record.method != sent.method {
+            return Err(format!("method changed from {}: {what}", sent.method));
+        }
+        let path = record
+            .path_and_query
+            .split_once('?')
+            .map_or(record.path_and_query.as_str(), |(p, _)| p);
+        if !canonical(path) {
+            return Err(format!("forwarded a path not in canonical form: {what}"));
+        }
+        let identity = [
+            ("x-auth-subject", sent.presented.map(Tok::sub)),
+            (
+                "x-auth-scopes",
+                sent.presented.and_then(Tok::valid_scope).map(str::to_owned),
+            ),
+            (
+                "x-auth-client-id",
+                sent.presented.map(|_| "hostile".to_owned()),
+            ),
+        ];
+        match need(&record.method, path).map_err(|e| format!("{e}: {what}"))? {
+            Need::Public => {
+                // Identity headers, if any, only from the token itself.
+                for (name, own) in &identity {
+                    for value in values(&record.headers, name) {
+                        if Some(&value) != own.as_ref() {
+                            return Err(format!("{name}: {value} reached the upstream: {what}"));
+                        }
+                    }
+                }
+            }
+            need => {
+                let Some(tok) = sent.presented else {
+                    return Err(format!("forwarded without a valid token: {what}"));
+                };
+                let scope = tok.valid_scope().unwrap_or_default();
+                let satisfied = match need {
+                    Need::All(s) => scope == s,
+                    Need::Any(list) => list.contains(&scope),
+                    Need::Public => true,
+                };
+                if !satisfied {
+                    return Err(format!("forwarded with a token of scope {scope:?}: {what}"));
+                }
+                for (name, own) in &identity {
+                    let got = values(&record.headers, name);
+                    if got.len() != 1 || Some(&got[0]) != own.as_ref() {
+                        return Err(format!("{name} was {got:?}, not the token's: {what}"));
+                    }
+                }
+            }
+        }
+    }
+    Ok(counts)
+}
+
+// ---------------------------------------------------------------------------
+// One case.
+// ---------------------------------------------------------------------------
+
+struct Lab {
+    world: World,
+    gateway: Gateway,
+    tokens: Tokens,
+    ledger: RefCell<Ledger>,
+}
+
+async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
+    let mut bytes = Vec::new();
+    let mut ids = Vec::new();
+    {
+        let mut ledger = lab.ledger.borrow_mut();
+        for req in stream {
+            let (rendered, id) = render(req, &lab.tokens, &mut ledger);
+            bytes.extend_from_slice(&rendered);
+            ids.push(id);
+        }
+        let sentinel = ledger.id(Sent {
+            method: "GET".to_owned(),
+            presented: None,
+            never: None,
+        });
+        ids.push(sentinel);
+        bytes.extend_from_slice(
+            format!("GET /status HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {sentinel}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        );
+    }
+    let mut methods: Vec<&str> = stream.iter().map(|r| r.method).collect();
+    methods.push("GET");
+
+    let (received, clean) = exchange(lab.gateway.addr, &bytes).await?;
+    let answers = answers(&received, &methods, clean)?;
+    if answers.len() > methods.len() {
+        return Err(format!(
+            "{} answers for {} requests",
+            answers.len(),
+            methods.len()
+        ));
+    }
+
+    // A fresh client is served, and by then every forwarded request of the
+    // stream has been recorded (each was recorded before it was answered).
+    let liveness = lab.ledger.borrow_mut().id(Sent {
+        method: "GET".to_owned(),
+        presented: Some(Tok::Read),
+        never: None,
+    });
+    let auth = format!("Bearer {}", lab.tokens.get(Tok::Read));
+    let case = liveness.to_string();
+    let reply = get(
+        &lab.gateway.url("/orders/7"),
+        &[("authorization", &auth), (CASE, &case)],
+    )
+    .await?;
+    if reply.status != 200 {
+        return Err(format!(
+            "a fresh client got {} after the case",
+            reply.status
+        ));
+    }
+
+    let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
+    let signatures = lab.tokens.signatures();
+    for (n, answer) in answers.iter().enumerate() {
+        let id = ids[n];
+        let req = stream.get(n);
+        let what = format!("answer {n} ({} to case {id}, {req:?})", answer.status);
+        if matches!(answer.status, 500 | 502..=504) {
+            return Err(format!("a gateway failure with a healthy upstream: {what}"));
+        }
+        let www = answer.header("www-authenticate").unwrap_or_default();
+        if answer.status == 401 && !www.starts_with("Bearer") {
+            return Err(format!("401 without WWW-Authenticate: Bearer: {what}"));
+        }
+        if answer.status == 403 && !www.contains("error=\"insufficient_scope\"") {
+            return Err(format!("403 without insufficient_scope: {what}"));
+        }
+        let forwarded = counts.get(&id).copied().unwrap_or(0) == 1;
+        if (200..300).contains(&answer.status) != forwarded {
+            return Err(format!("forwarded: {forwarded}, but {what}"));
+        }
+        if req.is_some_and(|r| r.plain) && answer.status != 200 {
+            return Err(format!("a plain, allowed request was refused: {what}"));
+        }
+        // The gateway's own answers (the upstream's echo may repeat a query).
+        let text = format!("{}{}", answer.head, String::from_utf8_lossy(&answer.body));
+        if !forwarded && signatures.iter().any(|s| text.contains(s)) {
+            return Err(format!("an answer contains a token: {what}"));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let lab = runtime.block_on(async {
+        let world = World::new().await;
+        let gateway = Gateway::start(&world.config()).await;
+        let tokens = Tokens::mint(&world);
+        Lab {
+            world,
+            gateway,
+            tokens,
+            ledger: RefCell::new(Ledger::default()),
+        }
+    });
+    let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(512);
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    runner
+        .run(&stream(), |stream| {
+            runtime
+                .block_on(run_case(&lab, &stream))
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}
