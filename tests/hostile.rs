@@ -6,7 +6,8 @@
 //! audience, duplicated or badly framed, and requests carry spoofed identity
 //! headers, odd framing (both `Content-Length` and `Transfer-Encoding`, list
 //! or signed lengths, unusual codings), requests hidden in their bodies,
-//! folded or broken header lines, and protocol switches.
+//! folded or broken header lines, protocol switches, and `HTTP/1.0` or an
+//! unknown version.
 //!
 //! Whatever the bytes, the gateway must fail closed and stay well:
 //! - every request the upstream receives is one the client sent as a request
@@ -16,7 +17,7 @@
 //!   in canonical form;
 //! - the identity headers the upstream gets are the token's own, never the
 //!   client's;
-//! - the answers parse as HTTP/1.1 responses, in request order; each 2xx is
+//! - the answers parse as HTTP/1 responses, in request order; each 2xx is
 //!   exactly a request the upstream got; 401 carries `WWW-Authenticate:
 //!   Bearer`, 403 `error="insufficient_scope"` (RFC 6750); nothing is a
 //!   gateway failure (500, 502-504) with a healthy upstream; none of the
@@ -224,6 +225,10 @@ enum Extra {
     /// Chunk extensions longer than a line a reader may keep.
     LongChunkExtension,
     LongHeader,
+    /// `HTTP/1.0` on the request line (no keep-alive, no upgrades).
+    Http10,
+    /// A version hyper does not speak.
+    UnknownVersion,
 }
 
 #[derive(Debug, Clone)]
@@ -361,6 +366,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::ForwardedFor,
             Extra::BothFramings,
             Extra::LongChunkExtension,
+            Extra::Http10,
         ]),
         1 => prop::sample::select(vec![
             Extra::NoHost,
@@ -370,6 +376,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::NulInValue,
             Extra::TwoLengths,
             Extra::LongHeader,
+            Extra::UnknownVersion,
         ]),
     ]
 }
@@ -531,7 +538,14 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         let glue = if target.contains('?') { '&' } else { '?' };
         target = format!("{target}{glue}access_token={}", tokens.get(t));
     }
-    let mut head = format!("{} {target} HTTP/1.1\r\n", req.method);
+    let version = if req.extras.contains(&Extra::UnknownVersion) {
+        "HTTP/1.2"
+    } else if req.extras.contains(&Extra::Http10) {
+        "HTTP/1.0"
+    } else {
+        "HTTP/1.1"
+    };
+    let mut head = format!("{} {target} {version}\r\n", req.method);
     let host = |head: &mut String| head.push_str("Host: gw.test\r\n");
     let extras = &req.extras;
     if extras.contains(&Extra::EvilHost) {
@@ -583,7 +597,9 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             | Extra::TwoHosts
             | Extra::TwoLengths
             | Extra::BothFramings
-            | Extra::LongChunkExtension => {}
+            | Extra::LongChunkExtension
+            | Extra::Http10
+            | Extra::UnknownVersion => {}
         }
     }
 
@@ -708,9 +724,10 @@ fn answers(bytes: &[u8], methods: &[&str], clean: bool) -> Result<Vec<Answer>, S
         let head = String::from_utf8_lossy(&rest[..end]).into_owned();
         let status: u16 = head
             .strip_prefix("HTTP/1.1 ")
+            .or_else(|| head.strip_prefix("HTTP/1.0 "))
             .and_then(|s| s.get(..3))
             .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not an HTTP/1.1 status line: {head:?}"))?;
+            .ok_or_else(|| format!("not an HTTP/1 status line: {head:?}"))?;
         pos += end + 4;
         if (100..200).contains(&status) && status != 101 {
             continue;
