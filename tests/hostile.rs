@@ -2,7 +2,8 @@
 //! requests, pipelined on one connection, then a `Connection: close` sentinel)
 //! written as raw bytes to a running gateway. Paths are spelled every way
 //! that has fooled a gateway (dot segments, encoded slashes, absolute form,
-//! matrix parameters), tokens are valid, expired, forged, for another
+//! matrix parameters), tokens (JWTs, and opaque ones checked by RFC 7662
+//! introspection) are valid, expired, forged, inactive, for another
 //! audience, duplicated or badly framed, and requests carry spoofed identity
 //! headers, odd framing (both `Content-Length` and `Transfer-Encoding`, list
 //! or signed lengths, unusual codings), requests hidden in their bodies,
@@ -56,6 +57,8 @@ const SPOOFED: &str = "spoofed";
 // Tokens.
 // ---------------------------------------------------------------------------
 
+/// The tokens a request may present: JWTs checked with the issuer's keys,
+/// and opaque ones checked by introspection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Tok {
     Read,
@@ -66,10 +69,18 @@ enum Tok {
     BadSignature,
     WrongAudience,
     Garbage,
+    OpaqueRead,
+    OpaqueAdmin,
+    /// Introspection says `active: false` (with claims a sloppy server adds).
+    OpaqueInactive,
+    /// Introspection says `"active": "true"`, a string.
+    OpaqueActiveAsString,
+    /// Active, but for another audience.
+    OpaqueWrongAudience,
 }
 
 impl Tok {
-    const ALL: [Tok; 8] = [
+    const ALL: [Tok; 13] = [
         Tok::Read,
         Tok::Write,
         Tok::Admin,
@@ -78,14 +89,19 @@ impl Tok {
         Tok::BadSignature,
         Tok::WrongAudience,
         Tok::Garbage,
+        Tok::OpaqueRead,
+        Tok::OpaqueAdmin,
+        Tok::OpaqueInactive,
+        Tok::OpaqueActiveAsString,
+        Tok::OpaqueWrongAudience,
     ];
 
     /// The scope of a token that must be accepted; `None` for the others.
     fn valid_scope(self) -> Option<&'static str> {
         match self {
-            Tok::Read => Some("orders:read"),
+            Tok::Read | Tok::OpaqueRead => Some("orders:read"),
             Tok::Write => Some("orders:write"),
-            Tok::Admin => Some("admin"),
+            Tok::Admin | Tok::OpaqueAdmin => Some("admin"),
             Tok::Other => Some("profile"),
             _ => None,
         }
@@ -132,6 +148,11 @@ impl Tokens {
                     String::from_utf8(bytes).unwrap()
                 }
                 Tok::Garbage => "not.a.jwt".to_owned(),
+                Tok::OpaqueRead
+                | Tok::OpaqueAdmin
+                | Tok::OpaqueInactive
+                | Tok::OpaqueActiveAsString
+                | Tok::OpaqueWrongAudience => format!("op-{}", tok.sub()),
                 _ => world
                     .key
                     .mint(&claims(
@@ -152,14 +173,73 @@ impl Tokens {
         &self.0[&tok]
     }
 
-    /// The signature segments of the real tokens: no answer may contain one.
+    /// The signature segments of the real JWTs and the opaque tokens: no
+    /// answer of the gateway may contain one.
     fn signatures(&self) -> Vec<&str> {
         self.0
             .values()
-            .filter_map(|t| t.rsplit_once('.').map(|(_, sig)| sig))
-            .filter(|sig| sig.len() > 20)
+            .filter_map(|t| match t.rsplit_once('.') {
+                Some((_, sig)) => (sig.len() > 20).then_some(sig),
+                None => Some(t.as_str()),
+            })
             .collect()
     }
+}
+
+/// `iss` of the introspecting issuer.
+const OPAQUE_ISSUER: &str = "https://opaque.test";
+
+/// An RFC 7662 endpoint that knows the opaque tokens by their text.
+async fn introspection_endpoint() -> SocketAddr {
+    use http_body_util::BodyExt;
+    serve_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let body = request.into_body().collect().await.unwrap().to_bytes();
+        let token = url::form_urlencoded::parse(&body)
+            .find(|(k, _)| k == "token")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let tok = Tok::ALL
+            .into_iter()
+            .find(|t| token == format!("op-{}", t.sub()));
+        let now = now();
+        let answer = |tok: Tok, active: serde_json::Value, aud: &str| {
+            serde_json::json!({
+                "active": active, "iss": OPAQUE_ISSUER, "aud": aud,
+                "sub": tok.sub(), "client_id": "hostile",
+                "scope": tok.valid_scope().unwrap_or("admin"),
+                "token_type": "Bearer", "iat": now, "exp": now + 7200,
+            })
+        };
+        let answer = match tok {
+            Some(tok @ (Tok::OpaqueRead | Tok::OpaqueAdmin)) => answer(tok, true.into(), AUDIENCE),
+            Some(tok @ Tok::OpaqueWrongAudience) => answer(tok, true.into(), "another-api"),
+            Some(tok @ Tok::OpaqueInactive) => answer(tok, false.into(), AUDIENCE),
+            Some(tok @ Tok::OpaqueActiveAsString) => answer(tok, "true".into(), AUDIENCE),
+            _ => serde_json::json!({ "active": false }),
+        };
+        let mut response = http::Response::new(full_body(answer.to_string()));
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("application/json"),
+        );
+        response
+    })
+    .await
+}
+
+/// The standard world's config with a second issuer whose tokens are opaque.
+fn config(world: &World, introspection: SocketAddr, secret: &std::path::Path) -> String {
+    world.config_with(&format!(
+        "  - name: opaque
+    issuer: {OPAQUE_ISSUER}
+    audiences: [{AUDIENCE}]
+    introspection:
+      endpoint: http://{introspection}/introspect
+      client_id: scopegate
+      client_secret_file: {}
+",
+        secret.display()
+    ))
 }
 
 // ---------------------------------------------------------------------------
@@ -255,6 +335,8 @@ const ALLOWED: &[(&str, &str, Option<Tok>)] = &[
     ("GET", "/admin/users/3", Some(Tok::Admin)),
     ("GET", "/status", None),
     ("POST", "/status", Some(Tok::Read)),
+    ("GET", "/orders/8", Some(Tok::OpaqueRead)),
+    ("PUT", "/admin/x", Some(Tok::OpaqueAdmin)),
 ];
 
 const METHODS: &[&str] = &[
@@ -959,6 +1041,7 @@ struct Lab {
     gateway: Gateway,
     tokens: Tokens,
     ledger: RefCell<Ledger>,
+    _secret: tempfile::TempDir,
 }
 
 async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
@@ -1057,13 +1140,18 @@ fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
         .unwrap();
     let lab = runtime.block_on(async {
         let world = World::new().await;
-        let gateway = Gateway::start(&world.config()).await;
+        let introspection = introspection_endpoint().await;
+        let secret = tempfile::tempdir().unwrap();
+        let secret_file = secret.path().join("introspection-secret");
+        std::fs::write(&secret_file, "hostile-introspection-secret\n").unwrap();
+        let gateway = Gateway::start(&config(&world, introspection, &secret_file)).await;
         let tokens = Tokens::mint(&world);
         Lab {
             world,
             gateway,
             tokens,
             ledger: RefCell::new(Ledger::default()),
+            _secret: secret,
         }
     });
     let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
