@@ -1224,9 +1224,9 @@ enum Behaviour {
     /// Closes each connection right after its first answer without saying
     /// so, as an upstream that drops idle keep-alive connections does.
     CloseAfterReply,
-    /// Answers the first connection's request with bytes that are not HTTP,
-    /// then behaves.
-    GarbageFirst,
+    /// Answers the first connection's request with these bytes (an answer
+    /// the gateway must refuse) and closes it, then behaves.
+    BadFirst(&'static [u8]),
 }
 
 /// A raw HTTP/1.1 upstream answering requests with 200 "ok" (keep-alive
@@ -1239,8 +1239,11 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
-            let garbage = first && behaviour == Behaviour::GarbageFirst;
-            let close_after_reply = garbage || behaviour == Behaviour::CloseAfterReply;
+            let bad = match behaviour {
+                Behaviour::BadFirst(bytes) if first => Some(bytes),
+                _ => None,
+            };
+            let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -1254,11 +1257,8 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
                     buffer.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                         buffer.drain(..end + 4);
-                        let reply: &[u8] = if garbage {
-                            b"HTCPCP/1.0 418 \x01\x02\r\n\r\n"
-                        } else {
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-                        };
+                        let reply: &[u8] =
+                            bad.unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                         if stream.write_all(reply).await.is_err() || close_after_reply {
                             return;
                         }
@@ -1308,29 +1308,44 @@ async fn upstream_closing_idle_connections_costs_no_request() {
 #[tokio::test]
 async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
     let world = World::new().await;
-    let (upstream, accepted) = counting_upstream(Behaviour::GarbageFirst).await;
-    let gw = Gateway::start(&config_for(&world, upstream)).await;
     let token = world.token("orders:read");
+    let answers: [(&str, &'static [u8]); 3] = [
+        ("not HTTP", b"HTCPCP/1.0 418 \x01\x02\r\n\r\n"),
+        // RFC 9112 6.3: maybe response splitting; forwarded, the length
+        // would describe a body it is not.
+        (
+            "both framing headers",
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        (
+            "a switch nobody asked for",
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        ),
+    ];
+    for (name, answer) in answers {
+        let (upstream, accepted) = counting_upstream(Behaviour::BadFirst(answer)).await;
+        let gw = Gateway::start(&config_for(&world, upstream)).await;
 
-    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
-    assert_eq!(reply.status, 502, "{}", reply.text());
-    let metrics = gw.metrics().await;
-    let protocol = metric(
-        &metrics,
-        "scopegate_upstream_errors_total",
-        &[("kind", "protocol")],
-    );
-    assert_eq!(protocol, 1.0, "{metrics}");
+        let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+        assert_eq!(reply.status, 502, "{name}: {}", reply.text());
+        let metrics = gw.metrics().await;
+        let protocol = metric(
+            &metrics,
+            "scopegate_upstream_errors_total",
+            &[("kind", "protocol")],
+        );
+        assert_eq!(protocol, 1.0, "{name}: {metrics}");
 
-    for id in 2..5 {
-        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
-        assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+        for id in 2..5 {
+            let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+            assert_eq!((reply.status, reply.text().as_str()), (200, "ok"), "{name}");
+        }
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            2,
+            "{name}: the broken one, then one pooled"
+        );
     }
-    assert_eq!(
-        accepted.load(Ordering::SeqCst),
-        2,
-        "the broken one, then one pooled"
-    );
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.

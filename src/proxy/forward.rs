@@ -3,6 +3,7 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
+use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
@@ -129,19 +130,28 @@ impl Forwarder {
 
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
-            if let Some(client_side) = client_upgrade {
-                let upstream_side = hyper::upgrade::on(&mut response);
-                tokio::spawn(async move {
-                    if let (Ok(a), Ok(b)) = (client_side.await, upstream_side.await) {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(a),
-                            &mut TokioIo::new(b),
-                        )
-                        .await;
-                    }
-                });
-            }
+            let Some(client_side) = client_upgrade else {
+                return Err(self.bad_answer(&upstream.config, "a protocol switch nobody asked for"));
+            };
+            let upstream_side = hyper::upgrade::on(&mut response);
+            tokio::spawn(async move {
+                if let (Ok(a), Ok(b)) = (client_side.await, upstream_side.await) {
+                    let _ =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
+                            .await;
+                }
+            });
         } else {
+            // RFC 9112 6.3: hyper read the body by Transfer-Encoding, but the
+            // Content-Length beside it (response splitting, perhaps) would go
+            // on to the client with a body it does not describe.
+            let headers = response.headers();
+            if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
+                return Err(self.bad_answer(
+                    &upstream.config,
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
             remove_hop_by_hop(response.headers_mut());
         }
         let idle_timeout = upstream.config.body_idle_timeout;
@@ -150,6 +160,14 @@ impl Forwarder {
         let lease = lease.filter(|_| !switching);
         Ok(response
             .map(|body| Either::Left(UpstreamBody::new(body, idle_timeout, failures, lease))))
+    }
+
+    /// An answer the upstream must not send: counted as a protocol error
+    /// and refused with 502; its connection is closed, not pooled.
+    fn bad_answer(&self, upstream: &Upstream, what: &'static str) -> GatewayError {
+        self.upstream_error(upstream, "protocol");
+        tracing::warn!(upstream = %upstream.name, what, "upstream answer refused");
+        GatewayError::UpstreamUnavailable
     }
 
     fn upstream_error(&self, upstream: &Upstream, kind: &str) {
