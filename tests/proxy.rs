@@ -1040,6 +1040,59 @@ async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
     (version, status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// RFC 9113 8.1.1: an HTTP/2 request whose DATA frames are longer than its
+/// `content-length` is malformed. Going to an HTTP/1.1 upstream, the bytes
+/// past the length must not arrive as a request of their own (the H2.CL
+/// desync): here a request for `/admin` with an admin token.
+#[tokio::test]
+async fn h2_body_longer_than_its_content_length_is_not_smuggled_upstream() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let writer = world.token("orders:write");
+    let admin = world.token("admin");
+    let smuggled = format!(
+        "GET /admin HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {admin}\r\nX-Smuggled: 1\r\n\r\n"
+    );
+    for length in ["0", "3"] {
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut client = client.ready().await.unwrap();
+        let request = Request::post("http://gw.test/orders/1/items")
+            .header("authorization", bearer(&writer))
+            .header("content-length", length)
+            .body(())
+            .unwrap();
+        let (response, mut stream) = client.send_request(request, false).unwrap();
+        stream
+            .send_data(Bytes::from(format!("abc{smuggled}")), true)
+            .unwrap();
+        match tokio::time::timeout(BOUND, response)
+            .await
+            .expect("no answer")
+        {
+            // The stream reset, or an error status: either is fine.
+            Err(_) => {}
+            Ok(response) => assert!(
+                !response.status().is_success(),
+                "content-length {length}: {}",
+                response.status()
+            ),
+        }
+    }
+    // Whatever reached the upstream, nothing of it was the hidden request.
+    for seen in world.upstream.seen() {
+        assert!(seen.headers.get("x-smuggled").is_none(), "{seen:?}");
+        assert!(!seen.path_and_query.starts_with("/admin"), "{seen:?}");
+        assert!(seen.body_len <= 3, "{seen:?}");
+    }
+    // A well-formed HTTP/2 request on the same gateway still goes through.
+    let (version, status, _) = h2_get(&gw.url("/orders/5"), &world.token("orders:read")).await;
+    assert_eq!((version, status), (http::Version::HTTP_2, StatusCode::OK));
+}
+
 #[tokio::test]
 async fn h2c_client_to_http1_upstream() {
     let world = World::new().await;
