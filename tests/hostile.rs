@@ -26,8 +26,11 @@
 //! - a plain, allowed request is answered 200 wherever it falls in a stream;
 //! - a fresh client is served after every case.
 //!
-//! `SCOPEGATE_HOSTILE_CASES` sets the number of streams (default 512) for a
-//! longer campaign.
+//! The same generated requests go over HTTP/2 (h2c) too, as far as HTTP/2
+//! can carry them, judged by the same oracle.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of streams (default 512, and
+//! 128 over HTTP/2) for a longer campaign.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -604,6 +607,42 @@ impl Ledger {
     }
 }
 
+/// The body's bytes, maybe with a request hidden in them that would be
+/// forwarded (valid admin token, allowed path) if it were ever read as a
+/// request.
+fn payload(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> Vec<u8> {
+    let mut payload = match &req.body {
+        Body::None => Vec::new(),
+        Body::Length { bytes, .. } | Body::Chunked { bytes, .. } => bytes.clone(),
+    };
+    if req.hides_request {
+        let hidden = ledger.id(Sent {
+            method: "GET".to_owned(),
+            presented: Some(Tok::Admin),
+            never: Some("hidden in a request body"),
+        });
+        payload.extend_from_slice(
+            format!(
+                "GET /admin HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {hidden}\r\nAuthorization: Bearer {}\r\n\r\n",
+                tokens.get(Tok::Admin)
+            )
+            .as_bytes(),
+        );
+    }
+    payload
+}
+
+/// The request target with an `access_token` query parameter if the
+/// request puts its token there.
+fn target(req: &Req, tokens: &Tokens) -> String {
+    let mut target = req.target.clone();
+    if let Auth::InQuery(t) = req.auth {
+        let glue = if target.contains('?') { '&' } else { '?' };
+        target = format!("{target}{glue}access_token={}", tokens.get(t));
+    }
+    target
+}
+
 fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
     let ambiguous = matches!(req.body, Body::Chunked { .. })
         && req
@@ -615,11 +654,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         presented: req.auth.presented(),
         never: ambiguous.then_some("with both Content-Length and Transfer-Encoding"),
     });
-    let mut target = req.target.to_owned();
-    if let Auth::InQuery(t) = req.auth {
-        let glue = if target.contains('?') { '&' } else { '?' };
-        target = format!("{target}{glue}access_token={}", tokens.get(t));
-    }
+    let target = target(req, tokens);
     let version = if req.extras.contains(&Extra::UnknownVersion) {
         "HTTP/1.2"
     } else if req.extras.contains(&Extra::Http10) {
@@ -685,26 +720,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         }
     }
 
-    // The body, maybe with a request hidden in it that would be forwarded
-    // (valid admin token, allowed path) if it were ever read as a request.
-    let mut payload = match &req.body {
-        Body::None => Vec::new(),
-        Body::Length { bytes, .. } | Body::Chunked { bytes, .. } => bytes.clone(),
-    };
-    if req.hides_request {
-        let hidden = ledger.id(Sent {
-            method: "GET".to_owned(),
-            presented: Some(Tok::Admin),
-            never: Some("hidden in a request body"),
-        });
-        payload.extend_from_slice(
-            format!(
-                "GET /admin HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {hidden}\r\nAuthorization: Bearer {}\r\n\r\n",
-                tokens.get(Tok::Admin)
-            )
-            .as_bytes(),
-        );
-    }
+    let payload = payload(req, tokens, ledger);
     let mut body = Vec::new();
     match &req.body {
         Body::None => {
@@ -1100,39 +1116,50 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     }
 
     let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
-    let signatures = lab.tokens.signatures();
     for (n, answer) in answers.iter().enumerate() {
-        let id = ids[n];
-        let req = stream.get(n);
-        let what = format!("answer {n} ({} to case {id}, {req:?})", answer.status);
-        if matches!(answer.status, 500 | 502..=504) {
-            return Err(format!("a gateway failure with a healthy upstream: {what}"));
-        }
-        let www = answer.header("www-authenticate").unwrap_or_default();
-        if answer.status == 401 && !www.starts_with("Bearer") {
-            return Err(format!("401 without WWW-Authenticate: Bearer: {what}"));
-        }
-        if answer.status == 403 && !www.contains("error=\"insufficient_scope\"") {
-            return Err(format!("403 without insufficient_scope: {what}"));
-        }
-        let forwarded = counts.get(&id).copied().unwrap_or(0) == 1;
-        if (200..300).contains(&answer.status) != forwarded {
-            return Err(format!("forwarded: {forwarded}, but {what}"));
-        }
-        if req.is_some_and(|r| r.plain) && answer.status != 200 {
-            return Err(format!("a plain, allowed request was refused: {what}"));
-        }
-        // The gateway's own answers (the upstream's echo may repeat a query).
-        let text = format!("{}{}", answer.head, String::from_utf8_lossy(&answer.body));
-        if !forwarded && signatures.iter().any(|s| text.contains(s)) {
-            return Err(format!("an answer contains a token: {what}"));
-        }
+        judge(answer, stream.get(n), ids[n], &counts, &lab.tokens)?;
     }
     Ok(())
 }
 
-#[test]
-fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
+/// The checks on one answer: `req` is the request it answers (`None` for
+/// the sentinel), `counts` how often the upstream got each case id.
+fn judge(
+    answer: &Answer,
+    req: Option<&Req>,
+    id: u64,
+    counts: &HashMap<u64, usize>,
+    tokens: &Tokens,
+) -> Result<(), String> {
+    let what = format!("answer ({} to case {id}, {req:?})", answer.status);
+    if matches!(answer.status, 500 | 502..=504) {
+        return Err(format!("a gateway failure with a healthy upstream: {what}"));
+    }
+    let www = answer.header("www-authenticate").unwrap_or_default();
+    if answer.status == 401 && !www.starts_with("Bearer") {
+        return Err(format!("401 without WWW-Authenticate: Bearer: {what}"));
+    }
+    if answer.status == 403 && !www.contains("error=\"insufficient_scope\"") {
+        return Err(format!("403 without insufficient_scope: {what}"));
+    }
+    let forwarded = counts.get(&id).copied().unwrap_or(0) == 1;
+    if (200..300).contains(&answer.status) != forwarded {
+        return Err(format!("forwarded: {forwarded}, but {what}"));
+    }
+    if req.is_some_and(|r| r.plain) && answer.status != 200 {
+        return Err(format!("a plain, allowed request was refused: {what}"));
+    }
+    // The gateway's own answers (the upstream's echo may repeat a query).
+    let text = format!("{}{}", answer.head, String::from_utf8_lossy(&answer.body));
+    if !forwarded && tokens.signatures().iter().any(|s| text.contains(s)) {
+        return Err(format!("an answer contains a token: {what}"));
+    }
+    Ok(())
+}
+
+/// A gateway in front of the standard world and an introspection endpoint,
+/// on a runtime of its own.
+fn lab() -> (tokio::runtime::Runtime, Lab) {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -1154,19 +1181,173 @@ fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
             _secret: secret,
         }
     });
+    (runtime, lab)
+}
+
+fn runner(default_cases: u32) -> TestRunner {
     let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(512);
-    let mut runner = TestRunner::new(Config {
+        .unwrap_or(default_cases);
+    TestRunner::new(Config {
         cases,
         failure_persistence: None,
         ..Config::default()
-    });
-    runner
+    })
+}
+
+#[test]
+fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
+    let (runtime, lab) = lab();
+    runner(512)
         .run(&stream(), |stream| {
             runtime
                 .block_on(run_case(&lab, &stream))
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The same requests over HTTP/2 (h2c), as far as HTTP/2 can carry them.
+// ---------------------------------------------------------------------------
+
+type H2Sender = hyper::client::conn::http2::SendRequest<http_body_util::Full<bytes::Bytes>>;
+
+/// An h2c connection to the gateway (whatever authority the requests name).
+async fn h2_connect(addr: SocketAddr) -> Result<H2Sender, String> {
+    let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (sender, connection) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .map_err(|e| format!("HTTP/2 handshake: {e}"))?;
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    Ok(sender)
+}
+
+/// `req` as an HTTP/2 request, or `None` where HTTP/2 has no way to say it
+/// (authority-form and `*` targets, `CONNECT`, targets that are no URI).
+/// Framing, version and connection-level oddities have no HTTP/2 form and
+/// are left out; the body goes as DATA with its length.
+fn h2_request(
+    req: &Req,
+    tokens: &Tokens,
+    ledger: &mut Ledger,
+) -> Option<(http::Request<http_body_util::Full<bytes::Bytes>>, u64)> {
+    let target = target(req, tokens);
+    let uri = if target.starts_with('/') {
+        format!("http://gw.test{target}")
+    } else if target.starts_with("http://") {
+        target
+    } else {
+        return None;
+    };
+    let method = http::Method::from_bytes(req.method.as_bytes()).ok()?;
+    if method == http::Method::CONNECT {
+        return None;
+    }
+    let mut builder = http::Request::builder().method(method).uri(uri);
+    let bearer = |prefix: &str, t: &Tok| format!("{prefix}{}", tokens.get(*t));
+    let authorization: Vec<String> = match &req.auth {
+        Auth::Absent | Auth::InQuery(_) => vec![],
+        Auth::Bearer(t) => vec![bearer("Bearer ", t)],
+        Auth::LowerScheme(t) => vec![bearer("bearer ", t)],
+        Auth::TwoSpaces(t) => vec![bearer("Bearer  ", t)],
+        Auth::Empty => vec!["Bearer ".to_owned()],
+        Auth::Basic => vec!["Basic YWxpY2U6c2VjcmV0".to_owned()],
+        Auth::Twice(a, b) => vec![bearer("Bearer ", a), bearer("Bearer ", b)],
+    };
+    for value in authorization {
+        builder = builder.header("authorization", value);
+    }
+    for extra in &req.extras {
+        builder = match extra {
+            Extra::SpoofIdentity => builder
+                .header("x-auth-subject", SPOOFED)
+                .header("x-auth-scopes", format!("admin {SPOOFED}"))
+                .header("x-auth-client-id", SPOOFED),
+            Extra::ForwardedFor => builder
+                .header("x-forwarded-for", "10.0.0.1")
+                .header("x-auth-subject", SPOOFED),
+            Extra::EvilHost => builder.header("host", "evil.example"),
+            Extra::ExpectContinue => builder.header("expect", "100-continue"),
+            Extra::LongHeader => builder.header("x-long", "a".repeat(70_000)),
+            _ => builder,
+        };
+    }
+    let mut request = builder.body(http_body_util::Full::default()).ok()?;
+    let id = ledger.id(Sent {
+        method: req.method.to_owned(),
+        presented: req.auth.presented(),
+        never: None,
+    });
+    let body = payload(req, tokens, ledger);
+    *request.body_mut() = http_body_util::Full::new(bytes::Bytes::from(body));
+    request
+        .headers_mut()
+        .insert(CASE, http::HeaderValue::from(id));
+    Some((request, id))
+}
+
+async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let mut answered = Vec::new();
+    let mut sender = h2_connect(lab.gateway.addr).await?;
+    for req in stream {
+        let Some((request, id)) = h2_request(req, &lab.tokens, &mut lab.ledger.borrow_mut()) else {
+            continue;
+        };
+        if sender.is_closed() {
+            sender = h2_connect(lab.gateway.addr).await?;
+        }
+        let response = tokio::time::timeout(BOUND, sender.send_request(request))
+            .await
+            .map_err(|_| format!("no HTTP/2 answer within {BOUND:?} to {req:?}"))?;
+        // A reset stream (a request HTTP/2 itself refuses) has no answer;
+        // a plain one must have one.
+        let response = match response {
+            Ok(response) => response,
+            Err(e) if req.plain => return Err(format!("a plain request failed: {e}: {req:?}")),
+            Err(_) => continue,
+        };
+        let (parts, body) = response.into_parts();
+        let body = tokio::time::timeout(BOUND, body.collect())
+            .await
+            .map_err(|_| format!("no HTTP/2 body within {BOUND:?} to {req:?}"))?
+            .map(|b| b.to_bytes().to_vec())
+            .unwrap_or_default();
+        let mut head = format!("HTTP/2 {}\r\n", parts.status.as_u16());
+        for (name, value) in &parts.headers {
+            head.push_str(&format!(
+                "{name}: {}\r\n",
+                String::from_utf8_lossy(value.as_bytes())
+            ));
+        }
+        let answer = Answer {
+            status: parts.status.as_u16(),
+            head,
+            body,
+        };
+        answered.push((req, id, answer));
+    }
+    let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
+    for (req, id, answer) in &answered {
+        judge(answer, Some(req), *id, &counts, &lab.tokens)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_requests_over_http2_fail_closed_too() {
+    let (runtime, lab) = lab();
+    runner(128)
+        .run(&stream(), |stream| {
+            runtime
+                .block_on(run_case_h2(&lab, &stream))
                 .map_err(TestCaseError::fail)
         })
         .unwrap();
