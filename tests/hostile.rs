@@ -43,7 +43,6 @@ use std::time::Duration;
 
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestCaseError, TestRunner};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// How long a stream may take to be answered and closed; every generated
@@ -776,144 +775,6 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
 }
 
 // ---------------------------------------------------------------------------
-// Reading the answers.
-// ---------------------------------------------------------------------------
-
-#[derive(Debug)]
-struct Answer {
-    status: u16,
-    head: String,
-    body: Vec<u8>,
-}
-
-impl Answer {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.head.lines().skip(1).find_map(|line| {
-            let (k, v) = line.split_once(':')?;
-            k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
-        })
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Splits the bytes the gateway sent into responses, the n-th final one for
-/// the n-th request (`methods`, for HEAD). A response cut short is an error
-/// only when the gateway closed cleanly (`clean`); after a reset it ends the
-/// list.
-fn answers(bytes: &[u8], methods: &[&str], clean: bool) -> Result<Vec<Answer>, String> {
-    let mut out = Vec::new();
-    let mut pos = 0;
-    let cut = |what: &str| -> Result<(), String> {
-        if clean {
-            Err(format!("{what}: {:?}", String::from_utf8_lossy(bytes)))
-        } else {
-            Ok(())
-        }
-    };
-    while pos < bytes.len() {
-        let rest = &bytes[pos..];
-        let Some(end) = find(rest, b"\r\n\r\n") else {
-            cut("a response head cut short")?;
-            break;
-        };
-        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
-        let status: u16 = head
-            .strip_prefix("HTTP/1.1 ")
-            .or_else(|| head.strip_prefix("HTTP/1.0 "))
-            .and_then(|s| s.get(..3))
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| format!("not an HTTP/1 status line: {head:?}"))?;
-        pos += end + 4;
-        if (100..200).contains(&status) && status != 101 {
-            continue;
-        }
-        let mut answer = Answer {
-            status,
-            head,
-            body: Vec::new(),
-        };
-        let method = methods.get(out.len()).copied().unwrap_or("GET");
-        let chunked = answer
-            .header("transfer-encoding")
-            .is_some_and(|v| v.eq_ignore_ascii_case("chunked"));
-        let length = answer
-            .header("content-length")
-            .map(|v| v.parse::<usize>().map_err(|_| format!("bad length {v:?}")))
-            .transpose()?;
-        if method == "HEAD" || status == 204 || status == 304 {
-        } else if chunked {
-            loop {
-                let Some(line_end) = find(&bytes[pos..], b"\r\n") else {
-                    cut("a chunk size cut short")?;
-                    return Ok(out);
-                };
-                let size_text = String::from_utf8_lossy(&bytes[pos..pos + line_end]).into_owned();
-                let size = usize::from_str_radix(size_text.trim(), 16)
-                    .map_err(|_| format!("bad chunk size {size_text:?}"))?;
-                pos += line_end + 2;
-                if size == 0 {
-                    let Some(trailer_end) = find(&bytes[pos..], b"\r\n") else {
-                        cut("a last chunk cut short")?;
-                        return Ok(out);
-                    };
-                    pos += trailer_end + 2;
-                    break;
-                }
-                if bytes.len() < pos + size + 2 {
-                    cut("a chunk cut short")?;
-                    return Ok(out);
-                }
-                answer.body.extend_from_slice(&bytes[pos..pos + size]);
-                pos += size + 2;
-            }
-        } else if let Some(n) = length {
-            if bytes.len() < pos + n {
-                cut("a body cut short")?;
-                break;
-            }
-            answer.body = bytes[pos..pos + n].to_vec();
-            pos += n;
-        } else {
-            answer.body = bytes[pos..].to_vec();
-            pos = bytes.len();
-        }
-        out.push(answer);
-    }
-    Ok(out)
-}
-
-/// Writes the stream and reads until the gateway closes (or resets) the
-/// connection. `Err` if it does neither within [`BOUND`].
-async fn exchange(addr: SocketAddr, bytes: &[u8]) -> Result<(Vec<u8>, bool), String> {
-    let mut stream = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-    // The gateway may answer and close before reading everything (a refused
-    // head): a failed write is not the test's business, the answers are.
-    let _ = stream.write_all(bytes).await;
-    let mut out = Vec::new();
-    let mut buf = vec![0u8; 16 * 1024];
-    let read = tokio::time::timeout(BOUND, async {
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) => return true,
-                Ok(n) => out.extend_from_slice(&buf[..n]),
-                Err(_) => return false,
-            }
-        }
-    })
-    .await;
-    match read {
-        Ok(clean) => Ok((out, clean)),
-        Err(_) => Err(format!(
-            "the gateway neither answered nor closed within {BOUND:?}; got {:?}",
-            String::from_utf8_lossy(&out)
-        )),
-    }
-}
-
-// ---------------------------------------------------------------------------
 // The upstream side of the oracle.
 // ---------------------------------------------------------------------------
 
@@ -1084,8 +945,17 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     let mut methods: Vec<&str> = stream.iter().map(|r| r.method).collect();
     methods.push("GET");
 
-    let (received, clean) = exchange(lab.gateway.addr, &bytes).await?;
-    let answers = answers(&received, &methods, clean)?;
+    let (received, clean) = exchange(lab.gateway.addr, &bytes, BOUND).await?;
+    let (answers, cut) = answers(&received, &methods)?;
+    // After a reset the last answer may be cut short; after a clean close
+    // none may be.
+    if cut && clean {
+        return Err(format!(
+            "a response cut short: {:?}",
+            String::from_utf8_lossy(&received)
+        ));
+    }
+    let answers: Vec<Answer> = answers.into_iter().filter(|a| !a.cut).collect();
     if answers.len() > methods.len() {
         return Err(format!(
             "{} answers for {} requests",
@@ -1331,6 +1201,7 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
             status: parts.status.as_u16(),
             head,
             body,
+            cut: false,
         };
         answered.push((req, id, answer));
     }

@@ -680,3 +680,168 @@ pub fn argon2_hash(secret: &str) -> String {
         .or_insert(hash)
         .clone()
 }
+
+// ---------------------------------------------------------------------------
+// Raw HTTP/1 exchanges, for the hostile-input tests.
+// ---------------------------------------------------------------------------
+
+/// Where `needle` first occurs in `haystack`.
+pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+/// Writes `bytes` (a write the peer cuts short is not an error: it may answer
+/// and close before reading everything) and reads until the peer closes the
+/// connection: the bytes read, and whether it closed cleanly rather than
+/// with a reset. `Err` if it did neither within `bound`.
+pub async fn exchange(
+    addr: SocketAddr,
+    bytes: &[u8],
+    bound: Duration,
+) -> Result<(Vec<u8>, bool), String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = stream.write_all(bytes).await;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 16 * 1024];
+    let read = tokio::time::timeout(bound, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) => return true,
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => return false,
+            }
+        }
+    })
+    .await;
+    match read {
+        Ok(clean) => Ok((out, clean)),
+        Err(_) => Err(format!(
+            "the peer neither answered nor closed within {bound:?}; got {:?}",
+            String::from_utf8_lossy(&out)
+        )),
+    }
+}
+
+/// One HTTP/1 response read off a raw stream.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    /// The status line and header lines.
+    pub head: String,
+    pub body: Vec<u8>,
+    /// The stream ended inside this response's body.
+    pub cut: bool,
+}
+
+impl Answer {
+    /// The first value of a header (case-insensitive name).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers(name).into_iter().next()
+    }
+
+    /// Every value of a header (case-insensitive name).
+    pub fn headers(&self, name: &str) -> Vec<&str> {
+        self.head
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let (k, v) = line.split_once(':')?;
+                k.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+            })
+            .collect()
+    }
+}
+
+/// The HTTP/1 responses in `bytes`, in order, without interim ones (1xx
+/// but 101); `methods[n]` is the n-th request's method (a HEAD answer has no
+/// body; missing means GET). Also whether the bytes end inside a response
+/// (its head, or the body of the last answer, then marked `cut`). `Err` for
+/// bytes that are not HTTP/1 responses.
+pub fn answers(bytes: &[u8], methods: &[&str]) -> Result<(Vec<Answer>, bool), String> {
+    let mut out = Vec::new();
+    let mut pos = 0;
+    while pos < bytes.len() {
+        let rest = &bytes[pos..];
+        let Some(end) = find(rest, b"\r\n\r\n") else {
+            return Ok((out, true));
+        };
+        let head = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let status: u16 = head
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| head.strip_prefix("HTTP/1.0 "))
+            .and_then(|s| s.get(..3))
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("not an HTTP/1 status line: {head:?}"))?;
+        pos += end + 4;
+        if (100..200).contains(&status) && status != 101 {
+            continue;
+        }
+        let mut answer = Answer {
+            status,
+            head,
+            body: Vec::new(),
+            cut: false,
+        };
+        let method = methods.get(out.len()).copied().unwrap_or("GET");
+        let chunked = answer
+            .headers("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let length = answer
+            .header("content-length")
+            .map(|v| v.parse::<usize>().map_err(|_| format!("bad length {v:?}")))
+            .transpose()?;
+        if method == "HEAD" || status == 204 || status == 304 {
+        } else if chunked {
+            // Chunks, then trailer lines up to an empty one.
+            let mut trailers = false;
+            loop {
+                let Some(line_end) = find(&bytes[pos..], b"\r\n") else {
+                    answer.body.extend_from_slice(&bytes[pos..]);
+                    answer.cut = true;
+                    pos = bytes.len();
+                    break;
+                };
+                let line = String::from_utf8_lossy(&bytes[pos..pos + line_end]).into_owned();
+                pos += line_end + 2;
+                if trailers {
+                    if line.is_empty() {
+                        break;
+                    }
+                    continue;
+                }
+                let size = usize::from_str_radix(line.trim(), 16)
+                    .map_err(|_| format!("bad chunk size {line:?}"))?;
+                if size == 0 {
+                    trailers = true;
+                    continue;
+                }
+                if bytes.len() < pos + size + 2 {
+                    answer.body.extend_from_slice(&bytes[pos..]);
+                    answer.cut = true;
+                    pos = bytes.len();
+                    break;
+                }
+                answer.body.extend_from_slice(&bytes[pos..pos + size]);
+                pos += size + 2;
+            }
+        } else if let Some(n) = length {
+            let take = n.min(bytes.len() - pos);
+            answer.body = bytes[pos..pos + take].to_vec();
+            answer.cut = take < n;
+            pos += take;
+        } else {
+            answer.body = bytes[pos..].to_vec();
+            pos = bytes.len();
+        }
+        let cut = answer.cut;
+        out.push(answer);
+        if cut {
+            return Ok((out, true));
+        }
+    }
+    Ok((out, false))
+}
