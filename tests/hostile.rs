@@ -42,7 +42,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokio::net::TcpStream;
 
 /// How long a stream may take to be answered and closed; every generated
@@ -1030,11 +1030,7 @@ fn judge(
 /// A gateway in front of the standard world and an introspection endpoint,
 /// on a runtime of its own.
 fn lab() -> (tokio::runtime::Runtime, Lab) {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let lab = runtime.block_on(async {
         let world = World::new().await;
         let introspection = introspection_endpoint().await;
@@ -1054,22 +1050,10 @@ fn lab() -> (tokio::runtime::Runtime, Lab) {
     (runtime, lab)
 }
 
-fn runner(default_cases: u32) -> TestRunner {
-    let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default_cases);
-    TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    })
-}
-
 #[test]
 fn hostile_request_streams_fail_closed_and_the_gateway_keeps_serving() {
     let (runtime, lab) = lab();
-    runner(512)
+    hostile_runner(512)
         .run(&stream(), |stream| {
             runtime
                 .block_on(run_case(&lab, &stream))
@@ -1215,7 +1199,7 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
 #[test]
 fn hostile_requests_over_http2_fail_closed_too() {
     let (runtime, lab) = lab();
-    runner(128)
+    hostile_runner(128)
         .run(&stream(), |stream| {
             runtime
                 .block_on(run_case_h2(&lab, &stream))

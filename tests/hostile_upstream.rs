@@ -28,7 +28,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::{Config, TestCaseError, TestRunner};
+use proptest::test_runner::TestCaseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -383,11 +383,7 @@ async fn run_case(lab: &Lab, scripts: &[Script]) -> Result<(), String> {
 
 #[test]
 fn hostile_upstream_answers_never_reach_the_wrong_client() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let runtime = runtime();
     let lab = runtime.block_on(async {
         let world = World::new().await;
         let scripts: Scripts = Arc::default();
@@ -405,17 +401,8 @@ fn hostile_upstream_answers_never_reach_the_wrong_client() {
             _world: world,
         }
     });
-    let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(256);
-    let mut runner = TestRunner::new(Config {
-        cases,
-        failure_persistence: None,
-        ..Config::default()
-    });
     let script = prop::sample::select(Script::ALL.to_vec());
-    runner
+    hostile_runner(256)
         .run(&proptest::collection::vec(script, 1..=3), |scripts| {
             runtime
                 .block_on(run_case(&lab, &scripts))

@@ -685,6 +685,30 @@ pub fn argon2_hash(secret: &str) -> String {
 // Raw HTTP/1 exchanges, for the hostile-input tests.
 // ---------------------------------------------------------------------------
 
+/// A multi-threaded runtime for a test that drives async cases from a
+/// synchronous proptest runner.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// A proptest runner for the hostile-input tests: `SCOPEGATE_HOSTILE_CASES`
+/// cases (for a campaign) or `default_cases`, and no failure files.
+pub fn hostile_runner(default_cases: u32) -> proptest::test_runner::TestRunner {
+    let cases = std::env::var("SCOPEGATE_HOSTILE_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default_cases);
+    proptest::test_runner::TestRunner::new(proptest::test_runner::Config {
+        cases,
+        failure_persistence: None,
+        ..proptest::test_runner::Config::default()
+    })
+}
+
 /// Where `needle` first occurs in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
