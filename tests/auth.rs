@@ -1935,6 +1935,9 @@ async fn decision_metrics_without_secrets() {
     .await;
     let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &[], "").await;
     check(&reply, forwarded, Want::NoToken, "no token");
+    let basic = [("authorization", "Basic dXNlcjpwYXNz")];
+    let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &basic, "").await;
+    check(&reply, forwarded, Want::NoToken, "another scheme");
 
     let text = gw.metrics().await;
     let decisions =
@@ -1960,6 +1963,11 @@ async fn decision_metrics_without_secrets() {
     );
     assert_eq!(
         decisions(&[("decision", "deny"), ("reason", "missing_token")]),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        decisions(&[("decision", "deny"), ("reason", "other_scheme")]),
         1.0,
         "{text}"
     );
