@@ -37,12 +37,23 @@ const LINE_KEEP: usize = 256;
 const NONE: usize = usize::MAX;
 
 /// Counts the requests of one connection in the order hyper dispatches them.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Requests {
     ambiguous: AtomicUsize,
     next: AtomicUsize,
     /// The connection switched protocols: its bytes are no longer requests.
     switched: AtomicBool,
+}
+
+impl Default for Requests {
+    /// No request ambiguous yet, none dispatched, not switched.
+    fn default() -> Self {
+        Self {
+            ambiguous: AtomicUsize::new(NONE),
+            next: AtomicUsize::new(0),
+            switched: AtomicBool::new(false),
+        }
+    }
 }
 
 impl Requests {
@@ -70,11 +81,7 @@ pub(crate) struct FramingWatch<I> {
 impl<I> FramingWatch<I> {
     /// Wraps `inner`; the returned [`Requests`] goes to the connection's service.
     pub(crate) fn new(inner: I) -> (Self, Arc<Requests>) {
-        let requests = Arc::new(Requests {
-            ambiguous: AtomicUsize::new(NONE),
-            next: AtomicUsize::new(0),
-            switched: AtomicBool::new(false),
-        });
+        let requests = Arc::new(Requests::default());
         let watch = Self {
             inner,
             tracker: Tracker::default(),
