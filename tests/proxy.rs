@@ -1477,3 +1477,158 @@ async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
     }
     assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2; 3]);
 }
+
+/// How [`refusing_upstream`] turns down a stream.
+#[derive(Clone, Copy)]
+enum Refusal {
+    /// GOAWAY naming the stream before as the last one taken, then close.
+    GoAway(h2::Reason),
+    /// RST_STREAM `REFUSED_STREAM`; the connection lives on.
+    Reset,
+}
+
+/// An h2c upstream written frame by frame (`h2`'s codec): it answers each
+/// request with 200 and its path, but turns down every `every`-th stream of
+/// a connection. RFC 9113 8.7: a stream above GOAWAY's last stream id, or
+/// reset with `REFUSED_STREAM`, was not processed and may be sent again.
+/// Counts the requests it answered.
+async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<AtomicUsize>) {
+    use h2::frame::{Data, Frame, GoAway, Headers, Ping, Pseudo, Reset, Settings, StreamId};
+    use http::HeaderMap;
+
+    async fn send(codec: &mut h2::Codec<TcpStream, Bytes>, frame: Frame<Bytes>) {
+        std::future::poll_fn(|cx| codec.poll_ready(cx))
+            .await
+            .unwrap();
+        codec.buffer(frame).unwrap();
+        std::future::poll_fn(|cx| codec.flush(cx)).await.unwrap();
+    }
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let answered = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&answered);
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let counter = Arc::clone(&counter);
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let mut codec: h2::Codec<_, Bytes> = h2::Codec::new(tcp);
+                send(&mut codec, Settings::default().into()).await;
+                let (mut taken, mut last) = (0, 0u32);
+                while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+                    let headers = match frame {
+                        Frame::Settings(settings) if !settings.is_ack() => {
+                            send(&mut codec, Settings::ack().into()).await;
+                            continue;
+                        }
+                        Frame::Ping(ping) if !ping.is_ack() => {
+                            send(&mut codec, Ping::pong(ping.into_payload()).into()).await;
+                            continue;
+                        }
+                        Frame::Headers(headers) => headers,
+                        _ => continue,
+                    };
+                    let id = headers.stream_id();
+                    taken += 1;
+                    if taken % every == 0 {
+                        match refusal {
+                            Refusal::GoAway(reason) => {
+                                let goaway = GoAway::new(StreamId::from(last), reason);
+                                send(&mut codec, goaway.into()).await;
+                                // Closed once the peer has read the GOAWAY.
+                                let _ = futures_util::StreamExt::next(&mut codec).await;
+                                return;
+                            }
+                            Refusal::Reset => {
+                                let reset = Reset::new(id, h2::Reason::REFUSED_STREAM);
+                                send(&mut codec, reset.into()).await;
+                                continue;
+                            }
+                        }
+                    }
+                    if !headers.is_end_stream() {
+                        // The body: not needed for the answer.
+                        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await
+                        {
+                            if matches!(&frame, Frame::Data(d) if d.is_end_stream()) {
+                                break;
+                            }
+                        }
+                    }
+                    let (pseudo, _) = headers.into_parts();
+                    let path = pseudo.path.map(|p| p.to_string()).unwrap_or_default();
+                    let head = Headers::new(id, Pseudo::response(StatusCode::OK), HeaderMap::new());
+                    send(&mut codec, head.into()).await;
+                    let mut data = Data::new(id, Bytes::from(path));
+                    data.set_end_stream(true);
+                    send(&mut codec, data.into()).await;
+                    counter.fetch_add(1, Ordering::SeqCst);
+                    last = u32::from(id);
+                }
+            });
+        }
+    });
+    (addr, answered)
+}
+
+/// Upstreams refuse streams in the normal run of things (a graceful GOAWAY
+/// at the end of a connection's life, `REFUSED_STREAM` under load): a
+/// bodiless request they did not process is sent again on a new
+/// connection instead of failing with 502. One with a body cannot be sent
+/// again (it was streamed), and is a 502; so is one refused by a GOAWAY
+/// with an error code, which does not say what was processed.
+#[tokio::test]
+async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
+    let world = World::new().await;
+    let token = world.token("orders:read orders:write");
+    for refusal in [Refusal::GoAway(h2::Reason::NO_ERROR), Refusal::Reset] {
+        let (upstream, answered) = refusing_upstream(3, refusal).await;
+        let yaml = config_for(&world, upstream).replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    http2_only: true\n",
+        );
+        let gw = Gateway::start(&yaml).await;
+        for n in 0..12 {
+            let path = format!("/orders/{n}");
+            let reply = get_with_token(&gw.url(&path), &token).await;
+            assert_eq!((reply.status, reply.text()), (200, path));
+        }
+        assert_eq!(answered.load(Ordering::SeqCst), 12);
+        // Two answered, the third (with a body) refused.
+        let auth = format!("Bearer {token}");
+        let mut statuses = Vec::new();
+        for _ in 0..3 {
+            let url = gw.url("/orders/1/items");
+            let headers = [("authorization", auth.as_str())];
+            let reply = send("POST", &url, &headers, Bytes::from("a body")).await;
+            statuses.push(reply.unwrap().status);
+        }
+        statuses.sort_unstable();
+        assert_eq!(statuses, [200, 200, 502]);
+        let metrics = gw.metrics().await;
+        let protocol = [("upstream", "app"), ("kind", "protocol")];
+        assert_eq!(
+            metric(&metrics, "scopegate_upstream_errors_total", &protocol),
+            1.0
+        );
+    }
+
+    let (upstream, answered) =
+        refusing_upstream(2, Refusal::GoAway(h2::Reason::INTERNAL_ERROR)).await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let first = get_with_token(&gw.url("/orders/1"), &token).await;
+    let second = get_with_token(&gw.url("/orders/2"), &token).await;
+    assert_eq!((first.status, second.status), (200, 502));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+}

@@ -169,21 +169,27 @@ pub enum ClientBodyError {
     Idle(Duration),
 }
 
-pin_project! {
-    /// A client's request body with an idle timeout between frames.
-    pub struct ClientBody {
-        #[pin]
-        inner: Incoming,
-        idle: IdleTimer,
-    }
+/// A client's request body with an idle timeout between frames.
+pub struct ClientBody {
+    /// `None`: no body (a bodiless request sent again).
+    inner: Option<Incoming>,
+    idle: IdleTimer,
 }
 
 impl ClientBody {
     /// Wraps a request body; `idle_timeout` bounds each wait for more of it.
     pub fn new(inner: Incoming, idle_timeout: Duration) -> Self {
         Self {
-            inner,
+            inner: Some(inner),
             idle: IdleTimer::new(idle_timeout),
+        }
+    }
+
+    /// No body: for sending a bodiless request again.
+    pub fn empty() -> Self {
+        Self {
+            inner: None,
+            idle: IdleTimer::new(Duration::ZERO),
         }
     }
 }
@@ -196,8 +202,11 @@ impl Body for ClientBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
-        let mut this = self.project();
-        match this.inner.as_mut().poll_frame(cx) {
+        let this = self.get_mut();
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match Pin::new(inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 Poll::Ready(Some(Ok(frame)))
@@ -212,10 +221,12 @@ impl Body for ClientBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.inner.as_ref().is_none_or(Body::is_end_stream)
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        self.inner
+            .as_ref()
+            .map_or_else(|| SizeHint::with_exact(0), Body::size_hint)
     }
 }

@@ -7,7 +7,9 @@
 //! only once their response body has ended; an HTTP/2 connection (h2c, or
 //! `h2` negotiated by ALPN) is shared by all requests. A request that a
 //! pooled connection could not even start (the upstream closed it while
-//! idle) is sent again once on a new connection.
+//! idle) is sent again once on a new connection, and so is a bodiless one
+//! that an HTTP/2 upstream did not process (a graceful GOAWAY that it
+//! crossed, or `REFUSED_STREAM`; RFC 9113 8.7).
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -149,6 +151,7 @@ impl UpstreamPool {
         mut request: Request<ClientBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
+        let mut resent = false;
         loop {
             let pooled = if pooled_failed { None } else { self.checkout() };
             let fresh = pooled.is_none();
@@ -161,8 +164,22 @@ impl UpstreamPool {
             match sender {
                 Sender::Http2(mut sender) => {
                     self.for_http2(&mut request);
-                    let response = sender.send_request(request).await?;
-                    return Ok((response, None));
+                    // Kept only while it can be sent again: no body, and
+                    // not sent again already.
+                    let again = (!resent && http_body::Body::is_end_stream(request.body()))
+                        .then(|| bodiless_copy(&request));
+                    match sender.send_request(request).await {
+                        Ok(response) => return Ok((response, None)),
+                        Err(e) => match again {
+                            Some(copy) if unprocessed(&e) => {
+                                tracing::debug!(error = %e, "upstream did not process the request; sending it again on a new connection");
+                                request = copy;
+                                pooled_failed = true;
+                                resent = true;
+                            }
+                            _ => return Err(SendError::Protocol(e)),
+                        },
+                    }
                 }
                 Sender::Http1(mut sender) => {
                     request.headers_mut().insert(HOST, self.host.clone());
@@ -302,4 +319,31 @@ impl UpstreamPool {
             }
         }
     }
+}
+
+/// The request again, with no body (it had none).
+fn bodiless_copy(request: &Request<ClientBody>) -> Request<ClientBody> {
+    let mut copy = Request::new(ClientBody::empty());
+    *copy.method_mut() = request.method().clone();
+    *copy.uri_mut() = request.uri().clone();
+    *copy.version_mut() = request.version();
+    *copy.headers_mut() = request.headers().clone();
+    copy
+}
+
+/// Whether an HTTP/2 upstream said it did not process the stream: a GOAWAY
+/// without error (which fails only the streams above its last stream id) or
+/// a `REFUSED_STREAM` reset. A GOAWAY with an error code also fails streams
+/// it may have processed, so it is not taken as a refusal.
+fn unprocessed(error: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            return h2.is_remote()
+                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                    || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
+        }
+        source = e.source();
+    }
+    false
 }
