@@ -16,7 +16,16 @@
 //! - the answers parse as HTTP/1.1 responses, in request order;
 //! - a fresh client is served after every case.
 //!
-//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256).
+//! The same over HTTP/2: a raw h2c upstream (frames written with `h2`'s
+//! codec) shared by concurrent requests answers each stream with a
+//! generated script (good answers split, with trailers or interim answers,
+//! reset after the answer; `REFUSED_STREAM` or a graceful GOAWAY, after
+//! which the request must still be answered; GOAWAY with an error, resets
+//! before or in the body, a length longer than the body, no `:status`, a
+//! connection-specific field, hop-by-hop fields, a PUSH_PROMISE the gateway
+//! never allowed), judged the same way.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256 each).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -406,6 +415,451 @@ fn hostile_upstream_answers_never_reach_the_wrong_client() {
         .run(&proptest::collection::vec(script, 1..=3), |scripts| {
             runtime
                 .block_on(run_case(&lab, &scripts))
+                .map_err(TestCaseError::fail)
+        })
+        .unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// The same over HTTP/2: a raw h2c upstream shared by concurrent requests.
+// ---------------------------------------------------------------------------
+
+/// How the HTTP/2 upstream answers one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum H2Script {
+    /// 200 and the id in one DATA frame.
+    Ok,
+    /// 200, the id in two DATA frames, with `content-length`.
+    Split,
+    /// 200, the id, then trailers.
+    Trailers,
+    /// `100` and `103` first, then 200.
+    Interim,
+    /// The whole answer, then `RST_STREAM(NO_ERROR)` (RFC 9113 8.1).
+    ResetAfterAnswer,
+    /// `RST_STREAM(REFUSED_STREAM)` the first time, then answered.
+    RefusedOnce,
+    /// GOAWAY without error naming the stream before the first time, then
+    /// answered on the next connection.
+    GoAwayOnce,
+    /// GOAWAY with `INTERNAL_ERROR`: the connection's streams fail.
+    GoAwayError,
+    /// `RST_STREAM(INTERNAL_ERROR)` before any answer.
+    Reset,
+    /// 200, half the id, then `RST_STREAM(INTERNAL_ERROR)`.
+    ResetMidBody,
+    /// 200 with `content-length` longer than the body.
+    LengthTooLong,
+    /// HEADERS without `:status`.
+    NoStatus,
+    /// A field HTTP/2 forbids in a response (`connection`).
+    ConnectionSpecific,
+    /// 200 with fields no client may get from an upstream.
+    HopByHop,
+    /// A PUSH_PROMISE (the gateway disabled push): a connection error.
+    Push,
+    /// 404 with the id: passed through.
+    NotFound,
+}
+
+impl H2Script {
+    const ALL: [H2Script; 16] = [
+        H2Script::Ok,
+        H2Script::Split,
+        H2Script::Trailers,
+        H2Script::Interim,
+        H2Script::ResetAfterAnswer,
+        H2Script::RefusedOnce,
+        H2Script::GoAwayOnce,
+        H2Script::GoAwayError,
+        H2Script::Reset,
+        H2Script::ResetMidBody,
+        H2Script::LengthTooLong,
+        H2Script::NoStatus,
+        H2Script::ConnectionSpecific,
+        H2Script::HopByHop,
+        H2Script::Push,
+        H2Script::NotFound,
+    ];
+
+    /// The statuses a client may see (a cut 2xx body must be a prefix of the
+    /// id, a whole one the id).
+    fn allowed(self) -> &'static [u16] {
+        match self {
+            H2Script::Ok
+            | H2Script::Split
+            | H2Script::Trailers
+            | H2Script::Interim
+            | H2Script::ResetAfterAnswer
+            | H2Script::RefusedOnce
+            | H2Script::GoAwayOnce
+            | H2Script::HopByHop => &[200],
+            // The head may be on its way when the body fails.
+            H2Script::ResetMidBody | H2Script::LengthTooLong => &[200, 502],
+            H2Script::NotFound => &[404],
+            H2Script::GoAwayError
+            | H2Script::Reset
+            | H2Script::NoStatus
+            | H2Script::ConnectionSpecific
+            | H2Script::Push => &[502],
+        }
+    }
+
+    /// Whether its body may fail after the head: the client then gets a
+    /// cut 200, a 502, or (if hyper had not flushed the head) no answer.
+    fn fails_mid_body(self) -> bool {
+        matches!(self, H2Script::ResetMidBody | H2Script::LengthTooLong)
+    }
+
+    /// Whether it ends the upstream connection, and with it (maybe) the
+    /// other streams on it.
+    fn ends_connection(self) -> bool {
+        matches!(self, H2Script::GoAwayError | H2Script::Push)
+    }
+}
+
+type H2Scripts = Arc<Mutex<HashMap<u64, (H2Script, bool)>>>;
+
+type H2Codec = h2::Codec<tokio::net::TcpStream, bytes::Bytes>;
+
+async fn send_frame(codec: &mut H2Codec, frame: h2::frame::Frame<bytes::Bytes>) -> bool {
+    if std::future::poll_fn(|cx| codec.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    codec.buffer(frame).is_ok() && std::future::poll_fn(|cx| codec.flush(cx)).await.is_ok()
+}
+
+/// An h2c upstream written frame by frame with `h2`'s codec: answers each
+/// stream as the script of its case id says (ids it does not know: `Ok`).
+async fn raw_h2_upstream(scripts: H2Scripts) -> SocketAddr {
+    use h2::frame::{Frame, Settings};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let scripts = Arc::clone(&scripts);
+            tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
+                let mut preface = [0u8; 24];
+                if tcp.read_exact(&mut preface).await.is_err() {
+                    return;
+                }
+                let mut codec: H2Codec = h2::Codec::new(tcp);
+                if !send_frame(&mut codec, Settings::default().into()).await {
+                    return;
+                }
+                let mut last = 0u32;
+                while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+                    let headers = match frame {
+                        Frame::Settings(s) if !s.is_ack() => {
+                            send_frame(&mut codec, Settings::ack().into()).await;
+                            continue;
+                        }
+                        Frame::Ping(p) if !p.is_ack() => {
+                            let pong = h2::frame::Ping::pong(p.into_payload());
+                            send_frame(&mut codec, pong.into()).await;
+                            continue;
+                        }
+                        Frame::Headers(headers) => headers,
+                        _ => continue,
+                    };
+                    let id = headers
+                        .fields()
+                        .get(CASE)
+                        .and_then(|v| v.to_str().ok())
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0u64);
+                    let script = {
+                        let mut scripts = scripts.lock().unwrap();
+                        match scripts.get_mut(&id) {
+                            // A refusal only the first time.
+                            Some((s @ (H2Script::RefusedOnce | H2Script::GoAwayOnce), done)) => {
+                                let first = !*done;
+                                *done = true;
+                                if first {
+                                    *s
+                                } else {
+                                    H2Script::Ok
+                                }
+                            }
+                            Some((s, _)) => *s,
+                            None => H2Script::Ok,
+                        }
+                    };
+                    let stream = headers.stream_id();
+                    if !answer_h2(&mut codec, stream, id, script, last).await {
+                        return;
+                    }
+                    last = u32::from(stream);
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Writes `script`'s frames for `stream`; false when the connection is over.
+async fn answer_h2(
+    codec: &mut H2Codec,
+    stream: h2::frame::StreamId,
+    id: u64,
+    script: H2Script,
+    last: u32,
+) -> bool {
+    use h2::frame::{Data, GoAway, Headers, Pseudo, PushPromise, Reset, StreamId};
+    use http::{HeaderMap, HeaderValue, StatusCode};
+    let body = bytes::Bytes::from(id.to_string());
+    let head = |status: u16, fields: &[(&'static str, &str)]| {
+        let mut map = HeaderMap::new();
+        for (name, value) in fields {
+            map.append(*name, HeaderValue::from_str(value).unwrap());
+        }
+        Headers::new(
+            stream,
+            Pseudo::response(StatusCode::from_u16(status).unwrap()),
+            map,
+        )
+    };
+    let data = |bytes: bytes::Bytes, end: bool| {
+        let mut frame = Data::new(stream, bytes);
+        frame.set_end_stream(end);
+        frame
+    };
+    let reset = |reason| Reset::new(stream, reason);
+    let frames: Vec<h2::frame::Frame<bytes::Bytes>> = match script {
+        H2Script::Ok => vec![head(200, &[]).into(), data(body, true).into()],
+        H2Script::Split => {
+            let half = body.len() / 2;
+            let length = body.len().to_string();
+            vec![
+                head(200, &[("content-length", &length)]).into(),
+                data(body.slice(..half), false).into(),
+                data(body.slice(half..), true).into(),
+            ]
+        }
+        H2Script::Trailers => {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", HeaderValue::from_static("1"));
+            let mut end = Headers::trailers(stream, trailers);
+            end.set_end_stream();
+            vec![head(200, &[]).into(), data(body, false).into(), end.into()]
+        }
+        H2Script::Interim => vec![
+            head(100, &[]).into(),
+            head(103, &[("link", "</a.css>; rel=preload")]).into(),
+            head(200, &[]).into(),
+            data(body, true).into(),
+        ],
+        H2Script::ResetAfterAnswer => vec![
+            head(200, &[]).into(),
+            data(body, true).into(),
+            reset(h2::Reason::NO_ERROR).into(),
+        ],
+        H2Script::RefusedOnce => vec![reset(h2::Reason::REFUSED_STREAM).into()],
+        H2Script::GoAwayOnce | H2Script::GoAwayError => {
+            let reason = if script == H2Script::GoAwayOnce {
+                h2::Reason::NO_ERROR
+            } else {
+                h2::Reason::INTERNAL_ERROR
+            };
+            send_frame(codec, GoAway::new(StreamId::from(last), reason).into()).await;
+            // No stream to finish: closed (a lingering close, so that the
+            // GOAWAY is read), with the streams the peer opens meanwhile.
+            let _ = std::future::poll_fn(|cx| codec.shutdown(cx)).await;
+            while let Some(Ok(_)) = futures_util::StreamExt::next(codec).await {}
+            return false;
+        }
+        H2Script::Reset => vec![reset(h2::Reason::INTERNAL_ERROR).into()],
+        H2Script::ResetMidBody => vec![
+            head(200, &[]).into(),
+            data(body.slice(..body.len() / 2), false).into(),
+            reset(h2::Reason::INTERNAL_ERROR).into(),
+        ],
+        H2Script::LengthTooLong => {
+            let length = (body.len() + 5).to_string();
+            vec![
+                head(200, &[("content-length", &length)]).into(),
+                data(body, true).into(),
+            ]
+        }
+        H2Script::NoStatus => {
+            let mut headers = head(200, &[]);
+            headers.pseudo_mut().status = None;
+            vec![headers.into(), data(body, true).into()]
+        }
+        H2Script::ConnectionSpecific => vec![
+            head(200, &[("connection", "close")]).into(),
+            data(body, true).into(),
+        ],
+        H2Script::HopByHop => vec![
+            head(
+                200,
+                &[
+                    ("proxy-authenticate", "Basic"),
+                    ("trailer", "x-t"),
+                    ("x-kept", "1"),
+                ],
+            )
+            .into(),
+            data(body, true).into(),
+        ],
+        H2Script::Push => {
+            let request = http::Request::get("http://gw.test/pushed")
+                .body(())
+                .unwrap();
+            let (parts, _) = request.into_parts();
+            match PushPromise::validate_request(&http::Request::from_parts(parts.clone(), ())) {
+                Ok(()) => {}
+                Err(_) => return false,
+            }
+            let pseudo = Pseudo::request(parts.method, parts.uri, None);
+            let promised = StreamId::from(u32::from(stream) + 1);
+            let push = PushPromise::new(stream, promised, pseudo, HeaderMap::new());
+            vec![push.into(), head(200, &[]).into(), data(body, true).into()]
+        }
+        H2Script::NotFound => vec![head(404, &[]).into(), data(body, true).into()],
+    };
+    for frame in frames {
+        if !send_frame(codec, frame).await {
+            return false;
+        }
+    }
+    true
+}
+
+struct H2Lab {
+    gateway: Gateway,
+    scripts: H2Scripts,
+    token: String,
+    next_id: Mutex<u64>,
+    _world: World,
+}
+
+impl H2Lab {
+    fn id(&self, script: H2Script) -> u64 {
+        let mut next = self.next_id.lock().unwrap();
+        *next += 1;
+        self.scripts.lock().unwrap().insert(*next, (script, false));
+        *next
+    }
+}
+
+/// Each request on a client connection of its own, all at once: their
+/// streams share the upstream connection.
+async fn run_case_h2(lab: &H2Lab, scripts: &[H2Script]) -> Result<(), String> {
+    let ids: Vec<u64> = scripts.iter().map(|s| lab.id(*s)).collect();
+    let exchanges = ids.iter().map(|id| {
+        let bytes = format!(
+            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            lab.token
+        );
+        async move { exchange(lab.gateway.addr, bytes.as_bytes(), BOUND).await }
+    });
+    let results = futures_util::future::join_all(exchanges).await;
+    // A stream may fail with its connection, whatever its own script; and
+    // the gateway sends an unprocessed request again twice at most, each
+    // time on a new connection, while each refusing script may turn it down
+    // once (its own refusal, or a GOAWAY to all streams in flight).
+    let refusals = scripts
+        .iter()
+        .filter(|s| matches!(s, H2Script::RefusedOnce | H2Script::GoAwayOnce))
+        .count();
+    let shared_fate = scripts.iter().any(|s| s.ends_connection()) || refusals > 2;
+    for ((result, script), id) in results.into_iter().zip(scripts).zip(&ids) {
+        let (received, _) = result?;
+        let (answers, _) = answers(&received, &[])?;
+        if received.is_empty() && (script.fails_mid_body() || shared_fate) {
+            continue;
+        }
+        let [answer] = answers.as_slice() else {
+            return Err(format!(
+                "{} answers to case {id} ({script:?}): {:?}",
+                answers.len(),
+                String::from_utf8_lossy(&received)
+            ));
+        };
+        let what = format!("answer to case {id} ({script:?} in {scripts:?}): {answer:?}");
+        let allowed =
+            script.allowed().contains(&answer.status) || (shared_fate && answer.status == 502);
+        if !allowed {
+            return Err(format!("unexpected status: {what}"));
+        }
+        if (200..300).contains(&answer.status) {
+            let body = String::from_utf8_lossy(&answer.body);
+            let own = id.to_string();
+            let fits = if answer.cut {
+                own.starts_with(&*body)
+            } else {
+                body == own
+            };
+            if !fits {
+                return Err(format!("a body that is not this request's: {what}"));
+            }
+        }
+        for name in NEVER_FORWARDED {
+            if !answer.headers(name).is_empty() {
+                return Err(format!("{name} reached the client: {what}"));
+            }
+        }
+    }
+    // Fresh clients get their own answers, over whatever connection the
+    // pool has now.
+    for _ in 0..2 {
+        let id = lab.id(H2Script::Ok);
+        let auth = format!("Bearer {}", lab.token);
+        let case = id.to_string();
+        let reply = get(
+            &lab.gateway.url(&format!("/orders/{id}")),
+            &[("authorization", &auth), (CASE, &case)],
+        )
+        .await?;
+        if reply.status != 200 || reply.text() != case {
+            return Err(format!(
+                "a fresh client got {} {:?} for case {id}",
+                reply.status,
+                reply.text()
+            ));
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_http2_upstream_streams_never_reach_the_wrong_client() {
+    let runtime = runtime();
+    let lab = runtime.block_on(async {
+        let world = World::new().await;
+        let scripts: H2Scripts = Arc::default();
+        let upstream = raw_h2_upstream(Arc::clone(&scripts)).await;
+        let config = world
+            .config()
+            .replace(&world.upstream.addr.to_string(), &upstream.to_string())
+            .replace(
+                "    request_timeout: 2s\n",
+                "    request_timeout: 2s\n    http2_only: true\n",
+            );
+        assert!(config.contains("http2_only: true"));
+        let gateway = Gateway::start(&config).await;
+        let token = world.token("orders:read");
+        H2Lab {
+            gateway,
+            scripts,
+            token,
+            next_id: Mutex::new(0),
+            _world: world,
+        }
+    });
+    let script = prop::sample::select(H2Script::ALL.to_vec());
+    hostile_runner(256)
+        .run(&proptest::collection::vec(script, 1..=4), |scripts| {
+            runtime
+                .block_on(run_case_h2(&lab, &scripts))
                 .map_err(TestCaseError::fail)
         })
         .unwrap();

@@ -1485,6 +1485,10 @@ enum Refusal {
     GoAway(h2::Reason),
     /// RST_STREAM `REFUSED_STREAM`; the connection lives on.
     Reset,
+    /// Answers the stream's head, says GOAWAY naming it as the last one
+    /// taken, and keeps the connection open while the stream's body goes on
+    /// (a draining server with a long response in flight).
+    Draining,
 }
 
 /// An h2c upstream written frame by frame (`h2`'s codec): it answers each
@@ -1515,6 +1519,7 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
             };
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
+                let _ = tcp.set_nodelay(true);
                 let mut preface = [0u8; 24];
                 if tcp.read_exact(&mut preface).await.is_err() {
                     return;
@@ -1537,7 +1542,9 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
                     };
                     let id = headers.stream_id();
                     taken += 1;
-                    if taken % every == 0 {
+                    let drained =
+                        matches!(refusal, Refusal::Draining) && counter.load(Ordering::SeqCst) > 0;
+                    if taken % every == 0 && !drained {
                         match refusal {
                             Refusal::GoAway(reason) => {
                                 let goaway = GoAway::new(StreamId::from(last), reason);
@@ -1550,6 +1557,25 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
                                 let reset = Reset::new(id, h2::Reason::REFUSED_STREAM);
                                 send(&mut codec, reset.into()).await;
                                 continue;
+                            }
+                            Refusal::Draining => {
+                                let head = Headers::new(
+                                    id,
+                                    Pseudo::response(StatusCode::OK),
+                                    HeaderMap::new(),
+                                );
+                                send(&mut codec, head.into()).await;
+                                send(&mut codec, Data::new(id, Bytes::from("draining")).into())
+                                    .await;
+                                let goaway = GoAway::new(id, h2::Reason::NO_ERROR);
+                                send(&mut codec, goaway.into()).await;
+                                counter.fetch_add(1, Ordering::SeqCst);
+                                // Streams above the last one are ignored.
+                                while let Some(Ok(_)) =
+                                    futures_util::StreamExt::next(&mut codec).await
+                                {
+                                }
+                                return;
                             }
                         }
                     }
@@ -1631,4 +1657,40 @@ async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
     let second = get_with_token(&gw.url("/orders/2"), &token).await;
     assert_eq!((first.status, second.status), (200, 502));
     assert_eq!(answered.load(Ordering::SeqCst), 1);
+}
+
+/// A draining upstream (GOAWAY, with a long response still in flight on
+/// the connection) takes no new stream: the next request goes on a new
+/// connection and is answered, instead of waiting on one the upstream
+/// ignores.
+#[tokio::test]
+async fn h2c_upstream_draining_connection_takes_no_new_requests() {
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    let (upstream, answered) = refusing_upstream(1, Refusal::Draining).await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    // The long response: its head and first bytes, and no end.
+    let mut long = TcpStream::connect(gw.addr).await.unwrap();
+    let request =
+        format!("GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\r\n");
+    long.write_all(request.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while find(&received, b"draining").is_none() {
+        let n = long.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+
+    let second = get_with_token(&gw.url("/orders/2"), &token).await;
+    assert_eq!(
+        (second.status, second.text()),
+        (200, "/orders/2".to_owned())
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
 }

@@ -29,6 +29,10 @@ use tower_service::Service as _;
 
 use super::body::ClientBody;
 
+/// How often a request an HTTP/2 upstream did not take is sent again (each
+/// time on a new connection): a few connections in a row may be going away.
+const MAX_RESENDS: u8 = 2;
+
 /// How long an idle connection is kept, at least (and at most twice that).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
 
@@ -151,7 +155,7 @@ impl UpstreamPool {
         mut request: Request<ClientBody>,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
-        let mut resent = false;
+        let mut resends = 0;
         loop {
             let pooled = if pooled_failed { None } else { self.checkout() };
             let fresh = pooled.is_none();
@@ -165,20 +169,26 @@ impl UpstreamPool {
                 Sender::Http2(mut sender) => {
                     self.for_http2(&mut request);
                     // Kept only while it can be sent again: no body, and
-                    // not sent again already.
-                    let again = (!resent && http_body::Body::is_end_stream(request.body()))
-                        .then(|| bodiless_copy(&request));
-                    match sender.send_request(request).await {
+                    // resends left.
+                    let again = (resends < MAX_RESENDS
+                        && http_body::Body::is_end_stream(request.body()))
+                    .then(|| bodiless_copy(&request));
+                    match sender.try_send_request(request).await {
                         Ok(response) => return Ok((response, None)),
-                        Err(e) => match again {
-                            Some(copy) if unprocessed(&e) => {
-                                tracing::debug!(error = %e, "upstream did not process the request; sending it again on a new connection");
-                                request = copy;
-                                pooled_failed = true;
-                                resent = true;
-                            }
-                            _ => return Err(SendError::Protocol(e)),
-                        },
+                        Err(mut failed) => {
+                            let next = match failed.take_message() {
+                                // The connection was gone before it went out.
+                                Some(unsent) if resends < MAX_RESENDS => Some(unsent),
+                                _ => again.filter(|copy| may_send_again(copy, failed.error())),
+                            };
+                            let Some(next) = next else {
+                                return Err(SendError::Protocol(failed.into_error()));
+                            };
+                            tracing::debug!(error = %failed.error(), "upstream did not take the request; sending it again on a new connection");
+                            request = next;
+                            pooled_failed = true;
+                            resends += 1;
+                        }
                     }
                 }
                 Sender::Http1(mut sender) => {
@@ -329,6 +339,37 @@ fn bodiless_copy(request: &Request<ClientBody>) -> Request<ClientBody> {
     *copy.version_mut() = request.version();
     *copy.headers_mut() = request.headers().clone();
     copy
+}
+
+/// Whether a bodiless request that failed before its answer's head may go
+/// again: if the upstream said it did not process it, or, for an idempotent
+/// method (RFC 9110 9.2.2), if the connection broke under it (a connection
+/// that said GOAWAY still takes new streams in `h2`, and they end with it).
+fn may_send_again(request: &Request<ClientBody>, error: &hyper::Error) -> bool {
+    unprocessed(error) || (request.method().is_idempotent() && connection_broke(error))
+}
+
+/// Whether the connection closed or broke (rather than the upstream
+/// refusing the request, or a timeout).
+fn connection_broke(error: &hyper::Error) -> bool {
+    use std::io::ErrorKind;
+    if error.is_canceled() || error.is_closed() || error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return matches!(
+                io.kind(),
+                ErrorKind::BrokenPipe
+                    | ErrorKind::ConnectionReset
+                    | ErrorKind::ConnectionAborted
+                    | ErrorKind::UnexpectedEof
+            );
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether an HTTP/2 upstream said it did not process the stream: a GOAWAY
