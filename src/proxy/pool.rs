@@ -5,11 +5,16 @@
 //! there is no per-request URI parsing, pool-key hashing or locking. Idle
 //! HTTP/1.1 connections wait in a bounded lock-free queue and are taken back
 //! only once their response body has ended; an HTTP/2 connection (h2c, or
-//! `h2` negotiated by ALPN) is shared by all requests. A request that a
-//! pooled connection could not even start (the upstream closed it while
-//! idle) is sent again once on a new connection, and so is a bodiless one
-//! that an HTTP/2 upstream did not process (a graceful GOAWAY that it
-//! crossed, or `REFUSED_STREAM`; RFC 9113 8.7).
+//! `h2` negotiated by ALPN) is shared by all requests.
+//!
+//! A request goes again, on a new connection, only where that is safe: an
+//! HTTP/1.1 one its pooled connection could not even start (the upstream
+//! closed it while idle), once; over HTTP/2, at most twice, one the
+//! connection could no longer take, a bodiless one the upstream did not
+//! process (a graceful GOAWAY that it crossed, or `REFUSED_STREAM`; RFC 9113
+//! 8.7), or a bodiless idempotent one whose connection broke before the
+//! answer (RFC 9110 9.2.2). To make that possible an HTTP/2 request without
+//! a body keeps a copy of its head until it is answered.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
