@@ -1660,13 +1660,13 @@ async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
 }
 
 /// A draining upstream (GOAWAY, with a long response still in flight on
-/// the connection) takes no new stream: the next request goes on a new
-/// connection and is answered, instead of waiting on one the upstream
-/// ignores.
+/// the connection) takes no new stream: the next request, even one with a
+/// body, goes on a new connection and is answered, instead of failing on
+/// the connection that could not take it.
 #[tokio::test]
 async fn h2c_upstream_draining_connection_takes_no_new_requests() {
     let world = World::new().await;
-    let token = world.token("orders:read");
+    let token = world.token("orders:read orders:write");
     let (upstream, answered) = refusing_upstream(1, Refusal::Draining).await;
     let yaml = config_for(&world, upstream).replace(
         "    request_timeout: 2s\n",
@@ -1687,10 +1687,16 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
     }
     assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
 
-    let second = get_with_token(&gw.url("/orders/2"), &token).await;
+    // A POST with a body: it never went out on the draining connection, so
+    // it may go on a new one, body and all.
+    let auth = format!("Bearer {token}");
+    let url = gw.url("/orders/2/items");
+    let headers = [("authorization", auth.as_str())];
+    let second = send("POST", &url, &headers, Bytes::from("a body")).await;
+    let second = second.unwrap();
     assert_eq!(
         (second.status, second.text()),
-        (200, "/orders/2".to_owned())
+        (200, "/orders/2/items".to_owned())
     );
     assert_eq!(answered.load(Ordering::SeqCst), 2);
 }
