@@ -32,6 +32,7 @@ mod support;
 use support::*;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -222,12 +223,13 @@ impl Script {
     }
 }
 
-/// Scripts by case id; unknown ids (liveness checks) get [`Script::Length`].
-type Scripts = Arc<Mutex<HashMap<u64, Script>>>;
+/// Scripts by case id (with whether a refuse-once script has refused);
+/// unknown ids (liveness checks) get a good answer.
+type Scripts<S> = Arc<Mutex<HashMap<u64, (S, bool)>>>;
 
 /// A raw upstream: reads request heads (the gateway forwards GETs without
 /// bodies) and answers each as its script says.
-async fn raw_upstream(scripts: Scripts) -> SocketAddr {
+async fn raw_upstream(scripts: Scripts<Script>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -258,8 +260,7 @@ async fn raw_upstream(scripts: Scripts) -> SocketAddr {
                         .lock()
                         .unwrap()
                         .get(&id)
-                        .copied()
-                        .unwrap_or(Script::Length);
+                        .map_or(Script::Length, |(script, _)| *script);
                     let (bytes, close) = script.bytes(id);
                     if stream.write_all(&bytes).await.is_err() || close {
                         return;
@@ -283,24 +284,105 @@ const NEVER_FORWARDED: &[&str] = &[
     "upgrade",
 ];
 
-struct Lab {
+/// A gateway in front of a raw upstream that answers by script.
+struct Lab<S> {
     gateway: Gateway,
-    scripts: Scripts,
+    scripts: Scripts<S>,
     token: String,
     next_id: Mutex<u64>,
     _world: World,
 }
 
-impl Lab {
-    fn id(&self, script: Script) -> u64 {
+impl<S: Copy> Lab<S> {
+    /// `upstream` starts the raw upstream on the given scripts; `http2`:
+    /// the gateway speaks h2c to it.
+    fn start<F: Future<Output = SocketAddr>>(
+        runtime: &tokio::runtime::Runtime,
+        upstream: impl FnOnce(Scripts<S>) -> F,
+        http2: bool,
+    ) -> Self {
+        runtime.block_on(async {
+            let world = World::new().await;
+            let scripts: Scripts<S> = Arc::default();
+            let upstream = upstream(Arc::clone(&scripts)).await;
+            let mut config = world
+                .config()
+                .replace(&world.upstream.addr.to_string(), &upstream.to_string());
+            if http2 {
+                config = config.replace(
+                    "    request_timeout: 2s\n",
+                    "    request_timeout: 2s\n    http2_only: true\n",
+                );
+                assert!(config.contains("http2_only: true"));
+            }
+            let gateway = Gateway::start(&config).await;
+            let token = world.token("orders:read");
+            Self {
+                gateway,
+                scripts,
+                token,
+                next_id: Mutex::new(0),
+                _world: world,
+            }
+        })
+    }
+
+    fn id(&self, script: S) -> u64 {
         let mut next = self.next_id.lock().unwrap();
         *next += 1;
-        self.scripts.lock().unwrap().insert(*next, script);
+        self.scripts.lock().unwrap().insert(*next, (script, false));
         *next
+    }
+
+    /// Two fresh clients get their own answers (`good` is the script for
+    /// them), over whatever connections the pool kept.
+    async fn fresh_clients_served(&self, good: S) -> Result<(), String> {
+        for _ in 0..2 {
+            let id = self.id(good);
+            let auth = format!("Bearer {}", self.token);
+            let case = id.to_string();
+            let reply = get(
+                &self.gateway.url(&format!("/orders/{id}")),
+                &[("authorization", &auth), (CASE, &case)],
+            )
+            .await?;
+            if reply.status != 200 || reply.text() != case {
+                return Err(format!(
+                    "a fresh client got {} {:?} for case {id}",
+                    reply.status,
+                    reply.text()
+                ));
+            }
+        }
+        Ok(())
     }
 }
 
-async fn run_case(lab: &Lab, scripts: &[Script]) -> Result<(), String> {
+/// The checks on any answer: a 2xx one (but 204) has the request's own id
+/// as its body (a prefix of it, if cut), and no hop-by-hop header reached
+/// the client.
+fn own_body_and_no_hop_by_hop(answer: &Answer, id: u64, what: &str) -> Result<(), String> {
+    if (200..300).contains(&answer.status) && answer.status != 204 {
+        let body = String::from_utf8_lossy(&answer.body);
+        let own = id.to_string();
+        let fits = if answer.cut {
+            own.starts_with(&*body)
+        } else {
+            body == own
+        };
+        if !fits {
+            return Err(format!("a body that is not this request's: {what}"));
+        }
+    }
+    for name in NEVER_FORWARDED {
+        if !answer.headers(name).is_empty() {
+            return Err(format!("{name} reached the client: {what}"));
+        }
+    }
+    Ok(())
+}
+
+async fn run_case(lab: &Lab<Script>, scripts: &[Script]) -> Result<(), String> {
     let mut bytes = Vec::new();
     let mut ids = Vec::new();
     for (n, script) in scripts.iter().enumerate() {
@@ -344,25 +426,9 @@ async fn run_case(lab: &Lab, scripts: &[Script]) -> Result<(), String> {
         if !script.allowed().contains(&answer.status) {
             return Err(format!("unexpected status: {what}"));
         }
-        if (200..300).contains(&answer.status) && answer.status != 204 {
-            let body = String::from_utf8_lossy(&answer.body);
-            let own = id.to_string();
-            let fits = if answer.cut {
-                own.starts_with(&*body)
-            } else {
-                body == own
-            };
-            if !fits {
-                return Err(format!("a body that is not this request's: {what}"));
-            }
-        }
+        own_body_and_no_hop_by_hop(answer, id, &what)?;
         if answer.status == 204 && !answer.body.is_empty() {
             return Err(format!("204 with a body: {what}"));
-        }
-        for name in NEVER_FORWARDED {
-            if !answer.headers(name).is_empty() {
-                return Err(format!("{name} reached the client: {what}"));
-            }
         }
         let lengths = answer.headers("content-length").len();
         let codings = answer.headers("transfer-encoding");
@@ -371,47 +437,13 @@ async fn run_case(lab: &Lab, scripts: &[Script]) -> Result<(), String> {
         }
     }
 
-    // A fresh client gets its own answer, over whatever the pool kept.
-    for _ in 0..2 {
-        let id = lab.id(Script::Length);
-        let auth = format!("Bearer {}", lab.token);
-        let case = id.to_string();
-        let reply = get(
-            &lab.gateway.url(&format!("/orders/{id}")),
-            &[("authorization", &auth), (CASE, &case)],
-        )
-        .await?;
-        if reply.status != 200 || reply.text() != case {
-            return Err(format!(
-                "a fresh client got {} {:?} for case {id}",
-                reply.status,
-                reply.text()
-            ));
-        }
-    }
-    Ok(())
+    lab.fresh_clients_served(Script::Length).await
 }
 
 #[test]
 fn hostile_upstream_answers_never_reach_the_wrong_client() {
     let runtime = runtime();
-    let lab = runtime.block_on(async {
-        let world = World::new().await;
-        let scripts: Scripts = Arc::default();
-        let upstream = raw_upstream(Arc::clone(&scripts)).await;
-        let config = world
-            .config()
-            .replace(&world.upstream.addr.to_string(), &upstream.to_string());
-        let gateway = Gateway::start(&config).await;
-        let token = world.token("orders:read");
-        Lab {
-            gateway,
-            scripts,
-            token,
-            next_id: Mutex::new(0),
-            _world: world,
-        }
-    });
+    let lab = Lab::start(&runtime, raw_upstream, false);
     let script = prop::sample::select(Script::ALL.to_vec());
     hostile_runner(256)
         .run(&proptest::collection::vec(script, 1..=3), |scripts| {
@@ -525,57 +557,23 @@ impl H2Script {
     }
 }
 
-type H2Scripts = Arc<Mutex<HashMap<u64, (H2Script, bool)>>>;
-
-type H2Codec = h2::Codec<tokio::net::TcpStream, bytes::Bytes>;
-
-async fn send_frame(codec: &mut H2Codec, frame: h2::frame::Frame<bytes::Bytes>) -> bool {
-    if std::future::poll_fn(|cx| codec.poll_ready(cx))
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    codec.buffer(frame).is_ok() && std::future::poll_fn(|cx| codec.flush(cx)).await.is_ok()
-}
-
 /// An h2c upstream written frame by frame with `h2`'s codec: answers each
 /// stream as the script of its case id says (ids it does not know: `Ok`).
-async fn raw_h2_upstream(scripts: H2Scripts) -> SocketAddr {
-    use h2::frame::{Frame, Settings};
+async fn raw_h2_upstream(scripts: Scripts<H2Script>) -> SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let scripts = Arc::clone(&scripts);
             tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let mut preface = [0u8; 24];
-                if tcp.read_exact(&mut preface).await.is_err() {
+                let Some(mut codec) = h2_accept(tcp).await else {
                     return;
-                }
-                let mut codec: H2Codec = h2::Codec::new(tcp);
-                if !send_frame(&mut codec, Settings::default().into()).await {
-                    return;
-                }
+                };
                 let mut last = 0u32;
-                while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
-                    let headers = match frame {
-                        Frame::Settings(s) if !s.is_ack() => {
-                            send_frame(&mut codec, Settings::ack().into()).await;
-                            continue;
-                        }
-                        Frame::Ping(p) if !p.is_ack() => {
-                            let pong = h2::frame::Ping::pong(p.into_payload());
-                            send_frame(&mut codec, pong.into()).await;
-                            continue;
-                        }
-                        Frame::Headers(headers) => headers,
-                        _ => continue,
-                    };
+                while let Some(headers) = next_h2_headers(&mut codec).await {
                     let id = headers
                         .fields()
                         .get(CASE)
@@ -746,26 +744,9 @@ async fn answer_h2(
     true
 }
 
-struct H2Lab {
-    gateway: Gateway,
-    scripts: H2Scripts,
-    token: String,
-    next_id: Mutex<u64>,
-    _world: World,
-}
-
-impl H2Lab {
-    fn id(&self, script: H2Script) -> u64 {
-        let mut next = self.next_id.lock().unwrap();
-        *next += 1;
-        self.scripts.lock().unwrap().insert(*next, (script, false));
-        *next
-    }
-}
-
 /// Each request on a client connection of its own, all at once: their
 /// streams share the upstream connection.
-async fn run_case_h2(lab: &H2Lab, scripts: &[H2Script]) -> Result<(), String> {
+async fn run_case_h2(lab: &Lab<H2Script>, scripts: &[H2Script]) -> Result<(), String> {
     let ids: Vec<u64> = scripts.iter().map(|s| lab.id(*s)).collect();
     let exchanges = ids.iter().map(|id| {
         let bytes = format!(
@@ -808,71 +789,15 @@ async fn run_case_h2(lab: &H2Lab, scripts: &[H2Script]) -> Result<(), String> {
         if !allowed {
             return Err(format!("unexpected status: {what}"));
         }
-        if (200..300).contains(&answer.status) {
-            let body = String::from_utf8_lossy(&answer.body);
-            let own = id.to_string();
-            let fits = if answer.cut {
-                own.starts_with(&*body)
-            } else {
-                body == own
-            };
-            if !fits {
-                return Err(format!("a body that is not this request's: {what}"));
-            }
-        }
-        for name in NEVER_FORWARDED {
-            if !answer.headers(name).is_empty() {
-                return Err(format!("{name} reached the client: {what}"));
-            }
-        }
+        own_body_and_no_hop_by_hop(answer, *id, &what)?;
     }
-    // Fresh clients get their own answers, over whatever connection the
-    // pool has now.
-    for _ in 0..2 {
-        let id = lab.id(H2Script::Ok);
-        let auth = format!("Bearer {}", lab.token);
-        let case = id.to_string();
-        let reply = get(
-            &lab.gateway.url(&format!("/orders/{id}")),
-            &[("authorization", &auth), (CASE, &case)],
-        )
-        .await?;
-        if reply.status != 200 || reply.text() != case {
-            return Err(format!(
-                "a fresh client got {} {:?} for case {id}",
-                reply.status,
-                reply.text()
-            ));
-        }
-    }
-    Ok(())
+    lab.fresh_clients_served(H2Script::Ok).await
 }
 
 #[test]
 fn hostile_http2_upstream_streams_never_reach_the_wrong_client() {
     let runtime = runtime();
-    let lab = runtime.block_on(async {
-        let world = World::new().await;
-        let scripts: H2Scripts = Arc::default();
-        let upstream = raw_h2_upstream(Arc::clone(&scripts)).await;
-        let config = world
-            .config()
-            .replace(&world.upstream.addr.to_string(), &upstream.to_string())
-            .replace(
-                "    request_timeout: 2s\n",
-                "    request_timeout: 2s\n    http2_only: true\n",
-            );
-        assert!(config.contains("http2_only: true"));
-        let gateway = Gateway::start(&config).await;
-        let token = world.token("orders:read");
-        H2Lab {
-            gateway,
-            scripts,
-            token,
-            next_id: Mutex::new(0),
-            _world: world,
-        }
-    });
+    let lab = Lab::start(&runtime, raw_h2_upstream, true);
     let script = prop::sample::select(H2Script::ALL.to_vec());
     hostile_runner(256)
         .run(&proptest::collection::vec(script, 1..=4), |scripts| {

@@ -1497,15 +1497,11 @@ enum Refusal {
 /// reset with `REFUSED_STREAM`, was not processed and may be sent again.
 /// Counts the requests it answered.
 async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<AtomicUsize>) {
-    use h2::frame::{Data, Frame, GoAway, Headers, Ping, Pseudo, Reset, Settings, StreamId};
+    use h2::frame::{Data, Frame, GoAway, Headers, Pseudo, Reset, StreamId};
     use http::HeaderMap;
 
-    async fn send(codec: &mut h2::Codec<TcpStream, Bytes>, frame: Frame<Bytes>) {
-        std::future::poll_fn(|cx| codec.poll_ready(cx))
-            .await
-            .unwrap();
-        codec.buffer(frame).unwrap();
-        std::future::poll_fn(|cx| codec.flush(cx)).await.unwrap();
+    async fn send(codec: &mut H2Codec, frame: Frame<Bytes>) {
+        assert!(send_frame(codec, frame).await, "the gateway went away");
     }
 
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -1514,32 +1510,16 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
     let counter = Arc::clone(&answered);
     tokio::spawn(async move {
         loop {
-            let Ok((mut tcp, _)) = listener.accept().await else {
+            let Ok((tcp, _)) = listener.accept().await else {
                 continue;
             };
             let counter = Arc::clone(&counter);
             tokio::spawn(async move {
-                let _ = tcp.set_nodelay(true);
-                let mut preface = [0u8; 24];
-                if tcp.read_exact(&mut preface).await.is_err() {
+                let Some(mut codec) = h2_accept(tcp).await else {
                     return;
-                }
-                let mut codec: h2::Codec<_, Bytes> = h2::Codec::new(tcp);
-                send(&mut codec, Settings::default().into()).await;
+                };
                 let (mut taken, mut last) = (0, 0u32);
-                while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
-                    let headers = match frame {
-                        Frame::Settings(settings) if !settings.is_ack() => {
-                            send(&mut codec, Settings::ack().into()).await;
-                            continue;
-                        }
-                        Frame::Ping(ping) if !ping.is_ack() => {
-                            send(&mut codec, Ping::pong(ping.into_payload()).into()).await;
-                            continue;
-                        }
-                        Frame::Headers(headers) => headers,
-                        _ => continue,
-                    };
+                while let Some(headers) = next_h2_headers(&mut codec).await {
                     let id = headers.stream_id();
                     taken += 1;
                     let drained =

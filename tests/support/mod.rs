@@ -869,3 +869,50 @@ pub fn answers(bytes: &[u8], methods: &[&str]) -> Result<(Vec<Answer>, bool), St
     }
     Ok((out, false))
 }
+
+/// The server side of a raw h2c connection, for upstreams that write their
+/// frames by hand: `h2`'s codec (its `unstable` API), which reads and writes
+/// whole frames but leaves every protocol decision to the test.
+pub type H2Codec = h2::Codec<tokio::net::TcpStream, Bytes>;
+
+/// Takes the client preface and sends empty SETTINGS; `None` if the
+/// client went away first.
+pub async fn h2_accept(mut tcp: tokio::net::TcpStream) -> Option<H2Codec> {
+    use tokio::io::AsyncReadExt;
+    let _ = tcp.set_nodelay(true);
+    let mut preface = [0u8; 24];
+    tcp.read_exact(&mut preface).await.ok()?;
+    let mut codec = h2::Codec::new(tcp);
+    send_frame(&mut codec, h2::frame::Settings::default().into())
+        .await
+        .then_some(codec)
+}
+
+/// Writes and flushes one frame; false once the connection is gone.
+pub async fn send_frame(codec: &mut H2Codec, frame: h2::frame::Frame<Bytes>) -> bool {
+    if std::future::poll_fn(|cx| codec.poll_ready(cx))
+        .await
+        .is_err()
+    {
+        return false;
+    }
+    codec.buffer(frame).is_ok() && std::future::poll_fn(|cx| codec.flush(cx)).await.is_ok()
+}
+
+/// The next HEADERS frame, answering SETTINGS and PING on the way (and
+/// skipping everything else); `None` at the connection's end.
+pub async fn next_h2_headers(codec: &mut H2Codec) -> Option<h2::frame::Headers> {
+    use h2::frame::{Frame, Ping, Settings};
+    while let Some(Ok(frame)) = futures_util::StreamExt::next(codec).await {
+        let reply: Frame<Bytes> = match frame {
+            Frame::Headers(headers) => return Some(headers),
+            Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
+            Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
+            _ => continue,
+        };
+        if !send_frame(codec, reply).await {
+            return None;
+        }
+    }
+    None
+}
