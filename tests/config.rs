@@ -108,6 +108,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "",
         ),
         (
+            "zero pool idle timeout",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    pool_idle_timeout: 0s\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "8:5",
+            "pool_idle_timeout must be greater than zero",
+        ),
+        (
             "unknown upstream",
             format!("{base}routes:\n  - path: /a\n    upstream: nope\n"),
             "11:15",

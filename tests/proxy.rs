@@ -1344,6 +1344,29 @@ async fn upstream_connections_are_reused() {
     assert_eq!(connections, 1, "one pooled connection");
 }
 
+/// A pooled connection idle longer than `pool_idle_timeout` is not used
+/// again (an upstream with a shorter keep-alive would be closing it just
+/// then); one idle for less is.
+#[tokio::test]
+async fn pooled_connections_idle_past_pool_idle_timeout_are_not_reused() {
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    for (timeout, connections) in [("1s", 2), ("1h", 1)] {
+        let (upstream, accepted) = counting_upstream(Behaviour::KeepAlive).await;
+        let yaml = config_for(&world, upstream).replace(
+            "    request_timeout: 2s\n",
+            &format!("    request_timeout: 2s\n    pool_idle_timeout: {timeout}\n"),
+        );
+        assert!(yaml.contains("pool_idle_timeout"));
+        let gw = Gateway::start(&yaml).await;
+        let first = get_with_token(&gw.url("/orders/1"), &token).await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        let second = get_with_token(&gw.url("/orders/2"), &token).await;
+        assert_eq!((first.status, second.status), (200, 200));
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{timeout}");
+    }
+}
+
 #[tokio::test]
 async fn upstream_closing_idle_connections_costs_no_request() {
     let (connections, metrics) = five_requests(Behaviour::CloseAfterReply).await;

@@ -362,6 +362,10 @@ pub struct RawUpstream {
     /// Idle pooled connections kept per host.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle_per_host: usize,
+    /// A pooled connection idle longer than this is never used again (keep
+    /// it below the upstream's own keep-alive timeout).
+    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    pub pool_idle_timeout: Duration,
 }
 
 /// `forward:` and a route's `forward:` override.
@@ -524,6 +528,9 @@ fn default_request_timeout() -> Duration {
 }
 fn default_pool_idle() -> usize {
     64
+}
+fn default_pool_idle_timeout() -> Duration {
+    Duration::from_secs(90)
 }
 fn default_cache_entries() -> u64 {
     100_000

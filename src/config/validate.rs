@@ -372,6 +372,8 @@ pub struct Upstream {
     pub http2_only: bool,
     /// Idle pooled connections per host.
     pub pool_max_idle_per_host: usize,
+    /// Longest idle time after which a pooled connection is still used.
+    pub pool_idle_timeout: Duration,
 }
 
 /// A compiled route.
@@ -1164,6 +1166,11 @@ impl Validator<'_> {
             spanned.referenced,
             "body_idle_timeout",
         )?;
+        self.positive(
+            raw.pool_idle_timeout,
+            spanned.referenced,
+            "pool_idle_timeout",
+        )?;
         Ok(Upstream {
             name: Arc::from(name),
             scheme,
@@ -1175,6 +1182,7 @@ impl Validator<'_> {
             ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
             http2_only: raw.http2_only,
             pool_max_idle_per_host: raw.pool_max_idle_per_host,
+            pool_idle_timeout: raw.pool_idle_timeout,
         })
     }
 

@@ -49,6 +49,7 @@ impl Forwarder {
                         authority: config.authority.clone(),
                         http2_only: config.http2_only,
                         max_idle: config.pool_max_idle_per_host,
+                        idle_timeout: config.pool_idle_timeout,
                     },
                 );
                 let failures = |kind: &str| {
@@ -251,6 +252,7 @@ mod tests {
             ca_file: None,
             http2_only: false,
             pool_max_idle_per_host: 1,
+            pool_idle_timeout: Duration::from_secs(90),
         }
     }
 

@@ -38,9 +38,6 @@ use super::body::ClientBody;
 /// time on a new connection): a few connections in a row may be going away.
 const MAX_RESENDS: u8 = 2;
 
-/// How long an idle connection is kept, at least (and at most twice that).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(45);
-
 /// Why a request got no response from the upstream.
 #[derive(Debug, thiserror::Error)]
 pub enum SendError {
@@ -62,6 +59,9 @@ pub struct PoolSettings {
     pub http2_only: bool,
     /// Idle HTTP/1.1 connections kept (0: a new connection per request).
     pub max_idle: usize,
+    /// A connection idle longer than this is not used again (it is closed
+    /// after between half of it and all of it).
+    pub idle_timeout: Duration,
 }
 
 /// The pool of one upstream. Shared (`Arc`) with the response bodies that
@@ -82,6 +82,9 @@ pub struct UpstreamPool {
     /// Ticks of the idle sweep; an idle connection remembers the tick it was
     /// parked in, so no clock is read per request.
     tick: AtomicU64,
+    /// Half the idle timeout: a connection parked in one tick is usable
+    /// through the next, so never after more than two.
+    sweep_period: Duration,
     sweeping: AtomicBool,
 }
 
@@ -126,6 +129,7 @@ impl UpstreamPool {
             authority,
             http2_only,
             max_idle,
+            idle_timeout,
         } = settings;
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = match authority.port_u16() {
@@ -149,6 +153,7 @@ impl UpstreamPool {
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             shared_h2: ArcSwapOption::empty(),
             tick: AtomicU64::new(0),
+            sweep_period: (idle_timeout / 2).max(Duration::from_millis(1)),
             sweeping: AtomicBool::new(false),
         })
     }
@@ -313,8 +318,9 @@ impl UpstreamPool {
             return;
         }
         let pool: Weak<Self> = Arc::downgrade(self);
+        let period = self.sweep_period;
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(IDLE_TIMEOUT);
+            let mut every = tokio::time::interval(period);
             every.tick().await;
             loop {
                 every.tick().await;
