@@ -116,6 +116,14 @@ impl Lease {
     }
 }
 
+/// How one HTTP/2 try ended.
+enum Http2Attempt {
+    Answered(Response<Incoming>),
+    Failed(hyper::Error),
+    /// Not taken by the upstream: to be sent again on a new connection.
+    SendAgain(Request<ClientBody>),
+}
+
 enum Sender {
     Http1(http1::SendRequest<ClientBody>),
     Http2(http2::SendRequest<ClientBody>),
@@ -176,25 +184,13 @@ impl UpstreamPool {
                 None => Box::pin(self.connect()).await?,
             };
             match sender {
-                Sender::Http2(mut sender) => {
-                    self.for_http2(&mut request);
-                    // Kept only while it can be sent again: no body, and
-                    // resends left.
-                    let again = (resends < MAX_RESENDS
-                        && http_body::Body::is_end_stream(request.body()))
-                    .then(|| bodiless_copy(&request));
-                    match sender.try_send_request(request).await {
-                        Ok(response) => return Ok((response, None)),
-                        Err(mut failed) => {
-                            let next = match failed.take_message() {
-                                // The connection was gone before it went out.
-                                Some(unsent) if resends < MAX_RESENDS => Some(unsent),
-                                _ => again.filter(|copy| may_send_again(copy, failed.error())),
-                            };
-                            let Some(next) = next else {
-                                return Err(SendError::Protocol(failed.into_error()));
-                            };
-                            tracing::debug!(error = %failed.error(), "upstream did not take the request; sending it again on a new connection");
+                // Boxed: what a resend needs would otherwise grow every
+                // request's future, HTTP/1.1 ones too.
+                Sender::Http2(sender) => {
+                    match Box::pin(self.try_http2(sender, request, resends < MAX_RESENDS)).await {
+                        Http2Attempt::Answered(response) => return Ok((response, None)),
+                        Http2Attempt::Failed(error) => return Err(SendError::Protocol(error)),
+                        Http2Attempt::SendAgain(next) => {
                             request = next;
                             pooled_failed = true;
                             resends += 1;
@@ -224,6 +220,36 @@ impl UpstreamPool {
                     }
                 }
             }
+        }
+    }
+
+    /// One try over HTTP/2; `may_resend`: a request the upstream did not
+    /// take may come back to be sent again.
+    async fn try_http2(
+        &self,
+        mut sender: http2::SendRequest<ClientBody>,
+        mut request: Request<ClientBody>,
+        may_resend: bool,
+    ) -> Http2Attempt {
+        self.for_http2(&mut request);
+        // Kept only while it can be sent again: no body, and resends left.
+        let again = (may_resend && http_body::Body::is_end_stream(request.body()))
+            .then(|| bodiless_copy(&request));
+        let mut failed = match sender.try_send_request(request).await {
+            Ok(response) => return Http2Attempt::Answered(response),
+            Err(failed) => failed,
+        };
+        let next = match failed.take_message() {
+            // The connection was gone before it went out.
+            Some(unsent) if may_resend => Some(unsent),
+            _ => again.filter(|copy| may_send_again(copy, failed.error())),
+        };
+        match next {
+            Some(next) => {
+                tracing::debug!(error = %failed.error(), "upstream did not take the request; sending it again on a new connection");
+                Http2Attempt::SendAgain(next)
+            }
+            None => Http2Attempt::Failed(failed.into_error()),
         }
     }
 
