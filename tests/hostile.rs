@@ -44,7 +44,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use tokio::net::TcpStream;
 
 /// How long a stream may take to be answered and closed; every generated
@@ -1072,13 +1071,7 @@ fn campaign<S: Strategy>(
     case: impl AsyncFn(&Lab, S::Value) -> Result<(), String>,
 ) {
     let (runtime, lab) = lab();
-    hostile_runner(default_cases)
-        .run(&strategy, |value| {
-            runtime
-                .block_on(case(&lab, value))
-                .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+    run_campaign(&runtime, &lab, default_cases, strategy, case);
 }
 
 #[test]

@@ -38,7 +38,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use proptest::test_runner::TestCaseError;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
@@ -444,14 +443,10 @@ async fn run_case(lab: &Lab<Script>, scripts: &[Script]) -> Result<(), String> {
 fn hostile_upstream_answers_never_reach_the_wrong_client() {
     let runtime = runtime();
     let lab = Lab::start(&runtime, raw_upstream, false);
-    let script = prop::sample::select(Script::ALL.to_vec());
-    hostile_runner(256)
-        .run(&proptest::collection::vec(script, 1..=3), |scripts| {
-            runtime
-                .block_on(run_case(&lab, &scripts))
-                .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+    let scripts = proptest::collection::vec(prop::sample::select(Script::ALL.to_vec()), 1..=3);
+    run_campaign(&runtime, &lab, 256, scripts, async |lab, scripts| {
+        run_case(lab, &scripts).await
+    });
 }
 
 // ---------------------------------------------------------------------------
@@ -560,57 +555,46 @@ impl H2Script {
 /// An h2c upstream written frame by frame with `h2`'s codec: answers each
 /// stream as the script of its case id says (ids it does not know: `Ok`).
 async fn raw_h2_upstream(scripts: Scripts<H2Script>) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let scripts = Arc::clone(&scripts);
-            tokio::spawn(async move {
-                let Some(mut codec) = h2_accept(tcp).await else {
-                    return;
-                };
-                let mut last = 0u32;
-                while let Some(headers) = next_h2_headers(&mut codec).await {
-                    let id = headers
-                        .fields()
-                        .get(CASE)
-                        .and_then(|v| v.to_str().ok())
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(0u64);
-                    let script = {
-                        let mut scripts = scripts.lock().unwrap();
-                        match scripts.get_mut(&id) {
-                            // A refusal only the first time.
-                            Some((
-                                s @ (H2Script::RefusedOnce
-                                | H2Script::GoAwayOnce
-                                | H2Script::DropOnce),
-                                done,
-                            )) => {
-                                let first = !*done;
-                                *done = true;
-                                if first {
-                                    *s
-                                } else {
-                                    H2Script::Ok
-                                }
+    let addr = serve_raw_h2(move |mut codec| {
+        let scripts = Arc::clone(&scripts);
+        async move {
+            let mut last = 0u32;
+            while let Some(headers) = next_h2_headers(&mut codec).await {
+                let id = headers
+                    .fields()
+                    .get(CASE)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(0u64);
+                let script = {
+                    let mut scripts = scripts.lock().unwrap();
+                    match scripts.get_mut(&id) {
+                        // A refusal only the first time.
+                        Some((
+                            s @ (H2Script::RefusedOnce | H2Script::GoAwayOnce | H2Script::DropOnce),
+                            done,
+                        )) => {
+                            let first = !*done;
+                            *done = true;
+                            if first {
+                                *s
+                            } else {
+                                H2Script::Ok
                             }
-                            Some((s, _)) => *s,
-                            None => H2Script::Ok,
                         }
-                    };
-                    let stream = headers.stream_id();
-                    if !answer_h2(&mut codec, stream, id, script, last).await {
-                        return;
+                        Some((s, _)) => *s,
+                        None => H2Script::Ok,
                     }
-                    last = u32::from(stream);
+                };
+                let stream = headers.stream_id();
+                if !answer_h2(&mut codec, stream, id, script, last).await {
+                    return;
                 }
-            });
+                last = u32::from(stream);
+            }
         }
-    });
+    })
+    .await;
     addr
 }
 
@@ -798,12 +782,8 @@ async fn run_case_h2(lab: &Lab<H2Script>, scripts: &[H2Script]) -> Result<(), St
 fn hostile_http2_upstream_streams_never_reach_the_wrong_client() {
     let runtime = runtime();
     let lab = Lab::start(&runtime, raw_h2_upstream, true);
-    let script = prop::sample::select(H2Script::ALL.to_vec());
-    hostile_runner(256)
-        .run(&proptest::collection::vec(script, 1..=4), |scripts| {
-            runtime
-                .block_on(run_case_h2(&lab, &scripts))
-                .map_err(TestCaseError::fail)
-        })
-        .unwrap();
+    let scripts = proptest::collection::vec(prop::sample::select(H2Script::ALL.to_vec()), 1..=4);
+    run_campaign(&runtime, &lab, 256, scripts, async |lab, scripts| {
+        run_case_h2(lab, &scripts).await
+    });
 }

@@ -1527,83 +1527,71 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
         assert!(send_frame(codec, frame).await, "the gateway went away");
     }
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let answered = Arc::new(AtomicUsize::new(0));
     let counter = Arc::clone(&answered);
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = listener.accept().await else {
-                continue;
-            };
-            let counter = Arc::clone(&counter);
-            tokio::spawn(async move {
-                let Some(mut codec) = h2_accept(tcp).await else {
-                    return;
-                };
-                let (mut taken, mut last) = (0, 0u32);
-                while let Some(headers) = next_h2_headers(&mut codec).await {
-                    let id = headers.stream_id();
-                    taken += 1;
-                    let drained =
-                        matches!(refusal, Refusal::Draining) && counter.load(Ordering::SeqCst) > 0;
-                    if taken % every == 0 && !drained {
-                        match refusal {
-                            Refusal::GoAway(reason) => {
-                                let goaway = GoAway::new(StreamId::from(last), reason);
-                                send(&mut codec, goaway.into()).await;
-                                // Closed once the peer has read the GOAWAY.
-                                let _ = futures_util::StreamExt::next(&mut codec).await;
-                                return;
+    let addr = serve_raw_h2(move |mut codec| {
+        let counter = Arc::clone(&counter);
+        async move {
+            let (mut taken, mut last) = (0, 0u32);
+            while let Some(headers) = next_h2_headers(&mut codec).await {
+                let id = headers.stream_id();
+                taken += 1;
+                let drained =
+                    matches!(refusal, Refusal::Draining) && counter.load(Ordering::SeqCst) > 0;
+                if taken % every == 0 && !drained {
+                    match refusal {
+                        Refusal::GoAway(reason) => {
+                            let goaway = GoAway::new(StreamId::from(last), reason);
+                            send(&mut codec, goaway.into()).await;
+                            // Closed once the peer has read the GOAWAY.
+                            let _ = futures_util::StreamExt::next(&mut codec).await;
+                            return;
+                        }
+                        Refusal::Reset => {
+                            let reset = Reset::new(id, h2::Reason::REFUSED_STREAM);
+                            send(&mut codec, reset.into()).await;
+                            continue;
+                        }
+                        Refusal::Draining => {
+                            let head = Headers::new(
+                                id,
+                                Pseudo::response(StatusCode::OK),
+                                HeaderMap::new(),
+                            );
+                            send(&mut codec, head.into()).await;
+                            send(&mut codec, Data::new(id, Bytes::from("draining")).into()).await;
+                            let goaway = GoAway::new(id, h2::Reason::NO_ERROR);
+                            send(&mut codec, goaway.into()).await;
+                            counter.fetch_add(1, Ordering::SeqCst);
+                            // Streams above the last one are ignored.
+                            while let Some(Ok(_)) = futures_util::StreamExt::next(&mut codec).await
+                            {
                             }
-                            Refusal::Reset => {
-                                let reset = Reset::new(id, h2::Reason::REFUSED_STREAM);
-                                send(&mut codec, reset.into()).await;
-                                continue;
-                            }
-                            Refusal::Draining => {
-                                let head = Headers::new(
-                                    id,
-                                    Pseudo::response(StatusCode::OK),
-                                    HeaderMap::new(),
-                                );
-                                send(&mut codec, head.into()).await;
-                                send(&mut codec, Data::new(id, Bytes::from("draining")).into())
-                                    .await;
-                                let goaway = GoAway::new(id, h2::Reason::NO_ERROR);
-                                send(&mut codec, goaway.into()).await;
-                                counter.fetch_add(1, Ordering::SeqCst);
-                                // Streams above the last one are ignored.
-                                while let Some(Ok(_)) =
-                                    futures_util::StreamExt::next(&mut codec).await
-                                {
-                                }
-                                return;
-                            }
+                            return;
                         }
                     }
-                    if !headers.is_end_stream() {
-                        // The body: not needed for the answer.
-                        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await
-                        {
-                            if matches!(&frame, Frame::Data(d) if d.is_end_stream()) {
-                                break;
-                            }
-                        }
-                    }
-                    let (pseudo, _) = headers.into_parts();
-                    let path = pseudo.path.map(|p| p.to_string()).unwrap_or_default();
-                    let head = Headers::new(id, Pseudo::response(StatusCode::OK), HeaderMap::new());
-                    send(&mut codec, head.into()).await;
-                    let mut data = Data::new(id, Bytes::from(path));
-                    data.set_end_stream(true);
-                    send(&mut codec, data.into()).await;
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    last = u32::from(id);
                 }
-            });
+                if !headers.is_end_stream() {
+                    // The body: not needed for the answer.
+                    while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+                        if matches!(&frame, Frame::Data(d) if d.is_end_stream()) {
+                            break;
+                        }
+                    }
+                }
+                let (pseudo, _) = headers.into_parts();
+                let path = pseudo.path.map(|p| p.to_string()).unwrap_or_default();
+                let head = Headers::new(id, Pseudo::response(StatusCode::OK), HeaderMap::new());
+                send(&mut codec, head.into()).await;
+                let mut data = Data::new(id, Bytes::from(path));
+                data.set_end_stream(true);
+                send(&mut codec, data.into()).await;
+                counter.fetch_add(1, Ordering::SeqCst);
+                last = u32::from(id);
+            }
         }
-    });
+    })
+    .await;
     (addr, answered)
 }
 

@@ -709,6 +709,24 @@ pub fn hostile_runner(default_cases: u32) -> proptest::test_runner::TestRunner {
     })
 }
 
+/// Runs `case` against `lab` on each of `default_cases` generated values
+/// (or `SCOPEGATE_HOSTILE_CASES`), failing the test on the first failure.
+pub fn run_campaign<L, S: proptest::strategy::Strategy>(
+    runtime: &tokio::runtime::Runtime,
+    lab: &L,
+    default_cases: u32,
+    strategy: S,
+    case: impl AsyncFn(&L, S::Value) -> Result<(), String>,
+) {
+    hostile_runner(default_cases)
+        .run(&strategy, |value| {
+            runtime
+                .block_on(case(lab, value))
+                .map_err(proptest::test_runner::TestCaseError::fail)
+        })
+        .unwrap();
+}
+
 /// Where `needle` first occurs in `haystack`.
 pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
@@ -915,4 +933,30 @@ pub async fn next_h2_headers(codec: &mut H2Codec) -> Option<h2::frame::Headers> 
         }
     }
     None
+}
+
+/// A raw h2c server on 127.0.0.1:0: each connection, past its preface,
+/// goes to `handle` as a codec (see [`H2Codec`]).
+pub async fn serve_raw_h2<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(H2Codec) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let handle = Arc::new(handle);
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                continue;
+            };
+            let handle = Arc::clone(&handle);
+            tokio::spawn(async move {
+                if let Some(codec) = h2_accept(tcp).await {
+                    handle(codec).await;
+                }
+            });
+        }
+    });
+    addr
 }
