@@ -1280,6 +1280,10 @@ enum Behaviour {
     /// Answers the first connection's request with these bytes (an answer
     /// the gateway must refuse) and closes it, then behaves.
     BadFirst(&'static [u8]),
+    /// Answers the first connection's first request, then reads its second
+    /// and closes it unanswered, as an upstream whose keep-alive runs out
+    /// just as a request arrives does; later connections behave.
+    DropFirstsSecond,
 }
 
 /// A raw HTTP/1.1 upstream answering requests with 200 "ok" (keep-alive
@@ -1297,6 +1301,7 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
                 _ => None,
             };
             let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
+            let mut answers_left = (first && behaviour == Behaviour::DropFirstsSecond).then_some(1);
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -1310,6 +1315,11 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
                     buffer.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
                         buffer.drain(..end + 4);
+                        match &mut answers_left {
+                            Some(0) => return,
+                            Some(left) => *left -= 1,
+                            None => {}
+                        }
                         let reply: &[u8] =
                             bad.unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                         if stream.write_all(reply).await.is_err() || close_after_reply {
@@ -1364,6 +1374,35 @@ async fn pooled_connections_idle_past_pool_idle_timeout_are_not_reused() {
         let second = get_with_token(&gw.url("/orders/2"), &token).await;
         assert_eq!((first.status, second.status), (200, 200));
         assert_eq!(accepted.load(Ordering::SeqCst), connections, "{timeout}");
+    }
+}
+
+/// A pooled connection that sat idle may be closing just as a request goes
+/// out on it. A bodiless GET is then sent again on a new connection (RFC
+/// 9110 9.2.2); a POST is not, since the upstream may have processed it.
+#[tokio::test]
+async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
+    let world = World::new().await;
+    let token = world.token("orders:read orders:write");
+    for (method, status, connections) in [("GET", 200, 2), ("POST", 502, 1)] {
+        let (upstream, accepted) = counting_upstream(Behaviour::DropFirstsSecond).await;
+        let gw = Gateway::start(&config_for(&world, upstream)).await;
+        let first = get_with_token(&gw.url("/orders/1"), &token).await;
+        assert_eq!(first.status, 200);
+        // Idle across ticks of the pool's clock (one a second), well within
+        // the default `pool_idle_timeout` (90 s).
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let auth = format!("Bearer {token}");
+        let second = send(
+            method,
+            &gw.url("/orders/2"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(second.status, status, "{method}: {}", second.text());
+        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{method}");
     }
 }
 

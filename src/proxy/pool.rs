@@ -7,14 +7,19 @@
 //! only once their response body has ended; an HTTP/2 connection (h2c, or
 //! `h2` negotiated by ALPN) is shared by all requests.
 //!
-//! A request goes again, on a new connection, only where that is safe: an
-//! HTTP/1.1 one its pooled connection could not even start (the upstream
-//! closed it while idle), once; over HTTP/2, at most twice, one the
-//! connection could no longer take, a bodiless one the upstream did not
-//! process (a graceful GOAWAY that it crossed, or `REFUSED_STREAM`; RFC 9113
-//! 8.7), or a bodiless idempotent one whose connection broke before the
-//! answer (RFC 9110 9.2.2). To make that possible an HTTP/2 request without
-//! a body keeps a copy of its head until it is answered.
+//! A request goes again, on a new connection, only where that is safe.
+//! Over HTTP/1.1, once: one its pooled connection could not even start (the
+//! upstream closed it while idle), or a bodiless idempotent one (RFC 9110
+//! 9.2.2) whose pooled connection had been idle and broke before the answer
+//! (the upstream's keep-alive ran out as the request went out). Over HTTP/2,
+//! at most twice: one the connection could no longer take, a bodiless one
+//! the upstream did not process (a graceful GOAWAY that it crossed, or
+//! `REFUSED_STREAM`; RFC 9113 8.7), or a bodiless idempotent one whose
+//! connection broke before the answer. To make that possible such a request
+//! keeps a copy of its head until it is answered: every bodiless HTTP/2 one,
+//! and an HTTP/1.1 one only on a connection idle since an earlier tick of the
+//! pool's clock (a second, or half `pool_idle_timeout` if that is shorter),
+//! so a busy pool copies nothing.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -60,7 +65,7 @@ pub struct PoolSettings {
     /// Idle HTTP/1.1 connections kept (0: a new connection per request).
     pub max_idle: usize,
     /// A connection idle longer than this is not used again (it is closed
-    /// after between half of it and all of it).
+    /// after between this less one tick, and this).
     pub idle_timeout: Duration,
 }
 
@@ -79,12 +84,14 @@ pub struct UpstreamPool {
     may_use_h2: bool,
     idle: Option<ArrayQueue<Idle>>,
     shared_h2: ArcSwapOption<http2::SendRequest<ClientBody>>,
-    /// Ticks of the idle sweep; an idle connection remembers the tick it was
-    /// parked in, so no clock is read per request.
+    /// The pool's clock, in ticks of `tick_period`: an idle connection
+    /// remembers the tick it was parked in, so no clock is read per request.
     tick: AtomicU64,
-    /// Half the idle timeout: a connection parked in one tick is usable
-    /// through the next, so never after more than two.
-    sweep_period: Duration,
+    /// A second, or half the idle timeout if that is shorter.
+    tick_period: Duration,
+    /// Ticks after its parking tick through which a connection is usable:
+    /// one more tick and the idle timeout may have passed.
+    idle_ticks: u64,
     sweeping: AtomicBool,
 }
 
@@ -94,9 +101,9 @@ struct Idle {
 }
 
 impl Idle {
-    /// Still open, and not idle through a whole sweep period before `tick`.
-    fn usable(&self, tick: u64) -> bool {
-        !self.sender.is_closed() && self.parked_at.saturating_add(1) >= tick
+    /// Still open, and not idle longer than `idle_ticks` before `tick`.
+    fn usable(&self, tick: u64, idle_ticks: u64) -> bool {
+        !self.sender.is_closed() && self.parked_at.saturating_add(idle_ticks) >= tick
     }
 }
 
@@ -125,7 +132,12 @@ enum Http2Attempt {
 }
 
 enum Sender {
-    Http1(http1::SendRequest<ClientBody>),
+    /// `was_idle`: a pooled connection parked before the current tick, which
+    /// the upstream may be closing as the request goes out.
+    Http1 {
+        sender: http1::SendRequest<ClientBody>,
+        was_idle: bool,
+    },
     Http2(http2::SendRequest<ClientBody>),
 }
 
@@ -152,6 +164,10 @@ impl UpstreamPool {
             .build()
             .unwrap_or_default();
         let may_use_h2 = http2_only || scheme == Scheme::HTTPS;
+        let tick_period = (idle_timeout / 2)
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(1));
+        let idle_ticks = (idle_timeout.as_nanos() / tick_period.as_nanos()).saturating_sub(1);
         Arc::new(Self {
             connector,
             target,
@@ -161,7 +177,8 @@ impl UpstreamPool {
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             shared_h2: ArcSwapOption::empty(),
             tick: AtomicU64::new(0),
-            sweep_period: (idle_timeout / 2).max(Duration::from_millis(1)),
+            tick_period,
+            idle_ticks: u64::try_from(idle_ticks).unwrap_or(u64::MAX).max(1),
             sweeping: AtomicBool::new(false),
         })
     }
@@ -197,9 +214,18 @@ impl UpstreamPool {
                         }
                     }
                 }
-                Sender::Http1(mut sender) => {
+                Sender::Http1 {
+                    mut sender,
+                    was_idle,
+                } => {
                     request.headers_mut().insert(HOST, self.host.clone());
                     *request.version_mut() = Version::HTTP_11;
+                    // Boxed, and only off a connection that sat idle: a busy
+                    // pool's requests carry no copy.
+                    let again = (was_idle
+                        && request.method().is_idempotent()
+                        && http_body::Body::is_end_stream(request.body()))
+                    .then(|| Box::new(bodiless_copy(&request)));
                     match sender.try_send_request(request).await {
                         Ok(response) => {
                             let lease = Lease {
@@ -215,7 +241,15 @@ impl UpstreamPool {
                                 request = unsent;
                                 pooled_failed = true;
                             }
-                            _ => return Err(SendError::Protocol(failed.into_error())),
+                            // Sent on an idle connection that broke under it.
+                            _ => match again {
+                                Some(copy) if connection_broke(failed.error()) => {
+                                    tracing::debug!(error = %failed.error(), "idle upstream connection broke under the request; sending it again on a new connection");
+                                    request = *copy;
+                                    pooled_failed = true;
+                                }
+                                _ => return Err(SendError::Protocol(failed.into_error())),
+                            },
                         },
                     }
                 }
@@ -267,11 +301,14 @@ impl UpstreamPool {
         // Bounded: a connection that is not ready yet goes to the back.
         for _ in 0..idle.len() {
             let parked = idle.pop()?;
-            if !parked.usable(tick) {
+            if !parked.usable(tick, self.idle_ticks) {
                 continue;
             }
             if parked.sender.is_ready() {
-                return Some(Sender::Http1(parked.sender));
+                return Some(Sender::Http1 {
+                    was_idle: parked.parked_at < tick,
+                    sender: parked.sender,
+                });
             }
             let _ = idle.push(parked);
         }
@@ -316,7 +353,10 @@ impl UpstreamPool {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
             });
-            Ok(Sender::Http1(sender))
+            Ok(Sender::Http1 {
+                sender,
+                was_idle: false,
+            })
         }
     }
 
@@ -337,14 +377,14 @@ impl UpstreamPool {
         *request.version_mut() = Version::HTTP_2;
     }
 
-    /// Closes connections idle for a whole sweep period; runs while the pool
-    /// lives, started with its first connection.
+    /// Advances the pool's clock and closes connections idle too long; runs
+    /// while the pool lives, started with its first connection.
     fn start_sweeping(self: &Arc<Self>) {
         if self.idle.is_none() || self.sweeping.swap(true, Ordering::Relaxed) {
             return;
         }
         let pool: Weak<Self> = Arc::downgrade(self);
-        let period = self.sweep_period;
+        let period = self.tick_period;
         tokio::spawn(async move {
             let mut every = tokio::time::interval(period);
             every.tick().await;
@@ -361,7 +401,7 @@ impl UpstreamPool {
         let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
         for _ in 0..idle.len() {
             let Some(parked) = idle.pop() else { break };
-            if parked.usable(tick) {
+            if parked.usable(tick, self.idle_ticks) {
                 let _ = idle.push(parked);
             }
         }
