@@ -772,6 +772,7 @@ async fn token_endpoint_request_errors() {
     // Only POST.
     let r = get(&gw.url(TOKEN), &[]).await.unwrap();
     assert_eq!(r.status, 405, "{}", r.text());
+    assert_eq!(r.header("allow").as_deref(), Some("POST"));
     let r = get(
         &gw.url("/auth/v2/accesstoken?grant_type=client_credentials&client_id=svc"),
         &[],
@@ -916,6 +917,7 @@ async fn jwks_and_authorization_server_metadata() {
         .await
         .unwrap();
     assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD"));
 }
 
 #[tokio::test]
@@ -1085,6 +1087,7 @@ async fn revoking_an_access_token_takes_effect_at_once() {
     assert_eq!(r.status, 200, "{}", r.text());
     let r = get(&gw.url(REVOKE), &[]).await.unwrap();
     assert_eq!(r.status, 405);
+    assert_eq!(r.header("allow").as_deref(), Some("POST"));
 }
 
 #[tokio::test]

@@ -80,12 +80,17 @@ impl AuthorizationServer {
                 }
             }
         } else {
-            return self.page(
+            let mut page = self.page(
                 StatusCode::METHOD_NOT_ALLOWED,
                 "Method not allowed",
                 "Use GET or POST.",
                 None,
             );
+            page.headers_mut().insert(
+                http::header::ALLOW,
+                http::HeaderValue::from_static("GET, POST"),
+            );
+            return page;
         };
         let mut map = HashMap::new();
         for (k, v) in params {

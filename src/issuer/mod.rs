@@ -18,7 +18,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -42,6 +42,9 @@ pub struct OAuthError {
     pub description: String,
     /// Add `WWW-Authenticate: Basic` (a failed Basic client authentication).
     pub basic_challenge: bool,
+    /// The methods an endpoint takes, sent as `Allow` with a 405 (RFC 9110
+    /// 15.5.6).
+    pub allow: Option<&'static str>,
 }
 
 impl OAuthError {
@@ -51,6 +54,7 @@ impl OAuthError {
             code,
             description: description.into(),
             basic_challenge: false,
+            allow: None,
         }
     }
 
@@ -142,6 +146,11 @@ impl OAuthError {
                 HeaderValue::from_static("Basic realm=\"scopegate\""),
             );
         }
+        if let Some(allow) = self.allow {
+            response
+                .headers_mut()
+                .insert(ALLOW, HeaderValue::from_static(allow));
+        }
         if self.status == StatusCode::TOO_MANY_REQUESTS
             || self.status == StatusCode::SERVICE_UNAVAILABLE
         {
@@ -218,21 +227,21 @@ impl AuthorizationServer {
             return self.authorize(request).await;
         }
         let result = if path == p.jwks {
-            only(&method, &[Method::GET, Method::HEAD]).map(|()| self.jwks())
+            only(&method, READ_ONLY).map(|()| self.jwks())
         } else if path == p.metadata {
-            only(&method, &[Method::GET, Method::HEAD]).map(|()| self.metadata())
+            only(&method, READ_ONLY).map(|()| self.metadata())
         } else if path == p.token {
-            match only(&method, &[Method::POST]) {
+            match only(&method, POST_ONLY) {
                 Ok(()) => self.token(request).await,
                 Err(e) => Err(e),
             }
         } else if path == p.introspection {
-            match only(&method, &[Method::POST]) {
+            match only(&method, POST_ONLY) {
                 Ok(()) => self.introspect(request).await,
                 Err(e) => Err(e),
             }
         } else if path == p.revocation {
-            match only(&method, &[Method::POST]) {
+            match only(&method, POST_ONLY) {
                 Ok(()) => self.revoke(request).await,
                 Err(e) => Err(e),
             }
@@ -247,15 +256,23 @@ impl AuthorizationServer {
     }
 }
 
-fn only(method: &Method, allowed: &[Method]) -> Result<(), OAuthError> {
+/// The methods of an endpoint and their `Allow` value.
+type Methods = (&'static [Method], &'static str);
+const READ_ONLY: Methods = (&[Method::GET, Method::HEAD], "GET, HEAD");
+const POST_ONLY: Methods = (&[Method::POST], "POST");
+
+fn only(method: &Method, (allowed, allow): Methods) -> Result<(), OAuthError> {
     if allowed.contains(method) {
         Ok(())
     } else {
-        Err(OAuthError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "invalid_request",
-            format!("use {}", allowed.first().map_or("POST", Method::as_str)),
-        ))
+        Err(OAuthError {
+            allow: Some(allow),
+            ..OAuthError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request",
+                format!("use {allow}"),
+            )
+        })
     }
 }
 
