@@ -2,7 +2,9 @@
 //! listener: every grant, error and response field of the token endpoint
 //! (seed 000's client credentials request and sample response), JWKS and RFC
 //! 8414 metadata, RFC 7662 introspection, RFC 7009 revocation, signing keys
-//! from PEM files, and the memory, file and redis stores.
+//! from PEM files, and the memory, file and redis stores; and a campaign of
+//! generated hostile token requests (`hostile_token_requests`,
+//! `SCOPEGATE_HOSTILE_CASES` cases, default 256).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -1366,3 +1368,6 @@ async fn demo_config_runs_the_seed_flow() {
     assert_eq!(get(&gw.url(METADATA), &[]).await.unwrap().status, 200);
     assert_eq!(get(&gw.url(JWKS), &[]).await.unwrap().status, 200);
 }
+
+#[path = "issuer/hostile_token_requests.rs"]
+mod hostile_token_requests;
