@@ -2,9 +2,11 @@
 //! listener: every grant, error and response field of the token endpoint
 //! (seed 000's client credentials request and sample response), JWKS and RFC
 //! 8414 metadata, RFC 7662 introspection, RFC 7009 revocation, signing keys
-//! from PEM files, and the memory, file and redis stores; and a campaign of
-//! generated hostile token requests (`hostile_token_requests`,
-//! `SCOPEGATE_HOSTILE_CASES` cases, default 256).
+//! from PEM files, and the memory, file and redis stores. Two campaigns of
+//! generated cases (`SCOPEGATE_HOSTILE_CASES` sets how many): hostile token
+//! requests (`hostile_token_requests`, default 256) and token lifecycles of
+//! introspection, revocation, refresh and use (`token_lifecycles`, default
+//! 128).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -1371,3 +1373,6 @@ async fn demo_config_runs_the_seed_flow() {
 
 #[path = "issuer/hostile_token_requests.rs"]
 mod hostile_token_requests;
+
+#[path = "issuer/token_lifecycles.rs"]
+mod token_lifecycles;

@@ -1,0 +1,455 @@
+//! Generated token lifecycles against a model of the grants they belong to.
+//!
+//! Each case issues fresh tokens (client credentials for `svc` and `other`,
+//! each with a refresh token, and for `plain`, without), then runs a
+//! generated sequence of operations on them and on tokens never issued:
+//! RFC 7662 introspection, RFC 7009 revocation, refresh (with rotation, and
+//! RFC 9700 4.14.2 replay detection ending the grant), and use at the
+//! gateway. Callers authenticate with the form body or Basic, with a wrong
+//! secret, or not at all. The model says what each operation must answer
+//! and what it changes:
+//! - an access token is active until revoked by its own client or until its
+//!   grant ends; a refresh token until used or until its grant ends;
+//! - revoking a refresh token ends its grant, only for its own client;
+//!   unknown tokens and other clients' tokens are answered 200 and left be;
+//! - refreshing rotates; a used refresh token presented again by its client
+//!   ends the grant; another client's is refused and left be;
+//! - introspection of anything inactive says `{"active": false}` and nothing
+//!   more; the gateway accepts exactly the active access tokens, and after
+//!   the sequence every access token issued in the case is tried again.
+//!
+//! Wrong secrets go only to client `web`, which never needs to succeed here,
+//! so the failure limiter's 429 never hides an answer the model expects.
+
+use super::*;
+
+use proptest::prelude::*;
+
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    Form(&'static str),
+    Basic(&'static str),
+    /// `web` with a wrong secret.
+    WrongSecret,
+    Anonymous,
+}
+
+#[derive(Debug, Clone)]
+enum Pick {
+    /// One of the tokens issued so far in the case (index modulo their count).
+    Issued(usize),
+    /// One of the caller's own refresh tokens (or access tokens), or one of
+    /// another client's, so that rotations, replays and revocations by the
+    /// owner, and attempts by others, are frequent.
+    Of {
+        own: bool,
+        refresh: bool,
+        index: usize,
+    },
+    /// Never issued.
+    Unknown(String),
+    /// No `token` parameter (or, at the gateway, no token).
+    Missing,
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    Introspect(Caller, Pick),
+    Revoke(Caller, Pick),
+    Refresh(Caller, Pick),
+    Use(Pick),
+}
+
+/// The clients that authenticate rightly here (`web` only ever wrongly).
+const CALLERS: [&str; 3] = ["svc", "other", "plain"];
+
+fn caller() -> impl Strategy<Value = Caller> {
+    let client = proptest::sample::select(&CALLERS[..]);
+    prop_oneof![
+        6 => client.clone().prop_map(Caller::Form),
+        4 => client.prop_map(Caller::Basic),
+        1 => Just(Caller::WrongSecret),
+        1 => Just(Caller::Anonymous),
+    ]
+}
+
+fn pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![
+        6 => (0..64usize).prop_map(Pick::Issued),
+        6 => (
+            proptest::bool::weighted(0.7),
+            proptest::bool::weighted(0.7),
+            0..64usize
+        )
+            .prop_map(|(own, refresh, index)| Pick::Of { own, refresh, index }),
+        2 => prop_oneof![
+            "[A-Za-z0-9_-]{1,43}",
+            Just("a.b.c".to_owned()),
+            Just(String::new()),
+            // alg none, this issuer, no signature.
+            Just("eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2FzLnRlc3QifQ.".to_owned()),
+        ]
+        .prop_map(Pick::Unknown),
+        1 => Just(Pick::Missing),
+    ]
+}
+
+/// Mostly the caller's own refresh tokens: rotations and replays.
+fn refresh_pick() -> impl Strategy<Value = Pick> {
+    prop_oneof![
+        6 => (0..64usize).prop_map(|index| Pick::Of { own: true, refresh: true, index }),
+        2 => (0..64usize).prop_map(|index| Pick::Of { own: false, refresh: true, index }),
+        2 => pick(),
+    ]
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        3 => (caller(), pick()).prop_map(|(c, p)| Op::Introspect(c, p)),
+        2 => (caller(), pick()).prop_map(|(c, p)| Op::Revoke(c, p)),
+        4 => (caller(), refresh_pick()).prop_map(|(c, p)| Op::Refresh(c, p)),
+        2 => pick().prop_map(Op::Use),
+    ]
+}
+
+#[derive(Debug)]
+enum Kind {
+    Access { grant: Option<usize>, revoked: bool },
+    Refresh { grant: usize, used: bool },
+}
+
+#[derive(Debug)]
+struct Issued {
+    value: String,
+    client: &'static str,
+    kind: Kind,
+}
+
+/// The tokens of one case and whether each grant (refresh token family)
+/// has ended.
+#[derive(Debug, Default)]
+struct Model {
+    tokens: Vec<Issued>,
+    grant_ended: Vec<bool>,
+}
+
+impl Model {
+    fn active(&self, token: &Issued) -> bool {
+        match token.kind {
+            Kind::Access { grant, revoked } => {
+                !revoked && grant.is_none_or(|g| !self.grant_ended[g])
+            }
+            Kind::Refresh { grant, used } => !used && !self.grant_ended[grant],
+        }
+    }
+
+    /// Adds what a token response carried, for `client` in `grant`.
+    fn add(
+        &mut self,
+        client: &'static str,
+        answer: &Value,
+        grant: Option<usize>,
+    ) -> Result<(), String> {
+        let access = answer["access_token"].as_str().ok_or("no access_token")?;
+        let grant = match (answer["refresh_token"].as_str(), grant) {
+            (Some(refresh), grant) => {
+                let grant = grant.unwrap_or_else(|| {
+                    self.grant_ended.push(false);
+                    self.grant_ended.len() - 1
+                });
+                self.tokens.push(Issued {
+                    value: refresh.to_owned(),
+                    client,
+                    kind: Kind::Refresh { grant, used: false },
+                });
+                Some(grant)
+            }
+            (None, None) => None,
+            (None, Some(_)) => {
+                return Err(format!("a refresh without a new refresh token: {answer}"))
+            }
+        };
+        self.tokens.push(Issued {
+            value: access.to_owned(),
+            client,
+            kind: Kind::Access {
+                grant,
+                revoked: false,
+            },
+        });
+        Ok(())
+    }
+
+    /// The token `pick` names for `caller` (a client that authenticates,
+    /// if any): its index among the issued ones, and its value.
+    fn pick(&self, pick: &Pick, caller: Option<&str>) -> Option<(Option<usize>, String)> {
+        let issued = |i: usize| Some((Some(i), self.tokens[i].value.clone()));
+        match pick {
+            Pick::Issued(i) => issued(i % self.tokens.len()),
+            Pick::Of {
+                own,
+                refresh,
+                index,
+            } => {
+                let candidates: Vec<usize> = (0..self.tokens.len())
+                    .filter(|&i| {
+                        let t = &self.tokens[i];
+                        caller.is_none_or(|c| (c == t.client) == *own)
+                            && matches!(t.kind, Kind::Refresh { .. }) == *refresh
+                    })
+                    .collect();
+                match candidates.len() {
+                    0 => issued(index % self.tokens.len()),
+                    n => issued(candidates[index % n]),
+                }
+            }
+            Pick::Unknown(value) => Some((None, value.clone())),
+            Pick::Missing => None,
+        }
+    }
+}
+
+/// The client a caller authenticates as, or the error it must get (and
+/// whether the limiter's 429 may stand for it).
+fn authenticated(caller: Caller) -> Result<&'static str, (u16, bool)> {
+    match caller {
+        Caller::Form(id) | Caller::Basic(id) => Ok(id),
+        Caller::WrongSecret => Err((401, true)),
+        Caller::Anonymous => Err((401, false)),
+    }
+}
+
+/// Form parameters and headers that authenticate `caller`.
+fn credentials(caller: Caller) -> (Vec<String>, Vec<(&'static str, String)>) {
+    match caller {
+        Caller::Form(id) => (vec![creds(id)], Vec::new()),
+        Caller::Basic(id) => (Vec::new(), vec![("authorization", basic(id, SECRET))]),
+        Caller::WrongSecret => (
+            vec!["client_id=web&client_secret=wrong".to_owned()],
+            Vec::new(),
+        ),
+        Caller::Anonymous => (Vec::new(), Vec::new()),
+    }
+}
+
+async fn post(
+    gw: &Gateway,
+    path: &str,
+    caller: Caller,
+    mut params: Vec<String>,
+) -> Result<Reply, String> {
+    let (auth, headers) = credentials(caller);
+    params.extend(auth);
+    let mut all = vec![(
+        "content-type",
+        "application/x-www-form-urlencoded".to_owned(),
+    )];
+    all.extend(headers);
+    let refs: Vec<(&str, &str)> = all.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    send("POST", &gw.url(path), &refs, Bytes::from(params.join("&"))).await
+}
+
+/// Checks an RFC 6749 5.2 error answer.
+fn refused(r: &Reply, code: &str, status: u16, may_be_limited: bool) -> Result<(), String> {
+    let json: Value =
+        serde_json::from_slice(&r.body).map_err(|_| format!("not JSON: {}", r.text()))?;
+    let status_ok = r.status == status || (may_be_limited && r.status == 429);
+    if !status_ok || json["error"] != code {
+        return Err(format!(
+            "expected {status} {code}, got {} {}",
+            r.status,
+            r.text()
+        ));
+    }
+    Ok(())
+}
+
+/// Posts the token `pick` names to an RFC 7662 or 7009 endpoint as
+/// `caller`: the answer, the client that authenticated and the token's
+/// index, or `None` when the answer was the error (checked) that a caller
+/// who does not authenticate, or a request without a token, must get.
+async fn token_call(
+    gw: &Gateway,
+    model: &Model,
+    path: &str,
+    caller: Caller,
+    pick: &Pick,
+) -> Result<Option<(Reply, &'static str, Option<usize>)>, String> {
+    let picked = model.pick(pick, authenticated(caller).ok());
+    let params = picked
+        .iter()
+        .map(|(_, v)| format!("token={}", enc(v)))
+        .collect();
+    let r = post(gw, path, caller, params).await?;
+    match (authenticated(caller), picked) {
+        (Err((status, limited)), _) => {
+            refused(&r, "invalid_client", status, limited).map(|()| None)
+        }
+        (Ok(_), None) => refused(&r, "invalid_request", 400, false).map(|()| None),
+        (Ok(client), Some((index, _))) => Ok(Some((r, client, index))),
+    }
+}
+
+async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> {
+    match op {
+        Op::Use(pick) => {
+            let (index, value) = model.pick(pick, None).unzip();
+            let r = match &value {
+                Some(token) => get_with_token(&gw.url("/orders/7"), token).await,
+                None => get(&gw.url("/orders/7"), &[]).await?,
+            };
+            let active = index.flatten().is_some_and(|i| {
+                matches!(model.tokens[i].kind, Kind::Access { .. })
+                    && model.active(&model.tokens[i])
+            });
+            // RFC 6750 3.1: an empty token is a malformed request.
+            let wanted = match (active, value.as_deref()) {
+                (true, _) => 200,
+                (false, Some("")) => 400,
+                (false, _) => 401,
+            };
+            if r.status != wanted {
+                return Err(format!(
+                    "the gateway answered {}, not {wanted}: {}",
+                    r.status,
+                    r.www_authenticate()
+                ));
+            }
+        }
+        Op::Introspect(caller, pick) => {
+            let Some((r, _, index)) = token_call(gw, model, INTROSPECT, *caller, pick).await?
+            else {
+                return Ok(());
+            };
+            let json: Value =
+                serde_json::from_slice(&r.body).map_err(|_| format!("not JSON: {}", r.text()))?;
+            let token = index.map(|i| &model.tokens[i]);
+            match token.filter(|t| model.active(t)) {
+                Some(t) => {
+                    let token_type = match t.kind {
+                        Kind::Access { .. } => "Bearer",
+                        Kind::Refresh { .. } => "refresh_token",
+                    };
+                    let seen = (
+                        json["active"].as_bool(),
+                        json["token_type"].as_str(),
+                        json["client_id"].as_str(),
+                    );
+                    if r.status != 200 || seen != (Some(true), Some(token_type), Some(t.client)) {
+                        return Err(format!(
+                            "expected an active {token_type} of {}: {}",
+                            t.client,
+                            r.text()
+                        ));
+                    }
+                }
+                None => {
+                    if r.status != 200 || json != serde_json::json!({ "active": false }) {
+                        return Err(format!(
+                            "expected {{\"active\": false}} alone: {} {}",
+                            r.status,
+                            r.text()
+                        ));
+                    }
+                }
+            }
+        }
+        Op::Revoke(caller, pick) => {
+            let Some((r, client, index)) = token_call(gw, model, REVOKE, *caller, pick).await?
+            else {
+                return Ok(());
+            };
+            if r.status != 200 {
+                return Err(format!("revocation answered {}: {}", r.status, r.text()));
+            }
+            if let Some(i) = index {
+                let active = model.active(&model.tokens[i]);
+                let token = &mut model.tokens[i];
+                if token.client == client {
+                    match &mut token.kind {
+                        Kind::Refresh { grant, .. } => model.grant_ended[*grant] = true,
+                        Kind::Access { revoked, .. } if active => *revoked = true,
+                        Kind::Access { .. } => {}
+                    }
+                }
+            }
+        }
+        Op::Refresh(caller, pick) => {
+            let mut params = vec!["grant_type=refresh_token".to_owned()];
+            let param = model.pick(pick, authenticated(*caller).ok());
+            params.extend(
+                param
+                    .iter()
+                    .map(|(_, v)| format!("refresh_token={}", enc(v))),
+            );
+            let r = post(gw, TOKEN, *caller, params).await?;
+            let client = match authenticated(*caller) {
+                Ok(client) => client,
+                Err((status, limited)) => return refused(&r, "invalid_client", status, limited),
+            };
+            if client == "plain" {
+                return refused(&r, "unauthorized_client", 400, false);
+            }
+            let Some((index, _)) = param else {
+                return refused(&r, "invalid_request", 400, false);
+            };
+            let Some(i) = index.filter(|&i| matches!(model.tokens[i].kind, Kind::Refresh { .. }))
+            else {
+                return refused(&r, "invalid_grant", 400, false);
+            };
+            if model.tokens[i].client != client {
+                return refused(&r, "invalid_grant", 400, false);
+            }
+            let Kind::Refresh { grant, used } = model.tokens[i].kind else {
+                unreachable!("a refresh token");
+            };
+            model.tokens[i].kind = Kind::Refresh { grant, used: true };
+            if used {
+                // A replay: the grant ends.
+                model.grant_ended[grant] = true;
+                return refused(&r, "invalid_grant", 400, false);
+            }
+            if model.grant_ended[grant] {
+                return refused(&r, "invalid_grant", 400, false);
+            }
+            if r.status != 200 {
+                return Err(format!("expected a rotation: {} {}", r.status, r.text()));
+            }
+            model.add(client, &r.json(), Some(grant))?;
+        }
+    }
+    Ok(())
+}
+
+async fn check(gw: &Gateway, ops: Vec<Op>) -> Result<(), String> {
+    let mut model = Model::default();
+    for client in ["svc", "other", "plain"] {
+        model.add(client, &client_credentials(gw, client).await, None)?;
+    }
+    for (n, op) in ops.iter().enumerate() {
+        run_op(gw, &mut model, op)
+            .await
+            .map_err(|e| format!("operation {n} of {ops:?}: {e}"))?;
+    }
+    for i in 0..model.tokens.len() {
+        if matches!(model.tokens[i].kind, Kind::Access { .. }) {
+            run_op(gw, &mut model, &Op::Use(Pick::Issued(i)))
+                .await
+                .map_err(|e| format!("after {ops:?}, access token {i}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn token_lifecycles_follow_their_grants() {
+    let runtime = runtime();
+    let lab = runtime.block_on(start(""));
+    run_campaign(
+        &runtime,
+        &lab,
+        128,
+        proptest::collection::vec(op(), 1..12),
+        async |lab, ops| check(&lab.1, ops).await,
+    );
+}
