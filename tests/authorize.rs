@@ -858,6 +858,55 @@ async fn approve_without_a_valid_session_shows_the_sign_in_page() {
     assert!(redirect(&r).1.contains_key("code"));
 }
 
+/// A session is signed with the same key as access tokens, and names the
+/// same issuer and user; its `typ` (RFC 8725 3.11) is all that keeps it from
+/// passing for one. A stolen session cookie must not work as a bearer token,
+/// at the gateway or at introspection (where a resource server would ask).
+#[tokio::test]
+async fn a_session_is_no_access_token() {
+    let (upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    let session_jwt = session.trim_start_matches("sg_session=").to_owned();
+
+    let r = get_with_token(&gw.url("/orders/1"), &session_jwt).await;
+    assert_eq!(r.status, 401, "{}", r.text());
+    let form = |token: &str| {
+        encode(&[
+            ("token", token),
+            ("client_id", "svc"),
+            ("client_secret", SECRET),
+        ])
+    };
+    let url = gw.url("/oauth2/introspect");
+    let introspect = |token: String| {
+        send(
+            "POST",
+            &url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            Bytes::from(form(&token)),
+        )
+    };
+    let r = introspect(session_jwt.clone()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json(), serde_json::json!({ "active": false }));
+
+    // The control: the session still works, and its access token is active.
+    let r = decide(&gw, &page, &session, "approve").await;
+    let code = redirect(&r).1["code"].clone();
+    let r = spa_exchange(&gw, &code, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let access = r.json()["access_token"].as_str().unwrap().to_owned();
+    let r = introspect(access.clone()).await.unwrap();
+    assert_eq!(r.json()["active"], true, "{}", r.text());
+    assert_eq!(
+        get_with_token(&gw.url("/orders/1"), &access).await.status,
+        200
+    );
+    assert_eq!(upstream.count(), 1);
+}
+
 #[tokio::test]
 async fn consent_with_a_wrong_csrf_token_is_forbidden() {
     let (_upstream, gw) = start().await;

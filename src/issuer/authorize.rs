@@ -15,16 +15,14 @@ use http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::clients::verify_hash;
-use super::keys::jwks_document;
 use super::store::CodeRecord;
 use super::token::requested_scope;
 use super::{random_token, read_form, AuthorizationServer};
 use crate::auth::cache::digest;
-use crate::auth::jwks::KeySet;
-use crate::auth::jwt::{self, now_unix};
+use crate::auth::jwt::now_unix;
 use crate::config::{Client, Grant};
 use crate::proxy::Body;
 
@@ -328,25 +326,9 @@ impl AuthorizationServer {
     /// The signed-in user and the session's CSRF token, from the cookie.
     fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
         let token = cookie(headers, SESSION_COOKIE)?;
-        let parsed = jwt::parse_compact(&token).ok()?;
-        if parsed.typ.as_deref() != Some("session+jwt") {
-            return None;
-        }
-        let keys = KeySet::from_json(jwks_document(&self.settings.keys).as_bytes()).ok()?;
-        let algs: Vec<_> = self.settings.keys.iter().map(|k| k.algorithm()).collect();
-        let alg = jwt::allowed_algorithm(&parsed.alg, &algs)?;
-        let valid = keys
-            .candidates(parsed.kid.as_deref(), alg)
-            .any(|k| k.verify(parsed.signing_input, parsed.signature, alg));
-        if !valid
-            || parsed.claims.get("iss").and_then(Value::as_str)
-                != Some(self.settings.issuer.as_str())
-            || jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_err()
-        {
-            return None;
-        }
-        let user = parsed.claims.get("sub")?.as_str()?.to_owned();
-        let csrf = parsed.claims.get("csrf")?.as_str()?.to_owned();
+        let claims = self.verify_own(&token, "session+jwt")?;
+        let user = claims.get("sub")?.as_str()?.to_owned();
+        let csrf = claims.get("csrf")?.as_str()?.to_owned();
         self.users.contains_key(&user).then_some((user, csrf))
     }
 

@@ -11,8 +11,7 @@ use super::clients;
 use super::keys::jwks_document;
 use super::{json_response, read_form, AuthorizationServer, OAuthError};
 use crate::auth::cache::digest;
-use crate::auth::jwks::KeySet;
-use crate::auth::jwt::{self, now_unix};
+use crate::auth::jwt::now_unix;
 use crate::proxy::Body;
 
 impl AuthorizationServer {
@@ -153,36 +152,13 @@ impl AuthorizationServer {
         &self,
         token: &str,
     ) -> Result<Option<serde_json::Map<String, Value>>, OAuthError> {
-        let Ok(parsed) = jwt::parse_compact(token) else {
+        let Some(claims) = self.verify_own(token, "at+jwt") else {
             return Ok(None);
         };
-        let keys = KeySet::from_json(jwks_document(&self.settings.keys).as_bytes())
-            .map_err(|e| OAuthError::server_error(e.to_string()))?;
-        let Some(alg) = jwt::allowed_algorithm(
-            &parsed.alg,
-            &self
-                .settings
-                .keys
-                .iter()
-                .map(|k| k.algorithm())
-                .collect::<Vec<_>>(),
-        ) else {
-            return Ok(None);
-        };
-        let verified = keys
-            .candidates(parsed.kid.as_deref(), alg)
-            .any(|k| k.verify(parsed.signing_input, parsed.signature, alg));
-        if !verified
-            || parsed.claims.get("iss").and_then(Value::as_str)
-                != Some(self.settings.issuer.as_str())
-            || jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_err()
-        {
+        if self.is_revoked(&claims).await? {
             return Ok(None);
         }
-        if self.is_revoked(&parsed.claims).await? {
-            return Ok(None);
-        }
-        Ok(Some(parsed.claims))
+        Ok(Some(claims))
     }
 
     /// Whether an access token's `jti` or grant (`sid`) was revoked.

@@ -22,7 +22,10 @@ use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
+use serde_json::Value;
 
+use crate::auth::jwks::KeySet;
+use crate::auth::jwt::{self, now_unix};
 use crate::config::{AuthorizationServerSettings, User};
 use crate::proxy::Body;
 use clients::ClientAuthenticator;
@@ -179,6 +182,10 @@ pub struct AuthorizationServer {
     store: Store,
     clients: ClientAuthenticator,
     users: HashMap<String, User>,
+    /// Its own public keys and their algorithms, parsed once: to check the
+    /// access tokens and sessions it signed.
+    own_keys: Option<KeySet>,
+    own_algorithms: Vec<jsonwebtoken::Algorithm>,
 }
 
 impl AuthorizationServer {
@@ -190,12 +197,37 @@ impl AuthorizationServer {
             .iter()
             .map(|u| (u.username.clone(), u.clone()))
             .collect();
+        let own_keys = KeySet::from_json(keys::jwks_document(&settings.keys).as_bytes()).ok();
+        let own_algorithms = settings.keys.iter().map(|k| k.algorithm()).collect();
         Self {
             settings,
             store,
             clients,
             users,
+            own_keys,
+            own_algorithms,
         }
+    }
+
+    /// The claims of a JWT this server signed as `typ`, within its lifetime.
+    /// Access tokens and sessions share keys, issuer and subjects; the type
+    /// (RFC 8725 3.11) keeps one from passing for the other.
+    fn verify_own(&self, token: &str, typ: &str) -> Option<serde_json::Map<String, Value>> {
+        let parsed = jwt::parse_compact(token).ok()?;
+        if parsed.typ.as_deref() != Some(typ) {
+            return None;
+        }
+        let alg = jwt::allowed_algorithm(&parsed.alg, &self.own_algorithms)?;
+        let verified = self
+            .own_keys
+            .as_ref()?
+            .candidates(parsed.kid.as_deref(), alg)
+            .any(|k| k.verify(parsed.signing_input, parsed.signature, alg));
+        let valid = verified
+            && parsed.claims.get("iss").and_then(Value::as_str)
+                == Some(self.settings.issuer.as_str())
+            && jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_ok();
+        valid.then_some(parsed.claims)
     }
 
     /// The state store (shared with the gateway's revocation checks).
