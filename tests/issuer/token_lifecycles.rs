@@ -2,7 +2,10 @@
 //!
 //! Each case issues fresh tokens (client credentials for `svc` and `other`,
 //! each with a refresh token, and for `plain`, without), then runs a
-//! generated sequence of operations on them and on tokens never issued:
+//! generated sequence of operations on them, on tokens never issued, and on
+//! forgeries signed with the server's own key (a session's `typ`, a generic
+//! or no `typ`, expired, another issuer; with a faultless one, never issued
+//! but valid, as their control):
 //! RFC 7662 introspection, RFC 7009 revocation, refresh (with rotation, and
 //! RFC 9700 4.14.2 replay detection ending the grant), and use at the
 //! gateway. Callers authenticate with the form body or Basic, with a wrong
@@ -48,6 +51,9 @@ enum Pick {
     },
     /// Never issued.
     Unknown(String),
+    /// Signed with the server's key, but not an access token it would issue
+    /// (index into [`forgeries`]).
+    Forged(usize),
     /// No `token` parameter (or, at the gateway, no token).
     Missing,
 }
@@ -90,6 +96,7 @@ fn pick() -> impl Strategy<Value = Pick> {
             Just("eyJhbGciOiJub25lIn0.eyJpc3MiOiJodHRwczovL2FzLnRlc3QifQ.".to_owned()),
         ]
         .prop_map(Pick::Unknown),
+        2 => (0..FORGERIES.len()).prop_map(Pick::Forged),
         1 => Just(Pick::Missing),
     ]
 }
@@ -131,6 +138,7 @@ struct Issued {
 struct Model {
     tokens: Vec<Issued>,
     grant_ended: Vec<bool>,
+    forged: Vec<String>,
 }
 
 impl Model {
@@ -204,6 +212,7 @@ impl Model {
                 }
             }
             Pick::Unknown(value) => Some((None, value.clone())),
+            Pick::Forged(i) => Some((None, self.forged[*i].clone())),
             Pick::Missing => None,
         }
     }
@@ -421,8 +430,66 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
     Ok(())
 }
 
-async fn check(gw: &Gateway, ops: Vec<Op>) -> Result<(), String> {
-    let mut model = Model::default();
+/// What each forgery changes in a token the server would issue: a session's
+/// type, a generic or no type, expired, another issuer.
+const FORGERIES: [(Option<&str>, i64, &str); 5] = [
+    (Some("session+jwt"), 3600, ISS),
+    (Some("JWT"), 3600, ISS),
+    (None, 3600, ISS),
+    (Some("at+jwt"), -3600, ISS),
+    (Some("at+jwt"), 3600, "https://elsewhere.test"),
+];
+
+/// A token for `svc` signed with the server's key (kid `k1`): with `typ`,
+/// expiring `exp_in` seconds from now, from `iss`, with id `jti`.
+fn mint(
+    key: &jsonwebtoken::EncodingKey,
+    (typ, exp_in, iss): (Option<&str>, i64, &str),
+    jti: &str,
+) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+    header.kid = Some("k1".to_owned());
+    header.typ = typ.map(str::to_owned);
+    let claims = serde_json::json!({
+        "iss": iss, "sub": "svc", "aud": "orders-api", "client_id": "svc",
+        "scope": "orders:read", "iat": now - 10, "exp": now + exp_in, "jti": jti,
+    });
+    jsonwebtoken::encode(&header, &claims, key).unwrap()
+}
+
+/// A gateway whose built-in server signs with a key the test also holds.
+struct Lab {
+    gw: Gateway,
+    key: jsonwebtoken::EncodingKey,
+    forged: Vec<String>,
+    _upstream: Upstream,
+    _keys: tempfile::TempDir,
+}
+
+async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
+    let gw = &lab.gw;
+    let mut model = Model {
+        forged: lab.forged.clone(),
+        ..Model::default()
+    };
+    // The control of the forgeries: without a fault, a token signed with the
+    // server's key is one of its access tokens, though it never issued it.
+    model.tokens.push(Issued {
+        value: mint(
+            &lab.key,
+            (Some("at+jwt"), 3600, ISS),
+            &scopegate::issuer::random_token(),
+        ),
+        client: "svc",
+        kind: Kind::Access {
+            grant: None,
+            revoked: false,
+        },
+    });
     for client in ["svc", "other", "plain"] {
         model.add(client, &client_credentials(gw, client).await, None)?;
     }
@@ -444,12 +511,22 @@ async fn check(gw: &Gateway, ops: Vec<Op>) -> Result<(), String> {
 #[test]
 fn token_lifecycles_follow_their_grants() {
     let runtime = runtime();
-    let lab = runtime.block_on(start(""));
+    let keys = tempfile::tempdir().unwrap();
+    let (path, pem) = write_key(keys.path(), "signing.pem");
+    let (upstream, gw) = runtime.block_on(start(&signing_key_yaml("k1", &path)));
+    let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+    let lab = Lab {
+        gw,
+        forged: FORGERIES.iter().map(|f| mint(&key, *f, "forged")).collect(),
+        key,
+        _upstream: upstream,
+        _keys: keys,
+    };
     run_campaign(
         &runtime,
         &lab,
         128,
         proptest::collection::vec(op(), 1..12),
-        async |lab, ops| check(&lab.1, ops).await,
+        check,
     );
 }
