@@ -521,7 +521,10 @@ pub fn redirect_matches(registered: &str, presented: &str) -> bool {
     };
     let loopback =
         |u: &http::Uri| matches!(u.host(), Some("127.0.0.1") | Some("[::1]") | Some("::1"));
+    // RFC 8252 7.3 lets only the port vary: no user information either.
+    let userinfo = |u: &http::Uri| u.authority().is_some_and(|a| a.as_str().contains('@'));
     loopback(&r)
+        && !userinfo(&p)
         && r.scheme_str() == Some("http")
         && p.scheme_str() == Some("http")
         && r.host() == p.host()
@@ -658,6 +661,14 @@ mod tests {
         assert!(!redirect_matches(
             "http://127.0.0.1/cb",
             "http://127.0.0.2:9/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://user@127.0.0.1:9/cb"
+        ));
+        assert!(!redirect_matches(
+            "http://127.0.0.1/cb",
+            "http://127.0.0.1:9@evil.test/cb"
         ));
     }
 
