@@ -3,7 +3,9 @@
 //! forms' hidden fields are read back and posted with the cookies the server
 //! set. Every error case of the endpoint, the pages' security headers and
 //! cookies, and the code exchange at the token endpoint (PKCE, bindings,
-//! single use with revocation on replay, no PKCE downgrade, expiry).
+//! single use with revocation on replay, no PKCE downgrade, expiry). And a
+//! campaign of generated hostile authorization requests
+//! (`hostile_requests`; `SCOPEGATE_HOSTILE_CASES` cases, default 384).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -1391,3 +1393,6 @@ async fn redirect_uri_omitted_at_authorize_may_be_omitted_at_the_token_endpoint(
     let r = exchange(&t.gw, spa2(&code, None)).await;
     assert_oauth_error(&r, 400, "invalid_grant");
 }
+
+#[path = "authorize/hostile_requests.rs"]
+mod hostile_requests;
