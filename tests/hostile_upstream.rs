@@ -304,13 +304,17 @@ impl<S: Copy> Lab<S> {
             let world = World::new().await;
             let scripts: Scripts<S> = Arc::default();
             let upstream = upstream(Arc::clone(&scripts)).await;
+            // No script stalls, so no answer may be a 504; the timeout is
+            // well above what a loaded CI host takes, and below `BOUND`.
             let mut config = world
                 .config()
-                .replace(&world.upstream.addr.to_string(), &upstream.to_string());
+                .replace(&world.upstream.addr.to_string(), &upstream.to_string())
+                .replace("    request_timeout: 2s\n", "    request_timeout: 5s\n");
+            assert!(config.contains("request_timeout: 5s"));
             if http2 {
                 config = config.replace(
-                    "    request_timeout: 2s\n",
-                    "    request_timeout: 2s\n    http2_only: true\n",
+                    "    request_timeout: 5s\n",
+                    "    request_timeout: 5s\n    http2_only: true\n",
                 );
                 assert!(config.contains("http2_only: true"));
             }
