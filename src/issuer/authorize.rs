@@ -17,7 +17,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use serde_json::json;
 
-use super::clients::verify_hash;
+use super::clients::Busy;
 use super::store::CodeRecord;
 use super::token::requested_scope;
 use super::{random_token, read_form, AuthorizationServer};
@@ -285,7 +285,23 @@ impl AuthorizationServer {
         }
         let user = self.users.get(&username);
         let ok = match user {
-            Some(u) => verify_hash(u.password_hash.clone(), password).await,
+            Some(u) => match self
+                .clients
+                .verify_password(&u.password_hash, &password)
+                .await
+            {
+                Ok(ok) => ok,
+                Err(Busy) => {
+                    let mut page = self.login_page(
+                        request,
+                        Some("Too many sign-ins at once. Try again in a moment."),
+                        StatusCode::SERVICE_UNAVAILABLE,
+                    );
+                    page.headers_mut()
+                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                    return page;
+                }
+            },
             None => false,
         };
         let Some(user) = user.filter(|_| ok) else {

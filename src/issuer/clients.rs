@@ -1,6 +1,7 @@
 //! Client authentication for the token, introspection and revocation
 //! endpoints (RFC 6749 2.3.1): HTTP Basic or form body, argon2-hashed secrets
-//! checked off the runtime, successful checks cached, failures rate-limited.
+//! checked off the runtime (a bounded number at once), successful checks
+//! cached, failures rate-limited.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -10,9 +11,20 @@ use argon2::{Argon2, PasswordHash, PasswordVerifier};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::HeaderMap;
+use tokio::sync::Semaphore;
 
 use super::OAuthError;
 use crate::config::Client;
+
+/// Argon2 checks that run at once. Each holds the hash's memory cost (19 MiB
+/// with the parameters `hash-secret` uses) on a blocking thread for tens of
+/// milliseconds, so unbounded they would let a burst of wrong secrets take
+/// gigabytes; the failure limiter only counts checks that have ended.
+const HASHING_AT_ONCE: usize = 2;
+/// Checks that may wait for one of those; beyond them a check is refused at
+/// once (503), so a burst can neither queue without bound nor stall sign-ins
+/// for long.
+const HASHING_WAITING: usize = 64;
 
 /// Failed attempts allowed per key within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
@@ -101,6 +113,46 @@ pub struct ClientAuthenticator {
     clients: HashMap<String, Client>,
     verified: moka::sync::Cache<[u8; 32], ()>,
     failures: Mutex<HashMap<String, (u32, Instant)>>,
+    hashing: PasswordChecker,
+}
+
+/// Runs argon2 checks on the blocking pool, [`HASHING_AT_ONCE`] at a time
+/// with at most [`HASHING_WAITING`] waiting.
+struct PasswordChecker {
+    admitted: Arc<Semaphore>,
+    running: Arc<Semaphore>,
+}
+
+/// Too many password checks in flight: answered 503 with `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Busy;
+
+impl PasswordChecker {
+    fn new() -> Self {
+        Self {
+            admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
+            running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
+        }
+    }
+
+    async fn verify(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
+        let admitted = Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
+        let running = Arc::clone(&self.running)
+            .acquire_owned()
+            .await
+            .map_err(|_| Busy)?;
+        let (hash, secret) = (hash.to_owned(), secret.to_owned());
+        // The permits go with the check: one whose request went away still
+        // counts until it ends.
+        Ok(tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, running);
+            argon2_matches(&hash, &secret)
+        })
+        .await
+        .unwrap_or(false))
+    }
 }
 
 impl ClientAuthenticator {
@@ -116,7 +168,14 @@ impl ClientAuthenticator {
                 .time_to_live(SUCCESS_TTL)
                 .build(),
             failures: Mutex::new(HashMap::new()),
+            hashing: PasswordChecker::new(),
         }
+    }
+
+    /// Checks a user's password against its argon2 hash (bounded like the
+    /// client secrets' checks).
+    pub async fn verify_password(&self, hash: &str, password: &str) -> Result<bool, Busy> {
+        self.hashing.verify(hash, password).await
     }
 
     /// A registered client by id.
@@ -159,7 +218,11 @@ impl ClientAuthenticator {
                 Err(OAuthError::invalid_client(p.basic, "client secret missing"))
             }
             (Some(hash), Some(secret)) => {
-                if self.check_secret(&p.client_id, hash, secret).await {
+                let matches = self
+                    .check_secret(&p.client_id, hash, secret)
+                    .await
+                    .map_err(|Busy| OAuthError::busy())?;
+                if matches {
                     Ok(Arc::new(client.clone()))
                 } else {
                     self.record_failure(&limiter_key);
@@ -174,16 +237,16 @@ impl ClientAuthenticator {
 
     /// Verifies a secret against its argon2 hash off the runtime, remembering
     /// successes so the endpoint is not a CPU sink.
-    pub async fn check_secret(&self, id: &str, hash: &str, secret: &str) -> bool {
+    pub async fn check_secret(&self, id: &str, hash: &str, secret: &str) -> Result<bool, Busy> {
         let key = cache_key(id, hash, secret);
         if self.verified.get(&key).is_some() {
-            return true;
+            return Ok(true);
         }
-        let ok = verify_hash(hash.to_owned(), secret.to_owned()).await;
+        let ok = self.hashing.verify(hash, secret).await?;
         if ok {
             self.verified.insert(key, ());
         }
-        ok
+        Ok(ok)
     }
 
     /// True when `key` (a client id or user name) failed too often recently.
@@ -228,19 +291,15 @@ fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
     out
 }
 
-/// Argon2 verification on the blocking pool.
-pub async fn verify_hash(hash: String, secret: String) -> bool {
-    tokio::task::spawn_blocking(move || {
-        PasswordHash::new(&hash)
-            .map(|parsed| {
-                Argon2::default()
-                    .verify_password(secret.as_bytes(), &parsed)
-                    .is_ok()
-            })
-            .unwrap_or(false)
-    })
-    .await
-    .unwrap_or(false)
+/// Whether `secret` matches the argon2 PHC string `hash` (blocking).
+fn argon2_matches(hash: &str, secret: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|parsed| {
+            Argon2::default()
+                .verify_password(secret.as_bytes(), &parsed)
+                .is_ok()
+        })
+        .unwrap_or(false)
 }
 
 /// Hashes a secret for the config (`scopegate hash-secret`).
@@ -251,4 +310,47 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
         .hash_password(secret.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Checks beyond the running and waiting bound are refused at once, not
+    /// queued; a running check keeps its place until it ends, even when its
+    /// caller went away; then checks are admitted again.
+    #[tokio::test]
+    async fn password_checks_beyond_the_bound_are_refused_at_once() {
+        let checker = PasswordChecker::new();
+        let hash = hash_secret("right").unwrap();
+        let mut admitted: Vec<_> = (0..HASHING_AT_ONCE + HASHING_WAITING)
+            .map(|_| Box::pin(checker.verify(&hash, "wrong")))
+            .collect();
+        for check in &mut admitted {
+            assert!(futures_util::poll!(check).is_pending());
+        }
+        // Refused when first asked, without waiting.
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(checker.verify(&hash, "right")),
+            Some(Err(Busy))
+        );
+        // The callers go away; the running checks still hold their places.
+        drop(admitted);
+        assert_eq!(
+            checker.running.available_permits(),
+            0,
+            "running checks are still counted"
+        );
+        assert_eq!(checker.verify(&hash, "right").await, Ok(true));
+        assert_eq!(checker.verify(&hash, "wrong").await, Ok(false));
+    }
+
+    #[test]
+    fn busy_is_503_with_a_short_retry_after() {
+        let response = OAuthError::busy().into_response();
+        assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
+        let response = OAuthError::too_many_attempts().into_response();
+        assert_eq!(response.headers()[http::header::RETRY_AFTER], "60");
+    }
 }

@@ -48,6 +48,8 @@ pub struct OAuthError {
     /// The methods an endpoint takes, sent as `Allow` with a 405 (RFC 9110
     /// 15.5.6).
     pub allow: Option<&'static str>,
+    /// Seconds for `Retry-After`, sent with a 429 or 503.
+    pub retry_after: &'static str,
 }
 
 impl OAuthError {
@@ -58,6 +60,7 @@ impl OAuthError {
             description: description.into(),
             basic_challenge: false,
             allow: None,
+            retry_after: "60",
         }
     }
 
@@ -121,6 +124,19 @@ impl OAuthError {
         )
     }
 
+    /// Too many password checks in flight (503 with `Retry-After: 1`: a
+    /// burst passes within moments).
+    pub fn busy() -> Self {
+        Self {
+            retry_after: "1",
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "too many sign-in checks at once; retry later",
+            )
+        }
+    }
+
     /// The state store failed (503).
     pub fn unavailable() -> Self {
         Self::new(
@@ -159,7 +175,7 @@ impl OAuthError {
         {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static("60"));
+                .insert(RETRY_AFTER, HeaderValue::from_static(self.retry_after));
         }
         response
     }

@@ -9,7 +9,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use serde_json::{json, Value};
 
-use super::clients::{self, verify_hash};
+use super::clients::{self, Busy};
 use super::store::{RefreshRecord, Use};
 use super::{json_response, random_token, read_form, AuthorizationServer, OAuthError};
 use crate::auth::cache::digest;
@@ -110,7 +110,11 @@ impl AuthorizationServer {
         }
         let user = self.users.get(username.as_str());
         let ok = match user {
-            Some(u) => verify_hash(u.password_hash.clone(), password.clone()).await,
+            Some(u) => self
+                .clients
+                .verify_password(&u.password_hash, password)
+                .await
+                .map_err(|Busy| OAuthError::busy())?,
             None => false,
         };
         let Some(user) = user.filter(|_| ok) else {
