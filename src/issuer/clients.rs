@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use argon2::{Argon2, PasswordHash, PasswordVerifier};
+use argon2::{Argon2, Block, PasswordHash};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use http::HeaderMap;
@@ -117,10 +117,14 @@ pub struct ClientAuthenticator {
 }
 
 /// Runs argon2 checks on the blocking pool, [`HASHING_AT_ONCE`] at a time
-/// with at most [`HASHING_WAITING`] waiting.
+/// with at most [`HASHING_WAITING`] waiting, in memory it keeps for them.
 struct PasswordChecker {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// One hash's working memory per running check, reused: allocated anew
+    /// each time on whatever blocking thread ran the check, glibc kept it in
+    /// that thread's arena, and a burst of checks left hundreds of MB behind.
+    memory: Arc<Mutex<Vec<Vec<Block>>>>,
 }
 
 /// Too many password checks in flight: answered 503 with `Retry-After`.
@@ -132,6 +136,7 @@ impl PasswordChecker {
         Self {
             admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
             running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
+            memory: Arc::default(),
         }
     }
 
@@ -144,11 +149,21 @@ impl PasswordChecker {
             .await
             .map_err(|_| Busy)?;
         let (hash, secret) = (hash.to_owned(), secret.to_owned());
+        let memory = Arc::clone(&self.memory);
         // The permits go with the check: one whose request went away still
         // counts until it ends.
         Ok(tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
-            argon2_matches(&hash, &secret)
+            let mut blocks = memory
+                .lock()
+                .ok()
+                .and_then(|mut m| m.pop())
+                .unwrap_or_default();
+            let matches = argon2_matches(&hash, &secret, &mut blocks);
+            if let Ok(mut m) = memory.lock() {
+                m.push(blocks);
+            }
+            matches
         })
         .await
         .unwrap_or(false))
@@ -291,15 +306,42 @@ fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
     out
 }
 
-/// Whether `secret` matches the argon2 PHC string `hash` (blocking).
-fn argon2_matches(hash: &str, secret: &str) -> bool {
-    PasswordHash::new(hash)
-        .map(|parsed| {
-            Argon2::default()
-                .verify_password(secret.as_bytes(), &parsed)
-                .is_ok()
-        })
-        .unwrap_or(false)
+/// Whether `secret` matches the argon2 PHC string `hash` (blocking), with
+/// `blocks` as the hash's working memory (grown to its memory cost). What
+/// `PasswordVerifier::verify_password` does, but in memory of our own.
+fn argon2_matches(hash: &str, secret: &str, blocks: &mut Vec<Block>) -> bool {
+    let Ok(parsed) = PasswordHash::new(hash) else {
+        return false;
+    };
+    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
+        return false;
+    };
+    let (Ok(algorithm), Ok(params)) = (
+        argon2::Algorithm::try_from(parsed.algorithm),
+        argon2::Params::try_from(&parsed),
+    ) else {
+        return false;
+    };
+    let Ok(version) = parsed
+        .version
+        .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
+    else {
+        return false;
+    };
+    let mut salt_bytes = [0u8; 64];
+    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
+        return false;
+    };
+    blocks.resize(params.block_count(), Block::default());
+    let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
+    let Some(out) = out.get_mut(..expected.len()) else {
+        return false;
+    };
+    Argon2::new(algorithm, version, params)
+        .hash_password_into_with_memory(secret.as_bytes(), salt, out, &mut blocks[..])
+        .is_ok()
+        // `Output`'s equality is constant-time.
+        && argon2::password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
 }
 
 /// Hashes a secret for the config (`scopegate hash-secret`).
@@ -343,6 +385,45 @@ mod tests {
         );
         assert_eq!(checker.verify(&hash, "right").await, Ok(true));
         assert_eq!(checker.verify(&hash, "wrong").await, Ok(false));
+    }
+
+    /// The check in reused memory agrees with argon2's own verifier, for
+    /// each variant and version, whatever the memory held before.
+    #[test]
+    fn argon2_checks_in_reused_memory_agree_with_the_verifier() {
+        use argon2::password_hash::{rand_core::OsRng, PasswordHasher, SaltString};
+        use argon2::{Algorithm, Params, PasswordVerifier, Version};
+        let mut blocks = Vec::new();
+        for (algorithm, version, m, t) in [
+            (Algorithm::Argon2id, Version::V0x13, 64, 2),
+            (Algorithm::Argon2i, Version::V0x13, 256, 1),
+            (Algorithm::Argon2d, Version::V0x10, 32, 3),
+            (Algorithm::Argon2id, Version::V0x13, 64, 2),
+        ] {
+            let params = Params::new(m, t, 1, None).unwrap();
+            let hasher = Argon2::new(algorithm, version, params);
+            let salt = SaltString::generate(&mut OsRng);
+            let hash = hasher.hash_password(b"right", &salt).unwrap().to_string();
+            for secret in ["right", "wrong", "", "right "] {
+                let parsed = PasswordHash::new(&hash).unwrap();
+                let expected = Argon2::default()
+                    .verify_password(secret.as_bytes(), &parsed)
+                    .is_ok();
+                assert_eq!(
+                    argon2_matches(&hash, secret, &mut blocks),
+                    expected,
+                    "{hash} {secret:?}"
+                );
+                assert_eq!(expected, secret == "right");
+            }
+        }
+        for broken in [
+            "",
+            "$argon2id$v=19$m=64,t=2,p=1$",
+            "$scrypt$ln=1,r=8,p=1$c2FsdA$aGFzaA",
+        ] {
+            assert!(!argon2_matches(broken, "right", &mut blocks), "{broken}");
+        }
     }
 
     #[test]
