@@ -284,25 +284,22 @@ impl AuthorizationServer {
             );
         }
         let user = self.users.get(&username);
-        let ok = match user {
-            Some(u) => match self
-                .clients
-                .verify_password(&u.password_hash, &password)
-                .await
-            {
-                Ok(ok) => ok,
-                Err(Busy) => {
-                    let mut page = self.login_page(
-                        request,
-                        Some("Too many sign-ins at once. Try again in a moment."),
-                        StatusCode::SERVICE_UNAVAILABLE,
-                    );
-                    page.headers_mut()
-                        .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
-                    return page;
-                }
-            },
-            None => false,
+        let checked = self
+            .clients
+            .verify_password(user.map(|u| u.password_hash.as_str()), &password)
+            .await;
+        let ok = match checked {
+            Ok(ok) => ok,
+            Err(Busy) => {
+                let mut page = self.login_page(
+                    request,
+                    Some("Too many sign-ins at once. Try again in a moment."),
+                    StatusCode::SERVICE_UNAVAILABLE,
+                );
+                page.headers_mut()
+                    .insert(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return page;
+            }
         };
         let Some(user) = user.filter(|_| ok) else {
             self.clients.record_failure(&limiter_key);

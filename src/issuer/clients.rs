@@ -26,6 +26,13 @@ const HASHING_AT_ONCE: usize = 2;
 /// for long.
 const HASHING_WAITING: usize = 64;
 
+/// Checked in place of the hash of a client or user that does not exist, so
+/// that a wrong secret takes as long to refuse either way and names cannot
+/// be told apart by timing: `hash-secret`'s hash of a random secret nobody
+/// kept.
+const UNKNOWN_NAME_HASH: &str =
+    "$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I";
+
 /// Failed attempts allowed per key within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
 /// The failure counting window.
@@ -188,9 +195,17 @@ impl ClientAuthenticator {
     }
 
     /// Checks a user's password against its argon2 hash (bounded like the
-    /// client secrets' checks).
-    pub async fn verify_password(&self, hash: &str, password: &str) -> Result<bool, Busy> {
-        self.hashing.verify(hash, password).await
+    /// client secrets' checks); for a user that does not exist (`None`), a
+    /// check that takes as long and never matches.
+    pub async fn verify_password(&self, hash: Option<&str>, password: &str) -> Result<bool, Busy> {
+        match hash {
+            Some(hash) => self.hashing.verify(hash, password).await,
+            None => self
+                .hashing
+                .verify(UNKNOWN_NAME_HASH, password)
+                .await
+                .map(|_| false),
+        }
     }
 
     /// A registered client by id.
@@ -216,6 +231,11 @@ impl ClientAuthenticator {
             return Err(OAuthError::too_many_attempts());
         }
         let Some(client) = self.clients.get(&p.client_id) else {
+            if let Some(secret) = &p.secret {
+                self.verify_password(None, secret)
+                    .await
+                    .map_err(|Busy| OAuthError::busy())?;
+            }
             self.record_failure(&limiter_key);
             return Err(OAuthError::invalid_client(
                 p.basic,
@@ -385,6 +405,39 @@ mod tests {
         );
         assert_eq!(checker.verify(&hash, "right").await, Ok(true));
         assert_eq!(checker.verify(&hash, "wrong").await, Ok(false));
+    }
+
+    /// An unknown client's secret or user's password is checked too (against
+    /// a hash nobody's secret matches), so it takes as long to refuse as a
+    /// known one's: with every place taken, it waits its turn like them.
+    #[tokio::test]
+    async fn unknown_names_cost_a_check_like_known_ones() {
+        let clients = ClientAuthenticator::new(&[]);
+        let hash = hash_secret("right").unwrap();
+        let mut taken: Vec<_> = (0..HASHING_AT_ONCE + HASHING_WAITING)
+            .map(|_| Box::pin(clients.hashing.verify(&hash, "wrong")))
+            .collect();
+        for check in &mut taken {
+            assert!(futures_util::poll!(check).is_pending());
+        }
+        let presented = Presented {
+            client_id: "nobody".to_owned(),
+            secret: Some("guess".to_owned()),
+            basic: false,
+        };
+        let refused =
+            futures_util::FutureExt::now_or_never(clients.authenticate(Some(presented), false));
+        assert_eq!(
+            refused.map(|r| r.map(|_| ())),
+            Some(Err(OAuthError::busy()))
+        );
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(clients.verify_password(None, "guess")),
+            Some(Err(Busy))
+        );
+        drop(taken);
+        assert_eq!(clients.verify_password(None, "guess").await, Ok(false));
+        assert_eq!(clients.verify_password(None, "").await, Ok(false));
     }
 
     /// The check in reused memory agrees with argon2's own verifier, for

@@ -109,14 +109,11 @@ impl AuthorizationServer {
             return Err(OAuthError::too_many_user_attempts());
         }
         let user = self.users.get(username.as_str());
-        let ok = match user {
-            Some(u) => self
-                .clients
-                .verify_password(&u.password_hash, password)
-                .await
-                .map_err(|Busy| OAuthError::busy())?,
-            None => false,
-        };
+        let ok = self
+            .clients
+            .verify_password(user.map(|u| u.password_hash.as_str()), password)
+            .await
+            .map_err(|Busy| OAuthError::busy())?;
         let Some(user) = user.filter(|_| ok) else {
             self.clients.record_failure(&limiter_key);
             return Err(OAuthError::invalid_grant("wrong username or password"));
