@@ -868,6 +868,43 @@ async fn repeated_client_authentication_failures_are_rate_limited() {
     assert_eq!(body["status"], "approved");
 }
 
+/// Only a checked secret counts towards the limit: requests without one,
+/// for a known or an unknown client, cost no check and guess nothing, so
+/// they neither lock a client out nor fill the limiter's table.
+#[tokio::test]
+async fn requests_without_a_secret_do_not_count_as_failures() {
+    let (_upstream, gw) = start("").await;
+    for client_id in ["svc", "nobody"] {
+        for _ in 0..10 {
+            let r = token_request(
+                &gw,
+                &format!("grant_type=client_credentials&client_id={client_id}"),
+            )
+            .await;
+            assert_oauth_error(&r, 401, "invalid_client");
+        }
+    }
+    let body = client_credentials(&gw, "svc").await;
+    assert_eq!(body["status"], "approved");
+    // A wrong secret for an unknown client still counts, as for a known one.
+    for attempt in 1..=5 {
+        let r = token_request(
+            &gw,
+            &format!(
+                "grant_type=client_credentials&client_id=nobody&client_secret=guess-{attempt}"
+            ),
+        )
+        .await;
+        assert_oauth_error(&r, 401, "invalid_client");
+    }
+    let r = token_request(
+        &gw,
+        "grant_type=client_credentials&client_id=nobody&client_secret=guess",
+    )
+    .await;
+    assert_eq!(r.status, 429, "{}", r.text());
+}
+
 // ---------------------------------------------------------------------------
 // JWKS, metadata, signing keys
 // ---------------------------------------------------------------------------

@@ -37,7 +37,12 @@ const UNKNOWN_NAME_HASH: &str =
 const MAX_FAILURES: u32 = 5;
 /// The failure counting window.
 const FAILURE_WINDOW: Duration = Duration::from_secs(60);
-/// Keys tracked by the limiter at most (oldest windows are dropped first).
+/// Names tracked by the limiter at most. When it is full, ended windows go
+/// first, then the names with the fewest failures; a limited name is never
+/// dropped within its window, so a flood of fresh names cannot free the
+/// names under attack. Every failure counted costs an argon2 check, which
+/// keeps a flood far slower than what would fill the table with limited
+/// names within one window.
 const MAX_TRACKED: usize = 10_000;
 /// How long a successful secret check is remembered.
 const SUCCESS_TTL: Duration = Duration::from_secs(600);
@@ -119,7 +124,10 @@ fn form_decode(s: &str) -> Option<String> {
 pub struct ClientAuthenticator {
     clients: HashMap<String, Client>,
     verified: moka::sync::Cache<[u8; 32], ()>,
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    /// Failures per name: the count and when its window began, keyed by the
+    /// name's digest so that the table's size does not depend on the names
+    /// (a client id or user name can be as long as a request body).
+    failures: Mutex<HashMap<[u8; 32], (u32, Instant)>>,
     hashing: PasswordChecker,
 }
 
@@ -231,12 +239,15 @@ impl ClientAuthenticator {
             return Err(OAuthError::too_many_attempts());
         }
         let Some(client) = self.clients.get(&p.client_id) else {
+            // Only a checked secret counts as a failure, for unknown names as
+            // for known ones: refusals that cost no check would let a flood
+            // fill the limiter's table for free.
             if let Some(secret) = &p.secret {
                 self.verify_password(None, secret)
                     .await
                     .map_err(|Busy| OAuthError::busy())?;
+                self.record_failure(&limiter_key);
             }
-            self.record_failure(&limiter_key);
             return Err(OAuthError::invalid_client(
                 p.basic,
                 "unknown client or wrong secret",
@@ -248,10 +259,7 @@ impl ClientAuthenticator {
                 p.basic,
                 "this client cannot authenticate here",
             )),
-            (Some(_), None) => {
-                self.record_failure(&limiter_key);
-                Err(OAuthError::invalid_client(p.basic, "client secret missing"))
-            }
+            (Some(_), None) => Err(OAuthError::invalid_client(p.basic, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 let matches = self
                     .check_secret(&p.client_id, hash, secret)
@@ -290,29 +298,41 @@ impl ClientAuthenticator {
             return true;
         };
         failures
-            .get(key)
+            .get(&failure_key(key))
             .is_some_and(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
     }
 
-    /// Counts a failed attempt for `key`.
+    /// Counts a failed secret or password check for `key`.
     pub fn record_failure(&self, key: &str) {
         let Ok(mut failures) = self.failures.lock() else {
             return;
         };
-        if failures.len() >= MAX_TRACKED {
+        let key = failure_key(key);
+        if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
             failures.retain(|_, (_, start)| start.elapsed() < FAILURE_WINDOW);
             if failures.len() >= MAX_TRACKED {
-                failures.clear();
+                let fewest = failures.values().map(|(n, _)| *n).min().unwrap_or(0);
+                if fewest >= MAX_FAILURES {
+                    return;
+                }
+                failures.retain(|_, (n, _)| *n > fewest);
             }
         }
-        let entry = failures
-            .entry(key.to_owned())
-            .or_insert((0, Instant::now()));
+        let entry = failures.entry(key).or_insert((0, Instant::now()));
         if entry.1.elapsed() >= FAILURE_WINDOW {
             *entry = (0, Instant::now());
         }
-        entry.0 += 1;
+        entry.0 = entry.0.saturating_add(1);
     }
+}
+
+/// The failure limiter's key for a name.
+fn failure_key(key: &str) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(
+        aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref(),
+    );
+    out
 }
 
 fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
@@ -377,6 +397,36 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A flood of fresh names (each failing once, as an attacker's would)
+    /// fills the limiter's table but neither clears it nor evicts a name
+    /// that is limited, and the table stays within its bound.
+    #[test]
+    fn a_flood_of_fresh_names_does_not_free_a_limited_name() {
+        let auth = ClientAuthenticator::new(&[]);
+        for _ in 0..MAX_FAILURES {
+            assert!(!auth.is_limited("user:victim"));
+            auth.record_failure("user:victim");
+        }
+        assert!(auth.is_limited("user:victim"));
+        for _ in 1..MAX_FAILURES {
+            auth.record_failure("user:almost");
+        }
+        for i in 0..3 * MAX_TRACKED {
+            let name = format!("user:{i}");
+            assert!(!auth.is_limited(&name));
+            auth.record_failure(&name);
+        }
+        assert!(auth.is_limited("user:victim"), "the flood freed the name");
+        assert!(!auth.is_limited("user:almost"));
+        auth.record_failure("user:almost");
+        assert!(auth.is_limited("user:almost"), "the flood reset the count");
+        let tracked = auth.failures.lock().unwrap().len();
+        assert!(
+            (1..=MAX_TRACKED).contains(&tracked),
+            "{tracked} names tracked"
+        );
+    }
 
     /// Checks beyond the running and waiting bound are refused at once, not
     /// queued; a running check keeps its place until it ends, even when its
