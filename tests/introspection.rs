@@ -1,6 +1,7 @@
 //! Opaque tokens end to end: RFC 7662 introspection (client authentication,
 //! answer checks, caching, failing closed), issuers with both JWKS and
-//! introspection, RFC 8414 / OpenID discovery, and RFC 9728 resource metadata.
+//! introspection, RFC 8414 / OpenID discovery, and RFC 9728 resource metadata;
+//! and a campaign of generated hostile answers ([`hostile_answers`]).
 //! Every server here is real and listens on 127.0.0.1:0.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -1581,3 +1582,6 @@ async fn metrics_count_cache_hits_and_never_show_tokens_or_secrets() {
     assert_eq!(introspection_results(&text, "inactive"), 1.0, "{text}");
     assert_eq!(introspection_results(&text, "http_error"), 1.0, "{text}");
 }
+
+#[path = "introspection/hostile_answers.rs"]
+mod hostile_answers;
