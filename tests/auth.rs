@@ -2,7 +2,8 @@
 //! strict JWS/JWT checks (RFC 7515, 7519, 9068) and the classic JWT attacks,
 //! scope look-alikes, per-route issuer restriction, the verified-token cache,
 //! key rotation, unknown-`kid` floods, JWKS outages, readiness without keys,
-//! and what the metrics say (and never say).
+//! and what the metrics say (and never say); and a campaign of generated
+//! hostile tokens ([`hostile_tokens`]).
 //!
 //! Every request goes through a real gateway on 127.0.0.1:0; every rejected
 //! request is checked for its exact status, `WWW-Authenticate` challenge, JSON
@@ -1979,3 +1980,6 @@ async fn decision_metrics_without_secrets() {
         assert!(!text.contains(segment), "metrics leak a token segment");
     }
 }
+
+#[path = "auth/hostile_tokens.rs"]
+mod hostile_tokens;

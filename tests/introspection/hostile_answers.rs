@@ -31,45 +31,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use serde_json::Map;
+use support::reference::{self, IdentityHeaders, Outcome, Route, Time, SPOOFED_IDENTITY};
 
-/// The gateway's leeway for time members (the default).
-const LEEWAY: i64 = 30;
 /// Largest answer body the gateway reads.
 const MAX_ANSWER: usize = 64 * 1024;
-/// What the client claims to be, which must never reach the upstream.
-const SPOOFED: &str = "spoofed";
-
-/// A time member: seconds from now, a fraction, or a wrong type.
-#[derive(Debug, Clone, Copy)]
-enum Time {
-    Missing,
-    /// `now + offset`, an integer.
-    At(i64),
-    /// `now + offset + 0.5`.
-    Fraction(i64),
-    /// `now + offset` as a string.
-    Text(i64),
-    Negative,
-    /// 1e300: valid for ever.
-    Huge,
-    Null,
-    Bool,
-}
-
-impl Time {
-    fn render(self, now: i64) -> Option<Value> {
-        Some(match self {
-            Time::Missing => return None,
-            Time::At(offset) => json!(now + offset),
-            Time::Fraction(offset) => json!(now as f64 + offset as f64 + 0.5),
-            Time::Text(offset) => json!((now + offset).to_string()),
-            Time::Negative => json!(-5),
-            Time::Huge => json!(1e300),
-            Time::Null => Value::Null,
-            Time::Bool => json!(true),
-        })
-    }
-}
 
 /// The answer object's members, each `None` when missing.
 #[derive(Debug, Clone)]
@@ -113,35 +78,6 @@ enum Body {
     TooDeep,
 }
 
-/// Where the token is used.
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    /// `GET /orders/1`: needs `orders:read`.
-    Read,
-    /// `POST /orders/7`: needs `orders:write` or `orders:admin`.
-    Write,
-    /// `GET /admin`: needs `admin`.
-    Admin,
-}
-
-impl Route {
-    fn request(self) -> (&'static str, &'static str) {
-        match self {
-            Route::Read => ("GET", "/orders/1"),
-            Route::Write => ("POST", "/orders/7"),
-            Route::Admin => ("GET", "/admin"),
-        }
-    }
-
-    fn allows(self, scopes: &[&str]) -> bool {
-        match self {
-            Route::Read => scopes.contains(&"orders:read"),
-            Route::Write => scopes.contains(&"orders:write") || scopes.contains(&"orders:admin"),
-            Route::Admin => scopes.contains(&"admin"),
-        }
-    }
-}
-
 #[derive(Debug, Clone)]
 struct Case {
     status: u16,
@@ -150,52 +86,22 @@ struct Case {
     route: Route,
 }
 
-/// What one use of the token must get.
-#[derive(Debug, Clone, PartialEq, Eq)]
-enum Expected {
-    Unavailable,
-    Inactive,
-    /// Refused for its scopes; `cached` as for `Forwarded`.
-    InsufficientScope {
-        cached: bool,
-    },
-    /// Forwarded with these identity headers (subject, client id, scopes).
-    Forwarded {
-        subject: Option<String>,
-        client_id: Option<String>,
-        scopes: Option<String>,
-        /// Whether the answer is cached (its `exp` has not passed).
-        cached: bool,
-    },
+/// What each use of the token must get, and whether the answer may be
+/// cached (the second use then asks the endpoint nothing).
+#[derive(Debug, Clone)]
+struct Expected {
+    outcome: Outcome,
+    cached: bool,
 }
 
-/// One of `good` mostly, one of `bad` now and then: most cases then have
-/// at most one fault, so every fault is seen alone and every outcome often.
-fn pick(good: Vec<Option<Value>>, bad: Vec<Option<Value>>) -> BoxedStrategy<Option<Value>> {
-    prop_oneof![
-        20 => prop::sample::select(good),
-        1 => prop::sample::select(bad),
-    ]
-    .boxed()
-}
-
-/// A time member at one of the `good` offsets from now (or missing, a
-/// fraction, far ahead) mostly, and now and then a `bad` offset or a value
-/// of the wrong type.
-fn time(good: &[i64], bad: &[i64]) -> impl Strategy<Value = Time> {
-    prop_oneof![
-        20 => Just(Time::Missing),
-        32 => prop::sample::select(good.to_vec()).prop_map(Time::At),
-        4 => prop::sample::select(good.to_vec()).prop_map(Time::Fraction),
-        4 => Just(Time::Huge),
-        1 => prop::sample::select(bad.to_vec()).prop_map(Time::At),
-        1 => prop::sample::select(vec![Time::Negative, Time::Null, Time::Bool]),
-        1 => prop::sample::select(good.to_vec()).prop_map(Time::Text),
-    ]
+impl Expected {
+    fn new(outcome: Outcome, cached: bool) -> Self {
+        Self { outcome, cached }
+    }
 }
 
 fn members() -> impl Strategy<Value = Members> {
-    let active = pick(
+    let active = reference::pick(
         vec![Some(json!(true))],
         vec![
             Some(json!(false)),
@@ -205,7 +111,7 @@ fn members() -> impl Strategy<Value = Members> {
             None,
         ],
     );
-    let token_type = pick(
+    let token_type = reference::pick(
         vec![
             None,
             Some(json!("Bearer")),
@@ -218,7 +124,7 @@ fn members() -> impl Strategy<Value = Members> {
             Some(json!(1)),
         ],
     );
-    let iss = pick(
+    let iss = reference::pick(
         vec![None, Some(json!(OPAQUE_ISSUER))],
         vec![
             Some(json!(format!("{OPAQUE_ISSUER}/"))),
@@ -228,71 +134,22 @@ fn members() -> impl Strategy<Value = Members> {
             Some(Value::Null),
         ],
     );
-    let aud = pick(
-        vec![
-            None,
-            Some(json!(AUDIENCE)),
-            Some(json!(["another-api", AUDIENCE])),
-        ],
-        vec![
-            Some(json!("another-api")),
-            Some(json!(["another-api"])),
-            Some(json!([AUDIENCE, 5])),
-            Some(json!([])),
-            Some(json!(5)),
-            Some(Value::Null),
-        ],
-    );
-    // Scopes that satisfy some routes, then odd but well-typed ones (which
-    // satisfy none), then ones of the wrong type.
-    let scope = prop_oneof![
-        12 => prop::sample::select(vec![
-            Some(json!("orders:read")),
-            Some(json!("orders:read orders:write")),
-            Some(json!("  orders:admin   admin ")),
-            Some(json!("orders:read orders:write admin")),
-        ]),
-        3 => prop::sample::select(vec![
-            None,
-            Some(json!("")),
-            Some(json!("orders:readx ORDERS:READ orders")),
-            Some(json!("orders:read\torders:write")),
-        ]),
-        1 => prop::sample::select(vec![Some(json!(["orders:read"])), Some(json!(7))]),
-    ];
-    let identity = || {
-        prop::sample::select(vec![
-            None,
-            Some(json!("bob")),
-            Some(json!("bob")),
-            Some(json!("")),
-            Some(json!(42)),
-            Some(json!(1.5)),
-            Some(json!(false)),
-            Some(json!(["a", "b"])),
-            Some(json!(["a", 1])),
-            Some(json!({ "name": "bob" })),
-            Some(Value::Null),
-            Some(json!("bo\u{1}b")),
-            Some(json!("bob\r\nx-auth-subject: admin")),
-        ])
-    };
-    let extra = prop::sample::select(vec![
-        None,
-        Some(json!("ignored")),
-        Some(json!({ "nested": [1, {"a": null}], "active": false })),
-        Some(nested(50)),
-    ]);
+    let aud = reference::audience(false);
     (
         (active, token_type, iss, aud),
         // No `exp` a few seconds ahead: its cache entry could end between
         // the two uses.
         (
-            time(&[-10, 600, 3600], &[-3600]),
-            time(&[-3600, -10, 10], &[3600]),
-            time(&[-3600, -10, 10], &[3600]),
+            reference::time(&[-10, 600, 3600], &[-3600], 20),
+            reference::time(&[-3600, -10, 10], &[3600], 20),
+            reference::time(&[-3600, -10, 10], &[3600], 20),
         ),
-        (scope, identity(), identity(), extra),
+        (
+            reference::scope(),
+            reference::identity_member(),
+            reference::identity_member(),
+            reference::unknown_member(),
+        ),
     )
         .prop_map(
             |((active, token_type, iss, aud), (exp, nbf, iat), (scope, sub, client_id, extra))| {
@@ -311,11 +168,6 @@ fn members() -> impl Strategy<Value = Members> {
                 }
             },
         )
-}
-
-/// `depth` arrays, one inside the other.
-fn nested(depth: usize) -> Value {
-    (0..depth).fold(json!(0), |inner, _| json!([inner]))
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -338,7 +190,7 @@ fn case() -> impl Strategy<Value = Case> {
         ]),
         1 => prop::sample::select(vec![Body::TrailingSpace, Body::Large, Body::DuplicateActive]),
     ];
-    let route = prop::sample::select(vec![Route::Read, Route::Write, Route::Admin]);
+    let route = Route::any();
     (status, members(), body, route).prop_map(|(status, members, body, route)| Case {
         status,
         members,
@@ -396,43 +248,10 @@ fn body(kind: Body, object: &Map<String, Value>) -> Vec<u8> {
         Body::Empty => Vec::new(),
         Body::TooDeep => {
             let mut deep = object.clone();
-            deep.insert("x_deep".to_owned(), nested(300));
+            deep.insert("x_deep".to_owned(), reference::nested(300));
             Value::Object(deep).to_string().into_bytes()
         }
     }
-}
-
-/// A NumericDate as RFC 7519 defines it (any JSON number, fractions
-/// dropped); `Err` for another type or a negative one.
-fn numeric_date(value: Option<&Value>) -> Result<Option<f64>, ()> {
-    match value {
-        None => Ok(None),
-        Some(Value::Number(n)) => match n.as_f64() {
-            Some(f) if f >= 0.0 => Ok(Some(f.floor())),
-            _ => Err(()),
-        },
-        Some(_) => Err(()),
-    }
-}
-
-/// A member as an identity header value: strings as they are, numbers and
-/// booleans as JSON writes them, arrays of strings space-separated; nothing
-/// for other types or for text a header cannot carry.
-fn identity(value: Option<&Value>) -> Option<String> {
-    let text = match value? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(Value::as_str)
-            .collect::<Option<Vec<_>>>()?
-            .join(" "),
-        Value::Null | Value::Object(_) => return None,
-    };
-    text.bytes()
-        .all(|b| b == b'\t' || (b >= 0x20 && b != 0x7f))
-        .then_some(text)
 }
 
 /// What each use of the token must get, by RFC 7662 (and RFC 7519's
@@ -448,8 +267,10 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
         | Body::Empty
         | Body::TooDeep => false,
     };
+    // Inactive answers are cached for `negative_cache_ttl` (an hour here).
+    let inactive = Expected::new(Outcome::Invalid, true);
     if case.status != 200 || body.len() > MAX_ANSWER || !one_object {
-        return Expected::Unavailable;
+        return Expected::new(Outcome::Unavailable, false);
     }
     // The one `active` that `DuplicateActive` adds to an object without one.
     let mut object = object.clone();
@@ -457,59 +278,39 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
         object.insert("active".to_owned(), json!(true));
     }
     if object.get("active") != Some(&json!(true)) {
-        return Expected::Inactive;
+        return inactive;
     }
     if let Some(kind) = object.get("token_type") {
         let access = kind
             .as_str()
             .is_some_and(|k| k.eq_ignore_ascii_case("bearer") || k == "access_token");
         if !access {
-            return Expected::Inactive;
+            return inactive;
         }
     }
     if object
         .get("iss")
         .is_some_and(|iss| iss != &json!(OPAQUE_ISSUER))
     {
-        return Expected::Inactive;
+        return inactive;
     }
-    match object.get("aud") {
-        None => {}
-        Some(Value::String(aud)) if aud == AUDIENCE => {}
-        Some(Value::Array(items))
-            if items.iter().all(Value::is_string) && items.contains(&json!(AUDIENCE)) => {}
-        Some(_) => return Expected::Inactive,
+    if !reference::audience_ok(object.get("aud"), false) {
+        return inactive;
     }
-    let now_f = now as f64;
-    let leeway = LEEWAY as f64;
-    let (Ok(exp), Ok(nbf), Ok(iat)) = (
-        numeric_date(object.get("exp")),
-        numeric_date(object.get("nbf")),
-        numeric_date(object.get("iat")),
-    ) else {
-        return Expected::Inactive;
+    let Ok(exp) = reference::lifetime(&object, now, false) else {
+        return inactive;
     };
-    if exp.is_some_and(|exp| now_f > exp + leeway)
-        || nbf.is_some_and(|nbf| nbf > now_f + leeway)
-        || iat.is_some_and(|iat| iat > now_f + leeway)
-    {
-        return Expected::Inactive;
-    }
-    let scopes: Vec<&str> = match object.get("scope") {
-        None => Vec::new(),
-        Some(Value::String(s)) => s.split(' ').filter(|s| !s.is_empty()).collect(),
-        Some(_) => return Expected::Inactive,
+    let Ok(scopes) = reference::scopes(object.get("scope")) else {
+        return inactive;
     };
-    let cached = exp.is_none_or(|exp| exp > now_f);
+    let cached = exp.is_none_or(|exp| exp > now as f64);
     if !case.route.allows(&scopes) {
-        return Expected::InsufficientScope { cached };
+        return Expected::new(Outcome::InsufficientScope, cached);
     }
-    Expected::Forwarded {
-        subject: identity(object.get("sub")),
-        client_id: identity(object.get("client_id")),
-        scopes: (!scopes.is_empty()).then(|| scopes.join(" ")),
+    Expected::new(
+        Outcome::Forwarded(IdentityHeaders::of(&object, &scopes)),
         cached,
-    }
+    )
 }
 
 /// Each token's answer: status and body.
@@ -585,106 +386,32 @@ impl Lab {
     }
 }
 
-/// One use of the token, judged against `want`.
+/// One use of the token, judged against `want`; `asked` says whether it
+/// must call the endpoint.
 async fn use_token(
     lab: &Lab,
     case: &Case,
     token: &str,
-    want: &Expected,
+    want: &Outcome,
     asked: bool,
 ) -> Result<(), String> {
     let (method, path) = case.route.request();
     let calls_before = lab.calls(token);
     let seen_before = lab.upstream.count();
     let auth = format!("Bearer {token}");
-    let reply = send(
-        method,
-        &lab.gw.url(path),
-        &[
-            ("authorization", &auth),
-            ("x-auth-subject", SPOOFED),
-            ("x-auth-client-id", SPOOFED),
-            ("x-auth-scopes", "admin"),
-        ],
-        Bytes::new(),
-    )
-    .await?;
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend(SPOOFED_IDENTITY);
+    let reply = send(method, &lab.gw.url(path), &headers, Bytes::new()).await?;
     let calls = lab.calls(token) - calls_before;
     let seen = lab.upstream.seen_since(seen_before);
-    let context = || {
-        format!(
-            "want {want:?}, got {} {:?} {}, {calls} call(s), {} forwarded",
-            reply.status,
-            reply.header("www-authenticate"),
-            reply.text(),
-            seen.len()
-        )
-    };
     if calls != usize::from(asked) {
         return Err(format!(
-            "expected {} introspection call(s): {}",
-            usize::from(asked),
-            context()
+            "{calls} introspection call(s), want {}",
+            usize::from(asked)
         ));
     }
-    let challenge = reply.www_authenticate();
-    match want {
-        Expected::Unavailable => {
-            if reply.status != 503
-                || reply.header("retry-after").is_none()
-                || reply.json()["error"] != "temporarily_unavailable"
-                || reply.header("www-authenticate").is_some()
-            {
-                return Err(context());
-            }
-        }
-        Expected::Inactive => {
-            if reply.status != 401
-                || !challenge.starts_with("Bearer ")
-                || !challenge.contains("error=\"invalid_token\"")
-                || reply.json()["error"] != "invalid_token"
-            {
-                return Err(context());
-            }
-        }
-        Expected::InsufficientScope { .. } => {
-            if reply.status != 403
-                || !challenge.starts_with("Bearer ")
-                || !challenge.contains("error=\"insufficient_scope\"")
-            {
-                return Err(context());
-            }
-        }
-        Expected::Forwarded {
-            subject,
-            client_id,
-            scopes,
-            ..
-        } => {
-            let [request] = seen.as_slice() else {
-                return Err(context());
-            };
-            if reply.status != 200 || request.method != method {
-                return Err(context());
-            }
-            for (name, value) in [
-                ("x-auth-subject", subject),
-                ("x-auth-client-id", client_id),
-                ("x-auth-scopes", scopes),
-            ] {
-                let got: Vec<_> = request.headers.get_all(name).iter().collect();
-                let want: Vec<_> = value.iter().map(String::as_bytes).collect();
-                if got.iter().map(|v| v.as_bytes()).collect::<Vec<_>>() != want {
-                    return Err(format!("{name}: upstream got {got:?}: {}", context()));
-                }
-            }
-            return Ok(());
-        }
-    }
-    if !seen.is_empty() {
-        return Err(format!("forwarded: {}", context()));
-    }
-    Ok(())
+    want.judge(&reply, &seen, method)
+        .map_err(|e| format!("want {want:?}: {e}"))
 }
 
 async fn check(lab: &Lab, case: Case) -> Result<(), String> {
@@ -698,14 +425,11 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
         .lock()
         .unwrap()
         .insert(token.clone(), (case.status, body));
-    use_token(lab, &case, &token, &want, true).await?;
+    use_token(lab, &case, &token, &want.outcome, true).await?;
     // The second use: from the cache, except where nothing may be cached.
-    let asked_again = match &want {
-        Expected::Unavailable => true,
-        Expected::Forwarded { cached, .. } | Expected::InsufficientScope { cached } => !cached,
-        Expected::Inactive => false,
-    };
-    use_token(lab, &case, &token, &want, asked_again).await
+    use_token(lab, &case, &token, &want.outcome, !want.cached)
+        .await
+        .map_err(|e| format!("second use: {e}"))
 }
 
 #[test]

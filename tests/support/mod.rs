@@ -20,6 +20,8 @@ use scopegate::demo::SigningKey;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub mod reference;
+
 pub const ISSUER: &str = "https://idp.test";
 pub const AUDIENCE: &str = "orders-api";
 

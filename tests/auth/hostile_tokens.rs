@@ -1,0 +1,419 @@
+//! Generated JWT access tokens, ordinary and hostile, against a reference of
+//! RFC 7515, RFC 7519, RFC 9068 and RFC 8725 as the gateway applies them.
+//!
+//! Each case signs a fresh token with the issuer's key (or, as a fault,
+//! with another key of the same `kid`, alone or embedded as `jwk`), from a
+//! generated header (`alg`, `typ`, `kid`, `crit`, and members the gateway
+//! must ignore: `jku`, `x5u`, `x5c`) and generated claims (`iss`, `aud`,
+//! `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each right, wrong or of
+//! the wrong type, and unknown ones nested deep), sometimes spelled wrong
+//! (a duplicate claim, a padded segment, a changed signature, a fourth
+//! segment). The gateway requires `typ: at+jwt`. The token is used on one
+//! route, then on another; the reference says, for each use:
+//! - a token with any fault is refused with 401 `invalid_token` (RFC 6750),
+//!   both times, and never cached; one that is no b64token at all (a padded
+//!   segment before the last) with 400 `invalid_request`;
+//! - a valid token without the route's scopes gets 403 `insufficient_scope`;
+//!   with them the request is forwarded with the token's `sub`, `client_id`
+//!   and scopes as identity headers and never the client's own;
+//! - the second use of a valid token comes from the verified-token cache,
+//!   unless its `exp` has passed (within the leeway): a cache entry never
+//!   outlives its token.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256).
+
+use super::*;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use proptest::prelude::*;
+use serde_json::Map;
+use support::reference::{self, IdentityHeaders, Outcome, Route, Time, SPOOFED_IDENTITY};
+
+/// The JOSE header's members, each `None` when missing.
+#[derive(Debug, Clone)]
+struct JoseHeader {
+    alg: Option<Value>,
+    typ: Option<Value>,
+    kid: Option<Value>,
+    crit: Option<Value>,
+    /// A member the gateway must not act on.
+    ignored: Option<(&'static str, Value)>,
+}
+
+/// The claims, each `None` when missing.
+#[derive(Debug, Clone)]
+struct Claims {
+    iss: Option<Value>,
+    aud: Option<Value>,
+    exp: Time,
+    nbf: Time,
+    iat: Time,
+    scope: Option<Value>,
+    sub: Option<Value>,
+    client_id: Option<Value>,
+    extra: Option<Value>,
+}
+
+/// How the token is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Form {
+    /// Signed by the issuer's key, spelled right.
+    Signed,
+    /// `jti` twice in the claims (RFC 7515 4: refused).
+    DuplicateClaim,
+    /// The payload segment with base64 padding: no RFC 6750 b64token.
+    PaddedPayload,
+    /// The signature segment with base64 padding (a b64token, but no
+    /// base64url of RFC 7515 2).
+    PaddedSignature,
+    /// One bit of the signature changed.
+    AlteredSignature,
+    /// Signed by another key with the same `kid`.
+    OtherKey,
+    /// Signed by another key that the header embeds as `jwk`.
+    OtherKeyEmbedded,
+    /// A fourth segment.
+    ExtraSegment,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    header: JoseHeader,
+    claims: Claims,
+    form: Form,
+    first: Route,
+    second: Route,
+}
+
+fn jose_header() -> impl Strategy<Value = JoseHeader> {
+    let alg = reference::pick(
+        vec![Some(json!("ES256"))],
+        vec![
+            Some(json!("none")),
+            Some(json!("HS256")),
+            Some(json!("es256")),
+            Some(json!("RS256")),
+            Some(json!(1)),
+            None,
+        ],
+    );
+    let typ = reference::pick(
+        vec![
+            Some(json!("at+jwt")),
+            Some(json!("application/at+jwt")),
+            Some(json!("AT+JWT")),
+        ],
+        vec![
+            Some(json!("JWT")),
+            Some(json!("at+jwt ")),
+            Some(json!("application/jwt")),
+            Some(json!(1)),
+            None,
+        ],
+    );
+    let kid = reference::pick(
+        vec![Some(json!("key-1")), None],
+        vec![Some(json!("key-2")), Some(json!("")), Some(json!(5))],
+    );
+    let crit = prop_oneof![
+        40 => Just(None),
+        1 => prop::sample::select(vec![
+            Some(json!([])),
+            Some(json!(["exp"])),
+            Some(json!("exp")),
+        ]),
+    ];
+    let ignored = prop::sample::select(vec![
+        None,
+        None,
+        None,
+        Some(("jku", json!("http://127.0.0.1:9/keys"))),
+        Some(("x5u", json!("http://127.0.0.1:9/cert.pem"))),
+        Some(("x5c", json!([FAKE_CERT]))),
+    ]);
+    (alg, typ, kid, crit, ignored).prop_map(|(alg, typ, kid, crit, ignored)| JoseHeader {
+        alg,
+        typ,
+        kid,
+        crit,
+        ignored,
+    })
+}
+
+fn claims_strategy() -> impl Strategy<Value = Claims> {
+    let iss = reference::pick(
+        vec![Some(json!(ISSUER))],
+        vec![
+            Some(json!(format!("{ISSUER}/"))),
+            Some(json!("https://evil.test")),
+            Some(json!([ISSUER])),
+            Some(Value::Null),
+            None,
+        ],
+    );
+    (
+        (iss, reference::audience(true)),
+        // `exp` is required, so missing is a fault; none a few seconds
+        // ahead, whose cache entry could end between the two uses.
+        (
+            reference::time(&[-10, 600, 3600], &[-3600], 1),
+            reference::time(&[-3600, -10, 10], &[3600], 20),
+            reference::time(&[-3600, -10, 10], &[3600], 20),
+        ),
+        (
+            reference::scope(),
+            reference::identity_member(),
+            reference::identity_member(),
+            reference::unknown_member(),
+        ),
+    )
+        .prop_map(
+            |((iss, aud), (exp, nbf, iat), (scope, sub, client_id, extra))| Claims {
+                iss,
+                aud,
+                exp,
+                nbf,
+                iat,
+                scope,
+                sub,
+                client_id,
+                extra,
+            },
+        )
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let form = prop_oneof![
+        30 => Just(Form::Signed),
+        1 => prop::sample::select(vec![
+            Form::DuplicateClaim,
+            Form::PaddedPayload,
+            Form::PaddedSignature,
+            Form::AlteredSignature,
+            Form::OtherKey,
+            Form::OtherKeyEmbedded,
+            Form::ExtraSegment,
+        ]),
+    ];
+    (
+        jose_header(),
+        claims_strategy(),
+        form,
+        Route::any(),
+        Route::any(),
+    )
+        .prop_map(|(header, claims, form, first, second)| Case {
+            header,
+            claims,
+            form,
+            first,
+            second,
+        })
+}
+
+/// Members that are `Some`, as a JSON object.
+fn object<'a>(members: impl IntoIterator<Item = (&'a str, Option<Value>)>) -> Map<String, Value> {
+    members
+        .into_iter()
+        .filter_map(|(name, value)| Some((name.to_owned(), value?)))
+        .collect()
+}
+
+fn header_object(header: &JoseHeader) -> Map<String, Value> {
+    let mut object = object([
+        ("alg", header.alg.clone()),
+        ("typ", header.typ.clone()),
+        ("kid", header.kid.clone()),
+        ("crit", header.crit.clone()),
+    ]);
+    if let Some((name, value)) = &header.ignored {
+        object.insert((*name).to_owned(), value.clone());
+    }
+    object
+}
+
+fn claims_object(claims: &Claims, now: i64, jti: &str) -> Map<String, Value> {
+    object([
+        ("iss", claims.iss.clone()),
+        ("aud", claims.aud.clone()),
+        ("exp", claims.exp.render(now)),
+        ("nbf", claims.nbf.render(now)),
+        ("iat", claims.iat.render(now)),
+        ("scope", claims.scope.clone()),
+        ("sub", claims.sub.clone()),
+        ("client_id", claims.client_id.clone()),
+        ("x_extension", claims.extra.clone()),
+        ("jti", Some(json!(jti))),
+    ])
+}
+
+/// The compact token.
+fn token(
+    lab: &Lab,
+    form: Form,
+    header: &Map<String, Value>,
+    claims: &Map<String, Value>,
+) -> String {
+    let header_json = Value::Object(header.clone()).to_string();
+    let claims_json = Value::Object(claims.clone()).to_string();
+    match form {
+        Form::Signed => lab.signer.sign_json(&header_json, &claims_json),
+        Form::DuplicateClaim => {
+            let jti = &claims["jti"];
+            let inner = claims_json.strip_suffix('}').unwrap_or(&claims_json);
+            lab.signer
+                .sign_json(&header_json, &format!("{inner},\"jti\":{jti}}}"))
+        }
+        Form::PaddedPayload => lab
+            .signer
+            .sign_segments(&b64(&header_json), &format!("{}=", b64(&claims_json))),
+        Form::PaddedSignature => format!("{}=", lab.signer.sign_json(&header_json, &claims_json)),
+        Form::AlteredSignature => {
+            let token = lab.signer.sign_json(&header_json, &claims_json);
+            let mut signature = signature_of(&token);
+            signature[10] ^= 0x01;
+            with_signature(&token, &b64(signature))
+        }
+        Form::OtherKey => lab.other.sign_json(&header_json, &claims_json),
+        Form::OtherKeyEmbedded => {
+            let mut header = header.clone();
+            header.insert("jwk".to_owned(), lab.other.public_jwk());
+            lab.other
+                .sign_json(&Value::Object(header).to_string(), &claims_json)
+        }
+        Form::ExtraSegment => format!("{}.e30", lab.signer.sign_json(&header_json, &claims_json)),
+    }
+}
+
+/// A valid token's granted scopes, and whether it may be cached.
+struct Valid<'a> {
+    scopes: Vec<&'a str>,
+    cached: bool,
+}
+
+/// Whether the token is valid by the RFCs (and `require_typ: at+jwt`);
+/// `None` for a token with any fault.
+fn valid<'a>(
+    form: Form,
+    header: &Map<String, Value>,
+    claims: &'a Map<String, Value>,
+    now: i64,
+) -> Option<Valid<'a>> {
+    if form != Form::Signed || header.contains_key("crit") {
+        return None;
+    }
+    if header.get("alg") != Some(&json!("ES256")) {
+        return None;
+    }
+    match header.get("kid") {
+        None => {}
+        Some(kid) if kid == &json!("key-1") => {}
+        Some(_) => return None,
+    }
+    // RFC 9068 2.1 and RFC 7515 4.1.9: `at+jwt`, any case, with or without
+    // the `application/` prefix.
+    let typ = header.get("typ")?.as_str()?.to_ascii_lowercase();
+    if typ.strip_prefix("application/").unwrap_or(&typ) != "at+jwt" {
+        return None;
+    }
+    if claims.get("iss") != Some(&json!(ISSUER)) || !reference::audience_ok(claims.get("aud"), true)
+    {
+        return None;
+    }
+    let exp = reference::lifetime(claims, now, true).ok()??;
+    Some(Valid {
+        scopes: reference::scopes(claims.get("scope")).ok()?,
+        cached: exp > now as f64,
+    })
+}
+
+/// The lab: the issuer's key, another key with the same `kid`, and a
+/// gateway requiring `typ: at+jwt`.
+struct Lab {
+    signer: Signer,
+    other: Signer,
+    world: World,
+    gw: Gateway,
+    next: AtomicU64,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let (signer, world) = lab().await;
+        let gw = Gateway::start(&world.config_with("    require_typ: at+jwt\n")).await;
+        Self {
+            signer,
+            other: Signer::generate("key-1"),
+            world,
+            gw,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    async fn cache_hits(&self) -> f64 {
+        cache_hits(&self.gw.metrics().await)
+    }
+}
+
+/// One use of the token on `route`, judged against `want`; `hit` says
+/// whether it must come from the verified-token cache.
+async fn use_token(
+    lab: &Lab,
+    route: Route,
+    token: &str,
+    want: &Outcome,
+    hit: bool,
+) -> Result<(), String> {
+    let (method, path) = route.request();
+    let hits_before = lab.cache_hits().await;
+    let seen_before = lab.world.upstream.count();
+    let auth = format!("Bearer {token}");
+    let mut headers = vec![("authorization", auth.as_str())];
+    headers.extend(SPOOFED_IDENTITY);
+    let reply = send(method, &lab.gw.url(path), &headers, Bytes::new()).await?;
+    let seen = lab.world.upstream.seen_since(seen_before);
+    let hits = lab.cache_hits().await - hits_before;
+    if hits != f64::from(u8::from(hit)) {
+        return Err(format!("{hits} cache hit(s), want {}", u8::from(hit)));
+    }
+    want.judge(&reply, &seen, method)
+        .map_err(|e| format!("{method} {path}, want {want:?}: {e}"))
+}
+
+async fn check(lab: &Lab, case: Case) -> Result<(), String> {
+    let jti = format!("case-{}", lab.next.fetch_add(1, Ordering::Relaxed));
+    let now = i64::try_from(now()).unwrap();
+    let header = header_object(&case.header);
+    let claims = claims_object(&case.claims, now, &jti);
+    let token = token(lab, case.form, &header, &claims);
+    let valid = valid(case.form, &header, &claims, now);
+    let outcome = |route: Route| match &valid {
+        None if case.form == Form::PaddedPayload => Outcome::BadRequest,
+        None => Outcome::Invalid,
+        Some(v) if route.allows(&v.scopes) => {
+            Outcome::Forwarded(IdentityHeaders::of(&claims, &v.scopes))
+        }
+        Some(_) => Outcome::InsufficientScope,
+    };
+    use_token(lab, case.first, &token, &outcome(case.first), false).await?;
+    let hit = valid.as_ref().is_some_and(|v| v.cached);
+    use_token(lab, case.second, &token, &outcome(case.second), hit)
+        .await
+        .map_err(|e| format!("second use: {e}"))
+}
+
+#[test]
+fn hostile_tokens_get_what_the_jose_rfcs_say() {
+    let runtime = runtime();
+    let lab = runtime.block_on(Lab::start());
+    run_campaign(&runtime, &lab, 256, case(), async |lab, case| {
+        check(lab, case).await
+    });
+    // Still serving an ordinary token.
+    runtime.block_on(async {
+        let token = lab.signer.mint(&fresh_claims("orders:read"));
+        let ok = get_with_token(&lab.gw.url("/orders/1"), &token).await;
+        assert_eq!(ok.status, 200, "{}", ok.text());
+    });
+}
