@@ -164,6 +164,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "duration",
         ),
         (
+            "zero idle timeout",
+            "server:\n  idle_timeout: 0s\n".into(),
+            "2:17",
+            "server.idle_timeout must be greater than zero",
+        ),
+        (
+            "zero header read timeout",
+            "server:\n  header_read_timeout: 0ms\n".into(),
+            "2:24",
+            "server.header_read_timeout must be greater than zero",
+        ),
+        (
             "bad listen address",
             "server:\n  listen: localhost\n".into(),
             "2:11",

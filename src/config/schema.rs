@@ -6,8 +6,19 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 use serde_saphyr::Spanned;
+
+/// A duration written as humantime text (`5s`, `1h 30m`), for fields kept
+/// with their location so that a check of the value can point at it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        humantime_serde::deserialize(deserializer).map(HumanDuration)
+    }
+}
 
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
@@ -183,14 +194,14 @@ pub struct RawServer {
     #[serde(default = "default_shutdown_delay", with = "humantime_serde")]
     pub shutdown_delay: Duration,
     /// How long a client may take to send a request head (slowloris guard).
-    #[serde(default = "default_header_read_timeout", with = "humantime_serde")]
-    pub header_read_timeout: Duration,
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: Spanned<HumanDuration>,
     /// Open client connections at most; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
     /// How long a client connection may stay open with no request in flight.
-    #[serde(default = "default_idle_timeout", with = "humantime_serde")]
-    pub idle_timeout: Duration,
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: Spanned<HumanDuration>,
 }
 
 impl Default for RawServer {
@@ -437,8 +448,8 @@ fn default_admin_listen() -> Spanned<String> {
 fn default_max_header_bytes() -> Spanned<usize> {
     unspanned(16 * 1024)
 }
-fn default_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+fn default_idle_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(60)))
 }
 
 fn default_max_connections() -> Spanned<usize> {
@@ -450,8 +461,8 @@ fn default_shutdown_grace() -> Duration {
 fn default_shutdown_delay() -> Duration {
     Duration::from_secs(5)
 }
-fn default_header_read_timeout() -> Duration {
-    Duration::from_secs(10)
+fn default_header_read_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(10)))
 }
 fn default_algorithms() -> Spanned<Vec<String>> {
     unspanned(vec!["RS256".to_owned(), "ES256".to_owned()])

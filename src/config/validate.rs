@@ -649,11 +649,15 @@ impl Validator<'_> {
             ));
         }
         self.positive(
-            s.header_read_timeout,
-            Location::UNKNOWN,
+            s.header_read_timeout.value.0,
+            s.header_read_timeout.referenced,
             "server.header_read_timeout",
         )?;
-        self.positive(s.idle_timeout, Location::UNKNOWN, "server.idle_timeout")?;
+        self.positive(
+            s.idle_timeout.value.0,
+            s.idle_timeout.referenced,
+            "server.idle_timeout",
+        )?;
         Ok(ServerSettings {
             listen,
             tls,
@@ -661,8 +665,8 @@ impl Validator<'_> {
             workers: s.workers,
             shutdown_grace: s.shutdown_grace,
             shutdown_delay: s.shutdown_delay,
-            header_read_timeout: s.header_read_timeout,
-            idle_timeout: s.idle_timeout,
+            header_read_timeout: s.header_read_timeout.value.0,
+            idle_timeout: s.idle_timeout.value.0,
             max_connections: s.max_connections.value,
         })
     }
