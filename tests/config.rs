@@ -1,9 +1,15 @@
-//! Configuration: every shipped file passes `scopegate check`, and every kind
-//! of mistake is refused with `file:line:column: message` and exit status 1.
+//! Configuration: every shipped file passes `scopegate check`, every kind of
+//! mistake is refused with `file:line:column: message` and exit status 1,
+//! and generated broken files neither panic nor lose the position
+//! ([`hostile_configs`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use support::hostile_runner;
 
 fn scopegate() -> Command {
     Command::new(env!("CARGO_BIN_EXE_scopegate"))
@@ -315,3 +321,6 @@ fn config_from_environment_variable() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[path = "config/hostile_configs.rs"]
+mod hostile_configs;

@@ -257,21 +257,6 @@ async fn assert_refused(gw: &Gateway, token: &str) {
     );
 }
 
-/// A PKCS#8 P-256 private key as PEM.
-fn p256_pem() -> String {
-    use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    let rng = aws_lc_rs::rand::SystemRandom::new();
-    let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let b64 = STANDARD.encode(pkcs8.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
-}
-
 /// Writes a fresh P-256 PEM key into `dir`; returns its path and contents.
 fn write_key(dir: &Path, name: &str) -> (PathBuf, String) {
     let pem = p256_pem();

@@ -66,9 +66,31 @@ pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
         ConfigError::at(
             source_name,
             location,
-            strip_location_suffix(&plain.to_string()),
+            for_people(&strip_location_suffix(&plain.to_string())),
         )
     })
+}
+
+/// Rewords the parser's messages that give advice about its own Rust API
+/// (`set DuplicateKeyPolicy`, `use Option<String>`) or name Rust types
+/// (`invalid u64`) into what the person editing the file needs.
+fn for_people(message: &str) -> String {
+    if let Some(rest) = message.strip_prefix("duplicate mapping key: ") {
+        let key = rest
+            .split(", set DuplicateKeyPolicy")
+            .next()
+            .unwrap_or(rest);
+        return format!("duplicate key `{key}`: each key may appear only once");
+    }
+    if message.starts_with("cannot deserialize null into ") {
+        return "a value is required here, not null (`~`, `null` or nothing)".to_owned();
+    }
+    if let Some(kind) = message.strip_prefix("invalid ") {
+        if matches!(kind, "u8" | "u16" | "u32" | "u64" | "usize") {
+            return "expected a whole number (0 or more)".to_owned();
+        }
+    }
+    message.to_owned()
 }
 
 /// serde-saphyr appends " at line L, column C" to plain messages; we print the
@@ -78,5 +100,40 @@ fn strip_location_suffix(message: &str) -> String {
     match first_line.rfind(" at line ") {
         Some(at) => first_line[..at].to_owned(),
         None => first_line.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The parser's messages that talk about its Rust API are reworded (these
+    /// also pin its wording: a new one shows up here, not in front of users).
+    #[test]
+    fn parser_advice_about_its_api_is_reworded() {
+        let cases = [
+            (
+                "server:\n  listen: 127.0.0.1:1\n  listen: 127.0.0.1:2\n",
+                "t.yaml:3:3: duplicate key `listen`: each key may appear only once",
+            ),
+            (
+                "server:\n  listen: ~\n",
+                "t.yaml:2:11: a value is required here, not null (`~`, `null` or nothing)",
+            ),
+            (
+                "server:\n  workers: -1\n",
+                "t.yaml:2:12: expected a whole number (0 or more)",
+            ),
+            (
+                "server:\n  max_header_bytes: 1e309\n",
+                "t.yaml:2:21: expected a whole number (0 or more)",
+            ),
+        ];
+        for (yaml, want) in cases {
+            match parse("t.yaml", yaml) {
+                Ok(_) => panic!("accepted: {yaml}"),
+                Err(e) => assert_eq!(e.to_string(), want),
+            }
+        }
     }
 }
