@@ -182,6 +182,24 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "server.header_read_timeout must be greater than zero",
         ),
         (
+            "ca_file without certificates",
+            format!(
+                "{ISSUER}upstreams:\n  app:\n    url: https://127.0.0.1:3000\n    ca_file: {}/Cargo.toml\nroutes:\n  - path: /a\n    upstream: app\n",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            "9:14",
+            "no certificates found",
+        ),
+        (
+            "TLS files that hold no certificate",
+            format!(
+                "server:\n  tls:\n    cert_file: {0}/Cargo.toml\n    key_file: {0}/Cargo.toml\n",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+            "3:5",
+            "server.tls",
+        ),
+        (
             "bad listen address",
             "server:\n  listen: localhost\n".into(),
             "2:11",

@@ -1463,16 +1463,6 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
     }
 }
 
-/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
-fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
-    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    (cert, key)
-}
-
 #[tokio::test]
 async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
     let world = World::new().await;

@@ -573,6 +573,19 @@ impl Validator<'_> {
         ConfigError::at(self.source, location, message)
     }
 
+    /// A `ca_file`: resolved, and read now so that a file without usable
+    /// certificates is refused here, at its place, not when the gateway
+    /// starts.
+    fn ca_file(&self, raw: Option<&Spanned<String>>) -> Result<Option<PathBuf>, ConfigError> {
+        let Some(raw) = raw else {
+            return Ok(None);
+        };
+        let path = self.path(&raw.value);
+        crate::proxy::client::trusted_roots(Some(&path))
+            .map_err(|e| self.err(raw.referenced, format!("ca_file: {e}")))?;
+        Ok(Some(path))
+    }
+
     fn path(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
@@ -634,6 +647,10 @@ impl Validator<'_> {
                     ));
                 }
             }
+            // Built once here so that a certificate or key the gateway could
+            // not serve with is refused at its place, not at startup.
+            crate::server::tls::acceptor(tls)
+                .map_err(|e| self.err(spanned.referenced, format!("server.tls: {e}")))?;
         }
         let max_header_bytes = s.max_header_bytes.value;
         if !(8192..=1024 * 1024).contains(&max_header_bytes) {
@@ -785,7 +802,7 @@ impl Validator<'_> {
             jwks_refresh_interval: raw.jwks_refresh_interval,
             jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
             jwks_timeout: raw.jwks_timeout,
-            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+            ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
     }
 
@@ -871,7 +888,7 @@ impl Validator<'_> {
             timeout: raw.timeout,
             cache_ttl: raw.cache_ttl,
             negative_cache_ttl: raw.negative_cache_ttl,
-            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+            ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
     }
 
@@ -1183,7 +1200,7 @@ impl Validator<'_> {
             connect_timeout: raw.connect_timeout,
             request_timeout: raw.request_timeout,
             body_idle_timeout: raw.body_idle_timeout,
-            ca_file: raw.ca_file.as_ref().map(|f| self.path(&f.value)),
+            ca_file: self.ca_file(raw.ca_file.as_ref())?,
             http2_only: raw.http2_only,
             pool_max_idle_per_host: raw.pool_max_idle_per_host,
             pool_idle_timeout: raw.pool_idle_timeout,

@@ -35,12 +35,10 @@ where
         .build(connector))
 }
 
-/// Builds a connector for http and https (HTTP/1.1 and h2 by ALPN) trusting
-/// the Mozilla roots plus `ca_file` (PEM), if given.
-pub fn build_https_connector(
-    ca_file: Option<&Path>,
-    connect_timeout: Duration,
-) -> Result<HttpsConnector<HttpConnector>, String> {
+/// The Mozilla roots plus the certificates in `ca_file` (PEM), if given; an
+/// unreadable file, bad PEM or a file without certificates is an error that
+/// names the file (configuration validation uses this too).
+pub fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -59,6 +57,16 @@ pub fn build_https_connector(
             return Err(format!("{}: no certificates found", path.display()));
         }
     }
+    Ok(roots)
+}
+
+/// Builds a connector for http and https (HTTP/1.1 and h2 by ALPN) trusting
+/// the Mozilla roots plus `ca_file` (PEM), if given.
+pub fn build_https_connector(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<HttpsConnector<HttpConnector>, String> {
+    let roots = trusted_roots(ca_file)?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()

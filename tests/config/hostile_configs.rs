@@ -184,9 +184,13 @@ fn apply(lines: &mut Vec<String>, mutation: &Mutation) {
 
 /// A configuration that sets every key the schema has, so that every one
 /// of them gets broken somewhere in the campaign. `{pem}` is a signing key
-/// file, `{jwks}` a key set file, `{hash}` an argon2 hash.
+/// file, `{cert}` and `{key}` a certificate and its key, `{jwks}` a key set
+/// file, `{hash}` an argon2 hash.
 const EVERY_KEY: &str = r#"server:
   listen: 127.0.0.1:8080
+  tls:
+    cert_file: {cert}
+    key_file: {key}
   max_header_bytes: 16384
   workers: 1
   shutdown_grace: 20s
@@ -201,7 +205,7 @@ issuers:
     issuer: https://idp.example.com
     audiences: [orders-api]
     jwks_uri: https://idp.example.com/jwks
-    ca_file: {pem}
+    ca_file: {cert}
     algorithms: [ES256, RS256]
     leeway: 30s
     require_typ: at+jwt
@@ -227,14 +231,14 @@ issuers:
       timeout: 2s
       cache_ttl: 5m
       negative_cache_ttl: 5s
-      ca_file: {pem}
+      ca_file: {cert}
 upstreams:
   app:
     url: http://127.0.0.1:3000
     connect_timeout: 2s
     request_timeout: 30s
     body_idle_timeout: 30s
-    ca_file: {pem}
+    ca_file: {cert}
     pool_max_idle_per_host: 32
     pool_idle_timeout: 90s
 forward:
@@ -310,8 +314,11 @@ fn bases(dir: &Path) -> Vec<(PathBuf, String)> {
     std::fs::write(&secret, "s3cret\n").unwrap();
     let pem = dir.join("signing.pem");
     std::fs::write(&pem, support::p256_pem()).unwrap();
+    let (cert, key) = support::self_signed(dir);
     let every_key = EVERY_KEY
         .replace("{pem}", pem.to_str().unwrap())
+        .replace("{cert}", cert.to_str().unwrap())
+        .replace("{key}", key.to_str().unwrap())
         .replace(
             "{jwks}",
             root.join("config/keys/partners.jwks.json")

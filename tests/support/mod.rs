@@ -978,3 +978,13 @@ pub fn p256_pem() -> String {
     pem.push_str("-----END PRIVATE KEY-----\n");
     pem
 }
+
+/// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
+pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.join("cert.pem");
+    let key = dir.join("key.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
+    (cert, key)
+}
