@@ -1813,6 +1813,13 @@ async fn jwks_outage_garbage_keeps_cached_keys() {
     outage(JwksMode::Garbage, "invalid").await;
 }
 
+/// A key set that parses but whose keys nothing can use (the issuer's `kid`
+/// among them) is no better than garbage: the working keys stay.
+#[tokio::test]
+async fn jwks_of_only_unusable_keys_keeps_cached_keys() {
+    outage(JwksMode::Unusable, "invalid").await;
+}
+
 #[tokio::test]
 async fn jwks_outage_hang_keeps_cached_keys() {
     outage(JwksMode::Hang, "timeout").await;

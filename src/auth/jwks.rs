@@ -184,7 +184,12 @@ impl KeySet {
                 keys.push(key);
             }
         }
-        if keys.is_empty() {
+        // Keys no algorithm can use (an `alg` their type does not fit, a
+        // point off the curve) stay, so that a token naming one is a bad
+        // signature rather than an unknown key worth a refetch; but a set of
+        // only such keys verifies nothing, and a refresh serving one must
+        // keep the keys that work.
+        if !keys.iter().any(|k| !k.verifiers.is_empty()) {
             return Err(JwksError::NoUsableKeys);
         }
         Ok(Self { keys })
@@ -626,6 +631,32 @@ mod tests {
         ));
     }
 
+    /// A set of only keys that no algorithm can use (a point off the curve,
+    /// an `alg` that does not fit its type) is no key set, so a refresh that
+    /// serves one keeps the keys that work instead of replacing them with
+    /// nothing; beside a usable key, such keys do no harm.
+    #[test]
+    fn keys_no_algorithm_can_use_are_skipped() {
+        let good = r#"{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        let off_curve = r#"{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a1"}"#;
+        let misfit = r#"{"kty":"EC","crv":"P-256","kid":"m","alg":"ES384","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        for broken in [off_curve, misfit] {
+            let only = format!(r#"{{"keys":[{broken}]}}"#);
+            assert!(
+                matches!(
+                    KeySet::from_json(only.as_bytes()),
+                    Err(JwksError::NoUsableKeys)
+                ),
+                "{broken}"
+            );
+            let with_good = format!(r#"{{"keys":[{broken},{good}]}}"#);
+            let set = KeySet::from_json(with_good.as_bytes()).unwrap();
+            assert!(set
+                .candidates(Some("e"), Algorithm::ES256)
+                .any(|k| !k.verifiers.is_empty()));
+        }
+    }
+
     #[test]
     fn keys_fit_only_their_algorithms() {
         let ec = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
@@ -651,9 +682,10 @@ mod tests {
             [Algorithm::ES256]
         );
 
-        // A point off the curve is kept (its kid is known, so a token naming it
-        // is a bad signature, not an unknown key) but verifies nothing.
-        let off_curve = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        // A point off the curve is kept beside a usable key (its kid is known,
+        // so a token naming it is a bad signature, not an unknown key) but
+        // verifies nothing.
+        let off_curve = br#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},{"kty":"EC","crv":"P-256","kid":"g","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
         let set = KeySet::from_json(off_curve).unwrap();
         assert!(algorithms(&set).is_empty());
         assert!(set.has_kid("e"));

@@ -146,9 +146,15 @@ pub enum JwksMode {
     Fail,
     /// 200 with a body that is not JSON.
     Garbage,
+    /// 200 with a key set whose keys nothing can use: `key-1` as a point off
+    /// the P-256 curve, and a P-256 key pinned to ES384.
+    Unusable,
     /// Never answers.
     Hang,
 }
+
+/// A key set of [`JwksMode::Unusable`] keys.
+pub const UNUSABLE_JWKS: &str = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"key-1","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"y_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"},{"kty":"EC","crv":"P-256","kid":"key-2","alg":"ES384","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
 
 /// A JWKS endpoint whose document and behaviour tests can change.
 pub struct JwksServer {
@@ -188,6 +194,7 @@ impl JwksServer {
                                     (StatusCode::INTERNAL_SERVER_ERROR, "oops".to_owned())
                                 }
                                 JwksMode::Garbage => (StatusCode::OK, "<html>not json".to_owned()),
+                                JwksMode::Unusable => (StatusCode::OK, UNUSABLE_JWKS.to_owned()),
                                 JwksMode::Hang => {
                                     tokio::time::sleep(Duration::from_secs(3600)).await;
                                     (StatusCode::OK, String::new())
