@@ -200,6 +200,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "server.tls",
         ),
         (
+            "public client left with the default grant",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: spa\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "7:7",
+            "a public client (no client_secret_hash) cannot use `client_credentials`",
+        ),
+        (
             "bad listen address",
             "server:\n  listen: localhost\n".into(),
             "2:11",

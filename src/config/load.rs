@@ -28,13 +28,24 @@ impl ConfigError {
             file: file.to_owned(),
             line: known.then(|| location.line()),
             column: known.then(|| location.column()),
-            message: message.into(),
+            message: one_line(message.into()),
         }
     }
 
     /// An error about the file as a whole (unreadable, say).
     pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
         Self::at(file, Location::UNKNOWN, message)
+    }
+
+    /// The same error, placed at `location` if it had no place of its own
+    /// (a check that failed on a default value, which is written nowhere,
+    /// points at the item that took the default).
+    #[must_use]
+    pub fn or_at(self, location: Location) -> Self {
+        if self.line.is_some() || location == Location::UNKNOWN {
+            return self;
+        }
+        Self::at(&self.file, location, self.message)
     }
 }
 
@@ -69,6 +80,23 @@ pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
             for_people(&strip_location_suffix(&plain.to_string())),
         )
     })
+}
+
+/// Escapes line breaks and other control characters (which a quoted value
+/// may carry into a message), so that every error is one line.
+fn one_line(message: String) -> String {
+    if !message.chars().any(char::is_control) {
+        return message;
+    }
+    let mut out = String::with_capacity(message.len() + 8);
+    for c in message.chars() {
+        if c.is_control() {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 /// Rewords the parser's messages that give advice about its own Rust API
@@ -135,5 +163,13 @@ mod tests {
                 Err(e) => assert_eq!(e.to_string(), want),
             }
         }
+    }
+
+    /// A value with line breaks in it (a quoted or block scalar) does not
+    /// break the message over lines.
+    #[test]
+    fn messages_are_one_line() {
+        let e = ConfigError::whole_file("t.yaml", "`a\nb\u{7}` is not \"x\"");
+        assert_eq!(e.to_string(), "t.yaml: `a\\nb\\u{7}` is not \"x\"");
     }
 }

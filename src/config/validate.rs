@@ -426,7 +426,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let mut issuers = raw
         .issuers
         .iter()
-        .map(|i| v.issuer(i))
+        .map(|i| v.issuer(i).map_err(|e| e.or_at(i.referenced)))
         .collect::<Result<Vec<_>, _>>()?;
     v.unique(raw.issuers.iter().map(|i| &i.value.name), "issuer name")?;
     v.unique(raw.issuers.iter().map(|i| &i.value.issuer), "issuer")?;
@@ -435,7 +435,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let mut upstreams = Vec::new();
     for (name, up) in &raw.upstreams {
         upstream_index.insert(name.as_str(), upstreams.len());
-        upstreams.push(v.upstream(name, up)?);
+        upstreams.push(v.upstream(name, up).map_err(|e| e.or_at(up.referenced))?);
     }
 
     let mut identity_claims = Vec::new();
@@ -450,7 +450,9 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         .collect();
     let authorization_server = match &raw.authorization_server {
         Some(spanned) => {
-            let (settings, issuer) = v.authorization_server(spanned, issuers.len())?;
+            let (settings, issuer) = v
+                .authorization_server(spanned, issuers.len())
+                .map_err(|e| e.or_at(spanned.referenced))?;
             if issuer_index.contains_key(spanned.value.name.value.as_str())
                 || issuers.iter().any(|i| i.issuer == issuer.issuer)
             {
@@ -469,16 +471,18 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     let introspecting: Vec<bool> = issuers.iter().map(|i| i.introspection.is_some()).collect();
     let mut specs = Vec::with_capacity(raw.routes.len());
     for route in &raw.routes {
-        let methods = v.methods(route)?;
-        let mut compiled = v.route(
-            route,
-            &methods,
-            &upstream_index,
-            &issuer_index,
-            &introspecting,
-            &default_forward,
-            &mut identity_claims,
-        )?;
+        let methods = v.methods(route).map_err(|e| e.or_at(route.referenced))?;
+        let mut compiled = v
+            .route(
+                route,
+                &methods,
+                &upstream_index,
+                &issuer_index,
+                &introspecting,
+                &default_forward,
+                &mut identity_claims,
+            )
+            .map_err(|e| e.or_at(route.referenced))?;
         compiled.index = specs.len();
         specs.push(RouteSpec {
             path: route.value.path.value.clone(),
@@ -946,8 +950,9 @@ impl Validator<'_> {
             }
             keys.push(signing);
         }
-        if keys.is_empty() {
-            tracing::warn!("authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
+        // Warned about once the rest is valid: a refused file needs no warning.
+        let ephemeral = keys.is_empty();
+        if ephemeral {
             keys.push(SigningKey::generate("ephemeral").map_err(|e| self.err(here, e))?);
         }
         let jwks = crate::issuer::keys::jwks_document(&keys);
@@ -999,11 +1004,17 @@ impl Validator<'_> {
                     )
                 })?;
             }
+            // Defaulted grants are written nowhere: point at the client.
+            let grants_at = if c.grants.referenced == Location::UNKNOWN {
+                client.referenced
+            } else {
+                c.grants.referenced
+            };
             let mut grants = Vec::new();
             for g in &c.grants.value {
                 let grant = Grant::parse(g).ok_or_else(|| {
                     self.err(
-                        c.grants.referenced,
+                        grants_at,
                         format!("unknown grant `{g}` (client_credentials, refresh_token, password, authorization_code)"),
                     )
                 })?;
@@ -1012,7 +1023,7 @@ impl Validator<'_> {
                     && c.client_secret_hash.is_none()
                 {
                     return Err(self.err(
-                        c.grants.referenced,
+                        grants_at,
                         format!("a public client (no client_secret_hash) cannot use `{g}`"),
                     ));
                 }
@@ -1087,6 +1098,9 @@ impl Validator<'_> {
             jwks_timeout: Duration::from_secs(5),
             ca_file: None,
         };
+        if ephemeral {
+            tracing::warn!("authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
+        }
         Ok((
             AuthorizationServerSettings {
                 issuer: raw.issuer.value.clone(),
