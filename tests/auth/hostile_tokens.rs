@@ -28,7 +28,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use serde_json::Map;
-use support::reference::{self, IdentityHeaders, Outcome, Route, Time, SPOOFED_IDENTITY};
+use support::reference::{self, CommonMembers, IdentityHeaders, Outcome, Route, SPOOFED_IDENTITY};
 
 /// The JOSE header's members, each `None` when missing.
 #[derive(Debug, Clone)]
@@ -46,13 +46,7 @@ struct JoseHeader {
 struct Claims {
     iss: Option<Value>,
     aud: Option<Value>,
-    exp: Time,
-    nbf: Time,
-    iat: Time,
-    scope: Option<Value>,
-    sub: Option<Value>,
-    client_id: Option<Value>,
-    extra: Option<Value>,
+    common: CommonMembers,
 }
 
 /// How the token is put together.
@@ -152,35 +146,9 @@ fn claims_strategy() -> impl Strategy<Value = Claims> {
             None,
         ],
     );
-    (
-        (iss, reference::audience(true)),
-        // `exp` is required, so missing is a fault; none a few seconds
-        // ahead, whose cache entry could end between the two uses.
-        (
-            reference::time(&[-10, 600, 3600], &[-3600], 1),
-            reference::time(&[-3600, -10, 10], &[3600], 20),
-            reference::time(&[-3600, -10, 10], &[3600], 20),
-        ),
-        (
-            reference::scope(),
-            reference::identity_member(),
-            reference::identity_member(),
-            reference::unknown_member(),
-        ),
-    )
-        .prop_map(
-            |((iss, aud), (exp, nbf, iat), (scope, sub, client_id, extra))| Claims {
-                iss,
-                aud,
-                exp,
-                nbf,
-                iat,
-                scope,
-                sub,
-                client_id,
-                extra,
-            },
-        )
+    // `exp` is required, so missing is a fault.
+    (iss, reference::audience(true), CommonMembers::generate(1))
+        .prop_map(|(iss, aud, common)| Claims { iss, aud, common })
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -234,18 +202,13 @@ fn header_object(header: &JoseHeader) -> Map<String, Value> {
 }
 
 fn claims_object(claims: &Claims, now: i64, jti: &str) -> Map<String, Value> {
-    object([
+    let mut object = object([
         ("iss", claims.iss.clone()),
         ("aud", claims.aud.clone()),
-        ("exp", claims.exp.render(now)),
-        ("nbf", claims.nbf.render(now)),
-        ("iat", claims.iat.render(now)),
-        ("scope", claims.scope.clone()),
-        ("sub", claims.sub.clone()),
-        ("client_id", claims.client_id.clone()),
-        ("x_extension", claims.extra.clone()),
         ("jti", Some(json!(jti))),
-    ])
+    ]);
+    claims.common.render_into(&mut object, now);
+    object
 }
 
 /// The compact token.

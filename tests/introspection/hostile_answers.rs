@@ -31,7 +31,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use serde_json::Map;
-use support::reference::{self, IdentityHeaders, Outcome, Route, Time, SPOOFED_IDENTITY};
+use support::reference::{self, CommonMembers, IdentityHeaders, Outcome, Route, SPOOFED_IDENTITY};
 
 /// Largest answer body the gateway reads.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -43,14 +43,7 @@ struct Members {
     token_type: Option<Value>,
     iss: Option<Value>,
     aud: Option<Value>,
-    exp: Time,
-    nbf: Time,
-    iat: Time,
-    scope: Option<Value>,
-    sub: Option<Value>,
-    client_id: Option<Value>,
-    /// An unknown member, which must be ignored.
-    extra: Option<Value>,
+    common: CommonMembers,
 }
 
 /// How the answer is wrapped.
@@ -135,39 +128,15 @@ fn members() -> impl Strategy<Value = Members> {
         ],
     );
     let aud = reference::audience(false);
-    (
-        (active, token_type, iss, aud),
-        // No `exp` a few seconds ahead: its cache entry could end between
-        // the two uses.
-        (
-            reference::time(&[-10, 600, 3600], &[-3600], 20),
-            reference::time(&[-3600, -10, 10], &[3600], 20),
-            reference::time(&[-3600, -10, 10], &[3600], 20),
-        ),
-        (
-            reference::scope(),
-            reference::identity_member(),
-            reference::identity_member(),
-            reference::unknown_member(),
-        ),
+    (active, token_type, iss, aud, CommonMembers::generate(20)).prop_map(
+        |(active, token_type, iss, aud, common)| Members {
+            active,
+            token_type,
+            iss,
+            aud,
+            common,
+        },
     )
-        .prop_map(
-            |((active, token_type, iss, aud), (exp, nbf, iat), (scope, sub, client_id, extra))| {
-                Members {
-                    active,
-                    token_type,
-                    iss,
-                    aud,
-                    exp,
-                    nbf,
-                    iat,
-                    scope,
-                    sub,
-                    client_id,
-                    extra,
-                }
-            },
-        )
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -203,23 +172,17 @@ fn case() -> impl Strategy<Value = Case> {
 fn object(members: &Members, now: i64) -> Map<String, Value> {
     let mut object = Map::new();
     let fields = [
-        ("active", members.active.clone()),
-        ("token_type", members.token_type.clone()),
-        ("iss", members.iss.clone()),
-        ("aud", members.aud.clone()),
-        ("exp", members.exp.render(now)),
-        ("nbf", members.nbf.render(now)),
-        ("iat", members.iat.render(now)),
-        ("scope", members.scope.clone()),
-        ("sub", members.sub.clone()),
-        ("client_id", members.client_id.clone()),
-        ("x_extension", members.extra.clone()),
+        ("active", &members.active),
+        ("token_type", &members.token_type),
+        ("iss", &members.iss),
+        ("aud", &members.aud),
     ];
     for (name, value) in fields {
         if let Some(value) = value {
-            object.insert(name.to_owned(), value);
+            object.insert(name.to_owned(), value.clone());
         }
     }
+    members.common.render_into(&mut object, now);
     object
 }
 

@@ -149,6 +149,65 @@ pub fn unknown_member() -> impl Strategy<Value = Option<Value>> {
     ])
 }
 
+/// The members JWT access tokens and introspection answers share beyond
+/// `iss` and `aud`, each `None` (or [`Time::Missing`]) when missing.
+#[derive(Debug, Clone)]
+pub struct CommonMembers {
+    pub exp: Time,
+    pub nbf: Time,
+    pub iat: Time,
+    pub scope: Option<Value>,
+    pub sub: Option<Value>,
+    pub client_id: Option<Value>,
+    /// A member nobody defined, which must be ignored.
+    pub extra: Option<Value>,
+}
+
+impl CommonMembers {
+    /// Generated members; `exp_missing` weighs a missing `exp` (out of
+    /// about 60: small where it is required). No `exp` lies a few seconds
+    /// ahead, whose cache entry could end between a token's two uses.
+    pub fn generate(exp_missing: u32) -> impl Strategy<Value = CommonMembers> {
+        (
+            time(&[-10, 600, 3600], &[-3600], exp_missing),
+            time(&[-3600, -10, 10], &[3600], 20),
+            time(&[-3600, -10, 10], &[3600], 20),
+            scope(),
+            identity_member(),
+            identity_member(),
+            unknown_member(),
+        )
+            .prop_map(|(exp, nbf, iat, scope, sub, client_id, extra)| Self {
+                exp,
+                nbf,
+                iat,
+                scope,
+                sub,
+                client_id,
+                extra,
+            })
+    }
+
+    /// Adds the members present to `object`, times at `now`, the unknown
+    /// one as `x_extension`.
+    pub fn render_into(&self, object: &mut serde_json::Map<String, Value>, now: i64) {
+        let members = [
+            ("exp", self.exp.render(now)),
+            ("nbf", self.nbf.render(now)),
+            ("iat", self.iat.render(now)),
+            ("scope", self.scope.clone()),
+            ("sub", self.sub.clone()),
+            ("client_id", self.client_id.clone()),
+            ("x_extension", self.extra.clone()),
+        ];
+        for (name, value) in members {
+            if let Some(value) = value {
+                object.insert(name.to_owned(), value);
+            }
+        }
+    }
+}
+
 /// A NumericDate as RFC 7519 defines it (any JSON number, fractions
 /// dropped); `Err` for another type or a negative one.
 pub fn numeric_date(value: Option<&Value>) -> Result<Option<f64>, ()> {
