@@ -261,8 +261,8 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         (
             "bearer routes without issuers",
-            format!("{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
-            "",
+            format!("{UPSTREAM}routes:\n  - path: /p\n    upstream: app\n    auth: none\n  - path: /a\n    upstream: app\n"),
+            "8:5",
             "no issuers",
         ),
         (

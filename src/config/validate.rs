@@ -498,13 +498,19 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         v.err(location, format!("route: {}", e.message))
     })?;
 
-    let routes_need_issuer = routes
+    let first_bearer_route = routes
         .iter()
-        .any(|(_, _, r)| matches!(r.access, Access::Bearer { .. }));
-    if routes_need_issuer && issuers.is_empty() {
+        .filter(|(_, _, r)| matches!(r.access, Access::Bearer { .. }))
+        .map(|(_, _, r)| r.index)
+        .min();
+    if let (Some(index), true) = (first_bearer_route, issuers.is_empty()) {
+        let location = raw
+            .routes
+            .get(index)
+            .map_or(Location::UNKNOWN, |r| r.referenced);
         return Err(v.err(
-            Location::UNKNOWN,
-            "routes require bearer tokens but no issuers are configured",
+            location,
+            "this route requires bearer tokens but no issuers are configured (add `issuers:` or `authorization_server:`, or `auth: none`)",
         ));
     }
 
