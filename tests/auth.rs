@@ -2,8 +2,8 @@
 //! strict JWS/JWT checks (RFC 7515, 7519, 9068) and the classic JWT attacks,
 //! scope look-alikes, per-route issuer restriction, the verified-token cache,
 //! key rotation, unknown-`kid` floods, JWKS outages, readiness without keys,
-//! and what the metrics say (and never say); and a campaign of generated
-//! hostile tokens ([`hostile_tokens`]).
+//! and what the metrics say (and never say); and campaigns of generated
+//! hostile tokens ([`hostile_tokens`]) and key sets ([`hostile_jwks`]).
 //!
 //! Every request goes through a real gateway on 127.0.0.1:0; every rejected
 //! request is checked for its exact status, `WWW-Authenticate` challenge, JSON
@@ -1990,3 +1990,6 @@ async fn decision_metrics_without_secrets() {
 
 #[path = "auth/hostile_tokens.rs"]
 mod hostile_tokens;
+
+#[path = "auth/hostile_jwks.rs"]
+mod hostile_jwks;

@@ -1,0 +1,390 @@
+//! Generated key sets, ordinary and hostile, against a reference of RFC 7517
+//! as the gateway applies it.
+//!
+//! Each case serves a generated JWKS document and makes the gateway fetch it
+//! (a token with a `kid` nobody has forces a refetch; the cooldown is off).
+//! The document holds real P-256 keys from a small pool, under generated
+//! `kid`s (shared, missing, repeated) and with `alg`, `use` and `key_ops`
+//! right or wrong. It also holds entries nothing can use or that do not
+//! parse: symmetric and unknown key types, another curve, bad base64, a
+//! missing coordinate, a numeric `kid`, entries that are no objects, and
+//! private members. Sometimes the real keys sit beyond the first 64
+//! entries, or the document itself is broken (`keys` not an array, twice,
+//! or no object at all). Then tokens signed by each pool key under each
+//! `kid` in play are presented. The reference says:
+//! - a document is taken when it is a JSON object whose `keys` array has,
+//!   among its first 64 entries, at least one key a signature can be
+//!   checked with; otherwise the keys from before stay (and the fetch counts
+//!   as `invalid`, not `success`);
+//! - a token is accepted exactly when the keys in force have a usable key
+//!   with the token's `kid` and the public key that signed it: EC P-256,
+//!   `alg` absent or ES256, `use` absent or `sig`, `key_ops` absent or with
+//!   `verify`.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 128).
+
+use super::*;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+
+use proptest::prelude::*;
+use serde_json::Map;
+
+/// Keys of the pool (all P-256, each signing under any `kid`).
+const POOL: usize = 3;
+/// `kid`s the entries and tokens use.
+const KIDS: [&str; 3] = ["a", "b", "c"];
+/// Entries of a key set the gateway reads at most.
+const MAX_KEYS: usize = 64;
+
+/// One entry of the `keys` array.
+#[derive(Debug, Clone)]
+enum Entry {
+    /// Pool key `key` under `kid` (`None`: no `kid` member), with optional
+    /// `alg`, `use` and `key_ops` members.
+    Real {
+        key: usize,
+        kid: Option<&'static str>,
+        alg: Option<&'static str>,
+        usage: Option<&'static str>,
+        ops: Option<&'static [&'static str]>,
+        /// A private member `d` alongside (the public part still counts).
+        private: bool,
+    },
+    /// An entry that never verifies anything.
+    Junk { kind: Junk, kid: &'static str },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Junk {
+    /// A symmetric key: never a verification key here.
+    Oct,
+    UnknownType,
+    /// A pool key's coordinates labelled P-384.
+    OtherCurve,
+    /// `x` not base64url.
+    BadBase64,
+    MissingY,
+    /// `kid` a number.
+    NumericKid,
+    /// Not an object at all.
+    NotObject,
+}
+
+/// How the document is put together.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Document {
+    Plain,
+    /// With a member nobody defined.
+    ExtraMember,
+    /// 64 unusable entries first: the rest is never read.
+    PastTheLimit,
+    /// `keys` an object.
+    KeysNotArray,
+    /// `keys` twice.
+    KeysTwice,
+    /// The array without its object.
+    BareArray,
+}
+
+#[derive(Debug, Clone)]
+struct Case {
+    entries: Vec<Entry>,
+    document: Document,
+}
+
+fn entry() -> impl Strategy<Value = Entry> {
+    let kid = prop_oneof![
+        8 => prop::sample::select(KIDS.to_vec()).prop_map(Some),
+        1 => Just(None),
+    ];
+    let real = (
+        0..POOL,
+        kid,
+        prop::sample::select(vec![
+            None,
+            None,
+            None,
+            Some("ES256"),
+            Some("ES384"),
+            Some("RS256"),
+        ]),
+        prop::sample::select(vec![None, None, None, Some("sig"), Some("enc")]),
+        prop::sample::select(vec![
+            None,
+            None,
+            None,
+            Some(&["verify"][..]),
+            Some(&["sign", "verify"][..]),
+            Some(&["sign"][..]),
+            Some(&[][..]),
+        ]),
+        prop::bool::weighted(0.1),
+    )
+        .prop_map(|(key, kid, alg, usage, ops, private)| Entry::Real {
+            key,
+            kid,
+            alg,
+            usage,
+            ops,
+            private,
+        });
+    let junk = (
+        prop::sample::select(vec![
+            Junk::Oct,
+            Junk::UnknownType,
+            Junk::OtherCurve,
+            Junk::BadBase64,
+            Junk::MissingY,
+            Junk::NumericKid,
+            Junk::NotObject,
+        ]),
+        prop::sample::select(KIDS.to_vec()),
+    )
+        .prop_map(|(kind, kid)| Entry::Junk { kind, kid });
+    prop_oneof![3 => real, 1 => junk]
+}
+
+fn case() -> impl Strategy<Value = Case> {
+    let document = prop_oneof![
+        12 => Just(Document::Plain),
+        1 => prop::sample::select(vec![
+            Document::ExtraMember,
+            Document::PastTheLimit,
+            Document::KeysNotArray,
+            Document::KeysTwice,
+            Document::BareArray,
+        ]),
+    ];
+    (proptest::collection::vec(entry(), 0..=5), document)
+        .prop_map(|(entries, document)| Case { entries, document })
+}
+
+/// The public JWK of a pool key, without `kid`, `alg` or `use`.
+fn bare_jwk(signer: &Signer) -> Map<String, Value> {
+    let mut jwk = signer.public_jwk().as_object().unwrap().clone();
+    for member in ["kid", "alg", "use", "key_ops"] {
+        jwk.remove(member);
+    }
+    jwk
+}
+
+fn render_entry(pool: &[Signer], entry: &Entry) -> Value {
+    match entry {
+        Entry::Real {
+            key,
+            kid,
+            alg,
+            usage,
+            ops,
+            private,
+        } => {
+            let mut jwk = bare_jwk(&pool[*key]);
+            let optional = [
+                ("kid", kid.map(Value::from)),
+                ("alg", alg.map(Value::from)),
+                ("use", usage.map(Value::from)),
+                ("key_ops", ops.map(|ops| json!(ops))),
+                // Any 32 bytes: the gateway must not care.
+                (
+                    "d",
+                    private.then(|| json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU")),
+                ),
+            ];
+            for (name, value) in optional {
+                if let Some(value) = value {
+                    jwk.insert(name.to_owned(), value);
+                }
+            }
+            Value::Object(jwk)
+        }
+        Entry::Junk { kind, kid } => {
+            let mut jwk = bare_jwk(&pool[0]);
+            jwk.insert("kid".to_owned(), json!(kid));
+            match kind {
+                Junk::Oct => return json!({"kty": "oct", "k": "c2VjcmV0", "kid": kid}),
+                Junk::UnknownType => return json!({"kty": "XYZ", "kid": kid}),
+                Junk::OtherCurve => {
+                    jwk.insert("crv".to_owned(), json!("P-384"));
+                }
+                Junk::BadBase64 => {
+                    jwk.insert("x".to_owned(), json!("not+base64/url="));
+                }
+                Junk::MissingY => {
+                    jwk.remove("y");
+                }
+                Junk::NumericKid => {
+                    jwk.insert("kid".to_owned(), json!(5));
+                }
+                Junk::NotObject => return json!(kid),
+            }
+            Value::Object(jwk)
+        }
+    }
+}
+
+/// The document's text.
+fn render(pool: &[Signer], case: &Case) -> String {
+    let mut keys: Vec<Value> = case.entries.iter().map(|e| render_entry(pool, e)).collect();
+    if case.document == Document::PastTheLimit {
+        let filler = json!({"kty": "oct", "k": "c2VjcmV0", "kid": "filler"});
+        keys.splice(0..0, std::iter::repeat_n(filler, MAX_KEYS));
+    }
+    let keys = Value::Array(keys);
+    match case.document {
+        Document::Plain | Document::PastTheLimit => json!({ "keys": keys }).to_string(),
+        Document::ExtraMember => json!({ "keys": keys, "x-note": "ignored" }).to_string(),
+        Document::KeysNotArray => json!({ "keys": { "0": keys } }).to_string(),
+        Document::KeysTwice => format!(r#"{{"keys":{keys},"keys":[]}}"#),
+        Document::BareArray => keys.to_string(),
+    }
+}
+
+/// A usable key: pool key and `kid`.
+type Usable = (usize, Option<&'static str>);
+
+/// The keys a document puts in force, or `None` if the gateway must refuse
+/// it and keep the keys it had.
+fn usable(case: &Case) -> Option<Vec<Usable>> {
+    if !matches!(
+        case.document,
+        Document::Plain | Document::ExtraMember | Document::PastTheLimit
+    ) {
+        return None;
+    }
+    let read = if case.document == Document::PastTheLimit {
+        &[][..]
+    } else {
+        &case.entries[..case.entries.len().min(MAX_KEYS)]
+    };
+    let keys: Vec<Usable> = read
+        .iter()
+        .filter_map(|entry| match *entry {
+            Entry::Real {
+                key,
+                kid,
+                alg,
+                usage,
+                ops,
+                ..
+            } => {
+                let fits = alg.is_none_or(|a| a == "ES256")
+                    && usage.is_none_or(|u| u == "sig")
+                    && ops.is_none_or(|ops| ops.contains(&"verify"));
+                fits.then_some((key, kid))
+            }
+            Entry::Junk { .. } => None,
+        })
+        .collect();
+    (!keys.is_empty()).then_some(keys)
+}
+
+/// The lab: a pool of keys, a gateway whose issuer refetches on every
+/// unknown `kid`, and the keys it has in force (by the reference).
+struct Lab {
+    pool: Vec<Signer>,
+    world: World,
+    gw: Gateway,
+    in_force: Mutex<Vec<Usable>>,
+    next: AtomicU64,
+}
+
+impl Lab {
+    async fn start() -> Self {
+        let pool: Vec<Signer> = (0..POOL).map(|_| Signer::generate("a")).collect();
+        // In force from the start: pool key 0 as `a`.
+        let world = World {
+            key: pool[0].signing_key(),
+            jwks: JwksServer::start(&pool[0].jwks()).await,
+            upstream: Upstream::start().await,
+        };
+        let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+        Self {
+            pool,
+            world,
+            gw,
+            in_force: Mutex::new(vec![(0, Some("a"))]),
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// A token signed by pool key `key` under `kid`.
+    fn token(&self, key: usize, kid: &str) -> String {
+        let header = json!({"alg": "ES256", "typ": "at+jwt", "kid": kid});
+        self.pool[key].sign(&header, &fresh_claims("orders:read"))
+    }
+
+    /// The status of a request with `token`.
+    async fn status(&self, token: &str) -> Result<u16, String> {
+        let auth = format!("Bearer {token}");
+        let reply = send(
+            "GET",
+            &self.gw.url("/orders/1"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await?;
+        Ok(reply.status)
+    }
+}
+
+async fn check(lab: &Lab, case: Case) -> Result<(), String> {
+    let document = render(&lab.pool, &case);
+    lab.world.jwks.set_document(&document);
+    let metrics = lab.gw.metrics().await;
+    let (success, invalid) = (
+        jwks_fetch_results(&metrics, "success"),
+        jwks_fetch_results(&metrics, "invalid"),
+    );
+    // Nobody has this `kid`: the gateway fetches the document now.
+    let stranger = format!("stranger-{}", lab.next.fetch_add(1, Ordering::Relaxed));
+    let status = lab.status(&lab.token(0, &stranger)).await?;
+    if status != 401 {
+        return Err(format!("a token of an unknown kid got {status}"));
+    }
+    let taken = usable(&case);
+    let metrics = lab.gw.metrics().await;
+    let fetched = (
+        jwks_fetch_results(&metrics, "success") - success,
+        jwks_fetch_results(&metrics, "invalid") - invalid,
+    );
+    let want = if taken.is_some() {
+        (1.0, 0.0)
+    } else {
+        (0.0, 1.0)
+    };
+    if fetched != want {
+        return Err(format!(
+            "fetches (success, invalid) went up by {fetched:?}, want {want:?}: {document}"
+        ));
+    }
+    let in_force = {
+        let mut in_force = lab.in_force.lock().unwrap();
+        if let Some(keys) = taken {
+            *in_force = keys;
+        }
+        in_force.clone()
+    };
+    for key in 0..POOL {
+        for kid in KIDS {
+            let accepted = in_force.contains(&(key, Some(kid)));
+            let status = lab.status(&lab.token(key, kid)).await?;
+            if status != if accepted { 200 } else { 401 } {
+                return Err(format!(
+                    "pool key {key} as `{kid}` got {status} with {in_force:?} in force: {document}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn hostile_key_sets_get_what_rfc_7517_says() {
+    let runtime = runtime();
+    let lab = runtime.block_on(Lab::start());
+    run_campaign(&runtime, &lab, 128, case(), async |lab, case| {
+        check(lab, case).await
+    });
+}
