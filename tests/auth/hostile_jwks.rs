@@ -299,7 +299,11 @@ impl Lab {
             jwks: JwksServer::start(&pool[0].jwks()).await,
             upstream: Upstream::start().await,
         };
-        let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+        // No periodic refresh: every fetch in a case is one the case asked for.
+        let gw = Gateway::start(
+            &world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_refresh_interval: 1h\n"),
+        )
+        .await;
         Self {
             pool,
             world,
