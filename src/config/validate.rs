@@ -596,6 +596,53 @@ impl Validator<'_> {
         Ok(Some(path))
     }
 
+    /// One registered client of the built-in server. Errors without a place
+    /// of their own (defaulted grants, the scope list) are placed at the
+    /// client by the caller.
+    fn client(&self, c: &super::schema::RawClient) -> Result<Client, ConfigError> {
+        if let Some(hash) = &c.client_secret_hash {
+            argon2::PasswordHash::new(&hash.value).map_err(|_| {
+                self.err(
+                    hash.referenced,
+                    "client_secret_hash is not an argon2 PHC string (make one with `scopegate hash-secret`)",
+                )
+            })?;
+        }
+        let mut grants = Vec::new();
+        for g in &c.grants.value {
+            let grant = Grant::parse(g).ok_or_else(|| {
+                self.err(
+                    c.grants.referenced,
+                    format!("unknown grant `{g}` (client_credentials, refresh_token, password, authorization_code)"),
+                )
+            })?;
+            if grant != Grant::AuthorizationCode
+                && grant != Grant::RefreshToken
+                && c.client_secret_hash.is_none()
+            {
+                return Err(self.err(
+                    c.grants.referenced,
+                    format!("a public client (no client_secret_hash) cannot use `{g}`"),
+                ));
+            }
+            grants.push(grant);
+        }
+        ScopeRequirement::new(c.scopes.clone(), Vec::new())
+            .map_err(|e| self.err(Location::UNKNOWN, e))?;
+        if c.audience.value.is_empty() {
+            return Err(self.err(c.audience.referenced, "audience must not be empty"));
+        }
+        Ok(Client {
+            client_id: c.client_id.value.clone(),
+            secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
+            grants,
+            scopes: c.scopes.clone(),
+            audience: c.audience.value.clone(),
+            redirect_uris: c.redirect_uris.clone(),
+            name: c.name.clone().unwrap_or_else(|| c.client_id.value.clone()),
+        })
+    }
+
     fn path(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
@@ -1002,53 +1049,7 @@ impl Validator<'_> {
                     format!("client_id `{}` is empty or used twice", c.client_id.value),
                 ));
             }
-            if let Some(hash) = &c.client_secret_hash {
-                argon2::PasswordHash::new(&hash.value).map_err(|_| {
-                    self.err(
-                        hash.referenced,
-                        "client_secret_hash is not an argon2 PHC string (make one with `scopegate hash-secret`)",
-                    )
-                })?;
-            }
-            // Defaulted grants are written nowhere: point at the client.
-            let grants_at = if c.grants.referenced == Location::UNKNOWN {
-                client.referenced
-            } else {
-                c.grants.referenced
-            };
-            let mut grants = Vec::new();
-            for g in &c.grants.value {
-                let grant = Grant::parse(g).ok_or_else(|| {
-                    self.err(
-                        grants_at,
-                        format!("unknown grant `{g}` (client_credentials, refresh_token, password, authorization_code)"),
-                    )
-                })?;
-                if grant != Grant::AuthorizationCode
-                    && grant != Grant::RefreshToken
-                    && c.client_secret_hash.is_none()
-                {
-                    return Err(self.err(
-                        grants_at,
-                        format!("a public client (no client_secret_hash) cannot use `{g}`"),
-                    ));
-                }
-                grants.push(grant);
-            }
-            ScopeRequirement::new(c.scopes.clone(), Vec::new())
-                .map_err(|e| self.err(client.referenced, e))?;
-            if c.audience.value.is_empty() {
-                return Err(self.err(c.audience.referenced, "audience must not be empty"));
-            }
-            clients.push(Client {
-                client_id: c.client_id.value.clone(),
-                secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
-                grants,
-                scopes: c.scopes.clone(),
-                audience: c.audience.value.clone(),
-                redirect_uris: c.redirect_uris.clone(),
-                name: c.name.clone().unwrap_or_else(|| c.client_id.value.clone()),
-            });
+            clients.push(self.client(c).map_err(|e| e.or_at(client.referenced))?);
         }
         let mut users: Vec<User> = Vec::new();
         for user in &raw.users {

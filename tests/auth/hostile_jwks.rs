@@ -38,22 +38,38 @@ const KIDS: [&str; 3] = ["a", "b", "c"];
 /// Entries of a key set the gateway reads at most.
 const MAX_KEYS: usize = 64;
 
+/// A pool key as an entry: under `kid` (`None`: no `kid` member), with
+/// optional `alg`, `use` and `key_ops` members.
+#[derive(Debug, Clone)]
+struct PoolKey {
+    key: usize,
+    kid: Option<&'static str>,
+    alg: Option<&'static str>,
+    usage: Option<&'static str>,
+    ops: Option<&'static [&'static str]>,
+    /// A private member `d` alongside (the public part still counts).
+    private: bool,
+}
+
+impl PoolKey {
+    /// Whether a signature can be checked with it: `alg` absent or ES256,
+    /// `use` absent or `sig`, `key_ops` absent or with `verify`.
+    fn usable(&self) -> bool {
+        self.alg.is_none_or(|a| a == "ES256")
+            && self.usage.is_none_or(|u| u == "sig")
+            && self.ops.is_none_or(|ops| ops.contains(&"verify"))
+    }
+}
+
 /// One entry of the `keys` array.
 #[derive(Debug, Clone)]
 enum Entry {
-    /// Pool key `key` under `kid` (`None`: no `kid` member), with optional
-    /// `alg`, `use` and `key_ops` members.
-    Real {
-        key: usize,
-        kid: Option<&'static str>,
-        alg: Option<&'static str>,
-        usage: Option<&'static str>,
-        ops: Option<&'static [&'static str]>,
-        /// A private member `d` alongside (the public part still counts).
-        private: bool,
-    },
+    Real(PoolKey),
     /// An entry that never verifies anything.
-    Junk { kind: Junk, kid: &'static str },
+    Junk {
+        kind: Junk,
+        kid: &'static str,
+    },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -122,13 +138,15 @@ fn entry() -> impl Strategy<Value = Entry> {
         ]),
         prop::bool::weighted(0.1),
     )
-        .prop_map(|(key, kid, alg, usage, ops, private)| Entry::Real {
-            key,
-            kid,
-            alg,
-            usage,
-            ops,
-            private,
+        .prop_map(|(key, kid, alg, usage, ops, private)| {
+            Entry::Real(PoolKey {
+                key,
+                kid,
+                alg,
+                usage,
+                ops,
+                private,
+            })
         });
     let junk = (
         prop::sample::select(vec![
@@ -172,24 +190,18 @@ fn bare_jwk(signer: &Signer) -> Map<String, Value> {
 
 fn render_entry(pool: &[Signer], entry: &Entry) -> Value {
     match entry {
-        Entry::Real {
-            key,
-            kid,
-            alg,
-            usage,
-            ops,
-            private,
-        } => {
-            let mut jwk = bare_jwk(&pool[*key]);
+        Entry::Real(real) => {
+            let mut jwk = bare_jwk(&pool[real.key]);
             let optional = [
-                ("kid", kid.map(Value::from)),
-                ("alg", alg.map(Value::from)),
-                ("use", usage.map(Value::from)),
-                ("key_ops", ops.map(|ops| json!(ops))),
+                ("kid", real.kid.map(Value::from)),
+                ("alg", real.alg.map(Value::from)),
+                ("use", real.usage.map(Value::from)),
+                ("key_ops", real.ops.map(|ops| json!(ops))),
                 // Any 32 bytes: the gateway must not care.
                 (
                     "d",
-                    private.then(|| json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU")),
+                    real.private
+                        .then(|| json!("f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU")),
                 ),
             ];
             for (name, value) in optional {
@@ -260,21 +272,9 @@ fn usable(case: &Case) -> Option<Vec<Usable>> {
     };
     let keys: Vec<Usable> = read
         .iter()
-        .filter_map(|entry| match *entry {
-            Entry::Real {
-                key,
-                kid,
-                alg,
-                usage,
-                ops,
-                ..
-            } => {
-                let fits = alg.is_none_or(|a| a == "ES256")
-                    && usage.is_none_or(|u| u == "sig")
-                    && ops.is_none_or(|ops| ops.contains(&"verify"));
-                fits.then_some((key, kid))
-            }
-            Entry::Junk { .. } => None,
+        .filter_map(|entry| match entry {
+            Entry::Real(real) if real.usable() => Some((real.key, real.kid)),
+            Entry::Real(_) | Entry::Junk { .. } => None,
         })
         .collect();
     (!keys.is_empty()).then_some(keys)
