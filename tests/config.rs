@@ -348,3 +348,42 @@ fn config_from_environment_variable() {
 
 #[path = "config/hostile_configs.rs"]
 mod hostile_configs;
+
+/// A reload keeps the running key sets and caches when the issuers' part of
+/// the config is the same; a CA bundle rewritten in place under the same name
+/// is not the same.
+#[test]
+fn a_ca_bundle_rewritten_in_place_changes_the_issuers_fingerprint() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &config,
+        r#"issuers:
+  - name: idp
+    issuer: https://idp.test
+    audiences: [api]
+    jwks_uri: https://idp.test/jwks
+    ca_file: ca.pem
+upstreams:
+  app:
+    url: http://127.0.0.1:9
+routes:
+  - path: /a
+    upstream: app
+    scopes: [a]
+"#,
+    )
+    .unwrap();
+    let fingerprint = || {
+        scopegate::config::load_file(&config)
+            .unwrap()
+            .auth_fingerprint()
+    };
+    let (first, _) = support::self_signed(dir.path());
+    std::fs::rename(&first, dir.path().join("ca.pem")).unwrap();
+    let before = fingerprint();
+    assert_eq!(fingerprint(), before, "the same files, another fingerprint");
+    let (second, _) = support::self_signed(dir.path());
+    std::fs::rename(&second, dir.path().join("ca.pem")).unwrap();
+    assert_ne!(fingerprint(), before);
+}

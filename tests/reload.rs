@@ -253,9 +253,21 @@ async fn spawn_binary(config: &Path, text_with_ports: impl Fn(u16, u16) -> Strin
 
 #[tokio::test]
 async fn sighup_reloads_files_the_watch_cannot_see() {
+    rotate_key_file_then_sighup("key-1", "key-2").await;
+}
+
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_is_reloaded() {
+    rotate_key_file_then_sighup("key-1", "key-1").await;
+}
+
+/// Serves tokens of a key under `old_kid`, replaces the key file by another
+/// key under `new_kid` and sends SIGHUP: the new key's tokens must pass and
+/// the old key's, even one verified and cached before, must not.
+async fn rotate_key_file_then_sighup(old_kid: &str, new_kid: &str) {
     let upstream = Upstream::start().await;
-    let key1 = scopegate::demo::SigningKey::generate("key-1").unwrap();
-    let key2 = scopegate::demo::SigningKey::generate("key-2").unwrap();
+    let key1 = scopegate::demo::SigningKey::generate(old_kid).unwrap();
+    let key2 = scopegate::demo::SigningKey::generate(new_kid).unwrap();
     let config_dir = tempfile::tempdir().unwrap();
     let keys_dir = tempfile::tempdir().unwrap();
     let jwks = keys_dir.path().join("jwks.json");
@@ -288,13 +300,9 @@ routes:
     })
     .await;
     let url = format!("http://{}/orders/1", process.addr);
+    let token1 = key1.mint(&claims("orders:read")).unwrap();
     let token2 = key2.mint(&claims("orders:read")).unwrap();
-    assert_eq!(
-        get_with_token(&url, &key1.mint(&claims("orders:read")).unwrap())
-            .await
-            .status,
-        200
-    );
+    assert_eq!(get_with_token(&url, &token1).await.status, 200);
     assert_eq!(get_with_token(&url, &token2).await.status, 401);
 
     // Rotate the key file (outside the watched directory), then SIGHUP.
@@ -309,6 +317,11 @@ routes:
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(accepted, "SIGHUP did not reload the key file");
+    assert_eq!(
+        get_with_token(&url, &token1).await.status,
+        401,
+        "a token of the replaced key still passes"
+    );
 }
 
 /// An upstream whose responses wait until the test releases them.
@@ -384,4 +397,68 @@ async fn sigterm_lets_in_flight_requests_finish() {
         exited.is_some_and(|s| s.success()),
         "scopegate did not exit cleanly: {exited:?}"
     );
+}
+
+/// A gateway whose built-in server has no configured key, behind a public
+/// route at `public_path`: a reload must keep the generated key.
+fn ephemeral_issuer_yaml(upstream: std::net::SocketAddr, public_path: &str) -> String {
+    let hash = argon2_hash("s3cret-value");
+    yaml(
+        upstream,
+        public_path,
+        &format!(
+            r#"authorization_server:
+  issuer: https://as.test
+  clients:
+    - client_id: svc
+      client_secret_hash: "{hash}"
+      scopes: [orders:read]
+      audience: orders-api
+"#
+        ),
+    )
+    .replace(
+        "routes:\n",
+        "routes:\n  - path: /orders/{id}\n    upstream: app\n    scopes: [orders:read]\n",
+    )
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_generated_signing_key_and_its_tokens() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &ephemeral_issuer_yaml(upstream.addr, "/one"));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let token = || async {
+        let reply = send(
+            "POST",
+            &gw.url("/oauth2/token"),
+            &[("content-type", "application/x-www-form-urlencoded")],
+            bytes::Bytes::from_static(
+                b"grant_type=client_credentials&client_id=svc&client_secret=s3cret-value",
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        reply.json()["access_token"].as_str().unwrap().to_owned()
+    };
+    let before = token().await;
+    assert_eq!(
+        get_with_token(&gw.url("/orders/1"), &before).await.status,
+        200
+    );
+
+    kubelet_write(dir.path(), 2, &ephemeral_issuer_yaml(upstream.addr, "/two"));
+    assert!(
+        wait_for_status(&gw.url("/two"), 200).await,
+        "the reload never happened"
+    );
+    let after = token().await;
+    for (which, token) in [("before", &before), ("after", &after)] {
+        let reply = get_with_token(&gw.url("/orders/2"), token).await;
+        assert_eq!(reply.status, 200, "token issued {which} the reload");
+    }
 }

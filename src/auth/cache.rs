@@ -14,7 +14,14 @@ pub type TokenDigest = [u8; 32];
 
 /// SHA-256 of a token (or of another secret kept only by digest).
 pub fn digest(token: impl AsRef<[u8]>) -> TokenDigest {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_ref());
+    digest_of(aws_lc_rs::digest::digest(
+        &aws_lc_rs::digest::SHA256,
+        token.as_ref(),
+    ))
+}
+
+/// A finished SHA-256 as a fixed-size array.
+pub fn digest_of(d: aws_lc_rs::digest::Digest) -> TokenDigest {
     let mut out = [0u8; 32];
     out.copy_from_slice(d.as_ref());
     out

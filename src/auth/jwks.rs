@@ -52,6 +52,9 @@ pub struct VerificationKey {
     /// the curve, an RSA modulus out of range) has no entry and verifies
     /// nothing.
     verifiers: Vec<(Algorithm, ParsedPublicKey)>,
+    /// SHA-256 of the public key material: tells a replaced key from the
+    /// one it replaced when both carry the same `kid`.
+    material: [u8; 32],
 }
 
 impl std::fmt::Debug for VerificationKey {
@@ -60,6 +63,7 @@ impl std::fmt::Debug for VerificationKey {
             .field("kid", &self.kid)
             .field("kind", &self.kind)
             .field("alg", &self.alg)
+            .field("material", &self.material)
             .finish()
     }
 }
@@ -227,11 +231,22 @@ impl KeySet {
             Some(a) => Some(key_algorithm(a)?),
         };
         let decoded = DecodingKey::from_jwk(jwk).ok()?;
+        let mut material = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        match decoded.kind() {
+            DecodingKeyKind::SecretOrDer(bytes) => material.update(bytes),
+            DecodingKeyKind::RsaModulusExponent { n, e } => {
+                // Lengths first, so that no two (n, e) pairs hash alike.
+                material.update(&(n.len() as u64).to_be_bytes());
+                material.update(n);
+                material.update(e);
+            }
+        }
         let mut key = VerificationKey {
             kid: jwk.common.key_id.clone(),
             kind,
             alg,
             verifiers: Vec::new(),
+            material: crate::auth::cache::digest_of(material.finish()),
         };
         for &(candidate, verification) in kind.algorithms() {
             if !key.fits(candidate) {

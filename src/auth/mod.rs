@@ -57,7 +57,7 @@ pub struct VerifiedToken {
 struct IssuerRuntime {
     name: Arc<str>,
     issuer: String,
-    ca_file: Option<std::path::PathBuf>,
+    ca_file: Option<crate::config::validate::CaFile>,
     discovery: bool,
     discovered: std::sync::atomic::AtomicBool,
     introspector: Option<Arc<Introspector>>,

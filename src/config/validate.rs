@@ -59,6 +59,9 @@ pub struct AuthorizationServerSettings {
     pub paths: AuthorizationServerPaths,
     /// Signing keys; the first signs.
     pub keys: Arc<Vec<SigningKey>>,
+    /// The key was generated because none was configured: a reload keeps
+    /// the running one, so that tokens it signed stay valid.
+    pub ephemeral_key: bool,
     /// Access token lifetime.
     pub access_token_ttl: Duration,
     /// Refresh token lifetime.
@@ -272,7 +275,23 @@ pub struct Issuer {
     /// Timeout of one JWKS fetch.
     pub jwks_timeout: Duration,
     /// Extra CA bundle for the JWKS endpoint.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
+}
+
+/// An extra CA bundle: its path, and a digest of what it held when the
+/// config was validated, so that a reload notices a bundle rewritten in place.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CaFile {
+    path: PathBuf,
+    contents: [u8; 32],
+}
+
+impl std::ops::Deref for CaFile {
+    type Target = std::path::Path;
+
+    fn deref(&self) -> &std::path::Path {
+        &self.path
+    }
 }
 
 /// Where an issuer's verification keys come from.
@@ -337,7 +356,7 @@ pub struct Introspection {
     /// Caching of inactive answers (zero: off).
     pub negative_cache_ttl: Duration,
     /// Extra CA bundle.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
 }
 
 /// The claim that carries granted scopes.
@@ -367,7 +386,7 @@ pub struct Upstream {
     /// Longest silence between parts of the response body.
     pub body_idle_timeout: Duration,
     /// Extra CA bundle for https.
-    pub ca_file: Option<PathBuf>,
+    pub ca_file: Option<CaFile>,
     /// h2c to a plain-http upstream.
     pub http2_only: bool,
     /// Idle pooled connections per host.
@@ -586,14 +605,23 @@ impl Validator<'_> {
     /// A `ca_file`: resolved, and read now so that a file without usable
     /// certificates is refused here, at its place, not when the gateway
     /// starts.
-    fn ca_file(&self, raw: Option<&Spanned<String>>) -> Result<Option<PathBuf>, ConfigError> {
+    fn ca_file(&self, raw: Option<&Spanned<String>>) -> Result<Option<CaFile>, ConfigError> {
         let Some(raw) = raw else {
             return Ok(None);
         };
         let path = self.path(&raw.value);
+        let pem = std::fs::read(&path).map_err(|e| {
+            self.err(
+                raw.referenced,
+                format!("ca_file: cannot read {}: {e}", path.display()),
+            )
+        })?;
         crate::proxy::client::trusted_roots(Some(&path))
             .map_err(|e| self.err(raw.referenced, format!("ca_file: {e}")))?;
-        Ok(Some(path))
+        Ok(Some(CaFile {
+            path,
+            contents: crate::auth::cache::digest(pem),
+        }))
     }
 
     /// One registered client of the built-in server. Errors without a place
@@ -1114,6 +1142,7 @@ impl Validator<'_> {
                 issuer_index,
                 paths,
                 keys: Arc::new(keys),
+                ephemeral_key: ephemeral,
                 access_token_ttl: raw.access_token_ttl,
                 refresh_token_ttl: raw.refresh_token_ttl,
                 refresh_family_max_age: raw.refresh_family_max_age,

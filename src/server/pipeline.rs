@@ -61,6 +61,24 @@ impl HotMetrics {
 /// Route label for requests that matched no route.
 const UNMATCHED: &str = "unmatched";
 
+/// A reload of a server without configured keys would generate a new key and
+/// end every token the running one signed: it keeps the running key instead
+/// (and so, the issuer's keys being the same, the verified-token cache).
+fn keep_ephemeral_key(
+    config: &mut Config,
+    settings: &mut crate::config::AuthorizationServerSettings,
+    running: &crate::config::AuthorizationServerSettings,
+) -> Result<(), String> {
+    settings.keys = Arc::clone(&running.keys);
+    let jwks = crate::issuer::keys::jwks_document(&settings.keys);
+    let key_set = crate::auth::jwks::KeySet::from_json(jwks.as_bytes())
+        .map_err(|e| format!("authorization server keys: {e}"))?;
+    if let Some(issuer) = config.issuers.get_mut(settings.issuer_index) {
+        issuer.keys = crate::config::KeySource::Static(Arc::new(key_set));
+    }
+    Ok(())
+}
+
 impl Gateway {
     /// Builds the runtime from a config. Opens the authorization server's
     /// store (a redis connection, a file) when one is configured.
@@ -77,9 +95,14 @@ impl Gateway {
         previous: Option<&Gateway>,
     ) -> Result<Self, String> {
         let authorization_server = match config.authorization_server.take() {
-            Some(settings) => {
-                let reusable = previous
-                    .and_then(|p| p.authorization_server.as_ref())
+            Some(mut settings) => {
+                let running = previous.and_then(|p| p.authorization_server.as_ref());
+                if let Some((_, server)) =
+                    running.filter(|(_, s)| settings.ephemeral_key && s.settings().ephemeral_key)
+                {
+                    keep_ephemeral_key(&mut config, &mut settings, server.settings())?;
+                }
+                let reusable = running
                     .filter(|(_, s)| s.settings().store == settings.store)
                     .map(|(_, s)| s.store().clone());
                 let store = match reusable {
