@@ -311,6 +311,55 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
 }
 
 #[tokio::test]
+async fn every_route_strips_the_identity_headers_any_route_sets() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /partner\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      identity_headers: { X-Partner: sub }\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:read"));
+    let spoofs = [
+        ("Authorization", auth.as_str()),
+        ("X-Auth-Subject", "mallory"),
+        ("X-Auth-Scopes", "admin"),
+        ("X-Partner", "mallory"),
+        ("X_Partner", "mallory"),
+    ];
+    let cases: [(&str, &[(&str, &str)]); 3] = [
+        ("/partner", &[("x-partner", "alice")]),
+        (
+            "/orders/42",
+            &[
+                ("x-auth-subject", "alice"),
+                ("x-auth-scopes", "orders:read"),
+            ],
+        ),
+        ("/status", &[]),
+    ];
+    for (path, expected) in cases {
+        let reply = raw_reply(gw.addr, &request("GET", path, &spoofs)).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let seen = world.upstream.last();
+        assert_eq!(seen.path_and_query, path);
+        for name in ["x-auth-subject", "x-auth-scopes", "x-partner", "x_partner"] {
+            let values: Vec<&str> = seen
+                .headers
+                .get_all(name)
+                .iter()
+                .map(|v| v.to_str().unwrap())
+                .collect();
+            let wanted: Vec<&str> = expected
+                .iter()
+                .filter(|(n, _)| *n == name)
+                .map(|(_, v)| *v)
+                .collect();
+            assert_eq!(values, wanted, "{path}: {name}");
+        }
+    }
+}
+
+#[tokio::test]
 async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;

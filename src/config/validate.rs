@@ -509,6 +509,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
             value: compiled,
         });
     }
+    strip_every_identity_header(&default_forward, &mut specs);
     let routes = RouteTable::build(specs).map_err(|e| {
         let location = raw
             .routes
@@ -560,6 +561,36 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         cache_max_entries: raw.cache.max_entries,
         identity_claims,
     })
+}
+
+/// Every route removes every identity header any route sets, not only its
+/// own: on a route that sets `X-Partner` instead of the defaults, a client's
+/// `X-Auth-Subject` must not reach the upstream either (nor `X-Partner` on a
+/// route that sets only the defaults, or none at all).
+fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteSpec<Route>]) {
+    let mut every: Vec<HeaderName> = Vec::new();
+    for policy in std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward)) {
+        for name in &policy.remove_headers {
+            if !every.contains(name) {
+                every.push(name.clone());
+            }
+        }
+    }
+    let with = |policy: &ForwardPolicy| {
+        Arc::new(ForwardPolicy {
+            remove_headers: every.clone(),
+            ..policy.clone()
+        })
+    };
+    // Routes sharing the default keep sharing one policy.
+    let shared = with(default);
+    for spec in specs {
+        spec.value.forward = if Arc::ptr_eq(&spec.value.forward, default) {
+            Arc::clone(&shared)
+        } else {
+            with(&spec.value.forward)
+        };
+    }
 }
 
 /// Signature algorithms a resource server may accept from an issuer's public keys.
