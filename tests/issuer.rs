@@ -1074,6 +1074,69 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
 // Revocation (RFC 7009)
 // ---------------------------------------------------------------------------
 
+/// Waits until the clock has passed `exp` (a NumericDate) by a second.
+async fn wait_past(exp: u64) {
+    while now_unix() <= exp {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// The gateway accepts this server's tokens up to 30 s past `exp`: a token
+/// revoked before `exp`, or in those 30 s, must stay refused through them.
+#[tokio::test]
+async fn a_revocation_outlives_the_gateways_leeway() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &config(upstream.addr, "").replace("access_token_ttl: 1h", "access_token_ttl: 1s"),
+    )
+    .await;
+    let revoked_early = s(&client_credentials(&gw, "plain").await, "access_token");
+    let revoked_late = s(&client_credentials(&gw, "plain").await, "access_token");
+    let untouched = s(&client_credentials(&gw, "plain").await, "access_token");
+    assert_eq!(revoke(&gw, "plain", &revoked_early).await.status, 200);
+    assert_refused(&gw, &revoked_early).await;
+    let exp = [&revoked_early, &revoked_late, &untouched]
+        .iter()
+        .map(|t| jwt_part(t, 1)["exp"].as_u64().unwrap())
+        .max()
+        .unwrap();
+    wait_past(exp).await;
+    // Past `exp`, within the leeway: still good unless revoked.
+    assert_accepted(&gw, &untouched).await;
+    assert_refused(&gw, &revoked_early).await;
+    assert_eq!(revoke(&gw, "plain", &revoked_late).await.status, 200);
+    assert_refused(&gw, &revoked_late).await;
+}
+
+/// Access tokens minted near a grant's end live past it: revoking the grant
+/// must cover them until they are dead to the gateway too.
+#[tokio::test]
+async fn a_revoked_grant_stays_revoked_while_its_access_tokens_live() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &config(upstream.addr, "  refresh_family_max_age: 1s\n")
+            .replace("refresh_token_ttl: 30m", "refresh_token_ttl: 1s"),
+    )
+    .await;
+    let grant = client_credentials(&gw, "svc").await;
+    let access = s(&grant, "access_token");
+    assert_accepted(&gw, &access).await;
+    assert_eq!(
+        revoke(&gw, "svc", &s(&grant, "refresh_token")).await.status,
+        200
+    );
+    assert_refused(&gw, &access).await;
+    wait_past(jwt_part(&access, 1)["iat"].as_u64().unwrap() + 1).await;
+    assert_refused(&gw, &access).await;
+}
+
 #[tokio::test]
 async fn revoking_an_access_token_takes_effect_at_once() {
     let (upstream, gw) = start("").await;

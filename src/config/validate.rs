@@ -1156,7 +1156,7 @@ impl Validator<'_> {
             introspection: None,
             discovery: false,
             algorithms,
-            leeway_secs: 30,
+            leeway_secs: crate::issuer::LEEWAY_SECS,
             require_typ: Some("at+jwt".to_owned()),
             scope_claim: ScopeClaim::Scope,
             jwks_refresh_interval: Duration::from_secs(3600),

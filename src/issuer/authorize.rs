@@ -339,7 +339,7 @@ impl AuthorizationServer {
     /// The signed-in user and the session's CSRF token, from the cookie.
     fn session(&self, headers: &HeaderMap) -> Option<(String, String)> {
         let token = cookie(headers, SESSION_COOKIE)?;
-        let claims = self.verify_own(&token, "session+jwt")?;
+        let claims = self.verify_own(&token, "session+jwt", 0)?;
         let user = claims.get("sub")?.as_str()?.to_owned();
         let csrf = claims.get("csrf")?.as_str()?.to_owned();
         self.users.contains_key(&user).then_some((user, csrf))

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::clients;
 use super::keys::jwks_document;
-use super::{json_response, read_form, AuthorizationServer, OAuthError};
+use super::{json_response, read_form, AuthorizationServer, OAuthError, LEEWAY_SECS};
 use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
 use crate::proxy::Body;
@@ -92,7 +92,7 @@ impl AuthorizationServer {
             .form
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        let answer = match self.active_access_token(token).await? {
+        let answer = match self.active_access_token(token, 0).await? {
             Some(claims) => {
                 let mut answer = json!({ "active": true, "token_type": "Bearer" });
                 for field in [
@@ -147,12 +147,14 @@ impl AuthorizationServer {
         }))
     }
 
-    /// The claims of a valid, unrevoked access token signed by this server.
+    /// The claims of a valid, unrevoked access token signed by this server,
+    /// its lifetime stretched by `leeway` seconds.
     async fn active_access_token(
         &self,
         token: &str,
+        leeway: u64,
     ) -> Result<Option<serde_json::Map<String, Value>>, OAuthError> {
-        let Some(claims) = self.verify_own(token, "at+jwt") else {
+        let Some(claims) = self.verify_own(token, "at+jwt", leeway) else {
             return Ok(None);
         };
         if self.is_revoked(&claims).await? {
@@ -218,11 +220,16 @@ impl AuthorizationServer {
         {
             if record.client_id == client.client_id {
                 self.store
-                    .revoke_family(&record.family, record.family_expires_at)
+                    .revoke_family(
+                        &record.family,
+                        self.grant_revoked_until(record.family_expires_at),
+                    )
                     .await
                     .map_err(|e| self.store_failed(&e))?;
             }
-        } else if let Some(claims) = self.active_access_token(token).await? {
+        } else if let Some(claims) = self.active_access_token(token, LEEWAY_SECS).await? {
+            // A token the gateway still accepts (within its leeway past
+            // `exp`) can still be revoked, and stays revoked that long.
             let owner = claims.get("client_id").and_then(Value::as_str);
             let jti = claims.get("jti").and_then(Value::as_str);
             let exp = claims
@@ -232,7 +239,7 @@ impl AuthorizationServer {
             if let (Some(owner), Some(jti)) = (owner, jti) {
                 if owner == client.client_id {
                     self.store
-                        .revoke_access(jti, exp)
+                        .revoke_access(jti, exp.saturating_add(LEEWAY_SECS))
                         .await
                         .map_err(|e| self.store_failed(&e))?;
                 }

@@ -34,6 +34,10 @@ use store::Store;
 /// Largest form body accepted by the endpoints.
 const MAX_FORM_BYTES: usize = 64 * 1024;
 
+/// How long past `exp` (and before `nbf`) the gateway still accepts this
+/// server's access tokens; a revocation lasts that much longer than the token.
+pub const LEEWAY_SECS: u64 = 30;
+
 /// An RFC 6749 5.2 error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
@@ -225,10 +229,16 @@ impl AuthorizationServer {
         }
     }
 
-    /// The claims of a JWT this server signed as `typ`, within its lifetime.
-    /// Access tokens and sessions share keys, issuer and subjects; the type
-    /// (RFC 8725 3.11) keeps one from passing for the other.
-    fn verify_own(&self, token: &str, typ: &str) -> Option<serde_json::Map<String, Value>> {
+    /// The claims of a JWT this server signed as `typ`, within its lifetime
+    /// (stretched by `leeway` seconds). Access tokens and sessions share keys,
+    /// issuer and subjects; the type (RFC 8725 3.11) keeps one from passing
+    /// for the other.
+    fn verify_own(
+        &self,
+        token: &str,
+        typ: &str,
+        leeway: u64,
+    ) -> Option<serde_json::Map<String, Value>> {
         let parsed = jwt::parse_compact(token).ok()?;
         if parsed.typ.as_deref() != Some(typ) {
             return None;
@@ -242,8 +252,17 @@ impl AuthorizationServer {
         let valid = verified
             && parsed.claims.get("iss").and_then(Value::as_str)
                 == Some(self.settings.issuer.as_str())
-            && jwt::check_lifetime(&parsed.claims, now_unix(), 0).is_ok();
+            && jwt::check_lifetime(&parsed.claims, now_unix(), leeway).is_ok();
         valid.then_some(parsed.claims)
+    }
+
+    /// Until when a revoked grant must stay revoked: access tokens minted
+    /// from it live up to `access_token_ttl` past its end, and the gateway
+    /// accepts them [`LEEWAY_SECS`] longer.
+    fn grant_revoked_until(&self, grant_ends: u64) -> u64 {
+        grant_ends
+            .saturating_add(self.settings.access_token_ttl.as_secs())
+            .saturating_add(LEEWAY_SECS)
     }
 
     /// The state store (shared with the gateway's revocation checks).

@@ -165,7 +165,10 @@ impl AuthorizationServer {
             Use::Reused(record) => {
                 // RFC 9700 4.14.2: a rotated token used again means theft; end the grant.
                 self.store
-                    .revoke_family(&record.family, record.family_expires_at)
+                    .revoke_family(
+                        &record.family,
+                        self.grant_revoked_until(record.family_expires_at),
+                    )
                     .await
                     .map_err(|e| self.store_failed(&e))?;
                 tracing::warn!(client_id = %record.client_id, "refresh token replayed; grant revoked");
@@ -225,7 +228,9 @@ impl AuthorizationServer {
                 self.store
                     .revoke_family(
                         &record.family,
-                        now + self.settings.refresh_family_max_age.as_secs(),
+                        self.grant_revoked_until(
+                            now + self.settings.refresh_family_max_age.as_secs(),
+                        ),
                     )
                     .await
                     .map_err(|e| self.store_failed(&e))?;
