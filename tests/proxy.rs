@@ -311,7 +311,7 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
 }
 
 #[tokio::test]
-async fn every_route_strips_the_identity_headers_any_route_sets() {
+async fn every_route_strips_identity_forwarding_and_method_override_headers() {
     let world = World::new().await;
     let config = world.config().replace(
         "routes:\n",
@@ -325,6 +325,24 @@ async fn every_route_strips_the_identity_headers_any_route_sets() {
         ("X-Auth-Scopes", "admin"),
         ("X-Partner", "mallory"),
         ("X_Partner", "mallory"),
+        ("Forwarded", "for=10.0.0.1;proto=https;host=internal"),
+        ("X-Real-IP", "10.0.0.1"),
+        ("X_Forwarded_For", "10.0.0.1"),
+        ("X_Forwarded_Proto", "https"),
+        ("X_Forwarded_Host", "internal"),
+        ("X-HTTP-Method-Override", "DELETE"),
+        ("X-HTTP-Method", "DELETE"),
+        ("X-Method-Override", "DELETE"),
+    ];
+    let never = [
+        "forwarded",
+        "x-real-ip",
+        "x_forwarded_for",
+        "x_forwarded_proto",
+        "x_forwarded_host",
+        "x-http-method-override",
+        "x-http-method",
+        "x-method-override",
     ];
     let cases: [(&str, &[(&str, &str)]); 3] = [
         ("/partner", &[("x-partner", "alice")]),
@@ -342,7 +360,10 @@ async fn every_route_strips_the_identity_headers_any_route_sets() {
         assert_eq!(reply.status, 200, "{path}: {reply:?}");
         let seen = world.upstream.last();
         assert_eq!(seen.path_and_query, path);
-        for name in ["x-auth-subject", "x-auth-scopes", "x-partner", "x_partner"] {
+        for name in ["x-auth-subject", "x-auth-scopes", "x-partner", "x_partner"]
+            .into_iter()
+            .chain(never)
+        {
             let values: Vec<&str> = seen
                 .headers
                 .get_all(name)

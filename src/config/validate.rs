@@ -563,12 +563,33 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     })
 }
 
+/// Headers a client may not send upstream whatever the route: forwarding
+/// headers scopegate does not set (an upstream trusting them would take the
+/// client's word for its address, scheme or host), the underscore spellings
+/// of those it sets (merged with them by CGI-style servers), and method
+/// overrides (a route's scopes follow the method scopegate saw, so a `GET`
+/// carrying `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
+const CLIENT_MAY_NOT_SEND: [&str; 8] = [
+    "forwarded",
+    "x-real-ip",
+    "x_forwarded_for",
+    "x_forwarded_proto",
+    "x_forwarded_host",
+    "x-http-method-override",
+    "x-http-method",
+    "x-method-override",
+];
+
 /// Every route removes every identity header any route sets, not only its
 /// own: on a route that sets `X-Partner` instead of the defaults, a client's
 /// `X-Auth-Subject` must not reach the upstream either (nor `X-Partner` on a
-/// route that sets only the defaults, or none at all).
+/// route that sets only the defaults, or none at all). And every route
+/// removes [`CLIENT_MAY_NOT_SEND`].
 fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteSpec<Route>]) {
-    let mut every: Vec<HeaderName> = Vec::new();
+    let mut every: Vec<HeaderName> = CLIENT_MAY_NOT_SEND
+        .iter()
+        .map(|name| HeaderName::from_static(name))
+        .collect();
     for policy in std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward)) {
         for name in &policy.remove_headers {
             if !every.contains(name) {
