@@ -1125,3 +1125,79 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     let ok = get(&gw.url("/files/ok"), &[]).await.unwrap();
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
+
+/// A client that stops reading a response holds its connection, and the
+/// upstream connection behind it, with no body timeout running (nothing polls
+/// the body): over HTTP/1.1 its socket buffers fill, over HTTP/2 it leaves the
+/// stream's flow-control window shut. Either way the gateway hangs up once
+/// the response has waited for the client for `server.idle_timeout`.
+#[tokio::test]
+async fn a_client_that_stops_reading_is_disconnected() {
+    const CHUNK: usize = 64 * 1024;
+    const CHUNKS: usize = 4096;
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |request: hyper::Request<hyper::body::Incoming>| async move {
+            if request.uri().path() != "/files/big" {
+                return hyper::Response::new(full_body("ok"));
+            }
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                for _ in 0..CHUNKS {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            hyper::Response::new(body.boxed())
+        },
+    )
+    .await;
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 1s\n", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 1h");
+    assert!(config.contains("body_idle_timeout: 1h"));
+    let gw = Gateway::start(&config).await;
+
+    let mut h1 = TcpStream::connect(gw.addr).await.unwrap();
+    h1.write_all(b"GET /files/big HTTP/1.1\r\nHost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let head = read_head(&mut h1).await.expect("no response head");
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    let h2_connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://gw.test/files/big")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    assert_eq!(response.await.unwrap().status(), 200);
+
+    let mut open = f64::NAN;
+    for _ in 0..200 {
+        open = metric(&gw.metrics().await, "scopegate_open_connections", &[]);
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        open, 0.0,
+        "connections whose client stopped reading stay open"
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
+    let (body, closed) = read_until_closed(&mut h1, Duration::from_secs(5)).await;
+    assert!(closed, "the HTTP/1.1 connection was not closed");
+    assert!(body.len() < CHUNK * CHUNKS, "the whole body came through");
+
+    // The gateway still serves.
+    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+}

@@ -199,7 +199,8 @@ pub struct RawServer {
     /// Open client connections at most; further ones wait in the accept queue.
     #[serde(default = "default_max_connections")]
     pub max_connections: Spanned<usize>,
-    /// How long a client connection may stay open with no request in flight.
+    /// How long a client connection may stay open with no request in flight,
+    /// or with a response its client takes nothing of.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Spanned<HumanDuration>,
 }

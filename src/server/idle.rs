@@ -2,6 +2,12 @@
 //! `server.idle_timeout`. HTTP/1.1 keep-alive is already bounded by hyper's
 //! header read timeout; an HTTP/2 connection has no such bound, so without
 //! this an idle client would hold a `max_connections` slot forever.
+//!
+//! And closing those whose client stopped reading: a response waiting for the
+//! client to take its next part (an HTTP/1.1 socket buffer full, an HTTP/2
+//! flow-control window left shut) is polled by nobody, so no body timeout
+//! runs; a connection on which such a response waited a whole
+//! `idle_timeout` with nothing else happening is stalled, and closed.
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -14,13 +20,29 @@ use pin_project_lite::pin_project;
 use tokio::time::Instant;
 
 /// What one connection is doing: requests in flight (a response counts until
-/// its body is done or dropped) and when the last one ended.
+/// its body is done or dropped), when the last one ended, and how many
+/// responses wait for the client to read.
 #[derive(Debug)]
 pub struct Activity {
     opened: Instant,
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` at which the connection last became idle.
     idle_since_ms: AtomicU64,
+    /// Responses whose next part is the client's to take.
+    awaiting_client: AtomicUsize,
+    /// Bumped whenever a response starts or stops waiting for the client: a
+    /// count, not a clock, so that the request path reads no time for it.
+    progress: AtomicU64,
+}
+
+/// Why a connection is closed without an error of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quiet {
+    /// Nothing in flight for the timeout.
+    Idle,
+    /// A response waited for the client to read, with nothing else
+    /// happening, for at least the timeout (and at most twice it).
+    Stalled,
 }
 
 impl Activity {
@@ -30,13 +52,18 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
+            awaiting_client: AtomicUsize::new(0),
+            progress: AtomicU64::new(0),
         })
     }
 
     /// Marks a request as started; it ends when the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        InFlight(Arc::clone(self))
+        InFlight {
+            activity: Arc::clone(self),
+            awaiting_client: false,
+        }
     }
 
     /// How long the connection has had nothing in flight (`None`: busy).
@@ -48,13 +75,28 @@ impl Activity {
         Some(self.opened.elapsed().saturating_sub(since))
     }
 
-    /// Resolves once the connection has been idle for `timeout`.
-    pub async fn idle_for_at_least(&self, timeout: Duration) {
+    /// Resolves once the connection has been idle, or stalled, for `timeout`.
+    pub async fn quiet_for(&self, timeout: Duration) -> Quiet {
+        // The progress count seen at the last look while a response waited.
+        let mut waiting_since: Option<u64> = None;
         loop {
             let wait = match self.idle_for() {
-                Some(idle) if idle >= timeout => return,
-                Some(idle) => timeout - idle,
-                None => timeout,
+                Some(idle) if idle >= timeout => return Quiet::Idle,
+                Some(idle) => {
+                    waiting_since = None;
+                    timeout - idle
+                }
+                None => {
+                    // Read before the count of waiting responses: any change
+                    // to that count after this read bumps `progress`.
+                    let progress = self.progress.load(Ordering::Acquire);
+                    let waiting = self.awaiting_client.load(Ordering::Acquire) > 0;
+                    if waiting && waiting_since == Some(progress) {
+                        return Quiet::Stalled;
+                    }
+                    waiting_since = waiting.then_some(progress);
+                    timeout
+                }
             };
             tokio::time::sleep(wait).await;
         }
@@ -63,11 +105,32 @@ impl Activity {
 
 /// One request in flight on a connection.
 #[derive(Debug)]
-pub struct InFlight(Arc<Activity>);
+pub struct InFlight {
+    activity: Arc<Activity>,
+    /// Its response waits for the client to take the next part.
+    awaiting_client: bool,
+}
+
+impl InFlight {
+    fn await_client(&mut self, waiting: bool) {
+        if self.awaiting_client == waiting {
+            return;
+        }
+        self.awaiting_client = waiting;
+        let activity = &self.activity;
+        if waiting {
+            activity.awaiting_client.fetch_add(1, Ordering::AcqRel);
+        } else {
+            activity.awaiting_client.fetch_sub(1, Ordering::AcqRel);
+        }
+        activity.progress.fetch_add(1, Ordering::AcqRel);
+    }
+}
 
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let activity = &self.0;
+        self.await_client(false);
+        let activity = &self.activity;
         let now = u64::try_from(activity.opened.elapsed().as_millis()).unwrap_or(u64::MAX);
         activity.idle_since_ms.store(now, Ordering::Release);
         activity.in_flight.fetch_sub(1, Ordering::AcqRel);
@@ -85,8 +148,10 @@ pin_project! {
 }
 
 impl<B> Tracked<B> {
-    /// Holds `in_flight` for as long as `inner` lives.
-    pub fn new(inner: B, in_flight: InFlight) -> Self {
+    /// Holds `in_flight` for as long as `inner` lives. The response head is
+    /// handed over: until the body is first polled, the client has it.
+    pub fn new(inner: B, mut in_flight: InFlight) -> Self {
+        in_flight.await_client(true);
         Self { inner, in_flight }
     }
 }
@@ -99,7 +164,16 @@ impl<B: Body> Body for Tracked<B> {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        // Asked for more: what was handed out is taken. A part handed out
+        // now waits for the client until the next ask; waiting for the
+        // upstream is the body's own timeout's business.
+        this.in_flight.await_client(false);
+        let poll = this.inner.poll_frame(cx);
+        if matches!(poll, Poll::Ready(Some(Ok(_)))) {
+            this.in_flight.await_client(true);
+        }
+        poll
     }
 
     fn is_end_stream(&self) -> bool {
@@ -129,7 +203,35 @@ mod tests {
         assert_eq!(activity.idle_for(), Some(Duration::ZERO));
         tokio::time::advance(Duration::from_secs(4)).await;
         let waited = Instant::now();
-        activity.idle_for_at_least(timeout).await;
+        assert_eq!(activity.quiet_for(timeout).await, Quiet::Idle);
         assert_eq!(waited.elapsed(), Duration::from_secs(6));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_the_client_does_not_take_stalls_the_connection() {
+        let activity = Activity::new();
+        let timeout = Duration::from_secs(10);
+        // Waiting for the upstream (nothing handed to the client) is busy.
+        let mut upstream_wait = activity.start();
+        let quiet = tokio::time::timeout(Duration::from_secs(100), activity.quiet_for(timeout));
+        assert!(quiet.await.is_err(), "a request waiting for its upstream");
+        // A response part the client never takes: stalled within 2 timeouts.
+        upstream_wait.await_client(true);
+        let waited = Instant::now();
+        assert_eq!(activity.quiet_for(timeout).await, Quiet::Stalled);
+        assert!(waited.elapsed() >= timeout && waited.elapsed() <= timeout * 2);
+        // The client taking parts, however slowly, is progress.
+        let looked = activity.quiet_for(timeout);
+        tokio::pin!(looked);
+        for _ in 0..10 {
+            tokio::select! {
+                quiet = &mut looked => panic!("{quiet:?} while the client reads"),
+                () = tokio::time::sleep(timeout / 2) => {}
+            }
+            upstream_wait.await_client(false);
+            upstream_wait.await_client(true);
+        }
+        drop(upstream_wait);
+        assert_eq!(activity.awaiting_client.load(Ordering::Acquire), 0);
     }
 }

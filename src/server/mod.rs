@@ -300,9 +300,14 @@ async fn serve_connection<I>(
         () = no_first_request => {
             tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
         }
-        () = activity.idle_for_at_least(timeouts.idle) => {
-            tracing::debug!(%peer, "nothing in flight for idle_timeout; connection closed");
-        }
+        quiet = activity.quiet_for(timeouts.idle) => match quiet {
+            idle::Quiet::Idle => {
+                tracing::debug!(%peer, "nothing in flight for idle_timeout; connection closed");
+            }
+            idle::Quiet::Stalled => {
+                tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
+            }
+        },
     }
 }
 
