@@ -1048,6 +1048,108 @@ async fn websocket_upgrade_is_tunnelled() {
     assert_eq!(seen[0]["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }
 
+/// Opens a WebSocket tunnel through the gateway to `/orders/42` and checks
+/// that it echoes.
+async fn open_tunnel(addr: SocketAddr, token: &str) -> TcpStream {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let head = format!(
+        "GET /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
+         Connection: Upgrade\r\nUpgrade: websocket\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let mut byte = [0u8; 1];
+    while !response.ends_with(b"\r\n\r\n") {
+        assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{response:?}");
+        response.push(byte[0]);
+    }
+    assert!(response.starts_with(b"HTTP/1.1 101"), "{response:?}");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    stream.read_exact(&mut echoed).await.unwrap();
+    assert_eq!(&echoed, b"ping");
+    stream
+}
+
+/// A tunnel is still its client's connection: it keeps the connection's
+/// `max_connections` slot and its place in the open connections gauge, and
+/// ends after `body_idle_timeout` with no byte either way.
+#[tokio::test]
+async fn a_tunnel_keeps_its_connection_slot_until_it_ends_idle() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let config = config_for(&world, upstream)
+        .replace(
+            "  shutdown_delay: 0s\n",
+            "  shutdown_delay: 0s\n  max_connections: 1\n",
+        )
+        .replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    body_idle_timeout: 1s\n",
+        );
+    assert!(config.contains("max_connections: 1") && config.contains("body_idle_timeout: 1s"));
+    let gw = Gateway::start(&config).await;
+    let open = |text: String| metric(&text, "scopegate_open_connections", &[]);
+
+    let mut tunnel = tokio::time::timeout(BOUND, open_tunnel(gw.addr, &world.token("orders:read")))
+        .await
+        .expect("no tunnel");
+    assert_eq!(open(gw.metrics().await), 1.0, "the tunnel left the gauge");
+    // Idle: the gateway ends it (EOF), and the slot is free again.
+    let mut rest = Vec::new();
+    tokio::time::timeout(BOUND, tunnel.read_to_end(&mut rest))
+        .await
+        .expect("an idle tunnel was kept open")
+        .unwrap();
+    let reply = tokio::time::timeout(BOUND, get(&gw.url("/status"), &[]))
+        .await
+        .expect("the slot was not given back")
+        .unwrap();
+    assert_eq!(reply.status, 200);
+    eventually("the gauge to drop", || {
+        let gw = &gw;
+        async move { open(gw.metrics().await) == 0.0 }
+    })
+    .await;
+}
+
+/// Only WebSocket is tunnelled: an `h2c` upgrade through the gateway would
+/// let raw HTTP/2 reach the upstream past route matching and token checks.
+#[tokio::test]
+async fn only_websocket_upgrades_are_passed_on() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let auth = bearer(&world.token("orders:read"));
+    for upgrade in ["h2c", "websocket, h2c", "TLS/1.2"] {
+        let reply = raw_reply(
+            gw.addr,
+            &request(
+                "GET",
+                "/orders/42",
+                &[
+                    ("Authorization", auth.as_str()),
+                    ("Connection", "Upgrade, HTTP2-Settings"),
+                    ("Upgrade", upgrade),
+                    ("HTTP2-Settings", "AAMAAABkAARAAAAAAAIAAAAA"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, 200, "{upgrade}: {reply:?}");
+        let seen = seen.lock().unwrap().pop().unwrap();
+        for name in ["upgrade", "connection", "http2-settings"] {
+            assert!(
+                !seen.contains_key(name),
+                "{upgrade}: {name} passed on: {seen:?}"
+            );
+        }
+    }
+}
+
 #[tokio::test]
 async fn upgrade_without_token_is_refused_before_the_upstream() {
     let world = World::new().await;

@@ -9,7 +9,6 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
-use hyper_util::rt::TokioIo;
 
 use super::body::{BodyFailures, ClientBody, ClientBodyError, UpstreamBody};
 use super::client::build_https_connector;
@@ -135,13 +134,12 @@ impl Forwarder {
                 return Err(self.bad_answer(&upstream.config, "a protocol switch nobody asked for"));
             };
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(async move {
-                if let (Ok(a), Ok(b)) = (client_side.await, upstream_side.await) {
-                    let _ =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(a), &mut TokioIo::new(b))
-                            .await;
-                }
-            });
+            tokio::spawn(super::tunnel::join(
+                client_side,
+                upstream_side,
+                upstream.config.body_idle_timeout,
+                client.hold(),
+            ));
         } else {
             // RFC 9112 6.3: hyper read the body by Transfer-Encoding, but the
             // Content-Length beside it (response splitting, perhaps) would go

@@ -2,6 +2,7 @@
 //! 7.6.1), forwarding headers, and identity headers that only scopegate sets.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 
 use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, UPGRADE};
 use http::uri::Authority;
@@ -9,6 +10,7 @@ use http::HeaderMap;
 
 use crate::auth::VerifiedToken;
 use crate::config::ForwardPolicy;
+use crate::proxy::tunnel::ConnectionHold;
 
 /// `X-Forwarded-For`.
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -132,13 +134,16 @@ fn remove_all(headers: &mut HeaderMap, names: &[HeaderName]) {
     }
 }
 
-/// Where a request came from, for the forwarding headers.
+/// Where a request came from, for the forwarding headers, and the client
+/// connection's slot, which a tunnel it becomes keeps.
 #[derive(Debug, Clone)]
 pub struct ClientInfo {
     /// Whether the client connection used TLS.
     tls: bool,
     /// The peer address, rendered once per connection for `X-Forwarded-For`.
     address: HeaderValue,
+    /// The connection's slot (`None` outside a server, as in benchmarks).
+    hold: Option<Arc<ConnectionHold>>,
 }
 
 impl ClientInfo {
@@ -147,7 +152,35 @@ impl ClientInfo {
         // An IP address renders to ASCII digits, dots, colons and hex letters.
         let address = HeaderValue::try_from(ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
-        Self { tls, address }
+        Self {
+            tls,
+            address,
+            hold: None,
+        }
+    }
+
+    /// The same client, holding its connection's slot.
+    pub fn holding(self, hold: Arc<ConnectionHold>) -> Self {
+        Self {
+            hold: Some(hold),
+            ..self
+        }
+    }
+
+    /// The connection's slot, for a tunnel to keep.
+    pub fn hold(&self) -> Option<Arc<ConnectionHold>> {
+        self.hold.clone()
+    }
+}
+
+/// Whether the one `Upgrade` header asks for WebSocket (RFC 6455 4.1) alone.
+fn asks_for_websocket(headers: &HeaderMap) -> bool {
+    let mut values = headers.get_all(UPGRADE).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) => value
+            .to_str()
+            .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket")),
+        _ => false,
     }
 }
 
@@ -165,7 +198,15 @@ pub fn prepare_upstream_request(
     let original_host = headers
         .remove(HOST)
         .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
-    let upgrade = remove_hop_by_hop(headers);
+    let mut upgrade = remove_hop_by_hop(headers);
+    if upgrade && !asks_for_websocket(headers) {
+        // Only WebSocket is tunnelled. Another protocol (`h2c` above all)
+        // would carry requests to the upstream past route matching and token
+        // checks; the request goes on as an ordinary one.
+        headers.remove(UPGRADE);
+        headers.remove(CONNECTION);
+        upgrade = false;
+    }
     remove_all(headers, &policy.remove_headers);
     if policy.strip_authorization {
         headers.remove(AUTHORIZATION);

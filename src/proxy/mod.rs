@@ -6,6 +6,7 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod tunnel;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};

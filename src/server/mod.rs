@@ -28,6 +28,7 @@ use tokio::sync::Semaphore;
 
 use crate::admin::metrics::Metrics;
 use crate::config::{Config, ServerSettings};
+use crate::proxy::tunnel::ConnectionHold;
 use crate::proxy::ClientInfo;
 pub use pipeline::Gateway;
 
@@ -170,15 +171,19 @@ async fn serve(
             first_request: head_timeout,
             idle: settings.idle_timeout,
         };
+        let hold = Arc::new(ConnectionHold::new(
+            permit,
+            metrics.open_connections.clone(),
+            background.clone(),
+        ));
+        let client = Arc::new(ClientInfo::new(peer.ip(), tls.is_some()).holding(hold));
         tokio::spawn(async move {
-            let _permit = permit;
-            metrics.open_connections.inc();
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream, peer, true, gateway, &builder, watcher, timeouts,
+                                stream, peer, client, gateway, &builder, watcher, timeouts,
                             )
                             .await;
                         }
@@ -186,11 +191,10 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(stream, peer, false, gateway, &builder, watcher, timeouts)
+                    serve_connection(stream, peer, client, gateway, &builder, watcher, timeouts)
                         .await;
                 }
             }
-            metrics.open_connections.dec();
         });
     }
 
@@ -236,7 +240,7 @@ struct ConnectionTimeouts {
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
-    tls: bool,
+    client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<TokioExecutor>,
     watcher: hyper_util::server::graceful::Watcher,
@@ -244,7 +248,6 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let client = Arc::new(ClientInfo::new(peer.ip(), tls));
     let (io, requests) = framing::FramingWatch::new(io);
     let first_request = Arc::new(tokio::sync::Notify::new());
     let arrived = Arc::clone(&first_request);
