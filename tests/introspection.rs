@@ -15,6 +15,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
 use http::{HeaderMap, Request, Response, StatusCode};
@@ -1110,6 +1111,18 @@ async fn opaque_token_on_a_route_without_an_introspecting_issuer_is_401() {
     // A cached introspection result still respects the route's `issuers:`.
     let refused = get_with_token(&gw.url("/jwt-only"), "opaque-elsewhere").await;
     assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(world.upstream.count(), 1);
+    // A JWT naming the introspection-only issuer, on the JWT-only route: not
+    // accepted there (401), not a key outage (503).
+    let part = |json: serde_json::Value| URL_SAFE_NO_PAD.encode(json.to_string());
+    let keyless = format!(
+        "{}.{}.c2ln",
+        part(serde_json::json!({"alg": "ES256", "typ": "JWT"})),
+        part(serde_json::json!({"iss": OPAQUE_ISSUER, "exp": now() + 60})),
+    );
+    let refused = get_with_token(&gw.url("/jwt-only"), &keyless).await;
+    assert_invalid_token(&refused, "the token issuer is not accepted on this route");
+    assert_eq!(idp.count(), 1);
     assert_eq!(world.upstream.count(), 1);
 }
 

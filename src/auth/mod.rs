@@ -365,6 +365,12 @@ impl Authenticator {
             .issuers
             .get(index)
             .ok_or(invalid(TokenError::UnknownIssuer))?;
+        // An issuer whose tokens are only introspected has no keys to wait
+        // for: its JWT on a route that does not introspect with it is not
+        // accepted there (401), not a key outage (503).
+        if !issuer.keys.publishes_keys() {
+            return Err(invalid(TokenError::IssuerNotAccepted));
+        }
         let alg = jwt::allowed_algorithm(&jwt.alg, &issuer.algorithms)
             .ok_or(invalid(TokenError::AlgorithmNotAllowed))?;
         if let Some(required) = &issuer.require_typ {
