@@ -525,6 +525,10 @@ async fn redirect_uri_must_be_registered_exactly() {
             "localhost is not the registered 127.0.0.1",
             Some("http://localhost:5000/callback"),
         ),
+        (
+            "loopback with a fragment (RFC 6749 3.1.2)",
+            Some("http://127.0.0.1:5000/callback#x"),
+        ),
         ("missing, with several registered", None),
     ] {
         let p = match redirect_uri {

@@ -462,3 +462,130 @@ async fn a_reload_keeps_the_generated_signing_key_and_its_tokens() {
         assert_eq!(reply.status, 200, "token issued {which} the reload");
     }
 }
+
+/// A key file next to the config rewritten in place, with not a byte of the
+/// config changed and no signal: the reload follows the files a config names.
+#[tokio::test]
+async fn a_key_file_rewritten_in_place_is_followed_without_a_signal() {
+    let upstream = Upstream::start().await;
+    let key1 = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let key2 = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key1.jwks()).unwrap();
+    let issuer = format!(
+        "issuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\n"
+    );
+    let text = yaml(upstream.addr, "/one", &issuer).replace(
+        "routes:\n",
+        "routes:\n  - path: /orders/{id}\n    upstream: app\n    scopes: [orders:read]\n",
+    );
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(&config, text).unwrap();
+    let gw = start_reloading(config).await.gateway;
+    let url = gw.url("/orders/1");
+    let token1 = key1.mint(&claims("orders:read")).unwrap();
+    let token2 = key2.mint(&claims("orders:read")).unwrap();
+    assert_eq!(get_with_token(&url, &token1).await.status, 200);
+    assert_eq!(get_with_token(&url, &token2).await.status, 401);
+
+    std::fs::write(&jwks, key2.jwks()).unwrap();
+    let mut accepted = false;
+    for _ in 0..400 {
+        if get_with_token(&url, &token2).await.status == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(accepted, "the rewritten key file was not followed");
+    assert_eq!(get_with_token(&url, &token1).await.status, 401);
+}
+
+/// A config refused for a reason of the moment (here its state store's
+/// directory did not exist yet) is tried again, though its text is the same.
+#[tokio::test]
+async fn a_config_refused_for_the_moment_is_tried_again() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(&config, yaml(upstream.addr, "/one", "")).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+
+    let hash = argon2_hash("s3cret-value");
+    let server = format!(
+        "authorization_server:\n  issuer: https://as.test\n  store: {{ file: later/state.redb }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+    );
+    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
+    let refused = || async {
+        metric(
+            &gw.metrics().await,
+            "scopegate_config_reloads_total",
+            &[("result", "setup_failed")],
+        ) >= 1.0
+    };
+    let mut seen = false;
+    for _ in 0..400 {
+        if refused().await {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(seen, "the reload was not refused");
+    assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
+
+    // The cause goes away; any event in the directory (or the poll) retries.
+    std::fs::create_dir(dir.path().join("later")).unwrap();
+    assert!(
+        wait_for_status(&gw.url("/two"), 200).await,
+        "the refused config was never tried again"
+    );
+}
+
+/// Whether a TLS handshake with the gateway succeeds trusting only `cert`.
+async fn trusts(addr: std::net::SocketAddr, cert: &Path) -> bool {
+    let roots = scopegate::proxy::client::trusted_roots(Some(cert)).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    connector.connect(name, stream).await.is_ok()
+}
+
+/// A certificate rotated in place (cert-manager rewriting a Secret volume)
+/// is served to new connections after the reload it causes.
+#[tokio::test]
+async fn a_certificate_rotated_in_place_is_served() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let next = tempfile::tempdir().unwrap();
+    let (next_cert, next_key) = self_signed(next.path());
+    let config = dir.path().join("scopegate.yaml");
+    let text = yaml(upstream.addr, "/one", "").replace(
+        "  shutdown_delay: 0s\n",
+        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    let gw = start_reloading(config).await.gateway;
+    let old_cert = next.path().join("old-cert.pem");
+    std::fs::copy(&cert, &old_cert).unwrap();
+    assert!(trusts(gw.addr, &old_cert).await);
+    assert!(!trusts(gw.addr, &next_cert).await);
+
+    std::fs::copy(&next_key, &key).unwrap();
+    std::fs::copy(&next_cert, &cert).unwrap();
+    let mut rotated = false;
+    for _ in 0..400 {
+        if trusts(gw.addr, &next_cert).await {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(rotated, "the rotated certificate is not served");
+    assert!(!trusts(gw.addr, &old_cert).await);
+}

@@ -32,6 +32,16 @@ impl ConfigError {
         }
     }
 
+    /// An error about what the file as a whole lacks, placed at its start.
+    pub fn at_start(file: &str, message: impl Into<String>) -> Self {
+        Self {
+            file: file.to_owned(),
+            line: Some(1),
+            column: Some(1),
+            message: one_line(message.into()),
+        }
+    }
+
     /// An error about the file as a whole (unreadable, say).
     pub fn whole_file(file: &str, message: impl Into<String>) -> Self {
         Self::at(file, Location::UNKNOWN, message)

@@ -40,6 +40,9 @@ pub struct Config {
     pub routes: RouteTable<Route>,
     /// Verified tokens kept at most.
     pub cache_max_entries: u64,
+    /// Every file the config names (keys, secrets, CA bundles, TLS): a
+    /// reload follows their contents as well as the config's own text.
+    pub referenced_files: Vec<PathBuf>,
     /// Claim names referenced by any identity header, in slot order.
     pub identity_claims: Vec<String>,
     /// RFC 9728 protected resource metadata, if configured.
@@ -439,7 +442,11 @@ pub struct ForwardPolicy {
 
 /// Validates a parsed file into a [`Config`]; `base_dir` resolves relative paths.
 pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
-    let v = Validator { source, base_dir };
+    let v = Validator {
+        source,
+        base_dir,
+        files: std::cell::RefCell::new(Vec::new()),
+    };
     let server = v.server(&raw)?;
     let admin_listen = v.socket_addr(&raw.admin.listen)?;
     let mut issuers = raw
@@ -534,6 +541,13 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         ));
     }
 
+    if routes.is_empty() && authorization_server.is_none() {
+        return Err(ConfigError::at_start(
+            source,
+            "nothing to serve: no routes and no authorization_server (every request would get 404)",
+        ));
+    }
+
     let resource = raw.resource.as_ref().map(|r| v.resource(r)).transpose()?;
     if let (Some(settings), Some(spanned)) = (&authorization_server, &raw.authorization_server) {
         for path in settings.paths.all() {
@@ -559,6 +573,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         upstreams,
         routes,
         cache_max_entries: raw.cache.max_entries,
+        referenced_files: v.files.take(),
         identity_claims,
     })
 }
@@ -614,6 +629,32 @@ fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteS
     }
 }
 
+/// The most clock skew an issuer's `leeway` may allow for.
+const MAX_LEEWAY: Duration = Duration::from_secs(300);
+
+/// A registered redirect URI (RFC 6749 3.1.2): absolute, without fragment,
+/// and `https`, `http`, or a private-use scheme of a native app (RFC 8252
+/// 7.1: reverse domain name, so it has a dot); never one a browser would run
+/// or read locally (`javascript:`, `data:`, `file:`).
+fn check_redirect_uri(uri: &str) -> Result<(), String> {
+    let parsed = url::Url::parse(uri)
+        .map_err(|e| format!("redirect_uris: `{uri}` is not an absolute URI: {e}"))?;
+    if uri.contains('#') {
+        return Err(format!("redirect_uris: `{uri}` must not have a #fragment"));
+    }
+    let scheme = parsed.scheme();
+    let web = matches!(scheme, "https" | "http");
+    if web && parsed.host_str().is_none_or(str::is_empty) {
+        return Err(format!("redirect_uris: `{uri}` has no host"));
+    }
+    if !web && !scheme.contains('.') {
+        return Err(format!(
+            "redirect_uris: `{uri}`: the scheme must be https, http, or a native app's reverse-domain scheme (com.example.app:/cb)"
+        ));
+    }
+    Ok(())
+}
+
 /// Signature algorithms a resource server may accept from an issuer's public keys.
 const ASYMMETRIC_ALGORITHMS: &[(&str, Algorithm)] = &[
     ("RS256", Algorithm::RS256),
@@ -647,6 +688,8 @@ const RESERVED_HEADERS: &[&str] = &[
 struct Validator<'a> {
     source: &'a str,
     base_dir: &'a Path,
+    /// Every file the config names, as resolved.
+    files: std::cell::RefCell<Vec<PathBuf>>,
 }
 
 impl Validator<'_> {
@@ -712,6 +755,9 @@ impl Validator<'_> {
         if c.audience.value.is_empty() {
             return Err(self.err(c.audience.referenced, "audience must not be empty"));
         }
+        for uri in &c.redirect_uris {
+            check_redirect_uri(uri).map_err(|e| self.err(Location::UNKNOWN, e))?;
+        }
         Ok(Client {
             client_id: c.client_id.value.clone(),
             secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
@@ -723,7 +769,19 @@ impl Validator<'_> {
         })
     }
 
+    /// A file the config reads: resolved against the config's directory, and
+    /// recorded in [`Config::referenced_files`].
     fn path(&self, value: &str) -> PathBuf {
+        let path = self.resolve(value);
+        let mut files = self.files.borrow_mut();
+        if !files.contains(&path) {
+            files.push(path.clone());
+        }
+        path
+    }
+
+    /// A path resolved against the config's directory.
+    fn resolve(&self, value: &str) -> PathBuf {
         let p = Path::new(value);
         if p.is_absolute() {
             p.to_path_buf()
@@ -925,6 +983,12 @@ impl Validator<'_> {
         };
         self.positive(raw.jwks_refresh_interval, here, "jwks_refresh_interval")?;
         self.positive(raw.jwks_timeout, here, "jwks_timeout")?;
+        if raw.leeway > MAX_LEEWAY {
+            return Err(self.err(
+                here,
+                "leeway may be at most 5m: it is for clock skew, and every token lives that much longer",
+            ));
+        }
         Ok(Issuer {
             name: Arc::from(raw.name.value.as_str()),
             issuer: raw.issuer.value.clone(),
@@ -1110,7 +1174,8 @@ impl Validator<'_> {
                     format!("store must be `memory`, `{{ file: PATH }}` or `{{ redis: URL }}`, not `{name}`"),
                 ))
             }
-            Some((RawStore::File { file }, _)) => StoreConfig::File(self.path(file)),
+            // Written by the server itself: not a file a reload follows.
+            Some((RawStore::File { file }, _)) => StoreConfig::File(self.resolve(file)),
             Some((RawStore::Redis { redis }, at)) => {
                 if !redis.starts_with("redis://") && !redis.starts_with("rediss://") {
                     return Err(self.err(at, "redis store URL must start with redis:// or rediss://"));
@@ -1222,6 +1287,12 @@ impl Validator<'_> {
                 "the resource needs scheme and host",
             ));
         };
+        if scheme != "https" {
+            return Err(self.err(
+                raw.resource.referenced,
+                "the resource identifier must be an https:// URL (RFC 9728 1.2)",
+            ));
+        }
         let suffix = uri.path().trim_end_matches('/');
         let path = format!("/.well-known/oauth-protected-resource{suffix}");
         let url = format!("{scheme}://{authority}{path}");
@@ -1255,6 +1326,18 @@ impl Validator<'_> {
                 format!("`{}` is not a URL: {e}", value.value),
             )
         })?;
+        if value.value.contains('#') {
+            return Err(self.err(
+                value.referenced,
+                format!("`{}` must not have a #fragment", value.value),
+            ));
+        }
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err(self.err(
+                value.referenced,
+                "a URL must not carry user:password@ (it would be sent as the Host, never as credentials)",
+            ));
+        }
         match uri.scheme_str() {
             Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
             _ => Err(self.err(
@@ -1282,6 +1365,12 @@ impl Validator<'_> {
             return Err(self.err(raw.url.referenced, "upstream url needs scheme and host"));
         };
         let base_path = uri.path().trim_end_matches('/').to_owned();
+        if crate::routes::canonicalize(uri.path()).map_or(true, |c| c != uri.path()) {
+            return Err(self.err(
+                raw.url.referenced,
+                "upstream url path must be canonical (no dot segments, empty segments or needless escapes)",
+            ));
+        }
         self.positive(raw.connect_timeout, spanned.referenced, "connect_timeout")?;
         self.positive(raw.request_timeout, spanned.referenced, "request_timeout")?;
         self.positive(
@@ -1497,6 +1586,12 @@ impl Validator<'_> {
             Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),
         };
         let name = match &raw.name {
+            Some(n) if n == crate::server::pipeline::UNMATCHED => {
+                return Err(self.err(
+                    spanned.referenced,
+                    format!("route name `{n}` is reserved: it labels requests no route matched"),
+                ))
+            }
             Some(n) if !n.is_empty() => n.clone(),
             Some(_) => return Err(self.err(spanned.referenced, "route name must not be empty")),
             None => match methods {

@@ -523,6 +523,10 @@ impl AuthorizationServer {
 
 /// Exact match, except that a loopback redirect URI may use any port (RFC 8252 7.3).
 pub fn redirect_matches(registered: &str, presented: &str) -> bool {
+    // RFC 6749 3.1.2: never a fragment (`http::Uri` would drop it unseen).
+    if presented.contains('#') {
+        return false;
+    }
     if registered == presented {
         return true;
     }

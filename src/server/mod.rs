@@ -94,6 +94,7 @@ async fn serve(
         Some(files) => Some(tls::acceptor(files).map_err(ServerError::Setup)?),
         None => None,
     };
+    let files = config.referenced_files.clone();
     let first = Gateway::new(config, Arc::clone(&metrics))
         .await
         .map_err(ServerError::Setup)?;
@@ -109,6 +110,7 @@ async fn serve(
             Arc::clone(&metrics),
             running,
             text,
+            files,
         );
         tokio::spawn(reloader.run(background.clone()));
     }
@@ -165,7 +167,10 @@ async fn serve(
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
         let metrics = Arc::clone(&metrics);
-        let tls = tls.clone();
+        // The current config's certificate: a reload serves a rotated one.
+        let tls = tls
+            .as_ref()
+            .map(|started| current.load().tls_acceptor().unwrap_or(started).clone());
         let head_timeout = settings.header_read_timeout;
         let timeouts = ConnectionTimeouts {
             first_request: head_timeout,

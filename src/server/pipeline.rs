@@ -34,6 +34,7 @@ pub struct Gateway {
     auth_fingerprint: String,
     authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
     hot_metrics: HotMetrics,
+    tls: Option<tokio_rustls::TlsAcceptor>,
 }
 
 /// Label lookups for the common outcomes, resolved once and then reused, so
@@ -59,7 +60,7 @@ impl HotMetrics {
 }
 
 /// Route label for requests that matched no route.
-const UNMATCHED: &str = "unmatched";
+pub const UNMATCHED: &str = "unmatched";
 
 /// A reload of a server without configured keys would generate a new key and
 /// end every token the running one signed: it keeps the running key instead
@@ -144,7 +145,14 @@ impl Gateway {
         };
         let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
         let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
+        let tls = config
+            .server
+            .tls
+            .as_ref()
+            .map(crate::server::tls::acceptor)
+            .transpose()?;
         Ok(Self {
+            tls,
             hot_metrics,
             routes: config.routes,
             auth,
@@ -155,6 +163,11 @@ impl Gateway {
             auth_fingerprint,
             authorization_server: None,
         })
+    }
+
+    /// The acceptor for inbound TLS, from this config's certificate files.
+    pub fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
+        self.tls.as_ref()
     }
 
     /// Identifies the issuer setup this gateway's authenticator was built from.

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::pipeline::Gateway;
 use crate::admin::metrics::Metrics;
+use crate::auth::cache::{digest, digest_of, TokenDigest};
 use crate::config::{self, Config, ServerSettings};
 
 /// How long file events are collected before one reload.
@@ -54,6 +55,10 @@ pub struct Reloader {
     metrics: Arc<Metrics>,
     running: RunningSettings,
     last_text: String,
+    /// The files the running config names, and a digest of their contents
+    /// when it was loaded (or when a refused change to them was seen).
+    files: Vec<PathBuf>,
+    last_files: TokenDigest,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -67,21 +72,26 @@ pub struct RunningSettings {
 
 impl Reloader {
     /// `running` is the config the server started with (for restart-only
-    /// settings); `text` the file content it was loaded from.
+    /// settings); `text` the file content it was loaded from, and `files`
+    /// the files it names ([`config::Config::referenced_files`]).
     pub fn new(
         path: PathBuf,
         current: Arc<ArcSwap<Gateway>>,
         metrics: Arc<Metrics>,
         running: RunningSettings,
         text: String,
+        files: Vec<PathBuf>,
     ) -> Self {
         metrics.config_last_reload_success.set(1);
+        let last_files = contents_digest(&files);
         Self {
             path,
             current,
             metrics,
             running,
             last_text: text,
+            files,
+            last_files,
         }
     }
 
@@ -119,12 +129,17 @@ impl Reloader {
                 return;
             }
         };
-        if !forced && text == self.last_text {
+        // Keys, secrets and certificates rotated in place (a Secret volume
+        // elsewhere, cert-manager) change no byte of the config itself.
+        let files = contents_digest(&self.files);
+        if !forced && text == self.last_text && files == self.last_files {
             return;
         }
         match self.apply(&text).await {
-            Ok(()) => {
+            Ok(named) => {
                 self.last_text = text;
+                self.last_files = contents_digest(&named);
+                self.files = named;
                 self.metrics
                     .config_reloads
                     .with_label_values(&["success"])
@@ -133,8 +148,13 @@ impl Reloader {
                 tracing::info!(file = %self.path.display(), "configuration reloaded");
             }
             Err(e) => {
-                // Do not retry the same bad text on every poll.
-                self.last_text = text;
+                // Do not retry the same bad text on every poll; but a good
+                // one refused for the moment (an issuer's keys not loading
+                // yet) is tried again at the next poll.
+                if matches!(e, ReloadError::Invalid(_)) {
+                    self.last_text = text;
+                    self.last_files = files;
+                }
                 self.failed(&e);
             }
         }
@@ -149,10 +169,12 @@ impl Reloader {
         tracing::error!(error = %error, "configuration reload refused; the previous configuration keeps serving");
     }
 
-    async fn apply(&mut self, text: &str) -> Result<(), ReloadError> {
+    /// Applies `text`; returns the files the new config names.
+    async fn apply(&mut self, text: &str) -> Result<Vec<PathBuf>, ReloadError> {
         let base = self.path.parent().unwrap_or_else(|| Path::new("."));
         let config = config::load_str(&self.path.display().to_string(), base, text)
             .map_err(ReloadError::Invalid)?;
+        let named = config.referenced_files.clone();
         for setting in restart_required(&self.running, &config) {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
@@ -178,8 +200,25 @@ impl Reloader {
         if !reused {
             old.authenticator().stop_background();
         }
-        Ok(())
+        Ok(named)
     }
+}
+
+/// A digest of the named files' contents (an unreadable file counts as such,
+/// so that its coming back is a change too).
+fn contents_digest(files: &[PathBuf]) -> TokenDigest {
+    let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for file in files {
+        all.update(file.as_os_str().as_encoded_bytes());
+        match std::fs::read(file) {
+            Ok(contents) => {
+                all.update(&[1]);
+                all.update(&digest(contents));
+            }
+            Err(_) => all.update(&[0]),
+        }
+    }
+    digest_of(all.finish())
 }
 
 /// Names the settings that differ but only take effect after a restart.
@@ -192,10 +231,10 @@ fn restart_required(running: &RunningSettings, new: &Config) -> Vec<&'static str
     if running.admin_listen != new.admin_listen {
         changed.push("admin.listen");
     }
-    if a.tls.as_ref().map(|t| (&t.cert_file, &t.key_file))
-        != b.tls.as_ref().map(|t| (&t.cert_file, &t.key_file))
-    {
-        changed.push("server.tls");
+    // New certificate files, or new contents, are served from the reload
+    // on; only turning TLS on or off needs the listener started anew.
+    if a.tls.is_some() != b.tls.is_some() {
+        changed.push("server.tls (on or off)");
     }
     if a.workers != b.workers {
         changed.push("server.workers");
@@ -208,6 +247,9 @@ fn restart_required(running: &RunningSettings, new: &Config) -> Vec<&'static str
     }
     if a.header_read_timeout != b.header_read_timeout {
         changed.push("server.header_read_timeout");
+    }
+    if a.idle_timeout != b.idle_timeout {
+        changed.push("server.idle_timeout");
     }
     if a.shutdown_delay != b.shutdown_delay || a.shutdown_grace != b.shutdown_grace {
         changed.push("server.shutdown_delay/shutdown_grace");
