@@ -832,6 +832,69 @@ async fn concurrent_requests_with_one_uncached_token_share_one_call() {
     assert_eq!(s.upstream.count(), 20);
 }
 
+/// Calls for different tokens are not merged, but a flood of them must not
+/// become a flood at the authorization server: at most
+/// `MAX_CALLS_IN_FLIGHT` wait on it at once, and the rest wait their turn.
+#[tokio::test]
+async fn calls_in_flight_to_the_endpoint_are_bounded() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
+    const TOKENS: usize = LIMIT + 16;
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let most = Arc::new(AtomicUsize::new(0));
+    let (release, gate) = tokio::sync::watch::channel(false);
+    let endpoint = {
+        let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+        spawn_server(move |_request: Request<Incoming>| {
+            let (in_flight, most, mut gate) =
+                (Arc::clone(&in_flight), Arc::clone(&most), gate.clone());
+            async move {
+                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                most.fetch_max(now, Ordering::SeqCst);
+                let _ = gate.wait_for(|open| *open).await;
+                in_flight.fetch_sub(1, Ordering::SeqCst);
+                Response::new(Full::new(Bytes::from(active("orders:read").to_string())))
+            }
+        })
+        .await
+    };
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = opaque_issuer(
+        &format!("http://{endpoint}/introspect"),
+        &secret.credentials(),
+        "      timeout: 30s\n",
+    );
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..TOKENS {
+        let url = gw.url(&format!("/orders/{i}"));
+        set.spawn(async move { get_with_token(&url, &format!("flood-{i}")).await.status });
+    }
+    let mut held = false;
+    for _ in 0..1000 {
+        if in_flight.load(Ordering::SeqCst) >= LIMIT {
+            held = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(held, "the endpoint never held {LIMIT} calls");
+    release.send(true).unwrap();
+    let mut statuses = Vec::new();
+    while let Some(status) = set.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(
+        statuses,
+        vec![200; TOKENS],
+        "every token is answered in turn"
+    );
+    assert_eq!(most.load(Ordering::SeqCst), LIMIT);
+    assert_eq!(upstream.count(), TOKENS);
+}
+
 #[tokio::test]
 async fn inactive_answer_is_cached_for_negative_cache_ttl() {
     let s = Opaque::start("      negative_cache_ttl: 1h\n").await;

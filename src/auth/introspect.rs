@@ -26,6 +26,11 @@ use crate::proxy::client::{build_https_client, HttpsClient};
 
 /// Largest introspection answer accepted.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+/// Introspection calls in flight to one endpoint at most. Calls for the same
+/// token are shared already; this bounds calls for different ones (a flood of
+/// made-up tokens must not become a flood at the authorization server). A
+/// call that finds no slot within the call timeout fails with 503.
+pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 
 /// A cached introspection answer.
 #[derive(Clone)]
@@ -59,6 +64,7 @@ enum CallError {
     Status,
     Body,
     NoEndpoint,
+    Busy,
 }
 
 impl CallError {
@@ -69,6 +75,7 @@ impl CallError {
             Self::Status => "http_error",
             Self::Body => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
+            Self::Busy => "busy",
         }
     }
 }
@@ -85,6 +92,8 @@ pub struct Introspector {
     endpoint: ArcSwapOption<Uri>,
     authorization: Option<HeaderValue>,
     client: HttpsClient<Full<Bytes>>,
+    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]).
+    calls: tokio::sync::Semaphore,
     cache: Cache<TokenDigest, Answer>,
     identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
@@ -142,6 +151,7 @@ impl Introspector {
             settings,
             authorization,
             client,
+            calls: tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT),
             cache: Cache::builder()
                 .max_capacity(cache_max_entries)
                 .expire_after(AnswerExpiry)
@@ -215,6 +225,10 @@ impl Introspector {
 
     async fn call_inner(&self, token: &str) -> Result<Answer, CallError> {
         let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
+        let _slot = match tokio::time::timeout(self.settings.timeout, self.calls.acquire()).await {
+            Ok(Ok(slot)) => slot,
+            _ => return Err(CallError::Busy),
+        };
         let body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("token", token);
