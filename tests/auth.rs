@@ -1668,6 +1668,16 @@ async fn key_rotation_refetches_on_unknown_kid() {
         &gw,
         "GET",
         "/orders/1",
+        &fresh_old,
+        Want::Invalid(TokenError::UnknownKey),
+        "a key-1 token verified and cached before key-1 was retired",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
         &key2.mint(&fresh_claims("orders:read")),
         Want::Allow,
         "key-2 after key-1 was retired",

@@ -268,6 +268,14 @@ impl KeySet {
         Some(key)
     }
 
+    /// Whether every key of `other` (by key material) is in this set too.
+    pub fn holds_every_key_of(&self, other: &KeySet) -> bool {
+        other
+            .keys
+            .iter()
+            .all(|old| self.keys.iter().any(|new| new.material == old.material))
+    }
+
     /// The keys that may verify a token with this `kid` and `alg`: the one key
     /// with that id, or, for a token without `kid`, every key that fits.
     pub fn candidates<'a>(
@@ -327,6 +335,9 @@ pub struct IssuerKeys {
     remote: Option<RemoteSource>,
     /// False when the issuer has no keys at all (introspection only).
     needed: AtomicBool,
+    /// Bumped whenever a new key set drops a key the previous one had:
+    /// tokens verified before then must be verified again.
+    generation: AtomicU64,
 }
 
 struct RemoteSource {
@@ -380,6 +391,7 @@ impl IssuerKeys {
             current: ArcSwapOption::new(Some(keys)),
             remote: None,
             needed: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -390,6 +402,7 @@ impl IssuerKeys {
             current: ArcSwapOption::empty(),
             remote: None,
             needed: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -408,6 +421,7 @@ impl IssuerKeys {
             issuer_name,
             current: ArcSwapOption::empty(),
             needed: AtomicBool::new(true),
+            generation: AtomicU64::new(0),
             remote: Some(RemoteSource {
                 uri: ArcSwapOption::new(uri.map(Arc::new)),
                 client,
@@ -419,6 +433,12 @@ impl IssuerKeys {
                 last_attempt: Mutex::new(None),
             }),
         })
+    }
+
+    /// Changes whenever a key is withdrawn; a token verified under another
+    /// generation must be verified again.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     /// The current key set, if any has been loaded.
@@ -501,7 +521,18 @@ impl IssuerKeys {
         let (result, max_age) = match self.fetch(remote).await {
             Ok((set, max_age)) => {
                 tracing::info!(issuer = %self.issuer_name, keys = set.len(), "JWKS loaded");
-                self.current.store(Some(Arc::new(set)));
+                let previous = self.current.swap(Some(Arc::new(set)));
+                let dropped = previous.is_some_and(|old| {
+                    self.current
+                        .load()
+                        .as_ref()
+                        .is_some_and(|new| !new.holds_every_key_of(&old))
+                });
+                if dropped {
+                    // Before, tokens signed by a withdrawn key stayed in the
+                    // verified-token cache until they expired.
+                    self.generation.fetch_add(1, Ordering::AcqRel);
+                }
                 (FetchResult::Success, max_age)
             }
             Err(result) => {

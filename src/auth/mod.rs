@@ -52,6 +52,9 @@ pub struct VerifiedToken {
     pub jti: Option<Box<str>>,
     /// `sid`: the grant (refresh family) the token belongs to.
     pub session: Option<Box<str>>,
+    /// The issuer's key generation it was verified under (see
+    /// [`jwks::IssuerKeys::generation`]); 0 for introspected tokens.
+    pub keys_generation: u64,
 }
 
 struct IssuerRuntime {
@@ -266,7 +269,13 @@ impl Authenticator {
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
         let raw = bearer::extract_unchecked(headers)?;
         let key = cache::digest(raw);
-        let verified = match self.cache.get(&key).await {
+        let hit = self.cache.get(&key).await.filter(|hit| {
+            // Verified under keys since withdrawn: verify again.
+            self.issuers
+                .get(hit.issuer)
+                .is_some_and(|i| i.keys.generation() == hit.keys_generation)
+        });
+        let verified = match hit {
             // A hit is for these exact bytes, whose characters were checked
             // before their verdict was cached.
             Some(hit) => {
@@ -380,6 +389,9 @@ impl Authenticator {
             }
         }
 
+        // Read before the keys: a key withdrawn after this makes the cache
+        // entry stale, never the other way round.
+        let generation = issuer.keys.generation();
         let keys = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
         let mut outcome = check_signature(&keys, &jwt, alg);
         if outcome == Err(TokenError::UnknownKey)
@@ -398,14 +410,16 @@ impl Authenticator {
         // Capped: a far-future `exp` (up to u64::MAX) must not overflow `Instant`.
         let remaining =
             Duration::from_secs(lifetime.expires_at.saturating_sub(now)).min(MAX_CACHE_LIFETIME);
-        Ok(build_verified(
+        let mut verified = build_verified(
             index,
             &jwt.claims,
             scopes,
             lifetime.expires_at,
             Instant::now() + remaining,
             &self.identity_claims,
-        ))
+        );
+        verified.keys_generation = generation;
+        Ok(verified)
     }
 }
 
@@ -448,6 +462,7 @@ pub(crate) fn build_verified(
         identity_values,
         jti: text("jti"),
         session: text("sid"),
+        keys_generation: 0,
     }
 }
 
