@@ -509,6 +509,84 @@ async fn refresh_rotates_and_counts() {
     assert_oauth_error(&r, 400, "invalid_scope");
 }
 
+/// RFC 6749 6: a refresh may ask for fewer scopes for its access token, but
+/// the grant keeps its scope; a later refresh without `scope` gets all of it.
+#[tokio::test]
+async fn narrowing_on_refresh_does_not_narrow_the_grant() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let narrowed = |refresh_token: &str, scope: &str| {
+        format!(
+            "grant_type=refresh_token&refresh_token={}&scope={scope}&{}",
+            enc(refresh_token),
+            creds("svc")
+        )
+    };
+    let r = token_request(&gw, &narrowed(&s(&first, "refresh_token"), "orders:read")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read");
+    assert_eq!(
+        jwt_part(&s(&r.json(), "access_token"), 1)["scope"],
+        "orders:read"
+    );
+
+    let r = refresh(&gw, "svc", &s(&r.json(), "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read reports:read");
+    let r = token_request(
+        &gw,
+        &narrowed(&s(&r.json(), "refresh_token"), "reports:read"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "reports:read");
+}
+
+/// A refresh mints what the grant's user and client may have now: a user
+/// removed from the config ends the grant, and a scope taken from the client
+/// is no longer minted (the store outlives the config, here across a
+/// restart on the same file).
+#[tokio::test]
+async fn a_refresh_follows_the_users_and_scopes_of_the_current_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = write_key(dir.path(), "signing.pem");
+    let extra = format!(
+        "{}  store: {{ file: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        dir.path().join("state.redb").display()
+    );
+    let upstream = Upstream::start().await;
+    let yaml = config(upstream.addr, &extra);
+    let gw = Gateway::start(&yaml).await;
+    let bob = password(&gw, "bob", PASSWORD).await;
+    assert_eq!(bob.status, 200, "{}", bob.text());
+    let svc = client_credentials(&gw, "svc").await;
+    stop(gw).await;
+
+    let without_bob = yaml.replace(
+        &format!(
+            "    - username: bob\n      password_hash: \"{}\"\n",
+            password_hash()
+        ),
+        "",
+    );
+    let narrower = without_bob.replace(
+        "      scopes: [orders:read, reports:read]\n",
+        "      scopes: [orders:read]\n",
+    );
+    assert!(narrower.len() < without_bob.len() && without_bob.len() < yaml.len());
+    let gw = Gateway::start(&narrower).await;
+    let r = refresh(&gw, "pw", &s(&bob.json(), "refresh_token")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    let r = refresh(&gw, "svc", &s(&svc, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read");
+    assert_eq!(
+        jwt_part(&s(&r.json(), "access_token"), 1)["scope"],
+        "orders:read"
+    );
+}
+
 #[tokio::test]
 async fn refresh_replay_revokes_the_whole_family() {
     let (_upstream, gw) = start("").await;

@@ -195,10 +195,27 @@ impl AuthorizationServer {
         {
             return Err(OAuthError::invalid_grant("the grant has been revoked"));
         }
+        // The grant's rights as they stand now: a user removed since ends
+        // it, and scopes since taken from the client or the user are not
+        // minted again. (A client's own grant has the client as subject.)
+        let user_scopes = if record.subject == client.client_id {
+            None
+        } else {
+            match self.users.get(record.subject.as_str()) {
+                Some(user) => user.scopes.as_deref(),
+                None => {
+                    return Err(OAuthError::invalid_grant(
+                        "the user of this grant no longer exists",
+                    ))
+                }
+            }
+        };
         let granted: Vec<String> = record
             .scope
             .split(' ')
             .filter(|s| !s.is_empty())
+            .filter(|s| client.scopes.iter().any(|c| c == s))
+            .filter(|s| user_scopes.is_none_or(|u| u.iter().any(|x| x == s)))
             .map(str::to_owned)
             .collect();
         let scope = requested_scope(form.get("scope"), &granted, None)?;
@@ -338,8 +355,9 @@ impl AuthorizationServer {
                     refresh_count: 0,
                 })
             }
+            // RFC 6749 6: the new refresh token's scope is the grant's, not
+            // the narrower one this access token may have asked for.
             RefreshPlan::Rotate(previous) => Some(RefreshRecord {
-                scope: scope.to_owned(),
                 issued_at: now,
                 expires_at: (now + settings.refresh_token_ttl.as_secs())
                     .min(previous.family_expires_at),
