@@ -1212,6 +1212,36 @@ async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
     (version, status, String::from_utf8_lossy(&body).into_owned())
 }
 
+/// RFC 9113 8.2.3: an HTTP/2 client's split `cookie` fields reach an
+/// HTTP/1.1 upstream as one line.
+#[tokio::test]
+async fn split_h2_cookies_reach_an_http1_upstream_as_one_line() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let request = Request::get(gw.url("/orders/1"))
+        .header("authorization", bearer(&world.token("orders:read")))
+        .header("cookie", "a=1")
+        .header("cookie", "b=2")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .expect("h2 request timed out")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = world.upstream.last();
+    let cookies: Vec<&str> = seen
+        .headers
+        .get_all("cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(cookies, ["a=1; b=2"]);
+}
+
 /// RFC 9113 8.1.1: an HTTP/2 request whose DATA frames are longer than its
 /// `content-length` is malformed. Going to an HTTP/1.1 upstream, the bytes
 /// past the length must not arrive as a request of their own (the H2.CL

@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, HOST, UPGRADE};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, UPGRADE};
 use http::uri::Authority;
 use http::HeaderMap;
 
@@ -173,6 +173,26 @@ impl ClientInfo {
     }
 }
 
+/// An HTTP/2 client may split `cookie` into several fields; an HTTP/1.1
+/// server expects one line, so they are joined with `"; "` (RFC 9113
+/// 8.2.3), which is as good to an HTTP/2 upstream.
+fn join_cookies(headers: &mut HeaderMap) {
+    let mut values = headers.get_all(COOKIE).iter();
+    if values.next().is_none() || values.next().is_none() {
+        return;
+    }
+    let mut joined: Vec<u8> = Vec::new();
+    for value in headers.get_all(COOKIE) {
+        if !joined.is_empty() {
+            joined.extend_from_slice(b"; ");
+        }
+        joined.extend_from_slice(value.as_bytes());
+    }
+    if let Ok(value) = HeaderValue::from_bytes(&joined) {
+        headers.insert(COOKIE, value);
+    }
+}
+
 /// Whether the one `Upgrade` header asks for WebSocket (RFC 6455 4.1) alone.
 fn asks_for_websocket(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(UPGRADE).iter();
@@ -208,6 +228,7 @@ pub fn prepare_upstream_request(
         upgrade = false;
     }
     remove_all(headers, &policy.remove_headers);
+    join_cookies(headers);
     if policy.strip_authorization {
         headers.remove(AUTHORIZATION);
     }
