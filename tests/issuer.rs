@@ -737,6 +737,31 @@ async fn password_failures_are_rate_limited_per_user() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// Guesses sent all at once get no more tries than guesses sent one by one:
+/// checks under way count against the limit (before, all of a burst found
+/// the user unlimited and every one was checked).
+#[tokio::test]
+async fn a_burst_of_guesses_gets_no_more_tries_than_the_limit() {
+    let (_upstream, gw) = start("").await;
+    let gw = std::sync::Arc::new(gw);
+    let mut set = tokio::task::JoinSet::new();
+    for attempt in 0..20 {
+        let gw = std::sync::Arc::clone(&gw);
+        set.spawn(async move {
+            password(&gw, "alice", &format!("burst-{attempt}"))
+                .await
+                .status
+        });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = set.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let checked = statuses.iter().filter(|s| **s == 400).count();
+    let refused = statuses.iter().filter(|s| **s == 429).count();
+    assert_eq!((checked, refused), (5, 15), "{statuses:?}");
+}
+
 // ---------------------------------------------------------------------------
 // authorization_code (the exchange; codes come from an authorization endpoint)
 // ---------------------------------------------------------------------------

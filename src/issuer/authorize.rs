@@ -276,13 +276,13 @@ impl AuthorizationServer {
         let username = map.get("username").cloned().unwrap_or_default();
         let password = map.get("password").cloned().unwrap_or_default();
         let limiter_key = format!("user:{username}");
-        if self.clients.is_limited(&limiter_key) {
+        let Some(attempt) = self.clients.begin_check(&limiter_key) else {
             return self.login_page(
                 request,
                 Some("Too many failed sign-ins. Wait a minute and try again."),
                 StatusCode::TOO_MANY_REQUESTS,
             );
-        }
+        };
         let user = self.users.get(&username);
         let checked = self
             .clients
@@ -302,7 +302,7 @@ impl AuthorizationServer {
             }
         };
         let Some(user) = user.filter(|_| ok) else {
-            self.clients.record_failure(&limiter_key);
+            attempt.failed();
             return self.login_page(
                 request,
                 Some("Wrong user name or password."),

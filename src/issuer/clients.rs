@@ -19,7 +19,7 @@ use crate::config::Client;
 /// Argon2 checks that run at once. Each holds the hash's memory cost (19 MiB
 /// with the parameters `hash-secret` uses) on a blocking thread for tens of
 /// milliseconds, so unbounded they would let a burst of wrong secrets take
-/// gigabytes; the failure limiter only counts checks that have ended.
+/// gigabytes.
 const HASHING_AT_ONCE: usize = 2;
 /// Checks that may wait for one of those; beyond them a check is refused at
 /// once (503), so a burst can neither queue without bound nor stall sign-ins
@@ -128,7 +128,40 @@ pub struct ClientAuthenticator {
     /// name's digest so that the table's size does not depend on the names
     /// (a client id or user name can be as long as a request body).
     failures: Mutex<HashMap<[u8; 32], (u32, Instant)>>,
+    /// Checks under way per name (digest): they count against the name's
+    /// limit until they end, or a burst started together would each find
+    /// the name unlimited and get as many guesses as checks fit in flight.
+    /// An entry lives only while a check does.
+    pending: Mutex<HashMap<[u8; 32], u32>>,
     hashing: PasswordChecker,
+}
+
+/// A secret or password check under way for a name, counted against its
+/// limit until it ends ([`ClientAuthenticator::begin_check`]).
+#[must_use]
+pub struct Attempt<'a> {
+    limiter: &'a ClientAuthenticator,
+    key: [u8; 32],
+}
+
+impl Attempt<'_> {
+    /// The check failed: it counts as a failure of the name.
+    pub fn failed(self) {
+        self.limiter.record_failure_of(self.key);
+    }
+}
+
+impl Drop for Attempt<'_> {
+    fn drop(&mut self) {
+        if let Ok(mut pending) = self.limiter.pending.lock() {
+            if let Some(count) = pending.get_mut(&self.key) {
+                *count = count.saturating_sub(1);
+                if *count == 0 {
+                    pending.remove(&self.key);
+                }
+            }
+        }
+    }
 }
 
 /// Runs argon2 checks on the blocking pool, [`HASHING_AT_ONCE`] at a time
@@ -198,6 +231,7 @@ impl ClientAuthenticator {
                 .time_to_live(SUCCESS_TTL)
                 .build(),
             failures: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
             hashing: PasswordChecker::new(),
         }
     }
@@ -243,10 +277,13 @@ impl ClientAuthenticator {
             // for known ones: refusals that cost no check would let a flood
             // fill the limiter's table for free.
             if let Some(secret) = &p.secret {
+                let attempt = self
+                    .begin_check(&limiter_key)
+                    .ok_or_else(OAuthError::too_many_attempts)?;
                 self.verify_password(None, secret)
                     .await
                     .map_err(|Busy| OAuthError::busy())?;
-                self.record_failure(&limiter_key);
+                attempt.failed();
             }
             return Err(OAuthError::invalid_client(
                 p.basic,
@@ -261,6 +298,19 @@ impl ClientAuthenticator {
             )),
             (Some(_), None) => Err(OAuthError::invalid_client(p.basic, "client secret missing")),
             (Some(hash), Some(secret)) => {
+                // A secret checked before needs no argon2 check, and is no
+                // guess: only uncached checks take a place under the limit.
+                let attempt = if self
+                    .verified
+                    .contains_key(&cache_key(&p.client_id, hash, secret))
+                {
+                    None
+                } else {
+                    Some(
+                        self.begin_check(&limiter_key)
+                            .ok_or_else(OAuthError::too_many_attempts)?,
+                    )
+                };
                 let matches = self
                     .check_secret(&p.client_id, hash, secret)
                     .await
@@ -268,7 +318,9 @@ impl ClientAuthenticator {
                 if matches {
                     Ok(Arc::new(client.clone()))
                 } else {
-                    self.record_failure(&limiter_key);
+                    if let Some(attempt) = attempt {
+                        attempt.failed();
+                    }
                     Err(OAuthError::invalid_client(
                         p.basic,
                         "unknown client or wrong secret",
@@ -302,12 +354,37 @@ impl ClientAuthenticator {
             .is_some_and(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
     }
 
-    /// Counts a failed secret or password check for `key`.
-    pub fn record_failure(&self, key: &str) {
+    /// Starts a secret or password check for `name`: `None` when the name's
+    /// failures and the checks already under way for it reach the limit.
+    pub fn begin_check(&self, name: &str) -> Option<Attempt<'_>> {
+        let key = failure_key(name);
+        let failed = match self.failures.lock() {
+            Ok(failures) => failures
+                .get(&key)
+                .filter(|(_, start)| start.elapsed() < FAILURE_WINDOW)
+                .map_or(0, |(n, _)| *n),
+            Err(_) => return None,
+        };
+        let Ok(mut pending) = self.pending.lock() else {
+            return None;
+        };
+        let under_way = pending.get(&key).copied().unwrap_or(0);
+        if failed.saturating_add(under_way) >= MAX_FAILURES {
+            return None;
+        }
+        pending.insert(key, under_way.saturating_add(1));
+        Some(Attempt { limiter: self, key })
+    }
+
+    /// Counts a failed secret or password check for `name`.
+    pub fn record_failure(&self, name: &str) {
+        self.record_failure_of(failure_key(name));
+    }
+
+    fn record_failure_of(&self, key: [u8; 32]) {
         let Ok(mut failures) = self.failures.lock() else {
             return;
         };
-        let key = failure_key(key);
         if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
             failures.retain(|_, (_, start)| start.elapsed() < FAILURE_WINDOW);
             if failures.len() >= MAX_TRACKED {
@@ -425,6 +502,36 @@ mod tests {
         assert!(
             (1..=MAX_TRACKED).contains(&tracked),
             "{tracked} names tracked"
+        );
+    }
+
+    /// Checks under way count against the limit: a burst started together
+    /// gets no more guesses than the limit, and an ended check frees its
+    /// place (as a failure, or not at all when it succeeded).
+    #[test]
+    fn checks_under_way_count_against_the_limit() {
+        let auth = ClientAuthenticator::new(&[]);
+        let burst: Vec<_> = (0..MAX_FAILURES)
+            .map(|_| auth.begin_check("user:target").expect("under the limit"))
+            .collect();
+        assert!(
+            auth.begin_check("user:target").is_none(),
+            "a sixth check began"
+        );
+        assert!(!auth.is_limited("user:target"), "nothing has failed yet");
+        assert!(auth.begin_check("user:other").is_some());
+        let mut burst = burst.into_iter();
+        drop(burst.next());
+        let again = auth
+            .begin_check("user:target")
+            .expect("a succeeded check frees its place");
+        again.failed();
+        burst.for_each(Attempt::failed);
+        assert!(auth.is_limited("user:target"));
+        assert!(auth.begin_check("user:target").is_none());
+        assert!(
+            auth.pending.lock().unwrap().is_empty(),
+            "ended checks stay pending"
         );
     }
 

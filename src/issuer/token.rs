@@ -105,9 +105,10 @@ impl AuthorizationServer {
             ));
         };
         let limiter_key = format!("user:{username}");
-        if self.clients.is_limited(&limiter_key) {
-            return Err(OAuthError::too_many_user_attempts());
-        }
+        let attempt = self
+            .clients
+            .begin_check(&limiter_key)
+            .ok_or_else(OAuthError::too_many_user_attempts)?;
         let user = self.users.get(username.as_str());
         let ok = self
             .clients
@@ -115,9 +116,10 @@ impl AuthorizationServer {
             .await
             .map_err(|Busy| OAuthError::busy())?;
         let Some(user) = user.filter(|_| ok) else {
-            self.clients.record_failure(&limiter_key);
+            attempt.failed();
             return Err(OAuthError::invalid_grant("wrong username or password"));
         };
+        drop(attempt);
         let scope = requested_scope(form.get("scope"), &client.scopes, user.scopes.as_deref())?;
         let plan = if client.grants.contains(&Grant::RefreshToken) {
             RefreshPlan::NewFamily(random_token())
