@@ -1317,6 +1317,75 @@ async fn h2c_client_to_http1_upstream() {
     assert_eq!(versions.lock().unwrap().len(), 1);
 }
 
+/// A shared HTTP/2 upstream connection whose peer falls silent (a NAT or
+/// load balancer dropped it without a word; the socket stays open) is found
+/// dead by its pings and replaced: requests time out only until then.
+#[tokio::test]
+async fn a_silent_http2_upstream_connection_is_replaced() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let (freeze, frozen) = tokio::sync::watch::channel(false);
+    let counter = Arc::clone(&accepted);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
+            let mut frozen = frozen.clone();
+            tokio::spawn(async move {
+                let Ok(mut connection) = h2::server::handshake(stream).await else {
+                    return;
+                };
+                let body = if first { "first" } else { "later" };
+                loop {
+                    tokio::select! {
+                        next = connection.accept() => {
+                            let Some(Ok((_request, mut respond))) = next else { return };
+                            let response = http::Response::new(());
+                            if let Ok(mut send) = respond.send_response(response, false) {
+                                let _ = send.send_data(Bytes::from_static(body.as_bytes()), true);
+                            }
+                        }
+                        // Falls silent: never polled again, so no frame is
+                        // read or written (pings included); the socket stays.
+                        _ = frozen.changed(), if first => {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read");
+    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "first"));
+
+    freeze.send(true).unwrap();
+    let mut statuses = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::time::Instant::now() < deadline {
+        let reply = get_with_token(&gw.url("/orders/2"), &token).await;
+        statuses.push(reply.status);
+        if reply.status == 200 {
+            assert_eq!(reply.text(), "later");
+            break;
+        }
+    }
+    assert_eq!(statuses.last(), Some(&200), "never replaced: {statuses:?}");
+    // Timed out while the dead connection was taken for alive (504), or cut
+    // off when the pings gave it up under a request (502).
+    assert!(
+        statuses.iter().all(|s| [200, 502, 504].contains(s)),
+        "{statuses:?}"
+    );
+    assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
 #[tokio::test]
 async fn h2c_upstream() {
     let world = World::new().await;

@@ -54,6 +54,12 @@ pub enum SendError {
     Protocol(#[from] hyper::Error),
 }
 
+/// How often a shared HTTP/2 upstream connection is pinged.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How long a ping may go unanswered before the connection is closed (and
+/// the next request opens a new one).
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Where and how to reach one upstream.
 pub struct PoolSettings {
     /// `http` or `https`.
@@ -335,8 +341,14 @@ impl UpstreamPool {
             .await
             .map_err(SendError::Connect)?;
         if self.http2_only || io.connected().is_negotiated_h2() {
+            // Pinged, idle or not: a connection a NAT or load balancer
+            // dropped without a word would otherwise take every request to
+            // this upstream into a timeout until TCP gave up (minutes).
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
+                .keep_alive_interval(H2_PING_INTERVAL)
+                .keep_alive_timeout(H2_PING_TIMEOUT)
+                .keep_alive_while_idle(true)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
