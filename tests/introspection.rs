@@ -1194,12 +1194,36 @@ async fn opaque_token_on_a_route_without_an_introspecting_issuer_is_401() {
 // ---------------------------------------------------------------------------
 
 #[test]
+fn an_introspecting_issuer_must_name_its_audiences() {
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let yaml = format!(
+        "issuers:
+  - name: legacy
+    issuer: https://legacy.test
+    introspection:
+      endpoint: http://127.0.0.1:9/introspect
+{}upstreams:
+  app:
+    url: http://127.0.0.1:9
+routes:
+  - path: /orders
+    upstream: app
+",
+        secret.credentials()
+    );
+    let error = scopegate::config::load_str("test.yaml", Path::new("."), &yaml).unwrap_err();
+    assert!(error.to_string().starts_with("test.yaml:2:5: "), "{error}");
+    assert!(error.to_string().contains("`audiences`"), "{error}");
+}
+
+#[test]
 fn a_route_served_by_two_introspecting_issuers_must_name_one() {
     let secret = SecretFile::new(CLIENT_SECRET);
     let issuer = |name: &str| {
         format!(
             "  - name: {name}
     issuer: https://{name}.test
+    audiences: [api]
     introspection:
       endpoint: http://127.0.0.1:9/introspect
 {}",

@@ -902,9 +902,9 @@ impl Validator<'_> {
                 ),
             ));
         }
-        let verifies_jwts = has_local_keys || raw.discovery;
-        if raw.audiences.iter().any(String::is_empty) || (verifies_jwts && raw.audiences.is_empty())
-        {
+        // Introspected tokens too: an answer naming another API's audience
+        // is refused only if this one's is known.
+        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
             return Err(self.err(
                 here,
                 format!(
