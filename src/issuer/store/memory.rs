@@ -99,6 +99,11 @@ impl State {
     }
 }
 
+/// Entries beyond the capacity that only revocations may take (an eighth).
+fn revocation_headroom(capacity: usize) -> usize {
+    (capacity / 8).max(1)
+}
+
 /// The memory backend.
 pub(super) struct MemoryStore {
     state: Mutex<State>,
@@ -250,7 +255,12 @@ impl MemoryStore {
                     .expiry
                     .remove(&(old, Key::Revoked(kind, id.to_owned())));
             }
-            None => state.reserve(self.capacity)?,
+            // Revocations have room of their own beyond the capacity: a store
+            // full of grants must still be able to end them.
+            None => state.reserve(
+                self.capacity
+                    .saturating_add(revocation_headroom(self.capacity)),
+            )?,
         }
         state
             .expiry
@@ -323,10 +333,13 @@ mod tests {
             .put_refresh_at(now, &[4; 32], &record(now + 60, now + 600))
             .unwrap_err();
         assert!(matches!(err, StoreError::Full(3)), "{err}");
+        // Revocations have room of their own, bounded too.
+        store.revoke_at(now, Kind::Family, "f", now + 60).unwrap();
+        assert!(store.is_revoked(Kind::Family, "f").unwrap());
         let err = store
-            .revoke_at(now, Kind::Family, "f", now + 60)
+            .revoke_at(now, Kind::Family, "g", now + 60)
             .unwrap_err();
-        assert!(matches!(err, StoreError::Full(3)), "{err}");
+        assert!(matches!(err, StoreError::Full(4)), "{err}");
         assert!(store.get_refresh(&[2; 32]).unwrap().is_some());
         // Overwriting an existing entry needs no room, and keeps it used.
         assert!(matches!(
@@ -344,7 +357,7 @@ mod tests {
         store.revoke_at(now, Kind::Access, "j", now + 120).unwrap();
         store.revoke_at(now, Kind::Access, "j", now + 1).unwrap();
         assert_eq!(store.lock().access.get("j"), Some(&(now + 120)));
-        assert_eq!(store.len(), 3);
+        assert_eq!(store.len(), 4);
     }
 
     #[test]
