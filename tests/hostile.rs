@@ -7,8 +7,10 @@
 //! audience, duplicated or badly framed, and requests carry spoofed identity
 //! headers, odd framing (both `Content-Length` and `Transfer-Encoding`, list
 //! or signed lengths, unusual codings), requests hidden in their bodies,
-//! folded or broken header lines, protocol switches, and `HTTP/1.0` or an
-//! unknown version.
+//! folded or broken header lines, protocol switches (WebSocket, and `h2c`
+//! that must never be passed on), forwarding headers scopegate does not set
+//! and method overrides (which must never reach the upstream), and
+//! `HTTP/1.0` or an unknown version.
 //!
 //! Whatever the bytes, the gateway must fail closed and stay well:
 //! - every request the upstream receives is one the client sent as a request
@@ -327,6 +329,11 @@ enum Extra {
     Http10,
     /// A version hyper does not speak.
     UnknownVersion,
+    /// Forwarding headers scopegate does not set, underscore spellings of
+    /// those it sets, and a method override.
+    ClientForwarding,
+    /// An `h2c` upgrade (raw HTTP/2 past the route check, if passed on).
+    H2cUpgrade,
 }
 
 #[derive(Debug, Clone)]
@@ -467,6 +474,8 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::BothFramings,
             Extra::LongChunkExtension,
             Extra::Http10,
+            Extra::ClientForwarding,
+            Extra::H2cUpgrade,
         ]),
         1 => prop::sample::select(vec![
             Extra::NoHost,
@@ -711,6 +720,10 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             Extra::ForwardedFor => {
                 head.push_str(&format!("X-Forwarded-For: 10.0.0.1\r\nX-Auth-Subject: {SPOOFED}\r\n"))
             }
+            Extra::ClientForwarding => head.push_str(CLIENT_FORWARDING),
+            Extra::H2cUpgrade => head.push_str(
+                "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n",
+            ),
             Extra::ObsFold => head.push_str("X-Folded: a\r\n b\r\n"),
             Extra::NoColon => head.push_str("X-No-Colon\r\n"),
             Extra::NulInValue => head.push_str("X-Nul: a\0b\r\n"),
@@ -833,6 +846,20 @@ fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
 
 /// Checks every upstream record not checked yet; returns how often each
 /// case id was seen in them.
+/// What [`Extra::ClientForwarding`] sends.
+const CLIENT_FORWARDING: &str = "Forwarded: for=10.0.0.1;host=internal\r\nX-Real-IP: 10.0.0.1\r\nX_Forwarded_For: 10.0.0.1\r\nX_Forwarded_Proto: https\r\nX-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\n";
+
+/// Headers no forwarded request may carry, whatever the client sent.
+const NEVER_UPSTREAM: [&str; 7] = [
+    "forwarded",
+    "x-real-ip",
+    "x_forwarded_for",
+    "x_forwarded_proto",
+    "x-http-method-override",
+    "x-method-override",
+    "http2-settings",
+];
+
 fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usize>, String> {
     // Each record is judged once, so that a failing case shrinks on its own
     // records.
@@ -853,6 +880,19 @@ fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usi
         let count = counts.entry(id).or_insert(0usize);
         *count += 1;
         let what = format!("{} {} (case {id})", record.method, record.path_and_query);
+        for name in NEVER_UPSTREAM {
+            if record.headers.contains_key(name) {
+                return Err(format!("{name} reached the upstream: {what}"));
+            }
+        }
+        if values(&record.headers, "upgrade")
+            .iter()
+            .any(|v| !v.eq_ignore_ascii_case("websocket"))
+        {
+            return Err(format!(
+                "an upgrade other than WebSocket was passed on: {what}"
+            ));
+        }
         if *count > 1 {
             return Err(format!("forwarded twice: {what}"));
         }
@@ -1139,6 +1179,11 @@ fn h2_request(
             Extra::EvilHost => builder.header("host", "evil.example"),
             Extra::ExpectContinue => builder.header("expect", "100-continue"),
             Extra::LongHeader => builder.header("x-long", "a".repeat(70_000)),
+            Extra::ClientForwarding => builder
+                .header("forwarded", "for=10.0.0.1;host=internal")
+                .header("x-real-ip", "10.0.0.1")
+                .header("x_forwarded_for", "10.0.0.1")
+                .header("x-http-method-override", "DELETE"),
             _ => builder,
         };
     }
