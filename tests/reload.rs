@@ -589,3 +589,41 @@ async fn a_certificate_rotated_in_place_is_served() {
     assert!(rotated, "the rotated certificate is not served");
     assert!(!trusts(gw.addr, &old_cert).await);
 }
+
+/// A ConfigMap update that lands between loading the config and starting to
+/// watch it is not taken for the running config: the watch compares the file
+/// with what was loaded, not with a second read.
+#[tokio::test]
+async fn an_update_landing_before_the_watch_starts_is_applied() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("scopegate.yaml");
+    std::fs::write(&path, yaml(upstream.addr, "/one", "")).unwrap();
+    scopegate::cli::install_crypto_provider();
+    let loaded = scopegate::config::load_file(&path).unwrap();
+    std::fs::write(&path, yaml(upstream.addr, "/two", "")).unwrap();
+
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (addr, admin) = (
+        listener.local_addr().unwrap(),
+        admin_listener.local_addr().unwrap(),
+    );
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scopegate::server::run_with_reload(
+        path,
+        loaded,
+        listener,
+        admin_listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let gw = Gateway::from_parts(addr, admin, stop, task);
+    gw.wait_ready().await;
+    assert!(
+        wait_for_status(&gw.url("/two"), 200).await,
+        "the update that landed first was never applied"
+    );
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 404);
+}

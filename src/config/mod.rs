@@ -25,5 +25,7 @@ pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
 /// `base_dir` resolves relative file paths in it.
 pub fn load_str(source: &str, base_dir: &Path, text: &str) -> Result<Config, ConfigError> {
     let raw = load::parse(source, text)?;
-    validate::validate(source, base_dir, raw)
+    let mut config = validate::validate(source, base_dir, raw)?;
+    config.text_digest = crate::auth::cache::digest(text);
+    Ok(config)
 }

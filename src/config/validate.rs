@@ -43,6 +43,10 @@ pub struct Config {
     /// Every file the config names (keys, secrets, CA bundles, TLS): a
     /// reload follows their contents as well as the config's own text.
     pub referenced_files: Vec<PathBuf>,
+    /// SHA-256 of the text it was loaded from (set by [`super::load_str`]):
+    /// a reload compares the file with what is running, not with a second
+    /// read that a ConfigMap update could have overtaken.
+    pub text_digest: [u8; 32],
     /// Claim names referenced by any identity header, in slot order.
     pub identity_claims: Vec<String>,
     /// RFC 9728 protected resource metadata, if configured.
@@ -574,6 +578,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         routes,
         cache_max_entries: raw.cache.max_entries,
         referenced_files: v.files.take(),
+        text_digest: [0; 32],
         identity_claims,
     })
 }

@@ -95,6 +95,7 @@ async fn serve(
         None => None,
     };
     let files = config.referenced_files.clone();
+    let text_digest = config.text_digest;
     let first = Gateway::new(config, Arc::clone(&metrics))
         .await
         .map_err(ServerError::Setup)?;
@@ -103,13 +104,12 @@ async fn serve(
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
     if let Some(path) = config_path {
-        let text = std::fs::read_to_string(&path).unwrap_or_default();
         let reloader = reload::Reloader::new(
             path,
             Arc::clone(&current),
             Arc::clone(&metrics),
             running,
-            text,
+            text_digest,
             files,
         );
         tokio::spawn(reloader.run(background.clone()));

@@ -54,7 +54,7 @@ pub struct Reloader {
     current: Arc<ArcSwap<Gateway>>,
     metrics: Arc<Metrics>,
     running: RunningSettings,
-    last_text: String,
+    last_text: TokenDigest,
     /// The files the running config names, and a digest of their contents
     /// when it was loaded (or when a refused change to them was seen).
     files: Vec<PathBuf>,
@@ -72,14 +72,15 @@ pub struct RunningSettings {
 
 impl Reloader {
     /// `running` is the config the server started with (for restart-only
-    /// settings); `text` the file content it was loaded from, and `files`
-    /// the files it names ([`config::Config::referenced_files`]).
+    /// settings); `text` the digest of the file content it was loaded from
+    /// ([`config::Config::text_digest`]), and `files` the files it names
+    /// ([`config::Config::referenced_files`]).
     pub fn new(
         path: PathBuf,
         current: Arc<ArcSwap<Gateway>>,
         metrics: Arc<Metrics>,
         running: RunningSettings,
-        text: String,
+        text: TokenDigest,
         files: Vec<PathBuf>,
     ) -> Self {
         metrics.config_last_reload_success.set(1);
@@ -102,6 +103,9 @@ impl Reloader {
         let mut hangup = hangup_signal();
         let mut poll = tokio::time::interval(POLL);
         poll.tick().await;
+        // A change that landed between loading the config and the watch
+        // starting raised no event: look once now.
+        self.reload(false).await;
         loop {
             let forced = tokio::select! {
                 Some(()) = event_rx.recv() => {
@@ -132,12 +136,13 @@ impl Reloader {
         // Keys, secrets and certificates rotated in place (a Secret volume
         // elsewhere, cert-manager) change no byte of the config itself.
         let files = contents_digest(&self.files);
-        if !forced && text == self.last_text && files == self.last_files {
+        let text_digest = digest(&text);
+        if !forced && text_digest == self.last_text && files == self.last_files {
             return;
         }
         match self.apply(&text).await {
             Ok(named) => {
-                self.last_text = text;
+                self.last_text = text_digest;
                 self.last_files = contents_digest(&named);
                 self.files = named;
                 self.metrics
@@ -152,7 +157,7 @@ impl Reloader {
                 // one refused for the moment (an issuer's keys not loading
                 // yet) is tried again at the next poll.
                 if matches!(e, ReloadError::Invalid(_)) {
-                    self.last_text = text;
+                    self.last_text = text_digest;
                     self.last_files = files;
                 }
                 self.failed(&e);
