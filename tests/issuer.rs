@@ -762,6 +762,24 @@ async fn a_burst_of_guesses_gets_no_more_tries_than_the_limit() {
     assert_eq!((checked, refused), (5, 15), "{statuses:?}");
 }
 
+/// A burst of right passwords is held back only until the first checks pass:
+/// nothing is refused (a place under the limit is not a failure).
+#[tokio::test]
+async fn a_burst_of_right_passwords_is_served() {
+    let (_upstream, gw) = start("").await;
+    let gw = std::sync::Arc::new(gw);
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..12 {
+        let gw = std::sync::Arc::clone(&gw);
+        set.spawn(async move { password(&gw, "bob", PASSWORD).await.status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = set.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(statuses, vec![200; 12]);
+}
+
 // ---------------------------------------------------------------------------
 // authorization_code (the exchange; codes come from an authorization endpoint)
 // ---------------------------------------------------------------------------

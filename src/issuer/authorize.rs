@@ -276,7 +276,7 @@ impl AuthorizationServer {
         let username = map.get("username").cloned().unwrap_or_default();
         let password = map.get("password").cloned().unwrap_or_default();
         let limiter_key = format!("user:{username}");
-        let Some(attempt) = self.clients.begin_check(&limiter_key) else {
+        let Some(attempt) = self.clients.begin_check(&limiter_key).await else {
             return self.login_page(
                 request,
                 Some("Too many failed sign-ins. Wait a minute and try again."),

@@ -133,7 +133,19 @@ pub struct ClientAuthenticator {
     /// the name unlimited and get as many guesses as checks fit in flight.
     /// An entry lives only while a check does.
     pending: Mutex<HashMap<[u8; 32], u32>>,
+    /// Woken whenever a check ends, for checks waiting for a place.
+    check_ended: tokio::sync::Notify,
     hashing: PasswordChecker,
+}
+
+/// Whether a check for a name may start now.
+enum Begin<'a> {
+    /// It may: it holds a place until it ends.
+    Go(Attempt<'a>),
+    /// The name's failures reached the limit.
+    Limited,
+    /// Failures and checks under way reach the limit: wait for one to end.
+    Wait,
 }
 
 /// A secret or password check under way for a name, counted against its
@@ -161,6 +173,7 @@ impl Drop for Attempt<'_> {
                 }
             }
         }
+        self.limiter.check_ended.notify_waiters();
     }
 }
 
@@ -232,6 +245,7 @@ impl ClientAuthenticator {
                 .build(),
             failures: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            check_ended: tokio::sync::Notify::new(),
             hashing: PasswordChecker::new(),
         }
     }
@@ -279,6 +293,7 @@ impl ClientAuthenticator {
             if let Some(secret) = &p.secret {
                 let attempt = self
                     .begin_check(&limiter_key)
+                    .await
                     .ok_or_else(OAuthError::too_many_attempts)?;
                 self.verify_password(None, secret)
                     .await
@@ -308,6 +323,7 @@ impl ClientAuthenticator {
                 } else {
                     Some(
                         self.begin_check(&limiter_key)
+                            .await
                             .ok_or_else(OAuthError::too_many_attempts)?,
                     )
                 };
@@ -354,26 +370,46 @@ impl ClientAuthenticator {
             .is_some_and(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
     }
 
-    /// Starts a secret or password check for `name`: `None` when the name's
-    /// failures and the checks already under way for it reach the limit.
-    pub fn begin_check(&self, name: &str) -> Option<Attempt<'_>> {
+    /// Starts a secret or password check for `name`: `None` when the name
+    /// is limited. While its failures and the checks already under way for
+    /// it reach the limit, it waits for one of those to end: a burst of
+    /// guesses gets no more checks than the limit, and a burst of right
+    /// secrets or passwords is only held back until the first ones pass.
+    pub async fn begin_check(&self, name: &str) -> Option<Attempt<'_>> {
         let key = failure_key(name);
+        loop {
+            // Registered before looking, so that an end in between wakes it.
+            let ended = self.check_ended.notified();
+            tokio::pin!(ended);
+            ended.as_mut().enable();
+            match self.try_begin(key) {
+                Begin::Go(attempt) => return Some(attempt),
+                Begin::Limited => return None,
+                Begin::Wait => ended.await,
+            }
+        }
+    }
+
+    fn try_begin(&self, key: [u8; 32]) -> Begin<'_> {
         let failed = match self.failures.lock() {
             Ok(failures) => failures
                 .get(&key)
                 .filter(|(_, start)| start.elapsed() < FAILURE_WINDOW)
                 .map_or(0, |(n, _)| *n),
-            Err(_) => return None,
+            Err(_) => return Begin::Limited,
         };
+        if failed >= MAX_FAILURES {
+            return Begin::Limited;
+        }
         let Ok(mut pending) = self.pending.lock() else {
-            return None;
+            return Begin::Limited;
         };
         let under_way = pending.get(&key).copied().unwrap_or(0);
         if failed.saturating_add(under_way) >= MAX_FAILURES {
-            return None;
+            return Begin::Wait;
         }
         pending.insert(key, under_way.saturating_add(1));
-        Some(Attempt { limiter: self, key })
+        Begin::Go(Attempt { limiter: self, key })
     }
 
     /// Counts a failed secret or password check for `name`.
@@ -508,27 +544,41 @@ mod tests {
     /// Checks under way count against the limit: a burst started together
     /// gets no more guesses than the limit, and an ended check frees its
     /// place (as a failure, or not at all when it succeeded).
-    #[test]
-    fn checks_under_way_count_against_the_limit() {
+    #[tokio::test]
+    async fn checks_under_way_count_against_the_limit() {
         let auth = ClientAuthenticator::new(&[]);
+        let target = failure_key("user:target");
+        fn go(begin: Begin<'_>) -> Option<Attempt<'_>> {
+            match begin {
+                Begin::Go(attempt) => Some(attempt),
+                _ => None,
+            }
+        }
         let burst: Vec<_> = (0..MAX_FAILURES)
-            .map(|_| auth.begin_check("user:target").expect("under the limit"))
+            .map(|_| go(auth.try_begin(target)).expect("under the limit"))
             .collect();
         assert!(
-            auth.begin_check("user:target").is_none(),
+            matches!(auth.try_begin(target), Begin::Wait),
             "a sixth check began"
         );
         assert!(!auth.is_limited("user:target"), "nothing has failed yet");
-        assert!(auth.begin_check("user:other").is_some());
+        assert!(auth.begin_check("user:other").await.is_some());
+        // A sixth waits; one of the five passing lets it begin.
         let mut burst = burst.into_iter();
-        drop(burst.next());
-        let again = auth
-            .begin_check("user:target")
-            .expect("a succeeded check frees its place");
-        again.failed();
-        burst.for_each(Attempt::failed);
+        let passed = burst.next();
+        let (again, ()) = tokio::join!(auth.begin_check("user:target"), async move {
+            tokio::task::yield_now().await;
+            drop(passed);
+        });
+        again.expect("a passed check frees its place").failed();
+        // The rest fail: the name is limited, and the waiting one is refused.
+        let failing = async move {
+            tokio::task::yield_now().await;
+            burst.for_each(Attempt::failed);
+        };
+        let (refused, ()) = tokio::join!(auth.begin_check("user:target"), failing);
+        assert!(refused.is_none(), "a check began on a limited name");
         assert!(auth.is_limited("user:target"));
-        assert!(auth.begin_check("user:target").is_none());
         assert!(
             auth.pending.lock().unwrap().is_empty(),
             "ended checks stay pending"

@@ -239,7 +239,7 @@ impl AuthorizationServer {
             if let (Some(owner), Some(jti)) = (owner, jti) {
                 if owner == client.client_id {
                     self.store
-                        .revoke_access(jti, exp.saturating_add(LEEWAY_SECS))
+                        .revoke_access(jti, super::revoked_until(exp))
                         .await
                         .map_err(|e| self.store_failed(&e))?;
                 }

@@ -38,6 +38,13 @@ const MAX_FORM_BYTES: usize = 64 * 1024;
 /// server's access tokens; a revocation lasts that much longer than the token.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// Until when (exclusive, as the store keeps it) a revocation of a token
+/// expiring at `exp` must hold: the gateway accepts it up to and including
+/// `exp + LEEWAY_SECS`.
+pub(crate) fn revoked_until(exp: u64) -> u64 {
+    exp.saturating_add(LEEWAY_SECS).saturating_add(1)
+}
+
 /// An RFC 6749 5.2 error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
@@ -260,9 +267,7 @@ impl AuthorizationServer {
     /// from it live up to `access_token_ttl` past its end, and the gateway
     /// accepts them [`LEEWAY_SECS`] longer.
     fn grant_revoked_until(&self, grant_ends: u64) -> u64 {
-        grant_ends
-            .saturating_add(self.settings.access_token_ttl.as_secs())
-            .saturating_add(LEEWAY_SECS)
+        revoked_until(grant_ends.saturating_add(self.settings.access_token_ttl.as_secs()))
     }
 
     /// The state store (shared with the gateway's revocation checks).

@@ -108,6 +108,7 @@ impl AuthorizationServer {
         let attempt = self
             .clients
             .begin_check(&limiter_key)
+            .await
             .ok_or_else(OAuthError::too_many_user_attempts)?;
         let user = self.users.get(username.as_str());
         let ok = self

@@ -141,9 +141,9 @@ impl Reloader {
             return;
         }
         match self.apply(&text).await {
-            Ok(named) => {
+            Ok((named, named_digest)) => {
                 self.last_text = text_digest;
-                self.last_files = contents_digest(&named);
+                self.last_files = named_digest;
                 self.files = named;
                 self.metrics
                     .config_reloads
@@ -174,12 +174,14 @@ impl Reloader {
         tracing::error!(error = %error, "configuration reload refused; the previous configuration keeps serving");
     }
 
-    /// Applies `text`; returns the files the new config names.
-    async fn apply(&mut self, text: &str) -> Result<Vec<PathBuf>, ReloadError> {
+    /// Applies `text`; returns the files the new config names, and a digest
+    /// of their contents as they were when it was loaded.
+    async fn apply(&mut self, text: &str) -> Result<(Vec<PathBuf>, TokenDigest), ReloadError> {
         let base = self.path.parent().unwrap_or_else(|| Path::new("."));
         let config = config::load_str(&self.path.display().to_string(), base, text)
             .map_err(ReloadError::Invalid)?;
         let named = config.referenced_files.clone();
+        let named_digest = contents_digest(&named);
         for setting in restart_required(&self.running, &config) {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
@@ -205,7 +207,7 @@ impl Reloader {
         if !reused {
             old.authenticator().stop_background();
         }
-        Ok(named)
+        Ok((named, named_digest))
     }
 }
 
@@ -262,14 +264,16 @@ fn restart_required(running: &RunningSettings, new: &Config) -> Vec<&'static str
     changed
 }
 
-/// Watches the directory holding `path`; every event becomes a nudge.
+/// Watches the directory holding `path`; every change becomes a nudge. Mere
+/// access is not a change: reading the config (as every reload does) raises
+/// an open event, which would otherwise start the next reload.
 fn watch_directory(path: &Path, events: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
     let dir = path
         .parent()
         .filter(|d| !d.as_os_str().is_empty())
         .unwrap_or_else(|| Path::new("."));
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        if event.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = events.try_send(());
         }
     });
