@@ -253,10 +253,10 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let (io, requests) = framing::FramingWatch::new(io);
+    let activity = idle::Activity::new();
+    let (io, requests) = framing::FramingWatch::new(idle::Watched::new(io, Arc::clone(&activity)));
     let first_request = Arc::new(tokio::sync::Notify::new());
     let arrived = Arc::clone(&first_request);
-    let activity = idle::Activity::new();
     let requests_activity = Arc::clone(&activity);
     let service = service_fn(move |mut request: Request<Incoming>| {
         arrived.notify_one();
