@@ -1367,7 +1367,7 @@ async fn a_silent_http2_upstream_connection_is_replaced() {
 
     freeze.send(true).unwrap();
     let mut statuses = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     while tokio::time::Instant::now() < deadline {
         let reply = get_with_token(&gw.url("/orders/2"), &token).await;
         statuses.push(reply.status);

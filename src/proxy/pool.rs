@@ -54,11 +54,14 @@ pub enum SendError {
     Protocol(#[from] hyper::Error),
 }
 
-/// How often a shared HTTP/2 upstream connection is pinged.
-const H2_PING_INTERVAL: Duration = Duration::from_secs(10);
+/// How often a shared HTTP/2 upstream connection with requests open is
+/// pinged. Not while idle: gRPC servers answer pings on a connection without
+/// calls (or more often than every few minutes without data) with GOAWAY
+/// `too_many_pings`.
+const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a ping may go unanswered before the connection is closed (and
 /// the next request opens a new one).
-const H2_PING_TIMEOUT: Duration = Duration::from_secs(5);
+const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Where and how to reach one upstream.
 pub struct PoolSettings {
@@ -341,14 +344,14 @@ impl UpstreamPool {
             .await
             .map_err(SendError::Connect)?;
         if self.http2_only || io.connected().is_negotiated_h2() {
-            // Pinged, idle or not: a connection a NAT or load balancer
-            // dropped without a word would otherwise take every request to
-            // this upstream into a timeout until TCP gave up (minutes).
+            // Pinged while requests are open: a connection a NAT or load
+            // balancer dropped without a word would otherwise take every
+            // request to this upstream into a timeout until TCP gave up.
             let (sender, connection) = http2::Builder::new(TokioExecutor::new())
                 .timer(TokioTimer::new())
                 .keep_alive_interval(H2_PING_INTERVAL)
                 .keep_alive_timeout(H2_PING_TIMEOUT)
-                .keep_alive_while_idle(true)
+                .keep_alive_while_idle(false)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
