@@ -47,6 +47,7 @@ fn refresh(family: &str, expires_at: u64, family_expires_at: u64) -> RefreshReco
         expires_at,
         family_expires_at,
         refresh_count: 2,
+        user_grant: true,
     }
 }
 

@@ -91,7 +91,8 @@ impl AuthorizationServer {
         } else {
             RefreshPlan::None
         };
-        self.issue(client, &client.client_id, &scope, plan).await
+        self.issue(client, &client.client_id, false, &scope, plan)
+            .await
     }
 
     async fn password(
@@ -127,7 +128,7 @@ impl AuthorizationServer {
         } else {
             RefreshPlan::None
         };
-        self.issue(client, &user.username, &scope, plan).await
+        self.issue(client, &user.username, true, &scope, plan).await
     }
 
     async fn refresh(
@@ -200,8 +201,8 @@ impl AuthorizationServer {
         }
         // The grant's rights as they stand now: a user removed since ends
         // it, and scopes since taken from the client or the user are not
-        // minted again. (A client's own grant has the client as subject.)
-        let user_scopes = if record.subject == client.client_id {
+        // minted again.
+        let user_scopes = if !record.user_grant && record.subject == client.client_id {
             None
         } else {
             match self.users.get(record.subject.as_str()) {
@@ -223,8 +224,15 @@ impl AuthorizationServer {
             .collect();
         let scope = requested_scope(form.get("scope"), &granted, None)?;
         let subject = record.subject.clone();
-        self.issue(client, &subject, &scope, RefreshPlan::Rotate(record))
-            .await
+        let user_grant = record.user_grant;
+        self.issue(
+            client,
+            &subject,
+            user_grant,
+            &scope,
+            RefreshPlan::Rotate(record),
+        )
+        .await
     }
 
     async fn authorization_code(
@@ -304,14 +312,17 @@ impl AuthorizationServer {
         } else {
             RefreshPlan::SessionOnly(record.family.clone())
         };
-        self.issue(client, &record.subject, &record.scope, plan)
+        self.issue(client, &record.subject, true, &record.scope, plan)
             .await
     }
 
+    /// Mints an access token (and a refresh token, as `plan` says) for
+    /// `subject`, a user when `user_grant`, else the client itself.
     async fn issue(
         &self,
         client: &Client,
         subject: &str,
+        user_grant: bool,
         scope: &str,
         plan: RefreshPlan,
     ) -> Result<Issued, OAuthError> {
@@ -356,6 +367,7 @@ impl AuthorizationServer {
                     expires_at: (now + settings.refresh_token_ttl.as_secs()).min(family_expires_at),
                     family_expires_at,
                     refresh_count: 0,
+                    user_grant,
                 })
             }
             // RFC 6749 6: the new refresh token's scope is the grant's, not

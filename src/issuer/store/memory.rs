@@ -313,6 +313,7 @@ mod tests {
             expires_at,
             family_expires_at,
             refresh_count: 0,
+            user_grant: true,
         }
     }
 

@@ -83,6 +83,12 @@ pub struct RefreshRecord {
     pub family_expires_at: u64,
     /// How many rotations led to this token (0 for the first).
     pub refresh_count: u32,
+    /// The subject is a user (password or authorization code grant), not the
+    /// client itself: a refresh checks the user still exists. Records written
+    /// before this field existed read as `false` and fall back to comparing
+    /// the subject with the client id.
+    #[serde(default)]
+    pub user_grant: bool,
 }
 
 /// One issued authorization code, stored under the digest of the code.
