@@ -1008,22 +1008,7 @@ async fn websocket_upgrade_is_tunnelled() {
     let token = world.token("orders:read");
 
     let outcome = tokio::time::timeout(BOUND, async {
-        let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-        let head = format!(
-            "GET /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
-             Connection: Upgrade\r\nUpgrade: websocket\r\n\
-             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut response = Vec::new();
-        let mut byte = [0u8; 1];
-        while !response.ends_with(b"\r\n\r\n") {
-            let n = stream.read(&mut byte).await.unwrap();
-            assert_eq!(n, 1, "closed before the response head ended: {response:?}");
-            response.push(byte[0]);
-        }
-        let response = String::from_utf8(response).unwrap();
-        assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+        let (mut stream, response) = upgrade_to_websocket(gw.addr, &token).await;
         let reply = RawReply::parse(&response);
         assert_eq!(reply.header("upgrade").as_deref(), Some("websocket"));
 
@@ -1048,9 +1033,9 @@ async fn websocket_upgrade_is_tunnelled() {
     assert_eq!(seen[0]["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }
 
-/// Opens a WebSocket tunnel through the gateway to `/orders/42` and checks
-/// that it echoes.
-async fn open_tunnel(addr: SocketAddr, token: &str) -> TcpStream {
+/// Asks the gateway to upgrade `/orders/42` to WebSocket; returns the stream
+/// after a `101` and the response head.
+async fn upgrade_to_websocket(addr: SocketAddr, token: &str) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
@@ -1064,7 +1049,15 @@ async fn open_tunnel(addr: SocketAddr, token: &str) -> TcpStream {
         assert_eq!(stream.read(&mut byte).await.unwrap(), 1, "{response:?}");
         response.push(byte[0]);
     }
-    assert!(response.starts_with(b"HTTP/1.1 101"), "{response:?}");
+    let response = String::from_utf8(response).unwrap();
+    assert!(response.starts_with("HTTP/1.1 101"), "{response}");
+    (stream, response)
+}
+
+/// Opens a WebSocket tunnel through the gateway to `/orders/42` and checks
+/// that it echoes.
+async fn open_tunnel(addr: SocketAddr, token: &str) -> TcpStream {
+    let (mut stream, _) = upgrade_to_websocket(addr, token).await;
     stream.write_all(b"ping").await.unwrap();
     let mut echoed = [0u8; 4];
     stream.read_exact(&mut echoed).await.unwrap();

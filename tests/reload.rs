@@ -52,6 +52,12 @@ struct Reloading {
 async fn start_reloading(path: PathBuf) -> Reloading {
     scopegate::cli::install_crypto_provider();
     let config = scopegate::config::load_file(&path).unwrap();
+    start_reloading_with(path, config).await
+}
+
+/// Serves `config` (loaded from `path`, perhaps before the file changed)
+/// and watches `path`.
+async fn start_reloading_with(path: PathBuf, config: scopegate::config::Config) -> Reloading {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -603,24 +609,7 @@ async fn an_update_landing_before_the_watch_starts_is_applied() {
     let loaded = scopegate::config::load_file(&path).unwrap();
     std::fs::write(&path, yaml(upstream.addr, "/two", "")).unwrap();
 
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let (addr, admin) = (
-        listener.local_addr().unwrap(),
-        admin_listener.local_addr().unwrap(),
-    );
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(scopegate::server::run_with_reload(
-        path,
-        loaded,
-        listener,
-        admin_listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let gw = Gateway::from_parts(addr, admin, stop, task);
-    gw.wait_ready().await;
+    let gw = start_reloading_with(path, loaded).await.gateway;
     assert!(
         wait_for_status(&gw.url("/two"), 200).await,
         "the update that landed first was never applied"
