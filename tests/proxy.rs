@@ -440,7 +440,6 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         "x-named-one",
         "x-named-two",
         "keep-alive",
-        "te",
         "trailer",
         "proxy-authorization",
         "proxy-connection",
@@ -455,6 +454,15 @@ async fn hop_by_hop_headers_are_not_forwarded() {
         assert!(!v.contains("x-named") && !v.contains("upgrade"), "{v}");
     }
     assert_eq!(seen.headers["x-kept"], "yes");
+    // `te: trailers` alone is passed on (gRPC needs it), as this hop's.
+    assert_eq!(seen.headers["te"], "trailers");
+    assert!(
+        seen.headers
+            .get_all("connection")
+            .iter()
+            .any(|v| v.to_str().unwrap().eq_ignore_ascii_case("te")),
+        "{seen:?}"
+    );
     assert_eq!(seen.headers["authorization"], auth.as_str());
     // A Connection header naming Host does not hide the original host.
     assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
@@ -1377,6 +1385,55 @@ async fn a_silent_http2_upstream_connection_is_replaced() {
         "{statuses:?}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// gRPC: `te: trailers` from an HTTP/2 client reaches an HTTP/2 upstream
+/// (gRPC servers refuse a request without it), and nothing else of TE.
+#[tokio::test]
+async fn te_trailers_reaches_an_http2_upstream() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = {
+        let seen = Arc::clone(&seen);
+        serve_fn(move |req: Request<Incoming>| {
+            let seen = Arc::clone(&seen);
+            async move {
+                let te: Vec<String> = req
+                    .headers()
+                    .get_all("te")
+                    .iter()
+                    .map(|v| v.to_str().unwrap().to_owned())
+                    .collect();
+                seen.lock().unwrap().push((req.version(), te));
+                Response::new(full_body("ok"))
+            }
+        })
+        .await
+    };
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let request = Request::post(gw.url("/orders/1"))
+        .header("authorization", bearer(&world.token("orders:write")))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .expect("h2 request timed out")
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let seen = seen.lock().unwrap();
+    assert_eq!(
+        *seen,
+        [(http::Version::HTTP_2, vec!["trailers".to_owned()])]
+    );
 }
 
 #[tokio::test]

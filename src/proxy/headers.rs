@@ -4,7 +4,7 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, UPGRADE};
+use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, UPGRADE};
 use http::uri::Authority;
 use http::HeaderMap;
 
@@ -218,7 +218,18 @@ pub fn prepare_upstream_request(
     let original_host = headers
         .remove(HOST)
         .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // `te: trailers` is the one TE value passed on: gRPC servers refuse a
+    // request without it (and it is the only one HTTP/2 allows).
+    let te_trailers = headers.get_all(TE).iter().any(|v| {
+        v.to_str().is_ok_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        })
+    });
     let mut upgrade = remove_hop_by_hop(headers);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
     if upgrade && !asks_for_websocket(headers) {
         // Only WebSocket is tunnelled. Another protocol (`h2c` above all)
         // would carry requests to the upstream past route matching and token
@@ -273,7 +284,6 @@ pub fn prepare_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use http::header::TE;
 
     #[test]
     fn connection_named_headers_and_hop_by_hop_are_removed() {

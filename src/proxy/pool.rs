@@ -27,7 +27,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use http::header::HOST;
+use http::header::{CONNECTION, HOST, TE};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -228,6 +228,15 @@ impl UpstreamPool {
                     was_idle,
                 } => {
                     request.headers_mut().insert(HOST, self.host.clone());
+                    // RFC 9110 10.1.4: TE is for this hop, and says so.
+                    let headers = request.headers();
+                    if headers.contains_key(TE)
+                        && !headers.get_all(CONNECTION).iter().any(|v| v == "te")
+                    {
+                        request
+                            .headers_mut()
+                            .append(CONNECTION, HeaderValue::from_static("te"));
+                    }
                     *request.version_mut() = Version::HTTP_11;
                     // Boxed, and only off a connection that sat idle: a busy
                     // pool's requests carry no copy.
