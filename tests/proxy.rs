@@ -1195,18 +1195,23 @@ async fn version_upstream(versions: Arc<Mutex<Vec<http::Version>>>) -> SocketAdd
     .await
 }
 
-async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
+/// Sends `request` over h2c (prior knowledge), bounded by [`BOUND`].
+async fn h2_send(request: Request<Full<Bytes>>) -> Response<Incoming> {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new());
+    tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .expect("h2 request timed out")
+        .unwrap()
+}
+
+async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
     let request = Request::get(url)
         .header("authorization", bearer(token))
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(BOUND, client.request(request))
-        .await
-        .expect("h2 request timed out")
-        .unwrap();
+    let response = h2_send(request).await;
     let version = response.version();
     let status = response.status();
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -1219,19 +1224,13 @@ async fn h2_get(url: &str, token: &str) -> (http::Version, StatusCode, String) {
 async fn split_h2_cookies_reach_an_http1_upstream_as_one_line() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new());
     let request = Request::get(gw.url("/orders/1"))
         .header("authorization", bearer(&world.token("orders:read")))
         .header("cookie", "a=1")
         .header("cookie", "b=2")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let response = tokio::time::timeout(BOUND, client.request(request))
-        .await
-        .expect("h2 request timed out")
-        .unwrap();
+    let response = h2_send(request).await;
     assert_eq!(response.status(), 200);
     let seen = world.upstream.last();
     let cookies: Vec<&str> = seen
@@ -1415,19 +1414,13 @@ async fn te_trailers_reaches_an_http2_upstream() {
         "    request_timeout: 2s\n    http2_only: true\n",
     );
     let gw = Gateway::start(&yaml).await;
-    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
-        .http2_only(true)
-        .build(HttpConnector::new());
     let request = Request::post(gw.url("/orders/1"))
         .header("authorization", bearer(&world.token("orders:write")))
         .header("content-type", "application/grpc")
         .header("te", "trailers")
         .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
         .unwrap();
-    let response = tokio::time::timeout(BOUND, client.request(request))
-        .await
-        .expect("h2 request timed out")
-        .unwrap();
+    let response = h2_send(request).await;
     assert_eq!(response.status(), 200);
     let seen = seen.lock().unwrap();
     assert_eq!(

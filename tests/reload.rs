@@ -77,6 +77,17 @@ async fn start_reloading_with(path: PathBuf, config: scopegate::config::Config) 
     Reloading { gateway }
 }
 
+/// Whether `token` is accepted on `url` within about 10 s.
+async fn passes_eventually(url: &str, token: &str) -> bool {
+    for _ in 0..400 {
+        if get_with_token(url, token).await.status == 200 {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
 async fn wait_for_status(url: &str, status: u16) -> bool {
     for _ in 0..400 {
         if get(url, &[]).await.map(|r| r.status) == Ok(status) {
@@ -314,14 +325,7 @@ routes:
     // Rotate the key file (outside the watched directory), then SIGHUP.
     std::fs::write(&jwks, key2.jwks()).unwrap();
     signal(&process.child, "HUP");
-    let mut accepted = false;
-    for _ in 0..400 {
-        if get_with_token(&url, &token2).await.status == 200 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let accepted = passes_eventually(&url, &token2).await;
     assert!(accepted, "SIGHUP did not reload the key file");
     assert_eq!(
         get_with_token(&url, &token1).await.status,
@@ -496,14 +500,7 @@ async fn a_key_file_rewritten_in_place_is_followed_without_a_signal() {
     assert_eq!(get_with_token(&url, &token2).await.status, 401);
 
     std::fs::write(&jwks, key2.jwks()).unwrap();
-    let mut accepted = false;
-    for _ in 0..400 {
-        if get_with_token(&url, &token2).await.status == 200 {
-            accepted = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let accepted = passes_eventually(&url, &token2).await;
     assert!(accepted, "the rewritten key file was not followed");
     assert_eq!(get_with_token(&url, &token1).await.status, 401);
 }
