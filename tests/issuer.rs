@@ -955,6 +955,53 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
     assert_oauth_error(&r, 401, "invalid_client");
 }
 
+/// Every failed client authentication gets the same answer, so that the
+/// token, introspection and revocation endpoints do not tell which client
+/// ids exist (RFC 6749 5.2 lists an unknown client and a missing secret
+/// under one error).
+#[tokio::test]
+async fn failed_client_authentication_does_not_tell_known_clients_from_unknown() {
+    let (_upstream, gw) = start("").await;
+    let answer = |r: Reply| (r.status, r.www_authenticate(), r.text());
+    let cases = [
+        // (client id, extra form fields)
+        ("svc", String::new()),
+        ("svc", "&client_secret=wrong-secret".to_owned()),
+    ];
+    for (known, extra) in cases {
+        let body = |id: &str| format!("grant_type=client_credentials&client_id={id}{extra}");
+        let known_answer = answer(token_request(&gw, &body(known)).await);
+        let unknown_answer = answer(token_request(&gw, &body("nobody")).await);
+        assert_eq!(known_answer.0, 401, "{known_answer:?}");
+        assert_eq!(known_answer, unknown_answer, "{extra}");
+    }
+    // The same over HTTP Basic and at the introspection endpoint.
+    let basic_answer = |id: &str| {
+        let auth = basic(id, "wrong-secret");
+        let url = gw.url(TOKEN);
+        async move {
+            answer(
+                post_form(
+                    &url,
+                    &[("authorization", &auth)],
+                    "grant_type=client_credentials",
+                )
+                .await,
+            )
+        }
+    };
+    assert_eq!(basic_answer("svc").await, basic_answer("nobody").await);
+    let introspect_answer = |id: &str| {
+        let body = format!("token=x&client_id={id}");
+        let url = gw.url(INTROSPECT);
+        async move { answer(post_form(&url, &[], &body).await) }
+    };
+    let known = introspect_answer("svc").await;
+    assert_eq!(known.0, 401, "{known:?}");
+    assert_eq!(known, introspect_answer("nobody").await);
+    stop(gw).await;
+}
+
 #[tokio::test]
 async fn repeated_client_authentication_failures_are_rate_limited() {
     let (_upstream, gw) = start("").await;

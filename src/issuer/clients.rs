@@ -120,6 +120,14 @@ fn form_decode(s: &str) -> Option<String> {
         .map(|c| c.into_owned())
 }
 
+/// A failed client authentication. The answer is the same whatever failed
+/// (RFC 6749 5.2), so that it does not tell which client ids exist or which
+/// of them are public; the log says why, for the operator.
+fn failed(presented: &Presented, why: &'static str) -> OAuthError {
+    tracing::debug!(client_id = ?presented.client_id, why, "client authentication failed");
+    OAuthError::invalid_client(presented.basic, "client authentication failed")
+}
+
 /// Checks secrets, caching successes and limiting failures.
 pub struct ClientAuthenticator {
     clients: HashMap<String, Client>,
@@ -300,18 +308,12 @@ impl ClientAuthenticator {
                     .map_err(|Busy| OAuthError::busy())?;
                 attempt.failed();
             }
-            return Err(OAuthError::invalid_client(
-                p.basic,
-                "unknown client or wrong secret",
-            ));
+            return Err(failed(&p, "unknown client"));
         };
         match (&client.secret_hash, &p.secret) {
             (None, None) if allow_public => Ok(Arc::new(client.clone())),
-            (None, _) => Err(OAuthError::invalid_client(
-                p.basic,
-                "this client cannot authenticate here",
-            )),
-            (Some(_), None) => Err(OAuthError::invalid_client(p.basic, "client secret missing")),
+            (None, _) => Err(failed(&p, "a public client cannot authenticate here")),
+            (Some(_), None) => Err(failed(&p, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no
                 // guess: only uncached checks take a place under the limit.
@@ -337,10 +339,7 @@ impl ClientAuthenticator {
                     if let Some(attempt) = attempt {
                         attempt.failed();
                     }
-                    Err(OAuthError::invalid_client(
-                        p.basic,
-                        "unknown client or wrong secret",
-                    ))
+                    Err(failed(&p, "wrong secret"))
                 }
             }
         }
