@@ -837,53 +837,17 @@ async fn concurrent_requests_with_one_uncached_token_share_one_call() {
 /// `MAX_CALLS_IN_FLIGHT` wait on it at once, and the rest wait their turn.
 #[tokio::test]
 async fn calls_in_flight_to_the_endpoint_are_bounded() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
     const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
     const TOKENS: usize = LIMIT + 16;
-    let in_flight = Arc::new(AtomicUsize::new(0));
-    let most = Arc::new(AtomicUsize::new(0));
-    let (release, gate) = tokio::sync::watch::channel(false);
-    let endpoint = {
-        let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
-        spawn_server(move |_request: Request<Incoming>| {
-            let (in_flight, most, mut gate) =
-                (Arc::clone(&in_flight), Arc::clone(&most), gate.clone());
-            async move {
-                let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-                most.fetch_max(now, Ordering::SeqCst);
-                let _ = gate.wait_for(|open| *open).await;
-                in_flight.fetch_sub(1, Ordering::SeqCst);
-                Response::new(Full::new(Bytes::from(active("orders:read").to_string())))
-            }
-        })
-        .await
-    };
+    let endpoint = HeldEndpoint::start().await;
     let upstream = Upstream::start().await;
-    let secret = SecretFile::new(CLIENT_SECRET);
-    let issuers = opaque_issuer(
-        &format!("http://{endpoint}/introspect"),
-        &secret.credentials(),
-        "      timeout: 30s\n",
-    );
-    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
 
-    let mut set = tokio::task::JoinSet::new();
-    for i in 0..TOKENS {
-        let url = gw.url(&format!("/orders/{i}"));
-        set.spawn(async move { get_with_token(&url, &format!("flood-{i}")).await.status });
-    }
-    let mut held = false;
-    for _ in 0..1000 {
-        if in_flight.load(Ordering::SeqCst) >= LIMIT {
-            held = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(held, "the endpoint never held {LIMIT} calls");
-    release.send(true).unwrap();
+    let mut flood = flood(&gw, TOKENS);
+    endpoint.wait_until_holding(LIMIT).await;
+    endpoint.release();
     let mut statuses = Vec::new();
-    while let Some(status) = set.join_next().await {
+    while let Some(status) = flood.join_next().await {
         statuses.push(status.unwrap());
     }
     assert_eq!(
@@ -891,8 +855,119 @@ async fn calls_in_flight_to_the_endpoint_are_bounded() {
         vec![200; TOKENS],
         "every token is answered in turn"
     );
-    assert_eq!(most.load(Ordering::SeqCst), LIMIT);
+    assert_eq!(endpoint.most(), LIMIT);
     assert_eq!(upstream.count(), TOKENS);
+}
+
+/// A call that finds no free slot within the call timeout is refused as
+/// `busy` rather than queued for ever: with an endpoint that never answers
+/// and a 2 s timeout, the first 64 calls time out after 2 s and the next 64
+/// take their slots then; the last 64, whose wait for a slot ends at about
+/// the same time, are busy (all but those that arrived late enough, more
+/// than the time the first had to wait, to still find a slot).
+#[tokio::test]
+async fn a_call_that_finds_no_slot_in_time_is_busy() {
+    const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
+    const TOKENS: usize = 3 * LIMIT;
+    let endpoint = HeldEndpoint::start().await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "2s").await;
+
+    let mut flood = flood(&gw, TOKENS);
+    let mut statuses = Vec::new();
+    while let Some(status) = flood.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    endpoint.release();
+    assert_eq!(statuses, vec![503; TOKENS]);
+    let metrics = gw.metrics().await;
+    let (timeouts, busy) = (
+        introspection_results(&metrics, "timeout"),
+        introspection_results(&metrics, "busy"),
+    );
+    assert!(busy > 0.0 && timeouts >= (2 * LIMIT) as f64, "{metrics}");
+    assert_eq!(timeouts + busy, TOKENS as f64, "{metrics}");
+    assert_eq!(upstream.count(), 0);
+}
+
+/// An introspection endpoint that holds every call until released, and
+/// counts how many it held at once.
+struct HeldEndpoint {
+    addr: SocketAddr,
+    in_flight: Arc<std::sync::atomic::AtomicUsize>,
+    most: Arc<std::sync::atomic::AtomicUsize>,
+    release: tokio::sync::watch::Sender<bool>,
+    secret: SecretFile,
+}
+
+impl HeldEndpoint {
+    async fn start() -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let in_flight = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let (release, gate) = tokio::sync::watch::channel(false);
+        let addr = {
+            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+            spawn_server(move |_request: Request<Incoming>| {
+                let (in_flight, most, mut gate) =
+                    (Arc::clone(&in_flight), Arc::clone(&most), gate.clone());
+                async move {
+                    let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+                    most.fetch_max(now, Ordering::SeqCst);
+                    let _ = gate.wait_for(|open| *open).await;
+                    in_flight.fetch_sub(1, Ordering::SeqCst);
+                    Response::new(Full::new(Bytes::from(active("orders:read").to_string())))
+                }
+            })
+            .await
+        };
+        Self {
+            addr,
+            in_flight,
+            most,
+            release,
+            secret: SecretFile::new(CLIENT_SECRET),
+        }
+    }
+
+    /// A gateway introspecting here with this call `timeout`.
+    async fn gateway(&self, upstream: SocketAddr, timeout: &str) -> Gateway {
+        let issuers = opaque_issuer(
+            &format!("http://{}/introspect", self.addr),
+            &self.secret.credentials(),
+            &format!("      timeout: {timeout}\n"),
+        );
+        Gateway::start(&gateway_yaml(upstream, &issuers, "")).await
+    }
+
+    async fn wait_until_holding(&self, calls: usize) {
+        for _ in 0..1000 {
+            if self.in_flight.load(std::sync::atomic::Ordering::SeqCst) >= calls {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("the endpoint never held {calls} calls");
+    }
+
+    fn release(&self) {
+        self.release.send_replace(true);
+    }
+
+    /// The most calls held at once.
+    fn most(&self) -> usize {
+        self.most.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// Sends `tokens` different opaque tokens at once; yields their statuses.
+fn flood(gw: &Gateway, tokens: usize) -> tokio::task::JoinSet<u16> {
+    let mut set = tokio::task::JoinSet::new();
+    for i in 0..tokens {
+        let url = gw.url(&format!("/orders/{i}"));
+        set.spawn(async move { get_with_token(&url, &format!("flood-{i}")).await.status });
+    }
+    set
 }
 
 #[tokio::test]
