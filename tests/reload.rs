@@ -546,16 +546,86 @@ async fn a_config_refused_for_the_moment_is_tried_again() {
     );
 }
 
-/// Whether a TLS handshake with the gateway succeeds trusting only `cert`.
-async fn trusts(addr: std::net::SocketAddr, cert: &Path) -> bool {
+/// A TLS client trusting only `cert`, keeping its sessions to resume.
+fn tls_client(cert: &Path) -> tokio_rustls::TlsConnector {
     let roots = scopegate::proxy::client::trusted_roots(Some(cert)).unwrap();
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+}
+
+/// Whether a TLS handshake with the gateway succeeds trusting only `cert`.
+async fn trusts(addr: std::net::SocketAddr, cert: &Path) -> bool {
     let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-    connector.connect(name, stream).await.is_ok()
+    tls_client(cert).connect(name, stream).await.is_ok()
+}
+
+/// GETs `path` over a new TLS connection of `client`: the status line, and
+/// whether the handshake resumed a session. The answer is read to its end,
+/// so that the session tickets sent after the handshake are kept.
+async fn tls_get(
+    addr: std::net::SocketAddr,
+    client: &tokio_rustls::TlsConnector,
+    path: &str,
+) -> (String, Option<rustls::HandshakeKind>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let mut tls = client.connect(name, stream).await.unwrap();
+    let kind = tls.get_ref().1.handshake_kind();
+    let request = format!("GET {path} HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    let _ = tls.read_to_end(&mut answer).await;
+    let answer = String::from_utf8_lossy(&answer);
+    (answer.lines().next().unwrap_or_default().to_owned(), kind)
+}
+
+/// A reload that leaves the certificate and key as they were keeps the
+/// TLS acceptor, and with it the sessions clients resume: a route change
+/// does not cost every client a full handshake.
+#[tokio::test]
+async fn a_reload_keeps_tls_sessions_resumable() {
+    use rustls::HandshakeKind::{Full, Resumed};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _key) = self_signed(dir.path());
+    let config = dir.path().join("scopegate.yaml");
+    let text = |path: &str| {
+        yaml(upstream.addr, path, "").replace(
+            "  shutdown_delay: 0s\n",
+            "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
+        )
+    };
+    std::fs::write(&config, text("/one")).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+    let ok = "HTTP/1.1 200 OK".to_owned();
+    let client = tls_client(&cert);
+    assert_eq!(
+        tls_get(gw.addr, &client, "/one").await,
+        (ok.clone(), Some(Full))
+    );
+    assert_eq!(
+        tls_get(gw.addr, &client, "/one").await,
+        (ok.clone(), Some(Resumed))
+    );
+
+    std::fs::write(&config, text("/two")).unwrap();
+    // Another client waits for the reload, so that `client` next connects
+    // only once the new config serves.
+    let watcher = tls_client(&cert);
+    let mut reloaded = false;
+    for _ in 0..400 {
+        if tls_get(gw.addr, &watcher, "/two").await.0 == ok {
+            reloaded = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(reloaded, "the new config was not served");
+    assert_eq!(tls_get(gw.addr, &client, "/two").await, (ok, Some(Resumed)));
 }
 
 /// A certificate rotated in place (cert-manager rewriting a Secret volume)
@@ -612,4 +682,74 @@ async fn an_update_landing_before_the_watch_starts_is_applied() {
         "the update that landed first was never applied"
     );
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 404);
+}
+
+/// A reload reads files on the blocking pool, not on the runtime: with a
+/// named file turned into a FIFO that the test holds open, the reload waits
+/// in `read`, and the gateway, on this test's one runtime thread, must go on
+/// serving meanwhile.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::OpenOptionsExt;
+    /// `O_NONBLOCK` on Linux: opening a FIFO's write end this way succeeds
+    /// only while a reader has it open.
+    const O_NONBLOCK: i32 = 0o4000;
+
+    let upstream = Upstream::start().await;
+    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks()).unwrap();
+    let issuer = format!(
+        "issuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\n"
+    );
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(&config, yaml(upstream.addr, "/one", &issuer)).unwrap();
+    let gw = start_reloading(config).await.gateway;
+    let addr = gw.addr;
+
+    std::fs::remove_file(&jwks).unwrap();
+    let made = Command::new("mkfifo").arg(&jwks).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    let status = tokio::task::spawn_blocking(move || {
+        // The directory event starts a reload, which opens the FIFO.
+        let mut writer = None;
+        for _ in 0..500 {
+            let opened = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(O_NONBLOCK)
+                .open(&jwks);
+            if let Ok(file) = opened {
+                writer = Some(file);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let mut writer = writer.expect("no reload opened the key file");
+        // The reload now waits for the file's bytes; a request meanwhile:
+        let mut stream = std::net::TcpStream::connect(addr).unwrap();
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        stream
+            .write_all(b"GET /one HTTP/1.1\r\nhost: gw.test\r\nconnection: close\r\n\r\n")
+            .unwrap();
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer);
+        // Let the reload finish, and put a plain file back for later ones.
+        writer.write_all(key.jwks().as_bytes()).unwrap();
+        drop(writer);
+        let plain = jwks.with_extension("tmp");
+        std::fs::write(&plain, key.jwks()).unwrap();
+        std::fs::rename(&plain, &jwks).unwrap();
+        String::from_utf8_lossy(&answer).into_owned()
+    })
+    .await
+    .unwrap();
+    assert!(
+        status.starts_with("HTTP/1.1 200"),
+        "no answer while a reload waited on a file: {status:?}"
+    );
 }

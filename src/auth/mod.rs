@@ -177,12 +177,19 @@ impl Authenticator {
         issuer: &IssuerRuntime,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
-        let client = match crate::proxy::client::build_https_client(
-            issuer.ca_file.as_deref(),
-            Duration::from_secs(5),
-            1,
-            false,
-        ) {
+        // Off the runtime: it reads the CA file.
+        let ca_file = issuer.ca_file.clone();
+        let built = tokio::task::spawn_blocking(move || {
+            crate::proxy::client::build_https_client(
+                ca_file.as_deref(),
+                Duration::from_secs(5),
+                1,
+                false,
+            )
+        })
+        .await
+        .unwrap_or_else(|e| Err(format!("setup task failed: {e}")));
+        let client = match built {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(issuer = %issuer.name, error = %e, "discovery client setup failed");

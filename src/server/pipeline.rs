@@ -34,7 +34,7 @@ pub struct Gateway {
     auth_fingerprint: String,
     authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
     hot_metrics: HotMetrics,
-    tls: Option<tokio_rustls::TlsAcceptor>,
+    tls: Option<crate::server::tls::Inbound>,
 }
 
 /// Label lookups for the common outcomes, resolved once and then reused, so
@@ -122,16 +122,24 @@ impl Gateway {
         let auth = previous
             .filter(|p| p.auth_fingerprint == config.auth_fingerprint())
             .map(|p| Arc::clone(&p.auth));
-        let mut gateway = Self::reusing(config, metrics, auth)?;
+        // Off the runtime: building the clients and the TLS acceptor reads
+        // CA bundles, certificates and keys.
+        let tls = previous.and_then(|p| p.tls.clone());
+        let mut gateway =
+            tokio::task::spawn_blocking(move || Self::reusing(config, metrics, auth, tls.as_ref()))
+                .await
+                .map_err(|e| format!("building the gateway failed: {e}"))??;
         gateway.authorization_server = authorization_server;
         Ok(gateway)
     }
 
-    /// Builds from a config with no authorization server, keeping `auth`.
+    /// Builds from a config with no authorization server, keeping `auth`,
+    /// and `tls` if its certificate and key are the same.
     fn reusing(
         config: Config,
         metrics: Arc<Metrics>,
         auth: Option<Arc<Authenticator>>,
+        tls: Option<&crate::server::tls::Inbound>,
     ) -> Result<Self, String> {
         let auth_fingerprint = config.auth_fingerprint();
         let auth = match auth {
@@ -149,7 +157,7 @@ impl Gateway {
             .server
             .tls
             .as_ref()
-            .map(crate::server::tls::acceptor)
+            .map(|files| crate::server::tls::inbound(files, tls))
             .transpose()?;
         Ok(Self {
             tls,
@@ -167,7 +175,7 @@ impl Gateway {
 
     /// The acceptor for inbound TLS, from this config's certificate files.
     pub fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref()
+        self.tls.as_ref().map(crate::server::tls::Inbound::acceptor)
     }
 
     /// Identifies the issuer setup this gateway's authenticator was built from.

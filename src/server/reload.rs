@@ -123,19 +123,31 @@ impl Reloader {
 
     /// Reloads if the file changed (or always, when `forced`).
     pub async fn reload(&mut self, forced: bool) {
-        let text = match std::fs::read_to_string(&self.path) {
-            Ok(text) => text,
-            Err(e) => {
+        // Keys, secrets and certificates rotated in place (a Secret volume
+        // elsewhere, cert-manager) change no byte of the config itself, so
+        // the files it names are read too; all off the runtime, whose one
+        // thread may be serving (`server.workers: 1`).
+        let (path, named) = (self.path.clone(), self.files.clone());
+        let read = tokio::task::spawn_blocking(move || {
+            (std::fs::read_to_string(&path), contents_digest(&named))
+        })
+        .await;
+        let (text, files) = match read {
+            Ok((Ok(text), files)) => (text, files),
+            Ok((Err(e), _)) => {
                 self.failed(&ReloadError::Invalid(config::ConfigError::whole_file(
                     &self.path.display().to_string(),
                     format!("cannot read: {e}"),
                 )));
                 return;
             }
+            Err(e) => {
+                self.failed(&ReloadError::Setup(format!(
+                    "reading the files failed: {e}"
+                )));
+                return;
+            }
         };
-        // Keys, secrets and certificates rotated in place (a Secret volume
-        // elsewhere, cert-manager) change no byte of the config itself.
-        let files = contents_digest(&self.files);
         let text_digest = digest(&text);
         if !forced && text_digest == self.last_text && files == self.last_files {
             return;
@@ -177,11 +189,23 @@ impl Reloader {
     /// Applies `text`; returns the files the new config names, and a digest
     /// of their contents as they were when it was loaded.
     async fn apply(&mut self, text: &str) -> Result<(Vec<PathBuf>, TokenDigest), ReloadError> {
-        let base = self.path.parent().unwrap_or_else(|| Path::new("."));
-        let config = config::load_str(&self.path.display().to_string(), base, text)
-            .map_err(ReloadError::Invalid)?;
+        let source = self.path.display().to_string();
+        let base = self
+            .path
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .to_path_buf();
+        let text = text.to_owned();
+        // Off the runtime: validation reads the keys, secrets and
+        // certificates the config names.
+        let (config, named_digest) = tokio::task::spawn_blocking(move || {
+            let config = config::load_str(&source, &base, &text).map_err(ReloadError::Invalid)?;
+            let named_digest = contents_digest(&config.referenced_files);
+            Ok::<_, ReloadError>((config, named_digest))
+        })
+        .await
+        .map_err(|e| ReloadError::Setup(format!("loading failed: {e}")))??;
         let named = config.referenced_files.clone();
-        let named_digest = contents_digest(&named);
         for setting in restart_required(&self.running, &config) {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
@@ -207,6 +231,9 @@ impl Reloader {
         if !reused {
             old.authenticator().stop_background();
         }
+        // Dropped off the runtime when this is the last holder: closing a
+        // file store the new config no longer uses writes to disk.
+        drop(tokio::task::spawn_blocking(move || drop(old)));
         Ok((named, named_digest))
     }
 }

@@ -4,21 +4,70 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
+use crate::auth::cache::{digest, digest_of, TokenDigest};
 use crate::config::TlsFiles;
+
+/// An acceptor and a digest of the files it was built from, so that a
+/// reload that leaves them as they were keeps it, and with it the TLS
+/// sessions clients may resume.
+#[derive(Clone)]
+pub struct Inbound {
+    acceptor: TlsAcceptor,
+    files: TokenDigest,
+}
+
+impl Inbound {
+    /// The acceptor for new connections.
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+}
+
+/// The acceptor for `files`: `running`'s own when the files hold what it
+/// was built from, else a new one.
+pub fn inbound(files: &TlsFiles, running: Option<&Inbound>) -> Result<Inbound, String> {
+    let (cert_pem, key_pem) = read(files)?;
+    let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (path, contents) in [(&files.cert_file, &cert_pem), (&files.key_file, &key_pem)] {
+        let path = path.as_os_str().as_encoded_bytes();
+        all.update(&(path.len() as u64).to_be_bytes());
+        all.update(path);
+        all.update(&digest(contents));
+    }
+    let digest = digest_of(all.finish());
+    if let Some(running) = running.filter(|r| r.files == digest) {
+        return Ok(running.clone());
+    }
+    Ok(Inbound {
+        acceptor: build(files, &cert_pem, &key_pem)?,
+        files: digest,
+    })
+}
 
 /// Builds the acceptor; errors name the file at fault.
 pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let (cert_pem, key_pem) = read(files)?;
+    build(files, &cert_pem, &key_pem)
+}
+
+fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let cert_pem = std::fs::read(&files.cert_file)
         .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
     let key_pem =
         std::fs::read(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
-    let certs = rustls_pemfile::certs(&mut cert_pem.as_slice())
+    Ok((cert_pem, key_pem))
+}
+
+fn build(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
+    let mut cert_pem = cert_pem;
+    let mut key_pem = key_pem;
+    let certs = rustls_pemfile::certs(&mut cert_pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
     if certs.is_empty() {
         return Err(format!("{}: no certificates", files.cert_file.display()));
     }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+    let key = rustls_pemfile::private_key(&mut key_pem)
         .map_err(|e| format!("{}: {e}", files.key_file.display()))?
         .ok_or_else(|| format!("{}: no private key", files.key_file.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
