@@ -183,7 +183,11 @@ where
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(future) {
+    let outcome = runtime.block_on(future);
+    // A blocking task still stuck (a reload reading a file that never
+    // answers) must not keep a stopped gateway from exiting.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN);
+    match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("scopegate: {e}");
@@ -191,6 +195,9 @@ where
         }
     }
 }
+
+/// How long an exiting process waits for blocking tasks still running.
+const RUNTIME_SHUTDOWN: std::time::Duration = std::time::Duration::from_secs(1);
 
 fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
     let workers = config.server.workers;

@@ -843,7 +843,7 @@ async fn calls_in_flight_to_the_endpoint_are_bounded() {
     let upstream = Upstream::start().await;
     let gw = endpoint.gateway(upstream.addr, "30s").await;
 
-    let mut flood = flood(&gw, TOKENS);
+    let mut flood = flood(&gw, 0..TOKENS);
     endpoint.wait_until_holding(LIMIT).await;
     endpoint.release();
     let mut statuses = Vec::new();
@@ -860,33 +860,37 @@ async fn calls_in_flight_to_the_endpoint_are_bounded() {
 }
 
 /// A call that finds no free slot within the call timeout is refused as
-/// `busy` rather than queued for ever: with an endpoint that never answers
-/// and a 2 s timeout, the first 64 calls time out after 2 s and the next 64
-/// take their slots then; the last 64, whose wait for a slot ends at about
-/// the same time, are busy (all but those that arrived late enough, more
-/// than the time the first had to wait, to still find a slot).
+/// `busy` rather than queued for ever. The endpoint never answers and the
+/// timeout is 3 s: 64 calls are held first; of 128 more sent then, the
+/// first 64 take the slots when those time out, and the last 64, whose wait
+/// for a slot ends about then, find none (the 3 s need only exceed the time
+/// the 128 take to arrive).
 #[tokio::test]
 async fn a_call_that_finds_no_slot_in_time_is_busy() {
     const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
-    const TOKENS: usize = 3 * LIMIT;
     let endpoint = HeldEndpoint::start().await;
     let upstream = Upstream::start().await;
-    let gw = endpoint.gateway(upstream.addr, "2s").await;
+    let gw = endpoint.gateway(upstream.addr, "3s").await;
 
-    let mut flood = flood(&gw, TOKENS);
+    let mut first = flood(&gw, 0..LIMIT);
+    endpoint.wait_until_holding(LIMIT).await;
+    let mut rest = flood(&gw, LIMIT..3 * LIMIT);
     let mut statuses = Vec::new();
-    while let Some(status) = flood.join_next().await {
+    while let Some(status) = first.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    while let Some(status) = rest.join_next().await {
         statuses.push(status.unwrap());
     }
     endpoint.release();
-    assert_eq!(statuses, vec![503; TOKENS]);
+    assert_eq!(statuses, vec![503; 3 * LIMIT]);
     let metrics = gw.metrics().await;
     let (timeouts, busy) = (
         introspection_results(&metrics, "timeout"),
         introspection_results(&metrics, "busy"),
     );
-    assert!(busy > 0.0 && timeouts >= (2 * LIMIT) as f64, "{metrics}");
-    assert_eq!(timeouts + busy, TOKENS as f64, "{metrics}");
+    assert!(busy > 0.0 && timeouts >= LIMIT as f64, "{metrics}");
+    assert_eq!(timeouts + busy, (3 * LIMIT) as f64, "{metrics}");
     assert_eq!(upstream.count(), 0);
 }
 
@@ -960,10 +964,10 @@ impl HeldEndpoint {
     }
 }
 
-/// Sends `tokens` different opaque tokens at once; yields their statuses.
-fn flood(gw: &Gateway, tokens: usize) -> tokio::task::JoinSet<u16> {
+/// Sends the opaque tokens numbered `tokens` at once; yields their statuses.
+fn flood(gw: &Gateway, tokens: std::ops::Range<usize>) -> tokio::task::JoinSet<u16> {
     let mut set = tokio::task::JoinSet::new();
-    for i in 0..tokens {
+    for i in tokens {
         let url = gw.url(&format!("/orders/{i}"));
         set.spawn(async move { get_with_token(&url, &format!("flood-{i}")).await.status });
     }

@@ -93,6 +93,11 @@ authorization_server:
       scopes: [orders:read]
       audience: orders-api
       redirect_uris: [https://app.test/cb]
+    - client_id: spa
+      grants: [authorization_code, refresh_token]
+      scopes: [orders:read]
+      audience: orders-api
+      redirect_uris: [https://app.test/cb]
   users:
     - username: alice
       password_hash: "{p}"
@@ -957,23 +962,34 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
 
 /// Every failed client authentication gets the same answer, so that the
 /// token, introspection and revocation endpoints do not tell which client
-/// ids exist (RFC 6749 5.2 lists an unknown client and a missing secret
-/// under one error).
+/// ids exist, or which are public (RFC 6749 5.2 lists an unknown client and
+/// a missing secret under one error). A secret sent for an id with none to
+/// check (unknown, or public) costs a check and counts towards the limit
+/// as a wrong one does, so the limit does not tell them apart either.
 #[tokio::test]
 async fn failed_client_authentication_does_not_tell_known_clients_from_unknown() {
     let (_upstream, gw) = start("").await;
     let answer = |r: Reply| (r.status, r.www_authenticate(), r.text());
-    let cases = [
-        // (client id, extra form fields)
-        ("svc", String::new()),
-        ("svc", "&client_secret=wrong-secret".to_owned()),
-    ];
-    for (known, extra) in cases {
-        let body = |id: &str| format!("grant_type=client_credentials&client_id={id}{extra}");
-        let known_answer = answer(token_request(&gw, &body(known)).await);
-        let unknown_answer = answer(token_request(&gw, &body("nobody")).await);
-        assert_eq!(known_answer.0, 401, "{known_answer:?}");
-        assert_eq!(known_answer, unknown_answer, "{extra}");
+    // Without a secret: not counted, so repeatable.
+    let body = |id: &str| format!("grant_type=client_credentials&client_id={id}");
+    let unknown = answer(token_request(&gw, &body("nobody")).await);
+    assert_eq!(unknown.0, 401, "{unknown:?}");
+    for known in ["svc", "spa"] {
+        assert_eq!(
+            answer(token_request(&gw, &body(known)).await),
+            unknown,
+            "{known}"
+        );
+    }
+    // With a wrong secret: the same answers up to the limit, then 429 for
+    // each alike.
+    for id in ["svc", "spa", "nobody"] {
+        let body = format!("grant_type=client_credentials&client_id={id}&client_secret=wrong");
+        for attempt in 1..=5 {
+            let r = answer(token_request(&gw, &body).await);
+            assert_eq!(r, unknown, "{id}, attempt {attempt}");
+        }
+        assert_eq!(token_request(&gw, &body).await.status, 429, "{id}");
     }
     // The same over HTTP Basic and at the introspection endpoint.
     let basic_answer = |id: &str| {
@@ -990,15 +1006,17 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
             )
         }
     };
-    assert_eq!(basic_answer("svc").await, basic_answer("nobody").await);
+    let known = basic_answer("other").await;
+    assert_eq!(known.0, 401, "{known:?}");
+    assert_eq!(known, basic_answer("ghost").await);
     let introspect_answer = |id: &str| {
         let body = format!("token=x&client_id={id}");
         let url = gw.url(INTROSPECT);
         async move { answer(post_form(&url, &[], &body).await) }
     };
-    let known = introspect_answer("svc").await;
+    let known = introspect_answer("other").await;
     assert_eq!(known.0, 401, "{known:?}");
-    assert_eq!(known, introspect_answer("nobody").await);
+    assert_eq!(known, introspect_answer("ghost").await);
     stop(gw).await;
 }
 

@@ -684,6 +684,38 @@ async fn an_update_landing_before_the_watch_starts_is_applied() {
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 404);
 }
 
+/// Puts a FIFO at `path`: made aside and renamed over it, so that no
+/// reload finds the file missing or opens the FIFO too early.
+#[cfg(target_os = "linux")]
+fn fifo_over(path: &Path) {
+    let fifo = path.with_extension("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo failed");
+    std::fs::rename(&fifo, path).unwrap();
+}
+
+/// Blocks until a reload (started by the directory event) opens the FIFO at
+/// `path`, and returns its write end: the reload then waits in `read` for
+/// as long as the test holds it.
+#[cfg(target_os = "linux")]
+fn hold_fifo(path: &Path) -> std::fs::File {
+    use std::os::unix::fs::OpenOptionsExt;
+    /// `O_NONBLOCK` on Linux: opening a FIFO's write end this way succeeds
+    /// only while a reader has it open.
+    const O_NONBLOCK: i32 = 0o4000;
+    for _ in 0..500 {
+        let opened = std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(O_NONBLOCK)
+            .open(path);
+        if let Ok(file) = opened {
+            return file;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("no reload opened {}", path.display());
+}
+
 /// A reload reads files on the blocking pool, not on the runtime: with a
 /// named file turned into a FIFO that the test holds open, the reload waits
 /// in `read`, and the gateway, on this test's one runtime thread, must go on
@@ -692,10 +724,6 @@ async fn an_update_landing_before_the_watch_starts_is_applied() {
 #[tokio::test]
 async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
     use std::io::{Read, Write};
-    use std::os::unix::fs::OpenOptionsExt;
-    /// `O_NONBLOCK` on Linux: opening a FIFO's write end this way succeeds
-    /// only while a reader has it open.
-    const O_NONBLOCK: i32 = 0o4000;
 
     let upstream = Upstream::start().await;
     let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
@@ -710,24 +738,9 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
     let gw = start_reloading(config).await.gateway;
     let addr = gw.addr;
 
-    std::fs::remove_file(&jwks).unwrap();
-    let made = Command::new("mkfifo").arg(&jwks).status().unwrap();
-    assert!(made.success(), "mkfifo failed");
+    fifo_over(&jwks);
     let status = tokio::task::spawn_blocking(move || {
-        // The directory event starts a reload, which opens the FIFO.
-        let mut writer = None;
-        for _ in 0..500 {
-            let opened = std::fs::OpenOptions::new()
-                .write(true)
-                .custom_flags(O_NONBLOCK)
-                .open(&jwks);
-            if let Ok(file) = opened {
-                writer = Some(file);
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let mut writer = writer.expect("no reload opened the key file");
+        let mut writer = hold_fifo(&jwks);
         // The reload now waits for the file's bytes; a request meanwhile:
         let mut stream = std::net::TcpStream::connect(addr).unwrap();
         stream
@@ -738,12 +751,13 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
             .unwrap();
         let mut answer = Vec::new();
         let _ = stream.read_to_end(&mut answer);
-        // Let the reload finish, and put a plain file back for later ones.
-        writer.write_all(key.jwks().as_bytes()).unwrap();
-        drop(writer);
+        // Put a plain file back for later reloads (before the write below
+        // raises an event), then let this one finish.
         let plain = jwks.with_extension("tmp");
         std::fs::write(&plain, key.jwks()).unwrap();
         std::fs::rename(&plain, &jwks).unwrap();
+        writer.write_all(key.jwks().as_bytes()).unwrap();
+        drop(writer);
         String::from_utf8_lossy(&answer).into_owned()
     })
     .await
@@ -751,5 +765,46 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
     assert!(
         status.starts_with("HTTP/1.1 200"),
         "no answer while a reload waited on a file: {status:?}"
+    );
+}
+
+/// A reload stuck on a file (here a FIFO the test holds open) does not keep
+/// a stopped gateway from exiting.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn sigterm_exits_while_a_reload_waits_on_a_file() {
+    let upstream = Upstream::start().await;
+    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks()).unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let mut process = spawn_binary(&config, |port, admin| {
+        format!(
+            "server:\n  listen: 127.0.0.1:{port}\n  shutdown_delay: 0s\n  shutdown_grace: 5s\nadmin:\n  listen: 127.0.0.1:{admin}\nissuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /one\n    upstream: app\n    auth: none\n",
+            upstream.addr
+        )
+    })
+    .await;
+
+    fifo_over(&jwks);
+    let writer = tokio::task::spawn_blocking(move || hold_fifo(&jwks))
+        .await
+        .unwrap();
+
+    // The reload now waits for bytes that never come.
+    signal(&process.child, "TERM");
+    let mut exited = None;
+    for _ in 0..400 {
+        if let Some(status) = process.child.try_wait().unwrap() {
+            exited = Some(status);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    drop(writer);
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "scopegate did not exit while a reload waited: {exited:?}"
     );
 }

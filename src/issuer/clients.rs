@@ -122,7 +122,8 @@ fn form_decode(s: &str) -> Option<String> {
 
 /// A failed client authentication. The answer is the same whatever failed
 /// (RFC 6749 5.2), so that it does not tell which client ids exist or which
-/// of them are public; the log says why, for the operator.
+/// are public (where public clients may go without a secret, their ids pass
+/// by design); the log says why, for the operator.
 fn failed(presented: &Presented, why: &'static str) -> OAuthError {
     tracing::debug!(client_id = ?presented.client_id, why, "client authentication failed");
     OAuthError::invalid_client(presented.basic, "client authentication failed")
@@ -295,24 +296,15 @@ impl ClientAuthenticator {
             return Err(OAuthError::too_many_attempts());
         }
         let Some(client) = self.clients.get(&p.client_id) else {
-            // Only a checked secret counts as a failure, for unknown names as
-            // for known ones: refusals that cost no check would let a flood
-            // fill the limiter's table for free.
-            if let Some(secret) = &p.secret {
-                let attempt = self
-                    .begin_check(&limiter_key)
-                    .await
-                    .ok_or_else(OAuthError::too_many_attempts)?;
-                self.verify_password(None, secret)
-                    .await
-                    .map_err(|Busy| OAuthError::busy())?;
-                attempt.failed();
-            }
-            return Err(failed(&p, "unknown client"));
+            return Err(self
+                .refuse_unchecked(&p, &limiter_key, "unknown client")
+                .await);
         };
         match (&client.secret_hash, &p.secret) {
             (None, None) if allow_public => Ok(Arc::new(client.clone())),
-            (None, _) => Err(failed(&p, "a public client cannot authenticate here")),
+            (None, _) => Err(self
+                .refuse_unchecked(&p, &limiter_key, "a public client cannot authenticate here")
+                .await),
             (Some(_), None) => Err(failed(&p, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no
@@ -343,6 +335,31 @@ impl ClientAuthenticator {
                 }
             }
         }
+    }
+
+    /// Refuses a client that has no secret to check (unknown, or public)
+    /// exactly as a wrong secret is refused: a secret it sent costs the same
+    /// argon2 check (against a hash nobody's secret matches) and counts as a
+    /// failure, so neither the answer, its time nor the rate limit tells
+    /// these ids from those of confidential clients. Only a checked secret
+    /// counts: refusals that cost no check would let a flood fill the
+    /// limiter's table for free.
+    async fn refuse_unchecked(
+        &self,
+        p: &Presented,
+        limiter_key: &str,
+        why: &'static str,
+    ) -> OAuthError {
+        if let Some(secret) = &p.secret {
+            let Some(attempt) = self.begin_check(limiter_key).await else {
+                return OAuthError::too_many_attempts();
+            };
+            if self.verify_password(None, secret).await.is_err() {
+                return OAuthError::busy();
+            }
+            attempt.failed();
+        }
+        failed(p, why)
     }
 
     /// Verifies a secret against its argon2 hash off the runtime, remembering

@@ -90,15 +90,14 @@ async fn serve(
         server: settings.clone(),
         admin_listen: config.admin_listen,
     };
-    let tls = match &settings.tls {
-        Some(files) => Some(tls::acceptor(files).map_err(ServerError::Setup)?),
-        None => None,
-    };
     let files = config.referenced_files.clone();
     let text_digest = config.text_digest;
     let first = Gateway::new(config, Arc::clone(&metrics))
         .await
         .map_err(ServerError::Setup)?;
+    // The listener's TLS is set at start; a reload that turns it off keeps
+    // serving with this acceptor.
+    let tls = first.tls_acceptor().cloned();
     first.authenticator().spawn_background();
     let current = Arc::new(ArcSwap::from_pointee(first));
 

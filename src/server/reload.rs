@@ -224,6 +224,7 @@ impl Reloader {
             };
             if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
                 gateway.authenticator().stop_background();
+                drop(tokio::task::spawn_blocking(move || drop(gateway)));
                 return Err(ReloadError::NotReady(READY_TIMEOUT));
             }
         }
@@ -231,8 +232,8 @@ impl Reloader {
         if !reused {
             old.authenticator().stop_background();
         }
-        // Dropped off the runtime when this is the last holder: closing a
-        // file store the new config no longer uses writes to disk.
+        // Dropped off the runtime when this is the last holder (here and
+        // for a refused gateway above): closing a file store writes to disk.
         drop(tokio::task::spawn_blocking(move || drop(old)));
         Ok((named, named_digest))
     }
