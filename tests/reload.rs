@@ -223,6 +223,19 @@ struct Process {
     admin: std::net::SocketAddr,
 }
 
+impl Process {
+    /// How the process exited, if it did within about 10 s.
+    async fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        for _ in 0..400 {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+}
+
 impl Drop for Process {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -395,14 +408,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
         assert_eq!(reply.status, 200);
         assert_eq!(reply.text(), "done");
     }
-    let mut exited = None;
-    for _ in 0..400 {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let exited = process.exit_status().await;
     assert!(
         exited.is_some_and(|s| s.success()),
         "scopegate did not exit cleanly: {exited:?}"
@@ -480,13 +486,8 @@ async fn a_key_file_rewritten_in_place_is_followed_without_a_signal() {
     let upstream = Upstream::start().await;
     let key1 = scopegate::demo::SigningKey::generate("key-1").unwrap();
     let key2 = scopegate::demo::SigningKey::generate("key-1").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, key1.jwks()).unwrap();
-    let issuer = format!(
-        "issuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\n"
-    );
-    let text = yaml(upstream.addr, "/one", &issuer).replace(
+    let (dir, jwks) = dir_with_jwks(&key1);
+    let text = yaml(upstream.addr, "/one", &jwks_file_issuer()).replace(
         "routes:\n",
         "routes:\n  - path: /orders/{id}\n    upstream: app\n    scopes: [orders:read]\n",
     );
@@ -684,6 +685,53 @@ async fn an_update_landing_before_the_watch_starts_is_applied() {
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 404);
 }
 
+/// The `issuers:` block of issuer `test`, whose keys are the `jwks.json`
+/// beside the config.
+fn jwks_file_issuer() -> String {
+    format!(
+        "issuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\n"
+    )
+}
+
+/// A config directory holding `key`'s JWKS as `jwks.json`, and that file.
+fn dir_with_jwks(key: &scopegate::demo::SigningKey) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let jwks = dir.path().join("jwks.json");
+    std::fs::write(&jwks, key.jwks()).unwrap();
+    (dir, jwks)
+}
+
+/// The FIFO tests' setup: a config (`text`, not yet written) with a public
+/// route `/one` and issuer `test` reading `key`'s JWKS from `jwks`.
+#[cfg(target_os = "linux")]
+struct FifoCase {
+    _upstream: Upstream,
+    key: scopegate::demo::SigningKey,
+    _dir: tempfile::TempDir,
+    jwks: PathBuf,
+    config: PathBuf,
+    text: String,
+}
+
+#[cfg(target_os = "linux")]
+impl FifoCase {
+    async fn new() -> Self {
+        let upstream = Upstream::start().await;
+        let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
+        let (dir, jwks) = dir_with_jwks(&key);
+        let config = dir.path().join("scopegate.yaml");
+        let text = yaml(upstream.addr, "/one", &jwks_file_issuer());
+        Self {
+            _upstream: upstream,
+            key,
+            _dir: dir,
+            jwks,
+            config,
+            text,
+        }
+    }
+}
+
 /// Puts a FIFO at `path`: made aside and renamed over it, so that no
 /// reload finds the file missing or opens the FIFO too early.
 #[cfg(target_os = "linux")]
@@ -725,18 +773,10 @@ fn hold_fifo(path: &Path) -> std::fs::File {
 async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
     use std::io::{Read, Write};
 
-    let upstream = Upstream::start().await;
-    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, key.jwks()).unwrap();
-    let issuer = format!(
-        "issuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\n"
-    );
-    let config = dir.path().join("scopegate.yaml");
-    std::fs::write(&config, yaml(upstream.addr, "/one", &issuer)).unwrap();
-    let gw = start_reloading(config).await.gateway;
-    let addr = gw.addr;
+    let case = FifoCase::new().await;
+    std::fs::write(&case.config, &case.text).unwrap();
+    let gw = start_reloading(case.config.clone()).await.gateway;
+    let (addr, jwks, key) = (gw.addr, case.jwks.clone(), case.key);
 
     fifo_over(&jwks);
     let status = tokio::task::spawn_blocking(move || {
@@ -773,35 +813,29 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn sigterm_exits_while_a_reload_waits_on_a_file() {
-    let upstream = Upstream::start().await;
-    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let jwks = dir.path().join("jwks.json");
-    std::fs::write(&jwks, key.jwks()).unwrap();
-    let config = dir.path().join("scopegate.yaml");
-    let mut process = spawn_binary(&config, |port, admin| {
-        format!(
-            "server:\n  listen: 127.0.0.1:{port}\n  shutdown_delay: 0s\n  shutdown_grace: 5s\nadmin:\n  listen: 127.0.0.1:{admin}\nissuers:\n  - name: test\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: jwks.json\n    algorithms: [ES256]\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /one\n    upstream: app\n    auth: none\n",
-            upstream.addr
-        )
+    let case = FifoCase::new().await;
+    let mut process = spawn_binary(&case.config, |port, admin| {
+        case.text
+            .replace(
+                "server:\n  listen: 127.0.0.1:0",
+                &format!("server:\n  listen: 127.0.0.1:{port}"),
+            )
+            .replace(
+                "admin:\n  listen: 127.0.0.1:0",
+                &format!("admin:\n  listen: 127.0.0.1:{admin}"),
+            )
     })
     .await;
 
-    fifo_over(&jwks);
+    fifo_over(&case.jwks);
+    let jwks = case.jwks.clone();
     let writer = tokio::task::spawn_blocking(move || hold_fifo(&jwks))
         .await
         .unwrap();
 
     // The reload now waits for bytes that never come.
     signal(&process.child, "TERM");
-    let mut exited = None;
-    for _ in 0..400 {
-        if let Some(status) = process.child.try_wait().unwrap() {
-            exited = Some(status);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    let exited = process.exit_status().await;
     drop(writer);
     assert!(
         exited.is_some_and(|s| s.success()),
