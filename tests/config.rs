@@ -120,6 +120,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "pool_idle_timeout must be greater than zero",
         ),
         (
+            "absurd body idle timeout",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    body_idle_timeout: 500000000000y\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:24",
+            "longer than the most any setting takes (10years)",
+        ),
+        (
+            "absurd idle timeout",
+            format!("server:\n  idle_timeout: 11y\n{base}routes:\n  - path: /a\n    upstream: app\n"),
+            "2:17",
+            "longer than the most any setting takes",
+        ),
+        (
             "unknown upstream",
             format!("{base}routes:\n  - path: /a\n    upstream: nope\n"),
             "11:15",

@@ -16,7 +16,32 @@ pub struct HumanDuration(pub Duration);
 
 impl<'de> Deserialize<'de> for HumanDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        humantime_serde::deserialize(deserializer).map(HumanDuration)
+        bounded_duration::deserialize(deserializer).map(HumanDuration)
+    }
+}
+
+/// Durations as humantime text, at most [`bounded_duration::MAX`]: a longer
+/// one is no setting anybody means, and added to a clock it would overflow.
+pub mod bounded_duration {
+    use std::time::Duration;
+
+    use serde::{de::Error as _, Deserializer};
+
+    /// The longest duration any setting takes: ten years (of humantime's
+    /// 365.25 days, so that it prints as `10years`).
+    pub const MAX: Duration = Duration::from_secs(10 * 31_557_600);
+
+    /// Reads humantime text (`5s`, `1h 30m`) and refuses more than [`MAX`].
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+        let duration: Duration = humantime_serde::deserialize(deserializer)?;
+        if duration > MAX {
+            return Err(D::Error::custom(format!(
+                "duration {} is longer than the most any setting takes ({})",
+                humantime::format_duration(duration),
+                humantime::format_duration(MAX)
+            )));
+        }
+        Ok(duration)
     }
 }
 
@@ -81,13 +106,13 @@ pub struct RawAuthorizationServer {
     #[serde(default)]
     pub signing_keys: Vec<Spanned<RawSigningKey>>,
     /// Access token lifetime.
-    #[serde(default = "default_access_ttl", with = "humantime_serde")]
+    #[serde(default = "default_access_ttl", with = "bounded_duration")]
     pub access_token_ttl: Duration,
     /// Refresh token lifetime (each rotation starts a new one).
-    #[serde(default = "default_refresh_ttl", with = "humantime_serde")]
+    #[serde(default = "default_refresh_ttl", with = "bounded_duration")]
     pub refresh_token_ttl: Duration,
     /// Rotation never extends a refresh family past this age.
-    #[serde(default = "default_family_age", with = "humantime_serde")]
+    #[serde(default = "default_family_age", with = "bounded_duration")]
     pub refresh_family_max_age: Duration,
     /// `standard` (RFC 6749) or `apigee` (the seeds' sample).
     #[serde(default = "default_response_style")]
@@ -188,10 +213,10 @@ pub struct RawServer {
     #[serde(default)]
     pub workers: usize,
     /// How long in-flight requests may take to finish at shutdown.
-    #[serde(default = "default_shutdown_grace", with = "humantime_serde")]
+    #[serde(default = "default_shutdown_grace", with = "bounded_duration")]
     pub shutdown_grace: Duration,
     /// How long to keep serving (unready) after SIGTERM before draining.
-    #[serde(default = "default_shutdown_delay", with = "humantime_serde")]
+    #[serde(default = "default_shutdown_delay", with = "bounded_duration")]
     pub shutdown_delay: Duration,
     /// How long a client may take to send a request head (slowloris guard).
     #[serde(default = "default_header_read_timeout")]
@@ -272,7 +297,7 @@ pub struct RawIssuer {
     #[serde(default = "default_algorithms")]
     pub algorithms: Spanned<Vec<String>>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway", with = "humantime_serde")]
+    #[serde(default = "default_leeway", with = "bounded_duration")]
     pub leeway: Duration,
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
     #[serde(default)]
@@ -281,13 +306,13 @@ pub struct RawIssuer {
     #[serde(default = "default_scope_claim")]
     pub scope_claim: Spanned<String>,
     /// How often keys are refreshed when the IdP sends no Cache-Control.
-    #[serde(default = "default_jwks_refresh", with = "humantime_serde")]
+    #[serde(default = "default_jwks_refresh", with = "bounded_duration")]
     pub jwks_refresh_interval: Duration,
     /// Least time between two fetches caused by unknown `kid`s.
-    #[serde(default = "default_jwks_cooldown", with = "humantime_serde")]
+    #[serde(default = "default_jwks_cooldown", with = "bounded_duration")]
     pub jwks_refetch_cooldown: Duration,
     /// Timeout of one JWKS fetch.
-    #[serde(default = "default_jwks_timeout", with = "humantime_serde")]
+    #[serde(default = "default_jwks_timeout", with = "bounded_duration")]
     pub jwks_timeout: Duration,
     /// RFC 7662 introspection for opaque tokens.
     #[serde(default)]
@@ -316,13 +341,13 @@ pub struct RawIntrospection {
     #[serde(default = "default_auth_method")]
     pub auth_method: Spanned<String>,
     /// Timeout of one introspection call.
-    #[serde(default = "default_introspection_timeout", with = "humantime_serde")]
+    #[serde(default = "default_introspection_timeout", with = "bounded_duration")]
     pub timeout: Duration,
     /// Upper bound on how long an active answer is cached (never past `exp`).
-    #[serde(default = "default_cache_ttl", with = "humantime_serde")]
+    #[serde(default = "default_cache_ttl", with = "bounded_duration")]
     pub cache_ttl: Duration,
     /// How long an inactive answer is cached; 0 turns it off.
-    #[serde(default = "default_negative_cache_ttl", with = "humantime_serde")]
+    #[serde(default = "default_negative_cache_ttl", with = "bounded_duration")]
     pub negative_cache_ttl: Duration,
     /// Extra CA bundle (PEM) for the endpoint.
     #[serde(default)]
@@ -356,14 +381,14 @@ pub struct RawUpstream {
     /// Base URL: `http://` or `https://`.
     pub url: Spanned<String>,
     /// Timeout to establish a connection.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", with = "bounded_duration")]
     pub connect_timeout: Duration,
     /// Timeout until the upstream's response head arrives.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", with = "bounded_duration")]
     pub request_timeout: Duration,
     /// Longest silence allowed between parts of the upstream's response body;
     /// past it the response is cut off (the client sees it end early).
-    #[serde(default = "default_body_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "default_body_idle_timeout", with = "bounded_duration")]
     pub body_idle_timeout: Duration,
     /// Extra CA bundle (PEM) for an https upstream.
     #[serde(default)]
@@ -376,7 +401,7 @@ pub struct RawUpstream {
     pub pool_max_idle_per_host: usize,
     /// A pooled connection idle longer than this is never used again (keep
     /// it below the upstream's own keep-alive timeout).
-    #[serde(default = "default_pool_idle_timeout", with = "humantime_serde")]
+    #[serde(default = "default_pool_idle_timeout", with = "bounded_duration")]
     pub pool_idle_timeout: Duration,
 }
 
