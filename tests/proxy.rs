@@ -1454,6 +1454,76 @@ async fn h2c_upstream() {
     );
 }
 
+/// Clients that stop reading keep their streams' share of the one HTTP/2
+/// connection to an upstream filled; that share is small enough that eight
+/// of them (each with a 16 MiB answer) leave room for everyone else's
+/// answers on the same connection.
+#[tokio::test]
+async fn clients_that_stop_reading_do_not_stall_a_shared_http2_upstream() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const STALLED: usize = 8;
+    const CHUNK: usize = 64 << 10;
+    const BIG: usize = 16 << 20;
+    let world = World::new().await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&sent);
+    let upstream = serve_fn(move |req: Request<Incoming>| {
+        let sent = Arc::clone(&counter);
+        async move {
+            if req.uri().query() != Some("big") {
+                return Response::new(full_body("ok"));
+            }
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; CHUNK]);
+                for _ in 0..BIG / CHUNK {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        return;
+                    }
+                    sent.fetch_add(CHUNK, Ordering::SeqCst);
+                }
+            });
+            Response::new(body.boxed())
+        }
+    })
+    .await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+
+    let mut stalled = Vec::new();
+    for _ in 0..STALLED {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut stream = socket.connect(gw.addr).await.unwrap();
+        stream
+            .write_all(b"GET /status?big HTTP/1.1\r\nhost: gw.test\r\n\r\n")
+            .await
+            .unwrap();
+        stalled.push(stream);
+    }
+    // Until the answers stop moving: every stalled stream's window is full.
+    let mut last = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(last < STALLED * BIG, "the stalled clients took every byte");
+
+    let reply = tokio::time::timeout(BOUND, get(&gw.url("/status"), &[]))
+        .await
+        .expect("an answer stuck behind the stalled streams")
+        .unwrap();
+    assert_eq!((reply.status, reply.text()), (200, "ok".to_owned()));
+    drop(stalled);
+}
+
 // ---------------------------------------------------------------------------
 // 8. Graceful shutdown
 // ---------------------------------------------------------------------------

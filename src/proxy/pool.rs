@@ -62,6 +62,14 @@ const H2_PING_INTERVAL: Duration = Duration::from_secs(20);
 /// How long a ping may go unanswered before the connection is closed (and
 /// the next request opens a new one).
 const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
+/// How much of one answer an HTTP/2 upstream may send before the client
+/// takes it. A client that stops reading keeps its stream's window filled,
+/// and all streams share the connection's window, so a stream's is kept at
+/// a thirty-second of it: hyper's defaults (2 MiB of 5 MiB) let three such
+/// clients stop every answer on the connection.
+const H2_STREAM_WINDOW: u32 = 512 * 1024;
+/// The connection's window: also the most an upstream connection buffers.
+const H2_CONNECTION_WINDOW: u32 = 32 * H2_STREAM_WINDOW;
 
 /// Where and how to reach one upstream.
 pub struct PoolSettings {
@@ -361,6 +369,8 @@ impl UpstreamPool {
                 .keep_alive_interval(H2_PING_INTERVAL)
                 .keep_alive_timeout(H2_PING_TIMEOUT)
                 .keep_alive_while_idle(false)
+                .initial_stream_window_size(H2_STREAM_WINDOW)
+                .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
