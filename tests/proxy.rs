@@ -971,9 +971,38 @@ async fn request_bodies_stream_through() {
 /// An upstream answering upgrade requests with 101 and then echoing bytes;
 /// it records the headers it saw.
 async fn echo_upgrade_upstream(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> SocketAddr {
-    serve_fn(move |mut req: Request<Incoming>| {
+    serve_fn(echo_upgrade(seen)).await
+}
+
+/// A test upstream's request handler.
+trait UpstreamHandler:
+    Fn(
+        Request<Incoming>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<TestBody>> + Send>>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<F> UpstreamHandler for F where
+    F: Fn(
+            Request<Incoming>,
+        )
+            -> std::pin::Pin<Box<dyn std::future::Future<Output = Response<TestBody>> + Send>>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// [`echo_upgrade_upstream`]'s handler.
+fn echo_upgrade(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> impl UpstreamHandler {
+    move |mut req: Request<Incoming>| {
         let seen = Arc::clone(&seen);
-        async move {
+        Box::pin(async move {
             seen.lock().unwrap().push(req.headers().clone());
             if !req.headers().contains_key("upgrade") {
                 return Response::new(full_body("no upgrade"));
@@ -1002,9 +1031,8 @@ async fn echo_upgrade_upstream(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> Socket
                 .header("upgrade", "websocket")
                 .body(full_body(Bytes::new()))
                 .unwrap()
-        }
-    })
-    .await
+        })
+    }
 }
 
 #[tokio::test]
@@ -1039,6 +1067,59 @@ async fn websocket_upgrade_is_tunnelled() {
         .eq_ignore_ascii_case("upgrade"));
     assert_eq!(seen[0]["x-auth-subject"], "alice");
     assert_eq!(seen[0]["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
+}
+
+/// HTTP/2 carries no `Upgrade`: to an https upstream that offers h2 (and
+/// already serves the gateway's other requests over it), a WebSocket
+/// request goes over an HTTP/1.1 connection of its own.
+#[tokio::test]
+async fn websocket_goes_over_http1_to_an_upstream_that_offers_h2() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let (upstream, cert) = tls_upstream(dir.path(), echo_upgrade(Arc::clone(&seen))).await;
+    let config = config_for(&world, upstream).replace(
+        &format!("url: http://{upstream}"),
+        &format!("url: https://{upstream}"),
+    );
+    let gw = Gateway::start(&trusting(&config, &cert)).await;
+    let token = world.token("orders:read");
+
+    let reply = h2_get(&gw.url("/orders/1"), &token).await;
+    assert_eq!(reply.1, StatusCode::OK, "{reply:?}");
+    let outcome = tokio::time::timeout(BOUND, open_tunnel(gw.addr, &token)).await;
+    outcome.expect("the tunnel did not echo");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+}
+
+/// To an upstream that speaks HTTP/2 only, a WebSocket request cannot go:
+/// 502, counted as a protocol error, rather than a plain request the
+/// upstream would take for something else.
+#[tokio::test]
+async fn websocket_to_an_http2_only_upstream_is_refused() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let config = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let token = world.token("orders:read");
+    let reply = get(
+        &gw.url("/orders/42"),
+        &[
+            ("authorization", &bearer(&token)),
+            ("upgrade", "websocket"),
+            ("connection", "upgrade"),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let metrics = gw.metrics().await;
+    assert_eq!(upstream_errors(&metrics, "protocol"), 1.0, "{metrics}");
+    assert!(seen.lock().unwrap().is_empty());
 }
 
 /// Asks the gateway to upgrade `/orders/42` to WebSocket; returns the stream
@@ -1795,12 +1876,7 @@ async fn upstream_closing_idle_connections_costs_no_request() {
     let (connections, metrics) = five_requests(Behaviour::CloseAfterReply).await;
     assert_eq!(connections, 5, "a new connection each time");
     for kind in ["connect", "protocol", "timeout"] {
-        let failures = metric(
-            &metrics,
-            "scopegate_upstream_errors_total",
-            &[("kind", kind)],
-        );
-        assert_eq!(failures, 0.0, "{kind}: {metrics}");
+        assert_eq!(upstream_errors(&metrics, kind), 0.0, "{kind}: {metrics}");
     }
 }
 
@@ -1828,11 +1904,7 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
         let reply = get_with_token(&gw.url("/orders/1"), &token).await;
         assert_eq!(reply.status, 502, "{name}: {}", reply.text());
         let metrics = gw.metrics().await;
-        let protocol = metric(
-            &metrics,
-            "scopegate_upstream_errors_total",
-            &[("kind", "protocol")],
-        );
+        let protocol = upstream_errors(&metrics, "protocol");
         assert_eq!(protocol, 1.0, "{name}: {metrics}");
 
         for id in 2..5 {
@@ -1847,37 +1919,53 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
     }
 }
 
-#[tokio::test]
-async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
-    let world = World::new().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
+/// `scopegate_upstream_errors_total` of one kind, over all upstreams.
+fn upstream_errors(metrics: &str, kind: &str) -> f64 {
+    metric(
+        metrics,
+        "scopegate_upstream_errors_total",
+        &[("kind", kind)],
+    )
+}
+
+/// An upstream over TLS (offering h2 and HTTP/1.1 by ALPN) with a
+/// self-signed certificate written to `dir`; returns its address and the
+/// certificate.
+async fn tls_upstream<F, Fut>(dir: &std::path::Path, handler: F) -> (SocketAddr, std::path::PathBuf)
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
+    let (cert, key) = self_signed(dir);
     let acceptor = scopegate::server::tls::acceptor(&scopegate::config::TlsFiles {
         cert_file: cert.clone(),
         key_file: key,
     })
     .unwrap();
+    (serve_fn_tls(acceptor, handler).await, cert)
+}
+
+/// `config` with its upstream trusting `cert` (`ca_file`).
+fn trusting(config: &str, cert: &std::path::Path) -> String {
+    let trusted = config.replace(
+        "    request_timeout: 2s\n",
+        &format!("    request_timeout: 2s\n    ca_file: {}\n", cert.display()),
+    );
+    assert!(trusted.contains("ca_file"));
+    trusted
+}
+
+#[tokio::test]
+async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
     let versions = Arc::new(Mutex::new(Vec::new()));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
     let seen = Arc::clone(&versions);
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let (acceptor, seen) = (acceptor.clone(), Arc::clone(&seen));
-            tokio::spawn(async move {
-                let Ok(stream) = acceptor.accept(stream).await else {
-                    return;
-                };
-                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    seen.lock().unwrap().push(req.version());
-                    async { Ok::<_, std::convert::Infallible>(Response::new(full_body("tls"))) }
-                });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
+    let (upstream, cert) = tls_upstream(dir.path(), move |req: Request<Incoming>| {
+        seen.lock().unwrap().push(req.version());
+        async { Response::new(full_body("tls")) }
+    })
+    .await;
     let https = config_for(&world, upstream).replace(
         &format!("url: http://{upstream}"),
         &format!("url: https://{upstream}"),
@@ -1889,24 +1977,11 @@ async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
     let reply = get_with_token(&gw.url("/orders/1"), &token).await;
     assert_eq!(reply.status, 502, "{}", reply.text());
     let metrics = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &metrics,
-            "scopegate_upstream_errors_total",
-            &[("kind", "connect")]
-        ),
-        1.0,
-        "{metrics}"
-    );
+    assert_eq!(upstream_errors(&metrics, "connect"), 1.0, "{metrics}");
     assert!(versions.lock().unwrap().is_empty());
 
     // With it: TLS, and HTTP/2 because the upstream offers h2 first.
-    let trusted = https.replace(
-        "    request_timeout: 2s\n",
-        &format!("    request_timeout: 2s\n    ca_file: {}\n", cert.display()),
-    );
-    assert!(trusted.contains("ca_file"));
-    let gw = Gateway::start(&trusted).await;
+    let gw = Gateway::start(&trusting(&https, &cert)).await;
     for id in 0..3 {
         let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
         assert_eq!((reply.status, reply.text().as_str()), (200, "tls"));
@@ -2043,11 +2118,7 @@ async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
         statuses.sort_unstable();
         assert_eq!(statuses, [200, 200, 502]);
         let metrics = gw.metrics().await;
-        let protocol = [("upstream", "app"), ("kind", "protocol")];
-        assert_eq!(
-            metric(&metrics, "scopegate_upstream_errors_total", &protocol),
-            1.0
-        );
+        assert_eq!(upstream_errors(&metrics, "protocol"), 1.0, "{metrics}");
     }
 
     let (upstream, answered) =

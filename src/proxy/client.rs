@@ -66,7 +66,28 @@ pub fn build_https_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
+    connector(trusted_roots(ca_file)?, connect_timeout, true)
+}
+
+/// Connectors for one upstream, trusting the Mozilla roots plus `ca_file`:
+/// one offering h2 and HTTP/1.1 by ALPN, and one offering HTTP/1.1 only, for
+/// requests that ask to switch protocols (HTTP/2 has no `Upgrade`).
+pub fn build_upstream_connectors(
+    ca_file: Option<&Path>,
+    connect_timeout: Duration,
+) -> Result<(HttpsConnector<HttpConnector>, HttpsConnector<HttpConnector>), String> {
     let roots = trusted_roots(ca_file)?;
+    Ok((
+        connector(roots.clone(), connect_timeout, true)?,
+        connector(roots, connect_timeout, false)?,
+    ))
+}
+
+fn connector(
+    roots: RootCertStore,
+    connect_timeout: Duration,
+    http2: bool,
+) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
@@ -80,10 +101,13 @@ pub fn build_https_connector(
     http.set_connect_timeout(Some(connect_timeout));
     http.set_keepalive(Some(Duration::from_secs(60)));
 
-    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+    let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
         .https_or_http()
-        .enable_http1()
-        .enable_http2()
-        .wrap_connector(http))
+        .enable_http1();
+    Ok(if http2 {
+        builder.enable_http2().wrap_connector(http)
+    } else {
+        builder.wrap_connector(http)
+    })
 }

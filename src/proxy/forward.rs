@@ -11,7 +11,7 @@ use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
 use super::body::{BodyFailures, ClientBody, ClientBodyError, UpstreamBody};
-use super::client::build_https_connector;
+use super::client::build_upstream_connectors;
 use super::headers::{prepare_upstream_request, remove_hop_by_hop, ClientInfo};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::Body;
@@ -38,11 +38,12 @@ impl Forwarder {
         let upstreams = upstreams
             .into_iter()
             .map(|config| {
-                let connector =
-                    build_https_connector(config.ca_file.as_deref(), config.connect_timeout)
+                let (connector, http1_connector) =
+                    build_upstream_connectors(config.ca_file.as_deref(), config.connect_timeout)
                         .map_err(|e| format!("upstream {}: {e}", config.name))?;
                 let pool = UpstreamPool::new(
                     connector,
+                    http1_connector,
                     PoolSettings {
                         scheme: config.scheme.clone(),
                         authority: config.authority.clone(),
@@ -103,7 +104,7 @@ impl Forwarder {
 
         let sent = tokio::time::timeout(
             upstream.config.request_timeout,
-            upstream.pool.send(outbound),
+            upstream.pool.send(outbound, upgrade),
         )
         .await;
         let (mut response, lease) = match sent {
@@ -209,27 +210,37 @@ fn upstream_uri(
 }
 
 /// Maps a send error to the response and, when the upstream is to blame, a
-/// metric kind: connect timeouts are 504, other upstream failures 502; a
+/// metric kind: timeouts are 504, other upstream failures 502; a
 /// request body the client let stall is 408, one that broke off 400 (`None`:
 /// not the upstream's failure).
 fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
+    let connecting = matches!(error, SendError::Connect(_));
     while let Some(e) = source {
         match e.downcast_ref::<ClientBodyError>() {
             Some(ClientBodyError::Idle(_)) => return (None, GatewayError::RequestBodyTimeout),
             Some(ClientBodyError::Broken(_)) => return (None, GatewayError::RequestBodyBroken),
             None => {}
         }
+        // The kernel gave up on the connection: while connecting, or on an
+        // open one (counted as the request timeout is).
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return (Some("connect_timeout"), GatewayError::UpstreamTimeout);
+                let kind = if connecting {
+                    "connect_timeout"
+                } else {
+                    "timeout"
+                };
+                return (Some(kind), GatewayError::UpstreamTimeout);
             }
         }
         source = e.source();
     }
     match error {
         SendError::Connect(_) => (Some("connect"), GatewayError::UpstreamUnavailable),
-        SendError::Protocol(_) => (Some("protocol"), GatewayError::UpstreamUnavailable),
+        SendError::Protocol(_) | SendError::NoHttp1 => {
+            (Some("protocol"), GatewayError::UpstreamUnavailable)
+        }
     }
 }
 

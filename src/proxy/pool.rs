@@ -52,6 +52,10 @@ pub enum SendError {
     /// The connection failed while sending or before the response head.
     #[error("{0}")]
     Protocol(#[from] hyper::Error),
+    /// A request to switch protocols, which only HTTP/1.1 carries, for an
+    /// upstream that speaks HTTP/2 only.
+    #[error("a protocol switch needs HTTP/1.1, and the upstream speaks HTTP/2 only")]
+    NoHttp1,
 }
 
 /// How often a shared HTTP/2 upstream connection with requests open is
@@ -90,6 +94,8 @@ pub struct PoolSettings {
 /// give their connection back.
 pub struct UpstreamPool {
     connector: HttpsConnector<HttpConnector>,
+    /// Offers HTTP/1.1 alone: for requests that ask to switch protocols.
+    http1_connector: HttpsConnector<HttpConnector>,
     /// `scheme://authority/`: what the connector dials, and the target of
     /// HTTP/2 requests.
     target: Uri,
@@ -160,7 +166,11 @@ enum Sender {
 
 impl UpstreamPool {
     /// A pool with no connections yet.
-    pub fn new(connector: HttpsConnector<HttpConnector>, settings: PoolSettings) -> Arc<Self> {
+    pub fn new(
+        connector: HttpsConnector<HttpConnector>,
+        http1_connector: HttpsConnector<HttpConnector>,
+        settings: PoolSettings,
+    ) -> Arc<Self> {
         let PoolSettings {
             scheme,
             authority,
@@ -187,6 +197,7 @@ impl UpstreamPool {
         let idle_ticks = (idle_timeout.as_nanos() / tick_period.as_nanos()).saturating_sub(1);
         Arc::new(Self {
             connector,
+            http1_connector,
             target,
             may_use_h2,
             host,
@@ -202,20 +213,27 @@ impl UpstreamPool {
 
     /// Sends `request` (whose URI is the origin-form path and query) and
     /// returns the response head, with the lease of its HTTP/1.1 connection.
+    /// A request that asks to switch protocols (`upgrade`) goes over
+    /// HTTP/1.1, the only version that carries `Upgrade`.
     pub async fn send(
         self: &Arc<Self>,
         mut request: Request<ClientBody>,
+        upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
         let mut resends = 0;
         loop {
-            let pooled = if pooled_failed { None } else { self.checkout() };
+            let pooled = if pooled_failed {
+                None
+            } else {
+                self.checkout(upgrade)
+            };
             let fresh = pooled.is_none();
             let sender = match pooled {
                 Some(sender) => sender,
                 // Boxed: the connect and handshake futures are large, and
                 // inline they would be moved with every request's future.
-                None => Box::pin(self.connect()).await?,
+                None => Box::pin(self.connect(upgrade)).await?,
             };
             match sender {
                 // Boxed: what a resend needs would otherwise grow every
@@ -313,9 +331,10 @@ impl UpstreamPool {
         }
     }
 
-    /// An open connection that can take a request now, if one is at hand.
-    fn checkout(&self) -> Option<Sender> {
-        if self.may_use_h2 {
+    /// An open connection that can take a request now, if one is at hand
+    /// (an HTTP/1.1 one for a request that asks to switch protocols).
+    fn checkout(&self, upgrade: bool) -> Option<Sender> {
+        if self.may_use_h2 && !upgrade {
             if let Some(shared) = &*self.shared_h2.load() {
                 if !shared.is_closed() {
                     return Some(Sender::Http2(http2::SendRequest::clone(shared)));
@@ -351,16 +370,27 @@ impl UpstreamPool {
         let _ = idle.push(Idle { sender, parked_at });
     }
 
-    /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`.
-    async fn connect(self: &Arc<Self>) -> Result<Sender, SendError> {
+    /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`, but
+    /// HTTP/1.1 for a request that asks to switch protocols (`upgrade`).
+    async fn connect(self: &Arc<Self>, upgrade: bool) -> Result<Sender, SendError> {
+        if upgrade && self.http2_only {
+            return Err(SendError::NoHttp1);
+        }
         self.start_sweeping();
-        let io = self
-            .connector
+        let connector = if upgrade {
+            &self.http1_connector
+        } else {
+            &self.connector
+        };
+        let io = connector
             .clone()
             .call(self.target.clone())
             .await
             .map_err(SendError::Connect)?;
         if self.http2_only || io.connected().is_negotiated_h2() {
+            if upgrade {
+                return Err(SendError::NoHttp1);
+            }
             // Pinged while requests are open: a connection a NAT or load
             // balancer dropped without a word would otherwise take every
             // request to this upstream into a timeout until TCP gave up.

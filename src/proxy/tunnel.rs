@@ -58,8 +58,19 @@ pub async fn join(
     idle_timeout: Duration,
     hold: Option<Arc<ConnectionHold>>,
 ) {
-    let (Ok(client), Ok(upstream)) = (client.await, upstream.await) else {
-        return;
+    let (client, upstream) = match (client.await, upstream.await) {
+        (Ok(client), Ok(upstream)) => (client, upstream),
+        (client, upstream) => {
+            // The 101 went out, so the client sees its connection close.
+            let side = if client.is_err() {
+                "client"
+            } else {
+                "upstream"
+            };
+            let error = client.err().or(upstream.err());
+            tracing::warn!(side, error = ?error, "protocol switch failed; tunnel not opened");
+            return;
+        }
     };
     let moved = Arc::new(AtomicU64::new(0));
     let mut client = Counted::new(TokioIo::new(client), Arc::clone(&moved));

@@ -550,6 +550,24 @@ where
     F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
     Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
 {
+    serve_fn_over(None, handler).await
+}
+
+/// Like [`serve_fn`], over TLS with `acceptor` (which offers h2 and
+/// HTTP/1.1 by ALPN when it is scopegate's own).
+pub async fn serve_fn_tls<F, Fut>(acceptor: tokio_rustls::TlsAcceptor, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
+    serve_fn_over(Some(acceptor), handler).await
+}
+
+async fn serve_fn_over<F, Fut>(tls: Option<tokio_rustls::TlsAcceptor>, handler: F) -> SocketAddr
+where
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Response<TestBody>> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -557,15 +575,28 @@ where
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
-            let handler = handler.clone();
+            let (handler, tls) = (handler.clone(), tls.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |req: Request<Incoming>| {
                     let handler = handler.clone();
                     async move { Ok::<_, Infallible>(handler(req).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                    .await;
+                let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                let _ = match tls {
+                    None => {
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                    Some(acceptor) => {
+                        let Ok(stream) = acceptor.accept(stream).await else {
+                            return;
+                        };
+                        builder
+                            .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                            .await
+                    }
+                };
             });
         }
     });
