@@ -314,6 +314,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "nothing to serve",
         ),
         (
+            "a quote in the resource identifier",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: 'https://api.example.com/a\"b'\n"),
+            "13:13",
+            "only visible ASCII",
+        ),
+        (
             "an http resource identifier",
             format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: http://api.example.com\n"),
             "13:13",

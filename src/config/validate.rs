@@ -1279,6 +1279,18 @@ impl Validator<'_> {
 
     fn resource(&self, spanned: &Spanned<RawResource>) -> Result<ResourceMetadata, ConfigError> {
         let raw = &spanned.value;
+        // Its metadata URL goes into every challenge as a quoted string.
+        if raw
+            .resource
+            .value
+            .bytes()
+            .any(|b| !b.is_ascii_graphic() || b == b'"' || b == b'\\')
+        {
+            return Err(self.err(
+                raw.resource.referenced,
+                "the resource identifier may hold only visible ASCII, without `\"` or `\\`",
+            ));
+        }
         let uri = self.http_uri(&raw.resource)?;
         if uri.query().is_some() || raw.resource.value.contains('#') {
             return Err(self.err(
