@@ -93,6 +93,10 @@ pub enum Command {
         /// The app's port on loopback.
         #[arg(long)]
         upstream_port: Option<u16>,
+        /// Also inject into pods with `hostNetwork: true` (their loopback is
+        /// the node's, so the app's port is open to the node).
+        #[arg(long)]
+        allow_host_network: bool,
     },
 }
 
@@ -121,8 +125,12 @@ pub fn main() -> ExitCode {
             proxy_port,
             admin_port,
             upstream_port,
+            allow_host_network,
         } => {
-            let mut opts = crate::inject::InjectOptions::default();
+            let mut opts = crate::inject::InjectOptions {
+                allow_host_network,
+                ..crate::inject::InjectOptions::default()
+            };
             if let Some(v) = image {
                 opts.image = v;
             }
@@ -223,10 +231,12 @@ fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(config) => {
-            let mut out = std::io::stdout().lock();
-            let _ = writeln!(out, "{}: configuration OK", path.display());
-            let _ = write!(out, "{}", describe_routes(&config));
-            ExitCode::SUCCESS
+            let out = format!(
+                "{}: configuration OK\n{}",
+                path.display(),
+                describe_routes(&config)
+            );
+            print(out.as_bytes())
         }
         Err(e) => {
             eprintln!("{e}");
@@ -294,6 +304,19 @@ fn hash_secret() -> ExitCode {
     }
 }
 
+/// Writes `out` to standard output; a failed write (a full disk, a closed
+/// pipe) fails the command rather than leave a cut-off file behind a success.
+fn print(out: &[u8]) -> ExitCode {
+    let mut stdout = std::io::stdout().lock();
+    match stdout.write_all(out).and_then(|()| stdout.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cannot write the output: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
     let input = if file == "-" {
         let mut s = String::new();
@@ -314,10 +337,7 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
         }
     };
     match crate::inject::inject(&input, opts) {
-        Ok(out) => {
-            let _ = std::io::stdout().lock().write_all(out.as_bytes());
-            ExitCode::SUCCESS
-        }
+        Ok(out) => print(out.as_bytes()),
         Err(e) => {
             eprintln!("{file}: {e}");
             ExitCode::FAILURE

@@ -93,17 +93,22 @@ fn every_kustomization_renders_and_its_route_map_passes_check() {
     }
 }
 
-fn inject(input: &[u8]) -> Vec<u8> {
+/// Runs `scopegate inject -f -` on `input`, its output going to `stdout`.
+fn run_inject(input: &[u8], stdout: Stdio) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["inject", "-f", "-"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
+        .stdout(stdout)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
     child.stdin.take().unwrap().write_all(input).unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn inject(input: &[u8]) -> Vec<u8> {
+    let out = run_inject(input, Stdio::piped());
     assert!(
         out.status.success(),
         "{}",
@@ -139,22 +144,32 @@ fn inject_adds_the_sidecar_once_to_every_sample() {
 
 #[test]
 fn inject_reports_bad_yaml_with_a_location() {
-    use std::io::Write;
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
-        .args(["inject", "-f", "-"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"apiVersion: v1\nkind: Pod\nspec: [unclosed\n")
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
+    let out = run_inject(
+        b"apiVersion: v1\nkind: Pod\nspec: [unclosed\n",
+        Stdio::piped(),
+    );
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("line"), "{stderr}");
+}
+
+/// A manifest that cannot be written out in full (here to a full disk) is a
+/// failure, not a success that leaves a cut-off file to `kubectl apply`.
+#[cfg(target_os = "linux")]
+#[test]
+fn inject_fails_when_its_output_cannot_be_written() {
+    let sample = root().join("deploy/inject-samples");
+    let path = std::fs::read_dir(sample)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .unwrap();
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = run_inject(&std::fs::read(&path).unwrap(), Stdio::from(full));
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot write the output"), "{stderr}");
 }

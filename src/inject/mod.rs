@@ -73,6 +73,9 @@ pub struct InjectOptions {
     pub admin_port: u16,
     /// Port the app listens on (on loopback) and scopegate forwards to.
     pub upstream_port: u16,
+    /// Inject into pods with `hostNetwork: true`, whose loopback is the
+    /// node's: the app's port is then open to the node without scopegate.
+    pub allow_host_network: bool,
 }
 
 impl Default for InjectOptions {
@@ -84,6 +87,7 @@ impl Default for InjectOptions {
             proxy_port: 8080,
             admin_port: 9090,
             upstream_port: 3000,
+            allow_host_network: false,
         }
     }
 }
@@ -537,6 +541,16 @@ fn inject_pod_spec(
     opts: &InjectOptions,
 ) -> Result<bool, InjectError> {
     // Check everything before changing anything.
+    if pod_spec.get("hostNetwork") == Some(&Value::Bool(true)) && !opts.allow_host_network {
+        return Err(invalid(
+            at,
+            format!(
+                "`{path}.hostNetwork` is true: the pod's loopback is the node's, so the app's \
+                 port would be open to every process on the node without scopegate (pass \
+                 --allow-host-network to inject anyway)"
+            ),
+        ));
+    }
     for key in ["containers", "initContainers"] {
         let containers = match pod_spec.get(key) {
             None | Some(Value::Null) => continue,
@@ -855,12 +869,20 @@ spec:
     }
 
     #[test]
-    fn daemonset_with_host_network() {
+    fn host_network_pods_only_when_allowed() {
         let yaml = "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {name: agent}\nspec:\n  \
                     selector: {matchLabels: {app: agent}}\n  template:\n    metadata: {labels: \
                     {app: agent}}\n    spec:\n      hostNetwork: true\n      containers: [{name: \
                     agent, image: agent:1}]\n";
-        let docs = parse_all(&inject_default(yaml));
+        let refused = inject(yaml, &InjectOptions::default())
+            .unwrap_err()
+            .to_string();
+        assert!(refused.contains("hostNetwork"), "{refused}");
+        let opts = InjectOptions {
+            allow_host_network: true,
+            ..InjectOptions::default()
+        };
+        let docs = parse_all(&inject(yaml, &opts).unwrap());
         assert_injected(&docs[0], "/spec/template/spec");
         assert_eq!(pointer(&docs[0], "/spec/template/spec/hostNetwork"), true);
     }
@@ -1209,6 +1231,7 @@ spec:
             proxy_port: 18080,
             admin_port: 19090,
             upstream_port: 5000,
+            allow_host_network: false,
         };
         let docs = parse_all(&inject(DEPLOYMENT, &opts).expect("inject"));
         let spec = pointer(&docs[0], "/spec/template/spec");
