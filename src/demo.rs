@@ -199,10 +199,10 @@ pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
     println!(
         "\nscopegate demo is running on http://{listen} (admin: http://{admin}/metrics)\n\n\
          # 1. Get a token exactly as the seed's client credentials example does:\n\
-         curl -s -X POST 'http://{listen}/auth/v2/accesstoken?grant_type=client_credentials' \\\n\
+         RESP=$(curl -s -X POST 'http://{listen}/auth/v2/accesstoken?grant_type=client_credentials' \\\n\
          \x20    -H 'Content-Type: application/x-www-form-urlencoded' -H 'Cache-Control: no-cache' \\\n\
-         \x20    -d 'client_id={client_id}&client_secret={client_secret}' | tee /tmp/scopegate-token.json\n\
-         TOKEN=$({token} /tmp/scopegate-token.json); REFRESH=$({refresh} /tmp/scopegate-token.json)\n\n\
+         \x20    -d 'client_id={client_id}&client_secret={client_secret}'); echo \"$RESP\"\n\
+         TOKEN=$(printf %s \"$RESP\" | {token}); REFRESH=$(printf %s \"$RESP\" | {refresh})\n\n\
          # 2. 200: call a protected route that requires orders:read\n\
          curl -i -H \"Authorization: Bearer $TOKEN\" http://{listen}/orders/42\n\n\
          # 3. Refresh the token (refresh_count goes to 1; the old refresh token is now spent)\n\

@@ -806,14 +806,6 @@ impl Drop for Child {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Retries `GET url` until it answers 200 or `bound` has passed.
 async fn served_within(url: &str, bound: Duration) -> bool {
     let deadline = tokio::time::Instant::now() + bound;

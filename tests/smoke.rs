@@ -1,4 +1,5 @@
-//! End-to-end smoke: the standard world answers 200, 401 and 403.
+//! End-to-end smoke: the standard world answers 200, 401 and 403, and the
+//! demo's printed instructions work as printed.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -54,4 +55,81 @@ async fn admin_endpoints_answer_probes_and_refuse_other_methods() {
         .unwrap();
     assert_eq!(post.status, 405);
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
+}
+
+/// `scopegate demo` (the README's first command) prints shell steps; steps
+/// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
+/// 401 and 200.
+#[cfg(unix)]
+#[tokio::test]
+async fn demo_steps_work_as_printed() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+
+    struct Demo(std::process::Child);
+    impl Drop for Demo {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let (listen, admin) = (free_port(), free_port());
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    let printed = tokio::task::spawn_blocking(move || {
+        let mut lines = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.starts_with("# 6.");
+            lines.push(line);
+            if done {
+                break;
+            }
+        }
+        lines.join("\n")
+    })
+    .await
+    .unwrap();
+    let steps = printed
+        .split_once("# 1.")
+        .map(|(_, steps)| format!("# 1.{steps}"))
+        .expect("no step 1 printed");
+    assert!(wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await);
+
+    let out = Command::new("bash")
+        .args(["-c", &format!("set -e\n{steps}")])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // `curl -i` prints each answer's body with no line break after it.
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(at, _)| text.get(at + 9..at + 12).unwrap_or_default())
+        .collect();
+    assert_eq!(statuses, ["200", "403", "401", "200"], "{text}");
+    assert!(text.contains("\"refresh_count\":1"), "{text}");
+}
+
+/// Whether `url` answers `status` within about 10 s.
+async fn wait_for_status(url: &str, status: u16) -> bool {
+    for _ in 0..400 {
+        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
 }

@@ -1026,3 +1026,13 @@ pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
     std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
     (cert, key)
 }
+
+/// A loopback port that was free a moment ago, for a process that must be
+/// told its port (a child `scopegate`).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
