@@ -88,16 +88,6 @@ async fn passes_eventually(url: &str, token: &str) -> bool {
     false
 }
 
-async fn wait_for_status(url: &str, status: u16) -> bool {
-    for _ in 0..400 {
-        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    false
-}
-
 #[tokio::test]
 async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
     let upstream = Upstream::start().await;

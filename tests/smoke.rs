@@ -122,14 +122,3 @@ async fn demo_steps_work_as_printed() {
     assert_eq!(statuses, ["200", "403", "401", "200"], "{text}");
     assert!(text.contains("\"refresh_count\":1"), "{text}");
 }
-
-/// Whether `url` answers `status` within about 10 s.
-async fn wait_for_status(url: &str, status: u16) -> bool {
-    for _ in 0..400 {
-        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
-            return true;
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
-    }
-    false
-}

@@ -1036,3 +1036,14 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// Whether `url` answers a GET with `status` within about 10 s.
+pub async fn wait_for_status(url: &str, status: u16) -> bool {
+    for _ in 0..400 {
+        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
