@@ -57,6 +57,28 @@ async fn admin_endpoints_answer_probes_and_refuse_other_methods() {
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
 }
 
+/// An admin connection that sends no request is closed after the server's
+/// `header_read_timeout`, as on the proxy listener, so idle connections
+/// cannot hold the admin listener's slots that probes need.
+#[tokio::test]
+async fn a_silent_admin_connection_is_closed() {
+    use tokio::io::AsyncReadExt;
+    let world = World::new().await;
+    let config = world.config().replace(
+        "  shutdown_grace: 5s\n",
+        "  shutdown_grace: 5s\n  header_read_timeout: 1s\n",
+    );
+    assert!(config.contains("header_read_timeout"));
+    let gw = Gateway::start(&config).await;
+    let mut silent = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+    let mut byte = [0u8; 1];
+    let read = tokio::time::timeout(std::time::Duration::from_secs(20), silent.read(&mut byte))
+        .await
+        .expect("the silent admin connection was kept open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert_eq!(gw.readyz().await, 200);
+}
+
 /// `scopegate demo` (the README's first command) prints shell steps; steps
 /// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
 /// 401 and 200.

@@ -3,13 +3,14 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use super::metrics::Metrics;
@@ -17,32 +18,53 @@ use super::metrics::Metrics;
 /// Answers whether the gateway should receive traffic.
 pub type ReadinessProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Serves the admin endpoints until `shutdown` changes.
+/// Admin connections open at once; more wait in the listen backlog.
+const MAX_CONNECTIONS: usize = 64;
+/// The longest an admin connection stays open (a scraper reconnects).
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// Serves the admin endpoints (HTTP/1.1, as probes and scrapers speak)
+/// until `shutdown` changes. A connection gets `header_read_timeout` for
+/// each request head, as on the proxy listener, so idle or slow connections
+/// cannot hold the few slots the kubelet's probes need.
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
     ready: ReadinessProbe,
+    header_read_timeout: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(header_read_timeout);
     loop {
+        let slot = tokio::select! {
+            slot = Arc::clone(&slots).acquire_owned() => slot,
+            _ = shutdown.changed() => return,
+        };
+        let Ok(slot) = slot else { return };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => return,
         };
         let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let metrics = Arc::clone(&metrics);
         let ready = Arc::clone(&ready);
-        tokio::spawn(async move {
-            let service = service_fn(move |req: Request<Incoming>| {
+        let connection = builder.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req: Request<Incoming>| {
                 let response = answer(&req, &metrics, &ready);
                 async move { Ok::<_, Infallible>(response) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            drop(slot);
         });
     }
 }

@@ -126,6 +126,7 @@ async fn serve(
         admin_listener,
         Arc::clone(&metrics),
         ready,
+        settings.header_read_timeout,
         background.clone(),
     ));
 
