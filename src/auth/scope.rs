@@ -11,7 +11,9 @@ use std::sync::Arc;
 pub struct ScopeRequirement {
     all: Box<[Box<str>]>,
     any: Box<[Box<str>]>,
-    /// The scopes named in an `insufficient_scope` challenge.
+    /// The scopes named in an `insufficient_scope` challenge: one set that
+    /// suffices (the required ones and the first alternative), since RFC
+    /// 6750's `scope` lists scopes all needed and has no "one of".
     listed: Arc<str>,
 }
 
@@ -30,15 +32,12 @@ impl ScopeRequirement {
                 ));
             }
         }
-        let listed = if any.is_empty() {
-            all.join(" ")
-        } else {
-            all.iter()
-                .chain(&any)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
+        let listed = all
+            .iter()
+            .chain(any.first())
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .join(" ");
         Ok(Self {
             all: all.into_iter().map(String::into_boxed_str).collect(),
             any: any.into_iter().map(String::into_boxed_str).collect(),
