@@ -1605,6 +1605,49 @@ async fn clients_that_stop_reading_do_not_stall_a_shared_http2_upstream() {
     drop(stalled);
 }
 
+/// To an HTTP/2 upstream, a burst of requests arriving before any
+/// connection is open opens one connection, which they all share, rather
+/// than one each.
+#[tokio::test]
+async fn a_burst_to_an_http2_upstream_opens_one_connection() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    const BURST: usize = 16;
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let counted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            counted.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(|_req: Request<Incoming>| async {
+                    Ok::<_, std::convert::Infallible>(Response::new(full_body("ok")))
+                });
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..BURST {
+        let url = gw.url("/status");
+        burst.spawn(async move { get(&url, &[]).await.unwrap().status });
+    }
+    let mut statuses = Vec::new();
+    while let Some(status) = burst.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    assert_eq!(statuses, [200; BURST]);
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+}
+
 // ---------------------------------------------------------------------------
 // 8. Graceful shutdown
 // ---------------------------------------------------------------------------

@@ -107,6 +107,12 @@ pub struct UpstreamPool {
     may_use_h2: bool,
     idle: Option<ArrayQueue<Idle>>,
     shared_h2: ArcSwapOption<http2::SendRequest<ClientBody>>,
+    /// The last connection opened spoke HTTP/2 (always, for h2c): new
+    /// connections are then opened one at a time, and requests waiting for
+    /// one share it instead of each opening its own.
+    speaks_h2: AtomicBool,
+    /// Held while opening a connection that will be shared.
+    connecting: tokio::sync::Mutex<()>,
     /// The pool's clock, in ticks of `tick_period`: an idle connection
     /// remembers the tick it was parked in, so no clock is read per request.
     tick: AtomicU64,
@@ -161,7 +167,24 @@ enum Sender {
         sender: http1::SendRequest<ClientBody>,
         was_idle: bool,
     },
-    Http2(http2::SendRequest<ClientBody>),
+    /// `id`: which shared connection it is (its address while shared).
+    Http2 {
+        sender: http2::SendRequest<ClientBody>,
+        id: usize,
+    },
+}
+
+/// The shared HTTP/2 connection, if it is open and not `refused_by`.
+fn open_shared(
+    shared: &Option<Arc<http2::SendRequest<ClientBody>>>,
+    refused_by: Option<usize>,
+) -> Option<Sender> {
+    let shared = shared.as_ref()?;
+    let id = Arc::as_ptr(shared).addr();
+    (!shared.is_closed() && refused_by != Some(id)).then(|| Sender::Http2 {
+        sender: http2::SendRequest::clone(shared),
+        id,
+    })
 }
 
 impl UpstreamPool {
@@ -204,6 +227,8 @@ impl UpstreamPool {
             http2_only,
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             shared_h2: ArcSwapOption::empty(),
+            speaks_h2: AtomicBool::new(http2_only),
+            connecting: tokio::sync::Mutex::new(()),
             tick: AtomicU64::new(0),
             tick_period,
             idle_ticks: u64::try_from(idle_ticks).unwrap_or(u64::MAX).max(1),
@@ -221,6 +246,8 @@ impl UpstreamPool {
         upgrade: bool,
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
+        // The shared HTTP/2 connection that did not take the request.
+        let mut refused_by: Option<usize> = None;
         let mut resends = 0;
         loop {
             let pooled = if pooled_failed {
@@ -233,18 +260,19 @@ impl UpstreamPool {
                 Some(sender) => sender,
                 // Boxed: the connect and handshake futures are large, and
                 // inline they would be moved with every request's future.
-                None => Box::pin(self.connect(upgrade)).await?,
+                None => Box::pin(self.connect_or_share(upgrade, refused_by)).await?,
             };
             match sender {
                 // Boxed: what a resend needs would otherwise grow every
                 // request's future, HTTP/1.1 ones too.
-                Sender::Http2(sender) => {
+                Sender::Http2 { sender, id } => {
                     match Box::pin(self.try_http2(sender, request, resends < MAX_RESENDS)).await {
                         Http2Attempt::Answered(response) => return Ok((response, None)),
                         Http2Attempt::Failed(error) => return Err(SendError::Protocol(error)),
                         Http2Attempt::SendAgain(next) => {
                             request = next;
                             pooled_failed = true;
+                            refused_by = Some(id);
                             resends += 1;
                         }
                     }
@@ -335,10 +363,8 @@ impl UpstreamPool {
     /// (an HTTP/1.1 one for a request that asks to switch protocols).
     fn checkout(&self, upgrade: bool) -> Option<Sender> {
         if self.may_use_h2 && !upgrade {
-            if let Some(shared) = &*self.shared_h2.load() {
-                if !shared.is_closed() {
-                    return Some(Sender::Http2(http2::SendRequest::clone(shared)));
-                }
+            if let Some(shared) = open_shared(&self.shared_h2.load(), None) {
+                return Some(shared);
             }
         }
         let idle = self.idle.as_ref()?;
@@ -368,6 +394,25 @@ impl UpstreamPool {
         let parked_at = self.tick.load(Ordering::Relaxed);
         // Full: the connection is closed by dropping it.
         let _ = idle.push(Idle { sender, parked_at });
+    }
+
+    /// Opens a connection; to an upstream that speaks HTTP/2, one at a time,
+    /// and a request that waited its turn takes the connection opened
+    /// meanwhile (unless that is the one that just `refused_by` it), so a
+    /// burst of requests opens one connection, not one each.
+    async fn connect_or_share(
+        self: &Arc<Self>,
+        upgrade: bool,
+        refused_by: Option<usize>,
+    ) -> Result<Sender, SendError> {
+        if upgrade || !self.speaks_h2.load(Ordering::Relaxed) {
+            return self.connect(upgrade).await;
+        }
+        let _turn = self.connecting.lock().await;
+        if let Some(shared) = open_shared(&self.shared_h2.load(), refused_by) {
+            return Ok(shared);
+        }
+        self.connect(false).await
     }
 
     /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`, but
@@ -408,9 +453,13 @@ impl UpstreamPool {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
             });
-            self.shared_h2.store(Some(Arc::new(sender.clone())));
-            Ok(Sender::Http2(sender))
+            let shared = Arc::new(sender.clone());
+            let id = Arc::as_ptr(&shared).addr();
+            self.shared_h2.store(Some(shared));
+            self.speaks_h2.store(true, Ordering::Relaxed);
+            Ok(Sender::Http2 { sender, id })
         } else {
+            self.speaks_h2.store(false, Ordering::Relaxed);
             let (sender, connection) = http1::Builder::new().handshake(io).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
