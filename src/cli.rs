@@ -63,12 +63,14 @@ pub enum Command {
     },
     /// Run a self-contained demo: keys, JWKS, an echo upstream, and tokens to try.
     Demo {
-        /// Proxy listen address.
-        #[arg(long, default_value = "127.0.0.1:8080")]
-        listen: SocketAddr,
-        /// Admin listen address.
-        #[arg(long, default_value = "127.0.0.1:9090")]
-        admin_listen: SocketAddr,
+        /// Proxy listen address [default: 127.0.0.1:8080, or a free port
+        /// when that is taken].
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Admin listen address [default: 127.0.0.1:9090, or a free port
+        /// when that is taken].
+        #[arg(long)]
+        admin_listen: Option<SocketAddr>,
     },
     /// Print an argon2 hash of a client secret or password read from standard
     /// input (for `client_secret_hash` / `password_hash`).

@@ -167,19 +167,44 @@ routes:
     )
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), String> {
+/// The demo's proxy address unless `--listen` names another.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// The demo's admin address unless `--admin-listen` names another (Prometheus's
+/// own default port, so often taken on a developer's machine).
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+
+/// Binds `chosen`, or else the default address, or, when that is taken, a
+/// free loopback port (the printed steps use whichever was bound).
+async fn bind_demo(
+    chosen: Option<SocketAddr>,
+    default: &str,
+    flag: &str,
+) -> Result<TcpListener, String> {
+    if let Some(addr) = chosen {
+        return TcpListener::bind(addr)
+            .await
+            .map_err(|e| format!("cannot listen on {addr}: {e} (try {flag} 127.0.0.1:0)"));
+    }
+    match TcpListener::bind(default).await {
+        Ok(listener) => Ok(listener),
+        Err(e) => {
+            eprintln!("{default} is not free ({e}); using another loopback port instead");
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))
+        }
+    }
+}
+
+/// Runs the demo until Ctrl-C, on `listen` and `admin` if given.
+pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Result<(), String> {
     let upstream_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| e.to_string())?;
     let upstream_addr = upstream_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(serve_echo(upstream_listener));
-    let listener = TcpListener::bind(listen)
-        .await
-        .map_err(|e| format!("cannot listen on {listen}: {e} (try --listen 127.0.0.1:0)"))?;
-    let admin_listener = TcpListener::bind(admin)
-        .await
-        .map_err(|e| format!("cannot listen on {admin}: {e} (try --admin-listen 127.0.0.1:0)"))?;
+    let listener = bind_demo(listen, DEFAULT_LISTEN, "--listen").await?;
+    let admin_listener = bind_demo(admin, DEFAULT_ADMIN_LISTEN, "--admin-listen").await?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
 

@@ -81,7 +81,8 @@ async fn a_silent_admin_connection_is_closed() {
 
 /// `scopegate demo` (the README's first command) prints shell steps; steps
 /// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
-/// 401 and 200.
+/// 401 and 200. Its default admin port (9090, Prometheus's) is taken here,
+/// as on many developers' machines: it takes a free one instead.
 #[cfg(unix)]
 #[tokio::test]
 async fn demo_steps_work_as_printed() {
@@ -95,11 +96,12 @@ async fn demo_steps_work_as_printed() {
             let _ = self.0.wait();
         }
     }
-    let (listen, admin) = (free_port(), free_port());
+    let listen = free_port();
+    // Taken by this test, or by whatever already holds it.
+    let _prometheus = std::net::TcpListener::bind("127.0.0.1:9090");
     let mut demo = Demo(
         Command::new(env!("CARGO_BIN_EXE_scopegate"))
             .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin}")])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -120,6 +122,10 @@ async fn demo_steps_work_as_printed() {
     })
     .await
     .unwrap();
+    assert!(
+        printed.contains("(admin: http://127.0.0.1:") && !printed.contains("127.0.0.1:9090"),
+        "{printed}"
+    );
     let steps = printed
         .split_once("# 1.")
         .map(|(_, steps)| format!("# 1.{steps}"))
