@@ -242,15 +242,31 @@ impl Reloader {
 /// A digest of the named files' contents (an unreadable file counts as such,
 /// so that its coming back is a change too).
 fn contents_digest(files: &[PathBuf]) -> TokenDigest {
+    let contents: Vec<_> = files.iter().map(|f| std::fs::read(f).ok()).collect();
+    files_digest(
+        files
+            .iter()
+            .zip(&contents)
+            .map(|(f, c)| (f.as_path(), c.as_deref())),
+    )
+}
+
+/// A digest of files by path and contents (`None`: unreadable), to tell
+/// whether any of them changed since it was taken.
+pub(crate) fn files_digest<'a>(
+    files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>,
+) -> TokenDigest {
     let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for file in files {
-        all.update(file.as_os_str().as_encoded_bytes());
-        match std::fs::read(file) {
-            Ok(contents) => {
+    for (path, contents) in files {
+        let path = path.as_os_str().as_encoded_bytes();
+        all.update(&(path.len() as u64).to_be_bytes());
+        all.update(path);
+        match contents {
+            Some(contents) => {
                 all.update(&[1]);
                 all.update(&digest(contents));
             }
-            Err(_) => all.update(&[0]),
+            None => all.update(&[0]),
         }
     }
     digest_of(all.finish())

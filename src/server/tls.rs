@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::cache::{digest, digest_of, TokenDigest};
+use crate::auth::cache::TokenDigest;
 use crate::config::TlsFiles;
 
 /// An acceptor and a digest of the files it was built from, so that a
@@ -27,14 +27,10 @@ impl Inbound {
 /// was built from, else a new one.
 pub fn inbound(files: &TlsFiles, running: Option<&Inbound>) -> Result<Inbound, String> {
     let (cert_pem, key_pem) = read(files)?;
-    let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for (path, contents) in [(&files.cert_file, &cert_pem), (&files.key_file, &key_pem)] {
-        let path = path.as_os_str().as_encoded_bytes();
-        all.update(&(path.len() as u64).to_be_bytes());
-        all.update(path);
-        all.update(&digest(contents));
-    }
-    let digest = digest_of(all.finish());
+    let digest = super::reload::files_digest([
+        (files.cert_file.as_path(), Some(cert_pem.as_slice())),
+        (files.key_file.as_path(), Some(key_pem.as_slice())),
+    ]);
     if let Some(running) = running.filter(|r| r.files == digest) {
         return Ok(running.clone());
     }
