@@ -746,6 +746,65 @@ fn hold_fifo(path: &Path) -> std::fs::File {
     panic!("no reload opened {}", path.display());
 }
 
+/// Puts a plain file holding `contents` at `path`, by rename.
+#[cfg(target_os = "linux")]
+fn plain_over(path: &Path, contents: &str) {
+    let plain = path.with_extension("tmp");
+    std::fs::write(&plain, contents).unwrap();
+    std::fs::rename(&plain, path).unwrap();
+}
+
+/// Serves `contents` to the next reader of the FIFO at `path`.
+#[cfg(target_os = "linux")]
+fn serve_fifo_once(path: &Path, contents: &str) {
+    use std::io::Write;
+    let mut writer = hold_fifo(path);
+    writer.write_all(contents.as_bytes()).unwrap();
+}
+
+/// A reload remembers the files a config names as validation read them, not
+/// as a later read finds them: here the key file changes between the two
+/// (a FIFO shows the reload's look at the files a new key set, then gives
+/// validation the old one, then becomes a plain file with the new one), and
+/// the new key set must still be taken up. Before, the later read's digest
+/// was taken as loaded, and the gateway kept the old keys for good.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_key_file_changing_while_a_reload_reads_it_is_still_followed() {
+    let case = FifoCase::new().await;
+    let next = scopegate::demo::SigningKey::generate("key-2").unwrap();
+    let text = case.text.replace(
+        "routes:\n",
+        "routes:\n  - path: /orders/{id}\n    upstream: app\n    scopes: [orders:read]\n",
+    );
+    std::fs::write(&case.config, text).unwrap();
+    let gw = start_reloading(case.config.clone()).await.gateway;
+    let url = gw.url("/orders/1");
+    let token = next.mint(&claims("orders:read")).unwrap();
+    assert_eq!(get_with_token(&url, &token).await.status, 401);
+
+    fifo_over(&case.jwks);
+    let (jwks, old, new) = (
+        case.jwks.clone(),
+        case.key.jwks().to_owned(),
+        next.jwks().to_owned(),
+    );
+    tokio::task::spawn_blocking(move || {
+        serve_fifo_once(&jwks, &new);
+        // The reader closes the FIFO once it has read to the end; a writer
+        // opened before that would join this read instead of the next.
+        std::thread::sleep(Duration::from_millis(200));
+        serve_fifo_once(&jwks, &old);
+        plain_over(&jwks, &new);
+    })
+    .await
+    .unwrap();
+    assert!(
+        passes_eventually(&url, &token).await,
+        "the key file as it settled was never loaded"
+    );
+}
+
 /// A reload reads files on the blocking pool, not on the runtime: with a
 /// named file turned into a FIFO that the test holds open, the reload waits
 /// in `read`, and the gateway, on this test's one runtime thread, must go on
@@ -775,9 +834,7 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
         let _ = stream.read_to_end(&mut answer);
         // Put a plain file back for later reloads (before the write below
         // raises an event), then let this one finish.
-        let plain = jwks.with_extension("tmp");
-        std::fs::write(&plain, key.jwks()).unwrap();
-        std::fs::rename(&plain, &jwks).unwrap();
+        plain_over(&jwks, key.jwks());
         writer.write_all(key.jwks().as_bytes()).unwrap();
         drop(writer);
         String::from_utf8_lossy(&answer).into_owned()

@@ -1,11 +1,12 @@
 //! Reading and parsing the YAML file, with errors that point at a line and column.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde_saphyr::Location;
 
 use super::schema::RawConfig;
+use crate::auth::cache::{digest, digest_of, TokenDigest};
 
 /// A configuration problem, located in its file like a compiler error.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,36 @@ pub fn read_file(path: &Path) -> Result<String, ConfigError> {
     std::fs::read_to_string(path).map_err(|e| {
         ConfigError::whole_file(&path.display().to_string(), format!("cannot read: {e}"))
     })
+}
+
+/// A digest of files by path and the digest of their contents (`None`:
+/// unreadable), to tell whether any of them changed since it was taken.
+pub fn files_digest<'a>(
+    files: impl IntoIterator<Item = (&'a Path, Option<TokenDigest>)>,
+) -> TokenDigest {
+    let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+    for (path, contents) in files {
+        let path = path.as_os_str().as_encoded_bytes();
+        all.update(&(path.len() as u64).to_be_bytes());
+        all.update(path);
+        match contents {
+            Some(contents) => {
+                all.update(&[1]);
+                all.update(&contents);
+            }
+            None => all.update(&[0]),
+        }
+    }
+    digest_of(all.finish())
+}
+
+/// [`files_digest`] of `files` as they are now.
+pub fn current_files_digest(files: &[PathBuf]) -> TokenDigest {
+    files_digest(
+        files
+            .iter()
+            .map(|f| (f.as_path(), std::fs::read(f).ok().map(digest))),
+    )
 }
 
 /// Parses YAML text into the raw schema. This is the only place YAML is parsed.

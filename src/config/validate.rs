@@ -43,6 +43,10 @@ pub struct Config {
     /// Every file the config names (keys, secrets, CA bundles, TLS): a
     /// reload follows their contents as well as the config's own text.
     pub referenced_files: Vec<PathBuf>,
+    /// A digest of those files as validation read them
+    /// ([`super::load::files_digest`]): a reload compares them with what is
+    /// running, not with a later read that a rotation could have overtaken.
+    pub files_digest: crate::auth::cache::TokenDigest,
     /// SHA-256 of the text it was loaded from (set by [`super::load_str`]):
     /// a reload compares the file with what is running, not with a second
     /// read that a ConfigMap update could have overtaken.
@@ -567,6 +571,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         }
     }
 
+    let files = v.files.take();
     Ok(Config {
         authorization_server,
         resource,
@@ -577,7 +582,12 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         upstreams,
         routes,
         cache_max_entries: raw.cache.max_entries,
-        referenced_files: v.files.take(),
+        referenced_files: files.iter().map(|(path, _)| path.clone()).collect(),
+        files_digest: super::load::files_digest(
+            files
+                .iter()
+                .map(|(path, contents)| (path.as_path(), *contents)),
+        ),
         text_digest: [0; 32],
         identity_claims,
     })
@@ -693,8 +703,9 @@ const RESERVED_HEADERS: &[&str] = &[
 struct Validator<'a> {
     source: &'a str,
     base_dir: &'a Path,
-    /// Every file the config names, as resolved.
-    files: std::cell::RefCell<Vec<PathBuf>>,
+    /// Every file the config names, as resolved, with a digest of its
+    /// contents when first read (`None`: unreadable).
+    files: std::cell::RefCell<Vec<(PathBuf, Option<crate::auth::cache::TokenDigest>)>>,
 }
 
 impl Validator<'_> {
@@ -709,14 +720,14 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return Ok(None);
         };
-        let path = self.path(&raw.value);
-        let pem = std::fs::read(&path).map_err(|e| {
+        let (path, pem) = self.read(&raw.value);
+        let pem = pem.map_err(|e| {
             self.err(
                 raw.referenced,
                 format!("ca_file: cannot read {}: {e}", path.display()),
             )
         })?;
-        crate::proxy::client::trusted_roots(Some(&path))
+        crate::proxy::client::roots_with(Some((&path, &pem)))
             .map_err(|e| self.err(raw.referenced, format!("ca_file: {e}")))?;
         Ok(Some(CaFile {
             path,
@@ -774,15 +785,18 @@ impl Validator<'_> {
         })
     }
 
-    /// A file the config reads: resolved against the config's directory, and
-    /// recorded in [`Config::referenced_files`].
-    fn path(&self, value: &str) -> PathBuf {
+    /// A file the config reads: resolved against the config's directory,
+    /// read, and recorded with what it held in [`Config::referenced_files`]
+    /// and [`Config::files_digest`].
+    fn read(&self, value: &str) -> (PathBuf, std::io::Result<Vec<u8>>) {
         let path = self.resolve(value);
+        let contents = std::fs::read(&path);
         let mut files = self.files.borrow_mut();
-        if !files.contains(&path) {
-            files.push(path.clone());
+        if !files.iter().any(|(seen, _)| *seen == path) {
+            let digest = contents.as_ref().ok().map(crate::auth::cache::digest);
+            files.push((path.clone(), digest));
         }
-        path
+        (path, contents)
     }
 
     /// A path resolved against the config's directory.
@@ -834,24 +848,35 @@ impl Validator<'_> {
     fn server(&self, raw: &RawConfig) -> Result<ServerSettings, ConfigError> {
         let s = &raw.server;
         let listen = self.socket_addr(&s.listen)?;
-        let tls = s.tls.as_ref().map(|t| TlsFiles {
-            cert_file: self.path(&t.value.cert_file),
-            key_file: self.path(&t.value.key_file),
-        });
-        if let (Some(tls), Some(spanned)) = (&tls, &s.tls) {
-            for file in [&tls.cert_file, &tls.key_file] {
-                if !file.is_file() {
-                    return Err(self.err(
-                        spanned.referenced,
-                        format!("TLS file {} does not exist", file.display()),
-                    ));
-                }
+        let tls = match &s.tls {
+            None => None,
+            Some(spanned) => {
+                let read = |value: &str| {
+                    let (path, contents) = self.read(value);
+                    let contents = contents.map_err(|e| {
+                        let message = if e.kind() == std::io::ErrorKind::NotFound {
+                            format!("TLS file {} does not exist", path.display())
+                        } else {
+                            format!("TLS file {}: cannot read: {e}", path.display())
+                        };
+                        self.err(spanned.referenced, message)
+                    })?;
+                    Ok::<_, ConfigError>((path, contents))
+                };
+                let (cert_file, cert_pem) = read(&spanned.value.cert_file)?;
+                let (key_file, key_pem) = read(&spanned.value.key_file)?;
+                let files = TlsFiles {
+                    cert_file,
+                    key_file,
+                };
+                // Built once here so that a certificate or key the gateway
+                // could not serve with is refused at its place, not at
+                // startup.
+                crate::server::tls::build(&files, &cert_pem, &key_pem)
+                    .map_err(|e| self.err(spanned.referenced, format!("server.tls: {e}")))?;
+                Some(files)
             }
-            // Built once here so that a certificate or key the gateway could
-            // not serve with is refused at its place, not at startup.
-            crate::server::tls::acceptor(tls)
-                .map_err(|e| self.err(spanned.referenced, format!("server.tls: {e}")))?;
-        }
+        };
         let max_header_bytes = s.max_header_bytes.value;
         if !(8192..=1024 * 1024).contains(&max_header_bytes) {
             return Err(self.err(
@@ -921,8 +946,8 @@ impl Validator<'_> {
         let keys = match (&raw.jwks_uri, &raw.jwks_file) {
             (Some(uri), None) => KeySource::Remote(self.http_uri(uri)?),
             (None, Some(file)) => {
-                let path = self.path(&file.value);
-                let text = std::fs::read(&path).map_err(|e| {
+                let (path, text) = self.read(&file.value);
+                let text = text.map_err(|e| {
                     self.err(
                         file.referenced,
                         format!("cannot read jwks_file {}: {e}", path.display()),
@@ -1034,13 +1059,16 @@ impl Validator<'_> {
         }
         let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
             (Some(file), None) => {
-                let path = self.path(&file.value);
-                let text = std::fs::read_to_string(&path).map_err(|e| {
-                    self.err(
-                        file.referenced,
-                        format!("cannot read client_secret_file {}: {e}", path.display()),
-                    )
-                })?;
+                let (path, text) = self.read(&file.value);
+                let text = text
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| String::from_utf8(t).map_err(|_| "not UTF-8".to_owned()))
+                    .map_err(|e| {
+                        self.err(
+                            file.referenced,
+                            format!("cannot read client_secret_file {}: {e}", path.display()),
+                        )
+                    })?;
                 text.trim_end_matches(['\n', '\r']).to_owned()
             }
             (None, Some(var)) => std::env::var(&var.value).map_err(|_| {
@@ -1138,8 +1166,8 @@ impl Validator<'_> {
                     ))
                 }
             };
-            let path = self.path(&key.value.private_key_file);
-            let pem = std::fs::read(&path).map_err(|e| {
+            let (path, pem) = self.read(&key.value.private_key_file);
+            let pem = pem.map_err(|e| {
                 self.err(
                     key.referenced,
                     format!("cannot read {}: {e}", path.display()),

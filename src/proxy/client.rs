@@ -39,14 +39,20 @@ where
 /// unreadable file, bad PEM or a file without certificates is an error that
 /// names the file (configuration validation uses this too).
 pub fn trusted_roots(ca_file: Option<&Path>) -> Result<RootCertStore, String> {
+    let pem = ca_file
+        .map(|path| std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display())))
+        .transpose()?;
+    roots_with(ca_file.zip(pem.as_deref()))
+}
+
+/// The Mozilla roots plus the certificates of a `ca_file` already read
+/// (path and PEM contents), if any.
+pub fn roots_with(ca_file: Option<(&Path, &[u8])>) -> Result<RootCertStore, String> {
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(path) = ca_file {
-        let pem =
-            std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        let mut reader = pem.as_slice();
+    if let Some((path, mut pem)) = ca_file {
         let mut added = 0;
-        for cert in rustls_pemfile::certs(&mut reader) {
+        for cert in rustls_pemfile::certs(&mut pem) {
             let cert = cert.map_err(|e| format!("{}: bad PEM: {e}", path.display()))?;
             roots
                 .add(cert)

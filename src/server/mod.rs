@@ -91,7 +91,7 @@ async fn serve(
         admin_listen: config.admin_listen,
     };
     let files = config.referenced_files.clone();
-    let text_digest = config.text_digest;
+    let (text_digest, files_digest) = (config.text_digest, config.files_digest);
     let first = Gateway::new(config, Arc::clone(&metrics))
         .await
         .map_err(ServerError::Setup)?;
@@ -110,6 +110,7 @@ async fn serve(
             running,
             text_digest,
             files,
+            files_digest,
         );
         tokio::spawn(reloader.run(background.clone()));
     }

@@ -14,7 +14,7 @@ use tokio::sync::{mpsc, watch};
 
 use super::pipeline::Gateway;
 use crate::admin::metrics::Metrics;
-use crate::auth::cache::{digest, digest_of, TokenDigest};
+use crate::auth::cache::{digest, TokenDigest};
 use crate::config::{self, Config, ServerSettings};
 
 /// How long file events are collected before one reload.
@@ -73,8 +73,9 @@ pub struct RunningSettings {
 impl Reloader {
     /// `running` is the config the server started with (for restart-only
     /// settings); `text` the digest of the file content it was loaded from
-    /// ([`config::Config::text_digest`]), and `files` the files it names
-    /// ([`config::Config::referenced_files`]).
+    /// ([`config::Config::text_digest`]), `files` the files it names
+    /// ([`config::Config::referenced_files`]) and `files_digest` what they
+    /// held when it was loaded ([`config::Config::files_digest`]).
     pub fn new(
         path: PathBuf,
         current: Arc<ArcSwap<Gateway>>,
@@ -82,9 +83,9 @@ impl Reloader {
         running: RunningSettings,
         text: TokenDigest,
         files: Vec<PathBuf>,
+        files_digest: TokenDigest,
     ) -> Self {
         metrics.config_last_reload_success.set(1);
-        let last_files = contents_digest(&files);
         Self {
             path,
             current,
@@ -92,7 +93,7 @@ impl Reloader {
             running,
             last_text: text,
             files,
-            last_files,
+            last_files: files_digest,
         }
     }
 
@@ -129,7 +130,10 @@ impl Reloader {
         // thread may be serving (`server.workers: 1`).
         let (path, named) = (self.path.clone(), self.files.clone());
         let read = tokio::task::spawn_blocking(move || {
-            (std::fs::read_to_string(&path), contents_digest(&named))
+            (
+                std::fs::read_to_string(&path),
+                config::load::current_files_digest(&named),
+            )
         })
         .await;
         let (text, files) = match read {
@@ -200,7 +204,7 @@ impl Reloader {
         // certificates the config names.
         let (config, named_digest) = tokio::task::spawn_blocking(move || {
             let config = config::load_str(&source, &base, &text).map_err(ReloadError::Invalid)?;
-            let named_digest = contents_digest(&config.referenced_files);
+            let named_digest = config.files_digest;
             Ok::<_, ReloadError>((config, named_digest))
         })
         .await
@@ -237,39 +241,6 @@ impl Reloader {
         drop(tokio::task::spawn_blocking(move || drop(old)));
         Ok((named, named_digest))
     }
-}
-
-/// A digest of the named files' contents (an unreadable file counts as such,
-/// so that its coming back is a change too).
-fn contents_digest(files: &[PathBuf]) -> TokenDigest {
-    let contents: Vec<_> = files.iter().map(|f| std::fs::read(f).ok()).collect();
-    files_digest(
-        files
-            .iter()
-            .zip(&contents)
-            .map(|(f, c)| (f.as_path(), c.as_deref())),
-    )
-}
-
-/// A digest of files by path and contents (`None`: unreadable), to tell
-/// whether any of them changed since it was taken.
-pub(crate) fn files_digest<'a>(
-    files: impl IntoIterator<Item = (&'a Path, Option<&'a [u8]>)>,
-) -> TokenDigest {
-    let mut all = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for (path, contents) in files {
-        let path = path.as_os_str().as_encoded_bytes();
-        all.update(&(path.len() as u64).to_be_bytes());
-        all.update(path);
-        match contents {
-            Some(contents) => {
-                all.update(&[1]);
-                all.update(&digest(contents));
-            }
-            None => all.update(&[0]),
-        }
-    }
-    digest_of(all.finish())
 }
 
 /// Names the settings that differ but only take effect after a restart.

@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::cache::TokenDigest;
+use crate::auth::cache::{digest, TokenDigest};
 use crate::config::TlsFiles;
 
 /// An acceptor and a digest of the files it was built from, so that a
@@ -27,9 +27,9 @@ impl Inbound {
 /// was built from, else a new one.
 pub fn inbound(files: &TlsFiles, running: Option<&Inbound>) -> Result<Inbound, String> {
     let (cert_pem, key_pem) = read(files)?;
-    let digest = super::reload::files_digest([
-        (files.cert_file.as_path(), Some(cert_pem.as_slice())),
-        (files.key_file.as_path(), Some(key_pem.as_slice())),
+    let digest = crate::config::load::files_digest([
+        (files.cert_file.as_path(), Some(digest(&cert_pem))),
+        (files.key_file.as_path(), Some(digest(&key_pem))),
     ]);
     if let Some(running) = running.filter(|r| r.files == digest) {
         return Ok(running.clone());
@@ -40,12 +40,6 @@ pub fn inbound(files: &TlsFiles, running: Option<&Inbound>) -> Result<Inbound, S
     })
 }
 
-/// Builds the acceptor; errors name the file at fault.
-pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
-    let (cert_pem, key_pem) = read(files)?;
-    build(files, &cert_pem, &key_pem)
-}
-
 fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     let cert_pem = std::fs::read(&files.cert_file)
         .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
@@ -54,7 +48,20 @@ fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
     Ok((cert_pem, key_pem))
 }
 
-fn build(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> Result<TlsAcceptor, String> {
+/// Builds the acceptor from the files as they are now; errors name the file
+/// at fault.
+pub fn acceptor(files: &TlsFiles) -> Result<TlsAcceptor, String> {
+    let (cert_pem, key_pem) = read(files)?;
+    build(files, &cert_pem, &key_pem)
+}
+
+/// Builds an acceptor from the files' contents; errors name the file at
+/// fault.
+pub(crate) fn build(
+    files: &TlsFiles,
+    cert_pem: &[u8],
+    key_pem: &[u8],
+) -> Result<TlsAcceptor, String> {
     let mut cert_pem = cert_pem;
     let mut key_pem = key_pem;
     let certs = rustls_pemfile::certs(&mut cert_pem)
