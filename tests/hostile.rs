@@ -399,6 +399,8 @@ const TARGETS: &[&str] = &[
     "/orders/\\..\\admin",
     "/status/../admin",
     "/status/..;/admin",
+    "/orders/..;/admin",
+    "/orders/7/.%2e;x=1/admin/users",
     "/status;/../admin",
     "/status%2f..%2fadmin",
     "/status/.%2e/admin",
@@ -824,11 +826,15 @@ fn need(method: &str, path: &str) -> Result<Need, String> {
     Err(format!("no route allows {method} {path}"))
 }
 
-/// A forwarded path must be canonical: no empty, `.` or `..` segment, no
+/// A forwarded path must be canonical: no empty, `.` or `..` segment (nor
+/// one before `;` parameters, which Tomcat and Jetty resolve), no
 /// backslash, no refused escape.
 fn canonical(path: &str) -> bool {
     path.starts_with('/')
-        && !path[1..].split('/').any(|s| s == "." || s == "..")
+        && !path[1..]
+            .split('/')
+            .map(|s| s.split(';').next().unwrap_or(s))
+            .any(|s| s == "." || s == "..")
         && !path.contains("//")
         && !path.contains('\\')
         && !["%2f", "%5c", "%00", "%2e"]

@@ -147,6 +147,10 @@ async fn ambiguous_paths_are_refused_with_400() {
         ("/orders/a%4", Some("invalid_request")),
         ("/orders/a\\b", Some("invalid_request")),
         ("/status\\..\\admin", Some("invalid_request")),
+        // Servers that drop `;` parameters before dot segments (Tomcat,
+        // Jetty) would resolve these to /admin/users.
+        ("/orders/..;/admin/users", Some("invalid_request")),
+        ("/orders/7/%2e%2e;x=1/../admin/users", Some("invalid_request")),
         ("/orders/a\x01b", None),
         ("/orders/a\x7fb", None),
         ("/orders/a\tb", None),

@@ -42,6 +42,10 @@ pub enum PathError {
     /// The path contains a raw `\`, which some backends treat as `/`.
     #[error("path contains a backslash")]
     Backslash,
+    /// A segment is `.` or `..` with parameters (`..;x`), which Tomcat and
+    /// Jetty resolve as a dot segment after dropping the parameters.
+    #[error("path contains a dot segment with parameters (..;)")]
+    DotSegmentParameters,
 }
 
 impl PathError {
@@ -57,6 +61,7 @@ impl PathError {
             PathError::EncodedBackslash => "encoded_backslash",
             PathError::EncodedNul => "encoded_nul",
             PathError::Backslash => "backslash",
+            PathError::DotSegmentParameters => "dot_segment_parameters",
         }
     }
 
@@ -73,6 +78,7 @@ impl PathError {
             | PathError::EncodedBackslash
             | PathError::EncodedNul => 4,
             PathError::Backslash => 5,
+            PathError::DotSegmentParameters => 6,
         }
     }
 }
@@ -90,7 +96,10 @@ impl PathError {
 ///    characters (`A-Z a-z 0-9 - . _ ~`) are decoded, all other escapes are
 ///    kept with upper-case hex digits (the first bad escape wins);
 /// 4. a raw `\` is refused ([`PathError::Backslash`]);
-/// 5. runs of `/` are merged, then dot segments are removed as in
+/// 5. a segment that is `.` or `..` (raw or `%2E`) before a `;` is refused
+///    ([`PathError::DotSegmentParameters`]): servers that drop path
+///    parameters first would resolve it, beyond the route it matched here;
+/// 6. runs of `/` are merged, then dot segments are removed as in
 ///    RFC 3986 §5.2.4 (a final `.` or `..` segment leaves a trailing `/`).
 ///
 /// Case, `;` and a trailing `/` are preserved. The result starts with `/`,
@@ -115,13 +124,20 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     while i <= bytes.len() {
         let Some(&b) = bytes.get(i) else {
             // End of input: close the last segment (empty = trailing slash).
-            rewrite |= is_raw_dot_segment(bytes.get(seg_start..i));
+            let seg = bytes.get(seg_start..i);
+            rewrite |= is_raw_dot_segment(seg);
+            if is_dot_segment_with_parameters(seg) {
+                note(PathError::DotSegmentParameters);
+            }
             break;
         };
         match b {
             b'/' => {
                 let seg = bytes.get(seg_start..i);
                 rewrite |= seg.is_some_and(<[u8]>::is_empty) || is_raw_dot_segment(seg);
+                if is_dot_segment_with_parameters(seg) {
+                    note(PathError::DotSegmentParameters);
+                }
                 seg_start = i + 1;
             }
             b'#' => note(PathError::Fragment),
@@ -203,6 +219,28 @@ fn escape_at(bytes: &[u8], i: usize) -> Option<(u8, bool)> {
 
 fn is_raw_dot_segment(seg: Option<&[u8]>) -> bool {
     matches!(seg, Some(b".") | Some(b".."))
+}
+
+/// Whether a raw segment is `.` or `..` (each dot raw or `%2E`) followed by
+/// `;` and parameters.
+fn is_dot_segment_with_parameters(seg: Option<&[u8]>) -> bool {
+    let Some(seg) = seg else {
+        return false;
+    };
+    let Some(semicolon) = seg.iter().position(|&b| b == b';') else {
+        return false;
+    };
+    let mut dots = 0;
+    let mut rest = seg.get(..semicolon).unwrap_or_default();
+    while !rest.is_empty() {
+        match rest {
+            [b'.', tail @ ..] => rest = tail,
+            [b'%', b'2', b'e' | b'E', tail @ ..] => rest = tail,
+            _ => return false,
+        }
+        dots += 1;
+    }
+    matches!(dots, 1 | 2)
 }
 
 /// Builds the canonical form of a path that passed validation.
@@ -293,6 +331,16 @@ mod tests {
         ("/administrator", Ok("/administrator")),
         ("/Admin", Ok("/Admin")),
         ("/a;b=c/d;e", Ok("/a;b=c/d;e")),
+        ("/a/;x/b", Ok("/a/;x/b")),
+        ("/a/...;x/b", Ok("/a/...;x/b")),
+        ("/a/..b;x/b", Ok("/a/..b;x/b")),
+        ("/a/%2e%2e%2e;/b", Ok("/a/...;/b")),
+        ("/orders/..;/admin", Err(DotSegmentParameters)),
+        ("/orders/..;x=1/admin", Err(DotSegmentParameters)),
+        ("/a/.;/b", Err(DotSegmentParameters)),
+        ("/a/%2e%2E;/b", Err(DotSegmentParameters)),
+        ("/a/.%2e;jsessionid=1", Err(DotSegmentParameters)),
+        ("/a/..;", Err(DotSegmentParameters)),
         ("/a/%3A", Ok("/a/%3A")),
         ("/a/%25", Ok("/a/%25")),
         ("/a/...", Ok("/a/...")),
