@@ -150,7 +150,10 @@ async fn ambiguous_paths_are_refused_with_400() {
         // Servers that drop `;` parameters before dot segments (Tomcat,
         // Jetty) would resolve these to /admin/users.
         ("/orders/..;/admin/users", Some("invalid_request")),
-        ("/orders/7/%2e%2e;x=1/../admin/users", Some("invalid_request")),
+        (
+            "/orders/7/%2e%2e;x=1/../admin/users",
+            Some("invalid_request"),
+        ),
         ("/orders/a\x01b", None),
         ("/orders/a\x7fb", None),
         ("/orders/a\tb", None),
@@ -1537,6 +1540,35 @@ async fn h2c_upstream() {
         *versions.lock().unwrap(),
         [http::Version::HTTP_2, http::Version::HTTP_2]
     );
+}
+
+/// An absolute-form target without a path (`http://host?x=1`) is the path
+/// `/`; an HTTP/2 upstream gets `:path: /?x=1`, not the received `?x=1`,
+/// which it must refuse.
+#[tokio::test]
+async fn an_absolute_target_without_a_path_reaches_an_http2_upstream_as_slash() {
+    let world = World::new().await;
+    // What the upstream's `:path` held, as received.
+    let upstream = serve_fn(|req: Request<Incoming>| async move {
+        let target = req.uri().path_and_query().map(|pq| pq.as_str().to_owned());
+        Response::new(full_body(format!("{:?} {target:?}", req.version())))
+    })
+    .await;
+    let yaml = config_for(&world, upstream)
+        .replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    http2_only: true\n",
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - path: /\n    upstream: app\n    auth: none\n",
+        );
+    let gw = Gateway::start(&yaml).await;
+    for target in ["http://gw.test?x=1", "http://gw.test/?x=1"] {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(reply.status, 200, "{target}: {reply:?}");
+        assert_eq!(reply.body, "HTTP/2.0 Some(\"/?x=1\")", "{target}");
+    }
 }
 
 /// Clients that stop reading keep their streams' share of the one HTTP/2

@@ -190,8 +190,12 @@ fn upstream_uri(
         upstream.base_path.is_empty(),
         received.path_and_query(),
     ) {
-        // Shares the received bytes: no copy, no second parse.
-        return Ok(Uri::from(pq.clone()));
+        // Shares the received bytes: no copy, no second parse. Not when
+        // they hold no path (`GET http://host?x`), which `path()` shows
+        // as `/` but an HTTP/2 `:path` may not be.
+        if pq.as_str().starts_with('/') {
+            return Ok(Uri::from(pq.clone()));
+        }
     }
     let path = canonical_path.unwrap_or(received.path());
     let query = received.query();
