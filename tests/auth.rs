@@ -596,6 +596,24 @@ async fn jwt_time_issuer_and_audience_claims() {
             without(base(), "aud"),
             Want::Invalid(TokenError::WrongAudience),
         ),
+        (
+            "bound to a DPoP key",
+            with(
+                base(),
+                "cnf",
+                json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" }),
+            ),
+            Want::Invalid(TokenError::SenderConstrained),
+        ),
+        (
+            "bound to a client certificate",
+            with(
+                base(),
+                "cnf",
+                json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" }),
+            ),
+            Want::Invalid(TokenError::SenderConstrained),
+        ),
     ];
     for (label, claims, want) in rows {
         let token = signer.mint(&claims);

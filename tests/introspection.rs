@@ -753,6 +753,15 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
             "string-exp",
             with(json!({ "exp": (now() + 600).to_string() })),
         ),
+        // Bound to a DPoP key or a client certificate: not a bearer token.
+        (
+            "dpop-bound",
+            with(json!({ "cnf": { "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiguA4I" } })),
+        ),
+        (
+            "mtls-bound",
+            with(json!({ "cnf": { "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" } })),
+        ),
     ];
     for (token, answer) in &refused {
         s.idp.answer(token, answer.clone());

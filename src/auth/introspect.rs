@@ -279,6 +279,11 @@ impl Introspector {
         if answer.get("active") != Some(&Value::Bool(true)) {
             return inactive;
         }
+        // Bound to a DPoP key or a client certificate (RFC 9449, RFC 8705):
+        // presented as a bearer token, it proves nothing of that binding.
+        if answer.contains_key("cnf") {
+            return inactive;
+        }
         // A refresh token reported active is still not an access token.
         if let Some(kind) = answer.get("token_type") {
             let is_access = kind.as_str().is_some_and(|t| {

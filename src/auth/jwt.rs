@@ -70,6 +70,10 @@ pub enum TokenError {
     /// The token was revoked or is inactive.
     #[error("inactive")]
     Inactive,
+    /// The token is bound to a key or certificate (`cnf`: DPoP, RFC 9449;
+    /// mutual TLS, RFC 8705) that a bearer request cannot prove.
+    #[error("sender-constrained")]
+    SenderConstrained,
 }
 
 impl TokenError {
@@ -94,6 +98,7 @@ impl TokenError {
             Self::IssuedInFuture => "iat_in_future",
             Self::WrongAudience => "wrong_audience",
             Self::Inactive => "inactive",
+            Self::SenderConstrained => "sender_constrained",
         }
     }
 
@@ -118,6 +123,9 @@ impl TokenError {
             Self::IssuedInFuture => "the token was issued in the future",
             Self::WrongAudience => "the token is not meant for this audience",
             Self::Inactive => "the token is not active",
+            Self::SenderConstrained => {
+                "the token is bound to a proof the bearer scheme cannot carry"
+            }
         }
     }
 }

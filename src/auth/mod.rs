@@ -413,6 +413,9 @@ impl Authenticator {
         let lifetime =
             jwt::check_lifetime(&jwt.claims, now, issuer.leeway_secs).map_err(invalid)?;
         jwt::check_audience(&jwt.claims, &issuer.audiences).map_err(invalid)?;
+        if jwt.claims.contains_key("cnf") {
+            return Err(invalid(TokenError::SenderConstrained));
+        }
         let scopes = read_scopes(&jwt.claims, issuer.scope_claim).map_err(invalid)?;
         // Capped: a far-future `exp` (up to u64::MAX) must not overflow `Instant`.
         let remaining =
