@@ -341,7 +341,37 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         ("X-HTTP-Method", "DELETE"),
         ("X-Method-Override", "DELETE"),
     ];
-    let never = [
+    // Scheme, port, prefix, path and address claims that frameworks trust
+    // (gunicorn, Rack, Spring, Symfony), in both spellings.
+    let trusted_elsewhere = [
+        "X-Forwarded-Ssl",
+        "X-Forwarded-Scheme",
+        "X-Forwarded-Protocol",
+        "X-Forwarded-Port",
+        "X-Forwarded-Prefix",
+        "X-Forwarded-Server",
+        "X-Forwarded-Uri",
+        "X-Original-URL",
+        "X-Rewrite-URL",
+        "Front-End-Https",
+        "True-Client-IP",
+        "X-Client-IP",
+    ];
+    let underscored: Vec<String> = trusted_elsewhere
+        .iter()
+        .map(|name| name.replace('-', "_"))
+        .collect();
+    let spoofs: Vec<(&str, &str)> = spoofs
+        .into_iter()
+        .chain(trusted_elsewhere.iter().map(|name| (*name, "on")))
+        .chain(underscored.iter().map(|name| (name.as_str(), "on")))
+        .collect();
+    let lowered: Vec<String> = trusted_elsewhere
+        .iter()
+        .map(|name| name.to_ascii_lowercase())
+        .chain(underscored.iter().map(|name| name.to_ascii_lowercase()))
+        .collect();
+    let never: Vec<&str> = [
         "forwarded",
         "x-real-ip",
         "x_forwarded_for",
@@ -350,7 +380,10 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         "x-http-method-override",
         "x-http-method",
         "x-method-override",
-    ];
+    ]
+    .into_iter()
+    .chain(lowered.iter().map(String::as_str))
+    .collect();
     let cases: [(&str, &[(&str, &str)]); 3] = [
         ("/partner", &[("x-partner", "alice")]),
         (
@@ -369,7 +402,7 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         assert_eq!(seen.path_and_query, path);
         for name in ["x-auth-subject", "x-auth-scopes", "x-partner", "x_partner"]
             .into_iter()
-            .chain(never)
+            .chain(never.iter().copied())
         {
             let values: Vec<&str> = seen
                 .headers

@@ -21,6 +21,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::StoreConfig;
+use crate::proxy::headers::RemovedHeaders;
 use crate::routes::{RouteSpec, RouteTable};
 
 /// The validated configuration the gateway runs on.
@@ -445,7 +446,7 @@ pub struct ForwardPolicy {
     /// Headers set from claims: name and index into [`Config::identity_claims`].
     pub identity_headers: Vec<(HeaderName, usize)>,
     /// Client-sent headers always removed (identity names and underscore variants).
-    pub remove_headers: Vec<HeaderName>,
+    pub remove_headers: RemovedHeaders,
 }
 
 /// Validates a parsed file into a [`Config`]; `base_dir` resolves relative paths.
@@ -593,22 +594,44 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
     })
 }
 
-/// Headers a client may not send upstream whatever the route: forwarding
+/// Headers a client may not send upstream whatever the route, each also in
+/// its underscore spelling (merged with it by CGI-style servers): forwarding
 /// headers scopegate does not set (an upstream trusting them would take the
-/// client's word for its address, scheme or host), the underscore spellings
-/// of those it sets (merged with them by CGI-style servers), and method
-/// overrides (a route's scopes follow the method scopegate saw, so a `GET`
-/// carrying `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
-const CLIENT_MAY_NOT_SEND: [&str; 8] = [
+/// client's word for its address, scheme, port, prefix or host: gunicorn
+/// trusts `X-Forwarded-Ssl` and `X-Forwarded-Protocol` from loopback, which
+/// is scopegate in a sidecar; Rack reads `X-Forwarded-Ssl` before
+/// `X-Forwarded-Proto`), path overrides, and method overrides (a route's
+/// scopes follow the method and path scopegate saw, so a `GET` carrying
+/// `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
+const CLIENT_MAY_NOT_SEND: [&str; 22] = [
     "forwarded",
     "x-real-ip",
-    "x_forwarded_for",
-    "x_forwarded_proto",
-    "x_forwarded_host",
+    "client-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "x-cluster-client-ip",
+    "x-forwarded",
+    "x-forwarded-ssl",
+    "x-forwarded-scheme",
+    "x-forwarded-protocol",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-forwarded-uri",
+    "x-forwarded-path",
+    "front-end-https",
+    "x-url-scheme",
+    "x-original-url",
+    "x-rewrite-url",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
 ];
+
+/// The underscore spellings of the forwarding headers scopegate sets (the
+/// dash spellings it replaces itself).
+const SET_BY_SCOPEGATE_UNDERSCORED: [&str; 3] =
+    ["x_forwarded_for", "x_forwarded_proto", "x_forwarded_host"];
 
 /// Every route removes every identity header any route sets, not only its
 /// own: on a route that sets `X-Partner` instead of the defaults, a client's
@@ -616,17 +639,18 @@ const CLIENT_MAY_NOT_SEND: [&str; 8] = [
 /// route that sets only the defaults, or none at all). And every route
 /// removes [`CLIENT_MAY_NOT_SEND`].
 fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteSpec<Route>]) {
-    let mut every: Vec<HeaderName> = CLIENT_MAY_NOT_SEND
+    let policies = std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward));
+    let every: RemovedHeaders = CLIENT_MAY_NOT_SEND
         .iter()
-        .map(|name| HeaderName::from_static(name))
+        .flat_map(|name| [name.to_string(), name.replace('-', "_")])
+        .chain(
+            SET_BY_SCOPEGATE_UNDERSCORED
+                .iter()
+                .map(|name| name.to_string()),
+        )
+        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
+        .chain(policies.flat_map(|p| p.remove_headers.iter().cloned()))
         .collect();
-    for policy in std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward)) {
-        for name in &policy.remove_headers {
-            if !every.contains(name) {
-                every.push(name.clone());
-            }
-        }
-    }
     let with = |policy: &ForwardPolicy| {
         Arc::new(ForwardPolicy {
             remove_headers: every.clone(),
@@ -1481,7 +1505,7 @@ impl Validator<'_> {
         &self,
         map: &Spanned<BTreeMap<String, String>>,
         claims: &mut Vec<String>,
-    ) -> Result<(Vec<(HeaderName, usize)>, Vec<HeaderName>), ConfigError> {
+    ) -> Result<(Vec<(HeaderName, usize)>, RemovedHeaders), ConfigError> {
         let mut set = Vec::new();
         let mut remove = Vec::new();
         for (header, claim) in &map.value {
@@ -1516,7 +1540,7 @@ impl Validator<'_> {
             remove.push(name.clone());
             set.push((name, slot));
         }
-        Ok((set, remove))
+        Ok((set, remove.into_iter().collect()))
     }
 
     fn methods(&self, route: &Spanned<RawRoute>) -> Result<Option<Vec<Method>>, ConfigError> {
