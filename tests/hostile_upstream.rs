@@ -71,6 +71,9 @@ enum Script {
     NoContentWithBody,
     /// 200 with hop-by-hop headers, some named in `Connection`.
     HopByHop,
+    /// 200 offering a protocol switch (`Connection: Upgrade`, `Upgrade:
+    /// h2,h2c`, as Apache with h2c does) that nobody asked for.
+    UpgradeOffer,
     /// `HTTP/1.1 2000 OK`.
     BadStatusCode,
     /// Not HTTP at all.
@@ -94,7 +97,7 @@ enum Script {
 }
 
 impl Script {
-    const ALL: [Script; 20] = [
+    const ALL: [Script; 21] = [
         Script::Length,
         Script::Chunked,
         Script::CloseDelimited,
@@ -105,6 +108,7 @@ impl Script {
         Script::Interim,
         Script::NoContentWithBody,
         Script::HopByHop,
+        Script::UpgradeOffer,
         Script::BadStatusCode,
         Script::Garbage,
         Script::ObsFold,
@@ -166,6 +170,7 @@ impl Script {
                  Proxy-Connection: keep-alive\r\nTrailer: X-T\r\nUpgrade: h2c\r\n\
                  Proxy-Authenticate: Basic\r\nX-Kept: 1\r\n",
             ),
+            Script::UpgradeOffer => ok("Connection: Upgrade\r\nUpgrade: h2,h2c\r\n"),
             Script::BadStatusCode => format!("HTTP/1.1 2000 OK\r\nContent-Length: {n}\r\n\r\n{body}"),
             Script::Garbage => "SMTP ready\r\n\r\n".to_owned(),
             Script::ObsFold => ok("X-Folded: a\r\n b\r\n"),
@@ -202,7 +207,8 @@ impl Script {
             | Script::Extra
             | Script::LengthTooShort
             | Script::Interim
-            | Script::HopByHop => &[200],
+            | Script::HopByHop
+            | Script::UpgradeOffer => &[200],
             Script::NoContentWithBody => &[204],
             // The head may already be on its way when the body breaks off.
             Script::ShortBody => &[200, 502],

@@ -3,7 +3,7 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
+use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
@@ -152,7 +152,12 @@ impl Forwarder {
                     "both Content-Length and Transfer-Encoding",
                 ));
             }
-            remove_hop_by_hop(response.headers_mut());
+            if remove_hop_by_hop(response.headers_mut()) {
+                // An offer to switch (`Upgrade: h2c` on a 200, as Apache
+                // sends) is this hop's alone: the client asked for nothing.
+                response.headers_mut().remove(UPGRADE);
+                response.headers_mut().remove(CONNECTION);
+            }
         }
         let idle_timeout = upstream.config.body_idle_timeout;
         let failures = upstream.body_failures.clone();
