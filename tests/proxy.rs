@@ -317,6 +317,61 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     assert_eq!(world.upstream.count(), 2);
 }
 
+/// A claim whose header value would read as another (blanks at an end,
+/// which parsers trim; array elements holding a blank, which would read as
+/// two) sets no header at all; plain ones still do.
+#[tokio::test]
+async fn ambiguous_claim_values_set_no_identity_header() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /groups\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      identity_headers: { X-Groups: groups, X-Subject: sub }\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let cases = [
+        (
+            serde_json::json!(" alice"),
+            serde_json::json!(["billing", "admin"]),
+            None,
+            Some("billing admin"),
+        ),
+        (
+            serde_json::json!("alice\t"),
+            serde_json::json!(["billing admin"]),
+            None,
+            None,
+        ),
+        (
+            serde_json::json!("alice"),
+            serde_json::json!(["billing", ""]),
+            Some("alice"),
+            None,
+        ),
+        (
+            serde_json::json!("al ice"),
+            serde_json::json!(["bil\tling"]),
+            Some("al ice"),
+            None,
+        ),
+    ];
+    for (sub, groups, want_subject, want_groups) in cases {
+        let mut claims = claims("orders:read");
+        claims["sub"] = sub.clone();
+        claims["groups"] = groups.clone();
+        let token = world.key.mint(&claims).unwrap();
+        let reply = get_with_token(&gw.url("/groups"), &token).await;
+        assert_eq!(reply.status, 200, "{sub} {groups}: {}", reply.text());
+        let seen = world.upstream.last();
+        let value = |name: &str| {
+            seen.headers
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+        assert_eq!(value("x-subject").as_deref(), want_subject, "{sub}");
+        assert_eq!(value("x-groups").as_deref(), want_groups, "{groups}");
+    }
+}
+
 #[tokio::test]
 async fn every_route_strips_identity_forwarding_and_method_override_headers() {
     let world = World::new().await;

@@ -542,14 +542,29 @@ fn identity_value(
         };
     }
     let text = match claims.get(claim)? {
+        // Whitespace at either end would be trimmed by every HTTP parser
+        // (RFC 9110 5.5): " alice" would arrive as "alice".
+        Value::String(s) if s.starts_with(is_blank) || s.ends_with(is_blank) => return None,
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Array(items) => {
             let parts: Option<Vec<&str>> = items.iter().map(Value::as_str).collect();
-            parts?.join(" ")
+            let parts = parts?;
+            // Space-separated, so an element that is empty or holds a blank
+            // could not be told from others: ["billing admin"] would read
+            // as ["billing", "admin"].
+            if parts.iter().any(|p| p.is_empty() || p.contains(is_blank)) {
+                return None;
+            }
+            parts.join(" ")
         }
         Value::Null | Value::Object(_) => return None,
     };
     HeaderValue::from_str(&text).ok()
+}
+
+/// The blanks a header value may hold (RFC 9110 5.5).
+fn is_blank(c: char) -> bool {
+    c == ' ' || c == '\t'
 }

@@ -126,6 +126,10 @@ pub fn identity_member() -> impl Strategy<Value = Option<Value>> {
         Some(json!(1.5)),
         Some(json!(false)),
         Some(json!(["a", "b"])),
+        Some(json!(["billing admin"])),
+        Some(json!(["a", ""])),
+        Some(json!(" bob")),
+        Some(json!("bob\t")),
         Some(json!(["a", 1])),
         Some(json!({ "name": "bob" })),
         Some(Value::Null),
@@ -268,17 +272,26 @@ pub fn scopes(value: Option<&Value>) -> Result<Vec<&str>, ()> {
 
 /// A member as an identity header value: strings as they are, numbers and
 /// booleans as JSON writes them, arrays of strings space-separated; nothing
-/// for other types or for text a header cannot carry.
+/// for other types, for text a header cannot carry, for text with a blank
+/// at either end (a parser would trim it), or for an array element that is
+/// empty or holds a blank (it would read as other elements).
 pub fn identity(value: Option<&Value>) -> Option<String> {
+    let blank = |c: char| c == ' ' || c == '\t';
     let text = match value? {
+        Value::String(s) if s.starts_with(blank) || s.ends_with(blank) => return None,
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
-        Value::Array(items) => items
-            .iter()
-            .map(Value::as_str)
-            .collect::<Option<Vec<_>>>()?
-            .join(" "),
+        Value::Array(items) => {
+            let parts = items
+                .iter()
+                .map(Value::as_str)
+                .collect::<Option<Vec<_>>>()?;
+            if parts.iter().any(|p| p.is_empty() || p.contains(blank)) {
+                return None;
+            }
+            parts.join(" ")
+        }
         Value::Null | Value::Object(_) => return None,
     };
     text.bytes()
