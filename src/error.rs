@@ -25,6 +25,11 @@ pub enum GatewayError {
     /// Missing, repeated or malformed `Host`.
     #[error("bad Host header")]
     BadHost,
+    /// A method with lower-case letters (`delete`): routes name methods in
+    /// upper case, and servers that upper-case it (Django, Flask) would run
+    /// a handler the route did not grant.
+    #[error("lower-case method")]
+    BadMethod,
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
@@ -86,6 +91,7 @@ impl GatewayError {
         match self {
             Self::BadPath(e) => e.reason(),
             Self::BadHost => "bad_host",
+            Self::BadMethod => "lower_case_method",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -109,6 +115,7 @@ impl GatewayError {
         match self {
             Self::BadPath(_)
             | Self::BadHost
+            | Self::BadMethod
             | Self::AmbiguousFraming
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
@@ -140,6 +147,7 @@ impl GatewayError {
         match self {
             Self::BadPath(_) => ("invalid_request", "the request path is not allowed"),
             Self::BadHost => ("invalid_request", "missing or malformed Host header"),
+            Self::BadMethod => ("invalid_request", "the method must be upper case"),
             Self::AmbiguousFraming => (
                 "invalid_request",
                 "both Content-Length and Transfer-Encoding are present",

@@ -816,7 +816,8 @@ fn need(method: &str, path: &str) -> Result<Need, String> {
         return Ok(Need::All("admin"));
     }
     if let Some(rest) = path.strip_prefix("/orders/").filter(|r| !r.is_empty()) {
-        if method == "GET" && !rest.contains('/') {
+        // HEAD goes where GET goes.
+        if matches!(method, "GET" | "HEAD") && !rest.contains('/') {
             return Ok(Need::All("orders:read"));
         }
         if matches!(method, "POST" | "PUT" | "DELETE") {

@@ -177,6 +177,34 @@ async fn ambiguous_paths_are_refused_with_400() {
     assert_eq!(world.upstream.count(), 0);
 }
 
+/// A method with lower-case letters is refused before any route: servers
+/// that upper-case it (Django, Flask) would run the DELETE handler for a
+/// `delete` that an any-method route let through.
+#[tokio::test]
+async fn lower_case_methods_are_refused_with_400() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token(ALL_SCOPES));
+    for (method, target) in [
+        ("delete", "/status"),
+        ("Delete", "/admin/users/3"),
+        ("get", "/orders/42"),
+        ("pUT", "/orders/42"),
+    ] {
+        let reply = raw_reply(
+            gw.addr,
+            &request(method, target, &[("Authorization", &auth)]),
+        )
+        .await;
+        assert_eq!(reply.status, 400, "{method} {target}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some("invalid_request"));
+    }
+    assert_eq!(world.upstream.count(), 0);
+    // Upper case still goes through.
+    let reply = raw_reply(gw.addr, &request("DELETE", "/status", &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 #[tokio::test]
 async fn prefix_tricks_unknown_paths_and_wrong_methods() {
     let world = World::new().await;
@@ -228,16 +256,19 @@ async fn prefix_tricks_unknown_paths_and_wrong_methods() {
     }
 
     // A route has the path but not the method: 405 listing every method of
-    // every pattern that matches.
+    // every pattern that matches (HEAD wherever GET is).
     let wrong_method = [
-        ("PATCH", "/orders/42", "DELETE, GET, POST, PUT"),
+        ("PATCH", "/orders/42", "DELETE, GET, HEAD, POST, PUT"),
         ("GET", "/orders/42/items", "DELETE, POST, PUT"),
+        ("HEAD", "/orders/42/items", "DELETE, POST, PUT"),
         ("PATCH", "/orders/42/items", "DELETE, POST, PUT"),
     ];
     for (method, target, allow) in wrong_method {
         let reply = raw_reply(gw.addr, &request(method, target, &[])).await;
         assert_eq!(reply.status, 405, "{method} {target}: {reply:?}");
-        assert_eq!(reply.error().as_deref(), Some("method_not_allowed"));
+        // An answer to HEAD has no body.
+        let error = (method != "HEAD").then_some("method_not_allowed");
+        assert_eq!(reply.error().as_deref(), error);
         assert_eq!(reply.header("allow").as_deref(), Some(allow));
     }
     assert_eq!(world.upstream.count(), 0);

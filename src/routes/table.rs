@@ -476,16 +476,25 @@ fn make_node<T>(
             .flat_map(|group| group.routes.iter())
             .filter_map(|&r| specs.get(r).map(|spec| (r, spec)))
     };
-    let accepts =
-        |spec: &RouteSpec<T>, m: &Method| spec.methods.as_ref().is_none_or(|ms| ms.contains(m));
-
     let any = member_routes().find_map(|(r, spec)| spec.methods.is_none().then_some(r));
     let mut listed: Vec<&Method> = member_routes()
         .filter_map(|(_, spec)| spec.methods.as_ref())
         .flatten()
         .collect();
+    // HEAD is GET without the body (RFC 9110 9.3.2), and servers answer it
+    // with their GET handler: unless a route lists HEAD itself, it goes
+    // where GET goes, not to a broader route that accepts any method.
+    let head_from_get = listed.contains(&&Method::GET) && !listed.contains(&&Method::HEAD);
+    if head_from_get {
+        listed.push(&Method::HEAD);
+    }
     listed.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     listed.dedup();
+    let accepts = |spec: &RouteSpec<T>, m: &Method| {
+        spec.methods.as_ref().is_none_or(|ms| {
+            ms.contains(m) || (head_from_get && *m == Method::HEAD && ms.contains(&Method::GET))
+        })
+    };
     let methods = listed
         .iter()
         .filter_map(|&m| {
@@ -884,7 +893,7 @@ mod tests {
             );
             assert_eq!(
                 allow(&t, &Method::PATCH, "/orders/42").as_deref(),
-                Some("DELETE, GET, POST, PUT")
+                Some("DELETE, GET, HEAD, POST, PUT")
             );
             assert_eq!(t.lookup(&Method::GET, "/orders"), Lookup::NotFound);
             assert_eq!(t.lookup(&Method::POST, "/orders/"), Lookup::NotFound);
@@ -902,7 +911,7 @@ mod tests {
         assert_eq!(matched(&t, &Method::DELETE, "/orders/1"), Some(1));
         assert_eq!(
             allow(&t, &Method::PUT, "/orders/1").as_deref(),
-            Some("DELETE, GET")
+            Some("DELETE, GET, HEAD")
         );
         assert_eq!(t.lookup(&Method::GET, "/orders/1/x"), Lookup::NotFound);
     }
@@ -953,6 +962,29 @@ mod tests {
         // Falls back to the catch-all for other methods.
         assert_eq!(matched(&t, &Method::GET, "/files/special"), Some(1));
         assert_eq!(matched(&t, &Method::GET, "/files/a/b"), Some(1));
+    }
+
+    #[test]
+    fn head_goes_where_get_goes() {
+        let t = table(&[
+            ("/files/{id}", Some(&[Method::GET])),
+            ("/files/{*rest}", None),
+            ("/docs/{id}", Some(&[Method::GET])),
+            ("/docs/{id}", Some(&[Method::HEAD])),
+            ("/feed", Some(&[Method::GET, Method::POST])),
+        ]);
+        // Not to the broader any-method route.
+        assert_eq!(matched(&t, &Method::HEAD, "/files/7"), Some(0));
+        assert_eq!(matched(&t, &Method::PUT, "/files/7"), Some(1));
+        assert_eq!(matched(&t, &Method::HEAD, "/files/7/x"), Some(1));
+        // A route that lists HEAD itself takes it.
+        assert_eq!(matched(&t, &Method::HEAD, "/docs/1"), Some(3));
+        assert_eq!(matched(&t, &Method::GET, "/docs/1"), Some(2));
+        assert_eq!(matched(&t, &Method::HEAD, "/feed"), Some(4));
+        assert_eq!(
+            allow(&t, &Method::PUT, "/feed").as_deref(),
+            Some("GET, HEAD, POST")
+        );
     }
 
     #[test]
@@ -1018,7 +1050,7 @@ mod tests {
         assert_eq!(matched(&t, &Method::GET, "/users/42/"), Some(2));
         assert_eq!(
             allow(&t, &Method::POST, "/users/me").as_deref(),
-            Some("GET")
+            Some("GET, HEAD")
         );
     }
 
@@ -1029,10 +1061,13 @@ mod tests {
         assert_eq!(matched(&t, &Method::POST, "/a/b/c"), Some(1));
         assert_eq!(
             allow(&t, &Method::PUT, "/a/b/c").as_deref(),
-            Some("GET, POST")
+            Some("GET, HEAD, POST")
         );
         assert_eq!(allow(&t, &Method::PUT, "/a/b/d").as_deref(), Some("POST"));
-        assert_eq!(allow(&t, &Method::PUT, "/a/z/c").as_deref(), Some("GET"));
+        assert_eq!(
+            allow(&t, &Method::PUT, "/a/z/c").as_deref(),
+            Some("GET, HEAD")
+        );
         assert_eq!(t.lookup(&Method::GET, "/a/z/d"), Lookup::NotFound);
 
         // Same method on both: the literal-first pattern is more specific.
@@ -1116,7 +1151,7 @@ mod tests {
         assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3"), Some(3));
         assert_eq!(
             allow(&t, &Method::PUT, "/o/1/r/2/i/3/c/4").as_deref(),
-            Some("GET, POST")
+            Some("GET, HEAD, POST")
         );
         assert_eq!(t.lookup(&Method::GET, "/o/1/r/2/i/3/"), Lookup::NotFound);
         assert_eq!(t.lookup(&Method::GET, "/o/1/r//i/3/c/4"), Lookup::NotFound);
@@ -1183,7 +1218,7 @@ mod tests {
             } else {
                 assert_eq!(
                     allow(&t, &Method::POST, &path).as_deref(),
-                    Some("DELETE, GET")
+                    Some("DELETE, GET, HEAD")
                 );
             }
         }
@@ -1260,16 +1295,24 @@ mod tests {
             return Expect::NotFound;
         }
         hits.sort_by_key(|s| model_key(&s.path));
-        if let Some(s) = hits
-            .iter()
-            .find(|s| s.methods.as_ref().is_none_or(|ms| ms.contains(method)))
-        {
+        let listed = |m: &Method| {
+            hits.iter()
+                .any(|s| s.methods.as_ref().is_some_and(|ms| ms.contains(m)))
+        };
+        // A route that lists GET takes HEAD too, unless one lists HEAD.
+        let head_from_get = listed(&Method::GET) && !listed(&Method::HEAD);
+        let takes = |ms: &Vec<Method>| {
+            ms.contains(method)
+                || (head_from_get && *method == Method::HEAD && ms.contains(&Method::GET))
+        };
+        if let Some(s) = hits.iter().find(|s| s.methods.as_ref().is_none_or(takes)) {
             return Expect::Matched(s.value);
         }
         let mut names: Vec<&str> = hits
             .iter()
             .flat_map(|s| s.methods.iter().flatten())
             .map(Method::as_str)
+            .chain(head_from_get.then_some("HEAD"))
             .collect();
         names.sort_unstable();
         names.dedup();
@@ -1299,7 +1342,7 @@ mod tests {
     fn methods_strategy() -> impl Strategy<Value = Option<Vec<Method>>> {
         prop_oneof![
             1 => Just(None),
-            4 => proptest::sample::subsequence(vec![Method::GET, Method::POST, Method::PUT], 1..=2)
+            4 => proptest::sample::subsequence(vec![Method::GET, Method::HEAD, Method::POST, Method::PUT], 1..=2)
                 .prop_map(Some),
         ]
     }
@@ -1342,7 +1385,7 @@ mod tests {
                 Err(e) => return Err(TestCaseError::fail(e.to_string())),
             };
             for path in &paths {
-                for method in [Method::GET, Method::POST, Method::PUT, Method::DELETE] {
+                for method in [Method::GET, Method::HEAD, Method::POST, Method::PUT, Method::DELETE] {
                     let got = match t.lookup(&method, path) {
                         Lookup::Matched(v) => Expect::Matched(*v),
                         Lookup::MethodNotAllowed { allow } => {

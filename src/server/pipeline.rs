@@ -246,6 +246,14 @@ impl Gateway {
         }
 
         // 2. Match a route.
+        if request
+            .method()
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            return (None, Err(GatewayError::BadMethod));
+        }
         let route = match self.routes.lookup(request.method(), &path) {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
