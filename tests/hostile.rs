@@ -399,7 +399,12 @@ const TARGETS: &[&str] = &[
     "/orders/\\..\\admin",
     "/status/../admin",
     "/status/..;/admin",
-    "/orders/..;/admin",
+    "/admin;x/users",
+    "/orders;x/7",
+    "/orders/7;x",
+    "/status%3Bx",
+    "/status;x",
+    "/orders/%3A",
     "/orders/7/.%2e;x=1/admin/users",
     "/status;/../admin",
     "/status%2f..%2fadmin",
@@ -809,6 +814,7 @@ enum Need {
 }
 
 fn need(method: &str, path: &str) -> Result<Need, String> {
+    let path = &routed(path);
     if path == "/status" {
         return Ok(Need::Public);
     }
@@ -825,6 +831,38 @@ fn need(method: &str, path: &str) -> Result<Need, String> {
         }
     }
     Err(format!("no route allows {method} {path}"))
+}
+
+/// The spelling routes are chosen by, as an upstream reads the path: each
+/// segment without its `;` parameters, and `%XX` escapes of `!$&'()*+,=:@`
+/// decoded.
+fn routed(path: &str) -> String {
+    let segments: Vec<String> = path
+        .split('/')
+        .skip(1)
+        .map(|segment| {
+            let mut segment = segment.split(';').next().unwrap_or("").to_owned();
+            for c in "!$&'()*+,=:@".chars() {
+                let escape = format!("%{:02X}", c as u32);
+                segment = segment.replace(&escape, &c.to_string());
+            }
+            segment
+        })
+        .collect();
+    let last = segments.len().saturating_sub(1);
+    let mut out = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        if !segment.is_empty() {
+            out.push('/');
+            out.push_str(segment);
+        } else if i == last {
+            out.push('/');
+        }
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
 }
 
 /// A forwarded path must be canonical: no empty, `.` or `..` segment (nor

@@ -169,6 +169,63 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(rebuild(path)))
 }
 
+/// The form a canonical path is routed by: each segment without its `;`
+/// parameters (Tomcat and Jetty drop them before routing, so
+/// `/admin;x/users` is their `/admin/users`), and the escapes of the
+/// sub-delimiters, `:` and `@` decoded (Go, Spring and most servers decode
+/// them before routing, so `/v1/docs%3Apurge` is their `/v1/docs:purge`);
+/// `%3B`, `%25`, `%3F`, `%23` and the rest stay encoded. A request is held
+/// to the route an upstream would read its path as, whichever spelling is
+/// forwarded: the canonical one, unchanged. Borrowed, without allocating,
+/// when there is nothing to change.
+pub fn route_form(canonical: &str) -> Cow<'_, str> {
+    let bytes = canonical.as_bytes();
+    let changes = bytes.iter().enumerate().any(|(i, &b)| {
+        b == b';' || (b == b'%' && escape_at(bytes, i).is_some_and(|(v, _)| is_routed_decoded(v)))
+    });
+    if !changes {
+        return Cow::Borrowed(canonical);
+    }
+    let mut out = String::with_capacity(canonical.len());
+    let mut segments = canonical.get(1..).unwrap_or_default().split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let segment = segment.split(';').next().unwrap_or_default();
+        if segment.is_empty() {
+            // Only the last empty segment counts: the trailing slash.
+            if segments.peek().is_none() {
+                out.push('/');
+            }
+            continue;
+        }
+        out.push('/');
+        let mut rest = segment;
+        while let Some(at) = rest.find('%') {
+            out.push_str(rest.get(..at).unwrap_or_default());
+            match escape_at(rest.as_bytes(), at) {
+                Some((value, _)) if is_routed_decoded(value) => {
+                    out.push(char::from(value));
+                }
+                _ => out.push_str(rest.get(at..at + 3).unwrap_or("%")),
+            }
+            rest = rest.get(at + 3..).unwrap_or_default();
+        }
+        out.push_str(rest);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    Cow::Owned(out)
+}
+
+/// The reserved characters [`route_form`] decodes: RFC 3986 sub-delimiters
+/// but `;`, and `:` and `@`, which a path segment may hold as they are.
+fn is_routed_decoded(b: u8) -> bool {
+    matches!(
+        b,
+        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+    )
+}
+
 /// What to do with a syntactically valid `%XX` escape.
 enum Escape {
     /// Refuse the whole path.
@@ -319,6 +376,35 @@ mod tests {
     use proptest::prelude::*;
 
     use PathError::*;
+
+    #[test]
+    fn route_form_drops_parameters_and_decodes_reserved_escapes() {
+        for (canonical, routed) in [
+            ("/", "/"),
+            ("/a/b", "/a/b"),
+            ("/a/", "/a/"),
+            ("/admin;jsessionid=1/users", "/admin/users"),
+            ("/admin;x", "/admin"),
+            ("/a/;x", "/a/"),
+            ("/;x/b", "/b"),
+            ("/;x", "/"),
+            ("/a;x;y=1/b;z/", "/a/b/"),
+            ("/v1/docs%3Apurge", "/v1/docs:purge"),
+            (
+                "/u/%40me/%21%24%26%27%28%29%2A%2B%2C%3D",
+                "/u/@me/!$&'()*+,=",
+            ),
+            ("/a%3Bb/c", "/a%3Bb/c"),
+            ("/a%25b%3F%23%20c", "/a%25b%3F%23%20c"),
+            ("/a%3A;b%3A", "/a:"),
+        ] {
+            assert_eq!(route_form(canonical), routed, "{canonical}");
+            // Routed forms are fixed points.
+            assert_eq!(route_form(routed), routed, "{routed}");
+        }
+        assert!(matches!(route_form("/orders/42"), Cow::Borrowed(_)));
+        assert!(matches!(route_form("/a%20b"), Cow::Borrowed(_)));
+    }
 
     /// (input, expected canonical form or error)
     const CASES: &[(&str, Result<&str, PathError>)] = &[

@@ -1,7 +1,8 @@
 //! Request routing for the gateway: [`canonicalize`] turns the request path
 //! into the one canonical spelling that is both authorised and forwarded
-//! (refusing spellings that backends could read differently), and
-//! [`RouteTable`] maps a method and canonical path to the configured route,
+//! (refusing spellings that backends could read differently),
+//! [`route_form`] the spelling it is routed by (as upstreams would read it),
+//! and [`RouteTable`] maps a method and routed path to the configured route,
 //! distinguishing "no such path" (404) from "path exists, method not
 //! allowed" (405 with a precomputed `Allow` header).
 #![forbid(unsafe_code)]
@@ -9,5 +10,5 @@
 pub mod canonical;
 pub mod table;
 
-pub use canonical::{canonicalize, PathError};
+pub use canonical::{canonicalize, route_form, PathError};
 pub use table::{Lookup, RouteError, RouteSpec, RouteTable};
