@@ -435,7 +435,7 @@ proptest! {
 }
 
 // ---------------------------------------------------------------------------
-// Token lifetime: accepted until exp + leeway, never after, monotonic in now.
+// Token lifetime: accepted before exp + leeway, never from then on, monotonic in now.
 // ---------------------------------------------------------------------------
 
 const NOW: u64 = 1_700_000_000;
@@ -455,7 +455,7 @@ fn exp_value(exp: u64, fraction: Option<u8>) -> Value {
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(512))]
 
-    /// Accepted iff `now <= exp + leeway`; the lifetime reports `exp`.
+    /// Accepted iff `now < exp + leeway`; the lifetime reports `exp`.
     #[test]
     fn lifetime_accepts_iff_now_within_exp_plus_leeway(
         offset in -100_000i64..100_000,
@@ -464,7 +464,7 @@ proptest! {
     ) {
         let exp = NOW.checked_add_signed(offset).unwrap();
         let got = check_lifetime(&claims(json!({"exp": exp_value(exp, fraction)})), NOW, leeway);
-        if NOW <= exp + leeway {
+        if NOW < exp + leeway {
             prop_assert_eq!(got.map(|l| l.expires_at), Ok(exp));
         } else {
             prop_assert_eq!(got.map(|l| l.expires_at), Err(TokenError::Expired));
@@ -472,8 +472,8 @@ proptest! {
     }
 
     /// For any claims (with or without `nbf`/`iat`): accepted at `t1` means
-    /// accepted at every later `t2` up to `exp + leeway`, and refused as
-    /// expired at every `t2` after it.
+    /// accepted at every later `t2` before `exp + leeway`, and refused as
+    /// expired at every `t2` from then on.
     #[test]
     fn accepted_once_accepted_until_exp_and_never_after(
         exp_offset in -1_000i64..1_000,
@@ -496,15 +496,15 @@ proptest! {
         let (t1, t2) = (at(t1_offset), at(t1_offset) + step);
         if check_lifetime(&claims, t1, leeway).is_ok() {
             let later = check_lifetime(&claims, t2, leeway).map(|l| l.expires_at);
-            if t2 <= exp + leeway {
+            if t2 < exp + leeway {
                 prop_assert_eq!(later, Ok(exp), "accepted at {} but not at {}", t1, t2);
             } else {
                 prop_assert_eq!(later, Err(TokenError::Expired));
             }
         }
-        // Past exp + leeway nothing is accepted, whatever the other claims say.
+        // From exp + leeway on nothing is accepted, whatever the other claims say.
         prop_assert_eq!(
-            check_lifetime(&claims, exp + leeway + 1 + step, leeway).map(|l| l.expires_at),
+            check_lifetime(&claims, exp + leeway + step, leeway).map(|l| l.expires_at),
             Err(TokenError::Expired)
         );
     }
@@ -531,7 +531,7 @@ proptest! {
                     let f = n.as_f64().unwrap().floor() as u64;
                     f
                 });
-                prop_assert_eq!(got.is_ok(), now <= floor.saturating_add(leeway), "{:?}", exp);
+                prop_assert_eq!(got.is_ok(), now < floor.saturating_add(leeway), "{:?}", exp);
             }
             Value::Null => prop_assert_eq!(got.map(|l| l.expires_at), Err(TokenError::WrongClaimType)),
             _ => prop_assert_eq!(got.map(|l| l.expires_at), Err(TokenError::WrongClaimType)),

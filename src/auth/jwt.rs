@@ -276,7 +276,9 @@ pub fn check_lifetime(
     leeway: u64,
 ) -> Result<Lifetime, TokenError> {
     let exp = numeric_date(claims.get("exp"))?.ok_or(TokenError::MissingExpiry)?;
-    if now > exp.saturating_add(leeway) {
+    // RFC 7519 4.1.4: valid only *before* `exp` (plus the leeway); `now`
+    // is whole seconds, so the last second is refused, not granted.
+    if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
     if let Some(nbf) = numeric_date(claims.get("nbf"))? {
@@ -435,6 +437,16 @@ mod tests {
             TokenError::Expired
         );
         assert!(check_lifetime(&claims(serde_json::json!({"exp": now - 29})), now, 30).is_ok());
+        // Valid only before exp + leeway: its very second is refused.
+        for (exp, leeway) in [(now, 0), (now - 30, 30)] {
+            assert_eq!(
+                check_lifetime(&claims(serde_json::json!({ "exp": exp })), now, leeway)
+                    .unwrap_err(),
+                TokenError::Expired,
+                "exp {exp}, leeway {leeway}"
+            );
+        }
+        assert!(check_lifetime(&claims(serde_json::json!({"exp": now + 1})), now, 0).is_ok());
         assert_eq!(
             check_lifetime(&claims(serde_json::json!({"exp": "9999999999"})), now, 0).unwrap_err(),
             TokenError::WrongClaimType

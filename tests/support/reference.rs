@@ -238,7 +238,8 @@ pub fn lifetime(
     let nbf = numeric_date(object.get("nbf"))?;
     let iat = numeric_date(object.get("iat"))?;
     if exp_required && exp.is_none()
-        || exp.is_some_and(|exp| now > exp + leeway)
+        // Valid before exp (RFC 7519 4.1.4), which counts in whole seconds.
+        || exp.is_some_and(|exp| now >= exp.floor() + leeway)
         || nbf.is_some_and(|nbf| nbf > now + leeway)
         || iat.is_some_and(|iat| iat > now + leeway)
     {
