@@ -1588,17 +1588,44 @@ async fn discovery_falls_back_to_openid_configuration() {
 
 #[tokio::test]
 async fn discovery_refuses_metadata_for_another_issuer() {
+    discovery_refuses(|_, world, idp| {
+        json!({
+            "issuer": "https://impostor.test",
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": idp.endpoint(),
+        })
+    })
+    .await;
+}
+
+/// Endpoints in metadata are held to what configured ones must be: a
+/// relative one (which the client library cannot call) makes the metadata
+/// unusable, not the issuer half-ready.
+#[tokio::test]
+async fn discovery_refuses_metadata_with_relative_endpoints() {
+    discovery_refuses(|meta, world, _| {
+        json!({
+            "issuer": meta.base(),
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": "/introspect",
+        })
+    })
+    .await;
+}
+
+/// Serves the metadata `document` makes for both well-known paths and
+/// checks that nothing of it is used: the gateway stays unready, and tokens
+/// of the issuer get 503 without a call to its endpoints.
+async fn discovery_refuses(
+    document: impl Fn(&MetadataServer, &World, &IntrospectionServer) -> Value,
+) {
     let world = World::new().await;
     let idp = IntrospectionServer::start().await;
     idp.answer("opaque-wrong", active("orders:read"));
     let meta = MetadataServer::start().await;
-    let impostor = json!({
-        "issuer": "https://impostor.test",
-        "jwks_uri": world.jwks.uri(),
-        "introspection_endpoint": idp.endpoint(),
-    });
-    meta.set(RFC8414_PATH, &impostor);
-    meta.set(OIDC_PATH, &impostor);
+    let refused = document(&meta, &world, &idp);
+    meta.set(RFC8414_PATH, &refused);
+    meta.set(OIDC_PATH, &refused);
     let secret = SecretFile::new(CLIENT_SECRET);
     let issuers = discovered_issuer(&meta.base(), &secret);
     let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
@@ -1614,11 +1641,7 @@ async fn discovery_refuses_metadata_for_another_issuer() {
         "discovery never asked for metadata"
     );
     for _ in 0..20 {
-        assert_eq!(
-            gw.readyz().await,
-            503,
-            "metadata of another issuer was accepted"
-        );
+        assert_eq!(gw.readyz().await, 503, "refused metadata was accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 

@@ -66,10 +66,8 @@ pub async fn discover(
                         raw.issuer
                     ));
                 }
-                let parse = |s: Option<String>| -> Result<Option<Uri>, String> {
-                    s.map(|s| s.parse::<Uri>().map_err(|e| format!("{s}: {e}")))
-                        .transpose()
-                };
+                let https = issuer.starts_with("https://");
+                let parse = |s: Option<String>| s.map(|s| endpoint(&s, https)).transpose();
                 return Ok(Metadata {
                     jwks_uri: parse(raw.jwks_uri)?,
                     introspection_endpoint: parse(raw.introspection_endpoint)?,
@@ -79,6 +77,29 @@ pub async fn discover(
         }
     }
     Err(last_error)
+}
+
+/// An endpoint named in metadata, held to what configured ones must be: an
+/// absolute `http`/`https` URL without user information or fragment, and
+/// `https` when the issuer is (the introspection endpoint is sent client
+/// credentials and users' tokens).
+fn endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
+    let uri: Uri = value.parse().map_err(|e| format!("`{value}`: {e}"))?;
+    let scheme_ok = match uri.scheme_str() {
+        Some("https") => true,
+        Some("http") => !issuer_https,
+        _ => false,
+    };
+    let authority_ok = uri
+        .authority()
+        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
+    if !scheme_ok || !authority_ok || value.contains('#') {
+        return Err(format!(
+            "`{value}` is not an absolute {} URL without user information or fragment",
+            if issuer_https { "https" } else { "http(s)" }
+        ));
+    }
+    Ok(uri)
 }
 
 async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetadata, String> {
@@ -101,6 +122,28 @@ async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetad
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_must_be_absolute_and_keep_https() {
+        for (value, https, ok) in [
+            ("https://idp.test/introspect", true, true),
+            ("http://idp.test/introspect", false, true),
+            ("https://idp.test/introspect", false, true),
+            ("http://idp.test/introspect", true, false),
+            ("/introspect", false, false),
+            ("idp.test/introspect", false, false),
+            ("ftp://idp.test/introspect", false, false),
+            ("https://user:pw@idp.test/introspect", true, false),
+            ("https://idp.test/introspect#x", true, false),
+            ("", false, false),
+        ] {
+            assert_eq!(
+                endpoint(value, https).is_ok(),
+                ok,
+                "{value} (https issuer: {https})"
+            );
+        }
+    }
 
     #[test]
     fn well_known_urls() {
