@@ -37,7 +37,7 @@ use scopegate::admin::metrics::Metrics;
 use scopegate::auth::jwks::KeySet;
 use scopegate::auth::{authorize, Authenticator};
 use scopegate::config::{Access, Config};
-use scopegate::routes::{canonicalize, route_form, Lookup, RouteSpec, RouteTable};
+use scopegate::routes::{canonicalize, Lookup, RouteSpec, RouteTable};
 use serde_json::{json, Value};
 
 const ISSUER: &str = "https://issuer.bench.local";
@@ -348,7 +348,7 @@ fn bench_pipeline(c: &mut Criterion, f: &Fixture) {
     let routes = &f.config.routes;
     let one_request = || async {
         let path = canonicalize(black_box(raw_path)).unwrap();
-        let Lookup::Matched(route) = routes.lookup(&Method::GET, &route_form(&path)) else {
+        let Lookup::Matched(route) = routes.lookup(&Method::GET, &routes.routed(&path)) else {
             panic!("no route");
         };
         let Access::Bearer {

@@ -114,6 +114,30 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "",
         ),
         (
+            "unknown trailing_slash rule",
+            format!("{base}route_matching:\n  trailing_slash: sometimes\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:19",
+            "trailing_slash must be strict or ignore, not `sometimes`",
+        ),
+        (
+            "a route that folded case could never match",
+            format!("{base}route_matching:\n  case_sensitive: false\nroutes:\n  - path: /Admin\n    upstream: app\n"),
+            "12:11",
+            "requests are routed as `/admin`",
+        ),
+        (
+            "a route whose trailing slash would be dropped",
+            format!("{base}route_matching:\n  trailing_slash: ignore\nroutes:\n  - path: /admin/\n    upstream: app\n"),
+            "12:11",
+            "requests are routed as `/admin`",
+        ),
+        (
+            "a route with path parameters",
+            format!("{base}routes:\n  - path: /a;v=1\n    upstream: app\n"),
+            "10:11",
+            "requests are routed as `/a`",
+        ),
+        (
             "zero pool idle timeout",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    pool_idle_timeout: 0s\nroutes:\n  - path: /a\n    upstream: app\n"),
             "8:5",

@@ -176,6 +176,56 @@ async fn parameters_and_reserved_escapes_do_not_lead_past_a_route() {
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 
+/// With `route_matching` set to what an Express or ASP.NET Core upstream
+/// does (case ignored, a trailing slash ignored), `/ADMIN` and `/admin/`
+/// are held to `/admin`'s scopes instead of reaching a public catch-all;
+/// by default they are other paths.
+#[tokio::test]
+async fn route_matching_can_fold_case_and_trailing_slash_like_the_upstream() {
+    let world = World::new().await;
+    let with_catch_all = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+    );
+    let folding = with_catch_all.replace(
+        "routes:\n",
+        "route_matching:\n  case_sensitive: false\n  trailing_slash: ignore\nroutes:\n",
+    );
+    let variants = [
+        "/ADMIN",
+        "/admin/",
+        "/Admin/Users/3",
+        "/ADMIN;x/",
+        "/Orders/42",
+    ];
+
+    let gw = Gateway::start(&folding).await;
+    for target in variants {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(reply.status, 401, "{target}: {reply:?}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+    let admin = bearer(&world.token("admin"));
+    let reply = raw_reply(
+        gw.addr,
+        &request("GET", "/ADMIN/", &[("Authorization", &admin)]),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    // Forwarded as received.
+    assert_eq!(world.upstream.last().path_and_query, "/ADMIN/");
+    drop(gw);
+
+    let gw = Gateway::start(&with_catch_all).await;
+    for target in variants {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(
+            reply.status, 200,
+            "{target} is another path by default: {reply:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn ambiguous_paths_are_refused_with_400() {
     let world = World::new().await;

@@ -67,6 +67,9 @@ pub struct RawConfig {
     /// The verified-token cache.
     #[serde(default)]
     pub cache: RawCache,
+    /// How request paths are matched to routes (case, trailing slash).
+    #[serde(default)]
+    pub route_matching: RawRouteMatching,
     /// The route → scope map.
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
@@ -415,6 +418,36 @@ pub struct RawForward {
     /// Header name → claim name, set from the verified token.
     #[serde(default)]
     pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,
+}
+
+/// `route_matching:`: set it to what the upstream's router does, so that a
+/// spelling it takes for a route's path is held to that route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRouteMatching {
+    /// `false`: `/ADMIN` is routed as `/admin` (Express, ASP.NET Core).
+    #[serde(default = "default_true")]
+    pub case_sensitive: bool,
+    /// `strict` (default) or `ignore`: `/admin/` is routed as `/admin`.
+    #[serde(default = "default_trailing_slash")]
+    pub trailing_slash: Spanned<String>,
+}
+
+impl Default for RawRouteMatching {
+    fn default() -> Self {
+        Self {
+            case_sensitive: true,
+            trailing_slash: default_trailing_slash(),
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_trailing_slash() -> Spanned<String> {
+    unspanned("strict".to_owned())
 }
 
 /// `cache:`.

@@ -526,7 +526,8 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         });
     }
     strip_every_identity_header(&default_forward, &mut specs);
-    let routes = RouteTable::build(specs).map_err(|e| {
+    let rules = v.match_rules(&raw.route_matching)?;
+    let routes = RouteTable::build_with(specs, rules).map_err(|e| {
         let location = raw
             .routes
             .get(e.index)
@@ -831,6 +832,26 @@ impl Validator<'_> {
         } else {
             self.base_dir.join(p)
         }
+    }
+
+    fn match_rules(
+        &self,
+        raw: &super::schema::RawRouteMatching,
+    ) -> Result<crate::routes::MatchRules, ConfigError> {
+        let ignore_trailing_slash = match raw.trailing_slash.value.as_str() {
+            "strict" => false,
+            "ignore" => true,
+            other => {
+                return Err(self.err(
+                    raw.trailing_slash.referenced,
+                    format!("trailing_slash must be strict or ignore, not `{other}`"),
+                ))
+            }
+        };
+        Ok(crate::routes::MatchRules {
+            case_insensitive: !raw.case_sensitive,
+            ignore_trailing_slash,
+        })
     }
 
     fn socket_addr(&self, value: &Spanned<String>) -> Result<SocketAddr, ConfigError> {

@@ -217,6 +217,71 @@ pub fn route_form(canonical: &str) -> Cow<'_, str> {
     Cow::Owned(out)
 }
 
+/// How routing treats case and a trailing slash, set to match the
+/// upstream's own router: where it takes `/ADMIN` or `/admin/` for
+/// `/admin`, so must scopegate, or a broader route (a public catch-all)
+/// would let them past `/admin`'s scopes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MatchRules {
+    /// Route `/ADMIN` as `/admin` (Express, ASP.NET Core).
+    pub case_insensitive: bool,
+    /// Route `/admin/` as `/admin` (Express, ASP.NET Core, Spring 5).
+    pub ignore_trailing_slash: bool,
+}
+
+/// [`route_form`] under `rules`: letters outside escapes lower-cased when
+/// routing ignores case, a trailing slash (but the root's) dropped when it
+/// ignores that. Borrowed, without allocating, when nothing changes.
+pub fn route_form_with(canonical: &str, rules: MatchRules) -> Cow<'_, str> {
+    let mut routed = route_form(canonical);
+    if rules.case_insensitive && has_upper_case_outside_escapes(&routed) {
+        routed = Cow::Owned(lower_case_outside_escapes(&routed));
+    }
+    if rules.ignore_trailing_slash && routed.len() > 1 && routed.ends_with('/') {
+        routed = match routed {
+            Cow::Borrowed(s) => Cow::Borrowed(s.get(..s.len() - 1).unwrap_or(s)),
+            Cow::Owned(mut s) => {
+                s.pop();
+                Cow::Owned(s)
+            }
+        };
+    }
+    routed
+}
+
+/// Whether a letter outside a `%XX` escape is upper case.
+fn has_upper_case_outside_escapes(path: &str) -> bool {
+    let bytes = path.as_bytes();
+    let mut i = 0;
+    while let Some(&b) = bytes.get(i) {
+        match b {
+            b'%' => i += 3,
+            b'A'..=b'Z' => return true,
+            _ => i += 1,
+        }
+    }
+    false
+}
+
+/// `path` with letters outside `%XX` escapes lower-cased (escapes keep
+/// their upper-case hex digits, the canonical spelling).
+fn lower_case_outside_escapes(path: &str) -> String {
+    let mut out = String::with_capacity(path.len());
+    let mut escape = 0;
+    for c in path.chars() {
+        if c == '%' {
+            escape = 2;
+            out.push(c);
+        } else if escape > 0 {
+            escape -= 1;
+            out.push(c);
+        } else {
+            out.push(c.to_ascii_lowercase());
+        }
+    }
+    out
+}
+
 /// The reserved characters [`route_form`] decodes: RFC 3986 sub-delimiters
 /// but `;`, and `:` and `@`, which a path segment may hold as they are.
 fn is_routed_decoded(b: u8) -> bool {
@@ -376,6 +441,45 @@ mod tests {
     use proptest::prelude::*;
 
     use PathError::*;
+
+    #[test]
+    fn route_form_with_rules_folds_case_and_trailing_slash() {
+        let both = MatchRules {
+            case_insensitive: true,
+            ignore_trailing_slash: true,
+        };
+        let case = MatchRules {
+            case_insensitive: true,
+            ..MatchRules::default()
+        };
+        let slash = MatchRules {
+            ignore_trailing_slash: true,
+            ..MatchRules::default()
+        };
+        for (canonical, rules, routed) in [
+            ("/ADMIN", both, "/admin"),
+            ("/Admin/", both, "/admin"),
+            ("/", both, "/"),
+            ("/a/%C3%A9/B", case, "/a/%C3%A9/b"),
+            ("/a/%C3%A9/B/", slash, "/a/%C3%A9/B"),
+            ("/Admin;X/Users/", both, "/admin/users"),
+            ("/V1/Docs%3APurge", case, "/v1/docs:purge"),
+            ("/admin/", MatchRules::default(), "/admin/"),
+            ("/Admin", MatchRules::default(), "/Admin"),
+        ] {
+            assert_eq!(
+                route_form_with(canonical, rules),
+                routed,
+                "{canonical} {rules:?}"
+            );
+            assert_eq!(route_form_with(routed, rules), routed, "{routed} {rules:?}");
+        }
+        assert!(matches!(
+            route_form_with("/admin/", slash),
+            Cow::Borrowed(_)
+        ));
+        assert!(matches!(route_form_with("/admin", both), Cow::Borrowed(_)));
+    }
 
     #[test]
     fn route_form_drops_parameters_and_decodes_reserved_escapes() {

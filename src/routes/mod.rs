@@ -10,5 +10,5 @@
 pub mod canonical;
 pub mod table;
 
-pub use canonical::{canonicalize, route_form, PathError};
+pub use canonical::{canonicalize, route_form, route_form_with, MatchRules, PathError};
 pub use table::{Lookup, RouteError, RouteSpec, RouteTable};

@@ -31,7 +31,7 @@ use std::fmt;
 
 use http::{HeaderValue, Method};
 
-use super::canonical::{canonicalize, route_form};
+use super::canonical::{canonicalize, route_form_with, MatchRules};
 
 /// One declared route: a path pattern, the methods it accepts and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +92,8 @@ pub struct RouteTable<T> {
     /// Patterns with too many wildcards for matchit to match without
     /// allocating, mapping to an index into `nodes`.
     wide: Trie,
+    /// How request paths are folded before lookup ([`RouteTable::routed`]).
+    rules: MatchRules,
 }
 
 /// Precomputed answer for the paths whose most specific closure pattern is
@@ -126,7 +128,14 @@ impl<T> RouteTable<T> {
     /// names do not matter) and their method sets overlap, `None` overlapping
     /// everything. The error's `index` is the later route's.
     pub fn build(specs: Vec<RouteSpec<T>>) -> Result<Self, RouteError> {
-        let groups = group_routes(&specs)?;
+        Self::build_with(specs, MatchRules::default())
+    }
+
+    /// [`RouteTable::build`] for requests routed under `rules`; a pattern
+    /// that those rules would fold (`/Admin` when case is ignored) could
+    /// never match and is rejected.
+    pub fn build_with(specs: Vec<RouteSpec<T>>, rules: MatchRules) -> Result<Self, RouteError> {
+        let groups = group_routes(&specs, rules)?;
         let closure = Closure::compute(&groups)?;
 
         // Most specific first, so that a node's index is its priority.
@@ -183,11 +192,19 @@ impl<T> RouteTable<T> {
             nodes,
             layers: layers.routers,
             wide,
+            rules,
         })
     }
 
+    /// The spelling of a canonical path that [`RouteTable::lookup`] takes:
+    /// its [`route_form_with`] under this table's rules.
+    pub fn routed<'p>(&self, canonical_path: &'p str) -> std::borrow::Cow<'p, str> {
+        route_form_with(canonical_path, self.rules)
+    }
+
     /// Finds the route for a request. `canonical_path` must be the output
-    /// of [`canonicalize`], then of [`route_form`]. Does not allocate.
+    /// of [`canonicalize`], then of [`RouteTable::routed`]. Does not
+    /// allocate.
     pub fn lookup(&self, method: &Method, canonical_path: &str) -> Lookup<'_, T> {
         let mut best: Option<usize> = None;
         for layer in &self.layers {
@@ -279,7 +296,7 @@ fn by_specificity(patterns: &[Pattern], a: usize, b: usize) -> Ordering {
 }
 
 /// Parses and validates a route pattern.
-fn parse_pattern(path: &str) -> Result<Pattern, String> {
+fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
     if !path.starts_with('/') {
         return Err(format!("path pattern `{path}` must start with '/'"));
     }
@@ -292,10 +309,12 @@ fn parse_pattern(path: &str) -> Result<Pattern, String> {
         }
         Ok(_) => {}
     }
-    let routed = route_form(path);
+    let routed = route_form_with(path, rules);
     if routed != path {
         return Err(format!(
-            "path pattern `{path}` can never match: requests are routed as `{routed}` (`;` parameters dropped, escapes like `%3A` decoded)"
+            "path pattern `{path}` can never match: requests are routed as `{routed}` (`;` parameters dropped, escapes like `%3A` decoded{}{})",
+            if rules.case_insensitive { ", letters lower-cased" } else { "" },
+            if rules.ignore_trailing_slash { ", a trailing slash dropped" } else { "" },
         ));
     }
     let raw: Vec<&str> = path.get(1..).unwrap_or_default().split('/').collect();
@@ -415,12 +434,12 @@ struct Group {
     routes: Vec<usize>,
 }
 
-fn group_routes<T>(specs: &[RouteSpec<T>]) -> Result<Vec<Group>, RouteError> {
+fn group_routes<T>(specs: &[RouteSpec<T>], rules: MatchRules) -> Result<Vec<Group>, RouteError> {
     let mut groups: Vec<Group> = Vec::new();
     let mut by_pattern: HashMap<Pattern, usize> = HashMap::new();
     for (index, spec) in specs.iter().enumerate() {
         let err = |message: String| RouteError { index, message };
-        let pattern = parse_pattern(&spec.path).map_err(err)?;
+        let pattern = parse_pattern(&spec.path, rules).map_err(err)?;
         if spec.methods.as_ref().is_some_and(Vec::is_empty) {
             return Err(err(
                 "empty method list (omit `methods` to accept any method)".to_string(),
@@ -1435,7 +1454,10 @@ mod tests {
         /// Intersection is exact: p ∩ q matches a path iff both p and q do.
         #[test]
         fn intersection_is_exact(p in pattern_strategy(), q in pattern_strategy(), path in path_strategy()) {
-            let (Ok(pp), Ok(pq)) = (parse_pattern(&p), parse_pattern(&q)) else {
+            let (Ok(pp), Ok(pq)) = (
+                parse_pattern(&p, MatchRules::default()),
+                parse_pattern(&q, MatchRules::default()),
+            ) else {
                 return Err(TestCaseError::fail("pattern failed to parse"));
             };
             let both = model_matches(&p, &path) && model_matches(&q, &path);

@@ -21,7 +21,7 @@ use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
 use crate::proxy::{Body, ClientInfo, Forwarder};
-use crate::routes::{canonicalize, route_form, Lookup, RouteTable};
+use crate::routes::{canonicalize, Lookup, RouteTable};
 
 /// Everything a request needs, built once from a validated [`Config`].
 pub struct Gateway {
@@ -256,7 +256,7 @@ impl Gateway {
         }
         // By the spelling upstreams read (`/admin;x/users` is Tomcat's
         // `/admin/users`); the canonical one is forwarded.
-        let routed = route_form(&path);
+        let routed = self.routes.routed(&path);
         let route = match self.routes.lookup(request.method(), &routed) {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
