@@ -1599,18 +1599,48 @@ async fn discovery_refuses_metadata_for_another_issuer() {
 }
 
 /// Endpoints in metadata are held to what configured ones must be: a
-/// relative one (which the client library cannot call) makes the metadata
-/// unusable, not the issuer half-ready.
+/// relative introspection endpoint (which the client cannot call) is left
+/// out, so the issuer stays unready and its opaque tokens get 503 without a
+/// call, while its JWTs, whose keys the metadata names properly, pass.
 #[tokio::test]
-async fn discovery_refuses_metadata_with_relative_endpoints() {
-    discovery_refuses(|meta, world, _| {
-        json!({
-            "issuer": meta.base(),
-            "jwks_uri": world.jwks.uri(),
-            "introspection_endpoint": "/introspect",
-        })
-    })
-    .await;
+async fn discovery_leaves_out_a_relative_introspection_endpoint() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.answer("opaque-ok", active("orders:read"));
+    let meta = MetadataServer::start().await;
+    let document = json!({
+        "issuer": meta.base(),
+        "jwks_uri": world.jwks.uri(),
+        "introspection_endpoint": "/introspect",
+    });
+    meta.set(RFC8414_PATH, &document);
+    meta.set(OIDC_PATH, &document);
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    let mut claims = claims("orders:read");
+    claims["iss"] = meta.base().into();
+    let jwt = world.key.mint(&claims).unwrap();
+    let mut passed = false;
+    for _ in 0..200 {
+        if get_with_token(&gw.url("/orders/1"), &jwt).await.status == 200 {
+            passed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(passed, "the JWT of a discovered issuer never passed");
+    for _ in 0..10 {
+        assert_eq!(
+            gw.readyz().await,
+            503,
+            "ready without an introspection endpoint"
+        );
+        assert_unavailable(&get_with_token(&gw.url("/orders/1"), "opaque-ok").await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(idp.count(), 0);
 }
 
 /// Serves the metadata `document` makes for both well-known paths and

@@ -125,55 +125,57 @@ async fn equivalent_spellings_are_forwarded_in_canonical_form() {
     }
 }
 
-/// A request is held to the route its path is for an upstream that drops
-/// `;` parameters (Tomcat, Jetty) or decodes `%3A`-style escapes (Go,
-/// Spring), even where a broader public route would take the spelling as
-/// received; the spelling forwarded is the one received.
+/// A path with `;` parameters or `%3A`-style escapes is read one way by
+/// servers that drop the first or decode the second (Tomcat, Go, Spring)
+/// and another by servers that keep them (Express): where the two readings
+/// are different routes, it is refused, whichever route is the weaker;
+/// where they are one route, it passes that route's checks and goes
+/// upstream as received.
 #[tokio::test]
-async fn parameters_and_reserved_escapes_do_not_lead_past_a_route() {
+async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
     let world = World::new().await;
     let config = world.config().replace(
         "routes:\n",
-        "routes:\n  - path: /v1/docs:purge\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+        "routes:\n  - path: /v1/docs:purge\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: /public/{*rest}\n    upstream: app\n    auth: none\n  - path: /{tenant}/{*rest}\n    upstream: app\n    scopes: [orders:read]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
     );
     let gw = Gateway::start(&config).await;
-    for target in [
-        "/admin;jsessionid=1/users",
-        "/admin;x",
-        "/admin/;x/users",
-        "/v1/docs%3Apurge",
-        "/v1/docs%3apurge;x",
+    let admin = bearer(&world.token(ALL_SCOPES));
+    for (method, target) in [
+        // Tomcat: /admin/users (admin); Express: the public catch-all.
+        ("GET", "/admin;jsessionid=1/users"),
+        ("GET", "/admin;x"),
+        // Go: the purge route (admin); Express: the public catch-all.
+        ("POST", "/v1/docs%3Apurge"),
+        ("POST", "/v1/docs%3apurge;x"),
+        // Tomcat: the public route; Express: the tenant route.
+        ("GET", "/public;x/secret"),
     ] {
-        let method = if target.starts_with("/v1") {
-            "POST"
-        } else {
-            "GET"
-        };
-        let reply = raw_reply(gw.addr, &request(method, target, &[])).await;
-        assert_eq!(reply.status, 401, "{target}: {reply:?}");
+        for auth in [None, Some(admin.as_str())] {
+            let headers: Vec<(&str, &str)> =
+                auth.map(|a| ("Authorization", a)).into_iter().collect();
+            let reply = raw_reply(gw.addr, &request(method, target, &headers)).await;
+            assert_eq!(reply.status, 400, "{method} {target}: {reply:?}");
+            assert_eq!(reply.error().as_deref(), Some("invalid_request"));
+        }
     }
     assert_eq!(world.upstream.count(), 0);
 
-    let admin = bearer(&world.token("admin"));
-    for (method, target, forwarded) in [
-        (
-            "GET",
-            "/admin;jsessionid=1/users",
-            "/admin;jsessionid=1/users",
-        ),
-        ("POST", "/v1/docs%3apurge", "/v1/docs%3Apurge"),
+    // One route either way: its checks, and the spelling received goes on.
+    let reply = raw_reply(gw.addr, &request("GET", "/admin/;x/users", &[])).await;
+    assert_eq!(reply.status, 401, "{reply:?}");
+    for (target, forwarded) in [
+        ("/admin/;x/users", "/admin/;x/users"),
+        ("/orders/7;v=1", "/orders/7;v=1"),
+        ("/orders/a%3ab", "/orders/a%3Ab"),
     ] {
         let reply = raw_reply(
             gw.addr,
-            &request(method, target, &[("Authorization", &admin)]),
+            &request("GET", target, &[("Authorization", &admin)]),
         )
         .await;
         assert_eq!(reply.status, 200, "{target}: {reply:?}");
         assert_eq!(world.upstream.last().path_and_query, forwarded);
     }
-    // Other spellings still reach the public route.
-    let reply = raw_reply(gw.addr, &request("GET", "/admins;x", &[])).await;
-    assert_eq!(reply.status, 200, "{reply:?}");
 }
 
 /// With `route_matching` set to what an Express or ASP.NET Core upstream
@@ -191,13 +193,7 @@ async fn route_matching_can_fold_case_and_trailing_slash_like_the_upstream() {
         "routes:\n",
         "route_matching:\n  case_sensitive: false\n  trailing_slash: ignore\nroutes:\n",
     );
-    let variants = [
-        "/ADMIN",
-        "/admin/",
-        "/Admin/Users/3",
-        "/ADMIN;x/",
-        "/Orders/42",
-    ];
+    let variants = ["/ADMIN", "/admin/", "/Admin/Users/3", "/Orders/42"];
 
     let gw = Gateway::start(&folding).await;
     for target in variants {
@@ -251,6 +247,8 @@ async fn ambiguous_paths_are_refused_with_400() {
         // Servers that drop `;` parameters before dot segments (Tomcat,
         // Jetty) would resolve these to /admin/users.
         ("/orders/..;/admin/users", Some("invalid_request")),
+        // Tomcat's /status, Express's no route at all.
+        ("/status;x", Some("invalid_request")),
         (
             "/orders/7/%2e%2e;x=1/../admin/users",
             Some("invalid_request"),
@@ -1759,6 +1757,46 @@ async fn h2c_upstream() {
         *versions.lock().unwrap(),
         [http::Version::HTTP_2, http::Version::HTTP_2]
     );
+}
+
+/// An upstream's offer to switch protocols stays between it and scopegate,
+/// but a 426 keeps the `Upgrade` it must name (RFC 9110 15.5.22).
+#[tokio::test]
+async fn upgrade_offers_stop_here_but_a_426_names_its_protocol() {
+    let world = World::new().await;
+    let upstream = serve_fn(|req: Request<Incoming>| async move {
+        let status = if req.uri().path() == "/status" {
+            200
+        } else {
+            426
+        };
+        Response::builder()
+            .status(status)
+            .header("connection", "Upgrade")
+            .header("upgrade", "TLS/1.2")
+            .body(full_body("x"))
+            .unwrap()
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let offer = raw_reply(gw.addr, &request("GET", "/status", &[])).await;
+    assert_eq!(offer.status, 200, "{offer:?}");
+    assert_eq!(offer.header("upgrade"), None, "{offer:?}");
+    let auth = bearer(&world.token("admin"));
+    let required = raw_reply(
+        gw.addr,
+        &request("GET", "/admin", &[("Authorization", &auth)]),
+    )
+    .await;
+    assert_eq!(required.status, 426, "{required:?}");
+    assert_eq!(required.header("upgrade").as_deref(), Some("TLS/1.2"));
+    for reply in [&offer, &required] {
+        let connection = reply.header("connection").unwrap_or_default();
+        assert!(
+            !connection.to_ascii_lowercase().contains("upgrade"),
+            "{reply:?}"
+        );
+    }
 }
 
 /// An absolute-form target without a path (`http://host?x=1`) is the path

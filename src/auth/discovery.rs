@@ -66,11 +66,25 @@ pub async fn discover(
                         raw.issuer
                     ));
                 }
+                // An endpoint that is not fit to call is left out, as if
+                // not published: what needs it stays unready, the rest (or
+                // an endpoint configured explicitly) goes on.
                 let https = issuer.starts_with("https://");
-                let parse = |s: Option<String>| s.map(|s| endpoint(&s, https)).transpose();
+                let usable = |field: &str, value: Option<String>| {
+                    value.and_then(|value| match endpoint(&value, https) {
+                        Ok(uri) => Some(uri),
+                        Err(e) => {
+                            tracing::warn!(issuer, field, error = %e, "metadata endpoint ignored");
+                            None
+                        }
+                    })
+                };
                 return Ok(Metadata {
-                    jwks_uri: parse(raw.jwks_uri)?,
-                    introspection_endpoint: parse(raw.introspection_endpoint)?,
+                    jwks_uri: usable("jwks_uri", raw.jwks_uri),
+                    introspection_endpoint: usable(
+                        "introspection_endpoint",
+                        raw.introspection_endpoint,
+                    ),
                 });
             }
             Err(e) => last_error = format!("{url}: {e}"),

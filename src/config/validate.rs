@@ -563,7 +563,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         for path in settings.paths.all() {
             let taken = [Method::GET, Method::POST]
                 .iter()
-                .any(|m| !matches!(routes.lookup(m, path), crate::routes::Lookup::NotFound));
+                .any(|m| !matches!(routes.route(m, path), Ok(crate::routes::Lookup::NotFound)));
             if taken {
                 return Err(v.err(
                     spanned.referenced,

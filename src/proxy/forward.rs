@@ -155,7 +155,10 @@ impl Forwarder {
             if remove_hop_by_hop(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
                 // sends) is this hop's alone: the client asked for nothing.
-                response.headers_mut().remove(UPGRADE);
+                // A 426 must name what to upgrade to (RFC 9110 15.5.22).
+                if response.status() != StatusCode::UPGRADE_REQUIRED {
+                    response.headers_mut().remove(UPGRADE);
+                }
                 response.headers_mut().remove(CONNECTION);
             }
         }

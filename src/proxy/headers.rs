@@ -115,7 +115,9 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
 /// are found by comparing first, and only they are looked up.
 fn remove_all(headers: &mut HeaderMap, names: &RemovedHeaders) {
     let names = &names.0;
-    if names.len() > u64::BITS as usize {
+    // The default set is about 50 names, with every route's identity
+    // headers in two spellings on top.
+    if names.len() > u128::BITS as usize {
         for name in names {
             headers.remove(name);
         }
@@ -123,7 +125,7 @@ fn remove_all(headers: &mut HeaderMap, names: &RemovedHeaders) {
     }
     // One binary search per header the request has, not one lookup per
     // name removed.
-    let present = headers.keys().fold(0u64, |mask, key| {
+    let present = headers.keys().fold(0u128, |mask, key| {
         names
             .binary_search_by(|name| by_length_then_name(name, key))
             .map_or(mask, |index| mask | 1 << index)
@@ -314,6 +316,33 @@ pub fn prepare_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn removal_sets_of_any_size_remove_exactly_their_names() {
+        for size in [0, 1, 64, 65, 128, 129, 300] {
+            let set: RemovedHeaders = (0..size)
+                .map(|i| HeaderName::try_from(format!("x-name-{i}")).unwrap())
+                .collect();
+            let mut headers = HeaderMap::new();
+            for i in [0, 63, 64, 127, 128, 299, 1000] {
+                headers.insert(
+                    HeaderName::try_from(format!("x-name-{i}")).unwrap(),
+                    HeaderValue::from_static("v"),
+                );
+            }
+            headers.insert("x-kept", HeaderValue::from_static("v"));
+            remove_all(&mut headers, &set);
+            for i in [0, 63, 64, 127, 128, 299, 1000] {
+                let name = format!("x-name-{i}");
+                assert_eq!(
+                    headers.contains_key(&name),
+                    i >= size,
+                    "{name} with {size} names"
+                );
+            }
+            assert!(headers.contains_key("x-kept"));
+        }
+    }
 
     #[test]
     fn connection_named_headers_and_hop_by_hop_are_removed() {

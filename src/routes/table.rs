@@ -31,7 +31,7 @@ use std::fmt;
 
 use http::{HeaderValue, Method};
 
-use super::canonical::{canonicalize, route_form_with, MatchRules};
+use super::canonical::{canonicalize, fold, route_form, route_form_with, MatchRules, PathError};
 
 /// One declared route: a path pattern, the methods it accepts and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -202,6 +202,34 @@ impl<T> RouteTable<T> {
         route_form_with(canonical_path, self.rules)
     }
 
+    /// Finds the route for a canonical path as every server would read it.
+    /// Tomcat drops `;` parameters and Go decodes `%3A`, while Express
+    /// keeps both: when the path has either, the two readings must lead to
+    /// the same route (or both to none), or the path is refused, since the
+    /// upstream may be of either kind. Allocates only for such paths.
+    pub fn route(&self, method: &Method, canonical_path: &str) -> Result<Lookup<'_, T>, PathError> {
+        let decoded = route_form(canonical_path);
+        if matches!(decoded, std::borrow::Cow::Borrowed(_)) {
+            return Ok(self.lookup(method, &fold(decoded, self.rules)));
+        }
+        let routed = self.lookup(method, &fold(decoded, self.rules));
+        let received = self.lookup(
+            method,
+            &fold(std::borrow::Cow::Borrowed(canonical_path), self.rules),
+        );
+        let agree = match (routed, received) {
+            (Lookup::Matched(a), Lookup::Matched(b)) => std::ptr::eq(a, b),
+            (Lookup::NotFound, Lookup::NotFound) => true,
+            (Lookup::MethodNotAllowed { .. }, Lookup::MethodNotAllowed { .. }) => true,
+            _ => false,
+        };
+        if agree {
+            Ok(routed)
+        } else {
+            Err(PathError::AmbiguousRoute)
+        }
+    }
+
     /// Finds the route for a request. `canonical_path` must be the output
     /// of [`canonicalize`], then of [`RouteTable::routed`]. Does not
     /// allocate.
@@ -295,6 +323,39 @@ fn by_specificity(patterns: &[Pattern], a: usize, b: usize) -> Ordering {
     }
 }
 
+/// A pattern as requests for it are routed ([`route_form_with`]): its
+/// literal segments folded by `rules`, its parameters as written.
+fn routed_pattern(path: &str, rules: MatchRules) -> String {
+    let literal_rules = MatchRules {
+        ignore_trailing_slash: false,
+        ..rules
+    };
+    let mut out = String::with_capacity(path.len());
+    for segment in path.get(1..).unwrap_or_default().split('/') {
+        out.push('/');
+        if segment.starts_with('{') {
+            out.push_str(segment);
+        } else {
+            let one = format!("/{segment}");
+            let folded = route_form_with(&one, literal_rules);
+            out.push_str(folded.get(1..).unwrap_or_default());
+        }
+    }
+    if rules.ignore_trailing_slash && out.len() > 1 && out.ends_with('/') {
+        out.pop();
+    }
+    out
+}
+
+/// Whether `path` has a `%XX` escape of a non-ASCII byte.
+fn has_non_ascii_escape(path: &str) -> bool {
+    path.as_bytes().windows(3).any(|w| {
+        w.first() == Some(&b'%')
+            && w.get(1)
+                .is_some_and(|h| matches!(h, b'8'..=b'9' | b'A'..=b'F' | b'a'..=b'f'))
+    })
+}
+
 /// Parses and validates a route pattern.
 fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
     if !path.starts_with('/') {
@@ -309,7 +370,12 @@ fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
         }
         Ok(_) => {}
     }
-    let routed = route_form_with(path, rules);
+    if rules.case_insensitive && has_non_ascii_escape(path) {
+        return Err(format!(
+            "path pattern `{path}` has non-ASCII characters, which case-insensitive matching cannot fold as every server does"
+        ));
+    }
+    let routed = routed_pattern(path, rules);
     if routed != path {
         return Err(format!(
             "path pattern `{path}` can never match: requests are routed as `{routed}` (`;` parameters dropped, escapes like `%3A` decoded{}{})",
@@ -507,25 +573,46 @@ fn make_node<T>(
         .flatten()
         .collect();
     // HEAD is GET without the body (RFC 9110 9.3.2), and servers answer it
-    // with their GET handler: unless a route lists HEAD itself, it goes
-    // where GET goes, not to a broader route that accepts any method.
-    let head_from_get = listed.contains(&&Method::GET) && !listed.contains(&&Method::HEAD);
-    if head_from_get {
+    // with their GET handler: it goes to the most specific pattern with a
+    // route for HEAD, for GET or for any method (in that order within one
+    // pattern), never past a GET route to a broader one.
+    if listed.contains(&&Method::GET) && !listed.contains(&&Method::HEAD) {
         listed.push(&Method::HEAD);
     }
     listed.sort_unstable_by(|a, b| a.as_str().cmp(b.as_str()));
     listed.dedup();
-    let accepts = |spec: &RouteSpec<T>, m: &Method| {
-        spec.methods.as_ref().is_none_or(|ms| {
-            ms.contains(m) || (head_from_get && *m == Method::HEAD && ms.contains(&Method::GET))
-        })
-    };
+    let head_route = members
+        .iter()
+        .filter_map(|&g| groups.get(g))
+        .find_map(|group| {
+            let route_with = |wanted: Option<&Method>| {
+                group.routes.iter().copied().find(|&r| {
+                    specs
+                        .get(r)
+                        .is_some_and(|spec| match (wanted, &spec.methods) {
+                            (Some(m), Some(ms)) => ms.contains(m),
+                            (None, None) => true,
+                            _ => false,
+                        })
+                })
+            };
+            route_with(Some(&Method::HEAD))
+                .or_else(|| route_with(Some(&Method::GET)))
+                .or_else(|| route_with(None))
+        });
+    let accepts =
+        |spec: &RouteSpec<T>, m: &Method| spec.methods.as_ref().is_none_or(|ms| ms.contains(m));
     let methods = listed
         .iter()
         .filter_map(|&m| {
-            member_routes()
-                .find(|(_, spec)| accepts(spec, m))
-                .map(|(r, _)| (m.clone(), r))
+            let route = if *m == Method::HEAD {
+                head_route
+            } else {
+                member_routes()
+                    .find(|(_, spec)| accepts(spec, m))
+                    .map(|(r, _)| r)
+            };
+            route.map(|r| (m.clone(), r))
         })
         .collect();
 
@@ -1010,6 +1097,46 @@ mod tests {
             allow(&t, &Method::PUT, "/feed").as_deref(),
             Some("GET, HEAD, POST")
         );
+        // A public HEAD route elsewhere does not take HEAD from a GET one.
+        let t = table(&[
+            ("/files/{id}", Some(&[Method::GET])),
+            ("/{*rest}", Some(&[Method::HEAD, Method::OPTIONS])),
+        ]);
+        assert_eq!(matched(&t, &Method::HEAD, "/files/7"), Some(0));
+        assert_eq!(matched(&t, &Method::HEAD, "/other"), Some(1));
+    }
+
+    #[test]
+    fn folding_rules_fold_literals_not_parameter_names() {
+        let rules = MatchRules {
+            case_insensitive: true,
+            ignore_trailing_slash: true,
+        };
+        let specs = vec![
+            spec("/orders/{orderId}", Some(GET), 0),
+            spec("/files/{*restPath}", None, 1),
+        ];
+        let t = match RouteTable::build_with(specs, rules) {
+            Ok(t) => t,
+            Err(e) => panic!("{e}"),
+        };
+        let found = |path: &str| match t.route(&Method::GET, path) {
+            Ok(Lookup::Matched(&v)) => Some(v),
+            _ => None,
+        };
+        assert_eq!(found("/ORDERS/7/"), Some(0));
+        assert_eq!(found("/Files/A/B"), Some(1));
+        for (pattern, needle) in [
+            ("/Orders/{id}", "routed as `/orders/{id}`"),
+            ("/orders/", "routed as `/orders`"),
+            ("/caf%C3%A9", "non-ASCII"),
+        ] {
+            let e = RouteTable::build_with(vec![spec(pattern, None, 0)], rules)
+                .err()
+                .map(|e| e.message)
+                .unwrap_or_default();
+            assert!(e.contains(needle), "{pattern}: {e}");
+        }
     }
 
     #[test]
@@ -1320,24 +1447,36 @@ mod tests {
             return Expect::NotFound;
         }
         hits.sort_by_key(|s| model_key(&s.path));
-        let listed = |m: &Method| {
-            hits.iter()
-                .any(|s| s.methods.as_ref().is_some_and(|ms| ms.contains(m)))
-        };
-        // A route that lists GET takes HEAD too, unless one lists HEAD.
-        let head_from_get = listed(&Method::GET) && !listed(&Method::HEAD);
-        let takes = |ms: &Vec<Method>| {
-            ms.contains(method)
-                || (head_from_get && *method == Method::HEAD && ms.contains(&Method::GET))
-        };
-        if let Some(s) = hits.iter().find(|s| s.methods.as_ref().is_none_or(takes)) {
+        let lists =
+            |s: &RouteSpec<usize>, m: &Method| s.methods.as_ref().is_some_and(|ms| ms.contains(m));
+        if *method == Method::HEAD {
+            // The most specific pattern with a route for HEAD, for GET or
+            // for any method, in that order within the pattern.
+            let mut patterns: Vec<&str> = hits.iter().map(|s| s.path.as_str()).collect();
+            patterns.dedup();
+            for pattern in patterns {
+                let group: Vec<_> = hits.iter().filter(|s| s.path == pattern).collect();
+                let chosen = group
+                    .iter()
+                    .find(|s| lists(s, &Method::HEAD))
+                    .or_else(|| group.iter().find(|s| lists(s, &Method::GET)))
+                    .or_else(|| group.iter().find(|s| s.methods.is_none()));
+                if let Some(s) = chosen {
+                    return Expect::Matched(s.value);
+                }
+            }
+        } else if let Some(s) = hits
+            .iter()
+            .find(|s| s.methods.as_ref().is_none_or(|ms| ms.contains(method)))
+        {
             return Expect::Matched(s.value);
         }
+        let get_listed = hits.iter().any(|s| lists(s, &Method::GET));
         let mut names: Vec<&str> = hits
             .iter()
             .flat_map(|s| s.methods.iter().flatten())
             .map(Method::as_str)
-            .chain(head_from_get.then_some("HEAD"))
+            .chain(get_listed.then_some("HEAD"))
             .collect();
         names.sort_unstable();
         names.dedup();

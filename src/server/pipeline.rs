@@ -254,10 +254,14 @@ impl Gateway {
         {
             return (None, Err(GatewayError::BadMethod));
         }
-        // By the spelling upstreams read (`/admin;x/users` is Tomcat's
-        // `/admin/users`); the canonical one is forwarded.
-        let routed = self.routes.routed(&path);
-        let route = match self.routes.lookup(request.method(), &routed) {
+        // As every upstream would read it (`/admin;x/users` is Tomcat's
+        // `/admin/users`, Express's `/admin;x/users`); the canonical
+        // spelling is forwarded.
+        let lookup = match self.routes.route(request.method(), &path) {
+            Ok(lookup) => lookup,
+            Err(e) => return (None, Err(GatewayError::BadPath(e))),
+        };
+        let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
                 return (
