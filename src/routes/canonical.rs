@@ -176,15 +176,15 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(rebuild(path)))
 }
 
-/// The form a canonical path is routed by: each segment without its `;`
-/// parameters (Tomcat and Jetty drop them before routing, so
+/// A canonical path as servers that normalise before routing read it:
+/// each segment without its `;` parameters (Tomcat and Jetty drop them, so
 /// `/admin;x/users` is their `/admin/users`), and the escapes of the
-/// sub-delimiters, `:` and `@` decoded (Go, Spring and most servers decode
-/// them before routing, so `/v1/docs%3Apurge` is their `/v1/docs:purge`);
-/// `%3B`, `%25`, `%3F`, `%23` and the rest stay encoded. A request is held
-/// to the route an upstream would read its path as, whichever spelling is
-/// forwarded: the canonical one, unchanged. Borrowed, without allocating,
-/// when there is nothing to change.
+/// sub-delimiters, `:` and `@` decoded (Go and Spring decode them, so
+/// `/v1/docs%3Apurge` is their `/v1/docs:purge`); `%3B`, `%25`, `%3F`,
+/// `%23` and the rest stay encoded. Route patterns must be in this form,
+/// and [`super::RouteTable::route`] requires it and the path as received to
+/// lead to the same route. Borrowed, without allocating, when there is
+/// nothing to change.
 pub fn route_form(canonical: &str) -> Cow<'_, str> {
     let bytes = canonical.as_bytes();
     let changes = bytes.iter().enumerate().any(|(i, &b)| {

@@ -196,12 +196,6 @@ impl<T> RouteTable<T> {
         })
     }
 
-    /// The spelling of a canonical path that [`RouteTable::lookup`] takes:
-    /// its [`route_form_with`] under this table's rules.
-    pub fn routed<'p>(&self, canonical_path: &'p str) -> std::borrow::Cow<'p, str> {
-        route_form_with(canonical_path, self.rules)
-    }
-
     /// Finds the route for a canonical path as every server would read it.
     /// Tomcat drops `;` parameters and Go decodes `%3A`, while Express
     /// keeps both: when the path has either, the two readings must lead to
@@ -230,9 +224,8 @@ impl<T> RouteTable<T> {
         }
     }
 
-    /// Finds the route for a request. `canonical_path` must be the output
-    /// of [`canonicalize`], then of [`RouteTable::routed`]. Does not
-    /// allocate.
+    /// Finds the route for a path as given: the output of [`canonicalize`]
+    /// folded as [`RouteTable::route`] does. Does not allocate.
     pub fn lookup(&self, method: &Method, canonical_path: &str) -> Lookup<'_, T> {
         let mut best: Option<usize> = None;
         for layer in &self.layers {
