@@ -1704,6 +1704,57 @@ async fn key_rotation_refetches_on_unknown_kid() {
     .await;
 }
 
+/// A key replaced under the same `kid` (or an issuer that publishes one key
+/// without any `kid`): the new key's tokens fail their signature against the
+/// keys held, which refetches once per cooldown, so they pass as soon as the
+/// new key is published, not at the next periodic refresh.
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_refetches_on_a_bad_signature() {
+    let (old_key, world) = lab().await;
+    let gw = Gateway::start(
+        &world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_refresh_interval: 1h\n"),
+    )
+    .await;
+    let new_key = Signer::generate("key-1");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &old_key.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "the old key-1",
+    )
+    .await;
+    world.jwks.set_document(&new_key.jwks());
+    let fetches = world.jwks.fetches();
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &new_key.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "the new key-1, published under the same kid",
+    )
+    .await;
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches + 1,
+        "a bad signature did not refetch"
+    );
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &old_key.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::BadSignature),
+        "the old key-1 after it was replaced",
+    )
+    .await;
+}
+
 // ---------------------------------------------------------------------------
 // 6. Unknown-kid flood.
 // ---------------------------------------------------------------------------

@@ -485,10 +485,11 @@ impl IssuerKeys {
         self.remote.is_some()
     }
 
-    /// Called when a token names a `kid` we do not have: refetches unless a
-    /// fetch happened within the cooldown, sharing a fetch already under way.
+    /// Called when no key we have verifies a token (an unknown `kid`, or a
+    /// bad signature): refetches unless a fetch happened within the
+    /// cooldown, sharing a fetch already under way.
     /// Returns true when a (possibly other caller's) fetch ran.
-    pub async fn refetch_for_unknown_kid(&self, metrics: &Metrics) -> bool {
+    pub async fn refetch_for_unmatched_token(&self, metrics: &Metrics) -> bool {
         let Some(remote) = &self.remote else {
             return false;
         };

@@ -401,8 +401,14 @@ impl Authenticator {
         let generation = issuer.keys.generation();
         let keys = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
         let mut outcome = check_signature(&keys, &jwt, alg);
-        if outcome == Err(TokenError::UnknownKey)
-            && issuer.keys.refetch_for_unknown_kid(&self.metrics).await
+        // An unknown `kid` may be a key published since the last fetch; a
+        // bad signature may be a key replaced under the same `kid`, or under
+        // none (RFC 7517 4.5 makes it optional). Either way one refetch per
+        // cooldown, shared by everyone waiting.
+        if matches!(
+            outcome,
+            Err(TokenError::UnknownKey | TokenError::BadSignature)
+        ) && issuer.keys.refetch_for_unmatched_token(&self.metrics).await
         {
             let keys = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
             outcome = check_signature(&keys, &jwt, alg);
