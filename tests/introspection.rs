@@ -1598,6 +1598,21 @@ async fn discovery_refuses_metadata_for_another_issuer() {
     .await;
 }
 
+/// A published `jwks_uri` that cannot be called (here relative) is not "no
+/// keys": the issuer stays unready and discovery is tried again, instead of
+/// its JWTs being turned away as an introspection-only issuer's.
+#[tokio::test]
+async fn discovery_with_an_unusable_jwks_uri_stays_unready() {
+    discovery_refuses(|meta, _, idp| {
+        json!({
+            "issuer": meta.base(),
+            "jwks_uri": "/jwks",
+            "introspection_endpoint": idp.endpoint(),
+        })
+    })
+    .await;
+}
+
 /// Endpoints in metadata are held to what configured ones must be: a
 /// relative introspection endpoint (which the client cannot call) is left
 /// out, so the issuer stays unready and its opaque tokens get 503 without a

@@ -18,6 +18,10 @@ pub struct Metadata {
     pub jwks_uri: Option<Uri>,
     /// The RFC 7662 introspection endpoint.
     pub introspection_endpoint: Option<Uri>,
+    /// Why a published `jwks_uri` is unfit to call (then `jwks_uri` is
+    /// `None`): an issuer that needs it must not take that for "publishes
+    /// no keys".
+    pub unusable_jwks_uri: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -66,25 +70,27 @@ pub async fn discover(
                         raw.issuer
                     ));
                 }
-                // An endpoint that is not fit to call is left out, as if
-                // not published: what needs it stays unready, the rest (or
-                // an endpoint configured explicitly) goes on.
+                // An endpoint that is not fit to call is left out: what
+                // needs it stays unready, the rest (or an endpoint
+                // configured explicitly) goes on.
                 let https = issuer.starts_with("https://");
-                let usable = |field: &str, value: Option<String>| {
-                    value.and_then(|value| match endpoint(&value, https) {
-                        Ok(uri) => Some(uri),
-                        Err(e) => {
-                            tracing::warn!(issuer, field, error = %e, "metadata endpoint ignored");
-                            None
-                        }
-                    })
+                let (jwks_uri, unusable_jwks_uri) = match raw.jwks_uri.map(|v| endpoint(&v, https))
+                {
+                    None => (None, None),
+                    Some(Ok(uri)) => (Some(uri), None),
+                    Some(Err(e)) => (None, Some(e)),
                 };
+                let introspection_endpoint = raw.introspection_endpoint.and_then(|value| {
+                    endpoint(&value, https)
+                        .inspect_err(|e| {
+                            tracing::warn!(issuer, error = %e, "metadata introspection_endpoint ignored");
+                        })
+                        .ok()
+                });
                 return Ok(Metadata {
-                    jwks_uri: usable("jwks_uri", raw.jwks_uri),
-                    introspection_endpoint: usable(
-                        "introspection_endpoint",
-                        raw.introspection_endpoint,
-                    ),
+                    jwks_uri,
+                    introspection_endpoint,
+                    unusable_jwks_uri,
                 });
             }
             Err(e) => last_error = format!("{url}: {e}"),

@@ -470,6 +470,11 @@ impl IssuerKeys {
         }
     }
 
+    /// True while the issuer's keys wait for a `jwks_uri` from discovery.
+    pub fn awaits_discovered_uri(&self) -> bool {
+        self.remote.as_ref().is_some_and(|r| r.uri.load().is_none())
+    }
+
     /// True when the issuer has (or will have) keys to verify JWTs with.
     pub fn publishes_keys(&self) -> bool {
         self.needed.load(Ordering::Acquire)

@@ -204,6 +204,12 @@ impl Authenticator {
             )
             .await
             .unwrap_or_else(|_| Err("timed out".to_owned()));
+            let attempt = attempt.and_then(|metadata| match &metadata.unusable_jwks_uri {
+                // Published but unfit to call: not "no keys", which would
+                // turn JWT checks off for the issuer.
+                Some(why) if issuer.keys.awaits_discovered_uri() => Err(format!("jwks_uri: {why}")),
+                _ => Ok(metadata),
+            });
             match attempt {
                 Ok(metadata) => {
                     tracing::info!(issuer = %issuer.name, "issuer metadata discovered");

@@ -206,6 +206,12 @@ impl<T> RouteTable<T> {
         if matches!(decoded, std::borrow::Cow::Borrowed(_)) {
             return Ok(self.lookup(method, &fold(decoded, self.rules)));
         }
+        // A segment of parameters only (`/api/;v/x`) is no segment at all
+        // where they are dropped, but one a parameter matches where they
+        // are kept: the readings would not even count the same segments.
+        if canonical_path.contains("/;") {
+            return Err(PathError::AmbiguousRoute);
+        }
         let routed = self.lookup(method, &fold(decoded, self.rules));
         let received = self.lookup(
             method,
@@ -326,7 +332,7 @@ fn routed_pattern(path: &str, rules: MatchRules) -> String {
     let mut out = String::with_capacity(path.len());
     for segment in path.get(1..).unwrap_or_default().split('/') {
         out.push('/');
-        if segment.starts_with('{') {
+        if segment.starts_with('{') && !segment.starts_with("{{") {
             out.push_str(segment);
         } else {
             let one = format!("/{segment}");
@@ -1123,6 +1129,7 @@ mod tests {
             ("/Orders/{id}", "routed as `/orders/{id}`"),
             ("/orders/", "routed as `/orders`"),
             ("/caf%C3%A9", "non-ASCII"),
+            ("/{{Admin}}", "routed as `/{{admin}}`"),
         ] {
             let e = RouteTable::build_with(vec![spec(pattern, None, 0)], rules)
                 .err()
