@@ -99,25 +99,14 @@ pub async fn discover(
     Err(last_error)
 }
 
-/// An endpoint named in metadata, held to what configured ones must be: an
-/// absolute `http`/`https` URL without user information or fragment, and
-/// `https` when the issuer is (the introspection endpoint is sent client
-/// credentials and users' tokens).
+/// An endpoint named in metadata, held to what configured ones must be
+/// ([`crate::config::validate::http_url`]), and `https` when the issuer is
+/// (the introspection endpoint is sent client credentials and users'
+/// tokens).
 fn endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
-    let uri: Uri = value.parse().map_err(|e| format!("`{value}`: {e}"))?;
-    let scheme_ok = match uri.scheme_str() {
-        Some("https") => true,
-        Some("http") => !issuer_https,
-        _ => false,
-    };
-    let authority_ok = uri
-        .authority()
-        .is_some_and(|a| !a.as_str().contains('@') && !a.host().is_empty());
-    if !scheme_ok || !authority_ok || value.contains('#') {
-        return Err(format!(
-            "`{value}` is not an absolute {} URL without user information or fragment",
-            if issuer_https { "https" } else { "http(s)" }
-        ));
+    let uri = crate::config::validate::http_url(value)?;
+    if issuer_https && uri.scheme_str() != Some("https") {
+        return Err(format!("`{value}` is plain http for an https issuer"));
     }
     Ok(uri)
 }

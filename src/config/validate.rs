@@ -725,6 +725,30 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-host",
 ];
 
+/// An absolute `http://` or `https://` URL without user information or
+/// fragment: what every URL scopegate calls must be, configured or
+/// discovered.
+pub fn http_url(value: &str) -> Result<Uri, String> {
+    let uri: Uri = value
+        .parse()
+        .map_err(|e| format!("`{value}` is not a URL: {e}"))?;
+    if value.contains('#') {
+        return Err(format!("`{value}` must not have a #fragment"));
+    }
+    if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+        return Err(
+            "a URL must not carry user:password@ (it would be sent as the Host, never as credentials)"
+                .to_owned(),
+        );
+    }
+    match uri.scheme_str() {
+        Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
+        _ => Err(format!(
+            "`{value}` must be an absolute http:// or https:// URL"
+        )),
+    }
+}
+
 struct Validator<'a> {
     source: &'a str,
     base_dir: &'a Path,
@@ -1410,34 +1434,7 @@ impl Validator<'_> {
     }
 
     fn http_uri(&self, value: &Spanned<String>) -> Result<Uri, ConfigError> {
-        let uri: Uri = value.value.parse().map_err(|e| {
-            self.err(
-                value.referenced,
-                format!("`{}` is not a URL: {e}", value.value),
-            )
-        })?;
-        if value.value.contains('#') {
-            return Err(self.err(
-                value.referenced,
-                format!("`{}` must not have a #fragment", value.value),
-            ));
-        }
-        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
-            return Err(self.err(
-                value.referenced,
-                "a URL must not carry user:password@ (it would be sent as the Host, never as credentials)",
-            ));
-        }
-        match uri.scheme_str() {
-            Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
-            _ => Err(self.err(
-                value.referenced,
-                format!(
-                    "`{}` must be an absolute http:// or https:// URL",
-                    value.value
-                ),
-            )),
-        }
+        http_url(&value.value).map_err(|message| self.err(value.referenced, message))
     }
 
     fn upstream(
