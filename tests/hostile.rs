@@ -835,14 +835,14 @@ fn need(method: &str, path: &str) -> Result<Need, String> {
 
 /// The spelling routes are chosen by, as an upstream reads the path: each
 /// segment without its `;` parameters, and `%XX` escapes of `!$&'()*+,=:@`
-/// decoded.
+/// and of `[]^|"{}` decoded.
 fn routed(path: &str) -> String {
     let segments: Vec<String> = path
         .split('/')
         .skip(1)
         .map(|segment| {
             let mut segment = segment.split(';').next().unwrap_or("").to_owned();
-            for c in "!$&'()*+,=:@".chars() {
+            for c in "!$&'()*+,=:@[]^|\"{}".chars() {
                 let escape = format!("%{:02X}", c as u32);
                 segment = segment.replace(&escape, &c.to_string());
             }

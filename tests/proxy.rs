@@ -136,7 +136,7 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
     let world = World::new().await;
     let config = world.config().replace(
         "routes:\n",
-        "routes:\n  - path: /v1/docs:purge\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: /api/{version}/cache:flush\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: /public/{*rest}\n    upstream: app\n    auth: none\n  - path: /{tenant}/{*rest}\n    upstream: app\n    scopes: [orders:read]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+        "routes:\n  - path: /v1/docs:purge\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: /api/{version}/cache:flush\n    methods: [POST]\n    upstream: app\n    scopes: [admin]\n  - path: \"/search/a[b]\"\n    upstream: app\n    scopes: [admin]\n  - path: /public/{*rest}\n    upstream: app\n    auth: none\n  - path: /{tenant}/{*rest}\n    upstream: app\n    scopes: [orders:read]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token(ALL_SCOPES));
@@ -153,6 +153,9 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
         // Go, which also decodes `%3A` and runs cache:flush (admin).
         ("POST", "/api/;v/cache%3Aflush"),
         ("GET", "/admin/;x/users"),
+        // Go: the bracket route (admin); Express: the tenant route.
+        ("GET", "/search/a%5Bb%5D"),
+        ("GET", "/search/a%5bb]"),
     ] {
         for auth in [None, Some(admin.as_str())] {
             let headers: Vec<(&str, &str)> =
@@ -165,12 +168,16 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
     assert_eq!(world.upstream.count(), 0);
 
     // One route either way: its checks, and the spelling received goes on.
-    let reply = raw_reply(gw.addr, &request("GET", "/admin/x;y/users", &[])).await;
-    assert_eq!(reply.status, 401, "{reply:?}");
+    for target in ["/admin/x;y/users", "/search/a[b]"] {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(reply.status, 401, "{target}: {reply:?}");
+    }
     for (target, forwarded) in [
         ("/admin/x;y/users", "/admin/x;y/users"),
         ("/orders/7;v=1", "/orders/7;v=1"),
         ("/orders/a%3ab", "/orders/a%3Ab"),
+        ("/search/a[b]", "/search/a[b]"),
+        ("/orders/a%5Bb%5D", "/orders/a%5Bb%5D"),
     ] {
         let reply = raw_reply(
             gw.addr,

@@ -180,8 +180,9 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
 /// each segment without its `;` parameters (Tomcat and Jetty drop them, so
 /// `/admin;x/users` is their `/admin/users`), and the escapes of the
 /// sub-delimiters, `:` and `@` decoded (Go and Spring decode them, so
-/// `/v1/docs%3Apurge` is their `/v1/docs:purge`); `%3B`, `%25`, `%3F`,
-/// `%23` and the rest stay encoded. Route patterns must be in this form,
+/// `/v1/docs%3Apurge` is their `/v1/docs:purge`), as are those of
+/// `[ ] ^ | " { }`, which also arrive raw; `%3B`, `%25`, `%3F`, `%23`, `%20`
+/// and the rest, which have one spelling in a request, stay encoded. Route patterns must be in this form,
 /// and [`super::RouteTable::route`] requires it and the path as received to
 /// lead to the same route. Borrowed, without allocating, when there is
 /// nothing to change.
@@ -296,12 +297,32 @@ fn lower_case_outside_escapes(path: &str) -> String {
     out
 }
 
-/// The reserved characters [`route_form`] decodes: RFC 3986 sub-delimiters
-/// but `;`, and `:` and `@`, which a path segment may hold as they are.
+/// The characters [`route_form`] decodes: those that arrive both raw and
+/// escaped, which servers that decode before routing (Go, Spring) read as
+/// one. These are the RFC 3986 sub-delimiters but `;`, `:` and `@`, which a
+/// path segment may hold as they are, and `[ ] ^ | " { }`, which it may not
+/// but which clients send raw and the HTTP parser lets through.
 fn is_routed_decoded(b: u8) -> bool {
     matches!(
         b,
-        b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b'=' | b':' | b'@'
+        b'!' | b'$'
+            | b'&'
+            | b'\''
+            | b'('
+            | b')'
+            | b'*'
+            | b'+'
+            | b','
+            | b'='
+            | b':'
+            | b'@'
+            | b'['
+            | b']'
+            | b'^'
+            | b'|'
+            | b'"'
+            | b'{'
+            | b'}'
     )
 }
 
@@ -515,6 +536,9 @@ mod tests {
             ("/a%3Bb/c", "/a%3Bb/c"),
             ("/a%25b%3F%23%20c", "/a%25b%3F%23%20c"),
             ("/a%3A;b%3A", "/a:"),
+            ("/s/a%5Bb%5D%5E%7C%22%7B%7D", "/s/a[b]^|\"{}"),
+            ("/s/a[b]^|\"{}", "/s/a[b]^|\"{}"),
+            ("/a%3C%3E%60", "/a%3C%3E%60"),
         ] {
             assert_eq!(route_form(canonical), routed, "{canonical}");
             // Routed forms are fixed points.

@@ -374,6 +374,16 @@ fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
             "path pattern `{path}` has non-ASCII characters, which case-insensitive matching cannot fold as every server does"
         ));
     }
+    if path.contains("%3B") {
+        return Err(format!(
+            "path pattern `{path}` has an escaped `;` (%3B), which a server that decodes before routing (Go) reads as the raw `;` that others take for parameters: no request spelling routes the same everywhere"
+        ));
+    }
+    if path.contains("%7B") || path.contains("%7D") {
+        return Err(format!(
+            "path pattern `{path}`: write a literal brace as `{{{{` or `}}}}`, not as %7B or %7D"
+        ));
+    }
     let routed = routed_pattern(path, rules);
     if routed != path {
         return Err(format!(
@@ -1236,6 +1246,37 @@ mod tests {
         assert_eq!(matched(&t, &Method::GET, "/x/{id}/y"), Some(1));
     }
 
+    /// `[ ] ^ | " { }` arrive raw and escaped: a route literal holding them
+    /// takes the raw spelling, which Go and Spring decode the escaped one
+    /// to, and the escaped one is refused where it is a broader route's for
+    /// servers that keep it (Express).
+    #[test]
+    fn raw_and_escaped_spellings_of_a_literal_are_one_route_or_refused() {
+        let t = table(&[
+            ("/s/a[b]", Some(GET)),
+            ("/q/{{x}}|\"^", Some(GET)),
+            ("/{*page}", None),
+        ]);
+        let found = |path: &str| match t.route(&Method::GET, path) {
+            Ok(Lookup::Matched(&v)) => Ok(v),
+            Ok(_) => Err(None),
+            Err(e) => Err(Some(e)),
+        };
+        assert_eq!(found("/s/a[b]"), Ok(0));
+        assert_eq!(found("/q/{x}|\"^"), Ok(1));
+        for path in [
+            "/s/a%5Bb%5D",
+            "/s/a[b%5D",
+            "/q/%7Bx%7D%7C%22%5E",
+            "/q/{x}|%22^",
+        ] {
+            assert_eq!(found(path), Err(Some(PathError::AmbiguousRoute)), "{path}");
+        }
+        // Elsewhere both spellings are the catch-all's.
+        assert_eq!(found("/x/a%5Bb%5D"), Ok(2));
+        assert_eq!(found("/x/a[b]"), Ok(2));
+    }
+
     #[test]
     fn other_punctuation_is_literal() {
         let t = table(&[
@@ -1268,6 +1309,10 @@ mod tests {
             ("/a/%3A", "routed as `/a/:`"),
             ("/m;v=1/x", "routed as `/m/x`"),
             ("/a;", "routed as `/a`"),
+            ("/s/a%5Bb%5D", "routed as `/s/a[b]`"),
+            ("/s/a%5E%7C%22", "routed as `/s/a^|\"`"),
+            ("/a%3Bb", "escaped `;`"),
+            ("/a/%7Bid%7D", "literal brace as `{{` or `}}`"),
             ("/a/%2F", "encoded slash"),
             ("/a\\b", "backslash"),
             ("/a#b", "fragment"),
