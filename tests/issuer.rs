@@ -547,6 +547,38 @@ async fn narrowing_on_refresh_does_not_narrow_the_grant() {
     assert_eq!(r.json()["scope"], "reports:read");
 }
 
+/// A refresh refused for its request (a scope beyond the grant) leaves the
+/// token as it was: the client's corrected retry gets tokens, where a burnt
+/// token would read as a replay and end the grant (RFC 9700 4.14.2 means a
+/// use that was honoured).
+#[tokio::test]
+async fn a_refused_refresh_leaves_the_token_usable() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let rt = s(&first, "refresh_token");
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=refresh_token&refresh_token={}&scope=admin&{}",
+            enc(&rt),
+            creds("svc")
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"], "invalid_scope");
+
+    let r = refresh(&gw, "svc", &rt).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let next = s(&r.json(), "refresh_token");
+    // Honoured once, the token is used up: presenting it again ends the grant.
+    let r = refresh(&gw, "svc", &rt).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("already used"), "{}", r.text());
+    let r = refresh(&gw, "svc", &next).await;
+    assert_eq!(r.status, 400, "{}", r.text());
+}
+
 /// A refresh mints what the grant's user and client may have now: a user
 /// removed from the config ends the grant, and a scope taken from the client
 /// is no longer minted (the store outlives the config, here across a

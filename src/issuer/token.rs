@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clients::{self, Busy};
-use super::store::{RefreshRecord, Use};
+use super::store::{Digest, RefreshRecord, Use};
 use super::{json_response, random_token, read_form, AuthorizationServer, OAuthError};
 use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
@@ -40,8 +40,14 @@ pub(crate) enum RefreshPlan {
     SessionOnly(String),
     /// A new family.
     NewFamily(String),
-    /// Rotation within an existing family.
-    Rotate(RefreshRecord),
+    /// Rotation within an existing family: the token presented, when not
+    /// used up yet, is once the new one is stored.
+    Rotate {
+        /// The presented token's record.
+        previous: RefreshRecord,
+        /// The presented token's digest, when it is still to be used up.
+        consume: Option<Digest>,
+    },
 }
 
 impl AuthorizationServer {
@@ -140,47 +146,39 @@ impl AuthorizationServer {
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
         let key = digest(token);
-        // Check the binding before consuming: a request by the wrong client
-        // must not burn the owner's token (its next use would look like a
-        // replay and revoke the owner's grant).
-        if let Some((record, _)) = self
+        // Every check runs before the token is used up, and the new token is
+        // stored before it is: a refused request (a scope too wide, a store
+        // that is full) leaves the grant as it was, instead of burning the
+        // token so that the client's corrected retry reads as a replay and
+        // revokes the grant (RFC 9700 4.14.2 means a use that was honoured).
+        let peeked = self
             .store
             .get_refresh(&key)
             .await
-            .map_err(|e| self.store_failed(&e))?
-        {
-            if record.client_id != client.client_id {
+            .map_err(|e| self.store_failed(&e))?;
+        let (record, consume) = match peeked {
+            // A request by the wrong client must not burn the owner's token.
+            Some((record, _)) if record.client_id != client.client_id => {
                 return Err(OAuthError::invalid_grant(
                     "refresh token was issued to another client",
-                ));
-            }
-        }
-        let record = match self
-            .store
-            .use_refresh(&key)
-            .await
-            .map_err(|e| self.store_failed(&e))?
-        {
-            Use::NotFound => {
-                return Err(OAuthError::invalid_grant(
-                    "unknown or expired refresh token",
                 ))
             }
-            Use::Reused(record) => {
-                // RFC 9700 4.14.2: a rotated token used again means theft; end the grant.
-                self.store
-                    .revoke_family(
-                        &record.family,
-                        self.grant_revoked_until(record.family_expires_at),
-                    )
-                    .await
-                    .map_err(|e| self.store_failed(&e))?;
-                tracing::warn!(client_id = %record.client_id, "refresh token replayed; grant revoked");
-                return Err(OAuthError::invalid_grant(
-                    "refresh token already used; the grant has been revoked",
-                ));
-            }
-            Use::Fresh(record) => record,
+            Some((record, false)) => (record, Some(key)),
+            // Unknown, expired or used: consuming it tells which.
+            _ => match self
+                .store
+                .use_refresh(&key)
+                .await
+                .map_err(|e| self.store_failed(&e))?
+            {
+                Use::NotFound => {
+                    return Err(OAuthError::invalid_grant(
+                        "unknown or expired refresh token",
+                    ))
+                }
+                Use::Reused(record) => return Err(self.refresh_replayed(&record).await),
+                Use::Fresh(record) => (record, None),
+            },
         };
         if record.client_id != client.client_id {
             return Err(OAuthError::invalid_grant(
@@ -230,9 +228,29 @@ impl AuthorizationServer {
             &subject,
             user_grant,
             &scope,
-            RefreshPlan::Rotate(record),
+            RefreshPlan::Rotate {
+                previous: record,
+                consume,
+            },
         )
         .await
+    }
+
+    /// A rotated refresh token presented again means theft (RFC 9700
+    /// 4.14.2): ends the grant, and returns the answer to give.
+    async fn refresh_replayed(&self, record: &RefreshRecord) -> OAuthError {
+        if let Err(e) = self
+            .store
+            .revoke_family(
+                &record.family,
+                self.grant_revoked_until(record.family_expires_at),
+            )
+            .await
+        {
+            return self.store_failed(&e);
+        }
+        tracing::warn!(client_id = %record.client_id, "refresh token replayed; grant revoked");
+        OAuthError::invalid_grant("refresh token already used; the grant has been revoked")
     }
 
     async fn authorization_code(
@@ -332,7 +350,7 @@ impl AuthorizationServer {
         let family = match &plan {
             RefreshPlan::None => None,
             RefreshPlan::SessionOnly(f) | RefreshPlan::NewFamily(f) => Some(f.clone()),
-            RefreshPlan::Rotate(r) => Some(r.family.clone()),
+            RefreshPlan::Rotate { previous, .. } => Some(previous.family.clone()),
         };
         let mut claims = json!({
             "iss": settings.issuer,
@@ -353,6 +371,10 @@ impl AuthorizationServer {
             .ok_or_else(|| OAuthError::server_error("no signing key"))?;
         let access_token = key.mint(&claims).map_err(OAuthError::server_error)?;
 
+        let consume = match &plan {
+            RefreshPlan::Rotate { consume, .. } => *consume,
+            _ => None,
+        };
         let refresh = match plan {
             RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,
             RefreshPlan::NewFamily(family) => {
@@ -372,7 +394,7 @@ impl AuthorizationServer {
             }
             // RFC 6749 6: the new refresh token's scope is the grant's, not
             // the narrower one this access token may have asked for.
-            RefreshPlan::Rotate(previous) => Some(RefreshRecord {
+            RefreshPlan::Rotate { previous, .. } => Some(RefreshRecord {
                 issued_at: now,
                 expires_at: (now + settings.refresh_token_ttl.as_secs())
                     .min(previous.family_expires_at),
@@ -387,6 +409,25 @@ impl AuthorizationServer {
                     .put_refresh(&digest(&token), &record)
                     .await
                     .map_err(|e| self.store_failed(&e))?;
+                if let Some(presented) = consume {
+                    match self
+                        .store
+                        .use_refresh(&presented)
+                        .await
+                        .map_err(|e| self.store_failed(&e))?
+                    {
+                        Use::Fresh(_) => {}
+                        Use::NotFound => {
+                            return Err(OAuthError::invalid_grant(
+                                "unknown or expired refresh token",
+                            ))
+                        }
+                        // Another request used it since it was checked.
+                        Use::Reused(previous) => {
+                            return Err(self.refresh_replayed(&previous).await)
+                        }
+                    }
+                }
                 Some(IssuedRefresh {
                     token,
                     expires_in: record.expires_at.saturating_sub(now),
