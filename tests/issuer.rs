@@ -995,9 +995,10 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
 /// Every failed client authentication gets the same answer, so that the
 /// token, introspection and revocation endpoints do not tell which client
 /// ids exist, or which are public (RFC 6749 5.2 lists an unknown client and
-/// a missing secret under one error). A secret sent for an id with none to
-/// check (unknown, or public) costs a check and counts towards the limit
-/// as a wrong one does, so the limit does not tell them apart either.
+/// a missing secret under one error). A secret sent for an unknown id costs
+/// a check and counts towards the limit as a wrong one does, so the limit
+/// does not tell them apart either. A public client has no secret to guess:
+/// nothing counts against it, so made-up secrets cannot lock its users out.
 #[tokio::test]
 async fn failed_client_authentication_does_not_tell_known_clients_from_unknown() {
     let (_upstream, gw) = start("").await;
@@ -1014,14 +1015,15 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
         );
     }
     // With a wrong secret: the same answers up to the limit, then 429 for
-    // each alike.
+    // a confidential client and an unknown one alike.
     for id in ["svc", "spa", "nobody"] {
         let body = format!("grant_type=client_credentials&client_id={id}&client_secret=wrong");
         for attempt in 1..=5 {
             let r = answer(token_request(&gw, &body).await);
             assert_eq!(r, unknown, "{id}, attempt {attempt}");
         }
-        assert_eq!(token_request(&gw, &body).await.status, 429, "{id}");
+        let limited = if id == "spa" { 401 } else { 429 };
+        assert_eq!(token_request(&gw, &body).await.status, limited, "{id}");
     }
     // The same over HTTP Basic and at the introspection endpoint.
     let basic_answer = |id: &str| {
@@ -1081,6 +1083,56 @@ async fn repeated_client_authentication_failures_are_rate_limited() {
     assert_eq!(r.status, 429, "{}", r.text());
     let body = client_credentials(&gw, "other").await;
     assert_eq!(body["status"], "approved");
+}
+
+/// Guesses at a client's secret lock out the guesser, not the client: a
+/// secret checked before is no guess and passes, and a public client (no
+/// secret to guess) is never locked, so its users can still sign in.
+#[tokio::test]
+async fn guesses_do_not_lock_out_a_known_secret_or_a_public_client() {
+    let (_upstream, gw) = start("").await;
+    client_credentials(&gw, "other").await;
+    for id in ["other", "spa"] {
+        for attempt in 1..=8 {
+            let r = token_request(
+                &gw,
+                &format!(
+                    "grant_type=client_credentials&client_id={id}&client_secret=guess-{attempt}"
+                ),
+            )
+            .await;
+            if id == "other" && attempt > 5 {
+                assert_eq!(r.status, 429, "{}", r.text());
+            } else {
+                assert_oauth_error(&r, 401, "invalid_client");
+            }
+        }
+    }
+    let body = client_credentials(&gw, "other").await;
+    assert_eq!(body["status"], "approved");
+    // The public client's own request (a refresh by `spa`, which has no
+    // refresh token here) gets past client authentication.
+    let r = token_request(
+        &gw,
+        "grant_type=refresh_token&refresh_token=unknown&client_id=spa",
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+}
+
+/// RFC 6749 2.3: one authentication method per request, even when the form
+/// sends a secret without a client id.
+#[tokio::test]
+async fn basic_with_a_secret_in_the_form_too_is_refused() {
+    let (_upstream, gw) = start("").await;
+    let auth = basic("svc", SECRET);
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("authorization", &auth)],
+        "grant_type=client_credentials&client_secret=other",
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_request");
 }
 
 /// Only a checked secret counts towards the limit: requests without one,

@@ -103,8 +103,13 @@ pub fn presented(
         secret: form.get("client_secret").cloned(),
         basic: false,
     });
+    let secret_in_form = form.contains_key("client_secret");
     match (basic, in_form) {
         (Some(_), Some(_)) => Err(OAuthError::invalid_request(
+            "use one client authentication method, not Basic and the form body together",
+        )),
+        // RFC 6749 2.3: one method only, even where the form names no client.
+        (Some(_), None) if secret_in_form => Err(OAuthError::invalid_request(
             "use one client authentication method, not Basic and the form body together",
         )),
         (Some(b), None) => Ok(Some(b)),
@@ -292,19 +297,31 @@ impl ClientAuthenticator {
             ));
         };
         let limiter_key = format!("client:{}", p.client_id);
-        if self.is_limited(&limiter_key) {
+        let client = self.clients.get(&p.client_id);
+        // A public client has no secret to guess, so nothing is counted
+        // against it: a few requests with a made-up secret would otherwise
+        // lock every user of a single-page app out of signing in. Nor is a
+        // client whose secret, as sent, was checked before: a known secret
+        // is no guess, so guesses by others cannot lock the client out.
+        let public = client.is_some_and(|c| c.secret_hash.is_none());
+        let known_secret = match (client.and_then(|c| c.secret_hash.as_deref()), &p.secret) {
+            (Some(hash), Some(secret)) => {
+                self.verified
+                    .contains_key(&cache_key(&p.client_id, hash, secret))
+            }
+            _ => false,
+        };
+        if !public && !known_secret && self.is_limited(&limiter_key) {
             return Err(OAuthError::too_many_attempts());
         }
-        let Some(client) = self.clients.get(&p.client_id) else {
+        let Some(client) = client else {
             return Err(self
                 .refuse_unchecked(&p, &limiter_key, "unknown client")
                 .await);
         };
         match (&client.secret_hash, &p.secret) {
             (None, None) if allow_public => Ok(Arc::new(client.clone())),
-            (None, _) => Err(self
-                .refuse_unchecked(&p, &limiter_key, "a public client cannot authenticate here")
-                .await),
+            (None, _) => Err(failed(&p, "a public client cannot authenticate here")),
             (Some(_), None) => Err(failed(&p, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no
@@ -337,13 +354,12 @@ impl ClientAuthenticator {
         }
     }
 
-    /// Refuses a client that has no secret to check (unknown, or public)
-    /// exactly as a wrong secret is refused: a secret it sent costs the same
-    /// argon2 check (against a hash nobody's secret matches) and counts as a
-    /// failure, so neither the answer, its time nor the rate limit tells
-    /// these ids from those of confidential clients. Only a checked secret
-    /// counts: refusals that cost no check would let a flood fill the
-    /// limiter's table for free.
+    /// Refuses an unknown client exactly as a wrong secret is refused: a
+    /// secret it sent costs the same argon2 check (against a hash nobody's
+    /// secret matches) and counts as a failure, so neither the answer, its
+    /// time nor the rate limit tells unknown ids from those of confidential
+    /// clients. Only a checked secret counts: refusals that cost no check
+    /// would let a flood fill the limiter's table for free.
     async fn refuse_unchecked(
         &self,
         p: &Presented,
