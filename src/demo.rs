@@ -213,7 +213,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let (username, password) = DEMO_USER;
     let password_hash = crate::issuer::clients::hash_secret(password)?;
     let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash, &password_hash);
-    let verifier = crate::issuer::random_token();
+    let verifier = crate::issuer::random_token().map_err(|e| e.description)?;
     let challenge = crate::issuer::token::s256(&verifier);
     let authorize_url = format!(
         "http://{listen}/oauth2/authorize?response_type=code&client_id={DEMO_PUBLIC_CLIENT}&redirect_uri=http%3A%2F%2F{listen}%2Fcallback&scope=orders%3Aread&state=demo-state&code_challenge={challenge}&code_challenge_method=S256"

@@ -140,7 +140,7 @@ struct Pkce {
 }
 
 fn pkce() -> Pkce {
-    let verifier = scopegate::issuer::random_token();
+    let verifier = scopegate::issuer::random_token().unwrap();
     assert_eq!(verifier.len(), 43);
     Pkce {
         challenge: s256(&verifier),
@@ -761,7 +761,7 @@ async fn sign_in_requires_the_double_submit_csrf_cookie() {
     // No cookie.
     refused(&post_authorize(&gw, &form, None).await, "no cookie");
     // A cookie that does not match the form.
-    let other = format!("sg_csrf={}", scopegate::issuer::random_token());
+    let other = format!("sg_csrf={}", scopegate::issuer::random_token().unwrap());
     refused(
         &post_authorize(&gw, &form, Some(&other)).await,
         "mismatched cookie",
@@ -1289,7 +1289,7 @@ async fn expired_code_is_invalid_grant() {
         subject: "alice".into(),
         code_challenge: Some(c.challenge.clone()),
         expires_at,
-        family: scopegate::issuer::random_token(),
+        family: scopegate::issuer::random_token().unwrap(),
     };
     let (expired, live) = ("expired-code", "live-code");
     {

@@ -223,7 +223,7 @@ async fn flow(
     redirect_uri: &str,
     callbacks: &mut mpsc::UnboundedReceiver<String>,
 ) {
-    let verifier = scopegate::issuer::random_token();
+    let verifier = scopegate::issuer::random_token().unwrap();
     let challenge = scopegate::issuer::token::s256(&verifier);
     let mut query = url::form_urlencoded::Serializer::new(String::new());
     query

@@ -356,6 +356,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "redirect_uris",
         ),
         (
+            "a username that is also a client_id",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: alice\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I\"\n".into(),
+            "10:17",
+            "also a client_id",
+        ),
+        (
             "scope_claim other than scope or scp",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    scope_claim: roles\n".into(),
             "6:18",

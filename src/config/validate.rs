@@ -1310,6 +1310,15 @@ impl Validator<'_> {
             if u.username.value.is_empty() || users.iter().any(|x| x.username == u.username.value) {
                 return Err(self.err(u.username.referenced, "username is empty or used twice"));
             }
+            if clients.iter().any(|c| c.client_id == u.username.value) {
+                return Err(self.err(
+                    u.username.referenced,
+                    format!(
+                        "username `{}` is also a client_id: a client's own tokens carry its id as `sub`, so upstreams could not tell them from the user's (RFC 9068 section 5)",
+                        u.username.value
+                    ),
+                ));
+            }
             users.push(User {
                 username: u.username.value.clone(),
                 password_hash: u.password_hash.value.clone(),

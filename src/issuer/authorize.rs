@@ -309,7 +309,14 @@ impl AuthorizationServer {
                 StatusCode::UNAUTHORIZED,
             );
         };
-        let csrf = random_token();
+        let Ok(csrf) = random_token() else {
+            return self.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "No randomness available.",
+                None,
+            );
+        };
         let now = now_unix();
         let Some(key) = self.settings.keys.first() else {
             return self.page(
@@ -346,7 +353,14 @@ impl AuthorizationServer {
     }
 
     async fn approve(&self, request: &AuthRequest, user: &str) -> Response<Body> {
-        let code = random_token();
+        let (Ok(code), Ok(family)) = (random_token(), random_token()) else {
+            return self.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "No randomness available.",
+                None,
+            );
+        };
         let record = CodeRecord {
             client_id: request.client.client_id.clone(),
             redirect_uri: request.redirect_uri.clone(),
@@ -355,7 +369,7 @@ impl AuthorizationServer {
             subject: user.to_owned(),
             code_challenge: request.code_challenge.clone(),
             expires_at: now_unix() + CODE_TTL,
-            family: random_token(),
+            family,
         };
         if let Err(e) = self.store.put_code(&digest(&code), &record).await {
             tracing::error!(error = %e, "could not store an authorization code");
@@ -407,7 +421,14 @@ impl AuthorizationServer {
         error: Option<&str>,
         status: StatusCode,
     ) -> Response<Body> {
-        let csrf = random_token();
+        let Ok(csrf) = random_token() else {
+            return self.page(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "Error",
+                "No randomness available.",
+                None,
+            );
+        };
         let mut body = String::new();
         let _ = write!(
             body,

@@ -410,23 +410,20 @@ fn parse_params(bytes: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     Ok(out)
 }
 
-/// 32 random bytes, base64url: refresh tokens, codes, ids.
-pub fn random_token() -> String {
+/// 32 random bytes, base64url: refresh tokens, codes, ids. Fails closed:
+/// without the system RNG there is no value that is safe to hand out
+/// (RFC 6749 10.10), so the request gets `server_error`.
+pub fn random_token() -> Result<String, OAuthError> {
     use aws_lc_rs::rand::SecureRandom;
     use base64::Engine;
     let mut bytes = [0u8; 32];
-    // The system RNG does not fail on supported platforms; an all-zero token
-    // would still be unique per process only, so fall back to time-salted bytes.
-    if aws_lc_rs::rand::SystemRandom::new()
+    aws_lc_rs::rand::SystemRandom::new()
         .fill(&mut bytes)
-        .is_err()
-    {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos());
-        bytes[..16].copy_from_slice(&nanos.to_le_bytes());
-    }
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+        .map_err(|_| {
+            tracing::error!("the system random number generator failed");
+            OAuthError::server_error("no randomness available")
+        })?;
+    Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Shared handle used by the pipeline.

@@ -93,7 +93,7 @@ impl AuthorizationServer {
     ) -> Result<Issued, OAuthError> {
         let scope = requested_scope(form.get("scope"), &client.scopes, None)?;
         let plan = if client.grants.contains(&Grant::RefreshToken) {
-            RefreshPlan::NewFamily(random_token())
+            RefreshPlan::NewFamily(random_token()?)
         } else {
             RefreshPlan::None
         };
@@ -130,7 +130,7 @@ impl AuthorizationServer {
         drop(attempt);
         let scope = requested_scope(form.get("scope"), &client.scopes, user.scopes.as_deref())?;
         let plan = if client.grants.contains(&Grant::RefreshToken) {
-            RefreshPlan::NewFamily(random_token())
+            RefreshPlan::NewFamily(random_token()?)
         } else {
             RefreshPlan::None
         };
@@ -360,7 +360,7 @@ impl AuthorizationServer {
             "scope": scope,
             "iat": now,
             "exp": now + expires_in,
-            "jti": random_token(),
+            "jti": random_token()?,
         });
         if let Some(family) = &family {
             claims["sid"] = Value::String(family.clone());
@@ -404,7 +404,7 @@ impl AuthorizationServer {
         };
         let refresh = match refresh {
             Some(record) => {
-                let token = random_token();
+                let token = random_token()?;
                 self.store
                     .put_refresh(&digest(&token), &record)
                     .await

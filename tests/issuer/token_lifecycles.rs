@@ -482,7 +482,7 @@ async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
         value: mint(
             &lab.key,
             (Some("at+jwt"), 3600, ISS),
-            &scopegate::issuer::random_token(),
+            &scopegate::issuer::random_token().unwrap(),
         ),
         client: "svc",
         kind: Kind::Access {
