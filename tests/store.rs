@@ -602,6 +602,30 @@ async fn redis_keys_are_prefixed_and_expire() {
         .await
         .unwrap();
     assert_eq!(at, (t + 600) as i64);
+    // The used token's record lasts as long as its marker; an unused one's
+    // only until it expires, not until its family would end.
+    let expire_time = |key: String| {
+        let mut conn = conn.clone();
+        async move {
+            ::redis::cmd("EXPIRETIME")
+                .arg(key)
+                .query_async::<i64>(&mut conn)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        expire_time(format!("scopegate:rt:{}", hex(&rt))).await,
+        (t + 600) as i64
+    );
+    let unused = digest("unused-refresh-token");
+    h.a.put_refresh(&unused, &refresh("fam-k", t + 60, t + 600))
+        .await
+        .unwrap();
+    assert_eq!(
+        expire_time(format!("scopegate:rt:{}", hex(&unused))).await,
+        (t + 60) as i64
+    );
     let at: i64 = ::redis::cmd("EXPIRETIME")
         .arg(format!("scopegate:ac:used:{}", hex(&ac)))
         .query_async(&mut conn)

@@ -153,7 +153,7 @@ impl FileStore {
         &self,
         digest: &Digest,
     ) -> Result<Use<RefreshRecord>, StoreError> {
-        consume(self, REFRESH, *digest).await
+        consume(self, REFRESH, TAG_REFRESH, *digest).await
     }
 
     /// See [`super::Store::get_refresh`].
@@ -170,7 +170,7 @@ impl FileStore {
                 return Ok(None);
             };
             let stored: Stored<RefreshRecord> = decode(bytes.value())?;
-            let live = now < stored.record.expires_at && now < stored.record.retain();
+            let live = now < stored.record.expires_at && now < stored.record.retain(stored.used);
             Ok(live.then_some((stored.record, stored.used)))
         })
         .await
@@ -187,7 +187,7 @@ impl FileStore {
 
     /// See [`super::Store::use_code`].
     pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
-        consume(self, CODES, *digest).await
+        consume(self, CODES, TAG_CODE, *digest).await
     }
 
     /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
@@ -254,8 +254,7 @@ where
     store
         .run(move |db| {
             let now = now_secs();
-            let retain = record.retain();
-            if retain <= now {
+            if record.retain(true) <= now {
                 return Ok(());
             }
             let txn = db.begin_write().db()?;
@@ -269,7 +268,7 @@ where
                 let used = match old {
                     // Keep a used marker used; move its index entry.
                     Some(Ok(old)) => {
-                        let key = expiry_key(old.record.retain(), tag, &digest);
+                        let key = expiry_key(old.record.retain(old.used), tag, &digest);
                         expiry.remove(key.as_slice()).db()?;
                         old.used
                     }
@@ -277,6 +276,7 @@ where
                     // stays and is dropped harmlessly when it comes due.
                     Some(Err(_)) | None => false,
                 };
+                let retain = record.retain(used);
                 let bytes = encode(&Stored { record, used })?;
                 table.insert(&digest, bytes.as_slice()).db()?;
                 expiry
@@ -291,7 +291,12 @@ where
 
 /// Consumes a single-use entry in one write transaction. Commits only when
 /// it marks the entry used, so a replay or a miss costs no disk write.
-async fn consume<T>(store: &FileStore, def: Slots, digest: Digest) -> Result<Use<T>, StoreError>
+async fn consume<T>(
+    store: &FileStore,
+    def: Slots,
+    tag: u8,
+    digest: Digest,
+) -> Result<Use<T>, StoreError>
 where
     T: Expiring + Serialize + DeserializeOwned + Send + 'static,
 {
@@ -309,13 +314,26 @@ where
                     None => Use::NotFound,
                     Some(mut stored) => {
                         let r = &stored.record;
-                        match decide(now, r.expires_at(), r.retain(), stored.used) {
+                        match decide(now, r.expires_at(), r.retain(stored.used), stored.used) {
                             Decision::NotFound => Use::NotFound,
                             Decision::Reused => Use::Reused(stored.record),
                             Decision::MarkFresh => {
                                 stored.used = true;
                                 let bytes = encode(&stored)?;
                                 table.insert(&digest, bytes.as_slice()).db()?;
+                                // Used now: kept as long as a replay must
+                                // be recognised.
+                                let (old, new) =
+                                    (stored.record.retain(false), stored.record.retain(true));
+                                if new != old {
+                                    let mut expiry = txn.open_table(EXPIRY).db()?;
+                                    expiry
+                                        .remove(expiry_key(old, tag, &digest).as_slice())
+                                        .db()?;
+                                    expiry
+                                        .insert(expiry_key(new, tag, &digest).as_slice(), ())
+                                        .db()?;
+                                }
                                 Use::Fresh(stored.record)
                             }
                         }
@@ -374,7 +392,9 @@ fn purge_slot<T: Expiring + DeserializeOwned>(
     };
     let mut table = txn.open_table(def).db()?;
     let due = match table.get(digest).db()? {
-        Some(bytes) => decode::<T>(bytes.value()).map_or(true, |s| s.record.retain() == retain),
+        Some(bytes) => {
+            decode::<T>(bytes.value()).map_or(true, |s| s.record.retain(s.used) == retain)
+        }
         None => false,
     };
     if due {
@@ -439,10 +459,20 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
         let t = now_secs();
+        // Unused, it goes when it expires, however long its family runs;
+        // used, its marker stays until the family ends.
         store
-            .put_refresh(&[1; 32], &record(t + 1, t + 1))
+            .put_refresh(&[1; 32], &record(t + 1, t + 3600))
             .await
             .unwrap();
+        store
+            .put_refresh(&[5; 32], &record(t + 1, t + 3600))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.use_refresh(&[5; 32]).await.unwrap(),
+            Use::Fresh(_)
+        ));
         let code = CodeRecord {
             client_id: "c".into(),
             redirect_uri: "https://app/cb".into(),
@@ -460,7 +490,7 @@ mod tests {
         // Extending a revocation moves its index entry rather than adding one.
         store.revoke(Kind::Access, "j2", t + 1).await.unwrap();
         store.revoke(Kind::Access, "j2", t + 3600).await.unwrap();
-        assert_eq!(counts(&store.db), [1, 1, 1, 2, 5]);
+        assert_eq!(counts(&store.db), [2, 1, 1, 2, 6]);
 
         while now_secs() < t + 1 {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -469,8 +499,12 @@ mod tests {
             .put_refresh(&[3; 32], &record(t + 60, t + 600))
             .await
             .unwrap();
-        assert_eq!(counts(&store.db), [1, 0, 0, 1, 2]);
+        assert_eq!(counts(&store.db), [2, 0, 0, 1, 3]);
         assert!(store.get_refresh(&[3; 32]).await.unwrap().is_some());
+        assert!(matches!(
+            store.use_refresh(&[5; 32]).await.unwrap(),
+            Use::Reused(_)
+        ));
         assert!(store.is_revoked(Kind::Access, "j2").await.unwrap());
     }
 }

@@ -140,23 +140,20 @@ impl MemoryStore {
         digest: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        let retain = refresh_retain(record);
+        let mut state = self.lock();
+        state.purge(now, PURGE_BATCH);
+        let old = state.refresh.get(digest).map(|old| (old.retain, old.used));
+        let used = old.is_some_and(|(_, used)| used);
+        let retain = refresh_retain(record, used);
         if retain <= now {
             return Ok(());
         }
-        let mut state = self.lock();
-        state.purge(now, PURGE_BATCH);
-        let used = match state.refresh.get(digest) {
-            Some(old) => {
-                let (old_retain, used) = (old.retain, old.used);
+        match old {
+            Some((old_retain, _)) => {
                 state.expiry.remove(&(old_retain, Key::Refresh(*digest)));
-                used
             }
-            None => {
-                state.reserve(self.capacity)?;
-                false
-            }
-        };
+            None => state.reserve(self.capacity)?,
+        }
         state.expiry.insert((retain, Key::Refresh(*digest)));
         state.refresh.insert(
             *digest,
@@ -177,7 +174,17 @@ impl MemoryStore {
         let Some(slot) = state.refresh.get_mut(digest) else {
             return Ok(Use::NotFound);
         };
-        Ok(consume(now, slot.record.expires_at, slot))
+        let outcome = consume(now, slot.record.expires_at, slot);
+        if matches!(outcome, Use::Fresh(_)) {
+            // Used now: its marker is kept until the family ends.
+            let (old, new) = (slot.retain, refresh_retain(&slot.record, true));
+            if new != old {
+                slot.retain = new;
+                state.expiry.remove(&(old, Key::Refresh(*digest)));
+                state.expiry.insert((new, Key::Refresh(*digest)));
+            }
+        }
+        Ok(outcome)
     }
 
     /// See [`super::Store::get_refresh`].
@@ -359,6 +366,29 @@ mod tests {
         store.revoke_at(now, Kind::Access, "j", now + 1).unwrap();
         assert_eq!(store.lock().access.get("j"), Some(&(now + 120)));
         assert_eq!(store.len(), 4);
+    }
+
+    /// An unused refresh token is kept until it expires, not until its
+    /// family would end; a used one's marker is kept until then.
+    #[test]
+    fn unused_refresh_tokens_go_when_they_expire() {
+        let store = MemoryStore::new(usize::MAX);
+        let now = now_secs();
+        store
+            .put_refresh_at(now - 100, &[1; 32], &record(now - 50, now + 600))
+            .unwrap();
+        store
+            .put_refresh_at(now, &[2; 32], &record(now + 60, now + 600))
+            .unwrap();
+        assert_eq!(store.len(), 1, "the expired, unused token is purged");
+        assert!(matches!(
+            store.use_refresh(&[2; 32]).unwrap(),
+            Use::Fresh(_)
+        ));
+        assert_eq!(
+            store.lock().expiry.first().map(|(retain, _)| *retain),
+            Some(now + 600)
+        );
     }
 
     #[test]

@@ -14,9 +14,10 @@
 //! the raw values, so a copy of the store (or a log line about it) cannot be
 //! replayed. Every entry expires:
 //!
-//! - a refresh token is usable until its `expires_at`; once used, the used-marker
-//!   is kept until `family_expires_at`, so that a replay of a rotated token is
-//!   still recognised as [`Use::Reused`] for as long as its family could live;
+//! - a refresh token is usable, and kept, until its `expires_at`; once used, the
+//!   used-marker is kept until `family_expires_at`, so that a replay of a
+//!   rotated token is still recognised as [`Use::Reused`] for as long as its
+//!   family could live;
 //! - an authorization code is usable until its `expires_at`; once used, the
 //!   used-marker is kept [`CODE_REPLAY_GRACE_SECS`] longer, so a late replay is
 //!   still recognised;
@@ -352,16 +353,17 @@ fn now_secs() -> u64 {
 trait Expiring {
     /// When it stops being usable (unix seconds).
     fn expires_at(&self) -> u64;
-    /// Until when (unix seconds) its entry, and so its used-marker, is kept.
-    fn retain(&self) -> u64;
+    /// Until when (unix seconds) its entry, and so its used-marker, is
+    /// kept, unused or used.
+    fn retain(&self, used: bool) -> u64;
 }
 
 impl Expiring for RefreshRecord {
     fn expires_at(&self) -> u64 {
         self.expires_at
     }
-    fn retain(&self) -> u64 {
-        refresh_retain(self)
+    fn retain(&self, used: bool) -> u64 {
+        refresh_retain(self, used)
     }
 }
 
@@ -373,15 +375,22 @@ impl Expiring for CodeRecord {
     fn expires_at(&self) -> u64 {
         self.expires_at
     }
-    fn retain(&self) -> u64 {
+    fn retain(&self, _used: bool) -> u64 {
         code_retain(self)
     }
 }
 
-/// Until when (unix seconds) a refresh entry must be kept: its used-marker
-/// must outlive the token until the family ends.
-fn refresh_retain(record: &RefreshRecord) -> u64 {
-    record.expires_at.max(record.family_expires_at)
+/// Until when (unix seconds) a refresh entry must be kept: an unused one
+/// until it expires, and a used one's marker until the family ends, so a
+/// replay is still recognised. Keeping unused ones as long would hold every
+/// token a client was given, used or not, for the family's lifetime (30
+/// days by default, against 30 minutes), and fill the store.
+fn refresh_retain(record: &RefreshRecord, used: bool) -> u64 {
+    if used {
+        record.expires_at.max(record.family_expires_at)
+    } else {
+        record.expires_at
+    }
 }
 
 /// Until when (unix seconds) a code entry must be kept: its used-marker

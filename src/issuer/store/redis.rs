@@ -5,8 +5,8 @@
 //!
 //! | key                              | value               | expires at (`EXAT`)        |
 //! |----------------------------------|---------------------|----------------------------|
-//! | `scopegate:rt:<digest>`          | refresh record JSON | `max(expires_at, family_expires_at)` |
-//! | `scopegate:rt:used:<digest>`     | `1`                 | same                       |
+//! | `scopegate:rt:<digest>`          | refresh record JSON | `expires_at`; once used, `max(expires_at, family_expires_at)` |
+//! | `scopegate:rt:used:<digest>`     | `1`                 | `max(expires_at, family_expires_at)` |
 //! | `scopegate:ac:<digest>`          | code record JSON    | `expires_at` + replay grace |
 //! | `scopegate:ac:used:<digest>`     | `1`                 | same                       |
 //! | `scopegate:revoked:family:<id>`  | until               | until                      |
@@ -147,7 +147,7 @@ impl RedisStore {
         };
         let record: RefreshRecord = decode(&bytes)?;
         let now = now_secs();
-        let live = now < record.expires_at && now < record.retain();
+        let live = now < record.expires_at && now < record.retain(used);
         Ok(live.then_some((record, used)))
     }
 
@@ -204,27 +204,44 @@ impl RedisStore {
             .map_err(backend)
     }
 
-    /// Writes a record (its used-marker, if any, is a separate key and stays).
+    /// Writes a record (its used-marker, if any, is a separate key and
+    /// stays, and then the record is kept as long as the marker).
     async fn put<T: Expiring + Serialize>(
         &self,
         space: Space,
         digest: &Digest,
         record: &T,
     ) -> Result<(), StoreError> {
-        let retain = record.retain();
-        if retain <= now_secs() {
+        let (unused, used) = (record.retain(false), record.retain(true));
+        if used <= now_secs() {
             return Ok(());
         }
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (key, _) = space.keys(digest);
-        ::redis::cmd("SET")
+        let (key, used_key) = space.keys(digest);
+        let mut conn = self.conn();
+        let (marked,): (bool,) = ::redis::pipe()
+            .atomic()
+            .cmd("SET")
             .arg(&key)
             .arg(bytes)
             .arg("EXAT")
-            .arg(retain.min(MAX_EXAT))
-            .query_async::<()>(&mut self.conn())
+            .arg(unused.clamp(1, MAX_EXAT))
+            .ignore()
+            .cmd("EXISTS")
+            .arg(&used_key)
+            .query_async(&mut conn)
             .await
-            .map_err(backend)
+            .map_err(backend)?;
+        if marked && used != unused {
+            ::redis::cmd("EXPIREAT")
+                .arg(&key)
+                .arg(used.min(MAX_EXAT))
+                .arg("GT")
+                .query_async::<()>(&mut conn)
+                .await
+                .map_err(backend)?;
+        }
+        Ok(())
     }
 
     /// Consumes a single-use entry: the record decides whether it is still
@@ -246,7 +263,7 @@ impl RedisStore {
         };
         let record: T = decode(&bytes)?;
         let now = now_secs();
-        let retain = record.retain();
+        let retain = record.retain(true);
         if now >= retain {
             return Ok(Use::NotFound);
         }
@@ -263,12 +280,21 @@ impl RedisStore {
                 Use::NotFound
             });
         }
-        let set: Option<String> = ::redis::cmd("SET")
+        // The marker, and the record with it (kept only until it expired
+        // while unused), now last as long as a replay must be recognised.
+        let (set,): (Option<String>,) = ::redis::pipe()
+            .atomic()
+            .cmd("SET")
             .arg(&used_key)
             .arg(1)
             .arg("NX")
             .arg("EXAT")
             .arg(retain.min(MAX_EXAT))
+            .cmd("EXPIREAT")
+            .arg(&key)
+            .arg(retain.min(MAX_EXAT))
+            .arg("GT")
+            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(backend)?;
