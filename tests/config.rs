@@ -356,6 +356,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "redirect_uris",
         ),
         (
+            "max_connections beyond what the server can count",
+            format!("{base}server:\n  max_connections: 3000000000000000000\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:20",
+            "max_connections must be between 1 and 1000000",
+        ),
+        (
+            "workers beyond any machine",
+            format!("{base}server:\n  workers: 100000\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:12",
+            "workers must be between",
+        ),
+        (
             "a username that is also a client_id",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: alice\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I\"\n".into(),
             "10:17",

@@ -213,8 +213,8 @@ pub struct RawServer {
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: Spanned<usize>,
     /// Runtime worker threads; 0 means one per core.
-    #[serde(default)]
-    pub workers: usize,
+    #[serde(default = "default_workers")]
+    pub workers: Spanned<usize>,
     /// How long in-flight requests may take to finish at shutdown.
     #[serde(default = "default_shutdown_grace", with = "bounded_duration")]
     pub shutdown_grace: Duration,
@@ -239,7 +239,7 @@ impl Default for RawServer {
             listen: default_listen(),
             tls: None,
             max_header_bytes: default_max_header_bytes(),
-            workers: 0,
+            workers: default_workers(),
             shutdown_grace: default_shutdown_grace(),
             shutdown_delay: default_shutdown_delay(),
             header_read_timeout: default_header_read_timeout(),
@@ -509,6 +509,10 @@ fn default_max_header_bytes() -> Spanned<usize> {
 }
 fn default_idle_timeout() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(60)))
+}
+
+fn default_workers() -> Spanned<usize> {
+    unspanned(0)
 }
 
 fn default_max_connections() -> Spanned<usize> {

@@ -672,6 +672,14 @@ fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteS
 /// The most clock skew an issuer's `leeway` may allow for.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
 
+/// The most client connections `max_connections` may allow: far beyond what
+/// one process's file descriptors hold, and well within what the
+/// connection semaphore can count.
+const MAX_CONNECTIONS: usize = 1_000_000;
+
+/// The most runtime threads `workers` may ask for.
+const MAX_WORKERS: usize = 1024;
+
 /// A registered redirect URI (RFC 6749 3.1.2): absolute, without fragment,
 /// and `https`, `http`, or a private-use scheme of a native app (RFC 8252
 /// 7.1: reverse domain name, so it has a dot); never one a browser would run
@@ -953,10 +961,16 @@ impl Validator<'_> {
                 "max_header_bytes must be between 8192 and 1048576",
             ));
         }
-        if s.max_connections.value == 0 {
+        if !(1..=MAX_CONNECTIONS).contains(&s.max_connections.value) {
             return Err(self.err(
                 s.max_connections.referenced,
-                "max_connections must be at least 1",
+                format!("max_connections must be between 1 and {MAX_CONNECTIONS}"),
+            ));
+        }
+        if s.workers.value > MAX_WORKERS {
+            return Err(self.err(
+                s.workers.referenced,
+                format!("workers must be between 0 (one per core) and {MAX_WORKERS}"),
             ));
         }
         self.positive(
@@ -973,7 +987,7 @@ impl Validator<'_> {
             listen,
             tls,
             max_header_bytes,
-            workers: s.workers,
+            workers: s.workers.value,
             shutdown_grace: s.shutdown_grace,
             shutdown_delay: s.shutdown_delay,
             header_read_timeout: s.header_read_timeout.value.0,
