@@ -519,6 +519,39 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
     assert_eq!(body_failures("body"), f64::from(cut_off), "{text}");
 }
 
+/// `connect_timeout` bounds the whole connect, TLS handshake included: an
+/// https upstream whose port takes the TCP connection but never answers the
+/// handshake (a hung process, a balancer before a dead backend) gets 504
+/// counted as `connect_timeout` within it, not after the request timeout.
+#[tokio::test]
+async fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((stream, _)) = listener.accept().await {
+            held.push(stream);
+        }
+    });
+    let yaml = yaml(&world.jwks.uri(), upstream, "", "")
+        .replace("url: http://", "url: https://")
+        .replace("    request_timeout: 5s\n", "    request_timeout: 60s\n");
+    let gw = Gateway::start(&yaml).await;
+    let reply = get(&gw.url("/files/x"), &[]).await.unwrap();
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    let text = gw.metrics().await;
+    let errors = |kind| {
+        metric(
+            &text,
+            "scopegate_upstream_errors_total",
+            &[("upstream", "app"), ("kind", kind)],
+        )
+    };
+    assert_eq!(errors("connect_timeout"), 1.0, "{text}");
+    assert_eq!(errors("timeout"), 0.0, "{text}");
+}
+
 /// An upstream that answers `ok` as soon as it has a request head, without
 /// reading the body, then reports whether the gateway closed the connection
 /// (within `bound`) or kept it open.

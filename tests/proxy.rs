@@ -747,6 +747,23 @@ async fn forwarding_headers_are_set() {
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
 
+    // An absolute-form target's authority, not Host, is what the client
+    // asked for (RFC 9112 3.2.2).
+    let reply = raw_reply(
+        gw.addr,
+        &request(
+            "GET",
+            "http://api.example.com/orders/42",
+            &[("Authorization", &auth)],
+        ),
+    )
+    .await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(
+        world.upstream.last().headers["x-forwarded-host"],
+        "api.example.com"
+    );
+
     // Through the ordinary client, the original Host is the gateway's address.
     let reply = get_with_token(&gw.url("/orders/42"), &world.token("orders:read")).await;
     assert_eq!(reply.status, 200);
@@ -1700,6 +1717,85 @@ async fn a_silent_http2_upstream_connection_is_replaced() {
         "{statuses:?}"
     );
     assert_eq!(accepted.load(Ordering::SeqCst), 2);
+}
+
+/// What [`body_recording_upstream`] saw of each request: its version, body
+/// and trailers.
+type SeenBodies = Arc<Mutex<Vec<(http::Version, Vec<u8>, Option<http::HeaderMap>)>>>;
+
+/// An upstream that records each request's version, body and trailers.
+async fn body_recording_upstream(seen: SeenBodies) -> SocketAddr {
+    serve_fn(move |req: Request<Incoming>| {
+        let seen = Arc::clone(&seen);
+        async move {
+            let version = req.version();
+            let collected = req.into_body().collect().await.unwrap();
+            let trailers = collected.trailers().cloned();
+            let body = collected.to_bytes().to_vec();
+            seen.lock().unwrap().push((version, body, trailers));
+            Response::new(full_body("ok"))
+        }
+    })
+    .await
+}
+
+/// A GET with a chunked body (Elasticsearch's search, for one) reaches an
+/// HTTP/1.1 upstream with its body: hyper would send a GET body of unknown
+/// length as `Content-Length: 0` and drop it.
+#[tokio::test]
+async fn a_get_body_of_unknown_length_reaches_an_http1_upstream() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = body_recording_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let auth = bearer(&world.token("orders:read"));
+    let mut bytes = request(
+        "GET",
+        "/orders/1",
+        &[("Authorization", &auth), ("Transfer-Encoding", "chunked")],
+    );
+    bytes.extend_from_slice(b"5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    let reply = raw_reply(gw.addr, &bytes).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, http::Version::HTTP_11);
+    assert_eq!(seen[0].1, b"hello world");
+}
+
+/// Request trailers are dropped: to an HTTP/2 upstream they would carry
+/// fields the request head may not (a spoofed identity header, a method
+/// override) past the gateway's header hygiene.
+#[tokio::test]
+async fn request_trailers_do_not_reach_an_http2_upstream() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = body_recording_upstream(Arc::clone(&seen)).await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let auth = bearer(&world.token("orders:write"));
+    let mut bytes = request(
+        "POST",
+        "/orders/1",
+        &[
+            ("Authorization", &auth),
+            ("Transfer-Encoding", "chunked"),
+            ("Trailer", "X-Auth-Subject"),
+        ],
+    );
+    bytes.extend_from_slice(
+        b"5\r\nhello\r\n0\r\nX-Auth-Subject: admin\r\nX-HTTP-Method-Override: DELETE\r\n\r\n",
+    );
+    let reply = raw_reply(gw.addr, &bytes).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = seen.lock().unwrap();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].0, http::Version::HTTP_2);
+    assert_eq!(seen[0].1, b"hello");
+    assert_eq!(seen[0].2, None, "trailers reached the upstream");
 }
 
 /// gRPC: `te: trailers` from an HTTP/2 client reaches an HTTP/2 upstream

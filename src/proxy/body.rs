@@ -206,7 +206,18 @@ impl Body for ClientBody {
         let Some(inner) = this.inner.as_mut() else {
             return Poll::Ready(None);
         };
-        match Pin::new(inner).poll_frame(cx) {
+        let mut polled = Pin::new(&mut *inner).poll_frame(cx);
+        // Request trailers are dropped (RFC 9110 6.5.1 lets a recipient
+        // discard them): they would reach an HTTP/2 upstream past the header
+        // hygiene of the request head, spoofed identity headers and all.
+        while let Poll::Ready(Some(Ok(frame))) = &polled {
+            if !frame.is_trailers() {
+                break;
+            }
+            this.idle.restart();
+            polled = Pin::new(&mut *inner).poll_frame(cx);
+        }
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 Poll::Ready(Some(Ok(frame)))

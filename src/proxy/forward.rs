@@ -50,6 +50,7 @@ impl Forwarder {
                         http2_only: config.http2_only,
                         max_idle: config.pool_max_idle_per_host,
                         idle_timeout: config.pool_idle_timeout,
+                        connect_timeout: config.connect_timeout,
                     },
                 );
                 let failures = |kind: &str| {

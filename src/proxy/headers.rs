@@ -247,9 +247,12 @@ pub fn prepare_upstream_request(
     authority: Option<&Authority>,
 ) -> bool {
     // Taken before hop-by-hop removal: `Connection: host` must not hide it.
-    let original_host = headers
-        .remove(HOST)
-        .or_else(|| authority.and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+    // A target's authority (absolute form, HTTP/2 `:authority`) wins over
+    // `Host` (RFC 9112 3.2.2, RFC 9113 8.3.1).
+    let host = headers.remove(HOST);
+    let original_host = authority
+        .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+        .or(host);
     // `te: trailers` is the one TE value passed on: gRPC servers refuse a
     // request without it (and it is the only one HTTP/2 allows).
     let te_trailers = headers.get_all(TE).iter().any(|v| {

@@ -27,9 +27,9 @@ use std::time::Duration;
 
 use arc_swap::ArcSwapOption;
 use crossbeam_queue::ArrayQueue;
-use http::header::{CONNECTION, HOST, TE};
+use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Request, Response, Uri, Version};
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
@@ -88,6 +88,8 @@ pub struct PoolSettings {
     /// A connection idle longer than this is not used again (it is closed
     /// after between this less one tick, and this).
     pub idle_timeout: Duration,
+    /// How long opening a connection may take: name lookup, TCP and TLS.
+    pub connect_timeout: Duration,
 }
 
 /// The pool of one upstream. Shared (`Arc`) with the response bodies that
@@ -122,6 +124,8 @@ pub struct UpstreamPool {
     /// one more tick and the idle timeout may have passed.
     idle_ticks: u64,
     sweeping: AtomicBool,
+    /// How long opening a connection may take: name lookup, TCP and TLS.
+    connect_timeout: Duration,
 }
 
 struct Idle {
@@ -200,6 +204,7 @@ impl UpstreamPool {
             http2_only,
             max_idle,
             idle_timeout,
+            connect_timeout,
         } = settings;
         let default_port = if scheme == Scheme::HTTPS { 443 } else { 80 };
         let host = match authority.port_u16() {
@@ -233,6 +238,7 @@ impl UpstreamPool {
             tick_period,
             idle_ticks: u64::try_from(idle_ticks).unwrap_or(u64::MAX).max(1),
             sweeping: AtomicBool::new(false),
+            connect_timeout,
         })
     }
 
@@ -292,6 +298,18 @@ impl UpstreamPool {
                             .append(CONNECTION, HeaderValue::from_static("te"));
                     }
                     *request.version_mut() = Version::HTTP_11;
+                    // hyper sends a GET or HEAD body of unknown length (a
+                    // chunked one, or HTTP/2 DATA without content-length)
+                    // as no body at all, `Content-Length: 0`, unless told.
+                    if matches!(*request.method(), Method::GET | Method::HEAD)
+                        && !http_body::Body::is_end_stream(request.body())
+                        && http_body::Body::size_hint(request.body()).exact().is_none()
+                        && !request.headers().contains_key(CONTENT_LENGTH)
+                    {
+                        request
+                            .headers_mut()
+                            .insert(TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+                    }
                     // Boxed, and only off a connection that sat idle: a busy
                     // pool's requests carry no copy.
                     let again = (was_idle
@@ -427,11 +445,21 @@ impl UpstreamPool {
         } else {
             &self.connector
         };
-        let io = connector
-            .clone()
-            .call(self.target.clone())
-            .await
-            .map_err(SendError::Connect)?;
+        // The connector's own timeout covers TCP alone: a name lookup or a
+        // TLS handshake that hangs would hold the request (and, to an HTTP/2
+        // upstream, every request waiting its turn) for the request timeout.
+        let io = tokio::time::timeout(
+            self.connect_timeout,
+            connector.clone().call(self.target.clone()),
+        )
+        .await
+        .map_err(|_| {
+            SendError::Connect(Box::new(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "connecting (name lookup, TCP and TLS) took longer than connect_timeout",
+            )))
+        })?
+        .map_err(SendError::Connect)?;
         if self.http2_only || io.connected().is_negotiated_h2() {
             if upgrade {
                 return Err(SendError::NoHttp1);
@@ -459,7 +487,11 @@ impl UpstreamPool {
             self.speaks_h2.store(true, Ordering::Relaxed);
             Ok(Sender::Http2 { sender, id })
         } else {
-            self.speaks_h2.store(false, Ordering::Relaxed);
+            // A connection opened for a protocol switch offered HTTP/1.1
+            // alone, so it says nothing of what the upstream speaks.
+            if !upgrade {
+                self.speaks_h2.store(false, Ordering::Relaxed);
+            }
             let (sender, connection) = http1::Builder::new().handshake(io).await?;
             tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
