@@ -1025,6 +1025,35 @@ async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
     assert_eq!(world.upstream.count(), 0);
 }
 
+/// A request whose client gives up before the answer (an HTTP/2 stream
+/// reset while the upstream is slow) is still counted, with status 499,
+/// under its route: hyper drops the request's future, and it used to leave
+/// no metric and no access-log line.
+#[tokio::test]
+async fn a_request_its_client_gave_up_on_is_counted_as_499() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    world.upstream.set_mode(UpstreamMode::Hang);
+    let request = Request::get(gw.url("/orders/42"))
+        .header("authorization", bearer(&world.token("orders:read")))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let pending = tokio::spawn(async move { client.request(request).await });
+    eventually("the upstream has the request", || async {
+        world.upstream.count() == 1
+    })
+    .await;
+    pending.abort();
+    let name = r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="499"}"#;
+    eventually("the abandoned request is counted", || async {
+        sample(&gw.metrics().await, name) == Some(1.0)
+    })
+    .await;
+}
+
 #[tokio::test]
 async fn hanging_upstream_is_504_and_the_gateway_keeps_serving() {
     let world = World::new().await;

@@ -193,7 +193,17 @@ impl Gateway {
         let started = Instant::now();
         let slot = method_slot(request.method());
         let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
-        let (route, outcome) = self.pipeline(request, client).await;
+        let matched = OnceLock::new();
+        let mut abandoned = Abandoned {
+            gateway: self,
+            matched: &matched,
+            started,
+            slot,
+            method,
+            armed: true,
+        };
+        let (route, outcome) = self.pipeline(request, client, &matched).await;
+        abandoned.armed = false;
         let (response, reason) = match outcome {
             Ok(response) => (response, "ok"),
             Err(error) => {
@@ -217,11 +227,12 @@ impl Gateway {
     }
 
     /// The phases. Returns the matched route (for labels) and the outcome.
-    async fn pipeline(
-        &self,
+    async fn pipeline<'a>(
+        &'a self,
         request: Request<Incoming>,
         client: &ClientInfo,
-    ) -> (Option<&Route>, Result<Response<Body>, GatewayError>) {
+        matched: &OnceLock<&'a Route>,
+    ) -> (Option<&'a Route>, Result<Response<Body>, GatewayError>) {
         if let Err(e) = check_framing(&request) {
             return (None, Err(e));
         }
@@ -273,6 +284,7 @@ impl Gateway {
             }
             Lookup::NotFound => return (None, Err(GatewayError::RouteNotFound)),
         };
+        let _ = matched.set(route);
 
         // 3. Authenticate (bearer routes only).
         let identity = match self.authenticate(route, &request).await {
@@ -486,5 +498,45 @@ fn method_slot(method: &Method) -> usize {
         Method::CONNECT => 7,
         Method::TRACE => 8,
         _ => 9,
+    }
+}
+
+/// Records a request whose client went away before its answer (an HTTP/2
+/// stream reset, a connection closed for idling or at the end of shutdown):
+/// hyper then drops the request's future, and without this the request
+/// would be missing from the metrics and the access log, just when an
+/// upstream was slow enough for clients to give up. Counted with status 499
+/// (nginx's "client closed request").
+struct Abandoned<'a> {
+    gateway: &'a Gateway,
+    matched: &'a OnceLock<&'a Route>,
+    started: Instant,
+    slot: usize,
+    method: &'static str,
+    /// Cleared once the pipeline answered.
+    armed: bool,
+}
+
+/// The status abandoned requests are counted with.
+const CLIENT_CLOSED: u16 = 499;
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let route = self.matched.get().copied();
+        let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
+        let elapsed = self.started.elapsed();
+        self.gateway
+            .record(route, self.slot, self.method, status, elapsed.as_secs_f64());
+        tracing::info!(
+            target: "scopegate::access",
+            route = route.map_or(UNMATCHED, |r| &*r.name),
+            method = self.method,
+            status = CLIENT_CLOSED,
+            reason = "client_closed",
+            latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+        );
     }
 }
