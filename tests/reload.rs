@@ -123,6 +123,60 @@ async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
     );
 }
 
+/// A reload that changes what the verified-token cache holds (a route's
+/// identity headers) keeps each unchanged issuer's loaded keys: it is not
+/// held up, or refused, because the identity provider is down just then,
+/// and it fetches nothing before it is ready.
+#[tokio::test]
+async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &world.config());
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let mut claims = claims("orders:read");
+    claims["tenant"] = "acme".into();
+    let token = world.key.mint(&claims).unwrap();
+    assert_eq!(
+        get_with_token(&gw.url("/orders/1"), &token).await.status,
+        200
+    );
+
+    world.jwks.set_mode(JwksMode::Fail);
+    let with_header = world.config().replace(
+        "    scopes: [orders:read]\n",
+        "    scopes: [orders:read]\n    forward:\n      identity_headers: { X-Tenant: tenant }\n",
+    );
+    assert_ne!(with_header, world.config());
+    kubelet_write(dir.path(), 2, &with_header);
+    let mut applied = false;
+    for _ in 0..400 {
+        let reply = get_with_token(&gw.url("/orders/2"), &token).await;
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        if world
+            .upstream
+            .last()
+            .headers
+            .get("x-tenant")
+            .is_some_and(|v| v == "acme")
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        applied,
+        "the reload was not applied while the provider was down"
+    );
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains("scopegate_config_reloads_total{result=\"success\"} 1"),
+        "{metrics}"
+    );
+}
+
 #[tokio::test]
 async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     let upstream = Upstream::start().await;

@@ -168,6 +168,11 @@ impl Introspector {
         }
     }
 
+    /// The endpoint in use, configured or discovered.
+    pub fn endpoint(&self) -> Option<Uri> {
+        self.endpoint.load().as_deref().cloned()
+    }
+
     /// True once an endpoint is known.
     pub fn is_ready(&self) -> bool {
         self.endpoint.load().is_some()

@@ -70,6 +70,8 @@ struct IssuerRuntime {
     require_typ: Option<String>,
     scope_claim: ScopeClaim,
     keys: Arc<IssuerKeys>,
+    /// [`crate::config::validate::Issuer::fingerprint`] of its config.
+    fingerprint: String,
 }
 
 /// Verifies bearer tokens for every configured issuer.
@@ -96,6 +98,7 @@ impl Authenticator {
         let mut runtime = Vec::with_capacity(issuers.len());
         let mut by_iss = HashMap::new();
         for (index, issuer) in issuers.into_iter().enumerate() {
+            let fingerprint = issuer.fingerprint();
             let keys = match &issuer.keys {
                 KeySource::Static(set) => {
                     IssuerKeys::fixed(Arc::clone(&issuer.name), Arc::clone(set))
@@ -138,6 +141,7 @@ impl Authenticator {
                 require_typ: issuer.require_typ,
                 scope_claim: issuer.scope_claim,
                 keys: Arc::new(keys),
+                fingerprint,
             });
         }
         Ok(Self {
@@ -148,6 +152,34 @@ impl Authenticator {
             metrics,
             background_stop: tokio::sync::watch::channel(false).0,
         })
+    }
+
+    /// Takes over from `previous` the key set and discovery results of
+    /// every issuer configured exactly as before, so that a reload changing
+    /// something else (a route's identity headers, the cache size) fetches
+    /// no keys and discovers nothing before it is ready, and does not wait
+    /// on an identity provider that happens to be down. The verified-token
+    /// caches start empty, since what they hold may depend on the change.
+    pub fn inherit_issuers(&mut self, previous: &Authenticator) {
+        use std::sync::atomic::Ordering;
+        for issuer in &mut self.issuers {
+            let Some(old) = previous
+                .issuers
+                .iter()
+                .find(|old| old.fingerprint == issuer.fingerprint)
+            else {
+                continue;
+            };
+            issuer.keys = Arc::clone(&old.keys);
+            if old.discovered.load(Ordering::Acquire) {
+                if let (Some(new), Some(old)) = (&issuer.introspector, &old.introspector) {
+                    if let Some(endpoint) = old.endpoint() {
+                        new.set_discovered_endpoint(endpoint);
+                    }
+                }
+                issuer.discovered.store(true, Ordering::Release);
+            }
+        }
     }
 
     /// Starts the background work: discovery (retried with backoff until it
@@ -161,7 +193,11 @@ impl Authenticator {
                 let Some(issuer) = this.issuers.get(index) else {
                     return;
                 };
-                if issuer.discovery && !this.discover_until_done(issuer, &mut stop).await {
+                let discovered = issuer.discovered.load(std::sync::atomic::Ordering::Acquire);
+                if issuer.discovery
+                    && !discovered
+                    && !this.discover_until_done(issuer, &mut stop).await
+                {
                     return;
                 }
                 if issuer.keys.has_uri() {

@@ -200,15 +200,25 @@ impl Config {
     /// secrets, identity claims, cache size): equal fingerprints mean a reload
     /// can keep the running key sets and caches.
     pub fn auth_fingerprint(&self) -> String {
-        let mut out = format!(
-            "{:?}|{:?}|{}",
-            self.issuers, self.identity_claims, self.cache_max_entries
-        );
+        let mut out = format!("{:?}|{}", self.identity_claims, self.cache_max_entries);
         for issuer in &self.issuers {
-            if let Some(i) = &issuer.introspection {
-                let digest = crate::auth::cache::digest(i.client_secret.expose());
-                out.push_str(&format!("|{digest:?}"));
-            }
+            out.push('|');
+            out.push_str(&issuer.fingerprint());
+        }
+        out
+    }
+}
+
+impl Issuer {
+    /// Identifies everything this issuer's key set, discovery and
+    /// introspection are built from (its secret by digest): an issuer with
+    /// an equal fingerprint after a reload keeps its loaded keys and what
+    /// discovery found.
+    pub fn fingerprint(&self) -> String {
+        let mut out = format!("{self:?}");
+        if let Some(i) = &self.introspection {
+            let digest = crate::auth::cache::digest(i.client_secret.expose());
+            out.push_str(&format!("|{digest:?}"));
         }
         out
     }

@@ -119,9 +119,13 @@ impl Gateway {
             }
             None => None,
         };
-        let auth = previous
-            .filter(|p| p.auth_fingerprint == config.auth_fingerprint())
-            .map(|p| Arc::clone(&p.auth));
+        let auth = match previous {
+            Some(p) if p.auth_fingerprint == config.auth_fingerprint() => {
+                Reuse::Whole(Arc::clone(&p.auth))
+            }
+            Some(p) => Reuse::Issuers(Arc::clone(&p.auth)),
+            None => Reuse::Nothing,
+        };
         // Off the runtime: building the clients and the TLS acceptor reads
         // CA bundles, certificates and keys.
         let tls = previous.and_then(|p| p.tls.clone());
@@ -138,18 +142,24 @@ impl Gateway {
     fn reusing(
         config: Config,
         metrics: Arc<Metrics>,
-        auth: Option<Arc<Authenticator>>,
+        auth: Reuse,
         tls: Option<&crate::server::tls::Inbound>,
     ) -> Result<Self, String> {
         let auth_fingerprint = config.auth_fingerprint();
         let auth = match auth {
-            Some(auth) => auth,
-            None => Arc::new(Authenticator::new(
-                config.issuers,
-                config.identity_claims,
-                config.cache_max_entries,
-                Arc::clone(&metrics),
-            )?),
+            Reuse::Whole(auth) => auth,
+            Reuse::Issuers(_) | Reuse::Nothing => {
+                let mut fresh = Authenticator::new(
+                    config.issuers,
+                    config.identity_claims,
+                    config.cache_max_entries,
+                    Arc::clone(&metrics),
+                )?;
+                if let Reuse::Issuers(previous) = &auth {
+                    fresh.inherit_issuers(previous);
+                }
+                Arc::new(fresh)
+            }
         };
         let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
         let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
@@ -499,6 +509,17 @@ fn method_slot(method: &Method) -> usize {
         Method::TRACE => 8,
         _ => 9,
     }
+}
+
+/// What a rebuilt gateway takes over from the one it replaces.
+enum Reuse {
+    /// The whole authenticator: its issuers, identity claims and cache size
+    /// are unchanged.
+    Whole(Arc<Authenticator>),
+    /// The key sets and discovery results of issuers configured as before.
+    Issuers(Arc<Authenticator>),
+    /// Nothing (the first build).
+    Nothing,
 }
 
 /// Records a request whose client went away before its answer (an HTTP/2
