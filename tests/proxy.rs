@@ -864,6 +864,10 @@ async fn bad_host_is_refused_and_the_connection_closed() {
             "Host with a path",
             b"GET /status HTTP/1.1\r\nHost: a.test/x\r\n\r\n",
         ),
+        (
+            "userinfo in an absolute target",
+            b"GET http://api.example.com@evil.test/status HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+        ),
     ];
     for (name, bytes) in cases {
         // No `Connection: close` from the client: the gateway must close.

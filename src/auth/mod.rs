@@ -156,9 +156,9 @@ impl Authenticator {
 
     /// Takes over from `previous` the key set and discovery results of
     /// every issuer configured exactly as before, so that a reload changing
-    /// something else (a route's identity headers, the cache size) fetches
-    /// no keys and discovers nothing before it is ready, and does not wait
-    /// on an identity provider that happens to be down. The verified-token
+    /// something else (a route's identity headers, the cache size) is ready
+    /// at once, without waiting on an identity provider that may be down.
+    /// (Its refresher fetches the keys again, in the background.) The verified-token
     /// caches start empty, since what they hold may depend on the change.
     pub fn inherit_issuers(&mut self, previous: &Authenticator) {
         use std::sync::atomic::Ordering;
@@ -177,7 +177,10 @@ impl Authenticator {
                         new.set_discovered_endpoint(endpoint);
                     }
                 }
-                issuer.discovered.store(true, Ordering::Release);
+                // Discovered again where it left something missing (an
+                // introspection endpoint): the metadata may have it now.
+                let complete = issuer.introspector.as_ref().is_none_or(|i| i.is_ready());
+                issuer.discovered.store(complete, Ordering::Release);
             }
         }
     }

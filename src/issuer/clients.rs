@@ -321,7 +321,18 @@ impl ClientAuthenticator {
         };
         match (&client.secret_hash, &p.secret) {
             (None, None) if allow_public => Ok(Arc::new(client.clone())),
-            (None, _) => Err(failed(&p, "a public client cannot authenticate here")),
+            (None, secret) => {
+                // A made-up secret costs what a wrong one does, so the time
+                // of the answer does not tell public ids; it is not counted
+                // (the limit would tell them after five tries, which is no
+                // secret: a public client's id is in its app).
+                if let Some(secret) = secret {
+                    if self.verify_password(None, secret).await.is_err() {
+                        return Err(OAuthError::busy());
+                    }
+                }
+                Err(failed(&p, "a public client cannot authenticate here"))
+            }
             (Some(_), None) => Err(failed(&p, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no

@@ -374,6 +374,15 @@ fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
             "path pattern `{path}` has non-ASCII characters, which case-insensitive matching cannot fold as every server does"
         ));
     }
+    if let Some(c) = path
+        .chars()
+        .find(|c| matches!(c, ' ' | '<' | '>' | '`' | '?'))
+    {
+        return Err(format!(
+            "path pattern `{path}` holds a raw `{c}`, which no request path can (write %{:02X})",
+            u32::from(c)
+        ));
+    }
     if path.contains("%3B") {
         return Err(format!(
             "path pattern `{path}` has an escaped `;` (%3B), which a server that decodes before routing (Go) reads as the raw `;` that others take for parameters: no request spelling routes the same everywhere"
@@ -1312,6 +1321,13 @@ mod tests {
             ("/s/a%5Bb%5D", "routed as `/s/a[b]`"),
             ("/s/a%5E%7C%22", "routed as `/s/a^|\"`"),
             ("/a%3Bb", "escaped `;`"),
+            (
+                "/search/a<b>",
+                "raw `<`, which no request path can (write %3C)",
+            ),
+            ("/a b", "write %20"),
+            ("/a`b", "write %60"),
+            ("/a?b", "write %3F"),
             ("/a/%7Bid%7D", "literal brace as `{{` or `}}`"),
             ("/a/%2F", "encoded slash"),
             ("/a\\b", "backslash"),

@@ -457,16 +457,23 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     if smuggled || lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
         return Err(GatewayError::AmbiguousFraming);
     }
+    // With no userinfo (`@`, RFC 9110 4.2.4), the host is empty exactly
+    // when the authority starts with the port's colon. A target's authority
+    // (absolute form, HTTP/2 `:authority`) is held to the same rule: it is
+    // what `X-Forwarded-Host` carries.
+    let usable =
+        |a: &http::uri::Authority| !a.as_str().contains('@') && !a.as_str().starts_with(':');
+    if request.uri().authority().is_some_and(|a| !usable(a)) {
+        return Err(GatewayError::BadHost);
+    }
     let mut hosts = headers.get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(GatewayError::BadHost),
         (Some(host), None) => {
-            // With no userinfo (`@`), the host is empty exactly when the
-            // authority starts with the port's colon.
             let valid = std::str::from_utf8(host.as_bytes())
                 .ok()
                 .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| !a.as_str().contains('@') && !a.as_str().starts_with(':'));
+                .is_some_and(|a| usable(&a));
             if !valid {
                 return Err(GatewayError::BadHost);
             }
@@ -522,8 +529,9 @@ enum Reuse {
     Nothing,
 }
 
-/// Records a request whose client went away before its answer (an HTTP/2
-/// stream reset, a connection closed for idling or at the end of shutdown):
+/// Records a request whose answer never came: its client went away (an
+/// HTTP/2 stream reset, a closed connection), or its connection was closed
+/// under it (an idle or stalled connection, the end of shutdown grace):
 /// hyper then drops the request's future, and without this the request
 /// would be missing from the metrics and the access log, just when an
 /// upstream was slow enough for clients to give up. Counted with status 499
@@ -543,7 +551,8 @@ const CLIENT_CLOSED: u16 = 499;
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
-        if !self.armed {
+        // A panic is not a client leaving (and is reported as such).
+        if !self.armed || std::thread::panicking() {
             return;
         }
         let route = self.matched.get().copied();

@@ -393,7 +393,11 @@ fn purge_slot<T: Expiring + DeserializeOwned>(
     let mut table = txn.open_table(def).db()?;
     let due = match table.get(digest).db()? {
         Some(bytes) => {
-            decode::<T>(bytes.value()).map_or(true, |s| s.record.retain(s.used) == retain)
+            // Due when its own keep-until is too: an entry moved to a later
+            // one since (used) has another index entry. `<=`, not `==`: a file
+            // written before unused tokens were kept only until they expire
+            // has them indexed at their family's end.
+            decode::<T>(bytes.value()).map_or(true, |s| s.record.retain(s.used) <= retain)
         }
         None => false,
     };
@@ -452,6 +456,36 @@ mod tests {
             txn.open_table(ACCESS).unwrap().len().unwrap(),
             txn.open_table(EXPIRY).unwrap().len().unwrap(),
         ]
+    }
+
+    /// A file written when unused refresh tokens were indexed at their
+    /// family's end: such an entry goes when that index entry comes due,
+    /// though its own keep-until (its expiry) is earlier.
+    #[tokio::test]
+    async fn entries_indexed_at_their_familys_end_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let t = now_secs();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(REFRESH).unwrap();
+            let bytes = encode(&Stored {
+                record: record(t - 100, t - 50),
+                used: false,
+            })
+            .unwrap();
+            table.insert(&[7; 32], bytes.as_slice()).unwrap();
+            let mut expiry = txn.open_table(EXPIRY).unwrap();
+            expiry
+                .insert(expiry_key(t - 50, TAG_REFRESH, &[7; 32]).as_slice(), ())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        store
+            .put_refresh(&[8; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        assert_eq!(counts(&store.db), [1, 0, 0, 0, 1]);
     }
 
     #[tokio::test]

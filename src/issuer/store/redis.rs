@@ -282,6 +282,9 @@ impl RedisStore {
         }
         // The marker, and the record with it (kept only until it expired
         // while unused), now last as long as a replay must be recognised.
+        // Written again rather than extended: a record that expired since
+        // it was read would otherwise be gone with its marker set, and a
+        // replay would read as unknown instead of revoking the grant.
         let (set,): (Option<String>,) = ::redis::pipe()
             .atomic()
             .cmd("SET")
@@ -290,10 +293,11 @@ impl RedisStore {
             .arg("NX")
             .arg("EXAT")
             .arg(retain.min(MAX_EXAT))
-            .cmd("EXPIREAT")
+            .cmd("SET")
             .arg(&key)
+            .arg(&bytes)
+            .arg("EXAT")
             .arg(retain.min(MAX_EXAT))
-            .arg("GT")
             .ignore()
             .query_async(&mut conn)
             .await
