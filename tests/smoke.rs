@@ -79,6 +79,47 @@ async fn a_silent_admin_connection_is_closed() {
     assert_eq!(gw.readyz().await, 200);
 }
 
+/// Connections kept busy on the admin listener (64 of them, each sending a
+/// request every half second, as a runaway scraper or an attacker would)
+/// do not keep a probe's new connection waiting: beyond 64, a new one
+/// closes the oldest. Before, the probe waited in the backlog for good, and
+/// the kubelet would restart the pod.
+#[tokio::test]
+async fn busy_admin_connections_do_not_keep_probes_waiting() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let request = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        let mut stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+        stream.write_all(request).await.unwrap();
+        let mut buf = [0u8; 512];
+        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        held.push(stream);
+    }
+    let busy = tokio::spawn(async move {
+        let mut buf = [0u8; 512];
+        loop {
+            for stream in &mut held {
+                if stream.write_all(request).await.is_ok() {
+                    let _ = tokio::time::timeout(
+                        std::time::Duration::from_millis(100),
+                        stream.read(&mut buf),
+                    )
+                    .await;
+                }
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        }
+    });
+    let probe = tokio::time::timeout(std::time::Duration::from_secs(20), gw.readyz())
+        .await
+        .expect("the probe waited behind busy admin connections");
+    assert_eq!(probe, 200);
+    busy.abort();
+}
+
 /// `scopegate demo` (the README's first command) prints shell steps; steps
 /// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
 /// 401 and 200. Its default admin port (9090, Prometheus's) is taken here,

@@ -1,8 +1,9 @@
 //! The admin listener: `GET /metrics`, `/healthz` (alive), `/readyz` (keys
 //! loaded and not shutting down).
 
+use std::collections::VecDeque;
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -12,14 +13,22 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 
 use super::metrics::Metrics;
 
 /// Answers whether the gateway should receive traffic.
 pub type ReadinessProbe = Arc<dyn Fn() -> bool + Send + Sync>;
 
-/// Admin connections open at once; more wait in the listen backlog.
+/// Admin connections kept open at once: a new one beyond them closes the
+/// oldest, so connections held open (by a scraper gone wrong, or on
+/// purpose) cannot keep the kubelet's probes waiting in the backlog until
+/// their timeout, and the pod restarted.
 const MAX_CONNECTIONS: usize = 64;
+/// The admin connections open, oldest first: an id and the signal that
+/// closes it.
+type OpenConnections = Mutex<VecDeque<(u64, Arc<Notify>)>>;
+
 /// The longest an admin connection stays open (a scraper reconnects).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
@@ -34,7 +43,11 @@ pub async fn serve(
     header_read_timeout: Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    // A hard bound on connection tasks, well above MAX_CONNECTIONS: closing
+    // the oldest takes a moment.
+    let slots = Arc::new(tokio::sync::Semaphore::new(2 * MAX_CONNECTIONS));
+    let open: Arc<OpenConnections> = Arc::default();
+    let mut next_id: u64 = 0;
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -53,6 +66,18 @@ pub async fn serve(
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
+        let id = next_id;
+        next_id = next_id.wrapping_add(1);
+        let close = Arc::new(Notify::new());
+        {
+            let mut open = open.lock().unwrap_or_else(PoisonError::into_inner);
+            if open.len() >= MAX_CONNECTIONS {
+                if let Some((_, oldest)) = open.pop_front() {
+                    oldest.notify_one();
+                }
+            }
+            open.push_back((id, Arc::clone(&close)));
+        }
         let metrics = Arc::clone(&metrics);
         let ready = Arc::clone(&ready);
         let connection = builder.serve_connection(
@@ -62,8 +87,16 @@ pub async fn serve(
                 async move { Ok::<_, Infallible>(response) }
             }),
         );
+        let open = Arc::clone(&open);
         tokio::spawn(async move {
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
+                // Closed to make room: dropped, in whatever state it is.
+                () = close.notified() => {}
+            }
+            open.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|(open_id, _)| *open_id != id);
             drop(slot);
         });
     }
