@@ -326,6 +326,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "reserved",
         ),
         (
+            "a route named like the built-in server's requests",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    name: authorization_server\n"),
+            "10:5",
+            "reserved",
+        ),
+        (
             "a leeway of an hour",
             format!("{ISSUER}    leeway: 1h\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
             "2:5",

@@ -1736,6 +1736,17 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
         json!(["orders:read", "orders:write"])
     );
     assert_eq!(s.upstream.count(), 0);
+    // Counted as what it is, not as a request no route matched.
+    let text = s.gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "scopegate_requests_total",
+            &[("route", "resource_metadata"), ("status", "200")]
+        ),
+        1.0,
+        "{text}"
+    );
 
     let missing = get(&s.gw.url("/orders/1"), &[]).await.unwrap();
     assert_eq!(missing.status, 401);

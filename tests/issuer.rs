@@ -1164,6 +1164,34 @@ async fn requests_without_a_secret_do_not_count_as_failures() {
 // JWKS, metadata, signing keys
 // ---------------------------------------------------------------------------
 
+/// The built-in server's endpoints have a route label of their own in the
+/// request metrics, so its failures (a full store's 503, a flood of 401s)
+/// are not lost among 404 scans under `unmatched`.
+#[tokio::test]
+async fn authorization_server_requests_are_labelled_as_such() {
+    let (_upstream, gw) = start("").await;
+    client_credentials(&gw, "svc").await;
+    let r = token_request(
+        &gw,
+        "grant_type=client_credentials&client_id=svc&client_secret=wrong",
+    )
+    .await;
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert_eq!(get(&gw.url("/nowhere"), &[]).await.unwrap().status, 404);
+    let text = gw.metrics().await;
+    let requests = |route, status| {
+        metric(
+            &text,
+            "scopegate_requests_total",
+            &[("route", route), ("status", status)],
+        )
+    };
+    assert_eq!(requests("authorization_server", "200"), 1.0, "{text}");
+    assert_eq!(requests("authorization_server", "401"), 1.0, "{text}");
+    assert_eq!(requests("unmatched", "404"), 1.0, "{text}");
+    assert_eq!(requests("unmatched", "200"), 0.0, "{text}");
+}
+
 #[tokio::test]
 async fn jwks_and_authorization_server_metadata() {
     let (_upstream, gw) = start("").await;

@@ -1706,10 +1706,10 @@ impl Validator<'_> {
             Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),
         };
         let name = match &raw.name {
-            Some(n) if n == crate::server::pipeline::UNMATCHED => {
+            Some(n) if crate::server::pipeline::RESERVED_ROUTE_NAMES.contains(&n.as_str()) => {
                 return Err(self.err(
                     spanned.referenced,
-                    format!("route name `{n}` is reserved: it labels requests no route matched"),
+                    format!("route name `{n}` is reserved: it labels requests no route serves (unmatched ones, the built-in authorization server's, the resource metadata)"),
                 ))
             }
             Some(n) if !n.is_empty() => n.clone(),

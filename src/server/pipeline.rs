@@ -62,6 +62,15 @@ impl HotMetrics {
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
 
+/// Route label for the built-in authorization server's endpoints.
+pub const AUTHORIZATION_SERVER: &str = "authorization_server";
+
+/// Route label for the RFC 9728 protected resource metadata document.
+pub const RESOURCE_METADATA: &str = "resource_metadata";
+
+/// The route labels no configured route may take.
+pub const RESERVED_ROUTE_NAMES: [&str; 3] = [UNMATCHED, AUTHORIZATION_SERVER, RESOURCE_METADATA];
+
 /// A reload of a server without configured keys would generate a new key and
 /// end every token the running one signed: it keeps the running key instead
 /// (and so, the issuer's keys being the same, the verified-token cache).
@@ -204,6 +213,9 @@ impl Gateway {
         let slot = method_slot(request.method());
         let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
         let matched = OnceLock::new();
+        // The label of a request no route serves: set by the built-in
+        // endpoints, else `unmatched`.
+        let mut served_by = UNMATCHED;
         let mut abandoned = Abandoned {
             gateway: self,
             matched: &matched,
@@ -212,7 +224,9 @@ impl Gateway {
             method,
             armed: true,
         };
-        let (route, outcome) = self.pipeline(request, client, &matched).await;
+        let (route, outcome) = self
+            .pipeline(request, client, &matched, &mut served_by)
+            .await;
         abandoned.armed = false;
         let (response, reason) = match outcome {
             Ok(response) => (response, "ok"),
@@ -221,10 +235,17 @@ impl Gateway {
                 (error.into_response(&self.challenge), reason)
             }
         };
-        let route_name = route.map_or(UNMATCHED, |r| &r.name);
+        let route_name = route.map_or(served_by, |r| &r.name);
         let status = response.status();
         let elapsed = started.elapsed();
-        self.record(route, slot, method, status, elapsed.as_secs_f64());
+        self.record(
+            route,
+            served_by,
+            slot,
+            method,
+            status,
+            elapsed.as_secs_f64(),
+        );
         tracing::info!(
             target: "scopegate::access",
             route = route_name,
@@ -242,6 +263,7 @@ impl Gateway {
         request: Request<Incoming>,
         client: &ClientInfo,
         matched: &OnceLock<&'a Route>,
+        served_by: &mut &'static str,
     ) -> (Option<&'a Route>, Result<Response<Body>, GatewayError>) {
         if let Err(e) = check_framing(&request) {
             return (None, Err(e));
@@ -254,6 +276,7 @@ impl Gateway {
         };
         if let Some((_, server)) = &self.authorization_server {
             if server.owns(&path) {
+                *served_by = AUTHORIZATION_SERVER;
                 let path = path.into_owned();
                 // Boxed: the endpoints' futures are large, and inline they
                 // would be moved with every proxied request's future.
@@ -262,6 +285,7 @@ impl Gateway {
         }
         if let Some(resource) = &self.resource {
             if *path == *resource.path && request.method() == Method::GET {
+                *served_by = RESOURCE_METADATA;
                 return (None, Ok(resource_metadata_response(resource)));
             }
         }
@@ -381,6 +405,7 @@ impl Gateway {
     fn record(
         &self,
         route: Option<&Route>,
+        served_by: &'static str,
         slot: usize,
         method: &'static str,
         status: StatusCode,
@@ -390,11 +415,11 @@ impl Gateway {
         let (Some(route), Some((histogram, by_method))) = (route, hot) else {
             self.metrics
                 .requests
-                .with_label_values(&[UNMATCHED, method, status.as_str()])
+                .with_label_values(&[served_by, method, status.as_str()])
                 .inc();
             self.metrics
                 .request_duration
-                .with_label_values(&[UNMATCHED])
+                .with_label_values(&[served_by])
                 .observe(secs);
             return;
         };
@@ -558,8 +583,14 @@ impl Drop for Abandoned<'_> {
         let route = self.matched.get().copied();
         let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
         let elapsed = self.started.elapsed();
-        self.gateway
-            .record(route, self.slot, self.method, status, elapsed.as_secs_f64());
+        self.gateway.record(
+            route,
+            UNMATCHED,
+            self.slot,
+            self.method,
+            status,
+            elapsed.as_secs_f64(),
+        );
         tracing::info!(
             target: "scopegate::access",
             route = route.map_or(UNMATCHED, |r| &*r.name),
