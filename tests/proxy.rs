@@ -1058,6 +1058,36 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     .await;
 }
 
+/// `request_timeout` runs from the end of the request body: an upload that
+/// takes longer than it (here 4 s of steady bytes against 2 s) reaches the
+/// upstream and gets its answer, where it used to get 504 mid-upload.
+#[tokio::test]
+async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    let config = world.config();
+    assert!(config.contains("    request_timeout: 2s\n"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:write"));
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: 8\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in b"uploaded" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = RawReply::parse(&String::from_utf8_lossy(&answer));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(world.upstream.last().body_len, 8);
+}
+
 #[tokio::test]
 async fn hanging_upstream_is_504_and_the_gateway_keeps_serving() {
     let world = World::new().await;

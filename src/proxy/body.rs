@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -169,11 +170,17 @@ pub enum ClientBodyError {
     Idle(Duration),
 }
 
+/// When a request body was all read, for the request timeout to start
+/// from ([`ClientBody::upload_end`]).
+pub type UploadEnd = Arc<OnceLock<Instant>>;
+
 /// A client's request body with an idle timeout between frames.
 pub struct ClientBody {
     /// `None`: no body (a bodiless request sent again).
     inner: Option<Incoming>,
     idle: IdleTimer,
+    /// Set when the body has been read to its end, if anyone asked.
+    upload_end: Option<UploadEnd>,
 }
 
 impl ClientBody {
@@ -182,7 +189,17 @@ impl ClientBody {
         Self {
             inner: Some(inner),
             idle: IdleTimer::new(idle_timeout),
+            upload_end: None,
         }
+    }
+
+    /// When the body will have been read to its end; `None` for a body that
+    /// is already at its end (no allocation then, as for most requests).
+    pub fn upload_end(&mut self) -> Option<UploadEnd> {
+        if http_body::Body::is_end_stream(self) {
+            return None;
+        }
+        Some(Arc::clone(self.upload_end.get_or_insert_default()))
     }
 
     /// No body: for sending a bodiless request again.
@@ -190,6 +207,15 @@ impl ClientBody {
         Self {
             inner: None,
             idle: IdleTimer::new(Duration::ZERO),
+            upload_end: None,
+        }
+    }
+}
+
+impl ClientBody {
+    fn ended(&self) {
+        if let Some(end) = &self.upload_end {
+            let _ = end.set(Instant::now());
         }
     }
 }
@@ -220,10 +246,16 @@ impl Body for ClientBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
+                if inner.is_end_stream() {
+                    this.ended();
+                }
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.ended();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 ready!(this.idle.poll_expired(cx));
                 Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.timeout))))

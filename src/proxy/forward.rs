@@ -100,12 +100,14 @@ impl Forwarder {
             None
         };
         parts.uri = upstream_uri(&upstream.config, &parts.uri, canonical_path)?;
-        let body = ClientBody::new(body, upstream.config.body_idle_timeout);
+        let mut body = ClientBody::new(body, upstream.config.body_idle_timeout);
+        let upload_end = body.upload_end();
         let outbound = Request::from_parts(parts, body);
 
-        let sent = tokio::time::timeout(
-            upstream.config.request_timeout,
+        let sent = within_request_timeout(
             upstream.pool.send(outbound, upgrade),
+            upstream.config.request_timeout,
+            upload_end.as_deref(),
         )
         .await;
         let (mut response, lease) = match sent {
@@ -226,6 +228,36 @@ fn upstream_uri(
 /// metric kind: timeouts are 504, other upstream failures 502; a
 /// request body the client let stall is 408, one that broke off 400 (`None`:
 /// not the upstream's failure).
+/// Waits for the upstream's answer for `timeout` from when the request
+/// body was all sent (from now, for a request without one), so that an
+/// upload longer than the timeout is not cut off with 504: while it runs,
+/// `body_idle_timeout` bounds its stalls instead.
+async fn within_request_timeout<F: std::future::Future>(
+    send: F,
+    timeout: std::time::Duration,
+    upload_end: Option<&std::sync::OnceLock<tokio::time::Instant>>,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    let Some(upload_end) = upload_end else {
+        return tokio::time::timeout(timeout, send).await;
+    };
+    let mut send = std::pin::pin!(send);
+    let mut deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match tokio::time::timeout_at(deadline, send.as_mut()).await {
+            Ok(out) => return Ok(out),
+            Err(elapsed) => {
+                deadline = match upload_end.get() {
+                    Some(end) if *end + timeout <= tokio::time::Instant::now() => {
+                        return Err(elapsed)
+                    }
+                    Some(end) => *end + timeout,
+                    None => tokio::time::Instant::now() + timeout,
+                };
+            }
+        }
+    }
+}
+
 fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
     let connecting = matches!(error, SendError::Connect(_));
