@@ -1088,6 +1088,51 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
     assert_eq!(world.upstream.last().body_len, 8);
 }
 
+/// An upstream that stops taking an upload (and never answers) still gets
+/// the request 504 once the upload made no progress for `request_timeout`:
+/// waiting for the upload's end must not wait for good.
+#[tokio::test]
+async fn an_upload_the_upstream_stopped_taking_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            // The head, and then nothing is read or written.
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            held.push(stream);
+        }
+    });
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let auth = bearer(&world.token("orders:write"));
+    let size = 64 << 20;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (mut read, mut write) = stream.into_split();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: {size}\r\n\r\n"
+    );
+    let uploading = tokio::spawn(async move {
+        write.write_all(head.as_bytes()).await.unwrap();
+        let chunk = vec![b'x'; 1 << 16];
+        for _ in 0..size / chunk.len() {
+            if write.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(BOUND, read.read(&mut answer))
+        .await
+        .expect("no answer: the gateway waited for the upload for good")
+        .unwrap();
+    let reply = RawReply::parse(&String::from_utf8_lossy(&answer[..n]));
+    assert_eq!(reply.status, 504, "{reply:?}");
+    uploading.abort();
+}
+
 #[tokio::test]
 async fn hanging_upstream_is_504_and_the_gateway_keeps_serving() {
     let world = World::new().await;

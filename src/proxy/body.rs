@@ -10,6 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -170,9 +171,19 @@ pub enum ClientBodyError {
     Idle(Duration),
 }
 
-/// When a request body was all read, for the request timeout to start
-/// from ([`ClientBody::upload_end`]).
-pub type UploadEnd = Arc<OnceLock<Instant>>;
+/// How far the upload of a request body has got, for the request timeout
+/// to start from its end ([`ClientBody::upload_end`]).
+#[derive(Debug, Default)]
+pub struct Upload {
+    /// When the body was read to its end.
+    pub ended: OnceLock<Instant>,
+    /// Frames read so far: an upload whose upstream stopped taking it
+    /// makes no progress.
+    pub frames: AtomicU64,
+}
+
+/// A request body's [`Upload`], shared with the one waiting for the answer.
+pub type UploadEnd = Arc<Upload>;
 
 /// A client's request body with an idle timeout between frames.
 pub struct ClientBody {
@@ -214,8 +225,8 @@ impl ClientBody {
 
 impl ClientBody {
     fn ended(&self) {
-        if let Some(end) = &self.upload_end {
-            let _ = end.set(Instant::now());
+        if let Some(upload) = &self.upload_end {
+            let _ = upload.ended.set(Instant::now());
         }
     }
 }
@@ -246,8 +257,11 @@ impl Body for ClientBody {
         match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
-                if inner.is_end_stream() {
-                    this.ended();
+                if let Some(upload) = &this.upload_end {
+                    upload.frames.fetch_add(1, Ordering::Relaxed);
+                    if inner.is_end_stream() {
+                        let _ = upload.ended.set(Instant::now());
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -231,28 +231,33 @@ fn upstream_uri(
 /// Waits for the upstream's answer for `timeout` from when the request
 /// body was all sent (from now, for a request without one), so that an
 /// upload longer than the timeout is not cut off with 504: while it runs,
-/// `body_idle_timeout` bounds its stalls instead.
+/// `body_idle_timeout` bounds the client's stalls, and an upload that made
+/// no progress for a whole `timeout` (an upstream that stopped taking it)
+/// ends the wait.
 async fn within_request_timeout<F: std::future::Future>(
     send: F,
     timeout: std::time::Duration,
-    upload_end: Option<&std::sync::OnceLock<tokio::time::Instant>>,
+    upload: Option<&super::body::Upload>,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let Some(upload_end) = upload_end else {
+    let Some(upload) = upload else {
         return tokio::time::timeout(timeout, send).await;
     };
     let mut send = std::pin::pin!(send);
     let mut deadline = tokio::time::Instant::now() + timeout;
+    let mut frames = upload.frames.load(std::sync::atomic::Ordering::Relaxed);
     loop {
         match tokio::time::timeout_at(deadline, send.as_mut()).await {
             Ok(out) => return Ok(out),
             Err(elapsed) => {
-                deadline = match upload_end.get() {
-                    Some(end) if *end + timeout <= tokio::time::Instant::now() => {
-                        return Err(elapsed)
-                    }
+                let now = tokio::time::Instant::now();
+                let read = upload.frames.load(std::sync::atomic::Ordering::Relaxed);
+                deadline = match upload.ended.get() {
+                    Some(end) if *end + timeout <= now => return Err(elapsed),
                     Some(end) => *end + timeout,
-                    None => tokio::time::Instant::now() + timeout,
+                    None if read == frames => return Err(elapsed),
+                    None => now + timeout,
                 };
+                frames = read;
             }
         }
     }
