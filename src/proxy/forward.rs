@@ -104,12 +104,14 @@ impl Forwarder {
         let upload_end = body.upload_end();
         let outbound = Request::from_parts(parts, body);
 
-        let sent = within_request_timeout(
-            upstream.pool.send(outbound, upgrade),
-            upstream.config.request_timeout,
-            upload_end.as_deref(),
-        )
-        .await;
+        let send = upstream.pool.send(outbound, upgrade);
+        let sent = match upload_end.as_deref() {
+            None => tokio::time::timeout(upstream.config.request_timeout, send).await,
+            // Boxed: only requests with a body pay for the longer wait.
+            Some(upload) => {
+                Box::pin(after_upload(send, upstream.config.request_timeout, upload)).await
+            }
+        };
         let (mut response, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
@@ -229,19 +231,15 @@ fn upstream_uri(
 /// request body the client let stall is 408, one that broke off 400 (`None`:
 /// not the upstream's failure).
 /// Waits for the upstream's answer for `timeout` from when the request
-/// body was all sent (from now, for a request without one), so that an
-/// upload longer than the timeout is not cut off with 504: while it runs,
-/// `body_idle_timeout` bounds the client's stalls, and an upload that made
-/// no progress for a whole `timeout` (an upstream that stopped taking it)
-/// ends the wait.
-async fn within_request_timeout<F: std::future::Future>(
+/// body was all sent, so that an upload longer than the timeout is not cut
+/// off with 504: while it runs, `body_idle_timeout` bounds the client's
+/// stalls, and an upload that made no progress for a whole `timeout` (an
+/// upstream that stopped taking it) ends the wait.
+async fn after_upload<F: std::future::Future>(
     send: F,
     timeout: std::time::Duration,
-    upload: Option<&super::body::Upload>,
+    upload: &super::body::Upload,
 ) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let Some(upload) = upload else {
-        return tokio::time::timeout(timeout, send).await;
-    };
     let mut send = std::pin::pin!(send);
     let mut deadline = tokio::time::Instant::now() + timeout;
     let mut frames = upload.frames.load(std::sync::atomic::Ordering::Relaxed);
