@@ -310,12 +310,7 @@ impl AuthorizationServer {
             );
         };
         let Ok(csrf) = random_token() else {
-            return self.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error",
-                "No randomness available.",
-                None,
-            );
+            return self.no_randomness();
         };
         let now = now_unix();
         let Some(key) = self.settings.keys.first() else {
@@ -354,12 +349,7 @@ impl AuthorizationServer {
 
     async fn approve(&self, request: &AuthRequest, user: &str) -> Response<Body> {
         let (Ok(code), Ok(family)) = (random_token(), random_token()) else {
-            return self.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error",
-                "No randomness available.",
-                None,
-            );
+            return self.no_randomness();
         };
         let record = CodeRecord {
             client_id: request.client.client_id.clone(),
@@ -415,6 +405,17 @@ impl AuthorizationServer {
         redirect(redirect_uri, &params)
     }
 
+    /// The page for a request that needed random values the system could
+    /// not give ([`random_token`] fails closed).
+    fn no_randomness(&self) -> Response<Body> {
+        self.page(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "Error",
+            "No randomness available.",
+            None,
+        )
+    }
+
     fn login_page(
         &self,
         request: &AuthRequest,
@@ -422,12 +423,7 @@ impl AuthorizationServer {
         status: StatusCode,
     ) -> Response<Body> {
         let Ok(csrf) = random_token() else {
-            return self.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error",
-                "No randomness available.",
-                None,
-            );
+            return self.no_randomness();
         };
         let mut body = String::new();
         let _ = write!(
