@@ -526,14 +526,7 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
 #[tokio::test]
 async fn a_tls_handshake_that_never_ends_is_a_connect_timeout() {
     let world = World::new().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((stream, _)) = listener.accept().await {
-            held.push(stream);
-        }
-    });
+    let upstream = silent_upstream().await;
     let yaml = yaml(&world.jwks.uri(), upstream, "", "")
         .replace("url: http://", "url: https://")
         .replace("    request_timeout: 5s\n", "    request_timeout: 60s\n");

@@ -1095,17 +1095,8 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
 async fn an_upload_the_upstream_stopped_taking_times_out() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::new().await;
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        let mut held = Vec::new();
-        while let Ok((mut stream, _)) = listener.accept().await {
-            // The head, and then nothing is read or written.
-            let mut head = [0u8; 1024];
-            let _ = stream.read(&mut head).await;
-            held.push(stream);
-        }
-    });
+    // The head, and then nothing is read or written.
+    let upstream = silent_upstream().await;
     let gw = Gateway::start(&config_for(&world, upstream)).await;
     let auth = bearer(&world.token("orders:write"));
     let size = 64 << 20;

@@ -157,15 +157,15 @@ impl Gateway {
         let auth_fingerprint = config.auth_fingerprint();
         let auth = match auth {
             Reuse::Whole(auth) => auth,
-            Reuse::Issuers(_) | Reuse::Nothing => {
+            rebuilt => {
                 let mut fresh = Authenticator::new(
                     config.issuers,
                     config.identity_claims,
                     config.cache_max_entries,
                     Arc::clone(&metrics),
                 )?;
-                if let Reuse::Issuers(previous) = &auth {
-                    fresh.inherit_issuers(previous);
+                if let Reuse::Issuers(previous) = rebuilt {
+                    fresh.inherit_issuers(&previous);
                 }
                 Arc::new(fresh)
             }

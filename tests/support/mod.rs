@@ -537,6 +537,25 @@ impl hyper::body::Body for ChannelBody {
     }
 }
 
+/// An upstream on 127.0.0.1:0 that takes connections, reads what first
+/// arrives on each (a request head, a TLS ClientHello) and then neither
+/// reads nor writes again: a hung process, or a port whose TLS handshake
+/// never ends. Connections stay open while the test runs.
+pub async fn silent_upstream() -> SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let mut first = [0u8; 1024];
+            let _ = stream.read(&mut first).await;
+            held.push(stream);
+        }
+    });
+    addr
+}
+
 /// A streamed body and the sender that feeds it.
 pub fn channel_body() -> (tokio::sync::mpsc::Sender<Bytes>, ChannelBody) {
     let (tx, rx) = tokio::sync::mpsc::channel(16);
