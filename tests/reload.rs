@@ -98,6 +98,13 @@ async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
         .gateway;
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
     assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
+    let one = r#"scopegate_requests_total{method="GET",route="/one",status="200"} 1"#;
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(one), "{metrics}");
+    assert!(
+        metrics.contains(r#"scopegate_request_duration_seconds_count{route="/one"} 1"#),
+        "{metrics}"
+    );
 
     kubelet_write(dir.path(), 2, &yaml(upstream.addr, "/two", ""));
     assert!(
@@ -121,6 +128,60 @@ async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
         metrics.contains("scopegate_config_last_reload_success 1"),
         "{metrics}"
     );
+    // The removed routes' series went with them; the others' stay.
+    assert!(!metrics.contains(r#"route="/one""#), "{metrics}");
+    assert!(!metrics.contains(r#"route="/two""#), "{metrics}");
+    assert!(
+        metrics.contains(r#"scopegate_requests_total{method="GET",route="/three",status="200"}"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"scopegate_requests_total{method="GET",route="unmatched",status="404"} "#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("scopegate_config_restart_required 0"),
+        "{metrics}"
+    );
+}
+
+/// A reload that changes a setting only a restart applies says so in a
+/// metric (an alert can ask for the restart), and stops saying so once the
+/// file is back to what runs.
+#[tokio::test]
+async fn a_change_that_needs_a_restart_is_flagged_until_undone() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let started = yaml(upstream.addr, "/one", "");
+    kubelet_write(dir.path(), 1, &started);
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let flagged = |metrics: &str, value: u8| {
+        metrics.contains(&format!("scopegate_config_restart_required {value}\n"))
+    };
+    assert!(flagged(&gw.metrics().await, 0));
+
+    // A route change is applied as ever; the grace period waits for a restart.
+    let changed =
+        yaml(upstream.addr, "/two", "").replace("shutdown_grace: 10s", "shutdown_grace: 20s");
+    assert_ne!(changed, yaml(upstream.addr, "/two", ""));
+    kubelet_write(dir.path(), 2, &changed);
+    assert!(
+        wait_for_status(&gw.url("/two"), 200).await,
+        "never reloaded"
+    );
+    let metrics = gw.metrics().await;
+    assert!(flagged(&metrics, 1), "{metrics}");
+
+    kubelet_write(dir.path(), 3, &yaml(upstream.addr, "/three", ""));
+    assert!(
+        wait_for_status(&gw.url("/three"), 200).await,
+        "never reloaded"
+    );
+    let metrics = gw.metrics().await;
+    assert!(flagged(&metrics, 0), "{metrics}");
 }
 
 /// A reload that changes what the verified-token cache holds (a route's

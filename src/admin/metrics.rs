@@ -2,10 +2,21 @@
 //! so tests run isolated. Labels are bounded: route and issuer names from the
 //! config, fixed reason codes; never paths, subjects or tokens.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
 };
+
+use crate::config::Config;
+use crate::server::pipeline::RESERVED_ROUTE_NAMES;
+
+/// The issuer label of decisions made before any issuer was known (no
+/// token, or one no configured issuer claims).
+pub const NO_ISSUER: &str = "-";
 
 /// Every metric scopegate exports.
 pub struct Metrics {
@@ -38,6 +49,38 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `scopegate_config_last_reload_success` (1 or 0).
     pub config_last_reload_success: IntGauge,
+    /// `scopegate_config_restart_required` (1 or 0).
+    pub config_restart_required: IntGauge,
+}
+
+/// The route, issuer and upstream names a config gives metric labels: after
+/// a reload, the series of names no longer configured are dropped
+/// ([`Metrics::forget_all_but`]), so a renamed route does not leave a frozen
+/// series behind for as long as the process lives.
+#[derive(Debug, Default)]
+pub struct LabelNames {
+    routes: HashSet<Arc<str>>,
+    issuers: HashSet<Arc<str>>,
+    upstreams: HashSet<Arc<str>>,
+}
+
+impl LabelNames {
+    /// The names `config` labels series with.
+    pub fn of(config: &Config) -> Self {
+        Self {
+            routes: config
+                .routes
+                .iter()
+                .map(|(_, _, route)| Arc::clone(&route.name))
+                .collect(),
+            issuers: config.issuers.iter().map(|i| Arc::clone(&i.name)).collect(),
+            upstreams: config
+                .upstreams
+                .iter()
+                .map(|u| Arc::clone(&u.name))
+                .collect(),
+        }
+    }
 }
 
 impl Metrics {
@@ -120,6 +163,10 @@ impl Metrics {
             "scopegate_config_last_reload_success",
             "1 if the last configuration reload succeeded, else 0",
         )?;
+        let config_restart_required = IntGauge::new(
+            "scopegate_config_restart_required",
+            "1 if the applied configuration changed settings that take effect only after a restart, else 0",
+        )?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
@@ -129,6 +176,7 @@ impl Metrics {
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
+        registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(introspection_requests.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         Ok(Self {
@@ -147,6 +195,7 @@ impl Metrics {
             open_connections,
             config_reloads,
             config_last_reload_success,
+            config_restart_required,
         })
     }
 
@@ -160,6 +209,22 @@ impl Metrics {
         self.request_duration.with_label_values(&[route])
     }
 
+    /// Drops every series labelled with a route, issuer or upstream name
+    /// that `kept` does not hold (the labels scopegate itself gives, such as
+    /// `unmatched` and the issuer `-` of tokenless denials, stay).
+    pub fn forget_all_but(&self, kept: &LabelNames) {
+        let route = |name: &str| kept.routes.contains(name) || RESERVED_ROUTE_NAMES.contains(&name);
+        let issuer = |name: &str| name == NO_ISSUER || kept.issuers.contains(name);
+        let upstream = |name: &str| kept.upstreams.contains(name);
+        forget_series(&self.requests, "route", route);
+        forget_series(&self.request_duration, "route", route);
+        forget_series(&self.auth_decisions, "issuer", issuer);
+        forget_series(&self.jwks_fetches, "issuer", issuer);
+        forget_series(&self.introspection_requests, "issuer", issuer);
+        forget_series(&self.introspection_duration, "issuer", issuer);
+        forget_series(&self.upstream_errors, "upstream", upstream);
+    }
+
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::new();
@@ -167,5 +232,91 @@ impl Metrics {
         // yields what was written so far.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Removes the series of `vec` whose `label` is a name `keep` refuses.
+fn forget_series<B: MetricVecBuilder>(
+    vec: &MetricVec<B>,
+    label: &str,
+    keep: impl Fn(&str) -> bool,
+) {
+    for family in vec.collect() {
+        for metric in family.get_metric() {
+            let labels: HashMap<&str, &str> = metric
+                .get_label()
+                .iter()
+                .map(|pair| (pair.name(), pair.value()))
+                .collect();
+            if labels.get(label).is_some_and(|name| !keep(name)) {
+                // The labels were read from this vector: they fit it.
+                let _ = vec.remove(&labels);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forgetting_drops_exactly_the_series_of_names_gone() {
+        let metrics = Metrics::new().unwrap();
+        for issuer in ["kept", "gone", NO_ISSUER] {
+            metrics
+                .auth_decisions
+                .with_label_values(&[issuer, "deny", "expired"])
+                .inc();
+            metrics
+                .jwks_fetches
+                .with_label_values(&[issuer, "ok"])
+                .inc();
+            metrics
+                .introspection_requests
+                .with_label_values(&[issuer, "active"])
+                .inc();
+            metrics
+                .introspection_duration
+                .with_label_values(&[issuer])
+                .observe(0.1);
+        }
+        for upstream in ["kept", "gone"] {
+            metrics
+                .upstream_errors
+                .with_label_values(&[upstream, "connect"])
+                .inc();
+        }
+        for route in ["kept", "gone", "unmatched", "authorization_server"] {
+            metrics
+                .requests
+                .with_label_values(&[route, "GET", "200"])
+                .inc();
+            metrics
+                .request_duration
+                .with_label_values(&[route])
+                .observe(0.1);
+        }
+        let kept: HashSet<Arc<str>> = [Arc::from("kept")].into();
+        metrics.forget_all_but(&LabelNames {
+            routes: kept.clone(),
+            issuers: kept.clone(),
+            upstreams: kept,
+        });
+        let text = String::from_utf8(metrics.render()).unwrap();
+        assert!(!text.contains("\"gone\""), "{text}");
+        for series in [
+            r#"scopegate_auth_decisions_total{decision="deny",issuer="kept",reason="expired"} 1"#,
+            r#"scopegate_auth_decisions_total{decision="deny",issuer="-",reason="expired"} 1"#,
+            r#"scopegate_jwks_fetches_total{issuer="kept",result="ok"} 1"#,
+            r#"scopegate_introspection_requests_total{issuer="kept",result="active"} 1"#,
+            r#"scopegate_introspection_duration_seconds_count{issuer="kept"} 1"#,
+            r#"scopegate_upstream_errors_total{kind="connect",upstream="kept"} 1"#,
+            r#"scopegate_requests_total{method="GET",route="kept",status="200"} 1"#,
+            r#"scopegate_requests_total{method="GET",route="unmatched",status="200"} 1"#,
+            r#"scopegate_request_duration_seconds_count{route="authorization_server"} 1"#,
+        ] {
+            assert!(text.contains(series), "{series} missing: {text}");
+        }
     }
 }

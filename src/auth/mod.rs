@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderValue};
 use jsonwebtoken::Algorithm;
 use serde_json::{Map, Value};
 
-use crate::admin::metrics::Metrics;
+use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::config::{Issuer, KeySource, ScopeClaim};
 use crate::error::GatewayError;
 use cache::TokenCache;
@@ -300,9 +300,9 @@ impl Authenticator {
         self.issuers.len()
     }
 
-    /// The configured name of issuer `index` ("-" if out of range).
+    /// The configured name of issuer `index` ([`NO_ISSUER`] if out of range).
     pub fn issuer_name(&self, index: usize) -> &str {
-        self.issuers.get(index).map_or("-", |i| &i.name)
+        self.issuers.get(index).map_or(NO_ISSUER, |i| &i.name)
     }
 
     /// The verified-token cache (tests and benchmarks inspect it).

@@ -13,7 +13,7 @@ use http_body_util::{Either, Full};
 use hyper::body::Incoming;
 use prometheus::{Histogram, IntCounter};
 
-use crate::admin::metrics::Metrics;
+use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::auth::jwt::TokenError;
 use crate::auth::{authorize, Authenticator, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
@@ -324,7 +324,7 @@ impl Gateway {
         let identity = match self.authenticate(route, &request).await {
             Ok(identity) => identity,
             Err(e) => {
-                self.decision("-", "deny", e.reason());
+                self.decision(NO_ISSUER, "deny", e.reason());
                 return (Some(route), Err(e));
             }
         };
@@ -332,7 +332,7 @@ impl Gateway {
         // 4. Authorize: the only way to obtain a Permit.
         let issuer = identity
             .as_ref()
-            .map_or("-", |t| self.auth.issuer_name(t.issuer));
+            .map_or(NO_ISSUER, |t| self.auth.issuer_name(t.issuer));
         let permit = match authorize(route, identity.clone()) {
             Ok(permit) => permit,
             Err(e) => {

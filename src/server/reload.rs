@@ -13,7 +13,7 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
 use super::pipeline::Gateway;
-use crate::admin::metrics::Metrics;
+use crate::admin::metrics::{LabelNames, Metrics};
 use crate::auth::cache::{digest, TokenDigest};
 use crate::config::{self, Config, ServerSettings};
 
@@ -210,9 +210,11 @@ impl Reloader {
         .await
         .map_err(|e| ReloadError::Setup(format!("loading failed: {e}")))??;
         let named = config.referenced_files.clone();
-        for setting in restart_required(&self.running, &config) {
+        let restart = restart_required(&self.running, &config);
+        for setting in &restart {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
+        let labels = LabelNames::of(&config);
         let old = self.current.load_full();
         let gateway = Gateway::build(config, Arc::clone(&self.metrics), Some(&old))
             .await
@@ -236,6 +238,10 @@ impl Reloader {
         if !reused {
             old.authenticator().stop_background();
         }
+        self.metrics
+            .config_restart_required
+            .set(i64::from(!restart.is_empty()));
+        self.metrics.forget_all_but(&labels);
         // Dropped off the runtime when this is the last holder (here and
         // for a refused gateway above): closing a file store writes to disk.
         drop(tokio::task::spawn_blocking(move || drop(old)));
