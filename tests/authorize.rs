@@ -1266,7 +1266,7 @@ async fn verifier_for_a_code_issued_without_a_challenge_is_refused() {
         },
     )
     .await;
-    assert_oauth_error(&r, 401, "invalid_client");
+    assert_oauth_error(&r, 400, "invalid_client");
 }
 
 #[tokio::test]

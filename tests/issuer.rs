@@ -912,9 +912,11 @@ async fn token_endpoint_request_errors() {
     .await;
     assert_oauth_error(&r, 400, "invalid_request");
 
-    // No credentials at all.
+    // No credentials at all: a 401 names the scheme to use (RFC 6749 5.2,
+    // RFC 9110 11.6.1).
     let r = token_request(&gw, "grant_type=client_credentials").await;
     assert_oauth_error(&r, 401, "invalid_client");
+    assert!(r.www_authenticate().starts_with("Basic realm="), "{r:?}");
 
     // Only POST.
     let r = get(&gw.url(TOKEN), &[]).await.unwrap();
@@ -964,12 +966,10 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
         "grant_type=client_credentials&client_id=other&client_secret=wrong-secret",
     )
     .await;
-    assert_oauth_error(&r, 401, "invalid_client");
-    assert!(
-        !r.www_authenticate().starts_with("Basic"),
-        "{}",
-        r.www_authenticate()
-    );
+    // Credentials in the form: RFC 6749 5.2's 400, with no challenge (a
+    // browser would prompt for a password on a single-page app's request).
+    assert_oauth_error(&r, 400, "invalid_client");
+    assert_eq!(r.www_authenticate(), "", "{r:?}");
 
     // An unknown client looks the same as a wrong secret.
     let r = token_request(
@@ -977,7 +977,7 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
         &format!("grant_type=client_credentials&client_id=ghost&client_secret={SECRET}"),
     )
     .await;
-    assert_oauth_error(&r, 401, "invalid_client");
+    assert_oauth_error(&r, 400, "invalid_client");
 }
 
 /// Every failed client authentication gets the same answer, so that the
@@ -994,7 +994,7 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
     // Without a secret: not counted, so repeatable.
     let body = |id: &str| format!("grant_type=client_credentials&client_id={id}");
     let unknown = answer(token_request(&gw, &body("nobody")).await);
-    assert_eq!(unknown.0, 401, "{unknown:?}");
+    assert_eq!(unknown.0, 400, "{unknown:?}");
     for known in ["svc", "spa"] {
         assert_eq!(
             answer(token_request(&gw, &body(known)).await),
@@ -1010,7 +1010,7 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
             let r = answer(token_request(&gw, &body).await);
             assert_eq!(r, unknown, "{id}, attempt {attempt}");
         }
-        let limited = if id == "spa" { 401 } else { 429 };
+        let limited = if id == "spa" { 400 } else { 429 };
         assert_eq!(token_request(&gw, &body).await.status, limited, "{id}");
     }
     // The same over HTTP Basic and at the introspection endpoint.
@@ -1037,7 +1037,7 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
         async move { answer(post_form(&url, &[], &body).await) }
     };
     let known = introspect_answer("other").await;
-    assert_eq!(known.0, 401, "{known:?}");
+    assert_eq!(known.0, 400, "{known:?}");
     assert_eq!(known, introspect_answer("ghost").await);
     stop(gw).await;
 }
@@ -1051,7 +1051,7 @@ async fn repeated_client_authentication_failures_are_rate_limited() {
             &format!("grant_type=client_credentials&client_id=svc&client_secret=guess-{attempt}"),
         )
         .await;
-        assert_oauth_error(&r, 401, "invalid_client");
+        assert_oauth_error(&r, 400, "invalid_client");
     }
     // Locked, even with the right secret.
     let r = token_request(
@@ -1092,7 +1092,7 @@ async fn guesses_do_not_lock_out_a_known_secret_or_a_public_client() {
             if id == "other" && attempt > 5 {
                 assert_eq!(r.status, 429, "{}", r.text());
             } else {
-                assert_oauth_error(&r, 401, "invalid_client");
+                assert_oauth_error(&r, 400, "invalid_client");
             }
         }
     }
@@ -1136,7 +1136,7 @@ async fn requests_without_a_secret_do_not_count_as_failures() {
                 &format!("grant_type=client_credentials&client_id={client_id}"),
             )
             .await;
-            assert_oauth_error(&r, 401, "invalid_client");
+            assert_oauth_error(&r, 400, "invalid_client");
         }
     }
     let body = client_credentials(&gw, "svc").await;
@@ -1150,7 +1150,7 @@ async fn requests_without_a_secret_do_not_count_as_failures() {
             ),
         )
         .await;
-        assert_oauth_error(&r, 401, "invalid_client");
+        assert_oauth_error(&r, 400, "invalid_client");
     }
     let r = token_request(
         &gw,
@@ -1165,7 +1165,8 @@ async fn requests_without_a_secret_do_not_count_as_failures() {
 // ---------------------------------------------------------------------------
 
 /// The built-in server's endpoints have a route label of their own in the
-/// request metrics, so its failures (a full store's 503, a flood of 401s)
+/// request metrics, so its failures (a full store's 503, a flood of failed
+/// client authentications)
 /// are not lost among 404 scans under `unmatched`.
 #[tokio::test]
 async fn authorization_server_requests_are_labelled_as_such() {
@@ -1176,7 +1177,7 @@ async fn authorization_server_requests_are_labelled_as_such() {
         "grant_type=client_credentials&client_id=svc&client_secret=wrong",
     )
     .await;
-    assert_oauth_error(&r, 401, "invalid_client");
+    assert_oauth_error(&r, 400, "invalid_client");
     assert_eq!(get(&gw.url("/nowhere"), &[]).await.unwrap().status, 404);
     let text = gw.metrics().await;
     let requests = |route, status| {
@@ -1187,7 +1188,7 @@ async fn authorization_server_requests_are_labelled_as_such() {
         )
     };
     assert_eq!(requests("authorization_server", "200"), 1.0, "{text}");
-    assert_eq!(requests("authorization_server", "401"), 1.0, "{text}");
+    assert_eq!(requests("authorization_server", "400"), 1.0, "{text}");
     assert_eq!(requests("unmatched", "404"), 1.0, "{text}");
     assert_eq!(requests("unmatched", "200"), 0.0, "{text}");
 }
@@ -1308,7 +1309,7 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
         &format!("token={}&client_id=svc&client_secret=nope", enc(&a0)),
     )
     .await;
-    assert_oauth_error(&r, 401, "invalid_client");
+    assert_oauth_error(&r, 400, "invalid_client");
 
     // An access token (any registered client may ask; Basic works too).
     let auth = basic("other", SECRET);

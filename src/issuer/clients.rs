@@ -292,7 +292,7 @@ impl ClientAuthenticator {
     ) -> Result<Arc<Client>, OAuthError> {
         let Some(p) = presented else {
             return Err(OAuthError::invalid_client(
-                false,
+                true,
                 "client authentication is required",
             ));
         };

@@ -54,7 +54,7 @@ pub struct OAuthError {
     pub code: &'static str,
     /// `error_description`.
     pub description: String,
-    /// Add `WWW-Authenticate: Basic` (a failed Basic client authentication).
+    /// Add `WWW-Authenticate: Basic` (a 401 for client authentication).
     pub basic_challenge: bool,
     /// The methods an endpoint takes, sent as `Allow` with a 405 (RFC 9110
     /// 15.5.6).
@@ -80,11 +80,20 @@ impl OAuthError {
         Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
     }
 
-    /// `invalid_client` (401, with a Basic challenge when Basic was used).
-    pub fn invalid_client(basic: bool, description: impl Into<String>) -> Self {
+    /// `invalid_client`. With `challenge` (the client used Basic, or sent
+    /// no credentials at all) a 401 with a Basic challenge, which RFC 9110
+    /// 11.6.1 requires of every 401; otherwise (credentials in the form) a
+    /// 400, RFC 6749 5.2's default, so that no browser prompts for a
+    /// password on a single-page app's failed token request.
+    pub fn invalid_client(challenge: bool, description: impl Into<String>) -> Self {
+        let status = if challenge {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
         Self {
-            basic_challenge: basic,
-            ..Self::new(StatusCode::UNAUTHORIZED, "invalid_client", description)
+            basic_challenge: challenge,
+            ..Self::new(status, "invalid_client", description)
         }
     }
 

@@ -14,7 +14,7 @@
 //!   others;
 //! - any other request gets an RFC 6749 5.2 error whose code names one of
 //!   its faults, with the status of that code, `Cache-Control: no-store`, and
-//!   a Basic challenge on a 401 to a client that tried Basic;
+//!   a Basic challenge exactly on a 401;
 //! - a 405 names the method allowed.
 //!
 //! Wrong secrets go only to client `other` and unregistered ids, and wrong
@@ -576,12 +576,14 @@ fn expected(req: &TokenRequest, target: &str, body: &str) -> Expected {
     }
 }
 
-/// The status RFC 6749 5.2 gives an error code.
-fn status_of(code: &str) -> u16 {
-    if code == "invalid_client" {
-        401
-    } else {
-        400
+/// The status RFC 6749 5.2 gives an error code: 400, but `invalid_client`
+/// is a 401 (with a challenge, RFC 9110 11.6.1) to a client that tried an
+/// `Authorization` header or sent no credentials at all.
+fn status_of(code: &str, auth: &ClientAuth) -> u16 {
+    match (code, auth) {
+        ("invalid_client", ClientAuth::Form(_)) => 400,
+        ("invalid_client", _) => 401,
+        _ => 400,
     }
 }
 
@@ -651,16 +653,13 @@ async fn check(lab: &(Upstream, Gateway), req: TokenRequest) -> Result<(), Strin
             let Some(code) = error.filter(|e| codes.contains(e)) else {
                 return Err(format!("expected one of {codes:?}: {}", what()));
             };
-            let status_ok = r.status == status_of(code) || (limited && r.status == 429);
+            let status_ok = r.status == status_of(code, &req.auth) || (limited && r.status == 429);
             if !status_ok {
                 return Err(format!("wrong status for {code}: {}", what()));
             }
-            let tried_basic = headers
-                .iter()
-                .any(|(k, v)| *k == "authorization" && v.starts_with("Basic "));
             let challenge = r.www_authenticate();
-            if r.status == 401 && tried_basic && !challenge.starts_with("Basic ") {
-                return Err(format!("no Basic challenge: {}", what()));
+            if (r.status == 401) != challenge.starts_with("Basic ") {
+                return Err(format!("a Basic challenge if and only if 401: {}", what()));
             }
             if !json["error_description"].is_string() {
                 return Err(format!("no error_description: {}", what()));

@@ -223,7 +223,9 @@ impl Model {
 fn authenticated(caller: Caller) -> Result<&'static str, (u16, bool)> {
     match caller {
         Caller::Form(id) | Caller::Basic(id) => Ok(id),
-        Caller::WrongSecret => Err((401, true)),
+        // A failed client authentication in the form is a 400 (RFC 6749
+        // 5.2); with no credentials at all, a 401 with a challenge.
+        Caller::WrongSecret => Err((400, true)),
         Caller::Anonymous => Err((401, false)),
     }
 }
@@ -268,6 +270,13 @@ fn refused(r: &Reply, code: &str, status: u16, may_be_limited: bool) -> Result<(
             "expected {status} {code}, got {} {}",
             r.status,
             r.text()
+        ));
+    }
+    if (r.status == 401) != r.www_authenticate().starts_with("Basic ") {
+        return Err(format!(
+            "a Basic challenge if and only if 401: {} {:?}",
+            r.status,
+            r.www_authenticate()
         ));
     }
     Ok(())
