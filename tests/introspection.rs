@@ -1586,6 +1586,77 @@ async fn discovery_falls_back_to_openid_configuration() {
     );
 }
 
+/// A reload that rebuilds the verified-token caches (here: a new cache
+/// size) keeps what discovery found and the keys it led to: with the
+/// metadata and the JWKS both failing just then, the reload is applied at
+/// once, and the issuer's JWTs and opaque tokens keep working.
+#[tokio::test]
+async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let meta = MetadataServer::start().await;
+    meta.set(
+        RFC8414_PATH,
+        &json!({
+            "issuer": meta.base(),
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": idp.endpoint(),
+        }),
+    );
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(
+        dir.path(),
+        1,
+        &gateway_yaml(world.upstream.addr, &issuers, ""),
+    );
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+
+    meta.documents.lock().unwrap().clear();
+    world.jwks.set_mode(JwksMode::Fail);
+    let meta_hits = meta.hits().len();
+    let resized = gateway_yaml(
+        world.upstream.addr,
+        &issuers,
+        "cache:\n  max_entries: 5000\n",
+    );
+    kubelet_write(dir.path(), 2, &resized);
+    let mut applied = false;
+    for _ in 0..400 {
+        if gw
+            .metrics()
+            .await
+            .contains("scopegate_config_reloads_total{result=\"success\"} 1")
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(applied, "{}", gw.metrics().await);
+
+    // Fresh tokens, so that no cache answers for them; the JWKS fails, so
+    // the JWT passes on the keys kept.
+    let mut claims = claims("orders:read");
+    claims["iss"] = meta.base().into();
+    claims["jti"] = "after-the-reload".into();
+    let jwt = world.key.mint(&claims).unwrap();
+    let ok = get_with_token(&gw.url("/orders/3"), &jwt).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let mut answer = active("orders:read");
+    answer["iss"] = meta.base().into();
+    idp.answer("opaque-after", answer);
+    let ok = get_with_token(&gw.url("/orders/4"), "opaque-after").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(idp.count(), 2);
+    assert_eq!(meta.hits().len(), meta_hits, "discovery ran again");
+}
+
 #[tokio::test]
 async fn discovery_refuses_metadata_for_another_issuer() {
     discovery_refuses(|_, world, idp| {

@@ -31,52 +31,6 @@ routes:
     )
 }
 
-/// Writes `text` as a new ConfigMap revision and swaps `..data` to it,
-/// exactly as the kubelet does (new timestamped dir, symlink renamed over).
-fn kubelet_write(dir: &Path, revision: u32, text: &str) {
-    let rev = dir.join(format!("..2026_11_22_{revision:02}"));
-    std::fs::create_dir(&rev).unwrap();
-    std::fs::write(rev.join("scopegate.yaml"), text).unwrap();
-    let tmp = dir.join("..data_tmp");
-    std::os::unix::fs::symlink(rev.file_name().unwrap(), &tmp).unwrap();
-    std::fs::rename(&tmp, dir.join("..data")).unwrap();
-    if !dir.join("scopegate.yaml").exists() {
-        std::os::unix::fs::symlink("..data/scopegate.yaml", dir.join("scopegate.yaml")).unwrap();
-    }
-}
-
-struct Reloading {
-    gateway: Gateway,
-}
-
-async fn start_reloading(path: PathBuf) -> Reloading {
-    scopegate::cli::install_crypto_provider();
-    let config = scopegate::config::load_file(&path).unwrap();
-    start_reloading_with(path, config).await
-}
-
-/// Serves `config` (loaded from `path`, perhaps before the file changed)
-/// and watches `path`.
-async fn start_reloading_with(path: PathBuf, config: scopegate::config::Config) -> Reloading {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let admin = admin_listener.local_addr().unwrap();
-    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(scopegate::server::run_with_reload(
-        path,
-        config,
-        listener,
-        admin_listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
-    let gateway = Gateway::from_parts(addr, admin, stop, task);
-    gateway.wait_ready().await;
-    Reloading { gateway }
-}
-
 /// Whether `token` is accepted on `url` within about 10 s.
 async fn passes_eventually(url: &str, token: &str) -> bool {
     for _ in 0..400 {

@@ -1066,3 +1066,57 @@ pub async fn wait_for_status(url: &str, status: u16) -> bool {
     }
     false
 }
+
+// ---------------------------------------------------------------------------
+// Hot reload
+
+/// Writes `text` as a new ConfigMap revision and swaps `..data` to it,
+/// exactly as the kubelet does (new timestamped dir, symlink renamed over).
+pub fn kubelet_write(dir: &Path, revision: u32, text: &str) {
+    let rev = dir.join(format!("..2026_11_22_{revision:02}"));
+    std::fs::create_dir(&rev).unwrap();
+    std::fs::write(rev.join("scopegate.yaml"), text).unwrap();
+    let tmp = dir.join("..data_tmp");
+    std::os::unix::fs::symlink(rev.file_name().unwrap(), &tmp).unwrap();
+    std::fs::rename(&tmp, dir.join("..data")).unwrap();
+    if !dir.join("scopegate.yaml").exists() {
+        std::os::unix::fs::symlink("..data/scopegate.yaml", dir.join("scopegate.yaml")).unwrap();
+    }
+}
+
+/// A gateway that follows its config file.
+pub struct Reloading {
+    pub gateway: Gateway,
+}
+
+/// Serves the config at `path` and watches it.
+pub async fn start_reloading(path: std::path::PathBuf) -> Reloading {
+    scopegate::cli::install_crypto_provider();
+    let config = scopegate::config::load_file(&path).unwrap();
+    start_reloading_with(path, config).await
+}
+
+/// Serves `config` (loaded from `path`, perhaps before the file changed)
+/// and watches `path`.
+pub async fn start_reloading_with(
+    path: std::path::PathBuf,
+    config: scopegate::config::Config,
+) -> Reloading {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let admin = admin_listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(scopegate::server::run_with_reload(
+        path,
+        config,
+        listener,
+        admin_listener,
+        async move {
+            let _ = stopped.await;
+        },
+    ));
+    let gateway = Gateway::from_parts(addr, admin, stop, task);
+    gateway.wait_ready().await;
+    Reloading { gateway }
+}
