@@ -2021,6 +2021,24 @@ async fn decision_metrics_without_secrets() {
         "insufficient scope",
     )
     .await;
+    let elsewhere = world
+        .key
+        .mint(&with(
+            personal("orders:read"),
+            "iss",
+            json!("https://evil.test"),
+        ))
+        .unwrap();
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &elsewhere,
+        Want::Invalid(TokenError::UnknownIssuer),
+        "unknown issuer",
+    )
+    .await;
     let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &[], "").await;
     check(&reply, forwarded, Want::NoToken, "no token");
     let basic = [("authorization", "Basic dXNlcjpwYXNz")];
@@ -2035,8 +2053,14 @@ async fn decision_metrics_without_secrets() {
         1.0,
         "{text}"
     );
+    // A refused token is counted under the issuer its `iss` names; a
+    // request without one under `-`.
     assert_eq!(
-        decisions(&[("decision", "deny"), ("reason", "expired")]),
+        decisions(&[
+            ("issuer", "test"),
+            ("decision", "deny"),
+            ("reason", "expired")
+        ]),
         1.0,
         "{text}"
     );
@@ -2049,21 +2073,44 @@ async fn decision_metrics_without_secrets() {
         1.0,
         "{text}"
     );
+    // An `iss` no issuer is configured for is no label.
     assert_eq!(
-        decisions(&[("decision", "deny"), ("reason", "missing_token")]),
+        decisions(&[
+            ("issuer", "-"),
+            ("decision", "deny"),
+            ("reason", "unknown_issuer")
+        ]),
+        1.0,
+        "{text}"
+    );
+    assert!(!text.contains("evil.test"), "{text}");
+    assert_eq!(
+        decisions(&[
+            ("issuer", "-"),
+            ("decision", "deny"),
+            ("reason", "missing_token")
+        ]),
         1.0,
         "{text}"
     );
     assert_eq!(
-        decisions(&[("decision", "deny"), ("reason", "other_scheme")]),
+        decisions(&[
+            ("issuer", "-"),
+            ("decision", "deny"),
+            ("reason", "other_scheme")
+        ]),
         1.0,
         "{text}"
     );
 
-    for secret in [&subject, &client, &allowed, &expired] {
+    for secret in [&subject, &client, &allowed, &expired, &elsewhere] {
         assert!(!text.contains(secret.as_str()), "metrics leak {secret}");
     }
-    for segment in allowed.split('.').chain(expired.split('.')) {
+    for segment in allowed
+        .split('.')
+        .chain(expired.split('.'))
+        .chain(elsewhere.split('.'))
+    {
         assert!(!text.contains(segment), "metrics leak a token segment");
     }
 }

@@ -1043,7 +1043,7 @@ async fn bad_signature_flood_is_refused_without_growing_the_cache() {
         metric(
             &after,
             "scopegate_auth_decisions_total",
-            &[("reason", "bad_signature")]
+            &[("issuer", "test"), ("reason", "bad_signature")]
         ),
         FLOOD as f64,
         "{after}"

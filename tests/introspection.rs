@@ -993,6 +993,18 @@ async fn inactive_answer_is_cached_for_negative_cache_ttl() {
     assert_invalid_token(&s.get("/orders/1", "later-active").await, NOT_ACTIVE);
     assert_eq!(s.idp.count(), 1);
     assert_eq!(s.upstream.count(), 0);
+    // Counted under the issuer that introspected it.
+    let text = s.gw.metrics().await;
+    let denied = metric(
+        &text,
+        "scopegate_auth_decisions_total",
+        &[
+            ("issuer", "opaque"),
+            ("decision", "deny"),
+            ("reason", "inactive"),
+        ],
+    );
+    assert_eq!(denied, 2.0, "{text}");
 }
 
 #[tokio::test]

@@ -656,7 +656,8 @@ fn authenticator_accepts_until_exp_plus_leeway_and_again_from_the_cache() {
             for round in 0..2 {
                 let got = lab
                     .runtime
-                    .block_on(lab.authenticator.authenticate(&headers, None, None));
+                    .block_on(lab.authenticator.authenticate(&headers, None, None))
+                    .map_err(|refused| refused.error);
                 match got {
                     Ok(v) => {
                         prop_assert!(should_accept, "round {}: offset {} accepted", round, offset);

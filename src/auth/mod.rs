@@ -318,7 +318,7 @@ impl Authenticator {
         headers: &HeaderMap,
         accepted: Option<&[usize]>,
         introspector: Option<usize>,
-    ) -> Result<Arc<VerifiedToken>, GatewayError> {
+    ) -> Result<Arc<VerifiedToken>, Refused> {
         let raw = bearer::extract_unchecked(headers)?;
         let key = cache::digest(raw);
         let hit = self.cache.get(&key).await.filter(|hit| {
@@ -337,7 +337,7 @@ impl Authenticator {
             // Boxed: verification and introspection futures are large and
             // would otherwise be carried (and moved) by every cache hit.
             None => match Box::pin(self.verify_or_introspect(
-                bearer::check_characters(raw)?,
+                bearer::check_characters(raw).map_err(Refused::from)?,
                 key,
                 introspector,
             ))
@@ -354,7 +354,10 @@ impl Authenticator {
         };
         if let Some(accepted) = accepted {
             if !accepted.contains(&verified.issuer) {
-                return Err(GatewayError::InvalidToken(TokenError::IssuerNotAccepted));
+                return Err(Refused::by(
+                    verified.issuer,
+                    GatewayError::InvalidToken(TokenError::IssuerNotAccepted),
+                ));
             }
         }
         Ok(verified)
@@ -367,21 +370,23 @@ impl Authenticator {
         token: &str,
         digest: cache::TokenDigest,
         route_introspector: Option<usize>,
-    ) -> Result<Verified, GatewayError> {
+    ) -> Result<Verified, Refused> {
         let introspect_with = |index: usize| {
             self.issuers
                 .get(index)
                 .and_then(|i| i.introspector.as_ref())
-                .map(Arc::clone)
+                .map(|introspector| (index, Arc::clone(introspector)))
         };
         let jwt = match jwt::parse_compact(token) {
             Ok(jwt) => jwt,
             Err(e) => {
                 return match route_introspector.and_then(introspect_with) {
-                    Some(introspector) => Ok(Verified::Introspected(
-                        introspector.introspect(token, digest).await?,
-                    )),
-                    None => Err(GatewayError::InvalidToken(e)),
+                    Some((index, introspector)) => introspector
+                        .introspect(token, digest)
+                        .await
+                        .map(Verified::Introspected)
+                        .map_err(|e| Refused::by(index, e)),
+                    None => Err(Refused::from(GatewayError::InvalidToken(e))),
                 };
             }
         };
@@ -392,10 +397,12 @@ impl Authenticator {
                     .get(index)
                     .is_some_and(|i| !i.keys.publishes_keys() && i.introspector.is_some());
                 if keyless && route_introspector == Some(index) {
-                    if let Some(introspector) = introspect_with(index) {
-                        return Ok(Verified::Introspected(
-                            introspector.introspect(token, digest).await?,
-                        ));
+                    if let Some((index, introspector)) = introspect_with(index) {
+                        return introspector
+                            .introspect(token, digest)
+                            .await
+                            .map(Verified::Introspected)
+                            .map_err(|e| Refused::by(index, e));
                     }
                 }
             }
@@ -406,14 +413,15 @@ impl Authenticator {
     /// Verifies a compact JWS from scratch (no cache).
     pub async fn verify(&self, token: &str) -> Result<VerifiedToken, GatewayError> {
         let jwt = jwt::parse_compact(token).map_err(GatewayError::InvalidToken)?;
-        self.verify_parsed(jwt).await
+        self.verify_parsed(jwt)
+            .await
+            .map_err(|refused| refused.error)
     }
 
-    async fn verify_parsed(
-        &self,
-        jwt: jwt::UnverifiedJwt<'_>,
-    ) -> Result<VerifiedToken, GatewayError> {
-        let invalid = GatewayError::InvalidToken;
+    /// Finds the token's issuer by its `iss`; a failure past that point is
+    /// that issuer's.
+    async fn verify_parsed(&self, jwt: jwt::UnverifiedJwt<'_>) -> Result<VerifiedToken, Refused> {
+        let invalid = |e| Refused::from(GatewayError::InvalidToken(e));
         let index = match jwt.claims.get("iss") {
             Some(Value::String(iss)) => *self
                 .by_iss
@@ -426,6 +434,19 @@ impl Authenticator {
             .issuers
             .get(index)
             .ok_or(invalid(TokenError::UnknownIssuer))?;
+        self.verify_for(index, issuer, jwt)
+            .await
+            .map_err(|e| Refused::by(index, e))
+    }
+
+    /// Verifies a JWT that names issuer `index` in its `iss`.
+    async fn verify_for(
+        &self,
+        index: usize,
+        issuer: &IssuerRuntime,
+        jwt: jwt::UnverifiedJwt<'_>,
+    ) -> Result<VerifiedToken, GatewayError> {
+        let invalid = GatewayError::InvalidToken;
         // An issuer whose tokens are only introspected has no keys to wait
         // for: its JWT on a route that does not introspect with it is not
         // accepted there (401), not a key outage (503).
@@ -499,6 +520,37 @@ fn remote_keys(issuer: &Issuer, uri: Option<http::Uri>) -> Result<IssuerKeys, St
 enum Verified {
     Jwt(VerifiedToken),
     Introspected(Arc<VerifiedToken>),
+}
+
+/// A refused token, with the configured issuer it named where it named one
+/// (its `iss`, or the route's introspecting issuer), so that denials are
+/// counted under that issuer: a flood of bad signatures or expired tokens
+/// from one identity provider shows as that provider's.
+#[derive(Debug)]
+pub struct Refused {
+    /// Index of the issuer in the config, if the token named one.
+    pub issuer: Option<usize>,
+    /// What the client is answered.
+    pub error: GatewayError,
+}
+
+impl Refused {
+    /// A refusal of a token of issuer `index`.
+    pub fn by(index: usize, error: GatewayError) -> Self {
+        Self {
+            issuer: Some(index),
+            error,
+        }
+    }
+}
+
+impl From<GatewayError> for Refused {
+    fn from(error: GatewayError) -> Self {
+        Self {
+            issuer: None,
+            error,
+        }
+    }
 }
 
 /// Builds the cached result from checked claims.

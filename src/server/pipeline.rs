@@ -15,7 +15,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::auth::jwt::TokenError;
-use crate::auth::{authorize, Authenticator, VerifiedToken};
+use crate::auth::{authorize, Authenticator, Refused, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
@@ -323,9 +323,10 @@ impl Gateway {
         // 3. Authenticate (bearer routes only).
         let identity = match self.authenticate(route, &request).await {
             Ok(identity) => identity,
-            Err(e) => {
-                self.decision(NO_ISSUER, "deny", e.reason());
-                return (Some(route), Err(e));
+            Err(Refused { issuer, error }) => {
+                let issuer = issuer.map_or(NO_ISSUER, |index| self.auth.issuer_name(index));
+                self.decision(issuer, "deny", error.reason());
+                return (Some(route), Err(error));
             }
         };
 
@@ -362,7 +363,7 @@ impl Gateway {
         &self,
         route: &Route,
         request: &Request<Incoming>,
-    ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
+    ) -> Result<Option<Arc<VerifiedToken>>, Refused> {
         let token = self.authenticate_token(route, request).await?;
         // Tokens of the built-in issuer can be revoked; check on every request.
         if let (Some(token), Some((index, server))) = (&token, &self.authorization_server) {
@@ -372,9 +373,12 @@ impl Gateway {
                 let revoked =
                     Box::pin(server.revoked_ids(token.jti.as_deref(), token.session.as_deref()))
                         .await
-                        .map_err(|_| GatewayError::StoreUnavailable)?;
+                        .map_err(|_| Refused::by(*index, GatewayError::StoreUnavailable))?;
                 if revoked {
-                    return Err(GatewayError::InvalidToken(TokenError::Inactive));
+                    return Err(Refused::by(
+                        *index,
+                        GatewayError::InvalidToken(TokenError::Inactive),
+                    ));
                 }
             }
         }
@@ -385,7 +389,7 @@ impl Gateway {
         &self,
         route: &Route,
         request: &Request<Incoming>,
-    ) -> Result<Option<Arc<VerifiedToken>>, GatewayError> {
+    ) -> Result<Option<Arc<VerifiedToken>>, Refused> {
         match &route.access {
             Access::Public => Ok(None),
             Access::Bearer {
