@@ -1601,7 +1601,8 @@ async fn discovery_falls_back_to_openid_configuration() {
 /// A reload that rebuilds the verified-token caches (here: a new cache
 /// size) keeps what discovery found and the keys it led to: with the
 /// metadata and the JWKS both failing just then, the reload is applied at
-/// once, and the issuer's JWTs and opaque tokens keep working.
+/// once, and the issuer's JWTs and opaque tokens keep working. The kept
+/// keys are not fetched again before they are due.
 #[tokio::test]
 async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
     let world = World::new().await;
@@ -1631,7 +1632,7 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
 
     meta.documents.lock().unwrap().clear();
     world.jwks.set_mode(JwksMode::Fail);
-    let meta_hits = meta.hits().len();
+    let (meta_hits, jwks_fetches) = (meta.hits().len(), world.jwks.fetches());
     let resized = gateway_yaml(
         world.upstream.addr,
         &issuers,
@@ -1667,6 +1668,11 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(idp.count(), 2);
     assert_eq!(meta.hits().len(), meta_hits, "discovery ran again");
+    assert_eq!(
+        world.jwks.fetches(),
+        jwks_fetches,
+        "the kept keys were fetched again before they were due"
+    );
 }
 
 #[tokio::test]

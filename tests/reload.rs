@@ -159,6 +159,7 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
     );
 
     world.jwks.set_mode(JwksMode::Fail);
+    let fetches = world.jwks.fetches();
     let with_header = world.config().replace(
         "    scopes: [orders:read]\n",
         "    scopes: [orders:read]\n    forward:\n      identity_headers: { X-Tenant: tenant }\n",
@@ -184,6 +185,11 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
     assert!(
         applied,
         "the reload was not applied while the provider was down"
+    );
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches,
+        "the kept keys were fetched again before they were due"
     );
     let metrics = gw.metrics().await;
     assert!(

@@ -353,6 +353,9 @@ struct RemoteSource {
     attempts: AtomicU64,
     /// When the last fetch started (cooldown for unknown kids).
     last_attempt: Mutex<Option<Instant>>,
+    /// When the keys of the last successful fetch are due for a refresh: a
+    /// refresher started by a reload that kept them waits until then.
+    refresh_due: Mutex<Option<Instant>>,
 }
 
 /// Outcome of one fetch, for metrics.
@@ -431,6 +434,7 @@ impl IssuerKeys {
                 fetch_lock: tokio::sync::Mutex::new(()),
                 attempts: AtomicU64::new(0),
                 last_attempt: Mutex::new(None),
+                refresh_due: Mutex::new(None),
             }),
         })
     }
@@ -559,7 +563,21 @@ impl IssuerKeys {
         let next = max_age
             .unwrap_or(remote.default_refresh)
             .clamp(MIN_REFRESH, MAX_REFRESH);
+        if result == FetchResult::Success {
+            if let Ok(mut due) = remote.refresh_due.lock() {
+                *due = Some(Instant::now() + next);
+            }
+        }
         (result, next)
+    }
+
+    /// How long loaded keys stay fresh, per the fetch that brought them;
+    /// `None` when a fetch is due now (none loaded, none fetched, or due).
+    fn fresh_for(&self) -> Option<Duration> {
+        let remote = self.remote.as_ref()?;
+        let due = (*remote.refresh_due.lock().ok()?)?;
+        let left = due.checked_duration_since(Instant::now())?;
+        (self.is_loaded() && !left.is_zero()).then_some(left)
     }
 
     async fn fetch(
@@ -638,6 +656,14 @@ pub async fn run_refresher(
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    // Keys a reload kept are fetched when they are due, not again at once
+    // (every pod of a ConfigMap update would call the provider together).
+    if let Some(fresh) = keys.fresh_for() {
+        tokio::select! {
+            _ = tokio::time::sleep(fresh) => {}
+            _ = shutdown.changed() => return,
+        }
+    }
     let mut backoff = Duration::from_millis(250);
     loop {
         let (result, next) = keys.refresh(&metrics).await;
