@@ -1547,8 +1547,16 @@ async fn discovered_issuer_works(
     assert_eq!(world.upstream.count(), 2);
 }
 
-#[tokio::test]
-async fn discovery_via_rfc8414_metadata() {
+/// An issuer found by RFC 8414 discovery: its world (keys and upstream),
+/// introspection server, metadata server, client secret file, and the
+/// `issuers:` entry.
+async fn rfc8414_lab() -> (
+    World,
+    IntrospectionServer,
+    MetadataServer,
+    SecretFile,
+    String,
+) {
     let world = World::new().await;
     let idp = IntrospectionServer::start().await;
     idp.require_client(basic_check());
@@ -1563,6 +1571,12 @@ async fn discovery_via_rfc8414_metadata() {
     );
     let secret = SecretFile::new(CLIENT_SECRET);
     let issuers = discovered_issuer(&meta.base(), &secret);
+    (world, idp, meta, secret, issuers)
+}
+
+#[tokio::test]
+async fn discovery_via_rfc8414_metadata() {
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
     let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
 
     discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
@@ -1605,20 +1619,7 @@ async fn discovery_falls_back_to_openid_configuration() {
 /// keys are not fetched again before they are due.
 #[tokio::test]
 async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
-    let world = World::new().await;
-    let idp = IntrospectionServer::start().await;
-    idp.require_client(basic_check());
-    let meta = MetadataServer::start().await;
-    meta.set(
-        RFC8414_PATH,
-        &json!({
-            "issuer": meta.base(),
-            "jwks_uri": world.jwks.uri(),
-            "introspection_endpoint": idp.endpoint(),
-        }),
-    );
-    let secret = SecretFile::new(CLIENT_SECRET);
-    let issuers = discovered_issuer(&meta.base(), &secret);
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
     let dir = tempfile::tempdir().unwrap();
     kubelet_write(
         dir.path(),
@@ -1639,19 +1640,11 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
         "cache:\n  max_entries: 5000\n",
     );
     kubelet_write(dir.path(), 2, &resized);
-    let mut applied = false;
-    for _ in 0..400 {
-        if gw
-            .metrics()
-            .await
-            .contains("scopegate_config_reloads_total{result=\"success\"} 1")
-        {
-            applied = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(applied, "{}", gw.metrics().await);
+    assert!(
+        wait_for_metric(&gw, "scopegate_config_reloads_total{result=\"success\"} 1").await,
+        "{}",
+        gw.metrics().await
+    );
 
     // Fresh tokens, so that no cache answers for them; the JWKS fails, so
     // the JWT passes on the keys kept.

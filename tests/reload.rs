@@ -212,19 +212,10 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
         2,
         "routes:\n  - path: /two\n    upstream: nowhere\n",
     );
-    let mut refused = false;
-    for _ in 0..400 {
-        if gw
-            .metrics()
-            .await
-            .contains("scopegate_config_reloads_total{result=\"invalid\"} 1")
-        {
-            refused = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(refused, "the bad config was not reported");
+    assert!(
+        wait_for_metric(&gw, "scopegate_config_reloads_total{result=\"invalid\"} 1").await,
+        "the bad config was not reported"
+    );
     assert!(gw
         .metrics()
         .await

@@ -1067,6 +1067,17 @@ pub async fn wait_for_status(url: &str, status: u16) -> bool {
     false
 }
 
+/// Whether `gw`'s metrics come to contain `series` within about 10 s.
+pub async fn wait_for_metric(gw: &Gateway, series: &str) -> bool {
+    for _ in 0..400 {
+        if gw.metrics().await.contains(series) {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    false
+}
+
 // ---------------------------------------------------------------------------
 // Hot reload
 
