@@ -332,6 +332,15 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "reserved",
         ),
         (
+            "an issuer named like denials of no issuer",
+            format!(
+                "{}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n",
+                ISSUER.replace("name: corp", "name: \"-\"")
+            ),
+            "2:11",
+            "reserved",
+        ),
+        (
             "a leeway of an hour",
             format!("{ISSUER}    leeway: 1h\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
             "2:5",

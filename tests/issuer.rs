@@ -1036,8 +1036,10 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
         let url = gw.url(INTROSPECT);
         async move { answer(post_form(&url, &[], &body).await) }
     };
+    // RFC 7662 2.3: a 401 with the challenge, even for form credentials.
     let known = introspect_answer("other").await;
-    assert_eq!(known.0, 400, "{known:?}");
+    assert_eq!(known.0, 401, "{known:?}");
+    assert!(known.1.starts_with("Basic realm="), "{known:?}");
     assert_eq!(known, introspect_answer("ghost").await);
     stop(gw).await;
 }
@@ -1309,7 +1311,8 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
         &format!("token={}&client_id=svc&client_secret=nope", enc(&a0)),
     )
     .await;
-    assert_oauth_error(&r, 400, "invalid_client");
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert!(r.www_authenticate().starts_with("Basic realm="), "{r:?}");
 
     // An access token (any registered client may ask; Basic works too).
     let auth = basic("other", SECRET);

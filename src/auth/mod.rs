@@ -158,7 +158,7 @@ impl Authenticator {
     /// every issuer configured exactly as before, so that a reload changing
     /// something else (a route's identity headers, the cache size) is ready
     /// at once, without waiting on an identity provider that may be down.
-    /// (Its refresher fetches the keys again, in the background.) The verified-token
+    /// (Its refresher fetches the keys when they are due.) The verified-token
     /// caches start empty, since what they hold may depend on the change.
     pub fn inherit_issuers(&mut self, previous: &Authenticator) {
         use std::sync::atomic::Ordering;
@@ -522,10 +522,12 @@ enum Verified {
     Introspected(Arc<VerifiedToken>),
 }
 
-/// A refused token, with the configured issuer it named where it named one
-/// (its `iss`, or the route's introspecting issuer), so that denials are
-/// counted under that issuer: a flood of bad signatures or expired tokens
-/// from one identity provider shows as that provider's.
+/// A refused token, with the configured issuer it claims where it claims
+/// one (its unchecked `iss`, or the route's introspecting issuer), so that
+/// denials are counted under that issuer: expired tokens or withdrawn keys
+/// of one identity provider show as that provider's. Anyone can send a
+/// forged token claiming an issuer, so the label says what tokens claimed,
+/// not who sent them.
 #[derive(Debug)]
 pub struct Refused {
     /// Index of the issuer in the config, if the token named one.

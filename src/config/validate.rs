@@ -1012,6 +1012,12 @@ impl Validator<'_> {
         if raw.name.value.is_empty() {
             return Err(self.err(raw.name.referenced, "issuer name must not be empty"));
         }
+        if raw.name.value == crate::admin::metrics::NO_ISSUER {
+            return Err(self.err(
+                raw.name.referenced,
+                "issuer name `-` is reserved: it labels denials of tokens that claim no configured issuer",
+            ));
+        }
         if raw.issuer.value.is_empty() {
             return Err(self.err(raw.issuer.referenced, "issuer must not be empty"));
         }

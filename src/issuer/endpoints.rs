@@ -87,7 +87,12 @@ impl AuthorizationServer {
             &req.form,
             req.query.contains_key("client_secret"),
         )?;
-        self.clients.authenticate(presented, false).await?;
+        // RFC 7662 2.3: a resource server's invalid credentials get a 401
+        // however they were sent (its callers are services, not browsers).
+        self.clients
+            .authenticate(presented, false)
+            .await
+            .map_err(OAuthError::challenged)?;
         let token = req
             .form
             .get("token")

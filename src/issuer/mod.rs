@@ -97,6 +97,16 @@ impl OAuthError {
         }
     }
 
+    /// The same error, but an `invalid_client` is a 401 with a challenge
+    /// whatever the credentials were sent in (RFC 7662 2.3).
+    pub fn challenged(self) -> Self {
+        if self.code == "invalid_client" && self.status == StatusCode::BAD_REQUEST {
+            Self::invalid_client(true, self.description)
+        } else {
+            self
+        }
+    }
+
     /// A malformed Basic header.
     pub fn invalid_client_basic() -> Self {
         Self::invalid_client(true, "malformed Basic credentials")

@@ -301,6 +301,8 @@ async fn token_call(
     let r = post(gw, path, caller, params).await?;
     match (authenticated(caller), picked) {
         (Err((status, limited)), _) => {
+            // RFC 7662 2.3: introspection answers 401 however they came.
+            let status = if path == INTROSPECT { 401 } else { status };
             refused(&r, "invalid_client", status, limited).map(|()| None)
         }
         (Ok(_), None) => refused(&r, "invalid_request", 400, false).map(|()| None),
