@@ -1641,7 +1641,9 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
     );
     kubelet_write(dir.path(), 2, &resized);
     assert!(
-        wait_for_metric(&gw, "scopegate_config_reloads_total{result=\"success\"} 1").await,
+        wait_for_metrics(&gw, |m| m
+            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
+        .await,
         "{}",
         gw.metrics().await
     );
@@ -1661,6 +1663,8 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
     assert_eq!(ok.status, 200, "{}", ok.text());
     assert_eq!(idp.count(), 2);
     assert_eq!(meta.hits().len(), meta_hits, "discovery ran again");
+    // Time for a refresher that fetched at once to have done so.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         world.jwks.fetches(),
         jwks_fetches,

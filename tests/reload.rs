@@ -7,6 +7,8 @@ mod support;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use support::*;
@@ -186,6 +188,8 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
         applied,
         "the reload was not applied while the provider was down"
     );
+    // Time for a refresher that fetched at once to have done so.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(
         world.jwks.fetches(),
         fetches,
@@ -212,8 +216,9 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
         2,
         "routes:\n  - path: /two\n    upstream: nowhere\n",
     );
+    let refused = r#"scopegate_config_reloads_total{result="invalid"} 1"#;
     assert!(
-        wait_for_metric(&gw, "scopegate_config_reloads_total{result=\"invalid\"} 1").await,
+        wait_for_metrics(&gw, |m| m.contains(refused)).await,
         "the bad config was not reported"
     );
     assert!(gw
@@ -396,21 +401,31 @@ routes:
 }
 
 /// An upstream whose responses wait until the test releases them.
-async fn gated_upstream() -> (std::net::SocketAddr, tokio::sync::watch::Sender<bool>) {
+/// An upstream that holds every request until `release` sends `true`;
+/// `arrived` counts the requests it holds or held.
+async fn gated_upstream() -> (
+    std::net::SocketAddr,
+    tokio::sync::watch::Sender<bool>,
+    Arc<AtomicUsize>,
+) {
     use hyper::service::service_fn;
     use hyper_util::rt::{TokioExecutor, TokioIo};
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (release, gate) = tokio::sync::watch::channel(false);
+    let arrived = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&arrived);
     tokio::spawn(async move {
         loop {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
             let gate = gate.clone();
+            let counter = Arc::clone(&counter);
             tokio::spawn(async move {
                 let service = service_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
                     let mut gate = gate.clone();
+                    counter.fetch_add(1, Ordering::SeqCst);
                     async move {
                         let _ = gate.wait_for(|open| *open).await;
                         Ok::<_, std::convert::Infallible>(hyper::Response::new(
@@ -424,12 +439,55 @@ async fn gated_upstream() -> (std::net::SocketAddr, tokio::sync::watch::Sender<b
             });
         }
     });
-    (addr, release)
+    (addr, release, arrived)
+}
+
+/// Waits (about 10 s at most) until `count` holds at least `n`.
+async fn wait_for_count(count: &AtomicUsize, n: usize) -> bool {
+    for _ in 0..400 {
+        if count.load(Ordering::SeqCst) >= n {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    false
+}
+
+/// A request in flight on a route a reload removed finishes on the old
+/// configuration, and counts under the old route's name after the reload
+/// dropped that name's series: the series goes again once the old
+/// configuration is retired, not only at the next reload.
+#[tokio::test]
+async fn a_removed_routes_last_request_leaves_no_series_behind() {
+    let (upstream, release, arrived) = gated_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &yaml(upstream, "/one", ""));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let url = gw.url("/one");
+    let in_flight = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        wait_for_count(&arrived, 1).await,
+        "the request never arrived"
+    );
+
+    kubelet_write(dir.path(), 2, &yaml(upstream, "/two", ""));
+    let reloaded = r#"scopegate_config_reloads_total{result="success"} 1"#;
+    assert!(wait_for_metrics(&gw, |m| m.contains(reloaded)).await);
+    release.send(true).unwrap();
+    let reply = in_flight.await.unwrap().unwrap();
+    assert_eq!((reply.status, reply.text().as_str()), (200, "done"));
+    assert!(
+        wait_for_metrics(&gw, |m| !m.contains(r#"route="/one""#)).await,
+        "{}",
+        gw.metrics().await
+    );
 }
 
 #[tokio::test]
 async fn sigterm_lets_in_flight_requests_finish() {
-    let (upstream, release) = gated_upstream().await;
+    let (upstream, release, arrived) = gated_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("scopegate.yaml");
     let mut process = spawn_binary(&config, |port, admin| {
@@ -445,8 +503,11 @@ async fn sigterm_lets_in_flight_requests_finish() {
             tokio::spawn(async move { get(&url, &[]).await })
         })
         .collect();
-    // Let the requests reach the upstream before the signal.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The requests reach the upstream before the signal.
+    assert!(
+        wait_for_count(&arrived, 5).await,
+        "not every request arrived"
+    );
     signal(&process.child, "TERM");
     // Unready at once, while still serving during shutdown_delay.
     assert!(wait_for_status(&format!("http://{}/readyz", process.admin), 503).await);

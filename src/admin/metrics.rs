@@ -3,7 +3,7 @@
 //! config, fixed reason codes; never paths, subjects or tokens.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
@@ -51,6 +51,8 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     /// `scopegate_config_restart_required` (1 or 0).
     pub config_restart_required: IntGauge,
+    /// The names the running config labels series with, once known.
+    running_names: Mutex<Option<LabelNames>>,
 }
 
 /// The route, issuer and upstream names a config gives metric labels: after
@@ -196,6 +198,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             config_restart_required,
+            running_names: Mutex::new(None),
         })
     }
 
@@ -209,10 +212,30 @@ impl Metrics {
         self.request_duration.with_label_values(&[route])
     }
 
+    /// Records the names of the config now running, and drops every series
+    /// labelled with a route, issuer or upstream name it does not hold.
+    pub fn running(&self, names: LabelNames) {
+        self.forget_all_but(&names);
+        if let Ok(mut running) = self.running_names.lock() {
+            *running = Some(names);
+        }
+    }
+
+    /// Drops the series a retired configuration labelled after
+    /// [`Self::running`] had dropped them: its last requests, or a
+    /// refused reload's setup, may have written them since.
+    pub fn forget_retired(&self) {
+        if let Ok(running) = self.running_names.lock() {
+            if let Some(names) = running.as_ref() {
+                self.forget_all_but(names);
+            }
+        }
+    }
+
     /// Drops every series labelled with a route, issuer or upstream name
     /// that `kept` does not hold (the labels scopegate itself gives, such as
     /// `unmatched` and the issuer `-` of tokenless denials, stay).
-    pub fn forget_all_but(&self, kept: &LabelNames) {
+    fn forget_all_but(&self, kept: &LabelNames) {
         let route = |name: &str| kept.routes.contains(name) || RESERVED_ROUTE_NAMES.contains(&name);
         let issuer = |name: &str| name == NO_ISSUER || kept.issuers.contains(name);
         let upstream = |name: &str| kept.upstreams.contains(name);

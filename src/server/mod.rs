@@ -26,7 +26,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 
-use crate::admin::metrics::Metrics;
+use crate::admin::metrics::{LabelNames, Metrics};
 use crate::config::{Config, ServerSettings};
 use crate::proxy::tunnel::ConnectionHold;
 use crate::proxy::ClientInfo;
@@ -92,6 +92,7 @@ async fn serve(
     };
     let files = config.referenced_files.clone();
     let (text_digest, files_digest) = (config.text_digest, config.files_digest);
+    metrics.running(LabelNames::of(&config));
     let first = Gateway::new(config, Arc::clone(&metrics))
         .await
         .map_err(ServerError::Setup)?;

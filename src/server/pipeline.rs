@@ -89,6 +89,14 @@ fn keep_ephemeral_key(
     Ok(())
 }
 
+/// A retired gateway's last requests (and a refused reload's setup) may have
+/// counted under names the running config no longer has: they go with it.
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.metrics.forget_retired();
+    }
+}
+
 impl Gateway {
     /// Builds the runtime from a config. Opens the authorization server's
     /// store (a redis connection, a file) when one is configured.

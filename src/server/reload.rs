@@ -241,7 +241,7 @@ impl Reloader {
         self.metrics
             .config_restart_required
             .set(i64::from(!restart.is_empty()));
-        self.metrics.forget_all_but(&labels);
+        self.metrics.running(labels);
         // Dropped off the runtime when this is the last holder (here and
         // for a refused gateway above): closing a file store writes to disk.
         drop(tokio::task::spawn_blocking(move || drop(old)));

@@ -1067,10 +1067,10 @@ pub async fn wait_for_status(url: &str, status: u16) -> bool {
     false
 }
 
-/// Whether `gw`'s metrics come to contain `series` within about 10 s.
-pub async fn wait_for_metric(gw: &Gateway, series: &str) -> bool {
+/// Whether `gw`'s metrics come to satisfy `wanted` within about 10 s.
+pub async fn wait_for_metrics(gw: &Gateway, wanted: impl Fn(&str) -> bool) -> bool {
     for _ in 0..400 {
-        if gw.metrics().await.contains(series) {
+        if wanted(&gw.metrics().await) {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
