@@ -1991,36 +1991,6 @@ async fn decision_metrics_without_secrets() {
         .mint(&with(personal("orders:read"), "exp", json!(now() - 120)))
         .unwrap();
 
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/orders/1",
-        &allowed,
-        Want::Allow,
-        "allowed",
-    )
-    .await;
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/orders/1",
-        &expired,
-        Want::Invalid(TokenError::Expired),
-        "expired",
-    )
-    .await;
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/admin",
-        &allowed,
-        Want::Forbidden("admin"),
-        "insufficient scope",
-    )
-    .await;
     let elsewhere = world
         .key
         .mint(&with(
@@ -2029,16 +1999,29 @@ async fn decision_metrics_without_secrets() {
             json!("https://evil.test"),
         ))
         .unwrap();
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/orders/1",
-        &elsewhere,
-        Want::Invalid(TokenError::UnknownIssuer),
-        "unknown issuer",
-    )
-    .await;
+    for (path, token, want, what) in [
+        ("/orders/1", &allowed, Want::Allow, "allowed"),
+        (
+            "/orders/1",
+            &expired,
+            Want::Invalid(TokenError::Expired),
+            "expired",
+        ),
+        (
+            "/admin",
+            &allowed,
+            Want::Forbidden("admin"),
+            "insufficient scope",
+        ),
+        (
+            "/orders/1",
+            &elsewhere,
+            Want::Invalid(TokenError::UnknownIssuer),
+            "unknown issuer",
+        ),
+    ] {
+        expect(&world, &gw, "GET", path, token, want, what).await;
+    }
     let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &[], "").await;
     check(&reply, forwarded, Want::NoToken, "no token");
     let basic = [("authorization", "Basic dXNlcjpwYXNz")];
