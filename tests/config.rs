@@ -284,6 +284,24 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "URL",
         ),
         (
+            "plain http jwks_uri for an https issuer",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: http://a/k\n".into(),
+            "5:15",
+            "plain http for an https issuer",
+        ),
+        (
+            "plain http introspection endpoint for an https issuer",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: http://a/introspect\n      client_id: gw\n      client_secret_env: NEVER_READ\n".into(),
+            "6:17",
+            "plain http for an https issuer",
+        ),
+        (
+            "discovery with an issuer that is no URL",
+            "issuers:\n  - name: a\n    issuer: idp.example.com\n    audiences: [x]\n    discovery: true\n".into(),
+            "3:13",
+            "with `discovery: true` the issuer must be its URL",
+        ),
+        (
             "duplicate issuer names",
             format!("{ISSUER}  - name: corp\n    issuer: https://other\n    audiences: [api]\n    jwks_uri: https://o/k\n"),
             "6:11",

@@ -329,8 +329,8 @@ enum Extra {
     Http10,
     /// A version hyper does not speak.
     UnknownVersion,
-    /// Forwarding headers scopegate does not set, underscore spellings of
-    /// those it sets, and a method override.
+    /// Forwarding headers scopegate does not set, spellings with an
+    /// underscore of those it sets, and a method override.
     ClientForwarding,
     /// An `h2c` upgrade (raw HTTP/2 past the route check, if passed on).
     H2cUpgrade,
@@ -892,14 +892,16 @@ fn values(headers: &http::HeaderMap, name: &str) -> Vec<String> {
 /// Checks every upstream record not checked yet; returns how often each
 /// case id was seen in them.
 /// What [`Extra::ClientForwarding`] sends.
-const CLIENT_FORWARDING: &str = "Forwarded: for=10.0.0.1;host=internal\r\nX-Real-IP: 10.0.0.1\r\nX_Forwarded_For: 10.0.0.1\r\nX_Forwarded_Proto: https\r\nX-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\n";
+const CLIENT_FORWARDING: &str = "Forwarded: for=10.0.0.1;host=internal\r\nX-Real-IP: 10.0.0.1\r\nX_Forwarded_For: 10.0.0.1\r\nX_Forwarded_Proto: https\r\nX-Forwarded_Host: evil\r\nX-Real_IP: 10.0.0.2\r\nX-HTTP-Method-Override: DELETE\r\nX-Method-Override: DELETE\r\n";
 
 /// Headers no forwarded request may carry, whatever the client sent.
-const NEVER_UPSTREAM: [&str; 7] = [
+const NEVER_UPSTREAM: [&str; 9] = [
     "forwarded",
     "x-real-ip",
+    "x-real_ip",
     "x_forwarded_for",
     "x_forwarded_proto",
+    "x-forwarded_host",
     "x-http-method-override",
     "x-method-override",
     "http2-settings",

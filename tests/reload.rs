@@ -645,6 +645,39 @@ async fn a_config_refused_for_the_moment_is_tried_again() {
     );
 }
 
+/// A config refused because a key file it names did not exist yet (a Secret
+/// volume the kubelet updates after the ConfigMap's) is applied once the
+/// file appears, though the config's own text does not change again.
+#[tokio::test]
+async fn a_config_refused_for_a_missing_key_file_is_applied_when_the_file_appears() {
+    let upstream = Upstream::start().await;
+    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(&config, yaml(upstream.addr, "/one", "")).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+
+    let protected = yaml(upstream.addr, "/one", &jwks_file_issuer()).replace(
+        "routes:\n",
+        "routes:\n  - path: /orders/{id}\n    upstream: app\n    scopes: [orders:read]\n",
+    );
+    std::fs::write(&config, protected).unwrap();
+    let refused = r#"scopegate_config_reloads_total{result="invalid"} 1"#;
+    assert!(
+        wait_for_metrics(&gw, |m| m.contains(refused)).await,
+        "the config naming a missing key file was not refused"
+    );
+    let url = gw.url("/orders/1");
+    assert_eq!(get(&url, &[]).await.unwrap().status, 404);
+
+    std::fs::write(dir.path().join("jwks.json"), key.jwks()).unwrap();
+    let token = key.mint(&claims("orders:read")).unwrap();
+    assert!(
+        passes_eventually(&url, &token).await,
+        "the refused config was not tried again when its key file appeared"
+    );
+}
+
 /// A TLS client trusting only `cert`, keeping its sessions to resume.
 fn tls_client(cert: &Path) -> tokio_rustls::TlsConnector {
     let roots = scopegate::proxy::client::trusted_roots(Some(cert)).unwrap();

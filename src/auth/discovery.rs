@@ -6,6 +6,7 @@ use http::{Request, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Limited};
 use serde::Deserialize;
 
+use crate::config::validate::issuer_endpoint;
 use crate::proxy::client::HttpsClient;
 
 /// Largest metadata document accepted.
@@ -74,14 +75,14 @@ pub async fn discover(
                 // needs it stays unready, the rest (or an endpoint
                 // configured explicitly) goes on.
                 let https = issuer.starts_with("https://");
-                let (jwks_uri, unusable_jwks_uri) = match raw.jwks_uri.map(|v| endpoint(&v, https))
-                {
-                    None => (None, None),
-                    Some(Ok(uri)) => (Some(uri), None),
-                    Some(Err(e)) => (None, Some(e)),
-                };
+                let (jwks_uri, unusable_jwks_uri) =
+                    match raw.jwks_uri.map(|v| issuer_endpoint(&v, https)) {
+                        None => (None, None),
+                        Some(Ok(uri)) => (Some(uri), None),
+                        Some(Err(e)) => (None, Some(e)),
+                    };
                 let introspection_endpoint = raw.introspection_endpoint.and_then(|value| {
-                    endpoint(&value, https)
+                    issuer_endpoint(&value, https)
                         .inspect_err(|e| {
                             tracing::warn!(issuer, error = %e, "metadata introspection_endpoint ignored");
                         })
@@ -97,18 +98,6 @@ pub async fn discover(
         }
     }
     Err(last_error)
-}
-
-/// An endpoint named in metadata, held to what configured ones must be
-/// ([`crate::config::validate::http_url`]), and `https` when the issuer is
-/// (the introspection endpoint is sent client credentials and users'
-/// tokens).
-fn endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
-    let uri = crate::config::validate::http_url(value)?;
-    if issuer_https && uri.scheme_str() != Some("https") {
-        return Err(format!("`{value}` is plain http for an https issuer"));
-    }
-    Ok(uri)
 }
 
 async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetadata, String> {
@@ -139,6 +128,11 @@ mod tests {
             ("http://idp.test/introspect", false, true),
             ("https://idp.test/introspect", false, true),
             ("http://idp.test/introspect", true, false),
+            // On this host (a sidecar) plain http is as safe as the host.
+            ("http://127.0.0.1:8080/introspect", true, true),
+            ("http://[::1]:8080/introspect", true, true),
+            ("http://localhost/introspect", true, true),
+            ("http://127.0.0.1.idp.test/introspect", true, false),
             ("/introspect", false, false),
             ("idp.test/introspect", false, false),
             ("ftp://idp.test/introspect", false, false),
@@ -147,7 +141,7 @@ mod tests {
             ("", false, false),
         ] {
             assert_eq!(
-                endpoint(value, https).is_ok(),
+                issuer_endpoint(value, https).is_ok(),
                 ok,
                 "{value} (https issuer: {https})"
             );

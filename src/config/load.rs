@@ -101,6 +101,25 @@ pub fn files_digest<'a>(
     digest_of(all.finish())
 }
 
+/// Files a configuration read, and a digest ([`files_digest`]) of what they
+/// held when it read them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NamedFiles {
+    /// The files, in the order they were first read.
+    pub paths: Vec<PathBuf>,
+    /// Their contents then (an unreadable file counts as such).
+    pub digest: TokenDigest,
+}
+
+impl Default for NamedFiles {
+    fn default() -> Self {
+        Self {
+            paths: Vec::new(),
+            digest: files_digest([]),
+        }
+    }
+}
+
 /// [`files_digest`] of `files` as they are now.
 pub fn current_files_digest(files: &[PathBuf]) -> TokenDigest {
     files_digest(

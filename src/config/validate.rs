@@ -12,7 +12,7 @@ use http::{HeaderName, Method, Uri};
 use jsonwebtoken::Algorithm;
 use serde_saphyr::{Location, Spanned};
 
-use super::load::ConfigError;
+use super::load::{ConfigError, NamedFiles};
 use super::schema::{
     RawAuthorizationServer, RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource,
     RawRoute, RawStore, RawUpstream,
@@ -21,7 +21,7 @@ use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::StoreConfig;
-use crate::proxy::headers::RemovedHeaders;
+use crate::proxy::headers::{RemovedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::routes::{RouteSpec, RouteTable};
 
 /// The validated configuration the gateway runs on.
@@ -455,17 +455,31 @@ pub struct ForwardPolicy {
     pub strip_authorization: bool,
     /// Headers set from claims: name and index into [`Config::identity_claims`].
     pub identity_headers: Vec<(HeaderName, usize)>,
-    /// Client-sent headers always removed (identity names and underscore variants).
+    /// Client-sent headers always removed, in any spelling (identity names).
     pub remove_headers: RemovedHeaders,
 }
 
 /// Validates a parsed file into a [`Config`]; `base_dir` resolves relative paths.
 pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config, ConfigError> {
+    validate_naming_files(source, base_dir, raw).map_err(|(error, _)| error)
+}
+
+/// [`validate`], whose refusal also names the files read before it stopped
+/// (see [`super::load_str_naming_files`]).
+pub fn validate_naming_files(
+    source: &str,
+    base_dir: &Path,
+    raw: RawConfig,
+) -> Result<Config, (ConfigError, NamedFiles)> {
     let v = Validator {
         source,
         base_dir,
         files: std::cell::RefCell::new(Vec::new()),
     };
+    build(&v, raw).map_err(|error| (error, v.named_files()))
+}
+
+fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = v.server(&raw)?;
     let admin_listen = v.socket_addr(&raw.admin.listen)?;
     let mut issuers = raw
@@ -563,7 +577,7 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
 
     if routes.is_empty() && authorization_server.is_none() {
         return Err(ConfigError::at_start(
-            source,
+            v.source,
             "nothing to serve: no routes and no authorization_server (every request would get 404)",
         ));
     }
@@ -583,30 +597,26 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
         }
     }
 
-    let files = v.files.take();
+    let files = v.named_files();
     Ok(Config {
         authorization_server,
         resource,
-        source: source.to_owned(),
+        source: v.source.to_owned(),
         server,
         admin_listen,
         issuers,
         upstreams,
         routes,
         cache_max_entries: raw.cache.max_entries,
-        referenced_files: files.iter().map(|(path, _)| path.clone()).collect(),
-        files_digest: super::load::files_digest(
-            files
-                .iter()
-                .map(|(path, contents)| (path.as_path(), *contents)),
-        ),
+        referenced_files: files.paths,
+        files_digest: files.digest,
         text_digest: [0; 32],
         identity_claims,
     })
 }
 
-/// Headers a client may not send upstream whatever the route, each also in
-/// its underscore spelling (merged with it by CGI-style servers): forwarding
+/// Headers a client may not send upstream whatever the route, in any
+/// spelling (see [`RemovedHeaders`]): forwarding
 /// headers scopegate does not set (an upstream trusting them would take the
 /// client's word for its address, scheme, port, prefix or host: gunicorn
 /// trusts `X-Forwarded-Ssl` and `X-Forwarded-Protocol` from loopback, which
@@ -639,11 +649,6 @@ const CLIENT_MAY_NOT_SEND: [&str; 22] = [
     "x-method-override",
 ];
 
-/// The underscore spellings of the forwarding headers scopegate sets (the
-/// dash spellings it replaces itself).
-const SET_BY_SCOPEGATE_UNDERSCORED: [&str; 3] =
-    ["x_forwarded_for", "x_forwarded_proto", "x_forwarded_host"];
-
 /// Every route removes every identity header any route sets, not only its
 /// own: on a route that sets `X-Partner` instead of the defaults, a client's
 /// `X-Auth-Subject` must not reach the upstream either (nor `X-Partner` on a
@@ -651,17 +656,15 @@ const SET_BY_SCOPEGATE_UNDERSCORED: [&str; 3] =
 /// removes [`CLIENT_MAY_NOT_SEND`].
 fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteSpec<Route>]) {
     let policies = std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward));
-    let every: RemovedHeaders = CLIENT_MAY_NOT_SEND
-        .iter()
-        .flat_map(|name| [name.to_string(), name.replace('-', "_")])
-        .chain(
-            SET_BY_SCOPEGATE_UNDERSCORED
-                .iter()
-                .map(|name| name.to_string()),
-        )
-        .filter_map(|name| HeaderName::from_bytes(name.as_bytes()).ok())
-        .chain(policies.flat_map(|p| p.remove_headers.iter().cloned()))
-        .collect();
+    let every = RemovedHeaders::new(
+        CLIENT_MAY_NOT_SEND
+            .iter()
+            .map(|name| HeaderName::from_static(name))
+            .chain(policies.flat_map(|p| p.remove_headers.iter().cloned())),
+        [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
+            .into_iter()
+            .cloned(),
+    );
     let with = |policy: &ForwardPolicy| {
         Arc::new(ForwardPolicy {
             remove_headers: every.clone(),
@@ -767,6 +770,33 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
     }
 }
 
+/// An endpoint an issuer's keys or token answers come from: an
+/// [`http_url`], and `https` when the issuer is, unless it is on this host
+/// (a sidecar). Over plain http across the network, whoever sits on the path
+/// could hand scopegate signing keys of their own, or read the client
+/// credentials and users' tokens sent for introspection.
+pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
+    let uri = http_url(value)?;
+    if issuer_https && uri.scheme_str() != Some("https") && !on_this_host(&uri) {
+        return Err(format!(
+            "`{value}` is plain http for an https issuer (only a loopback address may be)"
+        ));
+    }
+    Ok(uri)
+}
+
+/// Whether `uri` names a loopback address or `localhost`.
+fn on_this_host(uri: &Uri) -> bool {
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || bare
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 struct Validator<'a> {
     source: &'a str,
     base_dir: &'a Path,
@@ -864,6 +894,19 @@ impl Validator<'_> {
             files.push((path.clone(), digest));
         }
         (path, contents)
+    }
+
+    /// The files read so far, and a digest of what they held.
+    fn named_files(&self) -> NamedFiles {
+        let files = self.files.borrow();
+        NamedFiles {
+            paths: files.iter().map(|(path, _)| path.clone()).collect(),
+            digest: super::load::files_digest(
+                files
+                    .iter()
+                    .map(|(path, contents)| (path.as_path(), *contents)),
+            ),
+        }
     }
 
     /// A path resolved against the config's directory.
@@ -1021,6 +1064,16 @@ impl Validator<'_> {
         if raw.issuer.value.is_empty() {
             return Err(self.err(raw.issuer.referenced, "issuer must not be empty"));
         }
+        if raw.discovery {
+            // Its metadata is found at a URL made from it (RFC 8414 3).
+            http_url(&raw.issuer.value).map_err(|e| {
+                self.err(
+                    raw.issuer.referenced,
+                    format!("with `discovery: true` the issuer must be its URL: {e}"),
+                )
+            })?;
+        }
+        let issuer_https = raw.issuer.value.starts_with("https://");
         let has_local_keys = raw.jwks_uri.is_some() || raw.jwks_file.is_some();
         if !has_local_keys && raw.introspection.is_none() && !raw.discovery {
             return Err(self.err(
@@ -1043,7 +1096,7 @@ impl Validator<'_> {
             ));
         }
         let keys = match (&raw.jwks_uri, &raw.jwks_file) {
-            (Some(uri), None) => KeySource::Remote(self.http_uri(uri)?),
+            (Some(uri), None) => KeySource::Remote(self.issuer_endpoint(uri, issuer_https)?),
             (None, Some(file)) => {
                 let (path, text) = self.read(&file.value);
                 let text = text.map_err(|e| {
@@ -1072,7 +1125,7 @@ impl Validator<'_> {
         let introspection = raw
             .introspection
             .as_ref()
-            .map(|i| self.introspection(i, raw.discovery))
+            .map(|i| self.introspection(i, raw.discovery, issuer_https))
             .transpose()?;
         let mut algorithms = Vec::new();
         for name in &raw.algorithms.value {
@@ -1140,11 +1193,12 @@ impl Validator<'_> {
         &self,
         spanned: &Spanned<RawIntrospection>,
         discovery: bool,
+        issuer_https: bool,
     ) -> Result<Introspection, ConfigError> {
         let raw = &spanned.value;
         let here = spanned.referenced;
         let endpoint = match &raw.endpoint {
-            Some(e) => Some(self.http_uri(e)?),
+            Some(e) => Some(self.issuer_endpoint(e, issuer_https)?),
             None if discovery => None,
             None => {
                 return Err(self.err(
@@ -1476,6 +1530,15 @@ impl Validator<'_> {
         http_url(&value.value).map_err(|message| self.err(value.referenced, message))
     }
 
+    fn issuer_endpoint(
+        &self,
+        value: &Spanned<String>,
+        issuer_https: bool,
+    ) -> Result<Uri, ConfigError> {
+        issuer_endpoint(&value.value, issuer_https)
+            .map_err(|message| self.err(value.referenced, message))
+    }
+
     fn upstream(
         &self,
         name: &str,
@@ -1588,12 +1651,6 @@ impl Validator<'_> {
                     claims.len() - 1
                 }
             };
-            let underscore = name.as_str().replace('-', "_");
-            if let Ok(variant) = HeaderName::from_bytes(underscore.as_bytes()) {
-                if variant != name {
-                    remove.push(variant);
-                }
-            }
             remove.push(name.clone());
             set.push((name, slot));
         }

@@ -110,59 +110,102 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     upgrade
 }
 
-/// Removes every header named in `names`. A request has a few headers and
-/// usually none of these, so when the comparisons are few the names present
-/// are found by comparing first, and only they are looked up.
+/// Removes every header `names` holds, in whatever spelling the request has
+/// it. One binary search per header the request has, not one lookup per name
+/// removed; nothing is allocated unless a header is removed.
 fn remove_all(headers: &mut HeaderMap, names: &RemovedHeaders) {
-    let names = &names.0;
-    // The default set is about 50 names, with every route's identity
-    // headers in two spellings on top.
-    if names.len() > u128::BITS as usize {
-        for name in names {
-            headers.remove(name);
+    let mut found: Vec<HeaderName> = Vec::new();
+    for key in headers.keys() {
+        if let Ok(index) = names
+            .0
+            .binary_search_by(|removed| by_length_then_dashed_name(&removed.name, key))
+        {
+            let removed = &names.0[index];
+            if !(removed.dashed_kept && removed.name == *key) {
+                found.push(key.clone());
+            }
         }
-        return;
     }
-    // One binary search per header the request has, not one lookup per
-    // name removed.
-    let present = headers.keys().fold(0u128, |mask, key| {
-        names
-            .binary_search_by(|name| by_length_then_name(name, key))
-            .map_or(mask, |index| mask | 1 << index)
-    });
-    if present == 0 {
-        return;
-    }
-    for (index, name) in names.iter().enumerate() {
-        if present & 1 << index != 0 {
-            headers.remove(name);
-        }
+    for key in found {
+        headers.remove(key);
     }
 }
 
-fn by_length_then_name(a: &HeaderName, b: &HeaderName) -> std::cmp::Ordering {
-    let (a, b) = (a.as_str(), b.as_str());
-    a.len().cmp(&b.len()).then_with(|| a.cmp(b))
+/// Orders a (dashed) name of a set against a request's header name with its
+/// `_` read as `-`.
+fn by_length_then_dashed_name(name: &HeaderName, key: &HeaderName) -> std::cmp::Ordering {
+    let (name, key) = (name.as_str().as_bytes(), key.as_str().as_bytes());
+    name.len().cmp(&key.len()).then_with(|| {
+        name.iter()
+            .copied()
+            .cmp(key.iter().map(|&b| if b == b'_' { b'-' } else { b }))
+    })
 }
 
-/// Client-sent headers a route removes before forwarding: a set, kept
-/// sorted so that each request header costs one binary search.
+/// Client-sent headers a route removes before forwarding, in every spelling:
+/// CGI-style servers (Rack and Puma, gunicorn, uWSGI) file `X-Auth_Subject`
+/// and `x_auth_subject` under the same variable as `X-Auth-Subject`. Kept
+/// sorted by dashed name, so that each request header costs one binary
+/// search.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct RemovedHeaders(Vec<HeaderName>);
+pub struct RemovedHeaders(Vec<Removed>);
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Removed {
+    /// The name with every `_` as `-`.
+    name: HeaderName,
+    /// Whether the dashed spelling itself stays (scopegate reads and
+    /// rewrites it, as `X-Forwarded-For`); its other spellings go.
+    dashed_kept: bool,
+}
 
 impl RemovedHeaders {
-    /// The names, in the set's order.
+    /// `names` removed in every spelling, and every spelling of `rewritten`
+    /// but the dashed one, which scopegate rewrites itself.
+    pub fn new(
+        names: impl IntoIterator<Item = HeaderName>,
+        rewritten: impl IntoIterator<Item = HeaderName>,
+    ) -> Self {
+        let dashed = |name: HeaderName| {
+            if !name.as_str().contains('_') {
+                return Some(name);
+            }
+            HeaderName::from_bytes(name.as_str().replace('_', "-").as_bytes()).ok()
+        };
+        let mut all: Vec<Removed> = names
+            .into_iter()
+            .filter_map(dashed)
+            .map(|name| Removed {
+                name,
+                dashed_kept: false,
+            })
+            .chain(
+                rewritten
+                    .into_iter()
+                    .filter_map(dashed)
+                    .map(|name| Removed {
+                        name,
+                        dashed_kept: true,
+                    }),
+            )
+            .collect();
+        // A name removed in every spelling wins over the same name kept.
+        all.sort_by(|a, b| {
+            by_length_then_dashed_name(&a.name, &b.name).then(a.dashed_kept.cmp(&b.dashed_kept))
+        });
+        all.dedup_by(|later, first| later.name == first.name);
+        Self(all)
+    }
+
+    /// The names removed in every spelling (dashed).
     pub fn iter(&self) -> impl Iterator<Item = &HeaderName> {
-        self.0.iter()
+        self.0.iter().filter(|r| !r.dashed_kept).map(|r| &r.name)
     }
 }
 
 impl FromIterator<HeaderName> for RemovedHeaders {
     fn from_iter<I: IntoIterator<Item = HeaderName>>(names: I) -> Self {
-        let mut names: Vec<HeaderName> = names.into_iter().collect();
-        names.sort_by(by_length_then_name);
-        names.dedup();
-        Self(names)
+        Self::new(names, [])
     }
 }
 
@@ -236,6 +279,26 @@ fn asks_for_websocket(headers: &HeaderMap) -> bool {
     }
 }
 
+/// `X-Forwarded-For` with the client's address appended: its lines are one
+/// list (RFC 9110 5.3; a proxy in front, HAProxy's `option forwardfor`
+/// among them, may add its own line), so all of them are kept, joined. A
+/// list that is not visible ASCII is replaced by the address alone.
+fn forwarded_for(headers: &HeaderMap, address: &HeaderValue) -> HeaderValue {
+    let mut line: Vec<u8> = Vec::new();
+    for prior in headers.get_all(&X_FORWARDED_FOR) {
+        if prior.to_str().is_err() {
+            return address.clone();
+        }
+        line.extend_from_slice(prior.as_bytes());
+        line.extend_from_slice(b", ");
+    }
+    if line.is_empty() {
+        return address.clone();
+    }
+    line.extend_from_slice(address.as_bytes());
+    HeaderValue::from_bytes(&line).unwrap_or_else(|_| address.clone())
+}
+
 /// Rewrites a permitted request's headers for the upstream. `authority` is
 /// the request target's authority, which stands for the client's `Host` in
 /// `X-Forwarded-Host` when there is none (HTTP/2 `:authority`).
@@ -279,23 +342,7 @@ pub fn prepare_upstream_request(
         headers.remove(AUTHORIZATION);
     }
 
-    // Only the first X-Forwarded-For line is kept, with the client's address
-    // appended.
-    let forwarded_for = match headers.remove(&X_FORWARDED_FOR) {
-        Some(prior) => prior
-            .to_str()
-            .ok()
-            .and_then(|prior| {
-                let address = client.address.to_str().unwrap_or_default();
-                let mut line = String::with_capacity(prior.len() + 2 + address.len());
-                line.push_str(prior);
-                line.push_str(", ");
-                line.push_str(address);
-                HeaderValue::try_from(line).ok()
-            })
-            .unwrap_or_else(|| client.address.clone()),
-        None => client.address.clone(),
-    };
+    let forwarded_for = forwarded_for(headers, &client.address);
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
@@ -345,6 +392,38 @@ mod tests {
             }
             assert!(headers.contains_key("x-kept"));
         }
+    }
+
+    #[test]
+    fn every_spelling_of_a_removed_name_goes_and_rewritten_ones_keep_theirs() {
+        let set = RemovedHeaders::new(
+            [HeaderName::from_static("x-auth-subject")],
+            [X_FORWARDED_FOR.clone()],
+        );
+        let mut headers = HeaderMap::new();
+        for name in [
+            "x-auth-subject",
+            "x_auth_subject",
+            "x-auth_subject",
+            "x_auth-subject",
+            "x-forwarded-for",
+            "x_forwarded_for",
+            "x-forwarded_for",
+            "x-auth-subjects",
+            "x-auth-subjec",
+        ] {
+            headers.insert(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        remove_all(&mut headers, &set);
+        let mut left: Vec<&str> = headers.keys().map(HeaderName::as_str).collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            ["x-auth-subjec", "x-auth-subjects", "x-forwarded-for"]
+        );
     }
 
     #[test]

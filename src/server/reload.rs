@@ -27,9 +27,10 @@ const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Why a reload did not take effect.
 #[derive(Debug, thiserror::Error)]
 pub enum ReloadError {
-    /// The file is unreadable or invalid (message has file:line:column).
+    /// The file is unreadable or invalid (message has file:line:column);
+    /// with the files validation read before it stopped, when it ran.
     #[error("{0}")]
-    Invalid(config::ConfigError),
+    Invalid(config::ConfigError, Option<config::NamedFiles>),
     /// The new runtime could not be built (CA files, ...).
     #[error("{0}")]
     Setup(String),
@@ -41,7 +42,7 @@ pub enum ReloadError {
 impl ReloadError {
     fn label(&self) -> &'static str {
         match self {
-            Self::Invalid(_) => "invalid",
+            Self::Invalid(..) => "invalid",
             Self::Setup(_) => "setup_failed",
             Self::NotReady(_) => "not_ready",
         }
@@ -139,10 +140,13 @@ impl Reloader {
         let (text, files) = match read {
             Ok((Ok(text), files)) => (text, files),
             Ok((Err(e), _)) => {
-                self.failed(&ReloadError::Invalid(config::ConfigError::whole_file(
-                    &self.path.display().to_string(),
-                    format!("cannot read: {e}"),
-                )));
+                self.failed(&ReloadError::Invalid(
+                    config::ConfigError::whole_file(
+                        &self.path.display().to_string(),
+                        format!("cannot read: {e}"),
+                    ),
+                    None,
+                ));
                 return;
             }
             Err(e) => {
@@ -171,10 +175,18 @@ impl Reloader {
             Err(e) => {
                 // Do not retry the same bad text on every poll; but a good
                 // one refused for the moment (an issuer's keys not loading
-                // yet) is tried again at the next poll.
-                if matches!(e, ReloadError::Invalid(_)) {
+                // yet) is tried again at the next poll, and one refused for
+                // a file it names (a key in a Secret volume the kubelet has
+                // not updated yet) once one of the files it read changes.
+                if let ReloadError::Invalid(_, named) = &e {
                     self.last_text = text_digest;
-                    self.last_files = files;
+                    match named {
+                        Some(named) => {
+                            self.files.clone_from(&named.paths);
+                            self.last_files = named.digest;
+                        }
+                        None => self.last_files = files,
+                    }
                 }
                 self.failed(&e);
             }
@@ -203,7 +215,8 @@ impl Reloader {
         // Off the runtime: validation reads the keys, secrets and
         // certificates the config names.
         let (config, named_digest) = tokio::task::spawn_blocking(move || {
-            let config = config::load_str(&source, &base, &text).map_err(ReloadError::Invalid)?;
+            let config = config::load_str_naming_files(&source, &base, &text)
+                .map_err(|(error, named)| ReloadError::Invalid(error, Some(named)))?;
             let named_digest = config.files_digest;
             Ok::<_, ReloadError>((config, named_digest))
         })
