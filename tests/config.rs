@@ -236,6 +236,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "server.tls",
         ),
         (
+            "refresh families that end at once",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_family_max_age: 0s\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "5:3",
+            "refresh_family_max_age must be greater than zero",
+        ),
+        (
             "public client left with the default grant",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: spa\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "7:7",

@@ -724,6 +724,25 @@ async fn missing_scope_is_403_on_miss_and_on_cache_hit() {
     assert_eq!(s.upstream.count(), 1);
 }
 
+/// `scope_claim: scp` says where the issuer's JWTs carry their scopes; an
+/// introspection answer carries them in `scope` (RFC 7662 2.2) all the same,
+/// and one with only `scp` is read as configured.
+#[tokio::test]
+async fn introspected_scopes_are_read_from_scope_whatever_the_jwt_claim() {
+    let s = Opaque::start("    scope_claim: scp\n").await;
+    s.idp.answer("reader", active("orders:read"));
+    let ok = s.get("/orders/1", "reader").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+
+    let mut scp_only = active("");
+    scp_only.as_object_mut().unwrap().remove("scope");
+    scp_only["scp"] = json!(["orders:read"]);
+    s.idp.answer("reader-scp", scp_only);
+    let ok = s.get("/orders/1", "reader-scp").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_insufficient_scope(&s.get("/admin", "reader").await, "admin");
+}
+
 // ---------------------------------------------------------------------------
 // 3. What counts as active.
 // ---------------------------------------------------------------------------

@@ -439,6 +439,15 @@ async fn apigee_response_style_matches_the_seed_sample() {
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
     let body = r.json();
     assert_eq!(body["token_type"], "BearerToken", "{body}");
+    // Only grant_type may ride in the query: a scope there would otherwise
+    // be ignored and the token granted every scope of the client.
+    let misplaced = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials&scope=orders:read"),
+        &[],
+        &creds("svc"),
+    )
+    .await;
+    assert_oauth_error(&misplaced, 400, "invalid_request");
     assert_eq!(body["status"], "approved", "{body}");
     assert_eq!(body["scope"], "orders:read reports:read", "{body}");
     assert_eq!(body["expires_in"], "3600", "{body}");
@@ -1224,6 +1233,12 @@ async fn jwks_and_authorization_server_metadata() {
     assert_eq!(m["jwks_uri"], format!("{ISS}{JWKS}"), "{m}");
     assert_eq!(m["introspection_endpoint"], format!("{ISS}{INTROSPECT}"));
     assert_eq!(m["revocation_endpoint"], format!("{ISS}{REVOKE}"));
+    // Public clients may revoke their tokens (RFC 7009 2.1), so `none` is listed.
+    assert_eq!(
+        m["revocation_endpoint_auth_methods_supported"],
+        serde_json::json!(["client_secret_basic", "client_secret_post", "none"]),
+        "{m}"
+    );
     let grants: Vec<&str> = m["grant_types_supported"]
         .as_array()
         .unwrap()
@@ -1354,7 +1369,14 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
         introspect(&gw, "plain", &plain).await.json()["active"],
         true
     );
-    assert_eq!(revoke(&gw, "plain", &plain).await.status, 200);
+    let revoked = revoke(&gw, "plain", &plain).await;
+    assert_eq!(revoked.status, 200);
+    // The body says nothing (RFC 7009 2.2) but is the JSON it is labelled.
+    assert_eq!(
+        revoked.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert_eq!(revoked.json(), serde_json::json!({}));
     let v = introspect(&gw, "plain", &plain).await.json();
     assert_eq!(v, json!({"active": false}));
 

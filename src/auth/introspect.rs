@@ -324,7 +324,15 @@ impl Introspector {
             }
             None
         };
-        let Ok(scopes) = super::read_scopes(answer, self.scope_claim) else {
+        // RFC 7662 2.2 names the answer's scopes `scope`, whatever claim
+        // the issuer's JWTs use; a server that sends only its JWT claim
+        // (`scp`) is read as configured.
+        let claim = if answer.contains_key("scope") {
+            ScopeClaim::Scope
+        } else {
+            self.scope_claim
+        };
+        let Ok(scopes) = super::read_scopes(answer, claim) else {
             return inactive;
         };
         let ttl = match expires_at {

@@ -1411,6 +1411,7 @@ impl Validator<'_> {
         }
         self.positive(raw.access_token_ttl, here, "access_token_ttl")?;
         self.positive(raw.refresh_token_ttl, here, "refresh_token_ttl")?;
+        self.positive(raw.refresh_family_max_age, here, "refresh_family_max_age")?;
         let year = Duration::from_secs(366 * 24 * 3600);
         if raw.access_token_ttl > year
             || raw.refresh_token_ttl > year

@@ -62,7 +62,7 @@ impl AuthorizationServer {
             "scopes_supported": scopes,
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "code_challenge_methods_supported": ["S256"],
             "authorization_response_iss_parameter_supported": true,
         });
@@ -250,7 +250,9 @@ impl AuthorizationServer {
                 }
             }
         }
-        Ok(json_response(StatusCode::OK, String::new()))
+        // RFC 7009 2.2: the status says it all; the body is an empty JSON
+        // object, so that a client parsing by content type finds JSON.
+        Ok(json_response(StatusCode::OK, "{}".to_owned()))
     }
 }
 

@@ -67,6 +67,19 @@ impl AuthorizationServer {
             (Some(g), _) | (None, Some(g)) => g.clone(),
             (None, None) => return Err(OAuthError::invalid_request("grant_type is required")),
         };
+        // The seed's style puts `grant_type` in the query; any other
+        // parameter there (a `scope`, above all) would be silently ignored
+        // and the token granted more than was asked for. Credentials get
+        // their own refusal below.
+        let misplaced = req
+            .query
+            .keys()
+            .any(|name| !matches!(name.as_str(), "grant_type" | "client_id" | "client_secret"));
+        if misplaced {
+            return Err(OAuthError::invalid_request(
+                "only grant_type may be sent in the query; the other parameters belong in the body",
+            ));
+        }
         let presented = clients::presented(&req.headers, &req.form, query_credentials)?;
         let grant = Grant::parse(&grant_type).ok_or_else(OAuthError::unsupported_grant_type)?;
         let allow_public = matches!(grant, Grant::AuthorizationCode | Grant::RefreshToken);
