@@ -33,6 +33,9 @@ pub enum GatewayError {
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
+    /// A transfer coding other than `chunked` alone (RFC 9112 6.1).
+    #[error("unsupported transfer coding")]
+    UnsupportedTransferCoding,
     /// No route has this path.
     #[error("no route for this path")]
     RouteNotFound,
@@ -93,6 +96,7 @@ impl GatewayError {
             Self::BadHost => "bad_host",
             Self::BadMethod => "lower_case_method",
             Self::AmbiguousFraming => "ambiguous_framing",
+            Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::RouteNotFound => "route_not_found",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::MissingToken => "missing_token",
@@ -120,6 +124,7 @@ impl GatewayError {
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingToken | Self::OtherScheme | Self::InvalidToken(_) => {
@@ -151,6 +156,10 @@ impl GatewayError {
             Self::AmbiguousFraming => (
                 "invalid_request",
                 "both Content-Length and Transfer-Encoding are present",
+            ),
+            Self::UnsupportedTransferCoding => (
+                "not_implemented",
+                "the only transfer coding accepted is chunked",
             ),
             Self::RouteNotFound => ("not_found", "no route matches this path"),
             Self::MethodNotAllowed { .. } => {
@@ -235,6 +244,7 @@ impl GatewayError {
             // Framing that can't be trusted, or a body whose rest can't be
             // skipped: the connection ends with this response.
             Self::AmbiguousFraming
+            | Self::UnsupportedTransferCoding
             | Self::BadHost
             | Self::RequestBodyTimeout
             | Self::RequestBodyBroken => {

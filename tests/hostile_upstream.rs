@@ -65,6 +65,8 @@ enum Script {
     BothFramings,
     /// Two different `Content-Length`s.
     TwoLengths,
+    /// `Transfer-Encoding: gzip, chunked`: hyper undoes the chunking only.
+    CodedChunked,
     /// `100 Continue`, then 200.
     Interim,
     /// 204 followed by bytes that look like a body.
@@ -97,7 +99,7 @@ enum Script {
 }
 
 impl Script {
-    const ALL: [Script; 21] = [
+    const ALL: [Script; 22] = [
         Script::Length,
         Script::Chunked,
         Script::CloseDelimited,
@@ -105,6 +107,7 @@ impl Script {
         Script::LengthTooShort,
         Script::BothFramings,
         Script::TwoLengths,
+        Script::CodedChunked,
         Script::Interim,
         Script::NoContentWithBody,
         Script::HopByHop,
@@ -155,6 +158,9 @@ impl Script {
             ),
             Script::BothFramings => {
                 format!("HTTP/1.1 200 OK\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n")
+            }
+            Script::CodedChunked => {
+                format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n{n:x}\r\n{body}\r\n0\r\n\r\n")
             }
             Script::TwoLengths => format!(
                 "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Length: {}\r\n\r\n{body}",
@@ -217,6 +223,9 @@ impl Script {
             // RFC 9112 6.3: a sign of response splitting, refused.
             Script::BothFramings
             | Script::TwoLengths
+            // RFC 9112 7: a coding left undone would reach the client as if
+            // the body were plain.
+            | Script::CodedChunked
             | Script::BadStatusCode
             | Script::Garbage
             | Script::ObsFold

@@ -959,6 +959,23 @@ async fn ambiguous_framing_is_refused() {
     }
     assert_eq!(world.upstream.count(), 0);
 
+    // A coding hyper would not undo (only `chunked`) is not passed on as if
+    // the body were plain (RFC 9112 6.1: 501).
+    for codings in ["gzip, chunked", "gzip\r\nTransfer-Encoding: chunked"] {
+        let text = raw(
+            gw.addr,
+            format!(
+                "POST /status HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: {codings}\r\n\r\n0\r\n\r\n"
+            )
+            .as_bytes(),
+        )
+        .await;
+        let reply = RawReply::parse(&text);
+        assert_eq!(reply.status, 501, "{codings}: {text}");
+        assert_eq!(reply.error().as_deref(), Some("not_implemented"), "{text}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+
     // The watch follows the connection as hyper does, so a request with
     // both headers is refused after: an upgrade that did not happen (the
     // upstream answered 200, or the gateway refused it; the connection stays

@@ -12,7 +12,7 @@ use hyper::upgrade::OnUpgrade;
 
 use super::body::{BodyFailures, ClientBody, ClientBodyError, UpstreamBody};
 use super::client::build_upstream_connectors;
-use super::headers::{prepare_upstream_request, remove_hop_by_hop, ClientInfo};
+use super::headers::{only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::Body;
 use crate::admin::metrics::Metrics;
@@ -156,6 +156,13 @@ impl Forwarder {
                     &upstream.config,
                     "both Content-Length and Transfer-Encoding",
                 ));
+            }
+            // hyper undoes `chunked` only; a coding before it (`gzip,
+            // chunked`) would reach the client undone and unlabelled.
+            if !only_chunked(headers) {
+                return Err(
+                    self.bad_answer(&upstream.config, "a transfer coding other than chunked")
+                );
             }
             if remove_hop_by_hop(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache

@@ -4,7 +4,10 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use http::header::{HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, UPGRADE};
+use http::header::{
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, TRANSFER_ENCODING,
+    UPGRADE,
+};
 use http::uri::Authority;
 use http::HeaderMap;
 
@@ -51,6 +54,23 @@ fn hop_by_hop_bit(name: &str) -> u16 {
         "transfer-encoding" => 1 << 7,
         "upgrade" => 1 << 8,
         _ => 0,
+    }
+}
+
+/// Whether a message's `Transfer-Encoding`, if any, is `chunked` alone: the
+/// one coding hyper undoes. Any other (`gzip, chunked`) would be passed on
+/// with its header, which is hop-by-hop, gone and the coding not undone
+/// (RFC 9112 6.1, 7).
+pub fn only_chunked(headers: &HeaderMap) -> bool {
+    let mut codings = headers
+        .get_all(TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii);
+    match (codings.next(), codings.next()) {
+        (None, _) => true,
+        (Some(coding), None) => coding.eq_ignore_ascii_case(b"chunked"),
+        (Some(_), Some(_)) => false,
     }
 }
 

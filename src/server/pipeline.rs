@@ -480,8 +480,8 @@ impl Gateway {
 }
 
 /// Refuses requests whose framing or target is ambiguous: both Content-Length
-/// and Transfer-Encoding, repeated Content-Length, or a missing, repeated or
-/// malformed Host on HTTP/1.1.
+/// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
+/// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
@@ -493,6 +493,9 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         .is_some();
     if smuggled || lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
         return Err(GatewayError::AmbiguousFraming);
+    }
+    if !crate::proxy::headers::only_chunked(headers) {
+        return Err(GatewayError::UnsupportedTransferCoding);
     }
     // With no userinfo (`@`, RFC 9110 4.2.4), the host is empty exactly
     // when the authority starts with the port's colon. A target's authority
