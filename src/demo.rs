@@ -117,13 +117,13 @@ pub fn demo_config_yaml(
     let (username, _) = DEMO_USER;
     format!(
         r#"server:
-  listen: {listen}
+  listen: "{listen}"
   shutdown_delay: 0s
   shutdown_grace: 5s
 admin:
-  listen: {admin}
+  listen: "{admin}"
 authorization_server:
-  issuer: http://{listen}
+  issuer: "http://{listen}"
   token_path: /auth/v2/accesstoken
   access_token_ttl: 1h
   refresh_token_ttl: 30m
@@ -138,13 +138,13 @@ authorization_server:
       grants: [authorization_code, refresh_token]
       scopes: [orders:read]
       audience: {DEMO_AUDIENCE}
-      redirect_uris: [http://{listen}/callback]
+      redirect_uris: ["http://{listen}/callback"]
   users:
     - username: {username}
       password_hash: "{password_hash}"
 upstreams:
   echo:
-    url: http://{upstream}
+    url: "http://{upstream}"
 routes:
   - path: /public
     upstream: echo
@@ -256,4 +256,28 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     )
     .await
     .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_demo_config_loads_on_ipv4_and_ipv6_addresses() {
+        let hash = crate::issuer::clients::hash_secret("s3cret-value").unwrap();
+        for (listen, admin, upstream) in [
+            ("127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:8081"),
+            ("[::1]:8080", "[::1]:9090", "[::1]:8081"),
+        ] {
+            let yaml = demo_config_yaml(
+                listen.parse().unwrap(),
+                admin.parse().unwrap(),
+                upstream.parse().unwrap(),
+                &hash,
+                &hash,
+            );
+            let loaded = crate::config::load_str("<demo>", Path::new("."), &yaml);
+            assert!(loaded.is_ok(), "{listen}: {:?}", loaded.err());
+        }
+    }
 }

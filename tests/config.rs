@@ -236,6 +236,30 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "server.tls",
         ),
         (
+            "a store with an unknown field",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h\", password: x }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "store must be",
+        ),
+        (
+            "a redis store over TLS",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "rediss:// (TLS) is not supported",
+        ),
+        (
+            "a redis URL without braces",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: \"redis://:hunter2@h\"\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "store must be `memory`",
+        ),
+        (
+            "a redis URL that does not parse",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:notaport\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "redis store URL must be",
+        ),
+        (
             "refresh families that end at once",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_family_max_age: 0s\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "5:3",
@@ -246,6 +270,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: spa\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "7:7",
             "a public client (no client_secret_hash) cannot use `client_credentials`",
+        ),
+        (
+            "admin on the proxy's port",
+            "server:\n  listen: 0.0.0.0:8080\nadmin:\n  listen: 127.0.0.1:8080\n".into(),
+            "4:11",
+            "overlaps server.listen",
+        ),
+        (
+            "authorization server named like an issuer by default",
+            format!("{ISSUER}  - name: local\n    issuer: https://other\n    audiences: [api]\n    jwks_uri: https://o/k\nauthorization_server:\n  issuer: https://as.example.com\n  clients: []\n"),
+            "11:3",
+            "the authorization server's name `local` is already an issuer's",
         ),
         (
             "bad listen address",

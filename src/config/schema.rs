@@ -145,20 +145,33 @@ pub struct RawSigningKey {
 
 /// The state store.
 #[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[serde(
+    untagged,
+    expecting = "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`"
+)]
 pub enum RawStore {
     /// `memory`.
     Name(String),
     /// `{ file: path }`.
-    File {
-        /// The redb file.
-        file: String,
-    },
+    File(RawFileStore),
     /// `{ redis: url }`.
-    Redis {
-        /// `redis://host:port/db`.
-        redis: String,
-    },
+    Redis(RawRedisStore),
+}
+
+/// `store: { file: path }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFileStore {
+    /// The redb file.
+    pub file: String,
+}
+
+/// `store: { redis: url }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisStore {
+    /// `redis://[user:password@]host[:port][/db]`.
+    pub redis: String,
 }
 
 /// A registered client.

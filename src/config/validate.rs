@@ -482,6 +482,15 @@ pub fn validate_naming_files(
 fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = v.server(&raw)?;
     let admin_listen = v.socket_addr(&raw.admin.listen)?;
+    if same_port(admin_listen, server.listen) {
+        return Err(v.err(
+            raw.admin.listen.referenced,
+            format!(
+                "admin.listen {admin_listen} overlaps server.listen {}: each needs its own port",
+                server.listen
+            ),
+        ));
+    }
     let mut issuers = raw
         .issuers
         .iter()
@@ -509,15 +518,23 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .collect();
     let authorization_server = match &raw.authorization_server {
         Some(spanned) => {
+            let name = spanned.value.name.value.as_str();
+            if issuer_index.contains_key(name) {
+                // The name may be the default, written nowhere.
+                return Err(v
+                    .err(
+                        spanned.value.name.referenced,
+                        format!("the authorization server's name `{name}` is already an issuer's (set `name:` to another)"),
+                    )
+                    .or_at(spanned.referenced));
+            }
             let (settings, issuer) = v
                 .authorization_server(spanned, issuers.len())
                 .map_err(|e| e.or_at(spanned.referenced))?;
-            if issuer_index.contains_key(spanned.value.name.value.as_str())
-                || issuers.iter().any(|i| i.issuer == issuer.issuer)
-            {
+            if issuers.iter().any(|i| i.issuer == issuer.issuer) {
                 return Err(v.err(
-                    spanned.value.name.referenced,
-                    "the authorization server's name or issuer is already used by an issuer",
+                    spanned.value.issuer.referenced,
+                    "the authorization server's issuer is already an issuer's",
                 ));
             }
             issuer_index.insert(spanned.value.name.value.as_str(), issuers.len());
@@ -768,6 +785,23 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
             "`{value}` must be an absolute http:// or https:// URL"
         )),
     }
+}
+
+/// Whether two listen addresses would take the same port: equal, or one of
+/// them on every address of the other's family (`0.0.0.0`), or on `[::]`,
+/// which on Linux takes IPv4 as well.
+fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    let dual_stack = |s: SocketAddr| s.ip() == std::net::Ipv6Addr::UNSPECIFIED;
+    let any_of_family = |s: SocketAddr, other: SocketAddr| {
+        s.ip().is_unspecified() && s.is_ipv4() == other.is_ipv4()
+    };
+    a.port() == b.port()
+        && a.port() != 0
+        && (a.ip() == b.ip()
+            || any_of_family(a, b)
+            || any_of_family(b, a)
+            || dual_stack(a)
+            || dual_stack(b))
 }
 
 /// An endpoint an issuer's keys or token answers come from: an
@@ -1354,19 +1388,35 @@ impl Validator<'_> {
         let store = match raw.store.as_ref().map(|s| (&s.value, s.referenced)) {
             None => StoreConfig::Memory,
             Some((RawStore::Name(name), _)) if name == "memory" => StoreConfig::Memory,
-            Some((RawStore::Name(name), at)) => {
+            // Not echoed: a `redis://:password@host` written without its
+            // braces lands here.
+            Some((RawStore::Name(_), at)) => {
                 return Err(self.err(
                     at,
-                    format!("store must be `memory`, `{{ file: PATH }}` or `{{ redis: URL }}`, not `{name}`"),
+                    "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`",
                 ))
             }
             // Written by the server itself: not a file a reload follows.
-            Some((RawStore::File { file }, _)) => StoreConfig::File(self.resolve(file)),
-            Some((RawStore::Redis { redis }, at)) => {
-                if !redis.starts_with("redis://") && !redis.starts_with("rediss://") {
-                    return Err(self.err(at, "redis store URL must start with redis:// or rediss://"));
+            Some((RawStore::File(store), _)) => StoreConfig::File(self.resolve(&store.file)),
+            Some((RawStore::Redis(store), at)) => {
+                let url = &store.redis;
+                if url.starts_with("rediss://") {
+                    return Err(self.err(
+                        at,
+                        "rediss:// (TLS) is not supported: use redis:// to a Redis inside the cluster, or a TLS sidecar",
+                    ));
                 }
-                StoreConfig::Redis(redis.clone())
+                // Parsed as the client will (no connection made); the URL
+                // may hold a password, so it is not repeated.
+                if !url.starts_with("redis://")
+                    || redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err()
+                {
+                    return Err(self.err(
+                        at,
+                        "redis store URL must be redis://[user:password@]host[:port][/db]",
+                    ));
+                }
+                StoreConfig::Redis(url.clone())
             }
         };
         let mut clients: Vec<Client> = Vec::new();
