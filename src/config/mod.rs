@@ -35,8 +35,8 @@ pub fn load_str_naming_files(
     source: &str,
     base_dir: &Path,
     text: &str,
-) -> Result<Config, (ConfigError, NamedFiles)> {
-    let raw = load::parse(source, text).map_err(|e| (e, NamedFiles::default()))?;
+) -> Result<Config, (ConfigError, Box<NamedFiles>)> {
+    let raw = load::parse(source, text).map_err(|e| (e, Box::default()))?;
     let mut config = validate::validate_naming_files(source, base_dir, raw)?;
     config.text_digest = crate::auth::cache::digest(text);
     Ok(config)

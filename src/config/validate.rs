@@ -470,13 +470,13 @@ pub fn validate_naming_files(
     source: &str,
     base_dir: &Path,
     raw: RawConfig,
-) -> Result<Config, (ConfigError, NamedFiles)> {
+) -> Result<Config, (ConfigError, Box<NamedFiles>)> {
     let v = Validator {
         source,
         base_dir,
         files: std::cell::RefCell::new(Vec::new()),
     };
-    build(&v, raw).map_err(|error| (error, v.named_files()))
+    build(&v, raw).map_err(|error| (error, Box::new(v.named_files())))
 }
 
 fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {

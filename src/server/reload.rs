@@ -30,7 +30,7 @@ pub enum ReloadError {
     /// The file is unreadable or invalid (message has file:line:column);
     /// with the files validation read before it stopped, when it ran.
     #[error("{0}")]
-    Invalid(config::ConfigError, Option<config::NamedFiles>),
+    Invalid(config::ConfigError, Option<Box<config::NamedFiles>>),
     /// The new runtime could not be built (CA files, ...).
     #[error("{0}")]
     Setup(String),
