@@ -1406,6 +1406,36 @@ impl<F> UpstreamHandler for F where
 
 /// [`echo_upgrade_upstream`]'s handler.
 fn echo_upgrade(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> impl UpstreamHandler {
+    switching_upgrade(seen, Handshake::Proper)
+}
+
+/// What a switching test upstream answers a WebSocket key with.
+#[derive(Debug, Clone, Copy)]
+enum Handshake {
+    /// The accept value RFC 6455 4.2.2 makes from the key.
+    Proper,
+    /// No `Sec-WebSocket-Accept` at all.
+    NoAccept,
+    /// An accept value made from another key.
+    WrongAccept,
+}
+
+/// The `Sec-WebSocket-Accept` for `key` (RFC 6455 4.2.2), computed here
+/// rather than by the code under test.
+fn accept_for(key: &[u8]) -> String {
+    use base64::Engine as _;
+    let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    hash.update(key);
+    hash.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    base64::engine::general_purpose::STANDARD.encode(hash.finish())
+}
+
+/// A handler that switches every request asking to upgrade and echoes the
+/// tunnel's bytes, answering the key as `handshake` says.
+fn switching_upgrade(
+    seen: Arc<Mutex<Vec<http::HeaderMap>>>,
+    handshake: Handshake,
+) -> impl UpstreamHandler {
     move |mut req: Request<Incoming>| {
         let seen = Arc::clone(&seen);
         Box::pin(async move {
@@ -1431,13 +1461,63 @@ fn echo_upgrade(seen: Arc<Mutex<Vec<http::HeaderMap>>>) -> impl UpstreamHandler 
                     }
                 }
             });
-            Response::builder()
+            let key = req
+                .headers()
+                .get("sec-websocket-key")
+                .map_or(&b""[..], |k| k.as_bytes());
+            let accept = match handshake {
+                Handshake::Proper => Some(accept_for(key)),
+                Handshake::NoAccept => None,
+                Handshake::WrongAccept => Some(accept_for(b"another key")),
+            };
+            let mut response = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
                 .header("connection", "upgrade")
-                .header("upgrade", "websocket")
-                .body(full_body(Bytes::new()))
-                .unwrap()
+                .header("upgrade", "websocket");
+            if let Some(accept) = accept {
+                response = response.header("sec-websocket-accept", accept);
+            }
+            response.body(full_body(Bytes::new())).unwrap()
         })
+    }
+}
+
+/// An upstream that answers 101 without the handshake's accept value (one
+/// that reflects a status, say, and goes on reading HTTP) is not joined to
+/// the client: the client's next bytes would reach it as requests no route
+/// or token check saw (RFC 6455 4.1).
+#[tokio::test]
+async fn a_switch_without_the_websocket_handshake_is_not_tunnelled() {
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    for handshake in [Handshake::NoAccept, Handshake::WrongAccept] {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let upstream = serve_fn(switching_upgrade(Arc::clone(&seen), handshake)).await;
+        let gw = Gateway::start(&config_for(&world, upstream)).await;
+        let auth = bearer(&token);
+        let reply = raw_reply(
+            gw.addr,
+            &request(
+                "GET",
+                "/orders/42",
+                &[
+                    ("Authorization", &auth),
+                    ("Connection", "Upgrade"),
+                    ("Upgrade", "websocket"),
+                    ("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                    ("Sec-WebSocket-Version", "13"),
+                ],
+            ),
+        )
+        .await;
+        assert_eq!(reply.status, 502, "{handshake:?}: {reply:?}");
+        let metrics = gw.metrics().await;
+        assert_eq!(
+            upstream_errors(&metrics, "protocol"),
+            1.0,
+            "{handshake:?}: {metrics}"
+        );
+        assert_eq!(seen.lock().unwrap().len(), 1, "{handshake:?}");
     }
 }
 
@@ -2018,6 +2098,31 @@ async fn h2c_upstream() {
         *versions.lock().unwrap(),
         [http::Version::HTTP_2, http::Version::HTTP_2]
     );
+}
+
+/// A response header block larger than h2's 16 KiB default (a large policy
+/// header, many cookies) passes over HTTP/2 as it does over HTTP/1.1.
+#[tokio::test]
+async fn large_response_headers_pass_from_an_http2_upstream() {
+    let world = World::new().await;
+    let upstream = serve_fn(|_req: Request<Incoming>| async move {
+        let mut response = Response::new(full_body("ok"));
+        for i in 0..40 {
+            let name = http::HeaderName::try_from(format!("x-large-{i}")).unwrap();
+            let value = http::HeaderValue::try_from("v".repeat(1000)).unwrap();
+            response.headers_mut().insert(name, value);
+        }
+        response
+    })
+    .await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let reply = get_with_token(&gw.url("/orders/42"), &world.token("orders:read")).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.header("x-large-39").map(|v| v.len()), Some(1000));
 }
 
 /// An upstream's offer to switch protocols stays between it and scopegate,

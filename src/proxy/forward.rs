@@ -3,7 +3,10 @@
 use std::error::Error as _;
 use std::sync::Arc;
 
-use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE};
+use http::header::{
+    HeaderValue, CONNECTION, CONTENT_LENGTH, SEC_WEBSOCKET_ACCEPT, SEC_WEBSOCKET_KEY,
+    TRANSFER_ENCODING, UPGRADE,
+};
 use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::Either;
@@ -94,10 +97,13 @@ impl Forwarder {
             client,
             parts.uri.authority(),
         );
-        let client_upgrade = if upgrade {
-            parts.extensions.remove::<OnUpgrade>()
+        let (client_upgrade, websocket_accept) = if upgrade {
+            (
+                parts.extensions.remove::<OnUpgrade>(),
+                parts.headers.get(SEC_WEBSOCKET_KEY).map(websocket_accept),
+            )
         } else {
-            None
+            (None, None)
         };
         parts.uri = upstream_uri(&upstream.config, &parts.uri, canonical_path)?;
         let mut body = ClientBody::new(body, upstream.config.body_idle_timeout);
@@ -139,6 +145,23 @@ impl Forwarder {
             let Some(client_side) = client_upgrade else {
                 return Err(self.bad_answer(&upstream.config, "a protocol switch nobody asked for"));
             };
+            // RFC 6455 4.1: a switch without the accept value made from the
+            // request's key is no WebSocket handshake; an upstream that
+            // answered 101 while still reading HTTP would take whatever the
+            // client sends next as requests no route or token check saw.
+            let headers = response.headers();
+            let handshake = websocket_accept
+                .is_some_and(|accept| headers.get(SEC_WEBSOCKET_ACCEPT) == Some(&accept))
+                && headers.get(UPGRADE).is_some_and(|v| {
+                    v.to_str()
+                        .is_ok_and(|v| v.trim().eq_ignore_ascii_case("websocket"))
+                });
+            if !handshake {
+                return Err(self.bad_answer(
+                    &upstream.config,
+                    "a protocol switch without a matching WebSocket handshake",
+                ));
+            }
             let upstream_side = hyper::upgrade::on(&mut response);
             tokio::spawn(super::tunnel::join(
                 client_side,
@@ -268,6 +291,18 @@ async fn after_upload<F: std::future::Future>(
     }
 }
 
+/// The `Sec-WebSocket-Accept` a WebSocket server answers `key` with (RFC
+/// 6455 4.2.2: base64 of the SHA-1 of the key and a fixed GUID).
+pub fn websocket_accept(key: &HeaderValue) -> HeaderValue {
+    use base64::Engine as _;
+    let mut hash = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    hash.update(key.as_bytes());
+    hash.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let encoded = base64::engine::general_purpose::STANDARD.encode(hash.finish());
+    // Base64 is visible ASCII.
+    HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
 fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
     let connecting = matches!(error, SendError::Connect(_));
@@ -303,6 +338,12 @@ fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn websocket_accept_is_rfc_6455s_sample() {
+        let key = HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ==");
+        assert_eq!(websocket_accept(&key), "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+    }
 
     fn upstream(base_path: &str) -> Upstream {
         Upstream {

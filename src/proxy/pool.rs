@@ -72,6 +72,11 @@ const H2_PING_TIMEOUT: Duration = Duration::from_secs(10);
 /// a thirty-second of it: hyper's defaults (2 MiB of 5 MiB) let three such
 /// clients stop every answer on the connection.
 const H2_STREAM_WINDOW: u32 = 512 * 1024;
+/// The response header block an HTTP/2 upstream may send: as much as hyper
+/// reads from an HTTP/1.1 one (its largest read buffer), so that a response
+/// with a large policy header or many cookies does not pass over HTTP/1.1
+/// and fail (refused stream, 502) when ALPN picks HTTP/2.
+const H2_MAX_RESPONSE_HEADERS: u32 = 400 * 1024;
 /// The connection's window: also the most an upstream connection buffers.
 const H2_CONNECTION_WINDOW: u32 = 32 * H2_STREAM_WINDOW;
 
@@ -474,6 +479,7 @@ impl UpstreamPool {
                 .keep_alive_while_idle(false)
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONNECTION_WINDOW)
+                .max_header_list_size(H2_MAX_RESPONSE_HEADERS)
                 .handshake(io)
                 .await?;
             tokio::spawn(async move {
