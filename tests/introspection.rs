@@ -1718,6 +1718,46 @@ async fn discovery_with_an_unusable_jwks_uri_stays_unready() {
     .await;
 }
 
+/// An issuer with only `discovery: true`, whose metadata names no
+/// `jwks_uri` (RFC 8414 allows that), could check no token: it stays
+/// unready and its tokens get 503, rather than ready with every JWT refused.
+#[tokio::test]
+async fn discovery_without_keys_for_an_issuer_without_introspection_stays_unready() {
+    let world = World::new().await;
+    let meta = MetadataServer::start().await;
+    let document = json!({ "issuer": meta.base() });
+    meta.set(RFC8414_PATH, &document);
+    meta.set(OIDC_PATH, &document);
+    let issuers = format!(
+        "  - name: found\n    issuer: {}\n    audiences: [{AUDIENCE}]\n    discovery: true\n    algorithms: [ES256]\n",
+        meta.base()
+    );
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    for _ in 0..500 {
+        if !meta.hits().is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !meta.hits().is_empty(),
+        "discovery never asked for metadata"
+    );
+    let mut claims = claims("orders:read");
+    claims["iss"] = meta.base().into();
+    let jwt = world.key.mint(&claims).unwrap();
+    for _ in 0..20 {
+        assert_eq!(
+            gw.readyz().await,
+            503,
+            "ready without any way to check a token"
+        );
+        assert_unavailable(&get_with_token(&gw.url("/orders/1"), &jwt).await);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(world.upstream.count(), 0);
+}
+
 /// Endpoints in metadata are held to what configured ones must be: a
 /// relative introspection endpoint (which the client cannot call) is left
 /// out, so the issuer stays unready and its opaque tokens get 503 without a

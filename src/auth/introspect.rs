@@ -336,7 +336,7 @@ impl Introspector {
             return inactive;
         };
         let ttl = match expires_at {
-            Some(exp) => Duration::from_secs(exp.saturating_sub(now)).min(self.settings.cache_ttl),
+            Some(exp) => jwt::time_until(exp).min(self.settings.cache_ttl),
             None => self.settings.cache_ttl,
         };
         Answer::Active(Arc::new(super::build_verified(

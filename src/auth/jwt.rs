@@ -262,6 +262,16 @@ pub fn now_unix() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+/// How long until `exp` (seconds since the epoch), to the nanosecond: a
+/// cache entry kept for whole seconds counted from a whole second would
+/// outlive the token by up to one.
+pub fn time_until(exp: u64) -> std::time::Duration {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    std::time::Duration::from_secs(exp).saturating_sub(now)
+}
+
 /// The time claims of a token, checked.
 #[derive(Debug, Clone, Copy)]
 pub struct Lifetime {
@@ -343,6 +353,15 @@ pub fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn time_until_exp_counts_the_second_already_begun() {
+        // `exp` one whole second after the current whole second is less
+        // than a second away (unless the clock stands exactly on a second).
+        let left = time_until(now_unix() + 1);
+        assert!(left < std::time::Duration::from_secs(1), "{left:?}");
+        assert_eq!(time_until(now_unix()), std::time::Duration::ZERO);
+    }
 
     fn b64(s: &str) -> String {
         URL_SAFE_NO_PAD.encode(s)

@@ -247,6 +247,17 @@ impl Authenticator {
                 // Published but unfit to call: not "no keys", which would
                 // turn JWT checks off for the issuer.
                 Some(why) if issuer.keys.awaits_discovered_uri() => Err(format!("jwks_uri: {why}")),
+                // No keys and no introspection: the issuer could check no
+                // token at all, which is not ready.
+                None if metadata.jwks_uri.is_none()
+                    && issuer.keys.awaits_discovered_uri()
+                    && issuer.introspector.is_none() =>
+                {
+                    Err(
+                        "the metadata names no jwks_uri, and the issuer has no introspection"
+                            .to_owned(),
+                    )
+                }
                 _ => Ok(metadata),
             });
             match attempt {
@@ -491,7 +502,7 @@ impl Authenticator {
         let scopes = read_scopes(&jwt.claims, issuer.scope_claim).map_err(invalid)?;
         // Capped: a far-future `exp` (up to u64::MAX) must not overflow `Instant`.
         let remaining =
-            Duration::from_secs(lifetime.expires_at.saturating_sub(now)).min(MAX_CACHE_LIFETIME);
+            jwt::time_until(lifetime.expires_at).min(MAX_CACHE_LIFETIME);
         let mut verified = build_verified(
             index,
             &jwt.claims,
