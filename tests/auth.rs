@@ -1755,6 +1755,40 @@ async fn a_key_replaced_under_the_same_kid_refetches_on_a_bad_signature() {
     .await;
 }
 
+/// A key replaced under the same `kid` by one of another type (an Ed25519
+/// key-1 by a P-256 key-1): the token's `alg` is allowed but fits no key
+/// held, which refetches once per cooldown as a bad signature does.
+#[tokio::test]
+async fn a_key_replaced_under_the_same_kid_by_another_type_refetches() {
+    let (new_key, world) = lab().await;
+    let ed25519 =
+        aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8(&SystemRandom::new()).unwrap();
+    let old_key = SigningKey::from_pkcs8("key-1", Algorithm::EdDSA, ed25519.as_ref()).unwrap();
+    world.jwks.set_document(old_key.jwks());
+    let config = world
+        .config_with("    jwks_refetch_cooldown: 0s\n    jwks_refresh_interval: 1h\n")
+        .replace("algorithms: [ES256]", "algorithms: [ES256, EdDSA]");
+    let gw = Gateway::start(&config).await;
+    let fetches = world.jwks.fetches();
+
+    world.jwks.set_document(&new_key.jwks());
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &new_key.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "the new P-256 key-1, published in place of the Ed25519 one",
+    )
+    .await;
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches + 1,
+        "the type change did not refetch"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 6. Unknown-kid flood.
 // ---------------------------------------------------------------------------

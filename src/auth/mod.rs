@@ -480,11 +480,14 @@ impl Authenticator {
         let mut outcome = check_signature(&keys, &jwt, alg);
         // An unknown `kid` may be a key published since the last fetch; a
         // bad signature may be a key replaced under the same `kid`, or under
-        // none (RFC 7517 4.5 makes it optional). Either way one refetch per
-        // cooldown, shared by everyone waiting.
+        // none (RFC 7517 4.5 makes it optional); a `kid` whose key does not
+        // fit an allowed `alg`, a key replaced by one of another type.
+        // Either way one refetch per cooldown, shared by everyone waiting.
         if matches!(
             outcome,
-            Err(TokenError::UnknownKey | TokenError::BadSignature)
+            Err(TokenError::UnknownKey
+                | TokenError::BadSignature
+                | TokenError::AlgorithmNotAllowed)
         ) && issuer.keys.refetch_for_unmatched_token(&self.metrics).await
         {
             let keys = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
@@ -501,8 +504,7 @@ impl Authenticator {
         }
         let scopes = read_scopes(&jwt.claims, issuer.scope_claim).map_err(invalid)?;
         // Capped: a far-future `exp` (up to u64::MAX) must not overflow `Instant`.
-        let remaining =
-            jwt::time_until(lifetime.expires_at).min(MAX_CACHE_LIFETIME);
+        let remaining = jwt::time_until(lifetime.expires_at).min(MAX_CACHE_LIFETIME);
         let mut verified = build_verified(
             index,
             &jwt.claims,
