@@ -238,10 +238,16 @@ fn assert_oauth_error(r: &Reply, status: u16, code: &str) {
     assert_eq!(r.status, status, "{}", r.text());
     assert_eq!(r.json()["error"], code, "{}", r.text());
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let description = r.json()["error_description"].clone();
+    let description = description
+        .as_str()
+        .unwrap_or_else(|| panic!("no description: {}", r.text()));
+    // RFC 6749 5.2: printable ASCII but `"` and `\`.
     assert!(
-        r.json()["error_description"].is_string(),
-        "no description: {}",
-        r.text()
+        description
+            .chars()
+            .all(|c| (' '..='~').contains(&c) && c != '"' && c != '\\'),
+        "{description:?}"
     );
 }
 
@@ -412,7 +418,14 @@ async fn basic_auth_scope_subset_and_no_refresh_without_the_grant() {
 #[tokio::test]
 async fn scope_outside_the_clients_is_invalid_scope() {
     let (_upstream, gw) = start("").await;
-    for scope in ["admin", "orders:read admin", "nonsense"] {
+    for scope in [
+        "admin",
+        "orders:read admin",
+        "nonsense",
+        "a\"b",
+        "c\\d",
+        "caf\u{e9}",
+    ] {
         let r = token_request(
             &gw,
             &format!(

@@ -397,7 +397,8 @@ impl AuthorizationServer {
         description: &str,
         state: Option<&str>,
     ) -> Response<Body> {
-        let mut params = vec![("error", code), ("error_description", description)];
+        let description = super::error_description(description.to_owned());
+        let mut params = vec![("error", code), ("error_description", description.as_str())];
         if let Some(state) = state {
             params.push(("state", state));
         }

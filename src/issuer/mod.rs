@@ -63,12 +63,27 @@ pub struct OAuthError {
     pub retry_after: &'static str,
 }
 
+/// `description` held to RFC 6749 5.2's characters for `error_description`
+/// (printable ASCII but `"` and `\`): a description that repeats a request's
+/// value (a scope, a parameter name) gets `?` for any other.
+pub(crate) fn error_description(description: String) -> String {
+    let allowed =
+        |c: char| c == ' ' || c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c);
+    if description.chars().all(allowed) {
+        return description;
+    }
+    description
+        .chars()
+        .map(|c| if allowed(c) { c } else { '?' })
+        .collect()
+}
+
 impl OAuthError {
     fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
         Self {
             status,
             code,
-            description: description.into(),
+            description: error_description(description.into()),
             basic_challenge: false,
             allow: None,
             retry_after: "60",
