@@ -59,7 +59,8 @@ pub struct Presented {
 }
 
 /// Reads client credentials from the Basic header or the form, refusing both
-/// at once and credentials in the query string.
+/// at once (a form `client_id` that repeats Basic's is no second method) and
+/// credentials in the query string.
 pub fn presented(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -75,11 +76,14 @@ pub fn presented(
             let value = value
                 .to_str()
                 .map_err(|_| OAuthError::invalid_client_basic())?;
+            // Another scheme is a client authentication method this server
+            // does not support: invalid_client, with the challenge that
+            // names the one it does (RFC 6749 5.2).
             let encoded = value
                 .get(..6)
                 .filter(|s| s.eq_ignore_ascii_case("basic "))
                 .and_then(|_| value.get(6..))
-                .ok_or_else(|| OAuthError::invalid_request("unsupported Authorization scheme"))?;
+                .ok_or_else(OAuthError::invalid_client_basic)?;
             let decoded = STANDARD
                 .decode(encoded.trim())
                 .map_err(|_| OAuthError::invalid_client_basic())?;
@@ -105,6 +109,9 @@ pub fn presented(
     });
     let secret_in_form = form.contains_key("client_secret");
     match (basic, in_form) {
+        // RFC 6749 3.2.1: a client may name itself with `client_id` beside
+        // its Basic credentials; only a second secret is a second method.
+        (Some(b), Some(f)) if f.client_id == b.client_id && !secret_in_form => Ok(Some(b)),
         (Some(_), Some(_)) => Err(OAuthError::invalid_request(
             "use one client authentication method, not Basic and the form body together",
         )),

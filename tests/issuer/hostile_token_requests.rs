@@ -32,8 +32,11 @@ enum ClientAuth {
     Form(Who),
     /// HTTP Basic (RFC 6749 2.3.1: both parts form-encoded first).
     Basic(Who),
-    /// Basic and `client_id` in the body together.
+    /// Basic and the same `client_id` in the body (RFC 6749 3.2.1: the
+    /// client names itself; one method still).
     Both,
+    /// Basic and another client's `client_id` and secret in the body.
+    TwoMethods,
     /// An `Authorization` value that is no usable Basic credential.
     Malformed(Malformed),
     None,
@@ -71,12 +74,11 @@ impl Malformed {
         }
     }
 
-    /// What the server must answer (the scheme is not Basic: 400).
+    /// What the server must answer: any of these is a client
+    /// authentication it cannot use (RFC 6749 5.2; 401 with the Basic
+    /// challenge, since it came in the header).
     fn code(self) -> &'static str {
-        match self {
-            Self::OtherScheme | Self::SchemeOnly => "invalid_request",
-            _ => "invalid_client",
-        }
+        "invalid_client"
     }
 }
 
@@ -153,6 +155,7 @@ fn client_auth() -> impl Strategy<Value = ClientAuth> {
         6 => who().prop_map(ClientAuth::Form),
         4 => who().prop_map(ClientAuth::Basic),
         1 => Just(ClientAuth::Both),
+        1 => Just(ClientAuth::TwoMethods),
         2 => proptest::sample::select(vec![
             Malformed::NotBase64,
             Malformed::NoColon,
@@ -328,6 +331,10 @@ fn render(req: &TokenRequest) -> (String, Vec<(&'static str, String)>, String) {
             headers.push(("authorization", basic(Who::Registered("svc"))));
             body.push("client_id=svc".to_owned());
         }
+        ClientAuth::TwoMethods => {
+            headers.push(("authorization", basic(Who::Registered("svc"))));
+            body.push(format!("client_id=other&client_secret={}", enc("wrong")));
+        }
         ClientAuth::Malformed(m) => headers.push(("authorization", m.header())),
         ClientAuth::None => {}
     }
@@ -491,7 +498,8 @@ fn expected(req: &TokenRequest, target: &str, body: &str) -> Expected {
                 None
             }
         },
-        ClientAuth::Both => {
+        ClientAuth::Both => Some("svc"),
+        ClientAuth::TwoMethods => {
             codes.push("invalid_request");
             None
         }
