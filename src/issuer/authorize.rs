@@ -496,7 +496,7 @@ impl AuthorizationServer {
         content: Option<(&str, &str)>,
     ) -> Response<Body> {
         let (body, form_target) = match content {
-            Some((html, redirect)) => (html.to_owned(), origin_of(redirect)),
+            Some((html, redirect)) => (html.to_owned(), form_target_source(redirect)),
             None => (
                 format!("<h1>{}</h1><p>{}</p>", esc(title), esc(message)),
                 None,
@@ -566,9 +566,30 @@ pub fn redirect_matches(registered: &str, presented: &str) -> bool {
         && r.path_and_query() == p.path_and_query()
 }
 
-fn origin_of(uri: &str) -> Option<String> {
-    let u = uri.parse::<http::Uri>().ok()?;
-    Some(format!("{}://{}", u.scheme_str()?, u.authority()?))
+/// The CSP source that lets a form lead to `uri` (Chrome holds the redirect
+/// after the approve form's post to `form-action`): its origin for a web
+/// address, its scheme for an app's private-use scheme (`com.example.app:`,
+/// RFC 8252 7.1) and for an IPv6 literal, which a CSP host cannot name.
+fn form_target_source(uri: &str) -> Option<String> {
+    let u = url::Url::parse(uri).ok()?;
+    let scheme = u.scheme();
+    let nameable = |host: &str| {
+        !host.is_empty()
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    };
+    match u.host() {
+        Some(url::Host::Domain(host)) if nameable(host) => Some(match u.port() {
+            Some(port) => format!("{scheme}://{host}:{port}"),
+            None => format!("{scheme}://{host}"),
+        }),
+        Some(url::Host::Ipv4(ip)) => Some(match u.port() {
+            Some(port) => format!("{scheme}://{ip}:{port}"),
+            None => format!("{scheme}://{ip}"),
+        }),
+        _ => Some(format!("{scheme}:")),
+    }
 }
 
 fn redirect(base: &str, params: &[(&str, &str)]) -> Response<Body> {
@@ -662,6 +683,26 @@ pub fn esc(s: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn form_targets_are_sources_a_csp_can_name() {
+        for (redirect, source) in [
+            ("http://127.0.0.1:8080/cb", "http://127.0.0.1:8080"),
+            ("https://app.example.com/cb?x=1", "https://app.example.com"),
+            (
+                "https://app.example.com:8443/cb",
+                "https://app.example.com:8443",
+            ),
+            ("com.example.app:/oauth2redirect", "com.example.app:"),
+            ("http://[::1]:8080/cb", "http:"),
+        ] {
+            assert_eq!(
+                form_target_source(redirect).as_deref(),
+                Some(source),
+                "{redirect}"
+            );
+        }
+    }
 
     #[test]
     fn redirect_uri_matching() {
