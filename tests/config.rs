@@ -284,6 +284,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "the authorization server's name `local` is already an issuer's",
         ),
         (
+            "two routes of one name",
+            format!("{UPSTREAM}routes:\n  - path: /a\n    name: orders\n    upstream: app\n    auth: none\n  - path: /b\n    name: orders\n    upstream: app\n    auth: none\n"),
+            "9:5",
+            "route name `orders` is already another route's",
+        ),
+        (
             "bad listen address",
             "server:\n  listen: localhost\n".into(),
             "2:11",

@@ -546,6 +546,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 
     let introspecting: Vec<bool> = issuers.iter().map(|i| i.introspection.is_some()).collect();
     let mut specs = Vec::with_capacity(raw.routes.len());
+    let mut names: HashSet<Arc<str>> = HashSet::with_capacity(raw.routes.len());
     for route in &raw.routes {
         let methods = v.methods(route).map_err(|e| e.or_at(route.referenced))?;
         let mut compiled = v
@@ -559,6 +560,17 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 &mut identity_claims,
             )
             .map_err(|e| e.or_at(route.referenced))?;
+        // Names label metric series and log lines: two routes under one
+        // name would be one series.
+        if !names.insert(Arc::clone(&compiled.name)) {
+            return Err(v.err(
+                route.referenced,
+                format!(
+                    "route name `{}` is already another route's (names label metrics and logs)",
+                    compiled.name
+                ),
+            ));
+        }
         compiled.index = specs.len();
         specs.push(RouteSpec {
             path: route.value.path.value.clone(),
