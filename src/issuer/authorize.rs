@@ -91,7 +91,8 @@ impl AuthorizationServer {
             return page;
         };
         let mut map = HashMap::new();
-        for (k, v) in params {
+        // RFC 6749 3.1: a parameter without a value counts as not sent.
+        for (k, v) in params.into_iter().filter(|(_, v)| !v.is_empty()) {
             if map.insert(k.clone(), v).is_some() {
                 return self.page(
                     StatusCode::BAD_REQUEST,

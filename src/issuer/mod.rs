@@ -432,9 +432,11 @@ pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthE
     })
 }
 
+/// Form or query parameters; one sent without a value counts as not sent
+/// (RFC 6749 3.1, 3.2), and a name sent twice is refused.
 fn parse_params(bytes: &[u8]) -> Result<HashMap<String, String>, OAuthError> {
     let mut out = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(bytes) {
+    for (k, v) in url::form_urlencoded::parse(bytes).filter(|(_, v)| !v.is_empty()) {
         if out.insert(k.clone().into_owned(), v.into_owned()).is_some() {
             return Err(OAuthError::invalid_request(format!(
                 "parameter `{k}` is repeated"

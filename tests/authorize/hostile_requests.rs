@@ -226,8 +226,13 @@ fn scopes(client: &str) -> &'static [&'static str] {
 }
 
 fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
-    // Parameters are decoded as the server does: `%zz` stays itself.
-    let mut names: Vec<&str> = sent.iter().map(|(k, _)| k.as_str()).collect();
+    // Parameters are decoded as the server does: `%zz` stays itself. One
+    // without a value counts as not sent (RFC 6749 3.1).
+    let mut names: Vec<&str> = sent
+        .iter()
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, _)| k.as_str())
+        .collect();
     names.sort_unstable();
     if names.windows(2).any(|w| w[0] == w[1]) {
         return Expected::Page;
@@ -239,7 +244,7 @@ fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
         return Expected::Page;
     };
     let allowed = registered(client);
-    let to = match req.redirect_uri {
+    let to = match req.redirect_uri.filter(|uri| !uri.is_empty()) {
         Some(uri) if allowed.contains(&uri) => uri,
         Some(_) => return Expected::Page,
         None if client == "spa" => return Expected::Page,
@@ -310,7 +315,7 @@ async fn check(gw: &Gateway, req: AuthorizeRequest) -> Result<(), String> {
             let fine = get("error").is_some_and(|e| codes.contains(&e))
                 && get("error_description").is_some()
                 && get("iss") == Some(ISS)
-                && get("state") == req.state.as_deref()
+                && get("state") == req.state.as_deref().filter(|s| !s.is_empty())
                 && get("code").is_none();
             if !fine {
                 return Err(format!(

@@ -119,6 +119,8 @@ enum Query {
     OnlyGrant,
     /// `client_id` in the query (RFC 6749 2.3.1: never).
     ClientId,
+    /// A `scope` in the query, which would otherwise go unseen.
+    Scope,
 }
 
 #[derive(Debug, Clone)]
@@ -239,6 +241,7 @@ fn token_request() -> impl Strategy<Value = TokenRequest> {
         1 => Just(Query::OtherGrant),
         1 => Just(Query::OnlyGrant),
         1 => Just(Query::ClientId),
+        1 => Just(Query::Scope),
     ];
     (
         (method, content_type, client_auth(), grant(), scope),
@@ -313,6 +316,9 @@ fn render(req: &TokenRequest) -> (String, Vec<(&'static str, String)>, String) {
     }
     if req.query == Query::ClientId {
         query.push("client_id=svc".to_owned());
+    }
+    if req.query == Query::Scope {
+        query.push("scope=orders%3Aread".to_owned());
     }
     let basic = |who: Who| {
         let (id, secret) = (id_of(who), secret_of(who).unwrap_or(""));
@@ -435,9 +441,11 @@ fn granted(requested: Option<&str>, allowed: &[&str], user: Option<&[&str]>) -> 
     Some(out.join(" "))
 }
 
-/// Decoded parameters, and whether a name repeats.
+/// Decoded parameters, and whether a name repeats. One without a value
+/// counts as not sent (RFC 6749 3.1).
 fn params(raw: &str) -> (Vec<(String, String)>, bool) {
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(raw.as_bytes())
+        .filter(|(_, v)| !v.is_empty())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect();
     let mut names: Vec<&str> = pairs.iter().map(|(k, _)| k.as_str()).collect();
@@ -474,7 +482,8 @@ fn expected(req: &TokenRequest, target: &str, body: &str) -> Expected {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    if get(&query, "client_id").is_some() || get(&query, "client_secret").is_some() {
+    // Only grant_type may ride in the query (and credentials are refused).
+    if query.iter().any(|(k, _)| k != "grant_type") {
         codes.push("invalid_request");
     }
     let grant_type = match (get(&form, "grant_type"), get(&query, "grant_type")) {

@@ -211,6 +211,8 @@ impl Model {
                     n => issued(candidates[index % n]),
                 }
             }
+            // RFC 6749 3.1: a parameter without a value counts as not sent.
+            Pick::Unknown(value) if value.is_empty() => None,
             Pick::Unknown(value) => Some((None, value.clone())),
             Pick::Forged(i) => Some((None, self.forged[*i].clone())),
             Pick::Missing => None,
