@@ -633,6 +633,36 @@ async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection(
     drop(client);
 }
 
+/// Over HTTP/2 to the upstream the same stall is the client's too: hyper's
+/// HTTP/2 client reports only a reset stream, yet the answer is 408 and no
+/// upstream error is counted.
+#[tokio::test]
+async fn a_client_stalling_mid_upload_to_an_http2_upstream_gets_408() {
+    let world = World::new().await;
+    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "").replace(
+        "    body_idle_timeout: 1s\n",
+        "    body_idle_timeout: 1s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let mut client = stall_mid_upload(gw.addr).await;
+    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(15)).await;
+    assert!(closed, "the gateway kept the stalled upload open");
+    let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
+    assert_eq!(reply.status, 408, "{}", reply.head);
+    let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "scopegate_upstream_errors_total",
+            &[("upstream", "app")]
+        ),
+        0.0,
+        "{text}"
+    );
+    let ok = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(ok.status, 200, "{}", ok.text());
+}
+
 // ---------------------------------------------------------------------------
 // 3. Slowloris
 // ---------------------------------------------------------------------------

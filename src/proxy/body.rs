@@ -180,6 +180,19 @@ pub struct Upload {
     /// Frames read so far: an upload whose upstream stopped taking it
     /// makes no progress.
     pub frames: AtomicU64,
+    /// Why the body stopped early, if it did: an HTTP/2 upstream connection
+    /// reports only that it reset the stream, not that the client failed.
+    pub failed: OnceLock<UploadFailure>,
+}
+
+/// How a client's request body stopped early ([`ClientBodyError`] without
+/// its source, kept for the one waiting for the answer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadFailure {
+    /// Nothing for longer than `body_idle_timeout`.
+    Idle,
+    /// The client connection failed mid-body.
+    Broken,
 }
 
 /// A request body's [`Upload`], shared with the one waiting for the answer.
@@ -229,6 +242,12 @@ impl ClientBody {
             let _ = upload.ended.set(Instant::now());
         }
     }
+
+    fn failed(&self, failure: UploadFailure) {
+        if let Some(upload) = &self.upload_end {
+            let _ = upload.failed.set(failure);
+        }
+    }
 }
 
 impl Body for ClientBody {
@@ -265,13 +284,17 @@ impl Body for ClientBody {
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
-            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
+            Poll::Ready(Some(Err(e))) => {
+                this.failed(UploadFailure::Broken);
+                Poll::Ready(Some(Err(ClientBodyError::Broken(e))))
+            }
             Poll::Ready(None) => {
                 this.ended();
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 ready!(this.idle.poll_expired(cx));
+                this.failed(UploadFailure::Idle);
                 Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.timeout))))
             }
         }

@@ -13,7 +13,7 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use super::body::{BodyFailures, ClientBody, ClientBodyError, UpstreamBody};
+use super::body::{BodyFailures, ClientBody, ClientBodyError, UploadFailure, UpstreamBody};
 use super::client::build_upstream_connectors;
 use super::headers::{only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
@@ -121,7 +121,13 @@ impl Forwarder {
         let (mut response, lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
-                let (kind, error) = classify(&e);
+                // The client's body failing is the client's, however the
+                // upstream connection reports it.
+                let (kind, error) = match upload_end.as_deref().and_then(|u| u.failed.get()) {
+                    Some(UploadFailure::Idle) => (None, GatewayError::RequestBodyTimeout),
+                    Some(UploadFailure::Broken) => (None, GatewayError::RequestBodyBroken),
+                    None => classify(&e),
+                };
                 match kind {
                     Some(kind) => {
                         self.upstream_error(&upstream.config, kind);
