@@ -585,38 +585,11 @@ async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection(
     // request_timeout (5 s, a 504), and closes the connection.
     let world = World::new().await;
     let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
-    let mut client = stall_mid_upload(gw.addr).await;
-    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(15)).await;
-    assert!(closed, "the gateway kept the stalled upload open");
-    let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
-    assert_eq!(reply.status, 408, "{}", reply.head);
-    assert_eq!(reply.error().as_deref(), Some("request_timeout"));
+    assert_a_stalled_upload_is_the_clients(&gw).await;
     assert!(
         world.upstream.seen().iter().all(|s| s.body_len != 10),
         "the upstream got a complete body"
     );
-    let text = gw.metrics().await;
-    assert_eq!(
-        metric(
-            &text,
-            "scopegate_requests_total",
-            &[("route", "/files/{*rest}"), ("status", "408")]
-        ),
-        1.0,
-        "{text}"
-    );
-    // Not the upstream's failure.
-    assert_eq!(
-        metric(
-            &text,
-            "scopegate_upstream_errors_total",
-            &[("upstream", "app")]
-        ),
-        0.0,
-        "{text}"
-    );
-    let ok = get(&gw.url("/status"), &[]).await.unwrap();
-    assert_eq!(ok.status, 200, "{}", ok.text());
 
     // 2. The upstream answers before reading the body: the client gets the
     // answer, and the stalled body no longer holds the upstream connection.
@@ -644,12 +617,30 @@ async fn a_client_stalling_mid_upload_to_an_http2_upstream_gets_408() {
         "    body_idle_timeout: 1s\n    http2_only: true\n",
     );
     let gw = Gateway::start(&config).await;
+    assert_a_stalled_upload_is_the_clients(&gw).await;
+}
+
+/// Stalls an upload to `/files/upload` on `gw` and checks the answer: 408
+/// and the connection closed, counted as the route's 408 and not as the
+/// upstream's failure, and the gateway still serving.
+async fn assert_a_stalled_upload_is_the_clients(gw: &Gateway) {
     let mut client = stall_mid_upload(gw.addr).await;
     let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(15)).await;
     assert!(closed, "the gateway kept the stalled upload open");
     let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
     assert_eq!(reply.status, 408, "{}", reply.head);
+    assert_eq!(reply.error().as_deref(), Some("request_timeout"));
     let text = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &text,
+            "scopegate_requests_total",
+            &[("route", "/files/{*rest}"), ("status", "408")]
+        ),
+        1.0,
+        "{text}"
+    );
+    // Not the upstream's failure.
     assert_eq!(
         metric(
             &text,

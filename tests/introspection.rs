@@ -353,6 +353,17 @@ impl MetadataServer {
     fn hits(&self) -> Vec<String> {
         self.hits.lock().unwrap().clone()
     }
+
+    /// Waits (bounded) until discovery has asked for a document.
+    async fn wait_for_a_request(&self) {
+        for _ in 0..500 {
+            if !self.hits().is_empty() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("discovery never asked for metadata");
+    }
 }
 
 const RFC8414_PATH: &str = "/.well-known/oauth-authorization-server";
@@ -1733,16 +1744,7 @@ async fn discovery_without_keys_for_an_issuer_without_introspection_stays_unread
         meta.base()
     );
     let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
-    for _ in 0..500 {
-        if !meta.hits().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        !meta.hits().is_empty(),
-        "discovery never asked for metadata"
-    );
+    meta.wait_for_a_request().await;
     let mut claims = claims("orders:read");
     claims["iss"] = meta.base().into();
     let jwt = world.key.mint(&claims).unwrap();
@@ -1820,16 +1822,7 @@ async fn discovery_refuses(
     let issuers = discovered_issuer(&meta.base(), &secret);
     let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
 
-    for _ in 0..500 {
-        if !meta.hits().is_empty() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(
-        !meta.hits().is_empty(),
-        "discovery never asked for metadata"
-    );
+    meta.wait_for_a_request().await;
     for _ in 0..20 {
         assert_eq!(gw.readyz().await, 503, "refused metadata was accepted");
         tokio::time::sleep(Duration::from_millis(50)).await;

@@ -2586,7 +2586,7 @@ async fn upstream_closing_idle_connections_costs_no_request() {
 async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
     let world = World::new().await;
     let token = world.token("orders:read");
-    let answers: [(&str, &'static [u8]); 3] = [
+    let answers: [(&str, &'static [u8]); 4] = [
         ("not HTTP", b"HTCPCP/1.0 418 \x01\x02\r\n\r\n"),
         // RFC 9112 6.3: maybe response splitting; forwarded, the length
         // would describe a body it is not.
@@ -2597,6 +2597,12 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
         (
             "a switch nobody asked for",
             b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: x\r\n\r\n",
+        ),
+        // RFC 9112 7: hyper undoes the chunking only; the gzip coding would
+        // reach the client undone, its header (hop-by-hop) gone.
+        (
+            "a coding besides chunked",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
         ),
     ];
     for (name, answer) in answers {

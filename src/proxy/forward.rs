@@ -187,8 +187,13 @@ impl Forwarder {
                 ));
             }
             // hyper undoes `chunked` only; a coding before it (`gzip,
-            // chunked`) would reach the client undone and unlabelled.
-            if !only_chunked(headers) {
+            // chunked`) would reach the client undone and unlabelled. A body
+            // of known length (most) came without Transfer-Encoding.
+            if http_body::Body::size_hint(response.body())
+                .exact()
+                .is_none()
+                && !only_chunked(headers)
+            {
                 return Err(
                     self.bad_answer(&upstream.config, "a transfer coding other than chunked")
                 );

@@ -494,7 +494,11 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     if smuggled || lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
         return Err(GatewayError::AmbiguousFraming);
     }
-    if !crate::proxy::headers::only_chunked(headers) {
+    // A request with Transfer-Encoding has a body: a bodiless one (most)
+    // costs no lookup.
+    if !http_body::Body::is_end_stream(request.body())
+        && !crate::proxy::headers::only_chunked(headers)
+    {
         return Err(GatewayError::UnsupportedTransferCoding);
     }
     // With no userinfo (`@`, RFC 9110 4.2.4), the host is empty exactly
