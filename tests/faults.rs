@@ -654,6 +654,53 @@ async fn assert_a_stalled_upload_is_the_clients(gw: &Gateway) {
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
 
+/// An HTTP/2 upstream whose address takes connections but never answers
+/// (a TLS handshake that hangs): a burst of requests makes one attempt, and
+/// the requests that waited for it fail with it instead of each trying
+/// again in turn, up to `connect_timeout` apiece.
+#[tokio::test]
+async fn a_burst_to_an_unanswering_http2_upstream_tries_one_connection() {
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let black_hole = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let held = Arc::new(Mutex::new(Vec::new()));
+    {
+        let (accepted, held) = (Arc::clone(&accepted), Arc::clone(&held));
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                held.lock().unwrap().push(stream);
+            }
+        });
+    }
+    let config = yaml(&world.jwks.uri(), black_hole, "", "")
+        .replace(
+            &format!("url: http://{black_hole}"),
+            &format!("url: https://{black_hole}"),
+        )
+        .replace(
+            "    body_idle_timeout: 1s\n",
+            "    body_idle_timeout: 1s\n    http2_only: true\n",
+        );
+    let gw = Gateway::start(&config).await;
+    let burst: Vec<_> = (0..5)
+        .map(|_| {
+            let url = gw.url("/status");
+            tokio::spawn(async move { get(&url, &[]).await.unwrap().status })
+        })
+        .collect();
+    for request in burst {
+        let status = request.await.unwrap();
+        assert!(status == 502 || status == 504, "{status}");
+    }
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "each waiting request opened a connection of its own"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 3. Slowloris
 // ---------------------------------------------------------------------------

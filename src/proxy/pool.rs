@@ -120,6 +120,11 @@ pub struct UpstreamPool {
     speaks_h2: AtomicBool,
     /// Held while opening a connection that will be shared.
     connecting: tokio::sync::Mutex<()>,
+    /// Bumped by every failed attempt made while holding `connecting`: the
+    /// requests that waited for that attempt fail with it, rather than each
+    /// trying again in turn (each up to `connect_timeout`) while the
+    /// upstream is down.
+    shared_connect_failures: AtomicU64,
     /// The pool's clock, in ticks of `tick_period`: an idle connection
     /// remembers the tick it was parked in, so no clock is read per request.
     tick: AtomicU64,
@@ -239,6 +244,7 @@ impl UpstreamPool {
             shared_h2: ArcSwapOption::empty(),
             speaks_h2: AtomicBool::new(http2_only),
             connecting: tokio::sync::Mutex::new(()),
+            shared_connect_failures: AtomicU64::new(0),
             tick: AtomicU64::new(0),
             tick_period,
             idle_ticks: u64::try_from(idle_ticks).unwrap_or(u64::MAX).max(1),
@@ -422,7 +428,8 @@ impl UpstreamPool {
     /// Opens a connection; to an upstream that speaks HTTP/2, one at a time,
     /// and a request that waited its turn takes the connection opened
     /// meanwhile (unless that is the one that just `refused_by` it), so a
-    /// burst of requests opens one connection, not one each.
+    /// burst of requests opens one connection, not one each; or fails at
+    /// once if that attempt failed.
     async fn connect_or_share(
         self: &Arc<Self>,
         upgrade: bool,
@@ -431,11 +438,21 @@ impl UpstreamPool {
         if upgrade || !self.speaks_h2.load(Ordering::Relaxed) {
             return self.connect(upgrade).await;
         }
+        let failures_before = self.shared_connect_failures.load(Ordering::Acquire);
         let _turn = self.connecting.lock().await;
         if let Some(shared) = open_shared(&self.shared_h2.load(), refused_by) {
             return Ok(shared);
         }
-        self.connect(false).await
+        if self.shared_connect_failures.load(Ordering::Acquire) != failures_before {
+            return Err(SendError::Connect(Box::new(std::io::Error::other(
+                "the connection opened meanwhile for this request failed",
+            ))));
+        }
+        let opened = self.connect(false).await;
+        if opened.is_err() {
+            self.shared_connect_failures.fetch_add(1, Ordering::AcqRel);
+        }
+        opened
     }
 
     /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`, but
