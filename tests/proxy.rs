@@ -412,6 +412,14 @@ async fn prefix_tricks_unknown_paths_and_wrong_methods() {
 // 2. Headers
 // ---------------------------------------------------------------------------
 
+/// Sends `GET /orders/42` with `headers` over a raw connection, checks that
+/// it was forwarded (200), and returns what the upstream saw.
+async fn forwarded_get(gw: &Gateway, world: &World, headers: &[(&str, &str)]) -> Seen {
+    let reply = raw_reply(gw.addr, &request("GET", "/orders/42", headers)).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    world.upstream.last()
+}
+
 #[tokio::test]
 async fn client_sent_identity_headers_never_reach_the_upstream() {
     let world = World::new().await;
@@ -629,22 +637,17 @@ async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
     let auth = bearer(&world.token("orders:read"));
-    let reply = raw_reply(
-        gw.addr,
-        &request(
-            "GET",
-            "/orders/42",
-            &[
-                ("Authorization", &auth),
-                ("Connection", "X-Auth-Subject, X-Auth-Scopes"),
-                ("Connection", "x-auth-client-id"),
-                ("X-Auth-Subject", "mallory"),
-            ],
-        ),
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("Connection", "X-Auth-Subject, X-Auth-Scopes"),
+            ("Connection", "x-auth-client-id"),
+            ("X-Auth-Subject", "mallory"),
+        ],
     )
     .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let seen = world.upstream.last();
     assert_eq!(seen.headers["x-auth-subject"], "alice");
     assert_eq!(seen.headers["x-auth-scopes"], "orders:read");
     assert_eq!(seen.headers["x-auth-client-id"], "billing");
@@ -656,30 +659,25 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
     let auth = bearer(&world.token("orders:read"));
-    let reply = raw_reply(
-        gw.addr,
-        &request(
-            "GET",
-            "/orders/42",
-            &[
-                ("Authorization", &auth),
-                ("Connection", "X-Named-One, keep-alive"),
-                ("Connection", "x-named-two, Host"),
-                ("X-Named-One", "1"),
-                ("X-Named-Two", "2"),
-                ("Keep-Alive", "timeout=5"),
-                ("TE", "trailers"),
-                ("Trailer", "X-Checksum"),
-                ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
-                ("Proxy-Connection", "keep-alive"),
-                ("Upgrade", "h2c"),
-                ("X-Kept", "yes"),
-            ],
-        ),
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("Connection", "X-Named-One, keep-alive"),
+            ("Connection", "x-named-two, Host"),
+            ("X-Named-One", "1"),
+            ("X-Named-Two", "2"),
+            ("Keep-Alive", "timeout=5"),
+            ("TE", "trailers"),
+            ("Trailer", "X-Checksum"),
+            ("Proxy-Authorization", "Basic dXNlcjpwYXNz"),
+            ("Proxy-Connection", "keep-alive"),
+            ("Upgrade", "h2c"),
+            ("X-Kept", "yes"),
+        ],
     )
     .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let seen = world.upstream.last();
     for name in [
         "x-named-one",
         "x-named-two",
@@ -720,21 +718,16 @@ async fn forwarding_headers_are_set() {
 
     // No prior X-Forwarded-*: the gateway sets them; client spoofs of Proto and
     // Host are replaced, not appended to.
-    let reply = raw_reply(
-        gw.addr,
-        &request(
-            "GET",
-            "/orders/42",
-            &[
-                ("Authorization", &auth),
-                ("X-Forwarded-Proto", "https"),
-                ("X-Forwarded-Host", "evil.example"),
-            ],
-        ),
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "evil.example"),
+        ],
     )
     .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let seen = world.upstream.last();
     assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1");
     assert_eq!(seen.headers["x-forwarded-proto"], "http");
     assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
@@ -758,22 +751,17 @@ async fn forwarding_headers_are_set() {
 
     // Its lines are one list (a proxy in front may add a line of its own):
     // none is lost, and no other spelling gets past.
-    let reply = raw_reply(
-        gw.addr,
-        &request(
-            "GET",
-            "/orders/42",
-            &[
-                ("Authorization", &auth),
-                ("X-Forwarded-For", "203.0.113.7"),
-                ("X-Forwarded-For", "198.51.100.2, 192.0.2.9"),
-                ("X-Forwarded_For", "6.6.6.6"),
-            ],
-        ),
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("X-Forwarded-For", "198.51.100.2, 192.0.2.9"),
+            ("X-Forwarded_For", "6.6.6.6"),
+        ],
     )
     .await;
-    assert_eq!(reply.status, 200, "{reply:?}");
-    let seen = world.upstream.last();
     assert_eq!(
         seen.headers["x-forwarded-for"],
         "203.0.113.7, 198.51.100.2, 192.0.2.9, 127.0.0.1"
