@@ -350,15 +350,30 @@ fn assert_cookie_attributes(r: &Reply, name: &str) {
 /// credentials, as a browser would (the page's hidden fields and its CSRF
 /// cookie). Returns the login page and the reply to the post.
 async fn sign_in(gw: &Gateway, p: &Params, username: &str, password: &str) -> (Reply, Reply) {
-    let page = get_authorize(gw, p, None).await;
+    sign_in_from(gw, p, username, password, None).await
+}
+
+/// [`sign_in`] from a browser that also holds `device` (a `sg_device`
+/// cookie pair from an earlier sign-in).
+async fn sign_in_from(
+    gw: &Gateway,
+    p: &Params,
+    username: &str,
+    password: &str,
+    device: Option<&str>,
+) -> (Reply, Reply) {
+    let page = get_authorize(gw, p, device).await;
     assert_page(&page, 200);
     assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
     let mut form = hidden_fields(&page.text());
     assert_eq!(field(&form, "action"), "login");
     form.push(("username".into(), username.into()));
     form.push(("password".into(), password.into()));
-    let csrf = cookie_pair(&page, "sg_csrf");
-    let reply = post_authorize(gw, &form, Some(&csrf)).await;
+    let mut cookies = cookie_pair(&page, "sg_csrf");
+    if let Some(device) = device {
+        cookies = format!("{cookies}; {device}");
+    }
+    let reply = post_authorize(gw, &form, Some(&cookies)).await;
     (page, reply)
 }
 
@@ -783,13 +798,15 @@ async fn sign_in_requires_the_double_submit_csrf_cookie() {
 }
 
 #[tokio::test]
-async fn wrong_password_is_401_and_five_failures_lock_the_user() {
+async fn wrong_password_is_400_and_five_failures_lock_the_user() {
     let (_upstream, gw) = start().await;
     let c = pkce();
     let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
     for attempt in 1..=5 {
         let (_, r) = sign_in(&gw, &p, "bob", "wrong password").await;
-        assert_page(&r, 401);
+        // Not 401: a form has no challenge for `WWW-Authenticate`.
+        assert_page(&r, 400);
+        assert!(r.headers.get("www-authenticate").is_none());
         assert!(
             r.text().contains("Wrong user name or password."),
             "attempt {attempt}: {}",
@@ -814,7 +831,48 @@ async fn wrong_password_is_401_and_five_failures_lock_the_user() {
     assert_eq!(r.status, 200);
     // An unknown user is a wrong password, not a different answer.
     let (_, r) = sign_in(&gw, &p, "nobody", PASSWORD).await;
-    assert_page(&r, 401);
+    assert_page(&r, 400);
+}
+
+/// Failed sign-ins from other browsers do not lock a user out of the
+/// browser they signed in from before (its device cookie has a budget of
+/// its own), and that budget runs out as the shared one does.
+#[tokio::test]
+async fn others_failures_do_not_lock_a_user_out_of_a_known_browser() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (_, known) = sign_in(&gw, &p, "bob", PASSWORD).await;
+    assert_page(&known, 200);
+    assert_cookie_attributes(&known, "sg_device");
+    let device = cookie_pair(&known, "sg_device");
+    // Someone else guesses until bob is locked for unknown browsers.
+    for _ in 1..=5 {
+        let (_, r) = sign_in(&gw, &p, "bob", "guess").await;
+        assert_page(&r, 400);
+    }
+    let (_, r) = sign_in(&gw, &p, "bob", PASSWORD).await;
+    assert_page(&r, 429);
+    // Bob's own browser still signs him in.
+    let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&device)).await;
+    assert_page(&r, 200);
+    assert!(r.text().contains("<h1>Allow access?</h1>"), "{}", r.text());
+    // The cookie counts only for the user it signed in, and only untampered.
+    let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&format!("{device}x"))).await;
+    assert_page(&r, 429);
+    for _ in 1..=5 {
+        let (_, r) = sign_in_from(&gw, &p, "alice", "guess", Some(&device)).await;
+        assert_page(&r, 400);
+    }
+    let (_, r) = sign_in(&gw, &p, "alice", PASSWORD).await;
+    assert_page(&r, 429);
+    // Guesses from the known browser use up its own budget.
+    for _ in 1..=5 {
+        let (_, r) = sign_in_from(&gw, &p, "bob", "guess", Some(&device)).await;
+        assert_page(&r, 400);
+    }
+    let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&device)).await;
+    assert_page(&r, 429);
 }
 
 // ---------------------------------------------------------------------------
@@ -875,9 +933,18 @@ async fn a_session_is_no_access_token() {
     let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
     let (page, session) = consent(&gw, &p, "alice").await;
     let session_jwt = session.trim_start_matches("sg_session=").to_owned();
+    // The device cookie is signed the same way: no bearer token either, and
+    // no session.
+    let device_jwt = cookie_pair(&page, "sg_device")
+        .trim_start_matches("sg_device=")
+        .to_owned();
+    let r = get_authorize(&gw, &p, Some(&format!("sg_session={device_jwt}"))).await;
+    assert!(r.text().contains("<h1>Sign in</h1>"), "{}", r.text());
 
-    let r = get_with_token(&gw.url("/orders/1"), &session_jwt).await;
-    assert_eq!(r.status, 401, "{}", r.text());
+    for token in [&session_jwt, &device_jwt] {
+        let r = get_with_token(&gw.url("/orders/1"), token).await;
+        assert_eq!(r.status, 401, "{}", r.text());
+    }
     let form = |token: &str| {
         encode(&[
             ("token", token),
@@ -894,9 +961,11 @@ async fn a_session_is_no_access_token() {
             Bytes::from(form(&token)),
         )
     };
-    let r = introspect(session_jwt.clone()).await.unwrap();
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.json(), serde_json::json!({ "active": false }));
+    for token in [&session_jwt, &device_jwt] {
+        let r = introspect(token.clone()).await.unwrap();
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json(), serde_json::json!({ "active": false }));
+    }
 
     // The control: the session still works, and its access token is active.
     let r = decide(&gw, &page, &session, "approve").await;
@@ -1042,11 +1111,12 @@ async fn pages_carry_security_headers_and_cookie_attributes() {
     let (consent_page, _) = consent(&gw, &p, "alice").await;
     assert_page(&consent_page, 200);
     assert_cookie_attributes(&consent_page, "sg_session");
+    assert_cookie_attributes(&consent_page, "sg_device");
     // Error pages.
     let r = get_authorize(&gw, &with(p.clone(), "client_id", "nobody"), None).await;
     assert_page(&r, 400);
     let (_, r) = sign_in(&gw, &p, "alice", "wrong").await;
-    assert_page(&r, 401);
+    assert_page(&r, 400);
     let r = post_authorize(&gw, &with(p.clone(), "action", "login"), None).await;
     assert_page(&r, 403);
     // Other methods.

@@ -48,7 +48,7 @@ fn password_hash() -> String {
 /// Clients: `svc` (client_credentials + refresh_token; orders:read
 /// reports:read), `plain` (client_credentials only; orders:read), `other`
 /// (like svc; orders:read), `pw` (password + refresh_token; orders:read
-/// admin), `web` (authorization_code + refresh_token). Users: `alice`
+/// admin), `pw2` (password only; orders:read), `web` (authorization_code + refresh_token). Users: `alice`
 /// (limited to orders:read) and `bob`. Routes: `/orders/{id}` (GET,
 /// orders:read), `/reports` (reports:read), `/admin` (admin), `/local-only`
 /// (orders:read, issuer `local` only).
@@ -86,6 +86,11 @@ authorization_server:
       client_secret_hash: "{h}"
       grants: [password, refresh_token]
       scopes: [orders:read, admin]
+      audience: orders-api
+    - client_id: pw2
+      client_secret_hash: "{h}"
+      grants: [password]
+      scopes: [orders:read]
       audience: orders-api
     - client_id: web
       client_secret_hash: "{h}"
@@ -189,13 +194,18 @@ async fn refresh(gw: &Gateway, client: &str, refresh_token: &str) -> Reply {
 
 /// A password grant by `pw`.
 async fn password(gw: &Gateway, username: &str, password: &str) -> Reply {
+    password_by(gw, "pw", username, password).await
+}
+
+/// A password grant by `client`.
+async fn password_by(gw: &Gateway, client: &str, username: &str, password: &str) -> Reply {
     token_request(
         gw,
         &format!(
             "grant_type=password&username={}&password={}&{}",
             enc(username),
             enc(password),
-            creds("pw")
+            creds(client)
         ),
     )
     .await
@@ -788,8 +798,11 @@ async fn password_grant_issues_a_user_token() {
     assert_oauth_error(&r, 400, "invalid_request");
 }
 
+/// Counted per user and client: the client that guessed is locked for
+/// that user, other users and other clients are not (a client cannot lock a
+/// user out of the others).
 #[tokio::test]
-async fn password_failures_are_rate_limited_per_user() {
+async fn password_failures_are_rate_limited_per_user_and_client() {
     let (_upstream, gw) = start("").await;
     for attempt in 1..=5 {
         let r = password(&gw, "alice", &format!("guess-{attempt}")).await;
@@ -808,6 +821,11 @@ async fn password_failures_are_rate_limited_per_user() {
     // Another user, and the client itself, are not locked.
     let r = password(&gw, "bob", PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // Nor is the user through another client.
+    let r = password_by(&gw, "pw2", "alice", PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let r = password(&gw, "alice", PASSWORD).await;
+    assert_eq!(r.status, 429, "{}", r.text());
 }
 
 /// Guesses sent all at once get no more tries than guesses sent one by one:

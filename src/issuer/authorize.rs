@@ -32,6 +32,12 @@ const CODE_TTL: u64 = 60;
 const SESSION_TTL: u64 = 600;
 const SESSION_COOKIE: &str = "sg_session";
 const CSRF_COOKIE: &str = "sg_csrf";
+/// Marks a browser that signed a user in before, so that failed sign-ins
+/// from anywhere else cannot lock that user out of it (OWASP's device
+/// cookies): its attempts are counted under the cookie, not the user name.
+const DEVICE_COOKIE: &str = "sg_device";
+/// Lifetime of a device cookie (seconds): 30 days, renewed by every sign-in.
+const DEVICE_TTL: u64 = 30 * 24 * 3600;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a}h1{font-size:1.4rem}label{display:block;margin-top:1rem}input{display:block;width:100%;padding:.5rem;margin-top:.25rem;font-size:1rem;box-sizing:border-box}button{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}ul{padding-left:1.2rem}.error{color:#a40000}";
 
 /// A validated authorization request.
@@ -276,7 +282,12 @@ impl AuthorizationServer {
         }
         let username = map.get("username").cloned().unwrap_or_default();
         let password = map.get("password").cloned().unwrap_or_default();
-        let limiter_key = format!("user:{username}");
+        // A browser this user signed in from before has its own budget of
+        // failures; every other one shares the user name's.
+        let limiter_key = match self.device(headers, &username) {
+            Some(device) => format!("device:{device}"),
+            None => format!("user:{username}"),
+        };
         let Some(attempt) = self.clients.begin_check(&limiter_key).await else {
             return self.login_page(
                 request,
@@ -304,13 +315,15 @@ impl AuthorizationServer {
         };
         let Some(user) = user.filter(|_| ok) else {
             attempt.failed();
+            // 400, not 401: a form sign-in has no `WWW-Authenticate`
+            // challenge to send, which RFC 9110 15.5.2 requires with 401.
             return self.login_page(
                 request,
                 Some("Wrong user name or password."),
-                StatusCode::UNAUTHORIZED,
+                StatusCode::BAD_REQUEST,
             );
         };
-        let Ok(csrf) = random_token() else {
+        let (Ok(csrf), Ok(device)) = (random_token(), random_token()) else {
             return self.no_randomness();
         };
         let now = now_unix();
@@ -329,14 +342,39 @@ impl AuthorizationServer {
             Ok(s) => s,
             Err(_) => return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "Could not start a session.", None),
         };
+        let device = key.sign_typed(
+            "device+jwt",
+            &json!({ "iss": self.settings.issuer, "sub": user.username, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
+        );
         let mut response = self.consent_page(request, &user.username, &csrf);
-        if let Ok(v) = HeaderValue::from_str(&format!(
+        let mut cookies = vec![format!(
             "{SESSION_COOKIE}={session}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={SESSION_TTL}",
             self.settings.paths.authorize
-        )) {
-            response.headers_mut().append(SET_COOKIE, v);
+        )];
+        // Without it the next sign-in counts as from an unknown browser.
+        if let Ok(device) = device {
+            cookies.push(format!(
+                "{DEVICE_COOKIE}={device}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={DEVICE_TTL}",
+                self.settings.paths.authorize
+            ));
+        }
+        for cookie in cookies {
+            if let Ok(v) = HeaderValue::from_str(&cookie) {
+                response.headers_mut().append(SET_COOKIE, v);
+            }
         }
         response
+    }
+
+    /// The id of this browser's device cookie when it is valid and was set
+    /// by a sign-in of `username`.
+    fn device(&self, headers: &HeaderMap, username: &str) -> Option<String> {
+        let token = cookie(headers, DEVICE_COOKIE)?;
+        let claims = self.verify_own(&token, "device+jwt", 0)?;
+        if claims.get("sub")?.as_str()? != username {
+            return None;
+        }
+        Some(claims.get("jti")?.as_str()?.to_owned())
     }
 
     /// The signed-in user and the session's CSRF token, from the cookie.

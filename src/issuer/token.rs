@@ -124,7 +124,12 @@ impl AuthorizationServer {
                 "username and password are required",
             ));
         };
-        let limiter_key = format!("user:{username}");
+        // Counted per client: a client that guesses wrong passwords locks
+        // the user out of the password grant through it, not through every
+        // client nor out of the sign-in page.
+        // The id's length keeps `a` + `b:c` apart from `a:b` + `c`.
+        let id = &client.client_id;
+        let limiter_key = format!("password:{}:{id}:{username}", id.len());
         let attempt = self
             .clients
             .begin_check(&limiter_key)
