@@ -1030,3 +1030,91 @@ async fn sigterm_exits_while_a_reload_waits_on_a_file() {
         "scopegate did not exit while a reload waited: {exited:?}"
     );
 }
+
+/// An issuer named only by a reload's config, with its JWKS at `jwks`.
+fn issuer_block(name: &str, jwks: &JwksServer) -> String {
+    format!(
+        "issuers:\n  - name: {name}\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n",
+        jwks.uri()
+    )
+}
+
+/// The series of a config a reload is still setting up (its issuer's first
+/// JWKS fetches) are exported while it waits for its keys, though the
+/// running config does not name it, and kept once it runs.
+#[tokio::test]
+async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let jwks = JwksServer::start(
+        scopegate::demo::SigningKey::generate("key-1")
+            .unwrap()
+            .jwks(),
+    )
+    .await;
+    jwks.set_mode(JwksMode::Fail);
+    kubelet_write(
+        dir.path(),
+        2,
+        &yaml(upstream.addr, "/two", &issuer_block("second", &jwks)),
+    );
+    let failed = r#"scopegate_jwks_fetches_total{issuer="second",result="http_error"}"#;
+    assert!(
+        wait_for_metrics(&gw, |m| m.contains(failed)).await,
+        "the setting-up issuer's failed fetch was not reported: {}",
+        gw.metrics().await
+    );
+    assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
+
+    jwks.set_mode(JwksMode::Serve);
+    assert!(wait_for_status(&gw.url("/two"), 200).await);
+    let metrics = gw.metrics().await;
+    for series in [
+        failed,
+        r#"scopegate_jwks_fetches_total{issuer="second",result="success"} 1"#,
+    ] {
+        assert!(metrics.contains(series), "{series} missing: {metrics}");
+    }
+}
+
+/// A reload refused because its new issuer's keys never came leaves none
+/// of that issuer's series behind, though its fetches wrote them.
+#[tokio::test]
+async fn a_refused_reloads_series_are_dropped() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let jwks = JwksServer::start(
+        scopegate::demo::SigningKey::generate("key-1")
+            .unwrap()
+            .jwks(),
+    )
+    .await;
+    jwks.set_mode(JwksMode::Fail);
+    kubelet_write(
+        dir.path(),
+        2,
+        &yaml(upstream.addr, "/two", &issuer_block("doomed", &jwks)),
+    );
+    assert!(wait_for_metrics(&gw, |m| m.contains(r#"issuer="doomed""#)).await);
+    // The reload waits up to 30 s for the issuer's keys.
+    let refused = r#"scopegate_config_reloads_total{result="not_ready"} 1"#;
+    let mut seen = false;
+    for _ in 0..60 {
+        if wait_for_metrics(&gw, |m| m.contains(refused)).await {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the reload was not refused");
+    let metrics = gw.metrics().await;
+    assert!(!metrics.contains(r#"issuer="doomed""#), "{metrics}");
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+}

@@ -53,13 +53,16 @@ pub struct Metrics {
     pub config_restart_required: IntGauge,
     /// The names the running config labels series with, once known.
     running_names: Mutex<Option<LabelNames>>,
+    /// The names of a config a reload is setting up: its first JWKS fetches
+    /// count before it runs.
+    pending_names: Mutex<Option<LabelNames>>,
 }
 
 /// The route, issuer and upstream names a config gives metric labels: after
 /// a reload, the series of names no longer configured are dropped
 /// ([`Metrics::forget_all_but`]), so a renamed route does not leave a frozen
 /// series behind for as long as the process lives.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct LabelNames {
     routes: HashSet<Arc<str>>,
     issuers: HashSet<Arc<str>>,
@@ -199,6 +202,7 @@ impl Metrics {
             config_last_reload_success,
             config_restart_required,
             running_names: Mutex::new(None),
+            pending_names: Mutex::new(None),
         })
     }
 
@@ -215,30 +219,59 @@ impl Metrics {
     /// Records the names of the config now running, and drops every series
     /// labelled with a route, issuer or upstream name it does not hold.
     pub fn running(&self, names: LabelNames) {
-        self.forget_all_but(&names);
         if let Ok(mut running) = self.running_names.lock() {
             *running = Some(names);
         }
+        if let Ok(mut pending) = self.pending_names.lock() {
+            *pending = None;
+        }
+        self.forget_retired();
     }
 
-    /// Drops the series a retired configuration labelled after
-    /// [`Self::running`] had dropped them: its last requests, or a
-    /// refused reload's setup, may have written them since.
+    /// Keeps the series of a config a reload is setting up (besides the
+    /// running one's) until [`Self::running`] or [`Self::refused`].
+    pub fn preparing(&self, names: LabelNames) {
+        if let Ok(mut pending) = self.pending_names.lock() {
+            *pending = Some(names);
+        }
+    }
+
+    /// The reload being set up was refused: its names' series go.
+    pub fn refused(&self) {
+        if let Ok(mut pending) = self.pending_names.lock() {
+            *pending = None;
+        }
+        self.forget_retired();
+    }
+
+    /// Drops the series labelled with names neither the running config nor
+    /// one being set up holds: a retired config's last requests and
+    /// background fetches, or a refused reload's setup, may have written
+    /// them after [`Self::running`] dropped them. Every scrape does this
+    /// first, so no such series is ever exported.
     pub fn forget_retired(&self) {
-        if let Ok(running) = self.running_names.lock() {
-            if let Some(names) = running.as_ref() {
-                self.forget_all_but(names);
-            }
+        let Ok(running) = self.running_names.lock() else {
+            return;
+        };
+        let Some(running) = running.as_ref() else {
+            return;
+        };
+        match self.pending_names.lock() {
+            Ok(pending) => self.forget_all_but(&[Some(running), pending.as_ref()]),
+            Err(_) => self.forget_all_but(&[Some(running)]),
         }
     }
 
     /// Drops every series labelled with a route, issuer or upstream name
-    /// that `kept` does not hold (the labels scopegate itself gives, such as
-    /// `unmatched` and the issuer `-` of tokenless denials, stay).
-    fn forget_all_but(&self, kept: &LabelNames) {
-        let route = |name: &str| kept.routes.contains(name) || RESERVED_ROUTE_NAMES.contains(&name);
-        let issuer = |name: &str| name == NO_ISSUER || kept.issuers.contains(name);
-        let upstream = |name: &str| kept.upstreams.contains(name);
+    /// that none of `kept` holds (the labels scopegate itself gives, such
+    /// as `unmatched` and the issuer `-` of tokenless denials, stay).
+    fn forget_all_but(&self, kept: &[Option<&LabelNames>]) {
+        let kept = || kept.iter().flatten();
+        let route = |name: &str| {
+            RESERVED_ROUTE_NAMES.contains(&name) || kept().any(|k| k.routes.contains(name))
+        };
+        let issuer = |name: &str| name == NO_ISSUER || kept().any(|k| k.issuers.contains(name));
+        let upstream = |name: &str| kept().any(|k| k.upstreams.contains(name));
         forget_series(&self.requests, "route", route);
         forget_series(&self.request_duration, "route", route);
         forget_series(&self.auth_decisions, "issuer", issuer);
@@ -250,6 +283,7 @@ impl Metrics {
 
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
+        self.forget_retired();
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics; an error
         // yields what was written so far.
@@ -282,6 +316,47 @@ fn forget_series<B: MetricVecBuilder>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A retired or refused config's background work may write its series
+    /// after they were dropped; no scrape shows them. A config being set up
+    /// keeps its own.
+    #[test]
+    fn a_late_write_under_a_retired_name_is_never_exported() {
+        let metrics = Metrics::new().unwrap();
+        let names = |name: &str| {
+            let set: HashSet<Arc<str>> = [Arc::from(name)].into();
+            LabelNames {
+                routes: set.clone(),
+                issuers: set.clone(),
+                upstreams: set,
+            }
+        };
+        let fetched = |issuer: &str| {
+            metrics
+                .jwks_fetches
+                .with_label_values(&[issuer, "success"])
+                .inc()
+        };
+        let exported = |issuer: &str| {
+            String::from_utf8(metrics.render())
+                .unwrap()
+                .contains(&format!("issuer=\"{issuer}\""))
+        };
+        metrics.running(names("old"));
+        fetched("old");
+        metrics.running(names("new"));
+        fetched("old");
+        fetched("new");
+        metrics.preparing(names("next"));
+        fetched("next");
+        assert!(!exported("old"));
+        assert!(exported("new") && exported("next"));
+        metrics.refused();
+        assert!(!exported("next"));
+        fetched("next");
+        assert!(!exported("next"));
+        assert!(exported("new"));
+    }
 
     #[test]
     fn forgetting_drops_exactly_the_series_of_names_gone() {
@@ -321,11 +396,11 @@ mod tests {
                 .observe(0.1);
         }
         let kept: HashSet<Arc<str>> = [Arc::from("kept")].into();
-        metrics.forget_all_but(&LabelNames {
+        metrics.forget_all_but(&[Some(&LabelNames {
             routes: kept.clone(),
             issuers: kept.clone(),
             upstreams: kept,
-        });
+        })]);
         let text = String::from_utf8(metrics.render()).unwrap();
         assert!(!text.contains("\"gone\""), "{text}");
         for series in [

@@ -199,6 +199,7 @@ impl Reloader {
             .with_label_values(&[error.label()])
             .inc();
         self.metrics.config_last_reload_success.set(0);
+        self.metrics.refused();
         tracing::error!(error = %error, "configuration reload refused; the previous configuration keeps serving");
     }
 
@@ -228,6 +229,7 @@ impl Reloader {
             tracing::warn!(setting, "changed setting needs a restart to take effect");
         }
         let labels = LabelNames::of(&config);
+        self.metrics.preparing(labels.clone());
         let old = self.current.load_full();
         let gateway = Gateway::build(config, Arc::clone(&self.metrics), Some(&old))
             .await
