@@ -492,6 +492,30 @@ fn config_errors_name_file_line_and_column() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// An https issuer's endpoints may be plain http beyond this host (an
+/// in-cluster Keycloak Service) only when the issuer says so.
+#[test]
+fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    std::fs::write(dir.path().join("secret"), "s3cret").unwrap();
+    for endpoints in [
+        "    jwks_uri: http://keycloak.auth.svc:8080/realms/x/certs\n",
+        "    introspection:\n      endpoint: http://keycloak.auth.svc:8080/introspect\n      client_id: gw\n      client_secret_file: secret\n",
+    ] {
+        let yaml = |opt_in: &str| {
+            format!("issuers:\n  - name: corp\n    issuer: https://idp.example.com\n    audiences: [api]\n{opt_in}{endpoints}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n")
+        };
+        std::fs::write(&file, yaml("")).unwrap();
+        let (ok, _, stderr) = check(&file);
+        assert!(!ok, "{endpoints}");
+        assert!(stderr.contains("allow_plain_http_endpoints: true"), "{stderr}");
+        std::fs::write(&file, yaml("    allow_plain_http_endpoints: true\n")).unwrap();
+        let (ok, _, stderr) = check(&file);
+        assert!(ok, "{endpoints}: {stderr}");
+    }
+}
+
 #[test]
 fn missing_file_is_an_error_not_a_panic() {
     let (ok, _, stderr) = check(Path::new("/nonexistent/scopegate.yaml"));

@@ -55,9 +55,11 @@ pub fn metadata_urls(issuer: &str) -> Result<Vec<Uri>, String> {
         .collect()
 }
 
-/// Fetches and checks the issuer's metadata.
+/// Fetches and checks the issuer's metadata. With `endpoints_need_https`,
+/// a plain-http endpoint beyond this host is left out.
 pub async fn discover(
     issuer: &str,
+    endpoints_need_https: bool,
     client: &HttpsClient<Empty<Bytes>>,
 ) -> Result<Metadata, String> {
     let mut last_error = String::from("no metadata URL");
@@ -74,7 +76,7 @@ pub async fn discover(
                 // An endpoint that is not fit to call is left out: what
                 // needs it stays unready, the rest (or an endpoint
                 // configured explicitly) goes on.
-                let https = issuer.starts_with("https://");
+                let https = endpoints_need_https;
                 let (jwks_uri, unusable_jwks_uri) =
                     match raw.jwks_uri.map(|v| issuer_endpoint(&v, https)) {
                         None => (None, None),

@@ -62,6 +62,8 @@ struct IssuerRuntime {
     issuer: String,
     ca_file: Option<crate::config::validate::CaFile>,
     discovery: bool,
+    /// Discovered endpoints beyond this host must be `https`.
+    endpoints_need_https: bool,
     discovered: std::sync::atomic::AtomicBool,
     introspector: Option<Arc<Introspector>>,
     audiences: Vec<String>,
@@ -132,6 +134,7 @@ impl Authenticator {
                 ca_file: issuer.ca_file.clone(),
                 issuer: issuer.issuer,
                 discovery: issuer.discovery,
+                endpoints_need_https: issuer.endpoints_need_https,
                 discovered: std::sync::atomic::AtomicBool::new(false),
                 introspector,
                 name: issuer.name,
@@ -239,7 +242,7 @@ impl Authenticator {
         loop {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(10),
-                discovery::discover(&issuer.issuer, &client),
+                discovery::discover(&issuer.issuer, issuer.endpoints_need_https, &client),
             )
             .await
             .unwrap_or_else(|_| Err("timed out".to_owned()));

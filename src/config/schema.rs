@@ -336,6 +336,10 @@ pub struct RawIssuer {
     /// Fetch RFC 8414 / OpenID metadata for `jwks_uri` and the introspection endpoint.
     #[serde(default)]
     pub discovery: bool,
+    /// Let an `https` issuer's key and introspection endpoints be plain
+    /// `http` beyond this host (an in-cluster Service on a trusted network).
+    #[serde(default)]
+    pub allow_plain_http_endpoints: bool,
 }
 
 /// `issuers[].introspection`.

@@ -282,6 +282,10 @@ pub struct Issuer {
     pub introspection: Option<Introspection>,
     /// Fetch RFC 8414 / OpenID metadata at start.
     pub discovery: bool,
+    /// Whether the key and introspection endpoints (configured or
+    /// discovered) must be `https` unless on this host: an `https` issuer
+    /// that did not allow plain http.
+    pub endpoints_need_https: bool,
     /// Allowed algorithms.
     pub algorithms: Vec<Algorithm>,
     /// Clock skew allowance in seconds.
@@ -825,7 +829,7 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
     let uri = http_url(value)?;
     if issuer_https && uri.scheme_str() != Some("https") && !on_this_host(&uri) {
         return Err(format!(
-            "`{value}` is plain http for an https issuer (only a loopback address may be)"
+            "`{value}` is plain http for an https issuer (only a loopback address may be, unless the issuer sets `allow_plain_http_endpoints: true`)"
         ));
     }
     Ok(uri)
@@ -1119,7 +1123,8 @@ impl Validator<'_> {
                 )
             })?;
         }
-        let issuer_https = raw.issuer.value.starts_with("https://");
+        let issuer_https =
+            raw.issuer.value.starts_with("https://") && !raw.allow_plain_http_endpoints;
         let has_local_keys = raw.jwks_uri.is_some() || raw.jwks_file.is_some();
         if !has_local_keys && raw.introspection.is_none() && !raw.discovery {
             return Err(self.err(
@@ -1224,6 +1229,7 @@ impl Validator<'_> {
             keys,
             introspection,
             discovery: raw.discovery,
+            endpoints_need_https: issuer_https,
             algorithms,
             leeway_secs: raw.leeway.as_secs(),
             require_typ: raw.require_typ.as_deref().map(normalize_typ),
@@ -1499,6 +1505,7 @@ impl Validator<'_> {
             keys: KeySource::Static(Arc::new(key_set)),
             introspection: None,
             discovery: false,
+            endpoints_need_https: false,
             algorithms,
             leeway_secs: crate::issuer::LEEWAY_SECS,
             require_typ: Some("at+jwt".to_owned()),
