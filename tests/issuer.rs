@@ -828,6 +828,41 @@ async fn password_failures_are_rate_limited_per_user_and_client() {
     assert_eq!(r.status, 429, "{}", r.text());
 }
 
+/// A form body that stops arriving gets 408 once the form's time is up,
+/// and the connection closes: otherwise an unauthenticated client could
+/// hold connection slots at the token endpoint forever.
+#[tokio::test]
+async fn a_stalled_form_body_gets_408_and_the_connection_closes() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, gw) = start("").await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {TOKEN} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\ngrant_type="
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        scopegate::issuer::FORM_READ_TIMEOUT * 3,
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let reply = RawReply::parse(&String::from_utf8_lossy(&out));
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert_eq!(
+        reply.error().as_deref(),
+        Some("invalid_request"),
+        "{reply:?}"
+    );
+    // The endpoint still serves.
+    assert!(client_credentials(&gw, "svc").await["access_token"].is_string());
+}
+
 /// Guesses sent all at once get no more tries than guesses sent one by one:
 /// checks under way count against the limit (before, all of a burst found
 /// the user unlimited and every one was checked).

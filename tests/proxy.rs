@@ -568,6 +568,12 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         "Front-End-Https",
         "True-Client-IP",
         "X-Client-IP",
+        // gunicorn's forwarder_headers: the mount prefix it strips from the
+        // path, the path itself, and an authenticated user.
+        "SCRIPT-NAME",
+        "Path-Info",
+        "Remote-User",
+        "X-Script-Name",
     ];
     let underscored: Vec<String> = trusted_elsewhere
         .iter()

@@ -654,10 +654,14 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 /// client's word for its address, scheme, port, prefix or host: gunicorn
 /// trusts `X-Forwarded-Ssl` and `X-Forwarded-Protocol` from loopback, which
 /// is scopegate in a sidecar; Rack reads `X-Forwarded-Ssl` before
-/// `X-Forwarded-Proto`), path overrides, and method overrides (a route's
-/// scopes follow the method and path scopegate saw, so a `GET` carrying
-/// `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
-const CLIENT_MAY_NOT_SEND: [&str; 22] = [
+/// `X-Forwarded-Proto`), path overrides (gunicorn takes `SCRIPT_NAME` and
+/// `PATH_INFO` headers from loopback as the WSGI mount and path, so
+/// `/public/admin` with `SCRIPT_NAME: /public` would run `/admin`; Flask's
+/// common ReverseProxied recipe reads `X-Script-Name`), a user gunicorn
+/// would take as authenticated (`REMOTE_USER`), and method overrides (a
+/// route's scopes follow the method and path scopegate saw, so a `GET`
+/// carrying `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
+const CLIENT_MAY_NOT_SEND: [&str; 26] = [
     "forwarded",
     "x-real-ip",
     "client-ip",
@@ -677,6 +681,10 @@ const CLIENT_MAY_NOT_SEND: [&str; 22] = [
     "x-url-scheme",
     "x-original-url",
     "x-rewrite-url",
+    "script-name",
+    "path-info",
+    "x-script-name",
+    "remote-user",
     "x-http-method-override",
     "x-http-method",
     "x-method-override",

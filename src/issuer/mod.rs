@@ -33,6 +33,10 @@ use store::Store;
 
 /// Largest form body accepted by the endpoints.
 const MAX_FORM_BYTES: usize = 64 * 1024;
+/// Longest wait for a whole form body: a client that stops sending one
+/// would otherwise hold its connection, and a connection slot, forever
+/// (the proxy path has `body_idle_timeout`; these forms are small).
+pub const FORM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long past `exp` (and before `nbf`) the gateway still accepts this
 /// server's access tokens; a revocation lasts that much longer than the token.
@@ -411,11 +415,20 @@ pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthE
                 .to_ascii_lowercase()
         })
         .is_some_and(|v| v == "application/x-www-form-urlencoded");
-    let bytes = Limited::new(body, MAX_FORM_BYTES)
-        .collect()
-        .await
-        .map_err(|_| OAuthError::invalid_request("the request body is too large or unreadable"))?
-        .to_bytes();
+    let bytes = tokio::time::timeout(
+        FORM_READ_TIMEOUT,
+        Limited::new(body, MAX_FORM_BYTES).collect(),
+    )
+    .await
+    .map_err(|_| {
+        OAuthError::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request",
+            "the request body did not arrive in time",
+        )
+    })?
+    .map_err(|_| OAuthError::invalid_request("the request body is too large or unreadable"))?
+    .to_bytes();
     let form = if bytes.is_empty() {
         HashMap::new()
     } else if is_form {
