@@ -2621,6 +2621,42 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
     }
 }
 
+/// Upstream answers pass through with their code, but the `status` label
+/// of an unregistered code is its class (or `other` past 599): an upstream
+/// may answer anything from 100 to 999, each a series per route and method.
+#[tokio::test]
+async fn unregistered_status_codes_are_counted_by_class() {
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    let answers: [(u16, &str, &'static [u8]); 3] = [
+        (
+            418,
+            "418",
+            b"HTTP/1.1 418 Teapot\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            299,
+            "2xx",
+            b"HTTP/1.1 299 Odd\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            799,
+            "other",
+            b"HTTP/1.1 799 Odd\r\nContent-Length: 2\r\n\r\nok",
+        ),
+    ];
+    for (code, label, answer) in answers {
+        let (upstream, _) = counting_upstream(Behaviour::BadFirst(answer)).await;
+        let gw = Gateway::start(&config_for(&world, upstream)).await;
+        let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+        assert_eq!(reply.status, code, "{}", reply.text());
+        let metrics = gw.metrics().await;
+        let counted = metric(&metrics, "scopegate_requests_total", &[("status", label)]);
+        assert_eq!(counted, 1.0, "{code}: {metrics}");
+        assert!(!metrics.contains(&format!("status=\"{code}\"")) || label == "418");
+    }
+}
+
 /// `scopegate_upstream_errors_total` of one kind, over all upstreams.
 fn upstream_errors(metrics: &str, kind: &str) -> f64 {
     metric(

@@ -231,9 +231,17 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
         .http2()
         .timer(TokioTimer::new())
         .max_header_list_size(u32::try_from(settings.max_header_bytes).unwrap_or(u32::MAX))
-        .max_concurrent_streams(256);
+        .max_concurrent_streams(256)
+        // Response data queued per stream beyond what the client's window
+        // lets out (h2's default is about 400 KiB): a client that opens
+        // 256 streams with huge windows and then reads slowly would pin
+        // about 100 MiB a connection at the default, 16 MiB with this.
+        .max_send_buf_size(SEND_BUFFER_PER_STREAM);
     builder
 }
+
+/// See [`connection_builder`].
+const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
 /// Per-connection time limits.
 #[derive(Debug, Clone, Copy)]

@@ -427,7 +427,7 @@ impl Gateway {
         let (Some(route), Some((histogram, by_method))) = (route, hot) else {
             self.metrics
                 .requests
-                .with_label_values(&[served_by, method, status.as_str()])
+                .with_label_values(&[served_by, method, status_label(&status)])
                 .inc();
             self.metrics
                 .request_duration
@@ -450,7 +450,7 @@ impl Gateway {
             _ => self
                 .metrics
                 .requests
-                .with_label_values(&[name, method, status.as_str()])
+                .with_label_values(&[name, method, status_label(&status)])
                 .inc(),
         }
     }
@@ -592,6 +592,24 @@ struct Abandoned<'a> {
 
 /// The status abandoned requests are counted with.
 const CLIENT_CLOSED: u16 = 499;
+
+/// The `status` label of a response: its code when registered (or 499),
+/// else its class (`2xx`...) or `other` past 599. An upstream may answer
+/// any code from 100 to 999, and each would be a series per route and
+/// method.
+fn status_label(status: &StatusCode) -> &str {
+    if status.canonical_reason().is_some() || status.as_u16() == CLIENT_CLOSED {
+        return status.as_str();
+    }
+    match status.as_u16() {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        500..=599 => "5xx",
+        _ => "other",
+    }
+}
 
 impl Drop for Abandoned<'_> {
     fn drop(&mut self) {
