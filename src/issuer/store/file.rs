@@ -13,6 +13,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
 use serde::de::DeserializeOwned;
@@ -49,6 +50,15 @@ const PURGE_BATCH: usize = 256;
 
 /// The page cache redb may use; the store is small, the default (1 GiB) is not.
 const CACHE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Longest a store operation may take, waiting for its turn included, as
+/// with redis: a hung disk (a stuck volume) gets requests a 503, not a wait
+/// without end.
+const TIMEOUT: Duration = Duration::from_secs(5);
+/// Operations on blocking threads at once. One that timed out keeps its
+/// place until its thread returns, so a hung disk holds at most this many
+/// of the blocking pool's threads (which DNS lookups and argon2 share).
+const AT_ONCE: usize = 32;
 
 /// A single-use entry as stored: the record and whether it was used.
 #[derive(Serialize, Deserialize)]
@@ -99,6 +109,10 @@ fn revocations(kind: Kind) -> (Revocations, u8) {
 /// The file backend.
 pub(super) struct FileStore {
     db: Arc<Database>,
+    /// [`AT_ONCE`] places on the blocking pool.
+    places: Arc<tokio::sync::Semaphore>,
+    /// [`TIMEOUT`], shorter in tests.
+    timeout: Duration,
 }
 
 impl FileStore {
@@ -124,19 +138,42 @@ impl FileStore {
         })
         .await
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))??;
-        Ok(FileStore { db: Arc::new(db) })
+        Ok(FileStore {
+            db: Arc::new(db),
+            places: Arc::new(tokio::sync::Semaphore::new(AT_ONCE)),
+            timeout: TIMEOUT,
+        })
     }
 
-    /// Runs `f` on the blocking pool with the database.
+    /// Runs `f` on the blocking pool with the database, within the
+    /// timeout and one of the [`AT_ONCE`] places.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        tokio::task::spawn_blocking(move || f(&db))
+        let places = Arc::clone(&self.places);
+        let work = async move {
+            let place = places
+                .acquire_owned()
+                .await
+                .map_err(|_| StoreError::Backend("store closed".to_owned()))?;
+            tokio::task::spawn_blocking(move || {
+                let _place = place;
+                f(&db)
+            })
             .await
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| {
+                StoreError::Backend(format!(
+                    "the database file did not answer within {}s",
+                    self.timeout.as_secs_f32()
+                ))
+            })?
     }
 
     /// See [`super::Store::put_refresh`].
@@ -303,6 +340,16 @@ where
     store
         .run(move |db| {
             let now = now_secs();
+            // A miss (a made-up token or code, which anyone may send) takes
+            // no write lock.
+            let known = {
+                let txn = db.begin_read().db()?;
+                let table = txn.open_table(def).db()?;
+                table.get(&digest).db()?.is_some()
+            };
+            if !known {
+                return Ok(Use::NotFound);
+            }
             let txn = db.begin_write().db()?;
             let outcome = {
                 let mut table = txn.open_table(def).db()?;
@@ -456,6 +503,84 @@ mod tests {
             txn.open_table(ACCESS).unwrap().len().unwrap(),
             txn.open_table(EXPIRY).unwrap().len().unwrap(),
         ]
+    }
+
+    /// A gate blocking threads until opened.
+    #[derive(Default)]
+    struct Gate(std::sync::Mutex<bool>, std::sync::Condvar);
+
+    impl Gate {
+        fn wait(&self) {
+            let mut open = self.0.lock().unwrap();
+            while !*open {
+                open = self.1.wait(open).unwrap();
+            }
+        }
+        fn open(&self) {
+            *self.0.lock().unwrap() = true;
+            self.1.notify_all();
+        }
+    }
+
+    /// Operations on a disk that hangs fail within the timeout, hold no
+    /// more than [`AT_ONCE`] blocking threads (later ones fail without a
+    /// thread), and the store serves again once the disk does.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_hung_disk_fails_operations_in_time_and_holds_few_threads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        store.timeout = Duration::from_millis(200);
+        let store = Arc::new(store);
+        let gate = Arc::new(Gate::default());
+        let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut hung = tokio::task::JoinSet::new();
+        for _ in 0..AT_ONCE + 8 {
+            let (store, gate, started) =
+                (Arc::clone(&store), Arc::clone(&gate), Arc::clone(&started));
+            hung.spawn(async move {
+                store
+                    .run(move |_| {
+                        started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        gate.wait();
+                        Ok(())
+                    })
+                    .await
+            });
+        }
+        while let Some(outcome) = hung.join_next().await {
+            assert!(matches!(outcome.unwrap(), Err(StoreError::Backend(_))));
+        }
+        let count = || started.load(std::sync::atomic::Ordering::SeqCst);
+        for _ in 0..500 {
+            if count() >= AT_ONCE {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count(), AT_ONCE);
+        assert!(store.run(|_| Ok(())).await.is_err(), "every place is held");
+        gate.open();
+        let mut served = false;
+        for _ in 0..100 {
+            if store.run(|_| Ok(())).await.is_ok() {
+                served = true;
+                break;
+            }
+        }
+        assert!(served, "the store did not serve again");
+    }
+
+    /// Using up a value nobody stored takes no write lock: it answers while
+    /// another writer holds the database.
+    #[tokio::test]
+    async fn a_miss_takes_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        store.timeout = Duration::from_millis(500);
+        let writer = store.db.begin_write().unwrap();
+        let outcome = store.use_code(&[7u8; 32]).await;
+        assert!(matches!(outcome, Ok(Use::NotFound)), "{outcome:?}");
+        drop(writer);
     }
 
     /// A file written when unused refresh tokens were indexed at their
