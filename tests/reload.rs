@@ -1118,3 +1118,42 @@ async fn a_refused_reloads_series_are_dropped() {
     assert!(!metrics.contains(r#"issuer="doomed""#), "{metrics}");
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
 }
+
+/// A reload keeps the client secrets the built-in server checked: guesses
+/// by others after a reload do not lock out a client that authenticated
+/// before it (a secret checked before is no guess).
+#[tokio::test]
+async fn a_reload_keeps_the_client_secrets_checked_before_it() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let hash = argon2_hash("s3cret-value");
+    let server = format!(
+        "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+    );
+    std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+    let token_url = gw.url("/oauth2/token");
+    let grant = |secret: String| {
+        send(
+            "POST",
+            &token_url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            bytes::Bytes::from(format!(
+                "grant_type=client_credentials&client_id=svc&client_secret={secret}"
+            )),
+        )
+    };
+    let r = grant("s3cret-value".into()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
+    assert!(wait_for_status(&gw.url("/two"), 200).await);
+    let mut last = 0;
+    for attempt in 1..=6 {
+        last = grant(format!("guess-{attempt}")).await.unwrap().status;
+    }
+    assert_eq!(last, 429, "the guesses were not limited");
+    let r = grant("s3cret-value".into()).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}

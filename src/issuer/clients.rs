@@ -44,8 +44,11 @@ const FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// keeps a flood far slower than what would fill the table with limited
 /// names within one window.
 const MAX_TRACKED: usize = 10_000;
-/// How long a successful secret check is remembered.
-const SUCCESS_TTL: Duration = Duration::from_secs(600);
+/// How long a successful secret check is remembered after its last use. A
+/// remembered secret passes while its client id is limited, so guesses by
+/// others do not lock out a client that keeps using its secret; the key
+/// includes the hash, so a secret changed in the config is forgotten.
+const SUCCESS_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// Credentials as presented.
 #[derive(Debug, Clone)]
@@ -253,17 +256,23 @@ impl PasswordChecker {
 }
 
 impl ClientAuthenticator {
-    /// Indexes the registered clients.
-    pub fn new(clients: &[Client]) -> Self {
+    /// Indexes the registered clients, remembering the secrets `previous`
+    /// (the server before a reload) checked.
+    pub fn new(clients: &[Client], previous: Option<&ClientAuthenticator>) -> Self {
         Self {
             clients: clients
                 .iter()
                 .map(|c| (c.client_id.clone(), c.clone()))
                 .collect(),
-            verified: moka::sync::Cache::builder()
-                .max_capacity(10_000)
-                .time_to_live(SUCCESS_TTL)
-                .build(),
+            verified: previous.map_or_else(
+                || {
+                    moka::sync::Cache::builder()
+                        .max_capacity(10_000)
+                        .time_to_idle(SUCCESS_IDLE)
+                        .build()
+                },
+                |p| p.verified.clone(),
+            ),
             failures: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
             check_ended: tokio::sync::Notify::new(),
@@ -312,10 +321,11 @@ impl ClientAuthenticator {
         // is no guess, so guesses by others cannot lock the client out.
         let public = client.is_some_and(|c| c.secret_hash.is_none());
         let known_secret = match (client.and_then(|c| c.secret_hash.as_deref()), &p.secret) {
-            (Some(hash), Some(secret)) => {
-                self.verified
-                    .contains_key(&cache_key(&p.client_id, hash, secret))
-            }
+            // `get`, not `contains_key`: a use keeps the memory alive.
+            (Some(hash), Some(secret)) => self
+                .verified
+                .get(&cache_key(&p.client_id, hash, secret))
+                .is_some(),
             _ => false,
         };
         if !public && !known_secret && self.is_limited(&limiter_key) {
@@ -344,10 +354,7 @@ impl ClientAuthenticator {
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no
                 // guess: only uncached checks take a place under the limit.
-                let attempt = if self
-                    .verified
-                    .contains_key(&cache_key(&p.client_id, hash, secret))
-                {
+                let attempt = if known_secret {
                     None
                 } else {
                     Some(
@@ -566,7 +573,7 @@ mod tests {
     /// that is limited, and the table stays within its bound.
     #[test]
     fn a_flood_of_fresh_names_does_not_free_a_limited_name() {
-        let auth = ClientAuthenticator::new(&[]);
+        let auth = ClientAuthenticator::new(&[], None);
         for _ in 0..MAX_FAILURES {
             assert!(!auth.is_limited("user:victim"));
             auth.record_failure("user:victim");
@@ -596,7 +603,7 @@ mod tests {
     /// place (as a failure, or not at all when it succeeded).
     #[tokio::test]
     async fn checks_under_way_count_against_the_limit() {
-        let auth = ClientAuthenticator::new(&[]);
+        let auth = ClientAuthenticator::new(&[], None);
         let target = failure_key("user:target");
         fn go(begin: Begin<'_>) -> Option<Attempt<'_>> {
             match begin {
@@ -669,7 +676,7 @@ mod tests {
     /// known one's: with every place taken, it waits its turn like them.
     #[tokio::test]
     async fn unknown_names_cost_a_check_like_known_ones() {
-        let clients = ClientAuthenticator::new(&[]);
+        let clients = ClientAuthenticator::new(&[], None);
         let hash = hash_secret("right").unwrap();
         let mut taken: Vec<_> = (0..HASHING_AT_ONCE + HASHING_WAITING)
             .map(|_| Box::pin(clients.hashing.verify(&hash, "wrong")))

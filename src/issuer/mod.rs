@@ -254,9 +254,14 @@ pub struct AuthorizationServer {
 }
 
 impl AuthorizationServer {
-    /// Builds the server on an opened store.
-    pub fn new(settings: AuthorizationServerSettings, store: Store) -> Self {
-        let clients = ClientAuthenticator::new(&settings.clients);
+    /// Builds the server on an opened store; `previous` (the server before
+    /// a reload) passes on the client secrets it checked.
+    pub fn new(
+        settings: AuthorizationServerSettings,
+        store: Store,
+        previous: Option<&AuthorizationServer>,
+    ) -> Self {
+        let clients = ClientAuthenticator::new(&settings.clients, previous.map(|p| &p.clients));
         let users = settings
             .users
             .iter()

@@ -131,7 +131,11 @@ impl Gateway {
                 };
                 Some((
                     settings.issuer_index,
-                    Arc::new(AuthorizationServer::new(settings, store)),
+                    Arc::new(AuthorizationServer::new(
+                        settings,
+                        store,
+                        running.map(|(_, s)| &**s),
+                    )),
                 ))
             }
             None => None,
