@@ -1427,12 +1427,14 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
     assert_eq!(v["exp"], jwt_part(&a0, 1)["exp"], "{v}");
     assert_eq!(v["iss"], ISS, "{v}");
 
-    // A refresh token.
+    // A refresh token, to the client it was issued to only.
     let v = introspect(&gw, "svc", &r0).await.json();
     assert_eq!(v["active"], true, "{v}");
     assert_eq!(v["token_type"], "refresh_token", "{v}");
     assert_eq!(v["client_id"], "svc", "{v}");
     assert_eq!(v["scope"], "orders:read reports:read", "{v}");
+    let v = introspect(&gw, "other", &r0).await.json();
+    assert_eq!(v, json!({"active": false}));
 
     // Once used (rotated), it is inactive; its successor is active.
     let r = refresh(&gw, "svc", &r0).await;

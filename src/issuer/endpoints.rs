@@ -89,7 +89,8 @@ impl AuthorizationServer {
         )?;
         // RFC 7662 2.3: a resource server's invalid credentials get a 401
         // however they were sent (its callers are services, not browsers).
-        self.clients
+        let caller = self
+            .clients
             .authenticate(presented, false)
             .await
             .map_err(OAuthError::challenged)?;
@@ -116,12 +117,16 @@ impl AuthorizationServer {
                 }
                 answer
             }
-            None => self.refresh_token_answer(token).await?,
+            None => self.refresh_token_answer(token, &caller.client_id).await?,
         };
         Ok(json_response(StatusCode::OK, answer.to_string()))
     }
 
-    async fn refresh_token_answer(&self, token: &str) -> Result<Value, OAuthError> {
+    /// A refresh token is active only to the client it was issued to: it is
+    /// no credential a resource server may accept (RFC 7662 4), and any
+    /// other client learning that it is live gains nothing but the means
+    /// to probe.
+    async fn refresh_token_answer(&self, token: &str, caller: &str) -> Result<Value, OAuthError> {
         let inactive = json!({ "active": false });
         let Some((record, used)) = self
             .store
@@ -136,7 +141,7 @@ impl AuthorizationServer {
             .is_family_revoked(&record.family)
             .await
             .map_err(|e| self.store_failed(&e))?;
-        if used || revoked || record.expires_at <= now_unix() {
+        if used || revoked || record.expires_at <= now_unix() || record.client_id != caller {
             return Ok(inactive);
         }
         Ok(json!({

@@ -17,8 +17,8 @@
 //!   unknown tokens and other clients' tokens are answered 200 and left be;
 //! - refreshing rotates; a used refresh token presented again by its client
 //!   ends the grant; another client's is refused and left be;
-//! - introspection of anything inactive says `{"active": false}` and nothing
-//!   more; the gateway accepts exactly the active access tokens, and after
+//! - introspection of anything inactive, or of another client's refresh
+//!   token, says `{"active": false}` and nothing more; the gateway accepts exactly the active access tokens, and after
 //!   the sequence every access token issued in the case is tried again.
 //!
 //! Wrong secrets go only to client `web`, which never needs to succeed here,
@@ -339,14 +339,18 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             }
         }
         Op::Introspect(caller, pick) => {
-            let Some((r, _, index)) = token_call(gw, model, INTROSPECT, *caller, pick).await?
+            let Some((r, client, index)) = token_call(gw, model, INTROSPECT, *caller, pick).await?
             else {
                 return Ok(());
             };
             let json: Value =
                 serde_json::from_slice(&r.body).map_err(|_| format!("not JSON: {}", r.text()))?;
             let token = index.map(|i| &model.tokens[i]);
-            match token.filter(|t| model.active(t)) {
+            // A refresh token is active only to the client it was issued to.
+            let shown = |t: &&Issued| {
+                model.active(t) && (matches!(t.kind, Kind::Access { .. }) || t.client == client)
+            };
+            match token.filter(shown) {
                 Some(t) => {
                     let token_type = match t.kind {
                         Kind::Access { .. } => "Bearer",
