@@ -20,6 +20,7 @@ use super::cache::TokenDigest;
 use super::jwt::{self, TokenError};
 use super::VerifiedToken;
 use crate::admin::metrics::Metrics;
+use crate::admin::throttle::LogThrottle;
 use crate::config::{ClientAuth, Introspection, ScopeClaim};
 use crate::error::GatewayError;
 use crate::proxy::client::{build_https_client, HttpsClient};
@@ -97,6 +98,8 @@ pub struct Introspector {
     cache: Cache<TokenDigest, Answer>,
     identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
+    /// The "introspection failed" line, one per interval.
+    failure_log: LogThrottle,
 }
 
 /// The issuer facts an [`Introspector`] checks answers against.
@@ -158,6 +161,7 @@ impl Introspector {
                 .build(),
             identity_claims,
             metrics,
+            failure_log: LogThrottle::default(),
         })
     }
 
@@ -223,7 +227,9 @@ impl Introspector {
             .with_label_values(&[&self.issuer_name, label])
             .inc();
         if let Err(e) = &result {
-            tracing::warn!(issuer = %self.issuer_name, result = e.label(), "introspection failed");
+            if let Some(suppressed) = self.failure_log.allow() {
+                tracing::warn!(issuer = %self.issuer_name, result = e.label(), suppressed, "introspection failed");
+            }
         }
         result
     }

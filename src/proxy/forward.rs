@@ -19,6 +19,7 @@ use super::headers::{only_chunked, prepare_upstream_request, remove_hop_by_hop, 
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::Body;
 use crate::admin::metrics::Metrics;
+use crate::admin::throttle::LogThrottle;
 use crate::auth::Permit;
 use crate::config::Upstream;
 use crate::error::GatewayError;
@@ -27,6 +28,8 @@ struct UpstreamClient {
     config: Upstream,
     pool: Arc<UpstreamPool>,
     body_failures: BodyFailures,
+    /// The failure lines, one per interval.
+    failure_log: LogThrottle,
 }
 
 /// One connection pool per upstream.
@@ -69,6 +72,7 @@ impl Forwarder {
                     config,
                     pool,
                     body_failures,
+                    failure_log: LogThrottle::default(),
                 })
             })
             .collect::<Result<_, String>>()?;
@@ -131,7 +135,9 @@ impl Forwarder {
                 match kind {
                     Some(kind) => {
                         self.upstream_error(&upstream.config, kind);
-                        tracing::warn!(upstream = %upstream.config.name, kind, error = %e, "upstream request failed");
+                        if let Some(suppressed) = upstream.failure_log.allow() {
+                            tracing::warn!(upstream = %upstream.config.name, kind, error = %e, suppressed, "upstream request failed");
+                        }
                     }
                     // The client's request body failed, not the upstream.
                     None => {
