@@ -242,10 +242,22 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "store must be",
         ),
         (
-            "a redis store over TLS",
-            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "a redis store over TLS without certificate checks",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380/#insecure\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "6:10",
-            "rediss:// (TLS) is not supported",
+            "`#insecure` would turn certificate checks off",
+        ),
+        (
+            "a CA for a plain redis store",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:6379\", ca_file: ca.pem }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "the store's ca_file is for a rediss:// (TLS) URL",
+        ),
+        (
+            "a redis CA file that is missing",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380\", ca_file: missing-ca.pem }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "ca_file: cannot read",
         ),
         (
             "a redis URL without braces",
@@ -514,6 +526,22 @@ fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
         let (ok, _, stderr) = check(&file);
         assert!(ok, "{endpoints}: {stderr}");
     }
+}
+
+/// A Redis store over TLS, trusting a CA file next to the config.
+#[test]
+fn a_redis_store_over_tls_with_its_ca_passes_check() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["redis.internal".into()]).unwrap();
+    std::fs::write(dir.path().join("redis-ca.pem"), certified.cert.pem()).unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &file,
+        format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://:pw@redis.internal:6380/0\", ca_file: redis-ca.pem }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
 }
 
 #[test]

@@ -1,9 +1,9 @@
 //! The issuer's state store: one suite of behaviours, run against every
-//! backend (memory, file, redis).
+//! backend (memory, file, redis, and redis over TLS).
 //!
-//! The redis variant starts its own `redis-server` (Debian package
-//! `redis-server`) on a free loopback port, with persistence off, and kills it
-//! afterwards. Without `redis-server` on `PATH` it is skipped with a message,
+//! The redis variants start their own `redis-server` (Debian package
+//! `redis-server`) on a free loopback port, with persistence off, and kill it
+//! afterwards; the TLS one with a certificate from a CA of the test's own. Without `redis-server` on `PATH` it is skipped with a message,
 //! unless `CI` is set, in which case it fails.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use scopegate::issuer::store::{
-    CodeRecord, Digest, RefreshRecord, Store, StoreConfig, StoreError, Use,
+    CodeRecord, Digest, RedisTarget, RefreshRecord, Store, StoreConfig, StoreError, Use,
 };
 use tempfile::TempDir;
 use tokio::sync::Barrier;
@@ -78,6 +78,8 @@ fn is_reused<T>(u: &Use<T>) -> bool {
 struct RedisServer {
     child: Child,
     url: String,
+    /// With TLS: `rediss://` to the TLS port, and the CA's certificate.
+    tls: Option<(String, Vec<u8>)>,
     _dir: TempDir,
 }
 
@@ -85,6 +87,16 @@ impl RedisServer {
     /// Starts a server, or `None` (after saying why) if `redis-server` is not
     /// installed and `CI` is unset.
     fn start() -> Option<RedisServer> {
+        Self::start_with(false)
+    }
+
+    /// [`Self::start`], also listening for TLS with a certificate for
+    /// 127.0.0.1 signed by a CA made here.
+    fn start_tls() -> Option<RedisServer> {
+        Self::start_with(true)
+    }
+
+    fn start_with(tls: bool) -> Option<RedisServer> {
         let installed = Command::new("redis-server")
             .arg("--version")
             .stdout(Stdio::null())
@@ -102,14 +114,31 @@ impl RedisServer {
             return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        // Retry on the (unlikely) chance another process takes the port first.
-        for _ in 0..5 {
-            let port = TcpListener::bind("127.0.0.1:0")
+        let ca_pem = tls.then(|| write_tls_files(dir.path()));
+        let free_port = || {
+            TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
-                .port();
-            let mut child = Command::new("redis-server")
+                .port()
+        };
+        // Retry on the (unlikely) chance another process takes the port first.
+        for _ in 0..5 {
+            let port = free_port();
+            let tls_port = free_port();
+            let mut command = Command::new("redis-server");
+            if tls {
+                command
+                    .args(["--tls-port", &tls_port.to_string()])
+                    .arg("--tls-cert-file")
+                    .arg(dir.path().join("server.pem"))
+                    .arg("--tls-key-file")
+                    .arg(dir.path().join("server.key"))
+                    .arg("--tls-ca-cert-file")
+                    .arg(dir.path().join("ca.pem"))
+                    .args(["--tls-auth-clients", "no"]);
+            }
+            let mut child = command
                 .args(["--port", &port.to_string()])
                 .args(["--bind", "127.0.0.1"])
                 .args(["--save", ""])
@@ -129,6 +158,7 @@ impl RedisServer {
                     return Some(RedisServer {
                         child,
                         url: format!("redis://127.0.0.1:{port}/0"),
+                        tls: ca_pem.map(|ca| (format!("rediss://127.0.0.1:{tls_port}/0"), ca)),
                         _dir: dir,
                     });
                 }
@@ -139,6 +169,25 @@ impl RedisServer {
         }
         panic!("redis-server did not start answering PING");
     }
+}
+
+/// Writes a CA (`ca.pem`) and a certificate for 127.0.0.1 it signed
+/// (`server.pem`, `server.key`) to `dir`; returns the CA's PEM.
+fn write_tls_files(dir: &std::path::Path) -> Vec<u8> {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "scopegate test CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let server = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    let server_key = rcgen::KeyPair::generate().unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.pem"), server_cert.pem()).unwrap();
+    std::fs::write(dir.join("server.key"), server_key.serialize_pem()).unwrap();
+    ca_cert.pem().into_bytes()
 }
 
 /// Whether a Redis on `port` answers PING.
@@ -199,7 +248,27 @@ async fn file() -> Option<Harness> {
 
 async fn redis() -> Option<Harness> {
     let server = RedisServer::start()?;
-    let config = StoreConfig::Redis(server.url.clone());
+    let config = StoreConfig::Redis(server.url.clone().into());
+    let a = Store::open(&config).await.unwrap();
+    let b = Store::open(&config).await.unwrap();
+    Some(Harness {
+        a,
+        b,
+        kind: "redis",
+        redis_server: Some(server),
+        _dir: None,
+    })
+}
+
+/// Two connections over TLS to a server whose certificate the test's own CA
+/// signed.
+async fn redis_tls() -> Option<Harness> {
+    let server = RedisServer::start_tls()?;
+    let (url, ca) = server.tls.clone().unwrap();
+    let config = StoreConfig::Redis(RedisTarget {
+        url,
+        ca_pem: Some(ca),
+    });
     let a = Store::open(&config).await.unwrap();
     let b = Store::open(&config).await.unwrap();
     Some(Harness {
@@ -440,6 +509,7 @@ macro_rules! all_backends {
         suite!(memory: $($behaviour),*);
         suite!(file: $($behaviour),*);
         suite!(redis: $($behaviour),*);
+        suite!(redis_tls: $($behaviour),*);
     };
 }
 
@@ -641,4 +711,22 @@ async fn redis_keys_are_prefixed_and_expire() {
         .await
         .unwrap();
     assert_eq!(at, (t + 120) as i64);
+}
+
+/// Over TLS the server's certificate is checked: without the CA that signed
+/// it (the Mozilla roots only) the store does not open, and the error does
+/// not echo the password.
+#[tokio::test]
+async fn a_redis_whose_certificate_is_not_trusted_is_refused() {
+    let Some(server) = RedisServer::start_tls() else {
+        return;
+    };
+    let (url, _) = server.tls.clone().unwrap();
+    let url = url.replace("rediss://", "rediss://:hunter2@");
+    let err = Store::open(&StoreConfig::Redis(url.into()))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }

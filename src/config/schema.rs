@@ -170,8 +170,12 @@ pub struct RawFileStore {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedisStore {
-    /// `redis://[user:password@]host[:port][/db]`.
+    /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
     pub redis: String,
+    /// PEM certificates that sign a `rediss://` server's (default: the
+    /// Mozilla roots).
+    #[serde(default)]
+    pub ca_file: Option<String>,
 }
 
 /// A registered client.

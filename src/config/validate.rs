@@ -20,7 +20,7 @@ use super::schema::{
 use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
-use crate::issuer::store::StoreConfig;
+use crate::issuer::store::{RedisTarget, StoreConfig};
 use crate::proxy::headers::{RemovedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
 use crate::routes::{RouteSpec, RouteTable};
 
@@ -1426,23 +1426,42 @@ impl Validator<'_> {
             Some((RawStore::File(store), _)) => StoreConfig::File(self.resolve(&store.file)),
             Some((RawStore::Redis(store), at)) => {
                 let url = &store.redis;
-                if url.starts_with("rediss://") {
+                let tls = url.starts_with("rediss://");
+                if url.contains('#') {
                     return Err(self.err(
                         at,
-                        "rediss:// (TLS) is not supported: use redis:// to a Redis inside the cluster, or a TLS sidecar",
+                        "the redis store URL may not have a #fragment (`#insecure` would turn certificate checks off)",
                     ));
                 }
                 // Parsed as the client will (no connection made); the URL
                 // may hold a password, so it is not repeated.
-                if !url.starts_with("redis://")
+                if !(tls || url.starts_with("redis://"))
                     || redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err()
                 {
                     return Err(self.err(
                         at,
-                        "redis store URL must be redis://[user:password@]host[:port][/db]",
+                        "redis store URL must be redis[s]://[user:password@]host[:port][/db]",
                     ));
                 }
-                StoreConfig::Redis(url.clone())
+                let ca_pem = match &store.ca_file {
+                    None => None,
+                    Some(_) if !tls => {
+                        return Err(self.err(at, "the store's ca_file is for a rediss:// (TLS) URL"))
+                    }
+                    Some(file) => {
+                        let (path, pem) = self.read(file);
+                        let pem = pem.map_err(|e| {
+                            self.err(at, format!("ca_file: cannot read {}: {e}", path.display()))
+                        })?;
+                        crate::proxy::client::roots_with(Some((&path, &pem)))
+                            .map_err(|e| self.err(at, format!("ca_file: {e}")))?;
+                        Some(pem)
+                    }
+                };
+                StoreConfig::Redis(RedisTarget {
+                    url: url.clone(),
+                    ca_pem,
+                })
             }
         };
         let mut clients: Vec<Client> = Vec::new();

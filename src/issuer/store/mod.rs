@@ -156,8 +156,35 @@ pub enum StoreConfig {
     Memory,
     /// A redb database file (created if missing): survives restarts, one replica only.
     File(PathBuf),
-    /// A Redis URL, `redis://[:password@]host:port/db`: shared by all replicas.
-    Redis(String),
+    /// A Redis server: shared by all replicas.
+    Redis(RedisTarget),
+}
+
+/// Where the Redis store is and how to trust it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisTarget {
+    /// `redis://[:password@]host:port/db`, or `rediss://` for TLS.
+    pub url: String,
+    /// PEM certificates that sign the server's, for `rediss://` (without
+    /// them, the Mozilla roots).
+    pub ca_pem: Option<Vec<u8>>,
+}
+
+impl From<&str> for RedisTarget {
+    /// A URL, trusting the Mozilla roots for `rediss://`.
+    fn from(url: &str) -> Self {
+        Self {
+            url: url.to_owned(),
+            ca_pem: None,
+        }
+    }
+}
+
+impl From<String> for RedisTarget {
+    /// A URL, trusting the Mozilla roots for `rediss://`.
+    fn from(url: String) -> Self {
+        Self { url, ca_pem: None }
+    }
 }
 
 impl fmt::Debug for StoreConfig {
@@ -167,7 +194,10 @@ impl fmt::Debug for StoreConfig {
         match self {
             Self::Memory => f.write_str("Memory"),
             Self::File(path) => f.debug_tuple("File").field(path).finish(),
-            Self::Redis(url) => f.debug_tuple("Redis").field(&redact_url(url)).finish(),
+            Self::Redis(target) => f
+                .debug_tuple("Redis")
+                .field(&redact_url(&target.url))
+                .finish(),
         }
     }
 }
@@ -213,7 +243,7 @@ impl Store {
         let backend = match config {
             StoreConfig::Memory => Backend::Memory(Box::new(MemoryStore::new(MEMORY_CAPACITY))),
             StoreConfig::File(path) => Backend::File(FileStore::open(path.clone()).await?),
-            StoreConfig::Redis(url) => Backend::Redis(RedisStore::open(url).await?),
+            StoreConfig::Redis(target) => Backend::Redis(RedisStore::open(target).await?),
         };
         Ok(Store {
             backend: Arc::new(backend),

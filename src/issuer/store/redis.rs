@@ -19,12 +19,14 @@
 //! Expiry is Redis's own key TTLs; nothing needs purging here.
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use ::redis::{Client, RedisError};
+use ::redis::{Client, RedisError, TlsCertificates};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::time::Duration;
 
-use super::{hex, now_secs, CodeRecord, Digest, Expiring, Kind, RefreshRecord, StoreError, Use};
+use super::{
+    hex, now_secs, CodeRecord, Digest, Expiring, Kind, RedisTarget, RefreshRecord, StoreError, Use,
+};
 
 /// The prefix of every key scopegate writes.
 const PREFIX: &str = "scopegate:";
@@ -84,9 +86,19 @@ pub(super) struct RedisStore {
 impl RedisStore {
     /// Connects to `url` and PINGs. Errors never echo the URL (it may carry a
     /// password).
-    pub(super) async fn open(url: &str) -> Result<Self, StoreError> {
-        let client = Client::open(url)
-            .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
+    pub(super) async fn open(target: &RedisTarget) -> Result<Self, StoreError> {
+        let client = if target.url.starts_with("rediss://") {
+            Client::build_with_tls(
+                target.url.as_str(),
+                TlsCertificates {
+                    client_tls: None,
+                    root_cert: target.ca_pem.clone(),
+                },
+            )
+        } else {
+            Client::open(target.url.as_str())
+        }
+        .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
