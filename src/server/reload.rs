@@ -104,6 +104,7 @@ impl Reloader {
         let _watcher = watch_directory(&self.path, events);
         let mut hangup = hangup_signal();
         let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
         // A change that landed between loading the config and the watch
         // starting raised no event: look once now.
@@ -120,6 +121,11 @@ impl Reloader {
                 _ = stop.changed() => return,
             };
             self.reload(forced).await;
+            // A full poll interval after this reload ended, not after it
+            // began: a config refused for keys that did not come within
+            // READY_TIMEOUT (as long as a poll) is not tried again at once,
+            // back to back.
+            poll.reset();
         }
     }
 
