@@ -12,6 +12,7 @@
 //! bounded batch of expired entries with one range scan.
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -107,6 +108,34 @@ fn revocations(kind: Kind) -> (Revocations, u8) {
 }
 
 /// The file backend.
+/// The database, for one operation on a blocking thread; its writes commit
+/// only while the operation's caller still waits for them.
+struct Held<'a> {
+    db: &'a Database,
+    given_up: &'a AtomicBool,
+}
+
+impl std::ops::Deref for Held<'_> {
+    type Target = Database;
+
+    fn deref(&self) -> &Database {
+        self.db
+    }
+}
+
+impl Held<'_> {
+    /// Commits `txn`, unless the caller gave up on this operation (then
+    /// the transaction is dropped, which aborts it).
+    fn commit(&self, txn: WriteTransaction) -> Result<(), StoreError> {
+        if self.given_up.load(Ordering::SeqCst) {
+            return Err(StoreError::Backend(
+                "given up before the write was committed".to_owned(),
+            ));
+        }
+        txn.commit().db()
+    }
+}
+
 pub(super) struct FileStore {
     db: Arc<Database>,
     /// [`AT_ONCE`] places on the blocking pool.
@@ -150,10 +179,12 @@ impl FileStore {
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&Database) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Held<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
         let places = Arc::clone(&self.places);
+        let given_up = Arc::new(AtomicBool::new(false));
+        let flag = Arc::clone(&given_up);
         let work = async move {
             let place = places
                 .acquire_owned()
@@ -161,19 +192,25 @@ impl FileStore {
                 .map_err(|_| StoreError::Backend("store closed".to_owned()))?;
             tokio::task::spawn_blocking(move || {
                 let _place = place;
-                f(&db)
+                f(&Held {
+                    db: &db,
+                    given_up: &flag,
+                })
             })
             .await
             .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))?
         };
-        tokio::time::timeout(self.timeout, work)
-            .await
-            .map_err(|_| {
-                StoreError::Backend(format!(
-                    "the database file did not answer within {}s",
-                    self.timeout.as_secs_f32()
-                ))
-            })?
+        let outcome = tokio::time::timeout(self.timeout, work).await;
+        outcome.map_err(|_| {
+            // A write still under way must not land: its caller answers
+            // 503, and a refresh token used up behind that answer would
+            // make the client's retry look like a replay.
+            given_up.store(true, Ordering::SeqCst);
+            StoreError::Backend(format!(
+                "the database file did not answer within {}s",
+                self.timeout.as_secs_f32()
+            ))
+        })?
     }
 
     /// See [`super::Store::put_refresh`].
@@ -257,7 +294,7 @@ impl FileStore {
                 }
             }
             purge(&txn, now)?;
-            txn.commit().db()
+            db.commit(txn)
         })
         .await
     }
@@ -321,7 +358,7 @@ where
                     .db()?;
             }
             purge(&txn, now)?;
-            txn.commit().db()
+            db.commit(txn)
         })
         .await
 }
@@ -388,7 +425,7 @@ where
                 }
             };
             if matches!(outcome, Use::Fresh(_)) {
-                txn.commit().db()?;
+                db.commit(txn)?;
             } else {
                 txn.abort().db()?;
             }
@@ -522,9 +559,20 @@ mod tests {
         }
     }
 
+    /// Opens the gate when dropped, so that a failed assertion does not
+    /// leave blocking threads parked (the runtime would wait for them).
+    struct OpenOnDrop(Arc<Gate>);
+
+    impl Drop for OpenOnDrop {
+        fn drop(&mut self) {
+            self.0.open();
+        }
+    }
+
     /// Operations on a disk that hangs fail within the timeout, hold no
     /// more than [`AT_ONCE`] blocking threads (later ones fail without a
-    /// thread), and the store serves again once the disk does.
+    /// thread), a write given up on does not land when the disk comes back
+    /// (its caller answered 503), and the store serves again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_disk_fails_operations_in_time_and_holds_few_threads() {
         let dir = tempfile::tempdir().unwrap();
@@ -532,17 +580,23 @@ mod tests {
         store.timeout = Duration::from_millis(200);
         let store = Arc::new(store);
         let gate = Arc::new(Gate::default());
+        let _open = OpenOnDrop(Arc::clone(&gate));
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut hung = tokio::task::JoinSet::new();
-        for _ in 0..AT_ONCE + 8 {
+        for i in 0..AT_ONCE + 8 {
             let (store, gate, started) =
                 (Arc::clone(&store), Arc::clone(&gate), Arc::clone(&started));
             hung.spawn(async move {
                 store
-                    .run(move |_| {
+                    .run(move |db| {
                         started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         gate.wait();
-                        Ok(())
+                        let txn = db.begin_write().db()?;
+                        txn.open_table(CODES)
+                            .db()?
+                            .insert(&[u8::try_from(i).unwrap_or(0); 32], [1u8].as_slice())
+                            .db()?;
+                        db.commit(txn)
                     })
                     .await
             });
@@ -560,14 +614,15 @@ mod tests {
         assert_eq!(count(), AT_ONCE);
         assert!(store.run(|_| Ok(())).await.is_err(), "every place is held");
         gate.open();
-        let mut served = false;
-        for _ in 0..100 {
-            if store.run(|_| Ok(())).await.is_ok() {
-                served = true;
+        for _ in 0..500 {
+            if store.places.available_permits() == AT_ONCE {
                 break;
             }
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(served, "the store did not serve again");
+        assert_eq!(store.places.available_permits(), AT_ONCE);
+        assert_eq!(counts(&store.db)[1], 0, "a write given up on landed");
+        assert!(store.run(|_| Ok(())).await.is_ok(), "not serving again");
     }
 
     /// Using up a value nobody stored takes no write lock: it answers while
@@ -618,14 +673,18 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
         let t = now_secs();
+        // Entries end at `t + ENDS`: the setup below must run before then
+        // (at least ENDS - 1 seconds, as `t` is rounded down), or what it
+        // asserts would already be purged.
+        const ENDS: u64 = 3;
         // Unused, it goes when it expires, however long its family runs;
         // used, its marker stays until the family ends.
         store
-            .put_refresh(&[1; 32], &record(t + 1, t + 3600))
+            .put_refresh(&[1; 32], &record(t + ENDS, t + 3600))
             .await
             .unwrap();
         store
-            .put_refresh(&[5; 32], &record(t + 1, t + 3600))
+            .put_refresh(&[5; 32], &record(t + ENDS, t + 3600))
             .await
             .unwrap();
         assert!(matches!(
@@ -640,18 +699,18 @@ mod tests {
             subject: "s".into(),
             code_challenge: None,
             // Already expired, but its marker is kept for the replay grace.
-            expires_at: t + 1 - super::super::CODE_REPLAY_GRACE_SECS,
+            expires_at: t + ENDS - super::super::CODE_REPLAY_GRACE_SECS,
             family: "f".into(),
         };
         store.put_code(&[2; 32], &code).await.unwrap();
-        store.revoke(Kind::Family, "f", t + 1).await.unwrap();
-        store.revoke(Kind::Access, "j", t + 1).await.unwrap();
+        store.revoke(Kind::Family, "f", t + ENDS).await.unwrap();
+        store.revoke(Kind::Access, "j", t + ENDS).await.unwrap();
         // Extending a revocation moves its index entry rather than adding one.
-        store.revoke(Kind::Access, "j2", t + 1).await.unwrap();
+        store.revoke(Kind::Access, "j2", t + ENDS).await.unwrap();
         store.revoke(Kind::Access, "j2", t + 3600).await.unwrap();
         assert_eq!(counts(&store.db), [2, 1, 1, 2, 6]);
 
-        while now_secs() < t + 1 {
+        while now_secs() < t + ENDS {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
         }
         store
