@@ -155,7 +155,7 @@ impl Forwarder {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let Some(client_side) = client_upgrade else {
-                return Err(self.bad_answer(&upstream.config, "a protocol switch nobody asked for"));
+                return Err(self.bad_answer(upstream, "a protocol switch nobody asked for"));
             };
             // RFC 6455 4.1: a switch without the accept value made from the
             // request's key is no WebSocket handshake; an upstream that
@@ -170,7 +170,7 @@ impl Forwarder {
                 });
             if !handshake {
                 return Err(self.bad_answer(
-                    &upstream.config,
+                    upstream,
                     "a protocol switch without a matching WebSocket handshake",
                 ));
             }
@@ -187,10 +187,7 @@ impl Forwarder {
             // on to the client with a body it does not describe.
             let headers = response.headers();
             if headers.contains_key(TRANSFER_ENCODING) && headers.contains_key(CONTENT_LENGTH) {
-                return Err(self.bad_answer(
-                    &upstream.config,
-                    "both Content-Length and Transfer-Encoding",
-                ));
+                return Err(self.bad_answer(upstream, "both Content-Length and Transfer-Encoding"));
             }
             // hyper undoes `chunked` only; a coding before it (`gzip,
             // chunked`) would reach the client undone and unlabelled. A body
@@ -200,9 +197,7 @@ impl Forwarder {
                 .is_none()
                 && !only_chunked(headers)
             {
-                return Err(
-                    self.bad_answer(&upstream.config, "a transfer coding other than chunked")
-                );
+                return Err(self.bad_answer(upstream, "a transfer coding other than chunked"));
             }
             if remove_hop_by_hop(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
@@ -224,9 +219,11 @@ impl Forwarder {
 
     /// An answer the upstream must not send: counted as a protocol error
     /// and refused with 502; its connection is closed, not pooled.
-    fn bad_answer(&self, upstream: &Upstream, what: &'static str) -> GatewayError {
-        self.upstream_error(upstream, "protocol");
-        tracing::warn!(upstream = %upstream.name, what, "upstream answer refused");
+    fn bad_answer(&self, upstream: &UpstreamClient, what: &'static str) -> GatewayError {
+        self.upstream_error(&upstream.config, "protocol");
+        if let Some(suppressed) = upstream.failure_log.allow() {
+            tracing::warn!(upstream = %upstream.config.name, what, suppressed, "upstream answer refused");
+        }
         GatewayError::UpstreamUnavailable
     }
 
