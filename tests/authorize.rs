@@ -353,8 +353,16 @@ async fn sign_in(gw: &Gateway, p: &Params, username: &str, password: &str) -> (R
     sign_in_from(gw, p, username, password, None).await
 }
 
-/// [`sign_in`] from a browser that also holds `device` (a `sg_device`
-/// cookie pair from an earlier sign-in).
+/// The name of `user`'s device cookie: `sg_device_` and 16 hex digits of
+/// the SHA-256 of the user name.
+fn device_cookie(user: &str) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user.as_bytes());
+    let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+    format!("sg_device_{hex}")
+}
+
+/// [`sign_in`] from a browser that also holds `device` (device cookie
+/// pairs from earlier sign-ins, `; `-separated).
 async fn sign_in_from(
     gw: &Gateway,
     p: &Params,
@@ -844,8 +852,9 @@ async fn others_failures_do_not_lock_a_user_out_of_a_known_browser() {
     let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
     let (_, known) = sign_in(&gw, &p, "bob", PASSWORD).await;
     assert_page(&known, 200);
-    assert_cookie_attributes(&known, "sg_device");
-    let device = cookie_pair(&known, "sg_device");
+    assert_cookie_attributes(&known, &device_cookie("bob"));
+    let device = cookie_pair(&known, &device_cookie("bob"));
+    let device_jwt = device.split_once('=').unwrap().1.to_owned();
     // Someone else guesses until bob is locked for unknown browsers.
     for _ in 1..=5 {
         let (_, r) = sign_in(&gw, &p, "bob", "guess").await;
@@ -857,15 +866,25 @@ async fn others_failures_do_not_lock_a_user_out_of_a_known_browser() {
     let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&device)).await;
     assert_page(&r, 200);
     assert!(r.text().contains("<h1>Allow access?</h1>"), "{}", r.text());
-    // The cookie counts only for the user it signed in, and only untampered.
+    // The cookie counts only for the user it signed in (even under that
+    // user's cookie name), and only untampered.
     let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&format!("{device}x"))).await;
     assert_page(&r, 429);
+    let as_alice = format!("{}={device_jwt}", device_cookie("alice"));
     for _ in 1..=5 {
-        let (_, r) = sign_in_from(&gw, &p, "alice", "guess", Some(&device)).await;
+        let (_, r) = sign_in_from(&gw, &p, "alice", "guess", Some(&as_alice)).await;
         assert_page(&r, 400);
     }
     let (_, r) = sign_in(&gw, &p, "alice", PASSWORD).await;
     assert_page(&r, 429);
+    // Two users of one browser each keep their own: carol signing in there
+    // sets hers and leaves bob's be.
+    let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&device)).await;
+    assert_page(&r, 200);
+    let (_, carol) = sign_in_from(&gw, &p, "carol", PASSWORD, Some(&device)).await;
+    assert_page(&carol, 200);
+    assert!(set_cookie(&carol, &device_cookie("carol")).is_some());
+    assert!(set_cookie(&carol, &device_cookie("bob")).is_none());
     // Guesses from the known browser use up its own budget.
     for _ in 1..=5 {
         let (_, r) = sign_in_from(&gw, &p, "bob", "guess", Some(&device)).await;
@@ -935,8 +954,10 @@ async fn a_session_is_no_access_token() {
     let session_jwt = session.trim_start_matches("sg_session=").to_owned();
     // The device cookie is signed the same way: no bearer token either, and
     // no session.
-    let device_jwt = cookie_pair(&page, "sg_device")
-        .trim_start_matches("sg_device=")
+    let device_jwt = cookie_pair(&page, &device_cookie("alice"))
+        .split_once('=')
+        .unwrap()
+        .1
         .to_owned();
     let r = get_authorize(&gw, &p, Some(&format!("sg_session={device_jwt}"))).await;
     assert!(r.text().contains("<h1>Sign in</h1>"), "{}", r.text());
@@ -1111,7 +1132,7 @@ async fn pages_carry_security_headers_and_cookie_attributes() {
     let (consent_page, _) = consent(&gw, &p, "alice").await;
     assert_page(&consent_page, 200);
     assert_cookie_attributes(&consent_page, "sg_session");
-    assert_cookie_attributes(&consent_page, "sg_device");
+    assert_cookie_attributes(&consent_page, &device_cookie("alice"));
     // Error pages.
     let r = get_authorize(&gw, &with(p.clone(), "client_id", "nobody"), None).await;
     assert_page(&r, 400);

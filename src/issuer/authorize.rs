@@ -35,7 +35,12 @@ const CSRF_COOKIE: &str = "sg_csrf";
 /// Marks a browser that signed a user in before, so that failed sign-ins
 /// from anywhere else cannot lock that user out of it (OWASP's device
 /// cookies): its attempts are counted under the cookie, not the user name.
-const DEVICE_COOKIE: &str = "sg_device";
+/// One per user ([`device_cookie_name`]), so users sharing a browser do
+/// not overwrite each other's.
+const DEVICE_COOKIE: &str = "sg_device_";
+/// The `aud` of device tokens: no API's, so no resource server that checks
+/// audiences takes one for an access token.
+const DEVICE_AUDIENCE: &str = "scopegate:device";
 /// Lifetime of a device cookie (seconds): 30 days, renewed by every sign-in.
 const DEVICE_TTL: u64 = 30 * 24 * 3600;
 const STYLE: &str = "body{font-family:system-ui,sans-serif;max-width:28rem;margin:3rem auto;padding:0 1rem;color:#1a1a1a}h1{font-size:1.4rem}label{display:block;margin-top:1rem}input{display:block;width:100%;padding:.5rem;margin-top:.25rem;font-size:1rem;box-sizing:border-box}button{margin-top:1.25rem;margin-right:.5rem;padding:.6rem 1.2rem;font-size:1rem}ul{padding-left:1.2rem}.error{color:#a40000}";
@@ -344,7 +349,7 @@ impl AuthorizationServer {
         };
         let device = key.sign_typed(
             "device+jwt",
-            &json!({ "iss": self.settings.issuer, "sub": user.username, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
+            &json!({ "iss": self.settings.issuer, "sub": user.username, "aud": DEVICE_AUDIENCE, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
         );
         let mut response = self.consent_page(request, &user.username, &csrf);
         let mut cookies = vec![format!(
@@ -354,7 +359,8 @@ impl AuthorizationServer {
         // Without it the next sign-in counts as from an unknown browser.
         if let Ok(device) = device {
             cookies.push(format!(
-                "{DEVICE_COOKIE}={device}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={DEVICE_TTL}",
+                "{}={device}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={DEVICE_TTL}",
+                device_cookie_name(&user.username),
                 self.settings.paths.authorize
             ));
         }
@@ -369,9 +375,11 @@ impl AuthorizationServer {
     /// The id of this browser's device cookie when it is valid and was set
     /// by a sign-in of `username`.
     fn device(&self, headers: &HeaderMap, username: &str) -> Option<String> {
-        let token = cookie(headers, DEVICE_COOKIE)?;
+        let token = cookie(headers, &device_cookie_name(username))?;
         let claims = self.verify_own(&token, "device+jwt", 0)?;
-        if claims.get("sub")?.as_str()? != username {
+        if claims.get("sub")?.as_str()? != username
+            || claims.get("aud")?.as_str()? != DEVICE_AUDIENCE
+        {
             return None;
         }
         Some(claims.get("jti")?.as_str()?.to_owned())
@@ -672,6 +680,17 @@ fn hidden_fields(request: &AuthRequest) -> String {
         field("code_challenge_method", "S256");
     }
     out
+}
+
+/// `sg_device_` and 16 hex digits of the SHA-256 of `username`: a name per
+/// user that does not show the user name.
+fn device_cookie_name(username: &str) -> String {
+    let digest = digest(username);
+    let mut name = String::from(DEVICE_COOKIE);
+    for byte in digest.iter().take(8) {
+        let _ = write!(name, "{byte:02x}");
+    }
+    name
 }
 
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
