@@ -921,22 +921,11 @@ async fn served_within(url: &str, bound: Duration) -> bool {
 async fn fd_exhaustion_in_the_binary_is_survived() {
     let world = World::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin_port) = (free_port(), free_port());
     let config = yaml(
         &world.jwks.uri(),
         world.upstream.addr,
         "  header_read_timeout: 1s\n",
         "",
-    )
-    .replacen(
-        "listen: 127.0.0.1:0",
-        &format!("listen: 127.0.0.1:{port}"),
-        1,
-    )
-    .replacen(
-        "listen: 127.0.0.1:0",
-        &format!("listen: 127.0.0.1:{admin_port}"),
-        1,
     );
     let config_path = dir.path().join("scopegate.yaml");
     std::fs::write(&config_path, config).unwrap();
@@ -950,15 +939,18 @@ async fn fd_exhaustion_in_the_binary_is_survived() {
                 env!("CARGO_BIN_EXE_scopegate"),
             ])
             .arg(&config_path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "warn,scopegate::server=info")
+            .env("SCOPEGATE_LOG_FORMAT", "json")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::fs::File::create(&log_path).unwrap())
             .spawn()
             .unwrap(),
     );
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let admin = format!("http://127.0.0.1:{admin_port}/readyz");
+    let (addr, admin) = serving_addresses(&mut child.0, &log_path)
+        .await
+        .expect("the binary did not report its addresses");
+    let admin = format!("http://{admin}/readyz");
     let mut ready = false;
     for _ in 0..200 {
         if get(&admin, &[]).await.is_ok_and(|r| r.status == 200) {

@@ -1708,7 +1708,7 @@ impl RedisServer {
                 .spawn()
                 .unwrap();
             for _ in 0..400 {
-                if ping(port).await {
+                if ours(port, dir.path()).await {
                     return Some(Self {
                         child,
                         port,
@@ -1731,20 +1731,32 @@ impl RedisServer {
     }
 }
 
-/// Whether a Redis on `port` answers PING (bounded).
-async fn ping(port: u16) -> bool {
+/// Whether the Redis on `port` answers (bounded) and is the one working in
+/// `dir`, not another test's that took the port first.
+async fn ours(port: u16, dir: &Path) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
         return false;
     };
-    if stream.write_all(b"PING\r\n").await.is_err() {
+    if stream.write_all(b"CONFIG GET dir\r\n").await.is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    matches!(
-        tokio::time::timeout(Duration::from_secs(2), stream.read_exact(&mut buf)).await,
-        Ok(Ok(_))
-    ) && &buf == b"+PONG\r\n"
+    // Redis reports the directory it changed to, symbolic links resolved.
+    let wanted = dir.canonicalize().unwrap().to_string_lossy().into_owned();
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        if String::from_utf8_lossy(&reply).contains(&wanted) {
+            return true;
+        }
+    }
+    false
 }
 
 #[tokio::test]

@@ -271,6 +271,8 @@ struct Process {
     child: Child,
     addr: std::net::SocketAddr,
     admin: std::net::SocketAddr,
+    /// Holds the child's log, outside the directory the reloader watches.
+    _log_dir: tempfile::TempDir,
 }
 
 impl Process {
@@ -301,20 +303,29 @@ fn signal(child: &Child, name: &str) {
     assert!(status.success());
 }
 
-async fn spawn_binary(config: &Path, text_with_ports: impl Fn(u16, u16) -> String) -> Process {
-    let (port, admin_port) = (free_port(), free_port());
-    std::fs::write(config, text_with_ports(port, admin_port)).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+/// Runs the binary on `text` (written to `config`; its listeners on port
+/// 0) until it is ready.
+async fn spawn_binary(config: &Path, text: &str) -> Process {
+    std::fs::write(config, text).unwrap();
+    let log_dir = tempfile::tempdir().unwrap();
+    let log = log_dir.path().join("scopegate.log");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["run", "--config"])
         .arg(config)
+        .env("SCOPEGATE_LOG_FORMAT", "json")
+        .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
+    let (addr, admin) = serving_addresses(&mut child, &log)
+        .await
+        .expect("the binary did not report its addresses");
     let process = Process {
         child,
-        addr: format!("127.0.0.1:{port}").parse().unwrap(),
-        admin: format!("127.0.0.1:{admin_port}").parse().unwrap(),
+        addr,
+        admin,
+        _log_dir: log_dir,
     };
     assert!(
         wait_for_status(&format!("http://{}/readyz", process.admin), 200).await,
@@ -345,13 +356,14 @@ async fn rotate_key_file_then_sighup(old_kid: &str, new_kid: &str) {
     let jwks = keys_dir.path().join("jwks.json");
     std::fs::write(&jwks, key1.jwks()).unwrap();
     let config = config_dir.path().join("scopegate.yaml");
-    let process = spawn_binary(&config, |port, admin| {
-        format!(
+    let process = spawn_binary(
+        &config,
+        &format!(
             r#"server:
-  listen: 127.0.0.1:{port}
+  listen: 127.0.0.1:0
   shutdown_delay: 0s
 admin:
-  listen: 127.0.0.1:{admin}
+  listen: 127.0.0.1:0
 issuers:
   - name: test
     issuer: {ISSUER}
@@ -368,8 +380,8 @@ routes:
 "#,
             jwks = jwks.display(),
             upstream = upstream.addr,
-        )
-    })
+        ),
+    )
     .await;
     let url = format!("http://{}/orders/1", process.addr);
     let token1 = key1.mint(&claims("orders:read")).unwrap();
@@ -479,11 +491,12 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let (upstream, release, arrived) = gated_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("scopegate.yaml");
-    let mut process = spawn_binary(&config, |port, admin| {
-        format!(
-            "server:\n  listen: 127.0.0.1:{port}\n  shutdown_delay: 1s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:{admin}\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
-        )
-    })
+    let mut process = spawn_binary(
+        &config,
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 1s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+        ),
+    )
     .await;
     let url = format!("http://{}/slow", process.addr);
     let in_flight: Vec<_> = (0..5)
@@ -1002,18 +1015,7 @@ async fn a_reload_waiting_on_a_file_does_not_stop_traffic() {
 #[tokio::test]
 async fn sigterm_exits_while_a_reload_waits_on_a_file() {
     let case = FifoCase::new().await;
-    let mut process = spawn_binary(&case.config, |port, admin| {
-        case.text
-            .replace(
-                "server:\n  listen: 127.0.0.1:0",
-                &format!("server:\n  listen: 127.0.0.1:{port}"),
-            )
-            .replace(
-                "admin:\n  listen: 127.0.0.1:0",
-                &format!("admin:\n  listen: 127.0.0.1:{admin}"),
-            )
-    })
-    .await;
+    let mut process = spawn_binary(&case.config, &case.text).await;
 
     fifo_over(&case.jwks);
     let jwks = case.jwks.clone();

@@ -154,7 +154,7 @@ impl RedisServer {
                 if let Ok(Some(_)) = child.try_wait() {
                     break; // exited: port taken? try another
                 }
-                if ping(port) {
+                if ours(port, dir.path()) {
                     return Some(RedisServer {
                         child,
                         url: format!("redis://127.0.0.1:{port}/0"),
@@ -190,17 +190,30 @@ fn write_tls_files(dir: &std::path::Path) -> Vec<u8> {
     ca_cert.pem().into_bytes()
 }
 
-/// Whether a Redis on `port` answers PING.
-fn ping(port: u16) -> bool {
+/// Whether the Redis on `port` answers and is the one working in `dir`
+/// (not another test's that took the port first).
+fn ours(port: u16, dir: &std::path::Path) -> bool {
     let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
         return false;
     };
     let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-    if s.write_all(b"PING\r\n").is_err() {
+    // Redis reports the directory it changed to, symbolic links resolved.
+    let wanted = dir.canonicalize().unwrap().to_string_lossy().into_owned();
+    if s.write_all(b"CONFIG GET dir\r\n").is_err() {
         return false;
     }
-    let mut buf = [0u8; 7];
-    s.read_exact(&mut buf).is_ok() && &buf == b"+PONG\r\n"
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(n) = s.read(&mut chunk) {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        if String::from_utf8_lossy(&reply).contains(&*wanted) {
+            return true;
+        }
+    }
+    false
 }
 
 impl Drop for RedisServer {
@@ -468,18 +481,21 @@ async fn expired_entries_are_absent(h: &Harness) {
 /// ones simply disappear. (Waits ~2 s for the clock.)
 async fn replays_are_detected_after_expiry(h: &Harness) {
     let t = now();
+    // The setup must run before `t + ENDS` (at least ENDS - 1 seconds, as
+    // `t` is rounded down).
+    const ENDS: u64 = 3;
     let used_rt = digest("rt-short-used");
     let unused_rt = digest("rt-short-unused");
     let used_code = digest("code-short-used");
-    let rec = refresh("fam-short", t + 2, t + 3600);
+    let rec = refresh("fam-short", t + ENDS, t + 3600);
     h.a.put_refresh(&used_rt, &rec).await.unwrap();
     h.a.put_refresh(&unused_rt, &rec).await.unwrap();
-    let crec = code("fam-short", t + 2);
+    let crec = code("fam-short", t + ENDS);
     h.a.put_code(&used_code, &crec).await.unwrap();
     assert!(is_fresh(&h.a.use_refresh(&used_rt).await.unwrap()));
     assert!(is_fresh(&h.b.use_code(&used_code).await.unwrap()));
 
-    while now() < t + 2 {
+    while now() < t + ENDS {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 

@@ -124,6 +124,7 @@ async fn serve(
             !draining.load(Ordering::Acquire) && current.load().authenticator().is_ready()
         })
     };
+    let admin_addr = admin_listener.local_addr()?;
     let admin = tokio::spawn(crate::admin::health::serve(
         admin_listener,
         Arc::clone(&metrics),
@@ -132,7 +133,7 @@ async fn serve(
         background.clone(),
     ));
 
-    tracing::info!(listen = %listener.local_addr()?, tls = tls.is_some(), "scopegate serving");
+    tracing::info!(listen = %listener.local_addr()?, admin = %admin_addr, tls = tls.is_some(), "scopegate serving");
     let builder = Arc::new(connection_builder(&settings));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(settings.max_connections));

@@ -1046,6 +1046,33 @@ pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::Pat
     (cert, key)
 }
 
+/// The proxy and admin addresses a child scopegate logged to `log` (run it
+/// with `SCOPEGATE_LOG_FORMAT=json`, at least `info` for `scopegate::server`,
+/// and both listeners on port 0, so no port chosen beforehand can be taken
+/// by another test first). `None` if `child` exits, or after about 10 s.
+pub async fn serving_addresses(
+    child: &mut std::process::Child,
+    log: &Path,
+) -> Option<(SocketAddr, SocketAddr)> {
+    for _ in 0..400 {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let serving = text
+            .lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .find(|v| v["message"] == "scopegate serving");
+        if let Some(v) = serving {
+            let listen = v["listen"].as_str()?.parse().ok()?;
+            let admin = v["admin"].as_str()?.parse().ok()?;
+            return Some((listen, admin));
+        }
+        if child.try_wait().ok()?.is_some() {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
+}
+
 /// A loopback port that was free a moment ago, for a process that must be
 /// told its port (a child `scopegate`).
 pub fn free_port() -> u16 {
