@@ -1040,10 +1040,7 @@ async fn oversize_header_block_is_refused_with_431() {
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
     let world = World::new().await;
-    let dead = {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        listener.local_addr().unwrap()
-    };
+    let (_reserved, dead) = refusing_address();
     let live = Upstream::start().await;
     let yaml = config_for(&world, dead).replace(
         "routes:\n",

@@ -494,7 +494,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let mut process = spawn_binary(
         &config,
         &format!(
-            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 1s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 3s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
         ),
     )
     .await;
@@ -511,10 +511,16 @@ async fn sigterm_lets_in_flight_requests_finish() {
         "not every request arrived"
     );
     signal(&process.child, "TERM");
-    // Unready at once, while still serving during shutdown_delay.
+    // Unready at once, while still serving during shutdown_delay: a request
+    // sent now still gets through.
     assert!(wait_for_status(&format!("http://{}/readyz", process.admin), 503).await);
+    let late = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        wait_for_count(&arrived, 6).await,
+        "a request during shutdown_delay was not served"
+    );
     release.send(true).unwrap();
-    for request in in_flight {
+    for request in in_flight.into_iter().chain([late]) {
         let reply = request.await.unwrap().unwrap();
         assert_eq!(reply.status, 200);
         assert_eq!(reply.text(), "done");
@@ -918,6 +924,25 @@ fn plain_over(path: &Path, contents: &str) {
 
 /// Serves `contents` to the next reader of the FIFO at `path`.
 #[cfg(target_os = "linux")]
+/// Waits (about 10 s at most) until this process (the gateway runs in it)
+/// holds `path` open no more.
+fn wait_until_closed_here(path: &Path) {
+    let path = path.canonicalize().unwrap();
+    let open = || {
+        std::fs::read_dir("/proc/self/fd")
+            .unwrap()
+            .flatten()
+            .any(|fd| std::fs::read_link(fd.path()).is_ok_and(|target| target == path))
+    };
+    for _ in 0..1000 {
+        if !open() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("{} stayed open", path.display());
+}
+
 fn serve_fifo_once(path: &Path, contents: &str) {
     use std::io::Write;
     let mut writer = hold_fifo(path);
@@ -955,7 +980,7 @@ async fn a_key_file_changing_while_a_reload_reads_it_is_still_followed() {
         serve_fifo_once(&jwks, &new);
         // The reader closes the FIFO once it has read to the end; a writer
         // opened before that would join this read instead of the next.
-        std::thread::sleep(Duration::from_millis(200));
+        wait_until_closed_here(&jwks);
         serve_fifo_once(&jwks, &old);
         plain_over(&jwks, &new);
     })

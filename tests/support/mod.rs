@@ -1073,6 +1073,16 @@ pub async fn serving_addresses(
     None
 }
 
+/// A loopback address nothing listens on, and nothing else can take while
+/// the returned socket lives: it is bound but never listens, so connections
+/// to it are refused (a port merely closed could be given to another test).
+pub fn refusing_address() -> (tokio::net::TcpSocket, SocketAddr) {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    (socket, addr)
+}
+
 /// A loopback port that was free a moment ago, for a process that must be
 /// told its port (a child `scopegate`).
 pub fn free_port() -> u16 {
