@@ -1598,6 +1598,55 @@ async fn cache_hits_are_counted_and_scopes_still_checked() {
 // 5. Key rotation.
 // ---------------------------------------------------------------------------
 
+/// A key published again under another `kid`, or pinned to an algorithm
+/// its tokens do not use, is withdrawn for them though its material stays:
+/// a token verified and cached before stops passing once the new set is
+/// loaded, as a fresh copy of it would.
+#[tokio::test]
+async fn a_key_renamed_or_repinned_withdraws_its_cached_tokens() {
+    for (what, field, value) in [
+        ("renamed", "kid", "key-9"),
+        ("pinned to ES384", "alg", "ES384"),
+    ] {
+        let (key1, world) = lab().await;
+        let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+        let cached = key1.mint(&fresh_claims("orders:read"));
+        expect(&world, &gw, "GET", "/orders/1", &cached, Want::Allow, what).await;
+
+        let mut jwk = key1.public_jwk();
+        jwk[field] = value.into();
+        let other = Signer::generate("key-2");
+        world
+            .jwks
+            .set_document(&json!({ "keys": [jwk, other.public_jwk()] }).to_string());
+        // An unknown kid makes the gateway fetch the new set.
+        let stranger = Signer::generate("key-3");
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &stranger.mint(&fresh_claims("orders:read")),
+            Want::Invalid(TokenError::UnknownKey),
+            what,
+        )
+        .await;
+        let reply = get_with_token(&gw.url("/orders/1"), &cached).await;
+        assert_eq!(reply.status, 401, "{what}: {}", reply.text());
+        // The other key of the new set works.
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &other.mint(&fresh_claims("orders:read")),
+            Want::Allow,
+            what,
+        )
+        .await;
+    }
+}
+
 #[tokio::test]
 async fn key_rotation_refetches_on_unknown_kid() {
     let (key1, world) = lab().await;

@@ -268,12 +268,21 @@ impl KeySet {
         Some(key)
     }
 
-    /// Whether every key of `other` (by key material) is in this set too.
+    /// Whether every key of `other` is in this set too, under the same
+    /// `kid` and for every algorithm it could verify: a key renamed, or
+    /// pinned to another algorithm, is withdrawn as its tokens go, though
+    /// its material stays.
     pub fn holds_every_key_of(&self, other: &KeySet) -> bool {
-        other
-            .keys
-            .iter()
-            .all(|old| self.keys.iter().any(|new| new.material == old.material))
+        other.keys.iter().all(|old| {
+            self.keys.iter().any(|new| {
+                new.material == old.material
+                    && new.kid == old.kid
+                    && old
+                        .verifiers
+                        .iter()
+                        .all(|(alg, _)| new.verifiers.iter().any(|(kept, _)| kept == alg))
+            })
+        })
     }
 
     /// The keys that may verify a token with this `kid` and `alg`: the one key
