@@ -1333,6 +1333,11 @@ async fn scope_look_alikes_and_scope_claim_types() {
             scp(json!({"0": "admin"})),
             Want::Invalid(TokenError::WrongClaimType),
         ),
+        (
+            "scp entry with a space (one malformed scope, not two)",
+            scp(json!(["x admin"])),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
     ];
     for (label, claims, want) in rows {
         expect(

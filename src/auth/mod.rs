@@ -638,7 +638,9 @@ pub(crate) fn read_scopes(
             let mut list = Vec::with_capacity(items.len());
             for item in items {
                 match item {
-                    Value::String(s) => list.push(s.as_str()),
+                    // An entry is one scope token (RFC 6749 3.3: no
+                    // spaces); "orders:read admin" is malformed, not two.
+                    Value::String(s) if !s.contains(' ') => list.push(s.as_str()),
                     _ => return Err(TokenError::WrongClaimType),
                 }
             }

@@ -80,12 +80,12 @@ impl Scopes {
         )
     }
 
-    /// From a list of scope strings (`scp` arrays); entries are split on spaces too.
+    /// From a list of scope tokens (`scp` arrays, whose entries the caller
+    /// checked hold no space).
     pub fn from_list<'a>(items: impl IntoIterator<Item = &'a str>) -> Self {
         Self(
             items
                 .into_iter()
-                .flat_map(|s| s.split(' '))
                 .filter(|t| !t.is_empty())
                 .map(Box::from)
                 .collect(),
