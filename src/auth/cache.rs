@@ -61,8 +61,13 @@ impl TokenCache {
     pub async fn get(&self, key: &TokenDigest) -> Option<Arc<VerifiedToken>> {
         let hit = self.inner.get(key).await?;
         // moka expires lazily but never returns an expired entry; check anyway
-        // so a clock edge cannot serve a token past its expiry.
-        (hit.cache_until > Instant::now()).then_some(hit)
+        // so a clock edge cannot serve a token past its expiry. `cache_until`
+        // was counted on the monotonic clock from the wall clock's reading
+        // then: a wall clock set forward since (an NTP step) is caught by
+        // reading `exp` against it again.
+        (hit.cache_until > Instant::now()
+            && !crate::auth::jwt::time_until(hit.expires_at).is_zero())
+        .then_some(hit)
     }
 
     /// Stores a result unless it is already at its expiry.
@@ -80,5 +85,33 @@ impl TokenCache {
     /// Runs pending evictions (tests and benchmarks want exact counts).
     pub async fn run_pending_tasks(&self) {
         self.inner.run_pending_tasks().await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An entry the monotonic clock would keep, for a token whose `exp` the
+    /// wall clock has passed (as after the wall clock was set forward), is
+    /// not served.
+    #[tokio::test]
+    async fn a_hit_past_exp_by_the_wall_clock_is_not_served() {
+        let cache = TokenCache::new(16);
+        let claims = serde_json::Map::new();
+        let now = crate::auth::jwt::now_unix();
+        for (expires_at, served) in [(now - 1, false), (now + 3600, true)] {
+            let token = crate::auth::build_verified(
+                0,
+                &claims,
+                crate::auth::scope::Scopes::default(),
+                expires_at,
+                Instant::now() + std::time::Duration::from_secs(3600),
+                &[],
+            );
+            let key = digest(expires_at.to_string());
+            cache.insert(key, Arc::new(token)).await;
+            assert_eq!(cache.get(&key).await.is_some(), served, "{expires_at}");
+        }
     }
 }

@@ -189,7 +189,15 @@ impl Introspector {
         token: &str,
         digest: TokenDigest,
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
-        let cached = self.cache.get(&digest).await;
+        let mut cached = self.cache.get(&digest).await;
+        // An entry counted to `exp` on the monotonic clock, for a token the
+        // wall clock (set forward since) finds expired, is asked about again.
+        if let Some(Answer::Active(token)) = &cached {
+            if jwt::time_until(token.expires_at).is_zero() {
+                self.cache.invalidate(&digest).await;
+                cached = None;
+            }
+        }
         let answer = match cached {
             Some(answer) => {
                 self.metrics.token_cache_introspection_hits.inc();
