@@ -437,15 +437,42 @@ async fn bearer_header_extraction() {
     }
 
     // Tokens anywhere but the header are never accepted (RFC 6750 2.2/2.3 are
-    // not supported): the request counts as carrying no token at all.
+    // not supported). One in the query is refused, with or without one in
+    // the header (RFC 6750 3.1: one method only): forwarded, it would reach
+    // an upstream that may read it, unchecked.
     let query = format!("/orders/1?access_token={valid}");
     let (reply, forwarded) = request(&world, "GET", &gw.url(&query), &[], "").await;
     check(
         &reply,
         forwarded,
-        Want::NoToken,
+        Want::BadRequest,
         "token in the query string",
     );
+    let header = format!("Bearer {valid}");
+    for query in [
+        format!("/orders/1?access_token={valid}"),
+        "/orders/1?page=2&access_token=other".to_owned(),
+    ] {
+        let (reply, forwarded) = request(
+            &world,
+            "GET",
+            &gw.url(&query),
+            &[("authorization", &header)],
+            "",
+        )
+        .await;
+        check(&reply, forwarded, Want::BadRequest, &query);
+    }
+    // A parameter that only contains the name is no token.
+    let (reply, forwarded) = request(
+        &world,
+        "GET",
+        &gw.url("/orders/1?not_access_token=1"),
+        &[("authorization", &header)],
+        "",
+    )
+    .await;
+    check(&reply, forwarded, Want::Allow, "a look-alike parameter");
 
     let form = format!("access_token={valid}");
     let (reply, forwarded) = request(

@@ -408,11 +408,20 @@ impl Gateway {
                 issuers,
                 introspector,
                 ..
-            } => self
-                .auth
-                .authenticate(request.headers(), issuers.as_deref(), *introspector)
-                .await
-                .map(Some),
+            } => {
+                // RFC 6750 3.1: one way of sending the token. A second one
+                // in the query would go upstream unchecked, where many
+                // frameworks read `access_token`.
+                if request.uri().query().is_some_and(names_an_access_token) {
+                    return Err(Refused::from(GatewayError::InvalidRequest(
+                        "the access token must be sent in the Authorization header only, not in the query",
+                    )));
+                }
+                self.auth
+                    .authenticate(request.headers(), issuers.as_deref(), *introspector)
+                    .await
+                    .map(Some)
+            }
         }
     }
 
@@ -596,6 +605,12 @@ struct Abandoned<'a> {
 
 /// The status abandoned requests are counted with.
 const CLIENT_CLOSED: u16 = 499;
+
+/// Whether a query string has an `access_token` parameter.
+fn names_an_access_token(query: &str) -> bool {
+    query.contains("access_token")
+        && url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "access_token")
+}
 
 /// The `status` label of a response: its code when registered (or 499),
 /// else its class (`2xx`...) or `other` past 599. An upstream may answer
