@@ -1058,19 +1058,12 @@ async fn sigterm_exits_while_a_reload_waits_on_a_file() {
     );
 }
 
-/// An issuer named only by a reload's config, with its JWKS at `jwks`.
-fn issuer_block(name: &str, jwks: &JwksServer) -> String {
-    format!(
-        "issuers:\n  - name: {name}\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n",
-        jwks.uri()
-    )
-}
-
-/// The series of a config a reload is still setting up (its issuer's first
-/// JWKS fetches) are exported while it waits for its keys, though the
-/// running config does not name it, and kept once it runs.
-#[tokio::test]
-async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() {
+/// A gateway serving a public `/one`, reloaded to a config that adds a
+/// public `/two` and the issuer `name`, whose JWKS endpoint fails until the
+/// test says otherwise. The upstream and directory live as long as the rest.
+async fn reloading_to_a_new_issuer(
+    name: &str,
+) -> (Gateway, JwksServer, Upstream, tempfile::TempDir) {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
@@ -1084,11 +1077,20 @@ async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() 
     )
     .await;
     jwks.set_mode(JwksMode::Fail);
-    kubelet_write(
-        dir.path(),
-        2,
-        &yaml(upstream.addr, "/two", &issuer_block("second", &jwks)),
+    let issuer = format!(
+        "issuers:\n  - name: {name}\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n",
+        jwks.uri()
     );
+    kubelet_write(dir.path(), 2, &yaml(upstream.addr, "/two", &issuer));
+    (gw, jwks, upstream, dir)
+}
+
+/// The series of a config a reload is still setting up (its issuer's first
+/// JWKS fetches) are exported while it waits for its keys, though the
+/// running config does not name it, and kept once it runs.
+#[tokio::test]
+async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() {
+    let (gw, jwks, _upstream, _dir) = reloading_to_a_new_issuer("second").await;
     let failed = r#"scopegate_jwks_fetches_total{issuer="second",result="http_error"}"#;
     assert!(
         wait_for_metrics(&gw, |m| m.contains(failed)).await,
@@ -1112,24 +1114,7 @@ async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() 
 /// of that issuer's series behind, though its fetches wrote them.
 #[tokio::test]
 async fn a_refused_reloads_series_are_dropped() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
-    let jwks = JwksServer::start(
-        scopegate::demo::SigningKey::generate("key-1")
-            .unwrap()
-            .jwks(),
-    )
-    .await;
-    jwks.set_mode(JwksMode::Fail);
-    kubelet_write(
-        dir.path(),
-        2,
-        &yaml(upstream.addr, "/two", &issuer_block("doomed", &jwks)),
-    );
+    let (gw, _jwks, _upstream, _dir) = reloading_to_a_new_issuer("doomed").await;
     assert!(wait_for_metrics(&gw, |m| m.contains(r#"issuer="doomed""#)).await);
     // The reload waits up to 30 s for the issuer's keys.
     let refused = r#"scopegate_config_reloads_total{result="not_ready"} 1"#;

@@ -262,15 +262,7 @@ async fn file() -> Option<Harness> {
 async fn redis() -> Option<Harness> {
     let server = RedisServer::start()?;
     let config = StoreConfig::Redis(server.url.clone().into());
-    let a = Store::open(&config).await.unwrap();
-    let b = Store::open(&config).await.unwrap();
-    Some(Harness {
-        a,
-        b,
-        kind: "redis",
-        redis_server: Some(server),
-        _dir: None,
-    })
+    Some(two_connections(server, config).await)
 }
 
 /// Two connections over TLS to a server whose certificate the test's own CA
@@ -282,15 +274,18 @@ async fn redis_tls() -> Option<Harness> {
         url,
         ca_pem: Some(ca),
     });
-    let a = Store::open(&config).await.unwrap();
-    let b = Store::open(&config).await.unwrap();
-    Some(Harness {
-        a,
-        b,
+    Some(two_connections(server, config).await)
+}
+
+/// Two stores on `server` by `config`, as two replicas would have.
+async fn two_connections(server: RedisServer, config: StoreConfig) -> Harness {
+    Harness {
+        a: Store::open(&config).await.unwrap(),
+        b: Store::open(&config).await.unwrap(),
         kind: "redis",
         redis_server: Some(server),
         _dir: None,
-    })
+    }
 }
 
 // ---------------------------------------------------------------- the suite
