@@ -60,6 +60,11 @@ pub struct Reloader {
     /// when it was loaded (or when a refused change to them was seen).
     files: Vec<PathBuf>,
     last_files: TokenDigest,
+    /// The text and files digests of a config last refused because its
+    /// issuers' keys did not come in time, and when: unchanged, it is tried
+    /// again by the poll, not by the file events that queued up during its
+    /// wait (which would start the next wait at once, back to back).
+    not_ready: Option<(TokenDigest, TokenDigest, std::time::Instant)>,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -95,6 +100,7 @@ impl Reloader {
             last_text: text,
             files,
             last_files: files_digest,
+            not_ready: None,
         }
     }
 
@@ -166,6 +172,14 @@ impl Reloader {
         if !forced && text_digest == self.last_text && files == self.last_files {
             return;
         }
+        if !forced
+            && self
+                .not_ready
+                .is_some_and(|(t, f, at)| t == text_digest && f == files && at.elapsed() < POLL)
+        {
+            return;
+        }
+        self.not_ready = None;
         match self.apply(&text).await {
             Ok((named, named_digest)) => {
                 self.last_text = text_digest;
@@ -179,6 +193,9 @@ impl Reloader {
                 tracing::info!(file = %self.path.display(), "configuration reloaded");
             }
             Err(e) => {
+                if let ReloadError::NotReady(_) = &e {
+                    self.not_ready = Some((text_digest, files, std::time::Instant::now()));
+                }
                 // Do not retry the same bad text on every poll; but a good
                 // one refused for the moment (an issuer's keys not loading
                 // yet) is tried again at the next poll, and one refused for
