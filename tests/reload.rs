@@ -44,14 +44,18 @@ async fn passes_eventually(url: &str, token: &str) -> bool {
     false
 }
 
+/// Writes `text` into `dir` as the kubelet would (first `..data`), and
+/// serves it with the directory watched.
+async fn serve_kubelet_dir(dir: &Path, text: &str) -> Gateway {
+    kubelet_write(dir, 1, text);
+    start_reloading(dir.join("scopegate.yaml")).await.gateway
+}
+
 #[tokio::test]
 async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &yaml(upstream.addr, "/one", "")).await;
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
     assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
     let one = r#"scopegate_requests_total{method="GET",route="/one",status="200"} 1"#;
@@ -99,10 +103,7 @@ async fn a_change_that_needs_a_restart_is_flagged_until_undone() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let started = yaml(upstream.addr, "/one", "");
-    kubelet_write(dir.path(), 1, &started);
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &started).await;
     let flagged = |metrics: &str, value: u8| {
         metrics.contains(&format!("scopegate_config_restart_required {value}\n"))
     };
@@ -137,10 +138,7 @@ async fn a_change_that_needs_a_restart_is_flagged_until_undone() {
 async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
     let world = World::new().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &world.config());
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &world.config()).await;
     let mut claims = claims("orders:read");
     claims["tenant"] = "acme".into();
     let token = world.key.mint(&claims).unwrap();
@@ -195,10 +193,7 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
 async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &yaml(upstream.addr, "/one", "")).await;
 
     kubelet_write(
         dir.path(),
@@ -230,10 +225,7 @@ async fn reload_in_the_middle_of_a_burst_fails_no_request() {
     let world = World::new().await;
     let dir = tempfile::tempdir().unwrap();
     let base = world.config();
-    kubelet_write(dir.path(), 1, &base);
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &base).await;
     let token = world.token("orders:read");
 
     let url = gw.url("/orders/7");
@@ -462,10 +454,7 @@ async fn wait_for_count(count: &AtomicUsize, n: usize) -> bool {
 async fn a_removed_routes_last_request_leaves_no_series_behind() {
     let (upstream, release, arrived) = gated_upstream().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &yaml(upstream, "/one", ""));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &yaml(upstream, "/one", "")).await;
     let url = gw.url("/one");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });
     assert!(
@@ -560,10 +549,7 @@ fn ephemeral_issuer_yaml(upstream: std::net::SocketAddr, public_path: &str) -> S
 async fn a_reload_keeps_the_generated_signing_key_and_its_tokens() {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &ephemeral_issuer_yaml(upstream.addr, "/one"));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &ephemeral_issuer_yaml(upstream.addr, "/one")).await;
     let token = || async {
         let reply = send(
             "POST",
@@ -1066,10 +1052,7 @@ async fn reloading_to_a_new_issuer(
 ) -> (Gateway, JwksServer, Upstream, tempfile::TempDir) {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    kubelet_write(dir.path(), 1, &yaml(upstream.addr, "/one", ""));
-    let gw = start_reloading(dir.path().join("scopegate.yaml"))
-        .await
-        .gateway;
+    let gw = serve_kubelet_dir(dir.path(), &yaml(upstream.addr, "/one", "")).await;
     let jwks = JwksServer::start(
         scopegate::demo::SigningKey::generate("key-1")
             .unwrap()
