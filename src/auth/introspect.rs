@@ -367,3 +367,118 @@ impl Introspector {
 fn form_encode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+    use crate::auth::cache::digest;
+    use crate::config::Secret;
+
+    /// An introspection server on 127.0.0.1 answering `{"active": false}`
+    /// to every call, and the number of calls it took.
+    async fn answering_inactive() -> (Uri, Arc<AtomicUsize>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
+        let calls = Arc::new(AtomicUsize::new(0));
+        let counted = Arc::clone(&calls);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                // The head and the small form body; the answer closes the
+                // connection, so the rest need not be read exactly.
+                let mut request = Vec::new();
+                let mut chunk = [0; 4096];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&chunk[..n]),
+                    }
+                }
+                let body = r#"{"active": false}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        });
+        (endpoint.parse().unwrap(), calls)
+    }
+
+    fn introspector(endpoint: Uri) -> Introspector {
+        let facts = IssuerFacts {
+            index: 0,
+            name: Arc::from("test"),
+            issuer: "https://issuer.test".to_owned(),
+            audiences: Vec::new(),
+            leeway_secs: 0,
+            scope_claim: ScopeClaim::Scope,
+        };
+        let settings = Introspection {
+            endpoint: Some(endpoint),
+            client_id: "gateway".to_owned(),
+            client_secret: Secret::new("secret".to_owned()),
+            auth: ClientAuth::Post,
+            timeout: Duration::from_secs(5),
+            cache_ttl: Duration::from_secs(3600),
+            negative_cache_ttl: Duration::ZERO,
+            ca_file: None,
+        };
+        Introspector::new(
+            facts,
+            settings,
+            16,
+            Arc::from(Vec::new()),
+            Arc::new(Metrics::new().unwrap()),
+        )
+        .unwrap()
+    }
+
+    /// An active answer the monotonic clock would keep, for a token whose
+    /// `exp` the wall clock has passed (as after the wall clock was set
+    /// forward), is not served: the server is asked again.
+    #[tokio::test]
+    async fn a_cached_answer_past_exp_by_the_wall_clock_is_asked_again() {
+        let (endpoint, calls) = answering_inactive().await;
+        let introspector = introspector(endpoint);
+        let now = jwt::now_unix();
+        let cached_active = |expires_at: u64| {
+            Answer::Active(Arc::new(crate::auth::build_verified(
+                0,
+                &serde_json::Map::new(),
+                crate::auth::scope::Scopes::default(),
+                expires_at,
+                Instant::now() + Duration::from_secs(3600),
+                &[],
+            )))
+        };
+
+        let current = digest("current");
+        introspector
+            .cache
+            .insert(current, cached_active(now + 3600))
+            .await;
+        assert!(introspector.introspect("current", current).await.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "a good entry is served");
+
+        let stale = digest("stale");
+        introspector
+            .cache
+            .insert(stale, cached_active(now - 1))
+            .await;
+        let answer = introspector.introspect("stale", stale).await;
+        assert!(
+            matches!(
+                answer,
+                Err(GatewayError::InvalidToken(TokenError::Inactive))
+            ),
+            "served from the cache past exp: {:?}",
+            answer.map(|_| ())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "the server was asked");
+    }
+}
