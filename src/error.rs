@@ -39,6 +39,11 @@ pub enum GatewayError {
     /// No route has this path.
     #[error("no route for this path")]
     RouteNotFound,
+    /// `CONNECT` (a tunnel to any host and port) or `TRACE` (which echoes
+    /// the request, the gateway's identity headers included), which no
+    /// route forwards.
+    #[error("method not supported")]
+    UnsupportedMethod,
     /// A route has this path but not this method.
     #[error("method not allowed")]
     MethodNotAllowed {
@@ -98,6 +103,7 @@ impl GatewayError {
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::RouteNotFound => "route_not_found",
+            Self::UnsupportedMethod => "unsupported_method",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
             Self::MissingToken => "missing_token",
             Self::OtherScheme => "other_scheme",
@@ -124,7 +130,9 @@ impl GatewayError {
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Self::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Self::UnsupportedTransferCoding | Self::UnsupportedMethod => {
+                StatusCode::NOT_IMPLEMENTED
+            }
             Self::RouteNotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
             Self::MissingToken | Self::OtherScheme | Self::InvalidToken(_) => {
@@ -161,6 +169,7 @@ impl GatewayError {
                 "not_implemented",
                 "the only transfer coding accepted is chunked",
             ),
+            Self::UnsupportedMethod => ("not_implemented", "CONNECT and TRACE are not forwarded"),
             Self::RouteNotFound => ("not_found", "no route matches this path"),
             Self::MethodNotAllowed { .. } => {
                 ("method_not_allowed", "the route does not allow this method")
@@ -241,10 +250,12 @@ impl GatewayError {
             Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            // Framing that can't be trusted, or a body whose rest can't be
-            // skipped: the connection ends with this response.
+            // Framing that can't be trusted, a body whose rest can't be
+            // skipped, or tunnel bytes a refused CONNECT's client may send
+            // at once: the connection ends with this response.
             Self::AmbiguousFraming
             | Self::UnsupportedTransferCoding
+            | Self::UnsupportedMethod
             | Self::BadHost
             | Self::RequestBodyTimeout
             | Self::RequestBodyBroken => {

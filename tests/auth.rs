@@ -449,9 +449,25 @@ async fn bearer_header_extraction() {
         "token in the query string",
     );
     let header = format!("Bearer {valid}");
+    // Every spelling some framework reads as `access_token`: escaped
+    // (all decode names), in another case (ASP.NET Core), with `.`, space or
+    // `[` for `_` (PHP), as an array, after a `;` (Rack 2).
     for query in [
         format!("/orders/1?access_token={valid}"),
         "/orders/1?page=2&access_token=other".to_owned(),
+        "/orders/1?access%5Ftoken=other".to_owned(),
+        "/orders/1?%61ccess_token=other".to_owned(),
+        "/orders/1?Access_Token=other".to_owned(),
+        "/orders/1?ACCESS_TOKEN=other".to_owned(),
+        "/orders/1?access.token=other".to_owned(),
+        "/orders/1?access+token=other".to_owned(),
+        "/orders/1?access%20token=other".to_owned(),
+        "/orders/1?access[token=other".to_owned(),
+        "/orders/1?%20access_token=other".to_owned(),
+        "/orders/1?access_token[]=other".to_owned(),
+        "/orders/1?access_token%5B0%5D=other".to_owned(),
+        "/orders/1?page=2;access_token=other".to_owned(),
+        "/orders/1?access_token".to_owned(),
     ] {
         let (reply, forwarded) = request(
             &world,
@@ -463,16 +479,25 @@ async fn bearer_header_extraction() {
         .await;
         check(&reply, forwarded, Want::BadRequest, &query);
     }
-    // A parameter that only contains the name is no token.
-    let (reply, forwarded) = request(
-        &world,
-        "GET",
-        &gw.url("/orders/1?not_access_token=1"),
-        &[("authorization", &header)],
-        "",
-    )
-    .await;
-    check(&reply, forwarded, Want::Allow, "a look-alike parameter");
+    // A parameter that only contains the name, or a value that does, is no
+    // token.
+    for query in [
+        "/orders/1?not_access_token=1",
+        "/orders/1?access_tokens=1",
+        "/orders/1?access_token_hint=1",
+        "/orders/1?q=access_token",
+        "/orders/1?access-token=1",
+    ] {
+        let (reply, forwarded) = request(
+            &world,
+            "GET",
+            &gw.url(query),
+            &[("authorization", &header)],
+            "",
+        )
+        .await;
+        check(&reply, forwarded, Want::Allow, query);
+    }
 
     let form = format!("access_token={valid}");
     let (reply, forwarded) = request(

@@ -188,6 +188,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "not an HTTP method",
         ),
         (
+            "a method never forwarded",
+            format!("{base}routes:\n  - path: /a\n    methods: [GET, TRACE]\n    upstream: app\n"),
+            "11:14",
+            "never forwarded",
+        ),
+        (
             "public route with scopes",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    auth: none\n    scopes: [x]\n"),
             "10:5",
@@ -287,6 +293,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "admin on the proxy's port",
             "server:\n  listen: 0.0.0.0:8080\nadmin:\n  listen: 127.0.0.1:8080\n".into(),
             "4:11",
+            "overlaps server.listen",
+        ),
+        (
+            "proxy on the default admin port",
+            "server:\n  listen: 0.0.0.0:9090\n".into(),
+            "2:11",
             "overlaps server.listen",
         ),
         (
@@ -465,6 +477,24 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: alice\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I\"\n".into(),
             "10:17",
             "also a client_id",
+        ),
+        (
+            "a user's scope that is no scope token",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      scopes: [\"a b\"]\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I\"\n".into(),
+            "10:17",
+            "user `alice`: scopes: `a b` is not a valid scope token",
+        ),
+        (
+            "a client's scope that is no scope token",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [\"a\\\\b\"]\n      audience: api\n".into(),
+            "4:7",
+            "scopes: `a\\b` is not a valid scope token",
+        ),
+        (
+            "a supported scope that is no scope token",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  scopes_supported: [\"a b\"]\n"),
+            "13:13",
+            "scopes_supported: `a b` is not a valid scope token",
         ),
         (
             "scope_claim other than scope or scp",

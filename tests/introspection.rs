@@ -307,23 +307,33 @@ fn basic_check() -> ClientCheck {
 // Authorization server metadata.
 // ---------------------------------------------------------------------------
 
-/// Serves metadata documents by path (404 elsewhere) and records the paths asked.
+/// Serves metadata documents by path (404 elsewhere, no answer at all on a
+/// path set to hang) and records the paths asked.
 struct MetadataServer {
     addr: SocketAddr,
     documents: Arc<Mutex<HashMap<String, String>>>,
+    hanging: Arc<Mutex<Vec<String>>>,
     hits: Arc<Mutex<Vec<String>>>,
 }
 
 impl MetadataServer {
     async fn start() -> Self {
         let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let hanging: Arc<Mutex<Vec<String>>> = Arc::default();
         let hits: Arc<Mutex<Vec<String>>> = Arc::default();
-        let (d, h) = (Arc::clone(&documents), Arc::clone(&hits));
+        let (d, g, h) = (
+            Arc::clone(&documents),
+            Arc::clone(&hanging),
+            Arc::clone(&hits),
+        );
         let addr = spawn_server(move |req: Request<Incoming>| {
-            let (d, h) = (Arc::clone(&d), Arc::clone(&h));
+            let (d, g, h) = (Arc::clone(&d), Arc::clone(&g), Arc::clone(&h));
             async move {
                 let path = req.uri().path().to_owned();
                 h.lock().unwrap().push(path.clone());
+                if g.lock().unwrap().contains(&path) {
+                    std::future::pending::<()>().await;
+                }
                 match d.lock().unwrap().get(&path) {
                     Some(doc) => reply(StatusCode::OK, "application/json", doc.clone()),
                     None => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
@@ -334,8 +344,14 @@ impl MetadataServer {
         Self {
             addr,
             documents,
+            hanging,
             hits,
         }
+    }
+
+    /// Requests for `path` are taken and never answered.
+    fn hang(&self, path: &str) {
+        self.hanging.lock().unwrap().push(path.to_owned());
     }
 
     /// The issuer identifier this server speaks for.
@@ -768,6 +784,12 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
         }
         answer
     };
+    // Ory Hydra's shape: no `token_type`, the kind in `token_use`.
+    let hydra = |kind: &str| {
+        let mut answer = with(json!({ "token_use": kind }));
+        answer.as_object_mut().unwrap().remove("token_type");
+        answer
+    };
     let refused = [
         ("inactive", json!({ "active": false })),
         ("string-true", with(json!({ "active": "true" }))),
@@ -783,6 +805,13 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
             "string-exp",
             with(json!({ "exp": (now() + 600).to_string() })),
         ),
+        // Another kind of token: by `token_type`, or by Ory Hydra's
+        // `token_use` when `token_type` is left out.
+        (
+            "refresh-type",
+            with(json!({ "token_type": "refresh_token" })),
+        ),
+        ("refresh-use", hydra("refresh_token")),
         // Bound to a DPoP key or a client certificate: not a bearer token.
         (
             "dpop-bound",
@@ -804,6 +833,15 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
     assert_invalid_token(&s.get("/orders/1", "never-issued").await, NOT_ACTIVE);
     assert_eq!(s.idp.count(), refused.len() + 1);
     assert_eq!(s.upstream.count(), 0);
+    // The server's own "inactive" (an `active` that is not `true`) is told
+    // apart from active answers refused here (a misconfigured `iss` or
+    // audience shows in the metric).
+    let metrics = s.gw.metrics().await;
+    assert_eq!(introspection_results(&metrics, "inactive"), 4.0);
+    assert_eq!(
+        introspection_results(&metrics, "refused"),
+        (refused.len() - 3) as f64
+    );
 
     s.idp.answer(
         "good",
@@ -811,7 +849,10 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
     );
     let ok = s.get("/orders/1", "good").await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(s.upstream.count(), 1);
+    s.idp.answer("hydra-access", hydra("access_token"));
+    let ok = s.get("/orders/1", "hydra-access").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.upstream.count(), 2);
 }
 
 #[tokio::test]
@@ -825,6 +866,15 @@ async fn answer_not_valid_yet_is_refused_with_or_without_exp() {
     s.idp.answer("nbf-only", without_exp);
     assert_invalid_token(&s.get("/orders/1", "nbf-and-exp").await, NOT_ACTIVE);
     assert_invalid_token(&s.get("/orders/1", "nbf-only").await, NOT_ACTIVE);
+    // Not remembered as inactive (it may be valid later): asked again.
+    assert_eq!(s.idp.count(), 2);
+    assert_invalid_token(&s.get("/orders/1", "nbf-only").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 3);
+    // While an inactive answer is.
+    s.idp.answer("inactive", json!({ "active": false }));
+    assert_invalid_token(&s.get("/orders/1", "inactive").await, NOT_ACTIVE);
+    assert_invalid_token(&s.get("/orders/1", "inactive").await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 4);
 
     let mut started = active("orders:read");
     started.as_object_mut().unwrap().remove("exp");
@@ -1463,7 +1513,10 @@ routes:
                 "",
                 &format!("{endpoint}{id}      client_secret_file: {}\n", empty.path),
             ),
-            "the introspection client secret is empty".to_owned(),
+            format!(
+                "the introspection client secret in client_secret_file {} is empty",
+                empty.path
+            ),
         ),
         (
             yaml(
@@ -1641,6 +1694,34 @@ async fn discovery_falls_back_to_openid_configuration() {
         hits[..first_oidc].iter().any(|p| p == RFC8414_PATH),
         "RFC 8414 must be tried first: {hits:?}"
     );
+}
+
+/// A metadata URL that takes the connection and never answers (a proxy in
+/// front of the provider waiting on a dead backend) does not use up the
+/// whole attempt: the next URL is still tried.
+#[tokio::test]
+async fn discovery_falls_back_when_the_first_url_never_answers() {
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
+    let document = json!({
+        "issuer": meta.base(),
+        "jwks_uri": world.jwks.uri(),
+        "introspection_endpoint": idp.endpoint(),
+    });
+    meta.hang(RFC8414_PATH);
+    meta.set(OIDC_PATH, &document);
+    // Ready only after the first URL's time is up: longer than `start` waits.
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    for _ in 0..300 {
+        if gw.readyz().await == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+    let hits = meta.hits();
+    assert_eq!(hits.first().map(String::as_str), Some(RFC8414_PATH));
+    assert!(hits.iter().any(|p| p == OIDC_PATH), "{hits:?}");
 }
 
 /// A reload that rebuilds the verified-token caches (here: a new cache

@@ -315,6 +315,82 @@ async fn lower_case_methods_are_refused_with_400() {
     assert_eq!(reply.status, 200, "{reply:?}");
 }
 
+/// `forward.remove_headers` names headers the upstream trusts that scopegate
+/// does not know of: removed from every request (in every spelling), on
+/// every route, wherever they are listed; names that frame or route the
+/// request cannot be listed.
+#[tokio::test]
+async fn listed_headers_are_removed_on_every_route() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "forward:\n  remove_headers: [X-Tenant-Id]\nroutes:\n  - path: /partner\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      remove_headers: [X-Partner-Role]\n",
+    );
+    assert!(config.contains("X-Partner-Role"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:read"));
+    let sent = [
+        ("Authorization", auth.as_str()),
+        ("X-Tenant-Id", "acme"),
+        ("x_tenant_id", "acme"),
+        ("X-Partner-Role", "admin"),
+        ("X-Kept", "yes"),
+    ];
+    for path in ["/partner", "/orders/42", "/status"] {
+        let reply = raw_reply(gw.addr, &request("GET", path, &sent)).await;
+        assert_eq!(reply.status, 200, "{path}: {reply:?}");
+        let seen = world.upstream.last();
+        for name in ["x-tenant-id", "x_tenant_id", "x-partner-role"] {
+            assert!(seen.headers.get(name).is_none(), "{path}: {name}");
+        }
+        assert_eq!(seen.headers["x-kept"], "yes", "{path}");
+    }
+
+    for name in ["Host", "Content-Length", "Authorization", "bad name"] {
+        let refused = world.config().replace(
+            "routes:\n",
+            &format!("forward:\n  remove_headers: [\"{name}\"]\nroutes:\n"),
+        );
+        let error = scopegate::config::load_str("test.yaml", std::path::Path::new("."), &refused)
+            .err()
+            .unwrap_or_else(|| panic!("{name} must be refused"));
+        assert!(error.message.contains(name), "{error}");
+        assert!(error.line.is_some(), "{error}");
+    }
+}
+
+/// `CONNECT` and `TRACE` are refused before any route, also on routes that
+/// allow every method: forwarded, a CONNECT an upstream took would leave
+/// the client with a bodiless 200, and a TRACE echoes the identity headers.
+/// The connection ends with the answer (a CONNECT's client may already be
+/// sending tunnel bytes).
+#[tokio::test]
+async fn connect_and_trace_are_refused_with_501() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token(ALL_SCOPES));
+    // CONNECT's own form (host and port) is no path: refused before that.
+    for (method, target, status, error) in [
+        ("CONNECT", "/status", 501, "not_implemented"),
+        ("CONNECT", "upstream.test:443", 400, "invalid_request"),
+        ("TRACE", "/status", 501, "not_implemented"),
+        ("TRACE", "/orders/42", 501, "not_implemented"),
+    ] {
+        let reply = raw_reply(
+            gw.addr,
+            &request(method, target, &[("Authorization", &auth)]),
+        )
+        .await;
+        assert_eq!(reply.status, status, "{method} {target}: {reply:?}");
+        assert_eq!(reply.error().as_deref(), Some(error));
+        assert_eq!(reply.header("connection").as_deref(), Some("close"));
+    }
+    assert_eq!(world.upstream.count(), 0);
+    // Other methods on the any-method route still go through.
+    let reply = raw_reply(gw.addr, &request("OPTIONS", "/status", &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+}
+
 #[tokio::test]
 async fn prefix_tricks_unknown_paths_and_wrong_methods() {
     let world = World::new().await;
@@ -574,6 +650,22 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         "Path-Info",
         "Remote-User",
         "X-Script-Name",
+        // Users and tokens other auth proxies vouch for (oauth2-proxy,
+        // Grafana's auth proxy, Apache, Envoy's client certificate), which
+        // apps moved from behind them still read.
+        "X-Forwarded-User",
+        "X-Forwarded-Email",
+        "X-Forwarded-Groups",
+        "X-Forwarded-Preferred-Username",
+        "X-Forwarded-Access-Token",
+        "X-Auth-Request-User",
+        "X-Auth-Request-Email",
+        "X-Auth-Request-Groups",
+        "X-Auth-Request-Preferred-Username",
+        "X-Auth-Request-Access-Token",
+        "X-Forwarded-Client-Cert",
+        "X-WEBAUTH-USER",
+        "X-Remote-User",
     ];
     let underscored: Vec<String> = trusted_elsewhere
         .iter()
@@ -1672,6 +1764,36 @@ async fn a_tunnel_keeps_its_connection_slot_until_it_ends_idle() {
         async move { open(gw.metrics().await) == 0.0 }
     })
     .await;
+}
+
+/// A tunnel ends when the token that opened it expires, however busy it
+/// is: the token was checked once, at the upgrade.
+#[tokio::test]
+async fn a_busy_tunnel_ends_when_its_token_expires() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let mut expiring = claims("orders:read");
+    expiring["exp"] = (now() + 3).into();
+    let token = world.key.mint(&expiring).unwrap();
+
+    let mut tunnel = tokio::time::timeout(BOUND, open_tunnel(gw.addr, &token))
+        .await
+        .expect("no tunnel");
+    let ended = tokio::time::timeout(BOUND, async {
+        loop {
+            let mut echoed = [0u8; 4];
+            if tunnel.write_all(b"ping").await.is_err()
+                || tunnel.read_exact(&mut echoed).await.is_err()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    ended.expect("a busy tunnel outlived its token");
 }
 
 /// Only WebSocket is tunnelled: an `h2c` upgrade through the gateway would

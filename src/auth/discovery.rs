@@ -12,6 +12,10 @@ use crate::proxy::client::HttpsClient;
 /// Largest metadata document accepted.
 const MAX_METADATA_BYTES: usize = 256 * 1024;
 
+/// The most one metadata URL may take (the caller bounds the whole attempt,
+/// which tries two URLs).
+const PER_URL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(4);
+
 /// The endpoints scopegate takes from metadata.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Metadata {
@@ -64,7 +68,13 @@ pub async fn discover(
 ) -> Result<Metadata, String> {
     let mut last_error = String::from("no metadata URL");
     for url in metadata_urls(issuer)? {
-        match fetch(&url, client).await {
+        // Each URL gets its share of the attempt: one that takes the
+        // connection and never answers must not keep the next from being
+        // tried.
+        let fetched = tokio::time::timeout(PER_URL_TIMEOUT, fetch(&url, client))
+            .await
+            .unwrap_or_else(|_| Err("timed out".to_owned()));
+        match fetched {
             Ok(raw) => {
                 if raw.issuer != issuer {
                     // RFC 8414 3.3: MUST NOT be used. Do not try the next URL either.

@@ -37,7 +37,12 @@ pub const MAX_CALLS_IN_FLIGHT: usize = 64;
 #[derive(Clone)]
 enum Answer {
     Active(Arc<VerifiedToken>),
-    Inactive { until: Instant },
+    Inactive {
+        until: Instant,
+        /// Why an answer the server gave as active was refused here (for
+        /// the metric and the log); `None`: the server said inactive.
+        refused: Option<&'static str>,
+    },
 }
 
 struct AnswerExpiry;
@@ -51,7 +56,7 @@ impl Expiry<TokenDigest, Answer> for AnswerExpiry {
     ) -> Option<Duration> {
         let until = match value {
             Answer::Active(token) => token.cache_until,
-            Answer::Inactive { until } => *until,
+            Answer::Inactive { until, .. } => *until,
         };
         Some(until.saturating_duration_since(created_at))
     }
@@ -100,6 +105,8 @@ pub struct Introspector {
     metrics: Arc<Metrics>,
     /// The "introspection failed" line, one per interval.
     failure_log: LogThrottle,
+    /// The "active introspection answer refused" line, one per interval.
+    refusal_log: LogThrottle,
 }
 
 /// The issuer facts an [`Introspector`] checks answers against.
@@ -162,6 +169,7 @@ impl Introspector {
             identity_claims,
             metrics,
             failure_log: LogThrottle::default(),
+            refusal_log: LogThrottle::default(),
         })
     }
 
@@ -227,17 +235,33 @@ impl Introspector {
             .observe(started.elapsed().as_secs_f64());
         let label = match &result {
             Ok(Answer::Active(_)) => "active",
-            Ok(Answer::Inactive { .. }) => "inactive",
+            Ok(Answer::Inactive { refused: None, .. }) => "inactive",
+            Ok(Answer::Inactive {
+                refused: Some(_), ..
+            }) => "refused",
             Err(e) => e.label(),
         };
         self.metrics
             .introspection_requests
             .with_label_values(&[&self.issuer_name, label])
             .inc();
-        if let Err(e) = &result {
-            if let Some(suppressed) = self.failure_log.allow() {
-                tracing::warn!(issuer = %self.issuer_name, result = e.label(), suppressed, "introspection failed");
+        match &result {
+            Err(e) => {
+                if let Some(suppressed) = self.failure_log.allow() {
+                    tracing::warn!(issuer = %self.issuer_name, result = e.label(), suppressed, "introspection failed");
+                }
             }
+            // An `iss` with a trailing slash, a missing audience: the server
+            // vouches for tokens scopegate then refuses, which an operator
+            // must be able to tell from tokens the server revoked.
+            Ok(Answer::Inactive {
+                refused: Some(why), ..
+            }) => {
+                if let Some(suppressed) = self.refusal_log.allow() {
+                    tracing::warn!(issuer = %self.issuer_name, reason = why, suppressed, "active introspection answer refused");
+                }
+            }
+            Ok(_) => {}
         }
         result
     }
@@ -292,16 +316,21 @@ impl Introspector {
     /// boolean) with matching `iss`/`aud`/`exp` is active.
     fn interpret(&self, answer: &serde_json::Map<String, Value>) -> Answer {
         let now = jwt::now_unix();
-        let inactive = Answer::Inactive {
-            until: Instant::now() + self.settings.negative_cache_ttl,
-        };
+        let until = Instant::now() + self.settings.negative_cache_ttl;
         if answer.get("active") != Some(&Value::Bool(true)) {
-            return inactive;
+            return Answer::Inactive {
+                until,
+                refused: None,
+            };
         }
+        let refused = |why: &'static str| Answer::Inactive {
+            until,
+            refused: Some(why),
+        };
         // Bound to a DPoP key or a client certificate (RFC 9449, RFC 8705):
         // presented as a bearer token, it proves nothing of that binding.
         if answer.contains_key("cnf") {
-            return inactive;
+            return refused("cnf");
         }
         // A refresh token reported active is still not an access token.
         if let Some(kind) = answer.get("token_type") {
@@ -309,34 +338,50 @@ impl Introspector {
                 t.eq_ignore_ascii_case("bearer") || t.eq_ignore_ascii_case("access_token")
             });
             if !is_access {
-                return inactive;
+                return refused("token_type");
+            }
+        }
+        // fosite (Ory Hydra) leaves `token_type` out for a refresh token and
+        // says what it is in `token_use`.
+        if let Some(kind) = answer.get("token_use") {
+            if !kind
+                .as_str()
+                .is_some_and(|t| t.eq_ignore_ascii_case("access_token"))
+            {
+                return refused("token_use");
             }
         }
         match answer.get("iss") {
             None => {}
             Some(Value::String(iss)) if *iss == self.issuer => {}
-            Some(_) => return inactive,
+            Some(_) => return refused("iss"),
         }
         if answer.contains_key("aud")
             && !self.audiences.is_empty()
             && jwt::check_audience(answer, &self.audiences).is_err()
         {
-            return inactive;
+            return refused("aud");
         }
-        let expires_at = if answer.contains_key("exp") {
-            match jwt::check_lifetime(answer, now, self.leeway_secs) {
-                Ok(lifetime) => Some(lifetime.expires_at),
-                Err(_) => return inactive,
-            }
+        let lifetime = if answer.contains_key("exp") {
+            jwt::check_lifetime(answer, now, self.leeway_secs)
         } else {
             // No `exp`, but `nbf` and `iat` still count: check them with an
             // expiry that never passes.
             let mut unbounded = answer.clone();
             unbounded.insert("exp".to_owned(), Value::from(u64::MAX));
-            if jwt::check_lifetime(&unbounded, now, self.leeway_secs).is_err() {
-                return inactive;
+            jwt::check_lifetime(&unbounded, now, self.leeway_secs)
+        };
+        let expires_at = match lifetime {
+            Ok(lifetime) => answer.contains_key("exp").then_some(lifetime.expires_at),
+            // Valid later (or the server's clock is ahead of ours): refused
+            // now but not remembered, so that it passes once it is valid.
+            Err(TokenError::NotYetValid | TokenError::IssuedInFuture) => {
+                return Answer::Inactive {
+                    until: Instant::now(),
+                    refused: Some("not_yet_valid"),
+                }
             }
-            None
+            Err(_) => return refused("lifetime"),
         };
         // RFC 7662 2.2 names the answer's scopes `scope`, whatever claim
         // the issuer's JWTs use; a server that sends only its JWT claim
@@ -347,7 +392,7 @@ impl Introspector {
             self.scope_claim
         };
         let Ok(scopes) = super::read_scopes(answer, claim) else {
-            return inactive;
+            return refused("scope");
         };
         let ttl = match expires_at {
             Some(exp) => jwt::time_until(exp).min(self.settings.cache_ttl),

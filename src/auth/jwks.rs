@@ -173,6 +173,23 @@ struct RawJwks {
     keys: Vec<serde_json::Value>,
 }
 
+/// Whether aws-lc will verify signatures with this RSA key. Its parse takes
+/// a key of any size; its verification then refuses a modulus outside
+/// 2048-8192 bits and an exponent that is even, 1, or over 33 bits, so a set
+/// of only such keys would replace working keys with ones that verify
+/// nothing.
+fn rsa_key_verifies(n: &[u8], e: &[u8]) -> bool {
+    fn bits(bytes: &[u8]) -> usize {
+        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+        match bytes.get(start) {
+            Some(first) => (bytes.len() - start) * 8 - first.leading_zeros() as usize,
+            None => 0,
+        }
+    }
+    let odd = e.last().is_some_and(|last| last & 1 == 1);
+    (2048..=8192).contains(&bits(n)) && odd && (2..=33).contains(&bits(e))
+}
+
 impl KeySet {
     /// Parses a JWKS document, keeping the signature keys it can use and
     /// skipping the rest (encryption keys, symmetric keys, unknown curves).
@@ -256,7 +273,9 @@ impl KeySet {
                 (DecodingKeyKind::SecretOrDer(bytes), Verification::Raw(algorithm)) => {
                     ParsedPublicKey::new(algorithm, bytes)
                 }
-                (DecodingKeyKind::RsaModulusExponent { n, e }, Verification::Rsa(params)) => {
+                (DecodingKeyKind::RsaModulusExponent { n, e }, Verification::Rsa(params))
+                    if rsa_key_verifies(n, e) =>
+                {
                     RsaPublicKeyComponents { n, e }.to_parsed_public_key(params)
                 }
                 _ => continue,
@@ -506,21 +525,16 @@ impl IssuerKeys {
     /// Called when no key we have verifies a token (an unknown `kid`, or a
     /// bad signature): refetches unless a fetch happened within the
     /// cooldown, sharing a fetch already under way.
-    /// Returns true when a (possibly other caller's) fetch ran.
-    pub async fn refetch_for_unmatched_token(&self, metrics: &Metrics) -> bool {
+    pub async fn refetch_for_unmatched_token(&self, metrics: &Metrics) {
         let Some(remote) = &self.remote else {
-            return false;
+            return;
         };
         let seen = remote.attempts.load(Ordering::Acquire);
         let _guard = remote.fetch_lock.lock().await;
-        if remote.attempts.load(Ordering::Acquire) != seen {
-            return true; // someone fetched while we waited
-        }
-        if remote.in_cooldown() {
-            return false;
+        if remote.attempts.load(Ordering::Acquire) != seen || remote.in_cooldown() {
+            return; // someone fetched while we waited, or just before
         }
         self.fetch_now(remote, metrics).await;
-        true
     }
 
     /// Fetches now (refresher path), regardless of cooldown; returns the delay
@@ -741,6 +755,57 @@ mod tests {
             assert!(set
                 .candidates(Some("e"), Algorithm::ES256)
                 .any(|k| !k.verifiers.is_empty()));
+        }
+    }
+
+    /// RSA keys aws-lc parses but would refuse to verify with (a modulus
+    /// outside 2048-8192 bits, an exponent of 1, even, or over 33 bits) get
+    /// no verifier: a set of only such keys is refused, so a refresh serving
+    /// one keeps the keys that work.
+    #[test]
+    fn rsa_keys_that_cannot_verify_are_skipped() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{KeyPair, RsaKeyPair};
+
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let components: RsaPublicKeyComponents<Vec<u8>> = rsa.public_key().into();
+        let (n, e) = (components.n, components.e);
+        let jwk = |kid: &str, n: &[u8], e: &[u8]| {
+            serde_json::json!({
+                "kty": "RSA",
+                "kid": kid,
+                "n": URL_SAFE_NO_PAD.encode(n),
+                "e": URL_SAFE_NO_PAD.encode(e),
+            })
+        };
+        let set_of = |keys: Vec<serde_json::Value>| {
+            KeySet::from_json(serde_json::json!({ "keys": keys }).to_string().as_bytes())
+        };
+        let good = jwk("good", &n, &e);
+        assert!(set_of(vec![good.clone()]).is_ok());
+
+        let short = &n[n.len() - 128..];
+        let long = n.repeat(5);
+        let cases: [(&str, &[u8], &[u8]); 5] = [
+            ("1024-bit modulus", short, &e),
+            ("10240-bit modulus", &long, &e),
+            ("exponent 1", &n, &[1]),
+            ("even exponent", &n, &[1, 0, 0]),
+            ("41-bit exponent", &n, &[1, 0, 0, 0, 0, 1]),
+        ];
+        for (case, n, e) in cases {
+            let bad = jwk("bad", n, e);
+            assert!(
+                matches!(set_of(vec![bad.clone()]), Err(JwksError::NoUsableKeys)),
+                "{case}"
+            );
+            let set = set_of(vec![bad, good.clone()]).unwrap();
+            assert!(set.has_kid("bad"), "{case}");
+            assert!(
+                set.candidates(Some("bad"), Algorithm::RS256)
+                    .all(|k| k.verifiers.is_empty()),
+                "{case}"
+            );
         }
     }
 

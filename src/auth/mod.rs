@@ -486,15 +486,21 @@ impl Authenticator {
         // none (RFC 7517 4.5 makes it optional); a `kid` whose key does not
         // fit an allowed `alg`, a key replaced by one of another type.
         // Either way one refetch per cooldown, shared by everyone waiting.
+        // The keys are checked again whenever they changed since they were
+        // read, by this fetch or by another one (a refresher's, finished
+        // just before this call asked: then it sees no new fetch, and the
+        // cooldown holds).
         if matches!(
             outcome,
             Err(TokenError::UnknownKey
                 | TokenError::BadSignature
                 | TokenError::AlgorithmNotAllowed)
-        ) && issuer.keys.refetch_for_unmatched_token(&self.metrics).await
-        {
-            let keys = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
-            outcome = check_signature(&keys, &jwt, alg);
+        ) {
+            issuer.keys.refetch_for_unmatched_token(&self.metrics).await;
+            let latest = issuer.keys.current().ok_or(GatewayError::KeysUnavailable)?;
+            if !Arc::ptr_eq(&latest, &keys) {
+                outcome = check_signature(&latest, &jwt, alg);
+            }
         }
         outcome.map_err(invalid)?;
 

@@ -439,6 +439,10 @@ pub struct RawForward {
     /// Header name → claim name, set from the verified token.
     #[serde(default)]
     pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,
+    /// Further headers removed from every request, in every spelling (ones
+    /// the upstream trusts that scopegate does not know of).
+    #[serde(default)]
+    pub remove_headers: Option<Spanned<Vec<String>>>,
 }
 
 /// `route_matching:`: set it to what the upstream's router does, so that a

@@ -487,13 +487,17 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let server = v.server(&raw)?;
     let admin_listen = v.socket_addr(&raw.admin.listen)?;
     if same_port(admin_listen, server.listen) {
-        return Err(v.err(
-            raw.admin.listen.referenced,
-            format!(
-                "admin.listen {admin_listen} overlaps server.listen {}: each needs its own port",
-                server.listen
-            ),
-        ));
+        // At `admin.listen` when the file sets it, else at `server.listen`
+        // (the default admin port is in no file).
+        return Err(v
+            .err(
+                raw.admin.listen.referenced,
+                format!(
+                    "admin.listen {admin_listen} overlaps server.listen {}: each needs its own port",
+                    server.listen
+                ),
+            )
+            .or_at(raw.server.listen.referenced));
     }
     let mut issuers = raw
         .issuers
@@ -658,10 +662,14 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 /// `PATH_INFO` headers from loopback as the WSGI mount and path, so
 /// `/public/admin` with `SCRIPT_NAME: /public` would run `/admin`; Flask's
 /// common ReverseProxied recipe reads `X-Script-Name`), a user gunicorn
-/// would take as authenticated (`REMOTE_USER`), and method overrides (a
+/// would take as authenticated (`REMOTE_USER`), users and tokens other auth
+/// proxies vouch for (oauth2-proxy's `X-Forwarded-User` and
+/// `X-Auth-Request-*`, Grafana's `X-WEBAUTH-USER`, Envoy's
+/// `X-Forwarded-Client-Cert`: an app moved from behind one still reads
+/// them), and method overrides (a
 /// route's scopes follow the method and path scopegate saw, so a `GET`
 /// carrying `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
-const CLIENT_MAY_NOT_SEND: [&str; 26] = [
+const CLIENT_MAY_NOT_SEND: [&str; 39] = [
     "forwarded",
     "x-real-ip",
     "client-ip",
@@ -688,6 +696,19 @@ const CLIENT_MAY_NOT_SEND: [&str; 26] = [
     "x-http-method-override",
     "x-http-method",
     "x-method-override",
+    "x-forwarded-user",
+    "x-forwarded-email",
+    "x-forwarded-groups",
+    "x-forwarded-preferred-username",
+    "x-forwarded-access-token",
+    "x-auth-request-user",
+    "x-auth-request-email",
+    "x-auth-request-groups",
+    "x-auth-request-preferred-username",
+    "x-auth-request-access-token",
+    "x-forwarded-client-cert",
+    "x-webauth-user",
+    "x-remote-user",
 ];
 
 /// Every route removes every identity header any route sets, not only its
@@ -922,7 +943,7 @@ impl Validator<'_> {
             grants.push(grant);
         }
         ScopeRequirement::new(c.scopes.clone(), Vec::new())
-            .map_err(|e| self.err(Location::UNKNOWN, e))?;
+            .map_err(|e| self.err(Location::UNKNOWN, format!("scopes: {e}")))?;
         if c.audience.value.is_empty() {
             return Err(self.err(c.audience.referenced, "audience must not be empty"));
         }
@@ -1270,7 +1291,7 @@ impl Validator<'_> {
         if raw.client_id.value.is_empty() {
             return Err(self.err(raw.client_id.referenced, "client_id must not be empty"));
         }
-        let secret = match (&raw.client_secret_file, &raw.client_secret_env) {
+        let (secret, source) = match (&raw.client_secret_file, &raw.client_secret_env) {
             (Some(file), None) => {
                 let (path, text) = self.read(&file.value);
                 let text = text
@@ -1282,14 +1303,25 @@ impl Validator<'_> {
                             format!("cannot read client_secret_file {}: {e}", path.display()),
                         )
                     })?;
-                text.trim_end_matches(['\n', '\r']).to_owned()
+                let source = (
+                    file.referenced,
+                    format!("client_secret_file {}", path.display()),
+                );
+                (text.trim_end_matches(['\n', '\r']).to_owned(), source)
             }
-            (None, Some(var)) => std::env::var(&var.value).map_err(|_| {
-                self.err(
+            (None, Some(var)) => {
+                let secret = std::env::var(&var.value).map_err(|_| {
+                    self.err(
+                        var.referenced,
+                        format!("environment variable `{}` is not set", var.value),
+                    )
+                })?;
+                let source = (
                     var.referenced,
-                    format!("environment variable `{}` is not set", var.value),
-                )
-            })?,
+                    format!("environment variable `{}`", var.value),
+                );
+                (secret, source)
+            }
             (Some(_), Some(var)) => {
                 return Err(self.err(
                     var.referenced,
@@ -1304,7 +1336,13 @@ impl Validator<'_> {
             }
         };
         if secret.is_empty() {
-            return Err(self.err(here, "the introspection client secret is empty"));
+            let (at, named) = source;
+            return Err(self
+                .err(
+                    at,
+                    format!("the introspection client secret in {named} is empty"),
+                )
+                .or_at(here));
         }
         let auth = match raw.auth_method.value.as_str() {
             "client_secret_basic" => ClientAuth::Basic,
@@ -1498,6 +1536,14 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            if let Some(scopes) = &u.scopes {
+                ScopeRequirement::new(scopes.clone(), Vec::new()).map_err(|e| {
+                    self.err(
+                        u.username.referenced,
+                        format!("user `{}`: scopes: {e}", u.username.value),
+                    )
+                })?;
+            }
             users.push(User {
                 username: u.username.value.clone(),
                 password_hash: u.password_hash.value.clone(),
@@ -1608,6 +1654,8 @@ impl Validator<'_> {
             document["authorization_servers"] = raw.authorization_servers.clone().into();
         }
         if !raw.scopes_supported.is_empty() {
+            ScopeRequirement::new(raw.scopes_supported.clone(), Vec::new())
+                .map_err(|e| self.err(raw.resource.referenced, format!("scopes_supported: {e}")))?;
             document["scopes_supported"] = raw.scopes_supported.clone().into();
         }
         if let Some(name) = &raw.resource_name {
@@ -1710,11 +1758,53 @@ impl Validator<'_> {
                 self.identity_headers(&spanned, claims)?
             }
         };
+        let remove_headers = match &raw.remove_headers {
+            None => remove_headers,
+            Some(names) => {
+                let listed = self.removed_header_names(names)?;
+                RemovedHeaders::new(remove_headers.iter().cloned().chain(listed), [])
+            }
+        };
         Ok(ForwardPolicy {
             strip_authorization,
             identity_headers,
             remove_headers,
         })
+    }
+
+    /// `forward.remove_headers`: header names, none that frames or routes
+    /// the request (nor `Authorization`, which `strip_authorization` covers).
+    fn removed_header_names(
+        &self,
+        names: &Spanned<Vec<String>>,
+    ) -> Result<Vec<HeaderName>, ConfigError> {
+        const KEPT: [&str; 7] = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            "te",
+            "authorization",
+        ];
+        names
+            .value
+            .iter()
+            .map(|name| {
+                let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
+                    self.err(names.referenced, format!("`{name}` is not a header name"))
+                })?;
+                if KEPT.contains(&parsed.as_str()) {
+                    return Err(self.err(
+                        names.referenced,
+                        format!(
+                            "remove_headers cannot remove `{name}` (use strip_authorization for Authorization)"
+                        ),
+                    ));
+                }
+                Ok(parsed)
+            })
+            .collect()
     }
 
     #[allow(clippy::type_complexity)]
@@ -1777,6 +1867,12 @@ impl Validator<'_> {
                 })?;
             if parsed.contains(&method) {
                 return Err(self.err(methods.referenced, format!("method `{m}` listed twice")));
+            }
+            if crate::routes::never_forwarded(&method) {
+                return Err(self.err(
+                    methods.referenced,
+                    format!("`{m}` is never forwarded (scopegate answers it with 501)"),
+                ));
             }
             parsed.push(method);
         }

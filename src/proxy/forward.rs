@@ -93,6 +93,10 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
+        // A tunnel lasts no longer than the token that opened it.
+        let token_expiry = permit
+            .identity()
+            .map(|token| super::tunnel::deadline(token.expires_at));
         let (mut parts, body) = request.into_parts();
         let upgrade = prepare_upstream_request(
             &mut parts.headers,
@@ -179,6 +183,7 @@ impl Forwarder {
                 client_side,
                 upstream_side,
                 upstream.config.body_idle_timeout,
+                token_expiry,
                 client.hold(),
             ));
         } else {

@@ -245,7 +245,9 @@ impl ClientInfo {
     /// A client connection from `ip`, over TLS or not.
     pub fn new(ip: IpAddr, tls: bool) -> Self {
         // An IP address renders to ASCII digits, dots, colons and hex letters.
-        let address = HeaderValue::try_from(ip.to_string())
+        // An IPv4 client of a dual-stack (`[::]`) listener arrives as
+        // `::ffff:a.b.c.d`; the upstream's allow-lists know `a.b.c.d`.
+        let address = HeaderValue::try_from(ip.to_canonical().to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             tls,
@@ -386,6 +388,19 @@ pub fn prepare_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_ipv4_client_of_a_dual_stack_listener_is_forwarded_as_ipv4() {
+        for (peer, forwarded) in [
+            ("::ffff:10.1.2.3", "10.1.2.3"),
+            ("10.1.2.3", "10.1.2.3"),
+            ("2001:db8::1", "2001:db8::1"),
+            ("::1", "::1"),
+        ] {
+            let ip: IpAddr = peer.parse().unwrap();
+            assert_eq!(ClientInfo::new(ip, false).address, forwarded, "{peer}");
+        }
+    }
 
     #[test]
     fn removal_sets_of_any_size_remove_exactly_their_names() {

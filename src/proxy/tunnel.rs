@@ -2,7 +2,7 @@
 //! client's and the upstream's connections are joined byte for byte. The
 //! tunnel keeps its client connection's slot (`max_connections`, the open
 //! connections gauge), ends after `body_idle_timeout` with no byte either way,
-//! and ends when the server stops.
+//! when the token that opened it expires, and when the server stops.
 
 use std::io;
 use std::pin::Pin;
@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 use prometheus::IntGauge;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::time::Instant;
 
 /// A client connection's hold on its `max_connections` slot and its place in
 /// the open connections gauge, shared by the connection and any tunnel it
@@ -50,14 +51,34 @@ impl Drop for ConnectionHold {
     }
 }
 
+/// When a tunnel opened with a token expiring at `exp` (seconds since the
+/// epoch) must end; capped, so that a far `exp` (or none, `u64::MAX`, from
+/// introspection) cannot overflow `Instant`.
+pub fn deadline(exp: u64) -> Instant {
+    Instant::now() + crate::auth::jwt::time_until(exp).min(MAX_TOKEN_TUNNEL)
+}
+
+/// The longest a token's tunnel may last, whatever its `exp`.
+const MAX_TOKEN_TUNNEL: Duration = Duration::from_secs(24 * 3600);
+
 /// Joins the two sides of a switched connection until either closes, no
-/// byte moves for `idle_timeout` (to twice it), or the server stops.
+/// byte moves for `idle_timeout` (to twice it), the token that opened it
+/// expires (`token_expiry`), or the server stops.
 pub async fn join(
     client: OnUpgrade,
     upstream: OnUpgrade,
     idle_timeout: Duration,
+    token_expiry: Option<Instant>,
     hold: Option<Arc<ConnectionHold>>,
 ) {
+    // The token was checked once, at the upgrade: the tunnel ends when the
+    // token does, whatever moves through it.
+    let token_expiry = async {
+        match token_expiry {
+            Some(deadline) => tokio::time::sleep_until(deadline).await,
+            None => std::future::pending().await,
+        }
+    };
     let (client, upstream) = match (client.await, upstream.await) {
         (Ok(client), Ok(upstream)) => (client, upstream),
         (client, upstream) => {
@@ -99,6 +120,7 @@ pub async fn join(
         _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
         () = idle => tracing::debug!("tunnel idle for body_idle_timeout; closed"),
         () = stop => tracing::debug!("server stopping; tunnel closed"),
+        () = token_expiry => tracing::debug!("token expired; tunnel closed"),
     }
     drop(hold);
 }

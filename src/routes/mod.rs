@@ -12,3 +12,10 @@ pub mod table;
 
 pub use canonical::{canonicalize, route_form, route_form_with, MatchRules, PathError};
 pub use table::{Lookup, RouteError, RouteSpec, RouteTable};
+
+/// `CONNECT` (a tunnel to any host and port) and `TRACE` (which echoes the
+/// request back, with the identity headers the gateway set): no route
+/// forwards them, whatever its `methods`.
+pub fn never_forwarded(method: &http::Method) -> bool {
+    *method == http::Method::CONNECT || *method == http::Method::TRACE
+}

@@ -127,7 +127,7 @@ impl Gateway {
                     Some(store) => store,
                     None => Store::open(&settings.store)
                         .await
-                        .map_err(|e| format!("authorization server store: {e}"))?,
+                        .map_err(|e| format!("authorization_server.store does not open: {e}"))?,
                 };
                 Some((
                     settings.issuer_index,
@@ -310,6 +310,9 @@ impl Gateway {
             .any(|b| b.is_ascii_lowercase())
         {
             return (None, Err(GatewayError::BadMethod));
+        }
+        if crate::routes::never_forwarded(request.method()) {
+            return (None, Err(GatewayError::UnsupportedMethod));
         }
         // As every upstream would read it (`/admin;x/users` is Tomcat's
         // `/admin/users`, Express's `/admin;x/users`); the canonical
@@ -606,10 +609,34 @@ struct Abandoned<'a> {
 /// The status abandoned requests are counted with.
 const CLIENT_CLOSED: u16 = 499;
 
-/// Whether a query string has an `access_token` parameter.
+/// Whether a query string has a parameter some framework reads as
+/// `access_token`: names percent-decoded (`access%5Ftoken`; all of them
+/// decode names), in any case (ASP.NET Core's query is case-insensitive),
+/// with leading spaces dropped and `.`, space or `[` read as `_` (PHP's
+/// names), as an array (`access_token[]`), and with `;` separating
+/// parameters as `&` does (Rack 2).
 fn names_an_access_token(query: &str) -> bool {
-    query.contains("access_token")
-        && url::form_urlencoded::parse(query.as_bytes()).any(|(name, _)| name == "access_token")
+    query.split(';').any(|part| {
+        url::form_urlencoded::parse(part.as_bytes())
+            .any(|(name, _)| reads_as_access_token(name.trim_start_matches(' ')))
+    })
+}
+
+/// See [`names_an_access_token`].
+fn reads_as_access_token(name: &str) -> bool {
+    const NAME: &[u8] = b"access_token";
+    let name = name.as_bytes();
+    let (Some(head), rest) = (name.get(..NAME.len()), name.get(NAME.len()..)) else {
+        return false;
+    };
+    let same = head.iter().zip(NAME).all(|(&c, &wanted)| {
+        let c = match c {
+            b'.' | b' ' | b'[' => b'_',
+            c => c.to_ascii_lowercase(),
+        };
+        c == wanted
+    });
+    same && rest.is_none_or(|rest| rest.is_empty() || rest.starts_with(b"["))
 }
 
 /// The `status` label of a response: its code when registered (or 499),

@@ -3,7 +3,7 @@
 //!
 //! Each case gives a fresh opaque token an answer from the endpoint: a status,
 //! and a body that is an answer object (members `active`, `token_type`,
-//! `iss`, `aud`, `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each
+//! `token_use` (Ory Hydra's name for the kind), `iss`, `aud`, `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each
 //! missing, right, wrong, or of the wrong JSON type; unknown members, some
 //! nested deep) or something that only looks like one (a duplicate `active`,
 //! an array, trailing bytes, a byte order mark, an empty or oversized body).
@@ -13,9 +13,10 @@
 //!   503 `temporarily_unavailable` with `Retry-After`, never cached (the
 //!   second use asks again);
 //! - an answer whose `active` is not the JSON `true`, or whose `token_type`,
-//!   `iss`, `aud`, `exp`, `nbf`, `iat` or `scope` is wrong or of the wrong
+//!   `token_use`, `iss`, `aud`, `exp`, `nbf`, `iat` or `scope` is wrong or of the wrong
 //!   type, is an inactive token: 401 `invalid_token` (RFC 6750), cached (the
-//!   second use does not ask);
+//!   second use does not ask), unless only its `nbf` or `iat` is ahead of
+//!   the clock (it may be valid later: asked again);
 //! - an active token without the route's scopes gets 403
 //!   `insufficient_scope`; with them the request is forwarded, carrying the
 //!   answer's `sub`, `client_id` and scopes as identity headers and never the
@@ -41,6 +42,7 @@ const MAX_ANSWER: usize = 64 * 1024;
 struct Members {
     active: Option<Value>,
     token_type: Option<Value>,
+    token_use: Option<Value>,
     iss: Option<Value>,
     aud: Option<Value>,
     common: CommonMembers,
@@ -117,6 +119,16 @@ fn members() -> impl Strategy<Value = Members> {
             Some(json!(1)),
         ],
     );
+    // fosite (Ory Hydra) leaves `token_type` out for a refresh token and
+    // names its kind here.
+    let token_use = reference::pick(
+        vec![None, Some(json!("access_token"))],
+        vec![
+            Some(json!("refresh_token")),
+            Some(json!("id_token")),
+            Some(json!(1)),
+        ],
+    );
     let iss = reference::pick(
         vec![None, Some(json!(OPAQUE_ISSUER))],
         vec![
@@ -128,15 +140,23 @@ fn members() -> impl Strategy<Value = Members> {
         ],
     );
     let aud = reference::audience(false);
-    (active, token_type, iss, aud, CommonMembers::generate(20)).prop_map(
-        |(active, token_type, iss, aud, common)| Members {
-            active,
-            token_type,
-            iss,
-            aud,
-            common,
-        },
+    (
+        active,
+        (token_type, token_use),
+        iss,
+        aud,
+        CommonMembers::generate(20),
     )
+        .prop_map(
+            |(active, (token_type, token_use), iss, aud, common)| Members {
+                active,
+                token_type,
+                token_use,
+                iss,
+                aud,
+                common,
+            },
+        )
 }
 
 fn case() -> impl Strategy<Value = Case> {
@@ -174,6 +194,7 @@ fn object(members: &Members, now: i64) -> Map<String, Value> {
     let fields = [
         ("active", &members.active),
         ("token_type", &members.token_type),
+        ("token_use", &members.token_use),
         ("iss", &members.iss),
         ("aud", &members.aud),
     ];
@@ -251,6 +272,13 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
             return inactive;
         }
     }
+    if object.get("token_use").is_some_and(|kind| {
+        !kind
+            .as_str()
+            .is_some_and(|k| k.eq_ignore_ascii_case("access_token"))
+    }) {
+        return inactive;
+    }
     if object
         .get("iss")
         .is_some_and(|iss| iss != &json!(OPAQUE_ISSUER))
@@ -261,6 +289,10 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
         return inactive;
     }
     let Ok(exp) = reference::lifetime(&object, now, false) else {
+        if reference::not_yet_valid(&object, now) {
+            // Refused, but not remembered: it may be valid later.
+            return Expected::new(Outcome::Invalid, false);
+        }
         return inactive;
     };
     let Ok(scopes) = reference::scopes(object.get("scope")) else {
