@@ -808,6 +808,91 @@ async fn hop_by_hop_headers_are_not_forwarded() {
     assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
 }
 
+/// Behind a proxy in `trusted_proxies` (an ingress that ends TLS), the
+/// scheme and host it forwarded reach the app: one well-formed value each.
+/// Anything else, or from a peer not listed, is replaced as always.
+#[tokio::test]
+async fn a_trusted_proxys_scheme_and_host_are_kept() {
+    let world = World::new().await;
+    let auth = bearer(&world.token("orders:read"));
+    let trusting = |list: &str| {
+        let config = world
+            .config()
+            .replace("routes:\n", &format!("trusted_proxies: {list}\nroutes:\n"));
+        assert!(config.contains("trusted_proxies"));
+        config
+    };
+    let gw = Gateway::start(&trusting("[10.0.0.0/8, 127.0.0.1]")).await;
+    // (headers sent, X-Forwarded-Proto and X-Forwarded-Host the app gets)
+    type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+    let cases: [Case; 6] = [
+        (
+            &[
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Host", "api.example.com"),
+            ],
+            "https",
+            "api.example.com",
+        ),
+        (&[("X-Forwarded-Proto", "HTTPS")], "https", "gw.test"),
+        (
+            &[("X-Forwarded-Host", "api.example.com:8443")],
+            "http",
+            "api.example.com:8443",
+        ),
+        (
+            &[
+                ("X-Forwarded-Proto", "javascript"),
+                ("X-Forwarded-Host", "a b"),
+            ],
+            "http",
+            "gw.test",
+        ),
+        (
+            &[
+                ("X-Forwarded-Proto", "https"),
+                ("X-Forwarded-Proto", "http"),
+                ("X-Forwarded-Host", "user@api.example.com"),
+            ],
+            "http",
+            "gw.test",
+        ),
+        (&[], "http", "gw.test"),
+    ];
+    for (sent, proto, host) in cases {
+        let headers: Vec<(&str, &str)> = [("Authorization", auth.as_str())]
+            .into_iter()
+            .chain(sent.iter().copied())
+            .collect();
+        let seen = forwarded_get(&gw, &world, &headers).await;
+        assert_eq!(seen.headers["x-forwarded-proto"], proto, "{sent:?}");
+        assert_eq!(seen.headers["x-forwarded-host"], host, "{sent:?}");
+        assert_eq!(seen.headers.get_all("x-forwarded-proto").iter().count(), 1);
+        assert_eq!(seen.headers.get_all("x-forwarded-host").iter().count(), 1);
+    }
+
+    // Loopback not listed: replaced.
+    let gw = Gateway::start(&trusting("[10.0.0.0/8]")).await;
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-Proto", "https"),
+            ("X-Forwarded-Host", "api.example.com"),
+        ],
+    )
+    .await;
+    assert_eq!(seen.headers["x-forwarded-proto"], "http");
+    assert_eq!(seen.headers["x-forwarded-host"], "gw.test");
+
+    let refused = trusting("[10.0.0.0/33]");
+    let error = scopegate::config::load_str("test.yaml", std::path::Path::new("."), &refused)
+        .expect_err("a bad block must be refused");
+    assert!(error.message.contains("10.0.0.0/33"), "{error}");
+    assert!(error.line.is_some(), "{error}");
+}
+
 #[tokio::test]
 async fn forwarding_headers_are_set() {
     let world = World::new().await;

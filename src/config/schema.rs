@@ -64,6 +64,10 @@ pub struct RawConfig {
     /// Default forwarding behaviour; routes may override it.
     #[serde(default)]
     pub forward: RawForward,
+    /// Addresses (CIDR blocks or single IPs) of the proxies in front whose
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on.
+    #[serde(default)]
+    pub trusted_proxies: Option<Spanned<Vec<String>>>,
     /// The verified-token cache.
     #[serde(default)]
     pub cache: RawCache,

@@ -3,7 +3,7 @@
 //! the YAML node it is about.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,6 +58,8 @@ pub struct Config {
     pub resource: Option<ResourceMetadata>,
     /// The built-in authorization server, if configured.
     pub authorization_server: Option<AuthorizationServerSettings>,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` are kept.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 /// The built-in authorization server after validation.
@@ -620,6 +622,12 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     }
 
     let resource = raw.resource.as_ref().map(|r| v.resource(r)).transpose()?;
+    let trusted_proxies = raw
+        .trusted_proxies
+        .as_ref()
+        .map(|list| v.trusted_proxies(list))
+        .transpose()?
+        .unwrap_or_default();
     if let (Some(settings), Some(spanned)) = (&authorization_server, &raw.authorization_server) {
         for path in settings.paths.all() {
             let taken = [Method::GET, Method::POST]
@@ -649,6 +657,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         files_digest: files.digest,
         text_digest: [0; 32],
         identity_claims,
+        trusted_proxies,
     })
 }
 
@@ -1770,6 +1779,30 @@ impl Validator<'_> {
             identity_headers,
             remove_headers,
         })
+    }
+
+    /// `trusted_proxies`: CIDR blocks, or single addresses.
+    fn trusted_proxies(
+        &self,
+        list: &Spanned<Vec<String>>,
+    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        list.value
+            .iter()
+            .map(|entry| {
+                entry
+                    .parse::<ipnet::IpNet>()
+                    .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
+                    .map(|net| net.trunc())
+                    .map_err(|_| {
+                        self.err(
+                            list.referenced,
+                            format!(
+                                "trusted_proxies: `{entry}` is neither an address nor a CIDR block (10.0.0.0/8, fd00::/8)"
+                            ),
+                        )
+                    })
+            })
+            .collect()
     }
 
     /// `forward.remove_headers`: header names, none that frames or routes

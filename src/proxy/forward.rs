@@ -35,12 +35,18 @@ struct UpstreamClient {
 /// One connection pool per upstream.
 pub struct Forwarder {
     upstreams: Vec<UpstreamClient>,
+    /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` are kept.
+    trusted_proxies: Vec<ipnet::IpNet>,
     metrics: Arc<Metrics>,
 }
 
 impl Forwarder {
     /// Builds the clients; fails on an unreadable CA file.
-    pub fn new(upstreams: Vec<Upstream>, metrics: Arc<Metrics>) -> Result<Self, String> {
+    pub fn new(
+        upstreams: Vec<Upstream>,
+        trusted_proxies: Vec<ipnet::IpNet>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, String> {
         let upstreams = upstreams
             .into_iter()
             .map(|config| {
@@ -76,7 +82,11 @@ impl Forwarder {
                 })
             })
             .collect::<Result<_, String>>()?;
-        Ok(Self { upstreams, metrics })
+        Ok(Self {
+            upstreams,
+            trusted_proxies,
+            metrics,
+        })
     }
 
     /// Forwards a request that passed its route's check. The [`Permit`] is the
@@ -98,12 +108,18 @@ impl Forwarder {
             .identity()
             .map(|token| super::tunnel::deadline(token.expires_at));
         let (mut parts, body) = request.into_parts();
+        let from_trusted_proxy = !self.trusted_proxies.is_empty()
+            && self
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&client.ip()));
         let upgrade = prepare_upstream_request(
             &mut parts.headers,
             &route.forward,
             permit.identity(),
             client,
             parts.uri.authority(),
+            from_trusted_proxy,
         );
         let (client_upgrade, websocket_accept) = if upgrade {
             (

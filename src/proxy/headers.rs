@@ -235,6 +235,8 @@ impl FromIterator<HeaderName> for RemovedHeaders {
 pub struct ClientInfo {
     /// Whether the client connection used TLS.
     tls: bool,
+    /// The peer address (an IPv4-mapped one as IPv4).
+    ip: IpAddr,
     /// The peer address, rendered once per connection for `X-Forwarded-For`.
     address: HeaderValue,
     /// The connection's slot (`None` outside a server, as in benchmarks).
@@ -247,10 +249,12 @@ impl ClientInfo {
         // An IP address renders to ASCII digits, dots, colons and hex letters.
         // An IPv4 client of a dual-stack (`[::]`) listener arrives as
         // `::ffff:a.b.c.d`; the upstream's allow-lists know `a.b.c.d`.
-        let address = HeaderValue::try_from(ip.to_canonical().to_string())
+        let ip = ip.to_canonical();
+        let address = HeaderValue::try_from(ip.to_string())
             .unwrap_or_else(|_| HeaderValue::from_static("unknown"));
         Self {
             tls,
+            ip,
             address,
             hold: None,
         }
@@ -262,6 +266,11 @@ impl ClientInfo {
             hold: Some(hold),
             ..self
         }
+    }
+
+    /// The peer's address.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
     }
 
     /// The connection's slot, for a tunnel to keep.
@@ -321,15 +330,50 @@ fn forwarded_for(headers: &HeaderMap, address: &HeaderValue) -> HeaderValue {
     HeaderValue::from_bytes(&line).unwrap_or_else(|_| address.clone())
 }
 
+/// The one `X-Forwarded-Proto` a trusted proxy in front sent, if it is
+/// `http` or `https`.
+fn forwarded_scheme(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(&X_FORWARDED_PROTO).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let scheme = value.to_str().ok()?.trim();
+    if scheme.eq_ignore_ascii_case("https") {
+        Some(HeaderValue::from_static("https"))
+    } else if scheme.eq_ignore_ascii_case("http") {
+        Some(HeaderValue::from_static("http"))
+    } else {
+        None
+    }
+}
+
+/// The one `X-Forwarded-Host` a trusted proxy in front sent, if it is a
+/// host (and port).
+fn forwarded_host(headers: &HeaderMap) -> Option<HeaderValue> {
+    let mut values = headers.get_all(&X_FORWARDED_HOST).iter();
+    let (Some(value), None) = (values.next(), values.next()) else {
+        return None;
+    };
+    let authority: Authority = value.to_str().ok()?.trim().parse().ok()?;
+    // No userinfo: `a@b` is no host an upstream should build links with.
+    if authority.as_str().contains('@') {
+        return None;
+    }
+    HeaderValue::from_str(authority.as_str()).ok()
+}
+
 /// Rewrites a permitted request's headers for the upstream. `authority` is
 /// the request target's authority, which stands for the client's `Host` in
-/// `X-Forwarded-Host` when there is none (HTTP/2 `:authority`).
+/// `X-Forwarded-Host` when there is none (HTTP/2 `:authority`). From a
+/// trusted proxy (`trusted_proxies`), the scheme and host it forwarded are
+/// kept: behind an ingress that ends TLS, the app must see `https`.
 pub fn prepare_upstream_request(
     headers: &mut HeaderMap,
     policy: &ForwardPolicy,
     identity: Option<&VerifiedToken>,
     client: &ClientInfo,
     authority: Option<&Authority>,
+    from_trusted_proxy: bool,
 ) -> bool {
     // Taken before hop-by-hop removal: `Connection: host` must not hide it.
     // A target's authority (absolute form, HTTP/2 `:authority`) wins over
@@ -338,6 +382,12 @@ pub fn prepare_upstream_request(
     let original_host = authority
         .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
         .or(host);
+    let (forwarded_scheme, forwarded_host) = if from_trusted_proxy {
+        (forwarded_scheme(headers), forwarded_host(headers))
+    } else {
+        (None, None)
+    };
+    let original_host = forwarded_host.or(original_host);
     // `te: trailers` is the one TE value passed on: gRPC servers refuse a
     // request without it (and it is the only one HTTP/2 allows).
     let te_trailers = headers.get_all(TE).iter().any(|v| {
@@ -368,7 +418,8 @@ pub fn prepare_upstream_request(
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(if client.tls { "https" } else { "http" }),
+        forwarded_scheme
+            .unwrap_or_else(|| HeaderValue::from_static(if client.tls { "https" } else { "http" })),
     );
     match original_host {
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),

@@ -182,7 +182,11 @@ impl Gateway {
                 Arc::new(fresh)
             }
         };
-        let forwarder = Forwarder::new(config.upstreams, Arc::clone(&metrics))?;
+        let forwarder = Forwarder::new(
+            config.upstreams,
+            config.trusted_proxies,
+            Arc::clone(&metrics),
+        )?;
         let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
         let tls = config
             .server
