@@ -1309,8 +1309,29 @@ async fn scope_look_alikes_and_scope_claim_types() {
         ("administrator", json!("administrator"), admin),
         ("adm", json!("adm"), admin),
         ("comma-separated", json!("admin,orders:read"), admin),
-        ("tab-separated", json!("admin\torders:read"), admin),
-        ("quoted", json!("\"admin\""), admin),
+        // Characters RFC 6749 3.3 leaves out of scope tokens make the claim
+        // malformed: an upstream splitting the scopes header on any blank
+        // would read `admin` in "orders:read x\tadmin".
+        (
+            "tab-separated",
+            json!("admin\torders:read"),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "a tab inside one of several",
+            json!("orders:read x\tadmin"),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "quoted",
+            json!("\"admin\""),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
+        (
+            "non-ASCII",
+            json!("admin orders:\u{e9}crire"),
+            Want::Invalid(TokenError::WrongClaimType),
+        ),
         ("empty scope", json!(""), admin),
         (
             "scope as a JSON array",

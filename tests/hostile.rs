@@ -262,7 +262,28 @@ enum Auth {
     Basic,
     Twice(Tok, Tok),
     InQuery(Tok),
+    /// A token in the header and another in the query, under one of
+    /// [`QUERY_NAMES`].
+    HeaderAndQuery(Tok, usize),
 }
+
+/// Query parameter names, and whether some framework reads each as
+/// `access_token` (escaped names are decoded by all; ASP.NET Core's query
+/// ignores case; PHP reads `.`, space and `[` as `_`; Rack 2 splits on `;`).
+const QUERY_NAMES: [(&str, bool); 12] = [
+    ("access_token", true),
+    ("Access_Token", true),
+    ("access%5Ftoken", true),
+    ("access.token", true),
+    ("access+token", true),
+    ("access[token", true),
+    ("access_token[]", true),
+    ("x=1;access_token", true),
+    ("not_access_token", false),
+    ("access_tokens", false),
+    ("access-token", false),
+    ("q=access_token&x", false),
+];
 
 impl Auth {
     /// The `Authorization` field values, one per header (none for a token
@@ -271,7 +292,7 @@ impl Auth {
         let bearer = |prefix: &str, t: Tok| format!("{prefix}{}", tokens.get(t));
         match *self {
             Auth::Absent | Auth::InQuery(_) => vec![],
-            Auth::Bearer(t) => vec![bearer("Bearer ", t)],
+            Auth::Bearer(t) | Auth::HeaderAndQuery(t, _) => vec![bearer("Bearer ", t)],
             Auth::LowerScheme(t) => vec![bearer("bearer ", t)],
             Auth::TwoSpaces(t) => vec![bearer("Bearer  ", t)],
             Auth::Empty => vec!["Bearer ".to_owned()],
@@ -284,8 +305,21 @@ impl Auth {
     /// valid token in one well-formed `Authorization` header.
     fn presented(&self) -> Option<Tok> {
         match self {
-            Auth::Bearer(t) | Auth::LowerScheme(t) if t.valid_scope().is_some() => Some(*t),
+            Auth::Bearer(t) | Auth::LowerScheme(t) | Auth::HeaderAndQuery(t, _)
+                if t.valid_scope().is_some() =>
+            {
+                Some(*t)
+            }
             _ => None,
+        }
+    }
+
+    /// Whether the query carries a parameter read as `access_token`.
+    fn query_token(&self) -> bool {
+        match self {
+            Auth::InQuery(_) => true,
+            Auth::HeaderAndQuery(_, name) => QUERY_NAMES[*name].1,
+            _ => false,
         }
     }
 }
@@ -435,6 +469,7 @@ fn auth() -> impl Strategy<Value = Auth> {
         1 => Just(Auth::Basic),
         1 => (tok(), tok()).prop_map(|(a, b)| Auth::Twice(a, b)),
         1 => tok().prop_map(Auth::InQuery),
+        1 => (tok(), 0..QUERY_NAMES.len()).prop_map(|(t, n)| Auth::HeaderAndQuery(t, n)),
     ]
 }
 
@@ -620,6 +655,9 @@ struct Sent {
     presented: Option<Tok>,
     /// Hidden in a body, or carrying both framing headers: never forwardable.
     never: Option<&'static str>,
+    /// A query parameter some framework reads as `access_token`: never
+    /// forwardable on a route that needs a token.
+    query_token: bool,
 }
 
 #[derive(Default)]
@@ -651,6 +689,7 @@ fn payload(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> Vec<u8> {
             method: "GET".to_owned(),
             presented: Some(Tok::Admin),
             never: Some("hidden in a request body"),
+            query_token: false,
         });
         payload.extend_from_slice(
             format!(
@@ -667,9 +706,20 @@ fn payload(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> Vec<u8> {
 /// request puts its token there.
 fn target(req: &Req, tokens: &Tokens) -> String {
     let mut target = req.target.clone();
-    if let Auth::InQuery(t) = req.auth {
-        let glue = if target.contains('?') { '&' } else { '?' };
-        target = format!("{target}{glue}access_token={}", tokens.get(t));
+    let glue = if target.contains('?') { '&' } else { '?' };
+    match req.auth {
+        Auth::InQuery(t) => {
+            target = format!("{target}{glue}access_token={}", tokens.get(t));
+        }
+        // Another token: the one in the header may satisfy the route.
+        Auth::HeaderAndQuery(_, name) => {
+            target = format!(
+                "{target}{glue}{}={}",
+                QUERY_NAMES[name].0,
+                tokens.get(Tok::Admin)
+            );
+        }
+        _ => {}
     }
     target
 }
@@ -684,6 +734,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         method: req.method.to_owned(),
         presented: req.auth.presented(),
         never: ambiguous.then_some("with both Content-Length and Transfer-Encoding"),
+        query_token: req.auth.query_token(),
     });
     let target = target(req, tokens);
     let version = if req.extras.contains(&Extra::UnknownVersion) {
@@ -814,6 +865,11 @@ enum Need {
 }
 
 fn need(method: &str, path: &str) -> Result<Need, String> {
+    // Refused before any route: a method servers would upper-case, and
+    // CONNECT and TRACE.
+    if method.bytes().any(|b| b.is_ascii_lowercase()) || matches!(method, "CONNECT" | "TRACE") {
+        return Err(format!("no route forwards {method}"));
+    }
     let path = &routed(path);
     if path == "/status" {
         return Ok(Need::Public);
@@ -979,6 +1035,11 @@ fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usi
                 }
             }
             need => {
+                if sent.query_token {
+                    return Err(format!(
+                        "forwarded a token route's request with a token in the query: {what}"
+                    ));
+                }
                 let Some(tok) = sent.presented else {
                     return Err(format!("forwarded without a valid token: {what}"));
                 };
@@ -1029,6 +1090,7 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
             method: "GET".to_owned(),
             presented: None,
             never: None,
+            query_token: false,
         });
         ids.push(sentinel);
         bytes.extend_from_slice(
@@ -1075,6 +1137,7 @@ async fn fresh_client_served(lab: &Lab) -> Result<(), String> {
         method: "GET".to_owned(),
         presented: Some(Tok::Read),
         never: None,
+        query_token: false,
     });
     let auth = format!("Bearer {}", lab.tokens.get(Tok::Read));
     let case = liveness.to_string();
@@ -1118,6 +1181,14 @@ fn judge(
     }
     if req.is_some_and(|r| r.plain) && answer.status != 200 {
         return Err(format!("a plain, allowed request was refused: {what}"));
+    }
+    // A lower-case method, CONNECT and TRACE are refused before any route
+    // or token is looked at.
+    let refused_method = req.is_some_and(|r| {
+        r.method.bytes().any(|b| b.is_ascii_lowercase()) || matches!(r.method, "CONNECT" | "TRACE")
+    });
+    if refused_method && matches!(answer.status, 401 | 403 | 404 | 405) {
+        return Err(format!("a method no route forwards was routed: {what}"));
     }
     // The gateway's own answers (the upstream's echo may repeat a query).
     let text = format!("{}{}", answer.head, String::from_utf8_lossy(&answer.body));
@@ -1239,6 +1310,7 @@ fn h2_request(
         method: req.method.to_owned(),
         presented: req.auth.presented(),
         never: None,
+        query_token: req.auth.query_token(),
     });
     let body = payload(req, tokens, ledger);
     *request.body_mut() = http_body_util::Full::new(bytes::Bytes::from(body));

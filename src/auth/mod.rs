@@ -637,9 +637,9 @@ pub(crate) fn read_scopes(
         ScopeClaim::Scope => "scope",
         ScopeClaim::Scp => "scp",
     };
-    match (claims.get(name), claim) {
-        (None, _) => Ok(Scopes::default()),
-        (Some(Value::String(s)), _) => Ok(Scopes::from_space_separated(s)),
+    let scopes = match (claims.get(name), claim) {
+        (None, _) => Scopes::default(),
+        (Some(Value::String(s)), _) => Scopes::from_space_separated(s),
         (Some(Value::Array(items)), ScopeClaim::Scp) => {
             let mut list = Vec::with_capacity(items.len());
             for item in items {
@@ -650,9 +650,18 @@ pub(crate) fn read_scopes(
                     _ => return Err(TokenError::WrongClaimType),
                 }
             }
-            Ok(Scopes::from_list(list))
+            Scopes::from_list(list)
         }
-        (Some(_), _) => Err(TokenError::WrongClaimType),
+        (Some(_), _) => return Err(TokenError::WrongClaimType),
+    };
+    // A token with a tab or another character RFC 6749 3.3 does not allow
+    // is malformed: "orders:read x\tadmin" grants `orders:read` here, but
+    // an upstream splitting the scopes header on any blank would read
+    // `admin` in it.
+    if scopes.are_tokens() {
+        Ok(scopes)
+    } else {
+        Err(TokenError::WrongClaimType)
     }
 }
 

@@ -22,11 +22,7 @@ impl ScopeRequirement {
     /// tokens are checked against RFC 6749 3.3 (`NQCHAR`, no spaces).
     pub fn new(all: Vec<String>, any: Vec<String>) -> Result<Self, String> {
         for scope in all.iter().chain(&any) {
-            if scope.is_empty()
-                || !scope
-                    .bytes()
-                    .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
-            {
+            if !is_scope_token(scope) {
                 return Err(format!(
                     "`{scope}` is not a valid scope token (RFC 6749 3.3: printable ASCII without space, `\"` or `\\`)"
                 ));
@@ -65,6 +61,14 @@ impl ScopeRequirement {
     }
 }
 
+/// Whether `s` is one scope token (RFC 6749 3.3: printable ASCII without
+/// space, `"` or `\`).
+pub fn is_scope_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b == 0x21 || (0x23..=0x5B).contains(&b) || (0x5D..=0x7E).contains(&b))
+}
+
 /// The scopes a token grants.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Scopes(Box<[Box<str>]>);
@@ -90,6 +94,11 @@ impl Scopes {
                 .map(Box::from)
                 .collect(),
         )
+    }
+
+    /// Whether every scope is a well-formed scope token.
+    pub fn are_tokens(&self) -> bool {
+        self.0.iter().all(|s| is_scope_token(s))
     }
 
     /// Exact membership.

@@ -617,9 +617,16 @@ impl H2Req {
         }
         if !matches!(self.layout, Layout::ConnectForm | Layout::MissingPath) {
             let mut path = self.path.clone();
-            if let Auth::InQuery(t) = self.auth {
-                let glue = if path.contains('?') { '&' } else { '?' };
-                path = format!("{path}{glue}access_token={}", tokens.get(t));
+            let glue = if path.contains('?') { '&' } else { '?' };
+            match self.auth {
+                Auth::InQuery(t) => {
+                    path = format!("{path}{glue}access_token={}", tokens.get(t));
+                }
+                Auth::HeaderAndQuery(_, name) => {
+                    let name = QUERY_NAMES[name].0;
+                    path = format!("{path}{glue}{name}={}", tokens.get(Tok::Admin));
+                }
+                _ => {}
             }
             pseudo.push(f(":path", &path));
         }
@@ -966,6 +973,7 @@ fn render_script(script: &[Step], tokens: &Tokens, ledger: &mut Ledger) -> Rende
                     method: req.method.to_owned(),
                     presented: req.auth.presented(),
                     never: None,
+                    query_token: req.auth.query_token(),
                 });
                 let stream = next_stream;
                 next_stream += 2;

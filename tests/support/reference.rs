@@ -109,6 +109,9 @@ pub fn scope() -> impl Strategy<Value = Option<Value>> {
             Some(json!("")),
             Some(json!("orders:readx ORDERS:READ orders")),
             Some(json!("orders:read\torders:write")),
+            Some(json!("orders:read x\tadmin")),
+            Some(json!("orders:read orders:\u{e9}crire")),
+            Some(json!("orders:read \"admin\"")),
         ]),
         1 => prop::sample::select(vec![Some(json!(["orders:read"])), Some(json!(7))]),
     ]
@@ -280,12 +283,21 @@ pub fn audience_ok(value: Option<&Value>, required: bool) -> bool {
     }
 }
 
-/// The scopes a `scope` member grants (RFC 6749 3.3: space-separated), or
-/// `Err` if it is not a string.
+/// The scopes a `scope` member grants (RFC 6749 3.3: space-separated
+/// tokens of `%x21 / %x23-5B / %x5D-7E`), or `Err` if it is not a string
+/// or a token holds any other character (a tab, a quote, non-ASCII).
 pub fn scopes(value: Option<&Value>) -> Result<Vec<&str>, ()> {
+    let allowed = |c: char| c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c);
     match value {
         None => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(s.split(' ').filter(|s| !s.is_empty()).collect()),
+        Some(Value::String(s)) => {
+            let tokens: Vec<&str> = s.split(' ').filter(|s| !s.is_empty()).collect();
+            if tokens.iter().all(|t| t.chars().all(allowed)) {
+                Ok(tokens)
+            } else {
+                Err(())
+            }
+        }
         Some(_) => Err(()),
     }
 }
