@@ -467,6 +467,10 @@ async fn bearer_header_extraction() {
         "/orders/1?access_token[]=other".to_owned(),
         "/orders/1?access_token%5B0%5D=other".to_owned(),
         "/orders/1?page=2;access_token=other".to_owned(),
+        "/orders/1?[access_token]=other".to_owned(),
+        "/orders/1?%5Daccess_token=other".to_owned(),
+        "/orders/1?access_token%5D=other".to_owned(),
+        "/orders/1?access_token%00=other".to_owned(),
         "/orders/1?access_token".to_owned(),
     ] {
         let (reply, forwarded) = request(

@@ -270,8 +270,9 @@ enum Auth {
 /// Query parameter names, and whether some framework reads each as
 /// `access_token` (escaped names are decoded by all; ASP.NET Core's query
 /// ignores case; PHP reads `.`, space and `[` as `_`; Rack 2 splits on `;`).
-const QUERY_NAMES: [(&str, bool); 12] = [
+const QUERY_NAMES: [(&str, bool); 13] = [
     ("access_token", true),
+    ("[access_token]", true),
     ("Access_Token", true),
     ("access%5Ftoken", true),
     ("access.token", true),

@@ -106,6 +106,7 @@ mod tests {
                 &claims,
                 crate::auth::scope::Scopes::default(),
                 expires_at,
+                0,
                 Instant::now() + std::time::Duration::from_secs(3600),
                 &[],
             );

@@ -342,12 +342,12 @@ impl Introspector {
             }
         }
         // fosite (Ory Hydra) leaves `token_type` out for a refresh token and
-        // says what it is in `token_use`.
+        // says what it is in `token_use` (`access_token`; Cognito's claim
+        // of that name says `access`).
         if let Some(kind) = answer.get("token_use") {
-            if !kind
-                .as_str()
-                .is_some_and(|t| t.eq_ignore_ascii_case("access_token"))
-            {
+            if !kind.as_str().is_some_and(|t| {
+                t.eq_ignore_ascii_case("access_token") || t.eq_ignore_ascii_case("access")
+            }) {
                 return refused("token_use");
             }
         }
@@ -373,13 +373,22 @@ impl Introspector {
         };
         let expires_at = match lifetime {
             Ok(lifetime) => answer.contains_key("exp").then_some(lifetime.expires_at),
-            // Valid later (or the server's clock is ahead of ours): refused
-            // now but not remembered, so that it passes once it is valid.
+            // Valid later (or the server's clock is ahead of ours): refused,
+            // and remembered only until it becomes valid, so that it passes
+            // then without waiting out `negative_cache_ttl`.
             Err(TokenError::NotYetValid | TokenError::IssuedInFuture) => {
+                let valid_from = ["nbf", "iat"]
+                    .iter()
+                    .filter_map(|name| answer.get(*name).and_then(Value::as_f64))
+                    .fold(0.0_f64, f64::max);
+                // Saturating: a date past u64 is far enough.
+                #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+                let valid_from = (valid_from.ceil() as u64).saturating_sub(self.leeway_secs);
+                let wait = jwt::time_until(valid_from).min(self.settings.negative_cache_ttl);
                 return Answer::Inactive {
-                    until: Instant::now(),
+                    until: Instant::now() + wait,
                     refused: Some("not_yet_valid"),
-                }
+                };
             }
             Err(_) => return refused("lifetime"),
         };
@@ -403,6 +412,7 @@ impl Introspector {
             answer,
             scopes,
             expires_at.unwrap_or(u64::MAX),
+            self.leeway_secs,
             Instant::now() + ttl,
             &self.identity_claims,
         )))
@@ -497,6 +507,7 @@ mod tests {
                 &serde_json::Map::new(),
                 crate::auth::scope::Scopes::default(),
                 expires_at,
+                0,
                 Instant::now() + Duration::from_secs(3600),
                 &[],
             )))

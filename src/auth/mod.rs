@@ -44,6 +44,9 @@ pub struct VerifiedToken {
     pub scopes: Scopes,
     /// `exp`, seconds since the epoch.
     pub expires_at: u64,
+    /// When the gateway stops accepting it: `exp` plus the issuer's leeway
+    /// (what a WebSocket tunnel it opened may last until).
+    pub accepted_until: u64,
     /// When the cache must forget it (the token's expiry).
     pub cache_until: Instant,
     /// Identity header values by claim slot (see `Config::identity_claims`).
@@ -519,6 +522,7 @@ impl Authenticator {
             &jwt.claims,
             scopes,
             lifetime.expires_at,
+            issuer.leeway_secs,
             Instant::now() + remaining,
             &self.identity_claims,
         );
@@ -583,6 +587,7 @@ pub(crate) fn build_verified(
     claims: &Map<String, Value>,
     scopes: Scopes,
     expires_at: u64,
+    leeway_secs: u64,
     cache_until: Instant,
     identity_claims: &[String],
 ) -> VerifiedToken {
@@ -595,6 +600,7 @@ pub(crate) fn build_verified(
         issuer,
         scopes,
         expires_at,
+        accepted_until: expires_at.saturating_add(leeway_secs),
         cache_until,
         identity_values,
         jti: text("jti"),

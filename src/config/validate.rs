@@ -1793,11 +1793,18 @@ impl Validator<'_> {
                     .parse::<ipnet::IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
                     .map(|net| net.trunc())
-                    .map_err(|_| {
+                    .ok()
+                    // Peers are compared as IPv4 when IPv4-mapped: a mapped
+                    // block would never match.
+                    .filter(|net| match net {
+                        ipnet::IpNet::V6(v6) => v6.addr().to_ipv4_mapped().is_none(),
+                        ipnet::IpNet::V4(_) => true,
+                    })
+                    .ok_or_else(|| {
                         self.err(
                             list.referenced,
                             format!(
-                                "trusted_proxies: `{entry}` is neither an address nor a CIDR block (10.0.0.0/8, fd00::/8)"
+                                "trusted_proxies: `{entry}` is neither an address nor a CIDR block (10.0.0.0/8, fd00::/8; IPv4 as IPv4, not ::ffff:)"
                             ),
                         )
                     })
@@ -1827,7 +1834,8 @@ impl Validator<'_> {
                 let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
                     self.err(names.referenced, format!("`{name}` is not a header name"))
                 })?;
-                if KEPT.contains(&parsed.as_str()) {
+                // Removal covers every spelling (`content_length` too).
+                if KEPT.contains(&parsed.as_str().replace('_', "-").as_str()) {
                     return Err(self.err(
                         names.referenced,
                         format!(

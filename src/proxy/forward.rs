@@ -103,10 +103,9 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
-        // A tunnel lasts no longer than the token that opened it.
-        let token_expiry = permit
-            .identity()
-            .map(|token| super::tunnel::deadline(token.expires_at));
+        // A tunnel lasts no longer than the gateway accepts the token that
+        // opened it (read now, the clock only if a tunnel opens).
+        let token_accepted_until = permit.identity().map(|token| token.accepted_until);
         let (mut parts, body) = request.into_parts();
         let from_trusted_proxy = !self.trusted_proxies.is_empty()
             && self
@@ -199,7 +198,7 @@ impl Forwarder {
                 client_side,
                 upstream_side,
                 upstream.config.body_idle_timeout,
-                token_expiry,
+                token_accepted_until.map(super::tunnel::deadline),
                 client.hold(),
             ));
         } else {

@@ -51,11 +51,12 @@ impl Drop for ConnectionHold {
     }
 }
 
-/// When a tunnel opened with a token expiring at `exp` (seconds since the
-/// epoch) must end; capped, so that a far `exp` (or none, `u64::MAX`, from
-/// introspection) cannot overflow `Instant`.
-pub fn deadline(exp: u64) -> Instant {
-    Instant::now() + crate::auth::jwt::time_until(exp).min(MAX_TOKEN_TUNNEL)
+/// When a tunnel opened with a token the gateway accepts until
+/// `accepted_until` (seconds since the epoch: `exp` plus the leeway) must
+/// end; capped, so that a far `exp` (or none, from introspection) cannot
+/// overflow `Instant`.
+pub fn deadline(accepted_until: u64) -> Instant {
+    Instant::now() + crate::auth::jwt::time_until(accepted_until).min(MAX_TOKEN_TUNNEL)
 }
 
 /// The longest a token's tunnel may last, whatever its `exp`.

@@ -616,20 +616,33 @@ const CLIENT_CLOSED: u16 = 499;
 /// Whether a query string has a parameter some framework reads as
 /// `access_token`: names percent-decoded (`access%5Ftoken`; all of them
 /// decode names), in any case (ASP.NET Core's query is case-insensitive),
-/// with leading spaces dropped and `.`, space or `[` read as `_` (PHP's
-/// names), as an array (`access_token[]`), and with `;` separating
-/// parameters as `&` does (Rack 2).
+/// with leading spaces and brackets dropped (PHP, Rack 2, Express's `qs`),
+/// `.`, space or `[` read as `_` (PHP's names), as an array or with a
+/// trailing `]` or NUL after it (`access_token[]`, `access_token]`,
+/// `access_token%00`), and with `;` separating parameters as `&` does
+/// (Rack 2). Only names are decoded, and only when escaped: values are
+/// never looked at.
 fn names_an_access_token(query: &str) -> bool {
-    query.split(';').any(|part| {
-        url::form_urlencoded::parse(part.as_bytes())
-            .any(|(name, _)| reads_as_access_token(name.trim_start_matches(' ')))
+    query.split(['&', ';']).any(|pair| {
+        let raw = pair.split('=').next().unwrap_or_default();
+        if raw.bytes().any(|b| b == b'%' || b == b'+') {
+            let plus_as_space = raw.replace('+', " ");
+            let decoded = percent_encoding::percent_decode_str(&plus_as_space).collect::<Vec<u8>>();
+            reads_as_access_token(&decoded)
+        } else {
+            reads_as_access_token(raw.as_bytes())
+        }
     })
 }
 
 /// See [`names_an_access_token`].
-fn reads_as_access_token(name: &str) -> bool {
+fn reads_as_access_token(name: &[u8]) -> bool {
     const NAME: &[u8] = b"access_token";
-    let name = name.as_bytes();
+    let start = name
+        .iter()
+        .position(|&b| !matches!(b, b' ' | b'[' | b']'))
+        .unwrap_or(name.len());
+    let name = &name[start..];
     let (Some(head), rest) = (name.get(..NAME.len()), name.get(NAME.len()..)) else {
         return false;
     };
@@ -640,7 +653,7 @@ fn reads_as_access_token(name: &str) -> bool {
         };
         c == wanted
     });
-    same && rest.is_none_or(|rest| rest.is_empty() || rest.starts_with(b"["))
+    same && rest.is_none_or(|rest| matches!(rest.first(), None | Some(b'[' | b']' | 0)))
 }
 
 /// The `status` label of a response: its code when registered (or 499),

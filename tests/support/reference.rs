@@ -251,25 +251,6 @@ pub fn lifetime(
     Ok(exp)
 }
 
-/// Whether [`lifetime`] refuses `object` only because its `nbf` or `iat` is
-/// ahead of `now` (beyond [`LEEWAY`]): checked in the gateway's order, `exp`
-/// (type, then expiry), `nbf` (type, then time), `iat` (type, then time),
-/// the first failure deciding.
-pub fn not_yet_valid(object: &serde_json::Map<String, Value>, now: i64) -> bool {
-    let (now, leeway) = (now as f64, LEEWAY as f64);
-    match numeric_date(object.get("exp")) {
-        Ok(Some(exp)) if now >= exp.floor() + leeway => return false,
-        Ok(_) => {}
-        Err(()) => return false,
-    }
-    match numeric_date(object.get("nbf")) {
-        Ok(Some(nbf)) if nbf > now + leeway => return true,
-        Ok(_) => {}
-        Err(()) => return false,
-    }
-    matches!(numeric_date(object.get("iat")), Ok(Some(iat)) if iat > now + leeway)
-}
-
 /// Whether a present or missing `aud` names our audience (a string, or an
 /// array of strings containing it); `required` refuses a missing one.
 pub fn audience_ok(value: Option<&Value>, required: bool) -> bool {
