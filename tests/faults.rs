@@ -620,6 +620,21 @@ async fn a_client_stalling_mid_upload_to_an_http2_upstream_gets_408() {
     assert_a_stalled_upload_is_the_clients(&gw).await;
 }
 
+/// With `request_timeout` shorter than `body_idle_timeout` (as with the
+/// defaults, 30 s and 60 s), a client that stops sending its body is still
+/// the one stalling: 408 when `body_idle_timeout` runs out, not a 504 that
+/// blames the upstream when `request_timeout` does.
+#[tokio::test]
+async fn a_client_stall_outlasting_request_timeout_is_still_the_clients() {
+    let world = World::new().await;
+    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "")
+        .replace("    request_timeout: 5s\n", "    request_timeout: 1s\n")
+        .replace("    body_idle_timeout: 1s\n", "    body_idle_timeout: 3s\n");
+    assert!(config.contains("request_timeout: 1s") && config.contains("body_idle_timeout: 3s"));
+    let gw = Gateway::start(&config).await;
+    assert_a_stalled_upload_is_the_clients(&gw).await;
+}
+
 /// Stalls an upload to `/files/upload` on `gw` and checks the answer: 408
 /// and the connection closed, counted as the route's 408 and not as the
 /// upstream's failure, and the gateway still serving.

@@ -10,7 +10,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -180,6 +180,10 @@ pub struct Upload {
     /// Frames read so far: an upload whose upstream stopped taking it
     /// makes no progress.
     pub frames: AtomicU64,
+    /// The last read found the client had sent nothing more yet: a stall
+    /// that is the client's (its `body_idle_timeout` answers it, with 408),
+    /// not the upstream's.
+    pub waiting_on_client: AtomicBool,
     /// Why the body stopped early, if it did: an HTTP/2 upstream connection
     /// reports only that it reset the stream, not that the client failed.
     pub failed: OnceLock<UploadFailure>,
@@ -277,6 +281,7 @@ impl Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 if let Some(upload) = &this.upload_end {
+                    upload.waiting_on_client.store(false, Ordering::Relaxed);
                     upload.frames.fetch_add(1, Ordering::Relaxed);
                     if inner.is_end_stream() {
                         let _ = upload.ended.set(Instant::now());
@@ -293,6 +298,9 @@ impl Body for ClientBody {
                 Poll::Ready(None)
             }
             Poll::Pending => {
+                if let Some(upload) = &this.upload_end {
+                    upload.waiting_on_client.store(true, Ordering::Relaxed);
+                }
                 ready!(this.idle.poll_expired(cx));
                 this.failed(UploadFailure::Idle);
                 Poll::Ready(Some(Err(ClientBodyError::Idle(this.idle.timeout))))

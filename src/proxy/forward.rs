@@ -313,10 +313,16 @@ async fn after_upload<F: std::future::Future>(
             Err(elapsed) => {
                 let now = tokio::time::Instant::now();
                 let read = upload.frames.load(std::sync::atomic::Ordering::Relaxed);
+                // A client that stopped sending is its own stall, which
+                // `body_idle_timeout` ends with 408: only an upload the
+                // upstream stopped taking ends the wait here (504).
+                let client_stalled = upload
+                    .waiting_on_client
+                    .load(std::sync::atomic::Ordering::Relaxed);
                 deadline = match upload.ended.get() {
                     Some(end) if *end + timeout <= now => return Err(elapsed),
                     Some(end) => *end + timeout,
-                    None if read == frames => return Err(elapsed),
+                    None if read == frames && !client_stalled => return Err(elapsed),
                     None => now + timeout,
                 };
                 frames = read;
