@@ -1647,10 +1647,14 @@ fn switching_upgrade(
                 Handshake::NoAccept => None,
                 Handshake::WrongAccept => Some(accept_for(b"another key")),
             };
+            // With this hop's own headers, which the client must not get.
             let mut response = Response::builder()
                 .status(StatusCode::SWITCHING_PROTOCOLS)
-                .header("connection", "upgrade")
-                .header("upgrade", "websocket");
+                .header("connection", "Upgrade, X-Internal")
+                .header("upgrade", "websocket")
+                .header("x-internal", "secret")
+                .header("keep-alive", "timeout=5")
+                .header("proxy-authenticate", "Basic realm=\"internal\"");
             if let Some(accept) = accept {
                 response = response.header("sec-websocket-accept", accept);
             }
@@ -1710,6 +1714,13 @@ async fn websocket_upgrade_is_tunnelled() {
         let (mut stream, response) = upgrade_to_websocket(gw.addr, &token).await;
         let reply = RawReply::parse(&response);
         assert_eq!(reply.header("upgrade").as_deref(), Some("websocket"));
+        // The upstream's hop-by-hop headers stay on its hop.
+        assert!(reply
+            .header("connection")
+            .is_some_and(|v| v.eq_ignore_ascii_case("upgrade")));
+        for hop in ["x-internal", "keep-alive", "proxy-authenticate"] {
+            assert!(reply.header(hop).is_none(), "{hop} reached the client");
+        }
 
         for message in [&b"hello over the tunnel"[..], &b"and again"[..]] {
             stream.write_all(message).await.unwrap();

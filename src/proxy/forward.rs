@@ -193,6 +193,13 @@ impl Forwarder {
                     "a protocol switch without a matching WebSocket handshake",
                 ));
             }
+            // The switch's own hop-by-hop headers (`Keep-Alive`, what its
+            // `Connection` names) stay on this hop; the client gets the
+            // switch itself.
+            let headers = response.headers_mut();
+            remove_hop_by_hop(headers);
+            headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
             let upstream_side = hyper::upgrade::on(&mut response);
             tokio::spawn(super::tunnel::join(
                 client_side,
