@@ -703,6 +703,16 @@ impl Gateway {
 }
 
 /// The sum of a metric's samples whose labels include all of `labels`.
+/// Asserts that scopegate refuses `yaml` with a message naming `fragment`
+/// and a line to point at.
+pub fn assert_config_refused(yaml: &str, fragment: &str) {
+    let error = scopegate::config::load_str("test.yaml", std::path::Path::new("."), yaml)
+        .err()
+        .unwrap_or_else(|| panic!("must be refused ({fragment}):\n{yaml}"));
+    assert!(error.message.contains(fragment), "{error}");
+    assert!(error.line.is_some(), "{error}");
+}
+
 pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     text.lines()
         .filter(|line| !line.starts_with('#'))
