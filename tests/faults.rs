@@ -606,6 +606,27 @@ async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection(
     drop(client);
 }
 
+/// An upstream that answers before the request body has all come (an early
+/// 401 or 413, say) gets its connection closed, not pooled, even when the
+/// client then sends the rest at once: the rest goes out after the answer,
+/// and an upstream that did not read it would take it for the next request,
+/// one no route or token check saw.
+#[tokio::test]
+async fn an_answer_before_the_whole_body_closes_the_upstream_connection() {
+    let world = World::new().await;
+    let (upstream, closed) = early_answering_upstream(Duration::from_secs(5)).await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    let mut client = stall_mid_upload(gw.addr).await;
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    client.write_all(b"cdefghij").await.unwrap();
+    assert!(
+        closed.await.unwrap(),
+        "the connection was pooled with the body's rest behind the answer"
+    );
+}
+
 /// Over HTTP/2 to the upstream the same stall is the client's too: hyper's
 /// HTTP/2 client reports only a reset stream, yet the answer is 408 and no
 /// upstream error is counted.

@@ -85,34 +85,45 @@ pin_project! {
         idle: IdleTimer,
         failures: BodyFailures,
         lease: Option<Lease>,
+        upload: Option<UploadEnd>,
     }
 }
 
 impl UpstreamBody {
     /// Wraps `inner`; `failures` counts how it ends badly; `lease` is the
-    /// connection it arrives on, given back once it has ended.
+    /// connection it arrives on, given back once it has ended (and the
+    /// request body, `upload`, if any, was sent whole).
     pub fn new(
         inner: Incoming,
         idle_timeout: Duration,
         failures: BodyFailures,
         lease: Option<Lease>,
+        upload: Option<UploadEnd>,
     ) -> Self {
         let mut body = Self {
             inner,
             idle: IdleTimer::new(idle_timeout),
             failures,
             lease,
+            upload,
         };
         if body.inner.is_end_stream() {
-            give_back(&mut body.lease);
+            give_back(&mut body.lease, body.upload.as_ref());
         }
         body
     }
 }
 
-fn give_back(lease: &mut Option<Lease>) {
+/// Parks the connection again, unless the upstream answered before the
+/// request body was all read from the client: the rest still goes out
+/// after the answer, and an upstream that did not read it would take it
+/// for the next request, one no route or token check saw (nginx closes
+/// such connections too).
+fn give_back(lease: &mut Option<Lease>, upload: Option<&UploadEnd>) {
     if let Some(lease) = lease.take() {
-        lease.give_back();
+        if upload.is_none_or(|u| u.ended.get().is_some()) {
+            lease.give_back();
+        }
     }
 }
 
@@ -129,7 +140,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 if this.inner.is_end_stream() {
-                    give_back(this.lease);
+                    give_back(this.lease, this.upload.as_ref());
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -139,7 +150,7 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
-                give_back(this.lease);
+                give_back(this.lease, this.upload.as_ref());
                 Poll::Ready(None)
             }
             Poll::Pending => {

@@ -240,8 +240,15 @@ impl Forwarder {
         let failures = upstream.body_failures.clone();
         // An upgraded connection is the tunnel's now, never pooled again.
         let lease = lease.filter(|_| !switching);
-        Ok(response
-            .map(|body| Either::Left(UpstreamBody::new(body, idle_timeout, failures, lease))))
+        Ok(response.map(|body| {
+            Either::Left(UpstreamBody::new(
+                body,
+                idle_timeout,
+                failures,
+                lease,
+                upload_end,
+            ))
+        }))
     }
 
     /// An answer the upstream must not send: counted as a protocol error
