@@ -145,7 +145,16 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => {
-                this.failures.broken.inc();
+                // An HTTP/2 upstream stream is reset under a streaming answer
+                // when the client's upload failed: the client's failure, not
+                // the upstream's.
+                if this
+                    .upload
+                    .as_ref()
+                    .is_none_or(|u| u.failed.get().is_none())
+                {
+                    this.failures.broken.inc();
+                }
                 *this.lease = None;
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
