@@ -499,6 +499,9 @@ enum H2Script {
     Reset,
     /// 200, half the id, then `RST_STREAM(INTERNAL_ERROR)`.
     ResetMidBody,
+    /// 200 with the id's `content-length`, half the id, then
+    /// `RST_STREAM(NO_ERROR)`: a cut answer, not a whole one (RFC 9113 8.1).
+    ResetWithoutErrorMidBody,
     /// 200 with `content-length` longer than the body.
     LengthTooLong,
     /// HEADERS without `:status`.
@@ -514,7 +517,7 @@ enum H2Script {
 }
 
 impl H2Script {
-    const ALL: [H2Script; 17] = [
+    const ALL: [H2Script; 18] = [
         H2Script::Ok,
         H2Script::Split,
         H2Script::Trailers,
@@ -526,6 +529,7 @@ impl H2Script {
         H2Script::GoAwayError,
         H2Script::Reset,
         H2Script::ResetMidBody,
+        H2Script::ResetWithoutErrorMidBody,
         H2Script::LengthTooLong,
         H2Script::NoStatus,
         H2Script::ConnectionSpecific,
@@ -548,7 +552,9 @@ impl H2Script {
             | H2Script::DropOnce
             | H2Script::HopByHop => &[200],
             // The head may be on its way when the body fails.
-            H2Script::ResetMidBody | H2Script::LengthTooLong => &[200, 502],
+            H2Script::ResetMidBody
+            | H2Script::ResetWithoutErrorMidBody
+            | H2Script::LengthTooLong => &[200, 502],
             H2Script::NotFound => &[404],
             H2Script::GoAwayError
             | H2Script::Reset
@@ -561,7 +567,10 @@ impl H2Script {
     /// Whether its body may fail after the head: the client then gets a
     /// cut 200, a 502, or (if hyper had not flushed the head) no answer.
     fn fails_mid_body(self) -> bool {
-        matches!(self, H2Script::ResetMidBody | H2Script::LengthTooLong)
+        matches!(
+            self,
+            H2Script::ResetMidBody | H2Script::ResetWithoutErrorMidBody | H2Script::LengthTooLong
+        )
     }
 
     /// Whether it ends the upstream connection, and with it (maybe) the
@@ -695,6 +704,14 @@ async fn answer_h2(
             data(body.slice(..body.len() / 2), false).into(),
             reset(h2::Reason::INTERNAL_ERROR).into(),
         ],
+        H2Script::ResetWithoutErrorMidBody => {
+            let length = body.len().to_string();
+            vec![
+                head(200, &[("content-length", &length)]).into(),
+                data(body.slice(..body.len() / 2), false).into(),
+                reset(h2::Reason::NO_ERROR).into(),
+            ]
+        }
         H2Script::LengthTooLong => {
             let length = (body.len() + 5).to_string();
             vec![
@@ -795,6 +812,40 @@ async fn run_case_h2(lab: &Lab<H2Script>, scripts: &[H2Script]) -> Result<(), St
         own_body_and_no_hop_by_hop(answer, *id, &what)?;
     }
     lab.fresh_clients_served(H2Script::Ok).await
+}
+
+/// hyper reads `RST_STREAM(NO_ERROR)` as the end of a body; before the
+/// length the upstream announced, the answer is cut: counted as the
+/// upstream's body failure, and never ended to the client as if whole.
+#[test]
+fn a_reset_without_error_before_the_announced_length_is_a_cut_answer() {
+    let runtime = runtime();
+    let lab = Lab::start(&runtime, raw_h2_upstream, true);
+    runtime.block_on(async {
+        let id = lab.id(H2Script::ResetWithoutErrorMidBody);
+        let request = format!(
+            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            lab.token
+        );
+        let (received, _) = exchange(lab.gateway.addr, request.as_bytes(), BOUND)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        assert!(
+            !text.ends_with(&id.to_string()),
+            "the cut answer reached the client whole: {text}"
+        );
+        let metrics = lab.gateway.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "scopegate_upstream_errors_total",
+                &[("kind", "body")]
+            ),
+            1.0,
+            "{metrics}"
+        );
+    });
 }
 
 #[test]

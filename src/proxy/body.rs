@@ -75,6 +75,10 @@ pub enum BodyError {
     /// The upstream went quiet mid-body.
     #[error("upstream body idle for more than {0:?}")]
     Idle(Duration),
+    /// The upstream ended the body short of the length it announced (an
+    /// HTTP/2 `RST_STREAM(NO_ERROR)`, which hyper reads as the end).
+    #[error("upstream body ended before its announced length")]
+    Cut,
 }
 
 pin_project! {
@@ -159,6 +163,11 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
+                if this.inner.size_hint().lower() > 0 {
+                    this.failures.broken.inc();
+                    *this.lease = None;
+                    return Poll::Ready(Some(Err(BodyError::Cut)));
+                }
                 give_back(this.lease, this.upload.as_ref());
                 Poll::Ready(None)
             }
