@@ -1300,6 +1300,7 @@ async fn scope_look_alikes_and_scope_claim_types() {
     let (signer, world) = lab().await;
     let gw = Gateway::start(&world.config()).await;
     let admin = Want::Forbidden("admin");
+    let malformed = Want::Invalid(TokenError::WrongClaimType);
     let rows: Vec<(&str, Value, Want)> = vec![
         ("admin", json!("admin"), Want::Allow),
         (
@@ -1316,42 +1317,18 @@ async fn scope_look_alikes_and_scope_claim_types() {
         // Characters RFC 6749 3.3 leaves out of scope tokens make the claim
         // malformed: an upstream splitting the scopes header on any blank
         // would read `admin` in "orders:read x\tadmin".
-        (
-            "tab-separated",
-            json!("admin\torders:read"),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
+        ("tab-separated", json!("admin\torders:read"), malformed),
         (
             "a tab inside one of several",
             json!("orders:read x\tadmin"),
-            Want::Invalid(TokenError::WrongClaimType),
+            malformed,
         ),
-        (
-            "quoted",
-            json!("\"admin\""),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
-        (
-            "non-ASCII",
-            json!("admin orders:\u{e9}crire"),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
+        ("quoted", json!("\"admin\""), malformed),
+        ("non-ASCII", json!("admin orders:\u{e9}crire"), malformed),
         ("empty scope", json!(""), admin),
-        (
-            "scope as a JSON array",
-            json!(["admin"]),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
-        (
-            "scope as an object",
-            json!({"admin": true}),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
-        (
-            "scope as a boolean",
-            json!(true),
-            Want::Invalid(TokenError::WrongClaimType),
-        ),
+        ("scope as a JSON array", json!(["admin"]), malformed),
+        ("scope as an object", json!({"admin": true}), malformed),
+        ("scope as a boolean", json!(true), malformed),
     ];
     for (label, scope, want) in rows {
         let token = signer.mint(&with(fresh_claims(""), "scope", scope));

@@ -578,6 +578,22 @@ async fn stall_mid_upload(addr: SocketAddr) -> TcpStream {
     stream
 }
 
+/// A gateway in front of [`early_answering_upstream`], and a client that
+/// sent part of an upload and got the upstream's early answer: the gateway,
+/// the client's connection, and whether the upstream connection was closed.
+async fn answered_mid_upload(
+    world: &World,
+    bound: Duration,
+) -> (Gateway, TcpStream, tokio::sync::oneshot::Receiver<bool>) {
+    let (upstream, closed) = early_answering_upstream(bound).await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    let mut client = stall_mid_upload(gw.addr).await;
+    let mut head = [0u8; 12];
+    client.read_exact(&mut head).await.unwrap();
+    assert_eq!(&head, b"HTTP/1.1 200");
+    (gw, client, closed)
+}
+
 #[tokio::test]
 async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection() {
     // 1. The upstream waits for the whole body: the gateway answers 408
@@ -593,12 +609,7 @@ async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection(
 
     // 2. The upstream answers before reading the body: the client gets the
     // answer, and the stalled body no longer holds the upstream connection.
-    let (upstream, closed) = early_answering_upstream(Duration::from_secs(15)).await;
-    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
-    let mut client = stall_mid_upload(gw.addr).await;
-    let mut head = [0u8; 12];
-    client.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let (_gw, client, closed) = answered_mid_upload(&world, Duration::from_secs(15)).await;
     assert!(
         closed.await.unwrap(),
         "the upstream connection was held open by a stalled client body"
@@ -614,12 +625,7 @@ async fn a_client_stalling_mid_upload_gets_408_and_holds_no_upstream_connection(
 #[tokio::test]
 async fn an_answer_before_the_whole_body_closes_the_upstream_connection() {
     let world = World::new().await;
-    let (upstream, closed) = early_answering_upstream(Duration::from_secs(5)).await;
-    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
-    let mut client = stall_mid_upload(gw.addr).await;
-    let mut head = [0u8; 12];
-    client.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let (_gw, mut client, closed) = answered_mid_upload(&world, Duration::from_secs(5)).await;
     client.write_all(b"cdefghij").await.unwrap();
     assert!(
         closed.await.unwrap(),
