@@ -370,7 +370,13 @@ impl UpstreamPool {
         // Kept only while it can be sent again: no body, and resends left.
         let again = (may_resend && http_body::Body::is_end_stream(request.body()))
             .then(|| bodiless_copy(&request));
-        let mut failed = match sender.try_send_request(request).await {
+        // The request's queue lives while any handle to its connection
+        // does: this one goes now, so that a request queued just as the
+        // connection ended is dropped (and comes back) with the queue,
+        // rather than kept in it, unanswered, by its own handle.
+        let answer = sender.try_send_request(request);
+        drop(sender);
+        let mut failed = match answer.await {
             Ok(response) => return Http2Attempt::Answered(response),
             Err(failed) => failed,
         };
@@ -499,14 +505,26 @@ impl UpstreamPool {
                 .max_header_list_size(H2_MAX_RESPONSE_HEADERS)
                 .handshake(io)
                 .await?;
+            let shared = Arc::new(sender.clone());
+            let id = Arc::as_ptr(&shared).addr();
+            let ended = Arc::downgrade(&shared);
+            let pool = Arc::downgrade(self);
+            self.shared_h2.store(Some(shared));
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
                 }
+                // No longer offered: once the requests holding a handle let
+                // go of it, the connection's request queue is dropped with
+                // whatever a request put in it as the connection ended
+                // (hyper's dispatch task drains it only as it stops, and
+                // a request queued at that moment would wait for an answer
+                // that never comes).
+                if let (Some(pool), Some(ended)) = (pool.upgrade(), ended.upgrade()) {
+                    let ended = Some(ended);
+                    pool.shared_h2.compare_and_swap(&ended, None);
+                }
             });
-            let shared = Arc::new(sender.clone());
-            let id = Arc::as_ptr(&shared).addr();
-            self.shared_h2.store(Some(shared));
             self.speaks_h2.store(true, Ordering::Relaxed);
             Ok(Sender::Http2 { sender, id })
         } else {
