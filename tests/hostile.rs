@@ -28,9 +28,17 @@
 //! - a plain, allowed request is answered 200 wherever it falls in a stream;
 //! - a fresh client is served after every case.
 //!
+//! - the upstream gets one `X-Forwarded-For` ending in the client's address,
+//!   one `X-Forwarded-Proto` and at most one `X-Forwarded-Host`, and of the
+//!   values a client sent for those two only what a trusted proxy sent as
+//!   the one valid value.
+//!
 //! The same generated requests go over HTTP/2 (h2c) too, as far as HTTP/2
 //! can carry them, judged by the same oracle; and below the HTTP/2 library,
-//! as hand-built frames and header blocks ([`frames`]).
+//! as hand-built frames and header blocks ([`frames`]). A second gateway
+//! trusts the test client as a proxy in front (`trusted_proxies`) and removes
+//! `X-Tenant-Id` (`forward.remove_headers`), which must then never arrive in
+//! any spelling.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 512 streams,
 //! 128 over HTTP/2, and 256 hand-built HTTP/2 connections) for a longer
@@ -369,6 +377,63 @@ enum Extra {
     ClientForwarding,
     /// An `h2c` upgrade (raw HTTP/2 past the route check, if passed on).
     H2cUpgrade,
+    /// `X-Forwarded-Proto: FORWARDED_PROTOS[n]`: kept only from a trusted
+    /// proxy, and only when it is the one valid value.
+    ForwardedProto(u8),
+    /// `X-Forwarded-Host: FORWARDED_HOSTS[n]`: as `X-Forwarded-Proto`.
+    ForwardedHost(u8),
+    /// `TENANT_ID_NAMES[n]: spoofed`: what the trusting lab's
+    /// `forward.remove_headers` names, in one of its spellings.
+    TenantId(u8),
+}
+
+/// `X-Forwarded-Proto` values a client or proxy may send; the first
+/// `VALID_FORWARDED_PROTOS` of them are kept from a trusted proxy (trimmed,
+/// lower-cased).
+const FORWARDED_PROTOS: [&str; 5] = ["https", " HTTPS ", "ftp", "https, http", "javascript"];
+const VALID_FORWARDED_PROTOS: usize = 2;
+/// `X-Forwarded-Host` values; the first `VALID_FORWARDED_HOSTS` of them are
+/// kept from a trusted proxy.
+const FORWARDED_HOSTS: [&str; 5] = [
+    "app.example.com",
+    "app.example.com:8443",
+    "user@evil.example",
+    "evil.example, app.example.com",
+    "evil.example/path",
+];
+const VALID_FORWARDED_HOSTS: usize = 2;
+/// Spellings of the header the trusting lab removes (`X-Tenant-Id`).
+const TENANT_ID_NAMES: [&str; 4] = ["X-Tenant-Id", "x_tenant_id", "X-TENANT-ID", "X-Tenant_Id"];
+
+/// What a trusted proxy's forwarding headers in `extras` should become
+/// upstream: (`X-Forwarded-Proto`, `X-Forwarded-Host`), each `None` unless
+/// exactly one line with a valid value was sent.
+fn trusted_forwarding(extras: &[Extra]) -> (Option<String>, Option<&'static str>) {
+    let protos: Vec<usize> = extras
+        .iter()
+        .filter_map(|e| match e {
+            Extra::ForwardedProto(n) => Some(usize::from(*n)),
+            _ => None,
+        })
+        .collect();
+    let hosts: Vec<usize> = extras
+        .iter()
+        .filter_map(|e| match e {
+            Extra::ForwardedHost(n) => Some(usize::from(*n)),
+            _ => None,
+        })
+        .collect();
+    let proto = match protos.as_slice() {
+        [n] if *n < VALID_FORWARDED_PROTOS => {
+            Some(FORWARDED_PROTOS[*n].trim().to_ascii_lowercase())
+        }
+        _ => None,
+    };
+    let host = match hosts.as_slice() {
+        [n] if *n < VALID_FORWARDED_HOSTS => Some(FORWARDED_HOSTS[*n]),
+        _ => None,
+    };
+    (proto, host)
 }
 
 #[derive(Debug, Clone)]
@@ -520,6 +585,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::ClientForwarding,
             Extra::H2cUpgrade,
         ]),
+        2 => forwarding_extra(),
         1 => prop::sample::select(vec![
             Extra::NoHost,
             Extra::TwoHosts,
@@ -530,6 +596,16 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::LongHeader,
             Extra::UnknownVersion,
         ]),
+    ]
+}
+
+/// A forwarding header a proxy in front may send, or the header the
+/// trusting lab removes.
+fn forwarding_extra() -> impl Strategy<Value = Extra> {
+    prop_oneof![
+        (0..FORWARDED_PROTOS.len() as u8).prop_map(Extra::ForwardedProto),
+        (0..FORWARDED_HOSTS.len() as u8).prop_map(Extra::ForwardedHost),
+        (0..TENANT_ID_NAMES.len() as u8).prop_map(Extra::TenantId),
     ]
 }
 
@@ -659,6 +735,9 @@ struct Sent {
     /// A query parameter some framework reads as `access_token`: never
     /// forwardable on a route that needs a token.
     query_token: bool,
+    /// What a trusted proxy's `X-Forwarded-Proto` and `-Host` should become
+    /// ([`trusted_forwarding`]).
+    forwarded: (Option<String>, Option<&'static str>),
 }
 
 #[derive(Default)]
@@ -691,6 +770,7 @@ fn payload(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> Vec<u8> {
             presented: Some(Tok::Admin),
             never: Some("hidden in a request body"),
             query_token: false,
+            forwarded: (None, None),
         });
         payload.extend_from_slice(
             format!(
@@ -736,6 +816,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         presented: req.auth.presented(),
         never: ambiguous.then_some("with both Content-Length and Transfer-Encoding"),
         query_token: req.auth.query_token(),
+        forwarded: trusted_forwarding(&req.extras),
     });
     let target = target(req, tokens);
     let version = if req.extras.contains(&Extra::UnknownVersion) {
@@ -787,6 +868,18 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             Extra::NoColon => head.push_str("X-No-Colon\r\n"),
             Extra::NulInValue => head.push_str("X-Nul: a\0b\r\n"),
             Extra::LongHeader => head.push_str(&format!("X-Long: {}\r\n", "a".repeat(70_000))),
+            Extra::ForwardedProto(n) => head.push_str(&format!(
+                "X-Forwarded-Proto: {}\r\n",
+                FORWARDED_PROTOS[usize::from(*n)]
+            )),
+            Extra::ForwardedHost(n) => head.push_str(&format!(
+                "X-Forwarded-Host: {}\r\n",
+                FORWARDED_HOSTS[usize::from(*n)]
+            )),
+            Extra::TenantId(n) => head.push_str(&format!(
+                "{}: {SPOOFED}\r\n",
+                TENANT_ID_NAMES[usize::from(*n)]
+            )),
             Extra::EvilHost
             | Extra::NoHost
             | Extra::TwoHosts
@@ -964,10 +1057,11 @@ const NEVER_UPSTREAM: [&str; 9] = [
     "http2-settings",
 ];
 
-fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usize>, String> {
+fn check_upstream(lab: &Lab) -> Result<HashMap<u64, usize>, String> {
+    let ledger = &mut *lab.ledger.borrow_mut();
     // Each record is judged once, so that a failing case shrinks on its own
     // records.
-    let fresh = world.upstream.seen_since(ledger.checked);
+    let fresh = lab.world.upstream.seen_since(ledger.checked);
     ledger.checked += fresh.len();
     let mut counts = HashMap::new();
     for record in &fresh {
@@ -1000,6 +1094,7 @@ fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usi
         if *count > 1 {
             return Err(format!("forwarded twice: {what}"));
         }
+        check_forwarding(&record.headers, sent, lab.trusting, &what)?;
         if let Some(reason) = sent.never {
             return Err(format!("forwarded a request {reason}: {what}"));
         }
@@ -1065,12 +1160,77 @@ fn check_upstream(world: &World, ledger: &mut Ledger) -> Result<HashMap<u64, usi
     Ok(counts)
 }
 
+/// The forwarding headers the upstream got: the client's address last in
+/// `X-Forwarded-For`; one `X-Forwarded-Proto`, the trusted proxy's if it
+/// sent one valid value, else the client connection's (`http`); at most one
+/// `X-Forwarded-Host`, the trusted proxy's if it sent one valid value, and
+/// never a value only the client sent otherwise. In the trusting lab,
+/// `X-Tenant-Id` never arrives, in any spelling.
+fn check_forwarding(
+    headers: &http::HeaderMap,
+    sent: &Sent,
+    trusting: bool,
+    what: &str,
+) -> Result<(), String> {
+    let forwarded_for = values(headers, "x-forwarded-for");
+    let last = forwarded_for
+        .first()
+        .and_then(|line| line.rsplit(',').next())
+        .map(str::trim);
+    if forwarded_for.len() != 1 || last != Some("127.0.0.1") {
+        return Err(format!(
+            "X-Forwarded-For was {forwarded_for:?}, not a list ending in the client: {what}"
+        ));
+    }
+    let (trusted_proto, trusted_host) = if trusting {
+        (sent.forwarded.0.as_deref(), sent.forwarded.1)
+    } else {
+        (None, None)
+    };
+    let proto = values(headers, "x-forwarded-proto");
+    if proto != [trusted_proto.unwrap_or("http")] {
+        return Err(format!(
+            "X-Forwarded-Proto was {proto:?} (trusted proxy sent {trusted_proto:?}): {what}"
+        ));
+    }
+    let host = values(headers, "x-forwarded-host");
+    match trusted_host {
+        Some(trusted) if host != [trusted] => {
+            return Err(format!(
+                "X-Forwarded-Host was {host:?}, not the trusted proxy's {trusted}: {what}"
+            ));
+        }
+        Some(_) => {}
+        None => {
+            if host.len() > 1 || host.iter().any(|h| FORWARDED_HOSTS.contains(&h.as_str())) {
+                return Err(format!(
+                    "X-Forwarded-Host was {host:?}, from a client or proxy not trusted with it: {what}"
+                ));
+            }
+        }
+    }
+    if trusting {
+        for name in ["x-tenant-id", "x_tenant_id", "x-tenant_id", "x_tenant-id"] {
+            if headers.contains_key(name) {
+                return Err(format!(
+                    "{name}, which forward.remove_headers names, reached the upstream: {what}"
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------------------
 // One case.
 // ---------------------------------------------------------------------------
 
 struct Lab {
     world: World,
+    /// The gateway trusts the test client as a proxy in front
+    /// (`trusted_proxies`) and removes `X-Tenant-Id`
+    /// (`forward.remove_headers`).
+    trusting: bool,
     gateway: Gateway,
     tokens: Tokens,
     ledger: RefCell<Ledger>,
@@ -1092,6 +1252,7 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
             presented: None,
             never: None,
             query_token: false,
+            forwarded: (None, None),
         });
         ids.push(sentinel);
         bytes.extend_from_slice(
@@ -1125,7 +1286,7 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     // stream has been recorded (each was recorded before it was answered).
     fresh_client_served(lab).await?;
 
-    let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
+    let counts = check_upstream(lab)?;
     for (n, answer) in answers.iter().enumerate() {
         judge(answer, stream.get(n), ids[n], &counts, &lab.tokens)?;
     }
@@ -1139,6 +1300,7 @@ async fn fresh_client_served(lab: &Lab) -> Result<(), String> {
         presented: Some(Tok::Read),
         never: None,
         query_token: false,
+        forwarded: (None, None),
     });
     let auth = format!("Bearer {}", lab.tokens.get(Tok::Read));
     let case = liveness.to_string();
@@ -1202,6 +1364,12 @@ fn judge(
 /// A gateway in front of the standard world and an introspection endpoint,
 /// on a runtime of its own.
 fn lab() -> (tokio::runtime::Runtime, Lab) {
+    lab_trusting(false)
+}
+
+/// The gateway of [`lab`]; `trusting`: it also trusts the test client as a
+/// proxy in front (`trusted_proxies`) and removes `X-Tenant-Id`.
+fn lab_trusting(trusting: bool) -> (tokio::runtime::Runtime, Lab) {
     let runtime = runtime();
     let lab = runtime.block_on(async {
         let world = World::new().await;
@@ -1209,10 +1377,17 @@ fn lab() -> (tokio::runtime::Runtime, Lab) {
         let secret = tempfile::tempdir().unwrap();
         let secret_file = secret.path().join("introspection-secret");
         std::fs::write(&secret_file, "hostile-introspection-secret\n").unwrap();
-        let gateway = Gateway::start(&config(&world, introspection, &secret_file)).await;
+        let mut config = config(&world, introspection, &secret_file);
+        if trusting {
+            config.push_str(
+                "trusted_proxies: [127.0.0.1/32]\nforward:\n  remove_headers: [X-Tenant-Id]\n",
+            );
+        }
+        let gateway = Gateway::start(&config).await;
         let tokens = Tokens::mint(&world);
         Lab {
             world,
+            trusting,
             gateway,
             tokens,
             ledger: RefCell::new(Ledger::default()),
@@ -1231,6 +1406,34 @@ fn campaign<S: Strategy>(
 ) {
     let (runtime, lab) = lab();
     run_campaign(&runtime, &lab, default_cases, strategy, case);
+}
+
+/// The same request streams from a client the gateway trusts as a proxy in
+/// front: it keeps that proxy's one valid `X-Forwarded-Proto` and
+/// `X-Forwarded-Host` (and nothing else it sent in their place), and
+/// removes what `forward.remove_headers` names in every spelling, while
+/// failing closed as before.
+#[test]
+fn hostile_requests_from_a_trusted_proxy_fail_closed_too() {
+    let (runtime, lab) = lab_trusting(true);
+    // Every request carries up to two such headers besides its own extras.
+    let streams = stream()
+        .prop_flat_map(|stream| {
+            let forwarding = prop::collection::vec(
+                prop::collection::vec(forwarding_extra(), 0..=2),
+                stream.len(),
+            );
+            (Just(stream), forwarding)
+        })
+        .prop_map(|(mut stream, forwarding)| {
+            for (req, extras) in stream.iter_mut().zip(forwarding) {
+                req.extras.extend(extras);
+            }
+            stream
+        });
+    run_campaign(&runtime, &lab, 256, streams, async |lab, stream| {
+        run_case(lab, &stream).await
+    });
 }
 
 #[test]
@@ -1303,6 +1506,13 @@ fn h2_request(
                 .header("x-real-ip", "10.0.0.1")
                 .header("x_forwarded_for", "10.0.0.1")
                 .header("x-http-method-override", "DELETE"),
+            Extra::ForwardedProto(n) => {
+                builder.header("x-forwarded-proto", FORWARDED_PROTOS[usize::from(*n)])
+            }
+            Extra::ForwardedHost(n) => {
+                builder.header("x-forwarded-host", FORWARDED_HOSTS[usize::from(*n)])
+            }
+            Extra::TenantId(n) => builder.header(TENANT_ID_NAMES[usize::from(*n)], SPOOFED),
             _ => builder,
         };
     }
@@ -1312,6 +1522,7 @@ fn h2_request(
         presented: req.auth.presented(),
         never: None,
         query_token: req.auth.query_token(),
+        forwarded: trusted_forwarding(&req.extras),
     });
     let body = payload(req, tokens, ledger);
     *request.body_mut() = http_body_util::Full::new(bytes::Bytes::from(body));
@@ -1368,7 +1579,7 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
         };
         answered.push((req, id, answer));
     }
-    let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
+    let counts = check_upstream(lab)?;
     for (req, id, answer) in &answered {
         judge(answer, Some(req), *id, &counts, &lab.tokens)?;
     }

@@ -974,6 +974,7 @@ fn render_script(script: &[Step], tokens: &Tokens, ledger: &mut Ledger) -> Rende
                     presented: req.auth.presented(),
                     never: None,
                     query_token: req.auth.query_token(),
+                    forwarded: (None, None),
                 });
                 let stream = next_stream;
                 next_stream += 2;
@@ -1353,7 +1354,7 @@ async fn run_frames_case(lab: &Lab, script: &[Step]) -> Result<(), String> {
     // script has been recorded.
     fresh_client_served(lab).await?;
 
-    let counts = check_upstream(&lab.world, &mut lab.ledger.borrow_mut())?;
+    let counts = check_upstream(lab)?;
     let requests = script.iter().filter_map(|s| match s {
         Step::Request(r) => Some(r),
         Step::Control(_) => None,
