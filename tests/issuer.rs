@@ -1552,9 +1552,10 @@ async fn revoking_an_access_token_takes_effect_at_once() {
     assert_accepted(&gw, &access).await;
     assert_eq!(upstream.count(), 2);
 
-    // Only its own client may revoke it (and the answer does not tell).
+    // Only its own client may revoke it; another is refused (RFC 7009 2.1:
+    // "the client is informed of the error"), and the token stays good.
     let r = revoke(&gw, "other", &access).await;
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_oauth_error(&r, 400, "unauthorized_client");
     assert_accepted(&gw, &access).await;
 
     // Revocation needs client authentication.
@@ -1597,8 +1598,10 @@ async fn revoking_a_refresh_token_ends_its_grant() {
     assert_accepted(&gw, &a0).await;
     assert_accepted(&gw, &a1).await;
 
-    // Another client cannot revoke it.
-    assert_eq!(revoke(&gw, "other", &r1).await.status, 200);
+    // Another client cannot revoke it, nor its access token, and is told
+    // so (RFC 7009 2.1).
+    assert_oauth_error(&revoke(&gw, "other", &r1).await, 400, "unauthorized_client");
+    assert_oauth_error(&revoke(&gw, "other", &a1).await, 400, "unauthorized_client");
     assert_accepted(&gw, &a1).await;
 
     let r = revoke(&gw, "svc", &r1).await;

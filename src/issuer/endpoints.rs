@@ -206,7 +206,8 @@ impl AuthorizationServer {
     }
 
     /// RFC 7009: revokes refresh tokens (their whole grant) and access tokens
-    /// issued to the calling client; unknown tokens are not an error.
+    /// issued to the calling client; unknown or invalid tokens are not an
+    /// error, and another client's valid token is refused (RFC 7009 2.1).
     pub(crate) async fn revoke(
         &self,
         request: Request<Incoming>,
@@ -222,21 +223,32 @@ impl AuthorizationServer {
             .form
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        if let Some((record, _)) = self
+        if let Some((record, used)) = self
             .store
             .get_refresh(&digest(token))
             .await
             .map_err(|e| self.store_failed(&e))?
         {
-            if record.client_id == client.client_id {
-                self.store
-                    .revoke_family(
-                        &record.family,
-                        self.grant_revoked_until(record.family_expires_at),
-                    )
+            if record.client_id != client.client_id {
+                // Another client's token that is no longer valid is as good
+                // as unknown (RFC 7009 2.2).
+                let revoked = self
+                    .store
+                    .is_family_revoked(&record.family)
                     .await
                     .map_err(|e| self.store_failed(&e))?;
+                if used || revoked || record.expires_at <= now_unix() {
+                    return Ok(revoked_answer());
+                }
+                return Err(not_issued_to_caller());
             }
+            self.store
+                .revoke_family(
+                    &record.family,
+                    self.grant_revoked_until(record.family_expires_at),
+                )
+                .await
+                .map_err(|e| self.store_failed(&e))?;
         } else if let Some(claims) = self.active_access_token(token, LEEWAY_SECS).await? {
             // A token the gateway still accepts (within its leeway past
             // `exp`) can still be revoked, and stays revoked that long.
@@ -247,17 +259,16 @@ impl AuthorizationServer {
                 .and_then(Value::as_u64)
                 .unwrap_or_else(now_unix);
             if let (Some(owner), Some(jti)) = (owner, jti) {
-                if owner == client.client_id {
-                    self.store
-                        .revoke_access(jti, super::revoked_until(exp))
-                        .await
-                        .map_err(|e| self.store_failed(&e))?;
+                if owner != client.client_id {
+                    return Err(not_issued_to_caller());
                 }
+                self.store
+                    .revoke_access(jti, super::revoked_until(exp))
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
             }
         }
-        // RFC 7009 2.2: the status says it all; the body is an empty JSON
-        // object, so that a client parsing by content type finds JSON.
-        Ok(json_response(StatusCode::OK, "{}".to_owned()))
+        Ok(revoked_answer())
     }
 }
 
@@ -270,4 +281,16 @@ fn origin(issuer: &str) -> String {
         },
         Err(_) => issuer.trim_end_matches('/').to_owned(),
     }
+}
+
+/// RFC 7009 2.2: the status says it all; the body is an empty JSON object,
+/// so that a client parsing by content type finds JSON.
+fn revoked_answer() -> Response<Body> {
+    json_response(StatusCode::OK, "{}".to_owned())
+}
+
+/// RFC 7009 2.1: a client revoking a valid token issued to another is
+/// refused, so that it learns the token stays valid.
+fn not_issued_to_caller() -> OAuthError {
+    OAuthError::unauthorized_client("the token was not issued to this client")
 }

@@ -14,7 +14,8 @@
 //! - an access token is active until revoked by its own client or until its
 //!   grant ends; a refresh token until used or until its grant ends;
 //! - revoking a refresh token ends its grant, only for its own client;
-//!   unknown tokens and other clients' tokens are answered 200 and left be;
+//!   unknown and inactive tokens are answered 200, and other clients' active
+//!   ones 400 `unauthorized_client`, and left be;
 //! - refreshing rotates; a used refresh token presented again by its client
 //!   ends the grant; another client's is refused and left be;
 //! - introspection of anything inactive, or of another client's refresh
@@ -385,6 +386,14 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             else {
                 return Ok(());
             };
+            // RFC 7009 2.1: another client's valid token is refused, and
+            // left be.
+            if let Some(i) = index {
+                let token = &model.tokens[i];
+                if token.client != client && model.active(token) {
+                    return refused(&r, "unauthorized_client", 400, false);
+                }
+            }
             if r.status != 200 {
                 return Err(format!("revocation answered {}: {}", r.status, r.text()));
             }
