@@ -295,10 +295,7 @@ fn hash_secret() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match crate::issuer::clients::hash_secret(secret) {
-        Ok(hash) => {
-            println!("{hash}");
-            ExitCode::SUCCESS
-        }
+        Ok(hash) => print(format!("{hash}\n").as_bytes()),
         Err(e) => {
             eprintln!("hashing failed: {e}");
             ExitCode::FAILURE

@@ -221,7 +221,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let config =
         crate::config::load_str("<demo>", Path::new("."), &yaml).map_err(|e| e.to_string())?;
     let field = |name: &str| format!("sed -n 's/.*\"{name}\":\"\\([^\"]*\\)\".*/\\1/p'");
-    println!(
+    let steps = format!(
         "\nscopegate demo is running on http://{listen} (admin: http://{admin}/metrics)\n\n\
          # 1. Get a token exactly as the seed's client credentials example does:\n\
          RESP=$(curl -s -X POST 'http://{listen}/auth/v2/accesstoken?grant_type=client_credentials' \\\n\
@@ -248,6 +248,18 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
         token = field("access_token"),
         refresh = field("refresh_token"),
     );
+    // Written, not `println!`ed: a reader that stops reading (`| head`)
+    // must not take the running demo down with a panic.
+    {
+        use std::io::Write as _;
+        let mut stdout = std::io::stdout().lock();
+        if let Err(e) = stdout
+            .write_all(steps.as_bytes())
+            .and_then(|()| stdout.flush())
+        {
+            tracing::warn!(error = %e, "could not print the demo's steps");
+        }
+    }
     crate::server::run(
         config,
         listener,

@@ -120,6 +120,46 @@ async fn busy_admin_connections_do_not_keep_probes_waiting() {
     busy.abort();
 }
 
+/// A reader that stops reading the demo's steps (`scopegate demo | head`)
+/// does not stop the demo: printing into a closed pipe was a panic, and the
+/// process exited with it.
+#[cfg(unix)]
+#[tokio::test]
+async fn the_demo_keeps_serving_when_its_output_is_closed() {
+    use std::process::{Command, Stdio};
+    for attempt in 1..=3 {
+        let listen = free_port();
+        let mut demo = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args([
+                "demo",
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--admin-listen",
+                "127.0.0.1:0",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        // Closed before the demo prints (it hashes its secrets first).
+        drop(demo.stdout.take());
+        let served = wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await;
+        let exited = demo.try_wait().unwrap();
+        let _ = demo.kill();
+        let _ = demo.wait();
+        if served {
+            return;
+        }
+        // Another test may take the port first: the demo then exits with 1
+        // before printing anything. A panic is 101.
+        let port_taken = exited.is_some_and(|status| status.code() == Some(1));
+        assert!(
+            port_taken && attempt < 3,
+            "the demo did not serve; it exited: {exited:?}"
+        );
+    }
+}
+
 /// `scopegate demo` (the README's first command) prints shell steps; steps
 /// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
 /// 401 and 200. Its default admin port (9090, Prometheus's) is taken here,
@@ -142,15 +182,19 @@ async fn demo_steps_work_as_printed() {
     // The demo names its own address in what it prints, so it is given a
     // port; another test may take that port first, and then the demo exits
     // before printing its last step: try another.
+    // What the demo logs, for the message if it fails.
+    let logs = tempfile::tempdir().unwrap();
+    let log_path = logs.path().join("demo.log");
     let mut attempts = 0;
-    let (_demo, listen, printed) = loop {
+    let (mut demo, listen, printed) = loop {
         attempts += 1;
         let listen = free_port();
+        let log = std::fs::File::create(&log_path).unwrap();
         let mut demo = Demo(
             Command::new(env!("CARGO_BIN_EXE_scopegate"))
                 .args(["demo", "--listen", &format!("127.0.0.1:{listen}")])
                 .stdout(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(log)
                 .spawn()
                 .unwrap(),
         );
@@ -181,7 +225,13 @@ async fn demo_steps_work_as_printed() {
         .split_once("# 1.")
         .map(|(_, steps)| format!("# 1.{steps}"))
         .expect("no step 1 printed");
-    assert!(wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await);
+    if !wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await {
+        panic!(
+            "the demo's /public never answered 200 (demo process: {:?}); it printed:\n{printed}\nand logged:\n{}",
+            demo.0.try_wait(),
+            std::fs::read_to_string(&log_path).unwrap_or_default()
+        );
+    }
 
     let out = Command::new("bash")
         .args(["-c", &format!("set -e\n{steps}")])
