@@ -409,31 +409,31 @@ const TENANT_ID_NAMES: [&str; 4] = ["X-Tenant-Id", "x_tenant_id", "X-TENANT-ID",
 /// upstream: (`X-Forwarded-Proto`, `X-Forwarded-Host`), each `None` unless
 /// exactly one line with a valid value was sent.
 fn trusted_forwarding(extras: &[Extra]) -> (Option<String>, Option<&'static str>) {
-    let protos: Vec<usize> = extras
-        .iter()
-        .filter_map(|e| match e {
-            Extra::ForwardedProto(n) => Some(usize::from(*n)),
+    // The one valid value among `values` sent as `which` lines, if any.
+    let one_valid = |which: fn(&Extra) -> Option<u8>, values: &[&'static str], valid: usize| {
+        let sent: Vec<usize> = extras.iter().filter_map(which).map(usize::from).collect();
+        match sent.as_slice() {
+            [n] if *n < valid => Some(values[*n]),
             _ => None,
-        })
-        .collect();
-    let hosts: Vec<usize> = extras
-        .iter()
-        .filter_map(|e| match e {
-            Extra::ForwardedHost(n) => Some(usize::from(*n)),
-            _ => None,
-        })
-        .collect();
-    let proto = match protos.as_slice() {
-        [n] if *n < VALID_FORWARDED_PROTOS => {
-            Some(FORWARDED_PROTOS[*n].trim().to_ascii_lowercase())
         }
-        _ => None,
     };
-    let host = match hosts.as_slice() {
-        [n] if *n < VALID_FORWARDED_HOSTS => Some(FORWARDED_HOSTS[*n]),
-        _ => None,
-    };
-    (proto, host)
+    let proto = one_valid(
+        |e| match e {
+            Extra::ForwardedProto(n) => Some(*n),
+            _ => None,
+        },
+        &FORWARDED_PROTOS,
+        VALID_FORWARDED_PROTOS,
+    );
+    let host = one_valid(
+        |e| match e {
+            Extra::ForwardedHost(n) => Some(*n),
+            _ => None,
+        },
+        &FORWARDED_HOSTS,
+        VALID_FORWARDED_HOSTS,
+    );
+    (proto.map(|p| p.trim().to_ascii_lowercase()), host)
 }
 
 #[derive(Debug, Clone)]
