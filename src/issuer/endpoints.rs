@@ -122,6 +122,21 @@ impl AuthorizationServer {
         Ok(json_response(StatusCode::OK, answer.to_string()))
     }
 
+    /// Whether a stored refresh token (`used` already or not) can still be
+    /// redeemed: unused, unexpired, and its grant not revoked.
+    async fn refresh_is_live(
+        &self,
+        record: &super::store::RefreshRecord,
+        used: bool,
+    ) -> Result<bool, OAuthError> {
+        let revoked = self
+            .store
+            .is_family_revoked(&record.family)
+            .await
+            .map_err(|e| self.store_failed(&e))?;
+        Ok(!used && !revoked && record.expires_at > now_unix())
+    }
+
     /// A refresh token is active only to the client it was issued to: it is
     /// no credential a resource server may accept (RFC 7662 4), and any
     /// other client learning that it is live gains nothing but the means
@@ -136,12 +151,7 @@ impl AuthorizationServer {
         else {
             return Ok(inactive);
         };
-        let revoked = self
-            .store
-            .is_family_revoked(&record.family)
-            .await
-            .map_err(|e| self.store_failed(&e))?;
-        if used || revoked || record.expires_at <= now_unix() || record.client_id != caller {
+        if !self.refresh_is_live(&record, used).await? || record.client_id != caller {
             return Ok(inactive);
         }
         Ok(json!({
@@ -232,12 +242,7 @@ impl AuthorizationServer {
             if record.client_id != client.client_id {
                 // Another client's token that is no longer valid is as good
                 // as unknown (RFC 7009 2.2).
-                let revoked = self
-                    .store
-                    .is_family_revoked(&record.family)
-                    .await
-                    .map_err(|e| self.store_failed(&e))?;
-                if used || revoked || record.expires_at <= now_unix() {
+                if !self.refresh_is_live(&record, used).await? {
                     return Ok(revoked_answer());
                 }
                 return Err(not_issued_to_caller());
