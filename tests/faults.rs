@@ -588,10 +588,75 @@ async fn answered_mid_upload(
     let (upstream, closed) = early_answering_upstream(bound).await;
     let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
     let mut client = stall_mid_upload(gw.addr).await;
-    let mut head = [0u8; 12];
-    client.read_exact(&mut head).await.unwrap();
-    assert_eq!(&head, b"HTTP/1.1 200");
+    let head = read_head(&mut client).await.unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    // RFC 9112 9.6: the client learns the connection ends with this answer.
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("\r\nconnection: close\r\n"),
+        "{head}"
+    );
     (gw, client, closed)
+}
+
+/// A request the gateway refuses before its body has all come ends its
+/// connection (the rest of the body is not read as a next request), and
+/// the refusal says so (RFC 9112 9.6), so that a client sends nothing more
+/// on it. A refused request without a body keeps its connection.
+#[tokio::test]
+async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
+    let world = World::new().await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
+    let refusals: [(&str, u16); 3] = [
+        // No route: 404.
+        ("POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab", 404),
+        // No token: 401.
+        (
+            "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nab\r\n",
+            401,
+        ),
+        // Another method than the route's: 405.
+        ("POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab", 405),
+    ];
+    for (request, status) in refusals {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        client.write_all(request.as_bytes()).await.unwrap();
+        let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+        let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
+        assert_eq!(reply.status, status, "{request:?}: {}", reply.head);
+        assert!(closed, "{request:?}: the connection stayed open");
+        assert!(
+            reply
+                .head
+                .to_ascii_lowercase()
+                .contains("\r\nconnection: close"),
+            "{request:?}: the close was not announced: {}",
+            reply.head
+        );
+    }
+
+    // Without a body the connection goes on: two refusals on one.
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    client
+        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(closed);
+    let first = RawReply::parse(&text);
+    assert_eq!(first.status, 404, "{text}");
+    assert!(
+        !first
+            .head
+            .to_ascii_lowercase()
+            .contains("connection: close"),
+        "{text}"
+    );
+    assert!(
+        text.contains("HTTP/1.1 401"),
+        "the second request went unanswered: {text}"
+    );
 }
 
 #[tokio::test]

@@ -38,7 +38,13 @@
 //! as hand-built frames and header blocks ([`frames`]). A second gateway
 //! trusts the test client as a proxy in front (`trusted_proxies`) and removes
 //! `X-Tenant-Id` (`forward.remove_headers`), which must then never arrive in
-//! any spelling.
+//! any spelling. A third has a public catch-all route and `route_matching`
+//! for an upstream that routes `/ADMIN/` as `/admin`: the scopes a forwarded
+//! request needed are those of the route the upstream takes it to.
+//!
+//! A stream the gateway closes cleanly before answering all of it must have
+//! announced the close (`Connection: close`) on its last answer, unless that
+//! request asked for it.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 512 streams,
 //! 128 over HTTP/2, and 256 hand-built HTTP/2 connections) for a longer
@@ -511,6 +517,11 @@ const TARGETS: &[&str] = &[
     "/status/.%2e/admin",
     "/status#/../admin",
     "/%61dmin",
+    "/%41dmin",
+    "/Admin",
+    "/ADMIN/users/3",
+    "/admin/",
+    "/Orders/7/",
     "/admin%2f",
     "/admin/..",
     "/admin/%2e%2e/orders/7",
@@ -958,10 +969,16 @@ enum Need {
     Any(&'static [&'static str]),
 }
 
+/// A lower-case method (which servers would upper-case), CONNECT and TRACE
+/// are refused before any route or token is looked at.
+fn refused_method(method: &str) -> bool {
+    method.bytes().any(|b| b.is_ascii_lowercase()) || matches!(method, "CONNECT" | "TRACE")
+}
+
 fn need(method: &str, path: &str) -> Result<Need, String> {
     // Refused before any route: a method servers would upper-case, and
     // CONNECT and TRACE.
-    if method.bytes().any(|b| b.is_ascii_lowercase()) || matches!(method, "CONNECT" | "TRACE") {
+    if refused_method(method) {
         return Err(format!("no route forwards {method}"));
     }
     let path = &routed(path);
@@ -1119,7 +1136,10 @@ fn check_upstream(lab: &Lab) -> Result<HashMap<u64, usize>, String> {
                 sent.presented.map(|_| "hostile".to_owned()),
             ),
         ];
-        match need(&record.method, path).map_err(|e| format!("{e}: {what}"))? {
+        match lab
+            .need(&record.method, path)
+            .map_err(|e| format!("{e}: {what}"))?
+        {
             Need::Public => {
                 // Identity headers, if any, only from the token itself.
                 for (name, own) in &identity {
@@ -1231,10 +1251,34 @@ struct Lab {
     /// (`trusted_proxies`) and removes `X-Tenant-Id`
     /// (`forward.remove_headers`).
     trusting: bool,
+    /// The gateway has a public `/{*page}` catch-all route after the
+    /// standard ones, and `route_matching` set for an upstream that routes
+    /// case-insensitively and ignores a trailing slash (Express).
+    catch_all: bool,
     gateway: Gateway,
     tokens: Tokens,
     ledger: RefCell<Ledger>,
     _secret: tempfile::TempDir,
+}
+
+impl Lab {
+    /// What this lab's routes require of `method path` as the upstream
+    /// routes it. Behind the catch-all gateway it routes as Express does
+    /// (case-insensitively, a trailing slash ignored), and any path no other
+    /// route takes is public.
+    fn need(&self, method: &str, path: &str) -> Result<Need, String> {
+        if !self.catch_all {
+            return need(method, path);
+        }
+        let mut upstream_path = path.to_ascii_lowercase();
+        if upstream_path.len() > 1 && upstream_path.ends_with('/') {
+            upstream_path.pop();
+        }
+        match need(method, &upstream_path) {
+            Err(_) if !refused_method(method) => Ok(Need::Public),
+            need => need,
+        }
+    }
 }
 
 async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
@@ -1281,6 +1325,11 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
             methods.len()
         ));
     }
+    // A clean close before the last request is answered is announced
+    // (RFC 9112 9.6): the client then knows which requests to send again.
+    if clean && answers.len() < methods.len() {
+        check_announced_close(&answers, stream)?;
+    }
 
     // A fresh client is served, and by then every forwarded request of the
     // stream has been recorded (each was recorded before it was answered).
@@ -1291,6 +1340,33 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
         judge(answer, stream.get(n), ids[n], &counts, &lab.tokens)?;
     }
     Ok(())
+}
+
+/// The last of `answers` says the connection closes after it, or answers a
+/// request that asked for that (`Connection: close`, or HTTP/1.0).
+fn check_announced_close(answers: &[Answer], stream: &[Req]) -> Result<(), String> {
+    let Some(last) = answers.last() else {
+        return Err("the connection closed cleanly with no answer".to_owned());
+    };
+    let says_close = last
+        .headers("connection")
+        .iter()
+        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
+    let asked = stream.get(answers.len() - 1).is_some_and(|r| {
+        r.extras
+            .iter()
+            .any(|e| matches!(e, Extra::ConnectionClose | Extra::Http10))
+    });
+    if says_close || asked {
+        return Ok(());
+    }
+    Err(format!(
+        "{} of {} requests answered, then a clean close the last answer did not announce: {} to {:?}",
+        answers.len(),
+        stream.len() + 1,
+        last.head,
+        stream.get(answers.len() - 1)
+    ))
 }
 
 /// A fresh client gets 200 for a plain request (recorded under a case id).
@@ -1347,10 +1423,9 @@ fn judge(
     }
     // A lower-case method, CONNECT and TRACE are refused before any route
     // or token is looked at.
-    let refused_method = req.is_some_and(|r| {
-        r.method.bytes().any(|b| b.is_ascii_lowercase()) || matches!(r.method, "CONNECT" | "TRACE")
-    });
-    if refused_method && matches!(answer.status, 401 | 403 | 404 | 405) {
+    if req.is_some_and(|r| refused_method(r.method))
+        && matches!(answer.status, 401 | 403 | 404 | 405)
+    {
         return Err(format!("a method no route forwards was routed: {what}"));
     }
     // The gateway's own answers (the upstream's echo may repeat a query).
@@ -1364,12 +1439,13 @@ fn judge(
 /// A gateway in front of the standard world and an introspection endpoint,
 /// on a runtime of its own.
 fn lab() -> (tokio::runtime::Runtime, Lab) {
-    lab_trusting(false)
+    lab_with(false, false)
 }
 
 /// The gateway of [`lab`]; `trusting`: it also trusts the test client as a
-/// proxy in front (`trusted_proxies`) and removes `X-Tenant-Id`.
-fn lab_trusting(trusting: bool) -> (tokio::runtime::Runtime, Lab) {
+/// proxy in front (`trusted_proxies`) and removes `X-Tenant-Id`;
+/// `catch_all`: it has a public catch-all route and lax route matching.
+fn lab_with(trusting: bool, catch_all: bool) -> (tokio::runtime::Runtime, Lab) {
     let runtime = runtime();
     let lab = runtime.block_on(async {
         let world = World::new().await;
@@ -1378,6 +1454,12 @@ fn lab_trusting(trusting: bool) -> (tokio::runtime::Runtime, Lab) {
         let secret_file = secret.path().join("introspection-secret");
         std::fs::write(&secret_file, "hostile-introspection-secret\n").unwrap();
         let mut config = config(&world, introspection, &secret_file);
+        if catch_all {
+            // `routes:` is the standard config's last key.
+            config.push_str(
+                "  - path: /{*page}\n    upstream: app\n    auth: none\nroute_matching:\n  case_sensitive: false\n  trailing_slash: ignore\n",
+            );
+        }
         if trusting {
             config.push_str(
                 "trusted_proxies: [127.0.0.1/32]\nforward:\n  remove_headers: [X-Tenant-Id]\n",
@@ -1388,6 +1470,7 @@ fn lab_trusting(trusting: bool) -> (tokio::runtime::Runtime, Lab) {
         Lab {
             world,
             trusting,
+            catch_all,
             gateway,
             tokens,
             ledger: RefCell::new(Ledger::default()),
@@ -1415,7 +1498,7 @@ fn campaign<S: Strategy>(
 /// failing closed as before.
 #[test]
 fn hostile_requests_from_a_trusted_proxy_fail_closed_too() {
-    let (runtime, lab) = lab_trusting(true);
+    let (runtime, lab) = lab_with(true, false);
     // Every request carries up to two such headers besides its own extras.
     let streams = stream()
         .prop_flat_map(|stream| {
@@ -1432,6 +1515,19 @@ fn hostile_requests_from_a_trusted_proxy_fail_closed_too() {
             stream
         });
     run_campaign(&runtime, &lab, 256, streams, async |lab, stream| {
+        run_case(lab, &stream).await
+    });
+}
+
+/// The same request streams to a gateway with a public `/{*page}`
+/// catch-all after the standard routes, in front of an upstream that routes
+/// case-insensitively and ignores a trailing slash (`route_matching` says
+/// so): no spelling of a scoped path reaches the upstream as that path
+/// through the public route.
+#[test]
+fn hostile_requests_never_reach_a_scoped_path_through_a_public_catch_all() {
+    let (runtime, lab) = lab_with(false, true);
+    run_campaign(&runtime, &lab, 256, stream(), async |lab, stream| {
         run_case(lab, &stream).await
     });
 }

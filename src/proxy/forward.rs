@@ -107,6 +107,7 @@ impl Forwarder {
         // opened it (read now, the clock only if a tunnel opens).
         let token_accepted_until = permit.identity().map(|token| token.accepted_until);
         let (mut parts, body) = request.into_parts();
+        let client_http1 = parts.version < http::Version::HTTP_2;
         let from_trusted_proxy = !self.trusted_proxies.is_empty()
             && self
                 .trusted_proxies
@@ -235,6 +236,15 @@ impl Forwarder {
                 }
                 response.headers_mut().remove(CONNECTION);
             }
+            // The upstream answered before the client's HTTP/1 request body
+            // had all come: the answer says that the connection ends with
+            // it (RFC 9112 9.6), as hyper may not read the rest of the body
+            // on to a next request.
+            if client_http1 && upload_end.as_ref().is_some_and(|u| u.ended.get().is_none()) {
+                response
+                    .headers_mut()
+                    .insert(CONNECTION, HeaderValue::from_static("close"));
+            }
         }
         let idle_timeout = upstream.config.body_idle_timeout;
         let failures = upstream.body_failures.clone();
@@ -304,10 +314,6 @@ fn upstream_uri(
     Ok(Uri::from(pq))
 }
 
-/// Maps a send error to the response and, when the upstream is to blame, a
-/// metric kind: timeouts are 504, other upstream failures 502; a
-/// request body the client let stall is 408, one that broke off 400 (`None`:
-/// not the upstream's failure).
 /// Waits for the upstream's answer for `timeout` from when the request
 /// body was all sent, so that an upload longer than the timeout is not cut
 /// off with 504: while it runs, `body_idle_timeout` bounds the client's
@@ -357,6 +363,10 @@ pub fn websocket_accept(key: &HeaderValue) -> HeaderValue {
     HeaderValue::from_str(&encoded).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
+/// Maps a send error to the response and, when the upstream is to blame, a
+/// metric kind: timeouts are 504, other upstream failures 502; a
+/// request body the client let stall is 408, one that broke off 400 (`None`:
+/// not the upstream's failure).
 fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
     let connecting = matches!(error, SendError::Connect(_));

@@ -6,7 +6,9 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{
+    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
+};
 use http::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
@@ -240,6 +242,12 @@ impl Gateway {
             method,
             armed: true,
         };
+        // An HTTP/1 request whose body has not all arrived: refused, its
+        // connection ends with the answer (hyper closes what it cannot read
+        // on to the next request), so the answer says so (RFC 9112 9.6) and
+        // the client sends nothing more on it.
+        let body_pending =
+            request.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(request.body());
         let (route, outcome) = self
             .pipeline(request, client, &matched, &mut served_by)
             .await;
@@ -248,7 +256,13 @@ impl Gateway {
             Ok(response) => (response, "ok"),
             Err(error) => {
                 let reason = error.reason();
-                (error.into_response(&self.challenge), reason)
+                let mut response = error.into_response(&self.challenge);
+                if body_pending {
+                    response
+                        .headers_mut()
+                        .insert(CONNECTION, HeaderValue::from_static("close"));
+                }
+                (response, reason)
             }
         };
         let route_name = route.map_or(served_by, |r| &r.name);
