@@ -21,7 +21,8 @@
 //! - the identity headers the upstream gets are the token's own, never the
 //!   client's;
 //! - the answers parse as HTTP/1 responses, in request order; each 2xx is
-//!   exactly a request the upstream got; 401 carries `WWW-Authenticate:
+//!   exactly a request the upstream got, and carries that request's own
+//!   upstream answer (which echoes its case id), never another's; 401 carries `WWW-Authenticate:
 //!   Bearer`, 403 `error="insufficient_scope"` (RFC 6750); nothing is a
 //!   gateway failure (500, 502-504) with a healthy upstream; none of the
 //!   gateway's own answers contains a token's signature;
@@ -1337,7 +1338,8 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
 
     let counts = check_upstream(lab)?;
     for (n, answer) in answers.iter().enumerate() {
-        judge(answer, stream.get(n), ids[n], &counts, &lab.tokens)?;
+        let method = stream.get(n).map_or("GET", |r| r.method);
+        judge(answer, stream.get(n), method, ids[n], &counts, &lab.tokens)?;
     }
     Ok(())
 }
@@ -1395,10 +1397,12 @@ async fn fresh_client_served(lab: &Lab) -> Result<(), String> {
 }
 
 /// The checks on one answer: `req` is the request it answers (`None` for
-/// the sentinel), `counts` how often the upstream got each case id.
+/// the sentinel and hand-built HTTP/2 requests), `method` its method,
+/// `counts` how often the upstream got each case id.
 fn judge(
     answer: &Answer,
     req: Option<&Req>,
+    method: &str,
     id: u64,
     counts: &HashMap<u64, usize>,
     tokens: &Tokens,
@@ -1417,6 +1421,18 @@ fn judge(
     let forwarded = counts.get(&id).copied().unwrap_or(0) == 1;
     if (200..300).contains(&answer.status) != forwarded {
         return Err(format!("forwarded: {forwarded}, but {what}"));
+    }
+    // A forwarded request's answer is its own upstream answer, which echoes
+    // its case id: never another request's (a desynchronised connection).
+    if forwarded && method != "HEAD" {
+        let echoed = serde_json::from_slice::<serde_json::Value>(&answer.body)
+            .ok()
+            .and_then(|v| v.get("case")?.as_str().map(str::to_owned));
+        if echoed != Some(id.to_string()) {
+            return Err(format!(
+                "the answer of another request (echoed case {echoed:?}): {what}"
+            ));
+        }
     }
     if req.is_some_and(|r| r.plain) && answer.status != 200 {
         return Err(format!("a plain, allowed request was refused: {what}"));
@@ -1677,7 +1693,7 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     }
     let counts = check_upstream(lab)?;
     for (req, id, answer) in &answered {
-        judge(answer, Some(req), *id, &counts, &lab.tokens)?;
+        judge(answer, Some(req), req.method, *id, &counts, &lab.tokens)?;
     }
     Ok(())
 }

@@ -1401,7 +1401,7 @@ async fn run_frames_case(lab: &Lab, script: &[Step]) -> Result<(), String> {
                     body: s.body.clone(),
                     cut: false,
                 };
-                judge(&answer, None, *id, &counts, &lab.tokens)
+                judge(&answer, None, req.method, *id, &counts, &lab.tokens)
                     .map_err(|e| format!("{e}; {what}"))?;
                 if *plain && status != 200 {
                     return Err(format!("a plain, allowed request was refused: {what}"));

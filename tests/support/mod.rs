@@ -87,10 +87,17 @@ impl Upstream {
                             if current == UpstreamMode::Hang {
                                 tokio::time::sleep(Duration::from_secs(3600)).await;
                             }
-                            let echo = serde_json::json!({
+                            let mut echo = serde_json::json!({
                                 "path": record.path_and_query,
                                 "body_len": record.body_len,
                             });
+                            // A campaign's case id: which request an answer
+                            // is to.
+                            if let Some(case) =
+                                record.headers.get("x-case").and_then(|v| v.to_str().ok())
+                            {
+                                echo["case"] = case.into();
+                            }
                             Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(
                                 echo.to_string(),
                             ))))
