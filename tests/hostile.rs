@@ -45,7 +45,8 @@
 //!
 //! A stream the gateway closes cleanly before answering all of it must have
 //! announced the close (`Connection: close`) on its last answer, unless that
-//! request asked for it.
+//! request asked for it; and nothing sent after a request that asked to
+//! close (`Connection: close`, HTTP/1.0) is answered or forwarded.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 512 streams,
 //! 128 over HTTP/2, and 256 hand-built HTTP/2 connections) for a longer
@@ -1337,11 +1338,38 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     fresh_client_served(lab).await?;
 
     let counts = check_upstream(lab)?;
+    // RFC 9112 9.6: nothing sent after a request that asked to close the
+    // connection is processed, let alone forwarded.
+    if let Some(last) = stream.iter().position(asks_to_close) {
+        if answers.len() > last + 1 {
+            return Err(format!(
+                "{} answers, past request {} that asked to close: {:?}",
+                answers.len(),
+                last + 1,
+                stream.get(last)
+            ));
+        }
+        if let Some(id) = ids[last + 1..].iter().find(|id| counts.contains_key(id)) {
+            return Err(format!(
+                "case {id} forwarded, sent after request {} that asked to close: {:?}",
+                last + 1,
+                stream.get(last)
+            ));
+        }
+    }
     for (n, answer) in answers.iter().enumerate() {
         let method = stream.get(n).map_or("GET", |r| r.method);
         judge(answer, stream.get(n), method, ids[n], &counts, &lab.tokens)?;
     }
     Ok(())
+}
+
+/// The request asks for the connection to end with its answer:
+/// `Connection: close`, or HTTP/1.0 (without `keep-alive`).
+fn asks_to_close(req: &Req) -> bool {
+    req.extras
+        .iter()
+        .any(|e| matches!(e, Extra::ConnectionClose | Extra::Http10))
 }
 
 /// The last of `answers` says the connection closes after it, or answers a
@@ -1354,11 +1382,7 @@ fn check_announced_close(answers: &[Answer], stream: &[Req]) -> Result<(), Strin
         .headers("connection")
         .iter()
         .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
-    let asked = stream.get(answers.len() - 1).is_some_and(|r| {
-        r.extras
-            .iter()
-            .any(|e| matches!(e, Extra::ConnectionClose | Extra::Http10))
-    });
+    let asked = stream.get(answers.len() - 1).is_some_and(asks_to_close);
     if says_close || asked {
         return Ok(());
     }
