@@ -250,20 +250,27 @@ impl GatewayError {
             Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
-            // Framing that can't be trusted, a body whose rest can't be
-            // skipped, or tunnel bytes a refused CONNECT's client may send
-            // at once: the connection ends with this response.
-            Self::AmbiguousFraming
-            | Self::UnsupportedTransferCoding
-            | Self::UnsupportedMethod
-            | Self::BadHost
-            | Self::RequestBodyTimeout
-            | Self::RequestBodyBroken => {
-                headers.insert(CONNECTION, HeaderValue::from_static("close"));
-            }
             _ => {}
         }
+        if self.ends_connection() {
+            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+        }
         response
+    }
+
+    /// Whether the connection ends with this answer whatever the request:
+    /// framing that can't be trusted, a body whose rest can't be skipped,
+    /// or tunnel bytes a refused CONNECT's client may send at once.
+    pub fn ends_connection(&self) -> bool {
+        matches!(
+            self,
+            Self::AmbiguousFraming
+                | Self::UnsupportedTransferCoding
+                | Self::UnsupportedMethod
+                | Self::BadHost
+                | Self::RequestBodyTimeout
+                | Self::RequestBodyBroken
+        )
     }
 }
 

@@ -602,12 +602,14 @@ async fn answered_mid_upload(
 /// A request the gateway refuses before its body has all come ends its
 /// connection (the rest of the body is not read as a next request), and
 /// the refusal says so (RFC 9112 9.6), so that a client sends nothing more
-/// on it. A refused request without a body keeps its connection.
+/// on it. So does one that waits for `100 Continue` (it is not asked for its
+/// body). A refused request whose small body came, or one without a body,
+/// keeps its connection.
 #[tokio::test]
 async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
     let world = World::new().await;
     let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
-    let refusals: [(&str, u16); 3] = [
+    let refusals: [(&str, u16); 4] = [
         // No route: 404.
         ("POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab", 404),
         // No token: 401.
@@ -617,6 +619,11 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         ),
         // Another method than the route's: 405.
         ("POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab", 405),
+        // Waiting for `100 Continue`.
+        (
+            "POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\nExpect: 100-continue\r\n\r\n",
+            404,
+        ),
     ];
     for (request, status) in refusals {
         let mut client = TcpStream::connect(gw.addr).await.unwrap();
@@ -635,27 +642,51 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         );
     }
 
-    // Without a body the connection goes on: two refusals on one.
-    let mut client = TcpStream::connect(gw.addr).await.unwrap();
-    client
-        .write_all(b"GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
-        .await
-        .unwrap();
-    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
-    let text = String::from_utf8_lossy(&bytes);
-    assert!(closed);
-    let first = RawReply::parse(&text);
-    assert_eq!(first.status, 404, "{text}");
-    assert!(
-        !first
-            .head
-            .to_ascii_lowercase()
-            .contains("connection: close"),
-        "{text}"
-    );
-    assert!(
-        text.contains("HTTP/1.1 401"),
-        "the second request went unanswered: {text}"
+    // With no body, or a small one that came whole, the connection goes
+    // on: a refusal, then the next request (a request inside the body is
+    // body, not a request).
+    let hidden = "GET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let firsts = [
+        "GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\n".to_owned(),
+        format!(
+            "POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {}\r\n\r\n{hidden}",
+            hidden.len()
+        ),
+        format!(
+            "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
+            hidden.len()
+        ),
+    ];
+    let seen = world.upstream.count();
+    for first in firsts {
+        let mut client = TcpStream::connect(gw.addr).await.unwrap();
+        let second = "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+        client
+            .write_all(format!("{first}{second}").as_bytes())
+            .await
+            .unwrap();
+        let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+        let text = String::from_utf8_lossy(&bytes);
+        assert!(closed);
+        let reply = RawReply::parse(&text);
+        assert!(matches!(reply.status, 401 | 404), "{first:?}: {text}");
+        assert!(
+            !reply
+                .head
+                .to_ascii_lowercase()
+                .contains("connection: close"),
+            "{first:?}: {text}"
+        );
+        assert_eq!(
+            text.matches("HTTP/1.1 401").count() + text.matches("HTTP/1.1 404").count(),
+            2,
+            "{first:?}: the second request went unanswered, or a third appeared: {text}"
+        );
+    }
+    assert_eq!(
+        world.upstream.count(),
+        seen,
+        "a hidden request was forwarded"
     );
 }
 

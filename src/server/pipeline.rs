@@ -17,7 +17,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::auth::jwt::TokenError;
-use crate::auth::{authorize, Authenticator, Refused, VerifiedToken};
+use crate::auth::{authorize, Authenticator, Permit, Refused, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
@@ -242,22 +242,19 @@ impl Gateway {
             method,
             armed: true,
         };
-        // An HTTP/1 request whose body has not all arrived: refused, its
-        // connection ends with the answer (hyper closes what it cannot read
-        // on to the next request), so the answer says so (RFC 9112 9.6) and
-        // the client sends nothing more on it.
-        let body_pending =
-            request.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(request.body());
         let (route, outcome) = self
             .pipeline(request, client, &matched, &mut served_by)
             .await;
         abandoned.armed = false;
         let (response, reason) = match outcome {
             Ok(response) => (response, "ok"),
-            Err(error) => {
+            Err((error, body_left)) => {
                 let reason = error.reason();
                 let mut response = error.into_response(&self.challenge);
-                if body_pending {
+                // The connection ends with the answer (hyper does not read
+                // a body's rest as a next request), so the answer says so
+                // (RFC 9112 9.6) and the client sends nothing more on it.
+                if body_left {
                     response
                         .headers_mut()
                         .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -287,36 +284,70 @@ impl Gateway {
         response
     }
 
-    /// The phases. Returns the matched route (for labels) and the outcome.
+    /// The phases. Returns the matched route (for labels) and the outcome:
+    /// a refusal says whether an HTTP/1 request body was left unread.
     async fn pipeline<'a>(
         &'a self,
         request: Request<Incoming>,
         client: &ClientInfo,
         matched: &OnceLock<&'a Route>,
         served_by: &mut &'static str,
-    ) -> (Option<&'a Route>, Result<Response<Body>, GatewayError>) {
-        if let Err(e) = check_framing(&request) {
-            return (None, Err(e));
+    ) -> (Option<&'a Route>, Outcome) {
+        match self.check(&request, matched, served_by).await {
+            // 5. Forward. A path that canonicalisation left as it was goes
+            // upstream as received.
+            Verdict::Forward { permit, rewritten } => {
+                let route = permit.route();
+                let body_pending = body_pending(&request);
+                let result = self
+                    .forwarder
+                    .forward(permit, request, rewritten.as_deref(), client)
+                    .await;
+                // A failed forward may have left the body half read.
+                (Some(route), result.map_err(|e| (e, body_pending)))
+            }
+            Verdict::Refused(route, error) => {
+                let body_left = body_pending(&request)
+                    && (error.ends_connection() || !skip_body(request).await);
+                (route, Err((error, body_left)))
+            }
+            Verdict::AuthorizationServer(server, path) => {
+                // Boxed: the endpoints' futures are large, and inline they
+                // would be moved with every proxied request's future.
+                (None, Ok(Box::pin(server.handle(request, &path)).await))
+            }
+            Verdict::ResourceMetadata(resource) => (None, Ok(resource_metadata_response(resource))),
+        }
+    }
+
+    /// Phases 1 to 4: canonicalise the path, match a route, authenticate,
+    /// authorize. Only a [`Verdict::Forward`] carries the permit forwarding
+    /// needs.
+    async fn check<'a>(
+        &'a self,
+        request: &Request<Incoming>,
+        matched: &OnceLock<&'a Route>,
+        served_by: &mut &'static str,
+    ) -> Verdict<'a> {
+        if let Err(e) = check_framing(request) {
+            return Verdict::Refused(None, e);
         }
 
         // 1. Canonicalise the path.
         let path = match canonicalize(request.uri().path()) {
             Ok(path) => path,
-            Err(e) => return (None, Err(GatewayError::BadPath(e))),
+            Err(e) => return Verdict::Refused(None, GatewayError::BadPath(e)),
         };
         if let Some((_, server)) = &self.authorization_server {
             if server.owns(&path) {
                 *served_by = AUTHORIZATION_SERVER;
-                let path = path.into_owned();
-                // Boxed: the endpoints' futures are large, and inline they
-                // would be moved with every proxied request's future.
-                return (None, Ok(Box::pin(server.handle(request, &path)).await));
+                return Verdict::AuthorizationServer(server, path.into_owned());
             }
         }
         if let Some(resource) = &self.resource {
             if *path == *resource.path && request.method() == Method::GET {
                 *served_by = RESOURCE_METADATA;
-                return (None, Ok(resource_metadata_response(resource)));
+                return Verdict::ResourceMetadata(resource);
             }
         }
 
@@ -327,39 +358,39 @@ impl Gateway {
             .bytes()
             .any(|b| b.is_ascii_lowercase())
         {
-            return (None, Err(GatewayError::BadMethod));
+            return Verdict::Refused(None, GatewayError::BadMethod);
         }
         if crate::routes::never_forwarded(request.method()) {
-            return (None, Err(GatewayError::UnsupportedMethod));
+            return Verdict::Refused(None, GatewayError::UnsupportedMethod);
         }
         // As every upstream would read it (`/admin;x/users` is Tomcat's
         // `/admin/users`, Express's `/admin;x/users`); the canonical
         // spelling is forwarded.
         let lookup = match self.routes.route(request.method(), &path) {
             Ok(lookup) => lookup,
-            Err(e) => return (None, Err(GatewayError::BadPath(e))),
+            Err(e) => return Verdict::Refused(None, GatewayError::BadPath(e)),
         };
         let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
-                return (
+                return Verdict::Refused(
                     None,
-                    Err(GatewayError::MethodNotAllowed {
+                    GatewayError::MethodNotAllowed {
                         allow: allow.clone(),
-                    }),
+                    },
                 )
             }
-            Lookup::NotFound => return (None, Err(GatewayError::RouteNotFound)),
+            Lookup::NotFound => return Verdict::Refused(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
 
         // 3. Authenticate (bearer routes only).
-        let identity = match self.authenticate(route, &request).await {
+        let identity = match self.authenticate(route, request).await {
             Ok(identity) => identity,
             Err(Refused { issuer, error }) => {
                 let issuer = issuer.map_or(NO_ISSUER, |index| self.auth.issuer_name(index));
                 self.decision(issuer, "deny", error.reason());
-                return (Some(route), Err(error));
+                return Verdict::Refused(Some(route), error);
             }
         };
 
@@ -371,25 +402,18 @@ impl Gateway {
             Ok(permit) => permit,
             Err(e) => {
                 self.decision(issuer, "deny", e.reason());
-                return (Some(route), Err(e));
+                return Verdict::Refused(Some(route), e);
             }
         };
         match &identity {
             Some(token) => self.allowed(token.issuer),
             None => self.decision(issuer, "allow", "public"),
         }
-
-        // 5. Forward. A path that canonicalisation left as it was goes
-        // upstream as received.
         let rewritten = match path {
             Cow::Borrowed(_) => None,
             Cow::Owned(path) => Some(path),
         };
-        let result = self
-            .forwarder
-            .forward(permit, request, rewritten.as_deref(), client)
-            .await;
-        (Some(route), result)
+        Verdict::Forward { permit, rewritten }
     }
 
     async fn authenticate(
@@ -516,6 +540,69 @@ impl Gateway {
 /// Refuses requests whose framing or target is ambiguous: both Content-Length
 /// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
 /// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
+/// What a request came to: an answer, or a refusal and whether it left an
+/// HTTP/1 request body unread (its connection then ends with the answer).
+type Outcome = Result<Response<Body>, (GatewayError, bool)>;
+
+/// What phases 1 to 4 decided for a request.
+enum Verdict<'a> {
+    /// Passed its route's check. `rewritten`: the canonical path, when it
+    /// is not the path as received.
+    Forward {
+        permit: Permit<'a>,
+        rewritten: Option<String>,
+    },
+    /// Refused, with the route if one matched (for labels).
+    Refused(Option<&'a Route>, GatewayError),
+    /// An endpoint of the built-in authorization server, at this path.
+    AuthorizationServer(&'a AuthorizationServer, String),
+    /// The RFC 9728 protected resource metadata.
+    ResourceMetadata(&'a ResourceMetadata),
+}
+
+/// How much of a refused request's body is read and dropped so that its
+/// connection can take the next request (as nginx and Go do).
+const SKIPPED_BODY_LIMIT: u64 = 64 * 1024;
+/// How long a refusal waits for that body: one already sent (most) comes
+/// at once; one that does not is cut off with the connection.
+const SKIPPED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// An HTTP/1 request whose body has not all been read.
+fn body_pending(request: &Request<Incoming>) -> bool {
+    request.version() < Version::HTTP_2 && !http_body::Body::is_end_stream(request.body())
+}
+
+/// Reads and drops a refused request's body, when it is small and comes
+/// at once: whether it ended. Not one that waits for `100 Continue`: that
+/// client sends no body after a final answer.
+async fn skip_body(request: Request<Incoming>) -> bool {
+    use http_body_util::BodyExt as _;
+    let expects_continue = request.headers().contains_key(http::header::EXPECT);
+    let mut body = request.into_body();
+    let declared = http_body::Body::size_hint(&body).lower();
+    if expects_continue || declared > SKIPPED_BODY_LIMIT {
+        return false;
+    }
+    let read = async {
+        let mut read = 0u64;
+        while let Some(frame) = body.frame().await {
+            let Ok(frame) = frame else {
+                return false;
+            };
+            if let Some(data) = frame.data_ref() {
+                read = read.saturating_add(data.len() as u64);
+                if read > SKIPPED_BODY_LIMIT {
+                    return false;
+                }
+            }
+        }
+        true
+    };
+    tokio::time::timeout(SKIPPED_BODY_WAIT, read)
+        .await
+        .unwrap_or(false)
+}
+
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
