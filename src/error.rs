@@ -5,7 +5,7 @@ use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CONNECTION, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 use http_body_util::{Either, Full};
 
@@ -253,7 +253,7 @@ impl GatewayError {
             _ => {}
         }
         if self.ends_connection() {
-            headers.insert(CONNECTION, HeaderValue::from_static("close"));
+            crate::proxy::headers::announce_close(headers);
         }
         response
     }

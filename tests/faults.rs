@@ -104,6 +104,27 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+/// Whether a response head says `Connection: close` (a token of the field).
+fn says_close(head: &str) -> bool {
+    head.lines().skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("connection")
+                && value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    })
+}
+
+/// Sends `bytes` on a new connection to `addr` and reads until the peer
+/// closes it (at most 10 s): what it sent, and whether it closed.
+async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {
+    let mut client = TcpStream::connect(addr).await.unwrap();
+    client.write_all(bytes).await.unwrap();
+    let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
+    (String::from_utf8_lossy(&bytes).into_owned(), closed)
+}
+
 /// Reads until the peer closes, at most `bound`; also says whether it closed.
 async fn read_until_closed(stream: &mut TcpStream, bound: Duration) -> (Vec<u8>, bool) {
     let mut out = Vec::new();
@@ -591,11 +612,7 @@ async fn answered_mid_upload(
     let head = read_head(&mut client).await.unwrap();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     // RFC 9112 9.6: the client learns the connection ends with this answer.
-    assert!(
-        head.to_ascii_lowercase()
-            .contains("\r\nconnection: close\r\n"),
-        "{head}"
-    );
+    assert!(says_close(&head), "{head}");
     (gw, client, closed)
 }
 
@@ -609,7 +626,9 @@ async fn answered_mid_upload(
 async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
     let world = World::new().await;
     let gw = Gateway::start(&yaml(&world.jwks.uri(), world.upstream.addr, "", "")).await;
-    let refusals: [(&str, u16); 4] = [
+    let refusals: [(&str, u16); 5] = [
+        // CONNECT (no path): its client may send tunnel bytes at once.
+        ("CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\n\r\n", 501),
         // No route: 404.
         ("POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab", 404),
         // No token: 401.
@@ -626,17 +645,12 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         ),
     ];
     for (request, status) in refusals {
-        let mut client = TcpStream::connect(gw.addr).await.unwrap();
-        client.write_all(request.as_bytes()).await.unwrap();
-        let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
-        let reply = RawReply::parse(&String::from_utf8_lossy(&bytes));
+        let (text, closed) = send_raw(gw.addr, request.as_bytes()).await;
+        let reply = RawReply::parse(&text);
         assert_eq!(reply.status, status, "{request:?}: {}", reply.head);
         assert!(closed, "{request:?}: the connection stayed open");
         assert!(
-            reply
-                .head
-                .to_ascii_lowercase()
-                .contains("\r\nconnection: close"),
+            says_close(&reply.head),
             "{request:?}: the close was not announced: {}",
             reply.head
         );
@@ -659,26 +673,14 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
     ];
     let seen = world.upstream.count();
     for first in firsts {
-        let mut client = TcpStream::connect(gw.addr).await.unwrap();
         let second = "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
-        client
-            .write_all(format!("{first}{second}").as_bytes())
-            .await
-            .unwrap();
-        let (bytes, closed) = read_until_closed(&mut client, Duration::from_secs(10)).await;
-        let text = String::from_utf8_lossy(&bytes);
+        let (text, closed) = send_raw(gw.addr, format!("{first}{second}").as_bytes()).await;
         assert!(closed);
         let reply = RawReply::parse(&text);
         assert!(matches!(reply.status, 401 | 404), "{first:?}: {text}");
-        assert!(
-            !reply
-                .head
-                .to_ascii_lowercase()
-                .contains("connection: close"),
-            "{first:?}: {text}"
-        );
+        assert!(!says_close(&reply.head), "{first:?}: {text}");
         assert_eq!(
-            text.matches("HTTP/1.1 401").count() + text.matches("HTTP/1.1 404").count(),
+            text.matches("HTTP/1.").count(),
             2,
             "{first:?}: the second request went unanswered, or a third appeared: {text}"
         );
@@ -688,6 +690,63 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         seen,
         "a hidden request was forwarded"
     );
+}
+
+/// A forward that fails once the client's body was all read (a malformed
+/// upstream answer: 502) leaves nothing unread, so the connection takes the
+/// next request; one that fails before (no upstream listening) ends it, and
+/// says so.
+#[tokio::test]
+async fn a_failed_forward_ends_the_connection_only_with_a_body_left_unread() {
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                // The head and the 2-byte body, then an answer with both
+                // framing headers, which the gateway refuses (502).
+                let mut got = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !got.ends_with(b"\r\n\r\nab") {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let _ = stream
+                    .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n")
+                    .await;
+                let _ = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+            });
+        }
+    });
+    let upload = "POST /files/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nab";
+    let next = "GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    let (text, closed) = send_raw(gw.addr, format!("{upload}{next}").as_bytes()).await;
+    assert!(closed);
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 502, "{text}");
+    assert!(!says_close(&reply.head), "{text}");
+    assert!(
+        text.contains("HTTP/1.1 404"),
+        "the next request went unanswered: {text}"
+    );
+
+    // Nobody listening: the body is never read.
+    let gone = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let nobody = gone.local_addr().unwrap();
+    drop(gone);
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), nobody, "", "")).await;
+    let (text, closed) = send_raw(
+        gw.addr,
+        b"POST /files/x HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab",
+    )
+    .await;
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 502, "{text}");
+    assert!(closed && says_close(&reply.head), "{text}");
 }
 
 #[tokio::test]

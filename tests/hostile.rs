@@ -1272,7 +1272,9 @@ impl Lab {
         if !self.catch_all {
             return need(method, path);
         }
-        let mut upstream_path = path.to_ascii_lowercase();
+        // The gateway forwards unreserved characters decoded; an upstream
+        // would decode `%41` as `A` too.
+        let mut upstream_path = decode_unreserved(path).to_ascii_lowercase();
         if upstream_path.len() > 1 && upstream_path.ends_with('/') {
             upstream_path.pop();
         }
@@ -1281,6 +1283,32 @@ impl Lab {
             need => need,
         }
     }
+}
+
+/// `path` with `%XX` escapes of unreserved characters (RFC 3986 2.3)
+/// decoded.
+fn decode_unreserved(path: &str) -> String {
+    let bytes = path.as_bytes();
+    let mut out = String::with_capacity(path.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            .filter(|b| b.is_ascii_alphanumeric() || b"-._~".contains(b));
+        match decoded {
+            Some(b) => {
+                out.push(char::from(b));
+                i += 3;
+            }
+            None => {
+                out.push(char::from(bytes[i]));
+                i += 1;
+            }
+        }
+    }
+    out
 }
 
 async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
@@ -1340,20 +1368,23 @@ async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
     let counts = check_upstream(lab)?;
     // RFC 9112 9.6: nothing sent after a request that asked to close the
     // connection is processed, let alone forwarded.
-    if let Some(last) = stream.iter().position(asks_to_close) {
-        if answers.len() > last + 1 {
+    if let Some(first_close) = stream.iter().position(asks_to_close) {
+        if answers.len() > first_close + 1 {
             return Err(format!(
                 "{} answers, past request {} that asked to close: {:?}",
                 answers.len(),
-                last + 1,
-                stream.get(last)
+                first_close + 1,
+                stream.get(first_close)
             ));
         }
-        if let Some(id) = ids[last + 1..].iter().find(|id| counts.contains_key(id)) {
+        if let Some(id) = ids[first_close + 1..]
+            .iter()
+            .find(|id| counts.contains_key(id))
+        {
             return Err(format!(
                 "case {id} forwarded, sent after request {} that asked to close: {:?}",
-                last + 1,
-                stream.get(last)
+                first_close + 1,
+                stream.get(first_close)
             ));
         }
     }

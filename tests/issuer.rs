@@ -1284,6 +1284,45 @@ async fn authorization_server_requests_are_labelled_as_such() {
     assert_eq!(requests("unmatched", "200"), 0.0, "{text}");
 }
 
+/// An endpoint's error answer to an HTTP/1 request whose body it did not
+/// read (a wrong method) says that the connection ends with it (RFC 9112
+/// 9.6); a token answered after its form was read keeps the connection.
+#[tokio::test]
+async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
+    let (_upstream, gw) = start("").await;
+    let text = raw(
+        gw.addr,
+        format!("PUT {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab").as_bytes(),
+    )
+    .await;
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 405, "{text}");
+    assert_eq!(
+        reply.header("connection").as_deref(),
+        Some("close"),
+        "{text}"
+    );
+
+    client_credentials(&gw, "svc").await;
+    let form = format!("grant_type=client_credentials&{}", creds("svc"));
+    let text = raw(
+        gw.addr,
+        format!(
+            "POST {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+            form.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(reply.header("connection"), None, "{text}");
+    assert!(
+        text.contains("HTTP/1.1 404"),
+        "the next request went unanswered: {text}"
+    );
+}
+
 #[tokio::test]
 async fn jwks_and_authorization_server_metadata() {
     let (_upstream, gw) = start("").await;

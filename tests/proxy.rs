@@ -371,10 +371,10 @@ async fn connect_and_trace_are_refused_with_501() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
     let auth = bearer(&world.token(ALL_SCOPES));
-    // CONNECT's own form (host and port) is no path: refused before that.
+    // CONNECT's own form (host and port) too: refused before the target.
     for (method, target, status, error) in [
         ("CONNECT", "/status", 501, "not_implemented"),
-        ("CONNECT", "upstream.test:443", 400, "invalid_request"),
+        ("CONNECT", "upstream.test:443", 501, "not_implemented"),
         ("TRACE", "/status", 501, "not_implemented"),
         ("TRACE", "/orders/42", 501, "not_implemented"),
     ] {

@@ -13,9 +13,13 @@ use http_body_util::Either;
 use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 
-use super::body::{BodyFailures, ClientBody, ClientBodyError, UploadFailure, UpstreamBody};
+use super::body::{
+    BodyFailures, ClientBody, ClientBodyError, UploadEnd, UploadFailure, UpstreamBody,
+};
 use super::client::build_upstream_connectors;
-use super::headers::{only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo};
+use super::headers::{
+    announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo,
+};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::Body;
 use crate::admin::metrics::Metrics;
@@ -30,6 +34,16 @@ struct UpstreamClient {
     body_failures: BodyFailures,
     /// The failure lines, one per interval.
     failure_log: LogThrottle,
+}
+
+/// A forward that failed, and whether it left the client's HTTP/1 request
+/// body unread (its connection then ends with the answer).
+#[derive(Debug)]
+pub struct Failed {
+    /// What the client is answered.
+    pub error: GatewayError,
+    /// The body had not all been read when the forward failed.
+    pub body_left: bool,
 }
 
 /// One connection pool per upstream.
@@ -98,6 +112,31 @@ impl Forwarder {
         request: Request<Incoming>,
         canonical_path: Option<&str>,
         client: &ClientInfo,
+    ) -> Result<Response<Body>, Failed> {
+        let client_http1 = request.version() < http::Version::HTTP_2;
+        let pending = client_http1 && !http_body::Body::is_end_stream(request.body());
+        let mut upload = None;
+        self.send(permit, request, canonical_path, client, &mut upload)
+            .await
+            .map_err(|error| Failed {
+                error,
+                body_left: match &upload {
+                    Some(upload) => client_http1 && upload.ended.get().is_none(),
+                    None => pending,
+                },
+            })
+    }
+
+    /// [`Self::forward`]; `upload` is set to the request body's [`UploadEnd`]
+    /// once it is on its way, so that a failure can tell whether the body
+    /// was all read.
+    async fn send(
+        &self,
+        permit: Permit<'_>,
+        request: Request<Incoming>,
+        canonical_path: Option<&str>,
+        client: &ClientInfo,
+        upload: &mut Option<UploadEnd>,
     ) -> Result<Response<Body>, GatewayError> {
         let route = permit.route();
         let Some(upstream) = self.upstreams.get(route.upstream) else {
@@ -132,6 +171,7 @@ impl Forwarder {
         parts.uri = upstream_uri(&upstream.config, &parts.uri, canonical_path)?;
         let mut body = ClientBody::new(body, upstream.config.body_idle_timeout);
         let upload_end = body.upload_end();
+        upload.clone_from(&upload_end);
         let outbound = Request::from_parts(parts, body);
 
         let send = upstream.pool.send(outbound, upgrade);
@@ -241,9 +281,7 @@ impl Forwarder {
             // it (RFC 9112 9.6), as hyper may not read the rest of the body
             // on to a next request.
             if client_http1 && upload_end.as_ref().is_some_and(|u| u.ended.get().is_none()) {
-                response
-                    .headers_mut()
-                    .insert(CONNECTION, HeaderValue::from_static("close"));
+                announce_close(response.headers_mut());
             }
         }
         let idle_timeout = upstream.config.body_idle_timeout;

@@ -57,6 +57,11 @@ fn hop_by_hop_bit(name: &str) -> u16 {
     }
 }
 
+/// Says that the connection ends with this HTTP/1 message (RFC 9112 9.6).
+pub fn announce_close(headers: &mut HeaderMap) {
+    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+}
+
 /// Whether a message's `Transfer-Encoding`, if any, is `chunked` alone: the
 /// one coding hyper undoes. Any other (`gzip, chunked`) would be passed on
 /// with its header, which is hop-by-hop, gone and the coding not undone

@@ -6,9 +6,7 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use http::header::{
-    CACHE_CONTROL, CONNECTION, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING,
-};
+use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
 use http::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
@@ -22,6 +20,7 @@ use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
+use crate::proxy::headers::announce_close;
 use crate::proxy::{Body, ClientInfo, Forwarder};
 use crate::routes::{canonicalize, Lookup, RouteTable};
 
@@ -242,26 +241,23 @@ impl Gateway {
             method,
             armed: true,
         };
-        let (route, outcome) = self
+        let (route, outcome, body_left) = self
             .pipeline(request, client, &matched, &mut served_by)
             .await;
         abandoned.armed = false;
-        let (response, reason) = match outcome {
+        let (mut response, reason) = match outcome {
             Ok(response) => (response, "ok"),
-            Err((error, body_left)) => {
+            Err(error) => {
                 let reason = error.reason();
-                let mut response = error.into_response(&self.challenge);
-                // The connection ends with the answer (hyper does not read
-                // a body's rest as a next request), so the answer says so
-                // (RFC 9112 9.6) and the client sends nothing more on it.
-                if body_left {
-                    response
-                        .headers_mut()
-                        .insert(CONNECTION, HeaderValue::from_static("close"));
-                }
-                (response, reason)
+                (error.into_response(&self.challenge), reason)
             }
         };
+        // The connection ends with the answer (hyper does not read a body's
+        // rest as a next request), so the answer says so (RFC 9112 9.6) and
+        // the client sends nothing more on it.
+        if body_left {
+            announce_close(response.headers_mut());
+        }
         let route_name = route.map_or(served_by, |r| &r.name);
         let status = response.status();
         let elapsed = started.elapsed();
@@ -284,39 +280,55 @@ impl Gateway {
         response
     }
 
-    /// The phases. Returns the matched route (for labels) and the outcome:
-    /// a refusal says whether an HTTP/1 request body was left unread.
+    /// The phases. Returns the matched route (for labels), the outcome, and
+    /// whether an HTTP/1 request body was left unread (the connection then
+    /// ends with the answer).
     async fn pipeline<'a>(
         &'a self,
         request: Request<Incoming>,
         client: &ClientInfo,
         matched: &OnceLock<&'a Route>,
         served_by: &mut &'static str,
-    ) -> (Option<&'a Route>, Outcome) {
+    ) -> (
+        Option<&'a Route>,
+        Result<Response<Body>, GatewayError>,
+        bool,
+    ) {
         match self.check(&request, matched, served_by).await {
             // 5. Forward. A path that canonicalisation left as it was goes
             // upstream as received.
             Verdict::Forward { permit, rewritten } => {
                 let route = permit.route();
-                let body_pending = body_pending(&request);
-                let result = self
+                match self
                     .forwarder
                     .forward(permit, request, rewritten.as_deref(), client)
-                    .await;
-                // A failed forward may have left the body half read.
-                (Some(route), result.map_err(|e| (e, body_pending)))
+                    .await
+                {
+                    Ok(response) => (Some(route), Ok(response), false),
+                    Err(failed) => (Some(route), Err(failed.error), failed.body_left),
+                }
             }
-            Verdict::Refused(route, error) => {
+            Verdict::Deny(route, error) => {
                 let body_left = body_pending(&request)
                     && (error.ends_connection() || !skip_body(request).await);
-                (route, Err((error, body_left)))
+                (route, Err(error), body_left)
             }
             Verdict::AuthorizationServer(server, path) => {
+                // The endpoints read a body only to answer it: an error may
+                // have left it unread (a wrong method, a form too large or
+                // too slow).
+                let pending = body_pending(&request);
                 // Boxed: the endpoints' futures are large, and inline they
                 // would be moved with every proxied request's future.
-                (None, Ok(Box::pin(server.handle(request, &path)).await))
+                let response = Box::pin(server.handle(request, &path)).await;
+                let failed =
+                    response.status().is_client_error() || response.status().is_server_error();
+                (None, Ok(response), pending && failed)
             }
-            Verdict::ResourceMetadata(resource) => (None, Ok(resource_metadata_response(resource))),
+            Verdict::ResourceMetadata(resource) => {
+                let body_left = body_pending(&request) && !skip_body(request).await;
+                (None, Ok(resource_metadata_response(resource)), body_left)
+            }
         }
     }
 
@@ -330,13 +342,19 @@ impl Gateway {
         served_by: &mut &'static str,
     ) -> Verdict<'a> {
         if let Err(e) = check_framing(request) {
-            return Verdict::Refused(None, e);
+            return Verdict::Deny(None, e);
+        }
+        // Before the path: a CONNECT's target (`host:443`) has none, and its
+        // client may send tunnel bytes at once, which must not be read as a
+        // next request.
+        if crate::routes::never_forwarded(request.method()) {
+            return Verdict::Deny(None, GatewayError::UnsupportedMethod);
         }
 
         // 1. Canonicalise the path.
         let path = match canonicalize(request.uri().path()) {
             Ok(path) => path,
-            Err(e) => return Verdict::Refused(None, GatewayError::BadPath(e)),
+            Err(e) => return Verdict::Deny(None, GatewayError::BadPath(e)),
         };
         if let Some((_, server)) = &self.authorization_server {
             if server.owns(&path) {
@@ -358,29 +376,26 @@ impl Gateway {
             .bytes()
             .any(|b| b.is_ascii_lowercase())
         {
-            return Verdict::Refused(None, GatewayError::BadMethod);
-        }
-        if crate::routes::never_forwarded(request.method()) {
-            return Verdict::Refused(None, GatewayError::UnsupportedMethod);
+            return Verdict::Deny(None, GatewayError::BadMethod);
         }
         // As every upstream would read it (`/admin;x/users` is Tomcat's
         // `/admin/users`, Express's `/admin;x/users`); the canonical
         // spelling is forwarded.
         let lookup = match self.routes.route(request.method(), &path) {
             Ok(lookup) => lookup,
-            Err(e) => return Verdict::Refused(None, GatewayError::BadPath(e)),
+            Err(e) => return Verdict::Deny(None, GatewayError::BadPath(e)),
         };
         let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
-                return Verdict::Refused(
+                return Verdict::Deny(
                     None,
                     GatewayError::MethodNotAllowed {
                         allow: allow.clone(),
                     },
                 )
             }
-            Lookup::NotFound => return Verdict::Refused(None, GatewayError::RouteNotFound),
+            Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
 
@@ -390,7 +405,7 @@ impl Gateway {
             Err(Refused { issuer, error }) => {
                 let issuer = issuer.map_or(NO_ISSUER, |index| self.auth.issuer_name(index));
                 self.decision(issuer, "deny", error.reason());
-                return Verdict::Refused(Some(route), error);
+                return Verdict::Deny(Some(route), error);
             }
         };
 
@@ -402,7 +417,7 @@ impl Gateway {
             Ok(permit) => permit,
             Err(e) => {
                 self.decision(issuer, "deny", e.reason());
-                return Verdict::Refused(Some(route), e);
+                return Verdict::Deny(Some(route), e);
             }
         };
         match &identity {
@@ -537,13 +552,6 @@ impl Gateway {
     }
 }
 
-/// Refuses requests whose framing or target is ambiguous: both Content-Length
-/// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
-/// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
-/// What a request came to: an answer, or a refusal and whether it left an
-/// HTTP/1 request body unread (its connection then ends with the answer).
-type Outcome = Result<Response<Body>, (GatewayError, bool)>;
-
 /// What phases 1 to 4 decided for a request.
 enum Verdict<'a> {
     /// Passed its route's check. `rewritten`: the canonical path, when it
@@ -553,7 +561,7 @@ enum Verdict<'a> {
         rewritten: Option<String>,
     },
     /// Refused, with the route if one matched (for labels).
-    Refused(Option<&'a Route>, GatewayError),
+    Deny(Option<&'a Route>, GatewayError),
     /// An endpoint of the built-in authorization server, at this path.
     AuthorizationServer(&'a AuthorizationServer, String),
     /// The RFC 9728 protected resource metadata.
@@ -603,6 +611,9 @@ async fn skip_body(request: Request<Incoming>) -> bool {
         .unwrap_or(false)
 }
 
+/// Refuses requests whose framing or target is ambiguous: both Content-Length
+/// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
+/// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
