@@ -1388,8 +1388,10 @@ async fn run_frames_case(lab: &Lab, script: &[Step]) -> Result<(), String> {
             (_, None) if ended => {}
             (Verdict::Refuse | Verdict::RefuseOrEnd, None)
                 if got.is_some_and(|s| s.reset.is_some()) => {}
+            // CONNECT and TRACE are refused (501) before anything else.
             (Verdict::Refuse | Verdict::RefuseOrEnd, Some((status, _)))
-                if (400..500).contains(&status) => {}
+                if (400..500).contains(&status)
+                    || (status == 501 && matches!(req.method, "CONNECT" | "TRACE")) => {}
             (Verdict::Refuse | Verdict::RefuseOrEnd, _) => {
                 return Err(format!("not refused: {what}"))
             }
