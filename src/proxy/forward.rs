@@ -36,16 +36,6 @@ struct UpstreamClient {
     failure_log: LogThrottle,
 }
 
-/// A forward that failed, and whether it left the client's HTTP/1 request
-/// body unread (its connection then ends with the answer).
-#[derive(Debug)]
-pub struct Failed {
-    /// What the client is answered.
-    pub error: GatewayError,
-    /// The body had not all been read when the forward failed.
-    pub body_left: bool,
-}
-
 /// One connection pool per upstream.
 pub struct Forwarder {
     upstreams: Vec<UpstreamClient>,
@@ -105,32 +95,11 @@ impl Forwarder {
 
     /// Forwards a request that passed its route's check. The [`Permit`] is the
     /// proof; `canonical_path` is what the route matched when canonicalisation
-    /// changed the request's path (`None`: the path as received).
+    /// changed the request's path (`None`: the path as received). `upload` is
+    /// set to the request body's [`UploadEnd`] once the body is on its way,
+    /// so that the caller of a failed forward can tell whether it was all
+    /// read.
     pub async fn forward(
-        &self,
-        permit: Permit<'_>,
-        request: Request<Incoming>,
-        canonical_path: Option<&str>,
-        client: &ClientInfo,
-    ) -> Result<Response<Body>, Failed> {
-        let client_http1 = request.version() < http::Version::HTTP_2;
-        let pending = client_http1 && !http_body::Body::is_end_stream(request.body());
-        let mut upload = None;
-        self.send(permit, request, canonical_path, client, &mut upload)
-            .await
-            .map_err(|error| Failed {
-                error,
-                body_left: match &upload {
-                    Some(upload) => client_http1 && upload.ended.get().is_none(),
-                    None => pending,
-                },
-            })
-    }
-
-    /// [`Self::forward`]; `upload` is set to the request body's [`UploadEnd`]
-    /// once it is on its way, so that a failure can tell whether the body
-    /// was all read.
-    async fn send(
         &self,
         permit: Permit<'_>,
         request: Request<Incoming>,

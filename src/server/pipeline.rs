@@ -299,14 +299,17 @@ impl Gateway {
             // upstream as received.
             Verdict::Forward { permit, rewritten } => {
                 let route = permit.route();
-                match self
+                let pending = body_pending(&request);
+                let mut upload = None;
+                let result = self
                     .forwarder
-                    .forward(permit, request, rewritten.as_deref(), client)
-                    .await
-                {
-                    Ok(response) => (Some(route), Ok(response), false),
-                    Err(failed) => (Some(route), Err(failed.error), failed.body_left),
-                }
+                    .forward(permit, request, rewritten.as_deref(), client, &mut upload)
+                    .await;
+                // A failed forward leaves the body unread if it never got
+                // on its way, or stopped before its end.
+                let body_left =
+                    result.is_err() && pending && upload.is_none_or(|u| u.ended.get().is_none());
+                (Some(route), result, body_left)
             }
             Verdict::Deny(route, error) => {
                 let body_left = body_pending(&request)
