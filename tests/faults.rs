@@ -104,18 +104,6 @@ async fn read_head(stream: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// Whether a response head says `Connection: close` (a token of the field).
-fn says_close(head: &str) -> bool {
-    head.lines().skip(1).any(|line| {
-        line.split_once(':').is_some_and(|(name, value)| {
-            name.trim().eq_ignore_ascii_case("connection")
-                && value
-                    .split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
-        })
-    })
-}
-
 /// Sends `bytes` on a new connection to `addr` and reads until the peer
 /// closes it (at most 10 s): what it sent, and whether it closed.
 async fn send_raw(addr: SocketAddr, bytes: &[u8]) -> (String, bool) {

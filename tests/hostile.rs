@@ -1409,12 +1409,8 @@ fn check_announced_close(answers: &[Answer], stream: &[Req]) -> Result<(), Strin
     let Some(last) = answers.last() else {
         return Err("the connection closed cleanly with no answer".to_owned());
     };
-    let says_close = last
-        .headers("connection")
-        .iter()
-        .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")));
     let asked = stream.get(answers.len() - 1).is_some_and(asks_to_close);
-    if says_close || asked {
+    if says_close(&last.head) || asked {
         return Ok(());
     }
     Err(format!(

@@ -843,6 +843,18 @@ pub async fn exchange(
     }
 }
 
+/// Whether a response head says `Connection: close` (a token of the field).
+pub fn says_close(head: &str) -> bool {
+    head.lines().skip(1).any(|line| {
+        line.split_once(':').is_some_and(|(name, value)| {
+            name.trim().eq_ignore_ascii_case("connection")
+                && value
+                    .split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("close"))
+        })
+    })
+}
+
 /// One HTTP/1 response read off a raw stream.
 #[derive(Debug)]
 pub struct Answer {
