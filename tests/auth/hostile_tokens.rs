@@ -6,13 +6,18 @@
 //! generated header (`alg`, `typ`, `kid`, `crit`, and members the gateway
 //! must ignore: `jku`, `x5u`, `x5c`) and generated claims (`iss`, `aud`,
 //! `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each right, wrong or of
-//! the wrong type, and unknown ones nested deep), sometimes spelled wrong
-//! (a duplicate claim, a padded segment, a changed signature, a fourth
-//! segment). The gateway requires `typ: at+jwt`. The token is used on one
-//! route, then on another; the reference says, for each use:
+//! the wrong type, and unknown ones nested deep; scopes in `scope`, `scp`,
+//! both or neither; now and then a `cnf`), sometimes spelled wrong (a
+//! duplicate claim, a padded segment, a changed signature, a fourth
+//! segment). Two gateways require `typ: at+jwt`: one reads scopes from
+//! `scope`, the other from `scp` (`scope_claim`), and each case goes to one.
+//! The token is used on one route, then on another; the reference says,
+//! for each use:
 //! - a token with any fault is refused with 401 `invalid_token` (RFC 6750),
 //!   both times, and never cached; one that is no b64token at all (a padded
-//!   segment before the last) with 400 `invalid_request`;
+//!   segment before the last) with 400 `invalid_request`. A `cnf` (RFC 7800:
+//!   bound to a key the bearer does not prove) is such a fault, and so is a
+//!   malformed member of the configured scope claim; the other is ignored;
 //! - a valid token without the route's scopes gets 403 `insufficient_scope`;
 //!   with them the request is forwarded with the token's `sub`, `client_id`
 //!   and scopes as identity headers and never the client's own;
@@ -28,7 +33,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use serde_json::Map;
-use support::reference::{self, CommonMembers, IdentityHeaders, Outcome, Route, SPOOFED_IDENTITY};
+use support::reference::{
+    self, CommonMembers, IdentityHeaders, Outcome, Route, ScopeClaim, SPOOFED_IDENTITY,
+};
 
 /// The JOSE header's members, each `None` when missing.
 #[derive(Debug, Clone)]
@@ -76,6 +83,8 @@ struct Case {
     header: JoseHeader,
     claims: Claims,
     form: Form,
+    /// Which gateway: the one reading `scope` or the one reading `scp`.
+    claim: ScopeClaim,
     first: Route,
     second: Route,
 }
@@ -168,13 +177,15 @@ fn case() -> impl Strategy<Value = Case> {
         jose_header(),
         claims_strategy(),
         form,
+        prop::sample::select(vec![ScopeClaim::Scope, ScopeClaim::Scp]),
         Route::any(),
         Route::any(),
     )
-        .prop_map(|(header, claims, form, first, second)| Case {
+        .prop_map(|(header, claims, form, claim, first, second)| Case {
             header,
             claims,
             form,
+            claim,
             first,
             second,
         })
@@ -255,15 +266,16 @@ struct Valid<'a> {
     cached: bool,
 }
 
-/// Whether the token is valid by the RFCs (and `require_typ: at+jwt`);
-/// `None` for a token with any fault.
+/// Whether the token is valid by the RFCs (and `require_typ: at+jwt`) to
+/// a gateway reading scopes from `claim`; `None` for a token with any fault.
 fn valid<'a>(
     form: Form,
     header: &Map<String, Value>,
     claims: &'a Map<String, Value>,
+    claim: ScopeClaim,
     now: i64,
 ) -> Option<Valid<'a>> {
-    if form != Form::Signed || header.contains_key("crit") {
+    if form != Form::Signed || header.contains_key("crit") || claims.contains_key("cnf") {
         return None;
     }
     if header.get("alg") != Some(&json!("ES256")) {
@@ -286,18 +298,20 @@ fn valid<'a>(
     }
     let exp = reference::lifetime(claims, now, true).ok()??;
     Some(Valid {
-        scopes: reference::scopes(claims.get("scope")).ok()?,
+        scopes: reference::granted(claims, claim).ok()?,
         cached: exp > now as f64,
     })
 }
 
-/// The lab: the issuer's key, another key with the same `kid`, and a
-/// gateway requiring `typ: at+jwt`.
+/// The lab: the issuer's key, another key with the same `kid`, and two
+/// gateways requiring `typ: at+jwt`, one reading scopes from `scope`, one
+/// from `scp`.
 struct Lab {
     signer: Signer,
     other: Signer,
     world: World,
     gw: Gateway,
+    gw_scp: Gateway,
     next: AtomicU64,
 }
 
@@ -305,23 +319,32 @@ impl Lab {
     async fn start() -> Self {
         let (signer, world) = lab().await;
         let gw = Gateway::start(&world.config_with("    require_typ: at+jwt\n")).await;
+        let gw_scp =
+            Gateway::start(&world.config_with("    require_typ: at+jwt\n    scope_claim: scp\n"))
+                .await;
         Self {
             signer,
             other: Signer::generate("key-1"),
             world,
             gw,
+            gw_scp,
             next: AtomicU64::new(0),
         }
     }
 
-    async fn cache_hits(&self) -> f64 {
-        cache_hits(&self.gw.metrics().await)
+    /// The gateway reading scopes from `claim`.
+    fn gateway(&self, claim: ScopeClaim) -> &Gateway {
+        match claim {
+            ScopeClaim::Scope => &self.gw,
+            ScopeClaim::Scp => &self.gw_scp,
+        }
     }
 }
 
-/// One use of the token on `route`, judged against `want`; `hit` says
-/// whether it must come from the verified-token cache.
+/// One use of the token on `route` of `gw`, judged against `want`; `hit`
+/// says whether it must come from the verified-token cache.
 async fn use_token(
+    gw: &Gateway,
     lab: &Lab,
     route: Route,
     token: &str,
@@ -329,14 +352,14 @@ async fn use_token(
     hit: bool,
 ) -> Result<(), String> {
     let (method, path) = route.request();
-    let hits_before = lab.cache_hits().await;
+    let hits_before = cache_hits(&gw.metrics().await);
     let seen_before = lab.world.upstream.count();
     let auth = format!("Bearer {token}");
     let mut headers = vec![("authorization", auth.as_str())];
     headers.extend(SPOOFED_IDENTITY);
-    let reply = send(method, &lab.gw.url(path), &headers, Bytes::new()).await?;
+    let reply = send(method, &gw.url(path), &headers, Bytes::new()).await?;
     let seen = lab.world.upstream.seen_since(seen_before);
-    let hits = lab.cache_hits().await - hits_before;
+    let hits = cache_hits(&gw.metrics().await) - hits_before;
     if hits != f64::from(u8::from(hit)) {
         return Err(format!("{hits} cache hit(s), want {}", u8::from(hit)));
     }
@@ -350,7 +373,7 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
     let header = header_object(&case.header);
     let claims = claims_object(&case.claims, now, &jti);
     let token = token(lab, case.form, &header, &claims);
-    let valid = valid(case.form, &header, &claims, now);
+    let valid = valid(case.form, &header, &claims, case.claim, now);
     let outcome = |route: Route| match &valid {
         None if case.form == Form::PaddedPayload => Outcome::BadRequest,
         None => Outcome::Invalid,
@@ -359,9 +382,10 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
         }
         Some(_) => Outcome::InsufficientScope,
     };
-    use_token(lab, case.first, &token, &outcome(case.first), false).await?;
+    let gw = lab.gateway(case.claim);
+    use_token(gw, lab, case.first, &token, &outcome(case.first), false).await?;
     let hit = valid.as_ref().is_some_and(|v| v.cached);
-    use_token(lab, case.second, &token, &outcome(case.second), hit)
+    use_token(gw, lab, case.second, &token, &outcome(case.second), hit)
         .await
         .map_err(|e| format!("second use: {e}"))
 }
@@ -377,6 +401,11 @@ fn hostile_tokens_get_what_the_jose_rfcs_say() {
     runtime.block_on(async {
         let token = lab.signer.mint(&fresh_claims("orders:read"));
         let ok = get_with_token(&lab.gw.url("/orders/1"), &token).await;
+        assert_eq!(ok.status, 200, "{}", ok.text());
+        let token = lab
+            .signer
+            .mint(&with(fresh_claims(""), "scp", json!(["orders:read"])));
+        let ok = get_with_token(&lab.gw_scp.url("/orders/1"), &token).await;
         assert_eq!(ok.status, 200, "{}", ok.text());
     });
 }

@@ -3,9 +3,9 @@
 //!
 //! Each case gives a fresh opaque token an answer from the endpoint: a status,
 //! and a body that is an answer object (members `active`, `token_type`,
-//! `token_use` (Ory Hydra's name for the kind), `iss`, `aud`, `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each
-//! missing, right, wrong, or of the wrong JSON type; unknown members, some
-//! nested deep) or something that only looks like one (a duplicate `active`,
+//! `token_use` (Ory Hydra's name for the kind), `iss`, `aud`, `exp`, `nbf`,
+//! `iat`, `scope`, `scp`, `cnf`, `sub`, `client_id` each missing, right,
+//! wrong, or of the wrong JSON type; unknown members, some nested deep) or something that only looks like one (a duplicate `active`,
 //! an array, trailing bytes, a byte order mark, an empty or oversized body).
 //! The token is then used twice on one of three routes. The reference says,
 //! for both uses:
@@ -13,10 +13,13 @@
 //!   503 `temporarily_unavailable` with `Retry-After`, never cached (the
 //!   second use asks again);
 //! - an answer whose `active` is not the JSON `true`, or whose `token_type`,
-//!   `token_use`, `iss`, `aud`, `exp`, `nbf`, `iat` or `scope` is wrong or of the wrong
-//!   type, is an inactive token: 401 `invalid_token` (RFC 6750), cached (the
-//!   second use does not ask; one refused only for an `nbf` or `iat` ahead
-//!   of the clock is remembered only until it becomes valid);
+//!   `token_use`, `iss`, `aud`, `exp`, `nbf`, `iat` or scopes are wrong or of
+//!   the wrong type, or that has a `cnf` (RFC 7800: bound to a key the bearer
+//!   does not prove), is an inactive token: 401 `invalid_token` (RFC 6750),
+//!   cached (the second use does not ask; one refused only for an `nbf` or
+//!   `iat` ahead of the clock is remembered only until it becomes valid).
+//!   The issuer's `scope_claim` is `scp`: the answer's `scope` (RFC 7662
+//!   2.2) counts when it is there, and its `scp` only otherwise;
 //! - an active token without the route's scopes gets 403
 //!   `insufficient_scope`; with them the request is forwarded, carrying the
 //!   answer's `sub`, `client_id` and scopes as identity headers and never the
@@ -32,7 +35,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use proptest::prelude::*;
 use serde_json::Map;
-use support::reference::{self, CommonMembers, IdentityHeaders, Outcome, Route, SPOOFED_IDENTITY};
+use support::reference::{
+    self, CommonMembers, IdentityHeaders, Outcome, Route, ScopeClaim, SPOOFED_IDENTITY,
+};
 
 /// Largest answer body the gateway reads.
 const MAX_ANSWER: usize = 64 * 1024;
@@ -299,7 +304,15 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
     let Ok(exp) = reference::lifetime(&object, now, false) else {
         return inactive;
     };
-    let Ok(scopes) = reference::scopes(object.get("scope")) else {
+    if object.contains_key("cnf") {
+        return inactive;
+    }
+    let claim = if object.contains_key("scope") {
+        ScopeClaim::Scope
+    } else {
+        ScopeClaim::Scp
+    };
+    let Ok(scopes) = reference::granted(&object, claim) else {
         return inactive;
     };
     let cached = exp.is_none_or(|exp| exp > now as f64);
@@ -317,7 +330,8 @@ type Answers = Arc<Mutex<HashMap<String, (u16, Vec<u8>)>>>;
 
 /// The lab: an endpoint answering each token as a case says, a recording
 /// upstream and a gateway that caches negative answers for an hour (so
-/// that the second use of an inactive token must come from the cache).
+/// that the second use of an inactive token must come from the cache) and
+/// reads `scp` where an answer has no `scope`.
 struct Lab {
     answers: Answers,
     calls: Arc<Mutex<HashMap<String, usize>>>,
@@ -367,7 +381,7 @@ impl Lab {
         let issuers = opaque_issuer(
             &format!("http://{idp}/introspect"),
             &secret.credentials(),
-            "      negative_cache_ttl: 1h\n",
+            "      negative_cache_ttl: 1h\n    scope_claim: scp\n",
         );
         let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
         Self {

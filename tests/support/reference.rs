@@ -117,6 +117,56 @@ pub fn scope() -> impl Strategy<Value = Option<Value>> {
     ]
 }
 
+/// `scp` (the claim Azure AD and Okta put scopes in): lists of scope
+/// tokens, or a space-separated string, mostly; then a list with a token
+/// holding a space or a tab, or a non-string, and other types.
+pub fn scp() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        12 => prop::sample::select(vec![
+            Some(json!(["orders:read"])),
+            Some(json!(["orders:read", "orders:write"])),
+            Some(json!(["orders:admin", "admin"])),
+            Some(json!(["orders:read", "", "admin"])),
+            Some(json!("orders:read admin")),
+        ]),
+        3 => prop::sample::select(vec![
+            Some(json!([])),
+            Some(json!(["orders:read admin"])),
+            Some(json!(["orders:read", "x\tadmin"])),
+            Some(json!(["orders:read", 7])),
+            Some(json!([["admin"]])),
+            Some(json!(7)),
+            Some(json!({ "admin": true })),
+            Some(Value::Null),
+        ]),
+    ]
+}
+
+/// Where the scopes go: `scope` alone mostly, `scp` alone, both, or neither.
+fn scope_members() -> impl Strategy<Value = (Option<Value>, Option<Value>)> {
+    prop_oneof![
+        8 => scope().prop_map(|scope| (scope, None)),
+        4 => scp().prop_map(|scp| (None, scp)),
+        2 => (scope(), scp()),
+        1 => Just((None, None)),
+    ]
+}
+
+/// `cnf` (RFC 7800): mostly missing; now and then a DPoP key thumbprint
+/// (RFC 9449), a certificate thumbprint (RFC 8705), or an empty or null one.
+/// A bearer token proves no such binding, so any `cnf` refuses it.
+pub fn confirmation() -> impl Strategy<Value = Option<Value>> {
+    prop_oneof![
+        30 => Just(None),
+        1 => prop::sample::select(vec![
+            Some(json!({ "jkt": "0ZcOCORZNYy-DWpqq30jZyJGHTN0d2HglBV3uiGuA4I" })),
+            Some(json!({ "x5t#S256": "bwcK0esc3ACC3DB2Y5_lESsXE8o9ltc05O89jdN-dg2" })),
+            Some(json!({})),
+            Some(Value::Null),
+        ]),
+    ]
+}
+
 /// A member that becomes an identity header (`sub`, `client_id`): text,
 /// other JSON types, and text a header cannot carry.
 pub fn identity_member() -> impl Strategy<Value = Option<Value>> {
@@ -164,6 +214,8 @@ pub struct CommonMembers {
     pub nbf: Time,
     pub iat: Time,
     pub scope: Option<Value>,
+    pub scp: Option<Value>,
+    pub cnf: Option<Value>,
     pub sub: Option<Value>,
     pub client_id: Option<Value>,
     /// A member nobody defined, which must be ignored.
@@ -179,20 +231,25 @@ impl CommonMembers {
             time(&[-10, 600, 3600], &[-3600], exp_missing),
             time(&[-3600, -10, 10], &[3600], 20),
             time(&[-3600, -10, 10], &[3600], 20),
-            scope(),
+            scope_members(),
+            confirmation(),
             identity_member(),
             identity_member(),
             unknown_member(),
         )
-            .prop_map(|(exp, nbf, iat, scope, sub, client_id, extra)| Self {
-                exp,
-                nbf,
-                iat,
-                scope,
-                sub,
-                client_id,
-                extra,
-            })
+            .prop_map(
+                |(exp, nbf, iat, (scope, scp), cnf, sub, client_id, extra)| Self {
+                    exp,
+                    nbf,
+                    iat,
+                    scope,
+                    scp,
+                    cnf,
+                    sub,
+                    client_id,
+                    extra,
+                },
+            )
     }
 
     /// Adds the members present to `object`, times at `now`, the unknown
@@ -203,6 +260,8 @@ impl CommonMembers {
             ("nbf", self.nbf.render(now)),
             ("iat", self.iat.render(now)),
             ("scope", self.scope.clone()),
+            ("scp", self.scp.clone()),
+            ("cnf", self.cnf.clone()),
             ("sub", self.sub.clone()),
             ("client_id", self.client_id.clone()),
             ("x_extension", self.extra.clone()),
@@ -280,6 +339,36 @@ pub fn scopes(value: Option<&Value>) -> Result<Vec<&str>, ()> {
             }
         }
         Some(_) => Err(()),
+    }
+}
+
+/// Which member carries a token's scopes (the issuer's `scope_claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeClaim {
+    Scope,
+    Scp,
+}
+
+/// The scopes `object` grants under `claim`, or `Err` when its member is
+/// malformed. The other member is ignored. `scp` may also be a list, each
+/// entry one scope token (an empty one counts as none).
+pub fn granted(
+    object: &serde_json::Map<String, Value>,
+    claim: ScopeClaim,
+) -> Result<Vec<&str>, ()> {
+    match (claim, object.get("scp")) {
+        (ScopeClaim::Scope, _) => scopes(object.get("scope")),
+        (ScopeClaim::Scp, Some(Value::Array(items))) => {
+            let mut granted = Vec::new();
+            for item in items {
+                match item {
+                    Value::String(s) if !s.contains(' ') => granted.extend(scopes(Some(item))?),
+                    _ => return Err(()),
+                }
+            }
+            Ok(granted)
+        }
+        (ScopeClaim::Scp, scp) => scopes(scp),
     }
 }
 
