@@ -5,7 +5,9 @@
 //! cookies, and the code exchange at the token endpoint (PKCE, bindings,
 //! single use with revocation on replay, no PKCE downgrade, expiry). And a
 //! campaign of generated hostile authorization requests
-//! (`hostile_requests`; `SCOPEGATE_HOSTILE_CASES` cases, default 384).
+//! (`hostile_requests`; `SCOPEGATE_HOSTILE_CASES` cases, default 384), and
+//! one of whole sign-in flows with changed forms, cookies and token
+//! requests (`hostile_flows`, default 160).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -47,8 +49,8 @@ fn secret_hash() -> String {
 /// reports:read; three redirect URIs incl. a loopback one), `spa2` (public;
 /// orders:read; APP_CB), `web` (confidential; orders:read; WEB_CB), `wide`
 /// (public; orders:read admin; APP_CB), `svc` (confidential,
-/// client_credentials only). Users: `alice`, `bob` (any scope), `carol`
-/// (orders:read only). Routes: `/orders/{id}` (GET, orders:read), `/admin`
+/// client_credentials only). Users: `alice`, `bob`, `dave` (any scope),
+/// `carol` (orders:read only). Routes: `/orders/{id}` (GET, orders:read), `/admin`
 /// (admin). `extra` is more of the `authorization_server:` block.
 fn config(upstream: SocketAddr, extra: &str) -> String {
     let p = password_hash();
@@ -100,6 +102,8 @@ authorization_server:
     - username: carol
       password_hash: "{p}"
       scopes: [orders:read]
+    - username: dave
+      password_hash: "{p}"
 upstreams:
   app:
     url: http://{upstream}
@@ -478,6 +482,21 @@ fn s(v: &Value, field: &str) -> String {
         .to_owned()
 }
 
+/// A JWT's claims, unverified (`Null` if it is none).
+fn jwt_claims(token: &str) -> Value {
+    use base64::Engine;
+    token
+        .split('.')
+        .nth(1)
+        .and_then(|c| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(c)
+                .ok()
+        })
+        .and_then(|c| serde_json::from_slice(&c).ok())
+        .unwrap_or(Value::Null)
+}
+
 async fn orders_status(gw: &Gateway, token: &str) -> Reply {
     get_with_token(&gw.url("/orders/7"), token).await
 }
@@ -701,6 +720,36 @@ async fn scope_outside_the_clients_is_invalid_scope() {
     )
     .await;
     assert_page(&r, 200);
+}
+
+/// A `scope` of blanks is read as left out, on the consent page and in the
+/// code alike: the page lists the client's scopes, and the token grants
+/// what the page listed. (Read as no scopes, the page showed none while its
+/// form, posting the empty field back, got the client's defaults.)
+#[tokio::test]
+async fn a_blank_scope_is_the_clients_default_on_the_page_and_in_the_token() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "  ", Some(&c.challenge));
+    // Signed in, the consent page comes straight from the request.
+    let (_, session) = consent(&gw, &p, "alice").await;
+    let page = get_authorize(&gw, &p, Some(&session)).await;
+    assert_page(&page, 200);
+    let html = page.text();
+    for shown in ["(orders:read)", "(reports:read)"] {
+        assert!(html.contains(shown), "{shown} not listed: {html}");
+    }
+    assert!(!html.contains("Know who you are"), "{html}");
+    let r = decide(&gw, &page, &session, "approve").await;
+    let code = redirect(&r).1["code"].clone();
+    let r = spa_exchange(&gw, &code, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.json()["scope"],
+        "orders:read reports:read",
+        "{}",
+        r.text()
+    );
 }
 
 #[tokio::test]
@@ -1091,14 +1140,7 @@ async fn approve_redirects_with_code_state_and_iss_and_the_token_works() {
     assert_eq!(r.status, 200, "{} {}", r.text(), r.www_authenticate());
     assert_eq!(upstream.last().path_and_query, "/orders/7");
     // The token carries the user, not the client.
-    let claims = access.split('.').nth(1).unwrap();
-    use base64::Engine;
-    let claims: Value = serde_json::from_slice(
-        &base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(claims)
-            .unwrap(),
-    )
-    .unwrap();
+    let claims = jwt_claims(&access);
     assert_eq!(claims["sub"], "alice");
     assert_eq!(claims["client_id"], "spa");
     assert_eq!(claims["iss"], ISS);
@@ -1489,5 +1531,7 @@ async fn redirect_uri_omitted_at_authorize_may_be_omitted_at_the_token_endpoint(
     assert_oauth_error(&r, 400, "invalid_grant");
 }
 
+#[path = "authorize/hostile_flows.rs"]
+mod hostile_flows;
 #[path = "authorize/hostile_requests.rs"]
 mod hostile_requests;

@@ -46,7 +46,7 @@ struct AuthorizeRequest {
 
 /// Where the server may send each client's browser back: registered URIs,
 /// and a loopback one on another port.
-fn registered(client: &str) -> &'static [&'static str] {
+pub(super) fn registered(client: &str) -> &'static [&'static str] {
     match client {
         "spa" => &[
             APP_CB,
@@ -61,7 +61,7 @@ fn registered(client: &str) -> &'static [&'static str] {
 }
 
 /// The URIs the requests present.
-const REDIRECTS: [&str; 16] = [
+pub(super) const REDIRECTS: [&str; 16] = [
     APP_CB,
     APP_CB2,
     LOOPBACK_CB,
@@ -217,7 +217,7 @@ enum Expected {
 }
 
 /// The scopes each client may ask for (see `config`).
-fn scopes(client: &str) -> &'static [&'static str] {
+pub(super) fn scopes(client: &str) -> &'static [&'static str] {
     match client {
         "spa" => &["orders:read", "reports:read"],
         "wide" => &["orders:read", "admin"],
