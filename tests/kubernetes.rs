@@ -1,7 +1,11 @@
 //! Kubernetes packaging: every kustomization renders, its ConfigMap's route map
-//! passes `scopegate check`, and `scopegate inject` is idempotent on the samples.
+//! passes `scopegate check`, and `scopegate inject` is idempotent on the samples
+//! and keeps generated hostile manifests' meaning for a YAML 1.1 reader
+//! (`hostile_manifests`).
 //! (Schema validation of the rendered objects runs in `deploy/validate.sh`.)
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+mod support;
 
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -10,22 +14,26 @@ fn root() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-fn kubectl_available() -> bool {
-    let found = Command::new("kubectl")
-        .arg("version")
-        .arg("--client")
+/// Whether `probe` (a command that only checks for a tool) succeeds; where
+/// it does not, the caller skips, except in CI, which must have `what`.
+fn available(what: &str, probe: &mut Command) -> bool {
+    let found = probe
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if !found {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "kubectl is required in CI"
-        );
-        eprintln!("SKIPPED: kubectl not installed");
+        assert!(std::env::var_os("CI").is_none(), "{what} is required in CI");
+        eprintln!("SKIPPED: {what} not installed");
     }
     found
+}
+
+fn kubectl_available() -> bool {
+    available(
+        "kubectl",
+        Command::new("kubectl").args(["version", "--client"]),
+    )
 }
 
 /// The `scopegate.yaml` entries of every ConfigMap in a rendered stream.
@@ -173,3 +181,6 @@ fn inject_fails_when_its_output_cannot_be_written() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("cannot write the output"), "{stderr}");
 }
+
+#[path = "kubernetes/hostile_manifests.rs"]
+mod hostile_manifests;

@@ -1,0 +1,421 @@
+//! Generated manifests through `scopegate inject`, read back as kubectl's
+//! YAML 1.1 reader would read them.
+//!
+//! Each case is a stream of documents (Deployments, Pods, CronJobs, a
+//! `List`, ConfigMaps, a custom resource with a free-form `spec`), written as
+//! JSON or as block YAML, whose keys and values are the scalars that YAML
+//! readers disagree on: YAML 1.1 booleans (`yes`, `on`, `y`), nulls (`~`),
+//! octal and hexadecimal (`0644`, `0x1F`), sexagesimal (`1:20`), `1_000`,
+//! `.inf`, timestamps, the merge key `<<`, indicators (`- x`, `#x`, `&a`,
+//! `*a`, `!t`, `%x`, `@x`), document markers, blanks at either end, line
+//! breaks, control and non-ASCII characters; and numbers, booleans and nulls
+//! themselves. The reference says:
+//! - every document comes out (and nothing else), and read by PyYAML
+//!   (YAML 1.1) with go-yaml v2's extra booleans and floats
+//!   (`tests/kubernetes/yaml11.py`), it is the document that went in, plus
+//!   the sidecar, its volume and the pod annotations and nothing else: no
+//!   string reads as a number, boolean, null or timestamp, and no number as
+//!   a string;
+//! - every pod template gets the sidecar first among its init containers;
+//! - injecting the output again changes nothing.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256).
+
+use super::*;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, ChildStdin, ChildStdout};
+
+use proptest::prelude::*;
+use scopegate::inject::{InjectOptions, CONFIG_VOLUME, SIDECAR_NAME};
+use serde_json::{json, Map, Value};
+
+/// Scalars that YAML 1.1 and 1.2 readers, or a careless writer, may take
+/// for something else than the text they are.
+const TRICKY: &[&str] = &[
+    "yes",
+    "No",
+    "ON",
+    "off",
+    "y",
+    "N",
+    "true",
+    "False",
+    "~",
+    "null",
+    "Null",
+    "NULL",
+    "",
+    "0644",
+    "0o17",
+    "0x1F",
+    "0b101",
+    "1_000",
+    "1:20",
+    "190:20:30.15",
+    "-.inf",
+    ".NaN",
+    "+1",
+    "1e3",
+    "1.",
+    ".5",
+    "-0",
+    "2001-12-14",
+    "2001-12-14t21:59:43.10-05:00",
+    "=",
+    "<<",
+    "- x",
+    "-",
+    "?",
+    ":",
+    "x: y",
+    "#x",
+    "x #y",
+    "&a",
+    "*a",
+    "!t",
+    "%x",
+    "@x",
+    "`x",
+    "{a}",
+    "[a]",
+    "'q'",
+    "\"q\"",
+    "---",
+    "...",
+    " lead",
+    "trail ",
+    "two\nlines",
+    "tab\there",
+    "\u{7}bell",
+    "caf\u{e9}",
+    "\u{feff}bom",
+    "next\u{85}line",
+    "sep\u{2028}arator",
+    "a\\b",
+    "8080",
+];
+
+/// Ordinary words, for names and the like.
+const WORDS: &[&str] = &["app", "web", "orders", "x", "a-b", "v1.2.3"];
+
+fn tricky() -> impl Strategy<Value = String> {
+    prop_oneof![
+        4 => prop::sample::select(TRICKY).prop_map(str::to_owned),
+        1 => prop::sample::select(WORDS).prop_map(str::to_owned),
+    ]
+}
+
+/// Any scalar: a tricky string mostly, and numbers, booleans and null.
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        6 => tricky().prop_map(Value::String),
+        1 => prop::sample::select(vec![
+            json!(0),
+            json!(420),
+            json!(-7),
+            json!(9_007_199_254_740_993_i64),
+            json!(1.5),
+            json!(-0.25),
+            json!(true),
+            json!(false),
+            Value::Null,
+        ]),
+    ]
+}
+
+/// A mapping of tricky keys to `value`s.
+fn mapping(value: impl Strategy<Value = Value>) -> impl Strategy<Value = Value> {
+    prop::collection::btree_map(tricky(), value, 0..4)
+        .prop_map(|m| Value::Object(m.into_iter().collect()))
+}
+
+/// A free-form tree of scalars, mappings and sequences.
+fn tree() -> impl Strategy<Value = Value> {
+    scalar().prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            mapping(inner.clone()),
+            prop::collection::vec(inner, 0..4).prop_map(Value::Array),
+        ]
+    })
+}
+
+fn strings() -> impl Strategy<Value = Value> {
+    mapping(tricky().prop_map(Value::String))
+}
+
+fn metadata() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(WORDS),
+        strings(),
+        prop_oneof![strings(), Just(Value::Null)],
+    )
+        .prop_map(|(name, labels, annotations)| {
+            json!({ "name": name, "labels": labels, "annotations": annotations })
+        })
+}
+
+fn container() -> impl Strategy<Value = Value> {
+    (
+        prop::sample::select(WORDS),
+        prop::collection::vec(tricky(), 0..4),
+        prop::collection::vec((tricky(), tricky()), 0..3),
+        prop::sample::select(vec![3000, 5000]),
+    )
+        .prop_map(|(name, args, env, port)| {
+            let env: Vec<Value> = env
+                .into_iter()
+                .map(|(name, value)| json!({ "name": name, "value": value }))
+                .collect();
+            json!({
+                "name": name,
+                "image": "example/app:1",
+                "args": args,
+                "env": env,
+                "ports": [{ "containerPort": port }],
+            })
+        })
+}
+
+fn pod_spec() -> impl Strategy<Value = Value> {
+    (
+        prop::collection::vec(container(), 1..3),
+        prop::option::of(prop::collection::vec(container(), 0..2)),
+        prop::option::of(Just(
+            json!([{ "name": "data", "emptyDir": {}, "x-mode": "0644" }]),
+        )),
+    )
+        .prop_map(|(containers, init, volumes)| {
+            let mut spec = json!({ "containers": containers });
+            if let Some(init) = init {
+                spec["initContainers"] = Value::Array(init);
+            }
+            if let Some(volumes) = volumes {
+                spec["volumes"] = volumes;
+            }
+            spec
+        })
+}
+
+/// A pod template: its metadata (or none) and spec.
+fn template() -> impl Strategy<Value = Value> {
+    (prop::option::of(metadata()), pod_spec()).prop_map(|(metadata, spec)| match metadata {
+        Some(metadata) => json!({ "metadata": metadata, "spec": spec }),
+        None => json!({ "spec": spec }),
+    })
+}
+
+/// One Kubernetes object.
+fn object() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        (metadata(), template(), tree()).prop_map(|(metadata, template, extra)| json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": metadata,
+            "spec": { "replicas": 2, "template": template, "x-extra": extra },
+        })),
+        (metadata(), pod_spec()).prop_map(|(metadata, spec)| json!({
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": metadata,
+            "spec": spec,
+        })),
+        (metadata(), template()).prop_map(|(metadata, template)| json!({
+            "apiVersion": "batch/v1",
+            "kind": "CronJob",
+            "metadata": metadata,
+            "spec": { "schedule": "0 * * * *", "jobTemplate": { "spec": { "template": template } } },
+        })),
+        (metadata(), strings()).prop_map(|(metadata, data)| json!({
+            "apiVersion": "v1",
+            "kind": "ConfigMap",
+            "metadata": metadata,
+            "data": data,
+        })),
+        (metadata(), tree()).prop_map(|(metadata, spec)| json!({
+            "apiVersion": "example.com/v1",
+            "kind": "Widget",
+            "metadata": metadata,
+            "spec": spec,
+        })),
+    ]
+}
+
+/// A document: an object, or a `List` of them.
+fn document() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        4 => object(),
+        1 => prop::collection::vec(object(), 0..3)
+            .prop_map(|items| json!({ "apiVersion": "v1", "kind": "List", "items": items })),
+    ]
+}
+
+/// How a document is written in the input.
+#[derive(Debug, Clone, Copy)]
+enum Style {
+    Json,
+    Block,
+}
+
+fn stream() -> impl Strategy<Value = Vec<(Value, Style)>> {
+    prop::collection::vec(
+        (
+            document(),
+            prop::sample::select(vec![Style::Json, Style::Block]),
+        ),
+        1..4,
+    )
+}
+
+fn render(docs: &[(Value, Style)]) -> String {
+    let mut out = String::from("# generated\n");
+    for (doc, style) in docs {
+        out.push_str("---\n");
+        match style {
+            Style::Json => out.push_str(&serde_json::to_string_pretty(doc).unwrap()),
+            Style::Block => out.push_str(&serde_saphyr::to_string(doc).unwrap()),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `value` without what injection adds (the sidecar, its volume, the two
+/// annotations) and without null members and empty mappings and sequences
+/// (which injection may turn into ones that hold only what it adds).
+fn strip(value: &Value) -> Option<Value> {
+    let added = |v: &Value| {
+        [SIDECAR_NAME, CONFIG_VOLUME]
+            .iter()
+            .any(|name| v.get("name") == Some(&json!(name)))
+    };
+    match value {
+        Value::Object(members) => {
+            let kept: Map<String, Value> = members
+                .iter()
+                .filter(|(k, _)| !k.starts_with("scopegate.io/"))
+                .filter_map(|(k, v)| Some((k.clone(), strip(v)?)))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Object(kept))
+        }
+        Value::Array(items) => {
+            let kept: Vec<Value> = items
+                .iter()
+                .filter(|v| !added(v))
+                .map(|v| strip(v).unwrap_or(Value::Null))
+                .collect();
+            (!kept.is_empty()).then_some(Value::Array(kept))
+        }
+        Value::Null => None,
+        other => Some(other.clone()),
+    }
+}
+
+/// The pod specs of a document as injection sees them.
+fn pod_specs(doc: &Value) -> Vec<&Value> {
+    match doc["kind"].as_str() {
+        Some("List") => doc["items"]
+            .as_array()
+            .map(|items| items.iter().flat_map(pod_specs).collect())
+            .unwrap_or_default(),
+        Some("Deployment") => vec![&doc["spec"]["template"]["spec"]],
+        Some("CronJob") => vec![&doc["spec"]["jobTemplate"]["spec"]["template"]["spec"]],
+        Some("Pod") => vec![&doc["spec"]],
+        _ => Vec::new(),
+    }
+}
+
+/// A running `yaml11.py`.
+struct Reader {
+    _child: Child,
+    stdin: ChildStdin,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Reader {
+    /// `None` (after saying so) where PyYAML is missing, outside CI.
+    fn start() -> Option<Self> {
+        let script = root().join("tests/kubernetes/yaml11.py");
+        if !available(
+            "python3 with PyYAML",
+            Command::new("python3").args(["-c", "import yaml"]),
+        ) {
+            return None;
+        }
+        let mut child = Command::new("python3")
+            .arg(script)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        Some(Self {
+            stdin: child.stdin.take().unwrap(),
+            stdout: BufReader::new(child.stdout.take().unwrap()),
+            _child: child,
+        })
+    }
+
+    /// The documents of `yaml` as YAML 1.1 reads them.
+    fn read(&mut self, yaml: &str) -> Result<Vec<Value>, String> {
+        writeln!(self.stdin, "{}", json!(yaml)).map_err(|e| e.to_string())?;
+        self.stdin.flush().map_err(|e| e.to_string())?;
+        let mut line = String::new();
+        self.stdout
+            .read_line(&mut line)
+            .map_err(|e| e.to_string())?;
+        let answer: Value = serde_json::from_str(&line).map_err(|e| format!("{e}: {line}"))?;
+        match answer.get("docs") {
+            Some(Value::Array(docs)) => Ok(docs.clone()),
+            _ => Err(format!("YAML 1.1 cannot read it: {}", answer["error"])),
+        }
+    }
+}
+
+fn check(reader: &mut Reader, docs: &[(Value, Style)]) -> Result<(), String> {
+    let input = render(docs);
+    let opts = InjectOptions::default();
+    let out = scopegate::inject::inject(&input, &opts).map_err(|e| format!("refused: {e}"))?;
+    let again =
+        scopegate::inject::inject(&out, &opts).map_err(|e| format!("output refused: {e}"))?;
+    if again != out {
+        return Err(format!("injecting again changed it:\n{out}\n----\n{again}"));
+    }
+    let read = reader.read(&out).map_err(|e| format!("{e}\n{out}"))?;
+    if read.len() != docs.len() {
+        return Err(format!(
+            "{} documents out of {}:\n{out}",
+            read.len(),
+            docs.len()
+        ));
+    }
+    for (i, ((doc, _), got)) in docs.iter().zip(&read).enumerate() {
+        if strip(got) != strip(doc) {
+            return Err(format!(
+                "document {} reads otherwise in YAML 1.1:\nwant {}\ngot  {}\n{out}",
+                i + 1,
+                json!(strip(doc)),
+                json!(strip(got))
+            ));
+        }
+        for spec in pod_specs(got) {
+            if spec["initContainers"][0]["name"] != SIDECAR_NAME {
+                return Err(format!("document {}: no sidecar first in {spec}", i + 1));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn injected_manifests_read_the_same_in_yaml_1_1() {
+    let Some(reader) = Reader::start() else {
+        return;
+    };
+    let reader = std::cell::RefCell::new(reader);
+    support::hostile_runner(256)
+        .run(&stream(), |docs| {
+            check(&mut reader.borrow_mut(), &docs)
+                .map_err(proptest::test_runner::TestCaseError::fail)
+        })
+        .unwrap();
+}
