@@ -1,7 +1,8 @@
 //! Opaque tokens end to end: RFC 7662 introspection (client authentication,
 //! answer checks, caching, failing closed), issuers with both JWKS and
 //! introspection, RFC 8414 / OpenID discovery, and RFC 9728 resource metadata;
-//! and a campaign of generated hostile answers ([`hostile_answers`]).
+//! and campaigns of generated hostile answers ([`hostile_answers`]) and
+//! metadata documents ([`hostile_metadata`]).
 //! Every server here is real and listens on 127.0.0.1:0.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
@@ -311,14 +312,15 @@ fn basic_check() -> ClientCheck {
 /// path set to hang) and records the paths asked.
 struct MetadataServer {
     addr: SocketAddr,
-    documents: Arc<Mutex<HashMap<String, String>>>,
+    /// Status and body by path.
+    documents: Arc<Mutex<HashMap<String, (StatusCode, String)>>>,
     hanging: Arc<Mutex<Vec<String>>>,
     hits: Arc<Mutex<Vec<String>>>,
 }
 
 impl MetadataServer {
     async fn start() -> Self {
-        let documents: Arc<Mutex<HashMap<String, String>>> = Arc::default();
+        let documents: Arc<Mutex<HashMap<String, (StatusCode, String)>>> = Arc::default();
         let hanging: Arc<Mutex<Vec<String>>> = Arc::default();
         let hits: Arc<Mutex<Vec<String>>> = Arc::default();
         let (d, g, h) = (
@@ -335,7 +337,7 @@ impl MetadataServer {
                     std::future::pending::<()>().await;
                 }
                 match d.lock().unwrap().get(&path) {
-                    Some(doc) => reply(StatusCode::OK, "application/json", doc.clone()),
+                    Some((status, doc)) => reply(*status, "application/json", doc.clone()),
                     None => reply(StatusCode::NOT_FOUND, "text/plain", "not found".into()),
                 }
             }
@@ -360,10 +362,15 @@ impl MetadataServer {
     }
 
     fn set(&self, path: &str, document: &Value) {
+        self.set_raw(path, StatusCode::OK, document.to_string());
+    }
+
+    /// Answers `path` with `status` and `body` (any bytes, as text).
+    fn set_raw(&self, path: &str, status: StatusCode, body: String) {
         self.documents
             .lock()
             .unwrap()
-            .insert(path.to_owned(), document.to_string());
+            .insert(path.to_owned(), (status, body));
     }
 
     fn hits(&self) -> Vec<String> {
@@ -2088,3 +2095,5 @@ async fn metrics_count_cache_hits_and_never_show_tokens_or_secrets() {
 
 #[path = "introspection/hostile_answers.rs"]
 mod hostile_answers;
+#[path = "introspection/hostile_metadata.rs"]
+mod hostile_metadata;

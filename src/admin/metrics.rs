@@ -41,6 +41,8 @@ pub struct Metrics {
     pub introspection_duration: HistogramVec,
     /// `scopegate_jwks_fetches_total{issuer,result}`.
     pub jwks_fetches: IntCounterVec,
+    /// `scopegate_discovery_attempts_total{issuer,result}`.
+    pub discovery_attempts: IntCounterVec,
     /// `scopegate_upstream_errors_total{upstream,kind}`.
     pub upstream_errors: IntCounterVec,
     /// `scopegate_open_connections`.
@@ -148,6 +150,13 @@ impl Metrics {
             ),
             &["issuer", "result"],
         )?;
+        let discovery_attempts = IntCounterVec::new(
+            Opts::new(
+                "scopegate_discovery_attempts_total",
+                "Issuer metadata discovery attempts by issuer and result",
+            ),
+            &["issuer", "result"],
+        )?;
         let upstream_errors = IntCounterVec::new(
             Opts::new(
                 "scopegate_upstream_errors_total",
@@ -177,6 +186,7 @@ impl Metrics {
         registry.register(Box::new(auth_decisions.clone()))?;
         registry.register(Box::new(cache.clone()))?;
         registry.register(Box::new(jwks_fetches.clone()))?;
+        registry.register(Box::new(discovery_attempts.clone()))?;
         registry.register(Box::new(upstream_errors.clone()))?;
         registry.register(Box::new(open_connections.clone()))?;
         registry.register(Box::new(config_reloads.clone()))?;
@@ -196,6 +206,7 @@ impl Metrics {
             request_duration,
             auth_decisions,
             jwks_fetches,
+            discovery_attempts,
             upstream_errors,
             open_connections,
             config_reloads,
@@ -276,6 +287,7 @@ impl Metrics {
         forget_series(&self.request_duration, "route", route);
         forget_series(&self.auth_decisions, "issuer", issuer);
         forget_series(&self.jwks_fetches, "issuer", issuer);
+        forget_series(&self.discovery_attempts, "issuer", issuer);
         forget_series(&self.introspection_requests, "issuer", issuer);
         forget_series(&self.introspection_duration, "issuer", issuer);
         forget_series(&self.upstream_errors, "upstream", upstream);

@@ -29,6 +29,29 @@ pub struct Metadata {
     pub unusable_jwks_uri: Option<String>,
 }
 
+/// Why an attempt found no metadata to use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DiscoveryError {
+    /// Neither metadata URL gave a document (no answer, another status, a
+    /// body that is no metadata object).
+    #[error("{0}")]
+    Unavailable(String),
+    /// A document came but is not usable: it is for another issuer, or
+    /// what the issuer needs from it is missing or unfit to call.
+    #[error("{0}")]
+    Refused(String),
+}
+
+impl DiscoveryError {
+    /// Metric label (`scopegate_discovery_attempts_total{result}`).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Unavailable(_) => "unavailable",
+            Self::Refused(_) => "refused",
+        }
+    }
+}
+
 #[derive(Deserialize)]
 struct RawMetadata {
     issuer: String,
@@ -65,9 +88,9 @@ pub async fn discover(
     issuer: &str,
     endpoints_need_https: bool,
     client: &HttpsClient<Empty<Bytes>>,
-) -> Result<Metadata, String> {
+) -> Result<Metadata, DiscoveryError> {
     let mut last_error = String::from("no metadata URL");
-    for url in metadata_urls(issuer)? {
+    for url in metadata_urls(issuer).map_err(DiscoveryError::Refused)? {
         // Each URL gets its share of the attempt: one that takes the
         // connection and never answers must not keep the next from being
         // tried.
@@ -78,10 +101,10 @@ pub async fn discover(
             Ok(raw) => {
                 if raw.issuer != issuer {
                     // RFC 8414 3.3: MUST NOT be used. Do not try the next URL either.
-                    return Err(format!(
+                    return Err(DiscoveryError::Refused(format!(
                         "metadata at {url} is for issuer `{}`, not `{issuer}`",
                         raw.issuer
-                    ));
+                    )));
                 }
                 // An endpoint that is not fit to call is left out: what
                 // needs it stays unready, the rest (or an endpoint
@@ -109,7 +132,7 @@ pub async fn discover(
             Err(e) => last_error = format!("{url}: {e}"),
         }
     }
-    Err(last_error)
+    Err(DiscoveryError::Unavailable(last_error))
 }
 
 async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetadata, String> {

@@ -25,6 +25,7 @@ use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::config::{Issuer, KeySource, ScopeClaim};
 use crate::error::GatewayError;
 use cache::TokenCache;
+use discovery::DiscoveryError;
 use introspect::{Introspector, IssuerFacts};
 use jwks::{IssuerKeys, KeySet};
 use jwt::TokenError;
@@ -248,24 +249,33 @@ impl Authenticator {
                 discovery::discover(&issuer.issuer, issuer.endpoints_need_https, &client),
             )
             .await
-            .unwrap_or_else(|_| Err("timed out".to_owned()));
+            .unwrap_or_else(|_| Err(DiscoveryError::Unavailable("timed out".to_owned())));
             let attempt = attempt.and_then(|metadata| match &metadata.unusable_jwks_uri {
                 // Published but unfit to call: not "no keys", which would
                 // turn JWT checks off for the issuer.
-                Some(why) if issuer.keys.awaits_discovered_uri() => Err(format!("jwks_uri: {why}")),
+                Some(why) if issuer.keys.awaits_discovered_uri() => {
+                    Err(DiscoveryError::Refused(format!("jwks_uri: {why}")))
+                }
                 // No keys and no introspection: the issuer could check no
                 // token at all, which is not ready.
                 None if metadata.jwks_uri.is_none()
                     && issuer.keys.awaits_discovered_uri()
                     && issuer.introspector.is_none() =>
                 {
-                    Err(
+                    Err(DiscoveryError::Refused(
                         "the metadata names no jwks_uri, and the issuer has no introspection"
                             .to_owned(),
-                    )
+                    ))
                 }
                 _ => Ok(metadata),
             });
+            // Counted once its outcome is in effect.
+            let counted = |result: &str| {
+                self.metrics
+                    .discovery_attempts
+                    .with_label_values(&[&issuer.name, result])
+                    .inc();
+            };
             match attempt {
                 Ok(metadata) => {
                     tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
@@ -283,10 +293,12 @@ impl Authenticator {
                     issuer
                         .discovered
                         .store(true, std::sync::atomic::Ordering::Release);
+                    counted("success");
                     return true;
                 }
                 Err(e) => {
                     tracing::warn!(issuer = %issuer.name, error = %e, retry_in = ?backoff, "issuer discovery failed; not ready");
+                    counted(e.label());
                 }
             }
             tokio::select! {
