@@ -383,6 +383,10 @@ mod tests {
                 .with_label_values(&[issuer, "ok"])
                 .inc();
             metrics
+                .discovery_attempts
+                .with_label_values(&[issuer, "success"])
+                .inc();
+            metrics
                 .introspection_requests
                 .with_label_values(&[issuer, "active"])
                 .inc();
@@ -419,6 +423,7 @@ mod tests {
             r#"scopegate_auth_decisions_total{decision="deny",issuer="kept",reason="expired"} 1"#,
             r#"scopegate_auth_decisions_total{decision="deny",issuer="-",reason="expired"} 1"#,
             r#"scopegate_jwks_fetches_total{issuer="kept",result="ok"} 1"#,
+            r#"scopegate_discovery_attempts_total{issuer="kept",result="success"} 1"#,
             r#"scopegate_introspection_requests_total{issuer="kept",result="active"} 1"#,
             r#"scopegate_introspection_duration_seconds_count{issuer="kept"} 1"#,
             r#"scopegate_upstream_errors_total{kind="connect",upstream="kept"} 1"#,

@@ -32,8 +32,9 @@ pub struct Metadata {
 /// Why an attempt found no metadata to use.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DiscoveryError {
-    /// Neither metadata URL gave a document (no answer, another status, a
-    /// body that is no metadata object).
+    /// Neither metadata URL gave a metadata document: no answer, another
+    /// status than 200, or a body that is no metadata object (not JSON, no
+    /// string `issuer`, an endpoint that is not a string).
     #[error("{0}")]
     Unavailable(String),
     /// A document came but is not usable: it is for another issuer, or
@@ -90,7 +91,9 @@ pub async fn discover(
     client: &HttpsClient<Empty<Bytes>>,
 ) -> Result<Metadata, DiscoveryError> {
     let mut last_error = String::from("no metadata URL");
-    for url in metadata_urls(issuer).map_err(DiscoveryError::Refused)? {
+    // Config validation keeps this from failing: with `discovery`, the
+    // issuer must be an absolute http(s) URL.
+    for url in metadata_urls(issuer).map_err(DiscoveryError::Unavailable)? {
         // Each URL gets its share of the attempt: one that takes the
         // connection and never answers must not keep the next from being
         // tried.

@@ -247,9 +247,14 @@ impl Authenticator {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(10),
                 discovery::discover(&issuer.issuer, issuer.endpoints_need_https, &client),
-            )
-            .await
-            .unwrap_or_else(|_| Err(DiscoveryError::Unavailable("timed out".to_owned())));
+            );
+            // A config retired or refused meanwhile neither applies nor
+            // counts what its discovery finds.
+            let attempt = tokio::select! {
+                attempt = attempt => attempt
+                    .unwrap_or_else(|_| Err(DiscoveryError::Unavailable("timed out".to_owned()))),
+                _ = stop.changed() => return false,
+            };
             let attempt = attempt.and_then(|metadata| match &metadata.unusable_jwks_uri {
                 // Published but unfit to call: not "no keys", which would
                 // turn JWT checks off for the issuer.
@@ -280,20 +285,26 @@ impl Authenticator {
                 Ok(metadata) => {
                     tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
                     issuer.keys.set_discovered_uri(metadata.jwks_uri);
+                    // Applied all the same (its keys serve JWTs), but what
+                    // the issuer needs is missing: counted apart.
+                    let mut result = "success";
                     if let Some(introspector) = &issuer.introspector {
                         match metadata.introspection_endpoint {
                             Some(endpoint) => introspector.set_discovered_endpoint(endpoint),
-                            None if !introspector.is_ready() => tracing::error!(
-                                issuer = %issuer.name,
-                                "discovered metadata has no introspection_endpoint; set introspection.endpoint (not ready until then)"
-                            ),
+                            None if !introspector.is_ready() => {
+                                tracing::error!(
+                                    issuer = %issuer.name,
+                                    "discovered metadata has no usable introspection_endpoint; set introspection.endpoint (not ready until then)"
+                                );
+                                result = "incomplete";
+                            }
                             None => {}
                         }
                     }
                     issuer
                         .discovered
                         .store(true, std::sync::atomic::Ordering::Release);
-                    counted("success");
+                    counted(result);
                     return true;
                 }
                 Err(e) => {

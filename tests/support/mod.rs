@@ -771,6 +771,35 @@ pub fn runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// Part `index` (0 header, 1 payload) of a compact JWT, decoded but not
+/// verified; `Null` if there is no such part or it is no base64url JSON.
+pub fn jwt_part(token: &str, index: usize) -> serde_json::Value {
+    use base64::Engine;
+    token
+        .split('.')
+        .nth(index)
+        .and_then(|p| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(p)
+                .ok()
+        })
+        .and_then(|p| serde_json::from_slice(&p).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Whether this runs under CI (`CI` set, and not empty, `0` or `false`).
+pub fn under_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
+}
+
+/// For a test that cannot run here for the reason `why` (a tool is not
+/// installed): fails under CI, which must run everything; elsewhere says
+/// why and returns, and the caller skips.
+pub fn skip_unless_ci(why: &str) {
+    assert!(!under_ci(), "{why} (CI is set, so this fails)");
+    eprintln!("SKIPPED: {why}");
+}
+
 /// A proptest runner for the hostile-input tests: `SCOPEGATE_HOSTILE_CASES`
 /// cases (for a campaign) or `default_cases`, and no failure files.
 pub fn hostile_runner(default_cases: u32) -> proptest::test_runner::TestRunner {
@@ -1124,8 +1153,13 @@ pub fn free_port() -> u16 {
 
 /// Whether `url` answers a GET with `status` within about 10 s.
 pub async fn wait_for_status(url: &str, status: u16) -> bool {
+    wait_for_status_with(url, &[], status).await
+}
+
+/// Whether `url` answers a GET with `headers` with `status` within about 10 s.
+pub async fn wait_for_status_with(url: &str, headers: &[(&str, &str)], status: u16) -> bool {
     for _ in 0..400 {
-        if get(url, &[]).await.map(|r| r.status) == Ok(status) {
+        if get(url, headers).await.map(|r| r.status) == Ok(status) {
             return true;
         }
         tokio::time::sleep(std::time::Duration::from_millis(25)).await;
