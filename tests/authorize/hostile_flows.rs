@@ -229,7 +229,8 @@ fn flow() -> impl Strategy<Value = Flow> {
             prop::sample::select(vec![Some(NASTY_STATE), Some("s"), None]),
         )
     });
-    // Wrong passwords only for users no case signs in with, so that the
+    // Wrong passwords only for users whose sign-ins may be limited (`dave`
+    // signs in right now and then, and may get 429 for it), so that the
     // sign-in limit (five failures a minute) never locks out the others.
     let user = prop_oneof![
         6 => prop::sample::select(vec!["alice", "bob", "carol"]).prop_map(|u| (u, true)),
@@ -387,8 +388,10 @@ fn request_of(form: &Params) -> Result<Request, Refusal> {
             state: state.clone(),
         })
     };
-    if get("response_type") != Some("code") {
-        return refuse("invalid_request");
+    match get("response_type") {
+        Some("code") => {}
+        Some(_) => return refuse("unsupported_response_type"),
+        None => return refuse("invalid_request"),
     }
     let tokens: Option<Vec<&str>> = get("scope")
         .map(|s| s.split(' ').filter(|t| !t.is_empty()).collect())
@@ -437,55 +440,29 @@ fn user_scope(request: &Request, user: &str) -> Vec<&'static str> {
         .collect()
 }
 
-/// `Err` unless `r` is an HTML page with `status` (or one of them), the
-/// security headers and no redirect.
+/// `Err` unless `r` is an HTML page with one of `status`, the security
+/// headers and no redirect.
 fn page(r: &Reply, status: &[u16], what: &str) -> Result<(), String> {
-    let html = r.header("content-type").as_deref() == Some("text/html; charset=utf-8");
-    let csp = r
-        .header("content-security-policy")
-        .is_some_and(|c| c.contains("frame-ancestors 'none'"));
-    if !status.contains(&r.status) || r.header("location").is_some() || !html || !csp {
-        return Err(format!(
-            "{what}: want a {status:?} page, got {} {:?} {}",
-            r.status,
-            r.header("location"),
-            r.text()
-        ));
-    }
-    Ok(())
+    page_faults(r, status).map_err(|e| format!("{what}: {e}"))
 }
 
-/// `Err` unless `r` redirects to `to` with exactly `params` (and `iss`).
+/// `Err` unless `r` redirects to `to` with `params` (`None`: any value),
+/// `iss`, and no parameter twice.
 fn redirected(
     r: &Reply,
     to: &str,
     params: &[(&str, Option<&str>)],
     what: &str,
 ) -> Result<HashMap<String, String>, String> {
-    let location = r.header("location").unwrap_or_default();
-    let fail = || {
-        format!(
-            "{what}: want a redirect to {to} with {params:?}, got {} {location:?} {}",
-            r.status,
-            r.text()
-        )
-    };
-    if r.status != 303 {
-        return Err(fail());
-    }
-    let (base, query) = location.split_once('?').unwrap_or((&location, ""));
-    let mut got = HashMap::new();
-    for (k, v) in url::form_urlencoded::parse(query.as_bytes()).into_owned() {
-        if got.insert(k, v).is_some() {
-            return Err(fail());
-        }
-    }
+    let (base, got) = redirect_parts(r).map_err(|e| format!("{what}: {e}"))?;
     let wanted = params.iter().all(|(name, value)| match value {
         Some(v) => got.get(*name).map(String::as_str) == Some(*v),
         None => got.contains_key(*name),
     });
     if base != to || !wanted || got.get("iss").map(String::as_str) != Some(ISS) {
-        return Err(fail());
+        return Err(format!(
+            "{what}: want a redirect to {to} with {params:?}, got {base} {got:?}"
+        ));
     }
     Ok(got)
 }
@@ -529,12 +506,11 @@ fn shown_scopes(html: &str) -> Vec<String> {
         .collect()
 }
 
-/// Bob's session, its CSRF token, his device cookie's value, and an access token.
+/// The gateway, Bob's device cookie's value, and an access token (neither
+/// of which is a session).
 struct Lab {
     _upstream: Upstream,
     gw: Gateway,
-    bob_session: String,
-    bob_csrf: String,
     bob_device: String,
     access_token: String,
 }
@@ -545,7 +521,6 @@ impl Lab {
         let c = pkce();
         let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
         let (page, bob_session) = consent(&gw, &p, "bob").await;
-        let bob_csrf = field(&hidden_fields(&page.text()), "csrf");
         let bob_device = cookie_pair(&page, &device_cookie("bob"))
             .split_once('=')
             .unwrap()
@@ -557,12 +532,18 @@ impl Lab {
         Self {
             _upstream: upstream,
             gw,
-            bob_session,
-            bob_csrf,
             bob_device,
             access_token,
         }
     }
+}
+
+/// A fresh session of Bob's (sessions end after ten minutes, and a
+/// campaign may run longer) and its CSRF token.
+async fn bob_session(gw: &Gateway) -> (String, String) {
+    let p = params("spa", APP_CB, "orders:read", Some(&pkce().challenge));
+    let (page, session) = consent(gw, &p, "bob").await;
+    (session, field(&hidden_fields(&page.text()), "csrf"))
 }
 
 /// The code's redemption state.
@@ -668,7 +649,7 @@ async fn redeem(
         ));
     }
     let access = body["access_token"].as_str().unwrap_or_default().to_owned();
-    let claims = jwt_claims(&access);
+    let claims = jwt_part(&access, 1);
     let want_scope = user_scope(record, user).join(" ");
     if claims["sub"] != user
         || claims["client_id"] != record.client
@@ -855,9 +836,15 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
         flow.consent_tamper.as_ref(),
         &other.challenge,
     );
+    let (bob_session, bob_csrf) =
+        if flow.session == Session::Bob || flow.consent_csrf == ConsentCsrf::Bob {
+            bob_session(gw).await
+        } else {
+            Default::default()
+        };
     match flow.consent_csrf {
         ConsentCsrf::Page => {}
-        ConsentCsrf::Bob => form = with(form, "csrf", &lab.bob_csrf),
+        ConsentCsrf::Bob => form = with(form, "csrf", &bob_csrf),
         ConsentCsrf::SignInPage => form = with(form, "csrf", &csrf),
         ConsentCsrf::Missing => form = without(form, "csrf"),
     }
@@ -872,7 +859,7 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
         Session::Own => Some(own_session.clone()),
         Session::Missing => None,
         Session::Forged => Some(forged),
-        Session::Bob => Some(lab.bob_session.clone()),
+        Session::Bob => Some(bob_session),
         Session::Device => Some(format!("sg_session={}", lab.bob_device)),
         Session::AccessToken => Some(format!("sg_session={}", lab.access_token)),
     };
@@ -889,7 +876,7 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
             flow.user,
             field(&hidden_fields(&consent_page.text()), "csrf"),
         ),
-        Session::Bob => ("bob", lab.bob_csrf.clone()),
+        Session::Bob => ("bob", bob_csrf),
         _ => {
             page(&r, &[200], "consent without a session")?;
             return if r.text().contains("Your session ended") {

@@ -27,8 +27,10 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Child, ChildStdin, ChildStdout};
 
 use proptest::prelude::*;
-use scopegate::inject::{InjectOptions, CONFIG_VOLUME, SIDECAR_NAME};
-use serde_json::{json, Map, Value};
+use scopegate::inject::{
+    InjectOptions, CONFIG_VOLUME, INJECT_ANNOTATION, SIDECAR_NAME, UPSTREAM_PORT_ANNOTATION,
+};
+use serde_json::{json, Value};
 
 /// Scalars that YAML 1.1 and 1.2 readers, or a careless writer, may take
 /// for something else than the text they are.
@@ -280,34 +282,88 @@ fn render(docs: &[(Value, Style)]) -> String {
     out
 }
 
-/// `value` without what injection adds (the sidecar, its volume, the two
-/// annotations) and without null members and empty mappings and sequences
-/// (which injection may turn into ones that hold only what it adds).
-fn strip(value: &Value) -> Option<Value> {
-    let added = |v: &Value| {
-        [SIDECAR_NAME, CONFIG_VOLUME]
-            .iter()
-            .any(|name| v.get("name") == Some(&json!(name)))
+/// `out` (the injected `input`) without what injection adds, and only
+/// where it adds it: the sidecar first among each pod spec's init
+/// containers, the config volume last among its volumes, the two
+/// annotations in the pod's metadata, and the sequences, mapping and
+/// metadata made to hold them where `input` had none (or null).
+fn uninject(out: &mut Value, input: &Value) {
+    let template = |doc: &mut Value, input: &Value, path: &[&str]| {
+        let (mut out, mut input) = (Some(doc), Some(input));
+        for key in path {
+            out = out.and_then(|v| v.get_mut(*key));
+            input = input.and_then(|v| v.get(*key));
+        }
+        if let (Some(out), Some(input)) = (out, input) {
+            uninject_template(out, input);
+        }
     };
-    match value {
-        Value::Object(members) => {
-            let kept: Map<String, Value> = members
-                .iter()
-                .filter(|(k, _)| !k.starts_with("scopegate.io/"))
-                .filter_map(|(k, v)| Some((k.clone(), strip(v)?)))
-                .collect();
-            (!kept.is_empty()).then_some(Value::Object(kept))
+    match input["kind"].as_str() {
+        Some("List") => {
+            if let (Some(out), Some(input)) =
+                (out["items"].as_array_mut(), input["items"].as_array())
+            {
+                for (out, input) in out.iter_mut().zip(input) {
+                    uninject(out, input);
+                }
+            }
         }
-        Value::Array(items) => {
-            let kept: Vec<Value> = items
-                .iter()
-                .filter(|v| !added(v))
-                .map(|v| strip(v).unwrap_or(Value::Null))
-                .collect();
-            (!kept.is_empty()).then_some(Value::Array(kept))
+        Some("Deployment") => template(out, input, &["spec", "template"]),
+        Some("CronJob") => template(out, input, &["spec", "jobTemplate", "spec", "template"]),
+        Some("Pod") => uninject_template(out, input),
+        _ => {}
+    }
+}
+
+/// [`uninject`] for one pod template (or Pod): its `metadata` and `spec`.
+fn uninject_template(out: &mut Value, input: &Value) {
+    let named = |v: &Value, name: &str| v.get("name") == Some(&json!(name));
+    if let Some(spec) = out.get_mut("spec") {
+        if let Some(init) = spec.get_mut("initContainers").and_then(Value::as_array_mut) {
+            if init.first().is_some_and(|c| named(c, SIDECAR_NAME)) {
+                init.remove(0);
+            }
         }
-        Value::Null => None,
-        other => Some(other.clone()),
+        if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+            if volumes.last().is_some_and(|v| named(v, CONFIG_VOLUME)) {
+                volumes.pop();
+            }
+        }
+        restore_emptied(spec, "initContainers", &input["spec"]);
+        restore_emptied(spec, "volumes", &input["spec"]);
+    }
+    if let Some(metadata) = out.get_mut("metadata") {
+        if let Some(annotations) = metadata
+            .get_mut("annotations")
+            .and_then(Value::as_object_mut)
+        {
+            annotations.remove(INJECT_ANNOTATION);
+            annotations.remove(UPSTREAM_PORT_ANNOTATION);
+        }
+        restore_emptied(metadata, "annotations", &input["metadata"]);
+    }
+    restore_emptied(out, "metadata", input);
+}
+
+/// Puts back `input`'s missing or null `key` where `out` holds an empty
+/// sequence or mapping instead.
+fn restore_emptied(out: &mut Value, key: &str, input: &Value) {
+    let Some(members) = out.as_object_mut() else {
+        return;
+    };
+    let emptied = match members.get(key) {
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        _ => false,
+    };
+    match input.get(key) {
+        None if emptied => {
+            members.remove(key);
+        }
+        Some(Value::Null) if emptied => {
+            members.insert(key.to_owned(), Value::Null);
+        }
+        _ => {}
     }
 }
 
@@ -389,12 +445,14 @@ fn check(reader: &mut Reader, docs: &[(Value, Style)]) -> Result<(), String> {
         ));
     }
     for (i, ((doc, _), got)) in docs.iter().zip(&read).enumerate() {
-        if strip(got) != strip(doc) {
+        let mut stripped = got.clone();
+        uninject(&mut stripped, doc);
+        if stripped != *doc {
             return Err(format!(
                 "document {} reads otherwise in YAML 1.1:\nwant {}\ngot  {}\n{out}",
                 i + 1,
-                json!(strip(doc)),
-                json!(strip(got))
+                doc,
+                stripped
             ));
         }
         for spec in pod_specs(got) {

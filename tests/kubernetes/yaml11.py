@@ -2,8 +2,8 @@
 
 PyYAML's SafeLoader (YAML 1.1: yes/no/on/off booleans, 0644 octal, 1_000,
 sexagesimal 1:20, timestamps, the merge key) plus the implicit types that
-go-yaml v2, kubectl's reader, adds: y/Y/n/N booleans and floats without a
-dot (1e3). One JSON-encoded stream per input line; one JSON line out per
+go-yaml v2, kubectl's reader, adds: y/Y/n/N booleans, floats without a
+dot (1e3), and Go's 0o17 octal. One JSON-encoded stream per input line; one JSON line out per
 stream, {"docs": [...]} or {"error": "..."}. Values JSON cannot hold, and
 keys that are not strings, come out as tagged objects, which never equal
 what a manifest held.
@@ -23,6 +23,9 @@ class Loader(yaml.SafeLoader):
 
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:y|Y|n|N)$"), list("yYnN")
+)
+Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:int", re.compile(r"^[-+]?0[oO][0-7_]+$"), list("-+0")
 )
 Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
