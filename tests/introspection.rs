@@ -1806,6 +1806,38 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
     );
 }
 
+/// Keys at a configured `jwks_uri` need no discovery: while no metadata
+/// can be had, JWTs are verified all the same, and the gateway stays
+/// unready only for the introspection endpoint discovery is to find.
+#[tokio::test]
+async fn a_configured_jwks_uri_serves_while_discovery_fails() {
+    let world = World::new().await;
+    // No documents: both well-known URLs answer 404.
+    let meta = MetadataServer::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = format!(
+        "{}    jwks_uri: {}\n",
+        discovered_issuer(&meta.base(), &secret),
+        world.jwks.uri()
+    );
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    let mut claims = claims("orders:read");
+    claims["iss"] = meta.base().into();
+    let auth = format!("Bearer {}", world.key.mint(&claims).unwrap());
+    assert!(
+        wait_for_status_with(&gw.url("/orders/1"), &[("authorization", &auth)], 200).await,
+        "a JWT waited for discovery, with its keys' URL configured"
+    );
+    let text = gw.metrics().await;
+    let failed = metric(
+        &text,
+        "scopegate_discovery_attempts_total",
+        &[("issuer", "found"), ("result", "unavailable")],
+    );
+    assert!(failed >= 1.0, "{text}");
+    assert_eq!(gw.readyz().await, 503);
+}
+
 #[tokio::test]
 async fn discovery_refuses_metadata_for_another_issuer() {
     discovery_refuses(|_, world, idp| {

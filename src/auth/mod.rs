@@ -204,11 +204,21 @@ impl Authenticator {
                     return;
                 };
                 let discovered = issuer.discovered.load(std::sync::atomic::Ordering::Acquire);
-                if issuer.discovery
-                    && !discovered
-                    && !this.discover_until_done(issuer, &mut stop).await
-                {
-                    return;
+                if issuer.discovery && !discovered {
+                    if issuer.keys.has_uri() {
+                        // Keys at a configured URL need no discovery:
+                        // fetched meanwhile, so JWTs pass while it retries.
+                        let keys = jwks::run_refresher(
+                            Arc::clone(&issuer.keys),
+                            Arc::clone(&this.metrics),
+                            stop.clone(),
+                        );
+                        tokio::join!(keys, this.discover_until_done(issuer, &mut stop));
+                        return;
+                    }
+                    if !this.discover_until_done(issuer, &mut stop).await {
+                        return;
+                    }
                 }
                 if issuer.keys.has_uri() {
                     jwks::run_refresher(Arc::clone(&issuer.keys), Arc::clone(&this.metrics), stop)
