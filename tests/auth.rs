@@ -3,7 +3,8 @@
 //! scope look-alikes, per-route issuer restriction, the verified-token cache,
 //! key rotation, unknown-`kid` floods, JWKS outages, readiness without keys,
 //! and what the metrics say (and never say); and campaigns of generated
-//! hostile tokens ([`hostile_tokens`]) and key sets ([`hostile_jwks`]).
+//! hostile tokens ([`hostile_tokens`]) and key sets ([`hostile_jwks`]), and
+//! of generated route maps and requests against them ([`hostile_routes`]).
 //!
 //! Every request goes through a real gateway on 127.0.0.1:0; every rejected
 //! request is checked for its exact status, `WWW-Authenticate` challenge, JSON
@@ -2245,3 +2246,6 @@ mod hostile_tokens;
 
 #[path = "auth/hostile_jwks.rs"]
 mod hostile_jwks;
+
+#[path = "auth/hostile_routes.rs"]
+mod hostile_routes;
