@@ -9,17 +9,19 @@
 //! with other methods. Two issuers (`a`, `b`) share one key set. Then
 //! requests: a method (`HEAD` and `PATCH` too), a path that fits a route,
 //! has a segment too many or too few, or fits none, and a token (none, one
-//! of either issuer with some scopes, an expired one). The reference says:
+//! of either issuer with some scopes, an expired one), and now and then a
+//! query, which may name an access token. The reference says:
 //! - a path that fits no pattern is 404; one whose pattern has no route for
 //!   the method is 405, with `Allow` naming the methods of its routes (and
 //!   `HEAD` wherever `GET` is); `HEAD` goes to a `HEAD`, else a `GET`, else
 //!   an any-method route of the pattern. Both come before any token check;
-//! - a public route forwards whatever the token;
-//! - a bearer route: no token is 401 with a bare challenge; an expired one,
-//!   or one of an issuer the route does not list, 401 `invalid_token`; one
-//!   without every `scopes` entry and one of the `any_scopes`, 403
-//!   `insufficient_scope`; else the request is forwarded once, as sent,
-//!   with the token's scopes as `x-auth-scopes`;
+//! - a public route forwards whatever the token and query;
+//! - a bearer route: an access token in the query is 400 `invalid_request`
+//!   whatever the header; no token is 401 with a bare challenge; an expired
+//!   one, or one of an issuer the route does not list, 401 `invalid_token`;
+//!   one without every `scopes` entry and one of the `any_scopes`, 403
+//!   `insufficient_scope`; else the request is forwarded once, as sent
+//!   (query and all), with the token's scopes as `x-auth-scopes`;
 //! - nothing else reaches the upstream.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 96).
@@ -77,9 +79,19 @@ struct Req {
     /// A route prefix (one past the last names none).
     prefix: usize,
     path: PathKind,
+    /// Appended to the path: empty, a plain query, or one naming an
+    /// access token (RFC 6750 2.3) in a spelling frameworks read.
+    query: &'static str,
     method: &'static str,
     token: Token,
 }
+
+/// Queries that name an access token.
+const TOKEN_QUERIES: [&str; 3] = [
+    "?access_token=abc",
+    "?x=1&Access_Token=abc",
+    "?x=1;access%5Ftoken=abc",
+];
 
 #[derive(Debug, Clone)]
 struct Case {
@@ -154,12 +166,18 @@ fn request(prefixes: usize) -> impl Strategy<Value = Req> {
             1 => Just(PathKind::Longer),
             1 => Just(PathKind::Shorter),
         ],
+        prop_oneof![
+            4 => Just(""),
+            2 => Just("?q=1&r=%20x"),
+            1 => prop::sample::select(TOKEN_QUERIES.to_vec()),
+        ],
         prop::sample::select(vec!["GET", "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
         token,
     )
-        .prop_map(|(prefix, path, method, token)| Req {
+        .prop_map(|(prefix, path, query, method, token)| Req {
             prefix,
             path,
+            query,
             method,
             token,
         })
@@ -288,6 +306,8 @@ enum Want {
     NotFound,
     /// 405 with these methods in `Allow`.
     NotAllowed(Vec<String>),
+    /// 400 `invalid_request`: an access token in the query.
+    TokenInQuery,
     /// 401 with a bare challenge.
     NoToken,
     /// 401 `invalid_token`.
@@ -326,6 +346,9 @@ fn expected(routes: &[RouteSpec], req: &Req, fits: bool) -> Want {
     };
     if route.public {
         return Want::Forwarded(None);
+    }
+    if TOKEN_QUERIES.contains(&req.query) {
+        return Want::TokenInQuery;
     }
     let (issuer, scopes) = match &req.token {
         Token::Missing => return Want::NoToken,
@@ -376,6 +399,7 @@ async fn check(world: &World, case: Case) -> Result<(), String> {
             .find(|r| r.prefix == req.prefix)
             .map(|r| r.tail.as_slice());
         let (path, fits) = path_of(req, tail);
+        let path = format!("{path}{}", req.query);
         let want = expected(&case.routes, req, fits);
         let auth = authorization(world, &req.token);
         let headers: Vec<(&str, &str)> =
@@ -397,6 +421,9 @@ async fn check(world: &World, case: Case) -> Result<(), String> {
                     .collect();
                 allow.sort();
                 r.status == 405 && allow == *methods
+            }
+            Want::TokenInQuery => {
+                r.status == 400 && challenge.contains("error=\"invalid_request\"")
             }
             Want::NoToken => {
                 r.status == 401 && challenge.starts_with("Bearer") && !challenge.contains("error=")
