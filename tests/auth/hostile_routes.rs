@@ -10,8 +10,12 @@
 //! requests: a method (`HEAD` and `PATCH` too), a path that fits a route,
 //! has a segment too many or too few, or fits none, and a token (none, one
 //! of either issuer with some scopes, an expired one), and now and then a
-//! query, which may name an access token. The reference says:
-//! - a path that fits no pattern is 404; one whose pattern has no route for
+//! query, which may name an access token; the path spelled as routed, in
+//! upper case, or with a trailing slash, to a map with or without
+//! `route_matching` for an upstream that routes case-insensitively and
+//! ignores a trailing slash. The reference says:
+//! - a path that fits no pattern (under the map's matching rules; a
+//!   `{*rest}` takes a trailing slash in) is 404; one whose pattern has no route for
 //!   the method is 405, with `Allow` naming the methods of its routes (and
 //!   `HEAD` wherever `GET` is); `HEAD` goes to a `HEAD`, else a `GET`, else
 //!   an any-method route of the pattern. Both come before any token check;
@@ -82,6 +86,7 @@ struct Req {
     /// Appended to the path: empty, a plain query, or one naming an
     /// access token (RFC 6750 2.3) in a spelling frameworks read.
     query: &'static str,
+    spelling: Spelling,
     method: &'static str,
     token: Token,
 }
@@ -96,7 +101,18 @@ const TOKEN_QUERIES: [&str; 3] = [
 #[derive(Debug, Clone)]
 struct Case {
     routes: Vec<RouteSpec>,
+    /// `route_matching`: case-insensitive, and a trailing slash ignored
+    /// (as Express routes); else RFC 3986's strict matching.
+    lax: bool,
     requests: Vec<Req>,
+}
+
+/// How a request's path is spelled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    AsRouted,
+    UpperCase,
+    TrailingSlash,
 }
 
 fn subset(of: &'static [&'static str], max: usize) -> impl Strategy<Value = Vec<&'static str>> {
@@ -171,13 +187,19 @@ fn request(prefixes: usize) -> impl Strategy<Value = Req> {
             2 => Just("?q=1&r=%20x"),
             1 => prop::sample::select(TOKEN_QUERIES.to_vec()),
         ],
+        prop_oneof![
+            6 => Just(Spelling::AsRouted),
+            1 => Just(Spelling::UpperCase),
+            1 => Just(Spelling::TrailingSlash),
+        ],
         prop::sample::select(vec!["GET", "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
         token,
     )
-        .prop_map(|(prefix, path, query, method, token)| Req {
+        .prop_map(|(prefix, path, query, spelling, method, token)| Req {
             prefix,
             path,
             query,
+            spelling,
             method,
             token,
         })
@@ -217,7 +239,13 @@ fn case() -> impl Strategy<Value = Case> {
                 prop::collection::vec(request(prefixes), 1..=6),
             )
         })
-        .prop_map(|(routes, requests)| Case { routes, requests })
+        .prop_map(|(routes, requests)| Case {
+            routes,
+            lax: false,
+            requests,
+        })
+        .prop_flat_map(|case| (Just(case), prop::bool::weighted(0.3)))
+        .prop_map(|(case, lax)| Case { lax, ..case })
 }
 
 fn pattern(route: &RouteSpec) -> String {
@@ -232,8 +260,12 @@ fn pattern(route: &RouteSpec) -> String {
     out
 }
 
-fn yaml(world: &World, routes: &[RouteSpec]) -> String {
-    let mut out = "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 0s\n  shutdown_grace: 5s\nadmin:\n  listen: 127.0.0.1:0\nissuers:\n".to_owned();
+fn yaml(world: &World, routes: &[RouteSpec], lax: bool) -> String {
+    let mut out = "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 0s\n  shutdown_grace: 5s\nadmin:\n  listen: 127.0.0.1:0\n".to_owned();
+    if lax {
+        out.push_str("route_matching:\n  case_sensitive: false\n  trailing_slash: ignore\n");
+    }
+    out.push_str("issuers:\n");
     for (name, iss) in ISSUERS {
         out.push_str(&format!(
             "  - name: {name}\n    issuer: {iss}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n    leeway: 0s\n",
@@ -269,8 +301,24 @@ fn yaml(world: &World, routes: &[RouteSpec]) -> String {
 }
 
 /// The concrete path of `req`, and whether it fits the pattern of the
-/// routes under its prefix (`tail`; `None` when there are none).
-fn path_of(req: &Req, tail: Option<&[Seg]>) -> (String, bool) {
+/// routes under its prefix (`tail`; `None` when there are none), under
+/// strict matching or `lax` matching.
+fn path_of(req: &Req, tail: Option<&[Seg]>, lax: bool) -> (String, bool) {
+    let (path, fits) = path_fitting(req, tail);
+    match req.spelling {
+        Spelling::AsRouted => (path, fits),
+        Spelling::UpperCase if path == "/" => (path, fits),
+        Spelling::UpperCase => (path.to_uppercase(), fits && lax),
+        // A `{*rest}` takes the slash in with the rest.
+        Spelling::TrailingSlash => {
+            let absorbed = fits && tail.is_some_and(|t| t.last() == Some(&Seg::Rest));
+            (format!("{path}/"), absorbed || fits && lax)
+        }
+    }
+}
+
+/// [`path_of`] as routed.
+fn path_fitting(req: &Req, tail: Option<&[Seg]>) -> (String, bool) {
     let Some(tail) = tail else {
         return (format!("/r{}/x", req.prefix), false);
     };
@@ -389,7 +437,7 @@ fn authorization(world: &World, token: &Token) -> Option<String> {
 }
 
 async fn check(world: &World, case: Case) -> Result<(), String> {
-    let gw = Gateway::try_start(&yaml(world, &case.routes))
+    let gw = Gateway::try_start(&yaml(world, &case.routes, case.lax))
         .await
         .map_err(|e| format!("the map was refused: {e}"))?;
     for (n, req) in case.requests.iter().enumerate() {
@@ -398,7 +446,7 @@ async fn check(world: &World, case: Case) -> Result<(), String> {
             .iter()
             .find(|r| r.prefix == req.prefix)
             .map(|r| r.tail.as_slice());
-        let (path, fits) = path_of(req, tail);
+        let (path, fits) = path_of(req, tail, case.lax);
         let path = format!("{path}{}", req.query);
         let want = expected(&case.routes, req, fits);
         let auth = authorization(world, &req.token);
