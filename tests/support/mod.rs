@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
 pub mod reference;
+pub mod route_maps;
 
 pub const ISSUER: &str = "https://idp.test";
 pub const AUDIENCE: &str = "orders-api";
