@@ -1,6 +1,7 @@
 //! Hot reload and shutdown: a kubelet-style `..data` swap, SIGHUP, a bad
 //! config that is refused, a reload under load with no failed request, and
-//! SIGTERM letting in-flight requests finish.
+//! SIGTERM letting in-flight requests finish; and a campaign of generated
+//! config updates ([`hostile_reloads`]).
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -1152,3 +1153,6 @@ async fn a_reload_keeps_the_client_secrets_checked_before_it() {
     let r = grant("s3cret-value".into()).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
 }
+
+#[path = "reload/hostile_reloads.rs"]
+mod hostile_reloads;
