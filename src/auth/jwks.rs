@@ -478,6 +478,13 @@ impl IssuerKeys {
         self.current.load_full()
     }
 
+    /// Fetch attempts finished so far (0 for keys from a file).
+    fn fetch_attempts(&self) -> u64 {
+        self.remote
+            .as_ref()
+            .map_or(0, |r| r.attempts.load(Ordering::Acquire))
+    }
+
     /// True once keys are available.
     pub fn is_loaded(&self) -> bool {
         self.current.load().is_some()
@@ -679,15 +686,14 @@ pub async fn run_refresher(
     metrics: Arc<Metrics>,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
+    let mut backoff = Duration::from_millis(250);
     // Keys a reload kept are fetched when they are due, not again at once
     // (every pod of a ConfigMap update would call the provider together).
     if let Some(fresh) = keys.fresh_for() {
-        tokio::select! {
-            _ = tokio::time::sleep(fresh) => {}
-            _ = shutdown.changed() => return,
+        if !rest(&keys, &mut shutdown, fresh, backoff).await {
+            return;
         }
     }
-    let mut backoff = Duration::from_millis(250);
     loop {
         let (result, next) = keys.refresh(&metrics).await;
         let delay = if result == FetchResult::Success {
@@ -698,16 +704,70 @@ pub async fn run_refresher(
             backoff = (backoff * 2).min(Duration::from_secs(30));
             d
         };
+        if !rest(&keys, &mut shutdown, delay, backoff).await {
+            return;
+        }
+    }
+}
+
+/// Waits `delay`, and again for as long as the keys were fetched meanwhile
+/// by someone else: a refresher a reload started for the same key set (the
+/// old one runs until the new config serves), or a refetch for an unknown
+/// `kid`. So two refreshers of one key set fetch no more often than one.
+/// `retry` is the wait after a fetch of theirs that failed. False once shut
+/// down.
+async fn rest(
+    keys: &IssuerKeys,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    mut delay: Duration,
+    retry: Duration,
+) -> bool {
+    loop {
+        let seen = keys.fetch_attempts();
         tokio::select! {
             _ = tokio::time::sleep(delay) => {}
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => return false,
         }
+        if keys.fetch_attempts() == seen {
+            return true;
+        }
+        delay = keys.fresh_for().unwrap_or(retry);
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A fetch by someone else while a refresher rests (another refresher
+    /// of the same key set, a refetch for an unknown `kid`) counts as its
+    /// own: it rests on, `retry` longer when no fresh keys came, instead of
+    /// fetching as well.
+    #[tokio::test(start_paused = true)]
+    async fn a_fetch_by_someone_else_extends_the_rest() {
+        crate::cli::install_crypto_provider();
+        let second = Duration::from_secs(1);
+        let keys = IssuerKeys::remote(Arc::from("t"), None, None, second, second, 60 * second);
+        let keys = Arc::new(keys.unwrap());
+        let (_stop, shutdown) = tokio::sync::watch::channel(false);
+        let resting = |keys: &Arc<IssuerKeys>| {
+            let (keys, mut shutdown) = (Arc::clone(keys), shutdown.clone());
+            tokio::spawn(async move { rest(&keys, &mut shutdown, 10 * second, 3 * second).await })
+        };
+        let (bumped, control) = (resting(&keys), resting(&keys));
+        tokio::time::sleep(5 * second).await;
+        let remote = keys.remote.as_ref().unwrap();
+        // Two refreshers: `control` would see this too; it rests on as well.
+        remote.attempts.fetch_add(1, Ordering::AcqRel);
+        tokio::time::sleep(6 * second).await;
+        assert!(!bumped.is_finished() && !control.is_finished());
+        tokio::time::sleep(3 * second).await;
+        assert!(bumped.await.unwrap() && control.await.unwrap());
+        // Without a fetch meanwhile, the rest is `delay` long.
+        let alone = resting(&keys);
+        tokio::time::sleep(11 * second).await;
+        assert!(alone.is_finished());
+    }
 
     #[test]
     fn max_age_parsing() {

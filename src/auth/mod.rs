@@ -206,7 +206,8 @@ impl Authenticator {
                 let discovered = issuer.discovered.load(std::sync::atomic::Ordering::Acquire);
                 if issuer.discovery && !discovered {
                     if issuer.keys.has_uri() {
-                        // Keys at a configured URL need no discovery:
+                        // Keys whose URL is known (configured, or found by
+                        // an earlier discovery a reload kept) need none:
                         // fetched meanwhile, so JWTs pass while it retries.
                         let keys = jwks::run_refresher(
                             Arc::clone(&issuer.keys),
