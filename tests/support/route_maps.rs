@@ -63,7 +63,7 @@ pub enum Token {
 
 #[derive(Debug, Clone)]
 pub struct Req {
-    /// A route prefix (one past the last names none).
+    /// A route prefix; one no route of the map has gets 404.
     pub prefix: usize,
     pub path: PathKind,
     /// Appended to the path: empty, a plain query, or one naming an
@@ -192,7 +192,7 @@ pub fn request(prefixes: usize) -> impl Strategy<Value = Req> {
 pub fn map() -> impl Strategy<Value = Map> {
     (
         prop::collection::vec(route(), 1..=5),
-        prop::option::weighted(0.4, any::<prop::sample::Index>()),
+        prop::option::weighted(0.4, any::<(prop::sample::Index, prop::sample::Index)>()),
         prop::bool::weighted(0.3),
     )
         .prop_map(|(mut routes, twin, lax)| {
@@ -201,13 +201,14 @@ pub fn map() -> impl Strategy<Value = Map> {
             }
             // A twin: the same pattern, with a method its original lacks,
             // and public where the original is not (or the other way).
-            if let Some(index) = twin {
+            if let Some((index, pick)) = twin {
                 let original = index.get(&routes).clone();
-                let free = METHODS
+                let free: Vec<&'static str> = METHODS
                     .iter()
                     .copied()
-                    .find(|m| original.methods.as_ref().is_some_and(|o| !o.contains(m)));
-                if let Some(method) = free {
+                    .filter(|m| original.methods.as_ref().is_some_and(|o| !o.contains(m)))
+                    .collect();
+                if let Some(&method) = (!free.is_empty()).then(|| pick.get(&free)) {
                     let mut twin = original;
                     twin.methods = Some(vec![method]);
                     if twin.public {
