@@ -259,7 +259,7 @@ pub fn describe_routes(config: &Config) -> String {
             .upstreams
             .get(route.upstream)
             .map_or("?", |u| &u.name);
-        let access = match &route.access {
+        let mut access = match &route.access {
             Access::Public => "public".to_owned(),
             Access::Bearer {
                 scopes, issuers, ..
@@ -275,6 +275,9 @@ pub fn describe_routes(config: &Config) -> String {
                 s
             }
         };
+        if route.forward.cors_preflight {
+            access.push_str(" cors_preflight");
+        }
         out.push_str(&format!(
             "  {methods:<16} {path:<32} -> {upstream:<12} {access}  ({})\n",
             route.name

@@ -1442,6 +1442,255 @@ async fn any_scopes_route() {
     }
 }
 
+/// The CORS preflight map: preflights pass by default (`forward:`), but not
+/// to `/orders/{*rest}`; `/reports/{id}` has an `OPTIONS` route of its own.
+fn preflight_config(world: &World) -> String {
+    let routes = world.config();
+    let (head, _) = routes.split_once("routes:\n").unwrap();
+    format!(
+        "{head}forward:\n  cors_preflight: true\nroutes:\n{}",
+        r#"  - path: /orders/{id}
+    methods: [GET]
+    upstream: app
+    scopes: [orders:read]
+  - path: /orders/{*rest}
+    methods: [POST, PUT, DELETE]
+    upstream: app
+    any_scopes: [orders:write, orders:admin]
+    forward:
+      cors_preflight: false
+  - path: /admin
+    upstream: app
+    scopes: [admin]
+  - path: /reports/{id}
+    methods: [GET]
+    upstream: app
+    scopes: [reports:read]
+  - path: /reports/{id}
+    methods: [OPTIONS]
+    upstream: app
+    scopes: [reports:admin]
+"#
+    )
+}
+
+/// A preflight case: what it is, path, headers, body, status.
+type Case<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, &'a str, u16);
+
+/// A browser's CORS preflight carries no credentials: on a route with
+/// `cors_preflight` it reaches the app without a token (which the app then
+/// answers), and only a request that is exactly a preflight for a method
+/// that route serves does; anything else is judged as before.
+#[tokio::test]
+async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
+    let world = World::new().await;
+    let gw = Gateway::start(&preflight_config(&world)).await;
+    let token = format!("Bearer {}", world.token("orders:read admin"));
+    let origin = ("origin", "https://app.example");
+    let asks = |method| ("access-control-request-method", method);
+    let preflight = [origin, asks("GET")];
+    // What it is, path, headers, body, status (200: forwarded).
+    let cases: Vec<Case> = vec![
+        (
+            "GET, with a spoofed identity",
+            "/orders/7",
+            vec![origin, asks("GET"), ("x-auth-subject", "mallory")],
+            "",
+            200,
+        ),
+        (
+            "HEAD, served by the GET route",
+            "/orders/7",
+            vec![origin, asks("HEAD")],
+            "",
+            200,
+        ),
+        (
+            "POST to a route serving every method",
+            "/admin",
+            vec![origin, asks("POST")],
+            "",
+            200,
+        ),
+        (
+            "DELETE: its route sets cors_preflight: false",
+            "/orders/7",
+            vec![origin, asks("DELETE")],
+            "",
+            405,
+        ),
+        (
+            "PATCH: no route serves it",
+            "/orders/7",
+            vec![origin, asks("PATCH")],
+            "",
+            405,
+        ),
+        ("no Origin", "/orders/7", vec![asks("GET")], "", 405),
+        ("no method asked", "/orders/7", vec![origin], "", 405),
+        (
+            "two methods asked",
+            "/orders/7",
+            vec![origin, asks("GET"), asks("GET")],
+            "",
+            405,
+        ),
+        (
+            "a lower-case method asked (refused as a request)",
+            "/admin",
+            vec![origin, asks("post")],
+            "",
+            401,
+        ),
+        (
+            "OPTIONS asked",
+            "/orders/7",
+            vec![origin, asks("OPTIONS")],
+            "",
+            405,
+        ),
+        (
+            "OPTIONS asked, of a route serving every method",
+            "/admin",
+            vec![origin, asks("OPTIONS")],
+            "",
+            200,
+        ),
+        (
+            "CONNECT asked (never forwarded)",
+            "/admin",
+            vec![origin, asks("CONNECT")],
+            "",
+            401,
+        ),
+        (
+            "not a method",
+            "/orders/7",
+            vec![origin, asks("G T")],
+            "",
+            405,
+        ),
+        (
+            "with credentials",
+            "/orders/7",
+            vec![origin, asks("GET"), ("authorization", &token)],
+            "",
+            405,
+        ),
+        ("with a body", "/orders/7", preflight.to_vec(), "abc", 405),
+        (
+            "with an access_token in the query",
+            "/orders/7?access_token=x",
+            preflight.to_vec(),
+            "",
+            405,
+        ),
+        (
+            "no Origin, to a route serving every method",
+            "/admin",
+            vec![asks("POST")],
+            "",
+            401,
+        ),
+        (
+            "a route of its own matches OPTIONS",
+            "/reports/9",
+            preflight.to_vec(),
+            "",
+            401,
+        ),
+        ("no route at all", "/nowhere", preflight.to_vec(), "", 404),
+    ];
+    let mut passed = 0;
+    for (label, path, headers, body, want) in &cases {
+        let before = world.upstream.count();
+        let reply = send(
+            "OPTIONS",
+            &gw.url(path),
+            headers,
+            Bytes::copy_from_slice(body.as_bytes()),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, *want, "{label}: {}", reply.text());
+        let seen = world.upstream.seen_since(before);
+        if *want != 200 {
+            assert!(seen.is_empty(), "{label}: forwarded");
+            continue;
+        }
+        passed += 1;
+        let [seen] = seen.as_slice() else {
+            panic!("{label}: forwarded {} times", seen.len())
+        };
+        assert_eq!(seen.method, "OPTIONS", "{label}");
+        assert_eq!(seen.path_and_query, *path, "{label}");
+        assert_eq!(seen.headers["origin"], "https://app.example", "{label}");
+        for name in ["authorization", "x-auth-subject", "x-auth-scopes"] {
+            assert!(
+                !seen.headers.contains_key(name),
+                "{label}: {name} forwarded"
+            );
+        }
+    }
+
+    // Over HTTP/2 as well, where a request without a body ends its stream
+    // with its headers.
+    let before = world.upstream.count();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build_http();
+    let request = http::Request::options(gw.url("/orders/7"))
+        .header("origin", "https://app.example")
+        .header("access-control-request-method", "GET")
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.version(), http::Version::HTTP_2);
+    assert_eq!(world.upstream.seen_since(before).len(), 1);
+    passed += 1;
+
+    // Counted as their own reason, under no issuer.
+    let metrics = gw.metrics().await;
+    let counted = metric(
+        &metrics,
+        "scopegate_auth_decisions_total",
+        &[
+            ("issuer", "-"),
+            ("decision", "allow"),
+            ("reason", "preflight"),
+        ],
+    );
+    assert_eq!(counted, f64::from(passed), "{metrics}");
+
+    // The requests a route serves still need their tokens.
+    let reply = get(&gw.url("/orders/7"), &[origin]).await.unwrap();
+    assert_eq!(reply.status, 401);
+    let reply = get(&gw.url("/orders/7"), &[("authorization", &token)])
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 200);
+}
+
+/// Without `cors_preflight`, a preflight is an `OPTIONS` like any other.
+#[tokio::test]
+async fn cors_preflights_need_a_token_by_default() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let preflight = [
+        ("origin", "https://app.example"),
+        ("access-control-request-method", "GET"),
+    ];
+    for (path, want) in [("/orders/7", 405), ("/admin", 401)] {
+        let reply = send("OPTIONS", &gw.url(path), &preflight, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, want, "{path}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // 3. Route issuer restriction.
 // ---------------------------------------------------------------------------

@@ -29,7 +29,7 @@ use discovery::DiscoveryError;
 use introspect::{Introspector, IssuerFacts};
 use jwks::{IssuerKeys, KeySet};
 use jwt::TokenError;
-pub use scope::{authorize, Permit, Scopes};
+pub use scope::{admit_preflight, authorize, Permit, Scopes};
 
 /// Keys tried at most for a token without `kid`.
 const MAX_KID_LESS_CANDIDATES: usize = 8;

@@ -142,6 +142,16 @@ impl<'r> Permit<'r> {
     }
 }
 
+/// Lets a CORS preflight through, without a token, to a route with
+/// `cors_preflight` (browsers send preflights without credentials, and the
+/// app answers them). The caller has made sure the request is a preflight.
+pub fn admit_preflight(route: &Route) -> Option<Permit<'_>> {
+    route.forward.cors_preflight.then_some(Permit {
+        route,
+        identity: None,
+    })
+}
+
 /// Checks a route's access rule against the authenticated identity (`None` for
 /// a public route, where no token was looked at).
 pub fn authorize(

@@ -440,6 +440,10 @@ pub struct RawForward {
     /// Remove the `Authorization` header before forwarding.
     #[serde(default)]
     pub strip_authorization: Option<bool>,
+    /// Pass a CORS preflight for a method the route serves to the upstream
+    /// without a token (browsers send preflights without credentials).
+    #[serde(default)]
+    pub cors_preflight: Option<bool>,
     /// Header name → claim name, set from the verified token.
     #[serde(default)]
     pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,

@@ -459,6 +459,9 @@ pub enum Access {
 pub struct ForwardPolicy {
     /// Remove `Authorization` before forwarding.
     pub strip_authorization: bool,
+    /// A CORS preflight for a method the route serves reaches the upstream
+    /// without a token.
+    pub cors_preflight: bool,
     /// Headers set from claims: name and index into [`Config::identity_claims`].
     pub identity_headers: Vec<(HeaderName, usize)>,
     /// Client-sent headers always removed, in any spelling (identity names).
@@ -1751,6 +1754,10 @@ impl Validator<'_> {
             .strip_authorization
             .or(parent.map(|p| p.strip_authorization))
             .unwrap_or(false);
+        let cors_preflight = raw
+            .cors_preflight
+            .or(parent.map(|p| p.cors_preflight))
+            .unwrap_or(false);
         let (identity_headers, remove_headers) = match (&raw.identity_headers, parent) {
             (Some(map), _) => self.identity_headers(map, claims)?,
             (None, Some(p)) => (p.identity_headers.clone(), p.remove_headers.clone()),
@@ -1776,6 +1783,7 @@ impl Validator<'_> {
         };
         Ok(ForwardPolicy {
             strip_authorization,
+            cors_preflight,
             identity_headers,
             remove_headers,
         })

@@ -6,7 +6,10 @@ use std::borrow::Cow;
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
-use http::header::{CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, TRANSFER_ENCODING};
+use http::header::{
+    ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
+    HOST, ORIGIN, TRANSFER_ENCODING,
+};
 use http::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
@@ -15,7 +18,7 @@ use prometheus::{Histogram, IntCounter};
 
 use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::auth::jwt::TokenError;
-use crate::auth::{authorize, Authenticator, Permit, Refused, VerifiedToken};
+use crate::auth::{admit_preflight, authorize, Authenticator, Permit, Refused, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
@@ -388,6 +391,18 @@ impl Gateway {
             Ok(lookup) => lookup,
             Err(e) => return Verdict::Deny(None, GatewayError::BadPath(e)),
         };
+        // A CORS preflight asks about another method: that method's route
+        // may let it through without a token.
+        if request.method() == Method::OPTIONS {
+            if let Some(permit) = self.preflight(request, &path, lookup) {
+                let _ = matched.set(permit.route());
+                self.decision(NO_ISSUER, "allow", "preflight");
+                return Verdict::Forward {
+                    permit,
+                    rewritten: rewritten(path),
+                };
+            }
+        }
         let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
@@ -427,11 +442,50 @@ impl Gateway {
             Some(token) => self.allowed(token.issuer),
             None => self.decision(issuer, "allow", "public"),
         }
-        let rewritten = match path {
-            Cow::Borrowed(_) => None,
-            Cow::Owned(path) => Some(path),
+        Verdict::Forward {
+            permit,
+            rewritten: rewritten(path),
+        }
+    }
+
+    /// The permit of a CORS preflight (an `OPTIONS` with `Origin` and one
+    /// `Access-Control-Request-Method`, no credentials, no body) to the route
+    /// serving the method it asks about, if that route has `cors_preflight`.
+    /// A route that itself matched the `OPTIONS` request (`options`) is
+    /// kept to: another route's setting does not reach it.
+    fn preflight<'a>(
+        &'a self,
+        request: &Request<Incoming>,
+        path: &str,
+        options: Lookup<'a, Route>,
+    ) -> Option<Permit<'a>> {
+        let headers = request.headers();
+        if !headers.contains_key(ORIGIN)
+            || headers.contains_key(AUTHORIZATION)
+            || !http_body::Body::is_end_stream(request.body())
+            || request.uri().query().is_some_and(names_an_access_token)
+        {
+            return None;
+        }
+        let mut asked = headers.get_all(ACCESS_CONTROL_REQUEST_METHOD).iter();
+        let (Some(asked), None) = (asked.next(), asked.next()) else {
+            return None;
         };
-        Verdict::Forward { permit, rewritten }
+        let method = Method::from_bytes(asked.as_bytes()).ok()?;
+        if crate::routes::never_forwarded(&method)
+            || method.as_str().bytes().any(|b| b.is_ascii_lowercase())
+        {
+            return None;
+        }
+        let Ok(Lookup::Matched(route)) = self.routes.route(&method, path) else {
+            return None;
+        };
+        if let Lookup::Matched(own) = options {
+            if !std::ptr::eq(own, route) {
+                return None;
+            }
+        }
+        admit_preflight(route)
     }
 
     async fn authenticate(
@@ -577,6 +631,14 @@ const SKIPPED_BODY_LIMIT: u64 = 64 * 1024;
 /// How long a refusal waits for that body: one already sent (most) comes
 /// at once; one that does not is cut off with the connection.
 const SKIPPED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// The canonical path, when it is not the path as received.
+fn rewritten(path: Cow<'_, str>) -> Option<String> {
+    match path {
+        Cow::Borrowed(_) => None,
+        Cow::Owned(path) => Some(path),
+    }
+}
 
 /// An HTTP/1 request whose body has not all been read.
 fn body_pending(request: &Request<Incoming>) -> bool {

@@ -9,7 +9,11 @@
 //! `any_scopes` (one required) and `issuers` drawn at random; now and then a
 //! twin of a route, on the same pattern with other methods; and now and then
 //! `route_matching` for an upstream that routes case-insensitively and
-//! ignores a trailing slash. Two issuers (`a`, `b`) share the world's key.
+//! ignores a trailing slash; and now and then `cors_preflight`, for the whole
+//! map or a route. Two issuers (`a`, `b`) share the world's key.
+//!
+//! Some requests are CORS preflights: `OPTIONS` with `Origin` and the
+//! method they ask about, mostly without a token.
 
 use bytes::Bytes;
 use proptest::prelude::*;
@@ -42,6 +46,8 @@ pub struct RouteSpec {
     pub all: Vec<&'static str>,
     pub any: Vec<&'static str>,
     pub issuers: Option<Vec<&'static str>>,
+    /// Its `forward: cors_preflight`, if it sets one.
+    pub cors_preflight: Option<bool>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -72,6 +78,8 @@ pub struct Req {
     pub spelling: Spelling,
     pub method: &'static str,
     pub token: Token,
+    /// A CORS preflight (the method is `OPTIONS`) asking about this method.
+    pub preflight: Option<&'static str>,
 }
 
 /// Queries that name an access token.
@@ -88,6 +96,8 @@ pub struct Map {
     /// `route_matching`: case-insensitive, and a trailing slash ignored
     /// (as Express routes); else RFC 3986's strict matching.
     pub lax: bool,
+    /// The map's `forward: cors_preflight`.
+    pub cors_preflight: bool,
 }
 
 /// How a request's path is spelled.
@@ -123,22 +133,26 @@ pub fn route() -> impl Strategy<Value = RouteSpec> {
         subset(&SCOPES, 2),
         subset(&SCOPES, 2),
         issuers,
+        prop::option::weighted(0.3, any::<bool>()),
     )
-        .prop_map(|(tail, methods, public, all, any, issuers)| {
-            let mut route = RouteSpec {
-                prefix: 0,
-                tail,
-                methods,
-                public,
-                all,
-                any,
-                issuers,
-            };
-            if public {
-                route.make_public();
-            }
-            route
-        })
+        .prop_map(
+            |(tail, methods, public, all, any, issuers, cors_preflight)| {
+                let mut route = RouteSpec {
+                    prefix: 0,
+                    tail,
+                    methods,
+                    public,
+                    all,
+                    any,
+                    issuers,
+                    cors_preflight,
+                };
+                if public {
+                    route.make_public();
+                }
+                route
+            },
+        )
 }
 
 impl RouteSpec {
@@ -177,15 +191,37 @@ pub fn request(prefixes: usize) -> impl Strategy<Value = Req> {
         ],
         prop::sample::select(vec!["GET", "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
         token,
+        prop::option::weighted(
+            0.25,
+            (
+                prop::sample::select(vec![
+                    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS",
+                ]),
+                prop::bool::weighted(0.2),
+            ),
+        ),
     )
-        .prop_map(|(prefix, path, query, spelling, method, token)| Req {
-            prefix,
-            path,
-            query,
-            spelling,
-            method,
-            token,
-        })
+        .prop_map(
+            |(prefix, path, query, spelling, method, token, preflight)| {
+                let (method, token, preflight) = match preflight {
+                    None => (method, token, None),
+                    Some((asked, credentials)) => (
+                        "OPTIONS",
+                        if credentials { token } else { Token::Missing },
+                        Some(asked),
+                    ),
+                };
+                Req {
+                    prefix,
+                    path,
+                    query,
+                    spelling,
+                    method,
+                    token,
+                    preflight,
+                }
+            },
+        )
 }
 
 /// A map: routes under their own prefixes, perhaps a twin, perhaps lax.
@@ -194,8 +230,9 @@ pub fn map() -> impl Strategy<Value = Map> {
         prop::collection::vec(route(), 1..=5),
         prop::option::weighted(0.4, any::<(prop::sample::Index, prop::sample::Index)>()),
         prop::bool::weighted(0.3),
+        prop::bool::weighted(0.3),
     )
-        .prop_map(|(mut routes, twin, lax)| {
+        .prop_map(|(mut routes, twin, lax, cors_preflight)| {
             for (i, r) in routes.iter_mut().enumerate() {
                 r.prefix = i;
             }
@@ -203,8 +240,10 @@ pub fn map() -> impl Strategy<Value = Map> {
             // and public where the original is not (or the other way).
             if let Some((index, pick)) = twin {
                 let original = index.get(&routes).clone();
+                // OPTIONS too: a route of its own for preflights' method.
                 let free: Vec<&'static str> = METHODS
                     .iter()
+                    .chain(&["OPTIONS"])
                     .copied()
                     .filter(|m| original.methods.as_ref().is_some_and(|o| !o.contains(m)))
                     .collect();
@@ -219,7 +258,11 @@ pub fn map() -> impl Strategy<Value = Map> {
                     routes.push(twin);
                 }
             }
-            Map { routes, lax }
+            Map {
+                routes,
+                lax,
+                cors_preflight,
+            }
         })
 }
 
@@ -262,9 +305,13 @@ pub fn yaml(world: &World, map: &Map) -> String {
         ));
     }
     out.push_str(&format!(
-        "upstreams:\n  app:\n    url: http://{}\n    connect_timeout: 1s\n    request_timeout: 2s\nroutes:\n",
+        "upstreams:\n  app:\n    url: http://{}\n    connect_timeout: 1s\n    request_timeout: 2s\n",
         world.upstream.addr
     ));
+    if map.cors_preflight {
+        out.push_str("forward:\n  cors_preflight: true\n");
+    }
+    out.push_str("routes:\n");
     for r in routes {
         out.push_str(&format!(
             "  - path: \"{}\"\n    upstream: app\n",
@@ -284,6 +331,11 @@ pub fn yaml(world: &World, map: &Map) -> String {
         }
         if let Some(issuers) = &r.issuers {
             out.push_str(&format!("    issuers: [{}]\n", issuers.join(", ")));
+        }
+        if let Some(cors_preflight) = r.cors_preflight {
+            out.push_str(&format!(
+                "    forward:\n      cors_preflight: {cors_preflight}\n"
+            ));
         }
     }
     out
@@ -355,20 +407,41 @@ pub enum Want {
     Forwarded(Option<String>),
 }
 
-pub fn expected(routes: &[RouteSpec], req: &Req, fits: bool) -> Want {
-    let candidates: Vec<&RouteSpec> = routes.iter().filter(|r| r.prefix == req.prefix).collect();
+pub fn expected(map: &Map, req: &Req, fits: bool) -> Want {
+    let candidates: Vec<&RouteSpec> = map
+        .routes
+        .iter()
+        .filter(|r| r.prefix == req.prefix)
+        .collect();
     if candidates.is_empty() || !fits {
         return Want::NotFound;
     }
     let serves = |r: &&RouteSpec, m: &str| r.methods.as_ref().is_none_or(|ms| ms.contains(&m));
-    let chosen = match req.method {
+    let route_of = |method: &str| match method {
         // HEAD goes where GET goes (no route here lists HEAD).
         "HEAD" => candidates
             .iter()
             .find(|r| r.methods.as_ref().is_some_and(|m| m.contains(&"GET")))
-            .or_else(|| candidates.iter().find(|r| r.methods.is_none())),
-        m => candidates.iter().find(|r| serves(r, m)),
+            .or_else(|| candidates.iter().find(|r| r.methods.is_none()))
+            .copied(),
+        m => candidates.iter().find(|r| serves(r, m)).copied(),
     };
+    let chosen = route_of(req.method);
+    // A preflight without credentials or a query token passes to the route
+    // of the method it asks about, if that route lets preflights through
+    // and no other route takes the OPTIONS request itself.
+    if let (Some(asked), Token::Missing, false) = (
+        req.preflight,
+        &req.token,
+        TOKEN_QUERIES.contains(&req.query),
+    ) {
+        if let Some(target) = route_of(asked) {
+            let allowed = target.cors_preflight.unwrap_or(map.cors_preflight);
+            if allowed && chosen.is_none_or(|own| std::ptr::eq(own, target)) {
+                return Want::Forwarded(None);
+            }
+        }
+    }
     let Some(route) = chosen else {
         let mut allow: Vec<String> = candidates
             .iter()
@@ -435,13 +508,21 @@ pub async fn judge(world: &World, gw: &Gateway, map: &Map, req: &Req) -> Result<
         .map(|r| r.tail.as_slice());
     let (path, fits) = path_of(req, tail, map.lax);
     let path = format!("{path}{}", req.query);
-    let want = expected(&map.routes, req, fits);
+    let want = expected(map, req, fits);
     let auth = authorization(world, &req.token);
-    let headers: Vec<(&str, &str)> = auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    let mut headers: Vec<(&str, &str)> =
+        auth.iter().map(|a| ("authorization", a.as_str())).collect();
+    if let Some(asked) = req.preflight {
+        headers.push(("origin", "https://app.test"));
+        headers.push(("access-control-request-method", asked));
+    }
     let before = world.upstream.count();
     let r = send(req.method, &gw.url(&path), &headers, Bytes::new()).await?;
     let seen = world.upstream.seen_since(before);
-    let what = format!("{} {path}: want {want:?}", req.method);
+    let what = format!(
+        "{} {path} (preflight for {:?}): want {want:?}",
+        req.method, req.preflight
+    );
     let challenge = r.www_authenticate();
     let fine = match &want {
         Want::NotFound => r.status == 404,
