@@ -1499,6 +1499,20 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
             200,
         ),
         (
+            "with Connection: keep-alive",
+            "/orders/7",
+            vec![origin, asks("GET"), ("connection", "keep-alive")],
+            "",
+            200,
+        ),
+        (
+            "from an opaque origin",
+            "/orders/7",
+            vec![("origin", "null"), asks("GET")],
+            "",
+            200,
+        ),
+        (
             "HEAD, served by the GET route",
             "/orders/7",
             vec![origin, asks("HEAD")],
@@ -1527,6 +1541,52 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
             405,
         ),
         ("no Origin", "/orders/7", vec![asks("GET")], "", 405),
+        (
+            "an empty Origin",
+            "/orders/7",
+            vec![("origin", ""), asks("GET")],
+            "",
+            405,
+        ),
+        (
+            "Connection names Origin (removed before the app)",
+            "/orders/7",
+            vec![origin, asks("GET"), ("connection", "keep-alive, Origin")],
+            "",
+            405,
+        ),
+        (
+            "Connection names the method asked",
+            "/orders/7",
+            vec![
+                origin,
+                asks("GET"),
+                ("connection", "access-control-request-method"),
+            ],
+            "",
+            405,
+        ),
+        (
+            "a WebSocket upgrade",
+            "/admin",
+            vec![
+                origin,
+                asks("GET"),
+                ("connection", "upgrade"),
+                ("upgrade", "websocket"),
+                ("sec-websocket-version", "13"),
+                ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+            ],
+            "",
+            401,
+        ),
+        (
+            "an Upgrade header",
+            "/admin",
+            vec![origin, asks("GET"), ("upgrade", "websocket")],
+            "",
+            401,
+        ),
         ("no method asked", "/orders/7", vec![origin], "", 405),
         (
             "two methods asked",
@@ -1624,7 +1684,12 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
         };
         assert_eq!(seen.method, "OPTIONS", "{label}");
         assert_eq!(seen.path_and_query, *path, "{label}");
-        assert_eq!(seen.headers["origin"], "https://app.example", "{label}");
+        // What made it a preflight reaches the app as sent.
+        for name in ["origin", "access-control-request-method"] {
+            let sent = headers.iter().find(|(n, _)| *n == name).map(|(_, v)| *v);
+            let got = seen.headers.get(name).and_then(|v| v.to_str().ok());
+            assert_eq!(got, sent, "{label}: {name}");
+        }
         for name in ["authorization", "x-auth-subject", "x-auth-scopes"] {
             assert!(
                 !seen.headers.contains_key(name),
@@ -1687,6 +1752,19 @@ async fn cors_preflights_need_a_token_by_default() {
             .await
             .unwrap();
         assert_eq!(reply.status, want, "{path}");
+    }
+    // Nor where the app would not see it as one: `remove_headers` takes
+    // out what makes it a preflight.
+    for removed in ["Origin", "Access-Control-Request-Method"] {
+        let yaml = world.config().replace(
+            "routes:\n",
+            &format!("forward:\n  cors_preflight: true\n  remove_headers: [{removed}]\nroutes:\n"),
+        );
+        let gw = Gateway::start(&yaml).await;
+        let reply = send("OPTIONS", &gw.url("/admin"), &preflight, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 401, "{removed} removed");
     }
     assert_eq!(world.upstream.count(), 0);
 }

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use http::header::{
     ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
-    HOST, ORIGIN, TRANSFER_ENCODING,
+    HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
 use http::HeaderValue;
 use http::{Method, Request, Response, StatusCode, Version};
@@ -448,11 +448,12 @@ impl Gateway {
         }
     }
 
-    /// The permit of a CORS preflight (an `OPTIONS` with `Origin` and one
-    /// `Access-Control-Request-Method`, no credentials, no body) to the route
-    /// serving the method it asks about, if that route has `cors_preflight`.
-    /// A route that itself matched the `OPTIONS` request (`options`) is
-    /// kept to: another route's setting does not reach it.
+    /// The permit of a CORS preflight (an `OPTIONS` with an `Origin` and one
+    /// `Access-Control-Request-Method`, both forwarded as received; no
+    /// credentials, no body, no upgrade) to the route serving the method it
+    /// asks about, if that route has `cors_preflight`. A route that itself
+    /// matched the `OPTIONS` request (`options`) is kept to: another route's
+    /// setting does not reach it.
     fn preflight<'a>(
         &'a self,
         request: &Request<Incoming>,
@@ -460,10 +461,12 @@ impl Gateway {
         options: Lookup<'a, Route>,
     ) -> Option<Permit<'a>> {
         let headers = request.headers();
-        if !headers.contains_key(ORIGIN)
+        if headers.get(ORIGIN).is_none_or(HeaderValue::is_empty)
             || headers.contains_key(AUTHORIZATION)
+            || headers.contains_key(UPGRADE)
             || !http_body::Body::is_end_stream(request.body())
             || request.uri().query().is_some_and(names_an_access_token)
+            || !connection_keeps_every_header(headers)
         {
             return None;
         }
@@ -484,6 +487,15 @@ impl Gateway {
             if !std::ptr::eq(own, route) {
                 return None;
             }
+        }
+        // The app must see what made it a preflight here.
+        if route
+            .forward
+            .remove_headers
+            .iter()
+            .any(|name| name == ORIGIN || name == ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            return None;
         }
         admit_preflight(route)
     }
@@ -631,6 +643,23 @@ const SKIPPED_BODY_LIMIT: u64 = 64 * 1024;
 /// How long a refusal waits for that body: one already sent (most) comes
 /// at once; one that does not is cut off with the connection.
 const SKIPPED_BODY_WAIT: std::time::Duration = std::time::Duration::from_millis(200);
+
+/// Whether `Connection` names no header (only `keep-alive` or `close`):
+/// one it names is removed before forwarding.
+fn connection_keeps_every_header(headers: &http::HeaderMap) -> bool {
+    headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .all(|value| {
+            value.to_str().is_ok_and(|value| {
+                value.split(',').map(str::trim).all(|token| {
+                    token.is_empty()
+                        || token.eq_ignore_ascii_case("keep-alive")
+                        || token.eq_ignore_ascii_case("close")
+                })
+            })
+        })
+}
 
 /// The canonical path, when it is not the path as received.
 fn rewritten(path: Cow<'_, str>) -> Option<String> {

@@ -555,10 +555,17 @@ pub async fn judge(world: &World, gw: &Gateway, map: &Map, req: &Req) -> Result<
                 .headers
                 .get("x-auth-scopes")
                 .and_then(|v| v.to_str().ok());
+            // A preflight reaches the app as one.
+            let header = |name: &str| request.headers.get(name).and_then(|v| v.to_str().ok());
+            let preflight_kept = req.preflight.is_none_or(|asked| {
+                header("origin") == Some("https://app.test")
+                    && header("access-control-request-method") == Some(asked)
+            });
             r.status == 200
                 && request.method == req.method
                 && request.path_and_query == path
                 && got == scopes.as_deref()
+                && preflight_kept
         }
     };
     if !fine {
