@@ -988,6 +988,137 @@ async fn forwarding_headers_are_set() {
     );
 }
 
+/// A request id made here: 32 lower-case hex digits.
+fn is_made_id(id: &str) -> bool {
+    id.len() == 32
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Every request gets an `X-Request-Id`, the app the same one as the
+/// client, refusals too; a client's own (no trusted proxy) is replaced, and
+/// an upstream's own id stays on its answer.
+#[tokio::test]
+async fn each_request_gets_an_id_upstream_and_on_its_answer() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+
+    let reply = get(
+        &gw.url("/orders/1"),
+        &[("authorization", &auth), ("x-request-id", "client-chosen")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    let id = reply.header("x-request-id").unwrap();
+    assert!(is_made_id(&id), "{id}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
+    assert_eq!(seen.headers["x-request-id"], id.as_str());
+    let next = get(&gw.url("/orders/1"), &[("authorization", &auth)])
+        .await
+        .unwrap()
+        .header("x-request-id")
+        .unwrap();
+    assert!(is_made_id(&next) && next != id, "{next} after {id}");
+
+    // `Connection` naming it does not keep it from the app.
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[("Authorization", &auth), ("Connection", "x-request-id")],
+    )
+    .await;
+    assert!(is_made_id(seen.headers["x-request-id"].to_str().unwrap()));
+
+    // Refusals and scopegate's own answers carry one as well.
+    let forwarded = world.upstream.count();
+    for (path, headers, status) in [
+        ("/orders/1", vec![], 401),
+        ("/admin", vec![("authorization", auth.as_str())], 403),
+        ("/nowhere", vec![], 404),
+        ("/orders/a%2Fb", vec![], 400),
+    ] {
+        let reply = get(&gw.url(path), &headers).await.unwrap();
+        assert_eq!(reply.status, status, "{path}");
+        let id = reply.header("x-request-id").unwrap_or_default();
+        assert!(is_made_id(&id), "{path}: {id:?}");
+    }
+    assert_eq!(world.upstream.count(), forwarded);
+
+    // An upstream's own id stays on its answer.
+    let upstream = serve_fn(|_req: Request<Incoming>| async {
+        let mut response = Response::new(full_body("ok"));
+        response
+            .headers_mut()
+            .insert("x-request-id", http::HeaderValue::from_static("app-42"));
+        response
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-request-id").as_deref(), Some("app-42"));
+}
+
+/// A trusted proxy's id (an ingress's) is kept, when it is one of 1 to 128
+/// visible characters; `server.request_id: false` leaves the header alone.
+#[tokio::test]
+async fn a_trusted_proxys_request_id_is_kept_and_ids_can_be_turned_off() {
+    let world = World::new().await;
+    let auth = bearer(&world.token("orders:read"));
+    let trusting = world
+        .config()
+        .replace("routes:\n", "trusted_proxies: [127.0.0.1]\nroutes:\n");
+    let gw = Gateway::start(&trusting).await;
+    let long = "i".repeat(128);
+    let too_long = "i".repeat(129);
+    for (sent, kept) in [
+        (vec!["ingress-7f3a"], true),
+        (vec![long.as_str()], true),
+        (vec![too_long.as_str()], false),
+        (vec!["a b"], false),
+        (vec!["one", "two"], false),
+    ] {
+        let mut headers = vec![("Authorization", auth.as_str())];
+        headers.extend(sent.iter().map(|id| ("X-Request-Id", *id)));
+        let reply = raw_reply(gw.addr, &request("GET", "/orders/42", &headers)).await;
+        assert_eq!(reply.status, 200, "{sent:?}");
+        let answered = reply.header("x-request-id").unwrap();
+        let seen = world.upstream.last();
+        assert_eq!(seen.headers.get_all("x-request-id").iter().count(), 1);
+        assert_eq!(seen.headers["x-request-id"], answered.as_str(), "{sent:?}");
+        if kept {
+            assert_eq!(answered, sent[0]);
+        } else {
+            assert!(is_made_id(&answered), "{sent:?}: {answered}");
+        }
+    }
+
+    let off = world.config().replace(
+        "  shutdown_grace: 5s\n",
+        "  shutdown_grace: 5s\n  request_id: false\n",
+    );
+    assert!(off.contains("request_id: false"));
+    let gw = Gateway::start(&off).await;
+    let reply = get(
+        &gw.url("/orders/1"),
+        &[("authorization", &auth), ("x-request-id", "client-chosen")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200);
+    assert_eq!(reply.header("x-request-id"), None);
+    assert_eq!(
+        world.upstream.last().headers["x-request-id"],
+        "client-chosen"
+    );
+    let reply = get(&gw.url("/orders/1"), &[]).await.unwrap();
+    assert_eq!((reply.status, reply.header("x-request-id")), (401, None));
+}
+
 #[tokio::test]
 async fn strip_authorization_default_global_and_per_route() {
     let world = World::new().await;

@@ -252,6 +252,9 @@ pub struct RawServer {
     /// or with a response its client takes nothing of.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: Spanned<HumanDuration>,
+    /// Give each request an `X-Request-Id` (kept from a trusted proxy).
+    #[serde(default = "default_true")]
+    pub request_id: bool,
 }
 
 impl Default for RawServer {
@@ -266,6 +269,7 @@ impl Default for RawServer {
             header_read_timeout: default_header_read_timeout(),
             max_connections: default_max_connections(),
             idle_timeout: default_idle_timeout(),
+            request_id: true,
         }
     }
 }

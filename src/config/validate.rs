@@ -258,6 +258,9 @@ pub struct ServerSettings {
     pub max_connections: usize,
     /// Longest time a client connection stays open with nothing in flight.
     pub idle_timeout: Duration,
+    /// Each request gets an `X-Request-Id`, sent upstream, put on the
+    /// answer and logged.
+    pub request_id: bool,
 }
 
 /// Certificate chain and key for inbound TLS.
@@ -1137,6 +1140,7 @@ impl Validator<'_> {
             header_read_timeout: s.header_read_timeout.value.0,
             idle_timeout: s.idle_timeout.value.0,
             max_connections: s.max_connections.value,
+            request_id: s.request_id,
         })
     }
 

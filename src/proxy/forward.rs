@@ -21,6 +21,7 @@ use super::headers::{
     announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo,
 };
 use super::pool::{PoolSettings, SendError, UpstreamPool};
+use super::request_id::RequestId;
 use super::Body;
 use crate::admin::metrics::Metrics;
 use crate::admin::throttle::LogThrottle;
@@ -45,6 +46,16 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Whether `client` is a trusted proxy (`trusted_proxies`), whose
+    /// forwarding headers and request id are kept.
+    pub fn trusts(&self, client: &ClientInfo) -> bool {
+        !self.trusted_proxies.is_empty()
+            && self
+                .trusted_proxies
+                .iter()
+                .any(|net| net.contains(&client.ip()))
+    }
+
     /// Builds the clients; fails on an unreadable CA file.
     pub fn new(
         upstreams: Vec<Upstream>,
@@ -105,6 +116,7 @@ impl Forwarder {
         request: Request<Incoming>,
         canonical_path: Option<&str>,
         client: &ClientInfo,
+        request_id: Option<&RequestId>,
         upload: &mut Option<UploadEnd>,
     ) -> Result<Response<Body>, GatewayError> {
         let route = permit.route();
@@ -116,18 +128,14 @@ impl Forwarder {
         let token_accepted_until = permit.identity().map(|token| token.accepted_until);
         let (mut parts, body) = request.into_parts();
         let client_http1 = parts.version < http::Version::HTTP_2;
-        let from_trusted_proxy = !self.trusted_proxies.is_empty()
-            && self
-                .trusted_proxies
-                .iter()
-                .any(|net| net.contains(&client.ip()));
         let upgrade = prepare_upstream_request(
             &mut parts.headers,
             &route.forward,
             permit.identity(),
             client,
             parts.uri.authority(),
-            from_trusted_proxy,
+            self.trusts(client),
+            request_id,
         );
         let (client_upgrade, websocket_accept) = if upgrade {
             (

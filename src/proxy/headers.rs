@@ -13,6 +13,7 @@ use http::HeaderMap;
 
 use crate::auth::VerifiedToken;
 use crate::config::ForwardPolicy;
+use crate::proxy::request_id::{RequestId, X_REQUEST_ID};
 use crate::proxy::tunnel::ConnectionHold;
 
 /// `X-Forwarded-For`.
@@ -379,6 +380,7 @@ pub fn prepare_upstream_request(
     client: &ClientInfo,
     authority: Option<&Authority>,
     from_trusted_proxy: bool,
+    request_id: Option<&RequestId>,
 ) -> bool {
     // Taken before hop-by-hop removal: `Connection: host` must not hide it.
     // A target's authority (absolute form, HTTP/2 `:authority`) wins over
@@ -430,6 +432,10 @@ pub fn prepare_upstream_request(
         Some(host) => headers.insert(X_FORWARDED_HOST.clone(), host),
         None => headers.remove(&X_FORWARDED_HOST),
     };
+    // After hop-by-hop removal: `Connection: x-request-id` cannot drop it.
+    if let Some(id) = request_id {
+        headers.insert(X_REQUEST_ID.clone(), id.header());
+    }
 
     if let Some(token) = identity {
         for (name, slot) in &policy.identity_headers {

@@ -6,6 +6,7 @@ pub mod client;
 pub mod forward;
 pub mod headers;
 pub mod pool;
+pub mod request_id;
 pub mod tunnel;
 
 use bytes::Bytes;

@@ -24,6 +24,7 @@ use crate::error::{ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
 use crate::proxy::headers::announce_close;
+use crate::proxy::request_id::{RequestId, RequestIds, X_REQUEST_ID};
 use crate::proxy::{Body, ClientInfo, Forwarder};
 use crate::routes::{canonicalize, Lookup, RouteTable};
 
@@ -39,6 +40,8 @@ pub struct Gateway {
     authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
     hot_metrics: HotMetrics,
     tls: Option<crate::server::tls::Inbound>,
+    /// `server.request_id`: gives each request its id.
+    request_ids: Option<RequestIds>,
 }
 
 /// Label lookups for the common outcomes, resolved once and then reused, so
@@ -192,6 +195,11 @@ impl Gateway {
             Arc::clone(&metrics),
         )?;
         let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
+        let request_ids = if config.server.request_id {
+            Some(RequestIds::new()?)
+        } else {
+            None
+        };
         let tls = config
             .server
             .tls
@@ -201,6 +209,7 @@ impl Gateway {
         Ok(Self {
             tls,
             hot_metrics,
+            request_ids,
             routes: config.routes,
             auth,
             forwarder,
@@ -230,6 +239,10 @@ impl Gateway {
     /// Handles one request end to end, and records its metrics and access log.
     pub async fn handle(&self, request: Request<Incoming>, client: &ClientInfo) -> Response<Body> {
         let started = Instant::now();
+        let request_id = self
+            .request_ids
+            .as_ref()
+            .map(|ids| ids.assign(request.headers(), || self.forwarder.trusts(client)));
         let slot = method_slot(request.method());
         let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
         let matched = OnceLock::new();
@@ -245,7 +258,13 @@ impl Gateway {
             armed: true,
         };
         let (route, outcome, body_left) = self
-            .pipeline(request, client, &matched, &mut served_by)
+            .pipeline(
+                request,
+                client,
+                request_id.as_ref(),
+                &matched,
+                &mut served_by,
+            )
             .await;
         abandoned.armed = false;
         let (mut response, reason) = match outcome {
@@ -260,6 +279,12 @@ impl Gateway {
         // the client sends nothing more on it.
         if body_left {
             announce_close(response.headers_mut());
+        }
+        // An upstream's own id stays on its answer.
+        if let Some(id) = &request_id {
+            if let http::header::Entry::Vacant(slot) = response.headers_mut().entry(&X_REQUEST_ID) {
+                slot.insert(id.header());
+            }
         }
         let route_name = route.map_or(served_by, |r| &r.name);
         let status = response.status();
@@ -279,6 +304,7 @@ impl Gateway {
             status = status.as_u16(),
             reason,
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            request_id = request_id.as_ref().map_or("-", RequestId::as_str),
         );
         response
     }
@@ -290,6 +316,7 @@ impl Gateway {
         &'a self,
         request: Request<Incoming>,
         client: &ClientInfo,
+        request_id: Option<&RequestId>,
         matched: &OnceLock<&'a Route>,
         served_by: &mut &'static str,
     ) -> (
@@ -306,7 +333,14 @@ impl Gateway {
                 let mut upload = None;
                 let result = self
                     .forwarder
-                    .forward(permit, request, rewritten.as_deref(), client, &mut upload)
+                    .forward(
+                        permit,
+                        request,
+                        rewritten.as_deref(),
+                        client,
+                        request_id,
+                        &mut upload,
+                    )
                     .await;
                 // A failed forward leaves the body unread if it never got
                 // on its way, or stopped before its end.
