@@ -1694,6 +1694,54 @@ async fn file_store_survives_a_restart() {
     stop(gw).await;
 }
 
+/// Sends one keep-alive request on a new connection to `addr` and reads its
+/// answer's head, leaving the connection open.
+async fn keep_alive_request(addr: SocketAddr, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(Duration::from_secs(10), stream.read(&mut byte))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    stream
+}
+
+/// `server::run` returns once the connections it served have ended, and
+/// with them what they held: neither a scraper's keep-alive connection to
+/// the admin port nor a client's to the proxy keeps the store file locked
+/// (the same file opens again at once, as after a restart in place).
+#[tokio::test]
+async fn a_stopped_gateway_leaves_its_store_file_free() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = write_key(dir.path(), "signing.pem");
+    let extra = format!(
+        "{}  store: {{ file: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        dir.path().join("state.redb").display()
+    );
+    let upstream = Upstream::start().await;
+    let yaml = config(upstream.addr, &extra);
+    for _ in 0..3 {
+        let gw = Gateway::start(&yaml).await;
+        let scraper = keep_alive_request(gw.admin, "/metrics").await;
+        let client = keep_alive_request(gw.addr, "/orders/7").await;
+        stop(gw).await;
+        let again = Gateway::try_start(&yaml).await.unwrap();
+        stop(again).await;
+        drop((scraper, client));
+    }
+}
+
 /// A `redis-server` child on a free loopback port, killed on drop.
 struct RedisServer {
     child: std::process::Child,

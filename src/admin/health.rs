@@ -33,7 +33,8 @@ type OpenConnections = Mutex<VecDeque<(u64, Arc<Notify>)>>;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
 /// Serves the admin endpoints (HTTP/1.1, as probes and scrapers speak)
-/// until `shutdown` changes. A connection gets `header_read_timeout` for
+/// until `shutdown` changes, then closes its connections and returns once
+/// they have ended. A connection gets `header_read_timeout` for
 /// each request head, as on the proxy listener, so idle or slow connections
 /// cannot hold the few slots the kubelet's probes need.
 pub async fn serve(
@@ -52,15 +53,18 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(header_read_timeout);
+    // Ended with the server: an open connection (a scraper's keep-alive
+    // one) would otherwise answer from, and hold, a config already gone.
+    let tasks = tokio_util::task::TaskTracker::new();
     loop {
         let slot = tokio::select! {
             slot = Arc::clone(&slots).acquire_owned() => slot,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
-        let Ok(slot) = slot else { return };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
-            _ = shutdown.changed() => return,
+            _ = shutdown.changed() => break,
         };
         let Ok((stream, _)) = accepted else {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -88,7 +92,7 @@ pub async fn serve(
             }),
         );
         let open = Arc::clone(&open);
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             tokio::select! {
                 _ = tokio::time::timeout(CONNECTION_LIFETIME, connection) => {}
                 // Closed to make room: dropped, in whatever state it is.
@@ -100,6 +104,16 @@ pub async fn serve(
             drop(slot);
         });
     }
+    drop(listener);
+    for (_, close) in open
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .drain(..)
+    {
+        close.notify_one();
+    }
+    tasks.close();
+    tasks.wait().await;
 }
 
 fn answer(

@@ -19,12 +19,13 @@ use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
+use tokio_util::task::TaskTracker;
 
 use crate::admin::metrics::{LabelNames, Metrics};
 use crate::config::{Config, ServerSettings};
@@ -48,7 +49,9 @@ pub enum ServerError {
 
 /// Runs the gateway on the given listeners until `shutdown` resolves, then
 /// turns unready, keeps serving for `shutdown_delay`, stops accepting, and
-/// drains in-flight requests for up to `shutdown_grace`.
+/// drains in-flight requests for up to `shutdown_grace`. Once it returns
+/// within that grace, no connection it served holds the config any more:
+/// the same store file can be opened again at once.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -103,7 +106,7 @@ async fn serve(
     let current = Arc::new(ArcSwap::from_pointee(first));
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
-    if let Some(path) = config_path {
+    let reloader = if let Some(path) = config_path {
         let reloader = reload::Reloader::new(
             path,
             Arc::clone(&current),
@@ -113,8 +116,10 @@ async fn serve(
             files,
             files_digest,
         );
-        tokio::spawn(reloader.run(background.clone()));
-    }
+        Some(tokio::spawn(reloader.run(background.clone())))
+    } else {
+        None
+    };
 
     let draining = Arc::new(AtomicBool::new(false));
     let ready = {
@@ -134,7 +139,11 @@ async fn serve(
     ));
 
     tracing::info!(listen = %listener.local_addr()?, admin = %admin_addr, tls = tls.is_some(), "scopegate serving");
-    let builder = Arc::new(connection_builder(&settings));
+    // Every task that serves a connection (and, over HTTP/2, each stream's
+    // task): `run` returns only once they have ended, and with them all
+    // they hold of the config (the authorization server's store above all).
+    let tasks = TaskTracker::new();
+    let builder = Arc::new(connection_builder(&settings, &tasks));
     let graceful = GracefulShutdown::new();
     let connections = Arc::new(Semaphore::new(settings.max_connections));
 
@@ -185,7 +194,7 @@ async fn serve(
             background.clone(),
         ));
         let client = Arc::new(ClientInfo::new(peer.ip(), tls.is_some()).holding(hold));
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match tls {
                 Some(acceptor) => {
                     match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
@@ -208,20 +217,29 @@ async fn serve(
 
     drop(listener);
     tracing::info!(grace = ?settings.shutdown_grace, "draining in-flight requests");
-    if tokio::time::timeout(settings.shutdown_grace, graceful.shutdown())
-        .await
-        .is_err()
-    {
+    let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
+    tasks.close();
+    let drained = async {
+        graceful.shutdown().await;
+        tasks.wait().await;
+    };
+    if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!("shutdown grace expired with requests still in flight");
     }
     let _ = stop_background.send(true);
     current.load().authenticator().stop_background();
     let _ = admin.await;
+    // A reload under way ends first: it may be opening a store.
+    if let Some(reloader) = reloader {
+        if tokio::time::timeout_at(deadline, reloader).await.is_err() {
+            tracing::warn!("shutdown grace expired with a reload under way");
+        }
+    }
     Ok(())
 }
 
-fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor> {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+fn connection_builder(settings: &ServerSettings, tasks: &TaskTracker) -> auto::Builder<Tracked> {
+    let mut builder = auto::Builder::new(Tracked(tasks.clone()));
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -244,6 +262,20 @@ fn connection_builder(settings: &ServerSettings) -> auto::Builder<TokioExecutor>
 /// See [`connection_builder`].
 const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
+/// Runs hyper's tasks (HTTP/2 streams) on the runtime, tracked.
+#[derive(Clone)]
+struct Tracked(TaskTracker);
+
+impl<F> hyper::rt::Executor<F> for Tracked
+where
+    F: Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, future: F) {
+        self.0.spawn(future);
+    }
+}
+
 /// Per-connection time limits.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionTimeouts {
@@ -258,7 +290,7 @@ async fn serve_connection<I>(
     peer: SocketAddr,
     client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
-    builder: &auto::Builder<TokioExecutor>,
+    builder: &auto::Builder<Tracked>,
     watcher: hyper_util::server::graceful::Watcher,
     timeouts: ConnectionTimeouts,
 ) where

@@ -22,6 +22,11 @@
 //!   token, says `{"active": false}` and nothing more; the gateway accepts exactly the active access tokens, and after
 //!   the sequence every access token issued in the case is tried again.
 //!
+//! The same sequences run as well where the store outlives a gateway: on a
+//! file store whose gateway restarts between steps now and then, and on two
+//! replicas sharing a redis store, each step on either of them (and each
+//! restarting now and then). One model holds for all of them.
+//!
 //! Wrong secrets go only to client `web`, which never needs to succeed here,
 //! so the failure limiter's 429 never hides an answer the model expects.
 
@@ -496,17 +501,22 @@ struct Lab {
     _keys: tempfile::TempDir,
 }
 
-async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
-    let gw = &lab.gw;
+/// A case's first tokens, issued by `gw`: the control of the forgeries,
+/// and a client credentials grant for each client.
+async fn first_tokens(
+    gw: &Gateway,
+    key: &jsonwebtoken::EncodingKey,
+    forged: &[String],
+) -> Result<Model, String> {
     let mut model = Model {
-        forged: lab.forged.clone(),
+        forged: forged.to_vec(),
         ..Model::default()
     };
     // The control of the forgeries: without a fault, a token signed with the
     // server's key is one of its access tokens, though it never issued it.
     model.tokens.push(Issued {
         value: mint(
-            &lab.key,
+            key,
             (Some("at+jwt"), 3600, ISS),
             &scopegate::issuer::random_token().unwrap(),
         ),
@@ -519,6 +529,12 @@ async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
     for client in ["svc", "other", "plain"] {
         model.add(client, &client_credentials(gw, client).await, None)?;
     }
+    Ok(model)
+}
+
+async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
+    let gw = &lab.gw;
+    let mut model = first_tokens(gw, &lab.key, &lab.forged).await?;
     for (n, op) in ops.iter().enumerate() {
         run_op(gw, &mut model, op)
             .await
@@ -555,4 +571,131 @@ fn token_lifecycles_follow_their_grants() {
         proptest::collection::vec(op(), 1..12),
         check,
     );
+}
+
+/// A step of the campaigns on a store that outlives a gateway: an operation
+/// on one of the replicas, or a restart of one.
+#[derive(Debug, Clone)]
+enum Step {
+    On(usize, Op),
+    Restart(usize),
+}
+
+fn steps(replicas: usize) -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(
+        prop_oneof![
+            8 => (0..replicas, op()).prop_map(|(r, op)| Step::On(r, op)),
+            1 => (0..replicas).prop_map(Step::Restart),
+        ],
+        1..16,
+    )
+}
+
+/// Gateways sharing a store that keeps state across restarts: a file (one
+/// gateway at a time can hold it) or a redis server (replicas).
+struct Shared {
+    upstream: Upstream,
+    key: jsonwebtoken::EncodingKey,
+    key_path: std::path::PathBuf,
+    forged: Vec<String>,
+    replicas: usize,
+    redis: Option<RedisServer>,
+    _keys: tempfile::TempDir,
+}
+
+impl Shared {
+    /// Its upstream serves on `runtime`.
+    fn new(runtime: &tokio::runtime::Runtime, replicas: usize, redis: Option<RedisServer>) -> Self {
+        let keys = tempfile::tempdir().unwrap();
+        let (key_path, pem) = write_key(keys.path(), "signing.pem");
+        let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
+        Self {
+            upstream: runtime.block_on(Upstream::start()),
+            forged: FORGERIES.iter().map(|f| mint(&key, *f, "forged")).collect(),
+            key,
+            key_path,
+            replicas,
+            redis,
+            _keys: keys,
+        }
+    }
+
+    /// The config of a case's gateways: the redis server's, or a file of
+    /// the case's own in `dir`.
+    fn yaml(&self, dir: &Path) -> String {
+        let store = match &self.redis {
+            Some(redis) => format!("{{ redis: \"{}\" }}", redis.url()),
+            None => format!("{{ file: \"{}\" }}", dir.join("state.redb").display()),
+        };
+        config(
+            self.upstream.addr,
+            &format!(
+                "{}  store: {store}\n",
+                signing_key_yaml("k1", &self.key_path)
+            ),
+        )
+    }
+}
+
+/// Runs `steps` on the replicas of a fresh deployment; every token stays
+/// what the one model says, whichever replica is asked and however often
+/// they restarted. Tokens are new in every case, so a redis server shared
+/// by the cases holds nothing a case knows of.
+async fn check_shared(lab: &Shared, steps: Vec<Step>) -> Result<(), String> {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = lab.yaml(dir.path());
+    let mut gws = Vec::new();
+    for _ in 0..lab.replicas {
+        gws.push(Gateway::start(&yaml).await);
+    }
+    let mut model = first_tokens(&gws[0], &lab.key, &lab.forged).await?;
+    for (n, step) in steps.iter().enumerate() {
+        match step {
+            Step::On(r, op) => run_op(&gws[*r], &mut model, op)
+                .await
+                .map_err(|e| format!("step {n} of {steps:?}: {e}"))?,
+            // Stopped before the next opens the store: a file is held by
+            // one gateway at a time.
+            Step::Restart(r) => {
+                stop(gws.remove(*r)).await;
+                gws.insert(*r, Gateway::start(&yaml).await);
+            }
+        }
+    }
+    for (r, gw) in gws.iter().enumerate() {
+        for i in 0..model.tokens.len() {
+            if matches!(model.tokens[i].kind, Kind::Access { .. }) {
+                run_op(gw, &mut model, &Op::Use(Pick::Issued(i)))
+                    .await
+                    .map_err(|e| {
+                        format!("after {steps:?}, access token {i} at replica {r}: {e}")
+                    })?;
+            }
+        }
+    }
+    for gw in gws {
+        stop(gw).await;
+    }
+    Ok(())
+}
+
+/// The lifecycle campaign on a file store, restarted now and then: used
+/// refresh tokens, ended grants and revocations survive each restart.
+#[test]
+fn token_lifecycles_survive_restarts_on_a_file_store() {
+    let runtime = runtime();
+    let lab = Shared::new(&runtime, 1, None);
+    run_campaign(&runtime, &lab, 48, steps(1), check_shared);
+}
+
+/// The lifecycle campaign on two replicas sharing a redis store, each
+/// operation on either of them, and each now and then restarted.
+#[test]
+fn token_lifecycles_hold_across_replicas_on_a_redis_store() {
+    let runtime = runtime();
+    let Some(redis) = runtime.block_on(RedisServer::start()) else {
+        return;
+    };
+    let lab = Shared::new(&runtime, 2, Some(redis));
+    run_campaign(&runtime, &lab, 48, steps(2), check_shared);
 }

@@ -297,7 +297,7 @@ impl Gateway {
                 let _ = stopped.await;
             },
         ));
-        let gateway = Self {
+        let mut gateway = Self {
             addr,
             admin,
             stop: Some(stop),
@@ -307,13 +307,18 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Polls /readyz until it answers 200 (bounded).
-    pub async fn wait_ready(&self) {
+    /// Polls /readyz until it answers 200 (bounded); a gateway that
+    /// stopped instead is reported with what `run` returned.
+    pub async fn wait_ready(&mut self) {
         for _ in 0..200 {
             if let Ok(r) = get(&format!("http://{}/readyz", self.admin), &[]).await {
                 if r.status == 200 {
                     return;
                 }
+            }
+            if self.task.is_finished() {
+                let ended = (&mut self.task).await;
+                panic!("the gateway stopped before it was ready: {ended:?}");
             }
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
@@ -1228,7 +1233,7 @@ pub async fn start_reloading_with(
             let _ = stopped.await;
         },
     ));
-    let gateway = Gateway::from_parts(addr, admin, stop, task);
+    let mut gateway = Gateway::from_parts(addr, admin, stop, task);
     gateway.wait_ready().await;
     Reloading { gateway }
 }
