@@ -1024,14 +1024,34 @@ async fn each_request_gets_an_id_upstream_and_on_its_answer() {
         .unwrap();
     assert!(is_made_id(&next) && next != id, "{next} after {id}");
 
-    // `Connection` naming it does not keep it from the app.
+    // `Connection` naming it does not keep it from the app, and another
+    // spelling (Rack and gunicorn read `X_Request_Id` as the same name)
+    // does not reach it.
     let seen = forwarded_get(
         &gw,
         &world,
-        &[("Authorization", &auth), ("Connection", "x-request-id")],
+        &[
+            ("Authorization", &auth),
+            ("Connection", "x-request-id"),
+            ("X_Request_Id", "forged"),
+        ],
     )
     .await;
     assert!(is_made_id(seen.headers["x-request-id"].to_str().unwrap()));
+    assert!(
+        !seen.headers.contains_key("x_request_id"),
+        "{:?}",
+        seen.headers
+    );
+
+    // No identity header may take its name.
+    assert_config_refused(
+        &world.config().replace(
+            "routes:\n",
+            "forward:\n  identity_headers: { X-Request-Id: jti }\nroutes:\n",
+        ),
+        "cannot be an identity header",
+    );
 
     // Refusals and scopegate's own answers carry one as well.
     let forwarded = world.upstream.count();

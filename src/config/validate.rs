@@ -22,6 +22,7 @@ use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::{RedisTarget, StoreConfig};
 use crate::proxy::headers::{RemovedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::proxy::request_id::X_REQUEST_ID;
 use crate::routes::{RouteSpec, RouteTable};
 
 /// The validated configuration the gateway runs on.
@@ -594,7 +595,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             value: compiled,
         });
     }
-    strip_every_identity_header(&default_forward, &mut specs);
+    strip_every_identity_header(&default_forward, &mut specs, raw.server.request_id);
     let rules = v.match_rules(&raw.route_matching)?;
     let routes = RouteTable::build_with(specs, rules).map_err(|e| {
         let location = raw
@@ -731,15 +732,22 @@ const CLIENT_MAY_NOT_SEND: [&str; 39] = [
 /// `X-Auth-Subject` must not reach the upstream either (nor `X-Partner` on a
 /// route that sets only the defaults, or none at all). And every route
 /// removes [`CLIENT_MAY_NOT_SEND`].
-fn strip_every_identity_header(default: &Arc<ForwardPolicy>, specs: &mut [RouteSpec<Route>]) {
+fn strip_every_identity_header(
+    default: &Arc<ForwardPolicy>,
+    specs: &mut [RouteSpec<Route>],
+    request_id: bool,
+) {
     let policies = std::iter::once(default).chain(specs.iter().map(|s| &s.value.forward));
     let every = RemovedHeaders::new(
         CLIENT_MAY_NOT_SEND
             .iter()
             .map(|name| HeaderName::from_static(name))
             .chain(policies.flat_map(|p| p.remove_headers.iter().cloned())),
+        // Set by scopegate: their other spellings (`X_Request_Id`, which
+        // Rack and gunicorn read as the same name) go.
         [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST]
             .into_iter()
+            .chain(request_id.then_some(&X_REQUEST_ID))
             .cloned(),
     );
     let with = |policy: &ForwardPolicy| {
@@ -821,6 +829,7 @@ const RESERVED_HEADERS: &[&str] = &[
     "x-forwarded-for",
     "x-forwarded-proto",
     "x-forwarded-host",
+    "x-request-id",
 ];
 
 /// An absolute `http://` or `https://` URL without user information or

@@ -227,14 +227,15 @@ async fn serve(
         tracing::warn!("shutdown grace expired with requests still in flight");
     }
     let _ = stop_background.send(true);
-    current.load().authenticator().stop_background();
-    let _ = admin.await;
-    // A reload under way ends first: it may be opening a store.
+    // The reloader ends (giving up a reload under way) before the running
+    // gateway's background work is stopped: no reload swaps in another.
     if let Some(reloader) = reloader {
         if tokio::time::timeout_at(deadline, reloader).await.is_err() {
-            tracing::warn!("shutdown grace expired with a reload under way");
+            tracing::warn!("shutdown grace expired with the reloader still running");
         }
     }
+    current.load().authenticator().stop_background();
+    let _ = admin.await;
     Ok(())
 }
 

@@ -255,6 +255,7 @@ impl Gateway {
             started,
             slot,
             method,
+            request_id: request_id.as_ref(),
             armed: true,
         };
         let (route, outcome, body_left) = self
@@ -846,6 +847,7 @@ struct Abandoned<'a> {
     started: Instant,
     slot: usize,
     method: &'static str,
+    request_id: Option<&'a RequestId>,
     /// Cleared once the pipeline answered.
     armed: bool,
 }
@@ -938,6 +940,7 @@ impl Drop for Abandoned<'_> {
             status = CLIENT_CLOSED,
             reason = "client_closed",
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
+            request_id = self.request_id.map_or("-", RequestId::as_str),
         );
     }
 }

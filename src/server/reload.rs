@@ -113,8 +113,12 @@ impl Reloader {
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
         // A change that landed between loading the config and the watch
-        // starting raised no event: look once now.
-        self.reload(false).await;
+        // starting raised no event: look once now. A reload under way when
+        // the server stops is given up (see `apply`).
+        tokio::select! {
+            () = self.reload(false) => {}
+            _ = stop.changed() => return,
+        }
         loop {
             let forced = tokio::select! {
                 Some(()) = event_rx.recv() => {
@@ -126,7 +130,10 @@ impl Reloader {
                 _ = poll.tick() => false,
                 _ = stop.changed() => return,
             };
-            self.reload(forced).await;
+            tokio::select! {
+                () = self.reload(forced) => {}
+                _ = stop.changed() => return,
+            }
             // A full poll interval after this reload ended, not after it
             // began: a config refused for keys that did not come within
             // READY_TIMEOUT (as long as a poll) is not tried again at once,
@@ -259,21 +266,27 @@ impl Reloader {
             .map_err(ReloadError::Setup)?;
         let reused = Arc::ptr_eq(gateway.authenticator(), old.authenticator());
         let gateway = Arc::new(gateway);
-        if !reused {
+        // Until it serves, the new gateway's key refreshers stop with this
+        // reload: refused, or given up when the server stops.
+        let starting = (!reused).then(|| {
             gateway.authenticator().spawn_background();
+            StopBackground(Some(Arc::clone(gateway.authenticator())))
+        });
+        if starting.is_some() {
             let ready = async {
                 while !gateway.authenticator().is_ready() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
             if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
-                gateway.authenticator().stop_background();
+                drop(starting);
                 drop(tokio::task::spawn_blocking(move || drop(gateway)));
                 return Err(ReloadError::NotReady(READY_TIMEOUT));
             }
         }
         self.current.store(gateway);
-        if !reused {
+        if let Some(starting) = starting {
+            starting.serving();
             old.authenticator().stop_background();
         }
         self.metrics
@@ -284,6 +297,25 @@ impl Reloader {
         // for a refused gateway above): closing a file store writes to disk.
         drop(tokio::task::spawn_blocking(move || drop(old)));
         Ok((named, named_digest))
+    }
+}
+
+/// Stops an authenticator's background work when dropped, unless it went
+/// into service.
+struct StopBackground(Option<Arc<crate::auth::Authenticator>>);
+
+impl StopBackground {
+    /// It serves now: its work goes on.
+    fn serving(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for StopBackground {
+    fn drop(&mut self) {
+        if let Some(authenticator) = self.0.take() {
+            authenticator.stop_background();
+        }
     }
 }
 
