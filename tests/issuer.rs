@@ -288,6 +288,18 @@ fn signing_key_yaml(kid: &str, path: &Path) -> String {
     )
 }
 
+/// The standard config with a signing key written to `dir` and a file
+/// store there (`state.redb`).
+fn file_store_config(upstream: SocketAddr, dir: &Path) -> String {
+    let (key, _) = write_key(dir, "signing.pem");
+    let extra = format!(
+        "{}  store: {{ file: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        dir.join("state.redb").display()
+    );
+    config(upstream, &extra)
+}
+
 /// Stops a gateway and waits (bounded) for its task to end.
 async fn stop(mut gw: Gateway) {
     gw.trigger_shutdown();
@@ -626,14 +638,8 @@ async fn a_refused_refresh_leaves_the_token_usable() {
 #[tokio::test]
 async fn a_refresh_follows_the_users_and_scopes_of_the_current_config() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = write_key(dir.path(), "signing.pem");
-    let extra = format!(
-        "{}  store: {{ file: \"{}\" }}\n",
-        signing_key_yaml("k1", &key),
-        dir.path().join("state.redb").display()
-    );
     let upstream = Upstream::start().await;
-    let yaml = config(upstream.addr, &extra);
+    let yaml = file_store_config(upstream.addr, dir.path());
     let gw = Gateway::start(&yaml).await;
     let bob = password(&gw, "bob", PASSWORD).await;
     assert_eq!(bob.status, 200, "{}", bob.text());
@@ -1654,15 +1660,9 @@ async fn revoking_a_refresh_token_ends_its_grant() {
 #[tokio::test]
 async fn file_store_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = write_key(dir.path(), "signing.pem");
     let db = dir.path().join("state.redb");
-    let extra = format!(
-        "{}  store: {{ file: \"{}\" }}\n",
-        signing_key_yaml("k1", &key),
-        db.display()
-    );
     let upstream = Upstream::start().await;
-    let yaml = config(upstream.addr, &extra);
+    let yaml = file_store_config(upstream.addr, dir.path());
 
     let gw = Gateway::start(&yaml).await;
     let first = client_credentials(&gw, "svc").await;
@@ -1723,14 +1723,8 @@ async fn keep_alive_request(addr: SocketAddr, path: &str) -> tokio::net::TcpStre
 #[tokio::test]
 async fn a_stopped_gateway_leaves_its_store_file_free() {
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = write_key(dir.path(), "signing.pem");
-    let extra = format!(
-        "{}  store: {{ file: \"{}\" }}\n",
-        signing_key_yaml("k1", &key),
-        dir.path().join("state.redb").display()
-    );
     let upstream = Upstream::start().await;
-    let yaml = config(upstream.addr, &extra);
+    let yaml = file_store_config(upstream.addr, dir.path());
     for _ in 0..3 {
         let gw = Gateway::start(&yaml).await;
         let scraper = keep_alive_request(gw.admin, "/metrics").await;
