@@ -5,6 +5,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use bytes::Bytes;
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
 /// The header's name.
@@ -23,14 +24,10 @@ pub struct RequestIds {
     next: AtomicU64,
 }
 
-/// One request's id.
+/// One request's id, as sent upstream and on the answer: made once, and
+/// shared by every copy (a reference count, no further allocation).
 #[derive(Debug, Clone)]
-pub enum RequestId {
-    /// Made here: 32 lower-case hex digits.
-    Made([u8; 32]),
-    /// Sent by a trusted proxy, as it came.
-    Kept(HeaderValue),
-}
+pub struct RequestId(HeaderValue);
 
 impl RequestIds {
     /// A generator with a fresh random prefix.
@@ -57,34 +54,29 @@ impl RequestIds {
             let fits = (1..=MAX_KEPT_LEN).contains(&id.len())
                 && id.as_bytes().iter().all(|b| b.is_ascii_graphic());
             if fits && trusted() {
-                return RequestId::Kept(id.clone());
+                return RequestId(id.clone());
             }
         }
         let mut made = [0u8; 32];
         let (prefix, counter) = made.split_at_mut(16);
         prefix.copy_from_slice(&self.prefix);
         hex_into(self.next.fetch_add(1, Ordering::Relaxed), counter);
-        RequestId::Made(made)
+        // Hex digits are a valid value.
+        let id = HeaderValue::from_maybe_shared(Bytes::from_owner(made))
+            .unwrap_or_else(|_| HeaderValue::from_static("-"));
+        RequestId(id)
     }
 }
 
 impl RequestId {
-    /// As a header value (a copy per use).
+    /// As a header value.
     pub fn header(&self) -> HeaderValue {
-        match self {
-            Self::Made(id) => {
-                HeaderValue::from_bytes(id).unwrap_or_else(|_| HeaderValue::from_static("-"))
-            }
-            Self::Kept(id) => id.clone(),
-        }
+        self.0.clone()
     }
 
     /// As text, for the access log.
     pub fn as_str(&self) -> &str {
-        match self {
-            Self::Made(id) => std::str::from_utf8(id).unwrap_or("-"),
-            Self::Kept(id) => id.to_str().unwrap_or("-"),
-        }
+        self.0.to_str().unwrap_or("-")
     }
 }
 
@@ -139,7 +131,8 @@ mod tests {
         let ids = RequestIds::new().unwrap();
         let long = "a".repeat(MAX_KEPT_LEN);
         let kept = |sent: &[&str], trusted: bool| {
-            matches!(ids.assign(&headers(sent), || trusted), RequestId::Kept(_))
+            let id = ids.assign(&headers(sent), || trusted);
+            sent.first().is_some_and(|s| id.as_str() == *s)
         };
         assert!(kept(&["abc-123"], true));
         assert!(kept(&[&long], true));
