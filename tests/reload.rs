@@ -1094,6 +1094,43 @@ async fn a_reloads_new_issuer_is_reported_while_the_reload_waits_for_its_keys() 
     }
 }
 
+/// A reload still waiting for its new issuer's keys when the server stops
+/// is given up, and the key refresher it started with it: no fetch follows
+/// the stop (before, the refresher went on until the reload's 30 s wait for
+/// the keys ran out, after `run` had returned).
+#[tokio::test]
+async fn a_reload_waiting_for_keys_at_shutdown_leaves_no_refresher_behind() {
+    let (mut gw, jwks, _upstream, _dir) = reloading_to_a_new_issuer("late").await;
+    // The refresher retries after 250 ms, 500 ms, 1 s, 2 s, ...: by its
+    // third fetch it is running.
+    let mut running = false;
+    for _ in 0..200 {
+        if jwks.fetches() >= 3 {
+            running = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(running, "the reload's refresher never fetched three times");
+    gw.trigger_shutdown();
+    let stopped = jwks.fetches();
+    tokio::time::timeout(Duration::from_secs(30), &mut gw.task)
+        .await
+        .expect("the gateway did not stop")
+        .unwrap()
+        .unwrap();
+    // A running refresher would fetch at least twice more from the stop
+    // to the end of this (after 1 s, then 2 s, then 4 s); one may have been
+    // on its way at the stop.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let after = jwks.fetches();
+    assert!(
+        after <= stopped + 1,
+        "{} fetches after the gateway stopped",
+        after - stopped
+    );
+}
+
 /// A reload refused because its new issuer's keys never came leaves none
 /// of that issuer's series behind, though its fetches wrote them.
 #[tokio::test]
