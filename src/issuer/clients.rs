@@ -329,7 +329,7 @@ impl ClientAuthenticator {
             _ => false,
         };
         if !public && !known_secret && self.is_limited(&limiter_key) {
-            return Err(OAuthError::too_many_attempts());
+            return Err(OAuthError::too_many_attempts(p.basic));
         }
         let Some(client) = client else {
             return Err(self
@@ -360,7 +360,7 @@ impl ClientAuthenticator {
                     Some(
                         self.begin_check(&limiter_key)
                             .await
-                            .ok_or_else(OAuthError::too_many_attempts)?,
+                            .ok_or_else(|| OAuthError::too_many_attempts(p.basic))?,
                     )
                 };
                 let matches = self
@@ -393,7 +393,7 @@ impl ClientAuthenticator {
     ) -> OAuthError {
         if let Some(secret) = &p.secret {
             let Some(attempt) = self.begin_check(limiter_key).await else {
-                return OAuthError::too_many_attempts();
+                return OAuthError::too_many_attempts(p.basic);
             };
             if self.verify_password(None, secret).await.is_err() {
                 return OAuthError::busy();
@@ -748,7 +748,7 @@ mod tests {
         let response = OAuthError::busy().into_response();
         assert_eq!(response.status(), http::StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "1");
-        let response = OAuthError::too_many_attempts().into_response();
+        let response = OAuthError::too_many_attempts(false).into_response();
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "60");
     }
 }

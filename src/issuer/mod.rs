@@ -156,12 +156,18 @@ impl OAuthError {
     }
 
     /// Too many failed client authentications (429 with `Retry-After`).
-    pub fn too_many_attempts() -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_client",
-            "too many failed attempts; retry later",
-        )
+    /// `basic`: the client authenticated with HTTP Basic, so the answer
+    /// carries the Basic challenge that RFC 6749 5.2 asks of every
+    /// `invalid_client` to such a client.
+    pub fn too_many_attempts(basic: bool) -> Self {
+        Self {
+            basic_challenge: basic,
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_client",
+                "too many failed attempts; retry later",
+            )
+        }
     }
 
     /// Too many failed sign-ins for one user (429 with `Retry-After`).
