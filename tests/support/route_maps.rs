@@ -163,6 +163,20 @@ impl RouteSpec {
 }
 
 pub fn request(prefixes: usize) -> impl Strategy<Value = Req> {
+    request_asking(prefixes, Vec::new())
+}
+
+/// [`request`], whose preflights ask mostly about the methods in `listed`
+/// (those the map's routes name), so that they often meet a route.
+pub fn request_asking(prefixes: usize, listed: Vec<&'static str>) -> impl Strategy<Value = Req> {
+    let every = prop::sample::select(vec![
+        "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS",
+    ]);
+    let asked = if listed.is_empty() {
+        every.boxed()
+    } else {
+        prop_oneof![1 => every, 2 => prop::sample::select(listed)].boxed()
+    };
     let token = prop_oneof![
         1 => Just(Token::Missing),
         6 => (
@@ -191,15 +205,7 @@ pub fn request(prefixes: usize) -> impl Strategy<Value = Req> {
         ],
         prop::sample::select(vec!["GET", "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH"]),
         token,
-        prop::option::weighted(
-            0.25,
-            (
-                prop::sample::select(vec![
-                    "GET", "POST", "PUT", "DELETE", "HEAD", "PATCH", "OPTIONS",
-                ]),
-                prop::bool::weighted(0.2),
-            ),
-        ),
+        prop::option::weighted(0.25, (asked, prop::bool::weighted(0.2))),
     )
         .prop_map(
             |(prefix, path, query, spelling, method, token, preflight)| {
@@ -228,7 +234,10 @@ pub fn request(prefixes: usize) -> impl Strategy<Value = Req> {
 pub fn map() -> impl Strategy<Value = Map> {
     (
         prop::collection::vec(route(), 1..=5),
-        prop::option::weighted(0.4, any::<(prop::sample::Index, prop::sample::Index)>()),
+        prop::option::weighted(
+            0.4,
+            any::<(prop::sample::Index, prop::sample::Index, bool)>(),
+        ),
         prop::bool::weighted(0.3),
         prop::bool::weighted(0.3),
     )
@@ -237,8 +246,10 @@ pub fn map() -> impl Strategy<Value = Map> {
                 r.prefix = i;
             }
             // A twin: the same pattern, with a method its original lacks,
-            // and public where the original is not (or the other way).
-            if let Some((index, pick)) = twin {
+            // and public where the original is not (or the other way); an
+            // `OPTIONS` twin needs a token, so that a preflight the
+            // original would let through must stop at it.
+            if let Some((index, pick, options)) = twin {
                 let original = index.get(&routes).clone();
                 // OPTIONS too: a route of its own for preflights' method.
                 let free: Vec<&'static str> = METHODS
@@ -247,10 +258,16 @@ pub fn map() -> impl Strategy<Value = Map> {
                     .copied()
                     .filter(|m| original.methods.as_ref().is_some_and(|o| !o.contains(m)))
                     .collect();
-                if let Some(&method) = (!free.is_empty()).then(|| pick.get(&free)) {
+                // Half the twins are `OPTIONS` ones (always free).
+                let method = match (options, free.is_empty()) {
+                    (_, true) => None,
+                    (true, false) => Some("OPTIONS"),
+                    (false, false) => Some(*pick.get(&free)),
+                };
+                if let Some(method) = method {
                     let mut twin = original;
                     twin.methods = Some(vec![method]);
-                    if twin.public {
+                    if twin.public || method == "OPTIONS" {
                         twin.public = false;
                     } else {
                         twin.make_public();
@@ -272,9 +289,16 @@ pub fn map_with_requests(
 ) -> impl Strategy<Value = (Map, Vec<Req>)> {
     map().prop_flat_map(move |map| {
         let prefixes = map.routes.iter().map(|r| r.prefix).max().unwrap_or(0) + 1;
+        let mut listed: Vec<&'static str> = map
+            .routes
+            .iter()
+            .flat_map(|r| r.methods.iter().flatten().copied())
+            .collect();
+        listed.sort_unstable();
+        listed.dedup();
         (
             Just(map),
-            prop::collection::vec(request(prefixes), count.clone()),
+            prop::collection::vec(request_asking(prefixes, listed), count.clone()),
         )
     })
 }
