@@ -2443,7 +2443,8 @@ async fn unready_until_keys_arrive() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn decision_metrics_without_secrets() {
+async fn decisions_are_counted_and_logged_without_secrets() {
+    let (logs, _capturing) = Logs::capture();
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
     let subject = format!("subject-{}", random_hex(6));
@@ -2566,6 +2567,33 @@ async fn decision_metrics_without_secrets() {
     {
         assert!(!text.contains(segment), "metrics leak a token segment");
     }
+
+    // The log names each request, and none of its credentials.
+    let reply = get_with_token(&gw.url("/admin"), &allowed).await;
+    assert_eq!(reply.status, 403);
+    let id = reply.header("x-request-id").unwrap();
+    let line = logs
+        .access_line(&id)
+        .await
+        .unwrap_or_else(|| panic!("no access line for {id}:\n{}", logs.text()));
+    for field in [
+        "route=\"/admin\"",
+        "method=\"GET\"",
+        "status=403",
+        "reason=\"insufficient_scope\"",
+    ] {
+        assert!(line.contains(field), "{field} missing: {line}");
+    }
+    let signature = |token: &str| token.rsplit('.').next().unwrap().to_owned();
+    logs.assert_none_of(&[
+        ("the allowed token", &allowed),
+        ("the expired token", &expired),
+        ("the other issuer's token", &elsewhere),
+        ("a signature", &signature(&allowed)),
+        ("a signature", &signature(&expired)),
+        ("a signature", &signature(&elsewhere)),
+        ("Basic credentials", "dXNlcjpwYXNz"),
+    ]);
 }
 
 #[path = "auth/hostile_tokens.rs"]

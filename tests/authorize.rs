@@ -1536,6 +1536,115 @@ async fn redirect_uri_omitted_at_authorize_may_be_omitted_at_the_token_endpoint(
     assert_oauth_error(&r, 400, "invalid_grant");
 }
 
+// ---------------------------------------------------------------------------
+// The log
+// ---------------------------------------------------------------------------
+
+/// A `Cookie` pair's value.
+fn cookie_value(pair: &str) -> &str {
+    pair.split_once('=').map_or("", |(_, v)| v)
+}
+
+/// A token request with these form fields (and maybe HTTP Basic).
+async fn token_form(gw: &Gateway, form: &[(&str, &str)], basic: Option<&str>) -> Reply {
+    let mut headers = vec![("content-type", "application/x-www-form-urlencoded")];
+    if let Some(b) = basic {
+        headers.push(("authorization", b));
+    }
+    send("POST", &gw.url(TOKEN), &headers, Bytes::from(encode(form)))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn sign_ins_and_token_requests_log_no_credential() {
+    let (logs, _capturing) = Logs::capture();
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    // A wrong password, then the right one.
+    let wrong_password = "not-my-horse-3f9c";
+    let (page, refused) = sign_in(&gw, &p, "alice", wrong_password).await;
+    assert_page(&refused, 400);
+    let csrf = cookie_pair(&page, "sg_csrf");
+    let (consent_page, session) = consent(&gw, &p, "alice").await;
+    let r = decide(&gw, &consent_page, &session, "approve").await;
+    let code = redirect(&r).1.get("code").expect("no code").clone();
+    let first = spa_exchange(&gw, &code, Some(&c.verifier)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let access = s(&first.json(), "access_token");
+    let refresh = s(&first.json(), "refresh_token");
+    assert_eq!(orders_status(&gw, &access).await.status, 200);
+    // A refresh, then its replay and the code's (both logged as warnings).
+    let rotate = [
+        ("grant_type", "refresh_token"),
+        ("refresh_token", refresh.as_str()),
+        ("client_id", "spa"),
+    ];
+    let second = token_form(&gw, &rotate, None).await;
+    assert_eq!(second.status, 200, "{}", second.text());
+    let next_access = s(&second.json(), "access_token");
+    let next_refresh = s(&second.json(), "refresh_token");
+    assert_oauth_error(&token_form(&gw, &rotate, None).await, 400, "invalid_grant");
+    assert_oauth_error(
+        &spa_exchange(&gw, &code, Some(&c.verifier)).await,
+        400,
+        "invalid_grant",
+    );
+    assert_eq!(orders_status(&gw, &next_access).await.status, 401);
+    // A confidential client: a wrong secret in the form, the right one over Basic.
+    let wrong_secret = "not-the-web-s3cret-51d0";
+    let grant = [("grant_type", "client_credentials")];
+    let r = token_form(
+        &gw,
+        &[
+            grant[0],
+            ("client_id", "svc"),
+            ("client_secret", wrong_secret),
+        ],
+        None,
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_client");
+    let basic = format!(
+        "Basic {}",
+        base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("svc:{SECRET}")
+        )
+    );
+    let r = token_form(&gw, &grant, Some(&basic)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let service_access = s(&r.json(), "access_token");
+    assert_eq!(orders_status(&gw, &service_access).await.status, 200);
+
+    let text = logs.text();
+    for warning in ["refresh token replayed", "authorization code replayed"] {
+        assert!(text.contains(warning), "`{warning}` not logged:\n{text}");
+    }
+    let signature = |token: &str| token.rsplit('.').next().unwrap().to_owned();
+    logs.assert_none_of(&[
+        ("the password", PASSWORD),
+        ("a wrong password", wrong_password),
+        ("the client secret", SECRET),
+        ("a wrong client secret", wrong_secret),
+        ("the Basic credentials", basic.trim_start_matches("Basic ")),
+        ("the code", &code),
+        ("the PKCE verifier", &c.verifier),
+        ("the session cookie", cookie_value(&session)),
+        ("the CSRF cookie", cookie_value(&csrf)),
+        ("an access token", &access),
+        ("an access token's signature", &signature(&access)),
+        (
+            "a rotated access token's signature",
+            &signature(&next_access),
+        ),
+        ("a service token's signature", &signature(&service_access)),
+        ("a refresh token", &refresh),
+        ("a rotated refresh token", &next_refresh),
+    ]);
+}
+
 #[path = "authorize/hostile_flows.rs"]
 mod hostile_flows;
 #[path = "authorize/hostile_requests.rs"]

@@ -2075,7 +2075,8 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
 // ---------------------------------------------------------------------------
 
 #[tokio::test]
-async fn metrics_count_cache_hits_and_never_show_tokens_or_secrets() {
+async fn cache_hits_are_counted_and_no_metric_or_log_shows_a_token_or_secret() {
+    let (logs, _capturing) = Logs::capture();
     let s = Opaque::start("").await;
     let token = "opaque-metrics-token-4b1d";
     s.idp.answer(token, active("orders:read"));
@@ -2127,6 +2128,21 @@ async fn metrics_count_cache_hits_and_never_show_tokens_or_secrets() {
     }
     assert_eq!(introspection_results(&text, "inactive"), 1.0, "{text}");
     assert_eq!(introspection_results(&text, "http_error"), 1.0, "{text}");
+    // The failure is logged, without the token that met it.
+    assert!(
+        logs.text().lines().any(|l| l.contains("WARN")
+            && l.contains("introspection failed")
+            && l.contains("result=\"http_error\"")),
+        "{}",
+        logs.text()
+    );
+    logs.assert_none_of(&[
+        ("the active token", token),
+        ("the token whose introspection failed", failing),
+        ("the inactive token", inactive),
+        ("the introspection client secret", CLIENT_SECRET),
+        ("the introspection client credentials", &basic),
+    ]);
 }
 
 #[path = "introspection/hostile_answers.rs"]

@@ -6,7 +6,7 @@ use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -1236,4 +1236,96 @@ pub async fn start_reloading_with(
     let mut gateway = Gateway::from_parts(addr, admin, stop, task);
     gateway.wait_ready().await;
     Reloading { gateway }
+}
+
+// ---------------------------------------------------------------------------
+// Log capture: what the gateway would write to its log.
+// ---------------------------------------------------------------------------
+
+/// Every log event of every crate, at every level (`log` records too), in
+/// both of scopegate's formats (text and JSON lines), as the test's thread
+/// saw them. The capture is per thread: the test must run the gateway on a
+/// current-thread runtime (plain `#[tokio::test]`).
+#[derive(Clone, Default)]
+pub struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl Logs {
+    /// Starts capturing; capturing stops when the guard is dropped.
+    pub fn capture() -> (Self, tracing::dispatcher::DefaultGuard) {
+        use tracing_subscriber::layer::SubscriberExt;
+        use tracing_subscriber::util::SubscriberInitExt;
+        // While a single dispatcher is registered, tracing-core decides
+        // whether a call site logs at all by the dispatcher of the thread
+        // that reaches it first, and keeps that answer: another test's
+        // thread, with none, would silence it here. A second dispatcher,
+        // kept for the process, makes it ask every registered one instead.
+        static SECOND: OnceLock<tracing::Dispatch> = OnceLock::new();
+        SECOND.get_or_init(|| tracing::Dispatch::new(tracing::subscriber::NoSubscriber::default()));
+        let logs = Self::default();
+        let (text, json) = (logs.clone(), logs.clone());
+        let guard = tracing_subscriber::registry()
+            .with(tracing_subscriber::filter::LevelFilter::TRACE)
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(false)
+                    .with_writer(move || text.clone()),
+            )
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .flatten_event(true)
+                    .with_writer(move || json.clone()),
+            )
+            .set_default();
+        (logs, guard)
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// The text-format access log line naming this request id. It is
+    /// written once the answer has gone, so it may come after the client
+    /// has read it: waits for it (bounded).
+    pub async fn access_line(&self, request_id: &str) -> Option<String> {
+        let wanted = format!("request_id=\"{request_id}\"");
+        for _ in 0..200 {
+            let text = self.text();
+            let line = text
+                .lines()
+                .find(|l| l.contains("scopegate::access") && l.contains(&wanted));
+            if let Some(line) = line {
+                return Some(line.to_owned());
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        None
+    }
+
+    /// Fails naming the first of `secrets` (label, value) some line carries.
+    #[track_caller]
+    pub fn assert_none_of(&self, secrets: &[(&str, &str)]) {
+        let text = self.text();
+        assert!(
+            text.lines().count() > 20,
+            "too few log lines to prove anything:\n{text}"
+        );
+        for (what, secret) in secrets {
+            assert!(!secret.is_empty(), "{what} is empty");
+            if let Some(line) = text.lines().find(|l| l.contains(secret)) {
+                panic!("the log carries {what}: {line}");
+            }
+        }
+    }
+}
+
+impl std::io::Write for Logs {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
