@@ -144,6 +144,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "pool_idle_timeout must be greater than zero",
         ),
         (
+            "an HTTP/2 connection that could carry no request",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    http2_max_streams: 0\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:24",
+            "http2_max_streams must be at least 1",
+        ),
+        (
             "absurd body idle timeout",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    body_idle_timeout: 500000000000y\nroutes:\n  - path: /a\n    upstream: app\n"),
             "9:24",

@@ -326,10 +326,12 @@ impl<S: Copy> Lab<S> {
                 .replace(&world.upstream.addr.to_string(), &upstream.to_string())
                 .replace("    request_timeout: 2s\n", "    request_timeout: 5s\n");
             assert!(config.contains("request_timeout: 5s"));
+            // Two streams per connection: a case's requests share one
+            // connection, and three or four of them spread over two.
             if http2 {
                 config = config.replace(
                     "    request_timeout: 5s\n",
-                    "    request_timeout: 5s\n    http2_only: true\n",
+                    "    request_timeout: 5s\n    http2_only: true\n    http2_max_streams: 2\n",
                 );
                 assert!(config.contains("http2_only: true"));
             }

@@ -2471,6 +2471,92 @@ async fn h2c_upstream() {
     );
 }
 
+/// Long-lived requests (gRPC streams) to an HTTP/2 upstream take one
+/// stream each: past `http2_max_streams` on a connection, the next request
+/// goes on another connection rather than waiting for a slot. Here the
+/// upstream allows two streams per connection and holds every answer, so
+/// five requests only all reach it on three connections; once answered,
+/// their slots serve later requests without opening more.
+#[tokio::test]
+async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let (arrived, mut arrivals) = mpsc::unbounded_channel::<String>();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let accepted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let (arrived, released) = (arrived.clone(), released.clone());
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (arrived, mut released) = (arrived.clone(), released.clone());
+                async move {
+                    let _ = arrived.send(req.uri().path().to_owned());
+                    let _ = released.wait_for(|go| *go).await;
+                    Ok::<_, std::convert::Infallible>(Response::new(full_body(
+                        req.uri().path().to_owned(),
+                    )))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(2)
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 30s\n    http2_only: true\n    http2_max_streams: 2\n",
+    );
+    assert!(yaml.contains("http2_max_streams: 2"));
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read");
+
+    let mut held = tokio::task::JoinSet::new();
+    for n in 0..5 {
+        let url = gw.url(&format!("/orders/{n}"));
+        let token = token.clone();
+        held.spawn(async move { get_with_token(&url, &token).await });
+    }
+    let mut seen = Vec::new();
+    while seen.len() < 5 {
+        match tokio::time::timeout(BOUND, arrivals.recv()).await {
+            Ok(Some(path)) => seen.push(path),
+            _ => panic!(
+                "only {seen:?} reached the upstream, on {} connections",
+                connections.load(Ordering::SeqCst)
+            ),
+        }
+    }
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    release.send(true).unwrap();
+    let mut paths = Vec::new();
+    while let Some(reply) = held.join_next().await {
+        let reply = reply.unwrap();
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        paths.push(reply.text());
+    }
+    paths.sort();
+    assert_eq!(
+        paths,
+        [
+            "/orders/0",
+            "/orders/1",
+            "/orders/2",
+            "/orders/3",
+            "/orders/4"
+        ]
+    );
+    // The slots came back: two at once again, on the connections open.
+    let (five, six) = (gw.url("/orders/5"), gw.url("/orders/6"));
+    let (a, b) = tokio::join!(get_with_token(&five, &token), get_with_token(&six, &token));
+    assert_eq!((a.status, b.status), (200, 200));
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
 /// A response header block larger than h2's 16 KiB default (a large policy
 /// header, many cookies) passes over HTTP/2 as it does over HTTP/1.1.
 #[tokio::test]

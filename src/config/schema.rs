@@ -428,6 +428,11 @@ pub struct RawUpstream {
     /// Speak HTTP/2 without TLS (h2c) to this upstream.
     #[serde(default)]
     pub http2_only: bool,
+    /// Requests one HTTP/2 connection carries at once before another is
+    /// opened (keep it at most the upstream's own
+    /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
+    #[serde(default = "default_http2_max_streams")]
+    pub http2_max_streams: Spanned<usize>,
     /// Idle pooled connections kept per host.
     #[serde(default = "default_pool_idle")]
     pub pool_max_idle_per_host: usize,
@@ -639,6 +644,10 @@ fn default_request_timeout() -> Duration {
 }
 fn default_pool_idle() -> usize {
     64
+}
+/// RFC 9113 6.5.2 asks servers to allow at least 100.
+fn default_http2_max_streams() -> Spanned<usize> {
+    unspanned(100)
 }
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)

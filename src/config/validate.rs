@@ -421,6 +421,8 @@ pub struct Upstream {
     pub ca_file: Option<CaFile>,
     /// h2c to a plain-http upstream.
     pub http2_only: bool,
+    /// Requests one HTTP/2 connection carries at once.
+    pub http2_max_streams: usize,
     /// Idle pooled connections per host.
     pub pool_max_idle_per_host: usize,
     /// Longest idle time after which a pooled connection is still used.
@@ -1742,6 +1744,12 @@ impl Validator<'_> {
             spanned.referenced,
             "pool_idle_timeout",
         )?;
+        if raw.http2_max_streams.value == 0 {
+            return Err(self.err(
+                raw.http2_max_streams.referenced,
+                "http2_max_streams must be at least 1",
+            ));
+        }
         Ok(Upstream {
             name: Arc::from(name),
             scheme,
@@ -1752,6 +1760,7 @@ impl Validator<'_> {
             body_idle_timeout: raw.body_idle_timeout,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
             http2_only: raw.http2_only,
+            http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host,
             pool_idle_timeout: raw.pool_idle_timeout,
         })

@@ -76,6 +76,7 @@ impl Forwarder {
                         authority: config.authority.clone(),
                         http2_only: config.http2_only,
                         max_idle: config.pool_max_idle_per_host,
+                        http2_max_streams: config.http2_max_streams,
                         idle_timeout: config.pool_idle_timeout,
                         connect_timeout: config.connect_timeout,
                     },
@@ -435,6 +436,7 @@ mod tests {
             body_idle_timeout: Duration::from_secs(1),
             ca_file: None,
             http2_only: false,
+            http2_max_streams: 100,
             pool_max_idle_per_host: 1,
             pool_idle_timeout: Duration::from_secs(90),
         }

@@ -5,7 +5,10 @@
 //! there is no per-request URI parsing, pool-key hashing or locking. Idle
 //! HTTP/1.1 connections wait in a bounded lock-free queue and are taken back
 //! only once their response body has ended; an HTTP/2 connection (h2c, or
-//! `h2` negotiated by ALPN) is shared by all requests.
+//! `h2` negotiated by ALPN) is shared by requests, up to `http2_max_streams`
+//! at once, and another is opened for the requests past that (as Envoy
+//! does): long-lived streams, such as gRPC streaming calls, would otherwise
+//! hold every slot of the one connection and leave later requests waiting.
 //!
 //! A request goes again, on a new connection, only where that is safe.
 //! Over HTTP/1.1, once: one its pooled connection could not even start (the
@@ -21,11 +24,11 @@
 //! pool's clock (a second, or half `pool_idle_timeout` if that is shorter),
 //! so a busy pool copies nothing.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
+use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
@@ -90,6 +93,9 @@ pub struct PoolSettings {
     pub http2_only: bool,
     /// Idle HTTP/1.1 connections kept (0: a new connection per request).
     pub max_idle: usize,
+    /// Requests one HTTP/2 connection carries at once; past that, another
+    /// connection is opened.
+    pub http2_max_streams: usize,
     /// A connection idle longer than this is not used again (it is closed
     /// after between this less one tick, and this).
     pub idle_timeout: Duration,
@@ -113,7 +119,9 @@ pub struct UpstreamPool {
     /// HTTP/2 connection to look for.
     may_use_h2: bool,
     idle: Option<ArrayQueue<Idle>>,
-    shared_h2: ArcSwapOption<http2::SendRequest<ClientBody>>,
+    /// The open HTTP/2 connections, oldest first.
+    shared_h2: ArcSwap<Vec<Arc<SharedH2>>>,
+    http2_max_streams: usize,
     /// The last connection opened spoke HTTP/2 (always, for h2c): new
     /// connections are then opened one at a time, and requests waiting for
     /// one share it instead of each opening its own.
@@ -150,19 +158,43 @@ impl Idle {
     }
 }
 
-/// A connection lent to one request: an HTTP/1.1 one goes back to its pool
-/// when [`Lease::give_back`] is called after the response body ended, and is
-/// closed if the lease is dropped instead.
-pub struct Lease {
-    sender: http1::SendRequest<ClientBody>,
-    pool: Arc<UpstreamPool>,
+/// A shared HTTP/2 connection, and how many requests it carries now.
+struct SharedH2 {
+    sender: http2::SendRequest<ClientBody>,
+    streams: Arc<AtomicUsize>,
+}
+
+/// One of a shared HTTP/2 connection's `http2_max_streams`, taken until
+/// dropped.
+struct StreamSlot(Arc<AtomicUsize>);
+
+impl Drop for StreamSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A connection lent to one request, until its response body has ended: an
+/// HTTP/1.1 one goes back to its pool when [`Lease::give_back`] is called,
+/// and is closed if the lease is dropped instead; an HTTP/2 one frees its
+/// stream slot either way.
+pub struct Lease(Leased);
+
+enum Leased {
+    Http1 {
+        sender: http1::SendRequest<ClientBody>,
+        pool: Arc<UpstreamPool>,
+    },
+    Http2(#[allow(dead_code, reason = "held for its Drop")] StreamSlot),
 }
 
 impl Lease {
-    /// Parks the connection for the next request (if there is room and it is
-    /// still usable).
+    /// Parks an HTTP/1.1 connection for the next request (if there is room
+    /// and it is still usable).
     pub fn give_back(self) {
-        self.pool.park(self.sender);
+        if let Leased::Http1 { sender, pool } = self.0 {
+            pool.park(sender);
+        }
     }
 }
 
@@ -185,19 +217,33 @@ enum Sender {
     Http2 {
         sender: http2::SendRequest<ClientBody>,
         id: usize,
+        slot: StreamSlot,
     },
 }
 
-/// The shared HTTP/2 connection, if it is open and not `refused_by`.
+/// A slot on a shared HTTP/2 connection that is open, has one free, and is
+/// not `refused_by`.
 fn open_shared(
-    shared: &Option<Arc<http2::SendRequest<ClientBody>>>,
+    shared: &[Arc<SharedH2>],
     refused_by: Option<usize>,
+    max_streams: usize,
 ) -> Option<Sender> {
-    let shared = shared.as_ref()?;
-    let id = Arc::as_ptr(shared).addr();
-    (!shared.is_closed() && refused_by != Some(id)).then(|| Sender::Http2 {
-        sender: http2::SendRequest::clone(shared),
-        id,
+    shared.iter().find_map(|connection| {
+        let id = Arc::as_ptr(connection).addr();
+        if connection.sender.is_closed() || refused_by == Some(id) {
+            return None;
+        }
+        connection
+            .streams
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
+                (taken < max_streams).then_some(taken + 1)
+            })
+            .ok()?;
+        Some(Sender::Http2 {
+            sender: connection.sender.clone(),
+            id,
+            slot: StreamSlot(Arc::clone(&connection.streams)),
+        })
     })
 }
 
@@ -213,6 +259,7 @@ impl UpstreamPool {
             authority,
             http2_only,
             max_idle,
+            http2_max_streams,
             idle_timeout,
             connect_timeout,
         } = settings;
@@ -241,7 +288,8 @@ impl UpstreamPool {
             host,
             http2_only,
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
-            shared_h2: ArcSwapOption::empty(),
+            shared_h2: ArcSwap::from_pointee(Vec::new()),
+            http2_max_streams: http2_max_streams.max(1),
             speaks_h2: AtomicBool::new(http2_only),
             connecting: tokio::sync::Mutex::new(()),
             shared_connect_failures: AtomicU64::new(0),
@@ -282,15 +330,18 @@ impl UpstreamPool {
             match sender {
                 // Boxed: what a resend needs would otherwise grow every
                 // request's future, HTTP/1.1 ones too.
-                Sender::Http2 { sender, id } => {
+                Sender::Http2 { sender, id, slot } => {
                     match Box::pin(self.try_http2(sender, request, resends < MAX_RESENDS)).await {
-                        Http2Attempt::Answered(response) => return Ok((response, None)),
+                        Http2Attempt::Answered(response) => {
+                            return Ok((response, Some(Lease(Leased::Http2(slot)))));
+                        }
                         Http2Attempt::Failed(error) => return Err(SendError::Protocol(error)),
                         Http2Attempt::SendAgain(next) => {
                             request = next;
                             pooled_failed = true;
                             refused_by = Some(id);
                             resends += 1;
+                            self.retire(id);
                         }
                     }
                 }
@@ -329,10 +380,10 @@ impl UpstreamPool {
                     .then(|| Box::new(bodiless_copy(&request)));
                     match sender.try_send_request(request).await {
                         Ok(response) => {
-                            let lease = Lease {
+                            let lease = Lease(Leased::Http1 {
                                 sender,
                                 pool: Arc::clone(self),
-                            };
+                            });
                             return Ok((response, Some(lease)));
                         }
                         Err(mut failed) => match failed.take_message() {
@@ -398,7 +449,8 @@ impl UpstreamPool {
     /// (an HTTP/1.1 one for a request that asks to switch protocols).
     fn checkout(&self, upgrade: bool) -> Option<Sender> {
         if self.may_use_h2 && !upgrade {
-            if let Some(shared) = open_shared(&self.shared_h2.load(), None) {
+            if let Some(shared) = open_shared(&self.shared_h2.load(), None, self.http2_max_streams)
+            {
                 return Some(shared);
             }
         }
@@ -419,6 +471,18 @@ impl UpstreamPool {
             let _ = idle.push(parked);
         }
         None
+    }
+
+    /// Offers the shared HTTP/2 connection `id` to no more requests: it
+    /// did not take one (a GOAWAY, or a refused stream). It closes once the
+    /// requests it carries let go of it.
+    fn retire(&self, id: usize) {
+        self.shared_h2.rcu(|open| {
+            open.iter()
+                .filter(|c| Arc::as_ptr(c).addr() != id)
+                .cloned()
+                .collect::<Vec<_>>()
+        });
     }
 
     fn park(self: &Arc<Self>, sender: http1::SendRequest<ClientBody>) {
@@ -446,7 +510,8 @@ impl UpstreamPool {
         }
         let failures_before = self.shared_connect_failures.load(Ordering::Acquire);
         let _turn = self.connecting.lock().await;
-        if let Some(shared) = open_shared(&self.shared_h2.load(), refused_by) {
+        let shared = open_shared(&self.shared_h2.load(), refused_by, self.http2_max_streams);
+        if let Some(shared) = shared {
             return Ok(shared);
         }
         if self.shared_connect_failures.load(Ordering::Acquire) != failures_before {
@@ -505,11 +570,25 @@ impl UpstreamPool {
                 .max_header_list_size(H2_MAX_RESPONSE_HEADERS)
                 .handshake(io)
                 .await?;
-            let shared = Arc::new(sender.clone());
+            let streams = Arc::new(AtomicUsize::new(1));
+            let slot = StreamSlot(Arc::clone(&streams));
+            let shared = Arc::new(SharedH2 {
+                sender: sender.clone(),
+                streams,
+            });
             let id = Arc::as_ptr(&shared).addr();
             let ended = Arc::downgrade(&shared);
             let pool = Arc::downgrade(self);
-            self.shared_h2.store(Some(shared));
+            // Closed ones go as a new one comes.
+            self.shared_h2.rcu(|open| {
+                let mut open: Vec<_> = open
+                    .iter()
+                    .filter(|c| !c.sender.is_closed())
+                    .cloned()
+                    .collect();
+                open.push(Arc::clone(&shared));
+                open
+            });
             tokio::spawn(async move {
                 if let Err(e) = connection.await {
                     tracing::debug!(error = %e, "upstream HTTP/2 connection ended");
@@ -521,12 +600,11 @@ impl UpstreamPool {
                 // a request queued at that moment would wait for an answer
                 // that never comes).
                 if let (Some(pool), Some(ended)) = (pool.upgrade(), ended.upgrade()) {
-                    let ended = Some(ended);
-                    pool.shared_h2.compare_and_swap(&ended, None);
+                    pool.retire(Arc::as_ptr(&ended).addr());
                 }
             });
             self.speaks_h2.store(true, Ordering::Relaxed);
-            Ok(Sender::Http2 { sender, id })
+            Ok(Sender::Http2 { sender, id, slot })
         } else {
             // A connection opened for a protocol switch offered HTTP/1.1
             // alone, so it says nothing of what the upstream speaks.
