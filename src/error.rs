@@ -1,13 +1,15 @@
 //! Every way a request can fail inside scopegate, and the one HTTP response each
-//! maps to. `reason()` is the bounded label used in logs and metrics.
+//! maps to (in gRPC's form for a gRPC client). `reason()` is the bounded label
+//! used in logs and metrics.
 
 use std::borrow::Cow;
 use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderValue, Response, StatusCode};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
+use percent_encoding::{AsciiSet, CONTROLS};
 
 use crate::auth::jwt::TokenError;
 use crate::proxy::Body;
@@ -15,6 +17,29 @@ use crate::routes::PathError;
 
 /// The realm scopegate names in its challenges.
 pub const REALM: &str = "scopegate";
+
+/// gRPC's status trailer (sent in a trailers-only answer's headers).
+static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+/// gRPC's status message: percent-encoded outside printable ASCII, and `%`.
+static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+const GRPC_MESSAGE_ESCAPED: &AsciiSet = &CONTROLS.add(b'%');
+
+/// A gRPC call: HTTP/2 with `application/grpc` or one of its `+format`
+/// subtypes (not gRPC-Web, whose status travels in the body). Its client
+/// reads a refusal from `grpc-status`, not from the HTTP status.
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    if request.version() != Version::HTTP_2 {
+        return false;
+    }
+    let Some(value) = request.headers().get(CONTENT_TYPE) else {
+        return false;
+    };
+    let value = value.as_bytes();
+    let prefix = b"application/grpc";
+    value.len() >= prefix.len()
+        && value[..prefix.len()].eq_ignore_ascii_case(prefix)
+        && matches!(value.get(prefix.len()), None | Some(b'+' | b';'))
+}
 
 /// A request scopegate answers itself instead of forwarding.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +283,65 @@ impl GatewayError {
         response
     }
 
+    /// The gRPC status a gRPC client gets for this refusal: gRPC's mapping
+    /// of the HTTP status, except that every refused bearer token is
+    /// `UNAUTHENTICATED` (a malformed one too), and a method the gateway
+    /// does not serve is `UNIMPLEMENTED`.
+    pub fn grpc_status(&self) -> u8 {
+        const INTERNAL: u8 = 13;
+        const UNAUTHENTICATED: u8 = 16;
+        const PERMISSION_DENIED: u8 = 7;
+        const UNIMPLEMENTED: u8 = 12;
+        const UNAVAILABLE: u8 = 14;
+        const UNKNOWN: u8 = 2;
+        match self {
+            Self::MissingToken
+            | Self::OtherScheme
+            | Self::InvalidRequest(_)
+            | Self::InvalidToken(_) => UNAUTHENTICATED,
+            Self::InsufficientScope { .. } => PERMISSION_DENIED,
+            Self::RouteNotFound
+            | Self::MethodNotAllowed { .. }
+            | Self::UnsupportedMethod
+            | Self::UnsupportedTransferCoding => UNIMPLEMENTED,
+            Self::KeysUnavailable
+            | Self::IntrospectionUnavailable
+            | Self::StoreUnavailable
+            | Self::UpstreamUnavailable
+            | Self::UpstreamTimeout => UNAVAILABLE,
+            Self::BadPath(_)
+            | Self::BadHost
+            | Self::BadMethod
+            | Self::AmbiguousFraming
+            | Self::RequestBodyBroken => INTERNAL,
+            Self::RequestBodyTimeout => UNKNOWN,
+        }
+    }
+
+    /// Renders the refusal for a gRPC client: a trailers-only answer (HTTP
+    /// 200, no body) with `grpc-status` and the description as
+    /// `grpc-message`, keeping the challenge and the other headers
+    /// [`Self::into_response`] sets.
+    pub fn into_grpc_response(self, challenge: &ChallengeContext) -> Response<Body> {
+        let grpc_status = self.grpc_status();
+        let (_, description) = self.code_and_description();
+        let message =
+            percent_encoding::utf8_percent_encode(&description, GRPC_MESSAGE_ESCAPED).to_string();
+        let mut response = self.into_response(challenge);
+        *response.status_mut() = StatusCode::OK;
+        *response.body_mut() = Either::Right(Full::new(Bytes::new()));
+        let headers = response.headers_mut();
+        headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        headers.insert(
+            GRPC_STATUS.clone(),
+            HeaderValue::from(u16::from(grpc_status)),
+        );
+        if let Ok(message) = HeaderValue::from_str(&message) {
+            headers.insert(GRPC_MESSAGE.clone(), message);
+        }
+        response
+    }
+
     /// Whether the connection ends with this answer whatever the request:
     /// framing that can't be trusted, a body whose rest can't be skipped,
     /// or tunnel bytes a refused CONNECT's client may send at once.
@@ -299,5 +383,59 @@ impl ChallengeContext {
 impl Default for ChallengeContext {
     fn default() -> Self {
         Self::new(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(version: Version, content_type: Option<&str>) -> Request<()> {
+        let mut request = Request::new(());
+        *request.version_mut() = version;
+        if let Some(value) = content_type {
+            request
+                .headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn grpc_calls_are_told_by_version_and_content_type() {
+        for (version, content_type, grpc) in [
+            (Version::HTTP_2, Some("application/grpc"), true),
+            (Version::HTTP_2, Some("application/grpc+proto"), true),
+            (
+                Version::HTTP_2,
+                Some("Application/GRPC;charset=utf-8"),
+                true,
+            ),
+            (Version::HTTP_2, Some("application/grpc-web"), false),
+            (Version::HTTP_2, Some("application/grpc-web+proto"), false),
+            (Version::HTTP_2, Some("application/grpcx"), false),
+            (Version::HTTP_2, Some("application/json"), false),
+            (Version::HTTP_2, None, false),
+            (Version::HTTP_11, Some("application/grpc"), false),
+        ] {
+            assert_eq!(
+                is_grpc(&request(version, content_type)),
+                grpc,
+                "{version:?} {content_type:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_grpc_refusal_is_trailers_only_with_an_escaped_message() {
+        let response = GatewayError::InvalidRequest("50% of \"é\"\t")
+            .into_grpc_response(&ChallengeContext::default());
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers();
+        assert_eq!(headers["content-type"], "application/grpc");
+        assert_eq!(headers["grpc-status"], "16");
+        assert_eq!(headers["grpc-message"], "50%25 of \"%C3%A9\"%09");
+        assert!(headers.contains_key(WWW_AUTHENTICATE));
+        assert!(http_body::Body::is_end_stream(response.body()));
     }
 }

@@ -2446,6 +2446,121 @@ async fn te_trailers_reaches_an_http2_upstream() {
     );
 }
 
+/// A gRPC client reads a refusal from `grpc-status`: scopegate answers a
+/// gRPC call it refuses as gRPC does (HTTP 200, no body, the status and an
+/// escaped message), keeping the challenge; the metrics and the access log
+/// still count the HTTP status. Not gRPC-Web, and not over HTTP/1.1.
+#[tokio::test]
+async fn refused_grpc_calls_get_a_grpc_status() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let reader = bearer(&world.token("orders:read"));
+    let writer = bearer(&world.token("orders:write"));
+    let call = |path: &str, content_type: &str, authorization: Option<&str>| {
+        let mut request = Request::post(gw.url(path))
+            .header("content-type", content_type)
+            .header("te", "trailers");
+        if let Some(value) = authorization {
+            request = request.header("authorization", value);
+        }
+        request
+            .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+            .unwrap()
+    };
+    // (what, request, grpc-status, grpc-message, challenge)
+    let cases = [
+        (
+            "no token",
+            call("/orders/1/items", "application/grpc", None),
+            "16",
+            "a bearer token is required",
+            Some("Bearer realm=\"scopegate\""),
+        ),
+        (
+            "not a JWT",
+            call(
+                "/orders/1/items",
+                "application/grpc+proto",
+                Some("Bearer not-a-jwt"),
+            ),
+            "16",
+            "the token is not a compact JWS",
+            Some("error=\"invalid_token\""),
+        ),
+        (
+            "a scope short",
+            call("/orders/1/items", "application/grpc", Some(&reader)),
+            "7",
+            "the token does not grant the scopes this route requires",
+            Some("scope=\"orders:write"),
+        ),
+        (
+            "no route",
+            call("/billing.Invoices/List", "application/grpc", Some(&writer)),
+            "12",
+            "no route matches this path",
+            None,
+        ),
+    ];
+    for (what, request, status, message, challenge) in cases {
+        let response = h2_send(request).await;
+        assert_eq!(response.status(), 200, "{what}");
+        let headers = response.headers().clone();
+        let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
+        assert_eq!(
+            header("content-type").as_deref(),
+            Some("application/grpc"),
+            "{what}"
+        );
+        assert_eq!(header("grpc-status").as_deref(), Some(status), "{what}");
+        assert_eq!(header("grpc-message").as_deref(), Some(message), "{what}");
+        match challenge {
+            Some(part) => assert!(
+                header("www-authenticate").is_some_and(|v| v.contains(part)),
+                "{what}: {headers:?}"
+            ),
+            None => assert!(!headers.contains_key("www-authenticate"), "{what}"),
+        }
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(body.is_empty(), "{what}: {body:?}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    // gRPC-Web keeps its status in the body, and HTTP/1.1 carries no gRPC:
+    // plain refusals.
+    let response = h2_send(call("/orders/1/items", "application/grpc-web", None)).await;
+    assert_eq!(response.status(), 401);
+    assert!(!response.headers().contains_key("grpc-status"));
+    let reply = send(
+        "POST",
+        &gw.url("/orders/1/items"),
+        &[("content-type", "application/grpc")],
+        Bytes::from_static(b"\0\0\0\0\0"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 401);
+    assert!(reply.header("grpc-status").is_none());
+    // An allowed call is the upstream's to answer.
+    let response = h2_send(call("/orders/1/items", "application/grpc", Some(&writer))).await;
+    assert_eq!(response.status(), 200);
+    assert!(!response.headers().contains_key("grpc-status"));
+    assert_eq!(world.upstream.count(), 1);
+
+    let metrics = gw.metrics().await;
+    let requests = |route: &str, status: &str| {
+        metric(
+            &metrics,
+            "scopegate_requests_total",
+            &[("route", route), ("method", "POST"), ("status", status)],
+        )
+    };
+    let route = "POST,PUT,DELETE /orders/{*rest}";
+    assert_eq!(requests(route, "401"), 4.0, "{metrics}");
+    assert_eq!(requests(route, "403"), 1.0, "{metrics}");
+    assert_eq!(requests(route, "200"), 1.0, "{metrics}");
+}
+
 #[tokio::test]
 async fn h2c_upstream() {
     let world = World::new().await;

@@ -20,7 +20,7 @@ use crate::admin::metrics::{Metrics, NO_ISSUER};
 use crate::auth::jwt::TokenError;
 use crate::auth::{admit_preflight, authorize, Authenticator, Permit, Refused, VerifiedToken};
 use crate::config::{Access, Config, ResourceMetadata, Route};
-use crate::error::{ChallengeContext, GatewayError};
+use crate::error::{is_grpc, ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
 use crate::proxy::headers::announce_close;
@@ -245,6 +245,7 @@ impl Gateway {
             .map(|ids| ids.assign(request.headers(), || self.forwarder.trusts(client)));
         let slot = method_slot(request.method());
         let method = METHOD_LABELS.get(slot).copied().unwrap_or("other");
+        let grpc = is_grpc(&request);
         let matched = OnceLock::new();
         // The label of a request no route serves: set by the built-in
         // endpoints, else `unmatched`.
@@ -268,11 +269,21 @@ impl Gateway {
             )
             .await;
         abandoned.armed = false;
-        let (mut response, reason) = match outcome {
-            Ok(response) => (response, "ok"),
+        // A refusal's status as HTTP states it, for the metrics and the
+        // access log, also when a gRPC client gets it as `grpc-status`.
+        let (mut response, reason, status) = match outcome {
+            Ok(response) => {
+                let status = response.status();
+                (response, "ok", status)
+            }
             Err(error) => {
-                let reason = error.reason();
-                (error.into_response(&self.challenge), reason)
+                let (reason, status) = (error.reason(), error.status());
+                let response = if grpc {
+                    error.into_grpc_response(&self.challenge)
+                } else {
+                    error.into_response(&self.challenge)
+                };
+                (response, reason, status)
             }
         };
         // The connection ends with the answer (hyper does not read a body's
@@ -288,7 +299,6 @@ impl Gateway {
             }
         }
         let route_name = route.map_or(served_by, |r| &r.name);
-        let status = response.status();
         let elapsed = started.elapsed();
         self.record(
             route,
