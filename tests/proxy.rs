@@ -2586,68 +2586,104 @@ async fn h2c_upstream() {
     );
 }
 
-/// Long-lived requests (gRPC streams) to an HTTP/2 upstream take one
-/// stream each: past `http2_max_streams` on a connection, the next request
-/// goes on another connection rather than waiting for a slot. Here the
-/// upstream allows two streams per connection and holds every answer, so
-/// five requests only all reach it on three connections; once answered,
-/// their slots serve later requests without opening more.
-#[tokio::test]
-async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let upstream = listener.local_addr().unwrap();
-    let connections = Arc::new(AtomicUsize::new(0));
-    let (arrived, mut arrivals) = mpsc::unbounded_channel::<String>();
-    let (release, released) = tokio::sync::watch::channel(false);
-    let accepted = Arc::clone(&connections);
-    tokio::spawn(async move {
-        while let Ok((tcp, _)) = listener.accept().await {
-            accepted.fetch_add(1, Ordering::SeqCst);
-            let (arrived, released) = (arrived.clone(), released.clone());
-            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let (arrived, mut released) = (arrived.clone(), released.clone());
-                async move {
-                    let _ = arrived.send(req.uri().path().to_owned());
-                    let _ = released.wait_for(|go| *go).await;
-                    Ok::<_, std::convert::Infallible>(Response::new(full_body(
-                        req.uri().path().to_owned(),
-                    )))
-                }
-            });
-            tokio::spawn(
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .max_concurrent_streams(2)
-                    .serve_connection(TokioIo::new(tcp), service),
-            );
-        }
-    });
-    let world = World::new().await;
-    let yaml = config_for(&world, upstream).replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 30s\n    http2_only: true\n    http2_max_streams: 2\n",
-    );
-    assert!(yaml.contains("http2_max_streams: 2"));
-    let gw = Gateway::start(&yaml).await;
-    let token = world.token("orders:read");
+/// An h2c upstream that holds every answer until released: it allows
+/// `max_streams` streams per connection, takes `max_connections`
+/// connections and then no more (connecting is refused), and reports each
+/// request's path with the number of the connection it came on.
+struct HeldH2Upstream {
+    addr: SocketAddr,
+    connections: Arc<AtomicUsize>,
+    /// Connections the gateway has closed.
+    closed: Arc<AtomicUsize>,
+    arrivals: mpsc::UnboundedReceiver<(usize, String)>,
+    release: tokio::sync::watch::Sender<bool>,
+}
 
+impl HeldH2Upstream {
+    async fn start(max_streams: u32, max_connections: usize) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let closed = Arc::new(AtomicUsize::new(0));
+        let (arrived, arrivals) = mpsc::unbounded_channel();
+        let (release, released) = tokio::sync::watch::channel(false);
+        let (accepted, ended) = (Arc::clone(&connections), Arc::clone(&closed));
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let number = accepted.fetch_add(1, Ordering::SeqCst);
+                let (arrived, released) = (arrived.clone(), released.clone());
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let (arrived, mut released) = (arrived.clone(), released.clone());
+                    async move {
+                        let path = req.uri().path().to_owned();
+                        let _ = arrived.send((number, path.clone()));
+                        let _ = released.wait_for(|go| *go).await;
+                        Ok::<_, std::convert::Infallible>(Response::new(full_body(path)))
+                    }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .max_concurrent_streams(max_streams)
+                    .serve_connection(TokioIo::new(tcp), service);
+                let ended = Arc::clone(&ended);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    ended.fetch_add(1, Ordering::SeqCst);
+                });
+                if number + 1 == max_connections {
+                    return;
+                }
+            }
+        });
+        Self {
+            addr,
+            connections,
+            closed,
+            arrivals,
+            release,
+        }
+    }
+
+    /// The next `n` arrivals: (connection number, path), bounded.
+    async fn arrived(&mut self, n: usize) -> Vec<(usize, String)> {
+        let mut seen = Vec::new();
+        while seen.len() < n {
+            match tokio::time::timeout(BOUND, self.arrivals.recv()).await {
+                Ok(Some(arrival)) => seen.push(arrival),
+                _ => panic!(
+                    "only {seen:?} reached the upstream, on {} connections",
+                    self.connections.load(Ordering::SeqCst)
+                ),
+            }
+        }
+        seen
+    }
+
+    /// A gateway with `http2_max_streams` to it (and `extra` upstream lines).
+    async fn gateway(&self, world: &World, max_streams: usize, extra: &str) -> Gateway {
+        let yaml = config_for(world, self.addr).replace(
+            "    request_timeout: 2s\n",
+            &format!(
+                "    request_timeout: 30s\n    http2_only: true\n    http2_max_streams: {max_streams}\n{extra}"
+            ),
+        );
+        assert!(yaml.contains("http2_max_streams"));
+        Gateway::start(&yaml).await
+    }
+}
+
+/// `n` requests at once through `gw`, to `/orders/{first..first+n}`.
+fn held_requests(gw: &Gateway, token: &str, first: usize, n: usize) -> tokio::task::JoinSet<Reply> {
     let mut held = tokio::task::JoinSet::new();
-    for n in 0..5 {
-        let url = gw.url(&format!("/orders/{n}"));
-        let token = token.clone();
+    for k in first..first + n {
+        let url = gw.url(&format!("/orders/{k}"));
+        let token = token.to_owned();
         held.spawn(async move { get_with_token(&url, &token).await });
     }
-    let mut seen = Vec::new();
-    while seen.len() < 5 {
-        match tokio::time::timeout(BOUND, arrivals.recv()).await {
-            Ok(Some(path)) => seen.push(path),
-            _ => panic!(
-                "only {seen:?} reached the upstream, on {} connections",
-                connections.load(Ordering::SeqCst)
-            ),
-        }
-    }
-    assert_eq!(connections.load(Ordering::SeqCst), 3);
-    release.send(true).unwrap();
+    held
+}
+
+/// Each reply 200, with its path as the body; the paths, sorted.
+async fn all_answered(mut held: tokio::task::JoinSet<Reply>) -> Vec<String> {
     let mut paths = Vec::new();
     while let Some(reply) = held.join_next().await {
         let reply = reply.unwrap();
@@ -2655,8 +2691,29 @@ async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
         paths.push(reply.text());
     }
     paths.sort();
+    paths
+}
+
+/// Long-lived requests (gRPC streams) to an HTTP/2 upstream take one
+/// stream each: past `http2_max_streams` on a connection, the next request
+/// goes on another connection rather than waiting for a slot. Here the
+/// upstream allows two streams per connection and holds every answer, so
+/// five requests only all reach it on three connections; once answered,
+/// their slots serve later requests, on the oldest connection first.
+#[tokio::test]
+async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
+    let mut upstream = HeldH2Upstream::start(2, usize::MAX).await;
+    let world = World::new().await;
+    let gw = upstream.gateway(&world, 2, "").await;
+    let token = world.token("orders:read");
+
+    let held = held_requests(&gw, &token, 0, 5);
+    let mut on: Vec<usize> = upstream.arrived(5).await.iter().map(|a| a.0).collect();
+    on.sort_unstable();
+    assert_eq!(on, [0, 0, 1, 1, 2]);
+    upstream.release.send(true).unwrap();
     assert_eq!(
-        paths,
+        all_answered(held).await,
         [
             "/orders/0",
             "/orders/1",
@@ -2665,11 +2722,63 @@ async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
             "/orders/4"
         ]
     );
-    // The slots came back: two at once again, on the connections open.
-    let (five, six) = (gw.url("/orders/5"), gw.url("/orders/6"));
-    let (a, b) = tokio::join!(get_with_token(&five, &token), get_with_token(&six, &token));
-    assert_eq!((a.status, b.status), (200, 200));
-    assert_eq!(connections.load(Ordering::SeqCst), 3);
+    // The slots came back: two at once go on the first connection again.
+    let held = held_requests(&gw, &token, 5, 2);
+    assert_eq!(all_answered(held).await, ["/orders/5", "/orders/6"]);
+    let on: Vec<usize> = upstream.arrived(2).await.iter().map(|a| a.0).collect();
+    assert_eq!(on, [0, 0]);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 3);
+}
+
+/// The connections a burst opened past the first close once idle for
+/// `pool_idle_timeout`; the first stays open and takes the next request.
+#[tokio::test]
+async fn h2c_upstream_connections_past_the_first_close_when_idle() {
+    let mut upstream = HeldH2Upstream::start(10, usize::MAX).await;
+    let world = World::new().await;
+    let gw = upstream
+        .gateway(&world, 1, "    pool_idle_timeout: 1s\n")
+        .await;
+    let token = world.token("orders:read");
+
+    let held = held_requests(&gw, &token, 0, 3);
+    let mut on: Vec<usize> = upstream.arrived(3).await.iter().map(|a| a.0).collect();
+    on.sort_unstable();
+    assert_eq!(on, [0, 1, 2]);
+    upstream.release.send(true).unwrap();
+    all_answered(held).await;
+    let deadline = tokio::time::Instant::now() + BOUND;
+    while upstream.closed.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
+    let reply = get_with_token(&gw.url("/orders/3"), &token).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(upstream.arrived(1).await[0].0, 0);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 3);
+    assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
+}
+
+/// When no further connection can be opened, a full one takes the request
+/// past `http2_max_streams` (its upstream queues or refuses it) instead of
+/// failing it: the upstream here allows more streams than the gateway's
+/// limit of one, and refuses a second connection.
+#[tokio::test]
+async fn h2c_upstream_full_connection_takes_more_when_no_other_opens() {
+    let mut upstream = HeldH2Upstream::start(10, 1).await;
+    let world = World::new().await;
+    let gw = upstream.gateway(&world, 1, "").await;
+    let token = world.token("orders:read");
+
+    let held = held_requests(&gw, &token, 0, 3);
+    let on: Vec<usize> = upstream.arrived(3).await.iter().map(|a| a.0).collect();
+    assert_eq!(on, [0, 0, 0]);
+    upstream.release.send(true).unwrap();
+    assert_eq!(
+        all_answered(held).await,
+        ["/orders/0", "/orders/1", "/orders/2"]
+    );
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 1);
 }
 
 /// A response header block larger than h2's 16 KiB default (a large policy

@@ -9,8 +9,13 @@
 //! at once, and another is opened for the requests past that (as Envoy
 //! does): long-lived streams, such as gRPC streaming calls, would otherwise
 //! hold every slot of the one connection and leave later requests waiting.
+//! The oldest connection is filled first; the others close once idle for
+//! `pool_idle_timeout`. If no other connection can be opened, a full one
+//! takes the request anyway.
 //!
-//! A request goes again, on a new connection, only where that is safe.
+//! A request goes again, on another connection (over HTTP/2, one other than
+//! the one that did not take it, which is offered to no more requests),
+//! only where that is safe.
 //! Over HTTP/1.1, once: one its pooled connection could not even start (the
 //! upstream closed it while idle), or a bodiless idempotent one (RFC 9110
 //! 9.2.2) whose pooled connection had been idle and broke before the answer
@@ -122,6 +127,8 @@ pub struct UpstreamPool {
     /// The open HTTP/2 connections, oldest first.
     shared_h2: ArcSwap<Vec<Arc<SharedH2>>>,
     http2_max_streams: usize,
+    /// The next HTTP/2 connection's id.
+    next_h2_id: AtomicU64,
     /// The last connection opened spoke HTTP/2 (always, for h2c): new
     /// connections are then opened one at a time, and requests waiting for
     /// one share it instead of each opening its own.
@@ -160,8 +167,14 @@ impl Idle {
 
 /// A shared HTTP/2 connection, and how many requests it carries now.
 struct SharedH2 {
+    /// Unique within the pool.
+    id: u64,
     sender: http2::SendRequest<ClientBody>,
     streams: Arc<AtomicUsize>,
+    /// A request took a slot since the last sweep.
+    used: AtomicBool,
+    /// Sweeps in a row that found it unused and carrying nothing.
+    idle_sweeps: AtomicU64,
 }
 
 /// One of a shared HTTP/2 connection's `http2_max_streams`, taken until
@@ -213,10 +226,10 @@ enum Sender {
         sender: http1::SendRequest<ClientBody>,
         was_idle: bool,
     },
-    /// `id`: which shared connection it is (its address while shared).
+    /// `id`: which shared connection it is.
     Http2 {
         sender: http2::SendRequest<ClientBody>,
-        id: usize,
+        id: u64,
         slot: StreamSlot,
     },
 }
@@ -225,12 +238,11 @@ enum Sender {
 /// not `refused_by`.
 fn open_shared(
     shared: &[Arc<SharedH2>],
-    refused_by: Option<usize>,
+    refused_by: Option<u64>,
     max_streams: usize,
 ) -> Option<Sender> {
     shared.iter().find_map(|connection| {
-        let id = Arc::as_ptr(connection).addr();
-        if connection.sender.is_closed() || refused_by == Some(id) {
+        if connection.sender.is_closed() || refused_by == Some(connection.id) {
             return None;
         }
         connection
@@ -239,9 +251,12 @@ fn open_shared(
                 (taken < max_streams).then_some(taken + 1)
             })
             .ok()?;
+        if !connection.used.load(Ordering::Relaxed) {
+            connection.used.store(true, Ordering::Relaxed);
+        }
         Some(Sender::Http2 {
             sender: connection.sender.clone(),
-            id,
+            id: connection.id,
             slot: StreamSlot(Arc::clone(&connection.streams)),
         })
     })
@@ -290,6 +305,7 @@ impl UpstreamPool {
             idle: (max_idle > 0).then(|| ArrayQueue::new(max_idle)),
             shared_h2: ArcSwap::from_pointee(Vec::new()),
             http2_max_streams: http2_max_streams.max(1),
+            next_h2_id: AtomicU64::new(0),
             speaks_h2: AtomicBool::new(http2_only),
             connecting: tokio::sync::Mutex::new(()),
             shared_connect_failures: AtomicU64::new(0),
@@ -312,7 +328,7 @@ impl UpstreamPool {
     ) -> Result<(Response<Incoming>, Option<Lease>), SendError> {
         let mut pooled_failed = false;
         // The shared HTTP/2 connection that did not take the request.
-        let mut refused_by: Option<usize> = None;
+        let mut refused_by: Option<u64> = None;
         let mut resends = 0;
         loop {
             let pooled = if pooled_failed {
@@ -476,10 +492,10 @@ impl UpstreamPool {
     /// Offers the shared HTTP/2 connection `id` to no more requests: it
     /// did not take one (a GOAWAY, or a refused stream). It closes once the
     /// requests it carries let go of it.
-    fn retire(&self, id: usize) {
+    fn retire(&self, id: u64) {
         self.shared_h2.rcu(|open| {
             open.iter()
-                .filter(|c| Arc::as_ptr(c).addr() != id)
+                .filter(|c| c.id != id)
                 .cloned()
                 .collect::<Vec<_>>()
         });
@@ -503,7 +519,7 @@ impl UpstreamPool {
     async fn connect_or_share(
         self: &Arc<Self>,
         upgrade: bool,
-        refused_by: Option<usize>,
+        refused_by: Option<u64>,
     ) -> Result<Sender, SendError> {
         if upgrade || !self.speaks_h2.load(Ordering::Relaxed) {
             return self.connect(upgrade).await;
@@ -514,16 +530,23 @@ impl UpstreamPool {
         if let Some(shared) = shared {
             return Ok(shared);
         }
-        if self.shared_connect_failures.load(Ordering::Acquire) != failures_before {
-            return Err(SendError::Connect(Box::new(std::io::Error::other(
+        let opened = if self.shared_connect_failures.load(Ordering::Acquire) != failures_before {
+            Err(SendError::Connect(Box::new(std::io::Error::other(
                 "the connection opened meanwhile for this request failed",
-            ))));
-        }
-        let opened = self.connect(false).await;
-        if opened.is_err() {
-            self.shared_connect_failures.fetch_add(1, Ordering::AcqRel);
-        }
-        opened
+            ))))
+        } else {
+            let opened = self.connect(false).await;
+            if opened.is_err() {
+                self.shared_connect_failures.fetch_add(1, Ordering::AcqRel);
+            }
+            opened
+        };
+        // No further connection to be had: a full one that is open takes
+        // the request past `http2_max_streams` (its upstream queues it, or
+        // refuses it), rather than failing it.
+        opened.or_else(|error| {
+            open_shared(&self.shared_h2.load(), refused_by, usize::MAX).ok_or(error)
+        })
     }
 
     /// Opens a connection: HTTP/2 for h2c or when TLS negotiated `h2`, but
@@ -572,12 +595,14 @@ impl UpstreamPool {
                 .await?;
             let streams = Arc::new(AtomicUsize::new(1));
             let slot = StreamSlot(Arc::clone(&streams));
+            let id = self.next_h2_id.fetch_add(1, Ordering::Relaxed);
             let shared = Arc::new(SharedH2 {
+                id,
                 sender: sender.clone(),
                 streams,
+                used: AtomicBool::new(true),
+                idle_sweeps: AtomicU64::new(0),
             });
-            let id = Arc::as_ptr(&shared).addr();
-            let ended = Arc::downgrade(&shared);
             let pool = Arc::downgrade(self);
             // Closed ones go as a new one comes.
             self.shared_h2.rcu(|open| {
@@ -599,8 +624,8 @@ impl UpstreamPool {
                 // (hyper's dispatch task drains it only as it stops, and
                 // a request queued at that moment would wait for an answer
                 // that never comes).
-                if let (Some(pool), Some(ended)) = (pool.upgrade(), ended.upgrade()) {
-                    pool.retire(Arc::as_ptr(&ended).addr());
+                if let Some(pool) = pool.upgrade() {
+                    pool.retire(id);
                 }
             });
             self.speaks_h2.store(true, Ordering::Relaxed);
@@ -644,7 +669,8 @@ impl UpstreamPool {
     /// Advances the pool's clock and closes connections idle too long; runs
     /// while the pool lives, started with its first connection.
     fn start_sweeping(self: &Arc<Self>) {
-        if self.idle.is_none() || self.sweeping.swap(true, Ordering::Relaxed) {
+        if (self.idle.is_none() && !self.may_use_h2) || self.sweeping.swap(true, Ordering::Relaxed)
+        {
             return;
         }
         let pool: Weak<Self> = Arc::downgrade(self);
@@ -661,13 +687,39 @@ impl UpstreamPool {
     }
 
     fn sweep(&self) {
-        let Some(idle) = &self.idle else { return };
         let tick = self.tick.fetch_add(1, Ordering::Relaxed) + 1;
+        if self.may_use_h2 {
+            self.sweep_http2();
+        }
+        let Some(idle) = &self.idle else { return };
         for _ in 0..idle.len() {
             let Some(parked) = idle.pop() else { break };
             if parked.usable(tick, self.idle_ticks) {
                 let _ = idle.push(parked);
             }
+        }
+    }
+
+    /// Retires the HTTP/2 connections a burst opened past the first once
+    /// they have carried nothing for `pool_idle_timeout`: the first stays,
+    /// as the one shared connection always did.
+    fn sweep_http2(&self) {
+        let open = self.shared_h2.load();
+        let idle: Vec<u64> = open
+            .iter()
+            .skip(1)
+            .filter(|c| {
+                let used = c.used.swap(false, Ordering::Relaxed);
+                if used || c.streams.load(Ordering::Acquire) > 0 {
+                    c.idle_sweeps.store(0, Ordering::Relaxed);
+                    return false;
+                }
+                c.idle_sweeps.fetch_add(1, Ordering::Relaxed) >= self.idle_ticks
+            })
+            .map(|c| c.id)
+            .collect();
+        for id in idle {
+            self.retire(id);
         }
     }
 }
