@@ -1617,6 +1617,17 @@ async fn sign_ins_and_token_requests_log_no_credential() {
     assert_eq!(r.status, 200, "{}", r.text());
     let service_access = s(&r.json(), "access_token");
     assert_eq!(orders_status(&gw, &service_access).await.status, 200);
+    // A secret sent as the client id (id and secret swapped).
+    let swapped = "swapped-in-s3cret-8d2a";
+    let r = token_form(
+        &gw,
+        &[grant[0], ("client_id", swapped), ("client_secret", "svc")],
+        None,
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_client");
+    // Stopped, so that what it logs as connections end is read too.
+    gw.stop().await;
 
     let text = logs.text();
     for warning in ["refresh token replayed", "authorization code replayed"] {
@@ -1625,9 +1636,14 @@ async fn sign_ins_and_token_requests_log_no_credential() {
     let signature = |token: &str| token.rsplit('.').next().unwrap().to_owned();
     logs.assert_none_of(&[
         ("the password", PASSWORD),
+        (
+            "the password, form-encoded",
+            &encode(&[("p", PASSWORD)])[2..],
+        ),
         ("a wrong password", wrong_password),
         ("the client secret", SECRET),
         ("a wrong client secret", wrong_secret),
+        ("a secret sent as the client id", swapped),
         ("the Basic credentials", basic.trim_start_matches("Basic ")),
         ("the code", &code),
         ("the PKCE verifier", &c.verifier),

@@ -2136,6 +2136,9 @@ async fn cache_hits_are_counted_and_no_metric_or_log_shows_a_token_or_secret() {
         "{}",
         logs.text()
     );
+    // Stopped, so that what it logs as connections end is read too.
+    let Opaque { gw, .. } = s;
+    gw.stop().await;
     logs.assert_none_of(&[
         ("the active token", token),
         ("the token whose introspection failed", failing),

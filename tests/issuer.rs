@@ -300,15 +300,6 @@ fn file_store_config(upstream: SocketAddr, dir: &Path) -> String {
     config(upstream, &extra)
 }
 
-/// Stops a gateway and waits (bounded) for its task to end.
-async fn stop(mut gw: Gateway) {
-    gw.trigger_shutdown();
-    let ended = tokio::time::timeout(Duration::from_secs(30), &mut gw.task)
-        .await
-        .expect("the gateway did not stop");
-    ended.unwrap().unwrap();
-}
-
 // ---------------------------------------------------------------------------
 // client_credentials
 // ---------------------------------------------------------------------------
@@ -644,7 +635,7 @@ async fn a_refresh_follows_the_users_and_scopes_of_the_current_config() {
     let bob = password(&gw, "bob", PASSWORD).await;
     assert_eq!(bob.status, 200, "{}", bob.text());
     let svc = client_credentials(&gw, "svc").await;
-    stop(gw).await;
+    gw.stop().await;
 
     let without_bob = yaml.replace(
         &format!(
@@ -1130,7 +1121,7 @@ async fn failed_client_authentication_does_not_tell_known_clients_from_unknown()
     assert_eq!(known.0, 401, "{known:?}");
     assert!(known.1.starts_with("Basic realm="), "{known:?}");
     assert_eq!(known, introspect_answer("ghost").await);
-    stop(gw).await;
+    gw.stop().await;
 }
 
 #[tokio::test]
@@ -1688,7 +1679,7 @@ async fn file_store_survives_a_restart() {
     let revoked = s(&client_credentials(&gw, "plain").await, "access_token");
     assert_eq!(revoke(&gw, "plain", &revoked).await.status, 200);
     assert_refused(&gw, &revoked).await;
-    stop(gw).await;
+    gw.stop().await;
     assert!(db.exists());
 
     let gw = Gateway::start(&yaml).await;
@@ -1706,7 +1697,7 @@ async fn file_store_survives_a_restart() {
     assert_oauth_error(&replay, 400, "invalid_grant");
     assert_oauth_error(&refresh(&gw, "svc", &r2).await, 400, "invalid_grant");
     assert_refused(&gw, &a0).await;
-    stop(gw).await;
+    gw.stop().await;
 }
 
 /// Sends one keep-alive request on a new connection to `addr` and reads its
@@ -1744,9 +1735,9 @@ async fn a_stopped_gateway_leaves_its_store_file_free() {
         let gw = Gateway::start(&yaml).await;
         let scraper = keep_alive_request(gw.admin, "/metrics").await;
         let client = keep_alive_request(gw.addr, "/orders/7").await;
-        stop(gw).await;
+        gw.stop().await;
         let again = Gateway::try_start(&yaml).await.unwrap();
-        stop(again).await;
+        again.stop().await;
         drop((scraper, client));
     }
 }
@@ -1894,8 +1885,8 @@ async fn redis_store_is_shared_by_replicas() {
     assert_eq!(revoke(&b, "plain", &plain).await.status, 200);
     assert_refused(&a, &plain).await;
 
-    stop(a).await;
-    stop(b).await;
+    a.stop().await;
+    b.stop().await;
     drop(redis);
 }
 

@@ -2,6 +2,7 @@
 //! algorithms, compiled routes and resolved references. Every error points at
 //! the YAML node it is about.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -838,11 +839,12 @@ const RESERVED_HEADERS: &[&str] = &[
 /// fragment: what every URL scopegate calls must be, configured or
 /// discovered.
 pub fn http_url(value: &str) -> Result<Uri, String> {
+    let shown = shown_url(value);
     let uri: Uri = value
         .parse()
-        .map_err(|e| format!("`{value}` is not a URL: {e}"))?;
+        .map_err(|e| format!("`{shown}` is not a URL: {e}"))?;
     if value.contains('#') {
-        return Err(format!("`{value}` must not have a #fragment"));
+        return Err(format!("`{shown}` must not have a #fragment"));
     }
     if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
         return Err(
@@ -853,8 +855,20 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
     match uri.scheme_str() {
         Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
         _ => Err(format!(
-            "`{value}` must be an absolute http:// or https:// URL"
+            "`{shown}` must be an absolute http:// or https:// URL"
         )),
+    }
+}
+
+/// `value` for an error message (and so for the log), with what could be
+/// user information (`user:password@`) hidden.
+fn shown_url(value: &str) -> Cow<'_, str> {
+    let Some(at) = value.rfind('@') else {
+        return Cow::Borrowed(value);
+    };
+    match value.find("://") {
+        Some(end) if end < at => Cow::Owned(format!("{}://***{}", &value[..end], &value[at..])),
+        _ => Cow::Borrowed("(a URL with an @, not shown)"),
     }
 }
 
@@ -2066,5 +2080,34 @@ pub fn normalize_typ(typ: &str) -> String {
     match lower.strip_prefix("application/") {
         Some(rest) => rest.to_owned(),
         None => lower,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_url_is_quoted_without_its_user_information() {
+        for (value, fragment) in [
+            (
+                "https://svc:pa55word@idp.test/#x",
+                "`https://***@idp.test/#x`",
+            ),
+            (
+                "ftp://svc:pa55word@idp.test/",
+                "must not carry user:password@",
+            ),
+            (
+                "https://svc:pa55word @idp.test/",
+                "`https://***@idp.test/` is not a URL",
+            ),
+            ("svc:pa55word @idp.test", "(a URL with an @, not shown)"),
+            ("https://idp.test/#x", "`https://idp.test/#x`"),
+        ] {
+            let message = http_url(value).unwrap_err();
+            assert!(message.contains(fragment), "{value}: {message}");
+            assert!(!message.contains("pa55word"), "{value}: {message}");
+        }
     }
 }

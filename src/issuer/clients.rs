@@ -138,9 +138,16 @@ fn form_decode(s: &str) -> Option<String> {
 /// A failed client authentication. The answer is the same whatever failed
 /// (RFC 6749 5.2), so that it does not tell which client ids exist or which
 /// are public (where public clients may go without a secret, their ids pass
-/// by design); the log says why, for the operator.
-fn failed(presented: &Presented, why: &'static str) -> OAuthError {
-    tracing::debug!(client_id = ?presented.client_id, why, "client authentication failed");
+/// by design); the log says why, for the operator, and names the client when
+/// it is a configured one. An unknown id is not logged: it may be a secret
+/// sent in its place.
+fn failed(presented: &Presented, known: bool, why: &'static str) -> OAuthError {
+    let client_id = if known {
+        presented.client_id.as_str()
+    } else {
+        "-"
+    };
+    tracing::debug!(client_id, why, "client authentication failed");
     OAuthError::invalid_client(presented.basic, "client authentication failed")
 }
 
@@ -348,9 +355,9 @@ impl ClientAuthenticator {
                         return Err(OAuthError::busy());
                     }
                 }
-                Err(failed(&p, "a public client cannot authenticate here"))
+                Err(failed(&p, true, "a public client cannot authenticate here"))
             }
-            (Some(_), None) => Err(failed(&p, "client secret missing")),
+            (Some(_), None) => Err(failed(&p, true, "client secret missing")),
             (Some(hash), Some(secret)) => {
                 // A secret checked before needs no argon2 check, and is no
                 // guess: only uncached checks take a place under the limit.
@@ -373,7 +380,7 @@ impl ClientAuthenticator {
                     if let Some(attempt) = attempt {
                         attempt.failed();
                     }
-                    Err(failed(&p, "wrong secret"))
+                    Err(failed(&p, true, "wrong secret"))
                 }
             }
         }
@@ -400,7 +407,7 @@ impl ClientAuthenticator {
             }
             attempt.failed();
         }
-        failed(p, why)
+        failed(p, false, why)
     }
 
     /// Verifies a secret against its argon2 hash off the runtime, remembering

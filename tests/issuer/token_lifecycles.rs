@@ -657,7 +657,7 @@ async fn check_shared(lab: &Shared, steps: Vec<Step>) -> Result<(), String> {
             // Stopped before the next opens the store: a file is held by
             // one gateway at a time.
             Step::Restart(r) => {
-                stop(gws.remove(*r)).await;
+                gws.remove(*r).stop().await;
                 gws.insert(*r, Gateway::start(&yaml).await);
             }
         }
@@ -674,7 +674,7 @@ async fn check_shared(lab: &Shared, steps: Vec<Step>) -> Result<(), String> {
         }
     }
     for gw in gws {
-        stop(gw).await;
+        gw.stop().await;
     }
     Ok(())
 }

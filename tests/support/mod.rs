@@ -336,6 +336,16 @@ impl Gateway {
         }
     }
 
+    /// Stops the gateway and waits (bounded) for its task to end, which
+    /// must be a clean one.
+    pub async fn stop(mut self) {
+        self.trigger_shutdown();
+        let ended = tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .expect("the gateway did not stop");
+        ended.unwrap().unwrap();
+    }
+
     pub async fn metrics(&self) -> String {
         get(&format!("http://{}/metrics", self.admin), &[])
             .await
