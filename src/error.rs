@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER, WWW_AUTHENTICATE};
-use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Version};
+use http::{HeaderName, HeaderValue, Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use percent_encoding::{AsciiSet, CONTROLS};
 
@@ -24,11 +24,12 @@ static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
 static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
 const GRPC_MESSAGE_ESCAPED: &AsciiSet = &CONTROLS.add(b'%');
 
-/// A gRPC call: HTTP/2 with `application/grpc` or one of its `+format`
-/// subtypes (not gRPC-Web, whose status travels in the body). Its client
-/// reads a refusal from `grpc-status`, not from the HTTP status.
+/// A gRPC call: an HTTP/2 `POST` with `application/grpc` or one of its
+/// `+format` subtypes (not gRPC-Web, whose status travels in the body). Its
+/// client reads a refusal from `grpc-status`, not from the HTTP status. (A
+/// `CONNECT` never is one: a 200 would open a tunnel.)
 pub fn is_grpc<B>(request: &Request<B>) -> bool {
-    if request.version() != Version::HTTP_2 {
+    if request.version() != Version::HTTP_2 || request.method() != Method::POST {
         return false;
     }
     let Some(value) = request.headers().get(CONTENT_TYPE) else {
@@ -392,6 +393,7 @@ mod tests {
 
     fn request(version: Version, content_type: Option<&str>) -> Request<()> {
         let mut request = Request::new(());
+        *request.method_mut() = Method::POST;
         *request.version_mut() = version;
         if let Some(value) = content_type {
             request
@@ -423,6 +425,11 @@ mod tests {
                 grpc,
                 "{version:?} {content_type:?}"
             );
+        }
+        for method in [Method::GET, Method::CONNECT] {
+            let mut call = request(Version::HTTP_2, Some("application/grpc"));
+            *call.method_mut() = method;
+            assert!(!is_grpc(&call));
         }
     }
 

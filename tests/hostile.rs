@@ -393,7 +393,19 @@ enum Extra {
     /// `TENANT_ID_NAMES[n]: spoofed`: what the trusting lab's
     /// `forward.remove_headers` names, in one of its spellings.
     TenantId(u8),
+    /// `Content-Type: GRPC_TYPES[n]`: over HTTP/2, a gRPC call (a `POST`,
+    /// not gRPC-Web) is refused in gRPC's form.
+    Grpc(u8),
 }
+
+/// Content types of gRPC calls; the first `GRPC_CALL_TYPES` are gRPC's own.
+const GRPC_TYPES: [&str; 4] = [
+    "application/grpc",
+    "application/grpc+proto",
+    "application/grpc-web",
+    "application/grpcx",
+];
+const GRPC_CALL_TYPES: usize = 2;
 
 /// `X-Forwarded-Proto` values a client or proxy may send; the first
 /// `VALID_FORWARDED_PROTOS` of them are kept from a trusted proxy (trimmed,
@@ -599,6 +611,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::H2cUpgrade,
         ]),
         2 => forwarding_extra(),
+        1 => (0..GRPC_TYPES.len() as u8).prop_map(Extra::Grpc),
         1 => prop::sample::select(vec![
             Extra::NoHost,
             Extra::TwoHosts,
@@ -892,6 +905,10 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             Extra::TenantId(n) => head.push_str(&format!(
                 "{}: {SPOOFED}\r\n",
                 TENANT_ID_NAMES[usize::from(*n)]
+            )),
+            Extra::Grpc(n) => head.push_str(&format!(
+                "Content-Type: {}\r\n",
+                GRPC_TYPES[usize::from(*n)]
             )),
             Extra::EvilHost
             | Extra::NoHost
@@ -1676,6 +1693,7 @@ fn h2_request(
                 builder.header("x-forwarded-host", FORWARDED_HOSTS[usize::from(*n)])
             }
             Extra::TenantId(n) => builder.header(TENANT_ID_NAMES[usize::from(*n)], SPOOFED),
+            Extra::Grpc(n) => builder.header("content-type", GRPC_TYPES[usize::from(*n)]),
             _ => builder,
         };
     }
@@ -1734,8 +1752,9 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
                 String::from_utf8_lossy(value.as_bytes())
             ));
         }
+        let status = grpc_refusal_status(req, &parts, &body)?.unwrap_or(parts.status.as_u16());
         let answer = Answer {
-            status: parts.status.as_u16(),
+            status,
             head,
             body,
             cut: false,
@@ -1747,6 +1766,59 @@ async fn run_case_h2(lab: &Lab, stream: &[Req]) -> Result<(), String> {
         judge(answer, Some(req), req.method, *id, &counts, &lab.tokens)?;
     }
     Ok(())
+}
+
+/// A refusal in gRPC's form (HTTP 200, no body, `grpc-status`) must come
+/// for a gRPC call and only for one; it is read back as the HTTP status the
+/// gateway counts, for [`judge`]. `None`: not such a refusal.
+fn grpc_refusal_status(
+    req: &Req,
+    parts: &http::response::Parts,
+    body: &[u8],
+) -> Result<Option<u16>, String> {
+    let call = req.method == "POST"
+        && req
+            .extras
+            .iter()
+            .any(|e| matches!(e, Extra::Grpc(n) if usize::from(*n) < GRPC_CALL_TYPES));
+    let Some(grpc_status) = parts.headers.get("grpc-status") else {
+        return Ok(None);
+    };
+    let what = format!("{:?} {body:?} to {req:?}", parts.headers);
+    if !call {
+        return Err(format!("a gRPC refusal for no gRPC call: {what}"));
+    }
+    if parts.status != 200
+        || !body.is_empty()
+        || parts
+            .headers
+            .get("content-type")
+            .is_none_or(|v| v != "application/grpc")
+        || !parts.headers.contains_key("grpc-message")
+    {
+        return Err(format!("not a trailers-only gRPC refusal: {what}"));
+    }
+    let challenge = parts
+        .headers
+        .get("www-authenticate")
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    let status = match grpc_status.as_bytes() {
+        b"16"
+            if challenge
+                .as_ref()
+                .is_some_and(|c| c.contains("invalid_request")) =>
+        {
+            400
+        }
+        b"16" => 401,
+        b"7" => 403,
+        b"12" => 404,
+        b"13" => 400,
+        b"2" => 408,
+        b"14" => 503,
+        other => return Err(format!("grpc-status {other:?}: {what}")),
+    };
+    Ok(Some(status))
 }
 
 #[test]

@@ -2505,6 +2505,9 @@ async fn refused_grpc_calls_get_a_grpc_status() {
     for (what, request, status, message, challenge) in cases {
         let response = h2_send(request).await;
         assert_eq!(response.status(), 200, "{what}");
+        // Trailers-only: the header block ends the stream.
+        assert!(http_body::Body::is_end_stream(response.body()), "{what}");
+        assert!(!response.headers().contains_key("content-length"), "{what}");
         let headers = response.headers().clone();
         let header = |name: &str| headers.get(name).map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(
@@ -2559,6 +2562,26 @@ async fn refused_grpc_calls_get_a_grpc_status() {
     assert_eq!(requests(route, "401"), 4.0, "{metrics}");
     assert_eq!(requests(route, "403"), 1.0, "{metrics}");
     assert_eq!(requests(route, "200"), 1.0, "{metrics}");
+
+    // A call only a GET would be: no gRPC (gRPC calls are POSTs).
+    let mut get = call("/orders/1", "application/grpc", None);
+    *get.method_mut() = http::Method::GET;
+    assert_eq!(h2_send(get).await.status(), 401);
+    // An upstream that cannot be reached: UNAVAILABLE.
+    let (_refusing, down) = refusing_address();
+    let gw = Gateway::start(&config_for(&world, down)).await;
+    let request = Request::post(gw.url("/orders/1/items"))
+        .header("content-type", "application/grpc")
+        .header("authorization", &writer)
+        .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
+        .unwrap();
+    let response = h2_send(request).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(response.headers()["grpc-status"], "14");
+    assert_eq!(
+        response.headers()["grpc-message"],
+        "the upstream is unavailable"
+    );
 }
 
 #[tokio::test]
