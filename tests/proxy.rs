@@ -2782,6 +2782,86 @@ async fn h2c_upstream_connections_past_the_first_close_when_idle() {
     assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
 }
 
+/// An HTTP/2 stream stays open while its request body goes out, even once
+/// the answer has ended (an upstream may answer first): its slot is held
+/// until the upload ends too. With one stream per connection, a request
+/// made meanwhile takes a second connection; afterwards, no third opens.
+#[tokio::test]
+async fn h2c_upstream_stream_slot_is_held_until_the_upload_ends() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    // (connection number, the body as read to its end)
+    let (uploaded, mut uploads) = mpsc::unbounded_channel::<(usize, Vec<u8>)>();
+    let accepted = Arc::clone(&connections);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let number = accepted.fetch_add(1, Ordering::SeqCst);
+            let uploaded = uploaded.clone();
+            // Answers at once, and reads the body on after the answer.
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let uploaded = uploaded.clone();
+                async move {
+                    tokio::spawn(async move {
+                        if let Ok(body) = req.into_body().collect().await {
+                            let _ = uploaded.send((number, body.to_bytes().to_vec()));
+                        }
+                    });
+                    Ok::<_, std::convert::Infallible>(Response::new(full_body("early")))
+                }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n    http2_max_streams: 1\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read orders:write");
+
+    // An upload that is not over when its answer comes.
+    let mut upload = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while find(&received, b"early").is_none() {
+        let n = tokio::time::timeout(BOUND, upload.read(&mut buf))
+            .await
+            .expect("no answer to the upload")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"));
+    let reply = get_with_token(&gw.url("/orders/2"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+
+    // The upload ends, and with it the stream: its slot serves again.
+    upload.write_all(b"6\r\n world\r\n0\r\n\r\n").await.unwrap();
+    let mut next = async || {
+        tokio::time::timeout(BOUND, uploads.recv())
+            .await
+            .expect("nothing more reached the upstream")
+            .unwrap()
+    };
+    // The GET's empty body, then the upload, whole, on the first connection.
+    assert_eq!(next().await, (1, Vec::new()));
+    assert_eq!(next().await, (0, b"hello world".to_vec()));
+    let reply = get_with_token(&gw.url("/orders/3"), &token).await;
+    assert_eq!(reply.status, 200);
+    assert_eq!(next().await, (0, Vec::new()));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
 /// When no further connection can be opened, a full one takes the request
 /// past `http2_max_streams` (its upstream queues or refuses it) instead of
 /// failing it: the upstream here allows more streams than the gateway's

@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::Lease;
+use super::pool::{Lease, StreamSlot};
 
 /// Counters of one upstream's mid-body failures.
 #[derive(Clone)]
@@ -122,11 +122,12 @@ impl UpstreamBody {
 /// request body was all read from the client: the rest still goes out
 /// after the answer, and an upstream that did not read it would take it
 /// for the next request, one no route or token check saw (nginx closes
-/// such connections too).
+/// such connections too). An HTTP/2 stream's slot is held until then.
 fn give_back(lease: &mut Option<Lease>, upload: Option<&UploadEnd>) {
     if let Some(lease) = lease.take() {
-        if upload.is_none_or(|u| u.ended.get().is_some()) {
-            lease.give_back();
+        match upload {
+            Some(upload) if upload.ended.get().is_none() => lease.hold_until_upload_ends(upload),
+            _ => lease.give_back(),
         }
     }
 }
@@ -216,6 +217,10 @@ pub struct Upload {
     /// Why the body stopped early, if it did: an HTTP/2 upstream connection
     /// reports only that it reset the stream, not that the client failed.
     pub failed: OnceLock<UploadFailure>,
+    /// The HTTP/2 stream slot of a request answered before its body was all
+    /// sent: freed when the last of the body's reader and the answer lets
+    /// go of this.
+    pub stream_slot: OnceLock<StreamSlot>,
 }
 
 /// How a client's request body stopped early ([`ClientBodyError`] without

@@ -45,7 +45,7 @@ use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tower_service::Service as _;
 
-use super::body::ClientBody;
+use super::body::{ClientBody, Upload};
 
 /// How often a request an HTTP/2 upstream did not take is sent again (each
 /// time on a new connection): a few connections in a row may be going away.
@@ -179,7 +179,8 @@ struct SharedH2 {
 
 /// One of a shared HTTP/2 connection's `http2_max_streams`, taken until
 /// dropped.
-struct StreamSlot(Arc<AtomicUsize>);
+#[derive(Debug)]
+pub struct StreamSlot(Arc<AtomicUsize>);
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
@@ -207,6 +208,16 @@ impl Lease {
     pub fn give_back(self) {
         if let Leased::Http1 { sender, pool } = self.0 {
             pool.park(sender);
+        }
+    }
+
+    /// The answer ended while the request body is still going out: an
+    /// HTTP/1.1 connection is closed (the upstream could read the rest as a
+    /// next request); an HTTP/2 stream is still open, and keeps its slot
+    /// until the upload has ended too.
+    pub fn hold_until_upload_ends(self, upload: &Upload) {
+        if let Leased::Http2(slot) = self.0 {
+            let _ = upload.stream_slot.set(slot);
         }
     }
 }
