@@ -191,7 +191,8 @@ impl Drop for StreamSlot {
 /// A connection lent to one request, until its response body has ended: an
 /// HTTP/1.1 one goes back to its pool when [`Lease::give_back`] is called,
 /// and is closed if the lease is dropped instead; an HTTP/2 one frees its
-/// stream slot either way.
+/// stream slot either way, unless the request body is still going out
+/// ([`Lease::hold_until_upload_ends`]).
 pub struct Lease(Leased);
 
 enum Leased {
@@ -199,7 +200,7 @@ enum Leased {
         sender: http1::SendRequest<ClientBody>,
         pool: Arc<UpstreamPool>,
     },
-    Http2(#[allow(dead_code, reason = "held for its Drop")] StreamSlot),
+    Http2(StreamSlot),
 }
 
 impl Lease {
