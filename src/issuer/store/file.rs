@@ -382,7 +382,13 @@ where
             let known = {
                 let txn = db.begin_read().db()?;
                 let table = txn.open_table(def).db()?;
-                table.get(&digest).db()?.is_some()
+                // A local, so that the entry's page is let go before the
+                // read transaction ends: a temporary in the block's value
+                // would outlive the transaction, and a commit on another
+                // thread could free the page it still holds (redb's debug
+                // build asserts that it does not).
+                let entry = table.get(&digest).db()?;
+                entry.is_some()
             };
             if !known {
                 return Ok(Use::NotFound);
