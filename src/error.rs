@@ -237,18 +237,31 @@ impl GatewayError {
     /// Renders the response: status, JSON body, and the RFC 6750 challenge where
     /// the failure is about the bearer token.
     pub fn into_response(self, challenge: &ChallengeContext) -> Response<Body> {
-        let status = self.status();
         let (code, description) = self.code_and_description();
         let body = serde_json::json!({ "error": code, "error_description": description });
         let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
-        *response.status_mut() = status;
+        *response.status_mut() = self.status();
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        self.add_headers(headers, code, &description, challenge);
+        response
+    }
+
+    /// What every form of the answer carries besides status, body and
+    /// content type: `no-store`, the challenge, `Allow`, `Retry-After`, and
+    /// `Connection: close` where the connection ends.
+    fn add_headers(
+        &self,
+        headers: &mut http::HeaderMap,
+        code: &str,
+        description: &str,
+        challenge: &ChallengeContext,
+    ) {
         headers.insert(
             http::header::CACHE_CONTROL,
             HeaderValue::from_static("no-store"),
         );
-        match &self {
+        match self {
             Self::MissingToken | Self::OtherScheme => {
                 headers.insert(WWW_AUTHENTICATE, challenge.bare.clone());
             }
@@ -281,7 +294,6 @@ impl GatewayError {
         if self.ends_connection() {
             crate::proxy::headers::announce_close(headers);
         }
-        response
     }
 
     /// The gRPC status a gRPC client gets for this refusal: gRPC's mapping
@@ -324,22 +336,19 @@ impl GatewayError {
     /// `grpc-message`, keeping the challenge and the other headers
     /// [`Self::into_response`] sets.
     pub fn into_grpc_response(self, challenge: &ChallengeContext) -> Response<Body> {
-        let grpc_status = self.grpc_status();
-        let (_, description) = self.code_and_description();
-        let message =
-            percent_encoding::utf8_percent_encode(&description, GRPC_MESSAGE_ESCAPED).to_string();
-        let mut response = self.into_response(challenge);
-        *response.status_mut() = StatusCode::OK;
-        *response.body_mut() = Either::Right(Full::new(Bytes::new()));
+        let (code, description) = self.code_and_description();
+        let mut response = Response::new(Either::Right(Full::new(Bytes::new())));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
         headers.insert(
             GRPC_STATUS.clone(),
-            HeaderValue::from(u16::from(grpc_status)),
+            HeaderValue::from(u16::from(self.grpc_status())),
         );
-        if let Ok(message) = HeaderValue::from_str(&message) {
+        let message = percent_encoding::utf8_percent_encode(&description, GRPC_MESSAGE_ESCAPED);
+        if let Ok(message) = HeaderValue::from_str(&message.to_string()) {
             headers.insert(GRPC_MESSAGE.clone(), message);
         }
+        self.add_headers(headers, code, &description, challenge);
         response
     }
 
