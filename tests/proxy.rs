@@ -2862,6 +2862,150 @@ async fn h2c_upstream_stream_slot_is_held_until_the_upload_ends() {
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
+/// Starts an upload to `path` that never ends (chunks for as long as the
+/// gateway takes them, from a task that outlives the call), and returns
+/// once its answer has come whole: the upstreams below answer before
+/// reading the body.
+async fn endless_upload(gw: &Gateway, token: &str, path: &str) {
+    let mut upload = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\nTransfer-Encoding: chunked\r\n\r\n"
+    );
+    upload.write_all(head.as_bytes()).await.unwrap();
+    let (mut reader, mut writer) = upload.into_split();
+    tokio::spawn(async move {
+        let chunk = format!("4000\r\n{}\r\n", "u".repeat(0x4000));
+        while writer.write_all(chunk.as_bytes()).await.is_ok() {}
+    });
+    let mut received = Vec::new();
+    let mut buf = [0u8; 1024];
+    while find(&received, b"early").is_none() {
+        let n = tokio::time::timeout(BOUND, reader.read(&mut buf))
+            .await
+            .expect("no answer to the upload")
+            .unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&received));
+        received.extend_from_slice(&buf[..n]);
+    }
+    assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"), "{received:?}");
+}
+
+/// Upstream stalls of an upload still going out after its answer ended are
+/// counted here (`body_idle_timeout` of silence).
+fn stalled_uploads(metrics: &str) -> f64 {
+    metric(
+        metrics,
+        "scopegate_upstream_errors_total",
+        &[("upstream", "app"), ("kind", "body_timeout")],
+    )
+}
+
+/// An HTTP/2 upstream that answers at once and then takes none of the rest
+/// of the upload (it neither reads the body nor ends the stream) holds the
+/// stream's slot only for `body_idle_timeout`: then the slot is freed, and
+/// the next request goes on the same connection instead of opening another.
+#[tokio::test]
+async fn h2c_upstream_that_stops_taking_an_answered_upload_frees_its_slot() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let connections = Arc::new(AtomicUsize::new(0));
+    let unread = Arc::new(Mutex::new(Vec::new()));
+    let (accepted, kept) = (Arc::clone(&connections), Arc::clone(&unread));
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
+            let kept = Arc::clone(&kept);
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                // Kept unread: the stream's window is never given back.
+                kept.lock().unwrap().push(req.into_body());
+                async { Ok::<_, std::convert::Infallible>(Response::new(full_body("early"))) }
+            });
+            tokio::spawn(
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .initial_stream_window_size(65_535)
+                    .serve_connection(TokioIo::new(tcp), service),
+            );
+        }
+    });
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n    http2_max_streams: 1\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read orders:write");
+
+    endless_upload(&gw, &token, "/orders/1/items").await;
+    assert!(
+        wait_for_metrics(&gw, |m| stalled_uploads(m) == 1.0).await,
+        "the stall was not counted: {}",
+        gw.metrics().await
+    );
+    let reply = get_with_token(&gw.url("/orders/2"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    assert_eq!(unread.lock().unwrap().len(), 2);
+}
+
+/// An HTTP/1.1 upstream that answers at once and then neither reads the
+/// rest of the upload nor closes has its connection closed by the gateway
+/// after `body_idle_timeout`, instead of holding it (and the client's upload)
+/// for ever.
+#[tokio::test]
+async fn http1_upstream_that_stops_taking_an_answered_upload_is_closed() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (go_on, resume) = tokio::sync::oneshot::channel::<()>();
+    let (closed, mut was_closed) = mpsc::unbounded_channel::<bool>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tcp.read(&mut buf).await.unwrap(), 1);
+            head.push(buf[0]);
+        }
+        tcp.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nearly")
+            .await
+            .unwrap();
+        // Reads nothing more until told, then drains what was sent: the
+        // end comes only if the gateway closed the connection.
+        let _ = resume.await;
+        let mut rest = vec![0u8; 1 << 16];
+        let ended = tokio::time::timeout(BOUND, async {
+            loop {
+                match tcp.read(&mut rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await
+        .is_ok();
+        let _ = closed.send(ended);
+    });
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read orders:write");
+
+    endless_upload(&gw, &token, "/orders/1/items").await;
+    assert!(
+        wait_for_metrics(&gw, |m| stalled_uploads(m) == 1.0).await,
+        "the stall was not counted: {}",
+        gw.metrics().await
+    );
+    go_on.send(()).unwrap();
+    assert_eq!(
+        was_closed.recv().await,
+        Some(true),
+        "the upstream connection stayed open"
+    );
+}
+
 /// When no further connection can be opened, a full one takes the request
 /// past `http2_max_streams` (its upstream queues or refuses it) instead of
 /// failing it: the upstream here allows more streams than the gateway's

@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +22,7 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{Lease, StreamSlot};
+use super::pool::{Lease, UploadHold};
 
 /// Counters of one upstream's mid-body failures.
 #[derive(Clone)]
@@ -112,7 +112,12 @@ impl UpstreamBody {
             upload,
         };
         if body.inner.is_end_stream() {
-            give_back(&mut body.lease, body.upload.as_ref());
+            give_back(
+                &mut body.lease,
+                body.upload.as_ref(),
+                &body.idle,
+                &body.failures,
+            );
         }
         body
     }
@@ -122,13 +127,62 @@ impl UpstreamBody {
 /// request body was all read from the client: the rest still goes out
 /// after the answer, and an upstream that did not read it would take it
 /// for the next request, one no route or token check saw (nginx closes
-/// such connections too). An HTTP/2 stream's slot is held until then.
-fn give_back(lease: &mut Option<Lease>, upload: Option<&UploadEnd>) {
+/// such connections too). An HTTP/2 stream's slot is held until then,
+/// and either is let go of if the upstream stops taking the upload
+/// ([`watch_upload`]).
+fn give_back(
+    lease: &mut Option<Lease>,
+    upload: Option<&UploadEnd>,
+    idle: &IdleTimer,
+    failures: &BodyFailures,
+) {
     if let Some(lease) = lease.take() {
         match upload {
-            Some(upload) if upload.ended.get().is_none() => lease.hold_until_upload_ends(upload),
+            Some(upload) if upload.ended.get().is_none() => {
+                lease.hold_until_upload_ends(upload);
+                tokio::spawn(watch_upload(
+                    Arc::downgrade(upload),
+                    idle.timeout,
+                    failures.idle.clone(),
+                ));
+            }
             _ => lease.give_back(),
         }
+    }
+}
+
+/// Watches an upload that goes on after its answer ended, when no one
+/// waits for the upstream any more: if the upstream takes none of it for
+/// `timeout` (it answered, and neither reads the rest nor closes), its
+/// connection is closed (HTTP/1.1) or its stream's slot freed (HTTP/2), and
+/// `stalled` counts it. A client that stops sending is not the upstream's
+/// stall: its own `body_idle_timeout` ends the upload.
+async fn watch_upload(upload: Weak<Upload>, timeout: Duration, stalled: IntCounter) {
+    let Some(mut frames) = upload.upgrade().map(|u| u.frames.load(Ordering::Relaxed)) else {
+        return;
+    };
+    loop {
+        tokio::time::sleep(timeout).await;
+        // Gone: the upload ended or failed, and all let go of it.
+        let Some(upload) = upload.upgrade() else {
+            return;
+        };
+        if upload.ended.get().is_some() || upload.failed.get().is_some() {
+            return;
+        }
+        let read = upload.frames.load(Ordering::Relaxed);
+        if read == frames && !upload.waiting_on_client.load(Ordering::Relaxed) {
+            if let Some(hold) = upload.take_hold() {
+                stalled.inc();
+                tracing::debug!(
+                    ?timeout,
+                    "the upstream took none of the request body's rest for body_idle_timeout after answering; its connection or stream slot let go of"
+                );
+                hold.stop();
+            }
+            return;
+        }
+        frames = read;
     }
 }
 
@@ -145,7 +199,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 if this.inner.is_end_stream() {
-                    give_back(this.lease, this.upload.as_ref());
+                    give_back(this.lease, this.upload.as_ref(), this.idle, this.failures);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -169,7 +223,7 @@ impl Body for UpstreamBody {
                     *this.lease = None;
                     return Poll::Ready(Some(Err(BodyError::Cut)));
                 }
-                give_back(this.lease, this.upload.as_ref());
+                give_back(this.lease, this.upload.as_ref(), this.idle, this.failures);
                 Poll::Ready(None)
             }
             Poll::Pending => {
@@ -217,10 +271,25 @@ pub struct Upload {
     /// Why the body stopped early, if it did: an HTTP/2 upstream connection
     /// reports only that it reset the stream, not that the client failed.
     pub failed: OnceLock<UploadFailure>,
-    /// The HTTP/2 stream slot of a request answered before its body was all
-    /// sent: freed when the last of the body's reader and the answer lets
-    /// go of this.
-    pub stream_slot: OnceLock<StreamSlot>,
+    /// What a request answered before its body was all sent keeps of its
+    /// upstream connection: let go of when the last of the body's reader
+    /// and the answer lets go of this, or when the upstream stops taking
+    /// the upload.
+    held: Mutex<Option<UploadHold>>,
+}
+
+impl Upload {
+    /// Keeps `hold` until the upload ends (or stalls).
+    pub fn hold(&self, hold: UploadHold) {
+        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(hold);
+    }
+
+    fn take_hold(&self) -> Option<UploadHold> {
+        self.held
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
 }
 
 /// How a client's request body stopped early ([`ClientBodyError`] without

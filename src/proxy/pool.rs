@@ -43,6 +43,7 @@ use hyper::client::conn::{http1, http2};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connection as _, HttpConnector};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
+use tokio::task::AbortHandle;
 use tower_service::Service as _;
 
 use super::body::{ClientBody, Upload};
@@ -155,6 +156,7 @@ pub struct UpstreamPool {
 
 struct Idle {
     sender: http1::SendRequest<ClientBody>,
+    task: AbortHandle,
     parked_at: u64,
 }
 
@@ -199,6 +201,8 @@ enum Leased {
     Http1 {
         sender: http1::SendRequest<ClientBody>,
         pool: Arc<UpstreamPool>,
+        /// The connection's task: see [`UploadHold::Http1`].
+        task: AbortHandle,
     },
     Http2(StreamSlot),
 }
@@ -207,18 +211,43 @@ impl Lease {
     /// Parks an HTTP/1.1 connection for the next request (if there is room
     /// and it is still usable).
     pub fn give_back(self) {
-        if let Leased::Http1 { sender, pool } = self.0 {
-            pool.park(sender);
+        if let Leased::Http1 { sender, pool, task } = self.0 {
+            pool.park(sender, task);
         }
     }
 
     /// The answer ended while the request body is still going out: an
-    /// HTTP/1.1 connection is closed (the upstream could read the rest as a
-    /// next request); an HTTP/2 stream is still open, and keeps its slot
-    /// until the upload has ended too.
+    /// HTTP/1.1 connection takes no other request (the upstream could read
+    /// the rest as a next one) and closes once the upload has ended; an
+    /// HTTP/2 stream is still open, and keeps its slot until then. The
+    /// `upload` holds what [`UploadHold::stop`] lets go of if the upstream
+    /// stops taking the upload.
     pub fn hold_until_upload_ends(self, upload: &Upload) {
-        if let Leased::Http2(slot) = self.0 {
-            let _ = upload.stream_slot.set(slot);
+        let hold = match self.0 {
+            Leased::Http1 { task, .. } => UploadHold::Http1(task),
+            Leased::Http2(slot) => UploadHold::Http2(slot),
+        };
+        upload.hold(hold);
+    }
+}
+
+/// What a request answered before its body was all sent keeps of its
+/// upstream connection while the rest of the body goes out.
+#[derive(Debug)]
+pub enum UploadHold {
+    /// The task of an HTTP/1.1 connection that carries nothing else.
+    Http1(AbortHandle),
+    /// The stream's slot on a shared HTTP/2 connection.
+    Http2(StreamSlot),
+}
+
+impl UploadHold {
+    /// The upstream stopped taking the upload: an HTTP/1.1 connection is
+    /// closed, and an HTTP/2 stream's slot is freed (the stream itself is
+    /// hyper's to end, which it does once the upstream or the client does).
+    pub fn stop(self) {
+        if let Self::Http1(task) = self {
+            task.abort();
         }
     }
 }
@@ -237,6 +266,7 @@ enum Sender {
     Http1 {
         sender: http1::SendRequest<ClientBody>,
         was_idle: bool,
+        task: AbortHandle,
     },
     /// `id`: which shared connection it is.
     Http2 {
@@ -376,6 +406,7 @@ impl UpstreamPool {
                 Sender::Http1 {
                     mut sender,
                     was_idle,
+                    task,
                 } => {
                     request.headers_mut().insert(HOST, self.host.clone());
                     // RFC 9110 10.1.4: TE is for this hop, and says so.
@@ -411,6 +442,7 @@ impl UpstreamPool {
                             let lease = Lease(Leased::Http1 {
                                 sender,
                                 pool: Arc::clone(self),
+                                task,
                             });
                             return Ok((response, Some(lease)));
                         }
@@ -494,6 +526,7 @@ impl UpstreamPool {
                 return Some(Sender::Http1 {
                     was_idle: parked.parked_at < tick,
                     sender: parked.sender,
+                    task: parked.task,
                 });
             }
             let _ = idle.push(parked);
@@ -513,14 +546,18 @@ impl UpstreamPool {
         });
     }
 
-    fn park(self: &Arc<Self>, sender: http1::SendRequest<ClientBody>) {
+    fn park(self: &Arc<Self>, sender: http1::SendRequest<ClientBody>, task: AbortHandle) {
         let Some(idle) = &self.idle else { return };
         if sender.is_closed() {
             return;
         }
         let parked_at = self.tick.load(Ordering::Relaxed);
         // Full: the connection is closed by dropping it.
-        let _ = idle.push(Idle { sender, parked_at });
+        let _ = idle.push(Idle {
+            sender,
+            task,
+            parked_at,
+        });
     }
 
     /// Opens a connection; to an upstream that speaks HTTP/2, one at a time,
@@ -649,14 +686,16 @@ impl UpstreamPool {
                 self.speaks_h2.store(false, Ordering::Relaxed);
             }
             let (sender, connection) = http1::Builder::new().handshake(io).await?;
-            tokio::spawn(async move {
+            let task = tokio::spawn(async move {
                 if let Err(e) = connection.with_upgrades().await {
                     tracing::debug!(error = %e, "upstream connection ended");
                 }
-            });
+            })
+            .abort_handle();
             Ok(Sender::Http1 {
                 sender,
                 was_idle: false,
+                task,
             })
         }
     }
