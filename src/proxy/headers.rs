@@ -421,6 +421,10 @@ pub fn prepare_upstream_request(
         headers.remove(AUTHORIZATION);
     }
 
+    // Room for what is added below and for `Host` (the pool's), at once:
+    // a map sized for the client's few headers would otherwise grow (and
+    // rehash) two or three times on the way.
+    let _ = headers.try_reserve(5 + policy.identity_headers.len());
     let forwarded_for = forwarded_for(headers, &client.address);
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
