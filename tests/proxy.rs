@@ -2877,6 +2877,12 @@ async fn endless_upload(gw: &Gateway, token: &str, path: &str) {
         let chunk = format!("4000\r\n{}\r\n", "u".repeat(0x4000));
         while writer.write_all(chunk.as_bytes()).await.is_ok() {}
     });
+    early_answer(&mut reader).await;
+}
+
+/// Reads an answer of `200 OK` with the body `early` (those of the
+/// upstreams below).
+async fn early_answer(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
     let mut received = Vec::new();
     let mut buf = [0u8; 1024];
     while find(&received, b"early").is_none() {
@@ -2900,12 +2906,12 @@ fn stalled_uploads(metrics: &str) -> f64 {
     )
 }
 
-/// An HTTP/2 upstream that answers at once and then takes none of the rest
-/// of the upload (it neither reads the body nor ends the stream) holds the
-/// stream's slot only for `body_idle_timeout`: then the slot is freed, and
-/// the next request goes on the same connection instead of opening another.
-#[tokio::test]
-async fn h2c_upstream_that_stops_taking_an_answered_upload_frees_its_slot() {
+/// An h2c upstream that answers every request at once and reads none of
+/// any request body (keeping them, so their streams stay open, with
+/// `window` bytes of each stream's body let in); counts its connections.
+async fn unreading_h2_upstream(
+    window: u32,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<Incoming>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     let connections = Arc::new(AtomicUsize::new(0));
@@ -2916,21 +2922,46 @@ async fn h2c_upstream_that_stops_taking_an_answered_upload_frees_its_slot() {
             accepted.fetch_add(1, Ordering::SeqCst);
             let kept = Arc::clone(&kept);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                // Kept unread: the stream's window is never given back.
                 kept.lock().unwrap().push(req.into_body());
                 async { Ok::<_, std::convert::Infallible>(Response::new(full_body("early"))) }
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .initial_stream_window_size(65_535)
+                    .initial_stream_window_size(window)
                     .serve_connection(TokioIo::new(tcp), service),
             );
         }
     });
+    (upstream, connections, unread)
+}
+
+/// Whether the last request body `unread` kept ends (its connection
+/// closed) within [`BOUND`].
+async fn last_unread_body_ends(unread: &Mutex<Vec<Incoming>>) -> bool {
+    let mut body = unread.lock().unwrap().pop().unwrap();
+    let ended = tokio::time::timeout(BOUND, async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await
+    .is_ok();
+    // Kept: h2's `unstable` feature (on for the frame tests) asserts, as
+    // the last handle of a connection that ended with streams open goes,
+    // that none are; this one would be that last handle.
+    std::mem::forget(body);
+    ended
+}
+
+/// An HTTP/2 upstream that answers at once and then takes none of the rest
+/// of the upload (it neither reads the body nor ends the stream): after
+/// `body_idle_timeout`, the gateway closes that connection, which carries
+/// nothing else, and the next request goes on a new one.
+#[tokio::test]
+async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
+    let (upstream, connections, unread) = unreading_h2_upstream(65_535).await;
     let world = World::new().await;
     let yaml = config_for(&world, upstream).replace(
         "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n    http2_max_streams: 1\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n",
     );
     let gw = Gateway::start(&yaml).await;
     let token = world.token("orders:read orders:write");
@@ -2941,10 +2972,114 @@ async fn h2c_upstream_that_stops_taking_an_answered_upload_frees_its_slot() {
         "the stall was not counted: {}",
         gw.metrics().await
     );
+    assert!(
+        last_unread_body_ends(&unread).await,
+        "the stuck stream's connection stayed open"
+    );
     let reply = get_with_token(&gw.url("/orders/2"), &token).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
-    assert_eq!(connections.load(Ordering::SeqCst), 1);
-    assert_eq!(unread.lock().unwrap().len(), 2);
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// The same once the whole body has been read from the client, but not
+/// sent: the upstream's window lets none of it in (once its settings have
+/// come, with a first request), and hyper holds it. The stream's slot is
+/// not freed when the answer ends (the connection would take more requests
+/// past `http2_max_streams`), and the stall is caught.
+#[tokio::test]
+async fn h2c_upstream_that_takes_none_of_a_whole_answered_body_is_closed() {
+    let (upstream, connections, unread) = unreading_h2_upstream(0).await;
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n    http2_max_streams: 1\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read orders:write");
+    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+    assert_eq!(reply.status, 200);
+
+    let mut upload = TcpStream::connect(gw.addr).await.unwrap();
+    let request = format!(
+        "POST /orders/1/items HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\nContent-Length: 5\r\n\r\nhello"
+    );
+    upload.write_all(request.as_bytes()).await.unwrap();
+    early_answer(&mut upload).await;
+    assert!(
+        wait_for_metrics(&gw, |m| stalled_uploads(m) == 1.0).await,
+        "the stall was not counted: {}",
+        gw.metrics().await
+    );
+    assert!(
+        last_unread_body_ends(&unread).await,
+        "the stuck stream's connection stayed open"
+    );
+    let reply = get_with_token(&gw.url("/orders/2"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
+    assert_eq!(connections.load(Ordering::SeqCst), 2);
+}
+
+/// Requests with bodies, read whole by the upstream before it answers, leave
+/// their upstream connection to the next request: pooled over HTTP/1.1, and
+/// over HTTP/2 with the stream's slot free again (one slot per connection
+/// here), rather than taken for uploads still going out.
+#[tokio::test]
+async fn uploads_leave_their_upstream_connection_reusable() {
+    for http2 in [false, true] {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let upstream = listener.local_addr().unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let accepted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                accepted.fetch_add(1, Ordering::SeqCst);
+                let service = hyper::service::service_fn(|req: Request<Incoming>| async move {
+                    let body = req.into_body().collect().await?.to_bytes();
+                    Ok::<_, hyper::Error>(Response::new(full_body(body.len().to_string())))
+                });
+                let io = TokioIo::new(tcp);
+                tokio::spawn(async move {
+                    if http2 {
+                        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                            .serve_connection(io, service)
+                            .await;
+                    } else {
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(io, service)
+                            .await;
+                    }
+                });
+            }
+        });
+        let world = World::new().await;
+        let extra = if http2 {
+            "    http2_only: true\n    http2_max_streams: 1\n"
+        } else {
+            ""
+        };
+        let yaml = config_for(&world, upstream).replace(
+            "    request_timeout: 2s\n",
+            &format!("    request_timeout: 2s\n{extra}"),
+        );
+        let gw = Gateway::start(&yaml).await;
+        let auth = bearer(&world.token("orders:write"));
+        for size in [1, 100_000, 5, 300_000] {
+            let reply = send(
+                "POST",
+                &gw.url("/orders/1/items"),
+                &[("authorization", &auth)],
+                Bytes::from(vec![b'x'; size]),
+            )
+            .await
+            .unwrap();
+            assert_eq!(
+                (reply.status, reply.text()),
+                (200, size.to_string()),
+                "http2: {http2}"
+            );
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "http2: {http2}");
+    }
 }
 
 /// An HTTP/1.1 upstream that answers at once and then neither reads the

@@ -20,9 +20,10 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use pin_project_lite::pin_project;
 use prometheus::IntCounter;
+use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{Lease, UploadHold};
+use super::pool::{Lease, StreamSlot};
 
 /// Counters of one upstream's mid-body failures.
 #[derive(Clone)]
@@ -124,12 +125,11 @@ impl UpstreamBody {
 }
 
 /// Parks the connection again, unless the upstream answered before the
-/// request body was all read from the client: the rest still goes out
-/// after the answer, and an upstream that did not read it would take it
-/// for the next request, one no route or token check saw (nginx closes
-/// such connections too). An HTTP/2 stream's slot is held until then,
-/// and either is let go of if the upstream stops taking the upload
-/// ([`watch_upload`]).
+/// request body had all gone out: the rest still goes out after the
+/// answer, and an upstream that did not read it would take it for the next
+/// request, one no route or token check saw (nginx closes such connections
+/// too). An HTTP/2 stream's slot is held until then. Either way
+/// [`watch_upload`] ends an upload that the upstream stops taking.
 fn give_back(
     lease: &mut Option<Lease>,
     upload: Option<&UploadEnd>,
@@ -138,10 +138,11 @@ fn give_back(
 ) {
     if let Some(lease) = lease.take() {
         match upload {
-            Some(upload) if upload.ended.get().is_none() => {
-                lease.hold_until_upload_ends(upload);
+            Some(upload) if upload.going_out() => {
+                let connection = lease.hold_until_upload_ends(upload);
                 tokio::spawn(watch_upload(
                     Arc::downgrade(upload),
+                    connection,
                     idle.timeout,
                     failures.idle.clone(),
                 ));
@@ -151,38 +152,80 @@ fn give_back(
     }
 }
 
-/// Watches an upload that goes on after its answer ended, when no one
-/// waits for the upstream any more: if the upstream takes none of it for
-/// `timeout` (it answered, and neither reads the rest nor closes), its
-/// connection is closed (HTTP/1.1) or its stream's slot freed (HTTP/2), and
-/// `stalled` counts it. A client that stops sending is not the upstream's
-/// stall: its own `body_idle_timeout` ends the upload.
-async fn watch_upload(upload: Weak<Upload>, timeout: Duration, stalled: IntCounter) {
-    let Some(mut frames) = upload.upgrade().map(|u| u.frames.load(Ordering::Relaxed)) else {
-        return;
-    };
+/// Where an upload that goes on after its answer stands, as
+/// [`watch_upload`] sees it every `body_idle_timeout`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UploadMark {
+    /// Still being read from the client, this many frames so far.
+    Reading(u64),
+    /// The client is the one to send more: its own `body_idle_timeout`
+    /// applies.
+    ClientsTurn,
+    /// Read from the client to its end (or let go of), not yet all sent.
+    Read,
+}
+
+impl UploadMark {
+    fn of(upload: &Weak<Upload>) -> Self {
+        match upload.upgrade() {
+            Some(u) if u.ended.get().is_none() && !u.released.load(Ordering::Acquire) => {
+                if u.waiting_on_client.load(Ordering::Relaxed) {
+                    Self::ClientsTurn
+                } else {
+                    Self::Reading(u.frames.load(Ordering::Relaxed))
+                }
+            }
+            _ => Self::Read,
+        }
+    }
+}
+
+/// Watches an upload that goes on after its answer ended, when no one waits
+/// for the upstream any more. If the upstream takes none of it for
+/// `timeout` (it answered, and neither reads the rest nor ends the stream
+/// or connection), its HTTP/1.1 connection (`connection`, the task) is
+/// closed, or its HTTP/2 stream's connection takes no more requests and is
+/// closed, ending the stream, once it carries nothing else; `stalled`
+/// counts it. Progress is a frame read from the client; once the body has
+/// all been read, that the HTTP/1.1 connection finished or hyper let go of
+/// the HTTP/2 body within another `timeout`.
+async fn watch_upload(
+    upload: Weak<Upload>,
+    connection: Option<AbortHandle>,
+    timeout: Duration,
+    stalled: IntCounter,
+) {
+    let mut seen = UploadMark::of(&upload);
     loop {
         tokio::time::sleep(timeout).await;
-        // Gone: the upload ended or failed, and all let go of it.
-        let Some(upload) = upload.upgrade() else {
-            return;
+        let done = match &connection {
+            Some(task) => task.is_finished(),
+            None => upload
+                .upgrade()
+                .is_none_or(|u| u.released.load(Ordering::Acquire)),
         };
-        if upload.ended.get().is_some() || upload.failed.get().is_some() {
+        if done {
             return;
         }
-        let read = upload.frames.load(Ordering::Relaxed);
-        if read == frames && !upload.waiting_on_client.load(Ordering::Relaxed) {
-            if let Some(hold) = upload.take_hold() {
-                stalled.inc();
-                tracing::debug!(
-                    ?timeout,
-                    "the upstream took none of the request body's rest for body_idle_timeout after answering; its connection or stream slot let go of"
-                );
-                hold.stop();
+        let now = UploadMark::of(&upload);
+        if now != seen || now == UploadMark::ClientsTurn {
+            seen = now;
+            continue;
+        }
+        stalled.inc();
+        tracing::debug!(
+            ?timeout,
+            "the upstream took none of an answered request's upload for body_idle_timeout; closing its connection"
+        );
+        match connection {
+            Some(task) => task.abort(),
+            None => {
+                if let Some(slot) = upload.upgrade().and_then(|u| u.take_slot()) {
+                    slot.stall();
+                }
             }
-            return;
         }
-        frames = read;
+        return;
     }
 }
 
@@ -271,24 +314,37 @@ pub struct Upload {
     /// Why the body stopped early, if it did: an HTTP/2 upstream connection
     /// reports only that it reset the stream, not that the client failed.
     pub failed: OnceLock<UploadFailure>,
-    /// What a request answered before its body was all sent keeps of its
-    /// upstream connection: let go of when the last of the body's reader
-    /// and the answer lets go of this, or when the upstream stops taking
-    /// the upload.
-    held: Mutex<Option<UploadHold>>,
+    /// The body's reader was dropped: hyper has sent all of it that it
+    /// will (or gave up).
+    released: AtomicBool,
+    /// The HTTP/2 stream slot of a request answered before its body had all
+    /// gone out: freed when the last of the body's reader and the answer
+    /// lets go of this, or given up on if the upstream stops taking the
+    /// upload.
+    stream_slot: Mutex<Option<StreamSlot>>,
 }
 
 impl Upload {
-    /// Keeps `hold` until the upload ends (or stalls).
-    pub fn hold(&self, hold: UploadHold) {
-        *self.held.lock().unwrap_or_else(PoisonError::into_inner) = Some(hold);
+    /// Keeps `slot` until the body's reader and the answer let go of this.
+    pub fn hold(&self, slot: StreamSlot) {
+        *self
+            .stream_slot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(slot);
     }
 
-    fn take_hold(&self) -> Option<UploadHold> {
-        self.held
+    fn take_slot(&self) -> Option<StreamSlot> {
+        self.stream_slot
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take()
+    }
+
+    /// Whether the body is still on its way: not all read from the client,
+    /// or not yet all handed on by hyper (whose HTTP/2 sender holds a frame
+    /// until the upstream's window opens for it).
+    fn going_out(&self) -> bool {
+        self.ended.get().is_none() || !self.released.load(Ordering::Acquire)
     }
 }
 
@@ -339,6 +395,14 @@ impl ClientBody {
             inner: None,
             idle: IdleTimer::new(Duration::ZERO),
             upload_end: None,
+        }
+    }
+}
+
+impl Drop for ClientBody {
+    fn drop(&mut self) {
+        if let Some(upload) = &self.upload_end {
+            upload.released.store(true, Ordering::Release);
         }
     }
 }

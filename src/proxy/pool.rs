@@ -29,12 +29,15 @@
 //! pool's clock (a second, or half `pool_idle_timeout` if that is shorter),
 //! so a busy pool copies nothing.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
+use futures_util::task::AtomicWaker;
 use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
@@ -172,21 +175,119 @@ struct SharedH2 {
     /// Unique within the pool.
     id: u64,
     sender: http2::SendRequest<ClientBody>,
-    streams: Arc<AtomicUsize>,
+    streams: Arc<Streams>,
     /// A request took a slot since the last sweep.
     used: AtomicBool,
     /// Sweeps in a row that found it unused and carrying nothing.
     idle_sweeps: AtomicU64,
 }
 
+/// The stream slots of a shared HTTP/2 connection.
+#[derive(Debug, Default)]
+struct Streams {
+    /// Slots taken.
+    taken: AtomicUsize,
+    /// A stream on it is stuck ([`StreamSlot::stall`]): the connection takes
+    /// no more requests, and closes once it carries nothing else.
+    stuck: AtomicBool,
+    /// Closed: its socket reads and writes fail from now on.
+    severed: AtomicBool,
+    /// The connection's reader, woken to find it severed.
+    reader: AtomicWaker,
+}
+
+impl Streams {
+    /// Closes the connection, and with it every stream on it. Hyper drives
+    /// an HTTP/2 connection from a task of its own, which lives while any
+    /// stream does, so the socket under it is what fails.
+    fn sever(&self) {
+        self.severed.store(true, Ordering::Release);
+        self.reader.wake();
+    }
+
+    fn severed(&self) -> std::io::Result<()> {
+        if self.severed.load(Ordering::Acquire) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "closed by the gateway: a stream on it was stuck",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The socket of a shared HTTP/2 connection, which [`Streams::sever`] closes.
+struct Severable<T> {
+    io: T,
+    streams: Arc<Streams>,
+}
+
+impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Severable<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.streams.severed()?;
+        self.streams.reader.register(cx.waker());
+        self.streams.severed()?;
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<T: hyper::rt::Write + Unpin> hyper::rt::Write for Severable<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.streams.severed()?;
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.streams.severed()?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.streams.severed()?;
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+}
+
 /// One of a shared HTTP/2 connection's `http2_max_streams`, taken until
 /// dropped.
 #[derive(Debug)]
-pub struct StreamSlot(Arc<AtomicUsize>);
+pub struct StreamSlot(Arc<Streams>);
+
+impl StreamSlot {
+    /// Its stream is stuck (the upstream takes none of its upload, and
+    /// does not end it): the connection takes no more requests and is
+    /// closed, ending that stream, once no other request uses it.
+    pub fn stall(self) {
+        self.0.stuck.store(true, Ordering::Release);
+    }
+}
 
 impl Drop for StreamSlot {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.taken.fetch_sub(1, Ordering::AcqRel) == 1 && self.0.stuck.load(Ordering::Acquire)
+        {
+            self.0.sever();
+        }
     }
 }
 
@@ -201,7 +302,7 @@ enum Leased {
     Http1 {
         sender: http1::SendRequest<ClientBody>,
         pool: Arc<UpstreamPool>,
-        /// The connection's task: see [`UploadHold::Http1`].
+        /// The connection's task, for closing it mid-upload.
         task: AbortHandle,
     },
     Http2(StreamSlot),
@@ -218,36 +319,17 @@ impl Lease {
 
     /// The answer ended while the request body is still going out: an
     /// HTTP/1.1 connection takes no other request (the upstream could read
-    /// the rest as a next one) and closes once the upload has ended; an
-    /// HTTP/2 stream is still open, and keeps its slot until then. The
-    /// `upload` holds what [`UploadHold::stop`] lets go of if the upstream
-    /// stops taking the upload.
-    pub fn hold_until_upload_ends(self, upload: &Upload) {
-        let hold = match self.0 {
-            Leased::Http1 { task, .. } => UploadHold::Http1(task),
-            Leased::Http2(slot) => UploadHold::Http2(slot),
-        };
-        upload.hold(hold);
-    }
-}
-
-/// What a request answered before its body was all sent keeps of its
-/// upstream connection while the rest of the body goes out.
-#[derive(Debug)]
-pub enum UploadHold {
-    /// The task of an HTTP/1.1 connection that carries nothing else.
-    Http1(AbortHandle),
-    /// The stream's slot on a shared HTTP/2 connection.
-    Http2(StreamSlot),
-}
-
-impl UploadHold {
-    /// The upstream stopped taking the upload: an HTTP/1.1 connection is
-    /// closed, and an HTTP/2 stream's slot is freed (the stream itself is
-    /// hyper's to end, which it does once the upstream or the client does).
-    pub fn stop(self) {
-        if let Self::Http1(task) = self {
-            task.abort();
+    /// the rest as a next one) and closes once the upload has ended, and
+    /// its task is returned, for closing it if the upload stalls; an HTTP/2
+    /// stream is still open, and `upload` keeps its slot until hyper lets
+    /// go of the body.
+    pub fn hold_until_upload_ends(self, upload: &Upload) -> Option<AbortHandle> {
+        match self.0 {
+            Leased::Http1 { task, .. } => Some(task),
+            Leased::Http2(slot) => {
+                upload.hold(slot);
+                None
+            }
         }
     }
 }
@@ -284,11 +366,15 @@ fn open_shared(
     max_streams: usize,
 ) -> Option<Sender> {
     shared.iter().find_map(|connection| {
-        if connection.sender.is_closed() || refused_by == Some(connection.id) {
+        if connection.sender.is_closed()
+            || refused_by == Some(connection.id)
+            || connection.streams.stuck.load(Ordering::Relaxed)
+        {
             return None;
         }
         connection
             .streams
+            .taken
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |taken| {
                 (taken < max_streams).then_some(taken + 1)
             })
@@ -629,6 +715,10 @@ impl UpstreamPool {
             if upgrade {
                 return Err(SendError::NoHttp1);
             }
+            let streams = Arc::new(Streams {
+                taken: AtomicUsize::new(1),
+                ..Streams::default()
+            });
             // Pinged while requests are open: a connection a NAT or load
             // balancer dropped without a word would otherwise take every
             // request to this upstream into a timeout until TCP gave up.
@@ -640,9 +730,11 @@ impl UpstreamPool {
                 .initial_stream_window_size(H2_STREAM_WINDOW)
                 .initial_connection_window_size(H2_CONNECTION_WINDOW)
                 .max_header_list_size(H2_MAX_RESPONSE_HEADERS)
-                .handshake(io)
+                .handshake(Severable {
+                    io,
+                    streams: Arc::clone(&streams),
+                })
                 .await?;
-            let streams = Arc::new(AtomicUsize::new(1));
             let slot = StreamSlot(Arc::clone(&streams));
             let id = self.next_h2_id.fetch_add(1, Ordering::Relaxed);
             let shared = Arc::new(SharedH2 {
@@ -761,7 +853,7 @@ impl UpstreamPool {
             .skip(1)
             .filter(|c| {
                 let used = c.used.swap(false, Ordering::Relaxed);
-                if used || c.streams.load(Ordering::Acquire) > 0 {
+                if used || c.streams.taken.load(Ordering::Acquire) > 0 {
                     c.idle_sweeps.store(0, Ordering::Relaxed);
                     return false;
                 }
