@@ -2909,8 +2909,11 @@ fn stalled_uploads(metrics: &str) -> f64 {
 /// An h2c upstream that answers every request at once and reads none of
 /// any request body (keeping them, so their streams stay open, with
 /// `window` bytes of each stream's body let in); counts its connections.
+/// Its answer is `early`, or, if `answer_stalls`, `early` and then nothing
+/// more, never ending.
 async fn unreading_h2_upstream(
     window: u32,
+    answer_stalls: bool,
 ) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<Incoming>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
@@ -2923,7 +2926,20 @@ async fn unreading_h2_upstream(
             let kept = Arc::clone(&kept);
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
                 kept.lock().unwrap().push(req.into_body());
-                async { Ok::<_, std::convert::Infallible>(Response::new(full_body("early"))) }
+                async move {
+                    if !answer_stalls {
+                        return Ok::<_, std::convert::Infallible>(Response::new(full_body(
+                            "early",
+                        )));
+                    }
+                    let (more, body) = channel_body();
+                    more.send(Bytes::from_static(b"early")).await.unwrap();
+                    // Never ends: the sender lives on with the task.
+                    tokio::spawn(async move {
+                        more.closed().await;
+                    });
+                    Ok(Response::new(body.boxed()))
+                }
             });
             tokio::spawn(
                 hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -2957,7 +2973,7 @@ async fn last_unread_body_ends(unread: &Mutex<Vec<Incoming>>) -> bool {
 /// nothing else, and the next request goes on a new one.
 #[tokio::test]
 async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
-    let (upstream, connections, unread) = unreading_h2_upstream(65_535).await;
+    let (upstream, connections, unread) = unreading_h2_upstream(65_535, false).await;
     let world = World::new().await;
     let yaml = config_for(&world, upstream).replace(
         "    request_timeout: 2s\n",
@@ -2981,6 +2997,33 @@ async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
     assert_eq!(connections.load(Ordering::SeqCst), 2);
 }
 
+/// The same when the answer breaks off: it stalls for `body_idle_timeout`
+/// and is cut off (counted), while the upload the upstream takes none of
+/// goes on; that stall is caught too (counted again), and the connection
+/// closed.
+#[tokio::test]
+async fn h2c_upstream_that_stops_taking_an_upload_under_a_cut_off_answer_is_closed() {
+    let (upstream, _, unread) = unreading_h2_upstream(65_535, true).await;
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let token = world.token("orders:read orders:write");
+
+    endless_upload(&gw, &token, "/orders/1/items").await;
+    assert!(
+        wait_for_metrics(&gw, |m| stalled_uploads(m) == 2.0).await,
+        "the answer's and the upload's stalls were not both counted: {}",
+        gw.metrics().await
+    );
+    assert!(
+        last_unread_body_ends(&unread).await,
+        "the stuck stream's connection stayed open"
+    );
+}
+
 /// The same once the whole body has been read from the client, but not
 /// sent: the upstream's window lets none of it in (once its settings have
 /// come, with a first request), and hyper holds it. The stream's slot is
@@ -2988,7 +3031,7 @@ async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
 /// past `http2_max_streams`), and the stall is caught.
 #[tokio::test]
 async fn h2c_upstream_that_takes_none_of_a_whole_answered_body_is_closed() {
-    let (upstream, connections, unread) = unreading_h2_upstream(0).await;
+    let (upstream, connections, unread) = unreading_h2_upstream(0, false).await;
     let world = World::new().await;
     let yaml = config_for(&world, upstream).replace(
         "    request_timeout: 2s\n",

@@ -92,6 +92,13 @@ pin_project! {
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
     }
+
+    impl PinnedDrop for UpstreamBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
+        }
+    }
 }
 
 impl UpstreamBody {
@@ -138,17 +145,41 @@ fn give_back(
 ) {
     if let Some(lease) = lease.take() {
         match upload {
-            Some(upload) if upload.going_out() => {
-                let connection = lease.hold_until_upload_ends(upload);
-                tokio::spawn(watch_upload(
-                    Arc::downgrade(upload),
-                    connection,
-                    idle.timeout,
-                    failures.idle.clone(),
-                ));
-            }
+            Some(upload) if upload.going_out() => hold_and_watch(lease, upload, idle, failures),
             _ => lease.give_back(),
         }
+    }
+}
+
+/// The answer broke off, or was dropped before its end: the connection is
+/// not used again (an HTTP/1.1 one closes, an HTTP/2 stream's slot is
+/// freed), but an upload still going out is watched as after an answer:
+/// hyper goes on sending it, and an upstream that takes none of it would
+/// hold the connection and the client's upload as it would after an answer.
+fn let_go(
+    lease: &mut Option<Lease>,
+    upload: Option<&UploadEnd>,
+    idle: &IdleTimer,
+    failures: &BodyFailures,
+) {
+    if let Some(lease) = lease.take() {
+        if let Some(upload) = upload.filter(|u| u.going_out()) {
+            hold_and_watch(lease, upload, idle, failures);
+        }
+    }
+}
+
+fn hold_and_watch(lease: Lease, upload: &UploadEnd, idle: &IdleTimer, failures: &BodyFailures) {
+    let connection = lease.hold_until_upload_ends(upload);
+    // Outside a runtime (one shutting down drops its bodies) there is
+    // nothing left to watch.
+    if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+        runtime.spawn(watch_upload(
+            Arc::downgrade(upload),
+            connection,
+            idle.timeout,
+            failures.idle.clone(),
+        ));
     }
 }
 
@@ -257,13 +288,13 @@ impl Body for UpstreamBody {
                 {
                     this.failures.broken.inc();
                 }
-                *this.lease = None;
+                let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
                 if this.inner.size_hint().lower() > 0 {
                     this.failures.broken.inc();
-                    *this.lease = None;
+                    let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
                     return Poll::Ready(Some(Err(BodyError::Cut)));
                 }
                 give_back(this.lease, this.upload.as_ref(), this.idle, this.failures);
@@ -272,7 +303,7 @@ impl Body for UpstreamBody {
             Poll::Pending => {
                 ready!(this.idle.poll_expired(cx));
                 this.failures.idle.inc();
-                *this.lease = None;
+                let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
                 Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
             }
         }

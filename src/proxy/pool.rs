@@ -379,13 +379,19 @@ fn open_shared(
                 (taken < max_streams).then_some(taken + 1)
             })
             .ok()?;
+        let slot = StreamSlot(Arc::clone(&connection.streams));
+        // Stuck since the check above: the slot goes (the last one severs
+        // the connection), and the request with it.
+        if connection.streams.stuck.load(Ordering::Acquire) {
+            return None;
+        }
         if !connection.used.load(Ordering::Relaxed) {
             connection.used.store(true, Ordering::Relaxed);
         }
         Some(Sender::Http2 {
             sender: connection.sender.clone(),
             id: connection.id,
-            slot: StreamSlot(Arc::clone(&connection.streams)),
+            slot,
         })
     })
 }
