@@ -153,9 +153,9 @@ fn give_back(
 
 /// The answer broke off, or was dropped before its end: the connection is
 /// not used again (an HTTP/1.1 one closes, an HTTP/2 stream's slot is
-/// freed), but an upload still going out is watched as after an answer:
-/// hyper goes on sending it, and an upstream that takes none of it would
-/// hold the connection and the client's upload as it would after an answer.
+/// freed), unless the upload is still going out. Then it is watched as
+/// after an answer: over HTTP/2 hyper goes on sending it, and an upstream
+/// that takes none of it would hold the stream, uncounted, for ever.
 fn let_go(
     lease: &mut Option<Lease>,
     upload: Option<&UploadEnd>,

@@ -380,8 +380,8 @@ fn open_shared(
             })
             .ok()?;
         let slot = StreamSlot(Arc::clone(&connection.streams));
-        // Stuck since the check above: the slot goes (the last one severs
-        // the connection), and the request with it.
+        // Stuck since the check above: the slot goes back (the last one
+        // severs the connection), and the request looks further.
         if connection.streams.stuck.load(Ordering::Acquire) {
             return None;
         }
