@@ -2896,6 +2896,36 @@ async fn early_answer(reader: &mut (impl tokio::io::AsyncRead + Unpin)) {
     assert!(received.starts_with(b"HTTP/1.1 200 OK\r\n"), "{received:?}");
 }
 
+/// A gateway in front of the h2c `upstream` with `body_idle_timeout: 1s`,
+/// and `extra` upstream settings.
+async fn h2c_gateway_that_waits_1s(world: &World, upstream: SocketAddr, extra: &str) -> Gateway {
+    let yaml = config_for(world, upstream).replace(
+        "    request_timeout: 2s\n",
+        &format!(
+            "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n{extra}"
+        ),
+    );
+    Gateway::start(&yaml).await
+}
+
+/// Waits for `stalls` to be counted, then for the stuck stream's
+/// connection to close (the last body `unread` kept ends).
+async fn stalls_are_counted_and_the_connection_closed(
+    gw: &Gateway,
+    unread: &Mutex<Vec<Incoming>>,
+    stalls: f64,
+) {
+    assert!(
+        wait_for_metrics(gw, |m| stalled_uploads(m) == stalls).await,
+        "not {stalls} stalls counted: {}",
+        gw.metrics().await
+    );
+    assert!(
+        last_unread_body_ends(unread).await,
+        "the stuck stream's connection stayed open"
+    );
+}
+
 /// Upstream stalls of an upload still going out after its answer ended are
 /// counted here (`body_idle_timeout` of silence).
 fn stalled_uploads(metrics: &str) -> f64 {
@@ -2975,23 +3005,11 @@ async fn last_unread_body_ends(unread: &Mutex<Vec<Incoming>>) -> bool {
 async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
     let (upstream, connections, unread) = unreading_h2_upstream(65_535, false).await;
     let world = World::new().await;
-    let yaml = config_for(&world, upstream).replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    let gw = h2c_gateway_that_waits_1s(&world, upstream, "").await;
     let token = world.token("orders:read orders:write");
 
     endless_upload(&gw, &token, "/orders/1/items").await;
-    assert!(
-        wait_for_metrics(&gw, |m| stalled_uploads(m) == 1.0).await,
-        "the stall was not counted: {}",
-        gw.metrics().await
-    );
-    assert!(
-        last_unread_body_ends(&unread).await,
-        "the stuck stream's connection stayed open"
-    );
+    stalls_are_counted_and_the_connection_closed(&gw, &unread, 1.0).await;
     let reply = get_with_token(&gw.url("/orders/2"), &token).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
     assert_eq!(connections.load(Ordering::SeqCst), 2);
@@ -3005,23 +3023,11 @@ async fn h2c_upstream_that_stops_taking_an_answered_upload_is_closed() {
 async fn h2c_upstream_that_stops_taking_an_upload_under_a_cut_off_answer_is_closed() {
     let (upstream, _, unread) = unreading_h2_upstream(65_535, true).await;
     let world = World::new().await;
-    let yaml = config_for(&world, upstream).replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    let gw = h2c_gateway_that_waits_1s(&world, upstream, "").await;
     let token = world.token("orders:read orders:write");
 
     endless_upload(&gw, &token, "/orders/1/items").await;
-    assert!(
-        wait_for_metrics(&gw, |m| stalled_uploads(m) == 2.0).await,
-        "the answer's and the upload's stalls were not both counted: {}",
-        gw.metrics().await
-    );
-    assert!(
-        last_unread_body_ends(&unread).await,
-        "the stuck stream's connection stayed open"
-    );
+    stalls_are_counted_and_the_connection_closed(&gw, &unread, 2.0).await;
 }
 
 /// The same once the whole body has been read from the client, but not
@@ -3033,11 +3039,7 @@ async fn h2c_upstream_that_stops_taking_an_upload_under_a_cut_off_answer_is_clos
 async fn h2c_upstream_that_takes_none_of_a_whole_answered_body_is_closed() {
     let (upstream, connections, unread) = unreading_h2_upstream(0, false).await;
     let world = World::new().await;
-    let yaml = config_for(&world, upstream).replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    http2_only: true\n    http2_max_streams: 1\n",
-    );
-    let gw = Gateway::start(&yaml).await;
+    let gw = h2c_gateway_that_waits_1s(&world, upstream, "    http2_max_streams: 1\n").await;
     let token = world.token("orders:read orders:write");
     let reply = get_with_token(&gw.url("/orders/1"), &token).await;
     assert_eq!(reply.status, 200);
@@ -3048,15 +3050,7 @@ async fn h2c_upstream_that_takes_none_of_a_whole_answered_body_is_closed() {
     );
     upload.write_all(request.as_bytes()).await.unwrap();
     early_answer(&mut upload).await;
-    assert!(
-        wait_for_metrics(&gw, |m| stalled_uploads(m) == 1.0).await,
-        "the stall was not counted: {}",
-        gw.metrics().await
-    );
-    assert!(
-        last_unread_body_ends(&unread).await,
-        "the stuck stream's connection stayed open"
-    );
+    stalls_are_counted_and_the_connection_closed(&gw, &unread, 1.0).await;
     let reply = get_with_token(&gw.url("/orders/2"), &token).await;
     assert_eq!((reply.status, reply.text().as_str()), (200, "early"));
     assert_eq!(connections.load(Ordering::SeqCst), 2);

@@ -96,7 +96,7 @@ pin_project! {
     impl PinnedDrop for UpstreamBody {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
-            let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
+            settle(this.lease, this.upload.as_ref(), this.idle, this.failures, Answer::Broken);
         }
     }
 }
@@ -120,52 +120,47 @@ impl UpstreamBody {
             upload,
         };
         if body.inner.is_end_stream() {
-            give_back(
+            settle(
                 &mut body.lease,
                 body.upload.as_ref(),
                 &body.idle,
                 &body.failures,
+                Answer::Ended,
             );
         }
         body
     }
 }
 
-/// Parks the connection again, unless the upstream answered before the
-/// request body had all gone out: the rest still goes out after the
-/// answer, and an upstream that did not read it would take it for the next
-/// request, one no route or token check saw (nginx closes such connections
-/// too). An HTTP/2 stream's slot is held until then. Either way
-/// [`watch_upload`] ends an upload that the upstream stops taking.
-fn give_back(
-    lease: &mut Option<Lease>,
-    upload: Option<&UploadEnd>,
-    idle: &IdleTimer,
-    failures: &BodyFailures,
-) {
-    if let Some(lease) = lease.take() {
-        match upload {
-            Some(upload) if upload.going_out() => hold_and_watch(lease, upload, idle, failures),
-            _ => lease.give_back(),
-        }
-    }
+/// How the answer's body stopped.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Answer {
+    /// It ended.
+    Ended,
+    /// It broke off, or was dropped before its end.
+    Broken,
 }
 
-/// The answer broke off, or was dropped before its end: the connection is
-/// not used again (an HTTP/1.1 one closes, an HTTP/2 stream's slot is
-/// freed), unless the upload is still going out. Then it is watched as
-/// after an answer: over HTTP/2 hyper goes on sending it, and an upstream
-/// that takes none of it would hold the stream, uncounted, for ever.
-fn let_go(
+/// Settles the answer's connection. An ended answer's goes back (an
+/// HTTP/1.1 one parked, an HTTP/2 stream's slot freed); a broken answer's is
+/// not used again. Unless the request body is still going out: then the
+/// rest follows the answer, and an HTTP/1.1 upstream that did not read it
+/// would take it for the next request, one no route or token check saw
+/// (nginx closes such connections too), so it takes no other; an HTTP/2
+/// stream's slot is held until then; and [`watch_upload`] ends an upload
+/// the upstream stops taking.
+fn settle(
     lease: &mut Option<Lease>,
     upload: Option<&UploadEnd>,
     idle: &IdleTimer,
     failures: &BodyFailures,
+    answer: Answer,
 ) {
-    if let Some(lease) = lease.take() {
-        if let Some(upload) = upload.filter(|u| u.going_out()) {
-            hold_and_watch(lease, upload, idle, failures);
-        }
+    let Some(lease) = lease.take() else { return };
+    match upload {
+        Some(upload) if upload.going_out() => hold_and_watch(lease, upload, idle, failures),
+        _ if answer == Answer::Ended => lease.give_back(),
+        _ => {}
     }
 }
 
@@ -273,7 +268,13 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 if this.inner.is_end_stream() {
-                    give_back(this.lease, this.upload.as_ref(), this.idle, this.failures);
+                    settle(
+                        this.lease,
+                        this.upload.as_ref(),
+                        this.idle,
+                        this.failures,
+                        Answer::Ended,
+                    );
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -288,22 +289,46 @@ impl Body for UpstreamBody {
                 {
                     this.failures.broken.inc();
                 }
-                let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
+                settle(
+                    this.lease,
+                    this.upload.as_ref(),
+                    this.idle,
+                    this.failures,
+                    Answer::Broken,
+                );
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
                 if this.inner.size_hint().lower() > 0 {
                     this.failures.broken.inc();
-                    let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
+                    settle(
+                        this.lease,
+                        this.upload.as_ref(),
+                        this.idle,
+                        this.failures,
+                        Answer::Broken,
+                    );
                     return Poll::Ready(Some(Err(BodyError::Cut)));
                 }
-                give_back(this.lease, this.upload.as_ref(), this.idle, this.failures);
+                settle(
+                    this.lease,
+                    this.upload.as_ref(),
+                    this.idle,
+                    this.failures,
+                    Answer::Ended,
+                );
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 ready!(this.idle.poll_expired(cx));
                 this.failures.idle.inc();
-                let_go(this.lease, this.upload.as_ref(), this.idle, this.failures);
+                settle(
+                    this.lease,
+                    this.upload.as_ref(),
+                    this.idle,
+                    this.failures,
+                    Answer::Broken,
+                );
                 Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
             }
         }
