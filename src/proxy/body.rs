@@ -84,6 +84,7 @@ pub enum BodyError {
 
 pin_project! {
     /// An upstream response body with an idle timeout between frames.
+    #[project = UpstreamBodyProj]
     pub struct UpstreamBody {
         #[pin]
         inner: Incoming,
@@ -95,8 +96,7 @@ pin_project! {
 
     impl PinnedDrop for UpstreamBody {
         fn drop(this: Pin<&mut Self>) {
-            let this = this.project();
-            settle(this.lease, this.upload.as_ref(), this.idle, this.failures, Answer::Broken);
+            this.project().settle(Answer::Broken);
         }
     }
 }
@@ -161,6 +161,18 @@ fn settle(
         Some(upload) if upload.going_out() => hold_and_watch(lease, upload, idle, failures),
         _ if answer == Answer::Ended => lease.give_back(),
         _ => {}
+    }
+}
+
+impl UpstreamBodyProj<'_> {
+    fn settle(&mut self, answer: Answer) {
+        settle(
+            self.lease,
+            self.upload.as_ref(),
+            self.idle,
+            self.failures,
+            answer,
+        );
     }
 }
 
@@ -268,13 +280,7 @@ impl Body for UpstreamBody {
             Poll::Ready(Some(Ok(frame))) => {
                 this.idle.restart();
                 if this.inner.is_end_stream() {
-                    settle(
-                        this.lease,
-                        this.upload.as_ref(),
-                        this.idle,
-                        this.failures,
-                        Answer::Ended,
-                    );
+                    this.settle(Answer::Ended);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }
@@ -289,46 +295,22 @@ impl Body for UpstreamBody {
                 {
                     this.failures.broken.inc();
                 }
-                settle(
-                    this.lease,
-                    this.upload.as_ref(),
-                    this.idle,
-                    this.failures,
-                    Answer::Broken,
-                );
+                this.settle(Answer::Broken);
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
                 if this.inner.size_hint().lower() > 0 {
                     this.failures.broken.inc();
-                    settle(
-                        this.lease,
-                        this.upload.as_ref(),
-                        this.idle,
-                        this.failures,
-                        Answer::Broken,
-                    );
+                    this.settle(Answer::Broken);
                     return Poll::Ready(Some(Err(BodyError::Cut)));
                 }
-                settle(
-                    this.lease,
-                    this.upload.as_ref(),
-                    this.idle,
-                    this.failures,
-                    Answer::Ended,
-                );
+                this.settle(Answer::Ended);
                 Poll::Ready(None)
             }
             Poll::Pending => {
                 ready!(this.idle.poll_expired(cx));
                 this.failures.idle.inc();
-                settle(
-                    this.lease,
-                    this.upload.as_ref(),
-                    this.idle,
-                    this.failures,
-                    Answer::Broken,
-                );
+                this.settle(Answer::Broken);
                 Poll::Ready(Some(Err(BodyError::Idle(this.idle.timeout))))
             }
         }
