@@ -228,7 +228,7 @@ impl<T: hyper::rt::Read + Unpin> hyper::rt::Read for Severable<T> {
         cx: &mut Context<'_>,
         buf: hyper::rt::ReadBufCursor<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.streams.severed()?;
+        // Checked after registering, so a sever in between is not missed.
         self.streams.reader.register(cx.waker());
         self.streams.severed()?;
         Pin::new(&mut self.io).poll_read(cx, buf)
@@ -366,10 +366,7 @@ fn open_shared(
     max_streams: usize,
 ) -> Option<Sender> {
     shared.iter().find_map(|connection| {
-        if connection.sender.is_closed()
-            || refused_by == Some(connection.id)
-            || connection.streams.stuck.load(Ordering::Relaxed)
-        {
+        if connection.sender.is_closed() || refused_by == Some(connection.id) {
             return None;
         }
         connection
@@ -380,8 +377,9 @@ fn open_shared(
             })
             .ok()?;
         let slot = StreamSlot(Arc::clone(&connection.streams));
-        // Stuck since the check above: the slot goes back (the last one
-        // severs the connection), and the request looks further.
+        // A stuck connection takes no more: the slot goes back (the last
+        // one severs the connection), and the request looks further. Taken
+        // first, so a stall that frees the last slot meanwhile is seen.
         if connection.streams.stuck.load(Ordering::Acquire) {
             return None;
         }
