@@ -2291,7 +2291,7 @@ async fn unknown_kid_flood_is_bounded_by_the_cooldown() {
 async fn outage(mode: JwksMode, result: &str) {
     let (signer, world) = lab().await;
     let gw =
-        Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_timeout: 1s\n"))
+        Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_timeout: 3s\n"))
             .await;
     let label = |what: &str| format!("{mode:?}: {what}");
     expect(

@@ -317,7 +317,7 @@ async fn oversized_or_trickling_jwks_is_refused_and_loaded_keys_keep_working() {
         &jwks.uri(),
         upstream.addr,
         "",
-        "    jwks_refetch_cooldown: 0s\n    jwks_timeout: 1s\n",
+        "    jwks_refetch_cooldown: 0s\n    jwks_timeout: 3s\n",
     ))
     .await;
     let url = gw.url("/orders/1");
@@ -443,7 +443,12 @@ async fn dying_upstream() -> (SocketAddr, Arc<AtomicUsize>) {
 async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_serving() {
     let world = World::new().await;
     let (upstream, requests) = dying_upstream().await;
-    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    // The reset comes 200 ms after the head: well within body_idle_timeout,
+    // so a slow machine does not take it for a stall.
+    let config = yaml(&world.jwks.uri(), upstream, "", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 3s");
+    assert!(config.contains("body_idle_timeout: 3s"));
+    let gw = Gateway::start(&config).await;
 
     let mut cut_off = 0;
     let mut stalled = 0;
@@ -1332,7 +1337,7 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
                 let (tx, body) = channel_body();
                 tokio::spawn(async move {
                     let _ = tx.send(Bytes::from_static(b"first,")).await;
-                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    tokio::time::sleep(Duration::from_millis(4000)).await;
                     let _ = tx.send(Bytes::from_static(b"last")).await;
                 });
                 hyper::Response::new(body.boxed())
@@ -1342,8 +1347,9 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
         },
     )
     .await;
-    // The upstream's own pause must stay within body_idle_timeout.
-    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 1s\n", "")
+    // The upstream's own pause must stay within body_idle_timeout. The idle
+    // timeout leaves a slow machine time to send each request.
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 3s\n", "")
         .replace("body_idle_timeout: 1s", "body_idle_timeout: 30s");
     assert!(config.contains("body_idle_timeout: 30s"));
     let gw = Gateway::start(&config).await;
@@ -1367,7 +1373,7 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
             .body(Full::new(Bytes::new()))
             .unwrap()
     };
-    // A response that pauses 2.5 s (past idle_timeout) arrives whole.
+    // A response that pauses 4 s (past idle_timeout) arrives whole.
     let response = sender.send_request(request("/files/slow")).await.unwrap();
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -1417,7 +1423,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
         },
     )
     .await;
-    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 1s\n", "")
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 3s\n", "")
         .replace("body_idle_timeout: 1s", "body_idle_timeout: 1h");
     assert!(config.contains("body_idle_timeout: 1h"));
     let gw = Gateway::start(&config).await;

@@ -1411,7 +1411,13 @@ async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     let world = World::new().await;
-    let gw = Gateway::start(&world.config()).await;
+    // The abort must come before the request times out (a 504), however
+    // slow the machine.
+    let config = world
+        .config()
+        .replace("    request_timeout: 2s\n", "    request_timeout: 60s\n");
+    assert!(config.contains("request_timeout: 60s"));
+    let gw = Gateway::start(&config).await;
     world.upstream.set_mode(UpstreamMode::Hang);
     let request = Request::get(gw.url("/orders/42"))
         .header("authorization", bearer(&world.token("orders:read")))
@@ -1986,9 +1992,9 @@ async fn a_tunnel_keeps_its_connection_slot_until_it_ends_idle() {
         )
         .replace(
             "    request_timeout: 2s\n",
-            "    request_timeout: 2s\n    body_idle_timeout: 1s\n",
+            "    request_timeout: 2s\n    body_idle_timeout: 3s\n",
         );
-    assert!(config.contains("max_connections: 1") && config.contains("body_idle_timeout: 1s"));
+    assert!(config.contains("max_connections: 1") && config.contains("body_idle_timeout: 3s"));
     let gw = Gateway::start(&config).await;
     let open = |text: String| metric(&text, "scopegate_open_connections", &[]);
 
@@ -2024,7 +2030,9 @@ async fn a_busy_tunnel_ends_when_its_token_expires() {
     let seen = Arc::new(Mutex::new(Vec::new()));
     let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
     let gw = Gateway::start(&config_for(&world, upstream)).await;
-    let accepted_until = now() + 3;
+    // Several seconds of tunnel, so that a slow machine still upgrades in
+    // time and echoes more than once.
+    let accepted_until = now() + 8;
     let mut expiring = claims("orders:read");
     expiring["exp"] = (accepted_until - 30).into();
     let token = world.key.mint(&expiring).unwrap();
@@ -3426,7 +3434,11 @@ async fn shutdown_lets_the_in_flight_request_finish() {
         }
     })
     .await;
-    let mut gw = Gateway::start(&config_for(&world, upstream)).await;
+    // The request stays in flight until released, however slow the machine.
+    let config = config_for(&world, upstream)
+        .replace("    request_timeout: 2s\n", "    request_timeout: 60s\n");
+    assert!(config.contains("request_timeout: 60s"));
+    let mut gw = Gateway::start(&config).await;
 
     let url = gw.url("/status");
     let in_flight = tokio::spawn(async move { get(&url, &[]).await });

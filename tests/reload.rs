@@ -269,9 +269,9 @@ struct Process {
 }
 
 impl Process {
-    /// How the process exited, if it did within about 10 s.
+    /// How the process exited, if it did within about 30 s.
     async fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        for _ in 0..400 {
+        for _ in 0..1200 {
             if let Some(status) = self.child.try_wait().unwrap() {
                 return Some(status);
             }
@@ -484,7 +484,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let mut process = spawn_binary(
         &config,
         &format!(
-            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 3s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 6s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
         ),
     )
     .await;

@@ -628,7 +628,15 @@ mod tests {
         }
         assert_eq!(store.places.available_permits(), AT_ONCE);
         assert_eq!(counts(&store.db)[1], 0, "a write given up on landed");
-        assert!(store.run(|_| Ok(())).await.is_ok(), "not serving again");
+        // Within a few tries: one may miss the short timeout on a busy machine.
+        let mut serving = false;
+        for _ in 0..10 {
+            if store.run(|_| Ok(())).await.is_ok() {
+                serving = true;
+                break;
+            }
+        }
+        assert!(serving, "not serving again");
     }
 
     /// Using up a value nobody stored takes no write lock: it answers while
@@ -637,7 +645,9 @@ mod tests {
     async fn a_miss_takes_no_write_lock() {
         let dir = tempfile::tempdir().unwrap();
         let mut store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
-        store.timeout = Duration::from_millis(500);
+        // A write lock would hold it past any timeout: this one is long
+        // enough for a busy machine.
+        store.timeout = Duration::from_secs(5);
         let writer = store.db.begin_write().unwrap();
         let outcome = store.use_code(&[7u8; 32]).await;
         assert!(matches!(outcome, Ok(Use::NotFound)), "{outcome:?}");
@@ -682,7 +692,7 @@ mod tests {
         // Entries end at `t + ENDS`: the setup below must run before then
         // (at least ENDS - 1 seconds, as `t` is rounded down), or what it
         // asserts would already be purged.
-        const ENDS: u64 = 3;
+        const ENDS: u64 = 6;
         // Unused, it goes when it expires, however long its family runs;
         // used, its marker stays until the family ends.
         store
