@@ -3372,6 +3372,120 @@ async fn clients_that_stop_reading_do_not_stall_a_shared_http2_upstream() {
     drop(stalled);
 }
 
+/// A slow HTTP/1.1 reader holds back its upstream: while it reads nothing,
+/// the upstream gets no further than what socket buffers hold (the gateway
+/// itself keeps little), and once it reads on, a little at a
+/// time, the whole answer arrives, every byte in its place.
+#[tokio::test]
+async fn a_slow_http1_reader_holds_back_its_upstream_and_gets_every_byte() {
+    const CHUNK: usize = 64 << 10;
+    // What the two hops' socket buffers may hold as Linux autotunes them
+    // (the gateway's receiving one up to `tcp_rmem`'s maximum, each sending
+    // one up to `tcp_wmem`'s; the client's is set small below), plus 8 MiB
+    // for hyper's buffers and the test upstream's channel.
+    let kernel_max = |name: &str, or: usize| {
+        std::fs::read_to_string(format!("/proc/sys/net/ipv4/{name}"))
+            .ok()
+            .and_then(|text| text.split_whitespace().nth(2)?.parse().ok())
+            .unwrap_or(or)
+    };
+    let held_at_most =
+        kernel_max("tcp_rmem", 32 << 20) + 2 * kernel_max("tcp_wmem", 4 << 20) + (8 << 20);
+    let total = (2 * held_at_most).next_multiple_of(CHUNK);
+    let pattern = |offset: usize| ((offset / CHUNK) % 251) as u8;
+    let world = World::new().await;
+    let sent = Arc::new(AtomicUsize::new(0));
+    let counter = Arc::clone(&sent);
+    let upstream = serve_fn(move |_req: Request<Incoming>| {
+        let sent = Arc::clone(&counter);
+        async move {
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                for offset in (0..total).step_by(CHUNK) {
+                    let chunk = Bytes::from(vec![pattern(offset); CHUNK]);
+                    if tx.send(chunk).await.is_err() {
+                        return;
+                    }
+                    sent.fetch_add(CHUNK, Ordering::SeqCst);
+                }
+            });
+            let mut response = Response::new(body.boxed());
+            response
+                .headers_mut()
+                .insert(http::header::CONTENT_LENGTH, total.into());
+            response
+        }
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let mut stream = socket.connect(gw.addr).await.unwrap();
+    stream
+        .write_all(b"GET /status HTTP/1.1\r\nhost: gw.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buffer = vec![0u8; 16 << 10];
+    let mut head = Vec::new();
+    let mut body = Vec::new();
+    while body.is_empty() {
+        let n = tokio::time::timeout(BOUND, stream.read(&mut buffer))
+            .await
+            .expect("no answer")
+            .unwrap();
+        assert!(n > 0, "closed before the head: {head:?}");
+        head.extend_from_slice(&buffer[..n]);
+        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+            body = head.split_off(end + 4);
+            if body.is_empty() {
+                break;
+            }
+        }
+    }
+    let head = String::from_utf8_lossy(&head).into_owned();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let mut received = body.len();
+    let check = |bytes: &[u8], from: usize| {
+        for (i, byte) in bytes.iter().enumerate() {
+            assert_eq!(*byte, pattern(from + i), "byte {} out of place", from + i);
+        }
+    };
+    check(&body, 0);
+
+    // Reading nothing: the upstream stops once the buffers are full.
+    let mut last = usize::MAX;
+    for _ in 0..100 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let now = sent.load(Ordering::SeqCst);
+        if now == last {
+            break;
+        }
+        last = now;
+    }
+    assert!(
+        last < received + held_at_most,
+        "the upstream sent {last} bytes to a client that read {received}"
+    );
+
+    // Reading slowly, 16 KiB at a time with a pause every MiB: all of it.
+    tokio::time::timeout(Duration::from_secs(120), async {
+        while received < total {
+            let n = stream.read(&mut buffer).await.unwrap();
+            assert!(n > 0, "the answer ended after {received} bytes");
+            check(&buffer[..n], received);
+            if (received + n) / (1 << 20) != received / (1 << 20) {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            received += n;
+        }
+    })
+    .await
+    .expect("the rest of the answer never came");
+    assert_eq!(received, total);
+    assert_eq!(sent.load(Ordering::SeqCst), total);
+}
+
 /// To an HTTP/2 upstream, a burst of requests arriving before any
 /// connection is open opens one connection, which they all share, rather
 /// than one each.
