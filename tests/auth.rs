@@ -357,9 +357,11 @@ async fn bearer_header_extraction() {
         ),
         ("scheme only", vec!["Bearer".into()], Want::BadRequest),
         ("empty token", vec!["Bearer ".into()], Want::BadRequest),
+        // RFC 6750 2.1: `"Bearer" 1*SP b64token`.
+        ("two spaces", vec![format!("Bearer  {valid}")], Want::Allow),
         (
-            "two spaces",
-            vec![format!("Bearer  {valid}")],
+            "space and tab",
+            vec![format!("Bearer \t{valid}")],
             Want::BadRequest,
         ),
         (

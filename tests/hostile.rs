@@ -322,7 +322,10 @@ impl Auth {
     /// valid token in one well-formed `Authorization` header.
     fn presented(&self) -> Option<Tok> {
         match self {
-            Auth::Bearer(t) | Auth::LowerScheme(t) | Auth::HeaderAndQuery(t, _)
+            Auth::Bearer(t)
+            | Auth::LowerScheme(t)
+            | Auth::TwoSpaces(t)
+            | Auth::HeaderAndQuery(t, _)
                 if t.valid_scope().is_some() =>
             {
                 Some(*t)

@@ -29,8 +29,7 @@ use serde_json::{json, Map, Value};
 // Bearer extraction (RFC 6750 2.1).
 // ---------------------------------------------------------------------------
 
-/// The reference: `"Bearer" SP b64token`, scheme case-insensitive, exactly one
-/// space (stricter than the RFC's `1*SP`, as scopegate documents), at most
+/// The reference: `"Bearer" 1*SP b64token`, scheme case-insensitive, at most
 /// `MAX_TOKEN_LEN` token bytes, where
 /// `b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="`.
 /// A two-state scan, written independently of the implementation.
@@ -45,6 +44,9 @@ fn reference(value: &[u8]) -> Option<&[u8]> {
             return None;
         }
     }
+    // `"Bearer" 1*SP b64token` (RFC 6750 2.1).
+    let spaces = token.iter().take_while(|&&b| b == b' ').count();
+    let token = &token[spaces..];
     if token.len() > MAX_TOKEN_LEN {
         return None;
     }
@@ -107,6 +109,8 @@ fn bearer_like() -> impl Strategy<Value = Vec<u8>> {
         Just(b"bEaReR ".to_vec()),
         Just(b"Bearer".to_vec()),
         Just(b"Bearer  ".to_vec()),
+        Just(b"Bearer   ".to_vec()),
+        Just(b"Bearer \t".to_vec()),
         Just(b"Bearer\t".to_vec()),
         Just(b"Bearer=".to_vec()),
         Just(b"Basic ".to_vec()),

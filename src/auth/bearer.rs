@@ -40,7 +40,9 @@ pub fn parse(value: &[u8]) -> Result<&str, GatewayError> {
     parse_unchecked(value).and_then(check_characters)
 }
 
-/// Checks the scheme and the token's length, not its characters.
+/// Checks the scheme and the token's length, not its characters. One or
+/// more spaces may follow the scheme (RFC 6750 2.1: `"Bearer" 1*SP
+/// b64token`).
 fn parse_unchecked(value: &[u8]) -> Result<&[u8], GatewayError> {
     const SCHEME: &[u8] = b"bearer ";
     let is_bearer = value
@@ -49,7 +51,10 @@ fn parse_unchecked(value: &[u8]) -> Result<&[u8], GatewayError> {
     if !is_bearer {
         return Err(not_bearer(value));
     }
-    let token = value.get(SCHEME.len()..).unwrap_or_default();
+    let mut token = value.get(SCHEME.len()..).unwrap_or_default();
+    while let [b' ', rest @ ..] = token {
+        token = rest;
+    }
     if token.is_empty() {
         return Err(GatewayError::InvalidRequest("the bearer token is empty"));
     }
@@ -137,6 +142,8 @@ mod tests {
             assert!(extract(&h).is_ok(), "{v}");
         }
         assert_eq!(extract(&headers(&["Bearer a.b.c"])).unwrap(), "a.b.c");
+        // RFC 6750 2.1: `"Bearer" 1*SP b64token`.
+        assert_eq!(extract(&headers(&["Bearer   a.b.c"])).unwrap(), "a.b.c");
     }
 
     #[test]
@@ -174,7 +181,8 @@ mod tests {
             "Bearer=abc",
             "Bearer",
             "Bearer ",
-            "Bearer  abc",
+            "Bearer   ",
+            "Bearer \tabc",
             "Bearer\tabc",
             "Bearer a b",
             "Bearer a,b",
