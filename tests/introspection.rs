@@ -724,6 +724,36 @@ async fn jwt_shaped_token_of_a_keyless_issuer_is_introspected() {
     assert_eq!(s.idp.calls()[0].param("token"), Some(token));
 }
 
+/// An answer without `exp` for a JWT of a keyless issuer is cached no
+/// longer than the JWT's own `exp`: past it, the server is asked again
+/// (here it has since said inactive), though `cache_ttl` is an hour.
+#[tokio::test]
+async fn answer_for_a_jwt_is_cached_no_longer_than_the_jwts_exp() {
+    let s = Opaque::start("      cache_ttl: 1h\n").await;
+    let key = scopegate::demo::SigningKey::generate("k").unwrap();
+    let mut claims = claims("orders:read");
+    claims["iss"] = OPAQUE_ISSUER.into();
+    // Time for two requests before it, on a slow machine too.
+    claims["exp"] = (now() + 6).into();
+    let token = key.mint(&claims).unwrap();
+    let mut without_exp = active("orders:read");
+    without_exp.as_object_mut().unwrap().remove("exp");
+    s.idp.answer(&token, without_exp);
+
+    let ok = s.get("/orders/1", &token).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    let ok = s.get("/orders/1", &token).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.idp.count(), 1, "the answer was not cached");
+
+    s.idp.answer(&token, json!({ "active": false }));
+    while now() < claims["exp"].as_u64().unwrap() + 1 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_invalid_token(&s.get("/orders/1", &token).await, NOT_ACTIVE);
+    assert_eq!(s.idp.count(), 2);
+}
+
 // ---------------------------------------------------------------------------
 // 2. Scopes.
 // ---------------------------------------------------------------------------
@@ -819,6 +849,10 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
             with(json!({ "token_type": "refresh_token" })),
         ),
         ("refresh-use", hydra("refresh_token")),
+        // Keycloak's `typ`: refresh, offline and ID tokens.
+        ("keycloak-refresh", with(json!({ "typ": "Refresh" }))),
+        ("keycloak-offline", with(json!({ "typ": "Offline" }))),
+        ("keycloak-id", with(json!({ "typ": "ID" }))),
         // Bound to a DPoP key or a client certificate: not a bearer token.
         (
             "dpop-bound",
@@ -859,7 +893,11 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
     s.idp.answer("hydra-access", hydra("access_token"));
     let ok = s.get("/orders/1", "hydra-access").await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(s.upstream.count(), 2);
+    s.idp
+        .answer("keycloak-access", with(json!({ "typ": "Bearer" })));
+    let ok = s.get("/orders/1", "keycloak-access").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.upstream.count(), 3);
 }
 
 /// An answer refused because its `nbf` (or `iat`) is still ahead of the

@@ -191,11 +191,14 @@ impl Introspector {
     }
 
     /// Introspects a token, from the cache when possible. Concurrent requests
-    /// with the same uncached token share one call.
+    /// with the same uncached token share one call. `token_exp` is a JWT's
+    /// own (unverified) `exp`: an answer is cached no longer than it, since
+    /// the server's answer may leave `exp` out.
     pub async fn introspect(
         &self,
         token: &str,
         digest: TokenDigest,
+        token_exp: Option<u64>,
     ) -> Result<Arc<VerifiedToken>, GatewayError> {
         let mut cached = self.cache.get(&digest).await;
         // An entry counted to `exp` on the monotonic clock, for a token the
@@ -214,7 +217,7 @@ impl Introspector {
             None => {
                 self.metrics.token_cache_introspection_misses.inc();
                 // Boxed: the HTTP call is large and rare.
-                Box::pin(self.cache.try_get_with(digest, self.call(token)))
+                Box::pin(self.cache.try_get_with(digest, self.call(token, token_exp)))
                     .await
                     .map_err(|_| GatewayError::IntrospectionUnavailable)?
             }
@@ -226,9 +229,9 @@ impl Introspector {
         }
     }
 
-    async fn call(&self, token: &str) -> Result<Answer, CallError> {
+    async fn call(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
         let started = Instant::now();
-        let result = self.call_inner(token).await;
+        let result = self.call_inner(token, token_exp).await;
         self.metrics
             .introspection_duration
             .with_label_values(&[&self.issuer_name])
@@ -266,8 +269,9 @@ impl Introspector {
         result
     }
 
-    async fn call_inner(&self, token: &str) -> Result<Answer, CallError> {
+    async fn call_inner(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
         let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
+        // A wait for a slot of `timeout` at most, then the call's own.
         let _slot = match tokio::time::timeout(self.settings.timeout, self.calls.acquire()).await {
             Ok(Ok(slot)) => slot,
             _ => return Err(CallError::Busy),
@@ -305,7 +309,7 @@ impl Introspector {
                 .map_err(|_| CallError::Body)?
                 .to_bytes();
             let object = jwt::strict_object(&body).ok_or(CallError::Body)?;
-            Ok(self.interpret(&object))
+            Ok(self.interpret(&object, token_exp))
         };
         tokio::time::timeout(self.settings.timeout, work)
             .await
@@ -313,8 +317,9 @@ impl Introspector {
     }
 
     /// Turns an answer into a cache entry: only `"active": true` (a JSON
-    /// boolean) with matching `iss`/`aud`/`exp` is active.
-    fn interpret(&self, answer: &serde_json::Map<String, Value>) -> Answer {
+    /// boolean) with matching `iss`/`aud`/`exp` is active, cached no longer
+    /// than `token_exp` either (see [`Self::introspect`]).
+    fn interpret(&self, answer: &serde_json::Map<String, Value>, token_exp: Option<u64>) -> Answer {
         let now = jwt::now_unix();
         let until = Instant::now() + self.settings.negative_cache_ttl;
         if answer.get("active") != Some(&Value::Bool(true)) {
@@ -339,6 +344,16 @@ impl Introspector {
             });
             if !is_access {
                 return refused("token_type");
+            }
+        }
+        // Keycloak says what a token is in `typ` (`Bearer` for an access
+        // token): its refresh, offline, ID and logout tokens are not.
+        if let Some(kind) = answer.get("typ").and_then(Value::as_str) {
+            if ["refresh", "offline", "id", "logout", "serialized-id"]
+                .iter()
+                .any(|other| kind.eq_ignore_ascii_case(other))
+            {
+                return refused("typ");
             }
         }
         // fosite (Ory Hydra) leaves `token_type` out for a refresh token and
@@ -403,10 +418,11 @@ impl Introspector {
         let Ok(scopes) = super::read_scopes(answer, claim) else {
             return refused("scope");
         };
-        let ttl = match expires_at {
-            Some(exp) => jwt::time_until(exp).min(self.settings.cache_ttl),
-            None => self.settings.cache_ttl,
-        };
+        let ttl = [expires_at, token_exp]
+            .into_iter()
+            .flatten()
+            .map(jwt::time_until)
+            .fold(self.settings.cache_ttl, Duration::min);
         Answer::Active(Arc::new(super::build_verified(
             self.issuer_index,
             answer,
@@ -518,7 +534,10 @@ mod tests {
             .cache
             .insert(current, cached_active(now + 3600))
             .await;
-        assert!(introspector.introspect("current", current).await.is_ok());
+        assert!(introspector
+            .introspect("current", current, None)
+            .await
+            .is_ok());
         assert_eq!(calls.load(Ordering::SeqCst), 0, "a good entry is served");
 
         let stale = digest("stale");
@@ -526,7 +545,7 @@ mod tests {
             .cache
             .insert(stale, cached_active(now - 1))
             .await;
-        let answer = introspector.introspect("stale", stale).await;
+        let answer = introspector.introspect("stale", stale, None).await;
         assert!(
             matches!(
                 answer,

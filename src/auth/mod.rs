@@ -433,7 +433,7 @@ impl Authenticator {
             Err(e) => {
                 return match route_introspector.and_then(introspect_with) {
                     Some((index, introspector)) => introspector
-                        .introspect(token, digest)
+                        .introspect(token, digest, None)
                         .await
                         .map(Verified::Introspected)
                         .map_err(|e| Refused::by(index, e)),
@@ -450,7 +450,7 @@ impl Authenticator {
                 if keyless && route_introspector == Some(index) {
                     if let Some((index, introspector)) = introspect_with(index) {
                         return introspector
-                            .introspect(token, digest)
+                            .introspect(token, digest, claimed_exp(&jwt.claims))
                             .await
                             .map(Verified::Introspected)
                             .map_err(|e| Refused::by(index, e));
@@ -563,6 +563,19 @@ impl Authenticator {
         verified.keys_generation = generation;
         Ok(verified)
     }
+}
+
+/// A JWT's own `exp`, unchecked (its signature is not), as whole seconds:
+/// it may only shorten how long an introspection answer is cached.
+fn claimed_exp(claims: &serde_json::Map<String, Value>) -> Option<u64> {
+    let exp = claims.get("exp")?.as_f64()?;
+    if !exp.is_finite() {
+        return None;
+    }
+    // Saturating: a date before 1970 is past, one beyond u64 far enough.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let whole = exp.max(0.0) as u64;
+    Some(whole)
 }
 
 fn remote_keys(issuer: &Issuer, uri: Option<http::Uri>) -> Result<IssuerKeys, String> {
