@@ -467,6 +467,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "redirect_uris",
         ),
         (
+            "a redirect URI that is not ASCII",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [\"https://app.test/cb/\u{e9}\"]\n      scopes: [a]\n      audience: api\n".into(),
+            "4:7",
+            "must be ASCII",
+        ),
+        (
             "max_connections beyond what the server can count",
             format!("{base}server:\n  max_connections: 3000000000000000000\nroutes:\n  - path: /a\n    upstream: app\n"),
             "10:20",

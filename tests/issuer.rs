@@ -304,6 +304,22 @@ fn file_store_config(upstream: SocketAddr, dir: &Path) -> String {
 // client_credentials
 // ---------------------------------------------------------------------------
 
+/// A client granted no scope gets a token without a `scope` field: `""` is
+/// no scope value (RFC 6749 3.3).
+#[tokio::test]
+async fn a_token_of_no_scope_has_no_scope_field() {
+    let upstream = Upstream::start().await;
+    let bare = config(upstream.addr, "").replace(
+        "      grants: [password]\n      scopes: [orders:read]\n",
+        "      grants: [client_credentials]\n      scopes: []\n",
+    );
+    assert!(bare.contains("scopes: []"));
+    let gw = Gateway::start(&bare).await;
+    let body = client_credentials(&gw, "pw2").await;
+    assert!(body["access_token"].is_string(), "{body}");
+    assert!(body.get("scope").is_none(), "{body}");
+}
+
 #[tokio::test]
 async fn client_credentials_exactly_as_seed_000() {
     let (upstream, gw) = start("").await;
@@ -482,6 +498,23 @@ async fn apigee_response_style_matches_the_seed_sample() {
     )
     .await;
     assert_oauth_error(&misplaced, 400, "invalid_request");
+    // So may grant_type only once, in the query or in the body.
+    let twice = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials"),
+        &[],
+        &format!("{}&grant_type=client_credentials", creds("svc")),
+    )
+    .await;
+    assert_oauth_error(&twice, 400, "invalid_request");
+    // A parameter the server does not know is ignored (RFC 6749 3.2): a
+    // cache-buster, say.
+    let ignored = post_form(
+        &gw.url("/auth/v2/accesstoken?grant_type=client_credentials&cb=17"),
+        &[],
+        &creds("svc"),
+    )
+    .await;
+    assert_eq!(ignored.status, 200, "{}", ignored.text());
     assert_eq!(body["status"], "approved", "{body}");
     assert_eq!(body["scope"], "orders:read reports:read", "{body}");
     assert_eq!(body["expires_in"], "3600", "{body}");
@@ -1358,6 +1391,8 @@ async fn jwks_and_authorization_server_metadata() {
     assert_eq!(m["jwks_uri"], format!("{ISS}{JWKS}"), "{m}");
     assert_eq!(m["introspection_endpoint"], format!("{ISS}{INTROSPECT}"));
     assert_eq!(m["revocation_endpoint"], format!("{ISS}{REVOKE}"));
+    // Answers go in the query only: the default would say fragment too.
+    assert_eq!(m["response_modes_supported"], serde_json::json!(["query"]));
     // Public clients may revoke their tokens (RFC 7009 2.1), so `none` is listed.
     assert_eq!(
         m["revocation_endpoint_auth_methods_supported"],

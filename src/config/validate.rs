@@ -791,6 +791,13 @@ fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if uri.contains('#') {
         return Err(format!("redirect_uris: `{uri}` must not have a #fragment"));
     }
+    // Compared with what clients send byte for byte, and sent back in a
+    // `Location` header: percent-encoded, as clients send it.
+    if !uri.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err(format!(
+            "redirect_uris: `{uri}` must be ASCII without spaces (percent-encode the rest, as clients send it)"
+        ));
+    }
     let scheme = parsed.scheme();
     let web = matches!(scheme, "https" | "http");
     if web && parsed.host_str().is_none_or(str::is_empty) {

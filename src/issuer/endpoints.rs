@@ -59,6 +59,8 @@ impl AuthorizationServer {
             "revocation_endpoint": url(&s.paths.revocation),
             "grant_types_supported": grants,
             "response_types_supported": ["code"],
+            // Left out, it would mean ["query", "fragment"] (RFC 8414 2).
+            "response_modes_supported": ["query"],
             "scopes_supported": scopes,
             "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
             "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],

@@ -50,6 +50,23 @@ pub(crate) enum RefreshPlan {
     },
 }
 
+/// The token request parameters of the grants this server knows (RFC 6749
+/// 4, 6; RFC 7636 4.5) and of common extensions (RFC 8707, RFC 7523): in
+/// the query, each is refused rather than ignored.
+const TOKEN_PARAMETERS: &[&str] = &[
+    "scope",
+    "code",
+    "redirect_uri",
+    "code_verifier",
+    "refresh_token",
+    "username",
+    "password",
+    "resource",
+    "audience",
+    "client_assertion",
+    "client_assertion_type",
+];
+
 impl AuthorizationServer {
     pub(crate) async fn token(
         &self,
@@ -59,22 +76,24 @@ impl AuthorizationServer {
         let query_credentials =
             req.query.contains_key("client_secret") || req.query.contains_key("client_id");
         let grant_type = match (req.form.get("grant_type"), req.query.get("grant_type")) {
-            (Some(a), Some(b)) if a != b => {
+            // RFC 6749 3.2: a parameter is sent once.
+            (Some(_), Some(_)) => {
                 return Err(OAuthError::invalid_request(
-                    "grant_type differs between the query and the body",
+                    "grant_type is sent in both the query and the body",
                 ))
             }
-            (Some(g), _) | (None, Some(g)) => g.clone(),
+            (Some(g), None) | (None, Some(g)) => g.clone(),
             (None, None) => return Err(OAuthError::invalid_request("grant_type is required")),
         };
-        // The seed's style puts `grant_type` in the query; any other
-        // parameter there (a `scope`, above all) would be silently ignored
-        // and the token granted more than was asked for. Credentials get
-        // their own refusal below.
+        // The seed's style puts `grant_type` in the query; another token
+        // request parameter there (a `scope`, above all) would be silently
+        // ignored and the token granted more than was asked for, so it is
+        // refused. Parameters this server does not know are ignored (RFC
+        // 6749 3.2), as in the body; credentials get their own refusal below.
         let misplaced = req
             .query
             .keys()
-            .any(|name| !matches!(name.as_str(), "grant_type" | "client_id" | "client_secret"));
+            .any(|name| TOKEN_PARAMETERS.contains(&name.as_str()));
         if misplaced {
             return Err(OAuthError::invalid_request(
                 "only grant_type may be sent in the query; the other parameters belong in the body",
@@ -478,6 +497,12 @@ impl AuthorizationServer {
                     body["refresh_token_expires_in"] = r.expires_in.into();
                     body["refresh_token_issued_at"] = r.issued_at.into();
                     body["refresh_count"] = r.refresh_count.into();
+                }
+                // No scope granted: `""` is no scope value (RFC 6749 3.3
+                // wants one or more), so the field is left out. The seed's
+                // own style keeps its `""`.
+                if let (true, Some(fields)) = (issued.scope.is_empty(), body.as_object_mut()) {
+                    fields.remove("scope");
                 }
                 body
             }

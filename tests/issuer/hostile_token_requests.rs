@@ -121,6 +121,8 @@ enum Query {
     ClientId,
     /// A `scope` in the query, which would otherwise go unseen.
     Scope,
+    /// A parameter the server does not know (a cache-buster): ignored.
+    Unknown,
 }
 
 #[derive(Debug, Clone)]
@@ -242,6 +244,7 @@ fn token_request() -> impl Strategy<Value = TokenRequest> {
         1 => Just(Query::OnlyGrant),
         1 => Just(Query::ClientId),
         1 => Just(Query::Scope),
+        1 => Just(Query::Unknown),
     ];
     (
         (method, content_type, client_auth(), grant(), scope),
@@ -319,6 +322,9 @@ fn render(req: &TokenRequest) -> (String, Vec<(&'static str, String)>, String) {
     }
     if req.query == Query::Scope {
         query.push("scope=orders%3Aread".to_owned());
+    }
+    if req.query == Query::Unknown {
+        query.push("cb=17".to_owned());
     }
     let basic = |who: Who| {
         let (id, secret) = (id_of(who), secret_of(who).unwrap_or(""));
@@ -482,16 +488,33 @@ fn expected(req: &TokenRequest, target: &str, body: &str) -> Expected {
             .find(|(k, _)| k == name)
             .map(|(_, v)| v.clone())
     };
-    // Only grant_type may ride in the query (and credentials are refused).
-    if query.iter().any(|(k, _)| k != "grant_type") {
+    // Of the token request parameters, only grant_type may ride in the
+    // query (and credentials are refused); others are ignored there.
+    let misplaced = [
+        "scope",
+        "code",
+        "redirect_uri",
+        "code_verifier",
+        "refresh_token",
+        "username",
+        "password",
+        "resource",
+        "audience",
+        "client_assertion",
+        "client_assertion_type",
+        "client_id",
+        "client_secret",
+    ];
+    if query.iter().any(|(k, _)| misplaced.contains(&k.as_str())) {
         codes.push("invalid_request");
     }
     let grant_type = match (get(&form, "grant_type"), get(&query, "grant_type")) {
-        (Some(a), Some(b)) if a != b => {
+        // Sent once (RFC 6749 3.2), even with the same value.
+        (Some(_), Some(_)) => {
             codes.push("invalid_request");
             None
         }
-        (Some(g), _) | (None, Some(g)) => Some(g),
+        (Some(g), None) | (None, Some(g)) => Some(g),
         (None, None) => {
             codes.push("invalid_request");
             None
