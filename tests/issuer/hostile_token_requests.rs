@@ -669,7 +669,9 @@ async fn check(lab: &(Upstream, Gateway), req: TokenRequest) -> Result<(), Strin
                 json["scope"].as_str(),
                 json["refresh_token"].is_string(),
             );
-            if fields != (Some("Bearer"), Some(3600), Some(scope.as_str()), refresh) {
+            // No scope granted: no `scope` field ("" is no scope value).
+            let want_scope = (!scope.is_empty()).then_some(scope.as_str());
+            if fields != (Some("Bearer"), Some(3600), want_scope, refresh) {
                 return Err(format!(
                     "expected scope {scope:?}, refresh {refresh}: {}",
                     what()
