@@ -700,10 +700,12 @@ async fn check(lab: &(Upstream, Gateway), req: TokenRequest) -> Result<(), Strin
                 return Err(format!("wrong status for {code}: {}", what()));
             }
             // Every 401, and a 429 (the failure limit) to a client that
-            // authenticated with Basic: RFC 6749 5.2's challenge.
+            // authenticated with Basic and failed: RFC 6749 5.2's challenge.
+            // A user's failure limit (`invalid_grant`) challenges no client.
             let challenge = r.www_authenticate();
             let basic = matches!(req.auth, ClientAuth::Basic(_) | ClientAuth::Both);
-            let challenged = r.status == 401 || (r.status == 429 && basic);
+            let challenged =
+                r.status == 401 || (r.status == 429 && basic && code == "invalid_client");
             if challenged != challenge.starts_with("Basic ") {
                 return Err(format!(
                     "a Basic challenge if and only if 401, or 429 after Basic: {}",
