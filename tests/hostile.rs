@@ -273,6 +273,7 @@ enum Auth {
     Bearer(Tok),
     /// `bearer`: the scheme is case-insensitive (RFC 9110 11.1).
     LowerScheme(Tok),
+    /// `Bearer  t`: `1*SP` after the scheme (RFC 6750 2.1).
     TwoSpaces(Tok),
     Empty,
     Basic,

@@ -853,6 +853,7 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
         ("keycloak-refresh", with(json!({ "typ": "Refresh" }))),
         ("keycloak-offline", with(json!({ "typ": "Offline" }))),
         ("keycloak-id", with(json!({ "typ": "ID" }))),
+        ("keycloak-logout", with(json!({ "typ": "Logout" }))),
         // Bound to a DPoP key or a client certificate: not a bearer token.
         (
             "dpop-bound",

@@ -3446,22 +3446,33 @@ async fn a_slow_http1_reader_holds_back_its_upstream_and_gets_every_byte() {
     let head = String::from_utf8_lossy(&head).into_owned();
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     let mut received = body.len();
+    // Run by run of one chunk's byte (a per-byte check is slow unoptimised).
     let check = |bytes: &[u8], from: usize| {
-        for (i, byte) in bytes.iter().enumerate() {
-            assert_eq!(*byte, pattern(from + i), "byte {} out of place", from + i);
+        let mut at = 0;
+        while at < bytes.len() {
+            let offset = from + at;
+            let run = (CHUNK - offset % CHUNK).min(bytes.len() - at);
+            assert!(
+                bytes[at..at + run].iter().all(|&b| b == pattern(offset)),
+                "bytes out of place in {offset}..{}",
+                offset + run
+            );
+            at += run;
         }
     };
     check(&body, 0);
 
-    // Reading nothing: the upstream stops once the buffers are full.
-    let mut last = usize::MAX;
-    for _ in 0..100 {
+    // Reading nothing: the upstream stops once the buffers are full (no
+    // progress for three samples in a row).
+    let (mut last, mut still) = (usize::MAX, 0);
+    for _ in 0..150 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let now = sent.load(Ordering::SeqCst);
-        if now == last {
+        still = if now == last { still + 1 } else { 0 };
+        last = now;
+        if still == 3 {
             break;
         }
-        last = now;
     }
     assert!(
         last < received + held_at_most,
@@ -3548,10 +3559,12 @@ async fn shutdown_lets_the_in_flight_request_finish() {
         }
     })
     .await;
-    // The request stays in flight until released, however slow the machine.
+    // The request stays in flight until released, however slow the machine
+    // (the grace bounds the wait from shutdown to the release).
     let config = config_for(&world, upstream)
-        .replace("    request_timeout: 2s\n", "    request_timeout: 60s\n");
-    assert!(config.contains("request_timeout: 60s"));
+        .replace("    request_timeout: 2s\n", "    request_timeout: 60s\n")
+        .replace("  shutdown_grace: 5s\n", "  shutdown_grace: 60s\n");
+    assert!(config.contains("request_timeout: 60s") && config.contains("shutdown_grace: 60s"));
     let mut gw = Gateway::start(&config).await;
 
     let url = gw.url("/status");

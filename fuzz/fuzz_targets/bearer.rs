@@ -1,5 +1,5 @@
 //! `auth::bearer::parse` on arbitrary bytes: never panics, and accepts exactly
-//! `Bearer SP b64token` (RFC 6750 2.1, scheme case-insensitive, one space),
+//! `Bearer 1*SP b64token` (RFC 6750 2.1, scheme case-insensitive),
 //! checked against an independent reference; a refusal is `OtherScheme`
 //! exactly when the scheme is another RFC 9110 token (RFC 6750 3.1).
 #![no_main]
@@ -23,6 +23,8 @@ fn other_scheme(value: &[u8]) -> bool {
 /// Reference: a two-state scan (token characters, then only `=`).
 fn reference(value: &[u8]) -> Option<&[u8]> {
     let (scheme, token) = value.split_at_checked(7)?;
+    let spaces = token.iter().take_while(|&&b| b == b' ').count();
+    let token = &token[spaces..];
     if !scheme.eq_ignore_ascii_case(b"Bearer ") || token.len() > MAX_TOKEN_LEN {
         return None;
     }

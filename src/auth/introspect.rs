@@ -204,7 +204,8 @@ impl Introspector {
         // An entry counted to `exp` on the monotonic clock, for a token the
         // wall clock (set forward since) finds expired, is asked about again.
         if let Some(Answer::Active(token)) = &cached {
-            if jwt::time_until(token.expires_at).is_zero() {
+            let past = |exp: u64| jwt::time_until(exp).is_zero();
+            if past(token.expires_at) || token_exp.is_some_and(past) {
                 self.cache.invalidate(&digest).await;
                 cached = None;
             }
@@ -347,7 +348,8 @@ impl Introspector {
             }
         }
         // Keycloak says what a token is in `typ` (`Bearer` for an access
-        // token): its refresh, offline, ID and logout tokens are not.
+        // token): its refresh, offline, ID, serialized ID and logout tokens
+        // are not.
         if let Some(kind) = answer.get("typ").and_then(Value::as_str) {
             if ["refresh", "offline", "id", "logout", "serialized-id"]
                 .iter()

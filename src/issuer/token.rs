@@ -90,14 +90,13 @@ impl AuthorizationServer {
         // ignored and the token granted more than was asked for, so it is
         // refused. Parameters this server does not know are ignored (RFC
         // 6749 3.2), as in the body; credentials get their own refusal below.
-        let misplaced = req
-            .query
-            .keys()
-            .any(|name| TOKEN_PARAMETERS.contains(&name.as_str()));
-        if misplaced {
-            return Err(OAuthError::invalid_request(
-                "only grant_type may be sent in the query; the other parameters belong in the body",
-            ));
+        let misplaced = TOKEN_PARAMETERS
+            .iter()
+            .find(|name| req.query.contains_key(**name));
+        if let Some(name) = misplaced {
+            return Err(OAuthError::invalid_request(format!(
+                "{name} belongs in the body, not the query"
+            )));
         }
         let presented = clients::presented(&req.headers, &req.form, query_credentials)?;
         let grant = Grant::parse(&grant_type).ok_or_else(OAuthError::unsupported_grant_type)?;
@@ -501,8 +500,10 @@ impl AuthorizationServer {
                 // No scope granted: `""` is no scope value (RFC 6749 3.3
                 // wants one or more), so the field is left out. The seed's
                 // own style keeps its `""`.
-                if let (true, Some(fields)) = (issued.scope.is_empty(), body.as_object_mut()) {
-                    fields.remove("scope");
+                if issued.scope.is_empty() {
+                    if let Some(fields) = body.as_object_mut() {
+                        fields.remove("scope");
+                    }
                 }
                 body
             }
