@@ -659,6 +659,42 @@ async fn a_single_registered_redirect_uri_may_be_omitted() {
 // Errors reported at the redirect URI
 // ---------------------------------------------------------------------------
 
+/// A known client that may not use the code grant, asking at a redirect URI
+/// registered for it, is told so there (RFC 6749 4.1.2.1); so is a request
+/// for a response mode other than the query.
+#[tokio::test]
+async fn unauthorized_clients_and_other_response_modes_are_told_at_the_redirect_uri() {
+    let upstream = Upstream::start().await;
+    let config = config(upstream.addr, "").replace(
+        "      grants: [client_credentials]\n      scopes: [orders:read]\n      audience: orders-api\n",
+        "      grants: [client_credentials]\n      scopes: [orders:read]\n      audience: orders-api\n      redirect_uris: [https://svc.test/cb]\n",
+    );
+    assert!(config.contains("https://svc.test/cb"));
+    let gw = Gateway::start(&config).await;
+    let c = pkce();
+    let r = get_authorize(
+        &gw,
+        &params(
+            "svc",
+            "https://svc.test/cb",
+            "orders:read",
+            Some(&c.challenge),
+        ),
+        None,
+    )
+    .await;
+    assert_error_redirect(&r, "https://svc.test/cb", "unauthorized_client");
+
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    for mode in ["fragment", "form_post"] {
+        let r = get_authorize(&gw, &with(p.clone(), "response_mode", mode), None).await;
+        assert_error_redirect(&r, APP_CB, "invalid_request");
+    }
+    // The query, said or not, is the sign-in page.
+    let r = get_authorize(&gw, &with(p.clone(), "response_mode", "query"), None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 #[tokio::test]
 async fn response_type_token_is_unsupported_and_state_comes_back_untouched() {
     let (_upstream, gw) = start().await;

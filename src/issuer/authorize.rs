@@ -180,10 +180,12 @@ impl AuthorizationServer {
         let client_id = map
             .get("client_id")
             .ok_or_else(|| bad("The request names no client."))?;
+        // A client without the grant but with registered redirect URIs is
+        // told so at its redirect URI (`unauthorized_client`, RFC 6749
+        // 4.1.2.1); one with none gets the page below.
         let client = self
             .clients
             .client(client_id)
-            .filter(|c| c.grants.contains(&Grant::AuthorizationCode))
             .ok_or_else(|| bad("The application is not registered for sign-in."))?;
         let redirect_uri = match map.get("redirect_uri") {
             Some(uri) => uri.clone(),
@@ -211,6 +213,16 @@ impl AuthorizationServer {
         state: Option<String>,
         map: &HashMap<String, String>,
     ) -> Result<AuthRequest, (&'static str, &'static str)> {
+        if !client.grants.contains(&Grant::AuthorizationCode) {
+            return Err((
+                "unauthorized_client",
+                "this client may not use the authorization code grant",
+            ));
+        }
+        // Answers go in the query only (the metadata says so).
+        if map.get("response_mode").is_some_and(|mode| mode != "query") {
+            return Err(("invalid_request", "only response_mode=query is supported"));
+        }
         match map.get("response_type").map(String::as_str) {
             Some("code") => {}
             Some(_) => {
