@@ -709,13 +709,20 @@ async fn rejected_client_credentials_fail_closed() {
     );
 }
 
-#[tokio::test]
-async fn jwt_shaped_token_of_a_keyless_issuer_is_introspected() {
-    let s = Opaque::start("").await;
+/// A JWT of the introspecting issuer (which publishes no keys), signed by
+/// a key of its own and expiring at `exp`.
+fn keyless_issuers_jwt(exp: u64) -> String {
     let key = scopegate::demo::SigningKey::generate("k").unwrap();
     let mut claims = claims("orders:read");
     claims["iss"] = OPAQUE_ISSUER.into();
-    let token = key.mint(&claims).unwrap();
+    claims["exp"] = exp.into();
+    key.mint(&claims).unwrap()
+}
+
+#[tokio::test]
+async fn jwt_shaped_token_of_a_keyless_issuer_is_introspected() {
+    let s = Opaque::start("").await;
+    let token = keyless_issuers_jwt(now() + 600);
     s.idp.answer(&token, active("orders:read"));
 
     let ok = s.get("/orders/1", &token).await;
@@ -730,12 +737,9 @@ async fn jwt_shaped_token_of_a_keyless_issuer_is_introspected() {
 #[tokio::test]
 async fn answer_for_a_jwt_is_cached_no_longer_than_the_jwts_exp() {
     let s = Opaque::start("      cache_ttl: 1h\n").await;
-    let key = scopegate::demo::SigningKey::generate("k").unwrap();
-    let mut claims = claims("orders:read");
-    claims["iss"] = OPAQUE_ISSUER.into();
     // Time for two requests before it, on a slow machine too.
-    claims["exp"] = (now() + 6).into();
-    let token = key.mint(&claims).unwrap();
+    let exp = now() + 6;
+    let token = keyless_issuers_jwt(exp);
     let mut without_exp = active("orders:read");
     without_exp.as_object_mut().unwrap().remove("exp");
     s.idp.answer(&token, without_exp);
@@ -747,7 +751,7 @@ async fn answer_for_a_jwt_is_cached_no_longer_than_the_jwts_exp() {
     assert_eq!(s.idp.count(), 1, "the answer was not cached");
 
     s.idp.answer(&token, json!({ "active": false }));
-    while now() < claims["exp"].as_u64().unwrap() + 1 {
+    while now() < exp + 1 {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_invalid_token(&s.get("/orders/1", &token).await, NOT_ACTIVE);
