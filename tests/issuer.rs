@@ -1184,21 +1184,27 @@ async fn repeated_client_authentication_failures_are_rate_limited() {
     // Credentials in the form: no challenge, as for their 400s.
     assert_eq!(r.header("www-authenticate"), None);
     // The lock also covers introspection and Basic, and only this client.
+    // Both are a 401 with the Basic challenge, which RFC 7662 2.3 asks of
+    // introspection and RFC 6749 5.2 after Basic, and with `Retry-After`.
     let r = introspect(&gw, "svc", "x").await;
-    assert_eq!(r.status, 429, "{}", r.text());
-    // Over Basic, the `invalid_client` carries the Basic challenge (RFC
-    // 6749 5.2), as the client's 401s do.
+    assert_oauth_error(&r, 401, "invalid_client");
+    assert_eq!(
+        r.header("www-authenticate").as_deref(),
+        Some("Basic realm=\"scopegate\"")
+    );
+    assert!(r.header("retry-after").is_some(), "{r:?}");
     let r = post_form(
         &gw.url(TOKEN),
         &[("authorization", &basic("svc", SECRET))],
         "grant_type=client_credentials",
     )
     .await;
-    assert_oauth_error(&r, 429, "invalid_client");
+    assert_oauth_error(&r, 401, "invalid_client");
     assert_eq!(
         r.header("www-authenticate").as_deref(),
         Some("Basic realm=\"scopegate\"")
     );
+    assert!(r.header("retry-after").is_some(), "{r:?}");
     let body = client_credentials(&gw, "other").await;
     assert_eq!(body["status"], "approved");
 }

@@ -63,8 +63,9 @@ pub struct OAuthError {
     /// The methods an endpoint takes, sent as `Allow` with a 405 (RFC 9110
     /// 15.5.6).
     pub allow: Option<&'static str>,
-    /// Seconds for `Retry-After`, sent with a 429 or 503.
-    pub retry_after: &'static str,
+    /// Seconds for `Retry-After`: set for a refusal that ends with time (a
+    /// failure limit, a busy or failed store).
+    pub retry_after: Option<&'static str>,
 }
 
 /// `description` held to RFC 6749 5.2's characters for `error_description`
@@ -90,7 +91,7 @@ impl OAuthError {
             description: error_description(description.into()),
             basic_challenge: false,
             allow: None,
-            retry_after: "60",
+            retry_after: None,
         }
     }
 
@@ -117,10 +118,15 @@ impl OAuthError {
     }
 
     /// The same error, but an `invalid_client` is a 401 with a challenge
-    /// whatever the credentials were sent in (RFC 7662 2.3).
+    /// whatever the credentials were sent in (RFC 7662 2.3), a failure
+    /// limit's too (keeping its `Retry-After`).
     pub fn challenged(self) -> Self {
-        if self.code == "invalid_client" && self.status == StatusCode::BAD_REQUEST {
-            Self::invalid_client(true, self.description)
+        if self.code == "invalid_client" && self.status != StatusCode::SERVICE_UNAVAILABLE {
+            Self {
+                status: StatusCode::UNAUTHORIZED,
+                basic_challenge: true,
+                ..self
+            }
         } else {
             self
         }
@@ -155,15 +161,21 @@ impl OAuthError {
         )
     }
 
-    /// Too many failed client authentications (429 with `Retry-After`).
-    /// `basic`: the client authenticated with HTTP Basic, so the answer
-    /// carries the Basic challenge that RFC 6749 5.2 asks of every
-    /// `invalid_client` to such a client.
+    /// Too many failed client authentications: 429 with `Retry-After`, or,
+    /// when the client authenticated with HTTP Basic (`basic`), the 401
+    /// with the Basic challenge that RFC 6749 5.2 requires of every
+    /// `invalid_client` to such a client, with `Retry-After` as well.
     pub fn too_many_attempts(basic: bool) -> Self {
+        let status = if basic {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::TOO_MANY_REQUESTS
+        };
         Self {
             basic_challenge: basic,
+            retry_after: Some("60"),
             ..Self::new(
-                StatusCode::TOO_MANY_REQUESTS,
+                status,
                 "invalid_client",
                 "too many failed attempts; retry later",
             )
@@ -172,18 +184,21 @@ impl OAuthError {
 
     /// Too many failed sign-ins for one user (429 with `Retry-After`).
     pub fn too_many_user_attempts() -> Self {
-        Self::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "invalid_grant",
-            "too many failed sign-ins for this user; retry later",
-        )
+        Self {
+            retry_after: Some("60"),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_grant",
+                "too many failed sign-ins for this user; retry later",
+            )
+        }
     }
 
     /// Too many password checks in flight (503 with `Retry-After: 1`: a
     /// burst passes within moments).
     pub fn busy() -> Self {
         Self {
-            retry_after: "1",
+            retry_after: Some("1"),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
@@ -194,11 +209,14 @@ impl OAuthError {
 
     /// The state store failed (503).
     pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "temporarily_unavailable",
-            "the authorization server's state store is unavailable",
-        )
+        Self {
+            retry_after: Some("60"),
+            ..Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "temporarily_unavailable",
+                "the authorization server's state store is unavailable",
+            )
+        }
     }
 
     /// `server_error` (500).
@@ -225,12 +243,10 @@ impl OAuthError {
                 .headers_mut()
                 .insert(ALLOW, HeaderValue::from_static(allow));
         }
-        if self.status == StatusCode::TOO_MANY_REQUESTS
-            || self.status == StatusCode::SERVICE_UNAVAILABLE
-        {
+        if let Some(seconds) = self.retry_after {
             response
                 .headers_mut()
-                .insert(RETRY_AFTER, HeaderValue::from_static(self.retry_after));
+                .insert(RETRY_AFTER, HeaderValue::from_static(seconds));
         }
         response
     }

@@ -699,18 +699,16 @@ async fn check(lab: &(Upstream, Gateway), req: TokenRequest) -> Result<(), Strin
             if !status_ok {
                 return Err(format!("wrong status for {code}: {}", what()));
             }
-            // Every 401, and a 429 (the failure limit) to a client that
-            // authenticated with Basic and failed: RFC 6749 5.2's challenge.
-            // A user's failure limit (`invalid_grant`) challenges no client.
+            // Every 401 carries RFC 6749 5.2's challenge, and only a 401: a
+            // client over its failure limit after Basic gets a 401 too, a
+            // user's failure limit (`invalid_grant`) challenges no client.
             let challenge = r.www_authenticate();
+            if (r.status == 401) != challenge.starts_with("Basic ") {
+                return Err(format!("a Basic challenge if and only if 401: {}", what()));
+            }
             let basic = matches!(req.auth, ClientAuth::Basic(_) | ClientAuth::Both);
-            let challenged =
-                r.status == 401 || (r.status == 429 && basic && code == "invalid_client");
-            if challenged != challenge.starts_with("Basic ") {
-                return Err(format!(
-                    "a Basic challenge if and only if 401, or 429 after Basic: {}",
-                    what()
-                ));
+            if r.status == 429 && code == "invalid_client" && basic {
+                return Err(format!("429, not 401, after Basic: {}", what()));
             }
             if !json["error_description"].is_string() {
                 return Err(format!("no error_description: {}", what()));
