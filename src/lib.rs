@@ -29,8 +29,9 @@
 //!   graceful shutdown, and the request pipeline (`pipeline`).
 //! - [`issuer`]: the built-in authorization server: token endpoint and grants
 //!   (`token`), client authentication (`clients`), signing keys (`keys`),
-//!   metadata, JWKS, introspection and revocation (`endpoints`), and the state
-//!   store (`store`: memory, redb file, redis).
+//!   metadata, JWKS, introspection and revocation (`endpoints`), CORS for
+//!   browser apps (`cors`), and the state store (`store`: memory, redb file,
+//!   redis).
 //! - [`demo`]: `scopegate demo`, a self-contained playground.
 //! - [`inject`]: `scopegate inject`, adds the sidecar to Kubernetes manifests.
 //! - [`cli`]: the command line; `main.rs` only calls it.

@@ -1296,6 +1296,116 @@ async fn requests_without_a_secret_do_not_count_as_failures() {
     assert_eq!(r.status, 429, "{}", r.text());
 }
 
+/// A single-page app on another origin may call the token and revocation
+/// endpoints when its origin is a registered redirect URI's, and read the
+/// public key set and metadata from anywhere; introspection is for resource
+/// servers and answers no browser.
+#[tokio::test]
+async fn browser_apps_get_cors_answers_from_the_endpoints_they_call() {
+    let (_upstream, gw) = start("").await;
+    let app = "https://app.test";
+    let preflight = |path: &'static str, origin: &'static str, method: &'static str| {
+        let url = gw.url(path);
+        async move {
+            send(
+                "OPTIONS",
+                &url,
+                &[
+                    ("origin", origin),
+                    ("access-control-request-method", method),
+                    ("access-control-request-headers", "content-type"),
+                ],
+                Bytes::new(),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    for path in [TOKEN, REVOKE] {
+        let r = preflight(path, app, "POST").await;
+        assert_eq!(r.status, 204, "{path}: {}", r.text());
+        assert_eq!(
+            r.header("access-control-allow-origin").as_deref(),
+            Some(app)
+        );
+        assert_eq!(
+            r.header("access-control-allow-methods").as_deref(),
+            Some("POST")
+        );
+        let allowed = r.header("access-control-allow-headers").unwrap_or_default();
+        assert!(
+            allowed.to_ascii_lowercase().contains("content-type"),
+            "{allowed}"
+        );
+        assert!(r.header("access-control-max-age").is_some(), "{path}");
+        assert_eq!(r.header("access-control-allow-credentials"), None);
+        // Another origin, or another method: no CORS headers, a refusal.
+        for r in [
+            preflight(path, "https://evil.test", "POST").await,
+            preflight(path, "null", "POST").await,
+            preflight(path, app, "PUT").await,
+        ] {
+            assert_eq!(r.status, 204, "{path}: {}", r.text());
+            assert_eq!(r.header("access-control-allow-origin"), None, "{path}");
+        }
+    }
+    let r = preflight(INTROSPECT, app, "POST").await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    // The public documents, from any origin.
+    for path in [JWKS, METADATA] {
+        let r = send(
+            "GET",
+            &gw.url(path),
+            &[("origin", "https://anywhere.test")],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(r.status, 200, "{path}");
+        assert_eq!(
+            r.header("access-control-allow-origin").as_deref(),
+            Some("*")
+        );
+    }
+    // The real requests: the app's origin may read the answer, success or
+    // error, another origin may not; an OPTIONS that is no preflight is
+    // still a 405.
+    let code_exchange = "grant_type=authorization_code&code=nope&redirect_uri=https%3A%2F%2Fapp.test%2Fcb&client_id=spa&code_verifier=0123456789012345678901234567890123456789abc";
+    let r = post_form(&gw.url(TOKEN), &[("origin", app)], code_exchange).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    assert_eq!(r.header("vary").as_deref(), Some("Origin"));
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("origin", app)],
+        &format!("grant_type=client_credentials&{}", creds("svc")),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        r.header("access-control-allow-origin").as_deref(),
+        Some(app)
+    );
+    let r = post_form(
+        &gw.url(TOKEN),
+        &[("origin", "https://evil.test")],
+        code_exchange,
+    )
+    .await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = post_form(&gw.url(INTROSPECT), &[("origin", app)], "token=x").await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
+    let r = send("OPTIONS", &gw.url(TOKEN), &[("origin", app)], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 405, "{}", r.text());
+    gw.stop().await;
+}
+
 // ---------------------------------------------------------------------------
 // JWKS, metadata, signing keys
 // ---------------------------------------------------------------------------

@@ -4,11 +4,13 @@
 //!
 //! Endpoints (paths configurable, served on the proxy listener before routes):
 //! token (`token`), JWKS, RFC 8414 metadata, RFC 7662 introspection and RFC
-//! 7009 revocation (`endpoints`). Access tokens are RFC 9068 JWTs verified by
-//! the gateway in-process with the same keys.
+//! 7009 revocation (`endpoints`), with CORS for browser apps (`cors`). Access
+//! tokens are RFC 9068 JWTs verified by the gateway in-process with the same
+//! keys.
 
 pub mod authorize;
 pub mod clients;
+pub mod cors;
 pub mod endpoints;
 pub mod keys;
 pub mod store;
@@ -18,7 +20,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use http::header::{ALLOW, CACHE_CONTROL, CONTENT_TYPE, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE};
+use http::header::{
+    ALLOW, CACHE_CONTROL, CONTENT_TYPE, ORIGIN, PRAGMA, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
@@ -29,6 +33,7 @@ use crate::auth::jwt::{self, now_unix};
 use crate::config::{AuthorizationServerSettings, User};
 use crate::proxy::Body;
 use clients::ClientAuthenticator;
+use cors::{Cors, Exposure};
 use store::Store;
 
 /// Largest form body accepted by the endpoints.
@@ -268,6 +273,7 @@ pub struct AuthorizationServer {
     settings: AuthorizationServerSettings,
     store: Store,
     clients: ClientAuthenticator,
+    cors: Cors,
     users: HashMap<String, User>,
     /// Its own public keys and their algorithms, parsed once: to check the
     /// access tokens and sessions it signed.
@@ -284,6 +290,7 @@ impl AuthorizationServer {
         previous: Option<&AuthorizationServer>,
     ) -> Self {
         let clients = ClientAuthenticator::new(&settings.clients, previous.map(|p| &p.clients));
+        let cors = Cors::new(&settings.clients);
         let users = settings
             .users
             .iter()
@@ -295,6 +302,7 @@ impl AuthorizationServer {
             settings,
             store,
             clients,
+            cors,
             users,
             own_keys,
             own_algorithms,
@@ -363,22 +371,49 @@ impl AuthorizationServer {
         if path == p.authorize {
             return self.authorize(request).await;
         }
+        let (exposure, (methods, allow)) = if path == p.jwks || path == p.metadata {
+            (Exposure::Public, READ_ONLY)
+        } else if path == p.token || path == p.revocation {
+            (Exposure::RegisteredOrigins, POST_ONLY)
+        } else {
+            (Exposure::None, POST_ONLY)
+        };
+        if let Some(answer) =
+            self.cors
+                .preflight(exposure, methods, allow, &method, request.headers())
+        {
+            return answer;
+        }
+        let origin = request.headers().get(ORIGIN).cloned();
+        let mut response = self.endpoint(request, path, &method).await;
+        self.cors.expose(exposure, origin.as_ref(), &mut response);
+        response
+    }
+
+    /// The answer of the endpoint at `path` (not the authorization one).
+    async fn endpoint(
+        &self,
+        request: Request<Incoming>,
+        path: &str,
+        method: &Method,
+    ) -> Response<Body> {
+        let p = &self.settings.paths;
         let result = if path == p.jwks {
-            only(&method, READ_ONLY).map(|()| self.jwks())
+            only(method, READ_ONLY).map(|()| self.jwks())
         } else if path == p.metadata {
-            only(&method, READ_ONLY).map(|()| self.metadata())
+            only(method, READ_ONLY).map(|()| self.metadata())
         } else if path == p.token {
-            match only(&method, POST_ONLY) {
+            match only(method, POST_ONLY) {
                 Ok(()) => self.token(request).await,
                 Err(e) => Err(e),
             }
         } else if path == p.introspection {
-            match only(&method, POST_ONLY) {
+            match only(method, POST_ONLY) {
                 Ok(()) => self.introspect(request).await,
                 Err(e) => Err(e),
             }
         } else if path == p.revocation {
-            match only(&method, POST_ONLY) {
+            match only(method, POST_ONLY) {
                 Ok(()) => self.revoke(request).await,
                 Err(e) => Err(e),
             }
