@@ -150,6 +150,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "http2_max_streams must be at least 1",
         ),
         (
+            "an idle pool that reserves absurd room",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    pool_max_idle_per_host: 18446744073709551615\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:29",
+            "pool_max_idle_per_host may be at most 4096",
+        ),
+        (
             "absurd body idle timeout",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    body_idle_timeout: 500000000000y\nroutes:\n  - path: /a\n    upstream: app\n"),
             "9:24",
@@ -365,13 +371,13 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "plain http jwks_uri for an https issuer",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: http://a/k\n".into(),
             "5:15",
-            "plain http for an https issuer",
+            "is plain http (only a loopback address may be",
         ),
         (
             "plain http introspection endpoint for an https issuer",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: http://a/introspect\n      client_id: gw\n      client_secret_env: NEVER_READ\n".into(),
             "6:17",
-            "plain http for an https issuer",
+            "is plain http (only a loopback address may be",
         ),
         (
             "discovery with an issuer that is no URL",
@@ -388,6 +394,48 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "reserved identity header",
             "forward:\n  identity_headers: { Authorization: sub }\n".into(),
+            "2:21",
+            "cannot be an identity header",
+        ),
+        (
+            "the authorization server named like no issuer",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  name: \"-\"\n  clients: []\n"),
+            "6:9",
+            "must not be empty or `-`",
+        ),
+        (
+            "two authorization server endpoints on one path",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  introspection_path: /oauth2/token\n  clients: []\n"),
+            "6:23",
+            "authorization server path `/oauth2/token` is given to two endpoints",
+        ),
+        (
+            "an endpoint on the authorization server's metadata path",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  jwks_path: /.well-known/oauth-authorization-server\n  clients: []\n"),
+            "6:14",
+            "is given to two endpoints",
+        ),
+        (
+            "an authorization server issuer with a query",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com/?t=1\n  clients: []\n"),
+            "5:11",
+            "must not have a query",
+        ),
+        (
+            "resource metadata under a route",
+            format!("{base}routes:\n  - path: /{{*page}}\n    upstream: app\n    auth: none\nresource:\n  resource: https://api.example.com\n"),
+            "14:13",
+            "the resource metadata path `/.well-known/oauth-protected-resource` is also matched by a route",
+        ),
+        (
+            "resource metadata naming a plain http authorization server",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [http://as.example.com]\n"),
+            "13:3",
+            "authorization_servers: `http://as.example.com` must be an https:// issuer identifier",
+        ),
+        (
+            "reserved identity header, spelled with underscores",
+            "forward:\n  identity_headers: { X_Forwarded_For: sub }\n".into(),
             "2:21",
             "cannot be an identity header",
         ),
@@ -546,8 +594,10 @@ fn config_errors_name_file_line_and_column() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
-/// An https issuer's endpoints may be plain http beyond this host (an
-/// in-cluster Keycloak Service) only when the issuer says so.
+/// An issuer's endpoints may be plain http beyond this host (an in-cluster
+/// Keycloak Service) only when the issuer says so, or is itself a plain
+/// `http://` URL: an issuer that is an https URL in another spelling, or no
+/// URL at all, gets no exception.
 #[test]
 fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
     let dir = tempfile::tempdir().unwrap();
@@ -557,16 +607,22 @@ fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
         "    jwks_uri: http://keycloak.auth.svc:8080/realms/x/certs\n",
         "    introspection:\n      endpoint: http://keycloak.auth.svc:8080/introspect\n      client_id: gw\n      client_secret_file: secret\n",
     ] {
-        let yaml = |opt_in: &str| {
-            format!("issuers:\n  - name: corp\n    issuer: https://idp.example.com\n    audiences: [api]\n{opt_in}{endpoints}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n")
-        };
-        std::fs::write(&file, yaml("")).unwrap();
+        for issuer in ["https://idp.example.com", "HTTPS://idp.example.com", "accounts.example.com"] {
+            let yaml = |opt_in: &str| {
+                format!("issuers:\n  - name: corp\n    issuer: {issuer}\n    audiences: [api]\n{opt_in}{endpoints}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n")
+            };
+            std::fs::write(&file, yaml("")).unwrap();
+            let (ok, _, stderr) = check(&file);
+            assert!(!ok, "{issuer} {endpoints}");
+            assert!(stderr.contains("allow_plain_http_endpoints: true"), "{stderr}");
+            std::fs::write(&file, yaml("    allow_plain_http_endpoints: true\n")).unwrap();
+            let (ok, _, stderr) = check(&file);
+            assert!(ok, "{issuer} {endpoints}: {stderr}");
+        }
+        let plain = format!("issuers:\n  - name: corp\n    issuer: http://keycloak.auth.svc:8080/realms/x\n    audiences: [api]\n{endpoints}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n");
+        std::fs::write(&file, plain).unwrap();
         let (ok, _, stderr) = check(&file);
-        assert!(!ok, "{endpoints}");
-        assert!(stderr.contains("allow_plain_http_endpoints: true"), "{stderr}");
-        std::fs::write(&file, yaml("    allow_plain_http_endpoints: true\n")).unwrap();
-        let (ok, _, stderr) = check(&file);
-        assert!(ok, "{endpoints}: {stderr}");
+        assert!(ok, "http issuer, {endpoints}: {stderr}");
     }
 }
 

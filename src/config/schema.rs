@@ -433,9 +433,10 @@ pub struct RawUpstream {
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
     #[serde(default = "default_http2_max_streams")]
     pub http2_max_streams: Spanned<usize>,
-    /// Idle pooled connections kept per host.
+    /// Idle pooled connections kept per host (room for them is reserved
+    /// up front, so it is bounded).
     #[serde(default = "default_pool_idle")]
-    pub pool_max_idle_per_host: usize,
+    pub pool_max_idle_per_host: Spanned<usize>,
     /// A pooled connection idle longer than this is never used again (keep
     /// it below the upstream's own keep-alive timeout).
     #[serde(default = "default_pool_idle_timeout", with = "bounded_duration")]
@@ -642,8 +643,8 @@ fn default_body_idle_timeout() -> Duration {
 fn default_request_timeout() -> Duration {
     Duration::from_secs(30)
 }
-fn default_pool_idle() -> usize {
-    64
+fn default_pool_idle() -> Spanned<usize> {
+    unspanned(64)
 }
 /// RFC 9113 6.5.2 asks servers to allow at least 100.
 fn default_http2_max_streams() -> Spanned<usize> {

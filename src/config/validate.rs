@@ -539,6 +539,14 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let authorization_server = match &raw.authorization_server {
         Some(spanned) => {
             let name = spanned.value.name.value.as_str();
+            if name.is_empty() || name == crate::admin::metrics::NO_ISSUER {
+                return Err(v
+                    .err(
+                        spanned.value.name.referenced,
+                        "the authorization server's name must not be empty or `-` (that labels denials of tokens that claim no configured issuer)",
+                    )
+                    .or_at(spanned.referenced));
+            }
             if issuer_index.contains_key(name) {
                 // The name may be the default, written nowhere.
                 return Err(v
@@ -638,6 +646,29 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .map(|list| v.trusted_proxies(list))
         .transpose()?
         .unwrap_or_default();
+    if let (Some(resource), Some(spanned)) = (&resource, &raw.resource) {
+        let path = resource.path.as_str();
+        let taken_by_route = !matches!(
+            routes.route(&Method::GET, path),
+            Ok(crate::routes::Lookup::NotFound)
+        );
+        let taken_by_server = authorization_server
+            .as_ref()
+            .is_some_and(|s| s.paths.all().contains(&path));
+        if taken_by_route || taken_by_server {
+            return Err(v.err(
+                spanned.value.resource.referenced,
+                format!(
+                    "the resource metadata path `{path}` is also {}",
+                    if taken_by_server {
+                        "an authorization server endpoint's"
+                    } else {
+                        "matched by a route"
+                    }
+                ),
+            ));
+        }
+    }
     if let (Some(settings), Some(spanned)) = (&authorization_server, &raw.authorization_server) {
         for path in settings.paths.all() {
             let taken = [Method::GET, Method::POST]
@@ -824,6 +855,10 @@ const ASYMMETRIC_ALGORITHMS: &[(&str, Algorithm)] = &[
     ("EdDSA", Algorithm::EdDSA),
 ];
 
+/// Most idle connections kept per upstream host: the pool reserves a slot
+/// for each when it is built.
+const MAX_POOL_IDLE: usize = 4096;
+
 /// Hop-by-hop and gateway-owned headers that identity headers may not name.
 const RESERVED_HEADERS: &[&str] = &[
     "authorization",
@@ -897,7 +932,8 @@ fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
 }
 
 /// An endpoint an issuer's keys or token answers come from: an
-/// [`http_url`], and `https` when the issuer is, unless it is on this host
+/// [`http_url`], and `https` unless the issuer is an `http://` URL or the
+/// endpoint is on this host
 /// (a sidecar). Over plain http across the network, whoever sits on the path
 /// could hand scopegate signing keys of their own, or read the client
 /// credentials and users' tokens sent for introspection.
@@ -905,7 +941,7 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
     let uri = http_url(value)?;
     if issuer_https && uri.scheme_str() != Some("https") && !on_this_host(&uri) {
         return Err(format!(
-            "`{value}` is plain http for an https issuer (only a loopback address may be, unless the issuer sets `allow_plain_http_endpoints: true`)"
+            "`{value}` is plain http (only a loopback address may be, unless the issuer is itself an http:// URL or sets `allow_plain_http_endpoints: true`)"
         ));
     }
     Ok(uri)
@@ -1200,8 +1236,16 @@ impl Validator<'_> {
                 )
             })?;
         }
-        let issuer_https =
-            raw.issuer.value.starts_with("https://") && !raw.allow_plain_http_endpoints;
+        // Keys and introspection answers decide who gets in: fetched over
+        // https beyond this host, unless the issuer itself is a plain
+        // `http://` URL or the opt-in says otherwise (an issuer that is no
+        // URL at all, `accounts.google.com`, gets no exception).
+        let issuer_plain_http = raw
+            .issuer
+            .value
+            .get(..7)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        let issuer_https = !issuer_plain_http && !raw.allow_plain_http_endpoints;
         let has_local_keys = raw.jwks_uri.is_some() || raw.jwks_file.is_some();
         if !has_local_keys && raw.introspection.is_none() && !raw.discovery {
             return Err(self.err(
@@ -1442,6 +1486,12 @@ impl Validator<'_> {
                 )),
             }
         };
+        if issuer_uri.query().is_some() {
+            return Err(self.err(
+                raw.issuer.referenced,
+                "the authorization server's issuer must not have a query (RFC 8414 2)",
+            ));
+        }
         let issuer_path = issuer_uri.path().trim_end_matches('/');
         let paths = AuthorizationServerPaths {
             token: path_of(&raw.token_path)?,
@@ -1451,6 +1501,30 @@ impl Validator<'_> {
             jwks: path_of(&raw.jwks_path)?,
             metadata: format!("/.well-known/oauth-authorization-server{issuer_path}"),
         };
+        // Requests go to the first endpoint whose path is theirs: a path
+        // given twice would hide the later endpoint.
+        let configured = [
+            &raw.token_path,
+            &raw.authorize_path,
+            &raw.introspection_path,
+            &raw.revocation_path,
+            &raw.jwks_path,
+        ];
+        let all = paths.all();
+        for (index, path) in all.iter().enumerate() {
+            if let Some(first) = all.iter().position(|p| p == path).filter(|&f| f < index) {
+                // The metadata's path is derived: point at the other one.
+                let location = configured
+                    .get(index)
+                    .or(configured.get(first))
+                    .map_or(here, |p| p.referenced);
+                return Err(self.err(
+                    location,
+                    format!("authorization server path `{path}` is given to two endpoints (the metadata's is `{}`)", paths.metadata),
+                )
+                .or_at(here));
+            }
+        }
         let mut keys = Vec::new();
         for key in &raw.signing_keys {
             let alg = match key.value.alg.as_str() {
@@ -1698,6 +1772,17 @@ impl Validator<'_> {
             "resource": raw.resource.value,
             "bearer_methods_supported": ["header"],
         });
+        for server in &raw.authorization_servers {
+            // Issuer identifiers (RFC 8414 2): https, no query or fragment.
+            let uri = http_url(server)
+                .map_err(|e| self.err(spanned.referenced, format!("authorization_servers: {e}")))?;
+            if uri.scheme_str() != Some("https") || uri.query().is_some() {
+                return Err(self.err(
+                    spanned.referenced,
+                    format!("authorization_servers: `{server}` must be an https:// issuer identifier without a query (RFC 8414 2)"),
+                ));
+            }
+        }
         if !raw.authorization_servers.is_empty() {
             document["authorization_servers"] = raw.authorization_servers.clone().into();
         }
@@ -1710,6 +1795,9 @@ impl Validator<'_> {
             document["resource_name"] = name.clone().into();
         }
         if let Some(doc) = &raw.resource_documentation {
+            http_url(doc).map_err(|e| {
+                self.err(spanned.referenced, format!("resource_documentation: {e}"))
+            })?;
             document["resource_documentation"] = doc.clone().into();
         }
         Ok(ResourceMetadata {
@@ -1771,6 +1859,12 @@ impl Validator<'_> {
                 "http2_max_streams must be at least 1",
             ));
         }
+        if raw.pool_max_idle_per_host.value > MAX_POOL_IDLE {
+            return Err(self.err(
+                raw.pool_max_idle_per_host.referenced,
+                format!("pool_max_idle_per_host may be at most {MAX_POOL_IDLE} (room for each is reserved at start)"),
+            ));
+        }
         Ok(Upstream {
             name: Arc::from(name),
             scheme,
@@ -1782,7 +1876,7 @@ impl Validator<'_> {
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
             http2_only: raw.http2_only,
             http2_max_streams: raw.http2_max_streams.value,
-            pool_max_idle_per_host: raw.pool_max_idle_per_host,
+            pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout,
         })
     }
@@ -1914,7 +2008,8 @@ impl Validator<'_> {
                     format!("`{header}` is not a valid header name"),
                 )
             })?;
-            if RESERVED_HEADERS.contains(&name.as_str()) {
+            // In every spelling: Rack, gunicorn and PHP read `_` as `-`.
+            if RESERVED_HEADERS.contains(&name.as_str().replace('_', "-").as_str()) {
                 return Err(self.err(
                     map.referenced,
                     format!("`{header}` cannot be an identity header"),
