@@ -65,6 +65,9 @@ enum Script {
     BothFramings,
     /// Two different `Content-Length`s.
     TwoLengths,
+    /// `Content-Length` as a list of the same number (`n, n`), which RFC
+    /// 9110 8.6 lets a recipient read as `n` but forbids forwarding.
+    ListedLength,
     /// `Transfer-Encoding: gzip, chunked`: hyper undoes the chunking only.
     CodedChunked,
     /// `100 Continue`, then 200.
@@ -99,7 +102,7 @@ enum Script {
 }
 
 impl Script {
-    const ALL: [Script; 22] = [
+    const ALL: [Script; 23] = [
         Script::Length,
         Script::Chunked,
         Script::CloseDelimited,
@@ -107,6 +110,7 @@ impl Script {
         Script::LengthTooShort,
         Script::BothFramings,
         Script::TwoLengths,
+        Script::ListedLength,
         Script::CodedChunked,
         Script::Interim,
         Script::NoContentWithBody,
@@ -166,6 +170,9 @@ impl Script {
                 "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\nContent-Length: {}\r\n\r\n{body}",
                 n + 1
             ),
+            Script::ListedLength => {
+                format!("HTTP/1.1 200 OK\r\nContent-Length: {n}, {n}\r\n\r\n{body}")
+            }
             Script::Interim => format!("HTTP/1.1 100 Continue\r\n\r\n{}", ok("")),
             Script::NoContentWithBody => {
                 "HTTP/1.1 204 No Content\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!"
@@ -212,6 +219,7 @@ impl Script {
             | Script::CloseDelimited
             | Script::Extra
             | Script::LengthTooShort
+            | Script::ListedLength
             | Script::Interim
             | Script::HopByHop
             | Script::UpgradeOffer => &[200],
@@ -454,6 +462,13 @@ async fn run_case(lab: &Lab<Script>, scripts: &[Script]) -> Result<(), String> {
         let codings = answer.headers("transfer-encoding");
         if lengths > 1 || (lengths == 1 && !codings.is_empty()) || codings.len() > 1 {
             return Err(format!("ambiguous framing towards the client: {what}"));
+        }
+        if answer
+            .headers("content-length")
+            .iter()
+            .any(|v| v.contains(','))
+        {
+            return Err(format!("a Content-Length list towards the client: {what}"));
         }
     }
 

@@ -932,6 +932,19 @@ async fn forwarding_headers_are_set() {
     let seen = world.upstream.last();
     assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
     assert_eq!(seen.headers.get_all("x-forwarded-for").iter().count(), 1);
+    // `Connection` naming it does not erase the chain a proxy in front
+    // built (as it cannot erase `Host` or `X-Forwarded-Proto`).
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[
+            ("Authorization", &auth),
+            ("X-Forwarded-For", "203.0.113.7"),
+            ("Connection", "X-Forwarded-For"),
+        ],
+    )
+    .await;
+    assert_eq!(seen.headers["x-forwarded-for"], "203.0.113.7, 127.0.0.1");
 
     // Its lines are one list (a proxy in front may add a line of its own):
     // none is lost, and no other spelling gets past.

@@ -245,6 +245,7 @@ impl Forwarder {
             {
                 return Err(self.bad_answer(upstream, "a transfer coding other than chunked"));
             }
+            single_content_length(response.headers_mut());
             if remove_hop_by_hop(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
                 // sends) is this hop's alone: the client asked for nothing.
@@ -414,10 +415,46 @@ fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     }
 }
 
+/// A `Content-Length` the upstream sent as a list of one number (`5, 5`,
+/// or two lines), which hyper accepts when they agree, as that number: RFC
+/// 9110 8.6 forbids passing the list on, and HTTP/2 clients reset the
+/// stream over it.
+fn single_content_length(headers: &mut http::HeaderMap) {
+    let mut values = headers.get_all(CONTENT_LENGTH).iter();
+    let Some(first) = values.next() else {
+        return;
+    };
+    if values.next().is_none() && !first.as_bytes().contains(&b',') {
+        return;
+    }
+    let number = first
+        .as_bytes()
+        .split(|&b| b == b',')
+        .next()
+        .map(<[u8]>::trim_ascii)
+        .and_then(|n| HeaderValue::from_bytes(n).ok());
+    if let Some(number) = number {
+        headers.insert(CONTENT_LENGTH, number);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn a_list_of_one_length_is_sent_as_the_length() {
+        for lines in [&["5, 5"][..], &["5", "5"], &[" 5 ,5"], &["5"]] {
+            let mut headers = http::HeaderMap::new();
+            for line in lines {
+                headers.append(CONTENT_LENGTH, HeaderValue::from_static(line));
+            }
+            single_content_length(&mut headers);
+            let got: Vec<_> = headers.get_all(CONTENT_LENGTH).iter().collect();
+            assert_eq!(got, ["5"], "{lines:?}");
+        }
+    }
 
     #[test]
     fn websocket_accept_is_rfc_6455s_sample() {

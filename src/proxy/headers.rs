@@ -397,6 +397,9 @@ pub fn prepare_upstream_request(
     let original_host = forwarded_host.or(original_host);
     // `te: trailers` is the one TE value passed on: gRPC servers refuse a
     // request without it (and it is the only one HTTP/2 allows).
+    // Before hop-by-hop removal too: `Connection: x-forwarded-for` must not
+    // erase the chain a proxy in front built.
+    let forwarded_for = forwarded_for(headers, &client.address);
     let te_trailers = headers.get_all(TE).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
@@ -425,7 +428,6 @@ pub fn prepare_upstream_request(
     // a map sized for the client's few headers would otherwise grow (and
     // rehash) two or three times on the way.
     let _ = headers.try_reserve(5 + policy.identity_headers.len());
-    let forwarded_for = forwarded_for(headers, &client.address);
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
