@@ -296,13 +296,14 @@ async fn raw_upstream(scripts: Scripts<Script>) -> SocketAddr {
 
 /// Headers that concern one connection only: none may reach the client
 /// from the upstream (hyper's own `Connection` and `Transfer-Encoding` on
-/// the client connection are checked apart).
+/// the client connection are checked apart). `Trailer` is not one (RFC 9110
+/// 6.6.2): it is passed on, and hyper sends an HTTP/1.1 client only the
+/// trailer fields it announces.
 const NEVER_FORWARDED: &[&str] = &[
     "x-secret",
     "keep-alive",
     "proxy-connection",
     "proxy-authenticate",
-    "trailer",
     "upgrade",
 ];
 

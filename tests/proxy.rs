@@ -2389,6 +2389,40 @@ async fn a_get_body_of_unknown_length_reaches_an_http1_upstream() {
     assert_eq!(seen[0].1, b"hello world");
 }
 
+/// An answer's trailers reach an HTTP/1.1 client that takes them (`TE:
+/// trailers`): the upstream's `Trailer` header, by which hyper sends an
+/// HTTP/1.1 client only the fields it announces, is kept.
+#[tokio::test]
+async fn answer_trailers_reach_an_http1_client_that_takes_them() {
+    let world = World::new().await;
+    let upstream = serve_fn(|_req: Request<Incoming>| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        // Of unknown length, so that it goes chunked, with room for trailers.
+        let frames = [
+            Ok(hyper::body::Frame::data(Bytes::from("hello"))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut response = Response::new(body);
+        response
+            .headers_mut()
+            .insert("trailer", http::HeaderValue::from_static("X-Checksum"));
+        response
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let text = raw(
+        gw.addr,
+        b"GET /status HTTP/1.1\r\nHost: gw.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\ntrailer: x-checksum\r\n"), "{text}");
+    assert!(text.contains("\r\n0\r\nx-checksum: abc\r\n\r\n"), "{text}");
+}
+
 /// Request trailers are dropped: to an HTTP/2 upstream they would carry
 /// fields the request head may not (a spoofed identity header, a method
 /// override) past the gateway's header hygiene.

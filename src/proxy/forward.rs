@@ -18,7 +18,8 @@ use super::body::{
 };
 use super::client::build_upstream_connectors;
 use super::headers::{
-    announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop, ClientInfo,
+    announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop,
+    remove_hop_by_hop_from_answer, ClientInfo,
 };
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::request_id::RequestId;
@@ -246,7 +247,7 @@ impl Forwarder {
                 return Err(self.bad_answer(upstream, "a transfer coding other than chunked"));
             }
             single_content_length(response.headers_mut());
-            if remove_hop_by_hop(response.headers_mut()) {
+            if remove_hop_by_hop_from_answer(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
                 // sends) is this hop's alone: the client asked for nothing.
                 // A 426 must name what to upgrade to (RFC 9110 15.5.22).

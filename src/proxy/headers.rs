@@ -39,6 +39,7 @@ const HOP_BY_HOP: [&str; 9] = [
 ];
 const CONNECTION_BIT: u16 = 1 << 0;
 const UPGRADE_BIT: u16 = 1 << 8;
+const TRAILER_BIT: u16 = 1 << 6;
 
 /// The bit of a hop-by-hop header name (lower case, as [`HeaderName`]s are),
 /// 0 for any other name. A `match` rather than a search of [`HOP_BY_HOP`]:
@@ -84,9 +85,22 @@ pub fn only_chunked(headers: &HeaderMap) -> bool {
 /// Returns true if the message asked for a protocol upgrade, in which case the
 /// `Upgrade` header is kept and `Connection: upgrade` restored.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
+    remove_hop_by_hop_but(headers, 0)
+}
+
+/// [`remove_hop_by_hop`] for an answer: its `Trailer` header (no hop-by-hop
+/// header in RFC 9110 6.6.2) is kept, since hyper sends an HTTP/1.1 client
+/// only the trailer fields it announces; request trailers are dropped, so a
+/// request's goes.
+pub fn remove_hop_by_hop_from_answer(headers: &mut HeaderMap) -> bool {
+    remove_hop_by_hop_but(headers, TRAILER_BIT)
+}
+
+fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
     let present = headers
         .keys()
-        .fold(0, |mask, name| mask | hop_by_hop_bit(name.as_str()));
+        .fold(0, |mask, name| mask | hop_by_hop_bit(name.as_str()))
+        & !kept;
     if present == 0 {
         return false;
     }
@@ -553,6 +567,9 @@ mod tests {
             assert_eq!(hop_by_hop_bit(name), 1 << index, "{name}");
         }
         assert_eq!(hop_by_hop_bit("x-keep"), 0);
+        assert_eq!(hop_by_hop_bit("connection"), CONNECTION_BIT);
+        assert_eq!(hop_by_hop_bit("trailer"), TRAILER_BIT);
+        assert_eq!(hop_by_hop_bit("upgrade"), UPGRADE_BIT);
     }
 
     #[test]
