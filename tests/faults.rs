@@ -1287,7 +1287,24 @@ async fn bad_signature_flood_is_refused_without_growing_the_cache() {
     );
 
     let after = gw.metrics().await;
-    assert_eq!(cache(&after, "miss"), misses0, "a bad token was cached");
+    // Each was looked up, missed and verified (a flood shows as misses).
+    assert_eq!(cache(&after, "miss"), misses0 + FLOOD as f64, "{after}");
+    assert_eq!(cache(&after, "hit"), hits0, "a bad token hit the cache");
+    // None was cached: one forged token sent twice is verified twice.
+    let forged = format!(
+        "{header}.{}.{}",
+        URL_SAFE_NO_PAD.encode(claims("orders:read").to_string()),
+        URL_SAFE_NO_PAD.encode([7u8; 64])
+    );
+    for _ in 0..2 {
+        assert_eq!(get_with_token(&url, &forged).await.status, 401);
+    }
+    let after = gw.metrics().await;
+    assert_eq!(
+        cache(&after, "miss"),
+        misses0 + FLOOD as f64 + 2.0,
+        "a bad token was cached"
+    );
     assert_eq!(cache(&after, "hit"), hits0, "a bad token hit the cache");
     assert_eq!(
         metric(
@@ -1295,7 +1312,8 @@ async fn bad_signature_flood_is_refused_without_growing_the_cache() {
             "scopegate_auth_decisions_total",
             &[("issuer", "test"), ("reason", "bad_signature")]
         ),
-        FLOOD as f64,
+        // The flood and the forged token sent twice.
+        FLOOD as f64 + 2.0,
         "{after}"
     );
     assert_eq!(

@@ -395,7 +395,6 @@ impl Authenticator {
             .await?
             {
                 Verified::Jwt(fresh) => {
-                    self.metrics.token_cache_misses.inc();
                     let fresh = Arc::new(fresh);
                     Box::pin(self.cache.insert(key, Arc::clone(&fresh))).await;
                     fresh
@@ -458,6 +457,9 @@ impl Authenticator {
                 }
             }
         }
+        // A miss of the verified-token cache, whatever the verdict: a flood
+        // of forged tokens shows as misses.
+        self.metrics.token_cache_misses.inc();
         self.verify_parsed(jwt).await.map(Verified::Jwt)
     }
 
