@@ -249,10 +249,11 @@ impl Gateway {
         let matched = OnceLock::new();
         // The label of a request no route serves: set by the built-in
         // endpoints, else `unmatched`.
-        let mut served_by = UNMATCHED;
+        let served_by = OnceLock::new();
         let mut abandoned = Abandoned {
             gateway: self,
             matched: &matched,
+            served_by: &served_by,
             started,
             slot,
             method,
@@ -260,15 +261,10 @@ impl Gateway {
             armed: true,
         };
         let (route, outcome, body_left) = self
-            .pipeline(
-                request,
-                client,
-                request_id.as_ref(),
-                &matched,
-                &mut served_by,
-            )
+            .pipeline(request, client, request_id.as_ref(), &matched, &served_by)
             .await;
         abandoned.armed = false;
+        let served_by = served_by.get().copied().unwrap_or(UNMATCHED);
         // A refusal's status as HTTP states it, for the metrics and the
         // access log, also when a gRPC client gets it as `grpc-status`.
         let (mut response, reason, status) = match outcome {
@@ -329,7 +325,7 @@ impl Gateway {
         client: &ClientInfo,
         request_id: Option<&RequestId>,
         matched: &OnceLock<&'a Route>,
-        served_by: &mut &'static str,
+        served_by: &OnceLock<&'static str>,
     ) -> (
         Option<&'a Route>,
         Result<Response<Body>, GatewayError>,
@@ -390,7 +386,7 @@ impl Gateway {
         &'a self,
         request: &Request<Incoming>,
         matched: &OnceLock<&'a Route>,
-        served_by: &mut &'static str,
+        served_by: &OnceLock<&'static str>,
     ) -> Verdict<'a> {
         if let Err(e) = check_framing(request) {
             return Verdict::Deny(None, e);
@@ -409,13 +405,13 @@ impl Gateway {
         };
         if let Some((_, server)) = &self.authorization_server {
             if server.owns(&path) {
-                *served_by = AUTHORIZATION_SERVER;
+                let _ = served_by.set(AUTHORIZATION_SERVER);
                 return Verdict::AuthorizationServer(server, path.into_owned());
             }
         }
         if let Some(resource) = &self.resource {
             if *path == *resource.path && request.method() == Method::GET {
-                *served_by = RESOURCE_METADATA;
+                let _ = served_by.set(RESOURCE_METADATA);
                 return Verdict::ResourceMetadata(resource);
             }
         }
@@ -854,6 +850,8 @@ enum Reuse {
 struct Abandoned<'a> {
     gateway: &'a Gateway,
     matched: &'a OnceLock<&'a Route>,
+    /// The built-in endpoint that took the request, if one did.
+    served_by: &'a OnceLock<&'static str>,
     started: Instant,
     slot: usize,
     method: &'static str,
@@ -933,11 +931,12 @@ impl Drop for Abandoned<'_> {
             return;
         }
         let route = self.matched.get().copied();
+        let served_by = self.served_by.get().copied().unwrap_or(UNMATCHED);
         let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
         let elapsed = self.started.elapsed();
         self.gateway.record(
             route,
-            UNMATCHED,
+            served_by,
             self.slot,
             self.method,
             status,
@@ -945,7 +944,7 @@ impl Drop for Abandoned<'_> {
         );
         tracing::info!(
             target: "scopegate::access",
-            route = route.map_or(UNMATCHED, |r| &*r.name),
+            route = route.map_or(served_by, |r| &*r.name),
             method = self.method,
             status = CLIENT_CLOSED,
             reason = "client_closed",
