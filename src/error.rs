@@ -266,6 +266,7 @@ impl GatewayError {
                 headers.insert(WWW_AUTHENTICATE, challenge.bare.clone());
             }
             Self::InvalidRequest(_) | Self::InvalidToken(_) => {
+                let description = description_chars(description);
                 let value = format!(
                     "Bearer realm=\"{REALM}\", error=\"{code}\", error_description=\"{description}\"{}",
                     challenge.suffix
@@ -275,6 +276,7 @@ impl GatewayError {
                 }
             }
             Self::InsufficientScope { scopes } => {
+                let description = description_chars(description);
                 let value = format!(
                     "Bearer realm=\"{REALM}\", error=\"insufficient_scope\", error_description=\"{description}\", scope=\"{scopes}\"{}",
                     challenge.suffix
@@ -396,6 +398,23 @@ impl Default for ChallengeContext {
     }
 }
 
+/// `description` held to the characters RFC 6749 5.2 and RFC 6750 3 allow
+/// in `error_description` (printable ASCII but `"` and `\`), any other
+/// replaced by `?`: it goes into a quoted string, which a `"` would end.
+pub(crate) fn description_chars(description: &str) -> Cow<'_, str> {
+    let allowed =
+        |c: char| c == ' ' || c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c);
+    if description.chars().all(allowed) {
+        return Cow::Borrowed(description);
+    }
+    Cow::Owned(
+        description
+            .chars()
+            .map(|c| if allowed(c) { c } else { '?' })
+            .collect(),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -451,7 +470,11 @@ mod tests {
         assert_eq!(headers["content-type"], "application/grpc");
         assert_eq!(headers["grpc-status"], "16");
         assert_eq!(headers["grpc-message"], "50%25 of \"%C3%A9\"%09");
-        assert!(headers.contains_key(WWW_AUTHENTICATE));
+        // The challenge's description is a quoted string a `"` would end.
+        assert_eq!(
+            headers[WWW_AUTHENTICATE],
+            "Bearer realm=\"scopegate\", error=\"invalid_request\", error_description=\"50% of ????\""
+        );
         assert!(http_body::Body::is_end_stream(response.body()));
     }
 }

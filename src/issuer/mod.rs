@@ -77,15 +77,10 @@ pub struct OAuthError {
 /// (printable ASCII but `"` and `\`): a description that repeats a request's
 /// value (a scope, a parameter name) gets `?` for any other.
 pub(crate) fn error_description(description: String) -> String {
-    let allowed =
-        |c: char| c == ' ' || c == '!' || ('#'..='[').contains(&c) || (']'..='~').contains(&c);
-    if description.chars().all(allowed) {
-        return description;
+    match crate::error::description_chars(&description) {
+        std::borrow::Cow::Borrowed(_) => description,
+        std::borrow::Cow::Owned(held) => held,
     }
-    description
-        .chars()
-        .map(|c| if allowed(c) { c } else { '?' })
-        .collect()
 }
 
 impl OAuthError {
