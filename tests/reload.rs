@@ -188,6 +188,38 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
         metrics.contains("scopegate_config_reloads_total{result=\"success\"} 1"),
         "{metrics}"
     );
+
+    // A change to what is checked per token (the issuer's audiences), not
+    // to where its keys come from, keeps the keys too.
+    let mut elsewhere = support::claims("orders:read");
+    elsewhere["aud"] = "extra-api".into();
+    let extra = world.key.mint(&elsewhere).unwrap();
+    assert_eq!(
+        get_with_token(&gw.url("/orders/3"), &extra).await.status,
+        401
+    );
+    let more_audiences = with_header.replace(
+        &format!("    audiences: [{AUDIENCE}]\n"),
+        &format!("    audiences: [{AUDIENCE}, extra-api]\n"),
+    );
+    assert_ne!(more_audiences, with_header);
+    kubelet_write(dir.path(), 3, &more_audiences);
+    let mut applied = false;
+    for _ in 0..400 {
+        if get_with_token(&gw.url("/orders/3"), &extra).await.status == 200 {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(
+        applied,
+        "the audience change was not applied while the provider was down"
+    );
+    assert_eq!(
+        get_with_token(&gw.url("/orders/4"), &token).await.status,
+        200
+    );
 }
 
 #[tokio::test]

@@ -76,7 +76,7 @@ struct IssuerRuntime {
     require_typ: Option<String>,
     scope_claim: ScopeClaim,
     keys: Arc<IssuerKeys>,
-    /// [`crate::config::validate::Issuer::fingerprint`] of its config.
+    /// [`crate::config::validate::Issuer::key_fingerprint`] of its config.
     fingerprint: String,
 }
 
@@ -104,7 +104,7 @@ impl Authenticator {
         let mut runtime = Vec::with_capacity(issuers.len());
         let mut by_iss = HashMap::new();
         for (index, issuer) in issuers.into_iter().enumerate() {
-            let fingerprint = issuer.fingerprint();
+            let fingerprint = issuer.key_fingerprint();
             let keys = match &issuer.keys {
                 KeySource::Static(set) => {
                     IssuerKeys::fixed(Arc::clone(&issuer.name), Arc::clone(set))

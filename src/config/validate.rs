@@ -214,12 +214,37 @@ impl Config {
 }
 
 impl Issuer {
-    /// Identifies everything this issuer's key set, discovery and
-    /// introspection are built from (its secret by digest): an issuer with
-    /// an equal fingerprint after a reload keeps its loaded keys and what
-    /// discovery found.
+    /// Identifies everything this issuer is configured with (its secret by
+    /// digest): what verified tokens and their cache depend on.
     pub fn fingerprint(&self) -> String {
         let mut out = format!("{self:?}");
+        if let Some(i) = &self.introspection {
+            let digest = crate::auth::cache::digest(i.client_secret.expose());
+            out.push_str(&format!("|{digest:?}"));
+        }
+        out
+    }
+
+    /// Identifies what this issuer's key set, discovery and introspection
+    /// endpoint are built from: an issuer with an equal key fingerprint
+    /// after a reload keeps its loaded keys and what discovery found, so a
+    /// change to its audiences, algorithms, leeway, `require_typ` or scope
+    /// claim (checked per token, with the new values) does not wait on its
+    /// identity provider.
+    pub fn key_fingerprint(&self) -> String {
+        let mut out = format!(
+            "{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}|{:?}",
+            self.name,
+            self.issuer,
+            self.keys,
+            self.introspection,
+            self.discovery,
+            self.endpoints_need_https,
+            self.jwks_refresh_interval,
+            self.jwks_refetch_cooldown,
+            self.jwks_timeout,
+            self.ca_file,
+        );
         if let Some(i) = &self.introspection {
             let digest = crate::auth::cache::digest(i.client_secret.expose());
             out.push_str(&format!("|{digest:?}"));
