@@ -150,6 +150,36 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "http2_max_streams must be at least 1",
         ),
         (
+            "an upstream that is the gateway itself",
+            format!("server:\n  listen: 0.0.0.0:8080\n{ISSUER}upstreams:\n  app:\n    url: http://localhost:8080\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:10",
+            "upstream `app` is this gateway's own listener",
+        ),
+        (
+            "an upstream on the admin port of this host",
+            format!("admin:\n  listen: 127.0.0.1:9090\n{ISSUER}upstreams:\n  app:\n    url: http://[::]:9090\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:10",
+            "is this gateway's own listener",
+        ),
+        (
+            "a CA bundle for a plain http upstream",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    ca_file: ca.pem\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:14",
+            "ca_file is for an https upstream",
+        ),
+        (
+            "a token cache that holds nothing",
+            format!("{base}cache:\n  max_entries: 0\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:16",
+            "cache.max_entries must be at least 1",
+        ),
+        (
+            "an empty required typ",
+            format!("{ISSUER}    require_typ: \"\"\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "2:5",
+            "require_typ must name a type",
+        ),
+        (
             "an idle pool that reserves absurd room",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    pool_max_idle_per_host: 18446744073709551615\nroutes:\n  - path: /a\n    upstream: app\n"),
             "9:29",

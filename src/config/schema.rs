@@ -499,7 +499,7 @@ fn default_trailing_slash() -> Spanned<String> {
 pub struct RawCache {
     /// Verified tokens kept at most.
     #[serde(default = "default_cache_entries")]
-    pub max_entries: u64,
+    pub max_entries: Spanned<u64>,
 }
 
 impl Default for RawCache {
@@ -653,8 +653,8 @@ fn default_http2_max_streams() -> Spanned<usize> {
 fn default_pool_idle_timeout() -> Duration {
     Duration::from_secs(90)
 }
-fn default_cache_entries() -> u64 {
-    100_000
+fn default_cache_entries() -> Spanned<u64> {
+    unspanned(100_000)
 }
 
 fn unspanned<T>(value: T) -> Spanned<T> {

@@ -551,6 +551,33 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         upstreams.push(v.upstream(name, up).map_err(|e| e.or_at(up.referenced))?);
     }
 
+    if raw.cache.max_entries.value == 0 {
+        return Err(v.err(
+            raw.cache.max_entries.referenced,
+            "cache.max_entries must be at least 1: without a cache every request verifies its token again, and every opaque one is introspected again",
+        ));
+    }
+    for (name, up) in &raw.upstreams {
+        let loops = upstreams
+            .iter()
+            .find(|u| &*u.name == name.as_str())
+            .is_some_and(|u| {
+                let default = if u.scheme == http::uri::Scheme::HTTPS {
+                    443
+                } else {
+                    80
+                };
+                let port = u.authority.port_u16().unwrap_or(default);
+                reaches_itself(u.authority.host(), port, server.listen, admin_listen)
+            });
+        if loops {
+            return Err(v.err(
+                up.value.url.referenced,
+                format!("upstream `{name}` is this gateway's own listener: every request would come back to it"),
+            ));
+        }
+    }
+
     let mut identity_claims = Vec::new();
     let default_forward = v.forward(&raw.forward, None, &mut identity_claims)?;
     let default_forward = Arc::new(default_forward);
@@ -718,7 +745,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         issuers,
         upstreams,
         routes,
-        cache_max_entries: raw.cache.max_entries,
+        cache_max_entries: raw.cache.max_entries.value,
         referenced_files: files.paths,
         files_digest: files.digest,
         text_digest: [0; 32],
@@ -970,6 +997,22 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
         ));
     }
     Ok(uri)
+}
+
+/// Whether an upstream at `host` and `port` is one of the gateway's own
+/// listeners: a loopback address, `localhost` or an unspecified address on
+/// the port of a listener that takes loopback connections.
+fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let local = host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
+    local
+        && [server, admin].iter().any(|listener| {
+            let takes_loopback = listener.ip().is_loopback() || listener.ip().is_unspecified();
+            listener.port() != 0 && takes_loopback && port == listener.port()
+        })
 }
 
 /// Whether `uri` names a loopback address or `localhost`.
@@ -1368,6 +1411,13 @@ impl Validator<'_> {
                 "leeway may be at most 5m: it is for clock skew, and every token lives that much longer",
             ));
         }
+        let require_typ = raw.require_typ.as_deref().map(normalize_typ);
+        if require_typ.as_deref() == Some("") {
+            return Err(self.err(
+                here,
+                "require_typ must name a type (at+jwt), or be left out: an empty one refuses every token",
+            ));
+        }
         Ok(Issuer {
             name: Arc::from(raw.name.value.as_str()),
             issuer: raw.issuer.value.clone(),
@@ -1378,7 +1428,7 @@ impl Validator<'_> {
             endpoints_need_https: issuer_https,
             algorithms,
             leeway_secs: raw.leeway.as_secs(),
-            require_typ: raw.require_typ.as_deref().map(normalize_typ),
+            require_typ,
             scope_claim,
             jwks_refresh_interval: raw.jwks_refresh_interval,
             jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
@@ -1882,6 +1932,12 @@ impl Validator<'_> {
             return Err(self.err(
                 raw.http2_max_streams.referenced,
                 "http2_max_streams must be at least 1",
+            ));
+        }
+        if let (Some(ca), false) = (&raw.ca_file, scheme == http::uri::Scheme::HTTPS) {
+            return Err(self.err(
+                ca.referenced,
+                "ca_file is for an https upstream: this one is plain http",
             ));
         }
         if raw.pool_max_idle_per_host.value > MAX_POOL_IDLE {

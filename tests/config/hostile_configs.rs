@@ -231,7 +231,7 @@ issuers:
       ca_file: {cert}
 upstreams:
   app:
-    url: http://127.0.0.1:3000
+    url: https://127.0.0.1:3000
     connect_timeout: 2s
     request_timeout: 30s
     body_idle_timeout: 30s
