@@ -141,7 +141,7 @@ pub struct RawAuthorizationServer {
 pub struct RawSigningKey {
     /// Key id published in the JWKS and the token header.
     pub kid: String,
-    /// `ES256`, `RS256` or `EdDSA`.
+    /// `ES256`, `RS256`, `PS256` or `EdDSA`.
     pub alg: String,
     /// PKCS#8 PEM private key.
     pub private_key_file: String,
