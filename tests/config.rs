@@ -157,7 +157,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         (
             "an upstream on the admin port of this host",
-            format!("admin:\n  listen: 127.0.0.1:9090\n{ISSUER}upstreams:\n  app:\n    url: http://[::]:9090\nroutes:\n  - path: /a\n    upstream: app\n"),
+            format!("admin:\n  listen: 127.0.0.1:9090\n{ISSUER}upstreams:\n  app:\n    url: http://localhost:9090\nroutes:\n  - path: /a\n    upstream: app\n"),
             "10:10",
             "is this gateway's own listener",
         ),
@@ -453,15 +453,15 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         ),
         (
             "resource metadata under a route",
-            format!("{base}routes:\n  - path: /{{*page}}\n    upstream: app\n    auth: none\nresource:\n  resource: https://api.example.com\n"),
+            format!("{base}routes:\n  - path: /.well-known/oauth-protected-resource\n    upstream: app\n    auth: none\nresource:\n  resource: https://api.example.com\n"),
             "14:13",
-            "the resource metadata path `/.well-known/oauth-protected-resource` is also matched by a route",
+            "the resource metadata path `/.well-known/oauth-protected-resource` is also a GET route's",
         ),
         (
-            "resource metadata naming a plain http authorization server",
-            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [http://as.example.com]\n"),
+            "resource metadata naming an authorization server with a query",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [\"https://as.example.com/?tenant=1\"]\n"),
             "13:3",
-            "authorization_servers: `http://as.example.com` must be an https:// issuer identifier",
+            "authorization_servers: `https://as.example.com/?tenant=1` is no issuer identifier",
         ),
         (
             "reserved identity header, spelled with underscores",
@@ -622,6 +622,22 @@ fn config_errors_name_file_line_and_column() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Resource metadata beside a catch-all route (which keeps every other
+/// path), naming a plain-http authorization server on this host, with a
+/// documentation link that has a #fragment, is fine.
+#[test]
+fn resource_metadata_beside_a_catch_all_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &file,
+        format!("{ISSUER}{UPSTREAM}routes:\n  - path: /{{*rest}}\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [http://127.0.0.1:8080]\n  resource_documentation: https://docs.example.com/api#orders\n"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
 }
 
 /// An issuer's endpoints may be plain http beyond this host (an in-cluster

@@ -1351,21 +1351,19 @@ async fn browser_apps_get_cors_answers_from_the_endpoints_they_call() {
     }
     let r = preflight(INTROSPECT, app, "POST").await;
     assert_eq!(r.header("access-control-allow-origin"), None);
-    // The public documents, from any origin.
+    // The public documents, from any origin, and saying so without an
+    // `Origin` too (caches keep them).
     for path in [JWKS, METADATA] {
-        let r = send(
-            "GET",
-            &gw.url(path),
-            &[("origin", "https://anywhere.test")],
-            Bytes::new(),
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200, "{path}");
-        assert_eq!(
-            r.header("access-control-allow-origin").as_deref(),
-            Some("*")
-        );
+        for headers in [&[("origin", "https://anywhere.test")][..], &[]] {
+            let r = send("GET", &gw.url(path), headers, Bytes::new())
+                .await
+                .unwrap();
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(
+                r.header("access-control-allow-origin").as_deref(),
+                Some("*")
+            );
+        }
     }
     // The real requests: the app's origin may read the answer, success or
     // error, another origin may not; an OPTIONS that is no preflight is
@@ -1377,6 +1375,13 @@ async fn browser_apps_get_cors_answers_from_the_endpoints_they_call() {
         r.header("access-control-allow-origin").as_deref(),
         Some(app)
     );
+    assert_eq!(r.header("vary").as_deref(), Some("Origin"));
+    let exposed = r
+        .header("access-control-expose-headers")
+        .unwrap_or_default();
+    assert!(exposed.contains("Retry-After"), "{exposed}");
+    let r = post_form(&gw.url(TOKEN), &[], code_exchange).await;
+    assert_eq!(r.header("access-control-allow-origin"), None);
     assert_eq!(r.header("vary").as_deref(), Some("Origin"));
     let r = post_form(
         &gw.url(TOKEN),

@@ -324,7 +324,7 @@ async fn listed_headers_are_removed_on_every_route() {
     let world = World::new().await;
     let config = world.config().replace(
         "routes:\n",
-        "forward:\n  remove_headers: [X-Tenant-Id]\nroutes:\n  - path: /partner\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      remove_headers: [X-Partner-Role]\n",
+        "forward:\n  remove_headers: [X-Tenant-Id, X-Forwarded-For]\nroutes:\n  - path: /partner\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      remove_headers: [X-Partner-Role]\n",
     );
     assert!(config.contains("X-Partner-Role"));
     let gw = Gateway::start(&config).await;
@@ -334,6 +334,7 @@ async fn listed_headers_are_removed_on_every_route() {
         ("X-Tenant-Id", "acme"),
         ("x_tenant_id", "acme"),
         ("X-Partner-Role", "admin"),
+        ("X-Forwarded-For", "6.6.6.6"),
         ("X-Kept", "yes"),
     ];
     for path in ["/partner", "/orders/42", "/status"] {
@@ -344,6 +345,9 @@ async fn listed_headers_are_removed_on_every_route() {
             assert!(seen.headers.get(name).is_none(), "{path}: {name}");
         }
         assert_eq!(seen.headers["x-kept"], "yes", "{path}");
+        // A client's chain the operator removes is not joined in: the
+        // upstream gets the peer's address alone.
+        assert_eq!(seen.headers["x-forwarded-for"], "127.0.0.1", "{path}");
     }
 
     for name in [

@@ -700,10 +700,16 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         .unwrap_or_default();
     if let (Some(resource), Some(spanned)) = (&resource, &raw.resource) {
         let path = resource.path.as_str();
-        let taken_by_route = !matches!(
-            routes.route(&Method::GET, path),
-            Ok(crate::routes::Lookup::NotFound)
-        );
+        // A route written for that very path, for GET: the document is
+        // answered first, so the route would never see its requests. (A
+        // catch-all that also matches it is fine: it keeps every other path.)
+        let taken_by_route = raw.routes.iter().any(|r| {
+            r.value.path.value == path
+                && r.value
+                    .methods
+                    .as_ref()
+                    .is_none_or(|m| m.value.iter().any(|m| m == "GET"))
+        });
         let taken_by_server = authorization_server
             .as_ref()
             .is_some_and(|s| s.paths.all().contains(&path));
@@ -715,7 +721,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                     if taken_by_server {
                         "an authorization server endpoint's"
                     } else {
-                        "matched by a route"
+                        "a GET route's"
                     }
                 ),
             ));
@@ -1000,19 +1006,35 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
 }
 
 /// Whether an upstream at `host` and `port` is one of the gateway's own
-/// listeners: a loopback address, `localhost` or an unspecified address on
-/// the port of a listener that takes loopback connections.
+/// listeners: a loopback address, `localhost` (either loopback address) or
+/// an unspecified address (which connects to loopback) that a listener on
+/// that port takes, as Linux binds them (`[::]` takes IPv4 too).
 fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let host = host.trim_start_matches('[').trim_end_matches(']');
-    let local = host.eq_ignore_ascii_case("localhost")
-        || host
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback() || ip.is_unspecified());
-    local
-        && [server, admin].iter().any(|listener| {
-            let takes_loopback = listener.ip().is_loopback() || listener.ip().is_unspecified();
-            listener.port() != 0 && takes_loopback && port == listener.port()
-        })
+    let targets: &[IpAddr] = if host.eq_ignore_ascii_case("localhost") {
+        &[
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ]
+    } else {
+        match host.parse::<IpAddr>() {
+            Ok(IpAddr::V4(ip)) if ip.is_unspecified() => &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            Ok(IpAddr::V6(ip)) if ip.is_unspecified() => &[IpAddr::V6(Ipv6Addr::LOCALHOST)],
+            Ok(ip) if ip.is_loopback() => &[ip],
+            _ => return false,
+        }
+    };
+    let takes = |listener: IpAddr, target: &IpAddr| match listener {
+        IpAddr::V4(l) if l.is_unspecified() => target.is_ipv4(),
+        IpAddr::V6(l) if l.is_unspecified() => true,
+        l => l == *target,
+    };
+    [server, admin].iter().any(|listener| {
+        listener.port() != 0
+            && listener.port() == port
+            && targets.iter().any(|t| takes(listener.ip(), t))
+    })
 }
 
 /// Whether `uri` names a loopback address or `localhost`.
@@ -1848,13 +1870,14 @@ impl Validator<'_> {
             "bearer_methods_supported": ["header"],
         });
         for server in &raw.authorization_servers {
-            // Issuer identifiers (RFC 8414 2): https, no query or fragment.
+            // Issuer identifiers (RFC 8414 2): no query or fragment; plain
+            // http is taken as for issuers (a built-in one on loopback).
             let uri = http_url(server)
                 .map_err(|e| self.err(spanned.referenced, format!("authorization_servers: {e}")))?;
-            if uri.scheme_str() != Some("https") || uri.query().is_some() {
+            if uri.query().is_some() {
                 return Err(self.err(
                     spanned.referenced,
-                    format!("authorization_servers: `{server}` must be an https:// issuer identifier without a query (RFC 8414 2)"),
+                    format!("authorization_servers: `{server}` is no issuer identifier: it has a query (RFC 8414 2)"),
                 ));
             }
         }
@@ -1870,9 +1893,15 @@ impl Validator<'_> {
             document["resource_name"] = name.clone().into();
         }
         if let Some(doc) = &raw.resource_documentation {
-            http_url(doc).map_err(|e| {
-                self.err(spanned.referenced, format!("resource_documentation: {e}"))
-            })?;
+            // A page, so a #fragment is fine.
+            let is_web_url = url::Url::parse(doc)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
+            if !is_web_url {
+                return Err(self.err(
+                    spanned.referenced,
+                    format!("resource_documentation: `{doc}` must be an http:// or https:// URL"),
+                ));
+            }
             document["resource_documentation"] = doc.clone().into();
         }
         Ok(ResourceMetadata {
@@ -2269,6 +2298,36 @@ pub fn normalize_typ(typ: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_upstream_loops_only_to_a_listener_that_takes_its_address() {
+        let at = |s: &str| -> SocketAddr { s.parse().unwrap() };
+        let admin = at("127.0.0.1:9090");
+        for (host, port, listen, loops) in [
+            ("127.0.0.1", 8080, "0.0.0.0:8080", true),
+            ("127.0.0.2", 8080, "0.0.0.0:8080", true),
+            ("localhost", 8080, "0.0.0.0:8080", true),
+            ("0.0.0.0", 8080, "0.0.0.0:8080", true),
+            ("[::1]", 8080, "0.0.0.0:8080", false),
+            ("[::1]", 8080, "[::]:8080", true),
+            ("127.0.0.1", 8080, "[::]:8080", true),
+            ("127.0.0.2", 8080, "127.0.0.1:8080", false),
+            ("[::1]", 8080, "127.0.0.1:8080", false),
+            ("[::]", 8080, "127.0.0.1:8080", false),
+            ("localhost", 8080, "[::1]:8080", true),
+            ("127.0.0.1", 3000, "0.0.0.0:8080", false),
+            ("10.0.0.5", 8080, "0.0.0.0:8080", false),
+            ("app.internal", 8080, "0.0.0.0:8080", false),
+            ("127.0.0.1", 9090, "0.0.0.0:8080", true),
+            ("127.0.0.1", 0, "127.0.0.1:0", false),
+        ] {
+            assert_eq!(
+                reaches_itself(host, port, at(listen), admin),
+                loops,
+                "{host}:{port} against {listen}"
+            );
+        }
+    }
 
     #[test]
     fn a_refused_url_is_quoted_without_its_user_information() {

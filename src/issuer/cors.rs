@@ -3,9 +3,12 @@
 //! revokes at logout, and reads the key set and metadata.
 //!
 //! The token and revocation endpoints let only the origins of the registered
-//! redirect URIs read their answers (as Keycloak's `+` web origin does): an
-//! app that can be sent a code can redeem it. The key set and metadata are
-//! public, so any origin may read them. Introspection is for resource
+//! redirect URIs read their answers (those of every client: a preflight
+//! names no client, and Keycloak's `+` web origin, which this follows, is
+//! per client): an app that can be sent a code can redeem it. The key set
+//! and metadata are public, so any origin may read them, and their answers,
+//! cached by browsers and proxies, say so whether or not a request had an
+//! `Origin`. Introspection is for resource
 //! servers and the authorization endpoint for navigations: neither sends
 //! CORS headers. No endpoint allows credentials (cookies): token requests
 //! authenticate in their body or `Authorization` header.
@@ -15,7 +18,8 @@ use std::collections::HashSet;
 use bytes::Bytes;
 use http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN,
-    ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, ORIGIN, VARY,
+    ACCESS_CONTROL_EXPOSE_HEADERS, ACCESS_CONTROL_MAX_AGE, ACCESS_CONTROL_REQUEST_METHOD, ALLOW,
+    ORIGIN, VARY,
 };
 use http::{HeaderMap, HeaderValue, Method, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -67,14 +71,11 @@ impl Cors {
         exposure: Exposure,
         origin: Option<&HeaderValue>,
     ) -> Option<HeaderValue> {
-        let origin = origin?;
         match exposure {
             Exposure::Public => Some(HeaderValue::from_static("*")),
             Exposure::RegisteredOrigins => origin
-                .to_str()
-                .ok()
-                .filter(|o| self.origins.contains(*o))
-                .map(|_| origin.clone()),
+                .filter(|o| o.to_str().is_ok_and(|o| self.origins.contains(o)))
+                .cloned(),
             Exposure::None => None,
         }
     }
@@ -87,15 +88,21 @@ impl Cors {
         origin: Option<&HeaderValue>,
         response: &mut Response<Body>,
     ) {
-        if exposure == Exposure::RegisteredOrigins && origin.is_some() {
-            response
-                .headers_mut()
-                .append(VARY, HeaderValue::from_static("Origin"));
+        let headers = response.headers_mut();
+        if exposure == Exposure::RegisteredOrigins {
+            // The answer depends on the `Origin`, sent or not.
+            headers.append(VARY, HeaderValue::from_static("Origin"));
         }
         if let Some(allowed) = self.allowed_origin(exposure, origin) {
-            response
-                .headers_mut()
-                .insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+            headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, allowed);
+            if exposure == Exposure::RegisteredOrigins {
+                // Past the CORS-safelisted ones: a refusal's challenge, and
+                // when to retry after a failure limit.
+                headers.insert(
+                    ACCESS_CONTROL_EXPOSE_HEADERS,
+                    HeaderValue::from_static("Retry-After, WWW-Authenticate"),
+                );
+            }
         }
     }
 

@@ -409,11 +409,14 @@ pub fn prepare_upstream_request(
         (None, None)
     };
     let original_host = forwarded_host.or(original_host);
-    // `te: trailers` is the one TE value passed on: gRPC servers refuse a
-    // request without it (and it is the only one HTTP/2 allows).
-    // Before hop-by-hop removal too: `Connection: x-forwarded-for` must not
+    // The operator's removals first: a client's `X-Forwarded-For` that
+    // `remove_headers` names is not joined into the list below.
+    remove_all(headers, &policy.remove_headers);
+    // Before hop-by-hop removal: `Connection: x-forwarded-for` must not
     // erase the chain a proxy in front built.
     let forwarded_for = forwarded_for(headers, &client.address);
+    // `te: trailers` is the one TE value passed on: gRPC servers refuse a
+    // request without it (and it is the only one HTTP/2 allows).
     let te_trailers = headers.get_all(TE).iter().any(|v| {
         v.to_str().is_ok_and(|v| {
             v.split(',')
@@ -432,7 +435,6 @@ pub fn prepare_upstream_request(
         headers.remove(CONNECTION);
         upgrade = false;
     }
-    remove_all(headers, &policy.remove_headers);
     join_cookies(headers);
     if policy.strip_authorization {
         headers.remove(AUTHORIZATION);
