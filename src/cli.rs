@@ -233,6 +233,9 @@ fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
 fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(config) => {
+            for warning in fallthrough_warnings(&config) {
+                eprintln!("{}: warning: {warning}", path.display());
+            }
             let out = format!(
                 "{}: configuration OK\n{}",
                 path.display(),
@@ -245,6 +248,106 @@ fn check(path: &Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Paths and methods that a route needing a token seems to cover but that
+/// go to a public route: a method its `methods` leave out, or, for
+/// `/x/{*rest}`, `/x` and `/x/`, which the catch-all does not match. An
+/// upstream that serves them with the same handler would get them without
+/// a token, so `scopegate check` warns (the config stays valid: it may be
+/// meant). Routes that differ only in scopes are left alone: splitting
+/// reads from writes by method is the usual design.
+pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
+    const METHODS: [http::Method; 5] = [
+        http::Method::GET,
+        http::Method::POST,
+        http::Method::PUT,
+        http::Method::PATCH,
+        http::Method::DELETE,
+    ];
+    let mut warnings = Vec::new();
+    for (pattern, methods, route) in config.routes.iter() {
+        let Access::Bearer { scopes, .. } = &route.access else {
+            continue;
+        };
+        // (path, methods that fall through, the public route they reach)
+        let mut cases: Vec<(String, &str)> = Vec::new();
+        let sample = sample_path(pattern);
+        if let Some(listed) = methods {
+            let left_out = METHODS.iter().filter(|m| !listed.contains(m));
+            cases.extend(left_out.map(|m| (sample.clone(), m.as_str())));
+        }
+        if let Some((prefix, _)) = pattern.rsplit_once("/{*") {
+            let prefix = sample_path(prefix);
+            let served: Vec<&http::Method> = match methods {
+                Some(listed) => listed.iter().collect(),
+                None => METHODS.iter().collect(),
+            };
+            for path in [prefix.clone(), format!("{prefix}/")] {
+                if !path.is_empty() {
+                    cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
+                }
+            }
+        }
+        let mut found: Vec<(String, Vec<&str>, &str)> = Vec::new();
+        for (path, method) in cases {
+            let Ok(method_value) = http::Method::from_bytes(method.as_bytes()) else {
+                continue;
+            };
+            let Ok(crate::routes::Lookup::Matched(other)) =
+                config.routes.route(&method_value, &path)
+            else {
+                continue;
+            };
+            if !matches!(other.access, Access::Public) || other.index == route.index {
+                continue;
+            }
+            match found
+                .iter_mut()
+                .find(|(p, _, name)| *p == path && *name == &*other.name)
+            {
+                Some((_, methods, _)) => methods.push(method),
+                None => found.push((path, vec![method], &other.name)),
+            }
+        }
+        for (path, methods, other) in found {
+            let why = if sample == path {
+                "fall through"
+            } else {
+                "are not matched by its catch-all ({*rest} needs a character) and fall through"
+            };
+            warnings.push(format!(
+                "{} {path}: route `{}` needs a token (bearer [{}]), but these {why} to public route `{other}`",
+                methods.join(","),
+                route.name,
+                scopes.describe()
+            ));
+        }
+    }
+    warnings
+}
+
+/// A path a pattern matches: each `{name}` and `{*rest}` as `x`, literal
+/// braces (`{{`, `}}`) as themselves.
+fn sample_path(pattern: &str) -> String {
+    let mut out = String::with_capacity(pattern.len());
+    let mut rest = pattern;
+    while let Some(start) = rest.find('{') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        if let Some(tail) = after.strip_prefix("{{") {
+            out.push('{');
+            rest = tail;
+        } else if let Some(end) = after.find('}') {
+            out.push('x');
+            rest = &after[end + 1..];
+        } else {
+            out.push_str(after);
+            rest = "";
+        }
+    }
+    out.push_str(&rest.replace("}}", "}"));
+    out
 }
 
 /// The route table as `scopegate check` prints it.

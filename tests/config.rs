@@ -624,6 +624,42 @@ fn config_errors_name_file_line_and_column() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// `check` warns where a route that needs a token seems to cover a request
+/// that goes to a public route: a method its `methods` leave out, and the
+/// bare prefix of a `{*rest}` route, which the catch-all does not match.
+/// The config stays valid (exit 0), and a table without such a public route
+/// gets no warning.
+#[test]
+fn check_warns_where_requests_fall_through_to_weaker_routes() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    let routes = "routes:\n  - path: /admin\n    methods: [GET]\n    upstream: app\n    scopes: [admin]\n  - path: /files/{*rest}\n    upstream: app\n    scopes: [files]\n  - path: /orders/{id}\n    methods: [GET, PUT, POST, PATCH, DELETE]\n    upstream: app\n";
+    std::fs::write(
+        &file,
+        format!(
+            "{ISSUER}{UPSTREAM}{routes}  - path: /{{*page}}\n    upstream: app\n    auth: none\n"
+        ),
+    )
+    .unwrap();
+    let (ok, stdout, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(stdout.contains("configuration OK"), "{stdout}");
+    for expected in [
+        "warning: POST,PUT,PATCH,DELETE /admin: route `GET /admin` needs a token (bearer [admin]), but these fall through to public route `/{*page}`",
+        "warning: GET,POST,PUT,PATCH,DELETE /files: route `/files/{*rest}` needs a token (bearer [files]), but these are not matched by its catch-all",
+        "warning: GET,POST,PUT,PATCH,DELETE /files/: route `/files/{*rest}`",
+    ] {
+        assert!(stderr.contains(expected), "{expected}\n{stderr}");
+    }
+    // Every method listed: nothing falls through from /orders/{id}.
+    assert!(!stderr.contains("/orders/x"), "{stderr}");
+    // Without the public catch-all there is nothing weaker to fall to.
+    std::fs::write(&file, format!("{ISSUER}{UPSTREAM}{routes}")).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("warning"), "{stderr}");
+}
+
 /// Resource metadata beside a catch-all route (which keeps every other
 /// path), naming a plain-http authorization server on this host, with a
 /// documentation link that has a #fragment, is fine.
