@@ -81,8 +81,12 @@ where
     Fut: std::future::Future<Output = Response<Full<Bytes>>> + Send + 'static,
 {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let (stream, _) = match listener.accept().await {
+            Ok(pair) => pair,
+            Err(e) => {
+                crate::server::accept_failed(&e).await;
+                continue;
+            }
         };
         let handler = handler.clone();
         tokio::spawn(async move {
@@ -200,13 +204,20 @@ async fn bind_demo(
 pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Result<(), String> {
     let upstream_listener = TcpListener::bind("127.0.0.1:0")
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("cannot start the demo's echo upstream on 127.0.0.1:0: {e}"))?;
     let upstream_addr = upstream_listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(serve_echo(upstream_listener));
     let listener = bind_demo(listen, DEFAULT_LISTEN, "--listen").await?;
     let admin_listener = bind_demo(admin, DEFAULT_ADMIN_LISTEN, "--admin-listen").await?;
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
+    for (what, addr) in [("--listen", listen), ("--admin-listen", admin)] {
+        if !addr.ip().is_loopback() {
+            eprintln!(
+                "warning: {what} {addr} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
+            );
+        }
+    }
 
     let (client_id, client_secret) = DEMO_CLIENT;
     let hash = crate::issuer::clients::hash_secret(client_secret)?;

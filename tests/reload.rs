@@ -554,6 +554,34 @@ async fn sigterm_lets_in_flight_requests_finish() {
     );
 }
 
+/// A second signal during the drain stops the process at once, with a
+/// failure status (130, as after a Ctrl-C), instead of waiting out
+/// `shutdown_delay` and `shutdown_grace` (here two minutes each).
+#[tokio::test]
+async fn a_second_signal_stops_the_drain_at_once() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let mut process = spawn_binary(
+        &config,
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 120s\n  shutdown_grace: 120s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /a\n    upstream: app\n    auth: none\n",
+            upstream.addr
+        ),
+    )
+    .await;
+    signal(&process.child, "TERM");
+    // The first one is being honoured: unready, still serving.
+    assert!(wait_for_status(&format!("http://{}/readyz", process.admin), 503).await);
+    signal(&process.child, "INT");
+    let exited = process.exit_status().await;
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(130),
+        "the second signal did not stop the drain: {exited:?}"
+    );
+}
+
 /// A gateway whose built-in server has no configured key, behind a public
 /// route at `public_path`: a reload must keep the generated key.
 fn ephemeral_issuer_yaml(upstream: std::net::SocketAddr, public_path: &str) -> String {

@@ -66,9 +66,12 @@ pub async fn serve(
             accepted = listener.accept() => accepted,
             _ = shutdown.changed() => break,
         };
-        let Ok((stream, _)) = accepted else {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-            continue;
+        let (stream, _) = match accepted {
+            Ok(pair) => pair,
+            Err(e) => {
+                crate::server::accept_failed(&e).await;
+                continue;
+            }
         };
         let id = next_id;
         next_id = next_id.wrapping_add(1);

@@ -170,7 +170,7 @@ async fn serve(
             Err(e) => {
                 // EMFILE and friends: keep serving the connections we have.
                 tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(Duration::from_millis(50)).await;
+                accept_failed(&e).await;
                 continue;
             }
         };
@@ -363,25 +363,54 @@ async fn serve_connection<I>(
     }
 }
 
-/// Resolves on SIGTERM or SIGINT (Ctrl-C).
+/// After a failed `accept`: a failure of one connection (aborted or reset
+/// before it was taken, refused by a firewall rule) lets the next be taken
+/// at once, while anything else (out of file descriptors or memory) waits
+/// 50 ms, so that the loop does not spin while it lasts.
+pub(crate) async fn accept_failed(error: &std::io::Error) {
+    use std::io::ErrorKind;
+    let one_connection = matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::PermissionDenied
+            | ErrorKind::Interrupted
+            | ErrorKind::WouldBlock
+    );
+    if !one_connection {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT (Ctrl-C), and from then on ends the
+/// process at once, with status 130, on a second one: the drain
+/// (`shutdown_delay`, `shutdown_grace`) is for orchestrators, and an operator
+/// who presses Ctrl-C twice means now.
 pub async fn shutdown_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{signal, SignalKind};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
+        if let (Ok(mut term), Ok(mut interrupt)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+            // The same listeners: a second signal that comes at once is
+            // not missed.
+            tokio::spawn(async move {
                 tokio::select! {
                     _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
+                    _ = interrupt.recv() => {}
                 }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
+                eprintln!("scopegate: second signal; exiting without waiting for the drain");
+                std::process::exit(130);
+            });
+            return;
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-    }
+    let _ = tokio::signal::ctrl_c().await;
 }
