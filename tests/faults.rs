@@ -1413,6 +1413,143 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
 
+/// An upstream answering `/files/big` with `chunks` parts of 64 KiB, and
+/// anything else with `ok`.
+async fn big_answer_upstream(chunks: usize) -> std::net::SocketAddr {
+    serve_fn(
+        move |request: hyper::Request<hyper::body::Incoming>| async move {
+            if request.uri().path() != "/files/big" {
+                return hyper::Response::new(full_body("ok"));
+            }
+            let (tx, body) = channel_body();
+            tokio::spawn(async move {
+                let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+                for _ in 0..chunks {
+                    if tx.send(chunk.clone()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            hyper::Response::new(body.boxed())
+        },
+    )
+    .await
+}
+
+/// An HTTP/2 client that keeps every window shut but sends PINGs is
+/// still a client that stopped reading: the gateway's PING answers are no
+/// part of a response, and the connection is closed as stalled.
+#[tokio::test]
+async fn pings_do_not_keep_a_stalled_http2_response_open() {
+    let world = World::new().await;
+    let upstream = big_answer_upstream(1024).await;
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 3s\n", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 1h");
+    assert!(config.contains("body_idle_timeout: 1h"));
+    let gw = Gateway::start(&config).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, mut connection) = h2::client::Builder::new()
+        .initial_window_size(0)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    let mut pings = connection.ping_pong().expect("a ping handle");
+    let h2_connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://gw.test/files/big")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    // Kept, unread: dropping the body would reset the stream, and the
+    // connection would be idle, not stalled.
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _unread = response.into_body();
+    // A PING every half second until the gateway hangs up (60 s at most,
+    // 20 idle timeouts).
+    let mut pongs = 0;
+    let pinging = tokio::time::timeout(Duration::from_secs(60), async {
+        while pings.ping(h2::Ping::opaque()).await.is_ok() {
+            pongs += 1;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(
+        pinging.is_ok(),
+        "PINGs kept a stalled HTTP/2 connection open"
+    );
+    assert!(pongs >= 1, "no PING was answered");
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
+    let mut open = f64::NAN;
+    for _ in 0..200 {
+        open = metric(&gw.metrics().await, "scopegate_open_connections", &[]);
+        if open == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(open, 0.0, "the stalled connection is still counted open");
+    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+}
+
+/// The other side: an HTTP/2 client that reads slowly, far slower than one
+/// 64 KiB part per `idle_timeout` (1 KiB a second here, against 3 s), is
+/// still reading, and keeps its connection.
+#[tokio::test]
+async fn a_slow_http2_reader_is_not_taken_for_a_stalled_one() {
+    let world = World::new().await;
+    let upstream = big_answer_upstream(1024).await;
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 3s\n", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 1h");
+    let gw = Gateway::start(&config).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(1024)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    let h2_connection = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::get("http://gw.test/files/big")
+        .body(())
+        .unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    // Read for 12 s (four idle timeouts), taking what comes and letting
+    // 1 KiB more come each second.
+    let (mut received, mut unreleased) = (0, 0);
+    let reading = tokio::time::Instant::now();
+    let mut released = reading;
+    while reading.elapsed() < Duration::from_secs(12) {
+        match tokio::time::timeout(Duration::from_millis(250), body.data()).await {
+            Ok(Some(Ok(data))) => {
+                received += data.len();
+                unreleased += data.len();
+            }
+            Ok(other) => panic!("the response ended after {received} bytes: {other:?}"),
+            Err(_) => {}
+        }
+        if released.elapsed() >= Duration::from_secs(1) {
+            let _ = body.flow_control().release_capacity(unreleased);
+            unreleased = 0;
+            released = tokio::time::Instant::now();
+        }
+    }
+    assert!(received >= 4 * 1024, "only {received} bytes came");
+    assert!(
+        !h2_connection.is_finished(),
+        "a slow reader was disconnected"
+    );
+    assert_eq!(
+        metric(&gw.metrics().await, "scopegate_open_connections", &[]),
+        1.0
+    );
+}
+
 /// A client that stops reading a response holds its connection, and the
 /// upstream connection behind it, with no body timeout running (nothing polls
 /// the body): over HTTP/1.1 its socket buffers fill, over HTTP/2 it leaves the
@@ -1465,7 +1602,11 @@ async fn a_client_that_stops_reading_is_disconnected() {
         .body(())
         .unwrap();
     let (response, _) = client.send_request(request, true).unwrap();
-    assert_eq!(response.await.unwrap().status(), 200);
+    // Kept, unread: dropping the body would reset the stream, and the
+    // connection would be idle, not stalled.
+    let response = response.await.unwrap();
+    assert_eq!(response.status(), 200);
+    let _unread = response.into_body();
 
     let mut open = f64::NAN;
     for _ in 0..200 {

@@ -220,6 +220,8 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
         get_with_token(&gw.url("/orders/4"), &token).await.status,
         200
     );
+    // Neither reload fetched the kept keys again.
+    assert_eq!(world.jwks.fetches(), fetches);
 }
 
 #[tokio::test]

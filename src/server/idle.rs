@@ -57,6 +57,11 @@ impl Activity {
         })
     }
 
+    /// Counts a part of a response the client took.
+    fn took(&self) {
+        self.progress.fetch_add(1, Ordering::Relaxed);
+    }
+
     /// Marks a request as started; it ends when the guard is dropped.
     pub fn start(self: &Arc<Self>) -> InFlight {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
@@ -104,19 +109,113 @@ impl Activity {
 }
 
 pin_project! {
-    /// The client connection's I/O: every byte the client takes is progress
-    /// (a slow reader is still reading, however large the response's parts).
+    /// The client connection's I/O: every byte of a response the client
+    /// takes is progress (a slow reader is still reading, however large the
+    /// response's parts). Over HTTP/1.1 that is every byte written; over
+    /// HTTP/2 only DATA frames' bytes count, not the answers to a client's
+    /// PING or SETTINGS frames, which a client with every window shut could
+    /// send for ever.
     pub struct Watched<I> {
         #[pin]
         io: I,
         activity: Arc<Activity>,
+        protocol: Protocol,
+    }
+}
+
+/// What the client speaks, as far as its first bytes tell.
+#[derive(Debug)]
+enum Protocol {
+    /// This many bytes of the HTTP/2 preface have come so far.
+    Undecided(usize),
+    /// HTTP/1.x: every write is response bytes.
+    Http1,
+    /// HTTP/2: where the writes are in the frame sequence.
+    Http2(FrameCursor),
+}
+
+/// The client preface of HTTP/2 (RFC 9113 3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+impl Protocol {
+    /// Reads the client's first bytes.
+    fn read(&mut self, bytes: &[u8]) {
+        let Protocol::Undecided(matched) = self else {
+            return;
+        };
+        let wanted = PREFACE.get(*matched..).unwrap_or_default();
+        let n = bytes.len().min(wanted.len());
+        if bytes.get(..n) != wanted.get(..n) {
+            *self = Protocol::Http1;
+        } else if *matched + n == PREFACE.len() {
+            *self = Protocol::Http2(FrameCursor::default());
+        } else {
+            *matched += n;
+        }
+    }
+
+    /// Whether `written`, the bytes just written, carry response bytes.
+    fn response_bytes(&mut self, written: &[u8]) -> bool {
+        match self {
+            Protocol::Http2(cursor) => cursor.advance(written),
+            _ => !written.is_empty(),
+        }
+    }
+}
+
+/// A position in the HTTP/2 frames the server writes: the header of the
+/// next frame so far, or how much of the current frame's payload is left.
+#[derive(Debug, Default)]
+struct FrameCursor {
+    header: [u8; 9],
+    header_len: usize,
+    payload_left: usize,
+    in_data: bool,
+}
+
+/// HTTP/2 frame type DATA (RFC 9113 6.1).
+const DATA: u8 = 0x0;
+
+impl FrameCursor {
+    /// Moves past `bytes`; true if any of them was a DATA frame's payload.
+    fn advance(&mut self, mut bytes: &[u8]) -> bool {
+        let mut data = false;
+        while !bytes.is_empty() {
+            if self.payload_left > 0 {
+                let n = self.payload_left.min(bytes.len());
+                data |= self.in_data;
+                self.payload_left -= n;
+                bytes = bytes.get(n..).unwrap_or_default();
+                continue;
+            }
+            let n = (self.header.len() - self.header_len).min(bytes.len());
+            if let (Some(to), Some(from)) = (
+                self.header.get_mut(self.header_len..self.header_len + n),
+                bytes.get(..n),
+            ) {
+                to.copy_from_slice(from);
+            }
+            self.header_len += n;
+            bytes = bytes.get(n..).unwrap_or_default();
+            if self.header_len == self.header.len() {
+                let [l0, l1, l2, kind, ..] = self.header;
+                self.payload_left = usize::from(l0) << 16 | usize::from(l1) << 8 | usize::from(l2);
+                self.in_data = kind == DATA;
+                self.header_len = 0;
+            }
+        }
+        data
     }
 }
 
 impl<I> Watched<I> {
     /// Counts writes to `io` as progress of `activity`'s connection.
     pub fn new(io: I, activity: Arc<Activity>) -> Self {
-        Self { io, activity }
+        Self {
+            io,
+            activity,
+            protocol: Protocol::Undecided(0),
+        }
     }
 }
 
@@ -126,7 +225,14 @@ impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for Watched<I> {
         cx: &mut Context<'_>,
         buf: &mut tokio::io::ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        self.project().io.poll_read(cx, buf)
+        let this = self.project();
+        let before = buf.filled().len();
+        let poll = this.io.poll_read(cx, buf);
+        if let Protocol::Undecided(_) = this.protocol {
+            this.protocol
+                .read(buf.filled().get(before..).unwrap_or_default());
+        }
+        poll
     }
 }
 
@@ -138,8 +244,13 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Watched<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let poll = this.io.poll_write(cx, buf);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(Ok(n)) = poll {
+            if this
+                .protocol
+                .response_bytes(buf.get(..n).unwrap_or_default())
+            {
+                this.activity.took();
+            }
         }
         poll
     }
@@ -151,8 +262,19 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Watched<I> {
     ) -> Poll<std::io::Result<usize>> {
         let this = self.project();
         let poll = this.io.poll_write_vectored(cx, bufs);
-        if matches!(poll, Poll::Ready(Ok(n)) if n > 0) {
-            this.activity.progress.fetch_add(1, Ordering::Relaxed);
+        if let Poll::Ready(Ok(mut n)) = poll {
+            let mut took = false;
+            for slice in bufs {
+                if n == 0 {
+                    break;
+                }
+                let written = slice.get(..n.min(slice.len())).unwrap_or_default();
+                n -= written.len();
+                took |= this.protocol.response_bytes(written);
+            }
+            if took {
+                this.activity.took();
+            }
         }
         poll
     }
@@ -255,6 +377,53 @@ impl<B: Body> Body for Tracked<B> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_data_frames_are_response_bytes_over_http2() {
+        let mut protocol = Protocol::Undecided(0);
+        // The preface, in two reads.
+        let (a, b) = PREFACE.split_at(5);
+        protocol.read(a);
+        assert!(matches!(protocol, Protocol::Undecided(5)));
+        protocol.read(b);
+        assert!(matches!(protocol, Protocol::Http2(_)));
+        let frame = |kind: u8, payload: &[u8]| {
+            let len = payload.len();
+            let mut out = vec![
+                (len >> 16) as u8,
+                (len >> 8) as u8,
+                len as u8,
+                kind,
+                0,
+                0,
+                0,
+                0,
+                1,
+            ];
+            out.extend_from_slice(payload);
+            out
+        };
+        let settings_ack = frame(0x4, b"");
+        let ping_ack = frame(0x6, b"12345678");
+        let data = frame(DATA, b"hello");
+        assert!(!protocol.response_bytes(&settings_ack));
+        assert!(!protocol.response_bytes(&ping_ack));
+        // A DATA frame split anywhere, between control frames, counts.
+        let mut stream = ping_ack.clone();
+        stream.extend_from_slice(&data);
+        stream.extend_from_slice(&ping_ack);
+        let (first, rest) = stream.split_at(ping_ack.len() + 4);
+        assert!(!protocol.response_bytes(first), "only DATA's header so far");
+        assert!(protocol.response_bytes(rest));
+        assert!(!protocol.response_bytes(&ping_ack));
+        // An empty DATA frame (END_STREAM alone) carries no response bytes.
+        assert!(!protocol.response_bytes(&frame(DATA, b"")));
+        // HTTP/1.1: every write is response bytes.
+        let mut h1 = Protocol::Undecided(0);
+        h1.read(b"GET / HTTP/1.1\r\n");
+        assert!(matches!(h1, Protocol::Http1));
+        assert!(h1.response_bytes(b"HTTP/1.1 200 OK\r\n"));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn idle_only_counts_from_the_last_request_that_ended() {

@@ -386,15 +386,21 @@ pub(crate) async fn accept_failed(error: &std::io::Error) {
 /// Resolves on SIGTERM or SIGINT (Ctrl-C), and from then on ends the
 /// process at once, with status 130, on a second one: the drain
 /// (`shutdown_delay`, `shutdown_grace`) is for orchestrators, and an operator
-/// who presses Ctrl-C twice means now.
-pub async fn shutdown_signal() {
+/// who presses Ctrl-C twice means now. The handlers are installed when this
+/// is called (within the runtime), not when the future is first polled, so
+/// a signal that comes while the gateway starts is not the default action's
+/// (an abrupt exit).
+pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
     #[cfg(unix)]
-    {
+    let listeners = {
         use tokio::signal::unix::{signal, SignalKind};
-        if let (Ok(mut term), Ok(mut interrupt)) = (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
+        signal(SignalKind::terminate())
+            .and_then(|term| Ok((term, signal(SignalKind::interrupt())?)))
+            .ok()
+    };
+    async move {
+        #[cfg(unix)]
+        if let Some((mut term, mut interrupt)) = listeners {
             tokio::select! {
                 _ = term.recv() => {}
                 _ = interrupt.recv() => {}
@@ -411,6 +417,6 @@ pub async fn shutdown_signal() {
             });
             return;
         }
+        let _ = tokio::signal::ctrl_c().await;
     }
-    let _ = tokio::signal::ctrl_c().await;
 }
