@@ -1280,10 +1280,20 @@ async fn required_typ() {
     )
     .await;
 
-    // Without require_typ, typ is not checked (any value, or none, passes).
+    // Without require_typ, a typ of no access token (a logout token, a
+    // security event, a DPoP proof, ...) is refused; any other, or none,
+    // passes.
     let (signer, world) = lab().await;
     let gw = Gateway::start(&world.config()).await;
-    for typ in [Some("JWT"), None] {
+    for (typ, want) in [
+        (Some("JWT"), Want::Allow),
+        (None, Want::Allow),
+        (Some("at+jwt"), Want::Allow),
+        (Some("logout+jwt"), wrong),
+        (Some("application/secevent+jwt"), wrong),
+        (Some("DPoP+JWT"), wrong),
+        (Some("token-introspection+jwt"), wrong),
+    ] {
         let token = signer.sign(&header(typ), &claims);
         expect(
             &world,
@@ -1291,8 +1301,33 @@ async fn required_typ() {
             "GET",
             "/orders/1",
             &token,
-            Want::Allow,
+            want,
             &format!("typ {typ:?} without require_typ"),
+        )
+        .await;
+    }
+    // Claims that say the token is no access token, whatever its header:
+    // Cognito's `token_use`, Keycloak's `typ`.
+    for (claim, value, want) in [
+        ("token_use", json!("id"), wrong),
+        ("token_use", json!("access"), Want::Allow),
+        ("token_use", json!(1), wrong),
+        ("typ", json!("ID"), wrong),
+        ("typ", json!("Refresh"), wrong),
+        ("typ", json!("Logout"), wrong),
+        ("typ", json!("Bearer"), Want::Allow),
+    ] {
+        let mut claims = claims.clone();
+        claims[claim] = value.clone();
+        let token = signer.sign(&header(Some("JWT")), &claims);
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            want,
+            &format!("{claim}: {value}"),
         )
         .await;
     }

@@ -513,6 +513,11 @@ impl Authenticator {
                 Some(typ) if crate::config::validate::normalize_typ(typ) == *required => {}
                 _ => return Err(invalid(TokenError::WrongType)),
             }
+        } else if jwt.typ.as_deref().is_some_and(names_another_kind_of_jwt) {
+            return Err(invalid(TokenError::WrongType));
+        }
+        if says_it_is_no_access_token(&jwt.claims) {
+            return Err(invalid(TokenError::WrongType));
         }
 
         // Read before the keys: a key withdrawn after this makes the cache
@@ -568,6 +573,47 @@ impl Authenticator {
 }
 
 /// A JWT's own `exp`, unchecked (its signature is not), as whole seconds:
+
+/// Whether a JWT's header `typ` names a kind of JWT that is no access token
+/// (RFC 8725 3.11): a logout token, a security event, a DPoP proof, a
+/// signed introspection answer or a request object. Checked without
+/// `require_typ` too, since such a JWT may carry `iss`, `aud` and `exp`
+/// that would pass.
+fn names_another_kind_of_jwt(typ: &str) -> bool {
+    let typ = crate::config::validate::normalize_typ(typ);
+    [
+        "logout+jwt",
+        "secevent+jwt",
+        "dpop+jwt",
+        "token-introspection+jwt",
+        "oauth-authz-req+jwt",
+    ]
+    .contains(&typ.as_str())
+}
+
+/// Whether a JWT's claims say it is no access token: Cognito's `token_use`
+/// (`id` for an ID token, `access` for an access token), and Keycloak's
+/// `typ` claim (`Bearer` for an access token; `ID`, `Refresh`, `Offline`,
+/// `Logout` and `Serialized-ID` for the others), as introspection answers
+/// are read. An ID token meant for a client whose id is among `audiences`
+/// would otherwise pass.
+fn says_it_is_no_access_token(claims: &serde_json::Map<String, Value>) -> bool {
+    let token_use_other = claims.get("token_use").is_some_and(|kind| {
+        !kind.as_str().is_some_and(|t| {
+            t.eq_ignore_ascii_case("access") || t.eq_ignore_ascii_case("access_token")
+        })
+    });
+    let keycloak_other = claims
+        .get("typ")
+        .and_then(Value::as_str)
+        .is_some_and(|kind| {
+            ["refresh", "offline", "id", "logout", "serialized-id"]
+                .iter()
+                .any(|other| kind.eq_ignore_ascii_case(other))
+        });
+    token_use_other || keycloak_other
+}
+
 /// it may only shorten how long an introspection answer is cached.
 fn claimed_exp(claims: &serde_json::Map<String, Value>) -> Option<u64> {
     let exp = claims.get("exp")?.as_f64()?;
