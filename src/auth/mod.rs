@@ -572,8 +572,6 @@ impl Authenticator {
     }
 }
 
-/// A JWT's own `exp`, unchecked (its signature is not), as whole seconds:
-
 /// Whether a JWT's header `typ` names a kind of JWT that is no access token
 /// (RFC 8725 3.11): a logout token, a security event, a DPoP proof, a
 /// signed introspection answer or a request object. Checked without
@@ -614,6 +612,7 @@ fn says_it_is_no_access_token(claims: &serde_json::Map<String, Value>) -> bool {
     token_use_other || keycloak_other
 }
 
+/// A JWT's own `exp`, unchecked (its signature is not), as whole seconds:
 /// it may only shorten how long an introspection answer is cached.
 fn claimed_exp(claims: &serde_json::Map<String, Value>) -> Option<u64> {
     let exp = claims.get("exp")?.as_f64()?;
