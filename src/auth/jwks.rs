@@ -590,9 +590,7 @@ impl IssuerKeys {
             .jwks_fetches
             .with_label_values(&[&self.issuer_name, result.label()])
             .inc();
-        let next = max_age
-            .unwrap_or(remote.default_refresh)
-            .clamp(MIN_REFRESH, MAX_REFRESH);
+        let next = next_refresh(max_age, remote.default_refresh);
         if result == FetchResult::Success {
             if let Ok(mut due) = remote.refresh_due.lock() {
                 *due = Some(Instant::now() + next);
@@ -658,6 +656,17 @@ impl RemoteSource {
             .and_then(|last| *last)
             .is_some_and(|t| t.elapsed() < self.cooldown)
     }
+}
+
+/// When to fetch a key set again: after `jwks_refresh_interval`
+/// (`interval`), or sooner when the identity provider's `max-age` says so,
+/// never later (a key it withdraws must stop passing within the operator's
+/// interval, not its cache lifetime: Google's is about 6 h), and within
+/// [`MIN_REFRESH`]..[`MAX_REFRESH`].
+fn next_refresh(max_age: Option<Duration>, interval: Duration) -> Duration {
+    max_age
+        .map_or(interval, |age| age.min(interval))
+        .clamp(MIN_REFRESH, MAX_REFRESH)
 }
 
 /// Reads `max-age` from a Cache-Control value (`no-store`/`no-cache` mean 0).
@@ -767,6 +776,16 @@ mod tests {
         let alone = resting(&keys);
         tokio::time::sleep(11 * second).await;
         assert!(alone.is_finished());
+    }
+
+    #[test]
+    fn the_providers_max_age_may_only_shorten_the_refresh_interval() {
+        let minutes = |m: u64| Duration::from_secs(60 * m);
+        assert_eq!(next_refresh(None, minutes(5)), minutes(5));
+        assert_eq!(next_refresh(Some(minutes(360)), minutes(5)), minutes(5));
+        assert_eq!(next_refresh(Some(minutes(2)), minutes(5)), minutes(2));
+        assert_eq!(next_refresh(Some(Duration::ZERO), minutes(5)), MIN_REFRESH);
+        assert_eq!(next_refresh(None, minutes(60 * 48)), MAX_REFRESH);
     }
 
     #[test]
