@@ -592,6 +592,20 @@ async fn ambiguous_claim_values_set_no_identity_header() {
             Some("al ice"),
             None,
         ),
+        // A number passes as JSON writes it, unless it is past what a
+        // parser holds exactly (2^64 arrives as a float, 1.8446744073709552e19).
+        (
+            serde_json::json!(42),
+            serde_json::json!(["billing"]),
+            Some("42"),
+            Some("billing"),
+        ),
+        (
+            serde_json::json!(18_446_744_073_709_551_616.0_f64),
+            serde_json::json!(["billing"]),
+            None,
+            Some("billing"),
+        ),
     ];
     for (sub, groups, want_subject, want_groups) in cases {
         let mut claims = claims("orders:read");

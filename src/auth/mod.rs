@@ -784,6 +784,16 @@ fn identity_value(
         // (RFC 9110 5.5): " alice" would arrive as "alice".
         Value::String(s) if s.starts_with(is_blank) || s.ends_with(is_blank) => return None,
         Value::String(s) => s.clone(),
+        // An integer past what a JSON parser without arbitrary precision
+        // holds exactly (2^64 and up arrive as floats) would be passed as
+        // another number, or in exponent form: no header.
+        Value::Number(n)
+            if n.is_f64()
+                && n.as_f64()
+                    .is_some_and(|f| f.abs() >= 9_007_199_254_740_992.0) =>
+        {
+            return None
+        }
         Value::Number(n) => n.to_string(),
         Value::Bool(b) => b.to_string(),
         Value::Array(items) => {
