@@ -117,14 +117,17 @@ fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
             .flat_map(|v| v.split(','))
             .map(str::trim);
         for token in tokens {
+            let hop_by_hop = HOP_BY_HOP
+                .iter()
+                .position(|name| token.eq_ignore_ascii_case(name));
             if token.eq_ignore_ascii_case("upgrade") {
                 upgrade_requested = true;
-            } else if token.is_empty()
-                || HOP_BY_HOP
-                    .iter()
-                    .any(|name| token.eq_ignore_ascii_case(name))
-            {
-                // Hop-by-hop names are removed below, if present.
+            } else if let Some(index) = hop_by_hop {
+                // Hop-by-hop names are removed below, if present; one kept
+                // otherwise (an answer's `Trailer`) goes when named here.
+                if kept & (1 << index) != 0 {
+                    named.push(HeaderName::from_static(HOP_BY_HOP[index]));
+                }
             } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 // A token that is no valid header name names nothing.
                 named.push(name);
@@ -572,6 +575,30 @@ mod tests {
         assert_eq!(hop_by_hop_bit("connection"), CONNECTION_BIT);
         assert_eq!(hop_by_hop_bit("trailer"), TRAILER_BIT);
         assert_eq!(hop_by_hop_bit("upgrade"), UPGRADE_BIT);
+    }
+
+    #[test]
+    fn an_answers_trailer_header_goes_only_when_its_connection_header_names_it() {
+        for (connection, kept) in [
+            (None, true),
+            (Some("keep-alive"), true),
+            (Some("Trailer"), false),
+            (Some("keep-alive, trailer, x-hop"), false),
+        ] {
+            let mut answer = HeaderMap::new();
+            answer.insert("trailer", HeaderValue::from_static("x-checksum"));
+            answer.insert("x-hop", HeaderValue::from_static("1"));
+            if let Some(connection) = connection {
+                answer.insert(CONNECTION, HeaderValue::from_str(connection).unwrap());
+            }
+            remove_hop_by_hop_from_answer(&mut answer);
+            assert_eq!(answer.contains_key("trailer"), kept, "{connection:?}");
+            assert!(!answer.contains_key(CONNECTION));
+            let mut request = answer.clone();
+            request.insert("trailer", HeaderValue::from_static("x-checksum"));
+            remove_hop_by_hop(&mut request);
+            assert!(!request.contains_key("trailer"), "{connection:?}");
+        }
     }
 
     #[test]
