@@ -212,7 +212,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let listen = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
     for (what, addr) in [("--listen", listen), ("--admin-listen", admin)] {
-        if !addr.ip().is_loopback() {
+        if !addr.ip().to_canonical().is_loopback() {
             eprintln!(
                 "warning: {what} {addr} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
             );

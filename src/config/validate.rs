@@ -1008,7 +1008,8 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
 /// Whether an upstream at `host` and `port` is one of the gateway's own
 /// listeners: a loopback address, `localhost` (either loopback address) or
 /// an unspecified address (which connects to loopback) that a listener on
-/// that port takes, as Linux binds them (`[::]` takes IPv4 too).
+/// that port takes, as Linux binds them (`[::]` takes IPv4 too). An
+/// IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) is its IPv4 address.
 fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let host = host.trim_start_matches('[').trim_end_matches(']');
@@ -1018,14 +1019,14 @@ fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) 
             IpAddr::V6(Ipv6Addr::LOCALHOST),
         ]
     } else {
-        match host.parse::<IpAddr>() {
+        match host.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
             Ok(IpAddr::V4(ip)) if ip.is_unspecified() => &[IpAddr::V4(Ipv4Addr::LOCALHOST)],
             Ok(IpAddr::V6(ip)) if ip.is_unspecified() => &[IpAddr::V6(Ipv6Addr::LOCALHOST)],
             Ok(ip) if ip.is_loopback() => &[ip],
             _ => return false,
         }
     };
-    let takes = |listener: IpAddr, target: &IpAddr| match listener {
+    let takes = |listener: IpAddr, target: &IpAddr| match listener.to_canonical() {
         IpAddr::V4(l) if l.is_unspecified() => target.is_ipv4(),
         IpAddr::V6(l) if l.is_unspecified() => true,
         l => l == *target,
@@ -1037,7 +1038,8 @@ fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) 
     })
 }
 
-/// Whether `uri` names a loopback address or `localhost`.
+/// Whether `uri` names a loopback address (IPv4-mapped ones too) or
+/// `localhost`.
 fn on_this_host(uri: &Uri) -> bool {
     let Some(host) = uri.host() else {
         return false;
@@ -1046,7 +1048,7 @@ fn on_this_host(uri: &Uri) -> bool {
     host.eq_ignore_ascii_case("localhost")
         || bare
             .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
+            .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
 struct Validator<'a> {
@@ -2320,6 +2322,11 @@ mod tests {
             ("app.internal", 8080, "0.0.0.0:8080", false),
             ("127.0.0.1", 9090, "0.0.0.0:8080", true),
             ("127.0.0.1", 0, "127.0.0.1:0", false),
+            ("[::ffff:127.0.0.1]", 8080, "0.0.0.0:8080", true),
+            ("[::ffff:127.0.0.1]", 8080, "127.0.0.1:8080", true),
+            ("[::ffff:0.0.0.0]", 8080, "127.0.0.1:8080", true),
+            ("127.0.0.1", 8080, "[::ffff:127.0.0.1]:8080", true),
+            ("[::ffff:10.0.0.5]", 8080, "0.0.0.0:8080", false),
         ] {
             assert_eq!(
                 reaches_itself(host, port, at(listen), admin),
