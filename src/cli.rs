@@ -256,14 +256,17 @@ fn check(path: &Path) -> ExitCode {
 /// upstream that serves them with the same handler would get them without
 /// a token, so `scopegate check` warns (the config stays valid: it may be
 /// meant). Routes that differ only in scopes are left alone: splitting
-/// reads from writes by method is the usual design.
+/// reads from writes by method is the usual design. The standard methods an
+/// upstream serves are tried; extension methods (WebDAV's) are not.
 pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
-    const METHODS: [http::Method; 5] = [
+    const METHODS: [http::Method; 7] = [
         http::Method::GET,
+        http::Method::HEAD,
         http::Method::POST,
         http::Method::PUT,
         http::Method::PATCH,
         http::Method::DELETE,
+        http::Method::OPTIONS,
     ];
     let mut warnings = Vec::new();
     for (pattern, methods, route) in config.routes.iter() {

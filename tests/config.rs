@@ -633,7 +633,7 @@ fn config_errors_name_file_line_and_column() {
 fn check_warns_where_requests_fall_through_to_weaker_routes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("scopegate.yaml");
-    let routes = "routes:\n  - path: /admin\n    methods: [GET]\n    upstream: app\n    scopes: [admin]\n  - path: /files/{*rest}\n    upstream: app\n    scopes: [files]\n  - path: /orders/{id}\n    methods: [GET, PUT, POST, PATCH, DELETE]\n    upstream: app\n";
+    let routes = "routes:\n  - path: /admin\n    methods: [GET]\n    upstream: app\n    scopes: [admin]\n  - path: /upload\n    methods: [POST]\n    upstream: app\n    scopes: [upload]\n  - path: /files/{*rest}\n    upstream: app\n    scopes: [files]\n  - path: /orders/{id}\n    methods: [GET, PUT, POST, PATCH, DELETE, OPTIONS]\n    upstream: app\n";
     std::fs::write(
         &file,
         format!(
@@ -645,9 +645,10 @@ fn check_warns_where_requests_fall_through_to_weaker_routes() {
     assert!(ok, "{stderr}");
     assert!(stdout.contains("configuration OK"), "{stdout}");
     for expected in [
-        "warning: POST,PUT,PATCH,DELETE /admin: route `GET /admin` needs a token (bearer [admin]), but these fall through to public route `/{*page}`",
-        "warning: GET,POST,PUT,PATCH,DELETE /files: route `/files/{*rest}` needs a token (bearer [files]), but these are not matched by its catch-all",
-        "warning: GET,POST,PUT,PATCH,DELETE /files/: route `/files/{*rest}`",
+        "warning: POST,PUT,PATCH,DELETE,OPTIONS /admin: route `GET /admin` needs a token (bearer [admin]), but these fall through to public route `/{*page}`",
+        "warning: GET,HEAD,PUT,PATCH,DELETE,OPTIONS /upload: route `POST /upload` needs a token (bearer [upload]), but these fall through",
+        "warning: GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS /files: route `/files/{*rest}` needs a token (bearer [files]), but these are not matched by its catch-all",
+        "warning: GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS /files/: route `/files/{*rest}`",
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
