@@ -809,3 +809,56 @@ routes:
     std::fs::rename(&second, dir.path().join("ca.pem")).unwrap();
     assert_ne!(fingerprint(), before);
 }
+
+/// `run` on a listen address that is taken exits with status 1 and names
+/// the address, for the proxy listener and for the admin one.
+#[test]
+fn a_listen_address_in_use_ends_run_with_an_error() {
+    use std::io::Read;
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    for (server, admin) in [
+        (taken.as_str(), "127.0.0.1:0"),
+        ("127.0.0.1:0", taken.as_str()),
+    ] {
+        std::fs::write(
+            &file,
+            format!("server:\n  listen: {server}\nadmin:\n  listen: {admin}\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n    auth: none\n"),
+        )
+        .unwrap();
+        let mut child = scopegate()
+            .args(["run", "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut status = None;
+        for _ in 0..600 {
+            status = child.try_wait().unwrap();
+            if status.is_some() {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        let mut stderr = String::new();
+        child
+            .stderr
+            .take()
+            .unwrap()
+            .read_to_string(&mut stderr)
+            .unwrap();
+        let status = status.unwrap_or_else(|| panic!("run kept going on {taken}: {stderr}"));
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(
+            stderr.contains(&format!("cannot listen on {taken}")),
+            "{stderr}"
+        );
+    }
+}

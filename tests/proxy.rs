@@ -4223,3 +4223,68 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
     );
     assert_eq!(answered.load(Ordering::SeqCst), 2);
 }
+
+/// Inbound TLS offers h2 and HTTP/1.1 by ALPN: a client offering both is
+/// served over h2, one offering only HTTP/1.1, or no ALPN at all, over
+/// HTTP/1.1.
+#[tokio::test]
+async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: 127.0.0.1:0\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+        cert.display(),
+        key.display(),
+        upstream.addr
+    ))
+    .await;
+    let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
+    for (offered, chosen) in [
+        (&[&b"h2"[..], b"http/1.1"][..], Some(&b"h2"[..])),
+        (&[&b"http/1.1"[..]][..], Some(&b"http/1.1"[..])),
+        (&[][..], None),
+    ] {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = offered.iter().map(|p| p.to_vec()).collect();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tls = connector.connect(name, stream).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), chosen, "{offered:?}");
+        let request = Request::get("https://gw.test/open")
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = if chosen == Some(b"h2") {
+            let (mut sender, connection) =
+                hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+                    .await
+                    .unwrap();
+            tokio::spawn(connection);
+            sender.send_request(request).await.unwrap()
+        } else {
+            let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+                .await
+                .unwrap();
+            tokio::spawn(connection);
+            let (mut parts, body) = request.into_parts();
+            parts.uri = "/open".parse().unwrap();
+            parts
+                .headers
+                .insert(http::header::HOST, "gw.test".parse().unwrap());
+            sender
+                .send_request(Request::from_parts(parts, body))
+                .await
+                .unwrap()
+        };
+        assert_eq!(response.status(), StatusCode::OK, "{offered:?}");
+        let version = if chosen == Some(b"h2") {
+            http::Version::HTTP_2
+        } else {
+            http::Version::HTTP_11
+        };
+        assert_eq!(response.version(), version, "{offered:?}");
+    }
+}
