@@ -118,15 +118,16 @@ fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
             .map(str::trim);
         for token in tokens {
             let hop_by_hop = HOP_BY_HOP
-                .iter()
-                .position(|name| token.eq_ignore_ascii_case(name));
+                .into_iter()
+                .enumerate()
+                .find(|(_, name)| token.eq_ignore_ascii_case(name));
             if token.eq_ignore_ascii_case("upgrade") {
                 upgrade_requested = true;
-            } else if let Some(index) = hop_by_hop {
+            } else if let Some((index, name)) = hop_by_hop {
                 // Hop-by-hop names are removed below, if present; one kept
                 // otherwise (an answer's `Trailer`) goes when named here.
                 if kept & (1 << index) != 0 {
-                    named.push(HeaderName::from_static(HOP_BY_HOP[index]));
+                    named.push(HeaderName::from_static(name));
                 }
             } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
                 // A token that is no valid header name names nothing.
