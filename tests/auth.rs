@@ -1907,6 +1907,61 @@ async fn route_issuer_restriction_holds_on_cache_hits() {
     .await;
 }
 
+#[tokio::test]
+async fn a_route_refuses_another_issuers_token_before_fetching_keys_for_it() {
+    let world = World::new().await;
+    let second = SigningKey::generate("key-2").unwrap();
+    let second_jwks = JwksServer::start(second.jwks()).await;
+    let extra = format!(
+        "    jwks_refetch_cooldown: 0s\n  - name: second\n    issuer: {SECOND_ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n",
+        second_jwks.uri()
+    );
+    let yaml = format!(
+        "{}  - path: /second\n    upstream: app\n    scopes: [orders:read]\n    issuers: [second]\n",
+        world.config_with(&extra)
+    );
+    let gw = Gateway::start(&yaml).await;
+    // The first issuer's claims under a key it has not published: where
+    // that issuer is accepted, the unknown kid makes the gateway fetch its
+    // key set again.
+    let unpublished = SigningKey::generate("key-9")
+        .unwrap()
+        .mint(&fresh_claims("orders:read"))
+        .unwrap();
+
+    let fetches = world.jwks.fetches();
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/second",
+        &unpublished,
+        Want::Invalid(TokenError::IssuerNotAccepted),
+        "first issuer's token on a second-only route",
+    )
+    .await;
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches,
+        "a token the route does not accept fetched its issuer's keys"
+    );
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &unpublished,
+        Want::Invalid(TokenError::UnknownKey),
+        "the same token where its issuer is accepted",
+    )
+    .await;
+    assert_eq!(
+        world.jwks.fetches(),
+        fetches + 1,
+        "an unknown kid did not refetch"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 4. The verified-token cache.
 // ---------------------------------------------------------------------------

@@ -390,6 +390,7 @@ impl Authenticator {
             None => match Box::pin(self.verify_or_introspect(
                 bearer::check_characters(raw).map_err(Refused::from)?,
                 key,
+                accepted,
                 introspector,
             ))
             .await?
@@ -415,10 +416,12 @@ impl Authenticator {
 
     /// JWTs are verified locally; anything that is not a compact JWS, and JWTs
     /// of an issuer that has no keys, go to the route's introspecting issuer.
+    /// A JWT naming an issuer the route does not accept is refused unverified.
     async fn verify_or_introspect(
         &self,
         token: &str,
         digest: cache::TokenDigest,
+        accepted: Option<&[usize]>,
         route_introspector: Option<usize>,
     ) -> Result<Verified, Refused> {
         let introspect_with = |index: usize| {
@@ -442,6 +445,16 @@ impl Authenticator {
         };
         if let Some(Value::String(iss)) = jwt.claims.get("iss") {
             if let Some(&index) = self.by_iss.get(iss.as_str()) {
+                // Only this issuer's keys could verify it, and whatever its
+                // signature the route refuses it: no key lookup, refetch or
+                // introspection call for it.
+                if accepted.is_some_and(|accepted| !accepted.contains(&index)) {
+                    self.metrics.token_cache_misses.inc();
+                    return Err(Refused::by(
+                        index,
+                        GatewayError::InvalidToken(TokenError::IssuerNotAccepted),
+                    ));
+                }
                 let keyless = self
                     .issuers
                     .get(index)
