@@ -16,12 +16,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, WriteTransaction};
+use redb::{
+    Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
+    WriteTransaction,
+};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decide, now_secs, CodeRecord, Decision, Digest, Expiring, Kind, RefreshRecord, StoreError, Use,
+    decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Expiring, Kind,
+    RefreshRecord, StoreError, Use,
 };
 
 /// A table of single-use entries: digest → JSON [`Stored`] record.
@@ -142,12 +146,15 @@ pub(super) struct FileStore {
     places: Arc<tokio::sync::Semaphore>,
     /// [`TIMEOUT`], shorter in tests.
     timeout: Duration,
+    /// The most entries it holds (revocations: [`revocation_headroom`] more).
+    capacity: usize,
 }
 
 impl FileStore {
     /// Creates or opens the database file, checks its integrity, and makes
-    /// sure every table exists (so read transactions never miss one).
-    pub(super) async fn open(path: PathBuf) -> Result<Self, StoreError> {
+    /// sure every table exists (so read transactions never miss one). Past
+    /// `capacity` entries, new ones are refused ([`StoreError::Full`]).
+    pub(super) async fn open(path: PathBuf, capacity: usize) -> Result<Self, StoreError> {
         let db = tokio::task::spawn_blocking(move || {
             let db = Database::builder()
                 .set_cache_size(CACHE_BYTES)
@@ -171,6 +178,7 @@ impl FileStore {
             db: Arc::new(db),
             places: Arc::new(tokio::sync::Semaphore::new(AT_ONCE)),
             timeout: TIMEOUT,
+            capacity,
         })
     }
 
@@ -267,6 +275,11 @@ impl FileStore {
     /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
     pub(super) async fn revoke(&self, kind: Kind, id: &str, until: u64) -> Result<(), StoreError> {
         let id = id.to_owned();
+        // Revocations have room of their own beyond the capacity: a store
+        // full of grants must still be able to end them.
+        let capacity = self
+            .capacity
+            .saturating_add(revocation_headroom(self.capacity));
         self.run(move |db| {
             let now = now_secs();
             if until <= now {
@@ -274,6 +287,7 @@ impl FileStore {
             }
             let (def, tag) = revocations(kind);
             let txn = db.begin_write().db()?;
+            purge(&txn, now)?;
             {
                 let mut table = txn.open_table(def).db()?;
                 let old = table.get(id.as_str()).db()?.map(|g| g.value());
@@ -281,10 +295,13 @@ impl FileStore {
                 match old {
                     Some(old) if old >= until => {}
                     _ => {
-                        if let Some(old) = old {
-                            expiry
-                                .remove(expiry_key(old, tag, id.as_bytes()).as_slice())
-                                .db()?;
+                        match old {
+                            Some(old) => {
+                                expiry
+                                    .remove(expiry_key(old, tag, id.as_bytes()).as_slice())
+                                    .db()?;
+                            }
+                            None => reserve(&expiry, capacity)?,
                         }
                         table.insert(id.as_str(), until).db()?;
                         expiry
@@ -293,7 +310,6 @@ impl FileStore {
                     }
                 }
             }
-            purge(&txn, now)?;
             db.commit(txn)
         })
         .await
@@ -325,6 +341,7 @@ async fn put<T>(
 where
     T: Expiring + Serialize + DeserializeOwned + Send + 'static,
 {
+    let capacity = store.capacity;
     store
         .run(move |db| {
             let now = now_secs();
@@ -332,6 +349,7 @@ where
                 return Ok(());
             }
             let txn = db.begin_write().db()?;
+            purge(&txn, now)?;
             {
                 let mut table = txn.open_table(def).db()?;
                 let mut expiry = txn.open_table(EXPIRY).db()?;
@@ -348,7 +366,11 @@ where
                     }
                     // An undecodable old entry is replaced; its index entry
                     // stays and is dropped harmlessly when it comes due.
-                    Some(Err(_)) | None => false,
+                    Some(Err(_)) => false,
+                    None => {
+                        reserve(&expiry, capacity)?;
+                        false
+                    }
                 };
                 let retain = record.retain(used);
                 let bytes = encode(&Stored { record, used })?;
@@ -357,7 +379,6 @@ where
                     .insert(expiry_key(retain, tag, &digest).as_slice(), ())
                     .db()?;
             }
-            purge(&txn, now)?;
             db.commit(txn)
         })
         .await
@@ -440,6 +461,18 @@ where
         .await
 }
 
+/// Checks there is room for one new entry: every entry has one line in the
+/// expiry index. Callers purge first, and a purge batch removes every expired
+/// entry unless there are more than a batch of them (then the store is far
+/// below capacity afterwards).
+fn reserve(expiry: &redb::Table<'_, &[u8], ()>, capacity: usize) -> Result<(), StoreError> {
+    let entries = expiry.len().db()?;
+    if usize::try_from(entries).map_or(true, |entries| entries >= capacity) {
+        return Err(StoreError::Full(capacity));
+    }
+    Ok(())
+}
+
 /// Removes up to [`PURGE_BATCH`] entries whose keep-until is at or before `now`.
 fn purge(txn: &WriteTransaction, now: u64) -> Result<(), StoreError> {
     let mut expiry = txn.open_table(EXPIRY).db()?;
@@ -517,8 +550,6 @@ fn purge_revocation(
 
 #[cfg(test)]
 mod tests {
-    use redb::ReadableTableMetadata;
-
     use super::*;
 
     fn record(expires_at: u64, family_expires_at: u64) -> RefreshRecord {
@@ -582,7 +613,9 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_disk_fails_operations_in_time_and_holds_few_threads() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let mut store = FileStore::open(dir.path().join("s.redb"), usize::MAX)
+            .await
+            .unwrap();
         store.timeout = Duration::from_millis(200);
         let store = Arc::new(store);
         let gate = Arc::new(Gate::default());
@@ -639,12 +672,86 @@ mod tests {
         assert!(serving, "not serving again");
     }
 
+    #[tokio::test]
+    async fn a_full_store_refuses_new_entries_without_evicting() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), 3).await.unwrap();
+        let t = now_secs();
+        store
+            .put_refresh(&[2; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        store
+            .put_refresh(&[3; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        store.revoke(Kind::Access, "j", t + 60).await.unwrap();
+        // Full of live entries: refused, and nothing live was evicted.
+        let err = store
+            .put_refresh(&[4; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, StoreError::Full(3)), "{err}");
+        assert_eq!(counts(&store.db), [2, 0, 0, 1, 3]);
+        // Revocations have room of their own, bounded too.
+        store.revoke(Kind::Family, "f", t + 60).await.unwrap();
+        assert!(store.is_revoked(Kind::Family, "f").await.unwrap());
+        let err = store.revoke(Kind::Family, "g", t + 60).await.unwrap_err();
+        assert!(matches!(err, StoreError::Full(4)), "{err}");
+        // Overwriting an existing entry needs no room, and keeps it used.
+        assert!(matches!(
+            store.use_refresh(&[3; 32]).await.unwrap(),
+            Use::Fresh(_)
+        ));
+        store
+            .put_refresh(&[3; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        assert!(matches!(
+            store.use_refresh(&[3; 32]).await.unwrap(),
+            Use::Reused(_)
+        ));
+        // Extending a revocation needs no room either.
+        store.revoke(Kind::Access, "j", t + 120).await.unwrap();
+        assert_eq!(counts(&store.db), [2, 0, 1, 1, 4]);
+    }
+
+    /// Expired entries are purged before a write checks for room.
+    #[tokio::test]
+    async fn expired_entries_make_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), 1).await.unwrap();
+        let t = now_secs();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(REFRESH).unwrap();
+            let bytes = encode(&Stored {
+                record: record(t - 100, t - 50),
+                used: true,
+            })
+            .unwrap();
+            table.insert(&[7; 32], bytes.as_slice()).unwrap();
+            let mut expiry = txn.open_table(EXPIRY).unwrap();
+            expiry
+                .insert(expiry_key(t - 50, TAG_REFRESH, &[7; 32]).as_slice(), ())
+                .unwrap();
+        }
+        txn.commit().unwrap();
+        store
+            .put_refresh(&[8; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        assert_eq!(counts(&store.db), [1, 0, 0, 0, 1]);
+    }
+
     /// Using up a value nobody stored takes no write lock: it answers while
     /// another writer holds the database.
     #[tokio::test]
     async fn a_miss_takes_no_write_lock() {
         let dir = tempfile::tempdir().unwrap();
-        let mut store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let mut store = FileStore::open(dir.path().join("s.redb"), usize::MAX)
+            .await
+            .unwrap();
         // A write lock would hold it past any timeout: this one is long
         // enough for a busy machine.
         store.timeout = Duration::from_secs(5);
@@ -660,7 +767,9 @@ mod tests {
     #[tokio::test]
     async fn entries_indexed_at_their_familys_end_are_purged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), usize::MAX)
+            .await
+            .unwrap();
         let t = now_secs();
         let txn = store.db.begin_write().unwrap();
         {
@@ -687,7 +796,9 @@ mod tests {
     #[tokio::test]
     async fn writes_purge_expired_entries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::open(dir.path().join("s.redb")).await.unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), usize::MAX)
+            .await
+            .unwrap();
         let t = now_secs();
         // Entries end at `t + ENDS`: the setup below must run before then
         // (at least ENDS - 1 seconds, as `t` is rounded down), or what it

@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    code_retain, decide, now_secs, refresh_retain, CodeRecord, Decision, Digest, Kind,
-    RefreshRecord, StoreError, Use,
+    code_retain, decide, now_secs, refresh_retain, revocation_headroom, CodeRecord, Decision,
+    Digest, Kind, RefreshRecord, StoreError, Use,
 };
 
 /// How many expired entries one write purges at most, so no single call holds
@@ -97,11 +97,6 @@ impl State {
         }
         Ok(())
     }
-}
-
-/// Entries beyond the capacity that only revocations may take (an eighth).
-fn revocation_headroom(capacity: usize) -> usize {
-    (capacity / 8).max(1)
 }
 
 /// The memory backend.

@@ -2,9 +2,10 @@
 //! revocations, in one of three backends behind one [`Store`] handle.
 //!
 //! - **memory**: a mutex-guarded map in this process. Lost on restart; one
-//!   replica only. Bounded to [`MEMORY_CAPACITY`] entries.
+//!   replica only. Bounded to [`CAPACITY`] entries.
 //! - **file**: an embedded [redb](https://www.redb.org) database file. Survives
-//!   restarts; one replica only (the file is locked while open).
+//!   restarts; one replica only (the file is locked while open). Bounded to
+//!   [`CAPACITY`] entries too.
 //! - **redis**: a shared Redis (7.0 or newer). Survives restarts and is shared by
 //!   every replica, which is what makes single-use checks hold across replicas.
 //!
@@ -57,11 +58,18 @@ pub type Digest = [u8; 32];
 /// (and the tokens issued from it can be revoked) instead of looking unknown.
 pub const CODE_REPLAY_GRACE_SECS: u64 = 600;
 
-/// The most entries (refresh tokens, codes and revocations together) the memory
-/// backend holds, so a flood of grants cannot exhaust the process's memory.
-/// Expired entries are purged first; past this, writes fail with
-/// [`StoreError::Full`].
-pub const MEMORY_CAPACITY: usize = 1_000_000;
+/// The most entries (refresh tokens, codes and revocations together) the
+/// memory and file backends hold, so a flood of grants cannot exhaust the
+/// process's memory or the volume. Expired entries are purged first; past
+/// this, writes fail with [`StoreError::Full`]. Revocations have
+/// [`revocation_headroom`] more, so a full store can still end grants.
+pub const CAPACITY: usize = 1_000_000;
+
+/// Entries beyond a store's capacity that only revocations may take (an
+/// eighth).
+pub(super) fn revocation_headroom(capacity: usize) -> usize {
+    (capacity / 8).max(1)
+}
 
 /// One issued refresh token, stored under the digest of the token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -143,8 +151,9 @@ pub enum StoreError {
     /// or damaged).
     #[error("state store entry is corrupt: {0}")]
     Corrupt(String),
-    /// The memory backend is at [`MEMORY_CAPACITY`] even after purging expired
-    /// entries; the write was refused rather than evicting live state.
+    /// The memory or file backend is at its capacity ([`CAPACITY`], and
+    /// [`revocation_headroom`] more for revocations) even after purging
+    /// expired entries; the write was refused rather than evicting live state.
     #[error("state store is full ({0} entries)")]
     Full(usize),
 }
@@ -241,8 +250,10 @@ impl Store {
     /// unreachable server fails at startup rather than at the first grant.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
         let backend = match config {
-            StoreConfig::Memory => Backend::Memory(Box::new(MemoryStore::new(MEMORY_CAPACITY))),
-            StoreConfig::File(path) => Backend::File(FileStore::open(path.clone()).await?),
+            StoreConfig::Memory => Backend::Memory(Box::new(MemoryStore::new(CAPACITY))),
+            StoreConfig::File(path) => {
+                Backend::File(FileStore::open(path.clone(), CAPACITY).await?)
+            }
             StoreConfig::Redis(target) => Backend::Redis(RedisStore::open(target).await?),
         };
         Ok(Store {
