@@ -3934,15 +3934,22 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
 /// Upstream answers pass through with their code, but the `status` label
 /// of an unregistered code is its class (or `other` past 599): an upstream
 /// may answer anything from 100 to 999, each a series per route and method.
+/// An upstream's own 499 is no exception: `499` is for abandoned requests.
 #[tokio::test]
 async fn unregistered_status_codes_are_counted_by_class() {
     let world = World::new().await;
     let token = world.token("orders:read");
-    let answers: [(u16, &str, &'static [u8]); 3] = [
+    let answers: [(u16, &str, &'static [u8]); 4] = [
         (
             418,
             "418",
             b"HTTP/1.1 418 Teapot\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        // Not counted as a client that left (the label of abandoned requests).
+        (
+            499,
+            "4xx",
+            b"HTTP/1.1 499 Client Closed Request\r\nContent-Length: 2\r\n\r\nok",
         ),
         (
             299,

@@ -301,7 +301,7 @@ impl Gateway {
             served_by,
             slot,
             method,
-            status,
+            Counted::Answered(status),
             elapsed.as_secs_f64(),
         );
         tracing::info!(
@@ -603,14 +603,15 @@ impl Gateway {
         served_by: &'static str,
         slot: usize,
         method: &'static str,
-        status: StatusCode,
+        counted: Counted,
         secs: f64,
     ) {
+        let status_label = counted.label();
         let hot = route.and_then(|r| self.hot_metrics.routes.get(r.index));
         let (Some(route), Some((histogram, by_method))) = (route, hot) else {
             self.metrics
                 .requests
-                .with_label_values(&[served_by, method, status_label(&status)])
+                .with_label_values(&[served_by, method, status_label])
                 .inc();
             self.metrics
                 .request_duration
@@ -623,7 +624,7 @@ impl Gateway {
             .get_or_init(|| self.metrics.request_duration.with_label_values(&[name]))
             .observe(secs);
         match by_method.get(slot) {
-            Some(slot) if status == StatusCode::OK => slot
+            Some(slot) if counted == Counted::Answered(StatusCode::OK) => slot
                 .get_or_init(|| {
                     self.metrics
                         .requests
@@ -633,7 +634,7 @@ impl Gateway {
             _ => self
                 .metrics
                 .requests
-                .with_label_values(&[name, method, status_label(&status)])
+                .with_label_values(&[name, method, status_label])
                 .inc(),
         }
     }
@@ -860,8 +861,28 @@ struct Abandoned<'a> {
     armed: bool,
 }
 
-/// The status abandoned requests are counted with.
+/// The status abandoned requests are counted and logged with.
 const CLIENT_CLOSED: u16 = 499;
+
+/// What a finished request is counted as.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Counted {
+    /// It got this answer.
+    Answered(StatusCode),
+    /// Its client left, or its connection was closed, before the answer.
+    Abandoned,
+}
+
+impl Counted {
+    /// The `status` label: see [`status_label`]; abandoned requests `499`,
+    /// which no answer's label is (an upstream's own 499 is `4xx`).
+    fn label(&self) -> &str {
+        match self {
+            Counted::Answered(status) => status_label(status),
+            Counted::Abandoned => "499",
+        }
+    }
+}
 
 /// Whether a query string has a parameter some framework reads as
 /// `access_token`: names percent-decoded (`access%5Ftoken`; all of them
@@ -906,12 +927,11 @@ fn reads_as_access_token(name: &[u8]) -> bool {
     same && rest.is_none_or(|rest| matches!(rest.first(), None | Some(b'[' | b']' | 0)))
 }
 
-/// The `status` label of a response: its code when registered (or 499),
-/// else its class (`2xx`...) or `other` past 599. An upstream may answer
-/// any code from 100 to 999, and each would be a series per route and
-/// method.
+/// The `status` label of an answer: its code when registered, else its
+/// class (`2xx`...) or `other` past 599. An upstream may answer any code
+/// from 100 to 999, and each would be a series per route and method.
 fn status_label(status: &StatusCode) -> &str {
-    if status.canonical_reason().is_some() || status.as_u16() == CLIENT_CLOSED {
+    if status.canonical_reason().is_some() {
         return status.as_str();
     }
     match status.as_u16() {
@@ -932,14 +952,13 @@ impl Drop for Abandoned<'_> {
         }
         let route = self.matched.get().copied();
         let served_by = self.served_by.get().copied().unwrap_or(UNMATCHED);
-        let status = StatusCode::from_u16(CLIENT_CLOSED).unwrap_or(StatusCode::BAD_REQUEST);
         let elapsed = self.started.elapsed();
         self.gateway.record(
             route,
             served_by,
             self.slot,
             self.method,
-            status,
+            Counted::Abandoned,
             elapsed.as_secs_f64(),
         );
         tracing::info!(
