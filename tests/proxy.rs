@@ -4234,6 +4234,51 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
 /// Inbound TLS offers h2 and HTTP/1.1 by ALPN: a client offering both is
 /// served over h2, one offering only HTTP/1.1, or no ALPN at all, over
 /// HTTP/1.1.
+/// `header_read_timeout` bounds the TLS handshake and the first request
+/// head together, from accept: a client that takes most of it before its
+/// handshake has only the rest for its request (it used to get the whole
+/// timeout again once the handshake was done).
+#[tokio::test]
+async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 2s\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+        cert.display(),
+        key.display(),
+        upstream.addr
+    ))
+    .await;
+    let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
+    let config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let request = b"GET /open HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+    // Waits before the handshake and after it; `late` makes the two
+    // together longer than the timeout, while each is shorter.
+    for (before, after, late) in [(0, 0, false), (1_500, 1_500, true)] {
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(before)).await;
+        let mut tls = connector.connect(name.clone(), stream).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(after)).await;
+        let mut answer = Vec::new();
+        // A write may fail once the gateway has closed the connection.
+        let _ = tls.write_all(request).await;
+        let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        if late {
+            assert!(answer.is_empty(), "answered after the deadline: {answer}");
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        }
+    }
+    assert_eq!(upstream.count(), 1);
+}
+
 #[tokio::test]
 async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
     let upstream = Upstream::start().await;

@@ -183,9 +183,11 @@ async fn serve(
         let tls = tls
             .as_ref()
             .map(|started| current.load().tls_acceptor().unwrap_or(started).clone());
-        let head_timeout = settings.header_read_timeout;
+        // One deadline from accept: a TLS handshake that takes its time
+        // leaves that much less for the first request head, so a slot is
+        // never held for both in turn.
         let timeouts = ConnectionTimeouts {
-            first_request: head_timeout,
+            first_request_by: tokio::time::Instant::now() + settings.header_read_timeout,
             idle: settings.idle_timeout,
         };
         let hold = Arc::new(ConnectionHold::new(
@@ -197,7 +199,8 @@ async fn serve(
         tasks.spawn(async move {
             match tls {
                 Some(acceptor) => {
-                    match tokio::time::timeout(head_timeout, acceptor.accept(stream)).await {
+                    let handshake = acceptor.accept(stream);
+                    match tokio::time::timeout_at(timeouts.first_request_by, handshake).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
                                 stream, peer, client, gateway, &builder, watcher, timeouts,
@@ -280,8 +283,9 @@ where
 /// Per-connection time limits.
 #[derive(Debug, Clone, Copy)]
 struct ConnectionTimeouts {
-    /// Until the first request head is complete.
-    first_request: Duration,
+    /// When the first request head must be complete (the TLS handshake
+    /// included), counted from accept.
+    first_request_by: tokio::time::Instant,
     /// With nothing in flight, after the first request.
     idle: Duration,
 }
@@ -336,7 +340,7 @@ async fn serve_connection<I>(
     // `max_connections` slot forever. So the first request must arrive in time.
     let no_first_request = async {
         let notified = first_request.notified();
-        if tokio::time::timeout(timeouts.first_request, notified)
+        if tokio::time::timeout_at(timeouts.first_request_by, notified)
             .await
             .is_ok()
         {
