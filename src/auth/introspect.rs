@@ -420,11 +420,14 @@ impl Introspector {
         let Ok(scopes) = super::read_scopes(answer, claim) else {
             return refused("scope");
         };
-        let ttl = [expires_at, token_exp]
-            .into_iter()
-            .flatten()
+        // A JWT's own `exp` ends it too, whatever the answer says: for the
+        // cache, and for what outlives a request (a tunnel it opened).
+        let expires_at = [expires_at, token_exp].into_iter().flatten().min();
+        let ttl = expires_at
             .map(jwt::time_until)
-            .fold(self.settings.cache_ttl, Duration::min);
+            .map_or(self.settings.cache_ttl, |left| {
+                left.min(self.settings.cache_ttl)
+            });
         Answer::Active(Arc::new(super::build_verified(
             self.issuer_index,
             answer,
@@ -509,6 +512,31 @@ mod tests {
             Arc::new(Metrics::new().unwrap()),
         )
         .unwrap()
+    }
+
+    /// A JWT's own `exp` bounds what an active answer allows, not only how
+    /// long it is cached: a tunnel opened with the token ends by then.
+    #[test]
+    fn a_jwts_own_exp_bounds_an_answer_without_one_or_with_a_later_one() {
+        let introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        let now = jwt::now_unix();
+        let token_exp = now + 60;
+        for (answer_exp, want) in [
+            (None, token_exp),
+            (Some(now + 7200), token_exp),
+            (Some(now + 30), now + 30),
+        ] {
+            let mut answer = serde_json::Map::new();
+            answer.insert("active".into(), Value::Bool(true));
+            if let Some(exp) = answer_exp {
+                answer.insert("exp".into(), Value::from(exp));
+            }
+            let Answer::Active(token) = introspector.interpret(&answer, Some(token_exp)) else {
+                panic!("{answer_exp:?}: not active");
+            };
+            assert_eq!(token.expires_at, want, "{answer_exp:?}");
+            assert_eq!(token.accepted_until, want, "{answer_exp:?}: leeway 0");
+        }
     }
 
     /// An active answer the monotonic clock would keep, for a token whose
