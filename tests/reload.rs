@@ -1245,5 +1245,43 @@ async fn a_reload_keeps_the_client_secrets_checked_before_it() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A reload keeps the failures the built-in server counted: guesses made
+/// before it still count toward the limit after it (a reload gave every
+/// client id and user name fresh guesses).
+#[tokio::test]
+async fn a_reload_keeps_the_failures_counted_before_it() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let hash = argon2_hash("s3cret-value");
+    let server = format!(
+        "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+    );
+    std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+    let token_url = gw.url("/oauth2/token");
+    let grant = |secret: &str| {
+        send(
+            "POST",
+            &token_url,
+            &[("content-type", "application/x-www-form-urlencoded")],
+            bytes::Bytes::from(format!(
+                "grant_type=client_credentials&client_id=svc&client_secret={secret}"
+            )),
+        )
+    };
+    for attempt in 1..=5 {
+        let r = grant(&format!("guess-{attempt}")).await.unwrap();
+        assert_eq!(r.status, 400, "guess {attempt}: {}", r.text());
+    }
+
+    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
+    assert!(wait_for_status(&gw.url("/two"), 200).await);
+    let r = grant("guess-6").await.unwrap();
+    assert_eq!(r.status, 429, "the reload reset the count: {}", r.text());
+    let r = grant("s3cret-value").await.unwrap();
+    assert_eq!(r.status, 429, "{}", r.text());
+}
+
 #[path = "reload/hostile_reloads.rs"]
 mod hostile_reloads;

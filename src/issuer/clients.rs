@@ -155,6 +155,16 @@ fn failed(presented: &Presented, known: bool, why: &'static str) -> OAuthError {
 pub struct ClientAuthenticator {
     clients: HashMap<String, Client>,
     verified: moka::sync::Cache<[u8; 32], ()>,
+    /// Shared with the server this one replaced on a reload, so that a
+    /// reload gives no name fresh guesses.
+    guesses: Arc<Guesses>,
+    /// Shared on a reload too: its bounds hold for the process.
+    hashing: PasswordChecker,
+}
+
+/// The failure limiter's state.
+#[derive(Default)]
+struct Guesses {
     /// Failures per name: the count and when its window began, keyed by the
     /// name's digest so that the table's size does not depend on the names
     /// (a client id or user name can be as long as a request body).
@@ -166,7 +176,6 @@ pub struct ClientAuthenticator {
     pending: Mutex<HashMap<[u8; 32], u32>>,
     /// Woken whenever a check ends, for checks waiting for a place.
     check_ended: tokio::sync::Notify,
-    hashing: PasswordChecker,
 }
 
 /// Whether a check for a name may start now.
@@ -196,7 +205,7 @@ impl Attempt<'_> {
 
 impl Drop for Attempt<'_> {
     fn drop(&mut self) {
-        if let Ok(mut pending) = self.limiter.pending.lock() {
+        if let Ok(mut pending) = self.limiter.guesses.pending.lock() {
             if let Some(count) = pending.get_mut(&self.key) {
                 *count = count.saturating_sub(1);
                 if *count == 0 {
@@ -204,12 +213,13 @@ impl Drop for Attempt<'_> {
                 }
             }
         }
-        self.limiter.check_ended.notify_waiters();
+        self.limiter.guesses.check_ended.notify_waiters();
     }
 }
 
 /// Runs argon2 checks on the blocking pool, [`HASHING_AT_ONCE`] at a time
 /// with at most [`HASHING_WAITING`] waiting, in memory it keeps for them.
+#[derive(Clone)]
 struct PasswordChecker {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
@@ -264,7 +274,7 @@ impl PasswordChecker {
 
 impl ClientAuthenticator {
     /// Indexes the registered clients, remembering the secrets `previous`
-    /// (the server before a reload) checked.
+    /// (the server before a reload) checked and the failures it counted.
     pub fn new(clients: &[Client], previous: Option<&ClientAuthenticator>) -> Self {
         Self {
             clients: clients
@@ -280,10 +290,8 @@ impl ClientAuthenticator {
                 },
                 |p| p.verified.clone(),
             ),
-            failures: Mutex::new(HashMap::new()),
-            pending: Mutex::new(HashMap::new()),
-            check_ended: tokio::sync::Notify::new(),
-            hashing: PasswordChecker::new(),
+            guesses: previous.map_or_else(Arc::default, |p| Arc::clone(&p.guesses)),
+            hashing: previous.map_or_else(PasswordChecker::new, |p| p.hashing.clone()),
         }
     }
 
@@ -426,7 +434,7 @@ impl ClientAuthenticator {
 
     /// True when `key` (a client id or user name) failed too often recently.
     pub fn is_limited(&self, key: &str) -> bool {
-        let Ok(failures) = self.failures.lock() else {
+        let Ok(failures) = self.guesses.failures.lock() else {
             return true;
         };
         failures
@@ -443,7 +451,7 @@ impl ClientAuthenticator {
         let key = failure_key(name);
         loop {
             // Registered before looking, so that an end in between wakes it.
-            let ended = self.check_ended.notified();
+            let ended = self.guesses.check_ended.notified();
             tokio::pin!(ended);
             ended.as_mut().enable();
             match self.try_begin(key) {
@@ -455,7 +463,7 @@ impl ClientAuthenticator {
     }
 
     fn try_begin(&self, key: [u8; 32]) -> Begin<'_> {
-        let failed = match self.failures.lock() {
+        let failed = match self.guesses.failures.lock() {
             Ok(failures) => failures
                 .get(&key)
                 .filter(|(_, start)| start.elapsed() < FAILURE_WINDOW)
@@ -465,7 +473,7 @@ impl ClientAuthenticator {
         if failed >= MAX_FAILURES {
             return Begin::Limited;
         }
-        let Ok(mut pending) = self.pending.lock() else {
+        let Ok(mut pending) = self.guesses.pending.lock() else {
             return Begin::Limited;
         };
         let under_way = pending.get(&key).copied().unwrap_or(0);
@@ -482,7 +490,7 @@ impl ClientAuthenticator {
     }
 
     fn record_failure_of(&self, key: [u8; 32]) {
-        let Ok(mut failures) = self.failures.lock() else {
+        let Ok(mut failures) = self.guesses.failures.lock() else {
             return;
         };
         if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
@@ -598,7 +606,7 @@ mod tests {
         assert!(!auth.is_limited("user:almost"));
         auth.record_failure("user:almost");
         assert!(auth.is_limited("user:almost"), "the flood reset the count");
-        let tracked = auth.failures.lock().unwrap().len();
+        let tracked = auth.guesses.failures.lock().unwrap().len();
         assert!(
             (1..=MAX_TRACKED).contains(&tracked),
             "{tracked} names tracked"
@@ -644,7 +652,7 @@ mod tests {
         assert!(refused.is_none(), "a check began on a limited name");
         assert!(auth.is_limited("user:target"));
         assert!(
-            auth.pending.lock().unwrap().is_empty(),
+            auth.guesses.pending.lock().unwrap().is_empty(),
             "ended checks stay pending"
         );
     }
