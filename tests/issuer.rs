@@ -461,19 +461,25 @@ async fn scope_outside_the_clients_is_invalid_scope() {
         assert_oauth_error(&r, 400, "invalid_scope");
     }
     // A parameter without a value counts as not sent (RFC 6749 3.1): `scope=`
-    // asks for what no scope asks for, the client's scopes.
-    let r = token_request(
-        &gw,
-        &format!("grant_type=client_credentials&scope=&{}", creds("svc")),
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(
-        r.json()["scope"],
-        "orders:read reports:read",
-        "{}",
-        r.text()
-    );
+    // asks for what no scope asks for, the client's scopes; so does a
+    // `scope` of blanks, which names no scope.
+    for scope in ["", "%20", "+++"] {
+        let r = token_request(
+            &gw,
+            &format!(
+                "grant_type=client_credentials&scope={scope}&{}",
+                creds("svc")
+            ),
+        )
+        .await;
+        assert_eq!(r.status, 200, "{scope:?}: {}", r.text());
+        assert_eq!(
+            r.json()["scope"],
+            "orders:read reports:read",
+            "{scope:?}: {}",
+            r.text()
+        );
+    }
 }
 
 #[tokio::test]

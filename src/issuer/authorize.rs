@@ -233,14 +233,9 @@ impl AuthorizationServer {
             }
             None => return Err(("invalid_request", "response_type is required")),
         }
-        // A `scope` of blanks names no scope: read as left out (RFC 6749
-        // 3.3's default), as the form's scope field will be when posted
-        // back empty. Read as no scopes here, the consent page would show
-        // none, and approving it would grant the client's defaults.
-        let requested = map
-            .get("scope")
-            .filter(|s| s.split(' ').any(|t| !t.is_empty()));
-        let scope = requested_scope(requested, &client.scopes, None).map_err(|_| {
+        // A `scope` of blanks reads as left out, as the form's scope field
+        // will be when posted back empty.
+        let scope = requested_scope(map.get("scope"), &client.scopes, None).map_err(|_| {
             (
                 "invalid_scope",
                 "a requested scope is not allowed for this client",

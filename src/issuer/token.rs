@@ -549,7 +549,10 @@ pub fn s256(verifier: &str) -> String {
 }
 
 /// The granted scope: the requested one (a subset of what is allowed), or
-/// everything allowed when none is requested.
+/// everything allowed when none is requested. A `scope` of blanks names no
+/// scope and reads as left out (RFC 6749 3.3's default), as an empty one
+/// does: granting no scope for it would give a token good for nothing, and
+/// at the authorization endpoint a consent page listing none.
 pub(crate) fn requested_scope(
     requested: Option<&String>,
     allowed: &[String],
@@ -558,7 +561,7 @@ pub(crate) fn requested_scope(
     let permitted = |s: &str| {
         allowed.iter().any(|a| a == s) && also_allowed.is_none_or(|x| x.iter().any(|a| a == s))
     };
-    match requested {
+    match requested.filter(|s| s.split(' ').any(|t| !t.is_empty())) {
         Some(requested) => {
             let mut out: Vec<&str> = Vec::new();
             for scope in requested.split(' ').filter(|s| !s.is_empty()) {

@@ -422,10 +422,10 @@ fn client(id: &str) -> Option<(&'static [&'static str], &'static [&'static str])
 
 /// RFC 6749 3.3 as the server grants it: the requested scopes (each allowed
 /// to the client and the user, duplicates once, in order), or all allowed
-/// when none is asked for.
+/// when none is asked for (a `scope` of blanks asks for none).
 fn granted(requested: Option<&str>, allowed: &[&str], user: Option<&[&str]>) -> Option<String> {
     let permitted = |s: &str| allowed.contains(&s) && user.is_none_or(|u| u.contains(&s));
-    let Some(requested) = requested else {
+    let Some(requested) = requested.filter(|r| r.split(' ').any(|t| !t.is_empty())) else {
         return Some(
             allowed
                 .iter()
