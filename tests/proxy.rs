@@ -3974,6 +3974,22 @@ async fn unregistered_status_codes_are_counted_by_class() {
     }
 }
 
+/// The gateway answers in its own HTTP version (RFC 9110 2.5): an HTTP/1.0
+/// upstream's answer reaches an HTTP/1.1 client as HTTP/1.1, which it would
+/// otherwise read as ending the connection (RFC 9112 9.3).
+#[tokio::test]
+async fn an_http10_upstreams_answer_goes_out_as_http11() {
+    let world = World::new().await;
+    let (upstream, _) = counting_upstream(Behaviour::BadFirst(
+        b"HTTP/1.0 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    ))
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let answer = raw(gw.addr, &request("GET", "/status", &[])).await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+}
+
 /// `scopegate_upstream_errors_total` of one kind, over all upstreams.
 fn upstream_errors(metrics: &str, kind: &str) -> f64 {
     metric(

@@ -191,6 +191,10 @@ impl Forwarder {
             }
         };
 
+        // The client gets this gateway's HTTP version (RFC 9110 2.5), not an
+        // HTTP/1.0 upstream's (hyper writes the version it is given, and a
+        // client reads an HTTP/1.0 answer as closing the connection).
+        *response.version_mut() = http::Version::HTTP_11;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         if switching {
             let Some(client_side) = client_upgrade else {
