@@ -254,11 +254,13 @@ impl Forwarder {
             if remove_hop_by_hop_from_answer(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
                 // sends) is this hop's alone: the client asked for nothing.
-                // A 426 must name what to upgrade to (RFC 9110 15.5.22).
+                // A 426 must name what to upgrade to (RFC 9110 15.5.22), with
+                // the `Connection: upgrade` every sender of `Upgrade` sends
+                // (7.8), so that the next hop does not pass it on.
                 if response.status() != StatusCode::UPGRADE_REQUIRED {
                     response.headers_mut().remove(UPGRADE);
+                    response.headers_mut().remove(CONNECTION);
                 }
-                response.headers_mut().remove(CONNECTION);
             }
             // The upstream answered before the client's HTTP/1 request body
             // had all come: the answer says that the connection ends with
