@@ -110,18 +110,19 @@ fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
         // it is read). Usually the header lists only hop-by-hop names
         // (`keep-alive`) and nothing is allocated.
         let mut named: Vec<HeaderName> = Vec::new();
+        // Read as bytes: a line with a byte past ASCII in it still names
+        // the headers it lists.
         let tokens = headers
             .get_all(CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim);
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii);
         for token in tokens {
             let hop_by_hop = HOP_BY_HOP
                 .into_iter()
                 .enumerate()
-                .find(|(_, name)| token.eq_ignore_ascii_case(name));
-            if token.eq_ignore_ascii_case("upgrade") {
+                .find(|(_, name)| token.eq_ignore_ascii_case(name.as_bytes()));
+            if token.eq_ignore_ascii_case(b"upgrade") {
                 upgrade_requested = true;
             } else if let Some((index, name)) = hop_by_hop {
                 // Hop-by-hop names are removed below, if present; one kept
@@ -129,7 +130,7 @@ fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
                 if kept & (1 << index) != 0 {
                     named.push(HeaderName::from_static(name));
                 }
-            } else if let Ok(name) = HeaderName::from_bytes(token.as_bytes()) {
+            } else if let Ok(name) = HeaderName::from_bytes(token) {
                 // A token that is no valid header name names nothing.
                 named.push(name);
             }
@@ -564,6 +565,24 @@ mod tests {
         h.insert(UPGRADE, HeaderValue::from_static("websocket"));
         assert!(!remove_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-keep"));
+    }
+
+    /// A `Connection` line with a byte past ASCII (an obs-text token) still
+    /// names the headers it lists.
+    #[test]
+    fn a_connection_line_past_ascii_still_names_its_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_bytes(b"x-secret, \xe9t\xe9, upgrade").unwrap(),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("x-keep", HeaderValue::from_static("1"));
+        assert!(remove_hop_by_hop(&mut h));
+        assert!(!h.contains_key("x-secret"), "{h:?}");
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade");
         assert!(h.contains_key("x-keep"));
     }
 
