@@ -9,8 +9,11 @@ use std::path::PathBuf;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
+use scopegate::auth::check_signature;
 use scopegate::auth::jwks::{JwksError, KeySet};
-use scopegate::auth::jwt::{allowed_algorithm, parse_compact, strict_object, TokenError};
+use scopegate::auth::jwt::{
+    allowed_algorithm, parse_compact, strict_object, TokenError, UnverifiedJwt,
+};
 use serde_json::{json, Value};
 
 /// Every algorithm the gateway can ever accept.
@@ -121,34 +124,33 @@ fn split_strict(jws: &str) -> Option<(&str, &str, String, Option<String>)> {
 /// segment) before the signature is looked at, so the signature path is then
 /// exercised on the split token instead.
 fn gateway_verdict(jws: &str, keys: Option<&KeySet>, via_split: &mut bool) -> Verdict {
-    let (signing_input, signature, alg, kid) = match parse_compact(jws) {
-        Ok(jwt) => (jwt.signing_input, jwt.signature, jwt.alg, jwt.kid),
+    let jwt = match parse_compact(jws) {
+        Ok(jwt) => jwt,
         Err(e @ (TokenError::BadClaims | TokenError::Malformed)) => match split_strict(jws) {
-            Some(parts) => {
+            Some((signing_input, signature, alg, kid)) => {
                 *via_split = true;
-                parts
+                UnverifiedJwt {
+                    signing_input,
+                    signature,
+                    alg,
+                    kid,
+                    typ: None,
+                    claims: serde_json::Map::new(),
+                }
             }
             None => return Verdict::Rejected(e.reason().to_owned()),
         },
         Err(e) => return Verdict::Rejected(e.reason().to_owned()),
     };
-    let Some(alg) = allowed_algorithm(&alg, SUPPORTED) else {
-        return Verdict::Rejected(format!("alg_not_allowed ({alg})"));
+    let Some(alg) = allowed_algorithm(&jwt.alg, SUPPORTED) else {
+        return Verdict::Rejected(format!("alg_not_allowed ({})", jwt.alg));
     };
     let Some(keys) = keys else {
         return Verdict::Rejected("no_usable_key".to_owned());
     };
-    let mut tried = 0;
-    for key in keys.candidates(kid.as_deref(), alg) {
-        tried += 1;
-        if key.verify(signing_input, signature, alg) {
-            return Verdict::Accepted;
-        }
-    }
-    if tried == 0 {
-        Verdict::Rejected("no_candidate_key".to_owned())
-    } else {
-        Verdict::Rejected("bad_signature".to_owned())
+    match check_signature(keys, &jwt, alg) {
+        Ok(()) => Verdict::Accepted,
+        Err(e) => Verdict::Rejected(e.reason().to_owned()),
     }
 }
 

@@ -716,7 +716,10 @@ pub(crate) fn build_verified(
     }
 }
 
-fn check_signature(
+/// Checks a JWS's signature against a key set, for `alg` (already allowed):
+/// the keys its `kid` names, or a few of the right type when it names none.
+/// Public for the JOSE test vectors, which run it on their own keys.
+pub fn check_signature(
     keys: &KeySet,
     jwt: &jwt::UnverifiedJwt<'_>,
     alg: Algorithm,
