@@ -62,7 +62,7 @@ pub struct Metrics {
 
 /// The route, issuer and upstream names a config gives metric labels: after
 /// a reload, the series of names no longer configured are dropped
-/// ([`Metrics::forget_all_but`]), so a renamed route does not leave a frozen
+/// (by `Metrics::forget_all_but`), so a renamed route does not leave a frozen
 /// series behind for as long as the process lives.
 #[derive(Debug, Default, Clone)]
 pub struct LabelNames {

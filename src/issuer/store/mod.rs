@@ -61,8 +61,8 @@ pub const CODE_REPLAY_GRACE_SECS: u64 = 600;
 /// The most entries (refresh tokens, codes and revocations together) the
 /// memory and file backends hold, so a flood of grants cannot exhaust the
 /// process's memory or the volume. Expired entries are purged first; past
-/// this, writes fail with [`StoreError::Full`]. Revocations have
-/// [`revocation_headroom`] more, so a full store can still end grants.
+/// this, writes fail with [`StoreError::Full`]. Revocations have an eighth
+/// more, so a full store can still end grants.
 pub const CAPACITY: usize = 1_000_000;
 
 /// Entries beyond a store's capacity that only revocations may take (an
@@ -151,9 +151,9 @@ pub enum StoreError {
     /// or damaged).
     #[error("state store entry is corrupt: {0}")]
     Corrupt(String),
-    /// The memory or file backend is at its capacity ([`CAPACITY`], and
-    /// [`revocation_headroom`] more for revocations) even after purging
-    /// expired entries; the write was refused rather than evicting live state.
+    /// The memory or file backend is at its capacity ([`CAPACITY`], and an
+    /// eighth more for revocations) even after purging expired entries; the
+    /// write was refused rather than evicting live state.
     #[error("state store is full ({0} entries)")]
     Full(usize),
 }
