@@ -1637,7 +1637,8 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
     // A refresh token, to the client it was issued to only.
     let v = introspect(&gw, "svc", &r0).await.json();
     assert_eq!(v["active"], true, "{v}");
-    assert_eq!(v["token_type"], "refresh_token", "{v}");
+    assert_eq!(v["token_use"], "refresh_token", "{v}");
+    assert_eq!(v.get("token_type"), None, "an access token's field: {v}");
     assert_eq!(v["client_id"], "svc", "{v}");
     assert_eq!(v["scope"], "orders:read reports:read", "{v}");
     let v = introspect(&gw, "other", &r0).await.json();

@@ -156,9 +156,12 @@ impl AuthorizationServer {
         if !self.refresh_is_live(&record, used).await? || record.client_id != caller {
             return Ok(inactive);
         }
+        // `token_type` is an access token's type (RFC 7662 2.2 by RFC 6749
+        // 5.1): a refresh token says what it is in `token_use`, as Ory
+        // Hydra's answers do (and as the gateway's introspection reads).
         Ok(json!({
             "active": true,
-            "token_type": "refresh_token",
+            "token_use": "refresh_token",
             "scope": record.scope,
             "client_id": record.client_id,
             "sub": record.subject,
