@@ -1,6 +1,7 @@
 //! `scopegate demo`: a complete playground with no files and no other programs.
-//! An in-memory ES256 key, its JWKS served on loopback, an echo upstream,
-//! three routes, freshly minted tokens, and curl commands to paste.
+//! The built-in authorization server (an in-memory key, a confidential and a
+//! public client, a user), an echo upstream, five routes, and curl commands
+//! to paste.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
