@@ -358,18 +358,23 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             };
             match token.filter(shown) {
                 Some(t) => {
-                    let token_type = match t.kind {
-                        Kind::Access { .. } => "Bearer",
-                        Kind::Refresh { .. } => "refresh_token",
+                    // What the answer calls it: an access token by its
+                    // `token_type`, a refresh token in `token_use` alone.
+                    let (kind, token_type, token_use) = match t.kind {
+                        Kind::Access { .. } => ("access token", Some("Bearer"), None),
+                        Kind::Refresh { .. } => ("refresh token", None, Some("refresh_token")),
                     };
                     let seen = (
                         json["active"].as_bool(),
                         json["token_type"].as_str(),
+                        json["token_use"].as_str(),
                         json["client_id"].as_str(),
                     );
-                    if r.status != 200 || seen != (Some(true), Some(token_type), Some(t.client)) {
+                    if r.status != 200
+                        || seen != (Some(true), token_type, token_use, Some(t.client))
+                    {
                         return Err(format!(
-                            "expected an active {token_type} of {}: {}",
+                            "expected an active {kind} of {}: {}",
                             t.client,
                             r.text()
                         ));
