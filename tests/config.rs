@@ -464,6 +464,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "authorization_servers: `https://as.example.com/?tenant=1` is no issuer identifier",
         ),
         (
+            "one identity header in two spellings",
+            "forward:\n  identity_headers: { X-User: sub, x_user: email }\n".into(),
+            "2:21",
+            "`x_user` is another spelling of an identity header already listed",
+        ),
+        (
             "reserved identity header, spelled with underscores",
             "forward:\n  identity_headers: { X_Forwarded_For: sub }\n".into(),
             "2:21",

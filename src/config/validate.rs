@@ -2130,6 +2130,15 @@ impl Validator<'_> {
             if claim.is_empty() {
                 return Err(self.err(map.referenced, format!("`{header}` needs a claim name")));
             }
+            // `X-User` and `x-user` are one header, and `x_user` one to the
+            // many servers that read `_` as `-`: one would silently win.
+            let dashed = |name: &HeaderName| name.as_str().replace('_', "-");
+            if set.iter().any(|(other, _)| dashed(other) == dashed(&name)) {
+                return Err(self.err(
+                    map.referenced,
+                    format!("`{header}` is another spelling of an identity header already listed"),
+                ));
+            }
             let slot = match claims.iter().position(|c| c == claim) {
                 Some(slot) => slot,
                 None => {
