@@ -759,18 +759,42 @@ fn run_with_a_bad_config_exits_non_zero() {
     );
 }
 
+/// `SCOPEGATE_CONFIG` names the file when `--config` does not: here a
+/// broken one, so that reading the default file (which is valid) instead
+/// would pass `check`.
 #[test]
 fn config_from_environment_variable() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("from-env.yaml");
+    std::fs::write(&file, "routes: 5\n").unwrap();
     let out = scopegate()
         .arg("check")
-        .env("SCOPEGATE_CONFIG", root.join("config/scopegate.yaml"))
+        .env("SCOPEGATE_CONFIG", &file)
         .output()
         .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr.starts_with(&format!("{}:1:9: ", file.display())),
+        "{stderr}"
+    );
+}
+
+/// A file that is not UTF-8 (a Latin-1 `é` in a comment) is refused at its
+/// first byte that is not, like any other error.
+#[test]
+fn a_config_that_is_no_utf8_is_refused_at_its_first_bad_byte() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("latin1.yaml");
+    std::fs::write(&file, b"routes: []\n# caf\xe9\n").unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(!ok);
+    assert!(
+        stderr.starts_with(&format!(
+            "{}:2:6: the file is not UTF-8 text",
+            file.display()
+        )),
+        "{stderr}"
     );
 }
 

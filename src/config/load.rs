@@ -73,10 +73,33 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Reads a file; the error names the file.
+/// Reads a file; the error names the file (and, for text that is no UTF-8,
+/// the line and column of the first byte that is not).
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
-    std::fs::read_to_string(path).map_err(|e| {
-        ConfigError::whole_file(&path.display().to_string(), format!("cannot read: {e}"))
+    let file = path.display().to_string();
+    let bytes = std::fs::read(path)
+        .map_err(|e| ConfigError::whole_file(&file, format!("cannot read: {e}")))?;
+    text_of(&file, bytes)
+}
+
+/// A 1-based position from the number of items before it.
+fn count(before: usize) -> u64 {
+    u64::try_from(before).map_or(u64::MAX, |n| n.saturating_add(1))
+}
+
+/// The text of a file's bytes; an error at the first byte that is no UTF-8.
+pub fn text_of(file: &str, bytes: Vec<u8>) -> Result<String, ConfigError> {
+    String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        // The prefix is UTF-8, so it has lines and characters to count.
+        let before = String::from_utf8_lossy(valid);
+        let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+        ConfigError {
+            file: file.to_owned(),
+            line: Some(count(before.matches('\n').count())),
+            column: Some(count(before[line_start..].chars().count())),
+            message: "the file is not UTF-8 text".to_owned(),
+        }
     })
 }
 

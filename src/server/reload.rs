@@ -151,7 +151,7 @@ impl Reloader {
         let (path, named) = (self.path.clone(), self.files.clone());
         let read = tokio::task::spawn_blocking(move || {
             (
-                std::fs::read_to_string(&path),
+                config::load::read_file(&path),
                 config::load::current_files_digest(&named),
             )
         })
@@ -159,13 +159,7 @@ impl Reloader {
         let (text, files) = match read {
             Ok((Ok(text), files)) => (text, files),
             Ok((Err(e), _)) => {
-                self.failed(&ReloadError::Invalid(
-                    config::ConfigError::whole_file(
-                        &self.path.display().to_string(),
-                        format!("cannot read: {e}"),
-                    ),
-                    None,
-                ));
+                self.failed(&ReloadError::Invalid(e, None));
                 return;
             }
             Err(e) => {
