@@ -355,6 +355,11 @@ fn has_non_ascii_escape(path: &str) -> bool {
     })
 }
 
+/// The most segments a route pattern may have. The route trie is walked
+/// recursively, a level per segment, per request too: a pattern of many
+/// thousand segments would overflow a thread's stack.
+pub const MAX_PATTERN_SEGMENTS: usize = 128;
+
 /// Parses and validates a route pattern.
 fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
     if !path.starts_with('/') {
@@ -403,6 +408,11 @@ fn parse_pattern(path: &str, rules: MatchRules) -> Result<Pattern, String> {
     }
     let raw: Vec<&str> = path.get(1..).unwrap_or_default().split('/').collect();
     let count = raw.len();
+    if count > MAX_PATTERN_SEGMENTS {
+        return Err(format!(
+            "a path pattern of {count} segments: at most {MAX_PATTERN_SEGMENTS} are allowed"
+        ));
+    }
     raw.into_iter()
         .enumerate()
         .map(|(i, seg)| {
@@ -1346,6 +1356,17 @@ mod tests {
             assert_eq!(e.index, 1, "{pattern}");
             assert!(e.message.contains(needle), "{pattern}: {e}");
         }
+    }
+
+    #[test]
+    fn patterns_have_at_most_128_segments() {
+        let deepest = "/{p}".repeat(MAX_PATTERN_SEGMENTS);
+        let t = table(&[(&deepest, Some(GET))]);
+        assert_eq!(matched(&t, &Method::GET, &"/x".repeat(128)), Some(0));
+        assert_eq!(t.lookup(&Method::GET, &"/x".repeat(129)), Lookup::NotFound);
+        let e = build_err(&[("/ok", Some(GET)), (&"/a".repeat(129), Some(GET))]);
+        assert_eq!(e.index, 1);
+        assert!(e.message.contains("129 segments: at most 128"), "{e}");
     }
 
     #[test]
