@@ -79,11 +79,13 @@ async fn a_silent_admin_connection_is_closed() {
     assert_eq!(gw.readyz().await, 200);
 }
 
-/// Connections kept busy on the admin listener (64 of them, each sending a
+/// Connections kept busy on the admin listener (130 of them, each sending a
 /// request every half second, as a runaway scraper or an attacker would)
 /// do not keep a probe's new connection waiting: beyond 64, a new one
 /// closes the oldest. Before, the probe waited in the backlog for good, and
-/// the kubelet would restart the pod.
+/// the kubelet would restart the pod. (The listener serves at most 128
+/// connections at once, so that many busy ones stop a probe only without
+/// the closing.)
 #[tokio::test]
 async fn busy_admin_connections_do_not_keep_probes_waiting() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -91,11 +93,13 @@ async fn busy_admin_connections_do_not_keep_probes_waiting() {
     let gw = Gateway::start(&world.config()).await;
     let request = b"GET /healthz HTTP/1.1\r\nHost: admin\r\n\r\n";
     let mut held = Vec::new();
-    for _ in 0..64 {
+    for _ in 0..130 {
         let mut stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
         stream.write_all(request).await.unwrap();
+        // Answered unless it waits for a place (or was closed already).
         let mut buf = [0u8; 512];
-        assert!(stream.read(&mut buf).await.unwrap() > 0);
+        let _ = tokio::time::timeout(std::time::Duration::from_millis(100), stream.read(&mut buf))
+            .await;
         held.push(stream);
     }
     let busy = tokio::spawn(async move {
