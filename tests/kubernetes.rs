@@ -137,12 +137,25 @@ fn inject_adds_the_sidecar_once_to_every_sample() {
         let original = std::fs::read(&path).unwrap();
         let once = inject(&original);
         let text = String::from_utf8(once.clone()).unwrap();
-        assert!(
-            text.contains("name: scopegate"),
-            "{}: no sidecar",
-            path.display()
-        );
-        assert!(text.contains("restartPolicy: Always"), "{}", path.display());
+        // Every pod template of every workload: the sidecar first among its
+        // init containers, restarted as a sidecar is.
+        let docs: Vec<serde_json::Value> = serde_saphyr::from_multiple(&text).unwrap();
+        let mut pods = 0;
+        for doc in &docs {
+            let pod = match doc["kind"].as_str() {
+                Some("Pod") => &doc["spec"],
+                Some("Deployment" | "StatefulSet" | "DaemonSet" | "Job") => {
+                    &doc["spec"]["template"]["spec"]
+                }
+                Some("CronJob") => &doc["spec"]["jobTemplate"]["spec"]["template"]["spec"],
+                _ => continue,
+            };
+            pods += 1;
+            let sidecar = &pod["initContainers"][0];
+            assert_eq!(sidecar["name"], "scopegate", "{}: {pod}", path.display());
+            assert_eq!(sidecar["restartPolicy"], "Always", "{}", path.display());
+        }
+        assert!(pods >= 1, "{}: no workload", path.display());
         let twice = inject(&once);
         assert_eq!(once, twice, "{}: inject is not idempotent", path.display());
     }
