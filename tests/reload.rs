@@ -353,6 +353,42 @@ async fn spawn_binary(config: &Path, text: &str) -> Process {
     process
 }
 
+/// A SIGHUP while the gateway is still starting (here: waiting for a store
+/// that does not answer) is taken, not the end of the process: a sidecar
+/// that sends one on every ConfigMap change may send it that early.
+#[tokio::test]
+async fn a_sighup_during_startup_does_not_end_the_process() {
+    // A "Redis" that takes connections and never answers.
+    let redis = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let redis_addr = redis.local_addr().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let hash = argon2_hash("s3cret-value");
+    let server = format!(
+        "authorization_server:\n  issuer: https://as.test\n  store: {{ redis: \"redis://{redis_addr}/0\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+    );
+    let upstream = Upstream::start().await;
+    std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["run", "--config"])
+        .arg(&config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The gateway is opening its store: it has started serving.
+    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), redis.accept())
+        .await
+        .expect("the gateway never connected to its store")
+        .unwrap();
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = child.try_wait().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(status, None, "the SIGHUP ended the process");
+}
+
 #[tokio::test]
 async fn sighup_reloads_files_the_watch_cannot_see() {
     rotate_key_file_then_sighup("key-1", "key-2").await;

@@ -87,6 +87,9 @@ async fn serve(
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
+    // Taken before anything that may take a while (opening a store): a
+    // SIGHUP with no handler yet would end the process.
+    let hangup = config_path.as_ref().map(|_| reload::hangup_signal());
     let metrics = Arc::new(Metrics::new()?);
     let settings = config.server.clone();
     let running = reload::RunningSettings {
@@ -106,7 +109,7 @@ async fn serve(
     let current = Arc::new(ArcSwap::from_pointee(first));
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
-    let reloader = if let Some(path) = config_path {
+    let reloader = if let (Some(path), Some(hangup)) = (config_path, hangup) {
         let reloader = reload::Reloader::new(
             path,
             Arc::clone(&current),
@@ -116,7 +119,7 @@ async fn serve(
             files,
             files_digest,
         );
-        Some(tokio::spawn(reloader.run(background.clone())))
+        Some(tokio::spawn(reloader.run(hangup, background.clone())))
     } else {
         None
     };

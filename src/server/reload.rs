@@ -104,11 +104,11 @@ impl Reloader {
         }
     }
 
-    /// Watches and reloads until `stop` changes.
-    pub async fn run(mut self, mut stop: watch::Receiver<bool>) {
+    /// Watches and reloads (also on `hangup`, from [`hangup_signal`]) until
+    /// `stop` changes.
+    pub async fn run(mut self, mut hangup: Hangup, mut stop: watch::Receiver<bool>) {
         let (events, mut event_rx) = mpsc::channel::<()>(64);
         let _watcher = watch_directory(&self.path, events);
-        let mut hangup = hangup_signal();
         let mut poll = tokio::time::interval(POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
@@ -377,17 +377,23 @@ fn watch_directory(path: &Path, events: mpsc::Sender<()>) -> Option<notify::Reco
     }
 }
 
+/// SIGHUPs, where there are any.
 #[cfg(unix)]
-type Hangup = Option<tokio::signal::unix::Signal>;
+pub type Hangup = Option<tokio::signal::unix::Signal>;
+/// SIGHUPs, where there are any.
 #[cfg(not(unix))]
-type Hangup = ();
+pub type Hangup = ();
 
+/// Starts taking SIGHUPs (for a reload) instead of letting them end the
+/// process.
 #[cfg(unix)]
-fn hangup_signal() -> Hangup {
+pub fn hangup_signal() -> Hangup {
     tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok()
 }
+/// Starts taking SIGHUPs (for a reload) instead of letting them end the
+/// process.
 #[cfg(not(unix))]
-fn hangup_signal() -> Hangup {}
+pub fn hangup_signal() -> Hangup {}
 
 #[cfg(unix)]
 async fn next_hangup(signal: &mut Hangup) {
