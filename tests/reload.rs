@@ -247,6 +247,30 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
         .contains("scopegate_config_last_reload_success 1"));
 }
 
+/// A reload whose upstream is a listener the gateway serves on, as bound
+/// (its config says port 0, and a reload cannot move it), is refused: every
+/// request to that upstream would come back to the gateway.
+#[tokio::test]
+async fn a_reload_with_an_upstream_on_a_running_listener_is_refused() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = serve_kubelet_dir(dir.path(), &yaml(upstream.addr, "/one", "")).await;
+    let looping = yaml(upstream.addr, "/one", "").replace(
+        "upstreams:\n",
+        &format!("upstreams:\n  itself:\n    url: http://{}\n", gw.addr),
+    ) + "  - path: /loop\n    upstream: itself\n    auth: none\n";
+    assert!(looping.contains("upstream: itself"), "{looping}");
+
+    kubelet_write(dir.path(), 2, &looping);
+    let refused = r#"scopegate_config_reloads_total{result="invalid"} 1"#;
+    assert!(
+        wait_for_metrics(&gw, |m| m.contains(refused)).await,
+        "the looping config was not refused"
+    );
+    assert_eq!(get(&gw.url("/loop"), &[]).await.unwrap().status, 404);
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+}
+
 #[tokio::test]
 async fn reload_in_the_middle_of_a_burst_fails_no_request() {
     let world = World::new().await;

@@ -561,15 +561,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         let loops = upstreams
             .iter()
             .find(|u| &*u.name == name.as_str())
-            .is_some_and(|u| {
-                let default = if u.scheme == http::uri::Scheme::HTTPS {
-                    443
-                } else {
-                    80
-                };
-                let port = u.authority.port_u16().unwrap_or(default);
-                reaches_itself(u.authority.host(), port, server.listen, admin_listen)
-            });
+            .is_some_and(|u| upstream_reaches(u, &[server.listen, admin_listen]));
         if loops {
             return Err(v.err(
                 up.value.url.referenced,
@@ -1005,12 +997,33 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// The name of an upstream of `config` that is a listener at `address`
+/// (one the gateway serves on, as bound), if one is: see [`reaches_itself`].
+pub fn upstream_reaching(config: &Config, address: SocketAddr) -> Option<&str> {
+    config
+        .upstreams
+        .iter()
+        .find(|u| upstream_reaches(u, &[address]))
+        .map(|u| &*u.name)
+}
+
+/// Whether `upstream` is one of `listeners`.
+fn upstream_reaches(upstream: &Upstream, listeners: &[SocketAddr]) -> bool {
+    let default = if upstream.scheme == http::uri::Scheme::HTTPS {
+        443
+    } else {
+        80
+    };
+    let port = upstream.authority.port_u16().unwrap_or(default);
+    reaches_itself(upstream.authority.host(), port, listeners)
+}
+
 /// Whether an upstream at `host` and `port` is one of the gateway's own
 /// listeners: a loopback address, `localhost` (either loopback address) or
 /// an unspecified address (which connects to loopback) that a listener on
 /// that port takes, as Linux binds them (`[::]` takes IPv4 too). An
 /// IPv4-mapped IPv6 address (`[::ffff:127.0.0.1]`) is its IPv4 address.
-fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) -> bool {
+fn reaches_itself(host: &str, port: u16, listeners: &[SocketAddr]) -> bool {
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let targets: &[IpAddr] = if host.eq_ignore_ascii_case("localhost") {
@@ -1031,7 +1044,7 @@ fn reaches_itself(host: &str, port: u16, server: SocketAddr, admin: SocketAddr) 
         IpAddr::V6(l) if l.is_unspecified() => true,
         l => l == *target,
     };
-    [server, admin].iter().any(|listener| {
+    listeners.iter().any(|listener| {
         listener.port() != 0
             && listener.port() == port
             && targets.iter().any(|t| takes(listener.ip(), t))
@@ -2338,7 +2351,7 @@ mod tests {
             ("[::ffff:10.0.0.5]", 8080, "0.0.0.0:8080", false),
         ] {
             assert_eq!(
-                reaches_itself(host, port, at(listen), admin),
+                reaches_itself(host, port, &[at(listen), admin]),
                 loops,
                 "{host}:{port} against {listen}"
             );

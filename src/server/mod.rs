@@ -95,6 +95,10 @@ async fn serve(
     let running = reload::RunningSettings {
         server: settings.clone(),
         admin_listen: config.admin_listen,
+        bound: [listener.local_addr(), admin_listener.local_addr()]
+            .into_iter()
+            .filter_map(Result::ok)
+            .collect(),
     };
     let files = config.referenced_files.clone();
     let (text_digest, files_digest) = (config.text_digest, config.files_digest);

@@ -74,6 +74,9 @@ pub struct RunningSettings {
     pub server: ServerSettings,
     /// `admin.listen` as started.
     pub admin_listen: std::net::SocketAddr,
+    /// The addresses the proxy and admin listeners are bound to: they stay
+    /// until a restart, whatever a reload's `listen` says.
+    pub bound: Vec<std::net::SocketAddr>,
 }
 
 impl Reloader {
@@ -247,6 +250,22 @@ impl Reloader {
         })
         .await
         .map_err(|e| ReloadError::Setup(format!("loading failed: {e}")))??;
+        // The config's own listen addresses were checked when it loaded;
+        // the ones serving until a restart (a port 0 bound to one) now.
+        if let Some(name) = self
+            .running
+            .bound
+            .iter()
+            .find_map(|&address| config::validate::upstream_reaching(&config, address))
+        {
+            return Err(ReloadError::Invalid(
+                config::ConfigError::whole_file(
+                    &config.source,
+                    format!("upstream `{name}` is this gateway's own running listener: every request would come back to it (listen addresses change only with a restart)"),
+                ),
+                None,
+            ));
+        }
         let named = config.referenced_files.clone();
         let restart = restart_required(&self.running, &config);
         for setting in &restart {
