@@ -4,9 +4,7 @@
 //! an unknown key or a tab; the text cut short), loaded in-process.
 //!
 //! Whatever the text, loading must not panic, and a refusal must name the
-//! file, a line and a column inside the text, in one line; only the few
-//! mistakes that belong to no place in the file (listed in [`WHOLE_FILE`])
-//! may leave the position out.
+//! file, a line and a column inside the text, in one line.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 2048).
 
