@@ -4250,9 +4250,6 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
     assert_eq!(answered.load(Ordering::SeqCst), 2);
 }
 
-/// Inbound TLS offers h2 and HTTP/1.1 by ALPN: a client offering both is
-/// served over h2, one offering only HTTP/1.1, or no ALPN at all, over
-/// HTTP/1.1.
 /// `header_read_timeout` bounds the TLS handshake and the first request
 /// head together, from accept: a client that takes most of it before its
 /// handshake has only the rest for its request (it used to get the whole
@@ -4298,6 +4295,9 @@ async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept
     assert_eq!(upstream.count(), 1);
 }
 
+/// Inbound TLS offers h2 and HTTP/1.1 by ALPN: a client offering both is
+/// served over h2, one offering only HTTP/1.1, or no ALPN at all, over
+/// HTTP/1.1.
 #[tokio::test]
 async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
     let upstream = Upstream::start().await;

@@ -409,6 +409,11 @@ impl Introspector {
             }
             Err(_) => return refused("lifetime"),
         };
+        // A JWT past its own `exp` (and the leeway) is over, whatever the
+        // answer says: it would be accepted until then at the latest.
+        if token_exp.is_some_and(|exp| exp.saturating_add(self.leeway_secs) <= now) {
+            return refused("lifetime");
+        }
         // RFC 7662 2.2 names the answer's scopes `scope`, whatever claim
         // the issuer's JWTs use; a server that sends only its JWT claim
         // (`scp`) is read as configured.
@@ -515,7 +520,8 @@ mod tests {
     }
 
     /// A JWT's own `exp` bounds what an active answer allows, not only how
-    /// long it is cached: a tunnel opened with the token ends by then.
+    /// long it is cached: a tunnel opened with the token ends by then, and
+    /// one already past it is refused.
     #[test]
     fn a_jwts_own_exp_bounds_an_answer_without_one_or_with_a_later_one() {
         let introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
@@ -536,6 +542,20 @@ mod tests {
             };
             assert_eq!(token.expires_at, want, "{answer_exp:?}");
             assert_eq!(token.accepted_until, want, "{answer_exp:?}: leeway 0");
+        }
+        let mut active = serde_json::Map::new();
+        active.insert("active".into(), Value::Bool(true));
+        for token_exp in [now - 100, now] {
+            assert!(
+                matches!(
+                    introspector.interpret(&active, Some(token_exp)),
+                    Answer::Inactive {
+                        refused: Some("lifetime"),
+                        ..
+                    }
+                ),
+                "{token_exp}: a JWT past its exp"
+            );
         }
     }
 

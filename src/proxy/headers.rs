@@ -59,9 +59,15 @@ fn hop_by_hop_bit(name: &str) -> u16 {
     }
 }
 
-/// Says that the connection ends with this HTTP/1 message (RFC 9112 9.6).
+/// Says that the connection ends with this HTTP/1 message (RFC 9112 9.6),
+/// keeping the `upgrade` a 426 with `Upgrade` says (RFC 9110 7.8).
 pub fn announce_close(headers: &mut HeaderMap) {
-    headers.insert(CONNECTION, HeaderValue::from_static("close"));
+    let value = if headers.get(CONNECTION).is_some_and(|v| v == "upgrade") {
+        "upgrade, close"
+    } else {
+        "close"
+    };
+    headers.insert(CONNECTION, HeaderValue::from_static(value));
 }
 
 /// Whether a message's `Transfer-Encoding`, if any, is `chunked` alone: the
@@ -566,6 +572,16 @@ mod tests {
         assert!(!remove_hop_by_hop(&mut h));
         assert_eq!(h.len(), 1);
         assert!(h.contains_key("x-keep"));
+    }
+
+    #[test]
+    fn announcing_close_keeps_an_upgrade() {
+        let mut h = HeaderMap::new();
+        announce_close(&mut h);
+        assert_eq!(h.get(CONNECTION).unwrap(), "close");
+        h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        announce_close(&mut h);
+        assert_eq!(h.get(CONNECTION).unwrap(), "upgrade, close");
     }
 
     /// A `Connection` line with a byte past ASCII (an obs-text token) still

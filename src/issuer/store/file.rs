@@ -286,8 +286,11 @@ impl FileStore {
                 return Ok(());
             }
             let (def, tag) = revocations(kind);
-            let txn = db.begin_write().db()?;
+            let mut txn = db.begin_write().db()?;
             purge(&txn, now)?;
+            if txn.open_table(def).db()?.get(id.as_str()).db()?.is_none() {
+                txn = room_for_one(db, txn, capacity)?;
+            }
             {
                 let mut table = txn.open_table(def).db()?;
                 let old = table.get(id.as_str()).db()?.map(|g| g.value());
@@ -295,13 +298,10 @@ impl FileStore {
                 match old {
                     Some(old) if old >= until => {}
                     _ => {
-                        match old {
-                            Some(old) => {
-                                expiry
-                                    .remove(expiry_key(old, tag, id.as_bytes()).as_slice())
-                                    .db()?;
-                            }
-                            None => reserve(&expiry, capacity)?,
+                        if let Some(old) = old {
+                            expiry
+                                .remove(expiry_key(old, tag, id.as_bytes()).as_slice())
+                                .db()?;
                         }
                         table.insert(id.as_str(), until).db()?;
                         expiry
@@ -348,8 +348,11 @@ where
             if record.retain(true) <= now {
                 return Ok(());
             }
-            let txn = db.begin_write().db()?;
+            let mut txn = db.begin_write().db()?;
             purge(&txn, now)?;
+            if txn.open_table(def).db()?.get(&digest).db()?.is_none() {
+                txn = room_for_one(db, txn, capacity)?;
+            }
             {
                 let mut table = txn.open_table(def).db()?;
                 let mut expiry = txn.open_table(EXPIRY).db()?;
@@ -366,11 +369,7 @@ where
                     }
                     // An undecodable old entry is replaced; its index entry
                     // stays and is dropped harmlessly when it comes due.
-                    Some(Err(_)) => false,
-                    None => {
-                        reserve(&expiry, capacity)?;
-                        false
-                    }
+                    Some(Err(_)) | None => false,
                 };
                 let retain = record.retain(used);
                 let bytes = encode(&Stored { record, used })?;
@@ -461,16 +460,22 @@ where
         .await
 }
 
-/// Checks there is room for one new entry: every entry has one line in the
-/// expiry index. Callers purge first, and a purge batch removes every expired
-/// entry unless there are more than a batch of them (then the store is far
-/// below capacity afterwards).
-fn reserve(expiry: &redb::Table<'_, &[u8], ()>, capacity: usize) -> Result<(), StoreError> {
-    let entries = expiry.len().db()?;
-    if usize::try_from(entries).map_or(true, |entries| entries >= capacity) {
-        return Err(StoreError::Full(capacity));
+/// Checks there is room for one new entry in `txn`, which purged first
+/// (every entry has one line in the expiry index). Without room, the purge
+/// is committed before the refusal: a store over its capacity (a file
+/// written before there was one, revocations in their headroom) shrinks a
+/// purge batch per write until there is room again.
+fn room_for_one(
+    db: &Held<'_>,
+    txn: WriteTransaction,
+    capacity: usize,
+) -> Result<WriteTransaction, StoreError> {
+    let entries = txn.open_table(EXPIRY).db()?.len().db()?;
+    if usize::try_from(entries).is_ok_and(|entries| entries < capacity) {
+        return Ok(txn);
     }
-    Ok(())
+    db.commit(txn)?;
+    Err(StoreError::Full(capacity))
 }
 
 /// Removes up to [`PURGE_BATCH`] entries whose keep-until is at or before `now`.
@@ -741,6 +746,44 @@ mod tests {
             .put_refresh(&[8; 32], &record(t + 60, t + 600))
             .await
             .unwrap();
+        assert_eq!(counts(&store.db), [1, 0, 0, 0, 1]);
+    }
+
+    /// A store over its capacity once its entries have expired (an older
+    /// file, written before there was one) shrinks write by write: a write
+    /// refused for want of room still commits its purge.
+    #[tokio::test]
+    async fn a_store_over_capacity_shrinks_to_room() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), 10)
+            .await
+            .unwrap();
+        let t = now_secs();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(REFRESH).unwrap();
+            let mut expiry = txn.open_table(EXPIRY).unwrap();
+            let bytes = encode(&Stored {
+                record: record(t - 100, t - 50),
+                used: true,
+            })
+            .unwrap();
+            for i in 0..300u16 {
+                let mut digest = [0; 32];
+                digest[..2].copy_from_slice(&i.to_be_bytes());
+                table.insert(&digest, bytes.as_slice()).unwrap();
+                expiry
+                    .insert(expiry_key(t - 50, TAG_REFRESH, &digest).as_slice(), ())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+        let fresh = record(t + 60, t + 600);
+        // More expired entries than one purge takes: refused, but smaller.
+        let err = store.put_refresh(&[0xff; 32], &fresh).await.unwrap_err();
+        assert!(matches!(err, StoreError::Full(10)), "{err}");
+        assert_eq!(counts(&store.db), [44, 0, 0, 0, 44]);
+        store.put_refresh(&[0xff; 32], &fresh).await.unwrap();
         assert_eq!(counts(&store.db), [1, 0, 0, 0, 1]);
     }
 
