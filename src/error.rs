@@ -117,6 +117,9 @@ pub enum GatewayError {
     /// The upstream did not answer in time.
     #[error("upstream timed out")]
     UpstreamTimeout,
+    /// The upstream has its `max_requests` in flight.
+    #[error("upstream at its request limit")]
+    UpstreamOverloaded,
 }
 
 impl GatewayError {
@@ -143,6 +146,7 @@ impl GatewayError {
             Self::RequestBodyBroken => "request_body_broken",
             Self::UpstreamUnavailable => "upstream_unavailable",
             Self::UpstreamTimeout => "upstream_timeout",
+            Self::UpstreamOverloaded => "upstream_overloaded",
         }
     }
 
@@ -165,9 +169,10 @@ impl GatewayError {
                 StatusCode::UNAUTHORIZED
             }
             Self::InsufficientScope { .. } => StatusCode::FORBIDDEN,
-            Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Self::KeysUnavailable
+            | Self::IntrospectionUnavailable
+            | Self::StoreUnavailable
+            | Self::UpstreamOverloaded => StatusCode::SERVICE_UNAVAILABLE,
             Self::UpstreamUnavailable => StatusCode::BAD_GATEWAY,
             Self::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -231,6 +236,10 @@ impl GatewayError {
             Self::RequestBodyBroken => ("invalid_request", "the request body broke off"),
             Self::UpstreamUnavailable => ("bad_gateway", "the upstream is unavailable"),
             Self::UpstreamTimeout => ("gateway_timeout", "the upstream did not answer in time"),
+            Self::UpstreamOverloaded => (
+                "service_unavailable",
+                "the upstream has as many requests in flight as the gateway sends it; retry later",
+            ),
         }
     }
 
@@ -291,6 +300,9 @@ impl GatewayError {
             Self::KeysUnavailable | Self::IntrospectionUnavailable | Self::StoreUnavailable => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static("5"));
             }
+            Self::UpstreamOverloaded => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             _ => {}
         }
         if self.ends_connection() {
@@ -323,7 +335,8 @@ impl GatewayError {
             | Self::IntrospectionUnavailable
             | Self::StoreUnavailable
             | Self::UpstreamUnavailable
-            | Self::UpstreamTimeout => UNAVAILABLE,
+            | Self::UpstreamTimeout
+            | Self::UpstreamOverloaded => UNAVAILABLE,
             Self::BadPath(_)
             | Self::BadHost
             | Self::BadMethod

@@ -464,6 +464,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "authorization_servers: `https://as.example.com/?tenant=1` is no issuer identifier",
         ),
         (
+            "an upstream that may take no request",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    max_requests: 0\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:19",
+            "max_requests must be from 1 to 1000000",
+        ),
+        (
             "one identity header in two spellings",
             "forward:\n  identity_headers: { X-User: sub, x_user: email }\n".into(),
             "2:21",

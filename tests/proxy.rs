@@ -1470,6 +1470,71 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     .await;
 }
 
+/// `max_requests` bounds the requests in flight to an upstream, from every
+/// client together, until each answer's body has ended: one more gets 503
+/// with `Retry-After` at once, counted as `kind="overloaded"`, and never
+/// reaches the upstream; once the body ends, the place is free again.
+#[tokio::test]
+async fn an_upstream_at_its_max_requests_gets_no_more() {
+    let world = World::new().await;
+    let release = Arc::new(Notify::new());
+    let gate = Arc::clone(&release);
+    let served = Arc::new(AtomicUsize::new(0));
+    let count = Arc::clone(&served);
+    // The first answer's body waits for the test; later ones are whole.
+    let upstream = serve_fn(move |_req: Request<Incoming>| {
+        let gate = Arc::clone(&gate);
+        let first = count.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            let (tx, body) = channel_body();
+            tx.send(Bytes::from_static(b"first")).await.unwrap();
+            if first {
+                tokio::spawn(async move {
+                    gate.notified().await;
+                    drop(tx);
+                });
+            }
+            Response::new(body.boxed())
+        }
+    })
+    .await;
+    let config = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    max_requests: 1\n",
+    );
+    assert!(config.contains("max_requests: 1"));
+    let gw = Gateway::start(&config).await;
+
+    let client: Client<_, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = Request::get(gw.url("/status"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = tokio::time::timeout(BOUND, client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    // Its body is still coming: the one place is taken.
+    let refused = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(refused.header("retry-after").as_deref(), Some("1"));
+    assert_eq!(refused.json()["error"], "service_unavailable");
+    assert_eq!(served.load(Ordering::SeqCst), 1, "the refused one went up");
+    assert_eq!(upstream_errors(&gw.metrics().await, "overloaded"), 1.0);
+
+    release.notify_one();
+    let body = tokio::time::timeout(BOUND, response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap()
+        .to_bytes();
+    assert_eq!(&body[..], b"first");
+    let reply = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(served.load(Ordering::SeqCst), 2);
+}
+
 /// `request_timeout` runs from the end of the request body: an upload that
 /// takes longer than it (here 4 s of steady bytes against 2 s) reaches the
 /// upstream and gets its answer, where it used to get 504 mid-upload.

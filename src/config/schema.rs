@@ -441,6 +441,11 @@ pub struct RawUpstream {
     /// it below the upstream's own keep-alive timeout).
     #[serde(default = "default_pool_idle_timeout", with = "bounded_duration")]
     pub pool_idle_timeout: Duration,
+    /// Requests in flight to this upstream at once, from every client
+    /// together (until each answer's body has ended); more get 503. Bounds
+    /// the connections and memory clients can make the gateway hold.
+    #[serde(default = "default_max_requests")]
+    pub max_requests: Spanned<usize>,
 }
 
 /// `forward:` and a route's `forward:` override.
@@ -645,6 +650,10 @@ fn default_request_timeout() -> Duration {
 }
 fn default_pool_idle() -> Spanned<usize> {
     unspanned(64)
+}
+/// Envoy's default for a cluster's `max_requests` circuit breaker.
+fn default_max_requests() -> Spanned<usize> {
+    unspanned(1024)
 }
 /// RFC 9113 6.5.2 asks servers to allow at least 100.
 fn default_http2_max_streams() -> Spanned<usize> {

@@ -453,6 +453,8 @@ pub struct Upstream {
     pub pool_max_idle_per_host: usize,
     /// Longest idle time after which a pooled connection is still used.
     pub pool_idle_timeout: Duration,
+    /// Requests in flight at once; more get 503.
+    pub max_requests: usize,
 }
 
 /// A compiled route.
@@ -908,6 +910,9 @@ const ASYMMETRIC_ALGORITHMS: &[(&str, Algorithm)] = &[
 /// Most idle connections kept per upstream host: the pool reserves a slot
 /// for each when it is built.
 const MAX_POOL_IDLE: usize = 4096;
+
+/// Most `max_requests` an upstream may have, as many as `max_connections`.
+const MAX_UPSTREAM_REQUESTS: usize = 1_000_000;
 
 /// Hop-by-hop and gateway-owned headers that identity headers may not name.
 const RESERVED_HEADERS: &[&str] = &[
@@ -1984,6 +1989,12 @@ impl Validator<'_> {
                 "ca_file is for an https upstream: this one is plain http",
             ));
         }
+        if !(1..=MAX_UPSTREAM_REQUESTS).contains(&raw.max_requests.value) {
+            return Err(self.err(
+                raw.max_requests.referenced,
+                format!("max_requests must be from 1 to {MAX_UPSTREAM_REQUESTS}"),
+            ));
+        }
         if raw.pool_max_idle_per_host.value > MAX_POOL_IDLE {
             return Err(self.err(
                 raw.pool_max_idle_per_host.referenced,
@@ -2003,6 +2014,7 @@ impl Validator<'_> {
             http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout,
+            max_requests: raw.max_requests.value,
         })
     }
 

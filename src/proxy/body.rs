@@ -92,6 +92,9 @@ pin_project! {
         failures: BodyFailures,
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
+        // The upstream's `max_requests` place, given back once the body
+        // has ended.
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -104,13 +107,14 @@ pin_project! {
 impl UpstreamBody {
     /// Wraps `inner`; `failures` counts how it ends badly; `lease` is the
     /// connection it arrives on, given back once it has ended (and the
-    /// request body, `upload`, if any, was sent whole).
+    /// request body, `upload`, if any, was sent whole), as `place` is.
     pub fn new(
         inner: Incoming,
         idle_timeout: Duration,
         failures: BodyFailures,
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
+        place: Option<tokio::sync::OwnedSemaphorePermit>,
     ) -> Self {
         let mut body = Self {
             inner,
@@ -118,8 +122,10 @@ impl UpstreamBody {
             failures,
             lease,
             upload,
+            place,
         };
         if body.inner.is_end_stream() {
+            body.place = None;
             settle(
                 &mut body.lease,
                 body.upload.as_ref(),
@@ -166,6 +172,7 @@ fn settle(
 
 impl UpstreamBodyProj<'_> {
     fn settle(&mut self, answer: Answer) {
+        *self.place = None;
         settle(
             self.lease,
             self.upload.as_ref(),

@@ -33,6 +33,9 @@ use crate::error::GatewayError;
 struct UpstreamClient {
     config: Upstream,
     pool: Arc<UpstreamPool>,
+    /// `max_requests` places, one held by each request in flight until its
+    /// answer's body has ended (or its tunnel has).
+    in_flight: Arc<tokio::sync::Semaphore>,
     body_failures: BodyFailures,
     /// The failure lines, one per interval.
     failure_log: LogThrottle,
@@ -92,6 +95,7 @@ impl Forwarder {
                     idle: failures("body_timeout"),
                 };
                 Ok(UpstreamClient {
+                    in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
                     config,
                     pool,
                     body_failures,
@@ -125,6 +129,13 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
+        // Refused at once rather than queued: a queue would hold the
+        // client's request (and its connection slot) all the same.
+        let Ok(place) = Arc::clone(&upstream.in_flight).try_acquire_owned() else {
+            self.upstream_error(&upstream.config, "overloaded");
+            return Err(GatewayError::UpstreamOverloaded);
+        };
+        let mut place = Some(place);
         // A tunnel lasts no longer than the gateway accepts the token that
         // opened it (read now, the clock only if a tunnel opens).
         let token_accepted_until = permit.identity().map(|token| token.accepted_until);
@@ -225,13 +236,19 @@ impl Forwarder {
             headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(UPGRADE, HeaderValue::from_static("websocket"));
             let upstream_side = hyper::upgrade::on(&mut response);
-            tokio::spawn(super::tunnel::join(
+            let tunnel = super::tunnel::join(
                 client_side,
                 upstream_side,
                 upstream.config.body_idle_timeout,
                 token_accepted_until.map(super::tunnel::deadline),
                 client.hold(),
-            ));
+            );
+            // The tunnel is a request in flight for as long as it lasts.
+            let tunnel_place = place.take();
+            tokio::spawn(async move {
+                tunnel.await;
+                drop(tunnel_place);
+            });
         } else {
             // RFC 9112 6.3: hyper read the body by Transfer-Encoding, but the
             // Content-Length beside it (response splitting, perhaps) would go
@@ -281,6 +298,7 @@ impl Forwarder {
                 failures,
                 lease,
                 upload_end,
+                place,
             ))
         }))
     }
@@ -483,6 +501,7 @@ mod tests {
             http2_max_streams: 100,
             pool_max_idle_per_host: 1,
             pool_idle_timeout: Duration::from_secs(90),
+            max_requests: 1,
         }
     }
 
