@@ -15,6 +15,11 @@ use crate::auth::jwt::TokenError;
 use crate::proxy::Body;
 use crate::routes::PathError;
 
+/// The most header fields a request may have: hyper's limit for an
+/// HTTP/1.1 head, and Envoy's default, held to HTTP/2 requests too (a
+/// header map past about 24 000 fields cannot take the forwarding headers).
+pub const MAX_REQUEST_HEADERS: usize = 100;
+
 /// The realm scopegate names in its challenges.
 pub const REALM: &str = "scopegate";
 
@@ -59,6 +64,10 @@ pub enum GatewayError {
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
+    /// More header fields than [`MAX_REQUEST_HEADERS`] (an HTTP/2 request;
+    /// hyper refuses such an HTTP/1.1 head itself).
+    #[error("too many header fields")]
+    TooManyHeaders,
     /// A transfer coding other than `chunked` alone (RFC 9112 6.1).
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
@@ -130,6 +139,7 @@ impl GatewayError {
             Self::BadHost => "bad_host",
             Self::BadMethod => "lower_case_method",
             Self::AmbiguousFraming => "ambiguous_framing",
+            Self::TooManyHeaders => "too_many_headers",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::RouteNotFound => "route_not_found",
             Self::UnsupportedMethod => "unsupported_method",
@@ -160,6 +170,7 @@ impl GatewayError {
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Self::UnsupportedTransferCoding | Self::UnsupportedMethod => {
                 StatusCode::NOT_IMPLEMENTED
             }
@@ -195,6 +206,10 @@ impl GatewayError {
             Self::AmbiguousFraming => (
                 "invalid_request",
                 "both Content-Length and Transfer-Encoding are present",
+            ),
+            Self::TooManyHeaders => (
+                "request_header_fields_too_large",
+                "the request has more header fields than the gateway accepts (100)",
             ),
             Self::UnsupportedTransferCoding => (
                 "not_implemented",
@@ -342,7 +357,7 @@ impl GatewayError {
             | Self::BadMethod
             | Self::AmbiguousFraming
             | Self::RequestBodyBroken => INTERNAL,
-            Self::RequestBodyTimeout => UNKNOWN,
+            Self::RequestBodyTimeout | Self::TooManyHeaders => UNKNOWN,
         }
     }
 

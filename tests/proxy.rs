@@ -1470,6 +1470,64 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     .await;
 }
 
+/// A request may have at most 100 header fields over HTTP/2 as over
+/// HTTP/1.1 (where hyper refuses more): more get 431 and never reach the
+/// upstream. Without the bound, an HTTP/2 request of 24 576 fields (under a
+/// large `max_header_bytes`) made the forwarding headers' insert panic.
+#[tokio::test]
+async fn a_request_with_more_than_100_header_fields_gets_431() {
+    let world = World::new().await;
+    // An upstream that answers any head (hyper's own stops at 100 fields,
+    // and the gateway adds its forwarding headers).
+    let (upstream, _) = counting_upstream(Behaviour::KeepAlive).await;
+    // The largest head allowed: the field count is what is refused.
+    let config = config_for(&world, upstream).replace(
+        "  shutdown_delay: 0s\n",
+        "  shutdown_delay: 0s\n  max_header_bytes: 1048576\n",
+    );
+    assert!(config.contains("max_header_bytes"));
+    let gw = Gateway::start(&config).await;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    for (fields, want) in [
+        (100, StatusCode::OK),
+        (101, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        (24_576, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+    ] {
+        let mut request = Request::get(gw.url("/status"));
+        for i in 0..fields {
+            request = request.header(format!("{i:x}"), "1");
+        }
+        let response = tokio::time::timeout(
+            BOUND,
+            client.request(request.body(Full::new(Bytes::new())).unwrap()),
+        )
+        .await
+        .unwrap()
+        .unwrap();
+        let status = response.status();
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(status, want, "{fields} fields over HTTP/2: {body:?}");
+        let expected: &[u8] = if status == StatusCode::OK {
+            b"ok"
+        } else {
+            b"{\"error\":\"request_header_fields_too_large\""
+        };
+        assert!(body.starts_with(expected), "{fields}: {body:?}");
+    }
+    let mut head = String::new();
+    for i in 0..101 {
+        head.push_str(&format!("X-Field-{i}: 1\r\n"));
+    }
+    let reply = raw_reply(
+        gw.addr,
+        format!("GET /status HTTP/1.1\r\nHost: gw.test\r\n{head}\r\n").as_bytes(),
+    )
+    .await;
+    assert_eq!(reply.status, 431, "{reply:?}");
+}
+
 /// `max_requests` bounds the requests in flight to an upstream, from every
 /// client together, until each answer's body has ended: one more gets 503
 /// with `Retry-After` at once, counted as `kind="overloaded"`, and never

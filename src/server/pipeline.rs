@@ -752,6 +752,9 @@ async fn skip_body(request: Request<Incoming>) -> bool {
 /// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
+    if headers.len() > crate::error::MAX_REQUEST_HEADERS {
+        return Err(GatewayError::TooManyHeaders);
+    }
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
     // hyper drops a Content-Length sent with Transfer-Encoding; the connection
     // watch (`super::framing`) marks such requests.
