@@ -105,7 +105,8 @@ pub enum Command {
 /// Parses the command line and runs the command.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
+    // Held to the end: dropping it writes out the last lines.
+    let _log = init_logging(cli.log_format);
     match cli.command {
         Command::Run { config: path } => match config::load_file(&path) {
             Ok(config) => run_gateway(path, config),
@@ -153,16 +154,23 @@ pub fn main() -> ExitCode {
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr from a thread of its own: a slow reader of the log (a
+/// full pipe) never blocks the threads serving requests, and the access
+/// line of a request costs no write of its own. Past 128 000 lines waiting,
+/// new ones are dropped rather than waited for. The guard writes out what
+/// is left when it is dropped, at exit.
+fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
+        .with_writer(writer);
+    let installed = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
+    installed.ok().map(|()| guard)
 }
 
 /// Installs aws-lc-rs as the process-wide rustls provider (idempotent).

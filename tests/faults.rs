@@ -1107,6 +1107,58 @@ async fn served_within(url: &str, bound: Duration) -> bool {
     }
 }
 
+/// A log nobody reads (a pipe left full, as by a stuck log shipper) does
+/// not stop the gateway: its lines are written from a thread of their own,
+/// so a request never waits for the pipe. Writing them from the threads
+/// serving requests, the first few hundred access lines filled the pipe and
+/// every thread after them blocked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_log_nobody_reads_does_not_stop_the_gateway() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (proxy_port, admin_port) = (free_port(), free_port());
+    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "")
+        .replacen(
+            "  listen: 127.0.0.1:0\n",
+            &format!("  listen: 127.0.0.1:{proxy_port}\n"),
+            1,
+        )
+        .replacen(
+            "  listen: 127.0.0.1:0\n",
+            &format!("  listen: 127.0.0.1:{admin_port}\n"),
+            1,
+        );
+    let config_path = dir.path().join("scopegate.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    // stderr is a pipe this test never reads.
+    let _child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+    assert!(
+        served_within(&ready, Duration::from_secs(30)).await,
+        "the binary never became ready"
+    );
+    // An access line each: far more than a pipe's 64 KiB holds.
+    let status = format!("http://127.0.0.1:{proxy_port}/status");
+    for i in 0..2_000 {
+        let reply = tokio::time::timeout(Duration::from_secs(10), get(&status, &[]))
+            .await
+            .unwrap_or_else(|_| panic!("request {i} waited for the log"))
+            .unwrap();
+        assert_eq!(reply.status, 200);
+    }
+    assert!(served_within(&ready, Duration::from_secs(10)).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fd_exhaustion_in_the_binary_is_survived() {
     let world = World::new().await;
