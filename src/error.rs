@@ -15,9 +15,9 @@ use crate::auth::jwt::TokenError;
 use crate::proxy::Body;
 use crate::routes::PathError;
 
-/// The most header fields a request may have: hyper's limit for an
-/// HTTP/1.1 head, and Envoy's default, held to HTTP/2 requests too (a
-/// header map past about 24 000 fields cannot take the forwarding headers).
+/// The most header names an HTTP/2 request may have (hyper allows an
+/// HTTP/1.1 head 100 lines; Envoy's default is 100 too): a header map past
+/// about 24 000 names cannot take the forwarding headers.
 pub const MAX_REQUEST_HEADERS: usize = 100;
 
 /// The realm scopegate names in its challenges.
@@ -64,8 +64,8 @@ pub enum GatewayError {
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
-    /// More header fields than [`MAX_REQUEST_HEADERS`] (an HTTP/2 request;
-    /// hyper refuses such an HTTP/1.1 head itself).
+    /// More header names than [`MAX_REQUEST_HEADERS`] (an HTTP/2 request;
+    /// hyper refuses an HTTP/1.1 head of more than 100 lines itself).
     #[error("too many header fields")]
     TooManyHeaders,
     /// A transfer coding other than `chunked` alone (RFC 9112 6.1).
@@ -209,7 +209,7 @@ impl GatewayError {
             ),
             Self::TooManyHeaders => (
                 "request_header_fields_too_large",
-                "the request has more header fields than the gateway accepts (100)",
+                "the request has more header names than the gateway accepts (100)",
             ),
             Self::UnsupportedTransferCoding => (
                 "not_implemented",

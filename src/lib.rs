@@ -18,9 +18,9 @@
 //!   (`scope`), which mint the [`auth::Permit`] (also the one a CORS
 //!   preflight gets where a route lets it through).
 //! - [`proxy`]: forwarding (`forward`) over one connection pool per upstream
-//!   (`pool`, on the connectors of `client`), header hygiene (`headers`),
-//!   request ids (`request_id`), and the streamed upstream response body with
-//!   its idle timeout (`body`).
+//!   (`pool`, on the connectors of `client`) within its `max_requests`
+//!   (`places`), header hygiene (`headers`), request ids (`request_id`), and
+//!   the streamed upstream response body with its idle timeout (`body`).
 //! - [`admin`]: Prometheus metrics (`metrics`) and the admin listener with
 //!   `/metrics`, `/healthz`, `/readyz` (`health`).
 //! - [`error`]: every way a request can fail, mapped to one HTTP response.

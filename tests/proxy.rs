@@ -1470,10 +1470,12 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     .await;
 }
 
-/// A request may have at most 100 header fields over HTTP/2 as over
-/// HTTP/1.1 (where hyper refuses more): more get 431 and never reach the
-/// upstream. Without the bound, an HTTP/2 request of 24 576 fields (under a
-/// large `max_header_bytes`) made the forwarding headers' insert panic.
+/// A request may have at most 100 header names over HTTP/2, as an HTTP/1.1
+/// head at most 100 lines (hyper refuses more): more get 431 and never
+/// reach the upstream. Cookies, which an HTTP/2 client sends as a field
+/// each, count once. Without the bound, an HTTP/2 request of 24 576 names
+/// (under a large `max_header_bytes`) made the forwarding headers' insert
+/// panic.
 #[tokio::test]
 async fn a_request_with_more_than_100_header_fields_gets_431() {
     let world = World::new().await;
@@ -1490,14 +1492,19 @@ async fn a_request_with_more_than_100_header_fields_gets_431() {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
         .http2_only(true)
         .build(HttpConnector::new());
+    // Names besides `cookie` (sent as 50 fields), and what they get.
     for (fields, want) in [
-        (100, StatusCode::OK),
-        (101, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+        (99, StatusCode::OK),
+        (100, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
         (24_576, StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
     ] {
         let mut request = Request::get(gw.url("/status"));
         for i in 0..fields {
             request = request.header(format!("{i:x}"), "1");
+        }
+        // (The largest map the client can build has no room for them.)
+        for i in 0..if fields < 1000 { 50 } else { 0 } {
+            request = request.header("cookie", format!("c{i}=1"));
         }
         let response = tokio::time::timeout(
             BOUND,
@@ -1580,6 +1587,19 @@ async fn an_upstream_at_its_max_requests_gets_no_more() {
     assert_eq!(refused.json()["error"], "service_unavailable");
     assert_eq!(served.load(Ordering::SeqCst), 1, "the refused one went up");
     assert_eq!(upstream_errors(&gw.metrics().await, "overloaded"), 1.0);
+    // Refused before anything went: a small body is skipped and the
+    // connection kept, as for other refusals.
+    let (bytes, _) = exchange(
+        gw.addr,
+        b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n\r\nhello\
+          GET /status HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+        BOUND,
+    )
+    .await
+    .unwrap();
+    let (both, _) = answers(&bytes, &["POST", "GET"]).unwrap();
+    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [503, 503], "the connection was not kept");
 
     release.notify_one();
     let body = tokio::time::timeout(BOUND, response.into_body().collect())
@@ -1591,6 +1611,47 @@ async fn an_upstream_at_its_max_requests_gets_no_more() {
     let reply = get(&gw.url("/status"), &[]).await.unwrap();
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(served.load(Ordering::SeqCst), 2);
+}
+
+/// A request keeps its `max_requests` place while its upload still goes
+/// out after the answer (the upstream connection is still its): it was
+/// given back with the answer, and a slow uploader made the gateway open a
+/// connection per request past the limit.
+#[tokio::test]
+async fn an_upload_going_on_after_its_answer_keeps_its_place() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    // Answers each head at once and reads whatever follows.
+    let (upstream, connections) = counting_upstream(Behaviour::KeepAlive).await;
+    let config = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    max_requests: 1\n",
+    );
+    assert!(config.contains("max_requests: 1"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:write"));
+    let mut uploader = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 20\r\n\r\n0123456789"
+    );
+    uploader.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(BOUND, uploader.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // Half the upload is still to come: the place is still taken.
+    let refused = get(&gw.url("/status"), &[]).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(connections.load(Ordering::SeqCst), 1);
+    // The rest: the place comes back once the upload is seen to be done.
+    uploader.write_all(b"0123456789").await.unwrap();
+    eventually("the place is given back", || async {
+        get(&gw.url("/status"), &[]).await.unwrap().status == 200
+    })
+    .await;
 }
 
 /// `request_timeout` runs from the end of the request body: an upload that

@@ -271,6 +271,67 @@ async fn a_reload_with_an_upstream_on_a_running_listener_is_refused() {
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
 }
 
+/// A reload keeps an upstream's `max_requests` count while the upstream
+/// keeps its name and limit: a request still in flight on the config before
+/// holds its place (each reload started a fresh count, so reloads let
+/// through as many more requests as the limit).
+#[tokio::test]
+async fn a_reload_keeps_the_requests_in_flight_counted() {
+    use http_body_util::BodyExt;
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = Arc::clone(&release);
+    // The first answer's body ends when the test says so; later ones are whole.
+    let answered = Arc::new(AtomicUsize::new(0));
+    let upstream = serve_fn(move |_req: hyper::Request<hyper::body::Incoming>| {
+        let gate = Arc::clone(&gate);
+        let first = answered.fetch_add(1, Ordering::SeqCst) == 0;
+        async move {
+            let (tx, body) = channel_body();
+            tx.send(bytes::Bytes::from_static(b"ok")).await.unwrap();
+            if first {
+                tokio::spawn(async move {
+                    gate.notified().await;
+                    drop(tx);
+                });
+            }
+            hyper::Response::new(body.boxed())
+        }
+    })
+    .await;
+    let limited = |path: &str| {
+        yaml(upstream, path, "").replace(
+            &format!("    url: http://{upstream}\n"),
+            &format!("    url: http://{upstream}\n    max_requests: 1\n"),
+        )
+    };
+    assert!(limited("/one").contains("max_requests: 1"));
+    let dir = tempfile::tempdir().unwrap();
+    let gw = serve_kubelet_dir(dir.path(), &limited("/one")).await;
+
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<bytes::Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = hyper::Request::get(gw.url("/one"))
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let open = tokio::time::timeout(Duration::from_secs(20), client.request(request))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(open.status(), 200);
+
+    kubelet_write(dir.path(), 2, &limited("/two"));
+    assert!(wait_for_status(&gw.url("/one"), 404).await, "no reload");
+    let refused = get(&gw.url("/two"), &[]).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+
+    release.notify_one();
+    let body = open.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(&body[..], b"ok");
+    let reply = get(&gw.url("/two"), &[]).await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+}
+
 #[tokio::test]
 async fn reload_in_the_middle_of_a_burst_fails_no_request() {
     let world = World::new().await;

@@ -23,6 +23,7 @@ use prometheus::IntCounter;
 use tokio::task::AbortHandle;
 use tokio::time::{Instant, Sleep};
 
+use super::places::Place;
 use super::pool::{Lease, StreamSlot};
 
 /// Counters of one upstream's mid-body failures.
@@ -93,8 +94,8 @@ pin_project! {
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
         // The upstream's `max_requests` place, given back once the body
-        // has ended.
-        place: Option<tokio::sync::OwnedSemaphorePermit>,
+        // has ended, and the upload too.
+        place: Option<Place>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -114,7 +115,7 @@ impl UpstreamBody {
         failures: BodyFailures,
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
-        place: Option<tokio::sync::OwnedSemaphorePermit>,
+        place: Option<Place>,
     ) -> Self {
         let mut body = Self {
             inner,
@@ -125,9 +126,9 @@ impl UpstreamBody {
             place,
         };
         if body.inner.is_end_stream() {
-            body.place = None;
             settle(
                 &mut body.lease,
+                &mut body.place,
                 body.upload.as_ref(),
                 &body.idle,
                 &body.failures,
@@ -157,14 +158,18 @@ enum Answer {
 /// the upstream stops taking.
 fn settle(
     lease: &mut Option<Lease>,
+    place: &mut Option<Place>,
     upload: Option<&UploadEnd>,
     idle: &IdleTimer,
     failures: &BodyFailures,
     answer: Answer,
 ) {
+    // The upstream's place goes with the connection: held while the upload
+    // still goes out, given back otherwise.
+    let place = place.take();
     let Some(lease) = lease.take() else { return };
     match upload {
-        Some(upload) if upload.going_out() => hold_and_watch(lease, upload, idle, failures),
+        Some(upload) if upload.going_out() => hold_and_watch(lease, place, upload, idle, failures),
         _ if answer == Answer::Ended => lease.give_back(),
         _ => {}
     }
@@ -172,9 +177,9 @@ fn settle(
 
 impl UpstreamBodyProj<'_> {
     fn settle(&mut self, answer: Answer) {
-        *self.place = None;
         settle(
             self.lease,
+            self.place,
             self.upload.as_ref(),
             self.idle,
             self.failures,
@@ -183,17 +188,27 @@ impl UpstreamBodyProj<'_> {
     }
 }
 
-fn hold_and_watch(lease: Lease, upload: &UploadEnd, idle: &IdleTimer, failures: &BodyFailures) {
+fn hold_and_watch(
+    lease: Lease,
+    place: Option<Place>,
+    upload: &UploadEnd,
+    idle: &IdleTimer,
+    failures: &BodyFailures,
+) {
     let connection = lease.hold_until_upload_ends(upload);
     // Outside a runtime (one shutting down drops its bodies) there is
     // nothing left to watch.
     if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-        runtime.spawn(watch_upload(
+        let watch = watch_upload(
             Arc::downgrade(upload),
             connection,
             idle.timeout,
             failures.idle.clone(),
-        ));
+        );
+        runtime.spawn(async move {
+            watch.await;
+            drop(place);
+        });
     }
 }
 

@@ -21,6 +21,7 @@ use super::headers::{
     announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop,
     remove_hop_by_hop_from_answer, ClientInfo,
 };
+use super::places::{Place, Places};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
 use super::request_id::RequestId;
 use super::Body;
@@ -34,11 +35,19 @@ struct UpstreamClient {
     config: Upstream,
     pool: Arc<UpstreamPool>,
     /// `max_requests` places, one held by each request in flight until its
-    /// answer's body has ended (or its tunnel has).
-    in_flight: Arc<tokio::sync::Semaphore>,
+    /// answer's body and its upload have ended (or its tunnel has).
+    places: Arc<Places>,
     body_failures: BodyFailures,
     /// The failure lines, one per interval.
     failure_log: LogThrottle,
+}
+
+/// A request that may go upstream: its route's [`Permit`] and a place
+/// among the upstream's `max_requests`, held until its answer and upload
+/// have ended.
+pub struct Admitted<'a> {
+    permit: Permit<'a>,
+    place: Place,
 }
 
 /// One connection pool per upstream.
@@ -50,6 +59,15 @@ pub struct Forwarder {
 }
 
 impl Forwarder {
+    /// Each upstream's name and `max_requests` places, for the forwarder
+    /// that replaces this one on a reload.
+    pub fn places(&self) -> Vec<(Arc<str>, Arc<Places>)> {
+        self.upstreams
+            .iter()
+            .map(|u| (Arc::clone(&u.config.name), Arc::clone(&u.places)))
+            .collect()
+    }
+
     /// Whether `client` is a trusted proxy (`trusted_proxies`), whose
     /// forwarding headers and request id are kept.
     pub fn trusts(&self, client: &ClientInfo) -> bool {
@@ -60,11 +78,14 @@ impl Forwarder {
                 .any(|net| net.contains(&client.ip()))
     }
 
-    /// Builds the clients; fails on an unreadable CA file.
+    /// Builds the clients; fails on an unreadable CA file. `kept` are the
+    /// places of the forwarder before a reload ([`Forwarder::places`]),
+    /// whose requests in flight still count against `max_requests`.
     pub fn new(
         upstreams: Vec<Upstream>,
         trusted_proxies: Vec<ipnet::IpNet>,
         metrics: Arc<Metrics>,
+        kept: &[(Arc<str>, Arc<Places>)],
     ) -> Result<Self, String> {
         let upstreams = upstreams
             .into_iter()
@@ -94,8 +115,19 @@ impl Forwarder {
                     broken: failures("body"),
                     idle: failures("body_timeout"),
                 };
+                // Kept across a reload while the upstream keeps its name and
+                // its limit: requests of the config before count too.
+                let places = kept
+                    .iter()
+                    .find(|(name, places)| {
+                        *name == config.name && places.max() == config.max_requests
+                    })
+                    .map_or_else(
+                        || Places::new(config.max_requests),
+                        |(_, places)| Arc::clone(places),
+                    );
                 Ok(UpstreamClient {
-                    in_flight: Arc::new(tokio::sync::Semaphore::new(config.max_requests)),
+                    places,
                     config,
                     pool,
                     body_failures,
@@ -110,31 +142,46 @@ impl Forwarder {
         })
     }
 
-    /// Forwards a request that passed its route's check. The [`Permit`] is the
-    /// proof; `canonical_path` is what the route matched when canonicalisation
+    /// Gives a permitted request a place among its upstream's
+    /// `max_requests`, for [`Forwarder::forward`]; refused at once (not
+    /// queued, as a queue would hold the client's request and its
+    /// connection all the same) when every place is taken.
+    pub fn admit<'a>(&self, permit: Permit<'a>) -> Result<Admitted<'a>, GatewayError> {
+        let upstream = self
+            .upstreams
+            .get(permit.route().upstream)
+            .ok_or(GatewayError::UpstreamUnavailable)?;
+        match upstream.places.take() {
+            Some(place) => Ok(Admitted { permit, place }),
+            None => {
+                self.upstream_error(&upstream.config, "overloaded");
+                Err(GatewayError::UpstreamOverloaded)
+            }
+        }
+    }
+
+    /// Forwards a request that passed its route's check and found a place
+    /// upstream ([`Forwarder::admit`]): its [`Permit`] is the proof; `canonical_path` is what the route matched when canonicalisation
     /// changed the request's path (`None`: the path as received). `upload` is
     /// set to the request body's [`UploadEnd`] once the body is on its way,
     /// so that the caller of a failed forward can tell whether it was all
     /// read.
     pub async fn forward(
         &self,
-        permit: Permit<'_>,
+        admitted: Admitted<'_>,
         request: Request<Incoming>,
         canonical_path: Option<&str>,
         client: &ClientInfo,
         request_id: Option<&RequestId>,
         upload: &mut Option<UploadEnd>,
     ) -> Result<Response<Body>, GatewayError> {
+        let Admitted { permit, place } = admitted;
         let route = permit.route();
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
         // Refused at once rather than queued: a queue would hold the
         // client's request (and its connection slot) all the same.
-        let Ok(place) = Arc::clone(&upstream.in_flight).try_acquire_owned() else {
-            self.upstream_error(&upstream.config, "overloaded");
-            return Err(GatewayError::UpstreamOverloaded);
-        };
         let mut place = Some(place);
         // A tunnel lasts no longer than the gateway accepts the token that
         // opened it (read now, the clock only if a tunnel opens).

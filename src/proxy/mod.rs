@@ -5,6 +5,7 @@ pub mod body;
 pub mod client;
 pub mod forward;
 pub mod headers;
+pub mod places;
 pub mod pool;
 pub mod request_id;
 pub mod tunnel;

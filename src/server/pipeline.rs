@@ -24,6 +24,7 @@ use crate::error::{is_grpc, ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
 use crate::proxy::headers::announce_close;
+use crate::proxy::places::Places;
 use crate::proxy::request_id::{RequestId, RequestIds, X_REQUEST_ID};
 use crate::proxy::{Body, ClientInfo, Forwarder};
 use crate::routes::{canonicalize, Lookup, RouteTable};
@@ -157,21 +158,25 @@ impl Gateway {
         // Off the runtime: building the clients and the TLS acceptor reads
         // CA bundles, certificates and keys.
         let tls = previous.and_then(|p| p.tls.clone());
-        let mut gateway =
-            tokio::task::spawn_blocking(move || Self::reusing(config, metrics, auth, tls.as_ref()))
-                .await
-                .map_err(|e| format!("building the gateway failed: {e}"))??;
+        let places = previous.map(|p| p.forwarder.places()).unwrap_or_default();
+        let mut gateway = tokio::task::spawn_blocking(move || {
+            Self::reusing(config, metrics, auth, tls.as_ref(), &places)
+        })
+        .await
+        .map_err(|e| format!("building the gateway failed: {e}"))??;
         gateway.authorization_server = authorization_server;
         Ok(gateway)
     }
 
     /// Builds from a config with no authorization server, keeping `auth`,
-    /// and `tls` if its certificate and key are the same.
+    /// `tls` if its certificate and key are the same, and the upstreams'
+    /// `places` where they keep their names and limits.
     fn reusing(
         config: Config,
         metrics: Arc<Metrics>,
         auth: Reuse,
         tls: Option<&crate::server::tls::Inbound>,
+        places: &[(Arc<str>, Arc<Places>)],
     ) -> Result<Self, String> {
         let auth_fingerprint = config.auth_fingerprint();
         let auth = match auth {
@@ -193,6 +198,7 @@ impl Gateway {
             config.upstreams,
             config.trusted_proxies,
             Arc::clone(&metrics),
+            places,
         )?;
         let hot_metrics = HotMetrics::new(config.routes.len(), auth.issuer_count());
         let request_ids = if config.server.request_id {
@@ -336,12 +342,22 @@ impl Gateway {
             // upstream as received.
             Verdict::Forward { permit, rewritten } => {
                 let route = permit.route();
+                // At the upstream's `max_requests`: refused before anything
+                // went, so the body is skipped and the connection kept, as
+                // for a refusal by the route.
+                let admitted = match self.forwarder.admit(permit) {
+                    Ok(admitted) => admitted,
+                    Err(error) => {
+                        let body_left = body_pending(&request) && !skip_body(request).await;
+                        return (Some(route), Err(error), body_left);
+                    }
+                };
                 let pending = body_pending(&request);
                 let mut upload = None;
                 let result = self
                     .forwarder
                     .forward(
-                        permit,
+                        admitted,
                         request,
                         rewritten.as_deref(),
                         client,
@@ -752,7 +768,9 @@ async fn skip_body(request: Request<Incoming>) -> bool {
 /// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
-    if headers.len() > crate::error::MAX_REQUEST_HEADERS {
+    // Names, not lines: an HTTP/2 client sends each cookie as a field of
+    // its own (RFC 9113 8.2.3), where HTTP/1.1 has one `Cookie` line.
+    if headers.keys_len() > crate::error::MAX_REQUEST_HEADERS {
         return Err(GatewayError::TooManyHeaders);
     }
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
