@@ -1327,42 +1327,74 @@ async fn a_refused_reloads_series_are_dropped() {
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
 }
 
-/// A reload keeps the client secrets the built-in server checked: guesses
-/// by others after a reload do not lock out a client that authenticated
-/// before it (a secret checked before is no guess).
-#[tokio::test]
-async fn a_reload_keeps_the_client_secrets_checked_before_it() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("scopegate.yaml");
-    let hash = argon2_hash("s3cret-value");
-    let server = format!(
-        "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
-    );
-    std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
-    let gw = start_reloading(config.clone()).await.gateway;
-    let token_url = gw.url("/oauth2/token");
-    let grant = |secret: String| {
+/// A reloading gateway with the built-in server and one confidential
+/// client, `svc` (secret `s3cret-value`), serving `/one` until [`Self::serve`]
+/// rewrites its config.
+struct ReloadingIssuer {
+    gw: Gateway,
+    config: PathBuf,
+    server: String,
+    upstream: Upstream,
+    _dir: tempfile::TempDir,
+}
+
+impl ReloadingIssuer {
+    async fn start() -> Self {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("scopegate.yaml");
+        let hash = argon2_hash("s3cret-value");
+        let server = format!(
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+        );
+        std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
+        let gw = start_reloading(config.clone()).await.gateway;
+        Self {
+            gw,
+            config,
+            server,
+            upstream,
+            _dir: dir,
+        }
+    }
+
+    /// Rewrites the config to serve `path` instead, and waits for it.
+    async fn serve(&self, path: &str) {
+        std::fs::write(&self.config, yaml(self.upstream.addr, path, &self.server)).unwrap();
+        assert!(wait_for_status(&self.gw.url(path), 200).await, "no reload");
+    }
+
+    /// A client-credentials grant for `svc` with `secret`.
+    async fn grant(&self, secret: &str) -> Reply {
         send(
             "POST",
-            &token_url,
+            &self.gw.url("/oauth2/token"),
             &[("content-type", "application/x-www-form-urlencoded")],
             bytes::Bytes::from(format!(
                 "grant_type=client_credentials&client_id=svc&client_secret={secret}"
             )),
         )
-    };
-    let r = grant("s3cret-value".into()).await.unwrap();
+        .await
+        .unwrap()
+    }
+}
+
+/// A reload keeps the client secrets the built-in server checked: guesses
+/// by others after a reload do not lock out a client that authenticated
+/// before it (a secret checked before is no guess).
+#[tokio::test]
+async fn a_reload_keeps_the_client_secrets_checked_before_it() {
+    let issuer = ReloadingIssuer::start().await;
+    let r = issuer.grant("s3cret-value").await;
     assert_eq!(r.status, 200, "{}", r.text());
 
-    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
-    assert!(wait_for_status(&gw.url("/two"), 200).await);
+    issuer.serve("/two").await;
     let mut last = 0;
     for attempt in 1..=6 {
-        last = grant(format!("guess-{attempt}")).await.unwrap().status;
+        last = issuer.grant(&format!("guess-{attempt}")).await.status;
     }
     assert_eq!(last, 429, "the guesses were not limited");
-    let r = grant("s3cret-value".into()).await.unwrap();
+    let r = issuer.grant("s3cret-value").await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
@@ -1371,36 +1403,16 @@ async fn a_reload_keeps_the_client_secrets_checked_before_it() {
 /// client id and user name fresh guesses).
 #[tokio::test]
 async fn a_reload_keeps_the_failures_counted_before_it() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("scopegate.yaml");
-    let hash = argon2_hash("s3cret-value");
-    let server = format!(
-        "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
-    );
-    std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
-    let gw = start_reloading(config.clone()).await.gateway;
-    let token_url = gw.url("/oauth2/token");
-    let grant = |secret: &str| {
-        send(
-            "POST",
-            &token_url,
-            &[("content-type", "application/x-www-form-urlencoded")],
-            bytes::Bytes::from(format!(
-                "grant_type=client_credentials&client_id=svc&client_secret={secret}"
-            )),
-        )
-    };
+    let issuer = ReloadingIssuer::start().await;
     for attempt in 1..=5 {
-        let r = grant(&format!("guess-{attempt}")).await.unwrap();
+        let r = issuer.grant(&format!("guess-{attempt}")).await;
         assert_eq!(r.status, 400, "guess {attempt}: {}", r.text());
     }
 
-    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
-    assert!(wait_for_status(&gw.url("/two"), 200).await);
-    let r = grant("guess-6").await.unwrap();
+    issuer.serve("/two").await;
+    let r = issuer.grant("guess-6").await;
     assert_eq!(r.status, 429, "the reload reset the count: {}", r.text());
-    let r = grant("s3cret-value").await.unwrap();
+    let r = issuer.grant("s3cret-value").await;
     assert_eq!(r.status, 429, "{}", r.text());
 }
 

@@ -584,6 +584,30 @@ mod tests {
         ]
     }
 
+    /// Writes refresh records that ended before now straight into the
+    /// file, each with its expiry-index line (as an older version, or a
+    /// store whose writes stopped, leaves them).
+    fn put_ended(store: &FileStore, digests: impl IntoIterator<Item = Digest>, used: bool) {
+        let t = now_secs();
+        let txn = store.db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(REFRESH).unwrap();
+            let mut expiry = txn.open_table(EXPIRY).unwrap();
+            let bytes = encode(&Stored {
+                record: record(t - 100, t - 50),
+                used,
+            })
+            .unwrap();
+            for digest in digests {
+                table.insert(&digest, bytes.as_slice()).unwrap();
+                expiry
+                    .insert(expiry_key(t - 50, TAG_REFRESH, &digest).as_slice(), ())
+                    .unwrap();
+            }
+        }
+        txn.commit().unwrap();
+    }
+
     /// A gate blocking threads until opened.
     #[derive(Default)]
     struct Gate(std::sync::Mutex<bool>, std::sync::Condvar);
@@ -727,21 +751,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = FileStore::open(dir.path().join("s.redb"), 1).await.unwrap();
         let t = now_secs();
-        let txn = store.db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(REFRESH).unwrap();
-            let bytes = encode(&Stored {
-                record: record(t - 100, t - 50),
-                used: true,
-            })
-            .unwrap();
-            table.insert(&[7; 32], bytes.as_slice()).unwrap();
-            let mut expiry = txn.open_table(EXPIRY).unwrap();
-            expiry
-                .insert(expiry_key(t - 50, TAG_REFRESH, &[7; 32]).as_slice(), ())
-                .unwrap();
-        }
-        txn.commit().unwrap();
+        put_ended(&store, [[7; 32]], true);
         store
             .put_refresh(&[8; 32], &record(t + 60, t + 600))
             .await
@@ -759,25 +769,12 @@ mod tests {
             .await
             .unwrap();
         let t = now_secs();
-        let txn = store.db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(REFRESH).unwrap();
-            let mut expiry = txn.open_table(EXPIRY).unwrap();
-            let bytes = encode(&Stored {
-                record: record(t - 100, t - 50),
-                used: true,
-            })
-            .unwrap();
-            for i in 0..300u16 {
-                let mut digest = [0; 32];
-                digest[..2].copy_from_slice(&i.to_be_bytes());
-                table.insert(&digest, bytes.as_slice()).unwrap();
-                expiry
-                    .insert(expiry_key(t - 50, TAG_REFRESH, &digest).as_slice(), ())
-                    .unwrap();
-            }
-        }
-        txn.commit().unwrap();
+        let digests = (0..300u16).map(|i| {
+            let mut digest = [0; 32];
+            digest[..2].copy_from_slice(&i.to_be_bytes());
+            digest
+        });
+        put_ended(&store, digests, true);
         let fresh = record(t + 60, t + 600);
         // More expired entries than one purge takes: refused, but smaller.
         let err = store.put_refresh(&[0xff; 32], &fresh).await.unwrap_err();
@@ -814,21 +811,7 @@ mod tests {
             .await
             .unwrap();
         let t = now_secs();
-        let txn = store.db.begin_write().unwrap();
-        {
-            let mut table = txn.open_table(REFRESH).unwrap();
-            let bytes = encode(&Stored {
-                record: record(t - 100, t - 50),
-                used: false,
-            })
-            .unwrap();
-            table.insert(&[7; 32], bytes.as_slice()).unwrap();
-            let mut expiry = txn.open_table(EXPIRY).unwrap();
-            expiry
-                .insert(expiry_key(t - 50, TAG_REFRESH, &[7; 32]).as_slice(), ())
-                .unwrap();
-        }
-        txn.commit().unwrap();
+        put_ended(&store, [[7; 32]], false);
         store
             .put_refresh(&[8; 32], &record(t + 60, t + 600))
             .await
