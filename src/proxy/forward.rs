@@ -161,7 +161,8 @@ impl Forwarder {
     }
 
     /// Forwards a request that passed its route's check and found a place
-    /// upstream ([`Forwarder::admit`]): its [`Permit`] is the proof; `canonical_path` is what the route matched when canonicalisation
+    /// upstream ([`Forwarder::admit`]): its [`Permit`] is the proof.
+    /// `canonical_path` is what the route matched when canonicalisation
     /// changed the request's path (`None`: the path as received). `upload` is
     /// set to the request body's [`UploadEnd`] once the body is on its way,
     /// so that the caller of a failed forward can tell whether it was all
@@ -180,8 +181,7 @@ impl Forwarder {
         let Some(upstream) = self.upstreams.get(route.upstream) else {
             return Err(GatewayError::UpstreamUnavailable);
         };
-        // Refused at once rather than queued: a queue would hold the
-        // client's request (and its connection slot) all the same.
+        // Taken by a tunnel, or else carried by the answer's body.
         let mut place = Some(place);
         // A tunnel lasts no longer than the gateway accepts the token that
         // opened it (read now, the clock only if a tunnel opens).
