@@ -1812,22 +1812,34 @@ async fn cors_preflights_need_a_token_by_default() {
 
 const SECOND_ISSUER: &str = "https://idp2.test";
 
+/// The standard world's gateway (with `first_extra` for its issuer) and a
+/// second issuer, `second`, whose key has the id `kid`, and which alone
+/// `/second` (GET, orders:read) accepts. Returns its key, its key server
+/// (to keep it serving) and the gateway.
+async fn with_second_issuer(
+    world: &World,
+    kid: &str,
+    first_extra: &str,
+) -> (SigningKey, JwksServer, Gateway) {
+    let second = SigningKey::generate(kid).unwrap();
+    let second_jwks = JwksServer::start(second.jwks()).await;
+    let extra = format!(
+        "{first_extra}  - name: second\n    issuer: {SECOND_ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n",
+        second_jwks.uri()
+    );
+    let yaml = format!(
+        "{}  - path: /second\n    upstream: app\n    scopes: [orders:read]\n    issuers: [second]\n",
+        world.config_with(&extra)
+    );
+    (second, second_jwks, Gateway::start(&yaml).await)
+}
+
 #[tokio::test]
 async fn route_issuer_restriction_holds_on_cache_hits() {
     let world = World::new().await;
     // The second issuer's key has the same kid as the first's: key sets must
     // be per issuer.
-    let second = SigningKey::generate("key-1").unwrap();
-    let second_jwks = JwksServer::start(second.jwks()).await;
-    let second_issuer = format!(
-        "  - name: second\n    issuer: {SECOND_ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n",
-        second_jwks.uri()
-    );
-    let yaml = format!(
-        "{}  - path: /second\n    upstream: app\n    scopes: [orders:read]\n    issuers: [second]\n",
-        world.config_with(&second_issuer)
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (second, _second_jwks, gw) = with_second_issuer(&world, "key-1", "").await;
 
     let second_claims = || with(fresh_claims("orders:read"), "iss", json!(SECOND_ISSUER));
     let first_token = world.key.mint(&fresh_claims("orders:read")).unwrap();
@@ -1910,17 +1922,8 @@ async fn route_issuer_restriction_holds_on_cache_hits() {
 #[tokio::test]
 async fn a_route_refuses_another_issuers_token_before_fetching_keys_for_it() {
     let world = World::new().await;
-    let second = SigningKey::generate("key-2").unwrap();
-    let second_jwks = JwksServer::start(second.jwks()).await;
-    let extra = format!(
-        "    jwks_refetch_cooldown: 0s\n  - name: second\n    issuer: {SECOND_ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n    algorithms: [ES256]\n",
-        second_jwks.uri()
-    );
-    let yaml = format!(
-        "{}  - path: /second\n    upstream: app\n    scopes: [orders:read]\n    issuers: [second]\n",
-        world.config_with(&extra)
-    );
-    let gw = Gateway::start(&yaml).await;
+    let (_second, _second_jwks, gw) =
+        with_second_issuer(&world, "key-2", "    jwks_refetch_cooldown: 0s\n").await;
     // The first issuer's claims under a key it has not published: where
     // that issuer is accepted, the unknown kid makes the gateway fetch its
     // key set again.
