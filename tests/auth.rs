@@ -319,6 +319,26 @@ async fn expect(
     check(&reply, forwarded, want, label);
 }
 
+/// [`expect`] for a `GET` of `path`, and that it made the gateway fetch
+/// the standard world's key set `refetches` times.
+async fn expect_refetches(
+    world: &World,
+    gw: &Gateway,
+    path: &str,
+    token: &str,
+    want: Want,
+    label: &str,
+    refetches: usize,
+) {
+    let before = world.jwks.fetches();
+    expect(world, gw, "GET", path, token, want, label).await;
+    assert_eq!(
+        world.jwks.fetches() - before,
+        refetches,
+        "{label}: key set fetches"
+    );
+}
+
 fn cache_hits(text: &str) -> f64 {
     metric(
         text,
@@ -1932,37 +1952,26 @@ async fn a_route_refuses_another_issuers_token_before_fetching_keys_for_it() {
         .mint(&fresh_claims("orders:read"))
         .unwrap();
 
-    let fetches = world.jwks.fetches();
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/second",
         &unpublished,
         Want::Invalid(TokenError::IssuerNotAccepted),
         "first issuer's token on a second-only route",
+        0,
     )
     .await;
-    assert_eq!(
-        world.jwks.fetches(),
-        fetches,
-        "a token the route does not accept fetched its issuer's keys"
-    );
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &unpublished,
         Want::Invalid(TokenError::UnknownKey),
         "the same token where its issuer is accepted",
+        1,
     )
     .await;
-    assert_eq!(
-        world.jwks.fetches(),
-        fetches + 1,
-        "an unknown kid did not refetch"
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2147,37 +2156,30 @@ async fn key_rotation_refetches_on_unknown_kid() {
         "key-1 before rotation",
     )
     .await;
-    let fetches = world.jwks.fetches();
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &new_token,
         Want::Invalid(TokenError::UnknownKey),
         "key-2 before it is published",
+        1,
     )
     .await;
-    assert_eq!(
-        world.jwks.fetches(),
-        fetches + 1,
-        "an unknown kid did not refetch"
-    );
 
     world
         .jwks
         .set_document(&merge_jwks(&[&key1.jwks(), &key2.jwks()]));
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &new_token,
         Want::Allow,
         "key-2 after it is published (the earlier refusal was not cached)",
+        1,
     )
     .await;
-    assert_eq!(world.jwks.fetches(), fetches + 2);
     let fresh_old = key1.mint(&fresh_claims("orders:read"));
     expect(
         &world,
@@ -2258,22 +2260,16 @@ async fn a_key_replaced_under_the_same_kid_refetches_on_a_bad_signature() {
     )
     .await;
     world.jwks.set_document(&new_key.jwks());
-    let fetches = world.jwks.fetches();
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &new_key.mint(&fresh_claims("orders:read")),
         Want::Allow,
         "the new key-1, published under the same kid",
+        1,
     )
     .await;
-    assert_eq!(
-        world.jwks.fetches(),
-        fetches + 1,
-        "a bad signature did not refetch"
-    );
     expect(
         &world,
         &gw,
@@ -2300,24 +2296,18 @@ async fn a_key_replaced_under_the_same_kid_by_another_type_refetches() {
         .config_with("    jwks_refetch_cooldown: 0s\n    jwks_refresh_interval: 1h\n")
         .replace("algorithms: [ES256]", "algorithms: [ES256, EdDSA]");
     let gw = Gateway::start(&config).await;
-    let fetches = world.jwks.fetches();
 
     world.jwks.set_document(&new_key.jwks());
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &new_key.mint(&fresh_claims("orders:read")),
         Want::Allow,
         "the new P-256 key-1, published in place of the Ed25519 one",
+        1,
     )
     .await;
-    assert_eq!(
-        world.jwks.fetches(),
-        fetches + 1,
-        "the type change did not refetch"
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -2414,19 +2404,17 @@ async fn outage(mode: JwksMode, result: &str) {
     .await;
 
     // An unknown kid forces a refetch, which fails.
-    let fetches = world.jwks.fetches();
     let stranger = Signer::generate("not-published");
-    expect(
+    expect_refetches(
         &world,
         &gw,
-        "GET",
         "/orders/1",
         &stranger.mint(&fresh_claims("orders:read")),
         Want::Invalid(TokenError::UnknownKey),
         &label("unknown kid during the outage"),
+        1,
     )
     .await;
-    assert_eq!(world.jwks.fetches(), fetches + 1, "{}", label("no refetch"));
     let text = gw.metrics().await;
     assert_eq!(
         jwks_fetch_results(&text, result),
