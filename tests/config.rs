@@ -747,16 +747,15 @@ fn missing_file_is_an_error_not_a_panic() {
     );
 }
 
-#[test]
-fn run_with_a_bad_config_exits_non_zero() {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("bad.yaml");
+/// Runs `command` on a config file whose `routes:` is a number (written
+/// to `dir`), passed by `name`; the run must exit 1 naming the file, line
+/// and column.
+fn refuses_a_broken_file(dir: &Path, name: impl FnOnce(&mut Command, &Path)) {
+    let file = dir.join("bad.yaml");
     std::fs::write(&file, "routes: 5\n").unwrap();
-    let out = scopegate()
-        .args(["run", "--config"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let mut command = scopegate();
+    name(&mut command, &file);
+    let out = command.output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -765,25 +764,23 @@ fn run_with_a_bad_config_exits_non_zero() {
     );
 }
 
+#[test]
+fn run_with_a_bad_config_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    refuses_a_broken_file(dir.path(), |command, file| {
+        command.args(["run", "--config"]).arg(file);
+    });
+}
+
 /// `SCOPEGATE_CONFIG` names the file when `--config` does not: here a
 /// broken one, so that reading the default file (which is valid) instead
 /// would pass `check`.
 #[test]
 fn config_from_environment_variable() {
     let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("from-env.yaml");
-    std::fs::write(&file, "routes: 5\n").unwrap();
-    let out = scopegate()
-        .arg("check")
-        .env("SCOPEGATE_CONFIG", &file)
-        .output()
-        .unwrap();
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.starts_with(&format!("{}:1:9: ", file.display())),
-        "{stderr}"
-    );
+    refuses_a_broken_file(dir.path(), |command, file| {
+        command.arg("check").env("SCOPEGATE_CONFIG", file);
+    });
 }
 
 /// A file that is not UTF-8 (a Latin-1 `é` in a comment) is refused at its

@@ -4434,6 +4434,25 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
     assert_eq!(answered.load(Ordering::SeqCst), 2);
 }
 
+/// A gateway serving TLS (a self-signed certificate, returned) with
+/// `server_extra` in its `server:`, and one public route, `/open`, to a
+/// recording upstream.
+async fn tls_gateway(
+    server_extra: &str,
+) -> (Upstream, tempfile::TempDir, std::path::PathBuf, Gateway) {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: 127.0.0.1:0\n{server_extra}  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+        cert.display(),
+        key.display(),
+        upstream.addr
+    ))
+    .await;
+    (upstream, dir, cert, gw)
+}
+
 /// `header_read_timeout` bounds the TLS handshake and the first request
 /// head together, from accept: a client that takes most of it before its
 /// handshake has only the rest for its request (it used to get the whole
@@ -4441,16 +4460,7 @@ async fn h2c_upstream_draining_connection_takes_no_new_requests() {
 #[tokio::test]
 async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let gw = Gateway::start(&format!(
-        "server:\n  listen: 127.0.0.1:0\n  header_read_timeout: 2s\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
-        cert.display(),
-        key.display(),
-        upstream.addr
-    ))
-    .await;
+    let (upstream, _dir, cert, gw) = tls_gateway("  header_read_timeout: 2s\n").await;
     let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -4484,16 +4494,7 @@ async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept
 /// HTTP/1.1.
 #[tokio::test]
 async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let gw = Gateway::start(&format!(
-        "server:\n  listen: 127.0.0.1:0\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
-        cert.display(),
-        key.display(),
-        upstream.addr
-    ))
-    .await;
+    let (_upstream, _dir, cert, gw) = tls_gateway("").await;
     let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
     for (offered, chosen) in [
         (&[&b"h2"[..], b"http/1.1"][..], Some(&b"h2"[..])),
