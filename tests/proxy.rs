@@ -2403,6 +2403,32 @@ async fn split_h2_cookies_reach_an_http1_upstream_as_one_line() {
     assert_eq!(cookies, ["a=1; b=2"]);
 }
 
+/// RFC 9113 8.3.1: an HTTP/2 `host` naming another entity than `:authority`
+/// makes the request malformed (400, never forwarded); one naming the same
+/// host and port in other letters' case goes on.
+#[tokio::test]
+async fn an_h2_host_other_than_its_authority_gets_400() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let token = world.token("orders:read");
+    let port = gw.addr.port();
+    let with_host = |host: String| {
+        Request::get(format!("http://localhost:{port}/orders/1"))
+            .header("authorization", bearer(&token))
+            .header("host", host)
+            .body(Full::new(Bytes::new()))
+            .unwrap()
+    };
+    let refused = h2_send(with_host(format!("elsewhere.example:{port}"))).await;
+    assert_eq!(refused.status(), 400);
+    let refused = h2_send(with_host("localhost".to_owned())).await;
+    assert_eq!(refused.status(), 400);
+    assert_eq!(world.upstream.count(), 0);
+    let same = h2_send(with_host(format!("LocalHost:{port}"))).await;
+    assert_eq!(same.status(), 200);
+    assert_eq!(world.upstream.count(), 1);
+}
+
 /// RFC 9113 8.1.1: an HTTP/2 request whose DATA frames are longer than its
 /// `content-length` is malformed. Going to an HTTP/1.1 upstream, the bytes
 /// past the length must not arrive as a request of their own (the H2.CL

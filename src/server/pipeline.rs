@@ -765,7 +765,8 @@ async fn skip_body(request: Request<Incoming>) -> bool {
 
 /// Refuses requests whose framing or target is ambiguous: both Content-Length
 /// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
-/// `chunked`, or a missing, repeated or malformed Host on HTTP/1.1.
+/// `chunked`, a missing, repeated or malformed Host on HTTP/1.1, or an
+/// HTTP/2 `host` naming another entity than `:authority`.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     // Names, not lines: an HTTP/2 client sends each cookie as a field of
@@ -803,18 +804,41 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(GatewayError::BadHost),
         (Some(host), None) => {
-            let valid = std::str::from_utf8(host.as_bytes())
+            let host = std::str::from_utf8(host.as_bytes())
                 .ok()
                 .and_then(|h| h.parse::<http::uri::Authority>().ok())
-                .is_some_and(|a| usable(&a));
-            if !valid {
-                return Err(GatewayError::BadHost);
+                .filter(usable)
+                .ok_or(GatewayError::BadHost)?;
+            // RFC 9113 8.3.1: an HTTP/2 `host` naming another entity than
+            // `:authority` makes the request malformed. (An HTTP/1.1
+            // absolute-form target overrides `Host` instead, RFC 9112 3.2.2.)
+            if request.version() == Version::HTTP_2 {
+                if let Some(authority) = request.uri().authority() {
+                    if !same_entity(authority, &host, request.uri().scheme()) {
+                        return Err(GatewayError::BadHost);
+                    }
+                }
             }
         }
         (None, None) if request.version() == Version::HTTP_11 => return Err(GatewayError::BadHost),
         _ => {}
     }
     Ok(())
+}
+
+/// Whether two authorities name the same host and port once normalised
+/// (RFC 3986 6.2.3: host case, an omitted port being the scheme's default).
+fn same_entity(
+    a: &http::uri::Authority,
+    b: &http::uri::Authority,
+    scheme: Option<&http::uri::Scheme>,
+) -> bool {
+    let default_port = match scheme.map(http::uri::Scheme::as_str) {
+        Some("https") => 443,
+        _ => 80,
+    };
+    a.host().eq_ignore_ascii_case(b.host())
+        && a.port_u16().unwrap_or(default_port) == b.port_u16().unwrap_or(default_port)
 }
 
 /// The RFC 9728 document (public, cacheable).
