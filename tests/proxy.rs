@@ -2107,6 +2107,39 @@ async fn websocket_upgrade_is_tunnelled() {
     assert_eq!(seen[0]["sec-websocket-key"], "dGhlIHNhbXBsZSBub25jZQ==");
 }
 
+/// A WebSocket tunnel holds its upstream's `max_requests` place for as long
+/// as it is open (it is a connection to the upstream like a request's), and
+/// gives it back when the client closes it.
+#[tokio::test]
+async fn a_websocket_tunnel_keeps_its_place_until_it_closes() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let config = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    max_requests: 1\n",
+    );
+    assert!(config.contains("max_requests: 1"));
+    let gw = Gateway::start(&config).await;
+    let token = world.token("orders:read");
+    let auth = bearer(&token);
+    let headers = [("authorization", auth.as_str())];
+
+    let tunnel = tokio::time::timeout(BOUND, open_tunnel(gw.addr, &token))
+        .await
+        .expect("the tunnel did not echo");
+    let refused = get(&gw.url("/orders/42"), &headers).await.unwrap();
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert_eq!(upstream_errors(&gw.metrics().await, "overloaded"), 1.0);
+    assert_eq!(seen.lock().unwrap().len(), 1, "the refused one went up");
+
+    drop(tunnel);
+    assert!(
+        wait_for_status_with(&gw.url("/orders/42"), &headers, 200).await,
+        "the closed tunnel kept its place"
+    );
+}
+
 /// HTTP/2 carries no `Upgrade`: to an https upstream that offers h2 (and
 /// already serves the gateway's other requests over it), a WebSocket
 /// request goes over an HTTP/1.1 connection of its own.
