@@ -285,18 +285,20 @@ pub fn check_lifetime(
     now: u64,
     leeway: u64,
 ) -> Result<Lifetime, TokenError> {
-    let exp = numeric_date(claims.get("exp"))?.ok_or(TokenError::MissingExpiry)?;
+    let exp = numeric_date(claims.get("exp"), f64::floor)?.ok_or(TokenError::MissingExpiry)?;
     // RFC 7519 4.1.4: valid only *before* `exp` (plus the leeway); `now`
     // is whole seconds, so the last second is refused, not granted.
     if now >= exp.saturating_add(leeway) {
         return Err(TokenError::Expired);
     }
-    if let Some(nbf) = numeric_date(claims.get("nbf"))? {
+    // `nbf` and `iat` round up, as `exp` rounds down: a fraction of a
+    // second early is still early.
+    if let Some(nbf) = numeric_date(claims.get("nbf"), f64::ceil)? {
         if nbf > now.saturating_add(leeway) {
             return Err(TokenError::NotYetValid);
         }
     }
-    if let Some(iat) = numeric_date(claims.get("iat"))? {
+    if let Some(iat) = numeric_date(claims.get("iat"), f64::ceil)? {
         if iat > now.saturating_add(leeway) {
             return Err(TokenError::IssuedInFuture);
         }
@@ -304,8 +306,9 @@ pub fn check_lifetime(
     Ok(Lifetime { expires_at: exp })
 }
 
-/// A NumericDate: a JSON number (integer or fraction), never a string.
-fn numeric_date(value: Option<&Value>) -> Result<Option<u64>, TokenError> {
+/// A NumericDate: a JSON number (integer or fraction), never a string; a
+/// fraction is made whole by `round` (the direction that errs on refusal).
+fn numeric_date(value: Option<&Value>, round: fn(f64) -> f64) -> Result<Option<u64>, TokenError> {
     match value {
         None => Ok(None),
         Some(Value::Number(n)) => {
@@ -315,7 +318,7 @@ fn numeric_date(value: Option<&Value>) -> Result<Option<u64>, TokenError> {
                 if f.is_finite() && f >= 0.0 {
                     // Fractions are allowed (RFC 7519 2); saturating cast is intended.
                     #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-                    Ok(Some(f.floor() as u64))
+                    Ok(Some(round(f) as u64))
                 } else {
                     Err(TokenError::WrongClaimType)
                 }
@@ -496,6 +499,21 @@ mod tests {
             check_lifetime(&claims(serde_json::json!({"exp": -5})), now, 30).unwrap_err(),
             TokenError::WrongClaimType
         );
+        // `now` is whole seconds (1 000 000.x): an `nbf` or `iat` a fraction
+        // past it is still ahead, and refused without leeway.
+        for (claim, error) in [
+            ("nbf", TokenError::NotYetValid),
+            ("iat", TokenError::IssuedInFuture),
+        ] {
+            let ahead = claims(serde_json::json!({"exp": now + 100, claim: 1_000_000.9}));
+            assert_eq!(
+                check_lifetime(&ahead, now, 0).unwrap_err(),
+                error,
+                "{claim}"
+            );
+            assert!(check_lifetime(&ahead, now + 1, 0).is_ok(), "{claim}");
+            assert!(check_lifetime(&ahead, now, 1).is_ok(), "{claim}");
+        }
     }
 
     #[test]
