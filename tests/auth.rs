@@ -2138,6 +2138,65 @@ async fn a_key_renamed_or_repinned_withdraws_its_cached_tokens() {
     }
 }
 
+/// A key-set refetch goes on when the request that started it is dropped
+/// (its HTTP/2 stream reset mid-fetch): its cooldown has begun, and a fetch
+/// cancelled with the request left a newly published key unknown, and
+/// every token signed with it refused, until the next scheduled refresh.
+#[tokio::test]
+async fn a_refetch_outlives_the_request_that_started_it() {
+    let (key1, world) = lab().await;
+    let gw = Gateway::start(
+        &world.config_with("    jwks_refetch_cooldown: 2s\n    jwks_refresh_interval: 1h\n"),
+    )
+    .await;
+    // Past the cooldown of the fetch at start, so that the next unknown kid
+    // refetches. The one after the dropped request comes well within its
+    // cooldown: it is the dropped fetch's result that lets it through.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let key2 = Signer::generate("key-2");
+    let token = key2.mint(&fresh_claims("orders:read"));
+    world
+        .jwks
+        .set_document(&merge_jwks(&[&key1.jwks(), &key2.jwks()]));
+    world.jwks.set_mode(JwksMode::Hold);
+    let fetches = world.jwks.fetches();
+
+    let request = http::Request::get(gw.url("/orders/1"))
+        .header("authorization", format!("Bearer {token}"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let pending = tokio::spawn(async move { client.request(request).await });
+    let mut waited = 0;
+    while world.jwks.fetches() == fetches {
+        waited += 1;
+        assert!(waited < 500, "the unknown kid fetched no key set");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    pending.abort();
+    let abandoned =
+        r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="499"}"#;
+    assert!(
+        wait_for_metrics(&gw, |text| text.contains(abandoned)).await,
+        "the reset request was not dropped"
+    );
+    world.jwks.release();
+    world.jwks.set_mode(JwksMode::Serve);
+    expect_refetches(
+        &world,
+        &gw,
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "key-2, fetched for the dropped request",
+        0,
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn key_rotation_refetches_on_unknown_kid() {
     let (key1, world) = lab().await;

@@ -375,8 +375,9 @@ struct RemoteSource {
     timeout: Duration,
     cooldown: Duration,
     default_refresh: Duration,
-    /// Serialises fetches so that concurrent triggers share one.
-    fetch_lock: tokio::sync::Mutex<()>,
+    /// Serialises fetches so that concurrent triggers share one (shared
+    /// with the task a refetch runs in).
+    fetch_lock: Arc<tokio::sync::Mutex<()>>,
     /// Counts finished fetch attempts; waiters compare it to skip a refetch.
     attempts: AtomicU64,
     /// When the last fetch started (cooldown for unknown kids).
@@ -459,7 +460,7 @@ impl IssuerKeys {
                 timeout,
                 cooldown,
                 default_refresh,
-                fetch_lock: tokio::sync::Mutex::new(()),
+                fetch_lock: Arc::new(tokio::sync::Mutex::new(())),
                 attempts: AtomicU64::new(0),
                 last_attempt: Mutex::new(None),
                 refresh_due: Mutex::new(None),
@@ -532,16 +533,29 @@ impl IssuerKeys {
     /// Called when no key we have verifies a token (an unknown `kid`, or a
     /// bad signature): refetches unless a fetch happened within the
     /// cooldown, sharing a fetch already under way.
-    pub async fn refetch_for_unmatched_token(&self, metrics: &Metrics) {
+    ///
+    /// The fetch runs in a task of its own, which finishes even when the
+    /// request that started it is dropped (an HTTP/2 stream reset): its
+    /// cooldown has begun, and a fetch cancelled with it would have left
+    /// every token of a newly published key refused until the next refresh.
+    pub async fn refetch_for_unmatched_token(self: &Arc<Self>, metrics: &Arc<Metrics>) {
         let Some(remote) = &self.remote else {
             return;
         };
         let seen = remote.attempts.load(Ordering::Acquire);
-        let _guard = remote.fetch_lock.lock().await;
+        let guard = Arc::clone(&remote.fetch_lock).lock_owned().await;
         if remote.attempts.load(Ordering::Acquire) != seen || remote.in_cooldown() {
             return; // someone fetched while we waited, or just before
         }
-        self.fetch_now(remote, metrics).await;
+        let (keys, metrics) = (Arc::clone(self), Arc::clone(metrics));
+        let fetch = tokio::spawn(async move {
+            let _guard = guard;
+            if let Some(remote) = &keys.remote {
+                keys.fetch_now(remote, &metrics).await;
+            }
+        });
+        // A fetch that panicked has left the keys as they were.
+        let _ = fetch.await;
     }
 
     /// Fetches now (refresher path), regardless of cooldown; returns the delay

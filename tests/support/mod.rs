@@ -159,6 +159,8 @@ pub enum JwksMode {
     Unusable,
     /// Never answers.
     Hang,
+    /// Serves the document once [`JwksServer::release`] is called.
+    Hold,
 }
 
 /// A key set of [`JwksMode::Unusable`] keys.
@@ -170,6 +172,7 @@ pub struct JwksServer {
     document: Arc<Mutex<String>>,
     mode: Arc<Mutex<JwksMode>>,
     fetches: Arc<AtomicUsize>,
+    released: Arc<tokio::sync::Notify>,
 }
 
 impl JwksServer {
@@ -179,20 +182,32 @@ impl JwksServer {
         let document = Arc::new(Mutex::new(document.to_owned()));
         let mode = Arc::new(Mutex::new(JwksMode::Serve));
         let fetches = Arc::new(AtomicUsize::new(0));
-        let (d, m, f) = (
+        let released = Arc::new(tokio::sync::Notify::new());
+        let (d, m, f, r) = (
             Arc::clone(&document),
             Arc::clone(&mode),
             Arc::clone(&fetches),
+            Arc::clone(&released),
         );
         tokio::spawn(async move {
             loop {
                 let Ok((stream, _)) = listener.accept().await else {
                     continue;
                 };
-                let (d, m, f) = (Arc::clone(&d), Arc::clone(&m), Arc::clone(&f));
+                let (d, m, f, r) = (
+                    Arc::clone(&d),
+                    Arc::clone(&m),
+                    Arc::clone(&f),
+                    Arc::clone(&r),
+                );
                 tokio::spawn(async move {
                     let service = service_fn(move |_req: Request<Incoming>| {
-                        let (d, m, f) = (Arc::clone(&d), Arc::clone(&m), Arc::clone(&f));
+                        let (d, m, f, r) = (
+                            Arc::clone(&d),
+                            Arc::clone(&m),
+                            Arc::clone(&f),
+                            Arc::clone(&r),
+                        );
                         async move {
                             f.fetch_add(1, Ordering::SeqCst);
                             let mode = m.lock().unwrap().clone();
@@ -206,6 +221,10 @@ impl JwksServer {
                                 JwksMode::Hang => {
                                     tokio::time::sleep(Duration::from_secs(3600)).await;
                                     (StatusCode::OK, String::new())
+                                }
+                                JwksMode::Hold => {
+                                    r.notified().await;
+                                    (StatusCode::OK, d.lock().unwrap().clone())
                                 }
                             };
                             let mut r = Response::new(Full::new(Bytes::from(body)));
@@ -224,7 +243,14 @@ impl JwksServer {
             document,
             mode,
             fetches,
+            released,
         }
+    }
+
+    /// Lets one fetch held by [`JwksMode::Hold`] (the next, if none is
+    /// waiting) answer.
+    pub fn release(&self) {
+        self.released.notify_one();
     }
 
     pub fn uri(&self) -> String {
