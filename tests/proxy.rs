@@ -2684,6 +2684,38 @@ async fn answer_trailers_reach_an_http1_client_that_takes_them() {
     assert!(text.contains("\r\n0\r\nx-checksum: abc\r\n\r\n"), "{text}");
 }
 
+/// An HTTP/1.1 upstream's trailer fields reach an HTTP/2 client without
+/// the hop-by-hop ones (RFC 9113 8.2.2): a `keep-alive` or `connection`
+/// field among them made h2 reset the stream after its data, and the
+/// client lost the trailers (`grpc-status`) with it.
+#[tokio::test]
+async fn hop_by_hop_trailer_fields_do_not_reach_an_http2_client() {
+    let world = World::new().await;
+    let (upstream, _) = counting_upstream(Behaviour::BadFirst(
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: grpc-status\r\n\r\n\
+          5\r\nhello\r\n0\r\ngrpc-status: 0\r\nkeep-alive: timeout=5\r\n\
+          connection: x-hop\r\nx-hop: 1\r\nx-checksum: abc\r\n\r\n",
+    ))
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let request = Request::get(gw.url("/status"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2_send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let collected = tokio::time::timeout(BOUND, response.into_body().collect())
+        .await
+        .unwrap()
+        .expect("the stream was reset");
+    let trailers = collected.trailers().cloned().expect("no trailers");
+    assert_eq!(&collected.to_bytes()[..], b"hello");
+    assert_eq!(trailers["grpc-status"], "0");
+    assert_eq!(trailers["x-checksum"], "abc");
+    for hop in ["keep-alive", "connection", "x-hop"] {
+        assert!(!trailers.contains_key(hop), "{hop} reached the client");
+    }
+}
+
 /// Request trailers are dropped: to an HTTP/2 upstream they would carry
 /// fields the request head may not (a spoofed identity header, a method
 /// override) past the gateway's header hygiene.

@@ -299,10 +299,13 @@ impl Body for UpstreamBody {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let mut this = self.project();
         match this.inner.as_mut().poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) => {
+            Poll::Ready(Some(Ok(mut frame))) => {
                 this.idle.restart();
                 if this.inner.is_end_stream() {
                     this.settle(Answer::Ended);
+                }
+                if let Some(trailers) = frame.trailers_mut() {
+                    super::headers::remove_hop_by_hop_from_trailers(trailers);
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

@@ -102,6 +102,18 @@ pub fn remove_hop_by_hop_from_answer(headers: &mut HeaderMap) -> bool {
     remove_hop_by_hop_but(headers, TRAILER_BIT)
 }
 
+/// [`remove_hop_by_hop`] for an answer's trailer fields, which no upgrade
+/// comes with: an HTTP/1.1 upstream's chunked trailer may carry any field,
+/// and `connection` or `keep-alive` sent on to an HTTP/2 client (RFC 9113
+/// 8.2.2) made h2 reset the stream after its data, trailers (`grpc-status`)
+/// lost.
+pub fn remove_hop_by_hop_from_trailers(trailers: &mut HeaderMap) {
+    if remove_hop_by_hop(trailers) {
+        trailers.remove(CONNECTION);
+        trailers.remove(UPGRADE);
+    }
+}
+
 fn remove_hop_by_hop_but(headers: &mut HeaderMap, kept: u16) -> bool {
     let present = headers
         .keys()
