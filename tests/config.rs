@@ -476,6 +476,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "`x_user` is another spelling of an identity header already listed",
         ),
         (
+            "one identity header, once spelled with dots",
+            "forward:\n  identity_headers: { X-User: sub, x.user: email }\n".into(),
+            "2:21",
+            "`x.user` is another spelling of an identity header already listed",
+        ),
+        (
+            "reserved identity header, spelled with dots",
+            "forward:\n  identity_headers: { X.Forwarded.For: sub }\n".into(),
+            "2:21",
+            "cannot be an identity header",
+        ),
+        (
             "reserved identity header, spelled with underscores",
             "forward:\n  identity_headers: { X_Forwarded_For: sub }\n".into(),
             "2:21",

@@ -519,6 +519,9 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
         // Mixed spellings: CGI-style servers read them as the same name.
         ("X-Auth_Subject", "mallory4"),
         ("x_auth-scopes", "admin2"),
+        // PHP reads `.` in a variable name as `_`.
+        ("X-Auth.Subject", "mallory5"),
+        ("x.auth.scopes", "admin3"),
     ];
     let mut headers = vec![("Authorization", auth.as_str())];
     headers.extend_from_slice(spoofs);
@@ -541,6 +544,8 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
         "x_auth_client_id",
         "x-auth_subject",
         "x_auth-scopes",
+        "x-auth.subject",
+        "x.auth.scopes",
     ] {
         assert!(all(underscored).is_empty(), "{underscored}: {seen:?}");
     }
@@ -686,6 +691,8 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
         "X-Forwarded-Client-Cert",
         "X-WEBAUTH-USER",
         "X-Remote-User",
+        // httpoxy: CGI files it as HTTP_PROXY.
+        "Proxy",
     ];
     let underscored: Vec<String> = trusted_elsewhere
         .iter()

@@ -768,11 +768,13 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
 /// proxies vouch for (oauth2-proxy's `X-Forwarded-User` and
 /// `X-Auth-Request-*`, Grafana's `X-WEBAUTH-USER`, Envoy's
 /// `X-Forwarded-Client-Cert`: an app moved from behind one still reads
-/// them), and method overrides (a
+/// them), `Proxy` (httpoxy: CGI files it as `HTTP_PROXY`, which HTTP
+/// clients in the app take for their outbound proxy), and method overrides (a
 /// route's scopes follow the method and path scopegate saw, so a `GET`
 /// carrying `X-HTTP-Method-Override: DELETE` must not become a `DELETE`).
-const CLIENT_MAY_NOT_SEND: [&str; 39] = [
+const CLIENT_MAY_NOT_SEND: [&str; 40] = [
     "forwarded",
+    "proxy",
     "x-real-ip",
     "client-ip",
     "x-client-ip",
@@ -2117,7 +2119,7 @@ impl Validator<'_> {
                     self.err(names.referenced, format!("`{name}` is not a header name"))
                 })?;
                 // Removal covers every spelling (`content_length` too).
-                if KEPT.contains(&parsed.as_str().replace('_', "-").as_str()) {
+                if KEPT.contains(&parsed.as_str().replace(['_', '.'], "-").as_str()) {
                     return Err(self.err(
                         names.referenced,
                         format!(
@@ -2145,8 +2147,8 @@ impl Validator<'_> {
                     format!("`{header}` is not a valid header name"),
                 )
             })?;
-            // In every spelling: Rack, gunicorn and PHP read `_` as `-`.
-            if RESERVED_HEADERS.contains(&name.as_str().replace('_', "-").as_str()) {
+            // In every spelling: Rack, gunicorn and PHP read `_` as `-`, PHP `.` too.
+            if RESERVED_HEADERS.contains(&name.as_str().replace(['_', '.'], "-").as_str()) {
                 return Err(self.err(
                     map.referenced,
                     format!("`{header}` cannot be an identity header"),
@@ -2156,8 +2158,8 @@ impl Validator<'_> {
                 return Err(self.err(map.referenced, format!("`{header}` needs a claim name")));
             }
             // `X-User` and `x-user` are one header, and `x_user` one to the
-            // many servers that read `_` as `-`: one would silently win.
-            let dashed = |name: &HeaderName| name.as_str().replace('_', "-");
+            // many servers that read `_` (PHP `.` too) as `-`: one would silently win.
+            let dashed = |name: &HeaderName| name.as_str().replace(['_', '.'], "-");
             if set.iter().any(|(other, _)| dashed(other) == dashed(&name)) {
                 return Err(self.err(
                     map.referenced,

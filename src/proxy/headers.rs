@@ -195,19 +195,28 @@ fn remove_all(headers: &mut HeaderMap, names: &RemovedHeaders) {
 }
 
 /// Orders a (dashed) name of a set against a request's header name with its
-/// `_` read as `-`.
+/// `_` and `.` read as `-`.
 fn by_length_then_dashed_name(name: &HeaderName, key: &HeaderName) -> std::cmp::Ordering {
     let (name, key) = (name.as_str().as_bytes(), key.as_str().as_bytes());
-    name.len().cmp(&key.len()).then_with(|| {
-        name.iter()
-            .copied()
-            .cmp(key.iter().map(|&b| if b == b'_' { b'-' } else { b }))
-    })
+    name.len()
+        .cmp(&key.len())
+        .then_with(|| name.iter().copied().cmp(key.iter().map(|&b| dashed(b))))
+}
+
+/// A header name's byte as CGI-style servers file it: `_` and `.` as `-`.
+fn dashed(byte: u8) -> u8 {
+    if byte == b'_' || byte == b'.' {
+        b'-'
+    } else {
+        byte
+    }
 }
 
 /// Client-sent headers a route removes before forwarding, in every spelling:
 /// CGI-style servers (Rack and Puma, gunicorn, uWSGI) file `X-Auth_Subject`
-/// and `x_auth_subject` under the same variable as `X-Auth-Subject`. Kept
+/// and `x_auth_subject` under the same variable as `X-Auth-Subject`, and
+/// PHP files `X-Auth.Subject` there too (it reads `.` in a variable name as
+/// `_`). Kept
 /// sorted by dashed name, so that each request header costs one binary
 /// search.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -229,15 +238,16 @@ impl RemovedHeaders {
         names: impl IntoIterator<Item = HeaderName>,
         rewritten: impl IntoIterator<Item = HeaderName>,
     ) -> Self {
-        let dashed = |name: HeaderName| {
-            if !name.as_str().contains('_') {
+        let dashed_name = |name: HeaderName| {
+            if !name.as_str().contains(['_', '.']) {
                 return Some(name);
             }
-            HeaderName::from_bytes(name.as_str().replace('_', "-").as_bytes()).ok()
+            let bytes: Vec<u8> = name.as_str().bytes().map(dashed).collect();
+            HeaderName::from_bytes(&bytes).ok()
         };
         let mut all: Vec<Removed> = names
             .into_iter()
-            .filter_map(dashed)
+            .filter_map(dashed_name)
             .map(|name| Removed {
                 name,
                 dashed_kept: false,
@@ -245,7 +255,7 @@ impl RemovedHeaders {
             .chain(
                 rewritten
                     .into_iter()
-                    .filter_map(dashed)
+                    .filter_map(dashed_name)
                     .map(|name| Removed {
                         name,
                         dashed_kept: true,
@@ -548,7 +558,10 @@ mod tests {
             "x_auth_subject",
             "x-auth_subject",
             "x_auth-subject",
+            "x.auth.subject",
+            "x-auth.subject",
             "x-forwarded-for",
+            "x.forwarded.for",
             "x_forwarded_for",
             "x-forwarded_for",
             "x-auth-subjects",
