@@ -458,6 +458,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "the resource metadata path `/.well-known/oauth-protected-resource` is also a GET route's",
         ),
         (
+            "a resource whose path is not canonical",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com/caf%c3%a9\n"),
+            "13:13",
+            "the resource's path is not canonical",
+        ),
+        (
+            "an authorization server issuer whose path is not canonical",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com/t//1\n  clients: []\n"),
+            "5:11",
+            "the issuer's path is not canonical",
+        ),
+        (
             "resource metadata naming an authorization server with a query",
             format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [\"https://as.example.com/?tenant=1\"]\n"),
             "13:3",

@@ -2057,6 +2057,21 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
         doc["scopes_supported"],
         json!(["orders:read", "orders:write"])
     );
+    // HEAD where GET is served (RFC 9110 9.3.2).
+    let head = send(
+        "HEAD",
+        &s.gw.url("/.well-known/oauth-protected-resource/orders"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(head.status, 200);
+    assert_eq!(
+        head.header("content-type").as_deref(),
+        Some("application/json")
+    );
+    assert!(head.body.is_empty());
     assert_eq!(s.upstream.count(), 0);
     // Counted as what it is, not as a request no route matched.
     let text = s.gw.metrics().await;
@@ -2066,7 +2081,7 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
             "scopegate_requests_total",
             &[("route", "resource_metadata"), ("status", "200")]
         ),
-        1.0,
+        2.0,
         "{text}"
     );
 

@@ -1612,13 +1612,21 @@ impl Validator<'_> {
             ));
         }
         let issuer_path = issuer_uri.path().trim_end_matches('/');
+        let metadata = format!("/.well-known/oauth-authorization-server{issuer_path}");
+        // Requests are matched canonical: another spelling is never asked for.
+        if crate::routes::canonicalize(&metadata).ok().as_deref() != Some(metadata.as_str()) {
+            return Err(self.err(
+                raw.issuer.referenced,
+                format!("the issuer's path is not canonical: its metadata at `{metadata}` could never be asked for"),
+            ));
+        }
         let paths = AuthorizationServerPaths {
             token: path_of(&raw.token_path)?,
             authorize: path_of(&raw.authorize_path)?,
             introspection: path_of(&raw.introspection_path)?,
             revocation: path_of(&raw.revocation_path)?,
             jwks: path_of(&raw.jwks_path)?,
-            metadata: format!("/.well-known/oauth-authorization-server{issuer_path}"),
+            metadata,
         };
         // Requests go to the first endpoint whose path is theirs: a path
         // given twice would hide the later endpoint.
@@ -1886,6 +1894,13 @@ impl Validator<'_> {
         }
         let suffix = uri.path().trim_end_matches('/');
         let path = format!("/.well-known/oauth-protected-resource{suffix}");
+        // Requests are matched canonical: another spelling is never asked for.
+        if crate::routes::canonicalize(&path).ok().as_deref() != Some(path.as_str()) {
+            return Err(self.err(
+                raw.resource.referenced,
+                format!("the resource's path is not canonical: its metadata at `{path}` could never be asked for"),
+            ));
+        }
         let url = format!("{scheme}://{authority}{path}");
         let mut document = serde_json::json!({
             "resource": raw.resource.value,

@@ -426,7 +426,9 @@ impl Gateway {
             }
         }
         if let Some(resource) = &self.resource {
-            if *path == *resource.path && request.method() == Method::GET {
+            // HEAD where GET is served (RFC 9110 9.3.2), as everywhere.
+            let method = request.method();
+            if *path == *resource.path && (method == Method::GET || method == Method::HEAD) {
                 let _ = served_by.set(RESOURCE_METADATA);
                 return Verdict::ResourceMetadata(resource);
             }
