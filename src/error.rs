@@ -61,6 +61,12 @@ pub enum GatewayError {
     /// a handler the route did not grant.
     #[error("lower-case method")]
     BadMethod,
+    /// A WebDAV `COPY` or `MOVE` whose `Destination` (RFC 4918 10.3), the
+    /// second path it acts on, is malformed, repeated, or one another route
+    /// serves: a public route would otherwise write where another needs a
+    /// token.
+    #[error("Destination outside the route")]
+    ForeignDestination,
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
@@ -138,6 +144,7 @@ impl GatewayError {
             Self::BadPath(e) => e.reason(),
             Self::BadHost => "bad_host",
             Self::BadMethod => "lower_case_method",
+            Self::ForeignDestination => "foreign_destination",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::TooManyHeaders => "too_many_headers",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
@@ -166,6 +173,7 @@ impl GatewayError {
             Self::BadPath(_)
             | Self::BadHost
             | Self::BadMethod
+            | Self::ForeignDestination
             | Self::AmbiguousFraming
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
@@ -203,6 +211,10 @@ impl GatewayError {
             Self::BadPath(_) => ("invalid_request", "the request path is not allowed"),
             Self::BadHost => ("invalid_request", "missing or malformed Host header"),
             Self::BadMethod => ("invalid_request", "the method must be upper case"),
+            Self::ForeignDestination => (
+                "invalid_request",
+                "the Destination header must name a path of the route the request matched",
+            ),
             Self::AmbiguousFraming => (
                 "invalid_request",
                 "both Content-Length and Transfer-Encoding are present",
@@ -355,6 +367,7 @@ impl GatewayError {
             Self::BadPath(_)
             | Self::BadHost
             | Self::BadMethod
+            | Self::ForeignDestination
             | Self::AmbiguousFraming
             | Self::RequestBodyBroken => INTERNAL,
             Self::RequestBodyTimeout | Self::TooManyHeaders => UNKNOWN,

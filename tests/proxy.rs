@@ -757,6 +757,97 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
     }
 }
 
+/// WebDAV's `COPY` and `MOVE` act on their `Destination` too (RFC 4918
+/// 10.3): it must be a path of the route the request matched, so that a
+/// public route cannot copy or move into one that needs a token.
+#[tokio::test]
+async fn a_webdav_destination_must_stay_within_the_route() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /files/public/{*p}\n    upstream: app\n    auth: none\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let admin = bearer(&world.token("admin"));
+    let refused: [(&str, &str, &[(&str, &str)]); 6] = [
+        (
+            "COPY",
+            "/files/public/a",
+            &[("Destination", "/files/private/a")],
+        ),
+        (
+            "MOVE",
+            "/files/public/a",
+            &[("Destination", "https://gw.test/files/public/../private/a")],
+        ),
+        (
+            "MOVE",
+            "/files/public/a",
+            &[("Destination", "/files/public/%2e%2e/private/a")],
+        ),
+        (
+            "COPY",
+            "/files/public/a",
+            &[("Destination", "/files/public/a%2fb")],
+        ),
+        (
+            "COPY",
+            "/files/public/a",
+            &[
+                ("Destination", "/files/public/b"),
+                ("Destination", "/files/private/b"),
+            ],
+        ),
+        // Out of a guarded route too: each route's paths are its own.
+        (
+            "MOVE",
+            "/files/private/a",
+            &[
+                ("Authorization", &admin),
+                ("Destination", "/files/public/a"),
+            ],
+        ),
+    ];
+    for (method, path, headers) in refused {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
+        assert!(
+            reply.body.contains("Destination"),
+            "{method} {path}: {reply:?}"
+        );
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    let within: [(&str, &str, &[(&str, &str)]); 3] = [
+        (
+            "COPY",
+            "/files/public/a",
+            &[("Destination", "http://gw.test/files/public/b")],
+        ),
+        (
+            "MOVE",
+            "/files/private/a",
+            &[
+                ("Authorization", &admin),
+                ("Destination", "/files/private/b"),
+            ],
+        ),
+        // Only COPY and MOVE act on it.
+        (
+            "GET",
+            "/files/public/a",
+            &[("Destination", "/files/private/a")],
+        ),
+    ];
+    for (method, path, headers) in within {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
+        let seen = world.upstream.last();
+        assert_eq!(seen.method, method);
+        assert_eq!(seen.headers["destination"], headers.last().unwrap().1);
+    }
+}
+
 #[tokio::test]
 async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;

@@ -10,7 +10,7 @@ use http::header::{
     ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
     HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
 use http_body_util::{Either, Full};
 use hyper::body::Incoming;
@@ -66,6 +66,9 @@ impl HotMetrics {
         }
     }
 }
+
+/// WebDAV's second path (RFC 4918 10.3).
+static DESTINATION: HeaderName = HeaderName::from_static("destination");
 
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -475,6 +478,9 @@ impl Gateway {
             Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
+        if let Err(e) = self.check_destination(request, route) {
+            return Verdict::Deny(Some(route), e);
+        }
 
         // 3. Authenticate (bearer routes only).
         let identity = match self.authenticate(route, request).await {
@@ -504,6 +510,35 @@ impl Gateway {
         Verdict::Forward {
             permit,
             rewritten: rewritten(path),
+        }
+    }
+
+    /// WebDAV's `COPY` and `MOVE` act on a second path, their `Destination`
+    /// (RFC 4918 10.3, an absolute URI or path): it must be one, canonical,
+    /// and served by the route the request matched, so that a public route
+    /// cannot copy or move into paths another route guards. Other methods
+    /// do not act on it, and pay no lookup.
+    fn check_destination(
+        &self,
+        request: &Request<Incoming>,
+        route: &Route,
+    ) -> Result<(), GatewayError> {
+        let method = request.method().as_str();
+        if method != "COPY" && method != "MOVE" {
+            return Ok(());
+        }
+        let mut values = request.headers().get_all(&DESTINATION).iter();
+        let value = match (values.next(), values.next()) {
+            (None, _) => return Ok(()), // the upstream's 400 (RFC 4918 9.8.3)
+            (Some(value), None) => value,
+            (Some(_), Some(_)) => return Err(GatewayError::ForeignDestination),
+        };
+        let target =
+            http::Uri::try_from(value.as_bytes()).map_err(|_| GatewayError::ForeignDestination)?;
+        let path = canonicalize(target.path()).map_err(|_| GatewayError::ForeignDestination)?;
+        match self.routes.route(request.method(), &path) {
+            Ok(Lookup::Matched(served)) if served.index == route.index => Ok(()),
+            _ => Err(GatewayError::ForeignDestination),
         }
     }
 
