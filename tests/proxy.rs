@@ -757,6 +757,9 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
     }
 }
 
+/// A method, a path and the headers sent with them.
+type DavCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
+
 /// WebDAV's `COPY` and `MOVE` act on their `Destination` too (RFC 4918
 /// 10.3): it must be a path of the route the request matched, so that a
 /// public route cannot copy or move into one that needs a token.
@@ -769,7 +772,7 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
-    let refused: [(&str, &str, &[(&str, &str)]); 6] = [
+    let refused: [DavCase; 6] = [
         (
             "COPY",
             "/files/public/a",
@@ -818,7 +821,7 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     }
     assert_eq!(world.upstream.count(), 0);
 
-    let within: [(&str, &str, &[(&str, &str)]); 3] = [
+    let within: [DavCase; 3] = [
         (
             "COPY",
             "/files/public/a",
