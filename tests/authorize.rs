@@ -1144,6 +1144,24 @@ async fn deny_redirects_access_denied_with_state_and_iss() {
     assert_page(&r, 400);
 }
 
+/// A store that fails once the user has approved is told to the client at
+/// its (validated) redirect URI, as `temporarily_unavailable` with `state`
+/// and `iss` (RFC 6749 4.1.2.1), not on a page the client never sees.
+#[tokio::test]
+async fn a_store_failure_at_approval_is_told_at_the_redirect_uri() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (_upstream, gw) = start_with(&format!("  store: {{ redis: \"{}\" }}\n", redis.url())).await;
+    let c = pkce();
+    let p = params("spa", APP_CB2, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    drop(redis);
+    let r = decide(&gw, &page, &session, "approve").await;
+    assert_error_redirect(&r, APP_CB2, "temporarily_unavailable");
+    assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+}
+
 #[tokio::test]
 async fn approve_redirects_with_code_state_and_iss_and_the_token_works() {
     let (upstream, gw) = start().await;

@@ -424,11 +424,13 @@ impl AuthorizationServer {
         };
         if let Err(e) = self.store.put_code(&digest(&code), &record).await {
             tracing::error!(error = %e, "could not store an authorization code");
-            return self.page(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "Try again later",
-                "The sign-in service is temporarily unavailable.",
-                None,
+            // The redirect URI is validated: the client hears of it (RFC 6749
+            // 4.1.2.1), where a page would leave it waiting.
+            return self.redirect_error(
+                &request.redirect_uri,
+                "temporarily_unavailable",
+                "the authorization server is temporarily unavailable",
+                request.state.as_deref(),
             );
         }
         let mut params = vec![("code", code.as_str())];

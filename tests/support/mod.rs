@@ -1365,3 +1365,101 @@ impl std::io::Write for Logs {
         Ok(())
     }
 }
+
+/// A `redis-server` child on a free loopback port (no persistence), killed
+/// on drop.
+pub struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl RedisServer {
+    /// Starts one, or `None` (with a message) when `redis-server` is not
+    /// installed; on CI (env `CI` set) a missing server fails the test.
+    pub async fn start() -> Option<Self> {
+        let installed = std::process::Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if !installed {
+            skip_unless_ci("redis-server is not installed; the redis store test cannot run");
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        // Another process may take the free port first: then try another.
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut child = std::process::Command::new("redis-server")
+                .args(["--port", &port.to_string()])
+                .args(["--bind", "127.0.0.1"])
+                .args(["--save", ""])
+                .args(["--appendonly", "no"])
+                .arg("--dir")
+                .arg(dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap();
+            for _ in 0..400 {
+                if ours(port, dir.path()).await {
+                    return Some(Self {
+                        child,
+                        port,
+                        _dir: dir,
+                    });
+                }
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        panic!("redis-server never answered PING");
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}/0", self.port)
+    }
+}
+
+/// Whether the Redis on `port` answers (bounded) and is the one working in
+/// `dir`, not another test's that took the port first.
+async fn ours(port: u16, dir: &Path) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return false;
+    };
+    if stream.write_all(b"CONFIG GET dir\r\n").await.is_err() {
+        return false;
+    }
+    // Redis reports the directory it changed to, symbolic links resolved.
+    let wanted = dir.canonicalize().unwrap().to_string_lossy().into_owned();
+    let mut reply = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while let Ok(Ok(n)) =
+        tokio::time::timeout(Duration::from_secs(2), stream.read(&mut chunk)).await
+    {
+        if n == 0 {
+            break;
+        }
+        reply.extend_from_slice(&chunk[..n]);
+        if String::from_utf8_lossy(&reply).contains(&wanted) {
+            return true;
+        }
+    }
+    false
+}
