@@ -464,6 +464,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "the resource's path is not canonical",
         ),
         (
+            "a browser sign-in at a plain-http issuer on another host",
+            format!("{UPSTREAM}authorization_server:\n  issuer: http://auth.example.com\n  clients:\n    - client_id: spa\n      grants: [authorization_code]\n      audience: api\n      redirect_uris: [\"https://app.example.com/cb\"]\n"),
+            "5:11",
+            "an http:// issuer on another host than loopback cannot sign users in",
+        ),
+        (
             "an authorization server issuer whose path is not canonical",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com/t//1\n  clients: []\n"),
             "5:11",
@@ -742,6 +748,38 @@ fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
         std::fs::write(&file, plain).unwrap();
         let (ok, _, stderr) = check(&file);
         assert!(ok, "http issuer, {endpoints}: {stderr}");
+    }
+}
+
+/// A built-in server signs users in at a plain-http issuer only on this
+/// host (browsers keep `Secure` cookies from loopback origins); one on
+/// another host may still serve clients that sign no one in.
+#[test]
+fn a_plain_http_issuer_signs_users_in_only_on_loopback() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    let yaml = |issuer: &str, grants: &str| {
+        format!("{UPSTREAM}authorization_server:\n  issuer: {issuer}\n  clients:\n    - client_id: c\n      grants: [{grants}]\n      audience: api\n      redirect_uris: [\"https://app.example.com/cb\"]\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\nroutes:\n  - path: /a\n    upstream: app\n")
+    };
+    for (issuer, grants, accepted) in [
+        ("http://127.0.0.1:8080", "authorization_code", true),
+        ("http://localhost:8080", "authorization_code", true),
+        ("http://[::1]:8080", "authorization_code", true),
+        ("https://auth.example.com", "authorization_code", true),
+        ("http://auth.example.com", "client_credentials", true),
+        ("http://auth.example.com", "authorization_code", false),
+        (
+            "http://10.0.0.7:8080",
+            "client_credentials, authorization_code",
+            false,
+        ),
+    ] {
+        std::fs::write(&file, yaml(issuer, grants)).unwrap();
+        let (ok, _, stderr) = check(&file);
+        assert_eq!(ok, accepted, "{issuer} {grants}: {stderr}");
+        if !accepted {
+            assert!(stderr.contains("cannot sign users in"), "{stderr}");
+        }
     }
 }
 

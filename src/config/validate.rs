@@ -1611,6 +1611,21 @@ impl Validator<'_> {
                 "the authorization server's issuer must not have a query (RFC 8414 2)",
             ));
         }
+        // Browsers take no `Secure` cookie from a plain-http origin other
+        // than their own host: the sign-in page could never keep a session.
+        let signs_users_in = raw.clients.iter().any(|c| {
+            c.value
+                .grants
+                .value
+                .iter()
+                .any(|g| Grant::parse(g) == Some(Grant::AuthorizationCode))
+        });
+        if signs_users_in && issuer_uri.scheme_str() == Some("http") && !on_this_host(&issuer_uri) {
+            return Err(self.err(
+                raw.issuer.referenced,
+                "an http:// issuer on another host than loopback cannot sign users in (browsers refuse the sign-in page's Secure cookies over plain http): use an https:// issuer (TLS here or at an ingress in front)",
+            ));
+        }
         let issuer_path = issuer_uri.path().trim_end_matches('/');
         let metadata = format!("/.well-known/oauth-authorization-server{issuer_path}");
         // Requests are matched canonical: another spelling is never asked for.
