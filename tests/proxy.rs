@@ -757,6 +757,31 @@ async fn every_route_strips_identity_forwarding_and_method_override_headers() {
     }
 }
 
+/// A route may list any method name HTTP allows (a token: `M-SEARCH`,
+/// `VERSION-CONTROL`), and takes requests with it; lower-case letters stay
+/// refused, in the config as in requests.
+#[tokio::test]
+async fn a_route_may_list_methods_with_dashes_and_digits() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /dav/{*p}\n    methods: [VERSION-CONTROL, M-SEARCH, BIND2]\n    upstream: app\n    auth: none\n",
+    );
+    let gw = Gateway::start(&config).await;
+    for method in ["VERSION-CONTROL", "M-SEARCH", "BIND2"] {
+        let reply = raw_reply(gw.addr, &request(method, "/dav/a", &[])).await;
+        assert_eq!(reply.status, 200, "{method}: {reply:?}");
+        assert_eq!(world.upstream.last().method, method);
+    }
+    let reply = raw_reply(gw.addr, &request("GET", "/dav/a", &[])).await;
+    assert_eq!(reply.status, 405, "{reply:?}");
+    let lower = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /dav/{*p}\n    methods: [M-search]\n    upstream: app\n",
+    );
+    assert_config_refused(&lower, "`M-search` is not an HTTP method");
+}
+
 /// A method, a path and the headers sent with them.
 type DavCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 

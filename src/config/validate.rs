@@ -2223,7 +2223,9 @@ impl Validator<'_> {
         for m in &methods.value {
             let method = Method::from_bytes(m.as_bytes())
                 .ok()
-                .filter(|_| m.bytes().all(|b| b.is_ascii_uppercase()))
+                // A token (RFC 9110 9.1: `M-SEARCH`, `VERSION-CONTROL` too)
+                // with no lower-case letter, as requests are held to.
+                .filter(|_| !m.bytes().any(|b| b.is_ascii_lowercase()))
                 .ok_or_else(|| {
                     self.err(
                         methods.referenced,
