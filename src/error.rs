@@ -67,6 +67,10 @@ pub enum GatewayError {
     /// token.
     #[error("Destination outside the route")]
     ForeignDestination,
+    /// The upstream's `base_path` and the request's target together are
+    /// longer than a request target may be (65 534 bytes).
+    #[error("request target too long for the upstream")]
+    TargetTooLong,
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
@@ -145,6 +149,7 @@ impl GatewayError {
             Self::BadHost => "bad_host",
             Self::BadMethod => "lower_case_method",
             Self::ForeignDestination => "foreign_destination",
+            Self::TargetTooLong => "target_too_long",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::TooManyHeaders => "too_many_headers",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
@@ -179,6 +184,7 @@ impl GatewayError {
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::TooManyHeaders => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Self::TargetTooLong => StatusCode::URI_TOO_LONG,
             Self::UnsupportedTransferCoding | Self::UnsupportedMethod => {
                 StatusCode::NOT_IMPLEMENTED
             }
@@ -211,6 +217,10 @@ impl GatewayError {
             Self::BadPath(_) => ("invalid_request", "the request path is not allowed"),
             Self::BadHost => ("invalid_request", "missing or malformed Host header"),
             Self::BadMethod => ("invalid_request", "the method must be upper case"),
+            Self::TargetTooLong => (
+                "invalid_request",
+                "the request target is too long once the upstream's base path is added",
+            ),
             Self::ForeignDestination => (
                 "invalid_request",
                 "the Destination header must name a path of the route the request matched",
@@ -368,6 +378,7 @@ impl GatewayError {
             | Self::BadHost
             | Self::BadMethod
             | Self::ForeignDestination
+            | Self::TargetTooLong
             | Self::AmbiguousFraming
             | Self::RequestBodyBroken => INTERNAL,
             Self::RequestBodyTimeout | Self::TooManyHeaders => UNKNOWN,

@@ -782,6 +782,39 @@ async fn a_route_may_list_methods_with_dashes_and_digits() {
     assert_config_refused(&lower, "`M-search` is not an HTTP method");
 }
 
+/// A target that the upstream's `base_path` makes longer than a request
+/// target may be (65 534 bytes) gets 414, not sent; one byte less goes.
+#[tokio::test]
+async fn a_target_too_long_for_the_upstreams_base_path_gets_414() {
+    let world = World::new().await;
+    let addr = world.upstream.addr.to_string();
+    let config = world
+        .config()
+        .replace(
+            &format!("url: http://{addr}\n"),
+            &format!("url: http://{addr}/base\n"),
+        )
+        .replace(
+            "  shutdown_delay: 0s\n",
+            "  shutdown_delay: 0s\n  max_header_bytes: 1048576\n",
+        )
+        .replace(
+            "routes:\n",
+            "routes:\n  - path: /long/{*p}\n    upstream: app\n    auth: none\n",
+        );
+    assert!(config.contains("/base\n") && config.contains("max_header_bytes"));
+    let gw = Gateway::start(&config).await;
+    // "/base" + "/long/" + filler: 65 535 bytes, one too many.
+    let too_long = format!("/long/{}", "a".repeat(65_524));
+    let reply = raw_reply(gw.addr, &request("GET", &too_long, &[])).await;
+    assert_eq!(reply.status, 414, "{}", reply.head);
+    assert_eq!(world.upstream.count(), 0);
+    let longest = format!("/long/{}", "a".repeat(65_523));
+    let reply = raw_reply(gw.addr, &request("GET", &longest, &[])).await;
+    assert_eq!(reply.status, 200, "{}", reply.head);
+    assert_eq!(world.upstream.last().path_and_query.len(), 65_534);
+}
+
 /// A method, a path and the headers sent with them.
 type DavCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 

@@ -398,8 +398,8 @@ fn upstream_uri(
         pq.push('?');
         pq.push_str(q);
     }
-    let pq = PathAndQuery::try_from(pq)
-        .map_err(|_| GatewayError::BadPath(crate::routes::PathError::InvalidPercentEncoding))?;
+    // The parts were each a valid target's: only the length can fail.
+    let pq = PathAndQuery::try_from(pq).map_err(|_| GatewayError::TargetTooLong)?;
     Ok(Uri::from(pq))
 }
 
