@@ -4,7 +4,7 @@
 //! to paste.
 
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 use std::sync::Arc;
 
@@ -110,7 +110,10 @@ pub const DEMO_USER: (&str, &str) = ("alice", "wonderland");
 pub const DEMO_PUBLIC_CLIENT: &str = "demo-spa";
 
 /// The demo configuration: the built-in authorization server with the seed's
-/// token path, and an echo upstream.
+/// token path, and an echo upstream. `listen` is the address clients use
+/// (in the issuer and redirect URIs); the browser client, whose sign-in
+/// cookies browsers keep only from loopback over plain http, is there only
+/// when it is a loopback address.
 pub fn demo_config_yaml(
     listen: SocketAddr,
     admin: SocketAddr,
@@ -120,6 +123,19 @@ pub fn demo_config_yaml(
 ) -> String {
     let (client_id, _) = DEMO_CLIENT;
     let (username, _) = DEMO_USER;
+    let browser_client = if signs_in_browsers(listen) {
+        format!(
+            r#"    - client_id: {DEMO_PUBLIC_CLIENT}
+      name: Demo single-page app
+      grants: [authorization_code, refresh_token]
+      scopes: [orders:read]
+      audience: {DEMO_AUDIENCE}
+      redirect_uris: ["http://{listen}/callback"]
+"#
+        )
+    } else {
+        String::new()
+    };
     format!(
         r#"server:
   listen: "{listen}"
@@ -138,13 +154,7 @@ authorization_server:
       grants: [client_credentials, refresh_token]
       scopes: [orders:read]
       audience: {DEMO_AUDIENCE}
-    - client_id: {DEMO_PUBLIC_CLIENT}
-      name: Demo single-page app
-      grants: [authorization_code, refresh_token]
-      scopes: [orders:read]
-      audience: {DEMO_AUDIENCE}
-      redirect_uris: ["http://{listen}/callback"]
-  users:
+{browser_client}  users:
     - username: {username}
       password_hash: "{password_hash}"
 upstreams:
@@ -170,6 +180,23 @@ routes:
     scopes: [admin]
 "#
     )
+}
+
+/// Whether browsers can sign in at `http://{listen}`: they keep the
+/// sign-in page's `Secure` cookies over plain http from loopback only.
+fn signs_in_browsers(listen: SocketAddr) -> bool {
+    listen.ip().to_canonical().is_loopback()
+}
+
+/// The address clients on this machine reach `bound` at: a loopback one for
+/// an unspecified address (`0.0.0.0:8080`, which takes loopback's
+/// connections too), which no URL can name.
+fn reachable_at(bound: SocketAddr) -> SocketAddr {
+    match bound.ip() {
+        IpAddr::V4(ip) if ip.is_unspecified() => (Ipv4Addr::LOCALHOST, bound.port()).into(),
+        IpAddr::V6(ip) if ip.is_unspecified() => (Ipv6Addr::LOCALHOST, bound.port()).into(),
+        _ => bound,
+    }
 }
 
 /// The demo's proxy address unless `--listen` names another.
@@ -210,9 +237,9 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     tokio::spawn(serve_echo(upstream_listener));
     let listener = bind_demo(listen, DEFAULT_LISTEN, "--listen").await?;
     let admin_listener = bind_demo(admin, DEFAULT_ADMIN_LISTEN, "--admin-listen").await?;
-    let listen = listener.local_addr().map_err(|e| e.to_string())?;
+    let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    for (what, addr) in [("--listen", listen), ("--admin-listen", admin)] {
+    for (what, addr) in [("--listen", bound), ("--admin-listen", admin)] {
         if !addr.ip().to_canonical().is_loopback() {
             eprintln!(
                 "warning: {what} {addr} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
@@ -224,6 +251,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let hash = crate::issuer::clients::hash_secret(client_secret)?;
     let (username, password) = DEMO_USER;
     let password_hash = crate::issuer::clients::hash_secret(password)?;
+    let listen = reachable_at(bound);
     let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash, &password_hash);
     let verifier = crate::issuer::random_token().map_err(|e| e.description)?;
     let challenge = crate::issuer::token::s256(&verifier);
@@ -233,6 +261,20 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let config =
         crate::config::load_str("<demo>", Path::new("."), &yaml).map_err(|e| e.to_string())?;
     let field = |name: &str| format!("sed -n 's/.*\"{name}\":\"\\([^\"]*\\)\".*/\\1/p'");
+    let browser_step = if signs_in_browsers(listen) {
+        format!(
+            "# 6. Authorization code + PKCE in a browser: open this URL, sign in as {username} / {password},\n\
+             #    allow access; the echo upstream at /callback shows the code. Then exchange it:\n\
+             {authorize_url}\n\
+             curl -s -X POST http://{listen}/auth/v2/accesstoken -d grant_type=authorization_code -d client_id={DEMO_PUBLIC_CLIENT} \\\n\
+             \x20    -d redirect_uri=http://{listen}/callback -d code_verifier={verifier} -d code=PASTE_CODE_HERE\n\n"
+        )
+    } else {
+        format!(
+            "# 6. No browser sign-in on {listen}: browsers keep its cookies over plain http from loopback only\n\
+             #    (run the demo on 127.0.0.1 or 0.0.0.0 for it).\n\n"
+        )
+    };
     let steps = format!(
         "\nscopegate demo is running on http://{listen} (admin: http://{admin}/metrics)\n\n\
          # 1. Get a token exactly as the seed's client credentials example does:\n\
@@ -250,11 +292,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
          # 5. 401: no token at all; 200: a public route\n\
          curl -i http://{listen}/orders/42\n\
          curl -i http://{listen}/public\n\n\
-         # 6. Authorization code + PKCE in a browser: open this URL, sign in as {username} / {password},\n\
-         #    allow access; the echo upstream at /callback shows the code. Then exchange it:\n\
-         {authorize_url}\n\
-         curl -s -X POST http://{listen}/auth/v2/accesstoken -d grant_type=authorization_code -d client_id={DEMO_PUBLIC_CLIENT} \\\n\
-         \x20    -d redirect_uri=http://{listen}/callback -d code_verifier={verifier} -d code=PASTE_CODE_HERE\n\n\
+         {browser_step}\
          Metadata: http://{listen}/.well-known/oauth-authorization-server  Keys: http://{listen}/.well-known/jwks.json\n\
          Press Ctrl-C to stop.\n",
         token = field("access_token"),
@@ -292,6 +330,9 @@ mod tests {
         for (listen, admin, upstream) in [
             ("127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:8081"),
             ("[::1]:8080", "[::1]:9090", "[::1]:8081"),
+            // Off loopback: no browser client (its http issuer would be
+            // refused), the rest as on loopback.
+            ("10.0.0.5:8080", "127.0.0.1:9090", "127.0.0.1:8081"),
         ] {
             let yaml = demo_config_yaml(
                 listen.parse().unwrap(),
@@ -302,6 +343,24 @@ mod tests {
             );
             let loaded = crate::config::load_str("<demo>", Path::new("."), &yaml);
             assert!(loaded.is_ok(), "{listen}: {:?}", loaded.err());
+            assert_eq!(
+                yaml.contains(DEMO_PUBLIC_CLIENT),
+                !listen.starts_with("10."),
+                "{listen}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_unspecified_listen_address_is_named_by_loopback() {
+        for (bound, named) in [
+            ("0.0.0.0:8080", "127.0.0.1:8080"),
+            ("[::]:8080", "[::1]:8080"),
+            ("127.0.0.1:8080", "127.0.0.1:8080"),
+            ("10.0.0.5:8080", "10.0.0.5:8080"),
+        ] {
+            let at = reachable_at(bound.parse().unwrap());
+            assert_eq!(at, named.parse::<SocketAddr>().unwrap(), "{bound}");
         }
     }
 }
