@@ -382,6 +382,10 @@ fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError>
 // ---------------------------------------------------------------------------
 // Injection
 
+/// The pod's `terminationGracePeriodSeconds` when it sets none: the base
+/// manifests' budget for the app's preStop sleep and the gateway's drain.
+const TERMINATION_GRACE_SECONDS: u64 = 60;
+
 /// Kinds whose pod spec is at `spec.template.spec`.
 const TEMPLATE_KINDS: [&str; 5] = [
     "Deployment",
@@ -390,6 +394,15 @@ const TEMPLATE_KINDS: [&str; 5] = [
     "ReplicaSet",
     "Job",
 ];
+
+/// The `apiVersion` of a built-in kind that [`inject_object`] injects.
+fn built_in_api_version(kind: &str) -> &'static str {
+    match kind {
+        "Pod" => "v1",
+        "Job" | "CronJob" => "batch/v1",
+        _ => "apps/v1",
+    }
+}
 
 fn object_name(obj: &Map<String, Value>) -> String {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -479,6 +492,13 @@ fn inject_object(
         k if TEMPLATE_KINDS.contains(&k) => &["spec", "template"],
         _ => return Ok(()),
     };
+    // A custom resource may share a built-in kind's name (Volcano's `Job`):
+    // it is left alone. Without an `apiVersion`, the built-in is meant.
+    if let Some(api) = obj.get("apiVersion").and_then(Value::as_str) {
+        if api != built_in_api_version(&kind) {
+            return Ok(());
+        }
+    }
     // `template` is the object holding `metadata` and `spec` of the pod: the
     // Pod itself, or the workload's pod template.
     let mut template = obj;
@@ -540,17 +560,8 @@ fn inject_pod_spec(
     path: &str,
     opts: &InjectOptions,
 ) -> Result<bool, InjectError> {
-    // Check everything before changing anything.
-    if pod_spec.get("hostNetwork") == Some(&Value::Bool(true)) && !opts.allow_host_network {
-        return Err(invalid(
-            at,
-            format!(
-                "`{path}.hostNetwork` is true: the pod's loopback is the node's, so the app's \
-                 port would be open to every process on the node without scopegate (pass \
-                 --allow-host-network to inject anyway)"
-            ),
-        ));
-    }
+    // Check everything before changing anything. Already injected (with
+    // whatever flags it took then): nothing to check or change.
     for key in ["containers", "initContainers"] {
         let containers = match pod_spec.get(key) {
             None | Some(Value::Null) => continue,
@@ -563,6 +574,16 @@ fn inject_pod_spec(
                 return Ok(false);
             }
         }
+    }
+    if pod_spec.get("hostNetwork") == Some(&Value::Bool(true)) && !opts.allow_host_network {
+        return Err(invalid(
+            at,
+            format!(
+                "`{path}.hostNetwork` is true: the pod's loopback is the node's, so the app's \
+                 port would be open to every process on the node without scopegate (pass \
+                 --allow-host-network to inject anyway)"
+            ),
+        ));
     }
     for key in ["containers", "initContainers"] {
         let Some(Value::Array(containers)) = pod_spec.get(key) else {
@@ -613,6 +634,16 @@ fn inject_pod_spec(
         }
     }
 
+    // Kubernetes' default of 30 s is less than the gateway's own drain
+    // (`shutdown_delay` 5 s + `shutdown_grace` 30 s), which a native sidecar
+    // starts only once the app has stopped: the base's budget, when the pod
+    // sets none.
+    let grace = pod_spec
+        .entry("terminationGracePeriodSeconds".to_owned())
+        .or_insert(Value::Null);
+    if grace.is_null() {
+        *grace = json!(TERMINATION_GRACE_SECONDS);
+    }
     sequence(pod_spec, "initContainers", at, path)?.insert(0, sidecar(opts));
     if add_volume {
         sequence(pod_spec, "volumes", at, path)?.push(json!({
@@ -843,9 +874,14 @@ spec:
 
     #[test]
     fn statefulset_daemonset_replicaset_job() {
-        for kind in ["StatefulSet", "DaemonSet", "ReplicaSet", "Job"] {
+        for (api, kind) in [
+            ("apps/v1", "StatefulSet"),
+            ("apps/v1", "DaemonSet"),
+            ("apps/v1", "ReplicaSet"),
+            ("batch/v1", "Job"),
+        ] {
             let yaml = format!(
-                "apiVersion: apps/v1\nkind: {kind}\nmetadata: {{name: x}}\nspec:\n  template:\n    \
+                "apiVersion: {api}\nkind: {kind}\nmetadata: {{name: x}}\nspec:\n  template:\n    \
                  spec:\n      containers:\n        - name: app\n          image: app:1\n"
             );
             let docs = parse_all(&inject_default(&yaml));
@@ -904,9 +940,49 @@ spec:
             allow_host_network: true,
             ..InjectOptions::default()
         };
-        let docs = parse_all(&inject(yaml, &opts).unwrap());
+        let injected = inject(yaml, &opts).unwrap();
+        let docs = parse_all(&injected);
         assert_injected(&docs[0], "/spec/template/spec");
         assert_eq!(pointer(&docs[0], "/spec/template/spec/hostNetwork"), true);
+        // Injected once, allowed then: again without the flag changes nothing.
+        let again = inject(&injected, &InjectOptions::default()).unwrap();
+        assert_eq!(parse_all(&again), docs);
+    }
+
+    #[test]
+    fn a_pod_without_a_termination_grace_period_gets_the_bases() {
+        let yaml = "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  containers:\n    \
+                    - name: app\n      image: app:1\n";
+        let docs = parse_all(&inject_default(yaml));
+        assert_eq!(pointer(&docs[0], "/spec/terminationGracePeriodSeconds"), 60);
+        // One the pod sets is the operator's; a null one is unset.
+        let own = yaml.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: 120\n");
+        let docs = parse_all(&inject_default(&own));
+        assert_eq!(
+            pointer(&docs[0], "/spec/terminationGracePeriodSeconds"),
+            120
+        );
+        let null = yaml.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: null\n");
+        let docs = parse_all(&inject_default(&null));
+        assert_eq!(pointer(&docs[0], "/spec/terminationGracePeriodSeconds"), 60);
+    }
+
+    #[test]
+    fn custom_resources_named_like_built_in_kinds_pass_through() {
+        let volcano = "apiVersion: batch.volcano.sh/v1alpha1\nkind: Job\nmetadata: {name: v}\n\
+                       spec: {tasks: [{name: t, template: {spec: {containers: [{name: c, image: c:1}]}}}]}\n\
+                       ---\napiVersion: example.com/v1\nkind: Deployment\nmetadata: {name: d}\n\
+                       spec: {template: {spec: {containers: [{name: c, image: c:1}]}}}\n";
+        assert_eq!(parse_all(&inject_default(volcano)), parse_all(volcano));
+        // The built-in kinds, with and without their apiVersion.
+        let built_in = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n\
+                        spec: {template: {spec: {containers: [{name: c, image: c:1}]}}}\n---\n\
+                        kind: Deployment\nmetadata: {name: e}\n\
+                        spec: {template: {spec: {containers: [{name: c, image: c:1}]}}}\n";
+        let docs = parse_all(&inject_default(built_in));
+        for doc in &docs {
+            assert_injected(doc, "/spec/template/spec");
+        }
     }
 
     #[test]

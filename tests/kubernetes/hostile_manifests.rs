@@ -285,8 +285,9 @@ fn render(docs: &[(Value, Style)]) -> String {
 /// `out` (the injected `input`) without what injection adds, and only
 /// where it adds it: the sidecar first among each pod spec's init
 /// containers, the config volume last among its volumes, the two
-/// annotations in the pod's metadata, and the sequences, mapping and
-/// metadata made to hold them where `input` had none (or null).
+/// annotations in the pod's metadata, the grace period where `input` set
+/// none, and the sequences, mapping and metadata made to hold them where
+/// `input` had none (or null).
 fn uninject(out: &mut Value, input: &Value) {
     let template = |doc: &mut Value, input: &Value, path: &[&str]| {
         let (mut out, mut input) = (Some(doc), Some(input));
@@ -331,6 +332,19 @@ fn uninject_template(out: &mut Value, input: &Value) {
         }
         restore_emptied(spec, "initContainers", &input["spec"]);
         restore_emptied(spec, "volumes", &input["spec"]);
+        // A grace period the pod left unset (or null) is the base's 60 s.
+        let grace = "terminationGracePeriodSeconds";
+        if let Some(members) = spec.as_object_mut() {
+            match input["spec"].get(grace) {
+                None if members.get(grace) == Some(&json!(60)) => {
+                    members.remove(grace);
+                }
+                Some(Value::Null) if members.get(grace) == Some(&json!(60)) => {
+                    members.insert(grace.to_owned(), Value::Null);
+                }
+                _ => {}
+            }
+        }
     }
     if let Some(metadata) = out.get_mut("metadata") {
         if let Some(annotations) = metadata
