@@ -1465,6 +1465,70 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
 
+/// An idle HTTP/2 connection is closed with a GOAWAY (RFC 9113 6.8), as
+/// when the gateway drains: the client learns which of its requests were
+/// taken, and may send one that crossed the close again. It was dropped,
+/// which a client cannot tell from a connection that broke.
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_with_a_goaway() {
+    use h2::frame::{Frame, Headers, Ping, Pseudo, Settings, StreamId};
+    use tokio::io::AsyncWriteExt;
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |_request: hyper::Request<hyper::body::Incoming>| async move {
+            hyper::Response::new(full_body("ok"))
+        },
+    )
+    .await;
+    let config = yaml(&world.jwks.uri(), upstream, "  idle_timeout: 1s\n", "");
+    assert!(config.contains("idle_timeout: 1s"));
+    let gw = Gateway::start(&config).await;
+    // A client by hand: one GET, then nothing; every frame the gateway
+    // sends is read until it closes.
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut codec: H2Codec = h2::Codec::new(tcp);
+    assert!(send_frame(&mut codec, Settings::default().into()).await);
+    let uri = http::Uri::from_static("http://gw.test/files/ok");
+    let pseudo = Pseudo::request(http::Method::GET, uri, None);
+    let mut get = Headers::new(StreamId::from(1), pseudo, http::HeaderMap::new());
+    get.set_end_stream();
+    assert!(send_frame(&mut codec, get.into()).await);
+    let read = async {
+        let (mut answered, mut goaway) = (false, None);
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+            let reply: Frame<Bytes> = match frame {
+                Frame::Headers(h) => {
+                    answered = h.stream_id() == StreamId::from(1);
+                    continue;
+                }
+                Frame::GoAway(g) => {
+                    goaway = Some((g.last_stream_id(), g.reason()));
+                    continue;
+                }
+                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
+                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
+                _ => continue,
+            };
+            if !send_frame(&mut codec, reply).await {
+                break;
+            }
+        }
+        (answered, goaway)
+    };
+    let (answered, goaway) = tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("the gateway kept an idle HTTP/2 connection open");
+    assert!(answered, "the request was not answered");
+    assert_eq!(
+        goaway,
+        Some((StreamId::from(1), h2::Reason::NO_ERROR)),
+        "closed without a GOAWAY naming the request it took"
+    );
+}
+
 /// An upstream answering `/files/big` with `chunks` parts of 64 KiB, and
 /// anything else with `ok`.
 async fn big_answer_upstream(chunks: usize) -> std::net::SocketAddr {

@@ -21,7 +21,6 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
@@ -151,7 +150,9 @@ async fn serve(
     // they hold of the config (the authorization server's store above all).
     let tasks = TaskTracker::new();
     let builder = Arc::new(connection_builder(&settings, &tasks));
-    let graceful = GracefulShutdown::new();
+    // Tells every connection to finish what it has and close (HTTP/2
+    // GOAWAY, HTTP/1.1 `Connection: close`).
+    let (drain_tx, drain) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
 
     let stop = async {
@@ -184,7 +185,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&current);
         let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let drain = drain.clone();
         let metrics = Arc::clone(&metrics);
         // The current config's certificate: a reload serves a rotated one.
         let tls = tls
@@ -210,7 +211,7 @@ async fn serve(
                     match tokio::time::timeout_at(timeouts.first_request_by, handshake).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream, peer, client, gateway, &builder, watcher, timeouts,
+                                stream, peer, client, gateway, &builder, drain, timeouts,
                             )
                             .await;
                         }
@@ -218,7 +219,7 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(stream, peer, client, gateway, &builder, watcher, timeouts)
+                    serve_connection(stream, peer, client, gateway, &builder, drain, timeouts)
                         .await;
                 }
             }
@@ -229,10 +230,8 @@ async fn serve(
     tracing::info!(grace = ?settings.shutdown_grace, "draining in-flight requests");
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     tasks.close();
-    let drained = async {
-        graceful.shutdown().await;
-        tasks.wait().await;
-    };
+    let _ = drain_tx.send(true);
+    let drained = tasks.wait();
     if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!("shutdown grace expired with requests still in flight");
     }
@@ -303,7 +302,7 @@ async fn serve_connection<I>(
     client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<Tracked>,
-    watcher: hyper_util::server::graceful::Watcher,
+    mut drain: tokio::sync::watch::Receiver<bool>,
     timeouts: ConnectionTimeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -354,23 +353,44 @@ async fn serve_connection<I>(
             std::future::pending::<()>().await;
         }
     };
-    tokio::select! {
-        result = watcher.watch(connection.into_owned()) => {
-            if let Err(e) = result {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
+    tokio::pin!(connection, no_first_request);
+    let quiet = activity.quiet_for(timeouts.idle);
+    tokio::pin!(quiet);
+    let mut draining = false;
+    let result = loop {
+        tokio::select! {
+            result = connection.as_mut() => break result,
+            // The gateway drains (or is gone): what is in flight finishes,
+            // then the connection closes. Only ever set once, to true.
+            _ = drain.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
             }
+            () = &mut no_first_request => {
+                tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
+                return;
+            }
+            quiet = &mut quiet => match quiet {
+                idle::Quiet::Idle => {
+                    // Closed as when draining, so that an HTTP/2 client gets
+                    // a GOAWAY saying which of its requests were taken: one
+                    // sent just as the connection closes may be sent again.
+                    tracing::debug!(%peer, "nothing in flight for idle_timeout; closing the connection");
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => return,
+                    }
+                }
+                idle::Quiet::Stalled => {
+                    tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
+                    return;
+                }
+            },
         }
-        () = no_first_request => {
-            tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
-        }
-        quiet = activity.quiet_for(timeouts.idle) => match quiet {
-            idle::Quiet::Idle => {
-                tracing::debug!(%peer, "nothing in flight for idle_timeout; connection closed");
-            }
-            idle::Quiet::Stalled => {
-                tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
-            }
-        },
+    };
+    if let Err(e) = result {
+        tracing::debug!(%peer, error = %e, "connection ended with an error");
     }
 }
 
