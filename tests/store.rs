@@ -11,7 +11,7 @@
 mod support;
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -113,18 +113,11 @@ impl RedisServer {
         }
         let dir = tempfile::tempdir().unwrap();
         let ca_pem = tls.then(|| write_tls_files(dir.path()));
-        let free_port = || {
-            TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
         // Retry on the (unlikely) chance another process takes the port first.
         for _ in 0..5 {
-            let port = free_port();
-            let tls_port = free_port();
-            let mut command = Command::new("redis-server");
+            let port = support::free_port();
+            let tls_port = support::free_port();
+            let mut command = support::redis_server_command(port, dir.path());
             if tls {
                 command
                     .args(["--tls-port", &tls_port.to_string()])
@@ -136,17 +129,7 @@ impl RedisServer {
                     .arg(dir.path().join("ca.pem"))
                     .args(["--tls-auth-clients", "no"]);
             }
-            let mut child = command
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("spawn redis-server");
+            let mut child = command.spawn().expect("spawn redis-server");
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if let Ok(Some(_)) = child.try_wait() {

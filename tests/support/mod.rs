@@ -1366,6 +1366,22 @@ impl std::io::Write for Logs {
     }
 }
 
+/// `redis-server` on loopback `port`, working in `dir`, with persistence
+/// off and its output discarded; more arguments may follow.
+pub fn redis_server_command(port: u16, dir: &Path) -> std::process::Command {
+    let mut command = std::process::Command::new("redis-server");
+    command
+        .args(["--port", &port.to_string()])
+        .args(["--bind", "127.0.0.1"])
+        .args(["--save", ""])
+        .args(["--appendonly", "no"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    command
+}
+
 /// A `redis-server` child on a free loopback port (no persistence), killed
 /// on drop.
 pub struct RedisServer {
@@ -1396,22 +1412,8 @@ impl RedisServer {
         let dir = tempfile::tempdir().unwrap();
         // Another process may take the free port first: then try another.
         for _ in 0..5 {
-            let port = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port();
-            let mut child = std::process::Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", ""])
-                .args(["--appendonly", "no"])
-                .arg("--dir")
-                .arg(dir.path())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .unwrap();
+            let port = free_port();
+            let mut child = redis_server_command(port, dir.path()).spawn().unwrap();
             for _ in 0..400 {
                 if ours(port, dir.path()).await {
                     return Some(Self {
