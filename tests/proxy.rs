@@ -907,6 +907,25 @@ async fn a_webdav_destination_must_stay_within_the_route() {
         assert_eq!(seen.method, method);
         assert_eq!(seen.headers["destination"], headers.last().unwrap().1);
     }
+
+    // To an upstream with a base_path, none: it would read the Destination
+    // without its prefix, as a path another route's upstream may serve.
+    let addr = world.upstream.addr.to_string();
+    let prefixed = config.replace(
+        &format!("url: http://{addr}\n"),
+        &format!("url: http://{addr}/dav\n"),
+    );
+    assert!(prefixed.contains("/dav\n"));
+    let gw = Gateway::start(&prefixed).await;
+    let seen = world.upstream.count();
+    let copy = request(
+        "COPY",
+        "/files/public/a",
+        &[("Destination", "/files/public/b")],
+    );
+    let reply = raw_reply(gw.addr, &copy).await;
+    assert_eq!(reply.status, 400, "{reply:?}");
+    assert_eq!(world.upstream.count(), seen);
 }
 
 #[tokio::test]

@@ -68,6 +68,14 @@ impl Forwarder {
             .collect()
     }
 
+    /// Whether the upstream at `index` puts a `base_path` in front of the
+    /// paths it is sent.
+    pub fn has_base_path(&self, index: usize) -> bool {
+        self.upstreams
+            .get(index)
+            .is_some_and(|u| !u.config.base_path.is_empty())
+    }
+
     /// Whether `client` is a trusted proxy (`trusted_proxies`), whose
     /// forwarding headers and request id are kept.
     pub fn trusts(&self, client: &ClientInfo) -> bool {

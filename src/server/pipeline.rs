@@ -514,10 +514,13 @@ impl Gateway {
     }
 
     /// WebDAV's `COPY` and `MOVE` act on a second path, their `Destination`
-    /// (RFC 4918 10.3, an absolute URI or path): it must be one, canonical,
-    /// and served by the route the request matched, so that a public route
-    /// cannot copy or move into paths another route guards. Other methods
-    /// do not act on it, and pay no lookup.
+    /// (RFC 4918 10.3, an absolute URI or path): there must be one, and its
+    /// path, read canonical, must be served by the route the request
+    /// matched, so that a public route cannot copy or move into paths
+    /// another route guards. It is forwarded as received, so an upstream
+    /// with a `base_path` takes none (the upstream would read it without
+    /// the prefix, as a path some other route's upstream may serve). Other
+    /// methods do not act on it, and pay no lookup.
     fn check_destination(
         &self,
         request: &Request<Incoming>,
@@ -530,8 +533,8 @@ impl Gateway {
         let mut values = request.headers().get_all(&DESTINATION).iter();
         let value = match (values.next(), values.next()) {
             (None, _) => return Ok(()), // the upstream's 400 (RFC 4918 9.8.3)
-            (Some(value), None) => value,
-            (Some(_), Some(_)) => return Err(GatewayError::ForeignDestination),
+            (Some(value), None) if !self.forwarder.has_base_path(route.upstream) => value,
+            (Some(_), _) => return Err(GatewayError::ForeignDestination),
         };
         let target =
             http::Uri::try_from(value.as_bytes()).map_err(|_| GatewayError::ForeignDestination)?;
