@@ -765,6 +765,7 @@ fn a_plain_http_issuer_signs_users_in_only_on_loopback() {
         ("http://127.0.0.1:8080", "authorization_code", true),
         ("http://localhost:8080", "authorization_code", true),
         ("http://[::1]:8080", "authorization_code", true),
+        ("http://auth.localhost:8080", "authorization_code", true),
         ("https://auth.example.com", "authorization_code", true),
         ("http://auth.example.com", "client_credentials", true),
         ("http://auth.example.com", "authorization_code", false),

@@ -780,6 +780,9 @@ async fn a_route_may_list_methods_with_dashes_and_digits() {
         "routes:\n  - path: /dav/{*p}\n    methods: [M-search]\n    upstream: app\n",
     );
     assert_config_refused(&lower, "`M-search` is not an HTTP method");
+    // `*` is a token, but no method anyone means.
+    let star = lower.replace("[M-search]", "[\"*\"]");
+    assert_config_refused(&star, "`*` is not an HTTP method");
 }
 
 /// A target that the upstream's `base_path` makes longer than a request

@@ -1620,7 +1620,12 @@ impl Validator<'_> {
                 .iter()
                 .any(|g| Grant::parse(g) == Some(Grant::AuthorizationCode))
         });
-        if signs_users_in && issuer_uri.scheme_str() == Some("http") && !on_this_host(&issuer_uri) {
+        // `*.localhost` is loopback to browsers too (RFC 6761 6.3).
+        let loopback = on_this_host(&issuer_uri)
+            || issuer_uri
+                .host()
+                .is_some_and(|h| h.to_ascii_lowercase().ends_with(".localhost"));
+        if signs_users_in && issuer_uri.scheme_str() == Some("http") && !loopback {
             return Err(self.err(
                 raw.issuer.referenced,
                 "an http:// issuer on another host than loopback cannot sign users in (browsers refuse the sign-in page's Secure cookies over plain http): use an https:// issuer (TLS here or at an ingress in front)",
@@ -2224,8 +2229,13 @@ impl Validator<'_> {
             let method = Method::from_bytes(m.as_bytes())
                 .ok()
                 // A token (RFC 9110 9.1: `M-SEARCH`, `VERSION-CONTROL` too)
-                // with no lower-case letter, as requests are held to.
-                .filter(|_| !m.bytes().any(|b| b.is_ascii_lowercase()))
+                // with no lower-case letter, as requests are held to, and a
+                // letter at least: `*` would read as "every method" to a
+                // reader, and serve only a method named `*`.
+                .filter(|_| {
+                    !m.bytes().any(|b| b.is_ascii_lowercase())
+                        && m.bytes().any(|b| b.is_ascii_uppercase())
+                })
                 .ok_or_else(|| {
                     self.err(
                         methods.referenced,
