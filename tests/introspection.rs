@@ -2072,6 +2072,31 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
         Some("application/json")
     );
     assert!(head.body.is_empty());
+    let length = doc.to_string().len().to_string();
+    assert_eq!(
+        head.header("content-length").as_deref(),
+        Some(length.as_str())
+    );
+    // Over HTTP/2 too, where hyper would send the body on: DATA on a HEAD
+    // stream is a protocol error to the client.
+    let client: hyper_util::client::legacy::Client<_, http_body_util::Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .http2_only(true)
+            .build(hyper_util::client::legacy::connect::HttpConnector::new());
+    let request = http::Request::head(s.gw.url("/.well-known/oauth-protected-resource/orders"))
+        .body(http_body_util::Full::new(Bytes::new()))
+        .unwrap();
+    let response = client.request(request).await.unwrap();
+    assert_eq!(response.status(), 200);
+    assert_eq!(
+        response.headers()["content-length"].to_str().unwrap(),
+        length
+    );
+    let body = http_body_util::BodyExt::collect(response.into_body())
+        .await
+        .expect("the HEAD answer's body broke the stream")
+        .to_bytes();
+    assert!(body.is_empty());
     assert_eq!(s.upstream.count(), 0);
     // Counted as what it is, not as a request no route matched.
     let text = s.gw.metrics().await;
@@ -2081,7 +2106,7 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
             "scopegate_requests_total",
             &[("route", "resource_metadata"), ("status", "200")]
         ),
-        2.0,
+        3.0,
         "{text}"
     );
 

@@ -291,6 +291,12 @@ impl Gateway {
                 (response, reason, status)
             }
         };
+        // An answer scopegate wrote itself to a HEAD request keeps only its
+        // length: hyper leaves an HTTP/2 one's body in, which a client
+        // takes for a protocol error (RFC 9113 8.1.1).
+        if method == "HEAD" {
+            drop_head_body(&mut response);
+        }
         // The connection ends with the answer (hyper does not read a body's
         // rest as a next request), so the answer says so (RFC 9112 9.6) and
         // the client sends nothing more on it.
@@ -879,6 +885,23 @@ fn same_entity(
     };
     a.host().eq_ignore_ascii_case(b.host())
         && a.port_u16().unwrap_or(default_port) == b.port_u16().unwrap_or(default_port)
+}
+
+/// Empties the body of an answer to HEAD that scopegate wrote itself,
+/// keeping its length in `Content-Length` (an upstream's answer has none).
+fn drop_head_body(response: &mut Response<Body>) {
+    let Either::Right(full) = response.body() else {
+        return;
+    };
+    let length = http_body::Body::size_hint(full).exact().unwrap_or(0);
+    if length == 0 {
+        return;
+    }
+    response
+        .headers_mut()
+        .entry(CONTENT_LENGTH)
+        .or_insert_with(|| HeaderValue::from(length));
+    *response.body_mut() = Either::Right(Full::new(bytes::Bytes::new()));
 }
 
 /// The RFC 9728 document (public, cacheable).
