@@ -493,9 +493,19 @@ fn inject_object(
         _ => return Ok(()),
     };
     // A custom resource may share a built-in kind's name (Volcano's `Job`):
-    // it is left alone. Without an `apiVersion`, the built-in is meant.
+    // it is left alone. Without an `apiVersion`, the built-in is meant; an
+    // older version of a built-in group is refused rather than passed on
+    // without the sidecar (native sidecars need 1.29, which serves none).
     if let Some(api) = obj.get("apiVersion").and_then(Value::as_str) {
-        if api != built_in_api_version(&kind) {
+        let wanted = built_in_api_version(&kind);
+        if api != wanted {
+            let group = api.rsplit_once('/').map_or("", |(group, _)| group);
+            if matches!(group, "" | "apps" | "extensions" | "batch") {
+                return Err(invalid(
+                    at,
+                    format!("{kind} of apiVersion `{api}` cannot take a native sidecar: use `{wanted}` (Kubernetes 1.29 or later)"),
+                ));
+            }
             return Ok(());
         }
     }
@@ -982,6 +992,15 @@ spec:
         let docs = parse_all(&inject_default(built_in));
         for doc in &docs {
             assert_injected(doc, "/spec/template/spec");
+        }
+        // An older version of a built-in group is refused, not passed on
+        // without the sidecar.
+        for old in ["extensions/v1beta1", "apps/v1beta2"] {
+            let yaml = built_in.replace("apps/v1", old);
+            let refused = inject(&yaml, &InjectOptions::default())
+                .unwrap_err()
+                .to_string();
+            assert!(refused.contains(old), "{refused}");
         }
     }
 
