@@ -191,6 +191,7 @@ where
     F: std::future::Future<Output = Result<(), String>>,
 {
     install_crypto_provider();
+    crate::server::raise_open_file_limit();
     // One worker: a current-thread runtime does the same work without the
     // work-stealing scheduler's cross-thread bookkeeping.
     let mut builder = if workers == 1 {

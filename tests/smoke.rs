@@ -124,6 +124,59 @@ async fn busy_admin_connections_do_not_keep_probes_waiting() {
     busy.abort();
 }
 
+/// The open-file limit scopegate starts with is raised to the hard one: a
+/// login shell's soft limit (often 1 024) is far below `max_connections`.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_open_file_limit_is_raised_to_the_hard_one() {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    // (soft, hard) "Max open files" of a process, from /proc.
+    let limits = |pid: &str| -> (String, String) {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+        let line = text
+            .lines()
+            .find(|l| l.starts_with("Max open files"))
+            .unwrap()
+            .to_owned();
+        let mut fields = line["Max open files".len()..].split_whitespace();
+        let soft = fields.next().unwrap().to_owned();
+        (soft, fields.next().unwrap().to_owned())
+    };
+    let (_, hard) = limits("self");
+    let low = hard.parse::<u64>().map_or(256, |h| (h / 2).min(256));
+    let mut demo = Command::new("bash")
+        .args([
+            "-c",
+            &format!("ulimit -Sn {low} && exec \"$0\" demo --listen 127.0.0.1:0 --admin-listen 127.0.0.1:0"),
+            env!("CARGO_BIN_EXE_scopegate"),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = demo.id().to_string();
+    let stdout = demo.stdout.take().unwrap();
+    // It prints its steps once it is up (and has set its limits).
+    let printed = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .any(|line| line.starts_with("scopegate demo is running"))
+    })
+    .await
+    .unwrap();
+    let (soft, its_hard) = limits(&pid);
+    let _ = demo.kill();
+    let _ = demo.wait();
+    assert!(printed, "the demo did not start");
+    assert_eq!(its_hard, hard);
+    assert_eq!(
+        soft, hard,
+        "the soft limit stayed at {soft} (started at {low})"
+    );
+}
+
 /// A reader that stops reading the demo's steps (`scopegate demo | head`)
 /// does not stop the demo: printing into a closed pipe was a panic, and the
 /// process exited with it.

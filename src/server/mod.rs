@@ -394,6 +394,35 @@ async fn serve_connection<I>(
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as Go's runtime
+/// does: each client connection and each upstream request takes a
+/// descriptor, and a login shell's soft limit of 1 024 is far below the
+/// default `max_connections` of 10 000. A failure is logged, not fatal.
+#[cfg(unix)]
+pub fn raise_open_file_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_none() || limit.current == limit.maximum {
+        return; // unlimited, or already at the ceiling
+    }
+    let raised = Rlimit {
+        current: limit.maximum,
+        maximum: limit.maximum,
+    };
+    match setrlimit(Resource::Nofile, raised) {
+        Ok(()) => {
+            tracing::debug!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit")
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, soft = ?limit.current, "could not raise the open-file limit")
+        }
+    }
+}
+
+/// Elsewhere the platform's limit stands.
+#[cfg(not(unix))]
+pub fn raise_open_file_limit() {}
+
 /// After a failed `accept`: a failure of one connection (aborted or reset
 /// before it was taken, refused by a firewall rule) lets the next be taken
 /// at once, while anything else (out of file descriptors or memory) waits
