@@ -185,7 +185,9 @@ routes:
 /// Whether browsers can sign in at `http://{listen}`: they keep the
 /// sign-in page's `Secure` cookies over plain http from loopback only.
 fn signs_in_browsers(listen: SocketAddr) -> bool {
-    listen.ip().to_canonical().is_loopback()
+    format!("http://{listen}")
+        .parse()
+        .is_ok_and(|uri| crate::config::validate::browsers_keep_secure_cookies(&uri))
 }
 
 /// The address clients on this machine reach `bound` at: a loopback one for

@@ -22,7 +22,9 @@ use crate::auth::jwks::KeySet;
 use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::{RedisTarget, StoreConfig};
-use crate::proxy::headers::{RemovedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO};
+use crate::proxy::headers::{
+    dashed_spelling, RemovedHeaders, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO,
+};
 use crate::proxy::request_id::X_REQUEST_ID;
 use crate::routes::{RouteSpec, RouteTable};
 
@@ -1058,6 +1060,17 @@ fn reaches_itself(host: &str, port: u16, listeners: &[SocketAddr]) -> bool {
     })
 }
 
+/// Whether browsers keep `Secure` cookies set by `uri`'s origin (the
+/// built-in server's sign-in session): from https, and over plain http only
+/// from this host (`*.localhost` too, RFC 6761 6.3).
+pub fn browsers_keep_secure_cookies(uri: &Uri) -> bool {
+    uri.scheme_str() != Some("http")
+        || on_this_host(uri)
+        || uri
+            .host()
+            .is_some_and(|h| h.to_ascii_lowercase().ends_with(".localhost"))
+}
+
 /// Whether `uri` names a loopback address (IPv4-mapped ones too) or
 /// `localhost`.
 fn on_this_host(uri: &Uri) -> bool {
@@ -1597,12 +1610,13 @@ impl Validator<'_> {
         let here = spanned.referenced;
         let issuer_uri = self.http_uri(&raw.issuer)?;
         let path_of = |p: &Spanned<String>| -> Result<String, ConfigError> {
-            match crate::routes::canonicalize(&p.value) {
-                Ok(c) if c == p.value.as_str() && p.value.starts_with('/') => Ok(p.value.clone()),
-                _ => Err(self.err(
+            if crate::routes::is_canonical(&p.value) {
+                Ok(p.value.clone())
+            } else {
+                Err(self.err(
                     p.referenced,
                     format!("`{}` is not a canonical path", p.value),
-                )),
+                ))
             }
         };
         if issuer_uri.query().is_some() {
@@ -1620,12 +1634,7 @@ impl Validator<'_> {
                 .iter()
                 .any(|g| Grant::parse(g) == Some(Grant::AuthorizationCode))
         });
-        // `*.localhost` is loopback to browsers too (RFC 6761 6.3).
-        let loopback = on_this_host(&issuer_uri)
-            || issuer_uri
-                .host()
-                .is_some_and(|h| h.to_ascii_lowercase().ends_with(".localhost"));
-        if signs_users_in && issuer_uri.scheme_str() == Some("http") && !loopback {
+        if signs_users_in && !browsers_keep_secure_cookies(&issuer_uri) {
             return Err(self.err(
                 raw.issuer.referenced,
                 "an http:// issuer on another host than loopback cannot sign users in (browsers refuse the sign-in page's Secure cookies over plain http): use an https:// issuer (TLS here or at an ingress in front)",
@@ -1634,7 +1643,7 @@ impl Validator<'_> {
         let issuer_path = issuer_uri.path().trim_end_matches('/');
         let metadata = format!("/.well-known/oauth-authorization-server{issuer_path}");
         // Requests are matched canonical: another spelling is never asked for.
-        if crate::routes::canonicalize(&metadata).ok().as_deref() != Some(metadata.as_str()) {
+        if !crate::routes::is_canonical(&metadata) {
             return Err(self.err(
                 raw.issuer.referenced,
                 format!("the issuer's path is not canonical: its metadata at `{metadata}` could never be asked for"),
@@ -1915,7 +1924,7 @@ impl Validator<'_> {
         let suffix = uri.path().trim_end_matches('/');
         let path = format!("/.well-known/oauth-protected-resource{suffix}");
         // Requests are matched canonical: another spelling is never asked for.
-        if crate::routes::canonicalize(&path).ok().as_deref() != Some(path.as_str()) {
+        if !crate::routes::is_canonical(&path) {
             return Err(self.err(
                 raw.resource.referenced,
                 format!("the resource's path is not canonical: its metadata at `{path}` could never be asked for"),
@@ -1996,7 +2005,7 @@ impl Validator<'_> {
             return Err(self.err(raw.url.referenced, "upstream url needs scheme and host"));
         };
         let base_path = uri.path().trim_end_matches('/').to_owned();
-        if crate::routes::canonicalize(uri.path()).map_or(true, |c| c != uri.path()) {
+        if !crate::routes::is_canonical(uri.path()) {
             return Err(self.err(
                 raw.url.referenced,
                 "upstream url path must be canonical (no dot segments, empty segments or needless escapes)",
@@ -2154,7 +2163,7 @@ impl Validator<'_> {
                     self.err(names.referenced, format!("`{name}` is not a header name"))
                 })?;
                 // Removal covers every spelling (`content_length` too).
-                if KEPT.contains(&parsed.as_str().replace(['_', '.'], "-").as_str()) {
+                if KEPT.contains(&dashed_spelling(parsed.as_str()).as_str()) {
                     return Err(self.err(
                         names.referenced,
                         format!(
@@ -2183,7 +2192,7 @@ impl Validator<'_> {
                 )
             })?;
             // In every spelling: Rack, gunicorn and PHP read `_` as `-`, PHP `.` too.
-            if RESERVED_HEADERS.contains(&name.as_str().replace(['_', '.'], "-").as_str()) {
+            if RESERVED_HEADERS.contains(&dashed_spelling(name.as_str()).as_str()) {
                 return Err(self.err(
                     map.referenced,
                     format!("`{header}` cannot be an identity header"),
@@ -2194,7 +2203,7 @@ impl Validator<'_> {
             }
             // `X-User` and `x-user` are one header, and `x_user` one to the
             // many servers that read `_` (PHP `.` too) as `-`: one would silently win.
-            let dashed = |name: &HeaderName| name.as_str().replace(['_', '.'], "-");
+            let dashed = |name: &HeaderName| dashed_spelling(name.as_str());
             if set.iter().any(|(other, _)| dashed(other) == dashed(&name)) {
                 return Err(self.err(
                     map.referenced,

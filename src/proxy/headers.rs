@@ -203,6 +203,12 @@ fn by_length_then_dashed_name(name: &HeaderName, key: &HeaderName) -> std::cmp::
         .then_with(|| name.iter().copied().cmp(key.iter().map(|&b| dashed(b))))
 }
 
+/// A header name as CGI-style servers file it, `_` and `.` read as `-`:
+/// the spelling config checks compare names in, as removal does.
+pub fn dashed_spelling(name: &str) -> String {
+    name.bytes().map(|b| char::from(dashed(b))).collect()
+}
+
 /// A header name's byte as CGI-style servers file it: `_` and `.` as `-`.
 fn dashed(byte: u8) -> u8 {
     DASHED[usize::from(byte)]
@@ -253,8 +259,7 @@ impl RemovedHeaders {
             if !name.as_str().contains(['_', '.']) {
                 return Some(name);
             }
-            let bytes: Vec<u8> = name.as_str().bytes().map(dashed).collect();
-            HeaderName::from_bytes(&bytes).ok()
+            HeaderName::from_bytes(dashed_spelling(name.as_str()).as_bytes()).ok()
         };
         let mut all: Vec<Removed> = names
             .into_iter()

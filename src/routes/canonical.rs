@@ -176,6 +176,12 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(rebuild(path)))
 }
 
+/// Whether `path` is its own canonical form: a path the config names must
+/// be, since requests are matched (and served) canonical.
+pub fn is_canonical(path: &str) -> bool {
+    canonicalize(path).is_ok_and(|c| c == path)
+}
+
 /// A canonical path as servers that normalise before routing read it:
 /// each segment without its `;` parameters (Tomcat and Jetty drop them, so
 /// `/admin;x/users` is their `/admin/users`), and the escapes of the

@@ -10,7 +10,9 @@
 pub mod canonical;
 pub mod table;
 
-pub use canonical::{canonicalize, route_form, route_form_with, MatchRules, PathError};
+pub use canonical::{
+    canonicalize, is_canonical, route_form, route_form_with, MatchRules, PathError,
+};
 pub use table::{Lookup, RouteError, RouteSpec, RouteTable};
 
 /// `CONNECT` (a tunnel to any host and port) and `TRACE` (which echoes the
