@@ -386,23 +386,21 @@ fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError>
 /// manifests' budget for the app's preStop sleep and the gateway's drain.
 const TERMINATION_GRACE_SECONDS: u64 = 60;
 
-/// Kinds whose pod spec is at `spec.template.spec`.
-const TEMPLATE_KINDS: [&str; 5] = [
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "Job",
+/// The kinds injected: each one's `apiVersion` and where its pod (the
+/// object holding the pod's `metadata` and `spec`) is.
+const INJECTED_KINDS: [(&str, &str, &[&str]); 7] = [
+    ("Pod", "v1", &[]),
+    ("Deployment", "apps/v1", &["spec", "template"]),
+    ("StatefulSet", "apps/v1", &["spec", "template"]),
+    ("DaemonSet", "apps/v1", &["spec", "template"]),
+    ("ReplicaSet", "apps/v1", &["spec", "template"]),
+    ("Job", "batch/v1", &["spec", "template"]),
+    (
+        "CronJob",
+        "batch/v1",
+        &["spec", "jobTemplate", "spec", "template"],
+    ),
 ];
-
-/// The `apiVersion` of a built-in kind that [`inject_object`] injects.
-fn built_in_api_version(kind: &str) -> &'static str {
-    match kind {
-        "Pod" => "v1",
-        "Job" | "CronJob" => "batch/v1",
-        _ => "apps/v1",
-    }
-}
 
 fn object_name(obj: &Map<String, Value>) -> String {
     let kind = obj.get("kind").and_then(Value::as_str).unwrap_or("");
@@ -486,18 +484,14 @@ fn inject_object(
         .and_then(Value::as_str)
         .unwrap_or("")
         .to_owned();
-    let path: &[&str] = match kind.as_str() {
-        "Pod" => &[],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template"],
-        k if TEMPLATE_KINDS.contains(&k) => &["spec", "template"],
-        _ => return Ok(()),
+    let Some(&(_, wanted, path)) = INJECTED_KINDS.iter().find(|(k, _, _)| *k == kind) else {
+        return Ok(());
     };
     // A custom resource may share a built-in kind's name (Volcano's `Job`):
     // it is left alone. Without an `apiVersion`, the built-in is meant; an
     // older version of a built-in group is refused rather than passed on
     // without the sidecar (native sidecars need 1.29, which serves none).
     if let Some(api) = obj.get("apiVersion").and_then(Value::as_str) {
-        let wanted = built_in_api_version(&kind);
         if api != wanted {
             let group = api.rsplit_once('/').map_or("", |(group, _)| group);
             if matches!(group, "" | "apps" | "extensions" | "batch") {
