@@ -9,7 +9,8 @@
 //! or signed lengths, unusual codings), requests hidden in their bodies,
 //! folded or broken header lines, protocol switches (WebSocket, and `h2c`
 //! that must never be passed on), forwarding headers scopegate does not set
-//! and method overrides (which must never reach the upstream), and
+//! and method overrides (which must never reach the upstream), WebDAV
+//! `COPY` and `MOVE` with `Destination`s into other routes' paths, and
 //! `HTTP/1.0` or an unknown version.
 //!
 //! Whatever the bytes, the gateway must fail closed and stay well:
@@ -17,7 +18,8 @@
 //!   (never one hidden in a body, never one with both framing headers, never
 //!   twice), and it presented exactly one valid bearer token whose scopes
 //!   satisfy the route of the path and method *as forwarded*, which must be
-//!   in canonical form;
+//!   in canonical form, and of a `COPY` or `MOVE`'s one `Destination` as the
+//!   most lenient upstream reads it;
 //! - the identity headers the upstream gets are the token's own, never the
 //!   client's;
 //! - the answers parse as HTTP/1 responses, in request order; each 2xx is
@@ -400,7 +402,39 @@ enum Extra {
     /// `Content-Type: GRPC_TYPES[n]`: over HTTP/2, a gRPC call (a `POST`,
     /// not gRPC-Web) is refused in gRPC's form.
     Grpc(u8),
+    /// `Destination: DESTINATIONS[n]`: WebDAV's second path (`COPY`,
+    /// `MOVE`), which must never lead out of what the token covers.
+    Destination(u8),
 }
+
+/// `Destination` values (RFC 4918 10.3): paths of every route, spelled as
+/// a request path may be, absolute URIs, and values that are no URI.
+const DESTINATIONS: [&str; 24] = [
+    "/admin/users/4",
+    "http://gw.test/admin/x",
+    "/status",
+    "/orders/7",
+    "/orders/7/items",
+    "/elsewhere/x",
+    "http://evil.example/elsewhere",
+    "/status/../admin/x",
+    "/status/..;/admin/x",
+    "/status/%2e%2e/admin",
+    "/%61dmin/x",
+    "/ADMIN/x",
+    "/Admin",
+    "/admin%2fx",
+    "/elsewhere%2f..%2fadmin",
+    "//admin/x",
+    "/elsewhere/..\\admin",
+    "/elsewhere;x/../admin",
+    "/admin/x?y=1",
+    "/elsewhere/x#/../../admin",
+    "admin/x",
+    "*",
+    "",
+    "http://gw.test:80/status/./../admin",
+];
 
 /// Content types of gRPC calls; the first `GRPC_CALL_TYPES` are gRPC's own.
 const GRPC_TYPES: [&str; 4] = [
@@ -486,10 +520,12 @@ const ALLOWED: &[(&str, &str, Option<Tok>)] = &[
     ("POST", "/status", Some(Tok::Read)),
     ("GET", "/orders/8", Some(Tok::OpaqueRead)),
     ("PUT", "/admin/x", Some(Tok::OpaqueAdmin)),
+    ("MOVE", "/admin/users/3", Some(Tok::Admin)),
 ];
 
 const METHODS: &[&str] = &[
-    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get",
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get", "COPY",
+    "MOVE",
 ];
 
 const TARGETS: &[&str] = &[
@@ -665,6 +701,34 @@ fn hostile() -> impl Strategy<Value = Req> {
         })
 }
 
+/// A WebDAV `COPY` or `MOVE` with one or two `Destination`s (or none),
+/// from any path: the cases where a route's own check would let a request
+/// act on another route's paths.
+fn webdav() -> impl Strategy<Value = Req> {
+    (
+        prop::sample::select(vec!["COPY", "MOVE"]),
+        prop_oneof![
+            2 => prop::sample::select(ALLOWED.iter().map(|a| a.1).collect::<Vec<_>>()),
+            1 => prop::sample::select(TARGETS.to_vec()),
+            1 => Just("/elsewhere/y"),
+        ],
+        auth(),
+        proptest::collection::vec(
+            (0..DESTINATIONS.len() as u8).prop_map(Extra::Destination),
+            0..=2,
+        ),
+    )
+        .prop_map(|(method, target, auth, extras)| Req {
+            method,
+            target: target.to_owned(),
+            auth,
+            body: Body::None,
+            hides_request: false,
+            extras,
+            plain: false,
+        })
+}
+
 /// Other spellings of an allowed path: some mean the same path, some
 /// another one, some must be refused.
 fn respell(path: &str, how: u8) -> String {
@@ -746,7 +810,7 @@ fn plain() -> impl Strategy<Value = Req> {
 
 fn stream() -> impl Strategy<Value = Vec<Req>> {
     proptest::collection::vec(
-        prop_oneof![2 => plain(), 2 => tweaked(), 2 => hostile()],
+        prop_oneof![2 => plain(), 2 => tweaked(), 2 => hostile(), 1 => webdav()],
         1..=4,
     )
 }
@@ -913,6 +977,10 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             Extra::Grpc(n) => head.push_str(&format!(
                 "Content-Type: {}\r\n",
                 GRPC_TYPES[usize::from(*n)]
+            )),
+            Extra::Destination(n) => head.push_str(&format!(
+                "Destination: {}\r\n",
+                DESTINATIONS[usize::from(*n)]
             )),
             Extra::EvilHost
             | Extra::NoHost
@@ -1182,14 +1250,11 @@ fn check_upstream(lab: &Lab) -> Result<HashMap<u64, usize>, String> {
                 let Some(tok) = sent.presented else {
                     return Err(format!("forwarded without a valid token: {what}"));
                 };
-                let scope = tok.valid_scope().unwrap_or_default();
-                let satisfied = match need {
-                    Need::All(s) => scope == s,
-                    Need::Any(list) => list.contains(&scope),
-                    Need::Public => true,
-                };
-                if !satisfied {
-                    return Err(format!("forwarded with a token of scope {scope:?}: {what}"));
+                if !covers(&need, Some(tok)) {
+                    return Err(format!(
+                        "forwarded with a token of scope {:?}: {what}",
+                        tok.valid_scope()
+                    ));
                 }
                 for (name, own) in &identity {
                     let got = values(&record.headers, name);
@@ -1199,8 +1264,90 @@ fn check_upstream(lab: &Lab) -> Result<HashMap<u64, usize>, String> {
                 }
             }
         }
+        check_destination(lab, record, sent, &what)?;
     }
     Ok(counts)
+}
+
+/// Whether the valid token `presented` (if any) satisfies `need`.
+fn covers(need: &Need, presented: Option<Tok>) -> bool {
+    let scope = presented.and_then(Tok::valid_scope);
+    match need {
+        Need::Public => true,
+        Need::All(s) => scope == Some(*s),
+        Need::Any(list) => scope.is_some_and(|scope| list.contains(&scope)),
+    }
+}
+
+/// A forwarded `COPY` or `MOVE` carries at most one `Destination`, and the
+/// path an upstream may read in it needs nothing that the request's token
+/// does not cover.
+fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Result<(), String> {
+    if !matches!(record.method.as_str(), "COPY" | "MOVE") {
+        return Ok(());
+    }
+    let destinations = values(&record.headers, "destination");
+    if destinations.len() > 1 {
+        return Err(format!("Destinations {destinations:?} forwarded: {what}"));
+    }
+    for destination in &destinations {
+        let path = read_as_upstream(destination);
+        let need = lab
+            .need(&record.method, &path)
+            .map_err(|e| format!("Destination {destination:?} forwarded ({e}): {what}"))?;
+        if !covers(&need, sent.presented) {
+            return Err(format!(
+                "Destination {destination:?} ({path}) forwarded with a token of scope {:?}: {what}",
+                sent.presented.and_then(Tok::valid_scope)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The path the most lenient upstream reads in a `Destination`: its URI's
+/// path (a fragment, query and authority cut off), every `%XX` decoded, `\`
+/// read as `/`, each segment's `;` parameters dropped (Tomcat), empty and
+/// `.` segments dropped and `..` ones resolved.
+fn read_as_upstream(destination: &str) -> String {
+    let mut path = destination;
+    for scheme in ["http://", "https://"] {
+        if let Some(rest) = path.strip_prefix(scheme) {
+            path = rest.find('/').map_or("/", |slash| &rest[slash..]);
+        }
+    }
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let bytes = path.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| path.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match escaped {
+            Some(b) => {
+                decoded.push(b);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
+    let mut segments: Vec<&str> = Vec::new();
+    for segment in decoded.split('/') {
+        match segment.split(';').next().unwrap_or_default() {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            segment => segments.push(segment),
+        }
+    }
+    format!("/{}", segments.join("/"))
 }
 
 /// The forwarding headers the upstream got: the client's address last in
@@ -1698,6 +1845,7 @@ fn h2_request(
             }
             Extra::TenantId(n) => builder.header(TENANT_ID_NAMES[usize::from(*n)], SPOOFED),
             Extra::Grpc(n) => builder.header("content-type", GRPC_TYPES[usize::from(*n)]),
+            Extra::Destination(n) => builder.header("destination", DESTINATIONS[usize::from(*n)]),
             _ => builder,
         };
     }
