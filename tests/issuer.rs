@@ -1594,6 +1594,29 @@ async fn signing_keys_from_pem_files() {
     assert_refused(&gw, &impostor.mint(&claims).unwrap()).await;
 }
 
+/// RSA keys (PKCS#8 PEM, as `openssl genpkey` writes them) sign tokens the
+/// gateway accepts, with RS256 and with PS256.
+#[tokio::test]
+async fn rsa_signing_keys_sign_tokens() {
+    for alg in ["RS256", "PS256"] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("rsa.pem");
+        std::fs::write(&path, rsa_pem()).unwrap();
+        let extra = format!(
+            "  signing_keys:\n    - kid: rsa\n      alg: {alg}\n      private_key_file: \"{}\"\n",
+            path.display()
+        );
+        let (_upstream, gw) = start(&extra).await;
+        let body = client_credentials(&gw, "svc").await;
+        let access = s(&body, "access_token");
+        assert_eq!(jwt_part(&access, 0)["alg"], alg);
+        assert_accepted(&gw, &access).await;
+        let jwks = get(&gw.url(JWKS), &[]).await.unwrap().json();
+        assert_eq!(jwks["keys"][0]["kty"], "RSA", "{jwks}");
+        assert_eq!(jwks["keys"][0]["alg"], alg, "{jwks}");
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Introspection (RFC 7662)
 // ---------------------------------------------------------------------------

@@ -82,8 +82,13 @@ impl SigningKey {
                 let public = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(
                     pair.public_key(),
                 );
+                // jsonwebtoken's RSA signer reads PKCS#1 DER only; its PEM
+                // loader takes the PKCS#1 key out of a PKCS#8 one.
+                let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
+                let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())
+                    .map_err(|e| format!("RSA key: {e}"))?;
                 (
-                    EncodingKey::from_rsa_der(der),
+                    encoding,
                     json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
                 )
             }
@@ -94,13 +99,35 @@ impl SigningKey {
         public_jwk["use"] = "sig".into();
         public_jwk["alg"] = algorithm_name(alg).into();
         let jwks = json!({ "keys": [public_jwk.clone()] }).to_string();
-        Ok(Self {
+        let key = Self {
             kid: kid.to_owned(),
             alg,
             encoding,
             public_jwk,
             jwks,
-        })
+        };
+        key.check_signs()?;
+        Ok(key)
+    }
+
+    /// Signs a probe and verifies it with the published public key, so that
+    /// a key that cannot sign, or whose JWK is not its own, fails at load
+    /// rather than on every token request.
+    fn check_signs(&self) -> Result<(), String> {
+        let probe = self
+            .sign_typed("probe", &json!({ "probe": true }))
+            .map_err(|e| format!("the key cannot sign {}: {e}", algorithm_name(self.alg)))?;
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(self.public_jwk.clone())
+            .map_err(|e| format!("public JWK: {e}"))?;
+        let decoding =
+            jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(|e| format!("public JWK: {e}"))?;
+        let mut validation = jsonwebtoken::Validation::new(self.alg);
+        validation.required_spec_claims.clear();
+        validation.validate_exp = false;
+        validation.validate_aud = false;
+        jsonwebtoken::decode::<Value>(&probe, &decoding, &validation)
+            .map(drop)
+            .map_err(|e| format!("a signature of the key does not verify with its public JWK: {e}"))
     }
 
     /// The key id.
@@ -160,4 +187,52 @@ pub fn algorithm_name(alg: Algorithm) -> &'static str {
 /// A JWKS document with every key's public part.
 pub fn jwks_document(keys: &[SigningKey]) -> String {
     json!({ "keys": keys.iter().map(|k| k.public_jwk.clone()).collect::<Vec<_>>() }).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+
+    fn rsa_pkcs8() -> Vec<u8> {
+        let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+        let der: Pkcs8V1Der<'static> = pair.as_der().unwrap();
+        der.as_ref().to_vec()
+    }
+
+    /// Every supported algorithm signs tokens that verify with its own
+    /// published key; RSA keys come as PKCS#8, which jsonwebtoken's signer
+    /// does not read as such.
+    #[test]
+    fn every_algorithm_signs_what_its_public_key_verifies() {
+        let rng = SystemRandom::new();
+        let ec = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let ed = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let rsa = rsa_pkcs8();
+        for (alg, der) in [
+            (Algorithm::ES256, ec.as_ref()),
+            (Algorithm::EdDSA, ed.as_ref()),
+            (Algorithm::RS256, &rsa[..]),
+            (Algorithm::PS256, &rsa[..]),
+        ] {
+            let key = SigningKey::from_pkcs8("k", alg, der).unwrap();
+            let token = key.mint(&json!({ "sub": "s" })).unwrap();
+            let jwk = serde_json::from_value(key.public_jwk().clone()).unwrap();
+            let decoding = jsonwebtoken::DecodingKey::from_jwk(&jwk).unwrap();
+            let mut validation = jsonwebtoken::Validation::new(alg);
+            validation.required_spec_claims.clear();
+            validation.validate_exp = false;
+            let claims = jsonwebtoken::decode::<Value>(&token, &decoding, &validation).unwrap();
+            assert_eq!(claims.claims["sub"], "s", "{alg:?}");
+            assert_eq!(claims.header.typ.as_deref(), Some("at+jwt"), "{alg:?}");
+        }
+    }
+
+    /// A key of another algorithm than the one configured is refused at load.
+    #[test]
+    fn a_key_of_another_algorithm_is_refused() {
+        let rsa = rsa_pkcs8();
+        let error = SigningKey::from_pkcs8("k", Algorithm::ES256, &rsa).unwrap_err();
+        assert!(error.contains("P-256"), "{error}");
+    }
 }

@@ -1123,17 +1123,17 @@ where
 /// A PKCS#8 P-256 private key as PEM.
 pub fn p256_pem() -> String {
     use aws_lc_rs::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
-    use base64::Engine;
     let rng = aws_lc_rs::rand::SystemRandom::new();
     let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
-    let b64 = base64::engine::general_purpose::STANDARD.encode(pkcs8.as_ref());
-    let mut pem = String::from("-----BEGIN PRIVATE KEY-----\n");
-    for line in b64.as_bytes().chunks(64) {
-        pem.push_str(std::str::from_utf8(line).unwrap());
-        pem.push('\n');
-    }
-    pem.push_str("-----END PRIVATE KEY-----\n");
-    pem
+    pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()))
+}
+
+/// A PKCS#8 RSA-2048 private key as PEM.
+pub fn rsa_pem() -> String {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+    let pair = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let pkcs8: Pkcs8V1Der<'static> = pair.as_der().unwrap();
+    pem::encode(&pem::Pem::new("PRIVATE KEY", pkcs8.as_ref()))
 }
 
 /// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
