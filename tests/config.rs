@@ -102,6 +102,24 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "unknown field `lisen`",
         ),
         (
+            "a list of methods whose items are all commented out (null)",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    methods:\n      # - GET\n    scopes: [x]\n"),
+            "12:12",
+            "has no value (null): write the value, or leave the key out",
+        ),
+        (
+            "a route's issuers written as null",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: ~\n"),
+            "12:14",
+            "has no value (null)",
+        ),
+        (
+            "server tls written as null",
+            "server:\n  tls: null\n".into(),
+            "2:8",
+            "has no value (null)",
+        ),
+        (
             "unknown top-level key",
             format!("{base}rootes: []\n"),
             "9:1",

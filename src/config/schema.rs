@@ -45,6 +45,24 @@ pub mod bounded_duration {
     }
 }
 
+/// An optional key that is written must have a value: YAML's null (`~`, or
+/// nothing after the colon, as a list whose items are all commented out
+/// leaves it) would otherwise read as the key left out, and for the lists
+/// that restrict (a route's `methods` and `issuers`, a user's `scopes`) that
+/// means no restriction at all.
+fn present<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    match Option::<T>::deserialize(deserializer)? {
+        Some(value) => Ok(Some(value)),
+        None => Err(serde::de::Error::custom(
+            "has no value (null): write the value, or leave the key out",
+        )),
+    }
+}
+
 /// The whole configuration file.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -66,7 +84,7 @@ pub struct RawConfig {
     pub forward: RawForward,
     /// Addresses (CIDR blocks or single IPs) of the proxies in front whose
     /// `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub trusted_proxies: Option<Spanned<Vec<String>>>,
     /// The verified-token cache.
     #[serde(default)]
@@ -78,10 +96,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub routes: Vec<Spanned<RawRoute>>,
     /// RFC 9728 protected resource metadata, served and advertised in challenges.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub resource: Option<Spanned<RawResource>>,
     /// The built-in authorization server.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub authorization_server: Option<Spanned<RawAuthorizationServer>>,
 }
 
@@ -125,7 +143,7 @@ pub struct RawAuthorizationServer {
     #[serde(default = "default_response_style")]
     pub response_style: Spanned<String>,
     /// `memory`, `{ file: path }` or `{ redis: url }`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub store: Option<Spanned<RawStore>>,
     /// Registered clients.
     #[serde(default)]
@@ -178,7 +196,7 @@ pub struct RawRedisStore {
     pub redis: String,
     /// PEM certificates that sign a `rediss://` server's (default: the
     /// Mozilla roots).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<String>,
 }
 
@@ -189,7 +207,7 @@ pub struct RawClient {
     /// The client id (API key).
     pub client_id: Spanned<String>,
     /// Argon2 PHC hash of the secret (`scopegate hash-secret`); absent for public clients.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub client_secret_hash: Option<Spanned<String>>,
     /// Allowed grants.
     #[serde(default = "default_grants")]
@@ -203,7 +221,7 @@ pub struct RawClient {
     #[serde(default)]
     pub redirect_uris: Vec<String>,
     /// Display name on the consent page.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
 }
 
@@ -216,7 +234,7 @@ pub struct RawUser {
     /// Argon2 PHC hash of the password.
     pub password_hash: Spanned<String>,
     /// Scopes this user may grant (absent: any the client may request).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub scopes: Option<Vec<String>>,
 }
 
@@ -228,7 +246,7 @@ pub struct RawServer {
     #[serde(default = "default_listen")]
     pub listen: Spanned<String>,
     /// Optional inbound TLS.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub tls: Option<Spanned<RawTls>>,
     /// Largest accepted request head; larger ones get 431.
     #[serde(default = "default_max_header_bytes")]
@@ -313,13 +331,13 @@ pub struct RawIssuer {
     #[serde(default)]
     pub audiences: Vec<String>,
     /// Where the issuer publishes its keys.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub jwks_uri: Option<Spanned<String>>,
     /// A local JWKS file instead of `jwks_uri`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub jwks_file: Option<Spanned<String>>,
     /// Extra CA bundle (PEM) for the JWKS endpoint.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
     /// Allowed signature algorithms.
     #[serde(default = "default_algorithms")]
@@ -328,7 +346,7 @@ pub struct RawIssuer {
     #[serde(default = "default_leeway", with = "bounded_duration")]
     pub leeway: Duration,
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub require_typ: Option<String>,
     /// Claim that carries the scopes: `scope` or `scp`.
     #[serde(default = "default_scope_claim")]
@@ -343,7 +361,7 @@ pub struct RawIssuer {
     #[serde(default = "default_jwks_timeout", with = "bounded_duration")]
     pub jwks_timeout: Duration,
     /// RFC 7662 introspection for opaque tokens.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub introspection: Option<Spanned<RawIntrospection>>,
     /// Fetch RFC 8414 / OpenID metadata for `jwks_uri` and the introspection endpoint.
     #[serde(default)]
@@ -359,15 +377,15 @@ pub struct RawIssuer {
 #[serde(deny_unknown_fields)]
 pub struct RawIntrospection {
     /// The introspection endpoint; may come from discovery instead.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub endpoint: Option<Spanned<String>>,
     /// scopegate's client id at the authorization server.
     pub client_id: Spanned<String>,
     /// File holding the client secret (a mounted Secret).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub client_secret_file: Option<Spanned<String>>,
     /// Environment variable holding the client secret.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub client_secret_env: Option<Spanned<String>>,
     /// `client_secret_basic` (default) or `client_secret_post`.
     #[serde(default = "default_auth_method")]
@@ -382,7 +400,7 @@ pub struct RawIntrospection {
     #[serde(default = "default_negative_cache_ttl", with = "bounded_duration")]
     pub negative_cache_ttl: Duration,
     /// Extra CA bundle (PEM) for the endpoint.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
 }
 
@@ -399,10 +417,10 @@ pub struct RawResource {
     #[serde(default)]
     pub scopes_supported: Vec<String>,
     /// Human-readable name.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub resource_name: Option<String>,
     /// Documentation URL.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub resource_documentation: Option<String>,
 }
 
@@ -423,7 +441,7 @@ pub struct RawUpstream {
     #[serde(default = "default_body_idle_timeout", with = "bounded_duration")]
     pub body_idle_timeout: Duration,
     /// Extra CA bundle (PEM) for an https upstream.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
     /// Speak HTTP/2 without TLS (h2c) to this upstream.
     #[serde(default)]
@@ -453,18 +471,18 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawForward {
     /// Remove the `Authorization` header before forwarding.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub strip_authorization: Option<bool>,
     /// Pass a CORS preflight for a method the route serves to the upstream
     /// without a token (browsers send preflights without credentials).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub cors_preflight: Option<bool>,
     /// Header name → claim name, set from the verified token.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,
     /// Further headers removed from every request, in every spelling (ones
     /// the upstream trusts that scopegate does not know of).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub remove_headers: Option<Spanned<Vec<String>>>,
 }
 
@@ -520,12 +538,12 @@ impl Default for RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawRoute {
     /// Name used in metrics and logs; defaults to the methods and path.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
     /// Path pattern: `/orders/{id}`, `/orders/{*rest}`.
     pub path: Spanned<String>,
     /// Allowed methods; absent means any.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub methods: Option<Spanned<Vec<String>>>,
     /// Name of an entry of `upstreams:`.
     pub upstream: Spanned<String>,
@@ -536,13 +554,13 @@ pub struct RawRoute {
     #[serde(default)]
     pub any_scopes: Vec<String>,
     /// `bearer` (default) or `none` for a public route.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub auth: Option<Spanned<String>>,
     /// Accept tokens only from these issuers.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub issuers: Option<Spanned<Vec<String>>>,
     /// Per-route forwarding override.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "present")]
     pub forward: Option<RawForward>,
 }
 
