@@ -344,6 +344,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "refresh_family_max_age must be greater than zero",
         ),
         (
+            "a client secret hash whose check would take 4 TiB",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=4294967295,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "8:27",
+            "client_secret_hash: argon2 parameters m=4294967295,t=2,p=1 are over",
+        ),
+        (
+            "a password hash with no hash part",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ\"\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "14:22",
+            "password_hash: no hash after the salt",
+        ),
+        (
             "public client left with the default grant",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: spa\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "7:7",

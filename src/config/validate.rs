@@ -1124,10 +1124,10 @@ impl Validator<'_> {
     /// client by the caller.
     fn client(&self, c: &super::schema::RawClient) -> Result<Client, ConfigError> {
         if let Some(hash) = &c.client_secret_hash {
-            argon2::PasswordHash::new(&hash.value).map_err(|_| {
+            crate::issuer::clients::check_argon2_hash(&hash.value).map_err(|e| {
                 self.err(
                     hash.referenced,
-                    "client_secret_hash is not an argon2 PHC string (make one with `scopegate hash-secret`)",
+                    format!("client_secret_hash: {e} (make one with `scopegate hash-secret`)"),
                 )
             })?;
         }
@@ -1796,10 +1796,10 @@ impl Validator<'_> {
         let mut users: Vec<User> = Vec::new();
         for user in &raw.users {
             let u = &user.value;
-            argon2::PasswordHash::new(&u.password_hash.value).map_err(|_| {
+            crate::issuer::clients::check_argon2_hash(&u.password_hash.value).map_err(|e| {
                 self.err(
                     u.password_hash.referenced,
-                    "password_hash is not an argon2 PHC string",
+                    format!("password_hash: {e} (make one with `scopegate hash-secret`)"),
                 )
             })?;
             if u.username.value.is_empty() || users.iter().any(|x| x.username == u.username.value) {

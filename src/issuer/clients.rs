@@ -531,42 +531,92 @@ fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
     out
 }
 
+/// The most working memory (KiB) one argon2 check may take: [`HASHING_AT_ONCE`]
+/// checks run at once and each keeps its memory for the next, so a hash that
+/// asks for gigabytes would hold them, or abort the process when they cannot
+/// be had. 256 MiB is over ten times what `hash-secret` uses.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 256 * 1024;
+/// The most passes over that memory one check may take (`hash-secret`: 2).
+pub const MAX_ARGON2_PASSES: u32 = 16;
+/// The most lanes one check may take (`hash-secret`: 1).
+pub const MAX_ARGON2_LANES: u32 = 16;
+
+/// An argon2 PHC string, read and checked: the hasher with its parameters,
+/// the salt and the output a matching secret gives.
+struct Argon2Hash {
+    hasher: Argon2<'static>,
+    blocks: usize,
+    salt: [u8; 64],
+    salt_len: usize,
+    expected: argon2::password_hash::Output,
+}
+
+/// Reads `hash` as argon2 (id, i or d) with a salt, an output, and
+/// parameters within the bounds above; the error says what is wrong.
+fn parse_argon2(hash: &str) -> Result<Argon2Hash, String> {
+    let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string ({e})"))?;
+    let algorithm = argon2::Algorithm::try_from(parsed.algorithm)
+        .map_err(|_| format!("`{}` is not argon2", parsed.algorithm))?;
+    let version = parsed
+        .version
+        .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
+        .map_err(|_| "an unknown argon2 version".to_owned())?;
+    let params =
+        argon2::Params::try_from(&parsed).map_err(|e| format!("argon2 parameters: {e}"))?;
+    if params.m_cost() > MAX_ARGON2_MEMORY_KIB
+        || params.t_cost() > MAX_ARGON2_PASSES
+        || params.p_cost() > MAX_ARGON2_LANES
+    {
+        return Err(format!(
+            "argon2 parameters m={},t={},p={} are over m={MAX_ARGON2_MEMORY_KIB},t={MAX_ARGON2_PASSES},p={MAX_ARGON2_LANES} (every check would take that memory and time)",
+            params.m_cost(),
+            params.t_cost(),
+            params.p_cost()
+        ));
+    }
+    let mut salt = [0u8; 64];
+    let salt_len = parsed
+        .salt
+        .ok_or_else(|| "no salt".to_owned())?
+        .decode_b64(&mut salt)
+        .map_err(|e| format!("salt: {e}"))?
+        .len();
+    let expected = parsed
+        .hash
+        .ok_or_else(|| "no hash after the salt".to_owned())?;
+    Ok(Argon2Hash {
+        blocks: params.block_count(),
+        hasher: Argon2::new(algorithm, version, params),
+        salt,
+        salt_len,
+        expected,
+    })
+}
+
+/// Checks a configured `client_secret_hash` or `password_hash`: a hash that
+/// passes can be checked against a secret, within bounded memory and time.
+pub fn check_argon2_hash(hash: &str) -> Result<(), String> {
+    parse_argon2(hash).map(drop)
+}
+
 /// Whether `secret` matches the argon2 PHC string `hash` (blocking), with
 /// `blocks` as the hash's working memory (grown to its memory cost). What
 /// `PasswordVerifier::verify_password` does, but in memory of our own.
 fn argon2_matches(hash: &str, secret: &str, blocks: &mut Vec<Block>) -> bool {
-    let Ok(parsed) = PasswordHash::new(hash) else {
+    let Ok(hash) = parse_argon2(hash) else {
         return false;
     };
-    let (Some(salt), Some(expected)) = (parsed.salt, parsed.hash) else {
-        return false;
-    };
-    let (Ok(algorithm), Ok(params)) = (
-        argon2::Algorithm::try_from(parsed.algorithm),
-        argon2::Params::try_from(&parsed),
-    ) else {
-        return false;
-    };
-    let Ok(version) = parsed
-        .version
-        .map_or(Ok(argon2::Version::default()), argon2::Version::try_from)
-    else {
-        return false;
-    };
-    let mut salt_bytes = [0u8; 64];
-    let Ok(salt) = salt.decode_b64(&mut salt_bytes) else {
-        return false;
-    };
-    blocks.resize(params.block_count(), Block::default());
+    blocks.resize(hash.blocks, Block::default());
     let mut out = [0u8; argon2::password_hash::Output::MAX_LENGTH];
-    let Some(out) = out.get_mut(..expected.len()) else {
+    let Some(out) = out.get_mut(..hash.expected.len()) else {
         return false;
     };
-    Argon2::new(algorithm, version, params)
+    let salt = &hash.salt[..hash.salt_len];
+    hash.hasher
         .hash_password_into_with_memory(secret.as_bytes(), salt, out, &mut blocks[..])
         .is_ok()
         // `Output`'s equality is constant-time.
-        && argon2::password_hash::Output::new(out).is_ok_and(|computed| computed == expected)
+        && argon2::password_hash::Output::new(out).is_ok_and(|computed| computed == hash.expected)
 }
 
 /// Hashes a secret for the config (`scopegate hash-secret`).
@@ -755,6 +805,43 @@ mod tests {
             "$scrypt$ln=1,r=8,p=1$c2FsdA$aGFzaA",
         ] {
             assert!(!argon2_matches(broken, "right", &mut blocks), "{broken}");
+        }
+    }
+
+    /// A configured hash is refused at load unless a secret can be checked
+    /// against it, in bounded memory and time.
+    #[test]
+    fn configured_hashes_must_be_checkable_and_bounded() {
+        let good = hash_secret("s3cret").unwrap();
+        assert_eq!(check_argon2_hash(&good), Ok(()));
+        assert_eq!(check_argon2_hash(UNKNOWN_NAME_HASH), Ok(()));
+        for (hash, says) in [
+            (
+                "$scrypt$ln=15,r=8,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+                "is not argon2",
+            ),
+            ("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ", "no hash"),
+            ("$argon2id", "no salt"),
+            ("argon2id", "not a PHC string"),
+            (
+                "$argon2id$v=17$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+                "version",
+            ),
+            (
+                "$argon2id$v=19$m=1048576,t=4,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+                "are over",
+            ),
+            (
+                "$argon2id$v=19$m=4294967295,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+                "are over",
+            ),
+            (
+                "$argon2id$v=19$m=19456,t=4294967295,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
+                "are over",
+            ),
+        ] {
+            let error = check_argon2_hash(hash).unwrap_err();
+            assert!(error.contains(says), "{hash}: {error}");
         }
     }
 
