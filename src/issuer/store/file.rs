@@ -818,7 +818,7 @@ mod tests {
         // asserts would already be purged.
         const ENDS: u64 = 6;
         // Unused, it goes when it expires, however long its family runs;
-        // used, its marker stays until the family ends.
+        // used, its marker stays for the replay grace.
         store
             .put_refresh(&[1; 32], &record(t + ENDS, t + 3600))
             .await
