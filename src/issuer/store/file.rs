@@ -60,10 +60,24 @@ const CACHE_BYTES: usize = 16 * 1024 * 1024;
 /// with redis: a hung disk (a stuck volume) gets requests a 503, not a wait
 /// without end.
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// Operations on blocking threads at once. One that timed out keeps its
-/// place until its thread returns, so a hung disk holds at most this many
-/// of the blocking pool's threads (which DNS lookups and argon2 share).
-const AT_ONCE: usize = 32;
+/// Reading operations on blocking threads at once. One that timed out keeps
+/// its place until its thread returns, so a hung disk holds at most this
+/// many of the blocking pool's threads (which DNS lookups and argon2 share),
+/// and [`WRITES_AT_ONCE`] more.
+const READS_AT_ONCE: usize = 32;
+/// Writing operations on blocking threads at once. redb runs one write
+/// transaction at a time, each ended by a disk sync; writes have places of
+/// their own so that a burst of them (token requests) waiting for each
+/// other's syncs cannot take the places of the revocation reads every
+/// proxied request with a built-in token makes.
+const WRITES_AT_ONCE: usize = 4;
+
+/// What an operation does to the database file, choosing its places.
+#[derive(Clone, Copy)]
+enum Access {
+    Read,
+    Write,
+}
 
 /// A single-use entry as stored: the record and whether it was used.
 #[derive(Serialize, Deserialize)]
@@ -142,8 +156,10 @@ impl Held<'_> {
 
 pub(super) struct FileStore {
     db: Arc<Database>,
-    /// [`AT_ONCE`] places on the blocking pool.
-    places: Arc<tokio::sync::Semaphore>,
+    /// [`READS_AT_ONCE`] places on the blocking pool for reads.
+    reads: Arc<tokio::sync::Semaphore>,
+    /// [`WRITES_AT_ONCE`] places on the blocking pool for writes.
+    writes: Arc<tokio::sync::Semaphore>,
     /// [`TIMEOUT`], shorter in tests.
     timeout: Duration,
     /// The most entries it holds (revocations: [`revocation_headroom`] more).
@@ -176,21 +192,25 @@ impl FileStore {
         .map_err(|e| StoreError::Backend(format!("store task failed: {e}")))??;
         Ok(FileStore {
             db: Arc::new(db),
-            places: Arc::new(tokio::sync::Semaphore::new(AT_ONCE)),
+            reads: Arc::new(tokio::sync::Semaphore::new(READS_AT_ONCE)),
+            writes: Arc::new(tokio::sync::Semaphore::new(WRITES_AT_ONCE)),
             timeout: TIMEOUT,
             capacity,
         })
     }
 
     /// Runs `f` on the blocking pool with the database, within the
-    /// timeout and one of the [`AT_ONCE`] places.
-    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    /// timeout and one of the places for its kind of `access`.
+    async fn run<T, F>(&self, access: Access, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Held<'_>) -> Result<T, StoreError> + Send + 'static,
     {
         let db = Arc::clone(&self.db);
-        let places = Arc::clone(&self.places);
+        let places = Arc::clone(match access {
+            Access::Read => &self.reads,
+            Access::Write => &self.writes,
+        });
         let given_up = Arc::new(AtomicBool::new(false));
         let flag = Arc::clone(&given_up);
         let work = async move {
@@ -244,7 +264,7 @@ impl FileStore {
         digest: &Digest,
     ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
         let digest = *digest;
-        self.run(move |db| {
+        self.run(Access::Read, move |db| {
             let now = now_secs();
             let txn = db.begin_read().db()?;
             let table = txn.open_table(REFRESH).db()?;
@@ -280,7 +300,7 @@ impl FileStore {
         let capacity = self
             .capacity
             .saturating_add(revocation_headroom(self.capacity));
-        self.run(move |db| {
+        self.run(Access::Write, move |db| {
             let now = now_secs();
             if until <= now {
                 return Ok(());
@@ -318,7 +338,7 @@ impl FileStore {
     /// See [`super::Store::is_family_revoked`] and [`super::Store::is_access_revoked`].
     pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         let id = id.to_owned();
-        self.run(move |db| {
+        self.run(Access::Read, move |db| {
             let now = now_secs();
             let txn = db.begin_read().db()?;
             let table = txn.open_table(revocations(kind).0).db()?;
@@ -343,7 +363,7 @@ where
 {
     let capacity = store.capacity;
     store
-        .run(move |db| {
+        .run(Access::Write, move |db| {
             let now = now_secs();
             if record.retain(true) <= now {
                 return Ok(());
@@ -394,25 +414,27 @@ async fn consume<T>(
 where
     T: Expiring + Serialize + DeserializeOwned + Send + 'static,
 {
+    // A miss (a made-up token or code, which anyone may send) takes no
+    // write place, let alone the write lock.
+    let known = store
+        .run(Access::Read, move |db| {
+            let txn = db.begin_read().db()?;
+            let table = txn.open_table(def).db()?;
+            // A local, so that the entry's page is let go before the read
+            // transaction ends: a temporary in the block's value would
+            // outlive the transaction, and a commit on another thread could
+            // free the page it still holds (redb's debug build asserts that
+            // it does not).
+            let entry = table.get(&digest).db()?;
+            Ok(entry.is_some())
+        })
+        .await?;
+    if !known {
+        return Ok(Use::NotFound);
+    }
     store
-        .run(move |db| {
+        .run(Access::Write, move |db| {
             let now = now_secs();
-            // A miss (a made-up token or code, which anyone may send) takes
-            // no write lock.
-            let known = {
-                let txn = db.begin_read().db()?;
-                let table = txn.open_table(def).db()?;
-                // A local, so that the entry's page is let go before the
-                // read transaction ends: a temporary in the block's value
-                // would outlive the transaction, and a commit on another
-                // thread could free the page it still holds (redb's debug
-                // build asserts that it does not).
-                let entry = table.get(&digest).db()?;
-                entry.is_some()
-            };
-            if !known {
-                return Ok(Use::NotFound);
-            }
             let txn = db.begin_write().db()?;
             let outcome = {
                 let mut table = txn.open_table(def).db()?;
@@ -635,10 +657,11 @@ mod tests {
         }
     }
 
-    /// Operations on a disk that hangs fail within the timeout, hold no
-    /// more than [`AT_ONCE`] blocking threads (later ones fail without a
-    /// thread), a write given up on does not land when the disk comes back
-    /// (its caller answered 503), and the store serves again.
+    /// Writes on a disk that hangs fail within the timeout, hold no more
+    /// than [`WRITES_AT_ONCE`] blocking threads (later ones fail without a
+    /// thread) and none of the reads' places, a write given up on does not
+    /// land when the disk comes back (its caller answered 503), and the
+    /// store serves again.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_hung_disk_fails_operations_in_time_and_holds_few_threads() {
         let dir = tempfile::tempdir().unwrap();
@@ -651,12 +674,12 @@ mod tests {
         let _open = OpenOnDrop(Arc::clone(&gate));
         let started = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let mut hung = tokio::task::JoinSet::new();
-        for i in 0..AT_ONCE + 8 {
+        for i in 0..WRITES_AT_ONCE + 8 {
             let (store, gate, started) =
                 (Arc::clone(&store), Arc::clone(&gate), Arc::clone(&started));
             hung.spawn(async move {
                 store
-                    .run(move |db| {
+                    .run(Access::Write, move |db| {
                         started.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                         gate.wait();
                         let txn = db.begin_write().db()?;
@@ -674,31 +697,82 @@ mod tests {
         }
         let count = || started.load(std::sync::atomic::Ordering::SeqCst);
         for _ in 0..500 {
-            if count() >= AT_ONCE {
+            if count() >= WRITES_AT_ONCE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(count(), AT_ONCE);
-        assert!(store.run(|_| Ok(())).await.is_err(), "every place is held");
+        assert_eq!(count(), WRITES_AT_ONCE);
+        assert!(
+            store.run(Access::Write, |_| Ok(())).await.is_err(),
+            "every write place is held"
+        );
+        assert!(
+            store.run(Access::Read, |_| Ok(())).await.is_ok(),
+            "reads have places of their own"
+        );
         gate.open();
         for _ in 0..500 {
-            if store.places.available_permits() == AT_ONCE {
+            if store.writes.available_permits() == WRITES_AT_ONCE {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert_eq!(store.places.available_permits(), AT_ONCE);
+        assert_eq!(store.writes.available_permits(), WRITES_AT_ONCE);
         assert_eq!(counts(&store.db)[1], 0, "a write given up on landed");
         // Within a few tries: one may miss the short timeout on a busy machine.
         let mut serving = false;
         for _ in 0..10 {
-            if store.run(|_| Ok(())).await.is_ok() {
+            if store.run(Access::Write, |_| Ok(())).await.is_ok() {
                 serving = true;
                 break;
             }
         }
         assert!(serving, "not serving again");
+    }
+
+    /// Writes queued behind redb's one write transaction at a time (a slow
+    /// disk sync) do not hold up revocation reads, which every proxied
+    /// request with a built-in token makes.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn queued_writes_do_not_hold_up_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut store = FileStore::open(dir.path().join("s.redb"), usize::MAX)
+            .await
+            .unwrap();
+        store.timeout = Duration::from_secs(2);
+        let store = Arc::new(store);
+        let t = now_secs();
+        store.revoke(Kind::Access, "gone", t + 60).await.unwrap();
+        // A write transaction that does not end until the gate opens.
+        let gate = Arc::new(Gate::default());
+        let _open = OpenOnDrop(Arc::clone(&gate));
+        let (db, held_gate) = (Arc::clone(&store.db), Arc::clone(&gate));
+        let (began, begun) = std::sync::mpsc::channel();
+        let holder = std::thread::spawn(move || {
+            let txn = db.begin_write().unwrap();
+            began.send(()).unwrap();
+            held_gate.wait();
+            drop(txn);
+        });
+        begun.recv().unwrap();
+        let mut writes = tokio::task::JoinSet::new();
+        for i in 0..READS_AT_ONCE + 8 {
+            let store = Arc::clone(&store);
+            writes.spawn(async move { store.revoke(Kind::Access, &format!("j{i}"), t + 60).await });
+        }
+        for _ in 0..500 {
+            if store.writes.available_permits() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(store.writes.available_permits(), 0, "writes are queued");
+        assert!(store.is_revoked(Kind::Access, "gone").await.unwrap());
+        assert!(!store.is_revoked(Kind::Access, "j0").await.unwrap());
+        gate.open();
+        holder.join().unwrap();
+        while writes.join_next().await.is_some() {}
     }
 
     #[tokio::test]
