@@ -1418,3 +1418,84 @@ async fn a_reload_keeps_the_failures_counted_before_it() {
 
 #[path = "reload/hostile_reloads.rs"]
 mod hostile_reloads;
+
+/// An issuer whose keys never loaded does not hold up a reload that keeps
+/// it as it was: a key removed from another issuer's file takes effect
+/// (before, the reload waited for every issuer, was refused as not ready
+/// after 30 s, and the removed key stayed trusted while the other identity
+/// provider stayed down).
+#[tokio::test]
+async fn an_issuer_down_since_start_does_not_hold_up_other_changes() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let down = JwksServer::start(scopegate::demo::SigningKey::generate("k").unwrap().jwks()).await;
+    down.set_mode(JwksMode::Fail);
+    let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
+    let keys = dir.path().join("keys.json");
+    std::fs::write(&keys, key.jwks()).unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            r#"server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+admin:
+  listen: 127.0.0.1:0
+issuers:
+  - name: corp
+    issuer: {ISSUER}
+    audiences: [{AUDIENCE}]
+    jwks_file: keys.json
+  - name: down
+    issuer: https://down.test
+    audiences: [{AUDIENCE}]
+    jwks_uri: {}
+upstreams:
+  app:
+    url: http://{}
+routes:
+  - path: /orders
+    upstream: app
+    scopes: [orders:read]
+"#,
+            down.uri(),
+            upstream.addr
+        ),
+    )
+    .unwrap();
+    let gw = start_reloading_unready(config).await;
+    let t = now();
+    let token = key
+        .mint(&serde_json::json!({
+            "iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "client_id": "c",
+            "scope": "orders:read", "iat": t, "exp": t + 600,
+        }))
+        .unwrap();
+    assert!(passes_eventually(&gw.url("/orders"), &token).await);
+    assert_eq!(
+        get(&format!("http://{}/readyz", gw.admin), &[])
+            .await
+            .unwrap()
+            .status,
+        503,
+        "the down issuer's keys loaded"
+    );
+
+    // The key is withdrawn from corp's file.
+    let other = scopegate::demo::SigningKey::generate("key-2").unwrap();
+    std::fs::write(&keys, other.jwks()).unwrap();
+    let reloaded = |m: &str| m.contains("scopegate_config_reloads_total{result=");
+    let mut outcome = String::new();
+    for _ in 0..60 {
+        if wait_for_metrics(&gw, reloaded).await {
+            outcome = gw.metrics().await;
+            break;
+        }
+    }
+    assert!(
+        outcome.contains(r#"scopegate_config_reloads_total{result="success"} 1"#),
+        "{outcome}"
+    );
+    assert_eq!(get_with_token(&gw.url("/orders"), &token).await.status, 401);
+}

@@ -80,6 +80,16 @@ struct IssuerRuntime {
     fingerprint: String,
 }
 
+impl IssuerRuntime {
+    /// Usable: discovered, keys loaded, and an introspection endpoint known,
+    /// as configured.
+    fn is_ready(&self) -> bool {
+        (!self.discovery || self.discovered.load(std::sync::atomic::Ordering::Acquire))
+            && self.keys.is_ready()
+            && self.introspector.as_ref().is_none_or(|x| x.is_ready())
+    }
+}
+
 /// Verifies bearer tokens for every configured issuer.
 pub struct Authenticator {
     issuers: Vec<IssuerRuntime>,
@@ -339,11 +349,27 @@ impl Authenticator {
     /// True when every issuer is usable: discovered, keys loaded, and an
     /// introspection endpoint known, as configured.
     pub fn is_ready(&self) -> bool {
-        self.issuers.iter().all(|i| {
-            (!i.discovery || i.discovered.load(std::sync::atomic::Ordering::Acquire))
-                && i.keys.is_ready()
-                && i.introspector.as_ref().is_none_or(|x| x.is_ready())
-        })
+        self.issuers.iter().all(IssuerRuntime::is_ready)
+    }
+
+    /// The names of the issuers a reload waits for: not usable yet, and not
+    /// configured exactly as an issuer of `previous` (the authenticator
+    /// serving now) that is not usable either. A reload that changes
+    /// something else (a key removed from another issuer's file) need not
+    /// wait for an identity provider that was down before it, and would
+    /// otherwise never take effect while it stays down.
+    pub fn awaited_issuers(&self, previous: &Authenticator) -> Vec<&str> {
+        self.issuers
+            .iter()
+            .filter(|issuer| {
+                !issuer.is_ready()
+                    && !previous
+                        .issuers
+                        .iter()
+                        .any(|old| old.fingerprint == issuer.fingerprint && !old.is_ready())
+            })
+            .map(|issuer| &*issuer.name)
+            .collect()
     }
 
     /// How many issuers are configured (indexes run below it).

@@ -34,9 +34,10 @@ pub enum ReloadError {
     /// The new runtime could not be built (CA files, ...).
     #[error("{0}")]
     Setup(String),
-    /// New issuers did not become ready in time.
-    #[error("new issuers did not become ready within {0:?}")]
-    NotReady(Duration),
+    /// Issuers (named) that the running config does not have, or had
+    /// ready, did not become ready in time.
+    #[error("issuers {1:?} did not become ready within {0:?}")]
+    NotReady(Duration, Vec<String>),
 }
 
 impl ReloadError {
@@ -44,7 +45,7 @@ impl ReloadError {
         match self {
             Self::Invalid(..) => "invalid",
             Self::Setup(_) => "setup_failed",
-            Self::NotReady(_) => "not_ready",
+            Self::NotReady(..) => "not_ready",
         }
     }
 }
@@ -197,7 +198,7 @@ impl Reloader {
                 tracing::info!(file = %self.path.display(), "configuration reloaded");
             }
             Err(e) => {
-                if let ReloadError::NotReady(_) = &e {
+                if let ReloadError::NotReady(..) = &e {
                     self.not_ready = Some((text_digest, files, std::time::Instant::now()));
                 }
                 // Do not retry the same bad text on every poll; but a good
@@ -286,15 +287,24 @@ impl Reloader {
             StopBackground(Some(Arc::clone(gateway.authenticator())))
         });
         if starting.is_some() {
+            let awaited = || {
+                gateway
+                    .authenticator()
+                    .awaited_issuers(old.authenticator())
+                    .into_iter()
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            };
             let ready = async {
-                while !gateway.authenticator().is_ready() {
+                while !awaited().is_empty() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
             if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
+                let unready = awaited();
                 drop(starting);
                 drop(tokio::task::spawn_blocking(move || drop(gateway)));
-                return Err(ReloadError::NotReady(READY_TIMEOUT));
+                return Err(ReloadError::NotReady(READY_TIMEOUT, unready));
             }
         }
         self.current.store(gateway);

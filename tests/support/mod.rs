@@ -1255,6 +1255,21 @@ pub async fn start_reloading_with(
     path: std::path::PathBuf,
     config: scopegate::config::Config,
 ) -> Reloading {
+    let mut gateway = spawn_reloading(path, config).await;
+    gateway.wait_ready().await;
+    Reloading { gateway }
+}
+
+/// [`start_reloading`] without waiting for `/readyz`: for a config with an
+/// issuer that is not to become ready.
+pub async fn start_reloading_unready(path: std::path::PathBuf) -> Gateway {
+    scopegate::cli::install_crypto_provider();
+    let config = scopegate::config::load_file(&path).unwrap();
+    spawn_reloading(path, config).await
+}
+
+/// Starts serving `config` and watching `path` on port-0 listeners.
+async fn spawn_reloading(path: std::path::PathBuf, config: scopegate::config::Config) -> Gateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -1269,9 +1284,7 @@ pub async fn start_reloading_with(
             let _ = stopped.await;
         },
     ));
-    let mut gateway = Gateway::from_parts(addr, admin, stop, task);
-    gateway.wait_ready().await;
-    Reloading { gateway }
+    Gateway::from_parts(addr, admin, stop, task)
 }
 
 // ---------------------------------------------------------------------------
