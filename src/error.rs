@@ -293,6 +293,24 @@ impl GatewayError {
         response
     }
 
+    /// Makes the answer readable by a script on another origin, for a route
+    /// whose app answers browsers' CORS preflights (`cors_preflight`): the
+    /// browser sends the real request on the app's word, and without these a
+    /// refusal here (an expired token's 401, a 403 naming the scope wanted, a
+    /// 503's `Retry-After`) reaches the app's script as a bare network error.
+    /// Any origin, no credentials: a cross-origin script cannot attach a
+    /// user's bearer token, and the answer holds nothing of the user's.
+    pub fn expose_to_browsers(headers: &mut http::HeaderMap) {
+        headers.insert(
+            http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        headers.insert(
+            http::header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("WWW-Authenticate, Retry-After, Allow"),
+        );
+    }
+
     /// What every form of the answer carries besides status, body and
     /// content type: `no-store`, the challenge, `Allow`, `Retry-After`, and
     /// `Connection: close` where the connection ends.

@@ -1795,6 +1795,81 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
     assert_eq!(reply.status, 200);
 }
 
+/// On a route whose app answers preflights, the gateway's own refusals are
+/// readable by the app's script on another origin (else an expired token's
+/// 401 reaches it as a network error); answers of the app, and refusals on
+/// other routes, are left as they are.
+#[tokio::test]
+async fn refusals_on_cors_routes_are_readable_cross_origin() {
+    let world = World::new().await;
+    let gw = Gateway::start(&preflight_config(&world)).await;
+    let origin = ("origin", "https://app.example");
+    let read_only = format!("Bearer {}", world.token("orders:read"));
+    let admin_only = format!("Bearer {}", world.token("admin"));
+    // (what, method, path, headers, status, readable)
+    let cases = [
+        ("no token", "GET", "/orders/7", vec![origin], 401, true),
+        (
+            "a forged token",
+            "GET",
+            "/orders/7",
+            vec![origin, ("authorization", "Bearer a.b.c")],
+            401,
+            true,
+        ),
+        (
+            "a token without the scope",
+            "GET",
+            "/orders/7",
+            vec![origin, ("authorization", admin_only.as_str())],
+            403,
+            true,
+        ),
+        (
+            "a path no route serves",
+            "PATCH",
+            "/admin/x",
+            vec![origin],
+            404,
+            false,
+        ),
+        (
+            "cors_preflight: false on its route",
+            "DELETE",
+            "/orders/7",
+            vec![origin],
+            401,
+            false,
+        ),
+        (
+            "forwarded: the app's own answer",
+            "GET",
+            "/orders/7",
+            vec![origin, ("authorization", read_only.as_str())],
+            200,
+            false,
+        ),
+    ];
+    for (what, method, path, headers, status, readable) in cases {
+        let reply = send(method, &gw.url(path), &headers, Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, status, "{what}: {}", reply.text());
+        let allowed = reply.header("access-control-allow-origin");
+        let exposed = reply.header("access-control-expose-headers");
+        if readable {
+            assert_eq!(allowed.as_deref(), Some("*"), "{what}");
+            assert!(
+                exposed.is_some_and(|e| e.contains("WWW-Authenticate")),
+                "{what}"
+            );
+            assert!(reply.header("access-control-allow-credentials").is_none());
+        } else {
+            assert_eq!(allowed, None, "{what}");
+        }
+    }
+}
+
 /// Without `cors_preflight`, a preflight is an `OPTIONS` like any other.
 #[tokio::test]
 async fn cors_preflights_need_a_token_by_default() {

@@ -283,11 +283,14 @@ impl Gateway {
             }
             Err(error) => {
                 let (reason, status) = (error.reason(), error.status());
-                let response = if grpc {
+                let mut response = if grpc {
                     error.into_grpc_response(&self.challenge)
                 } else {
                     error.into_response(&self.challenge)
                 };
+                if route.is_some_and(|r| r.forward.cors_preflight) {
+                    GatewayError::expose_to_browsers(response.headers_mut());
+                }
                 (response, reason, status)
             }
         };
