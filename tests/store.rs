@@ -728,3 +728,67 @@ async fn a_redis_whose_certificate_is_not_trusted_is_refused() {
     assert!(err.to_string().contains("UnknownIssuer"), "{err}");
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }
+
+/// A Redis older than 7.0, which refuses `EXPIREAT ... GT` (so every
+/// revocation's MULTI would fail whole), is refused when the store opens,
+/// with what it lacks, instead of answering 503 to every revocation. The
+/// server here is a stand-in speaking RESP as Redis 6.2 answers.
+#[tokio::test]
+async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
+    use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let expireat_gt = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let asked = Arc::clone(&expireat_gt);
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            let asked = Arc::clone(&asked);
+            tokio::spawn(async move {
+                let (read, mut write) = socket.into_split();
+                let mut read = BufReader::new(read);
+                let mut line = String::new();
+                loop {
+                    // One command: `*N` then N bulk strings.
+                    line.clear();
+                    if read.read_line(&mut line).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let n: usize = line.trim_start_matches('*').trim().parse().unwrap();
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        read.read_line(&mut line).await.unwrap();
+                        let len: usize = line.trim_start_matches('$').trim().parse().unwrap();
+                        let mut arg = vec![0; len + 2];
+                        read.read_exact(&mut arg).await.unwrap();
+                        arg.truncate(len);
+                        args.push(String::from_utf8(arg).unwrap().to_ascii_uppercase());
+                    }
+                    let reply = match args.first().map(String::as_str) {
+                        Some("PING") => "+PONG\r\n",
+                        Some("EXPIREAT") if args.len() == 4 => {
+                            asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            "-ERR wrong number of arguments for 'expireat' command\r\n"
+                        }
+                        Some("EXPIREAT") => ":0\r\n",
+                        _ => "+OK\r\n",
+                    };
+                    if write.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let config = StoreConfig::Redis(RedisTarget {
+        url: format!("redis://{addr}"),
+        ca_pem: None,
+    });
+    let Err(error) = Store::open(&config).await else {
+        panic!("an old Redis opened");
+    };
+    let text = error.to_string();
+    assert!(text.contains("Redis 7.0 or newer"), "{text}");
+    assert!(text.contains("EXPIREAT"), "{text}");
+    assert_eq!(expireat_gt.load(std::sync::atomic::Ordering::SeqCst), 1);
+}

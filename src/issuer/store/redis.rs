@@ -87,16 +87,32 @@ impl RedisStore {
     /// Connects to `url` and PINGs. Errors never echo the URL (it may carry a
     /// password).
     pub(super) async fn open(target: &RedisTarget) -> Result<Self, StoreError> {
+        use ::redis::IntoConnectionInfo;
+        let info = target
+            .url
+            .as_str()
+            .into_connection_info()
+            .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
+        // A server that stops answering without closing the connection (its
+        // host gone, its address moved in a failover) is given up by the
+        // kernel after this, and the connection manager connects again;
+        // else commands would time out until TCP's own retries end (about
+        // 15 minutes).
+        #[cfg(target_os = "linux")]
+        let info = {
+            let tcp = info.tcp_settings().clone().set_user_timeout(2 * TIMEOUT);
+            info.set_tcp_settings(tcp)
+        };
         let client = if target.url.starts_with("rediss://") {
             Client::build_with_tls(
-                target.url.as_str(),
+                info,
                 TlsCertificates {
                     client_tls: None,
                     root_cert: target.ca_pem.clone(),
                 },
             )
         } else {
-            Client::open(target.url.as_str())
+            Client::open(info)
         }
         .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
         let config = ConnectionManagerConfig::new()
@@ -114,6 +130,26 @@ impl RedisStore {
             return Err(StoreError::Backend(
                 "redis: unexpected reply to PING".to_owned(),
             ));
+        }
+        // Revocations use `EXPIREAT ... GT` (Redis 7.0): an older server
+        // refuses it within their MULTI, which drops the whole write, so
+        // that no revocation would ever land and a replayed refresh token
+        // would end no grant. Asked of a key that does not exist, it changes
+        // nothing.
+        let probe: Result<i64, RedisError> = ::redis::cmd("EXPIREAT")
+            .arg(format!("{PREFIX}probe"))
+            .arg(1)
+            .arg("GT")
+            .query_async(&mut conn)
+            .await;
+        match probe {
+            Ok(_) => {}
+            Err(e) if e.is_io_error() || e.is_timeout() => return Err(backend(e)),
+            Err(e) => {
+                return Err(StoreError::Backend(format!(
+                    "redis: the server does not take `EXPIREAT ... GT`, which revocations need (Redis 7.0 or newer, or a server compatible with it): {e}"
+                )))
+            }
         }
         Ok(RedisStore { conn })
     }
