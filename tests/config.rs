@@ -340,8 +340,20 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "refresh families that end at once",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_family_max_age: 0s\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "5:3",
-            "refresh_family_max_age must be greater than zero",
+            "6:27",
+            "refresh_family_max_age must be a whole number of seconds, at least 1s",
+        ),
+        (
+            "access tokens that would be born expired",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  access_token_ttl: 500ms\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:21",
+            "access_token_ttl must be a whole number of seconds, at least 1s",
+        ),
+        (
+            "a refresh token lifetime with a fraction",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_token_ttl: 90.5s\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:22",
+            "refresh_token_ttl must be a whole number of seconds",
         ),
         (
             "a client secret hash whose check would take 4 TiB",

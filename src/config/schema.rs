@@ -131,14 +131,14 @@ pub struct RawAuthorizationServer {
     #[serde(default)]
     pub signing_keys: Vec<Spanned<RawSigningKey>>,
     /// Access token lifetime.
-    #[serde(default = "default_access_ttl", with = "bounded_duration")]
-    pub access_token_ttl: Duration,
+    #[serde(default = "default_access_ttl")]
+    pub access_token_ttl: Spanned<HumanDuration>,
     /// Refresh token lifetime (each rotation starts a new one).
-    #[serde(default = "default_refresh_ttl", with = "bounded_duration")]
-    pub refresh_token_ttl: Duration,
+    #[serde(default = "default_refresh_ttl")]
+    pub refresh_token_ttl: Spanned<HumanDuration>,
     /// Rotation never extends a refresh family past this age.
-    #[serde(default = "default_family_age", with = "bounded_duration")]
-    pub refresh_family_max_age: Duration,
+    #[serde(default = "default_family_age")]
+    pub refresh_family_max_age: Spanned<HumanDuration>,
     /// `standard` (RFC 6749) or `apigee` (the seeds' sample).
     #[serde(default = "default_response_style")]
     pub response_style: Spanned<String>,
@@ -629,14 +629,14 @@ fn default_revocation_path() -> Spanned<String> {
 fn default_jwks_path() -> Spanned<String> {
     unspanned("/.well-known/jwks.json".to_owned())
 }
-fn default_access_ttl() -> Duration {
-    Duration::from_secs(3600)
+fn default_access_ttl() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(3600)))
 }
-fn default_refresh_ttl() -> Duration {
-    Duration::from_secs(1800)
+fn default_refresh_ttl() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(1800)))
 }
-fn default_family_age() -> Duration {
-    Duration::from_secs(30 * 24 * 3600)
+fn default_family_age() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(30 * 24 * 3600)))
 }
 fn default_response_style() -> Spanned<String> {
     unspanned("standard".to_owned())

@@ -1828,19 +1828,33 @@ impl Validator<'_> {
                 scopes: u.scopes.clone(),
             });
         }
-        self.positive(raw.access_token_ttl, here, "access_token_ttl")?;
-        self.positive(raw.refresh_token_ttl, here, "refresh_token_ttl")?;
-        self.positive(raw.refresh_family_max_age, here, "refresh_family_max_age")?;
+        // Lifetimes are whole seconds (`expires_in`, `exp`): a fraction would
+        // be cut off, and `500ms` would mint tokens that are born expired.
         let year = Duration::from_secs(366 * 24 * 3600);
-        if raw.access_token_ttl > year
-            || raw.refresh_token_ttl > year
-            || raw.refresh_family_max_age > year * 10
-        {
-            return Err(self.err(
-                here,
-                "token lifetimes may be at most a year (refresh_family_max_age: ten years)",
-            ));
-        }
+        let lifetime = |ttl: &Spanned<super::schema::HumanDuration>, what: &str, most: Duration| {
+            let d = ttl.value.0;
+            let at = ttl.referenced;
+            if d < Duration::from_secs(1) || d.subsec_nanos() != 0 {
+                Err(self.err(
+                    at,
+                    format!("{what} must be a whole number of seconds, at least 1s"),
+                ))
+            } else if d > most {
+                Err(self.err(
+                    at,
+                    "token lifetimes may be at most a year (refresh_family_max_age: ten years)",
+                ))
+            } else {
+                Ok(d)
+            }
+        };
+        let access_token_ttl = lifetime(&raw.access_token_ttl, "access_token_ttl", year)?;
+        let refresh_token_ttl = lifetime(&raw.refresh_token_ttl, "refresh_token_ttl", year)?;
+        let refresh_family_max_age = lifetime(
+            &raw.refresh_family_max_age,
+            "refresh_family_max_age",
+            year * 10,
+        )?;
         let mut audiences: Vec<String> = clients.iter().map(|c| c.audience.clone()).collect();
         audiences.sort();
         audiences.dedup();
@@ -1876,9 +1890,9 @@ impl Validator<'_> {
                 paths,
                 keys: Arc::new(keys),
                 ephemeral_key: ephemeral,
-                access_token_ttl: raw.access_token_ttl,
-                refresh_token_ttl: raw.refresh_token_ttl,
-                refresh_family_max_age: raw.refresh_family_max_age,
+                access_token_ttl,
+                refresh_token_ttl,
+                refresh_family_max_age,
                 response_style,
                 store,
                 clients,
