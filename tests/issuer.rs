@@ -1248,6 +1248,17 @@ async fn guesses_do_not_lock_out_a_known_secret_or_a_public_client() {
     )
     .await;
     assert_oauth_error(&r, 400, "invalid_grant");
+    // So does one sending its id as `Basic spa:` (an empty password, as
+    // golang.org/x/oauth2 does), as an empty `client_secret=` would.
+    for form in ["", "&client_secret="] {
+        let r = post_form(
+            &gw.url(TOKEN),
+            &[("authorization", &basic("spa", ""))],
+            &format!("grant_type=refresh_token&refresh_token=unknown{form}"),
+        )
+        .await;
+        assert_oauth_error(&r, 400, "invalid_grant");
+    }
 }
 
 /// RFC 6749 2.3: one authentication method per request, even when the form

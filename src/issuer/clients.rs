@@ -97,9 +97,12 @@ pub fn presented(
                 .ok_or_else(OAuthError::invalid_client_basic)?;
             let id = form_decode(id).ok_or_else(OAuthError::invalid_client_basic)?;
             let secret = form_decode(secret).ok_or_else(OAuthError::invalid_client_basic)?;
+            // An empty password is no secret, as an empty `client_secret`
+            // is: clients send a public client's id as `Basic id:`
+            // (golang.org/x/oauth2 with `AuthStyleInHeader`).
             Some(Presented {
                 client_id: id,
-                secret: Some(secret),
+                secret: Some(secret).filter(|s| !s.is_empty()),
                 basic: true,
             })
         }
