@@ -64,7 +64,11 @@ pub struct VerifiedToken {
 struct IssuerRuntime {
     name: Arc<str>,
     issuer: String,
-    ca_file: Option<crate::config::validate::CaFile>,
+    /// The client discovery fetches the metadata with (`discovery` only),
+    /// built with the others, so that a CA bundle it cannot read fails
+    /// the config instead of leaving the issuer undiscovered for good.
+    discovery_client:
+        Option<crate::proxy::client::HttpsClient<http_body_util::Empty<bytes::Bytes>>>,
     discovery: bool,
     /// Discovered endpoints beyond this host must be `https`.
     endpoints_need_https: bool,
@@ -143,9 +147,22 @@ impl Authenticator {
                 )),
                 None => None,
             };
+            let discovery_client = if issuer.discovery {
+                Some(
+                    crate::proxy::client::build_https_client(
+                        issuer.ca_file.as_deref(),
+                        Duration::from_secs(5),
+                        1,
+                        false,
+                    )
+                    .map_err(|e| format!("issuer {}: discovery client: {e}", issuer.name))?,
+                )
+            } else {
+                None
+            };
             by_iss.insert(issuer.issuer.clone(), index);
             runtime.push(IssuerRuntime {
-                ca_file: issuer.ca_file.clone(),
+                discovery_client,
                 issuer: issuer.issuer,
                 discovery: issuer.discovery,
                 endpoints_need_https: issuer.endpoints_need_https,
@@ -244,30 +261,14 @@ impl Authenticator {
         issuer: &IssuerRuntime,
         stop: &mut tokio::sync::watch::Receiver<bool>,
     ) -> bool {
-        // Off the runtime: it reads the CA file.
-        let ca_file = issuer.ca_file.clone();
-        let built = tokio::task::spawn_blocking(move || {
-            crate::proxy::client::build_https_client(
-                ca_file.as_deref(),
-                Duration::from_secs(5),
-                1,
-                false,
-            )
-        })
-        .await
-        .unwrap_or_else(|e| Err(format!("setup task failed: {e}")));
-        let client = match built {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(issuer = %issuer.name, error = %e, "discovery client setup failed");
-                return false;
-            }
+        let Some(client) = &issuer.discovery_client else {
+            return false;
         };
         let mut backoff = Duration::from_millis(250);
         loop {
             let attempt = tokio::time::timeout(
                 Duration::from_secs(10),
-                discovery::discover(&issuer.issuer, issuer.endpoints_need_https, &client),
+                discovery::discover(&issuer.issuer, issuer.endpoints_need_https, client),
             );
             // A config retired or refused meanwhile neither applies nor
             // counts what its discovery finds.
