@@ -1992,6 +1992,49 @@ async fn redis_store_is_shared_by_replicas() {
     drop(redis);
 }
 
+/// With the store gone, a built-in token's revocation check fails closed
+/// (503, `store_unavailable`) and the log says why, once for many requests.
+#[tokio::test]
+async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (logs, _capturing) = Logs::capture();
+    let dir = tempfile::tempdir().unwrap();
+    let (key, _) = write_key(dir.path(), "signing.pem");
+    let extra = format!(
+        "{}  store: {{ redis: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        redis.url()
+    );
+    let (_upstream, gw) = start(&extra).await;
+    let access = s(&client_credentials(&gw, "svc").await, "access_token");
+    assert_accepted(&gw, &access).await;
+    drop(redis);
+    for _ in 0..3 {
+        let r = get_with_token(&gw.url("/orders/7"), &access).await;
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+    }
+    let metrics = gw.metrics().await;
+    assert!(
+        metrics.contains(r#"reason="store_unavailable""#),
+        "{metrics}"
+    );
+    let text = logs.text();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("revocation check failed"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        2,
+        "one line, in each of the two formats: {text}"
+    );
+    assert!(lines.iter().all(|l| l.contains("redis")), "{lines:?}");
+    assert!(!text.contains(&access), "a token in the log");
+}
+
 // ---------------------------------------------------------------------------
 // The demo
 // ---------------------------------------------------------------------------

@@ -201,8 +201,23 @@ impl AuthorizationServer {
     }
 
     /// Revocation check by ids (the gateway's hot path uses this for tokens
-    /// of the built-in issuer).
+    /// of the built-in issuer). A store failure is logged with its cause
+    /// (throttled); the request is refused with 503 `store_unavailable`.
     pub async fn revoked_ids(
+        &self,
+        jti: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<bool, super::store::StoreError> {
+        let checked = self.check_revoked_ids(jti, sid).await;
+        if let Err(e) = &checked {
+            if let Some(suppressed) = self.revocation_check_log.allow() {
+                tracing::warn!(error = %e, suppressed, "revocation check failed: the store did not answer");
+            }
+        }
+        checked
+    }
+
+    async fn check_revoked_ids(
         &self,
         jti: Option<&str>,
         sid: Option<&str>,

@@ -274,6 +274,9 @@ pub struct AuthorizationServer {
     /// access tokens and sessions it signed.
     own_keys: Option<KeySet>,
     own_algorithms: Vec<jsonwebtoken::Algorithm>,
+    /// Store failures of the proxy's revocation checks: one line per
+    /// interval, with the cause, however many requests meet them.
+    revocation_check_log: crate::admin::throttle::LogThrottle,
 }
 
 impl AuthorizationServer {
@@ -301,6 +304,7 @@ impl AuthorizationServer {
             users,
             own_keys,
             own_algorithms,
+            revocation_check_log: crate::admin::throttle::LogThrottle::default(),
         }
     }
 
