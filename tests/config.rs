@@ -428,6 +428,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "audiences",
         ),
         (
+            "a jwks_file with no key for the issuer's algorithms",
+            format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    algorithms: [RS256, PS256]\n    jwks_file: es256-keys.json\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "6:16",
+            "jwks_file has no key for any of the issuer's algorithms (RS256, PS256)",
+        ),
+        (
             "both jwks_uri and jwks_file",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    jwks_file: k.json\n".into(),
             "6:16",
@@ -682,6 +688,9 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
 #[test]
 fn config_errors_name_file_line_and_column() {
     let dir = tempfile::tempdir().unwrap();
+    // The key set some rows name: one ES256 key.
+    let es256 = scopegate::demo::SigningKey::generate("k").unwrap();
+    std::fs::write(dir.path().join("es256-keys.json"), es256.jwks()).unwrap();
     let mut failures = Vec::new();
     for (name, yaml, position, fragment) in bad_configs() {
         let file = dir.path().join("bad.yaml");

@@ -1450,6 +1450,22 @@ impl Validator<'_> {
         if algorithms.is_empty() {
             return Err(self.err(raw.algorithms.referenced, "algorithms must not be empty"));
         }
+        // A fixed key set that verifies none of the algorithms would refuse
+        // every token while the issuer reads as ready.
+        if let (KeySource::Static(set), Some(file)) = (&keys, &raw.jwks_file) {
+            if !algorithms
+                .iter()
+                .any(|alg| set.candidates(None, *alg).next().is_some())
+            {
+                return Err(self.err(
+                    file.referenced,
+                    format!(
+                        "jwks_file has no key for any of the issuer's algorithms ({})",
+                        raw.algorithms.value.join(", ")
+                    ),
+                ));
+            }
+        }
         let scope_claim = match raw.scope_claim.value.as_str() {
             "scope" => ScopeClaim::Scope,
             "scp" => ScopeClaim::Scp,
