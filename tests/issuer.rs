@@ -459,6 +459,8 @@ async fn scope_outside_the_clients_is_invalid_scope() {
         )
         .await;
         assert_oauth_error(&r, 400, "invalid_scope");
+        let description = r.json()["error_description"].to_string();
+        assert!(description.contains("for this client\""), "{description}");
     }
     // A parameter without a value counts as not sent (RFC 6749 3.1): `scope=`
     // asks for what no scope asks for, the client's scopes; so does a
@@ -649,6 +651,10 @@ async fn a_refused_refresh_leaves_the_token_usable() {
     .await;
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"], "invalid_scope");
+    assert_eq!(
+        r.json()["error_description"],
+        "scope `admin` is not allowed by the grant this refresh token belongs to"
+    );
 
     let r = refresh(&gw, "svc", &rt).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -804,6 +810,10 @@ async fn password_grant_issues_a_user_token() {
     )
     .await;
     assert_oauth_error(&r, 400, "invalid_scope");
+    assert_eq!(
+        r.json()["error_description"],
+        "scope `admin` is not allowed for this client and user"
+    );
     let r = password(&gw, "bob", PASSWORD).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["scope"], "orders:read admin");

@@ -19,7 +19,7 @@ use serde_json::json;
 
 use super::clients::Busy;
 use super::store::CodeRecord;
-use super::token::requested_scope;
+use super::token::{requested_scope, ScopeLimit};
 use super::{random_token, read_form, AuthorizationServer};
 use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
@@ -235,12 +235,13 @@ impl AuthorizationServer {
         }
         // A `scope` of blanks reads as left out, as the form's scope field
         // will be when posted back empty.
-        let scope = requested_scope(map.get("scope"), &client.scopes, None).map_err(|_| {
-            (
-                "invalid_scope",
-                "a requested scope is not allowed for this client",
-            )
-        })?;
+        let scope = requested_scope(map.get("scope"), &client.scopes, None, ScopeLimit::Client)
+            .map_err(|_| {
+                (
+                    "invalid_scope",
+                    "a requested scope is not allowed for this client",
+                )
+            })?;
         let code_challenge = match (
             map.get("code_challenge"),
             map.get("code_challenge_method").map(String::as_str),

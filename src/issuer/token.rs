@@ -122,7 +122,7 @@ impl AuthorizationServer {
         client: &Client,
         form: &HashMap<String, String>,
     ) -> Result<Issued, OAuthError> {
-        let scope = requested_scope(form.get("scope"), &client.scopes, None)?;
+        let scope = requested_scope(form.get("scope"), &client.scopes, None, ScopeLimit::Client)?;
         let plan = if client.grants.contains(&Grant::RefreshToken) {
             RefreshPlan::NewFamily(random_token()?)
         } else {
@@ -164,7 +164,12 @@ impl AuthorizationServer {
             return Err(OAuthError::invalid_grant("wrong username or password"));
         };
         drop(attempt);
-        let scope = requested_scope(form.get("scope"), &client.scopes, user.scopes.as_deref())?;
+        let scope = requested_scope(
+            form.get("scope"),
+            &client.scopes,
+            user.scopes.as_deref(),
+            ScopeLimit::ClientAndUser,
+        )?;
         let plan = if client.grants.contains(&Grant::RefreshToken) {
             RefreshPlan::NewFamily(random_token()?)
         } else {
@@ -256,7 +261,7 @@ impl AuthorizationServer {
             .filter(|s| user_scopes.is_none_or(|u| u.iter().any(|x| x == s)))
             .map(str::to_owned)
             .collect();
-        let scope = requested_scope(form.get("scope"), &granted, None)?;
+        let scope = requested_scope(form.get("scope"), &granted, None, ScopeLimit::Grant)?;
         let subject = record.subject.clone();
         let user_grant = record.user_grant;
         self.issue(
@@ -548,6 +553,28 @@ pub fn s256(verifier: &str) -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(d.as_ref())
 }
 
+/// What limits the scopes a token request may ask for, named in its
+/// `invalid_scope` refusal so that an operator looks in the right place.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum ScopeLimit {
+    /// The client's `scopes`.
+    Client,
+    /// The client's `scopes` and the user's.
+    ClientAndUser,
+    /// The grant being refreshed (as the client and user allow now).
+    Grant,
+}
+
+impl ScopeLimit {
+    fn words(self) -> &'static str {
+        match self {
+            Self::Client => "for this client",
+            Self::ClientAndUser => "for this client and user",
+            Self::Grant => "by the grant this refresh token belongs to",
+        }
+    }
+}
+
 /// The granted scope: the requested one (a subset of what is allowed), or
 /// everything allowed when none is requested. A `scope` of blanks names no
 /// scope and reads as left out (RFC 6749 3.3's default), as an empty one
@@ -557,6 +584,7 @@ pub(crate) fn requested_scope(
     requested: Option<&String>,
     allowed: &[String],
     also_allowed: Option<&[String]>,
+    limited_by: ScopeLimit,
 ) -> Result<String, OAuthError> {
     let permitted = |s: &str| {
         allowed.iter().any(|a| a == s) && also_allowed.is_none_or(|x| x.iter().any(|a| a == s))
@@ -567,7 +595,8 @@ pub(crate) fn requested_scope(
             for scope in requested.split(' ').filter(|s| !s.is_empty()) {
                 if !permitted(scope) {
                     return Err(OAuthError::invalid_scope(format!(
-                        "scope `{scope}` is not allowed for this client"
+                        "scope `{scope}` is not allowed {}",
+                        limited_by.words()
                     )));
                 }
                 if !out.contains(&scope) {
