@@ -1719,3 +1719,61 @@ async fn sign_ins_and_token_requests_log_no_credential() {
 mod hostile_flows;
 #[path = "authorize/hostile_requests.rs"]
 mod hostile_requests;
+
+/// A code approved under one config and redeemed under another (a reload,
+/// or a replica not yet rolled; here two replicas sharing a redis store)
+/// gets the grant as the redeeming config stands: a user removed since
+/// gets no token, and a scope since taken from the client is left out, as
+/// a refresh would have them.
+#[tokio::test]
+async fn a_code_is_redeemed_under_the_config_that_stands_then() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let extra = format!("  store: {{ redis: \"{}\" }}\n", redis.url());
+    let (upstream, before) = start_with(&extra).await;
+    // The config after: alice removed, and reports:read taken from `spa`.
+    let after_yaml: String = config(upstream.addr, &extra)
+        .lines()
+        .scan(false, |skip_next, line| {
+            let skip = *skip_next || line == "    - username: alice";
+            *skip_next = line == "    - username: alice";
+            Some((!skip).then(|| format!("{line}\n")))
+        })
+        .flatten()
+        .collect::<String>()
+        .replace(
+            "scopes: [orders:read, reports:read]",
+            "scopes: [orders:read]",
+        );
+    assert!(!after_yaml.contains("alice"), "{after_yaml}");
+    let after = Gateway::start(&after_yaml).await;
+    for (user, want) in [("alice", None), ("bob", Some("orders:read"))] {
+        let c = pkce();
+        let p = params(
+            "spa",
+            APP_CB,
+            "orders:read reports:read",
+            Some(&c.challenge),
+        );
+        let (page, session) = consent(&before, &p, user).await;
+        let r = decide(&before, &page, &session, "approve").await;
+        let code = redirect(&r).1.get("code").expect("no code").clone();
+        let r = spa_exchange(&after, &code, Some(&c.verifier)).await;
+        match want {
+            None => {
+                assert_oauth_error(&r, 400, "invalid_grant");
+                assert_eq!(
+                    r.json()["error_description"],
+                    "the user of this grant no longer exists"
+                );
+            }
+            Some(scope) => {
+                assert_eq!(r.status, 200, "{}", r.text());
+                assert_eq!(r.json()["scope"], scope, "{}", r.text());
+                let claims = jwt_part(&s(&r.json(), "access_token"), 1);
+                assert_eq!(claims["scope"], scope);
+            }
+        }
+    }
+}

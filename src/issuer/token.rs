@@ -238,29 +238,7 @@ impl AuthorizationServer {
         {
             return Err(OAuthError::invalid_grant("the grant has been revoked"));
         }
-        // The grant's rights as they stand now: a user removed since ends
-        // it, and scopes since taken from the client or the user are not
-        // minted again.
-        let user_scopes = if !record.user_grant && record.subject == client.client_id {
-            None
-        } else {
-            match self.users.get(record.subject.as_str()) {
-                Some(user) => user.scopes.as_deref(),
-                None => {
-                    return Err(OAuthError::invalid_grant(
-                        "the user of this grant no longer exists",
-                    ))
-                }
-            }
-        };
-        let granted: Vec<String> = record
-            .scope
-            .split(' ')
-            .filter(|s| !s.is_empty())
-            .filter(|s| client.scopes.iter().any(|c| c == s))
-            .filter(|s| user_scopes.is_none_or(|u| u.iter().any(|x| x == s)))
-            .map(str::to_owned)
-            .collect();
+        let granted = self.rights_now(client, &record.subject, record.user_grant, &record.scope)?;
         let scope = requested_scope(form.get("scope"), &granted, None, ScopeLimit::Grant)?;
         let subject = record.subject.clone();
         let user_grant = record.user_grant;
@@ -275,6 +253,37 @@ impl AuthorizationServer {
             },
         )
         .await
+    }
+
+    /// A grant's scopes as the config stands now (a reload may have
+    /// changed it since the grant): a user removed since ends it, and scopes
+    /// since taken from the client or the user are not minted again.
+    fn rights_now(
+        &self,
+        client: &Client,
+        subject: &str,
+        user_grant: bool,
+        scope: &str,
+    ) -> Result<Vec<String>, OAuthError> {
+        let user_scopes = if !user_grant && subject == client.client_id {
+            None
+        } else {
+            match self.users.get(subject) {
+                Some(user) => user.scopes.as_deref(),
+                None => {
+                    return Err(OAuthError::invalid_grant(
+                        "the user of this grant no longer exists",
+                    ))
+                }
+            }
+        };
+        Ok(scope
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .filter(|s| client.scopes.iter().any(|c| c == s))
+            .filter(|s| user_scopes.is_none_or(|u| u.iter().any(|x| x == s)))
+            .map(str::to_owned)
+            .collect())
     }
 
     /// A rotated refresh token presented again means theft (RFC 9700
@@ -366,12 +375,17 @@ impl AuthorizationServer {
             }
             (None, None) => {}
         }
+        // Approved before a reload, redeemed after it: the grant as the
+        // config stands now, as a refresh would have it.
+        let scope = self
+            .rights_now(client, &record.subject, true, &record.scope)?
+            .join(" ");
         let plan = if client.grants.contains(&Grant::RefreshToken) {
             RefreshPlan::NewFamily(record.family.clone())
         } else {
             RefreshPlan::SessionOnly(record.family.clone())
         };
-        self.issue(client, &record.subject, true, &record.scope, plan)
+        self.issue(client, &record.subject, true, &scope, plan)
             .await
     }
 
