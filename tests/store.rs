@@ -792,3 +792,79 @@ async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
     assert!(text.contains("EXPIREAT"), "{text}");
     assert_eq!(expireat_gt.load(std::sync::atomic::Ordering::SeqCst), 1);
 }
+
+/// A failover that demotes the server the store is connected to, without
+/// closing the connection, and gives its address to the new primary (DNS
+/// or a virtual IP moved; here a forwarder switched): the write that the
+/// demoted server refuses (`READONLY`) makes the store connect again, and
+/// later writes land on the new primary. Before, every write failed until
+/// a restart.
+#[tokio::test]
+async fn a_demoted_redis_is_left_for_the_new_primary() {
+    let (Some(old), Some(new)) = (RedisServer::start(), RedisServer::start()) else {
+        return;
+    };
+    let address = |url: &str| {
+        url.trim_start_matches("redis://")
+            .trim_end_matches("/0")
+            .to_owned()
+    };
+    let (old_addr, new_addr) = (address(&old.url), address(&new.url));
+    // The address the store knows, leading where `target` says.
+    let target = Arc::new(std::sync::Mutex::new(old_addr.clone()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let forwarder = listener.local_addr().unwrap();
+    let to = Arc::clone(&target);
+    tokio::spawn(async move {
+        while let Ok((mut client, _)) = listener.accept().await {
+            let server = to.lock().unwrap().clone();
+            tokio::spawn(async move {
+                if let Ok(mut server) = tokio::net::TcpStream::connect(server).await {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                }
+            });
+        }
+    });
+    let store = Store::open(&StoreConfig::Redis(RedisTarget {
+        url: format!("redis://{forwarder}/0"),
+        ca_pem: None,
+    }))
+    .await
+    .unwrap();
+    let t = now();
+    store.revoke_access("before", t + 60).await.unwrap();
+
+    // Failover: the new primary takes the address, the old one becomes its
+    // replica (read-only) and keeps the store's connection.
+    *target.lock().unwrap() = new_addr.clone();
+    let old_client = ::redis::Client::open(old.url.as_str()).unwrap();
+    let mut old_conn = old_client.get_multiplexed_async_connection().await.unwrap();
+    let (host, port) = new_addr.split_once(':').unwrap();
+    let () = ::redis::cmd("REPLICAOF")
+        .arg(host)
+        .arg(port)
+        .query_async(&mut old_conn)
+        .await
+        .unwrap();
+    let refused = store.revoke_access("after", t + 60).await;
+    assert!(refused.is_err(), "the demoted server took a write");
+
+    let mut landed = false;
+    for _ in 0..20 {
+        if store.revoke_access("after", t + 60).await.is_ok() {
+            landed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(landed, "writes never reached the new primary");
+    let new_client = ::redis::Client::open(new.url.as_str()).unwrap();
+    let mut new_conn = new_client.get_multiplexed_async_connection().await.unwrap();
+    let revoked: bool = ::redis::cmd("EXISTS")
+        .arg("scopegate:revoked:jti:after")
+        .query_async(&mut new_conn)
+        .await
+        .unwrap();
+    assert!(revoked);
+    assert!(store.is_access_revoked("after").await.unwrap());
+}

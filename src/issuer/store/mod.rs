@@ -236,7 +236,9 @@ enum Backend {
     /// Boxed: the mutex-guarded maps are far larger than the other handles.
     Memory(Box<MemoryStore>),
     File(FileStore),
-    Redis(RedisStore),
+    /// Boxed too: the client and connection settings it keeps to connect
+    /// again are large.
+    Redis(Box<RedisStore>),
 }
 
 /// A handle to the state store; cheap to clone (all clones share one backend).
@@ -262,7 +264,7 @@ impl Store {
             StoreConfig::File(path) => {
                 Backend::File(FileStore::open(path.clone(), CAPACITY).await?)
             }
-            StoreConfig::Redis(target) => Backend::Redis(RedisStore::open(target).await?),
+            StoreConfig::Redis(target) => Backend::Redis(Box::new(RedisStore::open(target).await?)),
         };
         Ok(Store {
             backend: Arc::new(backend),

@@ -78,9 +78,14 @@ fn revocation_key(kind: Kind, id: &str) -> String {
 }
 
 /// The redis backend. The connection manager multiplexes commands over one
-/// connection and reconnects on failure; cloning it is cheap.
+/// connection and reconnects when it breaks; cloning it is cheap.
 pub(super) struct RedisStore {
-    conn: ConnectionManager,
+    conn: arc_swap::ArcSwap<ConnectionManager>,
+    /// To connect again with: see [`Self::failed`].
+    client: Client,
+    config: ConnectionManagerConfig,
+    /// Set by a command the server refused as a read-only replica.
+    demoted: std::sync::atomic::AtomicBool,
 }
 
 impl RedisStore {
@@ -119,7 +124,7 @@ impl RedisStore {
             .set_connection_timeout(Some(TIMEOUT))
             .set_response_timeout(Some(TIMEOUT))
             .set_number_of_retries(RETRIES);
-        let mut conn = ConnectionManager::new_with_config(client, config)
+        let mut conn = ConnectionManager::new_with_config(client.clone(), config.clone())
             .await
             .map_err(backend)?;
         let pong: String = ::redis::cmd("PING")
@@ -151,12 +156,50 @@ impl RedisStore {
                 )))
             }
         }
-        Ok(RedisStore { conn })
+        Ok(RedisStore {
+            conn: arc_swap::ArcSwap::from_pointee(conn),
+            client,
+            config,
+            demoted: std::sync::atomic::AtomicBool::new(false),
+        })
     }
 
-    /// A connection handle for one operation.
-    fn conn(&self) -> ConnectionManager {
-        self.conn.clone()
+    /// A connection handle for one operation: a new connection when the
+    /// server refused a write as a replica since the last one was made.
+    async fn conn(&self) -> ConnectionManager {
+        use std::sync::atomic::Ordering;
+        if self.demoted.swap(false, Ordering::AcqRel) {
+            match ConnectionManager::new_with_config(self.client.clone(), self.config.clone()).await
+            {
+                Ok(fresh) => {
+                    tracing::warn!(
+                        "redis: the server had become a read-only replica; connected again"
+                    );
+                    self.conn.store(std::sync::Arc::new(fresh));
+                }
+                Err(_) => self.demoted.store(true, Ordering::Release),
+            }
+        }
+        (**self.conn.load()).clone()
+    }
+
+    /// A command's failure as a backend error. One the server refused as a
+    /// read-only replica (`READONLY`, alone or aborting a transaction) means
+    /// a failover demoted it while this connection stayed open; its address
+    /// (a DNS name, a virtual IP) now leads to the new primary, but the
+    /// connection manager only connects again when the connection breaks, so
+    /// the next operation connects anew.
+    fn failed(&self, e: RedisError) -> StoreError {
+        let read_only = e.clone().into_server_errors().is_some_and(|errors| {
+            errors
+                .iter()
+                .any(|(_, error)| error.kind() == Some(::redis::ServerErrorKind::ReadOnly))
+        });
+        if read_only {
+            self.demoted
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        backend(e)
     }
 
     /// See [`super::Store::put_refresh`].
@@ -187,9 +230,9 @@ impl RedisStore {
             .arg(&key)
             .cmd("EXISTS")
             .arg(&used_key)
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.failed(e))?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
@@ -237,9 +280,9 @@ impl RedisStore {
             .arg(until)
             .arg("GT")
             .ignore()
-            .query_async::<()>(&mut self.conn())
+            .query_async::<()>(&mut self.conn().await)
             .await
-            .map_err(backend)
+            .map_err(|e| self.failed(e))
     }
 
     /// See [`super::Store::is_family_revoked`] and [`super::Store::is_access_revoked`].
@@ -247,9 +290,9 @@ impl RedisStore {
     pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         ::redis::cmd("EXISTS")
             .arg(revocation_key(kind, id))
-            .query_async(&mut self.conn())
+            .query_async(&mut self.conn().await)
             .await
-            .map_err(backend)
+            .map_err(|e| self.failed(e))
     }
 
     /// Writes a record (its used-marker, if any, is a separate key and
@@ -266,7 +309,7 @@ impl RedisStore {
         }
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (key, used_key) = space.keys(digest);
-        let mut conn = self.conn();
+        let mut conn = self.conn().await;
         let (marked,): (bool,) = ::redis::pipe()
             .atomic()
             .cmd("SET")
@@ -279,7 +322,7 @@ impl RedisStore {
             .arg(&used_key)
             .query_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.failed(e))?;
         if marked && used != unused {
             ::redis::cmd("EXPIREAT")
                 .arg(&key)
@@ -287,7 +330,7 @@ impl RedisStore {
                 .arg("GT")
                 .query_async::<()>(&mut conn)
                 .await
-                .map_err(backend)?;
+                .map_err(|e| self.failed(e))?;
         }
         Ok(())
     }
@@ -300,12 +343,12 @@ impl RedisStore {
         digest: &Digest,
     ) -> Result<Use<T>, StoreError> {
         let (key, used_key) = space.keys(digest);
-        let mut conn = self.conn();
+        let mut conn = self.conn().await;
         let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.failed(e))?;
         let Some(bytes) = bytes else {
             return Ok(Use::NotFound);
         };
@@ -321,7 +364,7 @@ impl RedisStore {
                 .arg(&used_key)
                 .query_async(&mut conn)
                 .await
-                .map_err(backend)?;
+                .map_err(|e| self.failed(e))?;
             return Ok(if used {
                 Use::Reused(record)
             } else {
@@ -349,7 +392,7 @@ impl RedisStore {
             .ignore()
             .query_async(&mut conn)
             .await
-            .map_err(backend)?;
+            .map_err(|e| self.failed(e))?;
         Ok(if set.is_some() {
             Use::Fresh(record)
         } else {
