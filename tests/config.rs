@@ -158,7 +158,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "zero pool idle timeout",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    pool_idle_timeout: 0s\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "8:5",
+            "9:24",
             "pool_idle_timeout must be greater than zero",
         ),
         (
@@ -458,6 +458,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "is plain http (only a loopback address may be",
         ),
         (
+            "introspection answers kept for two hours when refused",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: https://a/introspect\n      client_id: gw\n      client_secret_env: PATH\n      negative_cache_ttl: 2h\n".into(),
+            "9:27",
+            "cache_ttl may be at most 24h and negative_cache_ttl at most 1h",
+        ),
+        (
             "discovery with an issuer that is no URL",
             "issuers:\n  - name: a\n    issuer: idp.example.com\n    audiences: [x]\n    discovery: true\n".into(),
             "3:13",
@@ -607,7 +613,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a leeway of an hour",
             format!("{ISSUER}    leeway: 1h\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
-            "2:5",
+            "6:13",
             "leeway may be at most 5m",
         ),
         (

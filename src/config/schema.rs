@@ -343,8 +343,8 @@ pub struct RawIssuer {
     #[serde(default = "default_algorithms")]
     pub algorithms: Spanned<Vec<String>>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
-    #[serde(default = "default_leeway", with = "bounded_duration")]
-    pub leeway: Duration,
+    #[serde(default = "default_leeway")]
+    pub leeway: Spanned<HumanDuration>,
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
     #[serde(default, deserialize_with = "present")]
     pub require_typ: Option<String>,
@@ -352,14 +352,14 @@ pub struct RawIssuer {
     #[serde(default = "default_scope_claim")]
     pub scope_claim: Spanned<String>,
     /// How often keys are refreshed when the IdP sends no Cache-Control.
-    #[serde(default = "default_jwks_refresh", with = "bounded_duration")]
-    pub jwks_refresh_interval: Duration,
+    #[serde(default = "default_jwks_refresh")]
+    pub jwks_refresh_interval: Spanned<HumanDuration>,
     /// Least time between two fetches caused by unknown `kid`s.
     #[serde(default = "default_jwks_cooldown", with = "bounded_duration")]
     pub jwks_refetch_cooldown: Duration,
     /// Timeout of one JWKS fetch.
-    #[serde(default = "default_jwks_timeout", with = "bounded_duration")]
-    pub jwks_timeout: Duration,
+    #[serde(default = "default_jwks_timeout")]
+    pub jwks_timeout: Spanned<HumanDuration>,
     /// RFC 7662 introspection for opaque tokens.
     #[serde(default, deserialize_with = "present")]
     pub introspection: Option<Spanned<RawIntrospection>>,
@@ -391,14 +391,14 @@ pub struct RawIntrospection {
     #[serde(default = "default_auth_method")]
     pub auth_method: Spanned<String>,
     /// Timeout of one introspection call.
-    #[serde(default = "default_introspection_timeout", with = "bounded_duration")]
-    pub timeout: Duration,
+    #[serde(default = "default_introspection_timeout")]
+    pub timeout: Spanned<HumanDuration>,
     /// Upper bound on how long an active answer is cached (never past `exp`).
-    #[serde(default = "default_cache_ttl", with = "bounded_duration")]
-    pub cache_ttl: Duration,
+    #[serde(default = "default_cache_ttl")]
+    pub cache_ttl: Spanned<HumanDuration>,
     /// How long an inactive answer is cached; 0 turns it off.
-    #[serde(default = "default_negative_cache_ttl", with = "bounded_duration")]
-    pub negative_cache_ttl: Duration,
+    #[serde(default = "default_negative_cache_ttl")]
+    pub negative_cache_ttl: Spanned<HumanDuration>,
     /// Extra CA bundle (PEM) for the endpoint.
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
@@ -431,15 +431,15 @@ pub struct RawUpstream {
     /// Base URL: `http://` or `https://`.
     pub url: Spanned<String>,
     /// Timeout to establish a connection.
-    #[serde(default = "default_connect_timeout", with = "bounded_duration")]
-    pub connect_timeout: Duration,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Spanned<HumanDuration>,
     /// Timeout until the upstream's response head arrives.
-    #[serde(default = "default_request_timeout", with = "bounded_duration")]
-    pub request_timeout: Duration,
+    #[serde(default = "default_request_timeout")]
+    pub request_timeout: Spanned<HumanDuration>,
     /// Longest silence allowed between parts of the upstream's response body;
     /// past it the response is cut off (the client sees it end early).
-    #[serde(default = "default_body_idle_timeout", with = "bounded_duration")]
-    pub body_idle_timeout: Duration,
+    #[serde(default = "default_body_idle_timeout")]
+    pub body_idle_timeout: Spanned<HumanDuration>,
     /// Extra CA bundle (PEM) for an https upstream.
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
@@ -457,8 +457,8 @@ pub struct RawUpstream {
     pub pool_max_idle_per_host: Spanned<usize>,
     /// A pooled connection idle longer than this is never used again (keep
     /// it below the upstream's own keep-alive timeout).
-    #[serde(default = "default_pool_idle_timeout", with = "bounded_duration")]
-    pub pool_idle_timeout: Duration,
+    #[serde(default = "default_pool_idle_timeout")]
+    pub pool_idle_timeout: Spanned<HumanDuration>,
     /// Requests in flight to this upstream at once, from every client
     /// together (until each answer's body has ended); more get 503. Bounds
     /// the connections and memory clients can make the gateway hold.
@@ -596,20 +596,20 @@ fn default_header_read_timeout() -> Spanned<HumanDuration> {
 fn default_algorithms() -> Spanned<Vec<String>> {
     unspanned(vec!["RS256".to_owned(), "ES256".to_owned()])
 }
-fn default_leeway() -> Duration {
-    Duration::from_secs(30)
+fn default_leeway() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(30)))
 }
 fn default_scope_claim() -> Spanned<String> {
     unspanned("scope".to_owned())
 }
-fn default_jwks_refresh() -> Duration {
-    Duration::from_secs(300)
+fn default_jwks_refresh() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(300)))
 }
 fn default_jwks_cooldown() -> Duration {
     Duration::from_secs(30)
 }
-fn default_jwks_timeout() -> Duration {
-    Duration::from_secs(5)
+fn default_jwks_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(5)))
 }
 fn default_as_name() -> Spanned<String> {
     unspanned("local".to_owned())
@@ -647,24 +647,24 @@ fn default_grants() -> Spanned<Vec<String>> {
 fn default_auth_method() -> Spanned<String> {
     unspanned("client_secret_basic".to_owned())
 }
-fn default_introspection_timeout() -> Duration {
-    Duration::from_secs(2)
+fn default_introspection_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(2)))
 }
-fn default_cache_ttl() -> Duration {
-    Duration::from_secs(300)
+fn default_cache_ttl() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(300)))
 }
-fn default_negative_cache_ttl() -> Duration {
-    Duration::from_secs(5)
+fn default_negative_cache_ttl() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(5)))
 }
-fn default_connect_timeout() -> Duration {
-    Duration::from_secs(2)
+fn default_connect_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(2)))
 }
-fn default_body_idle_timeout() -> Duration {
-    Duration::from_secs(60)
+fn default_body_idle_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(60)))
 }
 
-fn default_request_timeout() -> Duration {
-    Duration::from_secs(30)
+fn default_request_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(30)))
 }
 fn default_pool_idle() -> Spanned<usize> {
     unspanned(64)
@@ -677,8 +677,8 @@ fn default_max_requests() -> Spanned<usize> {
 fn default_http2_max_streams() -> Spanned<usize> {
     unspanned(100)
 }
-fn default_pool_idle_timeout() -> Duration {
-    Duration::from_secs(90)
+fn default_pool_idle_timeout() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(90)))
 }
 fn default_cache_entries() -> Spanned<u64> {
     unspanned(100_000)

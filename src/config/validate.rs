@@ -1476,11 +1476,19 @@ impl Validator<'_> {
                 ))
             }
         };
-        self.positive(raw.jwks_refresh_interval, here, "jwks_refresh_interval")?;
-        self.positive(raw.jwks_timeout, here, "jwks_timeout")?;
-        if raw.leeway > MAX_LEEWAY {
+        self.positive(
+            raw.jwks_refresh_interval.value.0,
+            raw.jwks_refresh_interval.referenced,
+            "jwks_refresh_interval",
+        )?;
+        self.positive(
+            raw.jwks_timeout.value.0,
+            raw.jwks_timeout.referenced,
+            "jwks_timeout",
+        )?;
+        if raw.leeway.value.0 > MAX_LEEWAY {
             return Err(self.err(
-                here,
+                raw.leeway.referenced,
                 "leeway may be at most 5m: it is for clock skew, and every token lives that much longer",
             ));
         }
@@ -1500,12 +1508,12 @@ impl Validator<'_> {
             discovery: raw.discovery,
             endpoints_need_https: issuer_https,
             algorithms,
-            leeway_secs: raw.leeway.as_secs(),
+            leeway_secs: raw.leeway.value.0.as_secs(),
             require_typ,
             scope_claim,
-            jwks_refresh_interval: raw.jwks_refresh_interval,
+            jwks_refresh_interval: raw.jwks_refresh_interval.value.0,
             jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
-            jwks_timeout: raw.jwks_timeout,
+            jwks_timeout: raw.jwks_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
     }
@@ -1596,12 +1604,21 @@ impl Validator<'_> {
                 ))
             }
         };
-        self.positive(raw.timeout, here, "introspection timeout")?;
-        if raw.cache_ttl > Duration::from_secs(24 * 3600)
-            || raw.negative_cache_ttl > Duration::from_secs(3600)
+        self.positive(
+            raw.timeout.value.0,
+            raw.timeout.referenced,
+            "introspection timeout",
+        )?;
+        if raw.cache_ttl.value.0 > Duration::from_secs(24 * 3600)
+            || raw.negative_cache_ttl.value.0 > Duration::from_secs(3600)
         {
+            let at = if raw.cache_ttl.value.0 > Duration::from_secs(24 * 3600) {
+                raw.cache_ttl.referenced
+            } else {
+                raw.negative_cache_ttl.referenced
+            };
             return Err(self.err(
-                here,
+                at,
                 "cache_ttl may be at most 24h and negative_cache_ttl at most 1h",
             ));
         }
@@ -1610,9 +1627,9 @@ impl Validator<'_> {
             client_id: raw.client_id.value.clone(),
             client_secret: Secret::new(secret),
             auth,
-            timeout: raw.timeout,
-            cache_ttl: raw.cache_ttl,
-            negative_cache_ttl: raw.negative_cache_ttl,
+            timeout: raw.timeout.value.0,
+            cache_ttl: raw.cache_ttl.value.0,
+            negative_cache_ttl: raw.negative_cache_ttl.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
     }
@@ -2041,16 +2058,24 @@ impl Validator<'_> {
                 "upstream url path must be canonical (no dot segments, empty segments or needless escapes)",
             ));
         }
-        self.positive(raw.connect_timeout, spanned.referenced, "connect_timeout")?;
-        self.positive(raw.request_timeout, spanned.referenced, "request_timeout")?;
         self.positive(
-            raw.body_idle_timeout,
-            spanned.referenced,
+            raw.connect_timeout.value.0,
+            raw.connect_timeout.referenced,
+            "connect_timeout",
+        )?;
+        self.positive(
+            raw.request_timeout.value.0,
+            raw.request_timeout.referenced,
+            "request_timeout",
+        )?;
+        self.positive(
+            raw.body_idle_timeout.value.0,
+            raw.body_idle_timeout.referenced,
             "body_idle_timeout",
         )?;
         self.positive(
-            raw.pool_idle_timeout,
-            spanned.referenced,
+            raw.pool_idle_timeout.value.0,
+            raw.pool_idle_timeout.referenced,
             "pool_idle_timeout",
         )?;
         if raw.http2_max_streams.value == 0 {
@@ -2082,14 +2107,14 @@ impl Validator<'_> {
             scheme,
             authority,
             base_path,
-            connect_timeout: raw.connect_timeout,
-            request_timeout: raw.request_timeout,
-            body_idle_timeout: raw.body_idle_timeout,
+            connect_timeout: raw.connect_timeout.value.0,
+            request_timeout: raw.request_timeout.value.0,
+            body_idle_timeout: raw.body_idle_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
             http2_only: raw.http2_only,
             http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
-            pool_idle_timeout: raw.pool_idle_timeout,
+            pool_idle_timeout: raw.pool_idle_timeout.value.0,
             max_requests: raw.max_requests.value,
         })
     }
