@@ -456,8 +456,8 @@ async fn expired_entries_are_absent(h: &Harness) {
     assert!(!h.b.is_access_revoked("jti-now").await.unwrap());
 }
 
-/// A used value stays recognisable as a replay after it expires, for the
-/// replay grace. Unused
+/// A used value stays recognisable as a replay after it expires: a rotated
+/// refresh token until its family ends, a code for the replay grace. Unused
 /// ones simply disappear. (Waits ~5 s for the clock.)
 async fn replays_are_detected_after_expiry(h: &Harness) {
     let t = now();
@@ -620,8 +620,7 @@ async fn redis_keys_are_prefixed_and_expire() {
     let t = now();
     let rt = digest("raw-refresh-token");
     let ac = digest("raw-code");
-    // The family would live an hour.
-    h.a.put_refresh(&rt, &refresh("fam-k", t + 60, t + 3600))
+    h.a.put_refresh(&rt, &refresh("fam-k", t + 60, t + 600))
         .await
         .unwrap();
     assert!(is_fresh(&h.a.use_refresh(&rt).await.unwrap()));
@@ -662,14 +661,13 @@ async fn redis_keys_are_prefixed_and_expire() {
             "{key} expires too late ({at})"
         );
     }
-    // Refresh and code markers live for the replay grace after their
-    // token or code expires, not until the family would end.
+    // Refresh markers live until the family ends; code markers for the grace.
     let at: i64 = ::redis::cmd("EXPIRETIME")
         .arg(format!("scopegate:rt:used:{}", hex(&rt)))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(at, (t + 60 + 600) as i64);
+    assert_eq!(at, (t + 600) as i64);
     // The used token's record lasts as long as its marker; an unused one's
     // only until it expires, not until its family would end.
     let expire_time = |key: String| {
@@ -684,7 +682,7 @@ async fn redis_keys_are_prefixed_and_expire() {
     };
     assert_eq!(
         expire_time(format!("scopegate:rt:{}", hex(&rt))).await,
-        (t + 60 + 600) as i64
+        (t + 600) as i64
     );
     let unused = digest("unused-refresh-token");
     h.a.put_refresh(&unused, &refresh("fam-k", t + 60, t + 600))

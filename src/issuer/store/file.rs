@@ -892,7 +892,7 @@ mod tests {
         // asserts would already be purged.
         const ENDS: u64 = 6;
         // Unused, it goes when it expires, however long its family runs;
-        // used, its marker stays for the replay grace.
+        // used, its marker stays until the family ends.
         store
             .put_refresh(&[1; 32], &record(t + ENDS, t + 3600))
             .await

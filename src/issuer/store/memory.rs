@@ -171,7 +171,7 @@ impl MemoryStore {
         };
         let outcome = consume(now, slot.record.expires_at, slot);
         if matches!(outcome, Use::Fresh(_)) {
-            // Used now: its marker is kept for the replay grace.
+            // Used now: its marker is kept until the family ends.
             let (old, new) = (slot.retain, refresh_retain(&slot.record, true));
             if new != old {
                 slot.retain = new;

@@ -16,9 +16,9 @@
 //! replayed. Every entry expires:
 //!
 //! - a refresh token is usable, and kept, until its `expires_at`; once used, the
-//!   used-marker is kept [`REFRESH_REPLAY_GRACE_SECS`] longer (never past
-//!   `family_expires_at`), so that a replay of a rotated token while it could
-//!   still be used is recognised as [`Use::Reused`];
+//!   used-marker is kept until `family_expires_at`, so that a replay of a
+//!   rotated token is still recognised as [`Use::Reused`] for as long as its
+//!   family could live;
 //! - an authorization code is usable until its `expires_at`; once used, the
 //!   used-marker is kept [`CODE_REPLAY_GRACE_SECS`] longer, so a late replay is
 //!   still recognised;
@@ -57,14 +57,6 @@ pub type Digest = [u8; 32];
 /// that a replay shortly after expiry is still recognised as [`Use::Reused`]
 /// (and the tokens issued from it can be revoked) instead of looking unknown.
 pub const CODE_REPLAY_GRACE_SECS: u64 = 600;
-
-/// How long (seconds) a used refresh token's marker outlives the token. A
-/// theft shows when the thief and the client both use one token (RFC 9700
-/// 4.14.2), which they can only while it is valid; keeping markers until the
-/// family ends (30 days by default) would hold one per rotation, about 1 440
-/// for a session refreshed every 30 minutes, and a few hundred sessions would
-/// fill the store.
-pub const REFRESH_REPLAY_GRACE_SECS: u64 = 600;
 
 /// The most entries (refresh tokens, codes and revocations together) the
 /// memory and file backends hold, so a flood of grants cannot exhaust the
@@ -432,15 +424,13 @@ impl Expiring for CodeRecord {
 }
 
 /// Until when (unix seconds) a refresh entry must be kept: an unused one
-/// until it expires, and a used one's marker [`REFRESH_REPLAY_GRACE_SECS`]
-/// longer, but not past the family's end, so a replay is still recognised.
+/// until it expires, and a used one's marker until the family ends, so a
+/// replay is still recognised. Keeping unused ones as long would hold every
+/// token a client was given, used or not, for the family's lifetime (30
+/// days by default, against 30 minutes), and fill the store.
 fn refresh_retain(record: &RefreshRecord, used: bool) -> u64 {
     if used {
-        record
-            .expires_at
-            .saturating_add(REFRESH_REPLAY_GRACE_SECS)
-            .min(record.family_expires_at)
-            .max(record.expires_at)
+        record.expires_at.max(record.family_expires_at)
     } else {
         record.expires_at
     }
@@ -499,31 +489,6 @@ mod tests {
         assert_eq!(decide(10, 10, 20, false), Decision::NotFound);
         assert_eq!(decide(15, 10, 20, true), Decision::Reused);
         assert_eq!(decide(20, 10, 20, true), Decision::NotFound);
-    }
-
-    /// A used refresh token's marker outlives it by the replay grace, never
-    /// its family; an unused one goes when it expires.
-    #[test]
-    fn refresh_entries_are_kept_for_the_replay_grace() {
-        let record = |expires_at, family_expires_at| RefreshRecord {
-            family: "f".to_owned(),
-            client_id: "c".to_owned(),
-            subject: "s".to_owned(),
-            scope: String::new(),
-            audience: "a".to_owned(),
-            issued_at: 0,
-            expires_at,
-            family_expires_at,
-            refresh_count: 0,
-            user_grant: false,
-        };
-        let grace = REFRESH_REPLAY_GRACE_SECS;
-        let month = 30 * 86_400;
-        assert_eq!(refresh_retain(&record(1_800, month), false), 1_800);
-        assert_eq!(refresh_retain(&record(1_800, month), true), 1_800 + grace);
-        // Not past the family's end, nor before the token's own.
-        assert_eq!(refresh_retain(&record(1_800, 1_900), true), 1_900);
-        assert_eq!(refresh_retain(&record(1_800, 1_800), true), 1_800);
     }
 
     #[test]

@@ -5,8 +5,8 @@
 //!
 //! | key                              | value               | expires at (`EXAT`)        |
 //! |----------------------------------|---------------------|----------------------------|
-//! | `scopegate:rt:<digest>`          | refresh record JSON | `expires_at`; once used, `expires_at` + replay grace, at most `family_expires_at` |
-//! | `scopegate:rt:used:<digest>`     | `1`                 | same as the used record    |
+//! | `scopegate:rt:<digest>`          | refresh record JSON | `expires_at`; once used, `max(expires_at, family_expires_at)` |
+//! | `scopegate:rt:used:<digest>`     | `1`                 | `max(expires_at, family_expires_at)` |
 //! | `scopegate:ac:<digest>`          | code record JSON    | `expires_at` + replay grace |
 //! | `scopegate:ac:used:<digest>`     | `1`                 | same                       |
 //! | `scopegate:revoked:family:<id>`  | until               | until                      |
