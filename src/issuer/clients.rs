@@ -584,6 +584,12 @@ fn parse_argon2(hash: &str) -> Result<Argon2Hash, String> {
         .decode_b64(&mut salt)
         .map_err(|e| format!("salt: {e}"))?
         .len();
+    if salt_len < argon2::MIN_SALT_LEN {
+        return Err(format!(
+            "the salt is {salt_len} bytes, under argon2's {}",
+            argon2::MIN_SALT_LEN
+        ));
+    }
     let expected = parsed
         .hash
         .ok_or_else(|| "no hash after the salt".to_owned())?;
@@ -825,6 +831,10 @@ mod tests {
             ),
             ("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ", "no hash"),
             ("$argon2id", "no salt"),
+            (
+                "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g",
+                "the salt is 4 bytes",
+            ),
             ("argon2id", "not a PHC string"),
             (
                 "$argon2id$v=17$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
