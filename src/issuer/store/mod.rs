@@ -228,9 +228,7 @@ enum Backend {
     /// Boxed: the mutex-guarded maps are far larger than the other handles.
     Memory(Box<MemoryStore>),
     File(FileStore),
-    /// Boxed too: the client and connection settings it keeps to connect
-    /// again are large.
-    Redis(Box<RedisStore>),
+    Redis(RedisStore),
 }
 
 /// A handle to the state store; cheap to clone (all clones share one backend).
@@ -256,7 +254,7 @@ impl Store {
             StoreConfig::File(path) => {
                 Backend::File(FileStore::open(path.clone(), CAPACITY).await?)
             }
-            StoreConfig::Redis(target) => Backend::Redis(Box::new(RedisStore::open(target).await?)),
+            StoreConfig::Redis(target) => Backend::Redis(RedisStore::open(target).await?),
         };
         Ok(Store {
             backend: Arc::new(backend),

@@ -22,7 +22,9 @@ use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, TlsCertificates};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::{
     hex, now_secs, CodeRecord, Digest, Expiring, Kind, RedisTarget, RefreshRecord, StoreError, Use,
@@ -80,13 +82,26 @@ fn revocation_key(kind: Kind, id: &str) -> String {
 /// The redis backend. The connection manager multiplexes commands over one
 /// connection and reconnects when it breaks; cloning it is cheap.
 pub(super) struct RedisStore {
-    conn: arc_swap::ArcSwap<ConnectionManager>,
-    /// To connect again with: see [`Self::failed`].
+    conn: Arc<arc_swap::ArcSwap<ConnectionManager>>,
+    /// Connecting anew after a failover: see [`Self::failed`].
+    reconnect: Arc<Reconnect>,
+}
+
+/// What connecting anew takes, and its single flight: one attempt at a
+/// time, at most one per [`RECONNECT_INTERVAL`], in the background, while
+/// operations go on over the connection there is.
+struct Reconnect {
     client: Client,
     config: ConnectionManagerConfig,
-    /// Set by a command the server refused as a read-only replica.
-    demoted: std::sync::atomic::AtomicBool,
+    /// An attempt is under way.
+    running: AtomicBool,
+    /// When the last attempt began (milliseconds since `origin`), plus one.
+    last_ms: AtomicU64,
+    origin: Instant,
 }
+
+/// The least time between two attempts to connect anew.
+const RECONNECT_INTERVAL: Duration = Duration::from_secs(1);
 
 impl RedisStore {
     /// Connects to `url` and PINGs. Errors never echo the URL (it may carry a
@@ -149,37 +164,33 @@ impl RedisStore {
             .await;
         match probe {
             Ok(_) => {}
-            Err(e) if e.is_io_error() || e.is_timeout() => return Err(backend(e)),
-            Err(e) => {
+            // An argument count or syntax it does not know: too old.
+            Err(e) if e.code() == Some("ERR") => {
                 return Err(StoreError::Backend(format!(
                     "redis: the server does not take `EXPIREAT ... GT`, which revocations need (Redis 7.0 or newer, or a server compatible with it): {e}"
                 )))
             }
+            Err(e) if e.kind() == ::redis::ErrorKind::Server(::redis::ServerErrorKind::ReadOnly) => {
+                return Err(StoreError::Backend(format!(
+                    "redis: the server is a read-only replica; the store needs the primary: {e}"
+                )))
+            }
+            Err(e) => return Err(backend(e)),
         }
         Ok(RedisStore {
-            conn: arc_swap::ArcSwap::from_pointee(conn),
-            client,
-            config,
-            demoted: std::sync::atomic::AtomicBool::new(false),
+            conn: Arc::new(arc_swap::ArcSwap::from_pointee(conn)),
+            reconnect: Arc::new(Reconnect {
+                client,
+                config,
+                running: AtomicBool::new(false),
+                last_ms: AtomicU64::new(0),
+                origin: Instant::now(),
+            }),
         })
     }
 
-    /// A connection handle for one operation: a new connection when the
-    /// server refused a write as a replica since the last one was made.
-    async fn conn(&self) -> ConnectionManager {
-        use std::sync::atomic::Ordering;
-        if self.demoted.swap(false, Ordering::AcqRel) {
-            match ConnectionManager::new_with_config(self.client.clone(), self.config.clone()).await
-            {
-                Ok(fresh) => {
-                    tracing::warn!(
-                        "redis: the server had become a read-only replica; connected again"
-                    );
-                    self.conn.store(std::sync::Arc::new(fresh));
-                }
-                Err(_) => self.demoted.store(true, Ordering::Release),
-            }
-        }
+    /// A connection handle for one operation.
+    fn conn(&self) -> ConnectionManager {
         (**self.conn.load()).clone()
     }
 
@@ -187,8 +198,8 @@ impl RedisStore {
     /// read-only replica (`READONLY`, alone or aborting a transaction) means
     /// a failover demoted it while this connection stayed open; its address
     /// (a DNS name, a virtual IP) now leads to the new primary, but the
-    /// connection manager only connects again when the connection breaks, so
-    /// the next operation connects anew.
+    /// connection manager only connects again when a connection breaks, so
+    /// a new connection is made in the background and replaces this one.
     fn failed(&self, e: RedisError) -> StoreError {
         let read_only = e.clone().into_server_errors().is_some_and(|errors| {
             errors
@@ -196,10 +207,46 @@ impl RedisStore {
                 .any(|(_, error)| error.kind() == Some(::redis::ServerErrorKind::ReadOnly))
         });
         if read_only {
-            self.demoted
-                .store(true, std::sync::atomic::Ordering::Release);
+            self.connect_anew();
         }
         backend(e)
+    }
+
+    /// Starts connecting anew, unless an attempt is under way or began
+    /// within [`RECONNECT_INTERVAL`] (an address that keeps leading to a
+    /// replica must not cost a connection per write).
+    fn connect_anew(&self) {
+        let reconnect = &self.reconnect;
+        let now_ms = u64::try_from(reconnect.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = reconnect.last_ms.load(Ordering::Acquire);
+        let interval = u64::try_from(RECONNECT_INTERVAL.as_millis()).unwrap_or(u64::MAX);
+        if last != 0 && now_ms.saturating_sub(last - 1) < interval {
+            return;
+        }
+        if reconnect.running.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        reconnect.last_ms.store(now_ms + 1, Ordering::Release);
+        let (reconnect, conn) = (Arc::clone(reconnect), Arc::clone(&self.conn));
+        tokio::spawn(async move {
+            let fresh = ConnectionManager::new_with_config(
+                reconnect.client.clone(),
+                reconnect.config.clone(),
+            )
+            .await;
+            match fresh {
+                Ok(fresh) => {
+                    conn.store(Arc::new(fresh));
+                    tracing::warn!(
+                        "redis: the server refused a write as a read-only replica; connected anew"
+                    );
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis: the server refused a write as a read-only replica; connecting anew failed");
+                }
+            }
+            reconnect.running.store(false, Ordering::Release);
+        });
     }
 
     /// See [`super::Store::put_refresh`].
@@ -230,7 +277,7 @@ impl RedisStore {
             .arg(&key)
             .cmd("EXISTS")
             .arg(&used_key)
-            .query_async(&mut self.conn().await)
+            .query_async(&mut self.conn())
             .await
             .map_err(|e| self.failed(e))?;
         let Some(bytes) = bytes else {
@@ -280,7 +327,7 @@ impl RedisStore {
             .arg(until)
             .arg("GT")
             .ignore()
-            .query_async::<()>(&mut self.conn().await)
+            .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| self.failed(e))
     }
@@ -290,7 +337,7 @@ impl RedisStore {
     pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
         ::redis::cmd("EXISTS")
             .arg(revocation_key(kind, id))
-            .query_async(&mut self.conn().await)
+            .query_async(&mut self.conn())
             .await
             .map_err(|e| self.failed(e))
     }
@@ -309,7 +356,7 @@ impl RedisStore {
         }
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (key, used_key) = space.keys(digest);
-        let mut conn = self.conn().await;
+        let mut conn = self.conn();
         let (marked,): (bool,) = ::redis::pipe()
             .atomic()
             .cmd("SET")
@@ -343,7 +390,7 @@ impl RedisStore {
         digest: &Digest,
     ) -> Result<Use<T>, StoreError> {
         let (key, used_key) = space.keys(digest);
-        let mut conn = self.conn().await;
+        let mut conn = self.conn();
         let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
             .arg(&key)
             .query_async(&mut conn)
