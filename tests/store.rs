@@ -727,12 +727,12 @@ async fn a_redis_whose_certificate_is_not_trusted_is_refused() {
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }
 
-/// A Redis older than 7.0, which refuses `EXPIREAT ... GT` (so every
-/// revocation's MULTI would fail whole), is refused when the store opens,
-/// with what it lacks, instead of answering 503 to every revocation. The
-/// server here is a stand-in speaking RESP as Redis 6.2 answers.
-#[tokio::test]
-async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
+/// A stand-in for a Redis server speaking RESP: PING, `EXPIREAT` with two
+/// arguments answered as Redis does, with three (`GT`) answered `gt_reply`,
+/// anything else `+OK`. Returns its address and how often `GT` was asked.
+async fn fake_redis(
+    gt_reply: &'static str,
+) -> (std::net::SocketAddr, Arc<std::sync::atomic::AtomicUsize>) {
     use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
@@ -766,7 +766,7 @@ async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
                         Some("PING") => "+PONG\r\n",
                         Some("EXPIREAT") if args.len() == 4 => {
                             asked.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                            "-ERR wrong number of arguments for 'expireat' command\r\n"
+                            gt_reply
                         }
                         Some("EXPIREAT") => ":0\r\n",
                         _ => "+OK\r\n",
@@ -778,17 +778,38 @@ async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
             });
         }
     });
-    let config = StoreConfig::Redis(RedisTarget {
-        url: format!("redis://{addr}"),
-        ca_pem: None,
-    });
-    let Err(error) = Store::open(&config).await else {
-        panic!("an old Redis opened");
-    };
-    let text = error.to_string();
-    assert!(text.contains("Redis 7.0 or newer"), "{text}");
-    assert!(text.contains("EXPIREAT"), "{text}");
-    assert_eq!(expireat_gt.load(std::sync::atomic::Ordering::SeqCst), 1);
+    (addr, expireat_gt)
+}
+
+/// A Redis older than 7.0, which refuses `EXPIREAT ... GT` (so every
+/// revocation's MULTI would fail whole), is refused when the store opens,
+/// with what it lacks, instead of answering 503 to every revocation; so is
+/// a read-only replica, named as such. The servers here are stand-ins
+/// speaking RESP as Redis 6.2 and a Redis 7 replica answer.
+#[tokio::test]
+async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
+    for (reply, says) in [
+        (
+            "-ERR wrong number of arguments for 'expireat' command\r\n",
+            "Redis 7.0 or newer",
+        ),
+        (
+            "-READONLY You can't write against a read only replica.\r\n",
+            "read-only replica; the store needs the primary",
+        ),
+    ] {
+        let (addr, asked) = fake_redis(reply).await;
+        let config = StoreConfig::Redis(RedisTarget {
+            url: format!("redis://{addr}"),
+            ca_pem: None,
+        });
+        let Err(error) = Store::open(&config).await else {
+            panic!("opened over {reply:?}");
+        };
+        let text = error.to_string();
+        assert!(text.contains(says), "{text}");
+        assert_eq!(asked.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
 }
 
 /// A failover that demotes the server the store is connected to, without
