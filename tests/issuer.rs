@@ -288,6 +288,17 @@ fn signing_key_yaml(kid: &str, path: &Path) -> String {
     )
 }
 
+/// `signing_keys:` with a key written to `dir`, and `redis` as the store:
+/// what replicas sharing one state need.
+fn redis_store_yaml(dir: &Path, redis: &RedisServer) -> String {
+    let (key, _) = write_key(dir, "signing.pem");
+    format!(
+        "{}  store: {{ redis: \"{}\" }}\n",
+        signing_key_yaml("k1", &key),
+        redis.url()
+    )
+}
+
 /// The standard config with a signing key written to `dir` and a file
 /// store there (`state.redb`).
 fn file_store_config(upstream: SocketAddr, dir: &Path) -> String {
@@ -1957,12 +1968,7 @@ async fn redis_store_is_shared_by_replicas() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = write_key(dir.path(), "signing.pem");
-    let extra = format!(
-        "{}  store: {{ redis: \"{}\" }}\n",
-        signing_key_yaml("k1", &key),
-        redis.url()
-    );
+    let extra = redis_store_yaml(dir.path(), &redis);
     let upstream = Upstream::start().await;
     let yaml = config(upstream.addr, &extra);
     let a = Gateway::start(&yaml).await;
@@ -2011,12 +2017,7 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
     };
     let (logs, _capturing) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let (key, _) = write_key(dir.path(), "signing.pem");
-    let extra = format!(
-        "{}  store: {{ redis: \"{}\" }}\n",
-        signing_key_yaml("k1", &key),
-        redis.url()
-    );
+    let extra = redis_store_yaml(dir.path(), &redis);
     let (_upstream, gw) = start(&extra).await;
     let access = s(&client_credentials(&gw, "svc").await, "access_token");
     assert_accepted(&gw, &access).await;

@@ -1255,9 +1255,14 @@ impl Validator<'_> {
         Ok(())
     }
 
-    fn positive(&self, d: Duration, location: Location, what: &str) -> Result<(), ConfigError> {
-        if d.is_zero() {
-            return Err(self.err(location, format!("{what} must be greater than zero")));
+    /// A duration, kept with its place in the file, that must not be zero.
+    fn positive(
+        &self,
+        d: &Spanned<super::schema::HumanDuration>,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        if d.value.0.is_zero() {
+            return Err(self.err(d.referenced, format!("{what} must be greater than zero")));
         }
         Ok(())
     }
@@ -1313,16 +1318,8 @@ impl Validator<'_> {
                 format!("workers must be between 0 (one per core) and {MAX_WORKERS}"),
             ));
         }
-        self.positive(
-            s.header_read_timeout.value.0,
-            s.header_read_timeout.referenced,
-            "server.header_read_timeout",
-        )?;
-        self.positive(
-            s.idle_timeout.value.0,
-            s.idle_timeout.referenced,
-            "server.idle_timeout",
-        )?;
+        self.positive(&s.header_read_timeout, "server.header_read_timeout")?;
+        self.positive(&s.idle_timeout, "server.idle_timeout")?;
         Ok(ServerSettings {
             listen,
             tls,
@@ -1476,16 +1473,8 @@ impl Validator<'_> {
                 ))
             }
         };
-        self.positive(
-            raw.jwks_refresh_interval.value.0,
-            raw.jwks_refresh_interval.referenced,
-            "jwks_refresh_interval",
-        )?;
-        self.positive(
-            raw.jwks_timeout.value.0,
-            raw.jwks_timeout.referenced,
-            "jwks_timeout",
-        )?;
+        self.positive(&raw.jwks_refresh_interval, "jwks_refresh_interval")?;
+        self.positive(&raw.jwks_timeout, "jwks_timeout")?;
         if raw.leeway.value.0 > MAX_LEEWAY {
             return Err(self.err(
                 raw.leeway.referenced,
@@ -1604,11 +1593,7 @@ impl Validator<'_> {
                 ))
             }
         };
-        self.positive(
-            raw.timeout.value.0,
-            raw.timeout.referenced,
-            "introspection timeout",
-        )?;
+        self.positive(&raw.timeout, "introspection timeout")?;
         if raw.cache_ttl.value.0 > Duration::from_secs(24 * 3600)
             || raw.negative_cache_ttl.value.0 > Duration::from_secs(3600)
         {
@@ -2058,26 +2043,10 @@ impl Validator<'_> {
                 "upstream url path must be canonical (no dot segments, empty segments or needless escapes)",
             ));
         }
-        self.positive(
-            raw.connect_timeout.value.0,
-            raw.connect_timeout.referenced,
-            "connect_timeout",
-        )?;
-        self.positive(
-            raw.request_timeout.value.0,
-            raw.request_timeout.referenced,
-            "request_timeout",
-        )?;
-        self.positive(
-            raw.body_idle_timeout.value.0,
-            raw.body_idle_timeout.referenced,
-            "body_idle_timeout",
-        )?;
-        self.positive(
-            raw.pool_idle_timeout.value.0,
-            raw.pool_idle_timeout.referenced,
-            "pool_idle_timeout",
-        )?;
+        self.positive(&raw.connect_timeout, "connect_timeout")?;
+        self.positive(&raw.request_timeout, "request_timeout")?;
+        self.positive(&raw.body_idle_timeout, "body_idle_timeout")?;
+        self.positive(&raw.pool_idle_timeout, "pool_idle_timeout")?;
         if raw.http2_max_streams.value == 0 {
             return Err(self.err(
                 raw.http2_max_streams.referenced,
