@@ -87,7 +87,9 @@ const H2_STREAM_WINDOW: u32 = 512 * 1024;
 /// The response header block an HTTP/2 upstream may send: as much as hyper
 /// reads from an HTTP/1.1 one (its largest read buffer), so that a response
 /// with a large policy header or many cookies does not pass over HTTP/1.1
-/// and fail (refused stream, 502) when ALPN picks HTTP/2.
+/// and fail (refused stream, 502) when ALPN picks HTTP/2. HTTP/1.1 answers
+/// also keep hyper's limit of 100 fields (its parser's buffer on the stack;
+/// a larger one is allocated per response), as Envoy's default does.
 const H2_MAX_RESPONSE_HEADERS: u32 = 400 * 1024;
 /// The connection's window: also the most an upstream connection buffers.
 const H2_CONNECTION_WINDOW: u32 = 32 * H2_STREAM_WINDOW;
