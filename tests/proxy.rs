@@ -4816,3 +4816,54 @@ async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
         assert_eq!(response.version(), version, "{offered:?}");
     }
 }
+
+/// An HTTP/1.1 upstream's answer may have up to 100 header fields (hyper's
+/// parser, as Envoy's default `max_headers_count`); one with 101 is a
+/// protocol error, 502, as the README says.
+#[tokio::test]
+async fn an_http1_answer_of_more_than_100_header_fields_is_a_502() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    if stream.read(&mut byte).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&byte);
+                }
+                // The path names the number of fields: /orders/<n>.
+                let text = String::from_utf8_lossy(&head);
+                let fields: usize = text
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|p| p.rsplit('/').next())
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or(1);
+                let mut answer =
+                    String::from("HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n");
+                for i in 0..fields - 2 {
+                    answer.push_str(&format!("Set-Cookie: c{i}=v\r\n"));
+                }
+                answer.push_str("\r\nok");
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    let world = World::new().await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+    // (The test's own client reads at most 100 fields too, and the gateway
+    // adds a few to its answer.)
+    let reply = get_with_token(&gw.url("/orders/95"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "ok"));
+    assert_eq!(reply.headers.get_all("set-cookie").iter().count(), 93);
+    let reply = get_with_token(&gw.url("/orders/101"), &token).await;
+    assert_eq!(reply.status, 502, "{}", reply.text());
+    let metrics = gw.metrics().await;
+    assert!(metrics.contains(r#"kind="protocol""#), "{metrics}");
+}
