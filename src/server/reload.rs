@@ -287,21 +287,14 @@ impl Reloader {
             StopBackground(Some(Arc::clone(gateway.authenticator())))
         });
         if starting.is_some() {
-            let awaited = || {
-                gateway
-                    .authenticator()
-                    .awaited_issuers(old.authenticator())
-                    .into_iter()
-                    .map(str::to_owned)
-                    .collect::<Vec<_>>()
-            };
+            let awaited = || gateway.authenticator().awaited_issuers(old.authenticator());
             let ready = async {
                 while !awaited().is_empty() {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             };
             if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
-                let unready = awaited();
+                let unready = awaited().into_iter().map(str::to_owned).collect();
                 drop(starting);
                 drop(tokio::task::spawn_blocking(move || drop(gateway)));
                 return Err(ReloadError::NotReady(READY_TIMEOUT, unready));
