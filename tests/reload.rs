@@ -1433,35 +1433,16 @@ async fn an_issuer_down_since_start_does_not_hold_up_other_changes() {
     let key = scopegate::demo::SigningKey::generate("key-1").unwrap();
     let keys = dir.path().join("keys.json");
     std::fs::write(&keys, key.jwks()).unwrap();
+    let issuers = format!(
+        "issuers:\n  - name: corp\n    issuer: {ISSUER}\n    audiences: [{AUDIENCE}]\n    jwks_file: keys.json\n  - name: down\n    issuer: https://down.test\n    audiences: [{AUDIENCE}]\n    jwks_uri: {}\n",
+        down.uri()
+    );
+    // The file's standard map, with a route that needs a token.
     let config = dir.path().join("scopegate.yaml");
     std::fs::write(
         &config,
-        format!(
-            r#"server:
-  listen: 127.0.0.1:0
-  shutdown_delay: 0s
-admin:
-  listen: 127.0.0.1:0
-issuers:
-  - name: corp
-    issuer: {ISSUER}
-    audiences: [{AUDIENCE}]
-    jwks_file: keys.json
-  - name: down
-    issuer: https://down.test
-    audiences: [{AUDIENCE}]
-    jwks_uri: {}
-upstreams:
-  app:
-    url: http://{}
-routes:
-  - path: /orders
-    upstream: app
-    scopes: [orders:read]
-"#,
-            down.uri(),
-            upstream.addr
-        ),
+        yaml(upstream.addr, "/public", &issuers)
+            + "  - path: /orders\n    upstream: app\n    scopes: [orders:read]\n",
     )
     .unwrap();
     let gw = start_reloading_unready(config).await;
