@@ -1481,7 +1481,7 @@ async fn expired_code_is_invalid_grant() {
         subject: "alice".into(),
         code_challenge: Some(c.challenge.clone()),
         expires_at,
-        family: scopegate::issuer::random_token().unwrap(),
+        handle: scopegate::issuer::random_token().unwrap(),
     };
     let (expired, live) = ("expired-code", "live-code");
     {

@@ -585,6 +585,16 @@ async fn refresh_rotates_and_counts() {
         jwt_part(&s(&first, "access_token"), 1)["sid"],
         "one grant, one family"
     );
+    // The grant's handle, which names it to the token endpoint, is in its
+    // refresh tokens only: whoever is shown an access token cannot name the
+    // grant (nor end it by posing as a thief).
+    let handle = r0.split('.').next().unwrap();
+    assert_eq!(r1.split('.').next(), Some(handle));
+    assert!(handle.len() >= 43, "{r0}");
+    for token in [&a1, &s(&first, "access_token")] {
+        let claims = jwt_part(token, 1).to_string();
+        assert!(!claims.contains(handle), "{claims}");
+    }
     assert_accepted(&gw, &a1).await;
 
     let r = refresh(&gw, "svc", &r1).await;
@@ -743,6 +753,100 @@ async fn refresh_replay_revokes_the_whole_family() {
     // Other grants are untouched.
     assert_accepted(&gw, &unrelated_access).await;
     let r = refresh(&gw, "svc", &s(&unrelated, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// A refresh token is recognised as rotated however many rotations ago it
+/// was replaced, and after its own lifetime, for as long as the grant is
+/// in use: a thief who used a stolen token first and keeps refreshing is
+/// caught when the client comes back with the token it has.
+#[tokio::test]
+async fn a_token_rotated_long_ago_still_reads_as_a_replay() {
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(
+        &config(upstream.addr, "").replace("refresh_token_ttl: 30m", "refresh_token_ttl: 2s"),
+    )
+    .await;
+    let first = client_credentials(&gw, "svc").await;
+    let stolen = s(&first, "refresh_token");
+    let expires = now_unix() + 2;
+    // The thief refreshes with it first, and again and again, past the
+    // time the stolen token would have expired.
+    let mut latest = stolen.clone();
+    let mut access = Vec::new();
+    while now_unix() <= expires + 1 {
+        let r = refresh(&gw, "svc", &latest).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+        latest = s(&r.json(), "refresh_token");
+        access.push(s(&r.json(), "access_token"));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(access.len() >= 3, "{}", access.len());
+    assert_accepted(&gw, access.last().unwrap()).await;
+    // The client comes back with the token it was given: a replay, and the
+    // grant ends for the thief too.
+    let r = refresh(&gw, "svc", &stolen).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert!(r.text().contains("already used"), "{}", r.text());
+    let r = refresh(&gw, "svc", &latest).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_refused(&gw, access.last().unwrap()).await;
+}
+
+/// Another client presenting a grant's rotated refresh token is refused
+/// without ending the grant: it is no replay by the grant's client.
+#[tokio::test]
+async fn a_rotated_token_from_another_client_leaves_the_grant() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let r0 = s(&first, "refresh_token");
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a1, r1) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    let r = refresh(&gw, "other", &r0).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert!(r.text().contains("another client"), "{}", r.text());
+    assert_accepted(&gw, &a1).await;
+    let r = refresh(&gw, "svc", &r1).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+/// Tokens that name a grant but are not one of its tokens (a guessed
+/// secret, a generation not reached, another spelling of one) are unknown:
+/// refused, and the grant goes on.
+#[tokio::test]
+async fn a_forged_refresh_token_of_a_real_grant_is_unknown() {
+    let (_upstream, gw) = start("").await;
+    let first = client_credentials(&gw, "svc").await;
+    let r0 = s(&first, "refresh_token");
+    let mut parts = r0.splitn(3, '.');
+    let (handle, generation, secret) = (
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+        parts.next().unwrap(),
+    );
+    assert_eq!(generation, "0", "{r0}");
+    let forged = [
+        format!("{handle}.0.{}", "A".repeat(secret.len())),
+        format!("{handle}.0.{secret}x"),
+        format!("{handle}.1.{secret}"),
+        format!("{handle}.00.{secret}"),
+        format!("{handle}.+0.{secret}"),
+        format!("{handle}.-1.{secret}"),
+        format!("{handle}.4294967296.{secret}"),
+        format!("{handle}..{secret}"),
+        format!("{handle}.0."),
+        format!(".0.{secret}"),
+        format!("{handle}.0"),
+        handle.to_owned(),
+    ];
+    for token in &forged {
+        let r = refresh(&gw, "svc", token).await;
+        assert_oauth_error(&r, 400, "invalid_grant");
+        assert!(r.text().contains("unknown"), "{token}: {}", r.text());
+    }
+    assert_accepted(&gw, &s(&first, "access_token")).await;
+    let r = refresh(&gw, "svc", &r0).await;
     assert_eq!(r.status, 200, "{}", r.text());
 }
 

@@ -49,11 +49,23 @@ fn refresh(family: &str, expires_at: u64, family_expires_at: u64) -> RefreshReco
         expires_at,
         family_expires_at,
         refresh_count: 2,
+        token: digest("current-token"),
         user_grant: true,
     }
 }
 
-fn code(family: &str, expires_at: u64) -> CodeRecord {
+/// `current` rotated: the next generation, whose token is `token`,
+/// expiring at `expires_at`.
+fn rotated(current: &RefreshRecord, token: &str, expires_at: u64) -> RefreshRecord {
+    RefreshRecord {
+        refresh_count: current.refresh_count + 1,
+        token: digest(token),
+        expires_at,
+        ..current.clone()
+    }
+}
+
+fn code(handle: &str, expires_at: u64) -> CodeRecord {
     CodeRecord {
         client_id: "web".to_owned(),
         redirect_uri: "https://app.test/cb".to_owned(),
@@ -62,7 +74,7 @@ fn code(family: &str, expires_at: u64) -> CodeRecord {
         subject: "alice".to_owned(),
         code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned()),
         expires_at,
-        family: family.to_owned(),
+        handle: handle.to_owned(),
     }
 }
 
@@ -279,68 +291,116 @@ async fn kind_is_reported(h: &Harness) {
     );
 }
 
-async fn refresh_is_single_use(h: &Harness) {
+/// A grant's current refresh token rotates once; the replaced one, and any
+/// earlier generation, is then a replay on every replica; a token the
+/// grant never had is unknown.
+async fn refresh_rotation_is_single_use(h: &Harness) {
     let t = now();
-    let d = digest("rt-1");
+    let g = digest("grant-1");
     let rec = refresh("fam-1", t + 3600, t + 86_400);
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
-    h.a.put_refresh(&d, &rec).await.unwrap();
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Fresh(rec.clone()));
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Reused(rec.clone()));
-    // The other replica sees it used too.
-    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::Reused(rec.clone()));
+    let current = digest("current-token");
+    let next = rotated(&rec, "next-token", t + 3000);
     assert_eq!(
-        h.a.use_refresh(&digest("never-issued")).await.unwrap(),
+        h.a.rotate_refresh(&g, 2, &current, &next).await.unwrap(),
         Use::NotFound
     );
-    // Writing a used digest again does not make it usable again.
-    h.a.put_refresh(&d, &rec).await.unwrap();
-    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::Reused(rec));
+    h.a.put_refresh(&g, &rec).await.unwrap();
+    assert_eq!(
+        h.a.rotate_refresh(&g, 2, &current, &next).await.unwrap(),
+        Use::Fresh(rec.clone())
+    );
+    // The other replica sees it rotated, and answers with the grant as it
+    // stands now.
+    let other = rotated(&rec, "other-token", t + 3000);
+    assert_eq!(
+        h.b.rotate_refresh(&g, 2, &current, &other).await.unwrap(),
+        Use::Reused(next.clone())
+    );
+    assert_eq!(
+        h.b.rotate_refresh(&g, 0, &digest("first-token"), &other)
+            .await
+            .unwrap(),
+        Use::Reused(next.clone())
+    );
+    assert_eq!(h.b.get_refresh(&g).await.unwrap(), Some(next.clone()));
+    // The current generation with another token, a generation not reached,
+    // another grant: unknown.
+    let after = rotated(&next, "after-token", t + 3000);
+    assert_eq!(
+        h.a.rotate_refresh(&g, 3, &current, &after).await.unwrap(),
+        Use::NotFound
+    );
+    assert_eq!(
+        h.a.rotate_refresh(&g, 4, &digest("next-token"), &after)
+            .await
+            .unwrap(),
+        Use::NotFound
+    );
+    assert_eq!(
+        h.a.rotate_refresh(&digest("grant-2"), 3, &digest("next-token"), &after)
+            .await
+            .unwrap(),
+        Use::NotFound
+    );
+    assert_eq!(
+        h.b.rotate_refresh(&g, 3, &digest("next-token"), &after)
+            .await
+            .unwrap(),
+        Use::Fresh(next)
+    );
 }
 
 async fn get_refresh_does_not_consume(h: &Harness) {
     let t = now();
-    let d = digest("rt-get");
+    let g = digest("grant-get");
     let rec = refresh("fam-get", t + 3600, t + 86_400);
-    assert_eq!(h.a.get_refresh(&d).await.unwrap(), None);
-    h.a.put_refresh(&d, &rec).await.unwrap();
+    assert_eq!(h.a.get_refresh(&g).await.unwrap(), None);
+    h.a.put_refresh(&g, &rec).await.unwrap();
     for _ in 0..3 {
-        assert_eq!(
-            h.b.get_refresh(&d).await.unwrap(),
-            Some((rec.clone(), false))
-        );
+        assert_eq!(h.b.get_refresh(&g).await.unwrap(), Some(rec.clone()));
     }
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::Fresh(rec.clone()));
-    assert_eq!(h.b.get_refresh(&d).await.unwrap(), Some((rec, true)));
+    let next = rotated(&rec, "next-token", t + 3600);
+    let outcome = h.a.rotate_refresh(&g, 2, &rec.token, &next).await.unwrap();
+    assert_eq!(outcome, Use::Fresh(rec));
+    assert_eq!(h.b.get_refresh(&g).await.unwrap(), Some(next));
 }
 
 /// 16 tasks (alternating between the two replicas) present the same token at
-/// once; exactly one may win. Repeated to give races a chance.
-async fn concurrent_refresh_use_has_one_winner(h: &Harness) {
+/// once, each with a token of its own to replace it; exactly one may win,
+/// and the grant then holds the winner's. Repeated to give races a chance.
+async fn concurrent_refresh_rotation_has_one_winner(h: &Harness) {
     let t = now();
     for round in 0..10 {
-        let d = digest(&format!("rt-race-{round}"));
+        let g = digest(&format!("grant-race-{round}"));
         let rec = refresh("fam-race", t + 3600, t + 86_400);
-        h.a.put_refresh(&d, &rec).await.unwrap();
+        h.a.put_refresh(&g, &rec).await.unwrap();
         let barrier = Arc::new(Barrier::new(16));
         let tasks: Vec<_> = (0..16)
             .map(|i| {
                 let store = if i % 2 == 0 { h.a.clone() } else { h.b.clone() };
                 let barrier = Arc::clone(&barrier);
+                let next = rotated(&rec, &format!("next-{i}"), t + 3600);
                 tokio::spawn(async move {
                     barrier.wait().await;
-                    store.use_refresh(&d).await.unwrap()
+                    let outcome = store
+                        .rotate_refresh(&g, 2, &digest("current-token"), &next)
+                        .await
+                        .unwrap();
+                    (outcome, next)
                 })
             })
             .collect();
-        let mut fresh = 0;
+        let mut winners = Vec::new();
         let mut reused = 0;
         for task in tasks {
-            let outcome = task.await.unwrap();
-            fresh += usize::from(is_fresh(&outcome));
+            let (outcome, next) = task.await.unwrap();
+            if is_fresh(&outcome) {
+                winners.push(next);
+            }
             reused += usize::from(is_reused(&outcome));
         }
-        assert_eq!((fresh, reused), (1, 15), "{} round {round}", h.kind);
+        assert_eq!((winners.len(), reused), (1, 15), "{} round {round}", h.kind);
+        assert_eq!(h.b.get_refresh(&g).await.unwrap().as_ref(), winners.first());
     }
 }
 
@@ -384,8 +444,8 @@ async fn code_is_single_use(h: &Harness) {
     assert_eq!(h.b.use_code(&d).await.unwrap(), Use::Fresh(rec.clone()));
     assert_eq!(h.a.use_code(&d).await.unwrap(), Use::Reused(rec.clone()));
     assert_eq!(h.b.use_code(&d).await.unwrap(), Use::Reused(rec));
-    // Codes and refresh tokens are separate namespaces.
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
+    // Codes and grants are separate namespaces.
+    assert_eq!(h.a.get_refresh(&d).await.unwrap(), None);
 }
 
 async fn concurrent_code_use_has_one_winner(h: &Harness) {
@@ -424,21 +484,24 @@ async fn concurrent_code_use_has_one_winner(h: &Harness) {
 /// the past are not in force.
 async fn expired_entries_are_absent(h: &Harness) {
     let t = now();
-    // Refresh token expired, family too.
-    let d = digest("rt-expired");
-    h.a.put_refresh(&d, &refresh("fam-x", t - 100, t - 50))
-        .await
-        .unwrap();
-    assert_eq!(h.a.use_refresh(&d).await.unwrap(), Use::NotFound);
+    // A grant whose current token expired, family too.
+    let d = digest("grant-expired");
+    let rec = refresh("fam-x", t - 100, t - 50);
+    let next = rotated(&rec, "next-token", t + 60);
+    h.a.put_refresh(&d, &rec).await.unwrap();
+    let outcome = h.a.rotate_refresh(&d, 2, &rec.token, &next).await.unwrap();
+    assert_eq!(outcome, Use::NotFound);
     assert_eq!(h.a.get_refresh(&d).await.unwrap(), None);
-    // Refresh token expired but its family still running: unused, so absent.
-    let d = digest("rt-expired-family-live");
-    h.a.put_refresh(&d, &refresh("fam-x", t - 100, t + 3600))
-        .await
-        .unwrap();
+    // Its current token expired but the family still running: absent, and
+    // so are its rotated tokens.
+    let d = digest("grant-expired-family-live");
+    let rec = refresh("fam-x", t - 100, t + 3600);
+    h.a.put_refresh(&d, &rec).await.unwrap();
     assert_eq!(h.b.get_refresh(&d).await.unwrap(), None);
-    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::NotFound);
-    assert_eq!(h.b.use_refresh(&d).await.unwrap(), Use::NotFound);
+    let outcome = h.b.rotate_refresh(&d, 2, &rec.token, &next).await.unwrap();
+    assert_eq!(outcome, Use::NotFound);
+    let outcome = h.b.rotate_refresh(&d, 1, &rec.token, &next).await.unwrap();
+    assert_eq!(outcome, Use::NotFound);
     // Expired code (within the replay grace, but never used): absent.
     let d = digest("code-expired");
     h.a.put_code(&d, &code("fam-x", t - 1)).await.unwrap();
@@ -457,31 +520,41 @@ async fn expired_entries_are_absent(h: &Harness) {
 }
 
 /// A used value stays recognisable as a replay after it expires: a rotated
-/// refresh token until its family ends, a code for the replay grace. Unused
-/// ones simply disappear. (Waits ~5 s for the clock.)
+/// refresh token for as long as its grant's current one lives, a code for
+/// the replay grace. A grant whose current token expired is gone, with
+/// everything that it had. (Waits ~5 s for the clock.)
 async fn replays_are_detected_after_expiry(h: &Harness) {
     let t = now();
     // The setup must run before `t + ENDS` (at least ENDS - 1 seconds, as
     // `t` is rounded down; a slow disk sync takes part of them).
     const ENDS: u64 = 6;
-    let used_rt = digest("rt-short-used");
-    let unused_rt = digest("rt-short-unused");
+    let rotated_grant = digest("grant-short-rotated");
+    let idle_grant = digest("grant-short-idle");
     let used_code = digest("code-short-used");
     let rec = refresh("fam-short", t + ENDS, t + 3600);
-    h.a.put_refresh(&used_rt, &rec).await.unwrap();
-    h.a.put_refresh(&unused_rt, &rec).await.unwrap();
+    let next = rotated(&rec, "next-token", t + 3600);
+    h.a.put_refresh(&rotated_grant, &rec).await.unwrap();
+    h.a.put_refresh(&idle_grant, &rec).await.unwrap();
     let crec = code("fam-short", t + ENDS);
     h.a.put_code(&used_code, &crec).await.unwrap();
-    assert!(is_fresh(&h.a.use_refresh(&used_rt).await.unwrap()));
+    let outcome =
+        h.a.rotate_refresh(&rotated_grant, 2, &rec.token, &next)
+            .await;
+    assert!(is_fresh(&outcome.unwrap()));
     assert!(is_fresh(&h.b.use_code(&used_code).await.unwrap()));
 
     while now() < t + ENDS {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    assert_eq!(h.b.use_refresh(&used_rt).await.unwrap(), Use::Reused(rec));
-    assert_eq!(h.b.get_refresh(&used_rt).await.unwrap(), None);
-    assert_eq!(h.b.use_refresh(&unused_rt).await.unwrap(), Use::NotFound);
+    let later = rotated(&next, "later-token", t + 3600);
+    let outcome =
+        h.b.rotate_refresh(&rotated_grant, 2, &rec.token, &later)
+            .await;
+    assert_eq!(outcome.unwrap(), Use::Reused(next));
+    assert_eq!(h.b.get_refresh(&idle_grant).await.unwrap(), None);
+    let outcome = h.b.rotate_refresh(&idle_grant, 2, &rec.token, &later).await;
+    assert_eq!(outcome.unwrap(), Use::NotFound);
     assert_eq!(h.a.use_code(&used_code).await.unwrap(), Use::Reused(crec));
 }
 
@@ -511,9 +584,9 @@ macro_rules! all_backends {
 
 all_backends!(
     kind_is_reported,
-    refresh_is_single_use,
+    refresh_rotation_is_single_use,
     get_refresh_does_not_consume,
-    concurrent_refresh_use_has_one_winner,
+    concurrent_refresh_rotation_has_one_winner,
     family_revocation,
     access_revocation,
     code_is_single_use,
@@ -531,17 +604,19 @@ async fn file_store_survives_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let path: PathBuf = dir.path().join("state.redb");
     let t = now();
-    let used = digest("persist-used");
+    let used = digest("persist-rotated");
     let unused = digest("persist-unused");
     let used_code = digest("persist-code-used");
     let unused_code = digest("persist-code-unused");
     let rec = refresh("fam-p", t + 3600, t + 86_400);
+    let next = rotated(&rec, "next-token", t + 3600);
     let crec = code("fam-p", t + 60);
     {
         let store = Store::open(&StoreConfig::File(path.clone())).await.unwrap();
         store.put_refresh(&used, &rec).await.unwrap();
         store.put_refresh(&unused, &rec).await.unwrap();
-        assert!(is_fresh(&store.use_refresh(&used).await.unwrap()));
+        let outcome = store.rotate_refresh(&used, 2, &rec.token, &next).await;
+        assert!(is_fresh(&outcome.unwrap()));
         store.put_code(&used_code, &crec).await.unwrap();
         store.put_code(&unused_code, &crec).await.unwrap();
         assert!(is_fresh(&store.use_code(&used_code).await.unwrap()));
@@ -554,14 +629,20 @@ async fn file_store_survives_reopen() {
     let store = Store::open(&StoreConfig::File(path.clone())).await.unwrap();
     assert_eq!(store.kind(), "file");
     assert_eq!(
-        store.use_refresh(&used).await.unwrap(),
-        Use::Reused(rec.clone())
+        store
+            .rotate_refresh(&used, 2, &rec.token, &next)
+            .await
+            .unwrap(),
+        Use::Reused(next.clone())
     );
+    assert_eq!(store.get_refresh(&unused).await.unwrap(), Some(rec.clone()));
     assert_eq!(
-        store.get_refresh(&unused).await.unwrap(),
-        Some((rec.clone(), false))
+        store
+            .rotate_refresh(&unused, 2, &rec.token, &next)
+            .await
+            .unwrap(),
+        Use::Fresh(rec)
     );
-    assert_eq!(store.use_refresh(&unused).await.unwrap(), Use::Fresh(rec));
     assert_eq!(
         store.use_code(&used_code).await.unwrap(),
         Use::Reused(crec.clone())
@@ -585,7 +666,7 @@ async fn memory_stores_are_separate() {
     a.put_refresh(&d, &refresh("f", t + 60, t + 600))
         .await
         .unwrap();
-    assert_eq!(b.use_refresh(&d).await.unwrap(), Use::NotFound);
+    assert_eq!(b.get_refresh(&d).await.unwrap(), None);
 }
 
 /// Bad configuration fails at open, and errors never echo a Redis password.
@@ -618,12 +699,13 @@ async fn open_errors_do_not_leak_secrets() {
 async fn redis_keys_are_prefixed_and_expire() {
     let Some(h) = redis().await else { return };
     let t = now();
-    let rt = digest("raw-refresh-token");
+    let grant = digest("raw-grant-handle");
     let ac = digest("raw-code");
-    h.a.put_refresh(&rt, &refresh("fam-k", t + 60, t + 600))
-        .await
-        .unwrap();
-    assert!(is_fresh(&h.a.use_refresh(&rt).await.unwrap()));
+    let rec = refresh("fam-k", t + 60, t + 600);
+    h.a.put_refresh(&grant, &rec).await.unwrap();
+    let next = rotated(&rec, "next-token", t + 90);
+    let outcome = h.a.rotate_refresh(&grant, 2, &rec.token, &next).await;
+    assert!(is_fresh(&outcome.unwrap()));
     h.a.put_code(&ac, &code("fam-k", t + 60)).await.unwrap();
     assert!(is_fresh(&h.b.use_code(&ac).await.unwrap()));
     h.a.revoke_family("fam-k", t + 600).await.unwrap();
@@ -640,8 +722,7 @@ async fn redis_keys_are_prefixed_and_expire() {
     keys.sort();
     let hex = |d: &Digest| d.iter().map(|b| format!("{b:02x}")).collect::<String>();
     let mut expected = vec![
-        format!("scopegate:rt:{}", hex(&rt)),
-        format!("scopegate:rt:used:{}", hex(&rt)),
+        format!("scopegate:grant:{}", hex(&grant)),
         format!("scopegate:ac:{}", hex(&ac)),
         format!("scopegate:ac:used:{}", hex(&ac)),
         "scopegate:revoked:family:fam-k".to_owned(),
@@ -661,37 +742,15 @@ async fn redis_keys_are_prefixed_and_expire() {
             "{key} expires too late ({at})"
         );
     }
-    // Refresh markers live until the family ends; code markers for the grace.
+    // A grant lives as long as its current token (here, the rotated one):
+    // one key, however often it rotates.
     let at: i64 = ::redis::cmd("EXPIRETIME")
-        .arg(format!("scopegate:rt:used:{}", hex(&rt)))
+        .arg(format!("scopegate:grant:{}", hex(&grant)))
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(at, (t + 600) as i64);
-    // The used token's record lasts as long as its marker; an unused one's
-    // only until it expires, not until its family would end.
-    let expire_time = |key: String| {
-        let mut conn = conn.clone();
-        async move {
-            ::redis::cmd("EXPIRETIME")
-                .arg(key)
-                .query_async::<i64>(&mut conn)
-                .await
-                .unwrap()
-        }
-    };
-    assert_eq!(
-        expire_time(format!("scopegate:rt:{}", hex(&rt))).await,
-        (t + 600) as i64
-    );
-    let unused = digest("unused-refresh-token");
-    h.a.put_refresh(&unused, &refresh("fam-k", t + 60, t + 600))
-        .await
-        .unwrap();
-    assert_eq!(
-        expire_time(format!("scopegate:rt:{}", hex(&unused))).await,
-        (t + 60) as i64
-    );
+    assert_eq!(at, (t + 90) as i64);
+    // Code markers live for the replay grace.
     let at: i64 = ::redis::cmd("EXPIRETIME")
         .arg(format!("scopegate:ac:used:{}", hex(&ac)))
         .query_async(&mut conn)

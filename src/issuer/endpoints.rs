@@ -9,8 +9,9 @@ use serde_json::{json, Value};
 
 use super::clients;
 use super::keys::jwks_document;
+use super::store::{RefreshRecord, Standing};
+use super::token::PresentedRefresh;
 use super::{json_response, read_form, AuthorizationServer, OAuthError, LEEWAY_SECS};
-use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
 use crate::proxy::Body;
 
@@ -124,19 +125,43 @@ impl AuthorizationServer {
         Ok(json_response(StatusCode::OK, answer.to_string()))
     }
 
-    /// Whether a stored refresh token (`used` already or not) can still be
-    /// redeemed: unused, unexpired, and its grant not revoked.
+    /// The grant a presented refresh token names, with where the token
+    /// stands in it; `None` when it names none (not of a refresh token's
+    /// form, an unknown grant, one whose current token has expired).
+    async fn refresh_grant(
+        &self,
+        token: &str,
+    ) -> Result<Option<(RefreshRecord, Standing)>, OAuthError> {
+        let Some(presented) = PresentedRefresh::parse(token) else {
+            return Ok(None);
+        };
+        let record = self
+            .store
+            .get_refresh(&presented.grant)
+            .await
+            .map_err(|e| self.store_failed(&e))?;
+        Ok(record.map(|record| {
+            let standing = record.standing(now_unix(), presented.generation, &presented.digest);
+            (record, standing)
+        }))
+    }
+
+    /// Whether a refresh token can still be redeemed: the grant's current
+    /// one, and the grant not revoked.
     async fn refresh_is_live(
         &self,
-        record: &super::store::RefreshRecord,
-        used: bool,
+        record: &RefreshRecord,
+        standing: Standing,
     ) -> Result<bool, OAuthError> {
+        if standing != Standing::Current {
+            return Ok(false);
+        }
         let revoked = self
             .store
             .is_family_revoked(&record.family)
             .await
             .map_err(|e| self.store_failed(&e))?;
-        Ok(!used && !revoked && record.expires_at > now_unix())
+        Ok(!revoked)
     }
 
     /// A refresh token is active only to the client it was issued to: it is
@@ -145,15 +170,10 @@ impl AuthorizationServer {
     /// to probe.
     async fn refresh_token_answer(&self, token: &str, caller: &str) -> Result<Value, OAuthError> {
         let inactive = json!({ "active": false });
-        let Some((record, used)) = self
-            .store
-            .get_refresh(&digest(token))
-            .await
-            .map_err(|e| self.store_failed(&e))?
-        else {
+        let Some((record, standing)) = self.refresh_grant(token).await? else {
             return Ok(inactive);
         };
-        if !self.refresh_is_live(&record, used).await? || record.client_id != caller {
+        if !self.refresh_is_live(&record, standing).await? || record.client_id != caller {
             return Ok(inactive);
         }
         // `token_type` is an access token's type (RFC 7662 2.2 by RFC 6749
@@ -253,20 +273,21 @@ impl AuthorizationServer {
             .form
             .get("token")
             .ok_or_else(|| OAuthError::invalid_request("token is required"))?;
-        if let Some((record, used)) = self
-            .store
-            .get_refresh(&digest(token))
-            .await
-            .map_err(|e| self.store_failed(&e))?
-        {
+        let grant = self
+            .refresh_grant(token)
+            .await?
+            .filter(|(_, standing)| *standing != Standing::Unknown);
+        if let Some((record, standing)) = grant {
             if record.client_id != client.client_id {
                 // Another client's token that is no longer valid is as good
                 // as unknown (RFC 7009 2.2).
-                if !self.refresh_is_live(&record, used).await? {
+                if !self.refresh_is_live(&record, standing).await? {
                     return Ok(revoked_answer());
                 }
                 return Err(not_issued_to_caller());
             }
+            // The grant's current token or a rotated one, by its client:
+            // either way the grant ends.
             self.store
                 .revoke_family(
                     &record.family,

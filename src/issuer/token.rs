@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clients::{self, Busy};
-use super::store::{Digest, RefreshRecord, Use};
+use super::store::{Digest, RefreshRecord, Standing, Use};
 use super::{json_response, random_token, read_form, AuthorizationServer, OAuthError};
 use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
@@ -33,21 +33,73 @@ struct IssuedRefresh {
 }
 
 /// Whether and how a refresh token accompanies the access token.
-pub(crate) enum RefreshPlan {
+enum RefreshPlan {
     /// No refresh token.
     None,
-    /// No refresh token, but the access token belongs to a revocable grant.
+    /// No refresh token, but the access token belongs to a revocable grant
+    /// (the grant's handle).
     SessionOnly(String),
-    /// A new family.
+    /// A new grant with refresh tokens (its handle).
     NewFamily(String),
-    /// Rotation within an existing family: the token presented, when not
-    /// used up yet, is once the new one is stored.
+    /// Rotation of a grant's refresh token: the presented one is used up as
+    /// the new one is stored.
     Rotate {
-        /// The presented token's record.
-        previous: RefreshRecord,
-        /// The presented token's digest, when it is still to be used up.
-        consume: Option<Digest>,
+        /// The grant's record, with the presented token current in it.
+        previous: Box<RefreshRecord>,
+        /// The grant's handle, which the new token carries too.
+        handle: String,
+        /// The presented token's digest.
+        presented: Digest,
     },
+}
+
+/// A refresh token as presented: `<handle>.<generation>.<secret>`. The
+/// handle names the grant (it is never stored, only its digest), the
+/// generation says how many rotations led to the token, and the secret
+/// makes the token the one the grant holds the digest of.
+pub(super) struct PresentedRefresh<'a> {
+    /// The grant's handle.
+    pub handle: &'a str,
+    /// The grant's key in the store: the digest of the handle.
+    pub grant: Digest,
+    /// How many rotations led to this token.
+    pub generation: u32,
+    /// The digest of the whole token.
+    pub digest: Digest,
+}
+
+impl<'a> PresentedRefresh<'a> {
+    /// Reads a refresh token; `None` for one of no grant's form.
+    pub(super) fn parse(token: &'a str) -> Option<Self> {
+        let mut parts = token.splitn(3, '.');
+        let (handle, generation, secret) = (parts.next()?, parts.next()?, parts.next()?);
+        // One spelling per generation: digits, no sign, no leading zero.
+        let canonical = !generation.is_empty()
+            && generation.bytes().all(|b| b.is_ascii_digit())
+            && (generation == "0" || !generation.starts_with('0'));
+        if handle.is_empty() || secret.is_empty() || !canonical {
+            return None;
+        }
+        Some(PresentedRefresh {
+            handle,
+            grant: digest(handle),
+            generation: generation.parse().ok()?,
+            digest: digest(token),
+        })
+    }
+}
+
+/// The public id of the grant with `handle` (`sid`, revocations): its
+/// digest, so access tokens, which anyone they are shown to can read, do not
+/// carry what names the grant to the token endpoint.
+pub(super) fn grant_id(handle: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest(handle))
+}
+
+/// A new refresh token of the grant with `handle`, of `generation`.
+fn refresh_token(handle: &str, generation: u32) -> Result<String, OAuthError> {
+    Ok(format!("{handle}.{generation}.{}", random_token()?))
 }
 
 /// The token request parameters of the grants this server knows (RFC 6749
@@ -186,49 +238,31 @@ impl AuthorizationServer {
         let token = form
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-        let key = digest(token);
-        // Every check runs before the token is used up, and the new token is
-        // stored before it is: a refused request (a scope too wide, a store
-        // that is full) leaves the grant as it was, instead of burning the
-        // token so that the client's corrected retry reads as a replay and
-        // revokes the grant (RFC 9700 4.14.2 means a use that was honoured).
-        let peeked = self
+        let unknown = || OAuthError::invalid_grant("unknown or expired refresh token");
+        let presented = PresentedRefresh::parse(token).ok_or_else(unknown)?;
+        // Every check runs before the token is used up, and the new token
+        // replaces it only then: a refused request (a scope too wide, a
+        // store that is full) leaves the grant as it was, instead of burning
+        // the token so that the client's corrected retry reads as a replay
+        // and revokes the grant (RFC 9700 4.14.2 means a use that was
+        // honoured).
+        let record = self
             .store
-            .get_refresh(&key)
+            .get_refresh(&presented.grant)
             .await
-            .map_err(|e| self.store_failed(&e))?;
-        let (record, consume) = match peeked {
-            // A request by the wrong client must not burn the owner's token.
-            Some((record, _)) if record.client_id != client.client_id => {
-                return Err(OAuthError::invalid_grant(
-                    "refresh token was issued to another client",
-                ))
-            }
-            Some((record, false)) => (record, Some(key)),
-            // Unknown, expired or used: consuming it tells which.
-            _ => match self
-                .store
-                .use_refresh(&key)
-                .await
-                .map_err(|e| self.store_failed(&e))?
-            {
-                Use::NotFound => {
-                    return Err(OAuthError::invalid_grant(
-                        "unknown or expired refresh token",
-                    ))
-                }
-                Use::Reused(record) => return Err(self.refresh_replayed(&record).await),
-                Use::Fresh(record) => (record, None),
-            },
-        };
+            .map_err(|e| self.store_failed(&e))?
+            .ok_or_else(unknown)?;
+        // A request by the wrong client must neither burn the owner's token
+        // nor, with a rotated one, end the owner's grant.
         if record.client_id != client.client_id {
             return Err(OAuthError::invalid_grant(
                 "refresh token was issued to another client",
             ));
         }
-        let now = now_unix();
-        if record.expires_at <= now || record.family_expires_at <= now {
-            return Err(OAuthError::invalid_grant("refresh token expired"));
+        match record.standing(now_unix(), presented.generation, &presented.digest) {
+            Standing::Current => {}
+            Standing::Rotated => return Err(self.refresh_replayed(&record).await),
+            Standing::Unknown => return Err(unknown()),
         }
         if self
             .store
@@ -248,8 +282,9 @@ impl AuthorizationServer {
             user_grant,
             &scope,
             RefreshPlan::Rotate {
-                previous: record,
-                consume,
+                previous: Box::new(record),
+                handle: presented.handle.to_owned(),
+                presented: presented.digest,
             },
         )
         .await
@@ -323,7 +358,7 @@ impl AuthorizationServer {
                 // RFC 6749 4.1.2: a code used twice revokes what it issued.
                 self.store
                     .revoke_family(
-                        &record.family,
+                        &grant_id(&record.handle),
                         self.grant_revoked_until(
                             now + self.settings.refresh_family_max_age.as_secs(),
                         ),
@@ -381,9 +416,9 @@ impl AuthorizationServer {
             .rights_now(client, &record.subject, true, &record.scope)?
             .join(" ");
         let plan = if client.grants.contains(&Grant::RefreshToken) {
-            RefreshPlan::NewFamily(record.family.clone())
+            RefreshPlan::NewFamily(record.handle.clone())
         } else {
-            RefreshPlan::SessionOnly(record.family.clone())
+            RefreshPlan::SessionOnly(record.handle.clone())
         };
         self.issue(client, &record.subject, true, &scope, plan)
             .await
@@ -404,7 +439,9 @@ impl AuthorizationServer {
         let expires_in = settings.access_token_ttl.as_secs();
         let family = match &plan {
             RefreshPlan::None => None,
-            RefreshPlan::SessionOnly(f) | RefreshPlan::NewFamily(f) => Some(f.clone()),
+            RefreshPlan::SessionOnly(handle) | RefreshPlan::NewFamily(handle) => {
+                Some(grant_id(handle))
+            }
             RefreshPlan::Rotate { previous, .. } => Some(previous.family.clone()),
         };
         let mut claims = json!({
@@ -426,16 +463,13 @@ impl AuthorizationServer {
             .ok_or_else(|| OAuthError::server_error("no signing key"))?;
         let access_token = key.mint(&claims).map_err(OAuthError::server_error)?;
 
-        let consume = match &plan {
-            RefreshPlan::Rotate { consume, .. } => *consume,
-            _ => None,
-        };
         let refresh = match plan {
             RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,
-            RefreshPlan::NewFamily(family) => {
+            RefreshPlan::NewFamily(handle) => {
                 let family_expires_at = now + settings.refresh_family_max_age.as_secs();
-                Some(RefreshRecord {
-                    family,
+                let token = refresh_token(&handle, 0)?;
+                let record = RefreshRecord {
+                    family: family.unwrap_or_default(),
                     client_id: client.client_id.clone(),
                     subject: subject.to_owned(),
                     scope: scope.to_owned(),
@@ -444,54 +478,59 @@ impl AuthorizationServer {
                     expires_at: (now + settings.refresh_token_ttl.as_secs()).min(family_expires_at),
                     family_expires_at,
                     refresh_count: 0,
+                    token: digest(&token),
                     user_grant,
-                })
+                };
+                self.store
+                    .put_refresh(&digest(&handle), &record)
+                    .await
+                    .map_err(|e| self.store_failed(&e))?;
+                Some((token, record))
             }
             // RFC 6749 6: the new refresh token's scope is the grant's, not
             // the narrower one this access token may have asked for.
-            RefreshPlan::Rotate { previous, .. } => Some(RefreshRecord {
-                issued_at: now,
-                expires_at: (now + settings.refresh_token_ttl.as_secs())
-                    .min(previous.family_expires_at),
-                refresh_count: previous.refresh_count.saturating_add(1),
-                ..previous
-            }),
-        };
-        let refresh = match refresh {
-            Some(record) => {
-                let token = random_token()?;
-                self.store
-                    .put_refresh(&digest(&token), &record)
+            RefreshPlan::Rotate {
+                previous,
+                handle,
+                presented,
+            } => {
+                let generation = previous.refresh_count;
+                let next_generation = generation
+                    .checked_add(1)
+                    .ok_or_else(|| OAuthError::invalid_grant("refresh token used up"))?;
+                let token = refresh_token(&handle, next_generation)?;
+                let record = RefreshRecord {
+                    issued_at: now,
+                    expires_at: (now + settings.refresh_token_ttl.as_secs())
+                        .min(previous.family_expires_at),
+                    refresh_count: next_generation,
+                    token: digest(&token),
+                    ..*previous
+                };
+                let rotated = self
+                    .store
+                    .rotate_refresh(&digest(&handle), generation, &presented, &record)
                     .await
                     .map_err(|e| self.store_failed(&e))?;
-                if let Some(presented) = consume {
-                    match self
-                        .store
-                        .use_refresh(&presented)
-                        .await
-                        .map_err(|e| self.store_failed(&e))?
-                    {
-                        Use::Fresh(_) => {}
-                        Use::NotFound => {
-                            return Err(OAuthError::invalid_grant(
-                                "unknown or expired refresh token",
-                            ))
-                        }
-                        // Another request used it since it was checked.
-                        Use::Reused(previous) => {
-                            return Err(self.refresh_replayed(&previous).await)
-                        }
+                match rotated {
+                    Use::Fresh(_) => {}
+                    Use::NotFound => {
+                        return Err(OAuthError::invalid_grant(
+                            "unknown or expired refresh token",
+                        ))
                     }
+                    // Another request rotated it since it was checked.
+                    Use::Reused(current) => return Err(self.refresh_replayed(&current).await),
                 }
-                Some(IssuedRefresh {
-                    token,
-                    expires_in: record.expires_at.saturating_sub(now),
-                    issued_at: now,
-                    refresh_count: record.refresh_count,
-                })
+                Some((token, record))
             }
-            None => None,
         };
+        let refresh = refresh.map(|(token, record)| IssuedRefresh {
+            token,
+            expires_in: record.expires_at.saturating_sub(now),
+            issued_at: now,
+            refresh_count: record.refresh_count,
+        });
         Ok(Issued {
             access_token,
             expires_in,

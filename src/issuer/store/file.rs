@@ -24,17 +24,22 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Expiring, Kind,
-    RefreshRecord, StoreError, Use,
+    code_retain, decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Kind,
+    RefreshRecord, Standing, StoreError, Use,
 };
 
-/// A table of single-use entries: digest → JSON [`Stored`] record.
+/// A table of records by digest: digest → JSON.
 type Slots = TableDefinition<'static, &'static [u8; 32], &'static [u8]>;
 /// A table of revocations: id → until (unix seconds).
 type Revocations = TableDefinition<'static, &'static str, u64>;
 
-/// Refresh tokens: digest → JSON [`Stored<RefreshRecord>`].
-const REFRESH: Slots = TableDefinition::new("refresh");
+/// Grants' current refresh records: digest of the handle → JSON
+/// [`RefreshRecord`].
+const GRANTS: Slots = TableDefinition::new("refresh_grants");
+/// Refresh tokens as files kept them before a grant was one entry (one
+/// entry per token). Deleted when such a file is opened, with their index
+/// lines: those tokens are not accepted any more.
+const LEGACY_REFRESH: Slots = TableDefinition::new("refresh");
 /// Authorization codes: digest → JSON [`Stored<CodeRecord>`].
 const CODES: Slots = TableDefinition::new("codes");
 /// Revoked families: family → until.
@@ -45,10 +50,11 @@ const ACCESS: Revocations = TableDefinition::new("revoked_access");
 const EXPIRY: TableDefinition<&[u8], ()> = TableDefinition::new("expiry");
 
 /// Expiry-index tags, one per data table.
-const TAG_REFRESH: u8 = 0;
+const TAG_LEGACY_REFRESH: u8 = 0;
 const TAG_CODE: u8 = 1;
 const TAG_FAMILY: u8 = 2;
 const TAG_ACCESS: u8 = 3;
+const TAG_GRANT: u8 = 4;
 
 /// How many expired entries one write purges at most, so no write grows large.
 const PURGE_BATCH: usize = 256;
@@ -180,7 +186,10 @@ impl FileStore {
                     StoreError::Backend(format!("opening database file {}: {e}", path.display()))
                 })?;
             let txn = db.begin_write().db()?;
-            txn.open_table(REFRESH).db()?;
+            if txn.delete_table(LEGACY_REFRESH).db()? {
+                drop_index_lines(&txn, TAG_LEGACY_REFRESH)?;
+            }
+            txn.open_table(GRANTS).db()?;
             txn.open_table(CODES).db()?;
             txn.open_table(FAMILIES).db()?;
             txn.open_table(ACCESS).db()?;
@@ -244,36 +253,72 @@ impl FileStore {
     /// See [`super::Store::put_refresh`].
     pub(super) async fn put_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        put(self, REFRESH, TAG_REFRESH, *digest, record.clone()).await
+        let (grant, record, capacity) = (*grant, record.clone(), self.capacity);
+        self.run(Access::Write, move |db| {
+            let now = now_secs();
+            if record.expires_at <= now {
+                return Ok(());
+            }
+            let mut txn = db.begin_write().db()?;
+            purge(&txn, now)?;
+            if txn.open_table(GRANTS).db()?.get(&grant).db()?.is_none() {
+                txn = room_for_one(db, txn, capacity)?;
+            }
+            replace_grant(&txn, &grant, &record)?;
+            db.commit(txn)
+        })
+        .await
     }
 
-    /// See [`super::Store::use_refresh`].
-    pub(super) async fn use_refresh(
+    /// See [`super::Store::rotate_refresh`]. One write transaction, which
+    /// commits only when it rotates.
+    pub(super) async fn rotate_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
+        generation: u32,
+        presented: &Digest,
+        next: &RefreshRecord,
     ) -> Result<Use<RefreshRecord>, StoreError> {
-        consume(self, REFRESH, TAG_REFRESH, *digest).await
+        let (grant, presented, next) = (*grant, *presented, next.clone());
+        self.run(Access::Write, move |db| {
+            let now = now_secs();
+            let txn = db.begin_write().db()?;
+            let current = read_grant(&txn.open_table(GRANTS).db()?, &grant)?;
+            let outcome = match current {
+                None => Use::NotFound,
+                Some(current) => match current.standing(now, generation, &presented) {
+                    Standing::Unknown => Use::NotFound,
+                    Standing::Rotated => Use::Reused(current),
+                    Standing::Current => {
+                        replace_grant(&txn, &grant, &next)?;
+                        Use::Fresh(current)
+                    }
+                },
+            };
+            if matches!(outcome, Use::Fresh(_)) {
+                db.commit(txn)?;
+            } else {
+                txn.abort().db()?;
+            }
+            Ok(outcome)
+        })
+        .await
     }
 
     /// See [`super::Store::get_refresh`].
     pub(super) async fn get_refresh(
         &self,
-        digest: &Digest,
-    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
-        let digest = *digest;
+        grant: &Digest,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let grant = *grant;
         self.run(Access::Read, move |db| {
             let now = now_secs();
             let txn = db.begin_read().db()?;
-            let table = txn.open_table(REFRESH).db()?;
-            let Some(bytes) = table.get(&digest).db()? else {
-                return Ok(None);
-            };
-            let stored: Stored<RefreshRecord> = decode(bytes.value())?;
-            let live = now < stored.record.expires_at && now < stored.record.retain(stored.used);
-            Ok(live.then_some((stored.record, stored.used)))
+            let record = read_grant(&txn.open_table(GRANTS).db()?, &grant)?;
+            Ok(record.filter(|r| now < r.expires_at))
         })
         .await
     }
@@ -284,12 +329,12 @@ impl FileStore {
         digest: &Digest,
         record: &CodeRecord,
     ) -> Result<(), StoreError> {
-        put(self, CODES, TAG_CODE, *digest, record.clone()).await
+        put_code(self, *digest, record.clone()).await
     }
 
     /// See [`super::Store::use_code`].
     pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
-        consume(self, CODES, TAG_CODE, *digest).await
+        use_code(self, *digest).await
     }
 
     /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
@@ -349,23 +394,16 @@ impl FileStore {
     }
 }
 
-/// Stores a single-use entry (unused, unless it is being overwritten while
-/// used), and purges a batch of expired entries, in one write transaction.
-async fn put<T>(
-    store: &FileStore,
-    def: Slots,
-    tag: u8,
-    digest: Digest,
-    record: T,
-) -> Result<(), StoreError>
-where
-    T: Expiring + Serialize + DeserializeOwned + Send + 'static,
-{
+/// Stores a code (unused, unless it is being overwritten while used), and
+/// purges a batch of expired entries, in one write transaction.
+async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Result<(), StoreError> {
+    let (def, tag) = (CODES, TAG_CODE);
     let capacity = store.capacity;
     store
         .run(Access::Write, move |db| {
             let now = now_secs();
-            if record.retain(true) <= now {
+            let retain = code_retain(&record);
+            if retain <= now {
                 return Ok(());
             }
             let mut txn = db.begin_write().db()?;
@@ -379,11 +417,11 @@ where
                 let old = table
                     .get(&digest)
                     .db()?
-                    .map(|bytes| decode::<T>(bytes.value()));
+                    .map(|bytes| decode::<CodeRecord>(bytes.value()));
                 let used = match old {
                     // Keep a used marker used; move its index entry.
                     Some(Ok(old)) => {
-                        let key = expiry_key(old.record.retain(old.used), tag, &digest);
+                        let key = expiry_key(code_retain(&old.record), tag, &digest);
                         expiry.remove(key.as_slice()).db()?;
                         old.used
                     }
@@ -391,7 +429,6 @@ where
                     // stays and is dropped harmlessly when it comes due.
                     Some(Err(_)) | None => false,
                 };
-                let retain = record.retain(used);
                 let bytes = encode(&Stored { record, used })?;
                 table.insert(&digest, bytes.as_slice()).db()?;
                 expiry
@@ -403,17 +440,10 @@ where
         .await
 }
 
-/// Consumes a single-use entry in one write transaction. Commits only when
-/// it marks the entry used, so a replay or a miss costs no disk write.
-async fn consume<T>(
-    store: &FileStore,
-    def: Slots,
-    tag: u8,
-    digest: Digest,
-) -> Result<Use<T>, StoreError>
-where
-    T: Expiring + Serialize + DeserializeOwned + Send + 'static,
-{
+/// Consumes a code in one write transaction. Commits only when it marks
+/// the code used, so a replay or a miss costs no disk write.
+async fn use_code(store: &FileStore, digest: Digest) -> Result<Use<CodeRecord>, StoreError> {
+    let def = CODES;
     // A miss (a made-up token or code, which anyone may send) takes no
     // write place, let alone the write lock.
     let known = store
@@ -439,33 +469,22 @@ where
             let outcome = {
                 let mut table = txn.open_table(def).db()?;
                 let stored = match table.get(&digest).db()? {
-                    Some(bytes) => Some(decode::<T>(bytes.value())?),
+                    Some(bytes) => Some(decode::<CodeRecord>(bytes.value())?),
                     None => None,
                 };
                 match stored {
                     None => Use::NotFound,
                     Some(mut stored) => {
-                        let r = &stored.record;
-                        match decide(now, r.expires_at(), r.retain(stored.used), stored.used) {
+                        let retain = code_retain(&stored.record);
+                        match decide(now, stored.record.expires_at, retain, stored.used) {
                             Decision::NotFound => Use::NotFound,
                             Decision::Reused => Use::Reused(stored.record),
                             Decision::MarkFresh => {
+                                // Kept as long as before (a code's marker
+                                // has the same keep-until used or not).
                                 stored.used = true;
                                 let bytes = encode(&stored)?;
                                 table.insert(&digest, bytes.as_slice()).db()?;
-                                // Used now: kept as long as a replay must
-                                // be recognised.
-                                let (old, new) =
-                                    (stored.record.retain(false), stored.record.retain(true));
-                                if new != old {
-                                    let mut expiry = txn.open_table(EXPIRY).db()?;
-                                    expiry
-                                        .remove(expiry_key(old, tag, &digest).as_slice())
-                                        .db()?;
-                                    expiry
-                                        .insert(expiry_key(new, tag, &digest).as_slice(), ())
-                                        .db()?;
-                                }
                                 Use::Fresh(stored.record)
                             }
                         }
@@ -519,8 +538,8 @@ fn purge(txn: &WriteTransaction, now: u64) -> Result<(), StoreError> {
         retain.copy_from_slice(&head[..8]);
         let retain = u64::from_be_bytes(retain);
         match head[8] {
-            TAG_REFRESH => purge_slot::<RefreshRecord>(txn, REFRESH, id, retain)?,
-            TAG_CODE => purge_slot::<CodeRecord>(txn, CODES, id, retain)?,
+            TAG_GRANT => purge_grant(txn, id, retain)?,
+            TAG_CODE => purge_code(txn, id, retain)?,
             TAG_FAMILY => purge_revocation(txn, FAMILIES, id, retain)?,
             TAG_ACCESS => purge_revocation(txn, ACCESS, id, retain)?,
             _ => {}
@@ -529,30 +548,111 @@ fn purge(txn: &WriteTransaction, now: u64) -> Result<(), StoreError> {
     Ok(())
 }
 
-/// Removes a single-use entry whose index entry came due, if it still has
-/// that keep-until (or cannot be decoded at all).
-fn purge_slot<T: Expiring + DeserializeOwned>(
-    txn: &WriteTransaction,
-    def: Slots,
-    id: &[u8],
-    retain: u64,
-) -> Result<(), StoreError> {
+/// Removes a code whose index entry came due, if it still has that
+/// keep-until (or cannot be decoded at all).
+fn purge_code(txn: &WriteTransaction, id: &[u8], retain: u64) -> Result<(), StoreError> {
     let Ok(digest) = <&[u8; 32]>::try_from(id) else {
         return Ok(());
     };
-    let mut table = txn.open_table(def).db()?;
+    let mut table = txn.open_table(CODES).db()?;
     let due = match table.get(digest).db()? {
         Some(bytes) => {
-            // Due when its own keep-until is too: an entry moved to a later
-            // one since (used) has another index entry. `<=`, not `==`: a file
-            // written before unused tokens were kept only until they expire
-            // has them indexed at their family's end.
-            decode::<T>(bytes.value()).map_or(true, |s| s.record.retain(s.used) <= retain)
+            decode::<CodeRecord>(bytes.value()).map_or(true, |s| code_retain(&s.record) <= retain)
         }
         None => false,
     };
     if due {
         table.remove(digest).db()?;
+    }
+    Ok(())
+}
+
+/// Removes a grant whose index entry came due, if its current token still
+/// expires then (a rotation since has another index entry), or it cannot be
+/// decoded at all.
+fn purge_grant(txn: &WriteTransaction, id: &[u8], retain: u64) -> Result<(), StoreError> {
+    let Ok(grant) = <&[u8; 32]>::try_from(id) else {
+        return Ok(());
+    };
+    let mut table = txn.open_table(GRANTS).db()?;
+    let due = match table.get(grant).db()? {
+        Some(bytes) => decode_grant(bytes.value()).map_or(true, |r| r.expires_at <= retain),
+        None => false,
+    };
+    if due {
+        table.remove(grant).db()?;
+    }
+    Ok(())
+}
+
+/// A grant's record, if the table has one.
+fn read_grant(
+    table: &impl ReadableTable<&'static [u8; 32], &'static [u8]>,
+    grant: &Digest,
+) -> Result<Option<RefreshRecord>, StoreError> {
+    // A local, so that the entry's page is let go before the transaction
+    // ends (see `use_code`).
+    let entry = table.get(grant).db()?;
+    let record = match &entry {
+        Some(bytes) => Some(decode_grant(bytes.value())?),
+        None => None,
+    };
+    Ok(record)
+}
+
+/// Writes a grant's record in the place of the one it has, if any, moving
+/// its index line; a record already expired takes the old one's place away.
+fn replace_grant(
+    txn: &WriteTransaction,
+    grant: &Digest,
+    record: &RefreshRecord,
+) -> Result<(), StoreError> {
+    let mut table = txn.open_table(GRANTS).db()?;
+    let mut expiry = txn.open_table(EXPIRY).db()?;
+    let old = read_grant(&table, grant);
+    if let Ok(Some(old)) = old {
+        expiry
+            .remove(expiry_key(old.expires_at, TAG_GRANT, grant).as_slice())
+            .db()?;
+    }
+    // An undecodable old entry is replaced; its index line stays and is
+    // dropped harmlessly when it comes due.
+    if record.expires_at <= now_secs() {
+        table.remove(grant).db()?;
+        return Ok(());
+    }
+    let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    table.insert(grant, bytes.as_slice()).db()?;
+    expiry
+        .insert(
+            expiry_key(record.expires_at, TAG_GRANT, grant).as_slice(),
+            (),
+        )
+        .db()?;
+    Ok(())
+}
+
+/// A grant's record from its JSON bytes.
+fn decode_grant(bytes: &[u8]) -> Result<RefreshRecord, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Removes every expiry-index line of one tag (a whole scan: only when a
+/// table is dropped).
+fn drop_index_lines(txn: &WriteTransaction, tag: u8) -> Result<(), StoreError> {
+    let mut expiry = txn.open_table(EXPIRY).db()?;
+    let lines: Vec<Vec<u8>> = expiry
+        .iter()
+        .db()?
+        .filter_map(|entry| match entry {
+            Ok((key, _)) if key.value().get(8) == Some(&tag) => Some(Ok(key.value().to_vec())),
+            Ok(_) => None,
+            Err(e) => Some(Err(e)),
+        })
+        .collect::<Result<_, _>>()
+        .db()?;
+    for line in lines {
+        expiry.remove(line.as_slice()).db()?;
     }
     Ok(())
 }
@@ -590,15 +690,16 @@ mod tests {
             expires_at,
             family_expires_at,
             refresh_count: 0,
+            token: [7; 32],
             user_grant: true,
         }
     }
 
-    /// Entry counts of (refresh, codes, families, access, expiry index).
+    /// Entry counts of (grants, codes, families, access, expiry index).
     fn counts(db: &Database) -> [u64; 5] {
         let txn = db.begin_read().unwrap();
         [
-            txn.open_table(REFRESH).unwrap().len().unwrap(),
+            txn.open_table(GRANTS).unwrap().len().unwrap(),
             txn.open_table(CODES).unwrap().len().unwrap(),
             txn.open_table(FAMILIES).unwrap().len().unwrap(),
             txn.open_table(ACCESS).unwrap().len().unwrap(),
@@ -606,24 +707,20 @@ mod tests {
         ]
     }
 
-    /// Writes refresh records that ended before now straight into the
-    /// file, each with its expiry-index line (as an older version, or a
-    /// store whose writes stopped, leaves them).
-    fn put_ended(store: &FileStore, digests: impl IntoIterator<Item = Digest>, used: bool) {
+    /// Writes grants that ended before now straight into the file, each
+    /// with its expiry-index line (as a store whose writes stopped leaves
+    /// them).
+    fn put_ended(store: &FileStore, grants: impl IntoIterator<Item = Digest>) {
         let t = now_secs();
         let txn = store.db.begin_write().unwrap();
         {
-            let mut table = txn.open_table(REFRESH).unwrap();
+            let mut table = txn.open_table(GRANTS).unwrap();
             let mut expiry = txn.open_table(EXPIRY).unwrap();
-            let bytes = encode(&Stored {
-                record: record(t - 100, t - 50),
-                used,
-            })
-            .unwrap();
-            for digest in digests {
-                table.insert(&digest, bytes.as_slice()).unwrap();
+            let bytes = serde_json::to_vec(&record(t - 50, t - 40)).unwrap();
+            for grant in grants {
+                table.insert(&grant, bytes.as_slice()).unwrap();
                 expiry
-                    .insert(expiry_key(t - 50, TAG_REFRESH, &digest).as_slice(), ())
+                    .insert(expiry_key(t - 50, TAG_GRANT, &grant).as_slice(), ())
                     .unwrap();
             }
         }
@@ -801,17 +898,23 @@ mod tests {
         assert!(store.is_revoked(Kind::Family, "f").await.unwrap());
         let err = store.revoke(Kind::Family, "g", t + 60).await.unwrap_err();
         assert!(matches!(err, StoreError::Full(4)), "{err}");
-        // Overwriting an existing entry needs no room, and keeps it used.
+        // Rotating a grant, or writing it again, needs no room.
+        let mut next = record(t + 90, t + 600);
+        next.refresh_count = 1;
+        next.token = [8; 32];
         assert!(matches!(
-            store.use_refresh(&[3; 32]).await.unwrap(),
+            store
+                .rotate_refresh(&[3; 32], 0, &[7; 32], &next)
+                .await
+                .unwrap(),
             Use::Fresh(_)
         ));
-        store
-            .put_refresh(&[3; 32], &record(t + 60, t + 600))
-            .await
-            .unwrap();
+        store.put_refresh(&[3; 32], &next).await.unwrap();
         assert!(matches!(
-            store.use_refresh(&[3; 32]).await.unwrap(),
+            store
+                .rotate_refresh(&[3; 32], 0, &[7; 32], &next)
+                .await
+                .unwrap(),
             Use::Reused(_)
         ));
         // Extending a revocation needs no room either.
@@ -819,23 +922,54 @@ mod tests {
         assert_eq!(counts(&store.db), [2, 0, 1, 1, 4]);
     }
 
-    /// Expired entries are purged before a write checks for room: a used
-    /// marker, and an unused refresh token of a file written when those
-    /// were indexed at their family's end (it goes when that index entry
-    /// comes due, though its own expiry is earlier).
+    /// Expired entries are purged before a write checks for room.
     #[tokio::test]
     async fn expired_entries_make_room() {
-        for used in [true, false] {
-            let dir = tempfile::tempdir().unwrap();
-            let store = FileStore::open(dir.path().join("s.redb"), 1).await.unwrap();
-            let t = now_secs();
-            put_ended(&store, [[7; 32]], used);
-            store
-                .put_refresh(&[8; 32], &record(t + 60, t + 600))
-                .await
-                .unwrap();
-            assert_eq!(counts(&store.db), [1, 0, 0, 0, 1], "used: {used}");
+        let dir = tempfile::tempdir().unwrap();
+        let store = FileStore::open(dir.path().join("s.redb"), 1).await.unwrap();
+        let t = now_secs();
+        put_ended(&store, [[7; 32]]);
+        assert_eq!(store.get_refresh(&[7; 32]).await.unwrap(), None);
+        store
+            .put_refresh(&[8; 32], &record(t + 60, t + 600))
+            .await
+            .unwrap();
+        assert_eq!(counts(&store.db), [1, 0, 0, 0, 1]);
+    }
+
+    /// A file written when every refresh token was an entry of its own
+    /// loses those on opening, with their index lines, and keeps the rest.
+    #[tokio::test]
+    async fn refresh_tokens_of_the_older_layout_are_dropped_on_opening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.redb");
+        let t = now_secs();
+        {
+            let store = FileStore::open(path.clone(), usize::MAX).await.unwrap();
+            store.revoke(Kind::Access, "j", t + 60).await.unwrap();
+            let txn = store.db.begin_write().unwrap();
+            {
+                let mut legacy = txn.open_table(LEGACY_REFRESH).unwrap();
+                let mut expiry = txn.open_table(EXPIRY).unwrap();
+                for i in 0..3u8 {
+                    legacy.insert(&[i; 32], b"{}".as_slice()).unwrap();
+                    expiry
+                        .insert(
+                            expiry_key(t + 600, TAG_LEGACY_REFRESH, &[i; 32]).as_slice(),
+                            (),
+                        )
+                        .unwrap();
+                }
+            }
+            txn.commit().unwrap();
+            assert_eq!(counts(&store.db), [0, 0, 0, 1, 4]);
         }
+        let store = FileStore::open(path, usize::MAX).await.unwrap();
+        assert_eq!(counts(&store.db), [0, 0, 0, 1, 1]);
+        let txn = store.db.begin_read().unwrap();
+        assert!(txn.open_table(LEGACY_REFRESH).is_err());
+        drop(txn);
+        assert!(store.is_revoked(Kind::Access, "j").await.unwrap());
     }
 
     /// A store over its capacity once its entries have expired (an older
@@ -853,7 +987,7 @@ mod tests {
             digest[..2].copy_from_slice(&i.to_be_bytes());
             digest
         });
-        put_ended(&store, digests, true);
+        put_ended(&store, digests);
         let fresh = record(t + 60, t + 600);
         // More expired entries than one purge takes: refused, but smaller.
         let err = store.put_refresh(&[0xff; 32], &fresh).await.unwrap_err();
@@ -891,8 +1025,8 @@ mod tests {
         // (at least ENDS - 1 seconds, as `t` is rounded down), or what it
         // asserts would already be purged.
         const ENDS: u64 = 6;
-        // Unused, it goes when it expires, however long its family runs;
-        // used, its marker stays until the family ends.
+        // A grant goes when its current token expires, however long it
+        // could run; rotated, it is kept until its new token expires.
         store
             .put_refresh(&[1; 32], &record(t + ENDS, t + 3600))
             .await
@@ -901,8 +1035,14 @@ mod tests {
             .put_refresh(&[5; 32], &record(t + ENDS, t + 3600))
             .await
             .unwrap();
+        let mut next = record(t + 60, t + 3600);
+        next.refresh_count = 1;
+        next.token = [8; 32];
         assert!(matches!(
-            store.use_refresh(&[5; 32]).await.unwrap(),
+            store
+                .rotate_refresh(&[5; 32], 0, &[7; 32], &next)
+                .await
+                .unwrap(),
             Use::Fresh(_)
         ));
         let code = CodeRecord {
@@ -914,7 +1054,7 @@ mod tests {
             code_challenge: None,
             // Already expired, but its marker is kept for the replay grace.
             expires_at: t + ENDS - super::super::CODE_REPLAY_GRACE_SECS,
-            family: "f".into(),
+            handle: "f".into(),
         };
         store.put_code(&[2; 32], &code).await.unwrap();
         store.revoke(Kind::Family, "f", t + ENDS).await.unwrap();
@@ -933,8 +1073,12 @@ mod tests {
             .unwrap();
         assert_eq!(counts(&store.db), [2, 0, 0, 1, 3]);
         assert!(store.get_refresh(&[3; 32]).await.unwrap().is_some());
+        assert_eq!(store.get_refresh(&[1; 32]).await.unwrap(), None);
         assert!(matches!(
-            store.use_refresh(&[5; 32]).await.unwrap(),
+            store
+                .rotate_refresh(&[5; 32], 0, &[7; 32], &next)
+                .await
+                .unwrap(),
             Use::Reused(_)
         ));
         assert!(store.is_revoked(Kind::Access, "j2").await.unwrap());

@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    code_retain, decide, now_secs, refresh_retain, revocation_headroom, CodeRecord, Decision,
-    Digest, Kind, RefreshRecord, StoreError, Use,
+    code_retain, decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Kind,
+    RefreshRecord, Standing, StoreError, Use,
 };
 
 /// How many expired entries one write purges at most, so no single call holds
@@ -22,7 +22,7 @@ const PURGE_BATCH: usize = 1024;
 /// An entry's identity in the expiry index.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Key {
-    /// A refresh token by digest.
+    /// A grant's refresh record by the digest of its handle.
     Refresh(Digest),
     /// An authorization code by digest.
     Code(Digest),
@@ -40,7 +40,8 @@ struct Slot<T> {
 /// Everything the mutex guards.
 #[derive(Default)]
 struct State {
-    refresh: HashMap<Digest, Slot<RefreshRecord>>,
+    /// Grants' current refresh records, kept until they expire.
+    refresh: HashMap<Digest, RefreshRecord>,
     codes: HashMap<Digest, Slot<CodeRecord>>,
     families: HashMap<String, u64>,
     access: HashMap<String, u64>,
@@ -69,7 +70,7 @@ impl State {
             };
             match key {
                 Key::Refresh(d) => {
-                    if self.refresh.get(&d).is_some_and(|s| s.retain == retain) {
+                    if self.refresh.get(&d).is_some_and(|r| r.expires_at == retain) {
                         self.refresh.remove(&d);
                     }
                 }
@@ -85,6 +86,19 @@ impl State {
                     }
                 }
             }
+        }
+    }
+
+    /// Puts `record` in the place of a grant's record, if any, with its
+    /// index entry; one already expired takes the old one's place away.
+    fn replace_refresh(&mut self, now: u64, grant: &Digest, record: RefreshRecord) {
+        if let Some(old) = self.refresh.remove(grant) {
+            self.expiry.remove(&(old.expires_at, Key::Refresh(*grant)));
+        }
+        if record.expires_at > now {
+            self.expiry
+                .insert((record.expires_at, Key::Refresh(*grant)));
+            self.refresh.insert(*grant, record);
         }
     }
 
@@ -123,77 +137,61 @@ impl MemoryStore {
     /// See [`super::Store::put_refresh`].
     pub(super) fn put_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        self.put_refresh_at(now_secs(), digest, record)
+        self.put_refresh_at(now_secs(), grant, record)
     }
 
     fn put_refresh_at(
         &self,
         now: u64,
-        digest: &Digest,
+        grant: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
         let mut state = self.lock();
         state.purge(now, PURGE_BATCH);
-        let old = state.refresh.get(digest).map(|old| (old.retain, old.used));
-        let used = old.is_some_and(|(_, used)| used);
-        let retain = refresh_retain(record, used);
-        if retain <= now {
-            return Ok(());
+        if !state.refresh.contains_key(grant) {
+            state.reserve(self.capacity)?;
         }
-        match old {
-            Some((old_retain, _)) => {
-                state.expiry.remove(&(old_retain, Key::Refresh(*digest)));
-            }
-            None => state.reserve(self.capacity)?,
-        }
-        state.expiry.insert((retain, Key::Refresh(*digest)));
-        state.refresh.insert(
-            *digest,
-            Slot {
-                record: record.clone(),
-                used,
-                retain,
-            },
-        );
+        state.replace_refresh(now, grant, record.clone());
         Ok(())
     }
 
-    /// See [`super::Store::use_refresh`].
-    pub(super) fn use_refresh(&self, digest: &Digest) -> Result<Use<RefreshRecord>, StoreError> {
+    /// See [`super::Store::rotate_refresh`].
+    pub(super) fn rotate_refresh(
+        &self,
+        grant: &Digest,
+        generation: u32,
+        presented: &Digest,
+        next: &RefreshRecord,
+    ) -> Result<Use<RefreshRecord>, StoreError> {
         let now = now_secs();
         let mut state = self.lock();
         state.purge(now, PURGE_BATCH);
-        let Some(slot) = state.refresh.get_mut(digest) else {
+        let Some(current) = state.refresh.get(grant) else {
             return Ok(Use::NotFound);
         };
-        let outcome = consume(now, slot.record.expires_at, slot);
-        if matches!(outcome, Use::Fresh(_)) {
-            // Used now: its marker is kept until the family ends.
-            let (old, new) = (slot.retain, refresh_retain(&slot.record, true));
-            if new != old {
-                slot.retain = new;
-                state.expiry.remove(&(old, Key::Refresh(*digest)));
-                state.expiry.insert((new, Key::Refresh(*digest)));
+        Ok(match current.standing(now, generation, presented) {
+            Standing::Unknown => Use::NotFound,
+            Standing::Rotated => Use::Reused(current.clone()),
+            Standing::Current => {
+                let previous = current.clone();
+                state.replace_refresh(now, grant, next.clone());
+                Use::Fresh(previous)
             }
-        }
-        Ok(outcome)
+        })
     }
 
     /// See [`super::Store::get_refresh`].
-    pub(super) fn get_refresh(
-        &self,
-        digest: &Digest,
-    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
+    pub(super) fn get_refresh(&self, grant: &Digest) -> Result<Option<RefreshRecord>, StoreError> {
         let now = now_secs();
         let state = self.lock();
         Ok(state
             .refresh
-            .get(digest)
-            .filter(|s| now < s.record.expires_at && now < s.retain)
-            .map(|s| (s.record.clone(), s.used)))
+            .get(grant)
+            .filter(|r| now < r.expires_at)
+            .cloned())
     }
 
     /// See [`super::Store::put_code`].
@@ -315,7 +313,18 @@ mod tests {
             expires_at,
             family_expires_at,
             refresh_count: 0,
+            token: [7; 32],
             user_grant: true,
+        }
+    }
+
+    /// The record that rotating `current` with the token `token` makes.
+    fn rotated(current: &RefreshRecord, expires_at: u64, token: Digest) -> RefreshRecord {
+        RefreshRecord {
+            expires_at,
+            refresh_count: current.refresh_count + 1,
+            token,
+            ..current.clone()
         }
     }
 
@@ -344,18 +353,14 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::Full(4)), "{err}");
         assert!(store.get_refresh(&[2; 32]).unwrap().is_some());
-        // Overwriting an existing entry needs no room, and keeps it used.
-        assert!(matches!(
-            store.use_refresh(&[3; 32]).unwrap(),
-            Use::Fresh(_)
-        ));
-        store
-            .put_refresh_at(now, &[3; 32], &record(now + 60, now + 600))
-            .unwrap();
-        assert!(matches!(
-            store.use_refresh(&[3; 32]).unwrap(),
-            Use::Reused(_)
-        ));
+        // Rotating a grant, or writing it again, needs no room.
+        let first = record(now + 60, now + 600);
+        let next = rotated(&first, now + 90, [8; 32]);
+        assert_eq!(
+            store.rotate_refresh(&[3; 32], 0, &[7; 32], &next).unwrap(),
+            Use::Fresh(first)
+        );
+        store.put_refresh_at(now, &[3; 32], &next).unwrap();
         // Extending a revocation needs no room either; shortening is ignored.
         store.revoke_at(now, Kind::Access, "j", now + 120).unwrap();
         store.revoke_at(now, Kind::Access, "j", now + 1).unwrap();
@@ -363,27 +368,51 @@ mod tests {
         assert_eq!(store.len(), 4);
     }
 
-    /// An unused refresh token is kept until it expires, not until its
-    /// family would end; a used one's marker is kept until then.
+    /// However often a grant is refreshed, it is one entry, kept until its
+    /// current token expires; rotated tokens are still recognised.
     #[test]
-    fn unused_refresh_tokens_go_when_they_expire() {
+    fn a_grant_is_one_entry_however_often_it_rotates() {
         let store = MemoryStore::new(usize::MAX);
         let now = now_secs();
-        store
-            .put_refresh_at(now - 100, &[1; 32], &record(now - 50, now + 600))
-            .unwrap();
-        store
-            .put_refresh_at(now, &[2; 32], &record(now + 60, now + 600))
-            .unwrap();
-        assert_eq!(store.len(), 1, "the expired, unused token is purged");
-        assert!(matches!(
-            store.use_refresh(&[2; 32]).unwrap(),
-            Use::Fresh(_)
-        ));
+        let mut current = record(now + 60, now + 600);
+        store.put_refresh_at(now, &[1; 32], &current).unwrap();
+        for generation in 0..50u32 {
+            let mut token = [0u8; 32];
+            token[..4].copy_from_slice(&(generation + 1).to_be_bytes());
+            let next = rotated(&current, now + 61 + u64::from(generation), token);
+            let outcome = store
+                .rotate_refresh(&[1; 32], generation, &current.token, &next)
+                .unwrap();
+            assert_eq!(outcome, Use::Fresh(current));
+            current = next;
+        }
+        assert_eq!(store.len(), 1);
         assert_eq!(
             store.lock().expiry.first().map(|(retain, _)| *retain),
-            Some(now + 600)
+            Some(now + 110)
         );
+        // The first token, 50 rotations ago, is a replay; the current one
+        // with a wrong digest, or a generation not reached, is unknown.
+        let next = rotated(&current, now + 200, [9; 32]);
+        assert_eq!(
+            store.rotate_refresh(&[1; 32], 0, &[7; 32], &next).unwrap(),
+            Use::Reused(current.clone())
+        );
+        assert_eq!(
+            store.rotate_refresh(&[1; 32], 50, &[7; 32], &next).unwrap(),
+            Use::NotFound
+        );
+        assert_eq!(
+            store.rotate_refresh(&[1; 32], 51, &[9; 32], &next).unwrap(),
+            Use::NotFound
+        );
+        assert_eq!(
+            store
+                .rotate_refresh(&[2; 32], 50, &current.token, &next)
+                .unwrap(),
+            Use::NotFound
+        );
+        assert_eq!(store.get_refresh(&[1; 32]).unwrap(), Some(current));
     }
 
     #[test]
@@ -402,6 +431,7 @@ mod tests {
             .unwrap();
         assert_eq!(store.len(), 1);
         assert!(!store.is_revoked(Kind::Family, "old").unwrap());
+        assert_eq!(store.get_refresh(&[1; 32]).unwrap(), None);
     }
 
     #[test]

@@ -11,14 +11,17 @@
 //!
 //! # What is stored
 //!
-//! Keys are SHA-256 [`Digest`]s of refresh tokens and authorization codes, never
-//! the raw values, so a copy of the store (or a log line about it) cannot be
+//! Keys are SHA-256 [`Digest`]s of grant handles and authorization codes, never
+//! the raw values, and a grant's entry holds only the digest of its current
+//! refresh token, so a copy of the store (or a log line about it) cannot be
 //! replayed. Every entry expires:
 //!
-//! - a refresh token is usable, and kept, until its `expires_at`; once used, the
-//!   used-marker is kept until `family_expires_at`, so that a replay of a
-//!   rotated token is still recognised as [`Use::Reused`] for as long as its
-//!   family could live;
+//! - a grant that has refresh tokens (a family) is one entry, whatever the
+//!   number of rotations: the record of its current refresh token, kept until
+//!   that token expires. A refresh token names its grant and its generation
+//!   (how many rotations led to it), so a rotated one presented again is
+//!   recognised as [`Use::Reused`] without a marker per used token, for as
+//!   long as the grant is in use;
 //! - an authorization code is usable until its `expires_at`; once used, the
 //!   used-marker is kept [`CODE_REPLAY_GRACE_SECS`] longer, so a late replay is
 //!   still recognised;
@@ -29,11 +32,11 @@
 //!
 //! # Single use
 //!
-//! [`Store::use_refresh`] and [`Store::use_code`] are atomic: of any number of
-//! concurrent callers presenting the same value (on any replica sharing the
+//! [`Store::rotate_refresh`] and [`Store::use_code`] are atomic: of any number
+//! of concurrent callers presenting the same value (on any replica sharing the
 //! store), exactly one gets [`Use::Fresh`]. The memory backend uses a mutex,
 //! the file backend one write transaction per call, the redis backend
-//! `SET ... NX`.
+//! `SET ... NX` for codes and a compare-and-set script for grants.
 
 mod file;
 mod memory;
@@ -71,10 +74,12 @@ pub(super) fn revocation_headroom(capacity: usize) -> usize {
     (capacity / 8).max(1)
 }
 
-/// One issued refresh token, stored under the digest of the token.
+/// A grant's current refresh token, stored under the digest of the grant's
+/// handle (which only its refresh tokens carry).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RefreshRecord {
-    /// Random id shared by all refresh tokens of one grant; revoking it ends the grant.
+    /// The grant's id, shared by all its refresh and access tokens (`sid`);
+    /// revoking it ends the grant.
     pub family: String,
     /// The client the token was issued to.
     pub client_id: String,
@@ -90,8 +95,12 @@ pub struct RefreshRecord {
     pub expires_at: u64,
     /// When the whole family ends (unix seconds); rotation never extends past this.
     pub family_expires_at: u64,
-    /// How many rotations led to this token (0 for the first).
+    /// How many rotations led to this token (0 for the first): its
+    /// generation. A refresh token of an earlier generation is a rotated one.
     pub refresh_count: u32,
+    /// The SHA-256 digest of the current refresh token, the only one of the
+    /// grant that can be used.
+    pub token: Digest,
     /// The subject is a user (password or authorization code grant), not the
     /// client itself: a refresh checks the user still exists. Records written
     /// before this field existed read as `false` and fall back to comparing
@@ -120,9 +129,43 @@ pub struct CodeRecord {
     pub code_challenge: Option<String>,
     /// When the code stops being redeemable (unix seconds).
     pub expires_at: u64,
-    /// The refresh family the code's tokens will belong to, so a replayed code
-    /// can revoke what the first redemption issued.
-    pub family: String,
+    /// The handle of the grant the code's tokens will belong to, so a
+    /// replayed code can revoke what the first redemption issued (the
+    /// grant's id is derived from it). Codes written before grants had
+    /// handles name a family id here, which serves as a handle alike.
+    #[serde(alias = "family")]
+    pub handle: String,
+}
+
+/// Where a presented refresh token stands in its grant, by the grant's
+/// stored record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Standing {
+    /// The grant's current token: it may be used (once).
+    Current,
+    /// A token the grant had before a rotation: a replay (RFC 9700 4.14.2).
+    Rotated,
+    /// Not a token of this grant as it stands (a later generation, a wrong
+    /// secret), or the grant's current token has expired.
+    Unknown,
+}
+
+impl RefreshRecord {
+    /// Where the refresh token of `generation` whose digest is `presented`
+    /// stands at `now`. A rotated token is recognised by its generation
+    /// alone, since the grant keeps no digests of used ones; naming the
+    /// grant takes its handle, which only the grant's refresh tokens carry.
+    pub fn standing(&self, now: u64, generation: u32, presented: &Digest) -> Standing {
+        if now >= self.expires_at {
+            Standing::Unknown
+        } else if generation < self.refresh_count {
+            Standing::Rotated
+        } else if generation == self.refresh_count && *presented == self.token {
+            Standing::Current
+        } else {
+            Standing::Unknown
+        }
+    }
 }
 
 /// Outcome of consuming a single-use value.
@@ -270,43 +313,48 @@ impl Store {
         }
     }
 
-    /// Stores a newly issued refresh token (unused). Writing a digest that is
-    /// already marked used keeps it used. A record whose family has already
-    /// ended is not stored.
+    /// Stores a new grant's first refresh token under the digest of the
+    /// grant's handle. A record that has already expired is not stored.
     pub async fn put_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
         match &*self.backend {
-            Backend::Memory(s) => s.put_refresh(digest, record),
-            Backend::File(s) => s.put_refresh(digest, record).await,
-            Backend::Redis(s) => s.put_refresh(digest, record).await,
+            Backend::Memory(s) => s.put_refresh(grant, record),
+            Backend::File(s) => s.put_refresh(grant, record).await,
+            Backend::Redis(s) => s.put_refresh(grant, record).await,
         }
     }
 
-    /// Atomically marks the refresh token used; concurrent callers: exactly one gets Fresh.
-    ///
-    /// An expired token that was never used is [`Use::NotFound`]; a used one is
-    /// [`Use::Reused`] until its family would have ended.
-    pub async fn use_refresh(&self, digest: &Digest) -> Result<Use<RefreshRecord>, StoreError> {
-        match &*self.backend {
-            Backend::Memory(s) => s.use_refresh(digest),
-            Backend::File(s) => s.use_refresh(digest).await,
-            Backend::Redis(s) => s.use_refresh(digest).await,
-        }
-    }
-
-    /// Reads without changing state (introspection). `None` if unknown or past
-    /// its `expires_at`; otherwise the record and whether it has been used.
-    pub async fn get_refresh(
+    /// Rotates a grant's refresh token atomically: when the token of
+    /// `generation` with digest `presented` is the grant's current one
+    /// ([`Standing::Current`]), `next` replaces it and the replaced record is
+    /// [`Use::Fresh`]; of concurrent callers presenting it, exactly one gets
+    /// that. A rotated token is [`Use::Reused`] (with the grant's record as
+    /// it stands), anything else [`Use::NotFound`].
+    pub async fn rotate_refresh(
         &self,
-        digest: &Digest,
-    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
+        grant: &Digest,
+        generation: u32,
+        presented: &Digest,
+        next: &RefreshRecord,
+    ) -> Result<Use<RefreshRecord>, StoreError> {
         match &*self.backend {
-            Backend::Memory(s) => s.get_refresh(digest),
-            Backend::File(s) => s.get_refresh(digest).await,
-            Backend::Redis(s) => s.get_refresh(digest).await,
+            Backend::Memory(s) => s.rotate_refresh(grant, generation, presented, next),
+            Backend::File(s) => s.rotate_refresh(grant, generation, presented, next).await,
+            Backend::Redis(s) => s.rotate_refresh(grant, generation, presented, next).await,
+        }
+    }
+
+    /// A grant's current record, read without changing it (the token
+    /// endpoint's checks, introspection, revocation). `None` if unknown or its
+    /// current token has expired.
+    pub async fn get_refresh(&self, grant: &Digest) -> Result<Option<RefreshRecord>, StoreError> {
+        match &*self.backend {
+            Backend::Memory(s) => s.get_refresh(grant),
+            Backend::File(s) => s.get_refresh(grant).await,
+            Backend::Redis(s) => s.get_refresh(grant).await,
         }
     }
 
@@ -390,48 +438,10 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-/// A single-use record's lifetimes, so backends can handle both kinds alike.
-trait Expiring {
-    /// When it stops being usable (unix seconds).
-    fn expires_at(&self) -> u64;
-    /// Until when (unix seconds) its entry, and so its used-marker, is
-    /// kept, unused or used.
-    fn retain(&self, used: bool) -> u64;
-}
-
-impl Expiring for RefreshRecord {
-    fn expires_at(&self) -> u64 {
-        self.expires_at
-    }
-    fn retain(&self, used: bool) -> u64 {
-        refresh_retain(self, used)
-    }
-}
-
+/// Codes written before `redirect_uri_sent` existed count as having named
+/// their redirect URI.
 fn named() -> bool {
     true
-}
-
-impl Expiring for CodeRecord {
-    fn expires_at(&self) -> u64 {
-        self.expires_at
-    }
-    fn retain(&self, _used: bool) -> u64 {
-        code_retain(self)
-    }
-}
-
-/// Until when (unix seconds) a refresh entry must be kept: an unused one
-/// until it expires, and a used one's marker until the family ends, so a
-/// replay is still recognised. Keeping unused ones as long would hold every
-/// token a client was given, used or not, for the family's lifetime (30
-/// days by default, against 30 minutes), and fill the store.
-fn refresh_retain(record: &RefreshRecord, used: bool) -> u64 {
-    if used {
-        record.expires_at.max(record.family_expires_at)
-    } else {
-        record.expires_at
-    }
 }
 
 /// Until when (unix seconds) a code entry must be kept: its used-marker
@@ -487,6 +497,30 @@ mod tests {
         assert_eq!(decide(10, 10, 20, false), Decision::NotFound);
         assert_eq!(decide(15, 10, 20, true), Decision::Reused);
         assert_eq!(decide(20, 10, 20, true), Decision::NotFound);
+    }
+
+    #[test]
+    fn standings() {
+        let record = RefreshRecord {
+            family: "f".into(),
+            client_id: "c".into(),
+            subject: "s".into(),
+            scope: String::new(),
+            audience: "api".into(),
+            issued_at: 0,
+            expires_at: 10,
+            family_expires_at: 20,
+            refresh_count: 3,
+            token: [1; 32],
+            user_grant: false,
+        };
+        assert_eq!(record.standing(5, 3, &[1; 32]), Standing::Current);
+        assert_eq!(record.standing(5, 3, &[2; 32]), Standing::Unknown);
+        assert_eq!(record.standing(5, 4, &[1; 32]), Standing::Unknown);
+        assert_eq!(record.standing(5, 0, &[2; 32]), Standing::Rotated);
+        assert_eq!(record.standing(5, 2, &[2; 32]), Standing::Rotated);
+        assert_eq!(record.standing(10, 3, &[1; 32]), Standing::Unknown);
+        assert_eq!(record.standing(10, 2, &[2; 32]), Standing::Unknown);
     }
 
     #[test]

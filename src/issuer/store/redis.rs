@@ -5,29 +5,33 @@
 //!
 //! | key                              | value               | expires at (`EXAT`)        |
 //! |----------------------------------|---------------------|----------------------------|
-//! | `scopegate:rt:<digest>`          | refresh record JSON | `expires_at`; once used, `max(expires_at, family_expires_at)` |
-//! | `scopegate:rt:used:<digest>`     | `1`                 | `max(expires_at, family_expires_at)` |
+//! | `scopegate:grant:<digest>`       | refresh record JSON | the current token's `expires_at` |
 //! | `scopegate:ac:<digest>`          | code record JSON    | `expires_at` + replay grace |
 //! | `scopegate:ac:used:<digest>`     | `1`                 | same                       |
 //! | `scopegate:revoked:family:<id>`  | until               | until                      |
 //! | `scopegate:revoked:jti:<jti>`    | until               | until                      |
 //!
-//! Consuming a value is `SET <used key> 1 NX EXAT ...`: Redis executes it
+//! Consuming a code is `SET <used key> 1 NX EXAT ...`: Redis executes it
 //! atomically, so of any number of callers on any number of replicas exactly
-//! one creates the marker and gets [`Use::Fresh`]. Records never change after
-//! being written, so reading one before setting the marker is race-free.
-//! Expiry is Redis's own key TTLs; nothing needs purging here.
+//! one creates the marker and gets [`Use::Fresh`]. Code records never change
+//! after being written, so reading one before setting the marker is
+//! race-free. Rotating a grant's refresh token replaces its record only if
+//! it is still the one read (a compare-and-set script, which Redis runs
+//! atomically), so of concurrent rotations exactly one lands. Expiry is
+//! Redis's own key TTLs; nothing needs purging here. (Keys `scopegate:rt:*`
+//! are refresh tokens of versions before grants were one entry; nothing
+//! reads them, and they expire.)
 
 use ::redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use ::redis::{Client, RedisError, TlsCertificates};
 use serde::de::DeserializeOwned;
-use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    hex, now_secs, CodeRecord, Digest, Expiring, Kind, RedisTarget, RefreshRecord, StoreError, Use,
+    code_retain, hex, now_secs, CodeRecord, Digest, Kind, RedisTarget, RefreshRecord, Standing,
+    StoreError, Use,
 };
 
 /// The prefix of every key scopegate writes.
@@ -49,27 +53,29 @@ fn backend(e: RedisError) -> StoreError {
     StoreError::Backend(format!("redis: {e}"))
 }
 
-/// The key namespace of one kind of single-use entry.
-#[derive(Clone, Copy)]
-enum Space {
-    Refresh,
-    Code,
+/// The record key and the used-marker key of a code's digest.
+fn code_keys(digest: &Digest) -> (String, String) {
+    let hex = hex(digest);
+    (
+        format!("{PREFIX}ac:{hex}"),
+        format!("{PREFIX}ac:used:{hex}"),
+    )
 }
 
-impl Space {
-    /// The record key and the used-marker key of a digest.
-    fn keys(self, digest: &Digest) -> (String, String) {
-        let name = match self {
-            Space::Refresh => "rt",
-            Space::Code => "ac",
-        };
-        let hex = hex(digest);
-        (
-            format!("{PREFIX}{name}:{hex}"),
-            format!("{PREFIX}{name}:used:{hex}"),
-        )
-    }
+/// The key of a grant's refresh record.
+fn grant_key(grant: &Digest) -> String {
+    format!("{PREFIX}grant:{}", hex(grant))
 }
+
+/// Replaces `KEYS[1]`'s value `ARGV[1]` by `ARGV[2]`, expiring at
+/// `ARGV[3]`, if it is still `ARGV[1]`: 1 if it was, 0 if not.
+const COMPARE_AND_SET: &str = "if redis.call('GET', KEYS[1]) == ARGV[1] then \
+redis.call('SET', KEYS[1], ARGV[2], 'EXAT', ARGV[3]) return 1 end return 0";
+
+/// How many times a rotation reads the grant again when another changed it
+/// between its read and its write (the second read finds that rotation
+/// and answers; more is a server that keeps changing it).
+const ROTATION_TRIES: usize = 3;
 
 /// The key of a revocation.
 fn revocation_key(kind: Kind, id: &str) -> String {
@@ -252,31 +258,77 @@ impl RedisStore {
     /// See [`super::Store::put_refresh`].
     pub(super) async fn put_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
         record: &RefreshRecord,
     ) -> Result<(), StoreError> {
-        self.put(Space::Refresh, digest, record).await
+        if record.expires_at <= now_secs() {
+            return Ok(());
+        }
+        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        ::redis::cmd("SET")
+            .arg(grant_key(grant))
+            .arg(bytes)
+            .arg("EXAT")
+            .arg(record.expires_at.min(MAX_EXAT))
+            .query_async::<()>(&mut self.conn())
+            .await
+            .map_err(|e| self.failed(e))
     }
 
-    /// See [`super::Store::use_refresh`].
-    pub(super) async fn use_refresh(
+    /// See [`super::Store::rotate_refresh`]: the record read decides, and
+    /// the write lands only if the record is still the one read.
+    pub(super) async fn rotate_refresh(
         &self,
-        digest: &Digest,
+        grant: &Digest,
+        generation: u32,
+        presented: &Digest,
+        next: &RefreshRecord,
     ) -> Result<Use<RefreshRecord>, StoreError> {
-        self.consume(Space::Refresh, digest).await
+        let key = grant_key(grant);
+        let next_bytes =
+            serde_json::to_vec(next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let mut conn = self.conn();
+        for _ in 0..ROTATION_TRIES {
+            let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
+                .arg(&key)
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            let Some(bytes) = bytes else {
+                return Ok(Use::NotFound);
+            };
+            let current: RefreshRecord = decode(&bytes)?;
+            match current.standing(now_secs(), generation, presented) {
+                Standing::Unknown => return Ok(Use::NotFound),
+                Standing::Rotated => return Ok(Use::Reused(current)),
+                Standing::Current => {}
+            }
+            let swapped: i64 = ::redis::cmd("EVAL")
+                .arg(COMPARE_AND_SET)
+                .arg(1)
+                .arg(&key)
+                .arg(&bytes)
+                .arg(&next_bytes)
+                .arg(next.expires_at.clamp(1, MAX_EXAT))
+                .query_async(&mut conn)
+                .await
+                .map_err(|e| self.failed(e))?;
+            if swapped == 1 {
+                return Ok(Use::Fresh(current));
+            }
+        }
+        Err(StoreError::Backend(
+            "redis: a grant kept changing while it was rotated".to_owned(),
+        ))
     }
 
     /// See [`super::Store::get_refresh`].
     pub(super) async fn get_refresh(
         &self,
-        digest: &Digest,
-    ) -> Result<Option<(RefreshRecord, bool)>, StoreError> {
-        let (key, used_key) = Space::Refresh.keys(digest);
-        let (bytes, used): (Option<Vec<u8>>, bool) = ::redis::pipe()
-            .cmd("GET")
-            .arg(&key)
-            .cmd("EXISTS")
-            .arg(&used_key)
+        grant: &Digest,
+    ) -> Result<Option<RefreshRecord>, StoreError> {
+        let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
+            .arg(grant_key(grant))
             .query_async(&mut self.conn())
             .await
             .map_err(|e| self.failed(e))?;
@@ -284,9 +336,7 @@ impl RedisStore {
             return Ok(None);
         };
         let record: RefreshRecord = decode(&bytes)?;
-        let now = now_secs();
-        let live = now < record.expires_at && now < record.retain(used);
-        Ok(live.then_some((record, used)))
+        Ok((now_secs() < record.expires_at).then_some(record))
     }
 
     /// See [`super::Store::put_code`].
@@ -295,12 +345,12 @@ impl RedisStore {
         digest: &Digest,
         record: &CodeRecord,
     ) -> Result<(), StoreError> {
-        self.put(Space::Code, digest, record).await
+        self.put(digest, record).await
     }
 
     /// See [`super::Store::use_code`].
     pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
-        self.consume(Space::Code, digest).await
+        self.consume(digest).await
     }
 
     /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
@@ -342,54 +392,29 @@ impl RedisStore {
             .map_err(|e| self.failed(e))
     }
 
-    /// Writes a record (its used-marker, if any, is a separate key and
-    /// stays, and then the record is kept as long as the marker).
-    async fn put<T: Expiring + Serialize>(
-        &self,
-        space: Space,
-        digest: &Digest,
-        record: &T,
-    ) -> Result<(), StoreError> {
-        let (unused, used) = (record.retain(false), record.retain(true));
-        if used <= now_secs() {
+    /// Writes a code's record (its used-marker, if any, is a separate key
+    /// and stays; both are kept until the same time).
+    async fn put(&self, digest: &Digest, record: &CodeRecord) -> Result<(), StoreError> {
+        let retain = code_retain(record);
+        if retain <= now_secs() {
             return Ok(());
         }
         let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        let (key, used_key) = space.keys(digest);
-        let mut conn = self.conn();
-        let (marked,): (bool,) = ::redis::pipe()
-            .atomic()
-            .cmd("SET")
+        let (key, _) = code_keys(digest);
+        ::redis::cmd("SET")
             .arg(&key)
             .arg(bytes)
             .arg("EXAT")
-            .arg(unused.clamp(1, MAX_EXAT))
-            .ignore()
-            .cmd("EXISTS")
-            .arg(&used_key)
-            .query_async(&mut conn)
+            .arg(retain.clamp(1, MAX_EXAT))
+            .query_async::<()>(&mut self.conn())
             .await
-            .map_err(|e| self.failed(e))?;
-        if marked && used != unused {
-            ::redis::cmd("EXPIREAT")
-                .arg(&key)
-                .arg(used.min(MAX_EXAT))
-                .arg("GT")
-                .query_async::<()>(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-        }
-        Ok(())
+            .map_err(|e| self.failed(e))
     }
 
-    /// Consumes a single-use entry: the record decides whether it is still
-    /// usable; `SET NX` on the used-marker decides who used it first.
-    async fn consume<T: Expiring + DeserializeOwned>(
-        &self,
-        space: Space,
-        digest: &Digest,
-    ) -> Result<Use<T>, StoreError> {
-        let (key, used_key) = space.keys(digest);
+    /// Consumes a code: the record decides whether it is still usable;
+    /// `SET NX` on the used-marker decides who used it first.
+    async fn consume(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
+        let (key, used_key) = code_keys(digest);
         let mut conn = self.conn();
         let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
             .arg(&key)
@@ -399,13 +424,13 @@ impl RedisStore {
         let Some(bytes) = bytes else {
             return Ok(Use::NotFound);
         };
-        let record: T = decode(&bytes)?;
+        let record: CodeRecord = decode(&bytes)?;
         let now = now_secs();
-        let retain = record.retain(true);
+        let retain = code_retain(&record);
         if now >= retain {
             return Ok(Use::NotFound);
         }
-        if now >= record.expires_at() {
+        if now >= record.expires_at {
             // Past its use-by time: a used one is a replay, an unused one is gone.
             let used: bool = ::redis::cmd("EXISTS")
                 .arg(&used_key)
@@ -418,25 +443,14 @@ impl RedisStore {
                 Use::NotFound
             });
         }
-        // The marker, and the record with it (kept only until it expired
-        // while unused), now last as long as a replay must be recognised.
-        // Written again rather than extended: a record that expired since
-        // it was read would otherwise be gone with its marker set, and a
-        // replay would read as unknown instead of revoking the grant.
-        let (set,): (Option<String>,) = ::redis::pipe()
-            .atomic()
-            .cmd("SET")
+        // The marker lasts as long as the record: as long as a replay must
+        // be recognised.
+        let set: Option<String> = ::redis::cmd("SET")
             .arg(&used_key)
             .arg(1)
             .arg("NX")
             .arg("EXAT")
             .arg(retain.min(MAX_EXAT))
-            .cmd("SET")
-            .arg(&key)
-            .arg(&bytes)
-            .arg("EXAT")
-            .arg(retain.min(MAX_EXAT))
-            .ignore()
             .query_async(&mut conn)
             .await
             .map_err(|e| self.failed(e))?;
