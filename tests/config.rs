@@ -186,6 +186,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "ca_file is for an https upstream",
         ),
         (
+            "HTTP/2 by prior knowledge to an https upstream",
+            format!("{ISSUER}upstreams:\n  app:\n    url: https://127.0.0.1:3000\n    http2_only: true\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "9:17",
+            "http2_only is for a plain-http upstream",
+        ),
+        (
             "a token cache that holds nothing",
             format!("{base}cache:\n  max_entries: 0\nroutes:\n  - path: /a\n    upstream: app\n"),
             "10:16",

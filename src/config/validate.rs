@@ -2059,6 +2059,14 @@ impl Validator<'_> {
                 "ca_file is for an https upstream: this one is plain http",
             ));
         }
+        // Over TLS the protocol is the one ALPN settles on (RFC 9113 3.3):
+        // HTTP/2 said to an upstream that chose HTTP/1.1 fails every request.
+        if raw.http2_only.value && scheme == http::uri::Scheme::HTTPS {
+            return Err(self.err(
+                raw.http2_only.referenced,
+                "http2_only is for a plain-http upstream (h2c): an https upstream speaks HTTP/2 when it offers h2 by ALPN",
+            ));
+        }
         if !(1..=MAX_UPSTREAM_REQUESTS).contains(&raw.max_requests.value) {
             return Err(self.err(
                 raw.max_requests.referenced,
@@ -2080,7 +2088,7 @@ impl Validator<'_> {
             request_timeout: raw.request_timeout.value.0,
             body_idle_timeout: raw.body_idle_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
-            http2_only: raw.http2_only,
+            http2_only: raw.http2_only.value,
             http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout.value.0,
