@@ -186,12 +186,6 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "ca_file is for an https upstream",
         ),
         (
-            "HTTP/2 by prior knowledge to an https upstream",
-            format!("{ISSUER}upstreams:\n  app:\n    url: https://127.0.0.1:3000\n    http2_only: true\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "9:17",
-            "http2_only is for a plain-http upstream",
-        ),
-        (
             "a token cache that holds nothing",
             format!("{base}cache:\n  max_entries: 0\nroutes:\n  - path: /a\n    upstream: app\n"),
             "10:16",
@@ -621,6 +615,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             format!("{ISSUER}    leeway: 1h\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
             "6:13",
             "leeway may be at most 5m",
+        ),
+        (
+            "a leeway of half a second, which would be none",
+            format!("{ISSUER}    leeway: 500ms\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "6:13",
+            "leeway must be a whole number of seconds",
         ),
         (
             "nothing to serve",

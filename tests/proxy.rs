@@ -4519,6 +4519,92 @@ async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
     assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2; 3]);
 }
 
+/// `http2_only` to an https upstream offers only h2 by ALPN: an upstream
+/// that speaks HTTP/1.1 alone is a connect failure (502) rather than
+/// HTTP/2 sent over a session that agreed to HTTP/1.1, and one that speaks
+/// h2 is served over it. Without `http2_only` the HTTP/1.1-only upstream
+/// is served over HTTP/1.1.
+#[tokio::test]
+async fn http2_only_to_an_https_upstream_takes_h2_by_alpn_or_nothing() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("h1.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    // An HTTP/1.1 server that says so by ALPN, and one that takes no part
+    // in ALPN (it chooses nothing, so HTTP/1.1 it is).
+    let mut http1_only = Vec::new();
+    for alpn in [vec![b"http/1.1".to_vec()], Vec::new()] {
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certified.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    certified.signing_key.serialize_der().into(),
+                ),
+            )
+            .unwrap();
+        server.alpn_protocols = alpn;
+        let seen = Arc::clone(&versions);
+        http1_only.push(
+            serve_fn_tls(
+                tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                move |req: Request<Incoming>| {
+                    seen.lock().unwrap().push(req.version());
+                    async { Response::new(full_body("h1")) }
+                },
+            )
+            .await,
+        );
+    }
+    let https = |upstream: SocketAddr, cert: &std::path::Path, http2_only: bool| {
+        let config = trusting(
+            &config_for(&world, upstream).replace(
+                &format!("url: http://{upstream}"),
+                &format!("url: https://{upstream}"),
+            ),
+            cert,
+        );
+        if http2_only {
+            config.replace(
+                "    request_timeout: 2s\n",
+                "    request_timeout: 2s\n    http2_only: true\n",
+            )
+        } else {
+            config
+        }
+    };
+    let token = world.token("orders:read");
+
+    for upstream in &http1_only {
+        let gw = Gateway::start(&https(*upstream, &cert, true)).await;
+        let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        assert_eq!(upstream_errors(&gw.metrics().await, "connect"), 1.0);
+        assert!(versions.lock().unwrap().is_empty());
+
+        let gw = Gateway::start(&https(*upstream, &cert, false)).await;
+        let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "h1"));
+        assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_11]);
+        versions.lock().unwrap().clear();
+    }
+
+    let both_dir = tempfile::tempdir().unwrap();
+    let h2_seen = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&h2_seen);
+    let (both, both_cert) = tls_upstream(both_dir.path(), move |req: Request<Incoming>| {
+        seen.lock().unwrap().push(req.version());
+        async { Response::new(full_body("h2")) }
+    })
+    .await;
+    let gw = Gateway::start(&https(both, &both_cert, true)).await;
+    let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "h2"));
+    assert_eq!(*h2_seen.lock().unwrap(), [http::Version::HTTP_2]);
+}
+
 /// How [`refusing_upstream`] turns down a stream.
 #[derive(Clone, Copy)]
 enum Refusal {

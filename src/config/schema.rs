@@ -443,10 +443,10 @@ pub struct RawUpstream {
     /// Extra CA bundle (PEM) for an https upstream.
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
-    /// Speak HTTP/2 without TLS (h2c) to this plain-http upstream (an https
-    /// one speaks it when it offers h2 by ALPN).
-    #[serde(default = "default_false")]
-    pub http2_only: Spanned<bool>,
+    /// Speak HTTP/2 only to this upstream: without TLS (h2c) to a
+    /// plain-http one; an https one must agree to h2 by ALPN.
+    #[serde(default)]
+    pub http2_only: bool,
     /// Requests one HTTP/2 connection carries at once before another is
     /// opened (keep it at most the upstream's own
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).
@@ -675,9 +675,6 @@ fn default_max_requests() -> Spanned<usize> {
     unspanned(1024)
 }
 /// RFC 9113 6.5.2 asks servers to allow at least 100.
-fn default_false() -> Spanned<bool> {
-    unspanned(false)
-}
 fn default_http2_max_streams() -> Spanned<usize> {
     unspanned(100)
 }

@@ -1481,6 +1481,13 @@ impl Validator<'_> {
                 "leeway may be at most 5m: it is for clock skew, and every token lives that much longer",
             ));
         }
+        // Token times are whole seconds: `500ms` would silently be none.
+        if raw.leeway.value.0.subsec_nanos() != 0 {
+            return Err(self.err(
+                raw.leeway.referenced,
+                "leeway must be a whole number of seconds (token times are seconds)",
+            ));
+        }
         let require_typ = raw.require_typ.as_deref().map(normalize_typ);
         if require_typ.as_deref() == Some("") {
             return Err(self.err(
@@ -2059,14 +2066,6 @@ impl Validator<'_> {
                 "ca_file is for an https upstream: this one is plain http",
             ));
         }
-        // Over TLS the protocol is the one ALPN settles on (RFC 9113 3.3):
-        // HTTP/2 said to an upstream that chose HTTP/1.1 fails every request.
-        if raw.http2_only.value && scheme == http::uri::Scheme::HTTPS {
-            return Err(self.err(
-                raw.http2_only.referenced,
-                "http2_only is for a plain-http upstream (h2c): an https upstream speaks HTTP/2 when it offers h2 by ALPN",
-            ));
-        }
         if !(1..=MAX_UPSTREAM_REQUESTS).contains(&raw.max_requests.value) {
             return Err(self.err(
                 raw.max_requests.referenced,
@@ -2088,7 +2087,7 @@ impl Validator<'_> {
             request_timeout: raw.request_timeout.value.0,
             body_idle_timeout: raw.body_idle_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
-            http2_only: raw.http2_only.value,
+            http2_only: raw.http2_only,
             http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout.value.0,

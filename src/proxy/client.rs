@@ -72,27 +72,41 @@ pub fn build_https_connector(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
-    connector(trusted_roots(ca_file)?, connect_timeout, true)
+    connector(trusted_roots(ca_file)?, connect_timeout, Alpn::Both)
 }
 
 /// Connectors for one upstream, trusting the Mozilla roots plus `ca_file`:
-/// one offering h2 and HTTP/1.1 by ALPN, and one offering HTTP/1.1 only, for
-/// requests that ask to switch protocols (HTTP/2 has no `Upgrade`).
+/// one offering h2 and HTTP/1.1 by ALPN (only h2 when `http2_only`), and one
+/// for HTTP/1.1, for requests that ask to switch protocols (HTTP/2 has no
+/// `Upgrade`).
 pub fn build_upstream_connectors(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
+    http2_only: bool,
 ) -> Result<(HttpsConnector<HttpConnector>, HttpsConnector<HttpConnector>), String> {
     let roots = trusted_roots(ca_file)?;
+    let offered = if http2_only { Alpn::Http2 } else { Alpn::Both };
     Ok((
-        connector(roots.clone(), connect_timeout, true)?,
-        connector(roots, connect_timeout, false)?,
+        connector(roots.clone(), connect_timeout, offered)?,
+        connector(roots, connect_timeout, Alpn::Http1)?,
     ))
+}
+
+/// What a connector offers by ALPN over TLS.
+#[derive(Clone, Copy)]
+enum Alpn {
+    /// Nothing: the server speaks HTTP/1.1.
+    Http1,
+    /// `h2` alone: a server that does not agree fails the connection.
+    Http2,
+    /// `h2` and `http/1.1`: the server chooses.
+    Both,
 }
 
 fn connector(
     roots: RootCertStore,
     connect_timeout: Duration,
-    http2: bool,
+    offered: Alpn,
 ) -> Result<HttpsConnector<HttpConnector>, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -109,11 +123,10 @@ fn connector(
 
     let builder = hyper_rustls::HttpsConnectorBuilder::new()
         .with_tls_config(tls)
-        .https_or_http()
-        .enable_http1();
-    Ok(if http2 {
-        builder.enable_http2().wrap_connector(http)
-    } else {
-        builder.wrap_connector(http)
+        .https_or_http();
+    Ok(match offered {
+        Alpn::Http1 => builder.enable_http1().wrap_connector(http),
+        Alpn::Http2 => builder.enable_http2().wrap_connector(http),
+        Alpn::Both => builder.enable_http1().enable_http2().wrap_connector(http),
     })
 }

@@ -98,9 +98,12 @@ impl Forwarder {
         let upstreams = upstreams
             .into_iter()
             .map(|config| {
-                let (connector, http1_connector) =
-                    build_upstream_connectors(config.ca_file.as_deref(), config.connect_timeout)
-                        .map_err(|e| format!("upstream {}: {e}", config.name))?;
+                let (connector, http1_connector) = build_upstream_connectors(
+                    config.ca_file.as_deref(),
+                    config.connect_timeout,
+                    config.http2_only,
+                )
+                .map_err(|e| format!("upstream {}: {e}", config.name))?;
                 let pool = UpstreamPool::new(
                     connector,
                     http1_connector,

@@ -717,7 +717,15 @@ impl UpstreamPool {
             )))
         })?
         .map_err(SendError::Connect)?;
-        if self.http2_only || io.connected().is_negotiated_h2() {
+        let negotiated_h2 = io.connected().is_negotiated_h2();
+        // Over TLS the protocol is the one ALPN settled on (RFC 9113 3.3):
+        // offered only h2, a server that chose nothing speaks HTTP/1.1.
+        if self.http2_only && self.target.scheme() == Some(&Scheme::HTTPS) && !negotiated_h2 {
+            return Err(SendError::Connect(Box::new(std::io::Error::other(
+                "the https upstream did not agree to HTTP/2 by ALPN, which http2_only requires",
+            ))));
+        }
+        if self.http2_only || negotiated_h2 {
             if upgrade {
                 return Err(SendError::NoHttp1);
             }
