@@ -1369,6 +1369,37 @@ async fn code_is_bound_to_its_client_and_redirect_uri() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// A used code presented by another client (one that learned it from a
+/// leaked redirect) is refused and ends nothing: only its own client's
+/// replay revokes what it issued.
+#[tokio::test]
+async fn a_used_code_from_another_client_leaves_the_grant() {
+    let t = Codes::start().await;
+    let c = pkce();
+    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
+    let first = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    let access = s(&first.json(), "access_token");
+    let replay = exchange(
+        &t.gw,
+        Exchange {
+            client: "spa2",
+            secret: None,
+            code: &code,
+            redirect_uri: Some(APP_CB),
+            verifier: Some(&c.verifier),
+        },
+    )
+    .await;
+    assert_oauth_error(&replay, 400, "invalid_grant");
+    assert!(
+        replay.text().contains("another client"),
+        "{}",
+        replay.text()
+    );
+    assert_eq!(orders_status(&t.gw, &access).await.status, 200);
+}
+
 #[tokio::test]
 async fn code_replay_is_invalid_grant_and_revokes_what_it_issued() {
     let t = Codes::start().await;
@@ -1481,7 +1512,7 @@ async fn expired_code_is_invalid_grant() {
         subject: "alice".into(),
         code_challenge: Some(c.challenge.clone()),
         expires_at,
-        handle: scopegate::issuer::random_token().unwrap(),
+        family: scopegate::issuer::random_token().unwrap(),
     };
     let (expired, live) = ("expired-code", "live-code");
     {

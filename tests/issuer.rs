@@ -1981,6 +1981,21 @@ async fn revoking_a_refresh_token_ends_its_grant() {
     assert_refused(&gw, &a1).await;
     assert_eq!(introspect(&gw, "svc", &a1).await.json()["active"], false);
     assert_accepted(&gw, &unrelated).await;
+
+    // Its client revoking with a rotated refresh token ends the grant too;
+    // another client is answered as for a token that is not live, and the
+    // grant goes on.
+    let second = client_credentials(&gw, "svc").await;
+    let r = refresh(&gw, "svc", &s(&second, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a2, r2) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    let r = revoke(&gw, "other", &s(&second, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_accepted(&gw, &a2).await;
+    let r = revoke(&gw, "svc", &s(&second, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refused(&gw, &a2).await;
+    assert_oauth_error(&refresh(&gw, "svc", &r2).await, 400, "invalid_grant");
 }
 
 // ---------------------------------------------------------------------------

@@ -65,7 +65,7 @@ fn rotated(current: &RefreshRecord, token: &str, expires_at: u64) -> RefreshReco
     }
 }
 
-fn code(handle: &str, expires_at: u64) -> CodeRecord {
+fn code(family: &str, expires_at: u64) -> CodeRecord {
     CodeRecord {
         client_id: "web".to_owned(),
         redirect_uri: "https://app.test/cb".to_owned(),
@@ -74,7 +74,7 @@ fn code(handle: &str, expires_at: u64) -> CodeRecord {
         subject: "alice".to_owned(),
         code_challenge: Some("E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM".to_owned()),
         expires_at,
-        handle: handle.to_owned(),
+        family: family.to_owned(),
     }
 }
 
@@ -766,6 +766,36 @@ async fn redis_keys_are_prefixed_and_expire() {
         .await
         .unwrap();
     assert_eq!(at, (t + 120) as i64);
+}
+
+/// A Redis that runs no Lua scripts (here, an ACL user without
+/// `@scripting`) is refused when the store opens, naming what it lacks:
+/// every refresh would fail on it.
+#[tokio::test]
+async fn a_redis_that_runs_no_scripts_is_refused_when_the_store_opens() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = ::redis::Client::open(server.url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    for (user, scripting) in [("scripts", "+@scripting"), ("noscripts", "-@scripting")] {
+        ::redis::cmd("ACL")
+            .arg(&["SETUSER", user, "on", ">pw", "~*", "+@all", scripting])
+            .query_async::<()>(&mut conn)
+            .await
+            .unwrap();
+    }
+    let url = |user: &str| {
+        server
+            .url
+            .replacen("redis://", &format!("redis://{user}:pw@"), 1)
+    };
+    let store = Store::open(&StoreConfig::Redis(url("scripts").into())).await;
+    assert!(store.is_ok(), "{:?}", store.err());
+    let err = Store::open(&StoreConfig::Redis(url("noscripts").into()))
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("`EVAL`"), "{err}");
 }
 
 /// Over TLS the server's certificate is checked: without the CA that signed

@@ -410,7 +410,7 @@ impl AuthorizationServer {
     }
 
     async fn approve(&self, request: &AuthRequest, user: &str) -> Response<Body> {
-        let (Ok(code), Ok(handle)) = (random_token(), random_token()) else {
+        let (Ok(code), Ok(family)) = (random_token(), random_token()) else {
             return self.no_randomness();
         };
         let record = CodeRecord {
@@ -421,7 +421,7 @@ impl AuthorizationServer {
             subject: user.to_owned(),
             code_challenge: request.code_challenge.clone(),
             expires_at: now_unix() + CODE_TTL,
-            handle,
+            family,
         };
         if let Err(e) = self.store.put_code(&digest(&code), &record).await {
             tracing::error!(error = %e, "could not store an authorization code");

@@ -37,9 +37,9 @@ enum RefreshPlan {
     /// No refresh token.
     None,
     /// No refresh token, but the access token belongs to a revocable grant
-    /// (the grant's handle).
+    /// (its id).
     SessionOnly(String),
-    /// A new grant with refresh tokens (its handle).
+    /// A new grant with refresh tokens (its id).
     NewFamily(String),
     /// Rotation of a grant's refresh token: the presented one is used up as
     /// the new one is stored.
@@ -87,14 +87,6 @@ impl<'a> PresentedRefresh<'a> {
             digest: digest(token),
         })
     }
-}
-
-/// The public id of the grant with `handle` (`sid`, revocations): its
-/// digest, so access tokens, which anyone they are shown to can read, do not
-/// carry what names the grant to the token endpoint.
-pub(super) fn grant_id(handle: &str) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest(handle))
 }
 
 /// A new refresh token of the grant with `handle`, of `generation`.
@@ -354,11 +346,19 @@ impl AuthorizationServer {
             .map_err(|e| self.store_failed(&e))?
         {
             Use::NotFound => return Err(OAuthError::invalid_grant("unknown or expired code")),
+            // Another client presenting a code it learned (a leaked
+            // redirect) gets nothing, and ends nothing either, as with a
+            // rotated refresh token.
+            Use::Reused(record) if record.client_id != client.client_id => {
+                return Err(OAuthError::invalid_grant(
+                    "code was issued to another client",
+                ))
+            }
             Use::Reused(record) => {
                 // RFC 6749 4.1.2: a code used twice revokes what it issued.
                 self.store
                     .revoke_family(
-                        &grant_id(&record.handle),
+                        &record.family,
                         self.grant_revoked_until(
                             now + self.settings.refresh_family_max_age.as_secs(),
                         ),
@@ -416,9 +416,9 @@ impl AuthorizationServer {
             .rights_now(client, &record.subject, true, &record.scope)?
             .join(" ");
         let plan = if client.grants.contains(&Grant::RefreshToken) {
-            RefreshPlan::NewFamily(record.handle.clone())
+            RefreshPlan::NewFamily(record.family.clone())
         } else {
-            RefreshPlan::SessionOnly(record.handle.clone())
+            RefreshPlan::SessionOnly(record.family.clone())
         };
         self.issue(client, &record.subject, true, &scope, plan)
             .await
@@ -439,8 +439,8 @@ impl AuthorizationServer {
         let expires_in = settings.access_token_ttl.as_secs();
         let family = match &plan {
             RefreshPlan::None => None,
-            RefreshPlan::SessionOnly(handle) | RefreshPlan::NewFamily(handle) => {
-                Some(grant_id(handle))
+            RefreshPlan::SessionOnly(family) | RefreshPlan::NewFamily(family) => {
+                Some(family.clone())
             }
             RefreshPlan::Rotate { previous, .. } => Some(previous.family.clone()),
         };
@@ -465,11 +465,17 @@ impl AuthorizationServer {
 
         let refresh = match plan {
             RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,
-            RefreshPlan::NewFamily(handle) => {
+            RefreshPlan::NewFamily(family) => {
+                // The handle that names the grant is kept by no one but the
+                // client: not in the store (only its digest), nor in the
+                // access tokens, whose `sid` is the grant's id, a random value
+                // of its own, so that whoever is shown an access token, or
+                // reads a code's record, cannot name the grant.
+                let handle = random_token()?;
                 let family_expires_at = now + settings.refresh_family_max_age.as_secs();
                 let token = refresh_token(&handle, 0)?;
                 let record = RefreshRecord {
-                    family: family.unwrap_or_default(),
+                    family,
                     client_id: client.client_id.clone(),
                     subject: subject.to_owned(),
                     scope: scope.to_owned(),

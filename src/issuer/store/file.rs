@@ -1054,7 +1054,7 @@ mod tests {
             code_challenge: None,
             // Already expired, but its marker is kept for the replay grace.
             expires_at: t + ENDS - super::super::CODE_REPLAY_GRACE_SECS,
-            handle: "f".into(),
+            family: "f".into(),
         };
         store.put_code(&[2; 32], &code).await.unwrap();
         store.revoke(Kind::Family, "f", t + ENDS).await.unwrap();

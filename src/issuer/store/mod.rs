@@ -129,12 +129,9 @@ pub struct CodeRecord {
     pub code_challenge: Option<String>,
     /// When the code stops being redeemable (unix seconds).
     pub expires_at: u64,
-    /// The handle of the grant the code's tokens will belong to, so a
-    /// replayed code can revoke what the first redemption issued (the
-    /// grant's id is derived from it). Codes written before grants had
-    /// handles name a family id here, which serves as a handle alike.
-    #[serde(alias = "family")]
-    pub handle: String,
+    /// The id of the grant (family) the code's tokens will belong to, so a
+    /// replayed code can revoke what the first redemption issued.
+    pub family: String,
 }
 
 /// Where a presented refresh token stands in its grant, by the grant's

@@ -183,6 +183,19 @@ impl RedisStore {
             }
             Err(e) => return Err(backend(e)),
         }
+        // Rotating a refresh token is a compare-and-set script: a server
+        // that runs none (an ACL without `@scripting`, a renamed `EVAL`, a
+        // proxy that passes no scripts) would refuse every refresh.
+        let script: Result<::redis::Value, RedisError> = ::redis::cmd("EVAL")
+            .arg("return 1")
+            .arg(0)
+            .query_async(&mut conn)
+            .await;
+        if let Err(e) = script {
+            return Err(StoreError::Backend(format!(
+                "redis: the server does not run Lua scripts (`EVAL`), which rotating refresh tokens needs: {e}"
+            )));
+        }
         Ok(RedisStore {
             conn: Arc::new(arc_swap::ArcSwap::from_pointee(conn)),
             reconnect: Arc::new(Reconnect {
