@@ -37,7 +37,7 @@ const OTHER_API: &str = "urn:billing:jwt";
 /// How long scopegate may cache an introspection answer in the main gateway.
 /// The caching gateway's `cache_ttl`: long enough that a check right after
 /// caching finds the entry even on a slow machine.
-const CACHE_TTL: Duration = Duration::from_secs(5);
+const CACHE_TTL: Duration = Duration::from_secs(8);
 
 fn interop_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
@@ -290,10 +290,10 @@ where
     if since.elapsed() < CACHE_TTL / 2 {
         check().await;
     } else {
-        eprintln!(
-            "note: {:?} passed since the entry was cached; its cache check is skipped",
+        skip_unless_ci(&format!(
+            "{:?} passed since the entry was cached; its cache check cannot run",
             since.elapsed()
-        );
+        ));
     }
 }
 

@@ -1622,6 +1622,7 @@ async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
 /// no metric and no access-log line.
 #[tokio::test]
 async fn a_request_its_client_gave_up_on_is_counted_as_499() {
+    let (logs, _guard) = Logs::capture();
     let world = World::new().await;
     // The abort must come before the request times out (a 504), however
     // slow the machine.
@@ -1647,6 +1648,16 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     let name = r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="499"}"#;
     eventually("the abandoned request is counted", || async {
         sample(&gw.metrics().await, name) == Some(1.0)
+    })
+    .await;
+    let logged = |line: &&str| {
+        line.contains("scopegate::access")
+            && line.contains("status=499")
+            && line.contains("reason=\"client_closed\"")
+            && line.contains("route=\"GET /orders/{id}\"")
+    };
+    eventually("the abandoned request is logged", || async {
+        logs.text().lines().filter(logged).count() == 1
     })
     .await;
 }
@@ -2981,6 +2992,7 @@ async fn te_trailers_reaches_an_http2_upstream() {
 /// still count the HTTP status. Not gRPC-Web, and not over HTTP/1.1.
 #[tokio::test]
 async fn refused_grpc_calls_get_a_grpc_status() {
+    let (logs, _guard) = Logs::capture();
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
     let reader = bearer(&world.token("orders:read"));
@@ -2996,7 +3008,7 @@ async fn refused_grpc_calls_get_a_grpc_status() {
             .body(Full::new(Bytes::from_static(b"\0\0\0\0\0")))
             .unwrap()
     };
-    // (what, request, grpc-status, grpc-message, challenge)
+    // (what, request, grpc-status, grpc-message, challenge, HTTP status logged)
     let cases = [
         (
             "no token",
@@ -3004,6 +3016,7 @@ async fn refused_grpc_calls_get_a_grpc_status() {
             "16",
             "a bearer token is required",
             Some("Bearer realm=\"scopegate\""),
+            401,
         ),
         (
             "not a JWT",
@@ -3015,6 +3028,7 @@ async fn refused_grpc_calls_get_a_grpc_status() {
             "16",
             "the token is not a compact JWS",
             Some("error=\"invalid_token\""),
+            401,
         ),
         (
             "a scope short",
@@ -3022,6 +3036,7 @@ async fn refused_grpc_calls_get_a_grpc_status() {
             "7",
             "the token does not grant the scopes this route requires",
             Some("scope=\"orders:write"),
+            403,
         ),
         (
             "no route",
@@ -3029,11 +3044,18 @@ async fn refused_grpc_calls_get_a_grpc_status() {
             "12",
             "no route matches this path",
             None,
+            404,
         ),
     ];
-    for (what, request, status, message, challenge) in cases {
+    for (what, request, status, message, challenge, logged) in cases {
         let response = h2_send(request).await;
         assert_eq!(response.status(), 200, "{what}");
+        let id = response.headers()["x-request-id"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let line = logs.access_line(&id).await.unwrap_or_default();
+        assert!(line.contains(&format!("status={logged}")), "{what}: {line}");
         // Trailers-only: the header block ends the stream.
         assert!(http_body::Body::is_end_stream(response.body()), "{what}");
         assert!(!response.headers().contains_key("content-length"), "{what}");
@@ -4836,9 +4858,11 @@ async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept
         let mut answer = Vec::new();
         // A write may fail once the gateway has closed the connection.
         let _ = tls.write_all(request).await;
-        let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut answer)).await;
+        let read = tokio::time::timeout(BOUND, tls.read_to_end(&mut answer)).await;
         let answer = String::from_utf8_lossy(&answer);
         if late {
+            // Closed (with or without a TLS close_notify), not kept open.
+            assert!(read.is_ok(), "the late connection was kept open");
             assert!(answer.is_empty(), "answered after the deadline: {answer}");
         } else {
             assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");

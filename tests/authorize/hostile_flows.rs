@@ -552,7 +552,8 @@ struct Redemption {
     used: bool,
     /// The access and refresh token of the one successful redemption.
     issued: Option<(String, Option<String>)>,
-    /// A use after the first: what it issued is revoked.
+    /// A use after the first by the code's own client: what it issued is
+    /// revoked (another client's is refused and ends nothing).
     replayed: bool,
 }
 
@@ -623,7 +624,7 @@ async fn redeem(
         Presenter::Own | Presenter::OtherClient => {}
     }
     if state.used {
-        state.replayed = true;
+        state.replayed |= attempt.presenter == Presenter::Own;
         return error(&[400], "invalid_grant");
     }
     state.used = true;
