@@ -1623,6 +1623,34 @@ async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
         text.contains("HTTP/1.1 404"),
         "the next request went unanswered: {text}"
     );
+
+    // An endpoint that reads no body (the key set) answers after skipping
+    // it: a whole one leaves the connection for the next request, one that
+    // does not come gets the close said.
+    let text = raw(
+        gw.addr,
+        format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\n0123456789GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await;
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(reply.header("connection"), None, "{text}");
+    assert!(
+        text.contains("HTTP/1.1 404"),
+        "the next request went unanswered: {text}"
+    );
+    let text = raw(
+        gw.addr,
+        format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab").as_bytes(),
+    )
+    .await;
+    let reply = RawReply::parse(&text);
+    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(
+        reply.header("connection").as_deref(),
+        Some("close"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

@@ -389,16 +389,26 @@ impl Gateway {
                 (route, Err(error), body_left)
             }
             Verdict::AuthorizationServer(server, path) => {
-                // The endpoints read a body only to answer it: an error may
-                // have left it unread (a wrong method, a form too large or
-                // too slow).
+                let mut request = request;
                 let pending = body_pending(&request);
+                // Only POSTs carry what the endpoints read: a body sent
+                // with another method is skipped before the answer (the
+                // sign-in page, the key set), so the connection goes on,
+                // or is closed, said so, when it is too large or too slow.
+                let reads_body = request.method() == http::Method::POST;
+                let skipped_short = pending && !reads_body && !drain_body(&mut request).await;
                 // Boxed: the endpoints' futures are large, and inline they
                 // would be moved with every proxied request's future.
                 let response = Box::pin(server.handle(request, &path)).await;
+                // A POST's form is read only to answer it: an error may have
+                // left it unread (a form too large or too slow).
                 let failed =
                     response.status().is_client_error() || response.status().is_server_error();
-                (None, Ok(response), pending && failed)
+                (
+                    None,
+                    Ok(response),
+                    skipped_short || (pending && reads_body && failed),
+                )
             }
             Verdict::ResourceMetadata(resource) => {
                 let body_left = body_pending(&request) && !skip_body(request).await;
@@ -784,10 +794,16 @@ fn body_pending(request: &Request<Incoming>) -> bool {
 /// Reads and drops a refused request's body, when it is small and comes
 /// at once: whether it ended. Not one that waits for `100 Continue`: that
 /// client sends no body after a final answer.
-async fn skip_body(request: Request<Incoming>) -> bool {
+async fn skip_body(mut request: Request<Incoming>) -> bool {
+    drain_body(&mut request).await
+}
+
+/// [`skip_body`] for a request that is answered afterwards: its body is
+/// read to its end, if it is small and quick enough.
+async fn drain_body(request: &mut Request<Incoming>) -> bool {
     use http_body_util::BodyExt as _;
     let expects_continue = request.headers().contains_key(http::header::EXPECT);
-    let mut body = request.into_body();
+    let body = request.body_mut();
     let declared = http_body::Body::size_hint(&body).lower();
     if expects_continue || declared > SKIPPED_BODY_LIMIT {
         return false;
