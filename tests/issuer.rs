@@ -756,6 +756,49 @@ async fn refresh_replay_revokes_the_whole_family() {
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
+/// With `refresh_token_reuse_grace`, a client whose refresh answer was lost
+/// may send its token again within the grace: it gets new tokens, and the
+/// token the lost answer carried is replaced. A third use, or the lost
+/// token turning up, is a replay that ends the grant. Without the grace
+/// (the default), the retry itself is one (`refresh_replay_revokes_...`).
+#[tokio::test]
+async fn a_refresh_whose_answer_was_lost_may_be_retried_within_the_grace() {
+    let (_upstream, gw) = start("  refresh_token_reuse_grace: 30s\n").await;
+    let first = client_credentials(&gw, "svc").await;
+    let r0 = s(&first, "refresh_token");
+    let lost = refresh(&gw, "svc", &r0).await;
+    assert_eq!(lost.status, 200, "{}", lost.text());
+    let r1 = s(&lost.json(), "refresh_token");
+    let retry = refresh(&gw, "svc", &r0).await;
+    assert_eq!(retry.status, 200, "{}", retry.text());
+    assert_eq!(retry.json()["refresh_count"].as_u64(), Some(2));
+    let (a2, r2) = (
+        s(&retry.json(), "access_token"),
+        s(&retry.json(), "refresh_token"),
+    );
+    assert_accepted(&gw, &a2).await;
+    // The grant goes on with the retry's token ...
+    let r = refresh(&gw, "svc", &r2).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let (a3, r3) = (s(&r.json(), "access_token"), s(&r.json(), "refresh_token"));
+    // ... and the lost answer's token, turning up, is a replay.
+    let r = refresh(&gw, "svc", &r1).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_refused(&gw, &a3).await;
+    assert_oauth_error(&refresh(&gw, "svc", &r3).await, 400, "invalid_grant");
+
+    // A retry is once: the same token a third time ends the grant.
+    let second = client_credentials(&gw, "svc").await;
+    let r0 = s(&second, "refresh_token");
+    for _ in 0..2 {
+        let r = refresh(&gw, "svc", &r0).await;
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_refused(&gw, &s(&second, "access_token")).await;
+}
+
 /// A refresh token is recognised as rotated however many rotations ago it
 /// was replaced, and after its own lifetime, for as long as the grant is
 /// in use: a thief who used a stolen token first and keeps refreshing is

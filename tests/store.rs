@@ -50,6 +50,8 @@ fn refresh(family: &str, expires_at: u64, family_expires_at: u64) -> RefreshReco
         family_expires_at,
         refresh_count: 2,
         token: digest("current-token"),
+        previous: None,
+        retry_until: 0,
         user_grant: true,
     }
 }
@@ -350,6 +352,39 @@ async fn refresh_rotation_is_single_use(h: &Harness) {
     );
 }
 
+/// Within its reuse grace, the token a grant's current one replaced may be
+/// used once more (a client whose answer was lost), on any replica; then it
+/// is a replay like any rotated one.
+async fn a_replaced_token_is_a_retry_once_within_its_grace(h: &Harness) {
+    let t = now();
+    let g = digest("grant-retry");
+    let rec = RefreshRecord {
+        previous: Some(digest("replaced-token")),
+        retry_until: t + 60,
+        ..refresh("fam-retry", t + 3600, t + 86_400)
+    };
+    h.a.put_refresh(&g, &rec).await.unwrap();
+    let retried = RefreshRecord {
+        refresh_count: 3,
+        token: digest("retried-token"),
+        ..rec.clone()
+    };
+    assert_eq!(
+        h.b.rotate_refresh(&g, 1, &digest("replaced-token"), &retried)
+            .await
+            .unwrap(),
+        Use::Fresh(rec)
+    );
+    let again = rotated(&retried, "again-token", t + 3600);
+    assert_eq!(
+        h.a.rotate_refresh(&g, 1, &digest("replaced-token"), &again)
+            .await
+            .unwrap(),
+        Use::Reused(retried.clone())
+    );
+    assert_eq!(h.a.get_refresh(&g).await.unwrap(), Some(retried));
+}
+
 async fn get_refresh_does_not_consume(h: &Harness) {
     let t = now();
     let g = digest("grant-get");
@@ -585,6 +620,7 @@ macro_rules! all_backends {
 all_backends!(
     kind_is_reported,
     refresh_rotation_is_single_use,
+    a_replaced_token_is_a_retry_once_within_its_grace,
     get_refresh_does_not_consume,
     concurrent_refresh_rotation_has_one_winner,
     family_revocation,

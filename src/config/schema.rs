@@ -139,6 +139,11 @@ pub struct RawAuthorizationServer {
     /// Rotation never extends a refresh family past this age.
     #[serde(default = "default_family_age")]
     pub refresh_family_max_age: Spanned<HumanDuration>,
+    /// How long after a rotation the replaced refresh token may be used
+    /// once more, by a client whose answer was lost, instead of reading as a
+    /// replay (0s: never, RFC 9700's strict reading).
+    #[serde(default = "default_reuse_grace")]
+    pub refresh_token_reuse_grace: Spanned<HumanDuration>,
     /// `standard` (RFC 6749) or `apigee` (the seeds' sample).
     #[serde(default = "default_response_style")]
     pub response_style: Spanned<String>,
@@ -638,6 +643,9 @@ fn default_refresh_ttl() -> Spanned<HumanDuration> {
 }
 fn default_family_age() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(30 * 24 * 3600)))
+}
+fn default_reuse_grace() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::ZERO))
 }
 fn default_response_style() -> Spanned<String> {
     unspanned("standard".to_owned())

@@ -86,6 +86,8 @@ pub struct AuthorizationServerSettings {
     pub refresh_token_ttl: Duration,
     /// Longest life of a refresh family.
     pub refresh_family_max_age: Duration,
+    /// How long a replaced refresh token may be used once more (0: never).
+    pub refresh_token_reuse_grace: Duration,
     /// Response rendering.
     pub response_style: ResponseStyle,
     /// Where refresh families, codes and revocations live.
@@ -859,6 +861,8 @@ fn strip_every_identity_header(
 
 /// The most clock skew an issuer's `leeway` may allow for.
 const MAX_LEEWAY: Duration = Duration::from_secs(300);
+/// The longest `refresh_token_reuse_grace`.
+const MAX_REUSE_GRACE: Duration = Duration::from_secs(60);
 
 /// The most client connections `max_connections` may allow: far beyond what
 /// one process's file descriptors hold, and well within what the
@@ -1880,6 +1884,14 @@ impl Validator<'_> {
             "refresh_family_max_age",
             year * 10,
         )?;
+        let grace = &raw.refresh_token_reuse_grace;
+        if grace.value.0 > MAX_REUSE_GRACE || grace.value.0.subsec_nanos() != 0 {
+            return Err(self.err(
+                grace.referenced,
+                "refresh_token_reuse_grace must be whole seconds, at most 60s (a lost answer's retry comes within seconds; longer leaves a stolen token usable longer)",
+            ));
+        }
+        let refresh_token_reuse_grace = grace.value.0;
         let mut audiences: Vec<String> = clients.iter().map(|c| c.audience.clone()).collect();
         audiences.sort();
         audiences.dedup();
@@ -1918,6 +1930,7 @@ impl Validator<'_> {
                 access_token_ttl,
                 refresh_token_ttl,
                 refresh_family_max_age,
+                refresh_token_reuse_grace,
                 response_style,
                 store,
                 clients,

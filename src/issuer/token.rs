@@ -48,8 +48,8 @@ enum RefreshPlan {
         previous: Box<RefreshRecord>,
         /// The grant's handle, which the new token carries too.
         handle: String,
-        /// The presented token's digest.
-        presented: Digest,
+        /// The presented token's generation and digest.
+        presented: (u32, Digest),
     },
 }
 
@@ -253,6 +253,9 @@ impl AuthorizationServer {
         }
         match record.standing(now_unix(), presented.generation, &presented.digest) {
             Standing::Current => {}
+            Standing::Retry => {
+                tracing::info!(client_id = %client.client_id, "refresh token used again within refresh_token_reuse_grace; the token its first use got is replaced");
+            }
             Standing::Rotated => return Err(self.refresh_replayed(&record).await),
             Standing::Unknown => return Err(unknown()),
         }
@@ -276,7 +279,7 @@ impl AuthorizationServer {
             RefreshPlan::Rotate {
                 previous: Box::new(record),
                 handle: presented.handle.to_owned(),
-                presented: presented.digest,
+                presented: (presented.generation, presented.digest),
             },
         )
         .await
@@ -485,6 +488,8 @@ impl AuthorizationServer {
                     family_expires_at,
                     refresh_count: 0,
                     token: digest(&token),
+                    previous: None,
+                    retry_until: 0,
                     user_grant,
                 };
                 self.store
@@ -498,19 +503,30 @@ impl AuthorizationServer {
             RefreshPlan::Rotate {
                 previous,
                 handle,
-                presented,
+                presented: (generation, presented),
             } => {
-                let generation = previous.refresh_count;
-                let next_generation = generation
+                let next_generation = previous
+                    .refresh_count
                     .checked_add(1)
                     .ok_or_else(|| OAuthError::invalid_grant("refresh token used up"))?;
                 let token = refresh_token(&handle, next_generation)?;
+                // The token replaced now may be used once more within the
+                // grace; a retry's own use leaves that as it was, so that
+                // retries cannot stretch it.
+                let (previous_token, retry_until) = if presented == previous.token {
+                    let grace = settings.refresh_token_reuse_grace.as_secs();
+                    (Some(presented), if grace > 0 { now + grace } else { 0 })
+                } else {
+                    (previous.previous, previous.retry_until)
+                };
                 let record = RefreshRecord {
                     issued_at: now,
                     expires_at: (now + settings.refresh_token_ttl.as_secs())
                         .min(previous.family_expires_at),
                     refresh_count: next_generation,
                     token: digest(&token),
+                    previous: previous_token,
+                    retry_until,
                     ..*previous
                 };
                 let rotated = self

@@ -292,7 +292,7 @@ impl FileStore {
                 Some(current) => match current.standing(now, generation, &presented) {
                     Standing::Unknown => Use::NotFound,
                     Standing::Rotated => Use::Reused(current),
-                    Standing::Current => {
+                    Standing::Current | Standing::Retry => {
                         replace_grant(&txn, &grant, &next)?;
                         Use::Fresh(current)
                     }
@@ -691,6 +691,8 @@ mod tests {
             family_expires_at,
             refresh_count: 0,
             token: [7; 32],
+            previous: None,
+            retry_until: 0,
             user_grant: true,
         }
     }

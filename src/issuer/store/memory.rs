@@ -175,7 +175,7 @@ impl MemoryStore {
         Ok(match current.standing(now, generation, presented) {
             Standing::Unknown => Use::NotFound,
             Standing::Rotated => Use::Reused(current.clone()),
-            Standing::Current => {
+            Standing::Current | Standing::Retry => {
                 let previous = current.clone();
                 state.replace_refresh(now, grant, next.clone());
                 Use::Fresh(previous)
@@ -314,6 +314,8 @@ mod tests {
             family_expires_at,
             refresh_count: 0,
             token: [7; 32],
+            previous: None,
+            retry_until: 0,
             user_grant: true,
         }
     }

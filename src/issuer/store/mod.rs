@@ -101,6 +101,14 @@ pub struct RefreshRecord {
     /// The SHA-256 digest of the current refresh token, the only one of the
     /// grant that can be used.
     pub token: Digest,
+    /// The digest of the token the current one replaced, which may be used
+    /// once more until `retry_until` (a client whose answer was lost).
+    #[serde(default)]
+    pub previous: Option<Digest>,
+    /// Until when (unix seconds) `previous` may be used once more; 0 for
+    /// never (`refresh_token_reuse_grace: 0s`).
+    #[serde(default)]
+    pub retry_until: u64,
     /// The subject is a user (password or authorization code grant), not the
     /// client itself: a refresh checks the user still exists. Records written
     /// before this field existed read as `false` and fall back to comparing
@@ -140,6 +148,10 @@ pub struct CodeRecord {
 pub enum Standing {
     /// The grant's current token: it may be used (once).
     Current,
+    /// The token the current one replaced, presented again within the
+    /// reuse grace: a retry whose answer was lost; it may be used (once)
+    /// as the current one would be, and the token it got is then replaced.
+    Retry,
     /// A token the grant had before a rotation: a replay (RFC 9700 4.14.2).
     Rotated,
     /// Not a token of this grant as it stands (a later generation, a wrong
@@ -155,6 +167,11 @@ impl RefreshRecord {
     pub fn standing(&self, now: u64, generation: u32, presented: &Digest) -> Standing {
         if now >= self.expires_at {
             Standing::Unknown
+        } else if generation.checked_add(1) == Some(self.refresh_count)
+            && self.previous == Some(*presented)
+            && now < self.retry_until
+        {
+            Standing::Retry
         } else if generation < self.refresh_count {
             Standing::Rotated
         } else if generation == self.refresh_count && *presented == self.token {
@@ -326,9 +343,9 @@ impl Store {
 
     /// Rotates a grant's refresh token atomically: when the token of
     /// `generation` with digest `presented` is the grant's current one
-    /// ([`Standing::Current`]), `next` replaces it and the replaced record is
-    /// [`Use::Fresh`]; of concurrent callers presenting it, exactly one gets
-    /// that. A rotated token is [`Use::Reused`] (with the grant's record as
+    /// ([`Standing::Current`], or [`Standing::Retry`]), `next` replaces the
+    /// record and the replaced record is [`Use::Fresh`]; of concurrent
+    /// callers presenting it, exactly one gets that. A rotated token is [`Use::Reused`] (with the grant's record as
     /// it stands), anything else [`Use::NotFound`].
     pub async fn rotate_refresh(
         &self,
@@ -509,6 +526,8 @@ mod tests {
             family_expires_at: 20,
             refresh_count: 3,
             token: [1; 32],
+            previous: None,
+            retry_until: 0,
             user_grant: false,
         };
         assert_eq!(record.standing(5, 3, &[1; 32]), Standing::Current);
@@ -518,6 +537,19 @@ mod tests {
         assert_eq!(record.standing(5, 2, &[2; 32]), Standing::Rotated);
         assert_eq!(record.standing(10, 3, &[1; 32]), Standing::Unknown);
         assert_eq!(record.standing(10, 2, &[2; 32]), Standing::Unknown);
+        // Within the reuse grace, the token the current one replaced is a
+        // retry; an older one, another digest, or after the grace, a replay.
+        let record = RefreshRecord {
+            previous: Some([9; 32]),
+            retry_until: 8,
+            ..record
+        };
+        assert_eq!(record.standing(5, 2, &[9; 32]), Standing::Retry);
+        assert_eq!(record.standing(7, 2, &[9; 32]), Standing::Retry);
+        assert_eq!(record.standing(8, 2, &[9; 32]), Standing::Rotated);
+        assert_eq!(record.standing(5, 2, &[8; 32]), Standing::Rotated);
+        assert_eq!(record.standing(5, 1, &[9; 32]), Standing::Rotated);
+        assert_eq!(record.standing(5, 3, &[1; 32]), Standing::Current);
     }
 
     #[test]

@@ -314,7 +314,7 @@ impl RedisStore {
             match current.standing(now_secs(), generation, presented) {
                 Standing::Unknown => return Ok(Use::NotFound),
                 Standing::Rotated => return Ok(Use::Reused(current)),
-                Standing::Current => {}
+                Standing::Current | Standing::Retry => {}
             }
             let swapped: i64 = ::redis::cmd("EVAL")
                 .arg(COMPARE_AND_SET)
