@@ -769,6 +769,10 @@ async fn a_refresh_whose_answer_was_lost_may_be_retried_within_the_grace() {
     let lost = refresh(&gw, "svc", &r0).await;
     assert_eq!(lost.status, 200, "{}", lost.text());
     let r1 = s(&lost.json(), "refresh_token");
+    // Usable once more, it is live: active to its client, and another
+    // client may not revoke it (RFC 7009 2.1).
+    assert_eq!(introspect(&gw, "svc", &r0).await.json()["active"], true);
+    assert_oauth_error(&revoke(&gw, "other", &r0).await, 400, "unauthorized_client");
     let retry = refresh(&gw, "svc", &r0).await;
     assert_eq!(retry.status, 200, "{}", retry.text());
     assert_eq!(retry.json()["refresh_count"].as_u64(), Some(2));
@@ -786,6 +790,31 @@ async fn a_refresh_whose_answer_was_lost_may_be_retried_within_the_grace() {
     assert_oauth_error(&r, 400, "invalid_grant");
     assert_refused(&gw, &a3).await;
     assert_oauth_error(&refresh(&gw, "svc", &r3).await, 400, "invalid_grant");
+
+    // Two requests with one token at once: one rotates it, the other is
+    // that rotation's retry (the next generation after it), whichever comes
+    // first, and the token the first got is then a replay.
+    for _ in 0..5 {
+        let grant = client_credentials(&gw, "svc").await;
+        let r0 = s(&grant, "refresh_token");
+        let (a, b) = tokio::join!(refresh(&gw, "svc", &r0), refresh(&gw, "svc", &r0));
+        let mut answers: Vec<Value> = [a, b]
+            .iter()
+            .map(|r| {
+                assert_eq!(r.status, 200, "{}", r.text());
+                r.json()
+            })
+            .collect();
+        answers.sort_by_key(|a| a["refresh_count"].as_u64());
+        let counts: Vec<_> = answers
+            .iter()
+            .map(|a| a["refresh_count"].as_u64())
+            .collect();
+        assert_eq!(counts, [Some(1), Some(2)]);
+        let r = refresh(&gw, "svc", &s(&answers[0], "refresh_token")).await;
+        assert_oauth_error(&r, 400, "invalid_grant");
+        assert!(r.text().contains("already used"), "{}", r.text());
+    }
 
     // A retry is once: the same token a third time ends the grant.
     let second = client_credentials(&gw, "svc").await;

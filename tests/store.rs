@@ -414,7 +414,14 @@ async fn concurrent_refresh_rotation_has_one_winner(h: &Harness) {
             .map(|i| {
                 let store = if i % 2 == 0 { h.a.clone() } else { h.b.clone() };
                 let barrier = Arc::clone(&barrier);
-                let next = rotated(&rec, &format!("next-{i}"), t + 3600);
+                // As the token endpoint makes it, with a reuse grace: the
+                // presented token stays usable once more. Those that lose
+                // must not land on the winner's record as retries.
+                let next = RefreshRecord {
+                    previous: Some(rec.token),
+                    retry_until: t + 60,
+                    ..rotated(&rec, &format!("next-{i}"), t + 3600)
+                };
                 tokio::spawn(async move {
                     barrier.wait().await;
                     let outcome = store

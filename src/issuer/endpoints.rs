@@ -147,13 +147,14 @@ impl AuthorizationServer {
     }
 
     /// Whether a refresh token can still be redeemed: the grant's current
-    /// one, and the grant not revoked.
+    /// one (or, within the reuse grace, the one it replaced), and the grant
+    /// not revoked.
     async fn refresh_is_live(
         &self,
         record: &RefreshRecord,
         standing: Standing,
     ) -> Result<bool, OAuthError> {
-        if standing != Standing::Current {
+        if !matches!(standing, Standing::Current | Standing::Retry) {
             return Ok(false);
         }
         let revoked = self

@@ -94,6 +94,44 @@ fn refresh_token(handle: &str, generation: u32) -> Result<String, OAuthError> {
     Ok(format!("{handle}.{generation}.{}", random_token()?))
 }
 
+/// The refresh token, and the grant's record with it, that replace the
+/// grant's `current` record when the token whose digest is `presented` is
+/// used (the current one, or in the reuse grace the one it replaced).
+/// RFC 6749 6: the grant's scope, not the narrower one this access token
+/// may have asked for.
+fn next_refresh(
+    settings: &crate::config::AuthorizationServerSettings,
+    current: &RefreshRecord,
+    handle: &str,
+    presented: &Digest,
+    now: u64,
+) -> Result<(String, RefreshRecord), OAuthError> {
+    let generation = current
+        .refresh_count
+        .checked_add(1)
+        .ok_or_else(|| OAuthError::invalid_grant("refresh token used up"))?;
+    let token = refresh_token(handle, generation)?;
+    // The token replaced now may be used once more within the grace; a
+    // retry's own use leaves that as it was, so that retries cannot
+    // stretch it.
+    let (previous, retry_until) = if *presented == current.token {
+        let grace = settings.refresh_token_reuse_grace.as_secs();
+        (Some(*presented), if grace > 0 { now + grace } else { 0 })
+    } else {
+        (current.previous, current.retry_until)
+    };
+    let record = RefreshRecord {
+        issued_at: now,
+        expires_at: (now + settings.refresh_token_ttl.as_secs()).min(current.family_expires_at),
+        refresh_count: generation,
+        token: digest(&token),
+        previous,
+        retry_until,
+        ..current.clone()
+    };
+    Ok((token, record))
+}
+
 /// The token request parameters of the grants this server knows (RFC 6749
 /// 4, 6; RFC 7636 4.5) and of common extensions (RFC 8707, RFC 7523): in
 /// the query, each is refused rather than ignored.
@@ -498,53 +536,46 @@ impl AuthorizationServer {
                     .map_err(|e| self.store_failed(&e))?;
                 Some((token, record))
             }
-            // RFC 6749 6: the new refresh token's scope is the grant's, not
-            // the narrower one this access token may have asked for.
             RefreshPlan::Rotate {
                 previous,
                 handle,
                 presented: (generation, presented),
             } => {
-                let next_generation = previous
-                    .refresh_count
-                    .checked_add(1)
-                    .ok_or_else(|| OAuthError::invalid_grant("refresh token used up"))?;
-                let token = refresh_token(&handle, next_generation)?;
-                // The token replaced now may be used once more within the
-                // grace; a retry's own use leaves that as it was, so that
-                // retries cannot stretch it.
-                let (previous_token, retry_until) = if presented == previous.token {
-                    let grace = settings.refresh_token_reuse_grace.as_secs();
-                    (Some(presented), if grace > 0 { now + grace } else { 0 })
-                } else {
-                    (previous.previous, previous.retry_until)
-                };
-                let record = RefreshRecord {
-                    issued_at: now,
-                    expires_at: (now + settings.refresh_token_ttl.as_secs())
-                        .min(previous.family_expires_at),
-                    refresh_count: next_generation,
-                    token: digest(&token),
-                    previous: previous_token,
-                    retry_until,
-                    ..*previous
-                };
-                let rotated = self
-                    .store
-                    .rotate_refresh(&digest(&handle), generation, &presented, &record)
-                    .await
-                    .map_err(|e| self.store_failed(&e))?;
-                match rotated {
-                    Use::Fresh(_) => {}
-                    Use::NotFound => {
-                        return Err(OAuthError::invalid_grant(
-                            "unknown or expired refresh token",
-                        ))
+                let grant = digest(&handle);
+                let mut current = *previous;
+                // Twice at most: a concurrent rotation that landed since the
+                // grant was read makes this one a retry of it, when the
+                // reuse grace allows that, and the next record is made anew.
+                let mut tries = 2;
+                loop {
+                    tries -= 1;
+                    let (token, record) =
+                        next_refresh(settings, &current, &handle, &presented, now)?;
+                    let rotated = self
+                        .store
+                        .rotate_refresh(&grant, generation, &presented, &record)
+                        .await
+                        .map_err(|e| self.store_failed(&e))?;
+                    match rotated {
+                        Use::Fresh(_) => break Some((token, record)),
+                        Use::NotFound => {
+                            return Err(OAuthError::invalid_grant(
+                                "unknown or expired refresh token",
+                            ))
+                        }
+                        Use::Reused(now_stored)
+                            if tries > 0
+                                && now_stored.standing(now, generation, &presented)
+                                    == Standing::Retry =>
+                        {
+                            current = now_stored;
+                        }
+                        // Another request rotated it since it was checked.
+                        Use::Reused(now_stored) => {
+                            return Err(self.refresh_replayed(&now_stored).await)
+                        }
                     }
-                    // Another request rotated it since it was checked.
-                    Use::Reused(current) => return Err(self.refresh_replayed(&current).await),
                 }
-                Some((token, record))
             }
         };
         let refresh = refresh.map(|(token, record)| IssuedRefresh {

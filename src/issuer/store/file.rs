@@ -24,8 +24,8 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 use super::{
-    code_retain, decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Kind,
-    RefreshRecord, Standing, StoreError, Use,
+    code_retain, decide, now_secs, revocation_headroom, rotation, CodeRecord, Decision, Digest,
+    Kind, RefreshRecord, Rotation, StoreError, Use,
 };
 
 /// A table of records by digest: digest → JSON.
@@ -289,10 +289,10 @@ impl FileStore {
             let current = read_grant(&txn.open_table(GRANTS).db()?, &grant)?;
             let outcome = match current {
                 None => Use::NotFound,
-                Some(current) => match current.standing(now, generation, &presented) {
-                    Standing::Unknown => Use::NotFound,
-                    Standing::Rotated => Use::Reused(current),
-                    Standing::Current | Standing::Retry => {
+                Some(current) => match rotation(now, &current, generation, &presented, &next) {
+                    Rotation::NotFound => Use::NotFound,
+                    Rotation::Reused => Use::Reused(current),
+                    Rotation::Write => {
                         replace_grant(&txn, &grant, &next)?;
                         Use::Fresh(current)
                     }

@@ -11,8 +11,8 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use super::{
-    code_retain, decide, now_secs, revocation_headroom, CodeRecord, Decision, Digest, Kind,
-    RefreshRecord, Standing, StoreError, Use,
+    code_retain, decide, now_secs, revocation_headroom, rotation, CodeRecord, Decision, Digest,
+    Kind, RefreshRecord, Rotation, StoreError, Use,
 };
 
 /// How many expired entries one write purges at most, so no single call holds
@@ -172,10 +172,10 @@ impl MemoryStore {
         let Some(current) = state.refresh.get(grant) else {
             return Ok(Use::NotFound);
         };
-        Ok(match current.standing(now, generation, presented) {
-            Standing::Unknown => Use::NotFound,
-            Standing::Rotated => Use::Reused(current.clone()),
-            Standing::Current | Standing::Retry => {
+        Ok(match rotation(now, current, generation, presented, next) {
+            Rotation::NotFound => Use::NotFound,
+            Rotation::Reused => Use::Reused(current.clone()),
+            Rotation::Write => {
                 let previous = current.clone();
                 state.replace_refresh(now, grant, next.clone());
                 Use::Fresh(previous)

@@ -342,11 +342,14 @@ impl Store {
     }
 
     /// Rotates a grant's refresh token atomically: when the token of
-    /// `generation` with digest `presented` is the grant's current one
-    /// ([`Standing::Current`], or [`Standing::Retry`]), `next` replaces the
-    /// record and the replaced record is [`Use::Fresh`]; of concurrent
-    /// callers presenting it, exactly one gets that. A rotated token is [`Use::Reused`] (with the grant's record as
-    /// it stands), anything else [`Use::NotFound`].
+    /// `generation` with digest `presented` may be used ([`Standing::Current`],
+    /// or [`Standing::Retry`]) and `next` was made from the stored record
+    /// (its generation the next one), `next` replaces the record and the
+    /// replaced record is [`Use::Fresh`]; of concurrent callers with `next`s
+    /// made from one record, exactly one gets that. A rotated token, or a
+    /// `next` made from an earlier record, is [`Use::Reused`] with the
+    /// grant's record as it stands (the caller tells which by that record);
+    /// anything else [`Use::NotFound`].
     pub async fn rotate_refresh(
         &self,
         grant: &Digest,
@@ -450,6 +453,41 @@ fn now_secs() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
         .unwrap_or(0)
+}
+
+/// What rotating a grant's record to `next` does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Rotation {
+    /// Write `next`: the presented token may be used, and `next` was made
+    /// from the stored record.
+    Write,
+    /// Report Reused: a replay, or a `next` made from an earlier record (a
+    /// concurrent rotation landed since; the caller reads the grant again).
+    Reused,
+    /// Report NotFound.
+    NotFound,
+}
+
+/// The [`Rotation`] of `current` to `next` for the presented token of
+/// `generation` whose digest is `presented`, at `now`. Shared by all
+/// backends so they agree exactly.
+fn rotation(
+    now: u64,
+    current: &RefreshRecord,
+    generation: u32,
+    presented: &Digest,
+    next: &RefreshRecord,
+) -> Rotation {
+    match current.standing(now, generation, presented) {
+        Standing::Unknown => Rotation::NotFound,
+        Standing::Rotated => Rotation::Reused,
+        Standing::Current | Standing::Retry
+            if current.refresh_count.checked_add(1) == Some(next.refresh_count) =>
+        {
+            Rotation::Write
+        }
+        Standing::Current | Standing::Retry => Rotation::Reused,
+    }
 }
 
 /// Codes written before `redirect_uri_sent` existed count as having named

@@ -30,8 +30,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{
-    code_retain, hex, now_secs, CodeRecord, Digest, Kind, RedisTarget, RefreshRecord, Standing,
-    StoreError, Use,
+    code_retain, hex, now_secs, rotation, CodeRecord, Digest, Kind, RedisTarget, RefreshRecord,
+    Rotation, StoreError, Use,
 };
 
 /// The prefix of every key scopegate writes.
@@ -311,10 +311,10 @@ impl RedisStore {
                 return Ok(Use::NotFound);
             };
             let current: RefreshRecord = decode(&bytes)?;
-            match current.standing(now_secs(), generation, presented) {
-                Standing::Unknown => return Ok(Use::NotFound),
-                Standing::Rotated => return Ok(Use::Reused(current)),
-                Standing::Current | Standing::Retry => {}
+            match rotation(now_secs(), &current, generation, presented, next) {
+                Rotation::NotFound => return Ok(Use::NotFound),
+                Rotation::Reused => return Ok(Use::Reused(current)),
+                Rotation::Write => {}
             }
             let swapped: i64 = ::redis::cmd("EVAL")
                 .arg(COMPARE_AND_SET)
