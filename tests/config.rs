@@ -620,7 +620,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "a refresh token reuse grace of minutes",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_token_reuse_grace: 2m\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "6:30",
-            "refresh_token_reuse_grace must be whole seconds, at most 60s",
+            "refresh_token_reuse_grace may be at most 60s",
         ),
         (
             "a leeway of half a second, which would be none",

@@ -769,9 +769,12 @@ async fn a_refresh_whose_answer_was_lost_may_be_retried_within_the_grace() {
     let lost = refresh(&gw, "svc", &r0).await;
     assert_eq!(lost.status, 200, "{}", lost.text());
     let r1 = s(&lost.json(), "refresh_token");
-    // Usable once more, it is live: active to its client, and another
-    // client may not revoke it (RFC 7009 2.1).
-    assert_eq!(introspect(&gw, "svc", &r0).await.json()["active"], true);
+    // Usable once more, it is live: active to its client until the grace
+    // ends, and another client may not revoke it (RFC 7009 2.1).
+    let answer = introspect(&gw, "svc", &r0).await.json();
+    assert_eq!(answer["active"], true, "{answer}");
+    let exp = answer["exp"].as_u64().unwrap();
+    assert!(exp <= now_unix() + 30 && exp + 60 > now_unix(), "{answer}");
     assert_oauth_error(&revoke(&gw, "other", &r0).await, 400, "unauthorized_client");
     let retry = refresh(&gw, "svc", &r0).await;
     assert_eq!(retry.status, 200, "{}", retry.text());
@@ -836,12 +839,12 @@ async fn a_refresh_whose_answer_was_lost_may_be_retried_within_the_grace() {
 async fn a_token_rotated_long_ago_still_reads_as_a_replay() {
     let upstream = Upstream::start().await;
     let gw = Gateway::start(
-        &config(upstream.addr, "").replace("refresh_token_ttl: 30m", "refresh_token_ttl: 2s"),
+        &config(upstream.addr, "").replace("refresh_token_ttl: 30m", "refresh_token_ttl: 5s"),
     )
     .await;
     let first = client_credentials(&gw, "svc").await;
     let stolen = s(&first, "refresh_token");
-    let expires = now_unix() + 2;
+    let expires = now_unix() + 5;
     // The thief refreshes with it first, and again and again, past the
     // time the stolen token would have expired.
     let mut latest = stolen.clone();
@@ -2131,7 +2134,8 @@ async fn file_store_survives_a_restart() {
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["refresh_count"].as_u64(), Some(2), "{}", r.text());
     let r2 = s(&r.json(), "refresh_token");
-    // The used-marker survived too: replaying the first token ends the grant.
+    // The grant's generation survived too: replaying the first token ends
+    // the grant.
     let replay = refresh(&gw, "svc", &r0).await;
     assert_oauth_error(&replay, 400, "invalid_grant");
     assert_oauth_error(&refresh(&gw, "svc", &r2).await, 400, "invalid_grant");

@@ -372,7 +372,7 @@ async fn reload_in_the_middle_of_a_burst_fails_no_request() {
         // Each client's requests spanned the reloads: some were sent before
         // the first had taken effect, some between later ones.
         let spans: std::collections::BTreeSet<usize> = sent.iter().map(|(seen, _)| *seen).collect();
-        assert!(spans.len() >= 3 && spans.contains(&0), "{spans:?}");
+        assert!(spans.len() >= 2 && spans.contains(&0), "{spans:?}");
     }
     // The issuers did not change, so keys were kept: one JWKS fetch in all.
     assert_eq!(world.jwks.fetches(), 1);

@@ -449,7 +449,8 @@ pub struct Upstream {
     pub body_idle_timeout: Duration,
     /// Extra CA bundle for https.
     pub ca_file: Option<CaFile>,
-    /// h2c to a plain-http upstream.
+    /// HTTP/2 only: h2c to a plain-http upstream, h2 by ALPN (and nothing
+    /// else) to an https one.
     pub http2_only: bool,
     /// Requests one HTTP/2 connection carries at once.
     pub http2_max_streams: usize,
@@ -1271,6 +1272,22 @@ impl Validator<'_> {
         Ok(())
     }
 
+    /// Refuses a duration with a fraction of a second, where it would be
+    /// cut off (token times are whole seconds).
+    fn whole_seconds(
+        &self,
+        d: &Spanned<super::schema::HumanDuration>,
+        what: &str,
+    ) -> Result<(), ConfigError> {
+        if d.value.0.subsec_nanos() != 0 {
+            return Err(self.err(
+                d.referenced,
+                format!("{what} must be a whole number of seconds (token times are seconds)"),
+            ));
+        }
+        Ok(())
+    }
+
     fn server(&self, raw: &RawConfig) -> Result<ServerSettings, ConfigError> {
         let s = &raw.server;
         let listen = self.socket_addr(&s.listen)?;
@@ -1486,12 +1503,7 @@ impl Validator<'_> {
             ));
         }
         // Token times are whole seconds: `500ms` would silently be none.
-        if raw.leeway.value.0.subsec_nanos() != 0 {
-            return Err(self.err(
-                raw.leeway.referenced,
-                "leeway must be a whole number of seconds (token times are seconds)",
-            ));
-        }
+        self.whole_seconds(&raw.leeway, "leeway")?;
         let require_typ = raw.require_typ.as_deref().map(normalize_typ);
         if require_typ.as_deref() == Some("") {
             return Err(self.err(
@@ -1885,10 +1897,11 @@ impl Validator<'_> {
             year * 10,
         )?;
         let grace = &raw.refresh_token_reuse_grace;
-        if grace.value.0 > MAX_REUSE_GRACE || grace.value.0.subsec_nanos() != 0 {
+        self.whole_seconds(grace, "refresh_token_reuse_grace")?;
+        if grace.value.0 > MAX_REUSE_GRACE {
             return Err(self.err(
                 grace.referenced,
-                "refresh_token_reuse_grace must be whole seconds, at most 60s (a lost answer's retry comes within seconds; longer leaves a stolen token usable longer)",
+                "refresh_token_reuse_grace may be at most 60s (a lost answer's retry comes within seconds; longer leaves a stolen token usable longer)",
             ));
         }
         let refresh_token_reuse_grace = grace.value.0;

@@ -177,6 +177,11 @@ impl AuthorizationServer {
         if !self.refresh_is_live(&record, standing).await? || record.client_id != caller {
             return Ok(inactive);
         }
+        // A token used once more within the reuse grace ends with it.
+        let exp = match standing {
+            Standing::Retry => record.expires_at.min(record.retry_until),
+            _ => record.expires_at,
+        };
         // `token_type` is an access token's type (RFC 7662 2.2 by RFC 6749
         // 5.1): a refresh token says what it is in `token_use`, as Ory
         // Hydra's answers do (and as the gateway's introspection reads).
@@ -189,7 +194,7 @@ impl AuthorizationServer {
             "aud": record.audience,
             "iss": self.settings.issuer,
             "iat": record.issued_at,
-            "exp": record.expires_at,
+            "exp": exp,
         }))
     }
 

@@ -89,6 +89,11 @@ impl<'a> PresentedRefresh<'a> {
     }
 }
 
+/// The answer to a refresh token that no grant has as it stands.
+fn unknown_refresh() -> OAuthError {
+    OAuthError::invalid_grant("unknown or expired refresh token")
+}
+
 /// A new refresh token of the grant with `handle`, of `generation`.
 fn refresh_token(handle: &str, generation: u32) -> Result<String, OAuthError> {
     Ok(format!("{handle}.{generation}.{}", random_token()?))
@@ -268,8 +273,7 @@ impl AuthorizationServer {
         let token = form
             .get("refresh_token")
             .ok_or_else(|| OAuthError::invalid_request("refresh_token is required"))?;
-        let unknown = || OAuthError::invalid_grant("unknown or expired refresh token");
-        let presented = PresentedRefresh::parse(token).ok_or_else(unknown)?;
+        let presented = PresentedRefresh::parse(token).ok_or_else(unknown_refresh)?;
         // Every check runs before the token is used up, and the new token
         // replaces it only then: a refused request (a scope too wide, a
         // store that is full) leaves the grant as it was, instead of burning
@@ -281,7 +285,7 @@ impl AuthorizationServer {
             .get_refresh(&presented.grant)
             .await
             .map_err(|e| self.store_failed(&e))?
-            .ok_or_else(unknown)?;
+            .ok_or_else(unknown_refresh)?;
         // A request by the wrong client must neither burn the owner's token
         // nor, with a rotated one, end the owner's grant.
         if record.client_id != client.client_id {
@@ -295,7 +299,7 @@ impl AuthorizationServer {
                 tracing::info!(client_id = %client.client_id, "refresh token used again within refresh_token_reuse_grace; the token its first use got is replaced");
             }
             Standing::Rotated => return Err(self.refresh_replayed(&record).await),
-            Standing::Unknown => return Err(unknown()),
+            Standing::Unknown => return Err(unknown_refresh()),
         }
         if self
             .store
@@ -558,11 +562,7 @@ impl AuthorizationServer {
                         .map_err(|e| self.store_failed(&e))?;
                     match rotated {
                         Use::Fresh(_) => break Some((token, record)),
-                        Use::NotFound => {
-                            return Err(OAuthError::invalid_grant(
-                                "unknown or expired refresh token",
-                            ))
-                        }
+                        Use::NotFound => return Err(unknown_refresh()),
                         Use::Reused(now_stored)
                             if tries > 0
                                 && now_stored.standing(now, generation, &presented)

@@ -3,9 +3,10 @@
 //! replica) can have it open.
 //!
 //! redb is synchronous, so every operation runs on tokio's blocking pool
-//! (`spawn_blocking`), never on a runtime worker. Each `use_*` is one write
-//! transaction: redb serialises write transactions, which is what makes
-//! consuming a value atomic. Commits are durable (fsync) before returning.
+//! (`spawn_blocking`), never on a runtime worker. Each `use_code` and
+//! `rotate_refresh` is one write transaction: redb serialises write
+//! transactions, which is what makes consuming a code or rotating a grant
+//! atomic. Commits are durable (fsync) before returning.
 //!
 //! Besides the data tables, an `expiry` table is keyed by
 //! `keep-until (u64 big-endian) ‖ table tag ‖ id`, so every write can purge a
@@ -397,7 +398,6 @@ impl FileStore {
 /// Stores a code (unused, unless it is being overwritten while used), and
 /// purges a batch of expired entries, in one write transaction.
 async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Result<(), StoreError> {
-    let (def, tag) = (CODES, TAG_CODE);
     let capacity = store.capacity;
     store
         .run(Access::Write, move |db| {
@@ -408,11 +408,11 @@ async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Resu
             }
             let mut txn = db.begin_write().db()?;
             purge(&txn, now)?;
-            if txn.open_table(def).db()?.get(&digest).db()?.is_none() {
+            if txn.open_table(CODES).db()?.get(&digest).db()?.is_none() {
                 txn = room_for_one(db, txn, capacity)?;
             }
             {
-                let mut table = txn.open_table(def).db()?;
+                let mut table = txn.open_table(CODES).db()?;
                 let mut expiry = txn.open_table(EXPIRY).db()?;
                 let old = table
                     .get(&digest)
@@ -421,7 +421,7 @@ async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Resu
                 let used = match old {
                     // Keep a used marker used; move its index entry.
                     Some(Ok(old)) => {
-                        let key = expiry_key(code_retain(&old.record), tag, &digest);
+                        let key = expiry_key(code_retain(&old.record), TAG_CODE, &digest);
                         expiry.remove(key.as_slice()).db()?;
                         old.used
                     }
@@ -432,7 +432,7 @@ async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Resu
                 let bytes = encode(&Stored { record, used })?;
                 table.insert(&digest, bytes.as_slice()).db()?;
                 expiry
-                    .insert(expiry_key(retain, tag, &digest).as_slice(), ())
+                    .insert(expiry_key(retain, TAG_CODE, &digest).as_slice(), ())
                     .db()?;
             }
             db.commit(txn)
@@ -443,13 +443,12 @@ async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Resu
 /// Consumes a code in one write transaction. Commits only when it marks
 /// the code used, so a replay or a miss costs no disk write.
 async fn use_code(store: &FileStore, digest: Digest) -> Result<Use<CodeRecord>, StoreError> {
-    let def = CODES;
     // A miss (a made-up token or code, which anyone may send) takes no
     // write place, let alone the write lock.
     let known = store
         .run(Access::Read, move |db| {
             let txn = db.begin_read().db()?;
-            let table = txn.open_table(def).db()?;
+            let table = txn.open_table(CODES).db()?;
             // A local, so that the entry's page is let go before the read
             // transaction ends: a temporary in the block's value would
             // outlive the transaction, and a commit on another thread could
@@ -467,7 +466,7 @@ async fn use_code(store: &FileStore, digest: Digest) -> Result<Use<CodeRecord>, 
             let now = now_secs();
             let txn = db.begin_write().db()?;
             let outcome = {
-                let mut table = txn.open_table(def).db()?;
+                let mut table = txn.open_table(CODES).db()?;
                 let stored = match table.get(&digest).db()? {
                     Some(bytes) => Some(decode::<CodeRecord>(bytes.value())?),
                     None => None,

@@ -4,8 +4,9 @@
 //!
 //! Memory stays bounded: an index ordered by "keep until" lets every write purge
 //! a batch of expired entries cheaply, and past the capacity writes are refused
-//! ([`StoreError::Full`]) rather than evicting live state (evicting a
-//! used-marker would make a replay look fresh).
+//! ([`StoreError::Full`]) rather than evicting live state (evicting a code's
+//! used-marker would make a replay look fresh, and a grant's record would
+//! make its replays look unknown).
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::{Mutex, MutexGuard, PoisonError};

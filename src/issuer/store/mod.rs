@@ -53,7 +53,8 @@ use self::file::FileStore;
 use self::memory::MemoryStore;
 use self::redis::RedisStore;
 
-/// SHA-256 digest of a refresh token or authorization code (raw values are never stored).
+/// SHA-256 digest of a refresh token, a grant's handle or an authorization
+/// code (raw values are never stored).
 pub type Digest = [u8; 32];
 
 /// How long (seconds) a used authorization code's marker outlives the code, so
@@ -61,7 +62,7 @@ pub type Digest = [u8; 32];
 /// (and the tokens issued from it can be revoked) instead of looking unknown.
 pub const CODE_REPLAY_GRACE_SECS: u64 = 600;
 
-/// The most entries (refresh tokens, codes and revocations together) the
+/// The most entries (grants, codes and revocations together) the
 /// memory and file backends hold, so a flood of grants cannot exhaust the
 /// process's memory or the volume. Expired entries are purged first; past
 /// this, writes fail with [`StoreError::Full`]. Revocations have an eighth
@@ -187,7 +188,8 @@ impl RefreshRecord {
 pub enum Use<T> {
     /// Unknown, or expired (an expired value that was never used is simply gone).
     NotFound,
-    /// It was unused and is now marked used (atomically): the caller may honour it.
+    /// It was unused and is now marked used, or (a grant) replaced,
+    /// atomically: the caller may honour it.
     Fresh(T),
     /// It had been used before: a replay. The caller should refuse it and
     /// revoke what the first use produced.
