@@ -1667,46 +1667,45 @@ async fn authorization_server_requests_are_labelled_as_such() {
 #[tokio::test]
 async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
     let (_upstream, gw) = start("").await;
-    let text = raw(
-        gw.addr,
-        format!("PUT {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab").as_bytes(),
+    answers_and_closes(
+        &gw,
+        &format!("PUT {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab"),
+        405,
     )
     .await;
-    let reply = RawReply::parse(&text);
-    assert_eq!(reply.status, 405, "{text}");
-    assert_eq!(
-        reply.header("connection").as_deref(),
-        Some("close"),
-        "{text}"
-    );
 
     client_credentials(&gw, "svc").await;
     let form = format!("grant_type=client_credentials&{}", creds("svc"));
-    let text = raw(
-        gw.addr,
-        format!(
-            "POST {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+    answers_and_goes_on(
+        &gw,
+        &format!(
+            "POST {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
             form.len()
-        )
-        .as_bytes(),
+        ),
     )
     .await;
-    let reply = RawReply::parse(&text);
-    assert_eq!(reply.status, 200, "{text}");
-    assert_eq!(reply.header("connection"), None, "{text}");
-    assert!(
-        text.contains("HTTP/1.1 404"),
-        "the next request went unanswered: {text}"
-    );
 
     // An endpoint that reads no body (the key set) answers after skipping
     // it: a whole one leaves the connection for the next request, one that
     // does not come gets the close said.
-    let text = raw(
-        gw.addr,
-        format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\n0123456789GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n").as_bytes(),
+    answers_and_goes_on(
+        &gw,
+        &format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\n0123456789"),
     )
     .await;
+    answers_and_closes(
+        &gw,
+        &format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab"),
+        200,
+    )
+    .await;
+}
+
+/// Sends `request` and, on the same connection, one for `/nowhere`: the
+/// first is answered 200 without a close, and the second 404.
+async fn answers_and_goes_on(gw: &Gateway, request: &str) {
+    let next = "GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
+    let text = raw(gw.addr, format!("{request}{next}").as_bytes()).await;
     let reply = RawReply::parse(&text);
     assert_eq!(reply.status, 200, "{text}");
     assert_eq!(reply.header("connection"), None, "{text}");
@@ -1714,13 +1713,14 @@ async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
         text.contains("HTTP/1.1 404"),
         "the next request went unanswered: {text}"
     );
-    let text = raw(
-        gw.addr,
-        format!("GET {JWKS} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 10\r\n\r\nab").as_bytes(),
-    )
-    .await;
+}
+
+/// Sends `request` (its body cut short): answered `status`, saying the
+/// connection closes.
+async fn answers_and_closes(gw: &Gateway, request: &str, status: u16) {
+    let text = raw(gw.addr, request.as_bytes()).await;
     let reply = RawReply::parse(&text);
-    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(reply.status, status, "{text}");
     assert_eq!(
         reply.header("connection").as_deref(),
         Some("close"),

@@ -159,6 +159,21 @@ impl Held<'_> {
         }
         txn.commit().db()
     }
+
+    /// Commits `txn` when `outcome` used something up (a code, a grant's
+    /// token), else aborts it: a replay or a miss costs no disk write.
+    fn commit_if_fresh<T>(
+        &self,
+        txn: WriteTransaction,
+        outcome: Use<T>,
+    ) -> Result<Use<T>, StoreError> {
+        if matches!(outcome, Use::Fresh(_)) {
+            self.commit(txn)?;
+        } else {
+            txn.abort().db()?;
+        }
+        Ok(outcome)
+    }
 }
 
 pub(super) struct FileStore {
@@ -299,12 +314,7 @@ impl FileStore {
                     }
                 },
             };
-            if matches!(outcome, Use::Fresh(_)) {
-                db.commit(txn)?;
-            } else {
-                txn.abort().db()?;
-            }
-            Ok(outcome)
+            db.commit_if_fresh(txn, outcome)
         })
         .await
     }
@@ -490,12 +500,7 @@ async fn use_code(store: &FileStore, digest: Digest) -> Result<Use<CodeRecord>, 
                     }
                 }
             };
-            if matches!(outcome, Use::Fresh(_)) {
-                db.commit(txn)?;
-            } else {
-                txn.abort().db()?;
-            }
-            Ok(outcome)
+            db.commit_if_fresh(txn, outcome)
         })
         .await
 }

@@ -268,6 +268,19 @@ impl RedisStore {
         });
     }
 
+    /// The value of `key`, if it has one.
+    async fn get(
+        &self,
+        conn: &mut ConnectionManager,
+        key: &str,
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        ::redis::cmd("GET")
+            .arg(key)
+            .query_async(conn)
+            .await
+            .map_err(|e| self.failed(e))
+    }
+
     /// See [`super::Store::put_refresh`].
     pub(super) async fn put_refresh(
         &self,
@@ -277,7 +290,7 @@ impl RedisStore {
         if record.expires_at <= now_secs() {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = encode(record)?;
         ::redis::cmd("SET")
             .arg(grant_key(grant))
             .arg(bytes)
@@ -298,15 +311,10 @@ impl RedisStore {
         next: &RefreshRecord,
     ) -> Result<Use<RefreshRecord>, StoreError> {
         let key = grant_key(grant);
-        let next_bytes =
-            serde_json::to_vec(next).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let next_bytes = encode(next)?;
         let mut conn = self.conn();
         for _ in 0..ROTATION_TRIES {
-            let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
-                .arg(&key)
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
+            let bytes = self.get(&mut conn, &key).await?;
             let Some(bytes) = bytes else {
                 return Ok(Use::NotFound);
             };
@@ -340,11 +348,7 @@ impl RedisStore {
         &self,
         grant: &Digest,
     ) -> Result<Option<RefreshRecord>, StoreError> {
-        let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
-            .arg(grant_key(grant))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.failed(e))?;
+        let bytes = self.get(&mut self.conn(), &grant_key(grant)).await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
@@ -412,7 +416,7 @@ impl RedisStore {
         if retain <= now_secs() {
             return Ok(());
         }
-        let bytes = serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let bytes = encode(record)?;
         let (key, _) = code_keys(digest);
         ::redis::cmd("SET")
             .arg(&key)
@@ -429,11 +433,7 @@ impl RedisStore {
     async fn consume(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
         let (key, used_key) = code_keys(digest);
         let mut conn = self.conn();
-        let bytes: Option<Vec<u8>> = ::redis::cmd("GET")
-            .arg(&key)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| self.failed(e))?;
+        let bytes = self.get(&mut conn, &key).await?;
         let Some(bytes) = bytes else {
             return Ok(Use::NotFound);
         };
@@ -473,6 +473,11 @@ impl RedisStore {
             Use::Reused(record)
         })
     }
+}
+
+/// A record's JSON bytes.
+fn encode<T: serde::Serialize>(record: &T) -> Result<Vec<u8>, StoreError> {
+    serde_json::to_vec(record).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// A record from its JSON bytes.
