@@ -18,6 +18,10 @@
 //!   ones 400 `unauthorized_client`, and left be;
 //! - refreshing rotates; a used refresh token presented again by its client
 //!   ends the grant; another client's is refused and left be;
+//! - with `refresh_token_reuse_grace` (half the cases, 60s, longer than a
+//!   case), the token a rotation replaced may be used once more, and stays
+//!   active until then: that use rotates again (the token the first use got
+//!   is then a replay), and a third use ends the grant;
 //! - introspection of anything inactive, or of another client's refresh
 //!   token, says `{"active": false}` and nothing more; the gateway accepts exactly the active access tokens, and after
 //!   the sequence every access token issued in the case is tried again.
@@ -128,7 +132,18 @@ fn op() -> impl Strategy<Value = Op> {
 #[derive(Debug)]
 enum Kind {
     Access { grant: Option<usize>, revoked: bool },
-    Refresh { grant: usize, used: bool },
+    Refresh { grant: usize },
+}
+
+/// A grant (refresh token family) as the model sees it.
+#[derive(Debug)]
+struct Grant {
+    ended: bool,
+    /// The refresh token that rotates it now (an index into the tokens).
+    current: usize,
+    /// Within the reuse grace: the token `current` replaced, which may be
+    /// used once more.
+    retry: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -138,22 +153,27 @@ struct Issued {
     kind: Kind,
 }
 
-/// The tokens of one case and whether each grant (refresh token family)
-/// has ended.
+/// The tokens of one case and their grants (refresh token families).
 #[derive(Debug, Default)]
 struct Model {
     tokens: Vec<Issued>,
-    grant_ended: Vec<bool>,
+    grants: Vec<Grant>,
     forged: Vec<String>,
+    /// Whether the gateway has a `refresh_token_reuse_grace`.
+    grace: bool,
 }
 
 impl Model {
-    fn active(&self, token: &Issued) -> bool {
-        match token.kind {
+    /// Whether token `i` is active.
+    fn active(&self, i: usize) -> bool {
+        match self.tokens[i].kind {
             Kind::Access { grant, revoked } => {
-                !revoked && grant.is_none_or(|g| !self.grant_ended[g])
+                !revoked && grant.is_none_or(|g| !self.grants[g].ended)
             }
-            Kind::Refresh { grant, used } => !used && !self.grant_ended[grant],
+            Kind::Refresh { grant } => {
+                let g = &self.grants[grant];
+                !g.ended && (g.current == i || g.retry == Some(i))
+            }
         }
     }
 
@@ -167,14 +187,25 @@ impl Model {
         let access = answer["access_token"].as_str().ok_or("no access_token")?;
         let grant = match (answer["refresh_token"].as_str(), grant) {
             (Some(refresh), grant) => {
-                let grant = grant.unwrap_or_else(|| {
-                    self.grant_ended.push(false);
-                    self.grant_ended.len() - 1
-                });
+                let current = self.tokens.len();
+                let grant = match grant {
+                    Some(g) => {
+                        self.grants[g].current = current;
+                        g
+                    }
+                    None => {
+                        self.grants.push(Grant {
+                            ended: false,
+                            current,
+                            retry: None,
+                        });
+                        self.grants.len() - 1
+                    }
+                };
                 self.tokens.push(Issued {
                     value: refresh.to_owned(),
                     client,
-                    kind: Kind::Refresh { grant, used: false },
+                    kind: Kind::Refresh { grant },
                 });
                 Some(grant)
             }
@@ -327,8 +358,7 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
                 None => get(&gw.url("/orders/7"), &[]).await?,
             };
             let active = index.flatten().is_some_and(|i| {
-                matches!(model.tokens[i].kind, Kind::Access { .. })
-                    && model.active(&model.tokens[i])
+                matches!(model.tokens[i].kind, Kind::Access { .. }) && model.active(i)
             });
             // RFC 6750 3.1: an empty token is a malformed request.
             let wanted = match (active, value.as_deref()) {
@@ -351,12 +381,12 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             };
             let json: Value =
                 serde_json::from_slice(&r.body).map_err(|_| format!("not JSON: {}", r.text()))?;
-            let token = index.map(|i| &model.tokens[i]);
             // A refresh token is active only to the client it was issued to.
-            let shown = |t: &&Issued| {
-                model.active(t) && (matches!(t.kind, Kind::Access { .. }) || t.client == client)
+            let shown = |&i: &usize| {
+                let t = &model.tokens[i];
+                model.active(i) && (matches!(t.kind, Kind::Access { .. }) || t.client == client)
             };
-            match token.filter(shown) {
+            match index.filter(shown).map(|i| &model.tokens[i]) {
                 Some(t) => {
                     // What the answer calls it: an access token by its
                     // `token_type`, a refresh token in `token_use` alone.
@@ -400,7 +430,7 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             // left be.
             if let Some(i) = index {
                 let token = &model.tokens[i];
-                if token.client != client && model.active(token) {
+                if token.client != client && model.active(i) {
                     return refused(&r, "unauthorized_client", 400, false);
                 }
             }
@@ -408,11 +438,11 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
                 return Err(format!("revocation answered {}: {}", r.status, r.text()));
             }
             if let Some(i) = index {
-                let active = model.active(&model.tokens[i]);
+                let active = model.active(i);
                 let token = &mut model.tokens[i];
                 if token.client == client {
                     match &mut token.kind {
-                        Kind::Refresh { grant, .. } => model.grant_ended[*grant] = true,
+                        Kind::Refresh { grant } => model.grants[*grant].ended = true,
                         Kind::Access { revoked, .. } if active => *revoked = true,
                         Kind::Access { .. } => {}
                     }
@@ -445,22 +475,30 @@ async fn run_op(gw: &Gateway, model: &mut Model, op: &Op) -> Result<(), String> 
             if model.tokens[i].client != client {
                 return refused(&r, "invalid_grant", 400, false);
             }
-            let Kind::Refresh { grant, used } = model.tokens[i].kind else {
+            let Kind::Refresh { grant } = model.tokens[i].kind else {
                 unreachable!("a refresh token");
             };
-            model.tokens[i].kind = Kind::Refresh { grant, used: true };
-            if used {
-                // A replay: the grant ends.
-                model.grant_ended[grant] = true;
+            let g = &mut model.grants[grant];
+            if g.ended {
                 return refused(&r, "invalid_grant", 400, false);
             }
-            if model.grant_ended[grant] {
+            // The current token rotates (and, with the grace, may then be
+            // used once more); the one it replaced, within the grace, is a
+            // retry that rotates again but leaves nothing to retry; any
+            // other is a replay, which ends the grant.
+            let retry = if g.current == i {
+                model.grace.then_some(i)
+            } else if g.retry == Some(i) {
+                None
+            } else {
+                g.ended = true;
                 return refused(&r, "invalid_grant", 400, false);
-            }
+            };
             if r.status != 200 {
                 return Err(format!("expected a rotation: {} {}", r.status, r.text()));
             }
             model.add(client, &r.json(), Some(grant))?;
+            model.grants[grant].retry = retry;
         }
     }
     Ok(())
@@ -497,24 +535,31 @@ fn mint(
     jsonwebtoken::encode(&header, &claims, key).unwrap()
 }
 
-/// A gateway whose built-in server signs with a key the test also holds.
+/// The `authorization_server:` lines of a gateway with the reuse grace.
+const GRACE: &str = "  refresh_token_reuse_grace: 60s\n";
+
+/// Gateways whose built-in server signs with a key the test also holds:
+/// without and with the reuse grace.
 struct Lab {
-    gw: Gateway,
+    gws: [Gateway; 2],
     key: jsonwebtoken::EncodingKey,
     forged: Vec<String>,
     _upstream: Upstream,
     _keys: tempfile::TempDir,
 }
 
-/// A case's first tokens, issued by `gw`: the control of the forgeries,
-/// and a client credentials grant for each client.
+/// A case's first tokens, issued by `gw` (with the reuse grace or not):
+/// the control of the forgeries, and a client credentials grant for each
+/// client.
 async fn first_tokens(
     gw: &Gateway,
+    grace: bool,
     key: &jsonwebtoken::EncodingKey,
     forged: &[String],
 ) -> Result<Model, String> {
     let mut model = Model {
         forged: forged.to_vec(),
+        grace,
         ..Model::default()
     };
     // The control of the forgeries: without a fault, a token signed with the
@@ -537,9 +582,9 @@ async fn first_tokens(
     Ok(model)
 }
 
-async fn check(lab: &Lab, ops: Vec<Op>) -> Result<(), String> {
-    let gw = &lab.gw;
-    let mut model = first_tokens(gw, &lab.key, &lab.forged).await?;
+async fn check(lab: &Lab, (grace, ops): (bool, Vec<Op>)) -> Result<(), String> {
+    let gw = &lab.gws[usize::from(grace)];
+    let mut model = first_tokens(gw, grace, &lab.key, &lab.forged).await?;
     for (n, op) in ops.iter().enumerate() {
         run_op(gw, &mut model, op)
             .await
@@ -560,10 +605,15 @@ fn token_lifecycles_follow_their_grants() {
     let runtime = runtime();
     let keys = tempfile::tempdir().unwrap();
     let (path, pem) = write_key(keys.path(), "signing.pem");
-    let (upstream, gw) = runtime.block_on(start(&signing_key_yaml("k1", &path)));
+    let keys_yaml = signing_key_yaml("k1", &path);
+    let (upstream, gw) = runtime.block_on(start(&keys_yaml));
+    let with_grace = runtime.block_on(Gateway::start(&config(
+        upstream.addr,
+        &format!("{keys_yaml}{GRACE}"),
+    )));
     let key = jsonwebtoken::EncodingKey::from_ec_pem(pem.as_bytes()).unwrap();
     let lab = Lab {
-        gw,
+        gws: [gw, with_grace],
         forged: FORGERIES.iter().map(|f| mint(&key, *f, "forged")).collect(),
         key,
         _upstream: upstream,
@@ -573,7 +623,7 @@ fn token_lifecycles_follow_their_grants() {
         &runtime,
         &lab,
         128,
-        proptest::collection::vec(op(), 1..12),
+        (any::<bool>(), proptest::collection::vec(op(), 1..12)),
         check,
     );
 }
@@ -586,13 +636,17 @@ enum Step {
     Restart(usize),
 }
 
-fn steps(replicas: usize) -> impl Strategy<Value = Vec<Step>> {
-    proptest::collection::vec(
-        prop_oneof![
-            8 => (0..replicas, op()).prop_map(|(r, op)| Step::On(r, op)),
-            1 => (0..replicas).prop_map(Step::Restart),
-        ],
-        1..16,
+/// Whether the case's deployment has the reuse grace, and its steps.
+fn steps(replicas: usize) -> impl Strategy<Value = (bool, Vec<Step>)> {
+    (
+        any::<bool>(),
+        proptest::collection::vec(
+            prop_oneof![
+                8 => (0..replicas, op()).prop_map(|(r, op)| Step::On(r, op)),
+                1 => (0..replicas).prop_map(Step::Restart),
+            ],
+            1..16,
+        ),
     )
 }
 
@@ -626,8 +680,8 @@ impl Shared {
     }
 
     /// The config of a case's gateways: the redis server's, or a file of
-    /// the case's own in `dir`.
-    fn yaml(&self, dir: &Path) -> String {
+    /// the case's own in `dir`; with the reuse grace or not.
+    fn yaml(&self, dir: &Path, grace: bool) -> String {
         let store = match &self.redis {
             Some(redis) => format!("{{ redis: \"{}\" }}", redis.url()),
             None => format!("{{ file: \"{}\" }}", dir.join("state.redb").display()),
@@ -635,8 +689,9 @@ impl Shared {
         config(
             self.upstream.addr,
             &format!(
-                "{}  store: {store}\n",
-                signing_key_yaml("k1", &self.key_path)
+                "{}  store: {store}\n{}",
+                signing_key_yaml("k1", &self.key_path),
+                if grace { GRACE } else { "" }
             ),
         )
     }
@@ -646,14 +701,14 @@ impl Shared {
 /// what the one model says, whichever replica is asked and however often
 /// they restarted. Tokens are new in every case, so a redis server shared
 /// by the cases holds nothing a case knows of.
-async fn check_shared(lab: &Shared, steps: Vec<Step>) -> Result<(), String> {
+async fn check_shared(lab: &Shared, (grace, steps): (bool, Vec<Step>)) -> Result<(), String> {
     let dir = tempfile::tempdir().unwrap();
-    let yaml = lab.yaml(dir.path());
+    let yaml = lab.yaml(dir.path(), grace);
     let mut gws = Vec::new();
     for _ in 0..lab.replicas {
         gws.push(Gateway::start(&yaml).await);
     }
-    let mut model = first_tokens(&gws[0], &lab.key, &lab.forged).await?;
+    let mut model = first_tokens(&gws[0], grace, &lab.key, &lab.forged).await?;
     for (n, step) in steps.iter().enumerate() {
         match step {
             Step::On(r, op) => run_op(&gws[*r], &mut model, op)
