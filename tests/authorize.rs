@@ -1160,6 +1160,13 @@ async fn a_store_failure_at_approval_is_told_at_the_redirect_uri() {
     let r = decide(&gw, &page, &session, "approve").await;
     assert_error_redirect(&r, APP_CB2, "temporarily_unavailable");
     assert_eq!(r.header("cache-control").as_deref(), Some("no-store"));
+    let text = gw.metrics().await;
+    let errors = metric(
+        &text,
+        "scopegate_issuer_store_errors_total",
+        &[("store", "redis"), ("kind", "backend")],
+    );
+    assert_eq!(errors, 1.0, "{text}");
 }
 
 #[tokio::test]
@@ -1442,6 +1449,12 @@ async fn code_replay_is_invalid_grant_and_revokes_what_it_issued() {
     assert_oauth_error(&r, 400, "invalid_grant");
     // The other grant still works.
     assert_eq!(orders_status(&t.gw, &other_access).await.status, 200);
+    // One replay is counted: the code's (the refresh token's refusal, its
+    // grant revoked, is not one).
+    let text = t.gw.metrics().await;
+    let replays = |kind| metric(&text, "scopegate_issuer_replays_total", &[("kind", kind)]);
+    assert_eq!(replays("code"), 1.0, "{text}");
+    assert_eq!(replays("refresh_token"), 0.0, "{text}");
 }
 
 #[tokio::test]

@@ -754,6 +754,20 @@ async fn refresh_replay_revokes_the_whole_family() {
     assert_accepted(&gw, &unrelated_access).await;
     let r = refresh(&gw, "svc", &s(&unrelated, "refresh_token")).await;
     assert_eq!(r.status, 200, "{}", r.text());
+    // One replay is counted (the newest token's refusal is not one).
+    let text = gw.metrics().await;
+    let replays = |kind| metric(&text, "scopegate_issuer_replays_total", &[("kind", kind)]);
+    assert_eq!(replays("refresh_token"), 1.0, "{text}");
+    assert_eq!(replays("code"), 0.0, "{text}");
+    let refreshes = |result| {
+        metric(
+            &text,
+            "scopegate_issuer_token_requests_total",
+            &[("grant", "refresh_token"), ("result", result)],
+        )
+    };
+    assert_eq!(refreshes("issued"), 2.0, "{text}");
+    assert_eq!(refreshes("invalid_grant"), 2.0, "{text}");
 }
 
 /// With `refresh_token_reuse_grace`, a client whose refresh answer was lost
@@ -1635,7 +1649,8 @@ async fn browser_apps_get_cors_answers_from_the_endpoints_they_call() {
 /// The built-in server's endpoints have a route label of their own in the
 /// request metrics, so its failures (a full store's 503, a flood of failed
 /// client authentications)
-/// are not lost among 404 scans under `unmatched`.
+/// are not lost among 404 scans under `unmatched`; token requests are
+/// counted by grant type and result as well.
 #[tokio::test]
 async fn authorization_server_requests_are_labelled_as_such() {
     let (_upstream, gw) = start("").await;
@@ -1646,8 +1661,29 @@ async fn authorization_server_requests_are_labelled_as_such() {
     )
     .await;
     assert_oauth_error(&r, 400, "invalid_client");
+    let r = token_request(&gw, &format!("grant_type=implicit&{}", creds("svc"))).await;
+    assert_oauth_error(&r, 400, "unsupported_grant_type");
     assert_eq!(get(&gw.url("/nowhere"), &[]).await.unwrap().status, 404);
     let text = gw.metrics().await;
+    let tokens = |grant, result| {
+        metric(
+            &text,
+            "scopegate_issuer_token_requests_total",
+            &[("grant", grant), ("result", result)],
+        )
+    };
+    assert_eq!(tokens("client_credentials", "issued"), 1.0, "{text}");
+    assert_eq!(
+        tokens("client_credentials", "invalid_client"),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(tokens("-", "unsupported_grant_type"), 1.0, "{text}");
+    assert_eq!(
+        metric(&text, "scopegate_issuer_token_requests_total", &[]),
+        3.0,
+        "{text}"
+    );
     let requests = |route, status| {
         metric(
             &text,
@@ -1656,7 +1692,7 @@ async fn authorization_server_requests_are_labelled_as_such() {
         )
     };
     assert_eq!(requests("authorization_server", "200"), 1.0, "{text}");
-    assert_eq!(requests("authorization_server", "400"), 1.0, "{text}");
+    assert_eq!(requests("authorization_server", "400"), 2.0, "{text}");
     assert_eq!(requests("unmatched", "404"), 1.0, "{text}");
     assert_eq!(requests("unmatched", "200"), 0.0, "{text}");
 }
@@ -2250,9 +2286,38 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
         assert_eq!(r.status, 503, "{}", r.text());
         assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     }
+    // The token endpoint, too, answers 503 without its store.
+    let r = token_request(
+        &gw,
+        &format!("grant_type=client_credentials&{}", creds("svc")),
+    )
+    .await;
+    assert_oauth_error(&r, 503, "temporarily_unavailable");
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"reason="store_unavailable""#),
+        "{metrics}"
+    );
+    // Each failed store operation is counted, by store and kind.
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_issuer_store_errors_total",
+            &[("store", "redis"), ("kind", "backend")]
+        ),
+        4.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_issuer_token_requests_total",
+            &[
+                ("grant", "client_credentials"),
+                ("result", "temporarily_unavailable")
+            ]
+        ),
+        1.0,
         "{metrics}"
     );
     let text = logs.text();

@@ -53,6 +53,12 @@ pub struct Metrics {
     pub config_last_reload_success: IntGauge,
     /// `scopegate_config_restart_required` (1 or 0).
     pub config_restart_required: IntGauge,
+    /// `scopegate_issuer_token_requests_total{grant,result}`.
+    pub issuer_token_requests: IntCounterVec,
+    /// `scopegate_issuer_replays_total{kind}`.
+    pub issuer_replays: IntCounterVec,
+    /// `scopegate_issuer_store_errors_total{store,kind}`.
+    pub issuer_store_errors: IntCounterVec,
     /// The names the running config labels series with, once known.
     running_names: Mutex<Option<LabelNames>>,
     /// The names of a config a reload is setting up: its first JWKS fetches
@@ -181,7 +187,31 @@ impl Metrics {
             "scopegate_config_restart_required",
             "1 if the applied configuration changed settings that take effect only after a restart, else 0",
         )?;
+        let issuer_token_requests = IntCounterVec::new(
+            Opts::new(
+                "scopegate_issuer_token_requests_total",
+                "Token requests to the built-in authorization server by grant type (- if none it knows) and result (issued, or the RFC 6749 error code)",
+            ),
+            &["grant", "result"],
+        )?;
+        let issuer_replays = IntCounterVec::new(
+            Opts::new(
+                "scopegate_issuer_replays_total",
+                "Used codes and rotated refresh tokens presented again by their client, each ending its grant (RFC 9700 4.14.2), by kind",
+            ),
+            &["kind"],
+        )?;
+        let issuer_store_errors = IntCounterVec::new(
+            Opts::new(
+                "scopegate_issuer_store_errors_total",
+                "Failed operations on the built-in authorization server's store by store and kind",
+            ),
+            &["store", "kind"],
+        )?;
         registry.register(Box::new(requests.clone()))?;
+        registry.register(Box::new(issuer_token_requests.clone()))?;
+        registry.register(Box::new(issuer_replays.clone()))?;
+        registry.register(Box::new(issuer_store_errors.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(auth_decisions.clone()))?;
         registry.register(Box::new(cache.clone()))?;
@@ -212,6 +242,9 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             config_restart_required,
+            issuer_token_requests,
+            issuer_replays,
+            issuer_store_errors,
             running_names: Mutex::new(None),
             pending_names: Mutex::new(None),
         })

@@ -424,7 +424,8 @@ impl AuthorizationServer {
             family,
         };
         if let Err(e) = self.store.put_code(&digest(&code), &record).await {
-            tracing::error!(error = %e, "could not store an authorization code");
+            self.count_store_error(&e);
+            tracing::error!(store = self.store.kind(), error = %e, "could not store an authorization code");
             // The redirect URI is validated: the client hears of it (RFC 6749
             // 4.1.2.1), where a page would leave it waiting.
             return self.redirect_error(

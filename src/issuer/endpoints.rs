@@ -236,6 +236,7 @@ impl AuthorizationServer {
     ) -> Result<bool, super::store::StoreError> {
         let checked = self.check_revoked_ids(jti, sid).await;
         if let Err(e) = &checked {
+            self.count_store_error(e);
             if let Some(suppressed) = self.revocation_check_log.allow() {
                 tracing::warn!(error = %e, suppressed, "revocation check failed: the store did not answer");
             }

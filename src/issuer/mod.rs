@@ -28,6 +28,7 @@ use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use serde_json::Value;
 
+use crate::admin::metrics::Metrics;
 use crate::auth::jwks::KeySet;
 use crate::auth::jwt::{self, now_unix};
 use crate::config::{AuthorizationServerSettings, User};
@@ -277,14 +278,17 @@ pub struct AuthorizationServer {
     /// Store failures of the proxy's revocation checks: one line per
     /// interval, with the cause, however many requests meet them.
     revocation_check_log: crate::admin::throttle::LogThrottle,
+    metrics: Arc<Metrics>,
 }
 
 impl AuthorizationServer {
-    /// Builds the server on an opened store; `previous` (the server before
-    /// a reload) passes on the client secrets it checked.
+    /// Builds the server on an opened store, counting into `metrics`;
+    /// `previous` (the server before a reload) passes on the client secrets
+    /// it checked.
     pub fn new(
         settings: AuthorizationServerSettings,
         store: Store,
+        metrics: Arc<Metrics>,
         previous: Option<&AuthorizationServer>,
     ) -> Self {
         let clients = ClientAuthenticator::new(&settings.clients, previous.map(|p| &p.clients));
@@ -305,6 +309,7 @@ impl AuthorizationServer {
             own_keys,
             own_algorithms,
             revocation_check_log: crate::admin::throttle::LogThrottle::default(),
+            metrics,
         }
     }
 

@@ -89,6 +89,10 @@ impl<'a> PresentedRefresh<'a> {
     }
 }
 
+/// The grant label of a token request without a grant type this server
+/// knows.
+const NO_GRANT: &str = "-";
+
 /// The answer to a refresh token that no grant has as it stands.
 fn unknown_refresh() -> OAuthError {
     OAuthError::invalid_grant("unknown or expired refresh token")
@@ -155,9 +159,30 @@ const TOKEN_PARAMETERS: &[&str] = &[
 ];
 
 impl AuthorizationServer {
+    /// The token endpoint (RFC 6749 3.2), counted by grant type and result.
     pub(crate) async fn token(
         &self,
         request: Request<Incoming>,
+    ) -> Result<Response<Body>, OAuthError> {
+        let mut grant = NO_GRANT;
+        let answer = self.token_request(request, &mut grant).await;
+        let result = match &answer {
+            Ok(_) => "issued",
+            Err(e) => e.code,
+        };
+        self.metrics
+            .issuer_token_requests
+            .with_label_values(&[grant, result])
+            .inc();
+        answer
+    }
+
+    /// The token endpoint's answer; `grant_label` becomes the request's
+    /// grant type once it is read and known to this server.
+    async fn token_request(
+        &self,
+        request: Request<Incoming>,
+        grant_label: &mut &'static str,
     ) -> Result<Response<Body>, OAuthError> {
         let req = read_form(request).await?;
         let query_credentials =
@@ -172,6 +197,10 @@ impl AuthorizationServer {
             (Some(g), None) | (None, Some(g)) => g.clone(),
             (None, None) => return Err(OAuthError::invalid_request("grant_type is required")),
         };
+        let grant = Grant::parse(&grant_type);
+        if let Some(grant) = grant {
+            *grant_label = grant.as_str();
+        }
         // The seed's style puts `grant_type` in the query; another token
         // request parameter there (a `scope`, above all) would be silently
         // ignored and the token granted more than was asked for, so it is
@@ -186,7 +215,7 @@ impl AuthorizationServer {
             )));
         }
         let presented = clients::presented(&req.headers, &req.form, query_credentials)?;
-        let grant = Grant::parse(&grant_type).ok_or_else(OAuthError::unsupported_grant_type)?;
+        let grant = grant.ok_or_else(OAuthError::unsupported_grant_type)?;
         let allow_public = matches!(grant, Grant::AuthorizationCode | Grant::RefreshToken);
         let client = self.clients.authenticate(presented, allow_public).await?;
         if !client.grants.contains(&grant) {
@@ -371,6 +400,10 @@ impl AuthorizationServer {
         {
             return self.store_failed(&e);
         }
+        self.metrics
+            .issuer_replays
+            .with_label_values(&["refresh_token"])
+            .inc();
         tracing::warn!(client_id = %record.client_id, "refresh token replayed; grant revoked");
         OAuthError::invalid_grant("refresh token already used; the grant has been revoked")
     }
@@ -410,6 +443,10 @@ impl AuthorizationServer {
                     )
                     .await
                     .map_err(|e| self.store_failed(&e))?;
+                self.metrics
+                    .issuer_replays
+                    .with_label_values(&["code"])
+                    .inc();
                 tracing::warn!(client_id = %record.client_id, "authorization code replayed; its tokens are revoked");
                 return Err(OAuthError::invalid_grant(
                     "code already used; the tokens issued from it are revoked",
@@ -640,8 +677,17 @@ impl AuthorizationServer {
     }
 
     pub(crate) fn store_failed(&self, error: &super::store::StoreError) -> OAuthError {
+        self.count_store_error(error);
         tracing::error!(store = self.store.kind(), error = %error, "authorization server store failed");
         OAuthError::unavailable()
+    }
+
+    /// Counts a failed store operation.
+    pub(crate) fn count_store_error(&self, error: &super::store::StoreError) {
+        self.metrics
+            .issuer_store_errors
+            .with_label_values(&[self.store.kind(), error.reason()])
+            .inc();
     }
 }
 

@@ -145,6 +145,7 @@ impl Gateway {
                     Arc::new(AuthorizationServer::new(
                         settings,
                         store,
+                        Arc::clone(&metrics),
                         running.map(|(_, s)| &**s),
                     )),
                 ))

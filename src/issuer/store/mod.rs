@@ -217,6 +217,18 @@ pub enum StoreError {
     Full(usize),
 }
 
+impl StoreError {
+    /// A short fixed name of the failure, for logs and metric labels.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Self::Config(_) => "config",
+            Self::Backend(_) => "backend",
+            Self::Corrupt(_) => "corrupt",
+            Self::Full(_) => "full",
+        }
+    }
+}
+
 /// Which backend to open, and where.
 #[derive(Clone, PartialEq, Eq)]
 pub enum StoreConfig {
