@@ -6,7 +6,8 @@
 #                                  that everything starts and answers 2xx, and
 #                                  asserts nothing about speed
 #   benches/load/run.sh --instructions
-#                                  user-space instructions per proxied request
+#                                  user-space instructions and allocations
+#                                  (malloc, calloc, realloc) per proxied request
 #                                  (valgrind callgrind, one keep-alive client)
 #                                  of hyper-floor and scopegate-warm: repeatable
 #                                  where requests/s on a shared VM are not;
@@ -404,8 +405,9 @@ INSTRUCTION_REQUESTS=${BENCH_INSTRUCTION_REQUESTS:-5000}
 # count_instructions NAME URL CMD...: runs CMD under callgrind, sends 200
 # warm-up requests and then INSTRUCTION_REQUESTS counted ones over one
 # keep-alive connection (curl reuses it for a list of URLs), and records the
-# instructions executed per counted request in INSTR[NAME].
-declare -A INSTR
+# instructions executed per counted request in INSTR[NAME], and the calls to
+# malloc, calloc and realloc per counted request in ALLOCS[NAME].
+declare -A INSTR ALLOCS
 count_instructions() {
     local name=$1 url=$2
     shift 2
@@ -438,6 +440,16 @@ count_instructions() {
     total=$(awk '/^totals:/ { print $2 }' "$dump")
     log "$name: $total instructions for $INSTRUCTION_REQUESTS requests"
     INSTR[$name]=$(awk -v t="$total" -v n="$INSTRUCTION_REQUESTS" 'BEGIN { printf "%.0f", t / n }')
+    # Calls into the allocator: each `calls=` line follows the `cfn=` of the
+    # function called, named at its first mention and by number after.
+    ALLOCS[$name]=$(awk -v n="$INSTRUCTION_REQUESTS" '
+        /^c?fn=\(/ {
+            id = $0; sub(/^c?fn=\(/, "", id); sub(/\).*/, "", id)
+            if ($0 ~ /\) /) { fname = $0; sub(/^[^)]*\) /, "", fname); names[id] = fname }
+            if ($0 ~ /^cfn=/) called = names[id]
+        }
+        /^calls=/ && called ~ /^(malloc|calloc|realloc)$/ { split($0, a, /[= ]/); calls += a[2] }
+        END { printf "%.2f", calls / n }' "$dump")
 }
 
 instructions_report() {
@@ -455,10 +467,10 @@ instructions_report() {
     echo "User-space instructions per proxied request (valgrind callgrind, $INSTRUCTION_REQUESTS"
     echo "requests on one keep-alive connection after 200 warm-up ones; commit $(git -C "$ROOT" rev-parse --short HEAD)):"
     echo
-    echo "| contender | instructions/request |"
-    echo "|---|---:|"
-    echo "| hyper-floor | $floor |"
-    echo "| scopegate-warm | $scopegate |"
+    echo "| contender | instructions/request | allocations/request |"
+    echo "|---|---:|---:|"
+    echo "| hyper-floor | $floor | ${ALLOCS[hyper-floor]} |"
+    echo "| scopegate-warm | $scopegate | ${ALLOCS[scopegate-warm]} |"
     echo
     echo "scopegate-warm / hyper-floor: $(awk -v a="$scopegate" -v b="$floor" 'BEGIN { printf "%.2f", a / b }')x." \
         "valgrind hides SHA-NI, so the token digest runs aws-lc's AVX code here."
