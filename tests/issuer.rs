@@ -2286,26 +2286,29 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
         assert_eq!(r.status, 503, "{}", r.text());
         assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     }
-    // The token endpoint, too, answers 503 without its store.
+    // The token and introspection endpoints, too, answer 503 without
+    // their store.
     let r = token_request(
         &gw,
         &format!("grant_type=client_credentials&{}", creds("svc")),
     )
     .await;
     assert_oauth_error(&r, 503, "temporarily_unavailable");
+    let r = introspect(&gw, "svc", &access).await;
+    assert_oauth_error(&r, 503, "temporarily_unavailable");
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"reason="store_unavailable""#),
         "{metrics}"
     );
-    // Each failed store operation is counted, by store and kind.
+    // Each failed store operation is counted once, by store and kind.
     assert_eq!(
         metric(
             &metrics,
             "scopegate_issuer_store_errors_total",
             &[("store", "redis"), ("kind", "backend")]
         ),
-        4.0,
+        5.0,
         "{metrics}"
     );
     assert_eq!(

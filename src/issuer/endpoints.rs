@@ -221,7 +221,9 @@ impl AuthorizationServer {
     ) -> Result<bool, OAuthError> {
         let jti = claims.get("jti").and_then(Value::as_str);
         let sid = claims.get("sid").and_then(Value::as_str);
-        self.revoked_ids(jti, sid)
+        // Counted and logged once, by `store_failed`: `revoked_ids` is the
+        // gateway's, with its throttled log line.
+        self.check_revoked_ids(jti, sid)
             .await
             .map_err(|e| self.store_failed(&e))
     }
