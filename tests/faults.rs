@@ -1565,7 +1565,7 @@ async fn stalled_reader_gateway(world: &World, upstream: SocketAddr) -> Gateway 
 /// Asks `gw` for `/files/big` on a new HTTP/2 connection whose streams get
 /// `window` bytes of flow-control window, and returns the 200 response's
 /// body (unread: dropping it would reset the stream), the connection's PING
-/// handle and its task.
+/// handle, its task, and a handle for more requests on it.
 async fn big_answer_over_http2(
     gw: &Gateway,
     window: u32,
@@ -1573,6 +1573,7 @@ async fn big_answer_over_http2(
     h2::RecvStream,
     h2::PingPong,
     tokio::task::JoinHandle<Result<(), h2::Error>>,
+    h2::client::SendRequest<Bytes>,
 ) {
     let stream = TcpStream::connect(gw.addr).await.unwrap();
     let (client, mut connection) = h2::client::Builder::new()
@@ -1589,7 +1590,7 @@ async fn big_answer_over_http2(
     let (response, _) = client.send_request(request, true).unwrap();
     let response = response.await.unwrap();
     assert_eq!(response.status(), 200);
-    (response.into_body(), pings, h2_connection)
+    (response.into_body(), pings, h2_connection, client)
 }
 
 /// Whether `gw` comes to count no open client connection within about 20 s.
@@ -1612,7 +1613,7 @@ async fn pings_do_not_keep_a_stalled_http2_response_open() {
     let upstream = big_answer_upstream(1024).await;
     let gw = stalled_reader_gateway(&world, upstream).await;
     // The body is kept, unread: the connection is stalled, not idle.
-    let (_unread, mut pings, h2_connection) = big_answer_over_http2(&gw, 0).await;
+    let (_unread, mut pings, h2_connection, _requests) = big_answer_over_http2(&gw, 0).await;
     // A PING every half second until the gateway hangs up (60 s at most,
     // 20 idle timeouts).
     let mut pongs = 0;
@@ -1637,6 +1638,55 @@ async fn pings_do_not_keep_a_stalled_http2_response_open() {
     assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
 }
 
+/// Nor do requests on other streams: each is a response begun and ended
+/// on the connection, but the one left unread still waits for its client,
+/// holding its upstream connection and `max_requests` place. It is closed
+/// within three idle timeouts (3 s each here) of being left.
+#[tokio::test]
+async fn other_requests_do_not_keep_an_unread_http2_response_open() {
+    let world = World::new().await;
+    let upstream = big_answer_upstream(1024).await;
+    let gw = stalled_reader_gateway(&world, upstream).await;
+    let (_unread, _pings, h2_connection, requests) = big_answer_over_http2(&gw, 0).await;
+    // A bodiless request every half second until the gateway hangs up (60 s
+    // at most, 20 idle timeouts).
+    let mut answered = 0;
+    let requesting = tokio::time::timeout(Duration::from_secs(60), async {
+        loop {
+            let Ok(mut ready) = requests.clone().ready().await else {
+                break;
+            };
+            let request = http::Request::head("http://gw.test/status")
+                .body(())
+                .unwrap();
+            let Ok((response, _)) = ready.send_request(request, true) else {
+                break;
+            };
+            match response.await {
+                Ok(response) => {
+                    assert_eq!(response.status(), 200);
+                    answered += 1;
+                }
+                Err(_) => break,
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
+    .await;
+    assert!(
+        requesting.is_ok(),
+        "requests on other streams kept an unread HTTP/2 response open"
+    );
+    assert!(answered >= 2, "only {answered} requests were answered");
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
+    assert!(
+        no_connection_stays_open(&gw).await,
+        "the stalled connection is still counted open"
+    );
+    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+}
+
 /// The other side: an HTTP/2 client that reads slowly, far slower than one
 /// 64 KiB part per `idle_timeout` (1 KiB a second here, against 3 s), is
 /// still reading, and keeps its connection.
@@ -1645,7 +1695,7 @@ async fn a_slow_http2_reader_is_not_taken_for_a_stalled_one() {
     let world = World::new().await;
     let upstream = big_answer_upstream(1024).await;
     let gw = stalled_reader_gateway(&world, upstream).await;
-    let (mut body, _pings, h2_connection) = big_answer_over_http2(&gw, 1024).await;
+    let (mut body, _pings, h2_connection, _requests) = big_answer_over_http2(&gw, 1024).await;
     // Read for 12 s (four idle timeouts), taking what comes and letting
     // 1 KiB more come each second.
     let (mut received, mut unreleased) = (0, 0);
@@ -1697,7 +1747,7 @@ async fn a_client_that_stops_reading_is_disconnected() {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
 
     // The body is kept, unread: the connection is stalled, not idle.
-    let (_unread, _pings, h2_connection) = big_answer_over_http2(&gw, 0).await;
+    let (_unread, _pings, h2_connection, _requests) = big_answer_over_http2(&gw, 0).await;
 
     assert!(
         no_connection_stays_open(&gw).await,

@@ -8,9 +8,17 @@
 //! flow-control window left shut) is polled by nobody, so no body timeout
 //! runs; a connection on which such a response waited a whole
 //! `idle_timeout` while the client took not a byte is stalled, and closed.
+//! So is an HTTP/2 one on which a response waited for the client to take
+//! one part for two to three `idle_timeout`s, whatever else the client took
+//! meanwhile: reading other streams (or sending requests on them), it would
+//! otherwise keep a response it never reads, and the upstream connection
+//! and `max_requests` place behind it, for ever. (An HTTP/1.1 connection
+//! carries one response at a time, and hyper takes a part from the body
+//! only once a few hundred KiB of the last ones have gone out: a slow reader
+//! may take long over one.)
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -28,8 +36,14 @@ pub struct Activity {
     in_flight: AtomicUsize,
     /// Milliseconds after `opened` at which the connection last became idle.
     idle_since_ms: AtomicU64,
-    /// Responses whose next part is the client's to take.
-    awaiting_client: AtomicUsize,
+    /// Responses whose next part is the client's to take, by the check
+    /// period (modulo [`PERIODS`]) in which they began to wait.
+    awaiting_client: [AtomicUsize; PERIODS],
+    /// The check period now: `quiet_for` moves it on once per `timeout`
+    /// while requests are in flight.
+    period: AtomicUsize,
+    /// The client speaks HTTP/2: many responses share the connection.
+    multiplexed: AtomicBool,
     /// Bumped whenever a response starts or stops waiting for the client: a
     /// count, not a clock, so that the request path reads no time for it.
     progress: AtomicU64,
@@ -43,7 +57,16 @@ pub enum Quiet {
     /// A response waited for the client to read, with nothing else
     /// happening, for at least the timeout (and at most twice it).
     Stalled,
+    /// A response waited for the client to take its next part for at least
+    /// twice the timeout (and at most three times it), while the client
+    /// took other parts.
+    StalledResponse,
 }
+
+/// How many check periods a response's wait is counted by: one that still
+/// waits when its period's count comes round again has waited at least
+/// `PERIODS - 1` whole periods.
+const PERIODS: usize = 3;
 
 impl Activity {
     /// A connection opened now, with nothing in flight.
@@ -52,7 +75,9 @@ impl Activity {
             opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
             idle_since_ms: AtomicU64::new(0),
-            awaiting_client: AtomicUsize::new(0),
+            awaiting_client: Default::default(),
+            period: AtomicUsize::new(0),
+            multiplexed: AtomicBool::new(false),
             progress: AtomicU64::new(0),
         })
     }
@@ -67,7 +92,7 @@ impl Activity {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
         InFlight {
             activity: Arc::clone(self),
-            awaiting_client: false,
+            awaiting_client: None,
         }
     }
 
@@ -95,11 +120,28 @@ impl Activity {
                     // Read before the count of waiting responses: any change
                     // to that count after this read bumps `progress`.
                     let progress = self.progress.load(Ordering::Acquire);
-                    let waiting = self.awaiting_client.load(Ordering::Acquire) > 0;
+                    let waiting = self
+                        .awaiting_client
+                        .iter()
+                        .any(|count| count.load(Ordering::Acquire) > 0);
                     if waiting && waiting_since == Some(progress) {
                         return Quiet::Stalled;
                     }
                     waiting_since = waiting.then_some(progress);
+                    // The next period's count is the one of responses that
+                    // began to wait `PERIODS - 1` checks ago, all of them
+                    // busy ones, `timeout` apart (a waiting response is in
+                    // flight): any still waiting has waited too long.
+                    let next = (self.period.load(Ordering::Acquire) + 1) % PERIODS;
+                    let overdue = self.multiplexed.load(Ordering::Acquire)
+                        && self
+                            .awaiting_client
+                            .get(next)
+                            .is_some_and(|count| count.load(Ordering::Acquire) > 0);
+                    if overdue {
+                        return Quiet::StalledResponse;
+                    }
+                    self.period.store(next, Ordering::Release);
                     timeout
                 }
             };
@@ -231,6 +273,9 @@ impl<I: tokio::io::AsyncRead> tokio::io::AsyncRead for Watched<I> {
         if let Protocol::Undecided(_) = this.protocol {
             this.protocol
                 .read(buf.filled().get(before..).unwrap_or_default());
+            if let Protocol::Http2(_) = this.protocol {
+                this.activity.multiplexed.store(true, Ordering::Release);
+            }
         }
         poll
     }
@@ -296,21 +341,31 @@ impl<I: tokio::io::AsyncWrite> tokio::io::AsyncWrite for Watched<I> {
 #[derive(Debug)]
 pub struct InFlight {
     activity: Arc<Activity>,
-    /// Its response waits for the client to take the next part.
-    awaiting_client: bool,
+    /// Its response waits for the client to take the next part: since the
+    /// check period with this number.
+    awaiting_client: Option<usize>,
 }
 
 impl InFlight {
     fn await_client(&mut self, waiting: bool) {
-        if self.awaiting_client == waiting {
+        if self.awaiting_client.is_some() == waiting {
             return;
         }
-        self.awaiting_client = waiting;
         let activity = &self.activity;
-        if waiting {
-            activity.awaiting_client.fetch_add(1, Ordering::AcqRel);
-        } else {
-            activity.awaiting_client.fetch_sub(1, Ordering::AcqRel);
+        let counts = &activity.awaiting_client;
+        match self.awaiting_client.take() {
+            Some(period) => {
+                if let Some(count) = counts.get(period) {
+                    count.fetch_sub(1, Ordering::AcqRel);
+                }
+            }
+            None => {
+                let period = activity.period.load(Ordering::Acquire);
+                if let Some(count) = counts.get(period) {
+                    count.fetch_add(1, Ordering::AcqRel);
+                }
+                self.awaiting_client = Some(period);
+            }
         }
         activity.progress.fetch_add(1, Ordering::AcqRel);
     }
@@ -468,6 +523,65 @@ mod tests {
             upstream_wait.await_client(true);
         }
         drop(upstream_wait);
-        assert_eq!(activity.awaiting_client.load(Ordering::Acquire), 0);
+        let waiting: usize = activity
+            .awaiting_client
+            .iter()
+            .map(|count| count.load(Ordering::Acquire))
+            .sum();
+        assert_eq!(waiting, 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_response_left_unread_stalls_whatever_else_the_client_takes() {
+        let timeout = Duration::from_secs(10);
+        // Another stream's parts are taken (and its requests come and go)
+        // all the while.
+        let others = |activity: Arc<Activity>| async move {
+            loop {
+                tokio::time::sleep(timeout / 4).await;
+                activity.took();
+                drop(activity.start());
+            }
+        };
+        // Over HTTP/1.1 whatever is taken is the waiting response's own.
+        let activity = Activity::new();
+        let mut unread = activity.start();
+        unread.await_client(true);
+        tokio::select! {
+            quiet = activity.quiet_for(timeout) => panic!("{quiet:?} over HTTP/1.1"),
+            () = others(Arc::clone(&activity)) => unreachable!(),
+            () = tokio::time::sleep(timeout * 10) => {}
+        }
+        // Over HTTP/2 it is not.
+        let activity = Activity::new();
+        activity.multiplexed.store(true, Ordering::Release);
+        let mut unread = activity.start();
+        unread.await_client(true);
+        let waited = Instant::now();
+        let quiet = tokio::select! {
+            quiet = activity.quiet_for(timeout) => quiet,
+            () = others(Arc::clone(&activity)) => unreachable!(),
+        };
+        assert_eq!(quiet, Quiet::StalledResponse);
+        assert!(
+            waited.elapsed() >= timeout * 2 && waited.elapsed() <= timeout * 3,
+            "{:?}",
+            waited.elapsed()
+        );
+        // A response whose parts the client takes, one per half timeout, is
+        // no stalled one, however many periods it lasts.
+        let mut read = activity.start();
+        read.await_client(true);
+        drop(unread);
+        let looked = activity.quiet_for(timeout);
+        tokio::pin!(looked);
+        for _ in 0..20 {
+            tokio::select! {
+                quiet = &mut looked => panic!("{quiet:?} while the client reads"),
+                () = tokio::time::sleep(timeout / 2) => {}
+            }
+            read.await_client(false);
+            read.await_client(true);
+        }
     }
 }

@@ -386,6 +386,10 @@ async fn serve_connection<I>(
                     tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
                     return;
                 }
+                idle::Quiet::StalledResponse => {
+                    tracing::info!(%peer, "a response waited for the client to read it for twice idle_timeout; connection closed");
+                    return;
+                }
             },
         }
     };
