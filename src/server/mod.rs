@@ -387,8 +387,16 @@ async fn serve_connection<I>(
                     return;
                 }
                 idle::Quiet::StalledResponse => {
-                    tracing::info!(%peer, "a response waited for the client to read it for twice idle_timeout; connection closed");
-                    return;
+                    // The client reads its other streams: a GOAWAY lets
+                    // those in flight finish (within idle_timeout, as the
+                    // unread one never will) and sends its next requests to
+                    // a new connection.
+                    tracing::info!(%peer, "a response waited for the client to read it for twice idle_timeout; closing the connection");
+                    connection.as_mut().graceful_shutdown();
+                    match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
+                        Ok(result) => break result,
+                        Err(_) => return,
+                    }
                 }
             },
         }
