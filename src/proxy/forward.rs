@@ -469,26 +469,23 @@ pub fn websocket_accept(key: &HeaderValue) -> HeaderValue {
 /// not the upstream's failure).
 fn classify(error: &SendError) -> (Option<&'static str>, GatewayError) {
     let mut source = error.source();
-    let connecting = matches!(error, SendError::Connect(_));
     while let Some(e) = source {
         match e.downcast_ref::<ClientBodyError>() {
             Some(ClientBodyError::Idle(_)) => return (None, GatewayError::RequestBodyTimeout),
             Some(ClientBodyError::Broken(_)) => return (None, GatewayError::RequestBodyBroken),
             None => {}
         }
-        // The kernel gave up on the connection: while connecting, or on an
-        // open one (counted as the request timeout is).
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                let kind = if connecting {
-                    "connect_timeout"
-                } else {
-                    "timeout"
-                };
-                return (Some(kind), GatewayError::UpstreamTimeout);
-            }
-        }
         source = e.source();
+    }
+    // The kernel or the connect timer gave up: while connecting, or on an
+    // open connection (counted as the request timeout is).
+    if error.timed_out() {
+        let kind = if matches!(error, SendError::Connect(_)) {
+            "connect_timeout"
+        } else {
+            "timeout"
+        };
+        return (Some(kind), GatewayError::UpstreamTimeout);
     }
     match error {
         SendError::Connect(_) => (Some("connect"), GatewayError::UpstreamUnavailable),

@@ -70,6 +70,23 @@ pub enum SendError {
     NoHttp1,
 }
 
+impl SendError {
+    /// Whether the kernel or a timer gave up waiting (an I/O error of kind
+    /// `TimedOut` among its causes).
+    pub fn timed_out(&self) -> bool {
+        let mut source = std::error::Error::source(self);
+        while let Some(e) = source {
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+            {
+                return true;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
+
 /// How often a shared HTTP/2 upstream connection with requests open is
 /// pinged. Not while idle: gRPC servers answer pings on a connection without
 /// calls (or more often than every few minutes without data) with GOAWAY
@@ -146,6 +163,9 @@ pub struct UpstreamPool {
     /// trying again in turn (each up to `connect_timeout`) while the
     /// upstream is down.
     shared_connect_failures: AtomicU64,
+    /// Whether the last of those failures was a timeout: the requests that
+    /// waited for it fail as it did (504, not 502).
+    shared_connect_timed_out: AtomicBool,
     /// The pool's clock, in ticks of `tick_period`: an idle connection
     /// remembers the tick it was parked in, so no clock is read per request.
     tick: AtomicU64,
@@ -443,6 +463,7 @@ impl UpstreamPool {
             speaks_h2: AtomicBool::new(http2_only),
             connecting: tokio::sync::Mutex::new(()),
             shared_connect_failures: AtomicU64::new(0),
+            shared_connect_timed_out: AtomicBool::new(false),
             tick: AtomicU64::new(0),
             tick_period,
             idle_ticks: u64::try_from(idle_ticks).unwrap_or(u64::MAX).max(1),
@@ -672,12 +693,20 @@ impl UpstreamPool {
             return Ok(shared);
         }
         let opened = if self.shared_connect_failures.load(Ordering::Acquire) != failures_before {
-            Err(SendError::Connect(Box::new(std::io::Error::other(
+            let kind = if self.shared_connect_timed_out.load(Ordering::Acquire) {
+                std::io::ErrorKind::TimedOut
+            } else {
+                std::io::ErrorKind::Other
+            };
+            Err(SendError::Connect(Box::new(std::io::Error::new(
+                kind,
                 "the connection opened meanwhile for this request failed",
             ))))
         } else {
             let opened = self.connect(false).await;
-            if opened.is_err() {
+            if let Err(error) = &opened {
+                self.shared_connect_timed_out
+                    .store(error.timed_out(), Ordering::Release);
                 self.shared_connect_failures.fetch_add(1, Ordering::AcqRel);
             }
             opened
