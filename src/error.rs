@@ -485,8 +485,43 @@ pub(crate) fn description_chars(description: &str) -> Cow<'_, str> {
     )
 }
 
+/// An error and its causes, each after a colon, for a log line: hyper's
+/// and hyper-util's errors say what failed only in their sources
+/// ("client error (Connect)": "tcp connect error": "Connection refused").
+pub fn with_causes(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let said = cause.to_string();
+        // Some errors repeat their source's text in their own.
+        if !text.ends_with(&said) {
+            text.push_str(": ");
+            text.push_str(&said);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn with_causes_says_each_cause_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("client error (Connect)")]
+        struct Outer(#[source] Repeats);
+        #[derive(Debug, thiserror::Error)]
+        #[error("tcp connect error: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            with_causes(&Outer(Repeats(refused()))),
+            "client error (Connect): tcp connect error: refused"
+        );
+        assert_eq!(with_causes(&refused()), "refused");
+    }
+
     use super::*;
 
     fn request(version: Version, content_type: Option<&str>) -> Request<()> {

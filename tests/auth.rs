@@ -2507,7 +2507,8 @@ async fn unknown_kid_flood_is_bounded_by_the_cooldown() {
 /// Keys already loaded keep working while the JWKS endpoint misbehaves in
 /// `mode`; a refetch forced by an unknown kid fails with `result` in
 /// `scopegate_jwks_fetches_total` and does not drop the loaded keys.
-async fn outage(mode: JwksMode, result: &str) {
+async fn outage(mode: JwksMode, result: &str, cause: &str) {
+    let (logs, _capturing) = Logs::capture();
     let (signer, world) = lab().await;
     let gw =
         Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n    jwks_timeout: 3s\n"))
@@ -2556,6 +2557,15 @@ async fn outage(mode: JwksMode, result: &str) {
         "{}: {text}",
         label("fetch result metric")
     );
+    // The log says why, beyond the metric's label.
+    let logged = logs.text();
+    assert!(
+        logged
+            .lines()
+            .any(|l| l.contains("JWKS fetch failed") && l.contains(cause)),
+        "{}: `{cause}` not logged:\n{logged}",
+        label("fetch failure's cause")
+    );
 
     // The failed fetch did not drop the keys we had.
     expect(
@@ -2572,24 +2582,29 @@ async fn outage(mode: JwksMode, result: &str) {
 
 #[tokio::test]
 async fn jwks_outage_http_error_keeps_cached_keys() {
-    outage(JwksMode::Fail, "http_error").await;
+    outage(JwksMode::Fail, "http_error", "answered 500").await;
 }
 
 #[tokio::test]
 async fn jwks_outage_garbage_keeps_cached_keys() {
-    outage(JwksMode::Garbage, "invalid").await;
+    outage(JwksMode::Garbage, "invalid", "not a JWKS document").await;
 }
 
 /// A key set that parses but whose keys nothing can use (the issuer's `kid`
 /// among them) is no better than garbage: the working keys stay.
 #[tokio::test]
 async fn jwks_of_only_unusable_keys_keeps_cached_keys() {
-    outage(JwksMode::Unusable, "invalid").await;
+    outage(
+        JwksMode::Unusable,
+        "invalid",
+        "no usable signature verification keys",
+    )
+    .await;
 }
 
 #[tokio::test]
 async fn jwks_outage_hang_keeps_cached_keys() {
-    outage(JwksMode::Hang, "timeout").await;
+    outage(JwksMode::Hang, "timeout", "no answer within 3s").await;
 }
 
 // ---------------------------------------------------------------------------

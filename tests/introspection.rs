@@ -2212,11 +2212,12 @@ async fn cache_hits_are_counted_and_no_metric_or_log_shows_a_token_or_secret() {
     }
     assert_eq!(introspection_results(&text, "inactive"), 1.0, "{text}");
     assert_eq!(introspection_results(&text, "http_error"), 1.0, "{text}");
-    // The failure is logged, without the token that met it.
+    // The failure is logged with its cause, without the token that met it.
     assert!(
         logs.text().lines().any(|l| l.contains("WARN")
             && l.contains("introspection failed")
-            && l.contains("result=\"http_error\"")),
+            && l.contains("result=\"http_error\"")
+            && l.contains("answered 500")),
         "{}",
         logs.text()
     );

@@ -62,24 +62,31 @@ impl Expiry<TokenDigest, Answer> for AnswerExpiry {
     }
 }
 
-/// Why one introspection call failed (all fail closed).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why one introspection call failed (all fail closed); what it says is
+/// the cause in the log line (never the token or the client's secret).
+#[derive(Debug, thiserror::Error)]
 enum CallError {
+    #[error("no answer within the timeout")]
     Timeout,
-    Network,
-    Status,
-    Body,
+    #[error("{0}")]
+    Network(String),
+    #[error("the server answered {0}")]
+    Status(StatusCode),
+    #[error("{0}")]
+    Body(String),
+    #[error("no introspection endpoint (discovery has not found one)")]
     NoEndpoint,
+    #[error("every introspection call slot stayed taken for the timeout")]
     Busy,
 }
 
 impl CallError {
-    fn label(self) -> &'static str {
+    fn label(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
-            Self::Network => "network_error",
-            Self::Status => "http_error",
-            Self::Body => "invalid_response",
+            Self::Network(_) => "network_error",
+            Self::Status(_) => "http_error",
+            Self::Body(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
             Self::Busy => "busy",
         }
@@ -252,7 +259,7 @@ impl Introspector {
         match &result {
             Err(e) => {
                 if let Some(suppressed) = self.failure_log.allow() {
-                    tracing::warn!(issuer = %self.issuer_name, result = e.label(), suppressed, "introspection failed");
+                    tracing::warn!(issuer = %self.issuer_name, result = e.label(), cause = %e, suppressed, "introspection failed");
                 }
             }
             // An `iss` with a trailing slash, a missing audience: the server
@@ -291,7 +298,7 @@ impl Introspector {
             .header(CONTENT_TYPE, "application/x-www-form-urlencoded")
             .header(ACCEPT, "application/json")
             .body(Full::new(Bytes::from(body)))
-            .map_err(|_| CallError::Network)?;
+            .map_err(|e| CallError::Network(e.to_string()))?;
         if let Some(auth) = &self.authorization {
             request.headers_mut().insert(AUTHORIZATION, auth.clone());
         }
@@ -300,16 +307,25 @@ impl Introspector {
                 .client
                 .request(request)
                 .await
-                .map_err(|_| CallError::Network)?;
+                .map_err(|e| CallError::Network(crate::error::with_causes(&e)))?;
             if response.status() != StatusCode::OK {
-                return Err(CallError::Status);
+                return Err(CallError::Status(response.status()));
             }
             let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
                 .collect()
                 .await
-                .map_err(|_| CallError::Body)?
+                .map_err(|e| {
+                    CallError::Body(format!(
+                        "reading the answer (at most {MAX_RESPONSE_BYTES} bytes): {}",
+                        crate::error::with_causes(&*e)
+                    ))
+                })?
                 .to_bytes();
-            let object = jwt::strict_object(&body).ok_or(CallError::Body)?;
+            let object = jwt::strict_object(&body).ok_or_else(|| {
+                CallError::Body(
+                    "the answer is not one JSON object (without repeated members)".into(),
+                )
+            })?;
             Ok(self.interpret(&object, token_exp))
         };
         tokio::time::timeout(self.settings.timeout, work)

@@ -589,10 +589,11 @@ impl IssuerKeys {
                 }
                 (FetchResult::Success, max_age)
             }
-            Err(result) => {
+            Err((result, cause)) => {
                 tracing::warn!(
                     issuer = %self.issuer_name,
                     result = result.label(),
+                    cause = %cause,
                     keeping_previous = self.is_loaded(),
                     "JWKS fetch failed"
                 );
@@ -622,26 +623,34 @@ impl IssuerKeys {
         (self.is_loaded() && !left.is_zero()).then_some(left)
     }
 
+    /// The key set at the issuer's `jwks_uri`, and how long its answer
+    /// says it keeps; or the failure's label and its cause, for the log.
     async fn fetch(
         &self,
         remote: &RemoteSource,
-    ) -> Result<(KeySet, Option<Duration>), FetchResult> {
-        let uri = remote.uri.load_full().ok_or(FetchResult::NetworkError)?;
+    ) -> Result<(KeySet, Option<Duration>), (FetchResult, String)> {
+        let uri = remote.uri.load_full().ok_or((
+            FetchResult::NetworkError,
+            "no jwks_uri (discovery has not found one)".to_owned(),
+        ))?;
         let request = Request::get((*uri).clone())
             .header(
                 http::header::ACCEPT,
                 "application/jwk-set+json, application/json",
             )
             .body(Empty::<Bytes>::new())
-            .map_err(|_| FetchResult::Invalid)?;
+            .map_err(|e| (FetchResult::Invalid, e.to_string()))?;
         let work = async {
             let response = remote
                 .client
                 .request(request)
                 .await
-                .map_err(|_| FetchResult::NetworkError)?;
+                .map_err(|e| (FetchResult::NetworkError, crate::error::with_causes(&e)))?;
             if response.status() != StatusCode::OK {
-                return Err(FetchResult::HttpError);
+                return Err((
+                    FetchResult::HttpError,
+                    format!("the server answered {}", response.status()),
+                ));
             }
             let max_age = response
                 .headers()
@@ -651,14 +660,28 @@ impl IssuerKeys {
             let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
                 .collect()
                 .await
-                .map_err(|_| FetchResult::Invalid)?
+                .map_err(|e| {
+                    (
+                        FetchResult::Invalid,
+                        format!(
+                            "reading the key set (at most {MAX_JWKS_BYTES} bytes): {}",
+                            crate::error::with_causes(&*e)
+                        ),
+                    )
+                })?
                 .to_bytes();
-            let set = KeySet::from_json(&body).map_err(|_| FetchResult::Invalid)?;
+            let set =
+                KeySet::from_json(&body).map_err(|e| (FetchResult::Invalid, e.to_string()))?;
             Ok((set, max_age))
         };
         tokio::time::timeout(remote.timeout, work)
             .await
-            .map_err(|_| FetchResult::Timeout)?
+            .map_err(|_| {
+                (
+                    FetchResult::Timeout,
+                    format!("no answer within {:?}", remote.timeout),
+                )
+            })?
     }
 }
 
