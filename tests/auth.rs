@@ -2602,6 +2602,51 @@ async fn jwks_of_only_unusable_keys_keeps_cached_keys() {
     .await;
 }
 
+/// A key set may hold keys scopegate cannot verify with beside those it
+/// can (a point off the curve here; an RSA key under 2048 bits is another):
+/// they are kept, so that a token naming one is a bad signature, and the
+/// load names them, since their tokens would otherwise fail without a hint.
+#[tokio::test]
+async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
+    let (logs, _capturing) = Logs::capture();
+    let (signer, world) = lab().await;
+    let mut document: Value = serde_json::from_str(&signer.jwks()).unwrap();
+    let unusable: Value = serde_json::from_str(UNUSABLE_JWKS).unwrap();
+    let mut off_curve = unusable["keys"][0].clone();
+    off_curve["kid"] = "retired".into();
+    document["keys"].as_array_mut().unwrap().push(off_curve);
+    world.jwks.set_document(&document.to_string());
+    let gw = Gateway::start(&world.config()).await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "a token of the usable key",
+    )
+    .await;
+    let retired = Signer::generate("retired");
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &retired.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::BadSignature),
+        "a token naming the unusable key",
+    )
+    .await;
+    let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("cannot verify with")
+            && l.contains("retired")
+            && !l.contains("key-1")),
+        "{text}"
+    );
+}
+
 #[tokio::test]
 async fn jwks_outage_hang_keeps_cached_keys() {
     outage(JwksMode::Hang, "timeout", "no answer within 3s").await;

@@ -206,10 +206,11 @@ impl KeySet {
             }
         }
         // Keys no algorithm can use (an `alg` their type does not fit, a
-        // point off the curve) stay, so that a token naming one is a bad
-        // signature rather than an unknown key worth a refetch; but a set of
-        // only such keys verifies nothing, and a refresh serving one must
-        // keep the keys that work.
+        // point off the curve, an RSA modulus under 2048 bits) stay, so that
+        // a token naming one is a bad signature rather than an unknown key
+        // (both are worth one refetch per cooldown, as the key may have been
+        // replaced); but a set of only such keys verifies nothing, and a
+        // refresh serving one must keep the keys that work.
         if !keys.iter().any(|k| !k.verifiers.is_empty()) {
             return Err(JwksError::NoUsableKeys);
         }
@@ -325,9 +326,19 @@ impl KeySet {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
     }
 
-    /// Number of usable keys.
+    /// Number of keys kept (those no algorithm can use among them).
     pub fn len(&self) -> usize {
         self.keys.len()
+    }
+
+    /// The `kid`s (`-` for none) of the keys kept that no algorithm can use:
+    /// a token naming one gets `bad_signature`.
+    pub fn unusable_kids(&self) -> Vec<&str> {
+        self.keys
+            .iter()
+            .filter(|k| k.verifiers.is_empty())
+            .map(|k| k.kid.as_deref().unwrap_or("-"))
+            .collect()
     }
 
     /// True when no key is usable.
@@ -575,6 +586,14 @@ impl IssuerKeys {
         let (result, max_age) = match self.fetch(remote).await {
             Ok((set, max_age)) => {
                 tracing::info!(issuer = %self.issuer_name, keys = set.len(), "JWKS loaded");
+                let unusable = set.unusable_kids();
+                if !unusable.is_empty() {
+                    tracing::warn!(
+                        issuer = %self.issuer_name,
+                        kids = ?unusable,
+                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits): tokens naming them get bad_signature"
+                    );
+                }
                 let previous = self.current.swap(Some(Arc::new(set)));
                 let dropped = previous.is_some_and(|old| {
                     self.current
