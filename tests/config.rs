@@ -228,6 +228,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "unknown issuer `other`",
         ),
         (
+            "an issuer listed twice on a route",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: [corp, corp]\n"),
+            "12:14",
+            "issuer `corp` listed twice",
+        ),
+        (
             "conflicting routes",
             format!(
                 "{base}routes:\n  - path: /a\n    methods: [GET]\n    upstream: app\n  - path: /a\n    methods: [GET, POST]\n    upstream: app\n"

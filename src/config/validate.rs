@@ -2352,54 +2352,60 @@ impl Validator<'_> {
                 ))
             }
         };
-        let access =
-            if public {
-                if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
-                    return Err(self.err(
-                        spanned.referenced,
-                        "a route with `auth: none` cannot list scopes, any_scopes or issuers",
-                    ));
-                }
-                Access::Public
-            } else {
-                let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
-                    .map_err(|e| self.err(spanned.referenced, e))?;
-                let issuers = match &raw.issuers {
-                    None => None,
-                    Some(list) => {
-                        if list.value.is_empty() {
-                            return Err(self.err(list.referenced, "issuers must not be empty"));
-                        }
-                        let mut idx = Vec::new();
-                        for name in &list.value {
-                            let i = *issuers.get(name.as_str()).ok_or_else(|| {
-                                self.err(list.referenced, format!("unknown issuer `{name}`"))
-                            })?;
-                            idx.push(i);
-                        }
-                        Some(idx)
-                    }
-                };
-                let serving: Vec<usize> = match &issuers {
-                    Some(list) => list.clone(),
-                    None => (0..introspecting.len()).collect(),
-                };
-                let mut introspectors = serving
-                    .into_iter()
-                    .filter(|i| introspecting.get(*i).copied().unwrap_or(false));
-                let introspector = introspectors.next();
-                if introspectors.next().is_some() {
-                    return Err(self.err(
-                    raw.issuers.as_ref().map_or(spanned.referenced, |l| l.referenced),
-                    "more than one introspecting issuer serves this route; list one in `issuers:`",
+        let access = if public {
+            if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
+                return Err(self.err(
+                    spanned.referenced,
+                    "a route with `auth: none` cannot list scopes, any_scopes or issuers",
                 ));
-                }
-                Access::Bearer {
-                    scopes,
-                    issuers,
-                    introspector,
+            }
+            Access::Public
+        } else {
+            let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
+                .map_err(|e| self.err(spanned.referenced, e))?;
+            let issuers = match &raw.issuers {
+                None => None,
+                Some(list) => {
+                    if list.value.is_empty() {
+                        return Err(self.err(list.referenced, "issuers must not be empty"));
+                    }
+                    let mut idx = Vec::new();
+                    for name in &list.value {
+                        let i = *issuers.get(name.as_str()).ok_or_else(|| {
+                            self.err(list.referenced, format!("unknown issuer `{name}`"))
+                        })?;
+                        if idx.contains(&i) {
+                            return Err(
+                                self.err(list.referenced, format!("issuer `{name}` listed twice"))
+                            );
+                        }
+                        idx.push(i);
+                    }
+                    Some(idx)
                 }
             };
+            let serving: Vec<usize> = match &issuers {
+                Some(list) => list.clone(),
+                None => (0..introspecting.len()).collect(),
+            };
+            let mut introspectors = serving
+                .into_iter()
+                .filter(|i| introspecting.get(*i).copied().unwrap_or(false));
+            let introspector = introspectors.next();
+            if introspectors.next().is_some() {
+                return Err(self.err(
+                    raw.issuers
+                        .as_ref()
+                        .map_or(spanned.referenced, |l| l.referenced),
+                    "more than one introspecting issuer serves this route; list one in `issuers:`",
+                ));
+            }
+            Access::Bearer {
+                scopes,
+                issuers,
+                introspector,
+            }
+        };
         let forward = match &raw.forward {
             None => Arc::clone(default_forward),
             Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),
