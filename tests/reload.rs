@@ -248,10 +248,12 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
 }
 
 /// A reload whose upstream is a listener the gateway serves on, as bound
-/// (its config says port 0, and a reload cannot move it), is refused: every
-/// request to that upstream would come back to the gateway.
+/// (its config says port 0, and a reload cannot move it), is refused at the
+/// upstream's url: every request to that upstream would come back to the
+/// gateway.
 #[tokio::test]
 async fn a_reload_with_an_upstream_on_a_running_listener_is_refused() {
+    let (logs, _capturing) = Logs::capture();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let gw = serve_kubelet_dir(dir.path(), &yaml(upstream.addr, "/one", "")).await;
@@ -269,6 +271,18 @@ async fn a_reload_with_an_upstream_on_a_running_listener_is_refused() {
     );
     assert_eq!(get(&gw.url("/loop"), &[]).await.unwrap().status, 404);
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+    // The refusal names the line and column of the upstream's url.
+    let url_line = looping
+        .lines()
+        .position(|l| l.contains(&format!("url: http://{}", gw.addr)))
+        .unwrap()
+        + 1;
+    let at = format!(":{url_line}:10: upstream `itself` is this gateway's own running listener");
+    assert!(
+        logs.text().lines().any(|l| l.contains(&at)),
+        "`{at}` not logged:\n{}",
+        logs.text()
+    );
 }
 
 /// A reload keeps an upstream's `max_requests` count while the upstream

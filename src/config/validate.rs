@@ -460,6 +460,9 @@ pub struct Upstream {
     pub pool_idle_timeout: Duration,
     /// Requests in flight at once; more get 503.
     pub max_requests: usize,
+    /// Where its `url` is written: for a check the running gateway makes
+    /// on the config (against the addresses it has bound).
+    pub url_at: Location,
 }
 
 /// A compiled route.
@@ -1013,12 +1016,11 @@ pub fn issuer_endpoint(value: &str, issuer_https: bool) -> Result<Uri, String> {
 
 /// The name of an upstream of `config` that is a listener at `address`
 /// (one the gateway serves on, as bound), if one is: see [`reaches_itself`].
-pub fn upstream_reaching(config: &Config, address: SocketAddr) -> Option<&str> {
+pub fn upstream_reaching(config: &Config, address: SocketAddr) -> Option<&Upstream> {
     config
         .upstreams
         .iter()
         .find(|u| upstream_reaches(u, &[address]))
-        .map(|u| &*u.name)
 }
 
 /// Whether `upstream` is one of `listeners`.
@@ -2118,6 +2120,7 @@ impl Validator<'_> {
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout.value.0,
             max_requests: raw.max_requests.value,
+            url_at: raw.url.referenced,
         })
     }
 

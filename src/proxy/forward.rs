@@ -557,6 +557,7 @@ mod tests {
             pool_max_idle_per_host: 1,
             pool_idle_timeout: Duration::from_secs(90),
             max_requests: 1,
+            url_at: serde_saphyr::Location::UNKNOWN,
         }
     }
 

@@ -253,16 +253,17 @@ impl Reloader {
         .map_err(|e| ReloadError::Setup(format!("loading failed: {e}")))??;
         // The config's own listen addresses were checked when it loaded;
         // the ones serving until a restart (a port 0 bound to one) now.
-        if let Some(name) = self
+        if let Some(upstream) = self
             .running
             .bound
             .iter()
             .find_map(|&address| config::validate::upstream_reaching(&config, address))
         {
             return Err(ReloadError::Invalid(
-                config::ConfigError::whole_file(
+                config::ConfigError::at(
                     &config.source,
-                    format!("upstream `{name}` is this gateway's own running listener: every request would come back to it (listen addresses change only with a restart)"),
+                    upstream.url_at,
+                    format!("upstream `{}` is this gateway's own running listener: every request would come back to it (listen addresses change only with a restart)", upstream.name),
                 ),
                 None,
             ));
