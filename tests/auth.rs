@@ -2647,6 +2647,100 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
     );
 }
 
+/// Amazon Cognito's access tokens carry no `aud`, but the app client's id
+/// as `client_id`: an issuer with `client_ids` (and no `audiences`) takes
+/// a token issued to one of them, and refuses one issued to another client,
+/// or to none. With both lists, both are checked.
+#[tokio::test]
+async fn client_ids_stand_for_an_audience_where_tokens_have_none() {
+    let (signer, world) = lab().await;
+    let cognito = |client_id: Option<Value>| {
+        let mut claims = fresh_claims("orders:read");
+        claims.as_object_mut().unwrap().remove("aud");
+        claims["token_use"] = "access".into();
+        if let Some(id) = client_id {
+            claims["client_id"] = id;
+        }
+        signer.mint(&claims)
+    };
+    let audiences = format!("    audiences: [{AUDIENCE}]\n");
+    let config = world.config();
+    assert!(config.contains(&audiences));
+    let gw = Gateway::start(&config.replace(&audiences, "    client_ids: [app-1, app-9]\n")).await;
+    for (client_id, want, what) in [
+        (
+            Some("app-1".into()),
+            Want::Allow,
+            "issued to a listed client",
+        ),
+        (
+            Some("app-2".into()),
+            Want::Invalid(TokenError::WrongAudience),
+            "issued to another client",
+        ),
+        (
+            None,
+            Want::Invalid(TokenError::WrongAudience),
+            "no client_id",
+        ),
+        (
+            Some(json!(["app-1"])),
+            Want::Invalid(TokenError::WrongClaimType),
+            "a client_id that is no string",
+        ),
+    ] {
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &cognito(client_id),
+            want,
+            what,
+        )
+        .await;
+    }
+    gw.stop().await;
+
+    let both = config.replace(&audiences, &format!("{audiences}    client_ids: [app-1]\n"));
+    let gw = Gateway::start(&both).await;
+    let mut claims = fresh_claims("orders:read");
+    claims["client_id"] = "app-1".into();
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&claims),
+        Want::Allow,
+        "both",
+    )
+    .await;
+    claims["client_id"] = "app-2".into();
+    let token = signer.mint(&claims);
+    let want = Want::Invalid(TokenError::WrongAudience);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        want,
+        "the audience alone",
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &cognito(Some("app-1".into())),
+        Want::Invalid(TokenError::WrongAudience),
+        "the client alone",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn jwks_outage_hang_keeps_cached_keys() {
     outage(JwksMode::Hang, "timeout", "no answer within 3s").await;

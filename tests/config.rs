@@ -434,6 +434,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "audiences",
         ),
         (
+            "an empty client id",
+            "issuers:\n  - name: a\n    issuer: https://a\n    client_ids: [\"\"]\n    jwks_uri: https://a/k\n".into(),
+            "2:5",
+            "or in `client_ids`",
+        ),
+        (
             "a jwks_file with no key for the issuer's algorithms",
             format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    algorithms: [RS256, PS256]\n    jwks_file: es256-keys.json\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
             "6:16",

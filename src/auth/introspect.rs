@@ -99,6 +99,7 @@ pub struct Introspector {
     issuer_name: Arc<str>,
     issuer: String,
     audiences: Vec<String>,
+    client_ids: Vec<String>,
     leeway_secs: u64,
     scope_claim: ScopeClaim,
     settings: Introspection,
@@ -126,6 +127,8 @@ pub struct IssuerFacts {
     pub issuer: String,
     /// Accepted `aud` values when the answer has one (empty: any).
     pub audiences: Vec<String>,
+    /// Accepted `client_id` values (empty: any).
+    pub client_ids: Vec<String>,
     /// Clock skew allowance.
     pub leeway_secs: u64,
     /// Where scopes are.
@@ -162,6 +165,7 @@ impl Introspector {
             issuer_name: facts.name,
             issuer: facts.issuer,
             audiences: facts.audiences,
+            client_ids: facts.client_ids,
             leeway_secs: facts.leeway_secs,
             scope_claim: facts.scope_claim,
             endpoint: ArcSwapOption::new(settings.endpoint.clone().map(Arc::new)),
@@ -395,6 +399,9 @@ impl Introspector {
         {
             return refused("aud");
         }
+        if !self.client_ids.is_empty() && jwt::check_client_id(answer, &self.client_ids).is_err() {
+            return refused("client_id");
+        }
         let lifetime = if answer.contains_key("exp") {
             jwt::check_lifetime(answer, now, self.leeway_secs)
         } else {
@@ -512,6 +519,7 @@ mod tests {
             name: Arc::from("test"),
             issuer: "https://issuer.test".to_owned(),
             audiences: Vec::new(),
+            client_ids: Vec::new(),
             leeway_secs: 0,
             scope_claim: ScopeClaim::Scope,
         };
@@ -571,6 +579,35 @@ mod tests {
                     }
                 ),
                 "{token_exp}: a JWT past its exp"
+            );
+        }
+    }
+
+    /// With `client_ids`, an active answer is taken only for a token issued
+    /// to one of them (RFC 7662 2.2 `client_id`).
+    #[test]
+    fn client_ids_hold_introspection_answers_to_their_clients() {
+        let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        introspector.client_ids = vec!["app-1".to_owned()];
+        let answer = |client_id: Option<Value>| {
+            let mut answer = serde_json::Map::new();
+            answer.insert("active".into(), Value::Bool(true));
+            if let Some(id) = client_id {
+                answer.insert("client_id".into(), id);
+            }
+            introspector.interpret(&answer, None)
+        };
+        assert!(matches!(answer(Some("app-1".into())), Answer::Active(_)));
+        for other in [Some("app-2".into()), Some(Value::from(1)), None] {
+            assert!(
+                matches!(
+                    answer(other.clone()),
+                    Answer::Inactive {
+                        refused: Some("client_id"),
+                        ..
+                    }
+                ),
+                "{other:?}"
             );
         }
     }

@@ -353,6 +353,34 @@ pub fn check_audience(claims: &Map<String, Value>, accepted: &[String]) -> Resul
     }
 }
 
+/// Checks that `client_id` is a string naming one of `accepted`, for an
+/// identity provider whose access tokens carry no `aud` (Amazon Cognito's
+/// carry the app client's id there instead).
+pub fn check_client_id(claims: &Map<String, Value>, accepted: &[String]) -> Result<(), TokenError> {
+    match claims.get("client_id") {
+        Some(Value::String(id)) if accepted.iter().any(|a| a == id) => Ok(()),
+        Some(Value::String(_)) | None => Err(TokenError::WrongAudience),
+        Some(_) => Err(TokenError::WrongClaimType),
+    }
+}
+
+/// Checks that a token is meant for this API: `aud` names one of
+/// `audiences`, and `client_id` one of `client_ids`, for each list that is
+/// not empty (the config has at least one).
+pub fn check_intended(
+    claims: &Map<String, Value>,
+    audiences: &[String],
+    client_ids: &[String],
+) -> Result<(), TokenError> {
+    if !audiences.is_empty() {
+        check_audience(claims, audiences)?;
+    }
+    if !client_ids.is_empty() {
+        check_client_id(claims, client_ids)?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

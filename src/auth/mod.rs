@@ -75,6 +75,7 @@ struct IssuerRuntime {
     discovered: std::sync::atomic::AtomicBool,
     introspector: Option<Arc<Introspector>>,
     audiences: Vec<String>,
+    client_ids: Vec<String>,
     algorithms: Vec<Algorithm>,
     leeway_secs: u64,
     require_typ: Option<String>,
@@ -135,6 +136,7 @@ impl Authenticator {
                             name: Arc::clone(&issuer.name),
                             issuer: issuer.issuer.clone(),
                             audiences: issuer.audiences.clone(),
+                            client_ids: issuer.client_ids.clone(),
                             leeway_secs: issuer.leeway_secs,
                             scope_claim: issuer.scope_claim,
                         },
@@ -170,6 +172,7 @@ impl Authenticator {
                 introspector,
                 name: issuer.name,
                 audiences: issuer.audiences,
+                client_ids: issuer.client_ids,
                 algorithms: issuer.algorithms,
                 leeway_secs: issuer.leeway_secs,
                 require_typ: issuer.require_typ,
@@ -591,7 +594,7 @@ impl Authenticator {
         let now = jwt::now_unix();
         let lifetime =
             jwt::check_lifetime(&jwt.claims, now, issuer.leeway_secs).map_err(invalid)?;
-        jwt::check_audience(&jwt.claims, &issuer.audiences).map_err(invalid)?;
+        jwt::check_intended(&jwt.claims, &issuer.audiences, &issuer.client_ids).map_err(invalid)?;
         if jwt.claims.contains_key("cnf") {
             return Err(invalid(TokenError::SenderConstrained));
         }

@@ -335,6 +335,10 @@ pub struct RawIssuer {
     /// `aud` must contain one of these.
     #[serde(default)]
     pub audiences: Vec<String>,
+    /// `client_id` must be one of these: for an identity provider whose
+    /// access tokens carry no `aud` (Amazon Cognito).
+    #[serde(default)]
+    pub client_ids: Vec<String>,
     /// Where the issuer publishes its keys.
     #[serde(default, deserialize_with = "present")]
     pub jwks_uri: Option<Spanned<String>>,

@@ -310,8 +310,10 @@ pub struct Issuer {
     pub name: Arc<str>,
     /// Exact `iss` value.
     pub issuer: String,
-    /// Accepted `aud` values.
+    /// Accepted `aud` values (empty: `aud` is not checked, `client_ids` is).
     pub audiences: Vec<String>,
+    /// Accepted `client_id` values (empty: not checked).
+    pub client_ids: Vec<String>,
     /// Where its keys come from.
     pub keys: KeySource,
     /// RFC 7662 introspection for opaque tokens.
@@ -1403,11 +1405,17 @@ impl Validator<'_> {
         }
         // Introspected tokens too: an answer naming another API's audience
         // is refused only if this one's is known.
-        if raw.audiences.is_empty() || raw.audiences.iter().any(String::is_empty) {
+        if (raw.audiences.is_empty() && raw.client_ids.is_empty())
+            || raw
+                .audiences
+                .iter()
+                .chain(&raw.client_ids)
+                .any(String::is_empty)
+        {
             return Err(self.err(
                 here,
                 format!(
-                    "issuer `{}` needs at least one non-empty entry in `audiences` (tokens must be meant for this API)",
+                    "issuer `{}` needs at least one non-empty entry in `audiences` (tokens must be meant for this API), or in `client_ids` for an identity provider whose access tokens carry no `aud` (Amazon Cognito), and no empty one",
                     raw.name.value
                 ),
             ));
@@ -1517,6 +1525,7 @@ impl Validator<'_> {
             name: Arc::from(raw.name.value.as_str()),
             issuer: raw.issuer.value.clone(),
             audiences: raw.audiences.clone(),
+            client_ids: raw.client_ids.clone(),
             keys,
             introspection,
             discovery: raw.discovery,
@@ -1919,6 +1928,7 @@ impl Validator<'_> {
             name: Arc::from(raw.name.value.as_str()),
             issuer: raw.issuer.value.clone(),
             audiences,
+            client_ids: Vec::new(),
             keys: KeySource::Static(Arc::new(key_set)),
             introspection: None,
             discovery: false,
