@@ -9,8 +9,11 @@
 //! the wrong type, and unknown ones nested deep; scopes in `scope`, `scp`,
 //! both or neither; now and then a `cnf`), sometimes spelled wrong (a
 //! duplicate claim, a padded segment, a changed signature, a fourth
-//! segment). Two gateways require `typ: at+jwt`: one reads scopes from
-//! `scope`, the other from `scp` (`scope_claim`), and each case goes to one.
+//! segment). Three gateways require `typ: at+jwt`: one reads scopes from
+//! `scope`, another from `scp` (`scope_claim`), and a third reads `scope`
+//! and takes the token's `client_id` for its audience (`client_ids: [bob]`
+//! and no `audiences`, as for Amazon Cognito: `aud` is then not looked at);
+//! each case goes to one.
 //! The token is used on one route, then on another; the reference says,
 //! for each use:
 //! - a token with any fault is refused with 401 `invalid_token` (RFC 6750),
@@ -85,6 +88,8 @@ struct Case {
     form: Form,
     /// Which gateway: the one reading `scope` or the one reading `scp`.
     claim: ScopeClaim,
+    /// To the gateway that checks `client_id` instead (which reads `scope`).
+    by_client: bool,
     first: Route,
     second: Route,
 }
@@ -177,18 +182,25 @@ fn case() -> impl Strategy<Value = Case> {
         jose_header(),
         claims_strategy(),
         form,
-        prop::sample::select(vec![ScopeClaim::Scope, ScopeClaim::Scp]),
+        prop_oneof![
+            2 => prop::sample::select(vec![ScopeClaim::Scope, ScopeClaim::Scp])
+                .prop_map(|claim| (claim, false)),
+            1 => Just((ScopeClaim::Scope, true)),
+        ],
         Route::any(),
         Route::any(),
     )
-        .prop_map(|(header, claims, form, claim, first, second)| Case {
-            header,
-            claims,
-            form,
-            claim,
-            first,
-            second,
-        })
+        .prop_map(
+            |(header, claims, form, (claim, by_client), first, second)| Case {
+                header,
+                claims,
+                form,
+                claim,
+                by_client,
+                first,
+                second,
+            },
+        )
 }
 
 /// Members that are `Some`, as a JSON object.
@@ -267,12 +279,14 @@ struct Valid<'a> {
 }
 
 /// Whether the token is valid by the RFCs (and `require_typ: at+jwt`) to
-/// a gateway reading scopes from `claim`; `None` for a token with any fault.
+/// a gateway reading scopes from `claim`, and taking `client_id` for its
+/// audience if `by_client`; `None` for a token with any fault.
 fn valid<'a>(
     form: Form,
     header: &Map<String, Value>,
     claims: &'a Map<String, Value>,
     claim: ScopeClaim,
+    by_client: bool,
     now: i64,
 ) -> Option<Valid<'a>> {
     if form != Form::Signed || header.contains_key("crit") || claims.contains_key("cnf") {
@@ -292,8 +306,12 @@ fn valid<'a>(
     if typ.strip_prefix("application/").unwrap_or(&typ) != "at+jwt" {
         return None;
     }
-    if claims.get("iss") != Some(&json!(ISSUER)) || !reference::audience_ok(claims.get("aud"), true)
-    {
+    let intended = if by_client {
+        claims.get("client_id") == Some(&json!(CLIENT_ID))
+    } else {
+        reference::audience_ok(claims.get("aud"), true)
+    };
+    if claims.get("iss") != Some(&json!(ISSUER)) || !intended {
         return None;
     }
     let exp = reference::lifetime(claims, now, true).ok()??;
@@ -303,15 +321,20 @@ fn valid<'a>(
     })
 }
 
-/// The lab: the issuer's key, another key with the same `kid`, and two
+/// The one client id of the gateway that checks `client_id` (one of the
+/// values the claims' generator picks most).
+const CLIENT_ID: &str = "bob";
+
+/// The lab: the issuer's key, another key with the same `kid`, and three
 /// gateways requiring `typ: at+jwt`, one reading scopes from `scope`, one
-/// from `scp`.
+/// from `scp`, one reading `scope` and checking `client_id`, not `aud`.
 struct Lab {
     signer: Signer,
     other: Signer,
     world: World,
     gw: Gateway,
     gw_scp: Gateway,
+    gw_client: Gateway,
     next: AtomicU64,
 }
 
@@ -322,21 +345,30 @@ impl Lab {
         let gw_scp =
             Gateway::start(&world.config_with("    require_typ: at+jwt\n    scope_claim: scp\n"))
                 .await;
+        let audiences = format!("    audiences: [{AUDIENCE}]\n");
+        let by_client = world
+            .config_with("    require_typ: at+jwt\n")
+            .replace(&audiences, &format!("    client_ids: [{CLIENT_ID}]\n"));
+        assert!(by_client.contains("client_ids"));
+        let gw_client = Gateway::start(&by_client).await;
         Self {
             signer,
             other: Signer::generate("key-1"),
             world,
             gw,
             gw_scp,
+            gw_client,
             next: AtomicU64::new(0),
         }
     }
 
-    /// The gateway reading scopes from `claim`.
-    fn gateway(&self, claim: ScopeClaim) -> &Gateway {
-        match claim {
-            ScopeClaim::Scope => &self.gw,
-            ScopeClaim::Scp => &self.gw_scp,
+    /// The gateway reading scopes from `claim`, or the one checking
+    /// `client_id`.
+    fn gateway(&self, claim: ScopeClaim, by_client: bool) -> &Gateway {
+        match (claim, by_client) {
+            (_, true) => &self.gw_client,
+            (ScopeClaim::Scope, false) => &self.gw,
+            (ScopeClaim::Scp, false) => &self.gw_scp,
         }
     }
 }
@@ -373,7 +405,7 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
     let header = header_object(&case.header);
     let claims = claims_object(&case.claims, now, &jti);
     let token = token(lab, case.form, &header, &claims);
-    let valid = valid(case.form, &header, &claims, case.claim, now);
+    let valid = valid(case.form, &header, &claims, case.claim, case.by_client, now);
     let outcome = |route: Route| match &valid {
         None if case.form == Form::PaddedPayload => Outcome::BadRequest,
         None => Outcome::Invalid,
@@ -382,7 +414,7 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
         }
         Some(_) => Outcome::InsufficientScope,
     };
-    let gw = lab.gateway(case.claim);
+    let gw = lab.gateway(case.claim, case.by_client);
     use_token(gw, lab, case.first, &token, &outcome(case.first), false).await?;
     let hit = valid.as_ref().is_some_and(|v| v.cached);
     use_token(gw, lab, case.second, &token, &outcome(case.second), hit)
