@@ -1762,6 +1762,47 @@ async fn discovery_falls_back_to_openid_configuration() {
     );
 }
 
+/// RFC 8414 3.3: a document for another issuer must not be used, but the
+/// other metadata URL may still serve this issuer's (a host that answers
+/// the RFC 8414 URL of any path with its root issuer's metadata): nothing
+/// of the first is used, the second is.
+#[tokio::test]
+async fn discovery_passes_over_another_issuers_metadata_to_the_next_url() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let elsewhere = IntrospectionServer::start().await;
+    let meta = MetadataServer::start().await;
+    meta.set(
+        RFC8414_PATH,
+        &json!({
+            "issuer": "https://root.test",
+            "jwks_uri": "https://root.test/keys",
+            "introspection_endpoint": elsewhere.endpoint(),
+        }),
+    );
+    meta.set(
+        OIDC_PATH,
+        &json!({
+            "issuer": meta.base(),
+            "jwks_uri": world.jwks.uri(),
+            "introspection_endpoint": idp.endpoint(),
+        }),
+    );
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = discovered_issuer(&meta.base(), &secret);
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+    assert_eq!(elsewhere.count(), 0);
+    let hits = meta.hits();
+    assert_eq!(
+        hits.first().map(String::as_str),
+        Some(RFC8414_PATH),
+        "{hits:?}"
+    );
+}
+
 /// A metadata URL that takes the connection and never answers (a proxy in
 /// front of the provider waiting on a dead backend) does not use up the
 /// whole attempt: the next URL is still tried.

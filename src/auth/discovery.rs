@@ -91,6 +91,10 @@ pub async fn discover(
     client: &HttpsClient<Empty<Bytes>>,
 ) -> Result<Metadata, DiscoveryError> {
     let mut last_error = String::from("no metadata URL");
+    // A document for another issuer, which must not be used (RFC 8414 3.3):
+    // the other URL may still serve this issuer's (a host that answers the
+    // RFC 8414 URL of any path with its root issuer's metadata).
+    let mut refused = None;
     // Config validation keeps this from failing: with `discovery`, the
     // issuer must be an absolute http(s) URL.
     for url in metadata_urls(issuer).map_err(DiscoveryError::Unavailable)? {
@@ -103,11 +107,11 @@ pub async fn discover(
         match fetched {
             Ok(raw) => {
                 if raw.issuer != issuer {
-                    // RFC 8414 3.3: MUST NOT be used. Do not try the next URL either.
-                    return Err(DiscoveryError::Refused(format!(
+                    refused.get_or_insert(format!(
                         "metadata at {url} is for issuer `{}`, not `{issuer}`",
                         raw.issuer
-                    )));
+                    ));
+                    continue;
                 }
                 // An endpoint that is not fit to call is left out: what
                 // needs it stays unready, the rest (or an endpoint
@@ -135,7 +139,10 @@ pub async fn discover(
             Err(e) => last_error = format!("{url}: {e}"),
         }
     }
-    Err(DiscoveryError::Unavailable(last_error))
+    Err(match refused {
+        Some(refused) => DiscoveryError::Refused(refused),
+        None => DiscoveryError::Unavailable(last_error),
+    })
 }
 
 async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetadata, String> {
