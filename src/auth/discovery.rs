@@ -150,7 +150,10 @@ async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetad
         .header(http::header::ACCEPT, "application/json")
         .body(Empty::new())
         .map_err(|e| e.to_string())?;
-    let response = client.request(request).await.map_err(|e| e.to_string())?;
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| crate::error::with_causes(&e))?;
     if response.status() != StatusCode::OK {
         return Err(format!("status {}", response.status()));
     }
@@ -165,6 +168,28 @@ async fn fetch(url: &Uri, client: &HttpsClient<Empty<Bytes>>) -> Result<RawMetad
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A metadata URL that refuses the connection says so in the error,
+    /// not only hyper-util's "client error (Connect)".
+    #[tokio::test]
+    async fn a_refused_connection_is_named_in_the_error() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let client = crate::proxy::client::build_https_client(
+            None,
+            std::time::Duration::from_secs(2),
+            1,
+            false,
+        )
+        .unwrap();
+        let Err(DiscoveryError::Unavailable(error)) = discover(&issuer, false, &client).await
+        else {
+            panic!("discovery with nothing listening did not fail as unavailable");
+        };
+        assert!(error.contains("client error (Connect): "), "{error}");
+        assert!(error.to_lowercase().contains("refused"), "{error}");
+    }
 
     #[test]
     fn endpoints_must_be_absolute_and_keep_https() {
