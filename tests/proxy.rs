@@ -1580,6 +1580,7 @@ async fn oversize_header_block_is_refused_with_431() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
+    let (logs, _capturing) = Logs::capture();
     let world = World::new().await;
     let (_reserved, dead) = refusing_address();
     let live = Upstream::start().await;
@@ -1607,6 +1608,13 @@ async fn unreachable_upstream_is_502_and_the_gateway_keeps_serving() {
         ),
         Some(2.0),
         "{metrics}"
+    );
+    // The log says what failed, down to the refused connection.
+    let logged = logs.text();
+    assert!(
+        logged.lines().any(|l| l.contains("upstream request failed")
+            && l.to_lowercase().contains("connection refused")),
+        "{logged}"
     );
 
     // Still serving: another upstream answers through the same gateway.

@@ -244,7 +244,8 @@ impl Forwarder {
                     Some(kind) => {
                         self.upstream_error(&upstream.config, kind);
                         if let Some(suppressed) = upstream.failure_log.allow() {
-                            tracing::warn!(upstream = %upstream.config.name, kind, error = %e, suppressed, "upstream request failed");
+                            let error = crate::error::with_causes(&e);
+                            tracing::warn!(upstream = %upstream.config.name, kind, %error, suppressed, "upstream request failed");
                         }
                     }
                     // The client's request body failed, not the upstream.
