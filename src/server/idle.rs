@@ -9,13 +9,14 @@
 //! runs; a connection on which such a response waited a whole
 //! `idle_timeout` while the client took not a byte is stalled, and closed.
 //! So is an HTTP/2 one on which a response waited for the client to take
-//! one part for two to three `idle_timeout`s, whatever else the client took
-//! meanwhile: reading other streams (or sending requests on them), it would
-//! otherwise keep a response it never reads, and the upstream connection
-//! and `max_requests` place behind it, for ever. (An HTTP/1.1 connection
-//! carries one response at a time, and hyper takes a part from the body
-//! only once a few hundred KiB of the last ones have gone out: a slow reader
-//! may take long over one.)
+//! one part (of at most [`MAX_PART`] bytes) for five to six `idle_timeout`s,
+//! whatever else the client took meanwhile: reading other streams (or
+//! sending requests on them), it would otherwise keep a response it never
+//! reads, and the upstream connection and `max_requests` place behind it,
+//! for ever. A reader that slow (8 KiB in five minutes, at the default
+//! 60s) is not reading. (An HTTP/1.1 connection carries one response at a
+//! time, and hyper takes a part from the body only once a few hundred KiB of
+//! the last ones have gone out: a slow reader may take long over one.)
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -23,6 +24,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
 use tokio::time::Instant;
@@ -57,16 +59,23 @@ pub enum Quiet {
     /// A response waited for the client to read, with nothing else
     /// happening, for at least the timeout (and at most twice it).
     Stalled,
-    /// A response waited for the client to take its next part for at least
-    /// twice the timeout (and at most three times it), while the client
-    /// took other parts.
+    /// Over HTTP/2, a response waited for the client to take its next part
+    /// for at least five times the timeout (and at most six times it),
+    /// while the client took other parts.
     StalledResponse,
 }
 
 /// How many check periods a response's wait is counted by: one that still
 /// waits when its period's count comes round again has waited at least
 /// `PERIODS - 1` whole periods.
-const PERIODS: usize = 3;
+const PERIODS: usize = 6;
+
+/// The largest part of a response handed to an HTTP/2 connection at once:
+/// a larger one (a few hundred KiB from an HTTP/1.1 upstream) is handed out
+/// in parts of this size, so that the time a part waits for its client
+/// tells a slow reader from a stalled one (half an HTTP/2 frame's default
+/// size).
+pub const MAX_PART: usize = 8 * 1024;
 
 impl Activity {
     /// A connection opened now, with nothing in flight.
@@ -129,9 +138,9 @@ impl Activity {
                     }
                     waiting_since = waiting.then_some(progress);
                     // The next period's count is the one of responses that
-                    // began to wait `PERIODS - 1` checks ago, all of them
-                    // busy ones, `timeout` apart (a waiting response is in
-                    // flight): any still waiting has waited too long.
+                    // began to wait `PERIODS - 1` checks ago (or more), all
+                    // of them busy ones, `timeout` apart (a waiting response
+                    // is in flight): any still waiting has waited too long.
                     let next = (self.period.load(Ordering::Acquire) + 1) % PERIODS;
                     let overdue = self.multiplexed.load(Ordering::Acquire)
                         && self
@@ -388,6 +397,9 @@ pin_project! {
         #[pin]
         inner: B,
         in_flight: InFlight,
+        // Over HTTP/2, what is left of a part larger than `MAX_PART`, handed
+        // out before anything else.
+        rest: Bytes,
     }
 }
 
@@ -396,36 +408,60 @@ impl<B> Tracked<B> {
     /// handed over: until the body is first polled, the client has it.
     pub fn new(inner: B, mut in_flight: InFlight) -> Self {
         in_flight.await_client(true);
-        Self { inner, in_flight }
+        Self {
+            inner,
+            in_flight,
+            rest: Bytes::new(),
+        }
     }
 }
 
-impl<B: Body> Body for Tracked<B> {
-    type Data = B::Data;
+impl<B: Body<Data = Bytes>> Body for Tracked<B> {
+    type Data = Bytes;
     type Error = B::Error;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         let this = self.project();
         // Asked for more: what was handed out is taken. A part handed out
         // now waits for the client until the next ask; waiting for the
         // upstream is the body's own timeout's business.
         this.in_flight.await_client(false);
-        let poll = this.inner.poll_frame(cx);
-        if matches!(poll, Poll::Ready(Some(Ok(_)))) {
-            this.in_flight.await_client(true);
+        let poll = if this.rest.is_empty() {
+            this.inner.poll_frame(cx)
+        } else {
+            Poll::Ready(Some(Ok(Frame::data(std::mem::take(this.rest)))))
+        };
+        let Poll::Ready(Some(Ok(frame))) = poll else {
+            return poll;
+        };
+        this.in_flight.await_client(true);
+        let multiplexed = this.in_flight.activity.multiplexed.load(Ordering::Relaxed);
+        match frame.into_data() {
+            Ok(mut data) if multiplexed && data.len() > MAX_PART => {
+                *this.rest = data.split_off(MAX_PART);
+                Poll::Ready(Some(Ok(Frame::data(data))))
+            }
+            Ok(data) => Poll::Ready(Some(Ok(Frame::data(data)))),
+            Err(frame) => Poll::Ready(Some(Ok(frame))),
         }
-        poll
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.rest.is_empty() && self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+        let hint = self.inner.size_hint();
+        let rest = u64::try_from(self.rest.len()).unwrap_or(u64::MAX);
+        let mut total = SizeHint::new();
+        total.set_lower(hint.lower().saturating_add(rest));
+        if let Some(upper) = hint.upper() {
+            total.set_upper(upper.saturating_add(rest));
+        }
+        total
     }
 }
 
@@ -531,6 +567,33 @@ mod tests {
         assert_eq!(waiting, 0);
     }
 
+    /// Over HTTP/2, a large part is handed out in parts of `MAX_PART`, the
+    /// body's length and end unchanged; over HTTP/1.1 as it came.
+    #[tokio::test]
+    async fn large_parts_are_split_over_http2_only() {
+        use http_body_util::{BodyExt, Full};
+        let whole = Bytes::from(vec![7u8; 2 * MAX_PART + 100]);
+        for multiplexed in [false, true] {
+            let activity = Activity::new();
+            activity.multiplexed.store(multiplexed, Ordering::Release);
+            let mut body = Tracked::new(Full::new(whole.clone()), activity.start());
+            let mut parts = Vec::new();
+            while let Some(frame) = body.frame().await {
+                let data = frame.unwrap().into_data().unwrap();
+                parts.push(data.len());
+                let left = (whole.len() - parts.iter().sum::<usize>()) as u64;
+                assert_eq!(body.size_hint().exact(), Some(left), "{multiplexed}");
+                assert_eq!(body.is_end_stream(), left == 0, "{multiplexed}");
+            }
+            let want = if multiplexed {
+                vec![MAX_PART, MAX_PART, 100]
+            } else {
+                vec![whole.len()]
+            };
+            assert_eq!(parts, want);
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_response_left_unread_stalls_whatever_else_the_client_takes() {
         let timeout = Duration::from_secs(10);
@@ -550,7 +613,7 @@ mod tests {
         tokio::select! {
             quiet = activity.quiet_for(timeout) => panic!("{quiet:?} over HTTP/1.1"),
             () = others(Arc::clone(&activity)) => unreachable!(),
-            () = tokio::time::sleep(timeout * 10) => {}
+            () = tokio::time::sleep(timeout * 20) => {}
         }
         // Over HTTP/2 it is not.
         let activity = Activity::new();
@@ -564,7 +627,7 @@ mod tests {
         };
         assert_eq!(quiet, Quiet::StalledResponse);
         assert!(
-            waited.elapsed() >= timeout * 2 && waited.elapsed() <= timeout * 3,
+            waited.elapsed() >= timeout * 5 && waited.elapsed() <= timeout * 6,
             "{:?}",
             waited.elapsed()
         );
