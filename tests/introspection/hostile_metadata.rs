@@ -14,9 +14,11 @@
 //! makes its first attempt; the reference says what it finds:
 //! - no metadata document from either URL (another status than 200, no JSON
 //!   object, no string `issuer`, an endpoint that is not a string):
-//!   `unavailable`. A document for another issuer, or one whose `jwks_uri`
-//!   is unfit to call, ends the search: `refused`. Either way the gateway
-//!   is not ready, and the issuer's tokens get 503 with no call anywhere;
+//!   `unavailable`. A document for another issuer is passed over, to the
+//!   other URL, and is `refused` if no document for this issuer follows;
+//!   one whose `jwks_uri` is unfit to call ends the search: `refused`.
+//!   Either way the gateway is not ready, and the issuer's tokens get 503
+//!   with no call anywhere;
 //! - otherwise the document is applied: a JWT passes exactly when the
 //!   `jwks_uri` is right (and is never forwarded otherwise); an opaque
 //!   token is introspected exactly when the `introspection_endpoint` is,
@@ -267,14 +269,16 @@ enum Found {
 }
 
 fn expected(lab: &Lab, case: &Case) -> Found {
+    let mut nothing = "unavailable";
     for doc in [case.rfc8414, case.openid].into_iter().flatten() {
         let Some((issuer, jwks_uri, introspection)) = lab.read(&doc) else {
             continue;
         };
-        // RFC 8414 3.3: metadata for another issuer MUST NOT be used, and
-        // the search ends.
+        // RFC 8414 3.3: metadata for another issuer MUST NOT be used; the
+        // other URL may still serve this issuer's.
         if issuer != lab.meta.base() {
-            return Found::Nothing("refused");
+            nothing = "refused";
+            continue;
         }
         // A `jwks_uri` published but unfit to call is no "no keys".
         if jwks_uri.is_some() && doc.jwks_uri != Member::Right {
@@ -285,7 +289,7 @@ fn expected(lab: &Lab, case: &Case) -> Found {
             introspection: introspection.is_some() && doc.introspection_endpoint == Member::Right,
         };
     }
-    Found::Nothing("unavailable")
+    Found::Nothing(nothing)
 }
 
 async fn check(lab: &Lab, case: Case) -> Result<(), String> {
