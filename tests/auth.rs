@@ -2650,7 +2650,8 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
 /// Amazon Cognito's access tokens carry no `aud`, but the app client's id
 /// as `client_id`: an issuer with `client_ids` (and no `audiences`) takes
 /// a token issued to one of them, and refuses one issued to another client,
-/// or to none. With both lists, both are checked.
+/// or to none, or one with an `aud` (meant for some API). With both lists,
+/// both are checked.
 #[tokio::test]
 async fn client_ids_stand_for_an_audience_where_tokens_have_none() {
     let (signer, world) = lab().await;
@@ -2700,6 +2701,20 @@ async fn client_ids_stand_for_an_audience_where_tokens_have_none() {
         )
         .await;
     }
+    // An `aud` names another API: this one, with no audiences, is none.
+    let mut claims = fresh_claims("orders:read");
+    claims["client_id"] = "app-1".into();
+    let want = Want::Invalid(TokenError::WrongAudience);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&claims),
+        want,
+        "with an aud",
+    )
+    .await;
     gw.stop().await;
 
     let both = config.replace(&audiences, &format!("{audiences}    client_ids: [app-1]\n"));

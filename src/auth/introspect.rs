@@ -125,7 +125,8 @@ pub struct IssuerFacts {
     pub name: Arc<str>,
     /// Expected `iss` when the answer has one.
     pub issuer: String,
-    /// Accepted `aud` values when the answer has one (empty: any).
+    /// Accepted `aud` values when the answer has one (empty: an answer with
+    /// one is refused, as meant for another API).
     pub audiences: Vec<String>,
     /// Accepted `client_id` values (empty: any).
     pub client_ids: Vec<String>,
@@ -393,9 +394,10 @@ impl Introspector {
             Some(Value::String(iss)) if *iss == self.issuer => {}
             Some(_) => return refused("iss"),
         }
+        // An answer's `aud` must name this API, if it has one: with no
+        // `audiences` (only `client_ids`), none is named.
         if answer.contains_key("aud")
-            && !self.audiences.is_empty()
-            && jwt::check_audience(answer, &self.audiences).is_err()
+            && (self.audiences.is_empty() || jwt::check_audience(answer, &self.audiences).is_err())
         {
             return refused("aud");
         }
@@ -598,6 +600,17 @@ mod tests {
             introspector.interpret(&answer, None)
         };
         assert!(matches!(answer(Some("app-1".into())), Answer::Active(_)));
+        let mut with_aud = serde_json::Map::new();
+        with_aud.insert("active".into(), Value::Bool(true));
+        with_aud.insert("client_id".into(), "app-1".into());
+        with_aud.insert("aud".into(), "another-api".into());
+        assert!(matches!(
+            introspector.interpret(&with_aud, None),
+            Answer::Inactive {
+                refused: Some("aud"),
+                ..
+            }
+        ));
         for other in [Some("app-2".into()), Some(Value::from(1)), None] {
             assert!(
                 matches!(

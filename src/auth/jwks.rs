@@ -591,7 +591,7 @@ impl IssuerKeys {
                     tracing::warn!(
                         issuer = %self.issuer_name,
                         kids = ?unusable,
-                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits): tokens naming them get bad_signature"
+                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
                     );
                 }
                 let previous = self.current.swap(Some(Arc::new(set)));

@@ -366,7 +366,9 @@ pub fn check_client_id(claims: &Map<String, Value>, accepted: &[String]) -> Resu
 
 /// Checks that a token is meant for this API: `aud` names one of
 /// `audiences`, and `client_id` one of `client_ids`, for each list that is
-/// not empty (the config has at least one).
+/// not empty (the config has at least one). With no `audiences`, a token
+/// that has an `aud` is meant for some other API (RFC 7519 4.1.3: this one
+/// identifies itself with none of its values).
 pub fn check_intended(
     claims: &Map<String, Value>,
     audiences: &[String],
@@ -374,6 +376,8 @@ pub fn check_intended(
 ) -> Result<(), TokenError> {
     if !audiences.is_empty() {
         check_audience(claims, audiences)?;
+    } else if claims.contains_key("aud") {
+        return Err(TokenError::WrongAudience);
     }
     if !client_ids.is_empty() {
         check_client_id(claims, client_ids)?;

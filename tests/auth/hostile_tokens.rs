@@ -12,8 +12,8 @@
 //! segment). Three gateways require `typ: at+jwt`: one reads scopes from
 //! `scope`, another from `scp` (`scope_claim`), and a third reads `scope`
 //! and takes the token's `client_id` for its audience (`client_ids: [bob]`
-//! and no `audiences`, as for Amazon Cognito: `aud` is then not looked at);
-//! each case goes to one.
+//! and no `audiences`, as for Amazon Cognito: a token with any `aud` is then
+//! meant for another API); each case goes to one.
 //! The token is used on one route, then on another; the reference says,
 //! for each use:
 //! - a token with any fault is refused with 401 `invalid_token` (RFC 6750),
@@ -306,8 +306,10 @@ fn valid<'a>(
     if typ.strip_prefix("application/").unwrap_or(&typ) != "at+jwt" {
         return None;
     }
+    // With `client_ids` and no `audiences`, a token with any `aud` is meant
+    // for another API.
     let intended = if by_client {
-        claims.get("client_id") == Some(&json!(CLIENT_ID))
+        claims.get("client_id") == Some(&json!(CLIENT_ID)) && !claims.contains_key("aud")
     } else {
         reference::audience_ok(claims.get("aud"), true)
     };
