@@ -1608,6 +1608,21 @@ async fn no_connection_stays_open(gw: &Gateway) -> bool {
     false
 }
 
+/// The stalled HTTP/2 connection (its task, `h2_connection`) ends within
+/// 5 s, is no longer counted open, and `gw` still serves.
+async fn closed_and_still_serving(
+    gw: &Gateway,
+    h2_connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+) {
+    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
+    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
+    assert!(
+        no_connection_stays_open(gw).await,
+        "the stalled connection is still counted open"
+    );
+    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+}
+
 /// An HTTP/2 client that keeps every window shut but sends PINGs is
 /// still a client that stopped reading: the gateway's PING answers are no
 /// part of a response, and the connection is closed as stalled.
@@ -1633,13 +1648,7 @@ async fn pings_do_not_keep_a_stalled_http2_response_open() {
         "PINGs kept a stalled HTTP/2 connection open"
     );
     assert!(pongs >= 1, "no PING was answered");
-    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
-    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
-    assert!(
-        no_connection_stays_open(&gw).await,
-        "the stalled connection is still counted open"
-    );
-    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+    closed_and_still_serving(&gw, h2_connection).await;
 }
 
 /// Nor do requests on other streams: each is a response begun and ended
@@ -1686,13 +1695,7 @@ async fn other_requests_do_not_keep_an_unread_http2_response_open() {
     // finish, and the next ones go to a new connection.
     assert!(refused.is_go_away(), "{refused:?}");
     assert!(answered >= 2, "only {answered} requests were answered");
-    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
-    assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
-    assert!(
-        no_connection_stays_open(&gw).await,
-        "the stalled connection is still counted open"
-    );
-    assert_eq!(get(&gw.url("/status"), &[]).await.unwrap().status, 200);
+    closed_and_still_serving(&gw, h2_connection).await;
 }
 
 /// The other side: an HTTP/2 client that reads slowly, far slower than one

@@ -373,6 +373,13 @@ impl MetadataServer {
             .insert(path.to_owned(), (status, body));
     }
 
+    /// Serves the document at `from` at `to` instead.
+    fn move_document(&self, from: &str, to: &str) {
+        let mut documents = self.documents.lock().unwrap();
+        let document = documents.remove(from).unwrap();
+        documents.insert(to.to_owned(), document);
+    }
+
     fn hits(&self) -> Vec<String> {
         self.hits.lock().unwrap().clone()
     }
@@ -1768,11 +1775,9 @@ async fn discovery_falls_back_to_openid_configuration() {
 /// of the first is used, the second is.
 #[tokio::test]
 async fn discovery_passes_over_another_issuers_metadata_to_the_next_url() {
-    let world = World::new().await;
-    let idp = IntrospectionServer::start().await;
-    idp.require_client(basic_check());
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
+    meta.move_document(RFC8414_PATH, OIDC_PATH);
     let elsewhere = IntrospectionServer::start().await;
-    let meta = MetadataServer::start().await;
     meta.set(
         RFC8414_PATH,
         &json!({
@@ -1781,16 +1786,6 @@ async fn discovery_passes_over_another_issuers_metadata_to_the_next_url() {
             "introspection_endpoint": elsewhere.endpoint(),
         }),
     );
-    meta.set(
-        OIDC_PATH,
-        &json!({
-            "issuer": meta.base(),
-            "jwks_uri": world.jwks.uri(),
-            "introspection_endpoint": idp.endpoint(),
-        }),
-    );
-    let secret = SecretFile::new(CLIENT_SECRET);
-    let issuers = discovered_issuer(&meta.base(), &secret);
     let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
 
     discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;

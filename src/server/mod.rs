@@ -370,35 +370,32 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
                 return;
             }
-            quiet = &mut quiet => match quiet {
-                idle::Quiet::Idle => {
+            quiet = &mut quiet => {
+                match quiet {
+                    idle::Quiet::Stalled => {
+                        tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
+                        return;
+                    }
                     // Closed as when draining, so that an HTTP/2 client gets
                     // a GOAWAY saying which of its requests were taken: one
                     // sent just as the connection closes may be sent again.
-                    tracing::debug!(%peer, "nothing in flight for idle_timeout; closing the connection");
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
-                        Ok(result) => break result,
-                        Err(_) => return,
+                    idle::Quiet::Idle => {
+                        tracing::debug!(%peer, "nothing in flight for idle_timeout; closing the connection");
                     }
-                }
-                idle::Quiet::Stalled => {
-                    tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
-                    return;
-                }
-                idle::Quiet::StalledResponse => {
-                    // The client reads its other streams: a GOAWAY lets
+                    // The client reads its other streams: the GOAWAY lets
                     // those in flight finish (within idle_timeout, as the
-                    // unread one never will) and sends its next requests to
-                    // a new connection.
-                    tracing::info!(%peer, "a response waited for the client to read it for twice idle_timeout; closing the connection");
-                    connection.as_mut().graceful_shutdown();
-                    match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
-                        Ok(result) => break result,
-                        Err(_) => return,
+                    // unread one never will), and its next requests go to a
+                    // new connection.
+                    idle::Quiet::StalledResponse => {
+                        tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; closing the connection");
                     }
                 }
-            },
+                connection.as_mut().graceful_shutdown();
+                match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
+                    Ok(result) => break result,
+                    Err(_) => return,
+                }
+            }
         }
     };
     if let Err(e) = result {
