@@ -1609,12 +1609,13 @@ async fn no_connection_stays_open(gw: &Gateway) -> bool {
 }
 
 /// The stalled HTTP/2 connection (its task, `h2_connection`) ends within
-/// 5 s, is no longer counted open, and `gw` still serves.
+/// 10 s (a GOAWAY'd one closes within two idle timeouts of 3 s), is no
+/// longer counted open, and `gw` still serves.
 async fn closed_and_still_serving(
     gw: &Gateway,
     h2_connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
 ) {
-    let ended = tokio::time::timeout(Duration::from_secs(5), h2_connection).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), h2_connection).await;
     assert!(ended.is_ok(), "the HTTP/2 connection was not closed");
     assert!(
         no_connection_stays_open(gw).await,
@@ -1653,9 +1654,9 @@ async fn pings_do_not_keep_a_stalled_http2_response_open() {
 
 /// Nor do requests on other streams: each is a response begun and ended
 /// on the connection, but the one left unread still waits for its client,
-/// holding its upstream connection and `max_requests` place. Within three
-/// idle timeouts (3 s each here) of being left, the connection is closed
-/// with a GOAWAY.
+/// holding its upstream connection and `max_requests` place. Within six
+/// idle timeouts (3 s each here) of being left, the connection says GOAWAY,
+/// and closes once nothing else moves on it.
 #[tokio::test]
 async fn other_requests_do_not_keep_an_unread_http2_response_open() {
     let world = World::new().await;
@@ -1696,6 +1697,73 @@ async fn other_requests_do_not_keep_an_unread_http2_response_open() {
     assert!(refused.is_go_away(), "{refused:?}");
     assert!(answered >= 2, "only {answered} requests were answered");
     closed_and_still_serving(&gw, h2_connection).await;
+}
+
+/// The streams the client does read are not cut for the one it left
+/// unread: the GOAWAY sends its next requests elsewhere, and the connection
+/// closes once those in flight are done (here a 30 s stream of ticks, read
+/// as they come, going on well past the GOAWAY at 15-18 s).
+#[tokio::test]
+async fn a_response_left_unread_does_not_cut_the_streams_that_are_read() {
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |request: hyper::Request<hyper::body::Incoming>| async move {
+            let (tx, body) = channel_body();
+            let big = request.uri().path() == "/files/big";
+            tokio::spawn(async move {
+                for _ in 0..if big { 1024 } else { 60 } {
+                    let chunk = if big {
+                        Bytes::from(vec![b'x'; 64 * 1024])
+                    } else {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        Bytes::from_static(b"tick\n")
+                    };
+                    if tx.send(chunk).await.is_err() {
+                        break;
+                    }
+                }
+            });
+            hyper::Response::new(body.boxed())
+        },
+    )
+    .await;
+    let gw = stalled_reader_gateway(&world, upstream).await;
+    let stream = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::Builder::new()
+        .initial_window_size(16 * 1024)
+        .initial_connection_window_size(16 * 1024 * 1024)
+        .handshake::<_, Bytes>(stream)
+        .await
+        .unwrap();
+    let h2_connection = tokio::spawn(connection);
+    let get = |path: &str| {
+        let request = http::Request::get(format!("http://gw.test{path}"))
+            .body(())
+            .unwrap();
+        let client = client.clone();
+        async move {
+            let mut ready = client.ready().await?;
+            let (response, _) = ready.send_request(request, true)?;
+            response.await
+        }
+    };
+    // Left unread: its window is never given back.
+    let _unread = get("/files/big").await.unwrap();
+    let mut ticks = get("/files/ticks").await.unwrap().into_body();
+    let mut read = 0;
+    while let Some(data) = ticks.data().await {
+        let data = data.expect("a stream the client reads was cut");
+        read += data.len();
+        let _ = ticks.flow_control().release_capacity(data.len());
+    }
+    assert_eq!(read, 60 * 5, "the ticks ended early");
+    // Past the GOAWAY: a new request is refused as such.
+    let refused = get("/status").await.expect_err("a stream after the GOAWAY");
+    assert!(refused.is_go_away(), "{refused:?}");
+    // Closed once nothing is read any more: in two idle timeouts.
+    let ended = tokio::time::timeout(Duration::from_secs(10), h2_connection).await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(no_connection_stays_open(&gw).await);
 }
 
 /// The other side: an HTTP/2 client that reads slowly, far slower than one

@@ -310,7 +310,8 @@ pub struct Issuer {
     pub name: Arc<str>,
     /// Exact `iss` value.
     pub issuer: String,
-    /// Accepted `aud` values (empty: `aud` is not checked, `client_ids` is).
+    /// Accepted `aud` values (empty: a token with an `aud` is refused, and
+    /// `client_ids` is checked).
     pub audiences: Vec<String>,
     /// Accepted `client_id` values (empty: not checked).
     pub client_ids: Vec<String>,
@@ -1404,7 +1405,8 @@ impl Validator<'_> {
             ));
         }
         // Introspected tokens too: an answer naming another API's audience
-        // is refused only if this one's is known.
+        // is refused, which takes knowing this one's (or, with client ids
+        // alone, any audience is another API's).
         if (raw.audiences.is_empty() && raw.client_ids.is_empty())
             || raw
                 .audiences

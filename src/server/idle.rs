@@ -8,13 +8,14 @@
 //! flow-control window left shut) is polled by nobody, so no body timeout
 //! runs; a connection on which such a response waited a whole
 //! `idle_timeout` while the client took not a byte is stalled, and closed.
-//! So is an HTTP/2 one on which a response waited for the client to take
-//! one part (of at most [`MAX_PART`] bytes) for five to six `idle_timeout`s,
-//! whatever else the client took meanwhile: reading other streams (or
-//! sending requests on them), it would otherwise keep a response it never
-//! reads, and the upstream connection and `max_requests` place behind it,
-//! for ever. A reader that slow (8 KiB in five minutes, at the default
-//! 60s) is not reading. (An HTTP/1.1 connection carries one response at a
+//! An HTTP/2 one on which a response waited for the client to take one
+//! part (of at most [`MAX_PART`] bytes) for five to six `idle_timeout`s,
+//! whatever else the client took meanwhile, says GOAWAY and closes once
+//! nothing else moves on it: reading other streams (or sending requests on
+//! them), the client would otherwise keep a response it never reads, and
+//! the upstream connection and `max_requests` place behind it, for ever. A
+//! part is taken once the client gives back window for it (8 KiB plus its
+//! own window-update step, in five minutes at the default 60s). (An HTTP/1.1 connection carries one response at a
 //! time, and hyper takes a part from the body only once a few hundred KiB of
 //! the last ones have gone out: a slow reader may take long over one.)
 
@@ -46,6 +47,10 @@ pub struct Activity {
     period: AtomicUsize,
     /// The client speaks HTTP/2: many responses share the connection.
     multiplexed: AtomicBool,
+    /// The connection said GOAWAY for a response its client left unread:
+    /// it lasts while its other streams move, and only the whole-connection
+    /// rules apply to it now.
+    winding_down: AtomicBool,
     /// Bumped whenever a response starts or stops waiting for the client: a
     /// count, not a clock, so that the request path reads no time for it.
     progress: AtomicU64,
@@ -87,8 +92,16 @@ impl Activity {
             awaiting_client: Default::default(),
             period: AtomicUsize::new(0),
             multiplexed: AtomicBool::new(false),
+            winding_down: AtomicBool::new(false),
             progress: AtomicU64::new(0),
         })
+    }
+
+    /// After [`Quiet::StalledResponse`] (and a GOAWAY): from now on only an
+    /// idle or wholly stalled connection is quiet, so that the streams the
+    /// client does read may finish.
+    pub fn wind_down(&self) {
+        self.winding_down.store(true, Ordering::Release);
     }
 
     /// Counts a part of a response the client took.
@@ -143,6 +156,7 @@ impl Activity {
                     // is in flight): any still waiting has waited too long.
                     let next = (self.period.load(Ordering::Acquire) + 1) % PERIODS;
                     let overdue = self.multiplexed.load(Ordering::Acquire)
+                        && !self.winding_down.load(Ordering::Acquire)
                         && self
                             .awaiting_client
                             .get(next)

@@ -370,8 +370,8 @@ async fn serve_connection<I>(
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
                 return;
             }
-            quiet = &mut quiet => {
-                match quiet {
+            why = &mut quiet => {
+                match why {
                     idle::Quiet::Stalled => {
                         tracing::info!(%peer, "the client took no response data for idle_timeout; connection closed");
                         return;
@@ -382,12 +382,16 @@ async fn serve_connection<I>(
                     idle::Quiet::Idle => {
                         tracing::debug!(%peer, "nothing in flight for idle_timeout; closing the connection");
                     }
-                    // The client reads its other streams: the GOAWAY lets
-                    // those in flight finish (within idle_timeout, as the
-                    // unread one never will), and its next requests go to a
-                    // new connection.
+                    // The client reads its other streams: the GOAWAY sends
+                    // its next requests to a new connection, and those in
+                    // flight may finish; the connection closes once none
+                    // of them moves (the unread one never will).
                     idle::Quiet::StalledResponse => {
-                        tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; closing the connection");
+                        tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; GOAWAY, and the connection closes once its other streams are done");
+                        connection.as_mut().graceful_shutdown();
+                        activity.wind_down();
+                        quiet.set(activity.quiet_for(timeouts.idle));
+                        continue;
                     }
                 }
                 connection.as_mut().graceful_shutdown();

@@ -187,18 +187,26 @@ fn case() -> impl Strategy<Value = Case> {
                 .prop_map(|claim| (claim, false)),
             1 => Just((ScopeClaim::Scope, true)),
         ],
+        // For the gateway that checks `client_id`, whose tokens mostly
+        // carry no `aud` (any `aud` is a fault there).
+        prop_oneof![3 => Just(None), 1 => reference::audience(false)],
         Route::any(),
         Route::any(),
     )
         .prop_map(
-            |(header, claims, form, (claim, by_client), first, second)| Case {
-                header,
-                claims,
-                form,
-                claim,
-                by_client,
-                first,
-                second,
+            |(header, mut claims, form, (claim, by_client), client_aud, first, second)| {
+                if by_client {
+                    claims.aud = client_aud;
+                }
+                Case {
+                    header,
+                    claims,
+                    form,
+                    claim,
+                    by_client,
+                    first,
+                    second,
+                }
             },
         )
 }
