@@ -452,9 +452,9 @@ impl<B: Body<Data = Bytes>> Body for Tracked<B> {
             return poll;
         };
         this.in_flight.await_client(true);
-        let multiplexed = this.in_flight.activity.multiplexed.load(Ordering::Relaxed);
+        let multiplexed = || this.in_flight.activity.multiplexed.load(Ordering::Relaxed);
         match frame.into_data() {
-            Ok(mut data) if multiplexed && data.len() > MAX_PART => {
+            Ok(mut data) if data.len() > MAX_PART && multiplexed() => {
                 *this.rest = data.split_off(MAX_PART);
                 Poll::Ready(Some(Ok(Frame::data(data))))
             }
