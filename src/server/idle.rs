@@ -15,9 +15,10 @@
 //! them), the client would otherwise keep a response it never reads, and
 //! the upstream connection and `max_requests` place behind it, for ever. A
 //! part is taken once the client gives back window for it (8 KiB plus its
-//! own window-update step, in five minutes at the default 60s). (An HTTP/1.1 connection carries one response at a
-//! time, and hyper takes a part from the body only once a few hundred KiB of
-//! the last ones have gone out: a slow reader may take long over one.)
+//! own window-update step, in five minutes at the default 60s). (An
+//! HTTP/1.1 connection carries one response at a time, and hyper takes a
+//! part from the body only once a few hundred KiB of the last ones have gone
+//! out: a slow reader may take long over one.)
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
