@@ -1699,71 +1699,129 @@ async fn other_requests_do_not_keep_an_unread_http2_response_open() {
     closed_and_still_serving(&gw, h2_connection).await;
 }
 
-/// The streams the client does read are not cut for the one it left
-/// unread: the GOAWAY sends its next requests elsewhere, and the connection
-/// closes once those in flight are done (here a 30 s stream of ticks, read
-/// as they come, going on well past the GOAWAY at 15-18 s).
-#[tokio::test]
-async fn a_response_left_unread_does_not_cut_the_streams_that_are_read() {
-    let world = World::new().await;
-    let upstream = serve_fn(
-        |request: hyper::Request<hyper::body::Incoming>| async move {
-            let (tx, body) = channel_body();
-            let big = request.uri().path() == "/files/big";
-            tokio::spawn(async move {
-                for _ in 0..if big { 1024 } else { 60 } {
-                    let chunk = if big {
-                        Bytes::from(vec![b'x'; 64 * 1024])
-                    } else {
-                        tokio::time::sleep(Duration::from_millis(500)).await;
-                        Bytes::from_static(b"tick\n")
-                    };
-                    if tx.send(chunk).await.is_err() {
-                        break;
+/// An HTTP/2 connection to a gateway with `idle_timeout: 3s` on which the
+/// client left `/files/big` unread and reads `/files/ticks` (`ticks` lines,
+/// one per 500 ms) as they come.
+struct UnreadBesideTicks {
+    gw: Gateway,
+    _world: World,
+    h2_connection: tokio::task::JoinHandle<Result<(), h2::Error>>,
+    client: h2::client::SendRequest<Bytes>,
+    /// Bytes of ticks read, and how the ticks stream ended.
+    read: usize,
+    ended: Result<(), h2::Error>,
+}
+
+impl UnreadBesideTicks {
+    async fn run(ticks: usize) -> Self {
+        let world = World::new().await;
+        let upstream = serve_fn(
+            move |request: hyper::Request<hyper::body::Incoming>| async move {
+                let (tx, body) = channel_body();
+                let big = request.uri().path() == "/files/big";
+                tokio::spawn(async move {
+                    for _ in 0..if big { 1024 } else { ticks } {
+                        let chunk = if big {
+                            Bytes::from(vec![b'x'; 64 * 1024])
+                        } else {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            Bytes::from_static(b"tick\n")
+                        };
+                        if tx.send(chunk).await.is_err() {
+                            break;
+                        }
                     }
+                });
+                hyper::Response::new(body.boxed())
+            },
+        )
+        .await;
+        let gw = stalled_reader_gateway(&world, upstream).await;
+        let stream = TcpStream::connect(gw.addr).await.unwrap();
+        let (client, connection) = h2::client::Builder::new()
+            .initial_window_size(16 * 1024)
+            .initial_connection_window_size(16 * 1024 * 1024)
+            .handshake::<_, Bytes>(stream)
+            .await
+            .unwrap();
+        let h2_connection = tokio::spawn(connection);
+        let mut this = Self {
+            gw,
+            _world: world,
+            h2_connection,
+            client,
+            read: 0,
+            ended: Ok(()),
+        };
+        // Left unread: its window is never given back.
+        let _unread = this.get("/files/big").await.unwrap();
+        let mut ticks = this.get("/files/ticks").await.unwrap().into_body();
+        while let Some(data) = ticks.data().await {
+            match data {
+                Ok(data) => {
+                    this.read += data.len();
+                    let _ = ticks.flow_control().release_capacity(data.len());
                 }
-            });
-            hyper::Response::new(body.boxed())
-        },
-    )
-    .await;
-    let gw = stalled_reader_gateway(&world, upstream).await;
-    let stream = TcpStream::connect(gw.addr).await.unwrap();
-    let (client, connection) = h2::client::Builder::new()
-        .initial_window_size(16 * 1024)
-        .initial_connection_window_size(16 * 1024 * 1024)
-        .handshake::<_, Bytes>(stream)
-        .await
-        .unwrap();
-    let h2_connection = tokio::spawn(connection);
-    let get = |path: &str| {
+                Err(e) => {
+                    this.ended = Err(e);
+                    break;
+                }
+            }
+        }
+        this
+    }
+
+    /// A GET on a new stream.
+    async fn get(&self, path: &str) -> Result<http::Response<h2::RecvStream>, h2::Error> {
         let request = http::Request::get(format!("http://gw.test{path}"))
             .body(())
             .unwrap();
-        let client = client.clone();
-        async move {
-            let mut ready = client.ready().await?;
-            let (response, _) = ready.send_request(request, true)?;
-            response.await
-        }
-    };
-    // Left unread: its window is never given back.
-    let _unread = get("/files/big").await.unwrap();
-    let mut ticks = get("/files/ticks").await.unwrap().into_body();
-    let mut read = 0;
-    while let Some(data) = ticks.data().await {
-        let data = data.expect("a stream the client reads was cut");
-        read += data.len();
-        let _ = ticks.flow_control().release_capacity(data.len());
+        let mut ready = self.client.clone().ready().await?;
+        let (response, _) = ready.send_request(request, true)?;
+        response.await
     }
-    assert_eq!(read, 60 * 5, "the ticks ended early");
+}
+
+/// The streams the client does read are not cut for the one it left
+/// unread: the GOAWAY sends its next requests elsewhere, and the connection
+/// closes once those in flight are done (here a 25 s stream of ticks, read
+/// as they come, going on well past the GOAWAY at 15-18 s).
+#[tokio::test]
+async fn a_response_left_unread_does_not_cut_the_streams_that_are_read() {
+    let run = UnreadBesideTicks::run(50).await;
+    assert!(
+        run.ended.is_ok(),
+        "a stream the client reads was cut: {:?}",
+        run.ended
+    );
+    assert_eq!(run.read, 50 * 5, "the ticks ended early");
     // Past the GOAWAY: a new request is refused as such.
-    let refused = get("/status").await.expect_err("a stream after the GOAWAY");
+    let refused = run
+        .get("/status")
+        .await
+        .expect_err("a stream after the GOAWAY");
     assert!(refused.is_go_away(), "{refused:?}");
     // Closed once nothing is read any more: in two idle timeouts.
-    let ended = tokio::time::timeout(Duration::from_secs(10), h2_connection).await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), run.h2_connection).await;
     assert!(ended.is_ok(), "the connection stayed open");
-    assert!(no_connection_stays_open(&gw).await);
+    assert!(no_connection_stays_open(&run.gw).await);
+}
+
+/// But not for ever: a stream kept moving (ticks for 60 s) lasts six idle
+/// timeouts past the GOAWAY (18 s here, so the connection closes 33-36 s
+/// in), and the unread response with it.
+#[tokio::test]
+async fn a_connection_winding_down_for_an_unread_response_closes_in_time() {
+    let run = UnreadBesideTicks::run(120).await;
+    assert!(run.ended.is_err(), "the ticks outlived the wind-down");
+    assert!(
+        (30 * 5..90 * 5).contains(&run.read),
+        "{} bytes of ticks: not cut 33-36 s in",
+        run.read
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(10), run.h2_connection).await;
+    assert!(ended.is_ok(), "the connection stayed open");
+    assert!(no_connection_stays_open(&run.gw).await);
 }
 
 /// The other side: an HTTP/2 client that reads slowly, far slower than one

@@ -11,8 +11,9 @@
 //! An HTTP/2 one on which a response waited for the client to take one
 //! part (of at most [`MAX_PART`] bytes) for five to six `idle_timeout`s,
 //! whatever else the client took meanwhile, says GOAWAY and closes once
-//! nothing else moves on it: reading other streams (or sending requests on
-//! them), the client would otherwise keep a response it never reads, and
+//! nothing else moves on it (six `idle_timeout`s later at the most, which
+//! `serve_connection` sees to): reading other streams (or sending requests
+//! on them), the client would otherwise keep a response it never reads, and
 //! the upstream connection and `max_requests` place behind it, for ever. A
 //! part is taken once the client gives back window for it (8 KiB plus its
 //! own window-update step, in five minutes at the default 60s). (An

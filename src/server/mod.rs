@@ -272,6 +272,10 @@ fn connection_builder(settings: &ServerSettings, tasks: &TaskTracker) -> auto::B
 /// See [`connection_builder`].
 const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 
+/// How many `idle_timeout`s a connection that said GOAWAY for a response
+/// its client left unread keeps its other streams.
+const WIND_DOWN_PERIODS: u32 = 6;
+
 /// Runs hyper's tasks (HTTP/2 streams) on the runtime, tracked.
 #[derive(Clone)]
 struct Tracked(TaskTracker);
@@ -357,6 +361,11 @@ async fn serve_connection<I>(
     let quiet = activity.quiet_for(timeouts.idle);
     tokio::pin!(quiet);
     let mut draining = false;
+    // Set by a GOAWAY for a response the client left unread: the other
+    // streams may finish by then, not later (a client that keeps one moving,
+    // or that never answers the GOAWAY's PING and so may still open
+    // streams, would otherwise keep the unread one for ever).
+    let mut wound_down_by: Option<tokio::time::Instant> = None;
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
@@ -365,6 +374,12 @@ async fn serve_connection<I>(
             _ = drain.changed(), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
+            }
+            () = tokio::time::sleep_until(wound_down_by.unwrap_or_else(tokio::time::Instant::now)),
+                if wound_down_by.is_some() =>
+            {
+                tracing::info!(%peer, "streams still open six idle_timeouts after a GOAWAY for an unread response; connection closed");
+                return;
             }
             () = &mut no_first_request => {
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
@@ -387,9 +402,11 @@ async fn serve_connection<I>(
                     // flight may finish; the connection closes once none
                     // of them moves (the unread one never will).
                     idle::Quiet::StalledResponse => {
-                        tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; GOAWAY, and the connection closes once its other streams are done");
+                        tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; GOAWAY, and the connection closes once its other streams are done (within six idle_timeouts)");
                         connection.as_mut().graceful_shutdown();
                         activity.wind_down();
+                        wound_down_by = tokio::time::Instant::now()
+                            .checked_add(timeouts.idle.saturating_mul(WIND_DOWN_PERIODS));
                         quiet.set(activity.quiet_for(timeouts.idle));
                         continue;
                     }
