@@ -1293,6 +1293,16 @@ impl Codes {
         )
         .await
     }
+
+    /// A code for `spa` redeemed once (asserted 200): its PKCE pair, the
+    /// code, and the token answer.
+    async fn redeemed(&self) -> (Pkce, String, Value) {
+        let c = pkce();
+        let code = self.code("spa", APP_CB, Some(&c.challenge)).await;
+        let first = spa_exchange(&self.gw, &code, Some(&c.verifier)).await;
+        assert_eq!(first.status, 200, "{}", first.text());
+        (c, code, first.json())
+    }
 }
 
 #[tokio::test]
@@ -1382,11 +1392,8 @@ async fn code_is_bound_to_its_client_and_redirect_uri() {
 #[tokio::test]
 async fn a_used_code_from_another_client_leaves_the_grant() {
     let t = Codes::start().await;
-    let c = pkce();
-    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
-    let first = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
-    assert_eq!(first.status, 200, "{}", first.text());
-    let access = s(&first.json(), "access_token");
+    let (c, code, first) = t.redeemed().await;
+    let access = s(&first, "access_token");
     let replay = exchange(
         &t.gw,
         Exchange {
@@ -1410,12 +1417,9 @@ async fn a_used_code_from_another_client_leaves_the_grant() {
 #[tokio::test]
 async fn code_replay_is_invalid_grant_and_revokes_what_it_issued() {
     let t = Codes::start().await;
-    let c = pkce();
-    let code = t.code("spa", APP_CB, Some(&c.challenge)).await;
-    let first = spa_exchange(&t.gw, &code, Some(&c.verifier)).await;
-    assert_eq!(first.status, 200, "{}", first.text());
-    let access = s(&first.json(), "access_token");
-    let refresh = s(&first.json(), "refresh_token");
+    let (c, code, first) = t.redeemed().await;
+    let access = s(&first, "access_token");
+    let refresh = s(&first, "refresh_token");
     assert_eq!(orders_status(&t.gw, &access).await.status, 200);
     // An unrelated grant, to show the revocation is targeted.
     let other = pkce();
