@@ -747,6 +747,45 @@ fn config_errors_name_file_line_and_column() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+/// A `jwks_file` may hold keys scopegate cannot verify with beside those it
+/// can (a point off the curve here): the config is valid, their tokens get
+/// `bad_signature`, and the load warns at the file's place, naming them, as
+/// a fetched set's load does. A file of usable keys only gets no warning.
+#[test]
+fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
+    let dir = tempfile::tempdir().unwrap();
+    let usable = scopegate::demo::SigningKey::generate("current").unwrap();
+    let mut document: serde_json::Value = serde_json::from_str(&usable.jwks()).unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &file,
+        format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_file: keys.json\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("keys.json"), document.to_string()).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("cannot verify with"), "{stderr}");
+
+    let unusable: serde_json::Value = serde_json::from_str(support::UNUSABLE_JWKS).unwrap();
+    let mut off_curve = unusable["keys"][0].clone();
+    off_curve["kid"] = "retired".into();
+    document["keys"].as_array_mut().unwrap().push(off_curve);
+    std::fs::write(dir.path().join("keys.json"), document.to_string()).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    let warning = format!(
+        "{}:5:16: jwks_file has keys scopegate cannot verify with (kids [\"retired\"]",
+        file.display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&warning)),
+        "{warning}\n{stderr}"
+    );
+}
+
 /// `check` warns where a route that needs a token seems to cover a request
 /// that goes to a public route: a method its `methods` leave out, and the
 /// bare prefix of a `{*rest}` route, which the catch-all does not match.

@@ -1495,6 +1495,19 @@ impl Validator<'_> {
                     ),
                 ));
             }
+            // As for a fetched set: kept, so their tokens are bad signatures,
+            // but named, since those tokens would otherwise fail without a
+            // hint.
+            let unusable = set.unusable_kids();
+            if !unusable.is_empty() {
+                let warning = self.err(
+                    file.referenced,
+                    format!(
+                        "jwks_file has keys scopegate cannot verify with (kids {unusable:?}: an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                    ),
+                );
+                tracing::warn!(issuer = %raw.name.value, "{warning}");
+            }
         }
         let scope_claim = match raw.scope_claim.value.as_str() {
             "scope" => ScopeClaim::Scope,
