@@ -409,8 +409,10 @@ enum Extra {
 
 /// `Destination` values (RFC 4918 10.3): paths of every route, spelled as
 /// a request path may be, absolute URIs, and values that are no URI.
-const DESTINATIONS: [&str; 24] = [
+const DESTINATIONS: [&str; 26] = [
     "/admin/users/4",
+    "//gw.test/admin/x",
+    "//status/../admin/x",
     "http://gw.test/admin/x",
     "/status",
     "/orders/7",
@@ -1311,7 +1313,9 @@ fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Resul
 /// `.` segments dropped and `..` ones resolved.
 fn read_as_upstream(destination: &str) -> String {
     let mut path = destination;
-    for scheme in ["http://", "https://"] {
+    // An absolute URI, or a network-path reference (`//host/path`, as Go's
+    // x/net/webdav reads it): the path after the authority.
+    for scheme in ["http://", "https://", "//"] {
         if let Some(rest) = path.strip_prefix(scheme) {
             path = rest.find('/').map_or("/", |slash| &rest[slash..]);
         }

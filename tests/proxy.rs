@@ -833,11 +833,23 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
-    let refused: [DavCase; 6] = [
+    let refused: [DavCase; 8] = [
         (
             "COPY",
             "/files/public/a",
             &[("Destination", "/files/private/a")],
+        ),
+        // A network-path reference: Go's x/net/webdav reads the path after
+        // its own host (the upstream's authority, which a client can guess).
+        (
+            "MOVE",
+            "/files/public/a",
+            &[("Destination", "//gw.test/files/private/a")],
+        ),
+        (
+            "COPY",
+            "/files/public/a",
+            &[("Destination", "//files/public/b")],
         ),
         (
             "MOVE",

@@ -556,6 +556,14 @@ impl Gateway {
             (Some(value), None) if !self.forwarder.has_base_path(route.upstream) => value,
             (Some(_), _) => return Err(GatewayError::ForeignDestination),
         };
+        // `//host/path` is no path-absolute (RFC 3986 3.3), and RFC 4918
+        // allows no other relative reference: the http crate would read it as
+        // a path, but a WebDAV server may read it as a network-path
+        // reference (Go's x/net/webdav takes `//its-own-host/guarded/x` as
+        // `/guarded/x`).
+        if value.as_bytes().starts_with(b"//") {
+            return Err(GatewayError::ForeignDestination);
+        }
         let target =
             http::Uri::try_from(value.as_bytes()).map_err(|_| GatewayError::ForeignDestination)?;
         let path = canonicalize(target.path()).map_err(|_| GatewayError::ForeignDestination)?;
