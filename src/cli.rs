@@ -160,14 +160,27 @@ pub fn main() -> ExitCode {
 /// lines waiting, new ones are dropped rather than waited for. The guard
 /// writes out what is left when it is dropped, at exit.
 fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
+        Ok(filter) => filter,
+        Err(e) => {
+            // Set but unreadable (`scopegate=debg`): said, so that an
+            // operator raising the level in an incident learns why nothing
+            // changed.
+            if std::env::var_os(tracing_subscriber::EnvFilter::DEFAULT_ENV).is_some() {
+                eprintln!("scopegate: RUST_LOG: {e}; logging at info");
+            }
+            tracing_subscriber::EnvFilter::new("info")
+        }
+    };
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_LINES_WAITING)
         .lossy(true)
         .finish(std::io::stderr());
+    // Colour only for a person at a terminal: `kubectl logs`, Loki and
+    // journald would otherwise store the escape codes.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
     let installed = match format {
         LogFormat::Text => builder.try_init(),

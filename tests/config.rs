@@ -784,6 +784,39 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
             .any(|l| l.contains("WARN") && l.contains(&warning)),
         "{warning}\n{stderr}"
     );
+    // Logs to a pipe carry no colour codes (`kubectl logs` would keep them).
+    assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// A `RUST_LOG` that cannot be read is said (logging stays at info), so an
+/// operator raising the level learns why nothing changed; a good one is
+/// taken silently.
+#[test]
+fn an_unreadable_rust_log_is_said() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    std::fs::write(
+        &file,
+        format!("{ISSUER}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+    )
+    .unwrap();
+    let run = |filter: &str| {
+        let out = scopegate()
+            .env("RUST_LOG", filter)
+            .args(["check", "--config"])
+            .arg(&file)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    let stderr = run("scopegate=debg");
+    assert!(
+        stderr.contains("scopegate: RUST_LOG: ") && stderr.contains("logging at info"),
+        "{stderr}"
+    );
+    let stderr = run("scopegate=debug");
+    assert!(!stderr.contains("RUST_LOG"), "{stderr}");
 }
 
 /// `check` warns where a route that needs a token seems to cover a request
