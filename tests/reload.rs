@@ -564,7 +564,6 @@ routes:
     );
 }
 
-/// An upstream whose responses wait until the test releases them.
 /// An upstream that holds every request until `release` sends `true`;
 /// `arrived` counts the requests it holds or held.
 async fn gated_upstream() -> (
@@ -690,6 +689,41 @@ async fn sigterm_lets_in_flight_requests_finish() {
         exited.is_some_and(|s| s.success()),
         "scopegate did not exit cleanly: {exited:?}"
     );
+}
+
+/// A drain that uses up `shutdown_grace` says so for the requests it cut,
+/// and only for them: the reloader, idle, ends without a word (a wait for
+/// it, begun once the grace was gone, used to time out at once and say it
+/// was still running), and the process exits.
+#[tokio::test]
+async fn a_grace_used_up_names_only_the_requests_cut() {
+    let (upstream, _release, arrived) = gated_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let mut process = spawn_binary(
+        &config,
+        &format!(
+            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 0s\n  shutdown_grace: 1s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+        ),
+    )
+    .await;
+    let url = format!("http://{}/slow", process.addr);
+    let _held = tokio::spawn(async move { get(&url, &[]).await });
+    assert!(
+        wait_for_count(&arrived, 1).await,
+        "the request never arrived"
+    );
+    signal(&process.child, "TERM");
+    assert!(
+        process.exit_status().await.is_some(),
+        "scopegate did not exit"
+    );
+    let log = std::fs::read_to_string(process._log_dir.path().join("scopegate.log")).unwrap();
+    assert!(
+        log.contains("shutdown grace expired with requests still in flight"),
+        "{log}"
+    );
+    assert!(!log.contains("reloader"), "{log}");
 }
 
 /// A second signal during the drain stops the process at once, with a

@@ -48,6 +48,15 @@ async fn admin_endpoints_answer_probes_and_refuse_other_methods() {
         Some("text/plain; version=0.0.4")
     );
     assert!(metrics.text().contains("scopegate_"), "{}", metrics.text());
+    // No reloader runs here (`server::run`): the config in force loaded
+    // whole, so an alert on a failed reload stays quiet.
+    assert!(
+        metrics
+            .text()
+            .contains("\nscopegate_config_last_reload_success 1\n"),
+        "{}",
+        metrics.text()
+    );
     assert_eq!(get(&admin("/nope"), &[]).await.unwrap().status, 404);
 
     let post = send("POST", &admin("/metrics"), &[], bytes::Bytes::new())

@@ -183,6 +183,10 @@ impl Metrics {
             "scopegate_config_last_reload_success",
             "1 if the last configuration reload succeeded, else 0",
         )?;
+        // The config in force was loaded whole: 1 until a reload fails, also
+        // where none is tried (`demo`, `server::run`), so an alert on 0
+        // does not fire on a healthy process.
+        config_last_reload_success.set(1);
         let config_restart_required = IntGauge::new(
             "scopegate_config_restart_required",
             "1 if the applied configuration changed settings that take effect only after a restart, else 0",

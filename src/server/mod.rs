@@ -236,12 +236,14 @@ async fn serve(
         tracing::warn!("shutdown grace expired with requests still in flight");
     }
     let _ = stop_background.send(true);
-    // The reloader ends (giving up a reload under way) before the running
-    // gateway's background work is stopped: no reload swaps in another.
+    // The reloader ends (giving up a reload under way, which stops the
+    // background work it started) before the running gateway's background
+    // work is stopped: no reload swaps in another after that. Aborting it
+    // is what `stop` would do at its next await, without waiting for it to
+    // be polled (after a grace used up, a wait for it timed out at once).
     if let Some(reloader) = reloader {
-        if tokio::time::timeout_at(deadline, reloader).await.is_err() {
-            tracing::warn!("shutdown grace expired with the reloader still running");
-        }
+        reloader.abort();
+        let _ = reloader.await;
     }
     current.load().authenticator().stop_background();
     let _ = admin.await;

@@ -95,7 +95,6 @@ impl Reloader {
         files: Vec<PathBuf>,
         files_digest: TokenDigest,
     ) -> Self {
-        metrics.config_last_reload_success.set(1);
         Self {
             path,
             current,
