@@ -1033,6 +1033,40 @@ async fn a_certificate_rotated_in_place_is_served() {
     assert!(!trusts(gw.addr, &old_cert).await);
 }
 
+/// A key that does not belong to its certificate (one rotated without the
+/// other) is refused with both files named, at the `tls:` line.
+#[test]
+fn a_key_of_another_certificate_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, _key) = self_signed(dir.path());
+    let other = tempfile::tempdir().unwrap();
+    let (_other_cert, other_key) = self_signed(other.path());
+    let config = dir.path().join("scopegate.yaml");
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = yaml(upstream, "/one", "").replace(
+        "  shutdown_delay: 0s\n",
+        &format!(
+            "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: {}\n",
+            other_key.display()
+        ),
+    );
+    std::fs::write(&config, text).unwrap();
+    scopegate::cli::install_crypto_provider();
+    let error = scopegate::config::load_file(&config)
+        .unwrap_err()
+        .to_string();
+    let expected = format!(
+        "the private key in {} does not belong to the certificate in {}",
+        other_key.display(),
+        cert.display()
+    );
+    assert!(error.contains(&expected), "{error}");
+    assert!(
+        error.starts_with(&format!("{}:", config.display())),
+        "{error}"
+    );
+}
+
 /// A ConfigMap update that lands between loading the config and starting to
 /// watch it is not taken for the running config: the watch compares the file
 /// with what was loaded, not with a second read.

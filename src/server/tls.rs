@@ -79,7 +79,14 @@ pub(crate) fn build(
         .map_err(|e| format!("TLS setup: {e}"))?
         .with_no_client_auth()
         .with_single_cert(certs, key)
-        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+        .map_err(|e| match e {
+            rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch) => format!(
+                "the private key in {} does not belong to the certificate in {}",
+                files.key_file.display(),
+                files.cert_file.display()
+            ),
+            e => format!("{}: {e}", files.cert_file.display()),
+        })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
