@@ -755,7 +755,7 @@ fn config_errors_name_file_line_and_column() {
 fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
     let dir = tempfile::tempdir().unwrap();
     let usable = scopegate::demo::SigningKey::generate("current").unwrap();
-    let mut document: serde_json::Value = serde_json::from_str(&usable.jwks()).unwrap();
+    let mut document: serde_json::Value = serde_json::from_str(usable.jwks()).unwrap();
     let file = dir.path().join("scopegate.yaml");
     std::fs::write(
         &file,
@@ -786,6 +786,43 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
     );
     // Logs to a pipe carry no colour codes (`kubectl logs` would keep them).
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+}
+
+/// A client secret or user password hash whose argon2 parameters differ
+/// from those most hashes use is warned about at its line: a name that does
+/// not exist is refused as slowly as the usual ones, so the time of a
+/// refusal would tell that the odd one exists. One set of parameters (the
+/// usual case, all made with `hash-secret`) gets no warning.
+#[test]
+fn odd_argon2_parameters_are_warned_about_at_their_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    let usual =
+        "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+    let odd =
+        "$argon2id$v=19$m=65536,t=3,p=4$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
+    let text = |user_hash: &str| {
+        format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{usual}\"\n      audience: api\n    - client_id: web\n      client_secret_hash: \"{usual}\"\n      audience: api\n  users:\n    - username: alice\n      password_hash: \"{user_hash}\"\nroutes:\n  - path: /a\n    upstream: app\n")
+    };
+    std::fs::write(&file, text(usual)).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("argon2 parameters"), "{stderr}");
+
+    std::fs::write(&file, text(odd)).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    let warning = format!(
+        "{}:15:22: argon2 parameters `$argon2id$v=19$m=65536,t=3,p=4` differ from the `$argon2id$v=19$m=19456,t=2,p=1` most hashes here use",
+        file.display()
+    );
+    assert!(
+        stderr
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains(&warning)),
+        "{warning}\n{stderr}"
+    );
+    assert_eq!(stderr.matches("argon2 parameters").count(), 1, "{stderr}");
 }
 
 /// A `RUST_LOG` that cannot be read is said (logging stays at info), so an

@@ -1313,6 +1313,36 @@ async fn wrong_secret_is_invalid_client_with_a_basic_challenge_only_for_basic() 
     assert_oauth_error(&r, 400, "invalid_client");
 }
 
+/// A flood of made-up client ids with secrets (no failure limit holds back
+/// a fresh id, and each costs a decoy check) does not take the places of
+/// real checks: a client whose secret is not yet remembered gets its token
+/// while the flood is under way, and the flood is refused as unknown
+/// clients are, not with 503.
+#[tokio::test]
+async fn a_flood_of_made_up_client_ids_leaves_real_clients_their_checks() {
+    let (_upstream, gw) = start("").await;
+    let flood: Vec<_> = (0..150)
+        .map(|i| {
+            let url = gw.url(TOKEN);
+            tokio::spawn(async move {
+                let body = format!(
+                    "grant_type=client_credentials&client_id=made-up-{i}&client_secret=guess"
+                );
+                post_form(&url, &[], &body).await
+            })
+        })
+        .collect();
+    // Under way: some answered, others not yet.
+    while !flood.iter().any(tokio::task::JoinHandle::is_finished) {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    client_credentials(&gw, "svc").await;
+    for answer in flood {
+        let r = answer.await.unwrap();
+        assert_oauth_error(&r, 400, "invalid_client");
+    }
+}
+
 /// Every failed client authentication gets the same answer, so that the
 /// token, introspection and revocation endpoints do not tell which client
 /// ids exist, or which are public (RFC 6749 5.2 lists an unknown client and

@@ -1107,6 +1107,37 @@ impl Validator<'_> {
         ConfigError::at(self.source, location, message)
     }
 
+    /// Warns at each client secret or user password hash whose argon2
+    /// parameters differ from those most of them use: a name that does not
+    /// exist is refused after a check of those parameters, so the time of a
+    /// refusal tells that such a name exists.
+    fn warn_of_odd_argon2_parameters(&self, raw: &super::schema::RawAuthorizationServer) {
+        use crate::issuer::clients::{argon2_parameters, decoy_hash};
+        let hashes = raw
+            .clients
+            .iter()
+            .filter_map(|c| c.value.client_secret_hash.as_ref())
+            .chain(raw.users.iter().map(|u| &u.value.password_hash));
+        let decoy = decoy_hash(hashes.clone().map(|h| h.value.as_str()));
+        let Some((usual, _)) = argon2_parameters(&decoy) else {
+            return;
+        };
+        for hash in hashes {
+            let Some((parameters, _)) = argon2_parameters(&hash.value) else {
+                continue;
+            };
+            if parameters != usual {
+                let warning = self.err(
+                    hash.referenced,
+                    format!(
+                        "argon2 parameters `{parameters}` differ from the `{usual}` most hashes here use: a name that does not exist is refused as slowly as those, so the time of a refusal tells that this one exists (make its hash with `scopegate hash-secret`)"
+                    ),
+                );
+                tracing::warn!("{warning}");
+            }
+        }
+    }
+
     /// A `ca_file`: resolved, and read now so that a file without usable
     /// certificates is refused here, at its place, not when the gateway
     /// starts.
@@ -1895,6 +1926,7 @@ impl Validator<'_> {
                 scopes: u.scopes.clone(),
             });
         }
+        self.warn_of_odd_argon2_parameters(raw);
         // Lifetimes are whole seconds (`expires_in`, `exp`): a fraction would
         // be cut off, and `500ms` would mint tokens that are born expired.
         let year = Duration::from_secs(366 * 24 * 3600);

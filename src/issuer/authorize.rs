@@ -308,7 +308,7 @@ impl AuthorizationServer {
             Some(device) => format!("device:{device}"),
             None => format!("user:{username}"),
         };
-        let Some(attempt) = self.clients.begin_check(&limiter_key).await else {
+        let Some(mut attempt) = self.clients.begin_check(&limiter_key).await else {
             return self.login_page(
                 request,
                 Some("Too many failed sign-ins. Wait a minute and try again."),
@@ -318,7 +318,11 @@ impl AuthorizationServer {
         let user = self.users.get(&username);
         let checked = self
             .clients
-            .verify_password(user.map(|u| u.password_hash.as_str()), &password)
+            .verify_password(
+                user.map(|u| u.password_hash.as_str()),
+                &password,
+                Some(&mut attempt),
+            )
             .await;
         let ok = match checked {
             Ok(ok) => ok,

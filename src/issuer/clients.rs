@@ -4,6 +4,7 @@
 //! cached, failures rate-limited.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,9 +30,23 @@ const HASHING_WAITING: usize = 64;
 /// Checked in place of the hash of a client or user that does not exist, so
 /// that a wrong secret takes as long to refuse either way and names cannot
 /// be told apart by timing: `hash-secret`'s hash of a random secret nobody
-/// kept.
+/// kept. Its parameters give way to those the configured hashes use
+/// ([`decoy_hash`]).
 const UNKNOWN_NAME_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I";
+
+/// Checks for names that do not exist (decoys) that run at once, in places
+/// of their own: made-up names, which no failure limit holds back (each is
+/// fresh), cannot take the places of real sign-ins and secret checks.
+const DECOYS_AT_ONCE: usize = 1;
+/// Decoys that may wait for that place. Beyond them, a decoy is not run but
+/// waited out, for as long as the last one ran: the answer comes as late,
+/// and it is no guess (it cost nothing), so it is not counted against the
+/// name, which would let a flood fill the failure limiter's table for free.
+const DECOYS_WAITING: usize = 8;
+/// What a decoy waited out takes before any has run: about what
+/// `hash-secret`'s parameters take.
+const DECOY_UNTIMED: Duration = Duration::from_millis(25);
 
 /// Failed attempts allowed per key within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
@@ -163,6 +178,8 @@ pub struct ClientAuthenticator {
     guesses: Arc<Guesses>,
     /// Shared on a reload too: its bounds hold for the process.
     hashing: PasswordChecker,
+    /// Checked for names that do not exist ([`decoy_hash`]).
+    decoy_hash: String,
 }
 
 /// The failure limiter's state.
@@ -197,12 +214,16 @@ enum Begin<'a> {
 pub struct Attempt<'a> {
     limiter: &'a ClientAuthenticator,
     key: [u8; 32],
+    /// False for a decoy only waited out: no check ran, so no guess was had.
+    counted: bool,
 }
 
 impl Attempt<'_> {
     /// The check failed: it counts as a failure of the name.
     pub fn failed(self) {
-        self.limiter.record_failure_of(self.key);
+        if self.counted {
+            self.limiter.record_failure_of(self.key);
+        }
     }
 }
 
@@ -226,6 +247,11 @@ impl Drop for Attempt<'_> {
 struct PasswordChecker {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
+    /// The decoys' own places ([`DECOYS_AT_ONCE`], [`DECOYS_WAITING`]).
+    decoys_admitted: Arc<Semaphore>,
+    decoys_running: Arc<Semaphore>,
+    /// How long the last decoy that ran took (nanoseconds; 0 before one has).
+    decoy_nanos: Arc<AtomicU64>,
     /// One hash's working memory per running check, reused: allocated anew
     /// each time on whatever blocking thread ran the check, glibc kept it in
     /// that thread's arena, and a burst of checks left hundreds of MB behind.
@@ -241,8 +267,42 @@ impl PasswordChecker {
         Self {
             admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
             running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
+            decoys_admitted: Arc::new(Semaphore::new(DECOYS_AT_ONCE + DECOYS_WAITING)),
+            decoys_running: Arc::new(Semaphore::new(DECOYS_AT_ONCE)),
+            decoy_nanos: Arc::default(),
             memory: Arc::default(),
         }
+    }
+
+    /// A check against the decoy `hash`, which never matches: run in the
+    /// decoys' places when one is free (true), else waited out for as long
+    /// as the last one ran (false).
+    async fn decoy(&self, hash: &str, secret: &str) -> bool {
+        let Ok(admitted) = Arc::clone(&self.decoys_admitted).try_acquire_owned() else {
+            let nanos = self.decoy_nanos.load(Ordering::Relaxed);
+            let took = if nanos == 0 {
+                DECOY_UNTIMED
+            } else {
+                Duration::from_nanos(nanos)
+            };
+            tokio::time::sleep(took).await;
+            return false;
+        };
+        let Ok(running) = Arc::clone(&self.decoys_running).acquire_owned().await else {
+            return false;
+        };
+        let (hash, secret) = (hash.to_owned(), secret.to_owned());
+        let memory = Arc::clone(&self.memory);
+        let nanos = Arc::clone(&self.decoy_nanos);
+        let started = Instant::now();
+        let _ = tokio::task::spawn_blocking(move || {
+            let _permits = (admitted, running);
+            let _ = argon2_in(&memory, &hash, &secret);
+            let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            nanos.store(took.max(1), Ordering::Relaxed);
+        })
+        .await;
+        true
     }
 
     async fn verify(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
@@ -259,27 +319,44 @@ impl PasswordChecker {
         // counts until it ends.
         Ok(tokio::task::spawn_blocking(move || {
             let _permits = (admitted, running);
-            let mut blocks = memory
-                .lock()
-                .ok()
-                .and_then(|mut m| m.pop())
-                .unwrap_or_default();
-            let matches = argon2_matches(&hash, &secret, &mut blocks);
-            if let Ok(mut m) = memory.lock() {
-                m.push(blocks);
-            }
-            matches
+            argon2_in(&memory, &hash, &secret)
         })
         .await
         .unwrap_or(false))
     }
 }
 
+/// [`argon2_matches`] in working memory taken from, and given back to,
+/// `memory` (blocking).
+fn argon2_in(memory: &Mutex<Vec<Vec<Block>>>, hash: &str, secret: &str) -> bool {
+    let mut blocks = memory
+        .lock()
+        .ok()
+        .and_then(|mut m| m.pop())
+        .unwrap_or_default();
+    let matches = argon2_matches(hash, secret, &mut blocks);
+    if let Ok(mut m) = memory.lock() {
+        m.push(blocks);
+    }
+    matches
+}
+
 impl ClientAuthenticator {
     /// Indexes the registered clients, remembering the secrets `previous`
     /// (the server before a reload) checked and the failures it counted.
-    pub fn new(clients: &[Client], previous: Option<&ClientAuthenticator>) -> Self {
+    /// `users` are the sign-in users, whose hashes the decoy's parameters
+    /// follow as the clients' do.
+    pub fn new(
+        clients: &[Client],
+        users: &[crate::config::User],
+        previous: Option<&ClientAuthenticator>,
+    ) -> Self {
+        let hashes = clients
+            .iter()
+            .filter_map(|c| c.secret_hash.as_deref())
+            .chain(users.iter().map(|u| u.password_hash.as_str()));
         Self {
+            decoy_hash: decoy_hash(hashes),
             clients: clients
                 .iter()
                 .map(|c| (c.client_id.clone(), c.clone()))
@@ -300,15 +377,24 @@ impl ClientAuthenticator {
 
     /// Checks a user's password against its argon2 hash (bounded like the
     /// client secrets' checks); for a user that does not exist (`None`), a
-    /// check that takes as long and never matches.
-    pub async fn verify_password(&self, hash: Option<&str>, password: &str) -> Result<bool, Busy> {
+    /// decoy that takes as long and never matches, in places of its own. A
+    /// decoy only waited out (its places taken by a flood) is no guess:
+    /// `attempt`, if any, then does not count it.
+    pub async fn verify_password(
+        &self,
+        hash: Option<&str>,
+        password: &str,
+        attempt: Option<&mut Attempt<'_>>,
+    ) -> Result<bool, Busy> {
         match hash {
             Some(hash) => self.hashing.verify(hash, password).await,
-            None => self
-                .hashing
-                .verify(UNKNOWN_NAME_HASH, password)
-                .await
-                .map(|_| false),
+            None => {
+                let ran = self.hashing.decoy(&self.decoy_hash, password).await;
+                if let Some(attempt) = attempt {
+                    attempt.counted &= ran;
+                }
+                Ok(false)
+            }
         }
     }
 
@@ -362,9 +448,7 @@ impl ClientAuthenticator {
                 // (the limit would tell them after five tries, which is no
                 // secret: a public client's id is in its app).
                 if let Some(secret) = secret {
-                    if self.verify_password(None, secret).await.is_err() {
-                        return Err(OAuthError::busy());
-                    }
+                    self.hashing.decoy(&self.decoy_hash, secret).await;
                 }
                 Err(failed(&p, true, "a public client cannot authenticate here"))
             }
@@ -410,12 +494,10 @@ impl ClientAuthenticator {
         why: &'static str,
     ) -> OAuthError {
         if let Some(secret) = &p.secret {
-            let Some(attempt) = self.begin_check(limiter_key).await else {
+            let Some(mut attempt) = self.begin_check(limiter_key).await else {
                 return OAuthError::too_many_attempts(p.basic);
             };
-            if self.verify_password(None, secret).await.is_err() {
-                return OAuthError::busy();
-            }
+            let _ = self.verify_password(None, secret, Some(&mut attempt)).await;
             attempt.failed();
         }
         failed(p, false, why)
@@ -484,7 +566,11 @@ impl ClientAuthenticator {
             return Begin::Wait;
         }
         pending.insert(key, under_way.saturating_add(1));
-        Begin::Go(Attempt { limiter: self, key })
+        Begin::Go(Attempt {
+            limiter: self,
+            key,
+            counted: true,
+        })
     }
 
     /// Counts a failed secret or password check for `name`.
@@ -602,6 +688,41 @@ fn parse_argon2(hash: &str) -> Result<Argon2Hash, String> {
     })
 }
 
+/// The argon2 variant, version and parameters of a PHC string (all before
+/// its salt and output), when it is one; and their cost (memory times
+/// passes), which a check's time follows.
+pub fn argon2_parameters(hash: &str) -> Option<(&str, u64)> {
+    let parsed = PasswordHash::new(hash).ok()?;
+    let params = argon2::Params::try_from(&parsed).ok()?;
+    let cost = u64::from(params.m_cost()) * u64::from(params.t_cost());
+    let (head, _output) = hash.rsplit_once('$')?;
+    let (parameters, _salt) = head.rsplit_once('$')?;
+    Some((parameters, cost))
+}
+
+/// The hash checked for a name that does not exist: of the parameters most
+/// of `hashes` use (the costliest of those used equally often), so that its
+/// check takes as long as theirs; `hash-secret`'s when there are none. A
+/// name whose hash has other parameters is told apart by its time, which
+/// the config load warns about.
+pub fn decoy_hash<'a>(hashes: impl Iterator<Item = &'a str>) -> String {
+    let mut used: Vec<(&str, u64, usize)> = Vec::new();
+    for (parameters, cost) in hashes.filter_map(argon2_parameters) {
+        match used.iter_mut().find(|(p, _, _)| *p == parameters) {
+            Some((_, _, count)) => *count += 1,
+            None => used.push((parameters, cost, 1)),
+        }
+    }
+    let Some((parameters, _, _)) = used
+        .into_iter()
+        .max_by_key(|(_, cost, count)| (*count, *cost))
+    else {
+        return UNKNOWN_NAME_HASH.to_owned();
+    };
+    let salt_and_output = UNKNOWN_NAME_HASH.splitn(5, '$').nth(4).unwrap_or_default();
+    format!("{parameters}${salt_and_output}")
+}
+
 /// Checks a configured `client_secret_hash` or `password_hash`: a hash that
 /// passes can be checked against a secret, within bounded memory and time.
 pub fn check_argon2_hash(hash: &str) -> Result<(), String> {
@@ -647,7 +768,7 @@ mod tests {
     /// that is limited, and the table stays within its bound.
     #[test]
     fn a_flood_of_fresh_names_does_not_free_a_limited_name() {
-        let auth = ClientAuthenticator::new(&[], None);
+        let auth = ClientAuthenticator::new(&[], &[], None);
         for _ in 0..MAX_FAILURES {
             assert!(!auth.is_limited("user:victim"));
             auth.record_failure("user:victim");
@@ -677,7 +798,7 @@ mod tests {
     /// place (as a failure, or not at all when it succeeded).
     #[tokio::test]
     async fn checks_under_way_count_against_the_limit() {
-        let auth = ClientAuthenticator::new(&[], None);
+        let auth = ClientAuthenticator::new(&[], &[], None);
         let target = failure_key("user:target");
         fn go(begin: Begin<'_>) -> Option<Attempt<'_>> {
             match begin {
@@ -747,10 +868,13 @@ mod tests {
 
     /// An unknown client's secret or user's password is checked too (against
     /// a hash nobody's secret matches), so it takes as long to refuse as a
-    /// known one's: with every place taken, it waits its turn like them.
+    /// known one's, but in places of its own: with every place of the real
+    /// checks taken, it is still refused (no 503), and a flood of made-up
+    /// names leaves those places to real ones. Past the decoys' own places
+    /// a decoy is waited out, and does not count as a guess.
     #[tokio::test]
-    async fn unknown_names_cost_a_check_like_known_ones() {
-        let clients = ClientAuthenticator::new(&[], None);
+    async fn unknown_names_cost_a_check_in_places_of_their_own() {
+        let clients = ClientAuthenticator::new(&[], &[], None);
         let hash = hash_secret("right").unwrap();
         let mut taken: Vec<_> = (0..HASHING_AT_ONCE + HASHING_WAITING)
             .map(|_| Box::pin(clients.hashing.verify(&hash, "wrong")))
@@ -758,24 +882,87 @@ mod tests {
         for check in &mut taken {
             assert!(futures_util::poll!(check).is_pending());
         }
-        let presented = Presented {
-            client_id: "nobody".to_owned(),
+        let unknown = |name: &str| Presented {
+            client_id: name.to_owned(),
             secret: Some("guess".to_owned()),
             basic: false,
         };
-        let refused =
-            futures_util::FutureExt::now_or_never(clients.authenticate(Some(presented), false));
+        let refused = clients.authenticate(Some(unknown("nobody")), false).await;
         assert_eq!(
-            refused.map(|r| r.map(|_| ())),
-            Some(Err(OAuthError::busy()))
+            refused.map(|_| ()),
+            Err(OAuthError::invalid_client(
+                false,
+                "client authentication failed"
+            ))
         );
         assert_eq!(
-            futures_util::FutureExt::now_or_never(clients.verify_password(None, "guess")),
-            Some(Err(Busy))
+            clients.verify_password(None, "guess", None).await,
+            Ok(false)
         );
         drop(taken);
-        assert_eq!(clients.verify_password(None, "guess").await, Ok(false));
-        assert_eq!(clients.verify_password(None, "").await, Ok(false));
+        assert!(
+            clients.hashing.decoy_nanos.load(Ordering::Relaxed) > 0,
+            "no decoy ran"
+        );
+
+        // The decoys' places taken: one more is waited out, uncounted.
+        let mut decoys: Vec<_> = (0..DECOYS_AT_ONCE + DECOYS_WAITING)
+            .map(|_| Box::pin(clients.hashing.decoy(&clients.decoy_hash, "guess")))
+            .collect();
+        for decoy in &mut decoys {
+            assert!(futures_util::poll!(decoy).is_pending());
+        }
+        let tracked = || clients.guesses.failures.lock().unwrap().len();
+        let before = tracked();
+        let mut attempt = clients.begin_check("user:made-up").await.unwrap();
+        assert_eq!(
+            clients
+                .verify_password(None, "guess", Some(&mut attempt))
+                .await,
+            Ok(false)
+        );
+        assert!(!attempt.counted, "a decoy waited out counted as a guess");
+        attempt.failed();
+        assert_eq!(tracked(), before);
+        for decoy in decoys {
+            assert!(decoy.await, "an admitted decoy did not run");
+        }
+        // A decoy that ran counts.
+        let mut attempt = clients.begin_check("user:made-up").await.unwrap();
+        let _ = clients
+            .verify_password(None, "guess", Some(&mut attempt))
+            .await;
+        assert!(attempt.counted);
+        attempt.failed();
+        assert_eq!(tracked(), before + 1);
+    }
+
+    /// The decoy takes the parameters most configured hashes use (the
+    /// costliest of those used equally often), so that an unknown name is
+    /// refused as slowly as a known one; `hash-secret`'s without any.
+    #[test]
+    fn the_decoy_follows_the_configured_hashes_parameters() {
+        let params = |hash: &str| argon2_parameters(hash).map(|(p, _)| p.to_owned());
+        assert_eq!(decoy_hash(std::iter::empty()), UNKNOWN_NAME_HASH);
+        let heavy = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        let light =
+            "$argon2i$v=19$m=4096,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        for (hashes, expected) in [
+            (vec![heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
+            (vec![light, heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
+            (vec![light, heavy, light], "$argon2i$v=19$m=4096,t=1,p=1"),
+            (vec!["not a hash", light], "$argon2i$v=19$m=4096,t=1,p=1"),
+        ] {
+            let decoy = decoy_hash(hashes.iter().copied());
+            assert_eq!(params(&decoy).as_deref(), Some(expected), "{hashes:?}");
+            assert_eq!(check_argon2_hash(&decoy), Ok(()), "{decoy}");
+            let salt_and_output = UNKNOWN_NAME_HASH.split('$').skip(4).collect::<Vec<_>>();
+            assert!(decoy.ends_with(&salt_and_output.join("$")), "{decoy}");
+        }
+        assert_eq!(
+            params(UNKNOWN_NAME_HASH).as_deref(),
+            Some("$argon2id$v=19$m=19456,t=2,p=1")
+        );
     }
 
     /// The check in reused memory agrees with argon2's own verifier, for

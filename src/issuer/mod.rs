@@ -291,7 +291,11 @@ impl AuthorizationServer {
         metrics: Arc<Metrics>,
         previous: Option<&AuthorizationServer>,
     ) -> Self {
-        let clients = ClientAuthenticator::new(&settings.clients, previous.map(|p| &p.clients));
+        let clients = ClientAuthenticator::new(
+            &settings.clients,
+            &settings.users,
+            previous.map(|p| &p.clients),
+        );
         let cors = Cors::new(&settings.clients);
         let users = settings
             .users

@@ -264,7 +264,7 @@ impl AuthorizationServer {
         // The id's length keeps `a` + `b:c` apart from `a:b` + `c`.
         let id = &client.client_id;
         let limiter_key = format!("password:{}:{id}:{username}", id.len());
-        let attempt = self
+        let mut attempt = self
             .clients
             .begin_check(&limiter_key)
             .await
@@ -272,7 +272,11 @@ impl AuthorizationServer {
         let user = self.users.get(username.as_str());
         let ok = self
             .clients
-            .verify_password(user.map(|u| u.password_hash.as_str()), password)
+            .verify_password(
+                user.map(|u| u.password_hash.as_str()),
+                password,
+                Some(&mut attempt),
+            )
             .await
             .map_err(|Busy| OAuthError::busy())?;
         let Some(user) = user.filter(|_| ok) else {
