@@ -2297,6 +2297,88 @@ async fn redis_store_is_shared_by_replicas() {
     drop(redis);
 }
 
+/// Introspecting a refresh token answers as a refresh with it would go
+/// under the config that stands (here a second replica sharing the store,
+/// as after a reload): inactive once its user is removed or its client has
+/// lost the refresh_token grant, and with the scope a refresh could still
+/// get once a scope is taken from the client.
+#[tokio::test]
+async fn a_refresh_token_is_introspected_as_the_config_stands() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let extra = redis_store_yaml(dir.path(), &redis);
+    let (upstream, before) = start(&extra).await;
+    let token_of = |r: Reply| {
+        assert_eq!(r.status, 200, "{}", r.text());
+        s(&r.json(), "refresh_token")
+    };
+    let alice = token_of(password(&before, "alice", PASSWORD).await);
+    let bob = token_of(password(&before, "bob", PASSWORD).await);
+    let svc = token_of(
+        token_request(
+            &before,
+            &format!("grant_type=client_credentials&{}", creds("svc")),
+        )
+        .await,
+    );
+    let v = introspect(&before, "pw", &bob).await.json();
+    assert_eq!(
+        (&v["active"], &v["scope"]),
+        (&json!(true), &json!("orders:read admin")),
+        "{v}"
+    );
+
+    // After: alice removed, admin taken from pw, svc without refresh_token.
+    let after_yaml = config(upstream.addr, &extra)
+        .replace(
+            "    - username: alice\n      password_hash",
+            "    - username: carol\n      password_hash",
+        )
+        .replace("scopes: [orders:read, admin]", "scopes: [orders:read]")
+        .replace(
+            "grants: [client_credentials, refresh_token]\n      scopes: [orders:read, reports:read]",
+            "grants: [client_credentials]\n      scopes: [orders:read, reports:read]",
+        );
+    assert!(!after_yaml.contains("alice") && !after_yaml.contains("orders:read, admin"));
+    let after = Gateway::start(&after_yaml).await;
+    let v = introspect(&after, "pw", &bob).await.json();
+    assert_eq!(
+        (&v["active"], &v["scope"]),
+        (&json!(true), &json!("orders:read")),
+        "{v}"
+    );
+    let r = refresh(&after, "pw", &bob).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read");
+    for (client, token, why) in [("pw", &alice, "user removed"), ("svc", &svc, "grant taken")] {
+        let v = introspect(&after, client, token).await.json();
+        assert_eq!(v, json!({"active": false}), "{why}");
+        assert_oauth_error(
+            &refresh(&after, client, token).await,
+            400,
+            if client == "svc" {
+                "unauthorized_client"
+            } else {
+                "invalid_grant"
+            },
+        );
+    }
+    // The same tokens, still active where the config is as it was.
+    assert_eq!(
+        introspect(&before, "pw", &alice).await.json()["active"],
+        true
+    );
+    assert_eq!(
+        introspect(&before, "svc", &svc).await.json()["active"],
+        true
+    );
+    before.stop().await;
+    after.stop().await;
+    drop(redis);
+}
+
 /// With the store gone, a built-in token's revocation check fails closed
 /// (503, `store_unavailable`) and the log says why, once for many requests.
 #[tokio::test]

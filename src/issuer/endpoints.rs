@@ -13,6 +13,7 @@ use super::store::{RefreshRecord, Standing};
 use super::token::PresentedRefresh;
 use super::{json_response, read_form, AuthorizationServer, OAuthError, LEEWAY_SECS};
 use crate::auth::jwt::now_unix;
+use crate::config::{Client, Grant};
 use crate::proxy::Body;
 
 impl AuthorizationServer {
@@ -120,7 +121,7 @@ impl AuthorizationServer {
                 }
                 answer
             }
-            None => self.refresh_token_answer(token, &caller.client_id).await?,
+            None => self.refresh_token_answer(token, &caller).await?,
         };
         Ok(json_response(StatusCode::OK, answer.to_string()))
     }
@@ -168,15 +169,28 @@ impl AuthorizationServer {
     /// A refresh token is active only to the client it was issued to: it is
     /// no credential a resource server may accept (RFC 7662 4), and any
     /// other client learning that it is live gains nothing but the means
-    /// to probe.
-    async fn refresh_token_answer(&self, token: &str, caller: &str) -> Result<Value, OAuthError> {
+    /// to probe. It is active only while a refresh with it would pass as the
+    /// config stands now (the client still has the grant type, the user
+    /// still exists), with the scope such a refresh could have.
+    async fn refresh_token_answer(
+        &self,
+        token: &str,
+        caller: &Client,
+    ) -> Result<Value, OAuthError> {
         let inactive = json!({ "active": false });
         let Some((record, standing)) = self.refresh_grant(token).await? else {
             return Ok(inactive);
         };
-        if !self.refresh_is_live(&record, standing).await? || record.client_id != caller {
+        if record.client_id != caller.client_id
+            || !caller.grants.contains(&Grant::RefreshToken)
+            || !self.refresh_is_live(&record, standing).await?
+        {
             return Ok(inactive);
         }
+        let Ok(scope) = self.rights_now(caller, &record.subject, record.user_grant, &record.scope)
+        else {
+            return Ok(inactive);
+        };
         // A token used once more within the reuse grace ends with it.
         let exp = match standing {
             Standing::Retry => record.expires_at.min(record.retry_until),
@@ -188,7 +202,7 @@ impl AuthorizationServer {
         Ok(json!({
             "active": true,
             "token_use": "refresh_token",
-            "scope": record.scope,
+            "scope": scope.join(" "),
             "client_id": record.client_id,
             "sub": record.subject,
             "aud": record.audience,

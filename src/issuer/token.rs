@@ -363,7 +363,7 @@ impl AuthorizationServer {
     /// A grant's scopes as the config stands now (a reload may have
     /// changed it since the grant): a user removed since ends it, and scopes
     /// since taken from the client or the user are not minted again.
-    fn rights_now(
+    pub(super) fn rights_now(
         &self,
         client: &Client,
         subject: &str,
