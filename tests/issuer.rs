@@ -1728,8 +1728,10 @@ async fn authorization_server_requests_are_labelled_as_such() {
 }
 
 /// An endpoint's error answer to an HTTP/1 request whose body it did not
-/// read (a wrong method) says that the connection ends with it (RFC 9112
-/// 9.6); a token answered after its form was read keeps the connection.
+/// read (a wrong method, a form cut short) says that the connection ends
+/// with it (RFC 9112 9.6); an answer, error or not, given after the form
+/// was read whole keeps the connection (a wrong secret, an expired refresh
+/// token: each would otherwise cost the client a new connection).
 #[tokio::test]
 async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
     let (_upstream, gw) = start("").await;
@@ -1748,6 +1750,56 @@ async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
             "POST {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
             form.len()
         ),
+    )
+    .await;
+
+    for (form, status) in [
+        (
+            "grant_type=client_credentials&client_id=svc&client_secret=wrong".to_owned(),
+            400,
+        ),
+        (
+            format!(
+                "grant_type=refresh_token&refresh_token=nope&{}",
+                creds("svc")
+            ),
+            400,
+        ),
+        (format!("token=nope&{}", creds("svc")), 200),
+    ] {
+        for path in [TOKEN, INTROSPECT] {
+            if (path == INTROSPECT) != form.starts_with("token=") {
+                continue;
+            }
+            answers_and_goes_on_with(
+                &gw,
+                &format!(
+                    "POST {path} HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+                    form.len()
+                ),
+                status,
+            )
+            .await;
+        }
+    }
+    // A wrong secret over Basic: 401 with its challenge, the connection kept.
+    let auth = basic("svc", "wrong");
+    let form = "grant_type=client_credentials";
+    answers_and_goes_on_with(
+        &gw,
+        &format!(
+            "POST {TOKEN} HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{form}",
+            form.len()
+        ),
+        401,
+    )
+    .await;
+    // Refused before its form was read (a parameter twice in the query):
+    // the close is said.
+    answers_and_closes(
+        &gw,
+        &format!("POST {TOKEN}?scope=a&scope=b HTTP/1.1\r\nHost: gw.test\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 10\r\n\r\nab"),
+        400,
     )
     .await;
 
@@ -1770,10 +1822,15 @@ async fn an_endpoint_refusing_an_unread_body_says_the_connection_closes() {
 /// Sends `request` and, on the same connection, one for `/nowhere`: the
 /// first is answered 200 without a close, and the second 404.
 async fn answers_and_goes_on(gw: &Gateway, request: &str) {
+    answers_and_goes_on_with(gw, request, 200).await;
+}
+
+/// [`answers_and_goes_on`] for an answer of `status`.
+async fn answers_and_goes_on_with(gw: &Gateway, request: &str, status: u16) {
     let next = "GET /nowhere HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
     let text = raw(gw.addr, format!("{request}{next}").as_bytes()).await;
     let reply = RawReply::parse(&text);
-    assert_eq!(reply.status, 200, "{text}");
+    assert_eq!(reply.status, status, "{text}");
     assert_eq!(reply.header("connection"), None, "{text}");
     assert!(
         text.contains("HTTP/1.1 404"),

@@ -468,7 +468,8 @@ pub struct FormRequest {
 
 /// Reads an `application/x-www-form-urlencoded` body (bounded) and the query.
 pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthError> {
-    let (parts, body) = request.into_parts();
+    let (mut parts, body) = request.into_parts();
+    let read = parts.extensions.remove::<FormRead>();
     let query = match parts.uri.query() {
         Some(q) => parse_params(q.as_bytes())?,
         None => HashMap::new(),
@@ -499,6 +500,9 @@ pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthE
     })?
     .map_err(|_| OAuthError::invalid_request("the request body is too large or unreadable"))?
     .to_bytes();
+    if let Some(read) = read {
+        read.0.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     let form = if bytes.is_empty() {
         HashMap::new()
     } else if is_form {
@@ -514,6 +518,12 @@ pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthE
         headers: parts.headers,
     })
 }
+
+/// Set by [`read_form`] once it has read the request's body to its end:
+/// the server then answers an error without closing the connection, as
+/// nothing of the request is left on it.
+#[derive(Clone, Debug, Default)]
+pub struct FormRead(pub Arc<std::sync::atomic::AtomicBool>);
 
 /// Form or query parameters; one sent without a value counts as not sent
 /// (RFC 6749 3.1, 3.2), and a name sent twice is refused.

@@ -398,17 +398,24 @@ impl Gateway {
                 // or is closed, said so, when it is too large or too slow.
                 let reads_body = request.method() == http::Method::POST;
                 let skipped_short = pending && !reads_body && !drain_body(&mut request).await;
+                let form_read = (pending && reads_body).then(crate::issuer::FormRead::default);
+                if let Some(read) = &form_read {
+                    request.extensions_mut().insert(read.clone());
+                }
                 // Boxed: the endpoints' futures are large, and inline they
                 // would be moved with every proxied request's future.
                 let response = Box::pin(server.handle(request, &path)).await;
                 // A POST's form is read only to answer it: an error may have
-                // left it unread (a form too large or too slow).
+                // left it unread (a form too large or too slow, or refused
+                // before it was read).
                 let failed =
                     response.status().is_client_error() || response.status().is_server_error();
+                let unread =
+                    form_read.is_none_or(|read| !read.0.load(std::sync::atomic::Ordering::Relaxed));
                 (
                     None,
                     Ok(response),
-                    skipped_short || (pending && reads_body && failed),
+                    skipped_short || (pending && reads_body && failed && unread),
                 )
             }
             Verdict::ResourceMetadata(resource) => {
