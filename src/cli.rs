@@ -281,8 +281,10 @@ fn check(path: &Path) -> ExitCode {
 }
 
 /// Paths and methods that a route needing a token seems to cover but that
-/// go to a public route: a method its `methods` leave out, or, for
-/// `/x/{*rest}`, `/x` and `/x/`, which the catch-all does not match. An
+/// go to a public route: a method its `methods` leave out; for
+/// `/x/{*rest}`, `/x` and `/x/`, which the catch-all does not match; and for
+/// `/x`, `/x/`, which is another path unless `route_matching` folds it
+/// (Express, Rails, Laravel and Spring 5 route it as `/x`). An
 /// upstream that serves them with the same handler would get them without
 /// a token, so `scopegate check` warns (the config stays valid: it may be
 /// meant). Routes that differ only in scopes are left alone: splitting
@@ -310,17 +312,20 @@ pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
             let left_out = METHODS.iter().filter(|m| !listed.contains(m));
             cases.extend(left_out.map(|m| (sample.clone(), m.as_str())));
         }
+        let served: Vec<&http::Method> = match methods {
+            Some(listed) => listed.iter().collect(),
+            None => METHODS.iter().collect(),
+        };
         if let Some((prefix, _)) = pattern.rsplit_once("/{*") {
             let prefix = sample_path(prefix);
-            let served: Vec<&http::Method> = match methods {
-                Some(listed) => listed.iter().collect(),
-                None => METHODS.iter().collect(),
-            };
             for path in [prefix.clone(), format!("{prefix}/")] {
                 if !path.is_empty() {
                     cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
                 }
             }
+        } else if !sample.ends_with('/') {
+            let path = format!("{sample}/");
+            cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
         }
         let mut found: Vec<(String, Vec<&str>, &str)> = Vec::new();
         for (path, method) in cases {
@@ -346,8 +351,10 @@ pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
         for (path, methods, other) in found {
             let why = if sample == path {
                 "fall through"
-            } else {
+            } else if pattern.contains("/{*") {
                 "are not matched by its catch-all ({*rest} needs a character) and fall through"
+            } else {
+                "are another path (a trailing slash; `route_matching: { trailing_slash: ignore }` if the app routes it as the path without) and fall through"
             };
             warnings.push(format!(
                 "{} {path}: route `{}` needs a token (bearer [{}]), but these {why} to public route `{other}`",

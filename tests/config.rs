@@ -857,10 +857,12 @@ fn an_unreadable_rust_log_is_said() {
 }
 
 /// `check` warns where a route that needs a token seems to cover a request
-/// that goes to a public route: a method its `methods` leave out, and the
-/// bare prefix of a `{*rest}` route, which the catch-all does not match.
-/// The config stays valid (exit 0), and a table without such a public route
-/// gets no warning.
+/// that goes to a public route: a method its `methods` leave out, the
+/// bare prefix of a `{*rest}` route, which the catch-all does not match,
+/// and a route's path with a trailing slash, unless `route_matching` folds
+/// it (Express, Rails and Laravel route `/admin/` as `/admin`). The config
+/// stays valid (exit 0), and a table without such a public route gets no
+/// warning.
 #[test]
 fn check_warns_where_requests_fall_through_to_weaker_routes() {
     let dir = tempfile::tempdir().unwrap();
@@ -881,11 +883,29 @@ fn check_warns_where_requests_fall_through_to_weaker_routes() {
         "warning: GET,HEAD,PUT,PATCH,DELETE,OPTIONS /upload: route `POST /upload` needs a token (bearer [upload]), but these fall through",
         "warning: GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS /files: route `/files/{*rest}` needs a token (bearer [files]), but these are not matched by its catch-all",
         "warning: GET,HEAD,POST,PUT,PATCH,DELETE,OPTIONS /files/: route `/files/{*rest}`",
+        "warning: GET /admin/: route `GET /admin` needs a token (bearer [admin]), but these are another path (a trailing slash; `route_matching: { trailing_slash: ignore }` if the app routes it as the path without) and fall through to public route `/{*page}`",
+        "warning: POST /upload/: route `POST /upload`",
+        "warning: GET,PUT,POST,PATCH,DELETE,OPTIONS /orders/x/: route `GET,PUT,POST,PATCH,DELETE,OPTIONS /orders/{id}`",
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
-    // Every method listed: nothing falls through from /orders/{id}.
-    assert!(!stderr.contains("/orders/x"), "{stderr}");
+    // Every method listed: nothing falls through from /orders/{id} itself.
+    assert!(!stderr.contains(" /orders/x:"), "{stderr}");
+    // With trailing slashes folded, `/admin/` is `/admin`'s: no such warning.
+    std::fs::write(
+        &file,
+        format!(
+            "{ISSUER}{UPSTREAM}route_matching:\n  trailing_slash: ignore\n{routes}  - path: /{{*page}}\n    upstream: app\n    auth: none\n"
+        ),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok, "{stderr}");
+    assert!(!stderr.contains("trailing slash"), "{stderr}");
+    assert!(
+        stderr.contains("warning: POST,PUT,PATCH,DELETE,OPTIONS /admin:"),
+        "{stderr}"
+    );
     // Without the public catch-all there is nothing weaker to fall to.
     std::fs::write(&file, format!("{ISSUER}{UPSTREAM}{routes}")).unwrap();
     let (ok, _, stderr) = check(&file);
