@@ -1120,39 +1120,49 @@ async fn served_within(url: &str, bound: Duration) -> bool {
 async fn a_log_nobody_reads_does_not_stop_the_gateway() {
     let world = World::new().await;
     let dir = tempfile::tempdir().unwrap();
-    let (proxy_port, admin_port) = (free_port(), free_port());
-    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "")
-        .replacen(
-            "  listen: 127.0.0.1:0\n",
-            &format!("  listen: 127.0.0.1:{proxy_port}\n"),
-            1,
-        )
-        .replacen(
-            "  listen: 127.0.0.1:0\n",
-            &format!("  listen: 127.0.0.1:{admin_port}\n"),
-            1,
-        );
+    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "");
     let config_path = dir.path().join("scopegate.yaml");
     std::fs::write(&config_path, config).unwrap();
-    // stderr is a pipe this test never reads.
-    let _child = Child(
+    // stderr is a pipe this test reads only up to the line that names the
+    // listeners (both on port 0, so no port chosen beforehand can be taken
+    // by another test first), and never again.
+    let mut child = Child(
         std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
             .args(["run", "--config"])
             .arg(&config_path)
             .env("RUST_LOG", "info")
+            .env("SCOPEGATE_LOG_FORMAT", "json")
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .spawn()
             .unwrap(),
     );
-    let ready = format!("http://127.0.0.1:{admin_port}/readyz");
+    let stderr = child.0.stderr.take().unwrap();
+    let (addresses, _unread) = tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "scopegate serving" {
+                let at = |name: &str| v[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                return (Some((at("listen"), at("admin"))), lines);
+            }
+            line.clear();
+        }
+        (None, lines)
+    })
+    .await
+    .unwrap();
+    let (proxy, admin) = addresses.expect("the binary did not report its addresses");
+    let ready = format!("http://{admin}/readyz");
     assert!(
         served_within(&ready, Duration::from_secs(30)).await,
         "the binary never became ready"
     );
     // An access line each: far more than a pipe's 64 KiB holds.
-    let status = format!("http://127.0.0.1:{proxy_port}/status");
+    let status = format!("http://{proxy}/status");
     for i in 0..2_000 {
         let reply = tokio::time::timeout(Duration::from_secs(10), get(&status, &[]))
             .await

@@ -176,8 +176,9 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
         applied,
         "the reload was not applied while the provider was down"
     );
-    // Time for a refresher that fetched at once to have done so.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Time for a refresher that fetched at once to have done so, and for
+    // its first retries (from 250 ms) too, on a loaded machine.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         world.jwks.fetches(),
         fetches,
