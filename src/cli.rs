@@ -160,18 +160,7 @@ pub fn main() -> ExitCode {
 /// lines waiting, new ones are dropped rather than waited for. The guard
 /// writes out what is left when it is dropped, at exit.
 fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let filter = match tracing_subscriber::EnvFilter::try_from_default_env() {
-        Ok(filter) => filter,
-        Err(e) => {
-            // Set but unreadable (`scopegate=debg`): said, so that an
-            // operator raising the level in an incident learns why nothing
-            // changed.
-            if std::env::var_os(tracing_subscriber::EnvFilter::DEFAULT_ENV).is_some() {
-                eprintln!("scopegate: RUST_LOG: {e}; logging at info");
-            }
-            tracing_subscriber::EnvFilter::new("info")
-        }
-    };
+    let filter = log_filter(std::env::var(tracing_subscriber::EnvFilter::DEFAULT_ENV));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
         .buffered_lines_limit(LOG_LINES_WAITING)
         .lossy(true)
@@ -187,6 +176,45 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
         LogFormat::Json => builder.json().flatten_event(true).try_init(),
     };
     installed.ok().map(|()| guard)
+}
+
+/// The log filter `RUST_LOG` asks for, or `info`. Unset or empty (a Helm
+/// value left blank, which tracing would read as "nothing") is `info`; one
+/// that cannot be read, and a bare word that is no level (`warning`, read as
+/// a target of that name, which logs nothing of scopegate's), are said on
+/// stderr, so that an operator raising the level in an incident learns why
+/// nothing changed.
+fn log_filter(value: Result<String, std::env::VarError>) -> tracing_subscriber::EnvFilter {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    let info = || tracing_subscriber::EnvFilter::new("info");
+    let value = match value {
+        Ok(value) if !value.trim().is_empty() => value,
+        Ok(_) | Err(std::env::VarError::NotPresent) => return info(),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            eprintln!("scopegate: RUST_LOG is not UTF-8; logging at info");
+            return info();
+        }
+    };
+    match tracing_subscriber::EnvFilter::try_new(&value) {
+        Ok(filter) => {
+            for word in value.split(',').map(str::trim) {
+                let bare = !word.is_empty() && !word.contains(['=', ':', '[']);
+                if bare
+                    && !word.starts_with("scopegate")
+                    && !LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l))
+                {
+                    eprintln!(
+                        "scopegate: RUST_LOG: `{word}` is no level (trace, debug, info, warn, error, off), so it names a target: only that target's lines are logged"
+                    );
+                }
+            }
+            filter
+        }
+        Err(e) => {
+            eprintln!("scopegate: RUST_LOG: {e}; logging at info");
+            info()
+        }
+    }
 }
 
 /// Log lines that may wait for stderr. The channel holding them is
@@ -283,8 +311,9 @@ fn check(path: &Path) -> ExitCode {
 /// Paths and methods that a route needing a token seems to cover but that
 /// go to a public route: a method its `methods` leave out; for
 /// `/x/{*rest}`, `/x` and `/x/`, which the catch-all does not match; and for
-/// `/x`, `/x/`, which is another path unless `route_matching` folds it
-/// (Express, Rails, Laravel and Spring 5 route it as `/x`). An
+/// `/x`, `/x/` (and the other way round), which is another path unless
+/// `route_matching` folds it (Express, Rails, Laravel and Spring 5 route
+/// both alike). An
 /// upstream that serves them with the same handler would get them without
 /// a token, so `scopegate check` warns (the config stays valid: it may be
 /// meant). Routes that differ only in scopes are left alone: splitting
@@ -323,9 +352,16 @@ pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
                     cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
                 }
             }
-        } else if !sample.ends_with('/') {
-            let path = format!("{sample}/");
-            cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
+        } else {
+            // The other spelling of the path: a trailing slash more or less.
+            let path = match sample.strip_suffix('/') {
+                None => format!("{sample}/"),
+                Some("") => String::new(),
+                Some(bare) => bare.to_owned(),
+            };
+            if !path.is_empty() {
+                cases.extend(served.iter().map(|m| (path.clone(), m.as_str())));
+            }
         }
         let mut found: Vec<(String, Vec<&str>, &str)> = Vec::new();
         for (path, method) in cases {
@@ -354,7 +390,7 @@ pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
             } else if pattern.contains("/{*") {
                 "are not matched by its catch-all ({*rest} needs a character) and fall through"
             } else {
-                "are another path (a trailing slash; `route_matching: { trailing_slash: ignore }` if the app routes it as the path without) and fall through"
+                "are another path (a trailing slash more or less; `route_matching: { trailing_slash: ignore }` if the app routes both alike) and fall through"
             };
             warnings.push(format!(
                 "{} {path}: route `{}` needs a token (bearer [{}]), but these {why} to public route `{other}`",

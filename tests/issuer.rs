@@ -2397,7 +2397,10 @@ async fn a_refresh_token_is_introspected_as_the_config_stands() {
             "    - username: alice\n      password_hash",
             "    - username: carol\n      password_hash",
         )
-        .replace("scopes: [orders:read, admin]", "scopes: [orders:read]")
+        .replace(
+            "scopes: [orders:read, admin]\n      audience: orders-api",
+            "scopes: [orders:read]\n      audience: orders-api-v2",
+        )
         .replace(
             "grants: [client_credentials, refresh_token]\n      scopes: [orders:read, reports:read]",
             "grants: [client_credentials]\n      scopes: [orders:read, reports:read]",
@@ -2406,13 +2409,15 @@ async fn a_refresh_token_is_introspected_as_the_config_stands() {
     let after = Gateway::start(&after_yaml).await;
     let v = introspect(&after, "pw", &bob).await.json();
     assert_eq!(
-        (&v["active"], &v["scope"]),
-        (&json!(true), &json!("orders:read")),
+        (&v["active"], &v["scope"], &v["aud"]),
+        (&json!(true), &json!("orders:read"), &json!("orders-api-v2")),
         "{v}"
     );
     let r = refresh(&after, "pw", &bob).await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["scope"], "orders:read");
+    let claims = jwt_part(&s(&r.json(), "access_token"), 1);
+    assert_eq!(claims["aud"], "orders-api-v2", "{claims}");
     for (client, token, why) in [("pw", &alice, "user removed"), ("svc", &svc, "grant taken")] {
         let v = introspect(&after, client, token).await.json();
         assert_eq!(v, json!({"active": false}), "{why}");

@@ -1107,33 +1107,37 @@ impl Validator<'_> {
         ConfigError::at(self.source, location, message)
     }
 
-    /// Warns at each client secret or user password hash whose argon2
-    /// parameters differ from those most of them use: a name that does not
-    /// exist is refused after a check of those parameters, so the time of a
-    /// refusal tells that such a name exists.
+    /// Warns at each client secret hash, and each user password hash, whose
+    /// argon2 cost differs from the one most of its kind take: a client id
+    /// (user name) that does not exist is refused after a check of that
+    /// cost, so the time of a refusal tells that such a name exists.
     fn warn_of_odd_argon2_parameters(&self, raw: &super::schema::RawAuthorizationServer) {
         use crate::issuer::clients::{argon2_parameters, decoy_hash};
-        let hashes = raw
+        let clients: Vec<&Spanned<String>> = raw
             .clients
             .iter()
             .filter_map(|c| c.value.client_secret_hash.as_ref())
-            .chain(raw.users.iter().map(|u| &u.value.password_hash));
-        let decoy = decoy_hash(hashes.clone().map(|h| h.value.as_str()));
-        let Some((usual, _)) = argon2_parameters(&decoy) else {
-            return;
-        };
-        for hash in hashes {
-            let Some((parameters, _)) = argon2_parameters(&hash.value) else {
+            .collect();
+        let users: Vec<&Spanned<String>> =
+            raw.users.iter().map(|u| &u.value.password_hash).collect();
+        for (hashes, kind) in [(clients, "client secret"), (users, "user password")] {
+            let decoy = decoy_hash(hashes.iter().map(|h| h.value.as_str()));
+            let Some((usual, usual_cost)) = argon2_parameters(&decoy) else {
                 continue;
             };
-            if parameters != usual {
-                let warning = self.err(
-                    hash.referenced,
-                    format!(
-                        "argon2 parameters `{parameters}` differ from the `{usual}` most hashes here use: a name that does not exist is refused as slowly as those, so the time of a refusal tells that this one exists (make its hash with `scopegate hash-secret`)"
-                    ),
-                );
-                tracing::warn!("{warning}");
+            for hash in hashes {
+                let Some((parameters, cost)) = argon2_parameters(&hash.value) else {
+                    continue;
+                };
+                if cost != usual_cost {
+                    let warning = self.err(
+                        hash.referenced,
+                        format!(
+                            "argon2 parameters `{parameters}` cost otherwise than the `{usual}` most {kind} hashes here take: a name that does not exist is refused as slowly as those, so the time of a refusal tells that this one exists (hash it with `scopegate hash-secret` when it is next set)"
+                        ),
+                    );
+                    tracing::warn!("{warning}");
+                }
             }
         }
     }

@@ -35,15 +35,17 @@ const HASHING_WAITING: usize = 64;
 const UNKNOWN_NAME_HASH: &str =
     "$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I";
 
-/// Checks for names that do not exist (decoys) that run at once, in places
-/// of their own: made-up names, which no failure limit holds back (each is
-/// fresh), cannot take the places of real sign-ins and secret checks.
-const DECOYS_AT_ONCE: usize = 1;
-/// Decoys that may wait for that place. Beyond them, a decoy is not run but
-/// waited out, for as long as the last one ran: the answer comes as late,
-/// and it is no guess (it cost nothing), so it is not counted against the
-/// name, which would let a flood fill the failure limiter's table for free.
-const DECOYS_WAITING: usize = 8;
+/// Checks for names that do not exist (decoys) under way at once, running
+/// or waiting in the real checks' queue (so that, a few at a time, an
+/// unknown name waits and runs exactly as a known one does). Made-up names,
+/// which no failure limit holds back (each is fresh), thus never take more
+/// than these of the real checks' places. Beyond them, a decoy is not run
+/// but waited out, for as long as the last one took: the answer comes as
+/// late, and it counts against the name in a table of its own
+/// ([`Guesses::waited_out`]), so the limit still does not tell unknown
+/// names from known ones, and a flood of free refusals cannot crowd real
+/// names out of the main table.
+const DECOYS_AT_ONCE: usize = 8;
 /// What a decoy waited out takes before any has run: about what
 /// `hash-secret`'s parameters take.
 const DECOY_UNTIMED: Duration = Duration::from_millis(25);
@@ -178,8 +180,11 @@ pub struct ClientAuthenticator {
     guesses: Arc<Guesses>,
     /// Shared on a reload too: its bounds hold for the process.
     hashing: PasswordChecker,
-    /// Checked for names that do not exist ([`decoy_hash`]).
-    decoy_hash: String,
+    /// Checked for client ids that do not exist ([`decoy_hash`] of the
+    /// clients' secret hashes).
+    client_decoy: String,
+    /// Checked for user names that do not exist (of the users' hashes).
+    user_decoy: String,
 }
 
 /// The failure limiter's state.
@@ -189,6 +194,11 @@ struct Guesses {
     /// name's digest so that the table's size does not depend on the names
     /// (a client id or user name can be as long as a request body).
     failures: Mutex<HashMap<[u8; 32], (u32, Instant)>>,
+    /// Refusals of names that do not exist answered without a check (a
+    /// decoy waited out, past [`DECOYS_AT_ONCE`]), kept the same way but
+    /// apart: they count towards a name's limit as failures do, and a flood
+    /// of them, which costs no check, fills this table only.
+    waited_out: Mutex<HashMap<[u8; 32], (u32, Instant)>>,
     /// Checks under way per name (digest): they count against the name's
     /// limit until they end, or a burst started together would each find
     /// the name unlimited and get as many guesses as checks fit in flight.
@@ -214,16 +224,21 @@ enum Begin<'a> {
 pub struct Attempt<'a> {
     limiter: &'a ClientAuthenticator,
     key: [u8; 32],
-    /// False for a decoy only waited out: no check ran, so no guess was had.
+    /// False for a decoy only waited out: no check ran, so its failure is
+    /// counted in [`Guesses::waited_out`].
     counted: bool,
 }
 
 impl Attempt<'_> {
     /// The check failed: it counts as a failure of the name.
     pub fn failed(self) {
-        if self.counted {
-            self.limiter.record_failure_of(self.key);
-        }
+        let guesses = &self.limiter.guesses;
+        let table = if self.counted {
+            &guesses.failures
+        } else {
+            &guesses.waited_out
+        };
+        record_failure_in(table, self.key);
     }
 }
 
@@ -247,10 +262,10 @@ impl Drop for Attempt<'_> {
 struct PasswordChecker {
     admitted: Arc<Semaphore>,
     running: Arc<Semaphore>,
-    /// The decoys' own places ([`DECOYS_AT_ONCE`], [`DECOYS_WAITING`]).
-    decoys_admitted: Arc<Semaphore>,
-    decoys_running: Arc<Semaphore>,
-    /// How long the last decoy that ran took (nanoseconds; 0 before one has).
+    /// Decoys under way ([`DECOYS_AT_ONCE`]).
+    decoys: Arc<Semaphore>,
+    /// How long the last decoy that ran took, its wait for a place included
+    /// (nanoseconds; 0 before one has).
     decoy_nanos: Arc<AtomicU64>,
     /// One hash's working memory per running check, reused: allocated anew
     /// each time on whatever blocking thread ran the check, glibc kept it in
@@ -267,18 +282,24 @@ impl PasswordChecker {
         Self {
             admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
             running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
-            decoys_admitted: Arc::new(Semaphore::new(DECOYS_AT_ONCE + DECOYS_WAITING)),
-            decoys_running: Arc::new(Semaphore::new(DECOYS_AT_ONCE)),
+            decoys: Arc::new(Semaphore::new(DECOYS_AT_ONCE)),
             decoy_nanos: Arc::default(),
             memory: Arc::default(),
         }
     }
 
-    /// A check against the decoy `hash`, which never matches: run in the
-    /// decoys' places when one is free (true), else waited out for as long
-    /// as the last one ran (false).
-    async fn decoy(&self, hash: &str, secret: &str) -> bool {
-        let Ok(admitted) = Arc::clone(&self.decoys_admitted).try_acquire_owned() else {
+    /// A check against the decoy `hash`, which never matches: refused as a
+    /// real check would be when the real checks' places are all taken
+    /// (`Busy`); run in the real checks' queue while fewer than
+    /// [`DECOYS_AT_ONCE`] are under way (true); else waited out for as long
+    /// as the last one took (false).
+    async fn decoy(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
+        // Taking no place of theirs, so that a flood of made-up names
+        // cannot fill them.
+        if self.admitted.available_permits() == 0 {
+            return Err(Busy);
+        }
+        let Ok(under_way) = Arc::clone(&self.decoys).try_acquire_owned() else {
             let nanos = self.decoy_nanos.load(Ordering::Relaxed);
             let took = if nanos == 0 {
                 DECOY_UNTIMED
@@ -286,23 +307,24 @@ impl PasswordChecker {
                 Duration::from_nanos(nanos)
             };
             tokio::time::sleep(took).await;
-            return false;
+            return Ok(false);
         };
-        let Ok(running) = Arc::clone(&self.decoys_running).acquire_owned().await else {
-            return false;
-        };
+        let started = Instant::now();
+        let running = Arc::clone(&self.running)
+            .acquire_owned()
+            .await
+            .map_err(|_| Busy)?;
         let (hash, secret) = (hash.to_owned(), secret.to_owned());
         let memory = Arc::clone(&self.memory);
         let nanos = Arc::clone(&self.decoy_nanos);
-        let started = Instant::now();
         let _ = tokio::task::spawn_blocking(move || {
-            let _permits = (admitted, running);
+            let _permits = (under_way, running);
             let _ = argon2_in(&memory, &hash, &secret);
             let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             nanos.store(took.max(1), Ordering::Relaxed);
         })
         .await;
-        true
+        Ok(true)
     }
 
     async fn verify(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
@@ -344,19 +366,16 @@ fn argon2_in(memory: &Mutex<Vec<Vec<Block>>>, hash: &str, secret: &str) -> bool 
 impl ClientAuthenticator {
     /// Indexes the registered clients, remembering the secrets `previous`
     /// (the server before a reload) checked and the failures it counted.
-    /// `users` are the sign-in users, whose hashes the decoy's parameters
-    /// follow as the clients' do.
+    /// `users` are the sign-in users, whose hashes the users' decoy
+    /// follows as the clients' decoy follows the clients' hashes.
     pub fn new(
         clients: &[Client],
         users: &[crate::config::User],
         previous: Option<&ClientAuthenticator>,
     ) -> Self {
-        let hashes = clients
-            .iter()
-            .filter_map(|c| c.secret_hash.as_deref())
-            .chain(users.iter().map(|u| u.password_hash.as_str()));
         Self {
-            decoy_hash: decoy_hash(hashes),
+            client_decoy: decoy_hash(clients.iter().filter_map(|c| c.secret_hash.as_deref())),
+            user_decoy: decoy_hash(users.iter().map(|u| u.password_hash.as_str())),
             clients: clients
                 .iter()
                 .map(|c| (c.client_id.clone(), c.clone()))
@@ -377,9 +396,7 @@ impl ClientAuthenticator {
 
     /// Checks a user's password against its argon2 hash (bounded like the
     /// client secrets' checks); for a user that does not exist (`None`), a
-    /// decoy that takes as long and never matches, in places of its own. A
-    /// decoy only waited out (its places taken by a flood) is no guess:
-    /// `attempt`, if any, then does not count it.
+    /// decoy that takes as long and never matches ([`DECOYS_AT_ONCE`]).
     pub async fn verify_password(
         &self,
         hash: Option<&str>,
@@ -388,13 +405,7 @@ impl ClientAuthenticator {
     ) -> Result<bool, Busy> {
         match hash {
             Some(hash) => self.hashing.verify(hash, password).await,
-            None => {
-                let ran = self.hashing.decoy(&self.decoy_hash, password).await;
-                if let Some(attempt) = attempt {
-                    attempt.counted &= ran;
-                }
-                Ok(false)
-            }
+            None => decoy_check(&self.hashing, &self.user_decoy, password, attempt).await,
         }
     }
 
@@ -448,7 +459,12 @@ impl ClientAuthenticator {
                 // (the limit would tell them after five tries, which is no
                 // secret: a public client's id is in its app).
                 if let Some(secret) = secret {
-                    self.hashing.decoy(&self.decoy_hash, secret).await;
+                    if decoy_check(&self.hashing, &self.client_decoy, secret, None)
+                        .await
+                        .is_err()
+                    {
+                        return Err(OAuthError::busy());
+                    }
                 }
                 Err(failed(&p, true, "a public client cannot authenticate here"))
             }
@@ -497,7 +513,16 @@ impl ClientAuthenticator {
             let Some(mut attempt) = self.begin_check(limiter_key).await else {
                 return OAuthError::too_many_attempts(p.basic);
             };
-            let _ = self.verify_password(None, secret, Some(&mut attempt)).await;
+            let checked = decoy_check(
+                &self.hashing,
+                &self.client_decoy,
+                secret,
+                Some(&mut attempt),
+            )
+            .await;
+            if checked.is_err() {
+                return OAuthError::busy();
+            }
             attempt.failed();
         }
         failed(p, false, why)
@@ -519,12 +544,23 @@ impl ClientAuthenticator {
 
     /// True when `key` (a client id or user name) failed too often recently.
     pub fn is_limited(&self, key: &str) -> bool {
-        let Ok(failures) = self.guesses.failures.lock() else {
-            return true;
-        };
-        failures
-            .get(&failure_key(key))
-            .is_some_and(|(n, start)| *n >= MAX_FAILURES && start.elapsed() < FAILURE_WINDOW)
+        self.failures_of(failure_key(key))
+            .is_none_or(|failed| failed >= MAX_FAILURES)
+    }
+
+    /// A name's failures within the window, checked or waited out; `None`
+    /// when the limiter cannot be read (then the name is limited).
+    fn failures_of(&self, key: [u8; 32]) -> Option<u32> {
+        let mut failed: u32 = 0;
+        for table in [&self.guesses.failures, &self.guesses.waited_out] {
+            let table = table.lock().ok()?;
+            if let Some((n, start)) = table.get(&key) {
+                if start.elapsed() < FAILURE_WINDOW {
+                    failed = failed.saturating_add(*n);
+                }
+            }
+        }
+        Some(failed)
     }
 
     /// Starts a secret or password check for `name`: `None` when the name
@@ -548,12 +584,8 @@ impl ClientAuthenticator {
     }
 
     fn try_begin(&self, key: [u8; 32]) -> Begin<'_> {
-        let failed = match self.guesses.failures.lock() {
-            Ok(failures) => failures
-                .get(&key)
-                .filter(|(_, start)| start.elapsed() < FAILURE_WINDOW)
-                .map_or(0, |(n, _)| *n),
-            Err(_) => return Begin::Limited,
+        let Some(failed) = self.failures_of(key) else {
+            return Begin::Limited;
         };
         if failed >= MAX_FAILURES {
             return Begin::Limited;
@@ -575,29 +607,47 @@ impl ClientAuthenticator {
 
     /// Counts a failed secret or password check for `name`.
     pub fn record_failure(&self, name: &str) {
-        self.record_failure_of(failure_key(name));
+        record_failure_in(&self.guesses.failures, failure_key(name));
     }
+}
 
-    fn record_failure_of(&self, key: [u8; 32]) {
-        let Ok(mut failures) = self.guesses.failures.lock() else {
-            return;
-        };
-        if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
-            failures.retain(|_, (_, start)| start.elapsed() < FAILURE_WINDOW);
-            if failures.len() >= MAX_TRACKED {
-                let fewest = failures.values().map(|(n, _)| *n).min().unwrap_or(0);
-                if fewest >= MAX_FAILURES {
-                    return;
-                }
-                failures.retain(|_, (n, _)| *n > fewest);
-            }
-        }
-        let entry = failures.entry(key).or_insert((0, Instant::now()));
-        if entry.1.elapsed() >= FAILURE_WINDOW {
-            *entry = (0, Instant::now());
-        }
-        entry.0 = entry.0.saturating_add(1);
+/// A check for a name that does not exist, against `decoy` ([`decoy_hash`]):
+/// never matches. One only waited out leaves `attempt` (if any) to count its
+/// failure apart ([`Guesses::waited_out`]).
+async fn decoy_check(
+    hashing: &PasswordChecker,
+    decoy: &str,
+    secret: &str,
+    attempt: Option<&mut Attempt<'_>>,
+) -> Result<bool, Busy> {
+    let ran = hashing.decoy(decoy, secret).await?;
+    if let Some(attempt) = attempt {
+        attempt.counted &= ran;
     }
+    Ok(false)
+}
+
+/// Counts a failure of the name `key` in `table` (the limiter's main one, or
+/// [`Guesses::waited_out`]).
+fn record_failure_in(table: &Mutex<HashMap<[u8; 32], (u32, Instant)>>, key: [u8; 32]) {
+    let Ok(mut failures) = table.lock() else {
+        return;
+    };
+    if failures.len() >= MAX_TRACKED && !failures.contains_key(&key) {
+        failures.retain(|_, (_, start)| start.elapsed() < FAILURE_WINDOW);
+        if failures.len() >= MAX_TRACKED {
+            let fewest = failures.values().map(|(n, _)| *n).min().unwrap_or(0);
+            if fewest >= MAX_FAILURES {
+                return;
+            }
+            failures.retain(|_, (n, _)| *n > fewest);
+        }
+    }
+    let entry = failures.entry(key).or_insert((0, Instant::now()));
+    if entry.1.elapsed() >= FAILURE_WINDOW {
+        *entry = (0, Instant::now());
+    }
+    entry.0 = entry.0.saturating_add(1);
 }
 
 /// The failure limiter's key for a name.
@@ -700,15 +750,17 @@ pub fn argon2_parameters(hash: &str) -> Option<(&str, u64)> {
     Some((parameters, cost))
 }
 
-/// The hash checked for a name that does not exist: of the parameters most
-/// of `hashes` use (the costliest of those used equally often), so that its
-/// check takes as long as theirs; `hash-secret`'s when there are none. A
-/// name whose hash has other parameters is told apart by its time, which
-/// the config load warns about.
+/// The hash checked for a name that does not exist: of the cost most of
+/// `hashes` take (memory times passes, which a check's time follows: lanes
+/// run one after another here), with the parameters of the first hash of
+/// that cost (the costliest cost among those taken equally often), so that
+/// its check takes as long as theirs; `hash-secret`'s when there are none.
+/// A name whose hash costs otherwise is told apart by its time, which the
+/// config load warns about.
 pub fn decoy_hash<'a>(hashes: impl Iterator<Item = &'a str>) -> String {
     let mut used: Vec<(&str, u64, usize)> = Vec::new();
     for (parameters, cost) in hashes.filter_map(argon2_parameters) {
-        match used.iter_mut().find(|(p, _, _)| *p == parameters) {
+        match used.iter_mut().find(|(_, c, _)| *c == cost) {
             Some((_, _, count)) => *count += 1,
             None => used.push((parameters, cost, 1)),
         }
@@ -867,13 +919,13 @@ mod tests {
     }
 
     /// An unknown client's secret or user's password is checked too (against
-    /// a hash nobody's secret matches), so it takes as long to refuse as a
-    /// known one's, but in places of its own: with every place of the real
-    /// checks taken, it is still refused (no 503), and a flood of made-up
-    /// names leaves those places to real ones. Past the decoys' own places
-    /// a decoy is waited out, and does not count as a guess.
+    /// a hash nobody's secret matches), in the real checks' queue, so it
+    /// takes as long to refuse as a known one's and is refused alike when
+    /// that queue is full (503). At most [`DECOYS_AT_ONCE`] decoys are under
+    /// way: beyond them one is waited out, and its failure still counts
+    /// towards the name's limit, in a table of its own.
     #[tokio::test]
-    async fn unknown_names_cost_a_check_in_places_of_their_own() {
+    async fn unknown_names_cost_a_check_like_known_ones() {
         let clients = ClientAuthenticator::new(&[], &[], None);
         let hash = hash_secret("right").unwrap();
         let mut taken: Vec<_> = (0..HASHING_AT_ONCE + HASHING_WAITING)
@@ -882,86 +934,99 @@ mod tests {
         for check in &mut taken {
             assert!(futures_util::poll!(check).is_pending());
         }
-        let unknown = |name: &str| Presented {
-            client_id: name.to_owned(),
+        let presented = Presented {
+            client_id: "nobody".to_owned(),
             secret: Some("guess".to_owned()),
             basic: false,
         };
-        let refused = clients.authenticate(Some(unknown("nobody")), false).await;
+        let refused =
+            futures_util::FutureExt::now_or_never(clients.authenticate(Some(presented), false));
         assert_eq!(
-            refused.map(|_| ()),
-            Err(OAuthError::invalid_client(
-                false,
-                "client authentication failed"
-            ))
+            refused.map(|r| r.map(|_| ())),
+            Some(Err(OAuthError::busy()))
         );
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(clients.verify_password(None, "guess", None)),
+            Some(Err(Busy))
+        );
+        drop(taken);
         assert_eq!(
             clients.verify_password(None, "guess", None).await,
             Ok(false)
         );
-        drop(taken);
-        assert!(
-            clients.hashing.decoy_nanos.load(Ordering::Relaxed) > 0,
-            "no decoy ran"
-        );
+        assert!(clients.hashing.decoy_nanos.load(Ordering::Relaxed) > 0);
 
-        // The decoys' places taken: one more is waited out, uncounted.
-        let mut decoys: Vec<_> = (0..DECOYS_AT_ONCE + DECOYS_WAITING)
-            .map(|_| Box::pin(clients.hashing.decoy(&clients.decoy_hash, "guess")))
-            .collect();
-        for decoy in &mut decoys {
-            assert!(futures_util::poll!(decoy).is_pending());
-        }
-        let tracked = || clients.guesses.failures.lock().unwrap().len();
-        let before = tracked();
-        let mut attempt = clients.begin_check("user:made-up").await.unwrap();
-        assert_eq!(
-            clients
+        // Decoys under way to the bound: one more is waited out, counted
+        // apart, and five such failures limit the name as five checks do.
+        // (Their places held here: decoys themselves would end and free them.)
+        let under_way = Arc::clone(&clients.hashing.decoys)
+            .try_acquire_many_owned(u32::try_from(DECOYS_AT_ONCE).unwrap())
+            .unwrap();
+        for _ in 0..MAX_FAILURES {
+            assert!(!clients.is_limited("user:made-up"));
+            let mut attempt = clients.begin_check("user:made-up").await.unwrap();
+            let checked = clients
                 .verify_password(None, "guess", Some(&mut attempt))
-                .await,
-            Ok(false)
-        );
-        assert!(!attempt.counted, "a decoy waited out counted as a guess");
-        attempt.failed();
-        assert_eq!(tracked(), before);
-        for decoy in decoys {
-            assert!(decoy.await, "an admitted decoy did not run");
+                .await;
+            assert_eq!(checked, Ok(false));
+            assert!(!attempt.counted, "a decoy past the bound ran");
+            attempt.failed();
         }
-        // A decoy that ran counts.
-        let mut attempt = clients.begin_check("user:made-up").await.unwrap();
+        assert!(clients.is_limited("user:made-up"));
+        assert!(clients.begin_check("user:made-up").await.is_none());
+        assert!(
+            clients.guesses.failures.lock().unwrap().is_empty(),
+            "free refusals went into the main table"
+        );
+        drop(under_way);
+        // Under the bound again, a decoy runs and counts in the main table.
+        let mut attempt = clients.begin_check("user:other").await.unwrap();
         let _ = clients
             .verify_password(None, "guess", Some(&mut attempt))
             .await;
         assert!(attempt.counted);
         attempt.failed();
-        assert_eq!(tracked(), before + 1);
+        assert_eq!(clients.guesses.failures.lock().unwrap().len(), 1);
     }
 
-    /// The decoy takes the parameters most configured hashes use (the
-    /// costliest of those used equally often), so that an unknown name is
-    /// refused as slowly as a known one; `hash-secret`'s without any.
+    /// The decoy takes the cost (memory times passes) most configured hashes
+    /// take, with the parameters of the first of them (the costliest cost
+    /// of those taken equally often), so that an unknown name is refused as
+    /// slowly as a known one; `hash-secret`'s without any.
     #[test]
-    fn the_decoy_follows_the_configured_hashes_parameters() {
+    fn the_decoy_follows_the_configured_hashes_cost() {
         let params = |hash: &str| argon2_parameters(hash).map(|(p, _)| p.to_owned());
         assert_eq!(decoy_hash(std::iter::empty()), UNKNOWN_NAME_HASH);
-        let heavy = "$argon2id$v=19$m=65536,t=3,p=4$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
-        let light =
-            "$argon2i$v=19$m=4096,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        let hash = |parameters: &str| {
+            format!("{parameters}$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG")
+        };
+        let heavy = hash("$argon2id$v=19$m=65536,t=3,p=4");
+        let heavy_one_lane = hash("$argon2id$v=19$m=65536,t=3,p=1");
+        let light = hash("$argon2i$v=19$m=4096,t=1,p=1");
         for (hashes, expected) in [
-            (vec![heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
-            (vec![light, heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
-            (vec![light, heavy, light], "$argon2i$v=19$m=4096,t=1,p=1"),
-            (vec!["not a hash", light], "$argon2i$v=19$m=4096,t=1,p=1"),
+            (vec![&heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
+            (vec![&light, &heavy], "$argon2id$v=19$m=65536,t=3,p=4"),
+            (vec![&light, &heavy, &light], "$argon2i$v=19$m=4096,t=1,p=1"),
+            // Lanes cost no time of their own: one cost, first parameters.
+            (
+                vec![&light, &heavy_one_lane, &heavy],
+                "$argon2id$v=19$m=65536,t=3,p=1",
+            ),
         ] {
-            let decoy = decoy_hash(hashes.iter().copied());
+            let decoy = decoy_hash(hashes.iter().map(|h| h.as_str()));
             assert_eq!(params(&decoy).as_deref(), Some(expected), "{hashes:?}");
             assert_eq!(check_argon2_hash(&decoy), Ok(()), "{decoy}");
             let salt_and_output = UNKNOWN_NAME_HASH.split('$').skip(4).collect::<Vec<_>>();
             assert!(decoy.ends_with(&salt_and_output.join("$")), "{decoy}");
         }
+        let decoy = decoy_hash(["not a hash", light.as_str()].into_iter());
         assert_eq!(
-            params(UNKNOWN_NAME_HASH).as_deref(),
-            Some("$argon2id$v=19$m=19456,t=2,p=1")
+            params(&decoy).as_deref(),
+            Some("$argon2i$v=19$m=4096,t=1,p=1")
+        );
+        assert_eq!(
+            argon2_parameters(UNKNOWN_NAME_HASH),
+            Some(("$argon2id$v=19$m=19456,t=2,p=1", 19456 * 2))
         );
     }
 

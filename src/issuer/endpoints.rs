@@ -205,7 +205,8 @@ impl AuthorizationServer {
             "scope": scope.join(" "),
             "client_id": record.client_id,
             "sub": record.subject,
-            "aud": record.audience,
+            // The audience a refresh would mint for now.
+            "aud": caller.audience,
             "iss": self.settings.issuer,
             "iat": record.issued_at,
             "exp": exp,
