@@ -185,7 +185,9 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
 /// stderr, so that an operator raising the level in an incident learns why
 /// nothing changed.
 fn log_filter(value: Result<String, std::env::VarError>) -> tracing_subscriber::EnvFilter {
-    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    const LEVELS: [&str; 12] = [
+        "trace", "debug", "info", "warn", "error", "off", "0", "1", "2", "3", "4", "5",
+    ];
     let info = || tracing_subscriber::EnvFilter::new("info");
     let value = match value {
         Ok(value) if !value.trim().is_empty() => value,
@@ -195,16 +197,24 @@ fn log_filter(value: Result<String, std::env::VarError>) -> tracing_subscriber::
             return info();
         }
     };
+    // Each directive trimmed: tracing reads `info, debug`'s second as a
+    // target named " debug".
+    let value = value
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect::<Vec<_>>()
+        .join(",");
     match tracing_subscriber::EnvFilter::try_new(&value) {
         Ok(filter) => {
-            for word in value.split(',').map(str::trim) {
+            for word in value.split(',') {
                 let bare = !word.is_empty() && !word.contains(['=', ':', '[']);
                 if bare
                     && !word.starts_with("scopegate")
                     && !LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l))
                 {
                     eprintln!(
-                        "scopegate: RUST_LOG: `{word}` is no level (trace, debug, info, warn, error, off), so it names a target: only that target's lines are logged"
+                        "scopegate: RUST_LOG: `{word}` is no level (trace, debug, info, warn, error, off), so it names a target (all of its levels)"
                     );
                 }
             }

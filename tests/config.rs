@@ -893,7 +893,15 @@ fn an_unreadable_rust_log_is_said() {
         stderr.contains("scopegate: RUST_LOG: `warning` is no level"),
         "{stderr}"
     );
-    for quiet in ["", "  ", "scopegate=debug", "warn,hyper=info", "INFO"] {
+    for quiet in [
+        "",
+        "  ",
+        "scopegate=debug",
+        "warn,hyper=info",
+        "INFO",
+        "3",
+        "error, warn",
+    ] {
         let stderr = run(quiet);
         assert!(!stderr.contains("RUST_LOG"), "{quiet:?}: {stderr}");
         assert!(logged(&stderr), "{quiet:?}: {stderr}");

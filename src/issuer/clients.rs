@@ -46,9 +46,44 @@ const UNKNOWN_NAME_HASH: &str =
 /// names from known ones, and a flood of free refusals cannot crowd real
 /// names out of the main table.
 const DECOYS_AT_ONCE: usize = 8;
-/// What a decoy waited out takes before any has run: about what
-/// `hash-secret`'s parameters take.
+/// What a decoy waited out takes before any of its kind has run: about
+/// what `hash-secret`'s parameters take.
 const DECOY_UNTIMED: Duration = Duration::from_millis(25);
+/// Decoys that may be waited out per second (and at once, after a quiet
+/// second). Their failures cost no check, so unbounded they could fill
+/// [`Guesses::waited_out`] with limited names (10 000 names at 5 each in a
+/// minute), after which made-up names would no longer be counted, and the
+/// limit would tell them apart. At this rate a minute gives at most 1 200
+/// limited names. Beyond it, a decoy waits for its place and runs.
+const WAITED_OUT_PER_SECOND: f64 = 100.0;
+
+/// The hash checked for names of one kind (client ids or user names) that
+/// do not exist, and how long its last check took (its wait for a place
+/// included; nanoseconds, 0 before one has): what one waited out lasts.
+pub(crate) struct Decoy {
+    hash: String,
+    nanos: Arc<AtomicU64>,
+}
+
+impl Decoy {
+    /// The decoy of `hashes` ([`decoy_hash`]), keeping `previous`'s timing
+    /// when its hash is the same (a reload that changed no hash of the kind).
+    fn of<'a>(hashes: impl Iterator<Item = &'a str>, previous: Option<&Decoy>) -> Self {
+        let hash = decoy_hash(hashes);
+        let nanos = previous
+            .filter(|p| p.hash == hash)
+            .map_or_else(Arc::default, |p| Arc::clone(&p.nanos));
+        Self { hash, nanos }
+    }
+
+    /// How long one waited out lasts.
+    fn last_took(&self) -> Duration {
+        match self.nanos.load(Ordering::Relaxed) {
+            0 => DECOY_UNTIMED,
+            nanos => Duration::from_nanos(nanos),
+        }
+    }
+}
 
 /// Failed attempts allowed per key within [`FAILURE_WINDOW`].
 const MAX_FAILURES: u32 = 5;
@@ -180,11 +215,10 @@ pub struct ClientAuthenticator {
     guesses: Arc<Guesses>,
     /// Shared on a reload too: its bounds hold for the process.
     hashing: PasswordChecker,
-    /// Checked for client ids that do not exist ([`decoy_hash`] of the
-    /// clients' secret hashes).
-    client_decoy: String,
+    /// Checked for client ids that do not exist (of the clients' hashes).
+    client_decoy: Decoy,
     /// Checked for user names that do not exist (of the users' hashes).
-    user_decoy: String,
+    user_decoy: Decoy,
 }
 
 /// The failure limiter's state.
@@ -264,9 +298,9 @@ struct PasswordChecker {
     running: Arc<Semaphore>,
     /// Decoys under way ([`DECOYS_AT_ONCE`]).
     decoys: Arc<Semaphore>,
-    /// How long the last decoy that ran took, its wait for a place included
-    /// (nanoseconds; 0 before one has).
-    decoy_nanos: Arc<AtomicU64>,
+    /// Decoys that may still be waited out ([`WAITED_OUT_PER_SECOND`]): the
+    /// tokens left, and when they were last topped up.
+    waited_out_budget: Arc<Mutex<(f64, tokio::time::Instant)>>,
     /// One hash's working memory per running check, reused: allocated anew
     /// each time on whatever blocking thread ran the check, glibc kept it in
     /// that thread's arena, and a burst of checks left hundreds of MB behind.
@@ -283,40 +317,46 @@ impl PasswordChecker {
             admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
             running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
             decoys: Arc::new(Semaphore::new(DECOYS_AT_ONCE)),
-            decoy_nanos: Arc::default(),
+            waited_out_budget: Arc::new(Mutex::new((
+                WAITED_OUT_PER_SECOND,
+                tokio::time::Instant::now(),
+            ))),
             memory: Arc::default(),
         }
     }
 
-    /// A check against the decoy `hash`, which never matches: refused as a
-    /// real check would be when the real checks' places are all taken
-    /// (`Busy`); run in the real checks' queue while fewer than
-    /// [`DECOYS_AT_ONCE`] are under way (true); else waited out for as long
-    /// as the last one took (false).
-    async fn decoy(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
+    /// A check against `decoy`, which never matches: refused as a real
+    /// check would be when the real checks' places are all taken (`Busy`);
+    /// run in the real checks' queue while fewer than [`DECOYS_AT_ONCE`] are
+    /// under way (true); else waited out for as long as its last one took
+    /// (false), within [`WAITED_OUT_PER_SECOND`], past which it waits for
+    /// its place and runs.
+    async fn decoy(&self, decoy: &Decoy, secret: &str) -> Result<bool, Busy> {
         // Taking no place of theirs, so that a flood of made-up names
         // cannot fill them.
         if self.admitted.available_permits() == 0 {
             return Err(Busy);
         }
-        let Ok(under_way) = Arc::clone(&self.decoys).try_acquire_owned() else {
-            let nanos = self.decoy_nanos.load(Ordering::Relaxed);
-            let took = if nanos == 0 {
-                DECOY_UNTIMED
-            } else {
-                Duration::from_nanos(nanos)
-            };
-            tokio::time::sleep(took).await;
-            return Ok(false);
+        let under_way = match Arc::clone(&self.decoys).try_acquire_owned() {
+            Ok(place) => place,
+            Err(_) if self.may_wait_out() => {
+                tokio::time::sleep(decoy.last_took()).await;
+                return Ok(false);
+            }
+            Err(_) => Arc::clone(&self.decoys)
+                .acquire_owned()
+                .await
+                .map_err(|_| Busy)?,
         };
+        // Timed from here, as a real check's wait and run are.
         let started = Instant::now();
         let running = Arc::clone(&self.running)
             .acquire_owned()
             .await
             .map_err(|_| Busy)?;
-        let (hash, secret) = (hash.to_owned(), secret.to_owned());
+        let (hash, secret) = (decoy.hash.clone(), secret.to_owned());
         let memory = Arc::clone(&self.memory);
-        let nanos = Arc::clone(&self.decoy_nanos);
+        let nanos = Arc::clone(&decoy.nanos);
         let _ = tokio::task::spawn_blocking(move || {
             let _permits = (under_way, running);
             let _ = argon2_in(&memory, &hash, &secret);
@@ -325,6 +365,24 @@ impl PasswordChecker {
         })
         .await;
         Ok(true)
+    }
+
+    /// Takes a token of the waited-out budget, if one is left.
+    fn may_wait_out(&self) -> bool {
+        let Ok(mut budget) = self.waited_out_budget.lock() else {
+            return false;
+        };
+        let (tokens, topped_up) = &mut *budget;
+        let now = tokio::time::Instant::now();
+        let refill = now.duration_since(*topped_up).as_secs_f64() * WAITED_OUT_PER_SECOND;
+        *tokens = (*tokens + refill).min(WAITED_OUT_PER_SECOND);
+        *topped_up = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            true
+        } else {
+            false
+        }
     }
 
     async fn verify(&self, hash: &str, secret: &str) -> Result<bool, Busy> {
@@ -374,8 +432,14 @@ impl ClientAuthenticator {
         previous: Option<&ClientAuthenticator>,
     ) -> Self {
         Self {
-            client_decoy: decoy_hash(clients.iter().filter_map(|c| c.secret_hash.as_deref())),
-            user_decoy: decoy_hash(users.iter().map(|u| u.password_hash.as_str())),
+            client_decoy: Decoy::of(
+                clients.iter().filter_map(|c| c.secret_hash.as_deref()),
+                previous.map(|p| &p.client_decoy),
+            ),
+            user_decoy: Decoy::of(
+                users.iter().map(|u| u.password_hash.as_str()),
+                previous.map(|p| &p.user_decoy),
+            ),
             clients: clients
                 .iter()
                 .map(|c| (c.client_id.clone(), c.clone()))
@@ -616,7 +680,7 @@ impl ClientAuthenticator {
 /// failure apart ([`Guesses::waited_out`]).
 async fn decoy_check(
     hashing: &PasswordChecker,
-    decoy: &str,
+    decoy: &Decoy,
     secret: &str,
     attempt: Option<&mut Attempt<'_>>,
 ) -> Result<bool, Busy> {
@@ -954,7 +1018,9 @@ mod tests {
             clients.verify_password(None, "guess", None).await,
             Ok(false)
         );
-        assert!(clients.hashing.decoy_nanos.load(Ordering::Relaxed) > 0);
+        // Each kind is timed for itself.
+        assert!(clients.user_decoy.nanos.load(Ordering::Relaxed) > 0);
+        assert_eq!(clients.client_decoy.nanos.load(Ordering::Relaxed), 0);
 
         // Decoys under way to the bound: one more is waited out, counted
         // apart, and five such failures limit the name as five checks do.
@@ -987,6 +1053,36 @@ mod tests {
         assert!(attempt.counted);
         attempt.failed();
         assert_eq!(clients.guesses.failures.lock().unwrap().len(), 1);
+    }
+
+    /// Decoys are waited out within a budget only: past it, one waits for a
+    /// decoy place and runs (and counts in the main table), so free
+    /// refusals cannot fill the waited-out table with limited names.
+    #[tokio::test(start_paused = true)]
+    async fn decoys_are_waited_out_within_a_budget() {
+        let clients = ClientAuthenticator::new(&[], &[], None);
+        let under_way = Arc::clone(&clients.hashing.decoys)
+            .try_acquire_many_owned(u32::try_from(DECOYS_AT_ONCE).unwrap())
+            .unwrap();
+        let mut waited_out = 0;
+        while clients.hashing.may_wait_out() {
+            waited_out += 1;
+        }
+        assert_eq!(f64::from(waited_out), WAITED_OUT_PER_SECOND);
+        let mut attempt = clients.begin_check("user:made-up").await.unwrap();
+        let mut check = Box::pin(clients.verify_password(None, "guess", Some(&mut attempt)));
+        assert!(
+            futures_util::poll!(&mut check).is_pending(),
+            "waited out past the budget"
+        );
+        drop(under_way);
+        assert_eq!(check.await, Ok(false));
+        assert!(attempt.counted, "a decoy that ran was not counted");
+        attempt.failed();
+        assert_eq!(clients.guesses.failures.lock().unwrap().len(), 1);
+        // The budget comes back with time.
+        tokio::time::advance(Duration::from_secs(1)).await;
+        assert!(clients.hashing.may_wait_out());
     }
 
     /// The decoy takes the cost (memory times passes) most configured hashes
