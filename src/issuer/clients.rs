@@ -40,11 +40,11 @@ const UNKNOWN_NAME_HASH: &str =
 /// unknown name waits and runs exactly as a known one does). Made-up names,
 /// which no failure limit holds back (each is fresh), thus never take more
 /// than these of the real checks' places. Beyond them, a decoy is not run
-/// but waited out, for as long as the last one took: the answer comes as
-/// late, and it counts against the name in a table of its own
-/// ([`Guesses::waited_out`]), so the limit still does not tell unknown
-/// names from known ones, and a flood of free refusals cannot crowd real
-/// names out of the main table.
+/// but waited out (within [`WAITED_OUT_PER_SECOND`]), for as long as the
+/// last one of its kind took: the answer comes as late, and it counts
+/// against the name in a table of its own ([`Guesses::waited_out`]), so the
+/// limit still does not tell unknown names from known ones, and a flood of
+/// free refusals cannot crowd real names out of the main table.
 const DECOYS_AT_ONCE: usize = 8;
 /// What a decoy waited out takes before any of its kind has run: about
 /// what `hash-secret`'s parameters take.
@@ -54,7 +54,9 @@ const DECOY_UNTIMED: Duration = Duration::from_millis(25);
 /// [`Guesses::waited_out`] with limited names (10 000 names at 5 each in a
 /// minute), after which made-up names would no longer be counted, and the
 /// limit would tell them apart. At this rate a minute gives at most 1 200
-/// limited names. Beyond it, a decoy waits for its place and runs.
+/// limited names. Beyond it, a decoy waits for its place and runs, with at
+/// most [`HASHING_WAITING`] waiting (503 beyond, as for real checks), so a
+/// flood cannot park requests without bound.
 const WAITED_OUT_PER_SECOND: f64 = 100.0;
 
 /// The hash checked for names of one kind (client ids or user names) that
@@ -298,6 +300,8 @@ struct PasswordChecker {
     running: Arc<Semaphore>,
     /// Decoys under way ([`DECOYS_AT_ONCE`]).
     decoys: Arc<Semaphore>,
+    /// Decoys waiting for one of those places ([`HASHING_WAITING`]).
+    decoys_waiting: Arc<Semaphore>,
     /// Decoys that may still be waited out ([`WAITED_OUT_PER_SECOND`]): the
     /// tokens left, and when they were last topped up.
     waited_out_budget: Arc<Mutex<(f64, tokio::time::Instant)>>,
@@ -317,6 +321,7 @@ impl PasswordChecker {
             admitted: Arc::new(Semaphore::new(HASHING_AT_ONCE + HASHING_WAITING)),
             running: Arc::new(Semaphore::new(HASHING_AT_ONCE)),
             decoys: Arc::new(Semaphore::new(DECOYS_AT_ONCE)),
+            decoys_waiting: Arc::new(Semaphore::new(HASHING_WAITING)),
             waited_out_budget: Arc::new(Mutex::new((
                 WAITED_OUT_PER_SECOND,
                 tokio::time::Instant::now(),
@@ -330,7 +335,8 @@ impl PasswordChecker {
     /// run in the real checks' queue while fewer than [`DECOYS_AT_ONCE`] are
     /// under way (true); else waited out for as long as its last one took
     /// (false), within [`WAITED_OUT_PER_SECOND`], past which it waits for
-    /// its place and runs.
+    /// its place and runs, or is refused (`Busy`) when [`HASHING_WAITING`]
+    /// already wait.
     async fn decoy(&self, decoy: &Decoy, secret: &str) -> Result<bool, Busy> {
         // Taking no place of theirs, so that a flood of made-up names
         // cannot fill them.
@@ -343,10 +349,13 @@ impl PasswordChecker {
                 tokio::time::sleep(decoy.last_took()).await;
                 return Ok(false);
             }
-            Err(_) => Arc::clone(&self.decoys)
-                .acquire_owned()
-                .await
-                .map_err(|_| Busy)?,
+            Err(_) => {
+                let _waiting = self.decoys_waiting.try_acquire().map_err(|_| Busy)?;
+                Arc::clone(&self.decoys)
+                    .acquire_owned()
+                    .await
+                    .map_err(|_| Busy)?
+            }
         };
         // Timed from here, as a real check's wait and run are.
         let started = Instant::now();
@@ -562,11 +571,12 @@ impl ClientAuthenticator {
     }
 
     /// Refuses an unknown client exactly as a wrong secret is refused: a
-    /// secret it sent costs the same argon2 check (against a hash nobody's
-    /// secret matches) and counts as a failure, so neither the answer, its
-    /// time nor the rate limit tells unknown ids from those of confidential
-    /// clients. Only a checked secret counts: refusals that cost no check
-    /// would let a flood fill the limiter's table for free.
+    /// secret it sent costs an argon2 check as long (against a hash nobody's
+    /// secret matches; [`decoy_check`]) and counts as a failure, so neither
+    /// the answer, its time nor the rate limit tells unknown ids from those
+    /// of confidential clients. Only a secret sent counts: refusals without
+    /// one cost nothing, and would let a flood fill the limiter's table for
+    /// free (a decoy waited out counts apart, within its budget).
     async fn refuse_unchecked(
         &self,
         p: &Presented,
@@ -1057,7 +1067,9 @@ mod tests {
 
     /// Decoys are waited out within a budget only: past it, one waits for a
     /// decoy place and runs (and counts in the main table), so free
-    /// refusals cannot fill the waited-out table with limited names.
+    /// refusals cannot fill the waited-out table with limited names; and at
+    /// most [`HASHING_WAITING`] wait, so a flood parks no requests without
+    /// bound.
     #[tokio::test(start_paused = true)]
     async fn decoys_are_waited_out_within_a_budget() {
         let clients = ClientAuthenticator::new(&[], &[], None);
@@ -1075,6 +1087,21 @@ mod tests {
             futures_util::poll!(&mut check).is_pending(),
             "waited out past the budget"
         );
+        // Those waiting for a place are bounded too: beyond them, 503.
+        let waiting: Vec<_> = (1..HASHING_WAITING)
+            .map(|_| Box::pin(clients.hashing.decoy(&clients.user_decoy, "guess")))
+            .collect();
+        let mut waiting = waiting;
+        for decoy in &mut waiting {
+            assert!(futures_util::poll!(decoy).is_pending());
+        }
+        assert_eq!(
+            futures_util::FutureExt::now_or_never(
+                clients.hashing.decoy(&clients.user_decoy, "guess")
+            ),
+            Some(Err(Busy))
+        );
+        drop(waiting);
         drop(under_way);
         assert_eq!(check.await, Ok(false));
         assert!(attempt.counted, "a decoy that ran was not counted");
