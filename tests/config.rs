@@ -772,17 +772,10 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
     off_curve["kid"] = "retired".into();
     document["keys"].as_array_mut().unwrap().push(off_curve);
     std::fs::write(dir.path().join("keys.json"), document.to_string()).unwrap();
-    let (ok, _, stderr) = check(&file);
-    assert!(ok, "{stderr}");
-    let warning = format!(
-        "{}:5:16: jwks_file has keys scopegate cannot verify with (kids [\"retired\"]",
-        file.display()
-    );
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains(&warning)),
-        "{warning}\n{stderr}"
+    let stderr = check_warns(
+        &file,
+        "5:16",
+        "jwks_file has keys scopegate cannot verify with (kids [\"retired\"]",
     );
     // Logs to a pipe carry no colour codes (`kubectl logs` would keep them).
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
@@ -840,19 +833,27 @@ fn odd_argon2_parameters_are_warned_about_at_their_hash() {
         text([&usual, &usual, &usual], [&usual, &heavy, &usual]),
     )
     .unwrap();
-    let (ok, _, stderr) = check(&file);
-    assert!(ok, "{stderr}");
-    let warning = format!(
-        "{}:20:22: argon2 parameters `$argon2id$v=19$m=65536,t=3,p=4` cost otherwise than the `$argon2id$v=19$m=19456,t=2,p=1` most user password hashes here take",
-        file.display()
+    let stderr = check_warns(
+        &file,
+        "20:22",
+        "argon2 parameters `$argon2id$v=19$m=65536,t=3,p=4` cost otherwise than the `$argon2id$v=19$m=19456,t=2,p=1` most user password hashes here take",
     );
+    assert_eq!(stderr.matches("argon2 parameters").count(), 1, "{stderr}");
+}
+
+/// Runs `check` on `file`, which must pass with a logged warning at
+/// `position` (line:column) that begins with `message`; its stderr.
+fn check_warns(file: &Path, position: &str, message: &str) -> String {
+    let (ok, _, stderr) = check(file);
+    assert!(ok, "{stderr}");
+    let warning = format!("{}:{position}: {message}", file.display());
     assert!(
         stderr
             .lines()
             .any(|l| l.contains("WARN") && l.contains(&warning)),
         "{warning}\n{stderr}"
     );
-    assert_eq!(stderr.matches("argon2 parameters").count(), 1, "{stderr}");
+    stderr
 }
 
 /// A `RUST_LOG` that cannot be read, or a bare word that is no level
