@@ -338,8 +338,9 @@ impl PasswordChecker {
     /// its place and runs, or is refused (`Busy`) when [`HASHING_WAITING`]
     /// already wait.
     async fn decoy(&self, decoy: &Decoy, secret: &str) -> Result<bool, Busy> {
-        // Taking no place of theirs, so that a flood of made-up names
-        // cannot fill them.
+        // Refused as a real check would be; a decoy waiting for its own
+        // place, or waited out, takes none of theirs, so that a flood of
+        // made-up names cannot fill them.
         if self.admitted.available_permits() == 0 {
             return Err(Busy);
         }
@@ -357,6 +358,12 @@ impl PasswordChecker {
                     .map_err(|_| Busy)?
             }
         };
+        // Under way, it holds one of the real checks' places as they do (at
+        // most DECOYS_AT_ONCE of them), so that the last free place does
+        // not tell a known name from an unknown one.
+        let admitted = Arc::clone(&self.admitted)
+            .try_acquire_owned()
+            .map_err(|_| Busy)?;
         // Timed from here, as a real check's wait and run are.
         let started = Instant::now();
         let running = Arc::clone(&self.running)
@@ -367,7 +374,7 @@ impl PasswordChecker {
         let memory = Arc::clone(&self.memory);
         let nanos = Arc::clone(&decoy.nanos);
         let _ = tokio::task::spawn_blocking(move || {
-            let _permits = (under_way, running);
+            let _permits = (under_way, admitted, running);
             let _ = argon2_in(&memory, &hash, &secret);
             let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
             nanos.store(took.max(1), Ordering::Relaxed);
@@ -1063,6 +1070,23 @@ mod tests {
         assert!(attempt.counted);
         attempt.failed();
         assert_eq!(clients.guesses.failures.lock().unwrap().len(), 1);
+    }
+
+    /// A decoy under way holds one of the real checks' admitted places, as a
+    /// real check does, and gives it back when it ends.
+    #[tokio::test]
+    async fn a_decoy_under_way_holds_a_place_as_a_real_check_does() {
+        let clients = ClientAuthenticator::new(&[], &[], None);
+        let all = HASHING_AT_ONCE + HASHING_WAITING;
+        let running = Arc::clone(&clients.hashing.running)
+            .try_acquire_many_owned(u32::try_from(HASHING_AT_ONCE).unwrap())
+            .unwrap();
+        let mut decoy = Box::pin(clients.hashing.decoy(&clients.user_decoy, "guess"));
+        assert!(futures_util::poll!(&mut decoy).is_pending());
+        assert_eq!(clients.hashing.admitted.available_permits(), all - 1);
+        drop(running);
+        assert_eq!(decoy.await, Ok(true));
+        assert_eq!(clients.hashing.admitted.available_permits(), all);
     }
 
     /// Decoys are waited out within a budget only: past it, one waits for a
