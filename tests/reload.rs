@@ -565,6 +565,14 @@ routes:
     );
 }
 
+/// A config with one public route, `/slow`, to `upstream`, and the given
+/// `shutdown_delay` and `shutdown_grace`.
+fn slow_route_config(upstream: std::net::SocketAddr, delay: &str, grace: &str) -> String {
+    format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: {delay}\n  shutdown_grace: {grace}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
+    )
+}
+
 /// An upstream that holds every request until `release` sends `true`;
 /// `arrived` counts the requests it holds or held.
 async fn gated_upstream() -> (
@@ -651,13 +659,7 @@ async fn sigterm_lets_in_flight_requests_finish() {
     let (upstream, release, arrived) = gated_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("scopegate.yaml");
-    let mut process = spawn_binary(
-        &config,
-        &format!(
-            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 6s\n  shutdown_grace: 20s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
-        ),
-    )
-    .await;
+    let mut process = spawn_binary(&config, &slow_route_config(upstream, "6s", "20s")).await;
     let url = format!("http://{}/slow", process.addr);
     let in_flight: Vec<_> = (0..5)
         .map(|_| {
@@ -701,13 +703,7 @@ async fn a_grace_used_up_names_only_the_requests_cut() {
     let (upstream, _release, arrived) = gated_upstream().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("scopegate.yaml");
-    let mut process = spawn_binary(
-        &config,
-        &format!(
-            "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 0s\n  shutdown_grace: 1s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{upstream}\nroutes:\n  - path: /slow\n    upstream: app\n    auth: none\n"
-        ),
-    )
-    .await;
+    let mut process = spawn_binary(&config, &slow_route_config(upstream, "0s", "1s")).await;
     let url = format!("http://{}/slow", process.addr);
     let _held = tokio::spawn(async move { get(&url, &[]).await });
     assert!(
