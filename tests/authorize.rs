@@ -853,6 +853,38 @@ async fn public_clients_must_use_s256_pkce() {
 // Sign-in
 // ---------------------------------------------------------------------------
 
+/// Browsers send the sign-in cookies (`Path=/oauth2/authorize`) with every
+/// request below that path too (RFC 6265 5.1.4): no route may forward them
+/// there, or the app would read the session and its CSRF value. Routes
+/// written there are refused (tests/config.rs); this one only happens to
+/// match there.
+#[tokio::test]
+async fn paths_below_the_sign_in_page_reach_no_upstream() {
+    let upstream = Upstream::start().await;
+    let wide = "  - path: /{a}/{b}/x\n    upstream: app\n    auth: none\n";
+    let gw = Gateway::start(&format!("{}{wide}", config(upstream.addr, ""))).await;
+    let cookie = [("cookie", "sg_session=s; sg_csrf=c")];
+    for path in [
+        "/oauth2/authorize/x",
+        "/oauth2/authorize/x?a=b",
+        "/oauth2//authorize/x",
+        "/oauth2/authorize/./x",
+        "/oauth2/authorize/../authorize/x",
+    ] {
+        let r = get(&gw.url(path), &cookie).await.unwrap();
+        assert_eq!(r.status, 404, "{path}: {}", r.text());
+    }
+    assert_eq!(upstream.count(), 0, "{:?}", upstream.seen());
+    // The control: a sibling the cookies do not go to is the route's, and
+    // the sign-in page itself is still served.
+    let r = get(&gw.url("/oauth2/authorizex/x"), &cookie).await.unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(upstream.last().path_and_query, "/oauth2/authorizex/x");
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    assert_page(&get_authorize(&gw, &p, None).await, 200);
+}
+
 #[tokio::test]
 async fn sign_in_requires_the_double_submit_csrf_cookie() {
     let (_upstream, gw) = start().await;

@@ -744,6 +744,29 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 ));
             }
         }
+        // Browsers send the sign-in cookies below the sign-in page's path,
+        // where no route is served (an upstream would read the session).
+        let authorize = settings.paths.authorize.as_str();
+        let probe = format!("{}/-", authorize.trim_end_matches('/'));
+        for route in &raw.routes {
+            let pattern = &route.value.path.value;
+            let literal = pattern.split('{').next().unwrap_or_default();
+            if crate::issuer::strictly_below(authorize, literal) {
+                return Err(v.err(
+                    route.value.path.referenced,
+                    format!("route `{pattern}` is below the sign-in page's path `{authorize}`, whose cookies browsers send there; no route is served below it"),
+                ));
+            }
+        }
+        if [Method::GET, Method::POST]
+            .iter()
+            .any(|m| !matches!(routes.route(m, &probe), Ok(crate::routes::Lookup::NotFound)))
+        {
+            return Err(v.err(
+                spanned.referenced,
+                format!("a route matches `{probe}`, below the sign-in page's path `{authorize}`, whose cookies browsers send there; no route is served below it"),
+            ));
+        }
     }
 
     let files = v.named_files();
@@ -1759,6 +1782,14 @@ impl Validator<'_> {
             jwks: path_of(&raw.jwks_path)?,
             metadata,
         };
+        // The sign-in cookies' `Path` is the authorize endpoint's, and no
+        // route below it is served (browsers would send them along).
+        if paths.authorize == "/" {
+            return Err(self.err(
+                raw.authorize_path.referenced,
+                "authorize_path `/` would give the sign-in cookies to every path, and no route below it is served: use a path such as /oauth2/authorize",
+            ));
+        }
         // Requests go to the first endpoint whose path is theirs: a path
         // given twice would hide the later endpoint.
         let configured = [

@@ -372,6 +372,14 @@ impl AuthorizationServer {
             || path == p.revocation
     }
 
+    /// Whether browsers send the sign-in cookies (whose `Path` is the
+    /// authorize endpoint's) with a request for `path` that is not that
+    /// endpoint (RFC 6265 5.1.4): such a request must not reach an upstream,
+    /// which would read the session (and its CSRF value) from `Cookie`.
+    pub fn below_sign_in(&self, path: &str) -> bool {
+        strictly_below(&self.settings.paths.authorize, path)
+    }
+
     /// Answers a request for one of its endpoints.
     pub async fn handle(&self, request: Request<Incoming>, path: &str) -> Response<Body> {
         let p = &self.settings.paths;
@@ -434,6 +442,13 @@ impl AuthorizationServer {
         };
         result.unwrap_or_else(OAuthError::into_response)
     }
+}
+
+/// Whether a cookie with `Path=base` goes with a request for `path` (RFC
+/// 6265 5.1.4), `base` itself left out.
+pub fn strictly_below(base: &str, path: &str) -> bool {
+    path.strip_prefix(base)
+        .is_some_and(|rest| !rest.is_empty() && (base.ends_with('/') || rest.starts_with('/')))
 }
 
 /// The methods of an endpoint and their `Allow` value.

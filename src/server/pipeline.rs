@@ -454,6 +454,10 @@ impl Gateway {
                 let _ = served_by.set(AUTHORIZATION_SERVER);
                 return Verdict::AuthorizationServer(server, path.into_owned());
             }
+            // Browsers match cookie paths on the path as sent.
+            if server.below_sign_in(&path) || server.below_sign_in(request.uri().path()) {
+                return Verdict::Deny(None, GatewayError::RouteNotFound);
+            }
         }
         if let Some(resource) = &self.resource {
             // HEAD where GET is served (RFC 9110 9.3.2), as everywhere.
