@@ -1021,6 +1021,56 @@ async fn calls_in_flight_to_the_endpoint_are_bounded() {
     assert_eq!(upstream.count(), TOKENS);
 }
 
+/// Requests that go away (their clients closed the connection) do not free
+/// their calls' slots while the server still works on those calls: the
+/// calls run on to their answers, counted as `abandoned`, and later calls
+/// wait for the slots, so a flood of requests cancelled at once cannot reach
+/// the server without bound.
+#[tokio::test]
+async fn calls_of_requests_that_went_away_keep_their_slots() {
+    use tokio::io::AsyncWriteExt;
+    const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
+    const LATER: usize = 16;
+    let endpoint = HeldEndpoint::start().await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
+
+    let mut gone = Vec::new();
+    for i in 0..LIMIT {
+        let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+        let request = format!(
+            "GET /orders/{i} HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer gone-{i}\r\n\r\n"
+        );
+        stream.write_all(request.as_bytes()).await.unwrap();
+        gone.push(stream);
+    }
+    endpoint.wait_until_holding(LIMIT).await;
+    drop(gone);
+    let mut later = flood(&gw, 0..LATER);
+    let misses = (LIMIT + LATER) as f64;
+    assert!(
+        wait_for_metrics(&gw, |m| metric(
+            m,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "introspection"), ("result", "miss")]
+        ) == misses)
+        .await
+    );
+    endpoint.release();
+    while let Some(status) = later.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(endpoint.most(), LIMIT, "later calls waited for the slots");
+    assert!(
+        wait_for_metrics(&gw, |m| introspection_results(m, "abandoned")
+            == LIMIT as f64)
+        .await,
+        "{}",
+        gw.metrics().await
+    );
+    assert_eq!(upstream.count(), LATER);
+}
+
 /// A call that finds no free slot within the call timeout is refused as
 /// `busy` rather than queued for ever. The endpoint never answers and the
 /// timeout is 3 s: 64 calls are held first; of 128 more sent then, the

@@ -62,6 +62,30 @@ impl Expiry<TokenDigest, Answer> for AnswerExpiry {
     }
 }
 
+/// One call's HTTP exchange: the answer's body when the status is 200.
+async fn exchange(
+    client: HttpsClient<Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<Bytes, CallError> {
+    let response = client
+        .request(request)
+        .await
+        .map_err(|e| CallError::Network(crate::error::with_causes(&e)))?;
+    if response.status() != StatusCode::OK {
+        return Err(CallError::Status(response.status()));
+    }
+    Ok(Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
+        .collect()
+        .await
+        .map_err(|e| {
+            CallError::Body(format!(
+                "reading the answer (at most {MAX_RESPONSE_BYTES} bytes): {}",
+                crate::error::with_causes(&*e)
+            ))
+        })?
+        .to_bytes())
+}
+
 /// Why one introspection call failed (all fail closed); what it says is
 /// the cause in the log line (never the token or the client's secret).
 #[derive(Debug, thiserror::Error)]
@@ -106,11 +130,14 @@ pub struct Introspector {
     endpoint: ArcSwapOption<Uri>,
     authorization: Option<HeaderValue>,
     client: HttpsClient<Full<Bytes>>,
-    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]).
-    calls: tokio::sync::Semaphore,
+    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]), each held until
+    /// its call ends, even when every request waiting for it went away.
+    calls: Arc<tokio::sync::Semaphore>,
     cache: Cache<TokenDigest, Answer>,
     identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
+    /// Calls that ended after every request waiting for them went away.
+    abandoned: prometheus::IntCounter,
     /// The "introspection failed" line, one per interval.
     failure_log: LogThrottle,
     /// The "active introspection answer refused" line, one per interval.
@@ -161,6 +188,7 @@ impl Introspector {
             }
             ClientAuth::Post => None,
         };
+        let facts_name = Arc::clone(&facts.name);
         Ok(Self {
             issuer_index: facts.index,
             issuer_name: facts.name,
@@ -173,12 +201,15 @@ impl Introspector {
             settings,
             authorization,
             client,
-            calls: tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT),
+            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             cache: Cache::builder()
                 .max_capacity(cache_max_entries)
                 .expire_after(AnswerExpiry)
                 .build(),
             identity_claims,
+            abandoned: metrics
+                .introspection_requests
+                .with_label_values(&[&facts_name, "abandoned"]),
             metrics,
             failure_log: LogThrottle::default(),
             refusal_log: LogThrottle::default(),
@@ -285,7 +316,12 @@ impl Introspector {
     async fn call_inner(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
         let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
         // A wait for a slot of `timeout` at most, then the call's own.
-        let _slot = match tokio::time::timeout(self.settings.timeout, self.calls.acquire()).await {
+        let slot = match tokio::time::timeout(
+            self.settings.timeout,
+            Arc::clone(&self.calls).acquire_owned(),
+        )
+        .await
+        {
             Ok(Ok(slot)) => slot,
             _ => return Err(CallError::Busy),
         };
@@ -307,35 +343,31 @@ impl Introspector {
         if let Some(auth) = &self.authorization {
             request.headers_mut().insert(AUTHORIZATION, auth.clone());
         }
-        let work = async {
-            let response = self
-                .client
-                .request(request)
+        // The exchange runs on its own, holding the slot, so that requests
+        // that go away (a client's reset, a closed connection) cannot free
+        // slots while the server still works on their calls: a flood of
+        // cancelled requests would otherwise reach it without bound. An
+        // answer no request waits for any more is counted as `abandoned`.
+        let client = self.client.clone();
+        let timeout = self.settings.timeout;
+        let abandoned = self.abandoned.clone();
+        let (answered, answer) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
+            let result = tokio::time::timeout(timeout, exchange(client, request))
                 .await
-                .map_err(|e| CallError::Network(crate::error::with_causes(&e)))?;
-            if response.status() != StatusCode::OK {
-                return Err(CallError::Status(response.status()));
+                .unwrap_or(Err(CallError::Timeout));
+            drop(slot);
+            if answered.send(result).is_err() {
+                abandoned.inc();
             }
-            let body = Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
-                .collect()
-                .await
-                .map_err(|e| {
-                    CallError::Body(format!(
-                        "reading the answer (at most {MAX_RESPONSE_BYTES} bytes): {}",
-                        crate::error::with_causes(&*e)
-                    ))
-                })?
-                .to_bytes();
-            let object = jwt::strict_object(&body).ok_or_else(|| {
-                CallError::Body(
-                    "the answer is not one JSON object (without repeated members)".into(),
-                )
-            })?;
-            Ok(self.interpret(&object, token_exp))
-        };
-        tokio::time::timeout(self.settings.timeout, work)
+        });
+        let body = answer
             .await
-            .map_err(|_| CallError::Timeout)?
+            .map_err(|_| CallError::Network("the call ended without an answer".into()))??;
+        let object = jwt::strict_object(&body).ok_or_else(|| {
+            CallError::Body("the answer is not one JSON object (without repeated members)".into())
+        })?;
+        Ok(self.interpret(&object, token_exp))
     }
 
     /// Turns an answer into a cache entry: only `"active": true` (a JSON
