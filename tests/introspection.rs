@@ -1407,6 +1407,141 @@ async fn other_routes_answer_while_introspection_hangs() {
     assert_eq!(world.upstream.count(), 3);
 }
 
+/// An HTTP/2 connection to the endpoint that stops answering (a NAT that
+/// dropped it silently, a wedged peer) is given up after a ping goes
+/// unanswered: calls then take a new connection. Timed-out calls alone do
+/// not close a shared HTTP/2 connection, so without the ping every call
+/// would go down the dead one for as long as calls keep coming.
+#[tokio::test]
+async fn a_dead_http2_connection_to_the_endpoint_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("idp.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    let mut tls = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certified.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    tls.alpn_protocols = vec![b"h2".to_vec()];
+    let versions = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&versions);
+    let idp = serve_fn_tls(
+        tokio_rustls::TlsAcceptor::from(Arc::new(tls)),
+        move |request: Request<Incoming>| {
+            seen.lock().unwrap().push(request.version());
+            async { Response::new(full_body(active("orders:read").to_string())) }
+        },
+    )
+    .await;
+    let relay = FreezingRelay::start(idp).await;
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = opaque_issuer(
+        &format!("https://{}/introspect", relay.addr),
+        &secret.credentials(),
+        &format!("      timeout: 1s\n      ca_file: {}\n", cert.display()),
+    );
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    let first = get_with_token(&gw.url("/orders/1"), "before").await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2]);
+    relay.freeze();
+    // The next call goes down the frozen connection and times out; within
+    // a ping interval and a timeout, the connection is given up.
+    let frozen = get_with_token(&gw.url("/orders/1"), "frozen-0").await;
+    assert_eq!(frozen.status, 503, "{}", frozen.text());
+    let mut answered = None;
+    for attempt in 1..=40 {
+        let r = get_with_token(&gw.url("/orders/1"), &format!("frozen-{attempt}")).await;
+        if r.status == 200 {
+            answered = Some(attempt);
+            break;
+        }
+        assert_eq!(r.status, 503, "{}", r.text());
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(
+        answered.is_some(),
+        "every call went down the frozen connection"
+    );
+    assert_eq!(relay.accepted(), 2, "one new connection");
+}
+
+/// A TCP relay whose connections opened so far can be frozen: they stop
+/// carrying bytes either way but stay open.
+struct FreezingRelay {
+    addr: SocketAddr,
+    accepted: Arc<std::sync::atomic::AtomicUsize>,
+    frozen_below: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl FreezingRelay {
+    async fn start(target: SocketAddr) -> Self {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let frozen_below = Arc::new(AtomicUsize::new(0));
+        let (count, frozen) = (Arc::clone(&accepted), Arc::clone(&frozen_below));
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let id = count.fetch_add(1, Ordering::SeqCst);
+                let Ok(server) = tokio::net::TcpStream::connect(target).await else {
+                    continue;
+                };
+                let (client_read, client_write) = client.into_split();
+                let (server_read, server_write) = server.into_split();
+                tokio::spawn(pipe(client_read, server_write, id, Arc::clone(&frozen)));
+                tokio::spawn(pipe(server_read, client_write, id, Arc::clone(&frozen)));
+            }
+        });
+
+        async fn pipe(
+            mut from: tokio::net::tcp::OwnedReadHalf,
+            mut to: tokio::net::tcp::OwnedWriteHalf,
+            id: usize,
+            frozen_below: Arc<AtomicUsize>,
+        ) {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut buffer = vec![0u8; 16 * 1024];
+            loop {
+                let n = match from.read(&mut buffer).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => n,
+                };
+                if id < frozen_below.load(Ordering::SeqCst) {
+                    // Holds both ends open, carrying nothing.
+                    std::future::pending::<()>().await;
+                }
+                if to.write_all(&buffer[..n]).await.is_err() {
+                    return;
+                }
+            }
+        }
+
+        Self {
+            addr,
+            accepted,
+            frozen_below,
+        }
+    }
+
+    /// Freezes every connection accepted so far.
+    fn freeze(&self) {
+        use std::sync::atomic::Ordering;
+        self.frozen_below
+            .store(self.accepted.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 7. One issuer with both JWKS and introspection.
 // ---------------------------------------------------------------------------

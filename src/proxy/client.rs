@@ -14,7 +14,15 @@ use rustls::RootCertStore;
 /// A pooled client speaking http and https.
 pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
 
-/// Builds a client trusting the Mozilla roots plus `ca_file` (PEM), if given.
+/// How often an identity provider's idle or busy HTTP/2 connection is
+/// pinged: one that stops answering (a silent drop, a wedged peer) is closed
+/// after one more call timeout, instead of taking every call for minutes
+/// (the HTTP/2 connection is shared, and timed-out calls do not close it).
+const IDP_PING_INTERVAL: Duration = Duration::from_secs(5);
+
+/// Builds a client for the identity provider (JWKS, discovery,
+/// introspection) trusting the Mozilla roots plus `ca_file` (PEM), if given;
+/// `timeout` bounds connecting and a ping's answer.
 pub fn build_https_client<B>(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
@@ -32,6 +40,9 @@ where
         .pool_idle_timeout(Duration::from_secs(90))
         .pool_max_idle_per_host(pool_max_idle_per_host)
         .http2_only(http2_only)
+        .http2_keep_alive_interval(IDP_PING_INTERVAL)
+        .http2_keep_alive_timeout(connect_timeout)
+        .http2_keep_alive_while_idle(true)
         .build(connector))
 }
 
