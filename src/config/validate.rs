@@ -1655,9 +1655,22 @@ impl Validator<'_> {
             }
             (None, Some(var)) => {
                 let secret = std::env::var(&var.value).map_err(|_| {
+                    // Not echoed unless it reads as a variable's name: a
+                    // secret pasted here instead of its variable's name
+                    // would reach stderr and the reload log.
+                    let named = !var.value.is_empty()
+                        && !var.value.starts_with(|c: char| c.is_ascii_digit())
+                        && var
+                            .value
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
                     self.err(
                         var.referenced,
-                        format!("environment variable `{}` is not set", var.value),
+                        if named {
+                            format!("environment variable `{}` is not set", var.value)
+                        } else {
+                            "client_secret_env names no variable that is set (its value is not shown: it is not an upper-case variable name, and may be the secret itself)".to_owned()
+                        },
                     )
                 })?;
                 let source = (
