@@ -362,11 +362,25 @@ fn jwks_fetch_results(text: &str, result: &str) -> f64 {
 #[tokio::test]
 async fn bearer_header_extraction() {
     let world = World::new().await;
-    let gw = Gateway::start(&world.config()).await;
+    // A head large enough for the longest token (64 KiB).
+    let gw = Gateway::start(&world.config().replacen(
+        "server:\n",
+        "server:\n  max_header_bytes: 131072\n",
+        1,
+    ))
+    .await;
     let valid = world.token("orders:read");
 
-    let long = "a".repeat(8 * 1024 + 1);
-    let at_limit = "a".repeat(8 * 1024);
+    let long = "a".repeat(scopegate::auth::bearer::MAX_TOKEN_LEN + 1);
+    let at_limit = "a".repeat(scopegate::auth::bearer::MAX_TOKEN_LEN);
+    // An Azure AD token with many groups passes 8 KiB.
+    let groups = (0..300)
+        .map(|n| format!("00000000-0000-0000-0000-{n:012}"))
+        .collect::<Vec<_>>();
+    let mut grouped = claims("orders:read");
+    grouped["groups"] = serde_json::json!(groups);
+    let grouped = world.key.mint(&grouped).unwrap();
+    assert!(grouped.len() > 12 * 1024, "{}", grouped.len());
     let rows: Vec<(&str, Vec<String>, Want)> = vec![
         ("no Authorization header", vec![], Want::NoToken),
         // RFC 6750 3.1: another scheme is no bearer credentials at all.
@@ -410,12 +424,17 @@ async fn bearer_header_extraction() {
             Want::BadRequest,
         ),
         (
-            "token over 8 KiB",
+            "a token of over 12 KiB (300 groups)",
+            vec![format!("Bearer {grouped}")],
+            Want::Allow,
+        ),
+        (
+            "token over 64 KiB",
             vec![format!("Bearer {long}")],
             Want::BadRequest,
         ),
         (
-            "token of exactly 8 KiB reaches the JWT parser",
+            "token of exactly 64 KiB reaches the JWT parser",
             vec![format!("Bearer {at_limit}")],
             Want::Invalid(TokenError::Malformed),
         ),

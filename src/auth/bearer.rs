@@ -5,8 +5,10 @@ use http::HeaderMap;
 
 use crate::error::GatewayError;
 
-/// Longest token accepted; real access tokens are a few kilobytes at most.
-pub const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Longest token accepted. Tokens carrying many groups or roles (Azure AD,
+/// Keycloak) pass 8 KiB; the request head's limit (`max_header_bytes`,
+/// 16 KiB by default) usually binds first.
+pub const MAX_TOKEN_LEN: usize = 64 * 1024;
 
 /// Returns the token of the request's single `Authorization: Bearer` header.
 ///
