@@ -490,11 +490,22 @@ impl Introspector {
             .map_or(self.settings.cache_ttl, |left| {
                 left.min(self.settings.cache_ttl)
             });
+        // Without any `exp`, the answer vouches for the token as long as it
+        // is cached: what outlives a request (a tunnel it opened) ends then,
+        // as a revocation reaches requests then (no cache: as before, the
+        // tunnel's own bound).
+        let expires_at = expires_at.unwrap_or_else(|| {
+            if ttl.is_zero() {
+                u64::MAX
+            } else {
+                now.saturating_add(ttl.as_secs().max(1))
+            }
+        });
         Answer::Active(Arc::new(super::build_verified(
             self.issuer_index,
             answer,
             scopes,
-            expires_at.unwrap_or(u64::MAX),
+            expires_at,
             self.leeway_secs,
             Instant::now() + ttl,
             &self.identity_claims,
@@ -603,6 +614,16 @@ mod tests {
         }
         let mut active = serde_json::Map::new();
         active.insert("active".into(), Value::Bool(true));
+        // Neither the answer nor the token has an `exp`: accepted (and a
+        // tunnel kept) as long as the answer is cached, `cache_ttl`.
+        let Answer::Active(token) = introspector.interpret(&active, None) else {
+            panic!("no exp at all: not active");
+        };
+        let until = token.accepted_until;
+        assert!(
+            until >= now + 3600 && until <= jwt::now_unix() + 3600,
+            "{until}"
+        );
         for token_exp in [now - 100, now] {
             assert!(
                 matches!(
