@@ -2525,7 +2525,9 @@ async fn unknown_kid_flood_is_bounded_by_the_cooldown() {
 
 /// Keys already loaded keep working while the JWKS endpoint misbehaves in
 /// `mode`; a refetch forced by an unknown kid fails with `result` in
-/// `scopegate_jwks_fetches_total` and does not drop the loaded keys.
+/// `scopegate_jwks_fetches_total` and does not drop the loaded keys. The
+/// token naming it gets 503 (its key may be one published during the
+/// outage), and 401 once a fetch succeeds without it.
 async fn outage(mode: JwksMode, result: &str, cause: &str) {
     let (logs, _capturing) = Logs::capture();
     let (signer, world) = lab().await;
@@ -2564,7 +2566,7 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
         &gw,
         "/orders/1",
         &stranger.mint(&fresh_claims("orders:read")),
-        Want::Invalid(TokenError::UnknownKey),
+        Want::Unavailable,
         &label("unknown kid during the outage"),
         1,
     )
@@ -2595,6 +2597,19 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
         &signer.mint(&fresh_claims("orders:read")),
         Want::Allow,
         &label("new token after the failed refetch"),
+    )
+    .await;
+
+    // The endpoint is back and does not have the key: the token is refused.
+    world.jwks.set_mode(JwksMode::Serve);
+    expect_refetches(
+        &world,
+        &gw,
+        "/orders/1",
+        &stranger.mint(&fresh_claims("orders:read")),
+        Want::Invalid(TokenError::UnknownKey),
+        &label("unknown kid after the outage"),
+        1,
     )
     .await;
 }

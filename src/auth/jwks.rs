@@ -396,6 +396,9 @@ struct RemoteSource {
     /// When the keys of the last successful fetch are due for a refresh: a
     /// refresher started by a reload that kept them waits until then.
     refresh_due: Mutex<Option<Instant>>,
+    /// Whether the last fetch attempt failed (the set may lack keys the
+    /// issuer has published since).
+    last_failed: AtomicBool,
 }
 
 /// Outcome of one fetch, for metrics.
@@ -475,6 +478,7 @@ impl IssuerKeys {
                 attempts: AtomicU64::new(0),
                 last_attempt: Mutex::new(None),
                 refresh_due: Mutex::new(None),
+                last_failed: AtomicBool::new(false),
             }),
         })
     }
@@ -500,6 +504,14 @@ impl IssuerKeys {
     /// True once keys are available.
     pub fn is_loaded(&self) -> bool {
         self.current.load().is_some()
+    }
+
+    /// True when the last attempt to fetch the keys failed: a token naming
+    /// a key not in the set may name one published since.
+    pub fn last_fetch_failed(&self) -> bool {
+        self.remote
+            .as_ref()
+            .is_some_and(|r| r.last_failed.load(Ordering::Acquire))
     }
 
     /// True when keys are loaded or not needed.
@@ -619,6 +631,9 @@ impl IssuerKeys {
                 (result, None)
             }
         };
+        remote
+            .last_failed
+            .store(result != FetchResult::Success, Ordering::Release);
         remote.attempts.fetch_add(1, Ordering::AcqRel);
         metrics
             .jwks_fetches

@@ -588,6 +588,13 @@ impl Authenticator {
             if !Arc::ptr_eq(&latest, &keys) {
                 outcome = check_signature(&latest, &jwt, alg);
             }
+            // A key the set lacks while the issuer's keys cannot be fetched
+            // may be one it published since: the issuer is failing, not
+            // (as far as can be told) the token, which gets 503 and a retry
+            // rather than a 401 that sends its client back to that issuer.
+            if matches!(outcome, Err(TokenError::UnknownKey)) && issuer.keys.last_fetch_failed() {
+                return Err(GatewayError::KeysUnavailable);
+            }
         }
         outcome.map_err(invalid)?;
 
