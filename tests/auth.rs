@@ -2636,6 +2636,60 @@ async fn jwks_of_only_unusable_keys_keeps_cached_keys() {
     .await;
 }
 
+/// A fetched key set with no key for the issuer's algorithms (an Ed25519
+/// key, RFC 8037 A.2's, where only ES256 is allowed) is refused as a set of
+/// no usable keys is, as a `jwks_file` like it is: the keys in force stay,
+/// and the fetch counts as `invalid`, its cause logged.
+#[tokio::test]
+async fn a_key_set_with_no_key_for_the_allowed_algorithms_keeps_the_keys_in_force() {
+    let (logs, _capturing) = Logs::capture();
+    let (signer, world) = lab().await;
+    let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+    let fresh = || signer.mint(&fresh_claims("orders:read"));
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &fresh(),
+        Want::Allow,
+        "before",
+    )
+    .await;
+    world.jwks.set_document(
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    );
+    let stranger = Signer::generate("not-published");
+    expect_refetches(
+        &world,
+        &gw,
+        "/orders/1",
+        &stranger.mint(&fresh_claims("orders:read")),
+        Want::Unavailable,
+        "unknown kid, the set refused",
+        1,
+    )
+    .await;
+    let text = gw.metrics().await;
+    assert_eq!(jwks_fetch_results(&text, "invalid"), 1.0, "{text}");
+    assert!(
+        logs.text()
+            .contains("no key of the set fits the issuer's algorithms [ES256]"),
+        "{}",
+        logs.text()
+    );
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &fresh(),
+        Want::Allow,
+        "after",
+    )
+    .await;
+}
+
 /// A key set may hold keys scopegate cannot verify with beside those it
 /// can (a point off the curve here; an RSA key under 2048 bits is another):
 /// they are kept, so that a token naming one is a bad signature, and the

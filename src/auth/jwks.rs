@@ -399,6 +399,9 @@ struct RemoteSource {
     /// Whether the last fetch attempt failed (the set may lack keys the
     /// issuer has published since).
     last_failed: AtomicBool,
+    /// The issuer's allowed algorithms: a set with no key for any of them
+    /// is refused like one of no usable keys (empty: not checked).
+    algorithms: Vec<Algorithm>,
 }
 
 /// Outcome of one fetch, for metrics.
@@ -461,6 +464,7 @@ impl IssuerKeys {
         timeout: Duration,
         cooldown: Duration,
         default_refresh: Duration,
+        algorithms: Vec<Algorithm>,
     ) -> Result<Self, String> {
         let client = build_https_client(ca_file, timeout, 4, false)?;
         Ok(Self {
@@ -479,6 +483,7 @@ impl IssuerKeys {
                 last_attempt: Mutex::new(None),
                 refresh_due: Mutex::new(None),
                 last_failed: AtomicBool::new(false),
+                algorithms,
             }),
         })
     }
@@ -706,6 +711,19 @@ impl IssuerKeys {
                 .to_bytes();
             let set =
                 KeySet::from_json(&body).map_err(|e| (FetchResult::Invalid, e.to_string()))?;
+            // As a `jwks_file` is refused: every token would be refused with
+            // it, while the keys in force may still verify some.
+            let algorithms = &remote.algorithms;
+            if !algorithms.is_empty()
+                && !algorithms
+                    .iter()
+                    .any(|&alg| set.candidates(None, alg).next().is_some())
+            {
+                return Err((
+                    FetchResult::Invalid,
+                    format!("no key of the set fits the issuer's algorithms {algorithms:?}"),
+                ));
+            }
             Ok((set, max_age))
         };
         tokio::time::timeout(remote.timeout, work)
@@ -827,7 +845,15 @@ mod tests {
     async fn a_fetch_by_someone_else_extends_the_rest() {
         crate::cli::install_crypto_provider();
         let second = Duration::from_secs(1);
-        let keys = IssuerKeys::remote(Arc::from("t"), None, None, second, second, 60 * second);
+        let keys = IssuerKeys::remote(
+            Arc::from("t"),
+            None,
+            None,
+            second,
+            second,
+            60 * second,
+            Vec::new(),
+        );
         let keys = Arc::new(keys.unwrap());
         let (_stop, shutdown) = tokio::sync::watch::channel(false);
         let resting = |keys: &Arc<IssuerKeys>| {

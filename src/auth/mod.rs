@@ -683,6 +683,7 @@ fn remote_keys(issuer: &Issuer, uri: Option<http::Uri>) -> Result<IssuerKeys, St
         issuer.jwks_timeout,
         issuer.jwks_refetch_cooldown,
         issuer.jwks_refresh_interval,
+        issuer.algorithms.clone(),
     )
     .map_err(|e| format!("issuer {}: {e}", issuer.name))
 }

@@ -429,7 +429,9 @@ impl AuthorizationServer {
         };
         if let Err(e) = self.store.put_code(&digest(&code), &record).await {
             self.count_store_error(&e);
-            tracing::error!(store = self.store.kind(), error = %e, "could not store an authorization code");
+            if let Some(suppressed) = self.store_failure_log.allow() {
+                tracing::error!(store = self.store.kind(), error = %e, suppressed, "could not store an authorization code");
+            }
             // The redirect URI is validated: the client hears of it (RFC 6749
             // 4.1.2.1), where a page would leave it waiting.
             return self.redirect_error(

@@ -278,6 +278,9 @@ pub struct AuthorizationServer {
     /// Store failures of the proxy's revocation checks: one line per
     /// interval, with the cause, however many requests meet them.
     revocation_check_log: crate::admin::throttle::LogThrottle,
+    /// Store failures of its own endpoints, likewise (anyone can send
+    /// requests that reach the store).
+    store_failure_log: crate::admin::throttle::LogThrottle,
     metrics: Arc<Metrics>,
 }
 
@@ -313,6 +316,7 @@ impl AuthorizationServer {
             own_keys,
             own_algorithms,
             revocation_check_log: crate::admin::throttle::LogThrottle::default(),
+            store_failure_log: crate::admin::throttle::LogThrottle::default(),
             metrics,
         }
     }

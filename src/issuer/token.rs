@@ -682,7 +682,9 @@ impl AuthorizationServer {
 
     pub(crate) fn store_failed(&self, error: &super::store::StoreError) -> OAuthError {
         self.count_store_error(error);
-        tracing::error!(store = self.store.kind(), error = %error, "authorization server store failed");
+        if let Some(suppressed) = self.store_failure_log.allow() {
+            tracing::error!(store = self.store.kind(), error = %error, suppressed, "authorization server store failed");
+        }
         OAuthError::unavailable()
     }
 
