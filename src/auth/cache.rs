@@ -47,11 +47,13 @@ impl Expiry<TokenDigest, Arc<VerifiedToken>> for UntilTokenExpiry {
 }
 
 impl TokenCache {
-    /// A cache holding at most `max_entries` tokens.
+    /// A cache holding at most `max_entries` tokens of up to 1 KiB each
+    /// (see [`VerifiedToken::cache_weight`]).
     pub fn new(max_entries: u64) -> Self {
         Self {
             inner: Cache::builder()
                 .max_capacity(max_entries)
+                .weigher(|_, token: &Arc<VerifiedToken>| token.cache_weight())
                 .expire_after(UntilTokenExpiry)
                 .build(),
         }
@@ -82,6 +84,11 @@ impl TokenCache {
         self.inner.entry_count()
     }
 
+    /// The entries' total weight (at most `max_entries` once evictions ran).
+    pub fn weighted_size(&self) -> u64 {
+        self.inner.weighted_size()
+    }
+
     /// Runs pending evictions (tests and benchmarks want exact counts).
     pub async fn run_pending_tasks(&self) {
         self.inner.run_pending_tasks().await;
@@ -91,6 +98,40 @@ impl TokenCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Entries count towards `max_entries` by their memory: ten tokens of
+    /// 4 000 scopes each (about 165 KiB apiece) do not all fit in a cache of
+    /// 1 000 entries (six would), where ten small ones do.
+    #[tokio::test]
+    async fn large_entries_count_by_their_memory() {
+        let claims = serde_json::Map::new();
+        let until = Instant::now() + std::time::Duration::from_secs(3600);
+        let expires_at = crate::auth::jwt::now_unix() + 3600;
+        let many: Vec<String> = (0..4000).map(|n| format!("scope-{n}")).collect();
+        for (scopes, most) in [("orders:read".to_owned(), 10), (many.join(" "), 6)] {
+            let cache = TokenCache::new(1000);
+            for n in 0..10u32 {
+                let token = crate::auth::build_verified(
+                    0,
+                    &claims,
+                    crate::auth::scope::Scopes::from_space_separated(&scopes),
+                    expires_at,
+                    0,
+                    until,
+                    &[],
+                );
+                cache.insert(digest(n.to_string()), Arc::new(token)).await;
+                cache.run_pending_tasks().await;
+            }
+            assert!(cache.weighted_size() <= 1000, "{}", cache.weighted_size());
+            assert!(
+                (1..=most).contains(&cache.entry_count()),
+                "{} entries of {} bytes of scopes",
+                cache.entry_count(),
+                scopes.len()
+            );
+        }
+    }
 
     /// An entry the monotonic clock would keep, for a token whose `exp` the
     /// wall clock has passed (as after the wall clock was set forward), is

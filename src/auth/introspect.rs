@@ -204,6 +204,10 @@ impl Introspector {
             calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             cache: Cache::builder()
                 .max_capacity(cache_max_entries)
+                .weigher(|_, answer: &Answer| match answer {
+                    Answer::Active(token) => token.cache_weight(),
+                    Answer::Inactive { .. } => 1,
+                })
                 .expire_after(AnswerExpiry)
                 .build(),
             identity_claims,

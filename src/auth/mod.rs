@@ -61,6 +61,24 @@ pub struct VerifiedToken {
     pub keys_generation: u64,
 }
 
+impl VerifiedToken {
+    /// Its weight in a cache bounded by `cache.max_entries`: 1, and one
+    /// more per KiB of heap it holds past the first (a token of hundreds of
+    /// scopes or long identity values), so that entries count towards the
+    /// bound by their memory, not only by their number.
+    pub fn cache_weight(&self) -> u32 {
+        let bytes = self.scopes.heap_bytes()
+            + self
+                .identity_values
+                .iter()
+                .map(|v| v.as_ref().map_or(0, |v| v.len() + 32) + 40)
+                .sum::<usize>()
+            + self.jti.as_ref().map_or(0, |s| s.len())
+            + self.session.as_ref().map_or(0, |s| s.len());
+        u32::try_from(1 + bytes / 1024).unwrap_or(u32::MAX)
+    }
+}
+
 struct IssuerRuntime {
     name: Arc<str>,
     issuer: String,

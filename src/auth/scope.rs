@@ -111,6 +111,11 @@ impl Scopes {
         self.0.join(" ")
     }
 
+    /// Heap bytes held, about (each scope is its own allocation).
+    pub fn heap_bytes(&self) -> usize {
+        self.0.iter().map(|s| s.len() + 32).sum()
+    }
+
     /// Number of scopes.
     pub fn len(&self) -> usize {
         self.0.len()

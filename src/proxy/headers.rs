@@ -491,7 +491,9 @@ pub fn prepare_upstream_request(
 
     // Room for what is added below and for `Host` (the pool's), at once:
     // a map sized for the client's few headers would otherwise grow (and
-    // rehash) two or three times on the way.
+    // rehash) two or three times on the way. The inserts below cannot pass
+    // the map's capacity limit (they would panic): requests of more than
+    // `MAX_REQUEST_HEADERS` names were refused before (`check_framing`).
     let _ = headers.try_reserve(5 + policy.identity_headers.len());
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
