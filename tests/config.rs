@@ -1091,6 +1091,64 @@ fn a_redis_store_over_tls_with_its_ca_passes_check() {
     assert!(ok, "{stderr}");
 }
 
+/// A Redis password belongs in a Secret: one in the URL is warned about at
+/// its line and column (a ConfigMap shows it), `password_file` and
+/// `password_env` are taken without a warning (not both, and not beside a
+/// password in the URL), and plain `redis://` to another host is warned
+/// about (the password and every grant cross in clear text).
+#[test]
+fn redis_passwords_belong_in_a_secret() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("redis-password"), "pw\n").unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    let config = |store: &str| {
+        format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {store}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n")
+    };
+    std::fs::write(
+        &file,
+        config("{ redis: \"rediss://:pw@redis.internal:6380/0\" }"),
+    )
+    .unwrap();
+    let stderr = check_warns(&file, "6:10", "the redis URL holds a password");
+    assert!(!stderr.contains(":pw@"), "{stderr}");
+    std::fs::write(
+        &file,
+        config("{ redis: \"redis://redis.internal:6379/0\", password_file: redis-password }"),
+    )
+    .unwrap();
+    check_warns(
+        &file,
+        "6:10",
+        "the redis store is plain redis:// on another host",
+    );
+    std::fs::write(
+        &file,
+        config("{ redis: \"rediss://redis.internal:6380/0\", password_file: redis-password }"),
+    )
+    .unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(ok && !stderr.contains("redis"), "{stderr}");
+    for (store, message) in [
+        (
+            "{ redis: \"rediss://:pw@redis.internal:6380/0\", password_file: redis-password }",
+            "6:10: the redis URL has a password, and password_file or password_env gives another",
+        ),
+        (
+            "{ redis: \"rediss://redis.internal:6380/0\", password_file: redis-password, password_env: X }",
+            "6:10: set either password_file or password_env, not both",
+        ),
+        (
+            "{ redis: \"rediss://redis.internal:6380/0\", password_env: SCOPEGATE_TEST_UNSET_REDIS }",
+            "6:10: environment variable `SCOPEGATE_TEST_UNSET_REDIS` is not set",
+        ),
+    ] {
+        std::fs::write(&file, config(store)).unwrap();
+        let (ok, _, stderr) = check(&file);
+        assert!(!ok, "{store}");
+        assert!(stderr.contains(&format!("{}:{message}", file.display())), "{store}: {stderr}");
+    }
+}
+
 #[test]
 fn missing_file_is_an_error_not_a_panic() {
     let (ok, _, stderr) = check(Path::new("/nonexistent/scopegate.yaml"));

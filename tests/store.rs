@@ -268,6 +268,7 @@ async fn redis_tls() -> Option<Harness> {
     let config = StoreConfig::Redis(RedisTarget {
         url,
         ca_pem: Some(ca),
+        password: None,
     });
     Some(two_connections(server, config).await)
 }
@@ -859,6 +860,37 @@ async fn a_redis_whose_certificate_is_not_trusted_is_refused() {
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }
 
+/// A password given apart from the URL (`password_file`, `password_env`)
+/// is the one the store authenticates with: a server that requires it is
+/// opened with it, and refused without it (the error not echoing it).
+#[tokio::test]
+async fn a_redis_password_apart_from_the_url_is_used() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = ::redis::Client::open(server.url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = ::redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("hunter2-apart")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let target = |password: Option<&str>| {
+        let mut target = RedisTarget::from(server.url.as_str());
+        target.password = password.map(|p| scopegate::config::Secret::new(p.to_owned()));
+        StoreConfig::Redis(target)
+    };
+    let store = Store::open(&target(Some("hunter2-apart"))).await.unwrap();
+    assert!(!store.is_access_revoked("jti-1").await.unwrap());
+    let err = Store::open(&target(None)).await.unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    let err = Store::open(&target(Some("wrong"))).await.unwrap_err();
+    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    assert!(!format!("{:?}", target(Some("hunter2-apart"))).contains("hunter2"));
+}
+
 /// A stand-in for a Redis server speaking RESP: PING, `EXPIREAT` with two
 /// arguments answered as Redis does, with three (`GT`) answered `gt_reply`,
 /// anything else `+OK`. Returns its address and how often `GT` was asked.
@@ -934,6 +966,7 @@ async fn a_redis_older_than_7_is_refused_when_the_store_opens() {
         let config = StoreConfig::Redis(RedisTarget {
             url: format!("redis://{addr}"),
             ca_pem: None,
+            password: None,
         });
         let Err(error) = Store::open(&config).await else {
             panic!("opened over {reply:?}");
@@ -979,6 +1012,7 @@ async fn a_demoted_redis_is_left_for_the_new_primary() {
     let store = Store::open(&StoreConfig::Redis(RedisTarget {
         url: format!("redis://{forwarder}/0"),
         ca_pem: None,
+        password: None,
     }))
     .await
     .unwrap();

@@ -203,6 +203,13 @@ pub struct RawRedisStore {
     /// Mozilla roots).
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<String>,
+    /// A file holding the password (a Secret's volume), in place of one in
+    /// the URL (which a ConfigMap would show).
+    #[serde(default, deserialize_with = "present")]
+    pub password_file: Option<String>,
+    /// An environment variable holding the password, likewise.
+    #[serde(default, deserialize_with = "present")]
+    pub password_env: Option<String>,
 }
 
 /// A registered client.

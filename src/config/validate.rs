@@ -1117,6 +1117,9 @@ fn on_this_host(uri: &Uri) -> bool {
             .is_ok_and(|ip| ip.to_canonical().is_loopback())
 }
 
+/// Where a secret was read: the setting's place, and the file or variable.
+type SecretSource = (Location, String);
+
 struct Validator<'a> {
     source: &'a str,
     base_dir: &'a Path,
@@ -1126,6 +1129,65 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// A secret from `<what>_file` (its trailing newline dropped) or
+    /// `<what>_env`, with where it came from (for messages about it);
+    /// `None` when neither is set.
+    fn secret_from(
+        &self,
+        what: &str,
+        file: Option<(&str, Location)>,
+        env: Option<(&str, Location)>,
+    ) -> Result<Option<(String, SecretSource)>, ConfigError> {
+        match (file, env) {
+            (Some((file, at)), None) => {
+                let (path, text) = self.read(file);
+                let text = text
+                    .map_err(|e| e.to_string())
+                    .and_then(|t| String::from_utf8(t).map_err(|_| "not UTF-8".to_owned()))
+                    .map_err(|e| {
+                        self.err(
+                            at,
+                            format!("cannot read {what}_file {}: {e}", path.display()),
+                        )
+                    })?;
+                let source = (at, format!("{what}_file {}", path.display()));
+                Ok(Some((
+                    text.trim_end_matches(['\n', '\r']).to_owned(),
+                    source,
+                )))
+            }
+            (None, Some((var, at))) => {
+                let secret = std::env::var(var).map_err(|_| {
+                    // Not echoed unless it reads as a variable's name: a
+                    // secret pasted here instead of its variable's name
+                    // would reach stderr and the reload log.
+                    let named = !var.is_empty()
+                        && !var.starts_with(|c: char| c.is_ascii_digit())
+                        && var
+                            .bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
+                    self.err(
+                        at,
+                        if named {
+                            format!("environment variable `{var}` is not set")
+                        } else {
+                            format!("{what}_env names no variable that is set (its value is not shown: it is not an upper-case variable name, and may be the secret itself)")
+                        },
+                    )
+                })?;
+                Ok(Some((
+                    secret,
+                    (at, format!("environment variable `{var}`")),
+                )))
+            }
+            (Some(_), Some((_, at))) => Err(self.err(
+                at,
+                format!("set either {what}_file or {what}_env, not both"),
+            )),
+            (None, None) => Ok(None),
+        }
+    }
+
     fn err(&self, location: Location, message: impl Into<String>) -> ConfigError {
         ConfigError::at(self.source, location, message)
     }
@@ -1635,62 +1697,19 @@ impl Validator<'_> {
         if raw.client_id.value.is_empty() {
             return Err(self.err(raw.client_id.referenced, "client_id must not be empty"));
         }
-        let (secret, source) = match (&raw.client_secret_file, &raw.client_secret_env) {
-            (Some(file), None) => {
-                let (path, text) = self.read(&file.value);
-                let text = text
-                    .map_err(|e| e.to_string())
-                    .and_then(|t| String::from_utf8(t).map_err(|_| "not UTF-8".to_owned()))
-                    .map_err(|e| {
-                        self.err(
-                            file.referenced,
-                            format!("cannot read client_secret_file {}: {e}", path.display()),
-                        )
-                    })?;
-                let source = (
-                    file.referenced,
-                    format!("client_secret_file {}", path.display()),
-                );
-                (text.trim_end_matches(['\n', '\r']).to_owned(), source)
-            }
-            (None, Some(var)) => {
-                let secret = std::env::var(&var.value).map_err(|_| {
-                    // Not echoed unless it reads as a variable's name: a
-                    // secret pasted here instead of its variable's name
-                    // would reach stderr and the reload log.
-                    let named = !var.value.is_empty()
-                        && !var.value.starts_with(|c: char| c.is_ascii_digit())
-                        && var
-                            .value
-                            .bytes()
-                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_');
-                    self.err(
-                        var.referenced,
-                        if named {
-                            format!("environment variable `{}` is not set", var.value)
-                        } else {
-                            "client_secret_env names no variable that is set (its value is not shown: it is not an upper-case variable name, and may be the secret itself)".to_owned()
-                        },
-                    )
-                })?;
-                let source = (
-                    var.referenced,
-                    format!("environment variable `{}`", var.value),
-                );
-                (secret, source)
-            }
-            (Some(_), Some(var)) => {
-                return Err(self.err(
-                    var.referenced,
-                    "set either client_secret_file or client_secret_env, not both",
-                ))
-            }
-            (None, None) => {
-                return Err(self.err(
-                    here,
-                    "introspection needs client_secret_file or client_secret_env",
-                ))
-            }
+        let file = raw
+            .client_secret_file
+            .as_ref()
+            .map(|f| (f.value.as_str(), f.referenced));
+        let env = raw
+            .client_secret_env
+            .as_ref()
+            .map(|v| (v.value.as_str(), v.referenced));
+        let Some((secret, source)) = self.secret_from("client_secret", file, env)? else {
+            return Err(self.err(
+                here,
+                "introspection needs client_secret_file or client_secret_env",
+            ));
         };
         if secret.is_empty() {
             let (at, named) = source;
@@ -1920,9 +1939,46 @@ impl Validator<'_> {
                         Some(pem)
                     }
                 };
+                // At the store's place: the untagged `store` keeps no
+                // places of its own fields.
+                let file = store.password_file.as_deref().map(|f| (f, at));
+                let env = store.password_env.as_deref().map(|v| (v, at));
+                let in_url = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .is_ok_and(|info| info.redis_settings().password().is_some());
+                let password = match self.secret_from("password", file, env)? {
+                    Some(_) if in_url => {
+                        return Err(self.err(
+                            at,
+                            "the redis URL has a password, and password_file or password_env gives another: keep one",
+                        ))
+                    }
+                    Some((password, (at, named))) => {
+                        if password.is_empty() {
+                            return Err(self.err(at, format!("the redis password in {named} is empty")));
+                        }
+                        Some(Secret::new(password))
+                    }
+                    None => None,
+                };
+                let elsewhere = url
+                    .parse::<Uri>()
+                    .is_ok_and(|uri| uri.host().is_some() && !on_this_host(&uri));
+                if !tls && elsewhere {
+                    tracing::warn!(
+                        "{}",
+                        self.err(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://")
+                    );
+                }
+                if in_url {
+                    tracing::warn!(
+                        "{}",
+                        self.err(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env")
+                    );
+                }
                 StoreConfig::Redis(RedisTarget {
                     url: url.clone(),
                     ca_pem,
+                    password,
                 })
             }
         };

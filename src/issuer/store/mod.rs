@@ -248,22 +248,25 @@ pub struct RedisTarget {
     /// PEM certificates that sign the server's, for `rediss://` (without
     /// them, the Mozilla roots).
     pub ca_pem: Option<Vec<u8>>,
+    /// The password, when not in the URL (`password_file`, `password_env`).
+    pub password: Option<crate::config::validate::Secret>,
 }
 
 impl From<&str> for RedisTarget {
     /// A URL, trusting the Mozilla roots for `rediss://`.
     fn from(url: &str) -> Self {
-        Self {
-            url: url.to_owned(),
-            ca_pem: None,
-        }
+        Self::from(url.to_owned())
     }
 }
 
 impl From<String> for RedisTarget {
     /// A URL, trusting the Mozilla roots for `rediss://`.
     fn from(url: String) -> Self {
-        Self { url, ca_pem: None }
+        Self {
+            url,
+            ca_pem: None,
+            password: None,
+        }
     }
 }
 

@@ -119,6 +119,16 @@ impl RedisStore {
             .as_str()
             .into_connection_info()
             .map_err(|e| StoreError::Config(format!("redis URL (not shown): {e}")))?;
+        let info = match &target.password {
+            Some(password) => {
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_password(password.expose());
+                info.set_redis_settings(settings)
+            }
+            None => info,
+        };
         // A server that stops answering without closing the connection (its
         // host gone, its address moved in a failover) is given up by the
         // kernel after this, and the connection manager connects again;
