@@ -2656,22 +2656,36 @@ async fn a_key_set_with_no_key_for_the_allowed_algorithms_keeps_the_keys_in_forc
         "before",
     )
     .await;
-    world.jwks.set_document(
-        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
-    );
-    let stranger = Signer::generate("not-published");
-    expect_refetches(
-        &world,
-        &gw,
-        "/orders/1",
-        &stranger.mint(&fresh_claims("orders:read")),
-        Want::Unavailable,
-        "unknown kid, the set refused",
-        1,
-    )
-    .await;
-    let text = gw.metrics().await;
-    assert_eq!(jwks_fetch_results(&text, "invalid"), 1.0, "{text}");
+    // An Ed25519 key alone; and beside it a P-256 key off its curve, which
+    // fits ES256 by type but verifies nothing.
+    let ed25519 = r#"{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
+    let off_curve: Value = serde_json::from_str(UNUSABLE_JWKS).unwrap();
+    for (n, document) in [
+        format!(r#"{{"keys":[{ed25519}]}}"#),
+        format!(r#"{{"keys":[{ed25519},{}]}}"#, off_curve["keys"][0]),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        world.jwks.set_document(&document);
+        let stranger = Signer::generate("not-published");
+        expect_refetches(
+            &world,
+            &gw,
+            "/orders/1",
+            &stranger.mint(&fresh_claims("orders:read")),
+            Want::Unavailable,
+            &format!("unknown kid, the set refused: {document}"),
+            1,
+        )
+        .await;
+        let text = gw.metrics().await;
+        assert_eq!(
+            jwks_fetch_results(&text, "invalid"),
+            (n + 1) as f64,
+            "{text}"
+        );
+    }
     assert!(
         logs.text()
             .contains("no key of the set fits the issuer's algorithms [ES256]"),

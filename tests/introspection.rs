@@ -1816,20 +1816,23 @@ routes:
     assert!(error.message.contains("client_secret"), "{error}");
     assert!(!error.message.contains("hunter2"), "{error}");
 
-    // A secret pasted where its variable's name belongs is not echoed.
-    let pasted = yaml(
-        "",
-        &format!("{endpoint}{id}      client_secret_env: s3cr3t-Value\n"),
-    );
-    let error = scopegate::config::load_str("test.yaml", Path::new("."), &pasted)
-        .expect_err("an unset variable must be refused");
-    assert!(
-        error
-            .message
-            .contains("client_secret_env names no variable"),
-        "{error}"
-    );
-    assert!(!error.to_string().contains("s3cr3t"), "{error}");
+    // A secret pasted where its variable's name belongs is not echoed,
+    // upper case (an AWS key id, base32) or not.
+    for pasted in ["s3cr3t-Value", "AKIAIOSFODNN7EXAMPLE3KQ"] {
+        let yaml = yaml(
+            "",
+            &format!("{endpoint}{id}      client_secret_env: {pasted}\n"),
+        );
+        let error = scopegate::config::load_str("test.yaml", Path::new("."), &yaml)
+            .expect_err("an unset variable must be refused");
+        assert!(
+            error
+                .message
+                .contains("client_secret_env names no variable"),
+            "{error}"
+        );
+        assert!(!error.to_string().contains(pasted), "{error}");
+    }
 
     // A missing secret file names the file.
     let missing = yaml(

@@ -217,6 +217,59 @@ async fn a_reload_keeps_unchanged_issuers_keys_while_their_provider_is_down() {
     assert_eq!(world.jwks.fetches(), fetches);
 }
 
+/// A reload that changes only an issuer's `algorithms` keeps its keys, and
+/// the key sets fetched after it are checked against the new list: a set of
+/// only an Ed25519 key (RFC 8037 A.2's) is refused under `[ES256]` and taken
+/// under `[ES256, EdDSA]`.
+#[tokio::test]
+async fn key_sets_fetched_after_a_reload_are_checked_against_its_algorithms() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = world.config_with("    jwks_refetch_cooldown: 0s\n");
+    let gw = serve_kubelet_dir(dir.path(), &config).await;
+    let url = gw.url("/orders/1");
+    assert_eq!(
+        get_with_token(&url, &world.token("orders:read"))
+            .await
+            .status,
+        200
+    );
+    world.jwks.set_document(
+        r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#,
+    );
+    let stranger = scopegate::demo::SigningKey::generate("not-published").unwrap();
+    let fetched = |result: &'static str| {
+        move |m: &str| {
+            metric(
+                m,
+                "scopegate_jwks_fetches_total",
+                &[("issuer", "test"), ("result", result)],
+            )
+        }
+    };
+    let token = stranger.mint(&claims("orders:read")).unwrap();
+    assert_eq!(get_with_token(&url, &token).await.status, 503);
+    assert_eq!(fetched("invalid")(&gw.metrics().await), 1.0);
+    let successes = fetched("success")(&gw.metrics().await);
+
+    let wider = config.replace(
+        "    algorithms: [ES256]\n",
+        "    algorithms: [ES256, EdDSA]\n",
+    );
+    assert_ne!(wider, config);
+    kubelet_write(dir.path(), 2, &wider);
+    assert!(
+        wait_for_metrics(&gw, |m| m
+            .contains("scopegate_config_reloads_total{result=\"success\"} 1"))
+        .await
+    );
+    // The refetch now takes the set, which lacks the stranger's key.
+    assert_eq!(get_with_token(&url, &token).await.status, 401);
+    let metrics = gw.metrics().await;
+    assert_eq!(fetched("success")(&metrics), successes + 1.0, "{metrics}");
+    assert_eq!(fetched("invalid")(&metrics), 1.0, "{metrics}");
+}
+
 #[tokio::test]
 async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     let upstream = Upstream::start().await;

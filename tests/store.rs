@@ -886,8 +886,11 @@ async fn a_redis_password_apart_from_the_url_is_used() {
     assert!(!store.is_access_revoked("jti-1").await.unwrap());
     let err = Store::open(&target(None)).await.unwrap_err();
     assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
-    let err = Store::open(&target(Some("wrong"))).await.unwrap_err();
-    assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
+    let err = Store::open(&target(Some("wrong-pw-7f3a")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Backend(_)), "{err:?}");
+    assert!(!format!("{err:?}").contains("wrong-pw-7f3a"), "{err:?}");
     assert!(!format!("{:?}", target(Some("hunter2-apart"))).contains("hunter2"));
 }
 

@@ -53,7 +53,7 @@ impl TokenCache {
         Self {
             inner: Cache::builder()
                 .max_capacity(max_entries)
-                .weigher(|_, token: &Arc<VerifiedToken>| token.cache_weight())
+                .weigher(move |_, token: &Arc<VerifiedToken>| token.cache_weight(max_entries))
                 .expire_after(UntilTokenExpiry)
                 .build(),
         }
@@ -101,20 +101,26 @@ mod tests {
 
     /// Entries count towards `max_entries` by their memory: ten tokens of
     /// 4 000 scopes each (about 165 KiB apiece) do not all fit in a cache of
-    /// 1 000 entries (six would), where ten small ones do.
+    /// 1 000 entries (eight would, each weighing its cap of an eighth),
+    /// where ten small ones do; and a cache of 16 still takes such tokens.
     #[tokio::test]
     async fn large_entries_count_by_their_memory() {
         let claims = serde_json::Map::new();
         let until = Instant::now() + std::time::Duration::from_secs(3600);
         let expires_at = crate::auth::jwt::now_unix() + 3600;
         let many: Vec<String> = (0..4000).map(|n| format!("scope-{n}")).collect();
-        for (scopes, most) in [("orders:read".to_owned(), 10), (many.join(" "), 6)] {
-            let cache = TokenCache::new(1000);
+        let many = many.join(" ");
+        for (scopes, max_entries, most) in [
+            ("orders:read", 1000, 10),
+            (many.as_str(), 1000, 8),
+            (many.as_str(), 16, 8),
+        ] {
+            let cache = TokenCache::new(max_entries);
             for n in 0..10u32 {
                 let token = crate::auth::build_verified(
                     0,
                     &claims,
-                    crate::auth::scope::Scopes::from_space_separated(&scopes),
+                    crate::auth::scope::Scopes::from_space_separated(scopes),
                     expires_at,
                     0,
                     until,
@@ -123,7 +129,11 @@ mod tests {
                 cache.insert(digest(n.to_string()), Arc::new(token)).await;
                 cache.run_pending_tasks().await;
             }
-            assert!(cache.weighted_size() <= 1000, "{}", cache.weighted_size());
+            assert!(
+                cache.weighted_size() <= max_entries,
+                "{}",
+                cache.weighted_size()
+            );
             assert!(
                 (1..=most).contains(&cache.entry_count()),
                 "{} entries of {} bytes of scopes",

@@ -204,8 +204,8 @@ impl Introspector {
             calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             cache: Cache::builder()
                 .max_capacity(cache_max_entries)
-                .weigher(|_, answer: &Answer| match answer {
-                    Answer::Active(token) => token.cache_weight(),
+                .weigher(move |_, answer: &Answer| match answer {
+                    Answer::Active(token) => token.cache_weight(cache_max_entries),
                     Answer::Inactive { .. } => 1,
                 })
                 .expire_after(AnswerExpiry)

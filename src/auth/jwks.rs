@@ -321,6 +321,14 @@ impl KeySet {
             .filter(move |k| k.fits(alg))
     }
 
+    /// Whether some key can verify `alg` signatures (not only fits it by
+    /// type: a key kept as unusable cannot).
+    pub fn verifies(&self, alg: Algorithm) -> bool {
+        self.keys
+            .iter()
+            .any(|k| k.verifiers.iter().any(|(a, _)| *a == alg))
+    }
+
     /// Whether a key with this id exists.
     pub fn has_kid(&self, kid: &str) -> bool {
         self.keys.iter().any(|k| k.kid.as_deref() == Some(kid))
@@ -400,8 +408,9 @@ struct RemoteSource {
     /// issuer has published since).
     last_failed: AtomicBool,
     /// The issuer's allowed algorithms: a set with no key for any of them
-    /// is refused like one of no usable keys (empty: not checked).
-    algorithms: Vec<Algorithm>,
+    /// is refused like one of no usable keys (empty: not checked). Set anew
+    /// by a reload that keeps the keys (see [`IssuerKeys::set_algorithms`]).
+    algorithms: arc_swap::ArcSwap<Vec<Algorithm>>,
 }
 
 /// Outcome of one fetch, for metrics.
@@ -483,7 +492,7 @@ impl IssuerKeys {
                 last_attempt: Mutex::new(None),
                 refresh_due: Mutex::new(None),
                 last_failed: AtomicBool::new(false),
-                algorithms,
+                algorithms: arc_swap::ArcSwap::from_pointee(algorithms),
             }),
         })
     }
@@ -517,6 +526,14 @@ impl IssuerKeys {
         self.remote
             .as_ref()
             .is_some_and(|r| r.last_failed.load(Ordering::Acquire))
+    }
+
+    /// The algorithms fetched sets are checked against, as a reload that
+    /// kept these keys configures them.
+    pub fn set_algorithms(&self, algorithms: Vec<Algorithm>) {
+        if let Some(remote) = &self.remote {
+            remote.algorithms.store(Arc::new(algorithms));
+        }
     }
 
     /// True when keys are loaded or not needed.
@@ -713,12 +730,8 @@ impl IssuerKeys {
                 KeySet::from_json(&body).map_err(|e| (FetchResult::Invalid, e.to_string()))?;
             // As a `jwks_file` is refused: every token would be refused with
             // it, while the keys in force may still verify some.
-            let algorithms = &remote.algorithms;
-            if !algorithms.is_empty()
-                && !algorithms
-                    .iter()
-                    .any(|&alg| set.candidates(None, alg).next().is_some())
-            {
+            let algorithms = remote.algorithms.load();
+            if !algorithms.is_empty() && !algorithms.iter().any(|&alg| set.verifies(alg)) {
                 return Err((
                     FetchResult::Invalid,
                     format!("no key of the set fits the issuer's algorithms {algorithms:?}"),
@@ -802,6 +815,7 @@ pub async fn run_refresher(
             backoff = (backoff * 2).min(Duration::from_secs(30));
             d
         };
+        let delay = crate::auth::jittered(delay);
         if !rest(&keys, &mut shutdown, delay, backoff).await {
             return;
         }

@@ -61,12 +61,25 @@ pub struct VerifiedToken {
     pub keys_generation: u64,
 }
 
+/// `delay` moved by up to a fifth either way, at random: replicas that
+/// failed together (an identity provider's outage, a rollout) do not retry
+/// or refresh in step.
+pub(crate) fn jittered(delay: Duration) -> Duration {
+    let mut byte = [0u8; 1];
+    // Without randomness, the delay as it is.
+    if aws_lc_rs::rand::fill(&mut byte).is_err() {
+        return delay;
+    }
+    // 0.8 to 1.2 in 256 steps.
+    delay.mul_f64(0.8 + 0.4 * f64::from(byte[0]) / 255.0)
+}
+
 impl VerifiedToken {
-    /// Its weight in a cache bounded by `cache.max_entries`: 1, and one
-    /// more per KiB of heap it holds past the first (a token of hundreds of
-    /// scopes or long identity values), so that entries count towards the
-    /// bound by their memory, not only by their number.
-    pub fn cache_weight(&self) -> u32 {
+    /// Its weight in a cache bounded by `max_entries`: 1, and one more per
+    /// KiB of heap it holds past the first (a token of hundreds of scopes or
+    /// long identity values), so that entries count towards the bound by
+    /// their memory, not only by their number.
+    pub fn cache_weight(&self, max_entries: u64) -> u32 {
         let bytes = self.scopes.heap_bytes()
             + self
                 .identity_values
@@ -75,7 +88,10 @@ impl VerifiedToken {
                 .sum::<usize>()
             + self.jti.as_ref().map_or(0, |s| s.len())
             + self.session.as_ref().map_or(0, |s| s.len());
-        u32::try_from(1 + bytes / 1024).unwrap_or(u32::MAX)
+        // At most an eighth of the cache, so that a small cache still
+        // takes a large token (moka admits nothing heavier than the whole).
+        let most = (max_entries / 8).max(1);
+        u32::try_from((1 + bytes as u64 / 1024).min(most)).unwrap_or(u32::MAX)
     }
 }
 
@@ -226,6 +242,9 @@ impl Authenticator {
                 continue;
             };
             issuer.keys = Arc::clone(&old.keys);
+            // The fingerprint leaves the algorithms out: the kept keys'
+            // fetches are checked against the new ones.
+            issuer.keys.set_algorithms(issuer.algorithms.clone());
             if old.discovered.load(Ordering::Acquire) {
                 if let (Some(new), Some(old)) = (&issuer.introspector, &old.introspector) {
                     if let Some(endpoint) = old.endpoint() {
@@ -356,7 +375,7 @@ impl Authenticator {
                 }
             }
             tokio::select! {
-                _ = tokio::time::sleep(backoff) => {}
+                _ = tokio::time::sleep(jittered(backoff)) => {}
                 _ = stop.changed() => return false,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
@@ -887,4 +906,22 @@ fn identity_value(
 /// The blanks a header value may hold (RFC 9110 5.5).
 fn is_blank(c: char) -> bool {
     c == ' ' || c == '\t'
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Retries and refreshes are spread over a fifth either way of their
+    /// delay, not all at the same moment.
+    #[test]
+    fn jitter_spreads_a_delay_by_a_fifth() {
+        let delay = Duration::from_secs(10);
+        let spread: std::collections::BTreeSet<Duration> =
+            (0..200).map(|_| jittered(delay)).collect();
+        assert!(spread.len() > 20, "{spread:?}");
+        let (low, high) = (spread.first().copied(), spread.last().copied());
+        assert!(low >= Some(Duration::from_secs(8)), "{low:?}");
+        assert!(high <= Some(Duration::from_secs(12)), "{high:?}");
+    }
 }

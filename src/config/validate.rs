@@ -1158,10 +1158,12 @@ impl Validator<'_> {
             }
             (None, Some((var, at))) => {
                 let secret = std::env::var(var).map_err(|_| {
-                    // Not echoed unless it reads as a variable's name: a
-                    // secret pasted here instead of its variable's name
-                    // would reach stderr and the reload log.
-                    let named = !var.is_empty()
+                    // Not echoed unless it reads as a variable's name (upper
+                    // case words joined by `_`, as upper-case hex, base32 and
+                    // AWS key ids are not): a secret pasted here instead of
+                    // its variable's name would reach stderr and the log.
+                    let named = var.len() <= 64
+                        && var.contains('_')
                         && !var.starts_with(|c: char| c.is_ascii_digit())
                         && var
                             .bytes()
@@ -1603,10 +1605,7 @@ impl Validator<'_> {
         // A fixed key set that verifies none of the algorithms would refuse
         // every token while the issuer reads as ready.
         if let (KeySource::Static(set), Some(file)) = (&keys, &raw.jwks_file) {
-            if !algorithms
-                .iter()
-                .any(|alg| set.candidates(None, *alg).next().is_some())
-            {
+            if !algorithms.iter().any(|alg| set.verifies(*alg)) {
                 return Err(self.err(
                     file.referenced,
                     format!(

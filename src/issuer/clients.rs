@@ -212,6 +212,10 @@ fn failed(presented: &Presented, known: bool, why: &'static str) -> OAuthError {
 pub struct ClientAuthenticator {
     clients: HashMap<String, Client>,
     verified: moka::sync::Cache<[u8; 32], ()>,
+    /// The key of `verified`'s keys (an HMAC), random to the process: a
+    /// memory dump holds the argon2 hashes' accepted secrets only as this
+    /// keyed digest, not one a guess can be tested against at SHA-256 speed.
+    verified_key: [u8; 32],
     /// Shared with the server this one replaced on a reload, so that a
     /// reload gives no name fresh guesses.
     guesses: Arc<Guesses>,
@@ -469,6 +473,15 @@ impl ClientAuthenticator {
                 },
                 |p| p.verified.clone(),
             ),
+            verified_key: previous.map_or_else(
+                || {
+                    let mut key = [0u8; 32];
+                    // Without randomness, a digest as before (unkeyed).
+                    let _ = aws_lc_rs::rand::fill(&mut key);
+                    key
+                },
+                |p| p.verified_key,
+            ),
             guesses: previous.map_or_else(Arc::default, |p| Arc::clone(&p.guesses)),
             hashing: previous.map_or_else(PasswordChecker::new, |p| p.hashing.clone()),
         }
@@ -519,7 +532,7 @@ impl ClientAuthenticator {
             // `get`, not `contains_key`: a use keeps the memory alive.
             (Some(hash), Some(secret)) => self
                 .verified
-                .get(&cache_key(&p.client_id, hash, secret))
+                .get(&self.cache_key(&p.client_id, hash, secret))
                 .is_some(),
             _ => false,
         };
@@ -609,10 +622,24 @@ impl ClientAuthenticator {
         failed(p, false, why)
     }
 
+    /// The key a verified secret is remembered by: an HMAC (keyed by
+    /// `verified_key`) of the client, its hash and the secret.
+    fn cache_key(&self, id: &str, hash: &str, secret: &str) -> [u8; 32] {
+        let key = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, &self.verified_key);
+        let mut ctx = aws_lc_rs::hmac::Context::with_key(&key);
+        for part in [id, hash, secret] {
+            ctx.update(&(part.len() as u64).to_be_bytes());
+            ctx.update(part.as_bytes());
+        }
+        let mut out = [0u8; 32];
+        out.copy_from_slice(ctx.sign().as_ref());
+        out
+    }
+
     /// Verifies a secret against its argon2 hash off the runtime, remembering
     /// successes so the endpoint is not a CPU sink.
     pub async fn check_secret(&self, id: &str, hash: &str, secret: &str) -> Result<bool, Busy> {
-        let key = cache_key(id, hash, secret);
+        let key = self.cache_key(id, hash, secret);
         if self.verified.get(&key).is_some() {
             return Ok(true);
         }
@@ -737,17 +764,6 @@ fn failure_key(key: &str) -> [u8; 32] {
     out.copy_from_slice(
         aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, key.as_bytes()).as_ref(),
     );
-    out
-}
-
-fn cache_key(id: &str, hash: &str, secret: &str) -> [u8; 32] {
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
-    for part in [id, hash, secret] {
-        ctx.update(&(part.len() as u64).to_be_bytes());
-        ctx.update(part.as_bytes());
-    }
-    let mut out = [0u8; 32];
-    out.copy_from_slice(ctx.finish().as_ref());
     out
 }
 
@@ -895,6 +911,25 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A verified secret is remembered by a digest keyed to the process
+    /// (kept across reloads, which keep the memory): not the plain SHA-256
+    /// a dump's reader could test guesses against.
+    #[test]
+    fn verified_secrets_are_remembered_by_a_keyed_digest() {
+        let key = |auth: &ClientAuthenticator| auth.cache_key("svc", "$argon2id$x", "s3cret");
+        let first = ClientAuthenticator::new(&[], &[], None);
+        let reloaded = ClientAuthenticator::new(&[], &[], Some(&first));
+        let another = ClientAuthenticator::new(&[], &[], None);
+        assert_eq!(key(&first), key(&reloaded));
+        assert_ne!(key(&first), key(&another));
+        let mut plain = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
+        for part in ["svc", "$argon2id$x", "s3cret"] {
+            plain.update(&(part.len() as u64).to_be_bytes());
+            plain.update(part.as_bytes());
+        }
+        assert_ne!(key(&first).as_slice(), plain.finish().as_ref());
+    }
 
     /// A flood of fresh names (each failing once, as an attacker's would)
     /// fills the limiter's table but neither clears it nor evicts a name
