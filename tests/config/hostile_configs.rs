@@ -302,7 +302,8 @@ authorization_server:
 "#;
 
 /// The shipped configurations (the Kubernetes ones with their secret file
-/// in `dir`) and [`EVERY_KEY`], as (directory for relative paths, text).
+/// in `dir`) and [`EVERY_KEY`] (with a memory store, and with a Redis one),
+/// as (directory for relative paths, text).
 fn bases(dir: &Path) -> Vec<(PathBuf, String)> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let secret = dir.join("introspection-client-secret");
@@ -338,7 +339,21 @@ fn bases(dir: &Path) -> Vec<(PathBuf, String)> {
             );
             (file.parent().unwrap().to_owned(), text)
         })
-        .chain([(dir.to_owned(), every_key)])
+        .chain([
+            // The Redis store's keys, in place of `memory`.
+            (
+                dir.to_owned(),
+                every_key.replace(
+                    "  store: memory\n",
+                    &format!(
+                        "  store:\n    redis: rediss://redis.internal:6380/0\n    ca_file: {}\n    password_file: {}\n",
+                        cert.display(),
+                        secret.display()
+                    ),
+                ),
+            ),
+            (dir.to_owned(), every_key),
+        ])
         .collect()
 }
 
@@ -370,6 +385,11 @@ fn broken_configs_are_refused_at_a_place_in_the_file_without_panics() {
             };
             let shown = error.to_string();
             prop_assert!(!shown.contains('\n'), "more than one line: {shown}");
+            // The secrets the files and the environment hold.
+            prop_assert!(
+                !shown.contains("s3cret") && !shown.contains("example-secret"),
+                "a secret in: {shown}"
+            );
             prop_assert!(
                 !RUST_TALK.iter().any(|word| shown.contains(word)),
                 "speaks of the parser's Rust API: {shown}"
