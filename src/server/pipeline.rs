@@ -888,6 +888,10 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let mut hosts = headers.get_all(HOST).iter();
     match (hosts.next(), hosts.next()) {
         (Some(_), Some(_)) => return Err(GatewayError::BadHost),
+        // The usual `name[:port]` needs no parse (which copies it): only
+        // an HTTP/2 request compares it with `:authority`.
+        (Some(host), None)
+            if request.version() != Version::HTTP_2 && is_plain_host(host.as_bytes()) => {}
         (Some(host), None) => {
             let host = std::str::from_utf8(host.as_bytes())
                 .ok()
@@ -909,6 +913,21 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         _ => {}
     }
     Ok(())
+}
+
+/// Whether `host` is a plain `name[:port]` (letters, digits, `.` and `-`,
+/// then a colon and digits or nothing), which [`http::uri::Authority`]
+/// parses and which has neither userinfo nor an empty host.
+fn is_plain_host(host: &[u8]) -> bool {
+    let (name, port) = match memchr::memchr(b':', host) {
+        Some(colon) => (host.get(..colon), host.get(colon + 1..)),
+        None => (Some(host), None),
+    };
+    name.is_some_and(|n| {
+        !n.is_empty()
+            && n.iter()
+                .all(|&b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+    }) && port.is_none_or(|p| p.iter().all(u8::is_ascii_digit))
 }
 
 /// Whether two authorities name the same host and port once normalised
@@ -1117,5 +1136,47 @@ impl Drop for Abandoned<'_> {
             latency_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX),
             request_id = self.request_id.map_or("-", RequestId::as_str),
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every string `is_plain_host` takes (here: all of up to four bytes of
+    /// an alphabet with the characters that matter) parses as an authority
+    /// with neither userinfo nor an empty host, so skipping the parse
+    /// changes no verdict; and the usual forms are taken.
+    #[test]
+    fn a_plain_host_is_one_the_parse_would_take() {
+        const ALPHABET: &[u8] = b"a0.-:@[]%_ ";
+        let mut taken = 0;
+        for len in 1..=4u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                let mut host = Vec::new();
+                for _ in 0..len {
+                    host.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                if is_plain_host(&host) {
+                    taken += 1;
+                    let text = std::str::from_utf8(&host).unwrap();
+                    let parsed = text.parse::<http::uri::Authority>();
+                    assert!(
+                        parsed.is_ok_and(
+                            |a| !a.as_str().contains('@') && !a.as_str().starts_with(':')
+                        ),
+                        "{text:?}"
+                    );
+                }
+            }
+        }
+        assert!(taken > 100, "{taken}");
+        for usual in ["127.0.0.1:8080", "api.example.com", "gw:443", "localhost:"] {
+            assert!(is_plain_host(usual.as_bytes()), "{usual}");
+        }
+        for unusual in ["", ":80", "a:b", "a@b", "[::1]:80", "a b", "a:8:0"] {
+            assert!(!is_plain_host(unusual.as_bytes()), "{unusual}");
+        }
     }
 }
