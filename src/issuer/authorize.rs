@@ -18,6 +18,7 @@ use hyper::body::Incoming;
 use serde_json::json;
 
 use super::clients::Busy;
+use super::keys::SigningKey;
 use super::store::CodeRecord;
 use super::token::{requested_scope, ScopeLimit};
 use super::{random_token, read_form, AuthorizationServer};
@@ -351,25 +352,23 @@ impl AuthorizationServer {
             return self.no_randomness();
         };
         let now = now_unix();
-        let Some(key) = self.settings.keys.first() else {
-            return self.page(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "Error",
-                "No signing key.",
-                None,
-            );
-        };
-        let session = match key.sign_typed(
+        let keys = &self.settings.keys;
+        let session = match SigningKey::sign_with_first(
+            keys,
             "session+jwt",
-            &json!({ "iss": self.settings.issuer, "sub": user.username, "csrf": csrf, "iat": now, "exp": now + SESSION_TTL }),
-        ) {
+            json!({ "iss": self.settings.issuer, "sub": user.username, "csrf": csrf, "iat": now, "exp": now + SESSION_TTL }),
+        )
+        .await
+        {
             Ok(s) => s,
             Err(_) => return self.page(StatusCode::INTERNAL_SERVER_ERROR, "Error", "Could not start a session.", None),
         };
-        let device = key.sign_typed(
+        let device = SigningKey::sign_with_first(
+            keys,
             "device+jwt",
-            &json!({ "iss": self.settings.issuer, "sub": user.username, "aud": DEVICE_AUDIENCE, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
-        );
+            json!({ "iss": self.settings.issuer, "sub": user.username, "aud": DEVICE_AUDIENCE, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
+        )
+        .await;
         let mut response = self.consent_page(request, &user.username, &csrf);
         let mut cookies = vec![format!(
             "{SESSION_COOKIE}={session}; HttpOnly; Secure; SameSite=Lax; Path={}; Max-Age={SESSION_TTL}",

@@ -8,16 +8,27 @@ use aws_lc_rs::signature::{
 };
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::Algorithm;
 use serde_json::{json, Value};
 
 /// A private signing key with its public JWK.
 pub struct SigningKey {
     kid: String,
     alg: Algorithm,
-    encoding: EncodingKey,
+    signer: Signer,
     public_jwk: Value,
     jwks: String,
+}
+
+/// A private key parsed once, at load (a parse per signature would check an
+/// RSA key anew each time, some milliseconds).
+enum Signer {
+    Es256(EcdsaKeyPair),
+    EdDsa(Ed25519KeyPair),
+    Rsa(
+        aws_lc_rs::rsa::KeyPair,
+        &'static dyn aws_lc_rs::signature::RsaEncoding,
+    ),
 }
 
 impl std::fmt::Debug for SigningKey {
@@ -54,7 +65,7 @@ impl SigningKey {
     /// From PKCS#8 DER.
     pub fn from_pkcs8(kid: &str, alg: Algorithm, der: &[u8]) -> Result<Self, String> {
         let b64 = |b: &[u8]| URL_SAFE_NO_PAD.encode(b);
-        let (encoding, public_jwk) = match alg {
+        let (signer, public_jwk) = match alg {
             Algorithm::ES256 => {
                 let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, der)
                     .map_err(|_| "not a P-256 PKCS#8 key".to_owned())?;
@@ -62,19 +73,16 @@ impl SigningKey {
                     [4, rest @ ..] if rest.len() == 64 => rest.split_at(32),
                     _ => return Err("unexpected EC public key encoding".to_owned()),
                 };
-                (
-                    EncodingKey::from_ec_der(der),
-                    json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)}),
-                )
+                let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y)});
+                (Signer::Es256(pair), jwk)
             }
             Algorithm::EdDSA => {
                 let pair = Ed25519KeyPair::from_pkcs8(der)
                     .or_else(|_| Ed25519KeyPair::from_pkcs8_maybe_unchecked(der))
                     .map_err(|_| "not an Ed25519 PKCS#8 key".to_owned())?;
-                (
-                    EncodingKey::from_ed_der(der),
-                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())}),
-                )
+                let jwk =
+                    json!({"kty": "OKP", "crv": "Ed25519", "x": b64(pair.public_key().as_ref())});
+                (Signer::EdDsa(pair), jwk)
             }
             Algorithm::RS256 | Algorithm::PS256 => {
                 let pair = aws_lc_rs::rsa::KeyPair::from_pkcs8(der)
@@ -82,15 +90,14 @@ impl SigningKey {
                 let public = aws_lc_rs::signature::RsaPublicKeyComponents::<Vec<u8>>::from(
                     pair.public_key(),
                 );
-                // jsonwebtoken's RSA signer reads PKCS#1 DER only; its PEM
-                // loader takes the PKCS#1 key out of a PKCS#8 one.
-                let pem = pem::encode(&pem::Pem::new("PRIVATE KEY", der));
-                let encoding = EncodingKey::from_rsa_pem(pem.as_bytes())
-                    .map_err(|e| format!("RSA key: {e}"))?;
-                (
-                    encoding,
-                    json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)}),
-                )
+                let jwk = json!({"kty": "RSA", "n": b64(&public.n), "e": b64(&public.e)});
+                let padding: &'static dyn aws_lc_rs::signature::RsaEncoding =
+                    if alg == Algorithm::PS256 {
+                        &aws_lc_rs::signature::RSA_PSS_SHA256
+                    } else {
+                        &aws_lc_rs::signature::RSA_PKCS1_SHA256
+                    };
+                (Signer::Rsa(pair, padding), jwk)
             }
             other => return Err(format!("unsupported signing algorithm {other:?}")),
         };
@@ -102,7 +109,7 @@ impl SigningKey {
         let key = Self {
             kid: kid.to_owned(),
             alg,
-            encoding,
+            signer,
             public_jwk,
             jwks,
         };
@@ -158,10 +165,50 @@ impl SigningKey {
     /// Signs claims with an explicit `typ`, so tokens of different purposes
     /// can never be mistaken for each other.
     pub fn sign_typed(&self, typ: &str, claims: &Value) -> Result<String, String> {
-        let mut header = Header::new(self.alg);
-        header.kid = Some(self.kid.clone());
-        header.typ = Some(typ.to_owned());
-        jsonwebtoken::encode(&header, claims, &self.encoding).map_err(|e| e.to_string())
+        let header = json!({ "typ": typ, "alg": algorithm_name(self.alg), "kid": self.kid });
+        let mut jws = URL_SAFE_NO_PAD.encode(header.to_string());
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(claims.to_string(), &mut jws);
+        let failed = |_| format!("signing with {} failed", algorithm_name(self.alg));
+        let rng = SystemRandom::new();
+        let signature = match &self.signer {
+            Signer::Es256(pair) => pair
+                .sign(&rng, jws.as_bytes())
+                .map_err(failed)?
+                .as_ref()
+                .to_vec(),
+            Signer::EdDsa(pair) => pair.sign(jws.as_bytes()).as_ref().to_vec(),
+            Signer::Rsa(pair, padding) => {
+                let mut signature = vec![0u8; pair.public_modulus_len()];
+                pair.sign(*padding, &rng, jws.as_bytes(), &mut signature)
+                    .map_err(failed)?;
+                signature
+            }
+        };
+        jws.push('.');
+        URL_SAFE_NO_PAD.encode_string(signature, &mut jws);
+        Ok(jws)
+    }
+
+    /// [`Self::sign_typed`] with the first of `keys`, on the blocking pool
+    /// for RSA (milliseconds of CPU, which would stall every connection of
+    /// the worker); ES256 and EdDSA take tens of microseconds and sign here.
+    pub async fn sign_with_first(
+        keys: &std::sync::Arc<Vec<SigningKey>>,
+        typ: &'static str,
+        claims: Value,
+    ) -> Result<String, String> {
+        let first = keys.first().ok_or_else(|| "no signing key".to_owned())?;
+        if !matches!(first.signer, Signer::Rsa(..)) {
+            return first.sign_typed(typ, &claims);
+        }
+        let keys = std::sync::Arc::clone(keys);
+        tokio::task::spawn_blocking(move || match keys.first() {
+            Some(key) => key.sign_typed(typ, &claims),
+            None => Err("no signing key".to_owned()),
+        })
+        .await
+        .map_err(|e| format!("signing stopped: {e}"))?
     }
 }
 
@@ -200,9 +247,48 @@ mod tests {
         der.as_ref().to_vec()
     }
 
+    /// An RSA signature (milliseconds of CPU) is made off the runtime: on a
+    /// one-thread runtime, another task runs while it is made. An ES256 one
+    /// (tens of microseconds) is made in place.
+    #[test]
+    fn rsa_signatures_leave_the_runtime_free() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let rsa = SigningKey::from_pkcs8("r", Algorithm::RS256, &rsa_pkcs8()).unwrap();
+        let es = SigningKey::generate("e").unwrap();
+        runtime.block_on(async {
+            let ticks = std::sync::Arc::new(AtomicUsize::new(0));
+            let counted = std::sync::Arc::clone(&ticks);
+            let spinner = tokio::spawn(async move {
+                loop {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                    tokio::task::yield_now().await;
+                }
+            });
+            tokio::task::yield_now().await;
+            for (key, others_ran) in [(rsa, true), (es, false)] {
+                let keys = std::sync::Arc::new(vec![key]);
+                let before = ticks.load(Ordering::SeqCst);
+                let token = SigningKey::sign_with_first(&keys, "at+jwt", json!({"sub": "a"}))
+                    .await
+                    .unwrap();
+                assert_eq!(token.split('.').count(), 3);
+                assert_eq!(
+                    ticks.load(Ordering::SeqCst) > before,
+                    others_ran,
+                    "{:?}",
+                    keys[0].algorithm()
+                );
+            }
+            spinner.abort();
+        });
+    }
+
     /// Every supported algorithm signs tokens that verify with its own
-    /// published key; RSA keys come as PKCS#8, which jsonwebtoken's signer
-    /// does not read as such.
+    /// published key; RSA keys come as PKCS#8.
     #[test]
     fn every_algorithm_signs_what_its_public_key_verifies() {
         let rng = SystemRandom::new();

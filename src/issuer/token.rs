@@ -543,11 +543,10 @@ impl AuthorizationServer {
         if let Some(family) = &family {
             claims["sid"] = Value::String(family.clone());
         }
-        let key = settings
-            .keys
-            .first()
-            .ok_or_else(|| OAuthError::server_error("no signing key"))?;
-        let access_token = key.mint(&claims).map_err(OAuthError::server_error)?;
+        let access_token =
+            super::keys::SigningKey::sign_with_first(&settings.keys, "at+jwt", claims)
+                .await
+                .map_err(OAuthError::server_error)?;
 
         let refresh = match plan {
             RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,
