@@ -853,6 +853,29 @@ async fn public_clients_must_use_s256_pkce() {
 // Sign-in
 // ---------------------------------------------------------------------------
 
+/// `HEAD` on the authorization endpoint is answered as `GET` without the
+/// body (RFC 9110 9.3.2); another method gets 405 naming the three.
+#[tokio::test]
+async fn head_on_the_sign_in_page_is_answered_as_get() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let page = get_authorize(&gw, &p, None).await;
+    assert_page(&page, 200);
+    let head = send("HEAD", &authorize_url(&gw, &p), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(head.status, 200, "{}", head.text());
+    assert!(head.body.is_empty());
+    assert_eq!(head.header("content-type"), page.header("content-type"));
+    assert!(set_cookie(&head, "sg_csrf").is_some());
+    let put = send("PUT", &authorize_url(&gw, &p), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(put.status, 405);
+    assert_eq!(put.header("allow").as_deref(), Some("GET, HEAD, POST"));
+}
+
 /// Browsers send the sign-in cookies (`Path=/oauth2/authorize`) with every
 /// request below that path too (RFC 6265 5.1.4): no route may forward them
 /// there, or the app would read the session and its CSRF value. Routes

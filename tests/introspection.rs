@@ -2350,6 +2350,18 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
         "{text}"
     );
 
+    // Another method on the document's path: 405 naming GET and HEAD.
+    let post = send(
+        "POST",
+        &s.gw.url("/.well-known/oauth-protected-resource/orders"),
+        &[],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(post.status, 405, "{}", post.text());
+    assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
+
     let missing = get(&s.gw.url("/orders/1"), &[]).await.unwrap();
     assert_eq!(missing.status, 401);
     assert_eq!(

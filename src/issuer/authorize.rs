@@ -63,9 +63,13 @@ struct AuthRequest {
 struct PageError(StatusCode, String);
 
 impl AuthorizationServer {
-    /// `GET` shows sign-in or consent; `POST` handles their forms.
+    /// `GET` shows sign-in or consent; `POST` handles their forms. `HEAD`
+    /// is answered as `GET` (RFC 9110 9.3.2), without the body.
     pub(crate) async fn authorize(&self, request: Request<Incoming>) -> Response<Body> {
-        let method = request.method().clone();
+        let method = match request.method() {
+            &Method::HEAD => Method::GET,
+            other => other.clone(),
+        };
         let headers = request.headers().clone();
         let params = if method == Method::GET {
             request
@@ -98,7 +102,7 @@ impl AuthorizationServer {
             );
             page.headers_mut().insert(
                 http::header::ALLOW,
-                http::HeaderValue::from_static("GET, POST"),
+                http::HeaderValue::from_static("GET, HEAD, POST"),
             );
             return page;
         };

@@ -506,6 +506,16 @@ impl Gateway {
                     },
                 )
             }
+            // The resource metadata's path exists, for GET and HEAD (RFC
+            // 9110 15.5.6).
+            Lookup::NotFound if self.resource.as_ref().is_some_and(|r| *path == *r.path) => {
+                return Verdict::Deny(
+                    None,
+                    GatewayError::MethodNotAllowed {
+                        allow: HeaderValue::from_static("GET, HEAD"),
+                    },
+                )
+            }
             Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
