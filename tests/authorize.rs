@@ -854,7 +854,8 @@ async fn public_clients_must_use_s256_pkce() {
 // ---------------------------------------------------------------------------
 
 /// `HEAD` on the authorization endpoint is answered as `GET` without the
-/// body (RFC 9110 9.3.2); another method gets 405 naming the three.
+/// body (RFC 9110 9.3.2); another method gets 405 naming the three, and a
+/// lower-case one 400, as everywhere.
 #[tokio::test]
 async fn head_on_the_sign_in_page_is_answered_as_get() {
     let (_upstream, gw) = start().await;
@@ -874,6 +875,13 @@ async fn head_on_the_sign_in_page_is_answered_as_get() {
         .unwrap();
     assert_eq!(put.status, 405);
     assert_eq!(put.header("allow").as_deref(), Some("GET, HEAD, POST"));
+    // A lower-case method is refused here as on every path.
+    for (method, path) in [("get", AUTHORIZE), ("post", TOKEN)] {
+        let request =
+            format!("{method} {path} HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        let reply = raw_reply(gw.addr, request.as_bytes()).await;
+        assert_eq!(reply.status, 400, "{method} {path}: {reply:?}");
+    }
 }
 
 /// Browsers send the sign-in cookies (`Path=/oauth2/authorize`) with every

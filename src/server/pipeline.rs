@@ -444,6 +444,17 @@ impl Gateway {
             return Verdict::Deny(None, GatewayError::UnsupportedMethod);
         }
 
+        // A method servers would upper-case, refused on every path (the
+        // built-in endpoints' too).
+        if request
+            .method()
+            .as_str()
+            .bytes()
+            .any(|b| b.is_ascii_lowercase())
+        {
+            return Verdict::Deny(None, GatewayError::BadMethod);
+        }
+
         // 1. Canonicalise the path.
         let path = match canonicalize(request.uri().path()) {
             Ok(path) => path,
@@ -469,14 +480,6 @@ impl Gateway {
         }
 
         // 2. Match a route.
-        if request
-            .method()
-            .as_str()
-            .bytes()
-            .any(|b| b.is_ascii_lowercase())
-        {
-            return Verdict::Deny(None, GatewayError::BadMethod);
-        }
         // As every upstream would read it (`/admin;x/users` is Tomcat's
         // `/admin/users`, Express's `/admin;x/users`); the canonical
         // spelling is forwarded.
