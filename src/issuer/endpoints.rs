@@ -1,6 +1,5 @@
 //! JWKS, RFC 8414 metadata, RFC 7662 introspection and RFC 7009 revocation.
 
-use bytes::Bytes;
 use http::header::{CACHE_CONTROL, CONTENT_TYPE};
 use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{Either, Full};
@@ -8,7 +7,6 @@ use hyper::body::Incoming;
 use serde_json::{json, Value};
 
 use super::clients;
-use super::keys::jwks_document;
 use super::store::{RefreshRecord, Standing};
 use super::token::PresentedRefresh;
 use super::{json_response, read_form, AuthorizationServer, OAuthError, LEEWAY_SECS};
@@ -16,11 +14,48 @@ use crate::auth::jwt::now_unix;
 use crate::config::{Client, Grant};
 use crate::proxy::Body;
 
+/// The RFC 8414 authorization server metadata document of `s`.
+pub(crate) fn metadata_document(s: &super::AuthorizationServerSettings) -> String {
+    let base = origin(&s.issuer);
+    let url = |path: &str| format!("{base}{path}");
+    let mut scopes: Vec<&str> = s
+        .clients
+        .iter()
+        .flat_map(|c| c.scopes.iter().map(String::as_str))
+        .collect();
+    scopes.sort_unstable();
+    scopes.dedup();
+    let mut grants: Vec<&str> = s
+        .clients
+        .iter()
+        .flat_map(|c| c.grants.iter().map(|g| g.as_str()))
+        .collect();
+    grants.sort_unstable();
+    grants.dedup();
+    let body = json!({
+        "issuer": s.issuer,
+        "token_endpoint": url(&s.paths.token),
+        "authorization_endpoint": url(&s.paths.authorize),
+        "jwks_uri": url(&s.paths.jwks),
+        "introspection_endpoint": url(&s.paths.introspection),
+        "revocation_endpoint": url(&s.paths.revocation),
+        "grant_types_supported": grants,
+        "response_types_supported": ["code"],
+        // Left out, it would mean ["query", "fragment"] (RFC 8414 2).
+        "response_modes_supported": ["query"],
+        "scopes_supported": scopes,
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
+        "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
+    });
+    body.to_string()
+}
+
 impl AuthorizationServer {
     pub(crate) fn jwks(&self) -> Response<Body> {
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(jwks_document(
-            &self.settings.keys,
-        )))));
+        let mut response = Response::new(Either::Right(Full::new(self.jwks_body.clone())));
         let headers = response.headers_mut();
         headers.insert(
             CONTENT_TYPE,
@@ -35,42 +70,7 @@ impl AuthorizationServer {
 
     /// RFC 8414 authorization server metadata.
     pub(crate) fn metadata(&self) -> Response<Body> {
-        let s = &self.settings;
-        let base = origin(&s.issuer);
-        let url = |path: &str| format!("{base}{path}");
-        let mut scopes: Vec<&str> = s
-            .clients
-            .iter()
-            .flat_map(|c| c.scopes.iter().map(String::as_str))
-            .collect();
-        scopes.sort_unstable();
-        scopes.dedup();
-        let mut grants: Vec<&str> = s
-            .clients
-            .iter()
-            .flat_map(|c| c.grants.iter().map(|g| g.as_str()))
-            .collect();
-        grants.sort_unstable();
-        grants.dedup();
-        let body = json!({
-            "issuer": s.issuer,
-            "token_endpoint": url(&s.paths.token),
-            "authorization_endpoint": url(&s.paths.authorize),
-            "jwks_uri": url(&s.paths.jwks),
-            "introspection_endpoint": url(&s.paths.introspection),
-            "revocation_endpoint": url(&s.paths.revocation),
-            "grant_types_supported": grants,
-            "response_types_supported": ["code"],
-            // Left out, it would mean ["query", "fragment"] (RFC 8414 2).
-            "response_modes_supported": ["query"],
-            "scopes_supported": scopes,
-            "token_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-            "introspection_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post"],
-            "revocation_endpoint_auth_methods_supported": ["client_secret_basic", "client_secret_post", "none"],
-            "code_challenge_methods_supported": ["S256"],
-            "authorization_response_iss_parameter_supported": true,
-        });
-        let mut response = Response::new(Either::Right(Full::new(Bytes::from(body.to_string()))));
+        let mut response = Response::new(Either::Right(Full::new(self.metadata_body.clone())));
         let headers = response.headers_mut();
         headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
         headers.insert(

@@ -281,6 +281,10 @@ pub struct AuthorizationServer {
     /// Store failures of its own endpoints, likewise (anyone can send
     /// requests that reach the store).
     store_failure_log: crate::admin::throttle::LogThrottle,
+    /// The public documents (its JWKS and RFC 8414 metadata), written once:
+    /// anyone may ask for them, as often as they like.
+    jwks_body: Bytes,
+    metadata_body: Bytes,
     metrics: Arc<Metrics>,
 }
 
@@ -305,9 +309,13 @@ impl AuthorizationServer {
             .iter()
             .map(|u| (u.username.clone(), u.clone()))
             .collect();
-        let own_keys = KeySet::from_json(keys::jwks_document(&settings.keys).as_bytes()).ok();
+        let jwks_body = Bytes::from(keys::jwks_document(&settings.keys));
+        let metadata_body = Bytes::from(endpoints::metadata_document(&settings));
+        let own_keys = KeySet::from_json(&jwks_body).ok();
         let own_algorithms = settings.keys.iter().map(|k| k.algorithm()).collect();
         Self {
+            jwks_body,
+            metadata_body,
             settings,
             store,
             clients,
