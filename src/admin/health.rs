@@ -90,8 +90,8 @@ pub async fn serve(
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req: Request<Incoming>| {
-                let response = answer(&req, &metrics, &ready);
-                async move { Ok::<_, Infallible>(response) }
+                let (metrics, ready) = (Arc::clone(&metrics), Arc::clone(&ready));
+                async move { Ok::<_, Infallible>(answer(&req, metrics, &ready).await) }
             }),
         );
         let open = Arc::clone(&open);
@@ -119,9 +119,9 @@ pub async fn serve(
     tasks.wait().await;
 }
 
-fn answer(
+async fn answer(
     req: &Request<Incoming>,
-    metrics: &Metrics,
+    metrics: Arc<Metrics>,
     ready: &ReadinessProbe,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -132,7 +132,13 @@ fn answer(
     }
     match req.uri().path() {
         "/metrics" => {
-            let mut r = Response::new(Full::new(Bytes::from(metrics.render())));
+            // Off the runtime: with many routes the text is large, and a
+            // one-worker gateway would stall its requests for each scrape.
+            let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;
+            let Ok(rendered) = rendered else {
+                return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
+            };
+            let mut r = Response::new(Full::new(Bytes::from(rendered)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 header::HeaderValue::from_static("text/plain; version=0.0.4"),
