@@ -1316,7 +1316,7 @@ async fn pages_carry_security_headers_and_cookie_attributes() {
         .await
         .unwrap();
     assert_page(&r, 405);
-    assert_eq!(r.header("allow").as_deref(), Some("GET, POST"));
+    assert_eq!(r.header("allow").as_deref(), Some("GET, HEAD, POST"));
 }
 
 // ---------------------------------------------------------------------------
