@@ -2986,6 +2986,10 @@ async fn decisions_are_counted_and_logged_without_secrets() {
     let basic = [("authorization", "Basic dXNlcjpwYXNz")];
     let (reply, forwarded) = request(&world, "GET", &gw.url("/orders/1"), &basic, "").await;
     check(&reply, forwarded, Want::NoToken, "another scheme");
+    for _ in 0..2 {
+        let (reply, _) = request(&world, "GET", &gw.url("/status"), &[], "").await;
+        assert_eq!(reply.status, 200);
+    }
 
     let text = gw.metrics().await;
     let decisions =
@@ -2993,6 +2997,12 @@ async fn decisions_are_counted_and_logged_without_secrets() {
     assert_eq!(
         decisions(&[("issuer", "test"), ("decision", "allow"), ("reason", "ok")]),
         1.0,
+        "{text}"
+    );
+    // A public route's requests, each counted (under `-`).
+    assert_eq!(
+        decisions(&[("issuer", "-"), ("decision", "allow"), ("reason", "public")]),
+        2.0,
         "{text}"
     );
     // A refused token is counted under the issuer its `iss` names; a

@@ -54,6 +54,10 @@ struct HotMetrics {
     routes: Vec<(OnceLock<Histogram>, [OnceLock<IntCounter>; METHOD_SLOTS])>,
     /// `decision="allow", reason="ok"` per issuer index.
     allowed: Vec<OnceLock<IntCounter>>,
+    /// `decision="allow"` with `reason="public"` (a route without a token
+    /// check) and `reason="preflight"` (a CORS preflight let through).
+    public: OnceLock<IntCounter>,
+    preflight: OnceLock<IntCounter>,
 }
 
 impl HotMetrics {
@@ -63,6 +67,8 @@ impl HotMetrics {
                 .map(|_| (OnceLock::new(), std::array::from_fn(|_| OnceLock::new())))
                 .collect(),
             allowed: (0..issuers).map(|_| OnceLock::new()).collect(),
+            public: OnceLock::new(),
+            preflight: OnceLock::new(),
         }
     }
 }
@@ -492,7 +498,10 @@ impl Gateway {
         if request.method() == Method::OPTIONS {
             if let Some(permit) = self.preflight(request, &path, lookup) {
                 let _ = matched.set(permit.route());
-                self.decision(NO_ISSUER, "allow", "preflight");
+                self.hot_metrics
+                    .preflight
+                    .get_or_init(|| self.decision_counter(NO_ISSUER, "allow", "preflight"))
+                    .inc();
                 return Verdict::Forward {
                     permit,
                     rewritten: rewritten(path),
@@ -549,7 +558,11 @@ impl Gateway {
         };
         match &identity {
             Some(token) => self.allowed(token.issuer),
-            None => self.decision(issuer, "allow", "public"),
+            None => self
+                .hot_metrics
+                .public
+                .get_or_init(|| self.decision_counter(issuer, "allow", "public"))
+                .inc(),
         }
         Verdict::Forward {
             permit,
@@ -764,10 +777,13 @@ impl Gateway {
     }
 
     fn decision(&self, issuer: &str, decision: &str, reason: &str) {
+        self.decision_counter(issuer, decision, reason).inc();
+    }
+
+    fn decision_counter(&self, issuer: &str, decision: &str, reason: &str) -> IntCounter {
         self.metrics
             .auth_decisions
             .with_label_values(&[issuer, decision, reason])
-            .inc();
     }
 }
 
