@@ -476,6 +476,24 @@ async fn access_revocation(h: &Harness) {
     assert!(h.b.is_access_revoked("jti-1").await.unwrap());
     assert!(!h.b.is_access_revoked("jti-2").await.unwrap());
     assert!(!h.b.is_family_revoked("jti-1").await.unwrap());
+    // Both asked at once, as the gateway does for each request: either
+    // revoked is revoked, each in its own namespace.
+    h.b.revoke_family("fam-either", t + 900).await.unwrap();
+    for (jti, sid, revoked) in [
+        (Some("jti-1"), Some("fam-none"), true),
+        (Some("jti-2"), Some("fam-either"), true),
+        (Some("jti-2"), None, false),
+        (None, Some("fam-either"), true),
+        (Some("fam-either"), Some("jti-1"), false),
+        (None, None, false),
+    ] {
+        assert_eq!(
+            h.a.is_either_revoked(jti, sid).await.unwrap(),
+            revoked,
+            "{} {jti:?} {sid:?}",
+            h.kind
+        );
+    }
 }
 
 async fn code_is_single_use(h: &Harness) {

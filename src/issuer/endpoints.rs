@@ -266,17 +266,7 @@ impl AuthorizationServer {
         jti: Option<&str>,
         sid: Option<&str>,
     ) -> Result<bool, super::store::StoreError> {
-        if let Some(jti) = jti {
-            if self.store.is_access_revoked(jti).await? {
-                return Ok(true);
-            }
-        }
-        if let Some(sid) = sid {
-            if self.store.is_family_revoked(sid).await? {
-                return Ok(true);
-            }
-        }
-        Ok(false)
+        self.store.is_either_revoked(jti, sid).await
     }
 
     /// RFC 7009: revokes refresh tokens (their whole grant) and access tokens

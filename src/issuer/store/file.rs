@@ -405,6 +405,29 @@ impl FileStore {
     }
 }
 
+impl FileStore {
+    /// Whether any of `ids` is revoked now, in one read transaction.
+    pub(super) async fn is_any_revoked(&self, ids: &[(Kind, &str)]) -> Result<bool, StoreError> {
+        let ids: Vec<(Kind, String)> = ids.iter().map(|(k, id)| (*k, (*id).to_owned())).collect();
+        self.run(Access::Read, move |db| {
+            let now = now_secs();
+            let txn = db.begin_read().db()?;
+            for (kind, id) in &ids {
+                let table = txn.open_table(revocations(*kind).0).db()?;
+                if table
+                    .get(id.as_str())
+                    .db()?
+                    .is_some_and(|until| now < until.value())
+                {
+                    return Ok(true);
+                }
+            }
+            Ok(false)
+        })
+        .await
+    }
+}
+
 /// Stores a code (unused, unless it is being overwritten while used), and
 /// purges a batch of expired entries, in one write transaction.
 async fn put_code(store: &FileStore, digest: Digest, record: CodeRecord) -> Result<(), StoreError> {

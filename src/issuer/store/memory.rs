@@ -280,6 +280,18 @@ impl MemoryStore {
             .is_some_and(|until| now < *until))
     }
 
+    /// Whether any of `ids` is revoked now, under one lock.
+    pub(super) fn is_any_revoked(&self, ids: &[(Kind, &str)]) -> Result<bool, StoreError> {
+        let now = now_secs();
+        let mut state = self.lock();
+        Ok(ids.iter().any(|(kind, id)| {
+            state
+                .revoked(*kind)
+                .get(*id)
+                .is_some_and(|until| now < *until)
+        }))
+    }
+
     /// How many entries are held (live or not yet purged).
     #[cfg(test)]
     fn len(&self) -> usize {

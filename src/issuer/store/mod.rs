@@ -432,6 +432,30 @@ impl Store {
         }
     }
 
+    /// Whether a revocation of the access token `jti` or of the family
+    /// `sid` is in force now, asked in one go (one lock, one transaction or
+    /// one round trip): the gateway asks for every request with a token of
+    /// the built-in server.
+    pub async fn is_either_revoked(
+        &self,
+        jti: Option<&str>,
+        sid: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let ids: Vec<(Kind, &str)> = jti
+            .map(|j| (Kind::Access, j))
+            .into_iter()
+            .chain(sid.map(|s| (Kind::Family, s)))
+            .collect();
+        if ids.is_empty() {
+            return Ok(false);
+        }
+        match &*self.backend {
+            Backend::Memory(s) => s.is_any_revoked(&ids),
+            Backend::File(s) => s.is_any_revoked(&ids).await,
+            Backend::Redis(s) => s.is_any_revoked(&ids).await,
+        }
+    }
+
     /// Stores a newly issued authorization code (unused). Writing a digest
     /// that is already marked used keeps it used.
     pub async fn put_code(&self, digest: &Digest, record: &CodeRecord) -> Result<(), StoreError> {

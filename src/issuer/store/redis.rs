@@ -419,6 +419,19 @@ impl RedisStore {
             .map_err(|e| self.failed(e))
     }
 
+    /// Whether any of `ids` is revoked now, in one `EXISTS`.
+    pub(super) async fn is_any_revoked(&self, ids: &[(Kind, &str)]) -> Result<bool, StoreError> {
+        let mut exists = ::redis::cmd("EXISTS");
+        for (kind, id) in ids {
+            exists.arg(revocation_key(*kind, id));
+        }
+        exists
+            .query_async::<u64>(&mut self.conn())
+            .await
+            .map(|found| found > 0)
+            .map_err(|e| self.failed(e))
+    }
+
     /// Writes a code's record (its used-marker, if any, is a separate key
     /// and stays; both are kept until the same time).
     async fn put(&self, digest: &Digest, record: &CodeRecord) -> Result<(), StoreError> {
