@@ -878,6 +878,81 @@ async fn a_redis_whose_certificate_is_not_trusted_is_refused() {
     assert!(!format!("{err:?}").contains("hunter2"), "{err:?}");
 }
 
+/// A server in cluster mode that holds every slot (as a managed service's
+/// proxy presents one) takes the gateway's revocation check of both ids at
+/// once: one `EXISTS` of the two keys would be refused (`CROSSSLOT`), their
+/// slots differing.
+#[tokio::test]
+async fn a_revocation_check_of_both_ids_works_in_cluster_mode() {
+    if RedisServer::start().is_none() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = None;
+    for _ in 0..5 {
+        let port = support::free_port();
+        let mut child = support::redis_server_command(port, dir.path())
+            .args(["--cluster-enabled", "yes"])
+            .arg("--cluster-config-file")
+            .arg(dir.path().join(format!("nodes-{port}.conf")))
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline && !ours(port, dir.path()) {
+            if let Ok(Some(_)) = child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if ours(port, dir.path()) {
+            server = Some((child, port));
+            break;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let (mut child, port) = server.expect("a cluster-mode redis-server did not start");
+    let url = format!("redis://127.0.0.1:{port}/0");
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let () = ::redis::cmd("CLUSTER")
+        .arg("ADDSLOTSRANGE")
+        .arg(0)
+        .arg(16383)
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    let mut ready = false;
+    for _ in 0..200 {
+        let info: String = ::redis::cmd("CLUSTER")
+            .arg("INFO")
+            .query_async(&mut connection)
+            .await
+            .unwrap();
+        if info.contains("cluster_state:ok") {
+            ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(ready, "the one-node cluster never came up");
+    let store = Store::open(&StoreConfig::Redis(url.as_str().into()))
+        .await
+        .unwrap();
+    let t = now();
+    assert!(!store
+        .is_either_revoked(Some("jti-c"), Some("fam-c"))
+        .await
+        .unwrap());
+    store.revoke_family("fam-c", t + 900).await.unwrap();
+    assert!(store
+        .is_either_revoked(Some("jti-c"), Some("fam-c"))
+        .await
+        .unwrap());
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// A password given apart from the URL (`password_file`, `password_env`)
 /// is the one the store authenticates with: a server that requires it is
 /// opened with it, and refused without it (the error not echoing it).

@@ -47,6 +47,9 @@ pub async fn serve(
     // A hard bound on connection tasks, well above MAX_CONNECTIONS: closing
     // the oldest takes a moment.
     let slots = Arc::new(tokio::sync::Semaphore::new(2 * MAX_CONNECTIONS));
+    // One render at a time: a render begun runs to its end (on the blocking
+    // pool) even when its connection is closed, so renders must not pile up.
+    let rendering = Arc::new(tokio::sync::Semaphore::new(1));
     let open: Arc<OpenConnections> = Arc::default();
     let mut next_id: u64 = 0;
     let mut builder = hyper::server::conn::http1::Builder::new();
@@ -87,11 +90,13 @@ pub async fn serve(
         }
         let metrics = Arc::clone(&metrics);
         let ready = Arc::clone(&ready);
+        let rendering = Arc::clone(&rendering);
         let connection = builder.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req: Request<Incoming>| {
                 let (metrics, ready) = (Arc::clone(&metrics), Arc::clone(&ready));
-                async move { Ok::<_, Infallible>(answer(&req, metrics, &ready).await) }
+                let rendering = Arc::clone(&rendering);
+                async move { Ok::<_, Infallible>(answer(&req, metrics, &ready, rendering).await) }
             }),
         );
         let open = Arc::clone(&open);
@@ -123,6 +128,7 @@ async fn answer(
     req: &Request<Incoming>,
     metrics: Arc<Metrics>,
     ready: &ReadinessProbe,
+    rendering: Arc<tokio::sync::Semaphore>,
 ) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
@@ -134,7 +140,14 @@ async fn answer(
         "/metrics" => {
             // Off the runtime: with many routes the text is large, and a
             // one-worker gateway would stall its requests for each scrape.
-            let rendered = tokio::task::spawn_blocking(move || metrics.render()).await;
+            let Ok(turn) = rendering.acquire_owned().await else {
+                return text(StatusCode::SERVICE_UNAVAILABLE, "metrics unavailable\n");
+            };
+            let rendered = tokio::task::spawn_blocking(move || {
+                let _turn = turn;
+                metrics.render()
+            })
+            .await;
             let Ok(rendered) = rendered else {
                 return text(StatusCode::INTERNAL_SERVER_ERROR, "metrics unavailable\n");
             };

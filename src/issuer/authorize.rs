@@ -359,6 +359,7 @@ impl AuthorizationServer {
         let keys = &self.settings.keys;
         let session = match SigningKey::sign_with_first(
             keys,
+            &self.signing_places,
             "session+jwt",
             json!({ "iss": self.settings.issuer, "sub": user.username, "csrf": csrf, "iat": now, "exp": now + SESSION_TTL }),
         )
@@ -369,6 +370,7 @@ impl AuthorizationServer {
         };
         let device = SigningKey::sign_with_first(
             keys,
+            &self.signing_places,
             "device+jwt",
             json!({ "iss": self.settings.issuer, "sub": user.username, "aud": DEVICE_AUDIENCE, "jti": device, "iat": now, "exp": now + DEVICE_TTL }),
         )

@@ -192,9 +192,12 @@ impl SigningKey {
 
     /// [`Self::sign_typed`] with the first of `keys`, on the blocking pool
     /// for RSA (milliseconds of CPU, which would stall every connection of
-    /// the worker); ES256 and EdDSA take tens of microseconds and sign here.
+    /// the worker), at most as many at once as `places` allows (a wait for
+    /// a place ends with its request; a signature begun runs to its end);
+    /// ES256 and EdDSA take tens of microseconds and sign here.
     pub async fn sign_with_first(
         keys: &std::sync::Arc<Vec<SigningKey>>,
+        places: &std::sync::Arc<tokio::sync::Semaphore>,
         typ: &'static str,
         claims: Value,
     ) -> Result<String, String> {
@@ -202,13 +205,23 @@ impl SigningKey {
         if !matches!(first.signer, Signer::Rsa(..)) {
             return first.sign_typed(typ, &claims);
         }
+        let place = std::sync::Arc::clone(places)
+            .acquire_owned()
+            .await
+            .map_err(|_| "signing is shut".to_owned())?;
         let keys = std::sync::Arc::clone(keys);
-        tokio::task::spawn_blocking(move || match keys.first() {
-            Some(key) => key.sign_typed(typ, &claims),
-            None => Err("no signing key".to_owned()),
+        tokio::task::spawn_blocking(move || match (keys.first(), place) {
+            (Some(key), _place) => key.sign_typed(typ, &claims),
+            (None, _) => Err("no signing key".to_owned()),
         })
         .await
         .map_err(|e| format!("signing stopped: {e}"))?
+    }
+
+    /// Places for RSA signatures at once: one per CPU.
+    pub fn signing_places() -> std::sync::Arc<tokio::sync::Semaphore> {
+        let cpus = std::thread::available_parallelism().map_or(2, std::num::NonZero::get);
+        std::sync::Arc::new(tokio::sync::Semaphore::new(cpus))
     }
 }
 
@@ -272,9 +285,11 @@ mod tests {
             for (key, others_ran) in [(rsa, true), (es, false)] {
                 let keys = std::sync::Arc::new(vec![key]);
                 let before = ticks.load(Ordering::SeqCst);
-                let token = SigningKey::sign_with_first(&keys, "at+jwt", json!({"sub": "a"}))
-                    .await
-                    .unwrap();
+                let places = SigningKey::signing_places();
+                let token =
+                    SigningKey::sign_with_first(&keys, &places, "at+jwt", json!({"sub": "a"}))
+                        .await
+                        .unwrap();
                 assert_eq!(token.split('.').count(), 3);
                 assert_eq!(
                     ticks.load(Ordering::SeqCst) > before,
@@ -285,6 +300,33 @@ mod tests {
             }
             spinner.abort();
         });
+    }
+
+    /// An RSA signature takes a place first (places closed: refused at
+    /// once, not begun); an ES256 one needs none.
+    #[tokio::test]
+    async fn rsa_signatures_take_a_place() {
+        use futures_util::FutureExt;
+        let rsa = std::sync::Arc::new(vec![SigningKey::from_pkcs8(
+            "r",
+            Algorithm::RS256,
+            &rsa_pkcs8(),
+        )
+        .unwrap()]);
+        let es = std::sync::Arc::new(vec![SigningKey::generate("e").unwrap()]);
+        let none_free = std::sync::Arc::new(tokio::sync::Semaphore::new(0));
+        none_free.close();
+        let refused =
+            SigningKey::sign_with_first(&rsa, &none_free, "at+jwt", json!({})).now_or_never();
+        assert!(matches!(refused, Some(Err(_))), "signed without a place");
+        let signed =
+            SigningKey::sign_with_first(&es, &none_free, "at+jwt", json!({})).now_or_never();
+        assert!(matches!(signed, Some(Ok(_))), "{signed:?}");
+        let one = std::sync::Arc::new(tokio::sync::Semaphore::new(1));
+        assert!(SigningKey::sign_with_first(&rsa, &one, "at+jwt", json!({}))
+            .await
+            .is_ok());
+        assert_eq!(one.available_permits(), 1, "the place was not given back");
     }
 
     /// Every supported algorithm signs tokens that verify with its own

@@ -285,6 +285,8 @@ pub struct AuthorizationServer {
     /// anyone may ask for them, as often as they like.
     jwks_body: Bytes,
     metadata_body: Bytes,
+    /// Places for RSA signatures at once (kept across reloads).
+    signing_places: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -316,6 +318,9 @@ impl AuthorizationServer {
         Self {
             jwks_body,
             metadata_body,
+            signing_places: previous.map_or_else(keys::SigningKey::signing_places, |p| {
+                Arc::clone(&p.signing_places)
+            }),
             settings,
             store,
             clients,

@@ -543,10 +543,14 @@ impl AuthorizationServer {
         if let Some(family) = &family {
             claims["sid"] = Value::String(family.clone());
         }
-        let access_token =
-            super::keys::SigningKey::sign_with_first(&settings.keys, "at+jwt", claims)
-                .await
-                .map_err(OAuthError::server_error)?;
+        let access_token = super::keys::SigningKey::sign_with_first(
+            &settings.keys,
+            &self.signing_places,
+            "at+jwt",
+            claims,
+        )
+        .await
+        .map_err(OAuthError::server_error)?;
 
         let refresh = match plan {
             RefreshPlan::None | RefreshPlan::SessionOnly(_) => None,

@@ -419,16 +419,17 @@ impl RedisStore {
             .map_err(|e| self.failed(e))
     }
 
-    /// Whether any of `ids` is revoked now, in one `EXISTS`.
+    /// Whether any of `ids` is revoked now, in one round trip: a pipeline of
+    /// one-key `EXISTS` (one `EXISTS` of both keys would be refused with
+    /// `CROSSSLOT` by a server in cluster mode, their slots differing).
     pub(super) async fn is_any_revoked(&self, ids: &[(Kind, &str)]) -> Result<bool, StoreError> {
-        let mut exists = ::redis::cmd("EXISTS");
+        let mut pipe = ::redis::pipe();
         for (kind, id) in ids {
-            exists.arg(revocation_key(*kind, id));
+            pipe.cmd("EXISTS").arg(revocation_key(*kind, id));
         }
-        exists
-            .query_async::<u64>(&mut self.conn())
+        pipe.query_async::<Vec<bool>>(&mut self.conn())
             .await
-            .map(|found| found > 0)
+            .map(|found| found.contains(&true))
             .map_err(|e| self.failed(e))
     }
 
