@@ -446,6 +446,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "jwks_file has no key for any of the issuer's algorithms (RS256, PS256)",
         ),
         (
+            "a jwks_file whose key of the issuer's algorithm verifies nothing",
+            format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    algorithms: [ES256]\n    jwks_file: ed-and-off-curve.json\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "6:16",
+            "jwks_file has no key for any of the issuer's algorithms (ES256)",
+        ),
+        (
             "both jwks_uri and jwks_file",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    jwks_file: k.json\n".into(),
             "6:16",
@@ -739,6 +745,17 @@ fn config_errors_name_file_line_and_column() {
     // The key set some rows name: one ES256 key.
     let es256 = scopegate::demo::SigningKey::generate("k").unwrap();
     std::fs::write(dir.path().join("es256-keys.json"), es256.jwks()).unwrap();
+    // An Ed25519 key (RFC 8037 A.2's) and a P-256 one off its curve, which
+    // fits ES256 by type but verifies nothing.
+    let off_curve: serde_json::Value = serde_json::from_str(support::UNUSABLE_JWKS).unwrap();
+    std::fs::write(
+        dir.path().join("ed-and-off-curve.json"),
+        format!(
+            r#"{{"keys":[{{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}},{}]}}"#,
+            off_curve["keys"][0]
+        ),
+    )
+    .unwrap();
     let mut failures = Vec::new();
     for (name, yaml, position, fragment) in bad_configs() {
         let file = dir.path().join("bad.yaml");
