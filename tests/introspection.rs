@@ -90,6 +90,8 @@ enum Mode {
     Garbage,
     /// Holds the call until the mode changes.
     Hang,
+    /// 429 with `Retry-After: 5`.
+    TooMany,
 }
 
 /// Which client authentication the endpoint insists on (401 otherwise).
@@ -239,6 +241,16 @@ async fn introspection_answer(
             "application/json",
             "<html>not json</html>".to_owned(),
         ),
+        Mode::TooMany => {
+            let mut r = reply(
+                StatusCode::TOO_MANY_REQUESTS,
+                "application/json",
+                r#"{"error":"slow_down"}"#.to_owned(),
+            );
+            r.headers_mut()
+                .insert("retry-after", http::HeaderValue::from_static("5"));
+            r
+        }
         Mode::Serve | Mode::Hang => {
             if !client_authenticated(&s.check, &call) {
                 return reply(
@@ -1317,6 +1329,43 @@ async fn fails_closed_then_recovers(mode: Mode, extra: &str, label: &str) {
     assert_eq!(s.upstream.count(), 1);
     let metrics = s.gw.metrics().await;
     assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
+}
+
+/// A 429 (or 503) with `Retry-After` holds calls back that long (at most
+/// 10 s): new tokens meanwhile get 503 without a call, counted as
+/// `held_back`; then calls go on.
+#[tokio::test]
+async fn retry_after_holds_calls_back() {
+    let s = Opaque::start("").await;
+    s.idp.answer("later", active("orders:read"));
+    s.idp.set_mode(Mode::TooMany);
+    assert_unavailable(&s.get("/orders/1", "first").await);
+    assert_eq!(s.idp.count(), 1);
+    // Within the five seconds asked for: no call.
+    assert_unavailable(&s.get("/orders/1", "second").await);
+    assert_eq!(s.idp.count(), 1, "a call was made while held back");
+    let metrics = s.gw.metrics().await;
+    assert_eq!(
+        introspection_results(&metrics, "http_error"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "held_back"),
+        1.0,
+        "{metrics}"
+    );
+    s.idp.set_mode(Mode::Serve);
+    let mut answered = false;
+    for _ in 0..100 {
+        if s.get("/orders/1", "later").await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(answered, "calls were held back for good");
+    assert_eq!(s.idp.count(), 2);
 }
 
 #[tokio::test]

@@ -72,7 +72,17 @@ async fn exchange(
         .await
         .map_err(|e| CallError::Network(crate::error::with_causes(&e)))?;
     if response.status() != StatusCode::OK {
-        return Err(CallError::Status(response.status()));
+        // 429 and 503 may say how long to stay away (delta-seconds only).
+        let wait = matches!(
+            response.status(),
+            StatusCode::TOO_MANY_REQUESTS | StatusCode::SERVICE_UNAVAILABLE
+        )
+        .then(|| response.headers().get(http::header::RETRY_AFTER))
+        .flatten()
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|secs| Duration::from_secs(secs).min(MAX_HELD_BACK));
+        return Err(CallError::Status(response.status(), wait));
     }
     Ok(Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
@@ -95,24 +105,31 @@ enum CallError {
     #[error("{0}")]
     Network(String),
     #[error("the server answered {0}")]
-    Status(StatusCode),
+    Status(StatusCode, Option<Duration>),
     #[error("{0}")]
     Body(String),
     #[error("no introspection endpoint (discovery has not found one)")]
     NoEndpoint,
     #[error("every introspection call slot stayed taken for the timeout")]
     Busy,
+    #[error("the server asked to wait (Retry-After) and the wait is not over")]
+    HeldBack,
 }
+
+/// The longest a `Retry-After` from the endpoint holds calls back: past
+/// it, calls go on (an answer of an hour would make every new token wait).
+const MAX_HELD_BACK: Duration = Duration::from_secs(10);
 
 impl CallError {
     fn label(&self) -> &'static str {
         match self {
             Self::Timeout => "timeout",
             Self::Network(_) => "network_error",
-            Self::Status(_) => "http_error",
+            Self::Status(..) => "http_error",
             Self::Body(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
             Self::Busy => "busy",
+            Self::HeldBack => "held_back",
         }
     }
 }
@@ -138,6 +155,10 @@ pub struct Introspector {
     metrics: Arc<Metrics>,
     /// Calls that ended after every request waiting for them went away.
     abandoned: prometheus::IntCounter,
+    /// Until when (milliseconds since `origin`) the endpoint asked, with
+    /// `Retry-After` on a 429 or 503, to be left alone: calls fail at once.
+    held_back_until: std::sync::atomic::AtomicU64,
+    origin: Instant,
     /// The "introspection failed" line, one per interval.
     failure_log: LogThrottle,
     /// The "active introspection answer refused" line, one per interval.
@@ -211,6 +232,8 @@ impl Introspector {
                 .expire_after(AnswerExpiry)
                 .build(),
             identity_claims,
+            held_back_until: std::sync::atomic::AtomicU64::new(0),
+            origin: Instant::now(),
             abandoned: metrics
                 .introspection_requests
                 .with_label_values(&[&facts_name, "abandoned"]),
@@ -319,6 +342,15 @@ impl Introspector {
 
     async fn call_inner(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
         let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
+        let now_ms =
+            |origin: Instant| u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if now_ms(self.origin)
+            < self
+                .held_back_until
+                .load(std::sync::atomic::Ordering::Acquire)
+        {
+            return Err(CallError::HeldBack);
+        }
         // A wait for a slot of `timeout` at most, then the call's own.
         let slot = match tokio::time::timeout(
             self.settings.timeout,
@@ -365,9 +397,21 @@ impl Introspector {
                 abandoned.inc();
             }
         });
-        let body = answer
-            .await
-            .map_err(|_| CallError::Network("the call ended without an answer".into()))??;
+        let body = match answer.await {
+            Ok(Err(CallError::Status(status, Some(wait)))) => {
+                let until = now_ms(self.origin)
+                    .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+                self.held_back_until
+                    .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
+                return Err(CallError::Status(status, Some(wait)));
+            }
+            Ok(result) => result?,
+            Err(_) => {
+                return Err(CallError::Network(
+                    "the call ended without an answer".into(),
+                ))
+            }
+        };
         let object = jwt::strict_object(&body).ok_or_else(|| {
             CallError::Body("the answer is not one JSON object (without repeated members)".into())
         })?;
