@@ -339,6 +339,14 @@ async fn expect_refetches(
     );
 }
 
+/// A token of a key nobody published, on `/orders/1`: one refetch of the
+/// key set, then `want`.
+async fn expect_unpublished_key(world: &World, gw: &Gateway, want: Want, label: &str) {
+    let stranger = Signer::generate("not-published");
+    let token = stranger.mint(&fresh_claims("orders:read"));
+    expect_refetches(world, gw, "/orders/1", &token, want, label, 1).await;
+}
+
 fn cache_hits(text: &str) -> f64 {
     metric(
         text,
@@ -2560,15 +2568,11 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
     .await;
 
     // An unknown kid forces a refetch, which fails.
-    let stranger = Signer::generate("not-published");
-    expect_refetches(
+    expect_unpublished_key(
         &world,
         &gw,
-        "/orders/1",
-        &stranger.mint(&fresh_claims("orders:read")),
         Want::Unavailable,
         &label("unknown kid during the outage"),
-        1,
     )
     .await;
     let text = gw.metrics().await;
@@ -2602,14 +2606,11 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
 
     // The endpoint is back and does not have the key: the token is refused.
     world.jwks.set_mode(JwksMode::Serve);
-    expect_refetches(
+    expect_unpublished_key(
         &world,
         &gw,
-        "/orders/1",
-        &stranger.mint(&fresh_claims("orders:read")),
         Want::Invalid(TokenError::UnknownKey),
         &label("unknown kid after the outage"),
-        1,
     )
     .await;
 }
@@ -2645,17 +2646,12 @@ async fn a_key_set_with_no_key_for_the_allowed_algorithms_keeps_the_keys_in_forc
     let (logs, _capturing) = Logs::capture();
     let (signer, world) = lab().await;
     let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
-    let fresh = || signer.mint(&fresh_claims("orders:read"));
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/orders/1",
-        &fresh(),
-        Want::Allow,
-        "before",
-    )
-    .await;
+    // A token of the key in force, accepted.
+    let accepted = async |when: &str| {
+        let token = signer.mint(&fresh_claims("orders:read"));
+        expect(&world, &gw, "GET", "/orders/1", &token, Want::Allow, when).await;
+    };
+    accepted("before").await;
     // An Ed25519 key alone; and beside it a P-256 key off its curve, which
     // fits ES256 by type but verifies nothing.
     let ed25519 = r#"{"kty":"OKP","crv":"Ed25519","kid":"ed","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}"#;
@@ -2668,15 +2664,11 @@ async fn a_key_set_with_no_key_for_the_allowed_algorithms_keeps_the_keys_in_forc
     .enumerate()
     {
         world.jwks.set_document(&document);
-        let stranger = Signer::generate("not-published");
-        expect_refetches(
+        expect_unpublished_key(
             &world,
             &gw,
-            "/orders/1",
-            &stranger.mint(&fresh_claims("orders:read")),
             Want::Unavailable,
             &format!("unknown kid, the set refused: {document}"),
-            1,
         )
         .await;
         let text = gw.metrics().await;
@@ -2692,16 +2684,7 @@ async fn a_key_set_with_no_key_for_the_allowed_algorithms_keeps_the_keys_in_forc
         "{}",
         logs.text()
     );
-    expect(
-        &world,
-        &gw,
-        "GET",
-        "/orders/1",
-        &fresh(),
-        Want::Allow,
-        "after",
-    )
-    .await;
+    accepted("after").await;
 }
 
 /// A key set may hold keys scopegate cannot verify with beside those it

@@ -1915,14 +1915,15 @@ impl Validator<'_> {
                 }
                 // Parsed as the client will (no connection made); the URL
                 // may hold a password, so it is not repeated.
-                if !(tls || url.starts_with("redis://"))
-                    || redis::IntoConnectionInfo::into_connection_info(url.as_str()).is_err()
-                {
+                let parsed = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+                    .ok()
+                    .filter(|_| tls || url.starts_with("redis://"));
+                let Some(parsed) = parsed else {
                     return Err(self.err(
                         at,
                         "redis store URL must be redis[s]://[user:password@]host[:port][/db]",
                     ));
-                }
+                };
                 let ca_pem = match &store.ca_file {
                     None => None,
                     Some(_) if !tls => {
@@ -1942,8 +1943,7 @@ impl Validator<'_> {
                 // places of its own fields.
                 let file = store.password_file.as_deref().map(|f| (f, at));
                 let env = store.password_env.as_deref().map(|v| (v, at));
-                let in_url = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .is_ok_and(|info| info.redis_settings().password().is_some());
+                let in_url = parsed.redis_settings().password().is_some();
                 let password = match self.secret_from("password", file, env)? {
                     Some(_) if in_url => {
                         return Err(self.err(

@@ -210,9 +210,12 @@ impl SigningKey {
             .await
             .map_err(|_| "signing is shut".to_owned())?;
         let keys = std::sync::Arc::clone(keys);
-        tokio::task::spawn_blocking(move || match (keys.first(), place) {
-            (Some(key), _place) => key.sign_typed(typ, &claims),
-            (None, _) => Err("no signing key".to_owned()),
+        tokio::task::spawn_blocking(move || {
+            // Held until the signature is made.
+            let _place = place;
+            keys.first()
+                .ok_or_else(|| "no signing key".to_owned())
+                .and_then(|key| key.sign_typed(typ, &claims))
         })
         .await
         .map_err(|e| format!("signing stopped: {e}"))?
