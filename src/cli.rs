@@ -165,6 +165,7 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
         .buffered_lines_limit(LOG_LINES_WAITING)
         .lossy(true)
         .finish(std::io::stderr());
+    crate::admin::metrics::count_dropped_log_lines(writer.error_counter());
     // Colour only for a person at a terminal: `kubectl logs`, Loki and
     // journald would otherwise store the escape codes.
     let builder = tracing_subscriber::fmt()

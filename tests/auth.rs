@@ -1411,7 +1411,28 @@ async fn scope_look_alikes_and_scope_claim_types() {
         ("quoted", json!("\"admin\""), malformed),
         ("non-ASCII", json!("admin orders:\u{e9}crire"), malformed),
         ("empty scope", json!(""), admin),
-        ("scope as a JSON array", json!(["admin"]), malformed),
+        // Spring Authorization Server's shape: an array of single scopes.
+        (
+            "scope as a JSON array",
+            json!(["orders:read", "admin"]),
+            Want::Allow,
+        ),
+        ("scope array without admin", json!(["orders:read"]), admin),
+        (
+            "scope array entry with a space",
+            json!(["x admin"]),
+            malformed,
+        ),
+        (
+            "scope array with a non-string",
+            json!(["admin", 1]),
+            malformed,
+        ),
+        (
+            "scope array entry with a tab",
+            json!(["x\tadmin"]),
+            malformed,
+        ),
         ("scope as an object", json!({"admin": true}), malformed),
         ("scope as a boolean", json!(true), malformed),
     ];
@@ -1489,6 +1510,39 @@ async fn scope_look_alikes_and_scope_claim_types() {
             label,
         )
         .await;
+    }
+
+    // Issuers that grant by `roles` (Microsoft Entra ID's app-only tokens)
+    // or `permissions` (Auth0's RBAC), as arrays of single scopes.
+    for claim in ["roles", "permissions"] {
+        let (signer, world) = lab().await;
+        let config = world.config_with(&format!("    scope_claim: {claim}\n"));
+        let gw = Gateway::start(&config).await;
+        let granting = |value: Value| without(with(fresh_claims(""), claim, value), "scope");
+        let rows: Vec<(&str, Value, Want)> = vec![
+            ("admin", granting(json!(["admin"])), Want::Allow),
+            ("others", granting(json!(["orders:read"])), admin),
+            ("none", without(fresh_claims("admin"), "scope"), admin),
+            (
+                "scope ignored",
+                with(fresh_claims("admin"), claim, json!(["orders:read"])),
+                admin,
+            ),
+            ("a space inside", granting(json!(["x admin"])), malformed),
+        ];
+        for (label, claims, want) in rows {
+            let label = format!("{claim}: {label}");
+            expect(
+                &world,
+                &gw,
+                "GET",
+                "/admin",
+                &signer.mint(&claims),
+                want,
+                &label,
+            )
+            .await;
+        }
     }
 }
 
@@ -2800,6 +2854,21 @@ async fn client_ids_stand_for_an_audience_where_tokens_have_none() {
         "with an aud",
     )
     .await;
+    // Ory Hydra's `"aud": []` for a token granted no audience names none.
+    let mut hydra = fresh_claims("orders:read");
+    hydra["client_id"] = "app-1".into();
+    hydra["aud"] = json!([]);
+    let token = signer.mint(&hydra);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "aud: []",
+    )
+    .await;
     gw.stop().await;
 
     let both = config.replace(&audiences, &format!("{audiences}    client_ids: [app-1]\n"));
@@ -2839,6 +2908,58 @@ async fn client_ids_stand_for_an_audience_where_tokens_have_none() {
         "the client alone",
     )
     .await;
+    // With audiences, an empty `aud` names none of them (RFC 7519 4.1.3).
+    let mut claims = fresh_claims("orders:read");
+    claims["client_id"] = "app-1".into();
+    claims["aud"] = json!([]);
+    let want = Want::Invalid(TokenError::WrongAudience);
+    let token = signer.mint(&claims);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &token,
+        want,
+        "aud: [] with audiences",
+    )
+    .await;
+}
+
+/// The failures an alert keys on (a key set that will not load, an
+/// upstream that will not answer) are exported at 0 before the first one,
+/// so that `increase()` sees it.
+#[tokio::test]
+async fn failure_counters_start_at_zero() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let text = gw.metrics().await;
+    for result in ["http_error", "network_error", "timeout", "invalid"] {
+        let labels = [("issuer", "test"), ("result", result)];
+        let value = exported(&text, "scopegate_jwks_fetches_total", &labels);
+        assert_eq!(value, Some(0.0), "{result}: {text}");
+    }
+    for kind in [
+        "connect",
+        "connect_timeout",
+        "timeout",
+        "protocol",
+        "overloaded",
+        "body",
+    ] {
+        let labels = [("upstream", "app"), ("kind", kind)];
+        let value = exported(&text, "scopegate_upstream_errors_total", &labels);
+        assert_eq!(value, Some(0.0), "{kind}: {text}");
+    }
+    // Only what the config has: no discovery, no introspection here.
+    assert!(
+        !text.contains("scopegate_discovery_attempts_total{"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("scopegate_introspection_requests_total{"),
+        "{text}"
+    );
 }
 
 #[tokio::test]

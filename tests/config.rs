@@ -731,8 +731,8 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "scopes_supported: `a b` is not a valid scope token",
         ),
         (
-            "scope_claim other than scope or scp",
-            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    scope_claim: roles\n".into(),
+            "scope_claim other than scope, scp, roles or permissions",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    scope_claim: groups\n".into(),
             "6:18",
             "scope_claim",
         ),

@@ -1158,15 +1158,33 @@ async fn a_log_nobody_reads_does_not_stop_the_gateway() {
         served_within(&ready, Duration::from_secs(30)).await,
         "the binary never became ready"
     );
-    // An access line each: far more than a pipe's 64 KiB holds.
-    let status = format!("http://{proxy}/status");
-    for i in 0..2_000 {
-        let reply = tokio::time::timeout(Duration::from_secs(10), get(&status, &[]))
+    // An access line each: far more than a pipe's 64 KiB holds, and then
+    // more than the 8 192 lines that may wait, so lines are dropped, and
+    // counted. Over kept-alive connections, so no port runs out.
+    let status: http::Uri = format!("http://{proxy}/status").parse().unwrap();
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let metrics = format!("http://{admin}/metrics");
+    let dropped = |text: &str| metric(text, "scopegate_log_lines_dropped_total", &[]);
+    let mut counted = 0.0;
+    for i in 0..40_000 {
+        let request = http::Request::get(status.clone())
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let reply = tokio::time::timeout(Duration::from_secs(10), client.request(request))
             .await
             .unwrap_or_else(|_| panic!("request {i} waited for the log"))
             .unwrap();
-        assert_eq!(reply.status, 200);
+        assert_eq!(reply.status(), 200);
+        let _ = reply.into_body().collect().await;
+        if i % 1_000 == 999 {
+            counted = dropped(&get(&metrics, &[]).await.unwrap().text());
+            if counted > 0.0 {
+                break;
+            }
+        }
     }
+    assert!(counted > 0.0, "no dropped log line was counted");
     assert!(served_within(&ready, Duration::from_secs(10)).await);
 }
 
@@ -1537,6 +1555,57 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway() {
         goaway,
         Some((StreamId::from(1), h2::Reason::NO_ERROR)),
         "closed without a GOAWAY naming the request it took"
+    );
+}
+
+/// An HTTP/2 connection whose first request does not come within
+/// `header_read_timeout` is closed with a GOAWAY naming no stream (RFC 9113
+/// 6.8), so that a client whose first request crossed the deadline knows
+/// it was not taken and may send it again. It was dropped, which reads as a
+/// broken connection.
+#[tokio::test]
+async fn an_http2_connection_without_a_first_request_is_closed_with_a_goaway() {
+    use h2::frame::{Frame, Ping, Settings, StreamId};
+    use tokio::io::AsyncWriteExt;
+    let world = World::new().await;
+    let config = yaml(
+        &world.jwks.uri(),
+        world.upstream.addr,
+        "  header_read_timeout: 1s\n",
+        "",
+    );
+    let gw = Gateway::start(&config).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut codec: H2Codec = h2::Codec::new(tcp);
+    assert!(send_frame(&mut codec, Settings::default().into()).await);
+    let read = async {
+        let mut goaway = None;
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+            let reply: Frame<Bytes> = match frame {
+                Frame::GoAway(g) => {
+                    goaway = Some((g.last_stream_id(), g.reason()));
+                    continue;
+                }
+                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
+                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
+                _ => continue,
+            };
+            if !send_frame(&mut codec, reply).await {
+                break;
+            }
+        }
+        goaway
+    };
+    let goaway = tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("the gateway kept a connection without a request open");
+    assert_eq!(
+        goaway,
+        Some((StreamId::from(0), h2::Reason::NO_ERROR)),
+        "closed without a GOAWAY saying no request was taken"
     );
 }
 

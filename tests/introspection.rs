@@ -921,7 +921,13 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
         .answer("keycloak-access", with(json!({ "typ": "Bearer" })));
     let ok = s.get("/orders/1", "keycloak-access").await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(s.upstream.count(), 3);
+    // Ory Hydra's answer for a token granted no audience: `"aud": []`,
+    // which names none, as an answer without `aud` does.
+    s.idp
+        .answer("hydra-no-audience", with(json!({ "aud": [] })));
+    let ok = s.get("/orders/1", "hydra-no-audience").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(s.upstream.count(), 4);
 }
 
 /// An answer refused because its `nbf` (or `iat`) is still ahead of the
@@ -1352,6 +1358,23 @@ async fn retry_after_holds_calls_back() {
     );
     assert_eq!(
         introspection_results(&metrics, "held_back"),
+        1.0,
+        "{metrics}"
+    );
+    // Failures no call has had yet are exported at 0, for alerts.
+    let timeouts = exported(
+        &metrics,
+        "scopegate_introspection_requests_total",
+        &[("issuer", "opaque"), ("result", "timeout")],
+    );
+    assert_eq!(timeouts, Some(0.0), "{metrics}");
+    // The latency is of calls made: the one held back made none.
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_introspection_duration_seconds_count",
+            &[("issuer", "opaque")]
+        ),
         1.0,
         "{metrics}"
     );
@@ -2316,6 +2339,37 @@ async fn discovery_refuses(
 // ---------------------------------------------------------------------------
 // 10. RFC 9728 protected resource metadata.
 // ---------------------------------------------------------------------------
+
+/// A route on the metadata document's path for another method: the
+/// document is still served for GET and HEAD, so a method neither serves
+/// gets 405 naming all of them.
+#[tokio::test]
+async fn a_route_beside_the_resource_metadata_keeps_get_and_head_allowed() {
+    let extra = "  - path: /.well-known/oauth-protected-resource/orders
+    methods: [POST]
+    upstream: app
+    auth: none
+resource:
+  resource: https://api.example.com/orders
+  authorization_servers: [https://opaque.test]
+";
+    let s = Opaque::start_with("", extra).await;
+    let url = s.gw.url("/.well-known/oauth-protected-resource/orders");
+    let doc = get(&url, &[]).await.unwrap();
+    assert_eq!(doc.status, 200, "{}", doc.text());
+    assert!(
+        doc.text().contains("authorization_servers"),
+        "{}",
+        doc.text()
+    );
+    let post = send("POST", &url, &[], Bytes::new()).await.unwrap();
+    assert_eq!(post.status, 200, "{}", post.text());
+    assert_eq!(s.upstream.count(), 1);
+    let put = send("PUT", &url, &[], Bytes::new()).await.unwrap();
+    assert_eq!(put.status, 405, "{}", put.text());
+    assert_eq!(put.header("allow").as_deref(), Some("GET, HEAD, POST"));
+    assert_eq!(s.upstream.count(), 1);
+}
 
 #[tokio::test]
 async fn resource_metadata_is_served_and_named_in_every_challenge() {

@@ -770,6 +770,33 @@ async fn refresh_replay_revokes_the_whole_family() {
     assert_eq!(refreshes("invalid_grant"), 2.0, "{text}");
 }
 
+/// The counters an alert on a stolen token or a failing store keys on are
+/// exported at 0 before their first event, so that `increase()` sees that
+/// event (a series' first sample is no increase), as are the config
+/// reload results.
+#[tokio::test]
+async fn alert_counters_start_at_zero() {
+    let (_upstream, gw) = start("").await;
+    let text = gw.metrics().await;
+    for kind in ["code", "refresh_token"] {
+        let value = exported(&text, "scopegate_issuer_replays_total", &[("kind", kind)]);
+        assert_eq!(value, Some(0.0), "{kind}: {text}");
+    }
+    for reason in ["backend", "corrupt", "full", "config"] {
+        let labels = [("store", "memory"), ("kind", reason)];
+        let value = exported(&text, "scopegate_issuer_store_errors_total", &labels);
+        assert_eq!(value, Some(0.0), "{reason}: {text}");
+    }
+    for result in ["success", "invalid", "setup_failed", "not_ready"] {
+        let value = exported(
+            &text,
+            "scopegate_config_reloads_total",
+            &[("result", result)],
+        );
+        assert_eq!(value, Some(0.0), "{result}: {text}");
+    }
+}
+
 /// With `refresh_token_reuse_grace`, a client whose refresh answer was lost
 /// may send its token again within the grace: it gets new tokens, and the
 /// token the lost answer carried is replaced. A third use, or the lost

@@ -1577,6 +1577,22 @@ async fn oversize_header_block_is_refused_with_431() {
     let reply = raw_reply(gw.addr, &request("GET", "/status", &[("X-Big", &big)])).await;
     assert_eq!(reply.status, 431, "{}", reply.head);
     assert_eq!(world.upstream.count(), 0);
+    // hyper answered it, before any request: counted all the same, as is
+    // a head it cannot parse.
+    let reply = raw_reply(gw.addr, b"GET /status HTTP/1.1\r\nHost gw.test\r\n\r\n").await;
+    assert_eq!(reply.status, 400, "{}", reply.head);
+    let head_errors = |text: &str, kind| {
+        metric(
+            text,
+            "scopegate_client_head_errors_total",
+            &[("kind", kind)],
+        )
+    };
+    let counted = wait_for_metrics(&gw, |text| {
+        head_errors(text, "too_large") == 1.0 && head_errors(text, "malformed") == 1.0
+    })
+    .await;
+    assert!(counted, "{}", gw.metrics().await);
 
     // Just under the limit is fine.
     let fits = "a".repeat(12 * 1024);
@@ -4559,6 +4575,89 @@ async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
         assert_eq!((reply.status, reply.text().as_str()), (200, "tls"));
     }
     assert_eq!(*versions.lock().unwrap(), [http::Version::HTTP_2; 3]);
+
+    // `http1_only` offers no ALPN: HTTP/1.1, for an upstream whose HTTP/2
+    // is broken or limited.
+    let http1 = trusting(&https, &cert).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http1_only: true\n",
+    );
+    let gw = Gateway::start(&http1).await;
+    for id in 0..2 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!((reply.status, reply.text().as_str()), (200, "tls"));
+    }
+    assert_eq!(versions.lock().unwrap()[3..], [http::Version::HTTP_11; 2]);
+    let both = http1.replace(
+        "    http1_only: true\n",
+        "    http1_only: true\n    http2_only: true\n",
+    );
+    assert_config_refused(&both, "http1_only and http2_only exclude each other");
+}
+
+/// A request an HTTP/2 connection did not take (a GOAWAY naming no stream)
+/// goes again on a new connection; where that one agreed on HTTP/1.1 (a
+/// rollout behind one address, pods with and without h2), it goes in
+/// origin form, as every HTTP/1.1 request does. It went in the absolute
+/// form it was given for HTTP/2, which servers routing on the raw target
+/// do not take.
+#[tokio::test]
+async fn a_request_sent_again_over_http11_after_a_goaway_goes_in_origin_form() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
+    let cert = dir.path().join("mixed.pem");
+    std::fs::write(&cert, certified.cert.pem()).unwrap();
+    let acceptor = |alpn: &[u8]| {
+        let mut server = rustls::ServerConfig::builder()
+            .with_no_client_auth()
+            .with_single_cert(
+                vec![certified.cert.der().clone()],
+                rustls::pki_types::PrivateKeyDer::Pkcs8(
+                    certified.signing_key.serialize_der().into(),
+                ),
+            )
+            .unwrap();
+        server.alpn_protocols = vec![alpn.to_vec()];
+        tokio_rustls::TlsAcceptor::from(Arc::new(server))
+    };
+    let (h2_first, http1_next) = (acceptor(b"h2"), acceptor(b"http/1.1"));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let targets = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&targets);
+    tokio::spawn(async move {
+        // The first connection: h2, and at once a GOAWAY taking no stream.
+        let (tcp, _) = listener.accept().await.unwrap();
+        let tls = h2_first.accept(tcp).await.unwrap();
+        let mut connection = h2::server::handshake(tls).await.unwrap();
+        connection.abrupt_shutdown(h2::Reason::NO_ERROR);
+        tokio::spawn(async move { while connection.accept().await.is_some() {} });
+        // Every later one: HTTP/1.1, recording the request target.
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(tls) = http1_next.accept(tcp).await else {
+                continue;
+            };
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    seen.lock().unwrap().push(req.uri().to_string());
+                    async { Ok::<_, std::convert::Infallible>(Response::new(full_body("h1"))) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    let https = config_for(&world, upstream).replace(
+        &format!("url: http://{upstream}"),
+        &format!("url: https://{upstream}"),
+    );
+    let gw = Gateway::start(&trusting(&https, &cert)).await;
+    let reply = get_with_token(&gw.url("/orders/1"), &world.token("orders:read")).await;
+    assert_eq!((reply.status, reply.text().as_str()), (200, "h1"));
+    assert_eq!(*targets.lock().unwrap(), ["/orders/1"]);
 }
 
 /// `http2_only` to an https upstream offers only h2 by ALPN: an upstream
@@ -4891,9 +4990,9 @@ async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept
     assert_eq!(upstream.count(), 1);
 }
 
-/// Inbound TLS offers h2 and HTTP/1.1 by ALPN: a client offering both is
-/// served over h2, one offering only HTTP/1.1, or no ALPN at all, over
-/// HTTP/1.1.
+/// Inbound TLS offers h2, HTTP/1.1 and HTTP/1.0 by ALPN: a client offering
+/// h2 and HTTP/1.1 is served over h2, one offering only HTTP/1.1, only
+/// HTTP/1.0 (curl's `--http1.0`), or no ALPN at all, over HTTP/1.x.
 #[tokio::test]
 async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
     let (_upstream, _dir, cert, gw) = tls_gateway("").await;
@@ -4901,6 +5000,7 @@ async fn inbound_tls_serves_h2_or_http1_as_alpn_chose() {
     for (offered, chosen) in [
         (&[&b"h2"[..], b"http/1.1"][..], Some(&b"h2"[..])),
         (&[&b"http/1.1"[..]][..], Some(&b"http/1.1"[..])),
+        (&[&b"http/1.0"[..]][..], Some(&b"http/1.0"[..])),
         (&[][..], None),
     ] {
         let mut config = rustls::ClientConfig::builder()

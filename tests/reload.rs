@@ -83,7 +83,8 @@ async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
     let metrics = gw.metrics().await;
     for present in [
         r#"scopegate_config_reloads_total{result="success"} 2"#,
-        "scopegate_config_last_reload_success 1",
+        // Whole lines: the HELP text reads "..._success 1 if the last ...".
+        "\nscopegate_config_last_reload_success 1\n",
         r#"scopegate_requests_total{method="GET",route="/three",status="200"}"#,
         r#"scopegate_requests_total{method="GET",route="unmatched",status="404"} "#,
         "scopegate_config_restart_required 0",
@@ -289,7 +290,7 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     assert!(gw
         .metrics()
         .await
-        .contains("scopegate_config_last_reload_success 0"));
+        .contains("\nscopegate_config_last_reload_success 0\n"));
     assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
     assert_eq!(get(&gw.url("/two"), &[]).await.unwrap().status, 404);
 
@@ -298,7 +299,7 @@ async fn a_bad_config_is_refused_and_the_old_one_keeps_serving() {
     assert!(gw
         .metrics()
         .await
-        .contains("scopegate_config_last_reload_success 1"));
+        .contains("\nscopegate_config_last_reload_success 1\n"));
 }
 
 /// A reload whose upstream is a listener the gateway serves on, as bound
@@ -933,6 +934,52 @@ async fn a_config_refused_for_the_moment_is_tried_again() {
     );
 }
 
+/// A file put back to the running config after a refusal of the moment
+/// (here a store whose directory does not exist) reads as reloaded again:
+/// `scopegate_config_last_reload_success` goes back to 1, though nothing
+/// new was applied.
+#[tokio::test]
+async fn a_file_put_back_after_a_refusal_reads_as_in_force() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let running = yaml(upstream.addr, "/one", "");
+    std::fs::write(&config, &running).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+
+    let hash = argon2_hash("s3cret-value");
+    let server = format!(
+        "authorization_server:\n  issuer: https://as.test\n  store: {{ file: never/state.redb }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      scopes: [orders:read]\n      audience: orders-api\n"
+    );
+    std::fs::write(&config, yaml(upstream.addr, "/two", &server)).unwrap();
+    assert!(
+        wait_for_metrics(&gw, |m| metric(
+            m,
+            "scopegate_config_reloads_total",
+            &[("result", "setup_failed")]
+        ) >= 1.0
+            && m.contains("\nscopegate_config_last_reload_success 0\n"))
+        .await,
+        "the reload was not refused"
+    );
+
+    std::fs::write(&config, &running).unwrap();
+    assert!(
+        wait_for_metrics(&gw, |m| m
+            .contains("\nscopegate_config_last_reload_success 1\n"))
+        .await,
+        "the file put back did not read as in force"
+    );
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+    let text = gw.metrics().await;
+    let applied = metric(
+        &text,
+        "scopegate_config_reloads_total",
+        &[("result", "success")],
+    );
+    assert_eq!(applied, 0.0, "{text}");
+}
+
 /// A config refused because a key file it names did not exist yet (a Secret
 /// volume the kubelet updates after the ConfigMap's) is applied once the
 /// file appears, though the config's own text does not change again.
@@ -1115,6 +1162,29 @@ fn a_key_of_another_certificate_is_refused_by_name() {
         error.starts_with(&format!("{}:", config.display())),
         "{error}"
     );
+}
+
+/// A key no signer takes (Ed448) is refused naming the key file, not the
+/// certificate.
+#[test]
+fn a_key_of_an_unusable_kind_is_blamed_on_the_key_file() {
+    const ED448: &str = "-----BEGIN PRIVATE KEY-----\nMEcCAQAwBQYDK2VxBDsEOchgFYXB+wHcRTHgFOXYuCc8gptnF0rH2NPWNRLzMidJ\nGZzfpo0BkQEHaDCIhkisOTi8VPEAhHIoXw==\n-----END PRIVATE KEY-----\n";
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    std::fs::write(&key, ED448).unwrap();
+    let config = dir.path().join("scopegate.yaml");
+    let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
+    let text = yaml(upstream, "/one", "").replace(
+        "  shutdown_delay: 0s\n",
+        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    scopegate::cli::install_crypto_provider();
+    let error = scopegate::config::load_file(&config)
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains(&format!("{}: ", key.display())), "{error}");
+    assert!(!error.contains(&format!("{}: ", cert.display())), "{error}");
 }
 
 /// A ConfigMap update that lands between loading the config and starting to
@@ -1607,7 +1677,8 @@ async fn an_issuer_down_since_start_does_not_hold_up_other_changes() {
     // The key is withdrawn from corp's file.
     let other = scopegate::demo::SigningKey::generate("key-2").unwrap();
     std::fs::write(&keys, other.jwks()).unwrap();
-    let reloaded = |m: &str| m.contains("scopegate_config_reloads_total{result=");
+    // Any result: every one is exported at 0 from the start.
+    let reloaded = |m: &str| metric(m, "scopegate_config_reloads_total", &[]) >= 1.0;
     let mut outcome = String::new();
     for _ in 0..60 {
         if wait_for_metrics(&gw, reloaded).await {

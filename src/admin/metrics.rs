@@ -18,6 +18,21 @@ use crate::server::pipeline::RESERVED_ROUTE_NAMES;
 /// token, or one no configured issuer claims).
 pub const NO_ISSUER: &str = "-";
 
+/// The process's log writer's count of lines it dropped, its queue full
+/// (nobody reads the log). The logger is the process's, not a server's, so
+/// its count is too; each [`Metrics`] exports it.
+static DROPPED_LOG_LINES: std::sync::OnceLock<tracing_appender::non_blocking::ErrorCounter> =
+    std::sync::OnceLock::new();
+
+/// Has `scopegate_log_lines_dropped_total` follow `counter`, the count of
+/// the log writer the process installed.
+pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCounter) {
+    let _ = DROPPED_LOG_LINES.set(counter);
+}
+
+/// The kinds of `scopegate_client_head_errors_total`.
+const HEAD_ERROR_KINDS: [&str; 3] = ["too_large", "malformed", "timeout"];
+
 /// Every metric scopegate exports.
 pub struct Metrics {
     registry: Registry,
@@ -59,6 +74,11 @@ pub struct Metrics {
     pub issuer_replays: IntCounterVec,
     /// `scopegate_issuer_store_errors_total{store,kind}`.
     pub issuer_store_errors: IntCounterVec,
+    /// `scopegate_client_head_errors_total{kind}`.
+    pub client_head_errors: IntCounterVec,
+    /// `scopegate_log_lines_dropped_total`, brought up to the log writer's
+    /// count at each render.
+    log_lines_dropped: IntCounter,
     /// The names the running config labels series with, once known.
     running_names: Mutex<Option<LabelNames>>,
     /// The names of a config a reload is setting up: its first JWKS fetches
@@ -212,6 +232,28 @@ impl Metrics {
             ),
             &["store", "kind"],
         )?;
+        // Series an alert keys on exist at 0 before their first event, so
+        // that `increase()` sees that event (a series' first sample is no
+        // increase).
+        for result in crate::server::reload::RELOAD_RESULTS {
+            config_reloads.with_label_values(&[result]);
+        }
+        let client_head_errors = IntCounterVec::new(
+            Opts::new(
+                "scopegate_client_head_errors_total",
+                "HTTP/1 request heads refused by the parser, which answered itself, by kind (too_large: 431, over max_header_bytes; malformed: 400; timeout: not whole within header_read_timeout)",
+            ),
+            &["kind"],
+        )?;
+        for kind in HEAD_ERROR_KINDS {
+            client_head_errors.with_label_values(&[kind]);
+        }
+        registry.register(Box::new(client_head_errors.clone()))?;
+        let log_lines_dropped = IntCounter::new(
+            "scopegate_log_lines_dropped_total",
+            "Log lines dropped because more than 8192 waited to be written (nobody reads the log fast enough): access lines among them are missing from the audit trail",
+        )?;
+        registry.register(Box::new(log_lines_dropped.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(issuer_token_requests.clone()))?;
         registry.register(Box::new(issuer_replays.clone()))?;
@@ -249,9 +291,19 @@ impl Metrics {
             issuer_token_requests,
             issuer_replays,
             issuer_store_errors,
+            client_head_errors,
+            log_lines_dropped,
             running_names: Mutex::new(None),
             pending_names: Mutex::new(None),
         })
+    }
+
+    /// Counts a request head the HTTP/1 parser refused (`kind` one of
+    /// `too_large`, `malformed`, `timeout`).
+    pub fn count_head_error(&self, kind: &str) {
+        if HEAD_ERROR_KINDS.contains(&kind) {
+            self.client_head_errors.with_label_values(&[kind]).inc();
+        }
     }
 
     /// The registry, for metrics other modules add.
@@ -333,6 +385,13 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         self.forget_retired();
+        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+            let now = u64::try_from(dropped.dropped_lines()).unwrap_or(u64::MAX);
+            let told = self.log_lines_dropped.get();
+            if now > told {
+                self.log_lines_dropped.inc_by(now - told);
+            }
+        }
         let mut out = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metrics; an error
         // yields what was written so far.

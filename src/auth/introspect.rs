@@ -134,6 +134,21 @@ impl CallError {
     }
 }
 
+/// Every `scopegate_introspection_requests_total` result.
+const INTROSPECTION_RESULTS: [&str; 11] = [
+    "active",
+    "inactive",
+    "refused",
+    "timeout",
+    "network_error",
+    "http_error",
+    "invalid_response",
+    "no_endpoint",
+    "busy",
+    "held_back",
+    "abandoned",
+];
+
 /// Introspects opaque tokens for one issuer.
 pub struct Introspector {
     issuer_index: usize,
@@ -234,9 +249,17 @@ impl Introspector {
             identity_claims,
             held_back_until: std::sync::atomic::AtomicU64::new(0),
             origin: Instant::now(),
-            abandoned: metrics
-                .introspection_requests
-                .with_label_values(&[&facts_name, "abandoned"]),
+            abandoned: {
+                // Every result at 0 before its first call, for alerts.
+                for result in INTROSPECTION_RESULTS {
+                    metrics
+                        .introspection_requests
+                        .with_label_values(&[&facts_name, result]);
+                }
+                metrics
+                    .introspection_requests
+                    .with_label_values(&[&facts_name, "abandoned"])
+            },
             metrics,
             failure_log: LogThrottle::default(),
             refusal_log: LogThrottle::default(),
@@ -301,12 +324,7 @@ impl Introspector {
     }
 
     async fn call(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
-        let started = Instant::now();
         let result = self.call_inner(token, token_exp).await;
-        self.metrics
-            .introspection_duration
-            .with_label_values(&[&self.issuer_name])
-            .observe(started.elapsed().as_secs_f64());
         let label = match &result {
             Ok(Answer::Active(_)) => "active",
             Ok(Answer::Inactive { refused: None, .. }) => "inactive",
@@ -387,11 +405,19 @@ impl Introspector {
         let client = self.client.clone();
         let timeout = self.settings.timeout;
         let abandoned = self.abandoned.clone();
+        // The latency of calls made: not of those held back or refused a
+        // slot, which would pull it towards zero or the timeout.
+        let duration = self
+            .metrics
+            .introspection_duration
+            .with_label_values(&[&self.issuer_name]);
         let (answered, answer) = tokio::sync::oneshot::channel();
         tokio::spawn(async move {
+            let started = Instant::now();
             let result = tokio::time::timeout(timeout, exchange(client, request))
                 .await
                 .unwrap_or(Err(CallError::Timeout));
+            duration.observe(started.elapsed().as_secs_f64());
             drop(slot);
             if answered.send(result).is_err() {
                 abandoned.inc();
@@ -475,8 +501,10 @@ impl Introspector {
             Some(_) => return refused("iss"),
         }
         // An answer's `aud` must name this API, if it has one: with no
-        // `audiences` (only `client_ids`), none is named.
-        if answer.contains_key("aud")
+        // `audiences` (only `client_ids`), none is named. An empty one
+        // (Ory Hydra's for a token granted no audience) is none, as
+        // leaving it out is.
+        if jwt::names_an_audience(answer)
             && (self.audiences.is_empty() || jwt::check_audience(answer, &self.audiences).is_err())
         {
             return refused("aud");

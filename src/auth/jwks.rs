@@ -429,6 +429,15 @@ pub enum FetchResult {
 }
 
 impl FetchResult {
+    /// Every outcome, for series made before the first fetch.
+    pub const ALL: [Self; 5] = [
+        Self::Success,
+        Self::HttpError,
+        Self::NetworkError,
+        Self::Timeout,
+        Self::Invalid,
+    ];
+
     /// Metric label.
     pub fn label(self) -> &'static str {
         match self {

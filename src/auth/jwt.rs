@@ -364,11 +364,22 @@ pub fn check_client_id(claims: &Map<String, Value>, accepted: &[String]) -> Resu
     }
 }
 
+/// Whether `aud` is there and names something. An empty array names no
+/// audience: Ory Hydra (fosite) writes `"aud": []` into every token and
+/// introspection answer granted none, where other servers leave `aud` out.
+pub fn names_an_audience(claims: &Map<String, Value>) -> bool {
+    match claims.get("aud") {
+        None => false,
+        Some(Value::Array(items)) => !items.is_empty(),
+        Some(_) => true,
+    }
+}
+
 /// Checks that a token is meant for this API: `aud` names one of
 /// `audiences`, and `client_id` one of `client_ids`, for each list that is
 /// not empty (the config has at least one). With no `audiences`, a token
 /// that has an `aud` is meant for some other API (RFC 7519 4.1.3: this one
-/// identifies itself with none of its values).
+/// identifies itself with none of its values); an empty `aud` names none.
 pub fn check_intended(
     claims: &Map<String, Value>,
     audiences: &[String],
@@ -376,7 +387,7 @@ pub fn check_intended(
 ) -> Result<(), TokenError> {
     if !audiences.is_empty() {
         check_audience(claims, audiences)?;
-    } else if claims.contains_key("aud") {
+    } else if names_an_audience(claims) {
         return Err(TokenError::WrongAudience);
     }
     if !client_ids.is_empty() {

@@ -31,6 +31,9 @@ use jwks::{IssuerKeys, KeySet};
 use jwt::TokenError;
 pub use scope::{admit_preflight, authorize, Permit, Scopes};
 
+/// Every `scopegate_discovery_attempts_total` result.
+const DISCOVERY_RESULTS: [&str; 4] = ["success", "incomplete", "unavailable", "refused"];
+
 /// Keys tried at most for a token without `kid`.
 const MAX_KID_LESS_CANDIDATES: usize = 8;
 /// A verified token is re-verified at least this often, however late its `exp`.
@@ -154,6 +157,21 @@ impl Authenticator {
         let mut by_iss = HashMap::new();
         for (index, issuer) in issuers.into_iter().enumerate() {
             let fingerprint = issuer.key_fingerprint();
+            // Counters an alert keys on, at 0 before their first event.
+            if matches!(issuer.keys, KeySource::Remote(_) | KeySource::Discovered) {
+                for result in jwks::FetchResult::ALL {
+                    metrics
+                        .jwks_fetches
+                        .with_label_values(&[&issuer.name, result.label()]);
+                }
+            }
+            if issuer.discovery {
+                for result in DISCOVERY_RESULTS {
+                    metrics
+                        .discovery_attempts
+                        .with_label_values(&[&issuer.name, result]);
+                }
+            }
             let keys = match &issuer.keys {
                 KeySource::Static(set) => {
                     IssuerKeys::fixed(Arc::clone(&issuer.name), Arc::clone(set))
@@ -818,8 +836,8 @@ pub fn check_signature(
     }
 }
 
-/// Reads granted scopes: `scope` must be a string; `scp` a string or an array
-/// of strings. Absent means no scopes.
+/// Reads granted scopes: a space-separated string, or an array of single
+/// scopes (strings without spaces). Absent means no scopes.
 pub(crate) fn read_scopes(
     claims: &Map<String, Value>,
     claim: ScopeClaim,
@@ -827,11 +845,13 @@ pub(crate) fn read_scopes(
     let name = match claim {
         ScopeClaim::Scope => "scope",
         ScopeClaim::Scp => "scp",
+        ScopeClaim::Roles => "roles",
+        ScopeClaim::Permissions => "permissions",
     };
-    let scopes = match (claims.get(name), claim) {
-        (None, _) => Scopes::default(),
-        (Some(Value::String(s)), _) => Scopes::from_space_separated(s),
-        (Some(Value::Array(items)), ScopeClaim::Scp) => {
+    let scopes = match claims.get(name) {
+        None => Scopes::default(),
+        Some(Value::String(s)) => Scopes::from_space_separated(s),
+        Some(Value::Array(items)) => {
             let mut list = Vec::with_capacity(items.len());
             for item in items {
                 match item {
@@ -843,7 +863,7 @@ pub(crate) fn read_scopes(
             }
             Scopes::from_list(list)
         }
-        (Some(_), _) => return Err(TokenError::WrongClaimType),
+        Some(_) => return Err(TokenError::WrongClaimType),
     };
     // A token with a tab or another character RFC 6749 3.3 does not allow
     // is malformed: "orders:read x\tadmin" grants `orders:read` here, but

@@ -463,6 +463,10 @@ pub struct RawUpstream {
     /// plain-http one; an https one must agree to h2 by ALPN.
     #[serde(default)]
     pub http2_only: bool,
+    /// Speak HTTP/1.1 only to this upstream: to an https one, offer no
+    /// ALPN, for an upstream whose HTTP/2 is broken or limited.
+    #[serde(default, deserialize_with = "present")]
+    pub http1_only: Option<Spanned<bool>>,
     /// Requests one HTTP/2 connection carries at once before another is
     /// opened (keep it at most the upstream's own
     /// `SETTINGS_MAX_CONCURRENT_STREAMS`).

@@ -427,10 +427,16 @@ pub struct Introspection {
 /// The claim that carries granted scopes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ScopeClaim {
-    /// `scope`: one space-separated string (RFC 8693, RFC 9068).
+    /// `scope`: one space-separated string (RFC 8693, RFC 9068), or an
+    /// array of single scopes (Spring Authorization Server's JWTs).
     Scope,
     /// `scp`: an array of strings, or a space-separated string.
     Scp,
+    /// `roles`: the app roles of Microsoft Entra ID's app-only tokens,
+    /// which carry no `scp`.
+    Roles,
+    /// `permissions`: Auth0's RBAC permissions.
+    Permissions,
 }
 
 /// An upstream resource server.
@@ -455,6 +461,8 @@ pub struct Upstream {
     /// HTTP/2 only: h2c to a plain-http upstream, h2 by ALPN (and nothing
     /// else) to an https one.
     pub http2_only: bool,
+    /// HTTP/1.1 only: no ALPN offered to an https upstream.
+    pub http1_only: bool,
     /// Requests one HTTP/2 connection carries at once.
     pub http2_max_streams: usize,
     /// Idle pooled connections per host.
@@ -1631,10 +1639,14 @@ impl Validator<'_> {
         let scope_claim = match raw.scope_claim.value.as_str() {
             "scope" => ScopeClaim::Scope,
             "scp" => ScopeClaim::Scp,
+            "roles" => ScopeClaim::Roles,
+            "permissions" => ScopeClaim::Permissions,
             other => {
                 return Err(self.err(
                     raw.scope_claim.referenced,
-                    format!("scope_claim must be `scope` or `scp`, not `{other}`"),
+                    format!(
+                    "scope_claim must be `scope`, `scp`, `roles` or `permissions`, not `{other}`"
+                ),
                 ))
             }
         };
@@ -2266,6 +2278,16 @@ impl Validator<'_> {
                 format!("pool_max_idle_per_host may be at most {MAX_POOL_IDLE} (room for each is reserved at start)"),
             ));
         }
+        let http1_only = match &raw.http1_only {
+            Some(only) if only.value && raw.http2_only => {
+                return Err(self.err(
+                    only.referenced,
+                    "http1_only and http2_only exclude each other".to_owned(),
+                ))
+            }
+            Some(only) => only.value,
+            None => false,
+        };
         Ok(Upstream {
             name: Arc::from(name),
             scheme,
@@ -2276,6 +2298,7 @@ impl Validator<'_> {
             body_idle_timeout: raw.body_idle_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
             http2_only: raw.http2_only,
+            http1_only,
             http2_max_streams: raw.http2_max_streams.value,
             pool_max_idle_per_host: raw.pool_max_idle_per_host.value,
             pool_idle_timeout: raw.pool_idle_timeout.value.0,

@@ -315,6 +315,16 @@ impl AuthorizationServer {
         let metadata_body = Bytes::from(endpoints::metadata_document(&settings));
         let own_keys = KeySet::from_json(&jwks_body).ok();
         let own_algorithms = settings.keys.iter().map(|k| k.algorithm()).collect();
+        // At 0 before the first event: a replay is one event an alert
+        // must see.
+        for kind in ["code", "refresh_token"] {
+            metrics.issuer_replays.with_label_values(&[kind]);
+        }
+        for reason in store::StoreError::REASONS {
+            metrics
+                .issuer_store_errors
+                .with_label_values(&[store.kind(), reason]);
+        }
         Self {
             jwks_body,
             metadata_body,

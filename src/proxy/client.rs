@@ -87,16 +87,21 @@ pub fn build_https_connector(
 }
 
 /// Connectors for one upstream, trusting the Mozilla roots plus `ca_file`:
-/// one offering h2 and HTTP/1.1 by ALPN (only h2 when `http2_only`), and one
-/// for HTTP/1.1, for requests that ask to switch protocols (HTTP/2 has no
-/// `Upgrade`).
+/// one offering h2 and HTTP/1.1 by ALPN (only h2 when `http2_only`, nothing
+/// when `http1_only`), and one for HTTP/1.1, for requests that ask to
+/// switch protocols (HTTP/2 has no `Upgrade`).
 pub fn build_upstream_connectors(
     ca_file: Option<&Path>,
     connect_timeout: Duration,
     http2_only: bool,
+    http1_only: bool,
 ) -> Result<(HttpsConnector<HttpConnector>, HttpsConnector<HttpConnector>), String> {
     let roots = trusted_roots(ca_file)?;
-    let offered = if http2_only { Alpn::Http2 } else { Alpn::Both };
+    let offered = match (http2_only, http1_only) {
+        (true, _) => Alpn::Http2,
+        (false, true) => Alpn::Http1,
+        (false, false) => Alpn::Both,
+    };
     Ok((
         connector(roots.clone(), connect_timeout, offered)?,
         connector(roots, connect_timeout, Alpn::Http1)?,

@@ -102,6 +102,7 @@ impl Forwarder {
                     config.ca_file.as_deref(),
                     config.connect_timeout,
                     config.http2_only,
+                    config.http1_only,
                 )
                 .map_err(|e| format!("upstream {}: {e}", config.name))?;
                 let pool = UpstreamPool::new(
@@ -111,6 +112,7 @@ impl Forwarder {
                         scheme: config.scheme.clone(),
                         authority: config.authority.clone(),
                         http2_only: config.http2_only,
+                        http1_only: config.http1_only,
                         max_idle: config.pool_max_idle_per_host,
                         http2_max_streams: config.http2_max_streams,
                         idle_timeout: config.pool_idle_timeout,
@@ -122,6 +124,16 @@ impl Forwarder {
                         .upstream_errors
                         .with_label_values(&[config.name.as_ref(), kind])
                 };
+                // At 0 before the first failure, for alerts.
+                for kind in [
+                    "connect",
+                    "connect_timeout",
+                    "timeout",
+                    "protocol",
+                    "overloaded",
+                ] {
+                    failures(kind);
+                }
                 let body_failures = BodyFailures {
                     broken: failures("body"),
                     idle: failures("body_timeout"),
@@ -554,6 +566,7 @@ mod tests {
             body_idle_timeout: Duration::from_secs(1),
             ca_file: None,
             http2_only: false,
+            http1_only: false,
             http2_max_streams: 100,
             pool_max_idle_per_host: 1,
             pool_idle_timeout: Duration::from_secs(90),

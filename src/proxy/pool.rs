@@ -119,6 +119,8 @@ pub struct PoolSettings {
     pub authority: Authority,
     /// Speak HTTP/2 without TLS (h2c).
     pub http2_only: bool,
+    /// Never HTTP/2: no ALPN offered over TLS.
+    pub http1_only: bool,
     /// Idle HTTP/1.1 connections kept (0: a new connection per request).
     pub max_idle: usize,
     /// Requests one HTTP/2 connection carries at once; past that, another
@@ -427,6 +429,7 @@ impl UpstreamPool {
             scheme,
             authority,
             http2_only,
+            http1_only,
             max_idle,
             http2_max_streams,
             idle_timeout,
@@ -438,13 +441,16 @@ impl UpstreamPool {
             _ => HeaderValue::from_str(authority.as_str()),
         }
         .unwrap_or_else(|_| HeaderValue::from_static("localhost"));
+        // HTTP/2's `:authority` as HTTP/1.1's `Host`: without a default
+        // port, so the upstream sees one name whichever ALPN chose.
+        let normal_authority = Authority::try_from(host.as_bytes()).unwrap_or(authority);
         let target = Uri::builder()
             .scheme(scheme.clone())
-            .authority(authority.clone())
+            .authority(normal_authority)
             .path_and_query("/")
             .build()
             .unwrap_or_default();
-        let may_use_h2 = http2_only || scheme == Scheme::HTTPS;
+        let may_use_h2 = http2_only || (scheme == Scheme::HTTPS && !http1_only);
         let tick_period = (idle_timeout / 2)
             .min(Duration::from_secs(1))
             .max(Duration::from_millis(1));
@@ -522,6 +528,14 @@ impl UpstreamPool {
                     task,
                 } => {
                     request.headers_mut().insert(HOST, self.host.clone());
+                    // Back to origin form, for a request prepared for an
+                    // HTTP/2 connection that did not take it: a connection
+                    // opened since may have agreed on HTTP/1.1.
+                    if request.uri().scheme().is_some() {
+                        if let Some(path) = request.uri().path_and_query().cloned() {
+                            *request.uri_mut() = Uri::from(path);
+                        }
+                    }
                     // RFC 9110 10.1.4: TE is for this hop, and says so.
                     let headers = request.headers();
                     if headers.contains_key(TE)
@@ -687,7 +701,13 @@ impl UpstreamPool {
             return self.connect(upgrade).await;
         }
         let failures_before = self.shared_connect_failures.load(Ordering::Acquire);
-        let _turn = self.connecting.lock().await;
+        let turn = self.connecting.lock().await;
+        // The connection opened meanwhile agreed on HTTP/1.1, which is
+        // not shared: no need to wait for each other's connections.
+        if !self.speaks_h2.load(Ordering::Relaxed) {
+            drop(turn);
+            return self.connect(false).await;
+        }
         let shared = open_shared(&self.shared_h2.load(), refused_by, self.http2_max_streams);
         if let Some(shared) = shared {
             return Ok(shared);
@@ -966,4 +986,59 @@ fn unprocessed(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(url: &str) -> Arc<UpstreamPool> {
+        crate::cli::install_crypto_provider();
+        let uri: Uri = url.parse().unwrap();
+        let timeout = Duration::from_secs(1);
+        let (connector, http1_connector) =
+            crate::proxy::client::build_upstream_connectors(None, timeout, false, false).unwrap();
+        UpstreamPool::new(
+            connector,
+            http1_connector,
+            PoolSettings {
+                scheme: uri.scheme().unwrap().clone(),
+                authority: uri.authority().unwrap().clone(),
+                http2_only: false,
+                http1_only: false,
+                max_idle: 1,
+                http2_max_streams: 1,
+                idle_timeout: timeout,
+                connect_timeout: timeout,
+            },
+        )
+    }
+
+    /// HTTP/2's `:authority` names the upstream as HTTP/1.1's `Host` does,
+    /// without a default port, so an upstream routing on it sees one name
+    /// whichever version ALPN chose.
+    #[test]
+    fn http2_names_the_upstream_as_http1_does() {
+        for (url, name) in [
+            ("https://api.example.com:443", "api.example.com"),
+            ("https://api.example.com", "api.example.com"),
+            ("https://api.example.com:8443", "api.example.com:8443"),
+            ("http://api.example.com:80", "api.example.com"),
+            ("https://[::1]:443", "[::1]"),
+            ("http://[::1]:8080", "[::1]:8080"),
+        ] {
+            let pool = pool(url);
+            assert_eq!(pool.host, name, "{url}");
+            let mut request = Request::get("/orders/1?x=y")
+                .body(ClientBody::empty())
+                .unwrap();
+            pool.for_http2(&mut request);
+            assert_eq!(
+                request.uri().authority().map(Authority::as_str),
+                Some(name),
+                "{url}"
+            );
+            assert_eq!(request.uri().path_and_query().unwrap(), "/orders/1?x=y");
+        }
+    }
 }

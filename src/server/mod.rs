@@ -215,7 +215,10 @@ async fn serve(
                             )
                             .await;
                         }
-                        _ => tracing::debug!(%peer, "TLS handshake failed"),
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                        }
+                        Err(_) => tracing::debug!(%peer, "TLS handshake not done in time"),
                     }
                 }
                 None => {
@@ -277,6 +280,9 @@ const SEND_BUFFER_PER_STREAM: usize = 64 * 1024;
 /// How many `idle_timeout`s a connection that said GOAWAY for a response
 /// its client left unread keeps its other streams.
 const WIND_DOWN_PERIODS: u32 = 6;
+/// How long a connection whose first request came too late may take to
+/// hear and acknowledge its GOAWAY before it is closed.
+const FIRST_REQUEST_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// Runs hyper's tasks (HTTP/2 streams) on the runtime, tracked.
 #[derive(Clone)]
@@ -313,6 +319,9 @@ async fn serve_connection<I>(
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // For heads refused before they became requests (the metrics are one
+    // for every config of the server).
+    let metrics = Arc::clone(gateway.load().metrics());
     let activity = idle::Activity::new();
     let (io, requests) = framing::FramingWatch::new(idle::Watched::new(io, Arc::clone(&activity)));
     let first_request = Arc::new(tokio::sync::Notify::new());
@@ -385,6 +394,12 @@ async fn serve_connection<I>(
             }
             () = &mut no_first_request => {
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
+                // An HTTP/2 client gets a GOAWAY saying no request was
+                // taken, so a first one that crossed the deadline is sent
+                // again elsewhere (a plain close reads as a broken
+                // connection); briefly, as the client may be a slowloris.
+                connection.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(FIRST_REQUEST_CLOSE_WAIT, connection.as_mut()).await;
                 return;
             }
             why = &mut quiet => {
@@ -422,7 +437,26 @@ async fn serve_connection<I>(
         }
     };
     if let Err(e) = result {
+        // A head hyper's HTTP/1 parser refused and answered itself (431,
+        // 400, 408): no request reached the gateway's own counting.
+        if let Some(kind) = e.downcast_ref::<hyper::Error>().and_then(head_error_kind) {
+            metrics.count_head_error(kind);
+        }
         tracing::debug!(%peer, error = %e, "connection ended with an error");
+    }
+}
+
+/// The `scopegate_client_head_errors_total` kind of a connection's error,
+/// if it is a request head refused before it became a request.
+fn head_error_kind(error: &hyper::Error) -> Option<&'static str> {
+    if error.is_parse_too_large() {
+        Some("too_large")
+    } else if error.is_parse() {
+        Some("malformed")
+    } else if error.is_timeout() {
+        Some("timeout")
+    } else {
+        None
     }
 }
 

@@ -73,6 +73,21 @@ impl HotMetrics {
     }
 }
 
+/// `allow` (a sorted `Allow` value) with GET and HEAD among its methods.
+fn with_get_and_head(allow: &HeaderValue) -> HeaderValue {
+    let mut methods: Vec<&str> = allow
+        .to_str()
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|m| !m.is_empty())
+        .chain(["GET", "HEAD"])
+        .collect();
+    methods.sort_unstable();
+    methods.dedup();
+    HeaderValue::from_str(&methods.join(", ")).unwrap_or_else(|_| allow.clone())
+}
+
 /// WebDAV's second path (RFC 4918 10.3).
 static DESTINATION: HeaderName = HeaderName::from_static("destination");
 
@@ -245,6 +260,11 @@ impl Gateway {
     /// Identifies the issuer setup this gateway's authenticator was built from.
     pub fn auth_fingerprint(&self) -> &str {
         &self.auth_fingerprint
+    }
+
+    /// The metrics it counts into (shared by every config of a server).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// The authenticator (readiness, refreshers, tests).
@@ -511,12 +531,13 @@ impl Gateway {
         let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
-                return Verdict::Deny(
-                    None,
-                    GatewayError::MethodNotAllowed {
-                        allow: allow.clone(),
-                    },
-                )
+                // The resource metadata's path is served for GET and HEAD
+                // too, whatever methods a route there has.
+                let allow = match &self.resource {
+                    Some(resource) if *path == *resource.path => with_get_and_head(allow),
+                    _ => allow.clone(),
+                };
+                return Verdict::Deny(None, GatewayError::MethodNotAllowed { allow });
             }
             // The resource metadata's path exists, for GET and HEAD (RFC
             // 9110 15.5.6).

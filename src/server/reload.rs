@@ -40,6 +40,9 @@ pub enum ReloadError {
     NotReady(Duration, Vec<String>),
 }
 
+/// Every `scopegate_config_reloads_total` result.
+pub const RELOAD_RESULTS: [&str; 4] = ["success", "invalid", "setup_failed", "not_ready"];
+
 impl ReloadError {
     fn label(&self) -> &'static str {
         match self {
@@ -66,6 +69,10 @@ pub struct Reloader {
     /// again by the poll, not by the file events that queued up during its
     /// wait (which would start the next wait at once, back to back).
     not_ready: Option<(TokenDigest, TokenDigest, std::time::Instant)>,
+    /// Whether `last_text` and `last_files` are the running config's (a
+    /// refusal for a reason of the moment leaves them so): a file put back
+    /// to them then reads as the config in force.
+    last_is_running: bool,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -104,6 +111,7 @@ impl Reloader {
             files,
             last_files: files_digest,
             not_ready: None,
+            last_is_running: true,
         }
     }
 
@@ -174,6 +182,13 @@ impl Reloader {
         };
         let text_digest = digest(&text);
         if !forced && text_digest == self.last_text && files == self.last_files {
+            // Put back to what runs after a refusal of the moment (a store
+            // that could not be set up, keys that did not come, a file that
+            // could not be read): the file and what runs agree again.
+            if self.last_is_running {
+                self.not_ready = None;
+                self.metrics.config_last_reload_success.set(1);
+            }
             return;
         }
         if !forced
@@ -188,6 +203,7 @@ impl Reloader {
             Ok((named, named_digest)) => {
                 self.last_text = text_digest;
                 self.last_files = named_digest;
+                self.last_is_running = true;
                 self.files = named;
                 self.metrics
                     .config_reloads
@@ -206,6 +222,7 @@ impl Reloader {
                 // a file it names (a key in a Secret volume the kubelet has
                 // not updated yet) once one of the files it read changes.
                 if let ReloadError::Invalid(_, named) = &e {
+                    self.last_is_running = false;
                     self.last_text = text_digest;
                     match named {
                         Some(named) => {

@@ -74,6 +74,12 @@ pub(crate) fn build(
         .map_err(|e| format!("{}: {e}", files.key_file.display()))?
         .ok_or_else(|| format!("{}: no private key", files.key_file.display()))?;
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    // A key of a kind no signer takes (Ed448, RSA under 2048 bits) is the
+    // key file's fault, not the certificate's.
+    provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| format!("{}: {e}", files.key_file.display()))?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| format!("TLS setup: {e}"))?
@@ -87,6 +93,8 @@ pub(crate) fn build(
             ),
             e => format!("{}: {e}", files.cert_file.display()),
         })?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // HTTP/1.0 too, as nginx offers: a client offering only it (curl's
+    // `--http1.0`) would otherwise be refused in the handshake.
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), b"http/1.0".to_vec()];
     Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -780,6 +780,24 @@ pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         .sum()
 }
 
+/// The value of the one series of `name` with `labels`, or `None` where
+/// no such series is exported (unlike [`metric`], which reads that as 0).
+pub fn exported(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let rest = series.strip_prefix(name)?;
+            let labelled = rest.starts_with('{')
+                && labels
+                    .iter()
+                    .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")));
+            (labelled || (rest.is_empty() && labels.is_empty()))
+                .then(|| value.parse::<f64>().ok())
+                .flatten()
+        })
+}
+
 /// The argon2 PHC hash of `secret`, computed once per secret and test binary
 /// (hashing is slow on purpose, and configs are built many times).
 pub fn argon2_hash(secret: &str) -> String {

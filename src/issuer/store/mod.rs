@@ -218,6 +218,9 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Every [`Self::reason`].
+    pub const REASONS: [&'static str; 4] = ["config", "backend", "corrupt", "full"];
+
     /// A short fixed name of the failure, for logs and metric labels.
     pub fn reason(&self) -> &'static str {
         match self {
