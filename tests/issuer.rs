@@ -2100,6 +2100,53 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
     assert_oauth_error(&r, 400, "invalid_request");
 }
 
+/// Client credentials never go in the query string (RFC 6749 2.3.1), at
+/// the revocation and introspection endpoints as at the token endpoint: a
+/// `client_id` there is refused with 400 `invalid_request` as a
+/// `client_secret` is, though the request is otherwise fine (the control).
+#[tokio::test]
+async fn revocation_and_introspection_refuse_a_client_id_in_the_query() {
+    let (_upstream, gw) = start("").await;
+    let token = s(&client_credentials(&gw, "svc").await, "access_token");
+    let auth = basic("svc", SECRET);
+    let cases = [
+        // A public client, as a single-page app revokes.
+        (
+            REVOKE,
+            "spa",
+            vec![],
+            format!("token={}&client_id=spa", enc("unknown")),
+        ),
+        (
+            INTROSPECT,
+            "svc",
+            vec![("authorization", auth.as_str())],
+            format!("token={}", enc(&token)),
+        ),
+        (
+            REVOKE,
+            "svc",
+            vec![("authorization", auth.as_str())],
+            format!("token={}", enc(&token)),
+        ),
+    ];
+    for (path, client, headers, body) in &cases {
+        for query in [format!("?client_id={client}"), String::new()] {
+            let r = post_form(&gw.url(&format!("{path}{query}")), headers, body).await;
+            if query.is_empty() {
+                assert_eq!(r.status, 200, "{path}: {}", r.text());
+                continue;
+            }
+            assert_oauth_error(&r, 400, "invalid_request");
+            assert!(
+                s(&r.json(), "error_description").contains("2.3.1"),
+                "{path}{query}: {}",
+                r.text()
+            );
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Revocation (RFC 7009)
 // ---------------------------------------------------------------------------

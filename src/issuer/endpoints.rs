@@ -86,11 +86,7 @@ impl AuthorizationServer {
         request: Request<Incoming>,
     ) -> Result<Response<Body>, OAuthError> {
         let req = read_form(request).await?;
-        let presented = clients::presented(
-            &req.headers,
-            &req.form,
-            req.query.contains_key("client_secret"),
-        )?;
+        let presented = clients::presented(&req.headers, &req.form, req.query_has_credentials())?;
         // RFC 7662 2.3: a resource server's invalid credentials get a 401
         // however they were sent (its callers are services, not browsers).
         let caller = self
@@ -277,11 +273,7 @@ impl AuthorizationServer {
         request: Request<Incoming>,
     ) -> Result<Response<Body>, OAuthError> {
         let req = read_form(request).await?;
-        let presented = clients::presented(
-            &req.headers,
-            &req.form,
-            req.query.contains_key("client_secret"),
-        )?;
+        let presented = clients::presented(&req.headers, &req.form, req.query_has_credentials())?;
         let client = self.clients.authenticate(presented, true).await?;
         let token = req
             .form

@@ -508,6 +508,14 @@ pub struct FormRequest {
     pub headers: http::HeaderMap,
 }
 
+impl FormRequest {
+    /// Whether the query names client credentials (`client_id` or
+    /// `client_secret`), which never go there (RFC 6749 2.3.1).
+    pub fn query_has_credentials(&self) -> bool {
+        self.query.contains_key("client_secret") || self.query.contains_key("client_id")
+    }
+}
+
 /// Reads an `application/x-www-form-urlencoded` body (bounded) and the query.
 pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthError> {
     let (mut parts, body) = request.into_parts();

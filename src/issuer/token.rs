@@ -185,8 +185,7 @@ impl AuthorizationServer {
         grant_label: &mut &'static str,
     ) -> Result<Response<Body>, OAuthError> {
         let req = read_form(request).await?;
-        let query_credentials =
-            req.query.contains_key("client_secret") || req.query.contains_key("client_id");
+        let query_credentials = req.query_has_credentials();
         let grant_type = match (req.form.get("grant_type"), req.query.get("grant_type")) {
             // RFC 6749 3.2: a parameter is sent once.
             (Some(_), Some(_)) => {
