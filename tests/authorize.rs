@@ -725,6 +725,50 @@ async fn response_type_token_is_unsupported_and_state_comes_back_untouched() {
     assert_eq!(q.get("iss").map(String::as_str), Some(ISS));
 }
 
+/// A parameter sent twice (RFC 6749 3.1) is `invalid_request` at the
+/// redirect URI, with `state` and `iss`, once the client and redirect URI
+/// check out (RFC 6749 4.1.2.1): only a repeated `client_id` or
+/// `redirect_uri`, which leaves no redirect URI to trust, gets the error
+/// page. A `state` sent twice is not echoed.
+#[tokio::test]
+async fn a_repeated_parameter_is_invalid_request_at_the_redirect_uri() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let twice = |name: &str, value: &str| {
+        let mut q = p.clone();
+        q.push((name.into(), value.into()));
+        q
+    };
+    let r = get_authorize(&gw, &twice("scope", "orders:read"), None).await;
+    assert_error_redirect(&r, APP_CB, "invalid_request");
+    // So for the pages' forms.
+    let r = post_authorize(&gw, &twice("scope", "reports:read"), None).await;
+    assert_error_redirect(&r, APP_CB, "invalid_request");
+    let r = get_authorize(&gw, &twice("state", "other"), None).await;
+    let (to, q) = redirect(&r);
+    assert_eq!(to, APP_CB);
+    assert_eq!(q.get("error").map(String::as_str), Some("invalid_request"));
+    assert!(!q.contains_key("state"), "{q:?}");
+    assert_eq!(q.get("iss").map(String::as_str), Some(ISS), "{q:?}");
+    for (name, value) in [
+        ("client_id", "spa"),
+        ("redirect_uri", APP_CB),
+        ("redirect_uri", APP_CB2),
+    ] {
+        assert_page(&get_authorize(&gw, &twice(name, value), None).await, 400);
+    }
+    // The client and redirect URI still come first.
+    let elsewhere = with(
+        twice("scope", "orders:read"),
+        "redirect_uri",
+        "https://evil.test/cb",
+    );
+    assert_page(&get_authorize(&gw, &elsewhere, None).await, 400);
+    // The control: a second `scope` without a value counts as not sent.
+    assert_page(&get_authorize(&gw, &twice("scope", ""), None).await, 200);
+}
+
 #[tokio::test]
 async fn state_is_escaped_in_the_pages() {
     let (_upstream, gw) = start().await;

@@ -7,6 +7,7 @@
 //! form carries a CSRF token (double-submit before sign-in, bound to the
 //! session after it).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::fmt::Write as _;
 
@@ -21,7 +22,7 @@ use super::clients::Busy;
 use super::keys::SigningKey;
 use super::store::CodeRecord;
 use super::token::{requested_scope, ScopeLimit};
-use super::{random_token, read_form, AuthorizationServer};
+use super::{random_token, read_form_pairs, AuthorizationServer};
 use crate::auth::cache::digest;
 use crate::auth::jwt::now_unix;
 use crate::config::{Client, Grant};
@@ -82,8 +83,8 @@ impl AuthorizationServer {
                 })
                 .unwrap_or_default()
         } else if method == Method::POST {
-            match read_form(request).await {
-                Ok(form) => form.form.into_iter().collect(),
+            match read_form_pairs(request).await {
+                Ok(pairs) => pairs,
                 Err(e) => {
                     return self.page(
                         StatusCode::BAD_REQUEST,
@@ -107,16 +108,31 @@ impl AuthorizationServer {
             return page;
         };
         let mut map = HashMap::new();
+        let mut repeated: Vec<String> = Vec::new();
         // RFC 6749 3.1: a parameter without a value counts as not sent.
         for (k, v) in params.into_iter().filter(|(_, v)| !v.is_empty()) {
-            if map.insert(k.clone(), v).is_some() {
-                return self.page(
-                    StatusCode::BAD_REQUEST,
-                    "Invalid request",
-                    &format!("The parameter {k} is repeated."),
-                    None,
-                );
+            match map.entry(k) {
+                Entry::Occupied(sent) => {
+                    if !repeated.contains(sent.key()) {
+                        repeated.push(sent.key().clone());
+                    }
+                }
+                Entry::Vacant(first) => {
+                    first.insert(v);
+                }
             }
+        }
+        // A repeated client or redirect URI leaves no redirect URI to trust.
+        if let Some(k) = repeated
+            .iter()
+            .find(|k| *k == "client_id" || *k == "redirect_uri")
+        {
+            return self.page(
+                StatusCode::BAD_REQUEST,
+                "Invalid request",
+                &format!("The parameter {k} is repeated."),
+                None,
+            );
         }
         // 1. Client and redirect URI first: until they check out, never redirect.
         let (client, redirect_uri) = match self.client_and_redirect(&map) {
@@ -125,8 +141,21 @@ impl AuthorizationServer {
                 return self.page(status, "This sign-in link is not valid", &message, None)
             }
         };
-        let state = map.get("state").cloned();
-        // 2. The rest is reported to the client at its redirect URI.
+        // A `state` sent twice is none to echo.
+        let state = map
+            .get("state")
+            .filter(|_| !repeated.iter().any(|k| k == "state"))
+            .cloned();
+        // 2. The rest is reported to the client at its redirect URI: any
+        // other parameter sent twice is `invalid_request` (RFC 6749 4.1.2.1).
+        if let Some(k) = repeated.first() {
+            return self.redirect_error(
+                &redirect_uri,
+                "invalid_request",
+                &format!("the parameter {k} is repeated"),
+                state.as_deref(),
+            );
+        }
         let request = match self.validate_rest(client, redirect_uri.clone(), state.clone(), &map) {
             Ok(r) => r,
             Err((code, description)) => {

@@ -519,11 +519,41 @@ impl FormRequest {
 /// Reads an `application/x-www-form-urlencoded` body (bounded) and the query.
 pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthError> {
     let (mut parts, body) = request.into_parts();
-    let read = parts.extensions.remove::<FormRead>();
     let query = match parts.uri.query() {
         Some(q) => parse_params(q.as_bytes())?,
         None => HashMap::new(),
     };
+    let bytes = read_form_body(&mut parts, body).await?;
+    let form = if bytes.is_empty() {
+        HashMap::new()
+    } else {
+        parse_params(&bytes)?
+    };
+    Ok(FormRequest {
+        form,
+        query,
+        headers: parts.headers,
+    })
+}
+
+/// The parameters of a form body as sent, repeats and empty values kept
+/// (bounded as [`read_form`] reads it): for the authorization endpoint,
+/// which tells the client of a repeated parameter at its redirect URI.
+pub(crate) async fn read_form_pairs(
+    request: Request<Incoming>,
+) -> Result<Vec<(String, String)>, OAuthError> {
+    let (mut parts, body) = request.into_parts();
+    let bytes = read_form_body(&mut parts, body).await?;
+    Ok(url::form_urlencoded::parse(&bytes).into_owned().collect())
+}
+
+/// The body of a form request, within [`MAX_FORM_BYTES`] and
+/// [`FORM_READ_TIMEOUT`]; a body of another content type is refused.
+async fn read_form_body(
+    parts: &mut http::request::Parts,
+    body: Incoming,
+) -> Result<Bytes, OAuthError> {
+    let read = parts.extensions.remove::<FormRead>();
     let is_form = parts
         .headers
         .get(CONTENT_TYPE)
@@ -553,20 +583,12 @@ pub async fn read_form(request: Request<Incoming>) -> Result<FormRequest, OAuthE
     if let Some(read) = read {
         read.0.store(true, std::sync::atomic::Ordering::Relaxed);
     }
-    let form = if bytes.is_empty() {
-        HashMap::new()
-    } else if is_form {
-        parse_params(&bytes)?
-    } else {
+    if !bytes.is_empty() && !is_form {
         return Err(OAuthError::invalid_request(
             "the body must be application/x-www-form-urlencoded",
         ));
-    };
-    Ok(FormRequest {
-        form,
-        query,
-        headers: parts.headers,
-    })
+    }
+    Ok(bytes)
 }
 
 /// Set by [`read_form`] once it has read the request's body to its end:

@@ -13,10 +13,11 @@
 //! its client or another (unknown, or not allowed the grant), with the
 //! right verifier or not, with the redirect URI or without. The reference
 //! says:
-//! - a form with a repeated parameter, or a client or redirect URI that
-//!   does not check out, gets an error page, never a redirect; any other
-//!   fault in the request redirects to its own redirect URI with the error,
-//!   the `state` as posted and `iss`;
+//! - a form with a repeated `client_id` or `redirect_uri`, or a client or
+//!   redirect URI that does not check out, gets an error page, never a
+//!   redirect; any other fault in the request (another parameter sent
+//!   twice too) redirects to its own redirect URI with the error, the
+//!   `state` as posted (none when posted twice) and `iss`;
 //! - sign-in needs the double-submit CSRF pair and the user's password; a
 //!   wrong one gets the sign-in page again (400, or 429 once limited) and no
 //!   session;
@@ -179,6 +180,8 @@ fn tamper() -> impl Strategy<Value = Option<Tamper>> {
             Some(Tamper::State("")),
             Some(Tamper::Repeat("client_id")),
             Some(Tamper::Repeat("response_type")),
+            Some(Tamper::Repeat("scope")),
+            Some(Tamper::Repeat("state")),
             Some(Tamper::Unknown),
         ]),
     ]
@@ -361,7 +364,12 @@ fn request_of(form: &Params) -> Result<Request, Refusal> {
     let sent: Vec<&(String, String)> = form.iter().filter(|(_, v)| !v.is_empty()).collect();
     let mut names: Vec<&str> = sent.iter().map(|(k, _)| k.as_str()).collect();
     names.sort_unstable();
-    if names.windows(2).any(|w| w[0] == w[1]) {
+    let repeated: Vec<&str> = names
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    if repeated.contains(&"client_id") || repeated.contains(&"redirect_uri") {
         return Err(Refusal::Page);
     }
     let get = |name: &str| {
@@ -380,7 +388,9 @@ fn request_of(form: &Params) -> Result<Request, Refusal> {
         None if client == "spa" => return Err(Refusal::Page),
         None => allowed[0].to_owned(),
     };
-    let state = get("state").map(str::to_owned);
+    let state = get("state")
+        .filter(|_| !repeated.contains(&"state"))
+        .map(str::to_owned);
     let refuse = |error| {
         Err(Refusal::Redirect {
             to: redirect_uri.clone(),
@@ -388,6 +398,9 @@ fn request_of(form: &Params) -> Result<Request, Refusal> {
             state: state.clone(),
         })
     };
+    if !repeated.is_empty() {
+        return refuse("invalid_request");
+    }
     match get("response_type") {
         Some("code") => {}
         Some(_) => return refuse("unsupported_response_type"),

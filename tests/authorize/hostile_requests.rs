@@ -9,10 +9,13 @@
 //! scheme-relative, `javascript:`), response types, scopes, states (with
 //! characters that need encoding), PKCE pairs right and wrong, unknown and
 //! repeated parameters. The reference says:
-//! - a repeated parameter, or a client or redirect URI that does not check
-//!   out, gets an error page and never a redirect (RFC 6749 4.1.2.1);
-//! - any other fault redirects to the request's own redirect URI with an
-//!   error code that names it, the `state` exactly as sent, and `iss`;
+//! - a repeated `client_id` or `redirect_uri`, or a client or redirect URI
+//!   that does not check out, gets an error page and never a redirect (RFC
+//!   6749 4.1.2.1);
+//! - any other repeated parameter redirects `invalid_request`, and any
+//!   other fault an error code that names it, to the request's own
+//!   redirect URI, with the `state` exactly as sent (none when it was sent
+//!   twice), and `iss`;
 //! - a request with nothing wrong gets the sign-in page.
 
 use super::*;
@@ -208,10 +211,11 @@ fn params_of(req: &AuthorizeRequest) -> Params {
 enum Expected {
     /// An error page (no redirect).
     Page,
-    /// A redirect to `to` with one of `codes`.
+    /// A redirect to `to` with one of `codes`, and `state`.
     Redirect {
         to: &'static str,
         codes: Vec<&'static str>,
+        state: Option<String>,
     },
     SignIn,
 }
@@ -234,7 +238,12 @@ fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
         .map(|(k, _)| k.as_str())
         .collect();
     names.sort_unstable();
-    if names.windows(2).any(|w| w[0] == w[1]) {
+    let repeated: Vec<&str> = names
+        .windows(2)
+        .filter(|w| w[0] == w[1])
+        .map(|w| w[0])
+        .collect();
+    if repeated.contains(&"client_id") || repeated.contains(&"redirect_uri") {
         return Expected::Page;
     }
     let Some(client) = req
@@ -250,6 +259,17 @@ fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
         None if client == "spa" => return Expected::Page,
         None => allowed[0],
     };
+    let state = req
+        .state
+        .clone()
+        .filter(|s| !s.is_empty() && !repeated.contains(&"state"));
+    if !repeated.is_empty() {
+        return Expected::Redirect {
+            to,
+            codes: vec!["invalid_request"],
+            state,
+        };
+    }
     let mut codes = Vec::new();
     match req.response_type {
         Some("code") => {}
@@ -274,7 +294,7 @@ fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
     if codes.is_empty() {
         Expected::SignIn
     } else {
-        Expected::Redirect { to, codes }
+        Expected::Redirect { to, codes, state }
     }
 }
 
@@ -299,7 +319,7 @@ async fn check(gw: &Gateway, req: AuthorizeRequest) -> Result<(), String> {
                 return Err(format!("expected the sign-in page: {}", what()));
             }
         }
-        Expected::Redirect { to, codes } => {
+        Expected::Redirect { to, codes, state } => {
             let Some(location) = location.as_deref().filter(|_| r.status == 303) else {
                 return Err(format!("expected a redirect to {to}: {}", what()));
             };
@@ -315,7 +335,7 @@ async fn check(gw: &Gateway, req: AuthorizeRequest) -> Result<(), String> {
             let fine = get("error").is_some_and(|e| codes.contains(&e))
                 && get("error_description").is_some()
                 && get("iss") == Some(ISS)
-                && get("state") == req.state.as_deref().filter(|s| !s.is_empty())
+                && get("state") == state.as_deref()
                 && get("code").is_none();
             if !fine {
                 return Err(format!(
