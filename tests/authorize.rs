@@ -1712,6 +1712,130 @@ async fn a_code_grants_no_more_than_the_user_may() {
     assert_eq!(r.json()["scope"], "orders:read admin", "{}", r.text());
 }
 
+/// A request for scopes none of which the user may grant is `invalid_scope`
+/// at the redirect URI, with `state` and `iss`: at sign-in, on a signed-in
+/// visit and at approval alike. It got a consent page of no scope and then
+/// a code of none, whose token response named no scope and so told the
+/// client it had what it asked for (RFC 6749 3.3, 5.1).
+#[tokio::test]
+async fn a_request_the_user_may_grant_none_of_is_invalid_scope() {
+    // carol may grant orders:read only; the `wide` client may ask for admin.
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("wide", APP_CB, "admin", Some(&c.challenge));
+    let (_, r) = sign_in(&gw, &p, "carol", PASSWORD).await;
+    assert_error_redirect(&r, APP_CB, "invalid_scope");
+    // Signed in all the same.
+    let session = cookie_pair(&r, "sg_session");
+    let r = get_authorize(&gw, &p, Some(&session)).await;
+    assert_error_redirect(&r, APP_CB, "invalid_scope");
+    // A consent form changed to ask for admin.
+    let (page, session) = consent(&gw, &with(p.clone(), "scope", "orders:read"), "carol").await;
+    let mut form = with(hidden_fields(&page.text()), "scope", "admin");
+    form.push(("action".into(), "approve".into()));
+    let r = post_authorize(&gw, &form, Some(&session)).await;
+    assert_error_redirect(&r, APP_CB, "invalid_scope");
+    // The control: alice may grant admin.
+    let (page, _) = consent(&gw, &p, "alice").await;
+    assert!(page.text().contains("Use admin"), "{}", page.text());
+}
+
+/// A code or a refresh token whose grant's scopes have all been taken from
+/// the user since (a reload; here records written into the store as an
+/// earlier config approved them) is `invalid_scope` at the token endpoint,
+/// not a token of no scope whose response names none (RFC 6749 3.3, 5.1;
+/// a refresh without `scope` asks for the grant's, RFC 6749 6). A grant
+/// with a scope left gets that scope (the control).
+#[tokio::test]
+async fn a_grant_with_none_of_its_scopes_left_is_invalid_scope_at_the_token_endpoint() {
+    use scopegate::auth::cache::digest;
+    use scopegate::issuer::store::{CodeRecord, RefreshRecord, Store, StoreConfig};
+
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("state.redb");
+    let c = pkce();
+    let now = now();
+    let code = |client: &str, scope: &str| CodeRecord {
+        client_id: client.into(),
+        redirect_uri: APP_CB.into(),
+        redirect_uri_sent: true,
+        scope: scope.into(),
+        subject: "carol".into(),
+        code_challenge: Some(c.challenge.clone()),
+        expires_at: now + 60,
+        family: scopegate::issuer::random_token().unwrap(),
+    };
+    let refresh_token = |handle: &str| format!("{handle}.0.secret-{handle}");
+    let grant = |handle: &str, scope: &str| RefreshRecord {
+        family: format!("family-{handle}"),
+        client_id: "spa".into(),
+        subject: "carol".into(),
+        scope: scope.into(),
+        audience: "orders-api".into(),
+        issued_at: now,
+        expires_at: now + 600,
+        family_expires_at: now + 3600,
+        refresh_count: 0,
+        token: digest(refresh_token(handle)),
+        previous: None,
+        retry_until: 0,
+        user_grant: true,
+    };
+    {
+        let store = Store::open(&StoreConfig::File(db.clone())).await.unwrap();
+        for (name, record) in [
+            ("admin-code", code("wide", "admin")),
+            ("both-code", code("wide", "orders:read admin")),
+        ] {
+            store.put_code(&digest(name), &record).await.unwrap();
+        }
+        for (handle, scope) in [
+            ("reports", "reports:read"),
+            ("both", "orders:read reports:read"),
+        ] {
+            store
+                .put_refresh(&digest(handle), &grant(handle, scope))
+                .await
+                .unwrap();
+        }
+    }
+    let (_upstream, gw) = start_with(&format!("  store: {{ file: \"{}\" }}\n", db.display())).await;
+    let redeem = |code: &'static str| Exchange {
+        client: "wide",
+        secret: None,
+        code,
+        redirect_uri: Some(APP_CB),
+        verifier: Some(&c.verifier),
+    };
+    let refresh = |handle: &str| {
+        let token = refresh_token(handle);
+        let gw = &gw;
+        async move {
+            token_form(
+                gw,
+                &[
+                    ("grant_type", "refresh_token"),
+                    ("refresh_token", &token),
+                    ("client_id", "spa"),
+                ],
+                None,
+            )
+            .await
+        }
+    };
+    let r = exchange(&gw, redeem("admin-code")).await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+    let r = refresh("reports").await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+    // The controls.
+    let r = exchange(&gw, redeem("both-code")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read", "{}", r.text());
+    let r = refresh("both").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["scope"], "orders:read", "{}", r.text());
+}
+
 /// RFC 6749 4.1.3: `redirect_uri` is required at the token endpoint only if
 /// the authorization request named it; if sent anyway it must still match.
 #[tokio::test]

@@ -727,6 +727,40 @@ async fn a_refresh_follows_the_users_and_scopes_of_the_current_config() {
     );
 }
 
+/// A refresh whose grant's scopes have all been taken from the client
+/// since (a restart on the same file store, as after a reload) is
+/// `invalid_scope`, not a token of no scope whose response names none (RFC
+/// 6749 3.3, 5.1; without `scope` a refresh asks for the grant's, RFC 6749
+/// 6), and its refresh token introspects as inactive.
+#[tokio::test]
+async fn a_refresh_with_none_of_its_scopes_left_is_invalid_scope() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let yaml = file_store_config(upstream.addr, dir.path());
+    let gw = Gateway::start(&yaml).await;
+    let r = token_request(
+        &gw,
+        &format!(
+            "grant_type=password&username=bob&password={}&scope=admin&{}",
+            enc(PASSWORD),
+            creds("pw")
+        ),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rt = s(&r.json(), "refresh_token");
+    assert_eq!(introspect(&gw, "pw", &rt).await.json()["active"], true);
+    gw.stop().await;
+
+    let narrower = yaml.replace("scopes: [orders:read, admin]\n", "scopes: [orders:read]\n");
+    assert!(narrower.len() < yaml.len());
+    let gw = Gateway::start(&narrower).await;
+    let v = introspect(&gw, "pw", &rt).await.json();
+    assert_eq!(v, json!({"active": false}));
+    let r = refresh(&gw, "pw", &rt).await;
+    assert_oauth_error(&r, 400, "invalid_scope");
+}
+
 #[tokio::test]
 async fn refresh_replay_revokes_the_whole_family() {
     let (_upstream, gw) = start("").await;

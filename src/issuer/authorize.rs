@@ -448,6 +448,9 @@ impl AuthorizationServer {
     }
 
     async fn approve(&self, request: &AuthRequest, user: &str) -> Response<Body> {
+        let Some(scope) = self.grantable_scope(request, user) else {
+            return self.no_grantable_scope(request);
+        };
         let (Ok(code), Ok(family)) = (random_token(), random_token()) else {
             return self.no_randomness();
         };
@@ -455,7 +458,7 @@ impl AuthorizationServer {
             client_id: request.client.client_id.clone(),
             redirect_uri: request.redirect_uri.clone(),
             redirect_uri_sent: request.redirect_uri_sent,
-            scope: self.user_scope(request, user),
+            scope,
             subject: user.to_owned(),
             code_challenge: request.code_challenge.clone(),
             expires_at: now_unix() + CODE_TTL,
@@ -493,6 +496,27 @@ impl AuthorizationServer {
             .filter(|s| !s.is_empty() && allowed.is_none_or(|a| a.iter().any(|x| x == s)))
             .collect::<Vec<_>>()
             .join(" ")
+    }
+
+    /// [`Self::user_scope`]; `None` when the request has scopes and `user`
+    /// may grant none of them, which [`Self::no_grantable_scope`] answers:
+    /// a code of no scope would get a token response without `scope`,
+    /// which tells the client it got what it asked for (RFC 6749 3.3, 5.1),
+    /// so it is refused, as the password grant refuses the same request.
+    fn grantable_scope(&self, request: &AuthRequest, user: &str) -> Option<String> {
+        let scope = self.user_scope(request, user);
+        (!scope.is_empty() || request.scope.is_empty()).then_some(scope)
+    }
+
+    /// The `invalid_scope` redirect of a request whose scopes the user may
+    /// grant none of.
+    fn no_grantable_scope(&self, request: &AuthRequest) -> Response<Body> {
+        self.redirect_error(
+            &request.redirect_uri,
+            "invalid_scope",
+            "the user may grant none of the requested scopes",
+            request.state.as_deref(),
+        )
     }
 
     fn redirect_error(
@@ -559,13 +583,14 @@ impl AuthorizationServer {
         response
     }
 
+    /// The consent page, or the `invalid_scope` redirect of
+    /// [`Self::no_grantable_scope`].
     fn consent_page(&self, request: &AuthRequest, user: &str, csrf: &str) -> Response<Body> {
+        let Some(granted) = self.grantable_scope(request, user) else {
+            return self.no_grantable_scope(request);
+        };
         let mut scopes = String::new();
-        for scope in self
-            .user_scope(request, user)
-            .split(' ')
-            .filter(|s| !s.is_empty())
-        {
+        for scope in granted.split(' ').filter(|s| !s.is_empty()) {
             let _ = write!(scopes, "<li>{}</li>", esc(&describe_scope(scope)));
         }
         if scopes.is_empty() {

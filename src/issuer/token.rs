@@ -361,7 +361,11 @@ impl AuthorizationServer {
 
     /// A grant's scopes as the config stands now (a reload may have
     /// changed it since the grant): a user removed since ends it, and scopes
-    /// since taken from the client or the user are not minted again.
+    /// since taken from the client or the user are not minted again. A
+    /// grant of scopes none of which is left is `invalid_scope`, not a
+    /// token of no scope, whose response would name none and so tell the
+    /// client it got the scope it asked for (RFC 6749 3.3, 5.1; a refresh
+    /// without `scope` asks for the grant's, RFC 6749 6).
     pub(super) fn rights_now(
         &self,
         client: &Client,
@@ -381,13 +385,19 @@ impl AuthorizationServer {
                 }
             }
         };
-        Ok(scope
+        let granted: Vec<String> = scope
             .split(' ')
             .filter(|s| !s.is_empty())
             .filter(|s| client.scopes.iter().any(|c| c == s))
             .filter(|s| user_scopes.is_none_or(|u| u.iter().any(|x| x == s)))
             .map(str::to_owned)
-            .collect())
+            .collect();
+        if granted.is_empty() && scope.split(' ').any(|s| !s.is_empty()) {
+            return Err(OAuthError::invalid_scope(
+                "none of the grant's scopes is allowed for this client and user any more",
+            ));
+        }
+        Ok(granted)
     }
 
     /// A rotated refresh token presented again means theft (RFC 9700

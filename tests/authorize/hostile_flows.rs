@@ -24,6 +24,10 @@
 //! - approve and deny need a valid session and its CSRF token; without a
 //!   session the sign-in page comes back; a code goes only to the posted
 //!   redirect URI, registered for the posted client;
+//! - a request with scopes none of which the user may grant is
+//!   `invalid_scope` at its redirect URI, after sign-in, on a signed-in
+//!   visit and at approval (RFC 6749 3.3), where a code of no scope would
+//!   get a token response naming none;
 //! - the code redeems once, only for its client, its redirect URI and its
 //!   PKCE verifier; any use after the first revokes what it issued (the
 //!   access token at the gateway, the refresh token at the token endpoint);
@@ -453,6 +457,16 @@ fn user_scope(request: &Request, user: &str) -> Vec<&'static str> {
         .collect()
 }
 
+/// The refusal of `request` once `user` signed in, when it has scopes and
+/// the user may grant none of them: `invalid_scope` at its redirect URI.
+fn no_scope_refusal(request: &Request, user: &str) -> Option<Refusal> {
+    (!request.scope.is_empty() && user_scope(request, user).is_empty()).then(|| Refusal::Redirect {
+        to: request.redirect_uri.clone(),
+        error: "invalid_scope",
+        state: request.state.clone(),
+    })
+}
+
 /// `Err` unless `r` is an HTML page with one of `status`, the security
 /// headers and no redirect.
 fn page(r: &Reply, status: &[u16], what: &str) -> Result<(), String> {
@@ -826,12 +840,22 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
             false => Err(format!("{what}: no consent page: {}", r.text())),
         }
     };
+    if let Some(refusal) = no_scope_refusal(&signed_in_request, flow.user) {
+        return refused(&r, &refusal, "signed in, no scope the user may grant");
+    }
     consent_page(&r, "signed in")?;
     let own_session = cookie_pair(&r, "sg_session");
     let (consent_page, shown_request) = if flow.revisit {
         let again = get_authorize(gw, &start, Some(&own_session)).await;
-        consent_page(&again, "signed in, the request again")?;
         let request = request_of(&start).map_err(|e| format!("the first request: {e:?}"))?;
+        if let Some(refusal) = no_scope_refusal(&request, flow.user) {
+            return refused(
+                &again,
+                &refusal,
+                "signed in again, no scope the user may grant",
+            );
+        }
+        consent_page(&again, "signed in, the request again")?;
         (again, request)
     } else {
         (r, signed_in_request)
@@ -915,6 +939,9 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
             return Err(format!("deny: state {state:?} or a code: {got:?}"));
         }
         return Ok(());
+    }
+    if let Some(refusal) = no_scope_refusal(&request, user) {
+        return refused(&r, &refusal, "approve, no scope the user may grant");
     }
     let got = redirected(&r, &request.redirect_uri, &[("code", None)], "approve")?;
     if got.get("state").map(String::as_str) != state {
