@@ -1609,6 +1609,79 @@ async fn an_http2_connection_without_a_first_request_is_closed_with_a_goaway() {
     );
 }
 
+/// A first request that comes just after `header_read_timeout`, before the
+/// client has answered the GOAWAY's PING, is taken (the last GOAWAY names
+/// it), so it is answered, though its upstream takes longer than the
+/// second the close waits otherwise: cut off then, the client would have
+/// been told it was processed and got no answer.
+#[tokio::test]
+async fn a_first_request_taken_as_the_connection_closes_is_answered() {
+    use h2::frame::{Frame, Headers, Ping, Pseudo, Settings, StreamId};
+    use tokio::io::AsyncWriteExt;
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |_request: hyper::Request<hyper::body::Incoming>| async move {
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            hyper::Response::new(full_body("ok"))
+        },
+    )
+    .await;
+    let config = yaml(
+        &world.jwks.uri(),
+        upstream,
+        "  header_read_timeout: 1s\n",
+        "",
+    );
+    let gw = Gateway::start(&config).await;
+    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut codec: H2Codec = h2::Codec::new(tcp);
+    assert!(send_frame(&mut codec, Settings::default().into()).await);
+    // The request, once the GOAWAY (and its PING) came: past the deadline.
+    let read = async {
+        let (mut sent, mut answered, mut last_goaway) = (false, false, None);
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+            let reply: Frame<Bytes> = match frame {
+                Frame::GoAway(g) => {
+                    last_goaway = Some(g.last_stream_id());
+                    if sent {
+                        continue;
+                    }
+                    sent = true;
+                    let uri = http::Uri::from_static("http://gw.test/status");
+                    let pseudo = Pseudo::request(http::Method::GET, uri, None);
+                    let mut get = Headers::new(StreamId::from(1), pseudo, http::HeaderMap::new());
+                    get.set_end_stream();
+                    get.into()
+                }
+                Frame::Headers(h) => {
+                    answered |= h.stream_id() == StreamId::from(1);
+                    continue;
+                }
+                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
+                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
+                _ => continue,
+            };
+            if !send_frame(&mut codec, reply).await {
+                break;
+            }
+        }
+        (sent, answered, last_goaway)
+    };
+    let (sent, answered, last_goaway) = tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("the connection was kept open");
+    assert!(sent, "no GOAWAY came");
+    assert_eq!(
+        last_goaway,
+        Some(StreamId::from(1)),
+        "the request was not taken"
+    );
+    assert!(answered, "the request taken was not answered");
+}
+
 /// An upstream answering `/files/big` with `chunks` parts of 64 KiB, and
 /// anything else with `ok`.
 async fn big_answer_upstream(chunks: usize) -> std::net::SocketAddr {

@@ -860,6 +860,8 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
             "wrong-aud-list",
             with(json!({ "aud": ["another-api", "third-api"] })),
         ),
+        // Ory Hydra's for a token granted no audience: none of ours.
+        ("empty-aud-list", with(json!({ "aud": [] }))),
         ("expired", with(json!({ "exp": now() - 3600 }))),
         (
             "string-exp",
@@ -921,13 +923,42 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
         .answer("keycloak-access", with(json!({ "typ": "Bearer" })));
     let ok = s.get("/orders/1", "keycloak-access").await;
     assert_eq!(ok.status, 200, "{}", ok.text());
-    // Ory Hydra's answer for a token granted no audience: `"aud": []`,
-    // which names none, as an answer without `aud` does.
-    s.idp
-        .answer("hydra-no-audience", with(json!({ "aud": [] })));
-    let ok = s.get("/orders/1", "hydra-no-audience").await;
-    assert_eq!(ok.status, 200, "{}", ok.text());
-    assert_eq!(s.upstream.count(), 4);
+    assert_eq!(s.upstream.count(), 3);
+}
+
+/// An issuer with `client_ids` and no `audiences` (tokens that name no
+/// API): an answer with an `aud` is meant for another API, but Ory Hydra's
+/// empty `"aud": []`, for a token granted no audience, names none, as an
+/// answer without `aud` does.
+#[tokio::test]
+async fn with_client_ids_alone_an_empty_aud_names_no_other_api() {
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = opaque_issuer(&idp.endpoint(), &secret.credentials(), "");
+    let audiences = format!("audiences: [{AUDIENCE}]");
+    assert!(issuers.contains(&audiences), "{issuers}");
+    let issuers = issuers.replace(&audiences, "client_ids: [reports]");
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+    let answer = |aud: Option<Value>| {
+        let mut answer = active("orders:read");
+        match aud {
+            Some(aud) => answer["aud"] = aud,
+            None => {
+                answer.as_object_mut().unwrap().remove("aud");
+            }
+        }
+        answer
+    };
+    idp.answer("hydra", answer(Some(json!([]))));
+    idp.answer("no-aud", answer(None));
+    idp.answer("another-api", answer(Some(json!([AUDIENCE]))));
+    for (token, status) in [("hydra", 200), ("no-aud", 200), ("another-api", 401)] {
+        let reply = get_with_token(&gw.url("/orders/1"), token).await;
+        assert_eq!(reply.status, status, "{token}: {}", reply.text());
+    }
+    assert_eq!(upstream.count(), 2);
 }
 
 /// An answer refused because its `nbf` (or `iat`) is still ahead of the

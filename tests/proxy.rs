@@ -1602,6 +1602,38 @@ async fn oversize_header_block_is_refused_with_431() {
     assert_eq!(world.upstream.last().headers["x-big"].len(), fits.len());
 }
 
+/// A refused upload's answer reaches a client that writes its whole body
+/// before it reads (as most HTTP libraries do): after answering, the
+/// gateway reads and drops the rest for a while before it closes the
+/// socket (RFC 9112 9.6). Closed at once, with megabytes unread, the
+/// kernel reset the connection under the client's writes, and the 401
+/// that would have sent it to refresh its token was lost.
+#[tokio::test]
+async fn a_refused_uploads_answer_reaches_a_client_still_sending() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let body_len = 4 * 1024 * 1024;
+    let head =
+        format!("GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {body_len}\r\n\r\n");
+    let (mut reader, mut writer) = TcpStream::connect(gw.addr).await.unwrap().into_split();
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b'x'; body_len]).await?;
+        writer.shutdown().await
+    });
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut answer))
+        .await
+        .expect("the connection was kept open");
+    let sent = sending.await.unwrap();
+    assert!(sent.is_ok(), "the body could not be sent: {sent:?}");
+    assert!(read.is_ok(), "the answer could not be read: {read:?}");
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 401"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+    assert_eq!(world.upstream.count(), 0);
+}
+
 // ---------------------------------------------------------------------------
 // 4. Upstream failures
 // ---------------------------------------------------------------------------

@@ -31,7 +31,7 @@ pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCou
 }
 
 /// The kinds of `scopegate_client_head_errors_total`.
-const HEAD_ERROR_KINDS: [&str; 3] = ["too_large", "malformed", "timeout"];
+const HEAD_ERROR_KINDS: [&str; 2] = ["too_large", "malformed"];
 
 /// Every metric scopegate exports.
 pub struct Metrics {
@@ -79,6 +79,9 @@ pub struct Metrics {
     /// `scopegate_log_lines_dropped_total`, brought up to the log writer's
     /// count at each render.
     log_lines_dropped: IntCounter,
+    /// Held while `log_lines_dropped` catches up, so that two renders at
+    /// once do not both add the same lines.
+    log_lines_catching_up: Mutex<()>,
     /// The names the running config labels series with, once known.
     running_names: Mutex<Option<LabelNames>>,
     /// The names of a config a reload is setting up: its first JWKS fetches
@@ -241,7 +244,7 @@ impl Metrics {
         let client_head_errors = IntCounterVec::new(
             Opts::new(
                 "scopegate_client_head_errors_total",
-                "HTTP/1 request heads refused by the parser, which answered itself, by kind (too_large: 431, over max_header_bytes; malformed: 400; timeout: not whole within header_read_timeout)",
+                "HTTP/1 request heads refused by the parser, which answered itself, by kind (too_large: 431, over max_header_bytes; malformed: 400)",
             ),
             &["kind"],
         )?;
@@ -293,13 +296,14 @@ impl Metrics {
             issuer_store_errors,
             client_head_errors,
             log_lines_dropped,
+            log_lines_catching_up: Mutex::new(()),
             running_names: Mutex::new(None),
             pending_names: Mutex::new(None),
         })
     }
 
     /// Counts a request head the HTTP/1 parser refused (`kind` one of
-    /// `too_large`, `malformed`, `timeout`).
+    /// `too_large`, `malformed`).
     pub fn count_head_error(&self, kind: &str) {
         if HEAD_ERROR_KINDS.contains(&kind) {
             self.client_head_errors.with_label_values(&[kind]).inc();
@@ -385,7 +389,9 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         self.forget_retired();
-        if let Some(dropped) = DROPPED_LOG_LINES.get() {
+        if let (Some(dropped), Ok(_catching_up)) =
+            (DROPPED_LOG_LINES.get(), self.log_lines_catching_up.lock())
+        {
             let now = u64::try_from(dropped.dropped_lines()).unwrap_or(u64::MAX);
             let told = self.log_lines_dropped.get();
             if now > told {

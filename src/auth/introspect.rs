@@ -501,12 +501,16 @@ impl Introspector {
             Some(_) => return refused("iss"),
         }
         // An answer's `aud` must name this API, if it has one: with no
-        // `audiences` (only `client_ids`), none is named. An empty one
-        // (Ory Hydra's for a token granted no audience) is none, as
-        // leaving it out is.
-        if jwt::names_an_audience(answer)
-            && (self.audiences.is_empty() || jwt::check_audience(answer, &self.audiences).is_err())
-        {
+        // `audiences` (only `client_ids`), none is named, and an empty one
+        // (Ory Hydra's for a token granted no audience) names none, as
+        // leaving it out does. With `audiences`, an empty one names none
+        // of them (RFC 7519 4.1.3), as for a JWT.
+        let aud_refused = if self.audiences.is_empty() {
+            jwt::names_an_audience(answer)
+        } else {
+            answer.contains_key("aud") && jwt::check_audience(answer, &self.audiences).is_err()
+        };
+        if aud_refused {
             return refused("aud");
         }
         if !self.client_ids.is_empty() && jwt::check_client_id(answer, &self.client_ids).is_err() {

@@ -259,10 +259,9 @@ impl Authenticator {
             else {
                 continue;
             };
+            // Shared with the running config until this one serves (see
+            // `serving`).
             issuer.keys = Arc::clone(&old.keys);
-            // The fingerprint leaves the algorithms out: the kept keys'
-            // fetches are checked against the new ones.
-            issuer.keys.set_algorithms(issuer.algorithms.clone());
             if old.discovered.load(Ordering::Acquire) {
                 if let (Some(new), Some(old)) = (&issuer.introspector, &old.introspector) {
                     if let Some(endpoint) = old.endpoint() {
@@ -274,6 +273,18 @@ impl Authenticator {
                 let complete = issuer.introspector.as_ref().is_none_or(|i| i.is_ready());
                 issuer.discovered.store(complete, Ordering::Release);
             }
+        }
+    }
+
+    /// This authenticator's config now serves. The fingerprint leaves the
+    /// algorithms out, so key sets kept from the config before are checked
+    /// against this one's from now on: not before, since a reload refused
+    /// after setting it up leaves the running config's fetches as they
+    /// were (checked against algorithms the IdP's keys do not fit, a
+    /// withdrawn key would stay trusted).
+    pub fn serving(&self) {
+        for issuer in &self.issuers {
+            issuer.keys.set_algorithms(issuer.algorithms.clone());
         }
     }
 

@@ -300,7 +300,7 @@ impl FromIterator<HeaderName> for RemovedHeaders {
 
 /// Where a request came from, for the forwarding headers, and the client
 /// connection's slot, which a tunnel it becomes keeps.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ClientInfo {
     /// Whether the client connection used TLS.
     tls: bool,
@@ -310,6 +310,9 @@ pub struct ClientInfo {
     address: HeaderValue,
     /// The connection's slot (`None` outside a server, as in benchmarks).
     hold: Option<Arc<ConnectionHold>>,
+    /// Set when an answer closes the connection with the request's body
+    /// unread: the rest is read and dropped before the socket is.
+    lingers: std::sync::atomic::AtomicBool,
 }
 
 impl ClientInfo {
@@ -326,7 +329,20 @@ impl ClientInfo {
             ip,
             address,
             hold: None,
+            lingers: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// The connection ends with an answer while the client may still be
+    /// sending a body: see [`crate::server::linger`].
+    pub fn linger_on_close(&self) {
+        self.lingers
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Whether [`Self::linger_on_close`] was called.
+    pub fn lingers(&self) -> bool {
+        self.lingers.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The same client, holding its connection's slot.

@@ -3,6 +3,7 @@
 
 mod framing;
 mod idle;
+mod linger;
 pub mod pipeline;
 pub mod reload;
 pub mod tls;
@@ -16,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper::{Method, Request, StatusCode};
@@ -327,6 +329,8 @@ async fn serve_connection<I>(
     let first_request = Arc::new(tokio::sync::Notify::new());
     let arrived = Arc::clone(&first_request);
     let requests_activity = Arc::clone(&activity);
+    // Read on after a close with a body unread (see `linger`).
+    let io = linger::Lingering::new(io, Arc::clone(&client));
     let service = service_fn(move |mut request: Request<Incoming>| {
         arrived.notify_one();
         let in_flight = requests_activity.start();
@@ -394,12 +398,21 @@ async fn serve_connection<I>(
             }
             () = &mut no_first_request => {
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
-                // An HTTP/2 client gets a GOAWAY saying no request was
-                // taken, so a first one that crossed the deadline is sent
-                // again elsewhere (a plain close reads as a broken
-                // connection); briefly, as the client may be a slowloris.
+                // An HTTP/2 client gets a GOAWAY, so a first request that
+                // crosses the deadline is sent again elsewhere (a plain
+                // close reads as a broken connection): briefly, as the
+                // client may be a slowloris.
                 connection.as_mut().graceful_shutdown();
-                let _ = tokio::time::timeout(FIRST_REQUEST_CLOSE_WAIT, connection.as_mut()).await;
+                if tokio::time::timeout(FIRST_REQUEST_CLOSE_WAIT, connection.as_mut())
+                    .await
+                    .is_err()
+                    && first_request.notified().now_or_never().is_some()
+                {
+                    // One came before the GOAWAY's PING was answered, so
+                    // the client is told it was taken: it finishes, as
+                    // requests do when the gateway drains.
+                    let _ = tokio::time::timeout(timeouts.idle, connection.as_mut()).await;
+                }
                 return;
             }
             why = &mut quiet => {
@@ -453,9 +466,9 @@ fn head_error_kind(error: &hyper::Error) -> Option<&'static str> {
         Some("too_large")
     } else if error.is_parse() {
         Some("malformed")
-    } else if error.is_timeout() {
-        Some("timeout")
     } else {
+        // Not `is_timeout`: hyper's header-read timer also ends kept-alive
+        // connections that sent nothing more, which is no error.
         None
     }
 }

@@ -332,6 +332,7 @@ impl Gateway {
         // the client sends nothing more on it.
         if body_left {
             announce_close(response.headers_mut());
+            client.linger_on_close();
         }
         // An upstream's own id stays on its answer.
         if let Some(id) = &request_id {

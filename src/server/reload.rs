@@ -317,6 +317,9 @@ impl Reloader {
                 return Err(ReloadError::NotReady(READY_TIMEOUT, unready));
             }
         }
+        if !reused {
+            gateway.authenticator().serving();
+        }
         self.current.store(gateway);
         if let Some(starting) = starting {
             starting.serving();

@@ -315,9 +315,10 @@ fn valid<'a>(
         return None;
     }
     // With `client_ids` and no `audiences`, a token with any `aud` is meant
-    // for another API.
+    // for another API (an empty one, Ory Hydra's, names none).
     let intended = if by_client {
-        claims.get("client_id") == Some(&json!(CLIENT_ID)) && !claims.contains_key("aud")
+        claims.get("client_id") == Some(&json!(CLIENT_ID))
+            && claims.get("aud").is_none_or(|aud| *aud == json!([]))
     } else {
         reference::audience_ok(claims.get("aud"), true)
     };

@@ -314,7 +314,9 @@ pub fn lifetime(
 /// array of strings containing it); `required` refuses a missing one.
 pub fn audience_ok(value: Option<&Value>, required: bool) -> bool {
     match value {
+        // An empty list names no audience, as no `aud` does (Ory Hydra's).
         None => !required,
+        Some(Value::Array(items)) if items.is_empty() => !required,
         Some(Value::String(aud)) => aud == AUDIENCE,
         Some(Value::Array(items)) => {
             items.iter().all(Value::is_string) && items.contains(&json!(AUDIENCE))
@@ -350,15 +352,18 @@ pub enum ScopeClaim {
 }
 
 /// The scopes `object` grants under `claim`, or `Err` when its member is
-/// malformed. The other member is ignored. `scp` may also be a list, each
+/// malformed. The other member is ignored. Either may also be a list, each
 /// entry one scope token (an empty one counts as none).
 pub fn granted(
     object: &serde_json::Map<String, Value>,
     claim: ScopeClaim,
 ) -> Result<Vec<&str>, ()> {
-    match (claim, object.get("scp")) {
-        (ScopeClaim::Scope, _) => scopes(object.get("scope")),
-        (ScopeClaim::Scp, Some(Value::Array(items))) => {
+    let member = match claim {
+        ScopeClaim::Scope => object.get("scope"),
+        ScopeClaim::Scp => object.get("scp"),
+    };
+    match member {
+        Some(Value::Array(items)) => {
             let mut granted = Vec::new();
             for item in items {
                 match item {
@@ -368,7 +373,7 @@ pub fn granted(
             }
             Ok(granted)
         }
-        (ScopeClaim::Scp, scp) => scopes(scp),
+        member => scopes(member),
     }
 }
 
