@@ -334,7 +334,8 @@ impl ClientInfo {
     }
 
     /// The connection ends with an answer while the client may still be
-    /// sending a body: see [`crate::server::linger`].
+    /// sending a body: its connection is read on for a while before its
+    /// socket closes (a lingering close, RFC 9112 9.6).
     pub fn linger_on_close(&self) {
         self.lingers
             .store(true, std::sync::atomic::Ordering::Relaxed);

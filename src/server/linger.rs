@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _, ReadBuf};
 
 use crate::proxy::ClientInfo;
 
@@ -24,13 +24,13 @@ const LINGER_BYTES: u64 = 16 * 1024 * 1024;
 /// A client connection's I/O that, dropped after an answer that closed the
 /// connection with the body unread ([`ClientInfo::linger_on_close`]), goes
 /// on reading it in a task of its own, holding the connection's slot.
-pub(crate) struct Lingering<I: AsyncRead + Unpin + Send + 'static> {
+pub(crate) struct Lingering<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
     /// `None` only once dropped.
     io: Option<I>,
     client: Arc<ClientInfo>,
 }
 
-impl<I: AsyncRead + Unpin + Send + 'static> Lingering<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<I> {
     pub(crate) fn new(io: I, client: Arc<ClientInfo>) -> Self {
         Self {
             io: Some(io),
@@ -45,7 +45,7 @@ impl<I: AsyncRead + Unpin + Send + 'static> Lingering<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin + Send + 'static> Drop for Lingering<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<I> {
     fn drop(&mut self) {
         if !self.client.lingers() {
             return;
@@ -56,11 +56,13 @@ impl<I: AsyncRead + Unpin + Send + 'static> Drop for Lingering<I> {
         };
         let client = Arc::clone(&self.client);
         runtime.spawn(async move {
-            let mut rest = (&mut io).take(LINGER_BYTES);
-            let _ = tokio::time::timeout(
-                LINGER_TIME,
-                tokio::io::copy(&mut rest, &mut tokio::io::sink()),
-            )
+            let _ = tokio::time::timeout(LINGER_TIME, async {
+                // In stages: the answer's end first (hyper has usually
+                // sent it; not where the request asked for an upgrade).
+                let _ = io.shutdown().await;
+                let mut rest = (&mut io).take(LINGER_BYTES);
+                tokio::io::copy(&mut rest, &mut tokio::io::sink()).await
+            })
             .await;
             // The slot goes with the socket.
             drop(io);
@@ -69,7 +71,7 @@ impl<I: AsyncRead + Unpin + Send + 'static> Drop for Lingering<I> {
     }
 }
 
-impl<I: AsyncRead + Unpin + Send + 'static> AsyncRead for Lingering<I> {
+impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<I> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,

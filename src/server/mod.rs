@@ -376,6 +376,9 @@ async fn serve_connection<I>(
     let quiet = activity.quiet_for(timeouts.idle);
     tokio::pin!(quiet);
     let mut draining = false;
+    // Set when a first request came as the connection closed for want of
+    // one in time: it is served as when draining.
+    let mut late_first_request = false;
     // Set by a GOAWAY for a response the client left unread: the other
     // streams may finish by then, not later (a client that keeps one moving,
     // or that never answers the GOAWAY's PING and so may still open
@@ -396,7 +399,7 @@ async fn serve_connection<I>(
                 tracing::info!(%peer, "streams still open six idle_timeouts after a GOAWAY for an unread response; connection closed");
                 return;
             }
-            () = &mut no_first_request => {
+            () = &mut no_first_request, if !late_first_request => {
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
                 // An HTTP/2 client gets a GOAWAY, so a first request that
                 // crosses the deadline is sent again elsewhere (a plain
@@ -410,8 +413,11 @@ async fn serve_connection<I>(
                 {
                     // One came before the GOAWAY's PING was answered, so
                     // the client is told it was taken: it finishes, as
-                    // requests do when the gateway drains.
-                    let _ = tokio::time::timeout(timeouts.idle, connection.as_mut()).await;
+                    // requests do when the gateway drains (the idle and
+                    // stall checks still apply).
+                    late_first_request = true;
+                    draining = true;
+                    continue;
                 }
                 return;
             }
@@ -451,7 +457,7 @@ async fn serve_connection<I>(
     };
     if let Err(e) = result {
         // A head hyper's HTTP/1 parser refused and answered itself (431,
-        // 400, 408): no request reached the gateway's own counting.
+        // 400): no request reached the gateway's own counting.
         if let Some(kind) = e.downcast_ref::<hyper::Error>().and_then(head_error_kind) {
             metrics.count_head_error(kind);
         }

@@ -314,9 +314,7 @@ pub fn lifetime(
 /// array of strings containing it); `required` refuses a missing one.
 pub fn audience_ok(value: Option<&Value>, required: bool) -> bool {
     match value {
-        // An empty list names no audience, as no `aud` does (Ory Hydra's).
         None => !required,
-        Some(Value::Array(items)) if items.is_empty() => !required,
         Some(Value::String(aud)) => aud == AUDIENCE,
         Some(Value::Array(items)) => {
             items.iter().all(Value::is_string) && items.contains(&json!(AUDIENCE))
