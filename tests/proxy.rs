@@ -4627,6 +4627,23 @@ async fn https_upstream_is_verified_and_speaks_h2_by_alpn() {
     assert_config_refused(&both, "http1_only and http2_only exclude each other");
 }
 
+/// A TLS acceptor for `certified` offering `alpn` (empty: taking no part
+/// in ALPN).
+fn acceptor_offering(
+    certified: &rcgen::CertifiedKey<rcgen::KeyPair>,
+    alpn: Vec<Vec<u8>>,
+) -> tokio_rustls::TlsAcceptor {
+    let mut server = rustls::ServerConfig::builder()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![certified.cert.der().clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into()),
+        )
+        .unwrap();
+    server.alpn_protocols = alpn;
+    tokio_rustls::TlsAcceptor::from(Arc::new(server))
+}
+
 /// A request an HTTP/2 connection did not take (a GOAWAY naming no stream)
 /// goes again on a new connection; where that one agreed on HTTP/1.1 (a
 /// rollout behind one address, pods with and without h2), it goes in
@@ -4640,20 +4657,10 @@ async fn a_request_sent_again_over_http11_after_a_goaway_goes_in_origin_form() {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
     let cert = dir.path().join("mixed.pem");
     std::fs::write(&cert, certified.cert.pem()).unwrap();
-    let acceptor = |alpn: &[u8]| {
-        let mut server = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certified.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(
-                    certified.signing_key.serialize_der().into(),
-                ),
-            )
-            .unwrap();
-        server.alpn_protocols = vec![alpn.to_vec()];
-        tokio_rustls::TlsAcceptor::from(Arc::new(server))
-    };
-    let (h2_first, http1_next) = (acceptor(b"h2"), acceptor(b"http/1.1"));
+    let (h2_first, http1_next) = (
+        acceptor_offering(&certified, vec![b"h2".to_vec()]),
+        acceptor_offering(&certified, vec![b"http/1.1".to_vec()]),
+    );
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let upstream = listener.local_addr().unwrap();
     let targets = Arc::new(Mutex::new(Vec::new()));
@@ -4709,20 +4716,10 @@ async fn http2_only_to_an_https_upstream_takes_h2_by_alpn_or_nothing() {
     // in ALPN (it chooses nothing, so HTTP/1.1 it is).
     let mut http1_only = Vec::new();
     for alpn in [vec![b"http/1.1".to_vec()], Vec::new()] {
-        let mut server = rustls::ServerConfig::builder()
-            .with_no_client_auth()
-            .with_single_cert(
-                vec![certified.cert.der().clone()],
-                rustls::pki_types::PrivateKeyDer::Pkcs8(
-                    certified.signing_key.serialize_der().into(),
-                ),
-            )
-            .unwrap();
-        server.alpn_protocols = alpn;
         let seen = Arc::clone(&versions);
         http1_only.push(
             serve_fn_tls(
-                tokio_rustls::TlsAcceptor::from(Arc::new(server)),
+                acceptor_offering(&certified, alpn),
                 move |req: Request<Incoming>| {
                     seen.lock().unwrap().push(req.version());
                     async { Response::new(full_body("h1")) }
