@@ -38,7 +38,7 @@
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 160).
 
-use super::hostile_requests::{registered, scopes, REDIRECTS};
+use super::hostile_requests::{registered, repeated_names, scopes, REDIRECTS};
 use super::*;
 
 use proptest::prelude::*;
@@ -366,13 +366,7 @@ enum Refusal {
 fn request_of(form: &Params) -> Result<Request, Refusal> {
     // RFC 6749 3.1: a parameter without a value counts as not sent.
     let sent: Vec<&(String, String)> = form.iter().filter(|(_, v)| !v.is_empty()).collect();
-    let mut names: Vec<&str> = sent.iter().map(|(k, _)| k.as_str()).collect();
-    names.sort_unstable();
-    let repeated: Vec<&str> = names
-        .windows(2)
-        .filter(|w| w[0] == w[1])
-        .map(|w| w[0])
-        .collect();
+    let repeated = repeated_names(form);
     if repeated.contains(&"client_id") || repeated.contains(&"redirect_uri") {
         return Err(Refusal::Page);
     }

@@ -229,20 +229,27 @@ pub(super) fn scopes(client: &str) -> &'static [&'static str] {
     }
 }
 
-fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
-    // Parameters are decoded as the server does: `%zz` stays itself. One
-    // without a value counts as not sent (RFC 6749 3.1).
+/// The names sent more than once, each once; a parameter without a value
+/// counts as not sent (RFC 6749 3.1).
+pub(super) fn repeated_names(sent: &Params) -> Vec<&str> {
     let mut names: Vec<&str> = sent
         .iter()
         .filter(|(_, v)| !v.is_empty())
         .map(|(k, _)| k.as_str())
         .collect();
     names.sort_unstable();
-    let repeated: Vec<&str> = names
+    let mut repeated: Vec<&str> = names
         .windows(2)
         .filter(|w| w[0] == w[1])
         .map(|w| w[0])
         .collect();
+    repeated.dedup();
+    repeated
+}
+
+fn expected(req: &AuthorizeRequest, sent: &Params) -> Expected {
+    // Parameters are decoded as the server does: `%zz` stays itself.
+    let repeated = repeated_names(sent);
     if repeated.contains(&"client_id") || repeated.contains(&"redirect_uri") {
         return Expected::Page;
     }
