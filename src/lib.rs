@@ -25,7 +25,8 @@
 //!   `/metrics`, `/healthz`, `/readyz` (`health`).
 //! - [`error`]: every way a request can fail, mapped to one HTTP response.
 //! - [`server`]: listeners, connection limits and timeouts (`idle`), TLS
-//!   (`tls`), request-smuggling detection (`framing`), hot reload (`reload`),
+//!   (`tls`), request-smuggling detection (`framing`), lingering close of a
+//!   connection left with a body unread (`linger`), hot reload (`reload`),
 //!   graceful shutdown, and the request pipeline (`pipeline`).
 //! - [`issuer`]: the built-in authorization server: token endpoint and grants
 //!   (`token`), client authentication (`clients`), signing keys (`keys`),
