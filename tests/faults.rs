@@ -1494,14 +1494,61 @@ async fn idle_http2_connections_are_closed_but_busy_ones_are_not() {
     assert_eq!(ok.status, 200, "{}", ok.text());
 }
 
+/// A client by hand: a connection to `addr` that has sent the HTTP/2
+/// preface and an empty SETTINGS frame.
+async fn h2_by_hand(addr: SocketAddr) -> H2Codec {
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut codec: H2Codec = h2::Codec::new(tcp);
+    assert!(send_frame(&mut codec, h2::frame::Settings::default().into()).await);
+    codec
+}
+
+/// A GET of `path` on stream 1, ending the stream.
+fn get_on_stream_one(path: &str) -> h2::frame::Frame<Bytes> {
+    use h2::frame::{Headers, Pseudo, StreamId};
+    let uri = http::Uri::try_from(format!("http://gw.test{path}")).unwrap();
+    let pseudo = Pseudo::request(http::Method::GET, uri, None);
+    let mut get = Headers::new(StreamId::from(1), pseudo, http::HeaderMap::new());
+    get.set_end_stream();
+    get.into()
+}
+
+/// Reads every frame until the gateway closes the connection, answering
+/// SETTINGS and PINGs as a client must; `seen` gets every other frame and
+/// may answer it. False if the connection was still open after `bound`.
+async fn read_h2_until_closed(
+    codec: &mut H2Codec,
+    bound: Duration,
+    mut seen: impl FnMut(h2::frame::Frame<Bytes>) -> Option<h2::frame::Frame<Bytes>>,
+) -> bool {
+    use h2::frame::{Frame, Ping, Settings};
+    let read = async {
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(codec).await {
+            let reply = match frame {
+                Frame::Settings(s) if !s.is_ack() => Some(Settings::ack().into()),
+                Frame::Ping(p) if !p.is_ack() => Some(Ping::pong(p.into_payload()).into()),
+                frame => seen(frame),
+            };
+            if let Some(reply) = reply {
+                if !send_frame(codec, reply).await {
+                    break;
+                }
+            }
+        }
+    };
+    tokio::time::timeout(bound, read).await.is_ok()
+}
+
 /// An idle HTTP/2 connection is closed with a GOAWAY (RFC 9113 6.8), as
 /// when the gateway drains: the client learns which of its requests were
 /// taken, and may send one that crossed the close again. It was dropped,
 /// which a client cannot tell from a connection that broke.
 #[tokio::test]
 async fn an_idle_http2_connection_is_closed_with_a_goaway() {
-    use h2::frame::{Frame, Headers, Ping, Pseudo, Settings, StreamId};
-    use tokio::io::AsyncWriteExt;
+    use h2::frame::{Frame, StreamId};
     let world = World::new().await;
     let upstream = serve_fn(
         |_request: hyper::Request<hyper::body::Incoming>| async move {
@@ -1514,42 +1561,19 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway() {
     let gw = Gateway::start(&config).await;
     // A client by hand: one GET, then nothing; every frame the gateway
     // sends is read until it closes.
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut codec: H2Codec = h2::Codec::new(tcp);
-    assert!(send_frame(&mut codec, Settings::default().into()).await);
-    let uri = http::Uri::from_static("http://gw.test/files/ok");
-    let pseudo = Pseudo::request(http::Method::GET, uri, None);
-    let mut get = Headers::new(StreamId::from(1), pseudo, http::HeaderMap::new());
-    get.set_end_stream();
-    assert!(send_frame(&mut codec, get.into()).await);
-    let read = async {
-        let (mut answered, mut goaway) = (false, None);
-        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
-            let reply: Frame<Bytes> = match frame {
-                Frame::Headers(h) => {
-                    answered = h.stream_id() == StreamId::from(1);
-                    continue;
-                }
-                Frame::GoAway(g) => {
-                    goaway = Some((g.last_stream_id(), g.reason()));
-                    continue;
-                }
-                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
-                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
-                _ => continue,
-            };
-            if !send_frame(&mut codec, reply).await {
-                break;
-            }
+    let mut codec = h2_by_hand(gw.addr).await;
+    assert!(send_frame(&mut codec, get_on_stream_one("/files/ok")).await);
+    let (mut answered, mut goaway) = (false, None);
+    let closed = read_h2_until_closed(&mut codec, Duration::from_secs(15), |frame| {
+        match frame {
+            Frame::Headers(h) => answered = h.stream_id() == StreamId::from(1),
+            Frame::GoAway(g) => goaway = Some((g.last_stream_id(), g.reason())),
+            _ => {}
         }
-        (answered, goaway)
-    };
-    let (answered, goaway) = tokio::time::timeout(Duration::from_secs(15), read)
-        .await
-        .expect("the gateway kept an idle HTTP/2 connection open");
+        None
+    })
+    .await;
+    assert!(closed, "the gateway kept an idle HTTP/2 connection open");
     assert!(answered, "the request was not answered");
     assert_eq!(
         goaway,
@@ -1565,8 +1589,7 @@ async fn an_idle_http2_connection_is_closed_with_a_goaway() {
 /// broken connection.
 #[tokio::test]
 async fn an_http2_connection_without_a_first_request_is_closed_with_a_goaway() {
-    use h2::frame::{Frame, Ping, Settings, StreamId};
-    use tokio::io::AsyncWriteExt;
+    use h2::frame::{Frame, StreamId};
     let world = World::new().await;
     let config = yaml(
         &world.jwks.uri(),
@@ -1575,33 +1598,19 @@ async fn an_http2_connection_without_a_first_request_is_closed_with_a_goaway() {
         "",
     );
     let gw = Gateway::start(&config).await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut codec: H2Codec = h2::Codec::new(tcp);
-    assert!(send_frame(&mut codec, Settings::default().into()).await);
-    let read = async {
-        let mut goaway = None;
-        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
-            let reply: Frame<Bytes> = match frame {
-                Frame::GoAway(g) => {
-                    goaway = Some((g.last_stream_id(), g.reason()));
-                    continue;
-                }
-                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
-                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
-                _ => continue,
-            };
-            if !send_frame(&mut codec, reply).await {
-                break;
-            }
+    let mut codec = h2_by_hand(gw.addr).await;
+    let mut goaway = None;
+    let closed = read_h2_until_closed(&mut codec, Duration::from_secs(15), |frame| {
+        if let Frame::GoAway(g) = frame {
+            goaway = Some((g.last_stream_id(), g.reason()));
         }
-        goaway
-    };
-    let goaway = tokio::time::timeout(Duration::from_secs(15), read)
-        .await
-        .expect("the gateway kept a connection without a request open");
+        None
+    })
+    .await;
+    assert!(
+        closed,
+        "the gateway kept a connection without a request open"
+    );
     assert_eq!(
         goaway,
         Some((StreamId::from(0), h2::Reason::NO_ERROR)),
@@ -1616,8 +1625,7 @@ async fn an_http2_connection_without_a_first_request_is_closed_with_a_goaway() {
 /// been told it was processed and got no answer.
 #[tokio::test]
 async fn a_first_request_taken_as_the_connection_closes_is_answered() {
-    use h2::frame::{Frame, Headers, Ping, Pseudo, Settings, StreamId};
-    use tokio::io::AsyncWriteExt;
+    use h2::frame::{Frame, StreamId};
     let world = World::new().await;
     let upstream = serve_fn(
         |_request: hyper::Request<hyper::body::Incoming>| async move {
@@ -1633,46 +1641,25 @@ async fn a_first_request_taken_as_the_connection_closes_is_answered() {
         "",
     );
     let gw = Gateway::start(&config).await;
-    let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut codec: H2Codec = h2::Codec::new(tcp);
-    assert!(send_frame(&mut codec, Settings::default().into()).await);
+    let mut codec = h2_by_hand(gw.addr).await;
     // The request, once the GOAWAY (and its PING) came: past the deadline.
-    let read = async {
-        let (mut sent, mut answered, mut last_goaway) = (false, false, None);
-        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
-            let reply: Frame<Bytes> = match frame {
-                Frame::GoAway(g) => {
-                    last_goaway = Some(g.last_stream_id());
-                    if sent {
-                        continue;
-                    }
+    let (mut sent, mut answered, mut last_goaway) = (false, false, None);
+    let closed = read_h2_until_closed(&mut codec, Duration::from_secs(30), |frame| {
+        match frame {
+            Frame::GoAway(g) => {
+                last_goaway = Some(g.last_stream_id());
+                if !sent {
                     sent = true;
-                    let uri = http::Uri::from_static("http://gw.test/status");
-                    let pseudo = Pseudo::request(http::Method::GET, uri, None);
-                    let mut get = Headers::new(StreamId::from(1), pseudo, http::HeaderMap::new());
-                    get.set_end_stream();
-                    get.into()
+                    return Some(get_on_stream_one("/status"));
                 }
-                Frame::Headers(h) => {
-                    answered |= h.stream_id() == StreamId::from(1);
-                    continue;
-                }
-                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
-                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
-                _ => continue,
-            };
-            if !send_frame(&mut codec, reply).await {
-                break;
             }
+            Frame::Headers(h) => answered |= h.stream_id() == StreamId::from(1),
+            _ => {}
         }
-        (sent, answered, last_goaway)
-    };
-    let (sent, answered, last_goaway) = tokio::time::timeout(Duration::from_secs(30), read)
-        .await
-        .expect("the connection was kept open");
+        None
+    })
+    .await;
+    assert!(closed, "the connection was kept open");
     assert!(sent, "no GOAWAY came");
     assert_eq!(
         last_goaway,
