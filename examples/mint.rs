@@ -12,7 +12,11 @@
 //!   which HAProxy's `jwt_verify` loads;
 //! - `jwks.json`: a JWKS holding the public key, for scopegate's `jwks_file`;
 //! - `tokens.txt`: `N` distinct compact JWS access tokens, one per line, with
-//!   the same `iss`, `aud`, `scope` and `exp` and a unique `jti`/`sub`.
+//!   the same `iss`, `aud`, `scope` and `exp` and a unique `jti`/`sub`;
+//! - `negatives.txt`: validly signed tokens that each break one claim check,
+//!   one per line as `NAME STATUS TOKEN` (the status a gateway checking `iss`,
+//!   `aud`, `exp` and the scope must answer), so the benchmark can show that
+//!   every contender really makes the checks it is credited with.
 //!
 //! Tokens are signed directly with aws-lc-rs (one key parse, two threads), so
 //! a few hundred thousand take seconds. The first one is checked with
@@ -93,12 +97,14 @@ fn run(args: &Args) -> Result<(), String> {
     let exp = now + args.ttl_secs;
     let header = URL_SAFE_NO_PAD
         .encode(serde_json::json!({"alg": "ES256", "typ": "at+jwt", "kid": args.kid}).to_string());
-    let mint = |i: usize| -> Result<String, String> {
-        let claims = serde_json::json!({
+    let claims_of = |i: usize| {
+        serde_json::json!({
             "iss": args.issuer, "aud": args.audience, "sub": format!("user-{i}"),
             "client_id": "bench-client", "scope": args.scope,
             "iat": now, "exp": exp, "jti": format!("bench-{i}"),
-        });
+        })
+    };
+    let sign = |claims: &serde_json::Value| -> Result<String, String> {
         let mut token = format!(
             "{header}.{}",
             URL_SAFE_NO_PAD.encode(claims.to_string().as_bytes())
@@ -110,6 +116,7 @@ fn run(args: &Args) -> Result<(), String> {
         token.push_str(&URL_SAFE_NO_PAD.encode(signature.as_ref()));
         Ok(token)
     };
+    let mint = |i: usize| sign(&claims_of(i));
 
     check_first_token(&mint(0)?, &jwks, &args.issuer, &args.audience)?;
 
@@ -140,12 +147,53 @@ fn run(args: &Args) -> Result<(), String> {
         &pem("PUBLIC KEY", spki.as_ref()),
     )?;
     write(&args.out.join("jwks.json"), &jwks)?;
+    write(
+        &args.out.join("negatives.txt"),
+        &negatives(&claims_of(args.count), &args.scope, now, sign)?,
+    )?;
     println!(
         "wrote {} tokens (exp {exp}) and ES256 key material to {}",
         args.count,
         args.out.display()
     );
     Ok(())
+}
+
+/// One validly signed token per claim check, each breaking that check alone:
+/// `NAME STATUS TOKEN` lines. The scope case keeps every scope but the first
+/// (the one the benchmark's route requires).
+fn negatives(
+    good: &serde_json::Value,
+    scope: &str,
+    now: u64,
+    sign: impl Fn(&serde_json::Value) -> Result<String, String>,
+) -> Result<String, String> {
+    let other_scopes = scope.split(' ').skip(1).collect::<Vec<_>>().join(" ");
+    let cases: [(&str, u16, &str, Option<serde_json::Value>); 5] = [
+        (
+            "wrong-issuer",
+            401,
+            "iss",
+            Some("https://other.example".into()),
+        ),
+        ("wrong-audience", 401, "aud", Some("other-api".into())),
+        ("expired", 401, "exp", Some(now.saturating_sub(3600).into())),
+        ("no-exp", 401, "exp", None),
+        ("missing-scope", 403, "scope", Some(other_scopes.into())),
+    ];
+    let mut out = String::new();
+    for (name, status, claim, value) in cases {
+        let mut claims = good.clone();
+        let map = claims
+            .as_object_mut()
+            .ok_or_else(|| "claims are not an object".to_owned())?;
+        match value {
+            Some(value) => map.insert(claim.to_owned(), value),
+            None => map.remove(claim),
+        };
+        out.push_str(&format!("{name} {status} {}\n", sign(&claims)?));
+    }
+    Ok(out)
 }
 
 /// Verifies one token with scopegate's own code path, so a bad key or claim

@@ -43,8 +43,11 @@
 #   BENCH_KEEP=1        keep the temp directory (configs, logs, wrk output)
 #   BENCH_NO_INSTALL=1  never apt-get install missing tools
 #
-# Exits non-zero if a contender fails to start, fails its pre-flight request,
-# or answers anything but 2xx under load.
+# Exits non-zero if a contender fails to start or a pre-flight request (200
+# for a good token; for the JWT contenders also 401 or 403 for each of mint's
+# negatives.txt, validly signed tokens that break one of the iss, aud, exp and
+# scope checks), or if wrk reports under load an error status (4xx, 5xx) or a
+# socket error of any kind (connect, read, write, timeout).
 set -euo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -248,6 +251,17 @@ expect_status() {
     [ "$got" = "$want" ] || die "$name: pre-flight GET $url answered $got, expected $want"
 }
 
+# expect_negatives NAME URL: every token of mint's negatives.txt (each validly
+# signed, each breaking one of the iss, aud, exp and scope checks) gets the
+# status written beside it, so no contender is credited with a check it skips.
+expect_negatives() {
+    local name=$1 url=$2 case status token
+    while read -r case status token; do
+        [ -n "$token" ] || continue
+        expect_status "$name ($case)" "$url" "$status" "$token"
+    done <"$NEGATIVES_FILE"
+}
+
 # --------------------------------------------------------------------------
 # wrk and its output
 
@@ -277,6 +291,29 @@ cpu_ticks() {
     echo "$total"
 }
 
+# check_wrk NAME FILE: dies unless wrk's output FILE shows only 2xx answers,
+# no socket error of any kind and at least one request. A timed-out request is
+# left out of wrk's latency figures and a reset one out of its count, so a
+# contender that stalls or drops connections must not pass with a clean p99.
+check_wrk() {
+    local name=$1 out=$2 non2xx errors requests
+    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$out")
+    errors=$(sed -n 's/.*Socket errors: \(.*\)/\1/p' "$out")
+    requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out")
+    if [ -n "$non2xx" ] && [ "$non2xx" != 0 ]; then
+        cat "$out" >&2
+        die "$name: $non2xx non-2xx responses"
+    fi
+    if [ -n "$errors" ] && [ "$errors" != "connect 0, read 0, write 0, timeout 0" ]; then
+        cat "$out" >&2
+        die "$name: socket errors under load ($errors)"
+    fi
+    if [ -z "$requests" ] || [ "$requests" = 0 ]; then
+        cat "$out" >&2
+        die "$name: no requests completed"
+    fi
+}
+
 # load NAME URL [wrk args...]: runs wrk, checks it, records the numbers. The
 # CPU time of the processes in $CONTENDER_PIDS (the contender's own, not
 # wrk's or the upstream's) is divided by the requests served.
@@ -296,25 +333,9 @@ load() {
     local ticks_used=""
     # shellcheck disable=SC2086
     [ -n "$ticks_before" ] && ticks_used=$(($(cpu_ticks $CONTENDER_PIDS) - ticks_before))
-    local non2xx connect requests
-    non2xx=$(sed -n 's/.*Non-2xx or 3xx responses: *\([0-9]*\).*/\1/p' "$out")
-    connect=$(sed -n 's/.*Socket errors: connect \([0-9]*\),.*/\1/p' "$out")
+    check_wrk "$name" "$out"
+    local requests
     requests=$(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$out")
-    if [ -n "$non2xx" ] && [ "$non2xx" != 0 ]; then
-        cat "$out" >&2
-        die "$name: $non2xx non-2xx responses"
-    fi
-    if [ -n "$connect" ] && [ "$connect" != 0 ]; then
-        cat "$out" >&2
-        die "$name: $connect connect errors"
-    fi
-    if [ -z "$requests" ] || [ "$requests" = 0 ]; then
-        cat "$out" >&2
-        die "$name: no requests completed"
-    fi
-    if grep -q 'Socket errors' "$out"; then
-        log "$name: $(grep 'Socket errors' "$out" | sed 's/^ *//')"
-    fi
     local rps p50 p99 cpu="-"
     rps=$(awk '/^Requests\/sec:/ { print $2 }' "$out")
     p50=$(to_ms "$(awk '$1 == "50%" { print $2 }' "$out")")
@@ -390,6 +411,7 @@ start_scopegate() {
     expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
     if [ -n "$bad" ]; then
         expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$bad"
+        expect_negatives "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
     fi
     expect_status "$name" "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$good"
     CONTENDER_PIDS=$SG_PID
@@ -504,6 +526,8 @@ log "minting $TOKENS ES256 tokens into $WORK/keys"
 "$MINT" --out "$WORK/keys" --count "$TOKENS" --issuer "$ISSUER" --audience "$AUDIENCE" \
     --scope "$SCOPE profile" >&2
 TOKENS_FILE=$WORK/keys/tokens.txt
+NEGATIVES_FILE=$WORK/keys/negatives.txt
+[ -s "$NEGATIVES_FILE" ] || die "mint wrote no negatives.txt"
 FIRST_TOKEN=$(head -n 1 "$TOKENS_FILE")
 # Same header and claims, signature of another token: must be refused.
 BAD_TOKEN="${FIRST_TOKEN%.*}.$(sed -n 2p "$TOKENS_FILE" | sed 's/.*\.//')"
@@ -564,6 +588,7 @@ pid=$STARTED
 wait_http haproxy "$pid" "http://127.0.0.1:$PROXY_PORT/"
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 401 "$BAD_TOKEN"
+expect_negatives haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
 expect_status haproxy "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" 200 "$FIRST_TOKEN"
 URL_OF[haproxy-jwt]="http://127.0.0.1:$PROXY_PORT$REQUEST_PATH"
 PIDS_OF[haproxy-jwt]=$pid
@@ -616,8 +641,15 @@ for name in "${ORDER[@]}"; do
     P99[$name]=$(median "${P99_ROUNDS[$name]}")
     CPU_US[$name]=$(median "${CPU_ROUNDS[$name]}")
 done
-for name in scopegate-warm scopegate-cold scopegate-introspect; do
-    HWM_KB[$name]=$(status_kb "${PIDS_OF[$name]}" VmHWM)
+# Peak RSS of every contender that is a process of its own (nginx-proxy: its
+# worker, as for CPU time; direct has none).
+for name in "${ORDER[@]}"; do
+    [ -n "${PIDS_OF[$name]:-}" ] || continue
+    total_kb=0
+    for pid in ${PIDS_OF[$name]}; do
+        total_kb=$((total_kb + $(status_kb "$pid" VmHWM)))
+    done
+    HWM_KB[$name]=$total_kb
 done
 
 # The all-cold figures are only that if no token came round twice.
@@ -642,10 +674,7 @@ if [ "$SMOKE" = 0 ] && [ "${MISSES:-0}" -lt "$FILL_TOKENS" ]; then
         BENCH_TOKENS_START=$next timeout 60 wrk -t"$THREADS" -c"$CONNECTIONS" -d5s --timeout 5s \
             -s "$HERE/rotate.lua" "${URL_OF[scopegate-cold]}" >"$WORK/wrk-fill.txt" 2>&1 ||
             die "cache fill: wrk failed"
-        if grep -q 'Non-2xx' "$WORK/wrk-fill.txt"; then
-            cat "$WORK/wrk-fill.txt" >&2
-            die "cache fill: non-2xx responses"
-        fi
+        check_wrk "cache fill" "$WORK/wrk-fill.txt"
         next=$((next + $(sed -n 's/^ *\([0-9]*\) requests in .*/\1/p' "$WORK/wrk-fill.txt")))
         MISSES=$(cache_misses "$COLD_ADMIN")
     done
