@@ -288,14 +288,13 @@ fn signing_key_yaml(kid: &str, path: &Path) -> String {
     )
 }
 
-/// `signing_keys:` with a key written to `dir`, and `redis` as the store:
-/// what replicas sharing one state need.
-fn redis_store_yaml(dir: &Path, redis: &RedisServer) -> String {
+/// `signing_keys:` with a key written to `dir`, and the redis at `url` as
+/// the store: what replicas sharing one state need.
+fn redis_store_yaml(dir: &Path, url: &str) -> String {
     let (key, _) = write_key(dir, "signing.pem");
     format!(
-        "{}  store: {{ redis: \"{}\" }}\n",
+        "{}  store: {{ redis: \"{url}\" }}\n",
         signing_key_yaml("k1", &key),
-        redis.url()
     )
 }
 
@@ -2426,7 +2425,7 @@ async fn redis_store_is_shared_by_replicas() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let extra = redis_store_yaml(dir.path(), &redis);
+    let extra = redis_store_yaml(dir.path(), &redis.url());
     let upstream = Upstream::start().await;
     let yaml = config(upstream.addr, &extra);
     let a = Gateway::start(&yaml).await;
@@ -2477,7 +2476,7 @@ async fn a_refresh_token_is_introspected_as_the_config_stands() {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let extra = redis_store_yaml(dir.path(), &redis);
+    let extra = redis_store_yaml(dir.path(), &redis.url());
     let (upstream, before) = start(&extra).await;
     let token_of = |r: Reply| {
         assert_eq!(r.status, 200, "{}", r.text());
@@ -2562,7 +2561,7 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
     };
     let (logs, _capturing) = Logs::capture();
     let dir = tempfile::tempdir().unwrap();
-    let extra = redis_store_yaml(dir.path(), &redis);
+    let extra = redis_store_yaml(dir.path(), &redis.url());
     let (_upstream, gw) = start(&extra).await;
     let access = s(&client_credentials(&gw, "svc").await, "access_token");
     assert_accepted(&gw, &access).await;
@@ -2631,6 +2630,57 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
         "one line, in each of the two formats: {text}"
     );
     assert!(!text.contains(&access), "a token in the log");
+}
+
+/// A Redis that stops answering (a proxy in front of it closes the
+/// connection and takes new ones that nothing answers, its host gone): the
+/// redis client's reconnection, four attempts of up to 5 s each, goes on
+/// in the background while each request waiting for it gets 503 when the
+/// store's 5 s are up. Before, every request waited for the whole
+/// reconnection (20 s at least), holding its connection, and the bound
+/// here (12 s, between the two with room either side) ran out.
+#[tokio::test]
+async fn a_redis_that_stops_answering_gets_requests_a_503_in_the_store_timeout() {
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let address = RedisAddress::start(&redis.address()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let extra = redis_store_yaml(dir.path(), &address.url());
+    let (_upstream, gw) = start(&extra).await;
+    let access = s(&client_credentials(&gw, "svc").await, "access_token");
+    assert_accepted(&gw, &access).await;
+    address.hangs();
+    let bound = Duration::from_secs(12);
+    // The first may find the connection closed at once; the second waits
+    // for the reconnection that started.
+    for _ in 0..2 {
+        let r = tokio::time::timeout(bound, get_with_token(&gw.url("/orders/7"), &access))
+            .await
+            .expect("the revocation check waited for the whole reconnection");
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.header("retry-after").as_deref(), Some("5"));
+    }
+    let r = tokio::time::timeout(
+        bound,
+        token_request(
+            &gw,
+            &format!("grant_type=client_credentials&{}", creds("svc")),
+        ),
+    )
+    .await
+    .expect("the token endpoint waited for the whole reconnection");
+    assert_oauth_error(&r, 503, "temporarily_unavailable");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_issuer_store_errors_total",
+            &[("store", "redis"), ("kind", "backend")]
+        ),
+        3.0,
+        "{metrics}"
+    );
 }
 
 // ---------------------------------------------------------------------------

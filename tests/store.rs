@@ -1090,34 +1090,17 @@ async fn a_demoted_redis_is_left_for_the_new_primary() {
             .to_owned()
     };
     let (old_addr, new_addr) = (address(&old.url), address(&new.url));
-    // The address the store knows, leading where `target` says.
-    let target = Arc::new(std::sync::Mutex::new(old_addr.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let forwarder = listener.local_addr().unwrap();
-    let to = Arc::clone(&target);
-    tokio::spawn(async move {
-        while let Ok((mut client, _)) = listener.accept().await {
-            let server = to.lock().unwrap().clone();
-            tokio::spawn(async move {
-                if let Ok(mut server) = tokio::net::TcpStream::connect(server).await {
-                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
-                }
-            });
-        }
-    });
-    let store = Store::open(&StoreConfig::Redis(RedisTarget {
-        url: format!("redis://{forwarder}/0"),
-        ca_pem: None,
-        password: None,
-    }))
-    .await
-    .unwrap();
+    // The address the store knows.
+    let forwarder = support::RedisAddress::start(&old_addr).await;
+    let store = Store::open(&StoreConfig::Redis(forwarder.url().into()))
+        .await
+        .unwrap();
     let t = now();
     store.revoke_access("before", t + 60).await.unwrap();
 
     // Failover: the new primary takes the address, the old one becomes its
     // replica (read-only) and keeps the store's connection.
-    *target.lock().unwrap() = new_addr.clone();
+    forwarder.lead_to(&new_addr);
     let old_client = ::redis::Client::open(old.url.as_str()).unwrap();
     let mut old_conn = old_client.get_multiplexed_async_connection().await.unwrap();
     let (host, port) = new_addr.split_once(':').unwrap();

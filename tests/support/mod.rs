@@ -1467,6 +1467,11 @@ impl RedisServer {
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}/0", self.port)
     }
+
+    /// Its `host:port`.
+    pub fn address(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
 }
 
 /// Whether the Redis on `port` answers (bounded) and is the one working in
@@ -1495,4 +1500,67 @@ async fn ours(port: u16, dir: &Path) -> bool {
         }
     }
     false
+}
+
+/// A TCP forwarder standing for a Redis server's address (a DNS name or a
+/// virtual IP): each connection made to it goes to where it leads at that
+/// moment ([`Self::lead_to`]), or, once it [`Self::hangs`], nowhere.
+pub struct RedisAddress {
+    pub addr: SocketAddr,
+    /// Where new connections go; `None`: they are taken and never answered.
+    target: Arc<Mutex<Option<String>>>,
+    /// The connections being forwarded, to drop when it hangs.
+    forwarding: Arc<Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl RedisAddress {
+    /// Listens on a loopback port, leading to `target` (`host:port`).
+    pub async fn start(target: &str) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let target = Arc::new(Mutex::new(Some(target.to_owned())));
+        let forwarding = Arc::new(Mutex::new(Vec::new()));
+        let (to, tasks) = (Arc::clone(&target), Arc::clone(&forwarding));
+        tokio::spawn(async move {
+            // Connections taken while it hangs: held open, never answered.
+            let mut held = Vec::new();
+            while let Ok((mut client, _)) = listener.accept().await {
+                let Some(server) = to.lock().unwrap().clone() else {
+                    held.push(client);
+                    continue;
+                };
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = tokio::net::TcpStream::connect(server).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        Self {
+            addr,
+            target,
+            forwarding,
+        }
+    }
+
+    /// `redis://` to this address.
+    pub fn url(&self) -> String {
+        format!("redis://{}/0", self.addr)
+    }
+
+    /// New connections go to `target` (`host:port`); open ones stay where
+    /// they lead.
+    pub fn lead_to(&self, target: &str) {
+        *self.target.lock().unwrap() = Some(target.to_owned());
+    }
+
+    /// As a proxy in front of a server whose host went down: open
+    /// connections are closed, and new ones are taken and never answered.
+    pub fn hangs(&self) {
+        *self.target.lock().unwrap() = None;
+        for task in self.forwarding.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
 }

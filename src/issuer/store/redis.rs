@@ -41,11 +41,33 @@ const PREFIX: &str = "scopegate:";
 /// overflow its millisecond clock and be rejected.
 const MAX_EXAT: u64 = 253_402_300_799;
 
-/// How long connecting, and each command, may take before failing.
+/// How long a connection attempt, a command, and a whole store operation
+/// may take before failing. An operation bounds itself ([`within`]): a
+/// command waits for a reconnection under way, which takes up to
+/// [`RETRIES`] + 1 attempts of this each (about 21 s with their backoff).
 const TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Reconnection attempts before a command fails (with exponential backoff).
+/// Reconnection attempts after the first fails (with exponential backoff);
+/// they go on in the background after the operation waiting for them has
+/// given up.
 const RETRIES: usize = 3;
+
+/// Runs one store operation within [`TIMEOUT`], waiting for a connection
+/// included, as the file store bounds its own: a Redis that stops answering
+/// gets requests a 503 in that time, not after the connection manager's
+/// reconnection attempts have all failed.
+async fn within<T>(
+    operation: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(TIMEOUT, operation)
+        .await
+        .unwrap_or_else(|_| {
+            Err(StoreError::Backend(format!(
+                "redis did not answer within {}s",
+                TIMEOUT.as_secs()
+            )))
+        })
+}
 
 /// Redis errors as backend failures. Redis error texts carry no values of
 /// ours (keys are digests), so they are safe to report.
@@ -301,14 +323,17 @@ impl RedisStore {
             return Ok(());
         }
         let bytes = encode(record)?;
-        ::redis::cmd("SET")
-            .arg(grant_key(grant))
-            .arg(bytes)
-            .arg("EXAT")
-            .arg(record.expires_at.min(MAX_EXAT))
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(|e| self.failed(e))
+        within(async {
+            ::redis::cmd("SET")
+                .arg(grant_key(grant))
+                .arg(bytes)
+                .arg("EXAT")
+                .arg(record.expires_at.min(MAX_EXAT))
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// See [`super::Store::rotate_refresh`]: the record read decides, and
@@ -323,34 +348,37 @@ impl RedisStore {
         let key = grant_key(grant);
         let next_bytes = encode(next)?;
         let mut conn = self.conn();
-        for _ in 0..ROTATION_TRIES {
-            let bytes = self.get(&mut conn, &key).await?;
-            let Some(bytes) = bytes else {
-                return Ok(Use::NotFound);
-            };
-            let current: RefreshRecord = decode(&bytes)?;
-            match rotation(now_secs(), &current, generation, presented, next) {
-                Rotation::NotFound => return Ok(Use::NotFound),
-                Rotation::Reused => return Ok(Use::Reused(current)),
-                Rotation::Write => {}
+        within(async {
+            for _ in 0..ROTATION_TRIES {
+                let bytes = self.get(&mut conn, &key).await?;
+                let Some(bytes) = bytes else {
+                    return Ok(Use::NotFound);
+                };
+                let current: RefreshRecord = decode(&bytes)?;
+                match rotation(now_secs(), &current, generation, presented, next) {
+                    Rotation::NotFound => return Ok(Use::NotFound),
+                    Rotation::Reused => return Ok(Use::Reused(current)),
+                    Rotation::Write => {}
+                }
+                let swapped: i64 = ::redis::cmd("EVAL")
+                    .arg(COMPARE_AND_SET)
+                    .arg(1)
+                    .arg(&key)
+                    .arg(&bytes)
+                    .arg(&next_bytes)
+                    .arg(next.expires_at.clamp(1, MAX_EXAT))
+                    .query_async(&mut conn)
+                    .await
+                    .map_err(|e| self.failed(e))?;
+                if swapped == 1 {
+                    return Ok(Use::Fresh(current));
+                }
             }
-            let swapped: i64 = ::redis::cmd("EVAL")
-                .arg(COMPARE_AND_SET)
-                .arg(1)
-                .arg(&key)
-                .arg(&bytes)
-                .arg(&next_bytes)
-                .arg(next.expires_at.clamp(1, MAX_EXAT))
-                .query_async(&mut conn)
-                .await
-                .map_err(|e| self.failed(e))?;
-            if swapped == 1 {
-                return Ok(Use::Fresh(current));
-            }
-        }
-        Err(StoreError::Backend(
-            "redis: a grant kept changing while it was rotated".to_owned(),
-        ))
+            Err(StoreError::Backend(
+                "redis: a grant kept changing while it was rotated".to_owned(),
+            ))
+        })
+        .await
     }
 
     /// See [`super::Store::get_refresh`].
@@ -358,7 +386,7 @@ impl RedisStore {
         &self,
         grant: &Digest,
     ) -> Result<Option<RefreshRecord>, StoreError> {
-        let bytes = self.get(&mut self.conn(), &grant_key(grant)).await?;
+        let bytes = within(self.get(&mut self.conn(), &grant_key(grant))).await?;
         let Some(bytes) = bytes else {
             return Ok(None);
         };
@@ -372,12 +400,12 @@ impl RedisStore {
         digest: &Digest,
         record: &CodeRecord,
     ) -> Result<(), StoreError> {
-        self.put(digest, record).await
+        within(self.put(digest, record)).await
     }
 
     /// See [`super::Store::use_code`].
     pub(super) async fn use_code(&self, digest: &Digest) -> Result<Use<CodeRecord>, StoreError> {
-        self.consume(digest).await
+        within(self.consume(digest)).await
     }
 
     /// See [`super::Store::revoke_family`] and [`super::Store::revoke_access`].
@@ -390,33 +418,39 @@ impl RedisStore {
         }
         let until = until.min(MAX_EXAT);
         let key = revocation_key(kind, id);
-        ::redis::pipe()
-            .atomic()
-            .cmd("SET")
-            .arg(&key)
-            .arg(until)
-            .arg("NX")
-            .arg("EXAT")
-            .arg(until)
-            .ignore()
-            .cmd("EXPIREAT")
-            .arg(&key)
-            .arg(until)
-            .arg("GT")
-            .ignore()
-            .query_async::<()>(&mut self.conn())
-            .await
-            .map_err(|e| self.failed(e))
+        within(async {
+            ::redis::pipe()
+                .atomic()
+                .cmd("SET")
+                .arg(&key)
+                .arg(until)
+                .arg("NX")
+                .arg("EXAT")
+                .arg(until)
+                .ignore()
+                .cmd("EXPIREAT")
+                .arg(&key)
+                .arg(until)
+                .arg("GT")
+                .ignore()
+                .query_async::<()>(&mut self.conn())
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// See [`super::Store::is_family_revoked`] and [`super::Store::is_access_revoked`].
     /// The key's TTL is the revocation's end, so existing means in force.
     pub(super) async fn is_revoked(&self, kind: Kind, id: &str) -> Result<bool, StoreError> {
-        ::redis::cmd("EXISTS")
-            .arg(revocation_key(kind, id))
-            .query_async(&mut self.conn())
-            .await
-            .map_err(|e| self.failed(e))
+        within(async {
+            ::redis::cmd("EXISTS")
+                .arg(revocation_key(kind, id))
+                .query_async(&mut self.conn())
+                .await
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// Whether any of `ids` is revoked now, in one round trip: a pipeline of
@@ -427,10 +461,13 @@ impl RedisStore {
         for (kind, id) in ids {
             pipe.cmd("EXISTS").arg(revocation_key(*kind, id));
         }
-        pipe.query_async::<Vec<bool>>(&mut self.conn())
-            .await
-            .map(|found| found.contains(&true))
-            .map_err(|e| self.failed(e))
+        within(async {
+            pipe.query_async::<Vec<bool>>(&mut self.conn())
+                .await
+                .map(|found| found.contains(&true))
+                .map_err(|e| self.failed(e))
+        })
+        .await
     }
 
     /// Writes a code's record (its used-marker, if any, is a separate key
