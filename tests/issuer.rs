@@ -2580,9 +2580,13 @@ async fn a_store_gone_at_a_revocation_check_is_a_503_logged_with_its_cause() {
         )
         .await;
         assert_oauth_error(&r, 503, "temporarily_unavailable");
+        // Soon enough for a retry within refresh_token_reuse_grace (at
+        // most 60 s), as the gateway's own store 503 asks.
+        assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     }
     let r = introspect(&gw, "svc", &access).await;
     assert_oauth_error(&r, 503, "temporarily_unavailable");
+    assert_eq!(r.header("retry-after").as_deref(), Some("5"));
     let metrics = gw.metrics().await;
     assert!(
         metrics.contains(r#"reason="store_unavailable""#),

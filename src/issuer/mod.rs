@@ -208,10 +208,13 @@ impl OAuthError {
         }
     }
 
-    /// The state store failed (503).
+    /// The state store failed (503 with `Retry-After: 5`, as the gateway's
+    /// own store 503): a refresh whose rotation landed behind the 503 is
+    /// retried soon enough to fall within a `refresh_token_reuse_grace`
+    /// (at most 60 s), where one that waited 60 s always missed it.
     pub fn unavailable() -> Self {
         Self {
-            retry_after: Some("60"),
+            retry_after: Some("5"),
             ..Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "temporarily_unavailable",
