@@ -1634,6 +1634,78 @@ async fn a_refused_uploads_answer_reaches_a_client_still_sending() {
     assert_eq!(world.upstream.count(), 0);
 }
 
+/// The same for an upstream's answer that comes before the upload has all
+/// come (a 413 from an upstream that reads the head, answers, and closes
+/// taking none of the body): the gateway passes it on with `Connection:
+/// close`, and then reads and drops what the client still sends before it
+/// closes the socket. It closed at once, and the kernel's reset under the
+/// client's writes broke the upload: a client that writes its whole body
+/// before it reads got that error (EPIPE) instead of the 413.
+#[tokio::test]
+async fn an_upstreams_early_answer_reaches_a_client_still_sending() {
+    // A small receive buffer, and a body larger than the gateway's send
+    // buffer can take (at most 4 MiB here) and at most the 16 MiB a
+    // lingering close reads: most of it is still to come when the
+    // upstream closes.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(64 * 1024).unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let listener = socket.listen(1).unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let (close, closing) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let (mut tcp, _) = listener.accept().await.unwrap();
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1];
+        while !head.ends_with(b"\r\n\r\n") {
+            assert_eq!(tcp.read(&mut buf).await.unwrap(), 1);
+            head.push(buf[0]);
+        }
+        tcp.write_all(
+            b"HTTP/1.1 413 Payload Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+        tcp.shutdown().await.unwrap();
+        // Closed, with the body unread, once the gateway has taken the
+        // answer (a reset before that would make it a 502).
+        let _ = closing.await;
+    });
+    let world = World::new().await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let body_len = 16 * 1024 * 1024;
+    let head =
+        format!("POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {body_len}\r\n\r\n");
+    let (mut reader, mut writer) = TcpStream::connect(gw.addr).await.unwrap().into_split();
+    let sending = tokio::spawn(async move {
+        writer.write_all(head.as_bytes()).await?;
+        writer.write_all(&vec![b'x'; body_len]).await?;
+        writer.shutdown().await
+    });
+    let answered = wait_for_metrics(&gw, |text| {
+        metric(text, "scopegate_requests_total", &[("status", "413")]) == 1.0
+    })
+    .await;
+    assert!(answered, "{}", gw.metrics().await);
+    close.send(()).unwrap();
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(30), reader.read_to_end(&mut answer))
+        .await
+        .expect("the connection was kept open");
+    let sent = sending.await.unwrap();
+    let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(
+        sent.is_ok(),
+        "the body could not be sent: {sent:?} ({answer})"
+    );
+    assert!(
+        read.is_ok(),
+        "the answer could not be read: {read:?} ({answer})"
+    );
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(answer.contains("\r\nconnection: close\r\n"), "{answer}");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Upstream failures
 // ---------------------------------------------------------------------------

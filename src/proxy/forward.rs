@@ -353,9 +353,11 @@ impl Forwarder {
             // The upstream answered before the client's HTTP/1 request body
             // had all come: the answer says that the connection ends with
             // it (RFC 9112 9.6), as hyper may not read the rest of the body
-            // on to a next request.
+            // on to a next request, and the connection closes lingering,
+            // so that a client still sending gets the answer, not a reset.
             if client_http1 && upload_end.as_ref().is_some_and(|u| u.ended.get().is_none()) {
                 announce_close(response.headers_mut());
+                client.linger_on_close();
             }
         }
         let idle_timeout = upstream.config.body_idle_timeout;
