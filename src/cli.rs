@@ -111,7 +111,7 @@ pub fn main() -> ExitCode {
         Command::Run { config: path } => match config::load_file(&path) {
             Ok(config) => run_gateway(path, config),
             Err(e) => {
-                eprintln!("{e}");
+                say(format_args!("{e}"));
                 ExitCode::FAILURE
             }
         },
@@ -194,7 +194,9 @@ fn log_filter(value: Result<String, std::env::VarError>) -> tracing_subscriber::
         Ok(value) if !value.trim().is_empty() => value,
         Ok(_) | Err(std::env::VarError::NotPresent) => return info(),
         Err(std::env::VarError::NotUnicode(_)) => {
-            eprintln!("scopegate: RUST_LOG is not UTF-8; logging at info");
+            say(format_args!(
+                "scopegate: RUST_LOG is not UTF-8; logging at info"
+            ));
             return info();
         }
     };
@@ -214,15 +216,15 @@ fn log_filter(value: Result<String, std::env::VarError>) -> tracing_subscriber::
                     && !word.starts_with("scopegate")
                     && !LEVELS.iter().any(|l| word.eq_ignore_ascii_case(l))
                 {
-                    eprintln!(
+                    say(format_args!(
                         "scopegate: RUST_LOG: `{word}` is no level (trace, debug, info, warn, error, off), so it names a target (all of its levels)"
-                    );
+                    ));
                 }
             }
             filter
         }
         Err(e) => {
-            eprintln!("scopegate: RUST_LOG: {e}; logging at info");
+            say(format_args!("scopegate: RUST_LOG: {e}; logging at info"));
             info()
         }
     }
@@ -258,7 +260,7 @@ where
     let runtime = match builder.build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("cannot start the runtime: {e}");
+            say(format_args!("cannot start the runtime: {e}"));
             return ExitCode::FAILURE;
         }
     };
@@ -269,7 +271,7 @@ where
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("scopegate: {e}");
+            say(format_args!("scopegate: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -303,7 +305,7 @@ fn check(path: &Path) -> ExitCode {
     match config::load_file(path) {
         Ok(config) => {
             for warning in fallthrough_warnings(&config) {
-                eprintln!("{}: warning: {warning}", path.display());
+                say(format_args!("{}: warning: {warning}", path.display()));
             }
             let out = format!(
                 "{}: configuration OK\n{}",
@@ -313,7 +315,7 @@ fn check(path: &Path) -> ExitCode {
             print(out.as_bytes())
         }
         Err(e) => {
-            eprintln!("{e}");
+            say(format_args!("{e}"));
             ExitCode::FAILURE
         }
     }
@@ -479,18 +481,20 @@ pub fn describe_routes(config: &Config) -> String {
 fn hash_secret() -> ExitCode {
     let mut secret = String::new();
     if let Err(e) = std::io::stdin().read_to_string(&mut secret) {
-        eprintln!("stdin: {e}");
+        say(format_args!("stdin: {e}"));
         return ExitCode::FAILURE;
     }
     let secret = secret.trim_end_matches(['\n', '\r']);
     if secret.is_empty() {
-        eprintln!("usage: printf '%s' \"$SECRET\" | scopegate hash-secret");
+        say(format_args!(
+            "usage: printf '%s' \"$SECRET\" | scopegate hash-secret"
+        ));
         return ExitCode::FAILURE;
     }
     match crate::issuer::clients::hash_secret(secret) {
         Ok(hash) => print(format!("{hash}\n").as_bytes()),
         Err(e) => {
-            eprintln!("hashing failed: {e}");
+            say(format_args!("hashing failed: {e}"));
             ExitCode::FAILURE
         }
     }
@@ -503,10 +507,22 @@ fn print(out: &[u8]) -> ExitCode {
     match stdout.write_all(out).and_then(|()| stdout.flush()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("cannot write the output: {e}");
+            say(format_args!("cannot write the output: {e}"));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Writes `line` and a line break to standard error, and goes on if that
+/// fails: `eprintln!` panics on a stderr it cannot write (`2>/dev/full`,
+/// the closed pipe of `scopegate run 2>&1 | jq` once jq has quit), which
+/// turned an exit status of 1 into a panic's 101, and a second signal's
+/// exit into nothing.
+pub fn say(line: std::fmt::Arguments<'_>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = stderr
+        .write_fmt(line)
+        .and_then(|()| stderr.write_all(b"\n"));
 }
 
 fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
@@ -515,7 +531,7 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
         match std::io::stdin().read_to_string(&mut s) {
             Ok(_) => s,
             Err(e) => {
-                eprintln!("stdin: {e}");
+                say(format_args!("stdin: {e}"));
                 return ExitCode::FAILURE;
             }
         }
@@ -523,7 +539,7 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
         match std::fs::read_to_string(file) {
             Ok(s) => s,
             Err(e) => {
-                eprintln!("{file}: {e}");
+                say(format_args!("{file}: {e}"));
                 return ExitCode::FAILURE;
             }
         }
@@ -531,7 +547,7 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
     match crate::inject::inject(&input, opts) {
         Ok(out) => print(out.as_bytes()),
         Err(e) => {
-            eprintln!("{file}: {e}");
+            say(format_args!("{file}: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -222,7 +222,9 @@ async fn bind_demo(
     match TcpListener::bind(default).await {
         Ok(listener) => Ok(listener),
         Err(e) => {
-            eprintln!("{default} is not free ({e}); using another loopback port instead");
+            crate::cli::say(format_args!(
+                "{default} is not free ({e}); using another loopback port instead"
+            ));
             TcpListener::bind("127.0.0.1:0")
                 .await
                 .map_err(|e| format!("cannot listen on 127.0.0.1:0: {e}"))
@@ -243,9 +245,9 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
     for (what, addr) in [("--listen", bound), ("--admin-listen", admin)] {
         if !addr.ip().to_canonical().is_loopback() {
-            eprintln!(
+            crate::cli::say(format_args!(
                 "warning: {what} {addr} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
-            );
+            ));
         }
     }
 

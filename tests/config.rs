@@ -1201,6 +1201,32 @@ fn run_with_a_bad_config_exits_non_zero() {
     });
 }
 
+/// A refused config ends `check` and `run` with status 1 also when stderr
+/// cannot take the message (`2>/dev/full`; a closed pipe is the same):
+/// printed with `eprintln!`, it was a panic, and the status 101.
+#[cfg(target_os = "linux")]
+#[test]
+fn a_bad_config_exits_1_when_stderr_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bad.yaml");
+    std::fs::write(&file, "routes: 5\n").unwrap();
+    let exits = ["check", "run"].map(|command| {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let status = scopegate()
+            .args([command, "--config"])
+            .arg(&file)
+            .stdout(std::process::Stdio::null())
+            .stderr(full)
+            .status()
+            .unwrap();
+        (command, status.code())
+    });
+    assert_eq!(exits, [("check", Some(1)), ("run", Some(1))]);
+}
+
 /// `SCOPEGATE_CONFIG` names the file when `--config` does not: here a
 /// broken one, so that reading the default file (which is valid) instead
 /// would pass `check`.

@@ -1135,23 +1135,7 @@ async fn a_log_nobody_reads_does_not_stop_the_gateway() {
             .spawn()
             .unwrap(),
     );
-    let stderr = child.0.stderr.take().unwrap();
-    let (addresses, _unread) = tokio::task::spawn_blocking(move || {
-        use std::io::BufRead;
-        let mut lines = std::io::BufReader::new(stderr);
-        let mut line = String::new();
-        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
-            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
-            if v["message"] == "scopegate serving" {
-                let at = |name: &str| v[name].as_str().unwrap().parse::<SocketAddr>().unwrap();
-                return (Some((at("listen"), at("admin"))), lines);
-            }
-            line.clear();
-        }
-        (None, lines)
-    })
-    .await
-    .unwrap();
+    let (addresses, _unread) = serving_addresses_on(child.0.stderr.take().unwrap()).await;
     let (proxy, admin) = addresses.expect("the binary did not report its addresses");
     let ready = format!("http://{admin}/readyz");
     assert!(

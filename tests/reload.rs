@@ -539,21 +539,35 @@ fn signal(child: &Child, name: &str) {
 /// Runs the binary on `text` (written to `config`; its listeners on port
 /// 0) until it is ready.
 async fn spawn_binary(config: &Path, text: &str) -> Process {
+    spawn_binary_with(config, text, false).await
+}
+
+/// [`spawn_binary`], its stderr a log file or, if `stderr_closed`, a
+/// pipe that is closed once it has named the listeners (as when the
+/// reader of `scopegate run 2>&1 | jq` has quit).
+async fn spawn_binary_with(config: &Path, text: &str, stderr_closed: bool) -> Process {
     std::fs::write(config, text).unwrap();
     let log_dir = tempfile::tempdir().unwrap();
     let log = log_dir.path().join("scopegate.log");
+    let stderr = if stderr_closed {
+        Stdio::piped()
+    } else {
+        Stdio::from(std::fs::File::create(&log).unwrap())
+    };
     let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["run", "--config"])
         .arg(config)
         .env("SCOPEGATE_LOG_FORMAT", "json")
         .env("RUST_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
+        .stderr(stderr)
         .spawn()
         .unwrap();
-    let (addr, admin) = serving_addresses(&mut child, &log)
-        .await
-        .expect("the binary did not report its addresses");
+    let addresses = match child.stderr.take() {
+        Some(pipe) => serving_addresses_on(pipe).await.0,
+        None => serving_addresses(&mut child, &log).await,
+    };
+    let (addr, admin) = addresses.expect("the binary did not report its addresses");
     let process = Process {
         child,
         addr,
@@ -833,15 +847,29 @@ async fn a_grace_used_up_names_only_the_requests_cut() {
 /// `shutdown_delay` and `shutdown_grace` (here two minutes each).
 #[tokio::test]
 async fn a_second_signal_stops_the_drain_at_once() {
+    second_signal_stops_the_drain(false).await;
+}
+
+/// The same with stderr a closed pipe (`scopegate run 2>&1 | jq`, jq
+/// gone): the line saying why the process ends cannot be written, and
+/// that is no reason not to end it. Printed with `eprintln!`, it was a
+/// panic, caught in the signal's task, and the process drained on.
+#[tokio::test]
+async fn a_second_signal_stops_the_drain_with_stderr_closed() {
+    second_signal_stops_the_drain(true).await;
+}
+
+async fn second_signal_stops_the_drain(stderr_closed: bool) {
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("scopegate.yaml");
-    let mut process = spawn_binary(
+    let mut process = spawn_binary_with(
         &config,
         &format!(
             "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 120s\n  shutdown_grace: 120s\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /a\n    upstream: app\n    auth: none\n",
             upstream.addr
         ),
+        stderr_closed,
     )
     .await;
     signal(&process.child, "TERM");

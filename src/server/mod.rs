@@ -557,7 +557,9 @@ pub fn shutdown_signal() -> impl Future<Output = ()> + Send {
                     _ = term.recv() => {}
                     _ = interrupt.recv() => {}
                 }
-                eprintln!("scopegate: second signal; exiting without waiting for the drain");
+                crate::cli::say(format_args!(
+                    "scopegate: second signal; exiting without waiting for the drain"
+                ));
                 std::process::exit(130);
             });
             return;

@@ -1191,6 +1191,34 @@ pub async fn serving_addresses(
     None
 }
 
+/// The proxy and admin addresses a child scopegate logged on `stderr`, a
+/// pipe (as [`serving_addresses`] reads them from a file), and the pipe
+/// with the rest unread: keep it to leave the pipe open and unread, drop it
+/// to close it. `None` if the pipe ends first.
+pub async fn serving_addresses_on(
+    stderr: std::process::ChildStderr,
+) -> (
+    Option<(SocketAddr, SocketAddr)>,
+    std::io::BufReader<std::process::ChildStderr>,
+) {
+    tokio::task::spawn_blocking(move || {
+        use std::io::BufRead;
+        let mut lines = std::io::BufReader::new(stderr);
+        let mut line = String::new();
+        while lines.read_line(&mut line).is_ok_and(|n| n > 0) {
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+            if v["message"] == "scopegate serving" {
+                let at = |name: &str| v[name].as_str()?.parse::<SocketAddr>().ok();
+                return (at("listen").zip(at("admin")), lines);
+            }
+            line.clear();
+        }
+        (None, lines)
+    })
+    .await
+    .unwrap()
+}
+
 /// A loopback address nothing listens on, and nothing else can take while
 /// the returned socket lives: it is bound but never listens, so connections
 /// to it are refused (a port merely closed could be given to another test).
