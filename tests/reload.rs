@@ -511,14 +511,19 @@ struct Process {
 impl Process {
     /// How the process exited, if it did within about 30 s.
     async fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
-        for _ in 0..1200 {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return Some(status);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        None
+        exit_status(&mut self.child).await
     }
+}
+
+/// How `child` exited, if it did within about 30 s.
+async fn exit_status(child: &mut Child) -> Option<std::process::ExitStatus> {
+    for _ in 0..1200 {
+        if let Some(status) = child.try_wait().unwrap() {
+            return Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    None
 }
 
 impl Drop for Process {
@@ -581,12 +586,24 @@ async fn spawn_binary_with(config: &Path, text: &str, stderr_closed: bool) -> Pr
     process
 }
 
-/// A SIGHUP while the gateway is still starting (here: waiting for a store
-/// that does not answer) is taken, not the end of the process: a sidecar
-/// that sends one on every ConfigMap change may send it that early.
-#[tokio::test]
-async fn a_sighup_during_startup_does_not_end_the_process() {
-    // A "Redis" that takes connections and never answers.
+/// The binary while it is still starting: it is opening its store, a
+/// "Redis" that takes connections and never answers, and has connected.
+struct Starting {
+    child: Child,
+    /// The store's listener and the binary's connection to it.
+    _store: (TcpListener, tokio::net::TcpStream),
+    _config_dir: tempfile::TempDir,
+    _upstream: Upstream,
+}
+
+impl Drop for Starting {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_on_a_silent_store() -> Starting {
     let redis = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let redis_addr = redis.local_addr().unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -597,24 +614,50 @@ async fn a_sighup_during_startup_does_not_end_the_process() {
     );
     let upstream = Upstream::start().await;
     std::fs::write(&config, yaml(upstream.addr, "/one", &server)).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
+    let child = Command::new(env!("CARGO_BIN_EXE_scopegate"))
         .args(["run", "--config"])
         .arg(&config)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    // The gateway is opening its store: it has started serving.
-    let (_held, _) = tokio::time::timeout(Duration::from_secs(30), redis.accept())
+    let (held, _) = tokio::time::timeout(Duration::from_secs(30), redis.accept())
         .await
         .expect("the gateway never connected to its store")
         .unwrap();
-    signal(&child, "HUP");
+    Starting {
+        child,
+        _store: (redis, held),
+        _config_dir: dir,
+        _upstream: upstream,
+    }
+}
+
+/// A SIGHUP while the gateway is still starting (here: waiting for a store
+/// that does not answer) is taken, not the end of the process: a sidecar
+/// that sends one on every ConfigMap change may send it that early.
+#[tokio::test]
+async fn a_sighup_during_startup_does_not_end_the_process() {
+    let mut starting = start_on_a_silent_store().await;
+    signal(&starting.child, "HUP");
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let status = child.try_wait().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let status = starting.child.try_wait().unwrap();
     assert_eq!(status, None, "the SIGHUP ended the process");
+}
+
+/// A SIGTERM or SIGINT (Ctrl-C) while the gateway is still starting ends
+/// the start, and the process exits with success, as after a shutdown
+/// before any request. The signal was held until the setup was done: here
+/// until the store's timeout, and the process then exited with status 1
+/// (the store did not open).
+#[tokio::test]
+async fn a_shutdown_signal_during_startup_stops_the_start() {
+    for name in ["TERM", "INT"] {
+        let mut starting = start_on_a_silent_store().await;
+        signal(&starting.child, name);
+        let exited = exit_status(&mut starting.child).await;
+        assert_eq!(exited.and_then(|s| s.code()), Some(0), "{name}: {exited:?}");
+    }
 }
 
 #[tokio::test]

@@ -52,7 +52,9 @@ pub enum ServerError {
 /// turns unready, keeps serving for `shutdown_delay`, stops accepting, and
 /// drains in-flight requests for up to `shutdown_grace`. Once it returns
 /// within that grace, no connection it served holds the config any more:
-/// the same store file can be opened again at once.
+/// the same store file can be opened again at once. A `shutdown` that
+/// resolves while the gateway is still being set up (its store opening)
+/// ends it there, with `Ok`.
 pub async fn run(
     config: Config,
     listener: TcpListener,
@@ -104,9 +106,17 @@ async fn serve(
     let files = config.referenced_files.clone();
     let (text_digest, files_digest) = (config.text_digest, config.files_digest);
     metrics.running(LabelNames::of(&config));
-    let first = Gateway::new(config, Arc::clone(&metrics))
-        .await
-        .map_err(ServerError::Setup)?;
+    // A shutdown asked for while the gateway is still being set up (a store
+    // that takes its time to open) ends it there, as one before any request
+    // would: held until the accept loop, it waited out the setup.
+    let mut shutdown = std::pin::pin!(shutdown);
+    let first = tokio::select! {
+        made = Gateway::new(config, Arc::clone(&metrics)) => made.map_err(ServerError::Setup)?,
+        () = &mut shutdown => {
+            tracing::info!("shutdown requested while starting: stopped before serving");
+            return Ok(());
+        }
+    };
     // The listener's TLS is set at start; a reload that turns it off keeps
     // serving with this acceptor.
     let tls = first.tls_acceptor().cloned();
