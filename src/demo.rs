@@ -39,15 +39,19 @@ pub async fn serve_static_json(listener: TcpListener, body: Arc<str>) {
     .await;
 }
 
-/// An upstream that answers with what it received (method, path, headers).
+/// An upstream that answers with what it received (method, path, headers,
+/// and the body's length).
 pub async fn serve_echo(listener: TcpListener) {
     serve(listener, |req: Request<Incoming>| async move {
-        let (parts, body) = req.into_parts();
-        let bytes = body
-            .collect()
-            .await
-            .map(|b| b.to_bytes())
-            .unwrap_or_default();
+        let (parts, mut body) = req.into_parts();
+        // Counted as it comes, not kept: /public needs no token, and a
+        // body held whole would let anyone fill the demo's memory.
+        let mut body_bytes: usize = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            if let Some(data) = frame.data_ref() {
+                body_bytes = body_bytes.saturating_add(data.len());
+            }
+        }
         let headers: serde_json::Map<String, serde_json::Value> = parts
             .headers
             .iter()
@@ -64,7 +68,7 @@ pub async fn serve_echo(listener: TcpListener) {
             "method": parts.method.as_str(),
             "path": parts.uri.path_and_query().map_or("/", |p| p.as_str()),
             "headers": headers,
-            "body_bytes": bytes.len(),
+            "body_bytes": body_bytes,
         });
         let mut r = Response::new(Full::new(Bytes::from(format!("{echo:#}\n"))));
         r.headers_mut().insert(

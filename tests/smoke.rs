@@ -239,13 +239,6 @@ async fn demo_steps_work_as_printed() {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
 
-    struct Demo(std::process::Child);
-    impl Drop for Demo {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     for tool in ["bash", "curl"] {
         let found = Command::new(tool)
             .arg("--version")
@@ -333,4 +326,110 @@ async fn demo_steps_work_as_printed() {
         .collect();
     assert_eq!(statuses, ["200", "403", "401", "200"], "{text}");
     assert!(text.contains("\"refresh_count\":1"), "{text}");
+}
+
+/// A running `scopegate demo`, killed when dropped.
+struct Demo(std::process::Child);
+
+impl Drop for Demo {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `scopegate demo` with `args`, and returns it once it has printed
+/// the line saying where it runs, with that line.
+async fn start_demo(args: &[&str]) -> (Demo, String) {
+    use std::io::BufRead;
+    use std::process::{Command, Stdio};
+    let mut demo = Demo(
+        Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .arg("demo")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = demo.0.stdout.take().unwrap();
+    let running = tokio::task::spawn_blocking(move || {
+        std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+            .find(|line| line.starts_with("scopegate demo is running"))
+    })
+    .await
+    .unwrap()
+    .expect("the demo did not say where it runs");
+    (demo, running)
+}
+
+/// The address in `line` right after `before` (up to the next `/` or
+/// space).
+fn address_after(line: &str, before: &str) -> std::net::SocketAddr {
+    let (_, rest) = line.split_once(before).unwrap();
+    let end = rest.find(['/', ' ', ')']).unwrap_or(rest.len());
+    rest[..end].parse().unwrap()
+}
+
+/// The most memory process `pid` has held at once (VmHWM), in KiB.
+#[cfg(target_os = "linux")]
+fn peak_memory_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .unwrap()
+        .to_owned();
+    line["VmHWM:".len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The demo's echo upstream counts a request body as it comes rather than
+/// keeping it: /public needs no token, and a body held whole let anyone
+/// fill the demo's memory (a 400 MB POST, 837 MB). 256 MiB sent to /public
+/// are reported whole, and the demo's peak memory grows by far less.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn the_demo_echo_counts_a_body_without_keeping_it() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (demo, running) =
+        start_demo(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).await;
+    let listen = address_after(&running, "running on http://");
+    let before = peak_memory_kib(demo.0.id());
+    let chunk = vec![b'x'; 1 << 20];
+    let chunks = 256;
+    let body_len = chunk.len() * chunks;
+    let mut tcp = tokio::net::TcpStream::connect(listen).await.unwrap();
+    let head = format!(
+        "POST /public HTTP/1.1\r\nHost: demo\r\nContent-Length: {body_len}\r\nConnection: close\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..chunks {
+        tcp.write_all(&chunk).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(
+        std::time::Duration::from_secs(120),
+        tcp.read_to_end(&mut answer),
+    )
+    .await
+    .expect("no answer to the upload")
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    let echo: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(echo["body_bytes"], body_len, "{body}");
+    let grown = peak_memory_kib(demo.0.id()) - before;
+    assert!(
+        grown < 64 * 1024,
+        "the demo's peak memory grew by {grown} KiB for a body of {} KiB",
+        body_len / 1024
+    );
 }
