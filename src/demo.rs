@@ -247,12 +247,15 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let admin_listener = bind_demo(admin, DEFAULT_ADMIN_LISTEN, "--admin-listen").await?;
     let bound = listener.local_addr().map_err(|e| e.to_string())?;
     let admin = admin_listener.local_addr().map_err(|e| e.to_string())?;
-    for (what, addr) in [("--listen", bound), ("--admin-listen", admin)] {
-        if !addr.ip().to_canonical().is_loopback() {
-            crate::cli::say(format_args!(
-                "warning: {what} {addr} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
-            ));
-        }
+    if !bound.ip().to_canonical().is_loopback() {
+        crate::cli::say(format_args!(
+            "warning: --listen {bound} is reachable from other machines: the demo's secrets (client secret, alice's password) are public, and its echo upstream shows every request's headers"
+        ));
+    }
+    if !admin.ip().to_canonical().is_loopback() {
+        crate::cli::say(format_args!(
+            "warning: --admin-listen {admin} is reachable from other machines: its metrics are public"
+        ));
     }
 
     let (client_id, client_secret) = DEMO_CLIENT;
@@ -261,6 +264,8 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let password_hash = crate::issuer::clients::hash_secret(password)?;
     let listen = reachable_at(bound);
     let yaml = demo_config_yaml(listen, admin, upstream_addr, &hash, &password_hash);
+    // Named as the proxy's address is: `0.0.0.0` is no address to browse to.
+    let admin = reachable_at(admin);
     let verifier = crate::issuer::random_token().map_err(|e| e.description)?;
     let challenge = crate::issuer::token::s256(&verifier);
     let authorize_url = format!(

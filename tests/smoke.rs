@@ -338,9 +338,10 @@ impl Drop for Demo {
     }
 }
 
-/// Starts `scopegate demo` with `args`, and returns it once it has printed
-/// the line saying where it runs, with that line.
-async fn start_demo(args: &[&str]) -> (Demo, String) {
+/// Starts `scopegate demo` with `args` (its stderr to `stderr`), and
+/// returns it once it has printed the line saying where it runs, with that
+/// line.
+async fn start_demo(args: &[&str], stderr: std::process::Stdio) -> (Demo, String) {
     use std::io::BufRead;
     use std::process::{Command, Stdio};
     let mut demo = Demo(
@@ -348,7 +349,7 @@ async fn start_demo(args: &[&str]) -> (Demo, String) {
             .arg("demo")
             .args(args)
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(stderr)
             .spawn()
             .unwrap(),
     );
@@ -398,8 +399,11 @@ fn peak_memory_kib(pid: u32) -> u64 {
 #[tokio::test]
 async fn the_demo_echo_counts_a_body_without_keeping_it() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (demo, running) =
-        start_demo(&["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"]).await;
+    let (demo, running) = start_demo(
+        &["--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"],
+        std::process::Stdio::null(),
+    )
+    .await;
     let listen = address_after(&running, "running on http://");
     let before = peak_memory_kib(demo.0.id());
     let chunk = vec![b'x'; 1 << 20];
@@ -432,4 +436,29 @@ async fn the_demo_echo_counts_a_body_without_keeping_it() {
         "the demo's peak memory grew by {grown} KiB for a body of {} KiB",
         body_len / 1024
     );
+}
+
+/// `demo --admin-listen 0.0.0.0:0` prints its metrics URL with a loopback
+/// address, as it does the proxy's (it printed `http://0.0.0.0:PORT`, no
+/// address to browse to), and that URL answers; its warning says what
+/// such an address exposes, the metrics, not the demo's secrets.
+#[tokio::test]
+async fn the_demo_names_an_unspecified_admin_address_by_loopback() {
+    let logs = tempfile::tempdir().unwrap();
+    let log = logs.path().join("demo.log");
+    let (_demo, running) = start_demo(
+        &["--listen", "127.0.0.1:0", "--admin-listen", "0.0.0.0:0"],
+        std::fs::File::create(&log).unwrap().into(),
+    )
+    .await;
+    assert!(running.contains("(admin: http://127.0.0.1:"), "{running}");
+    let admin = address_after(&running, "(admin: http://");
+    let metrics = get(&format!("http://{admin}/metrics"), &[]).await.unwrap();
+    assert_eq!(metrics.status, 200);
+    let warned = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        warned.contains("--admin-listen 0.0.0.0:") && warned.contains("metrics are public"),
+        "{warned}"
+    );
+    assert!(!warned.contains("client secret"), "{warned}");
 }
