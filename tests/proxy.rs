@@ -1602,6 +1602,34 @@ async fn oversize_header_block_is_refused_with_431() {
     assert_eq!(world.upstream.last().headers["x-big"].len(), fits.len());
 }
 
+/// A request target over hyper's 65 534 bytes, which only a
+/// `max_header_bytes` above 64 KiB lets in whole, is answered 414 by hyper
+/// and counted, as the README says, under `too_large` (hyper's error does
+/// not tell it from a head too large).
+#[tokio::test]
+async fn an_overlong_target_is_refused_with_414_and_counted_as_too_large() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "  shutdown_grace: 5s\n",
+        "  shutdown_grace: 5s\n  max_header_bytes: 131072\n",
+    );
+    assert!(config.contains("max_header_bytes"));
+    let gw = Gateway::start(&config).await;
+    let target = format!("/status?{}", "a".repeat(70_000));
+    let reply = raw_reply(gw.addr, &request("GET", &target, &[])).await;
+    assert_eq!(reply.status, 414, "{}", reply.head);
+    let counted = wait_for_metrics(&gw, |text| {
+        metric(
+            text,
+            "scopegate_client_head_errors_total",
+            &[("kind", "too_large")],
+        ) == 1.0
+    })
+    .await;
+    assert!(counted, "{}", gw.metrics().await);
+    assert_eq!(world.upstream.count(), 0);
+}
+
 /// A refused upload's answer reaches a client that writes its whole body
 /// before it reads (as most HTTP libraries do): after answering, the
 /// gateway reads and drops the rest for a while before it closes the

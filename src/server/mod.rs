@@ -476,7 +476,10 @@ async fn serve_connection<I>(
 }
 
 /// The `scopegate_client_head_errors_total` kind of a connection's error,
-/// if it is a request head refused before it became a request.
+/// if it is a request head refused before it became a request. hyper's
+/// `is_parse_too_large` holds for a head too large (431) and for a request
+/// target over its 65 534 bytes (414) alike, and nothing public tells them
+/// apart: both count as `too_large`, as the README says.
 fn head_error_kind(error: &hyper::Error) -> Option<&'static str> {
     if error.is_parse_too_large() {
         Some("too_large")
