@@ -344,6 +344,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "redis store URL must be",
         ),
         (
+            "a redis URL on port 0",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:0/0\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "the redis store URL has no valid port (1-65535)",
+        ),
+        (
             "refresh families that end at once",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  refresh_family_max_age: 0s\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
             "6:27",
@@ -624,6 +630,51 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000/a/../admin\nroutes:\n  - path: /a\n    upstream: app\n"),
             "8:10",
             "canonical",
+        ),
+        // A port the URL parser keeps but cannot read would be taken for
+        // the scheme's default (80, 443): the gateway would call another
+        // port than the one written.
+        (
+            "an upstream port beyond 65535",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:300000\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "8:10",
+            "`http://127.0.0.1:300000` has no valid port (1-65535)",
+        ),
+        (
+            "an IPv6 upstream port beyond 65535",
+            format!("{ISSUER}upstreams:\n  app:\n    url: \"http://[::1]:65536/\"\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "8:10",
+            "has no valid port",
+        ),
+        (
+            "an upstream port with a sign",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:+80\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "8:10",
+            "has no valid port",
+        ),
+        (
+            "a jwks_uri port that is no number",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a:3000x/k\n".into(),
+            "5:15",
+            "`https://a:3000x/k` has no valid port (1-65535)",
+        ),
+        (
+            "an introspection endpoint on port 0",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: https://a:0/introspect\n      client_id: gw\n      client_secret_env: PATH\n".into(),
+            "6:17",
+            "has no valid port",
+        ),
+        (
+            "a built-in server's issuer with an empty port",
+            format!("{UPSTREAM}authorization_server:\n  issuer: \"https://as.example.com:\"\n  clients: []\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "5:11",
+            "has no valid port",
+        ),
+        (
+            "a resource identifier port beyond 65535",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com:70000\n"),
+            "13:13",
+            "has no valid port",
         ),
         (
             "a route named like unmatched requests",

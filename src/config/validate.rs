@@ -995,12 +995,39 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
                 .to_owned(),
         );
     }
-    match uri.scheme_str() {
-        Some("http") | Some("https") if uri.authority().is_some() => Ok(uri),
-        _ => Err(format!(
+    let authority = match uri.scheme_str() {
+        Some("http") | Some("https") => uri.authority(),
+        _ => None,
+    };
+    let Some(authority) = authority else {
+        return Err(format!(
             "`{shown}` must be an absolute http:// or https:// URL"
-        )),
+        ));
+    };
+    // The parser keeps a port it cannot read (`:300000`, `:3000x`) and
+    // reports none, which clients then take for the scheme's default: the
+    // port written must be one that is used.
+    if !port_is_valid(authority.as_str()) {
+        return Err(format!("`{shown}` has no valid port (1-65535)"));
     }
+    Ok(uri)
+}
+
+/// Whether `authority` (`host[:port]`, without user information) has no
+/// port or a port a client can connect to: ASCII digits only (Rust's
+/// integer parsing would also take `+80`), from 1 to 65535. The port is
+/// what follows the last `:` after the host (after the `]` of an IPv6
+/// literal).
+fn port_is_valid(authority: &str) -> bool {
+    let after_host = authority
+        .rsplit_once(']')
+        .map_or(authority, |(_, rest)| rest);
+    let Some((_, port)) = after_host.rsplit_once(':') else {
+        return true;
+    };
+    !port.is_empty()
+        && port.bytes().all(|b| b.is_ascii_digit())
+        && port.parse::<u16>().is_ok_and(|p| p != 0)
 }
 
 /// `value` for an error message (and so for the log), with what could be
@@ -1936,6 +1963,15 @@ impl Validator<'_> {
                         "redis store URL must be redis[s]://[user:password@]host[:port][/db]",
                     ));
                 };
+                // The client takes `:0` as written and an empty port for
+                // 6379: neither is a port the URL means.
+                let authority = url
+                    .split_once("://")
+                    .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+                let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+                if !port_is_valid(host_port) {
+                    return Err(self.err(at, "the redis store URL has no valid port (1-65535)"));
+                }
                 let ca_pem = match &store.ca_file {
                     None => None,
                     Some(_) if !tls => {
@@ -2668,6 +2704,36 @@ mod tests {
                 reaches_itself(host, port, &[at(listen), admin]),
                 loops,
                 "{host}:{port} against {listen}"
+            );
+        }
+    }
+
+    /// A URL's port is used as written or refused: never one the parser
+    /// kept but could not read, which clients take for the default port.
+    #[test]
+    fn a_url_port_is_one_a_client_connects_to() {
+        for good in [
+            "http://127.0.0.1:3000",
+            "http://127.0.0.1",
+            "https://[::1]:65535/x",
+            "https://[::1]/x",
+            "http://h:0080",
+        ] {
+            assert!(http_url(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "http://127.0.0.1:300000",
+            "http://127.0.0.1:3000x",
+            "http://[::1]:65536",
+            "http://h:0",
+            "http://h:+80",
+            "http://h:",
+            "http://[::1]:",
+        ] {
+            let message = http_url(bad).map(|_| ()).unwrap_err();
+            assert!(
+                message.contains("has no valid port (1-65535)"),
+                "{bad}: {message}"
             );
         }
     }
