@@ -173,6 +173,51 @@ fn inject_reports_bad_yaml_with_a_location() {
     assert!(stderr.contains("line"), "{stderr}");
 }
 
+/// kubectl reads a plain `yes`, `on` or `Y` as true (go-yaml v2, YAML 1.1):
+/// a pod with `hostNetwork: yes` is a host-network pod, refused as one with
+/// `true` is.
+#[test]
+fn inject_refuses_host_network_written_as_a_yaml_1_1_boolean() {
+    for spelling in ["yes", "on", "Y", "True"] {
+        let daemon_set = format!(
+            "apiVersion: apps/v1\nkind: DaemonSet\nmetadata: {{name: agent}}\nspec:\n  \
+             selector: {{matchLabels: {{app: agent}}}}\n  template:\n    metadata: {{labels: \
+             {{app: agent}}}}\n    spec:\n      hostNetwork: {spelling}\n      containers:\n        \
+             - {{name: agent, image: agent:1}}\n"
+        );
+        let out = run_inject(daemon_set.as_bytes(), Stdio::piped());
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "hostNetwork: {spelling}: {stderr}"
+        );
+        assert!(stderr.contains("hostNetwork"), "{spelling}: {stderr}");
+    }
+}
+
+/// A free-form value (a HelmRelease's `values`) written as a YAML 1.1
+/// boolean keeps that meaning for kubectl: `enabled: no` stays false, not
+/// the string "no" (which Helm's templates take for true). A spelling
+/// go-yaml v2 keeps as a string (`oN`) stays one.
+#[test]
+fn inject_keeps_yaml_1_1_booleans_of_other_kinds() {
+    let Some(mut reader) = hostile_manifests::Reader::start() else {
+        return;
+    };
+    let release = "apiVersion: helm.toolkit.fluxcd.io/v2\nkind: HelmRelease\nmetadata: \
+                   {name: web}\nspec:\n  values:\n    ingress:\n      enabled: no\n      \
+                   tls: On\n      mode: oN\n      quoted: \"no\"\n";
+    let out = String::from_utf8(inject(release.as_bytes())).unwrap();
+    let docs = reader.read(&out).unwrap();
+    assert_eq!(docs.len(), 1, "{out}");
+    assert_eq!(
+        docs[0]["spec"]["values"]["ingress"],
+        serde_json::json!({ "enabled": false, "tls": true, "mode": "oN", "quoted": "no" }),
+        "{out}"
+    );
+}
+
 /// A manifest that cannot be written out in full (here to a full disk) is a
 /// failure, not a success that leaves a cut-off file to `kubectl apply`.
 #[cfg(target_os = "linux")]

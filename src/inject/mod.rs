@@ -25,11 +25,14 @@
 //! container named `scopegate` is left exactly as it is, so injecting the output
 //! again changes nothing.
 //!
-//! YAML is read with the YAML 1.2 core schema for booleans (`on`, `yes`, `n`
-//! stay strings) and quoted scalars stay strings (`"8080"`), but integers with a
-//! leading `0` are octal, as Kubernetes' own YAML reader has them
-//! (`defaultMode: 0644` means 420). The output quotes every string that a
-//! YAML 1.1 reader (such as kubectl's) could take for a number, boolean or null.
+//! YAML is read as kubectl reads it (go-yaml v2, YAML 1.1): a plain `yes`,
+//! `y`, `on` or `true` is the boolean true and `no`, `n`, `off` or `false`
+//! false, each in lower case, capitalised or upper case (`hostNetwork: yes`
+//! is a host-network pod; other spellings, `yEs`, stay strings); integers
+//! with a leading `0` are octal (`defaultMode: 0644` means 420); quoted
+//! scalars stay strings (`"8080"`, `"no"`). Booleans are written back as
+//! `true` and `false`, and the output quotes every string that a YAML 1.1
+//! reader could take for a number, boolean or null.
 //! Comments, anchors and key order are not kept: keys come out sorted unless
 //! `serde_json`'s `preserve_order` feature is on.
 
@@ -346,37 +349,88 @@ fn split_documents(input: &str) -> Vec<Chunk<'_>> {
     chunks
 }
 
+/// The plain scalars go-yaml v2 (kubectl's reader) takes for booleans
+/// besides `true`/`True`/`TRUE` and `false`/`False`/`FALSE`: the YAML 1.1
+/// spellings, in these cases only.
+const YAML11_BOOLEANS: [&str; 16] = [
+    "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "n", "N", "no", "No", "NO", "off", "Off",
+    "OFF",
+];
+
 fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError> {
-    let options = serde_saphyr::options! {
-        // YAML 1.2 core booleans: `on`, `yes`, `y` are strings.
-        strict_booleans: true,
-        // Kubernetes (go-yaml) reads `0644` as octal; keep that meaning.
+    // YAML 1.1 booleans (`yes`, `on`, `n`), as kubectl has them; and
+    // Kubernetes (go-yaml) reads `0644` as octal: keep that meaning.
+    let yaml11 = serde_saphyr::options! {
         legacy_octal_numbers: true,
         with_snippet: false,
     };
-    serde_saphyr::from_str_with_options::<Value>(chunk.text, options).map_err(|e| {
-        let location = e.location().filter(|l| l.line() > 0);
-        let line = location.map(|l| l.line() + chunk.first_line - 1);
-        let column = location.map(|l| l.column()).filter(|c| *c > 0);
-        let mut message = e.to_string();
-        // The parser appends its own (chunk-relative) position; ours replaces it.
-        if let Some(l) = location {
-            let suffix = format!(" at line {}, column {}", l.line(), l.column());
-            if let Some(stripped) = message.strip_suffix(&suffix) {
-                message = stripped.to_owned();
+    let mut value = serde_saphyr::from_str_with_options::<Value>(chunk.text, yaml11)
+        .map_err(|e| parse_error(&e, chunk, document))?;
+    // The parser takes those spellings in any case (`yEs`), which go-yaml
+    // keeps as strings: read with YAML 1.2 booleans, where a plain `yEs`
+    // stays a string, to find them. (An explicit `!!bool yes` fails there:
+    // then there is nothing to find.)
+    let yaml12 = serde_saphyr::options! {
+        strict_booleans: true,
+        legacy_octal_numbers: true,
+        with_snippet: false,
+    };
+    if let Ok(strings) = serde_saphyr::from_str_with_options::<Value>(chunk.text, yaml12) {
+        keep_go_yaml_strings(&mut value, strings);
+    }
+    Ok(value)
+}
+
+/// Turns back into strings the booleans of `yaml11` that `yaml12` (the
+/// same text read with YAML 1.2 booleans) has as strings go-yaml v2 does
+/// not take for booleans.
+fn keep_go_yaml_strings(yaml11: &mut Value, yaml12: Value) {
+    match (yaml11, yaml12) {
+        (value @ Value::Bool(_), Value::String(text))
+            if !YAML11_BOOLEANS.contains(&text.as_str()) =>
+        {
+            *value = Value::String(text);
+        }
+        (Value::Array(items), Value::Array(strings)) => {
+            for (item, string) in items.iter_mut().zip(strings) {
+                keep_go_yaml_strings(item, string);
             }
         }
-        // Advice aimed at programs using the parser, not at people writing YAML.
-        if let Some((head, _)) = message.split_once(", set DuplicateKeyPolicy") {
-            message = head.to_owned();
+        (Value::Object(members), Value::Object(strings)) => {
+            for (key, string) in strings {
+                if let Some(member) = members.get_mut(&key) {
+                    keep_go_yaml_strings(member, string);
+                }
+            }
         }
-        InjectError::Parse {
-            document,
-            line,
-            column,
-            message,
+        _ => {}
+    }
+}
+
+/// `e`, from parsing `chunk`, as an [`InjectError::Parse`] with the
+/// position in the whole input.
+fn parse_error(e: &serde_saphyr::Error, chunk: &Chunk<'_>, document: usize) -> InjectError {
+    let location = e.location().filter(|l| l.line() > 0);
+    let line = location.map(|l| l.line() + chunk.first_line - 1);
+    let column = location.map(|l| l.column()).filter(|c| *c > 0);
+    let mut message = e.to_string();
+    // The parser appends its own (chunk-relative) position; ours replaces it.
+    if let Some(l) = location {
+        let suffix = format!(" at line {}, column {}", l.line(), l.column());
+        if let Some(stripped) = message.strip_suffix(&suffix) {
+            message = stripped.to_owned();
         }
-    })
+    }
+    // Advice aimed at programs using the parser, not at people writing YAML.
+    if let Some((head, _)) = message.split_once(", set DuplicateKeyPolicy") {
+        message = head.to_owned();
+    }
+    InjectError::Parse {
+        document,
+        line,
+        column,
+        message,
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -738,9 +792,15 @@ fn sidecar(opts: &InjectOptions) -> Value {
 mod tests {
     use super::*;
 
+    /// The documents of `yaml`, read as [`inject`] (and kubectl) reads them.
     fn parse_all(yaml: &str) -> Vec<Value> {
-        let opts = serde_saphyr::options! { strict_booleans: true, legacy_octal_numbers: true };
-        serde_saphyr::from_multiple_with_options(yaml, opts).expect("test YAML parses")
+        split_documents(yaml)
+            .iter()
+            .enumerate()
+            .filter(|(_, chunk)| chunk.has_content)
+            .map(|(i, chunk)| parse_chunk(chunk, i + 1).expect("test YAML parses"))
+            .filter(|doc| !doc.is_null())
+            .collect()
     }
 
     fn inject_default(yaml: &str) -> String {
@@ -1132,9 +1192,11 @@ metadata:
   annotations:
     prometheus.io/port: "8080"
     example.com/enabled: "true"
-    example.com/mode: on
-    example.com/answer: yes
-    example.com/no: n
+    example.com/mode: "on"
+    example.com/answer: 'yes'
+    example.com/no: "n"
+    example.com/mixed: yEs
+    example.com/mixed-off: oFF
     example.com/null: "null"
     example.com/tilde: "~"
     example.com/octal: "0755"
@@ -1147,7 +1209,7 @@ metadata:
 spec:
   replicas: 3
   progressDeadlineSeconds: 600
-  paused: false
+  paused: no
   template:
     metadata:
       labels:
@@ -1157,6 +1219,8 @@ spec:
       containers:
         - name: app
           image: app:1
+          stdin: Yes
+          tty: OFF
           args: ["--port", "3000", "--debug", "true", "--ratio", "0.5"]
           env:
             - name: PORT
@@ -1188,6 +1252,9 @@ spec:
         assert_eq!(ann["example.com/mode"], json!("on"));
         assert_eq!(ann["example.com/answer"], json!("yes"));
         assert_eq!(ann["example.com/no"], json!("n"));
+        // Plain, in a case go-yaml v2 does not take for a boolean.
+        assert_eq!(ann["example.com/mixed"], json!("yEs"));
+        assert_eq!(ann["example.com/mixed-off"], json!("oFF"));
         assert_eq!(ann["example.com/null"], json!("null"));
         assert_eq!(ann["example.com/tilde"], json!("~"));
         assert_eq!(ann["example.com/octal"], json!("0755"));
@@ -1196,7 +1263,11 @@ spec:
         assert_eq!(ann["example.com/empty"], json!(""));
         assert_eq!(ann["example.com/text"], json!("line one\nline two\n"));
         assert_eq!(after["spec"]["replicas"], json!(3));
+        // Plain YAML 1.1 booleans are booleans, as kubectl reads them.
         assert_eq!(after["spec"]["paused"], json!(false));
+        let app = pointer(after, "/spec/template/spec/containers/0");
+        assert_eq!(app["stdin"], json!(true));
+        assert_eq!(app["tty"], json!(false));
         assert_eq!(
             pointer(after, "/spec/template/metadata/labels/version"),
             &json!("1.0")
@@ -1229,6 +1300,9 @@ spec:
             r#"example.com/null: "null""#,
             r#"example.com/octal: "0755""#,
             r#"example.com/date: "2024-01-02""#,
+            r#"example.com/mixed: "yEs""#,
+            "paused: false",
+            "stdin: true",
             r#"value: "off""#,
             r#"scopegate.io/upstream-port: "3000""#,
         ] {

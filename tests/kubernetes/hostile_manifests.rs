@@ -3,8 +3,10 @@
 //!
 //! Each case is a stream of documents (Deployments, Pods, CronJobs, a
 //! `List`, ConfigMaps, a custom resource with a free-form `spec`), written as
-//! JSON or as block YAML, whose keys and values are the scalars that YAML
-//! readers disagree on: YAML 1.1 booleans (`yes`, `on`, `y`), nulls (`~`),
+//! JSON or as block YAML (in one style of it, booleans spelt `yes`, `On`,
+//! `n` and so on, and strings such as `yEs` unquoted, which kubectl reads as
+//! booleans and as strings), whose keys and values are the scalars that YAML
+//! readers disagree on: YAML 1.1 booleans (`yes`, `on`, `y`, `yEs`), nulls (`~`),
 //! octal and hexadecimal (`0644`, `0x1F`), sexagesimal (`1:20`), `1_000`,
 //! `.inf`, timestamps, the merge key `<<`, indicators (`- x`, `#x`, `&a`,
 //! `*a`, `!t`, `%x`, `@x`), document markers, blanks at either end, line
@@ -43,6 +45,9 @@ const TRICKY: &[&str] = &[
     "N",
     "true",
     "False",
+    "yEs",
+    "oFF",
+    "tRUE",
     "~",
     "null",
     "Null",
@@ -97,6 +102,10 @@ const TRICKY: &[&str] = &[
     "a\\b",
     "8080",
 ];
+
+/// The [`TRICKY`] strings in a case no YAML 1.1 reader takes for a
+/// boolean, though serde-saphyr's YAML 1.1 mode would.
+const MIXED_CASE: &[&str] = &["yEs", "oFF", "tRUE"];
 
 /// Ordinary words, for names and the like.
 const WORDS: &[&str] = &["app", "web", "orders", "x", "a-b", "v1.2.3"];
@@ -257,13 +266,17 @@ fn document() -> impl Strategy<Value = Value> {
 enum Style {
     Json,
     Block,
+    /// Block, its booleans in YAML 1.1's other spellings (`yes`, `On`,
+    /// `n`) and the strings that only look like them (`yEs`) unquoted:
+    /// what kubectl reads as booleans and as strings.
+    Yaml11,
 }
 
 fn stream() -> impl Strategy<Value = Vec<(Value, Style)>> {
     prop::collection::vec(
         (
             document(),
-            prop::sample::select(vec![Style::Json, Style::Block]),
+            prop::sample::select(vec![Style::Json, Style::Block, Style::Yaml11]),
         ),
         1..4,
     )
@@ -276,7 +289,47 @@ fn render(docs: &[(Value, Style)]) -> String {
         match style {
             Style::Json => out.push_str(&serde_json::to_string_pretty(doc).unwrap()),
             Style::Block => out.push_str(&serde_saphyr::to_string(doc).unwrap()),
+            Style::Yaml11 => {
+                out.push_str(&yaml11_spellings(&serde_saphyr::to_string(doc).unwrap()))
+            }
         }
+        out.push('\n');
+    }
+    out
+}
+
+/// go-yaml v2's booleans other than `true`/`false`, by value.
+const YAML11_TRUE: &[&str] = &[
+    "yes", "Yes", "YES", "y", "Y", "on", "On", "ON", "True", "TRUE",
+];
+const YAML11_FALSE: &[&str] = &[
+    "no", "No", "NO", "n", "N", "off", "Off", "OFF", "False", "FALSE",
+];
+
+/// `block` with each `true`/`false` value (after `key:` or `-`, ending its
+/// line) written in another YAML 1.1 spelling in turn, and each quoted
+/// [`TRICKY`] string go-yaml v2 reads as a string anyway (`yEs`) unquoted.
+fn yaml11_spellings(block: &str) -> String {
+    let mut turn = 0;
+    let mut out = String::new();
+    for line in block.lines() {
+        let mut rewritten = None;
+        for (written, spellings) in [(" true", YAML11_TRUE), (" false", YAML11_FALSE)] {
+            if let Some(head) = line.strip_suffix(written) {
+                if head.ends_with(':') || head.trim_start().chars().all(|c| c == '-' || c == ' ') {
+                    rewritten = Some(format!("{head} {}", spellings[turn % spellings.len()]));
+                    turn += 1;
+                }
+            }
+        }
+        for text in MIXED_CASE {
+            if let Some(head) = line.strip_suffix(&format!(" \"{text}\"")) {
+                if head.ends_with(':') || head.trim_start().chars().all(|c| c == '-' || c == ' ') {
+                    rewritten = Some(format!("{head} {text}"));
+                }
+            }
+        }
+        out.push_str(rewritten.as_deref().unwrap_or(line));
         out.push('\n');
     }
     out
@@ -396,7 +449,7 @@ fn pod_specs(doc: &Value) -> Vec<&Value> {
 }
 
 /// A running `yaml11.py`.
-struct Reader {
+pub(super) struct Reader {
     _child: Child,
     stdin: ChildStdin,
     stdout: BufReader<ChildStdout>,
@@ -404,7 +457,7 @@ struct Reader {
 
 impl Reader {
     /// `None` (after saying so) where PyYAML is missing, outside CI.
-    fn start() -> Option<Self> {
+    pub(super) fn start() -> Option<Self> {
         let script = root().join("tests/kubernetes/yaml11.py");
         if !available(
             "python3 with PyYAML",
@@ -426,7 +479,7 @@ impl Reader {
     }
 
     /// The documents of `yaml` as YAML 1.1 reads them.
-    fn read(&mut self, yaml: &str) -> Result<Vec<Value>, String> {
+    pub(super) fn read(&mut self, yaml: &str) -> Result<Vec<Value>, String> {
         writeln!(self.stdin, "{}", json!(yaml)).map_err(|e| e.to_string())?;
         self.stdin.flush().map_err(|e| e.to_string())?;
         let mut line = String::new();
