@@ -17,7 +17,7 @@
 //!   `scopegate.io/upstream-port`.
 //!
 //! Pod templates are found in `Deployment`, `StatefulSet`, `DaemonSet`,
-//! `ReplicaSet`, `Job` (`spec.template.spec`), `CronJob`
+//! `ReplicaSet`, `ReplicationController`, `Job` (`spec.template.spec`), `CronJob`
 //! (`spec.jobTemplate.spec.template.spec`) and `Pod` (`spec`); the items of a
 //! `List` are handled one by one. Every other kind passes through unchanged.
 //!
@@ -442,12 +442,13 @@ const TERMINATION_GRACE_SECONDS: u64 = 60;
 
 /// The kinds injected: each one's `apiVersion` and where its pod (the
 /// object holding the pod's `metadata` and `spec`) is.
-const INJECTED_KINDS: [(&str, &str, &[&str]); 7] = [
+const INJECTED_KINDS: [(&str, &str, &[&str]); 8] = [
     ("Pod", "v1", &[]),
     ("Deployment", "apps/v1", &["spec", "template"]),
     ("StatefulSet", "apps/v1", &["spec", "template"]),
     ("DaemonSet", "apps/v1", &["spec", "template"]),
     ("ReplicaSet", "apps/v1", &["spec", "template"]),
+    ("ReplicationController", "v1", &["spec", "template"]),
     ("Job", "batch/v1", &["spec", "template"]),
     (
         "CronJob",
@@ -937,11 +938,12 @@ spec:
     }
 
     #[test]
-    fn statefulset_daemonset_replicaset_job() {
+    fn statefulset_daemonset_replicaset_replicationcontroller_job() {
         for (api, kind) in [
             ("apps/v1", "StatefulSet"),
             ("apps/v1", "DaemonSet"),
             ("apps/v1", "ReplicaSet"),
+            ("v1", "ReplicationController"),
             ("batch/v1", "Job"),
         ] {
             let yaml = format!(
