@@ -481,6 +481,32 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "6:17",
             "is plain http (only a loopback address may be",
         ),
+        // A ca_file where nothing speaks TLS would be silently ignored
+        // (`cert.pem` is a readable CA: only the place is wrong).
+        (
+            "an issuer ca_file beside a jwks_file",
+            format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_file: es256-keys.json\n    ca_file: cert.pem\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "6:14",
+            "ca_file is for fetching this issuer's keys or metadata over https, which it never does: its keys come from jwks_file",
+        ),
+        (
+            "an issuer ca_file for a plain http jwks_uri",
+            format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: http://127.0.0.1:9/k\n    ca_file: cert.pem\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "6:14",
+            "its jwks_uri is plain http",
+        ),
+        (
+            "an issuer ca_file on an issuer that only introspects",
+            format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    ca_file: cert.pem\n    introspection:\n      endpoint: https://a/introspect\n      client_id: gw\n      client_secret_env: PATH\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "5:14",
+            "it only introspects",
+        ),
+        (
+            "an introspection ca_file for a plain http endpoint",
+            format!("issuers:\n  - name: a\n    issuer: http://a\n    audiences: [x]\n    introspection:\n      endpoint: http://a/introspect\n      client_id: gw\n      client_secret_env: PATH\n      ca_file: cert.pem\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
+            "9:16",
+            "ca_file is for an https introspection endpoint: this one is plain http",
+        ),
         (
             "introspection answers kept for two hours when refused",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: https://a/introspect\n      client_id: gw\n      client_secret_env: PATH\n      negative_cache_ttl: 2h\n".into(),
@@ -807,6 +833,8 @@ fn config_errors_name_file_line_and_column() {
         ),
     )
     .unwrap();
+    // A readable CA bundle, for rows whose ca_file is refused for its place.
+    support::self_signed(dir.path());
     let mut failures = Vec::new();
     for (name, yaml, position, fragment) in bad_configs() {
         let file = dir.path().join("bad.yaml");
@@ -838,6 +866,36 @@ fn config_errors_name_file_line_and_column() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// An issuer's or introspection's `ca_file` is taken wherever a client it
+/// serves may speak TLS: an https `jwks_uri` or endpoint, discovery at an
+/// https issuer, or keys and endpoints discovery has yet to find.
+#[test]
+fn a_ca_file_is_accepted_wherever_it_may_be_used() {
+    let dir = tempfile::tempdir().unwrap();
+    support::self_signed(dir.path());
+    std::fs::write(
+        dir.path().join("keys.json"),
+        scopegate::demo::SigningKey::generate("k").unwrap().jwks(),
+    )
+    .unwrap();
+    let routes = format!("{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n");
+    let introspection =
+        "    introspection:\n      client_id: gw\n      client_secret_env: PATH\n      ca_file: cert.pem\n";
+    for issuer in [
+        "    issuer: https://a\n    jwks_uri: https://a/k\n    ca_file: cert.pem\n".to_owned(),
+        "    issuer: http://a\n    discovery: true\n    ca_file: cert.pem\n".to_owned(),
+        "    issuer: https://a\n    discovery: true\n    jwks_file: keys.json\n    ca_file: cert.pem\n"
+            .to_owned(),
+        "    issuer: https://a\n    discovery: true\n    jwks_uri: http://127.0.0.1:9/k\n    ca_file: cert.pem\n"
+            .to_owned(),
+        format!("    issuer: http://a\n    discovery: true\n    jwks_file: keys.json\n{introspection}"),
+    ] {
+        let yaml = format!("issuers:\n  - name: a\n    audiences: [x]\n{issuer}{routes}");
+        let loaded = scopegate::config::load_str("ca.yaml", dir.path(), &yaml);
+        assert!(loaded.is_ok(), "{:?}\n{yaml}", loaded.err());
+    }
 }
 
 /// A `jwks_file` may hold keys scopegate cannot verify with beside those it

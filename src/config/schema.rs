@@ -352,7 +352,8 @@ pub struct RawIssuer {
     /// A local JWKS file instead of `jwks_uri`.
     #[serde(default, deserialize_with = "present")]
     pub jwks_file: Option<Spanned<String>>,
-    /// Extra CA bundle (PEM) for the JWKS endpoint.
+    /// Extra CA bundle (PEM) for the JWKS endpoint and discovery, over
+    /// https (refused where neither is).
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
     /// Allowed signature algorithms.
@@ -415,7 +416,7 @@ pub struct RawIntrospection {
     /// How long an inactive answer is cached; 0 turns it off.
     #[serde(default = "default_negative_cache_ttl")]
     pub negative_cache_ttl: Spanned<HumanDuration>,
-    /// Extra CA bundle (PEM) for the endpoint.
+    /// Extra CA bundle (PEM) for the endpoint, which must then be https.
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
 }

@@ -1606,6 +1606,35 @@ impl Validator<'_> {
             (None, None) if raw.discovery => KeySource::Discovered,
             (None, None) => KeySource::None,
         };
+        // The issuer's `ca_file` serves its JWKS and discovery clients only
+        // (an introspection endpoint has its own): where neither speaks
+        // TLS, it would be silently ignored.
+        if let Some(ca) = &raw.ca_file {
+            let issuer_https = raw
+                .issuer
+                .value
+                .get(..8)
+                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+            let unused = match &keys {
+                KeySource::Remote(uri) if uri.scheme() == Some(&http::uri::Scheme::HTTPS) => None,
+                KeySource::Discovered => None,
+                _ if raw.discovery && issuer_https => None,
+                KeySource::Remote(_) if raw.discovery => {
+                    Some("its jwks_uri and its issuer URL, where discovery fetches the metadata, are plain http")
+                }
+                KeySource::Remote(_) => Some("its jwks_uri is plain http"),
+                KeySource::Static(_) => Some("its keys come from jwks_file"),
+                KeySource::None => Some(
+                    "it only introspects (give the introspection endpoint's CA as introspection's own ca_file)",
+                ),
+            };
+            if let Some(why) = unused {
+                return Err(self.err(
+                    ca.referenced,
+                    format!("ca_file is for fetching this issuer's keys or metadata over https, which it never does: {why}"),
+                ));
+            }
+        }
         let introspection = raw
             .introspection
             .as_ref()
@@ -1732,6 +1761,14 @@ impl Validator<'_> {
                 ))
             }
         };
+        if let (Some(ca), Some(endpoint)) = (&raw.ca_file, &endpoint) {
+            if endpoint.scheme() != Some(&http::uri::Scheme::HTTPS) {
+                return Err(self.err(
+                    ca.referenced,
+                    "ca_file is for an https introspection endpoint: this one is plain http",
+                ));
+            }
+        }
         if raw.client_id.value.is_empty() {
             return Err(self.err(raw.client_id.referenced, "client_id must not be empty"));
         }
