@@ -544,8 +544,13 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
             }
         }
     };
-    match crate::inject::inject(&input, opts) {
-        Ok(out) => print(out.as_bytes()),
+    match crate::inject::inject_with_warnings(&input, opts) {
+        Ok(injected) => {
+            for warning in &injected.warnings {
+                eprintln!("{file}: warning: {warning}");
+            }
+            print(injected.output.as_bytes())
+        }
         Err(e) => {
             say(format_args!("{file}: {e}"));
             ExitCode::FAILURE

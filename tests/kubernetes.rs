@@ -218,6 +218,44 @@ fn inject_keeps_yaml_1_1_booleans_of_other_kinds() {
     );
 }
 
+/// A pod's own grace period shorter than the drain the sidecar needs (60 s;
+/// every live object from `kubectl get` carries the API's 30) is kept, and
+/// said on stderr, naming the object; one long enough, or none, is not.
+#[test]
+fn inject_warns_of_a_grace_period_shorter_than_the_drain() {
+    let deployment = |grace: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web}}\nspec:\n  \
+             selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: \
+             {{app: web}}}}\n    spec:\n{grace}      containers:\n        \
+             - {{name: app, image: app:1}}\n"
+        )
+    };
+    let out = run_inject(
+        deployment("      terminationGracePeriodSeconds: 30\n").as_bytes(),
+        Stdio::piped(),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.starts_with("-: warning: document 1 (Deployment/web): ")
+            && stderr.contains("`spec.template.spec.terminationGracePeriodSeconds` is 30")
+            && stderr.contains("60"),
+        "{stderr}"
+    );
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    let docs: Vec<serde_json::Value> =
+        serde_saphyr::from_multiple(&String::from_utf8(out.stdout).unwrap()).unwrap();
+    let spec = &docs[0]["spec"]["template"]["spec"];
+    assert_eq!(spec["terminationGracePeriodSeconds"], 30, "kept");
+    assert_eq!(spec["initContainers"][0]["name"], "scopegate");
+    for grace in ["      terminationGracePeriodSeconds: 90\n", ""] {
+        let out = run_inject(deployment(grace).as_bytes(), Stdio::piped());
+        assert!(out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stderr), "", "{grace:?}");
+    }
+}
+
 /// A manifest that cannot be written out in full (here to a full disk) is a
 /// failure, not a success that leaves a cut-off file to `kubectl apply`.
 #[cfg(target_os = "linux")]

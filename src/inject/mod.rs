@@ -14,7 +14,10 @@
 //! - a `scopegate-config` volume from the ConfigMap named in
 //!   [`InjectOptions::config_map`] is added;
 //! - the pod template is annotated with `scopegate.io/inject: injected` and
-//!   `scopegate.io/upstream-port`.
+//!   `scopegate.io/upstream-port`;
+//! - a pod that sets no `terminationGracePeriodSeconds` gets 60, time for
+//!   the app's preStop sleep and the sidecar's drain; a shorter one it sets
+//!   is kept, and [`inject_with_warnings`] reports it.
 //!
 //! Pod templates are found in `Deployment`, `StatefulSet`, `DaemonSet`,
 //! `ReplicaSet`, `ReplicationController`, `Job` (`spec.template.spec`), `CronJob`
@@ -172,6 +175,32 @@ pub enum InjectError {
     },
 }
 
+/// Something [`inject_with_warnings`] did as asked but that may not work
+/// as meant: the output is still written, and the operator told.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InjectWarning {
+    /// The document it is about.
+    pub at: DocRef,
+    /// What may go wrong, and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for InjectWarning {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.at, self.message)
+    }
+}
+
+/// What [`inject_with_warnings`] returns: the manifests and what to tell
+/// the operator about them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Injected {
+    /// The documents, as [`inject`] returns them.
+    pub output: String,
+    /// In document order.
+    pub warnings: Vec<InjectWarning>,
+}
+
 fn fmt_position(line: Option<u64>, column: Option<u64>) -> String {
     match (line, column) {
         (Some(l), Some(c)) => format!(" at line {l}, column {c}"),
@@ -194,7 +223,20 @@ fn fmt_position(line: Option<u64>, column: Option<u64>) -> String {
 /// [`InjectError::PortConflict`] when a container already declares the proxy or
 /// admin port, and [`InjectError::InvalidOptions`] for unusable `opts`.
 pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
+    inject_with_warnings(input, opts).map(|injected| injected.output)
+}
+
+/// [`inject`], and what the operator should be told about the result:
+/// a pod whose own `terminationGracePeriodSeconds` is shorter than the
+/// sidecar's drain needs (a live object from `kubectl get` carries the
+/// API's default, 30), which is kept.
+///
+/// # Errors
+///
+/// As [`inject`].
+pub fn inject_with_warnings(input: &str, opts: &InjectOptions) -> Result<Injected, InjectError> {
     validate_options(opts)?;
+    let mut warnings = Vec::new();
     let mut out = String::with_capacity(input.len() + 2048);
     let mut first = true;
     for (index, chunk) in split_documents(input).iter().enumerate() {
@@ -206,7 +248,7 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> 
         if value.is_null() {
             continue;
         }
-        inject_document(&mut value, document, opts)?;
+        inject_document(&mut value, document, opts, &mut warnings)?;
         let yaml = serde_saphyr::to_string(&value).map_err(|e| InjectError::Serialize {
             document,
             message: e.to_string(),
@@ -220,7 +262,10 @@ pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> 
             out.push('\n');
         }
     }
-    Ok(out)
+    Ok(Injected {
+        output: out,
+        warnings,
+    })
 }
 
 fn validate_options(opts: &InjectOptions) -> Result<(), InjectError> {
@@ -438,7 +483,7 @@ fn parse_error(e: &serde_saphyr::Error, chunk: &Chunk<'_>, document: usize) -> I
 
 /// The pod's `terminationGracePeriodSeconds` when it sets none: the base
 /// manifests' budget for the app's preStop sleep and the gateway's drain.
-const TERMINATION_GRACE_SECONDS: u64 = 60;
+const TERMINATION_GRACE_SECONDS: i64 = 60;
 
 /// The kinds injected: each one's `apiVersion` and where its pod (the
 /// object holding the pod's `metadata` and `spec`) is.
@@ -475,6 +520,7 @@ fn inject_document(
     value: &mut Value,
     document: usize,
     opts: &InjectOptions,
+    warnings: &mut Vec<InjectWarning>,
 ) -> Result<(), InjectError> {
     let Value::Object(obj) = value else {
         return Err(InjectError::InvalidManifest {
@@ -516,7 +562,7 @@ fn inject_document(
                 });
             };
             at.object = object_name(item);
-            inject_object(item, &at, opts)?;
+            inject_object(item, &at, opts, warnings)?;
         }
         return Ok(());
     }
@@ -525,7 +571,7 @@ fn inject_document(
         item: None,
         object: object_name(obj),
     };
-    inject_object(obj, &at, opts)
+    inject_object(obj, &at, opts, warnings)
 }
 
 /// Inject one object (not a List). Other kinds are left alone.
@@ -533,6 +579,7 @@ fn inject_object(
     obj: &mut Map<String, Value>,
     at: &DocRef,
     opts: &InjectOptions,
+    warnings: &mut Vec<InjectWarning>,
 ) -> Result<(), InjectError> {
     let kind = obj
         .get("kind")
@@ -582,7 +629,7 @@ fn inject_object(
     let Some(Value::Object(pod_spec)) = template.get_mut("spec") else {
         return Err(invalid(at, format!("{kind} has no `{spec_path}` mapping")));
     };
-    if !inject_pod_spec(pod_spec, at, &spec_path, opts)? {
+    if !inject_pod_spec(pod_spec, at, &spec_path, opts, warnings)? {
         return Ok(());
     }
     annotate(template, at, opts)
@@ -618,6 +665,7 @@ fn inject_pod_spec(
     at: &DocRef,
     path: &str,
     opts: &InjectOptions,
+    warnings: &mut Vec<InjectWarning>,
 ) -> Result<bool, InjectError> {
     // Check everything before changing anything. Already injected (with
     // whatever flags it took then): nothing to check or change.
@@ -696,12 +744,25 @@ fn inject_pod_spec(
     // Kubernetes' default of 30 s is less than the gateway's own drain
     // (`shutdown_delay` 5 s + `shutdown_grace` 30 s), which a native sidecar
     // starts only once the app has stopped: the base's budget, when the pod
-    // sets none.
+    // sets none. A shorter one the pod sets (every live object carries the
+    // API's 30) is the operator's to change: said, and kept.
     let grace = pod_spec
         .entry("terminationGracePeriodSeconds".to_owned())
         .or_insert(Value::Null);
     if grace.is_null() {
         *grace = json!(TERMINATION_GRACE_SECONDS);
+    } else if let Some(seconds) = grace.as_i64().filter(|&s| s < TERMINATION_GRACE_SECONDS) {
+        warnings.push(InjectWarning {
+            at: at.clone(),
+            message: format!(
+                "`{path}.terminationGracePeriodSeconds` is {seconds}, less than the \
+                 {TERMINATION_GRACE_SECONDS} s the app's preStop sleep and scopegate's drain \
+                 (shutdown_delay 5 s + shutdown_grace 30 s by default) take: the sidecar may be \
+                 killed while requests are in flight; kept as it is (a live object from `kubectl \
+                 get` carries the API's default of 30): set it to {TERMINATION_GRACE_SECONDS} or \
+                 more"
+            ),
+        });
     }
     sequence(pod_spec, "initContainers", at, path)?.insert(0, sidecar(opts));
     if add_volume {
@@ -1028,6 +1089,17 @@ spec:
             pointer(&docs[0], "/spec/terminationGracePeriodSeconds"),
             120
         );
+        // A shorter one is kept too, and said.
+        let short = yaml.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: 30\n");
+        let injected = inject_with_warnings(&short, &InjectOptions::default()).unwrap();
+        let docs = parse_all(&injected.output);
+        assert_eq!(pointer(&docs[0], "/spec/terminationGracePeriodSeconds"), 30);
+        assert_eq!(injected.warnings.len(), 1, "{:?}", injected.warnings);
+        assert_eq!(injected.warnings[0].at.object, "Pod/p");
+        for quiet in [yaml.to_owned(), own] {
+            let injected = inject_with_warnings(&quiet, &InjectOptions::default()).unwrap();
+            assert_eq!(injected.warnings, [], "{quiet}");
+        }
         let null = yaml.replace("spec:\n", "spec:\n  terminationGracePeriodSeconds: null\n");
         let docs = parse_all(&inject_default(&null));
         assert_eq!(pointer(&docs[0], "/spec/terminationGracePeriodSeconds"), 60);
