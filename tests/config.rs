@@ -541,7 +541,13 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "two authorization server endpoints on one path",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  introspection_path: /oauth2/token\n  clients: []\n"),
             "6:23",
-            "authorization server path `/oauth2/token` is given to two endpoints",
+            "authorization server path `/oauth2/token` is given to two endpoints, token_path and introspection_path",
+        ),
+        (
+            "an authorization server endpoint on another's default path",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  token_path: /.well-known/jwks.json\n  clients: []\n"),
+            "6:15",
+            "authorization server path `/.well-known/jwks.json` is given to two endpoints, token_path and jwks_path",
         ),
         (
             "the sign-in page at the root, whose cookies every path would get",
@@ -565,7 +571,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "an endpoint on the authorization server's metadata path",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  jwks_path: /.well-known/oauth-authorization-server\n  clients: []\n"),
             "6:14",
-            "is given to two endpoints",
+            "authorization server path `/.well-known/oauth-authorization-server` is given to two endpoints, jwks_path and the metadata's, made from the issuer\n",
         ),
         (
             "an authorization server issuer with a query",

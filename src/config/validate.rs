@@ -1900,23 +1900,40 @@ impl Validator<'_> {
         // Requests go to the first endpoint whose path is theirs: a path
         // given twice would hide the later endpoint.
         let configured = [
-            &raw.token_path,
-            &raw.authorize_path,
-            &raw.introspection_path,
-            &raw.revocation_path,
-            &raw.jwks_path,
+            ("token_path", &raw.token_path),
+            ("authorize_path", &raw.authorize_path),
+            ("introspection_path", &raw.introspection_path),
+            ("revocation_path", &raw.revocation_path),
+            ("jwks_path", &raw.jwks_path),
         ];
+        let key = |index: usize| {
+            configured
+                .get(index)
+                .map_or("the metadata's, made from the issuer", |(key, _)| key)
+        };
         let all = paths.all();
         for (index, path) in all.iter().enumerate() {
             if let Some(first) = all.iter().position(|p| p == path).filter(|&f| f < index) {
-                // The metadata's path is derived: point at the other one.
-                let location = configured
-                    .get(index)
-                    .or(configured.get(first))
-                    .map_or(here, |p| p.referenced);
+                // Point at the one written: the other may be a default,
+                // written nowhere, or the metadata's path, derived.
+                let location = [index, first]
+                    .iter()
+                    .filter_map(|&i| configured.get(i))
+                    .map(|(_, p)| p.referenced)
+                    .find(|&at| at != Location::UNKNOWN)
+                    .unwrap_or(here);
+                let metadata = if index < configured.len() {
+                    format!(" (the metadata's is `{}`)", paths.metadata)
+                } else {
+                    String::new()
+                };
                 return Err(self.err(
                     location,
-                    format!("authorization server path `{path}` is given to two endpoints (the metadata's is `{}`)", paths.metadata),
+                    format!(
+                        "authorization server path `{path}` is given to two endpoints, {} and {}{metadata}",
+                        key(first),
+                        key(index),
+                    ),
                 )
                 .or_at(here));
             }
