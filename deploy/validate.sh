@@ -17,7 +17,17 @@
 #      schemas do not know is an error, and the scopegate native sidecar is wired
 #      as documented;
 #   4. writes the rendered ConfigMap's `scopegate.yaml` to
-#      target/k8s-rendered/<name>.scopegate.yaml, for `scopegate check`.
+#      target/k8s-rendered/<name>.scopegate.yaml, checks that every file it
+#      names (`*_file` keys) is a key of a ConfigMap or Secret the sidecar
+#      mounts at that file's directory, and writes those objects' files under
+#      target/k8s-rendered/<name>.mounts/ with a copy of the route map pointing
+#      there, target/k8s-rendered/<name>.local.yaml;
+#   5. with SCOPEGATE_BIN set, runs `$SCOPEGATE_BIN check` on that copy.
+#
+# It renders a copy of deploy/kubernetes in which the secret files an overlay
+# keeps out of git (overlays/authorization-server: signing-es256.pem,
+# redis-password, redis-ca.pem) are throwaway stand-ins made with openssl,
+# whether or not real ones are there: real keys never reach target/.
 #
 # With SCOPEGATE_BIN set, it also runs `$SCOPEGATE_BIN inject -f <sample>` for
 # each deploy/inject-samples/*.yaml into target/k8s-rendered/inject/<sample>,
@@ -31,7 +41,7 @@
 #                  `latest` means the newest schema kubernetes-validate ships.
 #                  Default: "1.30.0 latest". 1.30 is the oldest supported: native
 #                  sidecars are on by default from 1.29, preStop `sleep` from 1.30.
-#   SCOPEGATE_BIN  optional scopegate binary for the inject step.
+#   SCOPEGATE_BIN  optional scopegate binary for `check` and the inject step.
 #
 # Exits non-zero, naming what failed, on any failure.
 set -euo pipefail
@@ -48,6 +58,7 @@ K8S_VERSIONS="${K8S_VERSIONS:-1.30.0 latest}"
 
 step="starting"
 failed_reported=0
+work=""
 fail() {
     echo "validate.sh: FAILED ($step): $*" >&2
     failed_reported=1
@@ -55,6 +66,7 @@ fail() {
 }
 on_exit() {
     local rc=$?
+    if [ -n "$work" ]; then rm -rf "$work"; fi
     if [ "$rc" -ne 0 ] && [ "$failed_reported" -eq 0 ]; then
         echo "validate.sh: FAILED during: $step (exit $rc)" >&2
     fi
@@ -66,6 +78,10 @@ step="checking tools"
 command -v "$KUBECTL" >/dev/null 2>&1 ||
     fail "kubectl not found (set KUBECTL=/path/to/kubectl); it is needed for 'kubectl kustomize'"
 command -v "$PYTHON" >/dev/null 2>&1 || fail "python3 not found (set PYTHON=/path/to/python3)"
+command -v openssl >/dev/null 2>&1 || fail "openssl not found; it makes the stand-in keys"
+if [ -n "${SCOPEGATE_BIN:-}" ] && [ ! -x "$SCOPEGATE_BIN" ]; then
+    fail "SCOPEGATE_BIN=$SCOPEGATE_BIN is not an executable"
+fi
 
 step="installing kubernetes-validate"
 if ! "$PYTHON" -c 'import kubernetes_validate, yaml' >/dev/null 2>&1; then
@@ -102,10 +118,16 @@ schema_validate() {
 
 # checks MODE FILE [EXTRACT_TO]: what the schemas cannot check.
 #   MODE=kustomize: exactly one scopegate sidecar; PodMonitors match the pod
-#                   template; the ConfigMap's scopegate.yaml goes to EXTRACT_TO.
+#                   template; the ConfigMap's scopegate.yaml goes to EXTRACT_TO
+#                   (<name>.scopegate.yaml); every file it names is mounted;
+#                   the mounted files go to <name>.mounts/, the route map
+#                   pointing there to <name>.local.yaml.
 #   MODE=inject:    every pod template got the scopegate sidecar.
 checks() {
     "$PYTHON" - "$@" <<'PY'
+import base64
+import os
+import shutil
 import sys
 
 import kubernetes_validate
@@ -273,6 +295,59 @@ if mode == "kustomize":
         if extract_to:
             with open(extract_to, "w") as f:
                 f.write(text)
+        # Every file the route map names must be a key of a ConfigMap or
+        # Secret the sidecar mounts at that file's directory.
+        mounted = {}
+        for d, _labels, ps, c in sidecars:
+            vols = {v.get("name"): v for v in ps.get("volumes") or []}
+            for m in c.get("volumeMounts") or []:
+                v = vols.get(m.get("name")) or {}
+                if "secret" in v:
+                    kind, name = "Secret", v["secret"].get("secretName")
+                elif "configMap" in v:
+                    kind, name = "ConfigMap", v["configMap"].get("name")
+                else:
+                    continue
+                objs = [o for o in docs if isinstance(o, dict) and o.get("kind") == kind
+                        and (o.get("metadata") or {}).get("name") == name]
+                files = {}
+                for o in objs:
+                    for k, val in (o.get("data") or {}).items():
+                        files[k] = base64.b64decode(val) if kind == "Secret" else val.encode()
+                    for k, val in (o.get("stringData") or {}).items():
+                        files[k] = val.encode()
+                mounted[m.get("mountPath")] = files
+
+        def named_files(node):
+            if isinstance(node, dict):
+                for k, v in node.items():
+                    if isinstance(v, str) and k.endswith("_file"):
+                        yield v
+                    else:
+                        yield from named_files(v)
+            elif isinstance(node, list):
+                for v in node:
+                    yield from named_files(v)
+
+        for f in named_files(cfg if isinstance(cfg, dict) else {}):
+            parent, key = os.path.split(f)
+            if key not in mounted.get(parent, {}):
+                err("%s: %s is not a file the scopegate sidecar mounts (no ConfigMap or Secret key %r mounted at %s)"
+                    % (kn(cms[0]), f, key, parent))
+        if extract_to:
+            base = extract_to[: -len(".scopegate.yaml")]
+            mounts_dir = base + ".mounts"
+            shutil.rmtree(mounts_dir, ignore_errors=True)
+            local = text
+            for i, (at, files) in enumerate(sorted(mounted.items())):
+                stand_in = os.path.join(mounts_dir, str(i))
+                os.makedirs(stand_in)
+                for k, val in files.items():
+                    with open(os.path.join(stand_in, k), "wb") as f:
+                        f.write(val)
+                local = local.replace(at.rstrip("/") + "/", stand_in + "/")
+            with open(base + ".local.yaml", "w") as f:
+                f.write(local)
 
 elif mode == "inject":
     if not workloads:
@@ -291,8 +366,24 @@ PY
 }
 
 # --- 1. kustomizations -------------------------------------------------------
-targets=("base:$k8s_dir/base")
-for d in "$k8s_dir"/overlays/*/; do
+# A copy, with stand-ins for the secret files kept out of git.
+step="copying deploy/kubernetes"
+work="$(mktemp -d)"
+cp -R "$k8s_dir" "$work/kubernetes"
+k8s_copy="$work/kubernetes"
+stand_ins="$k8s_copy/overlays/authorization-server"
+if [ -d "$stand_ins" ]; then
+    step="making stand-in secret files"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 \
+        -out "$stand_ins/signing-es256.pem" 2>/dev/null || fail "openssl genpkey failed"
+    openssl rand -hex 32 >"$stand_ins/redis-password" || fail "openssl rand failed"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes \
+        -subj /CN=stand-in-redis-ca -days 1 -keyout /dev/null \
+        -out "$stand_ins/redis-ca.pem" 2>/dev/null || fail "openssl req failed"
+fi
+
+targets=("base:$k8s_copy/base")
+for d in "$k8s_copy"/overlays/*/; do
     [ -f "$d/kustomization.yaml" ] || continue
     name="$(basename "$d")"
     targets+=("$name:${d%/}")
@@ -303,19 +394,23 @@ for t in "${targets[@]}"; do
     dir="${t#*:}"
     rendered="$out/$name.yaml"
     step="rendering $name ($dir)"
-    echo "==> $name: kubectl kustomize ${dir#"$root"/}"
+    echo "==> $name: kubectl kustomize ${dir#"$k8s_copy"/}"
     "$KUBECTL" kustomize "$dir" >"$rendered" || fail "kubectl kustomize $dir failed"
     step="validating $name"
     schema_validate "$rendered"
     step="checking $name"
     checks kustomize "$rendered" "$out/$name.scopegate.yaml" "${versions[*]}" ||
         fail "checks failed for $rendered"
+    if [ -n "${SCOPEGATE_BIN:-}" ]; then
+        step="scopegate check $name"
+        "$SCOPEGATE_BIN" check --config "$out/$name.local.yaml" >/dev/null ||
+            fail "'$SCOPEGATE_BIN check --config $out/$name.local.yaml' failed"
+    fi
     echo "    ok: ${rendered#"$root"/}, ${out#"$root"/}/$name.scopegate.yaml"
 done
 
 # --- 2. optional: scopegate inject on the samples ----------------------------
 if [ -n "${SCOPEGATE_BIN:-}" ]; then
-    [ -x "$SCOPEGATE_BIN" ] || fail "SCOPEGATE_BIN=$SCOPEGATE_BIN is not an executable"
     mkdir -p "$out/inject"
     found=0
     for sample in "$samples_dir"/*.yaml; do

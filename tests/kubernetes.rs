@@ -35,36 +35,90 @@ fn kubectl_available() -> bool {
     )
 }
 
-/// The `scopegate.yaml` entries of every ConfigMap in a rendered stream.
-fn configmap_route_maps(rendered: &str) -> Vec<String> {
-    let mut maps = Vec::new();
-    for doc in rendered.split("\n---\n") {
-        let value: serde_json::Value = match serde_saphyr::from_str(doc) {
-            Ok(v) => v,
-            Err(e) => panic!("rendered YAML does not parse: {e}\n{doc}"),
-        };
-        if value["kind"] == "ConfigMap" {
-            if let Some(text) = value["data"]["scopegate.yaml"].as_str() {
-                maps.push(text.to_owned());
-            }
-        }
+/// The objects of a rendered stream.
+fn documents(rendered: &str) -> Vec<serde_json::Value> {
+    match serde_saphyr::from_multiple(rendered) {
+        Ok(docs) => docs,
+        Err(e) => panic!("rendered YAML does not parse: {e}\n{rendered}"),
     }
-    maps
 }
 
+/// The `scopegate.yaml` entries of every ConfigMap in a rendered stream.
+fn configmap_route_maps(docs: &[serde_json::Value]) -> Vec<String> {
+    docs.iter()
+        .filter(|d| d["kind"] == "ConfigMap")
+        .filter_map(|d| d["data"]["scopegate.yaml"].as_str())
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A mounted object's files: name and contents.
+type Files = Vec<(String, Vec<u8>)>;
+
+/// Copies the directory tree `from` to `to`.
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// Every string the config gives under a key ending in `_file`.
+fn config_files(value: &serde_json::Value, out: &mut Vec<String>) {
+    match value {
+        serde_json::Value::Object(map) => {
+            for (key, v) in map {
+                match v.as_str() {
+                    Some(path) if key.ends_with("_file") => out.push(path.to_owned()),
+                    _ => config_files(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| config_files(v, out)),
+        _ => {}
+    }
+}
+
+/// The secret files an overlay keeps out of git, made fresh here as a
+/// deployer would (deploy/README.md §3).
+fn make_deploy_time_secrets(overlay: &Path) {
+    std::fs::write(overlay.join("signing-es256.pem"), support::p256_pem()).unwrap();
+    std::fs::write(overlay.join("redis-password"), "a-redis-password").unwrap();
+    let ca = tempfile::tempdir().unwrap();
+    let (cert, _key) = support::self_signed(ca.path());
+    std::fs::copy(cert, overlay.join("redis-ca.pem")).unwrap();
+}
+
+/// Renders every kustomization (from a copy of deploy/kubernetes, where the
+/// secret files kept out of git are made first), checks that every file the
+/// route map names is a key of a ConfigMap or Secret the sidecar mounts at
+/// that file's directory, and runs `scopegate check` on the route map with
+/// those mounts stood in for by the rendered objects' contents.
 #[test]
 fn every_kustomization_renders_and_its_route_map_passes_check() {
     if !kubectl_available() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let secret = dir.path().join("introspection-client-secret");
-    std::fs::write(&secret, "s3cret\n").unwrap();
-    let targets = ["base", "overlays/jwt", "overlays/introspection"];
+    let tree = dir.path().join("kubernetes");
+    copy_tree(&root().join("deploy/kubernetes"), &tree);
+    make_deploy_time_secrets(&tree.join("overlays/authorization-server"));
+    let targets = [
+        "base",
+        "overlays/jwt",
+        "overlays/introspection",
+        "overlays/authorization-server",
+    ];
     for target in targets {
         let out = Command::new("kubectl")
             .args(["kustomize"])
-            .arg(root().join("deploy/kubernetes").join(target))
+            .arg(tree.join(target))
             .output()
             .unwrap();
         assert!(
@@ -77,15 +131,89 @@ fn every_kustomization_renders_and_its_route_map_passes_check() {
             rendered.contains("restartPolicy: Always"),
             "{target}: native sidecar missing"
         );
-        let maps = configmap_route_maps(&rendered);
+        let docs = documents(&rendered);
+        let maps = configmap_route_maps(&docs);
         assert_eq!(maps.len(), 1, "{target}: one route map ConfigMap expected");
-        let text = maps[0].replace(
-            "/var/run/secrets/scopegate/introspection-client-secret",
-            secret.to_str().unwrap(),
-        );
-        let file = dir
-            .path()
-            .join(format!("{}.yaml", target.replace('/', "-")));
+        let mut text = maps[0].clone();
+
+        // What the sidecar mounts: mount path -> the object's files.
+        let deployment = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+        let pod = &deployment["spec"]["template"]["spec"];
+        let sidecar = pod["initContainers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["name"] == "scopegate")
+            .unwrap();
+        let volumes = pod["volumes"].as_array().unwrap();
+        let mut mounted: Vec<(String, Files)> = Vec::new();
+        for mount in sidecar["volumeMounts"].as_array().unwrap() {
+            let volume = volumes.iter().find(|v| v["name"] == mount["name"]).unwrap();
+            let (kind, name) = if let Some(name) = volume["secret"]["secretName"].as_str() {
+                ("Secret", name)
+            } else if let Some(name) = volume["configMap"]["name"].as_str() {
+                ("ConfigMap", name)
+            } else {
+                continue;
+            };
+            let object = docs
+                .iter()
+                .find(|d| d["kind"] == kind && d["metadata"]["name"] == name)
+                .unwrap_or_else(|| panic!("{target}: no {kind} {name}"));
+            let files = object["data"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(key, value)| {
+                    let value = value.as_str().unwrap();
+                    let bytes = if kind == "Secret" {
+                        use base64::Engine as _;
+                        base64::engine::general_purpose::STANDARD
+                            .decode(value.replace('\n', ""))
+                            .unwrap()
+                    } else {
+                        value.as_bytes().to_vec()
+                    };
+                    (key.clone(), bytes)
+                })
+                .collect();
+            mounted.push((mount["mountPath"].as_str().unwrap().to_owned(), files));
+        }
+
+        // Every file the config names is in a mounted object, under the
+        // directory the config names.
+        let config: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let mut named = Vec::new();
+        config_files(&config, &mut named);
+        for file in &named {
+            let path = Path::new(file);
+            let parent = path.parent().unwrap().to_str().unwrap();
+            let key = path.file_name().unwrap().to_str().unwrap();
+            let found = mounted
+                .iter()
+                .any(|(at, files)| at == parent && files.iter().any(|(k, _)| k == key));
+            assert!(found, "{target}: {file} is not a file the sidecar mounts");
+        }
+        if target == "overlays/authorization-server" {
+            let key = config["authorization_server"]["signing_keys"][0]["private_key_file"]
+                .as_str()
+                .unwrap();
+            assert!(named.iter().any(|f| f == key));
+            // Shared by the replicas, not each pod's own.
+            assert!(config["authorization_server"]["store"]["redis"].is_string());
+        }
+
+        // The mounts stood in for by local directories with their files.
+        let local = dir.path().join(target.replace('/', "-"));
+        for (index, (at, files)) in mounted.iter().enumerate() {
+            let stand_in = local.join(index.to_string());
+            std::fs::create_dir_all(&stand_in).unwrap();
+            for (key, bytes) in files {
+                std::fs::write(stand_in.join(key), bytes).unwrap();
+            }
+            text = text.replace(&format!("{at}/"), &format!("{}/", stand_in.display()));
+        }
+        let file = local.join("scopegate.yaml");
         std::fs::write(&file, text).unwrap();
         let check = Command::new(env!("CARGO_BIN_EXE_scopegate"))
             .args(["check", "--config"])
