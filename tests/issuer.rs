@@ -2225,6 +2225,36 @@ async fn a_revocation_outlives_the_gateways_leeway() {
     assert_refused(&gw, &revoked_late).await;
 }
 
+/// `refresh_family_max_age` caps a grant however often it is refreshed: its
+/// refresh tokens, the first and each rotated one, expire at the cap rather
+/// than `refresh_token_ttl` (30m here) after their issue, and once the cap
+/// has passed the current refresh token is refused. The cap is 5 s, so that
+/// the first refresh comes within it on a loaded machine too.
+#[tokio::test]
+async fn refresh_family_max_age_caps_every_refresh_token_of_a_grant() {
+    let (_upstream, gw) = start("  refresh_family_max_age: 5s\n").await;
+    let grant = client_credentials(&gw, "svc").await;
+    let first = grant["refresh_token_expires_in"].as_u64().unwrap();
+    assert!(
+        first <= 5,
+        "the first refresh token outlives the cap: {grant}"
+    );
+
+    let r = refresh(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let rotated = r.json();
+    let second = rotated["refresh_token_expires_in"].as_u64().unwrap();
+    assert!(
+        second <= 5,
+        "a rotated refresh token outlives the cap: {rotated}"
+    );
+
+    // Past the cap (and so past the rotated token's end, 30m before it).
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    let r = refresh(&gw, "svc", &s(&rotated, "refresh_token")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+}
+
 /// Access tokens minted near a grant's end live past it: revoking the grant
 /// must cover them until they are dead to the gateway too. The grant lives
 /// 5 s, so that the revocation comes within it on a loaded machine too (one
