@@ -97,6 +97,43 @@ async fn kubelet_data_swap_is_picked_up_and_old_routes_go_away() {
     }
 }
 
+/// A reload that leaves the issuers and what a verified token yields as they
+/// were (here it only adds a route) keeps the verified-token cache: a token
+/// verified before it is a cache hit after it, not verified again.
+#[tokio::test]
+async fn a_reload_that_only_adds_a_route_keeps_the_verified_tokens() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let gw = serve_kubelet_dir(dir.path(), &world.config()).await;
+    let token = world.token("orders:read");
+    let url = gw.url("/orders/1");
+    assert_eq!(get_with_token(&url, &token).await.status, 200);
+    let cache = |metrics: &str, result: &str| {
+        metric(
+            metrics,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "jwt"), ("result", result)],
+        )
+    };
+    let metrics = gw.metrics().await;
+    let (hits, misses) = (cache(&metrics, "hit"), cache(&metrics, "miss"));
+    assert_eq!(misses, 1.0, "{metrics}");
+
+    let more = format!(
+        "{}  - path: /more\n    upstream: app\n    auth: none\n",
+        world.config()
+    );
+    kubelet_write(dir.path(), 2, &more);
+    assert!(
+        wait_for_status(&gw.url("/more"), 200).await,
+        "the new route never appeared"
+    );
+    assert_eq!(get_with_token(&url, &token).await.status, 200);
+    let metrics = gw.metrics().await;
+    assert_eq!(cache(&metrics, "hit"), hits + 1.0, "{metrics}");
+    assert_eq!(cache(&metrics, "miss"), misses, "{metrics}");
+}
+
 /// A reload that changes a setting only a restart applies says so in a
 /// metric (an alert can ask for the restart), and stops saying so once the
 /// file is back to what runs.
