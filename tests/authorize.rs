@@ -897,6 +897,88 @@ async fn public_clients_must_use_s256_pkce() {
 // Sign-in
 // ---------------------------------------------------------------------------
 
+/// `authorize_path` moves the authorization endpoint: the metadata names it
+/// (RFC 8414 `authorization_endpoint`), the sign-in page is served there,
+/// posts its forms back there and scopes its cookies to it, a user signs in
+/// and approves there and the code is redeemed, and the default path
+/// answers 404.
+#[tokio::test]
+async fn a_configured_authorize_path_is_the_endpoint_the_metadata_names() {
+    const MOVED: &str = "/login/authorize";
+    let (_upstream, gw) = start_with(&format!("  authorize_path: {MOVED}\n")).await;
+    let metadata = get(&gw.url("/.well-known/oauth-authorization-server"), &[])
+        .await
+        .unwrap();
+    assert_eq!(metadata.status, 200, "{}", metadata.text());
+    assert_eq!(
+        metadata.json()["authorization_endpoint"],
+        format!("{ISS}{MOVED}"),
+        "{}",
+        metadata.text()
+    );
+
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let query = encode(&p);
+    let default = get(&gw.url(&format!("{AUTHORIZE}?{query}")), &[])
+        .await
+        .unwrap();
+    assert_eq!(default.status, 404, "{}", default.text());
+
+    let page = get(&gw.url(&format!("{MOVED}?{query}")), &[])
+        .await
+        .unwrap();
+    assert_page(&page, 200);
+    assert!(page.text().contains("<h1>Sign in</h1>"), "{}", page.text());
+    assert!(
+        page.text().contains(&format!("action=\"{MOVED}\"")),
+        "{}",
+        page.text()
+    );
+    let csrf = set_cookie(&page, "sg_csrf").unwrap();
+    assert!(csrf.contains(&format!("Path={MOVED};")), "{csrf}");
+
+    let post = |form: Params, cookie: String| {
+        let url = gw.url(MOVED);
+        async move {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("cookie", &cookie),
+                ],
+                Bytes::from(encode(&form)),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let mut form = hidden_fields(&page.text());
+    form.push(("username".into(), "alice".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let consent = post(form, cookie_pair(&page, "sg_csrf")).await;
+    assert_page(&consent, 200);
+    assert!(
+        consent.text().contains("<h1>Allow access?</h1>"),
+        "{}",
+        consent.text()
+    );
+    let mut form = hidden_fields(&consent.text());
+    form.push(("action".into(), "approve".into()));
+    let approved = post(form, cookie_pair(&consent, "sg_session")).await;
+    let (to, q) = redirect(&approved);
+    assert_eq!(to, APP_CB);
+    let r = spa_exchange(&gw, &q["code"], Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        orders_status(&gw, &s(&r.json(), "access_token"))
+            .await
+            .status,
+        200
+    );
+}
+
 /// `HEAD` on the authorization endpoint is answered as `GET` without the
 /// body (RFC 9110 9.3.2); another method gets 405 naming the three, and a
 /// lower-case one 400, as everywhere.
