@@ -215,59 +215,12 @@ async fn post_authorize(gw: &Gateway, form: &Params, cookie: Option<&str>) -> Re
     .unwrap()
 }
 
-fn unescape(s: &str) -> String {
-    s.replace("&quot;", "\"")
-        .replace("&#39;", "'")
-        .replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&amp;", "&")
-}
-
-/// The page's hidden form fields, unescaped, in document order.
-fn hidden_fields(html: &str) -> Params {
-    const OPEN: &str = "<input type=\"hidden\" name=\"";
-    let mut out = Vec::new();
-    let mut rest = html;
-    while let Some(i) = rest.find(OPEN) {
-        rest = &rest[i + OPEN.len()..];
-        let end = rest.find('"').unwrap();
-        let name = rest[..end].to_owned();
-        rest = &rest[end..];
-        let v = rest.find("value=\"").unwrap() + "value=\"".len();
-        rest = &rest[v..];
-        let end = rest.find('"').unwrap();
-        out.push((name, unescape(&rest[..end])));
-        rest = &rest[end..];
-    }
-    out
-}
-
 fn field(fields: &Params, name: &str) -> String {
     fields
         .iter()
         .find(|(k, _)| k == name)
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| panic!("the form has no `{name}` field: {fields:?}"))
-}
-
-/// The whole `Set-Cookie` header for cookie `name`, if set.
-fn set_cookie(r: &Reply, name: &str) -> Option<String> {
-    r.headers
-        .get_all("set-cookie")
-        .iter()
-        .map(|v| v.to_str().unwrap().to_owned())
-        .find(|v| v.starts_with(&format!("{name}=")))
-}
-
-/// `name=value` of a cookie the reply set (for a `Cookie` header).
-fn cookie_pair(r: &Reply, name: &str) -> String {
-    let header = set_cookie(r, name).unwrap_or_else(|| {
-        panic!(
-            "no {name} cookie set (status {}): {:?}",
-            r.status, r.headers
-        )
-    });
-    header.split(';').next().unwrap().trim().to_owned()
 }
 
 /// The redirect's target without its query, and its query parameters;

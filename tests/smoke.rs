@@ -231,7 +231,10 @@ async fn the_demo_keeps_serving_when_its_output_is_closed() {
 
 /// `scopegate demo` (the README's first command) prints shell steps; steps
 /// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
-/// 401 and 200. Its default admin port (9090, Prometheus's) is taken here,
+/// 401 and 200; step 6's authorize URL, opened and signed in to as the
+/// printed user (the pages' forms posted back as a browser would), gives a
+/// code that step 6's curl, run by bash with the code in place of
+/// PASTE_CODE_HERE, exchanges for an access token. Its default admin port (9090, Prometheus's) is taken here,
 /// as on many developers' machines: it takes a free one instead.
 #[cfg(unix)]
 #[tokio::test]
@@ -279,7 +282,7 @@ async fn demo_steps_work_as_printed() {
             let mut lines = Vec::new();
             for line in std::io::BufReader::new(stdout).lines() {
                 let line = line.unwrap();
-                let done = line.starts_with("# 6.");
+                let done = line.starts_with("Press Ctrl-C");
                 lines.push(line);
                 if done {
                     return (true, lines.join("\n"));
@@ -299,8 +302,13 @@ async fn demo_steps_work_as_printed() {
     );
     let steps = printed
         .split_once("# 1.")
-        .map(|(_, steps)| format!("# 1.{steps}"))
-        .expect("no step 1 printed");
+        .and_then(|(_, steps)| steps.split_once("# 6."))
+        .map(|(steps, _)| format!("# 1.{steps}"))
+        .expect("no steps 1 to 5 printed");
+    let browser_step = printed
+        .split_once("# 6.")
+        .map(|(_, step)| step.to_owned())
+        .expect("no step 6 printed");
     if !wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await {
         panic!(
             "the demo's /public never answered 200 (demo process: {:?}); it printed:\n{printed}\nand logged:\n{}",
@@ -326,6 +334,101 @@ async fn demo_steps_work_as_printed() {
         .collect();
     assert_eq!(statuses, ["200", "403", "401", "200"], "{text}");
     assert!(text.contains("\"refresh_count\":1"), "{text}");
+
+    // Step 6: the URL to open, who signs in, and the exchange to run.
+    let authorize_url = browser_step
+        .lines()
+        .find(|l| l.starts_with("http://"))
+        .unwrap_or_else(|| panic!("no authorize URL in step 6:{browser_step}"));
+    let (username, password) = browser_step
+        .split_once("sign in as ")
+        .and_then(|(_, rest)| rest.split_once(','))
+        .and_then(|(who, _)| who.split_once(" / "))
+        .unwrap_or_else(|| panic!("no user named in step 6:{browser_step}"));
+    let exchange = browser_step
+        .split_once("\ncurl ")
+        .map(|(_, rest)| format!("curl {}", rest.split("\n\n").next().unwrap()))
+        .unwrap_or_else(|| panic!("no curl in step 6:{browser_step}"));
+    assert!(exchange.contains("PASTE_CODE_HERE"), "{exchange}");
+
+    // The browser: the sign-in page, its form posted back with the CSRF
+    // cookie, then the consent page's approval with the session cookie.
+    let form_post = |action: &str, form: &[(String, String)], cookie: String| {
+        let url = format!("http://127.0.0.1:{listen}{action}");
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form)
+            .finish();
+        async move {
+            send(
+                "POST",
+                &url,
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    ("cookie", &cookie),
+                ],
+                bytes::Bytes::from(body),
+            )
+            .await
+            .unwrap()
+        }
+    };
+    let action = |page: &Reply| {
+        let html = page.text();
+        let (_, rest) = html.split_once("action=\"").expect("no form on the page");
+        rest.split('"').next().unwrap().to_owned()
+    };
+    let page = get(authorize_url, &[]).await.unwrap();
+    assert_eq!(page.status, 200, "{}", page.text());
+    let mut form = hidden_fields(&page.text());
+    form.push(("username".into(), username.into()));
+    form.push(("password".into(), password.into()));
+    let consent = form_post(&action(&page), &form, cookie_pair(&page, "sg_csrf")).await;
+    assert_eq!(consent.status, 200, "{}", consent.text());
+    let mut form = hidden_fields(&consent.text());
+    form.push(("action".into(), "approve".into()));
+    let approved = form_post(
+        &action(&consent),
+        &form,
+        cookie_pair(&consent, "sg_session"),
+    )
+    .await;
+    assert_eq!(approved.status, 303, "{}", approved.text());
+    let location = approved.header("location").unwrap();
+    let code = url::Url::parse(&location)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_else(|| panic!("no code in {location}"));
+
+    // As printed, with the code pasted in; `-w` adds the status after the body.
+    let exchange = format!(
+        "{} -w '\\n%{{http_code}}'",
+        exchange.replace("PASTE_CODE_HERE", &code)
+    );
+    let out = Command::new("bash")
+        .args(["-c", &exchange])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (body, status) = text.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{exchange}\n{text}");
+    let token: serde_json::Value = serde_json::from_str(body)
+        .unwrap_or_else(|e| panic!("step 6's exchange did not answer JSON ({e}): {text}"));
+    let access = token["access_token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no access token: {text}"));
+    assert_eq!(
+        get_with_token(&format!("http://127.0.0.1:{listen}/orders/42"), access)
+            .await
+            .status,
+        200
+    );
 }
 
 /// A running `scopegate demo`, killed when dropped.

@@ -1592,3 +1592,55 @@ impl RedisAddress {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Browser forms: the sign-in and consent pages' fields and cookies.
+// ---------------------------------------------------------------------------
+
+/// Undoes the HTML escaping of a page's attribute values.
+pub fn unescape(s: &str) -> String {
+    s.replace("&quot;", "\"")
+        .replace("&#39;", "'")
+        .replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&amp;", "&")
+}
+
+/// The page's hidden form fields, unescaped, in document order.
+pub fn hidden_fields(html: &str) -> Vec<(String, String)> {
+    const OPEN: &str = "<input type=\"hidden\" name=\"";
+    let mut out = Vec::new();
+    let mut rest = html;
+    while let Some(i) = rest.find(OPEN) {
+        rest = &rest[i + OPEN.len()..];
+        let end = rest.find('"').unwrap();
+        let name = rest[..end].to_owned();
+        rest = &rest[end..];
+        let v = rest.find("value=\"").unwrap() + "value=\"".len();
+        rest = &rest[v..];
+        let end = rest.find('"').unwrap();
+        out.push((name, unescape(&rest[..end])));
+        rest = &rest[end..];
+    }
+    out
+}
+
+/// The whole `Set-Cookie` header for cookie `name`, if set.
+pub fn set_cookie(r: &Reply, name: &str) -> Option<String> {
+    r.headers
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .find(|v| v.starts_with(&format!("{name}=")))
+}
+
+/// `name=value` of a cookie the reply set (for a `Cookie` header).
+pub fn cookie_pair(r: &Reply, name: &str) -> String {
+    let header = set_cookie(r, name).unwrap_or_else(|| {
+        panic!(
+            "no {name} cookie set (status {}): {:?}",
+            r.status, r.headers
+        )
+    });
+    header.split(';').next().unwrap().trim().to_owned()
+}
