@@ -2034,6 +2034,71 @@ mod hostile_flows;
 #[path = "authorize/hostile_requests.rs"]
 mod hostile_requests;
 
+/// A code approved through the pages is good for 60 s and the store holds
+/// only its digest: with the redis store, its record is under
+/// `scopegate:ac:<hex SHA-256 of the code>`, says it expires 60 s after the
+/// approval (the key itself lives the replay grace longer, so a late replay
+/// is still told from an unknown code), and no Redis key or value holds the
+/// code itself.
+#[tokio::test]
+async fn an_approved_code_lives_60_s_and_is_stored_as_its_digest() {
+    use scopegate::issuer::store::CODE_REPLAY_GRACE_SECS;
+    let Some(redis) = RedisServer::start().await else {
+        return;
+    };
+    let (_upstream, gw) = start_with(&format!("  store: {{ redis: \"{}\" }}\n", redis.url())).await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let (page, session) = consent(&gw, &p, "alice").await;
+    let t0 = now();
+    let approved = decide(&gw, &page, &session, "approve").await;
+    let t1 = now();
+    let code = redirect(&approved).1.get("code").expect("no code").clone();
+
+    let client = ::redis::Client::open(redis.url().as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let keys: Vec<String> = ::redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let sha = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, code.as_bytes());
+    let hex: String = sha.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let key = format!("scopegate:ac:{hex}");
+    assert!(keys.contains(&key), "no {key} in {keys:?}");
+    let record: String = ::redis::cmd("GET")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let record: Value = serde_json::from_str(&record).unwrap();
+    let expires_at = record["expires_at"].as_u64().unwrap();
+    assert!(
+        (t0 + 60..=t1 + 60).contains(&expires_at),
+        "approved within [{t0}, {t1}], the code expires at {expires_at}"
+    );
+    let expiretime: u64 = ::redis::cmd("EXPIRETIME")
+        .arg(&key)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(expiretime, expires_at + CODE_REPLAY_GRACE_SECS);
+    for key in &keys {
+        assert!(!key.contains(&code), "{key}");
+        let value: Option<String> = ::redis::cmd("GET")
+            .arg(key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let value = value.unwrap_or_default();
+        assert!(!value.contains(&code), "{key}: {value}");
+    }
+
+    // The record so addressed is the live code.
+    let r = spa_exchange(&gw, &code, Some(&c.verifier)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
 /// A code approved under one config and redeemed under another (a reload,
 /// or a replica not yet rolled; here two replicas sharing a redis store)
 /// gets the grant as the redeeming config stands: a user removed since
