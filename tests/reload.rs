@@ -134,6 +134,38 @@ async fn a_reload_that_only_adds_a_route_keeps_the_verified_tokens() {
     assert_eq!(cache(&metrics, "miss"), misses, "{metrics}");
 }
 
+/// The slow poll reloads a change that neither the directory watch nor a
+/// signal reports: the config path is a symlink into a directory that is not
+/// watched, where the file is replaced (by a rename, so that no poll reads it
+/// half written). Twice: the first change might be taken by the one look the
+/// reloader has when it starts; the second comes after that look.
+#[tokio::test]
+async fn the_poll_reloads_a_change_that_no_watch_reports() {
+    let upstream = Upstream::start().await;
+    let watched = tempfile::tempdir().unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let target = elsewhere.path().join("real.yaml");
+    std::fs::write(&target, yaml(upstream.addr, "/one", "")).unwrap();
+    let path = watched.path().join("scopegate.yaml");
+    std::os::unix::fs::symlink(&target, &path).unwrap();
+    let gw = start_reloading_polled(path, Duration::from_millis(500))
+        .await
+        .gateway;
+    assert_eq!(get(&gw.url("/one"), &[]).await.unwrap().status, 200);
+    for (reloads, route) in [(1, "/two"), (2, "/three")] {
+        let next = elsewhere.path().join("next.yaml");
+        std::fs::write(&next, yaml(upstream.addr, route, "")).unwrap();
+        std::fs::rename(&next, &target).unwrap();
+        assert!(
+            wait_for_status(&gw.url(route), 200).await,
+            "{route} never appeared"
+        );
+        let metrics = gw.metrics().await;
+        let success = format!("scopegate_config_reloads_total{{result=\"success\"}} {reloads}\n");
+        assert!(metrics.contains(&success), "{metrics}");
+    }
+}
+
 /// A reload that changes a setting only a restart applies says so in a
 /// metric (an alert can ask for the restart), and stops saying so once the
 /// file is back to what runs.

@@ -75,7 +75,7 @@ pub async fn run_with_reload(
 ) -> Result<(), ServerError> {
     serve(
         config,
-        Some(config_path),
+        Some((config_path, reload::POLL)),
         listener,
         admin_listener,
         shutdown,
@@ -83,16 +83,40 @@ pub async fn run_with_reload(
     .await
 }
 
+/// [`run_with_reload`] with the fallback poll every `poll` instead of every
+/// [`reload::POLL`]: for tests of the poll, which would otherwise wait half
+/// a minute for it.
+#[doc(hidden)]
+pub async fn run_with_reload_polling_every(
+    poll: std::time::Duration,
+    config_path: PathBuf,
+    config: Config,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServerError> {
+    serve(
+        config,
+        Some((config_path, poll)),
+        listener,
+        admin_listener,
+        shutdown,
+    )
+    .await
+}
+
+/// Serves `config`; with `follow`, reloads the file at its path, polling it
+/// at its interval too.
 async fn serve(
     config: Config,
-    config_path: Option<PathBuf>,
+    follow: Option<(PathBuf, std::time::Duration)>,
     listener: TcpListener,
     admin_listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServerError> {
     // Taken before anything that may take a while (opening a store): a
     // SIGHUP with no handler yet would end the process.
-    let hangup = config_path.as_ref().map(|_| reload::hangup_signal());
+    let hangup = follow.as_ref().map(|_| reload::hangup_signal());
     let metrics = Arc::new(Metrics::new()?);
     let settings = config.server.clone();
     let running = reload::RunningSettings {
@@ -124,7 +148,7 @@ async fn serve(
     let current = Arc::new(ArcSwap::from_pointee(first));
 
     let (stop_background, background) = tokio::sync::watch::channel(false);
-    let reloader = if let (Some(path), Some(hangup)) = (config_path, hangup) {
+    let reloader = if let (Some((path, poll)), Some(hangup)) = (follow, hangup) {
         let reloader = reload::Reloader::new(
             path,
             Arc::clone(&current),
@@ -133,7 +157,8 @@ async fn serve(
             text_digest,
             files,
             files_digest,
-        );
+        )
+        .polling_every(poll);
         Some(tokio::spawn(reloader.run(hangup, background.clone())))
     } else {
         None

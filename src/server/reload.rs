@@ -20,7 +20,7 @@ use crate::config::{self, Config, ServerSettings};
 /// How long file events are collected before one reload.
 const DEBOUNCE: Duration = Duration::from_millis(200);
 /// Fallback poll interval (filesystem events can be lost).
-const POLL: Duration = Duration::from_secs(30);
+pub const POLL: Duration = Duration::from_secs(30);
 /// How long a reload waits for new issuers' keys before giving up.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -73,6 +73,8 @@ pub struct Reloader {
     /// refusal for a reason of the moment leaves them so): a file put back
     /// to them then reads as the config in force.
     last_is_running: bool,
+    /// The fallback poll's interval: [`POLL`] but in tests.
+    poll: Duration,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -112,7 +114,17 @@ impl Reloader {
             last_files: files_digest,
             not_ready: None,
             last_is_running: true,
+            poll: POLL,
         }
+    }
+
+    /// Polls the file every `poll` instead of every [`POLL`]: for tests of
+    /// the poll, which would otherwise wait half a minute for it.
+    #[doc(hidden)]
+    #[must_use]
+    pub fn polling_every(mut self, poll: Duration) -> Self {
+        self.poll = poll;
+        self
     }
 
     /// Watches and reloads (also on `hangup`, from [`hangup_signal`]) until
@@ -120,7 +132,7 @@ impl Reloader {
     pub async fn run(mut self, mut hangup: Hangup, mut stop: watch::Receiver<bool>) {
         let (events, mut event_rx) = mpsc::channel::<()>(64);
         let _watcher = watch_directory(&self.path, events);
-        let mut poll = tokio::time::interval(POLL);
+        let mut poll = tokio::time::interval(self.poll);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         poll.tick().await;
         // A change that landed between loading the config and the watch
@@ -192,9 +204,9 @@ impl Reloader {
             return;
         }
         if !forced
-            && self
-                .not_ready
-                .is_some_and(|(t, f, at)| t == text_digest && f == files && at.elapsed() < POLL)
+            && self.not_ready.is_some_and(|(t, f, at)| {
+                t == text_digest && f == files && at.elapsed() < self.poll
+            })
         {
             return;
         }

@@ -1306,6 +1306,16 @@ pub async fn start_reloading_with(
     Reloading { gateway }
 }
 
+/// [`start_reloading`] with the fallback poll every `poll` (instead of
+/// every 30 s).
+pub async fn start_reloading_polled(path: std::path::PathBuf, poll: Duration) -> Reloading {
+    scopegate::cli::install_crypto_provider();
+    let config = scopegate::config::load_file(&path).unwrap();
+    let mut gateway = spawn_reloading_every(path, config, Some(poll)).await;
+    gateway.wait_ready().await;
+    Reloading { gateway }
+}
+
 /// [`start_reloading`] without waiting for `/readyz`: for a config with an
 /// issuer that is not to become ready.
 pub async fn start_reloading_unready(path: std::path::PathBuf) -> Gateway {
@@ -1316,20 +1326,40 @@ pub async fn start_reloading_unready(path: std::path::PathBuf) -> Gateway {
 
 /// Starts serving `config` and watching `path` on port-0 listeners.
 async fn spawn_reloading(path: std::path::PathBuf, config: scopegate::config::Config) -> Gateway {
+    spawn_reloading_every(path, config, None).await
+}
+
+/// [`spawn_reloading`], polling every `poll` where given.
+async fn spawn_reloading_every(
+    path: std::path::PathBuf,
+    config: scopegate::config::Config,
+    poll: Option<Duration>,
+) -> Gateway {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let admin_listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let admin = admin_listener.local_addr().unwrap();
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let task = tokio::spawn(scopegate::server::run_with_reload(
-        path,
-        config,
-        listener,
-        admin_listener,
-        async move {
-            let _ = stopped.await;
-        },
-    ));
+    let shutdown = async move {
+        let _ = stopped.await;
+    };
+    let task = match poll {
+        None => tokio::spawn(scopegate::server::run_with_reload(
+            path,
+            config,
+            listener,
+            admin_listener,
+            shutdown,
+        )),
+        Some(poll) => tokio::spawn(scopegate::server::run_with_reload_polling_every(
+            poll,
+            path,
+            config,
+            listener,
+            admin_listener,
+            shutdown,
+        )),
+    };
     Gateway::from_parts(addr, admin, stop, task)
 }
 
