@@ -2728,8 +2728,12 @@ async fn demo_config_runs_the_seed_flow() {
     let hash = scopegate::issuer::clients::hash_secret(client_secret).unwrap();
     let (_, password) = scopegate::demo::DEMO_USER;
     let password_hash = scopegate::issuer::clients::hash_secret(password).unwrap();
-    let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let yaml = scopegate::demo::demo_config_yaml(any, any, upstream.addr, &hash, &password_hash);
+    // The issuer is named by the demo's listen address; the test gateway
+    // listens on port 0 whatever the YAML says.
+    let listen: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+    let admin: SocketAddr = "127.0.0.1:9090".parse().unwrap();
+    let yaml =
+        scopegate::demo::demo_config_yaml(listen, admin, upstream.addr, &hash, &password_hash);
     let gw = Gateway::start(&yaml).await;
 
     // 1. The seed's request.
