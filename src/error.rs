@@ -227,7 +227,7 @@ impl GatewayError {
             ),
             Self::AmbiguousFraming => (
                 "invalid_request",
-                "both Content-Length and Transfer-Encoding are present",
+                "the body's length is given twice (Content-Length repeated or with Transfer-Encoding)",
             ),
             Self::TooManyHeaders => (
                 "request_header_fields_too_large",
@@ -425,12 +425,14 @@ impl GatewayError {
     }
 
     /// Whether the connection ends with this answer whatever the request:
-    /// framing that can't be trusted, a body whose rest can't be skipped,
+    /// framing that can't be trusted (or a fragment, after which the
+    /// connection watch reads no more), a body whose rest can't be skipped,
     /// or tunnel bytes a refused CONNECT's client may send at once.
     pub fn ends_connection(&self) -> bool {
         matches!(
             self,
             Self::AmbiguousFraming
+                | Self::BadPath(PathError::Fragment)
                 | Self::UnsupportedTransferCoding
                 | Self::UnsupportedMethod
                 | Self::BadHost

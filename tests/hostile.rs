@@ -15,7 +15,8 @@
 //!
 //! Whatever the bytes, the gateway must fail closed and stay well:
 //! - every request the upstream receives is one the client sent as a request
-//!   (never one hidden in a body, never one with both framing headers, never
+//!   (never one hidden in a body, never one with both framing headers or a
+//!   repeated `Content-Length` or a fragment on its target, never
 //!   twice), and it presented exactly one valid bearer token whose scopes
 //!   satisfy the route of the path and method *as forwarded*, which must be
 //!   in canonical form, and of a `COPY` or `MOVE`'s one `Destination` as the
@@ -377,6 +378,8 @@ enum Extra {
     NoColon,
     NulInValue,
     TwoLengths,
+    /// `Content-Length` twice with the same value (hyper keeps one).
+    SameLengths,
     /// A `Content-Length` besides `Transfer-Encoding` (the smuggler's pair).
     BothFramings,
     /// Chunk extensions longer than a line a reader may keep.
@@ -661,6 +664,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::NoColon,
             Extra::NulInValue,
             Extra::TwoLengths,
+            Extra::SameLengths,
             Extra::LongHeader,
             Extra::UnknownVersion,
         ]),
@@ -907,14 +911,23 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             .extras
             .iter()
             .any(|e| matches!(e, Extra::BothFramings | Extra::TwoLengths));
+    let target = target(req, tokens);
+    let never = if ambiguous {
+        Some("with both Content-Length and Transfer-Encoding")
+    } else if req.extras.contains(&Extra::SameLengths) {
+        Some("with Content-Length repeated")
+    } else if target.contains('#') {
+        Some("with a fragment on the target")
+    } else {
+        None
+    };
     let id = ledger.id(Sent {
         method: req.method.to_owned(),
         presented: req.auth.presented(),
-        never: ambiguous.then_some("with both Content-Length and Transfer-Encoding"),
+        never,
         query_token: req.auth.query_token(),
         forwarded: trusted_forwarding(&req.extras),
     });
-    let target = target(req, tokens);
     let version = if req.extras.contains(&Extra::UnknownVersion) {
         "HTTP/1.2"
     } else if req.extras.contains(&Extra::Http10) {
@@ -988,6 +1001,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             | Extra::NoHost
             | Extra::TwoHosts
             | Extra::TwoLengths
+            | Extra::SameLengths
             | Extra::BothFramings
             | Extra::LongChunkExtension
             | Extra::Http10
@@ -1002,6 +1016,9 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             if extras.contains(&Extra::TwoLengths) {
                 head.push_str("Content-Length: 0\r\nContent-Length: 1\r\n");
             }
+            if extras.contains(&Extra::SameLengths) {
+                head.push_str("Content-Length: 0\r\ncontent-length: 0\r\n");
+            }
         }
         Body::Length { spelling, .. } => {
             let n = payload.len();
@@ -1013,6 +1030,9 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
                 _ => format!(" {n} "),
             };
             head.push_str(&format!("Content-Length: {value}\r\n"));
+            if extras.contains(&Extra::SameLengths) {
+                head.push_str(&format!("Content-Length: {value}\r\n"));
+            }
             if extras.contains(&Extra::TwoLengths) {
                 head.push_str(&format!("Content-Length: {}\r\n", n + 1));
             }
@@ -1041,6 +1061,9 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             }
             if extras.contains(&Extra::TwoLengths) {
                 head.push_str("Content-Length: 3\r\nContent-Length: 4\r\n");
+            }
+            if extras.contains(&Extra::SameLengths) {
+                head.push_str("Content-Length: 3\r\nContent-Length: 3\r\n");
             }
         }
     }

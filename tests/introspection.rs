@@ -2229,6 +2229,86 @@ async fn a_configured_jwks_uri_serves_while_discovery_fails() {
     assert_eq!(gw.readyz().await, 503);
 }
 
+/// Discovery that fails at first (no metadata published yet: both URLs
+/// answer 404) is tried again with backoff: once the provider publishes its
+/// metadata, the gateway turns ready and both kinds of token pass.
+#[tokio::test]
+async fn discovery_is_tried_again_until_the_metadata_is_published() {
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
+    meta.move_document(RFC8414_PATH, "/later");
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    let counted = |text: &str, result: &str| {
+        metric(
+            text,
+            "scopegate_discovery_attempts_total",
+            &[("issuer", "found"), ("result", result)],
+        )
+    };
+    assert!(
+        wait_for_metrics(&gw, |m| counted(m, "unavailable") >= 1.0).await,
+        "no failed discovery attempt was counted"
+    );
+    assert_eq!(gw.readyz().await, 503);
+
+    meta.move_document("/later", RFC8414_PATH);
+    assert!(
+        wait_for_metrics(&gw, |m| counted(m, "success") >= 1.0).await,
+        "discovery was not tried again"
+    );
+    // Then the keys it names are fetched.
+    let mut ready = false;
+    for _ in 0..400 {
+        ready = gw.readyz().await == 200;
+        if ready {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "not ready once discovery succeeded");
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+}
+
+/// A `jwks_uri` and an introspection `endpoint` in the config win over
+/// those the metadata names (here: a port nothing listens on, and another
+/// introspection server): discovery still has to succeed for readiness.
+#[tokio::test]
+async fn configured_endpoints_win_over_discovered_ones() {
+    let world = World::new().await;
+    let idp = IntrospectionServer::start().await;
+    idp.require_client(basic_check());
+    let elsewhere = IntrospectionServer::start().await;
+    let meta = MetadataServer::start().await;
+    meta.set(
+        RFC8414_PATH,
+        &json!({
+            "issuer": meta.base(),
+            "jwks_uri": "http://127.0.0.1:9/keys",
+            "introspection_endpoint": elsewhere.endpoint(),
+        }),
+    );
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let issuers = format!(
+        "  - name: found
+    issuer: {}
+    audiences: [{AUDIENCE}]
+    discovery: true
+    algorithms: [ES256]
+    jwks_uri: {}
+    introspection:
+      endpoint: {}
+{}",
+        meta.base(),
+        world.jwks.uri(),
+        idp.endpoint(),
+        secret.credentials()
+    );
+    let gw = Gateway::start(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    assert_eq!(meta.hits().first().map(String::as_str), Some(RFC8414_PATH));
+
+    discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+    assert_eq!(elsewhere.count(), 0);
+}
+
 #[tokio::test]
 async fn discovery_refuses_metadata_for_another_issuer() {
     discovery_refuses(|_, world, idp| {

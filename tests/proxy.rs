@@ -1486,6 +1486,20 @@ async fn ambiguous_framing_is_refused() {
             Some("invalid_request"),
         ),
         (
+            // hyper keeps one of two equal lines; the connection watch
+            // counts them.
+            "two equal Content-Length",
+            b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\ncontent-length: 5\r\n\r\nhelloGET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            Some("invalid_request"),
+        ),
+        (
+            // RFC 9112 3.2: no fragment on the wire; the `http` crate cuts
+            // it off, the connection watch sees it.
+            "a fragment on the target",
+            b"GET /status#top HTTP/1.1\r\nHost: gw.test\r\n\r\nGET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n",
+            Some("invalid_request"),
+        ),
+        (
             "two differing Content-Length",
             b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
             None,
@@ -1503,6 +1517,9 @@ async fn ambiguous_framing_is_refused() {
         assert_eq!(reply.error().as_deref(), *error, "{name}: {text}");
         // One response only: the smuggled second request is never answered.
         assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text}");
+        if name.contains("fragment") {
+            assert!(reply.body.contains("fragment"), "{name}: {text}");
+        }
     }
     assert_eq!(world.upstream.count(), 0);
 

@@ -1,15 +1,17 @@
-//! Spots HTTP/1 requests that carry both `Content-Length` and
-//! `Transfer-Encoding`, which hyper hides from the service.
+//! Spots what hyper hides from the service in an HTTP/1 request head: both
+//! `Content-Length` and `Transfer-Encoding`, `Content-Length` repeated with
+//! the same value, and a fragment (`#...`) in the request target.
 //!
-//! hyper settles that ambiguity on its own (Transfer-Encoding wins and the
+//! hyper settles the first on its own (Transfer-Encoding wins and the
 //! connection is closed after the response) and drops the `Content-Length`
-//! header before the request reaches the service, so the check in
-//! [`super::pipeline`] never sees both. [`FramingWatch`] wraps a client
+//! header, keeps one of two equal `Content-Length` lines, and the `http`
+//! crate cuts a fragment off the target, so the checks in
+//! [`super::pipeline`] never see any of them. [`FramingWatch`] wraps a client
 //! connection and follows the bytes hyper reads: request heads, then
 //! `Content-Length` or chunked bodies, so it knows where every head starts. A
-//! head with both headers is remembered by its position on the connection and
-//! [`Requests::next`] marks that request with [`SmuggledLength`]; the pipeline
-//! refuses it with 400. When the stream stops being plain HTTP/1 (the HTTP/2
+//! flawed head is remembered by its position on the connection and
+//! [`Requests::next`] marks that request with its [`HeadFlaw`]; the pipeline
+//! refuses it with 400 and closes the connection. When the stream stops being plain HTTP/1 (the HTTP/2
 //! preface, a protocol switch the service answered, anything it cannot
 //! follow, an oversized head) the watch stops: hyper's own handling still
 //! applies to the rest. A request that only asks for a switch (`Upgrade`,
@@ -18,38 +20,67 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// Request extension: this request's head had both `Content-Length` and
-/// `Transfer-Encoding`.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct SmuggledLength;
+/// Request extension: what was wrong with this request's head on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum HeadFlaw {
+    /// Both `Content-Length` and `Transfer-Encoding`.
+    LengthAndCoding,
+    /// More than one `Content-Length` line (hyper keeps one of equal ones).
+    RepeatedLength,
+    /// A `#` in the request target (RFC 9112 3.2: no fragment on the wire).
+    Fragment,
+}
+
+impl HeadFlaw {
+    fn code(self) -> u8 {
+        match self {
+            Self::LengthAndCoding => 1,
+            Self::RepeatedLength => 2,
+            Self::Fragment => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Self> {
+        match code {
+            1 => Some(Self::LengthAndCoding),
+            2 => Some(Self::RepeatedLength),
+            3 => Some(Self::Fragment),
+            _ => None,
+        }
+    }
+}
 
 /// Largest request head followed; hyper refuses far smaller ones.
 const HEAD_LIMIT: usize = 2 * 1024 * 1024;
 /// Bytes of a line kept for inspection (header names, lengths, chunk sizes).
 const LINE_KEEP: usize = 256;
-/// No request has been found ambiguous.
+/// No request has been found flawed.
 const NONE: usize = usize::MAX;
 
 /// Counts the requests of one connection in the order hyper dispatches them.
 #[derive(Debug)]
 pub(crate) struct Requests {
-    ambiguous: AtomicUsize,
+    /// The index of the flawed request, [`NONE`] if none was found.
+    flawed: AtomicUsize,
+    /// Its [`HeadFlaw::code`].
+    flaw: AtomicU8,
     next: AtomicUsize,
     /// The connection switched protocols: its bytes are no longer requests.
     switched: AtomicBool,
 }
 
 impl Default for Requests {
-    /// No request ambiguous yet, none dispatched, not switched.
+    /// No request flawed yet, none dispatched, not switched.
     fn default() -> Self {
         Self {
-            ambiguous: AtomicUsize::new(NONE),
+            flawed: AtomicUsize::new(NONE),
+            flaw: AtomicU8::new(0),
             next: AtomicUsize::new(0),
             switched: AtomicBool::new(false),
         }
@@ -57,10 +88,13 @@ impl Default for Requests {
 }
 
 impl Requests {
-    /// Called once per request, in order: true if its head was ambiguous.
-    pub(crate) fn next(&self) -> bool {
+    /// Called once per request, in order: what was wrong with its head.
+    pub(crate) fn next(&self) -> Option<HeadFlaw> {
         let index = self.next.fetch_add(1, Ordering::AcqRel);
-        self.ambiguous.load(Ordering::Acquire) == index
+        if self.flawed.load(Ordering::Acquire) != index {
+            return None;
+        }
+        HeadFlaw::from_code(self.flaw.load(Ordering::Acquire))
     }
 
     /// Called when a request's answer switched the connection to another
@@ -103,12 +137,14 @@ impl<I: AsyncRead + Unpin> AsyncRead for FramingWatch<I> {
         if let Poll::Ready(Ok(())) = result {
             if this.requests.switched.load(Ordering::Acquire) {
                 this.tracker.state = State::Stopped;
-            } else if let Some(index) = buf
+            } else if let Some((index, flaw)) = buf
                 .filled()
                 .get(before..)
                 .and_then(|new| this.tracker.feed(new))
             {
-                this.requests.ambiguous.store(index, Ordering::Release);
+                // The flaw first: `next` reads it once the index matches.
+                this.requests.flaw.store(flaw.code(), Ordering::Release);
+                this.requests.flawed.store(index, Ordering::Release);
             }
         }
         result
@@ -169,9 +205,33 @@ enum State {
 #[derive(Debug, Default)]
 struct HeadFacts {
     request_line: bool,
+    /// The request line's first space has been read (the target follows).
+    target_started: bool,
+    /// A `#` after the request line's first space.
+    fragment: bool,
     bytes: usize,
     content_length: Option<Option<u64>>,
+    /// `Content-Length` lines seen.
+    lengths: usize,
     transfer_encoding: bool,
+}
+
+impl HeadFacts {
+    /// Reads a piece of the request line for a `#` in its target.
+    fn scan_request_line(&mut self, part: &[u8]) {
+        let target = if self.target_started {
+            part
+        } else {
+            match memchr::memchr(b' ', part) {
+                Some(at) => {
+                    self.target_started = true;
+                    part.get(at + 1..).unwrap_or_default()
+                }
+                None => return,
+            }
+        };
+        self.fragment |= memchr::memchr(b'#', target).is_some();
+    }
 }
 
 #[derive(Debug, Default)]
@@ -187,9 +247,9 @@ struct Tracker {
 }
 
 impl Tracker {
-    /// Follows `bytes`; returns the index of a request whose head had both
-    /// `Content-Length` and `Transfer-Encoding`.
-    fn feed(&mut self, mut bytes: &[u8]) -> Option<usize> {
+    /// Follows `bytes`; returns the index of a request whose head was
+    /// flawed, and how.
+    fn feed(&mut self, mut bytes: &[u8]) -> Option<(usize, HeadFlaw)> {
         while !bytes.is_empty() {
             match self.state {
                 State::Stopped => return None,
@@ -219,6 +279,10 @@ impl Tracker {
                         if self.head.bytes > HEAD_LIMIT {
                             self.state = State::Stopped;
                             return None;
+                        }
+                        if !self.head.request_line {
+                            // The whole target, however long the line.
+                            self.head.scan_request_line(part);
                         }
                     }
                     if complete && self.line.is_empty() {
@@ -253,7 +317,7 @@ impl Tracker {
 
     /// Handles one complete line (`truncated`: only its first
     /// [`LINE_KEEP`] bytes are in `line`).
-    fn end_of_line(&mut self, line: &[u8], truncated: bool) -> Option<usize> {
+    fn end_of_line(&mut self, line: &[u8], truncated: bool) -> Option<(usize, HeadFlaw)> {
         let line = line.strip_suffix(b"\r").unwrap_or(line);
         match self.state {
             State::Head => return self.head_line(line, truncated),
@@ -278,7 +342,7 @@ impl Tracker {
         None
     }
 
-    fn head_line(&mut self, line: &[u8], truncated: bool) -> Option<usize> {
+    fn head_line(&mut self, line: &[u8], truncated: bool) -> Option<(usize, HeadFlaw)> {
         if !self.head.request_line {
             if line.is_empty() {
                 // Empty lines before a request line are skipped.
@@ -309,6 +373,7 @@ impl Tracker {
                 if self.head.content_length.is_none() {
                     self.head.content_length = Some(parsed);
                 }
+                self.head.lengths += 1;
             } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
                 self.head.transfer_encoding = true;
             }
@@ -319,10 +384,19 @@ impl Tracker {
         let index = self.heads;
         self.heads += 1;
         let head = std::mem::take(&mut self.head);
-        if head.content_length.is_some() && head.transfer_encoding {
-            // hyper closes the connection after this request.
+        let flaw = if head.content_length.is_some() && head.transfer_encoding {
+            Some(HeadFlaw::LengthAndCoding)
+        } else if head.lengths > 1 {
+            Some(HeadFlaw::RepeatedLength)
+        } else if head.fragment {
+            Some(HeadFlaw::Fragment)
+        } else {
+            None
+        };
+        if let Some(flaw) = flaw {
+            // The refusal closes the connection: nothing after it is read.
             self.state = State::Stopped;
-            return Some(index);
+            return Some((index, flaw));
         }
         self.state = if head.transfer_encoding {
             State::ChunkSize
@@ -343,8 +417,8 @@ mod tests {
     use proptest::prelude::*;
 
     /// Feeds `stream` cut at `cuts` (positions, any order, wrapped into
-    /// range); returns the ambiguous index and the tracker.
-    fn run_cut(stream: &[u8], cuts: &[usize]) -> (Option<usize>, Tracker) {
+    /// range); returns the flawed request's index and flaw, and the tracker.
+    fn run_cut(stream: &[u8], cuts: &[usize]) -> (Option<(usize, HeadFlaw)>, Tracker) {
         let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (stream.len() + 1)).collect();
         cuts.sort_unstable();
         let mut tracker = Tracker::default();
@@ -360,12 +434,12 @@ mod tests {
     }
 
     /// Feeds `stream` in pieces of `step` (at least 1) bytes.
-    fn run(stream: &[u8], step: usize) -> (Option<usize>, Tracker) {
+    fn run(stream: &[u8], step: usize) -> (Option<(usize, HeadFlaw)>, Tracker) {
         let cuts: Vec<usize> = (step..stream.len()).step_by(step).collect();
         run_cut(stream, &cuts)
     }
 
-    fn all_steps(stream: &[u8]) -> Option<usize> {
+    fn all_steps(stream: &[u8]) -> Option<(usize, HeadFlaw)> {
         let (first, _) = run(stream, stream.len().max(1));
         for step in 1..stream.len().max(1) {
             assert_eq!(run(stream, step).0, first, "step {step}");
@@ -380,7 +454,12 @@ mod tests {
             b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\ncontent-length:5\r\n\r\n",
             b"\r\nPOST / HTTP/1.1\nTRANSFER-ENCODING: gzip, chunked\ncontent-length: 0\n\n",
         ] {
-            assert_eq!(all_steps(head), Some(0), "{}", String::from_utf8_lossy(head));
+            assert_eq!(
+                all_steps(head),
+                Some((0, HeadFlaw::LengthAndCoding)),
+                "{}",
+                String::from_utf8_lossy(head)
+            );
         }
     }
 
@@ -393,7 +472,37 @@ mod tests {
             0\r\nX-Trailer: 1\r\n\r\n\
             GET /c HTTP/1.1\r\n\r\n\
             POST /d HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(all_steps(stream), Some(3));
+        assert_eq!(all_steps(stream), Some((3, HeadFlaw::LengthAndCoding)));
+    }
+
+    /// hyper keeps one of two equal `Content-Length` lines, and the `http`
+    /// crate drops a target's fragment: the watch reports both.
+    #[test]
+    fn repeated_lengths_and_fragments_are_found() {
+        let repeated = b"GET / HTTP/1.1\r\n\r\n\
+            POST / HTTP/1.1\r\nContent-Length: 3\r\ncontent-length: 3\r\n\r\nabc";
+        assert_eq!(all_steps(repeated), Some((1, HeadFlaw::RepeatedLength)));
+        let long_target = format!("GET /{}#top HTTP/1.1\r\n\r\n", "a".repeat(1000));
+        for stream in [
+            &b"GET /a#b HTTP/1.1\r\nHost: a\r\n\r\n"[..],
+            b"\r\nGET http://a/b?c#d HTTP/1.1\r\n\r\n",
+            b"GET /# HTTP/1.0\n\n",
+            long_target.as_bytes(),
+        ] {
+            assert_eq!(
+                all_steps(stream),
+                Some((0, HeadFlaw::Fragment)),
+                "{}",
+                String::from_utf8_lossy(stream)
+            );
+        }
+        // A `#` in a header, a body or an encoded target is no fragment.
+        let fine = b"POST /a%23b HTTP/1.1\r\nX-Tag: #1\r\nContent-Length: 2\r\n\r\n#!\
+            GET / HTTP/1.1\r\nReferer: http://a/#x\r\n\r\n";
+        assert_eq!(all_steps(fine), None);
+        // Nothing after a flawed head is read: the refusal closes the connection.
+        let (_, tracker) = run(repeated, repeated.len());
+        assert_eq!(tracker.state, State::Stopped);
     }
 
     #[test]
@@ -415,7 +524,10 @@ mod tests {
              POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
             "v".repeat(1000)
         );
-        assert_eq!(all_steps(long.as_bytes()), Some(1));
+        assert_eq!(
+            all_steps(long.as_bytes()),
+            Some((1, HeadFlaw::LengthAndCoding))
+        );
     }
 
     #[test]
@@ -463,7 +575,11 @@ mod tests {
             &long_extension,
         ] {
             let stream = format!("{first}{ambiguous}");
-            assert_eq!(all_steps(stream.as_bytes()), Some(1), "{first}");
+            assert_eq!(
+                all_steps(stream.as_bytes()),
+                Some((1, HeadFlaw::LengthAndCoding)),
+                "{first}"
+            );
         }
     }
 
@@ -488,13 +604,13 @@ mod tests {
             .unwrap();
         let _ = watch.read(&mut buf).await.unwrap();
         assert_eq!(watch.tracker.state, State::Stopped);
-        assert!(!requests.next());
-        assert!(!requests.next());
+        assert_eq!(requests.next(), None);
+        assert_eq!(requests.next(), None);
     }
 
-    /// One generated request: its bytes, and whether its head carries both
-    /// framing headers.
-    fn request() -> impl Strategy<Value = (Vec<u8>, bool)> {
+    /// One generated request: its bytes, and what the watch must find wrong
+    /// with its head.
+    fn request() -> impl Strategy<Value = (Vec<u8>, Option<HeadFlaw>)> {
         let eol = prop_oneof![Just("\r\n"), Just("\n")];
         let name_case = |name: &'static str| {
             prop_oneof![
@@ -527,6 +643,9 @@ mod tests {
             0..300usize,
             // Asks for a protocol switch (that the answer does not make).
             any::<bool>(),
+            // A fragment on the target; the Content-Length line twice.
+            any::<bool>(),
+            any::<bool>(),
         )
             .prop_map(
                 |(
@@ -540,9 +659,12 @@ mod tests {
                     bodies,
                     extension,
                     upgrade,
+                    fragment,
+                    repeated,
                 )| {
                     let mut head = blank.concat();
-                    head.push_str(&format!("{method} /x HTTP/1.1{eol}Host: a{eol}"));
+                    let target = if fragment { "/x#f" } else { "/x" };
+                    head.push_str(&format!("{method} {target} HTTP/1.1{eol}Host: a{eol}"));
                     if upgrade {
                         head.push_str(&format!("Upgrade: websocket{eol}Connection: upgrade{eol}"));
                     }
@@ -554,6 +676,9 @@ mod tests {
                         .as_ref()
                         .map(|name| format!("{name}: {}{eol}", content.len()));
                     let chunked_line = chunked.as_ref().map(|name| format!("{name}: chunked{eol}"));
+                    if repeated {
+                        head.extend(length_line.clone());
+                    }
                     let (first, second) = if length_first {
                         (length_line, chunked_line)
                     } else {
@@ -576,21 +701,33 @@ mod tests {
                     } else if length.is_some() {
                         bytes.extend(&content);
                     }
-                    (bytes, length.is_some() && chunked.is_some())
+                    let flaw = if length.is_some() && chunked.is_some() {
+                        Some(HeadFlaw::LengthAndCoding)
+                    } else if length.is_some() && repeated {
+                        Some(HeadFlaw::RepeatedLength)
+                    } else if fragment {
+                        Some(HeadFlaw::Fragment)
+                    } else {
+                        None
+                    };
+                    (bytes, flaw)
                 },
             )
     }
 
     proptest::proptest! {
-        /// On generated request streams the first head with both headers is
-        /// found, wherever the reads split the bytes; with none, every head
-        /// is counted and the tracker ends waiting for the next one.
+        /// On generated request streams the first flawed head is found,
+        /// wherever the reads split the bytes; with none, every head is
+        /// counted and the tracker ends waiting for the next one.
         #[test]
-        fn first_ambiguous_request_is_found_however_the_stream_is_read(
+        fn first_flawed_request_is_found_however_the_stream_is_read(
             requests in prop::collection::vec(request(), 1..6),
             cuts in prop::collection::vec(any::<usize>(), 0..12),
         ) {
-            let expected = requests.iter().position(|(_, ambiguous)| *ambiguous);
+            let expected = requests
+                .iter()
+                .enumerate()
+                .find_map(|(i, (_, flaw))| flaw.map(|flaw| (i, flaw)));
             let count = requests.len();
             let stream: Vec<u8> = requests.into_iter().flat_map(|(bytes, _)| bytes).collect();
             for cuts in [&[][..], &cuts] {
@@ -616,12 +753,13 @@ mod tests {
     #[test]
     fn requests_are_matched_by_position() {
         let requests = Requests {
-            ambiguous: AtomicUsize::new(2),
+            flawed: AtomicUsize::new(2),
+            flaw: AtomicU8::new(HeadFlaw::Fragment.code()),
             ..Requests::default()
         };
-        assert!(!requests.next());
-        assert!(!requests.next());
-        assert!(requests.next());
-        assert!(!requests.next());
+        assert_eq!(requests.next(), None);
+        assert_eq!(requests.next(), None);
+        assert_eq!(requests.next(), Some(HeadFlaw::Fragment));
+        assert_eq!(requests.next(), None);
     }
 }

@@ -369,9 +369,10 @@ async fn serve_connection<I>(
     let service = service_fn(move |mut request: Request<Incoming>| {
         arrived.notify_one();
         let in_flight = requests_activity.start();
-        // hyper hides a Content-Length sent next to Transfer-Encoding.
-        if requests.next() {
-            request.extensions_mut().insert(framing::SmuggledLength);
+        // What hyper hides of the head: a Content-Length next to
+        // Transfer-Encoding or repeated, a fragment on the target.
+        if let Some(flaw) = requests.next() {
+            request.extensions_mut().insert(flaw);
         }
         // A request that may switch protocols (hyper marks it): if the
         // answer does, the watch must stop reading the tunnel as requests.

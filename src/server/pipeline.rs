@@ -900,7 +900,7 @@ async fn drain_body(request: &mut Request<Incoming>) -> bool {
 }
 
 /// Refuses requests whose framing or target is ambiguous: both Content-Length
-/// and Transfer-Encoding, repeated Content-Length, a transfer coding besides
+/// and Transfer-Encoding, repeated Content-Length, a fragment on the target, a transfer coding besides
 /// `chunked`, a missing, repeated or malformed Host on HTTP/1.1, or an
 /// HTTP/2 `host` naming another entity than `:authority`.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
@@ -911,13 +911,17 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         return Err(GatewayError::TooManyHeaders);
     }
     let lengths = headers.get_all(CONTENT_LENGTH).iter().count();
-    // hyper drops a Content-Length sent with Transfer-Encoding; the connection
-    // watch (`super::framing`) marks such requests.
-    let smuggled = request
-        .extensions()
-        .get::<super::framing::SmuggledLength>()
-        .is_some();
-    if smuggled || lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
+    // hyper drops a Content-Length sent with Transfer-Encoding, keeps one of
+    // equal repeated ones, and the target's fragment is cut off; the
+    // connection watch (`super::framing`) marks such requests.
+    match request.extensions().get::<super::framing::HeadFlaw>() {
+        Some(super::framing::HeadFlaw::Fragment) => {
+            return Err(GatewayError::BadPath(crate::routes::PathError::Fragment));
+        }
+        Some(_) => return Err(GatewayError::AmbiguousFraming),
+        None => {}
+    }
+    if lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
         return Err(GatewayError::AmbiguousFraming);
     }
     // A request with Transfer-Encoding has a body: a bodiless one (most)
