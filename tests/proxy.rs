@@ -1847,6 +1847,68 @@ async fn a_request_its_client_gave_up_on_is_counted_as_499() {
     .await;
 }
 
+/// Each access-log line gives the request's latency in microseconds, from
+/// its arrival to its answer: a request to an upstream that takes 300 ms to
+/// answer is logged with at least that; a refusal has its latency too.
+#[tokio::test]
+async fn the_access_log_gives_each_requests_latency() {
+    const SLOW: Duration = Duration::from_millis(300);
+    let (logs, _guard) = Logs::capture();
+    let world = World::new().await;
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    let n = stream.read(&mut buf).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&buf[..n]);
+                    // Bodiless requests: each head is answered, slowly.
+                    while let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
+                        head.drain(..end + 4);
+                        tokio::time::sleep(SLOW).await;
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let latency = |line: &str| -> u64 {
+        let digits: String = line
+            .split("latency_us=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no latency_us: {line}"))
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
+        digits
+            .parse()
+            .unwrap_or_else(|_| panic!("latency_us is no number: {line}"))
+    };
+    for (path, status) in [("/status", 200), ("/orders/1", 401)] {
+        let reply = get(&gw.url(path), &[]).await.unwrap();
+        assert_eq!(reply.status, status, "{path}: {}", reply.text());
+        let id = reply.header("x-request-id").unwrap();
+        let line = logs
+            .access_line(&id)
+            .await
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{}", logs.text()));
+        let micros = latency(&line);
+        if status == 200 {
+            assert!(micros >= SLOW.as_micros() as u64, "{line}");
+        }
+    }
+}
+
 /// A request may have at most 100 header names over HTTP/2, as an HTTP/1.1
 /// head at most 100 lines (hyper refuses more): more get 431 and never
 /// reach the upstream. Cookies, which an HTTP/2 client sends as a field
