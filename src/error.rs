@@ -74,6 +74,12 @@ pub enum GatewayError {
     /// Ambiguous message framing (request smuggling attempt).
     #[error("ambiguous message framing")]
     AmbiguousFraming,
+    /// The connection's framing could not be followed up to this request
+    /// (a `Content-Length` or chunk-size line over 256 bytes, a chunked
+    /// body's line ending in a bare LF), so a smuggled head could go unseen:
+    /// refused rather than trusted.
+    #[error("message framing not followed")]
+    UnfollowableFraming,
     /// More header names than [`MAX_REQUEST_HEADERS`] (an HTTP/2 request;
     /// hyper refuses an HTTP/1.1 head of more than 100 lines itself).
     #[error("too many header fields")]
@@ -151,6 +157,7 @@ impl GatewayError {
             Self::ForeignDestination => "foreign_destination",
             Self::TargetTooLong => "target_too_long",
             Self::AmbiguousFraming => "ambiguous_framing",
+            Self::UnfollowableFraming => "unfollowable_framing",
             Self::TooManyHeaders => "too_many_headers",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
             Self::RouteNotFound => "route_not_found",
@@ -180,6 +187,7 @@ impl GatewayError {
             | Self::BadMethod
             | Self::ForeignDestination
             | Self::AmbiguousFraming
+            | Self::UnfollowableFraming
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -228,6 +236,10 @@ impl GatewayError {
             Self::AmbiguousFraming => (
                 "invalid_request",
                 "the body's length is given twice (Content-Length repeated or with Transfer-Encoding)",
+            ),
+            Self::UnfollowableFraming => (
+                "invalid_request",
+                "the connection's framing could not be followed (a Content-Length or chunk-size line over 256 bytes, or a chunked body's line ending without CR)",
             ),
             Self::TooManyHeaders => (
                 "request_header_fields_too_large",
@@ -398,6 +410,7 @@ impl GatewayError {
             | Self::ForeignDestination
             | Self::TargetTooLong
             | Self::AmbiguousFraming
+            | Self::UnfollowableFraming
             | Self::RequestBodyBroken => INTERNAL,
             Self::RequestBodyTimeout | Self::TooManyHeaders => UNKNOWN,
         }
@@ -432,6 +445,7 @@ impl GatewayError {
         matches!(
             self,
             Self::AmbiguousFraming
+                | Self::UnfollowableFraming
                 | Self::BadPath(PathError::Fragment)
                 | Self::UnsupportedTransferCoding
                 | Self::UnsupportedMethod

@@ -384,6 +384,12 @@ enum Extra {
     BothFramings,
     /// Chunk extensions longer than a line a reader may keep.
     LongChunkExtension,
+    /// Chunk sizes with 300 leading zeros: hyper reads them, the connection
+    /// watch does not, so the request after is refused (fail closed).
+    LongChunkSize,
+    /// A `Content-Length` with 300 leading zeros: refused for the same
+    /// reason.
+    LongLength,
     LongHeader,
     /// `HTTP/1.0` on the request line (no keep-alive, no upgrades).
     Http10,
@@ -651,6 +657,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::ForwardedFor,
             Extra::BothFramings,
             Extra::LongChunkExtension,
+            Extra::LongChunkSize,
             Extra::Http10,
             Extra::ClientForwarding,
             Extra::H2cUpgrade,
@@ -665,6 +672,7 @@ fn extra() -> impl Strategy<Value = Extra> {
             Extra::NulInValue,
             Extra::TwoLengths,
             Extra::SameLengths,
+            Extra::LongLength,
             Extra::LongHeader,
             Extra::UnknownVersion,
         ]),
@@ -907,15 +915,19 @@ fn target(req: &Req, tokens: &Tokens) -> String {
 
 fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
     let ambiguous = matches!(req.body, Body::Chunked { .. })
-        && req
-            .extras
-            .iter()
-            .any(|e| matches!(e, Extra::BothFramings | Extra::TwoLengths));
+        && req.extras.iter().any(|e| {
+            matches!(
+                e,
+                Extra::BothFramings | Extra::TwoLengths | Extra::SameLengths | Extra::LongLength
+            )
+        });
     let target = target(req, tokens);
     let never = if ambiguous {
         Some("with both Content-Length and Transfer-Encoding")
     } else if req.extras.contains(&Extra::SameLengths) {
         Some("with Content-Length repeated")
+    } else if req.extras.contains(&Extra::LongLength) {
+        Some("with a Content-Length line over 256 bytes")
     } else if target.contains('#') {
         Some("with a fragment on the target")
     } else {
@@ -1004,6 +1016,8 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             | Extra::SameLengths
             | Extra::BothFramings
             | Extra::LongChunkExtension
+            | Extra::LongChunkSize
+            | Extra::LongLength
             | Extra::Http10
             | Extra::UnknownVersion => {}
         }
@@ -1011,8 +1025,19 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
 
     let payload = payload(req, tokens, ledger);
     let mut body = Vec::new();
+    let zeros = |extra| {
+        if extras.contains(&extra) {
+            "0".repeat(300)
+        } else {
+            String::new()
+        }
+    };
+    let length_zeros = zeros(Extra::LongLength);
     match &req.body {
         Body::None => {
+            if extras.contains(&Extra::LongLength) {
+                head.push_str(&format!("Content-Length: {length_zeros}\r\n"));
+            }
             if extras.contains(&Extra::TwoLengths) {
                 head.push_str("Content-Length: 0\r\nContent-Length: 1\r\n");
             }
@@ -1023,11 +1048,11 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
         Body::Length { spelling, .. } => {
             let n = payload.len();
             let value = match spelling {
-                0 => format!("{n}"),
+                0 => format!("{length_zeros}{n}"),
                 1 => format!("+{n}"),
                 2 => format!("{n}, {n}"),
-                3 => format!("0{n}"),
-                _ => format!(" {n} "),
+                3 => format!("0{length_zeros}{n}"),
+                _ => format!(" {length_zeros}{n} "),
             };
             head.push_str(&format!("Content-Length: {value}\r\n"));
             if extras.contains(&Extra::SameLengths) {
@@ -1046,18 +1071,24 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             } else {
                 String::new()
             };
+            let pad = zeros(Extra::LongChunkSize);
             for chunk in [a, b] {
                 if !chunk.is_empty() {
-                    body.extend_from_slice(format!("{:x}{extension}\r\n", chunk.len()).as_bytes());
+                    body.extend_from_slice(
+                        format!("{pad}{:x}{extension}\r\n", chunk.len()).as_bytes(),
+                    );
                     body.extend_from_slice(chunk);
                     body.extend_from_slice(b"\r\n");
                 }
             }
-            body.extend_from_slice(b"0\r\n\r\n");
+            body.extend_from_slice(format!("{pad}0\r\n\r\n").as_bytes());
             if extras.contains(&Extra::BothFramings) {
                 // Covers only the first chunk: a server reading the length
                 // would take the rest for the next request.
                 head.push_str(&format!("Content-Length: {}\r\n", body.len().min(5)));
+            }
+            if extras.contains(&Extra::LongLength) {
+                head.push_str(&format!("Content-Length: {length_zeros}3\r\n"));
             }
             if extras.contains(&Extra::TwoLengths) {
                 head.push_str("Content-Length: 3\r\nContent-Length: 4\r\n");
@@ -1507,19 +1538,44 @@ fn decode_unreserved(path: &str) -> String {
 }
 
 async fn run_case(lab: &Lab, stream: &[Req]) -> Result<(), String> {
+    // A chunked body the connection watch cannot read: the request after
+    // it is refused (fail closed), however plain.
+    let unread_body = |req: &Req| {
+        matches!(req.body, Body::Chunked { .. }) && req.extras.contains(&Extra::LongChunkSize)
+    };
+    let after_unread = "after a chunked body the gateway cannot follow";
+    let stream: Vec<Req> = stream
+        .iter()
+        .enumerate()
+        .map(|(n, req)| {
+            let mut req = req.clone();
+            if n > 0 && stream.get(n - 1).is_some_and(unread_body) {
+                req.plain = false;
+            }
+            req
+        })
+        .collect();
+    let stream = &stream[..];
     let mut bytes = Vec::new();
     let mut ids = Vec::new();
     {
         let mut ledger = lab.ledger.borrow_mut();
+        let mut previous_unread = false;
         for req in stream {
             let (rendered, id) = render(req, &lab.tokens, &mut ledger);
+            if previous_unread {
+                if let Some(sent) = ledger.sent.get_mut(&id) {
+                    sent.never = sent.never.or(Some(after_unread));
+                }
+            }
+            previous_unread = unread_body(req);
             bytes.extend_from_slice(&rendered);
             ids.push(id);
         }
         let sentinel = ledger.id(Sent {
             method: "GET".to_owned(),
             presented: None,
-            never: None,
+            never: previous_unread.then_some(after_unread),
             query_token: false,
             forwarded: (None, None),
         });

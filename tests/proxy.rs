@@ -1586,6 +1586,73 @@ async fn ambiguous_framing_is_refused() {
     }
 }
 
+/// Where the connection watch cannot follow what hyper accepts, it fails
+/// closed: a length it cannot read refuses its own request, a chunked body
+/// it cannot read refuses the next request on the connection.
+#[tokio::test]
+async fn framing_the_watch_cannot_follow_is_refused() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let next = "GET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+
+    // hyper reads any number of leading zeros or spaces in Content-Length.
+    for (name, padding) in [
+        ("300 leading zeros", "0".repeat(300)),
+        ("300 spaces", " ".repeat(300)),
+    ] {
+        let stream = format!(
+            "POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {padding}5\r\n\r\nhello{next}"
+        );
+        let text = raw(gw.addr, stream.as_bytes()).await;
+        let reply = RawReply::parse(&text);
+        assert_eq!(reply.status, 400, "{name}: {text}");
+        assert_eq!(reply.error().as_deref(), Some("invalid_request"), "{name}");
+        assert!(
+            reply.body.contains("could not be followed"),
+            "{name}: {text}"
+        );
+        assert_eq!(
+            reply.header("connection").as_deref(),
+            Some("close"),
+            "{name}"
+        );
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text}");
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    // The chunked request is forwarded as hyper reads it; what follows it
+    // is not trusted. A trailer line ending in a bare LF is one hyper reads
+    // on past (to CR LF CR LF), so the POST below would hide the fragment
+    // request from the watch inside its "body".
+    let smuggled = "GET /status#top HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let hiding = format!(
+        "POST /status HTTP/1.1\nContent-Length: {}\n\n\r\n\r\n",
+        smuggled.len() + 4
+    );
+    let chunked = "POST /status HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let cases = [
+        (
+            "a chunk size of 300 leading zeros",
+            format!("{chunked}{}3\r\nabc\r\n0\r\n\r\n{next}", "0".repeat(300)),
+        ),
+        (
+            "a trailer ending in a bare LF",
+            format!("{chunked}3\r\nabc\r\n0\r\nX-T: 1\n\n{hiding}{smuggled}"),
+        ),
+    ];
+    for (name, stream) in cases {
+        let before = world.upstream.count();
+        let text = raw(gw.addr, stream.as_bytes()).await;
+        let statuses: Vec<&str> = text
+            .match_indices("HTTP/1.1 ")
+            .filter_map(|(at, _)| text.get(at + 9..at + 12))
+            .collect();
+        assert_eq!(statuses, ["200", "400"], "{name}: {text}");
+        assert!(text.contains("could not be followed"), "{name}: {text}");
+        assert_eq!(world.upstream.count() - before, 1, "{name}");
+    }
+}
+
 #[tokio::test]
 async fn oversize_header_block_is_refused_with_431() {
     let world = World::new().await;

@@ -918,7 +918,12 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         Some(super::framing::HeadFlaw::Fragment) => {
             return Err(GatewayError::BadPath(crate::routes::PathError::Fragment));
         }
-        Some(_) => return Err(GatewayError::AmbiguousFraming),
+        Some(super::framing::HeadFlaw::Unfollowable) => {
+            return Err(GatewayError::UnfollowableFraming);
+        }
+        Some(
+            super::framing::HeadFlaw::LengthAndCoding | super::framing::HeadFlaw::RepeatedLength,
+        ) => return Err(GatewayError::AmbiguousFraming),
         None => {}
     }
     if lengths > 1 || (lengths == 1 && headers.contains_key(TRANSFER_ENCODING)) {
