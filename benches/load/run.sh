@@ -9,9 +9,10 @@
 #                                  user-space instructions and allocations
 #                                  (malloc, calloc, realloc) per proxied request
 #                                  (valgrind callgrind, one keep-alive client)
-#                                  of hyper-floor and scopegate-warm: repeatable
-#                                  where requests/s on a shared VM are not;
-#                                  prints them and writes nothing
+#                                  of hyper-floor, scopegate-warm and
+#                                  scopegate-introspect: repeatable where
+#                                  requests/s on a shared VM are not; prints
+#                                  them and writes nothing
 #
 # Contenders, each with one worker thread, all in front of the same nginx
 # `return 200` upstream and loaded by wrk with the same connections/duration.
@@ -424,15 +425,15 @@ declare -A IDLE_KB HWM_KB
 
 INSTRUCTION_REQUESTS=${BENCH_INSTRUCTION_REQUESTS:-5000}
 
-# count_instructions NAME URL CMD...: runs CMD under callgrind, sends 200
-# warm-up requests and then INSTRUCTION_REQUESTS counted ones over one
+# count_instructions NAME URL TOKEN CMD...: runs CMD under callgrind, sends 200
+# warm-up requests bearing TOKEN and then INSTRUCTION_REQUESTS counted ones over one
 # keep-alive connection (curl reuses it for a list of URLs), and records the
 # instructions executed per counted request in INSTR[NAME], and the calls to
 # malloc, calloc and realloc per counted request in ALLOCS[NAME].
 declare -A INSTR ALLOCS
 count_instructions() {
-    local name=$1 url=$2
-    shift 2
+    local name=$1 url=$2 token=$3
+    shift 3
     local out="$WORK/callgrind-$name"
     start "$name" valgrind --tool=callgrind --callgrind-out-file="$out.%p" "$@"
     local pid=$STARTED
@@ -443,7 +444,7 @@ count_instructions() {
     done
     requests() {
         awk -v n="$1" -v u="$url" 'BEGIN { for (i = 0; i < n; i++) printf "url = \"%s\"\noutput = \"/dev/null\"\n", u }' >"$WORK/urls.txt"
-        curl -s --fail -H "Authorization: Bearer $FIRST_TOKEN" -K "$WORK/urls.txt" ||
+        curl -s --fail -H "Authorization: Bearer $token" -K "$WORK/urls.txt" ||
             die "$name: a request failed"
     }
     requests 200
@@ -477,13 +478,19 @@ count_instructions() {
 instructions_report() {
     export RUST_LOG=$SCOPEGATE_LOG
     free_port PROXY_PORT
-    count_instructions hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" \
+    count_instructions hyper-floor "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" "$FIRST_TOKEN" \
         "$HYPER_FLOOR" "127.0.0.1:$PROXY_PORT" "127.0.0.1:$UPSTREAM_PORT"
     free_port PROXY_PORT
     free_port ADMIN_PORT
     render scopegate.yaml "$WORK/scopegate-warm.yaml"
-    count_instructions scopegate-warm "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" \
+    count_instructions scopegate-warm "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" "$FIRST_TOKEN" \
         "$SCOPEGATE" run --config "$WORK/scopegate-warm.yaml"
+    free_port PROXY_PORT
+    free_port ADMIN_PORT
+    printf 'bench-introspection-secret\n' >"$WORK/introspection-secret"
+    render scopegate-introspect.yaml "$WORK/scopegate-introspect.yaml"
+    count_instructions scopegate-introspect "http://127.0.0.1:$PROXY_PORT$REQUEST_PATH" "$OPAQUE_TOKEN" \
+        "$SCOPEGATE" run --config "$WORK/scopegate-introspect.yaml"
     local floor=${INSTR[hyper-floor]} scopegate=${INSTR[scopegate-warm]}
     echo
     echo "User-space instructions per proxied request (valgrind callgrind, $INSTRUCTION_REQUESTS"
@@ -493,6 +500,7 @@ instructions_report() {
     echo "|---|---:|---:|"
     echo "| hyper-floor | $floor | ${ALLOCS[hyper-floor]} |"
     echo "| scopegate-warm | $scopegate | ${ALLOCS[scopegate-warm]} |"
+    echo "| scopegate-introspect | ${INSTR[scopegate-introspect]} | ${ALLOCS[scopegate-introspect]} |"
     echo
     echo "scopegate-warm / hyper-floor: $(awk -v a="$scopegate" -v b="$floor" 'BEGIN { printf "%.2f", a / b }')x." \
         "valgrind hides SHA-NI, so the token digest runs aws-lc's AVX code here."
