@@ -62,8 +62,8 @@ pub enum GatewayError {
     #[error("lower-case method")]
     BadMethod,
     /// A WebDAV `COPY` or `MOVE` whose `Destination` (RFC 4918 10.3), the
-    /// second path it acts on, is malformed, repeated, or one another route
-    /// serves: a public route would otherwise write where another needs a
+    /// second path it acts on, is missing, malformed, repeated, or one
+    /// another route serves: a public route would otherwise write where another needs a
     /// token.
     #[error("Destination outside the route")]
     ForeignDestination,

@@ -690,6 +690,14 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "5:15",
             "`https://a:3000x/k` has no valid port (1-65535)",
         ),
+        // Without discovery nothing is fetched from the issuer, but written
+        // as a URL it is one: no token's `iss` has a port beyond 65535.
+        (
+            "an issuer's port beyond 65535",
+            "issuers:\n  - name: a\n    issuer: https://a:300000\n    audiences: [x]\n    jwks_uri: https://a/k\n".into(),
+            "3:13",
+            "an issuer written as a URL must be a valid one: `https://a:300000` has no valid port (1-65535)",
+        ),
         (
             "an introspection endpoint on port 0",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    introspection:\n      endpoint: https://a:0/introspect\n      client_id: gw\n      client_secret_env: PATH\n".into(),
@@ -900,6 +908,27 @@ fn a_ca_file_is_accepted_wherever_it_may_be_used() {
     ] {
         let yaml = format!("issuers:\n  - name: a\n    audiences: [x]\n{issuer}{routes}");
         let loaded = scopegate::config::load_str("ca.yaml", dir.path(), &yaml);
+        assert!(loaded.is_ok(), "{:?}\n{yaml}", loaded.err());
+    }
+}
+
+/// An issuer need not be a URL (`iss` is any string to compare), and one
+/// written as a URL with a port that exists, a path or upper-case scheme is
+/// taken as it is.
+#[test]
+fn an_issuer_that_is_no_url_or_a_valid_one_is_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let routes = format!("{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n");
+    for issuer in [
+        "accounts.google.com",
+        "urn:example:idp",
+        "https://idp.example.com:8443/realms/x",
+        "HTTPS://idp.example.com",
+    ] {
+        let yaml = format!(
+            "issuers:\n  - name: a\n    issuer: \"{issuer}\"\n    audiences: [x]\n    jwks_uri: https://a/k\n{routes}"
+        );
+        let loaded = scopegate::config::load_str("iss.yaml", dir.path(), &yaml);
         assert!(loaded.is_ok(), "{:?}\n{yaml}", loaded.err());
     }
 }

@@ -817,7 +817,13 @@ fn plain() -> impl Strategy<Value = Req> {
                 Body::None
             },
             hides_request: false,
-            extras: Vec::new(),
+            // WebDAV's methods need a Destination (RFC 4918 9.8.3, 9.9.3):
+            // one within the route.
+            extras: if matches!(method, "COPY" | "MOVE") {
+                vec![Extra::Destination(0)]
+            } else {
+                Vec::new()
+            },
             plain: true,
         })
 }
@@ -1335,7 +1341,7 @@ fn covers(need: &Need, presented: Option<Tok>) -> bool {
     }
 }
 
-/// A forwarded `COPY` or `MOVE` carries at most one `Destination`, and the
+/// A forwarded `COPY` or `MOVE` carries exactly one `Destination`, and the
 /// path an upstream may read in it needs nothing that the request's token
 /// does not cover.
 fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Result<(), String> {
@@ -1343,7 +1349,7 @@ fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Resul
         return Ok(());
     }
     let destinations = values(&record.headers, "destination");
-    if destinations.len() > 1 {
+    if destinations.len() != 1 {
         return Err(format!("Destinations {destinations:?} forwarded: {what}"));
     }
     for destination in &destinations {

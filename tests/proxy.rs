@@ -822,8 +822,9 @@ async fn a_target_too_long_for_the_upstreams_base_path_gets_414() {
 type DavCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 
 /// WebDAV's `COPY` and `MOVE` act on their `Destination` too (RFC 4918
-/// 10.3): it must be a path of the route the request matched, so that a
-/// public route cannot copy or move into one that needs a token.
+/// 10.3): there must be exactly one, a path of the route the request
+/// matched, so that a public route cannot copy or move into one that needs
+/// a token.
 #[tokio::test]
 async fn a_webdav_destination_must_stay_within_the_route() {
     let world = World::new().await;
@@ -833,12 +834,15 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
-    let refused: [DavCase; 8] = [
+    let refused: [DavCase; 10] = [
         (
             "COPY",
             "/files/public/a",
             &[("Destination", "/files/private/a")],
         ),
+        // None at all: required (RFC 4918 9.8.3, 9.9.3).
+        ("COPY", "/files/public/a", &[]),
+        ("MOVE", "/files/public/a", &[]),
         // A network-path reference: Go's x/net/webdav reads the path after
         // its own host (the upstream's authority, which a client can guess).
         (

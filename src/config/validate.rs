@@ -1013,6 +1013,15 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
     Ok(uri)
 }
 
+/// Whether `value` starts with `http://` or `https://`, in any case.
+fn has_http_scheme(value: &str) -> bool {
+    ["http://", "https://"].iter().any(|scheme| {
+        value
+            .get(..scheme.len())
+            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
+    })
+}
+
 /// Whether `authority` (`host[:port]`, without user information) has no
 /// port or a port a client can connect to: ASCII digits only (Rust's
 /// integer parsing would also take `+80`), from 1 to 65535. The port is
@@ -1538,6 +1547,16 @@ impl Validator<'_> {
                 self.err(
                     raw.issuer.referenced,
                     format!("with `discovery: true` the issuer must be its URL: {e}"),
+                )
+            })?;
+        } else if has_http_scheme(&raw.issuer.value) {
+            // Written as a URL, it must be one (RFC 8414 2): a port no
+            // server has, a fragment or user information is a typo that
+            // no token's `iss` would match.
+            http_url(&raw.issuer.value).map_err(|e| {
+                self.err(
+                    raw.issuer.referenced,
+                    format!("an issuer written as a URL must be a valid one: {e}"),
                 )
             })?;
         }
@@ -2789,6 +2808,25 @@ mod tests {
                 message.contains("has no valid port (1-65535)"),
                 "{bad}: {message}"
             );
+        }
+    }
+
+    /// Only an issuer written as an http(s) URL is checked as one: an
+    /// `iss` may be any string (`accounts.google.com`).
+    #[test]
+    fn an_issuer_is_read_as_a_url_only_when_written_as_one() {
+        for url in ["https://a", "HTTP://a:1", "Https://idp/x"] {
+            assert!(has_http_scheme(url), "{url}");
+        }
+        for not in [
+            "accounts.google.com",
+            "urn:idp",
+            "http:/a",
+            "https:",
+            "",
+            "é",
+        ] {
+            assert!(!has_http_scheme(not), "{not}");
         }
     }
 

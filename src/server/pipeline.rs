@@ -593,8 +593,8 @@ impl Gateway {
     }
 
     /// WebDAV's `COPY` and `MOVE` act on a second path, their `Destination`
-    /// (RFC 4918 10.3, an absolute URI or path): there must be one, and its
-    /// path, read canonical, must be served by the route the request
+    /// (RFC 4918 10.3, an absolute URI or path): there must be exactly one,
+    /// and its path, read canonical, must be served by the route the request
     /// matched, so that a public route cannot copy or move into paths
     /// another route guards. It is forwarded as received, so an upstream
     /// with a `base_path` takes none (the upstream would read it without
@@ -611,7 +611,9 @@ impl Gateway {
         }
         let mut values = request.headers().get_all(&DESTINATION).iter();
         let value = match (values.next(), values.next()) {
-            (None, _) => return Ok(()), // the upstream's 400 (RFC 4918 9.8.3)
+            // Required (RFC 4918 9.8.3, 9.9.3): refused here rather than
+            // left to an upstream that might read its absence its own way.
+            (None, _) => return Err(GatewayError::ForeignDestination),
             (Some(value), None) if !self.forwarder.has_base_path(route.upstream) => value,
             (Some(_), _) => return Err(GatewayError::ForeignDestination),
         };

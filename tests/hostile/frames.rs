@@ -317,6 +317,9 @@ enum H2Extra {
     LongValue,
     /// Over four times that: `h2` ends the connection (`ENHANCE_YOUR_CALM`).
     HugeValue,
+    /// A WebDAV `Destination` within the `/admin/{*rest}` route, which a
+    /// plain `COPY` or `MOVE` needs (RFC 4918 9.8.3, 9.9.3).
+    Destination,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -680,6 +683,7 @@ impl H2Req {
                 H2Extra::NulInValue => regular.push(f("x-nul", "a\0b")),
                 H2Extra::LongValue => regular.push(f("x-long", &"a".repeat(20_000))),
                 H2Extra::HugeValue => regular.push(f("x-huge", &"a".repeat(70_000))),
+                H2Extra::Destination => regular.push(f("destination", "/admin/users/4")),
             }
         }
         let n = self.body.len();
@@ -776,7 +780,11 @@ fn plain_h2() -> impl Strategy<Value = H2Req> {
                     authority: Some("gw.test"),
                     auth: tok.map_or(Auth::Absent, Auth::Bearer),
                     layout: Layout::Normal,
-                    extras: vec![],
+                    extras: if matches!(method, "COPY" | "MOVE") {
+                        vec![H2Extra::Destination]
+                    } else {
+                        vec![]
+                    },
                     body: if has_body { body } else { vec![] },
                     length: if has_body {
                         Length::Correct
