@@ -140,6 +140,13 @@ pub fn demo_config_yaml(
     } else {
         String::new()
     };
+    // Reachable from other machines over plain http, as the warning says:
+    // its secrets are public anyway.
+    let plain_http = if signs_in_browsers(listen) {
+        ""
+    } else {
+        "  allow_plain_http: true\n"
+    };
     format!(
         r#"server:
   listen: "{listen}"
@@ -149,7 +156,7 @@ admin:
   listen: "{admin}"
 authorization_server:
   issuer: "http://{listen}"
-  token_path: /auth/v2/accesstoken
+{plain_http}  token_path: /auth/v2/accesstoken
   access_token_ttl: 1h
   refresh_token_ttl: 30m
   clients:
@@ -344,7 +351,7 @@ mod tests {
             ("127.0.0.1:8080", "127.0.0.1:9090", "127.0.0.1:8081"),
             ("[::1]:8080", "[::1]:9090", "[::1]:8081"),
             // Off loopback: no browser client (its http issuer would be
-            // refused), the rest as on loopback.
+            // refused), plain http allowed by name, the rest as on loopback.
             ("10.0.0.5:8080", "127.0.0.1:9090", "127.0.0.1:8081"),
         ] {
             let yaml = demo_config_yaml(
@@ -359,6 +366,12 @@ mod tests {
             assert_eq!(
                 yaml.contains(DEMO_PUBLIC_CLIENT),
                 !listen.starts_with("10."),
+                "{listen}"
+            );
+            // Its secrets are public: plain http off loopback is said so.
+            assert_eq!(
+                yaml.contains("allow_plain_http: true"),
+                listen.starts_with("10."),
                 "{listen}"
             );
         }

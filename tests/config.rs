@@ -1205,33 +1205,63 @@ fn plain_http_issuer_endpoints_need_an_explicit_opt_in() {
 
 /// A built-in server signs users in at a plain-http issuer only on this
 /// host (browsers keep `Secure` cookies from loopback origins); one on
-/// another host may still serve clients that sign no one in.
+/// another host takes client secrets and passwords only when the config
+/// says something else encrypts every hop (`allow_plain_http`, a service
+/// mesh; RFC 6749 3.2 requires TLS), and signs no one in even then.
 #[test]
-fn a_plain_http_issuer_signs_users_in_only_on_loopback() {
+fn a_plain_http_issuer_serves_only_on_loopback_or_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("scopegate.yaml");
-    let yaml = |issuer: &str, grants: &str| {
-        format!("{UPSTREAM}authorization_server:\n  issuer: {issuer}\n  clients:\n    - client_id: c\n      grants: [{grants}]\n      audience: api\n      redirect_uris: [\"https://app.example.com/cb\"]\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\nroutes:\n  - path: /a\n    upstream: app\n")
+    let yaml = |issuer: &str, extra: &str, grants: &str| {
+        format!("{UPSTREAM}authorization_server:\n  issuer: {issuer}\n{extra}  clients:\n    - client_id: c\n      grants: [{grants}]\n      audience: api\n      redirect_uris: [\"https://app.example.com/cb\"]\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\nroutes:\n  - path: /a\n    upstream: app\n")
     };
-    for (issuer, grants, accepted) in [
-        ("http://127.0.0.1:8080", "authorization_code", true),
-        ("http://localhost:8080", "authorization_code", true),
-        ("http://[::1]:8080", "authorization_code", true),
-        ("http://auth.localhost:8080", "authorization_code", true),
-        ("https://auth.example.com", "authorization_code", true),
-        ("http://auth.example.com", "client_credentials", true),
-        ("http://auth.example.com", "authorization_code", false),
+    const MESH: &str = "  allow_plain_http: true\n";
+    const NO_SIGN_IN: Option<&str> = Some("cannot sign users in");
+    const NO_TLS: Option<&str> = Some("in cleartext (RFC 6749 3.2 requires TLS)");
+    for (issuer, extra, grants, refused) in [
+        ("http://127.0.0.1:8080", "", "authorization_code", None),
+        ("http://localhost:8080", "", "authorization_code", None),
+        ("http://[::1]:8080", "", "authorization_code", None),
+        ("http://auth.localhost:8080", "", "authorization_code", None),
+        ("https://auth.example.com", "", "authorization_code", None),
+        (
+            "http://127.0.0.1:8080",
+            "",
+            "client_credentials, password",
+            None,
+        ),
+        ("http://auth.example.com", "", "client_credentials", NO_TLS),
+        ("http://auth.example.com", "", "password", NO_TLS),
+        (
+            "http://auth.example.com",
+            MESH,
+            "client_credentials, password",
+            None,
+        ),
+        (
+            "http://auth.example.com",
+            "",
+            "authorization_code",
+            NO_SIGN_IN,
+        ),
+        (
+            "http://auth.example.com",
+            MESH,
+            "authorization_code",
+            NO_SIGN_IN,
+        ),
         (
             "http://10.0.0.7:8080",
+            "",
             "client_credentials, authorization_code",
-            false,
+            NO_SIGN_IN,
         ),
     ] {
-        std::fs::write(&file, yaml(issuer, grants)).unwrap();
+        std::fs::write(&file, yaml(issuer, extra, grants)).unwrap();
         let (ok, _, stderr) = check(&file);
-        assert_eq!(ok, accepted, "{issuer} {grants}: {stderr}");
-        if !accepted {
-            assert!(stderr.contains("cannot sign users in"), "{stderr}");
+        assert_eq!(ok, refused.is_none(), "{issuer} {extra} {grants}: {stderr}");
+        if let Some(why) = refused {
+            assert!(stderr.contains(why), "{issuer} {grants}: {stderr}");
         }
     }
 }

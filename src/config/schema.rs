@@ -156,6 +156,11 @@ pub struct RawAuthorizationServer {
     /// Resource owners for the password and authorization code grants.
     #[serde(default)]
     pub users: Vec<Spanned<RawUser>>,
+    /// Serve the endpoints at an `http://` issuer beyond this host: only
+    /// where something the gateway cannot see encrypts every client's hop
+    /// (a service mesh's mutual TLS), as RFC 6749 3.2 requires TLS.
+    #[serde(default)]
+    pub allow_plain_http: bool,
 }
 
 /// A signing key file.

@@ -1891,6 +1891,16 @@ impl Validator<'_> {
                 "an http:// issuer on another host than loopback cannot sign users in (browsers refuse the sign-in page's Secure cookies over plain http): use an https:// issuer (TLS here or at an ingress in front)",
             ));
         }
+        // The token endpoint takes client secrets and users' passwords, and
+        // MUST be reached over TLS (RFC 6749 3.2, 2.3.1): an http:// issuer
+        // beyond this host says its clients reach it without (the hosts
+        // are those browsers keep Secure cookies from).
+        if !raw.allow_plain_http && !browsers_keep_secure_cookies(&issuer_uri) {
+            return Err(self.err(
+                raw.issuer.referenced,
+                "an http:// issuer on another host than loopback would take client secrets and passwords in cleartext (RFC 6749 3.2 requires TLS): use an https:// issuer (TLS here or at an ingress in front), or set `allow_plain_http: true` if a service mesh encrypts every client's hop",
+            ));
+        }
         let issuer_path = issuer_uri.path().trim_end_matches('/');
         let metadata = format!("/.well-known/oauth-authorization-server{issuer_path}");
         // Requests are matched canonical: another spelling is never asked for.
