@@ -967,6 +967,39 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
 }
 
+/// `jwks_refetch_cooldown: 0s` is taken (tests refetch at once) and warned
+/// about where keys are fetched: each forged token would cost the identity
+/// provider a fetch. A key file is never fetched, and the default is quiet.
+#[test]
+fn a_zero_jwks_refetch_cooldown_is_warned_about() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("scopegate.yaml");
+    let config = |keys: &str, cooldown: &str| {
+        format!("issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    {keys}\n{cooldown}{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n")
+    };
+    let zero = "    jwks_refetch_cooldown: 0s\n";
+    std::fs::write(&file, config("jwks_uri: https://a/k", zero)).unwrap();
+    check_warns(&file, "2:5", "issuer `a` has `jwks_refetch_cooldown: 0s`");
+    std::fs::write(
+        dir.path().join("keys.json"),
+        scopegate::demo::SigningKey::generate("k").unwrap().jwks(),
+    )
+    .unwrap();
+    for quiet in [
+        config("jwks_uri: https://a/k", ""),
+        config("jwks_uri: https://a/k", "    jwks_refetch_cooldown: 1s\n"),
+        config("jwks_file: keys.json", zero),
+    ] {
+        std::fs::write(&file, &quiet).unwrap();
+        let (ok, _, stderr) = check(&file);
+        assert!(ok, "{stderr}");
+        assert!(
+            !stderr.contains("jwks_refetch_cooldown"),
+            "{quiet}\n{stderr}"
+        );
+    }
+}
+
 /// A client secret (user password) hash whose argon2 cost differs from the
 /// one most client (user) hashes take is warned about at its line: a client
 /// id (user name) that does not exist is refused as slowly as the usual

@@ -1727,6 +1727,20 @@ impl Validator<'_> {
         };
         self.positive(&raw.jwks_refresh_interval, "jwks_refresh_interval")?;
         self.positive(&raw.jwks_timeout, "jwks_timeout")?;
+        // Allowed (tests refetch at once), but then each forged token with
+        // an unknown `kid` or a bad signature costs the IdP a fetch, one
+        // after another (RFC 8725 3.10: keys found through a token's
+        // contents are a lever for attackers).
+        if raw.jwks_refetch_cooldown.is_zero() && (raw.jwks_uri.is_some() || raw.discovery) {
+            let warning = self.err(
+                here,
+                format!(
+                    "issuer `{}` has `jwks_refetch_cooldown: 0s`: every token with an unknown kid or a bad signature makes it fetch its keys again, so a stream of forged tokens becomes a stream of fetches to the identity provider (the default is 30s)",
+                    raw.name.value
+                ),
+            );
+            tracing::warn!("{warning}");
+        }
         if raw.leeway.value.0 > MAX_LEEWAY {
             return Err(self.err(
                 raw.leeway.referenced,
