@@ -2703,3 +2703,84 @@ async fn cache_hits_are_counted_and_no_metric_or_log_shows_a_token_or_secret() {
 mod hostile_answers;
 #[path = "introspection/hostile_metadata.rs"]
 mod hostile_metadata;
+
+/// Two issuers introspecting at one endpoint: an answer tells whose token
+/// it is only by its `iss` (RFC 7662 4 leaves the check to the server, which
+/// cannot tell the two apart), so each takes only answers naming it. Issuers
+/// at endpoints of their own still take answers without `iss`.
+#[tokio::test]
+async fn issuers_sharing_an_endpoint_take_only_answers_naming_them() {
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let config = |opaque_endpoint: &str, other_endpoint: &str| {
+        format!(
+            "server:
+  listen: 127.0.0.1:0
+  shutdown_delay: 0s
+  shutdown_grace: 5s
+admin:
+  listen: 127.0.0.1:0
+issuers:
+  - name: opaque
+    issuer: {OPAQUE_ISSUER}
+    audiences: [{AUDIENCE}]
+    introspection:
+      endpoint: {opaque_endpoint}
+{cred}  - name: other
+    issuer: https://other.test
+    audiences: [{AUDIENCE}]
+    introspection:
+      endpoint: {other_endpoint}
+{cred}upstreams:
+  app:
+    url: http://{up}
+routes:
+  - path: /a
+    upstream: app
+    issuers: [opaque]
+  - path: /b
+    upstream: app
+    issuers: [other]
+",
+            cred = secret.credentials(),
+            up = upstream.addr,
+        )
+    };
+    let without_iss = || {
+        let mut answer = active("");
+        answer.as_object_mut().unwrap().remove("iss");
+        answer
+    };
+    let mut of_other = active("");
+    of_other["iss"] = "https://other.test".into();
+
+    let idp = IntrospectionServer::start().await;
+    // The same endpoint, spelled otherwise: the same server all the same.
+    let spelled_otherwise = idp
+        .endpoint()
+        .replace("http://127.0.0.1:", "HTTP://127.0.0.1:");
+    let gw = Gateway::start(&config(&idp.endpoint(), &spelled_otherwise)).await;
+    idp.answer("no-iss", without_iss());
+    idp.answer("opaque-token", active(""));
+    idp.answer("other-token", of_other.clone());
+    for (path, token, status) in [
+        ("/a", "no-iss", 401),
+        ("/b", "no-iss", 401),
+        ("/a", "opaque-token", 200),
+        ("/b", "opaque-token", 401),
+        ("/a", "other-token", 401),
+        ("/b", "other-token", 200),
+    ] {
+        let reply = get_with_token(&gw.url(path), token).await;
+        assert_eq!(reply.status, status, "{path} {token}: {reply:?}");
+    }
+
+    // Endpoints of their own: the endpoint's word is enough.
+    let second = IntrospectionServer::start().await;
+    let gw = Gateway::start(&config(&idp.endpoint(), &second.endpoint())).await;
+    second.answer("no-iss", without_iss());
+    for (path, status) in [("/a", 200), ("/b", 200)] {
+        let reply = get_with_token(&gw.url(path), "no-iss").await;
+        assert_eq!(reply.status, status, "{path}: {reply:?}");
+    }
+}

@@ -178,6 +178,9 @@ pub struct Introspector {
     failure_log: LogThrottle,
     /// The "active introspection answer refused" line, one per interval.
     refusal_log: LogThrottle,
+    /// Set when another issuer introspects at the same endpoint: its
+    /// answers then tell whose token it is only by their `iss`.
+    iss_required: std::sync::atomic::AtomicBool,
 }
 
 /// The issuer facts an [`Introspector`] checks answers against.
@@ -263,7 +266,22 @@ impl Introspector {
             metrics,
             failure_log: LogThrottle::default(),
             refusal_log: LogThrottle::default(),
+            iss_required: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// From now on an active answer must name this issuer in `iss`: another
+    /// issuer introspects at the same endpoint, so an answer without one
+    /// may be about that issuer's token (RFC 7662 4 leaves the check to the
+    /// server, which cannot tell the two apart). Answers cached before are
+    /// dropped.
+    pub fn require_iss(&self) {
+        if !self
+            .iss_required
+            .swap(true, std::sync::atomic::Ordering::AcqRel)
+        {
+            self.cache.invalidate_all();
+        }
     }
 
     /// Sets the endpoint found by discovery (explicit configuration wins).
@@ -496,6 +514,9 @@ impl Introspector {
             }
         }
         match answer.get("iss") {
+            None if self.iss_required.load(std::sync::atomic::Ordering::Acquire) => {
+                return refused("iss")
+            }
             None => {}
             Some(Value::String(iss)) if *iss == self.issuer => {}
             Some(_) => return refused("iss"),
@@ -573,7 +594,12 @@ impl Introspector {
         // Without any `exp`, the answer vouches for the token as long as it
         // is cached: what outlives a request (a tunnel it opened) ends then,
         // as a revocation reaches requests then (no cache: as before, the
-        // tunnel's own bound).
+        // tunnel's own bound), with no leeway: there is no clock to skew.
+        let leeway_secs = if expires_at.is_some() {
+            self.leeway_secs
+        } else {
+            0
+        };
         let expires_at = expires_at.unwrap_or_else(|| {
             if ttl.is_zero() {
                 u64::MAX
@@ -586,7 +612,7 @@ impl Introspector {
             answer,
             scopes,
             expires_at,
-            self.leeway_secs,
+            leeway_secs,
             Instant::now() + ttl,
             &self.identity_claims,
         )))
@@ -716,6 +742,32 @@ mod tests {
                 "{token_exp}: a JWT past its exp"
             );
         }
+    }
+
+    /// The leeway lengthens an `exp` (clocks may differ), not the cache's
+    /// lifetime of an answer without one: a tunnel opened with such a
+    /// token ends when the answer leaves the cache.
+    #[test]
+    fn the_leeway_lengthens_an_exp_not_the_cache_lifetime() {
+        let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        introspector.leeway_secs = 30;
+        let now = jwt::now_unix();
+        let mut answer = serde_json::Map::new();
+        answer.insert("active".into(), Value::Bool(true));
+        let Answer::Active(token) = introspector.interpret(&answer, None) else {
+            panic!("no exp: not active");
+        };
+        let until = token.accepted_until;
+        assert!(
+            until >= now + 3600 && until <= jwt::now_unix() + 3600,
+            "accepted until {} s from now, cache_ttl 3600",
+            until.saturating_sub(now)
+        );
+        answer.insert("exp".into(), Value::from(now + 600));
+        let Answer::Active(token) = introspector.interpret(&answer, None) else {
+            panic!("exp ahead: not active");
+        };
+        assert_eq!(token.accepted_until, now + 630);
     }
 
     /// With `client_ids`, an active answer is taken only for a token issued

@@ -233,14 +233,40 @@ impl Authenticator {
                 fingerprint,
             });
         }
-        Ok(Self {
+        let authenticator = Self {
             issuers: runtime,
             by_iss,
             cache: TokenCache::new(cache_max_entries),
             identity_claims,
             metrics,
             background_stop: tokio::sync::watch::channel(false).0,
-        })
+        };
+        authenticator.require_iss_at_shared_endpoints();
+        Ok(authenticator)
+    }
+
+    /// Issuers introspecting at one endpoint (configured or discovered)
+    /// take only answers that name them in `iss`: without it an answer may
+    /// be about another of those issuers' tokens.
+    fn require_iss_at_shared_endpoints(&self) {
+        let endpoints: Vec<(&Introspector, EndpointKey)> = self
+            .issuers
+            .iter()
+            .filter_map(|issuer| issuer.introspector.as_deref())
+            .filter_map(|introspector| {
+                let key = introspector.endpoint().as_ref().and_then(endpoint_key)?;
+                Some((introspector, key))
+            })
+            .collect();
+        for (index, (introspector, key)) in endpoints.iter().enumerate() {
+            let shared = endpoints
+                .iter()
+                .enumerate()
+                .any(|(other, (_, other_key))| other != index && other_key == key);
+            if shared {
+                introspector.require_iss();
+            }
+        }
     }
 
     /// Takes over from `previous` the key set and discovery results of
@@ -274,6 +300,7 @@ impl Authenticator {
                 issuer.discovered.store(complete, Ordering::Release);
             }
         }
+        self.require_iss_at_shared_endpoints();
     }
 
     /// This authenticator's config now serves. The fingerprint leaves the
@@ -381,7 +408,10 @@ impl Authenticator {
                     let mut result = "success";
                     if let Some(introspector) = &issuer.introspector {
                         match metadata.introspection_endpoint {
-                            Some(endpoint) => introspector.set_discovered_endpoint(endpoint),
+                            Some(endpoint) => {
+                                introspector.set_discovered_endpoint(endpoint);
+                                self.require_iss_at_shared_endpoints();
+                            }
                             None if !introspector.is_ready() => {
                                 tracing::error!(
                                     issuer = %issuer.name,
@@ -939,9 +969,51 @@ fn is_blank(c: char) -> bool {
     c == ' ' || c == '\t'
 }
 
+/// An endpoint as a client reaches it: scheme and host in lower case,
+/// the port given or the scheme's, path and query.
+type EndpointKey = (String, String, u16, String);
+
+fn endpoint_key(uri: &http::Uri) -> Option<EndpointKey> {
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let port = uri
+        .port_u16()
+        .unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some((
+        scheme,
+        uri.host()?.to_ascii_lowercase(),
+        port,
+        uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// One endpoint however it is spelled: scheme and host in any case, the
+    /// scheme's port written or not; another path, query, port or scheme is
+    /// another endpoint.
+    #[test]
+    fn an_endpoint_is_one_however_it_is_spelled() {
+        let key = |s: &str| endpoint_key(&s.parse::<http::Uri>().unwrap()).unwrap();
+        let one = key("https://idp.test/introspect");
+        for same in [
+            "HTTPS://IDP.test/introspect",
+            "https://idp.test:443/introspect",
+        ] {
+            assert_eq!(key(same), one, "{same}");
+        }
+        for other in [
+            "http://idp.test/introspect",
+            "https://idp.test:8443/introspect",
+            "https://idp.test/introspect?realm=b",
+            "https://idp.test/Introspect",
+            "https://other.test/introspect",
+        ] {
+            assert_ne!(key(other), one, "{other}");
+        }
+        assert_eq!(key("http://h/x"), key("http://h:80/x"));
+    }
 
     /// Retries and refreshes are spread over a fifth either way of their
     /// delay, not all at the same moment.
