@@ -340,6 +340,66 @@ async fn key_sets_fetched_after_a_reload_are_checked_against_its_algorithms() {
     assert_eq!(fetched("invalid")(&metrics), 1.0, "{metrics}");
 }
 
+/// A reload to `algorithms` that none of the kept keys fit does not keep
+/// them: the gateway would read as ready and refuse every token. The issuer
+/// fetches its keys as at a start, where such a set counts as `invalid`,
+/// and the reload, waiting for them, is refused; the running config goes
+/// on serving.
+#[tokio::test]
+async fn a_reload_to_algorithms_no_kept_key_fits_is_refused() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = world.config();
+    let gw = serve_kubelet_dir(dir.path(), &config).await;
+    let url = gw.url("/orders/1");
+    let token = world.token("orders:read");
+    assert_eq!(get_with_token(&url, &token).await.status, 200);
+    let rsa_only = config.replace("    algorithms: [ES256]\n", "    algorithms: [RS256]\n");
+    assert_ne!(rsa_only, config);
+    kubelet_write(dir.path(), 2, &rsa_only);
+    // The reload waits up to 30 s for keys that fit.
+    let decided = |m: &str| {
+        metric(
+            m,
+            "scopegate_config_reloads_total",
+            &[("result", "not_ready")],
+        ) >= 1.0
+            || metric(
+                m,
+                "scopegate_config_reloads_total",
+                &[("result", "success")],
+            ) >= 1.0
+    };
+    let mut seen = false;
+    for _ in 0..60 {
+        if wait_for_metrics(&gw, decided).await {
+            seen = true;
+            break;
+        }
+    }
+    assert!(seen, "the reload was not decided");
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "scopegate_config_reloads_total",
+            &[("result", "success")]
+        ),
+        0.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "scopegate_jwks_fetches_total",
+            &[("issuer", "test"), ("result", "invalid")]
+        ) >= 1.0,
+        "{metrics}"
+    );
+    assert_eq!(get_with_token(&url, &token).await.status, 200);
+    assert_eq!(gw.readyz().await, 200);
+}
+
 /// A reload refused after it was set up (here its new issuer's keys never
 /// came) leaves the running config's key fetches checked against the
 /// running config's algorithms. The refused config's (`[EdDSA]`, which the
@@ -1885,4 +1945,70 @@ async fn an_issuer_down_since_start_does_not_hold_up_other_changes() {
         "{outcome}"
     );
     assert_eq!(get_with_token(&gw.url("/orders"), &token).await.status, 401);
+}
+
+/// Once shutdown starts, and through `shutdown_delay` while new connections
+/// are still taken, clients are moved on rather than left on connections
+/// the drain will close under them: an idle HTTP/1.1 connection is closed
+/// at once, a new one is served with `Connection: close`, and an HTTP/2
+/// connection gets its GOAWAY (and, with nothing in flight, ends).
+#[tokio::test]
+async fn shutdown_moves_clients_on_during_the_delay() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const BOUND: Duration = Duration::from_secs(20);
+    let world = World::new().await;
+    let config = world
+        .config()
+        .replace("  shutdown_delay: 0s\n", "  shutdown_delay: 30s\n");
+    assert!(config.contains("shutdown_delay: 30s"));
+    let mut gw = Gateway::start(&config).await;
+    let request = "GET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let mut buf = vec![0u8; 4096];
+    let mut kept = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    kept.write_all(request.as_bytes()).await.unwrap();
+    let n = kept.read(&mut buf).await.unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(!head.contains("connection: close"), "{head}");
+
+    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let (h2, connection) = h2::client::handshake(tcp).await.unwrap();
+    let (ended_tx, ended) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        let _ = ended_tx.send(connection.await);
+    });
+    let mut h2 = h2.ready().await.unwrap();
+    let (answer, _) = h2
+        .send_request(
+            http::Request::get("http://gw.test/status")
+                .body(())
+                .unwrap(),
+            true,
+        )
+        .unwrap();
+    assert_eq!(answer.await.unwrap().status(), 200);
+
+    gw.trigger_shutdown();
+    assert!(wait_for_status(&format!("http://{}/readyz", gw.admin), 503).await);
+    // The idle HTTP/1.1 connection is closed.
+    let read = tokio::time::timeout(BOUND, kept.read(&mut buf))
+        .await
+        .expect("the idle connection was kept");
+    assert_eq!(read.map_err(|e| e.kind()), Ok(0));
+    // The HTTP/2 one got its GOAWAY and ended.
+    let ended = tokio::time::timeout(BOUND, ended)
+        .await
+        .expect("the HTTP/2 connection was kept");
+    assert!(ended.is_ok());
+    // A new connection is served, and told to go.
+    let mut new = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    new.write_all(request.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(BOUND, new.read_to_end(&mut answer))
+        .await
+        .expect("the new connection was kept")
+        .unwrap();
+    let head = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("connection: close"), "{head}");
 }

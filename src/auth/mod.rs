@@ -270,7 +270,8 @@ impl Authenticator {
     }
 
     /// Takes over from `previous` the key set and discovery results of
-    /// every issuer configured exactly as before, so that a reload changing
+    /// every issuer configured exactly as before (and whose keys fit its
+    /// algorithms), so that a reload changing
     /// something else (a route's identity headers, the cache size) is ready
     /// at once, without waiting on an identity provider that may be down.
     /// (Its refresher fetches the keys when they are due.) The verified-token
@@ -286,7 +287,17 @@ impl Authenticator {
                 continue;
             };
             // Shared with the running config until this one serves (see
-            // `serving`).
+            // `serving`), unless this config's algorithms fit none of its
+            // keys: every token would then be refused while the gateway
+            // reads as ready, so this issuer fetches its own, checked as at
+            // a start, and the reload waits for them.
+            let fits = old.keys.current().is_none_or(|set| {
+                issuer.algorithms.is_empty()
+                    || issuer.algorithms.iter().any(|&alg| set.verifies(alg))
+            });
+            if !fits {
+                continue;
+            }
             issuer.keys = Arc::clone(&old.keys);
             if old.discovered.load(Ordering::Acquire) {
                 if let (Some(new), Some(old)) = (&issuer.introspector, &old.introspector) {

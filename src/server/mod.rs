@@ -190,11 +190,18 @@ async fn serve(
     // Tells every connection to finish what it has and close (HTTP/2
     // GOAWAY, HTTP/1.1 `Connection: close`).
     let (drain_tx, drain) = tokio::sync::watch::channel(false);
+    // Tells the connections open when shutdown starts to move their
+    // clients on (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` on the answer
+    // in flight, an idle one closed) while new ones are still taken, each
+    // answer then saying `Connection: close` over HTTP/1.1: clients leave
+    // during `shutdown_delay` instead of finding the connection gone after.
+    let (leave_tx, leave) = tokio::sync::watch::channel(false);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
 
     let stop = async {
         shutdown.await;
         draining.store(true, Ordering::Release);
+        let _ = leave_tx.send(true);
         tracing::info!(delay = ?settings.shutdown_delay, "shutdown requested: unready, still serving");
         tokio::time::sleep(settings.shutdown_delay).await;
     };
@@ -223,6 +230,10 @@ async fn serve(
         let gateway = Arc::clone(&current);
         let builder = Arc::clone(&builder);
         let drain = drain.clone();
+        let leave = Leave {
+            signal: leave.clone(),
+            leaving: Arc::clone(&draining),
+        };
         let metrics = Arc::clone(&metrics);
         // The current config's certificate: a reload serves a rotated one.
         let tls = tls
@@ -248,7 +259,7 @@ async fn serve(
                     match tokio::time::timeout_at(timeouts.first_request_by, handshake).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream, peer, client, gateway, &builder, drain, timeouts,
+                                stream, peer, client, gateway, &builder, drain, leave, timeouts,
                             )
                             .await;
                         }
@@ -259,8 +270,10 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(stream, peer, client, gateway, &builder, drain, timeouts)
-                        .await;
+                    serve_connection(
+                        stream, peer, client, gateway, &builder, drain, leave, timeouts,
+                    )
+                    .await;
                 }
             }
         });
@@ -345,6 +358,15 @@ struct ConnectionTimeouts {
     idle: Duration,
 }
 
+/// How a connection learns that shutdown has started (see `run`).
+struct Leave {
+    /// Changes once, when shutdown starts.
+    signal: tokio::sync::watch::Receiver<bool>,
+    /// Set from then on: answers over HTTP/1.1 say `Connection: close`.
+    leaving: Arc<AtomicBool>,
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
@@ -352,10 +374,19 @@ async fn serve_connection<I>(
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<Tracked>,
     mut drain: tokio::sync::watch::Receiver<bool>,
+    leave: Leave,
     timeouts: ConnectionTimeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let Leave {
+        signal: mut leave,
+        leaving,
+    } = leave;
+    // A connection taken after shutdown started is not sent away at once:
+    // its answers say `Connection: close` (HTTP/2 ones get their GOAWAY
+    // with the drain).
+    leave.borrow_and_update();
     // For heads refused before they became requests (the metrics are one
     // for every config of the server).
     let metrics = Arc::clone(gateway.load().metrics());
@@ -383,13 +414,22 @@ async fn serve_connection<I>(
         // Each request runs on the config that was current when it arrived.
         let gateway = gateway.load_full();
         let client = Arc::clone(&client);
+        let http1 = request.version() < http::Version::HTTP_2;
+        let leaving = Arc::clone(&leaving);
         async move {
-            let response = gateway.handle(request, &client).await;
+            let mut response = gateway.handle(request, &client).await;
+            let mut switched = false;
             if let Some((connect, requests)) = may_switch {
                 let status = response.status();
                 if status == StatusCode::SWITCHING_PROTOCOLS || (connect && status.is_success()) {
                     requests.switched();
+                    switched = true;
                 }
+            }
+            // Shutting down: the client goes elsewhere for its next request
+            // (a tunnel the answer opens is no next request).
+            if http1 && !switched && leaving.load(Ordering::Acquire) {
+                crate::proxy::headers::announce_close(response.headers_mut());
             }
             Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
         }
@@ -426,6 +466,12 @@ async fn serve_connection<I>(
             // The gateway drains (or is gone): what is in flight finishes,
             // then the connection closes. Only ever set once, to true.
             _ = drain.changed(), if !draining => {
+                draining = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            // Shutdown started: the client is told to go, while the
+            // gateway still takes new connections.
+            _ = leave.changed(), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
