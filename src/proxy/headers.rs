@@ -313,6 +313,8 @@ pub struct ClientInfo {
     /// Set when an answer closes the connection with the request's body
     /// unread: the rest is read and dropped before the socket is.
     lingers: std::sync::atomic::AtomicBool,
+    /// The server's "shutting down" flag (`None` outside a server).
+    leaving: Option<Arc<std::sync::atomic::AtomicBool>>,
 }
 
 impl ClientInfo {
@@ -330,7 +332,24 @@ impl ClientInfo {
             address,
             hold: None,
             lingers: std::sync::atomic::AtomicBool::new(false),
+            leaving: None,
         }
+    }
+
+    /// The same client, of a server that sets `leaving` when it shuts down.
+    pub fn of_server(self, leaving: Arc<std::sync::atomic::AtomicBool>) -> Self {
+        Self {
+            leaving: Some(leaving),
+            ..self
+        }
+    }
+
+    /// Whether the server is shutting down: the client should take its
+    /// next request elsewhere.
+    pub fn server_leaving(&self) -> bool {
+        self.leaving
+            .as_ref()
+            .is_some_and(|flag| flag.load(std::sync::atomic::Ordering::Acquire))
     }
 
     /// The connection ends with an answer while the client may still be

@@ -229,10 +229,9 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&current);
         let builder = Arc::clone(&builder);
-        let drain = drain.clone();
-        let leave = Leave {
-            signal: leave.clone(),
-            leaving: Arc::clone(&draining),
+        let farewell = Farewell {
+            leave: leave.clone(),
+            drain: drain.clone(),
         };
         let metrics = Arc::clone(&metrics);
         // The current config's certificate: a reload serves a rotated one.
@@ -251,7 +250,11 @@ async fn serve(
             metrics.open_connections.clone(),
             background.clone(),
         ));
-        let client = Arc::new(ClientInfo::new(peer.ip(), tls.is_some()).holding(hold));
+        let client = Arc::new(
+            ClientInfo::new(peer.ip(), tls.is_some())
+                .holding(hold)
+                .of_server(Arc::clone(&draining)),
+        );
         tasks.spawn(async move {
             match tls {
                 Some(acceptor) => {
@@ -259,7 +262,7 @@ async fn serve(
                     match tokio::time::timeout_at(timeouts.first_request_by, handshake).await {
                         Ok(Ok(stream)) => {
                             serve_connection(
-                                stream, peer, client, gateway, &builder, drain, leave, timeouts,
+                                stream, peer, client, gateway, &builder, farewell, timeouts,
                             )
                             .await;
                         }
@@ -270,10 +273,8 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(
-                        stream, peer, client, gateway, &builder, drain, leave, timeouts,
-                    )
-                    .await;
+                    serve_connection(stream, peer, client, gateway, &builder, farewell, timeouts)
+                        .await;
                 }
             }
         });
@@ -358,31 +359,29 @@ struct ConnectionTimeouts {
     idle: Duration,
 }
 
-/// How a connection learns that shutdown has started (see `run`).
-struct Leave {
-    /// Changes once, when shutdown starts.
-    signal: tokio::sync::watch::Receiver<bool>,
-    /// Set from then on: answers over HTTP/1.1 say `Connection: close`.
-    leaving: Arc<AtomicBool>,
+/// What tells a connection that the server is going away (see `run`).
+struct Farewell {
+    /// Shutdown started: move the client on.
+    leave: tokio::sync::watch::Receiver<bool>,
+    /// The drain started: finish what is in flight and close.
+    drain: tokio::sync::watch::Receiver<bool>,
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<Tracked>,
-    mut drain: tokio::sync::watch::Receiver<bool>,
-    leave: Leave,
+    farewell: Farewell,
     timeouts: ConnectionTimeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Leave {
-        signal: mut leave,
-        leaving,
-    } = leave;
+    let Farewell {
+        mut leave,
+        mut drain,
+    } = farewell;
     // A connection taken after shutdown started is not sent away at once:
     // its answers say `Connection: close` (HTTP/2 ones get their GOAWAY
     // with the drain).
@@ -415,7 +414,6 @@ async fn serve_connection<I>(
         let gateway = gateway.load_full();
         let client = Arc::clone(&client);
         let http1 = request.version() < http::Version::HTTP_2;
-        let leaving = Arc::clone(&leaving);
         async move {
             let mut response = gateway.handle(request, &client).await;
             let mut switched = false;
@@ -428,7 +426,7 @@ async fn serve_connection<I>(
             }
             // Shutting down: the client goes elsewhere for its next request
             // (a tunnel the answer opens is no next request).
-            if http1 && !switched && leaving.load(Ordering::Acquire) {
+            if http1 && !switched && client.server_leaving() {
                 crate::proxy::headers::announce_close(response.headers_mut());
             }
             Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
