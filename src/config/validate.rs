@@ -1015,11 +1015,14 @@ pub fn http_url(value: &str) -> Result<Uri, String> {
 
 /// Whether `value` starts with `http://` or `https://`, in any case.
 fn has_http_scheme(value: &str) -> bool {
-    ["http://", "https://"].iter().any(|scheme| {
-        value
-            .get(..scheme.len())
-            .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
-    })
+    has_scheme(value, "http://") || has_scheme(value, "https://")
+}
+
+/// Whether `value` starts with `scheme` (`https://`), in any case.
+fn has_scheme(value: &str, scheme: &str) -> bool {
+    value
+        .get(..scheme.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(scheme))
 }
 
 /// Whether `authority` (`host[:port]`, without user information) has no
@@ -1564,11 +1567,7 @@ impl Validator<'_> {
         // https beyond this host, unless the issuer itself is a plain
         // `http://` URL or the opt-in says otherwise (an issuer that is no
         // URL at all, `accounts.google.com`, gets no exception).
-        let issuer_plain_http = raw
-            .issuer
-            .value
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        let issuer_plain_http = has_scheme(&raw.issuer.value, "http://");
         let issuer_https = !issuer_plain_http && !raw.allow_plain_http_endpoints;
         let has_local_keys = raw.jwks_uri.is_some() || raw.jwks_file.is_some();
         if !has_local_keys && raw.introspection.is_none() && !raw.discovery {
@@ -1629,11 +1628,7 @@ impl Validator<'_> {
         // (an introspection endpoint has its own): where neither speaks
         // TLS, it would be silently ignored.
         if let Some(ca) = &raw.ca_file {
-            let issuer_https = raw
-                .issuer
-                .value
-                .get(..8)
-                .is_some_and(|scheme| scheme.eq_ignore_ascii_case("https://"));
+            let issuer_https = has_scheme(&raw.issuer.value, "https://");
             let unused = match &keys {
                 KeySource::Remote(uri) if uri.scheme() == Some(&http::uri::Scheme::HTTPS) => None,
                 KeySource::Discovered => None,

@@ -187,21 +187,19 @@ async fn serve(
     // they hold of the config (the authorization server's store above all).
     let tasks = TaskTracker::new();
     let builder = Arc::new(connection_builder(&settings, &tasks));
-    // Tells every connection to finish what it has and close (HTTP/2
-    // GOAWAY, HTTP/1.1 `Connection: close`).
-    let (drain_tx, drain) = tokio::sync::watch::channel(false);
-    // Tells the connections open when shutdown starts to move their
-    // clients on (HTTP/2 GOAWAY; HTTP/1.1 `Connection: close` on the answer
-    // in flight, an idle one closed) while new ones are still taken, each
-    // answer then saying `Connection: close` over HTTP/1.1: clients leave
-    // during `shutdown_delay` instead of finding the connection gone after.
-    let (leave_tx, leave) = tokio::sync::watch::channel(false);
+    // Each step of shutdown tells the connections open then to finish what
+    // they have and close (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close`, an
+    // idle one closed): when it starts, while new connections are still
+    // taken (their HTTP/1.1 answers say `Connection: close`), so clients
+    // leave during `shutdown_delay` instead of finding the connection gone
+    // after; and when the drain starts.
+    let (farewell_tx, farewell) = tokio::sync::watch::channel(Farewell::Serving);
     let connections = Arc::new(Semaphore::new(settings.max_connections));
 
     let stop = async {
         shutdown.await;
         draining.store(true, Ordering::Release);
-        let _ = leave_tx.send(true);
+        let _ = farewell_tx.send(Farewell::Leaving);
         tracing::info!(delay = ?settings.shutdown_delay, "shutdown requested: unready, still serving");
         tokio::time::sleep(settings.shutdown_delay).await;
     };
@@ -229,10 +227,7 @@ async fn serve(
         let _ = stream.set_nodelay(true);
         let gateway = Arc::clone(&current);
         let builder = Arc::clone(&builder);
-        let farewell = Farewell {
-            leave: leave.clone(),
-            drain: drain.clone(),
-        };
+        let farewell = farewell.clone();
         let metrics = Arc::clone(&metrics);
         // The current config's certificate: a reload serves a rotated one.
         let tls = tls
@@ -284,7 +279,7 @@ async fn serve(
     tracing::info!(grace = ?settings.shutdown_grace, "draining in-flight requests");
     let deadline = tokio::time::Instant::now() + settings.shutdown_grace;
     tasks.close();
-    let _ = drain_tx.send(true);
+    let _ = farewell_tx.send(Farewell::Draining);
     let drained = tasks.wait();
     if tokio::time::timeout_at(deadline, drained).await.is_err() {
         tracing::warn!("shutdown grace expired with requests still in flight");
@@ -359,12 +354,15 @@ struct ConnectionTimeouts {
     idle: Duration,
 }
 
-/// What tells a connection that the server is going away (see `run`).
-struct Farewell {
-    /// Shutdown started: move the client on.
-    leave: tokio::sync::watch::Receiver<bool>,
-    /// The drain started: finish what is in flight and close.
-    drain: tokio::sync::watch::Receiver<bool>,
+/// How far shutdown has come; each step sends the connections open then
+/// away (see `run`).
+#[derive(Debug, Clone, Copy)]
+enum Farewell {
+    Serving,
+    /// Shutdown started: clients are moved on, new connections still taken.
+    Leaving,
+    /// The drain started: what is in flight finishes, nothing new comes.
+    Draining,
 }
 
 async fn serve_connection<I>(
@@ -373,19 +371,15 @@ async fn serve_connection<I>(
     client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
     builder: &auto::Builder<Tracked>,
-    farewell: Farewell,
+    mut farewell: tokio::sync::watch::Receiver<Farewell>,
     timeouts: ConnectionTimeouts,
 ) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let Farewell {
-        mut leave,
-        mut drain,
-    } = farewell;
     // A connection taken after shutdown started is not sent away at once:
     // its answers say `Connection: close` (HTTP/2 ones get their GOAWAY
     // with the drain).
-    leave.borrow_and_update();
+    farewell.borrow_and_update();
     // For heads refused before they became requests (the metrics are one
     // for every config of the server).
     let metrics = Arc::clone(gateway.load().metrics());
@@ -461,15 +455,10 @@ async fn serve_connection<I>(
     let result = loop {
         tokio::select! {
             result = connection.as_mut() => break result,
-            // The gateway drains (or is gone): what is in flight finishes,
-            // then the connection closes. Only ever set once, to true.
-            _ = drain.changed(), if !draining => {
-                draining = true;
-                connection.as_mut().graceful_shutdown();
-            }
-            // Shutdown started: the client is told to go, while the
-            // gateway still takes new connections.
-            _ = leave.changed(), if !draining => {
+            // Shutdown went a step further (or the gateway is gone): what
+            // is in flight finishes, then the connection closes. Only ever
+            // set once, to true.
+            _ = farewell.changed(), if !draining => {
                 draining = true;
                 connection.as_mut().graceful_shutdown();
             }
