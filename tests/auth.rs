@@ -522,6 +522,10 @@ async fn bearer_header_extraction() {
         "/orders/1?access_token%5D=other".to_owned(),
         "/orders/1?access_token%00=other".to_owned(),
         "/orders/1?access_token".to_owned(),
+        // In the path's parameters, which find-my-way (Fastify) reads as
+        // the query from the first `;` on.
+        "/orders/1;access_token=other".to_owned(),
+        "/orders/1;v=2;Access_Token=other".to_owned(),
     ] {
         let (reply, forwarded) = request(
             &world,
@@ -541,6 +545,8 @@ async fn bearer_header_extraction() {
         "/orders/1?access_token_hint=1",
         "/orders/1?q=access_token",
         "/orders/1?access-token=1",
+        "/orders/1;v=2",
+        "/orders/1;access-token=1",
     ] {
         let (reply, forwarded) = request(
             &world,

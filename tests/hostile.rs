@@ -418,7 +418,7 @@ enum Extra {
 
 /// `Destination` values (RFC 4918 10.3): paths of every route, spelled as
 /// a request path may be, absolute URIs, and values that are no URI.
-const DESTINATIONS: [&str; 26] = [
+const DESTINATIONS: [&str; 27] = [
     "/admin/users/4",
     "//gw.test/admin/x",
     "//status/../admin/x",
@@ -445,6 +445,8 @@ const DESTINATIONS: [&str; 26] = [
     "*",
     "",
     "http://gw.test:80/status/./../admin",
+    // `/status` with slashes merged first, `/admin/status` to RFC 3986.
+    "/admin//../status",
 ];
 
 /// Content types of gRPC calls; the first `GRPC_CALL_TYPES` are gRPC's own.
@@ -1353,15 +1355,17 @@ fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Resul
         return Err(format!("Destinations {destinations:?} forwarded: {what}"));
     }
     for destination in &destinations {
-        let path = read_as_upstream(destination);
-        let need = lab
-            .need(&record.method, &path)
-            .map_err(|e| format!("Destination {destination:?} forwarded ({e}): {what}"))?;
-        if !covers(&need, sent.presented) {
-            return Err(format!(
+        for keep_empty in [false, true] {
+            let path = read_as_upstream(destination, keep_empty);
+            let need = lab
+                .need(&record.method, &path)
+                .map_err(|e| format!("Destination {destination:?} forwarded ({e}): {what}"))?;
+            if !covers(&need, sent.presented) {
+                return Err(format!(
                 "Destination {destination:?} ({path}) forwarded with a token of scope {:?}: {what}",
                 sent.presented.and_then(Tok::valid_scope)
             ));
+            }
         }
     }
     Ok(())
@@ -1369,9 +1373,11 @@ fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Resul
 
 /// The path the most lenient upstream reads in a `Destination`: its URI's
 /// path (a fragment, query and authority cut off), every `%XX` decoded, `\`
-/// read as `/`, each segment's `;` parameters dropped (Tomcat), empty and
-/// `.` segments dropped and `..` ones resolved.
-fn read_as_upstream(destination: &str) -> String {
+/// read as `/`, each segment's `;` parameters dropped (Tomcat), `.`
+/// segments dropped and `..` ones resolved; empty segments dropped first
+/// (servers that merge slashes) or, with `keep_empty`, kept as segments that
+/// a `..` removes (RFC 3986 5.2.4, WHATWG URL).
+fn read_as_upstream(destination: &str, keep_empty: bool) -> String {
     let mut path = destination;
     // An absolute URI, or a network-path reference (`//host/path`, as Go's
     // x/net/webdav reads it): the path after the authority.
@@ -1402,8 +1408,9 @@ fn read_as_upstream(destination: &str) -> String {
     }
     let decoded = String::from_utf8_lossy(&decoded).replace('\\', "/");
     let mut segments: Vec<&str> = Vec::new();
-    for segment in decoded.split('/') {
+    for (i, segment) in decoded.split('/').enumerate() {
         match segment.split(';').next().unwrap_or_default() {
+            "" if keep_empty && i > 0 => segments.push(""),
             "" | "." => {}
             ".." => {
                 segments.pop();

@@ -126,8 +126,9 @@ async fn equivalent_spellings_are_forwarded_in_canonical_form() {
 }
 
 /// A path with `;` parameters or `%3A`-style escapes is read one way by
-/// servers that drop the first or decode the second (Tomcat, Go, Spring)
-/// and another by servers that keep them (Express): where the two readings
+/// servers that drop the first or decode the second (Tomcat, Go, Spring),
+/// another by servers that end the path at its first `;` (find-my-way, so
+/// Fastify) and another by servers that keep them (Express): where the readings
 /// are different routes, it is refused, whichever route is the weaker;
 /// where they are one route, it passes that route's checks and goes
 /// upstream as received.
@@ -156,6 +157,11 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
         // Go: the bracket route (admin); Express: the tenant route.
         ("GET", "/search/a%5Bb%5D"),
         ("GET", "/search/a%5bb]"),
+        // find-my-way (Fastify), which ends the path at its first `;`:
+        // `/orders/{id}`; Tomcat and Express: the tenant route.
+        ("GET", "/orders/42;x/y"),
+        // find-my-way: the public catch-all; the others: the tenant route.
+        ("GET", "/docs;x/orders/1"),
     ] {
         for auth in [None, Some(admin.as_str())] {
             let headers: Vec<(&str, &str)> =
@@ -834,11 +840,24 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
-    let refused: [DavCase; 10] = [
+    let refused: [DavCase; 12] = [
         (
             "COPY",
             "/files/public/a",
             &[("Destination", "/files/private/a")],
+        ),
+        // `/files/public/b` with slashes merged first (as scopegate reads
+        // it), `/files/private/public/b` to RFC 3986 and WHATWG URL readers:
+        // forwarded as received, a path with anything to resolve is refused.
+        (
+            "MOVE",
+            "/files/public/a",
+            &[("Destination", "/files/private//../public/b")],
+        ),
+        (
+            "COPY",
+            "/files/public/a",
+            &[("Destination", "/files/public/./b")],
         ),
         // None at all: required (RFC 4918 9.8.3, 9.9.3).
         ("COPY", "/files/public/a", &[]),
@@ -3224,6 +3243,60 @@ async fn hop_by_hop_trailer_fields_do_not_reach_an_http2_client() {
     for hop in ["keep-alive", "connection", "x-hop"] {
         assert!(!trailers.contains_key(hop), "{hop} reached the client");
     }
+}
+
+/// A field the answer's head names in `Connection` is this hop's in the
+/// trailers too (RFC 9110 7.6.1): it reaches neither an HTTP/1.1 client
+/// (nor the `Trailer` header announcing it) nor an HTTP/2 one.
+#[tokio::test]
+async fn a_trailer_field_the_answers_connection_header_names_is_not_passed_on() {
+    let world = World::new().await;
+    let upstream = serve_fn(|_req: Request<Incoming>| async {
+        let mut trailers = http::HeaderMap::new();
+        trailers.insert("x-hop", http::HeaderValue::from_static("hop-secret"));
+        trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+        let frames = [
+            Ok(hyper::body::Frame::data(Bytes::from("hello"))),
+            Ok(hyper::body::Frame::trailers(trailers)),
+        ];
+        let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed();
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.insert("connection", http::HeaderValue::from_static("X-Hop"));
+        headers.insert("x-hop", http::HeaderValue::from_static("head-hop"));
+        headers.insert(
+            "trailer",
+            http::HeaderValue::from_static("x-hop, X-Checksum"),
+        );
+        response
+    })
+    .await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let text = raw(
+        gw.addr,
+        b"GET /status HTTP/1.1\r\nHost: gw.test\r\nTE: trailers\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 200"), "{text}");
+    assert!(text.contains("\r\ntrailer: x-checksum\r\n"), "{text}");
+    assert!(text.contains("\r\n0\r\nx-checksum: abc\r\n\r\n"), "{text}");
+    assert!(!text.contains("hop"), "{text}");
+
+    let request = Request::get(gw.url("/status"))
+        .header("te", "trailers")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = h2_send(request).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(!response.headers().contains_key("x-hop"));
+    let collected = tokio::time::timeout(BOUND, response.into_body().collect())
+        .await
+        .unwrap()
+        .unwrap();
+    let trailers = collected.trailers().cloned().expect("no trailers");
+    assert_eq!(trailers["x-checksum"], "abc");
+    assert!(!trailers.contains_key("x-hop"), "{trailers:?}");
 }
 
 /// Request trailers are dropped: to an HTTP/2 upstream they would carry

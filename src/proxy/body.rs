@@ -96,6 +96,8 @@ pin_project! {
         // The upstream's `max_requests` place, given back once the body
         // has ended, and the upload too.
         place: Option<Place>,
+        // Fields the answer's `Connection` named, which its trailers lose too.
+        connection_options: Option<Box<[http::HeaderName]>>,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -108,7 +110,9 @@ pin_project! {
 impl UpstreamBody {
     /// Wraps `inner`; `failures` counts how it ends badly; `lease` is the
     /// connection it arrives on, given back once it has ended (and the
-    /// request body, `upload`, if any, was sent whole), as `place` is.
+    /// request body, `upload`, if any, was sent whole), as `place` is;
+    /// `connection_options` are the fields the answer's `Connection` named,
+    /// removed from its trailers too.
     pub fn new(
         inner: Incoming,
         idle_timeout: Duration,
@@ -116,6 +120,7 @@ impl UpstreamBody {
         lease: Option<Lease>,
         upload: Option<UploadEnd>,
         place: Option<Place>,
+        connection_options: Option<Box<[http::HeaderName]>>,
     ) -> Self {
         let mut body = Self {
             inner,
@@ -124,6 +129,7 @@ impl UpstreamBody {
             lease,
             upload,
             place,
+            connection_options,
         };
         if body.inner.is_end_stream() {
             settle(
@@ -306,6 +312,9 @@ impl Body for UpstreamBody {
                 }
                 if let Some(trailers) = frame.trailers_mut() {
                     super::headers::remove_hop_by_hop_from_trailers(trailers);
+                    for name in this.connection_options.iter().flat_map(|n| n.iter()) {
+                        trailers.remove(name);
+                    }
                 }
                 Poll::Ready(Some(Ok(frame)))
             }

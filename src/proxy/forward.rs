@@ -19,7 +19,7 @@ use super::body::{
 use super::client::build_upstream_connectors;
 use super::headers::{
     announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop,
-    remove_hop_by_hop_from_answer, ClientInfo,
+    remove_hop_by_hop_from_answer, take_connection_options, ClientInfo,
 };
 use super::places::{Place, Places};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
@@ -278,6 +278,8 @@ impl Forwarder {
         // client reads an HTTP/1.0 answer as closing the connection).
         *response.version_mut() = http::Version::HTTP_11;
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
+        // Fields the answer's `Connection` names, for its trailers.
+        let mut connection_options = None;
         if switching {
             let Some(client_side) = client_upgrade else {
                 return Err(self.bad_answer(upstream, "a protocol switch nobody asked for"));
@@ -339,6 +341,7 @@ impl Forwarder {
                 return Err(self.bad_answer(upstream, "a transfer coding other than chunked"));
             }
             single_content_length(response.headers_mut());
+            connection_options = take_connection_options(response.headers_mut());
             if remove_hop_by_hop_from_answer(response.headers_mut()) {
                 // An offer to switch (`Upgrade: h2c` on a 200, as Apache
                 // sends) is this hop's alone: the client asked for nothing.
@@ -372,6 +375,7 @@ impl Forwarder {
                 lease,
                 upload_end,
                 place,
+                connection_options,
             ))
         }))
     }

@@ -5,8 +5,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, TRANSFER_ENCODING,
-    UPGRADE,
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, TRAILER,
+    TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
 use http::HeaderMap;
@@ -100,6 +100,50 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
 /// request's goes.
 pub fn remove_hop_by_hop_from_answer(headers: &mut HeaderMap) -> bool {
     remove_hop_by_hop_but(headers, TRAILER_BIT)
+}
+
+/// The fields an answer's `Connection` header names beyond the hop-by-hop
+/// ones (`Connection: x-hop`), `None` when it names none (as nearly
+/// always): RFC 9110 7.6.1 has them removed from the trailers too, which
+/// arrive after the head, and from the `Trailer` header announcing them
+/// (done here, so call it before the head's hop-by-hop removal).
+pub fn take_connection_options(headers: &mut HeaderMap) -> Option<Box<[HeaderName]>> {
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|token| {
+            !token.eq_ignore_ascii_case(b"upgrade")
+                && !HOP_BY_HOP
+                    .iter()
+                    .any(|name| token.eq_ignore_ascii_case(name.as_bytes()))
+        })
+        .filter_map(|token| HeaderName::from_bytes(token).ok())
+        .collect();
+    if named.is_empty() {
+        return None;
+    }
+    if headers.contains_key(TRAILER) {
+        let announced: Vec<&[u8]> = headers
+            .get_all(TRAILER)
+            .iter()
+            .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+            .map(<[u8]>::trim_ascii)
+            .filter(|field| {
+                !field.is_empty()
+                    && !named
+                        .iter()
+                        .any(|name| field.eq_ignore_ascii_case(name.as_str().as_bytes()))
+            })
+            .collect();
+        let kept = HeaderValue::from_bytes(&announced.join(&b", "[..])).ok();
+        headers.remove(TRAILER);
+        if let Some(kept) = kept.filter(|v| !v.is_empty()) {
+            headers.insert(TRAILER, kept);
+        }
+    }
+    Some(named.into_boxed_slice())
 }
 
 /// [`remove_hop_by_hop`] for an answer's trailer fields, which no upgrade

@@ -176,6 +176,24 @@ pub fn canonicalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     Ok(Cow::Owned(rebuild(path)))
 }
 
+/// Whether a path has a segment that readers resolve by rules of their
+/// own: an empty one (`//` inside it, which RFC 3986 keeps as a segment,
+/// so that `/a//../b` is `/a/b` to it, while servers that merge slashes
+/// first read `/b`) or a dot segment, raw or `%2E`. A path forwarded as
+/// received, not canonical (WebDAV's `Destination`), must have none, so
+/// that every reader takes it as the path checked.
+pub fn has_segments_to_resolve(path: &str) -> bool {
+    let inner = path.strip_prefix('/').unwrap_or(path);
+    let mut segments = inner.split('/').peekable();
+    while let Some(segment) = segments.next() {
+        let last = segments.peek().is_none();
+        if (segment.is_empty() && !last) || is_dot_segment(segment.as_bytes()) {
+            return true;
+        }
+    }
+    false
+}
+
 /// Whether `path` is its own canonical form: a path the config names must
 /// be, since requests are matched (and served) canonical.
 pub fn is_canonical(path: &str) -> bool {
@@ -393,8 +411,13 @@ fn is_dot_segment_with_parameters(seg: Option<&[u8]>) -> bool {
     let Some(semicolon) = seg.iter().position(|&b| b == b';') else {
         return false;
     };
+    is_dot_segment(seg.get(..semicolon).unwrap_or_default())
+}
+
+/// Whether a raw segment is `.` or `..`, each dot raw or `%2E`.
+fn is_dot_segment(seg: &[u8]) -> bool {
     let mut dots = 0;
-    let mut rest = seg.get(..semicolon).unwrap_or_default();
+    let mut rest = seg;
     while !rest.is_empty() {
         match rest {
             [b'.', tail @ ..] => rest = tail,
@@ -659,6 +682,36 @@ mod tests {
         for (input, expected) in CASES {
             let got = canonicalize(input);
             assert_eq!(got.as_deref(), expected.as_deref(), "input {input:?}");
+        }
+    }
+
+    #[test]
+    fn segments_to_resolve_are_empty_or_dot_segments() {
+        for path in [
+            "/",
+            "/a",
+            "/a/",
+            "/a/b.txt",
+            "/a/...",
+            "/a/.b",
+            "/a%2Fb",
+            "/a/%2e%2ex",
+        ] {
+            assert!(!has_segments_to_resolve(path), "{path}");
+        }
+        for path in [
+            "//a",
+            "/a//b",
+            "/a//",
+            "/a/./b",
+            "/a/../b",
+            "/a/..",
+            "/a/.",
+            "/a/%2e%2E/b",
+            "/a/%2E",
+            "/a/.%2e/",
+        ] {
+            assert!(has_segments_to_resolve(path), "{path}");
         }
     }
 

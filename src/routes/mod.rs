@@ -11,7 +11,8 @@ pub mod canonical;
 pub mod table;
 
 pub use canonical::{
-    canonicalize, is_canonical, route_form, route_form_with, MatchRules, PathError,
+    canonicalize, has_segments_to_resolve, is_canonical, route_form, route_form_with, MatchRules,
+    PathError,
 };
 pub use table::{Lookup, RouteError, RouteSpec, RouteTable};
 

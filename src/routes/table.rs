@@ -198,9 +198,10 @@ impl<T> RouteTable<T> {
 
     /// Finds the route for a canonical path as every server would read it.
     /// Tomcat drops `;` parameters and Go decodes `%3A`, while Express
-    /// keeps both: when the path has either, the two readings must lead to
-    /// the same route (or both to none), or the path is refused, since the
-    /// upstream may be of either kind. Allocates only for such paths.
+    /// keeps both and find-my-way (Fastify) ends the path at its first `;`:
+    /// when the path has either, these readings must lead to the same route
+    /// (or all to none), or the path is refused, since the upstream may be
+    /// of any kind. Allocates only for such paths.
     pub fn route(&self, method: &Method, canonical_path: &str) -> Result<Lookup<'_, T>, PathError> {
         let decoded = route_form(canonical_path);
         if matches!(decoded, std::borrow::Cow::Borrowed(_)) {
@@ -217,12 +218,15 @@ impl<T> RouteTable<T> {
             method,
             &fold(std::borrow::Cow::Borrowed(canonical_path), self.rules),
         );
-        let agree = match (routed, received) {
-            (Lookup::Matched(a), Lookup::Matched(b)) => std::ptr::eq(a, b),
-            (Lookup::NotFound, Lookup::NotFound) => true,
-            (Lookup::MethodNotAllowed { .. }, Lookup::MethodNotAllowed { .. }) => true,
-            _ => false,
-        };
+        let mut agree = same_route(&routed, &received);
+        if let Some((cut, _)) = canonical_path.split_once(';') {
+            // What is left of the path is the query to such a router.
+            let cut = if cut.is_empty() { "/" } else { cut };
+            agree &= same_route(
+                &routed,
+                &self.lookup(method, &route_form_with(cut, self.rules)),
+            );
+        }
         if agree {
             Ok(routed)
         } else {
@@ -946,6 +950,17 @@ impl Layers {
         self.routers.push(router);
         self.shapes.push(shape);
         Ok(())
+    }
+}
+
+/// Whether two readings of one path lead to the same route, or alike to
+/// none.
+fn same_route<T>(a: &Lookup<'_, T>, b: &Lookup<'_, T>) -> bool {
+    match (a, b) {
+        (Lookup::Matched(a), Lookup::Matched(b)) => std::ptr::eq(*a, *b),
+        (Lookup::NotFound, Lookup::NotFound) => true,
+        (Lookup::MethodNotAllowed { .. }, Lookup::MethodNotAllowed { .. }) => true,
+        _ => false,
     }
 }
 

@@ -27,7 +27,7 @@ use crate::proxy::headers::announce_close;
 use crate::proxy::places::Places;
 use crate::proxy::request_id::{RequestId, RequestIds, X_REQUEST_ID};
 use crate::proxy::{Body, ClientInfo, Forwarder};
-use crate::routes::{canonicalize, Lookup, RouteTable};
+use crate::routes::{canonicalize, has_segments_to_resolve, Lookup, RouteTable};
 
 /// Everything a request needs, built once from a validated [`Config`].
 pub struct Gateway {
@@ -627,6 +627,12 @@ impl Gateway {
         }
         let target =
             http::Uri::try_from(value.as_bytes()).map_err(|_| GatewayError::ForeignDestination)?;
+        // Forwarded as received, it must leave readers nothing to resolve:
+        // `/a//../b` is `/b` merged first (as here) but `/a/b` to RFC 3986
+        // and WHATWG URL readers.
+        if has_segments_to_resolve(target.path()) {
+            return Err(GatewayError::ForeignDestination);
+        }
         let path = canonicalize(target.path()).map_err(|_| GatewayError::ForeignDestination)?;
         match self.routes.route(request.method(), &path) {
             Ok(Lookup::Matched(served)) if served.index == route.index => Ok(()),
@@ -651,7 +657,7 @@ impl Gateway {
             || headers.contains_key(AUTHORIZATION)
             || headers.contains_key(UPGRADE)
             || !http_body::Body::is_end_stream(request.body())
-            || request.uri().query().is_some_and(names_an_access_token)
+            || sends_an_access_token_in_the_uri(request.uri())
             || !connection_keeps_every_header(headers)
         {
             return None;
@@ -727,7 +733,7 @@ impl Gateway {
                 // RFC 6750 3.1: one way of sending the token. A second one
                 // in the query would go upstream unchecked, where many
                 // frameworks read `access_token`.
-                if request.uri().query().is_some_and(names_an_access_token) {
+                if sends_an_access_token_in_the_uri(request.uri()) {
                     return Err(Refused::from(GatewayError::InvalidRequest(
                         "the access token must be sent in the Authorization header only, not in the query",
                     )));
@@ -1132,6 +1138,16 @@ fn names_an_access_token(query: &str) -> bool {
             reads_as_access_token(raw.as_bytes())
         }
     })
+}
+
+/// Whether the query, or what routers that end the path at its first `;`
+/// (find-my-way, so Fastify) read as the query, names an access token.
+fn sends_an_access_token_in_the_uri(uri: &http::Uri) -> bool {
+    uri.query().is_some_and(names_an_access_token)
+        || uri
+            .path()
+            .split_once(';')
+            .is_some_and(|(_, parameters)| names_an_access_token(parameters))
 }
 
 /// See [`names_an_access_token`].
