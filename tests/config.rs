@@ -260,6 +260,32 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "never forwarded",
         ),
         (
+            "empty methods",
+            format!("{base}routes:\n  - path: /a\n    methods: []\n    upstream: app\n"),
+            "11:14",
+            "methods must not be empty",
+        ),
+        (
+            "empty issuers",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: []\n"),
+            "12:14",
+            "issuers must not be empty",
+        ),
+        (
+            // No token holds one of none: the route must not read it as
+            // "no scope required".
+            "empty any_scopes",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    any_scopes: []\n"),
+            "12:17",
+            "any_scopes must not be empty",
+        ),
+        (
+            "public route with any_scopes",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    auth: none\n    any_scopes: [x]\n"),
+            "10:5",
+            "auth: none",
+        ),
+        (
             "public route with scopes",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    auth: none\n    scopes: [x]\n"),
             "10:5",

@@ -577,9 +577,9 @@ pub struct RawRoute {
     /// Every listed scope is required.
     #[serde(default)]
     pub scopes: Vec<String>,
-    /// At least one listed scope is required.
-    #[serde(default)]
-    pub any_scopes: Vec<String>,
+    /// At least one listed scope is required (so never written empty).
+    #[serde(default, deserialize_with = "present")]
+    pub any_scopes: Option<Spanned<Vec<String>>>,
     /// `bearer` (default) or `none` for a public route.
     #[serde(default, deserialize_with = "present")]
     pub auth: Option<Spanned<String>>,

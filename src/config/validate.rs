@@ -2667,7 +2667,7 @@ impl Validator<'_> {
             }
         };
         let access = if public {
-            if !raw.scopes.is_empty() || !raw.any_scopes.is_empty() || raw.issuers.is_some() {
+            if !raw.scopes.is_empty() || raw.any_scopes.is_some() || raw.issuers.is_some() {
                 return Err(self.err(
                     spanned.referenced,
                     "a route with `auth: none` cannot list scopes, any_scopes or issuers",
@@ -2675,7 +2675,19 @@ impl Validator<'_> {
             }
             Access::Public
         } else {
-            let scopes = ScopeRequirement::new(raw.scopes.clone(), raw.any_scopes.clone())
+            let any_scopes = match &raw.any_scopes {
+                None => Vec::new(),
+                // No token holds one of none: read as "no requirement", it
+                // would open the route to every valid token.
+                Some(list) if list.value.is_empty() => {
+                    return Err(self.err(
+                        list.referenced,
+                        "any_scopes must not be empty (omit it to require no scope)",
+                    ));
+                }
+                Some(list) => list.value.clone(),
+            };
+            let scopes = ScopeRequirement::new(raw.scopes.clone(), any_scopes)
                 .map_err(|e| self.err(spanned.referenced, e))?;
             let issuers = match &raw.issuers {
                 None => None,
