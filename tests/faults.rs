@@ -169,7 +169,7 @@ async fn open_idle(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
 }
 
 // ---------------------------------------------------------------------------
-// 1. JWKS documents that are too big or never finish
+// 1. JWKS documents that are too big, never finish or break off
 // ---------------------------------------------------------------------------
 
 /// How [`RawJwks`] answers.
@@ -183,6 +183,9 @@ enum JwksReply {
     HugeChunked,
     /// The document with its Content-Length, one byte every 100 ms.
     Trickle,
+    /// The document's Content-Length and half the document, then the
+    /// connection closes (an IdP or a proxy in front of it that broke off).
+    CutMidBody,
 }
 
 /// A JWKS endpoint written on raw sockets, so it can misbehave in the body.
@@ -289,6 +292,15 @@ impl RawJwks {
                     tokio::time::sleep(Duration::from_millis(100)).await;
                 }
             }
+            JwksReply::CutMidBody => {
+                let head = format!(
+                    "HTTP/1.1 200 OK\r\n{JSON}\r\nContent-Length: {}\r\n\r\n",
+                    document.len()
+                );
+                stream.write_all(head.as_bytes()).await?;
+                let half = document.as_bytes().get(..document.len() / 2).unwrap();
+                stream.write_all(half).await?;
+            }
         }
         stream.flush().await
     }
@@ -308,7 +320,7 @@ impl RawJwks {
 }
 
 #[tokio::test]
-async fn oversized_or_trickling_jwks_is_refused_and_loaded_keys_keep_working() {
+async fn oversized_trickling_or_cut_jwks_is_refused_and_loaded_keys_keep_working() {
     let key1 = SigningKey::generate("key-1").unwrap();
     let key2 = SigningKey::generate("key-2").unwrap();
     let jwks = RawJwks::start(key1.jwks()).await;
@@ -332,6 +344,8 @@ async fn oversized_or_trickling_jwks_is_refused_and_loaded_keys_keep_working() {
         (JwksReply::HugeWithLength, "invalid"),
         (JwksReply::HugeChunked, "invalid"),
         (JwksReply::Trickle, "timeout"),
+        // Not the document's fault: counted as the network's.
+        (JwksReply::CutMidBody, "network_error"),
     ] {
         jwks.set(mode, &both);
         let fetches = jwks.fetches();

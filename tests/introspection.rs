@@ -1460,6 +1460,47 @@ async fn refused_connection_fails_closed_uncached() {
     assert_eq!(upstream.count(), 0);
 }
 
+/// An answer whose connection breaks off mid-body is the network's
+/// failure (`network_error`), not a malformed answer (`invalid_response`).
+#[tokio::test]
+async fn an_answer_cut_off_mid_body_is_a_network_error() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let cut = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = [0u8; 8192];
+                let _ = stream.read(&mut buf).await;
+                // A 200 promising 4 000 bytes, then the connection ends.
+                let _ = stream
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n\
+                          Content-Length: 4000\r\n\r\n{\"active\":true,",
+                    )
+                    .await;
+            });
+        }
+    });
+    let upstream = Upstream::start().await;
+    let secret = SecretFile::new(CLIENT_SECRET);
+    let endpoint = format!("http://{cut}/introspect");
+    let issuers = opaque_issuer(&endpoint, &secret.credentials(), "");
+    let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
+
+    assert_unavailable(&get_with_token(&gw.url("/orders/1"), "cut").await);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        (
+            introspection_results(&metrics, "network_error"),
+            introspection_results(&metrics, "invalid_response"),
+        ),
+        (1.0, 0.0),
+        "{metrics}"
+    );
+    assert_eq!(upstream.count(), 0);
+}
+
 #[tokio::test]
 async fn other_routes_answer_while_introspection_hangs() {
     let world = World::new().await;

@@ -88,10 +88,17 @@ async fn exchange(
         .collect()
         .await
         .map_err(|e| {
-            CallError::Body(format!(
+            let cause = format!(
                 "reading the answer (at most {MAX_RESPONSE_BYTES} bytes): {}",
                 crate::error::with_causes(&*e)
-            ))
+            );
+            // Too long is the answer's fault; a connection that broke off
+            // mid-body is the network's.
+            if e.is::<http_body_util::LengthLimitError>() {
+                CallError::Body(cause)
+            } else {
+                CallError::Network(cause)
+            }
         })?
         .to_bytes())
 }

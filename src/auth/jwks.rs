@@ -726,8 +726,15 @@ impl IssuerKeys {
                 .collect()
                 .await
                 .map_err(|e| {
+                    // Too long is the document's fault; a connection that
+                    // broke off mid-body is the network's.
+                    let result = if e.is::<http_body_util::LengthLimitError>() {
+                        FetchResult::Invalid
+                    } else {
+                        FetchResult::NetworkError
+                    };
                     (
-                        FetchResult::Invalid,
+                        result,
                         format!(
                             "reading the key set (at most {MAX_JWKS_BYTES} bytes): {}",
                             crate::error::with_causes(&*e)
