@@ -346,6 +346,137 @@ fn inject_keeps_yaml_1_1_booleans_of_other_kinds() {
     );
 }
 
+/// A container port of the proxy or admin port's number but for another
+/// protocol (UDP, SCTP) is no conflict: TCP and UDP ports are separate
+/// spaces in the pod's network namespace, so a UDP listener on 9090 (a
+/// statsd / DNS-style sidecar) never clashes with scopegate's TCP admin
+/// listener, and Kubernetes allows one port number under two protocols.
+/// deploy/README.md refuses only ports "they would clash" on.
+#[test]
+fn inject_does_not_refuse_a_udp_port_with_the_admin_ports_number() {
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - \
+                name: metrics-agent\n      image: a\n      ports:\n        - {containerPort: \
+                9090, protocol: UDP}\n        - {containerPort: 8080, protocol: SCTP}\n";
+    let out = scopegate::inject::inject(yaml, &scopegate::inject::InjectOptions::default());
+    assert!(
+        out.as_ref().is_ok_and(|o| o.contains("scopegate-admin")),
+        "a UDP/SCTP port cannot clash with the sidecar's TCP listeners: {out:?}"
+    );
+    // The same port over TCP, said or by default, still does.
+    for protocol in ["", ", protocol: TCP"] {
+        let tcp = yaml.replace(", protocol: SCTP", protocol);
+        let out = scopegate::inject::inject(&tcp, &scopegate::inject::InjectOptions::default());
+        assert!(
+            matches!(
+                out,
+                Err(scopegate::inject::InjectError::PortConflict { port: 8080, .. })
+            ),
+            "{protocol}: {out:?}"
+        );
+    }
+}
+
+/// A port written `8080.0` (or `!!float 8080`), which kubectl's
+/// YAML-to-JSON conversion sends as the integer 8080, conflicts as 8080
+/// does (the README: it refuses manifests where an existing container
+/// already declares the proxy or admin port); one that is no port number
+/// at all (`8080.5`) is refused, naming it.
+#[test]
+fn inject_sees_a_conflicting_port_written_as_a_float() {
+    for port in ["8080.0", "!!float 8080", "8.08e3"] {
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n    - \
+             name: app\n      image: a\n      ports: [{{containerPort: {port}}}]\n"
+        );
+        let out = scopegate::inject::inject(&yaml, &scopegate::inject::InjectOptions::default());
+        assert!(
+            matches!(
+                out,
+                Err(scopegate::inject::InjectError::PortConflict { port: 8080, .. })
+            ),
+            "containerPort {port} is port 8080 to kubectl: {out:?}"
+        );
+    }
+    let yaml = "apiVersion: v1\nkind: Pod\nmetadata: {name: p}\nspec:\n  containers:\n    - \
+                name: app\n      image: a\n      ports: [{containerPort: 8080.5}]\n";
+    let out = run_inject(yaml.as_bytes(), Stdio::piped());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("document 1 (Pod/p): `spec.containers[0].ports[0].containerPort`")
+            && stderr.contains("8080.5, not a port number"),
+        "{stderr}"
+    );
+}
+
+/// A plain mapping key that YAML 1.1 (kubectl's go-yaml v2) reads as a
+/// boolean, a number or null (`y`, `0644`, `0x10`, `1_000`, `~`) is one
+/// kubectl applies as other text (`"true"`, `"420"`, `"16"`, `"1000"`;
+/// sigs.k8s.io/yaml's key conversion) or refuses; `inject`, which writes
+/// every key quoted, would turn it back into the text written, so a
+/// ConfigMap or custom resource it should pass through unchanged would be
+/// applied with other keys than without it. Such a key is refused, with
+/// its document, line and column and the advice to quote it; quoted ones,
+/// and plain ones kubectl keeps as written (`80`, `true`), pass and read
+/// as kubectl reads the input.
+#[test]
+fn inject_keeps_what_kubectl_reads_for_plain_non_string_keys() {
+    let config_map = |keys: &str| {
+        format!("apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: c}}\ndata:\n  x: a\n{keys}")
+    };
+    let opts = scopegate::inject::InjectOptions::default();
+    for (key, reads_as) in [
+        ("y", "the boolean true"),
+        ("On", "the boolean true"),
+        ("n", "the boolean false"),
+        ("0644", "the number 420"),
+        ("0x10", "the number 16"),
+        ("1_000", "the number 1000"),
+        ("~", "null"),
+        ("1e3", "a floating-point number"),
+    ] {
+        let yaml = format!(
+            "kind: Service\n---\n{}",
+            config_map(&format!("  {key}: b\n"))
+        );
+        let out = scopegate::inject::inject(&yaml, &opts);
+        match &out {
+            Err(scopegate::inject::InjectError::AmbiguousKey {
+                document: 2,
+                line: 8,
+                column: 3,
+                key: refused,
+                reads_as: said,
+            }) if refused == key && said.starts_with(reads_as) => {}
+            _ => panic!("plain key {key} is {reads_as} to kubectl: {out:?}"),
+        }
+    }
+    // What the operator reads.
+    let out = run_inject(config_map("  y: b\n").as_bytes(), Stdio::piped());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.starts_with(
+            "-: document 1: the unquoted key \"y\" at line 6, column 3 is the boolean true"
+        ) && stderr.contains("quote it"),
+        "{stderr}"
+    );
+
+    let Some(mut reader) = hostile_manifests::Reader::start() else {
+        return;
+    };
+    let kept = config_map("  \"y\": b\n  '0644': c\n  \"1_000\": d\n  80: e\n  true: f\n");
+    let out = String::from_utf8(inject(kept.as_bytes())).unwrap();
+    let docs = reader.read(&out).unwrap();
+    assert_eq!(
+        docs[0]["data"],
+        serde_json::json!({
+            "x": "a", "y": "b", "0644": "c", "1_000": "d", "80": "e", "true": "f"
+        }),
+        "what kubectl reads of the input:\n{out}"
+    );
+}
+
 /// A pod's own grace period shorter than the drain the sidecar needs (60 s;
 /// every live object from `kubectl get` carries the API's 30) is kept, and
 /// said on stderr, naming the object; one long enough, or none, is not.

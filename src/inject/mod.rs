@@ -35,9 +35,20 @@
 //! with a leading `0` are octal (`defaultMode: 0644` means 420); quoted
 //! scalars stay strings (`"8080"`, `"no"`). Booleans are written back as
 //! `true` and `false`, and the output quotes every string that a YAML 1.1
-//! reader could take for a number, boolean or null.
+//! reader could take for a number, boolean or null. Keys come out as their
+//! text, so a plain key that kubectl reads as other text than written (`y`
+//! is the key `"true"` to it, `0644` the key `"420"`, `~` no key at all) is
+//! refused with its line and column ([`InjectError::AmbiguousKey`]): quoting
+//! it keeps the text; `true`, `80` and the like, which kubectl keeps as
+//! written, pass.
 //! Comments, anchors and key order are not kept: keys come out sorted unless
 //! `serde_json`'s `preserve_order` feature is on.
+//!
+//! A container port conflicts with the sidecar's when it has the proxy or
+//! admin port's number and is TCP (Kubernetes' default): a UDP or SCTP port
+//! of that number is another port. A `containerPort` written as a whole
+//! float (`8080.0`) is that integer, as kubectl sends it; one that is no
+//! number from 1 to 65535 is refused.
 
 use std::fmt;
 
@@ -162,6 +173,29 @@ pub enum InjectError {
         /// `proxy` or `admin`.
         purpose: &'static str,
     },
+    /// A mapping key written plain (unquoted) that kubectl's YAML 1.1 reader
+    /// takes for a boolean, a number or null, and so applies as another key
+    /// than the text written (`y` as `"true"`, `0644` as `"420"`) or refuses.
+    /// The output writes every key as its text (quoted where needed), so it
+    /// cannot be kept: quoting it in the input keeps the text, writing what
+    /// kubectl makes of it keeps that.
+    #[error(
+        "document {document}: the unquoted key {key:?} at line {line}, column {column} is \
+         {reads_as} to kubectl (YAML 1.1), not the text {key:?}; quote it to keep it as \
+         written"
+    )]
+    AmbiguousKey {
+        /// 1-based position of the document in the input (empty documents count).
+        document: usize,
+        /// 1-based line of the key in the whole input.
+        line: u64,
+        /// 1-based column of the key.
+        column: u64,
+        /// The key as written.
+        key: String,
+        /// What kubectl reads it as, for the message (`the boolean true`).
+        reads_as: String,
+    },
     /// The [`InjectOptions`] are unusable.
     #[error("invalid inject options: {0}")]
     InvalidOptions(String),
@@ -218,10 +252,13 @@ fn fmt_position(line: Option<u64>, column: Option<u64>) -> String {
 /// # Errors
 ///
 /// [`InjectError::Parse`] for invalid YAML (with the document and, where the
-/// parser knows it, line and column), [`InjectError::InvalidManifest`] for a
-/// document that is not a mapping or a workload whose pod spec is malformed,
-/// [`InjectError::PortConflict`] when a container already declares the proxy or
-/// admin port, and [`InjectError::InvalidOptions`] for unusable `opts`.
+/// parser knows it, line and column), [`InjectError::AmbiguousKey`] for a
+/// plain key kubectl would read as other text (with its line and column),
+/// [`InjectError::InvalidManifest`] for a document that is not a mapping or
+/// a workload whose pod spec is malformed (a `containerPort` that is no port
+/// number too), [`InjectError::PortConflict`] when a container already
+/// declares the proxy or admin port over TCP, and
+/// [`InjectError::InvalidOptions`] for unusable `opts`.
 pub fn inject(input: &str, opts: &InjectOptions) -> Result<String, InjectError> {
     inject_with_warnings(input, opts).map(|injected| injected.output)
 }
@@ -409,8 +446,13 @@ fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError>
         legacy_octal_numbers: true,
         with_snippet: false,
     };
-    let mut value = serde_saphyr::from_str_with_options::<Value>(chunk.text, yaml11)
-        .map_err(|e| parse_error(&e, chunk, document))?;
+    let mut value = serde_saphyr::from_str_with_options::<Value>(chunk.text, yaml11).map_err(
+        // A null or tagged key fails here: said as the key it is.
+        |e| match check_keys(chunk, document) {
+            Err(key @ InjectError::AmbiguousKey { .. }) => key,
+            _ => parse_error(&e, chunk, document),
+        },
+    )?;
     // The parser takes those spellings in any case (`yEs`), which go-yaml
     // keeps as strings: read with YAML 1.2 booleans, where a plain `yEs`
     // stays a string, to find them. (An explicit `!!bool yes` fails there:
@@ -423,7 +465,215 @@ fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError>
     if let Ok(strings) = serde_saphyr::from_str_with_options::<Value>(chunk.text, yaml12) {
         keep_go_yaml_strings(&mut value, strings);
     }
+    // Keys are read as text, but kubectl reads a plain `y` or `0644` key
+    // as a boolean or number, and writes that back as another key.
+    check_keys(chunk, document)?;
     Ok(value)
+}
+
+/// Refuses the first mapping key of `chunk` that kubectl would apply as
+/// another key than the text written (see [`InjectError::AmbiguousKey`]):
+/// a plain one it takes for a boolean, number or null, a key tagged
+/// `!!int`, `!!bool` and so on, or an alias of such a scalar.
+fn check_keys(chunk: &Chunk<'_>, document: usize) -> Result<(), InjectError> {
+    use serde_saphyr::granit_parser::{Event, Parser};
+
+    /// A collection the walk is in; for a mapping, whether a key comes next.
+    enum Open {
+        Sequence,
+        Mapping { key_next: bool },
+    }
+    /// A node ended: in a mapping, a key is followed by a value and that by a key.
+    fn ended(open: &mut [Open]) {
+        if let Some(Open::Mapping { key_next }) = open.last_mut() {
+            *key_next = !*key_next;
+        }
+    }
+
+    let mut open: Vec<Open> = Vec::new();
+    // What an anchored scalar reads as when an alias makes it a key.
+    let mut anchored: std::collections::HashMap<usize, (String, Option<String>)> =
+        std::collections::HashMap::new();
+    for event in Parser::new_from_str(chunk.text) {
+        let (event, span) = event.map_err(|e| {
+            let marker = e.marker();
+            InjectError::Parse {
+                document,
+                line: u64::try_from(marker.line())
+                    .ok()
+                    .map(|line| line + chunk.first_line - 1),
+                column: u64::try_from(marker.col() + 1).ok(),
+                message: e.info(),
+            }
+        })?;
+        let is_key = matches!(open.last(), Some(Open::Mapping { key_next: true }));
+        let (key, reads_as) = match event {
+            Event::SequenceStart(..) => {
+                open.push(Open::Sequence);
+                continue;
+            }
+            Event::MappingStart(..) => {
+                open.push(Open::Mapping { key_next: true });
+                continue;
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                open.pop();
+                ended(&mut open);
+                continue;
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let reads_as = match tag.as_deref() {
+                    Some(tag) => tagged_key_reading(tag.handle(), tag.suffix()),
+                    None if style == serde_saphyr::granit_parser::ScalarStyle::Plain => {
+                        plain_key_reading(&text)
+                    }
+                    None => None,
+                };
+                if anchor != 0 {
+                    anchored.insert(anchor, (text.to_string(), reads_as.clone()));
+                }
+                (text.to_string(), reads_as)
+            }
+            Event::Alias(anchor) => anchored
+                .get(&anchor)
+                .cloned()
+                .unwrap_or_else(|| (String::new(), None)),
+            _ => continue,
+        };
+        if let (true, Some(reads_as)) = (is_key, reads_as) {
+            return Err(InjectError::AmbiguousKey {
+                document,
+                line: u64::try_from(span.start.line()).unwrap_or(0) + chunk.first_line - 1,
+                column: u64::try_from(span.start.col() + 1).unwrap_or(0),
+                key,
+                reads_as,
+            });
+        }
+        ended(&mut open);
+    }
+    Ok(())
+}
+
+/// The plain scalars go-yaml v2 takes for `true`, and for `false`.
+const GO_YAML_TRUE: [&str; 11] = [
+    "y", "Y", "yes", "Yes", "YES", "on", "On", "ON", "true", "True", "TRUE",
+];
+const GO_YAML_FALSE: [&str; 11] = [
+    "n", "N", "no", "No", "NO", "off", "Off", "OFF", "false", "False", "FALSE",
+];
+
+/// What kubectl reads a plain mapping key `text` as, where that is not
+/// the text itself: go-yaml v2 resolves it (to a boolean, an integer, a
+/// float or null) and sigs.k8s.io/yaml writes the key back (`true`,
+/// decimal digits, Go's shortest float notation) or refuses it (null).
+/// `None` where the key stays the text: a string, or a value kubectl
+/// writes back as exactly `text` (`true`, `80`). A float is always named,
+/// even where its notation would come out the same (`1.5`).
+fn plain_key_reading(text: &str) -> Option<String> {
+    if text == "true" || text == "false" {
+        return None;
+    }
+    if GO_YAML_TRUE.contains(&text) {
+        return Some("the boolean true (the key \"true\")".to_owned());
+    }
+    if GO_YAML_FALSE.contains(&text) {
+        return Some("the boolean false (the key \"false\")".to_owned());
+    }
+    if matches!(text, "" | "~" | "null" | "Null" | "NULL") {
+        return Some("null, which kubectl refuses as a key".to_owned());
+    }
+    let float = "a floating-point number (a key in Go's float notation)";
+    let unsigned = text.strip_prefix(['+', '-']).unwrap_or(text);
+    if matches!(unsigned, ".inf" | ".Inf" | ".INF")
+        || (unsigned.len() == text.len() && matches!(text, ".nan" | ".NaN" | ".NAN"))
+    {
+        return Some(float.to_owned());
+    }
+    match text.as_bytes().first() {
+        Some(b'+' | b'-' | b'0'..=b'9') => {
+            // go-yaml v2 drops underscores before reading a number.
+            let plain = text.replace('_', "");
+            if let Some(number) = go_integer(&plain) {
+                return match number {
+                    Some(n) if i64::try_from(n).is_ok() && n.to_string() == text => None,
+                    Some(n) if i64::try_from(n).is_ok() => {
+                        Some(format!("the number {n} (the key \"{n}\")"))
+                    }
+                    _ => Some("a number too large for kubectl's keys".to_owned()),
+                };
+            }
+            is_go_yaml_float(&plain).then(|| float.to_owned())
+        }
+        Some(b'.') => is_go_yaml_float(text).then(|| float.to_owned()),
+        _ => None,
+    }
+}
+
+/// What kubectl reads a key tagged `handle` `suffix` as, where that may
+/// not be its text: a core-schema tag other than `!!str` (`!!int 0644`,
+/// `!!bool yes`). Other tags leave it a string.
+fn tagged_key_reading(handle: &str, suffix: &str) -> Option<String> {
+    (handle == "tag:yaml.org,2002:" && suffix != "str")
+        .then(|| format!("a `!!{suffix}` scalar, whose key may be other text"))
+}
+
+/// `text` (without underscores) as Go's `strconv.ParseInt(text, 0, 64)`
+/// reads it: an optional sign, then `0x`, `0o` or `0b` and digits of that
+/// base, `0` and octal digits, or decimal digits. `None` when it is not
+/// such a number; `Some(None)` when it is, but too large to hold.
+fn go_integer(text: &str) -> Option<Option<i128>> {
+    let (negative, unsigned) = match text.as_bytes().first() {
+        Some(b'-') => (true, &text[1..]),
+        Some(b'+') => (false, &text[1..]),
+        _ => (false, text),
+    };
+    let lower = unsigned.get(..2).map(str::to_ascii_lowercase);
+    let (radix, digits) = match lower.as_deref() {
+        Some("0x") => (16, &unsigned[2..]),
+        Some("0o") => (8, &unsigned[2..]),
+        Some("0b") => (2, &unsigned[2..]),
+        _ if unsigned.len() > 1 && unsigned.starts_with('0') => (8, &unsigned[1..]),
+        _ => (10, unsigned),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    Some(
+        i128::from_str_radix(digits, radix)
+            .ok()
+            .map(|n| if negative { -n } else { n }),
+    )
+}
+
+/// Whether `text` is a float to go-yaml v2:
+/// `^[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?$`.
+fn is_go_yaml_float(text: &str) -> bool {
+    let digits = |s: &str| s.len() - s.trim_start_matches(|c: char| c.is_ascii_digit()).len();
+    let rest = text.strip_prefix(['+', '-']).unwrap_or(text);
+    let rest = if let Some(fraction) = rest.strip_prefix('.') {
+        let n = digits(fraction);
+        if n == 0 {
+            return false;
+        }
+        &fraction[n..]
+    } else {
+        let n = digits(rest);
+        if n == 0 {
+            return false;
+        }
+        let rest = &rest[n..];
+        match rest.strip_prefix('.') {
+            Some(fraction) => &fraction[digits(fraction)..],
+            None => rest,
+        }
+    };
+    match rest.strip_prefix(['e', 'E']) {
+        None => rest.is_empty(),
+        Some(exponent) => {
+            let exponent = exponent.strip_prefix(['+', '-']).unwrap_or(exponent);
+            !exponent.is_empty() && digits(exponent) == exponent.len()
+        }
+    }
 }
 
 /// Turns back into strings the booleans of `yaml11` that `yaml12` (the
@@ -696,15 +946,35 @@ fn inject_pod_spec(
         let Some(Value::Array(containers)) = pod_spec.get(key) else {
             continue;
         };
-        for c in containers {
+        for (c_index, c) in containers.iter().enumerate() {
             let name = c.get("name").and_then(Value::as_str).unwrap_or("");
             let Some(Value::Array(ports)) = c.get("ports") else {
                 continue;
             };
-            for p in ports {
-                let port = p.get("containerPort").and_then(Value::as_u64);
+            for (p_index, p) in ports.iter().enumerate() {
+                let port = match p.get("containerPort") {
+                    None | Some(Value::Null) => continue,
+                    Some(value) => port_number(value).ok_or_else(|| {
+                        invalid(
+                            at,
+                            format!(
+                                "`{path}.{key}[{c_index}].ports[{p_index}].containerPort` of \
+                                 container {name:?} is {value}, not a port number (an integer \
+                                 from 1 to 65535)"
+                            ),
+                        )
+                    })?,
+                };
+                // The sidecar listens on TCP; a UDP or SCTP port of the same
+                // number is another port (Kubernetes' default is TCP).
+                if matches!(
+                    p.get("protocol").and_then(Value::as_str),
+                    Some("UDP" | "SCTP")
+                ) {
+                    continue;
+                }
                 for (purpose, wanted) in [("proxy", opts.proxy_port), ("admin", opts.admin_port)] {
-                    if port == Some(u64::from(wanted)) {
+                    if port == wanted {
                         return Err(InjectError::PortConflict {
                             at: at.clone(),
                             container: name.to_owned(),
@@ -772,6 +1042,19 @@ fn inject_pod_spec(
         }));
     }
     Ok(true)
+}
+
+/// The port a `containerPort` holds, as kubectl sends it: a whole number
+/// written as a float (`8080.0`, `!!float 8080`) is that integer. `None`
+/// for anything but a number from 1 to 65535.
+fn port_number(value: &Value) -> Option<u16> {
+    let number = value.as_u64().or_else(|| {
+        value
+            .as_f64()
+            .filter(|f| f.fract() == 0.0 && (1.0..=65535.0).contains(f))
+            .map(|f| f as u64)
+    })?;
+    u16::try_from(number).ok().filter(|&port| port != 0)
 }
 
 /// Annotate the pod template (or Pod) so the injection is visible.
@@ -1575,5 +1858,167 @@ spec:
         assert_eq!(chunks[3].text, "%YAML 1.2\n---\nc: 3\n");
         // `----` and `---x` are not markers.
         assert_eq!(split_documents("a: |\n  ----\nb: ---x\n").len(), 1);
+    }
+
+    #[test]
+    fn plain_keys_are_read_as_go_yaml_v2_reads_them() {
+        // Kept as written by kubectl: strings, and values it writes back as
+        // the same text.
+        for key in [
+            "x",
+            "yEs",
+            "oN",
+            "true",
+            "false",
+            "80",
+            "0",
+            "-7",
+            "1:20",
+            "2001-12-14",
+            "<<",
+            "+.nan",
+            "0x",
+            "-",
+            "1.2.3",
+            "v1",
+            "_1",
+            "0b2",
+            "1e",
+        ] {
+            assert_eq!(plain_key_reading(key), None, "{key}");
+        }
+        for (key, reads_as) in [
+            ("y", "the boolean true (the key \"true\")"),
+            ("On", "the boolean true (the key \"true\")"),
+            ("True", "the boolean true (the key \"true\")"),
+            ("N", "the boolean false (the key \"false\")"),
+            ("0644", "the number 420 (the key \"420\")"),
+            ("0x10", "the number 16 (the key \"16\")"),
+            ("0o17", "the number 15 (the key \"15\")"),
+            ("0B101", "the number 5 (the key \"5\")"),
+            ("-0b101", "the number -5 (the key \"-5\")"),
+            ("1_000", "the number 1000 (the key \"1000\")"),
+            ("+5", "the number 5 (the key \"5\")"),
+            ("-0", "the number 0 (the key \"0\")"),
+            ("00", "the number 0 (the key \"0\")"),
+            (
+                "9223372036854775808",
+                "a number too large for kubectl's keys",
+            ),
+            ("~", "null, which kubectl refuses as a key"),
+            ("Null", "null, which kubectl refuses as a key"),
+        ] {
+            assert_eq!(plain_key_reading(key).as_deref(), Some(reads_as), "{key}");
+        }
+        for float in [
+            "1.5", "1.", ".5", "-.5e3", "1e3", "1E+3", "08", ".inf", "-.Inf", ".NaN",
+        ] {
+            assert!(
+                plain_key_reading(float).is_some_and(|r| r.starts_with("a floating-point")),
+                "{float}"
+            );
+        }
+    }
+
+    #[test]
+    fn ambiguous_keys_are_refused_where_they_are() {
+        let refused = |yaml: &str| match inject(yaml, &InjectOptions::default()) {
+            Err(InjectError::AmbiguousKey {
+                document,
+                line,
+                column,
+                key,
+                ..
+            }) => (document, line, column, key),
+            other => panic!("expected an ambiguous key in {yaml:?}, got {other:?}"),
+        };
+        // In the second document, in a flow mapping in a sequence.
+        let yaml = "kind: Service\n---\nkind: Widget\nspec:\n  items:\n    - {a: 1, 0644: 2}\n";
+        assert_eq!(refused(yaml), (2, 6, 14, "0644".to_owned()));
+        // An alias of a scalar kubectl reads as a number, and a tagged key.
+        let yaml = "kind: Widget\nspec:\n  a: &n 0x10\n  *n : b\n";
+        assert_eq!(refused(yaml), (1, 4, 3, "0x10".to_owned()));
+        for tagged in [
+            "!!int 80",
+            "!!bool yes",
+            "!!float 1",
+            "!!null ''",
+            "!!binary aGk=",
+        ] {
+            let yaml = format!("kind: Widget\nspec: {{{tagged}: b}}\n");
+            let err = inject(&yaml, &InjectOptions::default()).expect_err(tagged);
+            assert!(
+                matches!(err, InjectError::AmbiguousKey { line: 2, .. }),
+                "{tagged}: {err:?}"
+            );
+        }
+        // A value spelt so is no key; quoted keys, and ones kubectl keeps, pass.
+        let yaml = "kind: Widget\nspec:\n  a: 0644\n  b: [y, ~]\n  \"y\": 1\n  '0644': 2\n  \
+                    80: 3\n  true: 4\n  ? |\n    y\n  : 5\n";
+        let docs = parse_all(&inject_default(yaml));
+        assert_eq!(
+            docs[0]["spec"],
+            json!({"a": 420, "b": [true, null], "y": 1, "0644": 2, "80": 3, "true": 4, "y\n": 5})
+        );
+        let err = inject("a:\n  y: 1\n", &InjectOptions::default())
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "document 1: the unquoted key \"y\" at line 2, column 3 is the boolean true (the \
+             key \"true\") to kubectl (YAML 1.1), not the text \"y\"; quote it to keep it as \
+             written"
+        );
+    }
+
+    #[test]
+    fn container_ports_are_read_as_kubectl_sends_them() {
+        let pod = |ports: &str| {
+            format!(
+                "kind: Pod\nmetadata: {{name: p}}\nspec:\n  containers:\n    - name: app\n      \
+                 image: a\n      ports: {ports}\n"
+            )
+        };
+        // A whole float is the integer; only TCP (or no protocol) conflicts.
+        for ports in [
+            "[{containerPort: 8080.0}]",
+            "[{containerPort: !!float 8080}]",
+            "[{containerPort: 8080, protocol: TCP}]",
+            "[{containerPort: 9090, protocol: UDP}, {containerPort: 9090}]",
+        ] {
+            let err = inject(&pod(ports), &InjectOptions::default()).expect_err(ports);
+            assert!(
+                matches!(err, InjectError::PortConflict { .. }),
+                "{ports}: {err:?}"
+            );
+        }
+        for ports in [
+            "[{containerPort: 9090, protocol: UDP}, {containerPort: 8080, protocol: SCTP}]",
+            "[{containerPort: 3000.0}, {name: x}, {containerPort: null}]",
+        ] {
+            inject(&pod(ports), &InjectOptions::default()).expect(ports);
+        }
+        for (ports, shown) in [
+            ("[{containerPort: 8080.5}]", "8080.5"),
+            ("[{containerPort: \"8080\"}]", "\"8080\""),
+            ("[{containerPort: 70000}]", "70000"),
+            ("[{containerPort: 0}]", "0"),
+            (
+                "[{name: a, containerPort: 1}, {containerPort: -1, protocol: UDP}]",
+                "-1",
+            ),
+        ] {
+            let err = inject(&pod(ports), &InjectOptions::default()).expect_err(ports);
+            assert!(
+                matches!(err, InjectError::InvalidManifest { .. }),
+                "{ports}: {err:?}"
+            );
+            assert!(
+                err.to_string().contains(&format!(
+                    "containerPort` of container \"app\" is {shown}, not a port number"
+                )),
+                "{ports}: {err}"
+            );
+        }
     }
 }
