@@ -963,6 +963,39 @@ async fn head_on_the_sign_in_page_is_answered_as_get() {
     }
 }
 
+/// A sign-in form that stops arriving gets 408 once the form's time is up,
+/// and the connection closes, as at the token endpoint (README: "sent whole
+/// within 10 s (408 and the connection closed after that").
+#[tokio::test]
+async fn a_stalled_sign_in_form_gets_408() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_upstream, gw) = start().await;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {AUTHORIZE} HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: 100\r\n\r\nclient_id="
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut out = Vec::new();
+    let read = tokio::time::timeout(
+        scopegate::issuer::FORM_READ_TIMEOUT * 3,
+        stream.read_to_end(&mut out),
+    )
+    .await;
+    assert!(read.is_ok(), "the connection stayed open");
+    let reply = RawReply::parse(&String::from_utf8_lossy(&out));
+    assert_eq!(reply.status, 408, "{reply:?}");
+    assert_eq!(
+        reply.header("connection").as_deref(),
+        Some("close"),
+        "{reply:?}"
+    );
+}
+
 /// Browsers send the sign-in cookies (`Path=/oauth2/authorize`) with every
 /// request below that path too (RFC 6265 5.1.4): no route may forward them
 /// there, or the app would read the session and its CSRF value. Routes
@@ -1124,6 +1157,29 @@ async fn others_failures_do_not_lock_a_user_out_of_a_known_browser() {
     }
     let (_, r) = sign_in_from(&gw, &p, "bob", PASSWORD, Some(&device)).await;
     assert_page(&r, 429);
+}
+
+/// The sign-in page's lock-out 429 says when to come back, as the token
+/// endpoint's does (README: "429 with `Retry-After` after five wrong
+/// secrets or passwords for one name within a minute").
+#[tokio::test]
+async fn sign_in_failure_limit_429_says_retry_after() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    for _ in 1..=5 {
+        let (_, r) = sign_in(&gw, &p, "bob", "wrong password").await;
+        assert_page(&r, 400);
+        assert_eq!(r.header("retry-after"), None);
+    }
+    let (_, r) = sign_in(&gw, &p, "bob", PASSWORD).await;
+    assert_page(&r, 429);
+    assert_eq!(
+        r.header("retry-after").as_deref(),
+        Some("60"),
+        "{:?}",
+        r.headers
+    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1815,6 +1871,7 @@ async fn a_grant_with_none_of_its_scopes_left_is_invalid_scope_at_the_token_endp
         previous: None,
         retry_until: 0,
         user_grant: true,
+        access_expires_at: now + 3600,
     };
     {
         let store = Store::open(&StoreConfig::File(db.clone())).await.unwrap();

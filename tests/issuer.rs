@@ -803,6 +803,60 @@ async fn refresh_replay_revokes_the_whole_family() {
     assert_eq!(refreshes("invalid_grant"), 2.0, "{text}");
 }
 
+/// A rotated refresh token presented again counts as a replay (and logs
+/// one) only until its grant has ended: once the first replay has revoked
+/// the grant, the same token again is `invalid_grant` and no new replay
+/// (README, metrics: "a rotated refresh token's only until its grant has
+/// ended").
+#[tokio::test]
+async fn a_rotated_refresh_token_counts_as_a_replay_only_until_its_grant_has_ended() {
+    let (_upstream, gw) = start("").await;
+    let r0 = s(&client_credentials(&gw, "svc").await, "refresh_token");
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let replays = |text: &str| {
+        metric(
+            text,
+            "scopegate_issuer_replays_total",
+            &[("kind", "refresh_token")],
+        )
+    };
+    // The replay that ends the grant: counted once.
+    let r = refresh(&gw, "svc", &r0).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_eq!(replays(&gw.metrics().await), 1.0);
+    // The grant has ended; the same rotated token again is no new replay.
+    let mut answers = Vec::new();
+    for _ in 0..2 {
+        let r = refresh(&gw, "svc", &r0).await;
+        assert_oauth_error(&r, 400, "invalid_grant");
+        answers.push(r.json()["error_description"].clone());
+    }
+    let text = gw.metrics().await;
+    assert_eq!(
+        replays(&text),
+        1.0,
+        "a rotated token of a grant that has already ended was counted as another replay"
+    );
+    assert!(
+        answers.iter().all(|a| a == "the grant has been revoked"),
+        "{answers:?}"
+    );
+    // Nor is one of a grant its client ended (RFC 7009).
+    let grant = client_credentials(&gw, "svc").await;
+    let r = refresh(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(
+        revoke(&gw, "svc", &s(&r.json(), "refresh_token"))
+            .await
+            .status,
+        200
+    );
+    let r = refresh(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_oauth_error(&r, 400, "invalid_grant");
+    assert_eq!(replays(&gw.metrics().await), 1.0);
+}
+
 /// The counters an alert on a stolen token or a failing store keys on are
 /// exported at 0 before their first event, so that `increase()` sees that
 /// event (a series' first sample is no increase), as are the config
@@ -2277,6 +2331,143 @@ async fn a_revoked_grant_stays_revoked_while_its_access_tokens_live() {
     assert_refused(&gw, &access).await;
     wait_past(jwt_part(&access, 1)["iat"].as_u64().unwrap() + 5).await;
     assert_refused(&gw, &access).await;
+}
+
+/// Until when the file store in `dir` keeps the revocation of the grant
+/// whose access tokens carry `sid`.
+fn stored_grant_revocation(dir: &Path, sid: &str) -> u64 {
+    let db = redb::Database::open(dir.join("state.redb")).unwrap();
+    let families: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("revoked_families");
+    let txn = redb::ReadableDatabase::begin_read(&db).unwrap();
+    let table = txn.open_table(families).unwrap();
+    let until = redb::ReadableTable::get(&table, sid)
+        .unwrap()
+        .expect("the grant's revocation is stored")
+        .value();
+    until
+}
+
+/// README: "A revocation lasts as long as the gateway accepts the token
+/// (...; a grant's, until its last access token is dead)", and no longer:
+/// every revocation holds one of the memory or file store's places, shared
+/// with new grants and codes. Once a grant is revoked no token of it can be
+/// minted: its last refresh token dies within `refresh_token_ttl` (30m
+/// here) and its last access token within `access_token_ttl` (1h), not at
+/// the end of the grant's `refresh_family_max_age` (30 days by default),
+/// which would let a steady stream of logouts fill the store for everyone.
+#[tokio::test]
+async fn a_revoked_grant_holds_its_store_place_no_longer_than_its_tokens_live() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&file_store_config(upstream.addr, dir.path())).await;
+    let grant = client_credentials(&gw, "svc").await;
+    let access = s(&grant, "access_token");
+    let sid = s(&jwt_part(&access, 1), "sid");
+    let exp = jwt_part(&access, 1)["exp"].as_u64().unwrap();
+    let revoked_at = now_unix();
+    let r = revoke(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refused(&gw, &access).await;
+    gw.stop().await;
+
+    let until = stored_grant_revocation(dir.path(), &sid);
+    // Past the last access token's exp and the gateway's leeway, and past
+    // the grant's last refresh token.
+    assert!(
+        until > exp + 30,
+        "the revocation ends before its access token"
+    );
+    assert!(until > revoked_at + 1800);
+    let needed = revoked_at + 3600 + 31 + 60;
+    assert!(
+        until <= needed,
+        "the revocation of a grant whose tokens are all dead by {needed} is kept until {until}"
+    );
+}
+
+/// A reload that shortens the lifetimes leaves the tokens minted before it
+/// their own: a grant revoked after it stays revoked until the access token
+/// it minted under the old `access_token_ttl` is dead, and no longer.
+#[tokio::test]
+async fn a_grant_revoked_after_a_reload_shortened_the_lifetimes_outlives_its_older_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let yaml = file_store_config(upstream.addr, dir.path());
+    kubelet_write(dir.path(), 1, &yaml);
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+    let grant = client_credentials(&gw, "svc").await;
+    let access = s(&grant, "access_token");
+    let sid = s(&jwt_part(&access, 1), "sid");
+    let exp = jwt_part(&access, 1)["exp"].as_u64().unwrap();
+
+    let shorter = yaml
+        .replace("access_token_ttl: 1h", "access_token_ttl: 1m")
+        .replace("refresh_token_ttl: 30m", "refresh_token_ttl: 2m");
+    kubelet_write(dir.path(), 2, &shorter);
+    let reloaded = r#"scopegate_config_reloads_total{result="success"} 1"#;
+    assert!(
+        wait_for_metrics(&gw, |m| m.contains(reloaded)).await,
+        "{}",
+        gw.metrics().await
+    );
+    let fresh = client_credentials(&gw, "svc").await;
+    assert!(fresh["expires_in"].as_u64().unwrap() <= 60, "{fresh}");
+    let revoked_at = now_unix();
+    let r = revoke(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refused(&gw, &access).await;
+    gw.stop().await;
+
+    let until = stored_grant_revocation(dir.path(), &sid);
+    assert!(
+        until > exp + 30,
+        "the revocation ends at {until}, before the access token minted before the reload \
+         ({exp} and the leeway)"
+    );
+    assert!(
+        until <= revoked_at + 3600 + 31 + 60,
+        "the revocation is kept until {until}, past every token of the grant"
+    );
+}
+
+/// As across a reload, so across a restart (or on another replica sharing
+/// the store): the grant's record keeps the latest `exp` of its access
+/// tokens, and its revocation outlives the one minted under the longer
+/// `access_token_ttl` before.
+#[tokio::test]
+async fn a_grant_revoked_after_a_restart_shortened_the_lifetimes_outlives_its_older_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream = Upstream::start().await;
+    let yaml = file_store_config(upstream.addr, dir.path());
+    let gw = Gateway::start(&yaml).await;
+    let grant = client_credentials(&gw, "svc").await;
+    let access = s(&grant, "access_token");
+    let sid = s(&jwt_part(&access, 1), "sid");
+    let exp = jwt_part(&access, 1)["exp"].as_u64().unwrap();
+    gw.stop().await;
+
+    let shorter = yaml
+        .replace("access_token_ttl: 1h", "access_token_ttl: 1m")
+        .replace("refresh_token_ttl: 30m", "refresh_token_ttl: 2m");
+    let gw = Gateway::start(&shorter).await;
+    let revoked_at = now_unix();
+    let r = revoke(&gw, "svc", &s(&grant, "refresh_token")).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_refused(&gw, &access).await;
+    gw.stop().await;
+
+    let until = stored_grant_revocation(dir.path(), &sid);
+    assert!(
+        until > exp + 30,
+        "the revocation ends at {until}, before the access token minted before the restart \
+         ({exp} and the leeway)"
+    );
+    assert!(
+        until <= revoked_at + 3600 + 31 + 60,
+        "the revocation is kept until {until}, past every token of the grant"
+    );
 }
 
 #[tokio::test]

@@ -53,6 +53,7 @@ fn refresh(family: &str, expires_at: u64, family_expires_at: u64) -> RefreshReco
         previous: None,
         retry_until: 0,
         user_grant: true,
+        access_expires_at: now() + 3600,
     }
 }
 
@@ -828,6 +829,74 @@ async fn redis_keys_are_prefixed_and_expire() {
         .await
         .unwrap();
     assert_eq!(at, (t + 120) as i64);
+}
+
+/// `Store::put_code`: "Writing a digest that is already marked used keeps
+/// it used". On redis the used-marker is a key of its own: a record written
+/// again (here with a later end) moves the marker's end with it, or once the
+/// marker ran out the record would still be there, unmarked, and the used
+/// code redeemable again. (The memory and file stores keep the mark in the
+/// record.)
+#[tokio::test]
+async fn redis_rewriting_a_used_code_keeps_its_marker_as_long_as_the_record() {
+    let Some(h) = redis().await else { return };
+    let t = now();
+    let d = digest("a code written twice");
+    h.a.put_code(&d, &code("fam-twice", t + 60)).await.unwrap();
+    assert!(is_fresh(&h.b.use_code(&d).await.unwrap()));
+    h.a.put_code(&d, &code("fam-twice", t + 3600))
+        .await
+        .unwrap();
+    assert!(is_reused(&h.b.use_code(&d).await.unwrap()));
+
+    let url = &h.redis_server.as_ref().unwrap().url;
+    let client = ::redis::Client::open(url.as_str()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let hex: String = d.iter().map(|b| format!("{b:02x}")).collect();
+    let mut ends = Vec::new();
+    for key in [
+        format!("scopegate:ac:{hex}"),
+        format!("scopegate:ac:used:{hex}"),
+    ] {
+        let at: i64 = ::redis::cmd("EXPIRETIME")
+            .arg(&key)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        ends.push(at);
+    }
+    assert_eq!(ends[0], (t + 3600 + 600) as i64);
+    assert_eq!(
+        ends[1],
+        ends[0],
+        "the used-marker ends {} s before the code's record: from then on the used code \
+         is redeemable again",
+        ends[0] - ends[1]
+    );
+    // Written again with an earlier end, the record does not cut the
+    // marker's; and a code never used gets no marker.
+    h.a.put_code(&d, &code("fam-twice", t + 60)).await.unwrap();
+    let at: i64 = ::redis::cmd("EXPIRETIME")
+        .arg(format!("scopegate:ac:used:{hex}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(at, ends[0]);
+    let unused = digest("a code never used, written twice");
+    h.a.put_code(&unused, &code("fam-unused", t + 60))
+        .await
+        .unwrap();
+    h.a.put_code(&unused, &code("fam-unused", t + 3600))
+        .await
+        .unwrap();
+    let hex: String = unused.iter().map(|b| format!("{b:02x}")).collect();
+    let exists: bool = ::redis::cmd("EXISTS")
+        .arg(format!("scopegate:ac:used:{hex}"))
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(!exists, "a marker was made for a code never used");
+    assert!(is_fresh(&h.b.use_code(&unused).await.unwrap()));
 }
 
 /// A Redis that runs no Lua scripts (here, an ACL user without

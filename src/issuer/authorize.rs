@@ -85,13 +85,14 @@ impl AuthorizationServer {
         } else if method == Method::POST {
             match read_form_pairs(request).await {
                 Ok(pairs) => pairs,
+                // Its own status: 408 for a form that stopped arriving.
                 Err(e) => {
-                    return self.page(
-                        StatusCode::BAD_REQUEST,
-                        "Invalid request",
-                        &e.description,
-                        None,
-                    )
+                    let title = if e.status == StatusCode::REQUEST_TIMEOUT {
+                        "Request timed out"
+                    } else {
+                        "Invalid request"
+                    };
+                    return self.page(e.status, title, &e.description, None);
                 }
             }
         } else {
@@ -343,11 +344,16 @@ impl AuthorizationServer {
             None => format!("user:{username}"),
         };
         let Some(mut attempt) = self.clients.begin_check(&limiter_key).await else {
-            return self.login_page(
+            let mut page = self.login_page(
                 request,
                 Some("Too many failed sign-ins. Wait a minute and try again."),
                 StatusCode::TOO_MANY_REQUESTS,
             );
+            page.headers_mut().insert(
+                http::header::RETRY_AFTER,
+                HeaderValue::from_static(super::FAILURES_RETRY_AFTER),
+            );
+            return page;
         };
         let user = self.users.get(&username);
         let checked = self

@@ -295,10 +295,7 @@ impl AuthorizationServer {
             // The grant's current token or a rotated one, by its client:
             // either way the grant ends.
             self.store
-                .revoke_family(
-                    &record.family,
-                    self.grant_revoked_until(record.family_expires_at),
-                )
+                .revoke_family(&record.family, self.grant_revoked_until(Some(&record)))
                 .await
                 .map_err(|e| self.store_failed(&e))?;
         } else if let Some(claims) = self.active_access_token(token, LEEWAY_SECS).await? {

@@ -48,6 +48,11 @@ pub const FORM_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_sec
 /// server's access tokens; a revocation lasts that much longer than the token.
 pub const LEEWAY_SECS: u64 = 30;
 
+/// `Retry-After` of the answers to too many failed client authentications
+/// or sign-ins: the failure window's length, after which the count starts
+/// again.
+pub(crate) const FAILURES_RETRY_AFTER: &str = "60";
+
 /// Until when (exclusive, as the store keeps it) a revocation of a token
 /// expiring at `exp` must hold: the gateway accepts it up to and including
 /// `exp + LEEWAY_SECS`.
@@ -174,7 +179,7 @@ impl OAuthError {
         };
         Self {
             basic_challenge: basic,
-            retry_after: Some("60"),
+            retry_after: Some(FAILURES_RETRY_AFTER),
             ..Self::new(
                 status,
                 "invalid_client",
@@ -186,7 +191,7 @@ impl OAuthError {
     /// Too many failed sign-ins for one user (429 with `Retry-After`).
     pub fn too_many_user_attempts() -> Self {
         Self {
-            retry_after: Some("60"),
+            retry_after: Some(FAILURES_RETRY_AFTER),
             ..Self::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "invalid_grant",
@@ -267,6 +272,30 @@ pub fn json_response(status: StatusCode, body: String) -> Response<Body> {
     response
 }
 
+/// The latest `exp` of the access tokens, and end of the refresh tokens,
+/// this process has minted, whatever config was in force: a reload that
+/// shortens a lifetime leaves the tokens minted before it their own, and a
+/// grant revoked since must stay revoked past them.
+#[derive(Debug, Default)]
+struct MintedEnds {
+    access: std::sync::atomic::AtomicU64,
+    refresh: std::sync::atomic::AtomicU64,
+}
+
+impl MintedEnds {
+    /// An access token expiring at `exp` is about to be minted.
+    fn note_access(&self, exp: u64) {
+        self.access
+            .fetch_max(exp, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A refresh token ending at `expires_at` is about to be stored.
+    fn note_refresh(&self, expires_at: u64) {
+        self.refresh
+            .fetch_max(expires_at, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// The running authorization server.
 pub struct AuthorizationServer {
     settings: AuthorizationServerSettings,
@@ -290,6 +319,8 @@ pub struct AuthorizationServer {
     metadata_body: Bytes,
     /// Places for RSA signatures at once (kept across reloads).
     signing_places: Arc<tokio::sync::Semaphore>,
+    /// The latest ends of the tokens minted so far (kept across reloads).
+    minted_ends: Arc<MintedEnds>,
     metrics: Arc<Metrics>,
 }
 
@@ -334,6 +365,7 @@ impl AuthorizationServer {
             signing_places: previous.map_or_else(keys::SigningKey::signing_places, |p| {
                 Arc::clone(&p.signing_places)
             }),
+            minted_ends: previous.map_or_else(Arc::default, |p| Arc::clone(&p.minted_ends)),
             settings,
             store,
             clients,
@@ -374,11 +406,36 @@ impl AuthorizationServer {
         valid.then_some(parsed.claims)
     }
 
-    /// Until when a revoked grant must stay revoked: access tokens minted
-    /// from it live up to `access_token_ttl` past its end, and the gateway
-    /// accepts them [`LEEWAY_SECS`] longer.
-    fn grant_revoked_until(&self, grant_ends: u64) -> u64 {
-        revoked_until(grant_ends.saturating_add(self.settings.access_token_ttl.as_secs()))
+    /// Until when a grant revoked now must stay revoked: past every token
+    /// it has minted, and every token a rotation racing the revocation (one
+    /// that found the grant unrevoked just before) may still mint, and no
+    /// longer. Its access tokens minted so far die by now plus
+    /// `access_token_ttl`, or by the latest end of those minted before a
+    /// reload shortened it (here, or, as `grant`'s record keeps it, before
+    /// a restart or on another replica); those of a racing rotation, by now
+    /// plus `access_token_ttl`. Its refresh tokens (the stored one of
+    /// `grant`, when known: a code's replay knows only the grant's id) die
+    /// by now plus `refresh_token_ttl`, or likewise the latest end minted,
+    /// and never past the grant's end: once they are dead, nothing can mint
+    /// more. The gateway accepts access tokens [`LEEWAY_SECS`] past `exp`.
+    fn grant_revoked_until(&self, grant: Option<&store::RefreshRecord>) -> u64 {
+        use std::sync::atomic::Ordering::Relaxed;
+        let now = now_unix();
+        let after = |ttl: std::time::Duration| now.saturating_add(ttl.as_secs());
+        let access_ends =
+            after(self.settings.access_token_ttl).max(self.minted_ends.access.load(Relaxed));
+        let refresh_ends =
+            after(self.settings.refresh_token_ttl).max(self.minted_ends.refresh.load(Relaxed));
+        let (access_ends, refresh_ends) = match grant {
+            Some(record) => (
+                access_ends.max(record.access_expires_at),
+                refresh_ends
+                    .max(record.expires_at)
+                    .min(record.family_expires_at),
+            ),
+            None => (access_ends, refresh_ends),
+        };
+        revoked_until(access_ends.max(refresh_ends))
     }
 
     /// The state store (shared with the gateway's revocation checks).

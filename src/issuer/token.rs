@@ -136,6 +136,10 @@ fn next_refresh(
         token: digest(&token),
         previous,
         retry_until,
+        // The access token minted with this refresh token.
+        access_expires_at: current
+            .access_expires_at
+            .max(now + settings.access_token_ttl.as_secs()),
         ..current.clone()
     };
     Ok((token, record))
@@ -325,14 +329,12 @@ impl AuthorizationServer {
                 "refresh token was issued to another client",
             ));
         }
-        match record.standing(now_unix(), presented.generation, &presented.digest) {
-            Standing::Current => {}
-            Standing::Retry => {
-                tracing::info!(client_id = %client.client_id, "refresh token used again within refresh_token_reuse_grace; the token its first use got is replaced");
-            }
-            Standing::Rotated => return Err(self.refresh_replayed(&record).await),
-            Standing::Unknown => return Err(unknown_refresh()),
+        let standing = record.standing(now_unix(), presented.generation, &presented.digest);
+        if standing == Standing::Unknown {
+            return Err(unknown_refresh());
         }
+        // A rotated token of a grant that has already ended (revoked, by a
+        // replay or its client) ends nothing more: it is no new replay.
         if self
             .store
             .is_family_revoked(&record.family)
@@ -340,6 +342,14 @@ impl AuthorizationServer {
             .map_err(|e| self.store_failed(&e))?
         {
             return Err(OAuthError::invalid_grant("the grant has been revoked"));
+        }
+        match standing {
+            Standing::Current => {}
+            Standing::Retry => {
+                tracing::info!(client_id = %client.client_id, "refresh token used again within refresh_token_reuse_grace; the token its first use got is replaced");
+            }
+            Standing::Rotated => return Err(self.refresh_replayed(&record).await),
+            Standing::Unknown => return Err(unknown_refresh()),
         }
         let granted = self.rights_now(client, &record.subject, record.user_grant, &record.scope)?;
         let scope = requested_scope(form.get("scope"), &granted, None, ScopeLimit::Grant)?;
@@ -405,10 +415,7 @@ impl AuthorizationServer {
     async fn refresh_replayed(&self, record: &RefreshRecord) -> OAuthError {
         if let Err(e) = self
             .store
-            .revoke_family(
-                &record.family,
-                self.grant_revoked_until(record.family_expires_at),
-            )
+            .revoke_family(&record.family, self.grant_revoked_until(Some(record)))
             .await
         {
             return self.store_failed(&e);
@@ -448,12 +455,7 @@ impl AuthorizationServer {
             Use::Reused(record) => {
                 // RFC 6749 4.1.2: a code used twice revokes what it issued.
                 self.store
-                    .revoke_family(
-                        &record.family,
-                        self.grant_revoked_until(
-                            now + self.settings.refresh_family_max_age.as_secs(),
-                        ),
-                    )
+                    .revoke_family(&record.family, self.grant_revoked_until(None))
                     .await
                     .map_err(|e| self.store_failed(&e))?;
                 self.metrics
@@ -549,6 +551,9 @@ impl AuthorizationServer {
             "exp": now + expires_in,
             "jti": random_token()?,
         });
+        // Before the token exists: a revocation of its grant from now on
+        // outlives it, whatever a reload does to the lifetime meanwhile.
+        self.minted_ends.note_access(now + expires_in);
         if let Some(family) = &family {
             claims["sid"] = Value::String(family.clone());
         }
@@ -586,7 +591,9 @@ impl AuthorizationServer {
                     previous: None,
                     retry_until: 0,
                     user_grant,
+                    access_expires_at: now + expires_in,
                 };
+                self.minted_ends.note_refresh(record.expires_at);
                 self.store
                     .put_refresh(&digest(&handle), &record)
                     .await
@@ -608,6 +615,7 @@ impl AuthorizationServer {
                     tries -= 1;
                     let (token, record) =
                         next_refresh(settings, &current, &handle, &presented, now)?;
+                    self.minted_ends.note_refresh(record.expires_at);
                     let rotated = self
                         .store
                         .rotate_refresh(&grant, generation, &presented, &record)

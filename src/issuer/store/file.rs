@@ -721,6 +721,7 @@ mod tests {
             previous: None,
             retry_until: 0,
             user_grant: true,
+            access_expires_at: 0,
         }
     }
 

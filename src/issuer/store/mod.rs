@@ -116,6 +116,12 @@ pub struct RefreshRecord {
     /// the subject with the client id.
     #[serde(default)]
     pub user_grant: bool,
+    /// The latest `exp` of the access tokens minted from the grant, under
+    /// whatever `access_token_ttl` was in force then (on whichever replica):
+    /// a revocation of the grant must outlive them. Records written before
+    /// this field existed read as 0.
+    #[serde(default)]
+    pub access_expires_at: u64,
 }
 
 /// One issued authorization code, stored under the digest of the code.
@@ -611,6 +617,7 @@ mod tests {
             previous: None,
             retry_until: 0,
             user_grant: false,
+            access_expires_at: 0,
         };
         assert_eq!(record.standing(5, 3, &[1; 32]), Standing::Current);
         assert_eq!(record.standing(5, 3, &[2; 32]), Standing::Unknown);

@@ -7,7 +7,7 @@
 //! |----------------------------------|---------------------|----------------------------|
 //! | `scopegate:grant:<digest>`       | refresh record JSON | the current token's `expires_at` |
 //! | `scopegate:ac:<digest>`          | code record JSON    | `expires_at` + replay grace |
-//! | `scopegate:ac:used:<digest>`     | `1`                 | same                       |
+//! | `scopegate:ac:used:<digest>`     | `1`                 | same, or later             |
 //! | `scopegate:revoked:family:<id>`  | until               | until                      |
 //! | `scopegate:revoked:jti:<jti>`    | until               | until                      |
 //!
@@ -470,20 +470,33 @@ impl RedisStore {
         .await
     }
 
-    /// Writes a code's record (its used-marker, if any, is a separate key
-    /// and stays; both are kept until the same time).
+    /// Writes a code's record. Its used-marker, if any, is a separate key
+    /// and stays, kept at least as long as the record: `EXPIREAT ... GT`
+    /// moves its end to the record's new one when that is later (and does
+    /// nothing without a marker), before the record is written, so that the
+    /// record never outlives it and a used code never reads as unused. Not
+    /// one MULTI: the two keys' slots differ (`CROSSSLOT` in cluster mode);
+    /// one pipeline, in order.
     async fn put(&self, digest: &Digest, record: &CodeRecord) -> Result<(), StoreError> {
         let retain = code_retain(record);
         if retain <= now_secs() {
             return Ok(());
         }
+        let retain = retain.clamp(1, MAX_EXAT);
         let bytes = encode(record)?;
-        let (key, _) = code_keys(digest);
-        ::redis::cmd("SET")
+        let (key, used_key) = code_keys(digest);
+        ::redis::pipe()
+            .cmd("EXPIREAT")
+            .arg(&used_key)
+            .arg(retain)
+            .arg("GT")
+            .ignore()
+            .cmd("SET")
             .arg(&key)
             .arg(bytes)
             .arg("EXAT")
-            .arg(retain.clamp(1, MAX_EXAT))
+            .arg(retain)
+            .ignore()
             .query_async::<()>(&mut self.conn())
             .await
             .map_err(|e| self.failed(e))
