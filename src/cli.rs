@@ -547,7 +547,7 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
     match crate::inject::inject_with_warnings(&input, opts) {
         Ok(injected) => {
             for warning in &injected.warnings {
-                eprintln!("{file}: warning: {warning}");
+                say(format_args!("{file}: warning: {warning}"));
             }
             print(injected.output.as_bytes())
         }

@@ -536,5 +536,46 @@ fn inject_fails_when_its_output_cannot_be_written() {
     assert!(stderr.contains("cannot write the output"), "{stderr}");
 }
 
+/// `scopegate inject`'s warnings to a stderr it cannot write (`2>/dev/full`,
+/// a log pipe whose reader has gone) are given up, not a panic (exit 101)
+/// that lost the injected manifests.
+#[test]
+fn inject_warnings_to_an_unwritable_stderr_do_not_lose_the_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let manifest = dir.path().join("pod.yaml");
+    // A grace period shorter than the drain: inject keeps it and warns.
+    std::fs::write(
+        &manifest,
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: p\nspec:\n  terminationGracePeriodSeconds: 30\n  containers:\n    - name: app\n      image: app:1\n",
+    )
+    .unwrap();
+    // Sanity: with a writable stderr the warning is given and all is well.
+    let fine = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["inject", "-f", manifest.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert_eq!(fine.status.code(), Some(0), "{fine:?}");
+    assert!(String::from_utf8_lossy(&fine.stderr).contains("warning"));
+
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args(["inject", "-f", manifest.to_str().unwrap()])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::from(full))
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "inject with an unwritable stderr: {:?}",
+        out.status
+    );
+    assert_eq!(out.stdout, fine.stdout, "the injected manifests were lost");
+}
+
 #[path = "kubernetes/hostile_manifests.rs"]
 mod hostile_manifests;

@@ -5449,3 +5449,70 @@ async fn an_http1_answer_of_more_than_100_header_fields_is_a_502() {
     let metrics = gw.metrics().await;
     assert!(metrics.contains(r#"kind="protocol""#), "{metrics}");
 }
+
+/// A connection accepted before the drain whose TLS handshake ends after the
+/// drain started (a slow client, or one whose handshake was under way when
+/// `shutdown_delay` ran out) gets its GOAWAY at once: the drain step had
+/// passed before the connection watched for steps, so it kept serving new
+/// requests, and the drain waited the whole `shutdown_grace` for it.
+#[tokio::test]
+async fn an_h2_connection_whose_tls_handshake_ends_during_the_drain_gets_a_goaway() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let mut gw = Gateway::start(&format!(
+        "server:\n  listen: 127.0.0.1:0\n  shutdown_delay: 1s\n  shutdown_grace: 20s\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+        cert.display(),
+        key.display(),
+        upstream.addr
+    ))
+    .await;
+
+    // Accepted while serving; its handshake waits for the ClientHello.
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.trigger_shutdown();
+    // Past shutdown_delay (1 s): the listener is closed and the drain began.
+    tokio::time::sleep(Duration::from_millis(1_800)).await;
+
+    let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
+    let mut config = rustls::ClientConfig::builder()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    // A fixed gateway may close the connection at once instead (nothing of
+    // it is in flight): that sends the client away too.
+    let mut sent_away = true;
+    if let Ok((mut sender, connection)) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await
+    {
+        let client_connection = tokio::spawn(connection);
+        // A request may be taken or refused by the GOAWAY; either way the
+        // connection must end once nothing is in flight. The sender is kept,
+        // as a client does that means to send more.
+        let _ = sender
+            .send_request(
+                Request::get("https://gw.test/open")
+                    .body(Full::new(Bytes::new()))
+                    .unwrap(),
+            )
+            .await;
+        sent_away = tokio::time::timeout(Duration::from_secs(6), client_connection)
+            .await
+            .is_ok();
+        drop(sender);
+    }
+    assert!(
+        sent_away,
+        "the HTTP/2 connection that finished its TLS handshake during the drain got no GOAWAY: still open 6 s after its request"
+    );
+    let drained = tokio::time::timeout(Duration::from_secs(2), &mut gw.task).await;
+    assert!(
+        drained.is_ok(),
+        "the drain waited for an idle HTTP/2 connection that was never sent away"
+    );
+}

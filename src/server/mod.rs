@@ -378,8 +378,8 @@ async fn serve_connection<I>(
 {
     // A connection taken after shutdown started is not sent away at once:
     // its answers say `Connection: close` (HTTP/2 ones get their GOAWAY
-    // with the drain).
-    farewell.borrow_and_update();
+    // with the drain, at once if it began while the TLS handshake ran).
+    let drained_already = matches!(*farewell.borrow_and_update(), Farewell::Draining);
     // For heads refused before they became requests (the metrics are one
     // for every config of the server).
     let metrics = Arc::clone(gateway.load().metrics());
@@ -444,6 +444,10 @@ async fn serve_connection<I>(
     let quiet = activity.quiet_for(timeouts.idle);
     tokio::pin!(quiet);
     let mut draining = false;
+    if drained_already {
+        draining = true;
+        connection.as_mut().graceful_shutdown();
+    }
     // Set when a first request came as the connection closed for want of
     // one in time: it is served as when draining.
     let mut late_first_request = false;
