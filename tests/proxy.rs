@@ -5516,3 +5516,51 @@ async fn an_h2_connection_whose_tls_handshake_ends_during_the_drain_gets_a_goawa
         "the drain waited for an idle HTTP/2 connection that was never sent away"
     );
 }
+
+/// A client whose TLS agreed on `h2` by ALPN must speak HTTP/2 from its
+/// first byte (RFC 9113 3.3; an invalid preface is a connection error,
+/// 3.4): an HTTP/1.1 request on it is not answered, nor forwarded. A client
+/// that agreed on `http/1.1` is served HTTP/1.1.
+#[tokio::test]
+async fn a_client_that_negotiated_h2_must_send_the_h2_preface() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let gw = Gateway::start(&format!(
+        "server:\n  listen: 127.0.0.1:0\n  tls:\n    cert_file: {}\n    key_file: {}\nadmin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+        cert.display(),
+        key.display(),
+        upstream.addr
+    ))
+    .await;
+    let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
+    for (alpn, served) in [(&b"h2"[..], false), (&b"http/1.1"[..], true)] {
+        let mut config = rustls::ClientConfig::builder()
+            .with_root_certificates(roots.clone())
+            .with_no_client_auth();
+        config.alpn_protocols = vec![alpn.to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let mut tls = connector.connect(name, tcp).await.unwrap();
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(alpn));
+        let _ = tls
+            .write_all(b"GET /open HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n")
+            .await;
+        let mut answer = Vec::new();
+        let _ = tokio::time::timeout(BOUND, tls.read_to_end(&mut answer)).await;
+        let answer = String::from_utf8_lossy(&answer);
+        assert_eq!(
+            answer.starts_with("HTTP/1.1 200"),
+            served,
+            "ALPN {}: {}",
+            String::from_utf8_lossy(alpn),
+            answer.lines().next().unwrap_or_default()
+        );
+    }
+    assert_eq!(
+        upstream.count(),
+        1,
+        "only the http/1.1 request goes upstream"
+    );
+}

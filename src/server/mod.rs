@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use futures_util::future::Either;
 use futures_util::FutureExt as _;
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -256,8 +257,16 @@ async fn serve(
                     let handshake = acceptor.accept(stream);
                     match tokio::time::timeout_at(timeouts.first_request_by, handshake).await {
                         Ok(Ok(stream)) => {
+                            // RFC 9113 3.3: `h2` agreed by ALPN is HTTP/2
+                            // from the first byte, not a guess from them.
+                            let protocol = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                Protocol::Http2
+                            } else {
+                                Protocol::Sniffed
+                            };
                             serve_connection(
-                                stream, peer, client, gateway, &builder, farewell, timeouts,
+                                stream, peer, client, gateway, &builder, protocol, farewell,
+                                timeouts,
                             )
                             .await;
                         }
@@ -268,8 +277,17 @@ async fn serve(
                     }
                 }
                 None => {
-                    serve_connection(stream, peer, client, gateway, &builder, farewell, timeouts)
-                        .await;
+                    serve_connection(
+                        stream,
+                        peer,
+                        client,
+                        gateway,
+                        &builder,
+                        Protocol::Sniffed,
+                        farewell,
+                        timeouts,
+                    )
+                    .await;
                 }
             }
         });
@@ -299,7 +317,24 @@ async fn serve(
     Ok(())
 }
 
-fn connection_builder(settings: &ServerSettings, tasks: &TaskTracker) -> auto::Builder<Tracked> {
+/// The connection builders: one that tells HTTP/1 from HTTP/2 by the first
+/// bytes (and serves upgrades), and one for HTTP/2 alone, for connections
+/// whose TLS agreed on `h2`.
+struct ConnectionBuilders {
+    sniffing: auto::Builder<Tracked>,
+    http2: auto::Builder<Tracked>,
+}
+
+/// How a connection's protocol is known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    /// From its first bytes (no ALPN, or `http/1.1`).
+    Sniffed,
+    /// `h2` by ALPN: HTTP/2 only.
+    Http2,
+}
+
+fn connection_builder(settings: &ServerSettings, tasks: &TaskTracker) -> ConnectionBuilders {
     let mut builder = auto::Builder::new(Tracked(tasks.clone()));
     builder
         .http1()
@@ -317,7 +352,10 @@ fn connection_builder(settings: &ServerSettings, tasks: &TaskTracker) -> auto::B
         // 256 streams with huge windows and then reads slowly would pin
         // about 100 MiB a connection at the default, 16 MiB with this.
         .max_send_buf_size(SEND_BUFFER_PER_STREAM);
-    builder
+    ConnectionBuilders {
+        http2: builder.clone().http2_only(),
+        sniffing: builder,
+    }
 }
 
 /// See [`connection_builder`].
@@ -365,12 +403,14 @@ enum Farewell {
     Draining,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve_connection<I>(
     io: I,
     peer: SocketAddr,
     client: Arc<ClientInfo>,
     gateway: Arc<ArcSwap<Gateway>>,
-    builder: &auto::Builder<Tracked>,
+    builders: &ConnectionBuilders,
+    protocol: Protocol,
     mut farewell: tokio::sync::watch::Receiver<Farewell>,
     timeouts: ConnectionTimeouts,
 ) where
@@ -426,7 +466,16 @@ async fn serve_connection<I>(
             Ok::<_, Infallible>(response.map(|body| idle::Tracked::new(body, in_flight)))
         }
     });
-    let connection = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+    let connection = match protocol {
+        Protocol::Sniffed => Either::Left(
+            builders
+                .sniffing
+                .serve_connection_with_upgrades(TokioIo::new(io), service),
+        ),
+        Protocol::Http2 => {
+            Either::Right(builders.http2.serve_connection(TokioIo::new(io), service))
+        }
+    };
     // hyper's header_read_timeout only starts once hyper-util has told HTTP/1
     // from HTTP/2 by the first bytes, and HTTP/2 has none: a connection that
     // sends nothing, or dribbles the HTTP/2 preface, would hold its
@@ -441,12 +490,21 @@ async fn serve_connection<I>(
         }
     };
     tokio::pin!(connection, no_first_request);
+    // Either kind's GOAWAY or close once what is in flight is done.
+    macro_rules! graceful_shutdown {
+        () => {
+            match connection.as_mut().as_pin_mut() {
+                Either::Left(connection) => connection.graceful_shutdown(),
+                Either::Right(connection) => connection.graceful_shutdown(),
+            }
+        };
+    }
     let quiet = activity.quiet_for(timeouts.idle);
     tokio::pin!(quiet);
     let mut draining = false;
     if drained_already {
         draining = true;
-        connection.as_mut().graceful_shutdown();
+        graceful_shutdown!();
     }
     // Set when a first request came as the connection closed for want of
     // one in time: it is served as when draining.
@@ -464,7 +522,7 @@ async fn serve_connection<I>(
             // set once, to true.
             _ = farewell.changed(), if !draining => {
                 draining = true;
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown!();
             }
             () = tokio::time::sleep_until(wound_down_by.unwrap_or_else(tokio::time::Instant::now)),
                 if wound_down_by.is_some() =>
@@ -478,7 +536,7 @@ async fn serve_connection<I>(
                 // crosses the deadline is sent again elsewhere (a plain
                 // close reads as a broken connection): briefly, as the
                 // client may be a slowloris.
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown!();
                 if tokio::time::timeout(FIRST_REQUEST_CLOSE_WAIT, connection.as_mut())
                     .await
                     .is_err()
@@ -512,7 +570,7 @@ async fn serve_connection<I>(
                     // of them moves (the unread one never will).
                     idle::Quiet::StalledResponse => {
                         tracing::info!(%peer, "a response waited for the client to take its next part for five idle_timeouts; GOAWAY, and the connection closes once its other streams are done (within six idle_timeouts)");
-                        connection.as_mut().graceful_shutdown();
+                        graceful_shutdown!();
                         activity.wind_down();
                         wound_down_by = tokio::time::Instant::now()
                             .checked_add(timeouts.idle.saturating_mul(WIND_DOWN_PERIODS));
@@ -520,7 +578,7 @@ async fn serve_connection<I>(
                         continue;
                     }
                 }
-                connection.as_mut().graceful_shutdown();
+                graceful_shutdown!();
                 match tokio::time::timeout(timeouts.idle, connection.as_mut()).await {
                     Ok(result) => break result,
                     Err(_) => return,
