@@ -73,7 +73,8 @@ pub enum Command {
         admin_listen: Option<SocketAddr>,
     },
     /// Print an argon2 hash of a client secret or password read from standard
-    /// input (for `client_secret_hash` / `password_hash`).
+    /// input (for `client_secret_hash` / `password_hash`); at a terminal it
+    /// is asked twice, without echo.
     HashSecret,
     /// Add the scopegate sidecar to Kubernetes manifests.
     Inject {
@@ -479,11 +480,22 @@ pub fn describe_routes(config: &Config) -> String {
 }
 
 fn hash_secret() -> ExitCode {
-    let mut secret = String::new();
-    if let Err(e) = std::io::stdin().read_to_string(&mut secret) {
-        say(format_args!("stdin: {e}"));
-        return ExitCode::FAILURE;
-    }
+    let secret = if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+        match terminal::read_secret_twice() {
+            Ok(secret) => secret,
+            Err(message) => {
+                say(format_args!("{message}"));
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        let mut secret = String::new();
+        if let Err(e) = std::io::stdin().read_to_string(&mut secret) {
+            say(format_args!("stdin: {e}"));
+            return ExitCode::FAILURE;
+        }
+        secret
+    };
     let secret = secret.trim_end_matches(['\n', '\r']);
     if secret.is_empty() {
         say(format_args!(
@@ -496,6 +508,87 @@ fn hash_secret() -> ExitCode {
         Err(e) => {
             say(format_args!("hashing failed: {e}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `hash-secret` typed at a terminal: the secret is not echoed (it would
+/// stay on screen and in the terminal's scrollback), so it is asked twice,
+/// as `passwd` and `htpasswd` do, to catch a typo nobody could see.
+mod terminal {
+    use std::io::{BufRead, Write};
+
+    /// Reads the secret twice with echo off; the two must agree.
+    pub(super) fn read_secret_twice() -> Result<String, String> {
+        let first = read_without_echo("secret: ")?;
+        if first.is_empty() {
+            return Ok(first);
+        }
+        let again = read_without_echo("the same secret again: ")?;
+        if first != again {
+            return Err("the two secrets differ; nothing was hashed".into());
+        }
+        Ok(first)
+    }
+
+    /// Prompts on stderr and reads one line from stdin with the terminal's
+    /// echo off, putting the terminal back as it was however the read ends.
+    fn read_without_echo(prompt: &str) -> Result<String, String> {
+        let stdin = std::io::stdin();
+        let echo = EchoOff::new(&stdin)?;
+        let mut stderr = std::io::stderr().lock();
+        let _ = stderr
+            .write_all(prompt.as_bytes())
+            .and_then(|()| stderr.flush());
+        let mut line = String::new();
+        let read = stdin.lock().read_line(&mut line);
+        drop(echo);
+        // The Enter that ended the line was not echoed either.
+        let _ = stderr.write_all(b"\n");
+        read.map_err(|e| format!("stdin: {e}"))?;
+        let secret = line.trim_end_matches(['\n', '\r']);
+        Ok(secret.to_owned())
+    }
+
+    /// The terminal's settings before echo was turned off, put back on drop.
+    #[cfg(unix)]
+    struct EchoOff<'a> {
+        stdin: &'a std::io::Stdin,
+        before: rustix::termios::Termios,
+    }
+
+    #[cfg(unix)]
+    impl<'a> EchoOff<'a> {
+        fn new(stdin: &'a std::io::Stdin) -> Result<Self, String> {
+            use rustix::termios::{tcgetattr, tcsetattr, LocalModes, OptionalActions};
+            let before = tcgetattr(stdin).map_err(|e| format!("stdin: {e}"))?;
+            let mut quiet = before.clone();
+            quiet.local_modes.remove(LocalModes::ECHO);
+            tcsetattr(stdin, OptionalActions::Flush, &quiet)
+                .map_err(|e| format!("stdin: cannot turn the terminal's echo off: {e}"))?;
+            Ok(Self { stdin, before })
+        }
+    }
+
+    #[cfg(unix)]
+    impl Drop for EchoOff<'_> {
+        fn drop(&mut self) {
+            let _ = rustix::termios::tcsetattr(
+                self.stdin,
+                rustix::termios::OptionalActions::Now,
+                &self.before,
+            );
+        }
+    }
+
+    /// Elsewhere the secret is read as typed.
+    #[cfg(not(unix))]
+    struct EchoOff;
+
+    #[cfg(not(unix))]
+    impl EchoOff {
+        fn new(_: &std::io::Stdin) -> Result<Self, String> {
+            Ok(Self)
         }
     }
 }

@@ -1583,3 +1583,190 @@ fn a_listen_address_in_use_ends_run_with_an_error() {
         );
     }
 }
+
+/// `hash-secret` with the secret piped in: the hash is of exactly the bytes
+/// given, less the one line break a `echo` adds, and nothing comes of no
+/// secret at all.
+#[test]
+fn hash_secret_from_a_pipe_hashes_that_secret() {
+    use std::io::Write;
+    let run = |input: &str| {
+        let mut child = scopegate()
+            .arg("hash-secret")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = run("pi ped-s3cret\n");
+    assert!(out.status.success(), "{out:?}");
+    let hash = String::from_utf8(out.stdout).unwrap();
+    assert!(verifies(hash.trim_end(), "pi ped-s3cret"), "{hash}");
+    assert!(!verifies(hash.trim_end(), "pi ped-s3cret\n"), "{hash}");
+
+    let out = run("");
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(out.stdout.is_empty(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("usage:"),
+        "{out:?}"
+    );
+}
+
+fn verifies(hash: &str, secret: &str) -> bool {
+    use argon2::{Argon2, PasswordHash, PasswordVerifier};
+    let parsed = PasswordHash::new(hash).unwrap();
+    Argon2::default()
+        .verify_password(secret.as_bytes(), &parsed)
+        .is_ok()
+}
+
+/// `hash-secret` typed at a terminal asks for the secret twice with echo
+/// off: the secret never shows on the terminal, and the hash is of it.
+#[cfg(unix)]
+#[test]
+fn hash_secret_at_a_terminal_asks_twice_without_echo() {
+    let mut terminal = pty::Session::start(&["hash-secret"]);
+    terminal.wait_for("secret: ");
+    terminal.type_line("typed-s3cret");
+    terminal.wait_for("again: ");
+    terminal.type_line("typed-s3cret");
+    let (status, stdout, shown) = terminal.finish();
+    assert!(status.success(), "{status:?} {shown}");
+    assert!(verifies(stdout.trim_end(), "typed-s3cret"), "{stdout}");
+    assert!(!shown.contains("typed-s3cret"), "echoed: {shown:?}");
+}
+
+/// Two different secrets at the terminal: nothing is hashed, exit 1.
+#[cfg(unix)]
+#[test]
+fn hash_secret_at_a_terminal_refuses_two_different_secrets() {
+    let mut terminal = pty::Session::start(&["hash-secret"]);
+    terminal.wait_for("secret: ");
+    terminal.type_line("first-try");
+    terminal.wait_for("again: ");
+    terminal.type_line("first-trx");
+    let (status, stdout, shown) = terminal.finish();
+    assert_eq!(status.code(), Some(1), "{shown}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(shown.contains("the two secrets differ"), "{shown:?}");
+    assert!(!shown.contains("first-tr"), "echoed: {shown:?}");
+}
+
+/// scopegate run with a pseudo-terminal as its stdin and stderr (what a
+/// person at a terminal has) and stdout piped.
+#[cfg(unix)]
+mod pty {
+    use std::fs::File;
+    use std::io::{Read, Write};
+    use std::process::{Child, ExitStatus, Stdio};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    /// Longest wait for the program's next output before the test fails
+    /// (a guard against hanging, not a timing check).
+    const HANG_GUARD: Duration = Duration::from_secs(120);
+
+    pub struct Session {
+        child: Child,
+        master: File,
+        output: mpsc::Receiver<Vec<u8>>,
+        shown: Vec<u8>,
+    }
+
+    impl Session {
+        pub fn start(args: &[&str]) -> Self {
+            use rustix::pty::{grantpt, openpt, ptsname, unlockpt, OpenptFlags};
+            let master = openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY).unwrap();
+            grantpt(&master).unwrap();
+            unlockpt(&master).unwrap();
+            let name = ptsname(&master, Vec::new()).unwrap();
+            let terminal = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(name.to_str().unwrap())
+                .unwrap();
+            let mut command = super::scopegate();
+            command
+                .args(args)
+                .stdin(Stdio::from(terminal.try_clone().unwrap()))
+                .stderr(Stdio::from(terminal))
+                .stdout(Stdio::piped());
+            let child = command.spawn().unwrap();
+            // The terminal's last copy is the child's: once it exits, the
+            // master's reads end.
+            drop(command);
+            let master = File::from(master);
+            let mut reader = master.try_clone().unwrap();
+            let (tx, output) = mpsc::channel();
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 1024];
+                while let Ok(n @ 1..) = reader.read(&mut buf) {
+                    if tx.send(buf[..n].to_vec()).is_err() {
+                        break;
+                    }
+                }
+            });
+            Self {
+                child,
+                master,
+                output,
+                shown: Vec::new(),
+            }
+        }
+
+        pub fn wait_for(&mut self, text: &str) {
+            while !String::from_utf8_lossy(&self.shown).contains(text) {
+                match self.output.recv_timeout(HANG_GUARD) {
+                    Ok(chunk) => self.shown.extend(chunk),
+                    Err(e) => panic!(
+                        "{text:?} never shown ({e}); shown: {:?}",
+                        String::from_utf8_lossy(&self.shown)
+                    ),
+                }
+            }
+        }
+
+        pub fn type_line(&mut self, line: &str) {
+            self.master.write_all(line.as_bytes()).unwrap();
+            self.master.write_all(b"\r").unwrap();
+        }
+
+        /// Waits for the exit; its status, stdout and all the terminal showed.
+        pub fn finish(mut self) -> (ExitStatus, String, String) {
+            let mut stdout = String::new();
+            self.child
+                .stdout
+                .take()
+                .unwrap()
+                .read_to_string(&mut stdout)
+                .unwrap();
+            let status = self.child.wait().unwrap();
+            loop {
+                match self.output.recv_timeout(HANG_GUARD) {
+                    Ok(chunk) => self.shown.extend(chunk),
+                    Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                    Err(e) => panic!("the terminal never closed: {e}"),
+                }
+            }
+            let shown = String::from_utf8_lossy(&self.shown).into_owned();
+            (status, stdout, shown)
+        }
+    }
+
+    impl Drop for Session {
+        /// A failed test leaves no program waiting on the terminal.
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
