@@ -522,7 +522,7 @@ mod terminal {
     pub(super) fn read_secret_twice() -> Result<String, String> {
         let first = read_without_echo("secret: ")?;
         if first.is_empty() {
-            return Ok(first);
+            return Err("the secret is empty; nothing was hashed".into());
         }
         let again = read_without_echo("the same secret again: ")?;
         if first != again {

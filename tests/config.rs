@@ -1645,6 +1645,19 @@ fn hash_secret_at_a_terminal_asks_twice_without_echo() {
     assert!(!shown.contains("typed-s3cret"), "echoed: {shown:?}");
 }
 
+/// An empty secret at the terminal: said so, nothing hashed, exit 1.
+#[cfg(unix)]
+#[test]
+fn hash_secret_at_a_terminal_refuses_an_empty_secret() {
+    let mut terminal = pty::Session::start(&["hash-secret"]);
+    terminal.wait_for("secret: ");
+    terminal.type_line("");
+    let (status, stdout, shown) = terminal.finish();
+    assert_eq!(status.code(), Some(1), "{shown}");
+    assert!(stdout.is_empty(), "{stdout}");
+    assert!(shown.contains("the secret is empty"), "{shown:?}");
+}
+
 /// Two different secrets at the terminal: nothing is hashed, exit 1.
 #[cfg(unix)]
 #[test]

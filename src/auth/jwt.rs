@@ -131,7 +131,6 @@ impl TokenError {
 }
 
 /// A compact JWS split and decoded, signature not yet checked.
-#[derive(Debug)]
 pub struct UnverifiedJwt<'t> {
     /// `base64(header) "." base64(payload)`: what the signature covers.
     pub signing_input: &'t str,
@@ -145,6 +144,20 @@ pub struct UnverifiedJwt<'t> {
     pub typ: Option<String>,
     /// The claims object.
     pub claims: Map<String, Value>,
+}
+
+impl std::fmt::Debug for UnverifiedJwt<'_> {
+    /// The header's fields and the claims' names only: the signing input and
+    /// signature together are the bearer token, and the claims' values
+    /// (`sub`, `email`, ...) are a person's.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UnverifiedJwt")
+            .field("alg", &self.alg)
+            .field("kid", &self.kid)
+            .field("typ", &self.typ)
+            .field("claims", &self.claims.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Splits and decodes a compact JWS; everything but the signature is checked
@@ -399,6 +412,29 @@ pub fn check_intended(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{:?}` of a parsed token shows neither the token (signing input and
+    /// signature) nor a claim's value.
+    #[test]
+    fn debug_of_a_parsed_token_shows_no_part_of_it() {
+        let header = b64(r#"{"alg":"ES256","kid":"k1"}"#);
+        let payload = b64(r#"{"sub":"person-7f3a9c","exp":4000000000}"#);
+        let token = format!("{header}.{payload}.c2lnbmF0dXJlLTVlMWQ");
+        let parsed = parse_compact(&token).unwrap();
+        let shown = format!("{parsed:?}");
+        for secret in [
+            header.as_str(),
+            &payload,
+            "c2lnbmF0dXJlLTVlMWQ",
+            "person-7f3a9c",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(
+            shown.contains("ES256") && shown.contains("\"sub\""),
+            "{shown}"
+        );
+    }
 
     #[test]
     fn time_until_exp_counts_the_second_already_begun() {

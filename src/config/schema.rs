@@ -199,7 +199,7 @@ pub struct RawFileStore {
 }
 
 /// `store: { redis: url }`.
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawRedisStore {
     /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
@@ -215,6 +215,19 @@ pub struct RawRedisStore {
     /// An environment variable holding the password, likewise.
     #[serde(default, deserialize_with = "present")]
     pub password_env: Option<String>,
+}
+
+impl std::fmt::Debug for RawRedisStore {
+    /// The URL's password redacted, as in the validated store config: a
+    /// config printed while debugging must not hand out the store.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawRedisStore")
+            .field("redis", &crate::issuer::store::redact_url(&self.redis))
+            .field("ca_file", &self.ca_file)
+            .field("password_file", &self.password_file)
+            .field("password_env", &self.password_env)
+            .finish()
+    }
 }
 
 /// A registered client.
@@ -720,4 +733,21 @@ fn unspanned<T>(value: T) -> Spanned<T> {
         serde_saphyr::Location::UNKNOWN,
         serde_saphyr::Location::UNKNOWN,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    /// `{:?}` of the config as read redacts a Redis URL's password, as the
+    /// validated store config's does.
+    #[test]
+    fn debug_of_the_raw_config_hides_a_redis_password() {
+        let yaml = "authorization_server:\n  issuer: http://127.0.0.1:8080\n  store: { redis: \"redis://:pw-2c9e41@127.0.0.1:6379/0\" }\n";
+        let raw = crate::config::load::parse("t.yaml", yaml).unwrap();
+        let shown = format!("{raw:?}");
+        assert!(!shown.contains("pw-2c9e41"), "{shown}");
+        assert!(
+            shown.contains("redis://<redacted>@127.0.0.1:6379/0"),
+            "{shown}"
+        );
+    }
 }

@@ -105,7 +105,7 @@ const MAX_TRACKED: usize = 10_000;
 const SUCCESS_IDLE: Duration = Duration::from_secs(24 * 3600);
 
 /// Credentials as presented.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Presented {
     /// The client id.
     pub client_id: String,
@@ -113,6 +113,17 @@ pub struct Presented {
     pub secret: Option<String>,
     /// Whether HTTP Basic was used (a failure then gets a Basic challenge).
     pub basic: bool,
+}
+
+impl std::fmt::Debug for Presented {
+    /// Without the secret, which no log line may carry.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Presented")
+            .field("client_id", &self.client_id)
+            .field("secret", &self.secret.as_ref().map(|_| "<redacted>"))
+            .field("basic", &self.basic)
+            .finish()
+    }
 }
 
 /// Reads client credentials from the Basic header or the form, refusing both
@@ -911,6 +922,23 @@ pub fn hash_secret(secret: &str) -> Result<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `{:?}` of presented credentials names the client, not its secret.
+    #[test]
+    fn debug_of_presented_credentials_hides_the_secret() {
+        let mut headers = HeaderMap::new();
+        let basic = format!("Basic {}", STANDARD.encode("svc:s3cret-8d1e6b"));
+        headers.insert(http::header::AUTHORIZATION, basic.parse().unwrap());
+        let presented = presented(&headers, &HashMap::new(), false)
+            .unwrap()
+            .unwrap();
+        let shown = format!("{presented:?}");
+        assert!(!shown.contains("s3cret-8d1e6b"), "{shown}");
+        assert!(
+            shown.contains("svc") && shown.contains("<redacted>"),
+            "{shown}"
+        );
+    }
 
     /// A verified secret is remembered by a digest keyed to the process
     /// (kept across reloads, which keep the memory): not the plain SHA-256

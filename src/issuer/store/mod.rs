@@ -295,7 +295,7 @@ impl fmt::Debug for StoreConfig {
 }
 
 /// `url` without its userinfo (`user:password@`), for logging.
-fn redact_url(url: &str) -> String {
+pub(crate) fn redact_url(url: &str) -> String {
     let Some((scheme, rest)) = url.split_once("://") else {
         return "<redacted>".to_owned();
     };
