@@ -81,19 +81,19 @@ pub enum Command {
         /// Manifest file, or `-` for standard input.
         #[arg(long, short = 'f', default_value = "-")]
         file: String,
-        /// Sidecar image.
+        /// Sidecar image [default: ghcr.io/scopegate/scopegate:0.1.0].
         #[arg(long)]
         image: Option<String>,
-        /// ConfigMap holding scopegate.yaml.
+        /// ConfigMap holding scopegate.yaml [default: scopegate-config].
         #[arg(long)]
         config_map: Option<String>,
-        /// scopegate's proxy port.
+        /// scopegate's proxy port [default: 8080].
         #[arg(long)]
         proxy_port: Option<u16>,
-        /// scopegate's admin port.
+        /// scopegate's admin port [default: 9090].
         #[arg(long)]
         admin_port: Option<u16>,
-        /// The app's port on loopback.
+        /// The app's port on loopback [default: 3000].
         #[arg(long)]
         upstream_port: Option<u16>,
         /// Also inject into pods with `hostNetwork: true` (their loopback is
@@ -620,6 +620,11 @@ pub fn say(line: std::fmt::Arguments<'_>) {
 
 fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
     let input = if file == "-" {
+        if std::io::IsTerminal::is_terminal(&std::io::stdin()) {
+            say(format_args!(
+                "reading manifests from standard input (end with Ctrl-D; or give -f FILE)"
+            ));
+        }
         let mut s = String::new();
         match std::io::stdin().read_to_string(&mut s) {
             Ok(_) => s,
@@ -647,6 +652,37 @@ fn inject(file: &str, opts: &crate::inject::InjectOptions) -> ExitCode {
         Err(e) => {
             say(format_args!("{file}: {e}"));
             ExitCode::FAILURE
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// `inject --help` states the defaults `InjectOptions` really has (the
+    /// flags are `Option`s, so clap cannot show them by itself).
+    #[test]
+    fn inject_help_states_the_real_defaults() {
+        let mut cli = Cli::command();
+        let help = cli
+            .find_subcommand_mut("inject")
+            .unwrap()
+            .render_help()
+            .to_string();
+        let defaults = crate::inject::InjectOptions::default();
+        for shown in [
+            defaults.image,
+            defaults.config_map,
+            defaults.proxy_port.to_string(),
+            defaults.admin_port.to_string(),
+            defaults.upstream_port.to_string(),
+        ] {
+            assert!(
+                help.contains(&format!("[default: {shown}]")),
+                "{shown} in {help}"
+            );
         }
     }
 }

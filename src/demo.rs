@@ -245,6 +245,13 @@ async fn bind_demo(
 
 /// Runs the demo until Ctrl-C, on `listen` and `admin` if given.
 pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Result<(), String> {
+    if let (Some(listen), Some(admin)) = (listen, admin) {
+        if listen == admin && listen.port() != 0 {
+            return Err(format!(
+                "--listen and --admin-listen both name {listen}: give the admin listener another port"
+            ));
+        }
+    }
     let upstream_listener = TcpListener::bind("127.0.0.1:0")
         .await
         .map_err(|e| format!("cannot start the demo's echo upstream on 127.0.0.1:0: {e}"))?;

@@ -565,3 +565,25 @@ async fn the_demo_names_an_unspecified_admin_address_by_loopback() {
     );
     assert!(!warned.contains("client secret"), "{warned}");
 }
+
+/// One address given for both of the demo's listeners is refused by name,
+/// not reported as an address someone else holds.
+#[test]
+fn the_demo_refuses_one_address_for_both_listeners() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:18400",
+            "--admin-listen",
+            "127.0.0.1:18400",
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("--listen and --admin-listen both name 127.0.0.1:18400"),
+        "{stderr}"
+    );
+}
