@@ -792,6 +792,160 @@ async fn an_answer_before_the_whole_body_closes_the_upstream_connection() {
     );
 }
 
+/// A raw HTTP/1.1 upstream that answers a POST at once, before reading its
+/// body, and never reads that body (as a framework's early 401/413 or a
+/// handler that ignores the body does): it writes the answer's head and its
+/// first bytes, waits until the whole request body has arrived in its
+/// socket (peeked, not read), then ends the answer. Every other request is
+/// answered with its own path; one for `/admin` (a slow handler) only once
+/// the next request on its connection has come, before that one's answer.
+/// Records every request line it parses, with the number of the connection
+/// it came on.
+async fn early_answer_upstream() -> (SocketAddr, Arc<Mutex<Vec<(usize, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&lines);
+    tokio::spawn(async move {
+        let mut connections = 0;
+        while let Ok((mut stream, _)) = listener.accept().await {
+            connections += 1;
+            let connection = connections;
+            let seen = Arc::clone(&seen);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut held: Option<String> = None;
+                loop {
+                    let Some(end) = find(&buf, b"\r\n\r\n") else {
+                        match stream.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+                    buf.drain(..end + 4);
+                    let line = head.lines().next().unwrap_or_default().to_owned();
+                    seen.lock().unwrap().push((connection, line.clone()));
+                    if let Some(answer) = held.take() {
+                        if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                    let length: usize = head
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse().ok())?
+                        })
+                        .unwrap_or(0);
+                    if line.starts_with("POST ") {
+                        let head = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nea";
+                        if stream.write_all(head).await.is_err() {
+                            return;
+                        }
+                        // The body arrives behind the answer: peeked, never read.
+                        let mut peek = vec![0u8; 64 * 1024];
+                        loop {
+                            match stream.peek(&mut peek).await {
+                                Ok(n) if buf.len() + n >= length => break,
+                                Ok(0) | Err(_) => return,
+                                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                            }
+                        }
+                        if stream.write_all(b"rly!").await.is_err() {
+                            return;
+                        }
+                    } else {
+                        let path = line.split(' ').nth(1).unwrap_or_default().to_owned();
+                        let answer = format!(
+                            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{path}",
+                            path.len()
+                        );
+                        if path.starts_with("/admin") {
+                            held = Some(answer);
+                        } else if stream.write_all(answer.as_bytes()).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, lines)
+}
+
+/// An upstream that answers before the request body has all gone out, and
+/// ends its answer only after the rest has, gets its connection closed, not
+/// pooled: the gateway tells at the answer's head, not at its end. Pooled,
+/// the unread body (which the client wrote) would be the upstream's next
+/// request on it, one no route or token check saw, and its answer would go
+/// to the next client the pool lent the connection to. (The upstream still
+/// reads those bytes as a request: they went out before it ended its
+/// answer; closing the connection keeps its answer from anyone.)
+#[tokio::test]
+async fn an_answer_begun_before_the_whole_body_keeps_its_connection_out_of_the_pool() {
+    let world = World::new().await;
+    let (upstream, lines) = early_answer_upstream().await;
+    let config = world
+        .config()
+        .replace(&world.upstream.addr.to_string(), &upstream.to_string());
+    let gw = Gateway::start(&config).await;
+    let write = world.token("orders:write");
+
+    // The client's body is a request of its own, for a path no token of the
+    // client's would be let through to (`/admin` needs `admin`).
+    let smuggled = "GET /admin/users HTTP/1.1\r\nHost: app\r\n\r\n";
+    let mut client = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1/items HTTP/1.1\r\nHost: gw\r\nAuthorization: Bearer {write}\r\nContent-Length: {}\r\n\r\n",
+        smuggled.len()
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    // The answer began before any of the body was sent.
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !got.ends_with(b"ea") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(
+        got.starts_with(b"HTTP/1.1 200 OK"),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    // Now the body; the answer ends once it is all with the upstream.
+    client.write_all(smuggled.as_bytes()).await.unwrap();
+    while !got.ends_with(b"early!") {
+        let n = client.read(&mut buf).await.unwrap();
+        assert!(n > 0, "closed: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+    }
+
+    // Another client, another request: on a connection of its own, answered
+    // with its own answer.
+    let reply = get_with_token(&gw.url("/orders/2"), &world.token("orders:read")).await;
+    let lines = lines.lock().unwrap().clone();
+    let on = |path: &str| {
+        lines
+            .iter()
+            .find(|(_, l)| l.contains(path))
+            .map(|(c, _)| *c)
+    };
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "/orders/2"),
+        "the next client got the answer to the unread body: the upstream parsed {lines:?}"
+    );
+    assert!(
+        on("/orders/2").is_some() && on("/orders/2") != on("/orders/1/items"),
+        "the next request went on the early answer's connection: {lines:?}"
+    );
+}
+
 /// Over HTTP/2 to the upstream the same stall is the client's too: hyper's
 /// HTTP/2 client reports only a reset stream, yet the answer is 408 and no
 /// upstream error is counted.

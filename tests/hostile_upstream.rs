@@ -511,7 +511,9 @@ enum H2Script {
     /// The connection dropped (no GOAWAY) the first time, then answered on
     /// the next connection: a GET may go again (RFC 9110 9.2.2).
     DropOnce,
-    /// GOAWAY with `INTERNAL_ERROR`: the connection's streams fail.
+    /// GOAWAY with `INTERNAL_ERROR` naming the stream before, every time:
+    /// a bodiless request above it goes again (RFC 9113 6.8), at most
+    /// twice, and meets it again; the connection's streams fail.
     GoAwayError,
     /// `RST_STREAM(INTERNAL_ERROR)` before any answer.
     Reset,

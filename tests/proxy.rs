@@ -5195,14 +5195,19 @@ async fn refusing_upstream(every: u32, refusal: Refusal) -> (SocketAddr, Arc<Ato
 /// Upstreams refuse streams in the normal run of things (a graceful GOAWAY
 /// at the end of a connection's life, `REFUSED_STREAM` under load): a
 /// bodiless request they did not process is sent again on a new
-/// connection instead of failing with 502. One with a body cannot be sent
-/// again (it was streamed), and is a 502; so is one refused by a GOAWAY
-/// with an error code, which does not say what was processed.
+/// connection instead of failing with 502. So is one above the last stream
+/// id of a GOAWAY with an error code, which was not processed either (RFC
+/// 9113 6.8). One with a body cannot be sent again (it was streamed), and
+/// is a 502.
 #[tokio::test]
 async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
     let world = World::new().await;
     let token = world.token("orders:read orders:write");
-    for refusal in [Refusal::GoAway(h2::Reason::NO_ERROR), Refusal::Reset] {
+    for refusal in [
+        Refusal::GoAway(h2::Reason::NO_ERROR),
+        Refusal::GoAway(h2::Reason::INTERNAL_ERROR),
+        Refusal::Reset,
+    ] {
         let (upstream, answered) = refusing_upstream(3, refusal).await;
         let yaml = config_for(&world, upstream).replace(
             "    request_timeout: 2s\n",
@@ -5230,6 +5235,9 @@ async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
         assert_eq!(upstream_errors(&metrics, "protocol"), 1.0, "{metrics}");
     }
 
+    // An upstream that says GOAWAY with an error code on its connection's
+    // second stream, naming the first as the last one taken: the second
+    // GET was not processed, and goes again on a new connection.
     let (upstream, answered) =
         refusing_upstream(2, Refusal::GoAway(h2::Reason::INTERNAL_ERROR)).await;
     let yaml = config_for(&world, upstream).replace(
@@ -5239,7 +5247,66 @@ async fn h2c_upstream_refusals_are_sent_again_when_they_can_be() {
     let gw = Gateway::start(&yaml).await;
     let first = get_with_token(&gw.url("/orders/1"), &token).await;
     let second = get_with_token(&gw.url("/orders/2"), &token).await;
-    assert_eq!((first.status, second.status), (200, 502));
+    assert_eq!((first.status, second.status), (200, 200));
+    assert_eq!(second.text(), "/orders/2");
+    assert_eq!(answered.load(Ordering::SeqCst), 2);
+}
+
+/// RFC 9113 6.8 / 8.7: streams above a GOAWAY's last stream id were not
+/// processed, whatever its error code, and "can be safely retried". An h2c
+/// upstream that turns down the first stream of its first connection with
+/// `GOAWAY(last_stream_id = 0, ENHANCE_YOUR_CALM)` (as servers under load
+/// do) processed nothing: a bodiless GET it never saw goes again on a new
+/// connection, as it does after `GOAWAY(NO_ERROR)`, instead of getting 502.
+#[tokio::test]
+async fn a_get_above_an_error_goaways_last_stream_id_is_sent_again() {
+    use h2::frame::{Data, GoAway, Headers, Pseudo, StreamId};
+    let connections = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicUsize::new(0));
+    let (conns, served) = (Arc::clone(&connections), Arc::clone(&answered));
+    let upstream = serve_raw_h2(move |mut codec| {
+        let first = conns.fetch_add(1, Ordering::SeqCst) == 0;
+        let served = Arc::clone(&served);
+        async move {
+            while let Some(headers) = next_h2_headers(&mut codec).await {
+                let id = headers.stream_id();
+                if first {
+                    // Nothing processed: last stream id 0.
+                    let goaway = GoAway::new(StreamId::from(0), h2::Reason::ENHANCE_YOUR_CALM);
+                    send_frame(&mut codec, goaway.into()).await;
+                    let _ = futures_util::StreamExt::next(&mut codec).await;
+                    return;
+                }
+                let head =
+                    Headers::new(id, Pseudo::response(StatusCode::OK), http::HeaderMap::new());
+                send_frame(&mut codec, head.into()).await;
+                let mut data = Data::new(id, Bytes::from("fresh"));
+                data.set_end_stream(true);
+                send_frame(&mut codec, data.into()).await;
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    })
+    .await;
+    let world = World::new().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    let gw = Gateway::start(&yaml).await;
+    let reply = get_with_token(&gw.url("/orders/1"), &world.token("orders:read")).await;
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        (reply.status, reply.text().as_str()),
+        (200, "fresh"),
+        "upstream connections: {}, protocol errors counted: {}",
+        connections.load(Ordering::SeqCst),
+        metric(
+            &metrics,
+            "scopegate_upstream_errors_total",
+            &[("kind", "protocol")]
+        )
+    );
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
 

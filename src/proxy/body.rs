@@ -3,7 +3,8 @@
 //!
 //! - [`UpstreamBody`]: the upstream's response on its way to the client,
 //!   counted when it fails part-way. Its HTTP/1.1 connection goes back to the
-//!   pool when the body has ended, and is closed if the body is dropped before.
+//!   pool when the body has ended (unless the answer began before the request
+//!   body had all gone out), and is closed if the body is dropped before.
 //! - [`ClientBody`]: the client's request body on its way to the upstream, so
 //!   that a client that stops sending mid-upload cannot hold an upstream
 //!   connection for ever.
@@ -156,7 +157,9 @@ enum Answer {
 
 /// Settles the answer's connection. An ended answer's goes back (an
 /// HTTP/1.1 one parked, an HTTP/2 stream's slot freed); a broken answer's is
-/// not used again. Unless the request body is still going out: then the
+/// not used again, nor is an HTTP/1.1 one whose answer began before the
+/// upload had all gone out ([`Lease::answered_mid_upload`]: `give_back`
+/// closes it). Unless the request body is still going out: then the
 /// rest follows the answer, and an HTTP/1.1 upstream that did not read it
 /// would take it for the next request, one no route or token check saw
 /// (nginx closes such connections too), so it takes no other; an HTTP/2
@@ -415,7 +418,7 @@ impl Upload {
     /// Whether the body is still on its way: not all read from the client,
     /// or not yet all handed on by hyper (whose HTTP/2 sender holds a frame
     /// until the upstream's window opens for it).
-    fn going_out(&self) -> bool {
+    pub fn going_out(&self) -> bool {
         self.ended.get().is_none() || !self.released.load(Ordering::Acquire)
     }
 }

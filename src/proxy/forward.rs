@@ -242,7 +242,7 @@ impl Forwarder {
                 Box::pin(after_upload(send, upstream.config.request_timeout, upload)).await
             }
         };
-        let (mut response, lease) = match sent {
+        let (mut response, mut lease) = match sent {
             Ok(Ok(sent)) => sent,
             Ok(Err(e)) => {
                 // The client's body failing is the client's, however the
@@ -272,6 +272,20 @@ impl Forwarder {
                 return Err(GatewayError::UpstreamTimeout);
             }
         };
+
+        // The answer began before the request body had all gone out (an
+        // early 401 or 413): the rest follows it, and an HTTP/1.1 upstream
+        // that did not read it would take it for the next request on the
+        // connection, one no route or token check saw. Told now, at the
+        // head, whatever the client's HTTP version: by the time the answer
+        // ends, the rest may have gone out, and the connection would be
+        // parked with it unread. (As soon as the head reaches this task:
+        // hyper's connection task may still send the rest in between.)
+        if let (Some(lease), Some(upload)) = (lease.as_mut(), upload_end.as_deref()) {
+            if upload.going_out() {
+                lease.answered_mid_upload();
+            }
+        }
 
         // The client gets this gateway's HTTP version (RFC 9110 2.5), not an
         // HTTP/1.0 upstream's (hyper writes the version it is given, and a

@@ -21,9 +21,10 @@
 //! 9.2.2) whose pooled connection had been idle and broke before the answer
 //! (the upstream's keep-alive ran out as the request went out). Over HTTP/2,
 //! at most twice: one the connection could no longer take, a bodiless one
-//! the upstream did not process (a graceful GOAWAY that it crossed, or
-//! `REFUSED_STREAM`; RFC 9113 8.7), or a bodiless idempotent one whose
-//! connection broke before the answer. To make that possible such a request
+//! the upstream did not process (a GOAWAY whose last stream id it is above,
+//! with or without an error code, or `REFUSED_STREAM`; RFC 9113 6.8 and
+//! 8.7), or a bodiless idempotent one whose connection broke before the
+//! answer. To make that possible such a request
 //! keeps a copy of its head until it is answered: every bodiless HTTP/2 one,
 //! and an HTTP/1.1 one only on a connection idle since an earlier tick of the
 //! pool's clock (a second, or half `pool_idle_timeout` if that is shorter),
@@ -316,10 +317,10 @@ impl Drop for StreamSlot {
 }
 
 /// A connection lent to one request, until its response body has ended: an
-/// HTTP/1.1 one goes back to its pool when [`Lease::give_back`] is called,
-/// and is closed if the lease is dropped instead; an HTTP/2 one frees its
-/// stream slot either way, unless the request body is still going out
-/// ([`Lease::hold_until_upload_ends`]).
+/// HTTP/1.1 one goes back to its pool when [`Lease::give_back`] is called
+/// (unless [`Lease::answered_mid_upload`] kept it out), and is closed if the
+/// lease is dropped instead; an HTTP/2 one frees its stream slot either way,
+/// unless the request body is still going out ([`Lease::hold_until_upload_ends`]).
 pub struct Lease(Leased);
 
 enum Leased {
@@ -328,16 +329,38 @@ enum Leased {
         pool: Arc<UpstreamPool>,
         /// The connection's task, for closing it mid-upload.
         task: AbortHandle,
+        /// The answer began before the request body had all gone out: the
+        /// connection is closed, never parked.
+        answered_early: bool,
     },
     Http2(StreamSlot),
 }
 
 impl Lease {
-    /// Parks an HTTP/1.1 connection for the next request (if there is room
-    /// and it is still usable).
+    /// Parks an HTTP/1.1 connection for the next request (if there is room,
+    /// it is still usable, and it did not answer mid-upload); one that is
+    /// not parked is closed.
     pub fn give_back(self) {
-        if let Leased::Http1 { sender, pool, task } = self.0 {
+        if let Leased::Http1 {
+            sender,
+            pool,
+            task,
+            answered_early: false,
+        } = self.0
+        {
             pool.park(sender, task);
+        }
+    }
+
+    /// The answer's head came while the request body was still going out:
+    /// the rest of the body follows the answer, and an HTTP/1.1 upstream
+    /// that did not read it would take it for the next request on the
+    /// connection, one no route or token check saw. So the connection takes
+    /// no other, however late the answer ends (after the upload or not).
+    /// An HTTP/2 stream's body is its own, and nothing changes for it.
+    pub fn answered_mid_upload(&mut self) {
+        if let Leased::Http1 { answered_early, .. } = &mut self.0 {
+            *answered_early = true;
         }
     }
 
@@ -570,6 +593,7 @@ impl UpstreamPool {
                                 sender,
                                 pool: Arc::clone(self),
                                 task,
+                                answered_early: false,
                             });
                             return Ok((response, Some(lease)));
                         }
@@ -971,16 +995,24 @@ fn connection_broke(error: &hyper::Error) -> bool {
     false
 }
 
-/// Whether an HTTP/2 upstream said it did not process the stream: a GOAWAY
-/// without error (which fails only the streams above its last stream id) or
-/// a `REFUSED_STREAM` reset. A GOAWAY with an error code also fails streams
-/// it may have processed, so it is not taken as a refusal.
+/// Whether an HTTP/2 upstream said it did not process the stream: a
+/// `REFUSED_STREAM` reset, or the upstream's GOAWAY, whatever its error code
+/// (RFC 9113 6.8 and 8.7: streams above its last stream id were not
+/// processed and may be sent again). h2 0.4 fails with the GOAWAY's own
+/// error only the streams above its last stream id and those it had not
+/// opened yet (`recv_go_away`); one at or below it that the connection then
+/// cuts off ends with a broken pipe instead, a broken connection
+/// ([`connection_broke`]). The one exception is hyper's: it checks the
+/// connection again right after opening a stream, and a GOAWAY read in that
+/// instant fails the new stream with it, whatever its last stream id; the
+/// error does not tell the two apart, and the window is as narrow for every
+/// error code as for `NO_ERROR`.
 fn unprocessed(error: &hyper::Error) -> bool {
     let mut source = std::error::Error::source(error);
     while let Some(e) = source {
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return h2.is_remote()
-                && ((h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+                && (h2.is_go_away()
                     || (h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM)));
         }
         source = e.source();
