@@ -1156,32 +1156,60 @@ async fn a_call_that_finds_no_slot_in_time_is_busy() {
 }
 
 /// An introspection endpoint that holds every call until released, and
-/// counts how many it held at once.
+/// counts how many it held at once and how many it took in all.
 struct HeldEndpoint {
     addr: SocketAddr,
     in_flight: Arc<std::sync::atomic::AtomicUsize>,
     most: Arc<std::sync::atomic::AtomicUsize>,
+    calls: Arc<std::sync::atomic::AtomicUsize>,
     release: tokio::sync::watch::Sender<bool>,
     secret: SecretFile,
 }
 
 impl HeldEndpoint {
+    /// Answering every call, once released, with an active token.
     async fn start() -> Self {
+        Self::answering(StatusCode::OK, None, active("orders:read").to_string()).await
+    }
+
+    /// Answering every call, once released, with `status`, a `header` if
+    /// given, and `body`.
+    async fn answering(
+        status: StatusCode,
+        header: Option<(&'static str, &'static str)>,
+        body: String,
+    ) -> Self {
         use std::sync::atomic::{AtomicUsize, Ordering};
         let in_flight = Arc::new(AtomicUsize::new(0));
         let most = Arc::new(AtomicUsize::new(0));
+        let calls = Arc::new(AtomicUsize::new(0));
         let (release, gate) = tokio::sync::watch::channel(false);
         let addr = {
-            let (in_flight, most) = (Arc::clone(&in_flight), Arc::clone(&most));
+            let (in_flight, most, calls) = (
+                Arc::clone(&in_flight),
+                Arc::clone(&most),
+                Arc::clone(&calls),
+            );
             spawn_server(move |_request: Request<Incoming>| {
-                let (in_flight, most, mut gate) =
-                    (Arc::clone(&in_flight), Arc::clone(&most), gate.clone());
+                let (in_flight, most, calls, mut gate, body) = (
+                    Arc::clone(&in_flight),
+                    Arc::clone(&most),
+                    Arc::clone(&calls),
+                    gate.clone(),
+                    body.clone(),
+                );
                 async move {
+                    calls.fetch_add(1, Ordering::SeqCst);
                     let now = in_flight.fetch_add(1, Ordering::SeqCst) + 1;
                     most.fetch_max(now, Ordering::SeqCst);
                     let _ = gate.wait_for(|open| *open).await;
                     in_flight.fetch_sub(1, Ordering::SeqCst);
-                    Response::new(Full::new(Bytes::from(active("orders:read").to_string())))
+                    let mut reply = Response::new(Full::new(Bytes::from(body)));
+                    *reply.status_mut() = status;
+                    if let Some((name, value)) = header {
+                        reply.headers_mut().insert(name, value.parse().unwrap());
+                    }
+                    reply
                 }
             })
             .await
@@ -1190,19 +1218,29 @@ impl HeldEndpoint {
             addr,
             in_flight,
             most,
+            calls,
             release,
             secret: SecretFile::new(CLIENT_SECRET),
         }
     }
 
-    /// A gateway introspecting here with this call `timeout`.
-    async fn gateway(&self, upstream: SocketAddr, timeout: &str) -> Gateway {
-        let issuers = opaque_issuer(
+    /// The `opaque` issuer introspecting here with this call `timeout`.
+    fn issuers(&self, timeout: &str) -> String {
+        opaque_issuer(
             &format!("http://{}/introspect", self.addr),
             &self.secret.credentials(),
             &format!("      timeout: {timeout}\n"),
-        );
-        Gateway::start(&gateway_yaml(upstream, &issuers, "")).await
+        )
+    }
+
+    /// A gateway introspecting here with this call `timeout`.
+    async fn gateway(&self, upstream: SocketAddr, timeout: &str) -> Gateway {
+        Gateway::start(&gateway_yaml(upstream, &self.issuers(timeout), "")).await
+    }
+
+    /// The calls taken in all.
+    fn calls(&self) -> usize {
+        self.calls.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     async fn wait_until_holding(&self, calls: usize) {
@@ -1233,6 +1271,238 @@ fn flood(gw: &Gateway, tokens: std::ops::Range<usize>) -> tokio::task::JoinSet<u
         set.spawn(async move { get_with_token(&url, &format!("flood-{i}")).await.status });
     }
     set
+}
+
+/// Waits until the gateway has counted `misses` introspection cache misses:
+/// that many requests are in, each with a call made or waiting for a slot.
+async fn wait_for_introspection_misses(gw: &Gateway, misses: usize) {
+    assert!(
+        wait_for_metrics(gw, |m| metric(
+            m,
+            "scopegate_token_cache_requests_total",
+            &[("kind", "introspection"), ("result", "miss")]
+        ) == misses as f64)
+        .await,
+        "{}",
+        gw.metrics().await
+    );
+}
+
+/// Sends a request with `token` on a connection of its own, waits until the
+/// endpoint holds its call (the `calls_before`+1th), then goes away (closes
+/// the connection) and waits until the gateway has counted the request as
+/// given up by its client (499).
+async fn send_and_go_away(gw: &Gateway, endpoint: &HeldEndpoint, token: &str, calls_before: usize) {
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request =
+        format!("GET /orders/1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {token}\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    endpoint.wait_until_holding(1).await;
+    assert_eq!(endpoint.calls(), calls_before + 1);
+    drop(stream);
+    assert!(
+        wait_for_metrics(gw, |m| m.lines().any(|l| l
+            .starts_with("scopegate_requests_total")
+            && l.contains(r#"status="499""#)))
+        .await,
+        "the request whose client went away was never dropped: {}",
+        gw.metrics().await
+    );
+}
+
+/// A 429 with `Retry-After` holds calls back (README: "uncached tokens get
+/// that 503 without a call for that long") also when it answers a call
+/// whose request went away (its client timed out: the usual case when the
+/// endpoint is overloaded): the call itself reads it, not the request.
+#[tokio::test]
+async fn retry_after_of_an_abandoned_call_still_holds_calls_back() {
+    let endpoint = HeldEndpoint::answering(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(("retry-after", "10")),
+        r#"{"error":"slow_down"}"#.to_owned(),
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
+
+    send_and_go_away(&gw, &endpoint, "gone-token", 0).await;
+    // The call runs on to its end: 429, Retry-After: 10.
+    endpoint.release();
+    assert!(
+        wait_for_metrics(&gw, |m| introspection_results(m, "abandoned") == 1.0).await,
+        "{}",
+        gw.metrics().await
+    );
+
+    // Well within the ten seconds asked for.
+    assert_unavailable(&get_with_token(&gw.url("/orders/1"), "another-token").await);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        endpoint.calls(),
+        1,
+        "a call within the Retry-After: {metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "held_back"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "http_error"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// The answer to a call whose request went away lands in the cache all the
+/// same: a client that gave up on a slow endpoint and retries the token is
+/// answered from it, instead of costing the endpoint a call per retry (a
+/// slow endpoint with impatient clients would never catch up).
+#[tokio::test]
+async fn the_answer_of_an_abandoned_call_is_not_wasted() {
+    let endpoint = HeldEndpoint::start().await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
+
+    send_and_go_away(&gw, &endpoint, "slow-token", 0).await;
+    endpoint.release();
+    assert!(
+        wait_for_metrics(&gw, |m| introspection_results(m, "abandoned") == 1.0).await,
+        "{}",
+        gw.metrics().await
+    );
+    let reply = get_with_token(&gw.url("/orders/1"), "slow-token").await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(endpoint.calls(), 1, "the retry called the endpoint again");
+    let metrics = gw.metrics().await;
+    assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
+    assert_eq!(upstream.count(), 1);
+}
+
+/// A request for a token whose call is in flight, waiting with the request
+/// that made the call, takes over the wait when that request goes away: it
+/// gets the call's answer, with no second call, and the call is not
+/// counted as `abandoned`, since a request still waited for it.
+#[tokio::test]
+async fn a_request_taking_over_the_wait_for_a_call_makes_no_second_call() {
+    use tokio::io::AsyncWriteExt;
+    let endpoint = HeldEndpoint::start().await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
+
+    let mut first = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
+    let request = "GET /orders/1 HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer shared\r\n\r\n";
+    first.write_all(request.as_bytes()).await.unwrap();
+    endpoint.wait_until_holding(1).await;
+    let url = gw.url("/orders/1");
+    let second = tokio::spawn(async move { get_with_token(&url, "shared").await });
+    wait_for_introspection_misses(&gw, 2).await;
+    drop(first);
+    assert!(
+        wait_for_metrics(&gw, |m| m.lines().any(|l| l
+            .starts_with("scopegate_requests_total")
+            && l.contains(r#"status="499""#)))
+        .await,
+        "{}",
+        gw.metrics().await
+    );
+    // A second call would come at once; give it a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(endpoint.calls(), 1, "the request taking over made a call");
+    endpoint.release();
+    let reply = second.await.unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(endpoint.calls(), 1);
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        introspection_results(&metrics, "abandoned"),
+        0.0,
+        "{metrics}"
+    );
+    assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
+}
+
+/// A request waiting for a call slot when the endpoint answers 429 with
+/// `Retry-After` makes no call once it gets the slot: the hold-back is
+/// looked at again then, and each call records its `Retry-After` before
+/// freeing its slot.
+#[tokio::test]
+async fn a_call_waiting_for_a_slot_is_held_back_by_a_retry_after_that_came_meanwhile() {
+    const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
+    let endpoint = HeldEndpoint::answering(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(("retry-after", "10")),
+        r#"{"error":"slow_down"}"#.to_owned(),
+    )
+    .await;
+    let upstream = Upstream::start().await;
+    let gw = endpoint.gateway(upstream.addr, "30s").await;
+
+    let mut flood = flood(&gw, 0..LIMIT + 1);
+    endpoint.wait_until_holding(LIMIT).await;
+    // The last request is in, waiting for a slot.
+    wait_for_introspection_misses(&gw, LIMIT + 1).await;
+    assert_eq!(endpoint.calls(), LIMIT);
+    endpoint.release();
+    while let Some(status) = flood.join_next().await {
+        assert_eq!(status.unwrap(), 503);
+    }
+    let metrics = gw.metrics().await;
+    assert_eq!(
+        endpoint.calls(),
+        LIMIT,
+        "a call after a 429 with Retry-After: {metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "held_back"),
+        1.0,
+        "{metrics}"
+    );
+}
+
+/// A reload that builds the issuer's introspection anew (here: the call
+/// `timeout` lowered while the endpoint is slow, when an operator would)
+/// keeps its call slots: the retired config's calls, still in flight, hold
+/// theirs, so the endpoint never gets more than `MAX_CALLS_IN_FLIGHT` calls
+/// of the issuer at once.
+#[tokio::test]
+async fn a_reload_does_not_double_the_calls_in_flight_to_the_endpoint() {
+    const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
+    let endpoint = HeldEndpoint::start().await;
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |timeout: &str| gateway_yaml(upstream.addr, &endpoint.issuers(timeout), "");
+    kubelet_write(dir.path(), 1, &config("30s"));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+
+    let mut first = flood(&gw, 0..LIMIT);
+    endpoint.wait_until_holding(LIMIT).await;
+    kubelet_write(dir.path(), 2, &config("20s"));
+    assert!(
+        wait_for_metrics(&gw, |m| m
+            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
+        .await,
+        "the reload was not applied: {}",
+        gw.metrics().await
+    );
+    let mut second = flood(&gw, LIMIT..2 * LIMIT);
+    wait_for_introspection_misses(&gw, 2 * LIMIT).await;
+    // Calls past the bound would come at once; give them a moment.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let at_once = endpoint.calls();
+    endpoint.release();
+    while let Some(status) = first.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    while let Some(status) = second.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(at_once, LIMIT, "calls in flight at once after a reload");
+    assert_eq!(endpoint.most(), LIMIT);
+    assert_eq!(endpoint.calls(), 2 * LIMIT);
 }
 
 #[tokio::test]

@@ -2,10 +2,12 @@
 //! digest (per issuer) that merges concurrent lookups and never outlives the
 //! token. Any failure to get an answer fails closed (503), uncached.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwapOption;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 use bytes::Bytes;
@@ -105,7 +107,7 @@ async fn exchange(
 
 /// Why one introspection call failed (all fail closed); what it says is
 /// the cause in the log line (never the token or the client's secret).
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 enum CallError {
     #[error("no answer within the timeout")]
     Timeout,
@@ -141,6 +143,55 @@ impl CallError {
     }
 }
 
+/// What one call came to: the answer, or why there is none.
+type Outcome = Result<Answer, CallError>;
+
+/// Where a call's [`Outcome`] comes to the requests waiting for it: `None`
+/// until it ends.
+type OutcomeReceiver = tokio::sync::watch::Receiver<Option<Outcome>>;
+
+/// What bounds the calls to one issuer's endpoint. Kept over a reload (see
+/// [`Introspector::share_calls_of`]), so that the calls of a retired config
+/// still running count against the same bound, and a `Retry-After` one of
+/// them gets holds the new config's calls back too.
+struct CallLimit {
+    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]), each held until
+    /// its call ends and its answer is read, even when every request
+    /// waiting for it went away.
+    slots: Arc<tokio::sync::Semaphore>,
+    /// Until when (milliseconds since `origin`) the endpoint asked, with
+    /// `Retry-After` on a 429 or 503, to be left alone: calls fail at once.
+    held_back_until: AtomicU64,
+    origin: Instant,
+}
+
+impl CallLimit {
+    fn new() -> Self {
+        Self {
+            slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            held_back_until: AtomicU64::new(0),
+            origin: Instant::now(),
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.origin.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// True while a `Retry-After` of the endpoint's holds calls back.
+    fn is_held_back(&self) -> bool {
+        self.now_ms() < self.held_back_until.load(Ordering::Acquire)
+    }
+
+    /// Holds calls back for `wait` from now (a hold already longer stays).
+    fn hold_back(&self, wait: Duration) {
+        let until = self
+            .now_ms()
+            .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
+        self.held_back_until.fetch_max(until, Ordering::AcqRel);
+    }
+}
+
 /// Every `scopegate_introspection_requests_total` result.
 const INTROSPECTION_RESULTS: [&str; 11] = [
     "active",
@@ -169,18 +220,20 @@ pub struct Introspector {
     endpoint: ArcSwapOption<Uri>,
     authorization: Option<HeaderValue>,
     client: HttpsClient<Full<Bytes>>,
-    /// Slots for calls in flight ([`MAX_CALLS_IN_FLIGHT`]), each held until
-    /// its call ends, even when every request waiting for it went away.
-    calls: Arc<tokio::sync::Semaphore>,
+    /// The issuer's call slots and hold-back, shared with the introspector
+    /// of the config before a reload (see [`Self::share_calls_of`]).
+    limit: ArcSwap<CallLimit>,
+    /// Calls in flight by token digest: a request that takes over the wait
+    /// for a token's answer (the cache hands it on when the request that
+    /// made the call goes away) waits for that call instead of making
+    /// another. An entry goes when its call ends, after its answer is in
+    /// the cache.
+    in_flight: Mutex<HashMap<TokenDigest, OutcomeReceiver>>,
     cache: Cache<TokenDigest, Answer>,
     identity_claims: Arc<[String]>,
     metrics: Arc<Metrics>,
     /// Calls that ended after every request waiting for them went away.
     abandoned: prometheus::IntCounter,
-    /// Until when (milliseconds since `origin`) the endpoint asked, with
-    /// `Retry-After` on a 429 or 503, to be left alone: calls fail at once.
-    held_back_until: std::sync::atomic::AtomicU64,
-    origin: Instant,
     /// The "introspection failed" line, one per interval.
     failure_log: LogThrottle,
     /// The "active introspection answer refused" line, one per interval.
@@ -247,7 +300,8 @@ impl Introspector {
             settings,
             authorization,
             client,
-            calls: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
+            limit: ArcSwap::from_pointee(CallLimit::new()),
+            in_flight: Mutex::new(HashMap::new()),
             cache: Cache::builder()
                 .max_capacity(cache_max_entries)
                 .weigher(move |_, answer: &Answer| match answer {
@@ -257,8 +311,6 @@ impl Introspector {
                 .expire_after(AnswerExpiry)
                 .build(),
             identity_claims,
-            held_back_until: std::sync::atomic::AtomicU64::new(0),
-            origin: Instant::now(),
             abandoned: {
                 // Every result at 0 before its first call, for alerts.
                 for result in INTROSPECTION_RESULTS {
@@ -291,6 +343,15 @@ impl Introspector {
         }
     }
 
+    /// Takes over the call slots and hold-back of `previous`, the same
+    /// issuer's introspector in the config a reload replaces: its calls
+    /// still in flight keep their slots, so the issuer's endpoint gets
+    /// [`MAX_CALLS_IN_FLIGHT`] calls at once at most across the two, and a
+    /// `Retry-After` it gave either holds both back.
+    pub fn share_calls_of(&self, previous: &Introspector) {
+        self.limit.store(previous.limit.load_full());
+    }
+
     /// Sets the endpoint found by discovery (explicit configuration wins).
     pub fn set_discovered_endpoint(&self, endpoint: Uri) {
         if self.settings.endpoint.is_none() {
@@ -313,7 +374,7 @@ impl Introspector {
     /// own (unverified) `exp`: an answer is cached no longer than it, since
     /// the server's answer may leave `exp` out.
     pub async fn introspect(
-        &self,
+        self: &Arc<Self>,
         token: &str,
         digest: TokenDigest,
         token_exp: Option<u64>,
@@ -336,9 +397,12 @@ impl Introspector {
             None => {
                 self.metrics.token_cache_introspection_misses.inc();
                 // Boxed: the HTTP call is large and rare.
-                Box::pin(self.cache.try_get_with(digest, self.call(token, token_exp)))
-                    .await
-                    .map_err(|_| GatewayError::IntrospectionUnavailable)?
+                Box::pin(
+                    self.cache
+                        .try_get_with(digest, self.call(token, digest, token_exp)),
+                )
+                .await
+                .map_err(|_| GatewayError::IntrospectionUnavailable)?
             }
         };
         match answer {
@@ -348,9 +412,56 @@ impl Introspector {
         }
     }
 
-    async fn call(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
-        let result = self.call_inner(token, token_exp).await;
-        let label = match &result {
+    /// The answer for one uncached token (run for one of the requests
+    /// waiting for it at a time): that of the call in flight for it, or of
+    /// a call made now.
+    async fn call(
+        self: &Arc<Self>,
+        token: &str,
+        digest: TokenDigest,
+        token_exp: Option<u64>,
+    ) -> Outcome {
+        // A call already in flight for the token (made for a request that
+        // went away, whose wait this one took over): its answer, not a
+        // second call.
+        let joined = {
+            let mut in_flight = self.in_flight();
+            // An entry whose call's task ended without an answer (it
+            // panicked) would fail every request for the token: dropped.
+            if in_flight
+                .get(&digest)
+                .is_some_and(|outcome| outcome.has_changed().is_err())
+            {
+                in_flight.remove(&digest);
+            }
+            in_flight.get(&digest).cloned()
+        };
+        let mut outcome = match joined {
+            Some(outcome) => outcome,
+            None => match self.start_call(token, digest, token_exp).await {
+                Ok(outcome) => outcome,
+                Err(e) => {
+                    let result = Err(e);
+                    self.record(&result);
+                    return result;
+                }
+            },
+        };
+        let ended = outcome
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|ended| ended.clone());
+        ended.unwrap_or_else(|| {
+            Err(CallError::Network(
+                "the call ended without an answer".into(),
+            ))
+        })
+    }
+
+    /// Counts a call's outcome and logs a failure or a refusal.
+    fn record(&self, result: &Outcome) {
+        let label = match result {
             Ok(Answer::Active(_)) => "active",
             Ok(Answer::Inactive { refused: None, .. }) => "inactive",
             Ok(Answer::Inactive {
@@ -362,7 +473,7 @@ impl Introspector {
             .introspection_requests
             .with_label_values(&[&self.issuer_name, label])
             .inc();
-        match &result {
+        match result {
             Err(e) => {
                 if let Some(suppressed) = self.failure_log.allow() {
                     tracing::warn!(issuer = %self.issuer_name, result = e.label(), cause = %e, suppressed, "introspection failed");
@@ -380,30 +491,44 @@ impl Introspector {
             }
             Ok(_) => {}
         }
-        result
     }
 
-    async fn call_inner(&self, token: &str, token_exp: Option<u64>) -> Result<Answer, CallError> {
+    /// The calls in flight, by token digest.
+    fn in_flight(&self) -> MutexGuard<'_, HashMap<TokenDigest, OutcomeReceiver>> {
+        self.in_flight
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits for a call slot and starts a call for `token`, registered in
+    /// `in_flight` under `digest`: where its outcome will come. An error:
+    /// no call made (no endpoint, held back, no slot).
+    async fn start_call(
+        self: &Arc<Self>,
+        token: &str,
+        digest: TokenDigest,
+        token_exp: Option<u64>,
+    ) -> Result<OutcomeReceiver, CallError> {
         let endpoint = self.endpoint.load_full().ok_or(CallError::NoEndpoint)?;
-        let now_ms =
-            |origin: Instant| u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if now_ms(self.origin)
-            < self
-                .held_back_until
-                .load(std::sync::atomic::Ordering::Acquire)
-        {
+        let limit = self.limit.load_full();
+        if limit.is_held_back() {
             return Err(CallError::HeldBack);
         }
         // A wait for a slot of `timeout` at most, then the call's own.
         let slot = match tokio::time::timeout(
             self.settings.timeout,
-            Arc::clone(&self.calls).acquire_owned(),
+            Arc::clone(&limit.slots).acquire_owned(),
         )
         .await
         {
             Ok(Ok(slot)) => slot,
             _ => return Err(CallError::Busy),
         };
+        // The answer of a call that held a slot meanwhile may have asked to
+        // wait (it is read before its slot is freed).
+        if limit.is_held_back() {
+            return Err(CallError::HeldBack);
+        }
         let body = {
             let mut form = url::form_urlencoded::Serializer::new(String::new());
             form.append_pair("token", token);
@@ -422,51 +547,58 @@ impl Introspector {
         if let Some(auth) = &self.authorization {
             request.headers_mut().insert(AUTHORIZATION, auth.clone());
         }
-        // The exchange runs on its own, holding the slot, so that requests
-        // that go away (a client's reset, a closed connection) cannot free
-        // slots while the server still works on their calls: a flood of
-        // cancelled requests would otherwise reach it without bound. An
-        // answer no request waits for any more is counted as `abandoned`.
-        let client = self.client.clone();
-        let timeout = self.settings.timeout;
-        let abandoned = self.abandoned.clone();
+        // The call runs on its own, holding the slot, so that requests that
+        // go away (a client's reset, a closed connection) cannot free slots
+        // while the server still works on their calls: a flood of cancelled
+        // requests would otherwise reach it without bound. It also reads
+        // and counts the answer, records a `Retry-After` and caches the
+        // answer itself, so that none of it is lost when no request waits
+        // any more (an answer no request waits for is counted as
+        // `abandoned`). The token is in the request's body only, gone with
+        // the call.
+        let (answered, outcome) = tokio::sync::watch::channel(None);
+        self.in_flight().insert(digest, outcome.clone());
         // The latency of calls made: not of those held back or refused a
         // slot, which would pull it towards zero or the timeout.
         let duration = self
             .metrics
             .introspection_duration
             .with_label_values(&[&self.issuer_name]);
-        let (answered, answer) = tokio::sync::oneshot::channel();
+        let this = Arc::clone(self);
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = tokio::time::timeout(timeout, exchange(client, request))
-                .await
-                .unwrap_or(Err(CallError::Timeout));
+            let result = tokio::time::timeout(
+                this.settings.timeout,
+                exchange(this.client.clone(), request),
+            )
+            .await
+            .unwrap_or(Err(CallError::Timeout));
             duration.observe(started.elapsed().as_secs_f64());
+            if let Err(CallError::Status(_, Some(wait))) = &result {
+                limit.hold_back(*wait);
+            }
+            let result = result.and_then(|body| {
+                let object = jwt::strict_object(&body).ok_or_else(|| {
+                    CallError::Body(
+                        "the answer is not one JSON object (without repeated members)".into(),
+                    )
+                })?;
+                Ok(this.interpret(&object, token_exp))
+            });
+            this.record(&result);
+            // In the cache before the call leaves `in_flight`: a request
+            // taking over the wait then finds one or the other.
+            if let Ok(answer) = &result {
+                this.cache.insert(digest, answer.clone()).await;
+            }
+            this.in_flight().remove(&digest);
+            answered.send_replace(Some(result));
+            if answered.receiver_count() == 0 {
+                this.abandoned.inc();
+            }
             drop(slot);
-            if answered.send(result).is_err() {
-                abandoned.inc();
-            }
         });
-        let body = match answer.await {
-            Ok(Err(CallError::Status(status, Some(wait)))) => {
-                let until = now_ms(self.origin)
-                    .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
-                self.held_back_until
-                    .fetch_max(until, std::sync::atomic::Ordering::AcqRel);
-                return Err(CallError::Status(status, Some(wait)));
-            }
-            Ok(result) => result?,
-            Err(_) => {
-                return Err(CallError::Network(
-                    "the call ended without an answer".into(),
-                ))
-            }
-        };
-        let object = jwt::strict_object(&body).ok_or_else(|| {
-            CallError::Body("the answer is not one JSON object (without repeated members)".into())
-        })?;
-        Ok(self.interpret(&object, token_exp))
+        Ok(outcome)
     }
 
     /// Turns an answer into a cache entry: only `"active": true` (a JSON
@@ -823,7 +955,7 @@ mod tests {
     #[tokio::test]
     async fn a_cached_answer_past_exp_by_the_wall_clock_is_asked_again() {
         let (endpoint, calls) = answering_inactive().await;
-        let introspector = introspector(endpoint);
+        let introspector = Arc::new(introspector(endpoint));
         let now = jwt::now_unix();
         let cached_active = |expires_at: u64| {
             Answer::Active(Arc::new(crate::auth::build_verified(

@@ -823,18 +823,26 @@ pub async fn run_refresher(
     }
     loop {
         let (result, next) = keys.refresh(&metrics).await;
-        let delay = if result == FetchResult::Success {
-            backoff = Duration::from_millis(250);
-            next
-        } else {
-            let d = backoff;
-            backoff = (backoff * 2).min(Duration::from_secs(30));
-            d
-        };
-        let delay = crate::auth::jittered(delay);
+        let delay = next_delay(result, next, &mut backoff);
         if !rest(&keys, &mut shutdown, delay, backoff).await {
             return;
         }
+    }
+}
+
+/// How long a refresher rests after a fetch with `result`, `next` being
+/// the key set's [`next_refresh`], `backoff` the wait after a failure
+/// (doubled for the next one, reset by a success). Spread at random so that
+/// replicas do not fetch in step: after a success only shorter, since
+/// `next` is the longest a key set may go unfetched.
+fn next_delay(result: FetchResult, next: Duration, backoff: &mut Duration) -> Duration {
+    if result == FetchResult::Success {
+        *backoff = Duration::from_millis(250);
+        crate::auth::jittered_within(next)
+    } else {
+        let delay = *backoff;
+        *backoff = (*backoff * 2).min(Duration::from_secs(30));
+        crate::auth::jittered(delay)
     }
 }
 
@@ -866,6 +874,37 @@ async fn rest(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `jwks_refresh_interval` (or a shorter `max-age`) is the longest a
+    /// key set goes unfetched: the spread of the rest after a success only
+    /// shortens it (a withdrawn key must stop passing within the bound),
+    /// while a retry's backoff is spread either way.
+    #[test]
+    fn the_rest_after_a_fetch_never_passes_the_refresh_interval() {
+        for interval in [MIN_REFRESH, Duration::from_secs(300), MAX_REFRESH] {
+            let next = next_refresh(None, interval);
+            let mut backoff = Duration::from_secs(8);
+            let rests: std::collections::BTreeSet<Duration> = (0..2000)
+                .map(|_| next_delay(FetchResult::Success, next, &mut backoff))
+                .collect();
+            let (shortest, longest) = (rests.first().copied(), rests.last().copied());
+            assert!(longest <= Some(interval), "{interval:?}: {longest:?}");
+            assert!(
+                shortest >= Some(interval.mul_f64(0.8)),
+                "{interval:?}: {shortest:?}"
+            );
+            assert!(rests.len() > 20, "{interval:?}: not spread: {rests:?}");
+            assert_eq!(backoff, Duration::from_millis(250), "a success resets it");
+        }
+        let retries: Vec<Duration> = (0..200)
+            .map(|_| {
+                let mut backoff = Duration::from_secs(10);
+                next_delay(FetchResult::NetworkError, Duration::ZERO, &mut backoff)
+            })
+            .collect();
+        assert!(retries.iter().any(|&d| d > Duration::from_secs(10)));
+        assert!(retries.iter().all(|&d| d <= Duration::from_secs(12)));
+    }
 
     /// A fetch by someone else while a refresher rests (another refresher
     /// of the same key set, a refetch for an unknown `kid`) counts as its

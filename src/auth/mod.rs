@@ -66,15 +66,26 @@ pub struct VerifiedToken {
 
 /// `delay` moved by up to a fifth either way, at random: replicas that
 /// failed together (an identity provider's outage, a rollout) do not retry
-/// or refresh in step.
+/// in step.
 pub(crate) fn jittered(delay: Duration) -> Duration {
+    spread(delay, 0.8, 1.2)
+}
+
+/// `delay` shortened by up to a fifth, at random, never lengthened: for a
+/// delay that is a bound (`jwks_refresh_interval`, the longest a key set
+/// goes unfetched), spread over replicas without ever passing it.
+pub(crate) fn jittered_within(delay: Duration) -> Duration {
+    spread(delay, 0.8, 1.0).min(delay)
+}
+
+/// `delay` times a random factor from `low` to `high`, in 256 steps.
+fn spread(delay: Duration, low: f64, high: f64) -> Duration {
     let mut byte = [0u8; 1];
     // Without randomness, the delay as it is.
     if aws_lc_rs::rand::fill(&mut byte).is_err() {
         return delay;
     }
-    // 0.8 to 1.2 in 256 steps.
-    delay.mul_f64(0.8 + 0.4 * f64::from(byte[0]) / 255.0)
+    delay.mul_f64(low + (high - low) * f64::from(byte[0]) / 255.0)
 }
 
 impl VerifiedToken {
@@ -276,8 +287,23 @@ impl Authenticator {
     /// at once, without waiting on an identity provider that may be down.
     /// (Its refresher fetches the keys when they are due.) The verified-token
     /// caches start empty, since what they hold may depend on the change.
+    ///
+    /// An issuer introspecting as before (same `issuer`), however else
+    /// changed, shares the call slots and hold-back of its introspector
+    /// before: the retired config's calls still in flight count against
+    /// the issuer's bound of calls at once.
     pub fn inherit_issuers(&mut self, previous: &Authenticator) {
         use std::sync::atomic::Ordering;
+        for issuer in &self.issuers {
+            let old = previous
+                .issuers
+                .iter()
+                .find(|old| old.issuer == issuer.issuer)
+                .and_then(|old| old.introspector.as_ref());
+            if let (Some(new), Some(old)) = (&issuer.introspector, old) {
+                new.share_calls_of(old);
+            }
+        }
         for issuer in &mut self.issuers {
             let Some(old) = previous
                 .issuers
@@ -1026,8 +1052,8 @@ mod tests {
         assert_eq!(key("http://h/x"), key("http://h:80/x"));
     }
 
-    /// Retries and refreshes are spread over a fifth either way of their
-    /// delay, not all at the same moment.
+    /// Retries are spread over a fifth either way of their delay, not all
+    /// at the same moment; a delay that is a bound, over the fifth below it.
     #[test]
     fn jitter_spreads_a_delay_by_a_fifth() {
         let delay = Duration::from_secs(10);
@@ -1037,5 +1063,11 @@ mod tests {
         let (low, high) = (spread.first().copied(), spread.last().copied());
         assert!(low >= Some(Duration::from_secs(8)), "{low:?}");
         assert!(high <= Some(Duration::from_secs(12)), "{high:?}");
+        let within: std::collections::BTreeSet<Duration> =
+            (0..200).map(|_| jittered_within(delay)).collect();
+        assert!(within.len() > 20, "{within:?}");
+        let (low, high) = (within.first().copied(), within.last().copied());
+        assert!(low >= Some(Duration::from_secs(8)), "{low:?}");
+        assert!(high <= Some(delay), "{high:?}");
     }
 }
