@@ -853,6 +853,66 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "6:18",
             "scope_claim",
         ),
+        (
+            "a list anchored where valid, aliased where one value is expected",
+            format!("{base}routes:\n  - path: /a\n    scopes: &s [orders:read]\n    upstream: *s\n"),
+            "12:15",
+            "expected a single value, not a list or a mapping (the value is an alias `*` of the anchor at line 11, column 16)",
+        ),
+        (
+            "two YAML documents",
+            "---\nroutes: []\n---\nroutes: []\n".into(),
+            "4:1",
+            "a second YAML document (`---`): the config is one document",
+        ),
+        (
+            "a route's scopes left empty",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    scopes:\n"),
+            "12:11",
+            "a key left empty has no value (null): write the value, or leave the key out",
+        ),
+        (
+            "an issuer's audiences left empty",
+            "issuers:\n  - name: corp\n    issuer: https://idp.example.com\n    audiences:\n    jwks_uri: https://idp.example.com/jwks\n".into(),
+            "4:14",
+            "a key left empty has no value (null)",
+        ),
+        (
+            "an issuer's algorithms left empty",
+            format!("{ISSUER}    algorithms:\n{UPSTREAM}"),
+            "6:15",
+            "a key left empty has no value (null)",
+        ),
+        (
+            "a document that is one scalar",
+            "hello\n".into(),
+            "1:1",
+            "expected a mapping of settings (`key: value` lines); the file as a whole is one such mapping",
+        ),
+        (
+            "a duration written as a list",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    connect_timeout: [2s]\n"),
+            "9:22",
+            "expected a single value, not a list or a mapping",
+        ),
+        (
+            "a URL tagged as a number",
+            format!("{ISSUER}upstreams:\n  app:\n    url: !!int 5\n"),
+            "8:16",
+            "a tag (`!!int`, `!!str`, ...) does not fit here",
+        ),
+        (
+            "a duration without a unit",
+            format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    connect_timeout: 2\n"),
+            "9:5",
+            "`2` is not a duration: it needs a unit, e.g. `2s`",
+        ),
+        (
+            "a switch written as a number",
+            "server:\n  request_id: 1\n".into(),
+            "2:15",
+            "expected `true` or `false`",
+        ),
     ]
 }
 

@@ -160,7 +160,8 @@ pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
         ConfigError::at(
             source_name,
             location,
-            for_people(&strip_location_suffix(&plain.to_string())),
+            for_people(&strip_location_suffix(&plain.to_string()))
+                + &anchor_note(&plain.to_string()),
         )
     })
 }
@@ -196,6 +197,40 @@ fn for_people(message: &str) -> String {
     if message.starts_with("cannot deserialize null into ") {
         return "a value is required here, not null (`~`, `null` or nothing)".to_owned();
     }
+    if message.starts_with("multiple YAML documents detected") {
+        return "a second YAML document (`---`): the config is one document".to_owned();
+    }
+    if message == "expected sequence start" {
+        return "expected a list (`[a, b]` or lines of `- a`); a key left empty has no \
+                value (null): write the value, or leave the key out"
+            .to_owned();
+    }
+    if message == "expected mapping start" {
+        return "expected a mapping of settings (`key: value` lines); the file as a whole \
+                is one such mapping"
+            .to_owned();
+    }
+    if message == "expected string scalar" {
+        return "expected a single value, not a list or a mapping".to_owned();
+    }
+    if message.starts_with("cannot deserialize tagged scalar into ") {
+        return "a tag (`!!int`, `!!str`, ...) does not fit here: write the value without \
+                it (quoted, if it is text that looks like a number)"
+            .to_owned();
+    }
+    if message == "invalid boolean" {
+        return "expected `true` or `false`".to_owned();
+    }
+    if let Some(rest) = message.strip_prefix("invalid value: string ") {
+        if let Some(value) = rest.strip_suffix(", expected a duration") {
+            let value = value.trim_matches('"');
+            // A bare number is the common slip: the unit is what is missing.
+            if !value.is_empty() && value.chars().all(|c| c.is_ascii_digit()) {
+                return format!("`{value}` is not a duration: it needs a unit, e.g. `{value}s`");
+            }
+            return format!("`{value}` is not a duration (e.g. `2s`, `500ms`, `1m`)");
+        }
+    }
     if let Some(kind) = message.strip_prefix("invalid ") {
         if matches!(kind, "u8" | "u16" | "u32" | "u64" | "usize") {
             return "expected a whole number (0 or more)".to_owned();
@@ -206,11 +241,35 @@ fn for_people(message: &str) -> String {
 
 /// serde-saphyr appends " at line L, column C" to plain messages; we print the
 /// location in front instead, compiler style.
+/// A value reached through an alias carries " (defined at line L, column C)
+/// (used at ...)" first: the message is cut before it, and where the anchor
+/// is goes after the reworded message ([`anchor_note`]).
 fn strip_location_suffix(message: &str) -> String {
     let first_line = message.lines().next().unwrap_or(message);
-    match first_line.rfind(" at line ") {
+    let cut = [" (defined at line ", " (used at line ", " at line "]
+        .iter()
+        .filter_map(|marker| first_line.find(marker))
+        .min();
+    match cut {
         Some(at) => first_line[..at].to_owned(),
         None => first_line.to_owned(),
+    }
+}
+
+/// " (through an alias of the anchor at line L, column C)" when the parser
+/// says the value came from an alias, so its anchor can be found.
+fn anchor_note(message: &str) -> String {
+    let first_line = message.lines().next().unwrap_or(message);
+    let Some(start) = first_line.find(" (defined at line ") else {
+        return String::new();
+    };
+    let rest = &first_line[start + " (defined at ".len()..];
+    match rest.find(')') {
+        Some(end) => format!(
+            " (the value is an alias `*` of the anchor at {})",
+            &rest[..end]
+        ),
+        None => String::new(),
     }
 }
 
