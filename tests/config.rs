@@ -913,6 +913,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "2:15",
             "expected `true` or `false`",
         ),
+        (
+            "a route that clashes with an earlier one",
+            format!("{base}routes:\n  - path: /orders/{{id}}\n    upstream: app\n  - path: /orders/{{x}}\n    upstream: app\n"),
+            "12:11",
+            "already routed by route #1 of `routes` (`/orders/{id}`)",
+        ),
     ]
 }
 

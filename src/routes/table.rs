@@ -572,10 +572,13 @@ fn group_routes<T>(specs: &[RouteSpec<T>], rules: MatchRules) -> Result<Vec<Grou
                 }
             };
             if let Some(clash) = clash {
+                // Counted from 1, as a person counts the entries under `routes`.
                 return Err(err(format!(
-                    "path `{}` with {clash} is already routed by route {earlier} (`{}`); \
-                     routes sharing a path need disjoint methods",
-                    spec.path, other.path
+                    "path `{}` with {clash} is already routed by route #{} of `routes` \
+                     (`{}`); routes sharing a path need disjoint methods",
+                    spec.path,
+                    earlier.saturating_add(1),
+                    other.path
                 )));
             }
         }
@@ -1079,7 +1082,7 @@ mod tests {
             ("/orders/{oid}", Some(&[Method::PUT, Method::POST])),
         ]);
         assert_eq!(e.index, 2);
-        assert!(e.message.contains("route 1"), "{e}");
+        assert!(e.message.contains("route #2 of `routes`"), "{e}");
         assert!(e.message.contains("/orders/{id}"), "{e}");
         assert!(e.message.contains("PUT"), "{e}");
         assert_eq!(e.to_string(), format!("route 2: {}", e.message));
@@ -1089,10 +1092,10 @@ mod tests {
     fn any_method_conflicts_with_same_path() {
         let e = build_err(&[("/x", Some(GET)), ("/x", None)]);
         assert_eq!(e.index, 1);
-        assert!(e.message.contains("route 0"), "{e}");
+        assert!(e.message.contains("route #1 of `routes`"), "{e}");
         let e = build_err(&[("/x", None), ("/y", None), ("/x", Some(POST))]);
         assert_eq!(e.index, 2);
-        assert!(e.message.contains("route 0"), "{e}");
+        assert!(e.message.contains("route #1 of `routes`"), "{e}");
         let e = build_err(&[("/x/{a}", None), ("/x/{b}", None)]);
         assert_eq!(e.index, 1);
     }
