@@ -814,18 +814,8 @@ async fn early_answer_upstream() -> (SocketAddr, Arc<Mutex<Vec<(usize, String)>>
             let seen = Arc::clone(&seen);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
                 let mut held: Option<String> = None;
-                loop {
-                    let Some(end) = find(&buf, b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    buf.drain(..end + 4);
+                while let Some(head) = next_head(&mut stream, &mut buf).await {
                     let line = head.lines().next().unwrap_or_default().to_owned();
                     seen.lock().unwrap().push((connection, line.clone()));
                     if let Some(answer) = held.take() {

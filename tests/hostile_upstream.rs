@@ -38,7 +38,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use proptest::prelude::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 
 /// Bound for a stream to be answered and closed.
@@ -262,17 +262,8 @@ async fn raw_upstream(scripts: Scripts<Script>) -> SocketAddr {
             let scripts = Arc::clone(&scripts);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                loop {
-                    let Some(end) = find(&buf, b"\r\n\r\n") else {
-                        match stream.read(&mut chunk).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                        }
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
-                    buf.drain(..end + 4);
+                while let Some(head) = next_head(&mut stream, &mut buf).await {
+                    let head = head.to_ascii_lowercase();
                     let id: u64 = head
                         .lines()
                         .find_map(|l| l.strip_prefix(&format!("{CASE}: ")))

@@ -1329,11 +1329,7 @@ async fn retry_after_of_an_abandoned_call_still_holds_calls_back() {
     send_and_go_away(&gw, &endpoint, "gone-token", 0).await;
     // The call runs on to its end: 429, Retry-After: 10.
     endpoint.release();
-    assert!(
-        wait_for_metrics(&gw, |m| introspection_results(m, "abandoned") == 1.0).await,
-        "{}",
-        gw.metrics().await
-    );
+    wait_for_the_abandoned_call(&gw).await;
 
     // Well within the ten seconds asked for.
     assert_unavailable(&get_with_token(&gw.url("/orders/1"), "another-token").await);
@@ -1367,17 +1363,23 @@ async fn the_answer_of_an_abandoned_call_is_not_wasted() {
 
     send_and_go_away(&gw, &endpoint, "slow-token", 0).await;
     endpoint.release();
-    assert!(
-        wait_for_metrics(&gw, |m| introspection_results(m, "abandoned") == 1.0).await,
-        "{}",
-        gw.metrics().await
-    );
+    wait_for_the_abandoned_call(&gw).await;
     let reply = get_with_token(&gw.url("/orders/1"), "slow-token").await;
     assert_eq!(reply.status, 200, "{}", reply.text());
     assert_eq!(endpoint.calls(), 1, "the retry called the endpoint again");
     let metrics = gw.metrics().await;
     assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
     assert_eq!(upstream.count(), 1);
+}
+
+/// Waits until the call the gateway's request left has ended, counted as
+/// `abandoned`.
+async fn wait_for_the_abandoned_call(gw: &Gateway) {
+    assert!(
+        wait_for_metrics(gw, |m| introspection_results(m, "abandoned") == 1.0).await,
+        "{}",
+        gw.metrics().await
+    );
 }
 
 /// A request for a token whose call is in flight, waiting with the request

@@ -897,6 +897,25 @@ pub fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
 
+/// The next request head on a kept-alive connection of a hand-written
+/// upstream (without its blank line), read into `buf`, which keeps whatever
+/// follows it; `None` once the peer closes or the read fails.
+pub async fn next_head(stream: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+            buf.drain(..end + 4);
+            return Some(head);
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
 /// Writes `bytes` (a write the peer cuts short is not an error: it may answer
 /// and close before reading everything) and reads until the peer closes the
 /// connection: the bytes read, and whether it closed cleanly rather than
