@@ -966,6 +966,73 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     assert_eq!(world.upstream.count(), seen);
 }
 
+/// A WebDAV `COPY` or `MOVE` of a collection acts on every member below it
+/// too (RFC 4918 9.8.3, 9.9.2: `Depth: infinity`, MOVE always), at the
+/// source and under the `Destination`: where another route serves paths
+/// below either, a public route would copy a guarded subtree out (`COPY
+/// /files` to `/copy`, `/files/private/x` then public as
+/// `/copy/private/x`) or a public collection into one (`COPY /staging` to
+/// `/files`, its `private/x` landing in `/files/private/x`).
+#[tokio::test]
+async fn a_webdav_copy_or_move_may_not_take_another_routes_paths_below_it() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let admin = bearer(&world.token("admin"));
+    let refused: [DavCase; 6] = [
+        ("COPY", "/files", &[("Destination", "/copy")]),
+        ("MOVE", "/files/", &[("Destination", "/moved")]),
+        ("COPY", "/files/private", &[("Destination", "/copy")]),
+        (
+            "MOVE",
+            "/%66iles",
+            &[("Destination", "http://gw.test/moved")],
+        ),
+        // Into: the members of `/staging` land below `/files/private/`.
+        ("COPY", "/staging", &[("Destination", "/files")]),
+        (
+            "MOVE",
+            "/staging",
+            &[("Authorization", &admin), ("Destination", "/files/")],
+        ),
+    ];
+    for (method, path, headers) in refused {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
+        assert!(
+            reply.body.contains("Destination"),
+            "{method} {path}: {reply:?}"
+        );
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    // Collections no other route reaches into still copy and move.
+    let within: [DavCase; 3] = [
+        ("COPY", "/docs", &[("Destination", "/docs-copy")]),
+        ("MOVE", "/files/public/a", &[("Destination", "/files/b")]),
+        (
+            "COPY",
+            "/files/private/a",
+            &[
+                ("Authorization", &admin),
+                ("Destination", "/files/private/b"),
+            ],
+        ),
+    ];
+    for (method, path, headers) in within {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
+        let seen = world.upstream.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.path_and_query.as_str()),
+            (method, path)
+        );
+    }
+}
+
 #[tokio::test]
 async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;

@@ -94,6 +94,10 @@ pub struct RouteTable<T> {
     wide: Trie,
     /// How request paths are folded before lookup ([`RouteTable::routed`]).
     rules: MatchRules,
+    /// The closure patterns, for [`RouteTable::serves_alone_below`].
+    closure: Vec<Pattern>,
+    /// The same, mapping to their index there.
+    closure_trie: Trie,
 }
 
 /// Precomputed answer for the paths whose most specific closure pattern is
@@ -188,6 +192,8 @@ impl<T> RouteTable<T> {
         }
 
         Ok(RouteTable {
+            closure: closure.patterns,
+            closure_trie: closure.trie,
             routes: specs,
             nodes,
             layers: layers.routers,
@@ -232,6 +238,50 @@ impl<T> RouteTable<T> {
         } else {
             Err(PathError::AmbiguousRoute)
         }
+    }
+
+    /// Whether every path strictly below a canonical path (`{path}/...`)
+    /// that a route serves for `method` is `route`'s, as `path` reads both
+    /// ways [`RouteTable::route`] compares: a WebDAV `COPY` or `MOVE` of a
+    /// collection takes its members along, and another route's paths among
+    /// them would be copied or moved past that route's check.
+    ///
+    /// Each closure pattern meeting the paths below gives a shape (their
+    /// intersection; closed under intersection, as the closure is). A path
+    /// below routes as its most specific shape does with each `{name}` and
+    /// `{*rest}` segment spelt as no pattern spells one (`%00`, which no
+    /// canonical pattern holds): those are looked up, a `{*rest}` at every
+    /// depth up to one past the longest shape, with and without a trailing
+    /// slash. Allocates: for those methods only.
+    pub fn serves_alone_below(&self, method: &Method, canonical_path: &str, route: &T) -> bool {
+        let routed = route_form_with(canonical_path, self.rules);
+        let received = fold(std::borrow::Cow::Borrowed(canonical_path), self.rules);
+        [routed, received].iter().all(|reading| {
+            let inner = reading.strip_prefix('/').unwrap_or(reading);
+            let inner = inner.strip_suffix('/').unwrap_or(inner);
+            let mut below: Pattern = inner
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .map(|s| Seg::Static(s.to_owned()))
+                .collect();
+            below.push(Seg::CatchAll);
+            let mut overlapping = Vec::new();
+            self.closure_trie.overlapping(&below, &mut overlapping);
+            let shapes: Vec<Pattern> = overlapping
+                .iter()
+                .filter_map(|&id| self.closure.get(id))
+                .filter_map(|pattern| intersect(pattern, &below))
+                .collect();
+            let deepest = shapes.iter().map(Vec::len).max().unwrap_or(0) + 1;
+            shapes.iter().all(|shape| {
+                let open = matches!(shape.last(), Some(Seg::CatchAll));
+                let spellings = if open { deepest * 2 } else { 1 };
+                (0..spellings).all(|n| {
+                    let witness = spelt(shape, n / 2 + 1, n % 2 == 1);
+                    matches!(self.lookup(method, &witness), Lookup::Matched(found) if std::ptr::eq(found, route))
+                })
+            })
+        })
     }
 
     /// Finds the route for a path as given: the output of [`canonicalize`]
@@ -956,6 +1006,32 @@ impl Layers {
     }
 }
 
+/// A path of `shape`: its literals, and `%00` (which no canonical pattern
+/// holds) for each `{name}`, and `depth` times for a `{*rest}`, then a
+/// trailing slash if `slash`.
+fn spelt(shape: &[Seg], depth: usize, slash: bool) -> String {
+    const NO_LITERAL: &str = "/%00";
+    let mut path = String::new();
+    for seg in shape {
+        match seg {
+            Seg::Static(literal) => {
+                path.push('/');
+                path.push_str(literal);
+            }
+            Seg::Param => path.push_str(NO_LITERAL),
+            Seg::CatchAll => {
+                for _ in 0..depth {
+                    path.push_str(NO_LITERAL);
+                }
+                if slash {
+                    path.push('/');
+                }
+            }
+        }
+    }
+    path
+}
+
 /// Whether two readings of one path lead to the same route, or alike to
 /// none.
 fn same_route<T>(a: &Lookup<'_, T>, b: &Lookup<'_, T>) -> bool {
@@ -977,6 +1053,66 @@ mod tests {
             path: path.to_string(),
             methods: methods.map(<[Method]>::to_vec),
             value,
+        }
+    }
+
+    #[test]
+    fn serves_alone_below_looks_at_every_route_under_a_path() {
+        let copy = Method::from_bytes(b"COPY").unwrap();
+        let get: &[Method] = &[Method::GET];
+        for rules in [
+            MatchRules::default(),
+            MatchRules {
+                case_insensitive: true,
+                ignore_trailing_slash: true,
+            },
+        ] {
+            let table = RouteTable::build_with(
+                vec![
+                    spec("/files/private/{*p}", None, 1),
+                    spec("/files/{name}/shared", Some(get), 2),
+                    spec("/docs/{*p}", None, 3),
+                    spec("/docs/{name}", None, 4),
+                    spec("/{*page}", None, 0),
+                ],
+                rules,
+            )
+            .unwrap();
+            // (method, path, alone below it)
+            for (method, path, alone) in [
+                (&copy, "/d", true),
+                (&copy, "/d/a/", true),
+                // `/docs/{name}`, with `/docs/{*p}` below.
+                (&copy, "/docs/a", false),
+                (&copy, "/docs/a/b", true),
+                (&copy, "/docs", false),
+                (&copy, "/files", false),
+                (&copy, "/files/", false),
+                (&copy, "/files/private", false),
+                (&copy, "/files/private/a", true),
+                // `shared` takes GET only: COPY below falls to the catch-all.
+                (&copy, "/files/x", true),
+                (&Method::GET, "/files/x", false),
+                // Read with its parameters dropped, `/files`.
+                (&copy, "/files;v", false),
+                (&copy, "/", false),
+            ] {
+                let Ok(Lookup::Matched(route)) = table.route(method, path) else {
+                    assert_eq!(path, "/", "{path} has a route");
+                    continue;
+                };
+                assert_eq!(
+                    table.serves_alone_below(method, path, route),
+                    alone,
+                    "{method} {path} {rules:?}"
+                );
+            }
+            let catch_all = table.routes.get(4).map(|r| &r.value).unwrap();
+            assert!(!table.serves_alone_below(&copy, "/", catch_all));
+            assert_eq!(
+                table.serves_alone_below(&copy, "/FILES", catch_all),
+                !rules.case_insensitive
+            );
         }
     }
 

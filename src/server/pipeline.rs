@@ -553,7 +553,7 @@ impl Gateway {
             Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
-        if let Err(e) = self.check_destination(request, route) {
+        if let Err(e) = self.check_destination(request, &path, route) {
             return Verdict::Deny(Some(route), e);
         }
 
@@ -598,11 +598,14 @@ impl Gateway {
     /// matched, so that a public route cannot copy or move into paths
     /// another route guards. It is forwarded as received, so an upstream
     /// with a `base_path` takes none (the upstream would read it without
-    /// the prefix, as a path some other route's upstream may serve). Other
-    /// methods do not act on it, and pay no lookup.
+    /// the prefix, as a path some other route's upstream may serve). A
+    /// collection is copied or moved with its members, so no path below
+    /// the request's `path` or the `Destination` may be another route's
+    /// either. Other methods do not act on it, and pay no lookup.
     fn check_destination(
         &self,
         request: &Request<Incoming>,
+        path: &str,
         route: &Route,
     ) -> Result<(), GatewayError> {
         let method = request.method().as_str();
@@ -633,11 +636,23 @@ impl Gateway {
         if has_segments_to_resolve(target.path()) {
             return Err(GatewayError::ForeignDestination);
         }
-        let path = canonicalize(target.path()).map_err(|_| GatewayError::ForeignDestination)?;
-        match self.routes.route(request.method(), &path) {
-            Ok(Lookup::Matched(served)) if served.index == route.index => Ok(()),
-            _ => Err(GatewayError::ForeignDestination),
+        let destination =
+            canonicalize(target.path()).map_err(|_| GatewayError::ForeignDestination)?;
+        match self.routes.route(request.method(), &destination) {
+            Ok(Lookup::Matched(served)) if served.index == route.index => {}
+            _ => return Err(GatewayError::ForeignDestination),
         }
+        // A collection goes with its members (RFC 4918 9.8.3, 9.9.2), at
+        // the source and at the destination: none may be another route's.
+        for collection in [path, &*destination] {
+            if !self
+                .routes
+                .serves_alone_below(request.method(), collection, route)
+            {
+                return Err(GatewayError::ForeignDestination);
+            }
+        }
+        Ok(())
     }
 
     /// The permit of a CORS preflight (an `OPTIONS` with an `Origin` and one
