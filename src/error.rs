@@ -67,6 +67,11 @@ pub enum GatewayError {
     /// token.
     #[error("Destination outside the route")]
     ForeignDestination,
+    /// A WebDAV `PROPFIND` or `LOCK` deeper than `Depth: 0` on a collection
+    /// with another route's paths below it: it would list or lock members
+    /// that route guards.
+    #[error("collection spans other routes")]
+    CollectionSpansRoutes,
     /// The upstream's `base_path` and the request's target together are
     /// longer than a request target may be (65 534 bytes).
     #[error("request target too long for the upstream")]
@@ -155,6 +160,7 @@ impl GatewayError {
             Self::BadHost => "bad_host",
             Self::BadMethod => "lower_case_method",
             Self::ForeignDestination => "foreign_destination",
+            Self::CollectionSpansRoutes => "collection_spans_routes",
             Self::TargetTooLong => "target_too_long",
             Self::AmbiguousFraming => "ambiguous_framing",
             Self::UnfollowableFraming => "unfollowable_framing",
@@ -186,6 +192,7 @@ impl GatewayError {
             | Self::BadHost
             | Self::BadMethod
             | Self::ForeignDestination
+            | Self::CollectionSpansRoutes
             | Self::AmbiguousFraming
             | Self::UnfollowableFraming
             | Self::InvalidRequest(_)
@@ -232,6 +239,10 @@ impl GatewayError {
             Self::ForeignDestination => (
                 "invalid_request",
                 "the Destination header must name a path of the route the request matched",
+            ),
+            Self::CollectionSpansRoutes => (
+                "invalid_request",
+                "other routes serve paths below this collection: send Depth: 0",
             ),
             Self::AmbiguousFraming => (
                 "invalid_request",
@@ -408,6 +419,7 @@ impl GatewayError {
             | Self::BadHost
             | Self::BadMethod
             | Self::ForeignDestination
+            | Self::CollectionSpansRoutes
             | Self::TargetTooLong
             | Self::AmbiguousFraming
             | Self::UnfollowableFraming

@@ -1034,6 +1034,63 @@ async fn a_webdav_copy_or_move_may_not_take_another_routes_paths_below_it() {
 }
 
 #[tokio::test]
+async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
+    let world = World::new().await;
+    let config = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let admin = bearer(&world.token("admin"));
+    // No Depth is infinity for both (RFC 4918 9.1, 9.10.3): a listing or a
+    // lock of `/files` would take in `/files/private/...`.
+    let refused: [DavCase; 7] = [
+        ("PROPFIND", "/files", &[]),
+        ("PROPFIND", "/files/", &[("Depth", "1")]),
+        ("PROPFIND", "/files/private", &[("Depth", "infinity")]),
+        ("PROPFIND", "/%66iles", &[("Depth", "0"), ("Depth", "0")]),
+        ("PROPFIND", "/files;v", &[("Depth", "00")]),
+        ("LOCK", "/files", &[]),
+        (
+            "LOCK",
+            "/files",
+            &[("Authorization", &admin), ("Depth", "infinity")],
+        ),
+    ];
+    for (method, path, headers) in refused {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
+        assert!(
+            reply.body.contains("Depth: 0"),
+            "{method} {path}: {reply:?}"
+        );
+    }
+    assert_eq!(world.upstream.count(), 0);
+
+    // Depth 0, and collections no other route reaches into, pass.
+    let passed: [DavCase; 5] = [
+        ("PROPFIND", "/files", &[("Depth", "0")]),
+        ("LOCK", "/files", &[("Depth", " 0 ")]),
+        ("PROPFIND", "/docs", &[]),
+        ("PROPFIND", "/files/public", &[("Depth", "1")]),
+        (
+            "PROPFIND",
+            "/files/private/a",
+            &[("Authorization", &admin), ("Depth", "infinity")],
+        ),
+    ];
+    for (method, path, headers) in passed {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
+        let seen = world.upstream.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.path_and_query.as_str()),
+            (method, path)
+        );
+    }
+}
+
+#[tokio::test]
 async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;

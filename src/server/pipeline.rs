@@ -90,6 +90,8 @@ fn with_get_and_head(allow: &HeaderValue) -> HeaderValue {
 
 /// WebDAV's second path (RFC 4918 10.3).
 static DESTINATION: HeaderName = HeaderName::from_static("destination");
+/// WebDAV's `Depth` (RFC 4918 10.2): how far below a collection a method acts.
+static DEPTH: HeaderName = HeaderName::from_static("depth");
 
 /// Route label for requests that matched no route.
 pub const UNMATCHED: &str = "unmatched";
@@ -553,7 +555,10 @@ impl Gateway {
             Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
-        if let Err(e) = self.check_destination(request, &path, route) {
+        if let Err(e) = self
+            .check_destination(request, &path, route)
+            .and_then(|()| self.check_collection_reads(request, &path, route))
+        {
             return Verdict::Deny(Some(route), e);
         }
 
@@ -653,6 +658,39 @@ impl Gateway {
             }
         }
         Ok(())
+    }
+
+    /// WebDAV's `PROPFIND` and `LOCK` act on a collection's members unless
+    /// their `Depth` is `0` (RFC 4918 9.1, 9.10.3: no `Depth` means
+    /// `infinity`): a `PROPFIND` lists their names and properties, a `LOCK`
+    /// locks them all. Below a public route that would reach the members of
+    /// another route's paths, so anything but one `Depth: 0` needs every
+    /// path below the request's to be the matched route's own. Other
+    /// methods pay one comparison.
+    fn check_collection_reads(
+        &self,
+        request: &Request<Incoming>,
+        path: &str,
+        route: &Route,
+    ) -> Result<(), GatewayError> {
+        let method = request.method().as_str();
+        if method != "PROPFIND" && method != "LOCK" {
+            return Ok(());
+        }
+        let mut depths = request.headers().get_all(&DEPTH).iter();
+        let only_itself = matches!(
+            (depths.next(), depths.next()),
+            (Some(depth), None) if depth.as_bytes().trim_ascii() == b"0"
+        );
+        if only_itself
+            || self
+                .routes
+                .serves_alone_below(request.method(), path, route)
+        {
+            Ok(())
+        } else {
+            Err(GatewayError::CollectionSpansRoutes)
+        }
     }
 
     /// The permit of a CORS preflight (an `OPTIONS` with an `Origin` and one
