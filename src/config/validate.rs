@@ -174,7 +174,7 @@ impl Grant {
 }
 
 /// A registered client.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Client {
     /// Client id.
     pub client_id: String,
@@ -193,7 +193,7 @@ pub struct Client {
 }
 
 /// A resource owner.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct User {
     /// Sign-in name.
     pub username: String,
@@ -201,6 +201,36 @@ pub struct User {
     pub password_hash: String,
     /// Scopes the user may grant (`None`: any).
     pub scopes: Option<Vec<String>>,
+}
+
+/// Shows the client without its secret's hash: an Argon2 hash in a log
+/// line or panic message could be attacked offline.
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("client_id", &self.client_id)
+            .field(
+                "secret_hash",
+                &self.secret_hash.as_ref().map(|_| "<redacted>"),
+            )
+            .field("grants", &self.grants)
+            .field("scopes", &self.scopes)
+            .field("audience", &self.audience)
+            .field("redirect_uris", &self.redirect_uris)
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+/// Shows the user without the password's hash, as [`Client`] does.
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User")
+            .field("username", &self.username)
+            .field("password_hash", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
 }
 
 impl Config {
@@ -2776,6 +2806,30 @@ pub fn normalize_typ(typ: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_hides_client_and_user_hashes() {
+        let client = Client {
+            client_id: "svc".into(),
+            secret_hash: Some("$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into()),
+            grants: vec![Grant::ClientCredentials],
+            scopes: vec!["read".into()],
+            audience: "api".into(),
+            redirect_uris: vec![],
+            name: "Service".into(),
+        };
+        let user = User {
+            username: "alice".into(),
+            password_hash: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$cGFzc3dvcmQ".into(),
+            scopes: None,
+        };
+        for shown in [format!("{client:?}"), format!("{user:?}")] {
+            assert!(!shown.contains("argon2"), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
+        assert!(format!("{client:?}").contains("svc"));
+        assert!(format!("{user:?}").contains("alice"));
+    }
 
     #[test]
     fn an_upstream_loops_only_to_a_listener_that_takes_its_address() {

@@ -244,7 +244,7 @@ impl HeadFacts {
     }
 }
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct Tracker {
     state: State,
     /// The current line, at most [`LINE_KEEP`] bytes of it.
@@ -256,6 +256,22 @@ struct Tracker {
     head: HeadFacts,
     /// Complete heads seen so far.
     heads: usize,
+}
+
+/// Shows the kept line's length, not its bytes: a request line's target may
+/// carry a token in its query (`?access_token=`), and a header line a
+/// credential.
+impl std::fmt::Debug for Tracker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tracker")
+            .field("state", &self.state)
+            .field("line_len", &self.line.len())
+            .field("truncated", &self.truncated)
+            .field("line_ends_in_cr", &self.line_ends_in_cr)
+            .field("head", &self.head)
+            .field("heads", &self.heads)
+            .finish()
+    }
 }
 
 impl Tracker {
@@ -481,6 +497,20 @@ mod tests {
             assert_eq!(run(stream, step).0, first, "step {step}");
         }
         first
+    }
+
+    #[test]
+    fn debug_shows_no_bytes_of_the_line() {
+        let (_, tracker) = run(
+            b"GET /a?access_token=s3cr3t-t0ken HTTP/1.1\r\nAuthorization: Bearer s3cr3t",
+            7,
+        );
+        let shown = format!("{tracker:?}");
+        assert!(
+            !shown.contains("s3cr3t") && !shown.contains("115, 51"),
+            "{shown}"
+        );
+        assert!(shown.contains("line_len"), "{shown}");
     }
 
     #[test]
