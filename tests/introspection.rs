@@ -1507,6 +1507,51 @@ async fn a_reload_does_not_double_the_calls_in_flight_to_the_endpoint() {
     assert_eq!(endpoint.calls(), 2 * LIMIT);
 }
 
+/// A reload that moves the issuer to another introspection endpoint starts
+/// that endpoint's calls afresh: the old endpoint's `Retry-After` says
+/// nothing about the new one, which is asked at once.
+#[tokio::test]
+async fn a_reload_to_another_endpoint_leaves_the_old_ones_hold_back_behind() {
+    let old = HeldEndpoint::answering(
+        StatusCode::TOO_MANY_REQUESTS,
+        Some(("retry-after", "10")),
+        r#"{"error":"slow_down"}"#.to_owned(),
+    )
+    .await;
+    old.release();
+    let new = HeldEndpoint::start().await;
+    new.release();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = |endpoint: &HeldEndpoint| gateway_yaml(upstream.addr, &endpoint.issuers("5s"), "");
+    kubelet_write(dir.path(), 1, &config(&old));
+    let gw = start_reloading(dir.path().join("scopegate.yaml"))
+        .await
+        .gateway;
+
+    assert_unavailable(&get_with_token(&gw.url("/orders/1"), "first-token").await);
+    assert_unavailable(&get_with_token(&gw.url("/orders/1"), "held-token").await);
+    assert_eq!(old.calls(), 1, "held back after the Retry-After");
+
+    kubelet_write(dir.path(), 2, &config(&new));
+    assert!(
+        wait_for_metrics(&gw, |m| m
+            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
+        .await,
+        "the reload was not applied: {}",
+        gw.metrics().await
+    );
+    let reply = get_with_token(&gw.url("/orders/1"), "second-token").await;
+    assert_eq!(
+        reply.status,
+        200,
+        "{}: {}",
+        reply.text(),
+        gw.metrics().await
+    );
+    assert_eq!((old.calls(), new.calls()), (1, 1));
+}
+
 #[tokio::test]
 async fn inactive_answer_is_cached_for_negative_cache_ttl() {
     let s = Opaque::start("      negative_cache_ttl: 1h\n").await;

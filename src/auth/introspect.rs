@@ -352,6 +352,11 @@ impl Introspector {
         self.limit.store(previous.limit.load_full());
     }
 
+    /// The endpoint the config names (`None`: found by discovery).
+    pub fn configured_endpoint(&self) -> Option<&Uri> {
+        self.settings.endpoint.as_ref()
+    }
+
     /// Sets the endpoint found by discovery (explicit configuration wins).
     pub fn set_discovered_endpoint(&self, endpoint: Uri) {
         if self.settings.endpoint.is_none() {

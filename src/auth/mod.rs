@@ -288,19 +288,26 @@ impl Authenticator {
     /// (Its refresher fetches the keys when they are due.) The verified-token
     /// caches start empty, since what they hold may depend on the change.
     ///
-    /// An issuer introspecting as before (same `issuer`), however else
-    /// changed, shares the call slots and hold-back of its introspector
-    /// before: the retired config's calls still in flight count against
-    /// the issuer's bound of calls at once.
+    /// An issuer introspecting as before (same `issuer` and the same
+    /// configured endpoint, or discovery both times), however else changed,
+    /// shares the call slots and hold-back of its introspector before: the
+    /// retired config's calls still in flight count against the issuer's
+    /// bound of calls at once. Moved to another endpoint, it starts afresh:
+    /// the old endpoint's `Retry-After` says nothing about the new one.
     pub fn inherit_issuers(&mut self, previous: &Authenticator) {
         use std::sync::atomic::Ordering;
         for issuer in &self.issuers {
+            let Some(new) = &issuer.introspector else {
+                continue;
+            };
+            let endpoint = new.configured_endpoint().map(endpoint_key);
             let old = previous
                 .issuers
                 .iter()
-                .find(|old| old.issuer == issuer.issuer)
-                .and_then(|old| old.introspector.as_ref());
-            if let (Some(new), Some(old)) = (&issuer.introspector, old) {
+                .filter(|old| old.issuer == issuer.issuer)
+                .filter_map(|old| old.introspector.as_ref())
+                .find(|old| old.configured_endpoint().map(endpoint_key) == endpoint);
+            if let Some(old) = old {
                 new.share_calls_of(old);
             }
         }
