@@ -303,8 +303,11 @@ fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::load_file(path) {
+    match config::check_file(path) {
         Ok(config) => {
+            for warning in &config.warnings {
+                say(format_args!("{}", warning.as_warning()));
+            }
             for warning in fallthrough_warnings(&config) {
                 say(format_args!("{}: warning: {warning}", path.display()));
             }
