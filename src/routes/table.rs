@@ -253,9 +253,14 @@ impl<T> RouteTable<T> {
     /// canonical pattern holds): those are looked up, a `{*rest}` at every
     /// depth up to one past the longest shape, with and without a trailing
     /// slash. Allocates: for those methods only.
+    ///
+    /// Fails closed past [`MAX_LOOKUPS_BELOW`] lookups: with thousands of
+    /// routes below a path the answer would cost milliseconds of CPU, and
+    /// the request may come without a token.
     pub fn serves_alone_below(&self, method: &Method, canonical_path: &str, route: &T) -> bool {
         let routed = route_form_with(canonical_path, self.rules);
         let received = fold(std::borrow::Cow::Borrowed(canonical_path), self.rules);
+        let mut budget = MAX_LOOKUPS_BELOW;
         [routed, received].iter().all(|reading| {
             let inner = reading.strip_prefix('/').unwrap_or(reading);
             let inner = inner.strip_suffix('/').unwrap_or(inner);
@@ -267,6 +272,11 @@ impl<T> RouteTable<T> {
             below.push(Seg::CatchAll);
             let mut overlapping = Vec::new();
             self.closure_trie.overlapping(&below, &mut overlapping);
+            // Each meeting pattern costs a lookup at least: no shapes built
+            // for more than the bound.
+            if overlapping.len() > budget {
+                return false;
+            }
             let shapes: Vec<Pattern> = overlapping
                 .iter()
                 .filter_map(|&id| self.closure.get(id))
@@ -277,6 +287,10 @@ impl<T> RouteTable<T> {
                 let open = matches!(shape.last(), Some(Seg::CatchAll));
                 let spellings = if open { deepest * 2 } else { 1 };
                 (0..spellings).all(|n| {
+                    let Some(left) = budget.checked_sub(1) else {
+                        return false;
+                    };
+                    budget = left;
                     let witness = spelt(shape, n / 2 + 1, n % 2 == 1);
                     matches!(self.lookup(method, &witness), Lookup::Matched(found) if std::ptr::eq(found, route))
                 })
@@ -1006,6 +1020,10 @@ impl Layers {
     }
 }
 
+/// The most route lookups [`RouteTable::serves_alone_below`] makes for one
+/// request (each a fraction of a microsecond) before it answers no.
+pub const MAX_LOOKUPS_BELOW: usize = 2048;
+
 /// A path of `shape`: its literals, and `%00` (which no canonical pattern
 /// holds) for each `{name}`, and `depth` times for a `{*rest}`, then a
 /// trailing slash if `slash`.
@@ -1053,6 +1071,32 @@ mod tests {
             path: path.to_string(),
             methods: methods.map(<[Method]>::to_vec),
             value,
+        }
+    }
+
+    /// Thousands of routes below a path (each falling through to the
+    /// public catch-all for this method) would take tens of thousands of
+    /// lookups: past the bound the answer is no, and a few are still looked
+    /// through.
+    #[test]
+    fn serves_alone_below_gives_up_past_its_lookup_bound() {
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        let get: &[Method] = &[Method::GET];
+        for (routes, alone) in [(10, true), (MAX_LOOKUPS_BELOW, false)] {
+            let mut specs: Vec<_> = (0..routes)
+                .map(|i| spec(&format!("/{{t}}/r{i}/{{*p}}"), Some(get), i + 1))
+                .collect();
+            specs.push(spec("/{*page}", None, 0));
+            let table = RouteTable::build_with(specs, MatchRules::default()).unwrap();
+            let Ok(Lookup::Matched(route)) = table.route(&propfind, "/x") else {
+                panic!("/x has the catch-all");
+            };
+            assert_eq!(*route, 0);
+            assert_eq!(
+                table.serves_alone_below(&propfind, "/x", route),
+                alone,
+                "{routes} routes"
+            );
         }
     }
 
