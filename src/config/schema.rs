@@ -243,13 +243,13 @@ pub struct RawClient {
     #[serde(default = "default_grants")]
     pub grants: Spanned<Vec<String>>,
     /// Scopes the client may request.
-    #[serde(default = "no_scopes")]
-    pub scopes: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// `aud` of its access tokens.
     pub audience: Spanned<String>,
     /// Registered redirect URIs (authorization code grant).
-    #[serde(default = "no_redirect_uris")]
-    pub redirect_uris: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub redirect_uris: Vec<String>,
     /// Display name on the consent page.
     #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
@@ -382,7 +382,7 @@ pub struct RawIssuer {
     pub leeway: Spanned<HumanDuration>,
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
     #[serde(default, deserialize_with = "present")]
-    pub require_typ: Option<Spanned<String>>,
+    pub require_typ: Option<String>,
     /// Claim that carries the scopes: `scope` or `scp`.
     #[serde(default = "default_scope_claim")]
     pub scope_claim: Spanned<String>,
@@ -390,8 +390,8 @@ pub struct RawIssuer {
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_interval: Spanned<HumanDuration>,
     /// Least time between two fetches caused by unknown `kid`s.
-    #[serde(default = "default_jwks_cooldown")]
-    pub jwks_refetch_cooldown: Spanned<HumanDuration>,
+    #[serde(default = "default_jwks_cooldown", with = "bounded_duration")]
+    pub jwks_refetch_cooldown: Duration,
     /// Timeout of one JWKS fetch.
     #[serde(default = "default_jwks_timeout")]
     pub jwks_timeout: Spanned<HumanDuration>,
@@ -588,8 +588,8 @@ pub struct RawRoute {
     /// Name of an entry of `upstreams:`.
     pub upstream: Spanned<String>,
     /// Every listed scope is required.
-    #[serde(default = "no_scopes")]
-    pub scopes: Spanned<Vec<String>>,
+    #[serde(default)]
+    pub scopes: Vec<String>,
     /// At least one listed scope is required (so never written empty).
     #[serde(default, deserialize_with = "present")]
     pub any_scopes: Option<Spanned<Vec<String>>>,
@@ -645,14 +645,8 @@ fn default_scope_claim() -> Spanned<String> {
 fn default_jwks_refresh() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(300)))
 }
-fn no_scopes() -> Spanned<Vec<String>> {
-    unspanned(Vec::new())
-}
-fn no_redirect_uris() -> Spanned<Vec<String>> {
-    unspanned(Vec::new())
-}
-fn default_jwks_cooldown() -> Spanned<HumanDuration> {
-    unspanned(HumanDuration(Duration::from_secs(30)))
+fn default_jwks_cooldown() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_jwks_timeout() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(5)))

@@ -19,7 +19,7 @@ use super::schema::{
     RawRoute, RawStore, RawUpstream,
 };
 use crate::auth::jwks::KeySet;
-use crate::auth::scope::{is_scope_token, ScopeRequirement};
+use crate::auth::scope::ScopeRequirement;
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::{RedisTarget, StoreConfig};
 use crate::proxy::headers::{
@@ -1380,21 +1380,21 @@ impl Validator<'_> {
             }
             grants.push(grant);
         }
-        ScopeRequirement::new(c.scopes.value.clone(), Vec::new())
-            .map_err(|e| self.err(c.scopes.referenced, format!("scopes: {e}")))?;
+        ScopeRequirement::new(c.scopes.clone(), Vec::new())
+            .map_err(|e| self.err(Location::UNKNOWN, format!("scopes: {e}")))?;
         if c.audience.value.is_empty() {
             return Err(self.err(c.audience.referenced, "audience must not be empty"));
         }
-        for uri in &c.redirect_uris.value {
-            check_redirect_uri(uri).map_err(|e| self.err(c.redirect_uris.referenced, e))?;
+        for uri in &c.redirect_uris {
+            check_redirect_uri(uri).map_err(|e| self.err(Location::UNKNOWN, e))?;
         }
         Ok(Client {
             client_id: c.client_id.value.clone(),
             secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
             grants,
-            scopes: c.scopes.value.clone(),
+            scopes: c.scopes.clone(),
             audience: c.audience.value.clone(),
-            redirect_uris: c.redirect_uris.value.clone(),
+            redirect_uris: c.redirect_uris.clone(),
             name: c.name.clone().unwrap_or_else(|| c.client_id.value.clone()),
         })
     }
@@ -1776,10 +1776,9 @@ impl Validator<'_> {
         // an unknown `kid` or a bad signature costs the IdP a fetch, one
         // after another (RFC 8725 3.10: keys found through a token's
         // contents are a lever for attackers).
-        if raw.jwks_refetch_cooldown.value.0.is_zero() && (raw.jwks_uri.is_some() || raw.discovery)
-        {
+        if raw.jwks_refetch_cooldown.is_zero() && (raw.jwks_uri.is_some() || raw.discovery) {
             self.warn(
-                raw.jwks_refetch_cooldown.referenced,
+                here,
                 format!(
                     "issuer `{}` has `jwks_refetch_cooldown: 0s`: every token with an unknown kid or a bad signature makes it fetch its keys again, so a stream of forged tokens becomes a stream of fetches to the identity provider (the default is 30s)",
                     raw.name.value
@@ -1794,10 +1793,10 @@ impl Validator<'_> {
         }
         // Token times are whole seconds: `500ms` would silently be none.
         self.whole_seconds(&raw.leeway, "leeway")?;
-        let require_typ = raw.require_typ.as_ref().map(|t| normalize_typ(&t.value));
-        if let (Some(""), Some(written)) = (require_typ.as_deref(), &raw.require_typ) {
+        let require_typ = raw.require_typ.as_deref().map(normalize_typ);
+        if require_typ.as_deref() == Some("") {
             return Err(self.err(
-                written.referenced,
+                here,
                 "require_typ must name a type (at+jwt), or be left out: an empty one refuses every token",
             ));
         }
@@ -1815,7 +1814,7 @@ impl Validator<'_> {
             require_typ,
             scope_claim,
             jwks_refresh_interval: raw.jwks_refresh_interval.value.0,
-            jwks_refetch_cooldown: raw.jwks_refetch_cooldown.value.0,
+            jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
             jwks_timeout: raw.jwks_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
@@ -2711,7 +2710,7 @@ impl Validator<'_> {
             }
         };
         let access = if public {
-            if !raw.scopes.value.is_empty() || raw.any_scopes.is_some() || raw.issuers.is_some() {
+            if !raw.scopes.is_empty() || raw.any_scopes.is_some() || raw.issuers.is_some() {
                 return Err(self.err(
                     spanned.referenced,
                     "a route with `auth: none` cannot list scopes, any_scopes or issuers",
@@ -2731,18 +2730,8 @@ impl Validator<'_> {
                 }
                 Some(list) => list.value.clone(),
             };
-            let scopes =
-                ScopeRequirement::new(raw.scopes.value.clone(), any_scopes).map_err(|e| {
-                    // At the list holding the bad scope.
-                    let at = if raw.scopes.value.iter().all(|s| is_scope_token(s)) {
-                        raw.any_scopes
-                            .as_ref()
-                            .map_or(spanned.referenced, |list| list.referenced)
-                    } else {
-                        raw.scopes.referenced
-                    };
-                    self.err(at, e).or_at(spanned.referenced)
-                })?;
+            let scopes = ScopeRequirement::new(raw.scopes.clone(), any_scopes)
+                .map_err(|e| self.err(spanned.referenced, e))?;
             let issuers = match &raw.issuers {
                 None => None,
                 Some(list) => {
