@@ -303,11 +303,8 @@ fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
 }
 
 fn check(path: &Path) -> ExitCode {
-    match config::check_file(path) {
+    match config::load_file(path) {
         Ok(config) => {
-            for warning in &config.warnings {
-                say(format_args!("{}", warning.as_warning()));
-            }
             for warning in fallthrough_warnings(&config) {
                 say(format_args!("{}: warning: {warning}", path.display()));
             }

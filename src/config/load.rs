@@ -71,19 +71,6 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl ConfigError {
-    /// The same place and message as a warning line, compiler style:
-    /// `file:line:column: warning: message`.
-    pub fn as_warning(&self) -> String {
-        match (self.line, self.column) {
-            (Some(line), Some(column)) => {
-                format!("{}:{line}:{column}: warning: {}", self.file, self.message)
-            }
-            _ => format!("{}: warning: {}", self.file, self.message),
-        }
-    }
-}
-
 impl std::error::Error for ConfigError {}
 
 /// Reads a file; the error names the file (and, for text that is no UTF-8,

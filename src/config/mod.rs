@@ -14,22 +14,15 @@ pub use validate::{
     ScopeClaim, Secret, ServerSettings, TlsFiles, Upstream, User,
 };
 
-/// Reads, parses and validates a configuration file; logs its warnings.
+/// Reads, parses and validates a configuration file.
 pub fn load_file(path: &Path) -> Result<Config, ConfigError> {
     let text = load::read_file(path)?;
-    load_str(&path.display().to_string(), dir_of(path), &text)
-}
-
-/// [`load_file`] without logging the warnings, which stay in
-/// [`Config::warnings`]: `scopegate check` prints them itself, plainly and
-/// whatever `RUST_LOG` says.
-pub fn check_file(path: &Path) -> Result<Config, ConfigError> {
-    let text = load::read_file(path)?;
-    parse_and_validate(&path.display().to_string(), dir_of(path), &text).map_err(|(e, _)| e)
+    let base_dir = path.parent().unwrap_or_else(|| Path::new("."));
+    load_str(&path.display().to_string(), base_dir, &text)
 }
 
 /// Parses and validates configuration text; `source` names it in errors and
-/// `base_dir` resolves relative file paths in it. Logs its warnings.
+/// `base_dir` resolves relative file paths in it.
 pub fn load_str(source: &str, base_dir: &Path, text: &str) -> Result<Config, ConfigError> {
     load_str_naming_files(source, base_dir, text).map_err(|(error, _)| error)
 }
@@ -39,21 +32,6 @@ pub fn load_str(source: &str, base_dir: &Path, text: &str) -> Result<Config, Con
 /// complete is worth reading again once that file changes, although its own
 /// text has not.
 pub fn load_str_naming_files(
-    source: &str,
-    base_dir: &Path,
-    text: &str,
-) -> Result<Config, (ConfigError, Box<NamedFiles>)> {
-    let config = parse_and_validate(source, base_dir, text)?;
-    config.log_warnings();
-    Ok(config)
-}
-
-/// The directory relative paths in the config at `path` start from.
-fn dir_of(path: &Path) -> &Path {
-    path.parent().unwrap_or_else(|| Path::new("."))
-}
-
-fn parse_and_validate(
     source: &str,
     base_dir: &Path,
     text: &str,

@@ -64,19 +64,6 @@ pub struct Config {
     pub authorization_server: Option<AuthorizationServerSettings>,
     /// Peers whose `X-Forwarded-Proto` and `X-Forwarded-Host` are kept.
     pub trusted_proxies: Vec<ipnet::IpNet>,
-    /// What validation found valid but likely unmeant, each at its place:
-    /// logged when the config is loaded to run ([`Config::log_warnings`]),
-    /// printed plainly by `scopegate check`.
-    pub warnings: Vec<ConfigError>,
-}
-
-impl Config {
-    /// Logs each of [`Config::warnings`] at `warn` level.
-    pub fn log_warnings(&self) {
-        for warning in &self.warnings {
-            tracing::warn!("{warning}");
-        }
-    }
 }
 
 /// The built-in authorization server after validation.
@@ -580,7 +567,6 @@ pub fn validate_naming_files(
         source,
         base_dir,
         files: std::cell::RefCell::new(Vec::new()),
-        warnings: std::cell::RefCell::new(Vec::new()),
     };
     build(&v, raw).map_err(|error| (error, Box::new(v.named_files())))
 }
@@ -837,7 +823,6 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         text_digest: [0; 32],
         identity_claims,
         trusted_proxies,
-        warnings: v.warnings.take(),
     })
 }
 
@@ -1218,8 +1203,6 @@ struct Validator<'a> {
     /// Every file the config names, as resolved, with a digest of its
     /// contents when first read (`None`: unreadable).
     files: std::cell::RefCell<Vec<(PathBuf, Option<crate::auth::cache::TokenDigest>)>>,
-    /// Warnings so far ([`Config::warnings`]).
-    warnings: std::cell::RefCell<Vec<ConfigError>>,
 }
 
 impl Validator<'_> {
@@ -1288,11 +1271,6 @@ impl Validator<'_> {
         ConfigError::at(self.source, location, message)
     }
 
-    /// Notes a warning at `location` for [`Config::warnings`].
-    fn warn(&self, location: Location, message: impl Into<String>) {
-        self.warnings.borrow_mut().push(self.err(location, message));
-    }
-
     /// Warns at each client secret hash, and each user password hash, whose
     /// argon2 cost differs from the one most of its kind take: a client id
     /// (user name) that does not exist is refused after a check of that
@@ -1316,12 +1294,13 @@ impl Validator<'_> {
                     continue;
                 };
                 if cost != usual_cost {
-                    self.warn(
+                    let warning = self.err(
                         hash.referenced,
                         format!(
                             "argon2 parameters `{parameters}` cost otherwise than the `{usual}` most {kind} hashes here take: a name that does not exist is refused as slowly as those, so the time of a refusal tells that this one exists (hash it with `scopegate hash-secret` when it is next set)"
                         ),
                     );
+                    tracing::warn!("{warning}");
                 }
             }
         }
@@ -1748,12 +1727,13 @@ impl Validator<'_> {
             // hint.
             let unusable = set.unusable_kids();
             if !unusable.is_empty() {
-                self.warn(
+                let warning = self.err(
                     file.referenced,
                     format!(
                         "jwks_file has keys scopegate cannot verify with (kids {unusable:?}: an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
                     ),
                 );
+                tracing::warn!(issuer = %raw.name.value, "{warning}");
             }
         }
         let scope_claim = match raw.scope_claim.value.as_str() {
@@ -1777,13 +1757,14 @@ impl Validator<'_> {
         // after another (RFC 8725 3.10: keys found through a token's
         // contents are a lever for attackers).
         if raw.jwks_refetch_cooldown.is_zero() && (raw.jwks_uri.is_some() || raw.discovery) {
-            self.warn(
+            let warning = self.err(
                 here,
                 format!(
                     "issuer `{}` has `jwks_refetch_cooldown: 0s`: every token with an unknown kid or a bad signature makes it fetch its keys again, so a stream of forged tokens becomes a stream of fetches to the identity provider (the default is 30s)",
                     raw.name.value
                 ),
             );
+            tracing::warn!("{warning}");
         }
         if raw.leeway.value.0 > MAX_LEEWAY {
             return Err(self.err(
@@ -2152,10 +2133,16 @@ impl Validator<'_> {
                     .parse::<Uri>()
                     .is_ok_and(|uri| uri.host().is_some() && !on_this_host(&uri));
                 if !tls && elsewhere {
-                    self.warn(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://");
+                    tracing::warn!(
+                        "{}",
+                        self.err(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://")
+                    );
                 }
                 if in_url {
-                    self.warn(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env");
+                    tracing::warn!(
+                        "{}",
+                        self.err(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env")
+                    );
                 }
                 StoreConfig::Redis(RedisTarget {
                     url: url.clone(),
@@ -2276,7 +2263,7 @@ impl Validator<'_> {
             ca_file: None,
         };
         if ephemeral {
-            self.warn(Location::UNKNOWN, "authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
+            tracing::warn!("authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
         }
         Ok((
             AuthorizationServerSettings {
