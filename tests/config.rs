@@ -902,18 +902,6 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "a tag (`!!int`, `!!str`, ...) does not fit here",
         ),
         (
-            "an application tag on a value (read as the bare text before)",
-            format!("{ISSUER}upstreams:\n  app:\n    url: !env UPSTREAM_URL\n"),
-            "8:15",
-            "the tag `!env` is not supported",
-        ),
-        (
-            "an application tag on a key",
-            format!("{ISSUER}upstreams:\n  app:\n    !secret url: http://127.0.0.1:3000\n"),
-            "8:13",
-            "the tag `!secret` is not supported",
-        ),
-        (
             "a duration without a unit",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    connect_timeout: 2\n"),
             "9:5",

@@ -153,37 +153,17 @@ pub fn current_files_digest(files: &[PathBuf]) -> TokenDigest {
 }
 
 /// Parses YAML text into the raw schema. This is the only place YAML is parsed.
-///
-/// Application tags (`!env NAME`, `!secret x`) are refused, on values and
-/// keys alike: the parser would otherwise drop them and take the bare text
-/// (`NAME` as the value), the opposite of what the file's writer meant.
 pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    let options = serde_saphyr::options! {
-        reject_unsupported_tags: true,
-        reject_tagged_field_names: true,
-    };
-    serde_saphyr::from_str_with_options::<RawConfig>(text, options).map_err(|e| {
+    serde_saphyr::from_str::<RawConfig>(text).map_err(|e| {
         let plain = e.without_snippet();
         let location = plain.location().unwrap_or(Location::UNKNOWN);
-        let message = match &plain {
-            serde_saphyr::Error::UnsupportedTag { tag, .. }
-            | serde_saphyr::Error::TaggedStructFieldName { tag, .. } => unsupported_tag(tag),
-            _ => for_people(&strip_location_suffix(&plain.to_string())),
-        };
         ConfigError::at(
             source_name,
             location,
-            message + &anchor_note(&plain.to_string()),
+            for_people(&strip_location_suffix(&plain.to_string()))
+                + &anchor_note(&plain.to_string()),
         )
     })
-}
-
-/// Why a tag is refused, and what to write instead.
-fn unsupported_tag(tag: &str) -> String {
-    format!(
-        "the tag `{tag}` is not supported: scopegate reads the value as written \
-         (secrets come from `*_file` or `*_env` keys); remove the tag"
-    )
 }
 
 /// Escapes line breaks and other control characters (which a quoted value
