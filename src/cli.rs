@@ -302,8 +302,15 @@ fn run_gateway(path: PathBuf, config: Config) -> ExitCode {
     })
 }
 
+/// `scopegate check`: every warning is said plainly, as a compiler's
+/// `file:line:column: warning: ...`, not through the log (whose level
+/// `RUST_LOG` may set above warnings, and whose lines carry timestamps).
 fn check(path: &Path) -> ExitCode {
-    match config::load_file(path) {
+    let (loaded, warnings) = config::load_file_with_warnings(path);
+    for warning in &warnings {
+        say(format_args!("{warning}"));
+    }
+    match loaded {
         Ok(config) => {
             for warning in fallthrough_warnings(&config) {
                 say(format_args!("{}: warning: {warning}", path.display()));

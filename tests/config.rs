@@ -194,7 +194,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "an empty required typ",
             format!("{ISSUER}    require_typ: \"\"\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n"),
-            "2:5",
+            "6:18",
             "require_typ must name a type",
         ),
         (
@@ -294,8 +294,14 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "bad scope token",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    scopes: [\"a b\"]\n"),
-            "10:5",
+            "12:14",
             "not a valid scope token",
+        ),
+        (
+            "bad scope token among any_scopes, at that scope",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    any_scopes:\n      - ok\n      - \"a b\"\n"),
+            "14:9",
+            "`a b` is not a valid scope token",
         ),
         (
             "bad duration",
@@ -802,13 +808,13 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a javascript: redirect URI",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [\"javascript:alert(1)\"]\n      scopes: [a]\n      audience: api\n".into(),
-            "4:7",
+            "6:23",
             "redirect_uris",
         ),
         (
             "a redirect URI that is not ASCII",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [\"https://app.test/cb/\u{e9}\"]\n      scopes: [a]\n      audience: api\n".into(),
-            "4:7",
+            "6:23",
             "must be ASCII",
         ),
         (
@@ -832,19 +838,19 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a user's scope that is no scope token",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [a]\n      audience: api\n  users:\n    - username: alice\n      scopes: [\"a b\"]\n      password_hash: \"$argon2id$v=19$m=19456,t=2,p=1$4o1D5wbiMrWBxZyrM75fgQ$E9Wel4v4obrjtyTxmMjD3fRmEb+dkVye/fy1g40qs5I\"\n".into(),
-            "10:17",
+            "11:16",
             "user `alice`: scopes: `a b` is not a valid scope token",
         ),
         (
             "a client's scope that is no scope token",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb]\n      scopes: [\"a\\\\b\"]\n      audience: api\n".into(),
-            "4:7",
+            "7:16",
             "scopes: `a\\b` is not a valid scope token",
         ),
         (
             "a supported scope that is no scope token",
             format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  scopes_supported: [\"a b\"]\n"),
-            "13:13",
+            "14:22",
             "scopes_supported: `a b` is not a valid scope token",
         ),
         (
@@ -900,6 +906,32 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             format!("{ISSUER}upstreams:\n  app:\n    url: !!int 5\n"),
             "8:16",
             "a tag (`!!int`, `!!str`, ...) does not fit here",
+        ),
+        (
+            // The parser would drop the tag and take the variable's name
+            // `MY_SECRET` as the variable to read.
+            "a secret tagged `!env`",
+            format!("{ISSUER}    introspection:\n      endpoint: https://idp.example.com/introspect\n      client_id: gw\n      client_secret_env: !env PATH\n"),
+            "9:31",
+            "`!env` tags are not supported; scopegate reads secrets from *_env / *_file keys",
+        ),
+        (
+            "a URL tagged `!include`",
+            format!("{ISSUER}upstreams:\n  app:\n    url: !include x\n"),
+            "8:19",
+            "`!include` tags are not supported",
+        ),
+        (
+            "a key with a custom tag",
+            format!("{ISSUER}{UPSTREAM}!env routes:\n  - path: /a\n    upstream: app\n"),
+            "9:6",
+            "`!env` tags are not supported",
+        ),
+        (
+            "a mapping with a custom tag",
+            format!("{ISSUER}{UPSTREAM}forward: !secret\n  strip_authorization: true\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "10:3",
+            "`!secret` tags are not supported",
         ),
         (
             "a duration without a unit",
@@ -972,6 +1004,24 @@ fn config_errors_name_file_line_and_column() {
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
+}
+
+/// Only a tag is refused, not a `!` in a value: quoted, in a block scalar,
+/// in a comment or inside plain text; the core tags, and the bare `!`
+/// (which makes a value text), are read as before.
+#[test]
+fn an_exclamation_mark_that_is_no_tag_is_taken() {
+    let dir = tempfile::tempdir().unwrap();
+    let yaml = format!(
+        "issuers:\n  - name: \"!env a\"\n    issuer: 'https://a/!include'\n    audiences: [x!y, !!str b]\n    jwks_uri: https://a/k # !env NOT_A_TAG\n    require_typ: |\n      !env at+jwt\n    introspection:\n      client_id: ! gw\n      client_secret_env: PATH\n      endpoint: >-\n        https://a/!x\n{UPSTREAM}routes:\n  - path: /a\n    upstream: app\n    scopes: [\"!read\", 'write!']\n"
+    );
+    let loaded = scopegate::config::load_str("bang.yaml", dir.path(), &yaml);
+    let config = loaded.unwrap_or_else(|e| panic!("{e}\n{yaml}"));
+    let issuer = &config.issuers[0];
+    assert_eq!(&*issuer.name, "!env a");
+    assert_eq!(issuer.issuer, "https://a/!include");
+    assert_eq!(issuer.audiences, ["x!y", "b"]);
+    assert_eq!(issuer.require_typ.as_deref(), Some("!env at+jwt\n"));
 }
 
 /// An issuer's or introspection's `ca_file` is taken wherever a client it
@@ -1071,7 +1121,7 @@ fn a_zero_jwks_refetch_cooldown_is_warned_about() {
     };
     let zero = "    jwks_refetch_cooldown: 0s\n";
     std::fs::write(&file, config("jwks_uri: https://a/k", zero)).unwrap();
-    check_warns(&file, "2:5", "issuer `a` has `jwks_refetch_cooldown: 0s`");
+    check_warns(&file, "6:28", "issuer `a` has `jwks_refetch_cooldown: 0s`");
     std::fs::write(
         dir.path().join("keys.json"),
         scopegate::demo::SigningKey::generate("k").unwrap().jwks(),
@@ -1152,18 +1202,31 @@ fn odd_argon2_parameters_are_warned_about_at_their_hash() {
     assert_eq!(stderr.matches("argon2 parameters").count(), 1, "{stderr}");
 }
 
-/// Runs `check` on `file`, which must pass with a logged warning at
-/// `position` (line:column) that begins with `message`; its stderr.
+/// Runs `check` on `file`, which must pass with a warning at `position`
+/// (line:column) that begins with `message`, said plainly as a compiler
+/// does (`file:line:column: warning: ...` as the whole line, with no log
+/// timestamp or level) whatever `RUST_LOG` says; its stderr.
 fn check_warns(file: &Path, position: &str, message: &str) -> String {
-    let (ok, _, stderr) = check(file);
-    assert!(ok, "{stderr}");
-    let warning = format!("{}:{position}: {message}", file.display());
-    assert!(
-        stderr
-            .lines()
-            .any(|l| l.contains("WARN") && l.contains(&warning)),
-        "{warning}\n{stderr}"
-    );
+    let warning = format!("{}:{position}: warning: {message}", file.display());
+    let mut stderr = String::new();
+    for log_level in [None, Some("error"), Some("off")] {
+        let mut command = scopegate();
+        if let Some(level) = log_level {
+            command.env("RUST_LOG", level);
+        }
+        let out = command
+            .args(["check", "--config"])
+            .arg(file)
+            .output()
+            .unwrap();
+        stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(out.status.success(), "{stderr}");
+        assert!(
+            stderr.lines().any(|l| l.starts_with(&warning)),
+            "RUST_LOG={log_level:?}: {warning}\n{stderr}"
+        );
+        assert!(!stderr.contains("WARN"), "{stderr}");
+    }
     stderr
 }
 
@@ -1175,23 +1238,31 @@ fn check_warns(file: &Path, position: &str, message: &str) -> String {
 fn an_unreadable_rust_log_is_said() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("scopegate.yaml");
-    // A valid config that logs a warning when loaded (an ephemeral key).
+    // A valid config that logs a warning when `run` loads it (an ephemeral
+    // key; `check` says warnings without the log), on a port that is taken,
+    // so that `run` ends there.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken = held.local_addr().unwrap();
     let hash =
         "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g";
     std::fs::write(
         &file,
-        format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+        format!("server:\n  listen: {taken}\nadmin:\n  listen: 127.0.0.1:0\n{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  clients:\n    - client_id: svc\n      client_secret_hash: \"{hash}\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
     )
     .unwrap();
     let run = |filter: &str| {
         let out = scopegate()
             .env("RUST_LOG", filter)
-            .args(["check", "--config"])
+            .args(["run", "--config"])
             .arg(&file)
             .output()
             .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        String::from_utf8_lossy(&out.stderr).into_owned()
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            stderr.contains(&format!("cannot listen on {taken}")),
+            "{stderr}"
+        );
+        stderr
     };
     let logged = |stderr: &str| stderr.contains("WARN") && stderr.contains("ephemeral");
     let stderr = run("scopegate=debg");

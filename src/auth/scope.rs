@@ -22,11 +22,7 @@ impl ScopeRequirement {
     /// tokens are checked against RFC 6749 3.3 (`NQCHAR`, no spaces).
     pub fn new(all: Vec<String>, any: Vec<String>) -> Result<Self, String> {
         for scope in all.iter().chain(&any) {
-            if !is_scope_token(scope) {
-                return Err(format!(
-                    "`{scope}` is not a valid scope token (RFC 6749 3.3: printable ASCII without space, `\"` or `\\`)"
-                ));
-            }
+            check_scope_token(scope)?;
         }
         let listed = all
             .iter()
@@ -58,6 +54,19 @@ impl ScopeRequirement {
             out.push_str(&self.any.join(" "));
         }
         out
+    }
+}
+
+/// Refuses what is not one scope token, saying what one is: the check
+/// [`ScopeRequirement::new`] makes, for a config to make on each scope at
+/// its own place in the file.
+pub fn check_scope_token(scope: &str) -> Result<(), String> {
+    if is_scope_token(scope) {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{scope}` is not a valid scope token (RFC 6749 3.3: printable ASCII without space, `\"` or `\\`)"
+        ))
     }
 }
 

@@ -73,6 +73,44 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Something a configuration may say but its author should look at again
+/// (a setting that invites a flood of fetches, a password in a ConfigMap):
+/// the config is taken, and the warning located like a [`ConfigError`].
+/// Kept apart from the log so that `scopegate check` can print it plainly
+/// whatever `RUST_LOG` says, while the gateway logs it on each load.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigWarning {
+    /// Where it is, and what it says, as an error would.
+    pub place: ConfigError,
+    /// The issuer it is about, logged as a field of its own.
+    pub issuer: Option<String>,
+}
+
+impl ConfigWarning {
+    /// Logs it at warn level, as the gateway does when it loads a config.
+    pub fn log(&self) {
+        match &self.issuer {
+            Some(issuer) => tracing::warn!(issuer = %issuer, "{}", self.place),
+            None => tracing::warn!("{}", self.place),
+        }
+    }
+}
+
+impl fmt::Display for ConfigWarning {
+    /// `file:line:column: warning: message`, as a compiler warns.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let place = &self.place;
+        match (place.line, place.column) {
+            (Some(line), Some(column)) => write!(
+                f,
+                "{}:{line}:{column}: warning: {}",
+                place.file, place.message
+            ),
+            _ => write!(f, "{}: warning: {}", place.file, place.message),
+        }
+    }
+}
+
 /// Reads a file; the error names the file (and, for text that is no UTF-8,
 /// the line and column of the first byte that is not).
 pub fn read_file(path: &Path) -> Result<String, ConfigError> {
@@ -153,8 +191,15 @@ pub fn current_files_digest(files: &[PathBuf]) -> TokenDigest {
 }
 
 /// Parses YAML text into the raw schema. This is the only place YAML is parsed.
+///
+/// A tag serde-saphyr does not itself read (`!env NAME`, `!include x`,
+/// anything but the core `!!str`, `!!int`, ... and the bare `!`) is refused
+/// at its place: by default the parser drops it and keeps the value, so
+/// `client_secret_env: !env X` would silently mean the literal text `X`.
 pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
-    serde_saphyr::from_str::<RawConfig>(text).map_err(|e| {
+    let mut options = serde_saphyr::Options::default();
+    options.reject_unsupported_tags = true;
+    serde_saphyr::from_str_with_options::<RawConfig>(text, options).map_err(|e| {
         let plain = e.without_snippet();
         let location = plain.location().unwrap_or(Location::UNKNOWN);
         ConfigError::at(
@@ -212,6 +257,16 @@ fn for_people(message: &str) -> String {
     }
     if message == "expected string scalar" {
         return "expected a single value, not a list or a mapping".to_owned();
+    }
+    if let Some(tag) = message
+        .strip_prefix("unsupported tag `")
+        .and_then(|rest| rest.strip_suffix('`'))
+    {
+        return format!(
+            "`{tag}` tags are not supported; scopegate reads secrets from *_env / *_file keys, \
+             and takes no YAML tags but the core ones (`!!str`, `!!int`, ...): write the value \
+             without the tag"
+        );
     }
     if message.starts_with("cannot deserialize tagged scalar into ") {
         return "a tag (`!!int`, `!!str`, ...) does not fit here: write the value without \

@@ -242,14 +242,15 @@ pub struct RawClient {
     /// Allowed grants.
     #[serde(default = "default_grants")]
     pub grants: Spanned<Vec<String>>,
-    /// Scopes the client may request.
+    /// Scopes the client may request, each kept with its place.
     #[serde(default)]
-    pub scopes: Vec<String>,
+    pub scopes: Vec<Spanned<String>>,
     /// `aud` of its access tokens.
     pub audience: Spanned<String>,
-    /// Registered redirect URIs (authorization code grant).
+    /// Registered redirect URIs (authorization code grant), each kept
+    /// with its place.
     #[serde(default)]
-    pub redirect_uris: Vec<String>,
+    pub redirect_uris: Vec<Spanned<String>>,
     /// Display name on the consent page.
     #[serde(default, deserialize_with = "present")]
     pub name: Option<String>,
@@ -263,9 +264,10 @@ pub struct RawUser {
     pub username: Spanned<String>,
     /// Argon2 PHC hash of the password.
     pub password_hash: Spanned<String>,
-    /// Scopes this user may grant (absent: any the client may request).
+    /// Scopes this user may grant (absent: any the client may request),
+    /// each kept with its place.
     #[serde(default, deserialize_with = "present")]
-    pub scopes: Option<Vec<String>>,
+    pub scopes: Option<Vec<Spanned<String>>>,
 }
 
 /// `server:`: the proxy listener.
@@ -382,7 +384,7 @@ pub struct RawIssuer {
     pub leeway: Spanned<HumanDuration>,
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
     #[serde(default, deserialize_with = "present")]
-    pub require_typ: Option<String>,
+    pub require_typ: Option<Spanned<String>>,
     /// Claim that carries the scopes: `scope` or `scp`.
     #[serde(default = "default_scope_claim")]
     pub scope_claim: Spanned<String>,
@@ -390,8 +392,8 @@ pub struct RawIssuer {
     #[serde(default = "default_jwks_refresh")]
     pub jwks_refresh_interval: Spanned<HumanDuration>,
     /// Least time between two fetches caused by unknown `kid`s.
-    #[serde(default = "default_jwks_cooldown", with = "bounded_duration")]
-    pub jwks_refetch_cooldown: Duration,
+    #[serde(default = "default_jwks_cooldown")]
+    pub jwks_refetch_cooldown: Spanned<HumanDuration>,
     /// Timeout of one JWKS fetch.
     #[serde(default = "default_jwks_timeout")]
     pub jwks_timeout: Spanned<HumanDuration>,
@@ -448,9 +450,9 @@ pub struct RawResource {
     /// Authorization servers (issuer identifiers) clients should use.
     #[serde(default)]
     pub authorization_servers: Vec<String>,
-    /// Scopes the resource understands.
+    /// Scopes the resource understands, each kept with its place.
     #[serde(default)]
-    pub scopes_supported: Vec<String>,
+    pub scopes_supported: Vec<Spanned<String>>,
     /// Human-readable name.
     #[serde(default, deserialize_with = "present")]
     pub resource_name: Option<String>,
@@ -587,12 +589,13 @@ pub struct RawRoute {
     pub methods: Option<Spanned<Vec<String>>>,
     /// Name of an entry of `upstreams:`.
     pub upstream: Spanned<String>,
-    /// Every listed scope is required.
+    /// Every listed scope is required; each is kept with its place.
     #[serde(default)]
-    pub scopes: Vec<String>,
-    /// At least one listed scope is required (so never written empty).
+    pub scopes: Vec<Spanned<String>>,
+    /// At least one listed scope is required (so never written empty);
+    /// each is kept with its place.
     #[serde(default, deserialize_with = "present")]
-    pub any_scopes: Option<Spanned<Vec<String>>>,
+    pub any_scopes: Option<Spanned<Vec<Spanned<String>>>>,
     /// `bearer` (default) or `none` for a public route.
     #[serde(default, deserialize_with = "present")]
     pub auth: Option<Spanned<String>>,
@@ -645,8 +648,8 @@ fn default_scope_claim() -> Spanned<String> {
 fn default_jwks_refresh() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(300)))
 }
-fn default_jwks_cooldown() -> Duration {
-    Duration::from_secs(30)
+fn default_jwks_cooldown() -> Spanned<HumanDuration> {
+    unspanned(HumanDuration(Duration::from_secs(30)))
 }
 fn default_jwks_timeout() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(5)))

@@ -13,13 +13,13 @@ use http::{HeaderName, Method, Uri};
 use jsonwebtoken::Algorithm;
 use serde_saphyr::{Location, Spanned};
 
-use super::load::{ConfigError, NamedFiles};
+use super::load::{ConfigError, ConfigWarning, NamedFiles};
 use super::schema::{
     RawAuthorizationServer, RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource,
     RawRoute, RawStore, RawUpstream,
 };
 use crate::auth::jwks::KeySet;
-use crate::auth::scope::ScopeRequirement;
+use crate::auth::scope::{check_scope_token, ScopeRequirement};
 use crate::issuer::keys::SigningKey;
 use crate::issuer::store::{RedisTarget, StoreConfig};
 use crate::proxy::headers::{
@@ -557,18 +557,38 @@ pub fn validate(source: &str, base_dir: &Path, raw: RawConfig) -> Result<Config,
 }
 
 /// [`validate`], whose refusal also names the files read before it stopped
-/// (see [`super::load_str_naming_files`]).
+/// (see [`super::load_str_naming_files`]). The warnings found are logged.
 pub fn validate_naming_files(
     source: &str,
     base_dir: &Path,
     raw: RawConfig,
 ) -> Result<Config, (ConfigError, Box<NamedFiles>)> {
+    let (validated, warnings) = validate_with_warnings(source, base_dir, raw);
+    for warning in &warnings {
+        warning.log();
+    }
+    validated
+}
+
+/// A config, or its refusal with the files read before it, and the
+/// warnings found either way, in the order found.
+pub type Validated = (
+    Result<Config, (ConfigError, Box<NamedFiles>)>,
+    Vec<ConfigWarning>,
+);
+
+/// [`validate_naming_files`], whose warnings are handed back instead of
+/// logged (those found before a refusal too), for `scopegate check` to
+/// print whatever the log level.
+pub fn validate_with_warnings(source: &str, base_dir: &Path, raw: RawConfig) -> Validated {
     let v = Validator {
         source,
         base_dir,
         files: std::cell::RefCell::new(Vec::new()),
+        warnings: std::cell::RefCell::new(Vec::new()),
     };
-    build(&v, raw).map_err(|error| (error, Box::new(v.named_files())))
+    let validated = build(&v, raw).map_err(|error| (error, Box::new(v.named_files())));
+    (validated, v.warnings.into_inner())
 }
 
 fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
@@ -1203,6 +1223,8 @@ struct Validator<'a> {
     /// Every file the config names, as resolved, with a digest of its
     /// contents when first read (`None`: unreadable).
     files: std::cell::RefCell<Vec<(PathBuf, Option<crate::auth::cache::TokenDigest>)>>,
+    /// Warnings found so far, in the order found.
+    warnings: std::cell::RefCell<Vec<ConfigWarning>>,
 }
 
 impl Validator<'_> {
@@ -1271,6 +1293,14 @@ impl Validator<'_> {
         ConfigError::at(self.source, location, message)
     }
 
+    /// Records a warning at `location` (`issuer`: the issuer it is about).
+    fn warn(&self, location: Location, message: impl Into<String>, issuer: Option<&str>) {
+        self.warnings.borrow_mut().push(ConfigWarning {
+            place: self.err(location, message),
+            issuer: issuer.map(str::to_owned),
+        });
+    }
+
     /// Warns at each client secret hash, and each user password hash, whose
     /// argon2 cost differs from the one most of its kind take: a client id
     /// (user name) that does not exist is refused after a check of that
@@ -1294,13 +1324,13 @@ impl Validator<'_> {
                     continue;
                 };
                 if cost != usual_cost {
-                    let warning = self.err(
+                    self.warn(
                         hash.referenced,
                         format!(
                             "argon2 parameters `{parameters}` cost otherwise than the `{usual}` most {kind} hashes here take: a name that does not exist is refused as slowly as those, so the time of a refusal tells that this one exists (hash it with `scopegate hash-secret` when it is next set)"
                         ),
+                        None,
                     );
-                    tracing::warn!("{warning}");
                 }
             }
         }
@@ -1328,9 +1358,26 @@ impl Validator<'_> {
         }))
     }
 
+    /// Scopes as written, each checked as a scope token at its own place
+    /// (`what` begins the message: the key, or whose the scopes are).
+    fn scope_tokens(
+        &self,
+        scopes: &[Spanned<String>],
+        what: &str,
+    ) -> Result<Vec<String>, ConfigError> {
+        scopes
+            .iter()
+            .map(|scope| {
+                check_scope_token(&scope.value)
+                    .map(|()| scope.value.clone())
+                    .map_err(|e| self.err(scope.referenced, format!("{what}{e}")))
+            })
+            .collect()
+    }
+
     /// One registered client of the built-in server. Errors without a place
-    /// of their own (defaulted grants, the scope list) are placed at the
-    /// client by the caller.
+    /// of their own (defaulted grants) are placed at the client by the
+    /// caller.
     fn client(&self, c: &super::schema::RawClient) -> Result<Client, ConfigError> {
         if let Some(hash) = &c.client_secret_hash {
             crate::issuer::clients::check_argon2_hash(&hash.value).map_err(|e| {
@@ -1359,21 +1406,20 @@ impl Validator<'_> {
             }
             grants.push(grant);
         }
-        ScopeRequirement::new(c.scopes.clone(), Vec::new())
-            .map_err(|e| self.err(Location::UNKNOWN, format!("scopes: {e}")))?;
+        let scopes = self.scope_tokens(&c.scopes, "scopes: ")?;
         if c.audience.value.is_empty() {
             return Err(self.err(c.audience.referenced, "audience must not be empty"));
         }
         for uri in &c.redirect_uris {
-            check_redirect_uri(uri).map_err(|e| self.err(Location::UNKNOWN, e))?;
+            check_redirect_uri(&uri.value).map_err(|e| self.err(uri.referenced, e))?;
         }
         Ok(Client {
             client_id: c.client_id.value.clone(),
             secret_hash: c.client_secret_hash.as_ref().map(|h| h.value.clone()),
             grants,
-            scopes: c.scopes.clone(),
+            scopes,
             audience: c.audience.value.clone(),
-            redirect_uris: c.redirect_uris.clone(),
+            redirect_uris: c.redirect_uris.iter().map(|u| u.value.clone()).collect(),
             name: c.name.clone().unwrap_or_else(|| c.client_id.value.clone()),
         })
     }
@@ -1727,13 +1773,13 @@ impl Validator<'_> {
             // hint.
             let unusable = set.unusable_kids();
             if !unusable.is_empty() {
-                let warning = self.err(
+                self.warn(
                     file.referenced,
                     format!(
                         "jwks_file has keys scopegate cannot verify with (kids {unusable:?}: an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
                     ),
+                    Some(&raw.name.value),
                 );
-                tracing::warn!(issuer = %raw.name.value, "{warning}");
             }
         }
         let scope_claim = match raw.scope_claim.value.as_str() {
@@ -1756,15 +1802,16 @@ impl Validator<'_> {
         // an unknown `kid` or a bad signature costs the IdP a fetch, one
         // after another (RFC 8725 3.10: keys found through a token's
         // contents are a lever for attackers).
-        if raw.jwks_refetch_cooldown.is_zero() && (raw.jwks_uri.is_some() || raw.discovery) {
-            let warning = self.err(
-                here,
+        let cooldown = &raw.jwks_refetch_cooldown;
+        if cooldown.value.0.is_zero() && (raw.jwks_uri.is_some() || raw.discovery) {
+            self.warn(
+                cooldown.referenced,
                 format!(
                     "issuer `{}` has `jwks_refetch_cooldown: 0s`: every token with an unknown kid or a bad signature makes it fetch its keys again, so a stream of forged tokens becomes a stream of fetches to the identity provider (the default is 30s)",
                     raw.name.value
                 ),
+                None,
             );
-            tracing::warn!("{warning}");
         }
         if raw.leeway.value.0 > MAX_LEEWAY {
             return Err(self.err(
@@ -1774,10 +1821,10 @@ impl Validator<'_> {
         }
         // Token times are whole seconds: `500ms` would silently be none.
         self.whole_seconds(&raw.leeway, "leeway")?;
-        let require_typ = raw.require_typ.as_deref().map(normalize_typ);
-        if require_typ.as_deref() == Some("") {
+        let require_typ = raw.require_typ.as_ref().map(|t| normalize_typ(&t.value));
+        if let (Some(""), Some(written)) = (require_typ.as_deref(), &raw.require_typ) {
             return Err(self.err(
-                here,
+                written.referenced,
                 "require_typ must name a type (at+jwt), or be left out: an empty one refuses every token",
             ));
         }
@@ -1795,7 +1842,7 @@ impl Validator<'_> {
             require_typ,
             scope_claim,
             jwks_refresh_interval: raw.jwks_refresh_interval.value.0,
-            jwks_refetch_cooldown: raw.jwks_refetch_cooldown,
+            jwks_refetch_cooldown: raw.jwks_refetch_cooldown.value.0,
             jwks_timeout: raw.jwks_timeout.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
         })
@@ -2133,16 +2180,10 @@ impl Validator<'_> {
                     .parse::<Uri>()
                     .is_ok_and(|uri| uri.host().is_some() && !on_this_host(&uri));
                 if !tls && elsewhere {
-                    tracing::warn!(
-                        "{}",
-                        self.err(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://")
-                    );
+                    self.warn(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://", None);
                 }
                 if in_url {
-                    tracing::warn!(
-                        "{}",
-                        self.err(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env")
-                    );
+                    self.warn(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env", None);
                 }
                 StoreConfig::Redis(RedisTarget {
                     url: url.clone(),
@@ -2185,18 +2226,17 @@ impl Validator<'_> {
                     ),
                 ));
             }
-            if let Some(scopes) = &u.scopes {
-                ScopeRequirement::new(scopes.clone(), Vec::new()).map_err(|e| {
-                    self.err(
-                        u.username.referenced,
-                        format!("user `{}`: scopes: {e}", u.username.value),
-                    )
-                })?;
-            }
+            let scopes = u
+                .scopes
+                .as_ref()
+                .map(|scopes| {
+                    self.scope_tokens(scopes, &format!("user `{}`: scopes: ", u.username.value))
+                })
+                .transpose()?;
             users.push(User {
                 username: u.username.value.clone(),
                 password_hash: u.password_hash.value.clone(),
-                scopes: u.scopes.clone(),
+                scopes,
             });
         }
         self.warn_of_odd_argon2_parameters(raw);
@@ -2263,7 +2303,11 @@ impl Validator<'_> {
             ca_file: None,
         };
         if ephemeral {
-            tracing::warn!("authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)");
+            self.warn(
+                here,
+                "authorization_server has no signing_keys: generated an ephemeral ES256 key; tokens die with this process (demo only)",
+                None,
+            );
         }
         Ok((
             AuthorizationServerSettings {
@@ -2348,9 +2392,8 @@ impl Validator<'_> {
             document["authorization_servers"] = raw.authorization_servers.clone().into();
         }
         if !raw.scopes_supported.is_empty() {
-            ScopeRequirement::new(raw.scopes_supported.clone(), Vec::new())
-                .map_err(|e| self.err(raw.resource.referenced, format!("scopes_supported: {e}")))?;
-            document["scopes_supported"] = raw.scopes_supported.clone().into();
+            let scopes = self.scope_tokens(&raw.scopes_supported, "scopes_supported: ")?;
+            document["scopes_supported"] = scopes.into();
         }
         if let Some(name) = &raw.resource_name {
             document["resource_name"] = name.clone().into();
@@ -2715,9 +2758,9 @@ impl Validator<'_> {
                         "any_scopes must not be empty (omit it to require no scope)",
                     ));
                 }
-                Some(list) => list.value.clone(),
+                Some(list) => self.scope_tokens(&list.value, "")?,
             };
-            let scopes = ScopeRequirement::new(raw.scopes.clone(), any_scopes)
+            let scopes = ScopeRequirement::new(self.scope_tokens(&raw.scopes, "")?, any_scopes)
                 .map_err(|e| self.err(spanned.referenced, e))?;
             let issuers = match &raw.issuers {
                 None => None,
