@@ -438,7 +438,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "two routes of one name",
             format!("{UPSTREAM}routes:\n  - path: /a\n    name: orders\n    upstream: app\n    auth: none\n  - path: /b\n    name: orders\n    upstream: app\n    auth: none\n"),
-            "9:5",
+            "10:11",
             "route name `orders` is already another route's",
         ),
         (
@@ -636,9 +636,15 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "the issuer's path is not canonical",
         ),
         (
+            "resource documentation that is no web page",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  resource_documentation: ftp://docs.example.com\n"),
+            "14:27",
+            "resource_documentation: `ftp://docs.example.com` must be an http:// or https:// URL",
+        ),
+        (
             "resource metadata naming an authorization server with a query",
             format!("{base}routes:\n  - path: /a\n    upstream: app\nresource:\n  resource: https://api.example.com\n  authorization_servers: [\"https://as.example.com/?tenant=1\"]\n"),
-            "13:3",
+            "14:27",
             "authorization_servers: `https://as.example.com/?tenant=1` is no issuer identifier",
         ),
         (
@@ -751,13 +757,13 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a route named like unmatched requests",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    name: unmatched\n"),
-            "10:5",
+            "12:11",
             "reserved",
         ),
         (
             "a route named like the built-in server's requests",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    name: authorization_server\n"),
-            "10:5",
+            "12:11",
             "reserved",
         ),
         (

@@ -449,7 +449,7 @@ pub struct RawResource {
     pub resource: Spanned<String>,
     /// Authorization servers (issuer identifiers) clients should use.
     #[serde(default)]
-    pub authorization_servers: Vec<String>,
+    pub authorization_servers: Vec<Spanned<String>>,
     /// Scopes the resource understands, each kept with its place.
     #[serde(default)]
     pub scopes_supported: Vec<Spanned<String>>,
@@ -458,7 +458,7 @@ pub struct RawResource {
     pub resource_name: Option<String>,
     /// Documentation URL.
     #[serde(default, deserialize_with = "present")]
-    pub resource_documentation: Option<String>,
+    pub resource_documentation: Option<Spanned<String>>,
 }
 
 /// One entry of `upstreams:`.
@@ -581,7 +581,7 @@ impl Default for RawCache {
 pub struct RawRoute {
     /// Name used in metrics and logs; defaults to the methods and path.
     #[serde(default, deserialize_with = "present")]
-    pub name: Option<String>,
+    pub name: Option<Spanned<String>>,
     /// Path pattern: `/orders/{id}`, `/orders/{*rest}`.
     pub path: Spanned<String>,
     /// Allowed methods; absent means any.

@@ -706,8 +706,14 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         // Names label metric series and log lines: two routes under one
         // name would be one series.
         if !names.insert(Arc::clone(&compiled.name)) {
+            // At the name written; a name made from methods and path has none.
+            let name_at = route
+                .value
+                .name
+                .as_ref()
+                .map_or(route.referenced, |n| n.referenced);
             return Err(v.err(
-                route.referenced,
+                name_at,
                 format!(
                     "route name `{}` is already another route's (names label metrics and logs)",
                     compiled.name
@@ -2377,19 +2383,26 @@ impl Validator<'_> {
             "bearer_methods_supported": ["header"],
         });
         for server in &raw.authorization_servers {
+            let at = server.referenced;
+            let server = &server.value;
             // Issuer identifiers (RFC 8414 2): no query or fragment; plain
             // http is taken as for issuers (a built-in one on loopback).
             let uri = http_url(server)
-                .map_err(|e| self.err(spanned.referenced, format!("authorization_servers: {e}")))?;
+                .map_err(|e| self.err(at, format!("authorization_servers: {e}")))?;
             if uri.query().is_some() {
                 return Err(self.err(
-                    spanned.referenced,
+                    at,
                     format!("authorization_servers: `{server}` is no issuer identifier: it has a query (RFC 8414 2)"),
                 ));
             }
         }
         if !raw.authorization_servers.is_empty() {
-            document["authorization_servers"] = raw.authorization_servers.clone().into();
+            let servers: Vec<&str> = raw
+                .authorization_servers
+                .iter()
+                .map(|s| s.value.as_str())
+                .collect();
+            document["authorization_servers"] = servers.into();
         }
         if !raw.scopes_supported.is_empty() {
             let scopes = self.scope_tokens(&raw.scopes_supported, "scopes_supported: ")?;
@@ -2398,13 +2411,18 @@ impl Validator<'_> {
         if let Some(name) = &raw.resource_name {
             document["resource_name"] = name.clone().into();
         }
-        if let Some(doc) = &raw.resource_documentation {
+        if let Some(Spanned {
+            value: doc,
+            referenced: doc_at,
+            ..
+        }) = &raw.resource_documentation
+        {
             // A page, so a #fragment is fine.
             let is_web_url = url::Url::parse(doc)
                 .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.has_host());
             if !is_web_url {
                 return Err(self.err(
-                    spanned.referenced,
+                    *doc_at,
                     format!("resource_documentation: `{doc}` must be an http:// or https:// URL"),
                 ));
             }
@@ -2809,15 +2827,15 @@ impl Validator<'_> {
             None => Arc::clone(default_forward),
             Some(over) => Arc::new(self.forward(over, Some(default_forward), claims)?),
         };
-        let name = match &raw.name {
-            Some(n) if crate::server::pipeline::RESERVED_ROUTE_NAMES.contains(&n.as_str()) => {
+        let name = match raw.name.as_ref().map(|n| (&n.value, n.referenced)) {
+            Some((n, at)) if crate::server::pipeline::RESERVED_ROUTE_NAMES.contains(&n.as_str()) => {
                 return Err(self.err(
-                    spanned.referenced,
+                    at,
                     format!("route name `{n}` is reserved: it labels requests no route serves (unmatched ones, the built-in authorization server's, the resource metadata)"),
                 ))
             }
-            Some(n) if !n.is_empty() => n.clone(),
-            Some(_) => return Err(self.err(spanned.referenced, "route name must not be empty")),
+            Some((n, _)) if !n.is_empty() => n.clone(),
+            Some((_, at)) => return Err(self.err(at, "route name must not be empty")),
             None => match methods {
                 Some(m) => format!(
                     "{} {}",
