@@ -312,8 +312,12 @@ fn check(path: &Path) -> ExitCode {
     }
     match loaded {
         Ok(config) => {
-            for warning in fallthrough_warnings(&config) {
-                say(format_args!("{}: warning: {warning}", path.display()));
+            for (at, warning) in fallthrough_warnings(&config) {
+                let warning = config::ConfigWarning {
+                    place: config::ConfigError::at(&path.display().to_string(), at, warning),
+                    issuer: None,
+                };
+                say(format_args!("{warning}"));
             }
             let out = format!(
                 "{}: configuration OK\n{}",
@@ -340,7 +344,9 @@ fn check(path: &Path) -> ExitCode {
 /// meant). Routes that differ only in scopes are left alone: splitting
 /// reads from writes by method is the usual design. The standard methods an
 /// upstream serves are tried; extension methods (WebDAV's) are not.
-pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
+///
+/// Each warning comes with the place of the route's `path`.
+pub fn fallthrough_warnings(config: &Config) -> Vec<(serde_saphyr::Location, String)> {
     const METHODS: [http::Method; 7] = [
         http::Method::GET,
         http::Method::HEAD,
@@ -413,11 +419,14 @@ pub fn fallthrough_warnings(config: &Config) -> Vec<String> {
             } else {
                 "are another path (a trailing slash more or less; `route_matching: { trailing_slash: ignore }` if the app routes both alike) and fall through"
             };
-            warnings.push(format!(
-                "{} {path}: route `{}` needs a token (bearer [{}]), but these {why} to public route `{other}`",
-                methods.join(","),
-                route.name,
-                scopes.describe()
+            warnings.push((
+                route.path_at,
+                format!(
+                    "{} {path}: route `{}` needs a token (bearer [{}]), but these {why} to public route `{other}`",
+                    methods.join(","),
+                    route.name,
+                    scopes.describe()
+                ),
             ));
         }
     }

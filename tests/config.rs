@@ -1331,6 +1331,15 @@ fn check_warns_where_requests_fall_through_to_weaker_routes() {
     ] {
         assert!(stderr.contains(expected), "{expected}\n{stderr}");
     }
+    // Each at its route's path, as a compiler warns.
+    let at_admin = format!(
+        "{}:13:11: warning: POST,PUT,PATCH,DELETE,OPTIONS /admin:",
+        file.display()
+    );
+    assert!(
+        stderr.lines().any(|l| l.starts_with(&at_admin)),
+        "{at_admin}\n{stderr}"
+    );
     // Every method listed: nothing falls through from /orders/{id} itself.
     assert!(!stderr.contains(" /orders/x:"), "{stderr}");
     // With trailing slashes folded, `/admin/` is `/admin`'s: no such warning.

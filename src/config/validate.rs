@@ -519,6 +519,8 @@ pub struct Route {
     pub access: Access,
     /// How allowed requests are forwarded.
     pub forward: Arc<ForwardPolicy>,
+    /// Where its `path` is written, for `scopegate check`'s warnings about it.
+    pub path_at: Location,
 }
 
 /// A route's access rule.
@@ -2851,6 +2853,7 @@ impl Validator<'_> {
             upstream,
             access,
             forward,
+            path_at: raw.path.referenced,
         })
     }
 }
