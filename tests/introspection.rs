@@ -1172,6 +1172,16 @@ impl HeldEndpoint {
         Self::answering(StatusCode::OK, None, active("orders:read").to_string()).await
     }
 
+    /// Answering every call, once released, with 429 and `Retry-After: 10`.
+    async fn asking_to_wait() -> Self {
+        Self::answering(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(("retry-after", "10")),
+            r#"{"error":"slow_down"}"#.to_owned(),
+        )
+        .await
+    }
+
     /// Answering every call, once released, with `status`, a `header` if
     /// given, and `body`.
     async fn answering(
@@ -1317,12 +1327,7 @@ async fn send_and_go_away(gw: &Gateway, endpoint: &HeldEndpoint, token: &str, ca
 /// endpoint is overloaded): the call itself reads it, not the request.
 #[tokio::test]
 async fn retry_after_of_an_abandoned_call_still_holds_calls_back() {
-    let endpoint = HeldEndpoint::answering(
-        StatusCode::TOO_MANY_REQUESTS,
-        Some(("retry-after", "10")),
-        r#"{"error":"slow_down"}"#.to_owned(),
-    )
-    .await;
+    let endpoint = HeldEndpoint::asking_to_wait().await;
     let upstream = Upstream::start().await;
     let gw = endpoint.gateway(upstream.addr, "30s").await;
 
@@ -1432,12 +1437,7 @@ async fn a_request_taking_over_the_wait_for_a_call_makes_no_second_call() {
 #[tokio::test]
 async fn a_call_waiting_for_a_slot_is_held_back_by_a_retry_after_that_came_meanwhile() {
     const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
-    let endpoint = HeldEndpoint::answering(
-        StatusCode::TOO_MANY_REQUESTS,
-        Some(("retry-after", "10")),
-        r#"{"error":"slow_down"}"#.to_owned(),
-    )
-    .await;
+    let endpoint = HeldEndpoint::asking_to_wait().await;
     let upstream = Upstream::start().await;
     let gw = endpoint.gateway(upstream.addr, "30s").await;
 
@@ -1512,12 +1512,7 @@ async fn a_reload_does_not_double_the_calls_in_flight_to_the_endpoint() {
 /// nothing about the new one, which is asked at once.
 #[tokio::test]
 async fn a_reload_to_another_endpoint_leaves_the_old_ones_hold_back_behind() {
-    let old = HeldEndpoint::answering(
-        StatusCode::TOO_MANY_REQUESTS,
-        Some(("retry-after", "10")),
-        r#"{"error":"slow_down"}"#.to_owned(),
-    )
-    .await;
+    let old = HeldEndpoint::asking_to_wait().await;
     old.release();
     let new = HeldEndpoint::start().await;
     new.release();

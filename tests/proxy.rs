@@ -827,6 +827,36 @@ async fn a_target_too_long_for_the_upstreams_base_path_gets_414() {
 /// A method, a path and the headers sent with them.
 type DavCase<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)]);
 
+/// Routes with a guarded `/files/private/{*p}` beside a public catch-all,
+/// for [`World::config`]'s `routes:` line.
+const PRIVATE_FILES_BESIDE_A_CATCH_ALL: &str = "routes:\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n";
+
+/// Sends each case: each gets 400 naming `said`, and none reaches the
+/// upstream.
+async fn assert_refused(gw: &Gateway, world: &World, cases: &[DavCase<'_>], said: &str) {
+    let before = world.upstream.count();
+    for &(method, path, headers) in cases {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
+        assert!(reply.body.contains(said), "{method} {path}: {reply:?}");
+    }
+    assert_eq!(world.upstream.count(), before);
+}
+
+/// Sends each case: each gets 200, and reaches the upstream with its
+/// method and path as sent.
+async fn assert_forwarded_as_sent(gw: &Gateway, world: &World, cases: &[DavCase<'_>]) {
+    for &(method, path, headers) in cases {
+        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
+        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
+        let seen = world.upstream.last();
+        assert_eq!(
+            (seen.method.as_str(), seen.path_and_query.as_str()),
+            (method, path)
+        );
+    }
+}
+
 /// WebDAV's `COPY` and `MOVE` act on their `Destination` too (RFC 4918
 /// 10.3): there must be exactly one, a path of the route the request
 /// matched, so that a public route cannot copy or move into one that needs
@@ -907,15 +937,7 @@ async fn a_webdav_destination_must_stay_within_the_route() {
             ],
         ),
     ];
-    for (method, path, headers) in refused {
-        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
-        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
-        assert!(
-            reply.body.contains("Destination"),
-            "{method} {path}: {reply:?}"
-        );
-    }
-    assert_eq!(world.upstream.count(), 0);
+    assert_refused(&gw, &world, &refused, "Destination").await;
 
     let within: [DavCase; 3] = [
         (
@@ -976,10 +998,9 @@ async fn a_webdav_destination_must_stay_within_the_route() {
 #[tokio::test]
 async fn a_webdav_copy_or_move_may_not_take_another_routes_paths_below_it() {
     let world = World::new().await;
-    let config = world.config().replace(
-        "routes:\n",
-        "routes:\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
-    );
+    let config = world
+        .config()
+        .replace("routes:\n", PRIVATE_FILES_BESIDE_A_CATCH_ALL);
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
     let refused: [DavCase; 6] = [
@@ -999,15 +1020,7 @@ async fn a_webdav_copy_or_move_may_not_take_another_routes_paths_below_it() {
             &[("Authorization", &admin), ("Destination", "/files/")],
         ),
     ];
-    for (method, path, headers) in refused {
-        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
-        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
-        assert!(
-            reply.body.contains("Destination"),
-            "{method} {path}: {reply:?}"
-        );
-    }
-    assert_eq!(world.upstream.count(), 0);
+    assert_refused(&gw, &world, &refused, "Destination").await;
 
     // Collections no other route reaches into still copy and move.
     let within: [DavCase; 3] = [
@@ -1022,24 +1035,15 @@ async fn a_webdav_copy_or_move_may_not_take_another_routes_paths_below_it() {
             ],
         ),
     ];
-    for (method, path, headers) in within {
-        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
-        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
-        let seen = world.upstream.last();
-        assert_eq!(
-            (seen.method.as_str(), seen.path_and_query.as_str()),
-            (method, path)
-        );
-    }
+    assert_forwarded_as_sent(&gw, &world, &within).await;
 }
 
 #[tokio::test]
 async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
     let world = World::new().await;
-    let config = world.config().replace(
-        "routes:\n",
-        "routes:\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
-    );
+    let config = world
+        .config()
+        .replace("routes:\n", PRIVATE_FILES_BESIDE_A_CATCH_ALL);
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
     // No Depth is infinity for both (RFC 4918 9.1, 9.10.3): a listing or a
@@ -1057,15 +1061,7 @@ async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
             &[("Authorization", &admin), ("Depth", "infinity")],
         ),
     ];
-    for (method, path, headers) in refused {
-        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
-        assert_eq!(reply.status, 400, "{method} {path} {headers:?}: {reply:?}");
-        assert!(
-            reply.body.contains("Depth: 0"),
-            "{method} {path}: {reply:?}"
-        );
-    }
-    assert_eq!(world.upstream.count(), 0);
+    assert_refused(&gw, &world, &refused, "Depth: 0").await;
 
     // Depth 0, and collections no other route reaches into, pass.
     let passed: [DavCase; 5] = [
@@ -1079,15 +1075,7 @@ async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
             &[("Authorization", &admin), ("Depth", "infinity")],
         ),
     ];
-    for (method, path, headers) in passed {
-        let reply = raw_reply(gw.addr, &request(method, path, headers)).await;
-        assert_eq!(reply.status, 200, "{method} {path}: {reply:?}");
-        let seen = world.upstream.last();
-        assert_eq!(
-            (seen.method.as_str(), seen.path_and_query.as_str()),
-            (method, path)
-        );
-    }
+    assert_forwarded_as_sent(&gw, &world, &passed).await;
 }
 
 #[tokio::test]

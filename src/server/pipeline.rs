@@ -555,10 +555,7 @@ impl Gateway {
             Lookup::NotFound => return Verdict::Deny(None, GatewayError::RouteNotFound),
         };
         let _ = matched.set(route);
-        if let Err(e) = self
-            .check_destination(request, &path, route)
-            .and_then(|()| self.check_collection_reads(request, &path, route))
-        {
+        if let Err(e) = self.check_webdav(request, &path, route) {
             return Verdict::Deny(Some(route), e);
         }
 
@@ -597,6 +594,21 @@ impl Gateway {
         }
     }
 
+    /// The WebDAV methods that act on more than the request's path: other
+    /// methods pay one match and no lookup.
+    fn check_webdav(
+        &self,
+        request: &Request<Incoming>,
+        path: &str,
+        route: &Route,
+    ) -> Result<(), GatewayError> {
+        match request.method().as_str() {
+            "COPY" | "MOVE" => self.check_destination(request, path, route),
+            "PROPFIND" | "LOCK" => self.check_collection_reads(request, path, route),
+            _ => Ok(()),
+        }
+    }
+
     /// WebDAV's `COPY` and `MOVE` act on a second path, their `Destination`
     /// (RFC 4918 10.3, an absolute URI or path): there must be exactly one,
     /// and its path, read canonical, must be served by the route the request
@@ -606,17 +618,13 @@ impl Gateway {
     /// the prefix, as a path some other route's upstream may serve). A
     /// collection is copied or moved with its members, so no path below
     /// the request's `path` or the `Destination` may be another route's
-    /// either. Other methods do not act on it, and pay no lookup.
+    /// either.
     fn check_destination(
         &self,
         request: &Request<Incoming>,
         path: &str,
         route: &Route,
     ) -> Result<(), GatewayError> {
-        let method = request.method().as_str();
-        if method != "COPY" && method != "MOVE" {
-            return Ok(());
-        }
         let mut values = request.headers().get_all(&DESTINATION).iter();
         let value = match (values.next(), values.next()) {
             // Required (RFC 4918 9.8.3, 9.9.3): refused here rather than
@@ -665,18 +673,13 @@ impl Gateway {
     /// `infinity`): a `PROPFIND` lists their names and properties, a `LOCK`
     /// locks them all. Below a public route that would reach the members of
     /// another route's paths, so anything but one `Depth: 0` needs every
-    /// path below the request's to be the matched route's own. Other
-    /// methods pay one comparison.
+    /// path below the request's to be the matched route's own.
     fn check_collection_reads(
         &self,
         request: &Request<Incoming>,
         path: &str,
         route: &Route,
     ) -> Result<(), GatewayError> {
-        let method = request.method().as_str();
-        if method != "PROPFIND" && method != "LOCK" {
-            return Ok(());
-        }
         let mut depths = request.headers().get_all(&DEPTH).iter();
         let only_itself = matches!(
             (depths.next(), depths.next()),
