@@ -1273,6 +1273,17 @@ impl HeldEndpoint {
     }
 }
 
+/// Waits until the gateway has applied its first reload.
+async fn wait_for_the_first_reload(gw: &Gateway) {
+    assert!(
+        wait_for_metrics(gw, |m| m
+            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
+        .await,
+        "the reload was not applied: {}",
+        gw.metrics().await
+    );
+}
+
 /// Sends the opaque tokens numbered `tokens` at once; yields their statuses.
 fn flood(gw: &Gateway, tokens: std::ops::Range<usize>) -> tokio::task::JoinSet<u16> {
     let mut set = tokio::task::JoinSet::new();
@@ -1483,13 +1494,7 @@ async fn a_reload_does_not_double_the_calls_in_flight_to_the_endpoint() {
     let mut first = flood(&gw, 0..LIMIT);
     endpoint.wait_until_holding(LIMIT).await;
     kubelet_write(dir.path(), 2, &config("20s"));
-    assert!(
-        wait_for_metrics(&gw, |m| m
-            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
-        .await,
-        "the reload was not applied: {}",
-        gw.metrics().await
-    );
+    wait_for_the_first_reload(&gw).await;
     let mut second = flood(&gw, LIMIT..2 * LIMIT);
     wait_for_introspection_misses(&gw, 2 * LIMIT).await;
     // Calls past the bound would come at once; give them a moment.
@@ -1529,13 +1534,7 @@ async fn a_reload_to_another_endpoint_leaves_the_old_ones_hold_back_behind() {
     assert_eq!(old.calls(), 1, "held back after the Retry-After");
 
     kubelet_write(dir.path(), 2, &config(&new));
-    assert!(
-        wait_for_metrics(&gw, |m| m
-            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
-        .await,
-        "the reload was not applied: {}",
-        gw.metrics().await
-    );
+    wait_for_the_first_reload(&gw).await;
     let reply = get_with_token(&gw.url("/orders/1"), "second-token").await;
     assert_eq!(
         reply.status,
@@ -2513,13 +2512,7 @@ async fn a_reload_keeps_what_discovery_found_while_the_provider_is_down() {
         "cache:\n  max_entries: 5000\n",
     );
     kubelet_write(dir.path(), 2, &resized);
-    assert!(
-        wait_for_metrics(&gw, |m| m
-            .contains(r#"scopegate_config_reloads_total{result="success"} 1"#))
-        .await,
-        "{}",
-        gw.metrics().await
-    );
+    wait_for_the_first_reload(&gw).await;
 
     // Fresh tokens, so that no cache answers for them; the JWKS fails, so
     // the JWT passes on the keys kept.
