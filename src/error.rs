@@ -63,13 +63,14 @@ pub enum GatewayError {
     BadMethod,
     /// A WebDAV `COPY` or `MOVE` whose `Destination` (RFC 4918 10.3), the
     /// second path it acts on, is missing, malformed, repeated, or one
-    /// another route serves: a public route would otherwise write where another needs a
-    /// token.
+    /// another route serves, or with paths below it or the source that are
+    /// not the route's: a public route would otherwise write where another
+    /// needs a token.
     #[error("Destination outside the route")]
     ForeignDestination,
     /// A WebDAV `PROPFIND` or `LOCK` deeper than `Depth: 0` on a collection
-    /// with another route's paths below it: it would list or lock members
-    /// that route guards.
+    /// with another route's paths, or paths no route serves, below it: it
+    /// would list or lock members that the gateway guards or refuses.
     #[error("collection spans other routes")]
     CollectionSpansRoutes,
     /// The upstream's `base_path` and the request's target together are
@@ -238,11 +239,11 @@ impl GatewayError {
             ),
             Self::ForeignDestination => (
                 "invalid_request",
-                "the Destination header must name a path of the route the request matched",
+                "the Destination header must name a path of the route the request matched, and the paths below both must be that route's alone",
             ),
             Self::CollectionSpansRoutes => (
                 "invalid_request",
-                "other routes serve paths below this collection: send Depth: 0",
+                "paths below this collection are not all this route's: send Depth: 0",
             ),
             Self::AmbiguousFraming => (
                 "invalid_request",

@@ -10,8 +10,9 @@
 //! folded or broken header lines, protocol switches (WebSocket, and `h2c`
 //! that must never be passed on), forwarding headers scopegate does not set
 //! and method overrides (which must never reach the upstream), WebDAV
-//! `COPY` and `MOVE` with `Destination`s into other routes' paths, and
-//! `HTTP/1.0` or an unknown version.
+//! `COPY` and `MOVE` with `Destination`s into other routes' paths,
+//! `PROPFIND` and `LOCK` of collections at every `Depth`, and `HTTP/1.0`
+//! or an unknown version.
 //!
 //! Whatever the bytes, the gateway must fail closed and stay well:
 //! - every request the upstream receives is one the client sent as a request
@@ -20,7 +21,10 @@
 //!   twice), and it presented exactly one valid bearer token whose scopes
 //!   satisfy the route of the path and method *as forwarded*, which must be
 //!   in canonical form, and of a `COPY` or `MOVE`'s one `Destination` as the
-//!   most lenient upstream reads it;
+//!   most lenient upstream reads it; and a forwarded WebDAV request that
+//!   acts on a collection's members (`COPY`, `MOVE`, and `PROPFIND` or
+//!   `LOCK` but with one `Depth: 0`) reaches no path below its path or its
+//!   `Destination` that the token does not cover or no route serves;
 //! - the identity headers the upstream gets are the token's own, never the
 //!   client's;
 //! - the answers parse as HTTP/1 responses, in request order; each 2xx is
@@ -414,7 +418,28 @@ enum Extra {
     /// `Destination: DESTINATIONS[n]`: WebDAV's second path (`COPY`,
     /// `MOVE`), which must never lead out of what the token covers.
     Destination(u8),
+    /// `Depth: DEPTHS[n]`: how far below its path a WebDAV request acts
+    /// (RFC 4918 10.2; none is `infinity`).
+    Depth(u8),
 }
+
+/// `Depth` values: the three of RFC 4918 10.2, and spellings of `0` that a
+/// lenient server might read as `0` or as the default, `infinity`.
+const DEPTHS: [&str; 8] = ["0", "1", "infinity", " 0 ", "00", "0, 1", "Infinity", "-0"];
+
+/// Paths each lab routes somewhere (or refuses): what a WebDAV request on a
+/// collection above them would reach too.
+const PATHS_BELOW: [&str; 9] = [
+    "/admin",
+    "/admin/users/3",
+    "/status",
+    "/status/x",
+    "/orders/7",
+    "/orders/7/items",
+    "/elsewhere/x",
+    "/elsewhere/x/y",
+    "/x",
+];
 
 /// `Destination` values (RFC 4918 10.3): paths of every route, spelled as
 /// a request path may be, absolute URIs, and values that are no URI.
@@ -538,7 +563,7 @@ const ALLOWED: &[(&str, &str, Option<Tok>)] = &[
 
 const METHODS: &[&str] = &[
     "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "TRACE", "CONNECT", "get", "COPY",
-    "MOVE",
+    "MOVE", "PROPFIND", "LOCK",
 ];
 
 const TARGETS: &[&str] = &[
@@ -717,31 +742,36 @@ fn hostile() -> impl Strategy<Value = Req> {
         })
 }
 
-/// A WebDAV `COPY` or `MOVE` with one or two `Destination`s (or none),
-/// from any path: the cases where a route's own check would let a request
-/// act on another route's paths.
+/// A WebDAV `COPY` or `MOVE` with one or two `Destination`s (or none), or
+/// a `PROPFIND` or `LOCK`, with one or two `Depth`s (or none), from any
+/// path: the cases where a route's own check would let a request act on
+/// another route's paths, or on paths below its own that no route serves.
 fn webdav() -> impl Strategy<Value = Req> {
     (
-        prop::sample::select(vec!["COPY", "MOVE"]),
+        prop::sample::select(vec!["COPY", "MOVE", "PROPFIND", "LOCK"]),
         prop_oneof![
             2 => prop::sample::select(ALLOWED.iter().map(|a| a.1).collect::<Vec<_>>()),
             1 => prop::sample::select(TARGETS.to_vec()),
-            1 => Just("/elsewhere/y"),
+            1 => prop::sample::select(vec!["/elsewhere/y", "/", "/admin/", "/Admin", "/elsewhere", "/status/"]),
         ],
         auth(),
         proptest::collection::vec(
             (0..DESTINATIONS.len() as u8).prop_map(Extra::Destination),
             0..=2,
         ),
+        proptest::collection::vec((0..DEPTHS.len() as u8).prop_map(Extra::Depth), 0..=2),
     )
-        .prop_map(|(method, target, auth, extras)| Req {
-            method,
-            target: target.to_owned(),
-            auth,
-            body: Body::None,
-            hides_request: false,
-            extras,
-            plain: false,
+        .prop_map(|(method, target, auth, mut extras, depths)| {
+            extras.extend(depths);
+            Req {
+                method,
+                target: target.to_owned(),
+                auth,
+                body: Body::None,
+                hides_request: false,
+                extras,
+                plain: false,
+            }
         })
 }
 
@@ -1017,6 +1047,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
                 "Destination: {}\r\n",
                 DESTINATIONS[usize::from(*n)]
             )),
+            Extra::Depth(n) => head.push_str(&format!("Depth: {}\r\n", DEPTHS[usize::from(*n)])),
             Extra::EvilHost
             | Extra::NoHost
             | Extra::TwoHosts
@@ -1329,6 +1360,7 @@ fn check_upstream(lab: &Lab) -> Result<HashMap<u64, usize>, String> {
             }
         }
         check_destination(lab, record, sent, &what)?;
+        check_members(lab, record, path, sent, &what)?;
     }
     Ok(counts)
 }
@@ -1365,6 +1397,61 @@ fn check_destination(lab: &Lab, record: &Seen, sent: &Sent, what: &str) -> Resul
                 "Destination {destination:?} ({path}) forwarded with a token of scope {:?}: {what}",
                 sent.presented.and_then(Tok::valid_scope)
             ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A forwarded WebDAV request that acts on a collection's members (a
+/// `COPY` or `MOVE`, at its path and its `Destination`; a `PROPFIND` or
+/// `LOCK` but with one `Depth: 0`) reaches no path below either that the
+/// request's token does not cover, or that no route serves.
+fn check_members(
+    lab: &Lab,
+    record: &Seen,
+    path: &str,
+    sent: &Sent,
+    what: &str,
+) -> Result<(), String> {
+    let mut collections = vec![path.to_owned()];
+    match record.method.as_str() {
+        "COPY" | "MOVE" => {
+            for destination in values(&record.headers, "destination") {
+                for keep_empty in [false, true] {
+                    collections.push(read_as_upstream(&destination, keep_empty));
+                }
+            }
+        }
+        "PROPFIND" | "LOCK" => {
+            if let [depth] = values(&record.headers, "depth").as_slice() {
+                if depth.trim() == "0" {
+                    return Ok(());
+                }
+            }
+        }
+        _ => return Ok(()),
+    }
+    for collection in &collections {
+        let above = lab.as_upstream_reads(collection);
+        let above = above.trim_end_matches('/');
+        for below in PATHS_BELOW {
+            if !lab
+                .as_upstream_reads(below)
+                .strip_prefix(above)
+                .is_some_and(|rest| rest.starts_with('/') && rest.len() > 1)
+            {
+                continue;
+            }
+            let covered = lab
+                .need(&record.method, below)
+                .is_ok_and(|need| covers(&need, sent.presented));
+            if !covered {
+                return Err(format!(
+                    "{} of {collection} forwarded, reaching {below} with a token of scope {:?}: {what}",
+                    record.method,
+                    sent.presented.and_then(Tok::valid_scope)
+                ));
             }
         }
     }
@@ -1503,6 +1590,18 @@ struct Lab {
 }
 
 impl Lab {
+    /// `path` as this lab's upstream reads it: each segment's `;`
+    /// parameters dropped, unreserved escapes decoded, and lower-cased
+    /// behind the catch-all gateway (which routes case-insensitively).
+    fn as_upstream_reads(&self, path: &str) -> String {
+        let path = routed(&decode_unreserved(path));
+        if self.catch_all {
+            path.to_ascii_lowercase()
+        } else {
+            path
+        }
+    }
+
     /// What this lab's routes require of `method path` as the upstream
     /// routes it. Behind the catch-all gateway it routes as Express does
     /// (case-insensitively, a trailing slash ignored), and any path no other
@@ -1942,6 +2041,7 @@ fn h2_request(
             Extra::TenantId(n) => builder.header(TENANT_ID_NAMES[usize::from(*n)], SPOOFED),
             Extra::Grpc(n) => builder.header("content-type", GRPC_TYPES[usize::from(*n)]),
             Extra::Destination(n) => builder.header("destination", DESTINATIONS[usize::from(*n)]),
+            Extra::Depth(n) => builder.header("depth", DEPTHS[usize::from(*n)]),
             _ => builder,
         };
     }

@@ -1078,6 +1078,42 @@ async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
     assert_forwarded_as_sent(&gw, &world, &passed).await;
 }
 
+/// Paths below a collection that no route serves are refused by the
+/// gateway, so a deep `PROPFIND` or `LOCK`, or a `COPY` or `MOVE`, of the
+/// collection must not reach them through its route either: `/status` is
+/// an exact route, and its members are no route's.
+#[tokio::test]
+async fn a_collection_may_not_take_in_paths_no_route_serves() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let admin = bearer(&world.token("admin"));
+    let refused: [DavCase; 3] = [
+        ("PROPFIND", "/status", &[]),
+        ("LOCK", "/status", &[("Depth", "infinity")]),
+        ("PROPFIND", "/status", &[("Depth", "1")]),
+    ];
+    assert_refused(&gw, &world, &refused, "Depth: 0").await;
+    assert_refused(
+        &gw,
+        &world,
+        &[("COPY", "/status", &[("Destination", "/status")])],
+        "Destination",
+    )
+    .await;
+
+    // Depth 0 reads the exact route's own path; `/admin/{*rest}` serves
+    // every path below `/admin/x`.
+    let passed: [DavCase; 2] = [
+        ("PROPFIND", "/status", &[("Depth", "0")]),
+        (
+            "PROPFIND",
+            "/admin/x",
+            &[("Authorization", &admin), ("Depth", "1")],
+        ),
+    ];
+    assert_forwarded_as_sent(&gw, &world, &passed).await;
+}
+
 #[tokio::test]
 async fn connection_header_cannot_remove_scopegate_identity_headers() {
     let world = World::new().await;

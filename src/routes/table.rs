@@ -241,13 +241,16 @@ impl<T> RouteTable<T> {
     }
 
     /// Whether every path strictly below a canonical path (`{path}/...`)
-    /// that a route serves for `method` is `route`'s, as `path` reads both
-    /// ways [`RouteTable::route`] compares: a WebDAV `COPY` or `MOVE` of a
+    /// is `route`'s for `method`, as `path` reads both ways
+    /// [`RouteTable::route`] compares: a WebDAV `COPY` or `MOVE` of a
     /// collection takes its members along, and another route's paths among
-    /// them would be copied or moved past that route's check.
+    /// them would be copied or moved past that route's check. Paths no
+    /// route serves count as another's: the gateway refuses them, so a
+    /// listing or a copy of them must not pass either.
     ///
     /// Each closure pattern meeting the paths below gives a shape (their
-    /// intersection; closed under intersection, as the closure is). A path
+    /// intersection; closed under intersection, as the closure is), and so
+    /// do the paths below themselves (those no pattern spells). A path
     /// below routes as its most specific shape does with each `{name}` and
     /// `{*rest}` segment spelt as no pattern spells one (`%00`, which no
     /// canonical pattern holds): those are looked up, a `{*rest}` at every
@@ -277,11 +280,12 @@ impl<T> RouteTable<T> {
             if overlapping.len() > budget {
                 return false;
             }
-            let shapes: Vec<Pattern> = overlapping
+            let mut shapes: Vec<Pattern> = overlapping
                 .iter()
                 .filter_map(|&id| self.closure.get(id))
                 .filter_map(|pattern| intersect(pattern, &below))
                 .collect();
+            shapes.push(below);
             let deepest = shapes.iter().map(Vec::len).max().unwrap_or(0) + 1;
             shapes.iter().all(|shape| {
                 let open = matches!(shape.last(), Some(Seg::CatchAll));
