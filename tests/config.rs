@@ -248,16 +248,22 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "route",
         ),
         (
-            "lower-case method",
+            "lower-case method, at the method",
             format!("{base}routes:\n  - path: /a\n    methods: [get]\n    upstream: app\n"),
-            "11:14",
+            "11:15",
             "not an HTTP method",
         ),
         (
-            "a method never forwarded",
+            "a method never forwarded, at the method",
             format!("{base}routes:\n  - path: /a\n    methods: [GET, TRACE]\n    upstream: app\n"),
-            "11:14",
+            "11:20",
             "never forwarded",
+        ),
+        (
+            "a method listed twice, at its second listing",
+            format!("{base}routes:\n  - path: /a\n    methods:\n      - GET\n      - GET\n    upstream: app\n"),
+            "13:9",
+            "method `GET` listed twice",
         ),
         (
             "empty methods",

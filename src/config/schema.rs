@@ -584,9 +584,9 @@ pub struct RawRoute {
     pub name: Option<Spanned<String>>,
     /// Path pattern: `/orders/{id}`, `/orders/{*rest}`.
     pub path: Spanned<String>,
-    /// Allowed methods; absent means any.
+    /// Allowed methods, each kept with its place; absent means any.
     #[serde(default, deserialize_with = "present")]
-    pub methods: Option<Spanned<Vec<String>>>,
+    pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     /// Name of an entry of `upstreams:`.
     pub upstream: Spanned<String>,
     /// Every listed scope is required; each is kept with its place.

@@ -779,7 +779,7 @@ fn build(v: &Validator<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
                 && r.value
                     .methods
                     .as_ref()
-                    .is_none_or(|m| m.value.iter().any(|m| m == "GET"))
+                    .is_none_or(|m| m.value.iter().any(|m| m.value == "GET"))
         });
         let taken_by_server = authorization_server
             .as_ref()
@@ -2698,7 +2698,8 @@ impl Validator<'_> {
             ));
         }
         let mut parsed: Vec<Method> = Vec::with_capacity(methods.value.len());
-        for m in &methods.value {
+        for spanned in &methods.value {
+            let m = &spanned.value;
             let method = Method::from_bytes(m.as_bytes())
                 .ok()
                 // A token (RFC 9110 9.1: `M-SEARCH`, `VERSION-CONTROL` too)
@@ -2711,16 +2712,16 @@ impl Validator<'_> {
                 })
                 .ok_or_else(|| {
                     self.err(
-                        methods.referenced,
+                        spanned.referenced,
                         format!("`{m}` is not an HTTP method (use upper case, e.g. GET)"),
                     )
                 })?;
             if parsed.contains(&method) {
-                return Err(self.err(methods.referenced, format!("method `{m}` listed twice")));
+                return Err(self.err(spanned.referenced, format!("method `{m}` listed twice")));
             }
             if crate::routes::never_forwarded(&method) {
                 return Err(self.err(
-                    methods.referenced,
+                    spanned.referenced,
                     format!("`{m}` is never forwarded (scopegate answers it with 501)"),
                 ));
             }
