@@ -222,16 +222,22 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "unknown upstream `nope`",
         ),
         (
-            "unknown issuer on a route",
+            "unknown issuer on a route, at its name",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: [other]\n"),
-            "12:14",
+            "12:15",
             "unknown issuer `other`",
         ),
         (
-            "an issuer listed twice on a route",
+            "an issuer listed twice on a route, at its second listing",
             format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers: [corp, corp]\n"),
-            "12:14",
+            "12:21",
             "issuer `corp` listed twice",
+        ),
+        (
+            "an unknown issuer among a route's issuers, at its own line",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    issuers:\n      - corp\n      - other\n"),
+            "14:9",
+            "unknown issuer `other`",
         ),
         (
             "conflicting routes",

@@ -599,9 +599,9 @@ pub struct RawRoute {
     /// `bearer` (default) or `none` for a public route.
     #[serde(default, deserialize_with = "present")]
     pub auth: Option<Spanned<String>>,
-    /// Accept tokens only from these issuers.
+    /// Accept tokens only from these issuers, each kept with its place.
     #[serde(default, deserialize_with = "present")]
-    pub issuers: Option<Spanned<Vec<String>>>,
+    pub issuers: Option<Spanned<Vec<Spanned<String>>>>,
     /// Per-route forwarding override.
     #[serde(default, deserialize_with = "present")]
     pub forward: Option<RawForward>,

@@ -2790,13 +2790,14 @@ impl Validator<'_> {
                         return Err(self.err(list.referenced, "issuers must not be empty"));
                     }
                     let mut idx = Vec::new();
-                    for name in &list.value {
+                    for item in &list.value {
+                        let name = &item.value;
                         let i = *issuers.get(name.as_str()).ok_or_else(|| {
-                            self.err(list.referenced, format!("unknown issuer `{name}`"))
+                            self.err(item.referenced, format!("unknown issuer `{name}`"))
                         })?;
                         if idx.contains(&i) {
                             return Err(
-                                self.err(list.referenced, format!("issuer `{name}` listed twice"))
+                                self.err(item.referenced, format!("issuer `{name}` listed twice"))
                             );
                         }
                         idx.push(i);
