@@ -589,9 +589,10 @@ pub struct RawRoute {
     pub methods: Option<Spanned<Vec<Spanned<String>>>>,
     /// Name of an entry of `upstreams:`.
     pub upstream: Spanned<String>,
-    /// Every listed scope is required; each is kept with its place.
-    #[serde(default)]
-    pub scopes: Vec<Spanned<String>>,
+    /// Every listed scope is required; the list and each scope are kept
+    /// with their places.
+    #[serde(default = "no_scopes")]
+    pub scopes: Spanned<Vec<Spanned<String>>>,
     /// At least one listed scope is required (so never written empty);
     /// each is kept with its place.
     #[serde(default, deserialize_with = "present")]
@@ -605,6 +606,10 @@ pub struct RawRoute {
     /// Per-route forwarding override.
     #[serde(default, deserialize_with = "present")]
     pub forward: Option<RawForward>,
+}
+
+fn no_scopes() -> Spanned<Vec<Spanned<String>>> {
+    unspanned(Vec::new())
 }
 
 fn default_listen() -> Spanned<String> {

@@ -2761,9 +2761,18 @@ impl Validator<'_> {
             }
         };
         let access = if public {
-            if !raw.scopes.is_empty() || raw.any_scopes.is_some() || raw.issuers.is_some() {
+            // At the first of them written (`scopes: []` lists none).
+            let listed = [
+                (!raw.scopes.value.is_empty()).then_some(raw.scopes.referenced),
+                raw.any_scopes.as_ref().map(|l| l.referenced),
+                raw.issuers.as_ref().map(|l| l.referenced),
+            ]
+            .into_iter()
+            .flatten()
+            .min_by_key(|at| (at.line(), at.column()));
+            if let Some(at) = listed {
                 return Err(self.err(
-                    spanned.referenced,
+                    at,
                     "a route with `auth: none` cannot list scopes, any_scopes or issuers",
                 ));
             }
@@ -2781,8 +2790,9 @@ impl Validator<'_> {
                 }
                 Some(list) => self.scope_tokens(&list.value, "")?,
             };
-            let scopes = ScopeRequirement::new(self.scope_tokens(&raw.scopes, "")?, any_scopes)
-                .map_err(|e| self.err(spanned.referenced, e))?;
+            let scopes =
+                ScopeRequirement::new(self.scope_tokens(&raw.scopes.value, "")?, any_scopes)
+                    .map_err(|e| self.err(spanned.referenced, e))?;
             let issuers = match &raw.issuers {
                 None => None,
                 Some(list) => {
