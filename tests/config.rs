@@ -582,9 +582,9 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "duplicate issuer name `corp`",
         ),
         (
-            "reserved identity header",
+            "reserved identity header, at its name",
             "forward:\n  identity_headers: { Authorization: sub }\n".into(),
-            "2:21",
+            "2:23",
             "cannot be an identity header",
         ),
         (
@@ -678,28 +678,65 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "max_requests must be from 1 to 1000000",
         ),
         (
-            "one identity header in two spellings",
+            "one identity header in two spellings, at the second",
             "forward:\n  identity_headers: { X-User: sub, x_user: email }\n".into(),
-            "2:21",
+            "2:36",
             "`x_user` is another spelling of an identity header already listed",
         ),
         (
-            "one identity header, once spelled with dots",
+            "one identity header, once spelled with dots, at that spelling",
             "forward:\n  identity_headers: { X-User: sub, x.user: email }\n".into(),
-            "2:21",
+            "2:36",
             "`x.user` is another spelling of an identity header already listed",
         ),
         (
             "reserved identity header, spelled with dots",
             "forward:\n  identity_headers: { X.Forwarded.For: sub }\n".into(),
-            "2:21",
+            "2:23",
             "cannot be an identity header",
         ),
         (
             "reserved identity header, spelled with underscores",
             "forward:\n  identity_headers: { X_Forwarded_For: sub }\n".into(),
-            "2:21",
+            "2:23",
             "cannot be an identity header",
+        ),
+        (
+            // Told where written, not first in the names' sorted order.
+            "one identity header in two spellings, the second sorting first",
+            "forward:\n  identity_headers:\n    x_user: email\n    X-User: sub\n".into(),
+            "4:5",
+            "`X-User` is another spelling of an identity header already listed",
+        ),
+        (
+            "an identity header name that is no header name, at it",
+            "forward:\n  identity_headers:\n    X-Tenant: tid\n    \"X User\": sub\n".into(),
+            "4:5",
+            "`X User` is not a valid header name",
+        ),
+        (
+            "an identity header without a claim, at its value",
+            "forward:\n  identity_headers:\n    X-Tenant: tid\n    X-User: \"\"\n".into(),
+            "4:13",
+            "`X-User` needs a claim name",
+        ),
+        (
+            "a reserved identity header on a route, at its name",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    forward:\n      identity_headers:\n        X-Tenant: tid\n        Authorization: sub\n"),
+            "15:9",
+            "`Authorization` cannot be an identity header",
+        ),
+        (
+            "a removed header that frames the request, at it",
+            "forward:\n  remove_headers:\n    - X-Tenant\n    - Content-Length\n".into(),
+            "4:7",
+            "remove_headers cannot remove `Content-Length`",
+        ),
+        (
+            "a removed header that is no header name, on a route, at it",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\n    forward:\n      remove_headers: [X-Tenant, \"X Tenant\"]\n"),
+            "13:34",
+            "`X Tenant` is not a header name",
         ),
         (
             "bearer routes without issuers",

@@ -521,11 +521,44 @@ pub struct RawForward {
     pub cors_preflight: Option<bool>,
     /// Header name → claim name, set from the verified token.
     #[serde(default, deserialize_with = "present")]
-    pub identity_headers: Option<Spanned<BTreeMap<String, String>>>,
+    pub identity_headers: Option<SpannedPairs>,
     /// Further headers removed from every request, in every spelling (ones
-    /// the upstream trusts that scopegate does not know of).
+    /// the upstream trusts that scopegate does not know of), each kept with
+    /// its place.
     #[serde(default, deserialize_with = "present")]
-    pub remove_headers: Option<Spanned<Vec<String>>>,
+    pub remove_headers: Option<Vec<Spanned<String>>>,
+}
+
+/// A mapping of text to text (`identity_headers`) whose keys and values
+/// are each kept with their place, in the order written: an error about one
+/// entry is told at its own key or value, not at the mapping. Keys written
+/// twice are refused by the parser, as in every mapping.
+#[derive(Debug)]
+pub struct SpannedPairs(pub Vec<(Spanned<String>, Spanned<String>)>);
+
+impl<'de> Deserialize<'de> for SpannedPairs {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Pairs;
+        impl<'de> serde::de::Visitor<'de> for Pairs {
+            type Value = SpannedPairs;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a mapping of names to names")
+            }
+
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<Self::Value, A::Error> {
+                let mut pairs = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(pair) = map.next_entry()? {
+                    pairs.push(pair);
+                }
+                Ok(SpannedPairs(pairs))
+            }
+        }
+        deserializer.deserialize_map(Pairs)
+    }
 }
 
 /// `route_matching:`: set it to what the upstream's router does, so that a

@@ -3,7 +3,7 @@
 //! the YAML node it is about.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -16,7 +16,7 @@ use serde_saphyr::{Location, Spanned};
 use super::load::{ConfigError, ConfigWarning, NamedFiles};
 use super::schema::{
     RawAuthorizationServer, RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource,
-    RawRoute, RawStore, RawUpstream,
+    RawRoute, RawStore, RawUpstream, SpannedPairs,
 };
 use crate::auth::jwks::KeySet;
 use crate::auth::scope::{check_scope_token, ScopeRequirement};
@@ -2546,16 +2546,20 @@ impl Validator<'_> {
             (Some(map), _) => self.identity_headers(map, claims)?,
             (None, Some(p)) => (p.identity_headers.clone(), p.remove_headers.clone()),
             (None, None) => {
-                let defaults: BTreeMap<String, String> = [
-                    ("X-Auth-Subject", "sub"),
-                    ("X-Auth-Client-Id", "client_id"),
-                    ("X-Auth-Scopes", "scope"),
-                ]
-                .into_iter()
-                .map(|(h, c)| (h.to_owned(), c.to_owned()))
-                .collect();
-                let spanned = Spanned::new(defaults, Location::UNKNOWN, Location::UNKNOWN);
-                self.identity_headers(&spanned, claims)?
+                let unknown = |text: &str| {
+                    Spanned::new(text.to_owned(), Location::UNKNOWN, Location::UNKNOWN)
+                };
+                let defaults = SpannedPairs(
+                    [
+                        ("X-Auth-Client-Id", "client_id"),
+                        ("X-Auth-Scopes", "scope"),
+                        ("X-Auth-Subject", "sub"),
+                    ]
+                    .into_iter()
+                    .map(|(h, c)| (unknown(h), unknown(c)))
+                    .collect(),
+                );
+                self.identity_headers(&defaults, claims)?
             }
         };
         let remove_headers = match &raw.remove_headers {
@@ -2605,10 +2609,11 @@ impl Validator<'_> {
     }
 
     /// `forward.remove_headers`: header names, none that frames or routes
-    /// the request (nor `Authorization`, which `strip_authorization` covers).
+    /// the request (nor `Authorization`, which `strip_authorization` covers);
+    /// each refused at its own place.
     fn removed_header_names(
         &self,
-        names: &Spanned<Vec<String>>,
+        names: &[Spanned<String>],
     ) -> Result<Vec<HeaderName>, ConfigError> {
         const KEPT: [&str; 7] = [
             "host",
@@ -2620,16 +2625,16 @@ impl Validator<'_> {
             "authorization",
         ];
         names
-            .value
             .iter()
-            .map(|name| {
+            .map(|spanned| {
+                let name = &spanned.value;
                 let parsed = HeaderName::from_bytes(name.as_bytes()).map_err(|_| {
-                    self.err(names.referenced, format!("`{name}` is not a header name"))
+                    self.err(spanned.referenced, format!("`{name}` is not a header name"))
                 })?;
                 // Removal covers every spelling (`content_length` too).
                 if KEPT.contains(&dashed_spelling(parsed.as_str()).as_str()) {
                     return Err(self.err(
-                        names.referenced,
+                        spanned.referenced,
                         format!(
                             "remove_headers cannot remove `{name}` (use strip_authorization for Authorization)"
                         ),
@@ -2640,37 +2645,40 @@ impl Validator<'_> {
             .collect()
     }
 
+    /// `identity_headers`: header name → claim name, in the order written;
+    /// a bad header name is told at its key, a missing claim at its value.
     #[allow(clippy::type_complexity)]
     fn identity_headers(
         &self,
-        map: &Spanned<BTreeMap<String, String>>,
+        map: &SpannedPairs,
         claims: &mut Vec<String>,
     ) -> Result<(Vec<(HeaderName, usize)>, RemovedHeaders), ConfigError> {
         let mut set = Vec::new();
         let mut remove = Vec::new();
-        for (header, claim) in &map.value {
+        for (key, value) in &map.0 {
+            let (header, claim) = (&key.value, &value.value);
             let name = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
                 self.err(
-                    map.referenced,
+                    key.referenced,
                     format!("`{header}` is not a valid header name"),
                 )
             })?;
             // In every spelling: Rack, gunicorn and PHP read `_` as `-`, PHP `.` too.
             if RESERVED_HEADERS.contains(&dashed_spelling(name.as_str()).as_str()) {
                 return Err(self.err(
-                    map.referenced,
+                    key.referenced,
                     format!("`{header}` cannot be an identity header"),
                 ));
             }
             if claim.is_empty() {
-                return Err(self.err(map.referenced, format!("`{header}` needs a claim name")));
+                return Err(self.err(value.referenced, format!("`{header}` needs a claim name")));
             }
             // `X-User` and `x-user` are one header, and `x_user` one to the
             // many servers that read `_` (PHP `.` too) as `-`: one would silently win.
             let dashed = |name: &HeaderName| dashed_spelling(name.as_str());
             if set.iter().any(|(other, _)| dashed(other) == dashed(&name)) {
                 return Err(self.err(
-                    map.referenced,
+                    key.referenced,
                     format!("`{header}` is another spelling of an identity header already listed"),
                 ));
             }
