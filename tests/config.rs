@@ -739,6 +739,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "`X Tenant` is not a header name",
         ),
         (
+            "a trusted proxy that is no address, at it",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\ntrusted_proxies:\n  - 10.0.0.0/8\n  - 10.0.0.300\n"),
+            "14:5",
+            "trusted_proxies: `10.0.0.300` is neither an address nor a CIDR block",
+        ),
+        (
+            "an IPv4-mapped trusted proxy block, at it",
+            format!("{base}routes:\n  - path: /a\n    upstream: app\ntrusted_proxies: [127.0.0.1, \"::ffff:10.0.0.0/104\"]\n"),
+            "12:30",
+            "trusted_proxies: `::ffff:10.0.0.0/104` is neither an address nor a CIDR block",
+        ),
+        (
             "bearer routes without issuers",
             format!("{UPSTREAM}routes:\n  - path: /p\n    upstream: app\n    auth: none\n  - path: /a\n    upstream: app\n"),
             "8:5",

@@ -83,9 +83,10 @@ pub struct RawConfig {
     #[serde(default)]
     pub forward: RawForward,
     /// Addresses (CIDR blocks or single IPs) of the proxies in front whose
-    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on.
+    /// `X-Forwarded-Proto` and `X-Forwarded-Host` are passed on, each kept
+    /// with its place.
     #[serde(default, deserialize_with = "present")]
-    pub trusted_proxies: Option<Spanned<Vec<String>>>,
+    pub trusted_proxies: Option<Vec<Spanned<String>>>,
     /// The verified-token cache.
     #[serde(default)]
     pub cache: RawCache,

@@ -2577,14 +2577,12 @@ impl Validator<'_> {
         })
     }
 
-    /// `trusted_proxies`: CIDR blocks, or single addresses.
-    fn trusted_proxies(
-        &self,
-        list: &Spanned<Vec<String>>,
-    ) -> Result<Vec<ipnet::IpNet>, ConfigError> {
-        list.value
-            .iter()
-            .map(|entry| {
+    /// `trusted_proxies`: CIDR blocks, or single addresses, each refused at
+    /// its own place.
+    fn trusted_proxies(&self, list: &[Spanned<String>]) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+        list.iter()
+            .map(|spanned| {
+                let entry = &spanned.value;
                 entry
                     .parse::<ipnet::IpNet>()
                     .or_else(|_| entry.parse::<IpAddr>().map(ipnet::IpNet::from))
@@ -2598,7 +2596,7 @@ impl Validator<'_> {
                     })
                     .ok_or_else(|| {
                         self.err(
-                            list.referenced,
+                            spanned.referenced,
                             format!(
                                 "trusted_proxies: `{entry}` is neither an address nor a CIDR block (10.0.0.0/8, fd00::/8; IPv4 as IPv4, not ::ffff:)"
                             ),
