@@ -751,6 +751,18 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "trusted_proxies: `::ffff:10.0.0.0/104` is neither an address nor a CIDR block",
         ),
         (
+            "an unknown grant, at it",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants:\n        - authorization_code\n        - implicit\n      redirect_uris: [https://app.test/cb]\n      audience: api\n".into(),
+            "7:11",
+            "unknown grant `implicit`",
+        ),
+        (
+            "a grant a public client cannot use, at it",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code, password]\n      redirect_uris: [https://app.test/cb]\n      audience: api\n".into(),
+            "5:36",
+            "a public client (no client_secret_hash) cannot use `password`",
+        ),
+        (
             "bearer routes without issuers",
             format!("{UPSTREAM}routes:\n  - path: /p\n    upstream: app\n    auth: none\n  - path: /a\n    upstream: app\n"),
             "8:5",

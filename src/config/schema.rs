@@ -240,9 +240,9 @@ pub struct RawClient {
     /// Argon2 PHC hash of the secret (`scopegate hash-secret`); absent for public clients.
     #[serde(default, deserialize_with = "present")]
     pub client_secret_hash: Option<Spanned<String>>,
-    /// Allowed grants.
+    /// Allowed grants, each kept with its place (the default's is unknown).
     #[serde(default = "default_grants")]
-    pub grants: Spanned<Vec<String>>,
+    pub grants: Vec<Spanned<String>>,
     /// Scopes the client may request, each kept with its place.
     #[serde(default)]
     pub scopes: Vec<Spanned<String>>,
@@ -726,8 +726,8 @@ fn default_reuse_grace() -> Spanned<HumanDuration> {
 fn default_response_style() -> Spanned<String> {
     unspanned("standard".to_owned())
 }
-fn default_grants() -> Spanned<Vec<String>> {
-    unspanned(vec!["client_credentials".to_owned()])
+fn default_grants() -> Vec<Spanned<String>> {
+    vec![unspanned("client_credentials".to_owned())]
 }
 fn default_auth_method() -> Spanned<String> {
     unspanned("client_secret_basic".to_owned())

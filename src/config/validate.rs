@@ -1396,10 +1396,11 @@ impl Validator<'_> {
             })?;
         }
         let mut grants = Vec::new();
-        for g in &c.grants.value {
+        for spanned in &c.grants {
+            let g = &spanned.value;
             let grant = Grant::parse(g).ok_or_else(|| {
                 self.err(
-                    c.grants.referenced,
+                    spanned.referenced,
                     format!("unknown grant `{g}` (client_credentials, refresh_token, password, authorization_code)"),
                 )
             })?;
@@ -1408,7 +1409,7 @@ impl Validator<'_> {
                 && c.client_secret_hash.is_none()
             {
                 return Err(self.err(
-                    c.grants.referenced,
+                    spanned.referenced,
                     format!("a public client (no client_secret_hash) cannot use `{g}`"),
                 ));
             }
@@ -1975,9 +1976,8 @@ impl Validator<'_> {
         let signs_users_in = raw.clients.iter().any(|c| {
             c.value
                 .grants
-                .value
                 .iter()
-                .any(|g| Grant::parse(g) == Some(Grant::AuthorizationCode))
+                .any(|g| Grant::parse(&g.value) == Some(Grant::AuthorizationCode))
         });
         if signs_users_in && !browsers_keep_secure_cookies(&issuer_uri) {
             return Err(self.err(
