@@ -1638,6 +1638,31 @@ async fn basic_with_a_secret_in_the_form_too_is_refused() {
     assert_oauth_error(&r, 400, "invalid_request");
 }
 
+/// Two `Authorization` headers are two sets of credentials (RFC 6749 5.2:
+/// `invalid_request` "includes multiple credentials"; RFC 9110 11.6.2 allows
+/// one such field): refused at the token, introspection and revocation
+/// endpoints alike, not answered as the first header's client, whichever
+/// client a proxy in front would have read.
+#[tokio::test]
+async fn two_authorization_headers_are_refused() {
+    let (_upstream, gw) = start("").await;
+    let first = basic("other", SECRET);
+    let second = basic("svc", SECRET);
+    let both = [
+        ("authorization", first.as_str()),
+        ("authorization", second.as_str()),
+    ];
+    let r = post_form(&gw.url(TOKEN), &both, "grant_type=client_credentials").await;
+    assert_oauth_error(&r, 400, "invalid_request");
+    let token = s(&client_credentials(&gw, "svc").await, "access_token");
+    for path in [INTROSPECT, REVOKE] {
+        let r = post_form(&gw.url(path), &both, &format!("token={}", enc(&token))).await;
+        assert_oauth_error(&r, 400, "invalid_request");
+    }
+    // The token is still live: the refused revocation did nothing.
+    assert_accepted(&gw, &token).await;
+}
+
 /// Only a checked secret counts towards the limit: requests without one,
 /// for a known or an unknown client, cost no check and guess nothing, so
 /// they neither lock a client out nor fill the limiter's table.

@@ -127,8 +127,8 @@ impl std::fmt::Debug for Presented {
 }
 
 /// Reads client credentials from the Basic header or the form, refusing both
-/// at once (a form `client_id` that repeats Basic's is no second method) and
-/// credentials in the query string.
+/// at once (a form `client_id` that repeats Basic's is no second method), two
+/// `Authorization` headers, and credentials in the query string.
 pub fn presented(
     headers: &HeaderMap,
     form: &HashMap<String, String>,
@@ -139,7 +139,17 @@ pub fn presented(
             "client credentials must not be sent in the query string (RFC 6749 section 2.3.1)",
         ));
     }
-    let basic = match headers.get(http::header::AUTHORIZATION) {
+    // Two `Authorization` fields are two sets of credentials (RFC 6749 5.2:
+    // `invalid_request`), not the first one's client: a proxy in front may
+    // have read the other.
+    let mut authorization = headers.get_all(http::header::AUTHORIZATION).iter();
+    let first = authorization.next();
+    if authorization.next().is_some() {
+        return Err(OAuthError::invalid_request(
+            "send one Authorization header, not several",
+        ));
+    }
+    let basic = match first {
         Some(value) => {
             let value = value
                 .to_str()
