@@ -218,7 +218,15 @@ impl KeySet {
     }
 
     fn usable(jwk: &Jwk) -> Option<VerificationKey> {
-        if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
+        // RFC 7517 4.2: a key meant for signatures says `sig`, or nothing;
+        // `enc`, and any other value (`SIG`, an application's own), names
+        // another use, which a key must not be put to beside it.
+        if jwk
+            .common
+            .public_key_use
+            .as_ref()
+            .is_some_and(|usage| *usage != PublicKeyUse::Signature)
+        {
             return None;
         }
         // RFC 7517 4.3: `key_ops` without "verify" is not a verification key.
@@ -1050,6 +1058,28 @@ mod tests {
                 set.candidates(Some("bad"), Algorithm::RS256)
                     .all(|k| k.verifiers.is_empty()),
                 "{case}"
+            );
+        }
+    }
+
+    /// RFC 7517 4.2: only a key whose `use` is `sig`, or absent, verifies
+    /// signatures; `enc` and any other value (values are case-sensitive)
+    /// name another use, as jose and Nimbus read them too.
+    #[test]
+    fn only_keys_for_signatures_verify() {
+        let jwk = |usage: &str| {
+            format!(
+                r#"{{"keys":[{{"kty":"EC","crv":"P-256","kid":"e","use":"{usage}","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}}]}}"#
+            )
+        };
+        assert!(KeySet::from_json(jwk("sig").as_bytes()).is_ok());
+        for other in ["enc", "SIG", "Sig", "sig ", "", "verify", "x-tls"] {
+            assert!(
+                matches!(
+                    KeySet::from_json(jwk(other).as_bytes()),
+                    Err(JwksError::NoUsableKeys)
+                ),
+                "use {other:?}"
             );
         }
     }

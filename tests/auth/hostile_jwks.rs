@@ -126,7 +126,16 @@ fn entry() -> impl Strategy<Value = Entry> {
             Some("ES384"),
             Some("RS256"),
         ]),
-        prop::sample::select(vec![None, None, None, Some("sig"), Some("enc")]),
+        prop::sample::select(vec![
+            None,
+            None,
+            None,
+            Some("sig"),
+            Some("enc"),
+            // Values are case-sensitive; any but `sig` is another use.
+            Some("SIG"),
+            Some("x-other"),
+        ]),
         prop::sample::select(vec![
             None,
             None,
