@@ -2,10 +2,11 @@
 //! RFC 6749 as the built-in server applies it.
 //!
 //! Each request mixes a method, a content type, client authentication
-//! (form body, Basic, both, malformed, none; right and wrong secrets), a
-//! grant (the four supported, unknown ones, none), a scope, parameters the
-//! server does not know (which it must ignore, RFC 6749 3.2), repeated ones
-//! (which it must refuse, 3.1), query parameters and undecodable bytes. The
+//! (form body, Basic, both, two Basic headers, malformed, none; right and
+//! wrong secrets), a grant (the four supported, unknown ones, none), a
+//! scope, parameters the server does not know (which it must ignore, RFC
+//! 6749 3.2), repeated ones (which it must refuse, 3.1), query parameters
+//! and undecodable bytes. The
 //! reference says whether the request must succeed, and if not, which error
 //! codes name something that is wrong with it:
 //! - a request with nothing wrong gets 200, with the scope the reference
@@ -39,6 +40,9 @@ enum ClientAuth {
     TwoMethods,
     /// An `Authorization` value that is no usable Basic credential.
     Malformed(Malformed),
+    /// Two `Authorization` headers with Basic credentials (RFC 6749 5.2:
+    /// multiple credentials), whoever each names.
+    TwoHeaders(Who, Who),
     None,
 }
 
@@ -168,6 +172,7 @@ fn client_auth() -> impl Strategy<Value = ClientAuth> {
             Malformed::SchemeOnly,
         ])
         .prop_map(ClientAuth::Malformed),
+        1 => (who(), who()).prop_map(|(first, second)| ClientAuth::TwoHeaders(first, second)),
         1 => Just(ClientAuth::None),
     ]
 }
@@ -348,6 +353,10 @@ fn render(req: &TokenRequest) -> (String, Vec<(&'static str, String)>, String) {
             body.push(format!("client_id=other&client_secret={}", enc("wrong")));
         }
         ClientAuth::Malformed(m) => headers.push(("authorization", m.header())),
+        ClientAuth::TwoHeaders(first, second) => {
+            headers.push(("authorization", basic(*first)));
+            headers.push(("authorization", basic(*second)));
+        }
         ClientAuth::None => {}
     }
     match &req.grant {
@@ -531,7 +540,7 @@ fn expected(req: &TokenRequest, target: &str, body: &str) -> Expected {
             }
         },
         ClientAuth::Both => Some("svc"),
-        ClientAuth::TwoMethods => {
+        ClientAuth::TwoMethods | ClientAuth::TwoHeaders(..) => {
             codes.push("invalid_request");
             None
         }
