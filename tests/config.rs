@@ -1198,6 +1198,31 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
     );
     // Logs to a pipe carry no colour codes (`kubectl logs` would keep them).
     assert!(!stderr.contains('\u{1b}'), "{stderr:?}");
+
+    // A private key beside them is not used, and named; alone, it is an
+    // error naming it.
+    let mut private = document["keys"][0].clone();
+    private["kid"] = "leaked".into();
+    private["d"] = "f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU".into();
+    document["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(private.clone());
+    std::fs::write(dir.path().join("keys.json"), document.to_string()).unwrap();
+    check_warns(
+        &file,
+        "5:16",
+        "jwks_file has private keys (kids [\"leaked\"] carry `d`)",
+    );
+    let only = serde_json::json!({ "keys": [private] });
+    std::fs::write(dir.path().join("keys.json"), only.to_string()).unwrap();
+    let (ok, _, stderr) = check(&file);
+    assert!(!ok, "{stderr}");
+    assert!(stderr.contains("5:16"), "{stderr}");
+    assert!(
+        stderr.contains("the keys with kid leaked publish their private part"),
+        "{stderr}"
+    );
 }
 
 /// `jwks_refetch_cooldown: 0s` is taken (tests refetch at once) and warned

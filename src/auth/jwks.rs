@@ -39,7 +39,15 @@ pub enum JwksError {
     /// No key in it is usable for signature verification.
     #[error("no usable signature verification keys")]
     NoUsableKeys,
+    /// Its only keys that could verify carry private members: published,
+    /// they let anyone sign tokens, so they are never used.
+    #[error("no usable signature verification keys: the keys with kid {0} publish their private part (`d`), so anyone can sign with them, and they are not used")]
+    ExposedPrivateKeys(String),
 }
+
+/// JWK members that only a private key has (RFC 7518 6.2.2, 6.3.2; RFC 8037
+/// 2): a key set publishing one publishes the key that signs tokens.
+const PRIVATE_MEMBERS: [&str; 7] = ["d", "p", "q", "dp", "dq", "qi", "oth"];
 
 /// One public key and the algorithms it may verify.
 pub struct VerificationKey {
@@ -166,6 +174,8 @@ impl VerificationKey {
 #[derive(Debug, Default)]
 pub struct KeySet {
     keys: Vec<VerificationKey>,
+    /// The `kid`s (`-` for none) of keys skipped for their private members.
+    exposed: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -192,12 +202,26 @@ fn rsa_key_verifies(n: &[u8], e: &[u8]) -> bool {
 
 impl KeySet {
     /// Parses a JWKS document, keeping the signature keys it can use and
-    /// skipping the rest (encryption keys, symmetric keys, unknown curves).
+    /// skipping the rest (encryption keys, symmetric keys, unknown curves,
+    /// and keys published with their private part).
     pub fn from_json(bytes: &[u8]) -> Result<Self, JwksError> {
         let raw: RawJwks =
             serde_json::from_slice(bytes).map_err(|e| JwksError::Invalid(e.to_string()))?;
         let mut keys = Vec::new();
+        let mut exposed = Vec::new();
         for value in raw.keys.into_iter().take(MAX_KEYS) {
+            // Whoever can read the key set can sign with such a key: its
+            // signatures prove nothing.
+            if let Some(jwk) = value.as_object() {
+                if PRIVATE_MEMBERS.iter().any(|m| jwk.contains_key(*m)) {
+                    let kid = jwk
+                        .get("kid")
+                        .and_then(serde_json::Value::as_str)
+                        .unwrap_or("-");
+                    exposed.push(kid.chars().take(64).collect());
+                    continue;
+                }
+            }
             let Ok(jwk) = serde_json::from_value::<Jwk>(value) else {
                 continue;
             };
@@ -212,9 +236,13 @@ impl KeySet {
         // replaced); but a set of only such keys verifies nothing, and a
         // refresh serving one must keep the keys that work.
         if !keys.iter().any(|k| !k.verifiers.is_empty()) {
-            return Err(JwksError::NoUsableKeys);
+            return Err(if exposed.is_empty() {
+                JwksError::NoUsableKeys
+            } else {
+                JwksError::ExposedPrivateKeys(exposed.join(", "))
+            });
         }
-        Ok(Self { keys })
+        Ok(Self { keys, exposed })
     }
 
     fn usable(jwk: &Jwk) -> Option<VerificationKey> {
@@ -355,6 +383,12 @@ impl KeySet {
             .filter(|k| k.verifiers.is_empty())
             .map(|k| k.kid.as_deref().unwrap_or("-"))
             .collect()
+    }
+
+    /// The `kid`s (`-` for none) of the keys skipped because they were
+    /// published with their private part.
+    pub fn exposed_kids(&self) -> &[String] {
+        &self.exposed
     }
 
     /// True when no key is usable.
@@ -643,6 +677,13 @@ impl IssuerKeys {
                         issuer = %self.issuer_name,
                         kids = ?unusable,
                         "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                    );
+                }
+                if !set.exposed_kids().is_empty() {
+                    tracing::error!(
+                        issuer = %self.issuer_name,
+                        kids = ?set.exposed_kids(),
+                        "JWKS publishes private keys (`d`): anyone can sign tokens with them, so they are not used; the issuer must replace them"
                     );
                 }
                 let previous = self.current.swap(Some(Arc::new(set)));
@@ -1081,6 +1122,26 @@ mod tests {
                 ),
                 "use {other:?}"
             );
+        }
+    }
+
+    /// A key published with its private part can be used by anyone to
+    /// sign: it is skipped, and named when nothing else is left.
+    #[test]
+    fn keys_published_with_their_private_part_verify_nothing() {
+        const PUBLIC: &str = r#""kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0""#;
+        for member in PRIVATE_MEMBERS {
+            let exposed = format!(r#"{{{PUBLIC},"kid":"leaked","{member}":"AQAB"}}"#);
+            let only = format!(r#"{{"keys":[{exposed}]}}"#);
+            match KeySet::from_json(only.as_bytes()) {
+                Err(JwksError::ExposedPrivateKeys(kids)) => assert_eq!(kids, "leaked"),
+                other => panic!("{member}: {other:?}"),
+            }
+            let beside = format!(r#"{{"keys":[{exposed},{{{PUBLIC},"kid":"public"}}]}}"#);
+            let set = KeySet::from_json(beside.as_bytes()).unwrap();
+            assert_eq!(set.exposed_kids(), ["leaked"], "{member}");
+            assert_eq!(set.candidates(Some("leaked"), Algorithm::ES256).count(), 0);
+            assert_eq!(set.candidates(Some("public"), Algorithm::ES256).count(), 1);
         }
     }
 

@@ -1790,6 +1790,16 @@ impl Validator<'_> {
                     Some(&raw.name.value),
                 );
             }
+            let exposed = set.exposed_kids();
+            if !exposed.is_empty() {
+                self.warn(
+                    file.referenced,
+                    format!(
+                        "jwks_file has private keys (kids {exposed:?} carry `d`): they are not used, since whoever can read the file can sign with them; keep only their public part"
+                    ),
+                    Some(&raw.name.value),
+                );
+            }
         }
         let scope_claim = match raw.scope_claim.value.as_str() {
             "scope" => ScopeClaim::Scope,

@@ -19,7 +19,8 @@
 //! - a token is accepted exactly when the keys in force have a usable key
 //!   with the token's `kid` and the public key that signed it: EC P-256,
 //!   `alg` absent or ES256, `use` absent or `sig`, `key_ops` absent or with
-//!   `verify`.
+//!   `verify`, and no private member (`d`: published, anyone could sign
+//!   with it).
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 128).
 
@@ -47,15 +48,16 @@ struct PoolKey {
     alg: Option<&'static str>,
     usage: Option<&'static str>,
     ops: Option<&'static [&'static str]>,
-    /// A private member `d` alongside (the public part still counts).
+    /// A private member `d` alongside: the key is exposed, and unusable.
     private: bool,
 }
 
 impl PoolKey {
     /// Whether a signature can be checked with it: `alg` absent or ES256,
-    /// `use` absent or `sig`, `key_ops` absent or with `verify`.
+    /// `use` absent or `sig`, `key_ops` absent or with `verify`, no `d`.
     fn usable(&self) -> bool {
-        self.alg.is_none_or(|a| a == "ES256")
+        !self.private
+            && self.alg.is_none_or(|a| a == "ES256")
             && self.usage.is_none_or(|u| u == "sig")
             && self.ops.is_none_or(|ops| ops.contains(&"verify"))
     }
@@ -206,7 +208,7 @@ fn render_entry(pool: &[Signer], entry: &Entry) -> Value {
                 ("alg", real.alg.map(Value::from)),
                 ("use", real.usage.map(Value::from)),
                 ("key_ops", real.ops.map(|ops| json!(ops))),
-                // Any 32 bytes: the gateway must not care.
+                // Any 32 bytes: the gateway cannot tell a real private key.
                 (
                     "d",
                     real.private
