@@ -1214,6 +1214,20 @@ fn unusable_keys_in_a_jwks_file_are_named_at_its_place() {
         "5:16",
         "jwks_file has private keys (kids [\"leaked\"] carry `d`)",
     );
+    // Entries past the first 64 are not read, and said so.
+    let mut many = document.clone();
+    let filler = serde_json::json!({"kty": "oct", "k": "c2VjcmV0"});
+    many["keys"]
+        .as_array_mut()
+        .unwrap()
+        .extend(std::iter::repeat_n(filler, 64));
+    std::fs::write(dir.path().join("keys.json"), many.to_string()).unwrap();
+    let count = many["keys"].as_array().unwrap().len() - 64;
+    check_warns(
+        &file,
+        "5:16",
+        &format!("jwks_file has {count} entries past the first 64, which are not read"),
+    );
     let only = serde_json::json!({ "keys": [private] });
     std::fs::write(dir.path().join("keys.json"), only.to_string()).unwrap();
     let (ok, _, stderr) = check(&file);

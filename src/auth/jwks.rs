@@ -176,6 +176,8 @@ pub struct KeySet {
     keys: Vec<VerificationKey>,
     /// The `kid`s (`-` for none) of keys skipped for their private members.
     exposed: Vec<String>,
+    /// Entries past the first [`MAX_KEYS`], not read.
+    unread: usize,
 }
 
 #[derive(Deserialize)]
@@ -209,6 +211,7 @@ impl KeySet {
             serde_json::from_slice(bytes).map_err(|e| JwksError::Invalid(e.to_string()))?;
         let mut keys = Vec::new();
         let mut exposed = Vec::new();
+        let unread = raw.keys.len().saturating_sub(MAX_KEYS);
         for value in raw.keys.into_iter().take(MAX_KEYS) {
             // Whoever can read the key set can sign with such a key: its
             // signatures prove nothing.
@@ -242,7 +245,11 @@ impl KeySet {
                 JwksError::ExposedPrivateKeys(exposed.join(", "))
             });
         }
-        Ok(Self { keys, exposed })
+        Ok(Self {
+            keys,
+            exposed,
+            unread,
+        })
     }
 
     fn usable(jwk: &Jwk) -> Option<VerificationKey> {
@@ -389,6 +396,11 @@ impl KeySet {
     /// published with their private part.
     pub fn exposed_kids(&self) -> &[String] {
         &self.exposed
+    }
+
+    /// How many entries past the first [`MAX_KEYS`] were not read.
+    pub fn unread_entries(&self) -> usize {
+        self.unread
     }
 
     /// True when no key is usable.
@@ -677,6 +689,13 @@ impl IssuerKeys {
                         issuer = %self.issuer_name,
                         kids = ?unusable,
                         "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                    );
+                }
+                if set.unread_entries() > 0 {
+                    tracing::warn!(
+                        issuer = %self.issuer_name,
+                        unread = set.unread_entries(),
+                        "JWKS has entries past the first {MAX_KEYS}, which are not read"
                     );
                 }
                 if !set.exposed_kids().is_empty() {
@@ -1142,6 +1161,16 @@ mod tests {
             assert_eq!(set.exposed_kids(), ["leaked"], "{member}");
             assert_eq!(set.candidates(Some("leaked"), Algorithm::ES256).count(), 0);
             assert_eq!(set.candidates(Some("public"), Algorithm::ES256).count(), 1);
+        }
+    }
+
+    #[test]
+    fn entries_past_the_limit_are_counted_unread() {
+        let key = r#"{"kty":"EC","crv":"P-256","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}"#;
+        for (entries, unread) in [(1, 0), (MAX_KEYS, 0), (MAX_KEYS + 3, 3)] {
+            let document = format!(r#"{{"keys":[{}]}}"#, vec![key; entries].join(","));
+            let set = KeySet::from_json(document.as_bytes()).unwrap();
+            assert_eq!(set.unread_entries(), unread, "{entries} entries");
         }
     }
 

@@ -1790,6 +1790,17 @@ impl Validator<'_> {
                     Some(&raw.name.value),
                 );
             }
+            if set.unread_entries() > 0 {
+                self.warn(
+                    file.referenced,
+                    format!(
+                        "jwks_file has {} entries past the first {}, which are not read",
+                        set.unread_entries(),
+                        crate::auth::jwks::MAX_KEYS
+                    ),
+                    Some(&raw.name.value),
+                );
+            }
             let exposed = set.exposed_kids();
             if !exposed.is_empty() {
                 self.warn(
