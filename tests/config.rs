@@ -478,16 +478,22 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "max_header_bytes",
         ),
         (
-            "alg none",
+            "alg none, at it",
             "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms: [none]\n".into(),
-            "6:17",
+            "6:18",
             "unsupported algorithm `none`",
         ),
         (
-            "HMAC algorithm",
-            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms: [HS256]\n".into(),
-            "6:17",
+            "HMAC algorithm, at it",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms: [ES256, HS256]\n".into(),
+            "6:25",
             "only asymmetric algorithms",
+        ),
+        (
+            "an unsupported algorithm on its own line, at it",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [x]\n    jwks_uri: https://a/k\n    algorithms:\n      - RS256\n      - ES512\n".into(),
+            "8:9",
+            "unsupported algorithm `ES512`",
         ),
         (
             "issuer without audiences",

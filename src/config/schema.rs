@@ -377,9 +377,10 @@ pub struct RawIssuer {
     /// https (refused where neither is).
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
-    /// Allowed signature algorithms.
+    /// Allowed signature algorithms, the list and each name kept with its
+    /// place (an empty list is told at the list, a bad name at the name).
     #[serde(default = "default_algorithms")]
-    pub algorithms: Spanned<Vec<String>>,
+    pub algorithms: Spanned<Vec<Spanned<String>>>,
     /// Clock skew allowed on `exp`, `nbf` and `iat`.
     #[serde(default = "default_leeway")]
     pub leeway: Spanned<HumanDuration>,
@@ -675,8 +676,11 @@ fn default_shutdown_delay() -> Duration {
 fn default_header_read_timeout() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(10)))
 }
-fn default_algorithms() -> Spanned<Vec<String>> {
-    unspanned(vec!["RS256".to_owned(), "ES256".to_owned()])
+fn default_algorithms() -> Spanned<Vec<Spanned<String>>> {
+    unspanned(vec![
+        unspanned("RS256".to_owned()),
+        unspanned("ES256".to_owned()),
+    ])
 }
 fn default_leeway() -> Spanned<HumanDuration> {
     unspanned(HumanDuration(Duration::from_secs(30)))

@@ -1740,7 +1740,8 @@ impl Validator<'_> {
             .map(|i| self.introspection(i, raw.discovery, issuer_https))
             .transpose()?;
         let mut algorithms = Vec::new();
-        for name in &raw.algorithms.value {
+        for written in &raw.algorithms.value {
+            let name = &written.value;
             let alg = ASYMMETRIC_ALGORITHMS
                 .iter()
                 .find(|(n, _)| n == name)
@@ -1752,7 +1753,7 @@ impl Validator<'_> {
                         ""
                     };
                     self.err(
-                        raw.algorithms.referenced,
+                        written.referenced,
                         format!(
                             "unsupported algorithm `{name}`{hint}; choose from RS256 RS384 RS512 PS256 PS384 PS512 ES256 ES384 EdDSA"
                         ),
@@ -1773,7 +1774,12 @@ impl Validator<'_> {
                     file.referenced,
                     format!(
                         "jwks_file has no key for any of the issuer's algorithms ({})",
-                        raw.algorithms.value.join(", ")
+                        raw.algorithms
+                            .value
+                            .iter()
+                            .map(|name| name.value.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 ));
             }
