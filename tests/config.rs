@@ -502,10 +502,22 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "audiences",
         ),
         (
-            "an empty client id",
+            "an empty client id, at it",
             "issuers:\n  - name: a\n    issuer: https://a\n    client_ids: [\"\"]\n    jwks_uri: https://a/k\n".into(),
-            "2:5",
+            "4:18",
             "or in `client_ids`",
+        ),
+        (
+            "an empty audience after a good one, at it",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences:\n      - api\n      - \"\"\n    jwks_uri: https://a/k\n".into(),
+            "6:9",
+            "needs at least one non-empty entry in `audiences`",
+        ),
+        (
+            "an empty client id beside an audience, at it",
+            "issuers:\n  - name: a\n    issuer: https://a\n    audiences: [api]\n    client_ids: [web, \"\"]\n    jwks_uri: https://a/k\n".into(),
+            "5:23",
+            "and no empty one",
         ),
         (
             "a jwks_file with no key for the issuer's algorithms",

@@ -360,13 +360,15 @@ pub struct RawIssuer {
     pub name: Spanned<String>,
     /// Exact value of the `iss` claim.
     pub issuer: Spanned<String>,
-    /// `aud` must contain one of these.
+    /// `aud` must contain one of these, each kept with its place (an empty
+    /// one is told at itself).
     #[serde(default)]
-    pub audiences: Vec<String>,
+    pub audiences: Vec<Spanned<String>>,
     /// `client_id` must be one of these: for an identity provider whose
-    /// access tokens carry no `aud` (Amazon Cognito).
+    /// access tokens carry no `aud` (Amazon Cognito). Each kept with its
+    /// place, as `audiences`.
     #[serde(default)]
-    pub client_ids: Vec<String>,
+    pub client_ids: Vec<Spanned<String>>,
     /// Where the issuer publishes its keys.
     #[serde(default, deserialize_with = "present")]
     pub jwks_uri: Option<Spanned<String>>,

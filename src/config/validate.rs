@@ -1667,15 +1667,15 @@ impl Validator<'_> {
         // Introspected tokens too: an answer naming another API's audience
         // is refused, which takes knowing this one's (or, with client ids
         // alone, any audience is another API's).
-        if (raw.audiences.is_empty() && raw.client_ids.is_empty())
-            || raw
-                .audiences
-                .iter()
-                .chain(&raw.client_ids)
-                .any(String::is_empty)
-        {
+        // Told at the empty entry where there is one, else at the issuer.
+        let empty = raw
+            .audiences
+            .iter()
+            .chain(&raw.client_ids)
+            .find(|entry| entry.value.is_empty());
+        if (raw.audiences.is_empty() && raw.client_ids.is_empty()) || empty.is_some() {
             return Err(self.err(
-                here,
+                empty.map_or(here, |entry| entry.referenced),
                 format!(
                     "issuer `{}` needs at least one non-empty entry in `audiences` (tokens must be meant for this API), or in `client_ids` for an identity provider whose access tokens carry no `aud` (Amazon Cognito), and no empty one",
                     raw.name.value
@@ -1867,8 +1867,8 @@ impl Validator<'_> {
         Ok(Issuer {
             name: Arc::from(raw.name.value.as_str()),
             issuer: raw.issuer.value.clone(),
-            audiences: raw.audiences.clone(),
-            client_ids: raw.client_ids.clone(),
+            audiences: raw.audiences.iter().map(|a| a.value.clone()).collect(),
+            client_ids: raw.client_ids.iter().map(|c| c.value.clone()).collect(),
             keys,
             introspection,
             discovery: raw.discovery,
