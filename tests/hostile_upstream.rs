@@ -513,6 +513,8 @@ enum H2Script {
     /// 200 with the id's `content-length`, half the id, then
     /// `RST_STREAM(NO_ERROR)`: a cut answer, not a whole one (RFC 9113 8.1).
     ResetWithoutErrorMidBody,
+    /// The same without `content-length`: cut before `END_STREAM`.
+    ResetWithoutErrorMidUnsizedBody,
     /// 200 with `content-length` longer than the body.
     LengthTooLong,
     /// HEADERS without `:status`.
@@ -528,7 +530,7 @@ enum H2Script {
 }
 
 impl H2Script {
-    const ALL: [H2Script; 18] = [
+    const ALL: [H2Script; 19] = [
         H2Script::Ok,
         H2Script::Split,
         H2Script::Trailers,
@@ -541,6 +543,7 @@ impl H2Script {
         H2Script::Reset,
         H2Script::ResetMidBody,
         H2Script::ResetWithoutErrorMidBody,
+        H2Script::ResetWithoutErrorMidUnsizedBody,
         H2Script::LengthTooLong,
         H2Script::NoStatus,
         H2Script::ConnectionSpecific,
@@ -565,6 +568,7 @@ impl H2Script {
             // The head may be on its way when the body fails.
             H2Script::ResetMidBody
             | H2Script::ResetWithoutErrorMidBody
+            | H2Script::ResetWithoutErrorMidUnsizedBody
             | H2Script::LengthTooLong => &[200, 502],
             H2Script::NotFound => &[404],
             H2Script::GoAwayError
@@ -580,7 +584,10 @@ impl H2Script {
     fn fails_mid_body(self) -> bool {
         matches!(
             self,
-            H2Script::ResetMidBody | H2Script::ResetWithoutErrorMidBody | H2Script::LengthTooLong
+            H2Script::ResetMidBody
+                | H2Script::ResetWithoutErrorMidBody
+                | H2Script::ResetWithoutErrorMidUnsizedBody
+                | H2Script::LengthTooLong
         )
     }
 
@@ -723,6 +730,11 @@ async fn answer_h2(
                 reset(h2::Reason::NO_ERROR).into(),
             ]
         }
+        H2Script::ResetWithoutErrorMidUnsizedBody => vec![
+            head(200, &[]).into(),
+            data(body.slice(..body.len() / 2), false).into(),
+            reset(h2::Reason::NO_ERROR).into(),
+        ],
         H2Script::LengthTooLong => {
             let length = (body.len() + 5).to_string();
             vec![
@@ -846,6 +858,41 @@ fn a_reset_without_error_before_the_announced_length_is_a_cut_answer() {
             !text.ends_with(&id.to_string()),
             "the cut answer reached the client whole: {text}"
         );
+        let metrics = lab.gateway.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "scopegate_upstream_errors_total",
+                &[("kind", "body")]
+            ),
+            1.0,
+            "{metrics}"
+        );
+    });
+}
+
+/// The same without a length announced: hyper ends the body at the reset
+/// as at `END_STREAM`, and a chunked answer ended there (its last chunk
+/// sent) would look whole to an HTTP/1.1 client. Before `END_STREAM` it is
+/// cut: counted, and the client's answer never ends as a whole one does.
+#[test]
+fn a_reset_without_error_before_the_end_of_an_unsized_body_is_a_cut_answer() {
+    let runtime = runtime();
+    let lab = Lab::start(&runtime, raw_h2_upstream, true);
+    runtime.block_on(async {
+        let id = lab.id(H2Script::ResetWithoutErrorMidUnsizedBody);
+        let request = format!(
+            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            lab.token
+        );
+        let (received, _) = exchange(lab.gateway.addr, request.as_bytes(), BOUND)
+            .await
+            .unwrap();
+        let text = String::from_utf8_lossy(&received);
+        // A cut 200, a 502, or nothing (the head had not gone out yet).
+        let (answers, cut) = answers(&received, &["GET"]).unwrap();
+        let whole = !cut && answers.first().is_some_and(|a| a.status == 200);
+        assert!(!whole, "the cut answer reached the client whole: {text}");
         let metrics = lab.gateway.metrics().await;
         assert_eq!(
             metric(

@@ -78,9 +78,10 @@ pub enum BodyError {
     /// The upstream went quiet mid-body.
     #[error("upstream body idle for more than {0:?}")]
     Idle(Duration),
-    /// The upstream ended the body short of the length it announced (an
-    /// HTTP/2 `RST_STREAM(NO_ERROR)`, which hyper reads as the end).
-    #[error("upstream body ended before its announced length")]
+    /// The upstream ended the body before its end: short of the length it
+    /// announced, or before `END_STREAM` (an HTTP/2 `RST_STREAM(NO_ERROR)`,
+    /// which hyper reads as the end).
+    #[error("upstream body ended before its announced length or END_STREAM")]
     Cut,
 }
 
@@ -99,6 +100,9 @@ pin_project! {
         place: Option<Place>,
         // Fields the answer's `Connection` named, which its trailers lose too.
         connection_options: Option<Box<[http::HeaderName]>>,
+        // It arrives on an HTTP/2 stream, whose end hyper also reports for
+        // a reset without error.
+        http2: bool,
     }
 
     impl PinnedDrop for UpstreamBody {
@@ -123,6 +127,7 @@ impl UpstreamBody {
         place: Option<Place>,
         connection_options: Option<Box<[http::HeaderName]>>,
     ) -> Self {
+        let http2 = lease.as_ref().is_some_and(Lease::is_http2);
         let mut body = Self {
             inner,
             idle: IdleTimer::new(idle_timeout),
@@ -131,6 +136,7 @@ impl UpstreamBody {
             upload,
             place,
             connection_options,
+            http2,
         };
         if body.inner.is_end_stream() {
             settle(
@@ -336,7 +342,19 @@ impl Body for UpstreamBody {
                 Poll::Ready(Some(Err(BodyError::Upstream(e))))
             }
             Poll::Ready(None) => {
-                if this.inner.size_hint().lower() > 0 {
+                // hyper ends an HTTP/2 body at `RST_STREAM(NO_ERROR)` (or a
+                // `GOAWAY(NO_ERROR)` disowning the stream) as at
+                // `END_STREAM`: before `END_STREAM` (RFC 9113 8.1 allows the
+                // reset only after a complete answer) the answer is cut, with
+                // or without a length announced (its trailers, gRPC's status
+                // among them, may be what is missing). With `END_STREAM`, h2
+                // has held the body to its `content-length`.
+                let cut = if *this.http2 {
+                    !this.inner.is_end_stream()
+                } else {
+                    this.inner.size_hint().lower() > 0
+                };
+                if cut {
                     this.failures.broken.inc();
                     this.settle(Answer::Broken);
                     return Poll::Ready(Some(Err(BodyError::Cut)));

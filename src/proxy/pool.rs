@@ -337,6 +337,12 @@ enum Leased {
 }
 
 impl Lease {
+    /// Whether the answer came over HTTP/2, where hyper ends a body at a
+    /// `RST_STREAM(NO_ERROR)` as at its `END_STREAM`.
+    pub fn is_http2(&self) -> bool {
+        matches!(self.0, Leased::Http2(_))
+    }
+
     /// Parks an HTTP/1.1 connection for the next request (if there is room,
     /// it is still usable, and it did not answer mid-upload); one that is
     /// not parked is closed.
