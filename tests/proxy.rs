@@ -1136,6 +1136,56 @@ async fn connection_header_cannot_remove_scopegate_identity_headers() {
     assert_eq!(seen.headers.get_all("x-auth-subject").iter().count(), 1);
 }
 
+/// RFC 9110 7.6.2: an OPTIONS request with `Max-Forwards: 0` is answered
+/// by the gateway, its final recipient, and one with more forwards left
+/// reaches the upstream with this hop counted off.
+#[tokio::test]
+async fn options_max_forwards_is_counted_and_zero_is_answered_here() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let before = world.upstream.count();
+    let here = send(
+        "OPTIONS",
+        &gw.url("/status"),
+        &[("Max-Forwards", "0")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(here.status, 200, "{}", here.text());
+    assert_eq!(
+        world.upstream.count(),
+        before,
+        "Max-Forwards: 0 was forwarded"
+    );
+    for (sent, forwarded) in [("3", "2"), (" 1 ", "0")] {
+        let on = send(
+            "OPTIONS",
+            &gw.url("/status"),
+            &[("Max-Forwards", sent)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(on.status, 200, "{}", on.text());
+        let seen = world.upstream.last();
+        assert_eq!(seen.method, "OPTIONS");
+        assert_eq!(seen.headers["max-forwards"], forwarded, "sent {sent:?}");
+    }
+    // Other methods pass it on as it came (RFC 9110 7.6.2 counts only
+    // OPTIONS and TRACE).
+    let get = send(
+        "GET",
+        &gw.url("/status"),
+        &[("Max-Forwards", "0")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(get.status, 200, "{}", get.text());
+    assert_eq!(world.upstream.last().headers["max-forwards"], "0");
+}
+
 #[tokio::test]
 async fn hop_by_hop_headers_are_not_forwarded() {
     let world = World::new().await;

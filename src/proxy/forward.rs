@@ -18,7 +18,7 @@ use super::body::{
 };
 use super::client::build_upstream_connectors;
 use super::headers::{
-    announce_close, only_chunked, prepare_upstream_request, remove_hop_by_hop,
+    announce_close, count_forward, only_chunked, prepare_upstream_request, remove_hop_by_hop,
     remove_hop_by_hop_from_answer, take_connection_options, ClientInfo,
 };
 use super::places::{Place, Places};
@@ -211,6 +211,9 @@ impl Forwarder {
         let token_accepted_until = permit.identity().map(|token| token.accepted_until);
         let (mut parts, body) = request.into_parts();
         let client_http1 = parts.version < http::Version::HTTP_2;
+        if parts.method == http::Method::OPTIONS {
+            count_forward(&mut parts.headers);
+        }
         let upgrade = prepare_upstream_request(
             &mut parts.headers,
             &route.forward,

@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use http::header::{
-    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, TE, TRAILER,
+    HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, MAX_FORWARDS, TE, TRAILER,
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::uri::Authority;
@@ -509,6 +509,37 @@ fn forwarded_host(headers: &HeaderMap) -> Option<HeaderValue> {
         return None;
     }
     HeaderValue::from_str(authority.as_str()).ok()
+}
+
+/// The `Max-Forwards` a request carries (RFC 9110 7.6.2: `1*DIGIT`), if
+/// its first line is one.
+fn max_forwards(headers: &HeaderMap) -> Option<u64> {
+    let value = headers.get(MAX_FORWARDS)?.as_bytes().trim_ascii();
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    // Too many digits for a u64: as many forwards as can be.
+    Some(
+        std::str::from_utf8(value)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(u64::MAX),
+    )
+}
+
+/// Whether an OPTIONS request says `Max-Forwards: 0`: this gateway is its
+/// final recipient and answers it itself (RFC 9110 7.6.2).
+pub fn no_forwards_left(headers: &HeaderMap) -> bool {
+    max_forwards(headers) == Some(0)
+}
+
+/// Counts this hop off an OPTIONS request's `Max-Forwards` before it goes
+/// on (RFC 9110 7.6.2), so that a client tracing the chain with it gets its
+/// answer from the hop it named.
+pub fn count_forward(headers: &mut HeaderMap) {
+    if let Some(left) = max_forwards(headers).filter(|&n| n > 0) {
+        headers.insert(MAX_FORWARDS, HeaderValue::from(left - 1));
+    }
 }
 
 /// Rewrites a permitted request's headers for the upstream. `authority` is

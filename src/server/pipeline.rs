@@ -384,6 +384,16 @@ impl Gateway {
             // upstream as received.
             Verdict::Forward { permit, rewritten } => {
                 let route = permit.route();
+                // RFC 9110 7.6.2: an OPTIONS request with `Max-Forwards: 0`
+                // is answered here, as its final recipient (TRACE is never
+                // forwarded); another value goes on one less.
+                if request.method() == Method::OPTIONS
+                    && crate::proxy::headers::no_forwards_left(request.headers())
+                {
+                    let body_left = body_pending(&request) && !skip_body(request).await;
+                    let answer = Response::new(Either::Right(Full::new(bytes::Bytes::new())));
+                    return (Some(route), Ok(answer), body_left);
+                }
                 // At the upstream's `max_requests`: refused before anything
                 // went, so the body is skipped and the connection kept, as
                 // for a refusal by the route.
