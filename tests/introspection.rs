@@ -926,6 +926,47 @@ async fn only_a_matching_boolean_active_answer_is_accepted() {
     assert_eq!(s.upstream.count(), 3);
 }
 
+/// Spring Authorization Server names only an access token's kind, and
+/// answers for an active refresh token (whatever `token_type_hint` says)
+/// with no kind at all, no `aud`, `iss` or `scope`: on a route needing no
+/// scope it would pass. `require_token_type: true` takes only answers that
+/// name an access token, in `token_type`, `token_use` or Keycloak's `typ`.
+#[tokio::test]
+async fn require_token_type_refuses_answers_naming_no_kind_of_token() {
+    const ANY_TOKEN: &str = "  - path: /me\n    upstream: app\n";
+    let spring_refresh = json!({
+        "active": true,
+        "client_id": "reports",
+        "iat": now(),
+        "exp": now() + 600,
+    });
+    let without = Opaque::start_with("", ANY_TOKEN).await;
+    without.idp.answer("refresh", spring_refresh.clone());
+    assert_eq!(without.get("/me", "refresh").await.status, 200);
+
+    let s = Opaque::start_with("      require_token_type: true\n", ANY_TOKEN).await;
+    s.idp.answer("refresh", spring_refresh);
+    assert_invalid_token(&s.get("/me", "refresh").await, NOT_ACTIVE);
+    let mut named = Vec::new();
+    for (member, kind) in [
+        ("token_type", "Bearer"),
+        ("token_use", "access_token"),
+        ("typ", "Bearer"),
+    ] {
+        let mut answer = active("");
+        answer.as_object_mut().unwrap().remove("token_type");
+        answer[member] = json!(kind);
+        let token = format!("access-{member}");
+        s.idp.answer(&token, answer);
+        named.push(token);
+    }
+    for token in &named {
+        let reply = s.get("/me", token).await;
+        assert_eq!(reply.status, 200, "{token}: {}", reply.text());
+    }
+    assert_eq!(s.upstream.count(), named.len());
+}
+
 /// An issuer with `client_ids` and no `audiences` (tokens that name no
 /// API): an answer with an `aud` is meant for another API, but Ory Hydra's
 /// empty `"aud": []`, for a token granted no audience, names none, as an

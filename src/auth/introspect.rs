@@ -627,6 +627,9 @@ impl Introspector {
         if answer.contains_key("cnf") {
             return refused("cnf");
         }
+        // Whether the answer names the token an access token, in one of the
+        // three members servers use for it.
+        let mut named_access = false;
         // A refresh token reported active is still not an access token.
         if let Some(kind) = answer.get("token_type") {
             let is_access = kind.as_str().is_some_and(|t| {
@@ -635,6 +638,7 @@ impl Introspector {
             if !is_access {
                 return refused("token_type");
             }
+            named_access = true;
         }
         // Keycloak says what a token is in `typ` (`Bearer` for an access
         // token): its refresh, offline, ID, serialized ID and logout tokens
@@ -646,6 +650,7 @@ impl Introspector {
             {
                 return refused("typ");
             }
+            named_access |= kind.eq_ignore_ascii_case("bearer");
         }
         // fosite (Ory Hydra) leaves `token_type` out for a refresh token and
         // says what it is in `token_use` (`access_token`; Cognito's claim
@@ -656,6 +661,13 @@ impl Introspector {
             }) {
                 return refused("token_use");
             }
+            named_access = true;
+        }
+        // Spring Authorization Server names only an access token's kind,
+        // and ignores `token_type_hint`: its answer for an active refresh
+        // token names none, and would pass on a route with no scopes.
+        if self.settings.require_token_type && !named_access {
+            return refused("token_type");
         }
         match answer.get("iss") {
             None if self.iss_required.load(std::sync::atomic::Ordering::Acquire) => {
@@ -827,6 +839,7 @@ mod tests {
             cache_ttl: Duration::from_secs(3600),
             negative_cache_ttl: Duration::ZERO,
             ca_file: None,
+            require_token_type: false,
         };
         Introspector::new(
             facts,

@@ -443,6 +443,11 @@ pub struct RawIntrospection {
     /// Extra CA bundle (PEM) for the endpoint, which must then be https.
     #[serde(default, deserialize_with = "present")]
     pub ca_file: Option<Spanned<String>>,
+    /// Take only answers that name the token an access token (`token_type`,
+    /// `token_use` or `typ`), for servers whose refresh-token answers name
+    /// no kind at all.
+    #[serde(default)]
+    pub require_token_type: bool,
 }
 
 /// `resource:`: RFC 9728 protected resource metadata.

@@ -452,6 +452,10 @@ pub struct Introspection {
     pub negative_cache_ttl: Duration,
     /// Extra CA bundle.
     pub ca_file: Option<CaFile>,
+    /// An answer must name the token an access token (`token_type`,
+    /// `token_use` or `typ`): some servers (Spring Authorization Server)
+    /// answer for a refresh token with no kind at all.
+    pub require_token_type: bool,
 }
 
 /// The claim that carries granted scopes.
@@ -1971,6 +1975,7 @@ impl Validator<'_> {
             cache_ttl: raw.cache_ttl.value.0,
             negative_cache_ttl: raw.negative_cache_ttl.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
+            require_token_type: raw.require_token_type,
         })
     }
 

@@ -25,7 +25,9 @@
 //!   answer's `sub`, `client_id` and scopes as identity headers and never the
 //!   client's own;
 //! - an active answer is cached until its `exp` and no longer: one whose
-//!   `exp` has passed but is within the leeway is accepted and asked again.
+//!   `exp` has passed but is within the leeway is accepted and asked again;
+//! - to an issuer with `require_token_type: true`, an answer naming no kind
+//!   (neither `token_type` nor `token_use`) is inactive too.
 //!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256).
 
@@ -251,7 +253,13 @@ fn body(kind: Body, object: &Map<String, Value>) -> Vec<u8> {
 
 /// What each use of the token must get, by RFC 7662 (and RFC 7519's
 /// NumericDate, RFC 6749's scope syntax) as the gateway applies them.
-fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> Expected {
+fn expected(
+    case: &Case,
+    object: &Map<String, Value>,
+    body: &[u8],
+    now: i64,
+    require_token_type: bool,
+) -> Expected {
     let one_object = match case.body {
         Body::Object | Body::TrailingSpace | Body::Large => true,
         Body::DuplicateActive => !object.contains_key("active"),
@@ -288,6 +296,12 @@ fn expected(case: &Case, object: &Map<String, Value>, body: &[u8], now: i64) -> 
             k.eq_ignore_ascii_case("access_token") || k.eq_ignore_ascii_case("access")
         })
     }) {
+        return inactive;
+    }
+    // With `require_token_type`, one of them must name the kind (what is
+    // left of them here names an access token).
+    if require_token_type && !object.contains_key("token_type") && !object.contains_key("token_use")
+    {
         return inactive;
     }
     if object
@@ -339,10 +353,12 @@ struct Lab {
     gw: Gateway,
     _secret: SecretFile,
     next: AtomicU64,
+    /// The issuer takes only answers that name an access token.
+    require_token_type: bool,
 }
 
 impl Lab {
-    async fn start() -> Self {
+    async fn start(require_token_type: bool) -> Self {
         let answers: Answers = Arc::default();
         let calls: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
         let (a, c) = (Arc::clone(&answers), Arc::clone(&calls));
@@ -381,7 +397,9 @@ impl Lab {
         let issuers = opaque_issuer(
             &format!("http://{idp}/introspect"),
             &secret.credentials(),
-            "      negative_cache_ttl: 1h\n    scope_claim: scp\n",
+            &format!(
+                "      negative_cache_ttl: 1h\n      require_token_type: {require_token_type}\n    scope_claim: scp\n"
+            ),
         );
         let gw = Gateway::start(&gateway_yaml(upstream.addr, &issuers, "")).await;
         Self {
@@ -391,6 +409,7 @@ impl Lab {
             gw,
             _secret: secret,
             next: AtomicU64::new(0),
+            require_token_type,
         }
     }
 
@@ -433,7 +452,7 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
     let now = i64::try_from(now()).unwrap();
     let object = object(&case.members, now);
     let body = body(case.body, &object);
-    let want = expected(&case, &object, &body, now);
+    let want = expected(&case, &object, &body, now, lab.require_token_type);
     lab.answers
         .lock()
         .unwrap()
@@ -445,10 +464,21 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
         .map_err(|e| format!("second use: {e}"))
 }
 
+/// The same answers to an issuer that takes only those naming an access
+/// token (`require_token_type: true`).
+#[test]
+fn hostile_introspection_answers_to_an_issuer_requiring_a_token_type() {
+    let runtime = runtime();
+    let lab = runtime.block_on(Lab::start(true));
+    run_campaign(&runtime, &lab, 128, case(), async |lab, case| {
+        check(lab, case).await
+    });
+}
+
 #[test]
 fn hostile_introspection_answers_get_what_rfc_7662_says() {
     let runtime = runtime();
-    let lab = runtime.block_on(Lab::start());
+    let lab = runtime.block_on(Lab::start(false));
     run_campaign(&runtime, &lab, 256, case(), async |lab, case| {
         check(lab, case).await
     });
