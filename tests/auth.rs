@@ -899,6 +899,53 @@ async fn jwt_algorithm_and_signature_attacks() {
     }
 }
 
+/// A token without `kid` is tried against a few keys of its `alg` at most
+/// (8), but keys the set keeps unusable (here off their curve) take no
+/// check and are not among them: a usable key after eight of those still
+/// verifies it.
+#[tokio::test]
+async fn unusable_keys_do_not_crowd_a_usable_one_out_of_a_kid_less_tokens_tries() {
+    let signer = Signer::generate("key-1");
+    let unusable: Value = serde_json::from_str(support::UNUSABLE_JWKS).unwrap();
+    let mut off_curve = unusable["keys"][0].clone();
+    off_curve.as_object_mut().unwrap().remove("kid");
+    let mut good = signer.public_jwk();
+    good.as_object_mut().unwrap().remove("kid");
+    let mut keys = vec![off_curve; 8];
+    keys.push(good);
+    let world = World {
+        key: signer.signing_key(),
+        jwks: JwksServer::start(&json!({ "keys": keys }).to_string()).await,
+        upstream: Upstream::start().await,
+    };
+    let gw = Gateway::start(&world.config()).await;
+    let claims = fresh_claims("orders:read");
+    let kid_less = signer.sign(&json!({"alg": "ES256", "typ": "at+jwt"}), &claims);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &kid_less,
+        Want::Allow,
+        "no kid",
+    )
+    .await;
+    let other = Signer::generate("key-1");
+    let forged = other.sign(&json!({"alg": "ES256", "typ": "at+jwt"}), &claims);
+    let want = Want::Invalid(TokenError::BadSignature);
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &forged,
+        want,
+        "another key",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn jwt_header_attacks_crit_embedded_keys_and_kids() {
     let (signer, world) = lab().await;

@@ -150,6 +150,11 @@ impl VerificationKey {
         self.kind.algorithms().iter().any(|(a, _)| *a == alg) && self.alg.is_none_or(|a| a == alg)
     }
 
+    /// Whether it can check `alg` signatures (not only fits `alg` by type).
+    pub fn can_verify(&self, alg: Algorithm) -> bool {
+        self.verifiers.iter().any(|(a, _)| *a == alg)
+    }
+
     /// Verifies `signature` (base64url) over `signing_input` with `alg`.
     pub fn verify(&self, signing_input: &str, signature: &str, alg: Algorithm) -> bool {
         let Some((_, key)) = self.verifiers.iter().find(|(a, _)| *a == alg) else {

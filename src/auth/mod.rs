@@ -34,7 +34,9 @@ pub use scope::{admit_preflight, authorize, Permit, Scopes};
 /// Every `scopegate_discovery_attempts_total` result.
 const DISCOVERY_RESULTS: [&str; 4] = ["success", "incomplete", "unavailable", "refused"];
 
-/// Keys tried at most for a token without `kid`.
+/// Keys tried at most for a token without `kid` (of those that can verify
+/// its `alg`: keys kept as unusable cost no signature check, and are not
+/// counted).
 const MAX_KID_LESS_CANDIDATES: usize = 8;
 /// A verified token is re-verified at least this often, however late its `exp`.
 const MAX_CACHE_LIFETIME: Duration = Duration::from_secs(24 * 3600);
@@ -902,17 +904,24 @@ pub fn check_signature(
     jwt: &jwt::UnverifiedJwt<'_>,
     alg: Algorithm,
 ) -> Result<(), TokenError> {
-    let mut tried = 0;
-    for key in keys
-        .candidates(jwt.kid.as_deref(), alg)
-        .take(MAX_KID_LESS_CANDIDATES)
-    {
+    let (mut fitting, mut tried) = (0, 0);
+    for key in keys.candidates(jwt.kid.as_deref(), alg) {
+        fitting += 1;
+        // Kept, but verifying nothing (a point off its curve, an RSA
+        // modulus aws-lc refuses): no check to make, and not one of the
+        // few a token without `kid` is tried against.
+        if !key.can_verify(alg) {
+            continue;
+        }
+        if tried == MAX_KID_LESS_CANDIDATES {
+            break;
+        }
         tried += 1;
         if key.verify(jwt.signing_input, jwt.signature, alg) {
             return Ok(());
         }
     }
-    match (tried, jwt.kid.as_deref()) {
+    match (fitting, jwt.kid.as_deref()) {
         (0, Some(kid)) if !keys.has_kid(kid) => Err(TokenError::UnknownKey),
         (0, None) => Err(TokenError::UnknownKey),
         // A key with this kid exists but is of another type: alg confusion.
