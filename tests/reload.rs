@@ -1381,6 +1381,54 @@ async fn a_certificate_rotated_in_place_is_served() {
     assert!(!trusts(gw.addr, &old_cert).await);
 }
 
+/// A reload that turns `server.tls` off (which takes a restart) keeps the
+/// certificate last served, not the one the process started with: that
+/// one may have expired since, or been rotated away from for a leaked key.
+#[tokio::test]
+async fn a_reload_turning_tls_off_keeps_the_rotated_certificate() {
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let next = tempfile::tempdir().unwrap();
+    let (next_cert, next_key) = self_signed(next.path());
+    let config = dir.path().join("scopegate.yaml");
+    let plain = yaml(upstream.addr, "/one", "");
+    let with_tls = plain.replace(
+        "  shutdown_delay: 0s\n",
+        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
+    );
+    std::fs::write(&config, with_tls).unwrap();
+    let gw = start_reloading(config.clone()).await.gateway;
+    let old_cert = next.path().join("old-cert.pem");
+    std::fs::copy(&cert, &old_cert).unwrap();
+    assert!(trusts(gw.addr, &old_cert).await);
+
+    std::fs::copy(&next_key, &key).unwrap();
+    std::fs::copy(&next_cert, &cert).unwrap();
+    let mut rotated = false;
+    for _ in 0..400 {
+        if trusts(gw.addr, &next_cert).await {
+            rotated = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(rotated, "the rotated certificate is not served");
+
+    std::fs::write(&config, plain).unwrap();
+    assert!(
+        wait_for_metrics(&gw, |m| m
+            .contains("\nscopegate_config_restart_required 1\n"))
+        .await,
+        "the reload turning TLS off was not applied"
+    );
+    assert!(
+        trusts(gw.addr, &next_cert).await,
+        "after a reload turning TLS off, the listener went back to its first certificate"
+    );
+    assert!(!trusts(gw.addr, &old_cert).await);
+}
+
 /// A key that does not belong to its certificate (one rotated without the
 /// other) is refused with both files named, at the `tls:` line.
 #[test]

@@ -142,9 +142,9 @@ async fn serve(
             return Ok(());
         }
     };
-    // The listener's TLS is set at start; a reload that turns it off keeps
-    // serving with this acceptor.
-    let tls = first.tls_acceptor().cloned();
+    // The listener's TLS is set at start; a reload that turns it off (which
+    // takes a restart) keeps serving with the acceptor last in force.
+    let mut tls = first.tls_acceptor().cloned();
     first.authenticator().spawn_background();
     let current = Arc::new(ArcSwap::from_pointee(first));
 
@@ -230,10 +230,15 @@ async fn serve(
         let builder = Arc::clone(&builder);
         let farewell = farewell.clone();
         let metrics = Arc::clone(&metrics);
-        // The current config's certificate: a reload serves a rotated one.
-        let tls = tls
-            .as_ref()
-            .map(|started| current.load().tls_acceptor().unwrap_or(started).clone());
+        // The current config's certificate: a reload serves a rotated one,
+        // and one that turns TLS off keeps the last, not the first (expired
+        // since, perhaps, or rotated away from for a leaked key).
+        let tls = tls.as_mut().map(|last| {
+            if let Some(acceptor) = current.load().tls_acceptor() {
+                last.clone_from(acceptor);
+            }
+            last.clone()
+        });
         // One deadline from accept: a TLS handshake that takes its time
         // leaves that much less for the first request head, so a slot is
         // never held for both in turn.
