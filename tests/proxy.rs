@@ -5782,6 +5782,81 @@ async fn an_h2_connection_whose_tls_handshake_ends_during_the_drain_gets_a_goawa
     );
 }
 
+/// A connection accepted before shutdown whose first HTTP/1.1 request comes
+/// only after the drain began (here over TLS, its handshake done then; a
+/// plain one whose request is on its way is the same) gets that request
+/// answered, with `Connection: close`, as one accepted during
+/// `shutdown_delay` does. It was closed unanswered: the client, on a
+/// connection it had never used, could not tell whether its request (a
+/// POST, say) was taken, and reported an error.
+#[tokio::test]
+async fn a_first_http1_request_after_the_drain_began_is_answered() {
+    for tls in [true, false] {
+        let extra = "  shutdown_delay: 0s\n  shutdown_grace: 20s\n";
+        let (upstream, _dir, cert, mut gw) = if tls {
+            tls_gateway(extra).await
+        } else {
+            let upstream = Upstream::start().await;
+            let gw = Gateway::start(&format!(
+                "server:\n  listen: 127.0.0.1:0\n{extra}admin:\n  listen: 127.0.0.1:0\nupstreams:\n  app:\n    url: http://{}\nroutes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+                upstream.addr
+            ))
+            .await;
+            (
+                upstream,
+                tempfile::tempdir().unwrap(),
+                std::path::PathBuf::new(),
+                gw,
+            )
+        };
+        let tcp = TcpStream::connect(gw.addr).await.unwrap();
+        // Taken by the gateway (it counts it) before the shutdown.
+        eventually("the connection is accepted", || async {
+            gw.metrics()
+                .await
+                .contains("\nscopegate_open_connections 1\n")
+        })
+        .await;
+        gw.trigger_shutdown();
+        // The listener is closed in the step that starts the drain.
+        let addr = gw.addr;
+        eventually("the listener closes", || async move {
+            TcpStream::connect(addr).await.is_err()
+        })
+        .await;
+        let request = b"POST /open HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 2\r\n\r\nhi";
+        let mut answer = Vec::new();
+        if tls {
+            let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
+            let mut config = rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+            config.alpn_protocols = vec![b"http/1.1".to_vec()];
+            let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+            let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
+            let mut stream = connector.connect(name, tcp).await.unwrap();
+            let _ = stream.write_all(request).await;
+            let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut answer)).await;
+        } else {
+            let mut stream = tcp;
+            let _ = stream.write_all(request).await;
+            let _ = tokio::time::timeout(BOUND, stream.read_to_end(&mut answer)).await;
+        }
+        let answer = String::from_utf8_lossy(&answer).to_ascii_lowercase();
+        assert!(
+            answer.starts_with("http/1.1 200"),
+            "tls {tls}: the first request after the drain began was not answered: {answer:?}"
+        );
+        assert!(
+            answer.contains("\r\nconnection: close\r\n"),
+            "tls {tls}: {answer}"
+        );
+        assert_eq!(upstream.count(), 1, "tls {tls}");
+        let drained = tokio::time::timeout(BOUND, &mut gw.task).await;
+        assert!(drained.is_ok(), "tls {tls}: the drain did not end");
+    }
+}
+
 /// A client whose TLS agreed on `h2` by ALPN must speak HTTP/2 from its
 /// first byte (RFC 9113 3.3; an invalid preface is a connection error,
 /// 3.4): an HTTP/1.1 request on it is not answered, nor forwarded. A client

@@ -484,17 +484,15 @@ async fn serve_connection<I>(
     // hyper's header_read_timeout only starts once hyper-util has told HTTP/1
     // from HTTP/2 by the first bytes, and HTTP/2 has none: a connection that
     // sends nothing, or dribbles the HTTP/2 preface, would hold its
-    // `max_connections` slot forever. So the first request must arrive in time.
-    let no_first_request = async {
+    // `max_connections` slot forever. So the first request must arrive in
+    // time: true if it did.
+    let first_request_in_time = async {
         let notified = first_request.notified();
-        if tokio::time::timeout_at(timeouts.first_request_by, notified)
+        tokio::time::timeout_at(timeouts.first_request_by, notified)
             .await
             .is_ok()
-        {
-            std::future::pending::<()>().await;
-        }
     };
-    tokio::pin!(connection, no_first_request);
+    tokio::pin!(connection, first_request_in_time);
     // Either kind's GOAWAY or close once what is in flight is done.
     macro_rules! graceful_shutdown {
         () => {
@@ -507,9 +505,22 @@ async fn serve_connection<I>(
     let quiet = activity.quiet_for(timeouts.idle);
     tokio::pin!(quiet);
     let mut draining = false;
+    let mut first_request_came = false;
+    // Set when shutdown came before the first request of a connection that
+    // may speak HTTP/1: sent away at once, it would be closed unanswered,
+    // and its client (which never used it) could not tell whether its
+    // request was taken. So that request is served, its answer saying
+    // `Connection: close` as on a connection accepted during
+    // `shutdown_delay`, and the connection is sent away when it comes (or
+    // closed when it does not come in time).
+    let mut farewell_on_first_request = false;
     if drained_already {
         draining = true;
-        graceful_shutdown!();
+        if protocol == Protocol::Sniffed {
+            farewell_on_first_request = true;
+        } else {
+            graceful_shutdown!();
+        }
     }
     // Set when a first request came as the connection closed for want of
     // one in time: it is served as when draining.
@@ -527,7 +538,11 @@ async fn serve_connection<I>(
             // set once, to true.
             _ = farewell.changed(), if !draining => {
                 draining = true;
-                graceful_shutdown!();
+                if protocol == Protocol::Sniffed && !first_request_came {
+                    farewell_on_first_request = true;
+                } else {
+                    graceful_shutdown!();
+                }
             }
             () = tokio::time::sleep_until(wound_down_by.unwrap_or_else(tokio::time::Instant::now)),
                 if wound_down_by.is_some() =>
@@ -535,7 +550,14 @@ async fn serve_connection<I>(
                 tracing::info!(%peer, "streams still open six idle_timeouts after a GOAWAY for an unread response; connection closed");
                 return;
             }
-            () = &mut no_first_request, if !late_first_request => {
+            came = &mut first_request_in_time, if !first_request_came && !late_first_request => {
+                if came {
+                    first_request_came = true;
+                    if farewell_on_first_request {
+                        graceful_shutdown!();
+                    }
+                    continue;
+                }
                 tracing::debug!(%peer, "no request within header_read_timeout; connection closed");
                 // An HTTP/2 client gets a GOAWAY, so a first request that
                 // crosses the deadline is sent again elsewhere (a plain
