@@ -354,6 +354,34 @@ impl<S: Copy> Lab<S> {
         *next
     }
 
+    /// One `GET` under `script` on a connection of its own (closed after
+    /// it): its case id and the raw bytes the client received.
+    async fn get_once(&self, script: S) -> (u64, Vec<u8>) {
+        let id = self.id(script);
+        let request = format!(
+            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
+            self.token
+        );
+        let (received, _) = exchange(self.gateway.addr, request.as_bytes(), BOUND)
+            .await
+            .unwrap();
+        (id, received)
+    }
+
+    /// Exactly one upstream body failure was counted.
+    async fn assert_one_body_failure(&self) {
+        let metrics = self.gateway.metrics().await;
+        assert_eq!(
+            metric(
+                &metrics,
+                "scopegate_upstream_errors_total",
+                &[("kind", "body")]
+            ),
+            1.0,
+            "{metrics}"
+        );
+    }
+
     /// Two fresh clients get their own answers (`good` is the script for
     /// them), over whatever connections the pool kept.
     async fn fresh_clients_served(&self, good: S) -> Result<(), String> {
@@ -845,29 +873,13 @@ fn a_reset_without_error_before_the_announced_length_is_a_cut_answer() {
     let runtime = runtime();
     let lab = Lab::start(&runtime, raw_h2_upstream, true);
     runtime.block_on(async {
-        let id = lab.id(H2Script::ResetWithoutErrorMidBody);
-        let request = format!(
-            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            lab.token
-        );
-        let (received, _) = exchange(lab.gateway.addr, request.as_bytes(), BOUND)
-            .await
-            .unwrap();
+        let (id, received) = lab.get_once(H2Script::ResetWithoutErrorMidBody).await;
         let text = String::from_utf8_lossy(&received);
         assert!(
             !text.ends_with(&id.to_string()),
             "the cut answer reached the client whole: {text}"
         );
-        let metrics = lab.gateway.metrics().await;
-        assert_eq!(
-            metric(
-                &metrics,
-                "scopegate_upstream_errors_total",
-                &[("kind", "body")]
-            ),
-            1.0,
-            "{metrics}"
-        );
+        lab.assert_one_body_failure().await;
     });
 }
 
@@ -880,29 +892,15 @@ fn a_reset_without_error_before_the_end_of_an_unsized_body_is_a_cut_answer() {
     let runtime = runtime();
     let lab = Lab::start(&runtime, raw_h2_upstream, true);
     runtime.block_on(async {
-        let id = lab.id(H2Script::ResetWithoutErrorMidUnsizedBody);
-        let request = format!(
-            "GET /orders/{id} HTTP/1.1\r\nHost: gw.test\r\n{CASE}: {id}\r\nAuthorization: Bearer {}\r\nConnection: close\r\n\r\n",
-            lab.token
-        );
-        let (received, _) = exchange(lab.gateway.addr, request.as_bytes(), BOUND)
-            .await
-            .unwrap();
+        let (_, received) = lab
+            .get_once(H2Script::ResetWithoutErrorMidUnsizedBody)
+            .await;
         let text = String::from_utf8_lossy(&received);
         // A cut 200, a 502, or nothing (the head had not gone out yet).
         let (answers, cut) = answers(&received, &["GET"]).unwrap();
         let whole = !cut && answers.first().is_some_and(|a| a.status == 200);
         assert!(!whole, "the cut answer reached the client whole: {text}");
-        let metrics = lab.gateway.metrics().await;
-        assert_eq!(
-            metric(
-                &metrics,
-                "scopegate_upstream_errors_total",
-                &[("kind", "body")]
-            ),
-            1.0,
-            "{metrics}"
-        );
+        lab.assert_one_body_failure().await;
     });
 }
 

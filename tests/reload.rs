@@ -1311,12 +1311,7 @@ async fn a_reload_keeps_tls_sessions_resumable() {
     let dir = tempfile::tempdir().unwrap();
     let (cert, _key) = self_signed(dir.path());
     let config = dir.path().join("scopegate.yaml");
-    let text = |path: &str| {
-        yaml(upstream.addr, path, "").replace(
-            "  shutdown_delay: 0s\n",
-            "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
-        )
-    };
+    let text = |path: &str| with_tls(&yaml(upstream.addr, path, ""));
     std::fs::write(&config, text("/one")).unwrap();
     let gw = start_reloading(config.clone()).await.gateway;
     let ok = "HTTP/1.1 200 OK".to_owned();
@@ -1356,10 +1351,7 @@ async fn a_certificate_rotated_in_place_is_served() {
     let next = tempfile::tempdir().unwrap();
     let (next_cert, next_key) = self_signed(next.path());
     let config = dir.path().join("scopegate.yaml");
-    let text = yaml(upstream.addr, "/one", "").replace(
-        "  shutdown_delay: 0s\n",
-        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
-    );
+    let text = with_tls(&yaml(upstream.addr, "/one", ""));
     std::fs::write(&config, text).unwrap();
     let gw = start_reloading(config).await.gateway;
     let old_cert = next.path().join("old-cert.pem");
@@ -1367,18 +1359,36 @@ async fn a_certificate_rotated_in_place_is_served() {
     assert!(trusts(gw.addr, &old_cert).await);
     assert!(!trusts(gw.addr, &next_cert).await);
 
-    std::fs::copy(&next_key, &key).unwrap();
-    std::fs::copy(&next_cert, &cert).unwrap();
+    rotate_certificate(gw.addr, (&cert, &key), (&next_cert, &next_key)).await;
+    assert!(!trusts(gw.addr, &old_cert).await);
+}
+
+/// `text` with `server.tls` serving `cert.pem` and `key.pem` beside it.
+fn with_tls(text: &str) -> String {
+    text.replace(
+        "  shutdown_delay: 0s\n",
+        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
+    )
+}
+
+/// Writes the next certificate and key over the served ones, and waits
+/// until the gateway at `addr` serves it (it reloads on the change).
+async fn rotate_certificate(
+    addr: std::net::SocketAddr,
+    served: (&Path, &Path),
+    next: (&Path, &Path),
+) {
+    std::fs::copy(next.1, served.1).unwrap();
+    std::fs::copy(next.0, served.0).unwrap();
     let mut rotated = false;
     for _ in 0..400 {
-        if trusts(gw.addr, &next_cert).await {
+        if trusts(addr, next.0).await {
             rotated = true;
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert!(rotated, "the rotated certificate is not served");
-    assert!(!trusts(gw.addr, &old_cert).await);
 }
 
 /// A reload that turns `server.tls` off (which takes a restart) keeps the
@@ -1393,27 +1403,13 @@ async fn a_reload_turning_tls_off_keeps_the_rotated_certificate() {
     let (next_cert, next_key) = self_signed(next.path());
     let config = dir.path().join("scopegate.yaml");
     let plain = yaml(upstream.addr, "/one", "");
-    let with_tls = plain.replace(
-        "  shutdown_delay: 0s\n",
-        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
-    );
-    std::fs::write(&config, with_tls).unwrap();
+    std::fs::write(&config, with_tls(&plain)).unwrap();
     let gw = start_reloading(config.clone()).await.gateway;
     let old_cert = next.path().join("old-cert.pem");
     std::fs::copy(&cert, &old_cert).unwrap();
     assert!(trusts(gw.addr, &old_cert).await);
 
-    std::fs::copy(&next_key, &key).unwrap();
-    std::fs::copy(&next_cert, &cert).unwrap();
-    let mut rotated = false;
-    for _ in 0..400 {
-        if trusts(gw.addr, &next_cert).await {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(rotated, "the rotated certificate is not served");
+    rotate_certificate(gw.addr, (&cert, &key), (&next_cert, &next_key)).await;
 
     std::fs::write(&config, plain).unwrap();
     assert!(
@@ -1473,10 +1469,7 @@ fn a_key_of_an_unusable_kind_is_blamed_on_the_key_file() {
     std::fs::write(&key, ED448).unwrap();
     let config = dir.path().join("scopegate.yaml");
     let upstream: std::net::SocketAddr = "127.0.0.1:9".parse().unwrap();
-    let text = yaml(upstream, "/one", "").replace(
-        "  shutdown_delay: 0s\n",
-        "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
-    );
+    let text = with_tls(&yaml(upstream, "/one", ""));
     std::fs::write(&config, text).unwrap();
     scopegate::cli::install_crypto_provider();
     let error = scopegate::config::load_file(&config)
