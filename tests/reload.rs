@@ -1345,22 +1345,68 @@ async fn a_reload_keeps_tls_sessions_resumable() {
 /// is served to new connections after the reload it causes.
 #[tokio::test]
 async fn a_certificate_rotated_in_place_is_served() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let next = tempfile::tempdir().unwrap();
-    let (next_cert, next_key) = self_signed(next.path());
-    let config = dir.path().join("scopegate.yaml");
-    let text = with_tls(&yaml(upstream.addr, "/one", ""));
-    std::fs::write(&config, text).unwrap();
-    let gw = start_reloading(config).await.gateway;
-    let old_cert = next.path().join("old-cert.pem");
-    std::fs::copy(&cert, &old_cert).unwrap();
-    assert!(trusts(gw.addr, &old_cert).await);
-    assert!(!trusts(gw.addr, &next_cert).await);
+    let lab = TlsRotation::start().await;
+    assert!(trusts(lab.gw.addr, &lab.old_cert).await);
+    assert!(!trusts(lab.gw.addr, &lab.next.0).await);
 
-    rotate_certificate(gw.addr, (&cert, &key), (&next_cert, &next_key)).await;
-    assert!(!trusts(gw.addr, &old_cert).await);
+    lab.rotate().await;
+    assert!(!trusts(lab.gw.addr, &lab.old_cert).await);
+}
+
+/// A reloading gateway serving `cert.pem` over TLS, beside the certificate
+/// and key it is to be rotated to (and a copy of the first certificate).
+struct TlsRotation {
+    gw: Gateway,
+    config: PathBuf,
+    /// The config without `server.tls`.
+    plain: String,
+    served: (PathBuf, PathBuf),
+    next: (PathBuf, PathBuf),
+    old_cert: PathBuf,
+    _upstream: Upstream,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+impl TlsRotation {
+    async fn start() -> Self {
+        let upstream = Upstream::start().await;
+        let dir = tempfile::tempdir().unwrap();
+        let served = self_signed(dir.path());
+        let next_dir = tempfile::tempdir().unwrap();
+        let next = self_signed(next_dir.path());
+        let config = dir.path().join("scopegate.yaml");
+        let plain = yaml(upstream.addr, "/one", "");
+        std::fs::write(&config, with_tls(&plain)).unwrap();
+        let gw = start_reloading(config.clone()).await.gateway;
+        let old_cert = next_dir.path().join("old-cert.pem");
+        std::fs::copy(&served.0, &old_cert).unwrap();
+        Self {
+            gw,
+            config,
+            plain,
+            served,
+            next,
+            old_cert,
+            _upstream: upstream,
+            _dirs: (dir, next_dir),
+        }
+    }
+
+    /// Writes the next certificate and key over the served ones, and waits
+    /// until the gateway serves it (it reloads on the change).
+    async fn rotate(&self) {
+        std::fs::copy(&self.next.1, &self.served.1).unwrap();
+        std::fs::copy(&self.next.0, &self.served.0).unwrap();
+        let mut rotated = false;
+        for _ in 0..400 {
+            if trusts(self.gw.addr, &self.next.0).await {
+                rotated = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(rotated, "the rotated certificate is not served");
+    }
 }
 
 /// `text` with `server.tls` serving `cert.pem` and `key.pem` beside it.
@@ -1371,58 +1417,28 @@ fn with_tls(text: &str) -> String {
     )
 }
 
-/// Writes the next certificate and key over the served ones, and waits
-/// until the gateway at `addr` serves it (it reloads on the change).
-async fn rotate_certificate(
-    addr: std::net::SocketAddr,
-    served: (&Path, &Path),
-    next: (&Path, &Path),
-) {
-    std::fs::copy(next.1, served.1).unwrap();
-    std::fs::copy(next.0, served.0).unwrap();
-    let mut rotated = false;
-    for _ in 0..400 {
-        if trusts(addr, next.0).await {
-            rotated = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(rotated, "the rotated certificate is not served");
-}
-
 /// A reload that turns `server.tls` off (which takes a restart) keeps the
 /// certificate last served, not the one the process started with: that
 /// one may have expired since, or been rotated away from for a leaked key.
 #[tokio::test]
 async fn a_reload_turning_tls_off_keeps_the_rotated_certificate() {
-    let upstream = Upstream::start().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (cert, key) = self_signed(dir.path());
-    let next = tempfile::tempdir().unwrap();
-    let (next_cert, next_key) = self_signed(next.path());
-    let config = dir.path().join("scopegate.yaml");
-    let plain = yaml(upstream.addr, "/one", "");
-    std::fs::write(&config, with_tls(&plain)).unwrap();
-    let gw = start_reloading(config.clone()).await.gateway;
-    let old_cert = next.path().join("old-cert.pem");
-    std::fs::copy(&cert, &old_cert).unwrap();
-    assert!(trusts(gw.addr, &old_cert).await);
+    let lab = TlsRotation::start().await;
+    assert!(trusts(lab.gw.addr, &lab.old_cert).await);
 
-    rotate_certificate(gw.addr, (&cert, &key), (&next_cert, &next_key)).await;
+    lab.rotate().await;
 
-    std::fs::write(&config, plain).unwrap();
+    std::fs::write(&lab.config, &lab.plain).unwrap();
     assert!(
-        wait_for_metrics(&gw, |m| m
+        wait_for_metrics(&lab.gw, |m| m
             .contains("\nscopegate_config_restart_required 1\n"))
         .await,
         "the reload turning TLS off was not applied"
     );
     assert!(
-        trusts(gw.addr, &next_cert).await,
+        trusts(lab.gw.addr, &lab.next.0).await,
         "after a reload turning TLS off, the listener went back to its first certificate"
     );
-    assert!(!trusts(gw.addr, &old_cert).await);
+    assert!(!trusts(lab.gw.addr, &lab.old_cert).await);
 }
 
 /// A key that does not belong to its certificate (one rotated without the
