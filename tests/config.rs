@@ -366,25 +366,25 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a store with an unknown field",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h\", password: x }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
-            "store must be",
+            "6:32",
+            "unknown field `password`, expected one of file, redis, ca_file, password_file, password_env",
         ),
         (
             "a redis store over TLS without certificate checks",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380/#insecure\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
+            "6:19",
             "`#insecure` would turn certificate checks off",
         ),
         (
             "a CA for a plain redis store",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:6379\", ca_file: ca.pem }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
+            "6:46",
             "the store's ca_file is for a rediss:// (TLS) URL",
         ),
         (
             "a redis CA file that is missing",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"rediss://h:6380\", ca_file: missing-ca.pem }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
+            "6:47",
             "ca_file: cannot read",
         ),
         (
@@ -396,14 +396,44 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a redis URL that does not parse",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:notaport\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
+            "6:19",
             "redis store URL must be",
         ),
         (
             "a redis URL on port 0",
             format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ redis: \"redis://h:0/0\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
-            "6:10",
+            "6:19",
             "the redis store URL has no valid port (1-65535)",
+        ),
+        (
+            "a store written as a list",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: [memory]\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:3",
+            "invalid type: sequence, expected the store: `memory`",
+        ),
+        (
+            "a store field named by its index",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ 0: x.redb }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:12",
+            "unknown field `0`",
+        ),
+        (
+            "a store naming both a file and redis",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ file: x.redb, redis: \"redis://h\" }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:33",
+            "the store is either `{ file: PATH }` or `{ redis: URL }`, not both",
+        ),
+        (
+            "a file store with a redis setting",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{ file: x.redb, password_env: X }}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:40",
+            "`password_env` is a setting of the redis store, not of a file store",
+        ),
+        (
+            "a store naming no backend",
+            format!("{UPSTREAM}authorization_server:\n  issuer: https://as.example.com\n  store: {{}}\n  clients:\n    - client_id: svc\n      client_secret_hash: \"$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNoaGFzaGhhc2hoYXNoaGFzaGhhc2g\"\n      audience: api\nroutes:\n  - path: /a\n    upstream: app\n"),
+            "6:10",
+            "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`",
         ),
         (
             "refresh families that end at once",
@@ -1653,7 +1683,7 @@ fn redis_passwords_belong_in_a_secret() {
         config("{ redis: \"rediss://:pw@redis.internal:6380/0\" }"),
     )
     .unwrap();
-    let stderr = check_warns(&file, "6:10", "the redis URL holds a password");
+    let stderr = check_warns(&file, "6:19", "the redis URL holds a password");
     assert!(!stderr.contains(":pw@"), "{stderr}");
     std::fs::write(
         &file,
@@ -1662,7 +1692,7 @@ fn redis_passwords_belong_in_a_secret() {
     .unwrap();
     check_warns(
         &file,
-        "6:10",
+        "6:19",
         "the redis store is plain redis:// on another host",
     );
     std::fs::write(
@@ -1675,15 +1705,15 @@ fn redis_passwords_belong_in_a_secret() {
     for (store, message) in [
         (
             "{ redis: \"rediss://:pw@redis.internal:6380/0\", password_file: redis-password }",
-            "6:10: the redis URL has a password, and password_file or password_env gives another",
+            "6:72: the redis URL has a password, and password_file or password_env gives another",
         ),
         (
             "{ redis: \"rediss://redis.internal:6380/0\", password_file: redis-password, password_env: X }",
-            "6:10: set either password_file or password_env, not both",
+            "6:98: set either password_file or password_env, not both",
         ),
         (
             "{ redis: \"rediss://redis.internal:6380/0\", password_env: SCOPEGATE_TEST_UNSET_REDIS }",
-            "6:10: environment variable `SCOPEGATE_TEST_UNSET_REDIS` is not set",
+            "6:67: environment variable `SCOPEGATE_TEST_UNSET_REDIS` is not set",
         ),
     ] {
         std::fs::write(&file, config(store)).unwrap();

@@ -176,57 +176,85 @@ pub struct RawSigningKey {
     pub private_key_file: String,
 }
 
-/// The state store.
-#[derive(Debug, Deserialize)]
-#[serde(
-    untagged,
-    expecting = "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`"
-)]
+/// The state store: `memory`, or a mapping naming one backend. Only these
+/// two forms: a list (`[memory]`) is refused rather than read field by field
+/// into a file store, as serde reads a struct written as a sequence.
+#[derive(Debug)]
 pub enum RawStore {
     /// `memory`.
     Name(String),
-    /// `{ file: path }`.
-    File(RawFileStore),
-    /// `{ redis: url }`.
-    Redis(RawRedisStore),
+    /// `{ file: path }` or `{ redis: url, ... }`: which one, and whether its
+    /// fields go together, is checked in validation, at each field's place.
+    Backend(Box<RawStoreBackend>),
 }
 
-/// `store: { file: path }`.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RawFileStore {
-    /// The redb file.
-    pub file: String,
+impl<'de> Deserialize<'de> for RawStore {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Store;
+        impl<'de> serde::de::Visitor<'de> for Store {
+            type Value = RawStore;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("the store: `memory`, `{ file: PATH }` or `{ redis: URL }`")
+            }
+            fn visit_str<E: serde::de::Error>(self, name: &str) -> Result<RawStore, E> {
+                Ok(RawStore::Name(name.to_owned()))
+            }
+            // Read straight from the parser (not buffered, as an untagged
+            // enum would): each field keeps its own place.
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<RawStore, A::Error> {
+                RawStoreBackend::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(|backend| RawStore::Backend(Box::new(backend)))
+            }
+        }
+        deserializer.deserialize_any(Store)
+    }
 }
 
-/// `store: { redis: url }`.
+/// `store: { file: path }` or `store: { redis: url, ... }`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRedisStore {
+pub struct RawStoreBackend {
+    /// The redb file.
+    #[serde(default, deserialize_with = "present")]
+    pub file: Option<Spanned<String>>,
     /// `redis://[user:password@]host[:port][/db]`, or `rediss://` for TLS.
-    pub redis: String,
+    #[serde(default, deserialize_with = "present")]
+    pub redis: Option<Spanned<String>>,
     /// PEM certificates that sign a `rediss://` server's (default: the
     /// Mozilla roots).
     #[serde(default, deserialize_with = "present")]
-    pub ca_file: Option<String>,
-    /// A file holding the password (a Secret's volume), in place of one in
-    /// the URL (which a ConfigMap would show).
+    pub ca_file: Option<Spanned<String>>,
+    /// A file holding the redis password (a Secret's volume), in place of
+    /// one in the URL (which a ConfigMap would show).
     #[serde(default, deserialize_with = "present")]
-    pub password_file: Option<String>,
-    /// An environment variable holding the password, likewise.
+    pub password_file: Option<Spanned<String>>,
+    /// An environment variable holding the redis password, likewise.
     #[serde(default, deserialize_with = "present")]
-    pub password_env: Option<String>,
+    pub password_env: Option<Spanned<String>>,
 }
 
-impl std::fmt::Debug for RawRedisStore {
+impl std::fmt::Debug for RawStoreBackend {
     /// The URL's password redacted, as in the validated store config: a
     /// config printed while debugging must not hand out the store.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RawRedisStore")
-            .field("redis", &crate::issuer::store::redact_url(&self.redis))
-            .field("ca_file", &self.ca_file)
-            .field("password_file", &self.password_file)
-            .field("password_env", &self.password_env)
+        f.debug_struct("RawStoreBackend")
+            .field("file", &self.file.as_ref().map(|s| &s.value))
+            .field(
+                "redis",
+                &self
+                    .redis
+                    .as_ref()
+                    .map(|s| crate::issuer::store::redact_url(&s.value)),
+            )
+            .field("ca_file", &self.ca_file.as_ref().map(|s| &s.value))
+            .field(
+                "password_file",
+                &self.password_file.as_ref().map(|s| &s.value),
+            )
+            .field(
+                "password_env",
+                &self.password_env.as_ref().map(|s| &s.value),
+            )
             .finish()
     }
 }

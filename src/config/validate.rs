@@ -16,7 +16,7 @@ use serde_saphyr::{Location, Spanned};
 use super::load::{ConfigError, ConfigWarning, NamedFiles};
 use super::schema::{
     RawAuthorizationServer, RawConfig, RawForward, RawIntrospection, RawIssuer, RawResource,
-    RawRoute, RawStore, RawUpstream, SpannedPairs,
+    RawRoute, RawStore, RawStoreBackend, RawUpstream, SpannedPairs,
 };
 use crate::auth::jwks::KeySet;
 use crate::auth::scope::{check_scope_token, ScopeRequirement};
@@ -1240,6 +1240,127 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
+    /// The `{ file: ... }` or `{ redis: ... }` store, each problem told at
+    /// its own field (`at`: the store's place, for a mapping naming neither).
+    fn store(&self, store: &RawStoreBackend, at: Location) -> Result<StoreConfig, ConfigError> {
+        let redis_only = [
+            ("ca_file", &store.ca_file),
+            ("password_file", &store.password_file),
+            ("password_env", &store.password_env),
+        ];
+        let url = match (&store.file, &store.redis) {
+            (Some(_), Some(redis)) => {
+                return Err(self.err(
+                    redis.referenced,
+                    "the store is either `{ file: PATH }` or `{ redis: URL }`, not both",
+                ))
+            }
+            (None, None) => {
+                return Err(self.err(
+                    at,
+                    "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`",
+                ))
+            }
+            // Written by the server itself: not a file a reload follows.
+            (Some(file), None) => {
+                if let Some((name, field)) = redis_only
+                    .iter()
+                    .find_map(|(name, field)| field.as_ref().map(|f| (name, f)))
+                {
+                    return Err(self.err(
+                        field.referenced,
+                        format!("`{name}` is a setting of the redis store, not of a file store"),
+                    ));
+                }
+                return Ok(StoreConfig::File(self.resolve(&file.value)));
+            }
+            (None, Some(redis)) => redis,
+        };
+        let (here, url) = (url.referenced, &url.value);
+        let tls = url.starts_with("rediss://");
+        if url.contains('#') {
+            return Err(self.err(
+                here,
+                "the redis store URL may not have a #fragment (`#insecure` would turn certificate checks off)",
+            ));
+        }
+        // Parsed as the client will (no connection made); the URL may hold
+        // a password, so it is not repeated.
+        let parsed = redis::IntoConnectionInfo::into_connection_info(url.as_str())
+            .ok()
+            .filter(|_| tls || url.starts_with("redis://"));
+        let Some(parsed) = parsed else {
+            return Err(self.err(
+                here,
+                "redis store URL must be redis[s]://[user:password@]host[:port][/db]",
+            ));
+        };
+        // The client takes `:0` as written and an empty port for 6379:
+        // neither is a port the URL means.
+        let authority = url
+            .split_once("://")
+            .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
+        let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+        if !port_is_valid(host_port) {
+            return Err(self.err(here, "the redis store URL has no valid port (1-65535)"));
+        }
+        let ca_pem = match &store.ca_file {
+            None => None,
+            Some(file) if !tls => {
+                return Err(self.err(
+                    file.referenced,
+                    "the store's ca_file is for a rediss:// (TLS) URL",
+                ))
+            }
+            Some(file) => {
+                let (path, pem) = self.read(&file.value);
+                let pem = pem.map_err(|e| {
+                    self.err(
+                        file.referenced,
+                        format!("ca_file: cannot read {}: {e}", path.display()),
+                    )
+                })?;
+                crate::proxy::client::roots_with(Some((&path, &pem)))
+                    .map_err(|e| self.err(file.referenced, format!("ca_file: {e}")))?;
+                Some(pem)
+            }
+        };
+        let in_url = parsed.redis_settings().password().is_some();
+        let password = match self.secret_from(
+            "password",
+            store.password_file.as_ref().map(|f| (f.value.as_str(), f.referenced)),
+            store.password_env.as_ref().map(|v| (v.value.as_str(), v.referenced)),
+        )? {
+            Some((_, (at, _))) if in_url => {
+                return Err(self.err(
+                    at,
+                    "the redis URL has a password, and password_file or password_env gives another: keep one",
+                ))
+            }
+            Some((password, (at, named))) => {
+                if password.is_empty() {
+                    return Err(self.err(at, format!("the redis password in {named} is empty")));
+                }
+                Some(Secret::new(password))
+            }
+            None => None,
+        };
+        let elsewhere = url
+            .parse::<Uri>()
+            .is_ok_and(|uri| uri.host().is_some() && !on_this_host(&uri));
+        if !tls && elsewhere {
+            self.warn(here, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://", None);
+        }
+        if in_url {
+            self.warn(here, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env", None);
+        }
+        Ok(StoreConfig::Redis(RedisTarget {
+            url: url.clone(),
+            ca_pem,
+            password,
+        }))
+    }
+
     /// A secret from `<what>_file` (its trailing newline dropped) or
     /// `<what>_env`, with where it came from (for messages about it);
     /// `None` when neither is set.
@@ -2150,87 +2271,7 @@ impl Validator<'_> {
                     "store must be `memory`, `{ file: PATH }` or `{ redis: URL }`",
                 ))
             }
-            // Written by the server itself: not a file a reload follows.
-            Some((RawStore::File(store), _)) => StoreConfig::File(self.resolve(&store.file)),
-            Some((RawStore::Redis(store), at)) => {
-                let url = &store.redis;
-                let tls = url.starts_with("rediss://");
-                if url.contains('#') {
-                    return Err(self.err(
-                        at,
-                        "the redis store URL may not have a #fragment (`#insecure` would turn certificate checks off)",
-                    ));
-                }
-                // Parsed as the client will (no connection made); the URL
-                // may hold a password, so it is not repeated.
-                let parsed = redis::IntoConnectionInfo::into_connection_info(url.as_str())
-                    .ok()
-                    .filter(|_| tls || url.starts_with("redis://"));
-                let Some(parsed) = parsed else {
-                    return Err(self.err(
-                        at,
-                        "redis store URL must be redis[s]://[user:password@]host[:port][/db]",
-                    ));
-                };
-                // The client takes `:0` as written and an empty port for
-                // 6379: neither is a port the URL means.
-                let authority = url
-                    .split_once("://")
-                    .map_or("", |(_, rest)| rest.split(['/', '?']).next().unwrap_or(""));
-                let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-                if !port_is_valid(host_port) {
-                    return Err(self.err(at, "the redis store URL has no valid port (1-65535)"));
-                }
-                let ca_pem = match &store.ca_file {
-                    None => None,
-                    Some(_) if !tls => {
-                        return Err(self.err(at, "the store's ca_file is for a rediss:// (TLS) URL"))
-                    }
-                    Some(file) => {
-                        let (path, pem) = self.read(file);
-                        let pem = pem.map_err(|e| {
-                            self.err(at, format!("ca_file: cannot read {}: {e}", path.display()))
-                        })?;
-                        crate::proxy::client::roots_with(Some((&path, &pem)))
-                            .map_err(|e| self.err(at, format!("ca_file: {e}")))?;
-                        Some(pem)
-                    }
-                };
-                // At the store's place: the untagged `store` keeps no
-                // places of its own fields.
-                let file = store.password_file.as_deref().map(|f| (f, at));
-                let env = store.password_env.as_deref().map(|v| (v, at));
-                let in_url = parsed.redis_settings().password().is_some();
-                let password = match self.secret_from("password", file, env)? {
-                    Some(_) if in_url => {
-                        return Err(self.err(
-                            at,
-                            "the redis URL has a password, and password_file or password_env gives another: keep one",
-                        ))
-                    }
-                    Some((password, (at, named))) => {
-                        if password.is_empty() {
-                            return Err(self.err(at, format!("the redis password in {named} is empty")));
-                        }
-                        Some(Secret::new(password))
-                    }
-                    None => None,
-                };
-                let elsewhere = url
-                    .parse::<Uri>()
-                    .is_ok_and(|uri| uri.host().is_some() && !on_this_host(&uri));
-                if !tls && elsewhere {
-                    self.warn(at, "the redis store is plain redis:// on another host: its password and every grant cross the network in clear text: use rediss://", None);
-                }
-                if in_url {
-                    self.warn(at, "the redis URL holds a password, which anyone who can read this file (a ConfigMap: the `view` role) reads too: give it in password_file (a Secret's volume) or password_env", None);
-                }
-                StoreConfig::Redis(RedisTarget {
-                    url: url.clone(),
-                    ca_pem,
-                    password,
-                })
-            }
+            Some((RawStore::Backend(store), at)) => self.store(store, at)?,
         };
         let mut clients: Vec<Client> = Vec::new();
         for client in &raw.clients {
