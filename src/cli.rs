@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 use crate::config::{self, Access, Config};
 
@@ -173,9 +175,17 @@ fn init_logging(format: LogFormat) -> Option<tracing_appender::non_blocking::Wor
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(writer);
+    // Other crates' lines a peer can have written at will, throttled.
+    let foreign = crate::admin::throttle::ForeignLines::default();
+    crate::admin::metrics::count_held_back_log_lines(foreign.held_back());
     let installed = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Text => builder.finish().with(foreign).try_init(),
+        LogFormat::Json => builder
+            .json()
+            .flatten_event(true)
+            .finish()
+            .with(foreign)
+            .try_init(),
     };
     installed.ok().map(|()| guard)
 }

@@ -1330,6 +1330,86 @@ async fn a_log_nobody_reads_does_not_stop_the_gateway() {
     assert!(served_within(&ready, Duration::from_secs(10)).await);
 }
 
+/// Frames a peer sends only to make another crate log write one line per
+/// message site per 10 s, not one each: h2 warns of every PING
+/// acknowledgement it never asked for, and a connection sending 17-byte
+/// ones at wire speed, before any request, filled the log (whose queue
+/// then drops lines, access lines among them). The lines held back are
+/// counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unasked_ping_acknowledgements_do_not_flood_the_log() {
+    use h2::frame::{Frame, Ping, StreamId};
+    const ACKS: u64 = 2_000;
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = yaml(&world.jwks.uri(), world.upstream.addr, "", "");
+    let config_path = dir.path().join("scopegate.yaml");
+    std::fs::write(&config_path, config).unwrap();
+    let log_path = dir.path().join("stderr.log");
+    let mut child = Child(
+        std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
+            .args(["run", "--config"])
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .env("SCOPEGATE_LOG_FORMAT", "json")
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let (addr, admin) = serving_addresses(&mut child.0, &log_path)
+        .await
+        .expect("the binary did not report its addresses");
+    assert!(
+        served_within(&format!("http://{admin}/readyz"), Duration::from_secs(30)).await,
+        "the binary never became ready"
+    );
+    let mut codec = h2_by_hand(addr).await;
+    for n in 0..ACKS {
+        assert!(send_frame(&mut codec, Ping::pong(n.to_be_bytes()).into()).await);
+    }
+    // A request after them on the same connection: h2 reads its frames in
+    // order, so its access line comes after whatever they logged.
+    assert!(send_frame(&mut codec, get_on_stream_one("/status")).await);
+    let answered = async {
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+            if let Frame::Headers(h) = frame {
+                if h.stream_id() == StreamId::from(1) {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        tokio::time::timeout(Duration::from_secs(10), answered)
+            .await
+            .unwrap_or(false),
+        "the request after the acknowledgements was not answered"
+    );
+    let mut log = String::new();
+    for _ in 0..200 {
+        log = std::fs::read_to_string(&log_path).unwrap();
+        if log.contains("scopegate::access") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(log.contains("scopegate::access"), "no access line: {log}");
+    let warned = log.lines().filter(|l| l.contains("PING ack")).count();
+    assert!(
+        warned <= 1,
+        "{warned} log lines for {ACKS} unasked PING acknowledgements"
+    );
+    let metrics = get(&format!("http://{admin}/metrics"), &[]).await.unwrap();
+    let held_back = metric(&metrics.text(), "scopegate_log_lines_held_back_total", &[]);
+    assert!(
+        held_back >= (ACKS - 1) as f64,
+        "{held_back} lines held back"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fd_exhaustion_in_the_binary_is_survived() {
     let world = World::new().await;

@@ -30,6 +30,16 @@ pub fn count_dropped_log_lines(counter: tracing_appender::non_blocking::ErrorCou
     let _ = DROPPED_LOG_LINES.set(counter);
 }
 
+static HELD_BACK_LOG_LINES: std::sync::OnceLock<std::sync::Arc<std::sync::atomic::AtomicU64>> =
+    std::sync::OnceLock::new();
+
+/// Has `scopegate_log_lines_held_back_total` follow `counter`, the count of
+/// the other crates' lines the process's log holds back
+/// ([`crate::admin::throttle::ForeignLines`]).
+pub fn count_held_back_log_lines(counter: std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let _ = HELD_BACK_LOG_LINES.set(counter);
+}
+
 /// The kinds of `scopegate_client_head_errors_total`.
 const HEAD_ERROR_KINDS: [&str; 2] = ["too_large", "malformed"];
 
@@ -79,7 +89,9 @@ pub struct Metrics {
     /// `scopegate_log_lines_dropped_total`, brought up to the log writer's
     /// count at each render.
     log_lines_dropped: IntCounter,
-    /// Held while `log_lines_dropped` catches up, so that two renders at
+    /// `scopegate_log_lines_held_back_total`, likewise.
+    log_lines_held_back: IntCounter,
+    /// Held while `log_lines_dropped` and `log_lines_held_back` catch up, so that two renders at
     /// once do not both add the same lines.
     log_lines_catching_up: Mutex<()>,
     /// The names the running config labels series with, once known.
@@ -257,6 +269,11 @@ impl Metrics {
             "Log lines dropped because more than 8192 waited to be written (nobody reads the log fast enough): access lines among them are missing from the audit trail",
         )?;
         registry.register(Box::new(log_lines_dropped.clone()))?;
+        let log_lines_held_back = IntCounter::new(
+            "scopegate_log_lines_held_back_total",
+            "Lines of other crates (h2, rustls: a peer can have them written at will) held back: at most one per message site per 10 s is written",
+        )?;
+        registry.register(Box::new(log_lines_held_back.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(issuer_token_requests.clone()))?;
         registry.register(Box::new(issuer_replays.clone()))?;
@@ -296,6 +313,7 @@ impl Metrics {
             issuer_store_errors,
             client_head_errors,
             log_lines_dropped,
+            log_lines_held_back,
             log_lines_catching_up: Mutex::new(()),
             running_names: Mutex::new(None),
             pending_names: Mutex::new(None),
@@ -389,13 +407,20 @@ impl Metrics {
     /// Prometheus text exposition of every metric.
     pub fn render(&self) -> Vec<u8> {
         self.forget_retired();
-        if let (Some(dropped), Ok(_catching_up)) =
-            (DROPPED_LOG_LINES.get(), self.log_lines_catching_up.lock())
-        {
-            let now = u64::try_from(dropped.dropped_lines()).unwrap_or(u64::MAX);
-            let told = self.log_lines_dropped.get();
-            if now > told {
-                self.log_lines_dropped.inc_by(now - told);
+        if let Ok(_catching_up) = self.log_lines_catching_up.lock() {
+            let catch_up = |counter: &IntCounter, now: u64| {
+                let told = counter.get();
+                if now > told {
+                    counter.inc_by(now - told);
+                }
+            };
+            if let Some(dropped) = DROPPED_LOG_LINES.get() {
+                let now = u64::try_from(dropped.dropped_lines()).unwrap_or(u64::MAX);
+                catch_up(&self.log_lines_dropped, now);
+            }
+            if let Some(held_back) = HELD_BACK_LOG_LINES.get() {
+                let now = held_back.load(std::sync::atomic::Ordering::Relaxed);
+                catch_up(&self.log_lines_held_back, now);
             }
         }
         let mut out = Vec::new();
