@@ -86,6 +86,8 @@ enum Mode {
     Serve,
     /// 500.
     Status500,
+    /// 503 without `Retry-After`.
+    Status503,
     /// 200 with a body that is not JSON.
     Garbage,
     /// Holds the call until the mode changes.
@@ -235,6 +237,11 @@ async fn introspection_answer(
             StatusCode::INTERNAL_SERVER_ERROR,
             "application/json",
             r#"{"error":"server_error"}"#.to_owned(),
+        ),
+        Mode::Status503 => reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "application/json",
+            r#"{"error":"temporarily_unavailable"}"#.to_owned(),
         ),
         Mode::Garbage => reply(
             StatusCode::OK,
@@ -722,9 +729,18 @@ async fn rejected_client_credentials_fail_closed() {
     let refused = s.get("/orders/1", "opaque-cred").await;
     assert_unavailable(&refused);
     assert_eq!(s.upstream.count(), 0);
+    // Told apart from the server failing: the gateway's own credentials
+    // are wrong, which a config change fixes.
+    let metrics = s.gw.metrics().await;
     assert_eq!(
-        introspection_results(&s.gw.metrics().await, "http_error"),
-        1.0
+        introspection_results(&metrics, "unauthorized"),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "http_error"),
+        0.0,
+        "{metrics}"
     );
 }
 
@@ -1692,8 +1708,8 @@ async fn cache_entry_never_outlives_the_answers_exp() {
 // ---------------------------------------------------------------------------
 
 /// One request fails with 503 in `mode`, is counted as `label`, and the same
-/// token works as soon as the endpoint answers again.
-async fn fails_closed_then_recovers(mode: Mode, extra: &str, label: &str) {
+/// token works as soon as the endpoint answers again; the metrics then.
+async fn fails_closed_then_recovers(mode: Mode, extra: &str, label: &str) -> String {
     let s = Opaque::start(extra).await;
     s.idp.answer("flaky", active("orders:read"));
     s.idp.set_mode(mode);
@@ -1718,6 +1734,7 @@ async fn fails_closed_then_recovers(mode: Mode, extra: &str, label: &str) {
     assert_eq!(s.upstream.count(), 1);
     let metrics = s.gw.metrics().await;
     assert_eq!(introspection_results(&metrics, "active"), 1.0, "{metrics}");
+    metrics
 }
 
 /// A 429 (or 503) with `Retry-After` holds calls back that long (at most
@@ -1777,6 +1794,20 @@ async fn retry_after_holds_calls_back() {
 #[tokio::test]
 async fn status_500_fails_closed_uncached() {
     fails_closed_then_recovers(Mode::Status500, "", "http_error").await;
+}
+
+/// A 503 (without `Retry-After`) is the server failing, not a refusal of
+/// the gateway's credentials: `http_error`, as a 500.
+#[tokio::test]
+async fn status_503_fails_closed_uncached() {
+    let metrics = fails_closed_then_recovers(Mode::Status503, "", "http_error").await;
+    let unauthorized = exported(
+        &metrics,
+        "scopegate_introspection_requests_total",
+        &[("issuer", "opaque"), ("result", "unauthorized")],
+    );
+    // Exported at 0 before any refusal, for alerts.
+    assert_eq!(unauthorized, Some(0.0), "{metrics}");
 }
 
 #[tokio::test]

@@ -84,7 +84,14 @@ async fn exchange(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok())
         .map(|secs| Duration::from_secs(secs).min(MAX_HELD_BACK));
-        return Err(CallError::Status(response.status(), wait));
+        return Err(match response.status() {
+            // The gateway's own client credentials (RFC 7662 2.1), not
+            // the server's health: a config fix, not an outage.
+            status @ (StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN) => {
+                CallError::Unauthorized(status)
+            }
+            status => CallError::Status(status, wait),
+        });
     }
     Ok(Limited::new(response.into_body(), MAX_RESPONSE_BYTES)
         .collect()
@@ -115,6 +122,8 @@ enum CallError {
     Network(String),
     #[error("the server answered {0}")]
     Status(StatusCode, Option<Duration>),
+    #[error("the server refused the gateway's client credentials (it answered {0})")]
+    Unauthorized(StatusCode),
     #[error("{0}")]
     Body(String),
     #[error("no introspection endpoint (discovery has not found one)")]
@@ -135,6 +144,7 @@ impl CallError {
             Self::Timeout => "timeout",
             Self::Network(_) => "network_error",
             Self::Status(..) => "http_error",
+            Self::Unauthorized(_) => "unauthorized",
             Self::Body(_) => "invalid_response",
             Self::NoEndpoint => "no_endpoint",
             Self::Busy => "busy",
@@ -193,13 +203,14 @@ impl CallLimit {
 }
 
 /// Every `scopegate_introspection_requests_total` result.
-const INTROSPECTION_RESULTS: [&str; 11] = [
+const INTROSPECTION_RESULTS: [&str; 12] = [
     "active",
     "inactive",
     "refused",
     "timeout",
     "network_error",
     "http_error",
+    "unauthorized",
     "invalid_response",
     "no_endpoint",
     "busy",
