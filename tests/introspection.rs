@@ -2388,6 +2388,16 @@ routes:
 // 9. Discovery.
 // ---------------------------------------------------------------------------
 
+/// `scopegate_discovery_attempts_total` of the issuer `found` (see
+/// [`discovered_issuer`]) with `result`.
+fn found_attempts(text: &str, result: &str) -> f64 {
+    metric(
+        text,
+        "scopegate_discovery_attempts_total",
+        &[("issuer", "found"), ("result", result)],
+    )
+}
+
 /// An issuer found by discovery, with introspection but no endpoint.
 fn discovered_issuer(issuer: &str, secret: &SecretFile) -> String {
     format!(
@@ -2655,22 +2665,15 @@ async fn discovery_is_tried_again_until_the_metadata_is_published() {
     let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
     meta.move_document(RFC8414_PATH, "/later");
     let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
-    let counted = |text: &str, result: &str| {
-        metric(
-            text,
-            "scopegate_discovery_attempts_total",
-            &[("issuer", "found"), ("result", result)],
-        )
-    };
     assert!(
-        wait_for_metrics(&gw, |m| counted(m, "unavailable") >= 1.0).await,
+        wait_for_metrics(&gw, |m| found_attempts(m, "unavailable") >= 1.0).await,
         "no failed discovery attempt was counted"
     );
     assert_eq!(gw.readyz().await, 503);
 
     meta.move_document("/later", RFC8414_PATH);
     assert!(
-        wait_for_metrics(&gw, |m| counted(m, "success") >= 1.0).await,
+        wait_for_metrics(&gw, |m| found_attempts(m, "success") >= 1.0).await,
         "discovery was not tried again"
     );
     // Then the keys it names are fetched.
@@ -2684,6 +2687,46 @@ async fn discovery_is_tried_again_until_the_metadata_is_published() {
     }
     assert!(ready, "not ready once discovery succeeded");
     discovered_issuer_works(&world, &idp, &meta.base(), &gw).await;
+}
+
+/// Metadata that names no introspection endpoint yet (a provider rolling
+/// it out) is applied, counted `incomplete`, and asked again with backoff:
+/// once it names one, opaque tokens are introspected, with no restart.
+#[tokio::test]
+async fn discovery_is_tried_again_until_the_metadata_names_an_introspection_endpoint() {
+    let (world, idp, meta, _secret, issuers) = rfc8414_lab().await;
+    let complete = json!({
+        "issuer": meta.base(),
+        "jwks_uri": world.jwks.uri(),
+        "introspection_endpoint": idp.endpoint(),
+    });
+    let mut without = complete.clone();
+    without["introspection_endpoint"] = Value::Null;
+    meta.set(RFC8414_PATH, &without);
+    let gw = Gateway::start_unready(&gateway_yaml(world.upstream.addr, &issuers, "")).await;
+    assert!(
+        wait_for_metrics(&gw, |m| found_attempts(m, "incomplete") >= 1.0).await,
+        "no incomplete discovery attempt was counted"
+    );
+    let mut answer = active("orders:read");
+    answer["iss"] = meta.base().into();
+    idp.answer("opaque-later", answer);
+    assert_unavailable(&get_with_token(&gw.url("/orders/1"), "opaque-later").await);
+    assert_eq!(idp.count(), 0, "introspected without an endpoint");
+    assert_eq!(gw.readyz().await, 503);
+
+    meta.set(RFC8414_PATH, &complete);
+    assert!(
+        wait_for_metrics(&gw, |m| found_attempts(m, "success") >= 1.0).await,
+        "discovery was not tried again after an incomplete attempt"
+    );
+    let ok = get_with_token(&gw.url("/orders/1"), "opaque-later").await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(idp.count(), 1);
+    assert!(
+        wait_for_status(&format!("http://{}/readyz", gw.admin), 200).await,
+        "not ready once the metadata named an introspection endpoint"
+    );
 }
 
 /// A `jwks_uri` and an introspection `endpoint` in the config win over

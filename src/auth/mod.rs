@@ -362,8 +362,8 @@ impl Authenticator {
     }
 
     /// Starts the background work: discovery (retried with backoff until it
-    /// succeeds) and one key refresher per remote issuer, until
-    /// [`Self::stop_background`].
+    /// has found everything the issuer needs) and one key refresher per
+    /// remote issuer, until [`Self::stop_background`].
     pub fn spawn_background(self: &Arc<Self>) {
         for index in 0..self.issuers.len() {
             let this = Arc::clone(self);
@@ -373,39 +373,59 @@ impl Authenticator {
                     return;
                 };
                 let discovered = issuer.discovered.load(std::sync::atomic::Ordering::Acquire);
-                if issuer.discovery && !discovered {
+                // Sent once discovery has applied the metadata's `jwks_uri`
+                // (dropped unsent when there is no discovery to wait for).
+                let (keys_applied, keys_known) = tokio::sync::oneshot::channel();
+                let keys_stop = stop.clone();
+                let keys = async {
+                    // Keys whose URL is known (configured, or found by an
+                    // earlier discovery a reload kept) need no discovery:
+                    // fetched meanwhile, so JWTs pass while it retries.
+                    // The others wait for the metadata to name theirs, and
+                    // are fetched while discovery goes on for what is
+                    // still missing (an introspection endpoint).
+                    if !issuer.keys.has_uri() && keys_known.await.is_err() {
+                        return;
+                    }
                     if issuer.keys.has_uri() {
-                        // Keys whose URL is known (configured, or found by
-                        // an earlier discovery a reload kept) need none:
-                        // fetched meanwhile, so JWTs pass while it retries.
-                        let keys = jwks::run_refresher(
+                        jwks::run_refresher(
                             Arc::clone(&issuer.keys),
                             Arc::clone(&this.metrics),
-                            stop.clone(),
-                        );
-                        tokio::join!(keys, this.discover_until_done(issuer, &mut stop));
-                        return;
-                    }
-                    if !this.discover_until_done(issuer, &mut stop).await {
-                        return;
-                    }
-                }
-                if issuer.keys.has_uri() {
-                    jwks::run_refresher(Arc::clone(&issuer.keys), Arc::clone(&this.metrics), stop)
+                            keys_stop,
+                        )
                         .await;
-                }
+                    }
+                };
+                let discovery = async {
+                    if issuer.discovery && !discovered {
+                        this.discover_until_done(issuer, &mut stop, keys_applied)
+                            .await;
+                    }
+                };
+                tokio::join!(keys, discovery);
             });
         }
     }
 
+    /// Fetches the issuer's metadata, with backoff, until it names what the
+    /// issuer needs or `stop` changes. The first usable document's
+    /// `jwks_uri` is applied (then `keys_applied` is sent); one without the
+    /// introspection endpoint the issuer needs is applied all the same
+    /// (counted `incomplete`) and asked again on the same schedule as a
+    /// failed attempt, so that an endpoint the metadata gains later (a
+    /// provider rolling it out) is taken without a restart.
     async fn discover_until_done(
         &self,
         issuer: &IssuerRuntime,
         stop: &mut tokio::sync::watch::Receiver<bool>,
-    ) -> bool {
+        keys_applied: tokio::sync::oneshot::Sender<()>,
+    ) {
         let Some(client) = &issuer.discovery_client else {
-            return false;
+            return;
         };
+        // `Some` until a document's keys are applied: later attempts only
+        // look for the introspection endpoint.
+        let mut keys_applied = Some(keys_applied);
         let mut backoff = Duration::from_millis(250);
         loop {
             let attempt = tokio::time::timeout(
@@ -417,17 +437,19 @@ impl Authenticator {
             let attempt = tokio::select! {
                 attempt = attempt => attempt
                     .unwrap_or_else(|_| Err(DiscoveryError::Unavailable("timed out".to_owned()))),
-                _ = stop.changed() => return false,
+                _ = stop.changed() => return,
             };
+            let keys_pending = keys_applied.is_some();
             let attempt = attempt.and_then(|metadata| match &metadata.unusable_jwks_uri {
                 // Published but unfit to call: not "no keys", which would
                 // turn JWT checks off for the issuer.
-                Some(why) if issuer.keys.awaits_discovered_uri() => {
+                Some(why) if keys_pending && issuer.keys.awaits_discovered_uri() => {
                     Err(DiscoveryError::Refused(format!("jwks_uri: {why}")))
                 }
                 // No keys and no introspection: the issuer could check no
                 // token at all, which is not ready.
-                None if metadata.jwks_uri.is_none()
+                None if keys_pending
+                    && metadata.jwks_uri.is_none()
                     && issuer.keys.awaits_discovered_uri()
                     && issuer.introspector.is_none() =>
                 {
@@ -447,11 +469,17 @@ impl Authenticator {
             };
             match attempt {
                 Ok(metadata) => {
-                    tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
-                    issuer.keys.set_discovered_uri(metadata.jwks_uri);
+                    if let Some(keys_applied) = keys_applied.take() {
+                        tracing::info!(issuer = %issuer.name, "issuer metadata discovered");
+                        issuer.keys.set_discovered_uri(metadata.jwks_uri);
+                        // Nobody waits for the keys when they were known
+                        // already: nothing to tell.
+                        let _ = keys_applied.send(());
+                    }
                     // Applied all the same (its keys serve JWTs), but what
-                    // the issuer needs is missing: counted apart.
-                    let mut result = "success";
+                    // the issuer needs is missing: counted apart, and
+                    // asked again.
+                    let mut complete = true;
                     if let Some(introspector) = &issuer.introspector {
                         match metadata.introspection_endpoint {
                             Some(endpoint) => {
@@ -461,9 +489,10 @@ impl Authenticator {
                             None if !introspector.is_ready() => {
                                 tracing::error!(
                                     issuer = %issuer.name,
-                                    "discovered metadata has no usable introspection_endpoint; set introspection.endpoint (not ready until then)"
+                                    retry_in = ?backoff,
+                                    "discovered metadata has no usable introspection_endpoint; not ready until it has one, or introspection.endpoint is set"
                                 );
-                                result = "incomplete";
+                                complete = false;
                             }
                             None => {}
                         }
@@ -471,8 +500,11 @@ impl Authenticator {
                     issuer
                         .discovered
                         .store(true, std::sync::atomic::Ordering::Release);
-                    counted(result);
-                    return true;
+                    if complete {
+                        counted("success");
+                        return;
+                    }
+                    counted("incomplete");
                 }
                 Err(e) => {
                     tracing::warn!(issuer = %issuer.name, error = %e, retry_in = ?backoff, "issuer discovery failed; not ready");
@@ -481,7 +513,7 @@ impl Authenticator {
             }
             tokio::select! {
                 _ = tokio::time::sleep(jittered(backoff)) => {}
-                _ = stop.changed() => return false,
+                _ = stop.changed() => return,
             }
             backoff = (backoff * 2).min(Duration::from_secs(30));
         }

@@ -309,22 +309,16 @@ async fn check(lab: &Lab, case: Case) -> Result<(), String> {
     );
     let issuers = discovered_issuer(&lab.meta.base(), &lab.secret);
     let gw = Gateway::start_unready(&gateway_yaml(lab.world.upstream.addr, &issuers, "")).await;
-    let attempts = |text: &str, result: &str| {
-        metric(
-            text,
-            "scopegate_discovery_attempts_total",
-            &[("issuer", "found"), ("result", result)],
-        )
-    };
     let results = ["success", "incomplete", "unavailable", "refused"];
-    let first = wait_for_metrics(&gw, |m| results.iter().any(|r| attempts(m, r) >= 1.0)).await;
+    let first =
+        wait_for_metrics(&gw, |m| results.iter().any(|r| found_attempts(m, r) >= 1.0)).await;
     if !first {
         return Err("no discovery attempt was counted".to_owned());
     }
     let counted = gw.metrics().await;
     let got: Vec<&str> = results
         .into_iter()
-        .filter(|r| attempts(&counted, r) >= 1.0)
+        .filter(|r| found_attempts(&counted, r) >= 1.0)
         .collect();
     let mut claims = claims("orders:read");
     claims["iss"] = lab.meta.base().into();
