@@ -412,13 +412,23 @@ impl Introspector {
             }
             None => {
                 self.metrics.token_cache_introspection_misses.inc();
+                // Concurrent misses for the token share one call: moka runs
+                // `call` for one of them and hands its outcome to the rest.
+                // The call's task has cached an answer already (it must:
+                // the answer of a call every request left is kept too), so
+                // the outcome comes back on moka's error side, which it
+                // hands on without inserting: one miss, one insert. `Ok`
+                // only for an answer moka found cached meanwhile.
+                let call =
+                    async { Err::<Answer, Outcome>(self.call(token, digest, token_exp).await) };
                 // Boxed: the HTTP call is large and rare.
-                Box::pin(
-                    self.cache
-                        .try_get_with(digest, self.call(token, digest, token_exp)),
-                )
-                .await
-                .map_err(|_| GatewayError::IntrospectionUnavailable)?
+                match Box::pin(self.cache.try_get_with(digest, call)).await {
+                    Ok(answer) => answer,
+                    Err(outcome) => match &*outcome {
+                        Ok(answer) => answer.clone(),
+                        Err(_) => return Err(GatewayError::IntrospectionUnavailable),
+                    },
+                }
             }
         };
         match answer {
@@ -603,7 +613,8 @@ impl Introspector {
             });
             this.record(&result);
             // In the cache before the call leaves `in_flight`: a request
-            // taking over the wait then finds one or the other.
+            // taking over the wait then finds one or the other. The
+            // answer's only insert (see `introspect`).
             if let Ok(answer) = &result {
                 this.cache.insert(digest, answer.clone()).await;
             }
