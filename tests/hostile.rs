@@ -421,6 +421,9 @@ enum Extra {
     /// `Depth: DEPTHS[n]`: how far below its path a WebDAV request acts
     /// (RFC 4918 10.2; none is `infinity`).
     Depth(u8),
+    /// `Connection: Depth, Destination`: both are removed on the way (RFC
+    /// 9110 7.6.1), so the upstream reads none (HTTP/1 only).
+    ConnectionNamesDav,
 }
 
 /// `Depth` values: the three of RFC 4918 10.2, and spellings of `0` that a
@@ -760,9 +763,20 @@ fn webdav() -> impl Strategy<Value = Req> {
             0..=2,
         ),
         proptest::collection::vec((0..DEPTHS.len() as u8).prop_map(Extra::Depth), 0..=2),
+        // 1 and 2: `Connection` names `Depth` and `Destination`; 2: with
+        // the one `Depth: 0` that keeps a listing or lock to its collection
+        // here.
+        prop_oneof![2 => Just(0u8), 1 => Just(1), 1 => Just(2)],
     )
-        .prop_map(|(method, target, auth, mut extras, depths)| {
-            extras.extend(depths);
+        .prop_map(|(method, target, auth, mut extras, depths, named)| {
+            if named == 2 {
+                extras.push(Extra::Depth(0));
+            } else {
+                extras.extend(depths);
+            }
+            if named > 0 {
+                extras.push(Extra::ConnectionNamesDav);
+            }
             Req {
                 method,
                 target: target.to_owned(),
@@ -1013,6 +1027,7 @@ fn render(req: &Req, tokens: &Tokens, ledger: &mut Ledger) -> (Vec<u8>, u64) {
             Extra::ConnectionNamesIdentity => {
                 head.push_str("Connection: X-Auth-Subject, X-Auth-Scopes\r\n")
             }
+            Extra::ConnectionNamesDav => head.push_str("Connection: Depth, Destination\r\n"),
             Extra::ConnectionClose => head.push_str("Connection: close\r\n"),
             Extra::ExpectContinue => head.push_str("Expect: 100-continue\r\n"),
             Extra::Upgrade => head.push_str("Connection: upgrade\r\nUpgrade: websocket\r\n"),

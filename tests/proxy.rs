@@ -1078,6 +1078,58 @@ async fn a_deep_propfind_or_lock_may_not_reach_another_routes_paths_below_it() {
     assert_forwarded_as_sent(&gw, &world, &passed).await;
 }
 
+/// A field that `Connection` names is removed before the request goes on
+/// (RFC 9110 7.6.1): the upstream gets a `PROPFIND /files` with `Depth: 0,
+/// Connection: depth` without its `Depth`, which is `infinity`, and lists
+/// `/files/private/...` through the public route; a `COPY` whose
+/// `Destination` is named gets none. Each counts as the upstream gets it.
+#[tokio::test]
+async fn a_webdav_header_that_connection_names_counts_as_not_sent() {
+    let world = World::new().await;
+    let config = world
+        .config()
+        .replace("routes:\n", PRIVATE_FILES_BESIDE_A_CATCH_ALL);
+    let gw = Gateway::start(&config).await;
+    let depth: [DavCase; 3] = [
+        (
+            "PROPFIND",
+            "/files",
+            &[("Depth", "0"), ("Connection", "Depth")],
+        ),
+        (
+            "LOCK",
+            "/files",
+            &[("Depth", "0"), ("Connection", "keep-alive, depth")],
+        ),
+        (
+            "PROPFIND",
+            "/files/",
+            &[("Connection", "DEPTH"), ("Depth", "0")],
+        ),
+    ];
+    assert_refused(&gw, &world, &depth, "Depth: 0").await;
+    let destination: [DavCase; 1] = [(
+        "COPY",
+        "/files/public/a",
+        &[
+            ("Destination", "/files/public/b"),
+            ("Connection", "destination"),
+        ],
+    )];
+    assert_refused(&gw, &world, &destination, "Destination").await;
+
+    // Where nothing below is another route's, infinity passes, and goes on
+    // without the named field.
+    let passed: [DavCase; 1] = [(
+        "PROPFIND",
+        "/docs",
+        &[("Depth", "0"), ("Connection", "depth")],
+    )];
+    assert_forwarded_as_sent(&gw, &world, &passed).await;
+    let seen = world.upstream.last();
+    assert!(!seen.headers.contains_key("depth"), "{:?}", seen.headers);
+}
+
 /// Paths below a collection that no route serves are refused by the
 /// gateway, so a deep `PROPFIND` or `LOCK`, or a `COPY` or `MOVE`, of the
 /// collection must not reach them through its route either: `/status` is

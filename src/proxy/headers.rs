@@ -94,6 +94,22 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) -> bool {
     remove_hop_by_hop_but(headers, 0)
 }
 
+/// Whether the request's `Connection` header names `name`: such a field
+/// is removed before the request goes on ([`remove_hop_by_hop`]), so the
+/// upstream never sees it, whatever the gateway read in it. Compares
+/// bytes, as the removal reads the names.
+pub fn connection_names(headers: &HeaderMap, name: &HeaderName) -> bool {
+    headers
+        .get_all(CONNECTION)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|&b| b == b','))
+        .any(|token| {
+            token
+                .trim_ascii()
+                .eq_ignore_ascii_case(name.as_str().as_bytes())
+        })
+}
+
 /// [`remove_hop_by_hop`] for an answer: its `Trailer` header (no hop-by-hop
 /// header in RFC 9110 6.6.2) is kept, since hyper sends an HTTP/1.1 client
 /// only the trailer fields it announces; request trailers are dropped, so a

@@ -23,7 +23,7 @@ use crate::config::{Access, Config, ResourceMetadata, Route};
 use crate::error::{is_grpc, ChallengeContext, GatewayError};
 use crate::issuer::store::Store;
 use crate::issuer::AuthorizationServer;
-use crate::proxy::headers::announce_close;
+use crate::proxy::headers::{announce_close, connection_names};
 use crate::proxy::places::Places;
 use crate::proxy::request_id::{RequestId, RequestIds, X_REQUEST_ID};
 use crate::proxy::{Body, ClientInfo, Forwarder};
@@ -639,7 +639,12 @@ impl Gateway {
         let value = match (values.next(), values.next()) {
             // Required (RFC 4918 9.8.3, 9.9.3): refused here rather than
             // left to an upstream that might read its absence its own way.
+            // One that `Connection` names is removed on the way, so the
+            // upstream would get none.
             (None, _) => return Err(GatewayError::ForeignDestination),
+            _ if connection_names(request.headers(), &DESTINATION) => {
+                return Err(GatewayError::ForeignDestination)
+            }
             (Some(value), None) if !self.forwarder.has_base_path(route.upstream) => value,
             (Some(_), _) => return Err(GatewayError::ForeignDestination),
         };
@@ -691,10 +696,12 @@ impl Gateway {
         route: &Route,
     ) -> Result<(), GatewayError> {
         let mut depths = request.headers().get_all(&DEPTH).iter();
+        // A `Depth` that `Connection` names is removed on the way (RFC 9110
+        // 7.6.1): the upstream gets none, which is `infinity`.
         let only_itself = matches!(
             (depths.next(), depths.next()),
             (Some(depth), None) if depth.as_bytes().trim_ascii() == b"0"
-        );
+        ) && !connection_names(request.headers(), &DEPTH);
         if only_itself
             || self
                 .routes
