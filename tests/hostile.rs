@@ -814,6 +814,14 @@ fn respell(path: &str, how: u8) -> String {
         12 => format!("/{first}/%2E{rest}"),
         13 => format!("/status/..{path}"),
         14 => format!("/{first}%2f..%2fadmin{rest}"),
+        // A letter spelt as a character Java's case mapping reads as it.
+        15 => format!(
+            "/{}{rest}",
+            first
+                .replacen('i', "%C4%B1", 1)
+                .replacen('s', "%C5%BF", 1)
+                .replacen('k', "%E2%84%AA", 1)
+        ),
         _ => format!("{path}/"),
     }
 }
@@ -823,7 +831,7 @@ fn respell(path: &str, how: u8) -> String {
 fn tweaked() -> impl Strategy<Value = Req> {
     (
         prop::sample::select(ALLOWED.to_vec()),
-        prop_oneof![2 => Just(None), 1 => (0u8..16).prop_map(Some)],
+        prop_oneof![2 => Just(None), 1 => (0u8..17).prop_map(Some)],
         prop_oneof![3 => Just(None), 1 => auth().prop_map(Some)],
         body(),
         any::<bool>(),
@@ -1596,7 +1604,9 @@ struct Lab {
     trusting: bool,
     /// The gateway has a public `/{*page}` catch-all route after the
     /// standard ones, and `route_matching` set for an upstream that routes
-    /// case-insensitively and ignores a trailing slash (Express).
+    /// case-insensitively and ignores a trailing slash (Express, or Spring,
+    /// whose Java case mapping also reads `ı`, `ſ` and the Kelvin sign as
+    /// `i`, `s` and `k`).
     catch_all: bool,
     gateway: Gateway,
     tokens: Tokens,
@@ -1606,20 +1616,22 @@ struct Lab {
 
 impl Lab {
     /// `path` as this lab's upstream reads it: each segment's `;`
-    /// parameters dropped, unreserved escapes decoded, and lower-cased
-    /// behind the catch-all gateway (which routes case-insensitively).
+    /// parameters dropped, unreserved escapes decoded, and lower-cased (as
+    /// Java does) behind the catch-all gateway (which routes
+    /// case-insensitively).
     fn as_upstream_reads(&self, path: &str) -> String {
         let path = routed(&decode_unreserved(path));
         if self.catch_all {
-            path.to_ascii_lowercase()
+            java_folded(&path.to_ascii_lowercase())
         } else {
             path
         }
     }
 
     /// What this lab's routes require of `method path` as the upstream
-    /// routes it. Behind the catch-all gateway it routes as Express does
-    /// (case-insensitively, a trailing slash ignored), and any path no other
+    /// routes it. Behind the catch-all gateway it routes as Express or
+    /// Spring does (case-insensitively, by Java's case mapping, a trailing
+    /// slash ignored), and any path no other
     /// route takes is public.
     fn need(&self, method: &str, path: &str) -> Result<Need, String> {
         if !self.catch_all {
@@ -1627,7 +1639,7 @@ impl Lab {
         }
         // The gateway forwards unreserved characters decoded; an upstream
         // would decode `%41` as `A` too.
-        let mut upstream_path = decode_unreserved(path).to_ascii_lowercase();
+        let mut upstream_path = java_folded(&decode_unreserved(path).to_ascii_lowercase());
         if upstream_path.len() > 1 && upstream_path.ends_with('/') {
             upstream_path.pop();
         }
@@ -1640,6 +1652,16 @@ impl Lab {
 
 /// `path` with `%XX` escapes of unreserved characters (RFC 3986 2.3)
 /// decoded.
+/// A lower-cased path as a Java upstream routing case-insensitively reads
+/// it: `ı`, `ſ` and the Kelvin sign are `i`, `s` and `k` to its case
+/// mapping.
+fn java_folded(lower_case: &str) -> String {
+    lower_case
+        .replace("%c4%b1", "i")
+        .replace("%c5%bf", "s")
+        .replace("%e2%84%aa", "k")
+}
+
 fn decode_unreserved(path: &str) -> String {
     let bytes = path.as_bytes();
     let mut out = String::with_capacity(path.len());

@@ -239,6 +239,56 @@ async fn route_matching_can_fold_case_and_trailing_slash_like_the_upstream() {
     }
 }
 
+/// Where routing ignores case, a character that a server folding case by
+/// Unicode reads as ASCII letters (Java: `ı` is `I`, `ſ` is `S`, the
+/// Kelvin sign is `k`) is refused: Spring would route `/adm%C4%B1n` as
+/// `/admin`, where folding ASCII alone left it the public catch-all's. By
+/// default (case kept) they are other paths, as to the upstream.
+#[tokio::test]
+async fn case_folding_into_ascii_is_refused_where_case_is_ignored() {
+    let world = World::new().await;
+    let with_catch_all = world.config().replace(
+        "routes:\n",
+        "routes:\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+    );
+    let folding = with_catch_all.replace(
+        "routes:\n",
+        "route_matching:\n  case_sensitive: false\nroutes:\n",
+    );
+    let variants = [
+        "/adm%C4%B1n",
+        "/ADM%c4%b1N/users",
+        "/order%C5%BF/42",
+        "/%E2%84%AA",
+        "/stra%C3%9Fe",
+    ];
+
+    let gw = Gateway::start(&folding).await;
+    for target in variants {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(reply.status, 400, "{target}: {reply:?}");
+        assert_eq!(
+            reply.error().as_deref(),
+            Some("invalid_request"),
+            "{target}"
+        );
+    }
+    assert_eq!(world.upstream.count(), 0);
+    // Other characters beyond ASCII are routed as before.
+    let reply = raw_reply(gw.addr, &request("GET", "/caf%C3%A9", &[])).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    drop(gw);
+
+    let gw = Gateway::start(&with_catch_all).await;
+    for target in variants {
+        let reply = raw_reply(gw.addr, &request("GET", target, &[])).await;
+        assert_eq!(
+            reply.status, 200,
+            "{target} is another path by default: {reply:?}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn ambiguous_paths_are_refused_with_400() {
     let world = World::new().await;

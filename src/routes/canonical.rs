@@ -288,6 +288,44 @@ pub fn fold(path: Cow<'_, str>, rules: MatchRules) -> Cow<'_, str> {
     path
 }
 
+/// The characters whose Unicode case mappings hold an ASCII letter, as
+/// their UTF-8 in canonical escapes: the Kelvin sign is `k` to Java's
+/// `toLowerCase`, `ſ` and `ı` are `S` and `I` to its `toUpperCase` and
+/// `equalsIgnoreCase`, `ß` and the `ﬁ` ligatures are `ss` and `fi` to full
+/// case folding. (Python's `str.lower`, `upper` and `casefold` over every
+/// code point find these twenty and no others.)
+const FOLDING_INTO_ASCII: [&str; 20] = [
+    "%C3%9F",
+    "%C4%B0",
+    "%C4%B1",
+    "%C5%89",
+    "%C5%BF",
+    "%C7%B0",
+    "%E1%BA%96",
+    "%E1%BA%97",
+    "%E1%BA%98",
+    "%E1%BA%99",
+    "%E1%BA%9A",
+    "%E1%BA%9E",
+    "%E2%84%AA",
+    "%EF%AC%80",
+    "%EF%AC%81",
+    "%EF%AC%82",
+    "%EF%AC%83",
+    "%EF%AC%84",
+    "%EF%AC%85",
+    "%EF%AC%86",
+];
+
+/// Whether a canonical path holds a character that a server folding case
+/// by Unicode reads as ASCII letters ([`FOLDING_INTO_ASCII`]): Spring with
+/// case-insensitive matching routes `/%E2%84%AAube` as `/kube`, where
+/// folding ASCII alone, as scopegate does, leaves it another path (and
+/// a public catch-all's).
+pub fn has_case_folding_into_ascii(path: &str) -> bool {
+    path.contains('%') && FOLDING_INTO_ASCII.iter().any(|c| path.contains(c))
+}
+
 /// Whether a letter outside a `%XX` escape is upper case.
 fn has_upper_case_outside_escapes(path: &str) -> bool {
     let bytes = path.as_bytes();

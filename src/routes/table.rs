@@ -31,7 +31,10 @@ use std::fmt;
 
 use http::{HeaderValue, Method};
 
-use super::canonical::{canonicalize, fold, route_form, route_form_with, MatchRules, PathError};
+use super::canonical::{
+    canonicalize, fold, has_case_folding_into_ascii, route_form, route_form_with, MatchRules,
+    PathError,
+};
 
 /// One declared route: a path pattern, the methods it accepts and its payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -209,6 +212,12 @@ impl<T> RouteTable<T> {
     /// (or all to none), or the path is refused, since the upstream may be
     /// of any kind. Allocates only for such paths.
     pub fn route(&self, method: &Method, canonical_path: &str) -> Result<Lookup<'_, T>, PathError> {
+        // Where case is ignored, a server folding it by Unicode would take
+        // such a character for ASCII letters, which no pattern (ASCII only
+        // then) can be held to.
+        if self.rules.case_insensitive && has_case_folding_into_ascii(canonical_path) {
+            return Err(PathError::AmbiguousRoute);
+        }
         let decoded = route_form(canonical_path);
         if matches!(decoded, std::borrow::Cow::Borrowed(_)) {
             return Ok(self.lookup(method, &fold(decoded, self.rules)));
