@@ -1392,6 +1392,18 @@ impl TlsRotation {
         }
     }
 
+    /// Writes a config that is refused (an unknown key), and waits until
+    /// the refusal is reported.
+    async fn refuse_config(&self) {
+        std::fs::write(&self.config, with_tls(&self.plain) + "unknown_key: 1\n").unwrap();
+        assert!(
+            wait_for_metrics(&self.gw, |m| m
+                .contains("\nscopegate_config_last_reload_success 0\n"))
+            .await,
+            "the broken config was not refused"
+        );
+    }
+
     /// Writes the next certificate and key over the served ones, and waits
     /// until the gateway serves it (it reloads on the change).
     async fn rotate(&self) {
@@ -1415,6 +1427,47 @@ fn with_tls(text: &str) -> String {
         "  shutdown_delay: 0s\n",
         "  shutdown_delay: 0s\n  tls:\n    cert_file: cert.pem\n    key_file: key.pem\n",
     )
+}
+
+/// A certificate renewed in place while the config file is refused (a
+/// broken ConfigMap) is served all the same: the rest of the config waits
+/// for its fix, the certificate does not wait for it (perhaps past its
+/// expiry).
+#[tokio::test]
+async fn a_certificate_rotated_while_the_config_is_refused_is_served() {
+    let lab = TlsRotation::start().await;
+    lab.refuse_config().await;
+
+    lab.rotate().await;
+    assert!(!trusts(lab.gw.addr, &lab.old_cert).await);
+    let metrics = lab.gw.metrics().await;
+    assert!(
+        metrics.contains("\nscopegate_tls_certificate_rotations_total{result=\"rotated\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("\nscopegate_config_last_reload_success 0\n"));
+}
+
+/// Certificate files that do not load while the config file is refused (a
+/// certificate rotated without its key, so far) keep the served
+/// certificate, and are counted once; the pair once whole is served.
+#[tokio::test]
+async fn a_rotated_certificate_that_does_not_load_keeps_the_served_one() {
+    let lab = TlsRotation::start().await;
+    lab.refuse_config().await;
+
+    std::fs::copy(&lab.next.0, &lab.served.0).unwrap();
+    let refused = "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 1\n";
+    assert!(
+        wait_for_metrics(&lab.gw, |m| m.contains(refused)).await,
+        "a certificate without its key was not refused"
+    );
+    assert!(trusts(lab.gw.addr, &lab.old_cert).await);
+    assert!(!trusts(lab.gw.addr, &lab.next.0).await);
+
+    lab.rotate().await;
+    let metrics = lab.gw.metrics().await;
+    assert!(metrics.contains(refused), "{metrics}");
 }
 
 /// A reload that turns `server.tls` off (which takes a restart) keeps the

@@ -76,6 +76,10 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     /// `scopegate_config_last_reload_success` (1 or 0).
     pub config_last_reload_success: IntGauge,
+    /// `scopegate_tls_certificate_rotations_total{result}`: the running
+    /// config's certificate files reloaded on their own, while the config
+    /// file is refused.
+    pub tls_certificate_rotations: IntCounterVec,
     /// `scopegate_config_restart_required` (1 or 0).
     pub config_restart_required: IntGauge,
     /// `scopegate_issuer_token_requests_total{grant,result}`.
@@ -222,6 +226,16 @@ impl Metrics {
         // where none is tried (`demo`, `server::run`), so an alert on 0
         // does not fire on a healthy process.
         config_last_reload_success.set(1);
+        let tls_certificate_rotations = IntCounterVec::new(
+            Opts::new(
+                "scopegate_tls_certificate_rotations_total",
+                "The running certificate's files reloaded on their own while the configuration file is refused, by result (rotated: served now; refused: they do not load, the previous certificate keeps serving)",
+            ),
+            &["result"],
+        )?;
+        for result in ["rotated", "refused"] {
+            tls_certificate_rotations.with_label_values(&[result]);
+        }
         let config_restart_required = IntGauge::new(
             "scopegate_config_restart_required",
             "1 if the applied configuration changed settings that take effect only after a restart, else 0",
@@ -288,6 +302,7 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
+        registry.register(Box::new(tls_certificate_rotations.clone()))?;
         registry.register(Box::new(introspection_requests.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         Ok(Self {
@@ -308,6 +323,7 @@ impl Metrics {
             config_reloads,
             config_last_reload_success,
             config_restart_required,
+            tls_certificate_rotations,
             issuer_token_requests,
             issuer_replays,
             issuer_store_errors,

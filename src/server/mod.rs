@@ -144,7 +144,7 @@ async fn serve(
     };
     // The listener's TLS is set at start; a reload that turns it off (which
     // takes a restart) keeps serving with the acceptor last in force.
-    let mut tls = first.tls_acceptor().cloned();
+    let mut tls = first.tls_acceptor();
     first.authenticator().spawn_background();
     let current = Arc::new(ArcSwap::from_pointee(first));
 
@@ -235,7 +235,7 @@ async fn serve(
         // since, perhaps, or rotated away from for a leaked key).
         let tls = tls.as_mut().map(|last| {
             if let Some(acceptor) = current.load().tls_acceptor() {
-                last.clone_from(acceptor);
+                *last = acceptor;
             }
             last.clone()
         });

@@ -40,7 +40,7 @@ pub struct Gateway {
     auth_fingerprint: String,
     authorization_server: Option<(usize, Arc<AuthorizationServer>)>,
     hot_metrics: HotMetrics,
-    tls: Option<crate::server::tls::Inbound>,
+    tls: Option<Arc<crate::server::tls::Inbound>>,
     /// `server.request_id`: gives each request its id.
     request_ids: Option<RequestIds>,
 }
@@ -202,7 +202,7 @@ impl Gateway {
         config: Config,
         metrics: Arc<Metrics>,
         auth: Reuse,
-        tls: Option<&crate::server::tls::Inbound>,
+        tls: Option<&Arc<crate::server::tls::Inbound>>,
         places: &[(Arc<str>, Arc<Places>)],
     ) -> Result<Self, String> {
         let auth_fingerprint = config.auth_fingerprint();
@@ -255,8 +255,15 @@ impl Gateway {
     }
 
     /// The acceptor for inbound TLS, from this config's certificate files.
-    pub fn tls_acceptor(&self) -> Option<&tokio_rustls::TlsAcceptor> {
-        self.tls.as_ref().map(crate::server::tls::Inbound::acceptor)
+    pub fn tls_acceptor(&self) -> Option<tokio_rustls::TlsAcceptor> {
+        self.tls
+            .as_deref()
+            .map(crate::server::tls::Inbound::acceptor)
+    }
+
+    /// This config's inbound certificate, which may be rotated in place.
+    pub fn tls(&self) -> Option<&Arc<crate::server::tls::Inbound>> {
+        self.tls.as_ref()
     }
 
     /// Identifies the issuer setup this gateway's authenticator was built from.

@@ -13,6 +13,7 @@ use notify::Watcher;
 use tokio::sync::{mpsc, watch};
 
 use super::pipeline::Gateway;
+use super::tls;
 use crate::admin::metrics::{LabelNames, Metrics};
 use crate::auth::cache::{digest, TokenDigest};
 use crate::config::{self, Config, ServerSettings};
@@ -200,6 +201,8 @@ impl Reloader {
             if self.last_is_running {
                 self.not_ready = None;
                 self.metrics.config_last_reload_success.set(1);
+            } else {
+                self.rotate_certificate().await;
             }
             return;
         }
@@ -208,6 +211,7 @@ impl Reloader {
                 t == text_digest && f == files && at.elapsed() < self.poll
             })
         {
+            self.rotate_certificate().await;
             return;
         }
         self.not_ready = None;
@@ -245,6 +249,39 @@ impl Reloader {
                     }
                 }
                 self.failed(&e);
+                self.rotate_certificate().await;
+            }
+        }
+    }
+
+    /// While the config file is refused, serves the running config's own
+    /// certificate files if they changed (cert-manager renewing them in
+    /// place): the certificate does not wait, perhaps past its expiry,
+    /// for someone to mend the rest of the config. Files that do not load
+    /// keep the served certificate, and are told once.
+    async fn rotate_certificate(&self) {
+        let Some(inbound) = self.current.load().tls().cloned() else {
+            return;
+        };
+        let result = match tokio::task::spawn_blocking(move || inbound.refresh()).await {
+            Ok(result) => result,
+            Err(e) => Err(format!("reading the certificate files failed: {e}")),
+        };
+        let counted = |result: &str| {
+            self.metrics
+                .tls_certificate_rotations
+                .with_label_values(&[result])
+                .inc();
+        };
+        match result {
+            Ok(tls::Refresh::Unchanged) => {}
+            Ok(tls::Refresh::Rotated) => {
+                counted("rotated");
+                tracing::info!("TLS certificate files changed: the new certificate is served; the configuration file stays refused");
+            }
+            Err(error) => {
+                counted("refused");
+                tracing::error!(%error, "TLS certificate files changed but do not load: the previous certificate keeps serving");
             }
         }
     }

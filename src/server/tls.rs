@@ -1,43 +1,100 @@
 //! Inbound TLS: a rustls acceptor from PEM files, offering h2 and HTTP/1.1.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use arc_swap::ArcSwap;
 use tokio_rustls::TlsAcceptor;
 
 use crate::auth::cache::{digest, TokenDigest};
 use crate::config::TlsFiles;
 
+/// The certificate a TLS listener serves, and the files it comes from.
+/// Shared by the configs that name the same files, and rotated in place
+/// ([`Inbound::refresh`]) when they change while the config file itself is
+/// refused: a broken ConfigMap must not keep a renewed certificate from
+/// being served until the old one expires.
+pub struct Inbound {
+    files: TlsFiles,
+    served: ArcSwap<Served>,
+    /// The digest of the files' contents last refused by
+    /// [`Inbound::refresh`]: told once, not at every poll.
+    refused: Mutex<Option<TokenDigest>>,
+}
+
 /// An acceptor and a digest of the files it was built from, so that a
 /// reload that leaves them as they were keeps it, and with it the TLS
 /// sessions clients may resume.
-#[derive(Clone)]
-pub struct Inbound {
+struct Served {
     acceptor: TlsAcceptor,
     files: TokenDigest,
 }
 
+/// What [`Inbound::refresh`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Refresh {
+    /// The files hold what is served (or what was refused last time).
+    Unchanged,
+    /// The files changed, and their certificate is served now.
+    Rotated,
+}
+
 impl Inbound {
     /// The acceptor for new connections.
-    pub fn acceptor(&self) -> &TlsAcceptor {
-        &self.acceptor
+    pub fn acceptor(&self) -> TlsAcceptor {
+        self.served.load().acceptor.clone()
+    }
+
+    /// Serves the files' certificate when they no longer hold the one
+    /// served. Blocking (reads the files). A pair that does not load (a
+    /// half-written rotation, a key of another certificate) leaves the
+    /// served one in place and is an error, once per content.
+    pub fn refresh(&self) -> Result<Refresh, String> {
+        let (cert_pem, key_pem) = read(&self.files)?;
+        let digest = contents_digest(&self.files, &cert_pem, &key_pem);
+        let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+        if digest == self.served.load().files || *refused == Some(digest) {
+            return Ok(Refresh::Unchanged);
+        }
+        match build(&self.files, &cert_pem, &key_pem) {
+            Ok(acceptor) => {
+                self.served.store(Arc::new(Served {
+                    acceptor,
+                    files: digest,
+                }));
+                *refused = None;
+                Ok(Refresh::Rotated)
+            }
+            Err(e) => {
+                *refused = Some(digest);
+                Err(e)
+            }
+        }
     }
 }
 
-/// The acceptor for `files`: `running`'s own when the files hold what it
-/// was built from, else a new one.
-pub fn inbound(files: &TlsFiles, running: Option<&Inbound>) -> Result<Inbound, String> {
+fn contents_digest(files: &TlsFiles, cert_pem: &[u8], key_pem: &[u8]) -> TokenDigest {
+    crate::config::load::files_digest([
+        (files.cert_file.as_path(), Some(digest(cert_pem))),
+        (files.key_file.as_path(), Some(digest(key_pem))),
+    ])
+}
+
+/// The certificate for `files`: `running`'s own when the files hold what it
+/// serves, else a new one.
+pub fn inbound(files: &TlsFiles, running: Option<&Arc<Inbound>>) -> Result<Arc<Inbound>, String> {
     let (cert_pem, key_pem) = read(files)?;
-    let digest = crate::config::load::files_digest([
-        (files.cert_file.as_path(), Some(digest(&cert_pem))),
-        (files.key_file.as_path(), Some(digest(&key_pem))),
-    ]);
-    if let Some(running) = running.filter(|r| r.files == digest) {
-        return Ok(running.clone());
+    let digest = contents_digest(files, &cert_pem, &key_pem);
+    if let Some(running) = running.filter(|r| r.served.load().files == digest) {
+        return Ok(Arc::clone(running));
     }
-    Ok(Inbound {
-        acceptor: build(files, &cert_pem, &key_pem)?,
-        files: digest,
-    })
+    Ok(Arc::new(Inbound {
+        files: files.clone(),
+        served: ArcSwap::from_pointee(Served {
+            acceptor: build(files, &cert_pem, &key_pem)?,
+            files: digest,
+        }),
+        refused: Mutex::new(None),
+    }))
 }
 
 fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
