@@ -978,6 +978,17 @@ async fn jwt_header_attacks_crit_embedded_keys_and_kids() {
             "crit not an array",
             json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "crit": "b64"}),
         ),
+        // RFC 7797 6: `b64` is only ever used listed in `crit`; a signer that
+        // set it meant a payload other than the one this token's bytes decode
+        // to, so without `crit` it is refused as well, false or true.
+        (
+            "b64 false without crit",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "b64": false}),
+        ),
+        (
+            "b64 true without crit",
+            json!({"alg": "ES256", "typ": "at+jwt", "kid": "key-1", "b64": true}),
+        ),
     ] {
         rows.push((
             what.into(),

@@ -182,6 +182,11 @@ pub fn parse_compact(token: &str) -> Result<UnverifiedJwt<'_>, TokenError> {
         let _ = crit;
         return Err(TokenError::UnsupportedCritical);
     }
+    if header.contains_key("b64") {
+        // RFC 7797 6: `b64` is a critical extension, valid only listed in
+        // `crit`; the signer of a token carrying it meant another payload.
+        return Err(TokenError::UnsupportedCritical);
+    }
     let alg = match header.remove("alg") {
         Some(Value::String(alg)) => alg,
         _ => return Err(TokenError::BadHeader),
@@ -493,6 +498,11 @@ mod tests {
         let crit = token(r#"{"alg":"ES256","crit":[]}"#, "{}");
         assert_eq!(
             parse_compact(&crit).unwrap_err(),
+            TokenError::UnsupportedCritical
+        );
+        let b64 = token(r#"{"alg":"ES256","b64":false}"#, "{}");
+        assert_eq!(
+            parse_compact(&b64).unwrap_err(),
             TokenError::UnsupportedCritical
         );
         let dup = token(r#"{"alg":"ES256","alg":"none"}"#, "{}");

@@ -3,8 +3,9 @@
 //!
 //! Each case signs a fresh token with the issuer's key (or, as a fault,
 //! with another key of the same `kid`, alone or embedded as `jwk`), from a
-//! generated header (`alg`, `typ`, `kid`, `crit`, and members the gateway
-//! must ignore: `jku`, `x5u`, `x5c`) and generated claims (`iss`, `aud`,
+//! generated header (`alg`, `typ`, `kid`, `crit`, now and then a `b64`
+//! outside `crit` (RFC 7797), and members the gateway must ignore: `jku`,
+//! `x5u`, `x5c`) and generated claims (`iss`, `aud`,
 //! `exp`, `nbf`, `iat`, `scope`, `sub`, `client_id` each right, wrong or of
 //! the wrong type, and unknown ones nested deep; scopes in `scope`, `scp`,
 //! both or neither; now and then a `cnf`), sometimes spelled wrong (a
@@ -47,6 +48,8 @@ struct JoseHeader {
     typ: Option<Value>,
     kid: Option<Value>,
     crit: Option<Value>,
+    /// RFC 7797's `b64`, which is only valid listed in `crit`.
+    b64: Option<Value>,
     /// A member the gateway must not act on.
     ignored: Option<(&'static str, Value)>,
 }
@@ -132,6 +135,10 @@ fn jose_header() -> impl Strategy<Value = JoseHeader> {
             Some(json!("exp")),
         ]),
     ];
+    let b64 = prop_oneof![
+        30 => Just(None),
+        1 => prop::sample::select(vec![Some(json!(false)), Some(json!(true))]),
+    ];
     let ignored = prop::sample::select(vec![
         None,
         None,
@@ -140,11 +147,12 @@ fn jose_header() -> impl Strategy<Value = JoseHeader> {
         Some(("x5u", json!("http://127.0.0.1:9/cert.pem"))),
         Some(("x5c", json!([FAKE_CERT]))),
     ]);
-    (alg, typ, kid, crit, ignored).prop_map(|(alg, typ, kid, crit, ignored)| JoseHeader {
+    (alg, typ, kid, crit, b64, ignored).prop_map(|(alg, typ, kid, crit, b64, ignored)| JoseHeader {
         alg,
         typ,
         kid,
         crit,
+        b64,
         ignored,
     })
 }
@@ -225,6 +233,7 @@ fn header_object(header: &JoseHeader) -> Map<String, Value> {
         ("typ", header.typ.clone()),
         ("kid", header.kid.clone()),
         ("crit", header.crit.clone()),
+        ("b64", header.b64.clone()),
     ]);
     if let Some((name, value)) = &header.ignored {
         object.insert((*name).to_owned(), value.clone());
@@ -297,7 +306,11 @@ fn valid<'a>(
     by_client: bool,
     now: i64,
 ) -> Option<Valid<'a>> {
-    if form != Form::Signed || header.contains_key("crit") || claims.contains_key("cnf") {
+    if form != Form::Signed
+        || header.contains_key("crit")
+        || header.contains_key("b64")
+        || claims.contains_key("cnf")
+    {
         return None;
     }
     if header.get("alg") != Some(&json!("ES256")) {
