@@ -17,6 +17,7 @@ mod support;
 use support::*;
 
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -1242,6 +1243,24 @@ async fn idle_connections_beyond_max_connections_neither_crash_nor_starve_the_ga
 
 struct Child(std::process::Child);
 
+impl Child {
+    /// Starts `command` (the binary, or a shell that execs it) with JSON
+    /// logs at `rust_log` written to `log_path`.
+    fn logging_to(mut command: std::process::Command, rust_log: &str, log_path: &Path) -> Self {
+        let log = std::fs::File::create(log_path).unwrap();
+        Self(
+            command
+                .env("RUST_LOG", rust_log)
+                .env("SCOPEGATE_LOG_FORMAT", "json")
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
 impl Drop for Child {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -1346,18 +1365,9 @@ async fn unasked_ping_acknowledgements_do_not_flood_the_log() {
     let config_path = dir.path().join("scopegate.yaml");
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.path().join("stderr.log");
-    let mut child = Child(
-        std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"))
-            .args(["run", "--config"])
-            .arg(&config_path)
-            .env("RUST_LOG", "info")
-            .env("SCOPEGATE_LOG_FORMAT", "json")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_scopegate"));
+    command.args(["run", "--config"]).arg(&config_path);
+    let mut child = Child::logging_to(command, "info", &log_path);
     let (addr, admin) = serving_addresses(&mut child.0, &log_path)
         .await
         .expect("the binary did not report its addresses");
@@ -1424,35 +1434,23 @@ async fn fd_exhaustion_in_the_binary_is_survived() {
     std::fs::write(&config_path, config).unwrap();
     let log_path = dir.path().join("stderr.log");
     // Only the child's limit is lowered, by its shell, before exec.
-    let mut child = Child(
-        std::process::Command::new("sh")
-            .args([
-                "-c",
-                "ulimit -n 128 && exec \"$0\" run --config \"$1\"",
-                env!("CARGO_BIN_EXE_scopegate"),
-            ])
-            .arg(&config_path)
-            .env("RUST_LOG", "warn,scopegate::server=info")
-            .env("SCOPEGATE_LOG_FORMAT", "json")
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::fs::File::create(&log_path).unwrap())
-            .spawn()
-            .unwrap(),
-    );
+    let mut command = std::process::Command::new("sh");
+    command
+        .args([
+            "-c",
+            "ulimit -n 128 && exec \"$0\" run --config \"$1\"",
+            env!("CARGO_BIN_EXE_scopegate"),
+        ])
+        .arg(&config_path);
+    let mut child = Child::logging_to(command, "warn,scopegate::server=info", &log_path);
     let (addr, admin) = serving_addresses(&mut child.0, &log_path)
         .await
         .expect("the binary did not report its addresses");
     let admin = format!("http://{admin}/readyz");
-    let mut ready = false;
-    for _ in 0..200 {
-        if get(&admin, &[]).await.is_ok_and(|r| r.status == 200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "the binary never became ready");
+    assert!(
+        served_within(&admin, Duration::from_secs(10)).await,
+        "the binary never became ready"
+    );
 
     // Far more connections than descriptors: accept must fail with EMFILE.
     let sockets = open_idle(addr, 400).await;

@@ -195,6 +195,15 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
     }
 }
 
+/// `config` with a public `/{*page}` route first, where a path that no
+/// other route takes ends up.
+fn beside_a_public_catch_all(config: &str) -> String {
+    config.replace(
+        "routes:\n",
+        "routes:\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
+    )
+}
+
 /// With `route_matching` set to what an Express or ASP.NET Core upstream
 /// does (case ignored, a trailing slash ignored), `/ADMIN` and `/admin/`
 /// are held to `/admin`'s scopes instead of reaching a public catch-all;
@@ -202,10 +211,7 @@ async fn paths_two_kinds_of_server_read_as_different_routes_are_refused() {
 #[tokio::test]
 async fn route_matching_can_fold_case_and_trailing_slash_like_the_upstream() {
     let world = World::new().await;
-    let with_catch_all = world.config().replace(
-        "routes:\n",
-        "routes:\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
-    );
+    let with_catch_all = beside_a_public_catch_all(&world.config());
     let folding = with_catch_all.replace(
         "routes:\n",
         "route_matching:\n  case_sensitive: false\n  trailing_slash: ignore\nroutes:\n",
@@ -247,10 +253,7 @@ async fn route_matching_can_fold_case_and_trailing_slash_like_the_upstream() {
 #[tokio::test]
 async fn case_folding_into_ascii_is_refused_where_case_is_ignored() {
     let world = World::new().await;
-    let with_catch_all = world.config().replace(
-        "routes:\n",
-        "routes:\n  - path: /{*page}\n    upstream: app\n    auth: none\n",
-    );
+    let with_catch_all = beside_a_public_catch_all(&world.config());
     let folding = with_catch_all.replace(
         "routes:\n",
         "route_matching:\n  case_sensitive: false\nroutes:\n",

@@ -1312,18 +1312,7 @@ impl Validator<'_> {
                     "the store's ca_file is for a rediss:// (TLS) URL",
                 ))
             }
-            Some(file) => {
-                let (path, pem) = self.read(&file.value);
-                let pem = pem.map_err(|e| {
-                    self.err(
-                        file.referenced,
-                        format!("ca_file: cannot read {}: {e}", path.display()),
-                    )
-                })?;
-                crate::proxy::client::roots_with(Some((&path, &pem)))
-                    .map_err(|e| self.err(file.referenced, format!("ca_file: {e}")))?;
-                Some(pem)
-            }
+            Some(file) => Some(self.ca_pem(file)?.1),
         };
         let in_url = parsed.redis_settings().password().is_some();
         let password = match self.secret_from(
@@ -1476,6 +1465,16 @@ impl Validator<'_> {
         let Some(raw) = raw else {
             return Ok(None);
         };
+        let (path, pem) = self.ca_pem(raw)?;
+        Ok(Some(CaFile {
+            path,
+            contents: crate::auth::cache::digest(pem),
+        }))
+    }
+
+    /// A `ca_file`'s path and PEM text, refused at its place when it cannot
+    /// be read or holds no usable certificate.
+    fn ca_pem(&self, raw: &Spanned<String>) -> Result<(PathBuf, Vec<u8>), ConfigError> {
         let (path, pem) = self.read(&raw.value);
         let pem = pem.map_err(|e| {
             self.err(
@@ -1485,10 +1484,7 @@ impl Validator<'_> {
         })?;
         crate::proxy::client::roots_with(Some((&path, &pem)))
             .map_err(|e| self.err(raw.referenced, format!("ca_file: {e}")))?;
-        Ok(Some(CaFile {
-            path,
-            contents: crate::auth::cache::digest(pem),
-        }))
+        Ok((path, pem))
     }
 
     /// Scopes as written, each checked as a scope token at its own place
