@@ -585,6 +585,32 @@ async fn loopback_redirect_uri_may_use_another_port() {
 }
 
 #[tokio::test]
+async fn a_loopback_redirect_uri_may_vary_its_port_only_to_a_port() {
+    // RFC 8252 7.3 lets the port vary; what follows the colon must still be
+    // one, or the URI is invalid and RFC 6749 4.1.2.1 forbids redirecting to
+    // it: the error page, never a redirect (here, for an error that would
+    // otherwise go to the redirect URI at once).
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    for port in ["-9", "+9", "65536", "99999999", "9a", "0x1f", " 9"] {
+        let uri = format!("http://127.0.0.1:{port}/callback");
+        let p = params("spa", &uri, "orders:read", Some(&c.challenge));
+        let r = get_authorize(&gw, &with(p, "response_type", "token"), None).await;
+        if let Err(e) = page_faults(&r, &[400]) {
+            panic!("{uri}: {e}");
+        }
+    }
+    // Ports as browsers read them: any decimal up to 65535, leading zeros
+    // too, or none after the colon (the scheme's default).
+    for port in ["65535", "08080", "0", ""] {
+        let uri = format!("http://127.0.0.1:{port}/callback");
+        let p = params("spa", &uri, "orders:read", Some(&c.challenge));
+        let r = get_authorize(&gw, &with(p, "response_type", "token"), None).await;
+        assert_error_redirect(&r, &uri, "unsupported_response_type");
+    }
+}
+
+#[tokio::test]
 async fn a_single_registered_redirect_uri_may_be_omitted() {
     // RFC 6749 3.1.2.3: with one registered URI the request may leave it out;
     // the code is then bound to the registered one.

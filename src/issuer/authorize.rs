@@ -696,10 +696,28 @@ pub fn redirect_matches(registered: &str, presented: &str) -> bool {
     let userinfo = |u: &http::Uri| u.authority().is_some_and(|a| a.as_str().contains('@'));
     loopback(&r)
         && !userinfo(&p)
+        && p.authority().is_some_and(|a| is_port_or_none(a, p.host()))
         && r.scheme_str() == Some("http")
         && p.scheme_str() == Some("http")
         && r.host() == p.host()
         && r.path_and_query() == p.path_and_query()
+}
+
+/// Whether what follows `host` in `authority` (which has no user
+/// information) is nothing or a port as browsers read one: `:` and decimal
+/// digits up to 65535, or none (the scheme's default). `http::Uri` keeps
+/// any text there (`-9`, `99999`), and a redirect to such a URI is one to
+/// an invalid URI, which RFC 6749 4.1.2.1 forbids.
+fn is_port_or_none(authority: &http::uri::Authority, host: Option<&str>) -> bool {
+    let Some(rest) = host.and_then(|h| authority.as_str().strip_prefix(h)) else {
+        return false;
+    };
+    let Some(port) = rest.strip_prefix(':') else {
+        return rest.is_empty();
+    };
+    let significant = port.trim_start_matches('0');
+    port.bytes().all(|b| b.is_ascii_digit())
+        && (significant.is_empty() || significant.parse::<u16>().is_ok())
 }
 
 /// The CSP source that lets a form lead to `uri` (Chrome holds the redirect
@@ -893,6 +911,26 @@ mod tests {
             "http://127.0.0.1/cb",
             "http://127.0.0.1:9@evil.test/cb"
         ));
+        for port in ["-9", "+9", "65536", "9a"] {
+            assert!(
+                !redirect_matches(
+                    "http://127.0.0.1/cb",
+                    &format!("http://127.0.0.1:{port}/cb")
+                ),
+                "{port}"
+            );
+        }
+        for port in ["65535", "08080", ""] {
+            assert!(
+                redirect_matches(
+                    "http://127.0.0.1/cb",
+                    &format!("http://127.0.0.1:{port}/cb")
+                ),
+                "{port}"
+            );
+        }
+        assert!(redirect_matches("http://[::1]/cb", "http://[::1]:9/cb"));
+        assert!(!redirect_matches("http://[::1]/cb", "http://[::1]:+9/cb"));
     }
 
     #[test]
