@@ -90,6 +90,39 @@ async fn a_silent_admin_connection_is_closed() {
     assert_eq!(gw.readyz().await, 200);
 }
 
+/// An admin request head is held to 16 KiB: probes and scrapers send a few
+/// hundred bytes, and hyper's default buffer (about 400 KiB) would let the
+/// admin listener's 128 connections hold some 50 MB. A head just under the
+/// bound is still answered.
+#[tokio::test]
+async fn an_oversized_admin_request_head_gets_431() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let status_of = |filler: usize| async move {
+        let mut stream = tokio::net::TcpStream::connect(gw.admin).await.unwrap();
+        let head = format!(
+            "GET /healthz HTTP/1.1\r\nHost: admin\r\nX-Filler: {}\r\nConnection: close\r\n\r\n",
+            "a".repeat(filler)
+        );
+        // The server may answer and close before the whole head is written.
+        let _ = stream.write_all(head.as_bytes()).await;
+        let mut answer = Vec::new();
+        let _ = stream.read_to_end(&mut answer).await;
+        String::from_utf8_lossy(&answer)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    assert_eq!(status_of(12 * 1024).await, "HTTP/1.1 200 OK");
+    assert_eq!(
+        status_of(64 * 1024).await,
+        "HTTP/1.1 431 Request Header Fields Too Large"
+    );
+    assert_eq!(gw.readyz().await, 200);
+}
+
 /// Connections kept busy on the admin listener (130 of them, each sending a
 /// request every half second, as a runaway scraper or an attacker would)
 /// do not keep a probe's new connection waiting: beyond 64, a new one

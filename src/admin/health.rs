@@ -32,6 +32,11 @@ type OpenConnections = Mutex<VecDeque<(u64, Arc<Notify>)>>;
 /// The longest an admin connection stays open (a scraper reconnects).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 
+/// The most bytes an admin request head may take. Probes and scrapers send a
+/// few hundred; hyper's default (about 400 KiB) would let the 128
+/// connections hold some 50 MB.
+pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+
 /// Serves the admin endpoints (HTTP/1.1, as probes and scrapers speak)
 /// until `shutdown` changes, then closes its connections and returns once
 /// they have ended. A connection gets `header_read_timeout` for
@@ -55,7 +60,8 @@ pub async fn serve(
     let mut builder = hyper::server::conn::http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(header_read_timeout);
+        .header_read_timeout(header_read_timeout)
+        .max_buf_size(MAX_HEAD_BYTES);
     // Ended with the server: an open connection (a scraper's keep-alive
     // one) would otherwise answer from, and hold, a config already gone.
     let tasks = tokio_util::task::TaskTracker::new();
