@@ -821,15 +821,21 @@ async fn public_clients_must_use_s256_pkce() {
     let (_upstream, gw) = start().await;
     let c = pkce();
     let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
-    for (what, p) in [
+    const PLAIN: &str = "code_challenge_method must be S256 (plain is not allowed)";
+    for (what, p, description) in [
         (
             "no code_challenge",
             without(
                 without(p.clone(), "code_challenge"),
                 "code_challenge_method",
             ),
+            "public clients must use PKCE (code_challenge)",
         ),
-        ("plain", with(p.clone(), "code_challenge_method", "plain")),
+        (
+            "plain",
+            with(p.clone(), "code_challenge_method", "plain"),
+            PLAIN,
+        ),
         (
             "plain with a verifier-shaped challenge",
             with(
@@ -837,23 +843,32 @@ async fn public_clients_must_use_s256_pkce() {
                 "code_challenge",
                 &c.verifier,
             ),
+            PLAIN,
         ),
         (
             "method missing (defaults to plain)",
             without(p.clone(), "code_challenge_method"),
+            "code_challenge_method=S256 is required",
         ),
         (
             "method without challenge",
             without(p.clone(), "code_challenge"),
+            "code_challenge_method without code_challenge",
         ),
         (
             "challenge not a SHA-256",
             with(p.clone(), "code_challenge", "too-short"),
+            "code_challenge is not a base64url SHA-256",
         ),
     ] {
         let r = get_authorize(&gw, &p, None).await;
         assert_eq!(r.status, 303, "{what}: {}", r.text());
         assert_error_redirect(&r, APP_CB, "invalid_request");
+        assert_eq!(
+            redirect(&r).1.get("error_description").map(String::as_str),
+            Some(description),
+            "{what}"
+        );
     }
     // plain is refused for a confidential client too.
     let r = get_authorize(

@@ -282,7 +282,13 @@ impl AuthorizationServer {
             map.get("code_challenge_method").map(String::as_str),
         ) {
             (Some(challenge), Some("S256")) => Some(challenge.clone()),
-            (Some(_), Some(_)) | (None, Some(_)) => {
+            (None, Some(_)) => {
+                return Err((
+                    "invalid_request",
+                    "code_challenge_method without code_challenge",
+                ))
+            }
+            (Some(_), Some(_)) => {
                 return Err((
                     "invalid_request",
                     "code_challenge_method must be S256 (plain is not allowed)",
