@@ -330,12 +330,12 @@ async fn sign_in(gw: &Gateway, p: &Params, username: &str, password: &str) -> (R
     sign_in_from(gw, p, username, password, None).await
 }
 
-/// The name of `user`'s device cookie: `sg_device_` and 16 hex digits of
+/// The name of `user`'s device cookie: `__Secure-sg_device_` and 16 hex digits of
 /// the SHA-256 of the user name.
 fn device_cookie(user: &str) -> String {
     let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, user.as_bytes());
     let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-    format!("sg_device_{hex}")
+    format!("__Secure-sg_device_{hex}")
 }
 
 /// [`sign_in`] from a browser that also holds `device` (device cookie
@@ -354,7 +354,7 @@ async fn sign_in_from(
     assert_eq!(field(&form, "action"), "login");
     form.push(("username".into(), username.into()));
     form.push(("password".into(), password.into()));
-    let mut cookies = cookie_pair(&page, "sg_csrf");
+    let mut cookies = cookie_pair(&page, "__Secure-sg_csrf");
     if let Some(device) = device {
         cookies = format!("{cookies}; {device}");
     }
@@ -371,7 +371,7 @@ async fn consent(gw: &Gateway, p: &Params, username: &str) -> (Reply, String) {
         "{}",
         reply.text()
     );
-    let session = cookie_pair(&reply, "sg_session");
+    let session = cookie_pair(&reply, "__Secure-sg_session");
     (reply, session)
 }
 
@@ -489,7 +489,7 @@ async fn unknown_or_missing_client_is_an_error_page_not_a_redirect() {
             "{what}: {}",
             r.text()
         );
-        assert!(set_cookie(&r, "sg_csrf").is_none(), "{what}");
+        assert!(set_cookie(&r, "__Secure-sg_csrf").is_none(), "{what}");
         // The same through POST.
         let r = post_authorize(&gw, &with(p, "action", "login"), None).await;
         assert_page(&r, 400);
@@ -688,7 +688,7 @@ async fn response_type_token_is_unsupported_and_state_comes_back_untouched() {
         "{location}"
     );
     assert_eq!(location.matches('#').count(), 0, "{location}");
-    assert!(set_cookie(&r, "sg_csrf").is_none());
+    assert!(set_cookie(&r, "__Secure-sg_csrf").is_none());
     // Without response_type at all: invalid_request.
     let r = get_authorize(&gw, &without(p.clone(), "response_type"), None).await;
     assert_error_redirect(&r, APP_CB, "invalid_request");
@@ -929,7 +929,7 @@ async fn a_configured_authorize_path_is_the_endpoint_the_metadata_names() {
         "{}",
         page.text()
     );
-    let csrf = set_cookie(&page, "sg_csrf").unwrap();
+    let csrf = set_cookie(&page, "__Secure-sg_csrf").unwrap();
     assert!(csrf.contains(&format!("Path={MOVED};")), "{csrf}");
 
     let post = |form: Params, cookie: String| {
@@ -951,7 +951,7 @@ async fn a_configured_authorize_path_is_the_endpoint_the_metadata_names() {
     let mut form = hidden_fields(&page.text());
     form.push(("username".into(), "alice".into()));
     form.push(("password".into(), PASSWORD.into()));
-    let consent = post(form, cookie_pair(&page, "sg_csrf")).await;
+    let consent = post(form, cookie_pair(&page, "__Secure-sg_csrf")).await;
     assert_page(&consent, 200);
     assert!(
         consent.text().contains("<h1>Allow access?</h1>"),
@@ -960,7 +960,7 @@ async fn a_configured_authorize_path_is_the_endpoint_the_metadata_names() {
     );
     let mut form = hidden_fields(&consent.text());
     form.push(("action".into(), "approve".into()));
-    let approved = post(form, cookie_pair(&consent, "sg_session")).await;
+    let approved = post(form, cookie_pair(&consent, "__Secure-sg_session")).await;
     let (to, q) = redirect(&approved);
     assert_eq!(to, APP_CB);
     let r = spa_exchange(&gw, &q["code"], Some(&c.verifier)).await;
@@ -989,7 +989,7 @@ async fn head_on_the_sign_in_page_is_answered_as_get() {
     assert_eq!(head.status, 200, "{}", head.text());
     assert!(head.body.is_empty());
     assert_eq!(head.header("content-type"), page.header("content-type"));
-    assert!(set_cookie(&head, "sg_csrf").is_some());
+    assert!(set_cookie(&head, "__Secure-sg_csrf").is_some());
     let put = send("PUT", &authorize_url(&gw, &p), &[], Bytes::new())
         .await
         .unwrap();
@@ -1047,7 +1047,7 @@ async fn paths_below_the_sign_in_page_reach_no_upstream() {
     let upstream = Upstream::start().await;
     let wide = "  - path: /{a}/{b}/x\n    upstream: app\n    auth: none\n";
     let gw = Gateway::start(&format!("{}{wide}", config(upstream.addr, ""))).await;
-    let cookie = [("cookie", "sg_session=s; sg_csrf=c")];
+    let cookie = [("cookie", "__Secure-sg_session=s; __Secure-sg_csrf=c")];
     for path in [
         "/oauth2/authorize/x",
         "/oauth2/authorize/x?a=b",
@@ -1079,18 +1079,21 @@ async fn sign_in_requires_the_double_submit_csrf_cookie() {
     let mut form = hidden_fields(&page.text());
     form.push(("username".into(), "alice".into()));
     form.push(("password".into(), PASSWORD.into()));
-    let cookie = cookie_pair(&page, "sg_csrf");
-    assert_eq!(cookie, format!("sg_csrf={}", field(&form, "csrf")));
+    let cookie = cookie_pair(&page, "__Secure-sg_csrf");
+    assert_eq!(cookie, format!("__Secure-sg_csrf={}", field(&form, "csrf")));
 
     let refused = |r: &Reply, what: &str| {
         assert_page(r, 403);
-        assert!(set_cookie(r, "sg_session").is_none(), "{what}");
+        assert!(set_cookie(r, "__Secure-sg_session").is_none(), "{what}");
         assert!(r.text().contains("Request refused"), "{what}: {}", r.text());
     };
     // No cookie.
     refused(&post_authorize(&gw, &form, None).await, "no cookie");
     // A cookie that does not match the form.
-    let other = format!("sg_csrf={}", scopegate::issuer::random_token().unwrap());
+    let other = format!(
+        "__Secure-sg_csrf={}",
+        scopegate::issuer::random_token().unwrap()
+    );
     refused(
         &post_authorize(&gw, &form, Some(&other)).await,
         "mismatched cookie",
@@ -1108,7 +1111,7 @@ async fn sign_in_requires_the_double_submit_csrf_cookie() {
     // The control: the page's own cookie and form succeed.
     let r = post_authorize(&gw, &form, Some(&cookie)).await;
     assert_page(&r, 200);
-    assert!(set_cookie(&r, "sg_session").is_some());
+    assert!(set_cookie(&r, "__Secure-sg_session").is_some());
 }
 
 #[tokio::test]
@@ -1127,9 +1130,9 @@ async fn wrong_password_is_400_and_five_failures_lock_the_user() {
             r.text()
         );
         assert!(r.text().contains("<h1>Sign in</h1>"));
-        assert!(set_cookie(&r, "sg_session").is_none());
+        assert!(set_cookie(&r, "__Secure-sg_session").is_none());
         // The page can be submitted again (a fresh CSRF cookie).
-        assert!(set_cookie(&r, "sg_csrf").is_some());
+        assert!(set_cookie(&r, "__Secure-sg_csrf").is_some());
     }
     // The sixth attempt is refused even with the right password.
     let (_, r) = sign_in(&gw, &p, "bob", PASSWORD).await;
@@ -1139,7 +1142,7 @@ async fn wrong_password_is_400_and_five_failures_lock_the_user() {
         "{}",
         r.text()
     );
-    assert!(set_cookie(&r, "sg_session").is_none());
+    assert!(set_cookie(&r, "__Secure-sg_session").is_none());
     // Per user: alice is not affected.
     let (r, _) = consent(&gw, &p, "alice").await;
     assert_eq!(r.status, 200);
@@ -1238,15 +1241,15 @@ async fn approve_without_a_valid_session_shows_the_sign_in_page() {
     let (_other_upstream, other) = start().await;
     let (_, foreign) = consent(&other, &p, "alice").await;
     // A tampered one: the payload's last character changed.
-    let value = session.trim_start_matches("sg_session=");
+    let value = session.trim_start_matches("__Secure-sg_session=");
     let mut parts: Vec<String> = value.split('.').map(str::to_owned).collect();
     let last = parts[1].pop().unwrap();
     parts[1].push(if last == 'A' { 'B' } else { 'A' });
-    let tampered = format!("sg_session={}", parts.join("."));
+    let tampered = format!("__Secure-sg_session={}", parts.join("."));
 
     for (what, cookie) in [
         ("no session", None),
-        ("garbage", Some("sg_session=not-a-jwt")),
+        ("garbage", Some("__Secure-sg_session=not-a-jwt")),
         ("foreign key", Some(foreign.as_str())),
         ("tampered", Some(tampered.as_str())),
     ] {
@@ -1280,7 +1283,9 @@ async fn a_session_is_no_access_token() {
     let c = pkce();
     let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
     let (page, session) = consent(&gw, &p, "alice").await;
-    let session_jwt = session.trim_start_matches("sg_session=").to_owned();
+    let session_jwt = session
+        .trim_start_matches("__Secure-sg_session=")
+        .to_owned();
     // The device cookie is signed the same way: no bearer token either, and
     // no session.
     let device_jwt = cookie_pair(&page, &device_cookie("alice"))
@@ -1288,7 +1293,7 @@ async fn a_session_is_no_access_token() {
         .unwrap()
         .1
         .to_owned();
-    let r = get_authorize(&gw, &p, Some(&format!("sg_session={device_jwt}"))).await;
+    let r = get_authorize(&gw, &p, Some(&format!("__Secure-sg_session={device_jwt}"))).await;
     assert!(r.text().contains("<h1>Sign in</h1>"), "{}", r.text());
 
     for token in [&session_jwt, &device_jwt] {
@@ -1459,7 +1464,7 @@ async fn pages_carry_security_headers_and_cookie_attributes() {
     // Sign-in page and its CSRF cookie.
     let page = get_authorize(&gw, &p, None).await;
     assert_page(&page, 200);
-    assert_cookie_attributes(&page, "sg_csrf");
+    assert_cookie_attributes(&page, "__Secure-sg_csrf");
     assert_eq!(
         page.header("x-content-type-options").as_deref(),
         Some("nosniff")
@@ -1478,7 +1483,7 @@ async fn pages_carry_security_headers_and_cookie_attributes() {
     // Consent page and the session cookie.
     let (consent_page, _) = consent(&gw, &p, "alice").await;
     assert_page(&consent_page, 200);
-    assert_cookie_attributes(&consent_page, "sg_session");
+    assert_cookie_attributes(&consent_page, "__Secure-sg_session");
     assert_cookie_attributes(&consent_page, &device_cookie("alice"));
     // Error pages.
     let r = get_authorize(&gw, &with(p.clone(), "client_id", "nobody"), None).await;
@@ -1858,7 +1863,7 @@ async fn a_request_the_user_may_grant_none_of_is_invalid_scope() {
     let (_, r) = sign_in(&gw, &p, "carol", PASSWORD).await;
     assert_error_redirect(&r, APP_CB, "invalid_scope");
     // Signed in all the same.
-    let session = cookie_pair(&r, "sg_session");
+    let session = cookie_pair(&r, "__Secure-sg_session");
     let r = get_authorize(&gw, &p, Some(&session)).await;
     assert_error_redirect(&r, APP_CB, "invalid_scope");
     // A consent form changed to ask for admin.
@@ -2032,7 +2037,7 @@ async fn sign_ins_and_token_requests_log_no_credential() {
     let wrong_password = "not-my-horse-3f9c";
     let (page, refused) = sign_in(&gw, &p, "alice", wrong_password).await;
     assert_page(&refused, 400);
-    let csrf = cookie_pair(&page, "sg_csrf");
+    let csrf = cookie_pair(&page, "__Secure-sg_csrf");
     let (consent_page, session) = consent(&gw, &p, "alice").await;
     let r = decide(&gw, &consent_page, &session, "approve").await;
     let code = redirect(&r).1.get("code").expect("no code").clone();

@@ -282,7 +282,7 @@ async fn flow(
     // The session and CSRF cookies exist but are invisible to scripts (HttpOnly).
     let cookies = browser.get_all_cookies().await.unwrap();
     let names: Vec<&str> = cookies.iter().map(|c| c.name()).collect();
-    assert!(names.contains(&"sg_session"), "{names:?}");
+    assert!(names.contains(&"__Secure-sg_session"), "{names:?}");
     for c in &cookies {
         assert_eq!(c.http_only(), Some(true), "{c:?}");
         assert_eq!(c.secure(), Some(true), "{c:?}");

@@ -415,14 +415,19 @@ async fn demo_steps_work_as_printed() {
     let mut form = hidden_fields(&page.text());
     form.push(("username".into(), username.into()));
     form.push(("password".into(), password.into()));
-    let consent = form_post(&action(&page), &form, cookie_pair(&page, "sg_csrf")).await;
+    let consent = form_post(
+        &action(&page),
+        &form,
+        cookie_pair(&page, "__Secure-sg_csrf"),
+    )
+    .await;
     assert_eq!(consent.status, 200, "{}", consent.text());
     let mut form = hidden_fields(&consent.text());
     form.push(("action".into(), "approve".into()));
     let approved = form_post(
         &action(&consent),
         &form,
-        cookie_pair(&consent, "sg_session"),
+        cookie_pair(&consent, "__Secure-sg_session"),
     )
     .await;
     assert_eq!(approved.status, 303, "{}", approved.text());

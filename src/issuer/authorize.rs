@@ -32,14 +32,19 @@ use crate::proxy::Body;
 const CODE_TTL: u64 = 60;
 /// Lifetime of a sign-in session (seconds).
 const SESSION_TTL: u64 = 600;
-const SESSION_COOKIE: &str = "sg_session";
-const CSRF_COOKIE: &str = "sg_csrf";
+/// The cookies' `__Secure-` prefix: a browser takes such a cookie only from
+/// an HTTPS page and with `Secure`, so a plain-http page on a sibling host
+/// cannot plant one (cookie tossing, which would defeat the double-submit
+/// CSRF check before sign-in). Not `__Host-`, which requires `Path=/`: the
+/// cookies would then go to every API behind the gateway.
+const SESSION_COOKIE: &str = "__Secure-sg_session";
+const CSRF_COOKIE: &str = "__Secure-sg_csrf";
 /// Marks a browser that signed a user in before, so that failed sign-ins
 /// from anywhere else cannot lock that user out of it (OWASP's device
 /// cookies): its attempts are counted under the cookie, not the user name.
 /// One per user ([`device_cookie_name`]), so users sharing a browser do
 /// not overwrite each other's.
-const DEVICE_COOKIE: &str = "sg_device_";
+const DEVICE_COOKIE: &str = "__Secure-sg_device_";
 /// The `aud` of device tokens: no API's, so no resource server that checks
 /// audiences takes one for an access token.
 const DEVICE_AUDIENCE: &str = "scopegate:device";
@@ -795,7 +800,7 @@ fn hidden_fields(request: &AuthRequest) -> String {
     out
 }
 
-/// `sg_device_` and 16 hex digits of the SHA-256 of `username`: a name per
+/// `__Secure-sg_device_` and 16 hex digits of the SHA-256 of `username`: a name per
 /// user that does not show the user name.
 fn device_cookie_name(username: &str) -> String {
     let digest = digest(username);

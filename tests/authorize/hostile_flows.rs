@@ -761,13 +761,13 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
     }
     let sign_in_page = get_authorize(gw, &start, None).await;
     page(&sign_in_page, &[200], "sign-in page")?;
-    let csrf_cookie = cookie_pair(&sign_in_page, "sg_csrf");
+    let csrf_cookie = cookie_pair(&sign_in_page, "__Secure-sg_csrf");
     let csrf = csrf_cookie
         .split_once('=')
         .map(|(_, v)| v.to_owned())
         .unwrap_or_default();
     let another_page = get_authorize(gw, &start, None).await;
-    let another_cookie = cookie_pair(&another_page, "sg_csrf");
+    let another_cookie = cookie_pair(&another_page, "__Secure-sg_csrf");
     let another_csrf = field(&hidden_fields(&another_page.text()), "csrf");
 
     // 2. Sign-in.
@@ -800,7 +800,7 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
     form.push(("username".into(), flow.user.into()));
     form.push(("password".into(), password.into()));
     let r = post_authorize(gw, &form, cookie.as_deref()).await;
-    let no_session = |r: &Reply, what: &str| match set_cookie(r, "sg_session") {
+    let no_session = |r: &Reply, what: &str| match set_cookie(r, "__Secure-sg_session") {
         Some(c) => Err(format!("{what}: a session cookie was set: {c}")),
         None => Ok(()),
     };
@@ -838,7 +838,7 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
         return refused(&r, &refusal, "signed in, no scope the user may grant");
     }
     consent_page(&r, "signed in")?;
-    let own_session = cookie_pair(&r, "sg_session");
+    let own_session = cookie_pair(&r, "__Secure-sg_session");
     let (consent_page, shown_request) = if flow.revisit {
         let again = get_authorize(gw, &start, Some(&own_session)).await;
         let request = request_of(&start).map_err(|e| format!("the first request: {e:?}"))?;
@@ -892,8 +892,8 @@ async fn check(lab: &Lab, flow: Flow) -> Result<(), String> {
         Session::Missing => None,
         Session::Forged => Some(forged),
         Session::Bob => Some(bob_session),
-        Session::Device => Some(format!("sg_session={}", lab.bob_device)),
-        Session::AccessToken => Some(format!("sg_session={}", lab.access_token)),
+        Session::Device => Some(format!("__Secure-sg_session={}", lab.bob_device)),
+        Session::AccessToken => Some(format!("__Secure-sg_session={}", lab.access_token)),
     };
     let r = post_authorize(gw, &form, cookie.as_deref()).await;
     let request = match request_of(&form) {
