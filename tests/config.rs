@@ -951,6 +951,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "redirect_uris",
         ),
         (
+            "a plain-http redirect URI off this host",
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [https://app.test/cb, \"http://app.test/cb\"]\n      scopes: [a]\n      audience: api\n".into(),
+            "6:44",
+            "plain http only to this host",
+        ),
+        (
             "a redirect URI that is not ASCII",
             "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [\"https://app.test/cb/\u{e9}\"]\n      scopes: [a]\n      audience: api\n".into(),
             "6:23",
@@ -1211,6 +1217,31 @@ fn an_issuer_that_is_no_url_or_a_valid_one_is_accepted() {
         );
         let loaded = scopegate::config::load_str("iss.yaml", dir.path(), &yaml);
         assert!(loaded.is_ok(), "{:?}\n{yaml}", loaded.err());
+    }
+}
+
+/// A redirect URI may be plain http only to this host, where no network
+/// lies between the browser and the app (RFC 8252 7.3's loopback redirect
+/// of native apps, and a developer's `localhost`); https and native apps'
+/// schemes go anywhere.
+#[test]
+fn redirect_uris_to_this_host_may_be_plain_http() {
+    let dir = tempfile::tempdir().unwrap();
+    for uri in [
+        "http://127.0.0.1/callback",
+        "http://127.0.0.1:8123/cb",
+        "http://[::1]/cb",
+        "http://localhost:3000/cb",
+        "http://LOCALHOST/cb",
+        "http://app.localhost/cb",
+        "https://app.example.com/cb",
+        "com.example.app:/cb",
+    ] {
+        let yaml = format!(
+            "authorization_server:\n  issuer: https://as.test\n  clients:\n    - client_id: web\n      grants: [authorization_code]\n      redirect_uris: [\"{uri}\"]\n      scopes: [a]\n      audience: api\n"
+        );
+        let loaded = scopegate::config::load_str("redirect.yaml", dir.path(), &yaml);
+        assert!(loaded.is_ok(), "{uri}: {:?}", loaded.err());
     }
 }
 

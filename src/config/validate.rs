@@ -973,9 +973,9 @@ const MAX_CONNECTIONS: usize = 1_000_000;
 const MAX_WORKERS: usize = 1024;
 
 /// A registered redirect URI (RFC 6749 3.1.2): absolute, without fragment,
-/// and `https`, `http`, or a private-use scheme of a native app (RFC 8252
-/// 7.1: reverse domain name, so it has a dot); never one a browser would run
-/// or read locally (`javascript:`, `data:`, `file:`).
+/// and `https`, `http` to this host, or a private-use scheme of a native app
+/// (RFC 8252 7.1: reverse domain name, so it has a dot); never one a browser
+/// would run or read locally (`javascript:`, `data:`, `file:`).
 fn check_redirect_uri(uri: &str) -> Result<(), String> {
     let parsed = url::Url::parse(uri)
         .map_err(|e| format!("redirect_uris: `{uri}` is not an absolute URI: {e}"))?;
@@ -997,6 +997,17 @@ fn check_redirect_uri(uri: &str) -> Result<(), String> {
     if !web && !scheme.contains('.') {
         return Err(format!(
             "redirect_uris: `{uri}`: the scheme must be https, http, or a native app's reverse-domain scheme (com.example.app:/cb)"
+        ));
+    }
+    // The code travels in the redirect: over plain http only where no
+    // network lies between browser and app (RFC 6749 3.1.2.1, RFC 8252 7.3).
+    if scheme == "http"
+        && !uri
+            .parse::<Uri>()
+            .is_ok_and(|parsed| browsers_keep_secure_cookies(&parsed))
+    {
+        return Err(format!(
+            "redirect_uris: `{uri}`: plain http only to this host (a loopback address, localhost or *.localhost); use https"
         ));
     }
     Ok(())
