@@ -53,6 +53,8 @@ const VALUES: &[&str] = &[
     "http://[::1",
     "https://user:pass@host/",
     "http://127.0.0.1:99999",
+    "http://app.example.com/callback",
+    "http://127.0.0.1:-9/cb",
     "/a/../b",
     "/{x}/{x}",
     "/a/{*rest}/b",
