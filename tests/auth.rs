@@ -2589,6 +2589,65 @@ async fn a_key_replaced_under_the_same_kid_by_another_type_refetches() {
     .await;
 }
 
+/// RFC 7518 6.2.1.2-3: an EC key's `x` and `y` are each the full size of a
+/// coordinate (32 bytes on P-256). A key whose two members hold the right
+/// bytes split elsewhere (the whole point in `x` and nothing in `y`, or a
+/// byte of `x` moved into `y`) is malformed, and jose and Nimbus refuse it:
+/// it is kept (its `kid` is known) but verifies nothing, as a point off the
+/// curve is.
+#[tokio::test]
+async fn ec_keys_whose_coordinates_are_not_full_size_verify_nothing() {
+    let (signer, world) = lab().await;
+    let jwk = signer.public_jwk();
+    let coordinate = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap()).unwrap();
+    let (x, y) = (coordinate("x"), coordinate("y"));
+    assert_eq!((x.len(), y.len()), (32, 32));
+    let point = [x.as_slice(), y.as_slice()].concat();
+    let splits: [(&str, &[u8], &[u8]); 3] = [
+        ("whole-point-in-x", &point, &[]),
+        ("x-one-byte-short", &point[..31], &point[31..]),
+        ("y-one-byte-short", &point[..33], &point[33..]),
+    ];
+    let mut keys = vec![jwk.clone()];
+    for (kid, x, y) in splits {
+        let mut split = jwk.clone();
+        split["kid"] = json!(kid);
+        split["x"] = json!(b64(x));
+        split["y"] = json!(b64(y));
+        keys.push(split);
+    }
+    world
+        .jwks
+        .set_document(&json!({ "keys": keys }).to_string());
+    let gw = Gateway::start(&world.config_with("    jwks_refetch_cooldown: 0s\n")).await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &signer.mint(&fresh_claims("orders:read")),
+        Want::Allow,
+        "the key with full-size coordinates",
+    )
+    .await;
+    for (kid, _, _) in splits {
+        let token = signer.sign(
+            &json!({"alg": "ES256", "typ": "at+jwt", "kid": kid}),
+            &fresh_claims("orders:read"),
+        );
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            Want::Invalid(TokenError::BadSignature),
+            kid,
+        )
+        .await;
+    }
+}
+
 // ---------------------------------------------------------------------------
 // 6. Unknown-kid flood.
 // ---------------------------------------------------------------------------

@@ -296,6 +296,18 @@ impl KeySet {
             None => None,
             Some(a) => Some(key_algorithm(a)?),
         };
+        // RFC 7518 6.2.1.2-3: `x` and `y` are each the full size of a
+        // coordinate. jsonwebtoken joins them as they are, so a point split
+        // elsewhere (all of it in `x`, a byte moved into `y`) would parse as
+        // the same key: such a key is malformed, kept, and verifies nothing.
+        let malformed = match &jwk.algorithm {
+            AlgorithmParameters::EllipticCurve(p) => {
+                let size = if kind == KeyKind::P384 { 48 } else { 32 };
+                let full = |c: &str| URL_SAFE_NO_PAD.decode(c).is_ok_and(|c| c.len() == size);
+                !(full(&p.x) && full(&p.y))
+            }
+            _ => false,
+        };
         let decoded = DecodingKey::from_jwk(jwk).ok()?;
         let mut material = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         match decoded.kind() {
@@ -315,7 +327,7 @@ impl KeySet {
             material: crate::auth::cache::digest_of(material.finish()),
         };
         for &(candidate, verification) in kind.algorithms() {
-            if !key.fits(candidate) {
+            if malformed || !key.fits(candidate) {
                 continue;
             }
             let parsed = match (decoded.kind(), verification) {
@@ -693,7 +705,7 @@ impl IssuerKeys {
                     tracing::warn!(
                         issuer = %self.issuer_name,
                         kids = ?unusable,
-                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve or coordinates not of its full size, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
                     );
                 }
                 if set.unread_entries() > 0 {
