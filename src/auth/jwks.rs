@@ -802,11 +802,14 @@ impl IssuerKeys {
                     format!("the server answered {}", response.status()),
                 ));
             }
-            let max_age = response
+            // One list however many field lines carry it (RFC 9110 5.3).
+            let cache_control: Vec<&str> = response
                 .headers()
-                .get(http::header::CACHE_CONTROL)
-                .and_then(|v| v.to_str().ok())
-                .and_then(parse_max_age);
+                .get_all(http::header::CACHE_CONTROL)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            let max_age = parse_max_age(&cache_control.join(","));
             let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
                 .collect()
                 .await
@@ -1027,6 +1030,63 @@ mod tests {
         let alone = resting(&keys);
         tokio::time::sleep(11 * second).await;
         assert!(alone.is_finished());
+    }
+
+    /// Cache-Control is a list (RFC 9110 5.3, RFC 9111 5.2): its
+    /// directives may come on several field lines, and mean what they would
+    /// on one, so a `max-age` or `no-store` on a second line shortens the
+    /// refresh as it does on the first.
+    #[tokio::test]
+    async fn cache_control_over_several_field_lines_is_one_list() {
+        crate::cli::install_crypto_provider();
+        let body = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let hour = Duration::from_secs(3600);
+        let cases: [(&[&str], Duration); 4] = [
+            (&["public, max-age=120"], Duration::from_secs(120)),
+            (&["public", "max-age=120"], Duration::from_secs(120)),
+            (&["max-age=120", "public"], Duration::from_secs(120)),
+            (&["public, max-age=600", "no-store"], MIN_REFRESH),
+        ];
+        for (lines, want) in cases {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            let head: String = lines
+                .iter()
+                .map(|line| format!("Cache-Control: {line}\r\n"))
+                .collect();
+            let answer = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let server = tokio::spawn(async move {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                stream.write_all(answer.as_bytes()).await.unwrap();
+                stream.shutdown().await.unwrap();
+            });
+            let uri: Uri = format!("http://{addr}/jwks.json").parse().unwrap();
+            let keys = IssuerKeys::remote(
+                Arc::from("t"),
+                Some(uri),
+                None,
+                Duration::from_secs(5),
+                Duration::ZERO,
+                hour,
+                Vec::new(),
+            )
+            .unwrap();
+            let metrics = Metrics::new().unwrap();
+            let (result, next) = keys.refresh(&metrics).await;
+            server.await.unwrap();
+            assert_eq!((result, next), (FetchResult::Success, want), "{lines:?}");
+        }
     }
 
     #[test]
