@@ -35,7 +35,7 @@ const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
 /// The most bytes an admin request head may take. Probes and scrapers send a
 /// few hundred; hyper's default (about 400 KiB) would let the 128
 /// connections hold some 50 MB.
-pub const MAX_HEAD_BYTES: usize = 16 * 1024;
+const MAX_HEAD_BYTES: usize = 16 * 1024;
 
 /// Serves the admin endpoints (HTTP/1.1, as probes and scrapers speak)
 /// until `shutdown` changes, then closes its connections and returns once

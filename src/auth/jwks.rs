@@ -95,6 +95,16 @@ impl KeyKind {
             Self::Ed25519 => &ED25519_ALGORITHMS,
         }
     }
+
+    /// The bytes of one coordinate of an EC key of this kind (RFC 7518
+    /// 6.2.1.2), `None` for other kinds.
+    fn coordinate_bytes(self) -> Option<usize> {
+        match self {
+            Self::P256 => Some(32),
+            Self::P384 => Some(48),
+            Self::Rsa | Self::Ed25519 => None,
+        }
+    }
 }
 
 /// How aws-lc-rs checks one JWS algorithm.
@@ -300,9 +310,8 @@ impl KeySet {
         // coordinate. jsonwebtoken joins them as they are, so a point split
         // elsewhere (all of it in `x`, a byte moved into `y`) would parse as
         // the same key: such a key is malformed, kept, and verifies nothing.
-        let malformed = match &jwk.algorithm {
-            AlgorithmParameters::EllipticCurve(p) => {
-                let size = if kind == KeyKind::P384 { 48 } else { 32 };
+        let malformed = match (&jwk.algorithm, kind.coordinate_bytes()) {
+            (AlgorithmParameters::EllipticCurve(p), Some(size)) => {
                 let full = |c: &str| URL_SAFE_NO_PAD.decode(c).is_ok_and(|c| c.len() == size);
                 !(full(&p.x) && full(&p.y))
             }
