@@ -811,14 +811,7 @@ impl IssuerKeys {
                     format!("the server answered {}", response.status()),
                 ));
             }
-            // One list however many field lines carry it (RFC 9110 5.3).
-            let cache_control: Vec<&str> = response
-                .headers()
-                .get_all(http::header::CACHE_CONTROL)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            let max_age = parse_max_age(&cache_control.join(","));
+            let max_age = freshness_left(response.headers());
             let body = Limited::new(response.into_body(), MAX_JWKS_BYTES)
                 .collect()
                 .await
@@ -884,7 +877,29 @@ fn next_refresh(max_age: Option<Duration>, interval: Duration) -> Duration {
         .clamp(MIN_REFRESH, MAX_REFRESH)
 }
 
-/// Reads `max-age` from a Cache-Control value (`no-store`/`no-cache` mean 0).
+/// How long a JWKS answer with these headers stays fresh: its `max-age`
+/// less the `Age` it has spent in a shared cache on its way (RFC 9111
+/// 4.2.3); `None` when it gives no `max-age`.
+fn freshness_left(headers: &http::HeaderMap) -> Option<Duration> {
+    // One list however many field lines carry it (RFC 9110 5.3).
+    let cache_control: Vec<&str> = headers
+        .get_all(http::header::CACHE_CONTROL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let max_age = parse_max_age(&cache_control.join(","))?;
+    // An Age that is no delta-seconds is ignored (RFC 9111 5.1).
+    let age = headers
+        .get(http::header::AGE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    Some(max_age.saturating_sub(age))
+}
+
+/// Reads `max-age` from a Cache-Control value (`no-store`/`no-cache` mean 0,
+/// as does a `max-age` given twice with different values: RFC 9111 4.2.1
+/// has such an answer considered stale).
 pub fn parse_max_age(value: &str) -> Option<Duration> {
     let mut max_age = None;
     for directive in value.split(',').map(str::trim) {
@@ -893,14 +908,19 @@ pub fn parse_max_age(value: &str) -> Option<Duration> {
             return Some(Duration::ZERO);
         }
         if let Some(secs) = lower.strip_prefix("max-age=") {
-            max_age = secs
+            let this = secs
                 .trim_matches('"')
                 .parse::<u64>()
                 .ok()
                 .map(Duration::from_secs);
+            match max_age {
+                None => max_age = Some(this),
+                Some(seen) if seen != this => return Some(Duration::ZERO),
+                Some(_) => {}
+            }
         }
     }
-    max_age
+    max_age.flatten()
 }
 
 /// Keeps one remote issuer's keys fresh until `shutdown` fires: retries with
@@ -1041,15 +1061,54 @@ mod tests {
         assert!(alone.is_finished());
     }
 
+    /// The refresh a fetch of a key set schedules when the JWKS server
+    /// answers with `head` (header lines, each ending in CRLF) and a set of
+    /// one usable key; the operator's interval is an hour.
+    async fn refresh_after(head: &str) -> (FetchResult, Duration) {
+        crate::cli::install_crypto_provider();
+        let body = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let answer = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.ends_with(b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                assert!(n > 0, "the request ended early");
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(answer.as_bytes()).await.unwrap();
+            stream.shutdown().await.unwrap();
+        });
+        let uri: Uri = format!("http://{addr}/jwks.json").parse().unwrap();
+        let keys = IssuerKeys::remote(
+            Arc::from("t"),
+            Some(uri),
+            None,
+            Duration::from_secs(5),
+            Duration::ZERO,
+            Duration::from_secs(3600),
+            Vec::new(),
+        )
+        .unwrap();
+        let metrics = Metrics::new().unwrap();
+        let scheduled = keys.refresh(&metrics).await;
+        server.await.unwrap();
+        scheduled
+    }
+
     /// Cache-Control is a list (RFC 9110 5.3, RFC 9111 5.2): its
     /// directives may come on several field lines, and mean what they would
     /// on one, so a `max-age` or `no-store` on a second line shortens the
     /// refresh as it does on the first.
     #[tokio::test]
     async fn cache_control_over_several_field_lines_is_one_list() {
-        crate::cli::install_crypto_provider();
-        let body = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
-        let hour = Duration::from_secs(3600);
         let cases: [(&[&str], Duration); 4] = [
             (&["public, max-age=120"], Duration::from_secs(120)),
             (&["public", "max-age=120"], Duration::from_secs(120)),
@@ -1057,44 +1116,44 @@ mod tests {
             (&["public, max-age=600", "no-store"], MIN_REFRESH),
         ];
         for (lines, want) in cases {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
             let head: String = lines
                 .iter()
                 .map(|line| format!("Cache-Control: {line}\r\n"))
                 .collect();
-            let answer = format!(
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                body.len()
+            let scheduled = refresh_after(&head).await;
+            assert_eq!(scheduled, (FetchResult::Success, want), "{lines:?}");
+        }
+    }
+
+    /// A key set that has waited in a shared cache (a CDN in front of the
+    /// identity provider) has used up `Age` seconds of its `max-age` (RFC
+    /// 9111 4.2.3): its refresh comes that much sooner. A `max-age` given
+    /// twice with different values leaves its freshness unknown, so the set
+    /// is refreshed soon (RFC 9111 4.2.1: "considered stale").
+    #[tokio::test]
+    async fn age_is_taken_off_max_age() {
+        let cases = [
+            ("Cache-Control: max-age=900\r\nAge: 300\r\n", 600),
+            ("Cache-Control: max-age=900\r\nAge: 2000\r\n", 60),
+            ("Age: 100\r\nCache-Control: public, max-age=1000\r\n", 900),
+            // An Age that is no delta-seconds is ignored (RFC 9111 5.1).
+            ("Cache-Control: max-age=900\r\nAge: soon\r\n", 900),
+            // Without max-age the operator's interval stands, whatever the age.
+            ("Cache-Control: public\r\nAge: 3000\r\n", 3600),
+            ("Cache-Control: max-age=900, max-age=2000\r\n", 60),
+            (
+                "Cache-Control: max-age=900\r\nCache-Control: max-age=2000\r\n",
+                60,
+            ),
+            ("Cache-Control: max-age=900, max-age=900\r\n", 900),
+        ];
+        for (head, want) in cases {
+            let scheduled = refresh_after(head).await;
+            assert_eq!(
+                scheduled,
+                (FetchResult::Success, Duration::from_secs(want)),
+                "{head:?}"
             );
-            let server = tokio::spawn(async move {
-                use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                let (mut stream, _) = listener.accept().await.unwrap();
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.ends_with(b"\r\n\r\n") {
-                    let n = stream.read(&mut buf).await.unwrap();
-                    assert!(n > 0, "the request ended early");
-                    request.extend_from_slice(&buf[..n]);
-                }
-                stream.write_all(answer.as_bytes()).await.unwrap();
-                stream.shutdown().await.unwrap();
-            });
-            let uri: Uri = format!("http://{addr}/jwks.json").parse().unwrap();
-            let keys = IssuerKeys::remote(
-                Arc::from("t"),
-                Some(uri),
-                None,
-                Duration::from_secs(5),
-                Duration::ZERO,
-                hour,
-                Vec::new(),
-            )
-            .unwrap();
-            let metrics = Metrics::new().unwrap();
-            let (result, next) = keys.refresh(&metrics).await;
-            server.await.unwrap();
-            assert_eq!((result, next), (FetchResult::Success, want), "{lines:?}");
         }
     }
 
@@ -1117,6 +1176,14 @@ mod tests {
         assert_eq!(parse_max_age("no-store"), Some(Duration::ZERO));
         assert_eq!(parse_max_age("private"), None);
         assert_eq!(parse_max_age("max-age=abc"), None);
+        assert_eq!(
+            parse_max_age("max-age=abc, max-age=60"),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_max_age("max-age=60, max-age=abc"),
+            Some(Duration::ZERO)
+        );
     }
 
     #[test]
