@@ -1263,6 +1263,8 @@ async fn options_max_forwards_is_counted_and_zero_is_answered_here() {
         before,
         "Max-Forwards: 0 was forwarded"
     );
+    // `/status` takes any method: nothing to list.
+    assert_eq!(here.header("allow"), None);
     for (sent, forwarded) in [("3", "2"), (" 1 ", "0")] {
         let on = send(
             "OPTIONS",
@@ -1289,6 +1291,45 @@ async fn options_max_forwards_is_counted_and_zero_is_answered_here() {
     .unwrap();
     assert_eq!(get.status, 200, "{}", get.text());
     assert_eq!(world.upstream.last().headers["max-forwards"], "0");
+}
+
+/// The answer the gateway gives an `OPTIONS` with `Max-Forwards: 0` lists
+/// the methods routed for the path (RFC 9110 9.3.7), as a 405 would: the
+/// methods of every route matching it, after the route's own check.
+#[tokio::test]
+async fn options_answered_here_lists_the_routed_methods() {
+    let world = World::new().await;
+    let config = world
+        .config()
+        .replace("methods: [GET]", "methods: [GET, OPTIONS]");
+    let gw = Gateway::start(&config).await;
+    let before = world.upstream.count();
+    let auth = bearer(&world.token("orders:read"));
+    let here = send(
+        "OPTIONS",
+        &gw.url("/orders/7"),
+        &[("Max-Forwards", "0"), ("Authorization", &auth)],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(here.status, 200, "{}", here.text());
+    assert_eq!(
+        here.header("allow").as_deref(),
+        Some("DELETE, GET, HEAD, OPTIONS, POST, PUT")
+    );
+    assert_eq!(world.upstream.count(), before, "it was forwarded");
+    // Still after the route's check: no token, no answer about the path.
+    let refused = send(
+        "OPTIONS",
+        &gw.url("/orders/7"),
+        &[("Max-Forwards", "0")],
+        Bytes::new(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(refused.status, 401, "{}", refused.text());
+    assert_eq!(refused.header("allow"), None);
 }
 
 #[tokio::test]

@@ -314,6 +314,33 @@ impl<T> RouteTable<T> {
     /// Finds the route for a path as given: the output of [`canonicalize`]
     /// folded as [`RouteTable::route`] does. Does not allocate.
     pub fn lookup(&self, method: &Method, canonical_path: &str) -> Lookup<'_, T> {
+        let Some(node) = self.node(canonical_path) else {
+            return Lookup::NotFound;
+        };
+        let route = node
+            .methods
+            .iter()
+            .find(|(m, _)| m == method)
+            .map(|&(_, r)| r)
+            .or(node.any);
+        match route.and_then(|r| self.routes.get(r)) {
+            Some(spec) => Lookup::Matched(&spec.value),
+            None => Lookup::MethodNotAllowed { allow: &node.allow },
+        }
+    }
+
+    /// The `Allow` value for a path a route matches, as a 405 gives it: the
+    /// methods of every route matching it (`None` when one of them accepts
+    /// any method, or none matches). For an answer the gateway gives about
+    /// a routed path itself (an `OPTIONS` with `Max-Forwards: 0`); the path
+    /// is read as [`RouteTable::route`] routes it.
+    pub fn allow(&self, canonical_path: &str) -> Option<&HeaderValue> {
+        let node = self.node(&fold(route_form(canonical_path), self.rules))?;
+        node.any.is_none().then_some(&node.allow)
+    }
+
+    /// The most specific closure pattern's answers for a folded path.
+    fn node(&self, canonical_path: &str) -> Option<&Node> {
         let mut best: Option<usize> = None;
         for layer in &self.layers {
             if let Ok(hit) = layer.at(canonical_path) {
@@ -330,19 +357,7 @@ impl<T> RouteTable<T> {
                 }
             }
         }
-        let Some(node) = best.and_then(|n| self.nodes.get(n)) else {
-            return Lookup::NotFound;
-        };
-        let route = node
-            .methods
-            .iter()
-            .find(|(m, _)| m == method)
-            .map(|&(_, r)| r)
-            .or(node.any);
-        match route.and_then(|r| self.routes.get(r)) {
-            Some(spec) => Lookup::Matched(&spec.value),
-            None => Lookup::MethodNotAllowed { allow: &node.allow },
-        }
+        best.and_then(|n| self.nodes.get(n))
     }
 
     /// Number of declared routes.
@@ -1215,6 +1230,36 @@ mod tests {
     const POST: &[Method] = &[Method::POST];
     const DELETE: &[Method] = &[Method::DELETE];
     const WRITE: &[Method] = &[Method::POST, Method::PUT, Method::DELETE];
+
+    /// What an answer about a routed path (an `OPTIONS` with
+    /// `Max-Forwards: 0`) lists: the 405's methods, none where a route takes
+    /// any method (HEAD with GET), and the path read as routing reads it.
+    #[test]
+    fn allow_lists_the_methods_routed_for_a_path() {
+        let t = table(&[
+            ("/orders/{id}", Some(GET)),
+            ("/orders/{*rest}", Some(WRITE)),
+            ("/open", None),
+        ]);
+        let listed = |path: &str| {
+            t.allow(path)
+                .and_then(|v| v.to_str().ok().map(str::to_owned))
+        };
+        assert_eq!(
+            listed("/orders/42").as_deref(),
+            Some("DELETE, GET, HEAD, POST, PUT")
+        );
+        assert_eq!(
+            listed("/orders/42/items").as_deref(),
+            Some("DELETE, POST, PUT")
+        );
+        assert_eq!(
+            listed("/orders/42;v=1").as_deref(),
+            Some("DELETE, GET, HEAD, POST, PUT")
+        );
+        assert_eq!(listed("/open"), None);
+        assert_eq!(listed("/nowhere"), None);
+    }
 
     #[test]
     fn example_config_param_and_catch_all() {

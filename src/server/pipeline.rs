@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{
-    ACCESS_CONTROL_REQUEST_METHOD, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE,
-    HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
+    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH,
+    CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -393,12 +393,18 @@ impl Gateway {
                 let route = permit.route();
                 // RFC 9110 7.6.2: an OPTIONS request with `Max-Forwards: 0`
                 // is answered here, as its final recipient (TRACE is never
-                // forwarded); another value goes on one less.
+                // forwarded), with the methods the path is routed for (RFC
+                // 9110 9.3.7); another value goes on one less.
                 if request.method() == Method::OPTIONS
                     && crate::proxy::headers::no_forwards_left(request.headers())
                 {
+                    let path = rewritten.as_deref().unwrap_or(request.uri().path());
+                    let allow = self.allow(path);
                     let body_left = body_pending(&request) && !skip_body(request).await;
-                    let answer = Response::new(Either::Right(Full::new(bytes::Bytes::new())));
+                    let mut answer = Response::new(Either::Right(Full::new(bytes::Bytes::new())));
+                    if let Some(allow) = allow {
+                        answer.headers_mut().insert(ALLOW, allow);
+                    }
                     return (Some(route), Ok(answer), body_left);
                 }
                 // At the upstream's `max_requests`: refused before anything
@@ -474,6 +480,22 @@ impl Gateway {
     /// Phases 1 to 4: canonicalise the path, match a route, authenticate,
     /// authorize. Only a [`Verdict::Forward`] carries the permit forwarding
     /// needs.
+    /// The `Allow` value for a routed path (`None`: a route there takes
+    /// any method).
+    fn allow(&self, canonical_path: &str) -> Option<HeaderValue> {
+        let allow = self.routes.allow(canonical_path)?;
+        Some(self.with_resource_methods(canonical_path, allow))
+    }
+
+    /// `allow` with GET and HEAD added on the resource metadata's path,
+    /// which is served for them whatever methods a route there has.
+    fn with_resource_methods(&self, canonical_path: &str, allow: &HeaderValue) -> HeaderValue {
+        match &self.resource {
+            Some(resource) if canonical_path == &*resource.path => with_get_and_head(allow),
+            _ => allow.clone(),
+        }
+    }
+
     async fn check<'a>(
         &'a self,
         request: &Request<Incoming>,
@@ -551,12 +573,7 @@ impl Gateway {
         let route = match lookup {
             Lookup::Matched(route) => route,
             Lookup::MethodNotAllowed { allow } => {
-                // The resource metadata's path is served for GET and HEAD
-                // too, whatever methods a route there has.
-                let allow = match &self.resource {
-                    Some(resource) if *path == *resource.path => with_get_and_head(allow),
-                    _ => allow.clone(),
-                };
+                let allow = self.with_resource_methods(&path, allow);
                 return Verdict::Deny(None, GatewayError::MethodNotAllowed { allow });
             }
             // The resource metadata's path exists, for GET and HEAD (RFC
