@@ -624,6 +624,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "with `discovery: true` the issuer must be its URL",
         ),
         (
+            "discovery with an issuer that has a query",
+            "issuers:\n  - name: a\n    issuer: https://idp.example.com/t?x=1\n    audiences: [x]\n    discovery: true\n".into(),
+            "3:13",
+            "with `discovery: true` the issuer must not have a query (RFC 8414 2)",
+        ),
+        (
             "duplicate issuer names",
             format!("{ISSUER}  - name: corp\n    issuer: https://other\n    audiences: [api]\n    jwks_uri: https://o/k\n"),
             "6:11",

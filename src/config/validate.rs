@@ -1763,12 +1763,20 @@ impl Validator<'_> {
         }
         if raw.discovery {
             // Its metadata is found at a URL made from it (RFC 8414 3).
-            http_url(&raw.issuer.value).map_err(|e| {
+            let uri = http_url(&raw.issuer.value).map_err(|e| {
                 self.err(
                     raw.issuer.referenced,
                     format!("with `discovery: true` the issuer must be its URL: {e}"),
                 )
             })?;
+            // The well-known path goes between host and path, so a query
+            // would be lost from one metadata URL and swallow the other's.
+            if uri.query().is_some() {
+                return Err(self.err(
+                    raw.issuer.referenced,
+                    "with `discovery: true` the issuer must not have a query (RFC 8414 2)",
+                ));
+            }
         } else if has_http_scheme(&raw.issuer.value) {
             // Written as a URL, it must be one (RFC 8414 2): a port no
             // server has, a fragment or user information is a typo that
