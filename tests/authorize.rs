@@ -1114,6 +1114,56 @@ async fn sign_in_requires_the_double_submit_csrf_cookie() {
     assert!(set_cookie(&r, "__Secure-sg_session").is_some());
 }
 
+/// A second sign-in page opened meanwhile (another tab, a restored page)
+/// keeps the browser's CSRF cookie, so the first page's form still works.
+#[tokio::test]
+async fn a_second_sign_in_page_keeps_the_first_ones_form_valid() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let first = get_authorize(&gw, &p, None).await;
+    assert_page(&first, 200);
+    let first_cookie = cookie_pair(&first, "__Secure-sg_csrf");
+    let second = get_authorize(&gw, &p, Some(&first_cookie)).await;
+    assert_page(&second, 200);
+    // The browser now holds what the second page set.
+    let held = cookie_pair(&second, "__Secure-sg_csrf");
+    let mut form = hidden_fields(&first.text());
+    form.push(("username".into(), "alice".into()));
+    form.push(("password".into(), PASSWORD.into()));
+    let r = post_authorize(&gw, &form, Some(&held)).await;
+    assert_page(&r, 200);
+    assert!(
+        set_cookie(&r, "__Secure-sg_session").is_some(),
+        "{}",
+        r.text()
+    );
+    // A cookie that is no token of ours is not taken back.
+    let planted = get_authorize(&gw, &p, Some("__Secure-sg_csrf=forged")).await;
+    assert_page(&planted, 200);
+    assert_ne!(
+        cookie_pair(&planted, "__Secure-sg_csrf"),
+        "__Secure-sg_csrf=forged"
+    );
+}
+
+/// A browser sends every cookie of the host on one line (RFC 6265 5.4):
+/// another application's cookie with UTF-8 in its value must not hide the
+/// sign-in's own cookies.
+#[tokio::test]
+async fn another_apps_utf8_cookie_does_not_hide_ours() {
+    let (_upstream, gw) = start().await;
+    let c = pkce();
+    let p = params("spa", APP_CB, "orders:read", Some(&c.challenge));
+    let foreign = "city=Z\u{fc}rich";
+    let (_, reply) = sign_in_from(&gw, &p, "alice", PASSWORD, Some(foreign)).await;
+    assert_page(&reply, 200);
+    assert!(reply.text().contains("Allow access?"), "{}", reply.text());
+    let session = cookie_pair(&reply, "__Secure-sg_session");
+    let code = code_with_session(&gw, &p, &format!("{foreign}; {session}")).await;
+    assert!(!code.is_empty());
+}
+
 #[tokio::test]
 async fn wrong_password_is_400_and_five_failures_lock_the_user() {
     let (_upstream, gw) = start().await;
@@ -1131,7 +1181,7 @@ async fn wrong_password_is_400_and_five_failures_lock_the_user() {
         );
         assert!(r.text().contains("<h1>Sign in</h1>"));
         assert!(set_cookie(&r, "__Secure-sg_session").is_none());
-        // The page can be submitted again (a fresh CSRF cookie).
+        // The page can be submitted again (the CSRF cookie set anew).
         assert!(set_cookie(&r, "__Secure-sg_csrf").is_some());
     }
     // The sixth attempt is refused even with the right password.

@@ -172,7 +172,7 @@ impl AuthorizationServer {
         if method == Method::GET {
             return match session {
                 Some((user, csrf)) => self.consent_page(&request, &user, &csrf),
-                None => self.login_page(&request, None, StatusCode::OK),
+                None => self.login_page(&request, &headers, None, StatusCode::OK),
             };
         }
         match map.get("action").map(String::as_str) {
@@ -181,6 +181,7 @@ impl AuthorizationServer {
                 let Some((user, csrf)) = session else {
                     return self.login_page(
                         &request,
+                        &headers,
                         Some("Your session ended. Sign in again."),
                         StatusCode::OK,
                     );
@@ -357,6 +358,7 @@ impl AuthorizationServer {
         let Some(mut attempt) = self.clients.begin_check(&limiter_key).await else {
             let mut page = self.login_page(
                 request,
+                headers,
                 Some("Too many failed sign-ins. Wait a minute and try again."),
                 StatusCode::TOO_MANY_REQUESTS,
             );
@@ -380,6 +382,7 @@ impl AuthorizationServer {
             Err(Busy) => {
                 let mut page = self.login_page(
                     request,
+                    headers,
                     Some("Too many sign-ins at once. Try again in a moment."),
                     StatusCode::SERVICE_UNAVAILABLE,
                 );
@@ -394,6 +397,7 @@ impl AuthorizationServer {
             // challenge to send, which RFC 9110 15.5.2 requires with 401.
             return self.login_page(
                 request,
+                headers,
                 Some("Wrong user name or password."),
                 StatusCode::BAD_REQUEST,
             );
@@ -563,13 +567,18 @@ impl AuthorizationServer {
         )
     }
 
+    /// The sign-in form. Its CSRF token is the browser's cookie when it
+    /// holds one of ours, so that another sign-in page opened meanwhile (a
+    /// second tab) does not make this one's form expire.
     fn login_page(
         &self,
         request: &AuthRequest,
+        headers: &HeaderMap,
         error: Option<&str>,
         status: StatusCode,
     ) -> Response<Body> {
-        let Ok(csrf) = random_token() else {
+        let held = cookie(headers, CSRF_COOKIE).filter(|c| is_random_token(c));
+        let Some(csrf) = held.or_else(|| random_token().ok()) else {
             return self.no_randomness();
         };
         let mut body = String::new();
@@ -811,15 +820,31 @@ fn device_cookie_name(username: &str) -> String {
     name
 }
 
+/// Whether `value` has the form of [`random_token`]'s output (43
+/// base64url characters), the only CSRF token taken back from a cookie.
+fn is_random_token(value: &str) -> bool {
+    value.len() == 43
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The value of our cookie `name`, found pair by pair (RFC 6265 5.4): a
+/// browser sends every cookie of the host on one line, and another
+/// application's value with UTF-8 in it must not hide ours.
 fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(COOKIE)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.to_owned())
+        .flat_map(|v| v.as_bytes().split(|&b| b == b';'))
+        .filter_map(|pair| {
+            let pair = pair.trim_ascii();
+            let at = pair.iter().position(|&b| b == b'=')?;
+            Some((&pair[..at], &pair[at + 1..]))
+        })
+        .find(|(k, _)| *k == name.as_bytes())
+        .and_then(|(_, v)| std::str::from_utf8(v).ok())
+        .map(str::to_owned)
 }
 
 /// `orders:read` → "Read your orders"; anything else is shown as is.
