@@ -4961,6 +4961,8 @@ async fn request_metrics_have_bounded_labels() {
 enum Behaviour {
     /// Answers every request, keeps the connection open.
     KeepAlive,
+    /// Answers every request with these bytes, keeps the connection open.
+    KeepAliveWith(&'static [u8]),
     /// Closes each connection right after its first answer without saying
     /// so, as an upstream that drops idle keep-alive connections does.
     CloseAfterReply,
@@ -4983,9 +4985,10 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
             let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
-            let bad = match behaviour {
-                Behaviour::BadFirst(bytes) if first => Some(bytes),
-                _ => None,
+            let (bad, answer) = match behaviour {
+                Behaviour::BadFirst(bytes) if first => (Some(bytes), None),
+                Behaviour::KeepAliveWith(bytes) => (None, Some(bytes)),
+                _ => (None, None),
             };
             let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
             let mut answers_left = (first && behaviour == Behaviour::DropFirstsSecond).then_some(1);
@@ -5007,8 +5010,9 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
                             Some(left) => *left -= 1,
                             None => {}
                         }
-                        let reply: &[u8] =
-                            bad.unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+                        let reply: &[u8] = bad
+                            .or(answer)
+                            .unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
                         if stream.write_all(reply).await.is_err() || close_after_reply {
                             return;
                         }
@@ -5039,6 +5043,25 @@ async fn five_requests(behaviour: Behaviour) -> (usize, String) {
 async fn upstream_connections_are_reused() {
     let (connections, _) = five_requests(Behaviour::KeepAlive).await;
     assert_eq!(connections, 1, "one pooled connection");
+}
+
+/// A chunked answer is given back to the pool whole, also when it ends in
+/// trailer fields (the last frame the client side asks for).
+#[tokio::test]
+async fn upstream_connections_are_reused_after_chunked_answers() {
+    for (answer, what) in [
+        (
+            &b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"[..],
+            "chunked",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n2\r\nok\r\n0\r\nx-t: 1\r\n\r\n",
+            "chunked with a trailer",
+        ),
+    ] {
+        let (connections, _) = five_requests(Behaviour::KeepAliveWith(answer)).await;
+        assert_eq!(connections, 1, "{what}: one pooled connection");
+    }
 }
 
 /// A pooled connection idle longer than `pool_idle_timeout` is not used

@@ -316,7 +316,11 @@ impl Body for UpstreamBody {
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(mut frame))) => {
                 this.idle.restart();
-                if this.inner.is_end_stream() {
+                // Trailers are an answer's last frame. An HTTP/1 chunked
+                // body never reads as ended before its final `None`, which
+                // the client side, done at the trailers, does not ask for:
+                // the whole answer would close its connection as broken.
+                if this.inner.is_end_stream() || frame.is_trailers() {
                     this.settle(Answer::Ended);
                 }
                 if let Some(trailers) = frame.trailers_mut() {
