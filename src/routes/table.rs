@@ -263,19 +263,30 @@ impl<T> RouteTable<T> {
     /// below routes as its most specific shape does with each `{name}` and
     /// `{*rest}` segment spelt as no pattern spells one (`%00`, which no
     /// canonical pattern holds): those are looked up, a `{*rest}` at every
-    /// depth up to one past the longest shape, with and without a trailing
+    /// depth up to two past the longest pattern meeting the paths below
+    /// (deeper, every path routes alike), with and without a trailing
     /// slash. Allocates: for those methods only.
     ///
-    /// Fails closed past [`MAX_LOOKUPS_BELOW`] lookups: with thousands of
+    /// Fails closed past [`MAX_LOOKUPS_BELOW`] lookups or
+    /// [`MAX_WITNESS_BYTES_BELOW`] bytes looked up: with thousands of
     /// routes below a path the answer would cost milliseconds of CPU, and
     /// the request may come without a token.
     pub fn serves_alone_below(&self, method: &Method, canonical_path: &str, route: &T) -> bool {
         let routed = route_form_with(canonical_path, self.rules);
         let received = fold(std::borrow::Cow::Borrowed(canonical_path), self.rules);
         let mut budget = MAX_LOOKUPS_BELOW;
+        let mut witness_bytes = MAX_WITNESS_BYTES_BELOW;
         [routed, received].iter().all(|reading| {
             let inner = reading.strip_prefix('/').unwrap_or(reading);
             let inner = inner.strip_suffix('/').unwrap_or(inner);
+            if inner.bytes().filter(|&b| b == b'/').count() >= MAX_PATTERN_SEGMENTS {
+                // Deeper than any pattern: every path below meets the same
+                // catch-alls, all ending above it, and routes as one does.
+                return [false, true].into_iter().all(|slash| {
+                    let witness = spelt(&[Seg::Static(inner.to_owned()), Seg::CatchAll], 1, slash);
+                    matches!(self.lookup(method, &witness), Lookup::Matched(found) if std::ptr::eq(found, route))
+                });
+            }
             let mut below: Pattern = inner
                 .split('/')
                 .filter(|s| !s.is_empty())
@@ -289,22 +300,38 @@ impl<T> RouteTable<T> {
             if overlapping.len() > budget {
                 return false;
             }
-            let mut shapes: Vec<Pattern> = overlapping
-                .iter()
-                .filter_map(|&id| self.closure.get(id))
+            let meeting = || overlapping.iter().filter_map(|&id| self.closure.get(id));
+            // A path below with more segments than the longest pattern
+            // meeting them routes as one a segment longer does: deeper
+            // spellings of a `{*rest}` would be the same lookups again, and
+            // the path's own depth (the client's choice) must not set
+            // their number.
+            let longest = meeting().map(Vec::len).max().unwrap_or(0);
+            let mut shapes: Vec<Pattern> = meeting()
                 .filter_map(|pattern| intersect(pattern, &below))
                 .collect();
             shapes.push(below);
-            let deepest = shapes.iter().map(Vec::len).max().unwrap_or(0) + 1;
+            // A catch-all pattern shorter than the path meets it as the
+            // paths below themselves: one shape for all of them.
+            shapes.sort_unstable();
+            shapes.dedup();
             shapes.iter().all(|shape| {
                 let open = matches!(shape.last(), Some(Seg::CatchAll));
-                let spellings = if open { deepest * 2 } else { 1 };
+                let spellings = if open {
+                    (longest + 3).saturating_sub(shape.len()).max(1) * 2
+                } else {
+                    1
+                };
                 (0..spellings).all(|n| {
-                    let Some(left) = budget.checked_sub(1) else {
+                    let witness = spelt(shape, n / 2 + 1, n % 2 == 1);
+                    let (Some(left), Some(bytes_left)) = (
+                        budget.checked_sub(1),
+                        witness_bytes.checked_sub(witness.len()),
+                    ) else {
                         return false;
                     };
                     budget = left;
-                    let witness = spelt(shape, n / 2 + 1, n % 2 == 1);
+                    witness_bytes = bytes_left;
                     matches!(self.lookup(method, &witness), Lookup::Matched(found) if std::ptr::eq(found, route))
                 })
             })
@@ -1052,6 +1079,10 @@ impl Layers {
 /// request (each a fraction of a microsecond) before it answers no.
 pub const MAX_LOOKUPS_BELOW: usize = 2048;
 
+/// The most path bytes those lookups read in all: a long path looked up
+/// thousands of times would cost milliseconds too.
+pub const MAX_WITNESS_BYTES_BELOW: usize = 1 << 20;
+
 /// A path of `shape`: its literals, and `%00` (which no canonical pattern
 /// holds) for each `{name}`, and `depth` times for a `{*rest}`, then a
 /// trailing slash if `slash`.
@@ -1125,6 +1156,60 @@ mod tests {
                 alone,
                 "{routes} routes"
             );
+        }
+    }
+
+    /// The request's own depth does not set how many lookups are made: a
+    /// path of thousands of segments under a public catch-all is checked
+    /// in a few lookups, not given up on past the bound.
+    #[test]
+    fn serves_alone_below_costs_no_more_for_a_deeper_path() {
+        let propfind = Method::from_bytes(b"PROPFIND").unwrap();
+        let table = RouteTable::build_with(
+            vec![
+                spec("/{*page}", None, 0),
+                spec("/a/a/private/{*p}", None, 1),
+            ],
+            MatchRules::default(),
+        )
+        .unwrap();
+        for (depth, alone) in [(1, false), (2, false), (3, true), (300, true), (7000, true)] {
+            let path = "/a".repeat(depth);
+            let Ok(Lookup::Matched(route)) = table.route(&propfind, &path) else {
+                panic!("{depth}: the catch-all serves PROPFIND");
+            };
+            assert_eq!(*route, 0);
+            assert_eq!(
+                table.serves_alone_below(&propfind, &path, route),
+                alone,
+                "{depth} segments"
+            );
+        }
+        // A catch-all as deep as patterns go still claims the paths below
+        // ones deeper than it, on either side of the depth where the check
+        // stops building shapes.
+        let deepest = format!("{}/{{*p}}", "/a".repeat(MAX_PATTERN_SEGMENTS - 1));
+        let table = RouteTable::build_with(
+            vec![spec("/{*page}", None, 0), spec(&deepest, None, 1)],
+            MatchRules::default(),
+        )
+        .unwrap();
+        for depth in [1, 126, 127, 128, 129, 130, 1000] {
+            for (path, alone) in [("/a".repeat(depth), false), ("/b".repeat(depth), true)] {
+                let route = match table.route(&propfind, &path) {
+                    Ok(Lookup::Matched(route)) => route,
+                    other => panic!("{depth}: {other:?}"),
+                };
+                if *route == 1 {
+                    continue;
+                }
+                assert_eq!(
+                    table.serves_alone_below(&propfind, &path, route),
+                    alone,
+                    "{} {depth} segments",
+                    &path[..2]
+                );
+            }
         }
     }
 
