@@ -40,7 +40,9 @@
 //! is the key `"true"` to it, `0644` the key `"420"`, `~` no key at all) is
 //! refused with its line and column ([`InjectError::AmbiguousKey`]): quoting
 //! it keeps the text; `true`, `80` and the like, which kubectl keeps as
-//! written, pass.
+//! written, pass. A plain value kubectl reads as a number this reader does
+//! not (go-yaml drops every `_` first: `1_000.5`, `1__0`) is refused the
+//! same way ([`InjectError::AmbiguousNumber`]).
 //! Comments, anchors and key order are not kept: keys come out sorted unless
 //! `serde_json`'s `preserve_order` feature is on.
 //!
@@ -196,6 +198,27 @@ pub enum InjectError {
         /// What kubectl reads it as, for the message (`the boolean true`).
         reads_as: String,
     },
+    /// A value written plain (unquoted) that kubectl's YAML 1.1 reader
+    /// takes for a number this reader does not (`1_000.5` is 1000.5 to
+    /// go-yaml v2, which drops every `_` first): the output would carry
+    /// another value than kubectl applies.
+    #[error(
+        "document {document}: the unquoted value {value:?} at line {line}, column {column} is \
+         the number {number} to kubectl (YAML 1.1); write it as {number}, or quote it to keep \
+         the text"
+    )]
+    AmbiguousNumber {
+        /// 1-based position of the document in the input (empty documents count).
+        document: usize,
+        /// 1-based line of the value in the whole input.
+        line: u64,
+        /// 1-based column of the value.
+        column: u64,
+        /// The value as written.
+        value: String,
+        /// The number kubectl reads.
+        number: String,
+    },
     /// The [`InjectOptions`] are unusable.
     #[error("invalid inject options: {0}")]
     InvalidOptions(String),
@@ -254,6 +277,8 @@ fn fmt_position(line: Option<u64>, column: Option<u64>) -> String {
 /// [`InjectError::Parse`] for invalid YAML (with the document and, where the
 /// parser knows it, line and column), [`InjectError::AmbiguousKey`] for a
 /// plain key kubectl would read as other text (with its line and column),
+/// [`InjectError::AmbiguousNumber`] for a plain value kubectl would read as
+/// a number this reader does not,
 /// [`InjectError::InvalidManifest`] for a document that is not a mapping or
 /// a workload whose pod spec is malformed (a `containerPort` that is no port
 /// number too), [`InjectError::PortConflict`] when a container already
@@ -476,7 +501,7 @@ fn parse_chunk(chunk: &Chunk<'_>, document: usize) -> Result<Value, InjectError>
 /// a plain one it takes for a boolean, number or null, a key tagged
 /// `!!int`, `!!bool` and so on, or an alias of such a scalar.
 fn check_keys(chunk: &Chunk<'_>, document: usize) -> Result<(), InjectError> {
-    use serde_saphyr::granit_parser::{Event, Parser};
+    use serde_saphyr::granit_parser::{Event, Parser, ScalarStyle};
 
     /// A collection the walk is in; for a mapping, whether a key comes next.
     enum Open {
@@ -522,11 +547,21 @@ fn check_keys(chunk: &Chunk<'_>, document: usize) -> Result<(), InjectError> {
                 continue;
             }
             Event::Scalar(text, style, anchor, tag) => {
+                if !is_key && style == ScalarStyle::Plain && tag.is_none() {
+                    if let Some(number) = go_number_read_otherwise(&text) {
+                        return Err(InjectError::AmbiguousNumber {
+                            document,
+                            line: u64::try_from(span.start.line()).unwrap_or(0) + chunk.first_line
+                                - 1,
+                            column: u64::try_from(span.start.col() + 1).unwrap_or(0),
+                            value: text.to_string(),
+                            number: number.to_string(),
+                        });
+                    }
+                }
                 let reads_as = match tag.as_deref() {
                     Some(tag) => tagged_key_reading(tag.handle(), tag.suffix()),
-                    None if style == serde_saphyr::granit_parser::ScalarStyle::Plain => {
-                        plain_key_reading(&text)
-                    }
+                    None if style == ScalarStyle::Plain => plain_key_reading(&text),
                     None => None,
                 };
                 if anchor != 0 {
@@ -606,6 +641,35 @@ fn plain_key_reading(text: &str) -> Option<String> {
         }
         Some(b'.') => is_go_yaml_float(text).then(|| float.to_owned()),
         _ => None,
+    }
+}
+
+/// The number go-yaml v2 reads a plain value `text` as, where this
+/// reader (serde-saphyr with [`parse_chunk`]'s options) reads another value:
+/// go-yaml drops every `_` before reading a number (`1_000.5`, `1__0`,
+/// `1_`), serde-saphyr only single ones between digits of an integer.
+fn go_number_read_otherwise(text: &str) -> Option<f64> {
+    if !matches!(
+        text.as_bytes().first(),
+        Some(b'+' | b'-' | b'.' | b'0'..=b'9')
+    ) {
+        return None;
+    }
+    let plain = text.replace('_', "");
+    let go = match go_integer(&plain) {
+        // A decimal integer past i64 (and u64) is read by the float rule.
+        Some(Some(n)) if i64::try_from(n).is_ok() || u64::try_from(n).is_ok() => n as f64,
+        _ if is_go_yaml_float(&plain) => plain.parse::<f64>().ok()?,
+        _ => return None,
+    };
+    let options = serde_saphyr::options! {
+        legacy_octal_numbers: true,
+        with_snippet: false,
+    };
+    let ours = serde_saphyr::from_str_with_options::<Value>(text, options).ok();
+    match ours.as_ref().and_then(Value::as_f64) {
+        Some(n) if n == go => None,
+        _ => Some(go),
     }
 }
 
@@ -1918,6 +1982,49 @@ spec:
                 "{float}"
             );
         }
+    }
+
+    /// go-yaml v2 drops every `_` of a plain scalar before reading a
+    /// number; where serde-saphyr reads other than kubectl would, the value
+    /// is refused where it is, and where both read one number it passes.
+    #[test]
+    fn numbers_kubectl_reads_otherwise_are_refused_where_they_are() {
+        for (value, number) in [
+            ("1_000.5", "1000.5"),
+            ("3.14_15", "3.1415"),
+            ("-1_0.0", "-10"),
+            ("1e1_0", "10000000000"),
+            ("1__0", "10"),
+            ("1_", "1"),
+            ("0x1F_", "31"),
+        ] {
+            let yaml = format!("kind: Widget\nspec:\n  items:\n    - {{a: 1, b: {value}}}\n");
+            match inject(&yaml, &InjectOptions::default()) {
+                Err(InjectError::AmbiguousNumber {
+                    document: 1,
+                    line: 4,
+                    column: 17,
+                    value: v,
+                    number: n,
+                }) => assert_eq!((v.as_str(), n.as_str()), (value, number)),
+                other => panic!("{value}: {other:?}"),
+            }
+        }
+        let err = inject("a: 1__0\n", &InjectOptions::default())
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(
+            err,
+            "document 1: the unquoted value \"1__0\" at line 1, column 4 is the number 10 to \
+             kubectl (YAML 1.1); write it as 10, or quote it to keep the text"
+        );
+        // Read alike, quoted, or no number to go-yaml: kept.
+        let yaml = "kind: Widget\nspec: {a: 1_000, b: 0644, c: \"1__0\", d: 1.5e3, e: _1, f: 1_a, g: 1.2.3}\n";
+        let docs = parse_all(&inject_default(yaml));
+        assert_eq!(
+            docs[0]["spec"],
+            json!({"a": 1000, "b": 420, "c": "1__0", "d": 1500.0, "e": "_1", "f": "1_a", "g": "1.2.3"})
+        );
     }
 
     #[test]
