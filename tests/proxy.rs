@@ -1472,6 +1472,43 @@ async fn a_trusted_proxys_scheme_and_host_are_kept() {
     }
 }
 
+/// Every forwarded request names this hop in `Via` (RFC 9110 7.6.3: an
+/// HTTP-to-HTTP gateway must), with the protocol the client's request came
+/// in; the hops before it keep their lines, in order.
+#[tokio::test]
+async fn forwarded_requests_name_this_hop_in_via() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+    let vias = |seen: &Seen| -> Vec<String> {
+        seen.headers
+            .get_all("via")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .collect()
+    };
+    let seen = forwarded_get(&gw, &world, &[("Authorization", &auth)]).await;
+    assert_eq!(vias(&seen), ["1.1 scopegate"]);
+    let seen = forwarded_get(
+        &gw,
+        &world,
+        &[("Authorization", &auth), ("Via", "1.1 edge, 1.0 lb")],
+    )
+    .await;
+    assert_eq!(vias(&seen), ["1.1 edge, 1.0 lb", "1.1 scopegate"]);
+    // HTTP/2 from the client.
+    let request = Request::get(gw.url("/orders/42"))
+        .header("authorization", &auth)
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let reply = client.request(request).await.unwrap();
+    assert_eq!(reply.status(), 200);
+    assert_eq!(vias(&world.upstream.last()), ["2 scopegate"]);
+}
+
 #[tokio::test]
 async fn forwarding_headers_are_set() {
     let world = World::new().await;

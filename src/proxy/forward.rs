@@ -18,8 +18,8 @@ use super::body::{
 };
 use super::client::build_upstream_connectors;
 use super::headers::{
-    announce_close, count_forward, only_chunked, prepare_upstream_request, remove_hop_by_hop,
-    remove_hop_by_hop_from_answer, take_connection_options, ClientInfo,
+    add_via, announce_close, count_forward, only_chunked, prepare_upstream_request,
+    remove_hop_by_hop, remove_hop_by_hop_from_answer, take_connection_options, ClientInfo,
 };
 use super::places::{Place, Places};
 use super::pool::{PoolSettings, SendError, UpstreamPool};
@@ -223,6 +223,7 @@ impl Forwarder {
             self.trusts(client),
             request_id,
         );
+        add_via(&mut parts.headers, parts.version);
         let (client_upgrade, websocket_accept) = if upgrade {
             (
                 parts.extensions.remove::<OnUpgrade>(),

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use http::header::{
     HeaderName, HeaderValue, AUTHORIZATION, CONNECTION, COOKIE, HOST, MAX_FORWARDS, TE, TRAILER,
-    TRANSFER_ENCODING, UPGRADE,
+    TRANSFER_ENCODING, UPGRADE, VIA,
 };
 use http::uri::Authority;
 use http::HeaderMap;
@@ -558,6 +558,20 @@ pub fn count_forward(headers: &mut HeaderMap) {
     }
 }
 
+/// Adds this hop to a forwarded request's `Via` (RFC 9110 7.6.3, which
+/// every HTTP-to-HTTP gateway must send): the protocol the client's request
+/// came in, and the pseudonym `scopegate`. The earlier hops' lines are kept.
+pub fn add_via(headers: &mut HeaderMap, received: http::Version) {
+    let hop = match received {
+        http::Version::HTTP_2 => "2 scopegate",
+        http::Version::HTTP_10 => "1.0 scopegate",
+        http::Version::HTTP_09 => "0.9 scopegate",
+        http::Version::HTTP_3 => "3 scopegate",
+        _ => "1.1 scopegate",
+    };
+    headers.append(VIA, HeaderValue::from_static(hop));
+}
+
 /// Rewrites a permitted request's headers for the upstream. `authority` is
 /// the request target's authority, which stands for the client's `Host` in
 /// `X-Forwarded-Host` when there is none (HTTP/2 `:authority`). From a
@@ -621,7 +635,7 @@ pub fn prepare_upstream_request(
     // rehash) two or three times on the way. The inserts below cannot pass
     // the map's capacity limit (they would panic): requests of more than
     // `MAX_REQUEST_HEADERS` names were refused before (`check_framing`).
-    let _ = headers.try_reserve(5 + policy.identity_headers.len());
+    let _ = headers.try_reserve(6 + policy.identity_headers.len());
     headers.insert(X_FORWARDED_FOR.clone(), forwarded_for);
     headers.insert(
         X_FORWARDED_PROTO.clone(),
