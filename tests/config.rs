@@ -478,6 +478,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "overlaps server.listen",
         ),
         (
+            "admin on the proxy's port, one of them IPv4-mapped",
+            "server:\n  listen: \"[::ffff:127.0.0.1]:8080\"\nadmin:\n  listen: 127.0.0.1:8080\n".into(),
+            "4:11",
+            "overlaps server.listen",
+        ),
+        (
             "proxy on the default admin port",
             "server:\n  listen: 0.0.0.0:9090\n".into(),
             "2:11",

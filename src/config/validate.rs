@@ -1129,8 +1129,11 @@ fn shown_url(value: &str) -> Cow<'_, str> {
 
 /// Whether two listen addresses would take the same port: equal, or one of
 /// them on every address of the other's family (`0.0.0.0`), or on `[::]`,
-/// which on Linux takes IPv4 as well.
+/// which on Linux takes IPv4 as well. An IPv4-mapped address
+/// (`[::ffff:127.0.0.1]`) is the IPv4 address it maps.
 fn same_port(a: SocketAddr, b: SocketAddr) -> bool {
+    let canonical = |s: SocketAddr| SocketAddr::new(s.ip().to_canonical(), s.port());
+    let (a, b) = (canonical(a), canonical(b));
     let dual_stack = |s: SocketAddr| s.ip() == std::net::Ipv6Addr::UNSPECIFIED;
     let any_of_family = |s: SocketAddr, other: SocketAddr| {
         s.ip().is_unspecified() && s.is_ipv4() == other.is_ipv4()
