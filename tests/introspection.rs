@@ -2965,6 +2965,13 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
         doc.header("content-type").as_deref(),
         Some("application/json")
     );
+    // Public, as the authorization server's metadata: a browser app on
+    // another origin that got a challenge may read it, and so may caches
+    // serve it to one.
+    assert_eq!(
+        doc.header("access-control-allow-origin").as_deref(),
+        Some("*")
+    );
     let doc = doc.json();
     assert_eq!(doc["resource"], "https://api.example.com/orders");
     assert_eq!(doc["authorization_servers"], json!(["https://opaque.test"]));

@@ -7,8 +7,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use http::header::{
-    ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION, CACHE_CONTROL, CONTENT_LENGTH,
-    CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
+    ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_REQUEST_METHOD, ALLOW, AUTHORIZATION,
+    CACHE_CONTROL, CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderName, HeaderValue};
 use http::{Method, Request, Response, StatusCode, Version};
@@ -1127,12 +1127,14 @@ fn drop_head_body(response: &mut Response<Body>) {
     *response.body_mut() = Either::Right(Full::new(bytes::Bytes::new()));
 }
 
-/// The RFC 9728 document (public, cacheable).
+/// The RFC 9728 document (public, cacheable, readable from any origin:
+/// a browser app that got a challenge naming it reads it from its own).
 fn resource_metadata_response(resource: &ResourceMetadata) -> Response<Body> {
     let mut response = Response::new(Either::Right(Full::new(resource.document.clone())));
     let headers = response.headers_mut();
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("max-age=3600"));
+    headers.insert(ACCESS_CONTROL_ALLOW_ORIGIN, HeaderValue::from_static("*"));
     response
 }
 
