@@ -4943,8 +4943,13 @@ async fn request_metrics_have_bounded_labels() {
     let reply = get(&gw.url("/secret-path-4711/x"), &[]).await.unwrap();
     assert_eq!(reply.status, 404);
     assert_eq!(reply.json()["error"], "not_found");
-    let reply = get(&gw.url("/orders/99"), &[]).await.unwrap();
-    assert_eq!(reply.status, 401);
+    // Counted through the route's resolved series, per method.
+    for (method, id) in [("GET", 99), ("GET", 98), ("HEAD", 97)] {
+        let reply = send(method, &gw.url(&format!("/orders/{id}")), &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 401, "{method}");
+    }
     let reply = send("FOOBAR", &gw.url("/status"), &[], Bytes::new())
         .await
         .unwrap();
@@ -4963,6 +4968,10 @@ async fn request_metrics_have_bounded_labels() {
         ),
         (
             r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="401"}"#,
+            2.0,
+        ),
+        (
+            r#"scopegate_requests_total{method="HEAD",route="GET /orders/{id}",status="401"}"#,
             1.0,
         ),
         (
@@ -5080,6 +5089,24 @@ async fn five_requests(behaviour: Behaviour) -> (usize, String) {
 async fn upstream_connections_are_reused() {
     let (connections, _) = five_requests(Behaviour::KeepAlive).await;
     assert_eq!(connections, 1, "one pooled connection");
+}
+
+/// Answers besides 200 are counted under their own status, per route and
+/// method, each time.
+#[tokio::test]
+async fn upstream_answers_are_counted_under_their_status() {
+    let world = World::new().await;
+    let (upstream, _) =
+        counting_upstream(Behaviour::KeepAliveWith(b"HTTP/1.1 204 No Content\r\n\r\n")).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let token = world.token("orders:read");
+    for id in 0..3 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!(reply.status, 204);
+    }
+    let metrics = gw.metrics().await;
+    let series = r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="204"}"#;
+    assert_eq!(sample(&metrics, series), Some(3.0), "{metrics}");
 }
 
 /// A chunked answer is given back to the pool whole, also when it ends in

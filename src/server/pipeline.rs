@@ -49,9 +49,8 @@ pub struct Gateway {
 /// an allowed request does not hash its labels into the registry's maps.
 /// Series are still created on first use, like `with_label_values`.
 struct HotMetrics {
-    /// Per route (by [`Route::index`]): its latency histogram and its
-    /// `status="200"` counter per method (by [`method_slot`]).
-    routes: Vec<(OnceLock<Histogram>, [OnceLock<IntCounter>; METHOD_SLOTS])>,
+    /// Per route (by [`Route::index`]).
+    routes: Vec<RouteMetrics>,
     /// `decision="allow", reason="ok"` per issuer index.
     allowed: Vec<OnceLock<IntCounter>>,
     /// `decision="allow"` with `reason="public"` (a route without a token
@@ -60,12 +59,36 @@ struct HotMetrics {
     preflight: OnceLock<IntCounter>,
 }
 
+/// The statuses besides 200 a route's answers commonly have, whose
+/// counters are kept too.
+const COMMON_STATUSES: [StatusCode; 8] = [
+    StatusCode::CREATED,
+    StatusCode::NO_CONTENT,
+    StatusCode::PARTIAL_CONTENT,
+    StatusCode::NOT_MODIFIED,
+    StatusCode::BAD_REQUEST,
+    StatusCode::UNAUTHORIZED,
+    StatusCode::FORBIDDEN,
+    StatusCode::NOT_FOUND,
+];
+
+/// One route's resolved series.
+#[derive(Default)]
+struct RouteMetrics {
+    /// Its latency histogram.
+    latency: OnceLock<Histogram>,
+    /// Its `status="200"` counter per method (by [`method_slot`]).
+    ok: [OnceLock<IntCounter>; METHOD_SLOTS],
+    /// Per method, its counter for each of [`COMMON_STATUSES`]: made at
+    /// the route's first such answer (a table of 10 000 routes would
+    /// otherwise hold them all from the start).
+    common: OnceLock<Box<[[OnceLock<IntCounter>; COMMON_STATUSES.len()]; METHOD_SLOTS]>>,
+}
+
 impl HotMetrics {
     fn new(routes: usize, issuers: usize) -> Self {
         Self {
-            routes: (0..routes)
-                .map(|_| (OnceLock::new(), std::array::from_fn(|_| OnceLock::new())))
-                .collect(),
+            routes: (0..routes).map(|_| RouteMetrics::default()).collect(),
             allowed: (0..issuers).map(|_| OnceLock::new()).collect(),
             public: OnceLock::new(),
             preflight: OnceLock::new(),
@@ -856,7 +879,7 @@ impl Gateway {
     ) {
         let status_label = counted.label();
         let hot = route.and_then(|r| self.hot_metrics.routes.get(r.index));
-        let (Some(route), Some((histogram, by_method))) = (route, hot) else {
+        let (Some(route), Some(hot)) = (route, hot) else {
             self.metrics
                 .requests
                 .with_label_values(&[served_by, method, status_label])
@@ -868,22 +891,35 @@ impl Gateway {
             return;
         };
         let name: &str = &route.name;
-        histogram
+        hot.latency
             .get_or_init(|| self.metrics.request_duration.with_label_values(&[name]))
             .observe(secs);
-        match by_method.get(slot) {
-            Some(slot) if counted == Counted::Answered(StatusCode::OK) => slot
-                .get_or_init(|| {
-                    self.metrics
-                        .requests
-                        .with_label_values(&[name, method, "200"])
-                })
-                .inc(),
-            _ => self
-                .metrics
+        let series = || {
+            self.metrics
                 .requests
                 .with_label_values(&[name, method, status_label])
-                .inc(),
+        };
+        let Counted::Answered(status) = counted else {
+            return series().inc();
+        };
+        let cached = if status == StatusCode::OK {
+            hot.ok.get(slot)
+        } else {
+            COMMON_STATUSES
+                .iter()
+                .position(|&common| common == status)
+                .and_then(|at| {
+                    let common = hot.common.get_or_init(|| {
+                        Box::new(std::array::from_fn(|_| {
+                            std::array::from_fn(|_| OnceLock::new())
+                        }))
+                    });
+                    common.get(slot)?.get(at)
+                })
+        };
+        match cached {
+            Some(counter) => counter.get_or_init(series).inc(),
+            None => series().inc(),
         }
     }
 
