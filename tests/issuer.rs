@@ -2212,6 +2212,44 @@ async fn introspection_requires_client_auth_and_reports_token_state() {
     assert_oauth_error(&r, 400, "invalid_request");
 }
 
+/// A replica whose clock runs a few seconds ahead mints tokens whose `iat`
+/// is in this replica's future: they are active here all the same, as the
+/// gateway accepts them, while a token issued well in the future is not,
+/// and `exp` is exact (the caller applies its own leeway).
+#[tokio::test]
+async fn introspection_allows_a_replica_clock_a_little_ahead() {
+    let dir = tempfile::tempdir().unwrap();
+    let (key_file, pem) = write_key(dir.path(), "shared.pem");
+    let (_upstream, gw) = start(&signing_key_yaml("shared", &key_file)).await;
+    let key = scopegate::demo::SigningKey::from_pem(
+        "shared",
+        jsonwebtoken::Algorithm::ES256,
+        pem.as_bytes(),
+    )
+    .unwrap();
+    let mint = |iat: u64, exp: u64, jti: &str| {
+        key.mint(&json!({
+            "iss": ISS, "sub": "svc", "aud": "orders-api", "client_id": "svc",
+            "scope": "orders:read", "iat": iat, "exp": exp, "jti": jti,
+        }))
+        .unwrap()
+    };
+    let t = now();
+    let ahead = mint(t + 10, t + 610, "ahead");
+    let answer = introspect(&gw, "svc", &ahead).await.json();
+    assert_eq!(answer["active"], true, "{answer}");
+    assert_eq!(answer["iat"], t + 10, "{answer}");
+    assert_accepted(&gw, &ahead).await;
+
+    let far_ahead = mint(t + 600, t + 1200, "far-ahead");
+    let answer = introspect(&gw, "svc", &far_ahead).await.json();
+    assert_eq!(answer, json!({ "active": false }));
+
+    let expired = mint(t - 600, t - 1, "expired");
+    let answer = introspect(&gw, "svc", &expired).await.json();
+    assert_eq!(answer, json!({ "active": false }));
+}
+
 /// Client credentials never go in the query string (RFC 6749 2.3.1), at
 /// the revocation and introspection endpoints as at the token endpoint: a
 /// `client_id` there is refused with 400 `invalid_request` as a

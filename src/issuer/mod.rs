@@ -53,6 +53,17 @@ pub const LEEWAY_SECS: u64 = 30;
 /// again.
 pub(crate) const FAILURES_RETRY_AFTER: &str = "60";
 
+/// Whether claims are within their lifetime at `now`: before `exp` plus
+/// `exp_leeway` (at most [`LEEWAY_SECS`]), and not before `nbf` or `iat`
+/// less [`LEEWAY_SECS`].
+fn unexpired(claims: &serde_json::Map<String, Value>, now: u64, exp_leeway: u64) -> bool {
+    jwt::check_lifetime(claims, now, LEEWAY_SECS).is_ok_and(|lifetime| {
+        now < lifetime
+            .expires_at
+            .saturating_add(exp_leeway.min(LEEWAY_SECS))
+    })
+}
+
 /// Until when (exclusive, as the store keeps it) a revocation of a token
 /// expiring at `exp` must hold: the gateway accepts it up to and including
 /// `exp + LEEWAY_SECS`.
@@ -379,15 +390,17 @@ impl AuthorizationServer {
         }
     }
 
-    /// The claims of a JWT this server signed as `typ`, within its lifetime
-    /// (stretched by `leeway` seconds). Access tokens and sessions share keys,
-    /// issuer and subjects; the type (RFC 8725 3.11) keeps one from passing
-    /// for the other.
+    /// The claims of a JWT this server signed as `typ`, within its lifetime:
+    /// `exp` stretched by `exp_leeway` seconds, `nbf` and `iat` by
+    /// [`LEEWAY_SECS`] whatever it is, since a replica whose clock runs a
+    /// little ahead may have minted it. Access tokens and sessions share
+    /// keys, issuer and subjects; the type (RFC 8725 3.11) keeps one from
+    /// passing for the other.
     fn verify_own(
         &self,
         token: &str,
         typ: &str,
-        leeway: u64,
+        exp_leeway: u64,
     ) -> Option<serde_json::Map<String, Value>> {
         let parsed = jwt::parse_compact(token).ok()?;
         if parsed.typ.as_deref() != Some(typ) {
@@ -402,7 +415,7 @@ impl AuthorizationServer {
         let valid = verified
             && parsed.claims.get("iss").and_then(Value::as_str)
                 == Some(self.settings.issuer.as_str())
-            && jwt::check_lifetime(&parsed.claims, now_unix(), leeway).is_ok();
+            && unexpired(&parsed.claims, now_unix(), exp_leeway);
         valid.then_some(parsed.claims)
     }
 
