@@ -5809,7 +5809,7 @@ async fn tls_gateway(
 #[tokio::test]
 async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (upstream, _dir, cert, gw) = tls_gateway("  header_read_timeout: 2s\n").await;
+    let (upstream, _dir, cert, gw) = tls_gateway("  header_read_timeout: 4s\n").await;
     let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
     let config = rustls::ClientConfig::builder()
         .with_root_certificates(roots)
@@ -5818,8 +5818,9 @@ async fn the_first_request_head_must_arrive_within_header_read_timeout_of_accept
     let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
     let request = b"GET /open HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n";
     // Waits before the handshake and after it; `late` makes the two
-    // together longer than the timeout, while each is shorter.
-    for (before, after, late) in [(0, 0, false), (1_500, 1_500, true)] {
+    // together longer than the timeout, while each is shorter. The
+    // handshake has 3 s of the timeout left, room for a slow host.
+    for (before, after, late) in [(0, 0, false), (1_000, 3_800, true)] {
         let stream = TcpStream::connect(gw.addr).await.unwrap();
         tokio::time::sleep(Duration::from_millis(before)).await;
         let mut tls = connector.connect(name.clone(), stream).await.unwrap();
@@ -5966,12 +5967,23 @@ async fn an_h2_connection_whose_tls_handshake_ends_during_the_drain_gets_a_goawa
     ))
     .await;
 
-    // Accepted while serving; its handshake waits for the ClientHello.
+    // Accepted while serving (the gateway counts it); its handshake waits
+    // for the ClientHello.
     let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    eventually("the connection is accepted", || async {
+        gw.metrics()
+            .await
+            .contains("\nscopegate_open_connections 1\n")
+    })
+    .await;
     gw.trigger_shutdown();
-    // Past shutdown_delay (1 s): the listener is closed and the drain began.
-    tokio::time::sleep(Duration::from_millis(1_800)).await;
+    // Past shutdown_delay (1 s): the listener is closed in the step that
+    // starts the drain.
+    let addr = gw.addr;
+    eventually("the listener closes", || async move {
+        TcpStream::connect(addr).await.is_err()
+    })
+    .await;
 
     let roots = scopegate::proxy::client::trusted_roots(Some(&cert)).unwrap();
     let mut config = rustls::ClientConfig::builder()
@@ -6008,7 +6020,8 @@ async fn an_h2_connection_whose_tls_handshake_ends_during_the_drain_gets_a_goawa
         sent_away,
         "the HTTP/2 connection that finished its TLS handshake during the drain got no GOAWAY: still open 6 s after its request"
     );
-    let drained = tokio::time::timeout(Duration::from_secs(2), &mut gw.task).await;
+    // Well within shutdown_grace (20 s), which it would wait out otherwise.
+    let drained = tokio::time::timeout(Duration::from_secs(10), &mut gw.task).await;
     assert!(
         drained.is_ok(),
         "the drain waited for an idle HTTP/2 connection that was never sent away"
