@@ -1,4 +1,4 @@
-//! The command line: `run`, `check`, `demo`, `inject`.
+//! The command line: `run`, `check`, `demo`, `inject`, `hash-secret`.
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;

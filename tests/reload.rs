@@ -1470,6 +1470,67 @@ async fn a_rotated_certificate_that_does_not_load_keeps_the_served_one() {
     assert!(metrics.contains(refused), "{metrics}");
 }
 
+/// A certificate file that cannot be read (a key renamed in its Secret)
+/// while the config file is refused is told once, as a pair that does not
+/// load is: not again at every reload that finds it still missing.
+#[tokio::test]
+async fn an_unreadable_certificate_file_is_counted_once() {
+    let lab = TlsRotation::start().await;
+    lab.refuse_config().await;
+
+    std::fs::remove_file(&lab.served.1).unwrap();
+    let refused = "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 1\n";
+    assert!(
+        wait_for_metrics(&lab.gw, |m| m.contains(refused)).await,
+        "a missing key file was not refused"
+    );
+    // Three more refused configs, three more reloads: each looks at the
+    // certificate files after counting its refusal, and before the next
+    // reload begins.
+    for attempt in 2..=4 {
+        let text = format!("{}unknown_key: {attempt}\n", with_tls(&lab.plain));
+        std::fs::write(&lab.config, text).unwrap();
+        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {attempt}\n");
+        assert!(
+            wait_for_metrics(&lab.gw, |m| m.contains(&invalid)).await,
+            "refused config {attempt} was not counted"
+        );
+    }
+    let metrics = lab.gw.metrics().await;
+    assert!(metrics.contains(refused), "{metrics}");
+    assert!(trusts(lab.gw.addr, &lab.old_cert).await);
+}
+
+/// A config file that cannot be read (deleted, say) is refused once, not at
+/// every reload that finds it still missing; the certificate files it named
+/// are still followed meanwhile.
+#[tokio::test]
+async fn a_missing_config_file_is_counted_once_and_certificates_still_rotate() {
+    let lab = TlsRotation::start().await;
+    std::fs::remove_file(&lab.config).unwrap();
+    let invalid = "\nscopegate_config_reloads_total{result=\"invalid\"} 1\n";
+    assert!(
+        wait_for_metrics(&lab.gw, |m| m.contains(invalid)
+            && m.contains("\nscopegate_config_last_reload_success 0\n"))
+        .await,
+        "the missing config file was not refused"
+    );
+    // Two reloads more: the key alone (refused: not the certificate's),
+    // then the certificate.
+    std::fs::copy(&lab.next.1, &lab.served.1).unwrap();
+    assert!(
+        wait_for_metrics(&lab.gw, |m| m.contains(
+            "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 1\n"
+        ))
+        .await,
+        "the key without its certificate was not refused"
+    );
+    lab.rotate().await;
+    let metrics = lab.gw.metrics().await;
+    assert!(metrics.contains(invalid), "{metrics}");
+    assert!(metrics.contains("\nscopegate_config_last_reload_success 0\n"));
+}
+
 /// A reload that turns `server.tls` off (which takes a restart) keeps the
 /// certificate last served, not the one the process started with: that
 /// one may have expired since, or been rotated away from for a leaked key.

@@ -417,7 +417,7 @@ pub struct RawIssuer {
     /// Required JOSE `typ` header (RFC 9068: `at+jwt`).
     #[serde(default, deserialize_with = "present")]
     pub require_typ: Option<Spanned<String>>,
-    /// Claim that carries the scopes: `scope` or `scp`.
+    /// Claim that carries the scopes: `scope`, `scp`, `roles` or `permissions`.
     #[serde(default = "default_scope_claim")]
     pub scope_claim: Spanned<String>,
     /// How often keys are refreshed when the IdP sends no Cache-Control.

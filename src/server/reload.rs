@@ -76,6 +76,9 @@ pub struct Reloader {
     last_is_running: bool,
     /// The fallback poll's interval: [`POLL`] but in tests.
     poll: Duration,
+    /// The read error last told for the config file: while it stays
+    /// unreadable the same way, polls and events do not tell it again.
+    unreadable: Option<String>,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -116,6 +119,7 @@ impl Reloader {
             not_ready: None,
             last_is_running: true,
             poll: POLL,
+            unreadable: None,
         }
     }
 
@@ -183,7 +187,12 @@ impl Reloader {
         let (text, files) = match read {
             Ok((Ok(text), files)) => (text, files),
             Ok((Err(e), _)) => {
-                self.failed(&ReloadError::Invalid(e, None));
+                let error = e.to_string();
+                if forced || self.unreadable.as_ref() != Some(&error) {
+                    self.failed(&ReloadError::Invalid(e, None));
+                    self.unreadable = Some(error);
+                }
+                self.rotate_certificate().await;
                 return;
             }
             Err(e) => {
@@ -193,6 +202,7 @@ impl Reloader {
                 return;
             }
         };
+        self.unreadable = None;
         let text_digest = digest(&text);
         if !forced && text_digest == self.last_text && files == self.last_files {
             // Put back to what runs after a refusal of the moment (a store

@@ -49,13 +49,26 @@ impl Inbound {
     /// half-written rotation, a key of another certificate) leaves the
     /// served one in place and is an error, once per content.
     pub fn refresh(&self) -> Result<Refresh, String> {
-        let (cert_pem, key_pem) = read(&self.files)?;
-        let digest = contents_digest(&self.files, &cert_pem, &key_pem);
+        let (cert_pem, key_pem) = read_each(&self.files);
+        // A file that cannot be read is a content of its own (`None`), told
+        // once as a pair that does not build is.
+        let digest = crate::config::load::files_digest([
+            (
+                self.files.cert_file.as_path(),
+                cert_pem.as_deref().ok().map(digest),
+            ),
+            (
+                self.files.key_file.as_path(),
+                key_pem.as_deref().ok().map(digest),
+            ),
+        ]);
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
         if digest == self.served.load().files || *refused == Some(digest) {
             return Ok(Refresh::Unchanged);
         }
-        match build(&self.files, &cert_pem, &key_pem) {
+        let built = both(&self.files, cert_pem, key_pem)
+            .and_then(|(cert_pem, key_pem)| build(&self.files, &cert_pem, &key_pem));
+        match built {
             Ok(acceptor) => {
                 self.served.store(Arc::new(Served {
                     acceptor,
@@ -98,10 +111,26 @@ pub fn inbound(files: &TlsFiles, running: Option<&Arc<Inbound>>) -> Result<Arc<I
 }
 
 fn read(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), String> {
-    let cert_pem = std::fs::read(&files.cert_file)
-        .map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
-    let key_pem =
-        std::fs::read(&files.key_file).map_err(|e| format!("{}: {e}", files.key_file.display()))?;
+    let (cert_pem, key_pem) = read_each(files);
+    both(files, cert_pem, key_pem)
+}
+
+/// The certificate file's contents and the key file's, each as read.
+fn read_each(files: &TlsFiles) -> (std::io::Result<Vec<u8>>, std::io::Result<Vec<u8>>) {
+    (
+        std::fs::read(&files.cert_file),
+        std::fs::read(&files.key_file),
+    )
+}
+
+/// Both files' contents, or the first read error with its file's path.
+fn both(
+    files: &TlsFiles,
+    cert_pem: std::io::Result<Vec<u8>>,
+    key_pem: std::io::Result<Vec<u8>>,
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    let cert_pem = cert_pem.map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
+    let key_pem = key_pem.map_err(|e| format!("{}: {e}", files.key_file.display()))?;
     Ok((cert_pem, key_pem))
 }
 
