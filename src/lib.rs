@@ -33,6 +33,7 @@
 //!   metadata, JWKS, introspection and revocation (`endpoints`), CORS for
 //!   browser apps (`cors`), and the state store (`store`: memory, redb file,
 //!   redis).
+//! - [`retire`]: what a reload replaced is dropped off the runtime's threads.
 //! - [`demo`]: `scopegate demo`, a self-contained playground.
 //! - [`inject`]: `scopegate inject`, adds the sidecar to Kubernetes manifests.
 //! - [`cli`]: the command line; `main.rs` only calls it.
@@ -48,5 +49,6 @@ pub mod error;
 pub mod inject;
 pub mod issuer;
 pub mod proxy;
+pub mod retire;
 pub mod routes;
 pub mod server;

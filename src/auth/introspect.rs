@@ -590,7 +590,9 @@ impl Introspector {
             .metrics
             .introspection_duration
             .with_label_values(&[&self.issuer_name]);
-        let this = Arc::clone(self);
+        // A call outliving its config's reload may be the last holder of
+        // the answer cache.
+        let this = crate::retire::Held::new(Arc::clone(self));
         tokio::spawn(async move {
             let started = Instant::now();
             let result = tokio::time::timeout(

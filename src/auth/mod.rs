@@ -366,7 +366,8 @@ impl Authenticator {
     /// remote issuer, until [`Self::stop_background`].
     pub fn spawn_background(self: &Arc<Self>) {
         for index in 0..self.issuers.len() {
-            let this = Arc::clone(self);
+            // Stopped by a reload, the task may be the last holder.
+            let this = crate::retire::Held::new(Arc::clone(self));
             let mut stop = self.background_stop.subscribe();
             tokio::spawn(async move {
                 let Some(issuer) = this.issuers.get(index) else {

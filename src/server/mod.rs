@@ -449,8 +449,9 @@ async fn serve_connection<I>(
             .extensions()
             .get::<hyper::upgrade::OnUpgrade>()
             .map(|_| (request.method() == Method::CONNECT, Arc::clone(&requests)));
-        // Each request runs on the config that was current when it arrived.
-        let gateway = gateway.load_full();
+        // Each request runs on the config that was current when it arrived
+        // (and, when a reload retired it meanwhile, may be its last holder).
+        let gateway = crate::retire::Held::new(gateway.load_full());
         let client = Arc::clone(&client);
         let http1 = request.version() < http::Version::HTTP_2;
         async move {

@@ -151,6 +151,7 @@ fn keep_ephemeral_key(
 impl Drop for Gateway {
     fn drop(&mut self) {
         self.metrics.forget_retired();
+        tracing::debug!("a retired configuration is released");
     }
 }
 

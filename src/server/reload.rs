@@ -372,7 +372,7 @@ impl Reloader {
             if tokio::time::timeout(READY_TIMEOUT, ready).await.is_err() {
                 let unready = awaited().into_iter().map(str::to_owned).collect();
                 drop(starting);
-                drop(tokio::task::spawn_blocking(move || drop(gateway)));
+                crate::retire::release(gateway);
                 return Err(ReloadError::NotReady(READY_TIMEOUT, unready));
             }
         }
@@ -390,7 +390,7 @@ impl Reloader {
         self.metrics.running(labels);
         // Dropped off the runtime when this is the last holder (here and
         // for a refused gateway above): closing a file store writes to disk.
-        drop(tokio::task::spawn_blocking(move || drop(old)));
+        crate::retire::release(old);
         Ok((named, named_digest))
     }
 }
@@ -410,6 +410,7 @@ impl Drop for StopBackground {
     fn drop(&mut self) {
         if let Some(authenticator) = self.0.take() {
             authenticator.stop_background();
+            crate::retire::release(authenticator);
         }
     }
 }
