@@ -1056,6 +1056,68 @@ async fn a_redis_password_apart_from_the_url_is_used() {
     assert!(!format!("{:?}", target(Some("hunter2-apart"))).contains("hunter2"));
 }
 
+/// A server that refuses the store's password for a while after its
+/// connection broke (a password rolled back, a restart before its ACL was
+/// loaded) is used again once it takes it: the connection manager keeps
+/// the refusal as its connection for good, so the store connects anew.
+/// Before, every command failed until a restart.
+#[tokio::test]
+async fn a_redis_that_refused_the_password_for_a_while_is_used_again() {
+    let Some(server) = RedisServer::start() else {
+        return;
+    };
+    let client = ::redis::Client::open(server.url.as_str()).unwrap();
+    let mut admin = client.get_multiplexed_async_connection().await.unwrap();
+    let require = |password: &'static str| {
+        let mut command = ::redis::cmd("CONFIG");
+        command.arg("SET").arg("requirepass").arg(password);
+        command
+    };
+    let () = require("pw-one").query_async(&mut admin).await.unwrap();
+    let mut target = RedisTarget::from(server.url.as_str());
+    target.password = Some(scopegate::config::Secret::new("pw-one".to_owned()));
+    let store = Store::open(&StoreConfig::Redis(target)).await.unwrap();
+    assert!(!store.is_access_revoked("jti-1").await.unwrap());
+
+    // The password changes, and every connection but the admin's breaks.
+    let () = require("pw-two").query_async(&mut admin).await.unwrap();
+    let _: i64 = ::redis::cmd("CLIENT")
+        .arg("KILL")
+        .arg("TYPE")
+        .arg("normal")
+        .arg("SKIPME")
+        .arg("yes")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let mut refused = false;
+    for _ in 0..100 {
+        if let Err(e) = store.is_access_revoked("jti-1").await {
+            refused = format!("{e}").contains("uthentication");
+            if refused {
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused, "the store never met the refused password");
+
+    // Put back: the store works again.
+    let () = require("pw-one").query_async(&mut admin).await.unwrap();
+    let mut answered = None;
+    for _ in 0..100 {
+        answered = Some(store.is_access_revoked("jti-1").await);
+        if answered.as_ref().is_some_and(Result::is_ok) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        matches!(answered, Some(Ok(false))),
+        "still failing 10 s after the password was put back: {answered:?}"
+    );
+}
+
 /// A stand-in for a Redis server speaking RESP: PING, `EXPIREAT` with two
 /// arguments answered as Redis does, with three (`GT`) answered `gt_reply`,
 /// anything else `+OK`. Returns its address and how often `GT` was asked.

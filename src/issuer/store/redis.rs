@@ -248,17 +248,28 @@ impl RedisStore {
     /// A command's failure as a backend error. One the server refused as a
     /// read-only replica (`READONLY`, alone or aborting a transaction) means
     /// a failover demoted it while this connection stayed open; its address
-    /// (a DNS name, a virtual IP) now leads to the new primary, but the
-    /// connection manager only connects again when a connection breaks, so
-    /// a new connection is made in the background and replaces this one.
+    /// (a DNS name, a virtual IP) now leads to the new primary. One of a
+    /// reconnection the server refused (`AUTH` failing for a while: a
+    /// password rolled back, a server restarted before its ACL was loaded)
+    /// or whose answer did not parse is the connection manager's for good:
+    /// it returns it to every command, and only connects again when a
+    /// connection breaks. Either way a new connection is made in the
+    /// background and replaces this one.
     fn failed(&self, e: RedisError) -> StoreError {
+        let stuck = match e.kind() {
+            ::redis::ErrorKind::AuthenticationFailed => Some("the server refused to authenticate"),
+            ::redis::ErrorKind::Parse => Some("an answer did not parse"),
+            _ => None,
+        };
         let read_only = e.clone().into_server_errors().is_some_and(|errors| {
             errors
                 .iter()
                 .any(|(_, error)| error.kind() == Some(::redis::ServerErrorKind::ReadOnly))
         });
         if read_only {
-            self.connect_anew();
+            self.connect_anew("the server refused a write as a read-only replica");
+        } else if let Some(why) = stuck {
+            self.connect_anew(why);
         }
         backend(e)
     }
@@ -266,7 +277,7 @@ impl RedisStore {
     /// Starts connecting anew, unless an attempt is under way or began
     /// within [`RECONNECT_INTERVAL`] (an address that keeps leading to a
     /// replica must not cost a connection per write).
-    fn connect_anew(&self) {
+    fn connect_anew(&self, why: &'static str) {
         let reconnect = &self.reconnect;
         let now_ms = u64::try_from(reconnect.origin.elapsed().as_millis()).unwrap_or(u64::MAX);
         let last = reconnect.last_ms.load(Ordering::Acquire);
@@ -288,12 +299,10 @@ impl RedisStore {
             match fresh {
                 Ok(fresh) => {
                     conn.store(Arc::new(fresh));
-                    tracing::warn!(
-                        "redis: the server refused a write as a read-only replica; connected anew"
-                    );
+                    tracing::warn!(cause = why, "redis: connected anew");
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "redis: the server refused a write as a read-only replica; connecting anew failed");
+                    tracing::warn!(cause = why, error = %e, "redis: connecting anew failed");
                 }
             }
             reconnect.running.store(false, Ordering::Release);
