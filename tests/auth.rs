@@ -2769,6 +2769,23 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
         label("fetch failure's cause")
     );
 
+    // A token naming no key (RFC 7517 4.5 makes `kid` optional) that no
+    // key held verifies may be of a key published since, as an unknown
+    // kid may: 503 too, not a 401 sending its client back to the issuer.
+    let stranger = Signer::generate("not-published");
+    let kid_less = json!({"alg": "ES256", "typ": "at+jwt"});
+    let kid_less_token = stranger.sign(&kid_less, &fresh_claims("orders:read"));
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &kid_less_token,
+        Want::Unavailable,
+        &label("no kid, unpublished key, during the outage"),
+    )
+    .await;
+
     // The failed fetch did not drop the keys we had.
     expect(
         &world,
@@ -2788,6 +2805,16 @@ async fn outage(mode: JwksMode, result: &str, cause: &str) {
         &gw,
         Want::Invalid(TokenError::UnknownKey),
         &label("unknown kid after the outage"),
+    )
+    .await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &kid_less_token,
+        Want::Invalid(TokenError::BadSignature),
+        &label("no kid, unpublished key, after the outage"),
     )
     .await;
 }

@@ -767,7 +767,14 @@ impl Authenticator {
             // may be one it published since: the issuer is failing, not
             // (as far as can be told) the token, which gets 503 and a retry
             // rather than a 401 that sends its client back to that issuer.
-            if matches!(outcome, Err(TokenError::UnknownKey)) && issuer.keys.last_fetch_failed() {
+            // So may the key of a token naming none that no key held
+            // verifies; a known `kid` with a bad signature stays a 401.
+            let lacking = match outcome {
+                Err(TokenError::UnknownKey) => true,
+                Err(TokenError::BadSignature) => jwt.kid.is_none(),
+                _ => false,
+            };
+            if lacking && issuer.keys.last_fetch_failed() {
                 return Err(GatewayError::KeysUnavailable);
             }
         }
