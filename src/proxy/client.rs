@@ -11,8 +11,49 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls::RootCertStore;
 
-/// A pooled client speaking http and https.
-pub type HttpsClient<B> = Client<HttpsConnector<HttpConnector>, B>;
+/// A pooled client speaking http and https, to the identity provider.
+pub type HttpsClient<B> = Client<WholeConnectTimeout, B>;
+
+/// The https connector with one deadline on all of connecting: the name
+/// lookup, TCP and the TLS handshake. The connector's own timeout covers
+/// TCP alone, and hyper-util finishes a connect that lost the race to a
+/// pooled connection in the background, unbounded: a provider whose TLS
+/// front end accepts TCP and never answers the ClientHello would keep one
+/// socket and task per such race.
+#[derive(Clone)]
+pub struct WholeConnectTimeout {
+    inner: HttpsConnector<HttpConnector>,
+    timeout: Duration,
+}
+
+impl tower_service::Service<http::Uri> for WholeConnectTimeout {
+    type Response = <HttpsConnector<HttpConnector> as tower_service::Service<http::Uri>>::Response;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, target: http::Uri) -> Self::Future {
+        let (connecting, timeout) = (self.inner.call(target), self.timeout);
+        Box::pin(async move {
+            tokio::time::timeout(timeout, connecting)
+                .await
+                .map_err(|_| -> Self::Error {
+                    Box::new(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "connecting (name lookup, TCP and TLS) took longer than the timeout",
+                    ))
+                })?
+        })
+    }
+}
 
 /// How often an identity provider's idle or busy HTTP/2 connection is
 /// pinged: one that stops answering (a silent drop, a wedged peer) is closed
@@ -33,7 +74,10 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
-    let connector = build_https_connector(ca_file, connect_timeout)?;
+    let connector = WholeConnectTimeout {
+        inner: build_https_connector(ca_file, connect_timeout)?,
+        timeout: connect_timeout,
+    };
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
         .timer(TokioTimer::new())
@@ -145,4 +189,41 @@ fn connector(
         Alpn::Http2 => builder.enable_http2().wrap_connector(http),
         Alpn::Both => builder.enable_http1().enable_http2().wrap_connector(http),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// An https identity provider that takes the TCP connection and never
+    /// answers the ClientHello: the call fails within the connect timeout
+    /// (not only at the caller's own deadline), and the socket is closed,
+    /// not left to a background task for as long as the peer stays silent.
+    #[tokio::test]
+    async fn a_tls_handshake_that_never_ends_is_bounded_by_the_connect_timeout() {
+        crate::cli::install_crypto_provider();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let client: HttpsClient<http_body_util::Empty<bytes::Bytes>> =
+            build_https_client(None, Duration::from_millis(500), 4, false).unwrap();
+        let uri: http::Uri = format!("https://{addr}/jwks").parse().unwrap();
+        let call = tokio::spawn(async move {
+            tokio::time::timeout(Duration::from_secs(20), client.get(uri)).await
+        });
+        let (mut socket, _) = listener.accept().await.unwrap();
+        let answer = call.await.unwrap();
+        let error = match answer {
+            Ok(Err(error)) => error,
+            Ok(Ok(response)) => panic!("answered: {response:?}"),
+            Err(_) => panic!("still connecting 20 s later"),
+        };
+        assert!(error.is_connect(), "{error:?}");
+        // The ClientHello, then the end of the connection.
+        let mut read = Vec::new();
+        let closed =
+            tokio::time::timeout(Duration::from_secs(20), socket.read_to_end(&mut read)).await;
+        assert!(closed.is_ok(), "the stalled connection was kept open");
+        assert!(!read.is_empty());
+    }
 }
