@@ -1486,6 +1486,7 @@ async fn an_unreadable_certificate_file_is_counted_once() {
     let lab = TlsRotation::start().await;
     lab.refuse_config().await;
 
+    let key = std::fs::read(&lab.served.1).unwrap();
     std::fs::remove_file(&lab.served.1).unwrap();
     let refused = "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 1\n";
     assert!(
@@ -1507,6 +1508,26 @@ async fn an_unreadable_certificate_file_is_counted_once() {
     let metrics = lab.gw.metrics().await;
     assert!(metrics.contains(refused), "{metrics}");
     assert!(trusts(lab.gw.addr, &lab.old_cert).await);
+
+    // Put back, and seen so by two reloads; then missing again: news again.
+    std::fs::write(&lab.served.1, &key).unwrap();
+    for attempt in 5..=6 {
+        let text = format!("{}unknown_key: {attempt}\n", with_tls(&lab.plain));
+        std::fs::write(&lab.config, text).unwrap();
+        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {attempt}\n");
+        assert!(
+            wait_for_metrics(&lab.gw, |m| m.contains(&invalid)).await,
+            "refused config {attempt} was not counted"
+        );
+    }
+    std::fs::remove_file(&lab.served.1).unwrap();
+    assert!(
+        wait_for_metrics(&lab.gw, |m| m.contains(
+            "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 2\n"
+        ))
+        .await,
+        "the key file missing a second time was not told"
+    );
 }
 
 /// A config file that cannot be read (deleted, say) is refused once, not at
@@ -1537,6 +1558,17 @@ async fn a_missing_config_file_is_counted_once_and_certificates_still_rotate() {
     let metrics = lab.gw.metrics().await;
     assert!(metrics.contains(invalid), "{metrics}");
     assert!(metrics.contains("\nscopegate_config_last_reload_success 0\n"));
+
+    // Unreadable as text (not UTF-8) at the same place twice, with other
+    // bytes each time: each is news.
+    for (count, bytes) in [(2, &b"routes: \xff\n"[..]), (3, &b"routes: \xfe\n"[..])] {
+        std::fs::write(&lab.config, bytes).unwrap();
+        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {count}\n");
+        assert!(
+            wait_for_metrics(&lab.gw, |m| m.contains(&invalid)).await,
+            "unreadable config {count} was not counted"
+        );
+    }
 }
 
 /// A reload that turns `server.tls` off (which takes a restart) keeps the

@@ -74,9 +74,12 @@ where
     B: http_body::Body + Send + 'static,
     B::Data: Send,
 {
+    // Twice the callers' own deadline (as long as `connect_timeout`): a
+    // call whose connect hangs still ends as a timeout of the call; this
+    // bounds the connect hyper-util may go on with in the background.
     let connector = WholeConnectTimeout {
         inner: build_https_connector(ca_file, connect_timeout)?,
-        timeout: connect_timeout,
+        timeout: connect_timeout.saturating_mul(2),
     };
     Ok(Client::builder(TokioExecutor::new())
         .pool_timer(TokioTimer::new())
@@ -197,7 +200,7 @@ mod tests {
     use tokio::io::AsyncReadExt;
 
     /// An https identity provider that takes the TCP connection and never
-    /// answers the ClientHello: the call fails within the connect timeout
+    /// answers the ClientHello: the call fails by twice the connect timeout
     /// (not only at the caller's own deadline), and the socket is closed,
     /// not left to a background task for as long as the peer stays silent.
     #[tokio::test]

@@ -76,9 +76,10 @@ pub struct Reloader {
     last_is_running: bool,
     /// The fallback poll's interval: [`POLL`] but in tests.
     poll: Duration,
-    /// The read error last told for the config file: while it stays
-    /// unreadable the same way, polls and events do not tell it again.
-    unreadable: Option<String>,
+    /// The read error last told for the config file, with a digest of
+    /// what the file held: while it stays unreadable the same way, polls
+    /// and events do not tell it again.
+    unreadable: Option<(String, Option<TokenDigest>)>,
 }
 
 /// Settings the running server was started with; they change only on restart.
@@ -178,16 +179,19 @@ impl Reloader {
         // thread may be serving (`server.workers: 1`).
         let (path, named) = (self.path.clone(), self.files.clone());
         let read = tokio::task::spawn_blocking(move || {
-            (
-                config::load::read_file(&path),
-                config::load::current_files_digest(&named),
-            )
+            let text = config::load::read_file(&path);
+            // What the file holds when it cannot be read as text (missing,
+            // or not UTF-8): the same failure of other bytes is news.
+            let held = text
+                .is_err()
+                .then(|| config::load::current_files_digest(std::slice::from_ref(&path)));
+            (text, held, config::load::current_files_digest(&named))
         })
         .await;
         let (text, files) = match read {
-            Ok((Ok(text), files)) => (text, files),
-            Ok((Err(e), _)) => {
-                let error = e.to_string();
+            Ok((Ok(text), _, files)) => (text, files),
+            Ok((Err(e), held, _)) => {
+                let error = (e.to_string(), held);
                 if forced || self.unreadable.as_ref() != Some(&error) {
                     self.failed(&ReloadError::Invalid(e, None));
                     self.unreadable = Some(error);

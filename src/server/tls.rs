@@ -63,7 +63,13 @@ impl Inbound {
             ),
         ]);
         let mut refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
-        if digest == self.served.load().files || *refused == Some(digest) {
+        if digest == self.served.load().files {
+            // Put back as served: a refusal of the same content later is
+            // news again.
+            *refused = None;
+            return Ok(Refresh::Unchanged);
+        }
+        if *refused == Some(digest) {
             return Ok(Refresh::Unchanged);
         }
         let built = both(&self.files, cert_pem, key_pem)
