@@ -1412,6 +1412,20 @@ impl TlsRotation {
         );
     }
 
+    /// Writes refused config number `attempt` (another value of the
+    /// unknown key), and waits until it is the `attempt`th counted
+    /// `invalid`: one more reload, done with its certificate check once
+    /// the next one is counted.
+    async fn refuse_config_again(&self, attempt: u32) {
+        let text = format!("{}unknown_key: {attempt}\n", with_tls(&self.plain));
+        std::fs::write(&self.config, text).unwrap();
+        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {attempt}\n");
+        assert!(
+            wait_for_metrics(&self.gw, |m| m.contains(&invalid)).await,
+            "refused config {attempt} was not counted"
+        );
+    }
+
     /// Writes the next certificate and key over the served ones, and waits
     /// until the gateway serves it (it reloads on the change).
     async fn rotate(&self) {
@@ -1497,13 +1511,7 @@ async fn an_unreadable_certificate_file_is_counted_once() {
     // certificate files after counting its refusal, and before the next
     // reload begins.
     for attempt in 2..=4 {
-        let text = format!("{}unknown_key: {attempt}\n", with_tls(&lab.plain));
-        std::fs::write(&lab.config, text).unwrap();
-        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {attempt}\n");
-        assert!(
-            wait_for_metrics(&lab.gw, |m| m.contains(&invalid)).await,
-            "refused config {attempt} was not counted"
-        );
+        lab.refuse_config_again(attempt).await;
     }
     let metrics = lab.gw.metrics().await;
     assert!(metrics.contains(refused), "{metrics}");
@@ -1512,13 +1520,7 @@ async fn an_unreadable_certificate_file_is_counted_once() {
     // Put back, and seen so by two reloads; then missing again: news again.
     std::fs::write(&lab.served.1, &key).unwrap();
     for attempt in 5..=6 {
-        let text = format!("{}unknown_key: {attempt}\n", with_tls(&lab.plain));
-        std::fs::write(&lab.config, text).unwrap();
-        let invalid = format!("\nscopegate_config_reloads_total{{result=\"invalid\"}} {attempt}\n");
-        assert!(
-            wait_for_metrics(&lab.gw, |m| m.contains(&invalid)).await,
-            "refused config {attempt} was not counted"
-        );
+        lab.refuse_config_again(attempt).await;
     }
     std::fs::remove_file(&lab.served.1).unwrap();
     assert!(
