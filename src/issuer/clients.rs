@@ -299,6 +299,11 @@ impl Attempt<'_> {
         } else {
             &guesses.waited_out
         };
+        // Counted while this check still holds its place (freed on drop,
+        // after this guard), under the lock a beginning check reads both
+        // through: it sees the place taken or the failure counted, never
+        // neither ([`ClientAuthenticator::try_begin`]).
+        let _places = guesses.pending.lock();
         record_failure_in(table, self.key);
     }
 }
@@ -713,15 +718,17 @@ impl ClientAuthenticator {
     }
 
     fn try_begin(&self, key: [u8; 32]) -> Begin<'_> {
+        // The failures are read under the checks-under-way lock, which a
+        // failing check holds while it counts its failure ([`Attempt::failed`]).
+        let Ok(mut pending) = self.guesses.pending.lock() else {
+            return Begin::Limited;
+        };
         let Some(failed) = self.failures_of(key) else {
             return Begin::Limited;
         };
         if failed >= MAX_FAILURES {
             return Begin::Limited;
         }
-        let Ok(mut pending) = self.guesses.pending.lock() else {
-            return Begin::Limited;
-        };
         let under_way = pending.get(&key).copied().unwrap_or(0);
         if failed.saturating_add(under_way) >= MAX_FAILURES {
             return Begin::Wait;
@@ -1040,6 +1047,46 @@ mod tests {
         assert!(
             auth.guesses.pending.lock().unwrap().is_empty(),
             "ended checks stay pending"
+        );
+    }
+
+    /// A check that fails counts its failure before it frees its place, as
+    /// one step for a check beginning: threads beginning, failing and ending
+    /// checks for one name at once never get more than the limit between
+    /// them (a newcomer could read the failures before one was counted and
+    /// the checks under way after its place was freed, and begin a sixth).
+    #[test]
+    fn a_burst_failing_at_once_gets_no_more_checks_than_the_limit() {
+        const THREADS: usize = 4;
+        const ROUNDS: usize = 3_000;
+        let mut worst = 0;
+        for _ in 0..ROUNDS {
+            let auth = ClientAuthenticator::new(&[], &[], None);
+            let key = failure_key("user:target");
+            let begun = std::sync::atomic::AtomicU32::new(0);
+            let start = std::sync::Barrier::new(THREADS);
+            std::thread::scope(|scope| {
+                for _ in 0..THREADS {
+                    scope.spawn(|| {
+                        start.wait();
+                        loop {
+                            match auth.try_begin(key) {
+                                Begin::Go(attempt) => {
+                                    begun.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                                    attempt.failed();
+                                }
+                                Begin::Wait => std::thread::yield_now(),
+                                Begin::Limited => break,
+                            }
+                        }
+                    });
+                }
+            });
+            worst = worst.max(begun.into_inner());
+        }
+        assert_eq!(
+            worst, MAX_FAILURES,
+            "a burst got more checks than the limit"
         );
     }
 
