@@ -3044,3 +3044,55 @@ mod hostile_token_requests;
 
 #[path = "issuer/token_lifecycles.rs"]
 mod token_lifecycles;
+
+/// The access log's reason says why the built-in server refused (its RFC
+/// 6749 `error` code) and that a public route took no token, as the
+/// decision metric does: a bare `ok` beside a 400 or 401 read as an
+/// allowed request in the audit trail.
+#[tokio::test]
+async fn the_access_log_names_the_built_in_servers_refusals_and_public_routes() {
+    let (logs, _capturing) = Logs::capture();
+    let upstream = Upstream::start().await;
+    let config = config(upstream.addr, "").replace(
+        "routes:\n",
+        "routes:\n  - path: /open\n    upstream: app\n    auth: none\n",
+    );
+    let gw = Gateway::start(&config).await;
+    let cases = [
+        (
+            token_request(
+                &gw,
+                "grant_type=client_credentials&client_id=svc&client_secret=wrong",
+            )
+            .await,
+            400,
+            "reason=\"invalid_client\"",
+        ),
+        (
+            token_request(&gw, &format!("grant_type=password&{}", creds("svc"))).await,
+            400,
+            "reason=\"unauthorized_client\"",
+        ),
+        (
+            introspect(&gw, "svc", "not-a-token").await,
+            200,
+            "reason=\"ok\"",
+        ),
+        (
+            get(&gw.url("/open"), &[]).await.unwrap(),
+            200,
+            "reason=\"public\"",
+        ),
+    ];
+    for (reply, status, reason) in cases {
+        assert_eq!(reply.status, status, "{}", reply.text());
+        let id = reply.header("x-request-id").unwrap();
+        let line = logs
+            .access_line(&id)
+            .await
+            .unwrap_or_else(|| panic!("no access line for {id}:\n{}", logs.text()));
+        assert!(line.contains(&format!("status={status}")), "{line}");
+        assert!(line.contains(reason), "{reason} missing: {line}");
+    }
+    gw.stop().await;
+}

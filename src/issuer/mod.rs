@@ -71,6 +71,12 @@ pub(crate) fn revoked_until(exp: u64) -> u64 {
     exp.saturating_add(LEEWAY_SECS).saturating_add(1)
 }
 
+/// The `error` code of an answer the built-in server refused with, kept on
+/// the answer (an extension, never sent) so that the access log says why
+/// as it does for the gateway's own refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused(pub &'static str);
+
 /// An RFC 6749 5.2 error response.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthError {
@@ -252,6 +258,7 @@ impl OAuthError {
     pub fn into_response(self) -> Response<Body> {
         let body = serde_json::json!({ "error": self.code, "error_description": self.description });
         let mut response = json_response(self.status, body.to_string());
+        response.extensions_mut().insert(Refused(self.code));
         if self.basic_challenge {
             response.headers_mut().insert(
                 WWW_AUTHENTICATE,

@@ -339,7 +339,17 @@ impl Gateway {
         let (mut response, reason, status) = match outcome {
             Ok(response) => {
                 let status = response.status();
-                (response, "ok", status)
+                // As the decision metric says: a public route took no token,
+                // and a built-in endpoint may have refused on its own.
+                let reason = match route {
+                    Some(route) if matches!(route.access, Access::Public) => "public",
+                    Some(_) => "ok",
+                    None => response
+                        .extensions()
+                        .get::<crate::issuer::Refused>()
+                        .map_or("ok", |refused| refused.0),
+                };
+                (response, reason, status)
             }
             Err(error) => {
                 let (reason, status) = (error.reason(), error.status());
