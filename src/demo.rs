@@ -290,7 +290,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
     let field = |name: &str| format!("sed -n 's/.*\"{name}\":\"\\([^\"]*\\)\".*/\\1/p'");
     let browser_step = if signs_in_browsers(listen) {
         format!(
-            "# 6. Authorization code + PKCE in a browser: open this URL, sign in as {username} / {password},\n\
+            "# 7. Authorization code + PKCE in a browser: open this URL, sign in as {username} / {password},\n\
              #    allow access; the echo upstream at /callback shows the code. Then exchange it:\n\
              {authorize_url}\n\
              curl -s -X POST http://{listen}/auth/v2/accesstoken -d grant_type=authorization_code -d client_id={DEMO_PUBLIC_CLIENT} \\\n\
@@ -298,7 +298,7 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
         )
     } else {
         format!(
-            "# 6. No browser sign-in on {listen}: browsers keep its cookies over plain http from loopback only\n\
+            "# 7. No browser sign-in on {listen}: browsers keep its cookies over plain http from loopback only\n\
              #    (run the demo on 127.0.0.1 or 0.0.0.0 for it).\n\n"
         )
     };
@@ -319,6 +319,10 @@ pub async fn run(listen: Option<SocketAddr>, admin: Option<SocketAddr>) -> Resul
          # 5. 401: no token at all; 200: a public route\n\
          curl -i http://{listen}/orders/42\n\
          curl -i http://{listen}/public\n\n\
+         # 6. Introspect the token (RFC 7662: \"active\":true), revoke it (RFC 7009), and see it refused (401)\n\
+         curl -s -X POST http://{listen}/oauth2/introspect -u {client_id}:{client_secret} -d \"token=$TOKEN\"; echo\n\
+         curl -s -X POST http://{listen}/oauth2/revoke -u {client_id}:{client_secret} -d \"token=$TOKEN\"\n\
+         curl -i -H \"Authorization: Bearer $TOKEN\" http://{listen}/orders/42\n\n\
          {browser_step}\
          Metadata: http://{listen}/.well-known/oauth-authorization-server  Keys: http://{listen}/.well-known/jwks.json\n\
          Press Ctrl-C to stop.\n",

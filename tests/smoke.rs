@@ -263,10 +263,11 @@ async fn the_demo_keeps_serving_when_its_output_is_closed() {
 }
 
 /// `scopegate demo` (the README's first command) prints shell steps; steps
-/// 1 to 5, run by bash as printed, get a token, 200, a refreshed token, 403,
-/// 401 and 200; step 6's authorize URL, opened and signed in to as the
+/// 1 to 6, run by bash as printed, get a token, 200, a refreshed token, 403,
+/// 401 and 200, the token introspected as active, then revoked and refused
+/// (401); step 7's authorize URL, opened and signed in to as the
 /// printed user (the pages' forms posted back as a browser would), gives a
-/// code that step 6's curl, run by bash with the code in place of
+/// code that step 7's curl, run by bash with the code in place of
 /// PASTE_CODE_HERE, exchanges for an access token. Its default admin port (9090, Prometheus's) is taken here,
 /// as on many developers' machines: it takes a free one instead.
 #[cfg(unix)]
@@ -335,13 +336,13 @@ async fn demo_steps_work_as_printed() {
     );
     let steps = printed
         .split_once("# 1.")
-        .and_then(|(_, steps)| steps.split_once("# 6."))
+        .and_then(|(_, steps)| steps.split_once("# 7."))
         .map(|(steps, _)| format!("# 1.{steps}"))
-        .expect("no steps 1 to 5 printed");
+        .expect("no steps 1 to 6 printed");
     let browser_step = printed
-        .split_once("# 6.")
+        .split_once("# 7.")
         .map(|(_, step)| step.to_owned())
-        .expect("no step 6 printed");
+        .expect("no step 7 printed");
     if !wait_for_status(&format!("http://127.0.0.1:{listen}/public"), 200).await {
         panic!(
             "the demo's /public never answered 200 (demo process: {:?}); it printed:\n{printed}\nand logged:\n{}",
@@ -365,23 +366,25 @@ async fn demo_steps_work_as_printed() {
         .match_indices("HTTP/1.1 ")
         .map(|(at, _)| text.get(at + 9..at + 12).unwrap_or_default())
         .collect();
-    assert_eq!(statuses, ["200", "403", "401", "200"], "{text}");
+    assert_eq!(statuses, ["200", "403", "401", "200", "401"], "{text}");
     assert!(text.contains("\"refresh_count\":1"), "{text}");
+    assert!(text.contains("\"active\":true"), "{text}");
+    assert!(text.contains("the token is not active"), "{text}");
 
-    // Step 6: the URL to open, who signs in, and the exchange to run.
+    // Step 7: the URL to open, who signs in, and the exchange to run.
     let authorize_url = browser_step
         .lines()
         .find(|l| l.starts_with("http://"))
-        .unwrap_or_else(|| panic!("no authorize URL in step 6:{browser_step}"));
+        .unwrap_or_else(|| panic!("no authorize URL in step 7:{browser_step}"));
     let (username, password) = browser_step
         .split_once("sign in as ")
         .and_then(|(_, rest)| rest.split_once(','))
         .and_then(|(who, _)| who.split_once(" / "))
-        .unwrap_or_else(|| panic!("no user named in step 6:{browser_step}"));
+        .unwrap_or_else(|| panic!("no user named in step 7:{browser_step}"));
     let exchange = browser_step
         .split_once("\ncurl ")
         .map(|(_, rest)| format!("curl {}", rest.split("\n\n").next().unwrap()))
-        .unwrap_or_else(|| panic!("no curl in step 6:{browser_step}"));
+        .unwrap_or_else(|| panic!("no curl in step 7:{browser_step}"));
     assert!(exchange.contains("PASTE_CODE_HERE"), "{exchange}");
 
     // The browser: the sign-in page, its form posted back with the CSRF
@@ -457,7 +460,7 @@ async fn demo_steps_work_as_printed() {
     let (body, status) = text.rsplit_once('\n').unwrap();
     assert_eq!(status, "200", "{exchange}\n{text}");
     let token: serde_json::Value = serde_json::from_str(body)
-        .unwrap_or_else(|e| panic!("step 6's exchange did not answer JSON ({e}): {text}"));
+        .unwrap_or_else(|e| panic!("step 7's exchange did not answer JSON ({e}): {text}"));
     let access = token["access_token"]
         .as_str()
         .unwrap_or_else(|| panic!("no access token: {text}"));
