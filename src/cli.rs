@@ -113,10 +113,7 @@ pub fn main() -> ExitCode {
     match cli.command {
         Command::Run { config: path } => match config::load_file(&path) {
             Ok(config) => run_gateway(path, config),
-            Err(e) => {
-                say(format_args!("{e}"));
-                ExitCode::FAILURE
-            }
+            Err(e) => refused(&path, &e),
         },
         Command::Check { config } => check(&config),
         Command::HashSecret => hash_secret(),
@@ -336,11 +333,22 @@ fn check(path: &Path) -> ExitCode {
             );
             print(out.as_bytes())
         }
-        Err(e) => {
-            say(format_args!("{e}"));
-            ExitCode::FAILURE
-        }
+        Err(e) => refused(path, &e),
     }
+}
+
+/// Says why the config at `path` was refused; when there is no file there
+/// at all (as for `run` outside the directory of the default
+/// `config/scopegate.yaml`), also how to name one.
+fn refused(path: &Path, error: &config::ConfigError) -> ExitCode {
+    say(format_args!("{error}"));
+    if std::fs::metadata(path).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound) {
+        say(format_args!(
+            "{}: no such file: name the config with --config PATH or SCOPEGATE_CONFIG (`scopegate demo` needs none)",
+            path.display()
+        ));
+    }
+    ExitCode::FAILURE
 }
 
 /// Paths and methods that a route needing a token seems to cover but that

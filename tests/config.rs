@@ -1774,6 +1774,27 @@ fn missing_file_is_an_error_not_a_panic() {
         stderr.starts_with("/nonexistent/scopegate.yaml: cannot read"),
         "{stderr}"
     );
+    // Where to name one, for `run` too (its default path is relative).
+    assert!(
+        stderr.contains("--config PATH or SCOPEGATE_CONFIG"),
+        "{stderr}"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = scopegate()
+        .env_remove("SCOPEGATE_CONFIG")
+        .arg("run")
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("config/scopegate.yaml: cannot read")
+            && stderr.contains(
+                "config/scopegate.yaml: no such file: name the config with --config PATH"
+            ),
+        "{stderr}"
+    );
 }
 
 /// Runs `command` on a config file whose `routes:` is a number (written

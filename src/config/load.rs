@@ -202,13 +202,44 @@ pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
     serde_saphyr::from_str_with_options::<RawConfig>(text, options).map_err(|e| {
         let plain = e.without_snippet();
         let location = plain.location().unwrap_or(Location::UNKNOWN);
+        let message = strip_location_suffix(&plain.to_string());
+        let message = if message == "expected sequence start" && holds_a_scalar(text, location) {
+            "expected a list (`[a, b]` or lines of `- a`); a single value is a list as `[value]`"
+                .to_owned()
+        } else {
+            for_people(&message)
+        };
         ConfigError::at(
             source_name,
             location,
-            for_people(&strip_location_suffix(&plain.to_string()))
-                + &anchor_note(&plain.to_string()),
+            message + &anchor_note(&plain.to_string()),
         )
     })
+}
+
+/// Whether a plain value (not nothing, `~` or `null`, nor a comment) starts
+/// at `location` in `text`: the parser says the same of a list key left
+/// empty and of one given a single value, which need different advice.
+fn holds_a_scalar(text: &str, location: Location) -> bool {
+    let (Ok(line), Ok(column)) = (
+        usize::try_from(location.line()),
+        usize::try_from(location.column()),
+    ) else {
+        return false;
+    };
+    let Some(line) = text.lines().nth(line.saturating_sub(1)) else {
+        return false;
+    };
+    let Some(rest) = line
+        .char_indices()
+        .nth(column.saturating_sub(1))
+        .and_then(|(at, _)| line.get(at..))
+    else {
+        return false;
+    };
+    // An empty value's place is the key's colon.
+    let value = rest.strip_prefix(':').unwrap_or(rest).trim();
+    !(value.is_empty() || value.starts_with('#') || matches!(value, "~" | "null" | "Null" | "NULL"))
 }
 
 /// Escapes line breaks and other control characters (which a quoted value
@@ -344,6 +375,14 @@ mod tests {
             (
                 "server:\n  listen: ~\n",
                 "t.yaml:2:11: a value is required here, not null (`~`, `null` or nothing)",
+            ),
+            (
+                "routes:\n  - path: /a\n    scopes: admin\n",
+                "t.yaml:3:13: expected a list (`[a, b]` or lines of `- a`); a single value is a list as `[value]`",
+            ),
+            (
+                "routes:\n  - path: /a\n    scopes:  # none\n",
+                "t.yaml:3:11: expected a list (`[a, b]` or lines of `- a`); a key left empty has no value (null): write the value, or leave the key out",
             ),
             (
                 "server:\n  workers: -1\n",
