@@ -143,6 +143,36 @@ mod tests {
         }
     }
 
+    /// An entry leaves the cache at its token's end, not only when others
+    /// crowd it out: expired tokens do not keep holding memory.
+    #[tokio::test]
+    async fn an_entry_is_dropped_at_its_tokens_end() {
+        let cache = TokenCache::new(16);
+        let claims = serde_json::Map::new();
+        let now = crate::auth::jwt::now_unix();
+        for (n, lasts) in [
+            (0u32, Duration::from_millis(1)),
+            (1, Duration::from_secs(3600)),
+        ] {
+            let token = crate::auth::build_verified(
+                0,
+                &claims,
+                crate::auth::scope::Scopes::default(),
+                now + 3600,
+                0,
+                Instant::now() + lasts,
+                &[],
+            );
+            cache.insert(digest(n.to_string()), Arc::new(token)).await;
+        }
+        // Past the first one's end, and past the second of moka's timer
+        // wheel's finest level (about 1.07 s), whatever the host's speed.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        cache.run_pending_tasks().await;
+        assert_eq!(cache.entry_count(), 1, "the expired entry is still held");
+        assert!(cache.get(&digest("1")).await.is_some());
+    }
+
     /// An entry the monotonic clock would keep, for a token whose `exp` the
     /// wall clock has passed (as after the wall clock was set forward), is
     /// not served.
