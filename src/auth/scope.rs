@@ -206,6 +206,15 @@ mod tests {
         .unwrap()
     }
 
+    /// `scopegate check` prints both kinds of requirement, joined only when
+    /// there are both.
+    #[test]
+    fn describe_reads_as_written() {
+        assert_eq!(req(&["a", "b"], &[]).describe(), "a b");
+        assert_eq!(req(&[], &["b", "c"]).describe(), "one of: b c");
+        assert_eq!(req(&["a"], &["b", "c"]).describe(), "a + one of: b c");
+    }
+
     #[test]
     fn membership_is_exact() {
         let granted = Scopes::from_space_separated("read orders:read  Admin");
