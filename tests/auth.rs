@@ -2561,6 +2561,51 @@ async fn a_key_replaced_under_the_same_kid_refetches_on_a_bad_signature() {
     .await;
 }
 
+/// ES384 (P-384) and EdDSA (Ed25519) tokens verify end to end when they are
+/// the issuer's allowed algorithm, as ES256 ones do everywhere else here:
+/// the header's `alg` maps to them, and their keys are read from the set.
+#[tokio::test]
+async fn es384_and_eddsa_tokens_verify_end_to_end() {
+    use aws_lc_rs::signature::{Ed25519KeyPair, KeyPair, ECDSA_P384_SHA384_FIXED_SIGNING};
+    let (_, world) = lab().await;
+    let random = SystemRandom::new();
+    let p384 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &random).unwrap();
+    let p384 = EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, p384.as_ref()).unwrap();
+    // An uncompressed point: 0x04, then x and y of 48 bytes each.
+    let point = p384.public_key().as_ref();
+    let p384_jwk = json!({
+        "kty": "EC", "crv": "P-384", "kid": "p384", "use": "sig",
+        "x": b64(&point[1..49]), "y": b64(&point[49..97]),
+    });
+    let header = json!({"alg": "ES384", "typ": "at+jwt", "kid": "p384"});
+    let input = format!(
+        "{}.{}",
+        b64(header.to_string()),
+        b64(fresh_claims("orders:read").to_string())
+    );
+    let signature = p384.sign(&random, input.as_bytes()).unwrap();
+    let p384_token = format!("{input}.{}", b64(signature.as_ref()));
+
+    let ed25519 = Ed25519KeyPair::generate_pkcs8(&random).unwrap();
+    let ed25519 = SigningKey::from_pkcs8("ed", Algorithm::EdDSA, ed25519.as_ref()).unwrap();
+    let ed25519_token = ed25519.mint(&fresh_claims("orders:read")).unwrap();
+
+    for (alg, jwk, token) in [
+        ("ES384", p384_jwk, p384_token),
+        ("EdDSA", ed25519.public_jwk().clone(), ed25519_token),
+    ] {
+        world
+            .jwks
+            .set_document(&json!({ "keys": [jwk] }).to_string());
+        let config = world
+            .config_with("")
+            .replace("algorithms: [ES256]", &format!("algorithms: [{alg}]"));
+        let gw = Gateway::start(&config).await;
+        expect(&world, &gw, "GET", "/orders/1", &token, Want::Allow, alg).await;
+        gw.stop().await;
+    }
+}
+
 /// A key replaced under the same `kid` by one of another type (an Ed25519
 /// key-1 by a P-256 key-1): the token's `alg` is allowed but fits no key
 /// held, which refetches once per cooldown as a bad signature does.
