@@ -125,11 +125,6 @@ impl Scopes {
         self.0.iter().map(|s| s.len() + 32).sum()
     }
 
-    /// Number of scopes.
-    pub fn len(&self) -> usize {
-        self.0.len()
-    }
-
     /// True when no scope is granted.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
