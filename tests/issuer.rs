@@ -3086,11 +3086,7 @@ async fn the_access_log_names_the_built_in_servers_refusals_and_public_routes() 
     ];
     for (reply, status, reason) in cases {
         assert_eq!(reply.status, status, "{}", reply.text());
-        let id = reply.header("x-request-id").unwrap();
-        let line = logs
-            .access_line(&id)
-            .await
-            .unwrap_or_else(|| panic!("no access line for {id}:\n{}", logs.text()));
+        let line = logs.access_line_of(&reply).await;
         assert!(line.contains(&format!("status={status}")), "{line}");
         assert!(line.contains(reason), "{reason} missing: {line}");
     }

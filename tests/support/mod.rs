@@ -1446,6 +1446,18 @@ impl Logs {
         None
     }
 
+    /// The access log line of the request `reply` answers (by its
+    /// `X-Request-Id`); fails with the whole log when there is none.
+    pub async fn access_line_of(&self, reply: &Reply) -> String {
+        let id = reply
+            .header("x-request-id")
+            .expect("the answer has no X-Request-Id");
+        match self.access_line(&id).await {
+            Some(line) => line,
+            None => panic!("no access line for {id}:\n{}", self.text()),
+        }
+    }
+
     /// Fails naming the first of `secrets` (label, value) some line carries.
     #[track_caller]
     pub fn assert_none_of(&self, secrets: &[(&str, &str)]) {
