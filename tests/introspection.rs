@@ -2361,19 +2361,44 @@ routes:
         assert!(!error.to_string().contains(pasted), "{error}");
     }
 
-    // A missing secret file names the file.
+    // A missing secret file in a directory that exists is named.
+    let dir = tempfile::tempdir().unwrap();
+    let absent = dir.path().join("scopegate-secret");
     let missing = yaml(
         "",
-        &format!("{endpoint}{id}      client_secret_file: /nonexistent/scopegate-secret\n"),
+        &format!(
+            "{endpoint}{id}      client_secret_file: {}\n",
+            absent.display()
+        ),
     );
     let error = scopegate::config::load_str("test.yaml", Path::new("."), &missing)
         .expect_err("a missing secret file must be refused");
     assert!(
-        error
-            .message
-            .starts_with("cannot read client_secret_file /nonexistent/scopegate-secret"),
+        error.message.starts_with(&format!(
+            "cannot read client_secret_file {}: ",
+            absent.display()
+        )),
         "{error}"
     );
+
+    // A secret pasted where its file's path belongs is not echoed: one
+    // without a `/`, or with `/`s that name no directory.
+    for pasted in ["s3cr3t-Value", "q8T/zR+kV2/xmW9pL0bN"] {
+        let yaml = yaml(
+            "",
+            &format!("{endpoint}{id}      client_secret_file: {pasted}\n"),
+        );
+        let error = scopegate::config::load_str("test.yaml", dir.path(), &yaml)
+            .expect_err("a missing secret file must be refused");
+        assert!(
+            error
+                .message
+                .starts_with("cannot read client_secret_file: "),
+            "{error}"
+        );
+        assert!(error.line.is_some(), "{error}");
+        assert!(!error.to_string().contains(pasted), "{error}");
+    }
 
     // Discovery may supply the endpoint.
     scopegate::config::load_str(

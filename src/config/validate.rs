@@ -1380,9 +1380,18 @@ impl Validator<'_> {
                     .map_err(|e| e.to_string())
                     .and_then(|t| String::from_utf8(t).map_err(|_| "not UTF-8".to_owned()))
                     .map_err(|e| {
+                        // Echoed only when it reads as a path (a `/` in it,
+                        // and its directory exists): a secret pasted here
+                        // instead of its file's path would reach stderr and
+                        // the log.
+                        let a_path = file.contains('/') && path.parent().is_some_and(Path::is_dir);
                         self.err(
                             at,
-                            format!("cannot read {what}_file {}: {e}", path.display()),
+                            if a_path {
+                                format!("cannot read {what}_file {}: {e}", path.display())
+                            } else {
+                                format!("cannot read {what}_file: {e} (its value is not shown, as it may be a secret pasted in place of a path: only a path with a `/`, in a directory that exists, is shown)")
+                            },
                         )
                     })?;
                 let source = (at, format!("{what}_file {}", path.display()));
