@@ -330,7 +330,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "bad duration",
             "server:\n  shutdown_grace: 5 parsecs\n".into(),
-            "2:3",
+            "2:19",
             "duration",
         ),
         (
@@ -1093,7 +1093,7 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
         (
             "a duration without a unit",
             format!("{ISSUER}upstreams:\n  app:\n    url: http://127.0.0.1:3000\n    connect_timeout: 2\n"),
-            "9:5",
+            "9:22",
             "`2` is not a duration: it needs a unit, e.g. `2s`",
         ),
         (

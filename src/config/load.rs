@@ -209,12 +209,46 @@ pub fn parse(source_name: &str, text: &str) -> Result<RawConfig, ConfigError> {
         } else {
             for_people(&message)
         };
-        ConfigError::at(
+        let about_a_value = message.contains("is not a duration");
+        let mut error = ConfigError::at(
             source_name,
             location,
             message + &anchor_note(&plain.to_string()),
-        )
+        );
+        // The parser places a value that is not a duration at its key.
+        if about_a_value {
+            if let Some(column) = value_column(text, location) {
+                error.column = Some(column);
+            }
+        }
+        error
     })
+}
+
+/// The column of the value when `location` is a `key: value` on one line,
+/// so that a message about the value points at it, not at its key.
+fn value_column(text: &str, location: Location) -> Option<u64> {
+    let line = text
+        .lines()
+        .nth(usize::try_from(location.line()).ok()?.checked_sub(1)?)?;
+    let column = usize::try_from(location.column()).ok()?.checked_sub(1)?;
+    let rest: Vec<char> = line.chars().skip(column).collect();
+    let key = rest
+        .iter()
+        .take_while(|c| c.is_alphanumeric() || matches!(c, '_' | '-'))
+        .count();
+    if key == 0 || rest.get(key) != Some(&':') {
+        return None;
+    }
+    let gap = rest[key + 1..]
+        .iter()
+        .take_while(|c| matches!(c, ' ' | '\t'))
+        .count();
+    let value = key + 1 + gap;
+    if gap == 0 || matches!(rest.get(value), None | Some('#')) {
+        return None;
+    }
+    u64::try_from(column + value + 1).ok()
 }
 
 /// Whether a plain value (not nothing, `~` or `null`, nor a comment) starts
@@ -383,6 +417,14 @@ mod tests {
             (
                 "routes:\n  - path: /a\n    scopes:  # none\n",
                 "t.yaml:3:11: expected a list (`[a, b]` or lines of `- a`); a key left empty has no value (null): write the value, or leave the key out",
+            ),
+            (
+                "issuers:\n  - name: a\n    leeway: 30\n",
+                "t.yaml:3:13: `30` is not a duration: it needs a unit, e.g. `30s`",
+            ),
+            (
+                "server:\n  header_read_timeout:\t'5 apples'  # no\n",
+                "t.yaml:2:24: `5 apples` is not a duration (e.g. `2s`, `500ms`, `1m`)",
             ),
             (
                 "server:\n  workers: -1\n",

@@ -818,6 +818,10 @@ struct Argon2Hash {
 /// Reads `hash` as argon2 (id, i or d) with a salt, an output, and
 /// parameters within the bounds above; the error says what is wrong.
 fn parse_argon2(hash: &str) -> Result<Argon2Hash, String> {
+    // The examples' placeholder, pasted as it is.
+    if hash.contains("...") {
+        return Err("`...` stands for a hash, it is not one".to_owned());
+    }
     let parsed = PasswordHash::new(hash).map_err(|e| format!("not a PHC string ({e})"))?;
     let algorithm = argon2::Algorithm::try_from(parsed.algorithm)
         .map_err(|_| format!("`{}` is not argon2", parsed.algorithm))?;
@@ -1355,6 +1359,7 @@ mod tests {
                 "the salt is 4 bytes",
             ),
             ("argon2id", "not a PHC string"),
+            ("$argon2id$...", "`...` stands for a hash"),
             (
                 "$argon2id$v=17$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo",
                 "version",
