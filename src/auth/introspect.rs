@@ -348,7 +348,7 @@ impl Introspector {
     pub fn require_iss(&self) {
         if !self
             .iss_required
-            .swap(true, std::sync::atomic::Ordering::AcqRel)
+            .swap(true, std::sync::atomic::Ordering::SeqCst)
         {
             self.cache.invalidate_all();
         }
@@ -611,15 +611,18 @@ impl Introspector {
                         "the answer is not one JSON object (without repeated members)".into(),
                     )
                 })?;
-                Ok(this.interpret(&object, token_exp))
+                Ok((
+                    this.interpret(&object, token_exp),
+                    !object.contains_key("iss"),
+                ))
             });
-            this.record(&result);
             // In the cache before the call leaves `in_flight`: a request
-            // taking over the wait then finds one or the other. The
-            // answer's only insert (see `introspect`).
-            if let Ok(answer) = &result {
-                this.cache.insert(digest, answer.clone()).await;
-            }
+            // taking over the wait then finds one or the other.
+            let result = match result {
+                Ok((answer, without_iss)) => Ok(this.settle(digest, answer, without_iss).await),
+                Err(e) => Err(e),
+            };
+            this.record(&result);
             this.in_flight().remove(&digest);
             answered.send_replace(Some(result));
             if answered.receiver_count() == 0 {
@@ -628,6 +631,26 @@ impl Introspector {
             drop(slot);
         });
         Ok(outcome)
+    }
+
+    /// Caches a call's answer: the answer's only insert (see
+    /// `introspect`). An active one without `iss`, taken while none was
+    /// required, is dropped again and refused when [`Self::require_iss`]
+    /// came meanwhile; checked after the insert, so that this check or
+    /// `require_iss`'s invalidation finds the entry.
+    async fn settle(&self, digest: TokenDigest, answer: Answer, without_iss: bool) -> Answer {
+        self.cache.insert(digest, answer.clone()).await;
+        if without_iss
+            && matches!(answer, Answer::Active(_))
+            && self.iss_required.load(std::sync::atomic::Ordering::SeqCst)
+        {
+            self.cache.invalidate(&digest).await;
+            return Answer::Inactive {
+                until: Instant::now(),
+                refused: Some("iss"),
+            };
+        }
+        answer
     }
 
     /// Turns an answer into a cache entry: only `"active": true` (a JSON
@@ -694,7 +717,7 @@ impl Introspector {
             return refused("token_type");
         }
         match answer.get("iss") {
-            None if self.iss_required.load(std::sync::atomic::Ordering::Acquire) => {
+            None if self.iss_required.load(std::sync::atomic::Ordering::SeqCst) => {
                 return refused("iss")
             }
             None => {}
@@ -989,6 +1012,41 @@ mod tests {
                 "{other:?}"
             );
         }
+    }
+
+    /// An active answer without `iss`, taken before `require_iss` but
+    /// cached after it (discovery found a second issuer at the endpoint
+    /// while the call was out), is not kept or served.
+    #[tokio::test]
+    async fn an_answer_without_iss_taken_before_iss_was_required_is_not_kept() {
+        let introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        let mut answer = serde_json::Map::new();
+        answer.insert("active".into(), Value::Bool(true));
+        let taken = introspector.interpret(&answer, None);
+        assert!(matches!(taken, Answer::Active(_)), "no iss yet required");
+        introspector.require_iss();
+        let token = digest("answered-without-iss");
+        let settled = introspector.settle(token, taken, true).await;
+        assert!(
+            matches!(
+                settled,
+                Answer::Inactive {
+                    refused: Some("iss"),
+                    ..
+                }
+            ),
+            "the waiting requests are refused"
+        );
+        assert!(introspector.cache.get(&token).await.is_none(), "not cached");
+
+        // One with the issuer's `iss` stays.
+        answer.insert("iss".into(), Value::from("https://issuer.test"));
+        let named = digest("answered-with-iss");
+        let settled = introspector
+            .settle(named, introspector.interpret(&answer, None), false)
+            .await;
+        assert!(matches!(settled, Answer::Active(_)));
+        assert!(introspector.cache.get(&named).await.is_some(), "cached");
     }
 
     /// An active answer the monotonic clock would keep, for a token whose
