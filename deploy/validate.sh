@@ -12,10 +12,10 @@
 #   2. validates every object against the Kubernetes OpenAPI schemas with
 #      kubernetes-validate (strict: unknown fields are errors), for each version
 #      in K8S_VERSIONS;
-#   3. checks what the schemas cannot: custom resources (PodMonitor) are checked
-#      structurally and against the pod template they select, any other kind the
-#      schemas do not know is an error, and the scopegate native sidecar is wired
-#      as documented;
+#   3. checks what the schemas cannot: custom resources (PodMonitor,
+#      PrometheusRule) are checked structurally, a PodMonitor against the pod
+#      template it selects; any other kind the schemas do not know is an error,
+#      and the scopegate native sidecar is wired as documented;
 #   4. writes the rendered ConfigMap's `scopegate.yaml` to
 #      target/k8s-rendered/<name>.scopegate.yaml, checks that every file it
 #      names (`*_file` keys) is a key of a ConfigMap or Secret the sidecar
@@ -23,6 +23,10 @@
 #      target/k8s-rendered/<name>.mounts/ with a copy of the route map pointing
 #      there, target/k8s-rendered/<name>.local.yaml;
 #   5. with SCOPEGATE_BIN set, runs `$SCOPEGATE_BIN check` on that copy.
+#
+# It runs the alert rules of components/alerts through `promtool check rules`
+# and their unit tests through `promtool test rules` (skipped without
+# promtool, except under CI=true).
 #
 # It renders a copy of deploy/kubernetes in which the secret files an overlay
 # keeps out of git (overlays/authorization-server: signing-es256.pem,
@@ -162,7 +166,7 @@ def flatten(docs):
 
 
 docs = list(flatten(docs))
-KNOWN_CRDS = {("monitoring.coreos.com/v1", "PodMonitor")}
+KNOWN_CRDS = {("monitoring.coreos.com/v1", "PodMonitor"), ("monitoring.coreos.com/v1", "PrometheusRule")}
 
 # 1. Kinds with no schema: known CRDs are checked below, anything else fails.
 for d in docs:
@@ -274,6 +278,26 @@ if mode == "kustomize":
                          for p in c.get("ports") or []}
                 if ep.get("port") not in ports:
                     err("%s: port %r is not a container port of %s" % (kn(pm), ep.get("port"), kn(d)))
+
+    # PrometheusRule: structure (promtool checks the expressions, section 3).
+    for pr in (d for d in docs if isinstance(d, dict) and d.get("kind") == "PrometheusRule"):
+        if not (pr.get("metadata") or {}).get("name"):
+            err("PrometheusRule without metadata.name")
+        groups = (pr.get("spec") or {}).get("groups") or []
+        if not groups:
+            err("%s: spec.groups is empty" % kn(pr))
+        for g in groups:
+            rules = g.get("rules") or []
+            if not g.get("name") or not rules:
+                err("%s: a group without a name or rules" % kn(pr))
+            for r in rules:
+                what = r.get("alert") or r.get("record")
+                if not what or not str(r.get("expr") or "").strip():
+                    err("%s: a rule without alert (or record) and expr" % kn(pr))
+                if r.get("alert") and not ((r.get("labels") or {}).get("severity")
+                                           and (r.get("annotations") or {}).get("summary")
+                                           and (r.get("annotations") or {}).get("description")):
+                    err("%s: alert %s needs labels.severity, annotations.summary and description" % (kn(pr), what))
 
     # Extract the route map for `scopegate check`.
     cms = [d for d in docs if isinstance(d, dict) and d.get("kind") == "ConfigMap"
@@ -409,7 +433,43 @@ for t in "${targets[@]}"; do
     echo "    ok: ${rendered#"$root"/}, ${out#"$root"/}/$name.scopegate.yaml"
 done
 
-# --- 2. optional: scopegate inject on the samples ----------------------------
+# --- 2. alert rules ----------------------------------------------------------
+# The PrometheusRule component's groups, as a Prometheus rule file, through
+# `promtool check rules` and its unit tests (`promtool test rules`). Without
+# promtool (Debian's `prometheus` package) this is skipped, except in CI.
+alerts_dir="$k8s_dir/components/alerts"
+if [ -f "$alerts_dir/prometheusrule.yaml" ]; then
+    if command -v promtool >/dev/null; then
+        step="promtool on the alert rules"
+        echo "==> alerts: promtool check rules, promtool test rules"
+        rules_out="$out/alerts"
+        rm -rf "$rules_out"
+        mkdir -p "$rules_out"
+        "$PYTHON" - "$alerts_dir/prometheusrule.yaml" "$rules_out/scopegate.rules.yaml" <<'PY' ||
+import sys
+
+import yaml
+
+with open(sys.argv[1]) as f:
+    spec = yaml.safe_load(f)["spec"]
+with open(sys.argv[2], "w") as f:
+    yaml.safe_dump(spec, f, sort_keys=False, width=1000)
+PY
+            fail "cannot extract the rule groups of $alerts_dir/prometheusrule.yaml"
+        cp "$alerts_dir/rules.test.yaml" "$rules_out/"
+        promtool check rules "$rules_out/scopegate.rules.yaml" ||
+            fail "promtool check rules failed on $rules_out/scopegate.rules.yaml"
+        (cd "$rules_out" && promtool test rules rules.test.yaml) ||
+            fail "promtool test rules failed ($alerts_dir/rules.test.yaml)"
+        echo "    ok: ${rules_out#"$root"/}"
+    elif [ "${CI:-}" = true ]; then
+        fail "promtool is not installed (Debian package prometheus); CI must check the alert rules"
+    else
+        echo "==> alerts skipped (no promtool; Debian's prometheus package has it)"
+    fi
+fi
+
+# --- 3. optional: scopegate inject on the samples ----------------------------
 if [ -n "${SCOPEGATE_BIN:-}" ]; then
     mkdir -p "$out/inject"
     found=0
