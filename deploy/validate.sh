@@ -25,8 +25,9 @@
 #   5. with SCOPEGATE_BIN set, runs `$SCOPEGATE_BIN check` on that copy.
 #
 # It runs the alert rules of components/alerts through `promtool check rules`
-# and their unit tests through `promtool test rules` (skipped without
-# promtool, except under CI=true).
+# and their unit tests through `promtool test rules`, and the queries of the
+# components/dashboard Grafana dashboard through `promtool check rules` as
+# recording rules (skipped without promtool, except under CI=true).
 #
 # It renders a copy of deploy/kubernetes in which the secret files an overlay
 # keeps out of git (overlays/authorization-server: signing-es256.pem,
@@ -435,7 +436,8 @@ done
 
 # --- 2. alert rules ----------------------------------------------------------
 # The PrometheusRule component's groups, as a Prometheus rule file, through
-# `promtool check rules` and its unit tests (`promtool test rules`). Without
+# `promtool check rules` and its unit tests (`promtool test rules`); the
+# dashboard's queries through `promtool check rules` as well. Without
 # promtool (Debian's `prometheus` package) this is skipped, except in CI.
 alerts_dir="$k8s_dir/components/alerts"
 if [ -f "$alerts_dir/prometheusrule.yaml" ]; then
@@ -459,6 +461,31 @@ PY
         cp "$alerts_dir/rules.test.yaml" "$rules_out/"
         promtool check rules "$rules_out/scopegate.rules.yaml" ||
             fail "promtool check rules failed on $rules_out/scopegate.rules.yaml"
+        # The dashboard's queries, as recording rules (its variables given
+        # values), so that promtool parses them too.
+        dashboard="$k8s_dir/components/dashboard/scopegate.json"
+        if [ -f "$dashboard" ]; then
+            "$PYTHON" - "$dashboard" "$rules_out/dashboard.rules.yaml" <<'PY' ||
+import json
+import sys
+
+import yaml
+
+with open(sys.argv[1]) as f:
+    dashboard = json.load(f)
+rules = []
+for panel in dashboard["panels"]:
+    for target in panel.get("targets") or []:
+        expr = (target["expr"].replace("$__rate_interval", "5m")
+                .replace("$namespace", ".*").replace("$pod", ".*"))
+        rules.append({"record": "scopegate_dashboard:query%d" % len(rules), "expr": expr})
+with open(sys.argv[2], "w") as f:
+    yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}, f, width=1000)
+PY
+                fail "cannot read the queries of $dashboard"
+            promtool check rules "$rules_out/dashboard.rules.yaml" ||
+                fail "promtool cannot parse a query of $dashboard (as $rules_out/dashboard.rules.yaml)"
+        fi
         (cd "$rules_out" && promtool test rules rules.test.yaml) ||
             fail "promtool test rules failed ($alerts_dir/rules.test.yaml)"
         echo "    ok: ${rules_out#"$root"/}"

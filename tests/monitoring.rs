@@ -1,8 +1,9 @@
-//! The alert rules (`deploy/kubernetes/components/alerts`) name only metrics,
+//! The alert rules (`deploy/kubernetes/components/alerts`) and the Grafana
+//! dashboard (`deploy/kubernetes/components/dashboard`) name only metrics,
 //! labels and label values that scopegate exports. A renamed metric or result
-//! would leave an alert that never fires, which promtool's own unit tests
-//! (`rules.test.yaml`, run by `deploy/validate.sh`) cannot see: they feed the
-//! rules series by the names the rules use.
+//! would leave an alert that never fires or a panel that stays empty, which
+//! promtool's own unit tests (`rules.test.yaml`, run by `deploy/validate.sh`)
+//! cannot see: they feed the rules series by the names the rules use.
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 mod support;
@@ -31,12 +32,34 @@ fn alert_rules() -> Vec<(String, String)> {
     alerts
 }
 
+/// Each dashboard panel's title and query expressions.
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("deploy/kubernetes/components/dashboard/scopegate.json");
+    let dashboard: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    let mut queries = Vec::new();
+    for panel in dashboard["panels"].as_array().unwrap() {
+        let title = panel["title"].as_str().unwrap();
+        for target in panel["targets"].as_array().into_iter().flatten() {
+            let expr = target["expr"].as_str().expect("every target has an expr");
+            queries.push((format!("panel `{title}`"), expr.to_owned()));
+        }
+    }
+    assert!(queries.len() >= 10, "{queries:?}");
+    queries
+}
+
+/// Labels Prometheus adds to a target's series when it scrapes them (pod
+/// discovery, the PodMonitor): not scopegate's to export.
+const TARGET_LABELS: [&str; 4] = ["namespace", "pod", "job", "instance"];
+
 /// A label matcher of a selector: label, operator, value.
 type Matcher = (String, String, String);
 
 /// The selectors of an expression (`scopegate_x{label="v",...}`), by metric
-/// name, with their matchers; and the labels its `without (...)` clauses
-/// name.
+/// name, with their matchers; and the labels its `without (...)` and
+/// `by (...)` clauses name.
 fn selectors(expr: &str) -> (Vec<(String, Vec<Matcher>)>, Vec<String>) {
     let mut found = Vec::new();
     let mut rest = expr;
@@ -63,15 +86,17 @@ fn selectors(expr: &str) -> (Vec<(String, Vec<Matcher>)>, Vec<String>) {
         }
         found.push((name, matchers));
     }
-    let mut without = Vec::new();
-    let mut rest = expr;
-    while let Some(at) = rest.find("without (") {
-        let inner = &rest[at + "without (".len()..];
-        let close = inner.find(')').unwrap();
-        without.extend(inner[..close].split(',').map(|l| l.trim().to_owned()));
-        rest = &inner[close..];
+    let mut grouping = Vec::new();
+    for clause in ["without (", "by ("] {
+        let mut rest = expr;
+        while let Some(at) = rest.find(clause) {
+            let inner = &rest[at + clause.len()..];
+            let close = inner.find(')').unwrap();
+            grouping.extend(inner[..close].split(',').map(|l| l.trim().to_owned()));
+            rest = &inner[close..];
+        }
     }
-    (found, without)
+    (found, grouping)
 }
 
 /// Every series of `/metrics` text: metric name and labels.
@@ -131,6 +156,7 @@ issuers:
       endpoint: http://{silent}/introspect
       client_id: gateway
       client_secret_file: {secret}
+      timeout: 200ms
   - name: found
     issuer: http://{metadata}
     audiences: [orders-api]
@@ -146,6 +172,9 @@ routes:
     upstream: app
     issuers: [keys]
     scopes: [orders:read]
+  - path: /opaque
+    upstream: app
+    issuers: [opaque]
 "#,
         jwks = world.jwks.uri(),
         secret = secret.display(),
@@ -155,12 +184,12 @@ routes:
     Gateway::start_unready(&yaml).await
 }
 
-/// What the alerts name that `/metrics` text lacks, one line each.
+/// What the alerts or panels name that `/metrics` text lacks, one line each.
 fn missing(alerts: &[(String, String)], text: &str) -> Vec<String> {
     let exported = series(text);
     let mut missing = Vec::new();
     for (alert, expr) in alerts {
-        let (selected, without) = selectors(expr);
+        let (selected, grouping) = selectors(expr);
         if selected.is_empty() {
             missing.push(format!("{alert}: no scopegate metric in {expr}"));
         }
@@ -175,15 +204,18 @@ fn missing(alerts: &[(String, String)], text: &str) -> Vec<String> {
                 continue;
             }
             let has_label = |label: &str| of_metric.iter().any(|l| l.contains_key(label));
-            let labels = without
+            let labels = grouping
                 .iter()
                 .chain(matchers.iter().map(|(label, _, _)| label));
             for label in labels {
-                if !has_label(label) {
+                if !TARGET_LABELS.contains(&label.as_str()) && !has_label(label) {
                     missing.push(format!("{alert}: `{name}` has no label `{label}`"));
                 }
             }
             for (label, op, value) in matchers {
+                if TARGET_LABELS.contains(&label.as_str()) {
+                    continue;
+                }
                 // Values an equality names, or a regex that is a list of
                 // plain alternatives, must each be one scopegate exports.
                 let literal = value
@@ -209,35 +241,53 @@ fn missing(alerts: &[(String, String)], text: &str) -> Vec<String> {
 }
 
 #[tokio::test]
-async fn alerts_name_only_metrics_and_label_values_scopegate_exports() {
+async fn alerts_and_dashboard_name_only_metrics_and_label_values_scopegate_exports() {
     let world = World::new().await;
     let metadata = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
     let secret = dir.path().join("introspection-secret");
     std::fs::write(&secret, "secret").unwrap();
     let gw = gateway_with_everything(&world, &secret, &metadata).await;
-    let alerts = alert_rules();
-    // Most are exported at 0 from the start; a request's status and the
-    // first key fetch's and discovery attempt's results come a little
-    // later: a bounded wait for them.
+    let named: Vec<(String, String)> = alert_rules()
+        .into_iter()
+        .chain(dashboard_queries())
+        .collect();
+    // Most are exported at 0 from the start. A request's status, a token
+    // request's result, an introspection call's latency (the endpoint
+    // never answers: a timeout) and the first key fetch's and discovery
+    // attempt's results come with the events: a bounded wait for them.
+    let token = gw.url("/oauth2/token");
+    let form = [("content-type", "application/x-www-form-urlencoded")];
     let mut text = String::new();
     for _ in 0..400 {
         let _ = get(&gw.url("/status"), &[]).await;
+        let _ = send(
+            "POST",
+            &token,
+            &form,
+            "grant_type=client_credentials".into(),
+        )
+        .await;
+        let _ = get(
+            &gw.url("/opaque"),
+            &[("authorization", "Bearer opaque-token")],
+        )
+        .await;
         text = gw.metrics().await;
-        if missing(&alerts, &text).is_empty() {
+        if missing(&named, &text).is_empty() {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    let missing = missing(&alerts, &text);
+    let missing = missing(&named, &text);
     assert!(missing.is_empty(), "{missing:#?}\n{text}");
 }
 
 /// The parser above reads what the rules are written with.
 #[test]
-fn selectors_are_read_with_their_matchers_and_without_clauses() {
-    let (selected, without) = selectors(
-        "sum without (result, kind) (rate(scopegate_a_total{result=~\"x|y\", kind!=\"z\"}[5m])) / scopegate_b == 0",
+fn selectors_are_read_with_their_matchers_and_grouping_clauses() {
+    let (selected, grouping) = selectors(
+        "sum without (result, kind) (rate(scopegate_a_total{result=~\"x|y\", kind!=\"z\"}[5m])) / sum by (le) (scopegate_b) == 0",
     );
     assert_eq!(
         selected,
@@ -252,5 +302,5 @@ fn selectors_are_read_with_their_matchers_and_without_clauses() {
             ("scopegate_b".to_owned(), Vec::new()),
         ]
     );
-    assert_eq!(without, ["result", "kind"]);
+    assert_eq!(grouping, ["result", "kind", "le"]);
 }
