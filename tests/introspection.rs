@@ -1178,38 +1178,43 @@ async fn calls_of_requests_that_went_away_keep_their_slots() {
 }
 
 /// A call that finds no free slot within the call timeout is refused as
-/// `busy` rather than queued for ever. The endpoint never answers and the
-/// timeout is 3 s: 64 calls are held first; of 128 more sent then, the
-/// first 64 take the slots when those time out, and the last 64, whose wait
-/// for a slot ends about then, find none (the 3 s need only exceed the time
-/// the 128 take to arrive).
+/// `busy` rather than queued for ever. The endpoint answers each call after
+/// 4 s and the timeout is 6 s: of 192 requests sent at once, the first 64
+/// calls take the slots; the next 64 take them when those are answered (at
+/// 4 s, within their 6 s wait), and the last 64, whose wait ends at 6 s,
+/// find none: the slots are held until about 8 s. Every call is answered,
+/// so no backoff ([`calls_failing_in_a_row_hold_calls_back`]) comes in.
 #[tokio::test]
 async fn a_call_that_finds_no_slot_in_time_is_busy() {
     const LIMIT: usize = scopegate::auth::introspect::MAX_CALLS_IN_FLIGHT;
-    let endpoint = HeldEndpoint::start().await;
-    let upstream = Upstream::start().await;
-    let gw = endpoint.gateway(upstream.addr, "3s").await;
+    let s = Opaque::start("      timeout: 6s\n").await;
+    for i in 0..3 * LIMIT {
+        s.idp.answer(&format!("flood-{i}"), active("orders:read"));
+    }
+    s.idp.set_delay(Duration::from_secs(4));
 
-    let mut first = flood(&gw, 0..LIMIT);
-    endpoint.wait_until_holding(LIMIT).await;
-    let mut rest = flood(&gw, LIMIT..3 * LIMIT);
+    let mut all = flood(&s.gw, 0..3 * LIMIT);
     let mut statuses = Vec::new();
-    while let Some(status) = first.join_next().await {
+    while let Some(status) = all.join_next().await {
         statuses.push(status.unwrap());
     }
-    while let Some(status) = rest.join_next().await {
-        statuses.push(status.unwrap());
-    }
-    endpoint.release();
-    assert_eq!(statuses, vec![503; 3 * LIMIT]);
-    let metrics = gw.metrics().await;
-    let (timeouts, busy) = (
-        introspection_results(&metrics, "timeout"),
+    statuses.sort_unstable();
+    let mut want = vec![200; 2 * LIMIT];
+    want.extend([503; LIMIT]);
+    assert_eq!(statuses, want);
+    let metrics = s.gw.metrics().await;
+    assert_eq!(
         introspection_results(&metrics, "busy"),
+        LIMIT as f64,
+        "{metrics}"
     );
-    assert!(busy > 0.0 && timeouts >= LIMIT as f64, "{metrics}");
-    assert_eq!(timeouts + busy, (3 * LIMIT) as f64, "{metrics}");
-    assert_eq!(upstream.count(), 0);
+    assert_eq!(
+        introspection_results(&metrics, "active"),
+        (2 * LIMIT) as f64,
+        "{metrics}"
+    );
+    assert_eq!(s.idp.count(), 2 * LIMIT);
+    assert_eq!(s.upstream.count(), 2 * LIMIT);
 }
 
 /// An introspection endpoint that holds every call until released, and
@@ -1789,6 +1794,56 @@ async fn retry_after_holds_calls_back() {
     }
     assert!(answered, "calls were held back for good");
     assert_eq!(s.idp.count(), 2);
+}
+
+/// Calls that get no answer five times in a row (here a 500 each) hold
+/// calls back, a second first and doubling while they go on failing: new
+/// tokens meanwhile get 503 without a call, counted as `held_back`, so an
+/// endpoint that is down is not sent a call for every new token. An answer
+/// ends it.
+#[tokio::test]
+async fn calls_failing_in_a_row_hold_calls_back() {
+    let s = Opaque::start("").await;
+    s.idp.set_mode(Mode::Status500);
+    for n in 0..5 {
+        assert_unavailable(&s.get("/orders/1", &format!("failing-{n}")).await);
+    }
+    assert_eq!(s.idp.count(), 5);
+    // Held back now: no call for a new token.
+    assert_unavailable(&s.get("/orders/1", "held").await);
+    assert_eq!(s.idp.count(), 5, "a call was made while held back");
+    let metrics = s.gw.metrics().await;
+    assert_eq!(
+        introspection_results(&metrics, "http_error"),
+        5.0,
+        "{metrics}"
+    );
+    assert_eq!(
+        introspection_results(&metrics, "held_back"),
+        1.0,
+        "{metrics}"
+    );
+
+    // The endpoint answers again: once the hold is over, a call is made,
+    // and its answer ends the backoff.
+    s.idp.set_mode(Mode::Serve);
+    s.idp.answer("back", active("orders:read"));
+    let mut answered = false;
+    for _ in 0..100 {
+        if s.get("/orders/1", "back").await.status == 200 {
+            answered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answered, "calls were held back for good");
+    assert_eq!(s.idp.count(), 6);
+    // The count starts again: four failures in a row hold nothing back.
+    s.idp.set_mode(Mode::Status500);
+    for n in 0..4 {
+        assert_unavailable(&s.get("/orders/1", &format!("again-{n}")).await);
+    }
+    assert_eq!(s.idp.count(), 10, "held back before five failures in a row");
 }
 
 #[tokio::test]

@@ -3,7 +3,7 @@
 //! token. Any failure to get an answer fails closed (503), uncached.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -130,13 +130,24 @@ enum CallError {
     NoEndpoint,
     #[error("every introspection call slot stayed taken for the timeout")]
     Busy,
-    #[error("the server asked to wait (Retry-After) and the wait is not over")]
+    #[error("held back: the server asked to wait (Retry-After), or calls in a row got no answer, and the wait is not over")]
     HeldBack,
 }
 
 /// The longest a `Retry-After` from the endpoint holds calls back: past
 /// it, calls go on (an answer of an hour would make every new token wait).
 const MAX_HELD_BACK: Duration = Duration::from_secs(10);
+
+/// Calls in a row that got no answer (a network error, a timeout, a 5xx)
+/// after which calls are held back: the endpoint is down, and a call for
+/// every new token, hundreds a second from each replica while a refused
+/// connection fails at once, would only add to its load as it comes back.
+const FAILURES_BEFORE_BACKOFF: u32 = 5;
+/// The first hold-back after those failures; each further failure in a row
+/// doubles it, up to [`MAX_BACKOFF`]. An answer of any kind ends it.
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest hold-back that failures in a row lead to.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 impl CallError {
     fn label(&self) -> &'static str {
@@ -170,8 +181,11 @@ struct CallLimit {
     /// waiting for it went away.
     slots: Arc<tokio::sync::Semaphore>,
     /// Until when (milliseconds since `origin`) the endpoint asked, with
-    /// `Retry-After` on a 429 or 503, to be left alone: calls fail at once.
+    /// `Retry-After` on a 429 or 503, to be left alone, or failed too often
+    /// in a row ([`FAILURES_BEFORE_BACKOFF`]): calls fail at once.
     held_back_until: AtomicU64,
+    /// Calls in a row that got no answer.
+    failures_in_a_row: AtomicU32,
     origin: Instant,
 }
 
@@ -180,6 +194,7 @@ impl CallLimit {
         Self {
             slots: Arc::new(tokio::sync::Semaphore::new(MAX_CALLS_IN_FLIGHT)),
             held_back_until: AtomicU64::new(0),
+            failures_in_a_row: AtomicU32::new(0),
             origin: Instant::now(),
         }
     }
@@ -199,6 +214,25 @@ impl CallLimit {
             .now_ms()
             .saturating_add(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX));
         self.held_back_until.fetch_max(until, Ordering::AcqRel);
+    }
+
+    /// Counts a call that got an answer (`answered`) or none, and holds
+    /// calls back once [`FAILURES_BEFORE_BACKOFF`] in a row got none.
+    fn count_call(&self, answered: bool) {
+        if answered {
+            self.failures_in_a_row.store(0, Ordering::Release);
+            return;
+        }
+        let failures = self
+            .failures_in_a_row
+            .fetch_add(1, Ordering::AcqRel)
+            .saturating_add(1);
+        if let Some(beyond) = failures.checked_sub(FAILURES_BEFORE_BACKOFF) {
+            let wait = FIRST_BACKOFF
+                .saturating_mul(1 << beyond.min(8))
+                .min(MAX_BACKOFF);
+            self.hold_back(wait);
+        }
     }
 }
 
@@ -602,8 +636,13 @@ impl Introspector {
             .await
             .unwrap_or(Err(CallError::Timeout));
             duration.observe(started.elapsed().as_secs_f64());
-            if let Err(CallError::Status(_, Some(wait))) = &result {
-                limit.hold_back(*wait);
+            match &result {
+                Err(CallError::Status(_, Some(wait))) => limit.hold_back(*wait),
+                Err(CallError::Network(_) | CallError::Timeout) => limit.count_call(false),
+                Err(CallError::Status(status, None)) => {
+                    limit.count_call(!status.is_server_error());
+                }
+                _ => limit.count_call(true),
             }
             let result = result.and_then(|body| {
                 let object = jwt::strict_object(&body).ok_or_else(|| {
