@@ -615,6 +615,96 @@ mod tests {
         assert!(matches!(route_form("/a%20b"), Cow::Borrowed(_)));
     }
 
+    /// Where `route_form` changes a path (drops parameters, decodes `%3A`),
+    /// the escapes it does not decode must come through whole: a mangled one
+    /// (`/admin/abc%` for `/admin;x/abc%25`) is a path no server reads, and
+    /// could agree with the path as received on a route Tomcat's reading
+    /// (`/admin/abc%25`) does not take.
+    #[test]
+    fn route_form_keeps_other_escapes_whole_where_it_changes_the_path() {
+        for (canonical, routed) in [
+            ("/admin;x/%25", "/admin/%25"),
+            ("/admin;x/%25b%3F", "/admin/%25b%3F"),
+            ("/admin;x/abc%25", "/admin/abc%25"),
+            ("/a;x/b%20c%C3%A9", "/a/b%20c%C3%A9"),
+            ("/v1/docs%3Apurge%20now", "/v1/docs:purge%20now"),
+            ("/a%3B%3A%23", "/a%3B:%23"),
+        ] {
+            assert_eq!(route_form(canonical), routed, "{canonical}");
+            assert_eq!(route_form(routed), routed, "{routed}");
+        }
+    }
+
+    /// An upstream that ignores case reads every letter outside an escape
+    /// folded, the ones right after an escape too: `/my%20Docs` is its
+    /// `/my%20docs`, and left unfolded here it would miss that route for a
+    /// broader one.
+    #[test]
+    fn route_form_with_ignored_case_folds_letters_after_escapes() {
+        let case = MatchRules {
+            case_insensitive: true,
+            ..MatchRules::default()
+        };
+        for (canonical, routed) in [
+            ("/my%20Docs", "/my%20docs"),
+            ("/%C3%A9B", "/%C3%A9b"),
+            ("/%C3%A9/%20X/Y%25Z", "/%C3%A9/%20x/y%25z"),
+        ] {
+            assert_eq!(route_form_with(canonical, case), routed, "{canonical}");
+            assert_eq!(route_form_with(routed, case), routed, "{routed}");
+        }
+    }
+
+    /// Capitals inside escapes are hex digits, which folding keeps: a path
+    /// with no others is passed on as it is, not copied.
+    #[test]
+    fn folding_case_borrows_a_path_whose_only_capitals_are_hex_digits() {
+        let case = MatchRules {
+            case_insensitive: true,
+            ..MatchRules::default()
+        };
+        for path in ["/a/%C3%A9", "/%3C%3E", "/caf%C3%A9/x%2A"] {
+            assert!(
+                matches!(fold(Cow::Borrowed(path), case), Cow::Borrowed(p) if p == path),
+                "{path}"
+            );
+        }
+    }
+
+    /// Characters whose case folding is ASCII (the Kelvin sign, `ß`, `ﬁ`,
+    /// the dotless i) are found in their escapes, and nothing else is.
+    #[test]
+    fn case_folding_into_ascii_is_found_only_in_its_escapes() {
+        for path in ["/%E2%84%AAube", "/a/%C3%9F", "/x%EF%AC%81le", "/%C4%B1d/"] {
+            assert!(has_case_folding_into_ascii(path), "{path}");
+        }
+        for path in ["/", "/kube", "/a%20b", "/%C3%A9", "/%E2%84%AB", "/a%25"] {
+            assert!(!has_case_folding_into_ascii(path), "{path}");
+        }
+    }
+
+    /// The config's paths must be canonical: one that is not would never be
+    /// matched, requests being matched canonical, and its requests would go
+    /// to whichever broader route takes the canonical spelling.
+    #[test]
+    fn is_canonical_only_for_paths_canonicalize_returns_unchanged() {
+        for path in ["/", "/admin", "/a/b/", "/a;b/%3A", "/%C3%A9"] {
+            assert!(is_canonical(path), "{path}");
+        }
+        for path in [
+            "",
+            "admin",
+            "/a//b",
+            "/a/./b",
+            "/a/../admin",
+            "/%61dmin",
+            "/a/%3a",
+            "/a%2Fb",
+        ] {
+            assert!(!is_canonical(path), "{path}");
+        }
+    }
+
     /// (input, expected canonical form or error)
     const CASES: &[(&str, Result<&str, PathError>)] = &[
         // Already canonical.
