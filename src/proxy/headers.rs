@@ -830,4 +830,156 @@ mod tests {
         assert_eq!(h[CONNECTION], "upgrade");
         assert_eq!(h[UPGRADE], "websocket");
     }
+
+    /// Each hop-by-hop field is removed when it is the message's only one
+    /// (a lone `Connection` with what it names, a lone `Upgrade`): a mask
+    /// test that only held with several present would let it reach the
+    /// upstream.
+    #[test]
+    fn a_lone_hop_by_hop_header_is_removed_too() {
+        for name in HOP_BY_HOP {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x-secret"));
+            h.insert("x-secret", HeaderValue::from_static("1"));
+            h.insert("x-keep", HeaderValue::from_static("1"));
+            assert!(!remove_hop_by_hop(&mut h), "{name}");
+            assert!(!h.contains_key(name), "{name}: {h:?}");
+            assert!(h.contains_key("x-keep"), "{name}: {h:?}");
+            // What `Connection` names goes with it.
+            assert_eq!(h.contains_key("x-secret"), name != "connection", "{name}");
+        }
+    }
+
+    /// `Connection: upgrade` without an `Upgrade` header asks for no
+    /// upgrade (RFC 9110 7.8): nothing is kept for one, in a request or
+    /// an answer.
+    #[test]
+    fn connection_upgrade_without_an_upgrade_header_is_no_upgrade() {
+        for answer in [false, true] {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+            h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+            let upgrade = if answer {
+                remove_hop_by_hop_from_answer(&mut h)
+            } else {
+                remove_hop_by_hop(&mut h)
+            };
+            assert!(!upgrade, "answer: {answer}");
+            assert!(h.is_empty(), "answer: {answer}: {h:?}");
+        }
+    }
+
+    /// An upgrade request keeps its `Upgrade` header when other hop-by-hop
+    /// fields (`Keep-Alive`, `TE`) come with it: they go, it stays.
+    #[test]
+    fn an_upgrade_keeps_its_header_beside_other_hop_by_hop_fields() {
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("trailers"));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        assert!(remove_hop_by_hop(&mut h));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[CONNECTION], "upgrade");
+        assert_eq!(h[UPGRADE], "websocket");
+    }
+
+    /// An answer's connection options are the fields its `Connection`
+    /// names beyond the hop-by-hop ones, which are removed anyway; with
+    /// none such there is nothing to take (and nothing allocated), and the
+    /// `Trailer` header keeps only the fields not named.
+    #[test]
+    fn connection_options_are_the_named_fields_beyond_the_hop_by_hop_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, Upgrade, Trailer, TE"),
+        );
+        h.insert(TRAILER, HeaderValue::from_static("x-checksum"));
+        assert_eq!(take_connection_options(&mut h), None);
+        assert_eq!(h[TRAILER], "x-checksum");
+
+        h.append(CONNECTION, HeaderValue::from_static("X-Hop,x-other"));
+        h.insert(TRAILER, HeaderValue::from_static("x-hop, X-Checksum,"));
+        let named = take_connection_options(&mut h).unwrap();
+        assert_eq!(named.as_ref(), ["x-hop", "x-other"]);
+        assert_eq!(h[TRAILER], "X-Checksum");
+
+        h.insert(TRAILER, HeaderValue::from_static("X-Other"));
+        assert!(take_connection_options(&mut h).is_some());
+        assert!(!h.contains_key(TRAILER), "{h:?}");
+    }
+
+    /// Trailer fields lose the hop-by-hop ones, `Connection` and `Upgrade`
+    /// too when they read as an upgrade (no trailer switches protocols):
+    /// `connection` or `keep-alive` in an HTTP/2 client's trailers makes
+    /// h2 reset the stream.
+    #[test]
+    fn hop_by_hop_trailer_fields_go_even_when_they_ask_for_an_upgrade() {
+        let mut t = HeaderMap::new();
+        t.insert(CONNECTION, HeaderValue::from_static("upgrade, x-hop"));
+        t.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        t.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        t.insert("x-hop", HeaderValue::from_static("1"));
+        t.insert("grpc-status", HeaderValue::from_static("0"));
+        remove_hop_by_hop_from_trailers(&mut t);
+        let left: Vec<&str> = t.keys().map(HeaderName::as_str).collect();
+        assert_eq!(left, ["grpc-status"]);
+    }
+
+    /// `chunked` alone, in any case and spacing, is the one coding hyper
+    /// undoes; a coding before it, in the same line or another, is not
+    /// (it would reach the client undone, its header gone).
+    #[test]
+    fn only_chunked_alone_counts_as_only_chunked() {
+        for (lines, only) in [
+            (&[][..], true),
+            (&["chunked"][..], true),
+            (&[" Chunked "][..], true),
+            (&["gzip, chunked"][..], false),
+            (&["gzip", "chunked"][..], false),
+            (&["gzip"][..], false),
+        ] {
+            let mut h = HeaderMap::new();
+            for &line in lines {
+                h.append(TRANSFER_ENCODING, HeaderValue::from_static(line));
+            }
+            assert_eq!(only_chunked(&h), only, "{lines:?}");
+        }
+    }
+
+    /// `connection_names` reads every `Connection` line as a list of
+    /// tokens, without regard to case, and matches whole tokens only: a
+    /// WebDAV `Depth` that `Connection` names never reaches the upstream.
+    #[test]
+    fn connection_names_matches_whole_tokens_of_every_line() {
+        let depth = HeaderName::from_static("depth");
+        let mut h = HeaderMap::new();
+        assert!(!connection_names(&h, &depth));
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive, depths"));
+        assert!(!connection_names(&h, &depth));
+        h.append(CONNECTION, HeaderValue::from_static("close ,DEPTH"));
+        assert!(connection_names(&h, &depth));
+    }
+
+    /// Only one `Upgrade` line asking for WebSocket alone is tunnelled:
+    /// another protocol (`h2c` above all) would carry requests to the
+    /// upstream past route matching and token checks.
+    #[test]
+    fn only_websocket_alone_asks_for_websocket() {
+        for (lines, websocket) in [
+            (&[][..], false),
+            (&["websocket"][..], true),
+            (&[" WebSocket "][..], true),
+            (&["h2c"][..], false),
+            (&["websocket, h2c"][..], false),
+            (&["websocket", "websocket"][..], false),
+        ] {
+            let mut h = HeaderMap::new();
+            for &line in lines {
+                h.append(UPGRADE, HeaderValue::from_static(line));
+            }
+            assert_eq!(asks_for_websocket(&h), websocket, "{lines:?}");
+        }
+    }
 }
