@@ -558,6 +558,18 @@ impl Opaque {
     async fn get(&self, path: &str, token: &str) -> Reply {
         get_with_token(&self.gw.url(path), token).await
     }
+
+    /// Asks with `token` until it is served (bounded): calls held back go
+    /// on once the hold is over.
+    async fn wait_until_served(&self, token: &str) {
+        for _ in 0..100 {
+            if self.get("/orders/1", token).await.status == 200 {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+        panic!("calls were held back for good");
+    }
 }
 
 // ---------------------------------------------------------------------------
@@ -1784,15 +1796,7 @@ async fn retry_after_holds_calls_back() {
         "{metrics}"
     );
     s.idp.set_mode(Mode::Serve);
-    let mut answered = false;
-    for _ in 0..100 {
-        if s.get("/orders/1", "later").await.status == 200 {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-    assert!(answered, "calls were held back for good");
+    s.wait_until_served("later").await;
     assert_eq!(s.idp.count(), 2);
 }
 
@@ -1828,15 +1832,7 @@ async fn calls_failing_in_a_row_hold_calls_back() {
     // and its answer ends the backoff.
     s.idp.set_mode(Mode::Serve);
     s.idp.answer("back", active("orders:read"));
-    let mut answered = false;
-    for _ in 0..100 {
-        if s.get("/orders/1", "back").await.status == 200 {
-            answered = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(answered, "calls were held back for good");
+    s.wait_until_served("back").await;
     assert_eq!(s.idp.count(), 6);
     // The count starts again: four failures in a row hold nothing back.
     s.idp.set_mode(Mode::Status500);
