@@ -1496,6 +1496,13 @@ async fn forwarded_requests_name_this_hop_in_via() {
     )
     .await;
     assert_eq!(vias(&seen), ["1.1 edge, 1.0 lb", "1.1 scopegate"]);
+    // HTTP/1.0 from the client: the hop says so, though the upstream gets
+    // HTTP/1.1.
+    let http10 =
+        format!("GET /orders/42 HTTP/1.0\r\nHost: gw.test\r\nAuthorization: {auth}\r\n\r\n");
+    let reply = raw_reply(gw.addr, http10.as_bytes()).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(vias(&world.upstream.last()), ["1.0 scopegate"]);
     // HTTP/2 from the client.
     let request = Request::get(gw.url("/orders/42"))
         .header("authorization", &auth)
