@@ -14,7 +14,6 @@ mod support;
 use support::*;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -38,45 +37,6 @@ const OTHER_API: &str = "urn:billing:jwt";
 /// The caching gateway's `cache_ttl`: long enough that a check right after
 /// caching finds the entry even on a slow machine.
 const CACHE_TTL: Duration = Duration::from_secs(8);
-
-fn interop_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
-}
-
-/// The test cannot run here: fail under CI, otherwise say why and skip.
-fn cannot_run(why: &str) -> bool {
-    skip_unless_ci(&format!("tests/interop.rs cannot run: {why}"));
-    false
-}
-
-/// `node` is there, and so is `oidc-provider` (installed with `npm ci` when not).
-fn prerequisites() -> bool {
-    match Command::new("node").arg("--version").output() {
-        Ok(out) if out.status.success() => {
-            eprintln!("node {}", String::from_utf8_lossy(&out.stdout).trim());
-        }
-        Ok(out) => return cannot_run(&format!("`node --version` failed: {}", out.status)),
-        Err(e) => return cannot_run(&format!("`node` not found ({e}); install Node.js 20+")),
-    }
-    let dir = interop_dir();
-    if dir.join("node_modules/oidc-provider").is_dir() {
-        return true;
-    }
-    eprintln!("tests/interop/node_modules is missing: running `npm ci`");
-    match Command::new("npm")
-        .args(["ci", "--no-audit", "--no-fund"])
-        .current_dir(&dir)
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::inherit())
-        .status()
-    {
-        Ok(status) if status.success() => true,
-        Ok(status) => cannot_run(&format!(
-            "`npm ci` in tests/interop failed ({status}); is the npm registry reachable?"
-        )),
-        Err(e) => cannot_run(&format!("`npm` not found ({e})")),
-    }
-}
 
 /// `oidc-provider` as a child process; killed when dropped.
 struct Idp {
@@ -295,7 +255,7 @@ async fn answers_eventually(url: &str, token: &str, status: u16) -> Reply {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oidc_provider_interop() {
-    if !prerequisites() {
+    if !interop_node_modules("tests/interop.rs") {
         return;
     }
     let mut idp = tokio::task::spawn_blocking(Idp::start).await.unwrap();

@@ -29,7 +29,14 @@
 //!   unless its `exp` has passed (within the leeway): a cache entry never
 //!   outlives its token.
 //!
-//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256).
+//! A second campaign ([`a_second_verifier_accepts_every_token_the_gateway_accepts`])
+//! sends the main gateway's tokens to an independent verifier too, panva's
+//! `jose` (`tests/interop/verify.mjs`, needs `node`): the gateway must
+//! never accept what `jose` refuses, and may refuse what `jose` accepts
+//! only by one of the stricter readings [`stricter_reading`] names.
+//!
+//! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 256; 512
+//! for the second campaign).
 
 use super::*;
 
@@ -464,4 +471,225 @@ fn hostile_tokens_get_what_the_jose_rfcs_say() {
         let ok = get_with_token(&lab.gw_scp.url("/orders/1"), &token).await;
         assert_eq!(ok.status, 200, "{}", ok.text());
     });
+}
+
+/// panva's `jose` (`tests/interop/verify.mjs`, the JOSE library under
+/// `oidc-provider`), a verifier nobody on the team wrote, asked about the
+/// same tokens with the main gateway's policy.
+struct Jose {
+    child: std::process::Child,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl Jose {
+    /// Starts `verify.mjs` with the key set `jwks` and the main gateway's
+    /// policy: `iss`, `aud`, `typ: at+jwt`, ES256, `exp` required, the leeway.
+    fn start(jwks: &str) -> Self {
+        use std::process::{Command, Stdio};
+        let mut child = Command::new("node")
+            .arg("verify.mjs")
+            .current_dir(interop_dir())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn node verify.mjs");
+        let stdin = child.stdin.take().unwrap();
+        let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut jose = Self {
+            child,
+            stdin,
+            stdout,
+        };
+        let setup = json!({
+            "jwks": serde_json::from_str::<Value>(jwks).unwrap(),
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "typ": "at+jwt",
+            "algorithms": ["ES256"],
+            "clockTolerance": reference::LEEWAY,
+        });
+        assert_eq!(jose.ask(&setup.to_string()), "ready");
+        jose
+    }
+
+    fn ask(&mut self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        let read = self.stdout.read_line(&mut answer).unwrap();
+        assert!(read > 0, "verify.mjs ended");
+        answer.trim_end().to_owned()
+    }
+
+    /// `Ok` if `jose` accepts the token, else its refusal.
+    fn verify(&mut self, token: &str) -> Result<(), String> {
+        match self.ask(token).as_str() {
+            "ok" => Ok(()),
+            refused => Err(refused.to_owned()),
+        }
+    }
+}
+
+impl Drop for Jose {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The main gateway's verdict on a token: `Ok` if it took the token as
+/// valid (200, or 403 for a valid token without the route's scopes), `Err`
+/// with the status if it refused it (401, or 400 for no b64token).
+async fn gateway_verdict(gw: &Gateway, token: &str) -> Result<(), u16> {
+    let reply = get(
+        &gw.url("/orders/1"),
+        &[("authorization", &format!("Bearer {token}"))],
+    )
+    .await
+    .unwrap();
+    match reply.status {
+        200 | 403 => Ok(()),
+        400 | 401 => Err(reply.status),
+        other => panic!("unexpected {other}: {}", reply.text()),
+    }
+}
+
+/// The second opinion's lab: the main gateway of [`Lab`], and `jose`.
+struct SecondOpinion {
+    lab: Lab,
+    jose: std::sync::Mutex<Jose>,
+    /// Tokens both accepted.
+    accepted: AtomicU64,
+    /// Tokens `jose` alone accepted, by the gateway's stricter reading.
+    stricter: std::sync::Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+/// Every token the gateway accepts, `jose` accepts too (the gateway is
+/// never the laxer of two independent verifiers); every token `jose`
+/// accepts and the gateway refuses is refused for one of the stricter
+/// readings the module docs and [`stricter_reading`] name.
+#[test]
+fn a_second_verifier_accepts_every_token_the_gateway_accepts() {
+    if !interop_node_modules("the jose second opinion (tests/auth/hostile_tokens.rs)") {
+        return;
+    }
+    let runtime = runtime();
+    let lab = runtime.block_on(Lab::start());
+    let jose = Jose::start(&lab.signer.jwks());
+    // The setup agrees on an ordinary token and an expired one.
+    let ordinary = lab.signer.mint(&fresh_claims("orders:read"));
+    let expired = lab.signer.mint(&with(
+        fresh_claims("orders:read"),
+        "exp",
+        json!(now() - 3600),
+    ));
+    let second = SecondOpinion {
+        lab,
+        jose: std::sync::Mutex::new(jose),
+        accepted: AtomicU64::new(0),
+        stricter: std::sync::Mutex::default(),
+    };
+    {
+        let mut jose = second.jose.lock().unwrap();
+        assert_eq!(jose.verify(&ordinary), Ok(()));
+        assert!(jose.verify(&expired).is_err());
+    }
+    let main_gateway = case().prop_map(|mut case| {
+        case.by_client = false;
+        case.claim = ScopeClaim::Scope;
+        case
+    });
+    run_campaign(&runtime, &second, 512, main_gateway, second_opinion);
+    let accepted = second.accepted.load(Ordering::Relaxed);
+    eprintln!(
+        "both accepted {accepted} tokens; the gateway alone refused, by reading: {:?}",
+        second.stricter.lock().unwrap()
+    );
+    // Not vacuous: most generated tokens are valid.
+    assert!(accepted >= 64, "only {accepted} tokens accepted by both");
+}
+
+/// One generated token to the main gateway and to `jose`.
+async fn second_opinion(second: &SecondOpinion, case: Case) -> Result<(), String> {
+    let lab = &second.lab;
+    let jti = format!("second-{}", lab.next.fetch_add(1, Ordering::Relaxed));
+    let now = i64::try_from(now()).unwrap();
+    let header = header_object(&case.header);
+    let claims = claims_object(&case.claims, now, &jti);
+    let token = token(lab, case.form, &header, &claims);
+    let gateway = gateway_verdict(&lab.gw, &token).await;
+    let jose = second.jose.lock().unwrap().verify(&token);
+    let token = || format!("header {header:?}, claims {claims:?}, {:?}", case.form);
+    match (gateway, jose) {
+        (Ok(()), Ok(())) => {
+            second.accepted.fetch_add(1, Ordering::Relaxed);
+        }
+        (Err(_), Err(_)) => {}
+        (Ok(()), Err(refused)) => {
+            return Err(format!(
+                "the gateway accepted a token jose refuses ({refused}): {}",
+                token()
+            ));
+        }
+        (Err(status), Ok(())) => {
+            let why = stricter_reading(case.form, &header, &claims, now).ok_or_else(|| {
+                format!(
+                    "the gateway refused ({status}) a token jose accepts, by no stricter reading: {}",
+                    token()
+                )
+            })?;
+            *second.stricter.lock().unwrap().entry(why).or_default() += 1;
+        }
+    }
+    Ok(())
+}
+
+/// The reading of the RFCs by which the gateway refuses a token that
+/// `jose` accepts, if the token has one. `jose` keeps the last of duplicate
+/// members (`JSON.parse`) where RFC 7515 4 allows refusing them; decodes a
+/// padded segment, which RFC 7515 2's base64url is not; picks a key for a
+/// `kid` that is no string (RFC 7515 4.1.4: a string); takes `b64`
+/// outside `crit` as absent where RFC 7797 6 makes it invalid there; ignores
+/// `cnf` (RFC 7800: a proof a bearer cannot show) and a malformed `scope`
+/// (RFC 6749 3.3), which the gateway, enforcing scopes, cannot; checks `iat`
+/// only for being a number, where the gateway refuses one in the future or
+/// before 1970 (RFC 7519 2: a NumericDate counts from 1970), as it does a
+/// negative `nbf`; and looks for its audience in an `aud` list that holds
+/// other than strings (RFC 7519 4.1.3: StringOrURI values).
+fn stricter_reading(
+    form: Form,
+    header: &Map<String, Value>,
+    claims: &Map<String, Value>,
+    now: i64,
+) -> Option<&'static str> {
+    let leeway = reference::LEEWAY as f64;
+    let number = |name: &str| claims.get(name).and_then(Value::as_f64);
+    if form == Form::DuplicateClaim {
+        Some("duplicate claim")
+    } else if matches!(form, Form::PaddedPayload | Form::PaddedSignature) {
+        Some("padded segment")
+    } else if header.get("kid").is_some_and(|kid| !kid.is_string()) {
+        Some("kid not a string")
+    } else if header.contains_key("b64") {
+        Some("b64 outside crit")
+    } else if claims.contains_key("cnf") {
+        Some("cnf")
+    } else if reference::scopes(claims.get("scope")).is_err() {
+        Some("malformed scope")
+    } else if number("iat").is_some_and(|iat| iat < 0.0 || iat > now as f64 + leeway) {
+        Some("iat in the future or negative")
+    } else if number("nbf").is_some_and(|nbf| nbf < 0.0) {
+        Some("negative nbf")
+    } else if claims
+        .get("aud")
+        .and_then(Value::as_array)
+        .is_some_and(|items| !items.iter().all(Value::is_string))
+    {
+        Some("aud list with other than strings")
+    } else {
+        None
+    }
 }

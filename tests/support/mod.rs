@@ -860,6 +860,52 @@ pub fn skip_unless_ci(why: &str) {
     eprintln!("SKIPPED: {why}");
 }
 
+/// `tests/interop`: the Node.js package of the interoperability tests
+/// (`oidc-provider`, and `jose` as a second JWT verifier), pinned by its
+/// `package-lock.json`.
+pub fn interop_dir() -> std::path::PathBuf {
+    std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
+}
+
+/// Whether `node` is there, and so are `tests/interop`'s packages
+/// (installed with `npm ci` when not). When not, `test` cannot run: that
+/// fails under CI and is otherwise said and skipped.
+pub fn interop_node_modules(test: &str) -> bool {
+    use std::process::{Command, Stdio};
+    let cannot_run = |why: &str| {
+        skip_unless_ci(&format!("{test} cannot run: {why}"));
+        false
+    };
+    match Command::new("node").arg("--version").output() {
+        Ok(out) if out.status.success() => {
+            eprintln!("node {}", String::from_utf8_lossy(&out.stdout).trim());
+        }
+        Ok(out) => return cannot_run(&format!("`node --version` failed: {}", out.status)),
+        Err(e) => return cannot_run(&format!("`node` not found ({e}); install Node.js 20+")),
+    }
+    let dir = interop_dir();
+    if ["oidc-provider", "jose"]
+        .iter()
+        .all(|package| dir.join("node_modules").join(package).is_dir())
+    {
+        return true;
+    }
+    eprintln!("tests/interop/node_modules is missing or old: running `npm ci`");
+    match Command::new("npm")
+        .args(["ci", "--no-audit", "--no-fund"])
+        .current_dir(&dir)
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .status()
+    {
+        Ok(status) if status.success() => true,
+        Ok(status) => cannot_run(&format!(
+            "`npm ci` in tests/interop failed ({status}); is the npm registry reachable?"
+        )),
+        Err(e) => cannot_run(&format!("`npm` not found ({e})")),
+    }
+}
+
 /// A proptest runner for the hostile-input tests: `SCOPEGATE_HOSTILE_CASES`
 /// cases (for a campaign) or `default_cases`, and no failure files.
 pub fn hostile_runner(default_cases: u32) -> proptest::test_runner::TestRunner {
