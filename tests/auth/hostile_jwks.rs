@@ -22,6 +22,12 @@
 //!   `verify`, and no private member (`d`: published, anyone could sign
 //!   with it).
 //!
+//! A second campaign
+//! ([`a_second_verifier_agrees_on_every_key_set_the_gateway_takes`]) gives
+//! each set the gateway takes to an independent verifier too, panva's
+//! `jose` (`tests/interop/verify.mjs`, needs `node`), and compares the two
+//! on tokens of every pool key under every `kid` and under none.
+//!
 //! `SCOPEGATE_HOSTILE_CASES` sets the number of cases (default 128).
 
 use super::*;
@@ -417,4 +423,131 @@ fn hostile_key_sets_get_what_rfc_7517_says() {
     run_campaign(&runtime, &lab, 128, case(), async |lab, case| {
         check(lab, case).await
     });
+}
+
+/// A token signed by pool key `key`, under `kid` or none.
+fn token_as(lab: &Lab, key: usize, kid: Option<&str>) -> String {
+    let mut header = json!({"alg": "ES256", "typ": "at+jwt"});
+    if let Some(kid) = kid {
+        header["kid"] = json!(kid);
+    }
+    lab.pool[key].sign(&header, &fresh_claims("orders:read"))
+}
+
+/// The key set campaign's lab, and `jose` (`tests/interop/verify.mjs`).
+struct SecondOpinion {
+    lab: Lab,
+    jose: Mutex<Jose>,
+    /// Tokens both accepted.
+    accepted: AtomicU64,
+    /// Differences, by the gateway's reading that explains them.
+    readings: Mutex<std::collections::BTreeMap<&'static str, u64>>,
+}
+
+impl SecondOpinion {
+    fn count(&self, reading: &'static str) {
+        *self.readings.lock().unwrap().entry(reading).or_default() += 1;
+    }
+}
+
+/// Whether the case's entries include junk of `kind`.
+fn has_junk(case: &Case, kind: fn(&Junk) -> bool) -> bool {
+    case.entries
+        .iter()
+        .any(|entry| matches!(entry, Entry::Junk { kind: k, .. } if kind(k)))
+}
+
+/// One generated key set, once the gateway took it, to `jose` too; then
+/// tokens of every pool key under every `kid` and under none, to both.
+async fn second_opinion(second: &SecondOpinion, case: Case) -> Result<(), String> {
+    let lab = &second.lab;
+    let document = render(&lab.pool, &case);
+    lab.world.jwks.set_document(&document);
+    let stranger = format!("stranger-{}", lab.next.fetch_add(1, Ordering::Relaxed));
+    let taken = usable(&case);
+    let status = lab.status(&lab.token(0, &stranger)).await?;
+    let want = if taken.is_some() { 401 } else { 503 };
+    if status != want {
+        return Err(format!(
+            "a token of an unknown kid got {status}, not {want}"
+        ));
+    }
+    let Some(in_force) = taken else {
+        // The gateway keeps the keys it had: nothing to compare.
+        return Ok(());
+    };
+    *lab.in_force.lock().unwrap() = in_force;
+    if let Err(refused) = second.jose.lock().unwrap().use_keys(&document) {
+        // RFC 7517 5: `keys` holds JWKs. jose refuses a set with anything
+        // else; the gateway skips that entry and takes the rest.
+        if has_junk(&case, |k| matches!(k, Junk::NotObject)) {
+            second.count("an entry that is no object");
+            return Ok(());
+        }
+        return Err(format!(
+            "jose refused ({refused}) a set the gateway took: {document}"
+        ));
+    }
+    for key in 0..POOL {
+        for kid in KIDS.iter().copied().map(Some).chain([None]) {
+            let token = token_as(lab, key, kid);
+            let gateway = match lab.status(&token).await? {
+                200 => true,
+                401 => false,
+                other => return Err(format!("pool key {key} as {kid:?} got {other}: {document}")),
+            };
+            let jose = second.jose.lock().unwrap().verify(&token);
+            match (gateway, jose) {
+                (true, Ok(())) => {
+                    second.accepted.fetch_add(1, Ordering::Relaxed);
+                }
+                (false, Err(_)) => {}
+                // RFC 7515 4.1.4: a `kid` is a string. The gateway skips an
+                // entry whose `kid` is not; jose matches it with a token
+                // that names no `kid`.
+                (false, Ok(()))
+                    if kid.is_none() && has_junk(&case, |k| matches!(k, Junk::NumericKid)) =>
+                {
+                    second.count("an entry whose kid is no string");
+                }
+                (gateway, jose) => {
+                    return Err(format!(
+                        "pool key {key} as {kid:?}: the gateway {}, jose {jose:?}: {document}",
+                        if gateway { "accepted" } else { "refused" }
+                    ));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// With every key set the gateway takes, `jose` (given the same set) and
+/// the gateway accept the same tokens, signed by each pool key under each
+/// `kid` or none, but for two readings of RFC 7517 by which the gateway
+/// skips an entry that `jose` does not: an entry that is no object (jose
+/// refuses the whole set) and one whose `kid` is no string (jose uses it
+/// for a token without `kid`).
+#[test]
+fn a_second_verifier_agrees_on_every_key_set_the_gateway_takes() {
+    if !interop_node_modules("the jose second opinion (tests/auth/hostile_jwks.rs)") {
+        return;
+    }
+    let runtime = runtime();
+    let lab = runtime.block_on(Lab::start());
+    let jose = Jose::start(&lab.pool[0].jwks());
+    let second = SecondOpinion {
+        lab,
+        jose: Mutex::new(jose),
+        accepted: AtomicU64::new(0),
+        readings: Mutex::default(),
+    };
+    run_campaign(&runtime, &second, 128, case(), second_opinion);
+    let accepted = second.accepted.load(Ordering::Relaxed);
+    eprintln!(
+        "both accepted {accepted} tokens; differences by the gateway's reading: {:?}",
+        second.readings.lock().unwrap()
+    );
+    // Not vacuous: most sets have a usable key.
+    assert!(accepted >= 32, "only {accepted} tokens accepted by both");
 }
