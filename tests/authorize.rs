@@ -2186,6 +2186,8 @@ async fn sign_ins_and_token_requests_log_no_credential() {
 mod hostile_flows;
 #[path = "authorize/hostile_requests.rs"]
 mod hostile_requests;
+#[path = "authorize/oauth4webapi.rs"]
+mod oauth4webapi;
 
 /// A code approved through the pages is good for 60 s and the store holds
 /// only its digest: with the redis store, its record is under

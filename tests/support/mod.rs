@@ -906,35 +906,65 @@ pub fn interop_node_modules(test: &str) -> bool {
     }
 }
 
-/// panva's `jose` (`tests/interop/verify.mjs`, the JOSE library under
-/// `oidc-provider`), a verifier nobody on the team wrote, asked about the
-/// same tokens with the main gateway's policy.
-pub struct Jose {
+/// A Node.js script of `tests/interop` that answers one line on stdout
+/// for each line it reads on stdin; killed when dropped.
+pub struct NodeLines {
     child: std::process::Child,
     stdin: std::process::ChildStdin,
     stdout: std::io::BufReader<std::process::ChildStdout>,
 }
 
-impl Jose {
-    /// Starts `verify.mjs` with the key set `jwks` and the main gateway's
-    /// policy: `iss`, `aud`, `typ: at+jwt`, ES256, `exp` required, the leeway.
-    pub fn start(jwks: &str) -> Self {
+impl NodeLines {
+    /// Starts `node <script>` in `tests/interop`.
+    pub fn start(script: &str) -> Self {
         use std::process::{Command, Stdio};
         let mut child = Command::new("node")
-            .arg("verify.mjs")
+            .arg(script)
             .current_dir(interop_dir())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
-            .expect("spawn node verify.mjs");
+            .unwrap_or_else(|e| panic!("spawn node {script}: {e}"));
         let stdin = child.stdin.take().unwrap();
         let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
-        let mut jose = Self {
+        Self {
             child,
             stdin,
             stdout,
-        };
+        }
+    }
+
+    /// Writes `line`, and reads the answer line.
+    pub fn ask(&mut self, line: &str) -> String {
+        use std::io::{BufRead, Write};
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        let mut answer = String::new();
+        let read = self.stdout.read_line(&mut answer).unwrap();
+        assert!(read > 0, "the node script ended");
+        answer.trim_end().to_owned()
+    }
+}
+
+impl Drop for NodeLines {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// panva's `jose` (`tests/interop/verify.mjs`, the JOSE library under
+/// `oidc-provider`), a JWT verifier nobody on the team wrote, asked about
+/// the tokens of the hostile token and key set campaigns.
+pub struct Jose(NodeLines);
+
+impl Jose {
+    /// Starts `verify.mjs` with the key set `jwks` and the policy of the
+    /// standard config: `iss`, `aud`, `typ: at+jwt`, ES256, `exp` required,
+    /// the leeway.
+    pub fn start(jwks: &str) -> Self {
+        let mut jose = Self(NodeLines::start("verify.mjs"));
         let setup = serde_json::json!({
             "jwks": serde_json::from_str::<serde_json::Value>(jwks).unwrap(),
             "issuer": ISSUER,
@@ -943,44 +973,27 @@ impl Jose {
             "algorithms": ["ES256"],
             "clockTolerance": reference::LEEWAY,
         });
-        assert_eq!(jose.ask(&setup.to_string()), "ready");
+        assert_eq!(jose.0.ask(&setup.to_string()), "ready");
         jose
     }
 
     /// Puts the key set `jwks` in force in place of the one before: `Ok`,
     /// or `jose`'s refusal of the set.
     pub fn use_keys(&mut self, jwks: &str) -> Result<(), String> {
-        let keys =
-            serde_json::json!({ "jwks": serde_json::from_str::<serde_json::Value>(jwks).unwrap() });
-        match self.ask(&keys.to_string()).as_str() {
+        let jwks: serde_json::Value = serde_json::from_str(jwks).unwrap();
+        let line = serde_json::json!({ "jwks": jwks }).to_string();
+        match self.0.ask(&line).as_str() {
             "ready" => Ok(()),
             refused => Err(refused.to_owned()),
         }
     }
 
-    fn ask(&mut self, line: &str) -> String {
-        use std::io::{BufRead, Write};
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
-        let mut answer = String::new();
-        let read = self.stdout.read_line(&mut answer).unwrap();
-        assert!(read > 0, "verify.mjs ended");
-        answer.trim_end().to_owned()
-    }
-
     /// `Ok` if `jose` accepts the token, else its refusal.
     pub fn verify(&mut self, token: &str) -> Result<(), String> {
-        match self.ask(token).as_str() {
+        match self.0.ask(token).as_str() {
             "ok" => Ok(()),
             refused => Err(refused.to_owned()),
         }
-    }
-}
-
-impl Drop for Jose {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
