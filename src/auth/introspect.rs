@@ -869,6 +869,7 @@ fn form_encode(s: &str) -> String {
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
 
+    use serde_json::json;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     use super::*;
@@ -878,6 +879,17 @@ mod tests {
     /// An introspection server on 127.0.0.1 answering `{"active": false}`
     /// to every call, and the number of calls it took.
     async fn answering_inactive() -> (Uri, Arc<AtomicUsize>) {
+        answering(
+            "200 OK\r\ncontent-type: application/json",
+            r#"{"active": false}"#,
+        )
+        .await
+    }
+
+    /// An introspection server on 127.0.0.1 giving every call the same
+    /// answer (`head`: the status and any header lines), and the number of
+    /// calls it took.
+    async fn answering(head: &'static str, body: &'static str) -> (Uri, Arc<AtomicUsize>) {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
         let calls = Arc::new(AtomicUsize::new(0));
@@ -895,9 +907,8 @@ mod tests {
                         Ok(n) => request.extend_from_slice(&chunk[..n]),
                     }
                 }
-                let body = r#"{"active": false}"#;
                 let answer = format!(
-                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    "HTTP/1.1 {head}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
                     body.len()
                 );
                 let _ = stream.write_all(answer.as_bytes()).await;
@@ -906,8 +917,9 @@ mod tests {
         (endpoint.parse().unwrap(), calls)
     }
 
-    fn introspector(endpoint: Uri) -> Introspector {
-        let facts = IssuerFacts {
+    /// The issuer `https://issuer.test`, without audiences or leeway.
+    fn facts() -> IssuerFacts {
+        IssuerFacts {
             index: 0,
             name: Arc::from("test"),
             issuer: "https://issuer.test".to_owned(),
@@ -915,7 +927,11 @@ mod tests {
             client_ids: Vec::new(),
             leeway_secs: 0,
             scope_claim: ScopeClaim::Scope,
-        };
+        }
+    }
+
+    fn introspector(endpoint: Uri) -> Introspector {
+        let facts = facts();
         let settings = Introspection {
             endpoint: Some(endpoint),
             client_id: "gateway".to_owned(),
@@ -1134,5 +1150,494 @@ mod tests {
             answer.map(|_| ())
         );
         assert_eq!(calls.load(Ordering::SeqCst), 1, "the server was asked");
+    }
+
+    /// A JSON object as an introspection answer.
+    fn object(value: Value) -> serde_json::Map<String, Value> {
+        let Value::Object(map) = value else {
+            panic!("not an object: {value}");
+        };
+        map
+    }
+
+    /// What an answer came to: active, or why not (`None`: the server
+    /// said inactive).
+    fn verdict(answer: &Answer) -> Result<(), Option<&'static str>> {
+        match answer {
+            Answer::Active(_) => Ok(()),
+            Answer::Inactive { refused, .. } => Err(*refused),
+        }
+    }
+
+    /// A call limit whose clock stands at 0 ms through the test (its origin
+    /// is an hour ahead, and the time since a later instant is zero).
+    fn frozen_limit() -> CallLimit {
+        CallLimit {
+            origin: Instant::now() + Duration::from_secs(3600),
+            ..CallLimit::new()
+        }
+    }
+
+    /// Waits until every call slot is free again: the calls' tasks have
+    /// ended, after all they count.
+    async fn wait_for_calls_to_end(introspector: &Introspector) {
+        for _ in 0..10_000 {
+            if introspector.limit.load().slots.available_permits() == MAX_CALLS_IN_FLIGHT {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("a call's task did not end");
+    }
+
+    /// Only an access token is taken, whichever member (`token_type`,
+    /// Keycloak's `typ`, fosite's or Cognito's `token_use`) names its kind;
+    /// with `require_token_type`, an answer naming none is refused.
+    #[test]
+    fn only_an_answer_naming_an_access_token_or_no_kind_is_taken() {
+        let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        let kinds = [
+            (json!({"token_type": "Bearer"}), Ok(())),
+            (json!({"token_type": "access_token"}), Ok(())),
+            (
+                json!({"token_type": "refresh_token"}),
+                Err(Some("token_type")),
+            ),
+            (json!({"token_type": 1}), Err(Some("token_type"))),
+            (json!({"typ": "Bearer"}), Ok(())),
+            (json!({"typ": "Refresh"}), Err(Some("typ"))),
+            (json!({"token_use": "access_token"}), Ok(())),
+            (json!({"token_use": "access"}), Ok(())),
+            (
+                json!({"token_use": "refresh_token"}),
+                Err(Some("token_use")),
+            ),
+            (json!({"token_use": "id"}), Err(Some("token_use"))),
+        ];
+        for require_token_type in [false, true] {
+            introspector.settings.require_token_type = require_token_type;
+            for (kind, want) in &kinds {
+                let mut answer = object(kind.clone());
+                answer.insert("active".into(), Value::Bool(true));
+                let got = verdict(&introspector.interpret(&answer, None));
+                assert_eq!(
+                    &got, want,
+                    "{kind}, require_token_type {require_token_type}"
+                );
+            }
+            let unnamed = verdict(&introspector.interpret(&object(json!({"active": true})), None));
+            let want = if require_token_type {
+                Err(Some("token_type"))
+            } else {
+                Ok(())
+            };
+            assert_eq!(
+                unnamed, want,
+                "no kind, require_token_type {require_token_type}"
+            );
+        }
+    }
+
+    /// An active answer's `iss` must be the issuer's, exactly; once
+    /// `require_iss` was called, one without `iss` is refused too.
+    #[test]
+    fn an_answer_naming_another_issuer_is_refused() {
+        let introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        let with_iss = |iss: Value| {
+            let answer = object(json!({"active": true, "iss": iss}));
+            verdict(&introspector.interpret(&answer, None))
+        };
+        assert_eq!(with_iss("https://issuer.test".into()), Ok(()));
+        for other in [
+            json!("https://other.test"),
+            json!("https://issuer.test/"),
+            json!(["https://issuer.test"]),
+            json!(1),
+        ] {
+            assert_eq!(with_iss(other.clone()), Err(Some("iss")), "{other}");
+        }
+        let without_iss = object(json!({"active": true}));
+        assert_eq!(verdict(&introspector.interpret(&without_iss, None)), Ok(()));
+        introspector.require_iss();
+        assert_eq!(
+            verdict(&introspector.interpret(&without_iss, None)),
+            Err(Some("iss"))
+        );
+        assert_eq!(with_iss("https://issuer.test".into()), Ok(()));
+    }
+
+    /// With `audiences`, an answer's `aud` (string or array) must name one
+    /// of them; an answer without `aud` is taken, an empty one names none.
+    #[test]
+    fn with_audiences_an_answers_aud_must_name_one() {
+        let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        introspector.audiences = vec!["https://api.test".to_owned()];
+        for (aud, want) in [
+            (Some(json!("https://api.test")), Ok(())),
+            (
+                Some(json!(["https://other.test", "https://api.test"])),
+                Ok(()),
+            ),
+            (None, Ok(())),
+            (Some(json!("https://other.test")), Err(Some("aud"))),
+            (Some(json!([])), Err(Some("aud"))),
+        ] {
+            let mut answer = object(json!({"active": true}));
+            if let Some(aud) = &aud {
+                answer.insert("aud".into(), aud.clone());
+            }
+            assert_eq!(
+                verdict(&introspector.interpret(&answer, None)),
+                want,
+                "{aud:?}"
+            );
+        }
+    }
+
+    /// An answer not valid yet (`nbf` or `iat` ahead) is refused and
+    /// remembered until it becomes valid (within `negative_cache_ttl`),
+    /// not forgotten at once.
+    #[test]
+    fn an_answer_not_yet_valid_is_remembered_until_it_becomes_valid() {
+        let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        introspector.settings.negative_cache_ttl = Duration::from_secs(3600);
+        let now = jwt::now_unix();
+        for claim in ["nbf", "iat"] {
+            let answer = object(json!({"active": true, claim: now + 60}));
+            let before = Instant::now();
+            let Answer::Inactive {
+                until,
+                refused: Some("not_yet_valid"),
+            } = introspector.interpret(&answer, None)
+            else {
+                panic!("{claim} ahead: not refused as not yet valid");
+            };
+            let after = Instant::now();
+            assert!(until > before, "{claim}: not remembered");
+            assert!(
+                until <= after + Duration::from_secs(60),
+                "{claim}: remembered past the time it becomes valid"
+            );
+        }
+    }
+
+    /// An inactive answer is cached for `negative_cache_ttl`, and with a
+    /// `negative_cache_ttl` of 0 not at all: every request asks again.
+    #[tokio::test]
+    async fn an_inactive_answer_is_cached_for_negative_cache_ttl_only() {
+        for (negative_cache_ttl, calls_for_two) in
+            [(Duration::ZERO, 2), (Duration::from_secs(60), 1)]
+        {
+            let (endpoint, calls) = answering_inactive().await;
+            let mut introspector = introspector(endpoint);
+            introspector.settings.negative_cache_ttl = negative_cache_ttl;
+            let introspector = Arc::new(introspector);
+            let token = digest("inactive");
+            for _ in 0..2 {
+                let answer = introspector.introspect("inactive", token, None).await;
+                assert!(
+                    matches!(
+                        answer,
+                        Err(GatewayError::InvalidToken(TokenError::Inactive))
+                    ),
+                    "{:?}",
+                    answer.map(|_| ())
+                );
+            }
+            assert_eq!(
+                calls.load(Ordering::SeqCst),
+                calls_for_two,
+                "negative_cache_ttl {negative_cache_ttl:?}"
+            );
+        }
+    }
+
+    /// `require_iss` drops the answers cached before it: one without `iss`
+    /// may be about the other issuer's token.
+    #[tokio::test]
+    async fn require_iss_drops_the_answers_cached_before() {
+        let introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
+        let answer = introspector.interpret(&object(json!({"active": true})), None);
+        let token = digest("cached-before");
+        let settled = introspector.settle(token, answer, true).await;
+        assert_eq!(verdict(&settled), Ok(()));
+        assert!(introspector.cache.get(&token).await.is_some(), "cached");
+        introspector.require_iss();
+        assert!(
+            introspector.cache.get(&token).await.is_none(),
+            "still cached after require_iss"
+        );
+    }
+
+    /// Once `iss` is required, an active answer from the server naming the
+    /// issuer is taken (and cached), one naming none is refused.
+    #[tokio::test]
+    async fn with_iss_required_an_answer_from_the_server_must_name_the_issuer() {
+        for (body, want_active) in [
+            (r#"{"active": true, "iss": "https://issuer.test"}"#, true),
+            (r#"{"active": true}"#, false),
+        ] {
+            let (endpoint, calls) =
+                answering("200 OK\r\ncontent-type: application/json", body).await;
+            let introspector = Arc::new(introspector(endpoint));
+            introspector.require_iss();
+            for _ in 0..2 {
+                let answer = introspector
+                    .introspect("token", digest("token"), None)
+                    .await;
+                if want_active {
+                    assert!(answer.is_ok(), "{body}: {:?}", answer.map(|_| ()));
+                } else {
+                    assert!(
+                        matches!(
+                            answer,
+                            Err(GatewayError::InvalidToken(TokenError::Inactive))
+                        ),
+                        "{body}: {:?}",
+                        answer.map(|_| ())
+                    );
+                }
+            }
+            let want_calls = if want_active { 1 } else { 2 };
+            assert_eq!(calls.load(Ordering::SeqCst), want_calls, "{body}");
+        }
+    }
+
+    /// A hold-back lasts its wait from now (none for a wait of 0), and a
+    /// shorter one does not cut short a longer one already there.
+    #[test]
+    fn a_hold_back_lasts_its_wait_and_a_longer_one_stays() {
+        let limit = frozen_limit();
+        assert!(!limit.is_held_back(), "held back before any wait");
+        limit.hold_back(Duration::ZERO);
+        assert!(!limit.is_held_back(), "held back by a wait of 0");
+        limit.hold_back(Duration::from_secs(5));
+        assert!(limit.is_held_back());
+        assert_eq!(limit.held_back_until.load(Ordering::SeqCst), 5000);
+        limit.hold_back(Duration::from_secs(1));
+        assert_eq!(limit.held_back_until.load(Ordering::SeqCst), 5000);
+
+        // A hold that ended (50 s after an origin 100 s ago) holds nothing.
+        let ended = CallLimit {
+            origin: Instant::now()
+                .checked_sub(Duration::from_secs(100))
+                .unwrap(),
+            ..CallLimit::new()
+        };
+        ended.held_back_until.store(50_000, Ordering::SeqCst);
+        assert!(!ended.is_held_back(), "held back past the wait");
+    }
+
+    /// Five calls in a row without an answer hold calls back for a second,
+    /// each further one doubles it up to five; an answer starts the count
+    /// again.
+    #[test]
+    fn failures_in_a_row_hold_back_doubling_up_to_the_longest() {
+        let limit = frozen_limit();
+        for _ in 0..4 {
+            limit.count_call(false);
+        }
+        assert!(!limit.is_held_back(), "held back after four failures");
+        for want_ms in [1000, 2000, 4000, 5000, 5000] {
+            limit.count_call(false);
+            assert!(limit.is_held_back());
+            assert_eq!(limit.held_back_until.load(Ordering::SeqCst), want_ms);
+        }
+        for _ in 0..100 {
+            limit.count_call(false);
+        }
+        assert_eq!(limit.held_back_until.load(Ordering::SeqCst), 5000);
+
+        let limit = frozen_limit();
+        for _ in 0..4 {
+            limit.count_call(false);
+        }
+        limit.count_call(true);
+        for _ in 0..4 {
+            limit.count_call(false);
+        }
+        assert!(
+            !limit.is_held_back(),
+            "an answer did not start the count again"
+        );
+    }
+
+    /// How a call's outcome counts for the hold-back: a `Retry-After` (on a
+    /// 429) holds calls back at once; a 5xx or no connection is a failure,
+    /// five in a row hold calls back; a 4xx is an answer.
+    #[tokio::test]
+    async fn what_a_failed_call_counts_for_the_hold_back() {
+        let refused = {
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let endpoint = format!("http://{}/introspect", listener.local_addr().unwrap());
+            drop(listener);
+            endpoint.parse::<Uri>().unwrap()
+        };
+        let cases = [
+            (
+                answering("429 Too Many Requests\r\nretry-after: 5", "")
+                    .await
+                    .0,
+                1,
+                true,
+            ),
+            (answering("500 Internal Server Error", "").await.0, 5, true),
+            (answering("500 Internal Server Error", "").await.0, 4, false),
+            (refused, 5, true),
+            (answering("400 Bad Request", "").await.0, 5, false),
+        ];
+        for (endpoint, calls, want_held_back) in cases {
+            let introspector = Arc::new(introspector(endpoint.clone()));
+            for n in 0..calls {
+                let token = format!("token-{n}");
+                let answer = introspector.introspect(&token, digest(&token), None).await;
+                assert!(
+                    matches!(answer, Err(GatewayError::IntrospectionUnavailable)),
+                    "{endpoint}: {:?}",
+                    answer.map(|_| ())
+                );
+            }
+            assert_eq!(
+                introspector.limit.load().is_held_back(),
+                want_held_back,
+                "{endpoint} after {calls} calls"
+            );
+        }
+    }
+
+    /// Each call is counted by its result; a call some request waited for
+    /// is not `abandoned`, one every request left is.
+    #[tokio::test]
+    async fn calls_are_counted_by_result_and_abandoned_only_when_left() {
+        let (endpoint, _) = answering_inactive().await;
+        let introspector = Arc::new(introspector(endpoint));
+        let count = |result: &str| {
+            introspector
+                .metrics
+                .introspection_requests
+                .with_label_values(&["test", result])
+                .get()
+        };
+        let answer = introspector
+            .introspect("counted", digest("counted"), None)
+            .await;
+        assert!(answer.is_err());
+        wait_for_calls_to_end(&introspector).await;
+        assert_eq!(count("inactive"), 1);
+        assert_eq!(introspector.abandoned.get(), 0, "a request waited for it");
+
+        let left = introspector
+            .start_call("left", digest("left"), None)
+            .await
+            .unwrap();
+        drop(left);
+        wait_for_calls_to_end(&introspector).await;
+        assert_eq!(count("inactive"), 2);
+        assert_eq!(introspector.abandoned.get(), 1, "no request waited for it");
+
+        introspector
+            .limit
+            .load()
+            .hold_back(Duration::from_secs(3600));
+        let held = introspector.introspect("held", digest("held"), None).await;
+        assert!(matches!(held, Err(GatewayError::IntrospectionUnavailable)));
+        assert_eq!(count("held_back"), 1);
+    }
+
+    /// An answer of up to 64 KiB is read; a longer one fails closed.
+    #[tokio::test]
+    async fn an_answer_of_up_to_64_kib_is_read() {
+        for (padding, want_read) in [(60 * 1024, true), (MAX_RESPONSE_BYTES, false)] {
+            let body = format!(
+                r#"{{"active": true, "padding": "{}"}}"#,
+                "x".repeat(padding)
+            );
+            let (endpoint, _) = answering(
+                "200 OK\r\ncontent-type: application/json",
+                Box::leak(body.into_boxed_str()),
+            )
+            .await;
+            let introspector = Arc::new(introspector(endpoint));
+            let answer = introspector.introspect("long", digest("long"), None).await;
+            if want_read {
+                assert!(answer.is_ok(), "{padding}: {:?}", answer.map(|_| ()));
+            } else {
+                assert!(
+                    matches!(answer, Err(GatewayError::IntrospectionUnavailable)),
+                    "{padding}: {:?}",
+                    answer.map(|_| ())
+                );
+            }
+        }
+    }
+
+    /// Without a configured endpoint, the introspector is not ready until
+    /// discovery sets one; a configured endpoint wins over a discovered one.
+    #[test]
+    fn a_discovered_endpoint_is_used_unless_one_is_configured() {
+        let configured = Uri::from_static("http://127.0.0.1:9/introspect");
+        let discovered = Uri::from_static("http://127.0.0.1:9/discovered");
+        let mut pending = introspector(configured.clone());
+        pending.settings.endpoint = None;
+        pending.endpoint = ArcSwapOption::empty();
+        assert_eq!(pending.configured_endpoint(), None);
+        assert!(!pending.is_ready());
+        assert_eq!(pending.endpoint(), None);
+        pending.set_discovered_endpoint(discovered.clone());
+        assert!(pending.is_ready());
+        assert_eq!(pending.endpoint(), Some(discovered.clone()));
+
+        let fixed = introspector(configured.clone());
+        assert_eq!(fixed.configured_endpoint(), Some(&configured));
+        assert!(fixed.is_ready());
+        fixed.set_discovered_endpoint(discovered);
+        assert_eq!(fixed.endpoint(), Some(configured));
+    }
+
+    /// After a reload, the new introspector shares the old one's call
+    /// limit: a hold-back the old one got holds the new one back too.
+    #[tokio::test]
+    async fn a_reloaded_introspector_shares_the_hold_back_of_the_one_it_replaces() {
+        let (endpoint, calls) = answering_inactive().await;
+        let old = introspector(endpoint.clone());
+        old.limit.load().hold_back(Duration::from_secs(3600));
+        let new = Arc::new(introspector(endpoint));
+        new.share_calls_of(&old);
+        let answer = new.introspect("token", digest("token"), None).await;
+        assert!(
+            matches!(answer, Err(GatewayError::IntrospectionUnavailable)),
+            "{:?}",
+            answer.map(|_| ())
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 0, "a call while held back");
+    }
+
+    /// With `client_secret_basic`, the client id and secret are each
+    /// form-urlencoded before Basic encoding (RFC 6749 2.3.1).
+    #[test]
+    fn basic_client_credentials_are_form_encoded() {
+        let facts = facts();
+        let settings = Introspection {
+            auth: ClientAuth::Basic,
+            client_id: "id:1".to_owned(),
+            client_secret: Secret::new("a b&c".to_owned()),
+            ..introspector(Uri::from_static("http://127.0.0.1:9/introspect")).settings
+        };
+        let introspector = Introspector::new(
+            facts,
+            settings,
+            16,
+            Arc::from(Vec::new()),
+            Arc::new(Metrics::new().unwrap()),
+        )
+        .unwrap();
+        let want = format!("Basic {}", STANDARD.encode("id%3A1:a+b%26c"));
+        assert_eq!(
+            introspector
+                .authorization
+                .as_ref()
+                .map(HeaderValue::as_bytes),
+            Some(want.as_bytes())
+        );
     }
 }
