@@ -14,15 +14,15 @@
 //! on the issuer's scheme and authority.
 #![no_main]
 
-use std::convert::Infallible;
+#[path = "common/json_server.rs"]
+mod json_server;
+
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{Empty, Full};
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{StatusCode, Uri};
+use http_body_util::Empty;
 use libfuzzer_sys::fuzz_target;
 use scopegate::auth::discovery::{discover, metadata_urls, DiscoveryError};
 use scopegate::proxy::client::{build_https_client, HttpsClient};
@@ -38,36 +38,13 @@ struct Fixture {
     client: HttpsClient<Empty<Bytes>>,
 }
 
-async fn serve(listener: tokio::net::TcpListener, answer: Arc<Mutex<Answer>>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let answer = Arc::clone(&answer);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                let (body, rfc8414_missing) = answer.lock().expect("answer").clone();
-                let missing = rfc8414_missing
-                    && request
-                        .uri()
-                        .path()
-                        .starts_with("/.well-known/oauth-authorization-server");
-                async move {
-                    let status = if missing {
-                        StatusCode::NOT_FOUND
-                    } else {
-                        StatusCode::OK
-                    };
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .status(status)
-                            .header("content-type", "application/json")
-                            .body(Full::new(body))
-                            .expect("response"),
-                    )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
+/// The document, or 404 at the RFC 8414 URL when that is asked.
+fn answer(answer: &Mutex<Answer>, path: &str) -> (StatusCode, Bytes) {
+    let (body, rfc8414_missing) = answer.lock().expect("answer").clone();
+    if rfc8414_missing && path.starts_with("/.well-known/oauth-authorization-server") {
+        (StatusCode::NOT_FOUND, body)
+    } else {
+        (StatusCode::OK, body)
     }
 }
 
@@ -83,7 +60,10 @@ fn fixture() -> &'static Fixture {
             .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
             .expect("listener");
         let issuer = format!("http://{}", listener.local_addr().expect("addr"));
-        runtime.spawn(serve(listener, Arc::clone(&answer)));
+        let served = Arc::clone(&answer);
+        runtime.spawn(json_server::serve(listener, move |path: &str| {
+            self::answer(&served, path)
+        }));
         let client = {
             let _entered = runtime.enter();
             build_https_client(None, Duration::from_secs(5), 1, false).expect("client")

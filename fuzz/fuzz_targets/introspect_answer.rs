@@ -18,16 +18,15 @@
 //! issuer.
 #![no_main]
 
-use std::convert::Infallible;
+#[path = "common/json_server.rs"]
+mod json_server;
+
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{Request, Response, Uri};
-use http_body_util::Full;
-use hyper::body::Incoming;
-use hyper_util::rt::TokioIo;
+use http::{StatusCode, Uri};
 use libfuzzer_sys::fuzz_target;
 use scopegate::admin::metrics::Metrics;
 use scopegate::auth::cache::digest;
@@ -58,28 +57,6 @@ struct Fixture {
     setups: Vec<Setup>,
 }
 
-async fn serve(listener: tokio::net::TcpListener, answer: Arc<Mutex<Bytes>>) {
-    while let Ok((stream, _)) = listener.accept().await {
-        let answer = Arc::clone(&answer);
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |_: Request<Incoming>| {
-                let body = answer.lock().expect("answer").clone();
-                async move {
-                    Ok::<_, Infallible>(
-                        Response::builder()
-                            .header("content-type", "application/json")
-                            .body(Full::new(body))
-                            .expect("response"),
-                    )
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
-}
-
 fn fixture() -> &'static Fixture {
     static FIXTURE: OnceLock<Fixture> = OnceLock::new();
     FIXTURE.get_or_init(|| {
@@ -94,7 +71,10 @@ fn fixture() -> &'static Fixture {
         let endpoint: Uri = format!("http://{}/introspect", listener.local_addr().expect("addr"))
             .parse()
             .expect("endpoint");
-        runtime.spawn(serve(listener, Arc::clone(&answer)));
+        let served = Arc::clone(&answer);
+        runtime.spawn(json_server::serve(listener, move |_: &str| {
+            (StatusCode::OK, served.lock().expect("answer").clone())
+        }));
         let metrics = Arc::new(Metrics::new().expect("metrics"));
         let _entered = runtime.enter();
         let make = |audiences: &'static [&'static str],
