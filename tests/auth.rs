@@ -3,8 +3,9 @@
 //! scope look-alikes, per-route issuer restriction, the verified-token cache,
 //! key rotation, unknown-`kid` floods, JWKS outages, readiness without keys,
 //! and what the metrics say (and never say); and campaigns of generated
-//! hostile tokens ([`hostile_tokens`]) and key sets ([`hostile_jwks`]), and
-//! of generated route maps and requests against them ([`hostile_routes`]).
+//! hostile tokens ([`hostile_tokens`]) and key sets ([`hostile_jwks`]), of
+//! algorithms and key types confused ([`hostile_algorithms`]), and of
+//! generated route maps and requests against them ([`hostile_routes`]).
 //!
 //! Every request goes through a real gateway on 127.0.0.1:0; every rejected
 //! request is checked for its exact status, `WWW-Authenticate` challenge, JSON
@@ -3396,6 +3397,9 @@ mod hostile_tokens;
 
 #[path = "auth/hostile_jwks.rs"]
 mod hostile_jwks;
+
+#[path = "auth/hostile_algorithms.rs"]
+mod hostile_algorithms;
 
 #[path = "auth/hostile_routes.rs"]
 mod hostile_routes;

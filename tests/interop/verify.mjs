@@ -5,7 +5,8 @@
 // stdin, one JSON line first: {"jwks": {...}, "issuer": "...",
 // "audience": "...", "typ": "at+jwt", "algorithms": ["ES256"],
 // "clockTolerance": 30}; then one compact token per line, and now and then
-// {"jwks": {...}} alone, a key set in place of the one before.
+// {"jwks": {...}} alone, a key set in place of the one before, or a whole
+// first line again, a key set and a policy in place of the ones before.
 // stdout: one line per line read, in order: `ready` or `refused <code>` for
 // a setup line (a key set jose refuses), `ok` or `refused <code>` for a token.
 import readline from 'node:readline';

@@ -965,16 +965,25 @@ impl Jose {
     /// the leeway.
     pub fn start(jwks: &str) -> Self {
         let mut jose = Self(NodeLines::start("verify.mjs"));
+        assert_eq!(jose.use_policy(jwks, &["ES256"]), Ok(()));
+        jose
+    }
+
+    /// Puts the key set `jwks` in force, and the standard policy with
+    /// `algorithms` allowed: `Ok`, or `jose`'s refusal of the set.
+    pub fn use_policy(&mut self, jwks: &str, algorithms: &[&str]) -> Result<(), String> {
         let setup = serde_json::json!({
             "jwks": serde_json::from_str::<serde_json::Value>(jwks).unwrap(),
             "issuer": ISSUER,
             "audience": AUDIENCE,
             "typ": "at+jwt",
-            "algorithms": ["ES256"],
+            "algorithms": algorithms,
             "clockTolerance": reference::LEEWAY,
         });
-        assert_eq!(jose.0.ask(&setup.to_string()), "ready");
-        jose
+        match self.0.ask(&setup.to_string()).as_str() {
+            "ready" => Ok(()),
+            refused => Err(refused.to_owned()),
+        }
     }
 
     /// Puts the key set `jwks` in force in place of the one before: `Ok`,
