@@ -5,7 +5,8 @@
 //! endpoints), the authorization code grant with PKCE for a public and a
 //! confidential client (the redirect's `state` and RFC 9207 `iss`, then
 //! the token response of RFC 6749 5.1) and a denied request, refresh, client credentials with
-//! both secret methods and a wrong secret, introspection (RFC 7662),
+//! both secret methods and a wrong secret, the password grant (with a wrong
+//! password, and for a client not allowed it), introspection (RFC 7662),
 //! revocation (RFC 7009), and the access token as a resource server checks
 //! it (RFC 9068, with the keys from the metadata's `jwks_uri`). The
 //! sign-in and consent pages are driven by this file's own helpers.
@@ -66,12 +67,27 @@ async fn callback(
     decided.header("location").unwrap()
 }
 
+/// The standard config with one more client, `pw` (confidential; the
+/// password grant and refresh; orders:read).
+fn config_with_password_client(upstream: SocketAddr) -> String {
+    let yaml = config(upstream, "").replace(
+        "  users:\n",
+        &format!(
+            "    - client_id: pw\n      client_secret_hash: \"{}\"\n      grants: [password, refresh_token]\n      scopes: [orders:read]\n      audience: orders-api\n  users:\n",
+            secret_hash()
+        ),
+    );
+    assert!(yaml.contains("client_id: pw"));
+    yaml
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_independent_client_library_accepts_every_answer_of_every_grant() {
     if !interop_node_modules("the oauth4webapi client (tests/authorize/oauth4webapi.rs)") {
         return;
     }
-    let (_upstream, gw) = start().await;
+    let upstream = Upstream::start().await;
+    let gw = Gateway::start(&config_with_password_client(upstream.addr)).await;
     let (mut client, metadata) = Client::discover(&gw);
     assert_eq!(metadata["issuer"], ISS);
     assert_eq!(metadata["token_endpoint"], format!("{ISS}{TOKEN}"));
@@ -164,6 +180,52 @@ async fn an_independent_client_library_accepts_every_answer_of_every_grant() {
             &refused["error"]
         };
         assert_eq!(error, "invalid_client", "{refused}");
+    }
+
+    // The password grant (RFC 6749 4.3), both methods; its refresh token
+    // refreshes. A wrong password is RFC 6749 5.2 `invalid_grant` (400),
+    // and a client not registered for the grant `unauthorized_client`.
+    for auth in ["basic", "post"] {
+        let tokens = client.ok(json!({
+            "step": "password", "client_id": "pw", "secret": SECRET, "auth": auth,
+            "username": "carol", "password": PASSWORD, "scope": "orders:read",
+        }));
+        assert_eq!(tokens["scope"], "orders:read", "{tokens}");
+        let claims = client.ok(json!({
+            "step": "validate_access_token", "token": s(&tokens, "access_token"),
+            "audience": "orders-api",
+        }));
+        assert_eq!(
+            (&claims["client_id"], &claims["sub"]),
+            (&json!("pw"), &json!("carol")),
+            "{claims}"
+        );
+        let refreshed = client.ok(json!({
+            "step": "refresh", "client_id": "pw", "secret": SECRET, "auth": auth,
+            "refresh_token": s(&tokens, "refresh_token"),
+        }));
+        assert_eq!(
+            orders_status(&gw, &s(&refreshed, "access_token"))
+                .await
+                .status,
+            200
+        );
+    }
+    for (client_id, password, error) in [
+        ("pw", "wrong horse", "invalid_grant"),
+        ("svc", PASSWORD, "unauthorized_client"),
+    ] {
+        let refused = client
+            .step(json!({
+                "step": "password", "client_id": client_id, "secret": SECRET, "auth": "basic",
+                "username": "carol", "password": password, "scope": "orders:read",
+            }))
+            .unwrap_err();
+        assert_eq!(
+            (&refused["kind"], &refused["status"], &refused["error"]),
+            (&json!("response_body"), &json!(400), &json!(error)),
+            "{client_id}: {refused}"
+        );
     }
 
     // Introspection of the refreshed access token by a confidential client.
