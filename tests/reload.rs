@@ -1361,6 +1361,13 @@ async fn a_certificate_rotated_in_place_is_served() {
     assert!(!trusts(lab.gw.addr, &lab.old_cert).await);
 }
 
+/// The years in which the first certificate of [`TlsRotation`] and the
+/// next one expire, and those instants in seconds since the Unix epoch.
+const SERVED_UNTIL: i32 = 2050;
+const NEXT_UNTIL: i32 = 2040;
+const SERVED_EXPIRY: f64 = 2_524_608_000.0;
+const NEXT_EXPIRY: f64 = 2_208_988_800.0;
+
 /// A reloading gateway serving `cert.pem` over TLS, beside the certificate
 /// and key it is to be rotated to (and a copy of the first certificate).
 struct TlsRotation {
@@ -1379,9 +1386,9 @@ impl TlsRotation {
     async fn start() -> Self {
         let upstream = Upstream::start().await;
         let dir = tempfile::tempdir().unwrap();
-        let served = self_signed(dir.path());
+        let served = self_signed_until(dir.path(), SERVED_UNTIL);
         let next_dir = tempfile::tempdir().unwrap();
-        let next = self_signed(next_dir.path());
+        let next = self_signed_until(next_dir.path(), NEXT_UNTIL);
         let config = dir.path().join("scopegate.yaml");
         let plain = yaml(upstream.addr, "/one", "");
         std::fs::write(&config, with_tls(&plain)).unwrap();
@@ -1468,6 +1475,56 @@ async fn a_certificate_rotated_while_the_config_is_refused_is_served() {
         "{metrics}"
     );
     assert!(metrics.contains("\nscopegate_config_last_reload_success 0\n"));
+}
+
+/// The served certificate's expiry.
+fn certificate_expiry(metrics: &str) -> Option<f64> {
+    exported(
+        metrics,
+        "scopegate_tls_certificate_expiry_timestamp_seconds",
+        &[],
+    )
+}
+
+/// `scopegate_tls_certificate_expiry_timestamp_seconds` says when the
+/// certificate new connections get expires, as it changes: at start, after
+/// the reload a rotation causes, and after a rotation while the config is
+/// refused. A file that does not load changes nothing; without TLS it is 0.
+#[tokio::test]
+async fn the_served_certificates_expiry_is_exported() {
+    let plain = Gateway::start(&World::new().await.config()).await;
+    assert_eq!(certificate_expiry(&plain.metrics().await), Some(0.0));
+
+    let lab = TlsRotation::start().await;
+    assert_eq!(
+        certificate_expiry(&lab.gw.metrics().await),
+        Some(SERVED_EXPIRY)
+    );
+    lab.rotate().await;
+    assert!(
+        wait_for_metrics(&lab.gw, |m| certificate_expiry(m) == Some(NEXT_EXPIRY)).await,
+        "{}",
+        lab.gw.metrics().await
+    );
+
+    lab.refuse_config().await;
+    let third_dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed_until(third_dir.path(), 2045);
+    // The certificate alone first: it does not load with the served key.
+    std::fs::copy(&cert, &lab.served.0).unwrap();
+    let refused = "\nscopegate_tls_certificate_rotations_total{result=\"refused\"} 1\n";
+    assert!(wait_for_metrics(&lab.gw, |m| m.contains(refused)).await);
+    assert_eq!(
+        certificate_expiry(&lab.gw.metrics().await),
+        Some(NEXT_EXPIRY)
+    );
+    std::fs::copy(&key, &lab.served.1).unwrap();
+    assert!(
+        wait_for_metrics(&lab.gw, |m| certificate_expiry(m) == Some(2_366_841_600.0)).await,
+        "{}",
+        lab.gw.metrics().await
+    );
+    assert!(trusts(lab.gw.addr, &cert).await);
 }
 
 /// Certificate files that do not load while the config file is refused (a

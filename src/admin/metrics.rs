@@ -80,6 +80,10 @@ pub struct Metrics {
     /// config's certificate files reloaded on their own, while the config
     /// file is refused.
     pub tls_certificate_rotations: IntCounterVec,
+    /// `scopegate_tls_certificate_expiry_timestamp_seconds`: when the served
+    /// certificate stops being valid (its `notAfter`), 0 without TLS; an
+    /// alert on it covers every way a renewal can fail to reach clients.
+    pub tls_certificate_expiry: IntGauge,
     /// `scopegate_config_restart_required` (1 or 0).
     pub config_restart_required: IntGauge,
     /// `scopegate_issuer_token_requests_total{grant,result}`.
@@ -236,6 +240,10 @@ impl Metrics {
         for result in ["rotated", "refused"] {
             tls_certificate_rotations.with_label_values(&[result]);
         }
+        let tls_certificate_expiry = IntGauge::new(
+            "scopegate_tls_certificate_expiry_timestamp_seconds",
+            "When the certificate served to new TLS connections expires (its notAfter, seconds since the Unix epoch); 0 without TLS",
+        )?;
         let config_restart_required = IntGauge::new(
             "scopegate_config_restart_required",
             "1 if the applied configuration changed settings that take effect only after a restart, else 0",
@@ -303,6 +311,7 @@ impl Metrics {
         registry.register(Box::new(config_last_reload_success.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(tls_certificate_rotations.clone()))?;
+        registry.register(Box::new(tls_certificate_expiry.clone()))?;
         registry.register(Box::new(introspection_requests.clone()))?;
         registry.register(Box::new(introspection_duration.clone()))?;
         Ok(Self {
@@ -324,6 +333,7 @@ impl Metrics {
             config_last_reload_success,
             config_restart_required,
             tls_certificate_rotations,
+            tls_certificate_expiry,
             issuer_token_requests,
             issuer_replays,
             issuer_store_errors,

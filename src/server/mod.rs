@@ -145,6 +145,7 @@ async fn serve(
     // The listener's TLS is set at start; a reload that turns it off (which
     // takes a restart) keeps serving with the acceptor last in force.
     let mut tls = first.tls_acceptor();
+    first.export_certificate_expiry();
     first.authenticator().spawn_background();
     let current = Arc::new(ArcSwap::from_pointee(first));
 

@@ -290,6 +290,21 @@ impl Gateway {
         self.tls.as_ref()
     }
 
+    /// Exports when the certificate this config serves expires, once it is
+    /// the one in force (at start, on a reload, after a rotation). Without
+    /// TLS the gauge keeps what it had: the listener goes on with the
+    /// acceptor last in force until a restart.
+    pub fn export_certificate_expiry(&self) {
+        let Some(inbound) = &self.tls else {
+            return;
+        };
+        let expiry = inbound.expiry();
+        if expiry.is_none() {
+            tracing::warn!("the served TLS certificate's expiry does not read as X.509: scopegate_tls_certificate_expiry_timestamp_seconds is 0");
+        }
+        self.metrics.tls_certificate_expiry.set(expiry.unwrap_or(0));
+    }
+
     /// Identifies the issuer setup this gateway's authenticator was built from.
     pub fn auth_fingerprint(&self) -> &str {
         &self.auth_fingerprint

@@ -291,6 +291,7 @@ impl Reloader {
             Ok(tls::Refresh::Unchanged) => {}
             Ok(tls::Refresh::Rotated) => {
                 counted("rotated");
+                self.current.load().export_certificate_expiry();
                 tracing::info!("TLS certificate files changed: the new certificate is served; the configuration file stays refused");
             }
             Err(error) => {
@@ -384,6 +385,7 @@ impl Reloader {
             gateway.authenticator().serving();
         }
         self.current.store(gateway);
+        self.current.load().export_certificate_expiry();
         if let Some(starting) = starting {
             starting.serving();
             old.authenticator().stop_background();

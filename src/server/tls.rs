@@ -27,6 +27,8 @@ pub struct Inbound {
 struct Served {
     acceptor: TlsAcceptor,
     files: TokenDigest,
+    /// The certificate's `notAfter` ([`leaf_expiry`]).
+    expiry: Option<i64>,
 }
 
 /// What [`Inbound::refresh`] found.
@@ -42,6 +44,12 @@ impl Inbound {
     /// The acceptor for new connections.
     pub fn acceptor(&self) -> TlsAcceptor {
         self.served.load().acceptor.clone()
+    }
+
+    /// When the served certificate expires (its `notAfter`, seconds since
+    /// the Unix epoch); `None` if it does not read as X.509.
+    pub fn expiry(&self) -> Option<i64> {
+        self.served.load().expiry
     }
 
     /// Serves the files' certificate when they no longer hold the one
@@ -72,14 +80,16 @@ impl Inbound {
         if *refused == Some(digest) {
             return Ok(Refresh::Unchanged);
         }
-        let built = both(&self.files, cert_pem, key_pem)
-            .and_then(|(cert_pem, key_pem)| build(&self.files, &cert_pem, &key_pem));
+        let built = both(&self.files, cert_pem, key_pem).and_then(|(cert_pem, key_pem)| {
+            Ok(Served {
+                acceptor: build(&self.files, &cert_pem, &key_pem)?,
+                files: digest,
+                expiry: leaf_expiry(&cert_pem),
+            })
+        });
         match built {
-            Ok(acceptor) => {
-                self.served.store(Arc::new(Served {
-                    acceptor,
-                    files: digest,
-                }));
+            Ok(served) => {
+                self.served.store(Arc::new(served));
                 *refused = None;
                 Ok(Refresh::Rotated)
             }
@@ -111,6 +121,7 @@ pub fn inbound(files: &TlsFiles, running: Option<&Arc<Inbound>>) -> Result<Arc<I
         served: ArcSwap::from_pointee(Served {
             acceptor: build(files, &cert_pem, &key_pem)?,
             files: digest,
+            expiry: leaf_expiry(&cert_pem),
         }),
         refused: Mutex::new(None),
     }))
@@ -138,6 +149,16 @@ fn both(
     let cert_pem = cert_pem.map_err(|e| format!("{}: {e}", files.cert_file.display()))?;
     let key_pem = key_pem.map_err(|e| format!("{}: {e}", files.key_file.display()))?;
     Ok((cert_pem, key_pem))
+}
+
+/// When the chain's first certificate, the one clients check, expires: its
+/// `notAfter` in seconds since the Unix epoch; `None` if the PEM's first
+/// certificate does not read as X.509 here (the served gauge is 0 then).
+fn leaf_expiry(cert_pem: &[u8]) -> Option<i64> {
+    let mut cert_pem = cert_pem;
+    let leaf = rustls_pemfile::certs(&mut cert_pem).next()?.ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref()).ok()?;
+    Some(cert.validity().not_after.timestamp())
 }
 
 /// Builds the acceptor from the files as they are now; errors name the file

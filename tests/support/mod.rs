@@ -1322,11 +1322,31 @@ pub fn rsa_pem() -> String {
 /// A self-signed certificate for 127.0.0.1 and its key, as PEM files in `dir`.
 pub fn self_signed(dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
     let certified = rcgen::generate_simple_self_signed(vec!["127.0.0.1".into()]).unwrap();
-    let cert = dir.join("cert.pem");
-    let key = dir.join("key.pem");
-    std::fs::write(&cert, certified.cert.pem()).unwrap();
-    std::fs::write(&key, certified.signing_key.serialize_pem()).unwrap();
-    (cert, key)
+    write_certified(dir, &certified.cert, &certified.signing_key)
+}
+
+/// [`self_signed`], valid until 1 January of `year` (00:00 UTC).
+pub fn self_signed_until(
+    dir: &std::path::Path,
+    year: i32,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".into()]).unwrap();
+    params.not_after = rcgen::date_time_ymd(year, 1, 1);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.self_signed(&key).unwrap();
+    write_certified(dir, &cert, &key)
+}
+
+/// `cert.pem` and `key.pem` in `dir`.
+fn write_certified(
+    dir: &std::path::Path,
+    cert: &rcgen::Certificate,
+    key: &rcgen::KeyPair,
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let (cert_file, key_file) = (dir.join("cert.pem"), dir.join("key.pem"));
+    std::fs::write(&cert_file, cert.pem()).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+    (cert_file, key_file)
 }
 
 /// The proxy and admin addresses a child scopegate logged to `log` (run it
