@@ -1061,42 +1061,90 @@ mod tests {
         assert!(alone.is_finished());
     }
 
+    /// Serves `answers` (whole HTTP/1.1 responses), one a connection and in
+    /// order, at a JWKS URL of its own; the task ends after the last. A
+    /// client that hangs up early (an answer past the size limit) is no error.
+    async fn serve(answers: Vec<String>) -> (Uri, tokio::task::JoinHandle<()>) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            for answer in answers {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.ends_with(b"\r\n\r\n") {
+                    let n = stream.read(&mut buf).await.unwrap();
+                    assert!(n > 0, "the request ended early");
+                    request.extend_from_slice(&buf[..n]);
+                }
+                let _ = stream.write_all(answer.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            }
+        });
+        let uri = format!("http://{addr}/jwks.json").parse().unwrap();
+        (uri, server)
+    }
+
+    /// An HTTP/1.1 response with this status, header lines (each ending in
+    /// CRLF) and JSON body.
+    fn answer(status: &str, head: &str, body: &str) -> String {
+        format!(
+            "HTTP/1.1 {status}\r\nContent-Type: application/json\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+    }
+
+    /// Keys fetched from `uri`, refetched for unknown kids at most once a
+    /// `cooldown`, refreshed hourly, checked against `algorithms`.
+    fn remote_keys(
+        uri: Option<Uri>,
+        cooldown: Duration,
+        algorithms: Vec<Algorithm>,
+    ) -> Arc<IssuerKeys> {
+        crate::cli::install_crypto_provider();
+        let keys = IssuerKeys::remote(
+            Arc::from("t"),
+            uri,
+            None,
+            Duration::from_secs(5),
+            cooldown,
+            Duration::from_secs(3600),
+            algorithms,
+        );
+        Arc::new(keys.unwrap())
+    }
+
+    /// A fresh P-256 public key as a JWK with this `kid`.
+    fn p256_jwk(kid: &str) -> serde_json::Value {
+        use aws_lc_rs::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        // Uncompressed point: 0x04 || x || y.
+        let point = pair.public_key().as_ref();
+        serde_json::json!({
+            "kty": "EC",
+            "crv": "P-256",
+            "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]),
+            "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        })
+    }
+
+    /// A JWKS document of these keys.
+    fn jwks_of(keys: &[&serde_json::Value]) -> String {
+        serde_json::json!({ "keys": keys }).to_string()
+    }
+
     /// The refresh a fetch of a key set schedules when the JWKS server
     /// answers with `head` (header lines, each ending in CRLF) and a set of
     /// one usable key; the operator's interval is an hour.
     async fn refresh_after(head: &str) -> (FetchResult, Duration) {
-        crate::cli::install_crypto_provider();
         let body = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"e","x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU","y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{head}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-            body.len()
-        );
-        let server = tokio::spawn(async move {
-            use tokio::io::{AsyncReadExt, AsyncWriteExt};
-            let (mut stream, _) = listener.accept().await.unwrap();
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.ends_with(b"\r\n\r\n") {
-                let n = stream.read(&mut buf).await.unwrap();
-                assert!(n > 0, "the request ended early");
-                request.extend_from_slice(&buf[..n]);
-            }
-            stream.write_all(answer.as_bytes()).await.unwrap();
-            stream.shutdown().await.unwrap();
-        });
-        let uri: Uri = format!("http://{addr}/jwks.json").parse().unwrap();
-        let keys = IssuerKeys::remote(
-            Arc::from("t"),
-            Some(uri),
-            None,
-            Duration::from_secs(5),
-            Duration::ZERO,
-            Duration::from_secs(3600),
-            Vec::new(),
-        )
-        .unwrap();
+        let (uri, server) = serve(vec![answer("200 OK", head, body)]).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, Vec::new());
         let metrics = Metrics::new().unwrap();
         let scheduled = keys.refresh(&metrics).await;
         server.await.unwrap();
@@ -1164,7 +1212,8 @@ mod tests {
         assert_eq!(next_refresh(Some(minutes(360)), minutes(5)), minutes(5));
         assert_eq!(next_refresh(Some(minutes(2)), minutes(5)), minutes(2));
         assert_eq!(next_refresh(Some(Duration::ZERO), minutes(5)), MIN_REFRESH);
-        assert_eq!(next_refresh(None, minutes(60 * 48)), MAX_REFRESH);
+        // A day at most ([`MAX_REFRESH`]), whatever the interval.
+        assert_eq!(next_refresh(None, minutes(60 * 48)), minutes(60 * 24));
     }
 
     #[test]
@@ -1336,6 +1385,8 @@ mod tests {
         assert_eq!(set.candidates(Some("e"), Algorithm::RS256).count(), 0);
         assert_eq!(set.candidates(Some("x"), Algorithm::ES256).count(), 0);
         assert_eq!(set.candidates(None, Algorithm::ES256).count(), 1);
+        assert!(set.has_kid("e") && !set.has_kid("x"));
+        assert!(set.verifies(Algorithm::ES256) && !set.verifies(Algorithm::ES384));
     }
 
     #[test]
@@ -1483,5 +1534,324 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// RFC 7517 4.3: a key whose `key_ops` lists no "verify" is not for
+    /// checking signatures, whatever else it may do.
+    #[test]
+    fn keys_whose_operations_lack_verify_are_skipped() {
+        let with_ops = |ops: serde_json::Value| {
+            let mut jwk = p256_jwk("e");
+            jwk["key_ops"] = ops;
+            jwks_of(&[&jwk])
+        };
+        let set = KeySet::from_json(with_ops(serde_json::json!(["verify"])).as_bytes()).unwrap();
+        assert!(set.verifies(Algorithm::ES256));
+        for ops in [
+            serde_json::json!(["sign"]),
+            serde_json::json!(["encrypt", "wrapKey"]),
+            serde_json::json!([]),
+        ] {
+            assert!(
+                matches!(
+                    KeySet::from_json(with_ops(ops.clone()).as_bytes()),
+                    Err(JwksError::NoUsableKeys)
+                ),
+                "key_ops {ops}"
+            );
+        }
+    }
+
+    /// RFC 7518 6.2.1.2-3: `x` and `y` each fill a coordinate. The same
+    /// point split elsewhere (a byte of `y` moved into `x`, or all of it in
+    /// `x`) is a malformed key: kept under its kid, verifying nothing.
+    #[test]
+    fn ec_points_split_off_their_coordinates_verify_nothing() {
+        let good = p256_jwk("good");
+        let coordinate = |name: &str| {
+            URL_SAFE_NO_PAD
+                .decode(good[name].as_str().unwrap())
+                .unwrap()
+        };
+        let (x, y) = (coordinate("x"), coordinate("y"));
+        let moved = [[x.as_slice(), &y[..1]].concat(), y[1..].to_vec()];
+        let all_in_x = [[x.as_slice(), &y].concat(), Vec::new()];
+        for [x, y] in [moved, all_in_x] {
+            let mut split = good.clone();
+            split["kid"] = "split".into();
+            split["x"] = URL_SAFE_NO_PAD.encode(&x).into();
+            split["y"] = URL_SAFE_NO_PAD.encode(&y).into();
+            let set = KeySet::from_json(jwks_of(&[&split, &good]).as_bytes()).unwrap();
+            assert!(set.has_kid("split"), "{split}");
+            assert!(set
+                .candidates(Some("split"), Algorithm::ES256)
+                .all(|k| !k.can_verify(Algorithm::ES256)));
+            assert!(set
+                .candidates(Some("good"), Algorithm::ES256)
+                .all(|k| k.can_verify(Algorithm::ES256)));
+        }
+    }
+
+    /// Each JWS algorithm a JWK's `alg` names pins the key to it: it
+    /// verifies that algorithm only. An `alg` scopegate does not verify
+    /// with (HMAC, an encryption algorithm) leaves the key unused.
+    #[test]
+    fn a_keys_alg_pins_it_to_that_algorithm() {
+        use aws_lc_rs::rsa::KeySize;
+        use aws_lc_rs::signature::{
+            EcdsaKeyPair, Ed25519KeyPair, KeyPair, RsaKeyPair, ECDSA_P384_SHA384_FIXED_SIGNING,
+        };
+
+        let rng = aws_lc_rs::rand::SystemRandom::new();
+        let rsa = RsaKeyPair::generate(KeySize::Rsa2048).unwrap();
+        let components: RsaPublicKeyComponents<Vec<u8>> = rsa.public_key().into();
+        let rsa = serde_json::json!({
+            "kty": "RSA",
+            "n": URL_SAFE_NO_PAD.encode(&components.n),
+            "e": URL_SAFE_NO_PAD.encode(&components.e),
+        });
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, &rng).unwrap();
+        let pair =
+            EcdsaKeyPair::from_pkcs8(&ECDSA_P384_SHA384_FIXED_SIGNING, pkcs8.as_ref()).unwrap();
+        let point = pair.public_key().as_ref();
+        let p384 = serde_json::json!({
+            "kty": "EC",
+            "crv": "P-384",
+            "x": URL_SAFE_NO_PAD.encode(&point[1..49]),
+            "y": URL_SAFE_NO_PAD.encode(&point[49..]),
+        });
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap();
+        let ed25519 = serde_json::json!({
+            "kty": "OKP",
+            "crv": "Ed25519",
+            "x": URL_SAFE_NO_PAD.encode(pair.public_key().as_ref()),
+        });
+        let p256 = p256_jwk("e");
+        let pinned = |jwk: &serde_json::Value, alg: &str| {
+            let mut jwk = jwk.clone();
+            jwk["alg"] = alg.into();
+            KeySet::from_json(jwks_of(&[&jwk]).as_bytes())
+        };
+        let cases = [
+            (&rsa, "RS256", Algorithm::RS256),
+            (&rsa, "RS384", Algorithm::RS384),
+            (&rsa, "RS512", Algorithm::RS512),
+            (&rsa, "PS256", Algorithm::PS256),
+            (&rsa, "PS384", Algorithm::PS384),
+            (&rsa, "PS512", Algorithm::PS512),
+            (&p256, "ES256", Algorithm::ES256),
+            (&p384, "ES384", Algorithm::ES384),
+            (&ed25519, "EdDSA", Algorithm::EdDSA),
+        ];
+        for (jwk, name, alg) in cases {
+            let set = pinned(jwk, name).unwrap();
+            let verifying: Vec<Algorithm> = set.keys[0].verifiers.iter().map(|(a, _)| *a).collect();
+            assert_eq!(verifying, [alg], "{name}");
+        }
+        for other in ["HS256", "RSA-OAEP"] {
+            assert!(
+                matches!(pinned(&rsa, other), Err(JwksError::NoUsableKeys)),
+                "{other}"
+            );
+        }
+    }
+
+    /// A new set holds an old one only when each old key is still there
+    /// under its `kid` and for every algorithm it verified: a key withdrawn,
+    /// renamed, or pinned to another algorithm is not held.
+    #[test]
+    fn a_key_set_holds_another_only_with_each_of_its_keys_as_it_was() {
+        let (a, b) = (p256_jwk("a"), p256_jwk("b"));
+        let set =
+            |keys: &[&serde_json::Value]| KeySet::from_json(jwks_of(keys).as_bytes()).unwrap();
+        let both = set(&[&a, &b]);
+        let only_a = set(&[&a]);
+        assert!(both.holds_every_key_of(&both));
+        assert!(both.holds_every_key_of(&only_a));
+        assert!(!only_a.holds_every_key_of(&both), "b withdrawn");
+        let mut renamed = a.clone();
+        renamed["kid"] = "renamed".into();
+        assert!(!set(&[&renamed, &b]).holds_every_key_of(&only_a), "renamed");
+        let mut repinned = a.clone();
+        repinned["alg"] = "ES384".into();
+        assert!(
+            !set(&[&repinned, &b]).holds_every_key_of(&only_a),
+            "repinned"
+        );
+    }
+
+    /// Tokens verified before a refresh are verified again (the generation
+    /// moves on) once a key they may have used is withdrawn, and only then:
+    /// not when the same set, or a larger one, comes back.
+    #[tokio::test]
+    async fn a_withdrawn_key_moves_the_generation_on() {
+        let (a, b, c) = (p256_jwk("a"), p256_jwk("b"), p256_jwk("c"));
+        let documents = [
+            jwks_of(&[&a, &b]),
+            jwks_of(&[&a, &b]),
+            jwks_of(&[&a, &b, &c]),
+            jwks_of(&[&a, &c]),
+        ];
+        let answers = documents.iter().map(|d| answer("200 OK", "", d)).collect();
+        let (uri, server) = serve(answers).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, Vec::new());
+        let metrics = Metrics::new().unwrap();
+        for (fetch, generation) in [(1, 0), (2, 0), (3, 0), (4, 1)] {
+            assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+            assert_eq!(keys.generation(), generation, "after fetch {fetch}");
+        }
+        server.await.unwrap();
+    }
+
+    /// A token no key verifies refetches the set at most once a cooldown;
+    /// without one, it refetches.
+    #[tokio::test]
+    async fn an_unmatched_token_refetches_at_most_once_a_cooldown() {
+        let body = jwks_of(&[&p256_jwk("a")]);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        for (cooldown, fetches) in [(Duration::from_secs(3600), 1), (Duration::ZERO, 3)] {
+            let answers = vec![answer("200 OK", "", &body); fetches];
+            let (uri, server) = serve(answers).await;
+            let keys = remote_keys(Some(uri), cooldown, Vec::new());
+            assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+            keys.refetch_for_unmatched_token(&metrics).await;
+            keys.refetch_for_unmatched_token(&metrics).await;
+            assert_eq!(keys.fetch_attempts(), fetches as u64, "{cooldown:?}");
+            assert!(!keys.last_fetch_failed(), "{cooldown:?}");
+            server.await.unwrap();
+        }
+    }
+
+    /// A fetch that fails (an error status, even with a key set as its
+    /// body; a set of no usable key) keeps the keys in force and is reported
+    /// until a fetch succeeds.
+    #[tokio::test]
+    async fn a_failed_fetch_keeps_the_keys_and_is_reported() {
+        let good = jwks_of(&[&p256_jwk("a")]);
+        let oct = r#"{"keys":[{"kty":"oct","k":"c2VjcmV0","kid":"h"}]}"#;
+        let answers = vec![
+            answer("200 OK", "", &good),
+            answer("500 Internal Server Error", "", &good),
+            answer("200 OK", "", oct),
+            answer("200 OK", "", &good),
+        ];
+        let (uri, server) = serve(answers).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, Vec::new());
+        let metrics = Metrics::new().unwrap();
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+        assert!(!keys.last_fetch_failed());
+        let first = keys.current().unwrap();
+        for failure in [FetchResult::HttpError, FetchResult::Invalid] {
+            assert_eq!(keys.refresh(&metrics).await.0, failure);
+            assert!(keys.last_fetch_failed(), "{failure:?}");
+            assert!(Arc::ptr_eq(&keys.current().unwrap(), &first), "{failure:?}");
+        }
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+        assert!(!keys.last_fetch_failed());
+        assert!(!Arc::ptr_eq(&keys.current().unwrap(), &first));
+        server.await.unwrap();
+    }
+
+    /// A fetched set with no key for any of the issuer's algorithms is
+    /// refused (it would refuse every token); one with such a key is taken.
+    #[tokio::test]
+    async fn a_set_without_keys_for_the_issuers_algorithms_is_refused() {
+        let body = jwks_of(&[&p256_jwk("a")]);
+        let answers = vec![answer("200 OK", "", &body), answer("200 OK", "", &body)];
+        let (uri, server) = serve(answers).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, vec![Algorithm::RS256]);
+        let metrics = Metrics::new().unwrap();
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Invalid);
+        assert!(!keys.is_loaded());
+        keys.set_algorithms(vec![Algorithm::RS256, Algorithm::ES256]);
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+        assert!(keys.is_loaded());
+        server.await.unwrap();
+    }
+
+    /// A key set of any size up to 1 MiB ([`MAX_JWKS_BYTES`]) is read; a
+    /// longer answer is refused, not read to its end.
+    #[tokio::test]
+    async fn answers_are_read_up_to_the_size_limit() {
+        let document = |size: usize| {
+            let mut document = jwks_of(&[&p256_jwk("a")]);
+            document.pop();
+            document.push_str(r#","padding":""#);
+            let fill = size - document.len() - 2;
+            document.push_str(&"a".repeat(fill));
+            document.push_str(r#""}"#);
+            assert_eq!(document.len(), size);
+            document
+        };
+        let mib = 1024 * 1024;
+        let answers = vec![
+            answer("200 OK", "", &document(mib)),
+            answer("200 OK", "", &document(mib + 1)),
+        ];
+        let (uri, server) = serve(answers).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, Vec::new());
+        let metrics = Metrics::new().unwrap();
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Success);
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::Invalid);
+        server.await.unwrap();
+    }
+
+    /// After each failure the wait doubles, up to 30 s; a success resets it.
+    #[test]
+    fn failures_back_off_doubling_up_to_thirty_seconds() {
+        let mut backoff = Duration::from_millis(250);
+        let mut waits = Vec::new();
+        for _ in 0..10 {
+            next_delay(FetchResult::Timeout, Duration::ZERO, &mut backoff);
+            waits.push(backoff.as_millis());
+        }
+        assert_eq!(
+            waits,
+            [500, 1000, 2000, 4000, 8000, 16000, 30000, 30000, 30000, 30000]
+        );
+        next_delay(FetchResult::Success, MIN_REFRESH, &mut backoff);
+        assert_eq!(backoff, Duration::from_millis(250));
+    }
+
+    /// A refresher whose fetches fail keeps retrying, backing off (a handful
+    /// of attempts in ten seconds, not hundreds), until it is shut down.
+    #[tokio::test(start_paused = true)]
+    async fn a_refresher_retries_with_backoff_until_shut_down() {
+        // No URL: every fetch fails at once, without the network.
+        let keys = remote_keys(None, Duration::ZERO, Vec::new());
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let refresher = tokio::spawn(run_refresher(Arc::clone(&keys), metrics, shutdown));
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        let attempts = keys.fetch_attempts();
+        assert!((4..=8).contains(&attempts), "{attempts} attempts");
+        assert!(!refresher.is_finished());
+        stop.send(true).unwrap();
+        tokio::time::timeout(Duration::from_secs(60), refresher)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    /// A `jwks_uri` from the config stands: discovery neither replaces it
+    /// nor, naming none, makes the issuer's keys unneeded.
+    #[test]
+    fn discovery_does_not_override_a_configured_jwks_uri() {
+        let configured: Uri = "https://idp.example/keys".parse().unwrap();
+        let keys = remote_keys(Some(configured.clone()), Duration::ZERO, Vec::new());
+        keys.set_discovered_uri(Some("https://elsewhere.example/keys".parse().unwrap()));
+        keys.set_discovered_uri(None);
+        let remote = keys.remote.as_ref().unwrap();
+        assert_eq!(remote.uri.load_full().as_deref(), Some(&configured));
+        assert!(keys.publishes_keys());
+
+        let discovered: Uri = "https://idp.example/discovered".parse().unwrap();
+        let keys = remote_keys(None, Duration::ZERO, Vec::new());
+        assert!(keys.awaits_discovered_uri());
+        keys.set_discovered_uri(Some(discovered.clone()));
+        keys.set_discovered_uri(Some(configured));
+        let remote = keys.remote.as_ref().unwrap();
+        assert_eq!(remote.uri.load_full().as_deref(), Some(&discovered));
     }
 }
