@@ -1834,6 +1834,30 @@ mod tests {
             .unwrap();
     }
 
+    /// Keys a reload kept are not fetched again at once, but once they are
+    /// due; from then on their refresher goes on as any other (here,
+    /// retrying a provider that fails).
+    #[tokio::test(start_paused = true)]
+    async fn a_refresher_for_kept_keys_fetches_once_they_are_due_and_goes_on() {
+        // No URL: every fetch fails at once, without the network.
+        let keys = remote_keys(None, Duration::ZERO, Vec::new());
+        let set = KeySet::from_json(jwks_of(&[&p256_jwk("a")]).as_bytes()).unwrap();
+        keys.current.store(Some(Arc::new(set)));
+        let due = Instant::now() + Duration::from_secs(30);
+        *keys.remote.as_ref().unwrap().refresh_due.lock().unwrap() = Some(due);
+        let metrics = Arc::new(Metrics::new().unwrap());
+        let (stop, shutdown) = tokio::sync::watch::channel(false);
+        let refresher = tokio::spawn(run_refresher(Arc::clone(&keys), metrics, shutdown));
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        assert_eq!(keys.fetch_attempts(), 0, "fetched before they were due");
+        tokio::time::sleep(Duration::from_secs(20)).await;
+        let attempts = keys.fetch_attempts();
+        assert!(attempts >= 2, "{attempts} attempts once due");
+        assert!(!refresher.is_finished());
+        stop.send(true).unwrap();
+        refresher.await.unwrap();
+    }
+
     /// A `jwks_uri` from the config stands: discovery neither replaces it
     /// nor, naming none, makes the issuer's keys unneeded.
     #[test]
