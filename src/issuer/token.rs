@@ -791,3 +791,903 @@ pub(crate) fn requested_scope(
             .join(" ")),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use http_body_util::{BodyExt, Either};
+
+    use super::*;
+    use crate::admin::metrics::Metrics;
+    use crate::config::{AuthorizationServerPaths, AuthorizationServerSettings, User};
+    use crate::issuer::keys::SigningKey;
+    use crate::issuer::store::{CodeRecord, Store, StoreConfig};
+
+    /// Every user's password.
+    const PASSWORD: &str = "wonderland";
+    /// A PKCE verifier of the allowed form, and the one the codes' challenges are of.
+    const VERIFIER: &str = "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk";
+    const REDIRECT: &str = "https://app.test/cb";
+
+    fn client(id: &str, public: bool, grants: &[Grant], scopes: &[&str]) -> Client {
+        Client {
+            client_id: id.into(),
+            secret_hash: (!public)
+                .then(|| "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHQ$aGFzaGhhc2g".into()),
+            grants: grants.to_vec(),
+            scopes: scopes.iter().map(|s| (*s).to_owned()).collect(),
+            audience: "orders-api".into(),
+            redirect_uris: vec![REDIRECT.into()],
+            name: id.into(),
+        }
+    }
+
+    /// Clients: `svc` and `other` (client credentials and refresh), `plain`
+    /// (client credentials only), `pw` (password and refresh), `web`
+    /// (confidential, code and refresh), `spa` (public, code only). Users:
+    /// `alice` (orders:read only) and `bob` (any scope). Access tokens live
+    /// an hour, refresh tokens 30 minutes, grants a day; no reuse grace.
+    fn settings() -> AuthorizationServerSettings {
+        use Grant::*;
+        let password_hash = clients::hash_secret(PASSWORD).unwrap();
+        AuthorizationServerSettings {
+            issuer: "https://as.test".into(),
+            issuer_index: 0,
+            paths: AuthorizationServerPaths {
+                token: "/token".into(),
+                authorize: "/authorize".into(),
+                introspection: "/introspect".into(),
+                revocation: "/revoke".into(),
+                jwks: "/jwks".into(),
+                metadata: "/metadata".into(),
+            },
+            keys: Arc::new(vec![SigningKey::generate("k1").unwrap()]),
+            ephemeral_key: false,
+            access_token_ttl: Duration::from_secs(3600),
+            refresh_token_ttl: Duration::from_secs(1800),
+            refresh_family_max_age: Duration::from_secs(86400),
+            refresh_token_reuse_grace: Duration::ZERO,
+            response_style: ResponseStyle::Standard,
+            store: StoreConfig::Memory,
+            clients: vec![
+                client(
+                    "svc",
+                    false,
+                    &[ClientCredentials, RefreshToken],
+                    &["orders:read", "reports:read"],
+                ),
+                client(
+                    "other",
+                    false,
+                    &[ClientCredentials, RefreshToken],
+                    &["orders:read", "reports:read"],
+                ),
+                client("plain", false, &[ClientCredentials], &["orders:read"]),
+                client(
+                    "pw",
+                    false,
+                    &[Password, RefreshToken],
+                    &["orders:read", "admin"],
+                ),
+                client(
+                    "web",
+                    false,
+                    &[AuthorizationCode, RefreshToken],
+                    &["orders:read", "reports:read"],
+                ),
+                client("spa", true, &[AuthorizationCode], &["orders:read"]),
+            ],
+            users: vec![
+                User {
+                    username: "alice".into(),
+                    password_hash: password_hash.clone(),
+                    scopes: Some(vec!["orders:read".into()]),
+                },
+                User {
+                    username: "bob".into(),
+                    password_hash,
+                    scopes: None,
+                },
+            ],
+        }
+    }
+
+    async fn server_with(settings: AuthorizationServerSettings) -> AuthorizationServer {
+        let store = Store::open(&StoreConfig::Memory).await.unwrap();
+        AuthorizationServer::new(settings, store, Arc::new(Metrics::new().unwrap()), None)
+    }
+
+    async fn server() -> AuthorizationServer {
+        server_with(settings()).await
+    }
+
+    fn client_of<'a>(server: &'a AuthorizationServer, id: &str) -> &'a Client {
+        server.clients.client(id).unwrap()
+    }
+
+    fn form(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    /// The verified claims of an access token the server minted.
+    fn claims(server: &AuthorizationServer, issued: &Issued) -> serde_json::Map<String, Value> {
+        server
+            .verify_own(&issued.access_token, "at+jwt", 0)
+            .expect("a valid access token of this server")
+    }
+
+    fn refresh_of(issued: &Issued) -> &str {
+        &issued.refresh.as_ref().expect("a refresh token").token
+    }
+
+    async fn stored_grant(server: &AuthorizationServer, refresh_token: &str) -> RefreshRecord {
+        let presented = PresentedRefresh::parse(refresh_token).unwrap();
+        server
+            .store
+            .get_refresh(&presented.grant)
+            .await
+            .unwrap()
+            .expect("the grant is stored")
+    }
+
+    async fn refresh_with(
+        server: &AuthorizationServer,
+        client: &str,
+        pairs: &[(&str, &str)],
+    ) -> Result<Issued, OAuthError> {
+        server
+            .refresh(client_of(server, client), &form(pairs))
+            .await
+    }
+
+    async fn client_credentials(server: &AuthorizationServer, client: &str) -> Issued {
+        server
+            .client_credentials(client_of(server, client), &HashMap::new())
+            .await
+            .unwrap()
+    }
+
+    fn assert_refused(result: Result<Issued, OAuthError>, code: &str) -> OAuthError {
+        match result {
+            Ok(issued) => panic!("expected {code}, got a token of scope {:?}", issued.scope),
+            Err(e) => {
+                assert_eq!(e.code, code, "{e:?}");
+                assert_eq!(e.status, StatusCode::BAD_REQUEST, "{e:?}");
+                e
+            }
+        }
+    }
+
+    /// A code of `client` for alice (orders:read), unexpired, with an S256
+    /// challenge of [`VERIFIER`] and `redirect_uri` named in its request.
+    fn code_record(client: &str) -> CodeRecord {
+        CodeRecord {
+            client_id: client.into(),
+            redirect_uri: REDIRECT.into(),
+            redirect_uri_sent: true,
+            scope: "orders:read".into(),
+            subject: "alice".into(),
+            code_challenge: Some(s256(VERIFIER)),
+            expires_at: now_unix() + 60,
+            family: random_token().unwrap(),
+        }
+    }
+
+    async fn put_code(server: &AuthorizationServer, record: &CodeRecord) -> String {
+        let code = random_token().unwrap();
+        server.store.put_code(&digest(&code), record).await.unwrap();
+        code
+    }
+
+    async fn redeem(
+        server: &AuthorizationServer,
+        client: &str,
+        code: &str,
+        extra: &[(&str, &str)],
+    ) -> Result<Issued, OAuthError> {
+        let mut pairs = vec![("code", code)];
+        pairs.extend_from_slice(extra);
+        server
+            .authorization_code(client_of(server, client), &form(&pairs))
+            .await
+    }
+
+    const WITH_PKCE: &[(&str, &str)] = &[("redirect_uri", REDIRECT), ("code_verifier", VERIFIER)];
+
+    async fn body_of(response: Response<Body>) -> Value {
+        let Either::Right(full) = response.into_body() else {
+            panic!("a body the server made");
+        };
+        serde_json::from_slice(&full.collect().await.unwrap().to_bytes()).unwrap()
+    }
+
+    #[test]
+    fn refresh_tokens_parse_only_in_their_one_spelling() {
+        let parsed = PresentedRefresh::parse("h4ndle.12.s3cret.with.dots").unwrap();
+        assert_eq!(parsed.handle, "h4ndle");
+        assert_eq!(parsed.generation, 12);
+        assert_eq!(parsed.grant, digest("h4ndle"));
+        assert_eq!(parsed.digest, digest("h4ndle.12.s3cret.with.dots"));
+        assert_eq!(PresentedRefresh::parse("h.0.s").unwrap().generation, 0);
+        for token in [
+            "",
+            "h",
+            "h.0",
+            "h.0.",
+            ".0.s",
+            "h..s",
+            "h.01.s",
+            "h.00.s",
+            "h.+1.s",
+            "h.-1.s",
+            "h.1a.s",
+            "h.a.s",
+            "h.4294967296.s",
+        ] {
+            assert!(PresentedRefresh::parse(token).is_none(), "{token:?}");
+        }
+    }
+
+    /// RFC 7636 4.1: 43 to 128 characters of `[A-Za-z0-9-._~]`.
+    #[test]
+    fn pkce_verifiers_are_43_to_128_unreserved_characters() {
+        for len in [43, 128] {
+            assert!(pkce_verifier_ok(&"a".repeat(len)), "{len}");
+        }
+        for len in [0, 42, 129] {
+            assert!(!pkce_verifier_ok(&"a".repeat(len)), "{len}");
+        }
+        assert!(pkce_verifier_ok(&format!("Az09-._~{}", "x".repeat(35))));
+        for bad in ['+', '/', '=', ' ', '%', 'é'] {
+            let verifier = format!("{bad}{}", "x".repeat(42));
+            assert!(!pkce_verifier_ok(&verifier), "{verifier:?}");
+        }
+    }
+
+    /// RFC 7636 appendix B.
+    #[test]
+    fn s256_is_rfc_7636s_challenge() {
+        assert_eq!(
+            s256(VERIFIER),
+            "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"
+        );
+    }
+
+    #[test]
+    fn requested_scopes_must_be_allowed_and_default_to_all_allowed() {
+        let allowed: Vec<String> = vec!["orders:read".into(), "reports:read".into()];
+        let user: Vec<String> = vec!["orders:read".into(), "admin".into()];
+        let ask = |s: Option<&str>, also: Option<&[String]>| {
+            requested_scope(
+                s.map(str::to_owned).as_ref(),
+                &allowed,
+                also,
+                ScopeLimit::Client,
+            )
+        };
+        assert_eq!(ask(Some("reports:read"), None).unwrap(), "reports:read");
+        assert_eq!(
+            ask(Some(" orders:read  orders:read reports:read "), None).unwrap(),
+            "orders:read reports:read"
+        );
+        for default in [None, Some(""), Some("   ")] {
+            assert_eq!(ask(default, None).unwrap(), "orders:read reports:read");
+            assert_eq!(ask(default, Some(&user)).unwrap(), "orders:read");
+        }
+        assert_eq!(
+            ask(Some("orders:read"), Some(&user)).unwrap(),
+            "orders:read"
+        );
+        for (scope, also) in [
+            ("admin", None),
+            ("orders:read admin", None),
+            ("orders:rea", None),
+            ("reports:read", Some(&user[..])),
+            ("admin", Some(&user[..])),
+        ] {
+            let e = ask(Some(scope), also).unwrap_err();
+            assert_eq!(e.code, "invalid_scope", "{scope}");
+        }
+    }
+
+    #[tokio::test]
+    async fn client_credentials_tokens_are_the_clients_own_with_refresh_only_with_that_grant() {
+        let server = server().await;
+        let issued = client_credentials(&server, "svc").await;
+        assert_eq!(issued.expires_in, 3600);
+        assert_eq!(issued.scope, "orders:read reports:read");
+        let minted = claims(&server, &issued);
+        assert_eq!(minted["sub"], "svc");
+        assert_eq!(minted["client_id"], "svc");
+        assert_eq!(minted["aud"], "orders-api");
+        assert_eq!(minted["scope"], "orders:read reports:read");
+        let iat = minted["iat"].as_u64().unwrap();
+        assert_eq!(minted["exp"].as_u64().unwrap(), iat + 3600);
+        let refresh = issued.refresh.as_ref().unwrap();
+        assert_eq!(refresh.refresh_count, 0);
+        assert_eq!(refresh.expires_in, 1800);
+        let record = stored_grant(&server, &refresh.token).await;
+        assert_eq!(minted["sid"].as_str(), Some(record.family.as_str()));
+        assert_eq!(
+            (record.client_id.as_str(), record.subject.as_str()),
+            ("svc", "svc")
+        );
+        assert!(!record.user_grant);
+        assert_eq!(record.expires_at, iat + 1800);
+        assert_eq!(record.family_expires_at, iat + 86400);
+        assert_eq!(record.access_expires_at, iat + 3600);
+
+        let plain = client_credentials(&server, "plain").await;
+        assert!(plain.refresh.is_none());
+        assert!(claims(&server, &plain).get("sid").is_none());
+    }
+
+    /// A refresh token never outlives its grant's `refresh_family_max_age`.
+    #[tokio::test]
+    async fn a_grants_first_refresh_token_ends_with_the_grant() {
+        let server = server_with(AuthorizationServerSettings {
+            refresh_family_max_age: Duration::from_secs(600),
+            ..settings()
+        })
+        .await;
+        let issued = client_credentials(&server, "svc").await;
+        assert_eq!(issued.refresh.as_ref().unwrap().expires_in, 600);
+        let record = stored_grant(&server, refresh_of(&issued)).await;
+        assert_eq!(record.expires_at, record.family_expires_at);
+        assert_eq!(record.family_expires_at, record.issued_at + 600);
+    }
+
+    /// The access tokens minted before a reload that shortened their
+    /// lifetime keep a revocation of their grant in force until they die.
+    #[tokio::test]
+    async fn a_revocation_after_a_reload_outlives_the_tokens_minted_before_it() {
+        let first = server().await;
+        let issued = client_credentials(&first, "plain").await;
+        let exp = claims(&first, &issued)["exp"].as_u64().unwrap();
+        let reloaded = AuthorizationServer::new(
+            AuthorizationServerSettings {
+                access_token_ttl: Duration::from_secs(60),
+                refresh_token_ttl: Duration::from_secs(60),
+                ..settings()
+            },
+            first.store.clone(),
+            Arc::new(Metrics::new().unwrap()),
+            Some(&first),
+        );
+        assert_eq!(
+            reloaded.grant_revoked_until(None),
+            crate::issuer::revoked_until(exp)
+        );
+    }
+
+    #[tokio::test]
+    async fn password_grant_checks_the_password_and_the_users_scopes() {
+        let server = server().await;
+        let pw = client_of(&server, "pw");
+        let issued = server
+            .password(pw, &form(&[("username", "alice"), ("password", PASSWORD)]))
+            .await
+            .unwrap();
+        assert_eq!(issued.scope, "orders:read");
+        assert_eq!(claims(&server, &issued)["sub"], "alice");
+        let record = stored_grant(&server, refresh_of(&issued)).await;
+        assert!(record.user_grant);
+        assert_eq!(record.subject, "alice");
+
+        for (user, password) in [("alice", "wonderlend"), ("mallory", PASSWORD)] {
+            let refused = server
+                .password(pw, &form(&[("username", user), ("password", password)]))
+                .await;
+            assert_refused(refused, "invalid_grant");
+        }
+        let refused = server
+            .password(
+                pw,
+                &form(&[
+                    ("username", "alice"),
+                    ("password", PASSWORD),
+                    ("scope", "admin"),
+                ]),
+            )
+            .await;
+        assert_refused(refused, "invalid_scope");
+        let refused = server.password(pw, &form(&[("username", "alice")])).await;
+        assert_refused(refused, "invalid_request");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_rotates_the_token_and_keeps_the_grant() {
+        let server = server().await;
+        let first = client_credentials(&server, "svc").await;
+        let sid = claims(&server, &first)["sid"].clone();
+        let second = refresh_with(&server, "svc", &[("refresh_token", refresh_of(&first))])
+            .await
+            .unwrap();
+        assert_eq!(second.scope, "orders:read reports:read");
+        assert_eq!(second.refresh.as_ref().unwrap().refresh_count, 1);
+        let minted = claims(&server, &second);
+        assert_eq!(minted["sid"], sid);
+        assert_eq!(minted["sub"], "svc");
+        let (handle, _) = refresh_of(&first).split_once('.').unwrap();
+        assert!(
+            refresh_of(&second).starts_with(&format!("{handle}.1.")),
+            "{}",
+            refresh_of(&second)
+        );
+        let record = stored_grant(&server, refresh_of(&second)).await;
+        assert_eq!(record.refresh_count, 1);
+        assert_eq!(record.token, digest(refresh_of(&second)));
+    }
+
+    /// RFC 6749 6: a refresh may narrow the scope, never widen it past the
+    /// grant's; a refused one leaves the token usable.
+    #[tokio::test]
+    async fn a_refresh_cannot_widen_the_grants_scope() {
+        let server = server().await;
+        let issued = server
+            .client_credentials(
+                client_of(&server, "svc"),
+                &form(&[("scope", "orders:read")]),
+            )
+            .await
+            .unwrap();
+        let token = refresh_of(&issued);
+        let wider = refresh_with(
+            &server,
+            "svc",
+            &[
+                ("refresh_token", token),
+                ("scope", "orders:read reports:read"),
+            ],
+        )
+        .await;
+        assert_refused(wider, "invalid_scope");
+        let same = refresh_with(&server, "svc", &[("refresh_token", token)])
+            .await
+            .unwrap();
+        assert_eq!(same.scope, "orders:read");
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_of_another_client_is_refused_and_left_to_its_owner() {
+        let server = server().await;
+        let issued = client_credentials(&server, "svc").await;
+        let token = refresh_of(&issued);
+        let refused = refresh_with(&server, "other", &[("refresh_token", token)]).await;
+        assert_refused(refused, "invalid_grant");
+        refresh_with(&server, "svc", &[("refresh_token", token)])
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_refresh_token_that_is_not_the_grants_is_refused() {
+        let server = server().await;
+        let issued = client_credentials(&server, "svc").await;
+        let token = refresh_of(&issued);
+        let (handle, _) = token.split_once('.').unwrap();
+        for forged in [
+            format!("{handle}.0.not-the-secret"),
+            format!("{handle}.1.not-the-secret"),
+            "unknown.0.secret".to_owned(),
+            "no-generation".to_owned(),
+        ] {
+            let refused = refresh_with(&server, "svc", &[("refresh_token", &forged)]).await;
+            assert_refused(refused, "invalid_grant");
+        }
+        let refused = refresh_with(&server, "svc", &[]).await;
+        assert_refused(refused, "invalid_request");
+        refresh_with(&server, "svc", &[("refresh_token", token)])
+            .await
+            .unwrap();
+    }
+
+    /// RFC 9700 4.14.2: a rotated token presented again ends the grant.
+    #[tokio::test]
+    async fn a_replayed_refresh_token_revokes_the_grant() {
+        let server = server().await;
+        let first = client_credentials(&server, "svc").await;
+        let old = refresh_of(&first);
+        let second = refresh_with(&server, "svc", &[("refresh_token", old)])
+            .await
+            .unwrap();
+        let family = stored_grant(&server, refresh_of(&second)).await.family;
+        let replay = refresh_with(&server, "svc", &[("refresh_token", old)]).await;
+        assert_refused(replay, "invalid_grant");
+        assert!(server.store.is_family_revoked(&family).await.unwrap());
+        let after = refresh_with(&server, "svc", &[("refresh_token", refresh_of(&second))]).await;
+        assert_refused(after, "invalid_grant");
+    }
+
+    /// A rotation that finds the grant rotated since it was read (by the
+    /// replaced token's first use, whose answer was lost) is a retry within
+    /// the reuse grace, and a replay without it.
+    #[tokio::test]
+    async fn a_rotation_racing_another_is_a_retry_only_within_the_grace() {
+        for (grace, retried) in [(30, true), (0, false)] {
+            let server = server_with(AuthorizationServerSettings {
+                refresh_token_reuse_grace: Duration::from_secs(grace),
+                ..settings()
+            })
+            .await;
+            let svc = client_of(&server, "svc");
+            let first = client_credentials(&server, "svc").await;
+            let token = refresh_of(&first);
+            let read_before = stored_grant(&server, token).await;
+            refresh_with(&server, "svc", &[("refresh_token", token)])
+                .await
+                .unwrap();
+            let presented = PresentedRefresh::parse(token).unwrap();
+            let raced = server
+                .issue(
+                    svc,
+                    "svc",
+                    false,
+                    &read_before.scope,
+                    RefreshPlan::Rotate {
+                        previous: Box::new(read_before.clone()),
+                        handle: presented.handle.to_owned(),
+                        presented: (presented.generation, presented.digest),
+                    },
+                )
+                .await;
+            let revoked = server
+                .store
+                .is_family_revoked(&read_before.family)
+                .await
+                .unwrap();
+            if retried {
+                let issued = raced.unwrap();
+                assert_eq!(issued.refresh.as_ref().unwrap().refresh_count, 2);
+                assert!(!revoked);
+            } else {
+                assert_refused(raced, "invalid_grant");
+                assert!(revoked);
+            }
+        }
+    }
+
+    fn record_of_generation(generation: u32, now: u64) -> RefreshRecord {
+        RefreshRecord {
+            family: "fam".into(),
+            client_id: "svc".into(),
+            subject: "svc".into(),
+            scope: "orders:read".into(),
+            audience: "orders-api".into(),
+            issued_at: 1,
+            expires_at: now + 5,
+            family_expires_at: now + 100_000,
+            refresh_count: generation,
+            token: digest("current"),
+            previous: Some(digest("older")),
+            retry_until: 7,
+            user_grant: false,
+            access_expires_at: 9,
+        }
+    }
+
+    #[test]
+    fn a_rotation_records_the_next_generation_and_what_may_be_retried() {
+        let now = now_unix();
+        let with_grace = AuthorizationServerSettings {
+            refresh_token_reuse_grace: Duration::from_secs(10),
+            ..settings()
+        };
+        let current = record_of_generation(3, now);
+        let (token, next) =
+            next_refresh(&with_grace, &current, "hndl", &current.token, now).unwrap();
+        assert!(token.starts_with("hndl.4."), "{token}");
+        assert_eq!(next.token, digest(&token));
+        assert_eq!(next.refresh_count, 4);
+        assert_eq!(next.issued_at, now);
+        assert_eq!(next.expires_at, now + 1800);
+        assert_eq!(next.previous, Some(current.token));
+        assert_eq!(next.retry_until, now + 10);
+        assert_eq!(next.access_expires_at, now + 3600);
+        assert_eq!(next.family, current.family);
+        assert_eq!(next.family_expires_at, current.family_expires_at);
+
+        // Without a grace, the replaced token may not be used again.
+        let (_, next) = next_refresh(&settings(), &current, "hndl", &current.token, now).unwrap();
+        assert_eq!((next.previous, next.retry_until), (Some(current.token), 0));
+
+        // A retry of the replaced token leaves what may be retried as it was.
+        let (_, next) = next_refresh(&with_grace, &current, "hndl", &digest("older"), now).unwrap();
+        assert_eq!(
+            (next.previous, next.retry_until),
+            (Some(digest("older")), 7)
+        );
+
+        // Never past the grant's end, nor before its access tokens' end.
+        let ending = RefreshRecord {
+            family_expires_at: now + 20,
+            access_expires_at: now + 7200,
+            ..current.clone()
+        };
+        let (_, next) = next_refresh(&with_grace, &ending, "hndl", &ending.token, now).unwrap();
+        assert_eq!(next.expires_at, now + 20);
+        assert_eq!(next.access_expires_at, now + 7200);
+
+        let used_up = record_of_generation(u32::MAX, now);
+        let e = next_refresh(&with_grace, &used_up, "hndl", &used_up.token, now).unwrap_err();
+        assert_eq!(e.code, "invalid_grant");
+    }
+
+    #[tokio::test]
+    async fn a_grants_rights_follow_the_config_as_it_stands() {
+        let server = server().await;
+        let svc = client_of(&server, "svc");
+        let web = client_of(&server, "web");
+        let rights = |client, subject, user_grant, scope| {
+            server.rights_now(client, subject, user_grant, scope)
+        };
+        let both = vec!["orders:read".to_owned(), "reports:read".to_owned()];
+        let orders = vec!["orders:read".to_owned()];
+        assert_eq!(
+            rights(svc, "svc", false, "orders:read reports:read").unwrap(),
+            both
+        );
+        // A scope since taken from the client is not minted again.
+        assert_eq!(
+            rights(svc, "svc", false, "orders:read  admin").unwrap(),
+            orders
+        );
+        // Nor one the user may not grant.
+        assert_eq!(
+            rights(web, "alice", true, "orders:read reports:read").unwrap(),
+            orders
+        );
+        assert_eq!(
+            rights(web, "bob", true, "orders:read reports:read").unwrap(),
+            both
+        );
+        // A record of before `user_grant` whose subject is not its client's.
+        assert_eq!(
+            rights(web, "alice", false, "orders:read reports:read").unwrap(),
+            orders
+        );
+        assert!(rights(svc, "svc", false, "").unwrap().is_empty());
+        for (client, subject, user_grant, scope, code) in [
+            (web, "carol", true, "orders:read", "invalid_grant"),
+            (web, "web", true, "orders:read", "invalid_grant"),
+            (svc, "svc", false, "admin", "invalid_scope"),
+            (web, "alice", true, "reports:read", "invalid_scope"),
+        ] {
+            let e = rights(client, subject, user_grant, scope).unwrap_err();
+            assert_eq!(e.code, code, "{subject} {scope}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_is_exchanged_with_its_pkce_verifier_and_redirect_uri() {
+        let server = server().await;
+        let record = code_record("web");
+        let code = put_code(&server, &record).await;
+        let issued = redeem(&server, "web", &code, WITH_PKCE).await.unwrap();
+        assert_eq!(issued.scope, "orders:read");
+        assert_eq!(issued.expires_in, 3600);
+        let minted = claims(&server, &issued);
+        assert_eq!(minted["sub"], "alice");
+        assert_eq!(minted["sid"].as_str(), Some(record.family.as_str()));
+        let grant = stored_grant(&server, refresh_of(&issued)).await;
+        assert_eq!(grant.family, record.family);
+        assert!(grant.user_grant);
+
+        // A client without the refresh grant gets no refresh token, but a
+        // grant its token names all the same.
+        let record = CodeRecord {
+            redirect_uri_sent: false,
+            ..code_record("spa")
+        };
+        let code = put_code(&server, &record).await;
+        let issued = redeem(&server, "spa", &code, &[("code_verifier", VERIFIER)])
+            .await
+            .unwrap();
+        assert!(issued.refresh.is_none());
+        assert_eq!(
+            claims(&server, &issued)["sid"].as_str(),
+            Some(record.family.as_str())
+        );
+    }
+
+    /// RFC 6749 4.1.3: the `redirect_uri` of the authorization request, if
+    /// it named one, and no other.
+    #[tokio::test]
+    async fn a_code_needs_the_redirect_uri_its_request_named() {
+        let server = server().await;
+        let other = "https://evil.test/cb";
+        for (named, sent, ok) in [
+            (true, Some(REDIRECT), true),
+            (true, None, false),
+            (true, Some(other), false),
+            (false, None, true),
+            (false, Some(REDIRECT), true),
+            (false, Some(other), false),
+        ] {
+            let record = CodeRecord {
+                redirect_uri_sent: named,
+                ..code_record("web")
+            };
+            let code = put_code(&server, &record).await;
+            let mut extra = vec![("code_verifier", VERIFIER)];
+            extra.extend(sent.map(|uri| ("redirect_uri", uri)));
+            let result = redeem(&server, "web", &code, &extra).await;
+            if ok {
+                result.unwrap();
+            } else {
+                assert_refused(result, "invalid_grant");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_code_is_refused_without_its_pkce_verifier_or_with_another() {
+        let server = server().await;
+        let short = "short-verifier";
+        let wrong = "x".repeat(43);
+        for (challenge, verifier) in [
+            (Some(s256(VERIFIER)), Some(wrong.as_str())),
+            (Some(s256(VERIFIER)), None),
+            // Matching, but not of RFC 7636's form.
+            (Some(s256(short)), Some(short)),
+            // No downgrade: a verifier for a code without a challenge.
+            (None, Some(VERIFIER)),
+        ] {
+            let record = CodeRecord {
+                code_challenge: challenge,
+                ..code_record("web")
+            };
+            let code = put_code(&server, &record).await;
+            let mut extra = vec![("redirect_uri", REDIRECT)];
+            extra.extend(verifier.map(|v| ("code_verifier", v)));
+            let refused = redeem(&server, "web", &code, &extra).await;
+            assert_refused(refused, "invalid_grant");
+        }
+    }
+
+    /// A public client must use PKCE; a confidential one may do without.
+    #[tokio::test]
+    async fn only_a_confidential_client_may_exchange_a_code_without_pkce() {
+        let server = server().await;
+        for (client, ok) in [("web", true), ("spa", false)] {
+            let record = CodeRecord {
+                code_challenge: None,
+                ..code_record(client)
+            };
+            let code = put_code(&server, &record).await;
+            let result = redeem(&server, client, &code, &[("redirect_uri", REDIRECT)]).await;
+            if ok {
+                result.unwrap();
+            } else {
+                assert_refused(result, "invalid_grant");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn an_expired_unknown_or_other_clients_code_is_refused() {
+        let server = server().await;
+        let expired = CodeRecord {
+            expires_at: now_unix(),
+            ..code_record("web")
+        };
+        let code = put_code(&server, &expired).await;
+        assert_refused(
+            redeem(&server, "web", &code, WITH_PKCE).await,
+            "invalid_grant",
+        );
+        let code = put_code(&server, &code_record("web")).await;
+        assert_refused(
+            redeem(&server, "spa", &code, WITH_PKCE).await,
+            "invalid_grant",
+        );
+        assert_refused(
+            redeem(&server, "web", "no-such-code", WITH_PKCE).await,
+            "invalid_grant",
+        );
+        let refused = server
+            .authorization_code(client_of(&server, "web"), &form(WITH_PKCE))
+            .await;
+        assert_refused(refused, "invalid_request");
+    }
+
+    /// RFC 6749 4.1.2: a code used twice revokes what it issued; presented
+    /// by another client, it ends nothing.
+    #[tokio::test]
+    async fn a_code_used_again_by_its_client_revokes_its_grant_and_by_another_does_not() {
+        let server = server().await;
+        let record = code_record("web");
+        let code = put_code(&server, &record).await;
+        let issued = redeem(&server, "web", &code, WITH_PKCE).await.unwrap();
+        assert_refused(
+            redeem(&server, "spa", &code, WITH_PKCE).await,
+            "invalid_grant",
+        );
+        assert!(!server
+            .store
+            .is_family_revoked(&record.family)
+            .await
+            .unwrap());
+        refresh_with(&server, "web", &[("refresh_token", refresh_of(&issued))])
+            .await
+            .unwrap();
+
+        assert_refused(
+            redeem(&server, "web", &code, WITH_PKCE).await,
+            "invalid_grant",
+        );
+        assert!(server
+            .store
+            .is_family_revoked(&record.family)
+            .await
+            .unwrap());
+    }
+
+    fn issued(scope: &str, refresh: bool) -> Issued {
+        Issued {
+            access_token: "at".into(),
+            expires_in: 3600,
+            scope: scope.into(),
+            refresh: refresh.then(|| IssuedRefresh {
+                token: "h.2.s".into(),
+                expires_in: 1800,
+                issued_at: 1_700_000_000,
+                refresh_count: 2,
+            }),
+        }
+    }
+
+    #[tokio::test]
+    async fn the_standard_response_is_rfc_6749s_with_the_seed_fields() {
+        let server = server().await;
+        let response = server.render(issued("orders:read", true));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()[http::header::CACHE_CONTROL], "no-store");
+        assert_eq!(
+            body_of(response).await,
+            json!({
+                "token_type": "Bearer",
+                "access_token": "at",
+                "expires_in": 3600,
+                "scope": "orders:read",
+                "status": "approved",
+                "refresh_token": "h.2.s",
+                "refresh_token_expires_in": 1800,
+                "refresh_token_issued_at": 1_700_000_000u64,
+                "refresh_count": 2,
+            })
+        );
+        let body = body_of(server.render(issued("", false))).await;
+        assert!(body.get("scope").is_none(), "{body}");
+        assert!(body.get("refresh_token").is_none(), "{body}");
+        assert_eq!(body["expires_in"], 3600);
+    }
+
+    #[tokio::test]
+    async fn the_apigee_response_has_numbers_as_strings_and_the_issue_time_in_ms() {
+        let server = server_with(AuthorizationServerSettings {
+            response_style: ResponseStyle::Apigee,
+            ..settings()
+        })
+        .await;
+        assert_eq!(
+            body_of(server.render(issued("", true))).await,
+            json!({
+                "token_type": "BearerToken",
+                "access_token": "at",
+                "expires_in": "3600",
+                "scope": "",
+                "status": "approved",
+                "refresh_token": "h.2.s",
+                "refresh_token_expires_in": "1800",
+                "refresh_token_issued_at": "1700000000000",
+                "refresh_count": "2",
+            })
+        );
+    }
+}
