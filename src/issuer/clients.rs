@@ -1390,4 +1390,253 @@ mod tests {
         let response = OAuthError::too_many_attempts(false).into_response();
         assert_eq!(response.headers()[http::header::RETRY_AFTER], "60");
     }
+
+    /// A refusal as the tests compare it: `error` code, status, challenge.
+    type Refusal = (&'static str, u16, bool);
+
+    /// What [`presented`] makes of a request: the credentials (client id,
+    /// secret, whether by Basic) or the refusal (code, status, challenge).
+    fn presented_from(
+        authorization: &[&str],
+        form: &[(&str, &str)],
+        in_query: bool,
+    ) -> Result<Option<(String, Option<String>, bool)>, Refusal> {
+        let mut headers = HeaderMap::new();
+        for value in authorization {
+            headers.append(http::header::AUTHORIZATION, value.parse().unwrap());
+        }
+        let form: HashMap<String, String> = form
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        presented(&headers, &form, in_query)
+            .map(|p| p.map(|p| (p.client_id, p.secret, p.basic)))
+            .map_err(|e| (e.code, e.status.as_u16(), e.basic_challenge))
+    }
+
+    /// RFC 6749 2.3.1: Basic's id and secret are form-urlencoded, and an
+    /// empty password is no secret (a public client's `Basic id:`); the
+    /// form's `client_id` may repeat Basic's id, but a second secret, another
+    /// id, the query string or two `Authorization` headers are refused
+    /// (`invalid_request`), and another scheme is `invalid_client` with a
+    /// Basic challenge. Pins the one-method rule against credentials being
+    /// taken from two places, or an id from one and a secret from another.
+    #[test]
+    fn client_credentials_are_taken_from_one_place_only() {
+        let basic = |pair: &str| format!("Basic {}", STANDARD.encode(pair));
+        let got = |id: &str, secret: Option<&str>, basic: bool| {
+            Ok(Some((id.to_owned(), secret.map(str::to_owned), basic)))
+        };
+        let svc = basic("svc:pw");
+        let two_methods = Err(("invalid_request", 400, false));
+        assert_eq!(
+            presented_from(&[&basic("my%20app:s%2Bcret+x%3A")], &[], false),
+            got("my app", Some("s+cret x:"), true)
+        );
+        assert_eq!(
+            presented_from(&[&basic("spa:")], &[], false),
+            got("spa", None, true)
+        );
+        assert_eq!(
+            presented_from(&[&svc], &[("client_id", "svc")], false),
+            got("svc", Some("pw"), true)
+        );
+        assert_eq!(
+            presented_from(&[&svc], &[("client_id", "other")], false),
+            two_methods
+        );
+        assert_eq!(
+            presented_from(
+                &[&svc],
+                &[("client_id", "svc"), ("client_secret", "pw")],
+                false
+            ),
+            two_methods
+        );
+        assert_eq!(
+            presented_from(&[&svc], &[("client_secret", "pw")], false),
+            two_methods
+        );
+        assert_eq!(
+            presented_from(&[], &[("client_id", "svc"), ("client_secret", "pw")], false),
+            got("svc", Some("pw"), false)
+        );
+        assert_eq!(
+            presented_from(&[], &[("client_id", "spa")], false),
+            got("spa", None, false)
+        );
+        assert_eq!(presented_from(&[], &[], false), Ok(None));
+        assert_eq!(
+            presented_from(&[], &[("client_id", "svc")], true),
+            Err(("invalid_request", 400, false))
+        );
+        assert_eq!(
+            presented_from(&[&svc, &svc], &[], false),
+            Err(("invalid_request", 400, false))
+        );
+        for refused in ["Bearer x", &basic("%FF:pw"), &basic("no-colon")] {
+            assert_eq!(
+                presented_from(&[refused], &[], false),
+                Err(("invalid_client", 401, true)),
+                "{refused}"
+            );
+        }
+    }
+
+    /// A confidential client for these tests, with the hash of `secret`.
+    fn confidential(id: &str, secret: &str) -> Client {
+        Client {
+            client_id: id.to_owned(),
+            secret_hash: Some(hash_secret(secret).unwrap()),
+            grants: Vec::new(),
+            scopes: Vec::new(),
+            audience: String::new(),
+            redirect_uris: Vec::new(),
+            name: String::new(),
+        }
+    }
+
+    /// The client id `authenticate` answers with, or its refusal (code,
+    /// status, challenge).
+    async fn authenticated(
+        auth: &ClientAuthenticator,
+        id: Option<&str>,
+        secret: Option<&str>,
+        basic: bool,
+        allow_public: bool,
+    ) -> Result<String, Refusal> {
+        let presented = id.map(|id| Presented {
+            client_id: id.to_owned(),
+            secret: secret.map(str::to_owned),
+            basic,
+        });
+        auth.authenticate(presented, allow_public)
+            .await
+            .map(|c| c.client_id.clone())
+            .map_err(|e| (e.code, e.status.as_u16(), e.basic_challenge))
+    }
+
+    /// RFC 6749 2.3 and 5.2: a confidential client passes with its own
+    /// secret only (not without one, not with another client's, not with one
+    /// it passed with before under another id); a public client passes
+    /// without a secret only where public clients may, and never with one;
+    /// every failure is `invalid_client`, a 401 with a Basic challenge when
+    /// Basic was used and a 400 otherwise.
+    #[tokio::test]
+    async fn a_client_authenticates_with_its_own_secret_only() {
+        let spa = Client {
+            secret_hash: None,
+            ..confidential("spa", "unused")
+        };
+        let clients = [
+            confidential("svc", "right"),
+            confidential("other", "its-own"),
+            spa,
+        ];
+        let auth = ClientAuthenticator::new(&clients, &[], None);
+        let refused = |basic: bool| Err(("invalid_client", if basic { 401 } else { 400 }, basic));
+        for basic in [false, true] {
+            assert_eq!(
+                authenticated(&auth, Some("svc"), Some("right"), basic, false).await,
+                Ok("svc".to_owned())
+            );
+            // Again, now from the remembered successes.
+            assert_eq!(
+                authenticated(&auth, Some("svc"), Some("right"), basic, true).await,
+                Ok("svc".to_owned())
+            );
+            for (id, secret) in [
+                ("svc", Some("wrong")),
+                ("svc", Some("right ")),
+                ("svc", None),
+                ("other", Some("right")),
+                ("nobody", Some("right")),
+                ("nobody", None),
+                ("spa", Some("right")),
+            ] {
+                // Where public clients may go without a secret, or not (the
+                // four wrong secrets of `svc` stay under the limit).
+                let allow_public = basic;
+                assert_eq!(
+                    authenticated(&auth, Some(id), secret, basic, allow_public).await,
+                    refused(basic),
+                    "{id} {secret:?} basic: {basic}"
+                );
+            }
+            assert_eq!(
+                authenticated(&auth, Some("spa"), None, basic, true).await,
+                Ok("spa".to_owned())
+            );
+            assert_eq!(
+                authenticated(&auth, Some("spa"), None, basic, false).await,
+                refused(basic)
+            );
+        }
+        assert_eq!(
+            authenticated(&auth, Some("other"), Some("its-own"), false, false).await,
+            Ok("other".to_owned())
+        );
+        // No credentials at all: a 401 with the challenge.
+        assert_eq!(
+            authenticated(&auth, None, None, false, true).await,
+            refused(true)
+        );
+    }
+
+    /// Wrong secrets limit a client id after [`MAX_FAILURES`]: then even its
+    /// right secret, unchecked so far, is refused (429, or 401 with the
+    /// challenge for Basic), as is a request without a secret; a secret
+    /// checked before still passes, so guesses cannot lock its owner out.
+    #[tokio::test]
+    async fn wrong_secrets_limit_a_client_but_not_its_known_secret() {
+        let clients = [confidential("svc", "right"), confidential("fresh", "right")];
+        let auth = ClientAuthenticator::new(&clients, &[], None);
+        let limited = |basic: bool| Err(("invalid_client", if basic { 401 } else { 429 }, basic));
+        assert_eq!(
+            authenticated(&auth, Some("svc"), Some("right"), false, false).await,
+            Ok("svc".to_owned())
+        );
+        for id in ["svc", "fresh"] {
+            for _ in 0..MAX_FAILURES {
+                assert_eq!(
+                    authenticated(&auth, Some(id), Some("wrong"), false, false).await,
+                    Err(("invalid_client", 400, false))
+                );
+            }
+            for basic in [false, true] {
+                assert_eq!(
+                    authenticated(&auth, Some(id), Some("wrong"), basic, false).await,
+                    limited(basic)
+                );
+                assert_eq!(
+                    authenticated(&auth, Some(id), None, basic, false).await,
+                    limited(basic)
+                );
+            }
+        }
+        assert_eq!(
+            authenticated(&auth, Some("svc"), Some("right"), false, false).await,
+            Ok("svc".to_owned())
+        );
+        assert_eq!(
+            authenticated(&auth, Some("fresh"), Some("right"), true, false).await,
+            limited(true)
+        );
+    }
+
+    /// A user's password is checked against the user's own hash: the right
+    /// one matches, another does not (the sign-in's only check).
+    #[tokio::test]
+    async fn a_users_password_is_checked_against_its_hash() {
+        let auth = ClientAuthenticator::new(&[], &[], None);
+        let hash = hash_secret("right").unwrap();
+        assert_eq!(
+            auth.verify_password(Some(&hash), "right", None).await,
+            Ok(true)
+        );
+        assert_eq!(
+            auth.verify_password(Some(&hash), "wrong", None).await,
+            Ok(false)
+        );
+    }
 }
