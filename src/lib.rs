@@ -13,8 +13,9 @@
 //!   module sees raw YAML.
 //! - [`routes`]: path canonicalisation (`canonical`) and the route table (`table`).
 //! - [`auth`]: bearer extraction (`bearer`), JWT verification (`jwt`), issuer key
-//!   sets (`jwks`), the verified-token cache (`cache`), RFC 7662 introspection
-//!   (`introspect`), RFC 8414 discovery (`discovery`), and scope checks
+//!   sets (`jwks`) and their keys' X.509 members (`x5c`), the verified-token
+//!   cache (`cache`), RFC 7662 introspection (`introspect`), RFC 8414
+//!   discovery (`discovery`), and scope checks
 //!   (`scope`), which mint the [`auth::Permit`] (also the one a CORS
 //!   preflight gets where a route lets it through).
 //! - [`proxy`]: forwarding (`forward`) over one connection pool per upstream

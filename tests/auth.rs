@@ -70,6 +70,15 @@ impl Signer {
         self.signing_key().public_jwk().clone()
     }
 
+    /// Standard base64 of the DER of a self-signed certificate for this
+    /// key, as a JWK's `x5c` carries it.
+    fn certificate(&self) -> String {
+        let key = rcgen::KeyPair::try_from(self.der.as_slice()).unwrap();
+        let params = rcgen::CertificateParams::new(vec!["keys.example".into()]).unwrap();
+        let der = params.self_signed(&key).unwrap().der().to_vec();
+        base64::engine::general_purpose::STANDARD.encode(der)
+    }
+
     /// Raw `r || s` (64 bytes) over `input`.
     fn signature(&self, input: &str) -> Vec<u8> {
         self.pair
@@ -2978,6 +2987,71 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
         text.lines().any(|l| l.contains("cannot verify with")
             && l.contains("retired")
             && !l.contains("key-1")),
+        "{text}"
+    );
+}
+
+/// RFC 7517 4.7-4.9: a key whose `x5c` certificate holds another key, or
+/// whose thumbprint is not that certificate's, says two things about itself
+/// and verifies nothing; a key with its own certificate and thumbprint
+/// verifies as any other.
+#[tokio::test]
+async fn a_key_verifies_only_beside_its_own_certificate() {
+    let (logs, _capturing) = Logs::capture();
+    let (signer, world) = lab().await;
+    let impostor = Signer::generate("impostor");
+    let thumbprinted = Signer::generate("thumbprinted");
+    let misprinted = Signer::generate("misprinted");
+
+    let mut own = signer.public_jwk();
+    own["x5c"] = json!([signer.certificate()]);
+    let mut borrowed = impostor.public_jwk();
+    borrowed["x5c"] = json!([signer.certificate()]);
+    let certificate = thumbprinted.certificate();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(&certificate)
+        .unwrap();
+    let sha256 = b64(aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &der));
+    let mut printed = thumbprinted.public_jwk();
+    printed["x5c"] = json!([certificate]);
+    printed["x5t#S256"] = sha256.clone().into();
+    let mut wrongly_printed = misprinted.public_jwk();
+    wrongly_printed["x5c"] = json!([misprinted.certificate()]);
+    wrongly_printed["x5t#S256"] = sha256.into();
+    world
+        .jwks
+        .set_document(&json!({"keys": [own, borrowed, printed, wrongly_printed]}).to_string());
+
+    let gw = Gateway::start(&world.config()).await;
+    for (key, want, why) in [
+        (&signer, Want::Allow, "a key with its own certificate"),
+        (
+            &thumbprinted,
+            Want::Allow,
+            "a key with its certificate's thumbprint",
+        ),
+        (
+            &impostor,
+            Want::Invalid(TokenError::BadSignature),
+            "a key beside another key's certificate",
+        ),
+        (
+            &misprinted,
+            Want::Invalid(TokenError::BadSignature),
+            "a key beside another certificate's thumbprint",
+        ),
+    ] {
+        let token = key.mint(&fresh_claims("orders:read"));
+        expect(&world, &gw, "GET", "/orders/1", &token, want, why).await;
+    }
+    let text = logs.text();
+    assert!(
+        text.lines().any(|l| l.contains("cannot verify with")
+            && l.contains("x5c")
+            && l.contains("impostor")
+            && l.contains("misprinted")
+            && !l.contains("key-1")
+            && !l.contains("thumbprinted")),
         "{text}"
     );
 }

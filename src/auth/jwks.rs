@@ -21,6 +21,9 @@ use serde::Deserialize;
 use crate::admin::metrics::Metrics;
 use crate::proxy::client::{build_https_client, HttpsClient};
 
+/// Why a key kept in a set may verify nothing, for the warnings naming such
+/// keys.
+pub const UNUSABLE_KEY_CAUSES: &str = "an alg their type does not fit, a point off the curve or coordinates not of its full size, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses, or an x5c certificate that is not theirs";
 /// Largest JWKS document accepted.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 /// Keys kept from one document at most.
@@ -318,6 +321,9 @@ impl KeySet {
             _ => false,
         };
         let decoded = DecodingKey::from_jwk(jwk).ok()?;
+        // RFC 7517 4.7: a certificate in `x5c` for another key leaves the
+        // set saying two things about this one.
+        let malformed = malformed || crate::auth::x5c::contradicts_key(jwk, decoded.kind());
         let mut material = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA256);
         match decoded.kind() {
             DecodingKeyKind::SecretOrDer(bytes) => material.update(bytes),
@@ -714,7 +720,7 @@ impl IssuerKeys {
                     tracing::warn!(
                         issuer = %self.issuer_name,
                         kids = ?unusable,
-                        "JWKS has keys scopegate cannot verify with (an alg their type does not fit, a point off the curve or coordinates not of its full size, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                        "JWKS has keys scopegate cannot verify with ({UNUSABLE_KEY_CAUSES}): tokens naming them get bad_signature"
                     );
                 }
                 if set.unread_entries() > 0 {

@@ -12,6 +12,7 @@ pub mod introspect;
 pub mod jwks;
 pub mod jwt;
 pub mod scope;
+pub mod x5c;
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1943,7 +1943,8 @@ impl Validator<'_> {
                 self.warn(
                     file.referenced,
                     format!(
-                        "jwks_file has keys scopegate cannot verify with (kids {unusable:?}: an alg their type does not fit, a point off the curve or coordinates not of its full size, an RSA modulus outside 2048-8192 bits or an exponent aws-lc refuses): tokens naming them get bad_signature"
+                        "jwks_file has keys scopegate cannot verify with (kids {unusable:?}: {}): tokens naming them get bad_signature",
+                        crate::auth::jwks::UNUSABLE_KEY_CAUSES
                     ),
                     Some(&raw.name.value),
                 );
