@@ -624,6 +624,12 @@ fn bad_configs() -> Vec<(&'static str, String, &'static str, &'static str)> {
             "cache_ttl may be at most 24h and negative_cache_ttl at most 1h",
         ),
         (
+            "introspection answers required to name an audience no token has",
+            "issuers:\n  - name: a\n    issuer: https://a\n    client_ids: [x]\n    introspection:\n      endpoint: https://a/introspect\n      client_id: gw\n      client_secret_env: PATH\n      require_audience: true\n".into(),
+            "9:25",
+            "require_audience needs `audiences` on the issuer: with only `client_ids`, the tokens name no API",
+        ),
+        (
             "discovery with an issuer that is no URL",
             "issuers:\n  - name: a\n    issuer: idp.example.com\n    audiences: [x]\n    discovery: true\n".into(),
             "3:13",

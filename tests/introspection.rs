@@ -995,6 +995,39 @@ async fn require_token_type_refuses_answers_naming_no_kind_of_token() {
     assert_eq!(s.upstream.count(), named.len());
 }
 
+/// An answer without `aud` is taken on the endpoint's word; with
+/// `require_audience: true` it is refused, and only answers whose `aud`
+/// names this API pass, so a server that leaves out the audience of a token
+/// it issued for another API cannot let that token through.
+#[tokio::test]
+async fn require_audience_refuses_answers_without_aud() {
+    let mut no_aud = active("orders:read");
+    no_aud.as_object_mut().unwrap().remove("aud");
+    let mut other_api = active("orders:read");
+    other_api["aud"] = json!("billing-api");
+    let mut listed = active("orders:read");
+    listed["aud"] = json!(["billing-api", AUDIENCE]);
+
+    let without = Opaque::start_with("", "").await;
+    without.idp.answer("no-aud", no_aud.clone());
+    without.idp.answer("other-api", other_api.clone());
+    assert_eq!(without.get("/orders/1", "no-aud").await.status, 200);
+    assert_invalid_token(&without.get("/orders/1", "other-api").await, NOT_ACTIVE);
+
+    let s = Opaque::start_with("      require_audience: true\n", "").await;
+    s.idp.answer("no-aud", no_aud);
+    s.idp.answer("other-api", other_api);
+    s.idp.answer("own-api", active("orders:read"));
+    s.idp.answer("listed", listed);
+    assert_invalid_token(&s.get("/orders/1", "no-aud").await, NOT_ACTIVE);
+    assert_invalid_token(&s.get("/orders/1", "other-api").await, NOT_ACTIVE);
+    for token in ["own-api", "listed"] {
+        let reply = s.get("/orders/1", token).await;
+        assert_eq!(reply.status, 200, "{token}: {}", reply.text());
+    }
+    assert_eq!(s.upstream.count(), 2);
+}
+
 /// An issuer with `client_ids` and no `audiences` (tokens that name no
 /// API): an answer with an `aud` is meant for another API, but Ory Hydra's
 /// empty `"aud": []`, for a token granted no audience, names none, as an

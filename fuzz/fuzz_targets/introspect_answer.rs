@@ -4,14 +4,15 @@
 //! body. A new token per input, so nothing comes from the cache.
 //!
 //! The first byte picks the introspector (plain; `require_token_type` with
-//! `client_ids`; `scp` scopes with `iss` required) and the token's own
+//! `client_ids`; `scp` scopes with `iss` and `aud` required) and the token's own
 //! `exp` (none, in an hour, past); the rest is the answer's body.
 //!
 //! Checks: the only outcomes are an identity, `Inactive` and
 //! `IntrospectionUnavailable`; a body that is no JSON object is
 //! unavailable; an answer whose `active` is not `true` (a JSON boolean),
 //! that has `cnf`, names another `iss` (or none where one is required), an
-//! `aud` other than this API's, a `client_id` not accepted, a refresh or ID
+//! `aud` other than this API's (or none where one is required), a
+//! `client_id` not accepted, a refresh or ID
 //! token, or an `exp` past (with the leeway) never yields an identity; an
 //! identity's scopes are ones the answer granted, it ends no later than the
 //! answer's and the token's own `exp` (plus the leeway), and belongs to this
@@ -47,6 +48,7 @@ struct Setup {
     client_ids: &'static [&'static str],
     iss_required: bool,
     require_token_type: bool,
+    require_audience: bool,
     scope_claim: &'static str,
 }
 
@@ -81,6 +83,7 @@ fn fixture() -> &'static Fixture {
                     client_ids: &'static [&'static str],
                     scope_claim: ScopeClaim,
                     require_token_type: bool,
+                    require_audience: bool,
                     auth: ClientAuth| {
             Introspector::new(
                 IssuerFacts {
@@ -102,6 +105,7 @@ fn fixture() -> &'static Fixture {
                     negative_cache_ttl: Duration::ZERO,
                     ca_file: None,
                     require_token_type,
+                    require_audience,
                 },
                 1024,
                 Arc::from(vec![
@@ -119,10 +123,11 @@ fn fixture() -> &'static Fixture {
             &[],
             ScopeClaim::Scope,
             false,
+            false,
             ClientAuth::Basic,
         );
-        let typed = make(&[], &[CLIENT], ScopeClaim::Scope, true, ClientAuth::Post);
-        let scp = make(&[AUDIENCE], &[], ScopeClaim::Scp, false, ClientAuth::Basic);
+        let typed = make(&[], &[CLIENT], ScopeClaim::Scope, true, false, ClientAuth::Post);
+        let scp = make(&[AUDIENCE], &[], ScopeClaim::Scp, false, true, ClientAuth::Basic);
         scp.require_iss();
         let setups = vec![
             Setup {
@@ -131,6 +136,7 @@ fn fixture() -> &'static Fixture {
                 client_ids: &[],
                 iss_required: false,
                 require_token_type: false,
+                require_audience: false,
                 scope_claim: "scope",
             },
             Setup {
@@ -139,6 +145,7 @@ fn fixture() -> &'static Fixture {
                 client_ids: &[CLIENT],
                 iss_required: false,
                 require_token_type: true,
+                require_audience: false,
                 scope_claim: "scope",
             },
             Setup {
@@ -147,6 +154,7 @@ fn fixture() -> &'static Fixture {
                 client_ids: &[],
                 iss_required: true,
                 require_token_type: false,
+                require_audience: true,
                 scope_claim: "scp",
             },
         ];
@@ -210,6 +218,7 @@ fn check_allowed(
         None => assert!(!setup.iss_required),
         Some(iss) => assert_eq!(iss.as_str(), Some(ISSUER)),
     }
+    assert!(answer.contains_key("aud") || !setup.require_audience);
     if let Some(aud) = answer.get("aud") {
         if setup.audiences.is_empty() {
             assert!(!names_any_audience(aud), "aud {aud}");

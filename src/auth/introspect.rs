@@ -763,15 +763,17 @@ impl Introspector {
             Some(Value::String(iss)) if *iss == self.issuer => {}
             Some(_) => return refused("iss"),
         }
-        // An answer's `aud` must name this API, if it has one: with no
-        // `audiences` (only `client_ids`), none is named, and an empty one
-        // (Ory Hydra's for a token granted no audience) names none, as
-        // leaving it out does. With `audiences`, an empty one names none
-        // of them (RFC 7519 4.1.3), as for a JWT.
+        // An answer's `aud` must name this API, if it has one (or always,
+        // with `require_audience`): with no `audiences` (only
+        // `client_ids`), none is named, and an empty one (Ory Hydra's for a
+        // token granted no audience) names none, as leaving it out does.
+        // With `audiences`, an empty one names none of them (RFC 7519
+        // 4.1.3), as for a JWT.
         let aud_refused = if self.audiences.is_empty() {
             jwt::names_an_audience(answer)
         } else {
-            answer.contains_key("aud") && jwt::check_audience(answer, &self.audiences).is_err()
+            (self.settings.require_audience || answer.contains_key("aud"))
+                && jwt::check_audience(answer, &self.audiences).is_err()
         };
         if aud_refused {
             return refused("aud");
@@ -942,6 +944,7 @@ mod tests {
             negative_cache_ttl: Duration::ZERO,
             ca_file: None,
             require_token_type: false,
+            require_audience: false,
         };
         Introspector::new(
             facts,
@@ -1267,30 +1270,39 @@ mod tests {
     }
 
     /// With `audiences`, an answer's `aud` (string or array) must name one
-    /// of them; an answer without `aud` is taken, an empty one names none.
+    /// of them; an answer without `aud` is taken, unless `require_audience`
+    /// is set; an empty one names none.
     #[test]
     fn with_audiences_an_answers_aud_must_name_one() {
         let mut introspector = introspector(Uri::from_static("http://127.0.0.1:9/introspect"));
         introspector.audiences = vec!["https://api.test".to_owned()];
-        for (aud, want) in [
-            (Some(json!("https://api.test")), Ok(())),
-            (
-                Some(json!(["https://other.test", "https://api.test"])),
-                Ok(()),
-            ),
-            (None, Ok(())),
-            (Some(json!("https://other.test")), Err(Some("aud"))),
-            (Some(json!([])), Err(Some("aud"))),
-        ] {
-            let mut answer = object(json!({"active": true}));
-            if let Some(aud) = &aud {
-                answer.insert("aud".into(), aud.clone());
+        for require_audience in [false, true] {
+            introspector.settings.require_audience = require_audience;
+            let without = if require_audience {
+                Err(Some("aud"))
+            } else {
+                Ok(())
+            };
+            for (aud, want) in [
+                (Some(json!("https://api.test")), Ok(())),
+                (
+                    Some(json!(["https://other.test", "https://api.test"])),
+                    Ok(()),
+                ),
+                (None, without),
+                (Some(json!("https://other.test")), Err(Some("aud"))),
+                (Some(json!([])), Err(Some("aud"))),
+            ] {
+                let mut answer = object(json!({"active": true}));
+                if let Some(aud) = &aud {
+                    answer.insert("aud".into(), aud.clone());
+                }
+                assert_eq!(
+                    verdict(&introspector.interpret(&answer, None)),
+                    want,
+                    "{aud:?}, require_audience {require_audience}"
+                );
             }
-            assert_eq!(
-                verdict(&introspector.interpret(&answer, None)),
-                want,
-                "{aud:?}"
-            );
         }
     }
 

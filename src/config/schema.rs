@@ -476,6 +476,12 @@ pub struct RawIntrospection {
     /// no kind at all.
     #[serde(default)]
     pub require_token_type: bool,
+    /// Take only answers whose `aud` names one of the issuer's `audiences`,
+    /// refusing those without `aud`, for servers that always send it: a
+    /// token they issued for another API is then refused even if their
+    /// answer left its audience out.
+    #[serde(default, deserialize_with = "present")]
+    pub require_audience: Option<Spanned<bool>>,
 }
 
 /// `resource:`: RFC 9728 protected resource metadata.

@@ -456,6 +456,9 @@ pub struct Introspection {
     /// `token_use` or `typ`): some servers (Spring Authorization Server)
     /// answer for a refresh token with no kind at all.
     pub require_token_type: bool,
+    /// An answer must carry an `aud` naming one of the issuer's
+    /// `audiences`, for servers that always send it.
+    pub require_audience: bool,
 }
 
 /// The claim that carries granted scopes.
@@ -1889,7 +1892,7 @@ impl Validator<'_> {
         let introspection = raw
             .introspection
             .as_ref()
-            .map(|i| self.introspection(i, raw.discovery, issuer_https))
+            .map(|i| self.introspection(i, raw.discovery, issuer_https, !raw.audiences.is_empty()))
             .transpose()?;
         let mut algorithms = Vec::new();
         for written in &raw.algorithms.value {
@@ -2042,9 +2045,17 @@ impl Validator<'_> {
         spanned: &Spanned<RawIntrospection>,
         discovery: bool,
         issuer_https: bool,
+        has_audiences: bool,
     ) -> Result<Introspection, ConfigError> {
         let raw = &spanned.value;
         let here = spanned.referenced;
+        let require_audience = raw.require_audience.as_ref();
+        if let Some(required) = require_audience.filter(|r| r.value && !has_audiences) {
+            return Err(self.err(
+                required.referenced,
+                "require_audience needs `audiences` on the issuer: with only `client_ids`, the tokens name no API",
+            ));
+        }
         let endpoint = match &raw.endpoint {
             Some(e) => Some(self.issuer_endpoint(e, issuer_https)?),
             None if discovery => None,
@@ -2125,6 +2136,7 @@ impl Validator<'_> {
             negative_cache_ttl: raw.negative_cache_ttl.value.0,
             ca_file: self.ca_file(raw.ca_file.as_ref())?,
             require_token_type: raw.require_token_type,
+            require_audience: require_audience.is_some_and(|r| r.value),
         })
     }
 
