@@ -813,6 +813,21 @@ mod tests {
         }
     }
 
+    /// The bytes of an escape are skipped once it is read, but nothing
+    /// more: the escape right after it, and the one after that, are checked
+    /// too, or `%2F` behind a decoded `%41` or `%2E` would get through.
+    #[test]
+    fn escapes_right_after_other_escapes_are_still_refused() {
+        for (input, expected) in [
+            ("/abc%41%2Fadmin", EncodedSlash),
+            ("/orders/%2E%2E%2Fadmin", EncodedSlash),
+            ("/orders/%2e%2e%5cadmin", EncodedBackslash),
+            ("/abc%41%00", EncodedNul),
+        ] {
+            assert_eq!(canonicalize(input), Err(expected), "input {input:?}");
+        }
+    }
+
     #[test]
     fn segments_to_resolve_are_empty_or_dot_segments() {
         for path in [
@@ -878,6 +893,8 @@ mod tests {
             EncodedBackslash,
             EncodedNul,
             Backslash,
+            DotSegmentParameters,
+            AmbiguousRoute,
         ];
         let mut seen = std::collections::HashSet::new();
         for e in all {
