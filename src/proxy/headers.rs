@@ -664,6 +664,7 @@ pub fn prepare_upstream_request(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proxy::request_id::RequestIds;
 
     #[test]
     fn an_ipv4_client_of_a_dual_stack_listener_is_forwarded_as_ipv4() {
@@ -981,5 +982,383 @@ mod tests {
             }
             assert_eq!(asks_for_websocket(&h), websocket, "{lines:?}");
         }
+    }
+
+    /// A request's `X-Forwarded-For` lines are one list: the client's
+    /// address goes at its end, after every earlier hop; a list that is not
+    /// visible ASCII is replaced by the address alone.
+    #[test]
+    fn x_forwarded_for_appends_the_client_to_every_line_a_proxy_sent() {
+        let address = HeaderValue::from_static("192.0.2.1");
+        for (lines, forwarded) in [
+            (&[][..], "192.0.2.1"),
+            (&["203.0.113.7"][..], "203.0.113.7, 192.0.2.1"),
+            (
+                &["203.0.113.7, 10.0.0.1", "10.0.0.2"][..],
+                "203.0.113.7, 10.0.0.1, 10.0.0.2, 192.0.2.1",
+            ),
+        ] {
+            let mut h = HeaderMap::new();
+            for &line in lines {
+                h.append(&X_FORWARDED_FOR, HeaderValue::from_static(line));
+            }
+            assert_eq!(forwarded_for(&h, &address), forwarded, "{lines:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_bytes(b"203.0.113.7, \xe9vil").unwrap(),
+        );
+        assert_eq!(forwarded_for(&h, &address), "192.0.2.1");
+    }
+
+    /// A trusted proxy's `X-Forwarded-Proto` is kept only when it sent one
+    /// line saying `http` or `https`; anything else is no scheme.
+    #[test]
+    fn a_forwarded_scheme_is_one_line_of_http_or_https() {
+        for (lines, scheme) in [
+            (&[][..], None),
+            (&["https"][..], Some("https")),
+            (&[" HTTP "][..], Some("http")),
+            (&["javascript"][..], None),
+            (&["https", "http"][..], None),
+        ] {
+            let mut h = HeaderMap::new();
+            for &line in lines {
+                h.append(&X_FORWARDED_PROTO, HeaderValue::from_static(line));
+            }
+            assert_eq!(
+                forwarded_scheme(&h).as_ref().map(|v| v.to_str().unwrap()),
+                scheme,
+                "{lines:?}"
+            );
+        }
+    }
+
+    /// A trusted proxy's `X-Forwarded-Host` is kept only when it sent one
+    /// line holding a host (and port) without userinfo.
+    #[test]
+    fn a_forwarded_host_is_one_line_of_a_host_without_userinfo() {
+        for (lines, host) in [
+            (&[][..], None),
+            (&["api.example.com:8443"][..], Some("api.example.com:8443")),
+            (&[" api.example.com "][..], Some("api.example.com")),
+            (&["user@api.example.com"][..], None),
+            (&["a b"][..], None),
+            (&["api.example.com", "evil.example"][..], None),
+        ] {
+            let mut h = HeaderMap::new();
+            for &line in lines {
+                h.append(&X_FORWARDED_HOST, HeaderValue::from_static(line));
+            }
+            assert_eq!(
+                forwarded_host(&h).as_ref().map(|v| v.to_str().unwrap()),
+                host,
+                "{lines:?}"
+            );
+        }
+    }
+
+    /// `Max-Forwards` is `1*DIGIT`: zero (in any spacing) leaves no forward
+    /// to this gateway; a value that is not digits names no count.
+    #[test]
+    fn only_a_max_forwards_of_zero_leaves_no_forwards() {
+        for (value, none_left) in [
+            (None, false),
+            (Some("0"), true),
+            (Some(" 0 "), true),
+            (Some("00"), true),
+            (Some("1"), false),
+            (Some("10"), false),
+            (Some(""), false),
+            (Some("-0"), false),
+            (Some("0x1"), false),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(value) = value {
+                h.insert(MAX_FORWARDS, HeaderValue::from_static(value));
+            }
+            assert_eq!(no_forwards_left(&h), none_left, "{value:?}");
+        }
+    }
+
+    /// Counting a hop takes one off a positive `Max-Forwards` (one too
+    /// large for a u64 counts as the most there can be) and leaves zero,
+    /// a value that is no count, or none as it was.
+    #[test]
+    fn counting_a_forward_takes_one_off_a_positive_max_forwards_only() {
+        for (value, counted) in [
+            (None, None),
+            (Some("3"), Some("2")),
+            (Some(" 1 "), Some("0")),
+            (Some("0"), Some("0")),
+            (
+                Some("99999999999999999999999"),
+                Some("18446744073709551614"),
+            ),
+            (Some("many"), Some("many")),
+        ] {
+            let mut h = HeaderMap::new();
+            if let Some(value) = value {
+                h.insert(MAX_FORWARDS, HeaderValue::from_static(value));
+            }
+            count_forward(&mut h);
+            assert_eq!(
+                h.get(MAX_FORWARDS).map(|v| v.to_str().unwrap()),
+                counted,
+                "{value:?}"
+            );
+        }
+    }
+
+    /// `Via` gets a line naming this hop with the protocol the client's
+    /// request came in, after the lines of the hops before it.
+    #[test]
+    fn via_names_this_hop_with_the_version_the_request_came_in() {
+        for (version, hop) in [
+            (http::Version::HTTP_09, "0.9 scopegate"),
+            (http::Version::HTTP_10, "1.0 scopegate"),
+            (http::Version::HTTP_11, "1.1 scopegate"),
+            (http::Version::HTTP_2, "2 scopegate"),
+            (http::Version::HTTP_3, "3 scopegate"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(VIA, HeaderValue::from_static("1.1 edge"));
+            add_via(&mut h, version);
+            let lines: Vec<&str> = h.get_all(VIA).iter().map(|v| v.to_str().unwrap()).collect();
+            assert_eq!(lines, ["1.1 edge", hop], "{version:?}");
+        }
+    }
+
+    /// An HTTP/2 client's split `cookie` fields reach the upstream as one
+    /// line joined with `"; "`; a single line is left as it is.
+    #[test]
+    fn split_cookie_fields_are_joined_into_one_line() {
+        let mut h = HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().collect::<Vec<_>>(), ["a=1"]);
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        h.append(COOKIE, HeaderValue::from_static("c=3"));
+        join_cookies(&mut h);
+        assert_eq!(
+            h.get_all(COOKIE).iter().collect::<Vec<_>>(),
+            ["a=1; b=2; c=3"]
+        );
+    }
+
+    fn forward_policy(strip_authorization: bool, removed: &[&'static str]) -> ForwardPolicy {
+        ForwardPolicy {
+            strip_authorization,
+            cors_preflight: false,
+            identity_headers: Vec::new(),
+            remove_headers: removed
+                .iter()
+                .map(|&name| HeaderName::from_static(name))
+                .collect(),
+        }
+    }
+
+    fn client_ip() -> ClientInfo {
+        ClientInfo::new("192.0.2.1".parse().unwrap(), false)
+    }
+
+    /// Only a WebSocket upgrade is passed on as one: an `h2c` (or any
+    /// other) upgrade would carry requests past route matching and token
+    /// checks, so it goes on as an ordinary request, its `Upgrade` and
+    /// `Connection` gone.
+    #[test]
+    fn a_prepared_request_keeps_an_upgrade_only_to_websocket() {
+        for (protocol, upgrade) in [("websocket", true), ("h2c", false)] {
+            let mut h = HeaderMap::new();
+            h.insert(CONNECTION, HeaderValue::from_static("Upgrade"));
+            h.insert(UPGRADE, HeaderValue::from_static(protocol));
+            let upgraded = prepare_upstream_request(
+                &mut h,
+                &forward_policy(false, &[]),
+                None,
+                &client_ip(),
+                None,
+                false,
+                None,
+            );
+            assert_eq!(upgraded, upgrade, "{protocol}");
+            assert_eq!(h.contains_key(UPGRADE), upgrade, "{protocol}: {h:?}");
+            assert_eq!(h.contains_key(CONNECTION), upgrade, "{protocol}: {h:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        let upgraded = prepare_upstream_request(
+            &mut h,
+            &forward_policy(false, &[]),
+            None,
+            &client_ip(),
+            None,
+            false,
+            None,
+        );
+        assert!(!upgraded, "an Upgrade that Connection does not name");
+        assert!(!h.contains_key(UPGRADE), "{h:?}");
+    }
+
+    /// From a client not trusted as a proxy, the forwarding headers are
+    /// the gateway's: its `X-Forwarded-Proto` and `X-Forwarded-Host` are
+    /// replaced, its `X-Forwarded-For` is appended to even when its
+    /// `Connection` names it, headers a route removes go in every
+    /// spelling, hop-by-hop ones go but `te: trailers`, and the request id
+    /// is set.
+    #[test]
+    fn a_prepared_request_carries_the_gateways_forwarding_headers() {
+        let mut h = HeaderMap::new();
+        h.insert(HOST, HeaderValue::from_static("gw.test"));
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("keep-alive, x-forwarded-for, x-request-id"),
+        );
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(TE, HeaderValue::from_static("gzip, trailers"));
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("203.0.113.7"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        h.insert(X_REQUEST_ID.clone(), HeaderValue::from_static("spoofed"));
+        h.insert("x_auth_subject", HeaderValue::from_static("mallory"));
+        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer t"));
+        h.append(COOKIE, HeaderValue::from_static("a=1"));
+        h.append(COOKIE, HeaderValue::from_static("b=2"));
+        let id = RequestIds::new().unwrap().assign(&h, || false);
+        let upgraded = prepare_upstream_request(
+            &mut h,
+            &forward_policy(true, &["x-auth-subject"]),
+            None,
+            &client_ip(),
+            None,
+            false,
+            Some(&id),
+        );
+        assert!(!upgraded);
+        let mut left: Vec<(&str, &str)> = h
+            .iter()
+            .map(|(name, value)| (name.as_str(), value.to_str().unwrap()))
+            .collect();
+        left.sort_unstable();
+        assert_eq!(
+            left,
+            [
+                ("cookie", "a=1; b=2"),
+                ("te", "trailers"),
+                ("x-forwarded-for", "203.0.113.7, 192.0.2.1"),
+                ("x-forwarded-host", "gw.test"),
+                ("x-forwarded-proto", "http"),
+                ("x-request-id", id.as_str()),
+            ]
+        );
+    }
+
+    /// From a trusted proxy, the scheme and host it forwarded are kept;
+    /// without them, the request target's authority wins over `Host`, and
+    /// a request with neither has no `X-Forwarded-Host`.
+    #[test]
+    fn a_prepared_request_keeps_a_trusted_proxys_scheme_and_host() {
+        let authority: Authority = "target.test:8080".parse().unwrap();
+        for (trusted, forwarded, authority, host, proto) in [
+            (true, true, None, Some("api.example.com"), "https"),
+            (
+                false,
+                true,
+                Some(&authority),
+                Some("target.test:8080"),
+                "http",
+            ),
+            (
+                true,
+                false,
+                Some(&authority),
+                Some("target.test:8080"),
+                "http",
+            ),
+            (true, false, None, Some("gw.test"), "http"),
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(HOST, HeaderValue::from_static("gw.test"));
+            if forwarded {
+                h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("https"));
+                h.insert(
+                    &X_FORWARDED_HOST,
+                    HeaderValue::from_static("api.example.com"),
+                );
+            }
+            prepare_upstream_request(
+                &mut h,
+                &forward_policy(false, &[]),
+                None,
+                &client_ip(),
+                authority,
+                trusted,
+                None,
+            );
+            let case = format!("trusted {trusted}, forwarded {forwarded}, {authority:?}");
+            assert_eq!(h[&X_FORWARDED_PROTO], proto, "{case}");
+            assert_eq!(
+                h.get(&X_FORWARDED_HOST).map(|v| v.to_str().unwrap()),
+                host,
+                "{case}"
+            );
+            assert!(!h.contains_key(HOST), "{case}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_HOST, HeaderValue::from_static("evil.example"));
+        prepare_upstream_request(
+            &mut h,
+            &forward_policy(false, &[]),
+            None,
+            &client_ip(),
+            None,
+            false,
+            None,
+        );
+        assert!(!h.contains_key(&X_FORWARDED_HOST), "{h:?}");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+    }
+
+    /// A client of a server sees the server start leaving, keeps its
+    /// connection's slot for a tunnel, and remembers a lingering close; a
+    /// client outside a server (a benchmark's) has no slot and sees no
+    /// server leave.
+    #[test]
+    fn a_servers_client_sees_it_leave_and_holds_its_connection_slot() {
+        let bare = client_ip();
+        assert_eq!(bare.ip(), "192.0.2.1".parse::<IpAddr>().unwrap());
+        assert!(!bare.server_leaving());
+        assert!(bare.hold().is_none());
+        assert!(!bare.lingers());
+        bare.linger_on_close();
+        assert!(bare.lingers());
+
+        let leaving = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let slot = Arc::new(tokio::sync::Semaphore::new(1))
+            .try_acquire_owned()
+            .unwrap();
+        let open = prometheus::IntGauge::new("open_connections", "open").unwrap();
+        let (_stop, stopping) = tokio::sync::watch::channel(false);
+        let hold = Arc::new(ConnectionHold::new(slot, open, stopping));
+        let client = client_ip()
+            .of_server(Arc::clone(&leaving))
+            .holding(Arc::clone(&hold));
+        assert!(!client.server_leaving());
+        leaving.store(true, std::sync::atomic::Ordering::Release);
+        assert!(client.server_leaving());
+        assert!(client.hold().is_some_and(|h| Arc::ptr_eq(&h, &hold)));
+    }
+
+    /// A removal set lists the names it removes in every spelling (dashed),
+    /// not those whose dashed spelling scopegate rewrites itself.
+    #[test]
+    fn a_removal_set_lists_only_the_names_removed_in_every_spelling() {
+        let set = RemovedHeaders::new(
+            [HeaderName::from_static("x-auth_subject")],
+            [X_FORWARDED_FOR.clone()],
+        );
+        let listed: Vec<&str> = set.iter().map(HeaderName::as_str).collect();
+        assert_eq!(listed, ["x-auth-subject"]);
     }
 }
