@@ -1016,21 +1016,35 @@ mod tests {
     /// line saying `http` or `https`; anything else is no scheme.
     #[test]
     fn a_forwarded_scheme_is_one_line_of_http_or_https() {
-        for (lines, scheme) in [
-            (&[][..], None),
-            (&["https"][..], Some("https")),
-            (&[" HTTP "][..], Some("http")),
-            (&["javascript"][..], None),
-            (&["https", "http"][..], None),
-        ] {
+        assert_kept_lines(
+            &X_FORWARDED_PROTO,
+            forwarded_scheme,
+            &[
+                (&[], None),
+                (&["https"], Some("https")),
+                (&[" HTTP "], Some("http")),
+                (&["javascript"], None),
+                (&["https", "http"], None),
+            ],
+        );
+    }
+
+    /// For each case, `read` of a map holding `lines` of `name` gives the
+    /// expected value.
+    fn assert_kept_lines(
+        name: &HeaderName,
+        read: fn(&HeaderMap) -> Option<HeaderValue>,
+        cases: &[(&[&'static str], Option<&str>)],
+    ) {
+        for &(lines, kept) in cases {
             let mut h = HeaderMap::new();
             for &line in lines {
-                h.append(&X_FORWARDED_PROTO, HeaderValue::from_static(line));
+                h.append(name, HeaderValue::from_static(line));
             }
             assert_eq!(
-                forwarded_scheme(&h).as_ref().map(|v| v.to_str().unwrap()),
-                scheme,
-                "{lines:?}"
+                read(&h).as_ref().map(|v| v.to_str().unwrap()),
+                kept,
+                "{name}: {lines:?}"
             );
         }
     }
@@ -1039,24 +1053,18 @@ mod tests {
     /// line holding a host (and port) without userinfo.
     #[test]
     fn a_forwarded_host_is_one_line_of_a_host_without_userinfo() {
-        for (lines, host) in [
-            (&[][..], None),
-            (&["api.example.com:8443"][..], Some("api.example.com:8443")),
-            (&[" api.example.com "][..], Some("api.example.com")),
-            (&["user@api.example.com"][..], None),
-            (&["a b"][..], None),
-            (&["api.example.com", "evil.example"][..], None),
-        ] {
-            let mut h = HeaderMap::new();
-            for &line in lines {
-                h.append(&X_FORWARDED_HOST, HeaderValue::from_static(line));
-            }
-            assert_eq!(
-                forwarded_host(&h).as_ref().map(|v| v.to_str().unwrap()),
-                host,
-                "{lines:?}"
-            );
-        }
+        assert_kept_lines(
+            &X_FORWARDED_HOST,
+            forwarded_host,
+            &[
+                (&[], None),
+                (&["api.example.com:8443"], Some("api.example.com:8443")),
+                (&[" api.example.com "], Some("api.example.com")),
+                (&["user@api.example.com"], None),
+                (&["a b"], None),
+                (&["api.example.com", "evil.example"], None),
+            ],
+        );
     }
 
     /// `Max-Forwards` is `1*DIGIT`: zero (in any spacing) leaves no forward
