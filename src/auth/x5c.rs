@@ -16,13 +16,16 @@ use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::DecodingKeyKind;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
-use x509_parser::public_key::PublicKey;
+use x509_parser::public_key::RSAPublicKey;
 use x509_parser::x509::SubjectPublicKeyInfo;
 
 /// DER contents of the object identifiers a certificate's key may carry.
 mod oid {
     /// rsaEncryption, 1.2.840.113549.1.1.1.
     pub const RSA_ENCRYPTION: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01];
+    /// id-RSASSA-PSS, 1.2.840.113549.1.1.10: an RSA key restricted to PSS
+    /// (RFC 4055 1.2), as a PS256 key's certificate may say.
+    pub const RSASSA_PSS: &[u8] = &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x0a];
     /// id-ecPublicKey, 1.2.840.10045.2.1.
     pub const EC_PUBLIC_KEY: &[u8] = &[0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01];
     /// prime256v1 (P-256), 1.2.840.10045.3.1.7.
@@ -89,9 +92,11 @@ fn holds_key(
     let point = spki.subject_public_key.data.as_ref();
     match (parameters, public_key) {
         (AlgorithmParameters::RSA(_), DecodingKeyKind::RsaModulusExponent { n, e }) => {
-            algorithm == oid::RSA_ENCRYPTION
-                && match spki.parsed() {
-                    Ok(PublicKey::RSA(rsa)) => {
+            // Both carry RSAPublicKey (RFC 4055 1.2); PSS parameters, if
+            // any, only narrow what the key may sign with.
+            (algorithm == oid::RSA_ENCRYPTION || algorithm == oid::RSASSA_PSS)
+                && match RSAPublicKey::from_der(point) {
+                    Ok(([], rsa)) => {
                         unsigned(rsa.modulus) == unsigned(n)
                             && unsigned(rsa.exponent) == unsigned(e)
                     }
@@ -194,6 +199,24 @@ mod tests {
         let mut other = jwk.clone();
         other["e"] = "AQAD".into();
         assert!(contradicts(&other));
+        // The certificate's key marked for RSASSA-PSS only is the same key;
+        // under an identifier of no key type (sha256WithRSAEncryption, of
+        // the same length) it is none.
+        let der = STANDARD.decode(jwk["x5c"][0].as_str().unwrap()).unwrap();
+        let spki_oid = [oid::RSA_ENCRYPTION, &[0x05, 0x00]].concat();
+        let at = der
+            .windows(spki_oid.len())
+            .position(|w| w == spki_oid.as_slice())
+            .unwrap();
+        for (last, agrees) in [(0x0a, true), (0x0b, false)] {
+            let mut relabelled = der.clone();
+            relabelled[at + oid::RSA_ENCRYPTION.len() - 1] = last;
+            assert_eq!(
+                contradicts(&with_x5c(jwk.clone(), &relabelled)),
+                !agrees,
+                "1.2.840.113549.1.1.{last}"
+            );
+        }
         // A leading zero byte on the modulus is the same number.
         let mut padded = jwk.clone();
         n[100] ^= 1;
