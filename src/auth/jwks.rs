@@ -210,14 +210,21 @@ struct RawJwks {
 /// nothing.
 fn rsa_key_verifies(n: &[u8], e: &[u8]) -> bool {
     fn bits(bytes: &[u8]) -> usize {
-        let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-        match bytes.get(start) {
-            Some(first) => (bytes.len() - start) * 8 - first.leading_zeros() as usize,
+        let digits = unsigned(bytes);
+        match digits.first() {
+            Some(first) => digits.len() * 8 - first.leading_zeros() as usize,
             None => 0,
         }
     }
     let odd = e.last().is_some_and(|last| last & 1 == 1);
     (2048..=8192).contains(&bits(n)) && odd && (2..=33).contains(&bits(e))
+}
+
+/// An unsigned big-endian integer without its leading zero bytes, which DER
+/// adds to keep it positive and JWKs sometimes carry.
+pub(crate) fn unsigned(bytes: &[u8]) -> &[u8] {
+    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
+    &bytes[start..]
 }
 
 impl KeySet {

@@ -14,6 +14,8 @@ use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use base64::Engine;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk};
 use jsonwebtoken::DecodingKeyKind;
+
+use crate::auth::jwks::unsigned;
 use x509_parser::certificate::X509Certificate;
 use x509_parser::prelude::FromDer;
 use x509_parser::public_key::RSAPublicKey;
@@ -126,13 +128,6 @@ fn holds_key(
         }
         _ => false,
     }
-}
-
-/// An unsigned big-endian integer without its leading zero bytes, which DER
-/// adds to keep it positive and JWKs sometimes carry.
-fn unsigned(bytes: &[u8]) -> &[u8] {
-    let start = bytes.iter().position(|&b| b != 0).unwrap_or(bytes.len());
-    &bytes[start..]
 }
 
 #[cfg(test)]
