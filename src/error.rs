@@ -93,6 +93,11 @@ pub enum GatewayError {
     /// A transfer coding other than `chunked` alone (RFC 9112 6.1).
     #[error("unsupported transfer coding")]
     UnsupportedTransferCoding,
+    /// A WebSocket handshake that is not a `GET` without a body (RFC 6455
+    /// 4.1): an upstream that switches at once would read the body as
+    /// frames, one that does not would take it as a request's.
+    #[error("malformed WebSocket handshake")]
+    BadWebSocketHandshake,
     /// No route has this path.
     #[error("no route for this path")]
     RouteNotFound,
@@ -167,6 +172,7 @@ impl GatewayError {
             Self::UnfollowableFraming => "unfollowable_framing",
             Self::TooManyHeaders => "too_many_headers",
             Self::UnsupportedTransferCoding => "unsupported_transfer_coding",
+            Self::BadWebSocketHandshake => "bad_websocket_handshake",
             Self::RouteNotFound => "route_not_found",
             Self::UnsupportedMethod => "unsupported_method",
             Self::MethodNotAllowed { .. } => "method_not_allowed",
@@ -196,6 +202,7 @@ impl GatewayError {
             | Self::CollectionSpansRoutes
             | Self::AmbiguousFraming
             | Self::UnfollowableFraming
+            | Self::BadWebSocketHandshake
             | Self::InvalidRequest(_)
             | Self::RequestBodyBroken => StatusCode::BAD_REQUEST,
             Self::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
@@ -260,6 +267,10 @@ impl GatewayError {
             Self::UnsupportedTransferCoding => (
                 "not_implemented",
                 "the only transfer coding accepted is chunked",
+            ),
+            Self::BadWebSocketHandshake => (
+                "invalid_request",
+                "a WebSocket handshake must be a GET request without a body",
             ),
             Self::UnsupportedMethod => ("not_implemented", "CONNECT and TRACE are not forwarded"),
             Self::RouteNotFound => ("not_found", "no route matches this path"),
@@ -424,6 +435,7 @@ impl GatewayError {
             | Self::TargetTooLong
             | Self::AmbiguousFraming
             | Self::UnfollowableFraming
+            | Self::BadWebSocketHandshake
             | Self::RequestBodyBroken => INTERNAL,
             Self::RequestBodyTimeout | Self::TooManyHeaders => UNKNOWN,
         }
@@ -461,6 +473,7 @@ impl GatewayError {
                 | Self::UnfollowableFraming
                 | Self::BadPath(PathError::Fragment)
                 | Self::UnsupportedTransferCoding
+                | Self::BadWebSocketHandshake
                 | Self::UnsupportedMethod
                 | Self::BadHost
                 | Self::RequestBodyTimeout

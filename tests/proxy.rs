@@ -3109,11 +3109,16 @@ async fn websocket_to_an_http2_only_upstream_is_refused() {
 /// Asks the gateway to upgrade `/orders/42` to WebSocket; returns the stream
 /// after a `101` and the response head.
 async fn upgrade_to_websocket(addr: SocketAddr, token: &str) -> (TcpStream, String) {
+    switch_with(addr, token, "").await
+}
+
+/// [`upgrade_to_websocket`] with `extra` header lines (each ending in CRLF)
+/// in the request.
+async fn switch_with(addr: SocketAddr, token: &str, extra: &str) -> (TcpStream, String) {
     let mut stream = TcpStream::connect(addr).await.unwrap();
     let head = format!(
         "GET /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
-         Connection: Upgrade\r\nUpgrade: websocket\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+         {WEBSOCKET_HANDSHAKE}{extra}\r\n"
     );
     stream.write_all(head.as_bytes()).await.unwrap();
     let mut response = Vec::new();
@@ -3256,6 +3261,84 @@ async fn only_websocket_upgrades_are_passed_on() {
             );
         }
     }
+}
+
+/// The header lines of a WebSocket handshake (RFC 6455 4.1), each ending
+/// in CRLF.
+const WEBSOCKET_HANDSHAKE: &str = "Connection: Upgrade\r\nUpgrade: websocket\r\n\
+     Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n";
+
+/// A WebSocket handshake is a GET without a body (RFC 6455 4.1). Another is
+/// refused before the upstream, which, switching at once, would read the
+/// body as frames; the connection ends with the refusal. A GET with
+/// `Content-Length: 0` has no body and switches.
+#[tokio::test]
+async fn a_websocket_handshake_with_a_body_or_another_method_is_refused() {
+    let world = World::new().await;
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let upstream = echo_upgrade_upstream(Arc::clone(&seen)).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    let read = world.token("orders:read");
+    let write = world.token("orders:write");
+    let head = |method: &str, token: &str| {
+        format!(
+            "{method} /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {token}\r\n\
+             {WEBSOCKET_HANDSHAKE}"
+        )
+    };
+    let cases = [
+        (
+            "GET with a Content-Length body",
+            format!("{}Content-Length: 5\r\n\r\nhello", head("GET", &read)),
+        ),
+        (
+            "GET with a chunked body",
+            format!(
+                "{}Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                head("GET", &read)
+            ),
+        ),
+        (
+            "POST without a body",
+            format!("{}\r\n", head("POST", &write)),
+        ),
+        (
+            "PUT with a body",
+            format!("{}Content-Length: 2\r\n\r\n{{}}", head("PUT", &write)),
+        ),
+    ];
+    for (name, bytes) in cases {
+        let text = tokio::time::timeout(BOUND, raw(gw.addr, bytes.as_bytes()))
+            .await
+            .unwrap_or_else(|_| panic!("{name}: the connection stayed open"));
+        let reply = RawReply::parse(&text);
+        assert_eq!(reply.status, 400, "{name}: {text}");
+        assert_eq!(reply.error().as_deref(), Some("invalid_request"), "{name}");
+        assert!(reply.body.contains("WebSocket handshake"), "{name}: {text}");
+        assert_eq!(
+            reply.header("connection").as_deref(),
+            Some("close"),
+            "{name}"
+        );
+        assert_eq!(text.matches("HTTP/1.1 ").count(), 1, "{name}: {text}");
+    }
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "a refused handshake went upstream"
+    );
+
+    let (mut stream, _) =
+        tokio::time::timeout(BOUND, switch_with(gw.addr, &read, "Content-Length: 0\r\n"))
+            .await
+            .expect("no answer to a handshake with Content-Length: 0");
+    stream.write_all(b"ping").await.unwrap();
+    let mut echoed = [0u8; 4];
+    tokio::time::timeout(BOUND, stream.read_exact(&mut echoed))
+        .await
+        .expect("the tunnel did not echo")
+        .unwrap();
+    assert_eq!(&echoed, b"ping");
+    assert_eq!(seen.lock().unwrap().len(), 1);
 }
 
 #[tokio::test]

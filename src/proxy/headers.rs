@@ -465,7 +465,7 @@ fn join_cookies(headers: &mut HeaderMap) {
 }
 
 /// Whether the one `Upgrade` header asks for WebSocket (RFC 6455 4.1) alone.
-fn asks_for_websocket(headers: &HeaderMap) -> bool {
+pub(crate) fn asks_for_websocket(headers: &HeaderMap) -> bool {
     let mut values = headers.get_all(UPGRADE).iter();
     match (values.next(), values.next()) {
         (Some(value), None) => value

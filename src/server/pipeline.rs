@@ -1068,8 +1068,9 @@ async fn drain_body(request: &mut Request<Incoming>) -> bool {
 
 /// Refuses requests whose framing or target is ambiguous: both Content-Length
 /// and Transfer-Encoding, repeated Content-Length, a fragment on the target, a transfer coding besides
-/// `chunked`, a missing, repeated or malformed Host on HTTP/1.1, or an
-/// HTTP/2 `host` naming another entity than `:authority`.
+/// `chunked`, a WebSocket handshake that is not a `GET` without a body, a
+/// missing, repeated or malformed Host on HTTP/1.1, or an HTTP/2 `host`
+/// naming another entity than `:authority`.
 fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     let headers = request.headers();
     // Names, not lines: an HTTP/2 client sends each cookie as a field of
@@ -1102,6 +1103,17 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
         && !crate::proxy::headers::only_chunked(headers)
     {
         return Err(GatewayError::UnsupportedTransferCoding);
+    }
+    // hyper marks only HTTP/1.1 requests asking to switch, so the common
+    // request pays one empty-extensions check.
+    if request
+        .extensions()
+        .get::<hyper::upgrade::OnUpgrade>()
+        .is_some()
+        && crate::proxy::headers::asks_for_websocket(headers)
+        && (request.method() != Method::GET || !http_body::Body::is_end_stream(request.body()))
+    {
+        return Err(GatewayError::BadWebSocketHandshake);
     }
     // With no userinfo (`@`, RFC 9110 4.2.4), the host is empty exactly
     // when the authority starts with the port's colon. A target's authority
