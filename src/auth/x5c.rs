@@ -105,8 +105,7 @@ fn holds_key(
                     _ => false,
                 }
         }
-        // jsonwebtoken holds an EC key as the uncompressed point 04 || x || y,
-        // which is how a certificate carries it (SEC 1 2.3.3).
+        // jsonwebtoken holds an EC key as the uncompressed point 04 || x || y.
         (AlgorithmParameters::EllipticCurve(ec), DecodingKeyKind::SecretOrDer(uncompressed)) => {
             let curve = match ec.curve {
                 EllipticCurve::P256 => oid::P256,
@@ -119,7 +118,7 @@ fn holds_key(
                 .as_ref()
                 .and_then(|p| p.as_oid().ok())
                 .is_some_and(|o| o.as_bytes() == curve);
-            algorithm == oid::EC_PUBLIC_KEY && named_curve && point == uncompressed.as_slice()
+            algorithm == oid::EC_PUBLIC_KEY && named_curve && same_point(point, uncompressed)
         }
         (AlgorithmParameters::OctetKeyPair(okp), DecodingKeyKind::SecretOrDer(x)) => {
             okp.curve == EllipticCurve::Ed25519
@@ -127,6 +126,20 @@ fn holds_key(
                 && point == x.as_slice()
         }
         _ => false,
+    }
+}
+
+/// Whether a certificate's EC point is the JWK's, `04 || x || y`. A
+/// certificate holds it so (SEC 1 2.3.3) or compressed to `x` and the parity
+/// of `y` (`02` even, `03` odd), which name the same point of the curve:
+/// of the two points with that `x`, one has an even `y` and one an odd.
+fn same_point(point: &[u8], uncompressed: &[u8]) -> bool {
+    match (point.split_first(), uncompressed.split_first()) {
+        (Some((&tag @ (0x02 | 0x03), x)), Some((0x04, xy))) if xy.len() == 2 * x.len() => {
+            let (jwk_x, y) = xy.split_at(x.len());
+            x == jwk_x && y.last().is_some_and(|last| last & 1 == tag & 1)
+        }
+        _ => point == uncompressed,
     }
 }
 
@@ -288,6 +301,65 @@ mod tests {
         lone["x5t"] = b64url(&[0; 20]).into();
         assert!(!contradicts(&lone));
         assert!(!contradicts(&with_x5c(jwk, &der)));
+    }
+
+    /// A certificate may hold an EC key compressed (SEC 1 2.3.3): `x` and
+    /// the parity of `y`, the JWK's point only with `y`'s parity.
+    #[test]
+    fn a_compressed_point_is_the_same_key() {
+        struct RawKey(Vec<u8>, &'static rcgen::SignatureAlgorithm);
+        impl rcgen::PublicKeyData for RawKey {
+            fn der_bytes(&self) -> &[u8] {
+                &self.0
+            }
+            fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+                self.1
+            }
+        }
+        let signer = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let ca = rcgen::CertificateParams::new(vec!["ca.example".into()]).unwrap();
+        let issuer = rcgen::Issuer::new(ca, signer);
+        let holding = |kind, point: Vec<u8>| {
+            rcgen::CertificateParams::new(vec!["keys.example".into()])
+                .unwrap()
+                .signed_by(&RawKey(point, kind), &issuer)
+                .unwrap()
+                .der()
+                .to_vec()
+        };
+        for kind in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+        ] {
+            let (jwk, der) = certified(kind);
+            let coordinate = |name: &str| URL_SAFE_NO_PAD.decode(jwk[name].as_str().unwrap());
+            let (x, y) = (coordinate("x").unwrap(), coordinate("y").unwrap());
+            let odd = y.last().unwrap() & 1;
+            let compressed = |tag: u8, x: &[u8]| [&[tag][..], x].concat();
+            // Uncompressed, as rcgen writes it, and through the same path.
+            assert!(!contradicts(&with_x5c(jwk.clone(), &der)), "{jwk}");
+            let uncompressed = [&[4][..], &x, &y].concat();
+            assert!(!contradicts(&with_x5c(
+                jwk.clone(),
+                &holding(kind, uncompressed)
+            )));
+            let right = holding(kind, compressed(0x02 | odd, &x));
+            assert!(!contradicts(&with_x5c(jwk.clone(), &right)), "{jwk}");
+            // The other point with this x, another x, and junk lengths.
+            let mut other_x = x.clone();
+            other_x[7] ^= 1;
+            let long_x = [&x[..], &x[..], &[0][..]].concat();
+            for wrong in [
+                compressed(0x03 ^ odd, &x),
+                compressed(0x02 | odd, &other_x),
+                compressed(0x02 | odd, &x[1..]),
+                compressed(0x02 | odd, &long_x),
+                compressed(0x04, &x),
+            ] {
+                let der = holding(kind, wrong.clone());
+                assert!(contradicts(&with_x5c(jwk.clone(), &der)), "{wrong:?}");
+            }
+        }
     }
 
     #[test]
