@@ -3327,6 +3327,21 @@ async fn a_websocket_handshake_with_a_body_or_another_method_is_refused() {
         "a refused handshake went upstream"
     );
 
+    // Without `Connection: upgrade` nothing asks to switch: an ordinary
+    // request, whose `Upgrade` stays on this hop.
+    let text = raw(
+        gw.addr,
+        format!(
+            "POST /orders/42 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {write}\r\n\
+             Connection: close\r\nUpgrade: websocket\r\nContent-Length: 5\r\n\r\nhello"
+        )
+        .as_bytes(),
+    )
+    .await;
+    assert_eq!(RawReply::parse(&text).status, 200, "{text}");
+    let forwarded = seen.lock().unwrap().pop().expect("not forwarded");
+    assert!(!forwarded.contains_key("upgrade"), "{forwarded:?}");
+
     let (mut stream, _) =
         tokio::time::timeout(BOUND, switch_with(gw.addr, &read, "Content-Length: 0\r\n"))
             .await

@@ -1104,13 +1104,15 @@ fn check_framing(request: &Request<Incoming>) -> Result<(), GatewayError> {
     {
         return Err(GatewayError::UnsupportedTransferCoding);
     }
-    // hyper marks only HTTP/1.1 requests asking to switch, so the common
+    // The requests that would become tunnels (`Connection: upgrade` too).
+    // hyper marks only HTTP/1.1 requests with `Upgrade`, so the common
     // request pays one empty-extensions check.
     if request
         .extensions()
         .get::<hyper::upgrade::OnUpgrade>()
         .is_some()
         && crate::proxy::headers::asks_for_websocket(headers)
+        && crate::proxy::headers::connection_names(headers, &UPGRADE)
         && (request.method() != Method::GET || !http_body::Body::is_end_stream(request.body()))
     {
         return Err(GatewayError::BadWebSocketHandshake);
