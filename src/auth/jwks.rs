@@ -1891,4 +1891,100 @@ mod tests {
         let remote = keys.remote.as_ref().unwrap();
         assert_eq!(remote.uri.load_full().as_deref(), Some(&discovered));
     }
+
+    /// A successful fetch keeps its keys fresh until the refresh it
+    /// scheduled (a refresher a reload starts for them waits until then);
+    /// a failed fetch does not move that time, and keys never loaded are
+    /// never fresh, whatever time is noted.
+    #[tokio::test]
+    async fn keys_stay_fresh_until_the_refresh_their_fetch_scheduled() {
+        let body = jwks_of(&[&p256_jwk("a")]);
+        let answers = vec![
+            answer("200 OK", "Cache-Control: max-age=600\r\n", &body),
+            answer("500 Internal Server Error", "", &body),
+        ];
+        let (uri, server) = serve(answers).await;
+        let keys = remote_keys(Some(uri), Duration::ZERO, Vec::new());
+        let metrics = Metrics::new().unwrap();
+        assert_eq!(keys.fresh_for(), None, "nothing fetched yet");
+        let next = Duration::from_secs(600);
+        assert_eq!(keys.refresh(&metrics).await, (FetchResult::Success, next));
+        let fresh = keys.fresh_for().expect("fresh after a successful fetch");
+        let soon = next - Duration::from_secs(60);
+        assert!(soon < fresh && fresh <= next, "{fresh:?}");
+        assert_eq!(keys.refresh(&metrics).await.0, FetchResult::HttpError);
+        let still = keys.fresh_for().expect("a failed fetch leaves them fresh");
+        assert!(soon < still && still <= fresh, "{still:?}");
+        server.await.unwrap();
+
+        let unloaded = remote_keys(None, Duration::ZERO, Vec::new());
+        let remote = unloaded.remote.as_ref().unwrap();
+        *remote.refresh_due.lock().unwrap() = Some(Instant::now() + next);
+        assert_eq!(unloaded.fresh_for(), None, "no keys loaded");
+    }
+
+    /// RFC 7517 4.7: a key whose `x5c` certificate holds another key says
+    /// two things about itself: it is kept under its `kid` (a token naming
+    /// it is a bad signature) but verifies nothing.
+    #[test]
+    fn a_key_its_certificate_contradicts_verifies_nothing() {
+        let rfc: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/vectors/rfc7517/appendix_b.json"))
+                .unwrap();
+        let mut contradicted = p256_jwk("contradicted");
+        contradicted["x5c"] = rfc["x5c"].clone();
+        let good = p256_jwk("good");
+        let set = KeySet::from_json(jwks_of(&[&contradicted, &good]).as_bytes()).unwrap();
+        assert!(set.has_kid("contradicted"));
+        assert!(!set.keys[0].can_verify(Algorithm::ES256));
+        assert!(set.keys[1].can_verify(Algorithm::ES256));
+        assert_eq!(set.unusable_kids(), ["contradicted"]);
+        // The RFC's own key agrees with its certificate, and verifies.
+        let set = KeySet::from_json(jwks_of(&[&rfc]).as_bytes()).unwrap();
+        assert!(set.verifies(Algorithm::RS256));
+        assert!(set.unusable_kids().is_empty());
+    }
+
+    /// An issuer's keys are ready once loaded, or once discovery finds it
+    /// publishes none (its tokens are then only introspected); until then
+    /// they are not, and a configured `jwks_uri` awaits no discovery.
+    #[test]
+    fn keys_are_ready_once_loaded_or_known_to_be_unneeded() {
+        let pending = remote_keys(None, Duration::ZERO, Vec::new());
+        assert!(!pending.is_ready());
+        assert!(pending.publishes_keys() && pending.awaits_discovered_uri());
+        assert!(!pending.has_uri());
+        pending.set_discovered_uri(None);
+        assert!(pending.is_ready() && !pending.publishes_keys());
+
+        let configured: Uri = "https://idp.example/keys".parse().unwrap();
+        let remote = remote_keys(Some(configured), Duration::ZERO, Vec::new());
+        assert!(remote.has_uri() && !remote.awaits_discovered_uri());
+        assert!(!remote.is_ready());
+        let set = KeySet::from_json(jwks_of(&[&p256_jwk("a")]).as_bytes()).unwrap();
+        remote.current.store(Some(Arc::new(set)));
+        assert!(remote.is_ready() && remote.publishes_keys());
+
+        let absent = IssuerKeys::absent(Arc::from("t"));
+        assert!(absent.is_ready() && !absent.publishes_keys());
+        assert!(!absent.has_uri() && !absent.awaits_discovered_uri());
+    }
+
+    /// A zero cooldown holds no refetch back, even one that follows a fetch
+    /// within the clock's resolution; a cooldown holds one back while it
+    /// lasts.
+    #[test]
+    fn a_zero_cooldown_never_holds_a_refetch_back() {
+        let none = remote_keys(None, Duration::ZERO, Vec::new());
+        let remote = none.remote.as_ref().unwrap();
+        assert!(!remote.in_cooldown(), "no fetch yet");
+        // A start the clock cannot tell from now (`elapsed` is then zero).
+        *remote.last_attempt.lock().unwrap() = Some(Instant::now() + Duration::from_secs(60));
+        assert!(!remote.in_cooldown());
+
+        let minute = remote_keys(None, Duration::from_secs(60), Vec::new());
+        let remote = minute.remote.as_ref().unwrap();
+        *remote.last_attempt.lock().unwrap() = Some(Instant::now());
+        assert!(remote.in_cooldown());
+    }
 }
