@@ -1779,6 +1779,7 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
             405,
         ),
         (
+            // No handshake either: that is a GET (RFC 6455 4.1).
             "a WebSocket upgrade",
             "/admin",
             vec![
@@ -1790,7 +1791,7 @@ async fn cors_preflights_reach_the_app_only_where_a_route_allows_them() {
                 ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
             ],
             "",
-            401,
+            400,
         ),
         (
             "an Upgrade header",

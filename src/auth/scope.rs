@@ -240,4 +240,115 @@ mod tests {
         assert!(ScopeRequirement::new(vec!["a\"b".into()], vec![]).is_err());
         assert!(ScopeRequirement::new(vec!["orders:read".into()], vec![]).is_ok());
     }
+
+    /// A list (a `scp` array) grants what the same scopes space-separated
+    /// do, empty entries none; a granted scope with a character RFC 6749 3.3
+    /// does not allow makes the set malformed.
+    #[test]
+    fn granted_scopes_read_alike_from_a_list_or_a_string() {
+        let listed = Scopes::from_list(["orders:read", "", "admin"]);
+        assert_eq!(listed, Scopes::from_space_separated(" orders:read  admin"));
+        assert!(listed.contains("orders:read") && listed.contains("admin"));
+        assert!(!listed.contains(""));
+        assert!(listed.are_tokens() && !listed.is_empty());
+        for none in [Scopes::from_list([""]), Scopes::from_space_separated("  ")] {
+            assert!(none.is_empty() && none.are_tokens(), "{none:?}");
+        }
+        for malformed in ["orders:read x\tadmin", "a\"b", "caf\u{e9}"] {
+            assert!(
+                !Scopes::from_space_separated(malformed).are_tokens(),
+                "{malformed:?}"
+            );
+            assert!(
+                !Scopes::from_list([malformed]).are_tokens(),
+                "{malformed:?}"
+            );
+        }
+    }
+
+    /// The routes of a small config, by path.
+    fn routes() -> crate::config::Config {
+        let yaml = "\
+issuers:
+  - name: idp
+    issuer: https://idp.example
+    audiences: [api]
+    jwks_uri: https://idp.example/keys
+    algorithms: [ES256]
+upstreams:
+  app:
+    url: http://127.0.0.1:3000
+routes:
+  - path: /public
+    upstream: app
+    auth: none
+  - path: /orders
+    upstream: app
+    scopes: [orders:read]
+  - path: /app
+    upstream: app
+    scopes: [orders:read]
+    forward: { cors_preflight: true }
+";
+        crate::config::load_str("<test>", std::path::Path::new("."), yaml).unwrap()
+    }
+
+    fn route<'c>(config: &'c crate::config::Config, path: &str) -> &'c Route {
+        config
+            .routes
+            .iter()
+            .find_map(|(p, _, route)| (p == path).then_some(route))
+            .unwrap()
+    }
+
+    fn token(scopes: &str) -> Arc<VerifiedToken> {
+        Arc::new(crate::auth::build_verified(
+            0,
+            &serde_json::Map::new(),
+            Scopes::from_space_separated(scopes),
+            u64::MAX,
+            0,
+            std::time::Instant::now() + std::time::Duration::from_secs(60),
+            &[],
+        ))
+    }
+
+    /// Only a token granting the route's scopes gets a permit, which carries
+    /// it; a public route's permit carries none, whatever was presented.
+    #[test]
+    fn a_permit_needs_the_routes_scopes() {
+        let config = routes();
+        let orders = route(&config, "/orders");
+        assert!(matches!(
+            authorize(orders, None),
+            Err(GatewayError::MissingToken)
+        ));
+        match authorize(orders, Some(token("orders:write"))) {
+            Err(GatewayError::InsufficientScope { scopes }) => assert_eq!(&*scopes, "orders:read"),
+            other => panic!("{other:?}"),
+        }
+        let permit = authorize(orders, Some(token("admin orders:read"))).unwrap();
+        assert_eq!(permit.route().name, orders.name);
+        let identity = permit.identity().expect("the permit's identity");
+        assert!(identity.scopes.contains("orders:read"));
+
+        let public = route(&config, "/public");
+        for presented in [None, Some(token("orders:read"))] {
+            let permit = authorize(public, presented).unwrap();
+            assert!(permit.identity().is_none());
+            assert_eq!(permit.route().name, public.name);
+        }
+    }
+
+    /// A preflight passes without a token only where the route lets the
+    /// app answer preflights.
+    #[test]
+    fn preflights_pass_only_where_the_route_says() {
+        let config = routes();
+        assert!(admit_preflight(route(&config, "/orders")).is_none());
+        let app = route(&config, "/app");
+        let permit = admit_preflight(app).expect("a permit for the preflight");
+        assert_eq!(permit.route().name, app.name);
+        assert!(permit.identity().is_none());
+    }
 }
