@@ -896,6 +896,10 @@ mod tests {
             ),
             ("com.example.app:/oauth2redirect", "com.example.app:"),
             ("http://[::1]:8080/cb", "http:"),
+            // Hosts a CSP host-source cannot spell, or an empty one.
+            ("https://app_1.example.com/cb", "https:"),
+            ("https://app;1.example.com/cb", "https:"),
+            ("com.example.app:///cb", "com.example.app:"),
         ] {
             assert_eq!(
                 form_target_source(redirect).as_deref(),

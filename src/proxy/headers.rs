@@ -1369,4 +1369,69 @@ mod tests {
         let listed: Vec<&str> = set.iter().map(HeaderName::as_str).collect();
         assert_eq!(listed, ["x-auth-subject"]);
     }
+
+    /// A lone `cookie` line is passed on as it is, the same value with the
+    /// same marks: there is nothing to join.
+    #[test]
+    fn a_lone_cookie_line_keeps_its_never_index_mark() {
+        let mut value = HeaderValue::from_static("session=s3cr3t");
+        value.set_sensitive(true);
+        let mut h = HeaderMap::new();
+        h.insert(COOKIE, value);
+        join_cookies(&mut h);
+        assert_eq!(h.get_all(COOKIE).iter().count(), 1, "{h:?}");
+        assert_eq!(h[COOKIE], "session=s3cr3t");
+        assert!(h[COOKIE].is_sensitive(), "{h:?}");
+    }
+
+    /// A route may set more identity headers than the six fields the
+    /// gateway adds itself (the map is sized for both at once): each the
+    /// token has a value for is set, and one it has none for is absent,
+    /// whatever spelling of it the client sent.
+    #[test]
+    fn every_identity_header_of_a_route_comes_from_the_token_alone() {
+        let names: Vec<HeaderName> = (0..8)
+            .map(|i| HeaderName::try_from(format!("x-id-{i}")).unwrap())
+            .collect();
+        let policy = ForwardPolicy {
+            identity_headers: names.iter().cloned().zip(0..).collect(),
+            remove_headers: names.iter().cloned().collect(),
+            ..forward_policy(false, &[])
+        };
+        let token = VerifiedToken {
+            issuer: 0,
+            scopes: crate::auth::Scopes::default(),
+            expires_at: 0,
+            accepted_until: 0,
+            cache_until: std::time::Instant::now(),
+            identity_values: (0..8)
+                .map(|i| (i < 7).then(|| HeaderValue::try_from(format!("v{i}")).unwrap()))
+                .collect(),
+            jti: None,
+            session: None,
+            keys_generation: 0,
+        };
+        let mut h = HeaderMap::new();
+        h.insert("x-id-0", HeaderValue::from_static("spoofed"));
+        h.insert("x_id_7", HeaderValue::from_static("spoofed"));
+        h.insert("x-id-7", HeaderValue::from_static("spoofed"));
+        prepare_upstream_request(
+            &mut h,
+            &policy,
+            Some(&token),
+            &client_ip(),
+            None,
+            false,
+            None,
+        );
+        for (i, name) in names.iter().enumerate() {
+            let expected = (i < 7).then(|| format!("v{i}"));
+            assert_eq!(
+                h.get(name).map(|v| v.to_str().unwrap().to_owned()),
+                expected,
+                "{name}"
+            );
+        }
+        assert!(!h.contains_key("x_id_7"), "{h:?}");
+    }
 }

@@ -526,9 +526,6 @@ impl Gateway {
         }
     }
 
-    /// Phases 1 to 4: canonicalise the path, match a route, authenticate,
-    /// authorize. Only a [`Verdict::Forward`] carries the permit forwarding
-    /// needs.
     /// The `Allow` value for a routed path (`None`: a route there takes
     /// any method).
     fn allow(&self, canonical_path: &str) -> Option<HeaderValue> {
@@ -545,6 +542,9 @@ impl Gateway {
         }
     }
 
+    /// Phases 1 to 4: canonicalise the path, match a route, authenticate,
+    /// authorize. Only a [`Verdict::Forward`] carries the permit forwarding
+    /// needs.
     async fn check<'a>(
         &'a self,
         request: &Request<Incoming>,
