@@ -4033,6 +4033,159 @@ async fn h2c_upstream() {
     );
 }
 
+/// An h2c upstream that reads the frames itself, reports each request's
+/// header block (HPACK, as the gateway encoded it) and answers `200` with no
+/// body.
+async fn header_block_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<Vec<u8>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (blocks, received) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            let blocks = blocks.clone();
+            tokio::spawn(async move {
+                let mut preface = [0u8; 24];
+                // An empty SETTINGS frame.
+                if tcp.read_exact(&mut preface).await.is_err()
+                    || tcp.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.is_err()
+                {
+                    return;
+                }
+                loop {
+                    let mut head = [0u8; 9];
+                    if tcp.read_exact(&mut head).await.is_err() {
+                        return;
+                    }
+                    let length = usize::from(head[0]) << 16
+                        | usize::from(head[1]) << 8
+                        | usize::from(head[2]);
+                    let (kind, flags, stream) =
+                        (head[3], head[4], [head[5], head[6], head[7], head[8]]);
+                    let mut payload = vec![0u8; length];
+                    if tcp.read_exact(&mut payload).await.is_err() {
+                        return;
+                    }
+                    let reply = match kind {
+                        // SETTINGS: acknowledged.
+                        4 if flags & 1 == 0 => vec![0, 0, 0, 4, 1, 0, 0, 0, 0],
+                        // HEADERS, whole (END_HEADERS), without padding or
+                        // priority: answered `:status: 200` (static index
+                        // 8), which ends the stream.
+                        1 => {
+                            assert_eq!(flags & 0x2c, 0x04, "one unpadded HEADERS frame");
+                            let _ = blocks.send(payload);
+                            let mut reply = vec![0, 0, 1, 1, 0x05];
+                            reply.extend_from_slice(&stream);
+                            reply.push(0x88);
+                            reply
+                        }
+                        // PING: answered.
+                        6 if flags & 1 == 0 => {
+                            let mut reply = vec![0, 0, 8, 6, 1, 0, 0, 0, 0];
+                            reply.extend_from_slice(&payload);
+                            reply
+                        }
+                        _ => continue,
+                    };
+                    if tcp.write_all(&reply).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, received)
+}
+
+/// The literal fields of an HPACK header block (RFC 7541 6), as (first
+/// bits of the representation, static-table index of the name): `0001` is
+/// never indexed, `0000` without indexing, `01` with incremental indexing.
+fn hpack_literals(block: &[u8]) -> Vec<(u8, usize)> {
+    // An integer with an N-bit prefix (RFC 7541 5.1).
+    fn integer(block: &[u8], at: &mut usize, prefix: u8) -> usize {
+        let max = (1usize << prefix) - 1;
+        let mut value = usize::from(block[*at]) & max;
+        *at += 1;
+        if value == max {
+            let mut shift = 0;
+            loop {
+                let byte = block[*at];
+                *at += 1;
+                value += usize::from(byte & 0x7f) << shift;
+                shift += 7;
+                if byte & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        value
+    }
+    let mut literals = Vec::new();
+    let mut at = 0;
+    while at < block.len() {
+        let first = block[at];
+        let (kind, prefix) = match first {
+            0x80.. => (0x80, 7),
+            0x40..=0x7f => (0x40, 6),
+            0x20..=0x3f => (0x20, 5),
+            0x10..=0x1f => (0x10, 4),
+            _ => (0x00, 4),
+        };
+        let index = integer(block, &mut at, prefix);
+        if kind == 0x80 || kind == 0x20 {
+            continue;
+        }
+        // A literal: a name string unless indexed, then the value string.
+        let strings = if index == 0 { 2 } else { 1 };
+        for _ in 0..strings {
+            let length = integer(block, &mut at, 7);
+            at += length;
+        }
+        literals.push((kind, index));
+    }
+    literals
+}
+
+/// A client's credentials reach an HTTP/2 upstream as never-indexed
+/// literals (RFC 7541 7.1.3), so that an intermediary behind it (a mesh
+/// proxy) does not put them in an HPACK table it shares between clients
+/// either. The other fields may be indexed.
+#[tokio::test]
+async fn credentials_reach_an_http2_upstream_never_indexed() {
+    const NEVER_INDEXED: u8 = 0x10;
+    const AUTHORIZATION: usize = 23;
+    const COOKIE: usize = 32;
+    let world = World::new().await;
+    let (upstream, mut blocks) = header_block_upstream().await;
+    let yaml = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    http2_only: true\n",
+    );
+    assert!(yaml.contains("http2_only: true"));
+    let gw = Gateway::start(&yaml).await;
+    let auth = format!("Bearer {}", world.token("orders:read"));
+    let reply = get(
+        &gw.url("/orders/1"),
+        &[("authorization", &auth), ("cookie", "session=s3cr3t")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let literals = hpack_literals(&blocks.recv().await.unwrap());
+    for name in [AUTHORIZATION, COOKIE] {
+        let kinds: Vec<u8> = literals
+            .iter()
+            .filter(|(_, index)| *index == name)
+            .map(|(kind, _)| *kind)
+            .collect();
+        assert_eq!(kinds, [NEVER_INDEXED], "static name {name} in {literals:?}");
+    }
+    assert!(
+        literals.iter().any(|(kind, _)| *kind != NEVER_INDEXED),
+        "{literals:?}"
+    );
+}
+
 /// An h2c upstream that holds every answer until released: it allows
 /// `max_streams` streams per connection, takes `max_connections`
 /// connections and then no more (connecting is refused), and reports each

@@ -39,7 +39,9 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use crossbeam_queue::ArrayQueue;
 use futures_util::task::AtomicWaker;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING};
+use http::header::{
+    AUTHORIZATION, CONNECTION, CONTENT_LENGTH, COOKIE, HOST, TE, TRANSFER_ENCODING,
+};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use hyper::body::Incoming;
@@ -885,8 +887,17 @@ impl UpstreamPool {
         }
     }
 
-    /// HTTP/2 takes the target from the URI (`:scheme`, `:authority`).
+    /// HTTP/2 takes the target from the URI (`:scheme`, `:authority`), and
+    /// a client's credentials go as never-indexed literals (RFC 7541
+    /// 7.1.3). h2 keeps them out of this connection's HPACK table already;
+    /// the mark also binds an intermediary behind (a mesh proxy), whose
+    /// table may be shared by every client's requests, as this one's is.
     fn for_http2(&self, request: &mut Request<ClientBody>) {
+        for (name, value) in request.headers_mut().iter_mut() {
+            if name == AUTHORIZATION || name == COOKIE {
+                value.set_sensitive(true);
+            }
+        }
         let path = request
             .uri()
             .path_and_query()
@@ -1077,6 +1088,29 @@ mod tests {
                 "{url}"
             );
             assert_eq!(request.uri().path_and_query().unwrap(), "/orders/1?x=y");
+        }
+    }
+
+    /// Over HTTP/2, every `authorization` and `cookie` line is marked
+    /// never-indexed (h2 then encodes it so, RFC 7541 6.2.3), and nothing
+    /// else is: compressing the other fields stays allowed.
+    #[test]
+    fn credentials_go_to_an_http2_upstream_never_indexed() {
+        let pool = pool("https://api.example.com");
+        let mut request = Request::get("/orders/1")
+            .header(AUTHORIZATION, "Bearer abc")
+            .header(COOKIE, "a=1")
+            .header(COOKIE, "b=2")
+            .header("x-request-id", "r1")
+            .header("accept", "*/*")
+            .body(ClientBody::empty())
+            .unwrap();
+        pool.for_http2(&mut request);
+        let headers = request.headers();
+        assert_eq!(headers.get_all(COOKIE).iter().count(), 2);
+        for (name, value) in headers {
+            let credential = name == AUTHORIZATION || name == COOKIE;
+            assert_eq!(value.is_sensitive(), credential, "{name}: {value:?}");
         }
     }
 }
