@@ -1398,19 +1398,20 @@ mod tests {
             remove_headers: names.iter().cloned().collect(),
             ..forward_policy(false, &[])
         };
-        let token = VerifiedToken {
-            issuer: 0,
-            scopes: crate::auth::Scopes::default(),
-            expires_at: 0,
-            accepted_until: 0,
-            cache_until: std::time::Instant::now(),
-            identity_values: (0..8)
-                .map(|i| (i < 7).then(|| HeaderValue::try_from(format!("v{i}")).unwrap()))
-                .collect(),
-            jti: None,
-            session: None,
-            keys_generation: 0,
-        };
+        // Claims c0 to c6 hold v0 to v6; c7 is absent.
+        let claims: serde_json::Map<String, serde_json::Value> = (0..7)
+            .map(|i| (format!("c{i}"), format!("v{i}").into()))
+            .collect();
+        let claim_names: Vec<String> = (0..8).map(|i| format!("c{i}")).collect();
+        let token = crate::auth::build_verified(
+            0,
+            &claims,
+            crate::auth::Scopes::default(),
+            0,
+            0,
+            std::time::Instant::now(),
+            &claim_names,
+        );
         let mut h = HeaderMap::new();
         h.insert("x-id-0", HeaderValue::from_static("spoofed"));
         h.insert("x_id_7", HeaderValue::from_static("spoofed"));
