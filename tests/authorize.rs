@@ -1138,13 +1138,30 @@ async fn a_second_sign_in_page_keeps_the_first_ones_form_valid() {
         "{}",
         r.text()
     );
-    // A cookie that is no token of ours is not taken back.
-    let planted = get_authorize(&gw, &p, Some("__Secure-sg_csrf=forged")).await;
-    assert_page(&planted, 200);
-    assert_ne!(
-        cookie_pair(&planted, "__Secure-sg_csrf"),
-        "__Secure-sg_csrf=forged"
-    );
+    // A cookie that is no token of ours is not taken back: not a short
+    // one, nor one of a token's length but other characters (which the
+    // form would otherwise carry into the page).
+    let b64 = "A".repeat(42);
+    for forged in [
+        "forged".to_owned(),
+        b64.clone(),
+        format!("{b64}AA"),
+        format!("{b64}."),
+        format!("{b64}!"),
+        format!("{b64}="),
+        format!("{b64}+"),
+        format!("{b64}/"),
+        format!("{b64}<"),
+        format!("{b64}\""),
+    ] {
+        let planted_cookie = format!("__Secure-sg_csrf={forged}");
+        let planted = get_authorize(&gw, &p, Some(&planted_cookie)).await;
+        assert_page(&planted, 200);
+        let issued = cookie_pair(&planted, "__Secure-sg_csrf");
+        assert_ne!(issued, planted_cookie);
+        assert_ne!(field(&hidden_fields(&planted.text()), "csrf"), forged);
+        assert!(!planted.text().contains(&forged), "{forged}");
+    }
 }
 
 /// A browser sends every cookie of the host on one line (RFC 6265 5.4):

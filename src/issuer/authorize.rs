@@ -910,6 +910,22 @@ mod tests {
     }
 
     #[test]
+    fn only_a_token_of_our_own_form_is_taken_back_from_a_cookie() {
+        for _ in 0..32 {
+            let token = random_token().unwrap();
+            assert!(is_random_token(&token), "{token}");
+        }
+        let base = "aZ09-_".repeat(7);
+        assert!(is_random_token(&format!("{base}x")));
+        for other in [".", "!", "=", "+", "/", "\"", "<", "\u{e9}"] {
+            assert!(!is_random_token(&format!("{base}{other}")), "{other}");
+        }
+        assert!(!is_random_token(&base));
+        assert!(!is_random_token(&format!("{base}xy")));
+        assert!(!is_random_token(""));
+    }
+
+    #[test]
     fn redirect_uri_matching() {
         assert!(redirect_matches(
             "https://app.example/cb",
