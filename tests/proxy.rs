@@ -2665,6 +2665,35 @@ async fn hanging_upstream_is_504_and_the_gateway_keeps_serving() {
     assert_eq!(world.upstream.last().path_and_query, "/orders/43");
 }
 
+/// A request whose whole body went up before the upstream hung is 504
+/// once `request_timeout` has passed since the upload ended: the wait that
+/// leaves long uploads alone still ends.
+#[tokio::test]
+async fn hanging_upstream_after_a_whole_upload_is_504() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    world.upstream.set_mode(UpstreamMode::Hang);
+    let auth = bearer(&world.token("orders:write"));
+    let reply = send(
+        "POST",
+        &gw.url("/orders/1"),
+        &[
+            ("authorization", &auth),
+            ("content-type", "application/json"),
+        ],
+        Bytes::from_static(b"{\"item\":1}"),
+    )
+    .await
+    .expect("no answer: the gateway waited for the upstream for good");
+    assert_eq!(reply.status, 504, "{}", reply.text());
+    assert_eq!(reply.json()["error"], "gateway_timeout");
+    assert_eq!(
+        world.upstream.count(),
+        1,
+        "the upstream did get the request"
+    );
+}
+
 // ---------------------------------------------------------------------------
 // 5. Bodies
 // ---------------------------------------------------------------------------
