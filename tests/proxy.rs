@@ -2597,6 +2597,48 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
     assert_eq!(world.upstream.last().body_len, 8);
 }
 
+/// An upload the upstream takes slowly but steadily, for longer than
+/// `request_timeout`, is not cut off either: progress while the gateway
+/// waits on the upstream (not on the client) keeps the wait going. The
+/// upstream pauses 10 ms per 64 KiB, so the 16 MiB take at least 2.56 s
+/// against a 1 s timeout.
+#[tokio::test]
+async fn an_upload_the_upstream_takes_slowly_is_not_cut_off() {
+    let world = World::new().await;
+    let upstream = serve_fn(|req: Request<Incoming>| async move {
+        let mut body = req.into_body();
+        let (mut len, mut since_pause) = (0usize, 0usize);
+        while let Some(frame) = body.frame().await {
+            if let Ok(data) = frame.unwrap().into_data() {
+                len += data.len();
+                since_pause += data.len();
+                while since_pause >= 64 << 10 {
+                    since_pause -= 64 << 10;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        }
+        Response::new(full_body(len.to_string()))
+    })
+    .await;
+    let config = config_for(&world, upstream)
+        .replace("    request_timeout: 2s\n", "    request_timeout: 1s\n");
+    assert!(config.contains("    request_timeout: 1s\n"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:write"));
+    let size = 16 << 20;
+    let reply = send(
+        "POST",
+        &gw.url("/orders/new"),
+        &[("authorization", &auth)],
+        Bytes::from(vec![b'x'; size]),
+    )
+    .await
+    .unwrap();
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    assert_eq!(reply.text(), size.to_string());
+}
+
 /// An upstream that stops taking an upload (and never answers) still gets
 /// the request 504 once the upload made no progress for `request_timeout`:
 /// waiting for the upload's end must not wait for good.
