@@ -545,6 +545,73 @@ async fn upstream_dying_mid_body_truncates_the_response_and_the_gateway_keeps_se
     assert_eq!(body_failures("body"), f64::from(cut_off), "{text}");
 }
 
+/// Sends `bytes` down `tx` one byte at a time, `gap` apart, then ends the
+/// body (drops `tx`).
+async fn trickle(tx: tokio::sync::mpsc::Sender<Bytes>, bytes: &'static [u8], gap: Duration) {
+    for byte in bytes {
+        tokio::time::sleep(gap).await;
+        if tx.send(Bytes::copy_from_slice(&[*byte])).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// `body_idle_timeout` bounds each wait for a body's next frame, not the
+/// whole body: an answer and an upload that trickle in, each byte well
+/// within the timeout but the whole taking twice as long, arrive whole.
+/// Guards the idle timer's restart on every frame (a timer armed once and
+/// never pushed back, or pushed into the past, cuts them off).
+#[tokio::test]
+async fn bodies_trickling_within_body_idle_timeout_are_not_cut_off() {
+    const BYTES: &[u8] = b"trickling!";
+    let gap = Duration::from_millis(400);
+    let world = World::new().await;
+    // Answers `/files/answer` with a body of a byte every `gap`; anything
+    // else with the length of the body it received.
+    let upstream = serve_fn(
+        move |req: hyper::Request<hyper::body::Incoming>| async move {
+            if req.uri().path() == "/files/answer" {
+                let (tx, body) = channel_body();
+                tokio::spawn(trickle(tx, BYTES, gap));
+                return hyper::Response::new(body.boxed());
+            }
+            let received = req.into_body().collect().await;
+            let said =
+                received.map_or_else(|e| format!("cut: {e}"), |b| b.to_bytes().len().to_string());
+            hyper::Response::new(full_body(said))
+        },
+    )
+    .await;
+    // 4 s of trickling against 2 s: each byte's wait is a fifth of it.
+    let config = yaml(&world.jwks.uri(), upstream, "", "")
+        .replace("body_idle_timeout: 1s", "body_idle_timeout: 2s");
+    assert!(config.contains("body_idle_timeout: 2s"));
+    let gw = Gateway::start(&config).await;
+
+    let answer = get(&gw.url("/files/answer"), &[]).await;
+    let answer = answer.expect("the trickling answer was cut off");
+    assert_eq!((answer.status, answer.text().as_str()), (200, "trickling!"));
+
+    let (tx, body) = channel_body();
+    tokio::spawn(trickle(tx, BYTES, gap));
+    let client: Client<_, ChannelBody> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let request = hyper::Request::post(gw.url("/files/upload"))
+        .body(body)
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(30), client.request(request))
+        .await
+        .expect("no answer to the trickling upload")
+        .unwrap();
+    let status = response.status();
+    let text = response.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        (status.as_u16(), &text[..]),
+        (200, BYTES.len().to_string().as_bytes()),
+        "the trickling upload was cut off"
+    );
+}
+
 /// `connect_timeout` bounds the whole connect, TLS handshake included: an
 /// https upstream whose port takes the TCP connection but never answers the
 /// handshake (a hung process, a balancer before a dead backend) gets 504

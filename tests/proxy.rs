@@ -2567,6 +2567,53 @@ async fn an_upload_going_on_after_its_answer_keeps_its_place() {
     .await;
 }
 
+/// An upload going on after its answer that the upstream keeps taking, as
+/// the client sends it a little at a time, is no stall: each
+/// `body_idle_timeout` the gateway's watch of it sees progress or the
+/// client's turn, so it neither closes the upstream connection nor counts a
+/// stall. Guards `watch_upload`
+/// and `UploadMark` against taking a client's pauses for an upstream that
+/// stopped reading.
+#[tokio::test]
+async fn an_upload_trickling_on_after_its_answer_is_not_taken_for_a_stall() {
+    let world = World::new().await;
+    // Answers each head at once and reads whatever follows.
+    let (upstream, _) = counting_upstream(Behaviour::KeepAlive).await;
+    let config = config_for(&world, upstream).replace(
+        "    request_timeout: 2s\n",
+        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    max_requests: 1\n",
+    );
+    assert!(config.contains("max_requests: 1"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:write"));
+    let mut uploader = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 12\r\n\r\nab"
+    );
+    uploader.write_all(head.as_bytes()).await.unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = tokio::time::timeout(BOUND, uploader.read(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    // The rest, a byte every 300 ms: 3 s, three watches of 1 s.
+    for byte in b"0123456789" {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        uploader
+            .write_all(&[*byte])
+            .await
+            .expect("the gateway stopped taking the upload");
+    }
+    eventually("the place is given back", || async {
+        get(&gw.url("/status"), &[]).await.unwrap().status == 200
+    })
+    .await;
+    let metrics = gw.metrics().await;
+    assert_eq!(stalled_uploads(&metrics), 0.0, "{metrics}");
+}
+
 /// `request_timeout` runs from the end of the request body: an upload that
 /// takes longer than it (here 4 s of steady bytes against 2 s) reaches the
 /// upstream and gets its answer, where it used to get 504 mid-upload.
