@@ -2526,15 +2526,17 @@ async fn an_upstream_at_its_max_requests_gets_no_more() {
     assert_eq!(served.load(Ordering::SeqCst), 2);
 }
 
-/// A request keeps its `max_requests` place while its upload still goes
-/// out after the answer (the upstream connection is still its): it was
-/// given back with the answer, and a slow uploader made the gateway open a
-/// connection per request past the limit.
-#[tokio::test]
-async fn an_upload_going_on_after_its_answer_keeps_its_place() {
+/// A gateway with `body_idle_timeout: 1s` and `max_requests: 1` before an
+/// upstream that answers each head at once and reads whatever follows, and
+/// a client connection whose upload (`length` bytes declared, `first`
+/// sent) has had its 200; with the upstream's connection count and the
+/// connection to send the rest on.
+async fn upload_answered_early(
+    length: usize,
+    first: &[u8],
+) -> (World, Gateway, Arc<AtomicUsize>, TcpStream) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::new().await;
-    // Answers each head at once and reads whatever follows.
     let (upstream, connections) = counting_upstream(Behaviour::KeepAlive).await;
     let config = config_for(&world, upstream).replace(
         "    request_timeout: 2s\n",
@@ -2545,9 +2547,10 @@ async fn an_upload_going_on_after_its_answer_keeps_its_place() {
     let auth = bearer(&world.token("orders:write"));
     let mut uploader = TcpStream::connect(gw.addr).await.unwrap();
     let head = format!(
-        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 20\r\n\r\n0123456789"
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: {length}\r\n\r\n"
     );
     uploader.write_all(head.as_bytes()).await.unwrap();
+    uploader.write_all(first).await.unwrap();
     let mut answer = vec![0u8; 4096];
     let n = tokio::time::timeout(BOUND, uploader.read(&mut answer))
         .await
@@ -2555,6 +2558,17 @@ async fn an_upload_going_on_after_its_answer_keeps_its_place() {
         .unwrap();
     let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    (world, gw, connections, uploader)
+}
+
+/// A request keeps its `max_requests` place while its upload still goes
+/// out after the answer (the upstream connection is still its): it was
+/// given back with the answer, and a slow uploader made the gateway open a
+/// connection per request past the limit.
+#[tokio::test]
+async fn an_upload_going_on_after_its_answer_keeps_its_place() {
+    use tokio::io::AsyncWriteExt;
+    let (_world, gw, connections, mut uploader) = upload_answered_early(20, b"0123456789").await;
     // Half the upload is still to come: the place is still taken.
     let refused = get(&gw.url("/status"), &[]).await.unwrap();
     assert_eq!(refused.status, 503, "{}", refused.text());
@@ -2576,28 +2590,8 @@ async fn an_upload_going_on_after_its_answer_keeps_its_place() {
 /// stopped reading.
 #[tokio::test]
 async fn an_upload_trickling_on_after_its_answer_is_not_taken_for_a_stall() {
-    let world = World::new().await;
-    // Answers each head at once and reads whatever follows.
-    let (upstream, _) = counting_upstream(Behaviour::KeepAlive).await;
-    let config = config_for(&world, upstream).replace(
-        "    request_timeout: 2s\n",
-        "    request_timeout: 2s\n    body_idle_timeout: 1s\n    max_requests: 1\n",
-    );
-    assert!(config.contains("max_requests: 1"));
-    let gw = Gateway::start(&config).await;
-    let auth = bearer(&world.token("orders:write"));
-    let mut uploader = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!(
-        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nAuthorization: {auth}\r\nContent-Length: 12\r\n\r\nab"
-    );
-    uploader.write_all(head.as_bytes()).await.unwrap();
-    let mut answer = vec![0u8; 4096];
-    let n = tokio::time::timeout(BOUND, uploader.read(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&answer[..n]).into_owned();
-    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    use tokio::io::AsyncWriteExt;
+    let (_world, gw, _, mut uploader) = upload_answered_early(12, b"ab").await;
     // The rest, a byte every 300 ms: 3 s, three watches of 1 s.
     for byte in b"0123456789" {
         tokio::time::sleep(Duration::from_millis(300)).await;
