@@ -6106,6 +6106,52 @@ async fn a_get_above_an_error_goaways_last_stream_id_is_sent_again() {
     assert_eq!(answered.load(Ordering::SeqCst), 1);
 }
 
+/// A request an HTTP/2 upstream does not take goes again at most twice,
+/// each time on a new connection: an upstream that turns every stream down
+/// (GOAWAY naming none taken, or `REFUSED_STREAM`) sees it on three
+/// connections, and the client gets 502, instead of the request going round
+/// until its timeout.
+#[tokio::test]
+async fn a_request_no_connection_takes_is_sent_again_twice_at_most() {
+    use h2::frame::{GoAway, Reset, StreamId};
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    for goaway in [true, false] {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::clone(&connections);
+        let upstream = serve_raw_h2(move |mut codec| {
+            conns.fetch_add(1, Ordering::SeqCst);
+            async move {
+                while let Some(headers) = next_h2_headers(&mut codec).await {
+                    if goaway {
+                        let frame = GoAway::new(StreamId::from(0), h2::Reason::NO_ERROR);
+                        send_frame(&mut codec, frame.into()).await;
+                        let _ = futures_util::StreamExt::next(&mut codec).await;
+                        return;
+                    }
+                    let reset = Reset::new(headers.stream_id(), h2::Reason::REFUSED_STREAM);
+                    send_frame(&mut codec, reset.into()).await;
+                }
+            }
+        })
+        .await;
+        let yaml = config_for(&world, upstream).replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    http2_only: true\n",
+        );
+        let gw = Gateway::start(&yaml).await;
+        let reply = get_with_token(&gw.url("/orders/1"), &token).await;
+        let metrics = gw.metrics().await;
+        assert_eq!(reply.status, 502, "goaway: {goaway}");
+        assert_eq!(
+            connections.load(Ordering::SeqCst),
+            3,
+            "goaway: {goaway}: one connection and two more"
+        );
+        assert_eq!(upstream_errors(&metrics, "protocol"), 1.0, "{metrics}");
+    }
+}
+
 /// A draining upstream (GOAWAY, with a long response still in flight on
 /// the connection) takes no new stream: the next request, even one with a
 /// body, goes on a new connection and is answered, instead of failing on
