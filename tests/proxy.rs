@@ -5389,12 +5389,23 @@ enum Behaviour {
 /// A raw HTTP/1.1 upstream answering requests with 200 "ok" (keep-alive
 /// framing) as `behaviour` says, counting the connections it accepted.
 async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, accepted, _) = recording_upstream(behaviour).await;
+    (addr, accepted)
+}
+
+/// [`counting_upstream`], also keeping each request head it read (the
+/// lines before the blank one, as sent), in order of arrival.
+async fn recording_upstream(
+    behaviour: Behaviour,
+) -> (SocketAddr, Arc<AtomicUsize>, Arc<Mutex<Vec<String>>>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let counter = Arc::clone(&accepted);
+    let heads = Arc::new(Mutex::new(Vec::new()));
+    let (counter, recorded) = (Arc::clone(&accepted), Arc::clone(&heads));
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
+            let recorded = Arc::clone(&recorded);
             let first = counter.fetch_add(1, Ordering::SeqCst) == 0;
             let (bad, answer) = match behaviour {
                 Behaviour::BadFirst(bytes) if first => (Some(bytes), None),
@@ -5415,6 +5426,8 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
                     }
                     buffer.extend_from_slice(&chunk[..n]);
                     while let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
+                        let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
+                        recorded.lock().unwrap().push(head);
                         buffer.drain(..end + 4);
                         match &mut answers_left {
                             Some(0) => return,
@@ -5432,7 +5445,7 @@ async fn counting_upstream(behaviour: Behaviour) -> (SocketAddr, Arc<AtomicUsize
             });
         }
     });
-    (addr, accepted)
+    (addr, accepted, heads)
 }
 
 /// Sends five sequential requests through a gateway in front of
@@ -5519,12 +5532,14 @@ async fn pooled_connections_idle_past_pool_idle_timeout_are_not_reused() {
 /// A pooled connection that sat idle may be closing just as a request goes
 /// out on it. A bodiless GET is then sent again on a new connection (RFC
 /// 9110 9.2.2); a POST is not, since the upstream may have processed it.
+/// The copy sent again is the request as it went out the first time, its
+/// `TE` announced in `Connection` once, not twice.
 #[tokio::test]
 async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
     let world = World::new().await;
     let token = world.token("orders:read orders:write");
     for (method, status, connections) in [("GET", 200, 2), ("POST", 502, 1)] {
-        let (upstream, accepted) = counting_upstream(Behaviour::DropFirstsSecond).await;
+        let (upstream, accepted, heads) = recording_upstream(Behaviour::DropFirstsSecond).await;
         let gw = Gateway::start(&config_for(&world, upstream)).await;
         let first = get_with_token(&gw.url("/orders/1"), &token).await;
         assert_eq!(first.status, 200);
@@ -5535,13 +5550,27 @@ async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
         let second = send(
             method,
             &gw.url("/orders/2"),
-            &[("authorization", &auth)],
+            &[("authorization", &auth), ("te", "trailers")],
             Bytes::new(),
         )
         .await
         .unwrap();
         assert_eq!(second.status, status, "{method}: {}", second.text());
         assert_eq!(accepted.load(Ordering::SeqCst), connections, "{method}");
+        let heads = heads.lock().unwrap().clone();
+        assert_eq!(heads.len(), connections + 1, "{method}: {heads:?}");
+        for head in &heads {
+            let lower = head.to_ascii_lowercase();
+            let lines: Vec<&str> = lower.lines().collect();
+            if lines[0].contains("/orders/2") {
+                let connection: Vec<&str> = lines
+                    .iter()
+                    .copied()
+                    .filter(|l| l.starts_with("connection:"))
+                    .collect();
+                assert_eq!(connection, ["connection: te"], "{method}: {head}");
+            }
+        }
     }
 }
 
