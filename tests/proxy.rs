@@ -3772,6 +3772,28 @@ async fn a_get_body_of_unknown_length_reaches_an_http1_upstream() {
     assert_eq!(seen[0].1, b"hello world");
 }
 
+/// A GET body of known length goes on as it came, with its
+/// `Content-Length`: only one of unknown length is sent chunked, which some
+/// servers refuse on a GET.
+#[tokio::test]
+async fn a_get_body_of_known_length_keeps_its_length_to_an_http1_upstream() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let auth = bearer(&world.token("orders:read"));
+    let mut bytes = request(
+        "GET",
+        "/orders/1",
+        &[("Authorization", &auth), ("Content-Length", "11")],
+    );
+    bytes.extend_from_slice(b"hello world");
+    let reply = raw_reply(gw.addr, &bytes).await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    let seen = world.upstream.last();
+    assert_eq!(seen.body_len, 11);
+    let framing = ["content-length", "transfer-encoding"].map(|name| seen.headers.get(name));
+    assert_eq!(framing, [Some(&http::HeaderValue::from_static("11")), None]);
+}
+
 /// An answer's trailers reach an HTTP/1.1 client that takes them (`TE:
 /// trailers`): the upstream's `Trailer` header, by which hyper sends an
 /// HTTP/1.1 client only the fields it announces, is kept.
