@@ -5399,6 +5399,8 @@ enum Behaviour {
     /// Closes each connection right after its first answer without saying
     /// so, as an upstream that drops idle keep-alive connections does.
     CloseAfterReply,
+    /// Closes each connection as it accepts it, reading nothing.
+    CloseAtOnce,
     /// Answers the first connection's request with these bytes (an answer
     /// the gateway must refuse) and closes it, then behaves.
     BadFirst(&'static [u8]),
@@ -5434,6 +5436,9 @@ async fn recording_upstream(
                 Behaviour::KeepAliveWith(bytes) => (None, Some(bytes)),
                 _ => (None, None),
             };
+            if behaviour == Behaviour::CloseAtOnce {
+                continue;
+            }
             let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
             let mut answers_left = (first && behaviour == Behaviour::DropFirstsSecond).then_some(1);
             tokio::spawn(async move {
@@ -5593,6 +5598,25 @@ async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
                 assert_eq!(connection, ["connection: te"], "{method}: {head}");
             }
         }
+    }
+}
+
+/// An upstream that closes each connection as it accepts it: every request
+/// is a 502 on the one connection opened for it. Only a request on a pooled
+/// connection that sat idle goes again when its connection breaks (the
+/// upstream's keep-alive may have just run out); on a new one, the upstream
+/// is turning connections away, and sending again would open one after
+/// another until the request's timeout.
+#[tokio::test]
+async fn an_upstream_closing_new_connections_at_once_costs_one_each() {
+    let world = World::new().await;
+    let token = world.token("orders:read");
+    let (upstream, accepted) = counting_upstream(Behaviour::CloseAtOnce).await;
+    let gw = Gateway::start(&config_for(&world, upstream)).await;
+    for id in 0..20 {
+        let reply = get_with_token(&gw.url(&format!("/orders/{id}")), &token).await;
+        assert_eq!(reply.status, 502, "{}", reply.text());
+        assert_eq!(accepted.load(Ordering::SeqCst), id + 1, "request {id}");
     }
 }
 
