@@ -5408,6 +5408,10 @@ enum Behaviour {
     /// and closes it unanswered, as an upstream whose keep-alive runs out
     /// just as a request arrives does; later connections behave.
     DropFirstsSecond,
+    /// Answers the first connection's first request, then its second with
+    /// these bytes (an answer the gateway must refuse), and closes it; later
+    /// connections behave.
+    BadFirstsSecond(&'static [u8]),
 }
 
 /// A raw HTTP/1.1 upstream answering requests with 200 "ok" (keep-alive
@@ -5441,6 +5445,11 @@ async fn recording_upstream(
             }
             let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
             let mut answers_left = (first && behaviour == Behaviour::DropFirstsSecond).then_some(1);
+            let bad_second = match behaviour {
+                Behaviour::BadFirstsSecond(bytes) if first => Some(bytes),
+                _ => None,
+            };
+            let mut answered = 0;
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
                 let mut chunk = [0u8; 4096];
@@ -5461,10 +5470,13 @@ async fn recording_upstream(
                             Some(left) => *left -= 1,
                             None => {}
                         }
+                        let bad = bad_second.filter(|_| answered == 1).or(bad);
+                        answered += 1;
                         let reply: &[u8] = bad
                             .or(answer)
                             .unwrap_or(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
-                        if stream.write_all(reply).await.is_err() || close_after_reply {
+                        let close = close_after_reply || bad.is_some();
+                        if stream.write_all(reply).await.is_err() || close {
                             return;
                         }
                     }
@@ -5560,13 +5572,20 @@ async fn pooled_connections_idle_past_pool_idle_timeout_are_not_reused() {
 /// out on it. A bodiless GET is then sent again on a new connection (RFC
 /// 9110 9.2.2); a POST is not, since the upstream may have processed it.
 /// The copy sent again is the request as it went out the first time, its
-/// `TE` announced in `Connection` once, not twice.
+/// `TE` announced in `Connection` once, not twice. A GET whose answer is
+/// malformed is not sent again: its connection did not break, and the
+/// upstream answered.
 #[tokio::test]
 async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
     let world = World::new().await;
     let token = world.token("orders:read orders:write");
-    for (method, status, connections) in [("GET", 200, 2), ("POST", 502, 1)] {
-        let (upstream, accepted, heads) = recording_upstream(Behaviour::DropFirstsSecond).await;
+    let malformed = Behaviour::BadFirstsSecond(b"HTCPCP/1.0 418 \x01\x02\r\n\r\n");
+    for (behaviour, method, status, connections) in [
+        (Behaviour::DropFirstsSecond, "GET", 200, 2),
+        (Behaviour::DropFirstsSecond, "POST", 502, 1),
+        (malformed, "GET", 502, 1),
+    ] {
+        let (upstream, accepted, heads) = recording_upstream(behaviour).await;
         let gw = Gateway::start(&config_for(&world, upstream)).await;
         let first = get_with_token(&gw.url("/orders/1"), &token).await;
         assert_eq!(first.status, 200);
@@ -5582,10 +5601,23 @@ async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
         )
         .await
         .unwrap();
-        assert_eq!(second.status, status, "{method}: {}", second.text());
-        assert_eq!(accepted.load(Ordering::SeqCst), connections, "{method}");
+        assert_eq!(
+            second.status,
+            status,
+            "{behaviour:?} {method}: {}",
+            second.text()
+        );
+        assert_eq!(
+            accepted.load(Ordering::SeqCst),
+            connections,
+            "{behaviour:?} {method}"
+        );
         let heads = heads.lock().unwrap().clone();
-        assert_eq!(heads.len(), connections + 1, "{method}: {heads:?}");
+        assert_eq!(
+            heads.len(),
+            connections + 1,
+            "{behaviour:?} {method}: {heads:?}"
+        );
         for head in &heads {
             let lower = head.to_ascii_lowercase();
             let lines: Vec<&str> = lower.lines().collect();
@@ -5595,7 +5627,11 @@ async fn idle_connection_closing_under_a_request_costs_no_idempotent_request() {
                     .copied()
                     .filter(|l| l.starts_with("connection:"))
                     .collect();
-                assert_eq!(connection, ["connection: te"], "{method}: {head}");
+                assert_eq!(
+                    connection,
+                    ["connection: te"],
+                    "{behaviour:?} {method}: {head}"
+                );
             }
         }
     }
