@@ -5444,11 +5444,8 @@ async fn recording_upstream(
                 continue;
             }
             let close_after_reply = bad.is_some() || behaviour == Behaviour::CloseAfterReply;
-            let mut answers_left = (first && behaviour == Behaviour::DropFirstsSecond).then_some(1);
-            let bad_second = match behaviour {
-                Behaviour::BadFirstsSecond(bytes) if first => Some(bytes),
-                _ => None,
-            };
+            // What the first connection does with its second request.
+            let second = first.then_some(behaviour);
             let mut answered = 0;
             tokio::spawn(async move {
                 let mut buffer = Vec::new();
@@ -5465,12 +5462,11 @@ async fn recording_upstream(
                         let head = String::from_utf8_lossy(&buffer[..end]).into_owned();
                         recorded.lock().unwrap().push(head);
                         buffer.drain(..end + 4);
-                        match &mut answers_left {
-                            Some(0) => return,
-                            Some(left) => *left -= 1,
-                            None => {}
-                        }
-                        let bad = bad_second.filter(|_| answered == 1).or(bad);
+                        let bad = match second.filter(|_| answered == 1) {
+                            Some(Behaviour::DropFirstsSecond) => return,
+                            Some(Behaviour::BadFirstsSecond(bytes)) => Some(bytes),
+                            _ => bad,
+                        };
                         answered += 1;
                         let reply: &[u8] = bad
                             .or(answer)
