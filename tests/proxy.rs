@@ -3187,6 +3187,103 @@ async fn websocket_goes_over_http1_to_an_upstream_that_offers_h2() {
     assert_eq!(seen.lock().unwrap().len(), 2);
 }
 
+/// A WebSocket's HTTP/1.1 connection says nothing of what the upstream
+/// speaks: requests past `http2_max_streams` afterwards still open HTTP/2
+/// connections one at a time, so two at once past a full connection share
+/// one new connection rather than opening one each.
+#[tokio::test]
+async fn a_websocket_leaves_an_h2_upstream_opened_one_connection_at_a_time() {
+    let world = World::new().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = self_signed(dir.path());
+    let acceptor = scopegate::server::tls::acceptor(&scopegate::config::TlsFiles {
+        cert_file: cert.clone(),
+        key_file: key,
+    })
+    .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let upstream = listener.local_addr().unwrap();
+    let h2_connections = Arc::new(AtomicUsize::new(0));
+    let (arrived, mut arrivals) = mpsc::unbounded_channel::<String>();
+    let (release, released) = tokio::sync::watch::channel(false);
+    let switching = echo_upgrade(Arc::new(Mutex::new(Vec::new())));
+    // Holds each plain request until released; switches each WebSocket one.
+    let handler = move |req: Request<Incoming>| {
+        let (arrived, mut released, switching) =
+            (arrived.clone(), released.clone(), switching.clone());
+        async move {
+            if req.headers().contains_key("upgrade") {
+                return Ok::<_, std::convert::Infallible>(switching(req).await);
+            }
+            let path = req.uri().path().to_owned();
+            let _ = arrived.send(path.clone());
+            let _ = released.wait_for(|go| *go).await;
+            Ok(Response::new(full_body(path)))
+        }
+    };
+    let counted = Arc::clone(&h2_connections);
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, handler, counted) = (acceptor.clone(), handler.clone(), counted.clone());
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    counted.fetch_add(1, Ordering::SeqCst);
+                }
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(
+                        TokioIo::new(tls),
+                        hyper::service::service_fn(handler),
+                    )
+                    .await;
+            });
+        }
+    });
+    let config = config_for(&world, upstream)
+        .replace(
+            &format!("url: http://{upstream}"),
+            &format!("url: https://{upstream}"),
+        )
+        .replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    http2_max_streams: 2\n",
+        );
+    assert!(config.contains("http2_max_streams"));
+    let gw = Gateway::start(&trusting(&config, &cert)).await;
+    let token = world.token("orders:read");
+
+    // Two held requests fill the first connection: one after the other,
+    // as before one connection agreed on h2, each request opens its own.
+    let mut first = Vec::new();
+    for k in 0..2 {
+        first.push(held_requests(&gw, &token, k, 1));
+        tokio::time::timeout(BOUND, arrivals.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(h2_connections.load(Ordering::SeqCst), 1);
+    let tunnel = tokio::time::timeout(BOUND, open_tunnel(gw.addr, &token)).await;
+    drop(tunnel.expect("the tunnel did not echo"));
+    // Two at once past the full connection: one new connection takes both.
+    let burst = held_requests(&gw, &token, 2, 2);
+    for _ in 0..2 {
+        tokio::time::timeout(BOUND, arrivals.recv())
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    assert_eq!(h2_connections.load(Ordering::SeqCst), 2);
+    release.send(true).unwrap();
+    for (k, held) in first.into_iter().enumerate() {
+        assert_eq!(all_answered(held).await, [format!("/orders/{k}")]);
+    }
+    assert_eq!(all_answered(burst).await, ["/orders/2", "/orders/3"]);
+    assert_eq!(h2_connections.load(Ordering::SeqCst), 2);
+}
+
 /// To an upstream that speaks HTTP/2 only, a WebSocket request cannot go:
 /// 502, counted as a protocol error, rather than a plain request the
 /// upstream would take for something else.
