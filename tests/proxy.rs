@@ -4589,6 +4589,31 @@ async fn h2c_upstream_connections_past_the_first_close_when_idle() {
     assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
 }
 
+/// The pool's clock runs at one pace however many connections it opened:
+/// ten connections a burst opened, idle for two seconds of a ten-second
+/// `pool_idle_timeout`, are all still open.
+#[tokio::test]
+async fn h2c_upstream_connections_stay_open_within_pool_idle_timeout() {
+    let mut upstream = HeldH2Upstream::start(10, usize::MAX).await;
+    let world = World::new().await;
+    let gw = upstream
+        .gateway(&world, 1, "    pool_idle_timeout: 10s\n")
+        .await;
+    let token = world.token("orders:read");
+
+    let held = held_requests(&gw, &token, 0, 10);
+    upstream.arrived(10).await;
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 10);
+    upstream.release.send(true).unwrap();
+    all_answered(held).await;
+    // Two ticks of the pool's clock (one a second), well within the timeout.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(upstream.closed.load(Ordering::SeqCst), 0);
+    let held = held_requests(&gw, &token, 10, 10);
+    assert_eq!(all_answered(held).await.len(), 10);
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 10);
+}
+
 /// An HTTP/2 stream stays open while its request body goes out, even once
 /// the answer has ended (an upstream may answer first): its slot is held
 /// until the upload ends too. With one stream per connection, a request
