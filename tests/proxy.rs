@@ -4562,31 +4562,35 @@ async fn h2c_upstream_streams_past_the_limit_open_another_connection() {
 
 /// The connections a burst opened past the first close once idle for
 /// `pool_idle_timeout`; the first stays open and takes the next request.
+/// So too with no room for idle HTTP/1.1 connections, which HTTP/2 ones do
+/// not take.
 #[tokio::test]
 async fn h2c_upstream_connections_past_the_first_close_when_idle() {
-    let mut upstream = HeldH2Upstream::start(10, usize::MAX).await;
     let world = World::new().await;
-    let gw = upstream
-        .gateway(&world, 1, "    pool_idle_timeout: 1s\n")
-        .await;
     let token = world.token("orders:read");
+    for extra in ["", "    pool_max_idle_per_host: 0\n"] {
+        let mut upstream = HeldH2Upstream::start(10, usize::MAX).await;
+        let gw = upstream
+            .gateway(&world, 1, &format!("    pool_idle_timeout: 1s\n{extra}"))
+            .await;
 
-    let held = held_requests(&gw, &token, 0, 3);
-    let mut on: Vec<usize> = upstream.arrived(3).await.iter().map(|a| a.0).collect();
-    on.sort_unstable();
-    assert_eq!(on, [0, 1, 2]);
-    upstream.release.send(true).unwrap();
-    all_answered(held).await;
-    let deadline = tokio::time::Instant::now() + BOUND;
-    while upstream.closed.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        let held = held_requests(&gw, &token, 0, 3);
+        let mut on: Vec<usize> = upstream.arrived(3).await.iter().map(|a| a.0).collect();
+        on.sort_unstable();
+        assert_eq!(on, [0, 1, 2], "{extra}");
+        upstream.release.send(true).unwrap();
+        all_answered(held).await;
+        let deadline = tokio::time::Instant::now() + BOUND;
+        while upstream.closed.load(Ordering::SeqCst) < 2 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(upstream.closed.load(Ordering::SeqCst), 2, "{extra}");
+        let reply = get_with_token(&gw.url("/orders/3"), &token).await;
+        assert_eq!(reply.status, 200);
+        assert_eq!(upstream.arrived(1).await[0].0, 0);
+        assert_eq!(upstream.connections.load(Ordering::SeqCst), 3, "{extra}");
+        assert_eq!(upstream.closed.load(Ordering::SeqCst), 2, "{extra}");
     }
-    assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
-    let reply = get_with_token(&gw.url("/orders/3"), &token).await;
-    assert_eq!(reply.status, 200);
-    assert_eq!(upstream.arrived(1).await[0].0, 0);
-    assert_eq!(upstream.connections.load(Ordering::SeqCst), 3);
-    assert_eq!(upstream.closed.load(Ordering::SeqCst), 2);
 }
 
 /// The pool's clock runs at one pace however many connections it opened:
