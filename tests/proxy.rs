@@ -2638,6 +2638,44 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
     assert_eq!(world.upstream.last().body_len, 8);
 }
 
+/// The same upload, 3.5 s of steady bytes against a 2 s timeout, to an
+/// upstream that answers 1.4 s after the body's end: within the timeout as
+/// it runs from that end, so the answer is waited for. The wait used to be
+/// cut off at the first check after the end (at 4 s, where 4 s from the
+/// head had passed).
+#[tokio::test]
+async fn an_answer_within_request_timeout_of_an_uploads_end_is_waited_for() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let world = World::new().await;
+    let upstream = serve_fn(|req: Request<Incoming>| async move {
+        let body = req.into_body().collect().await.unwrap().to_bytes();
+        tokio::time::sleep(Duration::from_millis(1400)).await;
+        Response::new(full_body(body))
+    })
+    .await;
+    let config = config_for(&world, upstream);
+    assert!(config.contains("    request_timeout: 2s\n"));
+    let gw = Gateway::start(&config).await;
+    let auth = bearer(&world.token("orders:write"));
+    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
+    let head = format!(
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: 7\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.unwrap();
+    for byte in b"written" {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stream.write_all(&[*byte]).await.unwrap();
+    }
+    let mut answer = Vec::new();
+    tokio::time::timeout(BOUND, stream.read_to_end(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    let reply = RawReply::parse(&String::from_utf8_lossy(&answer));
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(reply.body, "written");
+}
+
 /// An upload the upstream takes slowly but steadily, for longer than
 /// `request_timeout`, is not cut off either: progress while the gateway
 /// waits on the upstream (not on the client) keeps the wait going. The
