@@ -4656,6 +4656,33 @@ async fn h2c_upstream_connections_stay_open_within_pool_idle_timeout() {
     assert_eq!(upstream.connections.load(Ordering::SeqCst), 10);
 }
 
+/// A connection past the first that carries a long request (a gRPC stream)
+/// is not idle, however long that request lasts: past a few ticks of a
+/// one-second `pool_idle_timeout`, its free slot still takes the next
+/// request, and no third connection opens.
+#[tokio::test]
+async fn h2c_upstream_connection_carrying_a_long_request_is_not_retired() {
+    let mut upstream = HeldH2Upstream::start(10, usize::MAX).await;
+    let world = World::new().await;
+    let gw = upstream
+        .gateway(&world, 2, "    pool_idle_timeout: 1s\n")
+        .await;
+    let token = world.token("orders:read");
+
+    let held = held_requests(&gw, &token, 0, 3);
+    let mut on: Vec<usize> = upstream.arrived(3).await.iter().map(|a| a.0).collect();
+    on.sort_unstable();
+    assert_eq!(on, [0, 0, 1]);
+    // Four ticks of the pool's clock (one each half second).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let next = held_requests(&gw, &token, 3, 1);
+    assert_eq!(upstream.arrived(1).await[0], (1, "/orders/3".to_owned()));
+    assert_eq!(upstream.connections.load(Ordering::SeqCst), 2);
+    upstream.release.send(true).unwrap();
+    assert_eq!(all_answered(held).await.len(), 3);
+    assert_eq!(all_answered(next).await, ["/orders/3"]);
+}
+
 /// An HTTP/2 stream stays open while its request body goes out, even once
 /// the answer has ended (an upstream may answer first): its slot is held
 /// until the upload ends too. With one stream per connection, a request
