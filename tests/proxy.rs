@@ -6450,6 +6450,51 @@ async fn a_request_no_connection_takes_is_sent_again_twice_at_most() {
     }
 }
 
+/// A bodiless request that reached an HTTP/2 upstream goes again only when
+/// the upstream did not process it: a GET it reset with `INTERNAL_ERROR`
+/// (not `REFUSED_STREAM`), and a POST whose connection closed under it (the
+/// upstream may have acted on it), are each a 502 on one connection.
+#[tokio::test]
+async fn an_h2_request_the_upstream_may_have_processed_is_not_sent_again() {
+    use h2::frame::Reset;
+    let world = World::new().await;
+    let auth = bearer(&world.token("orders:read orders:write"));
+    for (method, reset) in [("GET", true), ("POST", false)] {
+        let connections = Arc::new(AtomicUsize::new(0));
+        let conns = Arc::clone(&connections);
+        let upstream = serve_raw_h2(move |mut codec| {
+            conns.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let Some(headers) = next_h2_headers(&mut codec).await else {
+                    return;
+                };
+                if reset {
+                    let frame = Reset::new(headers.stream_id(), h2::Reason::INTERNAL_ERROR);
+                    send_frame(&mut codec, frame.into()).await;
+                    while next_h2_headers(&mut codec).await.is_some() {}
+                }
+                // Otherwise the connection closes, unanswered.
+            }
+        })
+        .await;
+        let yaml = config_for(&world, upstream).replace(
+            "    request_timeout: 2s\n",
+            "    request_timeout: 2s\n    http2_only: true\n",
+        );
+        let gw = Gateway::start(&yaml).await;
+        let reply = send(
+            method,
+            &gw.url("/orders/1"),
+            &[("authorization", &auth)],
+            Bytes::new(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(reply.status, 502, "{method}: {}", reply.text());
+        assert_eq!(connections.load(Ordering::SeqCst), 1, "{method}");
+    }
+}
+
 /// A draining upstream (GOAWAY, with a long response still in flight on
 /// the connection) takes no new stream: the next request, even one with a
 /// body, goes on a new connection and is answered, instead of failing on
