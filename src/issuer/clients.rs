@@ -1001,6 +1001,13 @@ mod tests {
         }
         assert!(auth.is_limited("user:victim"), "the flood freed the name");
         assert!(!auth.is_limited("user:almost"));
+        // Within the bound after the flood itself, not only once a known
+        // name fails again.
+        let tracked = auth.guesses.failures.lock().unwrap().len();
+        assert!(
+            (1..=MAX_TRACKED).contains(&tracked),
+            "{tracked} names tracked"
+        );
         auth.record_failure("user:almost");
         assert!(auth.is_limited("user:almost"), "the flood reset the count");
         let tracked = auth.guesses.failures.lock().unwrap().len();
@@ -1008,6 +1015,26 @@ mod tests {
             (1..=MAX_TRACKED).contains(&tracked),
             "{tracked} names tracked"
         );
+    }
+
+    /// A name already tracked that fails again is counted on, even with the
+    /// table full and its count the fewest: only a fresh name makes room,
+    /// so the table cannot be made to drop a name between its guesses.
+    #[test]
+    fn a_tracked_name_failing_again_in_a_full_table_keeps_its_count() {
+        let auth = ClientAuthenticator::new(&[], &[], None);
+        auth.record_failure("user:target");
+        for i in 1..MAX_TRACKED {
+            let name = format!("user:{i}");
+            auth.record_failure(&name);
+            auth.record_failure(&name);
+        }
+        assert_eq!(auth.guesses.failures.lock().unwrap().len(), MAX_TRACKED);
+        for _ in 1..MAX_FAILURES {
+            assert!(!auth.is_limited("user:target"));
+            auth.record_failure("user:target");
+        }
+        assert!(auth.is_limited("user:target"), "a failure was lost");
     }
 
     /// Checks under way count against the limit: a burst started together
