@@ -1010,6 +1010,15 @@ mod tests {
         );
         auth.record_failure("user:almost");
         assert!(auth.is_limited("user:almost"), "the flood reset the count");
+        // A name guessed at after the flood is counted too: the flood's
+        // names make room for it.
+        for _ in 0..MAX_FAILURES {
+            auth.record_failure("user:late");
+        }
+        assert!(
+            auth.is_limited("user:late"),
+            "the flood hid a name's guesses"
+        );
         let tracked = auth.guesses.failures.lock().unwrap().len();
         assert!(
             (1..=MAX_TRACKED).contains(&tracked),
