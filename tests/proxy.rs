@@ -2613,18 +2613,26 @@ async fn an_upload_trickling_on_after_its_answer_is_not_taken_for_a_stall() {
 /// upstream and gets its answer, where it used to get 504 mid-upload.
 #[tokio::test]
 async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::new().await;
     let config = world.config();
     assert!(config.contains("    request_timeout: 2s\n"));
     let gw = Gateway::start(&config).await;
-    let auth = bearer(&world.token("orders:write"));
+    let reply = trickled_upload(&gw, &world.token("orders:write"), b"uploaded").await;
+    assert_eq!(reply.status, 200, "{reply:?}");
+    assert_eq!(world.upstream.last().body_len, 8);
+}
+
+/// POSTs `body` to `/orders/1` through `gw` a byte each 500 ms (after a
+/// first pause), and reads the answer to the connection's close.
+async fn trickled_upload(gw: &Gateway, token: &str, body: &[u8]) -> RawReply {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut stream = TcpStream::connect(gw.addr).await.unwrap();
     let head = format!(
-        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: 8\r\n\r\n"
+        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: Bearer {token}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
     );
     stream.write_all(head.as_bytes()).await.unwrap();
-    for byte in b"uploaded" {
+    for byte in body {
         tokio::time::sleep(Duration::from_millis(500)).await;
         stream.write_all(&[*byte]).await.unwrap();
     }
@@ -2633,9 +2641,7 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
         .await
         .unwrap()
         .unwrap();
-    let reply = RawReply::parse(&String::from_utf8_lossy(&answer));
-    assert_eq!(reply.status, 200, "{reply:?}");
-    assert_eq!(world.upstream.last().body_len, 8);
+    RawReply::parse(&String::from_utf8_lossy(&answer))
 }
 
 /// The same upload, 3.5 s of steady bytes against a 2 s timeout, to an
@@ -2645,7 +2651,6 @@ async fn an_upload_longer_than_the_request_timeout_is_not_cut_off() {
 /// head had passed).
 #[tokio::test]
 async fn an_answer_within_request_timeout_of_an_uploads_end_is_waited_for() {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let world = World::new().await;
     let upstream = serve_fn(|req: Request<Incoming>| async move {
         let body = req.into_body().collect().await.unwrap().to_bytes();
@@ -2656,22 +2661,7 @@ async fn an_answer_within_request_timeout_of_an_uploads_end_is_waited_for() {
     let config = config_for(&world, upstream);
     assert!(config.contains("    request_timeout: 2s\n"));
     let gw = Gateway::start(&config).await;
-    let auth = bearer(&world.token("orders:write"));
-    let mut stream = TcpStream::connect(gw.addr).await.unwrap();
-    let head = format!(
-        "POST /orders/1 HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\nAuthorization: {auth}\r\nContent-Length: 7\r\n\r\n"
-    );
-    stream.write_all(head.as_bytes()).await.unwrap();
-    for byte in b"written" {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-        stream.write_all(&[*byte]).await.unwrap();
-    }
-    let mut answer = Vec::new();
-    tokio::time::timeout(BOUND, stream.read_to_end(&mut answer))
-        .await
-        .unwrap()
-        .unwrap();
-    let reply = RawReply::parse(&String::from_utf8_lossy(&answer));
+    let reply = trickled_upload(&gw, &world.token("orders:write"), b"written").await;
     assert_eq!(reply.status, 200, "{reply:?}");
     assert_eq!(reply.body, "written");
 }
