@@ -1001,13 +1001,16 @@ mod tests {
         }
         assert!(auth.is_limited("user:victim"), "the flood freed the name");
         assert!(!auth.is_limited("user:almost"));
+        let within_bound = || {
+            let tracked = auth.guesses.failures.lock().unwrap().len();
+            assert!(
+                (1..=MAX_TRACKED).contains(&tracked),
+                "{tracked} names tracked"
+            );
+        };
         // Within the bound after the flood itself, not only once a known
         // name fails again.
-        let tracked = auth.guesses.failures.lock().unwrap().len();
-        assert!(
-            (1..=MAX_TRACKED).contains(&tracked),
-            "{tracked} names tracked"
-        );
+        within_bound();
         auth.record_failure("user:almost");
         assert!(auth.is_limited("user:almost"), "the flood reset the count");
         // A name guessed at after the flood is counted too: the flood's
@@ -1019,11 +1022,7 @@ mod tests {
             auth.is_limited("user:late"),
             "the flood hid a name's guesses"
         );
-        let tracked = auth.guesses.failures.lock().unwrap().len();
-        assert!(
-            (1..=MAX_TRACKED).contains(&tracked),
-            "{tracked} names tracked"
-        );
+        within_bound();
     }
 
     /// A name already tracked that fails again is counted on, even with the
