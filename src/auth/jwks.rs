@@ -1397,9 +1397,18 @@ mod tests {
         assert_eq!(set.candidates(Some("e"), Algorithm::ES384).count(), 0);
         assert_eq!(set.candidates(Some("e"), Algorithm::RS256).count(), 0);
         assert_eq!(set.candidates(Some("x"), Algorithm::ES256).count(), 0);
-        assert_eq!(set.candidates(None, Algorithm::ES256).count(), 1);
+        let kids = |set: &KeySet| -> Vec<Option<String>> {
+            let candidates = set.candidates(None, Algorithm::ES256);
+            candidates.map(|k| k.kid().map(str::to_owned)).collect()
+        };
+        assert_eq!(kids(&set), [Some("e".to_owned())]);
         assert!(set.has_kid("e") && !set.has_kid("x"));
         assert!(set.verifies(Algorithm::ES256) && !set.verifies(Algorithm::ES384));
+        // A key without `kid` has none, and fits a token without one only.
+        let unnamed = String::from_utf8_lossy(ec).replace(r#""kid":"e","#, "");
+        let set = KeySet::from_json(unnamed.as_bytes()).unwrap();
+        assert_eq!(kids(&set), [None]);
+        assert_eq!(set.candidates(Some(""), Algorithm::ES256).count(), 0);
     }
 
     #[test]
