@@ -1404,6 +1404,7 @@ mod tests {
         assert_eq!(kids(&set), [Some("e".to_owned())]);
         assert!(set.has_kid("e") && !set.has_kid("x"));
         assert!(set.verifies(Algorithm::ES256) && !set.verifies(Algorithm::ES384));
+        assert!(!set.is_empty() && KeySet::default().is_empty());
         // A key without `kid` has none, and fits a token without one only.
         let unnamed = String::from_utf8_lossy(ec).replace(r#""kid":"e","#, "");
         let set = KeySet::from_json(unnamed.as_bytes()).unwrap();
