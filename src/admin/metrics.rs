@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 
 use prometheus::core::{Collector, MetricVec, MetricVecBuilder};
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
-    Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 use crate::config::Config;
@@ -357,11 +357,6 @@ impl Metrics {
     /// The registry, for metrics other modules add.
     pub fn registry(&self) -> &Registry {
         &self.registry
-    }
-
-    /// A route's latency histogram, resolved once so requests skip the label lookup.
-    pub fn route_histogram(&self, route: &str) -> Histogram {
-        self.request_duration.with_label_values(&[route])
     }
 
     /// Records the names of the config now running, and drops every series

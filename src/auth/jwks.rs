@@ -672,11 +672,6 @@ impl IssuerKeys {
         self.remote.as_ref().is_some_and(|r| r.uri.load().is_some())
     }
 
-    /// Whether the keys come from a URL (and so need a refresher).
-    pub fn is_remote(&self) -> bool {
-        self.remote.is_some()
-    }
-
     /// Called when no key we have verifies a token (an unknown `kid`, or a
     /// bad signature): refetches unless a fetch happened within the
     /// cooldown, sharing a fetch already under way.
