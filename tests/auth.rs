@@ -2992,6 +2992,57 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
     );
 }
 
+/// A key set longer than scopegate reads (64 entries) loads its first 64,
+/// and the load says how many it left unread; a set within the limit loads
+/// without that warning.
+#[tokio::test]
+async fn entries_past_the_read_limit_are_named_when_the_set_loads() {
+    let (logs, _capturing) = Logs::capture();
+    let (signer, world) = lab().await;
+    let unread = |logs: &Logs| {
+        logs.text()
+            .lines()
+            // The text format's lines (the JSON ones repeat them).
+            .filter(|l| !l.starts_with('{') && l.contains("past the first 64"))
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    };
+    let token = signer.mint(&fresh_claims("orders:read"));
+    let within = Gateway::start(&world.config()).await;
+    expect(
+        &world,
+        &within,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "64 or fewer",
+    )
+    .await;
+    assert_eq!(unread(&logs), Vec::<String>::new());
+
+    let keys = vec![signer.public_jwk(); 66];
+    world
+        .jwks
+        .set_document(&json!({ "keys": keys }).to_string());
+    let over = Gateway::start(&world.config()).await;
+    expect(
+        &world,
+        &over,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "66 entries",
+    )
+    .await;
+    let lines = unread(&logs);
+    assert!(
+        lines.len() == 1 && lines[0].contains("unread=2"),
+        "{lines:?}"
+    );
+}
+
 /// RFC 7517 4.7-4.9: a key whose `x5c` certificate holds another key, or
 /// whose thumbprint is not that certificate's, says two things about itself
 /// and verifies nothing; a key with its own certificate and thumbprint
