@@ -2993,42 +2993,46 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
 }
 
 /// A key set longer than scopegate reads (64 entries) loads its first 64,
-/// and the load says how many it left unread; a set within the limit loads
-/// without that warning.
+/// and the load says how many it left unread; one that publishes a private
+/// key (`d`) loads without that key (its tokens name a key unknown), and
+/// the load names it as an error. A set
+/// with neither loads without either message.
 #[tokio::test]
-async fn entries_past_the_read_limit_are_named_when_the_set_loads() {
+async fn unread_entries_and_published_private_keys_are_named_when_the_set_loads() {
     let (logs, _capturing) = Logs::capture();
     let (signer, world) = lab().await;
-    let unread = |logs: &Logs| {
+    // The text format's lines (the JSON ones repeat them).
+    let lines_with = |needle: &str| {
         logs.text()
             .lines()
-            // The text format's lines (the JSON ones repeat them).
-            .filter(|l| !l.starts_with('{') && l.contains("past the first 64"))
+            .filter(|l| !l.starts_with('{') && l.contains(needle))
             .map(str::to_owned)
             .collect::<Vec<_>>()
     };
+    let (unread, private) = ("past the first 64", "publishes private keys");
     let token = signer.mint(&fresh_claims("orders:read"));
-    let within = Gateway::start(&world.config()).await;
+    let plain = Gateway::start(&world.config()).await;
     expect(
         &world,
-        &within,
+        &plain,
         "GET",
         "/orders/1",
         &token,
         Want::Allow,
-        "64 or fewer",
+        "plain set",
     )
     .await;
-    assert_eq!(unread(&logs), Vec::<String>::new());
+    assert_eq!(lines_with(unread), Vec::<String>::new());
+    assert_eq!(lines_with(private), Vec::<String>::new());
 
     let keys = vec![signer.public_jwk(); 66];
     world
         .jwks
         .set_document(&json!({ "keys": keys }).to_string());
-    let over = Gateway::start(&world.config()).await;
+    let long = Gateway::start(&world.config()).await;
     expect(
         &world,
-        &over,
+        &long,
         "GET",
         "/orders/1",
         &token,
@@ -3036,9 +3040,48 @@ async fn entries_past_the_read_limit_are_named_when_the_set_loads() {
         "66 entries",
     )
     .await;
-    let lines = unread(&logs);
+    let lines = lines_with(unread);
     assert!(
         lines.len() == 1 && lines[0].contains("unread=2"),
+        "{lines:?}"
+    );
+
+    let leaker = Signer::generate("leaked");
+    let mut leaked = leaker.public_jwk();
+    leaked["d"] = "AQAB".into();
+    world
+        .jwks
+        .set_document(&json!({ "keys": [signer.public_jwk(), leaked] }).to_string());
+    let exposed = Gateway::start(&world.config()).await;
+    expect(
+        &world,
+        &exposed,
+        "GET",
+        "/orders/1",
+        &token,
+        Want::Allow,
+        "its public key",
+    )
+    .await;
+    let leaked_token = leaker.mint(&fresh_claims("orders:read"));
+    let why = "a token of the published private key";
+    let refused = Want::Invalid(TokenError::UnknownKey);
+    expect(
+        &world,
+        &exposed,
+        "GET",
+        "/orders/1",
+        &leaked_token,
+        refused,
+        why,
+    )
+    .await;
+    let lines = lines_with(private);
+    assert!(
+        lines.len() == 1
+            && lines[0].contains("ERROR")
+            && lines[0].contains("leaked")
+            && !lines[0].contains("key-1"),
         "{lines:?}"
     );
 }
