@@ -2995,8 +2995,8 @@ async fn unusable_keys_beside_usable_ones_are_named_when_the_set_loads() {
 /// A key set longer than scopegate reads (64 entries) loads its first 64,
 /// and the load says how many it left unread; one that publishes a private
 /// key (`d`) loads without that key (its tokens name a key unknown), and
-/// the load names it as an error. A set
-/// with neither loads without either message.
+/// the load names it as an error. A set with neither loads without either
+/// message.
 #[tokio::test]
 async fn unread_entries_and_published_private_keys_are_named_when_the_set_loads() {
     let (logs, _capturing) = Logs::capture();
@@ -3064,16 +3064,14 @@ async fn unread_entries_and_published_private_keys_are_named_when_the_set_loads(
     )
     .await;
     let leaked_token = leaker.mint(&fresh_claims("orders:read"));
-    let why = "a token of the published private key";
-    let refused = Want::Invalid(TokenError::UnknownKey);
     expect(
         &world,
         &exposed,
         "GET",
         "/orders/1",
         &leaked_token,
-        refused,
-        why,
+        Want::Invalid(TokenError::UnknownKey),
+        "a token of the published private key",
     )
     .await;
     let lines = lines_with(private);
