@@ -996,4 +996,20 @@ mod tests {
             "&lt;a href=&quot;x&quot;&gt;&amp;&#39;"
         );
     }
+
+    /// The consent page names each scope the form asks for: the four
+    /// actions a scope ends in as words, anything else as the scope itself.
+    #[test]
+    fn consent_lists_known_actions_in_words_and_others_as_they_are() {
+        for (scope, shown) in [
+            ("orders:read", "Read your orders (orders:read)"),
+            ("orders:write", "Change your orders (orders:write)"),
+            ("users:admin", "Administer your users (users:admin)"),
+            ("files:delete", "Delete your files (files:delete)"),
+            ("files:share", "Use files:share"),
+            ("openid", "Use openid"),
+        ] {
+            assert_eq!(describe_scope(scope), shown, "{scope}");
+        }
+    }
 }
