@@ -1960,6 +1960,58 @@ async fn a_first_request_taken_as_the_connection_closes_is_answered() {
     assert!(answered, "the request taken was not answered");
 }
 
+/// An answer of known length ends on its last DATA frame (END_STREAM set
+/// there) to an HTTP/2 client, not on an empty DATA frame after it: the
+/// gateway tells hyper the upstream's body has ended as its last bytes
+/// come, so the client need not wait on one more frame, and the stream's
+/// slot frees with the answer's last bytes.
+#[tokio::test]
+async fn an_http2_answer_ends_with_its_last_data_frame() {
+    use h2::frame::{Frame, Ping, Settings, StreamId};
+    let world = World::new().await;
+    let upstream = serve_fn(
+        |_request: hyper::Request<hyper::body::Incoming>| async move {
+            hyper::Response::new(full_body("hello"))
+        },
+    )
+    .await;
+    let gw = Gateway::start(&yaml(&world.jwks.uri(), upstream, "", "")).await;
+    let mut codec = h2_by_hand(gw.addr).await;
+    assert!(send_frame(&mut codec, get_on_stream_one("/files/ok")).await);
+    // Every DATA frame of stream 1 (payload, END_STREAM), to the stream's end.
+    let mut data = Vec::new();
+    let read = async {
+        while let Some(Ok(frame)) = futures_util::StreamExt::next(&mut codec).await {
+            let reply: Frame<Bytes> = match frame {
+                Frame::Settings(s) if !s.is_ack() => Settings::ack().into(),
+                Frame::Ping(p) if !p.is_ack() => Ping::pong(p.into_payload()).into(),
+                Frame::Headers(h) if h.stream_id() == StreamId::from(1) => {
+                    assert!(!h.is_end_stream(), "the answer came without its body");
+                    continue;
+                }
+                Frame::Data(d) if d.stream_id() == StreamId::from(1) => {
+                    let end = d.is_end_stream();
+                    data.push((d.payload().clone(), end));
+                    if end {
+                        return;
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            assert!(send_frame(&mut codec, reply).await, "the gateway closed");
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), read)
+        .await
+        .expect("the answer never ended");
+    assert_eq!(
+        data,
+        [(Bytes::from_static(b"hello"), true)],
+        "the answer's end came apart from its last bytes"
+    );
+}
+
 /// An upstream answering `/files/big` with `chunks` parts of 64 KiB, and
 /// anything else with `ok`.
 async fn big_answer_upstream(chunks: usize) -> std::net::SocketAddr {
