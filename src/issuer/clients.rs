@@ -1343,6 +1343,24 @@ mod tests {
         );
     }
 
+    /// A waited-out decoy lasts as long as the last check of its hash took
+    /// (a guess before one has run), and a reload keeps that time only
+    /// while the decoy's hash stays the same: another hash costs otherwise.
+    #[test]
+    fn a_waited_out_decoy_lasts_as_its_hashs_last_check() {
+        let light =
+            "$argon2i$v=19$m=4096,t=1,p=1$c29tZXNhbHRzb21lc2FsdA$RdescudvJCsgt3ub+b+dWRWJTmaaJObG";
+        let first = Decoy::of(std::iter::empty(), None);
+        assert_eq!(first.last_took(), DECOY_UNTIMED);
+        first.nanos.store(7_000_000, Ordering::Relaxed);
+        assert_eq!(first.last_took(), Duration::from_millis(7));
+        let reloaded = Decoy::of(std::iter::empty(), Some(&first));
+        assert_eq!(reloaded.last_took(), Duration::from_millis(7));
+        let rehashed = Decoy::of([light].into_iter(), Some(&first));
+        assert_ne!(rehashed.hash, first.hash);
+        assert_eq!(rehashed.last_took(), DECOY_UNTIMED);
+    }
+
     /// The check in reused memory agrees with argon2's own verifier, for
     /// each variant and version, whatever the memory held before.
     #[test]
