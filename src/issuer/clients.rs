@@ -1440,6 +1440,27 @@ mod tests {
             let error = check_argon2_hash(hash).unwrap_err();
             assert!(error.contains(says), "{hash}: {error}");
         }
+        // Each bound is the most allowed: at it a hash passes, one over not.
+        let with = |m: u32, t: u32, p: u32| {
+            format!("$argon2id$v=19$m={m},t={t},p={p}$c2FsdHNhbHQ$aGFzaGhhc2hoYXNo")
+        };
+        for (m, t, p) in [
+            (MAX_ARGON2_MEMORY_KIB, 2, 1),
+            (19456, MAX_ARGON2_PASSES, 1),
+            (19456, 2, MAX_ARGON2_LANES),
+        ] {
+            let at = with(m, t, p);
+            assert_eq!(check_argon2_hash(&at), Ok(()), "{at}");
+        }
+        for (m, t, p) in [
+            (MAX_ARGON2_MEMORY_KIB + 1, 2, 1),
+            (19456, MAX_ARGON2_PASSES + 1, 1),
+            (19456, 2, MAX_ARGON2_LANES + 1),
+        ] {
+            let over = with(m, t, p);
+            let error = check_argon2_hash(&over).unwrap_err();
+            assert!(error.contains("are over"), "{over}: {error}");
+        }
     }
 
     #[test]
