@@ -3545,6 +3545,18 @@ async fn decisions_are_counted_and_logged_without_secrets() {
     ] {
         assert!(line.contains(field), "{field} missing: {line}");
     }
+    // An answered request's reason is the decision's: a public route took
+    // no token, a checked one passed.
+    let public = get(&gw.url("/status"), &[]).await.unwrap();
+    let checked = get_with_token(&gw.url("/orders/1"), &allowed).await;
+    for (reply, reason) in [(&public, "reason=\"public\""), (&checked, "reason=\"ok\"")] {
+        assert_eq!(reply.status, 200);
+        let line = logs.access_line_of(reply).await;
+        assert!(
+            line.contains("status=200 ") && line.contains(reason),
+            "{reason}: {line}"
+        );
+    }
     // Stopped, so that what it logs as connections end is read too.
     gw.stop().await;
     let signature = |token: &str| token.rsplit('.').next().unwrap().to_owned();
