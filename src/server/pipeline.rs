@@ -305,11 +305,6 @@ impl Gateway {
         self.metrics.tls_certificate_expiry.set(expiry.unwrap_or(0));
     }
 
-    /// Identifies the issuer setup this gateway's authenticator was built from.
-    pub fn auth_fingerprint(&self) -> &str {
-        &self.auth_fingerprint
-    }
-
     /// The metrics it counts into (shared by every config of a server).
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
