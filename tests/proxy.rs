@@ -1265,6 +1265,21 @@ async fn options_max_forwards_is_counted_and_zero_is_answered_here() {
     );
     // `/status` takes any method: nothing to list.
     assert_eq!(here.header("allow"), None);
+    // A body sent with it is skipped and the connection kept: the request
+    // after it is answered too, and reaches the upstream.
+    let (bytes, _) = exchange(
+        gw.addr,
+        b"OPTIONS /status HTTP/1.1\r\nHost: gw.test\r\nMax-Forwards: 0\r\nContent-Length: 5\r\n\r\nhello\
+          GET /status HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
+        BOUND,
+    )
+    .await
+    .unwrap();
+    let (both, _) = answers(&bytes, &["OPTIONS", "GET"]).unwrap();
+    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200], "the connection was not kept");
+    assert!(!says_close(&both[0].head), "{}", both[0].head);
+    assert_eq!(world.upstream.count(), before + 1, "the GET did not go up");
     for (sent, forwarded) in [("3", "2"), (" 1 ", "0")] {
         let on = send(
             "OPTIONS",
