@@ -3152,6 +3152,22 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
     .unwrap();
     assert_eq!(post.status, 405, "{}", post.text());
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
+    // A small body sent with a GET is skipped and the connection kept: the
+    // request after it is answered too.
+    let (bytes, _) = exchange(
+        s.gw.addr,
+        b"GET /.well-known/oauth-protected-resource/orders HTTP/1.1\r\nHost: gw.test\r\n\
+          Content-Length: 5\r\n\r\nhello\
+          GET /.well-known/oauth-protected-resource/orders HTTP/1.1\r\nHost: gw.test\r\n\
+          Connection: close\r\n\r\n",
+        Duration::from_secs(20),
+    )
+    .await
+    .unwrap();
+    let (both, _) = answers(&bytes, &["GET", "GET"]).unwrap();
+    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 200], "the connection was not kept");
+    assert!(!says_close(&both[0].head), "{}", both[0].head);
 
     let missing = get(&s.gw.url("/orders/1"), &[]).await.unwrap();
     assert_eq!(missing.status, 401);
