@@ -3050,6 +3050,13 @@ resource:
     assert_eq!(put.status, 405, "{}", put.text());
     assert_eq!(put.header("allow").as_deref(), Some("GET, HEAD, POST"));
     assert_eq!(s.upstream.count(), 1);
+    // Only there: elsewhere a 405 names its routes' methods alone.
+    let elsewhere = get(&s.gw.url("/orders/1/items"), &[]).await.unwrap();
+    assert_eq!(elsewhere.status, 405, "{}", elsewhere.text());
+    assert_eq!(
+        elsewhere.header("allow").as_deref(),
+        Some("DELETE, POST, PUT")
+    );
 }
 
 #[tokio::test]
