@@ -3161,18 +3161,15 @@ async fn resource_metadata_is_served_and_named_in_every_challenge() {
     assert_eq!(post.header("allow").as_deref(), Some("GET, HEAD"));
     // A small body sent with a GET is skipped and the connection kept: the
     // request after it is answered too.
-    let (bytes, _) = exchange(
+    let (both, statuses) = answers_on_one_connection(
         s.gw.addr,
         b"GET /.well-known/oauth-protected-resource/orders HTTP/1.1\r\nHost: gw.test\r\n\
           Content-Length: 5\r\n\r\nhello\
           GET /.well-known/oauth-protected-resource/orders HTTP/1.1\r\nHost: gw.test\r\n\
           Connection: close\r\n\r\n",
-        Duration::from_secs(20),
+        &["GET", "GET"],
     )
-    .await
-    .unwrap();
-    let (both, _) = answers(&bytes, &["GET", "GET"]).unwrap();
-    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    .await;
     assert_eq!(statuses, [200, 200], "the connection was not kept");
     assert!(!says_close(&both[0].head), "{}", both[0].head);
 

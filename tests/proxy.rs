@@ -1267,16 +1267,13 @@ async fn options_max_forwards_is_counted_and_zero_is_answered_here() {
     assert_eq!(here.header("allow"), None);
     // A body sent with it is skipped and the connection kept: the request
     // after it is answered too, and reaches the upstream.
-    let (bytes, _) = exchange(
+    let (both, statuses) = answers_on_one_connection(
         gw.addr,
         b"OPTIONS /status HTTP/1.1\r\nHost: gw.test\r\nMax-Forwards: 0\r\nContent-Length: 5\r\n\r\nhello\
           GET /status HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
-        BOUND,
+        &["OPTIONS", "GET"],
     )
-    .await
-    .unwrap();
-    let (both, _) = answers(&bytes, &["OPTIONS", "GET"]).unwrap();
-    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    .await;
     assert_eq!(statuses, [200, 200], "the connection was not kept");
     assert!(!says_close(&both[0].head), "{}", both[0].head);
     assert_eq!(world.upstream.count(), before + 1, "the GET did not go up");
@@ -2517,16 +2514,13 @@ async fn an_upstream_at_its_max_requests_gets_no_more() {
     assert_eq!(upstream_errors(&gw.metrics().await, "overloaded"), 1.0);
     // Refused before anything went: a small body is skipped and the
     // connection kept, as for other refusals.
-    let (bytes, _) = exchange(
+    let (_, statuses) = answers_on_one_connection(
         gw.addr,
         b"POST /status HTTP/1.1\r\nHost: gw.test\r\nContent-Length: 5\r\n\r\nhello\
           GET /status HTTP/1.1\r\nHost: gw.test\r\nConnection: close\r\n\r\n",
-        BOUND,
+        &["POST", "GET"],
     )
-    .await
-    .unwrap();
-    let (both, _) = answers(&bytes, &["POST", "GET"]).unwrap();
-    let statuses: Vec<u16> = both.iter().map(|a| a.status).collect();
+    .await;
     assert_eq!(statuses, [503, 503], "the connection was not kept");
 
     release.notify_one();

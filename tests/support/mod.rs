@@ -1139,6 +1139,22 @@ impl Answer {
     }
 }
 
+/// Sends `requests`, one after another on one connection, and reads until
+/// the gateway closes it: the answers (`methods` as for [`answers`]) and
+/// their statuses, fewer of them if the connection ended early.
+pub async fn answers_on_one_connection(
+    addr: SocketAddr,
+    requests: &[u8],
+    methods: &[&str],
+) -> (Vec<Answer>, Vec<u16>) {
+    let (bytes, _) = exchange(addr, requests, Duration::from_secs(20))
+        .await
+        .unwrap();
+    let (answers, _) = answers(&bytes, methods).unwrap();
+    let statuses = answers.iter().map(|a| a.status).collect();
+    (answers, statuses)
+}
+
 /// The HTTP/1 responses in `bytes`, in order, without interim ones (1xx
 /// but 101); `methods[n]` is the n-th request's method (a HEAD answer has no
 /// body; missing means GET). Also whether the bytes end inside a response
