@@ -919,15 +919,22 @@ async fn a_webdav_destination_must_stay_within_the_route() {
     let world = World::new().await;
     let config = world.config().replace(
         "routes:\n",
-        "routes:\n  - path: /files/public/{*p}\n    upstream: app\n    auth: none\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n",
+        "routes:\n  - path: /files/public/{*p}\n    upstream: app\n    auth: none\n  - path: /files/public/locked\n    upstream: app\n    scopes: [admin]\n  - path: /files/private/{*p}\n    upstream: app\n    scopes: [admin]\n",
     );
     let gw = Gateway::start(&config).await;
     let admin = bearer(&world.token("admin"));
-    let refused: [DavCase; 12] = [
+    let refused: [DavCase; 13] = [
         (
             "COPY",
             "/files/public/a",
             &[("Destination", "/files/private/a")],
+        ),
+        // A path another route guards, though every path below it is the
+        // public route's.
+        (
+            "MOVE",
+            "/files/public/a",
+            &[("Destination", "/files/public/locked")],
         ),
         // `/files/public/b` with slashes merged first (as scopegate reads
         // it), `/files/private/public/b` to RFC 3986 and WHATWG URL readers:
