@@ -692,8 +692,8 @@ async fn answered_mid_upload(
 /// connection (the rest of the body is not read as a next request), and
 /// the refusal says so (RFC 9112 9.6), so that a client sends nothing more
 /// on it. So does one that waits for `100 Continue` (it is not asked for its
-/// body). A refused request whose small body came, or one without a body,
-/// keeps its connection.
+/// body), and one whose body is over 64 KiB. A refused request whose body
+/// of at most 64 KiB came, or one without a body, keeps its connection.
 #[tokio::test]
 async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
     let world = World::new().await;
@@ -716,9 +716,25 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
             404,
         ),
     ];
+    // A body over 64 KiB is not skipped, whether its length says so or
+    // its chunks show it.
+    let over = 64 * 1024 + 1;
+    let large = [
+        format!("POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {over}\r\n\r\nab"),
+        format!(
+            "POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n{over:x}\r\n{}\r\n0\r\n\r\n",
+            "x".repeat(over)
+        ),
+    ];
+    let refusals = refusals
+        .map(|(request, status)| (request.to_owned(), status))
+        .into_iter()
+        .chain(large.map(|request| (request, 404)));
     for (request, status) in refusals {
         let (text, closed) = send_raw(gw.addr, request.as_bytes()).await;
         let reply = RawReply::parse(&text);
+        // The head and the body's start: enough to tell them apart.
+        let request = &request[..request.len().min(120)];
         assert_eq!(reply.status, status, "{request:?}: {}", reply.head);
         assert!(closed, "{request:?}: the connection stayed open");
         assert!(
@@ -728,10 +744,11 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         );
     }
 
-    // With no body, or a small one that came whole, the connection goes
-    // on: a refusal, then the next request (a request inside the body is
-    // body, not a request).
+    // With no body, or a small one that came whole (up to 64 KiB), the
+    // connection goes on: a refusal, then the next request (a request
+    // inside the body is body, not a request).
     let hidden = "GET /status HTTP/1.1\r\nHost: gw.test\r\n\r\n";
+    let padded = format!("{hidden}{}", "x".repeat(64 * 1024 - hidden.len()));
     let firsts = [
         "GET /nowhere HTTP/1.1\r\nHost: gw.test\r\n\r\n".to_owned(),
         format!(
@@ -742,6 +759,14 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
             "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{hidden}\r\n0\r\n\r\n",
             hidden.len()
         ),
+        format!(
+            "POST /nowhere HTTP/1.1\r\nHost: gw.test\r\nContent-Length: {}\r\n\r\n{padded}",
+            padded.len()
+        ),
+        format!(
+            "GET /orders/1 HTTP/1.1\r\nHost: gw.test\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n{padded}\r\n0\r\n\r\n",
+            padded.len()
+        ),
     ];
     let seen = world.upstream.count();
     for first in firsts {
@@ -749,6 +774,7 @@ async fn a_refusal_before_the_whole_body_says_the_connection_closes() {
         let (text, closed) = send_raw(gw.addr, format!("{first}{second}").as_bytes()).await;
         assert!(closed);
         let reply = RawReply::parse(&text);
+        let first = &first[..first.len().min(120)];
         assert!(matches!(reply.status, 401 | 404), "{first:?}: {text}");
         assert!(!says_close(&reply.head), "{first:?}: {text}");
         assert_eq!(
