@@ -620,6 +620,51 @@ async fn client_sent_identity_headers_never_reach_the_upstream() {
     assert_eq!(world.upstream.count(), 2);
 }
 
+/// A route may name more identity headers than the handful the forwarder
+/// makes room for ahead: each is set all the same.
+#[tokio::test]
+async fn every_identity_header_a_route_names_is_set() {
+    let world = World::new().await;
+    let names = [
+        ("X-Subject", "sub"),
+        ("X-Issuer", "iss"),
+        ("X-Audience", "aud"),
+        ("X-Client", "client_id"),
+        ("X-Scope", "scope"),
+        ("X-Issued", "iat"),
+        ("X-Expires", "exp"),
+        ("X-Groups", "groups"),
+    ];
+    let map = names
+        .iter()
+        .map(|(header, claim)| format!("{header}: {claim}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let config = world.config().replace(
+        "routes:\n",
+        &format!("routes:\n  - path: /everyone\n    upstream: app\n    scopes: [orders:read]\n    forward:\n      identity_headers: {{ {map} }}\n"),
+    );
+    let gw = Gateway::start(&config).await;
+    let mut claims = claims("orders:read");
+    claims["groups"] = serde_json::json!(["billing"]);
+    let token = world.key.mint(&claims).unwrap();
+    let reply = get_with_token(&gw.url("/everyone"), &token).await;
+    assert_eq!(reply.status, 200, "{}", reply.text());
+    let seen = world.upstream.last();
+    for (header, claim) in names {
+        let want = match &claims[claim] {
+            serde_json::Value::String(text) => text.clone(),
+            serde_json::Value::Array(_) => "billing".to_owned(),
+            other => other.to_string(),
+        };
+        assert_eq!(
+            seen.headers.get(header).map(|v| v.to_str().unwrap()),
+            Some(want.as_str()),
+            "{header}"
+        );
+    }
+}
+
 /// A claim whose header value would read as another (blanks at an end,
 /// which parsers trim; array elements holding a blank, which would read as
 /// two) sets no header at all; plain ones still do.
