@@ -945,9 +945,9 @@ pub fn check_signature(
     jwt: &jwt::UnverifiedJwt<'_>,
     alg: Algorithm,
 ) -> Result<(), TokenError> {
-    let (mut fitting, mut tried) = (0, 0);
+    let (mut any_fitting, mut tried) = (false, 0);
     for key in keys.candidates(jwt.kid.as_deref(), alg) {
-        fitting += 1;
+        any_fitting = true;
         // Kept, but verifying nothing (a point off its curve, an RSA
         // modulus aws-lc refuses): no check to make, and not one of the
         // few a token without `kid` is tried against.
@@ -962,11 +962,11 @@ pub fn check_signature(
             return Ok(());
         }
     }
-    match (fitting, jwt.kid.as_deref()) {
-        (0, Some(kid)) if !keys.has_kid(kid) => Err(TokenError::UnknownKey),
-        (0, None) => Err(TokenError::UnknownKey),
+    match (any_fitting, jwt.kid.as_deref()) {
+        (false, Some(kid)) if !keys.has_kid(kid) => Err(TokenError::UnknownKey),
+        (false, None) => Err(TokenError::UnknownKey),
         // A key with this kid exists but is of another type: alg confusion.
-        (0, Some(_)) => Err(TokenError::AlgorithmNotAllowed),
+        (false, Some(_)) => Err(TokenError::AlgorithmNotAllowed),
         _ => Err(TokenError::BadSignature),
     }
 }
