@@ -954,6 +954,80 @@ async fn unusable_keys_do_not_crowd_a_usable_one_out_of_a_kid_less_tokens_tries(
         "another key",
     )
     .await;
+    gw.stop().await;
+
+    // Eight usable keys ahead of it are as many as are tried: the usable
+    // key after them is not.
+    let mut keys: Vec<Value> = (0..8)
+        .map(|_| {
+            let mut key = Signer::generate("key-1").public_jwk();
+            key.as_object_mut().unwrap().remove("kid");
+            key
+        })
+        .collect();
+    let mut good = signer.public_jwk();
+    good.as_object_mut().unwrap().remove("kid");
+    keys.push(good);
+    world
+        .jwks
+        .set_document(&json!({ "keys": keys }).to_string());
+    let gw = Gateway::start(&world.config()).await;
+    expect(
+        &world,
+        &gw,
+        "GET",
+        "/orders/1",
+        &kid_less,
+        Want::Invalid(TokenError::BadSignature),
+        "no kid, the ninth usable key",
+    )
+    .await;
+}
+
+/// A token whose `alg` is allowed but fits no key it could be checked
+/// with is told apart from a bad signature: naming a key of another type
+/// (a P-256 `key-1` for an EdDSA token), its algorithm is not allowed with
+/// that key; naming none, while no key of its type is held, its key is
+/// unknown.
+#[tokio::test]
+async fn a_token_fitting_no_key_is_told_apart_from_a_bad_signature() {
+    let (signer, world) = lab().await;
+    let config = world
+        .config()
+        .replace("algorithms: [ES256]", "algorithms: [ES256, EdDSA]");
+    let gw = Gateway::start(&config).await;
+    let claims = fresh_claims("orders:read");
+    // Shaped as an Ed25519 signature (64 bytes); no key checks it anyway.
+    let rows = [
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "key-1"}),
+            TokenError::AlgorithmNotAllowed,
+            "EdDSA naming the P-256 key-1",
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt"}),
+            TokenError::UnknownKey,
+            "EdDSA naming no key, none of its type held",
+        ),
+        (
+            json!({"alg": "EdDSA", "typ": "at+jwt", "kid": "key-2"}),
+            TokenError::UnknownKey,
+            "EdDSA naming a key not held",
+        ),
+    ];
+    for (header, error, label) in rows {
+        let token = signer.sign(&header, &claims);
+        expect(
+            &world,
+            &gw,
+            "GET",
+            "/orders/1",
+            &token,
+            Want::Invalid(error),
+            label,
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
