@@ -3770,6 +3770,69 @@ async fn an_h2_host_other_than_its_authority_gets_400() {
     assert_eq!(world.upstream.count(), 1);
 }
 
+/// What an HTTP/2 client's raw headers lead to, sent with the h2 crate
+/// (which keeps a repeated `content-length` and any `:scheme`): the status,
+/// or `None` when the stream was reset.
+async fn h2_raw_status(addr: SocketAddr, request: Request<()>, body: &'static [u8]) -> Option<u16> {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let (response, mut stream) = client.send_request(request, body.is_empty()).unwrap();
+    if !body.is_empty() {
+        stream.send_data(Bytes::from_static(body), true).unwrap();
+    }
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .expect("no answer");
+    response.ok().map(|r| r.status().as_u16())
+}
+
+/// An HTTP/2 request with two `content-length` fields is refused (400)
+/// even when they agree, as on HTTP/1.1; and `:scheme https` makes an
+/// authority without a port the same entity as a `host` naming port 443.
+#[tokio::test]
+async fn h2_repeated_content_length_is_refused_and_https_means_port_443() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let writer = world.token("orders:write");
+    let twice = Request::post("http://gw.test/orders/1/items")
+        .header("authorization", bearer(&writer))
+        .header("content-length", "3")
+        .header("content-length", "3")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_raw_status(gw.addr, twice, b"abc").await, Some(400));
+    assert_eq!(world.upstream.count(), 0);
+    let once = Request::post("http://gw.test/orders/1/items")
+        .header("authorization", bearer(&writer))
+        .header("content-length", "3")
+        .body(())
+        .unwrap();
+    assert_eq!(h2_raw_status(gw.addr, once, b"abc").await, Some(200));
+    assert_eq!(world.upstream.count(), 1);
+
+    let reader = world.token("orders:read");
+    let https = |host: &str| {
+        Request::get("https://gw.test/orders/1")
+            .header("authorization", bearer(&reader))
+            .header("host", host)
+            .body(())
+            .unwrap()
+    };
+    assert_eq!(
+        h2_raw_status(gw.addr, https("gw.test:443"), b"").await,
+        Some(200)
+    );
+    assert_eq!(
+        h2_raw_status(gw.addr, https("gw.test:80"), b"").await,
+        Some(400)
+    );
+    assert_eq!(world.upstream.count(), 2);
+}
+
 /// RFC 9113 8.1.1: an HTTP/2 request whose DATA frames are longer than its
 /// `content-length` is malformed. Going to an HTTP/1.1 upstream, the bytes
 /// past the length must not arrive as a request of their own (the H2.CL
