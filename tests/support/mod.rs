@@ -938,11 +938,15 @@ impl NodeLines {
     /// Writes `line`, and reads the answer line.
     pub fn ask(&mut self, line: &str) -> String {
         use std::io::{BufRead, Write};
-        writeln!(self.stdin, "{line}").unwrap();
-        self.stdin.flush().unwrap();
         let mut answer = String::new();
-        let read = self.stdout.read_line(&mut answer).unwrap();
-        assert!(read > 0, "the node script ended");
+        let read = writeln!(self.stdin, "{line}")
+            .and_then(|()| self.stdin.flush())
+            .and_then(|()| self.stdout.read_line(&mut answer));
+        if !matches!(read, Ok(n) if n > 0) {
+            // Its own words, if any, went to the test's stderr.
+            let status = self.child.wait();
+            panic!("the node script ended ({status:?}, {read:?}) at the line {line:?}");
+        }
         answer.trim_end().to_owned()
     }
 }
