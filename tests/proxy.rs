@@ -3833,6 +3833,38 @@ async fn h2_repeated_content_length_is_refused_and_https_means_port_443() {
     assert_eq!(world.upstream.count(), 2);
 }
 
+/// A HEAD answered by the gateway itself (here a 401) has no content
+/// (RFC 9110 9.3.2) but keeps the length a GET would have got; over
+/// HTTP/2 its stream ends with the headers, no DATA frame following.
+#[tokio::test]
+async fn a_head_answered_here_over_h2_ends_with_its_headers() {
+    let world = World::new().await;
+    let gw = Gateway::start(&world.config()).await;
+    let tcp = TcpStream::connect(gw.addr).await.unwrap();
+    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.unwrap();
+    let request = Request::head("http://gw.test/orders/1").body(()).unwrap();
+    let (response, _) = client.send_request(request, true).unwrap();
+    let response = tokio::time::timeout(BOUND, response)
+        .await
+        .expect("no answer")
+        .unwrap();
+    assert_eq!(response.status(), 401);
+    let length: usize = response.headers()["content-length"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(length > 0, "{length}");
+    assert!(
+        response.body().is_end_stream(),
+        "DATA follows a HEAD answer's headers"
+    );
+}
+
 /// RFC 9113 8.1.1: an HTTP/2 request whose DATA frames are longer than its
 /// `content-length` is malformed. Going to an HTTP/1.1 upstream, the bytes
 /// past the length must not arrive as a request of their own (the H2.CL
