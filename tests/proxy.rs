@@ -5683,8 +5683,22 @@ async fn request_metrics_have_bounded_labels() {
         .await
         .unwrap();
     assert_eq!(reply.status, 405);
+    // Each registered method is its own label.
+    let registered = ["POST", "PUT", "DELETE", "PATCH", "OPTIONS"];
+    for method in registered {
+        let reply = send(method, &gw.url("/status"), &[], Bytes::new())
+            .await
+            .unwrap();
+        assert_eq!(reply.status, 200, "{method}: {}", reply.text());
+    }
 
     let metrics = gw.metrics().await;
+    for method in registered {
+        let series = format!(
+            r#"scopegate_requests_total{{method="{method}",route="/status",status="200"}}"#
+        );
+        assert_eq!(sample(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    }
     let expected = [
         (
             r#"scopegate_requests_total{method="GET",route="GET /orders/{id}",status="200"}"#,
