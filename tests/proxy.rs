@@ -3770,16 +3770,23 @@ async fn an_h2_host_other_than_its_authority_gets_400() {
     assert_eq!(world.upstream.count(), 1);
 }
 
-/// What an HTTP/2 client's raw headers lead to, sent with the h2 crate
-/// (which keeps a repeated `content-length` and any `:scheme`): the status,
-/// or `None` when the stream was reset.
-async fn h2_raw_status(addr: SocketAddr, request: Request<()>, body: &'static [u8]) -> Option<u16> {
+/// An HTTP/2 connection (prior knowledge) made with the h2 crate, which
+/// sends what it is given where hyper's client would tidy it, ready for
+/// a request.
+async fn h2_raw_client(addr: SocketAddr) -> h2::client::SendRequest<Bytes> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let (client, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut client = client.ready().await.unwrap();
+    client.ready().await.unwrap()
+}
+
+/// What an HTTP/2 client's raw headers lead to, sent with the h2 crate
+/// (which keeps a repeated `content-length` and any `:scheme`): the status,
+/// or `None` when the stream was reset.
+async fn h2_raw_status(addr: SocketAddr, request: Request<()>, body: &'static [u8]) -> Option<u16> {
+    let mut client = h2_raw_client(addr).await;
     let (response, mut stream) = client.send_request(request, body.is_empty()).unwrap();
     if !body.is_empty() {
         stream.send_data(Bytes::from_static(body), true).unwrap();
@@ -3840,12 +3847,7 @@ async fn h2_repeated_content_length_is_refused_and_https_means_port_443() {
 async fn a_head_answered_here_over_h2_ends_with_its_headers() {
     let world = World::new().await;
     let gw = Gateway::start(&world.config()).await;
-    let tcp = TcpStream::connect(gw.addr).await.unwrap();
-    let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut client = client.ready().await.unwrap();
+    let mut client = h2_raw_client(gw.addr).await;
     let request = Request::head("http://gw.test/orders/1").body(()).unwrap();
     let (response, _) = client.send_request(request, true).unwrap();
     let response = tokio::time::timeout(BOUND, response)
@@ -3879,12 +3881,7 @@ async fn h2_body_longer_than_its_content_length_is_not_smuggled_upstream() {
         "GET /admin HTTP/1.1\r\nHost: gw.test\r\nAuthorization: Bearer {admin}\r\nX-Smuggled: 1\r\n\r\n"
     );
     for length in ["0", "3"] {
-        let tcp = TcpStream::connect(gw.addr).await.unwrap();
-        let (client, connection) = h2::client::handshake(tcp).await.unwrap();
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        let mut client = client.ready().await.unwrap();
+        let mut client = h2_raw_client(gw.addr).await;
         let request = Request::post("http://gw.test/orders/1/items")
             .header("authorization", bearer(&writer))
             .header("content-length", length)
