@@ -5688,11 +5688,28 @@ async fn request_metrics_have_bounded_labels() {
             .unwrap();
         assert_eq!(reply.status, 200, "{method}: {}", reply.text());
     }
+    // CONNECT and TRACE are refused before routing, each under its own label.
+    let reply = send("TRACE", &gw.url("/status"), &[], Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(reply.status, 501, "{}", reply.text());
+    let reply = raw_reply(
+        gw.addr,
+        b"CONNECT gw.test:443 HTTP/1.1\r\nHost: gw.test:443\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(reply.status, 501, "{reply:?}");
 
     let metrics = gw.metrics().await;
     for method in registered {
         let series = format!(
             r#"scopegate_requests_total{{method="{method}",route="/status",status="200"}}"#
+        );
+        assert_eq!(sample(&metrics, &series), Some(1.0), "{series}\n{metrics}");
+    }
+    for method in ["CONNECT", "TRACE"] {
+        let series = format!(
+            r#"scopegate_requests_total{{method="{method}",route="unmatched",status="501"}}"#
         );
         assert_eq!(sample(&metrics, &series), Some(1.0), "{series}\n{metrics}");
     }
