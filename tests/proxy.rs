@@ -6079,7 +6079,7 @@ async fn malformed_upstream_answer_is_502_and_its_connection_is_not_reused() {
 async fn unregistered_status_codes_are_counted_by_class() {
     let world = World::new().await;
     let token = world.token("orders:read");
-    let answers: [(u16, &str, &'static [u8]); 4] = [
+    let answers: [(u16, &str, &'static [u8]); 6] = [
         (
             418,
             "418",
@@ -6095,6 +6095,16 @@ async fn unregistered_status_codes_are_counted_by_class() {
             299,
             "2xx",
             b"HTTP/1.1 299 Odd\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            399,
+            "3xx",
+            b"HTTP/1.1 399 Odd\r\nContent-Length: 2\r\n\r\nok",
+        ),
+        (
+            599,
+            "5xx",
+            b"HTTP/1.1 599 Odd\r\nContent-Length: 2\r\n\r\nok",
         ),
         (
             799,
