@@ -1185,6 +1185,23 @@ mod tests {
                 "{depth} segments"
             );
         }
+        // Depth is counted in segments, not bytes: one long segment has
+        // `/{long}/{name}/secret` below it, another route's.
+        let long = "l".repeat(MAX_PATTERN_SEGMENTS + 2);
+        let table = RouteTable::build_with(
+            vec![
+                spec("/{*page}", None, 0),
+                spec(&format!("/{long}/{{name}}/secret"), None, 1),
+            ],
+            MatchRules::default(),
+        )
+        .unwrap();
+        let path = format!("/{long}");
+        let Ok(Lookup::Matched(route)) = table.route(&propfind, &path) else {
+            panic!("the catch-all serves PROPFIND");
+        };
+        assert_eq!(*route, 0);
+        assert!(!table.serves_alone_below(&propfind, &path, route));
         // A catch-all as deep as patterns go still claims the paths below
         // ones deeper than it, on either side of the depth where the check
         // stops building shapes.
@@ -1484,6 +1501,8 @@ mod tests {
         let specs = vec![
             spec("/orders/{orderId}", Some(GET), 0),
             spec("/files/{*restPath}", None, 1),
+            // The root keeps its slash: there is nothing to drop.
+            spec("/", Some(GET), 2),
         ];
         let t = match RouteTable::build_with(specs, rules) {
             Ok(t) => t,
@@ -1495,6 +1514,7 @@ mod tests {
         };
         assert_eq!(found("/ORDERS/7/"), Some(0));
         assert_eq!(found("/Files/A/B"), Some(1));
+        assert_eq!(found("/"), Some(2));
         for (pattern, needle) in [
             ("/Orders/{id}", "routed as `/orders/{id}`"),
             ("/orders/", "routed as `/orders`"),
@@ -1680,6 +1700,8 @@ mod tests {
             ("/a`b", "write %60"),
             ("/a?b", "write %3F"),
             ("/a/%7Bid%7D", "literal brace as `{{` or `}}`"),
+            ("/a/%7Bid", "literal brace as `{{` or `}}`"),
+            ("/a/id%7D", "literal brace as `{{` or `}}`"),
             ("/a/%2F", "encoded slash"),
             ("/a\\b", "backslash"),
             ("/a#b", "fragment"),
@@ -1692,6 +1714,7 @@ mod tests {
             ("/a/{*}", "needs a name"),
             ("/a/{*rest}/b", "last segment"),
             ("/a/{*rest}/", "last segment"),
+            ("/a/{*re*st}", "`*` is not allowed"),
         ] {
             let e = build_err(&[("/ok", Some(GET)), (pattern, Some(GET))]);
             assert_eq!(e.index, 1, "{pattern}");
@@ -1719,6 +1742,7 @@ mod tests {
             ("/o/{a}/r/{b}/i/{c}", Some(GET)),
         ]);
         assert!(!t.wide.is_empty());
+        assert!(format!("{t:?}").contains("wide: true"), "{t:?}");
         assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/4"), Some(0));
         assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/me"), Some(2));
         assert_eq!(matched(&t, &Method::POST, "/o/1/r/2/i/3/c/4"), Some(1));
