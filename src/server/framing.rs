@@ -645,6 +645,34 @@ mod tests {
         }
     }
 
+    /// A head of HEAD_LIMIT bytes, every line and its end counted, is
+    /// followed; one byte more is not.
+    #[test]
+    fn a_head_of_exactly_the_limit_is_followed() {
+        let smuggled = "GET / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let head = |size: usize| {
+            let fixed = "GET / HTTP/1.1\r\nX-Big: \r\n\r\n".len();
+            format!(
+                "GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n",
+                "v".repeat(size - fixed)
+            )
+        };
+        for (size, found) in [
+            (HEAD_LIMIT, (1, HeadFlaw::LengthAndCoding)),
+            (HEAD_LIMIT + 1, (0, HeadFlaw::Unfollowable)),
+        ] {
+            let stream = format!("{}{smuggled}", head(size));
+            assert_eq!(stream.len(), size + smuggled.len());
+            for step in [4096, stream.len()] {
+                assert_eq!(
+                    run(stream.as_bytes(), step).0,
+                    Some(found),
+                    "{size} by {step}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn stops_at_the_http2_preface() {
         let stream =
