@@ -723,6 +723,12 @@ mod tests {
                     .to_owned(),
                 1,
             ),
+            // Chunk data longer than its size: hyper refuses the body.
+            (
+                "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcd\r\n0\r\n\r\n"
+                    .to_owned(),
+                1,
+            ),
             // hyper refuses a bare LF after a chunk size or chunk data.
             (
                 "POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\nabc\r\n0\r\n\r\n"
