@@ -618,10 +618,13 @@ mod tests {
         let stream = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n\
             POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc\
             POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n\
+            POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\
+            X-T: 1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n\
             GET / HTTP/1.1\r\n\r\n";
         let (found, tracker) = run(stream, stream.len());
+        // Trailers are no head, however they read.
         assert_eq!(found, None);
-        assert_eq!(tracker.heads, 4);
+        assert_eq!(tracker.heads, 5);
         assert_eq!(tracker.state, State::Head);
         assert_eq!(all_steps(stream), None);
     }
