@@ -1743,6 +1743,8 @@ mod tests {
         ]);
         assert!(!t.wide.is_empty());
         assert!(format!("{t:?}").contains("wide: true"), "{t:?}");
+        let narrow = table(&[("/o/{a}/r/{b}/i/{c}", Some(GET))]);
+        assert!(format!("{narrow:?}").contains("wide: false"), "{narrow:?}");
         assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/4"), Some(0));
         assert_eq!(matched(&t, &Method::GET, "/o/1/r/2/i/3/c/me"), Some(2));
         assert_eq!(matched(&t, &Method::POST, "/o/1/r/2/i/3/c/4"), Some(1));
