@@ -1137,6 +1137,26 @@ mod tests {
     /// public catch-all for this method) would take tens of thousands of
     /// lookups: past the bound the answer is no, and a few are still looked
     /// through.
+    /// Readings of a path with `;` parameters that all find no route, or
+    /// all a pattern without the method, agree: 404 and 405, not ambiguous.
+    #[test]
+    fn readings_that_all_miss_agree() {
+        let get: &[Method] = &[Method::GET];
+        let t = table(&[("/admin", Some(get)), ("/p/{name}", Some(get))]);
+        assert!(matches!(
+            t.route(&Method::GET, "/nope;v"),
+            Ok(Lookup::NotFound)
+        ));
+        assert!(matches!(
+            t.route(&Method::POST, "/p/x;v"),
+            Ok(Lookup::MethodNotAllowed { .. })
+        ));
+        assert!(matches!(
+            t.route(&Method::GET, "/p/x;v"),
+            Ok(Lookup::Matched(1))
+        ));
+    }
+
     #[test]
     fn serves_alone_below_gives_up_past_its_lookup_bound() {
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
