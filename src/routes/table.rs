@@ -1133,10 +1133,6 @@ mod tests {
         }
     }
 
-    /// Thousands of routes below a path (each falling through to the
-    /// public catch-all for this method) would take tens of thousands of
-    /// lookups: past the bound the answer is no, and a few are still looked
-    /// through.
     /// Readings of a path with `;` parameters that all find no route, or
     /// all a pattern without the method, agree: 404 and 405, not ambiguous.
     #[test]
@@ -1157,6 +1153,10 @@ mod tests {
         ));
     }
 
+    /// Thousands of routes below a path (each falling through to the
+    /// public catch-all for this method) would take tens of thousands of
+    /// lookups: past the bound the answer is no, and a few are still looked
+    /// through.
     #[test]
     fn serves_alone_below_gives_up_past_its_lookup_bound() {
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
