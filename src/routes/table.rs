@@ -1137,8 +1137,7 @@ mod tests {
     /// all a pattern without the method, agree: 404 and 405, not ambiguous.
     #[test]
     fn readings_that_all_miss_agree() {
-        let get: &[Method] = &[Method::GET];
-        let t = table(&[("/admin", Some(get)), ("/p/{name}", Some(get))]);
+        let t = table(&[("/admin", Some(GET)), ("/p/{name}", Some(GET))]);
         assert!(matches!(
             t.route(&Method::GET, "/nope;v"),
             Ok(Lookup::NotFound)
@@ -1160,10 +1159,9 @@ mod tests {
     #[test]
     fn serves_alone_below_gives_up_past_its_lookup_bound() {
         let propfind = Method::from_bytes(b"PROPFIND").unwrap();
-        let get: &[Method] = &[Method::GET];
         for (routes, alone) in [(10, true), (MAX_LOOKUPS_BELOW, false)] {
             let mut specs: Vec<_> = (0..routes)
-                .map(|i| spec(&format!("/{{t}}/r{i}/{{*p}}"), Some(get), i + 1))
+                .map(|i| spec(&format!("/{{t}}/r{i}/{{*p}}"), Some(GET), i + 1))
                 .collect();
             specs.push(spec("/{*page}", None, 0));
             let table = RouteTable::build_with(specs, MatchRules::default()).unwrap();
@@ -1253,7 +1251,6 @@ mod tests {
     #[test]
     fn serves_alone_below_looks_at_every_route_under_a_path() {
         let copy = Method::from_bytes(b"COPY").unwrap();
-        let get: &[Method] = &[Method::GET];
         for rules in [
             MatchRules::default(),
             MatchRules {
@@ -1264,7 +1261,7 @@ mod tests {
             let table = RouteTable::build_with(
                 vec![
                     spec("/files/private/{*p}", None, 1),
-                    spec("/files/{name}/shared", Some(get), 2),
+                    spec("/files/{name}/shared", Some(GET), 2),
                     spec("/docs/{*p}", None, 3),
                     spec("/docs/{name}", None, 4),
                     spec("/{*page}", None, 0),
